@@ -1,0 +1,64 @@
+//! Engine configuration: how much memory a job may hold in flight, how many tasks run at
+//! once, and the default batch size.
+
+/// Settings for one Rillet session. Every field has a default that suits a laptop.
+///
+/// ```
+/// use rillet_common::EngineConfig;
+/// let config = EngineConfig::default().with_parallelism(4).with_batch_size(4096);
+/// assert_eq!(config.parallelism, 4);
+/// ```
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Total bytes that may sit in exchange channels and operator buffers at once. Channels
+    /// get their share of this budget and make producers wait when it is used up.
+    pub memory_budget_bytes: usize,
+    /// Number of parallel tasks per operator (defaults to the number of cores).
+    pub parallelism: usize,
+    /// Target rows per batch for scans and exchanges.
+    pub batch_size: usize,
+    /// Show live progress in a terminal. Off when stderr is not a terminal either way.
+    pub progress: bool,
+    /// Threads for blocking work (Python UDFs, file writes) when an operator does not ask
+    /// for a concurrency of its own.
+    pub blocking_threads: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            memory_budget_bytes: 512 << 20,
+            parallelism: cores,
+            batch_size: 8192,
+            progress: std::env::var("RILLET_PROGRESS").map_or(true, |v| v != "0"),
+            blocking_threads: cores,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Set the in-flight memory budget in bytes (at least 1 MiB).
+    pub fn with_memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget_bytes = bytes.max(1 << 20);
+        self
+    }
+
+    /// Set the number of parallel tasks per operator (at least 1).
+    pub fn with_parallelism(mut self, parallelism: usize) -> Self {
+        self.parallelism = parallelism.max(1);
+        self
+    }
+
+    /// Set the target batch size in rows (at least 1).
+    pub fn with_batch_size(mut self, rows: usize) -> Self {
+        self.batch_size = rows.max(1);
+        self
+    }
+
+    /// Turn the live terminal progress display on or off.
+    pub fn with_progress(mut self, on: bool) -> Self {
+        self.progress = on;
+        self
+    }
+}

@@ -1,0 +1,16 @@
+//! Shared foundations of Rillet: the error type every crate returns and the engine
+//! configuration (memory budget, parallelism, batch sizes).
+//!
+//! ```
+//! use rillet_common::{EngineConfig, RilletError};
+//! let config = EngineConfig::default().with_memory_budget(256 << 20);
+//! assert_eq!(config.memory_budget_bytes, 256 << 20);
+//! let err = RilletError::invalid_argument("batch_size must be positive");
+//! assert!(err.to_string().contains("batch_size"));
+//! ```
+
+mod config;
+mod error;
+
+pub use config::EngineConfig;
+pub use error::{Result, RilletError};

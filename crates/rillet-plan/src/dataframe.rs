@@ -1,0 +1,427 @@
+//! The lazy, immutable DataFrame: every method returns a new plan; nothing runs until a
+//! result is asked for (`collect`, `count`, `write`, streaming).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::common::{Column, JoinType};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, SortExpr};
+use datafusion::physical_plan::ExecutionPlan;
+use parking_lot::Mutex;
+use rillet_common::{Result, RilletError};
+use rillet_runtime::{
+    BatchFunction, CollectSink, CollectedBatches, FileFormat, FileSink, JobHandle, JobStats,
+    LocalWorker, Sink, WriteMode,
+};
+
+use crate::graph_builder::build_dataflow;
+use crate::session::Session;
+use crate::stage::{BatchStageNode, StageKind};
+use crate::udf::{contains_stage_call, extract_stages};
+
+/// File formats the readers understand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFormat {
+    /// Apache Parquet.
+    Parquet,
+    /// CSV with a header line.
+    Csv,
+    /// JSON lines.
+    Json,
+}
+
+impl ReadFormat {
+    pub(crate) fn extension(self) -> &'static str {
+        match self {
+            ReadFormat::Parquet => ".parquet",
+            ReadFormat::Csv => ".csv",
+            ReadFormat::Json => ".json",
+        }
+    }
+}
+
+/// Join kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinHow {
+    /// Rows with a match on both sides.
+    Inner,
+    /// Every left row, matched or not.
+    Left,
+    /// Every right row, matched or not.
+    Right,
+    /// Every row of both sides.
+    Full,
+    /// Left rows that have a match (left columns only).
+    Semi,
+    /// Left rows that have no match (left columns only).
+    Anti,
+}
+
+impl std::str::FromStr for JoinHow {
+    type Err = RilletError;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "inner" => JoinHow::Inner,
+            "left" => JoinHow::Left,
+            "right" => JoinHow::Right,
+            "full" | "outer" => JoinHow::Full,
+            "semi" => JoinHow::Semi,
+            "anti" => JoinHow::Anti,
+            other => {
+                return Err(RilletError::invalid_argument(format!(
+                    "unknown join type '{other}'; use inner, left, right, full, semi or anti"
+                )));
+            }
+        })
+    }
+}
+
+/// A lazy DataFrame.
+#[derive(Clone)]
+pub struct DataFrame {
+    session: Session,
+    inner: datafusion::dataframe::DataFrame,
+    last_stats: Arc<Mutex<Option<JobStats>>>,
+}
+
+impl std::fmt::Debug for DataFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataFrame")
+            .field("schema", &self.schema())
+            .finish()
+    }
+}
+
+const LEFT: &str = "__left";
+const RIGHT: &str = "__right";
+
+impl DataFrame {
+    /// Wrap a DataFusion DataFrame, checking its plan (names and types) now rather than at
+    /// execution.
+    pub(crate) fn new(session: Session, inner: datafusion::dataframe::DataFrame) -> Result<Self> {
+        let state = session.context().state();
+        state
+            .analyzer()
+            .execute_and_check(inner.logical_plan().clone(), state.config_options(), |_, _| {})
+            .map_err(RilletError::from)?;
+        Ok(Self {
+            session,
+            inner,
+            last_stats: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    fn from_plan(&self, plan: LogicalPlan) -> Result<Self> {
+        let df = datafusion::dataframe::DataFrame::new(self.session.context().state(), plan);
+        Self::new(self.session.clone(), df)
+    }
+
+    fn derive(&self, df: datafusion::error::Result<datafusion::dataframe::DataFrame>) -> Result<Self> {
+        Self::new(self.session.clone(), df?)
+    }
+
+    /// The DataFusion DataFrame underneath.
+    pub fn inner(&self) -> &datafusion::dataframe::DataFrame {
+        &self.inner
+    }
+
+    /// The session this DataFrame belongs to.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The output schema.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::new(self.inner.schema().as_arrow().clone())
+    }
+
+    /// The logical plan.
+    pub fn logical_plan(&self) -> &LogicalPlan {
+        self.inner.logical_plan()
+    }
+
+    fn columns(&self) -> Vec<Expr> {
+        self.inner
+            .schema()
+            .iter()
+            .map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name())))
+            .collect()
+    }
+
+    /// Keep only `exprs` (columns or computed expressions).
+    pub fn select(&self, exprs: Vec<Expr>) -> Result<Self> {
+        let (plan, exprs) = extract_stages(self.logical_plan().clone(), exprs)?;
+        self.from_plan(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+    }
+
+    /// Add or replace one column.
+    pub fn with_column(&self, name: &str, expr: Expr) -> Result<Self> {
+        self.with_columns(vec![(name.to_string(), expr)])
+    }
+
+    /// Add or replace several columns; replaced columns keep their position.
+    pub fn with_columns(&self, columns: Vec<(String, Expr)>) -> Result<Self> {
+        let names: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
+        let exprs = columns.into_iter().map(|(n, e)| e.alias(n)).collect();
+        let (plan, mut new_exprs) = extract_stages(self.logical_plan().clone(), exprs)?;
+        let mut projection = Vec::new();
+        let mut placed = HashSet::new();
+        for (qualifier, field) in self.inner.schema().iter() {
+            match names.iter().position(|n| n == field.name()) {
+                Some(i) => {
+                    projection.push(new_exprs[i].clone());
+                    placed.insert(i);
+                }
+                None => projection.push(Expr::Column(Column::new(qualifier.cloned(), field.name()))),
+            }
+        }
+        for (i, expr) in new_exprs.drain(..).enumerate() {
+            if !placed.contains(&i) {
+                projection.push(expr);
+            }
+        }
+        self.from_plan(LogicalPlanBuilder::from(plan).project(projection)?.build()?)
+    }
+
+    /// Keep rows where `predicate` is true.
+    pub fn filter(&self, predicate: Expr) -> Result<Self> {
+        if !contains_stage_call(&predicate) {
+            return self.derive(self.inner.clone().filter(predicate));
+        }
+        let (plan, mut exprs) = extract_stages(self.logical_plan().clone(), vec![predicate])?;
+        let predicate = exprs.remove(0).unalias();
+        let plan = LogicalPlanBuilder::from(plan)
+            .filter(predicate)?
+            .project(self.columns())?
+            .build()?;
+        self.from_plan(plan)
+    }
+
+    /// Drop columns by name. Unknown names are an error.
+    pub fn drop(&self, names: &[String]) -> Result<Self> {
+        let schema = self.schema();
+        for name in names {
+            if schema.field_with_name(name).is_err() {
+                return Err(unknown_column(name, &schema));
+            }
+        }
+        self.derive(self.inner.clone().drop_columns(names))
+    }
+
+    /// Rename columns: `(old, new)` pairs.
+    pub fn rename(&self, pairs: &[(String, String)]) -> Result<Self> {
+        let schema = self.schema();
+        let mut df = self.inner.clone();
+        for (old, new) in pairs {
+            if schema.field_with_name(old).is_err() {
+                return Err(unknown_column(old, &schema));
+            }
+            df = df.with_column_renamed(old, new)?;
+        }
+        Self::new(self.session.clone(), df)
+    }
+
+    /// At most `n` rows, after skipping `offset`.
+    pub fn limit(&self, n: usize, offset: usize) -> Result<Self> {
+        self.derive(self.inner.clone().limit(offset, Some(n)))
+    }
+
+    /// One row per element of the list column `column` (other columns repeated).
+    pub fn explode(&self, column: &str) -> Result<Self> {
+        let schema = self.schema();
+        if schema.field_with_name(column).is_err() {
+            return Err(unknown_column(column, &schema));
+        }
+        self.derive(self.inner.clone().unnest_columns(&[column]))
+    }
+
+    /// Rows of `self` followed by rows of `other` (same columns, by position).
+    pub fn union(&self, other: &DataFrame) -> Result<Self> {
+        self.derive(self.inner.clone().union(other.inner.clone()))
+    }
+
+    /// Sort by expressions.
+    pub fn sort(&self, by: Vec<SortExpr>) -> Result<Self> {
+        self.derive(self.inner.clone().sort(by))
+    }
+
+    /// Distinct rows.
+    pub fn distinct(&self) -> Result<Self> {
+        self.derive(self.inner.clone().distinct())
+    }
+
+    /// Group by `keys` and compute aggregate expressions `aggs`.
+    pub fn aggregate(&self, keys: Vec<Expr>, aggs: Vec<Expr>) -> Result<Self> {
+        self.derive(self.inner.clone().aggregate(keys, aggs))
+    }
+
+    /// Join with `other` on equal keys. When both sides use the same key names the result
+    /// has each key once; other right columns whose names clash get a `right.` prefix.
+    pub fn join(&self, other: &DataFrame, how: JoinHow, left_on: &[String], right_on: &[String]) -> Result<Self> {
+        if left_on.is_empty() || left_on.len() != right_on.len() {
+            return Err(RilletError::invalid_argument(
+                "join needs the same, non-zero number of left and right keys",
+            ));
+        }
+        let (left_schema, right_schema) = (self.schema(), other.schema());
+        for key in left_on {
+            if left_schema.field_with_name(key).is_err() {
+                return Err(unknown_column(key, &left_schema));
+            }
+        }
+        for key in right_on {
+            if right_schema.field_with_name(key).is_err() {
+                return Err(unknown_column(key, &right_schema));
+            }
+        }
+        let join_type = match how {
+            JoinHow::Inner => JoinType::Inner,
+            JoinHow::Left => JoinType::Left,
+            JoinHow::Right => JoinType::Right,
+            JoinHow::Full => JoinType::Full,
+            JoinHow::Semi => JoinType::LeftSemi,
+            JoinHow::Anti => JoinType::LeftAnti,
+        };
+        let left = self.inner.clone().alias(LEFT)?;
+        let right = other.inner.clone().alias(RIGHT)?;
+        let l: Vec<&str> = left_on.iter().map(String::as_str).collect();
+        let r: Vec<&str> = right_on.iter().map(String::as_str).collect();
+        let joined = left.join(right, join_type, &l, &r, None)?;
+        let lcol = |name: &str| Expr::Column(Column::new(Some(LEFT), name));
+        let rcol = |name: &str| Expr::Column(Column::new(Some(RIGHT), name));
+        let mut projection = Vec::new();
+        let same_keys = left_on == right_on;
+        for field in left_schema.fields() {
+            let name = field.name().as_str();
+            let is_key = same_keys && left_on.iter().any(|k| k == name);
+            let expr = match how {
+                JoinHow::Full if is_key => {
+                    datafusion::functions::core::expr_fn::coalesce(vec![lcol(name), rcol(name)])
+                }
+                JoinHow::Right if is_key => rcol(name),
+                _ => lcol(name),
+            };
+            projection.push(expr.alias(name));
+        }
+        if !matches!(how, JoinHow::Semi | JoinHow::Anti) {
+            for field in right_schema.fields() {
+                let name = field.name().as_str();
+                if same_keys && right_on.iter().any(|k| k == name) {
+                    continue;
+                }
+                let alias = if left_schema.field_with_name(name).is_ok() {
+                    format!("right.{name}")
+                } else {
+                    name.to_string()
+                };
+                projection.push(rcol(name).alias(alias));
+            }
+        }
+        self.derive(joined.select(projection))
+    }
+
+    /// Apply a whole-batch function (runs as its own stage on a worker pool).
+    pub fn map_batches(&self, function: Arc<dyn BatchFunction>) -> Result<Self> {
+        let node = BatchStageNode::try_new(self.logical_plan().clone(), StageKind::MapBatches(function))?;
+        self.from_plan(node.into_plan())
+    }
+
+    /// The DataFusion physical plan (before it is cut into a dataflow).
+    pub fn physical_plan(&self) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self.session.block_on(self.inner.clone().create_physical_plan())?)
+    }
+
+    /// Start the job, sending its rows to `sink`.
+    pub fn execute(&self, sink: Arc<dyn Sink>, sink_name: &str) -> Result<JobHandle> {
+        let graph = build_dataflow(self.physical_plan()?, sink, sink_name)?;
+        let task_ctx = self.inner.task_ctx();
+        LocalWorker::new(self.session.config().clone()).submit(graph, task_ctx)
+    }
+
+    /// Start the job and stream its batches back through a bounded channel.
+    pub fn execute_stream(&self) -> Result<(JobHandle, CollectedBatches)> {
+        let plan = self.physical_plan()?;
+        let capacity = (self.session.config().memory_budget_bytes / 4).max(1 << 20);
+        let (sink, batches) = CollectSink::new(plan.schema(), capacity);
+        let graph = build_dataflow(plan, Arc::new(sink), "collect")?;
+        let task_ctx = self.inner.task_ctx();
+        let job = LocalWorker::new(self.session.config().clone()).submit(graph, task_ctx)?;
+        Ok((job, batches))
+    }
+
+    /// Run and return every batch.
+    pub fn collect(&self) -> Result<Vec<RecordBatch>> {
+        let (mut job, mut batches) = self.execute_stream()?;
+        let (result, stats) = self.session.block_on(async {
+            let mut out = Vec::new();
+            while let Some(batch) = batches.next_batch().await? {
+                out.push(batch);
+            }
+            let stats = job.wait().await?;
+            Ok::<_, RilletError>((out, stats))
+        })?;
+        self.record_stats(stats);
+        Ok(result)
+    }
+
+    /// Run and count the rows.
+    pub fn count(&self) -> Result<usize> {
+        let counted = self.aggregate(
+            vec![],
+            vec![datafusion::functions_aggregate::expr_fn::count(datafusion::prelude::lit(1)).alias("count")],
+        )?;
+        let batches = counted.collect()?;
+        self.record_stats(counted.last_stats().unwrap_or_default());
+        let batch = batches
+            .first()
+            .ok_or_else(|| RilletError::internal("count returned no rows"))?;
+        let counts = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .ok_or_else(|| RilletError::internal("count is not an Int64 column"))?;
+        Ok(counts.value(0) as usize)
+    }
+
+    /// Run and write the rows as files of `format` into `directory`.
+    pub fn write(&self, directory: &str, format: FileFormat, mode: WriteMode) -> Result<JobStats> {
+        let sink = Arc::new(FileSink::new(directory, format, mode));
+        let name = format!("write {}", format.extension());
+        let mut job = self.execute(sink, &name)?;
+        let stats = self.session.block_on(job.wait())?;
+        self.record_stats(stats.clone());
+        Ok(stats)
+    }
+
+    /// The logical plan and the physical dataflow, as text.
+    pub fn explain(&self) -> Result<String> {
+        let optimized = self.session.context().state().optimize(self.logical_plan())?;
+        let plan = self.physical_plan()?;
+        let (sink, _batches) = CollectSink::new(plan.schema(), 1 << 20);
+        let graph = build_dataflow(plan, Arc::new(sink), "collect")?;
+        Ok(format!(
+            "== Logical plan ==\n{}\n\n== Physical dataflow ==\n{graph}",
+            optimized.display_indent()
+        ))
+    }
+
+    /// Remember the figures of the last run of this DataFrame.
+    pub fn record_stats(&self, stats: JobStats) {
+        *self.last_stats.lock() = Some(stats);
+    }
+
+    /// Figures of the last run of this DataFrame, if it ran.
+    pub fn last_stats(&self) -> Option<JobStats> {
+        self.last_stats.lock().clone()
+    }
+}
+
+fn unknown_column(name: &str, schema: &SchemaRef) -> RilletError {
+    let available: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    RilletError::plan(format!(
+        "no column named '{name}'; available columns: {}",
+        available.join(", ")
+    ))
+}

@@ -1,0 +1,123 @@
+//! From a DataFusion physical plan to Rillet's physical dataflow graph.
+//!
+//! The plan is cut at every [`BatchStageExec`]: the stage becomes a function vertex on a
+//! worker pool, what is below it becomes an upstream fragment (cut again recursively), and
+//! in the plan above an [`ExchangeSourceExec`] takes its place.
+
+use std::sync::Arc;
+
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use rillet_common::{Result, RilletError};
+use rillet_runtime::{
+    DataflowGraph, EdgeKind, ExchangeSourceExec, Sink, VertexId, VertexOperator,
+};
+
+use crate::stage::BatchStageExec;
+
+/// Build the dataflow for `plan`, ending in `sink`.
+pub fn build_dataflow(
+    plan: Arc<dyn ExecutionPlan>,
+    sink: Arc<dyn Sink>,
+    sink_name: &str,
+) -> Result<DataflowGraph> {
+    let mut graph = DataflowGraph::default();
+    let root = add_plan(&mut graph, plan)?;
+    let parallelism = graph.vertices[root.0].parallelism;
+    let sink_vertex = graph.add_vertex(sink_name, VertexOperator::Sink(sink), parallelism);
+    graph.connect(root, sink_vertex, EdgeKind::Forward);
+    Ok(graph)
+}
+
+/// Add the vertices producing `plan`'s output; returns the last one.
+fn add_plan(graph: &mut DataflowGraph, plan: Arc<dyn ExecutionPlan>) -> Result<VertexId> {
+    if let Some(stage) = plan.downcast_ref::<BatchStageExec>() {
+        let upstream = add_plan(graph, stage.input().clone())?;
+        let parallelism = graph.vertices[upstream.0].parallelism;
+        let function = stage.function().clone();
+        let vertex = graph.add_vertex(
+            function.name().to_string(),
+            VertexOperator::Function(function),
+            parallelism,
+        );
+        graph.connect(upstream, vertex, EdgeKind::Forward);
+        return Ok(vertex);
+    }
+    let mut upstreams = Vec::new();
+    let fragment = replace_stages(graph, plan, &mut upstreams)?;
+    let parallelism = fragment.output_partitioning().partition_count();
+    let vertex = graph.add_vertex(
+        fragment_name(&fragment),
+        VertexOperator::Fragment(fragment),
+        parallelism,
+    );
+    for upstream in upstreams {
+        graph.connect(upstream, vertex, EdgeKind::Forward);
+    }
+    Ok(vertex)
+}
+
+/// Replace each stage below `plan` by an exchange leaf fed by the stage's own vertices.
+fn replace_stages(
+    graph: &mut DataflowGraph,
+    plan: Arc<dyn ExecutionPlan>,
+    upstreams: &mut Vec<VertexId>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    if plan.downcast_ref::<BatchStageExec>().is_some() {
+        let schema = plan.schema();
+        let partitions = plan.output_partitioning().partition_count();
+        let upstream = add_plan(graph, plan)?;
+        upstreams.push(upstream);
+        return Ok(Arc::new(ExchangeSourceExec::new(upstream, schema, partitions)));
+    }
+    let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
+    if children.is_empty() {
+        return Ok(plan);
+    }
+    let mut new_children = Vec::with_capacity(children.len());
+    let mut changed = false;
+    for child in children {
+        let new_child = replace_stages(graph, child.clone(), upstreams)?;
+        changed |= !Arc::ptr_eq(&new_child, &child);
+        new_children.push(new_child);
+    }
+    if !changed {
+        return Ok(plan);
+    }
+    #[expect(deprecated)]
+    plan.with_new_children(new_children)
+        .map_err(RilletError::from)
+}
+
+/// A short name for a fragment: its operators from the leaves up, e.g.
+/// `scan parquet → filter → projection`.
+fn fragment_name(plan: &Arc<dyn ExecutionPlan>) -> String {
+    let mut names = Vec::new();
+    collect_names(plan, &mut names);
+    names.dedup();
+    names.join(" → ")
+}
+
+fn collect_names(plan: &Arc<dyn ExecutionPlan>, names: &mut Vec<String>) {
+    if let Some(first) = plan.children().first() {
+        collect_names(first, names);
+    }
+    let name = plan.name();
+    let short = match name {
+        "DataSourceExec" => {
+            let text = datafusion::physical_plan::displayable(plan.as_ref())
+                .one_line()
+                .to_string();
+            let format = ["parquet", "csv", "json", "memory", "arrow"]
+                .into_iter()
+                .find(|f| text.contains(&format!("file_type={f}")) || text.contains(&format!("{f}")))
+                .unwrap_or("source");
+            format!("scan {format}")
+        }
+        "ExchangeSourceExec" => "exchange".to_string(),
+        "RepartitionExec" | "CoalesceBatchesExec" | "CoalescePartitionsExec" | "CooperativeExec" => {
+            return;
+        }
+        other => other.trim_end_matches("Exec").to_lowercase(),
+    };
+    names.push(short);
+}

@@ -1,0 +1,179 @@
+//! Sources: in-memory data, generated ranges, files (Parquet, CSV, JSON lines) and file
+//! listings.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
+use rillet_common::{Result, RilletError};
+
+use crate::dataframe::{DataFrame, ReadFormat};
+use crate::session::Session;
+
+impl Session {
+    /// A DataFrame over record batches held in memory.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use arrow::array::{Int32Array, RecordBatch};
+    /// use arrow::datatypes::{DataType, Field, Schema};
+    /// let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int32, false)]));
+    /// let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int32Array::from(vec![1, 2]))]).unwrap();
+    /// let df = rillet_plan::Session::default().from_batches(schema, vec![batch]).unwrap();
+    /// assert_eq!(df.count().unwrap(), 2);
+    /// ```
+    pub fn from_batches(&self, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<DataFrame> {
+        let table = MemTable::try_new(schema, vec![batches])?;
+        let df = self.context().read_table(Arc::new(table))?;
+        DataFrame::new(self.clone(), df)
+    }
+
+    /// The integers `0..n` in a column named `id`, generated lazily.
+    ///
+    /// ```
+    /// assert_eq!(rillet_plan::Session::default().range(1000).unwrap().count().unwrap(), 1000);
+    /// ```
+    pub fn range(&self, n: u64) -> Result<DataFrame> {
+        let df = self.block_on(
+            self.context()
+                .sql(&format!("SELECT value AS id FROM range({n})")),
+        )?;
+        DataFrame::new(self.clone(), df)
+    }
+
+    /// Read files of `format` from local paths: files, directories (every file of the
+    /// format inside) or glob patterns. Parquet files are split into morsels (row-group
+    /// ranges) so one large file is read by every core.
+    pub fn read(&self, format: ReadFormat, paths: &[String]) -> Result<DataFrame> {
+        if paths.is_empty() {
+            return Err(RilletError::invalid_argument("no path given to read"));
+        }
+        let (urls, any_dir) = normalise_paths(paths)?;
+        // Directories select files by extension; explicit files and globs take any name.
+        let extension = if any_dir { format.extension() } else { "" };
+        let ctx = self.context();
+        let df = self.block_on(async {
+            match format {
+                ReadFormat::Parquet => {
+                    ctx.read_parquet(urls, ParquetReadOptions::default().file_extension(extension))
+                        .await
+                }
+                ReadFormat::Csv => {
+                    ctx.read_csv(urls, CsvReadOptions::default().file_extension(extension))
+                        .await
+                }
+                ReadFormat::Json => {
+                    let mut options = JsonReadOptions::default();
+                    options.file_extension = extension;
+                    ctx.read_json(urls, options).await
+                }
+            }
+        })?;
+        DataFrame::new(self.clone(), df)
+    }
+
+    /// One row per file matching `pattern` (a glob, a directory — read recursively — or a
+    /// file), with its `path`, `size` in bytes and `modified` time. Contents are not read.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir().unwrap();
+    /// std::fs::write(dir.path().join("a.txt"), "hello").unwrap();
+    /// let df = rillet_plan::Session::default()
+    ///     .read_files(&format!("{}/*.txt", dir.path().display())).unwrap();
+    /// assert_eq!(df.count().unwrap(), 1);
+    /// ```
+    pub fn read_files(&self, pattern: &str) -> Result<DataFrame> {
+        let pattern = if Path::new(pattern).is_dir() {
+            format!("{}/**/*", pattern.trim_end_matches('/'))
+        } else {
+            pattern.to_string()
+        };
+        let entries = glob::glob(&pattern)
+            .map_err(|e| RilletError::invalid_argument(format!("bad glob '{pattern}': {e}")))?;
+        let mut paths = Vec::new();
+        let mut sizes = Vec::new();
+        let mut modified = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| RilletError::Io(std::io::Error::from(e)))?;
+            let meta = std::fs::metadata(&path)?;
+            if !meta.is_file() {
+                continue;
+            }
+            let micros = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_micros() as i64);
+            paths.push(path.display().to_string());
+            sizes.push(meta.len());
+            modified.push(micros);
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("path", DataType::Utf8, false),
+            Field::new("size", DataType::UInt64, false),
+            Field::new(
+                "modified",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(paths)),
+                Arc::new(UInt64Array::from(sizes)),
+                Arc::new(TimestampMicrosecondArray::from(modified).with_timezone("UTC")),
+            ],
+        )?;
+        self.from_batches(schema, vec![batch])
+    }
+
+    /// Run a SQL query over the given named DataFrames.
+    ///
+    /// ```
+    /// let session = rillet_plan::Session::default();
+    /// let numbers = session.range(10).unwrap();
+    /// let df = session.sql("SELECT sum(id) AS total FROM numbers", &[("numbers", numbers)]).unwrap();
+    /// assert_eq!(df.count().unwrap(), 1);
+    /// ```
+    pub fn sql(&self, query: &str, tables: &[(&str, DataFrame)]) -> Result<DataFrame> {
+        // Each query plans in its own context so table names never leak between queries.
+        let ctx = datafusion::prelude::SessionContext::new_with_state(self.context().state());
+        for (name, df) in tables {
+            ctx.register_table(*name, df.inner().clone().into_view())?;
+        }
+        let df = self.block_on(ctx.sql(query))?;
+        DataFrame::new(self.clone(), df)
+    }
+}
+
+/// Turn user paths into DataFusion table URLs; directories get a trailing `/`.
+fn normalise_paths(paths: &[String]) -> Result<(Vec<String>, bool)> {
+    let mut any_dir = false;
+    let mut urls = Vec::with_capacity(paths.len());
+    for path in paths {
+        let is_glob = path.contains(['*', '?', '[']);
+        let p = Path::new(path);
+        if !is_glob && !p.exists() {
+            return Err(RilletError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no such file or directory: {path}"),
+            )));
+        }
+        let absolute = if p.is_absolute() || is_glob && path.starts_with('/') {
+            path.clone()
+        } else {
+            std::env::current_dir()?.join(path).display().to_string()
+        };
+        if !is_glob && p.is_dir() {
+            any_dir = true;
+            urls.push(format!("{}/", absolute.trim_end_matches('/')));
+        } else {
+            urls.push(absolute);
+        }
+    }
+    Ok((urls, any_dir))
+}

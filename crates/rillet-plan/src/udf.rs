@@ -1,0 +1,194 @@
+//! Column functions implemented outside the relational engine (Python UDFs), and the
+//! rewrite that moves their calls into stages of their own.
+
+use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::ArrayRef;
+use arrow::datatypes::DataType;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
+};
+use datafusion::prelude::col;
+use rillet_common::{Result, RilletError};
+
+use crate::stage::{BatchStageNode, StageKind};
+
+/// A function from argument arrays to one result array of the same length.
+///
+/// ```
+/// use std::sync::Arc;
+/// use arrow::array::{ArrayRef, Int64Array};
+/// use arrow::datatypes::DataType;
+/// use rillet_plan::{ArrayFunction, Session, array_function_expr, col};
+///
+/// #[derive(Debug)]
+/// struct PlusOne;
+/// impl ArrayFunction for PlusOne {
+///     fn name(&self) -> &str { "plus_one" }
+///     fn return_type(&self) -> DataType { DataType::Int64 }
+///     fn call(&self, args: &[ArrayRef], _rows: usize) -> rillet_common::Result<ArrayRef> {
+///         let a = args[0].as_any().downcast_ref::<Int64Array>().unwrap();
+///         Ok(Arc::new(a.iter().map(|v| v.map(|v| v + 1)).collect::<Int64Array>()))
+///     }
+/// }
+/// let df = Session::default().range(3).unwrap()
+///     .with_column("next", array_function_expr(Arc::new(PlusOne), vec![col("id")])).unwrap();
+/// let batches = df.collect().unwrap();
+/// assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+/// ```
+pub trait ArrayFunction: Send + Sync + Debug {
+    /// Name shown in plans, progress and errors.
+    fn name(&self) -> &str;
+    /// Type of the result array.
+    fn return_type(&self) -> DataType;
+    /// Compute the result for `rows` rows. May block (runs on a worker pool).
+    fn call(&self, args: &[ArrayRef], rows: usize) -> Result<ArrayRef>;
+    /// Rows per call; `None` takes batches as they come.
+    fn batch_size(&self) -> Option<usize> {
+        None
+    }
+    /// Calls that may run at once; `None` uses the engine's default.
+    fn concurrency(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// An [`ArrayFunction`] as a DataFusion scalar function, so its calls are ordinary
+/// expressions until [`extract_stages`] moves them out.
+#[derive(Debug)]
+struct ArrayFunctionUdf {
+    function: Arc<dyn ArrayFunction>,
+    /// Unique per function object: two UDFs with the same Python name stay distinct.
+    name: String,
+    signature: Signature,
+}
+
+impl PartialEq for ArrayFunctionUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+impl Eq for ArrayFunctionUdf {}
+impl Hash for ArrayFunctionUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for ArrayFunctionUdf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(self.function.return_type())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        // Only reached when a plan was executed without the stage rewrite (e.g. a
+        // DataFusion-only path); still correct, just not on its own pool.
+        let rows = args.number_rows;
+        let arrays = args
+            .args
+            .into_iter()
+            .map(|a| a.into_array(rows))
+            .collect::<DfResult<Vec<_>>>()?;
+        self.function
+            .call(&arrays, rows)
+            .map(ColumnarValue::Array)
+            .map_err(RilletError::into_datafusion)
+    }
+}
+
+static NEXT_FUNCTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// An expression calling `function` on `args`.
+pub fn array_function_expr(function: Arc<dyn ArrayFunction>, args: Vec<Expr>) -> Expr {
+    let id = NEXT_FUNCTION_ID.fetch_add(1, Ordering::Relaxed);
+    let udf = ArrayFunctionUdf {
+        name: format!("{}#{id}", function.name()),
+        function,
+        signature: Signature::variadic_any(Volatility::Volatile),
+    };
+    ScalarUDF::new_from_impl(udf).call(args)
+}
+
+/// True if `expr` calls an [`ArrayFunction`] anywhere.
+pub(crate) fn contains_stage_call(expr: &Expr) -> bool {
+    let mut found = false;
+    let _ = expr.apply(|e| {
+        if as_array_function(e).is_some() {
+            found = true;
+            return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+fn as_array_function(expr: &Expr) -> Option<(&ArrayFunctionUdf, &Vec<Expr>)> {
+    match expr {
+        Expr::ScalarFunction(f) => {
+            let any: &dyn std::any::Any = f.func.inner().as_ref();
+            any.downcast_ref::<ArrayFunctionUdf>().map(|udf| (udf, &f.args))
+        }
+        _ => None,
+    }
+}
+
+static NEXT_COLUMN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Move every [`ArrayFunction`] call in `exprs` into a stage stacked on `input`, innermost
+/// calls first, and replace each call by a reference to the stage's output column. Each
+/// top-level expression keeps its original output name.
+pub(crate) fn extract_stages(input: LogicalPlan, exprs: Vec<Expr>) -> Result<(LogicalPlan, Vec<Expr>)> {
+    let mut plan = input;
+    let mut rewritten = Vec::with_capacity(exprs.len());
+    for expr in exprs {
+        if !contains_stage_call(&expr) {
+            rewritten.push(expr);
+            continue;
+        }
+        let original_name = expr.schema_name().to_string();
+        let already_aliased = matches!(expr, Expr::Alias(_));
+        let new_expr = expr
+            .transform_up(|node| {
+                let Some((udf, args)) = as_array_function(&node) else {
+                    return Ok(Transformed::no(node));
+                };
+                let output = format!(
+                    "__rillet_udf_{}",
+                    NEXT_COLUMN_ID.fetch_add(1, Ordering::Relaxed)
+                );
+                let stage = BatchStageNode::try_new(
+                    plan.clone(),
+                    StageKind::Udf {
+                        function: udf.function.clone(),
+                        args: args.clone(),
+                        output: output.clone(),
+                    },
+                )
+                .map_err(RilletError::into_datafusion)?;
+                plan = stage.into_plan();
+                Ok(Transformed::yes(col(output)))
+            })
+            .map_err(RilletError::from)?
+            .data;
+        rewritten.push(if already_aliased {
+            new_expr
+        } else {
+            new_expr.alias(original_name)
+        });
+    }
+    Ok((plan, rewritten))
+}

@@ -1,0 +1,445 @@
+//! `Session`, `DataFrame` and `BatchStream` for Python.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3_arrow::{PyDataType, PySchema, PyTable};
+use rillet_common::{EngineConfig, RilletError};
+use rillet_plan::{DataFrame, JoinHow, ReadFormat, Session, array_function_expr};
+use rillet_runtime::{CollectedBatches, FileFormat, JobHandle, JobStats, RowBatcher, WriteMode, global_runtime};
+
+use crate::errors::{IntoPy, interrupted};
+use crate::expr::{PyExpr, sort_expr};
+use crate::functions::{PyArrayFunction, PyBatchFunction};
+
+/// Run `future` on the engine's runtime without holding the GIL, checking for Ctrl-C every
+/// 100 ms; on Ctrl-C call `on_interrupt` (which cancels the job) and raise
+/// KeyboardInterrupt.
+fn wait_interruptibly<T: Send>(
+    py: Python<'_>,
+    future: impl Future<Output = T> + Send,
+    on_interrupt: impl FnOnce(),
+) -> PyResult<T> {
+    let mut future = Box::pin(future);
+    loop {
+        let done = py.detach(|| {
+            global_runtime().block_on(async {
+                tokio::time::timeout(Duration::from_millis(100), &mut future).await.ok()
+            })
+        });
+        if let Some(value) = done {
+            return Ok(value);
+        }
+        if py.check_signals().is_err() {
+            on_interrupt();
+            return Err(interrupted());
+        }
+    }
+}
+
+/// Settings and planning context.
+#[pyclass(name = "Session", module = "rillet._rillet", frozen)]
+pub struct PySession {
+    pub(crate) session: Session,
+}
+
+#[pymethods]
+impl PySession {
+    #[new]
+    #[pyo3(signature = (memory_budget=None, parallelism=None, batch_size=None, progress=None))]
+    fn new(memory_budget: Option<usize>, parallelism: Option<usize>, batch_size: Option<usize>, progress: Option<bool>) -> Self {
+        let mut config = EngineConfig::default();
+        if let Some(bytes) = memory_budget {
+            config = config.with_memory_budget(bytes);
+        }
+        if let Some(n) = parallelism {
+            config = config.with_parallelism(n);
+        }
+        if let Some(n) = batch_size {
+            config = config.with_batch_size(n);
+        }
+        if let Some(on) = progress {
+            config = config.with_progress(on);
+        }
+        Self { session: Session::new(config) }
+    }
+
+    #[getter]
+    fn parallelism(&self) -> usize {
+        self.session.config().parallelism
+    }
+
+    #[getter]
+    fn memory_budget(&self) -> usize {
+        self.session.config().memory_budget_bytes
+    }
+
+    /// A DataFrame over an Arrow table (anything with `__arrow_c_stream__`).
+    fn from_arrow(&self, py: Python<'_>, table: PyTable) -> PyResult<PyDataFrame> {
+        let (batches, schema) = table.into_inner();
+        py.detach(|| self.session.from_batches(schema, batches)).py_err().map(PyDataFrame::from)
+    }
+
+    fn range(&self, n: u64) -> PyResult<PyDataFrame> {
+        self.session.range(n).py_err().map(PyDataFrame::from)
+    }
+
+    fn read(&self, py: Python<'_>, format: &str, paths: Vec<String>) -> PyResult<PyDataFrame> {
+        let format = match format {
+            "parquet" => ReadFormat::Parquet,
+            "csv" => ReadFormat::Csv,
+            "json" => ReadFormat::Json,
+            other => return Err(PyValueError::new_err(format!("unknown format '{other}'"))),
+        };
+        py.detach(|| self.session.read(format, &paths)).py_err().map(PyDataFrame::from)
+    }
+
+    fn read_files(&self, py: Python<'_>, pattern: &str) -> PyResult<PyDataFrame> {
+        py.detach(|| self.session.read_files(pattern)).py_err().map(PyDataFrame::from)
+    }
+
+    fn sql(&self, py: Python<'_>, query: &str, tables: Vec<(String, PyRef<'_, PyDataFrame>)>) -> PyResult<PyDataFrame> {
+        let frames: Vec<(String, DataFrame)> = tables.iter().map(|(n, df)| (n.clone(), df.df.clone())).collect();
+        py.detach(|| {
+            let named: Vec<(&str, DataFrame)> = frames.iter().map(|(n, df)| (n.as_str(), df.clone())).collect();
+            self.session.sql(query, &named)
+        })
+        .py_err()
+        .map(PyDataFrame::from)
+    }
+
+    /// A column-function expression calling a Python callable `(arrays, n) -> array`.
+    #[pyo3(signature = (callable, name, return_type, args, batch_size=None, concurrency=None))]
+    fn udf_call(
+        &self,
+        callable: Py<PyAny>,
+        name: String,
+        return_type: PyDataType,
+        args: Vec<PyExpr>,
+        batch_size: Option<usize>,
+        concurrency: Option<usize>,
+    ) -> PyExpr {
+        let function = PyArrayFunction {
+            name,
+            callable,
+            return_type: return_type.into_inner(),
+            batch_size,
+            concurrency,
+        };
+        array_function_expr(Arc::new(function), args.into_iter().map(|a| a.expr).collect()).into()
+    }
+}
+
+/// A lazy DataFrame.
+#[pyclass(name = "DataFrame", module = "rillet._rillet", frozen)]
+pub struct PyDataFrame {
+    pub(crate) df: DataFrame,
+}
+
+impl From<DataFrame> for PyDataFrame {
+    fn from(df: DataFrame) -> Self {
+        Self { df }
+    }
+}
+
+fn exprs(list: Vec<PyExpr>) -> Vec<datafusion::logical_expr::Expr> {
+    list.into_iter().map(|e| e.expr).collect()
+}
+
+fn stats_to_dict<'py>(py: Python<'py>, stats: &JobStats) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("elapsed_s", stats.elapsed_s)?;
+    dict.set_item("bytes_scanned", stats.bytes_scanned)?;
+    dict.set_item("rows_written", stats.rows_written)?;
+    dict.set_item("files_written", stats.files_written.clone())?;
+    let mut operators = Vec::new();
+    for op in &stats.operators {
+        let d = PyDict::new(py);
+        d.set_item("name", &op.name)?;
+        d.set_item("rows_in", op.rows_in)?;
+        d.set_item("rows_out", op.rows_out)?;
+        d.set_item("bytes_out", op.bytes_out)?;
+        d.set_item("batches_out", op.batches_out)?;
+        d.set_item("elapsed_s", op.elapsed_s)?;
+        d.set_item("rows_per_s", op.rows_per_s)?;
+        d.set_item("wait_input_ms", op.wait_input_ms)?;
+        d.set_item("wait_output_ms", op.wait_output_ms)?;
+        d.set_item("wait_worker_ms", op.wait_worker_ms)?;
+        operators.push(d);
+    }
+    dict.set_item("operators", operators)?;
+    Ok(dict)
+}
+
+impl PyDataFrame {
+    fn map(&self, f: impl FnOnce(&DataFrame) -> Result<DataFrame, RilletError>) -> PyResult<Self> {
+        f(&self.df).py_err().map(Self::from)
+    }
+
+    /// Run to completion, collecting batches, interruptible by Ctrl-C.
+    fn run_collect(&self, py: Python<'_>, df: &DataFrame) -> PyResult<(Vec<RecordBatch>, JobStats)> {
+        let (job, mut batches) = py.detach(|| df.execute_stream()).py_err()?;
+        let job = Arc::new(tokio::sync::Mutex::new(job));
+        let waiter = job.clone();
+        let canceller = job.clone();
+        let result = wait_interruptibly(
+            py,
+            async move {
+                let mut out = Vec::new();
+                while let Some(batch) = batches.next_batch().await? {
+                    out.push(batch);
+                }
+                let stats = waiter.lock().await.wait().await?;
+                Ok::<_, RilletError>((out, stats))
+            },
+            move || {
+                if let Ok(job) = canceller.try_lock() {
+                    job.cancel();
+                }
+            },
+        )?;
+        let (batches, stats) = result.py_err()?;
+        df.record_stats(stats.clone());
+        Ok((batches, stats))
+    }
+}
+
+#[pymethods]
+impl PyDataFrame {
+    fn schema<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        PySchema::new(self.df.schema()).into_pyarrow(py)
+    }
+
+    fn column_names(&self) -> Vec<String> {
+        self.df.schema().fields().iter().map(|f| f.name().clone()).collect()
+    }
+
+    fn select(&self, list: Vec<PyExpr>) -> PyResult<Self> {
+        self.map(|df| df.select(exprs(list)))
+    }
+
+    fn with_columns(&self, columns: Vec<(String, PyExpr)>) -> PyResult<Self> {
+        self.map(|df| df.with_columns(columns.into_iter().map(|(n, e)| (n, e.expr)).collect()))
+    }
+
+    fn filter(&self, predicate: PyExpr) -> PyResult<Self> {
+        self.map(|df| df.filter(predicate.expr))
+    }
+
+    fn drop(&self, names: Vec<String>) -> PyResult<Self> {
+        self.map(|df| df.drop(&names))
+    }
+
+    fn rename(&self, pairs: Vec<(String, String)>) -> PyResult<Self> {
+        self.map(|df| df.rename(&pairs))
+    }
+
+    #[pyo3(signature = (n, offset=0))]
+    fn limit(&self, n: usize, offset: usize) -> PyResult<Self> {
+        self.map(|df| df.limit(n, offset))
+    }
+
+    fn explode(&self, column: &str) -> PyResult<Self> {
+        self.map(|df| df.explode(column))
+    }
+
+    fn union(&self, other: PyRef<'_, PyDataFrame>) -> PyResult<Self> {
+        self.map(|df| df.union(&other.df))
+    }
+
+    fn sort(&self, by: Vec<PyExpr>, descending: Vec<bool>, nulls_first: Vec<bool>) -> PyResult<Self> {
+        let keys = by
+            .iter()
+            .zip(descending.iter().zip(nulls_first.iter()))
+            .map(|(e, (d, n))| sort_expr(e, *d, *n))
+            .collect();
+        self.map(|df| df.sort(keys))
+    }
+
+    fn distinct(&self) -> PyResult<Self> {
+        self.map(|df| df.distinct())
+    }
+
+    fn aggregate(&self, keys: Vec<PyExpr>, aggs: Vec<PyExpr>) -> PyResult<Self> {
+        self.map(|df| df.aggregate(exprs(keys), exprs(aggs)))
+    }
+
+    fn join(&self, other: PyRef<'_, PyDataFrame>, how: &str, left_on: Vec<String>, right_on: Vec<String>) -> PyResult<Self> {
+        let how: JoinHow = how.parse().py_err()?;
+        self.map(|df| df.join(&other.df, how, &left_on, &right_on))
+    }
+
+    /// A whole-batch stage calling `callable(pyarrow.RecordBatch) -> pyarrow.RecordBatch`.
+    #[pyo3(signature = (callable, name, schema, batch_size=None, concurrency=None))]
+    fn map_batches(&self, callable: Py<PyAny>, name: String, schema: PySchema, batch_size: Option<usize>, concurrency: Option<usize>) -> PyResult<Self> {
+        let function = PyBatchFunction {
+            name: format!("map_batches({name})"),
+            callable,
+            schema: schema.into_inner(),
+            batch_size,
+            concurrency,
+        };
+        self.map(|df| df.map_batches(Arc::new(function)))
+    }
+
+    /// Run and return a `pyarrow.Table` (zero copy).
+    fn collect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (batches, _) = self.run_collect(py, &self.df)?;
+        PyTable::try_new(batches, self.df.schema())?.into_pyarrow(py)
+    }
+
+    fn count(&self, py: Python<'_>) -> PyResult<usize> {
+        let counted = self
+            .df
+            .aggregate(vec![], vec![datafusion::functions_aggregate::expr_fn::count(datafusion::prelude::lit(1))])
+            .py_err()?;
+        let (batches, stats) = self.run_collect(py, &counted)?;
+        self.df.record_stats(stats);
+        let value = batches
+            .first()
+            .and_then(|b| b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map(|a| a.value(0)))
+            .unwrap_or(0);
+        Ok(value as usize)
+    }
+
+    /// Start the job and return a stream of batches of `batch_size` rows (or as produced).
+    #[pyo3(signature = (batch_size=None))]
+    fn stream(&self, py: Python<'_>, batch_size: Option<usize>) -> PyResult<PyBatchStream> {
+        let (job, batches) = py.detach(|| self.df.execute_stream()).py_err()?;
+        let schema = batches.schema();
+        Ok(PyBatchStream {
+            state: parking_lot::Mutex::new(Some(StreamState {
+                job,
+                batches,
+                batcher: batch_size.map(|n| RowBatcher::new(schema, n)),
+                ready: Default::default(),
+                ended: false,
+            })),
+            df: self.df.clone(),
+        })
+    }
+
+    /// Run and write files; returns the job's figures.
+    fn write<'py>(&self, py: Python<'py>, directory: String, format: &str, mode: &str) -> PyResult<Bound<'py, PyDict>> {
+        let format = match format {
+            "parquet" => FileFormat::Parquet,
+            "csv" => FileFormat::Csv,
+            "json" => FileFormat::Json,
+            other => return Err(PyValueError::new_err(format!("unknown format '{other}'"))),
+        };
+        let mode = match mode {
+            "append" => WriteMode::Append,
+            "overwrite" => WriteMode::Overwrite,
+            other => return Err(PyValueError::new_err(format!("unknown write mode '{other}'; use append or overwrite"))),
+        };
+        let sink = Arc::new(rillet_runtime::FileSink::new(directory, format, mode));
+        let name = format!("write {}", format.extension());
+        let job = py.detach(|| self.df.execute(sink, &name)).py_err()?;
+        let job = Arc::new(tokio::sync::Mutex::new(job));
+        let (waiter, canceller) = (job.clone(), job.clone());
+        let stats = wait_interruptibly(
+            py,
+            async move { waiter.lock().await.wait().await },
+            move || {
+                if let Ok(job) = canceller.try_lock() {
+                    job.cancel();
+                }
+            },
+        )?
+        .py_err()?;
+        self.df.record_stats(stats.clone());
+        stats_to_dict(py, &stats)
+    }
+
+    fn explain(&self, py: Python<'_>) -> PyResult<String> {
+        py.detach(|| self.df.explain()).py_err()
+    }
+
+    /// Figures of the last run, or None.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        self.df.last_stats().map(|s| stats_to_dict(py, &s)).transpose()
+    }
+}
+
+struct StreamState {
+    job: JobHandle,
+    batches: CollectedBatches,
+    batcher: Option<RowBatcher>,
+    /// Batches cut to size and not yet handed out.
+    ready: std::collections::VecDeque<RecordBatch>,
+    ended: bool,
+}
+
+/// Batches of a running job. Closing it (or dropping it) cancels the job.
+#[pyclass(name = "BatchStream", module = "rillet._rillet")]
+pub struct PyBatchStream {
+    state: parking_lot::Mutex<Option<StreamState>>,
+    df: DataFrame,
+}
+
+#[pymethods]
+impl PyBatchStream {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let mut guard = self.state.lock();
+        let Some(state) = guard.as_mut() else {
+            return Ok(None);
+        };
+        loop {
+            if let Some(batch) = state.ready.pop_front() {
+                return pyo3_arrow::PyRecordBatch::new(batch).into_pyarrow(py).map(Some);
+            }
+            if state.ended {
+                let rest = state.batcher.as_mut().map(|b| b.flush()).transpose().py_err()?.flatten();
+                if rest.is_none() {
+                    *guard = None;
+                    return Ok(None);
+                }
+                return rest.map(|b| pyo3_arrow::PyRecordBatch::new(b).into_pyarrow(py)).transpose();
+            }
+            let cancel = || ();
+            let next = wait_interruptibly(py, state.batches.next_batch(), cancel);
+            let next = match next {
+                Ok(next) => next.py_err()?,
+                Err(e) => {
+                    state.job.cancel();
+                    *guard = None;
+                    return Err(e);
+                }
+            };
+            match next {
+                Some(batch) => match state.batcher.as_mut() {
+                    Some(batcher) => state.ready.extend(batcher.push(batch).py_err()?),
+                    None => state.ready.push_back(batch),
+                },
+                None => {
+                    let stats = wait_interruptibly(py, state.job.wait(), || ())?.py_err()?;
+                    self.df.record_stats(stats);
+                    state.ended = true;
+                }
+            }
+        }
+    }
+
+    /// Stop the job (if still running) and release its resources.
+    fn close(&self) {
+        if let Some(state) = self.state.lock().take() {
+            state.job.cancel();
+        }
+    }
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PySession>()?;
+    m.add_class::<PyDataFrame>()?;
+    m.add_class::<PyBatchStream>()?;
+    Ok(())
+}

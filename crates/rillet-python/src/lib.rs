@@ -1,0 +1,20 @@
+//! The `rillet._rillet` extension module: a thin PyO3 layer over `rillet-plan`. The
+//! Pythonic API (operator overloading, keyword arguments, format conversions) lives in
+//! `python/rillet/`; this module only moves plans and Arrow data (zero copy, through the
+//! Arrow PyCapsule interface) across the boundary. No Rust panic crosses it: PyO3 turns one
+//! into a Python exception, and job tasks catch their own.
+
+mod dataframe;
+mod errors;
+mod expr;
+mod functions;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _rillet(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    errors::register(m)?;
+    expr::register(m)?;
+    dataframe::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,295 @@
+//! Bounded, byte-budgeted channels between tasks.
+//!
+//! A channel holds at most `capacity_bytes` of batches (a single batch larger than the
+//! whole capacity still passes, alone). A sender that finds the budget used up waits, and
+//! that wait is recorded on its operator as *output backpressure*; a receiver that finds the
+//! channel empty records a wait on *input*. Dropping the receiver closes the channel, and a
+//! blocked or later `send` returns [`SendError::Closed`] so upstream tasks stop early (this
+//! is how `limit` and cancellation stop the work above them).
+//!
+//! ```
+//! use rillet_runtime::channel::byte_channel;
+//! use rillet_runtime::StreamMessage;
+//! let rt = rillet_runtime::global_runtime();
+//! let (tx, mut rx) = byte_channel(1 << 20, 1, None, None);
+//! rt.block_on(async {
+//!     tx.send(StreamMessage::End).await.unwrap();
+//!     assert!(matches!(rx.recv().await, Some(StreamMessage::End)));
+//! });
+//! ```
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::message::StreamMessage;
+use crate::metrics::{OperatorMetrics, WaitReason};
+
+/// The receiving side is gone: the consumer finished early or the job was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The receiver was dropped.
+    Closed,
+}
+
+struct Envelope {
+    message: StreamMessage,
+    /// Index of the sending task, so a receiver with several senders can align barriers.
+    sender_index: usize,
+    /// Released when the receiver takes the message, returning its bytes to the budget.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Sending half of a byte-budgeted channel. Cloned once per upstream task.
+#[derive(Clone)]
+pub struct ChannelSender {
+    tx: mpsc::UnboundedSender<Envelope>,
+    budget: Arc<Semaphore>,
+    capacity: u32,
+    sender_index: usize,
+    metrics: Option<Arc<OperatorMetrics>>,
+}
+
+/// Receiving half of a byte-budgeted channel.
+pub struct ChannelReceiver {
+    rx: mpsc::UnboundedReceiver<Envelope>,
+    budget: Arc<Semaphore>,
+    ends_expected: usize,
+    ends_seen: usize,
+    metrics: Option<Arc<OperatorMetrics>>,
+}
+
+/// Create a channel holding at most `capacity_bytes` of queued data, fed by `senders`
+/// upstream tasks (the receiver reports end of stream once each has sent
+/// [`StreamMessage::End`]). Waits are recorded on the given operators' metrics.
+pub fn byte_channel(
+    capacity_bytes: usize,
+    senders: usize,
+    sender_metrics: Option<Arc<OperatorMetrics>>,
+    receiver_metrics: Option<Arc<OperatorMetrics>>,
+) -> (ChannelSender, ChannelReceiver) {
+    let capacity = capacity_bytes.clamp(1, u32::MAX as usize >> 1) as u32;
+    let budget = Arc::new(Semaphore::new(capacity as usize));
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        ChannelSender {
+            tx,
+            budget: budget.clone(),
+            capacity,
+            sender_index: 0,
+            metrics: sender_metrics,
+        },
+        ChannelReceiver {
+            rx,
+            budget,
+            ends_expected: senders.max(1),
+            ends_seen: 0,
+            metrics: receiver_metrics,
+        },
+    )
+}
+
+impl ChannelSender {
+    /// A clone of this sender that identifies itself as upstream task `index`.
+    pub fn for_sender(&self, index: usize) -> Self {
+        let mut sender = self.clone();
+        sender.sender_index = index;
+        sender
+    }
+
+    /// Send a message, waiting while the channel's byte budget is used up.
+    pub async fn send(&self, message: StreamMessage) -> Result<(), SendError> {
+        let bytes = (message.memory_size().min(self.capacity as usize) as u32).max(1);
+        let permit = match self.budget.clone().try_acquire_many_owned(bytes) {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(SendError::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let started = Instant::now();
+                let _waiting = self
+                    .metrics
+                    .as_ref()
+                    .map(|m| m.begin_wait(WaitReason::OutputBackpressure));
+                let permit = self
+                    .budget
+                    .clone()
+                    .acquire_many_owned(bytes)
+                    .await
+                    .map_err(|_| SendError::Closed)?;
+                if let Some(m) = &self.metrics {
+                    m.record_wait(WaitReason::OutputBackpressure, started.elapsed());
+                }
+                permit
+            }
+        };
+        self.tx
+            .send(Envelope {
+                message,
+                sender_index: self.sender_index,
+                _permit: Some(permit),
+            })
+            .map_err(|_| SendError::Closed)
+    }
+
+    /// True once the receiver has gone away.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+impl ChannelReceiver {
+    /// Receive the next batch or barrier. Returns `Some(StreamMessage::End)` exactly once,
+    /// after every upstream task has finished, and `None` if an upstream task vanished
+    /// without finishing (it failed or was cancelled; the job reports its error).
+    pub async fn recv(&mut self) -> Option<StreamMessage> {
+        Some(self.recv_from().await?.0)
+    }
+
+    /// Like [`recv`](Self::recv), also returning the index of the upstream task that sent it.
+    pub async fn recv_from(&mut self) -> Option<(StreamMessage, usize)> {
+        loop {
+            if self.ends_seen == self.ends_expected {
+                return None;
+            }
+            let envelope = match self.rx.try_recv() {
+                Ok(envelope) => envelope,
+                Err(_) => {
+                    let started = Instant::now();
+                    let _waiting = self
+                        .metrics
+                        .as_ref()
+                        .map(|m| m.begin_wait(WaitReason::Input));
+                    let received = self.rx.recv().await;
+                    if let Some(m) = &self.metrics {
+                        m.record_wait(WaitReason::Input, started.elapsed());
+                    }
+                    received?
+                }
+            };
+            match envelope.message {
+                StreamMessage::End => {
+                    self.ends_seen += 1;
+                    if self.ends_seen == self.ends_expected {
+                        return Some((StreamMessage::End, envelope.sender_index));
+                    }
+                }
+                message => return Some((message, envelope.sender_index)),
+            }
+        }
+    }
+
+}
+
+impl Drop for ChannelReceiver {
+    fn drop(&mut self) {
+        // Wake senders blocked on the budget so they see the channel is closed.
+        self.budget.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::time::Duration;
+
+    fn batch(rows: usize) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from_iter_values(0..rows as i64))],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sender_waits_when_budget_is_used_up_and_records_backpressure() {
+        let rt = crate::global_runtime();
+        let metrics = Arc::new(OperatorMetrics::new("producer"));
+        let one = batch(1000);
+        let capacity = one.get_array_memory_size() * 2;
+        let (tx, mut rx) = byte_channel(capacity, 1, Some(metrics.clone()), None);
+        rt.block_on(async {
+            tx.send(StreamMessage::Batch(one.clone())).await.unwrap();
+            tx.send(StreamMessage::Batch(one.clone())).await.unwrap();
+            // The third batch does not fit: the send must wait until the receiver takes one.
+            let third = tokio::time::timeout(
+                Duration::from_millis(100),
+                tx.send(StreamMessage::Batch(one.clone())),
+            )
+            .await;
+            assert!(third.is_err(), "send should block on a full channel");
+            let consumer = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut got = 0;
+                while let Some(StreamMessage::Batch(_)) = rx.recv().await {
+                    got += 1;
+                    if got == 3 {
+                        break;
+                    }
+                }
+                got
+            });
+            tx.send(StreamMessage::Batch(one.clone())).await.unwrap();
+            assert_eq!(consumer.await.unwrap(), 3);
+        });
+        assert!(metrics.snapshot().wait_output_ms > 0.0);
+    }
+
+    #[test]
+    fn dropping_the_receiver_releases_a_blocked_sender() {
+        let rt = crate::global_runtime();
+        let one = batch(1000);
+        let (tx, rx) = byte_channel(one.get_array_memory_size(), 1, None, None);
+        rt.block_on(async {
+            tx.send(StreamMessage::Batch(one.clone())).await.unwrap();
+            let blocked = tokio::spawn({
+                let tx = tx.clone();
+                let one = one.clone();
+                async move { tx.send(StreamMessage::Batch(one)).await }
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(rx);
+            let result = tokio::time::timeout(Duration::from_secs(1), blocked)
+                .await
+                .expect("blocked sender must be released")
+                .unwrap();
+            assert_eq!(result, Err(SendError::Closed));
+        });
+    }
+
+    #[test]
+    fn end_is_reported_once_after_every_sender_finished() {
+        let rt = crate::global_runtime();
+        let (tx, mut rx) = byte_channel(1 << 20, 2, None, None);
+        rt.block_on(async {
+            let a = tx.for_sender(0);
+            let b = tx.for_sender(1);
+            a.send(StreamMessage::Batch(batch(3))).await.unwrap();
+            a.send(StreamMessage::End).await.unwrap();
+            b.send(StreamMessage::Batch(batch(2))).await.unwrap();
+            b.send(StreamMessage::End).await.unwrap();
+            let mut rows = 0;
+            loop {
+                match rx.recv().await {
+                    Some(StreamMessage::Batch(b)) => rows += b.num_rows(),
+                    Some(StreamMessage::End) => break,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(rows, 5);
+            assert!(rx.recv().await.is_none());
+        });
+    }
+
+    #[test]
+    fn an_oversized_batch_still_passes_alone() {
+        let rt = crate::global_runtime();
+        let (tx, mut rx) = byte_channel(16, 1, None, None);
+        rt.block_on(async {
+            tx.send(StreamMessage::Batch(batch(10_000))).await.unwrap();
+            assert!(matches!(rx.recv().await, Some(StreamMessage::Batch(_))));
+        });
+    }
+}

@@ -1,0 +1,112 @@
+//! Blocking batch functions (Python UDFs, `map_batches`) and the re-batching in front of
+//! them.
+
+use std::fmt::Debug;
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use arrow::datatypes::SchemaRef;
+use rillet_common::Result;
+
+/// A function from one batch to another, run off the async executor on a bounded pool.
+///
+/// ```
+/// use std::sync::Arc;
+/// use arrow::array::RecordBatch;
+/// use arrow::datatypes::SchemaRef;
+/// use rillet_runtime::BatchFunction;
+///
+/// #[derive(Debug)]
+/// struct Identity(SchemaRef);
+/// impl BatchFunction for Identity {
+///     fn name(&self) -> &str { "identity" }
+///     fn output_schema(&self) -> SchemaRef { self.0.clone() }
+///     fn call(&self, batch: RecordBatch) -> rillet_common::Result<RecordBatch> { Ok(batch) }
+/// }
+/// ```
+pub trait BatchFunction: Send + Sync + Debug {
+    /// Name shown in progress, errors and `explain`.
+    fn name(&self) -> &str;
+    /// Schema of every batch `call` returns.
+    fn output_schema(&self) -> SchemaRef;
+    /// Transform one batch. May block (it runs on a pool thread).
+    fn call(&self, batch: RecordBatch) -> Result<RecordBatch>;
+    /// Rows per call; `None` passes batches through as they arrive.
+    fn batch_size(&self) -> Option<usize> {
+        None
+    }
+    /// Calls that may run at once; `None` uses the engine's blocking pool size.
+    fn concurrency(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// Cuts a stream of batches into batches of exactly `batch_size` rows (the last may be
+/// shorter), so a model or UDF sees the batch size it asked for.
+///
+/// ```
+/// use std::sync::Arc;
+/// use arrow::array::{Int32Array, RecordBatch};
+/// use arrow::datatypes::{DataType, Field, Schema};
+/// use rillet_runtime::RowBatcher;
+/// let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int32, false)]));
+/// let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int32Array::from(vec![1, 2, 3]))]).unwrap();
+/// let mut batcher = RowBatcher::new(schema, 2);
+/// let full: Vec<_> = batcher.push(batch).unwrap();
+/// assert_eq!(full.iter().map(|b| b.num_rows()).collect::<Vec<_>>(), vec![2]);
+/// assert_eq!(batcher.flush().unwrap().unwrap().num_rows(), 1);
+/// ```
+pub struct RowBatcher {
+    schema: SchemaRef,
+    batch_size: usize,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+}
+
+impl RowBatcher {
+    /// A batcher emitting `batch_size`-row batches of `schema`.
+    pub fn new(schema: SchemaRef, batch_size: usize) -> Self {
+        Self {
+            schema,
+            batch_size: batch_size.max(1),
+            pending: Vec::new(),
+            pending_rows: 0,
+        }
+    }
+
+    /// Add a batch; returns every full batch now available.
+    pub fn push(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        if batch.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        self.pending_rows += batch.num_rows();
+        self.pending.push(batch);
+        let mut full = Vec::new();
+        if self.pending_rows < self.batch_size {
+            return Ok(full);
+        }
+        let all = concat_batches(&self.schema, &self.pending)?;
+        self.pending.clear();
+        let mut offset = 0;
+        while all.num_rows() - offset >= self.batch_size {
+            full.push(all.slice(offset, self.batch_size));
+            offset += self.batch_size;
+        }
+        self.pending_rows = all.num_rows() - offset;
+        if self.pending_rows > 0 {
+            self.pending.push(all.slice(offset, self.pending_rows));
+        }
+        Ok(full)
+    }
+
+    /// The rows left over at end of input, if any.
+    pub fn flush(&mut self) -> Result<Option<RecordBatch>> {
+        if self.pending_rows == 0 {
+            return Ok(None);
+        }
+        let rest = concat_batches(&self.schema, &self.pending)?;
+        self.pending.clear();
+        self.pending_rows = 0;
+        Ok(Some(rest))
+    }
+}

@@ -1,0 +1,65 @@
+//! Rillet's dataflow runtime.
+//!
+//! A job is a [`DataflowGraph`]: vertices (operator chains with a parallelism) joined by
+//! edges. The [`LocalWorker`] deploys a graph as tokio tasks, one per vertex partition,
+//! connected by byte-budgeted [`channel`]s that carry [`StreamMessage`]s: record batches and,
+//! in band with them, control messages such as checkpoint barriers. Blocking work (Python
+//! functions, file writes) runs on a bounded [`BlockingPool`] off the async executor.
+//!
+//! The worker is written as "one worker among many": everything it knows about its
+//! neighbours goes through the graph's edges, so an edge can later become a remote Arrow
+//! Flight exchange without touching the operators.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use arrow::array::{Int64Array, RecordBatch};
+//! use arrow::datatypes::{DataType, Field, Schema};
+//! use datafusion::prelude::SessionContext;
+//! use rillet_runtime::{DataflowGraph, LocalWorker, EdgeKind, VertexOperator, CollectSink};
+//!
+//! let rt = rillet_runtime::global_runtime();
+//! let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+//! let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
+//! let ctx = SessionContext::new();
+//! let plan = rt.block_on(async {
+//!     ctx.read_batch(batch).unwrap().create_physical_plan().await.unwrap()
+//! });
+//! let mut graph = DataflowGraph::default();
+//! let source = graph.add_vertex("source", VertexOperator::Fragment(plan), 1);
+//! let (sink, mut results) = CollectSink::new(schema, 1 << 20);
+//! let sink = graph.add_vertex("collect", VertexOperator::Sink(Arc::new(sink)), 1);
+//! graph.connect(source, sink, EdgeKind::Forward);
+//! let task_ctx = datafusion::execution::TaskContext::from(&ctx.state());
+//! let mut job = LocalWorker::new(Default::default()).submit(graph, task_ctx).unwrap();
+//! let rows: usize = rt.block_on(async {
+//!     let mut rows = 0;
+//!     while let Some(batch) = results.next_batch().await.unwrap() { rows += batch.num_rows(); }
+//!     rows
+//! });
+//! assert_eq!(rows, 3);
+//! rt.block_on(job.wait()).unwrap();
+//! ```
+
+pub mod channel;
+mod exchange;
+mod function;
+mod graph;
+mod message;
+mod metrics;
+mod pool;
+mod progress;
+mod runtime;
+mod sink;
+mod worker;
+
+pub use exchange::{ExchangeRegistry, ExchangeSourceExec};
+pub use function::{BatchFunction, RowBatcher};
+pub use graph::{DataflowGraph, Edge, EdgeId, EdgeKind, Vertex, VertexId, VertexOperator};
+pub use message::{CheckpointBarrier, StreamMessage};
+pub use metrics::{JobStats, OperatorMetrics, OperatorStats, WaitReason};
+pub use pool::BlockingPool;
+pub use runtime::global_runtime;
+pub use sink::{
+    BatchWriter, CollectSink, CollectedBatches, FileFormat, FileSink, Sink, WriteMode,
+};
+pub use worker::{JobHandle, LocalWorker};

@@ -1,0 +1,34 @@
+//! What travels on an edge: data and, in band with it, control messages.
+
+use arrow::array::RecordBatch;
+
+/// A checkpoint barrier. Sources inject it; operators forward it in order with the data so
+/// that everything before it belongs to checkpoint `checkpoint_id` (issue #5 builds the
+/// coordinator on this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointBarrier {
+    /// Monotonic id of the checkpoint this barrier belongs to.
+    pub checkpoint_id: u64,
+}
+
+/// One message on a dataflow edge.
+#[derive(Debug, Clone)]
+pub enum StreamMessage {
+    /// A batch of rows.
+    Batch(RecordBatch),
+    /// A checkpoint barrier, kept in order with the batches around it.
+    Barrier(CheckpointBarrier),
+    /// The sending task has no more data.
+    End,
+}
+
+impl StreamMessage {
+    /// Bytes this message holds in memory (Arrow buffer sizes for a batch, 0 for control
+    /// messages); what the channel budget counts.
+    pub fn memory_size(&self) -> usize {
+        match self {
+            StreamMessage::Batch(batch) => batch.get_array_memory_size(),
+            _ => 0,
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Per-operator counters: rows and bytes through, time spent waiting and why.
+//!
+//! Every task of a vertex updates the same [`OperatorMetrics`] with relaxed atomics; the
+//! progress display and [`JobStats`] read snapshots of them.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Why a task is not doing work right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReason {
+    /// Its input channel is empty: upstream is slower.
+    Input,
+    /// Its output channel is full: downstream is slower (backpressure).
+    OutputBackpressure,
+    /// It has work but every worker of its pool is busy.
+    FreeWorker,
+}
+
+impl fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WaitReason::Input => "input",
+            WaitReason::OutputBackpressure => "output backpressure",
+            WaitReason::FreeWorker => "a free worker",
+        })
+    }
+}
+
+/// Live counters for one vertex (operator chain), shared by all its tasks.
+#[derive(Debug)]
+pub struct OperatorMetrics {
+    name: String,
+    started: Instant,
+    rows_in: AtomicU64,
+    rows_out: AtomicU64,
+    bytes_out: AtomicU64,
+    batches_out: AtomicU64,
+    wait_input_ns: AtomicU64,
+    wait_output_ns: AtomicU64,
+    wait_worker_ns: AtomicU64,
+    waiting_input: AtomicUsize,
+    waiting_output: AtomicUsize,
+    waiting_worker: AtomicUsize,
+    tasks_running: AtomicUsize,
+    finished_ns: AtomicU64,
+}
+
+/// Marks a task as waiting for a reason while it lives.
+pub struct WaitGuard<'a> {
+    counter: &'a AtomicUsize,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl OperatorMetrics {
+    /// Fresh counters for an operator called `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            started: Instant::now(),
+            rows_in: AtomicU64::new(0),
+            rows_out: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            batches_out: AtomicU64::new(0),
+            wait_input_ns: AtomicU64::new(0),
+            wait_output_ns: AtomicU64::new(0),
+            wait_worker_ns: AtomicU64::new(0),
+            waiting_input: AtomicUsize::new(0),
+            waiting_output: AtomicUsize::new(0),
+            waiting_worker: AtomicUsize::new(0),
+            tasks_running: AtomicUsize::new(0),
+            finished_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// The operator's display name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Count rows taken in.
+    pub fn add_input(&self, rows: usize) {
+        self.rows_in.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+
+    /// Count a batch produced.
+    pub fn add_output(&self, rows: usize, bytes: usize) {
+        self.rows_out.fetch_add(rows as u64, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.batches_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn waiting_counter(&self, reason: WaitReason) -> &AtomicUsize {
+        match reason {
+            WaitReason::Input => &self.waiting_input,
+            WaitReason::OutputBackpressure => &self.waiting_output,
+            WaitReason::FreeWorker => &self.waiting_worker,
+        }
+    }
+
+    /// Mark one task as waiting for `reason` until the guard is dropped.
+    pub fn begin_wait(&self, reason: WaitReason) -> WaitGuard<'_> {
+        let counter = self.waiting_counter(reason);
+        counter.fetch_add(1, Ordering::Relaxed);
+        WaitGuard { counter }
+    }
+
+    /// Add a finished wait to the totals.
+    pub fn record_wait(&self, reason: WaitReason, waited: Duration) {
+        let total = match reason {
+            WaitReason::Input => &self.wait_input_ns,
+            WaitReason::OutputBackpressure => &self.wait_output_ns,
+            WaitReason::FreeWorker => &self.wait_worker_ns,
+        };
+        total.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// A task of this operator started.
+    pub fn task_started(&self) {
+        self.tasks_running.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A task of this operator finished; the last one stamps the operator's end time.
+    pub fn task_finished(&self) {
+        if self.tasks_running.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.finished_ns
+                .store(self.started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// A consistent-enough copy of the counters for display and reporting.
+    pub fn snapshot(&self) -> OperatorStats {
+        let finished = self.finished_ns.load(Ordering::Relaxed);
+        let elapsed = if finished > 0 {
+            Duration::from_nanos(finished)
+        } else {
+            self.started.elapsed()
+        };
+        let ms = |ns: &AtomicU64| ns.load(Ordering::Relaxed) as f64 / 1e6;
+        let rows_out = self.rows_out.load(Ordering::Relaxed);
+        let waiting_on = [
+            (WaitReason::OutputBackpressure, &self.waiting_output),
+            (WaitReason::FreeWorker, &self.waiting_worker),
+            (WaitReason::Input, &self.waiting_input),
+        ]
+        .into_iter()
+        .filter(|(_, n)| n.load(Ordering::Relaxed) > 0)
+        .map(|(reason, _)| reason)
+        .collect();
+        OperatorStats {
+            name: self.name.clone(),
+            rows_in: self.rows_in.load(Ordering::Relaxed),
+            rows_out,
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            batches_out: self.batches_out.load(Ordering::Relaxed),
+            elapsed_s: elapsed.as_secs_f64(),
+            rows_per_s: rows_out as f64 / elapsed.as_secs_f64().max(1e-9),
+            wait_input_ms: ms(&self.wait_input_ns),
+            wait_output_ms: ms(&self.wait_output_ns),
+            wait_worker_ms: ms(&self.wait_worker_ns),
+            tasks_running: self.tasks_running.load(Ordering::Relaxed),
+            waiting_on,
+        }
+    }
+}
+
+/// A snapshot of one operator's counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperatorStats {
+    /// Operator (vertex) name.
+    pub name: String,
+    /// Rows received from upstream.
+    pub rows_in: u64,
+    /// Rows produced.
+    pub rows_out: u64,
+    /// Bytes produced (Arrow memory size of the output batches).
+    pub bytes_out: u64,
+    /// Batches produced.
+    pub batches_out: u64,
+    /// Seconds from the job's start to this operator's end (or now, while running).
+    pub elapsed_s: f64,
+    /// Output rows per second over `elapsed_s`.
+    pub rows_per_s: f64,
+    /// Total milliseconds tasks waited for input.
+    pub wait_input_ms: f64,
+    /// Total milliseconds tasks waited on a full output channel.
+    pub wait_output_ms: f64,
+    /// Total milliseconds tasks waited for a free pool worker.
+    pub wait_worker_ms: f64,
+    /// Tasks still running.
+    pub tasks_running: usize,
+    /// What running tasks are waiting on right now, most telling first.
+    pub waiting_on: Vec<WaitReason>,
+}
+
+impl OperatorStats {
+    /// One line for the progress display and logs.
+    pub fn summary(&self) -> String {
+        let waiting = match self.waiting_on.first() {
+            Some(reason) if self.tasks_running > 0 => format!(" · waiting on {reason}"),
+            _ if self.tasks_running == 0 => " · done".to_string(),
+            _ => " · busy".to_string(),
+        };
+        format!(
+            "{}: {} rows, {}, {:.0} rows/s{}",
+            self.name,
+            self.rows_out,
+            human_bytes(self.bytes_out),
+            self.rows_per_s,
+            waiting
+        )
+    }
+}
+
+/// Figures for a whole job, available after it ran.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobStats {
+    /// One entry per vertex, in graph order.
+    pub operators: Vec<OperatorStats>,
+    /// Wall-clock seconds of the job.
+    pub elapsed_s: f64,
+    /// Bytes read from storage by scans (from DataFusion's `bytes_scanned` metric).
+    pub bytes_scanned: u64,
+    /// Rows delivered to the sink.
+    pub rows_written: u64,
+    /// Files written by a file sink.
+    pub files_written: Vec<String>,
+}
+
+/// `1536` → `"1.5 KiB"`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_reason_is_visible_while_waiting() {
+        let metrics = OperatorMetrics::new("op");
+        metrics.task_started();
+        {
+            let _guard = metrics.begin_wait(WaitReason::FreeWorker);
+            assert_eq!(metrics.snapshot().waiting_on, vec![WaitReason::FreeWorker]);
+            assert!(metrics.snapshot().summary().contains("waiting on a free worker"));
+        }
+        assert!(metrics.snapshot().waiting_on.is_empty());
+        metrics.task_finished();
+        assert!(metrics.snapshot().summary().ends_with("done"));
+    }
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+}

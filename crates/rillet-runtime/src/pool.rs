@@ -1,0 +1,89 @@
+//! A bounded pool for blocking work.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rillet_common::{Result, RilletError};
+use tokio::sync::Semaphore;
+
+use crate::metrics::{OperatorMetrics, WaitReason};
+
+/// Runs blocking closures on tokio's blocking threads, at most `size` at once. Callers that
+/// find every slot taken wait, and the wait is recorded as "waiting on a free worker".
+///
+/// ```
+/// let pool = rillet_runtime::BlockingPool::new(2);
+/// let rt = rillet_runtime::global_runtime();
+/// let answer = rt.block_on(pool.run(None, || Ok(6 * 7))).unwrap();
+/// assert_eq!(answer, 42);
+/// ```
+#[derive(Debug, Clone)]
+pub struct BlockingPool {
+    slots: Arc<Semaphore>,
+    size: usize,
+}
+
+impl BlockingPool {
+    /// A pool of `size` workers (at least one).
+    pub fn new(size: usize) -> Self {
+        let size = size.max(1);
+        Self {
+            slots: Arc::new(Semaphore::new(size)),
+            size,
+        }
+    }
+
+    /// Number of workers.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Run `work` on a pool worker and wait for its result. A panic inside `work` becomes an
+    /// error instead of unwinding into the caller.
+    pub async fn run<T, F>(&self, metrics: Option<&OperatorMetrics>, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T> + Send + 'static,
+    {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let started = Instant::now();
+                let _waiting = metrics.map(|m| m.begin_wait(WaitReason::FreeWorker));
+                let permit = self
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| RilletError::Cancelled)?;
+                if let Some(m) = metrics {
+                    m.record_wait(WaitReason::FreeWorker, started.elapsed());
+                }
+                permit
+            }
+        };
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = work();
+            drop(permit);
+            result
+        })
+        .await;
+        match joined {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(RilletError::internal(format!(
+                "a blocking task panicked: {}",
+                panic_message(e.into_panic())
+            ))),
+            Err(_) => Err(RilletError::Cancelled),
+        }
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
+}

@@ -1,0 +1,17 @@
+//! The process-wide tokio runtime that runs every job's tasks.
+
+use std::sync::OnceLock;
+
+/// The shared multi-threaded tokio runtime, one worker thread per core. Built on first use.
+///
+/// Blocking work never runs on it directly: see [`crate::BlockingPool`].
+pub fn global_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .thread_name("rillet-worker")
+            .enable_all()
+            .build()
+            .expect("cannot start the tokio runtime (out of threads?)")
+    })
+}

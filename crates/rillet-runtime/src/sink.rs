@@ -1,0 +1,316 @@
+//! Sinks: where a job's rows end up. File sinks write one file per task; the collect sink
+//! hands batches back to the caller through a bounded channel.
+
+use std::fmt::Debug;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+use rillet_common::{Result, RilletError};
+
+use crate::channel::{ChannelReceiver, ChannelSender, byte_channel};
+use crate::message::StreamMessage;
+
+/// Where a job's output goes. The worker opens one [`BatchWriter`] per sink task.
+#[async_trait]
+pub trait Sink: Send + Sync + Debug {
+    /// One line for `explain`.
+    fn describe(&self) -> String;
+    /// Called once before any task opens a writer (e.g. to clear a directory).
+    fn prepare(&self) -> Result<()> {
+        Ok(())
+    }
+    /// A writer for sink task `partition`.
+    fn open(&self, partition: usize, schema: SchemaRef) -> Result<Box<dyn BatchWriter>>;
+    /// Called once after every task finished or was cancelled.
+    fn finish(&self) {}
+}
+
+/// Writes the batches of one sink task.
+#[async_trait]
+pub trait BatchWriter: Send {
+    /// Write one batch.
+    async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+    /// Finish; returns the file written, if any.
+    async fn close(self: Box<Self>) -> Result<Option<String>>;
+}
+
+/// File formats a [`FileSink`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// Apache Parquet (zstd-compressed).
+    Parquet,
+    /// CSV with a header line.
+    Csv,
+    /// JSON lines: one object per row.
+    Json,
+}
+
+impl FileFormat {
+    /// File name extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            FileFormat::Parquet => "parquet",
+            FileFormat::Csv => "csv",
+            FileFormat::Json => "json",
+        }
+    }
+}
+
+/// What to do with files already in the output directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Keep them; new files get names of their own.
+    Append,
+    /// Delete the directory's files of this format first.
+    Overwrite,
+}
+
+/// Writes a directory of files, one per sink task: `<job>-<task>.<ext>`.
+#[derive(Debug)]
+pub struct FileSink {
+    directory: PathBuf,
+    format: FileFormat,
+    mode: WriteMode,
+    prefix: String,
+}
+
+impl FileSink {
+    /// A sink writing `format` files into `directory` (created if missing).
+    pub fn new(directory: impl Into<PathBuf>, format: FileFormat, mode: WriteMode) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self {
+            directory: directory.into(),
+            format,
+            mode,
+            prefix: format!("{:x}", nanos & 0xffff_ffff_ffff),
+        }
+    }
+}
+
+impl Sink for FileSink {
+    fn describe(&self) -> String {
+        format!(
+            "write {:?} files to {} ({:?})",
+            self.format,
+            self.directory.display(),
+            self.mode
+        )
+    }
+
+    fn prepare(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.directory)?;
+        if self.mode == WriteMode::Overwrite {
+            for entry in std::fs::read_dir(&self.directory)? {
+                let path = entry?.path();
+                if path.extension().and_then(|e| e.to_str()) == Some(self.format.extension()) {
+                    std::fs::remove_file(path)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn open(&self, partition: usize, schema: SchemaRef) -> Result<Box<dyn BatchWriter>> {
+        let path = self.directory.join(format!(
+            "{}-{partition:05}.{}",
+            self.prefix,
+            self.format.extension()
+        ));
+        Ok(Box::new(FileWriter {
+            path,
+            format: self.format,
+            schema,
+            // Task 0 always writes a file so an empty result still has a schema on disk.
+            always_create: partition == 0,
+            inner: None,
+        }))
+    }
+}
+
+enum FormatWriter {
+    Parquet(ArrowWriter<File>),
+    Csv(arrow::csv::Writer<File>),
+    Json(arrow::json::LineDelimitedWriter<File>),
+}
+
+struct FileWriter {
+    path: PathBuf,
+    format: FileFormat,
+    schema: SchemaRef,
+    always_create: bool,
+    inner: Option<FormatWriter>,
+}
+
+fn create_writer(path: &Path, format: FileFormat, schema: &SchemaRef) -> Result<FormatWriter> {
+    let file = File::create(path).map_err(|e| {
+        RilletError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot create {}: {e}", path.display()),
+        ))
+    })?;
+    Ok(match format {
+        FileFormat::Parquet => {
+            let properties = WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+                // Row groups of 128k rows keep the writer's buffer small (bounded memory).
+                .set_max_row_group_row_count(Some(128 * 1024))
+                .set_max_row_group_bytes(Some(64 << 20))
+                .build();
+            FormatWriter::Parquet(
+                ArrowWriter::try_new(file, schema.clone(), Some(properties))
+                    .map_err(|e| RilletError::internal(e.to_string()))?,
+            )
+        }
+        FileFormat::Csv => FormatWriter::Csv(arrow::csv::Writer::new(file)),
+        FileFormat::Json => FormatWriter::Json(arrow::json::LineDelimitedWriter::new(file)),
+    })
+}
+
+impl FileWriter {
+    fn write_blocking(&mut self, batch: &RecordBatch) -> Result<()> {
+        if self.inner.is_none() {
+            self.inner = Some(create_writer(&self.path, self.format, &self.schema)?);
+        }
+        match self.inner.as_mut().expect("created above") {
+            FormatWriter::Parquet(w) => w
+                .write(batch)
+                .map_err(|e| RilletError::internal(format!("parquet write: {e}")))?,
+            FormatWriter::Csv(w) => w.write(batch)?,
+            FormatWriter::Json(w) => w.write(batch)?,
+        }
+        Ok(())
+    }
+
+    fn close_blocking(mut self) -> Result<Option<String>> {
+        if self.inner.is_none() && self.always_create {
+            self.inner = Some(create_writer(&self.path, self.format, &self.schema)?);
+        }
+        let Some(inner) = self.inner else {
+            return Ok(None);
+        };
+        match inner {
+            FormatWriter::Parquet(w) => {
+                w.close()
+                    .map_err(|e| RilletError::internal(format!("parquet close: {e}")))?;
+            }
+            FormatWriter::Csv(w) => drop(w.into_inner()),
+            FormatWriter::Json(mut w) => w.finish()?,
+        }
+        Ok(Some(self.path.display().to_string()))
+    }
+}
+
+#[async_trait]
+impl BatchWriter for FileWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        // Encoding and compression are CPU-heavy and file writes block: keep them off the
+        // async workers' cooperative scheduling.
+        tokio::task::block_in_place(|| self.write_blocking(&batch))
+    }
+
+    async fn close(self: Box<Self>) -> Result<Option<String>> {
+        tokio::task::block_in_place(|| self.close_blocking())
+    }
+}
+
+/// Hands the job's batches to the caller through a bounded channel (what `collect` and
+/// `iter_batches` read). Dropping the [`CollectedBatches`] closes the channel, which stops
+/// the job's producers.
+#[derive(Debug)]
+pub struct CollectSink {
+    template: Mutex<Option<SenderTemplate>>,
+}
+
+struct SenderTemplate(ChannelSender);
+
+impl Debug for SenderTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChannelSender")
+    }
+}
+
+/// The caller's end of a [`CollectSink`].
+pub struct CollectedBatches {
+    receiver: ChannelReceiver,
+    schema: SchemaRef,
+}
+
+impl CollectSink {
+    /// A sink and the receiving end, holding at most `capacity_bytes` of undelivered rows.
+    pub fn new(schema: SchemaRef, capacity_bytes: usize) -> (Self, CollectedBatches) {
+        // The channel ends when every sender is dropped (all sink tasks done and `finish`
+        // called), so it never counts End messages.
+        let (sender, receiver) = byte_channel(capacity_bytes, usize::MAX, None, None);
+        (
+            Self {
+                template: Mutex::new(Some(SenderTemplate(sender))),
+            },
+            CollectedBatches { receiver, schema },
+        )
+    }
+}
+
+impl Sink for CollectSink {
+    fn describe(&self) -> String {
+        "collect batches to the caller".to_string()
+    }
+
+    fn open(&self, _partition: usize, _schema: SchemaRef) -> Result<Box<dyn BatchWriter>> {
+        let sender = self
+            .template
+            .lock()
+            .as_ref()
+            .map(|t| t.0.clone())
+            .ok_or(RilletError::Cancelled)?;
+        Ok(Box::new(CollectWriter { sender }))
+    }
+
+    fn finish(&self) {
+        self.template.lock().take();
+    }
+}
+
+struct CollectWriter {
+    sender: ChannelSender,
+}
+
+#[async_trait]
+impl BatchWriter for CollectWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.sender
+            .send(StreamMessage::Batch(batch))
+            .await
+            .map_err(|_| RilletError::Cancelled)
+    }
+
+    async fn close(self: Box<Self>) -> Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+impl CollectedBatches {
+    /// Schema of the batches.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// The next batch, or `None` once the job has no more output (check the job's result to
+    /// tell success from failure).
+    pub async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            match self.receiver.recv().await {
+                Some(StreamMessage::Batch(batch)) => return Ok(Some(batch)),
+                Some(_) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! The local worker: deploys a [`DataflowGraph`] as tokio tasks and drives the job to its
+//! end, its first error, or its cancellation.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
+use futures::StreamExt;
+use rillet_common::{EngineConfig, Result, RilletError};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::channel::{ChannelReceiver, ChannelSender, byte_channel};
+use crate::exchange::ExchangeRegistry;
+use crate::function::{BatchFunction, RowBatcher};
+use crate::graph::{DataflowGraph, EdgeKind, VertexId, VertexOperator};
+use crate::message::StreamMessage;
+use crate::metrics::{JobStats, OperatorMetrics};
+use crate::pool::{BlockingPool, panic_message};
+use crate::progress::ProgressDisplay;
+use crate::runtime::global_runtime;
+use crate::sink::Sink;
+
+/// Smallest and largest share of the memory budget one channel gets.
+const MIN_CHANNEL_BYTES: usize = 256 << 10;
+const MAX_CHANNEL_BYTES: usize = 64 << 20;
+
+/// Runs dataflow graphs in this process. (A remote worker will take the same graph.)
+#[derive(Debug, Clone)]
+pub struct LocalWorker {
+    config: EngineConfig,
+}
+
+/// A running job. Dropping the handle cancels the job.
+pub struct JobHandle {
+    cancel: watch::Sender<bool>,
+    done: Option<oneshot::Receiver<Result<JobStats>>>,
+    metrics: Arc<Vec<Arc<OperatorMetrics>>>,
+    started: Instant,
+}
+
+/// Where a task's output goes.
+struct OutputRouter {
+    kind: EdgeKind,
+    senders: Vec<ChannelSender>,
+    next: usize,
+}
+
+impl OutputRouter {
+    /// Send to the next receiver; `false` when downstream has gone away (it needs no more).
+    async fn send(&mut self, message: StreamMessage) -> bool {
+        let target = match (self.kind, &message) {
+            (EdgeKind::Forward, _) => 0,
+            // Barriers go to every downstream task so each sees the checkpoint.
+            (EdgeKind::Rebalance, StreamMessage::Barrier(_)) => {
+                for sender in &self.senders {
+                    if sender.send(message.clone()).await.is_err() {
+                        return false;
+                    }
+                }
+                return true;
+            }
+            (EdgeKind::Rebalance, _) => {
+                self.next = (self.next + 1) % self.senders.len();
+                self.next
+            }
+        };
+        self.senders[target].send(message).await.is_ok()
+    }
+
+    async fn end(&mut self) {
+        for sender in &self.senders {
+            let _ = sender.send(StreamMessage::End).await;
+        }
+    }
+}
+
+/// Marks a task finished on its operator when it ends, however it ends.
+struct TaskGuard(Arc<OperatorMetrics>);
+
+impl TaskGuard {
+    fn start(metrics: &Arc<OperatorMetrics>) -> Self {
+        metrics.task_started();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.task_finished();
+    }
+}
+
+impl LocalWorker {
+    /// A worker using `config`'s memory budget and pool sizes.
+    pub fn new(config: EngineConfig) -> Self {
+        Self { config }
+    }
+
+    /// Deploy `graph` and start it. `task_ctx` carries DataFusion's session (functions,
+    /// memory pool, object stores) to the fragments.
+    pub fn submit(&self, graph: DataflowGraph, task_ctx: TaskContext) -> Result<JobHandle> {
+        graph.validate()?;
+        let runtime = global_runtime();
+        let metrics: Vec<Arc<OperatorMetrics>> = graph
+            .vertices
+            .iter()
+            .map(|v| Arc::new(OperatorMetrics::new(v.name.clone())))
+            .collect();
+
+        let channel_count: usize = graph
+            .edges
+            .iter()
+            .map(|e| graph.vertices[e.target.0].parallelism)
+            .sum::<usize>()
+            .max(1);
+        let capacity = (self.config.memory_budget_bytes / channel_count)
+            .clamp(MIN_CHANNEL_BYTES, MAX_CHANNEL_BYTES);
+
+        // inputs[v][p]: receivers feeding task p of vertex v, with their upstream vertex.
+        let mut inputs: Vec<Vec<Vec<(VertexId, ChannelReceiver)>>> = graph
+            .vertices
+            .iter()
+            .map(|v| (0..v.parallelism).map(|_| Vec::new()).collect())
+            .collect();
+        let mut outputs: Vec<Vec<Option<OutputRouter>>> = graph
+            .vertices
+            .iter()
+            .map(|v| (0..v.parallelism).map(|_| None).collect())
+            .collect();
+        let mut fragment_inputs = Vec::new();
+        for edge in &graph.edges {
+            let (s, t) = (edge.source.0, edge.target.0);
+            let (up, down) = (graph.vertices[s].parallelism, graph.vertices[t].parallelism);
+            if matches!(graph.vertices[t].operator, VertexOperator::Fragment(_)) {
+                // A fragment reads its input through exchange leaves, whose partitions are
+                // the upstream tasks (one fragment task may run several of them, e.g. under
+                // a final aggregate): one channel per upstream task, found by the leaf.
+                for (p, slot) in outputs[s].iter_mut().enumerate() {
+                    let (tx, rx) = byte_channel(
+                        capacity,
+                        1,
+                        Some(metrics[s].clone()),
+                        Some(metrics[t].clone()),
+                    );
+                    fragment_inputs.push((edge.source, p, rx, metrics[t].clone()));
+                    *slot = Some(OutputRouter {
+                        kind: EdgeKind::Forward,
+                        senders: vec![tx],
+                        next: 0,
+                    });
+                }
+                continue;
+            }
+            match edge.kind {
+                EdgeKind::Forward => {
+                    for p in 0..down {
+                        let (tx, rx) = byte_channel(
+                            capacity,
+                            1,
+                            Some(metrics[s].clone()),
+                            Some(metrics[t].clone()),
+                        );
+                        inputs[t][p].push((edge.source, rx));
+                        outputs[s][p] = Some(OutputRouter {
+                            kind: edge.kind,
+                            senders: vec![tx],
+                            next: 0,
+                        });
+                    }
+                }
+                EdgeKind::Rebalance => {
+                    let mut senders = Vec::with_capacity(down);
+                    for p in 0..down {
+                        let (tx, rx) = byte_channel(
+                            capacity,
+                            up,
+                            Some(metrics[s].clone()),
+                            Some(metrics[t].clone()),
+                        );
+                        inputs[t][p].push((edge.source, rx));
+                        senders.push(tx);
+                    }
+                    for (p, slot) in outputs[s].iter_mut().enumerate() {
+                        *slot = Some(OutputRouter {
+                            kind: edge.kind,
+                            senders: senders.iter().map(|tx| tx.for_sender(p)).collect(),
+                            next: p % down,
+                        });
+                    }
+                }
+            }
+        }
+
+        let registry = Arc::new(ExchangeRegistry::default());
+        for (upstream, partition, receiver, consumer) in fragment_inputs {
+            registry.register(upstream, partition, receiver, consumer);
+        }
+        let config = task_ctx
+            .session_config()
+            .clone()
+            .with_extension(registry.clone());
+        let task_ctx = Arc::new(task_ctx.with_session_config(config));
+
+        let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+        let mut fragments: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        for vertex in &graph.vertices {
+            match &vertex.operator {
+                VertexOperator::Sink(sink) => {
+                    sink.prepare()?;
+                    sinks.push(sink.clone());
+                }
+                VertexOperator::Fragment(plan) => fragments.push(plan.clone()),
+                VertexOperator::Function(_) => {}
+            }
+        }
+
+        let mut tasks: JoinSet<Result<Option<String>>> = JoinSet::new();
+        for vertex in &graph.vertices {
+            let v = vertex.id.0;
+            let vertex_metrics = metrics[v].clone();
+            let pool = match &vertex.operator {
+                VertexOperator::Function(f) => Some(BlockingPool::new(
+                    f.concurrency().unwrap_or(self.config.blocking_threads),
+                )),
+                _ => None,
+            };
+            for p in 0..vertex.parallelism {
+                let mut task_inputs = std::mem::take(&mut inputs[v][p]);
+                let router = outputs[v][p].take();
+                let m = vertex_metrics.clone();
+                match &vertex.operator {
+                    VertexOperator::Fragment(plan) => {
+                        debug_assert!(task_inputs.is_empty(), "fragment inputs go through the registry");
+                        let router = router.ok_or_else(|| missing_output(&vertex.name))?;
+                        let fut = run_fragment(plan.clone(), p, task_ctx.clone(), router, m);
+                        tasks.spawn_on(fut, runtime.handle());
+                    }
+                    VertexOperator::Function(function) => {
+                        let (_, input) = task_inputs.pop().ok_or_else(|| missing_input(&vertex.name))?;
+                        let router = router.ok_or_else(|| missing_output(&vertex.name))?;
+                        let fut = run_function(
+                            function.clone(),
+                            input,
+                            router,
+                            m,
+                            pool.clone().expect("function vertices have a pool"),
+                        );
+                        tasks.spawn_on(fut, runtime.handle());
+                    }
+                    VertexOperator::Sink(sink) => {
+                        let (upstream, input) =
+                            task_inputs.pop().ok_or_else(|| missing_input(&vertex.name))?;
+                        let schema = output_schema(&graph, upstream);
+                        let fut = run_sink(sink.clone(), p, schema, input, m);
+                        tasks.spawn_on(fut, runtime.handle());
+                    }
+                }
+            }
+        }
+
+        let metrics = Arc::new(metrics);
+        let progress = (self.config.progress).then(|| ProgressDisplay::start(metrics.clone())).flatten();
+        let (cancel, cancel_rx) = watch::channel(false);
+        let (done_tx, done_rx) = oneshot::channel();
+        let started = Instant::now();
+        let driver_metrics = metrics.clone();
+        let sink_vertices: Vec<usize> = graph
+            .vertices
+            .iter()
+            .filter(|v| matches!(v.operator, VertexOperator::Sink(_)))
+            .map(|v| v.id.0)
+            .collect();
+        runtime.spawn(async move {
+            let (error, files) = drive(tasks, cancel_rx).await;
+            for sink in &sinks {
+                sink.finish();
+            }
+            if let Some(progress) = progress {
+                progress.finish();
+            }
+            let stats = JobStats {
+                operators: driver_metrics.iter().map(|m| m.snapshot()).collect(),
+                elapsed_s: started.elapsed().as_secs_f64(),
+                bytes_scanned: fragments.iter().map(bytes_scanned).sum(),
+                rows_written: sink_vertices
+                    .iter()
+                    .map(|&v| driver_metrics[v].snapshot().rows_in)
+                    .sum(),
+                files_written: files,
+            };
+            let _ = done_tx.send(match error {
+                Some(error) => Err(error),
+                None => Ok(stats),
+            });
+        });
+        Ok(JobHandle {
+            cancel,
+            done: Some(done_rx),
+            metrics,
+            started,
+        })
+    }
+}
+
+fn missing_input(name: &str) -> RilletError {
+    RilletError::internal(format!("vertex '{name}' has no input channel"))
+}
+
+fn missing_output(name: &str) -> RilletError {
+    RilletError::internal(format!("vertex '{name}' has no output channel"))
+}
+
+fn output_schema(graph: &DataflowGraph, vertex: VertexId) -> SchemaRef {
+    match &graph.vertices[vertex.0].operator {
+        VertexOperator::Fragment(plan) => plan.schema(),
+        VertexOperator::Function(f) => f.output_schema(),
+        VertexOperator::Sink(_) => Arc::new(arrow::datatypes::Schema::empty()),
+    }
+}
+
+/// Bytes read from storage by the scans of a plan (DataFusion's `bytes_scanned` metric).
+fn bytes_scanned(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+    let own = plan
+        .metrics()
+        .and_then(|m| m.sum_by_name("bytes_scanned"))
+        .map_or(0, |v| v.as_usize() as u64);
+    own + plan.children().into_iter().map(bytes_scanned).sum::<u64>()
+}
+
+/// Wait for every task; on the first error or a cancel, abort the rest. Returns the job's
+/// error (a real failure wins over the cancellations it caused) and the files written.
+async fn drive(
+    mut tasks: JoinSet<Result<Option<String>>>,
+    mut cancel: watch::Receiver<bool>,
+) -> (Option<RilletError>, Vec<String>) {
+    let mut error: Option<RilletError> = None;
+    let mut files = Vec::new();
+    let mut cancelled = false;
+    let record = |error: &mut Option<RilletError>, new: RilletError| {
+        let replace = match error {
+            None => true,
+            Some(old) => old.is_cancelled() && !new.is_cancelled(),
+        };
+        if replace {
+            *error = Some(new);
+        }
+    };
+    loop {
+        tokio::select! {
+            changed = cancel.changed(), if !cancelled => {
+                // A cancel request, or the handle was dropped.
+                if changed.is_err() || *cancel.borrow() {
+                    cancelled = true;
+                    record(&mut error, RilletError::Cancelled);
+                    tasks.abort_all();
+                }
+            }
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(file))) => files.extend(file),
+                Some(Ok(Err(e))) => {
+                    record(&mut error, e);
+                    tasks.abort_all();
+                }
+                Some(Err(e)) if e.is_panic() => {
+                    let message = panic_message(e.into_panic());
+                    record(&mut error, RilletError::internal(format!("a task panicked: {message}")));
+                    tasks.abort_all();
+                }
+                Some(Err(_)) => {} // aborted after an error or cancel
+            }
+        }
+    }
+    files.sort();
+    (error, files)
+}
+
+async fn run_fragment(
+    plan: Arc<dyn ExecutionPlan>,
+    partition: usize,
+    task_ctx: Arc<TaskContext>,
+    mut output: OutputRouter,
+    metrics: Arc<OperatorMetrics>,
+) -> Result<Option<String>> {
+    let _guard = TaskGuard::start(&metrics);
+    let mut stream = plan.execute(partition, task_ctx)?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        metrics.add_output(batch.num_rows(), batch.get_array_memory_size());
+        if !output.send(StreamMessage::Batch(batch)).await {
+            // Downstream needs no more rows (a limit was reached): stop reading.
+            return Ok(None);
+        }
+    }
+    output.end().await;
+    Ok(None)
+}
+
+async fn run_function(
+    function: Arc<dyn BatchFunction>,
+    mut input: ChannelReceiver,
+    mut output: OutputRouter,
+    metrics: Arc<OperatorMetrics>,
+    pool: BlockingPool,
+) -> Result<Option<String>> {
+    let _guard = TaskGuard::start(&metrics);
+    let mut batcher: Option<RowBatcher> = None;
+    let expected = function.output_schema();
+    loop {
+        let ready = match input.recv().await {
+            Some(StreamMessage::Batch(batch)) => {
+                metrics.add_input(batch.num_rows());
+                match function.batch_size() {
+                    Some(size) => batcher
+                        .get_or_insert_with(|| RowBatcher::new(batch.schema(), size))
+                        .push(batch)?,
+                    None => vec![batch],
+                }
+            }
+            Some(StreamMessage::Barrier(barrier)) => {
+                // Rows buffered before the barrier belong to the checkpoint before it.
+                let rest = batcher.as_mut().map(|b| b.flush()).transpose()?.flatten();
+                if !call_and_send(&function, rest, &pool, &metrics, &mut output, &expected).await? {
+                    return Ok(None);
+                }
+                if !output.send(StreamMessage::Barrier(barrier)).await {
+                    return Ok(None);
+                }
+                continue;
+            }
+            Some(StreamMessage::End) => {
+                let rest = batcher.as_mut().map(|b| b.flush()).transpose()?.flatten();
+                if call_and_send(&function, rest, &pool, &metrics, &mut output, &expected).await? {
+                    output.end().await;
+                }
+                return Ok(None);
+            }
+            // Upstream vanished: it failed or was cancelled, and reports that itself.
+            None => return Err(RilletError::Cancelled),
+        };
+        for batch in ready {
+            if !call_and_send(&function, Some(batch), &pool, &metrics, &mut output, &expected).await? {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Run the function on one batch on the pool and send the result. `Ok(false)` when
+/// downstream is gone.
+async fn call_and_send(
+    function: &Arc<dyn BatchFunction>,
+    batch: Option<arrow::array::RecordBatch>,
+    pool: &BlockingPool,
+    metrics: &Arc<OperatorMetrics>,
+    output: &mut OutputRouter,
+    expected: &SchemaRef,
+) -> Result<bool> {
+    let Some(batch) = batch else { return Ok(true) };
+    if batch.num_rows() == 0 {
+        return Ok(true);
+    }
+    let f = function.clone();
+    let result = pool.run(Some(metrics), move || f.call(batch)).await?;
+    if result.schema().fields() != expected.fields() {
+        return Err(RilletError::UserFunction {
+            operator: function.name().to_string(),
+            message: format!(
+                "returned a batch with schema {:?}, but the plan expects {:?}",
+                result.schema(),
+                expected
+            ),
+        });
+    }
+    metrics.add_output(result.num_rows(), result.get_array_memory_size());
+    Ok(output.send(StreamMessage::Batch(result)).await)
+}
+
+async fn run_sink(
+    sink: Arc<dyn Sink>,
+    partition: usize,
+    schema: SchemaRef,
+    mut input: ChannelReceiver,
+    metrics: Arc<OperatorMetrics>,
+) -> Result<Option<String>> {
+    let _guard = TaskGuard::start(&metrics);
+    let mut writer = sink.open(partition, schema)?;
+    loop {
+        match input.recv().await {
+            Some(StreamMessage::Batch(batch)) => {
+                metrics.add_input(batch.num_rows());
+                metrics.add_output(batch.num_rows(), batch.get_array_memory_size());
+                match writer.write(batch).await {
+                    Ok(()) => {}
+                    // The caller stopped reading (closed iterator): nothing more to do.
+                    Err(RilletError::Cancelled) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(StreamMessage::Barrier(_)) => {}
+            Some(StreamMessage::End) => break,
+            None => return Err(RilletError::Cancelled),
+        }
+    }
+    writer.close().await
+}
+
+impl JobHandle {
+    /// Ask every task to stop. Returns at once; [`wait`](Self::wait) then reports
+    /// [`RilletError::Cancelled`].
+    pub fn cancel(&self) {
+        let _ = self.cancel.send(true);
+    }
+
+    /// Wait for the job to end and return its figures, or its first error.
+    pub async fn wait(&mut self) -> Result<JobStats> {
+        let done = self
+            .done
+            .as_mut()
+            .ok_or_else(|| RilletError::internal("job already waited for"))?;
+        let result = done
+            .await
+            .unwrap_or_else(|_| Err(RilletError::internal("job driver vanished")));
+        self.done = None;
+        result
+    }
+
+    /// Live figures of the running (or finished) job.
+    pub fn stats(&self) -> JobStats {
+        JobStats {
+            operators: self.metrics.iter().map(|m| m.snapshot()).collect(),
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,68 @@
+"""Prepare the demo's data: real photos from the scikit-image wheel (downloaded from PyPI
+once, cached outside the repository) and a generated Parquet dataset of photo views.
+
+    python examples/prepare_demo_data.py demo-data
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SKIMAGE = "scikit-image==0.26.0"
+MEDIA = (".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff")
+
+
+def fetch_photos(target: Path) -> list[Path]:
+    cache = Path(os.environ.get("RILLET_CACHE", Path.home() / ".cache" / "rillet")) / "wheels"
+    cache.mkdir(parents=True, exist_ok=True)
+    wheels = list(cache.glob("scikit_image-0.26.0-*.whl"))
+    if not wheels:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                        SKIMAGE, "-d", str(cache)], check=True)
+        wheels = list(cache.glob("scikit_image-0.26.0-*.whl"))
+    target.mkdir(parents=True, exist_ok=True)
+    out = []
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        for name in wheel.namelist():
+            if name.startswith("skimage/data/") and name.lower().endswith(MEDIA):
+                path = target / Path(name).name
+                if not path.exists():
+                    path.write_bytes(wheel.read(name))
+                out.append(path)
+    return sorted(out)
+
+
+def generate_views(photos: list[Path], target: Path, rows: int = 2_000_000, files: int = 4) -> None:
+    if target.exists() and any(target.glob("*.parquet")):
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    names = np.array([p.name for p in photos] + ["missing-photo.png"])
+    per_file = rows // files
+    for i in range(files):
+        table = pa.table({
+            "view_id": np.arange(i * per_file, (i + 1) * per_file, dtype=np.int64),
+            "photo": names[rng.integers(0, len(names), per_file)],
+            "user_id": rng.integers(0, 50_000, per_file),
+            "seconds": rng.gamma(2.0, 3.0, per_file).round(2),
+        })
+        pq.write_table(table, target / f"views-{i}.parquet", row_group_size=128 * 1024)
+
+
+def main() -> None:
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "demo-data")
+    photos = fetch_photos(root / "photos")
+    generate_views(photos, root / "views")
+    print(f"prepared {len(photos)} photos in {root / 'photos'} and views in {root / 'views'}")
+
+
+if __name__ == "__main__":
+    main()

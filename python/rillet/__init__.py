@@ -1,0 +1,105 @@
+"""Rillet: an AI-native dataflow engine for multimodal data, with a lazy DataFrame API.
+
+>>> import rillet as rl
+>>> df = rl.from_pydict({"city": ["a", "b", "a"], "n": [1, 2, 3]})
+>>> df.group_by("city").agg(rl.col("n").sum().alias("total")).sort("city").to_pydict()
+{'city': ['a', 'b'], 'total': [4, 2]}
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Sequence
+
+import pyarrow as pa
+
+from rillet import _rillet
+from rillet._rillet import ExecutionError, JobCancelled, PlanError, RilletError, UserFunctionError
+from rillet._session import current_session, set_config
+from rillet.dataframe import DataFrame, GroupBy
+from rillet.expr import Expr, col, count, lit, when
+from rillet.udf import UDF, udf
+
+__all__ = [
+    "DataFrame", "GroupBy", "Expr", "UDF", "col", "lit", "count", "when", "udf",
+    "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_parquet",
+    "read_csv", "read_json", "read_files", "sql", "set_config", "current_session",
+    "RilletError", "PlanError", "UserFunctionError", "ExecutionError", "JobCancelled",
+]
+
+PathLike = str | os.PathLike
+
+
+def _paths(path: PathLike | Sequence[PathLike]) -> list[str]:
+    if isinstance(path, (str, os.PathLike)):
+        return [os.fspath(path)]
+    return [os.fspath(p) for p in path]
+
+
+def from_arrow(data: Any) -> DataFrame:
+    """A DataFrame over Arrow data: a pyarrow Table or RecordBatch, or anything with the
+    Arrow PyCapsule stream interface (``__arrow_c_stream__``: polars, DuckDB results, ...)."""
+    if isinstance(data, pa.RecordBatch):
+        data = pa.Table.from_batches([data])
+    if not hasattr(data, "__arrow_c_stream__"):
+        raise TypeError(f"from_arrow needs Arrow data, got {type(data).__name__}")
+    return DataFrame(current_session()._native.from_arrow(data))
+
+
+def from_pydict(data: dict[str, Iterable[Any]]) -> DataFrame:
+    """A DataFrame from a dict of columns."""
+    return from_arrow(pa.table(data))
+
+
+def from_pylist(rows: list[dict[str, Any]]) -> DataFrame:
+    """A DataFrame from a list of row dicts."""
+    return from_arrow(pa.Table.from_pylist(rows))
+
+
+def from_pandas(frame: Any) -> DataFrame:
+    """A DataFrame from a pandas DataFrame (the index is dropped)."""
+    return from_arrow(pa.Table.from_pandas(frame, preserve_index=False))
+
+
+def range(n: int) -> DataFrame:  # noqa: A001 - mirrors Daft / Ray
+    """The integers ``0 .. n-1`` in a column ``id``, generated lazily."""
+    if n < 0:
+        raise ValueError("range needs n >= 0")
+    return DataFrame(current_session()._native.range(n))
+
+
+def read_parquet(path: PathLike | Sequence[PathLike]) -> DataFrame:
+    """Read Parquet: a file, a directory, a glob (``data/*.parquet``) or a list of them.
+    Large files are split into row-group ranges read in parallel."""
+    return DataFrame(current_session()._native.read("parquet", _paths(path)))
+
+
+def read_csv(path: PathLike | Sequence[PathLike]) -> DataFrame:
+    """Read CSV files with a header line (types inferred)."""
+    return DataFrame(current_session()._native.read("csv", _paths(path)))
+
+
+def read_json(path: PathLike | Sequence[PathLike]) -> DataFrame:
+    """Read JSON-lines files (one object per line; types inferred)."""
+    return DataFrame(current_session()._native.read("json", _paths(path)))
+
+
+def read_files(pattern: PathLike) -> DataFrame:
+    """One row per file matching a glob (or every file under a directory): ``path``,
+    ``size`` and ``modified``. File contents are not read."""
+    return DataFrame(current_session()._native.read_files(os.fspath(pattern)))
+
+
+def sql(query: str, **tables: Any) -> DataFrame:
+    """Run SQL over named DataFrames (or Arrow tables).
+
+    >>> import rillet as rl
+    >>> t = rl.from_pydict({"x": [1, 2, 3]})
+    >>> rl.sql("SELECT sum(x) AS s FROM t", t=t).to_pydict()
+    {'s': [6]}
+    """
+    named = []
+    for name, value in tables.items():
+        df = value if isinstance(value, DataFrame) else from_arrow(value)
+        named.append((name, df._df))
+    return DataFrame(current_session()._native.sql(query, named))

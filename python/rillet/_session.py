@@ -1,0 +1,52 @@
+"""The process-wide default session and its settings."""
+
+from __future__ import annotations
+
+from rillet import _rillet
+
+_current: "SessionHandle | None" = None
+
+
+class SessionHandle:
+    """Engine settings shared by the DataFrames built after it was set."""
+
+    def __init__(self, memory_budget: int | None = None, parallelism: int | None = None,
+                 batch_size: int | None = None, progress: bool | None = None):
+        self._native = _rillet.Session(memory_budget=memory_budget, parallelism=parallelism,
+                                       batch_size=batch_size, progress=progress)
+
+    @property
+    def parallelism(self) -> int:
+        return self._native.parallelism
+
+    @property
+    def memory_budget(self) -> int:
+        return self._native.memory_budget
+
+    def __repr__(self) -> str:
+        return f"Session(parallelism={self.parallelism}, memory_budget={self.memory_budget})"
+
+
+def current_session() -> SessionHandle:
+    """The default session (created on first use)."""
+    global _current
+    if _current is None:
+        _current = SessionHandle()
+    return _current
+
+
+def set_config(*, memory_budget: int | None = None, parallelism: int | None = None,
+               batch_size: int | None = None, progress: bool | None = None) -> SessionHandle:
+    """Replace the default session's settings for DataFrames built from now on.
+
+    ``memory_budget`` is in bytes: exchange channels, operator state and result buffers are
+    bounded by it. ``parallelism`` is the number of tasks per operator (default: cores).
+    ``progress=False`` turns off the live terminal display (also ``RILLET_PROGRESS=0``).
+
+    >>> import rillet as rl
+    >>> rl.set_config(parallelism=2).parallelism
+    2
+    """
+    global _current
+    _current = SessionHandle(memory_budget, parallelism, batch_size, progress)
+    return _current

@@ -1,0 +1,289 @@
+"""The lazy DataFrame."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import pyarrow as pa
+
+from rillet import _rillet
+from rillet.expr import Expr, col
+
+_FORMATS = ("pyarrow", "pandas", "numpy")
+
+
+def _as_expr(value: str | Expr) -> Expr:
+    return col(value) if isinstance(value, str) else value
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _to_table(out: Any) -> pa.Table:
+    if isinstance(out, pa.Table):
+        return out
+    if isinstance(out, pa.RecordBatch):
+        return pa.Table.from_batches([out])
+    if isinstance(out, dict):
+        return pa.table(out)
+    if type(out).__module__.startswith("pandas"):
+        return pa.Table.from_pandas(out, preserve_index=False)
+    raise TypeError(
+        f"map_batches function returned {type(out).__name__}; return a pyarrow Table or "
+        "RecordBatch, a pandas DataFrame, or a dict of arrays")
+
+
+def _convert_in(batch: pa.RecordBatch, batch_format: str) -> Any:
+    if batch_format == "pyarrow":
+        return pa.Table.from_batches([batch])
+    if batch_format == "pandas":
+        return batch.to_pandas()
+    return {name: column.to_numpy(zero_copy_only=False) for name, column in zip(batch.schema.names, batch.columns)}
+
+
+def _single_batch(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:
+    table = table.select(schema.names).cast(schema)
+    batches = table.combine_chunks().to_batches()
+    if not batches:
+        return pa.RecordBatch.from_pylist([], schema=schema)
+    if len(batches) == 1:
+        return batches[0]
+    return pa.concat_batches(batches)
+
+
+class GroupBy:
+    """The result of :meth:`DataFrame.group_by`; call :meth:`agg`."""
+
+    def __init__(self, df: DataFrame, keys: list[Expr]):
+        self._df = df
+        self._keys = keys
+
+    def agg(self, *aggs: Expr) -> DataFrame:
+        """Aggregate each group, e.g. ``.agg(col("x").sum().alias("total"), rl.count())``."""
+        return DataFrame(self._df._df.aggregate([k._expr for k in self._keys], [a._expr for a in aggs]))
+
+
+class DataFrame:
+    """A lazy, immutable table. Transformations return new DataFrames; nothing runs until
+    a result is asked for (``collect``, ``to_pandas``, ``count``, ``write_*``, ``show``,
+    ``iter_batches``)."""
+
+    def __init__(self, native: _rillet.DataFrame):
+        self._df = native
+
+    # schema ------------------------------------------------------------------------------
+    @property
+    def schema(self) -> pa.Schema:
+        """The output schema, as a pyarrow Schema."""
+        return self._df.schema()
+
+    @property
+    def columns(self) -> list[str]:
+        """Column names."""
+        return self._df.column_names()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f.name}: {f.type}" for f in self.schema)
+        return f"DataFrame[{fields}]"
+
+    # transformations -----------------------------------------------------------------------
+    def select(self, *columns: str | Expr) -> DataFrame:
+        """Keep (or compute) only these columns."""
+        return DataFrame(self._df.select([_as_expr(c)._expr for c in columns]))
+
+    def with_column(self, name: str, expr: Expr) -> DataFrame:
+        """Add a column, or replace one of the same name."""
+        return self.with_columns({name: expr})
+
+    def with_columns(self, columns: dict[str, Expr] | None = None, **kwargs: Expr) -> DataFrame:
+        """Add or replace several columns at once."""
+        items = dict(columns or {}, **kwargs)
+        return DataFrame(self._df.with_columns([(n, _as_expr(e)._expr) for n, e in items.items()]))
+
+    def filter(self, predicate: Expr) -> DataFrame:
+        """Keep the rows where ``predicate`` is true."""
+        if not isinstance(predicate, Expr):
+            raise TypeError("filter takes an Expr, e.g. col('x') > 1")
+        return DataFrame(self._df.filter(predicate._expr))
+
+    where = filter
+
+    def drop(self, *names: str) -> DataFrame:
+        """Remove columns."""
+        return DataFrame(self._df.drop(list(names)))
+
+    def rename(self, mapping: dict[str, str] | str, new: str | None = None) -> DataFrame:
+        """Rename columns: ``rename({"old": "new"})`` or ``rename("old", "new")``."""
+        pairs = list(mapping.items()) if isinstance(mapping, dict) else [(mapping, new)]
+        return DataFrame(self._df.rename(pairs))
+
+    def limit(self, n: int, offset: int = 0) -> DataFrame:
+        """At most ``n`` rows (after skipping ``offset``). Upstream work stops early."""
+        return DataFrame(self._df.limit(n, offset))
+
+    def explode(self, column: str) -> DataFrame:
+        """One row per element of a list column."""
+        return DataFrame(self._df.explode(column))
+
+    def union(self, other: DataFrame) -> DataFrame:
+        """Rows of both DataFrames (same columns, in order); duplicates kept."""
+        return DataFrame(self._df.union(other._df))
+
+    def sort(self, by: str | Expr | Sequence[str | Expr], descending: bool | Sequence[bool] = False,
+             nulls_first: bool | Sequence[bool] | None = None) -> DataFrame:
+        """Sort by one or more columns or expressions. Nulls go last unless asked."""
+        keys = [_as_expr(b) for b in _as_list(by)]
+        desc = list(descending) if isinstance(descending, (list, tuple)) else [descending] * len(keys)
+        if nulls_first is None:
+            nulls = [False] * len(keys)
+        else:
+            nulls = list(nulls_first) if isinstance(nulls_first, (list, tuple)) else [nulls_first] * len(keys)
+        if len(desc) != len(keys) or len(nulls) != len(keys):
+            raise ValueError("descending and nulls_first need one value per sort key")
+        return DataFrame(self._df.sort([k._expr for k in keys], desc, nulls))
+
+    def distinct(self) -> DataFrame:
+        """Distinct rows."""
+        return DataFrame(self._df.distinct())
+
+    def group_by(self, *keys: str | Expr) -> GroupBy:
+        """Group rows by keys; follow with ``.agg(...)``."""
+        return GroupBy(self, [_as_expr(k) for k in keys])
+
+    def agg(self, *aggs: Expr) -> DataFrame:
+        """Aggregate the whole DataFrame into one row."""
+        return GroupBy(self, []).agg(*aggs)
+
+    def join(self, other: DataFrame, on: str | Sequence[str] | None = None, *,
+             left_on: str | Sequence[str] | None = None, right_on: str | Sequence[str] | None = None,
+             how: str = "inner") -> DataFrame:
+        """Join on equal keys. ``how``: inner, left, right, full, semi, anti. With ``on``, the
+        key appears once; other clashing right columns are renamed ``right.<name>``."""
+        left = _as_list(on if on is not None else left_on)
+        right = _as_list(on if on is not None else right_on)
+        if not left or len(left) != len(right):
+            raise ValueError("join needs on=..., or left_on=... and right_on=... of equal length")
+        return DataFrame(self._df.join(other._df, how, left, right))
+
+    def map_batches(self, fn: Callable[[Any], Any], *, batch_size: int | None = None,
+                    batch_format: str = "pyarrow", schema: pa.Schema | None = None,
+                    concurrency: int | None = None) -> DataFrame:
+        """Apply ``fn`` to whole batches, in a stage of its own on a bounded worker pool.
+
+        ``batch_format`` is what ``fn`` receives: ``"pyarrow"`` (a Table), ``"pandas"`` (a
+        DataFrame) or ``"numpy"`` (a dict of arrays). It may return any of those (or a
+        RecordBatch). ``schema`` declares the output; without it the schema is found by
+        calling ``fn`` once on an empty batch.
+        """
+        if batch_format not in _FORMATS:
+            raise ValueError(f"batch_format must be one of {_FORMATS}, not {batch_format!r}")
+        if batch_size is not None and batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        name = getattr(fn, "__name__", type(fn).__name__)
+        if schema is None:
+            empty = pa.RecordBatch.from_pylist([], schema=self.schema)
+            try:
+                schema = _to_table(fn(_convert_in(empty, batch_format))).schema
+            except Exception as error:  # noqa: BLE001 - we re-raise with advice
+                raise _rillet.PlanError(
+                    f"map_batches({name}): could not find the output schema by calling the "
+                    f"function on an empty batch ({type(error).__name__}: {error}); pass schema=...") from error
+        out_schema = schema
+
+        def call(batch: pa.RecordBatch) -> pa.RecordBatch:
+            return _single_batch(_to_table(fn(_convert_in(batch, batch_format))), out_schema)
+
+        return DataFrame(self._df.map_batches(call, name, out_schema, batch_size=batch_size,
+                                              concurrency=concurrency))
+
+    # results -----------------------------------------------------------------------------
+    def collect(self) -> pa.Table:
+        """Run and return the result as a pyarrow Table (zero copy from the engine)."""
+        return self._df.collect()
+
+    to_arrow = collect
+
+    def to_pandas(self):
+        """Run and return a pandas DataFrame."""
+        return self.collect().to_pandas()
+
+    def to_pylist(self) -> list[dict]:
+        """Run and return a list of row dicts."""
+        return self.collect().to_pylist()
+
+    def to_pydict(self) -> dict[str, list]:
+        """Run and return a dict of column lists."""
+        return self.collect().to_pydict()
+
+    def iter_batches(self, batch_size: int | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream the result batch by batch while the job runs. Closing the iterator (or
+        leaving a ``for`` loop early) cancels the job."""
+        stream = self._df.stream(batch_size)
+        try:
+            yield from stream
+        finally:
+            stream.close()
+
+    def iter_rows(self) -> Iterator[dict]:
+        """Stream the result row by row (as dicts)."""
+        for batch in self.iter_batches():
+            yield from batch.to_pylist()
+
+    def count(self) -> int:
+        """Run and count the rows."""
+        return self._df.count()
+
+    def show(self, n: int = 10) -> None:
+        """Print the first ``n`` rows as a table."""
+        print(_format_table(self.limit(n).collect()))
+
+    def explain(self) -> str:
+        """The optimized logical plan and the physical dataflow (vertices with their operator
+        chains and parallelism, and the edges between them)."""
+        return self._df.explain()
+
+    def stats(self) -> dict | None:
+        """Per-operator figures of this DataFrame's last run (rows, bytes, rows/s, time spent
+        waiting on input, on output backpressure and on a free worker), or None."""
+        return self._df.stats()
+
+    def write_parquet(self, path: str | os.PathLike, mode: str = "append") -> dict:
+        """Run and write Parquet files into directory ``path``; returns the run's figures.
+        ``mode="overwrite"`` first deletes the directory's Parquet files."""
+        return self._df.write(os.fspath(path), "parquet", mode)
+
+    def write_csv(self, path: str | os.PathLike, mode: str = "append") -> dict:
+        """Run and write CSV files (with a header) into directory ``path``."""
+        return self._df.write(os.fspath(path), "csv", mode)
+
+    def write_json(self, path: str | os.PathLike, mode: str = "append") -> dict:
+        """Run and write JSON-lines files into directory ``path``."""
+        return self._df.write(os.fspath(path), "json", mode)
+
+
+def _format_table(table: pa.Table, max_width: int = 40) -> str:
+    names = table.column_names
+    rows = table.to_pylist()
+
+    def cell(value: Any) -> str:
+        text = "null" if value is None else str(value)
+        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+
+    cells = [[cell(r[n]) for n in names] for r in rows]
+    types = [str(t) for t in table.schema.types]
+    widths = [max([len(n), len(t)] + [len(r[i]) for r in cells]) for i, (n, t) in enumerate(zip(names, types))]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    out = [line,
+           "| " + " | ".join(n.ljust(w) for n, w in zip(names, widths)) + " |",
+           "| " + " | ".join(t.ljust(w) for t, w in zip(types, widths)) + " |",
+           line]
+    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    out.append(line)
+    out.append(f"({len(rows)} rows shown)")
+    return "\n".join(out)

@@ -1,0 +1,223 @@
+"""Expressions: column references, literals and everything built from them.
+
+>>> import rillet as rl
+>>> e = (rl.col("price") * 2 + 1).alias("p2")
+>>> e.name()
+'p2'
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+from rillet import _rillet
+from rillet._session import current_session
+
+_DTYPE_NAMES = {
+    "bool": pa.bool_(), "boolean": pa.bool_(),
+    "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
+    "uint8": pa.uint8(), "uint16": pa.uint16(), "uint32": pa.uint32(), "uint64": pa.uint64(),
+    "float32": pa.float32(), "float64": pa.float64(), "float": pa.float64(), "int": pa.int64(),
+    "string": pa.string(), "str": pa.string(), "utf8": pa.string(), "large_string": pa.large_string(),
+    "binary": pa.binary(), "date": pa.date32(), "date32": pa.date32(),
+    "timestamp": pa.timestamp("us"),
+}
+
+
+def to_arrow_type(dtype: Any) -> pa.DataType:
+    """A pyarrow DataType from a pyarrow type, a name such as ``"int64"`` or a Python type."""
+    if isinstance(dtype, pa.DataType):
+        return dtype
+    if dtype in (int, float, str, bool, bytes):
+        dtype = {int: "int64", float: "float64", str: "string", bool: "bool", bytes: "binary"}[dtype]
+    if isinstance(dtype, str) and dtype in _DTYPE_NAMES:
+        return _DTYPE_NAMES[dtype]
+    raise TypeError(f"unknown data type {dtype!r}; use a pyarrow type or one of {sorted(_DTYPE_NAMES)}")
+
+
+def _to_expr(value: Any) -> Expr:
+    if isinstance(value, Expr):
+        return value
+    return Expr(_rillet.lit(value))
+
+
+class Expr:
+    """A lazy expression over the columns of a DataFrame. Build with :func:`col` and
+    :func:`lit`, combine with Python operators (``+ - * / % == != < <= > >= & | ~``)."""
+
+    __slots__ = ("_expr",)
+
+    def __init__(self, inner: _rillet.Expr):
+        self._expr = inner
+
+    # arithmetic and comparison -------------------------------------------------------
+    def _bin(self, op: str, other: Any) -> Expr:
+        return Expr(self._expr.binary(op, _to_expr(other)._expr))
+
+    def _rbin(self, op: str, other: Any) -> Expr:
+        return Expr(_to_expr(other)._expr.binary(op, self._expr))
+
+    def __add__(self, o): return self._bin("+", o)
+    def __radd__(self, o): return self._rbin("+", o)
+    def __sub__(self, o): return self._bin("-", o)
+    def __rsub__(self, o): return self._rbin("-", o)
+    def __mul__(self, o): return self._bin("*", o)
+    def __rmul__(self, o): return self._rbin("*", o)
+    def __truediv__(self, o): return self._bin("/", o)
+    def __rtruediv__(self, o): return self._rbin("/", o)
+    def __mod__(self, o): return self._bin("%", o)
+    def __eq__(self, o): return self._bin("==", o)  # type: ignore[override]
+    def __ne__(self, o): return self._bin("!=", o)  # type: ignore[override]
+    def __lt__(self, o): return self._bin("<", o)
+    def __le__(self, o): return self._bin("<=", o)
+    def __gt__(self, o): return self._bin(">", o)
+    def __ge__(self, o): return self._bin(">=", o)
+    def __and__(self, o): return self._bin("and", o)
+    def __rand__(self, o): return self._rbin("and", o)
+    def __or__(self, o): return self._bin("or", o)
+    def __ror__(self, o): return self._rbin("or", o)
+    def __invert__(self): return Expr(self._expr.not_())
+    def __neg__(self): return Expr(self._expr.negate())
+
+    def __bool__(self):
+        raise TypeError("an Expr has no truth value; combine conditions with & and |, not 'and'/'or'")
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # naming and types ----------------------------------------------------------------
+    def alias(self, name: str) -> Expr:
+        """Name the result column."""
+        return Expr(self._expr.alias(name))
+
+    def cast(self, dtype: Any) -> Expr:
+        """Convert to ``dtype`` (a pyarrow type or a name such as ``"float64"``)."""
+        return Expr(self._expr.cast(to_arrow_type(dtype)))
+
+    def name(self) -> str:
+        """The name of the column this expression produces."""
+        return self._expr.name()
+
+    def is_null(self) -> Expr:
+        return Expr(self._expr.is_null())
+
+    def is_not_null(self) -> Expr:
+        return Expr(self._expr.is_not_null())
+
+    def is_in(self, values: Iterable[Any]) -> Expr:
+        return Expr(self._expr.is_in([_to_expr(v)._expr for v in values]))
+
+    def fill_null(self, value: Any) -> Expr:
+        return _call("coalesce", self, value)
+
+    def abs(self) -> Expr:
+        return _call("abs", self)
+
+    def round(self, decimals: int = 0) -> Expr:
+        return _call("round", self, decimals)
+
+    def sqrt(self) -> Expr:
+        return _call("sqrt", self)
+
+    # aggregations ----------------------------------------------------------------------
+    def sum(self) -> Expr: return _call("sum", self)
+    def mean(self) -> Expr: return _call("avg", self)
+    def min(self) -> Expr: return _call("min", self)
+    def max(self) -> Expr: return _call("max", self)
+    def count(self) -> Expr: return _call("count", self)
+    def stddev(self) -> Expr: return _call("stddev", self)
+    def list(self) -> Expr: return _call("array_agg", self)
+
+    @property
+    def str(self) -> StringNamespace:
+        """String operations: ``col("name").str.lower()``."""
+        return StringNamespace(self)
+
+    def __repr__(self) -> str:
+        return repr(self._expr)
+
+
+def _call(name: str, *args: Any) -> Expr:
+    return Expr(_rillet.call_function(current_session()._native, name, [_to_expr(a)._expr for a in args]))
+
+
+class StringNamespace:
+    """String functions, vectorized (DataFusion kernels underneath)."""
+
+    def __init__(self, expr: Expr):
+        self._e = expr
+
+    def contains(self, pattern: str) -> Expr:
+        """True where the string contains ``pattern`` (a plain substring)."""
+        return _call("contains", self._e, pattern)
+
+    def starts_with(self, prefix: str) -> Expr:
+        return _call("starts_with", self._e, prefix)
+
+    def ends_with(self, suffix: str) -> Expr:
+        return _call("ends_with", self._e, suffix)
+
+    def lower(self) -> Expr:
+        return _call("lower", self._e)
+
+    def upper(self) -> Expr:
+        return _call("upper", self._e)
+
+    def len(self) -> Expr:
+        """Length in characters."""
+        return _call("character_length", self._e)
+
+    def replace(self, old: str, new: str) -> Expr:
+        """Replace every occurrence of ``old`` by ``new``."""
+        return _call("replace", self._e, old, new)
+
+    def split(self, sep: str) -> Expr:
+        """A list of the parts between ``sep``."""
+        return _call("string_to_array", self._e, sep)
+
+    def strip(self) -> Expr:
+        return _call("btrim", self._e)
+
+    def substr(self, start: int, length: int | None = None) -> Expr:
+        """Characters from ``start`` (0-based), ``length`` of them or to the end."""
+        if length is None:
+            return _call("substr", self._e, start + 1)
+        return _call("substr", self._e, start + 1, length)
+
+
+def col(name: str) -> Expr:
+    """A column by name."""
+    return Expr(_rillet.col(name))
+
+
+def lit(value: Any) -> Expr:
+    """A literal value (None, bool, int, float, str, bytes)."""
+    return Expr(_rillet.lit(value))
+
+
+def count() -> Expr:
+    """``count(*)``: the number of rows (per group)."""
+    return Expr(_rillet.count_all())
+
+
+class When:
+    """``when(cond, value).when(cond2, value2).otherwise(default)``."""
+
+    def __init__(self, branches: list[tuple[Expr, Expr]]):
+        self._branches = branches
+
+    def when(self, condition: Expr, value: Any) -> When:
+        return When(self._branches + [(condition, _to_expr(value))])
+
+    def otherwise(self, value: Any) -> Expr:
+        return Expr(_rillet.case_when([(c._expr, v._expr) for c, v in self._branches], _to_expr(value)._expr))
+
+    def end(self) -> Expr:
+        """Finish without a default (null where no branch matches)."""
+        return Expr(_rillet.case_when([(c._expr, v._expr) for c, v in self._branches], None))
+
+
+def when(condition: Expr, value: Any) -> When:
+    """Start a conditional expression."""
+    return When([(condition, _to_expr(value))])

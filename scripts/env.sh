@@ -1,0 +1,32 @@
+# Sourced by the other scripts: one Python virtual environment and one cargo target
+# directory outside the clone (so repeated runs and CI on this machine stay warm), the
+# Python packages, and the `rillet` extension built into the environment.
+#
+#   RILLET_CACHE   where the venv, target dir and downloaded data live (~/.cache/rillet)
+#   RILLET_PROFILE cargo profile for the Python extension: dev (default) or release
+
+set -euo pipefail
+RILLET_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export RILLET_CACHE="${RILLET_CACHE:-$HOME/.cache/rillet}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$RILLET_CACHE/target}"
+RILLET_VENV="${RILLET_VENV:-$RILLET_CACHE/venv}"
+mkdir -p "$RILLET_CACHE"
+
+if [ ! -x "$RILLET_VENV/bin/python" ]; then
+  echo "== creating Python environment in $RILLET_VENV"
+  python3 -m venv "$RILLET_VENV"
+fi
+# shellcheck disable=SC1091
+source "$RILLET_VENV/bin/activate"
+if ! python -c "import maturin, pyarrow, numpy, pandas, pytest, hypothesis" 2>/dev/null; then
+  echo "== installing Python packages"
+  python -m pip install -q --upgrade pip
+  python -m pip install -q -r "$RILLET_ROOT/requirements-dev.txt"
+fi
+
+echo "== building the rillet Python extension (${RILLET_PROFILE:-dev})"
+if [ "${RILLET_PROFILE:-dev}" = "release" ]; then
+  (cd "$RILLET_ROOT" && maturin develop --release -q)
+else
+  (cd "$RILLET_ROOT" && maturin develop -q)
+fi
