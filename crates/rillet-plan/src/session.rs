@@ -5,6 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
@@ -71,7 +72,11 @@ impl Session {
             .with_information_schema(false);
         // DataFusion's operators (sort, join, aggregate) account their state against the
         // same budget and spill sorts to disk when it runs out.
+        // Directories are listed afresh on every read: a job may read what the previous
+        // one wrote (and, later, directories that keep receiving files).
+        let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
         let runtime = RuntimeEnvBuilder::new()
+            .with_cache_manager(caches)
             .with_memory_limit(config.memory_budget_bytes.max(64 << 20), 1.0)
             .build_arc()
             .expect("runtime environment with a memory limit");

@@ -270,7 +270,7 @@ impl PyDataFrame {
     }
 
     fn join(&self, other: PyRef<'_, PyDataFrame>, how: &str, left_on: Vec<String>, right_on: Vec<String>) -> PyResult<Self> {
-        let how: JoinHow = how.parse().py_err()?;
+        let how = how.parse::<JoinHow>().py_err()?;
         self.map(|df| df.join(&other.df, how, &left_on, &right_on))
     }
 
