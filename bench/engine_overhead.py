@@ -1,0 +1,123 @@
+"""Engine overhead, side by side in one run: read Parquet (10 M rows) -> filter ->
+arithmetic column -> Python map_batches identity -> write Parquet, on Rillet, Daft and Ray
+Data. Peers are installed into their own virtual environment (bench/.venv-peers). Reports
+throughput (input rows per second, median of --runs after one warm-up) and peak RSS of the
+process tree, with ratios.
+
+    RILLET_PROFILE=release bash bench/run.sh engine_overhead.py [--rows 10000000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import mib, run_measured  # noqa: E402
+
+HERE = Path(__file__).parent
+PEERS = HERE / ".venv-peers"
+PEER_PACKAGES = ["daft>=0.7,<0.8", "ray[data]>=2.60", "psutil", "pyarrow", "pandas"]
+
+JOBS = {
+    "rillet": """
+import sys, rillet as rl
+from rillet import col
+rl.set_config(progress=False)
+(rl.read_parquet(sys.argv[1]).filter(col("a") > 0.5)
+   .with_column("y", col("a") * 2 + col("b"))
+   .map_batches(lambda t: t, batch_format="pyarrow")
+   .write_parquet(sys.argv[2], mode="overwrite"))
+""",
+    "daft": """
+import sys, daft
+from daft import col
+df = daft.read_parquet(sys.argv[1] + "/*.parquet").where(col("a") > 0.5)
+df = df.with_column("y", col("a") * 2 + col("b"))
+@daft.udf(return_dtype=daft.DataType.float64())
+def identity(s):
+    return s
+df = df.with_column("y", identity(col("y")))
+df.write_parquet(sys.argv[2])
+""",
+    "ray": """
+import sys, ray
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+import pyarrow.compute as pc
+ds = ray.data.read_parquet(sys.argv[1])
+ds = ds.filter(expr="a > 0.5")
+ds = ds.map_batches(lambda t: t.append_column("y", pc.add(pc.multiply(t["a"], 2), t["b"])), batch_format="pyarrow")
+ds = ds.map_batches(lambda t: t, batch_format="pyarrow")
+ds.write_parquet(sys.argv[2])
+""",
+}
+
+
+def ensure_peers() -> Path:
+    python = PEERS / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+    return python
+
+
+def generate(rows: int) -> Path:
+    data = HERE / "data" / f"overhead-{rows}"
+    if data.exists():
+        return data
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    per_file = 1_000_000
+    for i in range(0, rows, per_file):
+        n = min(per_file, rows - i)
+        pq.write_table(pa.table({"id": np.arange(i, i + n, dtype=np.int64), "a": rng.random(n),
+                                 "b": rng.random(n), "c": rng.random(n)}), data / f"part-{i // per_file:03d}.parquet")
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    peers_python = ensure_peers()
+    data = generate(args.rows)
+    pythons = {"rillet": sys.executable, "daft": str(peers_python), "ray": str(peers_python)}
+    results: dict[str, list[dict]] = {name: [] for name in JOBS}
+    for run in range(args.runs + 1):  # run 0 is the warm-up
+        for name, job in JOBS.items():
+            out = HERE / "data" / f"out-{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            result = run_measured([pythons[name], "-c", job, str(data), str(out)])
+            if result["code"] != 0:
+                sys.exit(f"{name} failed:\n{result['output']}")
+            if run > 0:
+                results[name].append(result)
+    rows = []
+    for name, runs in results.items():
+        secs = statistics.median(r["seconds"] for r in runs)
+        rss = statistics.median(r["peak_rss"] for r in runs)
+        rows.append((name, secs, args.rows / secs, rss))
+    base = {name: (tput, rss) for name, _, tput, rss in rows}
+    table = ["| engine | median time | throughput (rows/s) | peak RSS | Rillet throughput ratio | Rillet RSS ratio |",
+             "|---|---|---|---|---|---|"]
+    for name, secs, tput, rss in rows:
+        table.append(f"| {name} | {secs:.1f} s | {tput:,.0f} | {mib(rss)} | "
+                     f"{base['rillet'][0] / tput:.2f}x | {base['rillet'][1] / rss:.2f} |")
+    text = "\n".join(table)
+    print(text)
+    with open(HERE / "RESULTS.md", "a") as f:
+        f.write(f"\n### engine_overhead, {datetime.date.today()}, {args.rows:,} rows, {args.runs} runs + warm-up\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
