@@ -102,3 +102,27 @@ def test_exchange_memory_stays_bounded(big_parquet):
     ops = {op["name"]: op for op in df.stats()["operators"]}
     scan = next(op for name, op in ops.items() if name.startswith("scan"))
     assert scan["wait_output_ms"] > 0, "the scan never waited on a full channel"
+
+
+def test_ctrl_c_cancels_the_job_and_the_process_exits_cleanly(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import time, rillet as rl\n"
+        "def slow(t):\n"
+        "    time.sleep(0.2)\n"
+        "    return t\n"
+        "print('started', flush=True)\n"
+        f"rl.range(100_000_000).map_batches(slow, batch_size=1000).write_parquet({str(tmp_path / 'out')!r})\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    # Python ends an uncaught KeyboardInterrupt by re-raising SIGINT (-2; a shell shows 130).
+    # An abort (a Python call outliving the interpreter) would be -6.
+    assert proc.returncode in (-signal.SIGINT, 130), (proc.returncode, err[-2000:])
+    assert "KeyboardInterrupt: job cancelled by Ctrl-C" in err

@@ -42,6 +42,18 @@ fn wait_interruptibly<T: Send>(
     }
 }
 
+/// After a cancel, wait (without the GIL, at most 30 s) until the job's tasks and its
+/// in-flight Python calls have ended, so none outlives the call that started it (a Python
+/// call still running at interpreter exit would crash the process).
+fn drain(py: Python<'_>, job: &Arc<tokio::sync::Mutex<JobHandle>>) {
+    let job = job.clone();
+    py.detach(|| {
+        global_runtime().block_on(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(30), async { job.lock().await.wait().await }).await;
+        })
+    });
+}
+
 /// Settings and planning context.
 #[pyclass(name = "Session", module = "rillet._rillet", frozen)]
 pub struct PySession {
@@ -184,9 +196,9 @@ impl PyDataFrame {
     /// Run to completion, collecting batches, interruptible by Ctrl-C.
     fn run_collect(&self, py: Python<'_>, df: &DataFrame) -> PyResult<(Vec<RecordBatch>, JobStats)> {
         let (job, mut batches) = py.detach(|| df.execute_stream()).py_err()?;
+        let canceller = job.canceller();
         let job = Arc::new(tokio::sync::Mutex::new(job));
         let waiter = job.clone();
-        let canceller = job.clone();
         let result = wait_interruptibly(
             py,
             async move {
@@ -197,12 +209,15 @@ impl PyDataFrame {
                 let stats = waiter.lock().await.wait().await?;
                 Ok::<_, RilletError>((out, stats))
             },
-            move || {
-                if let Ok(job) = canceller.try_lock() {
-                    job.cancel();
-                }
-            },
-        )?;
+            move || canceller.cancel(),
+        );
+        let result = match result {
+            Ok(result) => result,
+            Err(interrupt) => {
+                drain(py, &job);
+                return Err(interrupt);
+            }
+        };
         let (batches, stats) = result.py_err()?;
         df.record_stats(stats.clone());
         Ok((batches, stats))
@@ -340,18 +355,21 @@ impl PyDataFrame {
         let sink = Arc::new(rillet_runtime::FileSink::new(directory, format, mode));
         let name = format!("write {}", format.extension());
         let job = py.detach(|| self.df.execute(sink, &name)).py_err()?;
+        let canceller = job.canceller();
         let job = Arc::new(tokio::sync::Mutex::new(job));
-        let (waiter, canceller) = (job.clone(), job.clone());
-        let stats = wait_interruptibly(
+        let waiter = job.clone();
+        let result = wait_interruptibly(
             py,
             async move { waiter.lock().await.wait().await },
-            move || {
-                if let Ok(job) = canceller.try_lock() {
-                    job.cancel();
-                }
-            },
-        )?
-        .py_err()?;
+            move || canceller.cancel(),
+        );
+        let stats = match result {
+            Ok(result) => result.py_err()?,
+            Err(interrupt) => {
+                drain(py, &job);
+                return Err(interrupt);
+            }
+        };
         self.df.record_stats(stats.clone());
         stats_to_dict(py, &stats)
     }
@@ -410,8 +428,9 @@ impl PyBatchStream {
             let next = match next {
                 Ok(next) => next.py_err()?,
                 Err(e) => {
+                    let state = guard.take().expect("checked above");
                     state.job.cancel();
-                    *guard = None;
+                    drain(py, &Arc::new(tokio::sync::Mutex::new(state.job)));
                     return Err(e);
                 }
             };
@@ -430,9 +449,10 @@ impl PyBatchStream {
     }
 
     /// Stop the job (if still running) and release its resources.
-    fn close(&self) {
+    fn close(&self, py: Python<'_>) {
         if let Some(state) = self.state.lock().take() {
             state.job.cancel();
+            drain(py, &Arc::new(tokio::sync::Mutex::new(state.job)));
         }
     }
 }

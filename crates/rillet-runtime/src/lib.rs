@@ -62,4 +62,4 @@ pub use runtime::global_runtime;
 pub use sink::{
     BatchWriter, CollectSink, CollectedBatches, FileFormat, FileSink, Sink, WriteMode,
 };
-pub use worker::{JobHandle, LocalWorker};
+pub use worker::{JobCanceller, JobHandle, LocalWorker};

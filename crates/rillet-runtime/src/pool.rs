@@ -1,10 +1,11 @@
 //! A bounded pool for blocking work.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use rillet_common::{Result, RilletError};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::metrics::{OperatorMetrics, WaitReason};
 
@@ -21,6 +22,16 @@ use crate::metrics::{OperatorMetrics, WaitReason};
 pub struct BlockingPool {
     slots: Arc<Semaphore>,
     size: usize,
+    in_flight: Arc<InFlight>,
+}
+
+/// Calls running on pool threads. A cancelled job is over only when this is zero: a
+/// blocking call cannot be interrupted, and one left running (say, Python code) must not
+/// outlive the job that started it.
+#[derive(Debug, Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
 }
 
 impl BlockingPool {
@@ -30,12 +41,24 @@ impl BlockingPool {
         Self {
             slots: Arc::new(Semaphore::new(size)),
             size,
+            in_flight: Arc::new(InFlight::default()),
         }
     }
 
     /// Number of workers.
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// Wait until no call is running on the pool's threads.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.in_flight.idle.notified();
+            if self.in_flight.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Run `work` on a pool worker and wait for its result. A panic inside `work` becomes an
@@ -62,10 +85,18 @@ impl BlockingPool {
                 permit
             }
         };
+        let in_flight = self.in_flight.clone();
+        in_flight.count.fetch_add(1, Ordering::SeqCst);
         let joined = tokio::task::spawn_blocking(move || {
-            let result = work();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
             drop(permit);
-            result
+            if in_flight.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+                in_flight.idle.notify_waiters();
+            }
+            match result {
+                Ok(result) => result,
+                Err(payload) => std::panic::resume_unwind(payload),
+            }
         })
         .await;
         match joined {

@@ -35,10 +35,21 @@ pub struct LocalWorker {
 
 /// A running job. Dropping the handle cancels the job.
 pub struct JobHandle {
-    cancel: watch::Sender<bool>,
+    cancel: Arc<watch::Sender<bool>>,
     done: Option<oneshot::Receiver<Result<JobStats>>>,
     metrics: Arc<Vec<Arc<OperatorMetrics>>>,
     started: Instant,
+}
+
+/// Cancels a job; see [`JobHandle::canceller`].
+#[derive(Clone)]
+pub struct JobCanceller(Arc<watch::Sender<bool>>);
+
+impl JobCanceller {
+    /// Ask every task of the job to stop.
+    pub fn cancel(&self) {
+        let _ = self.0.send(true);
+    }
 }
 
 /// Where a task's output goes.
@@ -218,6 +229,7 @@ impl LocalWorker {
         }
 
         let mut tasks: JoinSet<Result<Option<String>>> = JoinSet::new();
+        let mut pools = Vec::new();
         for vertex in &graph.vertices {
             let v = vertex.id.0;
             let vertex_metrics = metrics[v].clone();
@@ -227,6 +239,7 @@ impl LocalWorker {
                 )),
                 _ => None,
             };
+            pools.extend(pool.clone());
             for p in 0..vertex.parallelism {
                 let mut task_inputs = std::mem::take(&mut inputs[v][p]);
                 let router = outputs[v][p].take();
@@ -275,6 +288,10 @@ impl LocalWorker {
             .collect();
         runtime.spawn(async move {
             let (error, files) = drive(tasks, cancel_rx).await;
+            // Aborted tasks may have left a blocking call running: the job ends with it.
+            for pool in &pools {
+                pool.idle().await;
+            }
             for sink in &sinks {
                 sink.finish();
             }
@@ -297,7 +314,7 @@ impl LocalWorker {
             });
         });
         Ok(JobHandle {
-            cancel,
+            cancel: Arc::new(cancel),
             done: Some(done_rx),
             metrics,
             started,
@@ -516,6 +533,12 @@ impl JobHandle {
     /// [`RilletError::Cancelled`].
     pub fn cancel(&self) {
         let _ = self.cancel.send(true);
+    }
+
+    /// A handle that can cancel the job from elsewhere (another thread, a signal handler)
+    /// while this one is busy waiting.
+    pub fn canceller(&self) -> JobCanceller {
+        JobCanceller(self.cancel.clone())
     }
 
     /// Wait for the job to end and return its figures, or its first error.
