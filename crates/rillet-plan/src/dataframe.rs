@@ -368,12 +368,22 @@ impl DataFrame {
 
     /// Run and count the rows.
     pub fn count(&self) -> Result<usize> {
-        let counted = self.aggregate(
-            vec![],
-            vec![datafusion::functions_aggregate::expr_fn::count(datafusion::prelude::lit(1)).alias("count")],
-        )?;
+        let counted = self.count_query()?;
         let batches = counted.collect()?;
         self.record_stats(counted.last_stats().unwrap_or_default());
+        Self::count_from(&batches)
+    }
+
+    /// The one-row query `count` runs (for callers that run it their own way).
+    pub fn count_query(&self) -> Result<Self> {
+        self.aggregate(
+            vec![],
+            vec![datafusion::functions_aggregate::expr_fn::count(datafusion::prelude::lit(1)).alias("count")],
+        )
+    }
+
+    /// Read the result of [`count_query`](Self::count_query).
+    pub fn count_from(batches: &[RecordBatch]) -> Result<usize> {
         let batch = batches
             .first()
             .ok_or_else(|| RilletError::internal("count returned no rows"))?;

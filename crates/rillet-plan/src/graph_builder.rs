@@ -109,7 +109,7 @@ fn collect_names(plan: &Arc<dyn ExecutionPlan>, names: &mut Vec<String>) {
                 .to_string();
             let format = ["parquet", "csv", "json", "memory", "arrow"]
                 .into_iter()
-                .find(|f| text.contains(&format!("file_type={f}")) || text.contains(&format!("{f}")))
+                .find(|f| text.contains(f))
                 .unwrap_or("source");
             format!("scan {format}")
         }

@@ -45,11 +45,10 @@ fn wait_interruptibly<T: Send>(
 /// After a cancel, wait (without the GIL, at most 30 s) until the job's tasks and its
 /// in-flight Python calls have ended, so none outlives the call that started it (a Python
 /// call still running at interpreter exit would crash the process).
-fn drain(py: Python<'_>, job: &Arc<tokio::sync::Mutex<JobHandle>>) {
-    let job = job.clone();
+fn drain(py: Python<'_>, job: &mut JobHandle) {
     py.detach(|| {
-        global_runtime().block_on(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(30), async { job.lock().await.wait().await }).await;
+        global_runtime().block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(30), job.wait()).await;
         })
     });
 }
@@ -195,18 +194,16 @@ impl PyDataFrame {
 
     /// Run to completion, collecting batches, interruptible by Ctrl-C.
     fn run_collect(&self, py: Python<'_>, df: &DataFrame) -> PyResult<(Vec<RecordBatch>, JobStats)> {
-        let (job, mut batches) = py.detach(|| df.execute_stream()).py_err()?;
+        let (mut job, mut batches) = py.detach(|| df.execute_stream()).py_err()?;
         let canceller = job.canceller();
-        let job = Arc::new(tokio::sync::Mutex::new(job));
-        let waiter = job.clone();
         let result = wait_interruptibly(
             py,
-            async move {
+            async {
                 let mut out = Vec::new();
                 while let Some(batch) = batches.next_batch().await? {
                     out.push(batch);
                 }
-                let stats = waiter.lock().await.wait().await?;
+                let stats = job.wait().await?;
                 Ok::<_, RilletError>((out, stats))
             },
             move || canceller.cancel(),
@@ -214,7 +211,7 @@ impl PyDataFrame {
         let result = match result {
             Ok(result) => result,
             Err(interrupt) => {
-                drain(py, &job);
+                drain(py, &mut job);
                 return Err(interrupt);
             }
         };
@@ -309,17 +306,10 @@ impl PyDataFrame {
     }
 
     fn count(&self, py: Python<'_>) -> PyResult<usize> {
-        let counted = self
-            .df
-            .aggregate(vec![], vec![datafusion::functions_aggregate::expr_fn::count(datafusion::prelude::lit(1))])
-            .py_err()?;
+        let counted = self.df.count_query().py_err()?;
         let (batches, stats) = self.run_collect(py, &counted)?;
         self.df.record_stats(stats);
-        let value = batches
-            .first()
-            .and_then(|b| b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map(|a| a.value(0)))
-            .unwrap_or(0);
-        Ok(value as usize)
+        DataFrame::count_from(&batches).py_err()
     }
 
     /// Start the job and return a stream of batches of `batch_size` rows (or as produced).
@@ -354,19 +344,13 @@ impl PyDataFrame {
         };
         let sink = Arc::new(rillet_runtime::FileSink::new(directory, format, mode));
         let name = format!("write {}", format.extension());
-        let job = py.detach(|| self.df.execute(sink, &name)).py_err()?;
+        let mut job = py.detach(|| self.df.execute(sink, &name)).py_err()?;
         let canceller = job.canceller();
-        let job = Arc::new(tokio::sync::Mutex::new(job));
-        let waiter = job.clone();
-        let result = wait_interruptibly(
-            py,
-            async move { waiter.lock().await.wait().await },
-            move || canceller.cancel(),
-        );
+        let result = wait_interruptibly(py, job.wait(), move || canceller.cancel());
         let stats = match result {
             Ok(result) => result.py_err()?,
             Err(interrupt) => {
-                drain(py, &job);
+                drain(py, &mut job);
                 return Err(interrupt);
             }
         };
@@ -423,15 +407,14 @@ impl PyBatchStream {
                 }
                 return rest.map(|b| pyo3_arrow::PyRecordBatch::new(b).into_pyarrow(py)).transpose();
             }
-            let cancel = || ();
-            let next = wait_interruptibly(py, state.batches.next_batch(), cancel);
+            let canceller = state.job.canceller();
+            let next = wait_interruptibly(py, state.batches.next_batch(), move || canceller.cancel());
             let next = match next {
                 Ok(next) => next.py_err()?,
-                Err(e) => {
-                    let state = guard.take().expect("checked above");
-                    state.job.cancel();
-                    drain(py, &Arc::new(tokio::sync::Mutex::new(state.job)));
-                    return Err(e);
+                Err(interrupt) => {
+                    drain(py, &mut state.job);
+                    *guard = None;
+                    return Err(interrupt);
                 }
             };
             match next {
@@ -450,9 +433,9 @@ impl PyBatchStream {
 
     /// Stop the job (if still running) and release its resources.
     fn close(&self, py: Python<'_>) {
-        if let Some(state) = self.state.lock().take() {
+        if let Some(mut state) = self.state.lock().take() {
             state.job.cancel();
-            drain(py, &Arc::new(tokio::sync::Mutex::new(state.job)));
+            drain(py, &mut state.job);
         }
     }
 }
