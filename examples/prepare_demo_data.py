@@ -1,43 +1,20 @@
-"""Prepare the demo's data: real photos from the scikit-image wheel (downloaded from PyPI
-once, cached outside the repository) and a generated Parquet dataset of photo views.
+"""Prepare the demo's data: real photos from the scikit-image and scikit-learn wheels
+(downloaded from PyPI once, cached outside the repository) and a generated Parquet dataset
+of photo views.
 
     python examples/prepare_demo_data.py demo-data
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SKIMAGE = "scikit-image==0.26.0"
-MEDIA = (".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff")
-
-
-def fetch_photos(target: Path) -> list[Path]:
-    cache = Path(os.environ.get("RILLET_CACHE", Path.home() / ".cache" / "rillet")) / "wheels"
-    cache.mkdir(parents=True, exist_ok=True)
-    wheels = list(cache.glob("scikit_image-0.26.0-*.whl"))
-    if not wheels:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                        SKIMAGE, "-d", str(cache)], check=True)
-        wheels = list(cache.glob("scikit_image-0.26.0-*.whl"))
-    target.mkdir(parents=True, exist_ok=True)
-    out = []
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        for name in wheel.namelist():
-            if name.startswith("skimage/data/") and name.lower().endswith(MEDIA):
-                path = target / Path(name).name
-                if not path.exists():
-                    path.write_bytes(wheel.read(name))
-                out.append(path)
-    return sorted(out)
+from rillet.datasets import sample_photos
 
 
 def generate_views(photos: list[Path], target: Path, rows: int = 2_000_000, files: int = 4) -> None:
@@ -59,7 +36,7 @@ def generate_views(photos: list[Path], target: Path, rows: int = 2_000_000, file
 
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "demo-data")
-    photos = fetch_photos(root / "photos")
+    photos = sample_photos(root / "photos")
     generate_views(photos, root / "views")
     print(f"prepared {len(photos)} photos in {root / 'photos'} and views in {root / 'views'}")
 

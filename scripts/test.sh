@@ -6,4 +6,4 @@ cd "$RILLET_ROOT"
 echo "== cargo test"
 cargo test --workspace --exclude rillet-python
 echo "== pytest"
-python -m pytest python/tests -q
+python -m pytest python/tests python/rillet --doctest-modules -q

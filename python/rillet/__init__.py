@@ -14,17 +14,21 @@ from typing import Any, Iterable, Sequence
 import pyarrow as pa
 
 from rillet import _rillet
-from rillet._rillet import ExecutionError, JobCancelled, PlanError, RilletError, UserFunctionError
+from rillet._rillet import DataError, ExecutionError, JobCancelled, PlanError, RilletError, UserFunctionError
 from rillet._session import current_session, set_config
 from rillet.dataframe import DataFrame, GroupBy
 from rillet.expr import Expr, col, count, lit, when
+from rillet.types import (Audio, Clip, Embedding, File, Image, Tensor, float16, float32, float64, int8, int16,
+                          int32, int64, to_arrow_column, uint8, uint16, uint32, uint64)
 from rillet.udf import UDF, udf
 
 __all__ = [
     "DataFrame", "GroupBy", "Expr", "UDF", "col", "lit", "count", "when", "udf",
     "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_parquet",
     "read_csv", "read_json", "read_files", "sql", "set_config", "current_session",
-    "RilletError", "PlanError", "UserFunctionError", "ExecutionError", "JobCancelled",
+    "RilletError", "PlanError", "UserFunctionError", "ExecutionError", "DataError", "JobCancelled",
+    "Image", "Tensor", "Embedding", "Audio", "File", "Clip", "uint8", "uint16", "uint32", "uint64",
+    "int8", "int16", "int32", "int64", "float16", "float32", "float64",
 ]
 
 PathLike = str | os.PathLike
@@ -46,14 +50,40 @@ def from_arrow(data: Any) -> DataFrame:
     return DataFrame(current_session()._native.from_arrow(data))
 
 
+def _columns(data: dict[str, Iterable[Any]]) -> pa.Table:
+    arrays = {}
+    for name, values in data.items():
+        if isinstance(values, (pa.Array, pa.ChunkedArray)):
+            arrays[name] = values
+            continue
+        values = list(values)
+        arrays[name] = to_arrow_column(values)
+        if arrays[name] is None:
+            arrays[name] = pa.array(values)
+    return pa.table(arrays)
+
+
 def from_pydict(data: dict[str, Iterable[Any]]) -> DataFrame:
-    """A DataFrame from a dict of columns."""
-    return from_arrow(pa.table(data))
+    """A DataFrame from a dict of columns. PIL images become an ``Image`` column, numpy
+    arrays a ``Tensor`` (or ``Embedding`` when all are 1-D of one length), and
+    ``(samples, sample_rate)`` tuples ``Audio``.
+
+    >>> import numpy as np, rillet as rl
+    >>> df = rl.from_pydict({"v": [np.ones(3, np.float32), np.zeros(3, np.float32)]})
+    >>> str(df.schema.field("v").type)
+    'Embedding[f32; 3]'
+    """
+    return from_arrow(_columns(data))
 
 
 def from_pylist(rows: list[dict[str, Any]]) -> DataFrame:
-    """A DataFrame from a list of row dicts."""
-    return from_arrow(pa.Table.from_pylist(rows))
+    """A DataFrame from a list of row dicts (values convert as in :func:`from_pydict`)."""
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    if not names:
+        return from_arrow(pa.Table.from_pylist(rows))
+    return from_arrow(_columns({n: [row.get(n) for row in rows] for n in names}))
 
 
 def from_pandas(frame: Any) -> DataFrame:

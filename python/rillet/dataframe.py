@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 
 from rillet import _rillet
@@ -94,11 +95,21 @@ class DataFrame:
 
     # transformations -----------------------------------------------------------------------
     def select(self, *columns: str | Expr) -> DataFrame:
-        """Keep (or compute) only these columns."""
+        """Keep (or compute) only these columns.
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"a": [1, 2], "b": [3, 4]}).select("b", (rl.col("a") + 1).alias("a1")).to_pydict()
+        {'b': [3, 4], 'a1': [2, 3]}
+        """
         return DataFrame(self._df.select([_as_expr(c)._expr for c in columns]))
 
     def with_column(self, name: str, expr: Expr) -> DataFrame:
-        """Add a column, or replace one of the same name."""
+        """Add a column, or replace one of the same name.
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"a": [1, 2]}).with_column("b", rl.col("a") * 10).to_pydict()
+        {'a': [1, 2], 'b': [10, 20]}
+        """
         return self.with_columns({name: expr})
 
     def with_columns(self, columns: dict[str, Expr] | None = None, **kwargs: Expr) -> DataFrame:
@@ -107,7 +118,12 @@ class DataFrame:
         return DataFrame(self._df.with_columns([(n, _as_expr(e)._expr) for n, e in items.items()]))
 
     def filter(self, predicate: Expr) -> DataFrame:
-        """Keep the rows where ``predicate`` is true."""
+        """Keep the rows where ``predicate`` is true.
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"a": [1, 2, 3]}).filter(rl.col("a") >= 2).to_pydict()
+        {'a': [2, 3]}
+        """
         if not isinstance(predicate, Expr):
             raise TypeError("filter takes an Expr, e.g. col('x') > 1")
         return DataFrame(self._df.filter(predicate._expr))
@@ -119,16 +135,31 @@ class DataFrame:
         return DataFrame(self._df.drop(list(names)))
 
     def rename(self, mapping: dict[str, str] | str, new: str | None = None) -> DataFrame:
-        """Rename columns: ``rename({"old": "new"})`` or ``rename("old", "new")``."""
+        """Rename columns: ``rename({"old": "new"})`` or ``rename("old", "new")``.
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"a": [1]}).rename("a", "b").columns
+        ['b']
+        """
         pairs = list(mapping.items()) if isinstance(mapping, dict) else [(mapping, new)]
         return DataFrame(self._df.rename(pairs))
 
     def limit(self, n: int, offset: int = 0) -> DataFrame:
-        """At most ``n`` rows (after skipping ``offset``). Upstream work stops early."""
+        """At most ``n`` rows (after skipping ``offset``). Upstream work stops early.
+
+        >>> import rillet as rl
+        >>> rl.range(1_000_000).limit(3, offset=10).to_pydict()
+        {'id': [10, 11, 12]}
+        """
         return DataFrame(self._df.limit(n, offset))
 
     def explode(self, column: str) -> DataFrame:
-        """One row per element of a list column."""
+        """One row per element of a list column.
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"k": [1, 2], "v": [[10, 11], [12]]}).explode("v").to_pydict()
+        {'k': [1, 1, 2], 'v': [10, 11, 12]}
+        """
         return DataFrame(self._df.explode(column))
 
     def union(self, other: DataFrame) -> DataFrame:
@@ -137,7 +168,12 @@ class DataFrame:
 
     def sort(self, by: str | Expr | Sequence[str | Expr], descending: bool | Sequence[bool] = False,
              nulls_first: bool | Sequence[bool] | None = None) -> DataFrame:
-        """Sort by one or more columns or expressions. Nulls go last unless asked."""
+        """Sort by one or more columns or expressions. Nulls go last unless asked.
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"a": [2, None, 1]}).sort("a", descending=True).to_pydict()
+        {'a': [2, 1, None]}
+        """
         keys = [_as_expr(b) for b in _as_list(by)]
         desc = list(descending) if isinstance(descending, (list, tuple)) else [descending] * len(keys)
         if nulls_first is None:
@@ -153,7 +189,13 @@ class DataFrame:
         return DataFrame(self._df.distinct())
 
     def group_by(self, *keys: str | Expr) -> GroupBy:
-        """Group rows by keys; follow with ``.agg(...)``."""
+        """Group rows by keys; follow with ``.agg(...)``.
+
+        >>> import rillet as rl
+        >>> df = rl.from_pydict({"k": ["x", "y", "x"], "v": [1, 2, 3]})
+        >>> df.group_by("k").agg(rl.col("v").sum().alias("s")).sort("k").to_pydict()
+        {'k': ['x', 'y'], 's': [4, 2]}
+        """
         return GroupBy(self, [_as_expr(k) for k in keys])
 
     def agg(self, *aggs: Expr) -> DataFrame:
@@ -164,7 +206,14 @@ class DataFrame:
              left_on: str | Sequence[str] | None = None, right_on: str | Sequence[str] | None = None,
              how: str = "inner") -> DataFrame:
         """Join on equal keys. ``how``: inner, left, right, full, semi, anti. With ``on``, the
-        key appears once; other clashing right columns are renamed ``right.<name>``."""
+        key appears once; other clashing right columns are renamed ``right.<name>``.
+
+        >>> import rillet as rl
+        >>> left = rl.from_pydict({"id": [1, 2, 3], "x": ["a", "b", "c"]})
+        >>> right = rl.from_pydict({"id": [2, 3, 4], "y": [20, 30, 40]})
+        >>> left.join(right, on="id", how="left").sort("id").to_pydict()
+        {'id': [1, 2, 3], 'x': ['a', 'b', 'c'], 'y': [None, 20, 30]}
+        """
         left = _as_list(on if on is not None else left_on)
         right = _as_list(on if on is not None else right_on)
         if not left or len(left) != len(right):
@@ -180,6 +229,12 @@ class DataFrame:
         DataFrame) or ``"numpy"`` (a dict of arrays). It may return any of those (or a
         RecordBatch). ``schema`` declares the output; without it the schema is found by
         calling ``fn`` once on an empty batch.
+        
+
+        >>> import rillet as rl, pyarrow.compute as pc
+        >>> df = rl.from_pydict({"a": [1, 2]})
+        >>> df.map_batches(lambda t: t.append_column("b", pc.multiply(t["a"], 2))).to_pydict()
+        {'a': [1, 2], 'b': [2, 4]}
         """
         if batch_format not in _FORMATS:
             raise ValueError(f"batch_format must be one of {_FORMATS}, not {batch_format!r}")
@@ -223,7 +278,14 @@ class DataFrame:
 
     def iter_batches(self, batch_size: int | None = None) -> Iterator[pa.RecordBatch]:
         """Stream the result batch by batch while the job runs. Closing the iterator (or
-        leaving a ``for`` loop early) cancels the job."""
+        leaving a ``for`` loop early) cancels the job.
+
+        >>> import rillet as rl
+        >>> for batch in rl.range(10_000_000).iter_batches(batch_size=1000):
+        ...     break  # the job is cancelled here; it does not produce the other rows
+        >>> batch.num_rows <= 1000
+        True
+        """
         stream = self._df.stream(batch_size)
         try:
             yield from stream
@@ -236,11 +298,28 @@ class DataFrame:
             yield from batch.to_pylist()
 
     def count(self) -> int:
-        """Run and count the rows."""
+        """Run and count the rows.
+
+        >>> import rillet as rl
+        >>> rl.range(100).filter(rl.col("id") % 3 == 0).count()
+        34
+        """
         return self._df.count()
 
     def show(self, n: int = 10) -> None:
-        """Print the first ``n`` rows as a table."""
+        """Print the first ``n`` rows as a table.
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"a": [1, 2], "b": ["x", None]}).show()
+        +-------+--------+
+        | a     | b      |
+        | int64 | string |
+        +-------+--------+
+        | 1     | x      |
+        | 2     | null   |
+        +-------+--------+
+        (2 rows shown)
+        """
         print(_format_table(self.limit(n).collect()))
 
     def explain(self) -> str:
@@ -272,7 +351,7 @@ def _format_table(table: pa.Table, max_width: int = 40) -> str:
     rows = table.to_pylist()
 
     def cell(value: Any) -> str:
-        text = "null" if value is None else str(value)
+        text = "null" if value is None else _describe_value(value)
         return text if len(text) <= max_width else text[: max_width - 1] + "…"
 
     cells = [[cell(r[n]) for n in names] for r in rows]
@@ -287,3 +366,18 @@ def _format_table(table: pa.Table, max_width: int = 40) -> str:
     out.append(line)
     out.append(f"({len(rows)} rows shown)")
     return "\n".join(out)
+
+
+def _describe_value(value: Any) -> str:
+    """Short cell text; media values are summarised, not dumped."""
+    if hasattr(value, "size") and hasattr(value, "mode") and type(value).__module__.startswith("PIL."):
+        return f"<Image {value.size[0]}×{value.size[1]} {value.mode}>"
+    if isinstance(value, np.ndarray):
+        return f"<ndarray {'×'.join(str(d) for d in value.shape)} {value.dtype}>"
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], np.ndarray):
+        samples, rate = value
+        channels = 1 if samples.ndim == 1 else samples.shape[1]
+        return f"<Audio {len(samples) / max(rate, 1):.2f}s {rate} Hz ×{channels}>"
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    return str(value)

@@ -134,6 +134,11 @@ class Expr:
         """String operations: ``col("name").str.lower()``."""
         return StringNamespace(self)
 
+    @property
+    def image(self) -> ImageNamespace:
+        """Image operations: ``col("file").image.decode()``, ``col("img").image.resize(224, 224)``."""
+        return ImageNamespace(self)
+
     def __repr__(self) -> str:
         return repr(self._expr)
 
@@ -221,3 +226,134 @@ class When:
 def when(condition: Expr, value: Any) -> When:
     """Start a conditional expression."""
     return When([(condition, _to_expr(value))])
+
+
+class ImageNamespace:
+    """Image operators, native and vectorized; each is also a SQL function (``image_<name>``).
+
+    Inputs may be decoded images or encoded content (bytes, a ``File``, a path string): the
+    latter are decoded on the fly. Rows whose data cannot be processed (corrupt, truncated,
+    unknown format, over ``max_pixels``) follow ``on_error``: ``"null"`` (the default) gives
+    null, ``"raise"`` fails the job naming the row, ``"column"`` gives a struct
+    ``{value, error}`` holding the reason.
+
+    >>> import io, numpy as np, rillet as rl
+    >>> from PIL import Image
+    >>> buf = io.BytesIO(); Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(buf, "PNG")
+    >>> df = rl.from_pydict({"png": [buf.getvalue(), b"not an image"]})
+    >>> out = df.select(rl.col("png").image.decode().image.resize(30, 20).image.width().alias("w"))
+    >>> out.to_pydict()
+    {'w': [30, None]}
+    """
+
+    def __init__(self, expr: Expr):
+        self._e = expr
+
+    def _op(self, name: str, *options: Any) -> Expr:
+        return _call(f"image_{name}", self._e, *options)
+
+    def decode(self, mode: str | None = None, *, max_pixels: int = 134_217_728, on_error: str = "null") -> Expr:
+        """Encoded bytes / File / path -> Image, applying EXIF orientation; ``mode`` converts
+        (``"RGB"``, ``"L"``, ...)."""
+        return self._op("decode", mode or "", max_pixels, on_error)
+
+    def encode(self, format: str = "png", quality: int = 90, *, on_error: str = "null") -> Expr:  # noqa: A002
+        """Image -> encoded bytes (png, jpeg, webp, bmp, tiff, gif)."""
+        return self._op("encode", format, quality, on_error)
+
+    def convert_format(self, format: str, quality: int = 90, *, on_error: str = "null") -> Expr:  # noqa: A002
+        """Re-encode encoded images, e.g. PNG bytes -> JPEG bytes at ``quality``."""
+        return self._op("convert_format", format, quality, on_error)
+
+    def compress(self, quality: int = 80, *, on_error: str = "null") -> Expr:
+        """Re-encode as JPEG at ``quality``."""
+        return self._op("convert_format", "jpeg", quality, on_error)
+
+    def resize(self, width: int, height: int, method: str = "bilinear", *, keep_aspect: bool = False,
+               on_error: str = "null") -> Expr:
+        """Resample to ``width x height`` (nearest, box, bilinear, hamming, bicubic, mitchell,
+        lanczos3); with ``keep_aspect`` the image fits inside that box."""
+        return self._op("resize", width, height, method, keep_aspect, on_error)
+
+    def letterbox(self, width: int, height: int, fill: int = 114, method: str = "bilinear", *,
+                  on_error: str = "null") -> Expr:
+        """Fit inside ``width x height`` keeping the aspect ratio, centred on a ``fill`` canvas."""
+        return self._op("letterbox", width, height, fill, method, on_error)
+
+    def crop(self, x: int, y: int, width: int, height: int, *, on_error: str = "null") -> Expr:
+        """The ``width x height`` window whose top-left corner is ``(x, y)``."""
+        return self._op("crop", x, y, width, height, on_error)
+
+    def center_crop(self, width: int, height: int, *, on_error: str = "null") -> Expr:
+        """The centred ``width x height`` window."""
+        return self._op("center_crop", width, height, on_error)
+
+    def flip(self, horizontal: bool = True, vertical: bool = False, *, on_error: str = "null") -> Expr:
+        """Mirror left-right and/or top-bottom."""
+        return self._op("flip", horizontal, vertical, on_error)
+
+    def rotate(self, degrees: int, *, on_error: str = "null") -> Expr:
+        """Rotate clockwise by 90, 180 or 270 degrees."""
+        return self._op("rotate", degrees, on_error)
+
+    def convert_mode(self, mode: str, *, on_error: str = "null") -> Expr:
+        """Convert to RGB, RGBA, L, LA, L16, RGB16, RGBA16, RGB32F, RGBA32F."""
+        return self._op("convert_mode", mode, on_error)
+
+    def blur(self, sigma: float, *, on_error: str = "null") -> Expr:
+        """Gaussian blur."""
+        return self._op("blur", float(sigma), on_error)
+
+    def adjust(self, brightness: float = 1.0, contrast: float = 1.0, saturation: float = 1.0, *,
+               on_error: str = "null") -> Expr:
+        """Brightness, contrast and saturation factors as in Pillow's ``ImageEnhance``."""
+        return self._op("adjust", float(brightness), float(contrast), float(saturation), on_error)
+
+    def crop_black_border(self, threshold: int = 10, *, on_error: str = "null") -> Expr:
+        """Trim the dark frame (pixels at or below ``threshold``) around the image."""
+        return self._op("crop_black_border", threshold, on_error)
+
+    def to_tensor(self, dtype: str = "f32", layout: str = "CHW", mean: Iterable[float] | None = None,
+                  std: Iterable[float] | None = None, *, on_error: str = "null") -> Expr:
+        """Pixels as a Tensor (``CHW`` or ``HWC``), scaled to [0, 1] and normalised by
+        ``mean``/``std`` for float dtypes; ``dtype="u8"`` keeps raw values."""
+        return self._op("to_tensor", dtype, layout, [float(v) for v in mean or []],
+                        [float(v) for v in std or []], on_error)
+
+    def metadata(self, *, on_error: str = "null") -> Expr:
+        """struct{width, height, channels, mode, format} (from the header for encoded input)."""
+        return self._op("metadata", on_error)
+
+    def width(self, *, on_error: str = "null") -> Expr:
+        return self._op("width", on_error)
+
+    def height(self, *, on_error: str = "null") -> Expr:
+        return self._op("height", on_error)
+
+    def aspect_ratio(self, *, on_error: str = "null") -> Expr:
+        """width / height."""
+        return self._op("aspect_ratio", on_error)
+
+    def is_valid(self, max_pixels: int = 134_217_728, mode: str | None = None) -> Expr:
+        """True when the row decodes completely (within ``max_pixels``, in ``mode`` if given)."""
+        return self._op("is_valid", max_pixels, mode or "")
+
+    def phash(self, *, on_error: str = "null") -> Expr:
+        """64-bit DCT perceptual hash."""
+        return self._op("phash", on_error)
+
+    def dhash(self, *, on_error: str = "null") -> Expr:
+        """64-bit difference hash."""
+        return self._op("dhash", on_error)
+
+    def hamming(self, other: Any) -> Expr:
+        """Differing bits between this hash and ``other``."""
+        return _call("image_hamming", self._e, other)
+
+    def sharpness(self, *, on_error: str = "null") -> Expr:
+        """Variance of the Laplacian (higher is sharper)."""
+        return self._op("sharpness", on_error)
+
+    def quality_score(self, *, on_error: str = "null") -> Expr:
+        """A simple composite of sharpness, exposure and size, in [0, 1]."""
+        return self._op("quality_score", on_error)

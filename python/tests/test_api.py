@@ -199,10 +199,13 @@ def test_read_files_lists_without_reading(tmp_path):
     (tmp_path / "sub" / "b.jpg").write_bytes(b"y" * 20)
     (tmp_path / "c.txt").write_text("z")
     df = rl.read_files(str(tmp_path / "**" / "*.jpg"))
-    assert df.columns == ["path", "size", "modified"]
+    assert df.columns == ["path", "size", "modified", "file"]
+    assert str(df.schema.field("file").type) == "File"
     rows = sorted(df.to_pylist(), key=lambda r: r["path"])
     assert [os.path.basename(r["path"]) for r in rows] == ["a.jpg", "b.jpg"]
     assert [r["size"] for r in rows] == [10, 20]
+    assert [r["file"]["uri"] for r in rows] == [r["path"] for r in rows]
+    assert {r["file"]["media_type"] for r in rows} == {"image/jpeg"}
     assert rl.read_files(tmp_path).count() == 3
 
 

@@ -24,6 +24,10 @@ pub enum RilletError {
         /// The function's own message (for Python: the formatted traceback).
         message: String,
     },
+    /// Input data could not be processed and the operator was asked to fail on it
+    /// (`on_error="raise"`): a corrupt image, truncated audio, a value over a size cap.
+    #[error("bad input data: {0}")]
+    InvalidData(String),
     /// Reading or writing data failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -45,6 +49,11 @@ impl RilletError {
     /// Shorthand for [`RilletError::InvalidArgument`].
     pub fn invalid_argument(message: impl Into<String>) -> Self {
         Self::InvalidArgument(message.into())
+    }
+
+    /// Shorthand for [`RilletError::InvalidData`].
+    pub fn invalid_data(message: impl Into<String>) -> Self {
+        Self::InvalidData(message.into())
     }
 
     /// Shorthand for [`RilletError::Plan`].
@@ -91,6 +100,7 @@ impl RilletError {
         match self {
             Self::Plan(m) => Self::Plan(m.clone()),
             Self::InvalidArgument(m) => Self::InvalidArgument(m.clone()),
+            Self::InvalidData(m) => Self::InvalidData(m.clone()),
             Self::UserFunction { operator, message } => Self::UserFunction {
                 operator: operator.clone(),
                 message: message.clone(),

@@ -1,5 +1,6 @@
-//! Shared foundations of Rillet: the error type every crate returns and the engine
-//! configuration (memory budget, parallelism, batch sizes).
+//! Shared foundations of Rillet: the error type every crate returns, the engine
+//! configuration (memory budget, parallelism, batch sizes) and the multimodal types
+//! ([`types`]).
 //!
 //! ```
 //! use rillet_common::{EngineConfig, RilletError};
@@ -11,6 +12,7 @@
 
 mod config;
 mod error;
+pub mod types;
 
 pub use config::EngineConfig;
 pub use error::{Result, RilletError};

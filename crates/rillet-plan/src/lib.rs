@@ -30,4 +30,4 @@ pub use datafusion::prelude::{Expr, col, lit};
 pub use graph_builder::build_dataflow;
 pub use session::Session;
 pub use stage::{BatchStageExec, BatchStageNode, StageKind};
-pub use udf::{ArrayFunction, array_function_expr};
+pub use udf::{ArrayFunction, array_function_expr, registered_function};

@@ -14,6 +14,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use rillet_common::EngineConfig;
 
 use crate::stage::BatchStagePlanner;
+use crate::udf::registered_function;
 
 /// Configuration and planning context shared by the DataFrames built from it.
 ///
@@ -66,10 +67,13 @@ impl QueryPlanner for RilletQueryPlanner {
 impl Session {
     /// A session with `config`.
     pub fn new(config: EngineConfig) -> Self {
-        let df_config = SessionConfig::new()
+        let mut df_config = SessionConfig::new()
             .with_target_partitions(config.parallelism)
             .with_batch_size(config.batch_size)
             .with_information_schema(false);
+        // Keep the Arrow schema embedded in Parquet files: multimodal columns are extension
+        // types whose identity lives in field metadata.
+        df_config.options_mut().execution.parquet.skip_metadata = false;
         // DataFusion's operators (sort, join, aggregate) account their state against the
         // same budget and spill sorts to disk when it runs out.
         // Directories are listed afresh on every read: a job may read what the previous
@@ -86,11 +90,13 @@ impl Session {
             .with_default_features()
             .with_query_planner(Arc::new(RilletQueryPlanner))
             .build();
+        let ctx = SessionContext::new_with_state(state);
+        // Built-in multimodal operators, by SQL name, for SQL and the DataFrame alike.
+        for function in rillet_functions::functions() {
+            ctx.register_udf(registered_function(function));
+        }
         Self {
-            inner: Arc::new(SessionInner {
-                config,
-                ctx: SessionContext::new_with_state(state),
-            }),
+            inner: Arc::new(SessionInner { config, ctx }),
         }
     }
 

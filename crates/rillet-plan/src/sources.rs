@@ -4,11 +4,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array};
+use arrow::array::{RecordBatch, StringArray, StructArray, TimestampMicrosecondArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
+use rillet_common::types::FileType;
 use rillet_common::{Result, RilletError};
+use rillet_functions::input::media_type_of_path;
 
 use crate::dataframe::{DataFrame, ReadFormat};
 use crate::session::Session;
@@ -76,7 +78,9 @@ impl Session {
     }
 
     /// One row per file matching `pattern` (a glob, a directory — read recursively — or a
-    /// file), with its `path`, `size` in bytes and `modified` time. Contents are not read.
+    /// file), with its `path`, `size` in bytes, `modified` time and a `file` reference
+    /// ([`FileType`]) that operators such as `image_decode` read lazily. Contents are not
+    /// read here.
     ///
     /// ```
     /// let dir = tempfile::tempdir().unwrap();
@@ -119,13 +123,28 @@ impl Session {
                 DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
                 true,
             ),
+            FileType.field("file"),
         ]));
+        // The File reference: the path, its modification time as the version (so a later
+        // read can tell the file changed) and a media type guessed from the extension.
+        let files = StructArray::new(
+            FileType::storage_fields(),
+            vec![
+                Arc::new(StringArray::from(paths.clone())),
+                Arc::new(UInt64Array::new_null(paths.len())),
+                Arc::new(UInt64Array::new_null(paths.len())),
+                Arc::new(StringArray::from_iter(modified.iter().map(|m| m.map(|m| m.to_string())))),
+                Arc::new(StringArray::from_iter(paths.iter().map(|p| media_type_of_path(p)))),
+            ],
+            None,
+        );
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
                 Arc::new(StringArray::from(paths)),
                 Arc::new(UInt64Array::from(sizes)),
                 Arc::new(TimestampMicrosecondArray::from(modified).with_timezone("UTC")),
+                Arc::new(files),
             ],
         )?;
         self.from_batches(schema, vec![batch])

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DFSchema, DFSchemaRef};
+use datafusion::common::{DFSchema, DFSchemaRef, ScalarValue};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::ExprSchemable;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{
     Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
@@ -92,9 +93,22 @@ fn stage_schema(input: &LogicalPlan, kind: &StageKind) -> Result<DFSchemaRef> {
                 .map_err(RilletError::from)?,
         )),
         StageKind::Udf {
-            function, output, ..
+            function,
+            args,
+            output,
         } => {
-            let field = Field::new(output, function.return_type(), true);
+            let arg_fields = args
+                .iter()
+                .map(|a| a.to_field(input.schema()).map(|(_, field)| field))
+                .collect::<DfResult<Vec<_>>>()?;
+            let literals: Vec<Option<&ScalarValue>> = args
+                .iter()
+                .map(|a| match a {
+                    Expr::Literal(value, _) => Some(value),
+                    _ => None,
+                })
+                .collect();
+            let field = function.return_field(&arg_fields, &literals)?.with_name(output);
             let added = DFSchema::try_from(Schema::new(vec![field])).map_err(RilletError::from)?;
             let mut joined = input.schema().as_ref().clone();
             joined.merge(&added);
@@ -337,6 +351,13 @@ impl BatchFunction for UdfBatchFunction {
 
     fn call(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let rows = batch.num_rows();
+        if rows == 0 {
+            // Nothing to compute (and option arguments have no value to read).
+            let mut columns = batch.columns().to_vec();
+            let output = self.output_schema.field(columns.len());
+            columns.push(arrow::array::new_empty_array(output.data_type()));
+            return Ok(RecordBatch::try_new(self.output_schema.clone(), columns)?);
+        }
         let args: Vec<ArrayRef> = self
             .args
             .iter()

@@ -6,65 +6,26 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow::array::ArrayRef;
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    Volatility,
+    ColumnarValue, Expr, LogicalPlan, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, Volatility,
 };
 use datafusion::prelude::col;
 use rillet_common::{Result, RilletError};
 
 use crate::stage::{BatchStageNode, StageKind};
-
-/// A function from argument arrays to one result array of the same length.
-///
-/// ```
-/// use std::sync::Arc;
-/// use arrow::array::{ArrayRef, Int64Array};
-/// use arrow::datatypes::DataType;
-/// use rillet_plan::{ArrayFunction, Session, array_function_expr, col};
-///
-/// #[derive(Debug)]
-/// struct PlusOne;
-/// impl ArrayFunction for PlusOne {
-///     fn name(&self) -> &str { "plus_one" }
-///     fn return_type(&self) -> DataType { DataType::Int64 }
-///     fn call(&self, args: &[ArrayRef], _rows: usize) -> rillet_common::Result<ArrayRef> {
-///         let a = args[0].as_any().downcast_ref::<Int64Array>().unwrap();
-///         Ok(Arc::new(a.iter().map(|v| v.map(|v| v + 1)).collect::<Int64Array>()))
-///     }
-/// }
-/// let df = Session::default().range(3).unwrap()
-///     .with_column("next", array_function_expr(Arc::new(PlusOne), vec![col("id")])).unwrap();
-/// let batches = df.collect().unwrap();
-/// assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
-/// ```
-pub trait ArrayFunction: Send + Sync + Debug {
-    /// Name shown in plans, progress and errors.
-    fn name(&self) -> &str;
-    /// Type of the result array.
-    fn return_type(&self) -> DataType;
-    /// Compute the result for `rows` rows. May block (runs on a worker pool).
-    fn call(&self, args: &[ArrayRef], rows: usize) -> Result<ArrayRef>;
-    /// Rows per call; `None` takes batches as they come.
-    fn batch_size(&self) -> Option<usize> {
-        None
-    }
-    /// Calls that may run at once; `None` uses the engine's default.
-    fn concurrency(&self) -> Option<usize> {
-        None
-    }
-}
+pub use rillet_runtime::ArrayFunction;
 
 /// An [`ArrayFunction`] as a DataFusion scalar function, so its calls are ordinary
 /// expressions until [`extract_stages`] moves them out.
 #[derive(Debug)]
 struct ArrayFunctionUdf {
     function: Arc<dyn ArrayFunction>,
-    /// Unique per function object: two UDFs with the same Python name stay distinct.
+    /// Python UDFs get a name unique per function object (two UDFs with the same Python
+    /// name stay distinct); registered native functions keep their SQL name.
     name: String,
     signature: Signature,
 }
@@ -94,10 +55,20 @@ impl ScalarUDFImpl for ArrayFunctionUdf {
         Ok(self.function.return_type())
     }
 
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> DfResult<FieldRef> {
+        self.function
+            .return_field(args.arg_fields, args.scalar_arguments)
+            .map(Arc::new)
+            .map_err(RilletError::into_datafusion)
+    }
+
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         // Only reached when a plan was executed without the stage rewrite (e.g. a
         // DataFusion-only path); still correct, just not on its own pool.
         let rows = args.number_rows;
+        if rows == 0 {
+            return Ok(ColumnarValue::Array(arrow::array::new_empty_array(args.return_field.data_type())));
+        }
         let arrays = args
             .args
             .into_iter()
@@ -113,6 +84,28 @@ impl ScalarUDFImpl for ArrayFunctionUdf {
 static NEXT_FUNCTION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// An expression calling `function` on `args`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use arrow::array::{ArrayRef, Int64Array};
+/// use arrow::datatypes::DataType;
+/// use rillet_plan::{ArrayFunction, Session, array_function_expr, col};
+///
+/// #[derive(Debug)]
+/// struct PlusOne;
+/// impl ArrayFunction for PlusOne {
+///     fn name(&self) -> &str { "plus_one" }
+///     fn return_type(&self) -> DataType { DataType::Int64 }
+///     fn call(&self, args: &[ArrayRef], _rows: usize) -> rillet_common::Result<ArrayRef> {
+///         let a = args[0].as_any().downcast_ref::<Int64Array>().unwrap();
+///         Ok(Arc::new(a.iter().map(|v| v.map(|v| v + 1)).collect::<Int64Array>()))
+///     }
+/// }
+/// let df = Session::default().range(3).unwrap()
+///     .with_column("next", array_function_expr(Arc::new(PlusOne), vec![col("id")])).unwrap();
+/// let batches = df.collect().unwrap();
+/// assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+/// ```
 pub fn array_function_expr(function: Arc<dyn ArrayFunction>, args: Vec<Expr>) -> Expr {
     let id = NEXT_FUNCTION_ID.fetch_add(1, Ordering::Relaxed);
     let udf = ArrayFunctionUdf {
@@ -121,6 +114,17 @@ pub fn array_function_expr(function: Arc<dyn ArrayFunction>, args: Vec<Expr>) ->
         signature: Signature::variadic_any(Volatility::Volatile),
     };
     ScalarUDF::new_from_impl(udf).call(args)
+}
+
+/// `function` as a named scalar function to register in a session, so SQL and
+/// `call_function` find it by [`ArrayFunction::name`]. Its calls become stages like any
+/// other [`ArrayFunction`] call.
+pub fn registered_function(function: Arc<dyn ArrayFunction>) -> ScalarUDF {
+    ScalarUDF::new_from_impl(ArrayFunctionUdf {
+        name: function.name().to_string(),
+        function,
+        signature: Signature::variadic_any(Volatility::Immutable),
+    })
 }
 
 /// True if `expr` calls an [`ArrayFunction`] anywhere.

@@ -7,6 +7,7 @@ use rillet_common::RilletError;
 pyo3::create_exception!(_rillet, RilletBaseError, PyException, "Base class of Rillet errors.");
 pyo3::create_exception!(_rillet, PlanError, RilletBaseError, "The plan is invalid: unknown column, wrong type, bad argument.");
 pyo3::create_exception!(_rillet, UserFunctionError, RilletBaseError, "A user function (UDF, map_batches) raised; the message holds its traceback.");
+pyo3::create_exception!(_rillet, DataError, RilletBaseError, "An operator could not process a row's data and was asked to fail (on_error=\"raise\").");
 pyo3::create_exception!(_rillet, ExecutionError, RilletBaseError, "The job failed while running.");
 pyo3::create_exception!(_rillet, JobCancelled, RilletBaseError, "The job was cancelled.");
 
@@ -16,6 +17,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PlanError", py.get_type::<PlanError>())?;
     m.add("UserFunctionError", py.get_type::<UserFunctionError>())?;
     m.add("ExecutionError", py.get_type::<ExecutionError>())?;
+    m.add("DataError", py.get_type::<DataError>())?;
     m.add("JobCancelled", py.get_type::<JobCancelled>())?;
     Ok(())
 }
@@ -27,6 +29,7 @@ pub(crate) fn to_py(error: RilletError) -> PyErr {
         RilletError::Plan(_) | RilletError::InvalidArgument(_) => PlanError::new_err(message),
         RilletError::UserFunction { .. } => UserFunctionError::new_err(message),
         RilletError::Cancelled => JobCancelled::new_err(message),
+        RilletError::InvalidData(_) => DataError::new_err(message),
         RilletError::Io(_) => PyOSError::new_err(message),
         RilletError::DataFusion(ref e) if is_plan_error(e) => PlanError::new_err(message),
         _ => ExecutionError::new_err(message),

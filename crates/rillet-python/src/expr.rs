@@ -114,6 +114,12 @@ fn lit(value: &Bound<'_, PyAny>) -> PyResult<PyExpr> {
         ScalarValue::Float64(Some(value.extract()?))
     } else if value.is_instance_of::<PyString>() {
         ScalarValue::Utf8(Some(value.extract()?))
+    } else if value.is_instance_of::<pyo3::types::PyBytes>() {
+        ScalarValue::Binary(Some(value.extract()?))
+    } else if let Ok(numbers) = value.extract::<Vec<f64>>() {
+        // A list of numbers (operator options such as normalisation means).
+        let values: Vec<ScalarValue> = numbers.into_iter().map(|v| ScalarValue::Float64(Some(v))).collect();
+        ScalarValue::List(ScalarValue::new_list_nullable(&values, &arrow::datatypes::DataType::Float64))
     } else if let Ok(bytes) = value.extract::<Vec<u8>>() {
         ScalarValue::Binary(Some(bytes))
     } else {

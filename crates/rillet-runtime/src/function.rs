@@ -1,12 +1,59 @@
-//! Blocking batch functions (Python UDFs, `map_batches`) and the re-batching in front of
-//! them.
+//! Blocking functions — column functions (Python UDFs, native media operators), batch
+//! functions (`map_batches`) — and the re-batching in front of them.
 
 use std::fmt::Debug;
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::concat_batches;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
+use datafusion::common::ScalarValue;
 use rillet_common::Result;
+
+/// A function from argument arrays to one result array of the same length.
+///
+/// ```
+/// use std::sync::Arc;
+/// use arrow::array::{ArrayRef, Int64Array};
+/// use arrow::datatypes::DataType;
+/// use rillet_runtime::ArrayFunction;
+///
+/// #[derive(Debug)]
+/// struct PlusOne;
+/// impl ArrayFunction for PlusOne {
+///     fn name(&self) -> &str { "plus_one" }
+///     fn return_type(&self) -> DataType { DataType::Int64 }
+///     fn call(&self, args: &[ArrayRef], _rows: usize) -> rillet_common::Result<ArrayRef> {
+///         let a = args[0].as_any().downcast_ref::<Int64Array>().unwrap();
+///         Ok(Arc::new(a.iter().map(|v| v.map(|v| v + 1)).collect::<Int64Array>()))
+///     }
+/// }
+/// let out = PlusOne.call(&[Arc::new(Int64Array::from(vec![1, 2]))], 2).unwrap();
+/// assert_eq!(out.len(), 2);
+/// ```
+pub trait ArrayFunction: Send + Sync + Debug {
+    /// Name shown in plans, progress and errors.
+    fn name(&self) -> &str;
+    /// Type of the result array.
+    fn return_type(&self) -> DataType;
+    /// The result field for arguments of these fields (with their extension metadata)
+    /// and these literal values (`None` where an argument is not a literal). An error here
+    /// is a planning error: check argument types and options in it.
+    fn return_field(&self, _args: &[FieldRef], _literals: &[Option<&ScalarValue>]) -> Result<Field> {
+        Ok(Field::new(self.name(), self.return_type(), true))
+    }
+    /// Compute the result for `rows` rows. May block (runs on a worker pool). Literal
+    /// arguments arrive as arrays repeating the value.
+    fn call(&self, args: &[ArrayRef], rows: usize) -> Result<ArrayRef>;
+    /// Rows per call; `None` takes batches as they come.
+    fn batch_size(&self) -> Option<usize> {
+        None
+    }
+    /// Calls that may run at once; `None` uses the engine's default.
+    fn concurrency(&self) -> Option<usize> {
+        None
+    }
+}
+
 
 /// A function from one batch to another, run off the async executor on a bounded pool.
 ///

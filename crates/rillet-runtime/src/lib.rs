@@ -53,7 +53,7 @@ mod sink;
 mod worker;
 
 pub use exchange::{ExchangeRegistry, ExchangeSourceExec};
-pub use function::{BatchFunction, RowBatcher};
+pub use function::{ArrayFunction, BatchFunction, RowBatcher};
 pub use graph::{DataflowGraph, Edge, EdgeId, EdgeKind, Vertex, VertexId, VertexOperator};
 pub use message::{CheckpointBarrier, StreamMessage};
 pub use metrics::{JobStats, OperatorMetrics, OperatorStats, WaitReason};

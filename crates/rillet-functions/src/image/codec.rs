@@ -1,0 +1,212 @@
+//! Decoding (with EXIF orientation and pixel caps) and encoding.
+
+use std::io::Cursor;
+
+use image::{ColorType, DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
+use rillet_common::types::ImageMode;
+
+use super::array::{ImageBuilder, convert, dynamic_mode};
+
+/// Largest decoded image accepted by default, in pixels (about 11600 × 11600): a header
+/// that claims more is treated as bad data, not allocated.
+pub const DEFAULT_MAX_PIXELS: u64 = 134_217_728;
+
+/// The container format of encoded bytes, sniffed from their first bytes.
+pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
+    image::guess_format(bytes).ok()
+}
+
+/// Lower-case name of a format (`"jpeg"`, `"png"`, …).
+pub fn format_name(format: ImageFormat) -> &'static str {
+    format.extensions_str().first().copied().map(|e| if e == "jpg" { "jpeg" } else { e }).unwrap_or("unknown")
+}
+
+/// True if a JPEG stream ends with its end-of-image marker (trailing padding allowed).
+fn has_jpeg_end(bytes: &[u8]) -> bool {
+    let end = bytes.iter().rposition(|b| *b != 0 && *b != b'\n' && *b != b'\r' && *b != b' ').map_or(0, |i| i + 1);
+    end >= 2 && bytes[end - 2..end] == [0xFF, 0xD9]
+}
+
+fn reader(bytes: &[u8], max_pixels: u64) -> Result<(ImageReader<Cursor<&[u8]>>, ImageFormat), String> {
+    if bytes.is_empty() {
+        return Err("empty input (0 bytes)".to_string());
+    }
+    let format = sniff_format(bytes).ok_or_else(|| "not a recognised image format".to_string())?;
+    if format == ImageFormat::Jpeg && !has_jpeg_end(bytes) {
+        // The JPEG decoder fills a cut-off scan with grey instead of failing; a missing
+        // end-of-image marker is how truncation shows.
+        return Err("truncated JPEG (no end-of-image marker)".to_string());
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = Limits::default();
+    // Allocation cap: the decoded frame at 16 bytes per pixel (RGBA f32) plus slack.
+    limits.max_alloc = Some(max_pixels.saturating_mul(16).max(64 << 20));
+    reader.limits(limits);
+    Ok((reader, format))
+}
+
+/// Header facts of encoded bytes, without decoding pixels.
+pub struct Header {
+    /// Width in pixels (before EXIF rotation).
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Decoded mode.
+    pub mode: ImageMode,
+    /// Container format.
+    pub format: ImageFormat,
+}
+
+/// Read the header of encoded bytes.
+pub fn read_header(bytes: &[u8]) -> Result<Header, String> {
+    let (reader, format) = reader(bytes, u64::MAX / 16)?;
+    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let (mut width, mut height) = decoder.dimensions();
+    if let Ok(orientation) = decoder.orientation() {
+        use image::metadata::Orientation::*;
+        if matches!(orientation, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH) {
+            std::mem::swap(&mut width, &mut height);
+        }
+    }
+    Ok(Header { width, height, mode: mode_of(decoder.color_type()), format })
+}
+
+fn mode_of(color: ColorType) -> ImageMode {
+    match color {
+        ColorType::L8 => ImageMode::L,
+        ColorType::La8 => ImageMode::La,
+        ColorType::Rgb8 => ImageMode::Rgb,
+        ColorType::Rgba8 => ImageMode::Rgba,
+        ColorType::L16 => ImageMode::L16,
+        ColorType::La16 => ImageMode::La16,
+        ColorType::Rgb16 => ImageMode::Rgb16,
+        ColorType::Rgba16 => ImageMode::Rgba16,
+        ColorType::Rgb32F => ImageMode::Rgb32F,
+        ColorType::Rgba32F => ImageMode::Rgba32F,
+        _ => ImageMode::Rgba,
+    }
+}
+
+fn check_pixels(width: u32, height: u32, max_pixels: u64) -> Result<(), String> {
+    let pixels = width as u64 * height as u64;
+    if pixels > max_pixels {
+        return Err(format!(
+            "image of {width}×{height} pixels is over the cap of {max_pixels} pixels (max_pixels)"
+        ));
+    }
+    if pixels == 0 {
+        return Err(format!("image has no pixels ({width}×{height})"));
+    }
+    Ok(())
+}
+
+/// Decode `bytes` into an image, applying EXIF orientation and converting to `mode` when
+/// given. Fails (with a reason) on unknown formats, corrupt or truncated data, and images
+/// over `max_pixels`.
+pub fn decode(bytes: &[u8], mode: Option<ImageMode>, max_pixels: u64) -> Result<DynamicImage, String> {
+    let (reader, _) = reader(bytes, max_pixels)?;
+    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let (width, height) = decoder.dimensions();
+    check_pixels(width, height, max_pixels)?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    image.apply_orientation(orientation);
+    Ok(match mode {
+        Some(mode) => convert(image, mode),
+        None => dynamic_mode(image).1,
+    })
+}
+
+/// Decode `bytes` and append the image to `builder`. In the common case (no rotation, no
+/// mode conversion) pixels are decoded straight into the column's buffer.
+pub fn decode_into(
+    bytes: &[u8],
+    mode: Option<ImageMode>,
+    max_pixels: u64,
+    builder: &mut ImageBuilder,
+) -> Result<(), String> {
+    let (reader, _) = reader(bytes, max_pixels)?;
+    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let (width, height) = decoder.dimensions();
+    check_pixels(width, height, max_pixels)?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let native = mode_of(decoder.color_type());
+    let direct = orientation == image::metadata::Orientation::NoTransforms
+        && mode.is_none_or(|m| m == native)
+        && decoder.color_type() == native_color(native);
+    if direct {
+        return builder.append_with(width, height, native, |buffer| {
+            decoder.read_image(buffer).map_err(|e| e.to_string())
+        });
+    }
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    image.apply_orientation(orientation);
+    let image = match mode {
+        Some(mode) => convert(image, mode),
+        None => image,
+    };
+    builder.append_dynamic(image);
+    Ok(())
+}
+
+fn native_color(mode: ImageMode) -> ColorType {
+    match mode {
+        ImageMode::L => ColorType::L8,
+        ImageMode::La => ColorType::La8,
+        ImageMode::Rgb => ColorType::Rgb8,
+        ImageMode::Rgba => ColorType::Rgba8,
+        ImageMode::L16 => ColorType::L16,
+        ImageMode::La16 => ColorType::La16,
+        ImageMode::Rgb16 => ColorType::Rgb16,
+        ImageMode::Rgba16 => ColorType::Rgba16,
+        ImageMode::Rgb32F => ColorType::Rgb32F,
+        ImageMode::Rgba32F => ColorType::Rgba32F,
+    }
+}
+
+/// Output formats for encoding.
+pub fn parse_format(name: &str) -> Result<ImageFormat, String> {
+    match name.to_ascii_lowercase().as_str() {
+        "png" => Ok(ImageFormat::Png),
+        "jpeg" | "jpg" => Ok(ImageFormat::Jpeg),
+        "webp" => Ok(ImageFormat::WebP),
+        "bmp" => Ok(ImageFormat::Bmp),
+        "tiff" | "tif" => Ok(ImageFormat::Tiff),
+        "gif" => Ok(ImageFormat::Gif),
+        other => Err(format!("unknown output format {other:?}; expected png, jpeg, webp, bmp, tiff or gif")),
+    }
+}
+
+/// Encode `image` as `format` (JPEG at `quality`, 1–100).
+pub fn encode(image: &DynamicImage, format: ImageFormat, quality: u8) -> Result<Vec<u8>, String> {
+    let mut out = Cursor::new(Vec::new());
+    match format {
+        ImageFormat::Jpeg => {
+            // JPEG holds 8-bit L or RGB only.
+            let rgb = match image {
+                DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_) => image.clone(),
+                other if other.color().has_color() => DynamicImage::ImageRgb8(other.to_rgb8()),
+                other => DynamicImage::ImageLuma8(other.to_luma8()),
+            };
+            let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100));
+            rgb.write_with_encoder(encoder).map_err(|e| e.to_string())?;
+        }
+        ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp => {
+            // These encoders take 8-bit images.
+            let eight = match image.color().has_alpha() {
+                true => DynamicImage::ImageRgba8(image.to_rgba8()),
+                false => DynamicImage::ImageRgb8(image.to_rgb8()),
+            };
+            eight.write_to(&mut out, format).map_err(|e| e.to_string())?;
+        }
+        _ => {
+            let writable = match image {
+                DynamicImage::ImageRgb32F(_) => DynamicImage::ImageRgb16(image.to_rgb16()),
+                DynamicImage::ImageRgba32F(_) => DynamicImage::ImageRgba16(image.to_rgba16()),
+                other => other.clone(),
+            };
+            writable.write_to(&mut out, format).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(out.into_inner())
+}

@@ -1,0 +1,412 @@
+//! Image operators: decode and encode, geometric and colour transforms, tensors, metadata,
+//! validity, perceptual hashes and quality measures.
+//!
+//! Every operator that takes an image accepts a decoded `Image` column or encoded content
+//! (bytes, a `File`, a path), decoding on the fly in the latter case.
+
+pub mod array;
+pub mod codec;
+mod measure;
+mod transform;
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BinaryBuilder};
+use arrow::datatypes::{DataType, Field, FieldRef};
+use image::DynamicImage;
+use rillet_common::types::{ImageMode, ImageType};
+use rillet_common::{Result, RilletError};
+use rillet_runtime::ArrayFunction;
+
+use self::array::{ImageBuilder, ImageColumn, ImageView, declared_mode, is_image};
+use crate::input::{EncodedColumn, ReadFailure, is_encoded_input};
+use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, describe};
+
+/// Rows per call for operators that hold decoded images: enough to amortise the call,
+/// few enough that a batch of large photos stays within a few hundred MB.
+pub(crate) const IMAGE_BATCH_ROWS: usize = 16;
+
+/// Every image operator, ready to register.
+pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
+    let mut all: Vec<Arc<dyn ArrayFunction>> = vec![
+        Arc::new(OperatorFunction::new(Decode)),
+        Arc::new(OperatorFunction::new(Encode)),
+        Arc::new(OperatorFunction::new(ConvertFormat)),
+    ];
+    all.extend(transform::functions());
+    all.extend(measure::functions());
+    all
+}
+
+/// A data problem in one row, or a failure of the store behind it.
+pub(crate) enum RowFailure {
+    Data(String),
+    Infrastructure(RilletError),
+}
+
+impl From<ReadFailure> for RowFailure {
+    fn from(f: ReadFailure) -> Self {
+        match f {
+            ReadFailure::Data(reason) => Self::Data(reason),
+            ReadFailure::Infrastructure(e) => Self::Infrastructure(e),
+        }
+    }
+}
+
+/// An image of one row: borrowed from a decoded column or decoded from bytes.
+pub(crate) enum Pixels<'a> {
+    View(ImageView<'a>),
+    Owned(DynamicImage),
+}
+
+impl Pixels<'_> {
+    /// Borrow as a view.
+    pub(crate) fn view(&self) -> ImageView<'_> {
+        match self {
+            Self::View(v) => *v,
+            Self::Owned(image) => {
+                // Decoded images are always in one of Rillet's modes (see `codec::decode`).
+                let mode = array::mode_of(image).unwrap_or(ImageMode::Rgba);
+                ImageView { width: image.width(), height: image.height(), mode, data: image.as_bytes() }
+            }
+        }
+    }
+
+    /// As an `image` crate image (copies a borrowed view).
+    pub(crate) fn into_dynamic(self) -> DynamicImage {
+        match self {
+            Self::View(v) => v.to_dynamic(),
+            Self::Owned(image) => array::dynamic_mode(image).1,
+        }
+    }
+}
+
+/// An image input column of either form.
+pub(crate) enum ImageInput<'a> {
+    Decoded(ImageColumn<'a>),
+    Encoded(EncodedColumn<'a>),
+}
+
+impl<'a> ImageInput<'a> {
+    pub(crate) fn try_new(operator: &str, array: &'a ArrayRef) -> Result<Self> {
+        let field = Field::new("input", array.data_type().clone(), true);
+        if is_image(&field) {
+            Ok(Self::Decoded(ImageColumn::try_new(array)?))
+        } else {
+            Ok(Self::Encoded(EncodedColumn::try_new(operator, array, "an Image or encoded image")?))
+        }
+    }
+
+    /// The image of `row`, decoding encoded content (capped at `max_pixels`).
+    pub(crate) fn get(&self, row: usize, max_pixels: u64) -> std::result::Result<Option<Pixels<'a>>, RowFailure> {
+        match self {
+            Self::Decoded(column) => column.get(row).map(|v| v.map(Pixels::View)).map_err(RowFailure::Data),
+            Self::Encoded(column) => match column.get(row)? {
+                None => Ok(None),
+                Some(bytes) => codec::decode(&bytes, None, max_pixels)
+                    .map(|img| Some(Pixels::Owned(img)))
+                    .map_err(|reason| RowFailure::Data(format!("{}: {reason}", column.identity(row)))),
+            },
+        }
+    }
+
+    /// Identity of `row` for messages.
+    pub(crate) fn identity(&self, row: usize) -> String {
+        match self {
+            Self::Decoded(_) => format!("row {row}"),
+            Self::Encoded(column) => column.identity(row),
+        }
+    }
+}
+
+/// Check that `field` is an image input (decoded or encoded).
+pub(crate) fn expect_image(operator: &str, field: &Field) -> Result<()> {
+    if is_image(field) || is_encoded_input(field) {
+        Ok(())
+    } else {
+        Err(RilletError::invalid_argument(format!(
+            "{operator}: input must be an Image, encoded image bytes, a File or a path; column {:?} is {}",
+            field.name(),
+            describe(field)
+        )))
+    }
+}
+
+/// The mode rows of `field` will have when decoded: known for decoded columns of one mode.
+pub(crate) fn input_mode(field: &Field) -> Option<ImageMode> {
+    if is_image(field) { declared_mode(field) } else { None }
+}
+
+/// Run `f` on every row's image, building an Image column; data problems null the row.
+pub(crate) fn map_images(
+    call: &Call<'_>,
+    errors: &mut RowErrors,
+    max_pixels: u64,
+    mut f: impl FnMut(Pixels<'_>, &mut ImageBuilder) -> std::result::Result<(), String>,
+    operator: &str,
+) -> Result<ArrayRef> {
+    let input = ImageInput::try_new(operator, &call.inputs[0])?;
+    let mut builder = ImageBuilder::with_capacity(call.rows);
+    for row in 0..call.rows {
+        match input.get(row, max_pixels) {
+            Ok(None) => builder.append_null(),
+            Ok(Some(pixels)) => {
+                if let Err(reason) = f(pixels, &mut builder) {
+                    errors.fail(row, format!("{}: {reason}", input.identity(row)));
+                    builder.append_null();
+                }
+            }
+            Err(RowFailure::Data(reason)) => {
+                errors.fail(row, reason);
+                builder.append_null();
+            }
+            Err(RowFailure::Infrastructure(e)) => return Err(e),
+        }
+    }
+    Ok(builder.finish())
+}
+
+/// The `max_pixels` option shared by decoding operators.
+pub(crate) const MAX_PIXELS: Param = Param::optional("max_pixels", ParamKind::Int, "134217728");
+
+pub(crate) fn max_pixels(params: &Params) -> Result<u64> {
+    let v = params.int("max_pixels")?;
+    u64::try_from(v).ok().filter(|v| *v > 0).ok_or_else(|| RilletError::invalid_argument(format!("max_pixels must be positive, not {v}")))
+}
+
+fn optional_mode(params: &Params, name: &str) -> Result<Option<ImageMode>> {
+    match params.str(name)? {
+        "" => Ok(None),
+        text => text.parse().map(Some).map_err(|e: arrow::error::ArrowError| RilletError::invalid_argument(e.to_string())),
+    }
+}
+
+/// `image_decode(x, mode, max_pixels, on_error)`: bytes / File / path → Image. Applies EXIF
+/// orientation; `mode` converts (e.g. `"RGB"`); images over `max_pixels` are bad data.
+#[derive(Debug)]
+pub struct Decode;
+
+impl Operator for Decode {
+    fn name(&self) -> &'static str {
+        "image_decode"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        const P: &[Param] = &[Param::optional("mode", ParamKind::Str, ""), MAX_PIXELS, Param::ON_ERROR];
+        P
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        if !is_encoded_input(&inputs[0]) {
+            return Err(crate::input::not_encoded(self.name(), &inputs[0], "encoded image"));
+        }
+        max_pixels(params)?;
+        Ok(ImageType::new(optional_mode(params, "mode")?).field(self.name()))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let mode = optional_mode(call.params, "mode")?;
+        let cap = max_pixels(call.params)?;
+        let input = EncodedColumn::try_new(self.name(), &call.inputs[0], "encoded image")?;
+        let mut builder = ImageBuilder::with_capacity(call.rows);
+        for row in 0..call.rows {
+            match input.get(row) {
+                Ok(None) => builder.append_null(),
+                Ok(Some(bytes)) => {
+                    if let Err(reason) = codec::decode_into(&bytes, mode, cap, &mut builder) {
+                        errors.fail(row, format!("{}: {reason}", input.identity(row)));
+                        builder.append_null();
+                    }
+                }
+                Err(ReadFailure::Data(reason)) => {
+                    errors.fail(row, reason);
+                    builder.append_null();
+                }
+                Err(ReadFailure::Infrastructure(e)) => return Err(e),
+            }
+        }
+        Ok(builder.finish())
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(IMAGE_BATCH_ROWS)
+    }
+}
+
+fn encode_rows(
+    call: &Call<'_>,
+    errors: &mut RowErrors,
+    operator: &str,
+) -> Result<ArrayRef> {
+    let format = codec::parse_format(call.params.str("format")?).map_err(RilletError::invalid_argument)?;
+    let quality = call.params.int("quality")?.clamp(1, 100) as u8;
+    let input = ImageInput::try_new(operator, &call.inputs[0])?;
+    let mut out = BinaryBuilder::with_capacity(call.rows, 0);
+    for row in 0..call.rows {
+        let encoded = match input.get(row, codec::DEFAULT_MAX_PIXELS) {
+            Ok(None) => {
+                out.append_null();
+                continue;
+            }
+            Ok(Some(pixels)) => codec::encode(&pixels.into_dynamic(), format, quality)
+                .map_err(|reason| format!("{}: {reason}", input.identity(row))),
+            Err(RowFailure::Data(reason)) => Err(reason),
+            Err(RowFailure::Infrastructure(e)) => return Err(e),
+        };
+        match encoded {
+            Ok(bytes) => out.append_value(bytes),
+            Err(reason) => {
+                errors.fail(row, reason);
+                out.append_null();
+            }
+        }
+    }
+    Ok(Arc::new(out.finish()))
+}
+
+fn check_format(params: &Params) -> Result<()> {
+    codec::parse_format(params.str("format")?).map(drop).map_err(RilletError::invalid_argument)?;
+    let q = params.int("quality")?;
+    if !(1..=100).contains(&q) {
+        return Err(RilletError::invalid_argument(format!("quality must be between 1 and 100, not {q}")));
+    }
+    Ok(())
+}
+
+/// `image_encode(img, format, quality, on_error)`: Image → PNG / JPEG / WebP / … bytes.
+#[derive(Debug)]
+pub struct Encode;
+
+impl Operator for Encode {
+    fn name(&self) -> &'static str {
+        "image_encode"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        const P: &[Param] = &[
+            Param::optional("format", ParamKind::Str, "png"),
+            Param::optional("quality", ParamKind::Int, "90"),
+            Param::ON_ERROR,
+        ];
+        P
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        expect_image(self.name(), &inputs[0])?;
+        check_format(params)?;
+        Ok(Field::new(self.name(), DataType::Binary, true))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        encode_rows(call, errors, self.name())
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(IMAGE_BATCH_ROWS)
+    }
+}
+
+/// `image_convert_format(bytes, format, quality, on_error)`: re-encode encoded images
+/// (e.g. PNG → JPEG at quality 80) in one step.
+#[derive(Debug)]
+pub struct ConvertFormat;
+
+impl Operator for ConvertFormat {
+    fn name(&self) -> &'static str {
+        "image_convert_format"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        Encode.params()
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        if !is_encoded_input(&inputs[0]) {
+            return Err(crate::input::not_encoded(self.name(), &inputs[0], "encoded image"));
+        }
+        check_format(params)?;
+        Ok(Field::new(self.name(), DataType::Binary, true))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        encode_rows(call, errors, self.name())
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(IMAGE_BATCH_ROWS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Array, AsArray, BinaryArray, StringArray};
+    use arrow::datatypes::UInt32Type;
+
+    use super::*;
+
+    fn function(name: &str) -> Arc<dyn ArrayFunction> {
+        crate::functions().into_iter().find(|f| f.name() == name).expect("registered")
+    }
+
+    fn png(width: u32, height: u32) -> Vec<u8> {
+        let image = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        codec::encode(&DynamicImage::ImageRgb8(image), image::ImageFormat::Png, 90).unwrap()
+    }
+
+    fn literal(value: &str, rows: usize) -> ArrayRef {
+        Arc::new(StringArray::from(vec![value; rows]))
+    }
+
+    #[test]
+    fn decode_then_resize_keeps_rows_and_nulls_bad_ones() {
+        let good = png(40, 30);
+        let input: ArrayRef = Arc::new(BinaryArray::from(vec![Some(good.as_slice()), Some(&good[..20]), None]));
+        let decoded = function("image_decode").call(&[input], 3).unwrap();
+        assert_eq!(decoded.null_count(), 2);
+        let width: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![8; 3]));
+        let height: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![6; 3]));
+        let resized = function("image_resize").call(&[decoded, width, height], 3).unwrap();
+        let widths = function("image_width").call(&[resized], 3).unwrap();
+        let widths = widths.as_primitive::<UInt32Type>();
+        assert_eq!(widths.iter().collect::<Vec<_>>(), vec![Some(8), None, None]);
+    }
+
+    #[test]
+    fn on_error_column_carries_the_reason_and_raise_names_the_row() {
+        let input: ArrayRef = Arc::new(BinaryArray::from(vec![b"junk".as_slice()]));
+        let decode = function("image_decode");
+        let out = decode.call(&[input.clone(), literal("", 1), Arc::new(arrow::array::Int64Array::from(vec![1000])), literal("column", 1)], 1).unwrap();
+        let errors = out.as_struct().column_by_name("error").unwrap().as_string::<i32>().value(0).to_string();
+        assert!(errors.contains("not a recognised image format"), "{errors}");
+        let err = decode
+            .call(&[input, literal("", 1), Arc::new(arrow::array::Int64Array::from(vec![1000])), literal("raise", 1)], 1)
+            .unwrap_err();
+        assert!(err.to_string().contains("image_decode failed on row 0"), "{err}");
+    }
+
+    #[test]
+    fn options_are_checked_at_planning_time() {
+        let resize = function("image_resize");
+        let field: FieldRef = Arc::new(Field::new("b", DataType::Binary, true));
+        let w = datafusion::common::ScalarValue::Int64(Some(0));
+        let h = datafusion::common::ScalarValue::Int64(Some(10));
+        let err = resize.return_field(&[field.clone(), field.clone(), field.clone()], &[None, Some(&w), Some(&h)]).unwrap_err();
+        assert!(err.to_string().contains("width must be positive"), "{err}");
+        let int: FieldRef = Arc::new(Field::new("n", DataType::Int64, true));
+        let w = datafusion::common::ScalarValue::Int64(Some(10));
+        let err = resize.return_field(&[int, field.clone(), field], &[None, Some(&w), Some(&h)]).unwrap_err();
+        assert!(err.to_string().contains("input must be an Image"), "{err}");
+    }
+
+    #[test]
+    fn a_header_claiming_huge_dimensions_is_refused_before_allocating() {
+        let mut builder = array::ImageBuilder::with_capacity(1);
+        let mut bytes = png(4, 4);
+        // Patch the IHDR width and height to 100000 (CRC now wrong: either reason is fine,
+        // what matters is that nothing tries to allocate 30 GB).
+        bytes[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        bytes[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        assert!(codec::decode_into(&bytes, None, codec::DEFAULT_MAX_PIXELS, &mut builder).is_err());
+        assert_eq!(builder.data_len(), 0);
+    }
+}

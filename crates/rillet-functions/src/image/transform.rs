@@ -1,0 +1,771 @@
+//! Image → image operators (resize, letterbox, crop, flip, rotate, mode, blur, adjust,
+//! border trimming) and image → tensor.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float32Builder, Float64Builder, ListBuilder, StructArray, UInt8Builder, UInt32Builder};
+use arrow::datatypes::{DataType, Field, FieldRef};
+use fast_image_resize::images::{Image as FirImage, ImageRef as FirImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::DynamicImage;
+use rillet_common::types::{ElementType, ImageMode, ImageType, TensorType};
+use rillet_common::{Result, RilletError};
+use rillet_runtime::ArrayFunction;
+
+use super::array::{ImageBuilder, ImageView, convert, pillow_luma};
+use super::{IMAGE_BATCH_ROWS, ImageInput, Pixels, RowFailure, codec, expect_image, input_mode, map_images};
+use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
+
+pub(super) fn functions() -> Vec<Arc<dyn ArrayFunction>> {
+    vec![
+        Arc::new(OperatorFunction::new(Resize)),
+        Arc::new(OperatorFunction::new(Letterbox)),
+        Arc::new(OperatorFunction::new(Crop)),
+        Arc::new(OperatorFunction::new(CenterCrop)),
+        Arc::new(OperatorFunction::new(Flip)),
+        Arc::new(OperatorFunction::new(Rotate)),
+        Arc::new(OperatorFunction::new(ConvertMode)),
+        Arc::new(OperatorFunction::new(Blur)),
+        Arc::new(OperatorFunction::new(Adjust)),
+        Arc::new(OperatorFunction::new(CropBlackBorder)),
+        Arc::new(OperatorFunction::new(ToTensor)),
+    ]
+}
+
+fn pixel_type(mode: ImageMode) -> PixelType {
+    match mode {
+        ImageMode::L => PixelType::U8,
+        ImageMode::La => PixelType::U8x2,
+        ImageMode::Rgb => PixelType::U8x3,
+        ImageMode::Rgba => PixelType::U8x4,
+        ImageMode::L16 => PixelType::U16,
+        ImageMode::La16 => PixelType::U16x2,
+        ImageMode::Rgb16 => PixelType::U16x3,
+        ImageMode::Rgba16 => PixelType::U16x4,
+        ImageMode::Rgb32F => PixelType::F32x3,
+        ImageMode::Rgba32F => PixelType::F32x4,
+    }
+}
+
+fn resize_alg(method: &str) -> Result<ResizeAlg> {
+    Ok(match method.to_ascii_lowercase().as_str() {
+        "nearest" => ResizeAlg::Nearest,
+        "box" => ResizeAlg::Convolution(FilterType::Box),
+        "bilinear" => ResizeAlg::Convolution(FilterType::Bilinear),
+        "hamming" => ResizeAlg::Convolution(FilterType::Hamming),
+        "bicubic" | "catmullrom" => ResizeAlg::Convolution(FilterType::CatmullRom),
+        "mitchell" => ResizeAlg::Convolution(FilterType::Mitchell),
+        "lanczos3" | "lanczos" => ResizeAlg::Convolution(FilterType::Lanczos3),
+        other => {
+            return Err(RilletError::invalid_argument(format!(
+                "unknown resize method {other:?}; expected nearest, box, bilinear, hamming, bicubic, mitchell or lanczos3"
+            )));
+        }
+    })
+}
+
+/// Resize `src` to `width × height` into `dst` (exactly `mode.buffer_len(width, height)`
+/// bytes), with SIMD convolution.
+fn resize_into(resizer: &mut Resizer, src: &ImageView<'_>, width: u32, height: u32, alg: ResizeAlg, dst: &mut [u8]) -> std::result::Result<(), String> {
+    let pixel = pixel_type(src.mode);
+    let options = ResizeOptions::new().resize_alg(alg);
+    // 16- and 32-bit pixels must be aligned; column slices may not be, so copy them.
+    let aligned_src: Vec<u32>;
+    let src_bytes = if is_aligned(src.mode, src.data) {
+        src.data
+    } else {
+        aligned_src = aligned_copy(src.data);
+        &bytes_of(&aligned_src)[..src.data.len()]
+    };
+    let source = FirImageRef::new(src.width, src.height, src_bytes, pixel).map_err(|e| e.to_string())?;
+    if is_aligned(src.mode, dst) {
+        let mut target = FirImage::from_slice_u8(width, height, dst, pixel).map_err(|e| e.to_string())?;
+        resizer.resize(&source, &mut target, &options).map_err(|e| e.to_string())
+    } else {
+        let mut target = FirImage::new(width, height, pixel);
+        resizer.resize(&source, &mut target, &options).map_err(|e| e.to_string())?;
+        dst.copy_from_slice(target.buffer());
+        Ok(())
+    }
+}
+
+/// True if `bytes` may be viewed as pixels of `mode` (16- and 32-bit values need their
+/// natural alignment).
+fn is_aligned(mode: ImageMode, bytes: &[u8]) -> bool {
+    (bytes.as_ptr() as usize).is_multiple_of(mode.element_type().size())
+}
+
+fn aligned_copy(bytes: &[u8]) -> Vec<u32> {
+    let mut words = vec![0u32; bytes.len().div_ceil(4)];
+    // SAFETY: `words` holds at least `bytes.len()` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr() as *mut u8, bytes.len()) };
+    words
+}
+
+fn bytes_of(words: &[u32]) -> &[u8] {
+    // SAFETY: any u32 slice is a valid byte slice of four times the length.
+    unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, words.len() * 4) }
+}
+
+/// The size that fits `w × h` inside `max_w × max_h` keeping the aspect ratio.
+fn fit(w: u32, h: u32, max_w: u32, max_h: u32) -> (u32, u32) {
+    let scale = (max_w as f64 / w as f64).min(max_h as f64 / h as f64);
+    (((w as f64 * scale).round() as u32).clamp(1, max_w), ((h as f64 * scale).round() as u32).clamp(1, max_h))
+}
+
+fn positive_size(params: &Params, name: &str) -> Result<u32> {
+    let v = params.size(name)?;
+    if v == 0 {
+        return Err(RilletError::invalid_argument(format!("{name} must be positive")));
+    }
+    Ok(v)
+}
+
+fn image_result(operator: &str, input: &FieldRef, mode: Option<ImageMode>) -> Result<Field> {
+    expect_image(operator, input)?;
+    Ok(ImageType::new(mode).field(operator))
+}
+
+/// `image_resize(img, width, height, method, keep_aspect, on_error)`: resample with a
+/// SIMD convolution filter (nearest, bilinear, bicubic, lanczos3, …). With
+/// `keep_aspect`, the image fits inside `width × height`.
+#[derive(Debug)]
+pub struct Resize;
+
+impl Operator for Resize {
+    fn name(&self) -> &'static str {
+        "image_resize"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        const P: &[Param] = &[
+            Param::required("width", ParamKind::Int),
+            Param::required("height", ParamKind::Int),
+            Param::optional("method", ParamKind::Str, "bilinear"),
+            Param::optional("keep_aspect", ParamKind::Bool, "false"),
+            Param::ON_ERROR,
+        ];
+        P
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        positive_size(params, "width")?;
+        positive_size(params, "height")?;
+        resize_alg(params.str("method")?)?;
+        image_result(self.name(), &inputs[0], input_mode(&inputs[0]))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let (w, h) = (positive_size(call.params, "width")?, positive_size(call.params, "height")?);
+        let alg = resize_alg(call.params.str("method")?)?;
+        let keep = call.params.bool("keep_aspect")?;
+        let mut resizer = Resizer::new();
+        map_images(call, errors, codec::DEFAULT_MAX_PIXELS, |pixels, out| {
+            let src = pixels.view();
+            let (tw, th) = if keep { fit(src.width, src.height, w, h) } else { (w, h) };
+            out.append_with(tw, th, src.mode, |dst| resize_into(&mut resizer, &src, tw, th, alg, dst))
+        }, self.name())
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(IMAGE_BATCH_ROWS)
+    }
+}
+
+/// `image_letterbox(img, width, height, fill, on_error)`: resize to fit inside
+/// `width × height` keeping the aspect ratio, centred on a `fill`-valued canvas (detector
+/// input).
+#[derive(Debug)]
+pub struct Letterbox;
+
+impl Operator for Letterbox {
+    fn name(&self) -> &'static str {
+        "image_letterbox"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        const P: &[Param] = &[
+            Param::required("width", ParamKind::Int),
+            Param::required("height", ParamKind::Int),
+            Param::optional("fill", ParamKind::Int, "114"),
+            Param::optional("method", ParamKind::Str, "bilinear"),
+            Param::ON_ERROR,
+        ];
+        P
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        positive_size(params, "width")?;
+        positive_size(params, "height")?;
+        resize_alg(params.str("method")?)?;
+        image_result(self.name(), &inputs[0], input_mode(&inputs[0]))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let (w, h) = (positive_size(call.params, "width")?, positive_size(call.params, "height")?);
+        let alg = resize_alg(call.params.str("method")?)?;
+        let fill = call.params.int("fill")?.clamp(0, 255) as u8;
+        let mut resizer = Resizer::new();
+        map_images(call, errors, codec::DEFAULT_MAX_PIXELS, |pixels, out| {
+            let src = pixels.view();
+            if src.mode.element_type() != ElementType::U8 {
+                return Err(format!("letterbox supports 8-bit images; this one is {}", src.mode));
+            }
+            let (tw, th) = fit(src.width, src.height, w, h);
+            let mut scaled = vec![0u8; src.mode.buffer_len(tw as usize, th as usize)];
+            resize_into(&mut resizer, &src, tw, th, alg, &mut scaled)?;
+            let (x0, y0) = ((w - tw) / 2, (h - th) / 2);
+            let c = src.mode.channels();
+            out.append_with(w, h, src.mode, |dst| {
+                dst.fill(fill);
+                if c == 2 || c == 4 {
+                    // The padding is opaque.
+                    for px in dst.chunks_exact_mut(c) {
+                        px[c - 1] = 255;
+                    }
+                }
+                let row_bytes = tw as usize * c;
+                for y in 0..th as usize {
+                    let start = ((y0 as usize + y) * w as usize + x0 as usize) * c;
+                    dst[start..start + row_bytes].copy_from_slice(&scaled[y * row_bytes..(y + 1) * row_bytes]);
+                }
+                Ok::<(), String>(())
+            })
+        }, self.name())
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(IMAGE_BATCH_ROWS)
+    }
+}
+
+/// Copy the `w × h` window at `(x, y)` of `src` into a new row of `out`.
+fn crop_view(src: &ImageView<'_>, x: u32, y: u32, w: u32, h: u32, out: &mut ImageBuilder) -> std::result::Result<(), String> {
+    if w == 0 || h == 0 || x.checked_add(w).is_none_or(|r| r > src.width) || y.checked_add(h).is_none_or(|b| b > src.height) {
+        return Err(format!(
+            "crop window {w}×{h} at ({x}, {y}) does not fit inside the {}×{} image",
+            src.width, src.height
+        ));
+    }
+    let px = src.mode.channels() * src.mode.element_type().size();
+    let (row_bytes, src_stride) = (w as usize * px, src.width as usize * px);
+    out.append_with(w, h, src.mode, |dst| {
+        for r in 0..h as usize {
+            let start = (y as usize + r) * src_stride + x as usize * px;
+            dst[r * row_bytes..(r + 1) * row_bytes].copy_from_slice(&src.data[start..start + row_bytes]);
+        }
+        Ok(())
+    })
+}
+
+/// `image_crop(img, x, y, width, height, on_error)`: the window whose top-left corner is
+/// `(x, y)`. A window that does not fit is bad data for that row.
+#[derive(Debug)]
+pub struct Crop;
+
+impl Operator for Crop {
+    fn name(&self) -> &'static str {
+        "image_crop"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        const P: &[Param] = &[
+            Param::required("x", ParamKind::Int),
+            Param::required("y", ParamKind::Int),
+            Param::required("width", ParamKind::Int),
+            Param::required("height", ParamKind::Int),
+            Param::ON_ERROR,
+        ];
+        P
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        for name in ["x", "y"] {
+            params.size(name)?;
+        }
+        positive_size(params, "width")?;
+        positive_size(params, "height")?;
+        image_result(self.name(), &inputs[0], input_mode(&inputs[0]))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let p = call.params;
+        let (x, y, w, h) = (p.size("x")?, p.size("y")?, p.size("width")?, p.size("height")?);
+        map_images(call, errors, codec::DEFAULT_MAX_PIXELS, |pixels, out| crop_view(&pixels.view(), x, y, w, h, out), self.name())
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(IMAGE_BATCH_ROWS)
+    }
+}
+
+/// `image_center_crop(img, width, height, on_error)`: the centred `width × height` window.
+#[derive(Debug)]
+pub struct CenterCrop;
+
+impl Operator for CenterCrop {
+    fn name(&self) -> &'static str {
+        "image_center_crop"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        const P: &[Param] = &[
+            Param::required("width", ParamKind::Int),
+            Param::required("height", ParamKind::Int),
+            Param::ON_ERROR,
+        ];
+        P
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        positive_size(params, "width")?;
+        positive_size(params, "height")?;
+        image_result(self.name(), &inputs[0], input_mode(&inputs[0]))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let (w, h) = (call.params.size("width")?, call.params.size("height")?);
+        map_images(call, errors, codec::DEFAULT_MAX_PIXELS, |pixels, out| {
+            let src = pixels.view();
+            if w > src.width || h > src.height {
+                return Err(format!("cannot take a {w}×{h} centre crop of a {}×{} image", src.width, src.height));
+            }
+            crop_view(&src, (src.width - w) / 2, (src.height - h) / 2, w, h, out)
+        }, self.name())
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(IMAGE_BATCH_ROWS)
+    }
+}
+
+/// An operator that maps each image through an `image` crate function of the options.
+macro_rules! dynamic_image_operator {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, [$($param:expr),*], |$params:ident| $check:block, |$img:ident, $p:ident| $body:block) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $ty;
+
+        impl Operator for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn params(&self) -> &'static [Param] {
+                const P: &[Param] = &[$($param,)* Param::ON_ERROR];
+                P
+            }
+
+            fn result_field(&self, inputs: &[FieldRef], $params: &Params) -> Result<Field> {
+                let mode: Option<Option<ImageMode>> = $check;
+                image_result(self.name(), &inputs[0], mode.unwrap_or_else(|| input_mode(&inputs[0])))
+            }
+
+            fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+                let $p = call.params;
+                map_images(call, errors, codec::DEFAULT_MAX_PIXELS, |pixels: Pixels<'_>, out: &mut ImageBuilder| {
+                    let $img = pixels.into_dynamic();
+                    let result: std::result::Result<DynamicImage, String> = $body;
+                    out.append_dynamic(result?);
+                    Ok(())
+                }, self.name())
+            }
+
+            fn batch_size(&self) -> Option<usize> {
+                Some(IMAGE_BATCH_ROWS)
+            }
+        }
+    };
+}
+
+dynamic_image_operator!(
+    /// `image_flip(img, horizontal, vertical, on_error)`: mirror left–right and/or top–bottom.
+    Flip, "image_flip",
+    [Param::optional("horizontal", ParamKind::Bool, "true"), Param::optional("vertical", ParamKind::Bool, "false")],
+    |params| { params.bool("horizontal")?; params.bool("vertical")?; None },
+    |img, p| {
+        let mut img = img;
+        if p.bool("horizontal").map_err(|e| e.to_string())? {
+            img = img.fliph();
+        }
+        if p.bool("vertical").map_err(|e| e.to_string())? {
+            img = img.flipv();
+        }
+        Ok(img)
+    }
+);
+
+fn check_degrees(params: &Params) -> Result<i64> {
+    let d = params.int("degrees")?.rem_euclid(360);
+    if d % 90 != 0 {
+        return Err(RilletError::invalid_argument(format!("rotate takes 90, 180 or 270 degrees, not {}", params.int("degrees")?)));
+    }
+    Ok(d)
+}
+
+dynamic_image_operator!(
+    /// `image_rotate(img, degrees, on_error)`: rotate clockwise by 90, 180 or 270 degrees.
+    Rotate, "image_rotate",
+    [Param::required("degrees", ParamKind::Int)],
+    |params| { check_degrees(params)?; None },
+    |img, p| {
+        Ok(match check_degrees(p).map_err(|e| e.to_string())? {
+            90 => img.rotate90(),
+            180 => img.rotate180(),
+            270 => img.rotate270(),
+            _ => img,
+        })
+    }
+);
+
+fn parse_mode(params: &Params) -> Result<ImageMode> {
+    params.str("mode")?.parse().map_err(|e: arrow::error::ArrowError| RilletError::invalid_argument(e.to_string()))
+}
+
+dynamic_image_operator!(
+    /// `image_convert_mode(img, mode, on_error)`: convert to RGB, RGBA, L, LA, RGB16, … (grey
+    /// from 8-bit colour uses Pillow's luma weights).
+    ConvertMode, "image_convert_mode",
+    [Param::required("mode", ParamKind::Str)],
+    |params| { Some(Some(parse_mode(params)?)) },
+    |img, p| { Ok(convert(img, parse_mode(p).map_err(|e| e.to_string())?)) }
+);
+
+dynamic_image_operator!(
+    /// `image_blur(img, sigma, on_error)`: Gaussian blur.
+    Blur, "image_blur",
+    [Param::required("sigma", ParamKind::Float)],
+    |params| {
+        let s = params.float("sigma")?;
+        if !(s > 0.0 && s.is_finite()) {
+            return Err(RilletError::invalid_argument(format!("sigma must be positive, not {s}")));
+        }
+        None
+    },
+    |img, p| { Ok(img.blur(p.float("sigma").map_err(|e| e.to_string())? as f32)) }
+);
+
+/// Blend every colour channel of `img` (8-bit) towards `degenerate(pixel)` like Pillow's
+/// `ImageEnhance`: `out = degenerate + factor * (pixel - degenerate)`.
+fn enhance(data: &mut [u8], channels: usize, factor: f64, degenerate: impl Fn(&[u8]) -> [f64; 3]) {
+    let colour = if channels >= 3 { 3 } else { 1 };
+    for px in data.chunks_exact_mut(channels) {
+        let base = degenerate(px);
+        for c in 0..colour {
+            // Truncated, as Pillow's blend does.
+            let v = base[c] + factor * (px[c] as f64 - base[c]);
+            px[c] = v.clamp(0.0, 255.0) as u8;
+        }
+    }
+}
+
+fn adjust(img: DynamicImage, brightness: f64, contrast: f64, saturation: f64) -> std::result::Result<DynamicImage, String> {
+    let Some(mode) = super::array::mode_of(&img).filter(|m| m.element_type() == ElementType::U8) else {
+        return Err("adjust supports 8-bit images; convert_mode first".to_string());
+    };
+    let channels = mode.channels();
+    let (w, h) = (img.width(), img.height());
+    let mut data = img.into_bytes();
+    let grey = |px: &[u8]| if channels >= 3 { pillow_luma(px[0], px[1], px[2]) as f64 } else { px[0] as f64 };
+    if brightness != 1.0 {
+        enhance(&mut data, channels, brightness, |_| [0.0; 3]);
+    }
+    if contrast != 1.0 {
+        let n = (w as usize * h as usize).max(1) as f64;
+        let mean = (data.chunks_exact(channels).map(grey).sum::<f64>() / n + 0.5).floor();
+        enhance(&mut data, channels, contrast, |_| [mean; 3]);
+    }
+    if saturation != 1.0 && channels >= 3 {
+        enhance(&mut data, channels, saturation, |px| [grey(px); 3]);
+    }
+    let view = ImageView { width: w, height: h, mode, data: &data };
+    Ok(view.to_dynamic())
+}
+
+dynamic_image_operator!(
+    /// `image_adjust(img, brightness, contrast, saturation, on_error)`: factors as in
+    /// Pillow's `ImageEnhance` (1.0 leaves the image unchanged, 0.0 gives black, flat grey
+    /// or greyscale respectively). 8-bit images.
+    Adjust, "image_adjust",
+    [
+        Param::optional("brightness", ParamKind::Float, "1.0"),
+        Param::optional("contrast", ParamKind::Float, "1.0"),
+        Param::optional("saturation", ParamKind::Float, "1.0")
+    ],
+    |params| {
+        for name in ["brightness", "contrast", "saturation"] {
+            let f = params.float(name)?;
+            if !(f >= 0.0 && f.is_finite()) {
+                return Err(RilletError::invalid_argument(format!("{name} must be a factor >= 0, not {f}")));
+            }
+        }
+        None
+    },
+    |img, p| {
+        let get = |n| p.float(n).map_err(|e| e.to_string());
+        adjust(img, get("brightness")?, get("contrast")?, get("saturation")?)
+    }
+);
+
+/// The bounding box `(x, y, w, h)` of pixels brighter than `threshold` in any colour
+/// channel, or `None` if every pixel is dark.
+fn content_box(view: &ImageView<'_>, threshold: u8) -> Option<(u32, u32, u32, u32)> {
+    let c = view.mode.channels();
+    let colour = if c >= 3 { 3 } else { 1 };
+    let (w, h) = (view.width as usize, view.height as usize);
+    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+    for y in 0..h {
+        for x in 0..w {
+            let px = &view.data[(y * w + x) * c..(y * w + x) * c + colour];
+            if px.iter().any(|v| *v > threshold) {
+                x0 = x0.min(x);
+                y0 = y0.min(y);
+                x1 = x1.max(x);
+                y1 = y1.max(y);
+            }
+        }
+    }
+    (x0 != usize::MAX).then(|| (x0 as u32, y0 as u32, (x1 - x0 + 1) as u32, (y1 - y0 + 1) as u32))
+}
+
+/// `image_crop_black_border(img, threshold, on_error)`: trim the dark frame around an
+/// image (rows and columns whose every pixel is at or below `threshold`). An all-dark
+/// image is returned unchanged. 8-bit images.
+#[derive(Debug)]
+pub struct CropBlackBorder;
+
+impl Operator for CropBlackBorder {
+    fn name(&self) -> &'static str {
+        "image_crop_black_border"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        const P: &[Param] = &[Param::optional("threshold", ParamKind::Int, "10"), Param::ON_ERROR];
+        P
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        params.int("threshold")?;
+        image_result(self.name(), &inputs[0], input_mode(&inputs[0]))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let threshold = call.params.int("threshold")?.clamp(0, 255) as u8;
+        map_images(call, errors, codec::DEFAULT_MAX_PIXELS, |pixels, out| {
+            let view = pixels.view();
+            if view.mode.element_type() != ElementType::U8 {
+                return Err(format!("crop_black_border supports 8-bit images; this one is {}", view.mode));
+            }
+            match content_box(&view, threshold) {
+                Some((x, y, w, h)) => crop_view(&view, x, y, w, h, out),
+                None => {
+                    out.append(&view);
+                    Ok(())
+                }
+            }
+        }, self.name())
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(IMAGE_BATCH_ROWS)
+    }
+}
+
+/// `image_to_tensor(img, dtype, layout, mean, std, on_error)`: pixels as a tensor of shape
+/// `[C, H, W]` (`layout="CHW"`) or `[H, W, C]`. With `dtype="f32"` (or `"f64"`) values are
+/// scaled to [0, 1] and then normalised per channel, `(x - mean[c]) / std[c]`; with
+/// `dtype="u8"` the 8-bit values are kept as they are.
+#[derive(Debug)]
+pub struct ToTensor;
+
+fn tensor_dtype(params: &Params) -> Result<ElementType> {
+    let dtype: ElementType = params.str("dtype")?.parse().map_err(|e: arrow::error::ArrowError| RilletError::invalid_argument(e.to_string()))?;
+    match dtype {
+        ElementType::F32 | ElementType::F64 | ElementType::U8 => Ok(dtype),
+        other => Err(RilletError::invalid_argument(format!("to_tensor produces f32, f64 or u8, not {other}"))),
+    }
+}
+
+fn chw(params: &Params) -> Result<bool> {
+    match params.str("layout")?.to_ascii_uppercase().as_str() {
+        "CHW" => Ok(true),
+        "HWC" => Ok(false),
+        other => Err(RilletError::invalid_argument(format!("layout must be \"CHW\" or \"HWC\", not {other:?}"))),
+    }
+}
+
+impl Operator for ToTensor {
+    fn name(&self) -> &'static str {
+        "image_to_tensor"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        const P: &[Param] = &[
+            Param::optional("dtype", ParamKind::Str, "f32"),
+            Param::optional("layout", ParamKind::Str, "CHW"),
+            Param::optional("mean", ParamKind::FloatList, ""),
+            Param::optional("std", ParamKind::FloatList, ""),
+            Param::ON_ERROR,
+        ];
+        P
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        expect_image(self.name(), &inputs[0])?;
+        let dtype = tensor_dtype(params)?;
+        chw(params)?;
+        let (mean, std) = (params.float_list("mean")?, params.float_list("std")?);
+        if std.iter().any(|s| *s == 0.0) {
+            return Err(RilletError::invalid_argument("std values must not be 0"));
+        }
+        if dtype == ElementType::U8 && !(mean.is_empty() && std.is_empty()) {
+            return Err(RilletError::invalid_argument("mean/std need a float dtype (f32 or f64)"));
+        }
+        Ok(TensorType::new(dtype, None).field(self.name()))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let dtype = tensor_dtype(call.params)?;
+        let planar = chw(call.params)?;
+        let (mean, std) = (call.params.float_list("mean")?, call.params.float_list("std")?);
+        let input = ImageInput::try_new(self.name(), &call.inputs[0])?;
+        let mut shapes = ListBuilder::new(UInt32Builder::new());
+        let mut data = TensorData::new(dtype);
+        let mut valid = Vec::with_capacity(call.rows);
+        for row in 0..call.rows {
+            let pixels = match input.get(row, codec::DEFAULT_MAX_PIXELS) {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    data.append_empty();
+                    shapes.append(true);
+                    valid.push(false);
+                    continue;
+                }
+                Err(RowFailure::Data(reason)) => {
+                    errors.fail(row, reason);
+                    data.append_empty();
+                    shapes.append(true);
+                    valid.push(false);
+                    continue;
+                }
+                Err(RowFailure::Infrastructure(e)) => return Err(e),
+            };
+            let view = pixels.view();
+            let c = view.mode.channels();
+            let per_channel = |list: &[f64], default: f64, name: &str| -> std::result::Result<Vec<f64>, String> {
+                match list.len() {
+                    0 => Ok(vec![default; c]),
+                    1 => Ok(vec![list[0]; c]),
+                    n if n == c => Ok(list.to_vec()),
+                    n => Err(format!("{name} has {n} values; the image has {c} channels")),
+                }
+            };
+            let (m, s) = match (per_channel(&mean, 0.0, "mean"), per_channel(&std, 1.0, "std")) {
+                (Ok(m), Ok(s)) => (m, s),
+                (Err(reason), _) | (_, Err(reason)) => {
+                    errors.fail(row, format!("{}: {reason}", input.identity(row)));
+                    data.append_empty();
+                    shapes.append(true);
+                    valid.push(false);
+                    continue;
+                }
+            };
+            if dtype == ElementType::U8 && view.mode.element_type() != ElementType::U8 {
+                errors.fail(row, format!("{}: dtype u8 needs an 8-bit image; this one is {}", input.identity(row), view.mode));
+                data.append_empty();
+                shapes.append(true);
+                valid.push(false);
+                continue;
+            }
+            let (h, w) = (view.height as usize, view.width as usize);
+            data.append_image(&view, planar, &m, &s);
+            let dims = if planar { [c, h, w] } else { [h, w, c] };
+            for d in dims {
+                shapes.values().append_value(d as u32);
+            }
+            shapes.append(true);
+            valid.push(true);
+        }
+        let fields = match TensorType::storage_type_of(dtype, None) {
+            DataType::Struct(fields) => fields,
+            _ => unreachable!("variable-shape tensors are structs"),
+        };
+        let struct_array = StructArray::try_new(fields, vec![data.finish(), Arc::new(shapes.finish())], Some(valid.into()))?;
+        Ok(Arc::new(struct_array))
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(IMAGE_BATCH_ROWS)
+    }
+}
+
+/// Tensor values under construction, per output element type.
+enum TensorData {
+    F32(ListBuilder<Float32Builder>),
+    F64(ListBuilder<Float64Builder>),
+    U8(ListBuilder<UInt8Builder>),
+}
+
+impl TensorData {
+    fn new(dtype: ElementType) -> Self {
+        match dtype {
+            ElementType::F64 => Self::F64(ListBuilder::new(Float64Builder::new())),
+            ElementType::U8 => Self::U8(ListBuilder::new(UInt8Builder::new())),
+            _ => Self::F32(ListBuilder::new(Float32Builder::new())),
+        }
+    }
+
+    fn append_empty(&mut self) {
+        match self {
+            Self::F32(b) => b.append(true),
+            Self::F64(b) => b.append(true),
+            Self::U8(b) => b.append(true),
+        }
+    }
+
+    fn append_image(&mut self, view: &ImageView<'_>, planar: bool, mean: &[f64], std: &[f64]) {
+        let c = view.mode.channels();
+        let n = view.width as usize * view.height as usize;
+        let (scale, values): (f64, Box<dyn Fn(usize) -> f64 + '_>) = match view.mode.element_type() {
+            ElementType::U16 => (65535.0, Box::new(|i| u16::from_ne_bytes([view.data[2 * i], view.data[2 * i + 1]]) as f64)),
+            ElementType::F32 => (1.0, Box::new(|i| f32::from_ne_bytes(view.data[4 * i..4 * i + 4].try_into().unwrap_or([0; 4])) as f64)),
+            _ => (255.0, Box::new(|i| view.data[i] as f64)),
+        };
+        let order = |k: usize| if planar { (k % n) * c + k / n } else { k };
+        match self {
+            Self::U8(b) => {
+                let out = b.values();
+                for k in 0..n * c {
+                    out.append_value(view.data[order(k)]);
+                }
+                b.append(true);
+            }
+            Self::F32(b) => {
+                let out = b.values();
+                for k in 0..n * c {
+                    let i = order(k);
+                    let ch = i % c;
+                    out.append_value(((values(i) / scale - mean[ch]) / std[ch]) as f32);
+                }
+                b.append(true);
+            }
+            Self::F64(b) => {
+                let out = b.values();
+                for k in 0..n * c {
+                    let i = order(k);
+                    let ch = i % c;
+                    out.append_value((values(i) / scale - mean[ch]) / std[ch]);
+                }
+                b.append(true);
+            }
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Self::F32(mut b) => Arc::new(b.finish()),
+            Self::F64(mut b) => Arc::new(b.finish()),
+            Self::U8(mut b) => Arc::new(b.finish()),
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Rillet's built-in multimodal operators, native Rust over Arrow arrays.
+//!
+//! Each operator is written once as an [`operator::Operator`] and registered in every
+//! session under its SQL name (`image_resize`), so SQL and the DataFrame namespaces
+//! (`col("img").image.resize(224, 224)`) share one implementation. Calls run as stages of
+//! their own on the engine's blocking pool, in small batches for operators that hold
+//! decoded media.
+//!
+//! Data problems in a row (corrupt, truncated, unknown format, over a size cap) follow the
+//! operator's `on_error` option: `"null"` (default), `"raise"`, or `"column"`
+//! (a `{value, error}` struct).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use arrow::array::{Array, ArrayRef, BinaryArray};
+//! let png: &[u8] = &[0x89, b'P', b'N', b'G']; // truncated: bad data, not a panic
+//! let input: ArrayRef = Arc::new(BinaryArray::from(vec![png]));
+//! let decode = rillet_functions::functions().into_iter().find(|f| f.name() == "image_decode").unwrap();
+//! let out = decode.call(&[input], 1).unwrap();
+//! assert!(out.is_null(0));
+//! ```
+
+pub mod image;
+pub mod input;
+pub mod operator;
+
+use std::sync::Arc;
+
+use rillet_runtime::ArrayFunction;
+
+/// Every built-in operator.
+pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
+    let mut all = Vec::new();
+    all.extend(image::functions());
+    all
+}

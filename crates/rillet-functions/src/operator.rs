@@ -1,0 +1,443 @@
+//! The shape every native operator shares: column inputs, literal options with defaults,
+//! a result field decided at planning time, a kernel over Arrow arrays, and the bad-input
+//! policy (`on_error`) applied the same way everywhere.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, StringArray, StructArray};
+use arrow::buffer::NullBuffer;
+use arrow::datatypes::{DataType, Field, FieldRef, Fields};
+use datafusion::common::ScalarValue;
+use rillet_common::{Result, RilletError};
+use rillet_runtime::ArrayFunction;
+
+/// What an operator does with a row whose data it cannot process (corrupt, truncated,
+/// unknown format, over a size cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// The row's result is null (false for validity checks).
+    Null,
+    /// The job fails, naming the row.
+    Raise,
+    /// The result becomes a struct `{value, error}`: the value (or null) and the reason.
+    Column,
+}
+
+impl OnError {
+    fn parse(text: &str, operator: &str) -> Result<Self> {
+        match text {
+            "null" => Ok(Self::Null),
+            "raise" => Ok(Self::Raise),
+            "column" => Ok(Self::Column),
+            other => Err(RilletError::invalid_argument(format!(
+                "{operator}: on_error must be \"null\", \"raise\" or \"column\", not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// The kind of value an option takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// An integer.
+    Int,
+    /// A number.
+    Float,
+    /// A string.
+    Str,
+    /// A boolean.
+    Bool,
+    /// A list of numbers.
+    FloatList,
+}
+
+/// One literal option of an operator, after its column inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct Param {
+    /// Name, as the Python keyword argument.
+    pub name: &'static str,
+    /// Kind of value.
+    pub kind: ParamKind,
+    /// Default as text (parsed per `kind`); `None` makes the option required.
+    pub default: Option<&'static str>,
+}
+
+impl Param {
+    /// A required option.
+    pub const fn required(name: &'static str, kind: ParamKind) -> Self {
+        Self { name, kind, default: None }
+    }
+
+    /// An option with a default.
+    pub const fn optional(name: &'static str, kind: ParamKind, default: &'static str) -> Self {
+        Self { name, kind, default: Some(default) }
+    }
+
+    /// The standard `on_error` option, `"null"` by default.
+    pub const ON_ERROR: Param = Param::optional("on_error", ParamKind::Str, "null");
+}
+
+/// Option values of one call, checked against the operator's [`Param`]s.
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    operator: &'static str,
+    values: HashMap<&'static str, ScalarValue>,
+}
+
+impl Params {
+    fn parse(operator: &'static str, params: &[Param], literals: &[Option<ScalarValue>]) -> Result<Self> {
+        if literals.len() > params.len() {
+            return Err(RilletError::invalid_argument(format!(
+                "{operator} takes at most {} option(s) ({}), got {}",
+                params.len(),
+                params.iter().map(|p| p.name).collect::<Vec<_>>().join(", "),
+                literals.len()
+            )));
+        }
+        let mut values = HashMap::new();
+        for (i, param) in params.iter().enumerate() {
+            let value = match literals.get(i) {
+                Some(Some(value)) if !value.is_null() => value.clone(),
+                Some(None) => {
+                    return Err(RilletError::invalid_argument(format!(
+                        "{operator}: option {} must be a literal value, not a column",
+                        param.name
+                    )));
+                }
+                _ => match param.default {
+                    Some(default) => default_value(param.kind, default),
+                    None => {
+                        return Err(RilletError::invalid_argument(format!(
+                            "{operator}: option {} is required",
+                            param.name
+                        )));
+                    }
+                },
+            };
+            values.insert(param.name, value);
+        }
+        let parsed = Self { operator, values };
+        // Check every option's kind once, at planning time.
+        for param in params {
+            match param.kind {
+                ParamKind::Int => drop(parsed.int(param.name)?),
+                ParamKind::Float => drop(parsed.float(param.name)?),
+                ParamKind::Str => drop(parsed.str(param.name)?),
+                ParamKind::Bool => drop(parsed.bool(param.name)?),
+                ParamKind::FloatList => drop(parsed.float_list(param.name)?),
+            }
+        }
+        if params.iter().any(|p| p.name == "on_error") {
+            parsed.on_error()?;
+        }
+        Ok(parsed)
+    }
+
+    fn get(&self, name: &str) -> Result<&ScalarValue> {
+        self.values
+            .get(name)
+            .ok_or_else(|| RilletError::Internal(format!("{}: no option {name}", self.operator)))
+    }
+
+    fn wrong(&self, name: &str, want: &str, value: &ScalarValue) -> RilletError {
+        RilletError::invalid_argument(format!(
+            "{}: option {name} must be {want}, not {value} ({})",
+            self.operator,
+            value.data_type()
+        ))
+    }
+
+    /// An integer option.
+    pub fn int(&self, name: &str) -> Result<i64> {
+        let value = self.get(name)?;
+        match value {
+            ScalarValue::Int8(Some(v)) => Ok(*v as i64),
+            ScalarValue::Int16(Some(v)) => Ok(*v as i64),
+            ScalarValue::Int32(Some(v)) => Ok(*v as i64),
+            ScalarValue::Int64(Some(v)) => Ok(*v),
+            ScalarValue::UInt8(Some(v)) => Ok(*v as i64),
+            ScalarValue::UInt16(Some(v)) => Ok(*v as i64),
+            ScalarValue::UInt32(Some(v)) => Ok(*v as i64),
+            ScalarValue::UInt64(Some(v)) => i64::try_from(*v).map_err(|_| self.wrong(name, "an integer", value)),
+            _ => Err(self.wrong(name, "an integer", value)),
+        }
+    }
+
+    /// A non-negative integer option that fits `u32` (a size in pixels, a count).
+    pub fn size(&self, name: &str) -> Result<u32> {
+        let v = self.int(name)?;
+        u32::try_from(v).map_err(|_| {
+            RilletError::invalid_argument(format!("{}: option {name} must be between 0 and {}, not {v}", self.operator, u32::MAX))
+        })
+    }
+
+    /// A number option (integers accepted).
+    pub fn float(&self, name: &str) -> Result<f64> {
+        let value = self.get(name)?;
+        match value {
+            ScalarValue::Float32(Some(v)) => Ok(*v as f64),
+            ScalarValue::Float64(Some(v)) => Ok(*v),
+            _ => self.int(name).map(|v| v as f64).map_err(|_| self.wrong(name, "a number", value)),
+        }
+    }
+
+    /// A string option.
+    pub fn str(&self, name: &str) -> Result<&str> {
+        let value = self.get(name)?;
+        match value {
+            ScalarValue::Utf8(Some(v)) | ScalarValue::LargeUtf8(Some(v)) | ScalarValue::Utf8View(Some(v)) => Ok(v),
+            _ => Err(self.wrong(name, "a string", value)),
+        }
+    }
+
+    /// A boolean option.
+    pub fn bool(&self, name: &str) -> Result<bool> {
+        let value = self.get(name)?;
+        match value {
+            ScalarValue::Boolean(Some(v)) => Ok(*v),
+            _ => Err(self.wrong(name, "true or false", value)),
+        }
+    }
+
+    /// A list-of-numbers option; an empty list where none was given.
+    pub fn float_list(&self, name: &str) -> Result<Vec<f64>> {
+        let value = self.get(name)?;
+        let array = match value {
+            ScalarValue::List(list) => list.value(0),
+            ScalarValue::LargeList(list) => list.value(0),
+            ScalarValue::FixedSizeList(list) => list.value(0),
+            ScalarValue::Utf8(Some(text)) if text.is_empty() => return Ok(Vec::new()),
+            _ => return Err(self.wrong(name, "a list of numbers", value)),
+        };
+        let floats = arrow::compute::cast(&array, &DataType::Float64)
+            .map_err(|_| self.wrong(name, "a list of numbers", value))?;
+        let floats = floats
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .ok_or_else(|| self.wrong(name, "a list of numbers", value))?;
+        if floats.null_count() > 0 {
+            return Err(self.wrong(name, "a list of numbers without nulls", value));
+        }
+        Ok(floats.values().to_vec())
+    }
+
+    /// The `on_error` policy.
+    pub fn on_error(&self) -> Result<OnError> {
+        OnError::parse(self.str("on_error")?, self.operator)
+    }
+}
+
+fn default_value(kind: ParamKind, text: &str) -> ScalarValue {
+    match kind {
+        ParamKind::Int => ScalarValue::Int64(text.parse().ok()),
+        ParamKind::Float => ScalarValue::Float64(text.parse().ok()),
+        ParamKind::Str => ScalarValue::Utf8(Some(text.to_string())),
+        ParamKind::Bool => ScalarValue::Boolean(Some(text == "true")),
+        // Lists default to empty (spelled as an empty string to keep `Param` const).
+        ParamKind::FloatList => ScalarValue::Utf8(Some(String::new())),
+    }
+}
+
+/// The reason each failed row failed, filled in by a kernel.
+#[derive(Debug)]
+pub struct RowErrors {
+    reasons: Vec<Option<String>>,
+    failed: usize,
+}
+
+impl RowErrors {
+    /// No failures yet, for `rows` rows.
+    pub fn new(rows: usize) -> Self {
+        Self { reasons: vec![None; rows], failed: 0 }
+    }
+
+    /// Record that `row` failed because of `reason` (its result must be null).
+    pub fn fail(&mut self, row: usize, reason: impl Into<String>) {
+        if self.reasons[row].is_none() {
+            self.failed += 1;
+        }
+        self.reasons[row] = Some(reason.into());
+    }
+
+    /// Number of failed rows.
+    pub fn failed(&self) -> usize {
+        self.failed
+    }
+
+    /// The first failure, as (row, reason).
+    pub fn first(&self) -> Option<(usize, &str)> {
+        self.reasons
+            .iter()
+            .enumerate()
+            .find_map(|(row, reason)| reason.as_deref().map(|r| (row, r)))
+    }
+}
+
+/// Inputs of one kernel call.
+pub struct Call<'a> {
+    /// The column inputs, one array each.
+    pub inputs: &'a [ArrayRef],
+    /// Their fields (with extension metadata), as planned.
+    pub fields: &'a [FieldRef],
+    /// The options.
+    pub params: &'a Params,
+    /// Rows in the batch.
+    pub rows: usize,
+}
+
+/// A native operator. Implement this; [`OperatorFunction`] turns it into an
+/// [`ArrayFunction`] that the planner registers for SQL and the DataFrame.
+pub trait Operator: Send + Sync + Debug + 'static {
+    /// SQL name (`image_resize`); the Python method is the part after the namespace.
+    fn name(&self) -> &'static str;
+    /// Number of leading column inputs (the rest are options).
+    fn inputs(&self) -> usize {
+        1
+    }
+    /// Options, in positional order.
+    fn params(&self) -> &'static [Param];
+    /// The result field for these input fields and options. Check input types here: an
+    /// error is reported when the plan is built.
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field>;
+    /// Compute the result. Data problems in a row: `errors.fail(row, reason)` and a null.
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef>;
+    /// Rows per call, for operators whose rows are large (decoded media).
+    fn batch_size(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// Adapts an [`Operator`] to the engine's [`ArrayFunction`]: splits inputs from options,
+/// parses options, applies `on_error`.
+#[derive(Debug)]
+pub struct OperatorFunction<O: Operator> {
+    operator: O,
+}
+
+impl<O: Operator> OperatorFunction<O> {
+    /// Wrap `operator`.
+    pub fn new(operator: O) -> Self {
+        Self { operator }
+    }
+
+    fn params_from_literals(&self, literals: &[Option<&ScalarValue>]) -> Result<Params> {
+        let options: Vec<Option<ScalarValue>> = literals
+            .iter()
+            .skip(self.operator.inputs())
+            .map(|l| l.cloned())
+            .collect();
+        Params::parse(self.operator.name(), self.operator.params(), &options)
+    }
+
+    fn check_arity(&self, args: usize) -> Result<()> {
+        if args < self.operator.inputs() {
+            return Err(RilletError::invalid_argument(format!(
+                "{} takes {} column input(s), got {args}",
+                self.operator.name(),
+                self.operator.inputs()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn error_column(value: Field) -> Field {
+    let name = value.name().clone();
+    Field::new(
+        name,
+        DataType::Struct(Fields::from(vec![
+            value.with_name("value"),
+            Field::new("error", DataType::Utf8, true),
+        ])),
+        true,
+    )
+}
+
+impl<O: Operator> ArrayFunction for OperatorFunction<O> {
+    fn name(&self) -> &str {
+        self.operator.name()
+    }
+
+    fn return_type(&self) -> DataType {
+        // Only used where no argument types are known; the planner calls `return_field`.
+        DataType::Null
+    }
+
+    fn return_field(&self, args: &[FieldRef], literals: &[Option<&ScalarValue>]) -> Result<Field> {
+        self.check_arity(args.len())?;
+        let params = self.params_from_literals(literals)?;
+        let field = self
+            .operator
+            .result_field(&args[..self.operator.inputs()], &params)?
+            .with_name(self.operator.name());
+        Ok(if self.operator.params().iter().any(|p| p.name == "on_error") && params.on_error()? == OnError::Column {
+            error_column(field)
+        } else {
+            field
+        })
+    }
+
+    fn call(&self, args: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
+        self.check_arity(args.len())?;
+        let n = self.operator.inputs();
+        let literals = args[n..]
+            .iter()
+            .map(|a| {
+                if a.is_empty() {
+                    Ok(None)
+                } else {
+                    ScalarValue::try_from_array(a, 0).map(Some)
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let literal_refs: Vec<Option<&ScalarValue>> = std::iter::repeat_n(None, n)
+            .chain(literals.iter().map(|l| l.as_ref()))
+            .collect();
+        let params = self.params_from_literals(&literal_refs)?;
+        let fields: Vec<FieldRef> = args[..n]
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Arc::new(Field::new(format!("arg{i}"), a.data_type().clone(), true)))
+            .collect();
+        let mut errors = RowErrors::new(rows);
+        let call = Call { inputs: &args[..n], fields: &fields, params: &params, rows };
+        let values = self.operator.evaluate(&call, &mut errors)?;
+        let policy = if self.operator.params().iter().any(|p| p.name == "on_error") {
+            params.on_error()?
+        } else {
+            OnError::Null
+        };
+        match policy {
+            OnError::Raise if errors.failed() > 0 => {
+                let (row, reason) = errors.first().expect("a failure was counted");
+                Err(RilletError::invalid_data(format!(
+                    "{} failed on row {row} of its batch ({} failed rows): {reason}",
+                    self.operator.name(),
+                    errors.failed()
+                )))
+            }
+            OnError::Column => {
+                let value_field = self
+                    .operator
+                    .result_field(&fields, &params)?
+                    .with_name("value");
+                let reasons: StringArray = errors.reasons.into_iter().collect();
+                let struct_fields = Fields::from(vec![value_field, Field::new("error", DataType::Utf8, true)]);
+                let array = StructArray::try_new(struct_fields, vec![values, Arc::new(reasons)], None::<NullBuffer>)?;
+                Ok(Arc::new(array))
+            }
+            _ => Ok(values),
+        }
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        self.operator.batch_size()
+    }
+}
+
+/// A short name for an input's type in error messages.
+pub fn describe(field: &Field) -> String {
+    rillet_common::types::display_type(field)
+}

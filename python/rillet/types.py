@@ -1,0 +1,391 @@
+"""Multimodal types as pyarrow extension types, registered on import, so columns that come
+back from the engine (or from Parquet written by it) keep their meaning, and Python values
+convert both ways:
+
+- ``Image``: PIL images (numpy ``H×W×C`` arrays without Pillow)
+- ``Tensor``: numpy arrays; ``Embedding``: 1-D numpy arrays
+- ``Audio``: ``(numpy float32 samples, sample_rate)``; samples are ``frames×channels``
+- ``File``: dicts ``{"uri", "offset", "length", "version", "media_type"}``
+- ``Clip``: dicts ``{"uri", "start_ms", "end_ms"}``
+
+>>> import rillet as rl
+>>> str(rl.Image("RGB")), str(rl.Embedding(rl.float32, 384)), str(rl.Tensor("f32", (3, 224, 224)))
+('Image[RGB, u8]', 'Embedding[f32; 384]', 'Tensor[f32; 3×224×224]')
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = [
+    "Image", "Tensor", "Embedding", "Audio", "File", "Clip",
+    "ImageType", "TensorType", "EmbeddingType", "AudioType", "FileType", "ClipType",
+    "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
+    "float16", "float32", "float64", "display_type", "to_arrow_column",
+]
+
+# Element types: one set for tensors, embeddings and pixels.
+_ELEMENTS = {
+    "u8": pa.uint8(), "u16": pa.uint16(), "u32": pa.uint32(), "u64": pa.uint64(),
+    "i8": pa.int8(), "i16": pa.int16(), "i32": pa.int32(), "i64": pa.int64(),
+    "f16": pa.float16(), "f32": pa.float32(), "f64": pa.float64(),
+}
+_ALIASES = {"uint8": "u8", "uint16": "u16", "uint32": "u32", "uint64": "u64", "int8": "i8", "int16": "i16",
+            "int32": "i32", "int64": "i64", "float16": "f16", "halffloat": "f16", "float32": "f32",
+            "float": "f32", "float64": "f64", "double": "f64"}
+uint8, uint16, uint32, uint64 = "u8", "u16", "u32", "u64"
+int8, int16, int32, int64 = "i8", "i16", "i32", "i64"
+float16, float32, float64 = "f16", "f32", "f64"
+
+# Image modes: channels and element type, as in the engine.
+_MODES = {
+    "L": (1, "u8"), "LA": (2, "u8"), "RGB": (3, "u8"), "RGBA": (4, "u8"),
+    "L16": (1, "u16"), "LA16": (2, "u16"), "RGB16": (3, "u16"), "RGBA16": (4, "u16"),
+    "RGB32F": (3, "f32"), "RGBA32F": (4, "f32"),
+}
+
+
+def _element(dtype: Any) -> str:
+    """The short element-type name of ``dtype`` (a name, numpy dtype or pyarrow type)."""
+    if isinstance(dtype, pa.DataType):
+        for name, t in _ELEMENTS.items():
+            if t == dtype:
+                return name
+    name = str(np.dtype(dtype)) if not isinstance(dtype, (str, pa.DataType)) else str(dtype)
+    name = _ALIASES.get(name.lower(), name.lower())
+    if name not in _ELEMENTS:
+        raise TypeError(f"unknown element type {dtype!r}; expected one of {', '.join(_ELEMENTS)}")
+    return name
+
+
+def _req(name: str, t: pa.DataType) -> pa.Field:
+    return pa.field(name, t, nullable=False)
+
+
+_IMAGE_STORAGE = pa.struct([_req("height", pa.uint32()), _req("width", pa.uint32()), _req("channels", pa.uint8()),
+                            _req("mode", pa.string()), _req("data", pa.large_binary())])
+_AUDIO_STORAGE = pa.struct([_req("sample_rate", pa.uint32()), _req("channels", pa.uint16()),
+                            _req("data", pa.large_list(pa.float32()))])
+_FILE_STORAGE = pa.struct([_req("uri", pa.string()), pa.field("offset", pa.uint64()), pa.field("length", pa.uint64()),
+                           pa.field("version", pa.string()), pa.field("media_type", pa.string())])
+_CLIP_STORAGE = pa.struct([_req("uri", pa.string()), _req("start_ms", pa.int64()), _req("end_ms", pa.int64())])
+
+
+class _RilletType(pa.ExtensionType):
+    """Common behaviour: JSON metadata, readable names."""
+
+    _params: dict
+
+    def __arrow_ext_serialize__(self) -> bytes:
+        return json.dumps(self._params).encode()
+
+    def __str__(self) -> str:
+        return self._display()
+
+    def __repr__(self) -> str:
+        return f"rillet.{self._display()}"
+
+    def _display(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class ImageScalar(pa.ExtensionScalar):
+    def as_py(self, *args, **kwargs):
+        value = self.value
+        if value is None:
+            return None
+        return _image_to_py(value["height"].as_py(), value["width"].as_py(), value["mode"].as_py(),
+                            value["data"].as_py())
+
+
+def _image_array(height: int, width: int, mode: str, data: bytes) -> np.ndarray:
+    channels, element = _MODES[mode]
+    array = np.frombuffer(data, dtype=np.dtype(_ELEMENTS[element].to_pandas_dtype()))
+    return array.reshape((height, width, channels))
+
+
+def _image_to_py(height: int, width: int, mode: str, data: bytes):
+    array = _image_array(height, width, mode, data)
+    try:
+        from PIL import Image as PILImage
+    except ImportError:
+        return array
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return PILImage.fromarray(np.ascontiguousarray(array[:, :, 0] if mode == "L" else array))
+    if mode == "L16":
+        return PILImage.fromarray(np.ascontiguousarray(array[:, :, 0]))  # mode I;16
+    return array  # modes Pillow cannot hold (16-bit colour, float) stay numpy
+
+
+class ImageType(_RilletType):
+    """Decoded images: ``Image("RGB")`` when every row has that mode, ``Image()`` when mixed."""
+
+    def __init__(self, mode: str | None = None):
+        if mode is not None:
+            mode = mode.upper()
+            if mode not in _MODES:
+                raise ValueError(f"unknown image mode {mode!r}; expected one of {', '.join(_MODES)}")
+        self.mode = mode
+        self._params = {"mode": mode} if mode else {}
+        super().__init__(_IMAGE_STORAGE, "rillet.image")
+
+    @classmethod
+    def __arrow_ext_deserialize__(cls, storage_type, serialized):
+        params = json.loads(serialized.decode() or "{}")
+        return cls(params.get("mode"))
+
+    def __arrow_ext_scalar_class__(self):
+        return ImageScalar
+
+    def _display(self) -> str:
+        return f"Image[{self.mode}, {_MODES[self.mode][1]}]" if self.mode else "Image[mixed]"
+
+
+class TensorScalar(pa.ExtensionScalar):
+    def as_py(self, *args, **kwargs):
+        value = self.value
+        if value is None:
+            return None
+        t: TensorType = self.type
+        if t.shape is not None:
+            return np.asarray(value.values.to_numpy(zero_copy_only=False)).reshape(t.shape)
+        data = value["data"].values.to_numpy(zero_copy_only=False)
+        return np.asarray(data).reshape(tuple(value["shape"].as_py()))
+
+
+class TensorType(_RilletType):
+    """n-dimensional arrays of one element type; ``shape`` fixed for every row, or ``None``."""
+
+    def __init__(self, dtype: Any = "f32", shape: Sequence[int] | None = None):
+        self.dtype = _element(dtype)
+        self.shape = tuple(int(d) for d in shape) if shape is not None else None
+        item = _ELEMENTS[self.dtype]
+        if self.shape is not None:
+            storage = pa.list_(item, int(np.prod(self.shape)))
+            self._params = {"dtype": self.dtype, "shape": list(self.shape)}
+        else:
+            storage = pa.struct([_req("data", pa.list_(item)), _req("shape", pa.list_(pa.uint32()))])
+            self._params = {"dtype": self.dtype}
+        super().__init__(storage, "rillet.tensor")
+
+    @classmethod
+    def __arrow_ext_deserialize__(cls, storage_type, serialized):
+        params = json.loads(serialized.decode())
+        return cls(params["dtype"], params.get("shape"))
+
+    def __arrow_ext_scalar_class__(self):
+        return TensorScalar
+
+    def _display(self) -> str:
+        if self.shape is None:
+            return f"Tensor[{self.dtype}]"
+        return f"Tensor[{self.dtype}; {'×'.join(str(d) for d in self.shape)}]"
+
+
+class EmbeddingScalar(pa.ExtensionScalar):
+    def as_py(self, *args, **kwargs):
+        value = self.value
+        return None if value is None else np.asarray(value.values.to_numpy(zero_copy_only=False))
+
+
+class EmbeddingType(_RilletType):
+    """Fixed-length vectors (model embeddings)."""
+
+    def __init__(self, dtype: Any = "f32", dim: int = 0):
+        self.dtype = _element(dtype)
+        self.dim = int(dim)
+        if self.dim <= 0:
+            raise ValueError("an Embedding needs a positive dimension, e.g. Embedding(rl.float32, 384)")
+        self._params = {"dtype": self.dtype, "dim": self.dim}
+        super().__init__(pa.list_(_ELEMENTS[self.dtype], self.dim), "rillet.embedding")
+
+    @classmethod
+    def __arrow_ext_deserialize__(cls, storage_type, serialized):
+        params = json.loads(serialized.decode())
+        return cls(params["dtype"], params["dim"])
+
+    def __arrow_ext_scalar_class__(self):
+        return EmbeddingScalar
+
+    def _display(self) -> str:
+        return f"Embedding[{self.dtype}; {self.dim}]"
+
+
+class AudioScalar(pa.ExtensionScalar):
+    def as_py(self, *args, **kwargs):
+        value = self.value
+        if value is None:
+            return None
+        channels = value["channels"].as_py()
+        samples = np.asarray(value["data"].values.to_numpy(zero_copy_only=False), dtype=np.float32)
+        return samples.reshape((-1, channels)), value["sample_rate"].as_py()
+
+
+class AudioType(_RilletType):
+    """Decoded audio: interleaved f32 samples with sample rate and channel count."""
+
+    def __init__(self):
+        self._params = {}
+        super().__init__(_AUDIO_STORAGE, "rillet.audio")
+
+    @classmethod
+    def __arrow_ext_deserialize__(cls, storage_type, serialized):
+        return cls()
+
+    def __arrow_ext_scalar_class__(self):
+        return AudioScalar
+
+    def _display(self) -> str:
+        return "Audio"
+
+
+class FileType(_RilletType):
+    """References to content fetched when needed: uri, optional byte range, version, media type."""
+
+    def __init__(self):
+        self._params = {}
+        super().__init__(_FILE_STORAGE, "rillet.file")
+
+    @classmethod
+    def __arrow_ext_deserialize__(cls, storage_type, serialized):
+        return cls()
+
+    def _display(self) -> str:
+        return "File"
+
+
+class ClipType(_RilletType):
+    """A time range of an audio or video object: uri, start_ms, end_ms."""
+
+    def __init__(self):
+        self._params = {}
+        super().__init__(_CLIP_STORAGE, "rillet.clip")
+
+    @classmethod
+    def __arrow_ext_deserialize__(cls, storage_type, serialized):
+        return cls()
+
+    def _display(self) -> str:
+        return "Clip"
+
+
+for _t in (ImageType(), TensorType(), EmbeddingType("f32", 1), AudioType(), FileType(), ClipType()):
+    try:
+        pa.register_extension_type(_t)
+    except pa.ArrowKeyError:  # already registered (module reloaded)
+        pass
+
+
+def Image(mode: str | None = None) -> ImageType:  # noqa: N802 - reads like a type
+    """The Image type, e.g. ``rl.Image("RGB")``."""
+    return ImageType(mode)
+
+
+def Tensor(dtype: Any = "f32", shape: Sequence[int] | None = None) -> TensorType:  # noqa: N802
+    """The Tensor type, e.g. ``rl.Tensor(rl.float32, (3, 224, 224))``."""
+    return TensorType(dtype, shape)
+
+
+def Embedding(dtype: Any, dim: int) -> EmbeddingType:  # noqa: N802
+    """The Embedding type, e.g. ``rl.Embedding(rl.float32, 384)``."""
+    return EmbeddingType(dtype, dim)
+
+
+def Audio() -> AudioType:  # noqa: N802
+    """The Audio type."""
+    return AudioType()
+
+
+def File() -> FileType:  # noqa: N802
+    """The File reference type."""
+    return FileType()
+
+
+def Clip() -> ClipType:  # noqa: N802
+    """The clip reference type."""
+    return ClipType()
+
+
+def display_type(t: pa.DataType) -> str:
+    """A type as users read it: ``Image[RGB, u8]`` for Rillet's types, pyarrow's name otherwise."""
+    return str(t) if isinstance(t, _RilletType) else str(t)
+
+
+# Python values -> Arrow ---------------------------------------------------------------
+
+def _is_pil(value: Any) -> bool:
+    module = type(value).__module__ or ""
+    return module.startswith("PIL.") and hasattr(value, "mode") and hasattr(value, "size")
+
+
+def _pil_to_row(image) -> dict:
+    mode = image.mode
+    if mode not in ("L", "LA", "RGB", "RGBA"):
+        if mode in ("I;16", "I;16L"):
+            array = np.asarray(image, dtype=np.uint16)[:, :, None]
+            return {"height": array.shape[0], "width": array.shape[1], "channels": 1, "mode": "L16",
+                    "data": array.tobytes()}
+        image = image.convert("RGBA" if "A" in mode or mode == "P" and "transparency" in image.info else "RGB")
+        mode = image.mode
+    array = np.asarray(image)
+    channels = _MODES[mode][0]
+    return {"height": image.height, "width": image.width, "channels": channels, "mode": mode,
+            "data": np.ascontiguousarray(array).tobytes()}
+
+
+def _image_column(values: list) -> pa.Array:
+    rows = [None if v is None else _pil_to_row(v) for v in values]
+    modes = {r["mode"] for r in rows if r is not None}
+    storage = pa.array(rows, type=_IMAGE_STORAGE)
+    return pa.ExtensionArray.from_storage(ImageType(modes.pop() if len(modes) == 1 else None), storage)
+
+
+def _tensor_column(values: list) -> pa.Array:
+    first = next(v for v in values if v is not None)
+    dtype = _element(first.dtype)
+    shapes = {tuple(v.shape) for v in values if v is not None}
+    if len(shapes) == 1 and first.ndim == 1:
+        t = EmbeddingType(dtype, first.shape[0])
+        storage = pa.array([None if v is None else v.ravel() for v in values], type=t.storage_type)
+        return pa.ExtensionArray.from_storage(t, storage)
+    t = TensorType(dtype, None)
+    rows = [None if v is None else {"data": np.ascontiguousarray(v).ravel(), "shape": list(v.shape)} for v in values]
+    return pa.ExtensionArray.from_storage(t, pa.array(rows, type=t.storage_type))
+
+
+def _audio_column(values: list) -> pa.Array:
+    rows = []
+    for v in values:
+        if v is None:
+            rows.append(None)
+            continue
+        samples, rate = v
+        samples = np.asarray(samples, dtype=np.float32)
+        channels = 1 if samples.ndim == 1 else samples.shape[1]
+        rows.append({"sample_rate": int(rate), "channels": channels, "data": samples.ravel()})
+    return pa.ExtensionArray.from_storage(AudioType(), pa.array(rows, type=_AUDIO_STORAGE))
+
+
+def _is_audio(value: Any) -> bool:
+    return (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], np.ndarray)
+            and isinstance(value[1], (int, np.integer)))
+
+
+def to_arrow_column(values: list) -> pa.Array | None:
+    """An Arrow array of a Rillet type for ``values`` when they are PIL images, numpy arrays
+    (1-D arrays of one length become an Embedding, others a Tensor) or ``(samples, rate)``
+    audio tuples; ``None`` for anything else (left to pyarrow)."""
+    first = next((v for v in values if v is not None), None)
+    if first is None:
+        return None
+    if _is_pil(first):
+        return _image_column(values)
+    if _is_audio(first):
+        return _audio_column(values)
+    if isinstance(first, np.ndarray):
+        return _tensor_column(values)
+    return None

@@ -1,0 +1,393 @@
+"""Image operators against Pillow / numpy on real photos (the scikit-image and scikit-learn
+wheels' sample data), the bad-input corpus, the on_error policies, SQL, and type round trips."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageEnhance, ImageOps
+
+import rillet as rl
+from rillet import col
+from rillet.datasets import sample_photos
+
+
+@pytest.fixture(scope="module")
+def photos():
+    paths = [p for p in sample_photos() if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
+    assert len(paths) >= 10, "the sample wheels should ship real photos"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def rgb_photos(photos):
+    """(path, PIL RGB image) for the 8-bit RGB photos."""
+    out = []
+    for p in photos:
+        raw = p.read_bytes()
+        if raw.startswith(b"\x89PNG") and raw[24] != 8:
+            continue  # 16-bit PNG: Pillow reduces it to 8 bits, Rillet keeps 16
+        with Image.open(p) as im:
+            if im.mode == "RGB":
+                out.append((p, im.copy()))
+    assert len(out) >= 5
+    return out
+
+
+def _encode(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _array(value) -> np.ndarray:
+    return np.asarray(value)
+
+
+def test_decode_matches_pillow_on_real_photos(photos):
+    df = rl.from_pydict({"path": [str(p) for p in photos]}).with_column("img", col("path").image.decode())
+    assert str(df.schema.field("img").type) == "Image[mixed]"
+    decoded = df.to_pydict()
+    for path, ours in zip(decoded["path"], decoded["img"]):
+        with Image.open(path) as reference:
+            reference = ImageOps.exif_transpose(reference)
+            if reference.mode not in ("L", "LA", "RGB", "RGBA"):
+                continue
+            assert ours is not None, path
+            if isinstance(ours, np.ndarray):  # 16-bit colour: we keep the depth, Pillow drops it
+                assert ours.dtype == np.uint16 and ours.shape[:2] == (reference.height, reference.width)
+                assert np.abs(ours / 257.0 - _array(reference)).max() <= 1, path
+                continue
+            assert ours.size == reference.size and ours.mode == reference.mode, path
+            diff = np.abs(_array(ours).astype(int) - _array(reference).astype(int))
+            if path.endswith(".png"):
+                assert diff.max() == 0, path
+            else:  # JPEG decoders may round IDCT differently
+                assert diff.mean() < 1.5, (path, diff.mean())
+
+
+def test_decode_with_mode_converts(rgb_photos):
+    path, reference = rgb_photos[0]
+    out = rl.from_pydict({"p": [str(path)]}).select(col("p").image.decode("L").alias("g"))
+    assert str(out.schema.field("g").type) == "Image[L, u8]"
+    grey = out.to_pylist()[0]["g"]
+    expected = reference.convert("L")
+    assert np.abs(_array(grey).astype(int) - _array(expected).astype(int)).max() <= 2
+
+
+def test_resize_matches_pillow(rgb_photos):
+    paths = [str(p) for p, _ in rgb_photos]
+    df = rl.from_pydict({"p": paths}).select(col("p").image.decode().image.resize(64, 48, "bilinear").alias("r"))
+    for (_, reference), ours in zip(rgb_photos, df.to_pydict()["r"]):
+        expected = reference.resize((64, 48), Image.BILINEAR)
+        assert ours.size == (64, 48)
+        diff = np.abs(_array(ours).astype(int) - _array(expected).astype(int))
+        assert diff.mean() < 2.0, diff.mean()
+
+
+def test_resize_keep_aspect_and_letterbox(rgb_photos):
+    path, reference = next((p, im) for p, im in rgb_photos if im.width != im.height)
+    w, h = reference.size
+    df = rl.from_pydict({"p": [str(path)]}).with_column("img", col("p").image.decode())
+    fitted = df.select(col("img").image.resize(100, 100, keep_aspect=True).alias("x")).to_pylist()[0]["x"]
+    scale = min(100 / w, 100 / h)
+    assert fitted.size == (round(w * scale), round(h * scale))
+    boxed = df.select(col("img").image.letterbox(100, 100, fill=114).alias("x")).to_pylist()[0]["x"]
+    assert boxed.size == (100, 100)
+    pixels = _array(boxed)
+    if fitted.size[1] < 100:  # padding above and below
+        assert (pixels[0] == 114).all()
+    else:
+        assert (pixels[:, 0] == 114).all()
+
+
+def test_geometry_is_exact(rgb_photos):
+    path, reference = rgb_photos[1]
+    ref = _array(reference)
+    h, w = ref.shape[:2]
+    img = col("img")
+    df = rl.from_pydict({"p": [str(path)]}).with_column("img", col("p").image.decode()).select(
+        img.image.crop(5, 7, 20, 10).alias("crop"),
+        img.image.center_crop(w // 2, h // 2).alias("center"),
+        img.image.flip().alias("fliph"),
+        img.image.flip(horizontal=False, vertical=True).alias("flipv"),
+        img.image.rotate(90).alias("r90"),
+        img.image.rotate(180).alias("r180"),
+    )
+    row = df.to_pylist()[0]
+    assert np.array_equal(_array(row["crop"]), ref[7:17, 5:25])
+    x0, y0 = (w - w // 2) // 2, (h - h // 2) // 2
+    assert np.array_equal(_array(row["center"]), ref[y0:y0 + h // 2, x0:x0 + w // 2])
+    assert np.array_equal(_array(row["fliph"]), ref[:, ::-1])
+    assert np.array_equal(_array(row["flipv"]), ref[::-1])
+    assert np.array_equal(_array(row["r90"]), np.rot90(ref, k=-1))
+    assert np.array_equal(_array(row["r180"]), np.rot90(ref, k=2))
+
+
+def test_convert_mode_and_adjust_match_pillow(rgb_photos):
+    _, reference = rgb_photos[2]
+    img = col("img")
+    # Start from the same pixels on both sides (JPEG decoders differ by a unit or two).
+    row = rl.from_pylist([{"img": reference}]).select(
+        img.image.convert_mode("L").alias("l"),
+        img.image.convert_mode("RGBA").alias("rgba"),
+        img.image.adjust(brightness=0.5).alias("dark"),
+        img.image.adjust(contrast=1.5).alias("contrast"),
+        img.image.adjust(saturation=0.0).alias("grey"),
+    ).to_pylist()[0]
+    assert np.abs(_array(row["l"]).astype(int) - _array(reference.convert("L")).astype(int)).max() <= 1
+    assert row["rgba"].mode == "RGBA" and (_array(row["rgba"])[..., 3] == 255).all()
+    for ours, expected in [(row["dark"], ImageEnhance.Brightness(reference).enhance(0.5)),
+                           (row["contrast"], ImageEnhance.Contrast(reference).enhance(1.5)),
+                           (row["grey"], ImageEnhance.Color(reference).enhance(0.0))]:
+        assert np.abs(_array(ours).astype(int) - _array(expected).astype(int)).max() <= 2
+
+
+def test_to_tensor_normalises_per_channel(rgb_photos):
+    path, reference = rgb_photos[0]
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    small = col("p").image.decode().image.resize(32, 24)
+    row = rl.from_pydict({"p": [str(path)]}).select(
+        small.alias("img"),
+        small.image.to_tensor(mean=mean, std=std).alias("chw"),
+        small.image.to_tensor(dtype="u8", layout="HWC").alias("hwc"),
+    ).to_pylist()[0]
+    pixels = _array(row["img"]).astype(np.float64)
+    expected = ((pixels / 255.0 - mean) / std).transpose(2, 0, 1)
+    assert row["chw"].shape == (3, 24, 32)
+    np.testing.assert_allclose(row["chw"], expected, atol=1e-5)
+    assert np.array_equal(row["hwc"], _array(row["img"]))
+
+
+def test_metadata_reads_headers_without_decoding(photos):
+    df = rl.from_pydict({"p": [str(p) for p in photos]}).select(
+        col("p"), col("p").image.metadata().alias("m"), col("p").image.aspect_ratio().alias("ar"))
+    for row in df.to_pylist():
+        with Image.open(row["p"]) as im:
+            w, h = ImageOps.exif_transpose(im).size
+            fmt = im.format.lower()
+        m = row["m"]
+        assert (m["width"], m["height"]) == (w, h), row["p"]
+        assert m["format"] == fmt
+        assert row["ar"] == pytest.approx(w / h)
+
+
+def test_encode_round_trips(rgb_photos):
+    path, reference = rgb_photos[0]
+    img = col("p").image.decode()
+    row = rl.from_pydict({"p": [str(path)]}).select(
+        img.image.encode("png").alias("png"),
+        img.image.encode("jpeg", quality=85).alias("jpeg"),
+        col("p").image.convert_format("webp").alias("webp"),
+    ).to_pylist()[0]
+    assert np.array_equal(_array(Image.open(io.BytesIO(row["png"]))), _array(reference))
+    jpeg = Image.open(io.BytesIO(row["jpeg"]))
+    assert jpeg.format == "JPEG" and jpeg.size == reference.size
+    assert np.abs(_array(jpeg).astype(int) - _array(reference).astype(int)).mean() < 6
+    assert Image.open(io.BytesIO(row["webp"])).format == "WEBP"
+
+
+def test_perceptual_hashes_find_near_duplicates(rgb_photos):
+    paths = [str(p) for p, _ in rgb_photos]
+    # Near-duplicates: the same photos re-encoded as JPEG at a smaller size.
+    variants = [_encode(im.resize((im.width // 2, im.height // 2)), "JPEG", quality=70) for _, im in rgb_photos]
+    df = rl.from_pydict({"orig": paths, "variant": variants}).select(
+        col("orig").image.phash().alias("a"), col("variant").image.phash().alias("b"),
+        col("orig").image.dhash().alias("da"), col("variant").image.dhash().alias("db"))
+    df = df.with_columns(same=col("a").image.hamming(col("b")), dsame=col("da").image.hamming(col("db")))
+    out = df.to_pydict()
+    assert max(out["same"]) <= 8, out["same"]
+    assert max(out["dsame"]) <= 10, out["dsame"]
+    hashes = out["a"]
+    different = [bin(hashes[i] ^ hashes[j]).count("1") for i in range(len(hashes)) for j in range(i + 1, len(hashes))]
+    assert np.median(different) >= 20, different
+
+
+def test_sharpness_drops_when_blurred(rgb_photos):
+    path, _ = rgb_photos[0]
+    img = col("p").image.decode()
+    row = rl.from_pydict({"p": [str(path)]}).select(
+        img.image.sharpness().alias("sharp"), img.image.blur(3.0).image.sharpness().alias("blurred"),
+        img.image.quality_score().alias("q")).to_pylist()[0]
+    assert row["blurred"] < row["sharp"] / 4
+    assert 0.0 <= row["q"] <= 1.0
+
+
+def test_crop_black_border():
+    inner = np.full((20, 30, 3), 200, np.uint8)
+    framed = np.zeros((40, 50, 3), np.uint8)
+    framed[10:30, 10:40] = inner
+    row = rl.from_pydict({"img": [Image.fromarray(framed)]}).select(
+        col("img").image.crop_black_border().alias("x")).to_pylist()[0]
+    assert np.array_equal(_array(row["x"]), inner)
+
+
+# ---- the bad-input corpus -----------------------------------------------------------------
+
+def _png_claiming(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def corpus(rgb_photos, tmp_path_factory):
+    """Bad and awkward image files, generated here. name -> (bytes, expected outcome)."""
+    _, photo = rgb_photos[0]
+    photo = photo.resize((120, 80))
+    jpeg = _encode(photo, "JPEG", quality=90)
+    png = _encode(photo, "PNG")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    gif_frames = [Image.new("P", (16, 12), i) for i in range(3)]
+    gif = io.BytesIO()
+    gif_frames[0].save(gif, "GIF", save_all=True, append_images=gif_frames[1:])
+    deep = Image.fromarray(np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20)
+    return {
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "zero.jpg": b"",
+        "truncated.png": png[: len(png) // 3],
+        "zero.png": b"",
+        "png_named.jpg": png,
+        "huge_header.png": _png_claiming(100_000, 100_000),
+        "cmyk.jpg": _encode(photo.convert("CMYK"), "JPEG"),
+        "deep16.png": _encode(deep, "PNG"),
+        "animated.gif": gif.getvalue(),
+        "exif_rotated.jpg": _encode(photo, "JPEG", exif=exif.tobytes()),
+        "text.jpg": b"hello, this is not an image at all",
+    }
+
+
+def test_bad_input_corpus_gives_documented_results(corpus):
+    names = list(corpus)
+    df = rl.from_pydict({"name": names, "bytes": [corpus[n] for n in names]})
+    out = df.select(
+        col("name"),
+        col("bytes").image.decode(on_error="column").alias("d"),
+        col("bytes").image.is_valid().alias("ok"),
+    ).to_pylist()
+    result = {r["name"]: r for r in out}
+    for bad in ["truncated.jpg", "zero.jpg", "truncated.png", "zero.png", "huge_header.png", "text.jpg"]:
+        assert result[bad]["d"]["value"] is None, bad
+        assert result[bad]["d"]["error"], bad
+        assert result[bad]["ok"] is False, bad
+    assert "empty input" in result["zero.png"]["d"]["error"]
+    assert "over the cap" in result["huge_header.png"]["d"]["error"]
+    assert "not a recognised image format" in result["text.jpg"]["d"]["error"]
+    # Content decides, not the extension.
+    assert result["png_named.jpg"]["d"]["value"].size == (120, 80)
+    # CMYK JPEG: converted to RGB.
+    cmyk = result["cmyk.jpg"]["d"]
+    assert cmyk["error"] is None and cmyk["value"].mode == "RGB" and cmyk["value"].size == (120, 80)
+    # 16-bit PNG keeps its depth.
+    deep = result["deep16.png"]["d"]["value"]
+    assert deep.mode == "I;16" and deep.size == (64, 48)
+    # Animated GIF: the first frame.
+    assert result["animated.gif"]["d"]["value"].size == (16, 12)
+    # EXIF orientation applied: 120x80 displayed rotated is 80x120.
+    assert result["exif_rotated.jpg"]["d"]["value"].size == (80, 120)
+    for good in ["png_named.jpg", "cmyk.jpg", "deep16.png", "animated.gif", "exif_rotated.jpg"]:
+        assert result[good]["ok"] is True, good
+
+
+def test_on_error_raise_names_the_row(corpus):
+    df = rl.from_pydict({"bytes": [corpus["png_named.jpg"], corpus["truncated.jpg"]]})
+    with pytest.raises(rl.DataError, match="image_decode failed on row 1"):
+        df.select(col("bytes").image.decode(on_error="raise")).collect()
+    # null is the default
+    assert df.select(col("bytes").image.decode().alias("d")).to_pydict()["d"][1] is None
+
+
+def test_missing_file_is_bad_data_with_its_path(tmp_path):
+    missing = str(tmp_path / "nope.png")
+    out = rl.from_pydict({"p": [missing]}).select(col("p").image.decode(on_error="column").alias("d")).to_pylist()
+    assert out[0]["d"]["value"] is None and missing in out[0]["d"]["error"]
+
+
+def test_wrong_input_type_is_a_plan_error():
+    df = rl.from_pydict({"n": [1, 2]})
+    with pytest.raises(rl.PlanError, match="image_resize: input must be an Image"):
+        df.select(col("n").image.resize(10, 10))
+    with pytest.raises(rl.PlanError, match="method"):
+        rl.from_pydict({"b": [b"x"]}).select(col("b").image.resize(10, 10, "cubic-ish"))
+    with pytest.raises(rl.PlanError, match="mode"):
+        rl.from_pydict({"b": [b"x"]}).select(col("b").image.decode("CMYKX"))
+
+
+def test_sql_functions_share_the_implementation(rgb_photos):
+    paths = [str(p) for p, _ in rgb_photos]
+    t = rl.from_pydict({"path": paths})
+    out = rl.sql("SELECT path, image_width(image_resize(image_decode(path), 40, 30)) AS w, "
+                 "image_height(path) AS h FROM t", t=t).to_pydict()
+    assert out["w"] == [40] * len(paths)
+    assert out["h"] == [im.height for _, im in rgb_photos]
+
+
+# ---- types ------------------------------------------------------------------------------
+
+def test_image_type_round_trips_through_parquet_and_python(rgb_photos, tmp_path):
+    images = [im.resize((32, 24)) for _, im in rgb_photos[:3]] + [None]
+    df = rl.from_pylist([{"i": i, "img": im} for i, im in enumerate(images)])
+    assert str(df.schema.field("img").type) == "Image[RGB, u8]"
+    df.write_parquet(tmp_path / "out")
+    back = rl.read_parquet(tmp_path / "out").sort("i")
+    assert str(back.schema.field("img").type) == "Image[RGB, u8]"
+    rows = back.to_pylist()
+    for original, row in zip(images, rows):
+        if original is None:
+            assert row["img"] is None
+        else:
+            assert np.array_equal(_array(row["img"]), _array(original))
+    # pyarrow alone (extension types registered by importing rillet) reads the same.
+    table = pq.read_table(tmp_path / "out")
+    assert isinstance(table.schema.field("img").type, rl.types.ImageType)
+    # Arrow IPC keeps the type too.
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    assert isinstance(pa.ipc.open_stream(sink.getvalue()).read_all().schema.field("img").type, rl.types.ImageType)
+
+
+def test_tensor_embedding_audio_round_trip():
+    emb = [np.arange(4, dtype=np.float32), np.ones(4, np.float32)]
+    tensors = [np.arange(6, dtype=np.float64).reshape(2, 3), np.zeros((1, 2, 2))]
+    audio = [(np.linspace(-1, 1, 8, dtype=np.float32).reshape(4, 2), 16000), (np.zeros(3, np.float32), 8000)]
+    df = rl.from_pydict({"emb": emb, "t": tensors, "a": audio})
+    schema = {f.name: str(f.type) for f in df.schema}
+    assert schema == {"emb": "Embedding[f32; 4]", "t": "Tensor[f64]", "a": "Audio"}
+    row0, row1 = df.to_pylist()
+    assert np.array_equal(row0["emb"], emb[0]) and np.array_equal(row1["emb"], emb[1])
+    assert np.array_equal(row0["t"], tensors[0]) and row1["t"].shape == (1, 2, 2)
+    samples, rate = row0["a"]
+    assert rate == 16000 and samples.shape == (4, 2) and np.array_equal(samples, audio[0][0])
+    assert row1["a"][0].shape == (3, 1)
+
+
+def test_show_summarises_media(rgb_photos, capsys):
+    _, im = rgb_photos[0]
+    rl.from_pylist([{"img": im.resize((64, 48))}]).show()
+    printed = capsys.readouterr().out
+    assert "<Image 64×48 RGB>" in printed and "Image[RGB, u8]" in printed
+
+
+def test_read_files_then_decode_reads_lazily_from_file_refs(photos, tmp_path):
+    for p in photos[:4]:
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    df = (rl.read_files(tmp_path)
+          .with_column("img", col("file").image.decode())
+          .with_column("w", col("img").image.width()))
+    rows = {os.path.basename(r["path"]): r for r in df.select("path", "w").to_pylist()}
+    assert rows["broken.jpg"]["w"] is None
+    for p in photos[:4]:
+        with Image.open(p) as im:
+            assert rows[p.name]["w"] == ImageOps.exif_transpose(im).width
