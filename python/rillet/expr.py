@@ -135,6 +135,16 @@ class Expr:
         return StringNamespace(self)
 
     @property
+    def text(self) -> TextNamespace:
+        """Text cleaning operators: ``col("body").text.normalize()``, ``.text.chunk(500)``."""
+        return TextNamespace(self)
+
+    @property
+    def vector(self) -> VectorNamespace:
+        """Vector operators: ``col("emb").vector.cosine_similarity(col("query"))``."""
+        return VectorNamespace(self)
+
+    @property
     def image(self) -> ImageNamespace:
         """Image operations: ``col("file").image.decode()``, ``col("img").image.resize(224, 224)``."""
         return ImageNamespace(self)
@@ -357,3 +367,70 @@ class ImageNamespace:
     def quality_score(self, *, on_error: str = "null") -> Expr:
         """A simple composite of sharpness, exposure and size, in [0, 1]."""
         return self._op("quality_score", on_error)
+
+
+class TextNamespace:
+    """Text operators, native; each is also a SQL function (``text_<name>``).
+
+    >>> import rillet as rl
+    >>> df = rl.from_pydict({"t": ["  Hello\u00a0  World ", "mail me: bob@example.com"]})
+    >>> df.select(rl.col("t").text.normalize(form="NFKC", lowercase=True).alias("n"),
+    ...           rl.col("t").text.mask_pii().alias("m")).to_pydict()
+    {'n': ['hello world', 'mail me: bob@example.com'], 'm': ['  Hello\xa0  World ', 'mail me: [EMAIL]']}
+    """
+
+    def __init__(self, expr: Expr):
+        self._e = expr
+
+    def normalize(self, form: str = "NFC", lowercase: bool = False, collapse_whitespace: bool = True) -> Expr:
+        """Unicode normalisation (NFC, NFD, NFKC, NFKD), optional lower-casing, whitespace runs collapsed."""
+        return _call("text_normalize", self._e, form, lowercase, collapse_whitespace)
+
+    def chunk(self, size: int, overlap: int = 0, unit: str = "chars") -> Expr:
+        """A list of chunks of at most ``size`` chars / words / sentences (``unit``), with
+        ``overlap``; ``DataFrame.explode`` it for one row per chunk."""
+        return _call("text_chunk", self._e, size, overlap, unit)
+
+    def stats(self) -> Expr:
+        """struct{chars, words, lines, alpha_ratio, digit_ratio, whitespace_ratio,
+        special_ratio, duplicate_line_ratio}."""
+        return _call("text_stats", self._e)
+
+    def content_hash(self) -> Expr:
+        """64-bit XXH3 of the UTF-8 bytes (exact duplicates)."""
+        return _call("text_content_hash", self._e)
+
+    def minhash(self, num_perm: int = 64, ngram: int = 5, seed: int = 1) -> Expr:
+        """MinHash signature of word n-gram shingles (near duplicates)."""
+        return _call("text_minhash", self._e, num_perm, ngram, seed)
+
+    def mask_pii(self, kinds: Iterable[str] = ("email", "phone", "ip", "card")) -> Expr:
+        """Replace e-mails, phone numbers, IPv4 addresses and (Luhn-valid) card numbers."""
+        return _call("text_mask_pii", self._e, ",".join(kinds))
+
+
+class VectorNamespace:
+    """Vector operators over embeddings or lists of numbers (SQL: ``vector_<name>``).
+
+    >>> import numpy as np, rillet as rl
+    >>> df = rl.from_pydict({"a": [np.array([1.0, 0.0], np.float32)], "b": [np.array([1.0, 1.0], np.float32)]})
+    >>> round(df.select(rl.col("a").vector.cosine_similarity(rl.col("b")).alias("c")).to_pydict()["c"][0], 4)
+    0.7071
+    """
+
+    def __init__(self, expr: Expr):
+        self._e = expr
+
+    def cosine_similarity(self, other: Any) -> Expr:
+        """Cosine similarity with another vector column or a literal list."""
+        return _call("vector_cosine_similarity", self._e, other)
+
+    def dot(self, other: Any) -> Expr:
+        return _call("vector_dot", self._e, other)
+
+    def l2_distance(self, other: Any) -> Expr:
+        return _call("vector_l2_distance", self._e, other)
+
+    def normalize(self) -> Expr:
+        """Scale to unit L2 length."""
+        return _call("vector_normalize", self._e)

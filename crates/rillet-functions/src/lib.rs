@@ -23,6 +23,8 @@
 pub mod image;
 pub mod input;
 pub mod operator;
+pub mod text;
+pub mod vector;
 
 use std::sync::Arc;
 
@@ -32,5 +34,7 @@ use rillet_runtime::ArrayFunction;
 pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     let mut all = Vec::new();
     all.extend(image::functions());
+    all.extend(text::functions());
+    all.extend(vector::functions());
     all
 }
