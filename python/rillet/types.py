@@ -25,7 +25,7 @@ __all__ = [
     "Image", "Tensor", "Embedding", "Audio", "File", "Clip",
     "ImageType", "TensorType", "EmbeddingType", "AudioType", "FileType", "ClipType",
     "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
-    "float16", "float32", "float64", "display_type", "to_arrow_column",
+    "float16", "float32", "float64", "to_arrow_column",
 ]
 
 # Element types: one set for tensors, embeddings and pixels.
@@ -308,11 +308,6 @@ def File() -> FileType:  # noqa: N802
 def Clip() -> ClipType:  # noqa: N802
     """The clip reference type."""
     return ClipType()
-
-
-def display_type(t: pa.DataType) -> str:
-    """A type as users read it: ``Image[RGB, u8]`` for Rillet's types, pyarrow's name otherwise."""
-    return str(t) if isinstance(t, _RilletType) else str(t)
 
 
 # Python values -> Arrow ---------------------------------------------------------------

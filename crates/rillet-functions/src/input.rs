@@ -7,10 +7,9 @@ use std::io::{Read, Seek, SeekFrom};
 
 use arrow::array::{Array, ArrayRef, AsArray, StructArray, UInt64Array};
 use arrow::datatypes::{DataType, Field};
-use rillet_common::types::{FileType, MultimodalType, same_layout};
+use rillet_common::types::{display_type, FileType, MultimodalType, same_layout};
 use rillet_common::{Result, RilletError};
 
-use crate::operator::describe;
 
 /// True if `field` holds encoded content this module can read.
 pub fn is_encoded_input(field: &Field) -> bool {
@@ -26,7 +25,7 @@ pub fn not_encoded(operator: &str, field: &Field, what: &str) -> RilletError {
     RilletError::invalid_argument(format!(
         "{operator}: input must be {what} bytes, a File or a path string; column {:?} is {}",
         field.name(),
-        describe(field)
+        display_type(field)
     ))
 }
 
@@ -43,9 +42,9 @@ pub enum EncodedColumn<'a> {
     },
 }
 
-/// Why a row's content could not be read.
+/// Why a row could not be processed.
 #[derive(Debug)]
-pub enum ReadFailure {
+pub enum RowFailure {
     /// The row's data is the problem (missing file, range past the end): null the row.
     Data(String),
     /// The store is the problem (permissions, I/O error): fail the job.
@@ -73,7 +72,7 @@ impl<'a> EncodedColumn<'a> {
     }
 
     /// The content of `row`; `Ok(None)` for a null row.
-    pub fn get(&self, row: usize) -> std::result::Result<Option<Cow<'a, [u8]>>, ReadFailure> {
+    pub fn get(&self, row: usize) -> std::result::Result<Option<Cow<'a, [u8]>>, RowFailure> {
         match self {
             Self::Bytes(array) => {
                 if array.is_null(row) {
@@ -128,11 +127,11 @@ pub fn string_at(array: &dyn Array, row: usize) -> Option<&str> {
 }
 
 /// Read a local path (or `file://` URI), optionally only `length` bytes from `offset`.
-fn read_uri(uri: &str, offset: Option<u64>, length: Option<u64>) -> std::result::Result<Vec<u8>, ReadFailure> {
+fn read_uri(uri: &str, offset: Option<u64>, length: Option<u64>) -> std::result::Result<Vec<u8>, RowFailure> {
     if let Some((scheme, _)) = uri.split_once("://")
         && scheme != "file"
     {
-        return Err(ReadFailure::Infrastructure(RilletError::invalid_argument(format!(
+        return Err(RowFailure::Infrastructure(RilletError::invalid_argument(format!(
             "cannot read {uri}: {scheme}:// is not supported by this operator yet (local paths and file:// are)"
         ))));
     }
@@ -141,11 +140,11 @@ fn read_uri(uri: &str, offset: Option<u64>, length: Option<u64>) -> std::result:
     let mut file = match open {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ReadFailure::Data(format!("{uri}: no such file")));
+            return Err(RowFailure::Data(format!("{uri}: no such file")));
         }
-        Err(e) => return Err(ReadFailure::Infrastructure(RilletError::Io(std::io::Error::new(e.kind(), format!("cannot read {uri}: {e}"))))),
+        Err(e) => return Err(RowFailure::Infrastructure(RilletError::Io(std::io::Error::new(e.kind(), format!("cannot read {uri}: {e}"))))),
     };
-    let io = |e: std::io::Error| ReadFailure::Infrastructure(RilletError::Io(std::io::Error::new(e.kind(), format!("cannot read {uri}: {e}"))));
+    let io = |e: std::io::Error| RowFailure::Infrastructure(RilletError::Io(std::io::Error::new(e.kind(), format!("cannot read {uri}: {e}"))));
     let mut buffer = Vec::new();
     if let Some(offset) = offset {
         file.seek(SeekFrom::Start(offset)).map_err(io)?;
@@ -154,7 +153,7 @@ fn read_uri(uri: &str, offset: Option<u64>, length: Option<u64>) -> std::result:
         Some(length) => {
             (&mut file).take(length).read_to_end(&mut buffer).map_err(io)?;
             if (buffer.len() as u64) < length {
-                return Err(ReadFailure::Data(format!(
+                return Err(RowFailure::Data(format!(
                     "{uri}: range of {length} bytes from offset {} runs past the end of the file",
                     offset.unwrap_or(0)
                 )));

@@ -129,9 +129,6 @@ impl Params {
                 ParamKind::FloatList => drop(parsed.float_list(param.name)?),
             }
         }
-        if params.iter().any(|p| p.name == "on_error") {
-            parsed.on_error()?;
-        }
         Ok(parsed)
     }
 
@@ -331,6 +328,11 @@ impl<O: Operator> OperatorFunction<O> {
         Params::parse(self.operator.name(), self.operator.params(), &options)
     }
 
+    /// The row policy of a call: operators without an `on_error` option null bad rows.
+    fn policy(&self, params: &Params) -> Result<OnError> {
+        if self.operator.params().iter().any(|p| p.name == "on_error") { params.on_error() } else { Ok(OnError::Null) }
+    }
+
     fn check_arity(&self, args: usize) -> Result<()> {
         if args < self.operator.inputs() {
             return Err(RilletError::invalid_argument(format!(
@@ -372,7 +374,7 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
             .operator
             .result_field(&args[..self.operator.inputs()], &params)?
             .with_name(self.operator.name());
-        Ok(if self.operator.params().iter().any(|p| p.name == "on_error") && params.on_error()? == OnError::Column {
+        Ok(if self.policy(&params)? == OnError::Column {
             error_column(field)
         } else {
             field
@@ -404,12 +406,7 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
         let mut errors = RowErrors::new(rows);
         let call = Call { inputs: &args[..n], fields: &fields, params: &params, rows };
         let values = self.operator.evaluate(&call, &mut errors)?;
-        let policy = if self.operator.params().iter().any(|p| p.name == "on_error") {
-            params.on_error()?
-        } else {
-            OnError::Null
-        };
-        match policy {
+        match self.policy(&params)? {
             OnError::Raise if errors.failed() > 0 => {
                 let (row, reason) = errors.first().expect("a failure was counted");
                 Err(RilletError::invalid_data(format!(
@@ -435,9 +432,4 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
     fn batch_size(&self) -> Option<usize> {
         self.operator.batch_size()
     }
-}
-
-/// A short name for an input's type in error messages.
-pub fn describe(field: &Field) -> String {
-    rillet_common::types::display_type(field)
 }

@@ -7,12 +7,13 @@ use std::sync::{Arc, LazyLock};
 use arrow::array::{ArrayRef, FixedSizeListArray, Float64Builder, ListBuilder, StringBuilder, StructArray, UInt64Array, UInt64Builder};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use regex::Regex;
+use rillet_common::types::display_type;
 use rillet_common::{Result, RilletError};
 use rillet_runtime::ArrayFunction;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::input::string_at;
-use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, describe};
+use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
 
 /// Every text operator.
 pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
@@ -32,7 +33,7 @@ fn expect_text(operator: &str, field: &Field) -> Result<()> {
         _ => Err(RilletError::invalid_argument(format!(
             "{operator}: input must be a string column; column {:?} is {}",
             field.name(),
-            describe(field)
+            display_type(field)
         ))),
     }
 }
@@ -110,7 +111,7 @@ fn chunk(text: &str, size: usize, overlap: usize, unit: &str) -> Vec<String> {
     match unit {
         "words" => {
             let words: Vec<&str> = text.split_whitespace().collect();
-            windows(words.len(), size, overlap).map(|(a, b)| words[a..b].join(" ")).collect()
+            windows(words.len(), size, overlap).into_iter().map(|(a, b)| words[a..b].join(" ")).collect()
         }
         "sentences" => {
             let sentences = split_sentences(text);
@@ -132,22 +133,25 @@ fn chunk(text: &str, size: usize, overlap: usize, unit: &str) -> Vec<String> {
         }
         _ => {
             let chars: Vec<char> = text.chars().collect();
-            windows(chars.len(), size, overlap).map(|(a, b)| chars[a..b].iter().collect()).collect()
+            windows(chars.len(), size, overlap).into_iter().map(|(a, b)| chars[a..b].iter().collect()).collect()
         }
     }
 }
 
-fn windows(len: usize, size: usize, overlap: usize) -> impl Iterator<Item = (usize, usize)> {
-    let step = size - overlap;
-    (0..len).step_by(step.max(1)).map(move |start| (start, (start + size).min(len))).take_while(move |(start, _)| *start < len)
-        .scan(false, move |done, (a, b)| {
-            // Stop after the window that reaches the end (later ones would be contained in it).
-            if *done {
-                return None;
-            }
-            *done = b == len;
-            Some((a, b))
-        })
+/// `[start, end)` windows of `size` over `0..len`, each starting `size - overlap` after
+/// the previous, stopping at the first window that reaches the end.
+fn windows(len: usize, size: usize, overlap: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < len {
+        let end = (start + size).min(len);
+        out.push((start, end));
+        if end == len {
+            break;
+        }
+        start += size - overlap;
+    }
+    out
 }
 
 fn split_sentences(text: &str) -> Vec<&str> {
@@ -413,7 +417,7 @@ fn luhn(digits: &str) -> bool {
         .enumerate()
         .map(|(i, d)| if i % 2 == 1 { let x = d * 2; if x > 9 { x - 9 } else { x } } else { *d })
         .sum();
-    digits.len() >= 13 && sum % 10 == 0
+    digits.len() >= 13 && sum.is_multiple_of(10)
 }
 
 fn mask_pii(text: &str, kinds: &[String]) -> String {

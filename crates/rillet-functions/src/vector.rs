@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, Float64Array};
 use arrow::datatypes::{DataType, Field, FieldRef};
-use rillet_common::types::{ElementType, EmbeddingType};
+use rillet_common::types::{display_type, ElementType, EmbeddingType};
 use rillet_common::{Result, RilletError};
 use rillet_runtime::ArrayFunction;
 
-use crate::operator::{Call, Operator, OperatorFunction, Param, Params, RowErrors, describe};
+use crate::operator::{Call, Operator, OperatorFunction, Param, Params, RowErrors};
 
 /// Every vector operator.
 pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
@@ -36,7 +36,7 @@ fn expect_vector(operator: &str, field: &Field) -> Result<()> {
         Err(RilletError::invalid_argument(format!(
             "{operator}: inputs must be vectors (an Embedding or a list of numbers); column {:?} is {}",
             field.name(),
-            describe(field)
+            display_type(field)
         )))
     }
 }

@@ -3,16 +3,17 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanBuilder, Float64Builder, StringBuilder, StructArray, UInt8Builder, UInt32Builder, UInt64Array, UInt64Builder};
+use arrow::array::{Array, ArrayRef, BooleanBuilder, StringBuilder, StructArray, UInt8Builder, UInt32Builder, UInt64Array};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use image::imageops::FilterType;
+use rillet_common::types::display_type;
 use rillet_common::{Result, RilletError};
 use rillet_runtime::ArrayFunction;
 
 use super::array::{ImageView, is_image};
-use super::{IMAGE_BATCH_ROWS, ImageInput, MAX_PIXELS, RowFailure, codec, expect_image, max_pixels};
+use super::{IMAGE_BATCH_ROWS, ImageInput, MAX_PIXELS, RowFailure, codec, expect_image, image_values, max_pixels};
 use crate::input::EncodedColumn;
-use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, describe};
+use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
 
 pub(super) fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     vec![
@@ -65,11 +66,11 @@ fn facts(call: &Call<'_>, errors: &mut RowErrors, operator: &str) -> Result<Vec<
                     out.push(None);
                 }
             },
-            Err(crate::input::ReadFailure::Data(reason)) => {
+            Err(crate::input::RowFailure::Data(reason)) => {
                 errors.fail(row, reason);
                 out.push(None);
             }
-            Err(crate::input::ReadFailure::Infrastructure(e)) => return Err(e),
+            Err(crate::input::RowFailure::Infrastructure(e)) => return Err(e),
         }
     }
     Ok(out)
@@ -306,26 +307,14 @@ impl Operator for Hash {
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
-        let input = ImageInput::try_new(self.name(), &call.inputs[0])?;
-        let mut out = UInt64Builder::with_capacity(call.rows);
-        for row in 0..call.rows {
-            match input.get(row, codec::DEFAULT_MAX_PIXELS) {
-                Ok(Some(pixels)) => {
-                    let view = pixels.view();
-                    out.append_value(match self {
-                        Self::Perceptual => phash(&view),
-                        Self::Difference => dhash(&view),
-                    })
-                }
-                Ok(None) => out.append_null(),
-                Err(RowFailure::Data(reason)) => {
-                    errors.fail(row, reason);
-                    out.append_null();
-                }
-                Err(RowFailure::Infrastructure(e)) => return Err(e),
-            }
-        }
-        Ok(Arc::new(out.finish()))
+        let hashes = image_values(self.name(), call, errors, |pixels| {
+            let view = pixels.view();
+            Ok(match self {
+                Self::Perceptual => phash(&view),
+                Self::Difference => dhash(&view),
+            })
+        })?;
+        Ok(Arc::new(hashes.into_iter().collect::<UInt64Array>()))
     }
 
     fn batch_size(&self) -> Option<usize> {
@@ -356,7 +345,7 @@ impl Operator for Hamming {
                 return Err(RilletError::invalid_argument(format!(
                     "image_hamming compares integer hashes (image_phash / image_dhash); column {:?} is {}",
                     field.name(),
-                    describe(field)
+                    display_type(field)
                 )));
             }
         }
@@ -442,26 +431,14 @@ impl Operator for Score {
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
-        let input = ImageInput::try_new(self.name(), &call.inputs[0])?;
-        let mut out = Float64Builder::with_capacity(call.rows);
-        for row in 0..call.rows {
-            match input.get(row, codec::DEFAULT_MAX_PIXELS) {
-                Ok(Some(pixels)) => {
-                    let view = pixels.view();
-                    out.append_value(match self {
-                        Self::Sharpness => sharpness(&view),
-                        Self::Quality => quality(&view),
-                    })
-                }
-                Ok(None) => out.append_null(),
-                Err(RowFailure::Data(reason)) => {
-                    errors.fail(row, reason);
-                    out.append_null();
-                }
-                Err(RowFailure::Infrastructure(e)) => return Err(e),
-            }
-        }
-        Ok(Arc::new(out.finish()))
+        let scores = image_values(self.name(), call, errors, |pixels| {
+            let view = pixels.view();
+            Ok(match self {
+                Self::Sharpness => sharpness(&view),
+                Self::Quality => quality(&view),
+            })
+        })?;
+        Ok(Arc::new(scores.into_iter().collect::<arrow::array::Float64Array>()))
     }
 
     fn batch_size(&self) -> Option<usize> {

@@ -11,16 +11,17 @@ mod transform;
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BinaryBuilder};
+use arrow::array::{ArrayRef, BinaryArray};
 use arrow::datatypes::{DataType, Field, FieldRef};
 use image::DynamicImage;
-use rillet_common::types::{ImageMode, ImageType};
+use rillet_common::types::{display_type, ImageMode, ImageType};
 use rillet_common::{Result, RilletError};
 use rillet_runtime::ArrayFunction;
 
 use self::array::{ImageBuilder, ImageColumn, ImageView, declared_mode, is_image};
-use crate::input::{EncodedColumn, ReadFailure, is_encoded_input};
-use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, describe};
+pub(crate) use crate::input::RowFailure;
+use crate::input::{EncodedColumn, is_encoded_input};
+use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
 
 /// Rows per call for operators that hold decoded images: enough to amortise the call,
 /// few enough that a batch of large photos stays within a few hundred MB.
@@ -36,21 +37,6 @@ pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     all.extend(transform::functions());
     all.extend(measure::functions());
     all
-}
-
-/// A data problem in one row, or a failure of the store behind it.
-pub(crate) enum RowFailure {
-    Data(String),
-    Infrastructure(RilletError),
-}
-
-impl From<ReadFailure> for RowFailure {
-    fn from(f: ReadFailure) -> Self {
-        match f {
-            ReadFailure::Data(reason) => Self::Data(reason),
-            ReadFailure::Infrastructure(e) => Self::Infrastructure(e),
-        }
-    }
 }
 
 /// An image of one row: borrowed from a decoded column or decoded from bytes.
@@ -127,7 +113,7 @@ pub(crate) fn expect_image(operator: &str, field: &Field) -> Result<()> {
         Err(RilletError::invalid_argument(format!(
             "{operator}: input must be an Image, encoded image bytes, a File or a path; column {:?} is {}",
             field.name(),
-            describe(field)
+            display_type(field)
         )))
     }
 }
@@ -164,6 +150,31 @@ pub(crate) fn map_images(
         }
     }
     Ok(builder.finish())
+}
+
+/// One value per row computed by `f` from the row's image. Null rows stay null; data
+/// problems (reading, decoding, or `f`'s own `Err`) null the row and record the reason.
+pub(crate) fn image_values<T>(
+    operator: &str,
+    call: &Call<'_>,
+    errors: &mut RowErrors,
+    mut f: impl FnMut(Pixels<'_>) -> std::result::Result<T, String>,
+) -> Result<Vec<Option<T>>> {
+    let input = ImageInput::try_new(operator, &call.inputs[0])?;
+    let mut out = Vec::with_capacity(call.rows);
+    for row in 0..call.rows {
+        let value = match input.get(row, codec::DEFAULT_MAX_PIXELS) {
+            Ok(None) => Ok(None),
+            Ok(Some(pixels)) => f(pixels).map(Some).map_err(|reason| format!("{}: {reason}", input.identity(row))),
+            Err(RowFailure::Data(reason)) => Err(reason),
+            Err(RowFailure::Infrastructure(e)) => return Err(e),
+        };
+        out.push(value.unwrap_or_else(|reason| {
+            errors.fail(row, reason);
+            None
+        }));
+    }
+    Ok(out)
 }
 
 /// The `max_pixels` option shared by decoding operators.
@@ -218,11 +229,11 @@ impl Operator for Decode {
                         builder.append_null();
                     }
                 }
-                Err(ReadFailure::Data(reason)) => {
+                Err(RowFailure::Data(reason)) => {
                     errors.fail(row, reason);
                     builder.append_null();
                 }
-                Err(ReadFailure::Infrastructure(e)) => return Err(e),
+                Err(RowFailure::Infrastructure(e)) => return Err(e),
             }
         }
         Ok(builder.finish())
@@ -240,28 +251,8 @@ fn encode_rows(
 ) -> Result<ArrayRef> {
     let format = codec::parse_format(call.params.str("format")?).map_err(RilletError::invalid_argument)?;
     let quality = call.params.int("quality")?.clamp(1, 100) as u8;
-    let input = ImageInput::try_new(operator, &call.inputs[0])?;
-    let mut out = BinaryBuilder::with_capacity(call.rows, 0);
-    for row in 0..call.rows {
-        let encoded = match input.get(row, codec::DEFAULT_MAX_PIXELS) {
-            Ok(None) => {
-                out.append_null();
-                continue;
-            }
-            Ok(Some(pixels)) => codec::encode(&pixels.into_dynamic(), format, quality)
-                .map_err(|reason| format!("{}: {reason}", input.identity(row))),
-            Err(RowFailure::Data(reason)) => Err(reason),
-            Err(RowFailure::Infrastructure(e)) => return Err(e),
-        };
-        match encoded {
-            Ok(bytes) => out.append_value(bytes),
-            Err(reason) => {
-                errors.fail(row, reason);
-                out.append_null();
-            }
-        }
-    }
-    Ok(Arc::new(out.finish()))
+    let encoded = image_values(operator, call, errors, |pixels| codec::encode(&pixels.into_dynamic(), format, quality))?;
+    Ok(Arc::new(encoded.into_iter().collect::<BinaryArray>()))
 }
 
 fn check_format(params: &Params) -> Result<()> {

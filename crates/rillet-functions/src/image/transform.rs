@@ -121,6 +121,11 @@ fn positive_size(params: &Params, name: &str) -> Result<u32> {
     Ok(v)
 }
 
+/// The target box and filter of resize and letterbox.
+fn resize_options(params: &Params) -> Result<(u32, u32, ResizeAlg)> {
+    Ok((positive_size(params, "width")?, positive_size(params, "height")?, resize_alg(params.str("method")?)?))
+}
+
 fn image_result(operator: &str, input: &FieldRef, mode: Option<ImageMode>) -> Result<Field> {
     expect_image(operator, input)?;
     Ok(ImageType::new(mode).field(operator))
@@ -149,15 +154,12 @@ impl Operator for Resize {
     }
 
     fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
-        positive_size(params, "width")?;
-        positive_size(params, "height")?;
-        resize_alg(params.str("method")?)?;
+        resize_options(params)?;
         image_result(self.name(), &inputs[0], input_mode(&inputs[0]))
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
-        let (w, h) = (positive_size(call.params, "width")?, positive_size(call.params, "height")?);
-        let alg = resize_alg(call.params.str("method")?)?;
+        let (w, h, alg) = resize_options(call.params)?;
         let keep = call.params.bool("keep_aspect")?;
         let mut resizer = Resizer::new();
         map_images(call, errors, codec::DEFAULT_MAX_PIXELS, |pixels, out| {
@@ -195,15 +197,12 @@ impl Operator for Letterbox {
     }
 
     fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
-        positive_size(params, "width")?;
-        positive_size(params, "height")?;
-        resize_alg(params.str("method")?)?;
+        resize_options(params)?;
         image_result(self.name(), &inputs[0], input_mode(&inputs[0]))
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
-        let (w, h) = (positive_size(call.params, "width")?, positive_size(call.params, "height")?);
-        let alg = resize_alg(call.params.str("method")?)?;
+        let (w, h, alg) = resize_options(call.params)?;
         let fill = call.params.int("fill")?.clamp(0, 255) as u8;
         let mut resizer = Resizer::new();
         map_images(call, errors, codec::DEFAULT_MAX_PIXELS, |pixels, out| {
@@ -615,7 +614,7 @@ impl Operator for ToTensor {
         let dtype = tensor_dtype(params)?;
         chw(params)?;
         let (mean, std) = (params.float_list("mean")?, params.float_list("std")?);
-        if std.iter().any(|s| *s == 0.0) {
+        if std.contains(&0.0) {
             return Err(RilletError::invalid_argument("std values must not be 0"));
         }
         if dtype == ElementType::U8 && !(mean.is_empty() && std.is_empty()) {
@@ -633,58 +632,22 @@ impl Operator for ToTensor {
         let mut data = TensorData::new(dtype);
         let mut valid = Vec::with_capacity(call.rows);
         for row in 0..call.rows {
-            let pixels = match input.get(row, codec::DEFAULT_MAX_PIXELS) {
-                Ok(Some(p)) => p,
-                Ok(None) => {
-                    data.append_empty();
-                    shapes.append(true);
-                    valid.push(false);
-                    continue;
-                }
-                Err(RowFailure::Data(reason)) => {
-                    errors.fail(row, reason);
-                    data.append_empty();
-                    shapes.append(true);
-                    valid.push(false);
-                    continue;
-                }
+            let appended = match input.get(row, codec::DEFAULT_MAX_PIXELS) {
+                Ok(Some(pixels)) => append_tensor(&pixels.view(), dtype, planar, &mean, &std, &mut data, shapes.values())
+                    .map_err(|reason| format!("{}: {reason}", input.identity(row))),
+                Ok(None) => Ok(false),
+                Err(RowFailure::Data(reason)) => Err(reason),
                 Err(RowFailure::Infrastructure(e)) => return Err(e),
             };
-            let view = pixels.view();
-            let c = view.mode.channels();
-            let per_channel = |list: &[f64], default: f64, name: &str| -> std::result::Result<Vec<f64>, String> {
-                match list.len() {
-                    0 => Ok(vec![default; c]),
-                    1 => Ok(vec![list[0]; c]),
-                    n if n == c => Ok(list.to_vec()),
-                    n => Err(format!("{name} has {n} values; the image has {c} channels")),
-                }
-            };
-            let (m, s) = match (per_channel(&mean, 0.0, "mean"), per_channel(&std, 1.0, "std")) {
-                (Ok(m), Ok(s)) => (m, s),
-                (Err(reason), _) | (_, Err(reason)) => {
-                    errors.fail(row, format!("{}: {reason}", input.identity(row)));
-                    data.append_empty();
-                    shapes.append(true);
-                    valid.push(false);
-                    continue;
-                }
-            };
-            if dtype == ElementType::U8 && view.mode.element_type() != ElementType::U8 {
-                errors.fail(row, format!("{}: dtype u8 needs an 8-bit image; this one is {}", input.identity(row), view.mode));
+            let valid_row = appended.unwrap_or_else(|reason| {
+                errors.fail(row, reason);
+                false
+            });
+            if !valid_row {
                 data.append_empty();
-                shapes.append(true);
-                valid.push(false);
-                continue;
-            }
-            let (h, w) = (view.height as usize, view.width as usize);
-            data.append_image(&view, planar, &m, &s);
-            let dims = if planar { [c, h, w] } else { [h, w, c] };
-            for d in dims {
-                shapes.values().append_value(d as u32);
             }
             shapes.append(true);
-            valid.push(true);
+            valid.push(valid_row);
         }
         let fields = match TensorType::storage_type_of(dtype, None) {
             DataType::Struct(fields) => fields,
@@ -697,6 +660,36 @@ impl Operator for ToTensor {
     fn batch_size(&self) -> Option<usize> {
         Some(IMAGE_BATCH_ROWS)
     }
+}
+
+/// Append one image's tensor values and shape; `Ok(true)` when appended, `Err` (a reason,
+/// nothing appended) when the options do not fit this image.
+fn append_tensor(
+    view: &ImageView<'_>,
+    dtype: ElementType,
+    planar: bool,
+    mean: &[f64],
+    std: &[f64],
+    data: &mut TensorData,
+    shape: &mut UInt32Builder,
+) -> std::result::Result<bool, String> {
+    let c = view.mode.channels();
+    let per_channel = |list: &[f64], default: f64, name: &str| match list.len() {
+        0 => Ok(vec![default; c]),
+        1 => Ok(vec![list[0]; c]),
+        n if n == c => Ok(list.to_vec()),
+        n => Err(format!("{name} has {n} values; the image has {c} channels")),
+    };
+    let (m, s) = (per_channel(mean, 0.0, "mean")?, per_channel(std, 1.0, "std")?);
+    if dtype == ElementType::U8 && view.mode.element_type() != ElementType::U8 {
+        return Err(format!("dtype u8 needs an 8-bit image; this one is {}", view.mode));
+    }
+    data.append_image(view, planar, &m, &s);
+    let (h, w) = (view.height as usize, view.width as usize);
+    for d in if planar { [c, h, w] } else { [h, w, c] } {
+        shape.append_value(d as u32);
+    }
+    Ok(true)
 }
 
 /// Tensor values under construction, per output element type.
