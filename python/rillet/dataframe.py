@@ -355,7 +355,7 @@ def _format_table(table: pa.Table, max_width: int = 40) -> str:
         return text if len(text) <= max_width else text[: max_width - 1] + "…"
 
     cells = [[cell(r[n]) for n in names] for r in rows]
-    types = [str(t) for t in table.schema.types]
+    types = [_type_name(t) for t in table.schema.types]
     widths = [max([len(n), len(t)] + [len(r[i]) for r in cells]) for i, (n, t) in enumerate(zip(names, types))]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
     out = [line,
@@ -366,6 +366,17 @@ def _format_table(table: pa.Table, max_width: int = 40) -> str:
     out.append(line)
     out.append(f"({len(rows)} rows shown)")
     return "\n".join(out)
+
+
+def _type_name(t: pa.DataType) -> str:
+    """A column type as users read it: multimodal names inside lists and structs too."""
+    if isinstance(t, pa.ExtensionType):
+        return str(t)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return f"list<{_type_name(t.value_type)}>"
+    if pa.types.is_struct(t):
+        return "struct<" + ", ".join(f"{f.name}: {_type_name(f.type)}" for f in t) + ">"
+    return str(t)
 
 
 def _describe_value(value: Any) -> str:
@@ -380,4 +391,9 @@ def _describe_value(value: Any) -> str:
         return f"<Audio {len(samples) / max(rate, 1):.2f}s {rate} Hz ×{channels}>"
     if isinstance(value, (bytes, bytearray)):
         return f"<{len(value)} bytes>"
+    if isinstance(value, list):
+        shown = ", ".join("null" if v is None else _describe_value(v) for v in value[:3])
+        return f"[{shown}{', …' if len(value) > 3 else ''}] ({len(value)})" if len(value) > 3 else f"[{shown}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {'null' if v is None else _describe_value(v)}" for k, v in value.items()) + "}"
     return str(value)

@@ -3,6 +3,9 @@ them (no model hub or web download needed) and cached outside any repository.
 
 - :func:`sample_photos`: ~30 photos and scans from the scikit-image wheel (PNG, JPEG, GIF,
   TIFF) plus ``china.jpg`` and ``flower.jpg`` from the scikit-learn wheel.
+- :func:`sample_speech`: English sentences spoken by ``espeak-ng`` (WAV), with pauses, and
+  the same speech as MP3, FLAC, Ogg Vorbis and M4A/AAC made by ``ffmpeg``.
+- :func:`sample_videos`: short MP4 clips from ``ffmpeg``'s test sources, with a tone track.
 
 The cache lives in ``$RILLET_CACHE`` (default ``~/.cache/rillet``).
 """
@@ -10,6 +13,7 @@ The cache lives in ``$RILLET_CACHE`` (default ``~/.cache/rillet``).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -55,3 +59,60 @@ def sample_photos(target: str | os.PathLike | None = None) -> list[Path]:
                         path.write_bytes(wheel.read(name))
                     out.append(path)
     return sorted(out)
+
+
+SPEECH = [
+    "Rillet reads images, audio, video and documents, and runs models over them.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Streaming jobs keep exactly once results across crashes.",
+    "A man is eating food. A man is eating a piece of bread.",
+]
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} is needed to make sample media: apt-get install {name} (see .ci/run)")
+    return path
+
+
+def _run(args: list[str]) -> None:
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def sample_speech(target: str | os.PathLike | None = None) -> list[Path]:
+    """Speak :data:`SPEECH` with espeak-ng into ``target`` (default: the cache): one WAV per
+    sentence (22050 Hz mono, a pause between the two halves of the last one), and the first
+    sentence also as ``.mp3``, ``.flac``, ``.ogg`` and ``.m4a``. Returns the paths."""
+    target = Path(target) if target is not None else cache_dir() / "media" / "speech"
+    target.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, sentence in enumerate(SPEECH):
+        path = target / f"speech{i}.wav"
+        if not path.exists():
+            _run([_tool("espeak-ng"), "-s", "150", "-g", "20", "-w", str(path), sentence])
+        out.append(path)
+    for ext, codec in ((".mp3", "libmp3lame"), (".flac", "flac"), (".ogg", "libvorbis"), (".m4a", "aac")):
+        path = target / f"speech0{ext}"
+        if not path.exists():
+            _run([_tool("ffmpeg"), "-y", "-loglevel", "error", "-i", str(out[0]), "-c:a", codec, str(path)])
+        out.append(path)
+    return out
+
+
+def sample_videos(target: str | os.PathLike | None = None, count: int = 2, seconds: int = 4) -> list[Path]:
+    """Make ``count`` MP4 clips (320×240, 25 fps, H.264, a 440 Hz tone as AAC audio) of
+    ``seconds`` each from ffmpeg's test patterns. Returns the paths."""
+    target = Path(target) if target is not None else cache_dir() / "media" / "video"
+    target.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(count):
+        path = target / f"clip{i}_{seconds}s.mp4"
+        if not path.exists():
+            pattern = ("testsrc2", "smptebars", "mandelbrot")[i % 3]
+            _run([_tool("ffmpeg"), "-y", "-loglevel", "error",
+                  "-f", "lavfi", "-i", f"{pattern}=size=320x240:rate=25:duration={seconds}",
+                  "-f", "lavfi", "-i", f"sine=frequency={440 * (i + 1)}:duration={seconds}",
+                  "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "25", "-c:a", "aac", "-shortest", str(path)])
+        out.append(path)
+    return out

@@ -145,6 +145,11 @@ class Expr:
         return VectorNamespace(self)
 
     @property
+    def audio(self) -> AudioNamespace:
+        """Audio operators: ``col("file").audio.decode()``, ``col("a").audio.resample(16000)``."""
+        return AudioNamespace(self)
+
+    @property
     def image(self) -> ImageNamespace:
         """Image operations: ``col("file").image.decode()``, ``col("img").image.resize(224, 224)``."""
         return ImageNamespace(self)
@@ -367,6 +372,84 @@ class ImageNamespace:
     def quality_score(self, *, on_error: str = "null") -> Expr:
         """A simple composite of sharpness, exposure and size, in [0, 1]."""
         return self._op("quality_score", on_error)
+
+
+class AudioNamespace:
+    """Audio operators, native and vectorized; each is also a SQL function (``audio_<name>``).
+
+    Inputs may be decoded ``Audio`` or encoded content (bytes, a ``File``, a path string) in
+    WAV, FLAC, MP3, Ogg Vorbis or MP4/AAC: the latter are decoded on the fly (metadata,
+    duration, validity and clip references read only the header). Rows whose data cannot
+    be processed (corrupt, truncated, over ``max_decoded_bytes``) follow ``on_error`` as in
+    :class:`ImageNamespace`.
+
+    >>> import numpy as np, rillet as rl
+    >>> tone = (0.5 * np.sin(np.arange(8000) * 2 * np.pi * 440 / 8000)).astype(np.float32)
+    >>> df = rl.from_pydict({"a": [(tone, 8000)]})
+    >>> out = df.select(rl.col("a").audio.resample(16000).audio.duration().alias("seconds"))
+    >>> out.to_pydict()
+    {'seconds': [1.0]}
+    """
+
+    def __init__(self, expr: Expr):
+        self._e = expr
+
+    def _op(self, name: str, *options: Any) -> Expr:
+        return _call(f"audio_{name}", self._e, *options)
+
+    def decode(self, *, max_decoded_bytes: int = 1 << 30, on_error: str = "null") -> Expr:
+        """Encoded audio -> Audio (interleaved f32 PCM). Truncated or malformed streams and
+        results over ``max_decoded_bytes`` are bad data."""
+        return self._op("decode", max_decoded_bytes, on_error)
+
+    def encode(self, format: str = "wav", sample_format: str = "s16", *, on_error: str = "null") -> Expr:  # noqa: A002
+        """Audio -> WAV bytes, 16-bit PCM (``"s16"``) or 32-bit float (``"f32"``)."""
+        return self._op("encode", format, sample_format, on_error)
+
+    def resample(self, rate: int, *, on_error: str = "null") -> Expr:
+        """Band-limited resampling to ``rate`` Hz."""
+        return self._op("resample", rate, on_error)
+
+    def to_mono(self, *, on_error: str = "null") -> Expr:
+        """The average of all channels."""
+        return self._op("to_mono", on_error)
+
+    def standardize(self, rate: int = 16000, channels: int = 1, *, on_error: str = "null") -> Expr:
+        """``channels`` at ``rate`` Hz: the input format speech models expect."""
+        return self._op("standardize", rate, channels, on_error)
+
+    def metadata(self, *, on_error: str = "null") -> Expr:
+        """struct{sample_rate, channels, frames, duration_ms, codec, container}."""
+        return self._op("metadata", on_error)
+
+    def duration(self, *, on_error: str = "null") -> Expr:
+        """Length in seconds."""
+        return self._op("duration", on_error)
+
+    def is_valid(self, validation: str = "metadata", max_decoded_bytes: int = 1 << 30) -> Expr:
+        """True when the header reads (``"metadata"``) or the whole stream decodes (``"decode"``)."""
+        return self._op("is_valid", validation, max_decoded_bytes)
+
+    def split_by_duration(self, segment_ms: float, output: str = "waveform", *, on_error: str = "null") -> Expr:
+        """A list of consecutive ``segment_ms`` pieces (``DataFrame.explode`` it): Audio, or
+        with ``output="ref"`` clip references ``{uri, start_ms, end_ms}`` that copy nothing."""
+        return self._op("split_by_duration", float(segment_ms), output, on_error)
+
+    def split_by_ranges(self, ranges: Any, *, on_error: str = "null") -> Expr:
+        """The pieces between each ``(start_ms, end_ms)``: a column (e.g. the output of
+        :meth:`detect_silence`) or a list of pairs."""
+        if isinstance(ranges, (list, tuple)):
+            ranges = [float(v) for pair in ranges for v in pair]
+        return _call("audio_split_by_ranges", self._e, ranges, on_error)
+
+    def detect_silence(self, threshold_db: float = -40.0, min_silence_ms: float = 300.0, *,
+                       on_error: str = "null") -> Expr:
+        """Silent stretches as a list of ``{start_ms, end_ms}``."""
+        return self._op("detect_silence", float(threshold_db), float(min_silence_ms), on_error)
+
+    def mel_spectrogram(self, n_mels: int = 80, n_fft: int = 400, hop: int = 160, *, on_error: str = "null") -> Expr:
+        """Whisper-style log-mel features, a Tensor[f32] of shape ``[n_mels, frames]``."""
+        return self._op("mel_spectrogram", n_mels, n_fft, hop, on_error)
 
 
 class TextNamespace:

@@ -64,11 +64,29 @@ impl<'a> EncodedColumn<'a> {
 
     /// A short identity for `row` in error messages: its URI when it has one.
     pub fn identity(&self, row: usize) -> String {
+        self.uri(row).map(str::to_string).unwrap_or_else(|| format!("row {row}"))
+    }
+
+    /// The URI or path of `row`, for columns of references.
+    pub fn uri(&self, row: usize) -> Option<&'a str> {
         match self {
-            Self::Bytes(_) => format!("row {row}"),
-            Self::Uris(array) => string_at(*array, row).map(|s| s.to_string()).unwrap_or_default(),
-            Self::Files { files } => string_at(files.column(0).as_ref(), row).map(|s| s.to_string()).unwrap_or_default(),
+            Self::Bytes(_) => None,
+            Self::Uris(array) => string_at(*array, row),
+            Self::Files { files } => {
+                if files.is_null(row) {
+                    None
+                } else {
+                    string_at(files.column(0).as_ref(), row)
+                }
+            }
         }
+    }
+
+    /// The lower-case extension of `row`'s path, a hint for format detection.
+    pub fn extension(&self, row: usize) -> Option<String> {
+        let uri = self.uri(row)?;
+        let name = uri.rsplit('/').next()?;
+        name.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase())
     }
 
     /// The content of `row`; `Ok(None)` for a null row.

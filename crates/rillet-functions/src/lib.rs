@@ -20,6 +20,7 @@
 //! assert!(out.is_null(0));
 //! ```
 
+pub mod audio;
 pub mod image;
 pub mod input;
 pub mod operator;
@@ -34,6 +35,7 @@ use rillet_runtime::ArrayFunction;
 pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     let mut all = Vec::new();
     all.extend(image::functions());
+    all.extend(audio::functions());
     all.extend(text::functions());
     all.extend(vector::functions());
     all

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::{Column, JoinType};
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, SortExpr};
 use datafusion::physical_plan::ExecutionPlan;
@@ -234,7 +234,27 @@ impl DataFrame {
         if schema.field_with_name(column).is_err() {
             return Err(unknown_column(column, &schema));
         }
-        self.derive(self.inner.clone().unnest_columns(&[column]))
+        let item_metadata = match schema.field_with_name(column).map(|f| f.data_type().clone()) {
+            Ok(DataType::List(item) | DataType::LargeList(item) | DataType::FixedSizeList(item, _)) if !item.metadata().is_empty() => {
+                Some(datafusion::common::metadata::FieldMetadata::from(item.as_ref()))
+            }
+            _ => None,
+        };
+        let exploded = self.inner.clone().unnest_columns(&[column])?;
+        let Some(metadata) = item_metadata else {
+            return Self::new(self.session.clone(), exploded);
+        };
+        // DataFusion's unnest drops the item field's metadata, which is where extension
+        // types (Image, Audio, Clip, ...) live: put it back.
+        let columns: Vec<Expr> = exploded
+            .schema()
+            .iter()
+            .map(|(qualifier, field)| {
+                let expr = Expr::Column(Column::from((qualifier, field)));
+                if field.name() == column { expr.alias_with_metadata(column, Some(metadata.clone())) } else { expr }
+            })
+            .collect();
+        self.derive(exploded.select(columns))
     }
 
     /// Rows of `self` followed by rows of `other` (same columns, by position).

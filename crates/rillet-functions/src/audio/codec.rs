@@ -1,0 +1,229 @@
+//! Audio containers and codecs: probing (header facts without decoding), decoding to
+//! interleaved f32 PCM with a cap on decoded bytes (symphonia), and WAV encoding.
+
+use std::borrow::Cow;
+use std::io::Cursor;
+
+use symphonia::core::codecs::audio::AudioDecoderOptions;
+use symphonia::core::errors::Error as SymphoniaError;
+use symphonia::core::formats::probe::Hint;
+use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
+use symphonia::core::io::MediaSourceStream;
+use symphonia::core::meta::MetadataOptions;
+
+use super::Waveform;
+
+/// Decoded audio above this many bytes of f32 samples is bad data unless the operator is
+/// told otherwise (`max_decoded_bytes`): 1 GiB, about 46 minutes of 48 kHz stereo.
+pub const DEFAULT_MAX_DECODED_BYTES: u64 = 1 << 30;
+
+/// Frames a decode may fall short of the header's count (encoder priming and padding).
+const FRAME_SLACK: u64 = 4096;
+
+/// What the container header says about the audio track.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    /// Container short name (`wave`, `mp3`, `flac`, `ogg`, ...).
+    pub container: &'static str,
+    /// Codec short name (`pcm_s16le`, `mp3`, `flac`, `vorbis`, ...).
+    pub codec: &'static str,
+    /// Samples per second.
+    pub sample_rate: u32,
+    /// Channel count.
+    pub channels: u16,
+    /// Frames (samples per channel), from the header or by counting packets.
+    pub frames: u64,
+}
+
+impl Probe {
+    /// Duration in milliseconds.
+    pub fn duration_ms(&self) -> f64 {
+        self.frames as f64 * 1000.0 / self.sample_rate as f64
+    }
+}
+
+fn describe(error: SymphoniaError) -> String {
+    match error {
+        SymphoniaError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => "truncated: the stream ends mid-packet".into(),
+        SymphoniaError::Unsupported(what) => format!("unsupported or unknown audio format ({what})"),
+        other => other.to_string(),
+    }
+}
+
+fn open<'a>(bytes: &'a [u8], extension: Option<&str>) -> Result<Box<dyn FormatReader + 'a>, String> {
+    if bytes.is_empty() {
+        return Err("empty input (0 bytes)".into());
+    }
+    let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes)), Default::default());
+    let mut hint = Hint::new();
+    if let Some(extension) = extension {
+        hint.with_extension(extension);
+    }
+    symphonia::default::get_probe()
+        .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
+        .map_err(describe)
+}
+
+/// Read the header facts of encoded audio without decoding samples. Where the header does
+/// not give the length (some MP3s), packets are counted (demuxed, not decoded).
+///
+/// ```
+/// let wav = rillet_functions::audio::codec::encode_wav(
+///     &rillet_functions::audio::Waveform::new(8000, 1, vec![0.0; 800]), false);
+/// let probe = rillet_functions::audio::codec::probe(&wav, None).unwrap();
+/// assert_eq!((probe.sample_rate, probe.channels, probe.frames), (8000, 1, 800));
+/// ```
+pub fn probe(bytes: &[u8], extension: Option<&str>) -> Result<Probe, String> {
+    let mut format = open(bytes, extension)?;
+    let container = format.format_info().short_name;
+    let track = format.default_track(TrackType::Audio).ok_or("no audio track")?;
+    let params = track.codec_params.as_ref().and_then(|p| p.audio()).ok_or("no audio track")?.clone();
+    let (track_id, header_frames) = (track.id, track.num_frames);
+    let codec = symphonia::default::get_codecs()
+        .get_audio_decoder(params.codec)
+        .map(|d| d.codec.info.short_name)
+        .ok_or("no decoder for this audio codec")?;
+    let (mut sample_rate, mut channels) = (params.sample_rate, params.channels.as_ref().map(|c| c.count() as u16));
+    if sample_rate.is_none() || channels.is_none() {
+        // Some streams only tell their layout in the first decoded packet.
+        let decoded = decode(bytes, extension, u64::MAX, Some(1))?;
+        sample_rate = sample_rate.or(Some(decoded.rate));
+        channels = channels.or(Some(decoded.channels));
+    }
+    let frames = match header_frames {
+        Some(frames) => frames,
+        None => {
+            let mut frames = 0u64;
+            loop {
+                match format.next_packet() {
+                    Ok(Some(packet)) if packet.track_id == track_id => frames += packet.dur.get(),
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => return Err(describe(e)),
+                }
+            }
+            frames
+        }
+    };
+    let (sample_rate, channels) = (sample_rate.unwrap_or(0), channels.unwrap_or(0));
+    if sample_rate == 0 || channels == 0 {
+        return Err(format!("invalid header: {sample_rate} Hz, {channels} channels"));
+    }
+    Ok(Probe { container, codec, sample_rate, channels, frames })
+}
+
+/// Decode encoded audio to interleaved f32 PCM. Strict: a malformed or truncated packet,
+/// or fewer frames than the header declares, makes the whole input bad data (a partly
+/// decoded clip is not silently returned), and so does a result over `max_decoded_bytes`. `max_packets` stops early (probing).
+///
+/// ```
+/// use rillet_functions::audio::{codec, Waveform};
+/// let wav = codec::encode_wav(&Waveform::new(16000, 2, vec![0.25; 3200]), true);
+/// let audio = codec::decode(&wav, Some("wav"), codec::DEFAULT_MAX_DECODED_BYTES, None).unwrap();
+/// assert_eq!((audio.rate, audio.channels, audio.frames()), (16000, 2, 1600));
+/// assert!(codec::decode(&wav, None, 100, None).unwrap_err().contains("max_decoded_bytes"));
+/// ```
+pub fn decode(bytes: &[u8], extension: Option<&str>, max_decoded_bytes: u64, max_packets: Option<usize>) -> Result<Waveform<'static>, String> {
+    let mut format = open(bytes, extension)?;
+    let track = format.default_track(TrackType::Audio).ok_or("no audio track")?;
+    let params = track.codec_params.as_ref().and_then(|p| p.audio()).ok_or("no audio track")?.clone();
+    let (track_id, declared_frames) = (track.id, track.num_frames);
+    let over_cap = |samples: u64| {
+        format!(
+            "decoded audio would take {} bytes, over max_decoded_bytes = {max_decoded_bytes}",
+            samples.saturating_mul(4)
+        )
+    };
+    if let (Some(frames), Some(channels)) = (track.num_frames, params.channels.as_ref()) {
+        let samples = frames.saturating_mul(channels.count() as u64);
+        if samples.saturating_mul(4) > max_decoded_bytes {
+            return Err(over_cap(samples));
+        }
+    }
+    let mut decoder = symphonia::default::get_codecs()
+        .make_audio_decoder(&params, &AudioDecoderOptions::default())
+        .map_err(describe)?;
+    let mut samples: Vec<f32> = Vec::new();
+    let mut spec: Option<(u32, u16)> = None;
+    let mut packets = 0usize;
+    loop {
+        if max_packets.is_some_and(|max| packets >= max) {
+            break;
+        }
+        let packet = match format.next_packet() {
+            Ok(Some(packet)) => packet,
+            Ok(None) => break,
+            Err(e) => return Err(describe(e)),
+        };
+        if packet.track_id != track_id {
+            continue;
+        }
+        packets += 1;
+        let buffer = decoder.decode(&packet).map_err(describe)?;
+        let (rate, channels) = (buffer.spec().rate(), buffer.spec().channels().count() as u16);
+        match spec {
+            None => spec = Some((rate, channels)),
+            Some(known) if known != (rate, channels) => {
+                return Err(format!("the stream changes format mid-way ({} Hz × {} → {rate} Hz × {channels})", known.0, known.1));
+            }
+            Some(_) => {}
+        }
+        let start = samples.len();
+        let added = buffer.samples_interleaved();
+        if ((start + added) as u64).saturating_mul(4) > max_decoded_bytes {
+            return Err(over_cap((start + added) as u64));
+        }
+        samples.resize(start + added, 0.0);
+        buffer.copy_to_slice_interleaved(&mut samples[start..]);
+    }
+    if max_packets.is_none()
+        && let (Some(declared), Some((_, channels))) = (declared_frames, spec)
+    {
+        // Frame-stream formats (MP3, ADTS) end quietly at a cut or skip a damaged stretch;
+        // the length the header declares tells. A packet's worth of slack allows for
+        // encoder priming and padding.
+        let decoded = (samples.len() / channels as usize) as u64;
+        if decoded + FRAME_SLACK < declared {
+            return Err(format!("truncated or corrupt: decoded {decoded} frames of the {declared} the header declares"));
+        }
+    }
+    let (rate, channels) = spec
+        .or_else(|| Some((params.sample_rate?, params.channels.as_ref()?.count() as u16)))
+        .ok_or("the stream holds no audio packets")?;
+    if rate == 0 || channels == 0 {
+        return Err(format!("invalid stream: {rate} Hz, {channels} channels"));
+    }
+    Ok(Waveform { rate, channels, samples: Cow::Owned(samples) })
+}
+
+/// Encode as a RIFF/WAVE file: 16-bit PCM (clipped to [-1, 1]), or 32-bit float when
+/// `float` is true.
+pub fn encode_wav(audio: &Waveform<'_>, float: bool) -> Vec<u8> {
+    let bytes_per_sample: u16 = if float { 4 } else { 2 };
+    let data_len = audio.samples.len() as u32 * bytes_per_sample as u32;
+    let block_align = audio.channels * bytes_per_sample;
+    let mut out = Vec::with_capacity(44 + data_len as usize);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&(if float { 3u16 } else { 1u16 }).to_le_bytes()); // IEEE float : PCM
+    out.extend_from_slice(&audio.channels.to_le_bytes());
+    out.extend_from_slice(&audio.rate.to_le_bytes());
+    out.extend_from_slice(&(audio.rate * block_align as u32).to_le_bytes());
+    out.extend_from_slice(&block_align.to_le_bytes());
+    out.extend_from_slice(&(bytes_per_sample * 8).to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    for &s in audio.samples.iter() {
+        if float {
+            out.extend_from_slice(&s.to_le_bytes());
+        } else {
+            // Decoders read 16-bit PCM back as v / 32768: scale the same way, so audio
+            // that came from 16-bit PCM round-trips exactly.
+            let v = (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16;
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}

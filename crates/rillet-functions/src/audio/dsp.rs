@@ -1,0 +1,250 @@
+//! Signal processing on interleaved f32 PCM: channel mixing, band-limited resampling
+//! (rubato's FFT resampler), slicing by time, silence detection and log-mel spectrograms.
+
+use std::borrow::Cow;
+
+use realfft::RealFftPlanner;
+use rubato::audioadapter_buffers::direct::InterleavedSlice;
+use rubato::{Fft, FixedSync, Resampler};
+
+use super::Waveform;
+
+/// Average all channels into one.
+///
+/// ```
+/// use rillet_functions::audio::{dsp, Waveform};
+/// let stereo = Waveform::new(8000, 2, vec![1.0, 0.0, 0.5, 0.5]);
+/// assert_eq!(dsp::to_mono(&stereo).samples.as_ref(), &[0.5, 0.5]);
+/// ```
+pub fn to_mono(audio: &Waveform<'_>) -> Waveform<'static> {
+    let c = audio.channels as usize;
+    let samples = if c == 1 {
+        audio.samples.to_vec()
+    } else {
+        audio.samples.chunks_exact(c).map(|frame| frame.iter().sum::<f32>() / c as f32).collect()
+    };
+    Waveform { rate: audio.rate, channels: 1, samples: Cow::Owned(samples) }
+}
+
+/// Change the channel count: mono is copied to every channel; anything else is mixed to
+/// mono first (a down- or up-mix without a speaker layout is a mono mix).
+pub fn remix(audio: &Waveform<'_>, channels: u16) -> Waveform<'static> {
+    if audio.channels == channels {
+        return audio.to_owned_waveform();
+    }
+    let mono = to_mono(audio);
+    if channels == 1 {
+        return mono;
+    }
+    let samples = mono.samples.iter().flat_map(|&s| std::iter::repeat_n(s, channels as usize)).collect();
+    Waveform { rate: audio.rate, channels, samples: Cow::Owned(samples) }
+}
+
+/// Band-limited resampling to `rate` Hz (FFT-based, with the filter delay trimmed so the
+/// output lines up with the input).
+pub fn resample(audio: &Waveform<'_>, rate: u32) -> Result<Waveform<'static>, String> {
+    if audio.rate == rate {
+        return Ok(audio.to_owned_waveform());
+    }
+    let channels = audio.channels as usize;
+    let frames = audio.frames();
+    if frames == 0 {
+        return Ok(Waveform { rate, channels: audio.channels, samples: Cow::Owned(Vec::new()) });
+    }
+    let mut resampler = Fft::<f32>::new(audio.rate as usize, rate as usize, 1024, channels, FixedSync::Input)
+        .map_err(|e| format!("cannot resample {} Hz to {rate} Hz: {e}", audio.rate))?;
+    let input = InterleavedSlice::new(audio.samples.as_ref(), channels, frames).map_err(|e| e.to_string())?;
+    let output = resampler.process_all(&input, frames, None).map_err(|e| format!("resampling failed: {e}"))?;
+    Ok(Waveform { rate, channels: audio.channels, samples: Cow::Owned(output.take_data()) })
+}
+
+/// The frames between `start_ms` and `end_ms` (clamped to the clip).
+pub fn slice_ms(audio: &Waveform<'_>, start_ms: f64, end_ms: f64) -> Waveform<'static> {
+    let c = audio.channels as usize;
+    let frame_at = |ms: f64| ((ms * audio.rate as f64 / 1000.0).round().max(0.0) as usize).min(audio.frames());
+    let (start, end) = (frame_at(start_ms), frame_at(end_ms));
+    let samples = audio.samples[start * c..end.max(start) * c].to_vec();
+    Waveform { rate: audio.rate, channels: audio.channels, samples: Cow::Owned(samples) }
+}
+
+/// Silent stretches: runs of 10 ms windows whose RMS level (over all channels) is at or
+/// below `threshold_db` dBFS, lasting at least `min_silence_ms`. Returns `(start_ms, end_ms)`.
+///
+/// ```
+/// use rillet_functions::audio::{dsp, Waveform};
+/// // 0.5 s of a loud square wave, then 0.5 s of silence, at 1 kHz.
+/// let mut samples: Vec<f32> = (0..500).map(|i| if i % 2 == 0 { 0.5 } else { -0.5 }).collect();
+/// samples.extend(std::iter::repeat_n(0.0, 500));
+/// let ranges = dsp::detect_silence(&Waveform::new(1000, 1, samples), -40.0, 200.0);
+/// assert_eq!(ranges, vec![(500, 1000)]);
+/// ```
+pub fn detect_silence(audio: &Waveform<'_>, threshold_db: f64, min_silence_ms: f64) -> Vec<(i64, i64)> {
+    let c = audio.channels as usize;
+    let window = (audio.rate as usize / 100).max(1);
+    let total_ms = audio.duration_ms();
+    let mut ranges = Vec::new();
+    let mut run_start: Option<usize> = None;
+    let frames = audio.frames();
+    let ms_of = |frame: usize| (frame as f64 * 1000.0 / audio.rate as f64).min(total_ms);
+    let close = |start: usize, end: usize, ranges: &mut Vec<(i64, i64)>| {
+        let (s, e) = (ms_of(start), ms_of(end));
+        if e - s >= min_silence_ms {
+            ranges.push((s.round() as i64, e.round() as i64));
+        }
+    };
+    let mut frame = 0;
+    while frame < frames {
+        let end = (frame + window).min(frames);
+        let block = &audio.samples[frame * c..end * c];
+        let mean_square = block.iter().map(|&s| (s as f64) * (s as f64)).sum::<f64>() / block.len() as f64;
+        let db = 10.0 * mean_square.log10(); // 20·log10(rms); -inf for digital silence
+        match (db <= threshold_db, run_start) {
+            (true, None) => run_start = Some(frame),
+            (false, Some(start)) => {
+                close(start, frame, &mut ranges);
+                run_start = None;
+            }
+            _ => {}
+        }
+        frame = end;
+    }
+    if let Some(start) = run_start {
+        close(start, frames, &mut ranges);
+    }
+    ranges
+}
+
+/// Mel-scale triangle filters in the Slaney convention (linear below 1 kHz, logarithmic
+/// above, each filter normalised to unit area) — librosa's default, which Whisper uses.
+/// Returns `n_mels` rows of `n_fft / 2 + 1` weights.
+pub fn mel_filters(sample_rate: u32, n_fft: usize, n_mels: usize) -> Vec<Vec<f64>> {
+    const F_SP: f64 = 200.0 / 3.0;
+    const MIN_LOG_HZ: f64 = 1000.0;
+    const MIN_LOG_MEL: f64 = MIN_LOG_HZ / F_SP;
+    let log_step = 6.4f64.ln() / 27.0;
+    let hz_to_mel = |hz: f64| if hz < MIN_LOG_HZ { hz / F_SP } else { MIN_LOG_MEL + (hz / MIN_LOG_HZ).ln() / log_step };
+    let mel_to_hz = |mel: f64| if mel < MIN_LOG_MEL { mel * F_SP } else { MIN_LOG_HZ * ((mel - MIN_LOG_MEL) * log_step).exp() };
+    let max_mel = hz_to_mel(sample_rate as f64 / 2.0);
+    let points: Vec<f64> = (0..n_mels + 2).map(|i| mel_to_hz(max_mel * i as f64 / (n_mels + 1) as f64)).collect();
+    let bins = n_fft / 2 + 1;
+    let bin_hz: Vec<f64> = (0..bins).map(|k| k as f64 * sample_rate as f64 / n_fft as f64).collect();
+    (0..n_mels)
+        .map(|m| {
+            let (lo, mid, hi) = (points[m], points[m + 1], points[m + 2]);
+            let norm = 2.0 / (hi - lo);
+            bin_hz
+                .iter()
+                .map(|&f| {
+                    let rising = (f - lo) / (mid - lo);
+                    let falling = (hi - f) / (hi - mid);
+                    rising.min(falling).max(0.0) * norm
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Whisper-style log-mel features of the mono mix: a periodic Hann window of `n_fft`
+/// samples every `hop` samples over the reflect-padded signal, power spectrum, Slaney mel
+/// filters, `log10` floored at 1e-10, clamped to 8 below the peak, scaled as
+/// `(x + 4) / 4`. The last frame is dropped, as Whisper does, so a clip of `n` samples
+/// gives `n / hop` frames. Returns `(values in [n_mels, frames] row-major order, frames)`.
+pub fn log_mel_spectrogram(audio: &Waveform<'_>, n_mels: usize, n_fft: usize, hop: usize) -> Result<(Vec<f32>, usize), String> {
+    let mono = to_mono(audio);
+    let signal = mono.samples.as_ref();
+    let pad = n_fft / 2;
+    if signal.len() <= pad {
+        return Err(format!("clip too short for n_fft = {n_fft}: {} samples", signal.len()));
+    }
+    // Reflect padding (the edge sample is not repeated).
+    let mut padded = Vec::with_capacity(signal.len() + 2 * pad);
+    padded.extend((1..=pad).rev().map(|i| signal[i]));
+    padded.extend_from_slice(signal);
+    padded.extend((0..pad).map(|i| signal[signal.len() - 2 - i]));
+    let frames = (padded.len() - n_fft) / hop; // one fewer than the STFT has: Whisper drops the last
+    if frames == 0 {
+        return Err(format!("clip too short for n_fft = {n_fft}, hop = {hop}"));
+    }
+    let window: Vec<f64> = (0..n_fft).map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n_fft as f64).cos()).collect();
+    let filters = mel_filters(audio.rate, n_fft, n_mels);
+    let fft = RealFftPlanner::<f64>::new().plan_fft_forward(n_fft);
+    let (mut input, mut spectrum) = (fft.make_input_vec(), fft.make_output_vec());
+    let mut power = vec![0.0f64; n_fft / 2 + 1];
+    let mut mel = vec![0.0f64; n_mels * frames];
+    for t in 0..frames {
+        let start = t * hop;
+        for (i, x) in input.iter_mut().enumerate() {
+            *x = padded[start + i] as f64 * window[i];
+        }
+        fft.process(&mut input, &mut spectrum).map_err(|e| e.to_string())?;
+        for (p, c) in power.iter_mut().zip(&spectrum) {
+            *p = c.norm_sqr();
+        }
+        for (m, filter) in filters.iter().enumerate() {
+            mel[m * frames + t] = filter.iter().zip(&power).map(|(w, p)| w * p).sum();
+        }
+    }
+    let mut log: Vec<f64> = mel.iter().map(|&v| v.max(1e-10).log10()).collect();
+    let peak = log.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    for v in &mut log {
+        *v = (v.max(peak - 8.0) + 4.0) / 4.0;
+    }
+    Ok((log.into_iter().map(|v| v as f32).collect(), frames))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sine(rate: u32, hz: f64, seconds: f64) -> Waveform<'static> {
+        let n = (rate as f64 * seconds) as usize;
+        Waveform::new(rate, 1, (0..n).map(|i| (2.0 * std::f64::consts::PI * hz * i as f64 / rate as f64).sin() as f32 * 0.5).collect())
+    }
+
+    /// Least-squares fit of `a·sin + b·cos` at `hz`: (amplitude, delay in seconds, residual RMS).
+    fn fit_tone(wave: &Waveform<'_>, hz: f64, range: std::ops::Range<usize>) -> (f64, f64, f64) {
+        let w = 2.0 * std::f64::consts::PI * hz / wave.rate as f64;
+        let (mut ss, mut sc, mut n) = (0.0, 0.0, 0.0);
+        for i in range.clone() {
+            ss += wave.samples[i] as f64 * (w * i as f64).sin();
+            sc += wave.samples[i] as f64 * (w * i as f64).cos();
+            n += 1.0;
+        }
+        let (a, b) = (2.0 * ss / n, 2.0 * sc / n);
+        let residual = range.map(|i| (wave.samples[i] as f64 - a * (w * i as f64).sin() - b * (w * i as f64).cos()).powi(2)).sum::<f64>() / n;
+        ((a * a + b * b).sqrt(), -b.atan2(a) / (2.0 * std::f64::consts::PI * hz), residual.sqrt())
+    }
+
+    #[test]
+    fn resampling_keeps_tones_their_level_and_timing() {
+        for hz in [100.0, 440.0, 3000.0] {
+            let out = resample(&sine(44100, hz, 1.0), 16000).unwrap();
+            assert_eq!(out.rate, 16000);
+            assert!((out.frames() as i64 - 16000).abs() <= 1, "{} frames", out.frames());
+            let (amplitude, delay, residual) = fit_tone(&out, hz, 1000..15000);
+            assert!((amplitude - 0.5).abs() < 0.005, "{hz} Hz: amplitude {amplitude}");
+            // Aligned to within one output sample, and nothing but the tone (no aliasing).
+            assert!(delay.abs() < 1.0 / 16000.0, "{hz} Hz: delay {delay} s");
+            assert!(residual < 1e-3, "{hz} Hz: residual {residual}");
+        }
+        // A tone above the new Nyquist frequency is filtered out, not aliased.
+        let out = resample(&sine(44100, 12000.0, 1.0), 16000).unwrap();
+        let rms = (out.samples[1000..15000].iter().map(|s| (*s as f64).powi(2)).sum::<f64>() / 14000.0).sqrt();
+        assert!(rms < 0.01, "rms {rms}");
+    }
+
+    #[test]
+    fn mel_filters_are_triangles_of_unit_area() {
+        let filters = mel_filters(16000, 400, 80);
+        assert_eq!((filters.len(), filters[0].len()), (80, 201));
+        assert!(filters.iter().all(|f| f.iter().all(|w| *w >= 0.0) && f.iter().any(|w| *w > 0.0)));
+    }
+
+    #[test]
+    fn mel_frames_follow_whisper() {
+        let (values, frames) = log_mel_spectrogram(&sine(16000, 440.0, 1.0), 80, 400, 160).unwrap();
+        assert_eq!(frames, 100);
+        assert_eq!(values.len(), 80 * 100);
+        assert!(log_mel_spectrogram(&sine(16000, 440.0, 0.01), 80, 400, 160).is_err());
+    }
+}
