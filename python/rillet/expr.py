@@ -150,6 +150,15 @@ class Expr:
         return AudioNamespace(self)
 
     @property
+    def video(self) -> VideoNamespace:
+        """Video operators (FFmpeg): ``col("path").video.frames(interval_ms=500)``."""
+        return VideoNamespace(self)
+
+    def __getitem__(self, name: str) -> Expr:
+        """A field of a struct column: ``col("frame")["image"]``."""
+        return _call("get_field", self, name)
+
+    @property
     def image(self) -> ImageNamespace:
         """Image operations: ``col("file").image.decode()``, ``col("img").image.resize(224, 224)``."""
         return ImageNamespace(self)
@@ -450,6 +459,45 @@ class AudioNamespace:
     def mel_spectrogram(self, n_mels: int = 80, n_fft: int = 400, hop: int = 160, *, on_error: str = "null") -> Expr:
         """Whisper-style log-mel features, a Tensor[f32] of shape ``[n_mels, frames]``."""
         return self._op("mel_spectrogram", n_mels, n_fft, hop, on_error)
+
+
+class VideoNamespace:
+    """Video operators through FFmpeg; each is also a SQL function (``video_<name>``).
+
+    Inputs are paths, ``File`` references or encoded bytes. Rows that cannot be read (not a
+    video, no video stream, truncated) follow ``on_error`` as in :class:`ImageNamespace`.
+    """
+
+    def __init__(self, expr: Expr):
+        self._e = expr
+
+    def _op(self, name: str, *options: Any) -> Expr:
+        return _call(f"video_{name}", self._e, *options)
+
+    def metadata(self, *, on_error: str = "null") -> Expr:
+        """struct{width, height, fps, duration_ms, frame_count, codec, audio_codec,
+        audio_sample_rate, streams}, from the headers (no frame decoded)."""
+        return self._op("metadata", on_error)
+
+    def split(self, segment_ms: float, *, on_error: str = "null") -> Expr:
+        """Clip references ``{uri, start_ms, end_ms}`` every ``segment_ms``; copies nothing."""
+        return self._op("split", float(segment_ms), on_error)
+
+    def frames(self, selector: str = "interval", interval_ms: float = 1000, max_frames: int = 0, *,
+               max_decoded_bytes: int = 1 << 30, on_error: str = "null") -> Expr:
+        """Frames as RGB images, a list of ``{pts_ms, image}``: ``DataFrame.explode`` it for one
+        frame per row. ``selector`` is ``"interval"`` (every ``interval_ms``), ``"keyframes"``
+        or ``"all"``; ``max_frames`` (0: no limit) stops decoding early."""
+        return self._op("frames", selector, float(interval_ms), max_frames, max_decoded_bytes, on_error)
+
+    def extract_frames(self, selector: str = "interval", interval_ms: float = 1000, max_frames: int = 0, *,
+                       max_decoded_bytes: int = 1 << 30, on_error: str = "null") -> Expr:
+        """The same frames as :meth:`frames`, as a list of images in one row."""
+        return self._op("extract_frames", selector, float(interval_ms), max_frames, max_decoded_bytes, on_error)
+
+    def audio(self, *, max_decoded_bytes: int = 1 << 30, on_error: str = "null") -> Expr:
+        """The audio track as Audio."""
+        return self._op("audio", max_decoded_bytes, on_error)
 
 
 class TextNamespace:

@@ -219,3 +219,11 @@ def test_stats_after_run(people):
     assert names[-1] == "collect"
     assert all({"rows_out", "bytes_out", "rows_per_s", "wait_input_ms", "wait_output_ms",
                 "wait_worker_ms"} <= set(op) for op in stats["operators"])
+
+
+def test_sql_table_names_do_not_leak_between_queries():
+    first = rl.sql("SELECT sum(x) AS s FROM t", t=rl.from_pydict({"x": [1, 2]})).to_pydict()
+    second = rl.sql("SELECT sum(x) AS s FROM t", t=rl.from_pydict({"x": [10]})).to_pydict()
+    assert (first, second) == ({"s": [3]}, {"s": [10]})
+    with pytest.raises(rl.RilletError):
+        rl.sql("SELECT * FROM t").collect()

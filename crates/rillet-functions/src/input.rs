@@ -82,6 +82,22 @@ impl<'a> EncodedColumn<'a> {
         }
     }
 
+    /// The local file behind `row` when it is one whole local file (a path, a `file://`
+    /// URI, or a `File` without a byte range), for readers that want a path.
+    pub fn local_path(&self, row: usize) -> Option<std::path::PathBuf> {
+        if let Self::Files { files } = self
+            && (u64_at(files.column(1), row).is_some() || u64_at(files.column(2), row).is_some())
+        {
+            return None;
+        }
+        let uri = self.uri(row)?;
+        match uri.split_once("://") {
+            Some(("file", path)) => Some(path.into()),
+            Some(_) => None,
+            None => Some(uri.into()),
+        }
+    }
+
     /// The lower-case extension of `row`'s path, a hint for format detection.
     pub fn extension(&self, row: usize) -> Option<String> {
         let uri = self.uri(row)?;

@@ -26,6 +26,8 @@ pub mod input;
 pub mod operator;
 pub mod text;
 pub mod vector;
+#[cfg(feature = "video")]
+pub mod video;
 
 use std::sync::Arc;
 
@@ -38,5 +40,7 @@ pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     all.extend(audio::functions());
     all.extend(text::functions());
     all.extend(vector::functions());
+    #[cfg(feature = "video")]
+    all.extend(video::functions());
     all
 }

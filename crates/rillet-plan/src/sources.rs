@@ -159,13 +159,26 @@ impl Session {
     /// assert_eq!(df.count().unwrap(), 1);
     /// ```
     pub fn sql(&self, query: &str, tables: &[(&str, DataFrame)]) -> Result<DataFrame> {
-        // Each query plans in its own context so table names never leak between queries.
+        // The state's catalog is shared with the session, so the names are registered only
+        // while the query is planned (the plan holds the tables themselves) and removed
+        // afterwards, whether planning worked or not: names never leak between queries.
         let ctx = datafusion::prelude::SessionContext::new_with_state(self.context().state());
+        let mut registered = Vec::new();
+        let mut planned = Ok(());
         for (name, df) in tables {
-            ctx.register_table(*name, df.inner().clone().into_view())?;
+            match ctx.register_table(*name, df.inner().clone().into_view()) {
+                Ok(_) => registered.push(*name),
+                Err(e) => {
+                    planned = Err(e);
+                    break;
+                }
+            }
         }
-        let df = self.block_on(ctx.sql(query))?;
-        DataFrame::new(self.clone(), df)
+        let df = planned.and_then(|()| self.block_on(ctx.sql(query)));
+        for name in registered {
+            ctx.deregister_table(name)?;
+        }
+        DataFrame::new(self.clone(), df?)
     }
 }
 

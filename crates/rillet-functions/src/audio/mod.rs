@@ -254,7 +254,7 @@ fn row_facts(operator: &str, call: &Call<'_>, errors: &mut RowErrors) -> Result<
 }
 
 /// An `Audio` column from waveforms.
-fn audio_array(waves: &[Option<Waveform<'_>>]) -> Result<ArrayRef> {
+pub(crate) fn audio_array(waves: &[Option<Waveform<'_>>]) -> Result<ArrayRef> {
     let mut offsets = Vec::with_capacity(waves.len() + 1);
     offsets.push(0i64);
     let total: usize = waves.iter().flatten().map(|w| w.samples.len()).sum();
@@ -276,13 +276,13 @@ fn audio_array(waves: &[Option<Waveform<'_>>]) -> Result<ArrayRef> {
 }
 
 /// A list column whose items are `items` (already flattened), `lengths[row]` per row.
-fn list_array(item: Field, items: ArrayRef, lengths: &[Option<usize>]) -> Result<ArrayRef> {
+pub(crate) fn list_array(item: Field, items: ArrayRef, lengths: &[Option<usize>]) -> Result<ArrayRef> {
     let offsets = OffsetBuffer::<i32>::from_lengths(lengths.iter().map(|l| l.unwrap_or(0)));
     let valid = NullBuffer::from(lengths.iter().map(Option::is_some).collect::<Vec<_>>());
     Ok(Arc::new(ListArray::try_new(Arc::new(item), offsets, items, Some(valid))?))
 }
 
-fn list_of(item: Field, name: &str) -> Field {
+pub(crate) fn list_of(item: Field, name: &str) -> Field {
     Field::new(name, DataType::List(Arc::new(item)), true)
 }
 

@@ -1,0 +1,557 @@
+//! Video operators through FFmpeg (Debian's libav*, the crate's `video` feature): metadata
+//! without decoding frames, clip references, frame extraction as RGB images, and the
+//! audio track as `Audio`.
+//!
+//! Inputs are a path, a `File` or encoded bytes. FFmpeg reads local files directly; bytes
+//! (and byte ranges) are written to a temporary file first, deleted after the row.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
+
+use arrow::array::{ArrayRef, Int64Builder, StructArray, UInt32Builder, UInt64Builder, Float64Builder, StringBuilder, StructBuilder};
+use arrow::datatypes::{DataType, Field, FieldRef, Fields};
+use ffmpeg_next as ffmpeg;
+use ffmpeg::format::sample::Type as SampleLayout;
+use ffmpeg::format::{Pixel, Sample};
+use ffmpeg::media::Type as Medium;
+use ffmpeg::software::scaling::{Context as Scaler, Flags};
+use rillet_common::types::{display_type, AudioType, ClipType, ImageMode, ImageType};
+use rillet_common::{Result, RilletError};
+use rillet_runtime::ArrayFunction;
+
+use crate::audio::{Waveform, audio_array, list_array, list_of};
+use crate::image::array::{ImageBuilder, ImageView};
+use crate::input::{EncodedColumn, RowFailure, is_encoded_input};
+use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
+
+/// Rows per call: each row is a whole video.
+const VIDEO_BATCH_ROWS: usize = 2;
+
+/// Decoded frames (or audio) of one video above this many bytes are bad data unless the
+/// operator is told otherwise (`max_decoded_bytes`).
+const DEFAULT_MAX_DECODED_BYTES: &str = "1073741824";
+
+/// Every video operator, ready to register.
+pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
+    vec![
+        Arc::new(OperatorFunction::new(Metadata)),
+        Arc::new(OperatorFunction::new(Split)),
+        Arc::new(OperatorFunction::new(Frames { collect: false })),
+        Arc::new(OperatorFunction::new(Frames { collect: true })),
+        Arc::new(OperatorFunction::new(AudioTrack)),
+    ]
+}
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        // Registration cannot fail on the libav* versions we build against; if it did, every
+        // open below would report it.
+        let _ = ffmpeg::init();
+        // Bad input is reported per row; FFmpeg's own console chatter is noise.
+        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Quiet);
+    });
+}
+
+fn expect_video(operator: &str, field: &Field) -> Result<()> {
+    if is_encoded_input(field) {
+        Ok(())
+    } else {
+        Err(RilletError::invalid_argument(format!(
+            "{operator}: input must be a path, a File or encoded video bytes; column {:?} is {}",
+            field.name(),
+            display_type(field)
+        )))
+    }
+}
+
+/// A local file FFmpeg can open for one row: the row's own path, or a temporary copy of
+/// its bytes.
+struct Source {
+    path: PathBuf,
+    _temporary: Option<tempfile::TempPath>,
+}
+
+fn source(column: &EncodedColumn<'_>, row: usize) -> std::result::Result<Option<Source>, RowFailure> {
+    if let Some(path) = column.local_path(row) {
+        if !path.exists() {
+            return Err(RowFailure::Data(format!("{}: no such file", path.display())));
+        }
+        return Ok(Some(Source { path, _temporary: None }));
+    }
+    let Some(bytes) = column.get(row)? else { return Ok(None) };
+    let io = |e: std::io::Error| RowFailure::Infrastructure(RilletError::Io(e));
+    let mut file = tempfile::Builder::new().prefix("rillet-video-").tempfile().map_err(io)?;
+    std::io::Write::write_all(&mut file, &bytes).map_err(io)?;
+    let temporary = file.into_temp_path();
+    Ok(Some(Source { path: temporary.to_path_buf(), _temporary: Some(temporary) }))
+}
+
+fn open(path: &Path) -> std::result::Result<ffmpeg::format::context::Input, String> {
+    init();
+    ffmpeg::format::input(path).map_err(|e| format!("not a readable video: {e}"))
+}
+
+/// Stream facts of one video.
+#[derive(Debug, Default)]
+struct Facts {
+    width: Option<u32>,
+    height: Option<u32>,
+    fps: Option<f64>,
+    duration_ms: f64,
+    frame_count: Option<u64>,
+    codec: Option<&'static str>,
+    audio_codec: Option<&'static str>,
+    audio_sample_rate: Option<u32>,
+    streams: u32,
+}
+
+fn facts(path: &Path) -> std::result::Result<Facts, String> {
+    let input = open(path)?;
+    let mut facts = Facts { streams: input.nb_streams(), ..Default::default() };
+    let container_ms = input.duration() as f64 / 1000.0; // AV_TIME_BASE is microseconds
+    if let Some(video) = input.streams().best(Medium::Video) {
+        let parameters = video.parameters();
+        facts.codec = Some(parameters.id().name());
+        if let Ok(decoder) = ffmpeg::codec::context::Context::from_parameters(parameters).and_then(|c| c.decoder().video()) {
+            facts.width = Some(decoder.width());
+            facts.height = Some(decoder.height());
+        }
+        let rate = f64::from(video.avg_frame_rate());
+        facts.fps = (rate.is_finite() && rate > 0.0).then_some(rate);
+        facts.frame_count = (video.frames() > 0).then_some(video.frames() as u64);
+        if video.duration() > 0 {
+            facts.duration_ms = video.duration() as f64 * f64::from(video.time_base()) * 1000.0;
+        }
+    }
+    if let Some(audio) = input.streams().best(Medium::Audio) {
+        facts.audio_codec = Some(audio.parameters().id().name());
+        facts.audio_sample_rate = ffmpeg::codec::context::Context::from_parameters(audio.parameters())
+            .and_then(|c| c.decoder().audio())
+            .ok()
+            .map(|d| d.rate());
+    }
+    if facts.duration_ms <= 0.0 && container_ms > 0.0 {
+        facts.duration_ms = container_ms;
+    }
+    if facts.codec.is_none() && facts.audio_codec.is_none() {
+        return Err("no video or audio stream".into());
+    }
+    Ok(facts)
+}
+
+/// Each row's value from its local source; data problems null the row with a reason.
+fn per_video<T>(
+    operator: &str,
+    call: &Call<'_>,
+    errors: &mut RowErrors,
+    mut f: impl FnMut(&Path, usize) -> std::result::Result<T, String>,
+) -> Result<Vec<Option<T>>> {
+    let column = EncodedColumn::try_new(operator, &call.inputs[0], "a video")?;
+    let mut out = Vec::with_capacity(call.rows);
+    for row in 0..call.rows {
+        let value = match source(&column, row) {
+            Ok(None) => Ok(None),
+            Ok(Some(source)) => f(&source.path, row).map(Some).map_err(|reason| format!("{}: {reason}", column.identity(row))),
+            Err(RowFailure::Data(reason)) => Err(reason),
+            Err(RowFailure::Infrastructure(e)) => return Err(e),
+        };
+        out.push(value.unwrap_or_else(|reason| {
+            errors.fail(row, reason);
+            None
+        }));
+    }
+    Ok(out)
+}
+
+fn metadata_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("width", DataType::UInt32, true),
+        Field::new("height", DataType::UInt32, true),
+        Field::new("fps", DataType::Float64, true),
+        Field::new("duration_ms", DataType::Float64, true),
+        Field::new("frame_count", DataType::UInt64, true),
+        Field::new("codec", DataType::Utf8, true),
+        Field::new("audio_codec", DataType::Utf8, true),
+        Field::new("audio_sample_rate", DataType::UInt32, true),
+        Field::new("streams", DataType::UInt32, true),
+    ])
+}
+
+/// `video_metadata(x, on_error)`: struct{width, height, fps, duration_ms, frame_count,
+/// codec, audio_codec, audio_sample_rate, streams} from the container and stream headers,
+/// without decoding frames. Video fields are null for a file with only audio.
+#[derive(Debug)]
+pub struct Metadata;
+
+impl Operator for Metadata {
+    fn name(&self) -> &'static str {
+        "video_metadata"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        const P: &[Param] = &[Param::ON_ERROR];
+        P
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], _params: &Params) -> Result<Field> {
+        expect_video(self.name(), &inputs[0])?;
+        Ok(Field::new(self.name(), DataType::Struct(metadata_fields()), true))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let rows = per_video(self.name(), call, errors, |path, _| facts(path))?;
+        let mut out = StructBuilder::from_fields(metadata_fields(), rows.len());
+        for facts in &rows {
+            let f = facts.as_ref();
+            out.field_builder::<UInt32Builder>(0).expect("u32").append_option(f.and_then(|f| f.width));
+            out.field_builder::<UInt32Builder>(1).expect("u32").append_option(f.and_then(|f| f.height));
+            out.field_builder::<Float64Builder>(2).expect("f64").append_option(f.and_then(|f| f.fps));
+            out.field_builder::<Float64Builder>(3).expect("f64").append_option(f.map(|f| f.duration_ms));
+            out.field_builder::<UInt64Builder>(4).expect("u64").append_option(f.and_then(|f| f.frame_count));
+            out.field_builder::<StringBuilder>(5).expect("utf8").append_option(f.and_then(|f| f.codec));
+            out.field_builder::<StringBuilder>(6).expect("utf8").append_option(f.and_then(|f| f.audio_codec));
+            out.field_builder::<UInt32Builder>(7).expect("u32").append_option(f.and_then(|f| f.audio_sample_rate));
+            out.field_builder::<UInt32Builder>(8).expect("u32").append_option(f.map(|f| f.streams));
+            out.append(f.is_some());
+        }
+        Ok(Arc::new(out.finish()))
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(VIDEO_BATCH_ROWS)
+    }
+}
+
+/// `video_split(x, segment_ms, on_error)`: clip references `{uri, start_ms, end_ms}` of
+/// consecutive `segment_ms` stretches (the last may be shorter), as a list to explode. Reads
+/// only the headers and copies nothing; needs a File or path input.
+#[derive(Debug)]
+pub struct Split;
+
+impl Operator for Split {
+    fn name(&self) -> &'static str {
+        "video_split"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        const P: &[Param] = &[Param::required("segment_ms", ParamKind::Float), Param::ON_ERROR];
+        P
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        expect_video(self.name(), &inputs[0])?;
+        segment_ms(params)?;
+        Ok(list_of(ClipType.field("item"), self.name()))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let segment = segment_ms(call.params)?;
+        let column = EncodedColumn::try_new(self.name(), &call.inputs[0], "a video")?;
+        let rows = per_video(self.name(), call, errors, |path, row| {
+            let uri = column.uri(row).ok_or("video_split needs a File or path to refer to, not bytes")?;
+            let duration = facts(path)?.duration_ms;
+            let count = (duration / segment).ceil() as usize;
+            Ok((0..count).map(|i| (uri.to_string(), i as f64 * segment, ((i + 1) as f64 * segment).min(duration))).collect::<Vec<_>>())
+        })?;
+        let (mut uris, mut starts, mut ends) = (StringBuilder::new(), Int64Builder::new(), Int64Builder::new());
+        for (uri, s, e) in rows.iter().flatten().flatten() {
+            uris.append_value(uri);
+            starts.append_value(s.round() as i64);
+            ends.append_value(e.round() as i64);
+        }
+        let columns: Vec<ArrayRef> = vec![Arc::new(uris.finish()), Arc::new(starts.finish()), Arc::new(ends.finish())];
+        let clips = StructArray::try_new(ClipType::storage_fields(), columns, None)?;
+        let lengths: Vec<Option<usize>> = rows.iter().map(|r| r.as_ref().map(Vec::len)).collect();
+        list_array(ClipType.field("item"), Arc::new(clips), &lengths)
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(VIDEO_BATCH_ROWS)
+    }
+}
+
+fn segment_ms(params: &Params) -> Result<f64> {
+    let segment = params.float("segment_ms")?;
+    if segment.is_nan() || segment < 1.0 {
+        return Err(RilletError::invalid_argument(format!("segment_ms must be at least 1, not {segment}")));
+    }
+    Ok(segment)
+}
+
+/// Which frames to keep.
+#[derive(Debug, Clone, Copy)]
+enum Selector {
+    /// The first frame at or after every multiple of this many ms.
+    Interval(f64),
+    /// Key frames only.
+    Keyframes,
+    /// Every frame.
+    All,
+}
+
+struct FrameOptions {
+    selector: Selector,
+    max_frames: usize,
+    max_bytes: u64,
+}
+
+fn frame_options(params: &Params) -> Result<FrameOptions> {
+    let interval = params.float("interval_ms")?;
+    let selector = match params.str("selector")? {
+        "interval" if interval >= 1.0 => Selector::Interval(interval),
+        "interval" => return Err(RilletError::invalid_argument(format!("interval_ms must be at least 1, not {interval}"))),
+        "keyframes" => Selector::Keyframes,
+        "all" => Selector::All,
+        other => return Err(RilletError::invalid_argument(format!("selector must be \"interval\", \"keyframes\" or \"all\", not {other:?}"))),
+    };
+    let max_bytes = u64::try_from(params.int("max_decoded_bytes")?).ok().filter(|v| *v > 0);
+    Ok(FrameOptions {
+        selector,
+        max_frames: params.size("max_frames")? as usize,
+        max_bytes: max_bytes.ok_or_else(|| RilletError::invalid_argument("max_decoded_bytes must be positive"))?,
+    })
+}
+
+/// One extracted frame: presentation time and RGB pixels.
+struct Frame {
+    pts_ms: i64,
+    width: u32,
+    height: u32,
+    rgb: Vec<u8>,
+}
+
+/// Decode the best video stream and keep the frames `options` select, as RGB.
+fn extract_frames(path: &Path, options: &FrameOptions) -> std::result::Result<Vec<Frame>, String> {
+    let mut input = open(path)?;
+    let stream = input.streams().best(Medium::Video).ok_or("no video stream")?;
+    let (index, time_base) = (stream.index(), f64::from(stream.time_base()));
+    let fps = f64::from(stream.avg_frame_rate());
+    let context = ffmpeg::codec::context::Context::from_parameters(stream.parameters()).map_err(|e| e.to_string())?;
+    let mut decoder = context.decoder().video().map_err(|e| format!("cannot decode the video stream: {e}"))?;
+    let mut scaler: Option<(Scaler, (Pixel, u32, u32))> = None;
+    let (mut frames, mut bytes, mut decoded_count) = (Vec::new(), 0u64, 0u64);
+    let mut next_ms = 0.0f64;
+    let mut decoded = ffmpeg::util::frame::video::Video::empty();
+    let mut take = |decoder: &mut ffmpeg::decoder::Video, frames: &mut Vec<Frame>| -> std::result::Result<bool, String> {
+        while decoder.receive_frame(&mut decoded).is_ok() {
+            let pts_ms = match decoded.timestamp() {
+                Some(ts) => ts as f64 * time_base * 1000.0,
+                None if fps > 0.0 => decoded_count as f64 * 1000.0 / fps,
+                None => 0.0,
+            };
+            decoded_count += 1;
+            let keep = match options.selector {
+                Selector::All => true,
+                Selector::Keyframes => decoded.is_key(),
+                Selector::Interval(interval) => {
+                    let due = pts_ms + 1e-6 >= next_ms;
+                    if due {
+                        next_ms = ((pts_ms / interval).floor() + 1.0) * interval;
+                    }
+                    due
+                }
+            };
+            if !keep {
+                continue;
+            }
+            let (w, h) = (decoded.width(), decoded.height());
+            let shape = (decoded.format(), w, h);
+            if scaler.as_ref().is_none_or(|(_, s)| *s != shape) {
+                let context = Scaler::get(shape.0, w, h, Pixel::RGB24, w, h, Flags::BILINEAR).map_err(|e| format!("cannot convert {:?} frames to RGB: {e}", shape.0))?;
+                scaler = Some((context, shape));
+            }
+            let mut rgb = ffmpeg::util::frame::video::Video::empty();
+            let (context, _) = scaler.as_mut().expect("set above");
+            context.run(&decoded, &mut rgb).map_err(|e| e.to_string())?;
+            bytes += 3 * w as u64 * h as u64;
+            if bytes > options.max_bytes {
+                return Err(format!("decoded frames would take over max_decoded_bytes = {}", options.max_bytes));
+            }
+            let (stride, row) = (rgb.stride(0), 3 * w as usize);
+            let data = rgb.data(0);
+            let mut pixels = Vec::with_capacity(row * h as usize);
+            for y in 0..h as usize {
+                pixels.extend_from_slice(&data[y * stride..y * stride + row]);
+            }
+            frames.push(Frame { pts_ms: pts_ms.round() as i64, width: w, height: h, rgb: pixels });
+            if options.max_frames > 0 && frames.len() >= options.max_frames {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    for (stream, packet) in input.packets() {
+        if stream.index() != index {
+            continue;
+        }
+        if decoder.send_packet(&packet).is_err() {
+            continue; // a damaged packet: the decoder resyncs at the next key frame
+        }
+        if take(&mut decoder, &mut frames)? {
+            return Ok(frames);
+        }
+    }
+    let _ = decoder.send_eof();
+    take(&mut decoder, &mut frames)?;
+    if frames.is_empty() && decoded_count == 0 {
+        return Err("no decodable video frames".into());
+    }
+    Ok(frames)
+}
+
+fn frame_fields() -> Fields {
+    Fields::from(vec![Field::new("pts_ms", DataType::Int64, false), ImageType::new(Some(ImageMode::Rgb)).field("image")])
+}
+
+/// `video_frames(x, selector, interval_ms, max_frames, max_decoded_bytes, on_error)`: frames
+/// as RGB images, a list of struct{pts_ms, image} to explode (one frame per row). `selector`
+/// is `"interval"` (the first frame at or after every `interval_ms`, default 1000),
+/// `"keyframes"` or `"all"`; `max_frames` (0 = no limit) stops decoding early.
+///
+/// `video_extract_frames(...)`: the same frames as a list of images in one row.
+#[derive(Debug)]
+pub struct Frames {
+    /// A list of images (`video_extract_frames`) rather than {pts_ms, image} structs.
+    collect: bool,
+}
+
+impl Operator for Frames {
+    fn name(&self) -> &'static str {
+        if self.collect { "video_extract_frames" } else { "video_frames" }
+    }
+
+    fn params(&self) -> &'static [Param] {
+        const P: &[Param] = &[
+            Param::optional("selector", ParamKind::Str, "interval"),
+            Param::optional("interval_ms", ParamKind::Float, "1000"),
+            Param::optional("max_frames", ParamKind::Int, "0"),
+            Param::optional("max_decoded_bytes", ParamKind::Int, DEFAULT_MAX_DECODED_BYTES),
+            Param::ON_ERROR,
+        ];
+        P
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        expect_video(self.name(), &inputs[0])?;
+        frame_options(params)?;
+        let item = if self.collect {
+            ImageType::new(Some(ImageMode::Rgb)).field("item")
+        } else {
+            Field::new("item", DataType::Struct(frame_fields()), true)
+        };
+        Ok(list_of(item, self.name()))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let options = frame_options(call.params)?;
+        let rows = per_video(self.name(), call, errors, |path, _| extract_frames(path, &options))?;
+        let mut images = ImageBuilder::with_capacity(rows.iter().flatten().map(Vec::len).sum());
+        let mut pts = Int64Builder::new();
+        for frame in rows.iter().flatten().flatten() {
+            images.append(&ImageView { width: frame.width, height: frame.height, mode: ImageMode::Rgb, data: &frame.rgb });
+            pts.append_value(frame.pts_ms);
+        }
+        let lengths: Vec<Option<usize>> = rows.iter().map(|r| r.as_ref().map(Vec::len)).collect();
+        if self.collect {
+            return list_array(ImageType::new(Some(ImageMode::Rgb)).field("item"), images.finish(), &lengths);
+        }
+        let items = StructArray::try_new(frame_fields(), vec![Arc::new(pts.finish()), images.finish()], None)?;
+        list_array(Field::new("item", DataType::Struct(frame_fields()), true), Arc::new(items), &lengths)
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(VIDEO_BATCH_ROWS)
+    }
+}
+
+/// Interleaved f32 samples of one decoded audio frame, whatever FFmpeg's sample format.
+fn interleave(frame: &ffmpeg::util::frame::audio::Audio, out: &mut Vec<f32>) -> std::result::Result<(), String> {
+    let (samples, channels) = (frame.samples(), frame.channels() as usize);
+    let (size, convert): (usize, fn(&[u8]) -> f32) = match frame.format() {
+        Sample::U8(_) => (1, |b| (b[0] as f32 - 128.0) / 128.0),
+        Sample::I16(_) => (2, |b| i16::from_ne_bytes([b[0], b[1]]) as f32 / 32768.0),
+        Sample::I32(_) => (4, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as f32 / 2_147_483_648.0),
+        Sample::F32(_) => (4, |b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+        Sample::F64(_) => (8, |b| f64::from_ne_bytes(b[..8].try_into().unwrap_or([0; 8])) as f32),
+        other => return Err(format!("unsupported audio sample format {other:?}")),
+    };
+    let planar = matches!(frame.format(), Sample::U8(SampleLayout::Planar) | Sample::I16(SampleLayout::Planar) | Sample::I32(SampleLayout::Planar) | Sample::F32(SampleLayout::Planar) | Sample::F64(SampleLayout::Planar));
+    out.reserve(samples * channels);
+    for i in 0..samples {
+        for c in 0..channels {
+            let (plane, at) = if planar { (c, i * size) } else { (0, (i * channels + c) * size) };
+            let data = frame.data(plane);
+            let bytes = data.get(at..at + size).ok_or("audio frame shorter than it claims")?;
+            out.push(convert(bytes));
+        }
+    }
+    Ok(())
+}
+
+/// Decode the best audio stream of a media file to interleaved f32.
+fn audio_track(path: &Path, max_bytes: u64) -> std::result::Result<Waveform<'static>, String> {
+    let mut input = open(path)?;
+    let stream = input.streams().best(Medium::Audio).ok_or("no audio stream")?;
+    let index = stream.index();
+    let context = ffmpeg::codec::context::Context::from_parameters(stream.parameters()).map_err(|e| e.to_string())?;
+    let mut decoder = context.decoder().audio().map_err(|e| format!("cannot decode the audio stream: {e}"))?;
+    let (mut samples, mut spec) = (Vec::new(), None::<(u32, u16)>);
+    let mut decoded = ffmpeg::util::frame::audio::Audio::empty();
+    let mut drain = |decoder: &mut ffmpeg::decoder::Audio, samples: &mut Vec<f32>| -> std::result::Result<(), String> {
+        while decoder.receive_frame(&mut decoded).is_ok() {
+            let this = (decoded.rate(), decoded.channels());
+            if *spec.get_or_insert(this) != this {
+                return Err("the audio stream changes format mid-way".into());
+            }
+            interleave(&decoded, samples)?;
+            if samples.len() as u64 * 4 > max_bytes {
+                return Err(format!("decoded audio would take over max_decoded_bytes = {max_bytes}"));
+            }
+        }
+        Ok(())
+    };
+    for (stream, packet) in input.packets() {
+        if stream.index() == index && decoder.send_packet(&packet).is_ok() {
+            drain(&mut decoder, &mut samples)?;
+        }
+    }
+    let _ = decoder.send_eof();
+    drain(&mut decoder, &mut samples)?;
+    let (rate, channels) = spec.ok_or("no decodable audio frames")?;
+    Ok(Waveform { rate, channels, samples: Cow::Owned(samples) })
+}
+
+/// `video_audio(x, max_decoded_bytes, on_error)`: the audio track as Audio (f32 PCM at the
+/// track's rate and channel count), decoded by FFmpeg (so any codec FFmpeg has, Opus
+/// included). A file without an audio stream is bad data.
+#[derive(Debug)]
+pub struct AudioTrack;
+
+impl Operator for AudioTrack {
+    fn name(&self) -> &'static str {
+        "video_audio"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        const P: &[Param] = &[Param::optional("max_decoded_bytes", ParamKind::Int, DEFAULT_MAX_DECODED_BYTES), Param::ON_ERROR];
+        P
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        expect_video(self.name(), &inputs[0])?;
+        params.int("max_decoded_bytes")?;
+        Ok(AudioType.field(self.name()))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let max = u64::try_from(call.params.int("max_decoded_bytes")?).unwrap_or(0);
+        let rows = per_video(self.name(), call, errors, |path, _| audio_track(path, max))?;
+        audio_array(&rows)
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(VIDEO_BATCH_ROWS)
+    }
+}
