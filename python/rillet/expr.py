@@ -150,6 +150,11 @@ class Expr:
         return AudioNamespace(self)
 
     @property
+    def file(self) -> FileNamespace:
+        """File operators: ``col("file").file.read()``, ``col("path").file.mime_type()``."""
+        return FileNamespace(self)
+
+    @property
     def video(self) -> VideoNamespace:
         """Video operators (FFmpeg): ``col("path").video.frames(interval_ms=500)``."""
         return VideoNamespace(self)
@@ -459,6 +464,27 @@ class AudioNamespace:
     def mel_spectrogram(self, n_mels: int = 80, n_fft: int = 400, hop: int = 160, *, on_error: str = "null") -> Expr:
         """Whisper-style log-mel features, a Tensor[f32] of shape ``[n_mels, frames]``."""
         return self._op("mel_spectrogram", n_mels, n_fft, hop, on_error)
+
+
+class FileNamespace:
+    """Operators on ``File`` references, paths and bytes (SQL: ``file_<name>``).
+
+    >>> import rillet as rl
+    >>> df = rl.from_pydict({"b": [b"%PDF-1.7 ...", b"\\x89PNG\\r\\n\\x1a\\n", b"hello"]})
+    >>> df.select(rl.col("b").file.mime_type().alias("m")).to_pydict()
+    {'m': ['application/pdf', 'image/png', 'text/plain']}
+    """
+
+    def __init__(self, expr: Expr):
+        self._e = expr
+
+    def read(self, *, on_error: str = "null") -> Expr:
+        """The bytes behind the reference (its byte range only, when it has one)."""
+        return _call("file_read", self._e, on_error)
+
+    def mime_type(self, *, on_error: str = "null") -> Expr:
+        """The media type sniffed from the first bytes of the content."""
+        return _call("file_mime_type", self._e, on_error)
 
 
 class VideoNamespace:

@@ -116,7 +116,7 @@ impl<'a> EncodedColumn<'a> {
             }
             Self::Uris(array) => match string_at(*array, row) {
                 None => Ok(None),
-                Some(uri) => read_uri(uri, None, None).map(|b| Some(Cow::Owned(b))),
+                Some(uri) => read_uri(uri, None, None, true).map(|b| Some(Cow::Owned(b))),
             },
             Self::Files { files } => {
                 if files.is_null(row) {
@@ -127,7 +127,31 @@ impl<'a> EncodedColumn<'a> {
                 };
                 let offset = u64_at(files.column(1), row);
                 let length = u64_at(files.column(2), row);
-                read_uri(uri, offset, length).map(|b| Some(Cow::Owned(b)))
+                read_uri(uri, offset, length, true).map(|b| Some(Cow::Owned(b)))
+            }
+        }
+    }
+
+    /// At most the first `n` bytes of `row` (fewer when the content is shorter), reading
+    /// no more than that from a file: for format sniffing.
+    pub fn head(&self, row: usize, n: u64) -> std::result::Result<Option<Cow<'a, [u8]>>, RowFailure> {
+        match self {
+            Self::Bytes(array) => {
+                if array.is_null(row) {
+                    return Ok(None);
+                }
+                let bytes = binary_at(*array, row);
+                Ok(Some(Cow::Borrowed(&bytes[..bytes.len().min(n as usize)])))
+            }
+            Self::Uris(array) => match string_at(*array, row) {
+                None => Ok(None),
+                Some(uri) => read_uri(uri, None, Some(n), false).map(|b| Some(Cow::Owned(b))),
+            },
+            Self::Files { files } => {
+                let Some(uri) = self.uri(row) else { return Ok(None) };
+                let offset = u64_at(files.column(1), row);
+                let length = u64_at(files.column(2), row).map_or(n, |l| l.min(n));
+                read_uri(uri, offset, Some(length), false).map(|b| Some(Cow::Owned(b)))
             }
         }
     }
@@ -160,8 +184,9 @@ pub fn string_at(array: &dyn Array, row: usize) -> Option<&str> {
     }
 }
 
-/// Read a local path (or `file://` URI), optionally only `length` bytes from `offset`.
-fn read_uri(uri: &str, offset: Option<u64>, length: Option<u64>) -> std::result::Result<Vec<u8>, RowFailure> {
+/// Read a local path (or `file://` URI), optionally only `length` bytes from `offset`
+/// (exactly that many when `exact`, else at most).
+fn read_uri(uri: &str, offset: Option<u64>, length: Option<u64>, exact: bool) -> std::result::Result<Vec<u8>, RowFailure> {
     if let Some((scheme, _)) = uri.split_once("://")
         && scheme != "file"
     {
@@ -186,7 +211,7 @@ fn read_uri(uri: &str, offset: Option<u64>, length: Option<u64>) -> std::result:
     match length {
         Some(length) => {
             (&mut file).take(length).read_to_end(&mut buffer).map_err(io)?;
-            if (buffer.len() as u64) < length {
+            if exact && (buffer.len() as u64) < length {
                 return Err(RowFailure::Data(format!(
                     "{uri}: range of {length} bytes from offset {} runs past the end of the file",
                     offset.unwrap_or(0)

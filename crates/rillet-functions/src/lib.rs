@@ -21,6 +21,7 @@
 //! ```
 
 pub mod audio;
+pub mod file;
 pub mod image;
 pub mod input;
 pub mod operator;
@@ -38,6 +39,7 @@ pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     let mut all = Vec::new();
     all.extend(image::functions());
     all.extend(audio::functions());
+    all.extend(file::functions());
     all.extend(text::functions());
     all.extend(vector::functions());
     #[cfg(feature = "video")]
