@@ -1,6 +1,8 @@
-"""Prepare the demo's data: real photos from the scikit-image and scikit-learn wheels
-(downloaded from PyPI once, cached outside the repository) and a generated Parquet dataset
-of photo views.
+"""Prepare the main job's media under one directory: real photos from the scikit-image and
+scikit-learn wheels (downloaded from PyPI once, cached outside the repository), the
+scikit-learn wheel's dataset descriptions as text, speech spoken by espeak-ng, and short
+videos made by ffmpeg. Plus a generated Parquet dataset of photo views for
+``photo_pipeline.py``.
 
     python examples/prepare_demo_data.py demo-data
 """
@@ -14,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rillet.datasets import sample_photos
+from rillet.datasets import sample_photos, sample_speech, sample_texts, sample_videos
 
 
 def generate_views(photos: list[Path], target: Path, rows: int = 2_000_000, files: int = 4) -> None:
@@ -37,8 +39,12 @@ def generate_views(photos: list[Path], target: Path, rows: int = 2_000_000, file
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "demo-data")
     photos = sample_photos(root / "photos")
+    texts = sample_texts(root / "texts")
+    speech = sample_speech(root / "speech")
+    videos = sample_videos(root / "video", count=3, seconds=6)
     generate_views(photos, root / "views")
-    print(f"prepared {len(photos)} photos in {root / 'photos'} and views in {root / 'views'}")
+    print(f"prepared in {root}: {len(photos)} photos, {len(texts)} texts, {len(speech)} speech files, "
+          f"{len(videos)} videos, and photo views")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ them (no model hub or web download needed) and cached outside any repository.
 
 - :func:`sample_photos`: ~30 photos and scans from the scikit-image wheel (PNG, JPEG, GIF,
   TIFF) plus ``china.jpg`` and ``flower.jpg`` from the scikit-learn wheel.
+- :func:`sample_texts`: the dataset descriptions (reStructuredText) in the scikit-learn wheel.
 - :func:`sample_speech`: English sentences spoken by ``espeak-ng`` (WAV), with pauses, and
   the same speech as MP3, FLAC, Ogg Vorbis and M4A/AAC made by ``ffmpeg``.
 - :func:`sample_videos`: short MP4 clips from ``ffmpeg``'s test sources, with a tone track.
@@ -61,6 +62,23 @@ def sample_photos(target: str | os.PathLike | None = None) -> list[Path]:
     return sorted(out)
 
 
+def sample_texts(target: str | os.PathLike | None = None) -> list[Path]:
+    """Extract the dataset descriptions of the scikit-learn wheel (real English prose, a few
+    KB each) into ``target`` (default: the cache) and return their paths."""
+    target = Path(target) if target is not None else cache_dir() / "media" / "texts"
+    target.mkdir(parents=True, exist_ok=True)
+    out = []
+    spec = "scikit-learn==1.9.1"
+    with zipfile.ZipFile(_wheel(spec, _WHEELS[spec][0])) as wheel:
+        for name in wheel.namelist():
+            if name.startswith("sklearn/datasets/descr/") and name.endswith(".rst"):
+                path = target / Path(name).name
+                if not path.exists():
+                    path.write_bytes(wheel.read(name))
+                out.append(path)
+    return sorted(out)
+
+
 SPEECH = [
     "Rillet reads images, audio, video and documents, and runs models over them.",
     "The quick brown fox jumps over the lazy dog.",
@@ -77,7 +95,9 @@ def _tool(name: str) -> str:
 
 
 def _run(args: list[str]) -> None:
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
 
 
 def sample_speech(target: str | os.PathLike | None = None) -> list[Path]:
@@ -109,7 +129,7 @@ def sample_videos(target: str | os.PathLike | None = None, count: int = 2, secon
     for i in range(count):
         path = target / f"clip{i}_{seconds}s.mp4"
         if not path.exists():
-            pattern = ("testsrc2", "smptebars", "mandelbrot")[i % 3]
+            pattern = ("testsrc2", "smptebars", "testsrc")[i % 3]
             _run([_tool("ffmpeg"), "-y", "-loglevel", "error",
                   "-f", "lavfi", "-i", f"{pattern}=size=320x240:rate=25:duration={seconds}",
                   "-f", "lavfi", "-i", f"sine=frequency={440 * (i + 1)}:duration={seconds}",
