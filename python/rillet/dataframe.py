@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -187,6 +187,70 @@ class DataFrame:
     def distinct(self) -> DataFrame:
         """Distinct rows."""
         return DataFrame(self._df.distinct())
+
+    def drop_duplicates(self, subset: str | Iterable[str] | None = None) -> DataFrame:
+        """One row per distinct value of ``subset`` (a column or columns; all when ``None``).
+        Which duplicate survives is unspecified. For exact text duplicates, pass a
+        ``text.content_hash()`` column.
+
+        >>> import rillet as rl
+        >>> df = rl.from_pydict({"k": ["a", "b", "a"], "v": [1, 2, 1]})
+        >>> df.drop_duplicates("k").sort("k").to_pydict()
+        {'k': ['a', 'b'], 'v': [1, 2]}
+        """
+        names = [subset] if isinstance(subset, str) else list(subset or [])
+        return DataFrame(self._df.drop_duplicates(names))
+
+    def drop_near_duplicates(self, column: str, threshold: float = 0.8, num_perm: int = 64, ngram: int = 5,
+                             bands: int | None = None) -> DataFrame:
+        """Drop rows whose text in ``column`` is a near duplicate of an earlier kept row:
+        estimated Jaccard similarity of word ``ngram`` shingles at least ``threshold``.
+
+        MinHash signatures (``num_perm`` values) are banded for locality-sensitive hashing
+        (``bands`` bands; by default chosen so pairs at ``threshold`` collide with high
+        probability); candidate pairs are confirmed by their signature agreement, and each
+        cluster keeps its first row. The DataFrame is materialised to do this (a global
+        operation, like a sort).
+
+        >>> import rillet as rl
+        >>> a = "the quick brown fox jumps over the lazy dog near the river bank today"
+        >>> df = rl.from_pydict({"t": [a, a.replace("today", "again"), "something else entirely different here"]})
+        >>> df.drop_near_duplicates("t", threshold=0.7, ngram=2).to_pydict()["t"] == [a, "something else entirely different here"]
+        True
+        """
+        from .expr import col
+
+        if not 0 < threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], not {threshold}")
+        signature = "__rillet_minhash"
+        table = self.with_column(signature, col(column).text.minhash(num_perm, ngram)).collect()
+        sigs = table.column(signature).combine_chunks()
+        valid = ~np.asarray(sigs.is_null().to_numpy(zero_copy_only=False))
+        # A fixed-size list keeps a slot for every row, null or not.
+        values = sigs.values[sigs.offset * num_perm:(sigs.offset + len(sigs)) * num_perm]
+        matrix = values.to_numpy(zero_copy_only=False).reshape(-1, num_perm)
+        if bands is None:
+            # The largest band count whose rows-per-band r gives collision probability
+            # 1 - (1 - t^r)^b >= 0.95 at the threshold t.
+            bands = next(b for b in range(num_perm, 0, -1)
+                         if num_perm % b == 0 and 1 - (1 - threshold ** (num_perm // b)) ** b >= 0.95)
+        rows = num_perm // bands
+        keep = np.ones(len(table), dtype=bool)
+        buckets: dict = {}
+        for i in range(len(table)):
+            if not valid[i]:
+                continue
+            candidates = set()
+            keys = [(b, matrix[i, b * rows:(b + 1) * rows].tobytes()) for b in range(bands)]
+            for key in keys:
+                candidates.update(buckets.get(key, ()))
+            if any(np.mean(matrix[i] == matrix[j]) >= threshold for j in candidates):
+                keep[i] = False
+                continue
+            for key in keys:
+                buckets.setdefault(key, []).append(i)
+        from . import from_arrow
+        return from_arrow(table.filter(pa.array(keep)).drop_columns([signature]))
 
     def group_by(self, *keys: str | Expr) -> GroupBy:
         """Group rows by keys; follow with ``.agg(...)``.

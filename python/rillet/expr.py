@@ -561,6 +561,10 @@ class TextNamespace:
         """MinHash signature of word n-gram shingles (near duplicates)."""
         return _call("text_minhash", self._e, num_perm, ngram, seed)
 
+    def language(self) -> Expr:
+        """struct{language (ISO 639-3, e.g. ``"eng"``), name, confidence, reliable}."""
+        return _call("text_language", self._e)
+
     def mask_pii(self, kinds: Iterable[str] = ("email", "phone", "ip", "card")) -> Expr:
         """Replace e-mails, phone numbers, IPv4 addresses and (Luhn-valid) card numbers."""
         return _call("text_mask_pii", self._e, ",".join(kinds))

@@ -161,3 +161,69 @@ def test_vector_length_mismatch_is_bad_data_and_wrong_type_a_plan_error():
     assert out == [5.0, None]
     with pytest.raises(rl.PlanError, match="must be vectors"):
         rl.from_pydict({"n": [1]}).select(col("n").vector.normalize())
+
+
+_SENTENCES = {
+    "eng": "The committee will publish its final report on the new railway line next spring.",
+    "fra": "Le comité publiera son rapport final sur la nouvelle ligne de chemin de fer au printemps prochain.",
+    "deu": "Der Ausschuss wird seinen Abschlussbericht über die neue Bahnstrecke im nächsten Frühjahr veröffentlichen.",
+    "spa": "El comité publicará su informe final sobre la nueva línea de ferrocarril la próxima primavera.",
+    "rus": "Комитет опубликует свой окончательный доклад о новой железнодорожной линии следующей весной.",
+}
+
+
+def test_language_identifies_sentences_and_real_text():
+    from rillet.datasets import sample_texts
+
+    df = rl.from_pydict({"t": list(_SENTENCES.values()) + ["", None, "12345 !!!"]})
+    out = df.select(col("t").text.language().alias("l")).to_pydict()["l"]
+    assert [o["language"] for o in out[:5]] == list(_SENTENCES)
+    assert all(0 < o["confidence"] <= 1 for o in out[:5])
+    assert out[5] is None and out[6] is None and out[7] is None
+    prose = [p.read_text() for p in sample_texts()]
+    langs = rl.from_pydict({"t": prose}).select(col("t").text.language().alias("l")).to_pydict()["l"]
+    assert all(l["language"] == "eng" for l in langs)
+
+
+def test_drop_duplicates_by_subset_and_by_content_hash():
+    df = rl.from_pydict({"k": ["a", "b", "a", "c", "b"], "v": [1, 2, 1, 3, 2]})
+    assert df.drop_duplicates().sort("k").to_pydict() == {"k": ["a", "b", "c"], "v": [1, 2, 3]}
+    assert df.drop_duplicates("k").count() == 3
+    texts = rl.from_pydict({"t": ["same text", "other", "same text"], "id": [1, 2, 3]})
+    hashed = texts.with_column("h", col("t").text.content_hash()).drop_duplicates("h")
+    assert sorted(hashed.to_pydict()["t"]) == ["other", "same text"]
+    with pytest.raises(rl.PlanError, match="nope"):
+        df.drop_duplicates(["nope"])
+
+
+def test_drop_near_duplicates_matches_brute_force_jaccard():
+    from rillet.datasets import sample_texts
+
+    rng = np.random.default_rng(3)
+    base = [w for p in sample_texts() for w in p.read_text().split()]
+    assert len(base) >= 60 * 40 + 60
+    docs, truth_dups = [], set()
+    for i in range(60):
+        words = base[i * 40: i * 40 + 60]
+        docs.append(" ".join(words))
+        if i % 3 == 0:  # a near copy: one word changed near the end
+            copy = list(words)
+            copy[-2] = "CHANGED"
+            docs.append(" ".join(copy))
+            truth_dups.add(len(docs) - 1)
+    order = rng.permutation(len(docs))
+    shuffled = [docs[i] for i in order]
+    kept = rl.from_pydict({"t": shuffled}).drop_near_duplicates("t", threshold=0.8, num_perm=128, ngram=3).to_pydict()["t"]
+
+    def shingles(text):
+        w = text.split()
+        return {tuple(w[i:i + 3]) for i in range(len(w) - 2)}
+
+    # Brute force: every kept pair is below the threshold, and every dropped text has a kept
+    # near copy at or above it (allowing MinHash's estimation error around the threshold).
+    kept_sets = [shingles(t) for t in kept]
+    for i in range(len(kept_sets)):
+        for j in range(i):
+            a, b = kept_sets[i], kept_sets[j]
+            assert len(a & b) / len(a | b) < 0.8
+    assert len(kept) == len(docs) - len(truth_dups)

@@ -24,6 +24,7 @@ pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
         Arc::new(OperatorFunction::new(ContentHash)),
         Arc::new(OperatorFunction::new(MinHash)),
         Arc::new(OperatorFunction::new(MaskPii)),
+        Arc::new(OperatorFunction::new(Language)),
     ]
 }
 
@@ -510,5 +511,54 @@ mod tests {
         let text = "mail bob@example.com, call +1 415-555-0132, host 10.0.0.12, card 4111 1111 1111 1111, id 1234567890123";
         let masked = mask_pii(text, &all);
         assert_eq!(masked, "mail [EMAIL], call [PHONE], host [IP], card [CARD], id 1234567890123");
+    }
+}
+
+fn language_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("language", DataType::Utf8, true),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("confidence", DataType::Float64, true),
+        Field::new("reliable", DataType::Boolean, true),
+    ])
+}
+
+/// `text_language(s)`: struct{language (ISO 639-3 code, e.g. `eng`), name (in English),
+/// confidence in [0, 1], reliable}, from character trigram profiles of 69 languages
+/// (whatlang). Null for null or empty text and text with no letters.
+///
+/// ```
+/// let info = whatlang::detect("Ceci est une phrase écrite en français, assez longue pour être sûre.").unwrap();
+/// assert_eq!(info.lang().code(), "fra");
+/// ```
+#[derive(Debug)]
+pub struct Language;
+
+impl Operator for Language {
+    fn name(&self) -> &'static str {
+        "text_language"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        &[]
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], _params: &Params) -> Result<Field> {
+        expect_text(self.name(), &inputs[0])?;
+        Ok(Field::new(self.name(), DataType::Struct(language_fields()), true))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, _errors: &mut RowErrors) -> Result<ArrayRef> {
+        let mut out = arrow::array::StructBuilder::from_fields(language_fields(), call.rows);
+        for text in strings(call) {
+            let info = text.and_then(whatlang::detect);
+            let lang = info.as_ref().map(|i| i.lang());
+            out.field_builder::<StringBuilder>(0).expect("utf8").append_option(lang.map(|l| l.code()));
+            out.field_builder::<StringBuilder>(1).expect("utf8").append_option(lang.map(|l| l.eng_name()));
+            out.field_builder::<Float64Builder>(2).expect("f64").append_option(info.as_ref().map(|i| i.confidence()));
+            out.field_builder::<arrow::array::BooleanBuilder>(3).expect("bool").append_option(info.as_ref().map(|i| i.is_reliable()));
+            out.append(info.is_some());
+        }
+        Ok(Arc::new(out.finish()))
     }
 }

@@ -272,6 +272,23 @@ impl DataFrame {
         self.derive(self.inner.clone().distinct())
     }
 
+    /// One row per distinct value of the `subset` columns (all columns when empty); which
+    /// of the duplicates is kept is unspecified.
+    pub fn drop_duplicates(&self, subset: &[String]) -> Result<Self> {
+        if subset.is_empty() {
+            return self.distinct();
+        }
+        let schema = self.schema();
+        for name in subset {
+            if schema.field_with_name(name).is_err() {
+                return Err(unknown_column(name, &schema));
+            }
+        }
+        let on = subset.iter().map(|name| Expr::Column(Column::from_name(name))).collect();
+        let all = schema.fields().iter().map(|f| Expr::Column(Column::from_name(f.name()))).collect();
+        self.derive(self.inner.clone().distinct_on(on, all, None))
+    }
+
     /// Group by `keys` and compute aggregate expressions `aggs`.
     pub fn aggregate(&self, keys: Vec<Expr>, aggs: Vec<Expr>) -> Result<Self> {
         self.derive(self.inner.clone().aggregate(keys, aggs))

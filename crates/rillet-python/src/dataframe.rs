@@ -277,6 +277,10 @@ impl PyDataFrame {
         self.map(|df| df.distinct())
     }
 
+    fn drop_duplicates(&self, subset: Vec<String>) -> PyResult<Self> {
+        self.map(|df| df.drop_duplicates(&subset))
+    }
+
     fn aggregate(&self, keys: Vec<PyExpr>, aggs: Vec<PyExpr>) -> PyResult<Self> {
         self.map(|df| df.aggregate(exprs(keys), exprs(aggs)))
     }
