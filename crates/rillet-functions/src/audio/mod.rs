@@ -199,14 +199,15 @@ impl<'a> AudioInput<'a> {
     }
 }
 
-/// One value per row from `f`; null rows stay null, data problems null the row with a reason.
-fn per_row<'a, T>(
+/// One value per row: `fetch` reads the row, `f` maps it; null rows stay null, data
+/// problems null the row with a reason, infrastructure problems fail the call.
+fn per_row<'a, T, R>(
     input: &AudioInput<'a>,
     call: &Call<'_>,
     errors: &mut RowErrors,
     mut fetch: impl FnMut(&AudioInput<'a>, usize) -> std::result::Result<Option<T>, RowFailure>,
-    mut f: impl FnMut(T, usize) -> std::result::Result<T, String>,
-) -> Result<Vec<Option<T>>> {
+    mut f: impl FnMut(T, usize) -> std::result::Result<R, String>,
+) -> Result<Vec<Option<R>>> {
     let mut out = Vec::with_capacity(call.rows);
     for row in 0..call.rows {
         let value = match fetch(input, row) {
@@ -228,23 +229,10 @@ fn map_waveforms<R>(
     operator: &str,
     call: &Call<'_>,
     errors: &mut RowErrors,
-    mut f: impl FnMut(Waveform<'_>, usize) -> std::result::Result<R, String>,
+    f: impl FnMut(Waveform<'_>, usize) -> std::result::Result<R, String>,
 ) -> Result<Vec<Option<R>>> {
     let input = AudioInput::try_new(operator, &call.inputs[0])?;
-    let mut out = Vec::with_capacity(call.rows);
-    for row in 0..call.rows {
-        let value = match input.get(row, DEFAULT_MAX_DECODED_BYTES) {
-            Ok(None) => Ok(None),
-            Ok(Some(wave)) => f(wave, row).map(Some).map_err(|reason| format!("{}: {reason}", input.identity(row))),
-            Err(RowFailure::Data(reason)) => Err(reason),
-            Err(RowFailure::Infrastructure(e)) => return Err(e),
-        };
-        out.push(value.unwrap_or_else(|reason| {
-            errors.fail(row, reason);
-            None
-        }));
-    }
-    Ok(out)
+    per_row(&input, call, errors, |input, row| input.get(row, DEFAULT_MAX_DECODED_BYTES), f)
 }
 
 /// Each row's header facts.
