@@ -386,6 +386,11 @@ class DataFrame:
         """
         print(_format_table(self.limit(n).collect()))
 
+    def _repr_html_(self, n: int = 10) -> str:
+        """Notebook display: the first ``n`` rows as an HTML table, with image thumbnails
+        and audio players in place of media values."""
+        return _html_table(self.limit(n).collect())
+
     def explain(self) -> str:
         """The optimized logical plan and the physical dataflow (vertices with their operator
         chains and parallelism, and the edges between them)."""
@@ -430,6 +435,64 @@ def _format_table(table: pa.Table, max_width: int = 40) -> str:
     out.append(line)
     out.append(f"({len(rows)} rows shown)")
     return "\n".join(out)
+
+
+def _html_table(table: pa.Table, thumb: int = 128) -> str:
+    import html
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "<i>null</i>"
+        if hasattr(value, "size") and hasattr(value, "mode") and type(value).__module__.startswith("PIL."):
+            return _html_image(value, thumb)
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], np.ndarray):
+            return _html_audio(*value)
+        if isinstance(value, list) and value and all(cell_is_media(v) for v in value):
+            return " ".join(cell(v) for v in value[:4]) + (f" … ({len(value)})" if len(value) > 4 else "")
+        return html.escape(_describe_value(value))
+
+    def cell_is_media(value: Any) -> bool:
+        return (hasattr(value, "mode") and type(value).__module__.startswith("PIL.")) or (
+            isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], np.ndarray))
+
+    names = table.column_names
+    head = "".join(f"<th>{html.escape(n)}<br><small>{html.escape(_type_name(t))}</small></th>"
+                   for n, t in zip(names, table.schema.types))
+    rows = "".join("<tr>" + "".join(f"<td>{cell(r[n])}</td>" for n in names) + "</tr>" for r in table.to_pylist())
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table><p>({table.num_rows} rows shown)</p>"
+
+
+def _html_image(image: Any, size: int) -> str:
+    import base64
+    import io
+
+    copy = image.copy()
+    copy.thumbnail((size, size))
+    if copy.mode not in ("RGB", "RGBA", "L", "LA"):
+        copy = copy.convert("RGB")
+    buf = io.BytesIO()
+    copy.save(buf, "PNG")
+    title = f"{image.size[0]}×{image.size[1]} {image.mode}"
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" title="{title}"/>'
+
+
+def _html_audio(samples: np.ndarray, rate: int, max_seconds: float = 30.0) -> str:
+    import base64
+    import html
+    import io
+    import wave
+
+    frames = samples if samples.ndim == 2 else samples[:, None]
+    frames = frames[: int(rate * max_seconds)]
+    pcm = (np.clip(frames, -1, 1) * 32767).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(frames.shape[1])
+        w.setsampwidth(2)
+        w.setframerate(int(rate))
+        w.writeframes(pcm.tobytes())
+    src = base64.b64encode(buf.getvalue()).decode()
+    return f'<audio controls src="data:audio/wav;base64,{src}"></audio><br><small>{html.escape(_describe_value((samples, rate)))}</small>'
 
 
 def _type_name(t: pa.DataType) -> str:

@@ -227,3 +227,17 @@ def test_sql_table_names_do_not_leak_between_queries():
     assert (first, second) == ({"s": [3]}, {"s": [10]})
     with pytest.raises(rl.RilletError):
         rl.sql("SELECT * FROM t").collect()
+
+
+def test_notebook_display_shows_thumbnails_and_audio_players():
+    import numpy as np
+    from PIL import Image
+
+    image = Image.fromarray(np.full((300, 400, 3), 200, np.uint8))
+    tone = (0.2 * np.sin(np.arange(8000) * 2 * np.pi * 440 / 8000)).astype(np.float32)
+    df = rl.from_pydict({"img": [image, None], "a": [(tone, 8000), None], "n": [1, 2]})
+    page = df._repr_html_()
+    assert page.count("<tr>") == 3
+    assert 'src="data:image/png;base64,' in page and 'title="400×300 RGB"' in page
+    assert 'src="data:audio/wav;base64,' in page and "<Audio 1.00s 8000 Hz ×1>".replace("<", "&lt;").replace(">", "&gt;") in page
+    assert "<i>null</i>" in page
