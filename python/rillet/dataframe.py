@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from rillet import _rillet
 from rillet.expr import Expr, col
+from rillet.types import _is_audio, _is_pil
 
 _FORMATS = ("pyarrow", "pandas", "numpy")
 
@@ -443,17 +444,13 @@ def _html_table(table: pa.Table, thumb: int = 128) -> str:
     def cell(value: Any) -> str:
         if value is None:
             return "<i>null</i>"
-        if hasattr(value, "size") and hasattr(value, "mode") and type(value).__module__.startswith("PIL."):
+        if _is_pil(value):
             return _html_image(value, thumb)
-        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], np.ndarray):
+        if _is_audio(value):
             return _html_audio(*value)
-        if isinstance(value, list) and value and all(cell_is_media(v) for v in value):
+        if isinstance(value, list) and value and all(_is_pil(v) or _is_audio(v) for v in value):
             return " ".join(cell(v) for v in value[:4]) + (f" … ({len(value)})" if len(value) > 4 else "")
         return html.escape(_describe_value(value))
-
-    def cell_is_media(value: Any) -> bool:
-        return (hasattr(value, "mode") and type(value).__module__.startswith("PIL.")) or (
-            isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], np.ndarray))
 
     names = table.column_names
     head = "".join(f"<th>{html.escape(n)}<br><small>{html.escape(_type_name(t))}</small></th>"
@@ -508,11 +505,11 @@ def _type_name(t: pa.DataType) -> str:
 
 def _describe_value(value: Any) -> str:
     """Short cell text; media values are summarised, not dumped."""
-    if hasattr(value, "size") and hasattr(value, "mode") and type(value).__module__.startswith("PIL."):
+    if _is_pil(value):
         return f"<Image {value.size[0]}×{value.size[1]} {value.mode}>"
     if isinstance(value, np.ndarray):
         return f"<ndarray {'×'.join(str(d) for d in value.shape)} {value.dtype}>"
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], np.ndarray):
+    if _is_audio(value):
         samples, rate = value
         channels = 1 if samples.ndim == 1 else samples.shape[1]
         return f"<Audio {len(samples) / max(rate, 1):.2f}s {rate} Hz ×{channels}>"

@@ -8,8 +8,8 @@ use arrow::datatypes::{DataType, Field, FieldRef};
 use rillet_common::Result;
 use rillet_runtime::ArrayFunction;
 
-use crate::input::{EncodedColumn, RowFailure, is_encoded_input, not_encoded};
-use crate::operator::{Call, Operator, OperatorFunction, Param, Params, RowErrors};
+use crate::input::{EncodedColumn, is_encoded_input, not_encoded};
+use crate::operator::{Call, Operator, OperatorFunction, Param, Params, RowErrors, row_values};
 
 /// Bytes read to sniff a media type.
 const SNIFF_BYTES: u64 = 4096;
@@ -35,22 +35,11 @@ fn per_row<T>(
     mut f: impl FnMut(&[u8]) -> T,
 ) -> Result<Vec<Option<T>>> {
     let column = EncodedColumn::try_new(operator, &call.inputs[0], "content")?;
-    let mut out = Vec::with_capacity(call.rows);
-    for row in 0..call.rows {
-        let content = match limit {
-            Some(n) => column.head(row, n),
-            None => column.get(row),
-        };
-        out.push(match content {
-            Ok(content) => content.map(|bytes| f(&bytes)),
-            Err(RowFailure::Data(reason)) => {
-                errors.fail(row, reason);
-                None
-            }
-            Err(RowFailure::Infrastructure(e)) => return Err(e),
-        });
-    }
-    Ok(out)
+    let fetch = |row| match limit {
+        Some(n) => column.head(row, n),
+        None => column.get(row),
+    };
+    row_values(call.rows, errors, |row| column.identity(row), fetch, |bytes, _| Ok(f(&bytes)))
 }
 
 /// `file_read(x, on_error)`: the bytes behind a `File` (its byte range only, when it has

@@ -13,6 +13,8 @@ use datafusion::common::ScalarValue;
 use rillet_common::{Result, RilletError};
 use rillet_runtime::ArrayFunction;
 
+use crate::input::RowFailure;
+
 /// What an operator does with a row whose data it cannot process (corrupt, truncated,
 /// unknown format, over a size cap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,6 +272,33 @@ impl RowErrors {
             .enumerate()
             .find_map(|(row, reason)| reason.as_deref().map(|r| (row, r)))
     }
+}
+
+/// One value per row, with the bad-input policy every operator shares: `fetch` reads row
+/// `row` (`Ok(None)` for a null row) and `f` computes its value. A data problem from either
+/// nulls the row and records the reason (`f`'s reasons prefixed with `identity(row)`); an
+/// infrastructure problem fails the call.
+pub(crate) fn row_values<T, R>(
+    rows: usize,
+    errors: &mut RowErrors,
+    identity: impl Fn(usize) -> String,
+    mut fetch: impl FnMut(usize) -> std::result::Result<Option<T>, RowFailure>,
+    mut f: impl FnMut(T, usize) -> std::result::Result<R, String>,
+) -> Result<Vec<Option<R>>> {
+    let mut out = Vec::with_capacity(rows);
+    for row in 0..rows {
+        let value = match fetch(row) {
+            Ok(None) => Ok(None),
+            Ok(Some(value)) => f(value, row).map(Some).map_err(|reason| format!("{}: {reason}", identity(row))),
+            Err(RowFailure::Data(reason)) => Err(reason),
+            Err(RowFailure::Infrastructure(e)) => return Err(e),
+        };
+        out.push(value.unwrap_or_else(|reason| {
+            errors.fail(row, reason);
+            None
+        }));
+    }
+    Ok(out)
 }
 
 /// Inputs of one kernel call.

@@ -20,10 +20,10 @@ use rillet_common::types::{display_type, AudioType, ClipType, ImageMode, ImageTy
 use rillet_common::{Result, RilletError};
 use rillet_runtime::ArrayFunction;
 
-use crate::audio::{Waveform, audio_array, list_array, list_of};
+use crate::audio::{Waveform, audio_array, clip_lists, list_array, list_of, segment_ms, segments};
 use crate::image::array::{ImageBuilder, ImageView};
 use crate::input::{EncodedColumn, RowFailure, is_encoded_input};
-use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
+use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, row_values};
 
 /// Rows per call: each row is a whole video.
 const VIDEO_BATCH_ROWS: usize = 2;
@@ -149,20 +149,8 @@ fn per_video<T>(
     mut f: impl FnMut(&Path, usize) -> std::result::Result<T, String>,
 ) -> Result<Vec<Option<T>>> {
     let column = EncodedColumn::try_new(operator, &call.inputs[0], "a video")?;
-    let mut out = Vec::with_capacity(call.rows);
-    for row in 0..call.rows {
-        let value = match source(&column, row) {
-            Ok(None) => Ok(None),
-            Ok(Some(source)) => f(&source.path, row).map(Some).map_err(|reason| format!("{}: {reason}", column.identity(row))),
-            Err(RowFailure::Data(reason)) => Err(reason),
-            Err(RowFailure::Infrastructure(e)) => return Err(e),
-        };
-        out.push(value.unwrap_or_else(|reason| {
-            errors.fail(row, reason);
-            None
-        }));
-    }
-    Ok(out)
+    // The source (and any temporary copy) lives until `f` is done with the row.
+    row_values(call.rows, errors, |row| column.identity(row), |row| source(&column, row), |source, row| f(&source.path, row))
 }
 
 fn metadata_fields() -> Fields {
@@ -251,33 +239,14 @@ impl Operator for Split {
         let column = EncodedColumn::try_new(self.name(), &call.inputs[0], "a video")?;
         let rows = per_video(self.name(), call, errors, |path, row| {
             let uri = column.uri(row).ok_or("video_split needs a File or path to refer to, not bytes")?;
-            let duration = facts(path)?.duration_ms;
-            let count = (duration / segment).ceil() as usize;
-            Ok((0..count).map(|i| (uri.to_string(), i as f64 * segment, ((i + 1) as f64 * segment).min(duration))).collect::<Vec<_>>())
+            Ok((uri.to_string(), segments(facts(path)?.duration_ms, segment)))
         })?;
-        let (mut uris, mut starts, mut ends) = (StringBuilder::new(), Int64Builder::new(), Int64Builder::new());
-        for (uri, s, e) in rows.iter().flatten().flatten() {
-            uris.append_value(uri);
-            starts.append_value(s.round() as i64);
-            ends.append_value(e.round() as i64);
-        }
-        let columns: Vec<ArrayRef> = vec![Arc::new(uris.finish()), Arc::new(starts.finish()), Arc::new(ends.finish())];
-        let clips = StructArray::try_new(ClipType::storage_fields(), columns, None)?;
-        let lengths: Vec<Option<usize>> = rows.iter().map(|r| r.as_ref().map(Vec::len)).collect();
-        list_array(ClipType.field("item"), Arc::new(clips), &lengths)
+        clip_lists(&rows)
     }
 
     fn batch_size(&self) -> Option<usize> {
         Some(VIDEO_BATCH_ROWS)
     }
-}
-
-fn segment_ms(params: &Params) -> Result<f64> {
-    let segment = params.float("segment_ms")?;
-    if segment.is_nan() || segment < 1.0 {
-        return Err(RilletError::invalid_argument(format!("segment_ms must be at least 1, not {segment}")));
-    }
-    Ok(segment)
 }
 
 /// Which frames to keep.

@@ -24,7 +24,7 @@ use rillet_runtime::ArrayFunction;
 
 use self::codec::{DEFAULT_MAX_DECODED_BYTES, Probe};
 use crate::input::{EncodedColumn, RowFailure, is_encoded_input};
-use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
+use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, row_values};
 
 /// Rows per call for operators that hold decoded audio: a few minutes of audio each.
 const AUDIO_BATCH_ROWS: usize = 8;
@@ -199,29 +199,15 @@ impl<'a> AudioInput<'a> {
     }
 }
 
-/// One value per row: `fetch` reads the row, `f` maps it; null rows stay null, data
-/// problems null the row with a reason, infrastructure problems fail the call.
+/// One value per row of `input` (see [`row_values`]).
 fn per_row<'a, T, R>(
     input: &AudioInput<'a>,
     call: &Call<'_>,
     errors: &mut RowErrors,
     mut fetch: impl FnMut(&AudioInput<'a>, usize) -> std::result::Result<Option<T>, RowFailure>,
-    mut f: impl FnMut(T, usize) -> std::result::Result<R, String>,
+    f: impl FnMut(T, usize) -> std::result::Result<R, String>,
 ) -> Result<Vec<Option<R>>> {
-    let mut out = Vec::with_capacity(call.rows);
-    for row in 0..call.rows {
-        let value = match fetch(input, row) {
-            Ok(None) => Ok(None),
-            Ok(Some(value)) => f(value, row).map(Some).map_err(|reason| format!("{}: {reason}", input.identity(row))),
-            Err(RowFailure::Data(reason)) => Err(reason),
-            Err(RowFailure::Infrastructure(e)) => return Err(e),
-        };
-        out.push(value.unwrap_or_else(|reason| {
-            errors.fail(row, reason);
-            None
-        }));
-    }
-    Ok(out)
+    row_values(call.rows, errors, |row| input.identity(row), |row| fetch(input, row), f)
 }
 
 /// Each row's waveform (decoded with the default cap), mapped by `f`.
@@ -573,16 +559,16 @@ impl Operator for IsValid {
 
 /// `(start_ms, end_ms)` pairs of fixed-length segments covering `duration_ms`; the last may
 /// be shorter.
-fn segments(duration_ms: f64, segment_ms: f64) -> Vec<(f64, f64)> {
+pub(crate) fn segments(duration_ms: f64, segment_ms: f64) -> Vec<(f64, f64)> {
     let count = (duration_ms / segment_ms).ceil() as usize;
     (0..count).map(|i| (i as f64 * segment_ms, ((i + 1) as f64 * segment_ms).min(duration_ms))).collect()
 }
 
 /// The clip references of one row: its URI and `(start_ms, end_ms)` ranges.
-type ClipRow = (String, Vec<(f64, f64)>);
+pub(crate) type ClipRow = (String, Vec<(f64, f64)>);
 
 /// Clip references `{uri, start_ms, end_ms}`, one list per row.
-fn clip_lists(rows: &[Option<ClipRow>]) -> Result<ArrayRef> {
+pub(crate) fn clip_lists(rows: &[Option<ClipRow>]) -> Result<ArrayRef> {
     let (mut uris, mut starts, mut ends) = (StringBuilder::new(), Int64Builder::new(), Int64Builder::new());
     for (uri, ranges) in rows.iter().flatten() {
         for (s, e) in ranges {
@@ -611,11 +597,17 @@ fn audio_lists(rows: Vec<Option<Vec<Waveform<'static>>>>) -> Result<ArrayRef> {
 #[derive(Debug)]
 pub struct SplitByDuration;
 
-fn split_options(params: &Params) -> Result<(f64, bool)> {
+/// The `segment_ms` option of splitting operators: at least 1 ms.
+pub(crate) fn segment_ms(params: &Params) -> Result<f64> {
     let segment = params.float("segment_ms")?;
     if segment.is_nan() || segment < 1.0 {
         return Err(RilletError::invalid_argument(format!("segment_ms must be at least 1, not {segment}")));
     }
+    Ok(segment)
+}
+
+fn split_options(params: &Params) -> Result<(f64, bool)> {
+    let segment = segment_ms(params)?;
     match params.str("output")? {
         "waveform" => Ok((segment, false)),
         "ref" => Ok((segment, true)),

@@ -13,7 +13,7 @@ use rillet_runtime::ArrayFunction;
 use super::array::{ImageView, is_image};
 use super::{IMAGE_BATCH_ROWS, ImageInput, MAX_PIXELS, RowFailure, codec, expect_image, image_values, max_pixels};
 use crate::input::EncodedColumn;
-use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
+use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, row_values};
 
 pub(super) fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     vec![
@@ -41,39 +41,18 @@ struct Facts {
 /// Header facts for every row without decoding pixels.
 fn facts(call: &Call<'_>, errors: &mut RowErrors, operator: &str) -> Result<Vec<Option<Facts>>> {
     let field = Field::new("input", call.inputs[0].data_type().clone(), true);
-    let mut out = Vec::with_capacity(call.rows);
     if is_image(&field) {
         let column = super::array::ImageColumn::try_new(&call.inputs[0])?;
-        for row in 0..call.rows {
-            match column.get(row) {
-                Ok(view) => out.push(view.map(|v| Facts { width: v.width, height: v.height, mode: v.mode, format: None })),
-                Err(reason) => {
-                    errors.fail(row, reason);
-                    out.push(None);
-                }
-            }
-        }
-        return Ok(out);
+        let fetch = |row| column.get(row).map_err(crate::input::RowFailure::Data);
+        return row_values(call.rows, errors, |row| format!("row {row}"), fetch, |v, _| {
+            Ok(Facts { width: v.width, height: v.height, mode: v.mode, format: None })
+        });
     }
     let column = EncodedColumn::try_new(operator, &call.inputs[0], "an Image or encoded image")?;
-    for row in 0..call.rows {
-        match column.get(row) {
-            Ok(None) => out.push(None),
-            Ok(Some(bytes)) => match codec::read_header(&bytes) {
-                Ok(h) => out.push(Some(Facts { width: h.width, height: h.height, mode: h.mode, format: Some(codec::format_name(h.format)) })),
-                Err(reason) => {
-                    errors.fail(row, format!("{}: {reason}", column.identity(row)));
-                    out.push(None);
-                }
-            },
-            Err(crate::input::RowFailure::Data(reason)) => {
-                errors.fail(row, reason);
-                out.push(None);
-            }
-            Err(crate::input::RowFailure::Infrastructure(e)) => return Err(e),
-        }
-    }
-    Ok(out)
+    row_values(call.rows, errors, |row| column.identity(row), |row| column.get(row), |bytes, _| {
+        let h = codec::read_header(&bytes)?;
+        Ok(Facts { width: h.width, height: h.height, mode: h.mode, format: Some(codec::format_name(h.format)) })
+    })
 }
 
 fn metadata_fields() -> Fields {

@@ -21,7 +21,7 @@ use rillet_runtime::ArrayFunction;
 use self::array::{ImageBuilder, ImageColumn, ImageView, declared_mode, is_image};
 pub(crate) use crate::input::RowFailure;
 use crate::input::{EncodedColumn, is_encoded_input};
-use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
+use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, row_values};
 
 /// Rows per call for operators that hold decoded images: enough to amortise the call,
 /// few enough that a batch of large photos stays within a few hundred MB.
@@ -161,20 +161,7 @@ pub(crate) fn image_values<T>(
     mut f: impl FnMut(Pixels<'_>) -> std::result::Result<T, String>,
 ) -> Result<Vec<Option<T>>> {
     let input = ImageInput::try_new(operator, &call.inputs[0])?;
-    let mut out = Vec::with_capacity(call.rows);
-    for row in 0..call.rows {
-        let value = match input.get(row, codec::DEFAULT_MAX_PIXELS) {
-            Ok(None) => Ok(None),
-            Ok(Some(pixels)) => f(pixels).map(Some).map_err(|reason| format!("{}: {reason}", input.identity(row))),
-            Err(RowFailure::Data(reason)) => Err(reason),
-            Err(RowFailure::Infrastructure(e)) => return Err(e),
-        };
-        out.push(value.unwrap_or_else(|reason| {
-            errors.fail(row, reason);
-            None
-        }));
-    }
-    Ok(out)
+    row_values(call.rows, errors, |row| input.identity(row), |row| input.get(row, codec::DEFAULT_MAX_PIXELS), |pixels, _| f(pixels))
 }
 
 /// The `max_pixels` option shared by decoding operators.
