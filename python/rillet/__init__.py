@@ -25,7 +25,7 @@ from rillet.udf import UDF, udf
 __all__ = [
     "DataFrame", "GroupBy", "Expr", "UDF", "col", "lit", "count", "when", "udf",
     "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_parquet",
-    "read_csv", "read_json", "read_files", "sql", "set_config", "current_session",
+    "read_csv", "read_json", "read_files", "configure_storage", "sql", "set_config", "current_session",
     "RilletError", "PlanError", "UserFunctionError", "ExecutionError", "DataError", "JobCancelled",
     "Image", "Tensor", "Embedding", "Audio", "File", "Clip", "uint8", "uint16", "uint32", "uint64",
     "int8", "int16", "int32", "int64", "float16", "float32", "float64",
@@ -116,8 +116,34 @@ def read_json(path: PathLike | Sequence[PathLike]) -> DataFrame:
 
 def read_files(pattern: PathLike) -> DataFrame:
     """One row per file matching a glob (or every file under a directory): ``path``,
-    ``size`` and ``modified``. File contents are not read."""
+    ``size``, ``modified`` and a ``file`` reference that operators read lazily. File
+    contents are not read here.
+
+    Local paths, ``s3://bucket/prefix/*.jpg`` globs, prefixes and keys, and single
+    ``http(s)://`` URLs work; see :func:`configure_storage` for endpoints and credentials.
+    A remote reference remembers the object's entity tag, so an object overwritten between
+    listing and reading gives a null with a reason rather than other content."""
     return DataFrame(current_session()._native.read_files(os.fspath(pattern)))
+
+
+def configure_storage(prefix: str, **options: Any) -> None:
+    """Settings for every object store whose URLs start with ``prefix`` (``"s3://bucket"``,
+    ``"http://host:port"``), overriding the ``AWS_*`` environment variables.
+
+    Keys are object_store's: ``endpoint``, ``access_key_id``, ``secret_access_key``,
+    ``region``, ``allow_http``, ``skip_signature``, ``timeout``, … plus ``max_retries``
+    (default 3) and ``retry_timeout`` in seconds (default 20). Requests in flight are bounded
+    for the whole process (``RILLET_IO_CONCURRENCY``, default 32).
+
+    >>> import rillet as rl
+    >>> rl.configure_storage("s3://my-bucket", region="eu-west-1", max_retries=5)
+    >>> try:
+    ...     rl.configure_storage("s3://my-bucket", colour="blue")
+    ... except rl.PlanError as e:
+    ...     print(e)
+    invalid argument: unknown option "colour" for s3://my-bucket
+    """
+    _rillet.configure_storage(prefix, [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in options.items()])
 
 
 def sql(query: str, **tables: Any) -> DataFrame:

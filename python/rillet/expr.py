@@ -155,6 +155,16 @@ class Expr:
         return FileNamespace(self)
 
     @property
+    def pdf(self) -> PdfNamespace:
+        """PDF operators: ``col("file").pdf.pages()``, ``col("b").pdf.text()``."""
+        return PdfNamespace(self)
+
+    @property
+    def url(self) -> UrlNamespace:
+        """URL operators: ``col("url").url.download()``."""
+        return UrlNamespace(self)
+
+    @property
     def video(self) -> VideoNamespace:
         """Video operators (FFmpeg): ``col("path").video.frames(interval_ms=500)``."""
         return VideoNamespace(self)
@@ -487,6 +497,41 @@ class FileNamespace:
         return _call("file_mime_type", self._e, on_error)
 
 
+class PdfNamespace:
+    """PDF operators on paths, ``File`` references or bytes (SQL: ``pdf_<name>``). Text comes
+    from the pages' text layer; a malformed document gives null with a reason (or follows
+    ``on_error``)."""
+
+    def __init__(self, expr: Expr):
+        self._e = expr
+
+    def page_count(self, *, on_error: str = "null") -> Expr:
+        """Pages in the document."""
+        return _call("pdf_page_count", self._e, on_error)
+
+    def pages(self, *, on_error: str = "null") -> Expr:
+        """``list<struct{page, text}>``, pages numbered from 1: ``DataFrame.explode`` it for
+        one row per page (the row's other columns are kept on each page)."""
+        return _call("pdf_pages", self._e, on_error)
+
+    def text(self, *, on_error: str = "null") -> Expr:
+        """The whole document's text, pages separated by form feeds (``\\f``)."""
+        return _call("pdf_text", self._e, on_error)
+
+
+class UrlNamespace:
+    """Operators on URL strings (SQL: ``url_<name>``)."""
+
+    def __init__(self, expr: Expr):
+        self._e = expr
+
+    def download(self, *, on_error: str = "null") -> Expr:
+        """The bytes at each URL (``http(s)://``, ``s3://``, ``file://`` or a path), fetched
+        concurrently with connection reuse and bounded retries. A missing object gives null
+        with a reason; an unreachable server fails the job, naming the URL."""
+        return _call("url_download", self._e, on_error)
+
+
 class VideoNamespace:
     """Video operators through FFmpeg; each is also a SQL function (``video_<name>``).
 
@@ -564,6 +609,25 @@ class TextNamespace:
     def language(self) -> Expr:
         """struct{language (ISO 639-3, e.g. ``"eng"``), name, confidence, reliable}."""
         return _call("text_language", self._e)
+
+    def tokenize(self, tokenizer: str = "o200k_base", *, add_special_tokens: bool = False,
+                 on_error: str = "null") -> Expr:
+        """Token ids (``list<uint32>``) under ``tokenizer``: a Hugging Face ``tokenizer.json``
+        path (or a directory holding one; padding and truncation are turned off), or an
+        OpenAI encoding built in (``o200k_base``, ``cl100k_base``, ``p50k_base``,
+        ``r50k_base``) or model name (``gpt-4o``).
+
+        >>> import rillet as rl
+        >>> df = rl.from_pydict({"t": ["tiktoken is great!"]})
+        >>> df.select(rl.col("t").text.tokenize("cl100k_base").alias("ids")).to_pydict()
+        {'ids': [[83, 1609, 5963, 374, 2294, 0]]}
+        """
+        return _call("text_tokenize", self._e, tokenizer, add_special_tokens, on_error)
+
+    def count_tokens(self, tokenizer: str = "o200k_base", *, add_special_tokens: bool = False,
+                     on_error: str = "null") -> Expr:
+        """How many tokens ``tokenize`` would give (``int64``)."""
+        return _call("text_count_tokens", self._e, tokenizer, add_special_tokens, on_error)
 
     def mask_pii(self, kinds: Iterable[str] = ("email", "phone", "ip", "card")) -> Expr:
         """Replace e-mails, phone numbers, IPv4 addresses and (Luhn-valid) card numbers."""

@@ -3,12 +3,13 @@
 //! only when a row is processed.
 
 use std::borrow::Cow;
-use std::io::{Read, Seek, SeekFrom};
+use std::cell::RefCell;
 
 use arrow::array::{Array, ArrayRef, AsArray, StructArray, UInt64Array};
 use arrow::datatypes::{DataType, Field};
 use rillet_common::types::{display_type, FileType, MultimodalType, same_layout};
 use rillet_common::{Result, RilletError};
+use rillet_io::{FetchError, Request};
 
 
 /// True if `field` holds encoded content this module can read.
@@ -29,17 +30,29 @@ pub fn not_encoded(operator: &str, field: &Field, what: &str) -> RilletError {
     ))
 }
 
-/// A column of encoded content.
-pub enum EncodedColumn<'a> {
+/// Where a column's content is.
+enum Source<'a> {
     /// Bytes in the column.
     Bytes(&'a dyn Array),
     /// Paths or URIs.
     Uris(&'a dyn Array),
     /// `File` references.
-    Files {
-        /// The struct array.
-        files: &'a StructArray,
-    },
+    Files(&'a StructArray),
+}
+
+/// Remote reads of one column, fetched together the first time a row needs them.
+type Fetched = Vec<Option<std::result::Result<bytes::Bytes, FetchError>>>;
+
+/// A column of encoded content: bytes in the column, paths or URIs (local, `s3://`,
+/// `http(s)://`), or `File` references with optional byte ranges. Remote rows are read
+/// all at once, concurrently, the first time any of them is asked for (see
+/// [`rillet_io::fetch_many`]); local rows are read when asked for.
+pub struct EncodedColumn<'a> {
+    source: Source<'a>,
+    /// Whole contents (or the File's range) of the remote rows.
+    contents: RefCell<Option<Fetched>>,
+    /// Leading bytes of the remote rows, and how many were asked for.
+    heads: RefCell<Option<(u64, Fetched)>>,
 }
 
 /// Why a row could not be processed.
@@ -51,15 +64,25 @@ pub enum RowFailure {
     Infrastructure(RilletError),
 }
 
+impl From<FetchError> for RowFailure {
+    fn from(error: FetchError) -> Self {
+        match error {
+            FetchError::Data(reason) => Self::Data(reason),
+            FetchError::Infrastructure(message) => Self::Infrastructure(RilletError::Io(std::io::Error::other(message))),
+        }
+    }
+}
+
 impl<'a> EncodedColumn<'a> {
     /// View `array` as encoded content, or explain why it is not.
     pub fn try_new(operator: &str, array: &'a ArrayRef, what: &str) -> Result<Self> {
-        match array.data_type() {
-            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Ok(Self::Bytes(array.as_ref())),
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(Self::Uris(array.as_ref())),
-            t if same_layout(t, &FileType::storage_type()) => Ok(Self::Files { files: array.as_struct() }),
-            _ => Err(not_encoded(operator, &Field::new("input", array.data_type().clone(), true), what)),
-        }
+        let source = match array.data_type() {
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Source::Bytes(array.as_ref()),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Source::Uris(array.as_ref()),
+            t if same_layout(t, &FileType::storage_type()) => Source::Files(array.as_struct()),
+            _ => return Err(not_encoded(operator, &Field::new("input", array.data_type().clone(), true), what)),
+        };
+        Ok(Self { source, contents: RefCell::new(None), heads: RefCell::new(None) })
     }
 
     /// A short identity for `row` in error messages: its URI when it has one.
@@ -69,10 +92,10 @@ impl<'a> EncodedColumn<'a> {
 
     /// The URI or path of `row`, for columns of references.
     pub fn uri(&self, row: usize) -> Option<&'a str> {
-        match self {
-            Self::Bytes(_) => None,
-            Self::Uris(array) => string_at(*array, row),
-            Self::Files { files } => {
+        match self.source {
+            Source::Bytes(_) => None,
+            Source::Uris(array) => string_at(array, row),
+            Source::Files(files) => {
                 if files.is_null(row) {
                     None
                 } else {
@@ -85,17 +108,16 @@ impl<'a> EncodedColumn<'a> {
     /// The local file behind `row` when it is one whole local file (a path, a `file://`
     /// URI, or a `File` without a byte range), for readers that want a path.
     pub fn local_path(&self, row: usize) -> Option<std::path::PathBuf> {
-        if let Self::Files { files } = self
+        if let Source::Files(files) = self.source
             && (u64_at(files.column(1), row).is_some() || u64_at(files.column(2), row).is_some())
         {
             return None;
         }
         let uri = self.uri(row)?;
-        match uri.split_once("://") {
-            Some(("file", path)) => Some(path.into()),
-            Some(_) => None,
-            None => Some(uri.into()),
+        if rillet_io::is_remote(uri) {
+            return None;
         }
+        Some(uri.strip_prefix("file://").unwrap_or(uri).into())
     }
 
     /// The lower-case extension of `row`'s path, a hint for format detection.
@@ -105,55 +127,81 @@ impl<'a> EncodedColumn<'a> {
         name.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase())
     }
 
-    /// The content of `row`; `Ok(None)` for a null row.
-    pub fn get(&self, row: usize) -> std::result::Result<Option<Cow<'a, [u8]>>, RowFailure> {
-        match self {
-            Self::Bytes(array) => {
-                if array.is_null(row) {
-                    return Ok(None);
-                }
-                Ok(Some(Cow::Borrowed(binary_at(*array, row))))
-            }
-            Self::Uris(array) => match string_at(*array, row) {
-                None => Ok(None),
-                Some(uri) => read_uri(uri, None, None, true).map(|b| Some(Cow::Owned(b))),
-            },
-            Self::Files { files } => {
-                if files.is_null(row) {
-                    return Ok(None);
-                }
-                let Some(uri) = string_at(files.column(0).as_ref(), row) else {
-                    return Ok(None);
-                };
-                let offset = u64_at(files.column(1), row);
-                let length = u64_at(files.column(2), row);
-                read_uri(uri, offset, length, true).map(|b| Some(Cow::Owned(b)))
+    /// The read `row` needs (its URI, byte range and, for a remote `File`, the version it
+    /// was listed at); `None` for null rows and bytes.
+    fn request(&self, row: usize) -> Option<Request> {
+        let uri = self.uri(row)?;
+        let mut request = Request::whole(uri);
+        if let Source::Files(files) = self.source {
+            request.offset = u64_at(files.column(1), row);
+            request.length = u64_at(files.column(2), row);
+            if rillet_io::is_remote(uri) {
+                request.if_match = string_at(files.column(3).as_ref(), row).map(str::to_string);
             }
         }
+        Some(request)
+    }
+
+    /// The content of `row`; `Ok(None)` for a null row.
+    pub fn get(&self, row: usize) -> std::result::Result<Option<Cow<'a, [u8]>>, RowFailure> {
+        if let Source::Bytes(array) = self.source {
+            return Ok((!array.is_null(row)).then(|| Cow::Borrowed(binary_at(array, row))));
+        }
+        let Some(request) = self.request(row) else { return Ok(None) };
+        let bytes = if rillet_io::is_remote(&request.uri) {
+            let mut contents = self.contents.borrow_mut();
+            let fetched = contents.get_or_insert_with(|| self.fetch_remote(|row| self.request(row)));
+            fetched[row].take().unwrap_or_else(|| rillet_io::fetch(&request))?
+        } else {
+            rillet_io::fetch(&request)?
+        };
+        Ok(Some(Cow::Owned(Vec::from(bytes))))
     }
 
     /// At most the first `n` bytes of `row` (fewer when the content is shorter), reading
-    /// no more than that from a file: for format sniffing.
+    /// no more than that: for format sniffing.
     pub fn head(&self, row: usize, n: u64) -> std::result::Result<Option<Cow<'a, [u8]>>, RowFailure> {
-        match self {
-            Self::Bytes(array) => {
-                if array.is_null(row) {
-                    return Ok(None);
-                }
-                let bytes = binary_at(*array, row);
-                Ok(Some(Cow::Borrowed(&bytes[..bytes.len().min(n as usize)])))
+        if let Source::Bytes(array) = self.source {
+            if array.is_null(row) {
+                return Ok(None);
             }
-            Self::Uris(array) => match string_at(*array, row) {
-                None => Ok(None),
-                Some(uri) => read_uri(uri, None, Some(n), false).map(|b| Some(Cow::Owned(b))),
-            },
-            Self::Files { files } => {
-                let Some(uri) = self.uri(row) else { return Ok(None) };
-                let offset = u64_at(files.column(1), row);
-                let length = u64_at(files.column(2), row).map_or(n, |l| l.min(n));
-                read_uri(uri, offset, Some(length), false).map(|b| Some(Cow::Owned(b)))
-            }
+            let bytes = binary_at(array, row);
+            return Ok(Some(Cow::Borrowed(&bytes[..bytes.len().min(n as usize)])));
         }
+        let head_of = |row: usize| {
+            self.request(row).map(|mut request| {
+                request.length = Some(request.length.map_or(n, |l| l.min(n)));
+                request.exact = false;
+                request
+            })
+        };
+        let Some(request) = head_of(row) else { return Ok(None) };
+        let bytes = if rillet_io::is_remote(&request.uri) {
+            let mut heads = self.heads.borrow_mut();
+            if heads.as_ref().is_none_or(|(asked, _)| *asked != n) {
+                *heads = Some((n, self.fetch_remote(head_of)));
+            }
+            heads.as_mut().expect("just filled").1[row].take().unwrap_or_else(|| rillet_io::fetch(&request))?
+        } else {
+            rillet_io::fetch(&request)?
+        };
+        Ok(Some(Cow::Owned(Vec::from(bytes))))
+    }
+
+    /// Read every remote row's `request` concurrently; `None` for the other rows.
+    fn fetch_remote(&self, request: impl Fn(usize) -> Option<Request>) -> Fetched {
+        let rows = match self.source {
+            Source::Bytes(array) | Source::Uris(array) => array.len(),
+            Source::Files(files) => files.len(),
+        };
+        let wanted: Vec<(usize, Request)> =
+            (0..rows).filter_map(|row| request(row).filter(|r| rillet_io::is_remote(&r.uri)).map(|r| (row, r))).collect();
+        let requests: Vec<Request> = wanted.iter().map(|(_, r)| r.clone()).collect();
+        let mut fetched: Fetched = vec![None; rows];
+        for ((row, _), result) in wanted.into_iter().zip(rillet_io::fetch_many(&requests)) {
+            fetched[row] = Some(result);
+        }
+        fetched
     }
 }
 
@@ -182,47 +230,6 @@ pub fn string_at(array: &dyn Array, row: usize) -> Option<&str> {
         DataType::Utf8View => Some(array.as_string_view().value(row)),
         _ => None,
     }
-}
-
-/// Read a local path (or `file://` URI), optionally only `length` bytes from `offset`
-/// (exactly that many when `exact`, else at most).
-fn read_uri(uri: &str, offset: Option<u64>, length: Option<u64>, exact: bool) -> std::result::Result<Vec<u8>, RowFailure> {
-    if let Some((scheme, _)) = uri.split_once("://")
-        && scheme != "file"
-    {
-        return Err(RowFailure::Infrastructure(RilletError::invalid_argument(format!(
-            "cannot read {uri}: {scheme}:// is not supported by this operator yet (local paths and file:// are)"
-        ))));
-    }
-    let path = uri.strip_prefix("file://").unwrap_or(uri);
-    let open = std::fs::File::open(path);
-    let mut file = match open {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(RowFailure::Data(format!("{uri}: no such file")));
-        }
-        Err(e) => return Err(RowFailure::Infrastructure(RilletError::Io(std::io::Error::new(e.kind(), format!("cannot read {uri}: {e}"))))),
-    };
-    let io = |e: std::io::Error| RowFailure::Infrastructure(RilletError::Io(std::io::Error::new(e.kind(), format!("cannot read {uri}: {e}"))));
-    let mut buffer = Vec::new();
-    if let Some(offset) = offset {
-        file.seek(SeekFrom::Start(offset)).map_err(io)?;
-    }
-    match length {
-        Some(length) => {
-            (&mut file).take(length).read_to_end(&mut buffer).map_err(io)?;
-            if exact && (buffer.len() as u64) < length {
-                return Err(RowFailure::Data(format!(
-                    "{uri}: range of {length} bytes from offset {} runs past the end of the file",
-                    offset.unwrap_or(0)
-                )));
-            }
-        }
-        None => {
-            file.read_to_end(&mut buffer).map_err(io)?;
-        }
-    }
-    Ok(buffer)
 }
 
 /// The media type conventionally meant by a path's extension, if it is a common one.

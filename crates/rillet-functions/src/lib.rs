@@ -25,14 +25,16 @@ pub mod file;
 pub mod image;
 pub mod input;
 pub mod operator;
+pub mod pdf;
 pub mod text;
+pub mod tokens;
 pub mod vector;
 #[cfg(feature = "video")]
 pub mod video;
 
 use std::sync::Arc;
 
-use rillet_runtime::ArrayFunction;
+pub use rillet_runtime::ArrayFunction;
 
 /// Every built-in operator.
 pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
@@ -41,6 +43,8 @@ pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     all.extend(audio::functions());
     all.extend(file::functions());
     all.extend(text::functions());
+    all.extend(tokens::functions());
+    all.extend(pdf::functions());
     all.extend(vector::functions());
     #[cfg(feature = "video")]
     all.extend(video::functions());

@@ -28,7 +28,7 @@ pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     ]
 }
 
-fn expect_text(operator: &str, field: &Field) -> Result<()> {
+pub(crate) fn expect_text(operator: &str, field: &Field) -> Result<()> {
     match field.data_type() {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(()),
         _ => Err(RilletError::invalid_argument(format!(
@@ -39,7 +39,7 @@ fn expect_text(operator: &str, field: &Field) -> Result<()> {
     }
 }
 
-fn strings<'a>(call: &'a Call<'_>) -> impl Iterator<Item = Option<&'a str>> + 'a {
+pub(crate) fn strings<'a>(call: &'a Call<'_>) -> impl Iterator<Item = Option<&'a str>> + 'a {
     let array = call.inputs[0].as_ref();
     (0..call.rows).map(move |row| string_at(array, row))
 }

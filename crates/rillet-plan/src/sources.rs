@@ -46,14 +46,17 @@ impl Session {
         DataFrame::new(self.clone(), df)
     }
 
-    /// Read files of `format` from local paths: files, directories (every file of the
-    /// format inside) or glob patterns. Parquet files are split into morsels (row-group
+    /// Read files of `format` from local paths or `s3://` / `http(s)://` URLs: files,
+    /// directories (every file of the format inside; a URL ending in `/`) or glob patterns. Parquet files are split into morsels (row-group
     /// ranges) so one large file is read by every core.
     pub fn read(&self, format: ReadFormat, paths: &[String]) -> Result<DataFrame> {
         if paths.is_empty() {
             return Err(RilletError::invalid_argument("no path given to read"));
         }
         let (urls, any_dir) = normalise_paths(paths)?;
+        for url in urls.iter().filter(|u| rillet_io::is_remote(u)) {
+            self.register_store(url)?;
+        }
         // Directories select files by extension; explicit files and globs take any name.
         let extension = if any_dir { format.extension() } else { "" };
         let ctx = self.context();
@@ -78,7 +81,7 @@ impl Session {
     }
 
     /// One row per file matching `pattern` (a glob, a directory — read recursively — or a
-    /// file), with its `path`, `size` in bytes, `modified` time and a `file` reference
+    /// file; local, or an `s3://` glob, prefix or key, or one `http(s)://` URL), with its `path`, `size` in bytes, `modified` time and a `file` reference
     /// ([`FileType`]) that operators such as `image_decode` read lazily. Contents are not
     /// read here.
     ///
@@ -90,31 +93,14 @@ impl Session {
     /// assert_eq!(df.count().unwrap(), 1);
     /// ```
     pub fn read_files(&self, pattern: &str) -> Result<DataFrame> {
-        let pattern = if Path::new(pattern).is_dir() {
-            format!("{}/**/*", pattern.trim_end_matches('/'))
-        } else {
-            pattern.to_string()
-        };
-        let entries = glob::glob(&pattern)
-            .map_err(|e| RilletError::invalid_argument(format!("bad glob '{pattern}': {e}")))?;
-        let mut paths = Vec::new();
-        let mut sizes = Vec::new();
-        let mut modified = Vec::new();
-        for entry in entries {
-            let path = entry.map_err(|e| RilletError::Io(std::io::Error::from(e)))?;
-            let meta = std::fs::metadata(&path)?;
-            if !meta.is_file() {
-                continue;
-            }
-            let micros = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_micros() as i64);
-            paths.push(path.display().to_string());
-            sizes.push(meta.len());
-            modified.push(micros);
-        }
+        let entries = rillet_io::list_files(pattern)?;
+        let paths: Vec<String> = entries.iter().map(|e| e.uri.clone()).collect();
+        let sizes: Vec<u64> = entries.iter().map(|e| e.size).collect();
+        let modified: Vec<Option<i64>> = entries.iter().map(|e| e.modified_micros).collect();
+        // The version a later read checks: a remote object's entity tag, a local file's
+        // modification time.
+        let versions: Vec<Option<String>> =
+            entries.iter().map(|e| e.etag.clone().or_else(|| e.modified_micros.map(|m| m.to_string()))).collect();
         let schema = Arc::new(Schema::new(vec![
             Field::new("path", DataType::Utf8, false),
             Field::new("size", DataType::UInt64, false),
@@ -125,15 +111,15 @@ impl Session {
             ),
             FileType.field("file"),
         ]));
-        // The File reference: the path, its modification time as the version (so a later
-        // read can tell the file changed) and a media type guessed from the extension.
+        // The File reference: the path, its version (so a later read can tell the object
+        // changed) and a media type guessed from the extension.
         let files = StructArray::new(
             FileType::storage_fields(),
             vec![
                 Arc::new(StringArray::from(paths.clone())),
                 Arc::new(UInt64Array::new_null(paths.len())),
                 Arc::new(UInt64Array::new_null(paths.len())),
-                Arc::new(StringArray::from_iter(modified.iter().map(|m| m.map(|m| m.to_string())))),
+                Arc::new(StringArray::from(versions)),
                 Arc::new(StringArray::from_iter(paths.iter().map(|p| media_type_of_path(p)))),
             ],
             None,
@@ -182,11 +168,40 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Let DataFusion read `url`'s bucket or origin through the same configured store
+    /// (and connections) the operators use.
+    fn register_store(&self, url: &str) -> Result<()> {
+        let (store, _) = rillet_io::store_for(url)?;
+        let parsed = url::Url::parse(url).map_err(|e| RilletError::invalid_argument(format!("bad URL {url:?}: {e}")))?;
+        let base = url::Url::parse(&rillet_io::store_key(&parsed)).map_err(|e| RilletError::invalid_argument(e.to_string()))?;
+        self.context().register_object_store(&base, store);
+        Ok(())
+    }
+}
+
 /// Turn user paths into DataFusion table URLs; directories get a trailing `/`.
 fn normalise_paths(paths: &[String]) -> Result<(Vec<String>, bool)> {
     let mut any_dir = false;
     let mut urls = Vec::with_capacity(paths.len());
     for path in paths {
+        if rillet_io::is_remote(path) {
+            if path.contains(['*', '?', '[']) {
+                // DataFusion expands globs only in local paths: list the objects here.
+                let matched = rillet_io::list_files(path)?;
+                if matched.is_empty() {
+                    return Err(RilletError::Io(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("no objects match {path}"),
+                    )));
+                }
+                urls.extend(matched.into_iter().map(|entry| entry.uri));
+            } else {
+                any_dir |= path.ends_with('/');
+                urls.push(path.clone());
+            }
+            continue;
+        }
         let is_glob = path.contains(['*', '?', '[']);
         let p = Path::new(path);
         if !is_glob && !p.exists() {

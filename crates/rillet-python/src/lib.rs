@@ -8,6 +8,7 @@ mod dataframe;
 mod errors;
 mod expr;
 mod functions;
+mod storage;
 
 use pyo3::prelude::*;
 
@@ -16,5 +17,6 @@ fn _rillet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     expr::register(m)?;
     dataframe::register(m)?;
+    storage::register(m)?;
     Ok(())
 }

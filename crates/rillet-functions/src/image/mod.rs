@@ -9,6 +9,8 @@ pub mod codec;
 mod measure;
 mod transform;
 
+pub use transform::decode_resize_limit;
+
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BinaryArray};

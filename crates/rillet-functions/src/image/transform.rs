@@ -762,3 +762,41 @@ impl TensorData {
         }
     }
 }
+
+/// Decode each file as RGB and resize it to `width × height` (bilinear) on `threads`
+/// threads, with the same codec and resize code as `image_decode` + `image_resize` but no
+/// engine around them: the physical limit the image benchmark compares the pipeline with.
+/// Returns how many files were decoded and resized.
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("a.png");
+/// image::RgbImage::new(40, 30).save(&path).unwrap();
+/// let paths = vec![path.display().to_string()];
+/// assert_eq!(rillet_functions::image::decode_resize_limit(&paths, 8, 8, 2), 1);
+/// ```
+pub fn decode_resize_limit(paths: &[String], width: u32, height: u32, threads: usize) -> usize {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let alg = ResizeAlg::Convolution(FilterType::Bilinear);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                let mut resizer = Resizer::new();
+                let mut out = vec![0u8; ImageMode::Rgb.buffer_len(width as usize, height as usize)];
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(path) = paths.get(i) else { break };
+                    let Ok(bytes) = std::fs::read(path) else { continue };
+                    let Ok(image) = codec::decode(&bytes, Some(ImageMode::Rgb), u64::MAX) else { continue };
+                    let rgb = image.into_rgb8();
+                    let view = ImageView { width: rgb.width(), height: rgb.height(), mode: ImageMode::Rgb, data: rgb.as_raw() };
+                    if resize_into(&mut resizer, &view, width, height, alg, &mut out).is_ok() {
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    done.into_inner()
+}
