@@ -126,9 +126,10 @@ def read_files(pattern: PathLike) -> DataFrame:
     return DataFrame(current_session()._native.read_files(os.fspath(pattern)))
 
 
-def configure_storage(prefix: str, **options: Any) -> None:
-    """Settings for every object store whose URLs start with ``prefix`` (``"s3://bucket"``,
-    ``"http://host:port"``), overriding the ``AWS_*`` environment variables.
+def configure_storage(root: str, **options: Any) -> None:
+    """Settings for the object store of ``root``, a bucket or an origin with no path
+    (``"s3://bucket"``, ``"http://host:port"``), overriding the ``AWS_*`` environment
+    variables.
 
     Keys are object_store's: ``endpoint``, ``access_key_id``, ``secret_access_key``,
     ``region``, ``allow_http``, ``skip_signature``, ``timeout``, … plus ``max_retries``
@@ -143,7 +144,7 @@ def configure_storage(prefix: str, **options: Any) -> None:
     ...     print(e)
     invalid argument: unknown option "colour" for s3://my-bucket
     """
-    _rillet.configure_storage(prefix, [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in options.items()])
+    _rillet.configure_storage(root, [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in options.items()])
 
 
 def sql(query: str, **tables: Any) -> DataFrame:

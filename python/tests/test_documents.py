@@ -139,6 +139,13 @@ def test_pdf_bytes_sql_and_bad_documents(documents, tmp_path):
     for name, t, n in zip(out["name"][1:], out["t"][1:], out["n"][1:]):
         assert t["value"] is None and t["error"], name
         assert n is None, name
+    # pdf-extract panics on an unknown font encoding name (found by scripts/fuzz.sh): the
+    # operator contains the panic and reports it as this row's problem.
+    assert b"/WinAnsiEncoding" in good
+    odd = good.replace(b"/WinAnsiEncoding", b"/WinAnsiEncodini")
+    out = rl.from_pydict({"b": [odd, good]}).select(col("b").pdf.text(on_error="column").alias("t")).to_pydict()["t"]
+    assert out[0]["value"] is None and "unexpected encoding" in out[0]["error"]
+    assert _words(out[1]["value"]) == _words(docs["memo.pdf"][0])
     with pytest.raises(rl.DataError):
         df.filter(col("name") == "not a pdf").select(col("b").pdf.text(on_error="raise")).collect()
     q = rl.sql("SELECT pdf_page_count(p) AS n FROM d", d=rl.from_pydict({"p": [str(paths["report.pdf"])]}))

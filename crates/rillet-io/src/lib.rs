@@ -12,7 +12,7 @@
 //!
 //! S3 settings come from the `AWS_*` environment variables (`AWS_ENDPOINT_URL`,
 //! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`, …) and from
-//! [`configure`], which overrides them for every URI under a prefix.
+//! [`configure`], which overrides them for one bucket or origin.
 //!
 //! ```
 //! let dir = tempfile::tempdir().unwrap();
@@ -140,13 +140,13 @@ pub fn set_max_concurrency(n: usize) {
 }
 
 struct Registry {
-    /// Options per URI prefix, from [`configure`].
-    options: Vec<(String, Vec<(String, String)>)>,
+    /// Options per store root, from [`configure`].
+    options: HashMap<String, Vec<(String, String)>>,
     /// Built stores, by `scheme://authority`.
     stores: HashMap<String, Arc<dyn ObjectStore>>,
 }
 
-static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| Mutex::new(Registry { options: Vec::new(), stores: HashMap::new() }));
+static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| Mutex::new(Registry { options: HashMap::new(), stores: HashMap::new() }));
 
 /// The runtime remote reads run on: two threads are plenty for network waits, and owning
 /// it means callers on any thread (inside another runtime or not) can block on a read.
@@ -162,24 +162,32 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 /// Bounds requests in flight across every caller.
 static IN_FLIGHT: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| tokio::sync::Semaphore::new(max_concurrency()));
 
-/// Settings for every store whose URIs start with `prefix` (`"s3://bucket"`,
-/// `"http://127.0.0.1:9000"`), overriding the environment. Keys are object_store's
+/// Settings for the store of `root` (`"s3://bucket"`, `"http://127.0.0.1:9000"`: a bucket
+/// or an origin, no path), overriding the environment. Keys are object_store's
 /// (`endpoint`, `access_key_id`, `secret_access_key`, `region`, `allow_http`,
-/// `skip_signature`, `timeout`, …) plus `max_retries` and `retry_timeout` (seconds).
-/// Stores already built for that prefix are rebuilt on next use.
+/// `skip_signature`, `timeout`, …) plus `max_retries` and `retry_timeout` (seconds). A store
+/// already built for that root is rebuilt on next use.
 ///
 /// ```
 /// rillet_io::configure("s3://example-bucket", &[("region", "eu-west-1"), ("max_retries", "2")]).unwrap();
 /// assert!(rillet_io::configure("s3://example-bucket", &[("max_retries", "many")]).is_err());
+/// assert!(rillet_io::configure("s3://example-bucket/some/prefix", &[]).is_err());
 /// ```
-pub fn configure(prefix: &str, options: &[(&str, &str)]) -> Result<()> {
+pub fn configure(root: &str, options: &[(&str, &str)]) -> Result<()> {
     let options: Vec<(String, String)> = options.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
     // Validate now, so a typo fails where it was made, not at the first read.
-    let scheme = prefix.split_once("://").map(|(s, _)| s).unwrap_or("");
-    retry_config(&options)?;
+    let url = Url::parse(root).map_err(|e| RilletError::invalid_argument(format!("bad URL {root:?}: {e}")))?;
+    let scheme = url.scheme();
     if !matches!(scheme, "s3" | "s3a" | "http" | "https") {
         return Err(RilletError::invalid_argument(format!("cannot configure {scheme}:// stores; s3:// and http(s):// can be")));
     }
+    if !matches!(url.path(), "" | "/") {
+        return Err(RilletError::invalid_argument(format!(
+            "settings apply to a whole bucket or origin: give {} rather than {root}",
+            store_key(&url)
+        )));
+    }
+    retry_config(&options)?;
     for (key, _) in &options {
         if matches!(key.as_str(), "max_retries" | "retry_timeout") {
             continue;
@@ -189,13 +197,13 @@ pub fn configure(prefix: &str, options: &[(&str, &str)]) -> Result<()> {
             _ => key.parse::<ClientConfigKey>().is_ok(),
         };
         if !known {
-            return Err(RilletError::invalid_argument(format!("unknown option {key:?} for {prefix}")));
+            return Err(RilletError::invalid_argument(format!("unknown option {key:?} for {root}")));
         }
     }
+    let key = store_key(&url);
     let mut registry = REGISTRY.lock();
-    registry.options.retain(|(p, _)| p != prefix);
-    registry.options.push((prefix.to_string(), options));
-    registry.stores.retain(|key, _| !key.starts_with(prefix) && !prefix.starts_with(key.as_str()));
+    registry.stores.remove(&key);
+    registry.options.insert(key, options);
     Ok(())
 }
 
@@ -228,12 +236,7 @@ pub fn store_for(uri: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
     if let Some(store) = registry.stores.get(&key) {
         return Ok((store.clone(), path));
     }
-    let options: Vec<(String, String)> = registry
-        .options
-        .iter()
-        .filter(|(prefix, _)| key.starts_with(prefix.as_str()) || uri.starts_with(prefix.as_str()))
-        .flat_map(|(_, o)| o.iter().cloned())
-        .collect();
+    let options = registry.options.get(&key).cloned().unwrap_or_default();
     let store = build_store(&url, &key, &options)?;
     registry.stores.insert(key, store.clone());
     Ok((store, path))

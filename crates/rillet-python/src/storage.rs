@@ -4,11 +4,11 @@ use pyo3::prelude::*;
 
 use crate::errors::IntoPy;
 
-/// Settings for every store under `prefix` (see `rillet_io::configure`).
+/// Settings for the store of `root` (see `rillet_io::configure`).
 #[pyfunction]
-fn configure_storage(prefix: &str, options: Vec<(String, String)>) -> PyResult<()> {
+fn configure_storage(root: &str, options: Vec<(String, String)>) -> PyResult<()> {
     let options: Vec<(&str, &str)> = options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    rillet_io::configure(prefix, &options).py_err()
+    rillet_io::configure(root, &options).py_err()
 }
 
 /// The image benchmark's physical limit: decode + resize every file with Rillet's codec and

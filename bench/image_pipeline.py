@@ -1,0 +1,188 @@
+"""Image pipeline, side by side in one run: JPEG photos (>= 1024 px on the long side,
+derived from the real sample photos) -> decode -> resize to 320x320 -> uint8 HWC tensor ->
+write Parquet, on Rillet, Daft (its native image ops) and Ray Data (map_batches with
+Pillow), plus the physical limit: Rillet's own decode + resize code (the same libraries)
+in a tight loop on every core with no engine around it. Reports images/s (median of
+--runs after one warm-up) and peak RSS of the process tree, with ratios.
+
+    bash bench/run.sh image_pipeline.py [--images 2000] [--runs 3]
+
+``--memory`` runs the memory benchmark instead: decode + resize over --images photos of
+4000x3000 (default 5000), Rillet only, reporting peak RSS against the 2 GB target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import mib, run_measured  # noqa: E402
+from engine_overhead import ensure_peers  # noqa: E402
+
+HERE = Path(__file__).parent
+SIZE = 320
+
+JOBS = {
+    "rillet": f"""
+import sys, rillet as rl
+from rillet import col
+rl.set_config(progress=False)
+(rl.read_files(sys.argv[1] + "/*.jpg")
+   .select("path", col("file").image.decode("RGB").image.resize({SIZE}, {SIZE})
+           .image.to_tensor(dtype="u8", layout="HWC").alias("tensor"))
+   .write_parquet(sys.argv[2], mode="overwrite"))
+""",
+    "daft": f"""
+import sys, daft
+from daft import col
+df = daft.from_glob_path(sys.argv[1] + "/*.jpg")
+df = df.with_column("image", col("path").url.download().image.decode(mode="RGB"))
+df = df.with_column("image", col("image").image.resize({SIZE}, {SIZE}))
+df = df.select(col("path"), col("image").cast(daft.DataType.tensor(daft.DataType.uint8())).alias("tensor"))
+df.write_parquet(sys.argv[2])
+""",
+    "ray": f"""
+import io, sys, numpy as np, ray
+from PIL import Image
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def transform(batch):
+    out = []
+    for data in batch["bytes"]:
+        with Image.open(io.BytesIO(data)) as img:
+            out.append(np.asarray(img.convert("RGB").resize(({SIZE}, {SIZE}), Image.BILINEAR)))
+    return {{"path": batch["path"], "tensor": np.stack(out)}}
+ds = ray.data.read_binary_files(sys.argv[1], include_paths=True)
+ds.map_batches(transform, batch_size=32, batch_format="numpy").write_parquet(sys.argv[2])
+""",
+    "limit": f"""
+import glob, sys, rillet._rillet as native
+paths = sorted(glob.glob(sys.argv[1] + "/*.jpg"))
+done = native._image_decode_resize_limit(paths, {SIZE}, {SIZE})
+assert done == len(paths), (done, len(paths))
+""",
+}
+
+
+def photos(count: int, long_side: tuple[int, int], exact: tuple[int, int] | None = None) -> Path:
+    """``count`` JPEGs made from the real sample photos: random crops, flips and scales to a
+    long side in ``long_side`` (or exactly ``exact`` pixels), quality 85-95."""
+    from PIL import Image, ImageOps
+    from rillet.datasets import sample_photos
+
+    name = f"photos-{count}-{exact[0]}x{exact[1]}" if exact else f"photos-{count}"
+    out = HERE / "data" / name
+    if out.exists() and len(list(out.glob("*.jpg"))) == count:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    rng = random.Random(7)
+    sources = []
+    for path in sample_photos():
+        if path.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+            continue
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            if min(img.size) >= 256:
+                sources.append(img.copy())
+    # 4000x3000 JPEGs are ~3 MB each: make 200 distinct ones and link the rest to them (the
+    # engine reads and decodes every link as its own file).
+    distinct = min(count, 200) if exact else count
+    for i in range(count):
+        if i >= distinct:
+            (out / f"img-{i:05d}.jpg").symlink_to(out / f"img-{i % distinct:05d}.jpg")
+            continue
+        img = sources[i % len(sources)]
+        w, h = img.size
+        cw, ch = int(w * rng.uniform(0.7, 1.0)), int(h * rng.uniform(0.7, 1.0))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        crop = img.crop((x, y, x + cw, y + ch))
+        if rng.random() < 0.5:
+            crop = ImageOps.mirror(crop)
+        if exact:
+            target = exact
+        else:
+            side = rng.randint(*long_side)
+            scale = side / max(crop.size)
+            target = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
+        crop.resize(target, Image.BICUBIC).save(out / f"img-{i:05d}.jpg", quality=rng.randint(85, 95))
+    return out
+
+
+def image_benchmark(args) -> None:
+    peers_python = ensure_peers()
+    data = photos(args.images, (1024, 1600))
+    pythons = {"rillet": sys.executable, "daft": str(peers_python), "ray": str(peers_python), "limit": sys.executable}
+    results: dict[str, list[dict]] = {name: [] for name in JOBS}
+    for run in range(args.runs + 1):  # run 0 is the warm-up
+        for name, job in JOBS.items():
+            out = HERE / "data" / f"out-image-{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            result = run_measured([pythons[name], "-c", job, str(data), str(out)])
+            if result["code"] != 0:
+                sys.exit(f"{name} failed:\n{result['output']}")
+            if run > 0:
+                results[name].append(result)
+    rows = []
+    for name, runs in results.items():
+        secs = statistics.median(r["seconds"] for r in runs)
+        rss = statistics.median(r["peak_rss"] for r in runs)
+        rows.append((name, secs, args.images / secs, rss))
+    base = {name: (tput, rss) for name, _, tput, rss in rows}
+    table = ["| engine | median time | images/s | peak RSS | Rillet throughput ratio | Rillet RSS ratio |",
+             "|---|---|---|---|---|---|"]
+    for name, secs, tput, rss in rows:
+        table.append(f"| {name} | {secs:.1f} s | {tput:,.1f} | {mib(rss)} | "
+                     f"{base['rillet'][0] / tput:.2f}x | {base['rillet'][1] / rss:.2f} |")
+    text = "\n".join(table)
+    print(text)
+    version = subprocess.run([str(peers_python), "-c", "import daft, ray; print(daft.__version__, ray.__version__)"],
+                             capture_output=True, text=True).stdout.split()
+    with open(HERE / "RESULTS.md", "a") as f:
+        f.write(f"\n### image_pipeline, {datetime.date.today()}, {args.images:,} JPEGs (1024-1600 px), "
+                f"{args.runs} runs + warm-up\n\nCommand: `bash bench/run.sh image_pipeline.py --images {args.images} "
+                f"--runs {args.runs}` (Daft {version[0] if version else '?'}, Ray {version[1] if len(version) > 1 else '?'}).\n\n"
+                f"{text}\n")
+
+
+def memory_benchmark(args) -> None:
+    data = photos(args.images, (0, 0), exact=(4000, 3000))
+    job = JOBS["rillet"]
+    out = HERE / "data" / "out-image-memory"
+    shutil.rmtree(out, ignore_errors=True)
+    result = run_measured([sys.executable, "-c", job, str(data), str(out)])
+    if result["code"] != 0:
+        sys.exit(f"rillet failed:\n{result['output']}")
+    verdict = "PASS" if result["peak_rss"] < 2e9 else "FAIL"
+    text = ("| images | time | images/s | peak RSS | verdict |\n|---|---|---|---|---|\n"
+            f"| {args.images:,} x 4000x3000 JPEG | {result['seconds']:.1f} s | {args.images / result['seconds']:.1f} | "
+            f"{mib(result['peak_rss'])} | {verdict} (< 2 GB) |")
+    print(text)
+    with open(HERE / "RESULTS.md", "a") as f:
+        f.write(f"\n### image_memory, {datetime.date.today()}\n\nCommand: `bash bench/run.sh image_pipeline.py "
+                f"--memory --images {args.images}`; pipeline as in image_pipeline (decode, resize to 320, "
+                f"tensor, Parquet).\n\n{text}\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=None)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--memory", action="store_true")
+    args = parser.parse_args()
+    if args.memory:
+        args.images = args.images or 5000
+        memory_benchmark(args)
+    else:
+        args.images = args.images or 2000
+        image_benchmark(args)
+
+
+if __name__ == "__main__":
+    main()
