@@ -26,7 +26,7 @@ from _measure import mib, run_measured  # noqa: E402
 
 HERE = Path(__file__).parent
 PEERS = HERE / ".venv-peers"
-PEER_PACKAGES = ["daft>=0.7,<0.8", "ray[data]>=2.60", "psutil", "pyarrow", "pandas"]
+PEER_PACKAGES = ["daft>=0.7,<0.8", "ray[data]>=2.60", "psutil", "pyarrow", "pandas", "pillow"]
 
 JOBS = {
     "rillet": """
@@ -66,6 +66,7 @@ def ensure_peers() -> Path:
     python = PEERS / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
+    if subprocess.run([str(python), "-c", "import daft, ray, psutil, pyarrow, pandas, PIL"], capture_output=True).returncode:
         subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
     return python
 

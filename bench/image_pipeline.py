@@ -42,10 +42,11 @@ rl.set_config(progress=False)
     "daft": f"""
 import sys, daft
 from daft import col
+from daft.functions import decode_image, download, image_to_tensor, resize
 df = daft.from_glob_path(sys.argv[1] + "/*.jpg")
-df = df.with_column("image", col("path").url.download().image.decode(mode="RGB"))
-df = df.with_column("image", col("image").image.resize({SIZE}, {SIZE}))
-df = df.select(col("path"), col("image").cast(daft.DataType.tensor(daft.DataType.uint8())).alias("tensor"))
+df = df.with_column("image", decode_image(download(col("path")), mode="RGB"))
+df = df.with_column("image", resize(col("image"), {SIZE}, {SIZE}))
+df = df.select(col("path"), image_to_tensor(col("image")).alias("tensor"))
 df.write_parquet(sys.argv[2])
 """,
     "ray": f"""
