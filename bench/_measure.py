@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def run_measured(argv: list[str], env: dict | None = None, interval: float = 0.05) -> dict:
@@ -31,6 +32,38 @@ def run_measured(argv: list[str], env: dict | None = None, interval: float = 0.0
         time.sleep(interval)
     output = proc.stdout.read() if proc.stdout else ""
     return {"seconds": time.perf_counter() - started, "peak_rss": peak, "code": proc.returncode, "output": output}
+
+
+def side_by_side(jobs: dict[str, str], pythons: dict[str, str], data: Path, out_prefix: Path, runs: int,
+                 items: int, unit: str, precision: int = 0) -> str:
+    """Run every job ``runs`` times after one warm-up, each as ``python -c JOB DATA OUT``
+    (OUT is ``out_prefix-NAME``, emptied first), and return a Markdown table of median time,
+    ``items``/s in ``unit``, median peak RSS, and Rillet's ratios to each engine."""
+    import shutil
+    import statistics
+
+    results: dict[str, list[dict]] = {name: [] for name in jobs}
+    for run in range(runs + 1):  # run 0 is the warm-up
+        for name, job in jobs.items():
+            out = Path(f"{out_prefix}-{name}")
+            shutil.rmtree(out, ignore_errors=True)
+            result = run_measured([pythons[name], "-c", job, str(data), str(out)])
+            if result["code"] != 0:
+                sys.exit(f"{name} failed:\n{result['output']}")
+            if run > 0:
+                results[name].append(result)
+    rows = []
+    for name, measured in results.items():
+        secs = statistics.median(r["seconds"] for r in measured)
+        rss = statistics.median(r["peak_rss"] for r in measured)
+        rows.append((name, secs, items / secs, rss))
+    base = {name: (tput, rss) for name, _, tput, rss in rows}
+    table = [f"| engine | median time | {unit} | peak RSS | Rillet throughput ratio | Rillet RSS ratio |",
+             "|---|---|---|---|---|---|"]
+    for name, secs, tput, rss in rows:
+        table.append(f"| {name} | {secs:.1f} s | {tput:,.{precision}f} | {mib(rss)} | "
+                     f"{base['rillet'][0] / tput:.2f}x | {base['rillet'][1] / rss:.2f} |")
+    return "\n".join(table)
 
 
 def gib(n: float) -> str:

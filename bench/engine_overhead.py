@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shutil
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import mib, run_measured  # noqa: E402
+from _measure import side_by_side  # noqa: E402
 
 HERE = Path(__file__).parent
 PEERS = HERE / ".venv-peers"
@@ -93,28 +91,7 @@ def main() -> None:
     peers_python = ensure_peers()
     data = generate(args.rows)
     pythons = {"rillet": sys.executable, "daft": str(peers_python), "ray": str(peers_python)}
-    results: dict[str, list[dict]] = {name: [] for name in JOBS}
-    for run in range(args.runs + 1):  # run 0 is the warm-up
-        for name, job in JOBS.items():
-            out = HERE / "data" / f"out-{name}"
-            shutil.rmtree(out, ignore_errors=True)
-            result = run_measured([pythons[name], "-c", job, str(data), str(out)])
-            if result["code"] != 0:
-                sys.exit(f"{name} failed:\n{result['output']}")
-            if run > 0:
-                results[name].append(result)
-    rows = []
-    for name, runs in results.items():
-        secs = statistics.median(r["seconds"] for r in runs)
-        rss = statistics.median(r["peak_rss"] for r in runs)
-        rows.append((name, secs, args.rows / secs, rss))
-    base = {name: (tput, rss) for name, _, tput, rss in rows}
-    table = ["| engine | median time | throughput (rows/s) | peak RSS | Rillet throughput ratio | Rillet RSS ratio |",
-             "|---|---|---|---|---|---|"]
-    for name, secs, tput, rss in rows:
-        table.append(f"| {name} | {secs:.1f} s | {tput:,.0f} | {mib(rss)} | "
-                     f"{base['rillet'][0] / tput:.2f}x | {base['rillet'][1] / rss:.2f} |")
-    text = "\n".join(table)
+    text = side_by_side(JOBS, pythons, data, HERE / "data" / "out", args.runs, args.rows, "throughput (rows/s)")
     print(text)
     with open(HERE / "RESULTS.md", "a") as f:
         f.write(f"\n### engine_overhead, {datetime.date.today()}, {args.rows:,} rows, {args.runs} runs + warm-up\n\n{text}\n")

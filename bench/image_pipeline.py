@@ -17,13 +17,12 @@ import argparse
 import datetime
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import mib, run_measured  # noqa: E402
+from _measure import mib, run_measured, side_by_side  # noqa: E402
 from engine_overhead import ensure_peers  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -120,28 +119,7 @@ def image_benchmark(args) -> None:
     peers_python = ensure_peers()
     data = photos(args.images, (1024, 1600))
     pythons = {"rillet": sys.executable, "daft": str(peers_python), "ray": str(peers_python), "limit": sys.executable}
-    results: dict[str, list[dict]] = {name: [] for name in JOBS}
-    for run in range(args.runs + 1):  # run 0 is the warm-up
-        for name, job in JOBS.items():
-            out = HERE / "data" / f"out-image-{name}"
-            shutil.rmtree(out, ignore_errors=True)
-            result = run_measured([pythons[name], "-c", job, str(data), str(out)])
-            if result["code"] != 0:
-                sys.exit(f"{name} failed:\n{result['output']}")
-            if run > 0:
-                results[name].append(result)
-    rows = []
-    for name, runs in results.items():
-        secs = statistics.median(r["seconds"] for r in runs)
-        rss = statistics.median(r["peak_rss"] for r in runs)
-        rows.append((name, secs, args.images / secs, rss))
-    base = {name: (tput, rss) for name, _, tput, rss in rows}
-    table = ["| engine | median time | images/s | peak RSS | Rillet throughput ratio | Rillet RSS ratio |",
-             "|---|---|---|---|---|---|"]
-    for name, secs, tput, rss in rows:
-        table.append(f"| {name} | {secs:.1f} s | {tput:,.1f} | {mib(rss)} | "
-                     f"{base['rillet'][0] / tput:.2f}x | {base['rillet'][1] / rss:.2f} |")
-    text = "\n".join(table)
+    text = side_by_side(JOBS, pythons, data, HERE / "data" / "out-image", args.runs, args.images, "images/s", 1)
     print(text)
     version = subprocess.run([str(peers_python), "-c", "import daft, ray; print(daft.__version__, ray.__version__)"],
                              capture_output=True, text=True).stdout.split()

@@ -40,22 +40,23 @@ fn guarded<T>(f: impl FnOnce() -> std::result::Result<T, String>) -> std::result
     })
 }
 
+/// Refuse content that does not start like a PDF before handing it to a parser.
+fn require_header(bytes: &[u8]) -> std::result::Result<(), String> {
+    if bytes.starts_with(b"%PDF") { Ok(()) } else { Err("not a PDF (no %PDF header)".to_string()) }
+}
+
 /// The text of each page, in page order.
 ///
 /// ```
 /// assert!(rillet_functions::pdf::page_texts(b"%PDF-1.4 not really").is_err());
 /// ```
 pub fn page_texts(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
-    if !bytes.starts_with(b"%PDF") {
-        return Err("not a PDF (no %PDF header)".to_string());
-    }
+    require_header(bytes)?;
     guarded(|| pdf_extract::extract_text_from_mem_by_pages(bytes).map_err(|e| format!("malformed PDF: {e}")))
 }
 
 fn page_count(bytes: &[u8]) -> std::result::Result<usize, String> {
-    if !bytes.starts_with(b"%PDF") {
-        return Err("not a PDF (no %PDF header)".to_string());
-    }
+    require_header(bytes)?;
     guarded(|| lopdf::Document::load_mem(bytes).map(|d| d.get_pages().len()).map_err(|e| format!("malformed PDF: {e}")))
 }
 

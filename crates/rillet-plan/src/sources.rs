@@ -54,8 +54,10 @@ impl Session {
             return Err(RilletError::invalid_argument("no path given to read"));
         }
         let (urls, any_dir) = normalise_paths(paths)?;
+        // One registration per bucket or origin, however many objects a glob matched.
+        let mut registered = std::collections::HashSet::new();
         for url in urls.iter().filter(|u| rillet_io::is_remote(u)) {
-            self.register_store(url)?;
+            self.register_store(url, &mut registered)?;
         }
         // Directories select files by extension; explicit files and globs take any name.
         let extension = if any_dir { format.extension() } else { "" };
@@ -171,11 +173,14 @@ impl Session {
 impl Session {
     /// Let DataFusion read `url`'s bucket or origin through the same configured store
     /// (and connections) the operators use.
-    fn register_store(&self, url: &str) -> Result<()> {
-        let (store, _) = rillet_io::store_for(url)?;
+    fn register_store(&self, url: &str, registered: &mut std::collections::HashSet<String>) -> Result<()> {
         let parsed = url::Url::parse(url).map_err(|e| RilletError::invalid_argument(format!("bad URL {url:?}: {e}")))?;
-        let base = url::Url::parse(&rillet_io::store_key(&parsed)).map_err(|e| RilletError::invalid_argument(e.to_string()))?;
-        self.context().register_object_store(&base, store);
+        let key = rillet_io::store_key(&parsed);
+        if registered.insert(key.clone()) {
+            let (store, _) = rillet_io::store_for(url)?;
+            let base = url::Url::parse(&key).map_err(|e| RilletError::invalid_argument(e.to_string()))?;
+            self.context().register_object_store(&base, store);
+        }
         Ok(())
     }
 }
