@@ -438,8 +438,12 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
         match self.policy(&params)? {
             OnError::Raise if errors.failed() > 0 => {
                 let (row, reason) = errors.first().expect("a failure was counted");
+                let place = match rillet_runtime::call_first_row() {
+                    Some(first) => format!("row {}", first + row as u64),
+                    None => format!("row {row} of its batch"),
+                };
                 Err(RilletError::invalid_data(format!(
-                    "{} failed on row {row} of its batch ({} failed rows): {reason}",
+                    "{} failed on {place} ({} failed rows in the call): {reason}",
                     self.operator.name(),
                     errors.failed()
                 )))
@@ -460,5 +464,10 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
 
     fn batch_size(&self) -> Option<usize> {
         self.operator.batch_size()
+    }
+
+    fn splittable_batches(&self) -> bool {
+        // Every native operator computes each row on its own.
+        true
     }
 }

@@ -1,15 +1,17 @@
 //! From a DataFusion physical plan to Rillet's physical dataflow graph.
 //!
 //! The plan is cut at every [`BatchStageExec`]: the stage becomes a function vertex on a
-//! worker pool, what is below it becomes an upstream fragment (cut again recursively), and
+//! worker pool (consecutive stages share one vertex, as a [`FunctionChain`]), what is below it becomes an upstream fragment (cut again recursively), and
 //! in the plan above an [`ExchangeSourceExec`] takes its place.
 
 use std::sync::Arc;
 
-use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
 use rillet_common::{Result, RilletError};
 use rillet_runtime::{
-    DataflowGraph, EdgeKind, ExchangeSourceExec, Sink, VertexId, VertexOperator,
+    BatchFunction, DataflowGraph, EdgeKind, ExchangeSourceExec, FunctionChain, Sink, VertexId,
+    VertexOperator,
 };
 
 use crate::stage::BatchStageExec;
@@ -34,6 +36,18 @@ fn add_plan(graph: &mut DataflowGraph, plan: Arc<dyn ExecutionPlan>) -> Result<V
         let upstream = add_plan(graph, stage.input().clone())?;
         let parallelism = graph.vertices[upstream.0].parallelism;
         let function = stage.function().clone();
+        // A stage directly on another stage joins its chain: one call runs both, and the
+        // first one's intermediate columns never queue between tasks.
+        let upstream_vertex = &mut graph.vertices[upstream.0];
+        if let VertexOperator::Function(previous) = &upstream_vertex.operator {
+            let chain = FunctionChain::new(previous.clone());
+            if chain.accepts(function.as_ref()) {
+                let chain = chain.then(function);
+                upstream_vertex.name = chain.name().to_string();
+                upstream_vertex.operator = VertexOperator::Function(Arc::new(chain));
+                return Ok(upstream);
+            }
+        }
         let vertex = graph.add_vertex(
             function.name().to_string(),
             VertexOperator::Function(function),
@@ -69,6 +83,12 @@ fn replace_stages(
         upstreams.push(upstream);
         return Ok(Arc::new(ExchangeSourceExec::new(upstream, schema, partitions)));
     }
+    if let Some(stage_output) = single_task_stage_under_round_robin(&plan) {
+        // DataFusion spreads a one-partition input round-robin over the cores. A stage
+        // already keeps every core busy on its own (several calls in flight) and sends its
+        // results in order; dropping the spread keeps that order for what follows.
+        return replace_stages(graph, stage_output, upstreams);
+    }
     let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
     if children.is_empty() {
         return Ok(plan);
@@ -86,6 +106,18 @@ fn replace_stages(
     #[expect(deprecated)]
     plan.with_new_children(new_children)
         .map_err(RilletError::from)
+}
+
+/// The stage under `plan` if `plan` is a round-robin repartition of a stage's single
+/// partition.
+fn single_task_stage_under_round_robin(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    let repartition = plan.downcast_ref::<RepartitionExec>()?;
+    if !matches!(repartition.partitioning(), Partitioning::RoundRobinBatch(_)) {
+        return None;
+    }
+    let input = repartition.input();
+    (input.downcast_ref::<BatchStageExec>().is_some() && input.output_partitioning().partition_count() == 1)
+        .then(|| input.clone())
 }
 
 /// A short name for a fragment: its operators from the leaves up, e.g.

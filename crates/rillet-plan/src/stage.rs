@@ -46,6 +46,10 @@ pub enum StageKind {
         args: Vec<Expr>,
         /// Name of the appended column.
         output: String,
+        /// Input columns this stage is the last reader of (intermediate results of the
+        /// calls below it): left out of its output, so a column of decoded images is freed
+        /// as soon as the operator that consumes it has run.
+        consumed: Vec<String>,
     },
 }
 
@@ -96,6 +100,7 @@ fn stage_schema(input: &LogicalPlan, kind: &StageKind) -> Result<DFSchemaRef> {
             function,
             args,
             output,
+            consumed,
         } => {
             let arg_fields = args
                 .iter()
@@ -110,7 +115,14 @@ fn stage_schema(input: &LogicalPlan, kind: &StageKind) -> Result<DFSchemaRef> {
                 .collect();
             let field = function.return_field(&arg_fields, &literals)?.with_name(output);
             let added = DFSchema::try_from(Schema::new(vec![field])).map_err(RilletError::from)?;
-            let mut joined = input.schema().as_ref().clone();
+            let kept = input
+                .schema()
+                .iter()
+                .filter(|(_, f)| !consumed.contains(f.name()))
+                .map(|(q, f)| (q.cloned(), f.clone()))
+                .collect();
+            let mut joined = DFSchema::new_with_metadata(kept, input.schema().metadata().clone())
+                .map_err(RilletError::from)?;
             joined.merge(&added);
             Ok(Arc::new(joined))
         }
@@ -164,6 +176,7 @@ impl UserDefinedLogicalNodeCore for BatchStageNode {
                 function,
                 args,
                 output,
+                ..
             } => {
                 let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
                 write!(
@@ -183,11 +196,15 @@ impl UserDefinedLogicalNodeCore for BatchStageNode {
         let kind = match &self.kind {
             StageKind::MapBatches(f) => StageKind::MapBatches(f.clone()),
             StageKind::Udf {
-                function, output, ..
+                function,
+                output,
+                consumed,
+                ..
             } => StageKind::Udf {
                 function: function.clone(),
                 args: exprs,
                 output: output.clone(),
+                consumed: consumed.clone(),
             },
         };
         let schema = stage_schema(&input, &kind).map_err(RilletError::into_datafusion)?;
@@ -260,6 +277,13 @@ impl ExecutionPlan for BatchStageExec {
         vec![&self.input]
     }
 
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        // A stage keeps every worker busy from one input partition (several calls in
+        // flight) and returns rows in order; spreading its input round-robin would only
+        // shuffle them.
+        vec![false]
+    }
+
     fn apply_expressions(
         &self,
         _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
@@ -312,9 +336,19 @@ impl ExtensionPlanner for BatchStagePlanner {
         let function: Arc<dyn BatchFunction> = match &stage.kind {
             StageKind::MapBatches(function) => function.clone(),
             StageKind::Udf {
-                function, args, ..
+                function,
+                args,
+                consumed,
+                ..
             } => {
                 let input_schema = logical_inputs[0].schema();
+                let keep = input_schema
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| !consumed.contains(f.name()))
+                    .map(|(i, _)| i)
+                    .collect();
                 let args = args
                     .iter()
                     .map(|a| planner.create_physical_expr(a, input_schema, session, planning_ctx))
@@ -323,6 +357,7 @@ impl ExtensionPlanner for BatchStagePlanner {
                     name: format!("udf({})", function.name()),
                     function: function.clone(),
                     args,
+                    keep,
                     output_schema: Arc::new(stage.schema.as_arrow().clone()),
                 })
             }
@@ -337,7 +372,15 @@ struct UdfBatchFunction {
     name: String,
     function: Arc<dyn ArrayFunction>,
     args: Vec<Arc<dyn PhysicalExpr>>,
+    /// Input columns passed through (all but the consumed ones), by index.
+    keep: Vec<usize>,
     output_schema: SchemaRef,
+}
+
+impl UdfBatchFunction {
+    fn kept_columns(&self, batch: &RecordBatch) -> Vec<ArrayRef> {
+        self.keep.iter().map(|&i| batch.column(i).clone()).collect()
+    }
 }
 
 impl BatchFunction for UdfBatchFunction {
@@ -353,7 +396,7 @@ impl BatchFunction for UdfBatchFunction {
         let rows = batch.num_rows();
         if rows == 0 {
             // Nothing to compute (and option arguments have no value to read).
-            let mut columns = batch.columns().to_vec();
+            let mut columns = self.kept_columns(&batch);
             let output = self.output_schema.field(columns.len());
             columns.push(arrow::array::new_empty_array(output.data_type()));
             return Ok(RecordBatch::try_new(self.output_schema.clone(), columns)?);
@@ -370,7 +413,7 @@ impl BatchFunction for UdfBatchFunction {
                 message: format!("returned {} values for {rows} rows", result.len()),
             });
         }
-        let mut columns = batch.columns().to_vec();
+        let mut columns = self.kept_columns(&batch);
         columns.push(result);
         RecordBatch::try_new(self.output_schema.clone(), columns).map_err(|e| {
             RilletError::UserFunction {
@@ -382,6 +425,10 @@ impl BatchFunction for UdfBatchFunction {
 
     fn batch_size(&self) -> Option<usize> {
         self.function.batch_size()
+    }
+
+    fn splittable_batches(&self) -> bool {
+        self.function.splittable_batches()
     }
 
     fn concurrency(&self) -> Option<usize> {

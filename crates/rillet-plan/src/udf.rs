@@ -152,6 +152,10 @@ fn as_array_function(expr: &Expr) -> Option<(&ArrayFunctionUdf, &Vec<Expr>)> {
 
 static NEXT_COLUMN_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Name prefix of the columns that carry one call's result to the expression using it.
+/// Each is read exactly once, by its parent call or the final projection.
+const INTERMEDIATE_PREFIX: &str = "__rillet_udf_";
+
 /// Move every [`ArrayFunction`] call in `exprs` into a stage stacked on `input`, innermost
 /// calls first, and replace each call by a reference to the stage's output column. Each
 /// top-level expression keeps its original output name.
@@ -171,15 +175,24 @@ pub(crate) fn extract_stages(input: LogicalPlan, exprs: Vec<Expr>) -> Result<(Lo
                     return Ok(Transformed::no(node));
                 };
                 let output = format!(
-                    "__rillet_udf_{}",
+                    "{INTERMEDIATE_PREFIX}{}",
                     NEXT_COLUMN_ID.fetch_add(1, Ordering::Relaxed)
                 );
+                // The calls below this one left their results in columns only this call
+                // reads: the stage drops them from its output.
+                let consumed = args
+                    .iter()
+                    .flat_map(|a| a.column_refs())
+                    .map(|c| c.name.clone())
+                    .filter(|name| name.starts_with(INTERMEDIATE_PREFIX))
+                    .collect();
                 let stage = BatchStageNode::try_new(
                     plan.clone(),
                     StageKind::Udf {
                         function: udf.function.clone(),
                         args: args.clone(),
                         output: output.clone(),
+                        consumed,
                     },
                 )
                 .map_err(RilletError::into_datafusion)?;

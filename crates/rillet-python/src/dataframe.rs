@@ -181,6 +181,7 @@ fn stats_to_dict<'py>(py: Python<'py>, stats: &JobStats) -> PyResult<Bound<'py, 
         d.set_item("wait_input_ms", op.wait_input_ms)?;
         d.set_item("wait_output_ms", op.wait_output_ms)?;
         d.set_item("wait_worker_ms", op.wait_worker_ms)?;
+        d.set_item("wait_memory_ms", op.wait_memory_ms)?;
         operators.push(d);
     }
     dict.set_item("operators", operators)?;

@@ -9,6 +9,29 @@ use arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
 use datafusion::common::ScalarValue;
 use rillet_common::Result;
 
+thread_local! {
+    static CALL_FIRST_ROW: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Index, in its task's input, of the first row of the call running on this thread, so a
+/// function can name a failing row by its place in the input rather than in the call.
+/// `None` outside the engine's function tasks.
+///
+/// ```
+/// assert_eq!(rillet_runtime::call_first_row(), None);
+/// ```
+pub fn call_first_row() -> Option<u64> {
+    CALL_FIRST_ROW.with(|c| c.get())
+}
+
+/// Run `work` as a call whose first row is input row `first_row`.
+pub(crate) fn with_first_row<T>(first_row: u64, work: impl FnOnce() -> T) -> T {
+    let before = CALL_FIRST_ROW.with(|c| c.replace(Some(first_row)));
+    let result = work();
+    CALL_FIRST_ROW.with(|c| c.set(before));
+    result
+}
+
 /// A function from argument arrays to one result array of the same length.
 ///
 /// ```
@@ -48,6 +71,12 @@ pub trait ArrayFunction: Send + Sync + Debug {
     fn batch_size(&self) -> Option<usize> {
         None
     }
+    /// True if each row is computed on its own, so the engine may pass fewer rows than
+    /// [`batch_size`](Self::batch_size) to keep a call's memory in budget (native media
+    /// operators). A Python UDF that asked for a batch size gets exactly that.
+    fn splittable_batches(&self) -> bool {
+        false
+    }
     /// Calls that may run at once; `None` uses the engine's default.
     fn concurrency(&self) -> Option<usize> {
         None
@@ -82,8 +111,17 @@ pub trait BatchFunction: Send + Sync + Debug {
     fn batch_size(&self) -> Option<usize> {
         None
     }
+    /// True if rows are computed independently, so a call may get fewer rows than
+    /// [`batch_size`](Self::batch_size) (see [`crate::memory::CallSizer`]).
+    fn splittable_batches(&self) -> bool {
+        false
+    }
     /// Calls that may run at once; `None` uses the engine's blocking pool size.
     fn concurrency(&self) -> Option<usize> {
+        None
+    }
+    /// This function as a [`FunctionChain`], if it is one (so chains flatten).
+    fn as_chain(&self) -> Option<&FunctionChain> {
         None
     }
 }
@@ -155,5 +193,123 @@ impl RowBatcher {
         self.pending.clear();
         self.pending_rows = 0;
         Ok(Some(rest))
+    }
+}
+
+/// Consecutive batch functions run as one: each call passes the batch through every
+/// function in turn on the same worker thread. Chaining saves a channel hop per function
+/// and, more importantly, frees each intermediate result (a column of decoded images, say)
+/// as soon as the next function has consumed it, instead of queueing it between tasks.
+///
+/// Only functions that take batches of the same size (or any size) and the same
+/// concurrency chain; see [`FunctionChain::accepts`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use arrow::array::{Int32Array, RecordBatch};
+/// use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+/// use rillet_runtime::{BatchFunction, FunctionChain};
+///
+/// #[derive(Debug)]
+/// struct Identity(SchemaRef);
+/// impl BatchFunction for Identity {
+///     fn name(&self) -> &str { "identity" }
+///     fn output_schema(&self) -> SchemaRef { self.0.clone() }
+///     fn call(&self, batch: RecordBatch) -> rillet_common::Result<RecordBatch> { Ok(batch) }
+/// }
+/// let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int32, false)]));
+/// let first: Arc<dyn BatchFunction> = Arc::new(Identity(schema.clone()));
+/// let chain = FunctionChain::new(first).then(Arc::new(Identity(schema.clone())));
+/// assert_eq!(chain.name(), "identity → identity");
+/// let batch = RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from(vec![1, 2]))]).unwrap();
+/// assert_eq!(chain.call(batch).unwrap().num_rows(), 2);
+/// ```
+#[derive(Debug, Clone)]
+pub struct FunctionChain {
+    functions: Vec<std::sync::Arc<dyn BatchFunction>>,
+    name: String,
+}
+
+impl FunctionChain {
+    /// A chain starting with `first` (a chain itself is flattened).
+    pub fn new(first: std::sync::Arc<dyn BatchFunction>) -> Self {
+        let functions = match first.as_chain() {
+            Some(chain) => chain.functions.clone(),
+            None => vec![first],
+        };
+        let name = Self::name_of(&functions);
+        Self { functions, name }
+    }
+
+    /// True if `next` may run in the same call as this chain: it takes batches as they
+    /// come or of the chain's size, and asks for the same concurrency.
+    pub fn accepts(&self, next: &dyn BatchFunction) -> bool {
+        let first = &self.functions[0];
+        (next.batch_size().is_none() || next.batch_size() == first.batch_size())
+            && next.concurrency() == first.concurrency()
+    }
+
+    /// The chain followed by `next`.
+    pub fn then(mut self, next: std::sync::Arc<dyn BatchFunction>) -> Self {
+        match next.as_chain() {
+            Some(chain) => self.functions.extend(chain.functions.iter().cloned()),
+            None => self.functions.push(next),
+        }
+        self.name = Self::name_of(&self.functions);
+        self
+    }
+
+    /// The functions, in call order.
+    pub fn functions(&self) -> &[std::sync::Arc<dyn BatchFunction>] {
+        &self.functions
+    }
+
+    fn name_of(functions: &[std::sync::Arc<dyn BatchFunction>]) -> String {
+        functions.iter().map(|f| f.name()).collect::<Vec<_>>().join(" → ")
+    }
+}
+
+impl BatchFunction for FunctionChain {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn output_schema(&self) -> SchemaRef {
+        self.functions[self.functions.len() - 1].output_schema()
+    }
+
+    fn call(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let mut batch = batch;
+        for function in &self.functions {
+            let expected = function.output_schema();
+            batch = function.call(batch)?;
+            if batch.schema().fields() != expected.fields() {
+                return Err(rillet_common::RilletError::UserFunction {
+                    operator: function.name().to_string(),
+                    message: format!(
+                        "returned a batch with schema {:?}, but the plan expects {:?}",
+                        batch.schema(),
+                        expected
+                    ),
+                });
+            }
+        }
+        Ok(batch)
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        self.functions[0].batch_size()
+    }
+
+    fn splittable_batches(&self) -> bool {
+        self.functions.iter().all(|f| f.splittable_batches())
+    }
+
+    fn concurrency(&self) -> Option<usize> {
+        self.functions[0].concurrency()
+    }
+
+    fn as_chain(&self) -> Option<&FunctionChain> {
+        Some(self)
     }
 }

@@ -44,6 +44,7 @@ pub mod channel;
 mod exchange;
 mod function;
 mod graph;
+pub mod memory;
 mod message;
 mod metrics;
 mod pool;
@@ -53,7 +54,7 @@ mod sink;
 mod worker;
 
 pub use exchange::{ExchangeRegistry, ExchangeSourceExec};
-pub use function::{ArrayFunction, BatchFunction, RowBatcher};
+pub use function::{ArrayFunction, BatchFunction, FunctionChain, RowBatcher, call_first_row};
 pub use graph::{DataflowGraph, Edge, EdgeId, EdgeKind, Vertex, VertexId, VertexOperator};
 pub use message::{CheckpointBarrier, StreamMessage};
 pub use metrics::{JobStats, OperatorMetrics, OperatorStats, WaitReason};

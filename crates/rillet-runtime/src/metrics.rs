@@ -16,6 +16,9 @@ pub enum WaitReason {
     OutputBackpressure,
     /// It has work but every worker of its pool is busy.
     FreeWorker,
+    /// It has work but the calls already running hold the job's memory budget for data
+    /// inside calls (decoded images, audio, frames); it runs when one of them finishes.
+    Memory,
 }
 
 impl fmt::Display for WaitReason {
@@ -24,6 +27,7 @@ impl fmt::Display for WaitReason {
             WaitReason::Input => "input",
             WaitReason::OutputBackpressure => "output backpressure",
             WaitReason::FreeWorker => "a free worker",
+            WaitReason::Memory => "the memory budget",
         })
     }
 }
@@ -40,9 +44,11 @@ pub struct OperatorMetrics {
     wait_input_ns: AtomicU64,
     wait_output_ns: AtomicU64,
     wait_worker_ns: AtomicU64,
+    wait_memory_ns: AtomicU64,
     waiting_input: AtomicUsize,
     waiting_output: AtomicUsize,
     waiting_worker: AtomicUsize,
+    waiting_memory: AtomicUsize,
     tasks_running: AtomicUsize,
     finished_ns: AtomicU64,
 }
@@ -71,9 +77,11 @@ impl OperatorMetrics {
             wait_input_ns: AtomicU64::new(0),
             wait_output_ns: AtomicU64::new(0),
             wait_worker_ns: AtomicU64::new(0),
+            wait_memory_ns: AtomicU64::new(0),
             waiting_input: AtomicUsize::new(0),
             waiting_output: AtomicUsize::new(0),
             waiting_worker: AtomicUsize::new(0),
+            waiting_memory: AtomicUsize::new(0),
             tasks_running: AtomicUsize::new(0),
             finished_ns: AtomicU64::new(0),
         }
@@ -101,6 +109,7 @@ impl OperatorMetrics {
             WaitReason::Input => &self.waiting_input,
             WaitReason::OutputBackpressure => &self.waiting_output,
             WaitReason::FreeWorker => &self.waiting_worker,
+            WaitReason::Memory => &self.waiting_memory,
         }
     }
 
@@ -117,6 +126,7 @@ impl OperatorMetrics {
             WaitReason::Input => &self.wait_input_ns,
             WaitReason::OutputBackpressure => &self.wait_output_ns,
             WaitReason::FreeWorker => &self.wait_worker_ns,
+            WaitReason::Memory => &self.wait_memory_ns,
         };
         total.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
     }
@@ -146,6 +156,7 @@ impl OperatorMetrics {
         let rows_out = self.rows_out.load(Ordering::Relaxed);
         let waiting_on = [
             (WaitReason::OutputBackpressure, &self.waiting_output),
+            (WaitReason::Memory, &self.waiting_memory),
             (WaitReason::FreeWorker, &self.waiting_worker),
             (WaitReason::Input, &self.waiting_input),
         ]
@@ -164,6 +175,7 @@ impl OperatorMetrics {
             wait_input_ms: ms(&self.wait_input_ns),
             wait_output_ms: ms(&self.wait_output_ns),
             wait_worker_ms: ms(&self.wait_worker_ns),
+            wait_memory_ms: ms(&self.wait_memory_ns),
             tasks_running: self.tasks_running.load(Ordering::Relaxed),
             waiting_on,
         }
@@ -193,6 +205,8 @@ pub struct OperatorStats {
     pub wait_output_ms: f64,
     /// Total milliseconds tasks waited for a free pool worker.
     pub wait_worker_ms: f64,
+    /// Total milliseconds tasks waited for the memory budget of calls.
+    pub wait_memory_ms: f64,
     /// Tasks still running.
     pub tasks_running: usize,
     /// What running tasks are waiting on right now, most telling first.

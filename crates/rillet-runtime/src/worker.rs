@@ -1,8 +1,12 @@
 //! The local worker: deploys a [`DataflowGraph`] as tokio tasks and drives the job to its
 //! end, its first error, or its cancellation.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use futures::stream::FuturesOrdered;
 
 use arrow::datatypes::SchemaRef;
 use datafusion::execution::TaskContext;
@@ -14,8 +18,9 @@ use tokio::task::JoinSet;
 
 use crate::channel::{ChannelReceiver, ChannelSender, byte_channel};
 use crate::exchange::ExchangeRegistry;
-use crate::function::{BatchFunction, RowBatcher};
+use crate::function::{BatchFunction, RowBatcher, with_first_row};
 use crate::graph::{DataflowGraph, EdgeKind, VertexId, VertexOperator};
+use crate::memory::{self, CallBudget, CallSizer};
 use crate::message::StreamMessage;
 use crate::metrics::{JobStats, OperatorMetrics};
 use crate::pool::{BlockingPool, panic_message};
@@ -127,8 +132,11 @@ impl LocalWorker {
             .map(|e| graph.vertices[e.target.0].parallelism)
             .sum::<usize>()
             .max(1);
-        let capacity = (self.config.memory_budget_bytes / channel_count)
+        // Half the budget for data queued in channels, half for data held inside calls
+        // (decoded media; see `memory`).
+        let capacity = (self.config.memory_budget_bytes / 2 / channel_count)
             .clamp(MIN_CHANNEL_BYTES, MAX_CHANNEL_BYTES);
+        let call_budget = CallBudget::new(self.config.memory_budget_bytes / 2);
 
         // inputs[v][p]: receivers feeding task p of vertex v, with their upstream vertex.
         let mut inputs: Vec<Vec<Vec<(VertexId, ChannelReceiver)>>> = graph
@@ -260,6 +268,7 @@ impl LocalWorker {
                             router,
                             m,
                             pool.clone().expect("function vertices have a pool"),
+                            call_budget.clone(),
                         );
                         tasks.spawn_on(fut, runtime.handle());
                     }
@@ -419,72 +428,125 @@ async fn run_fragment(
     Ok(None)
 }
 
+/// Runs a function vertex's task: cut the input into the function's batch size and keep up
+/// to the pool's size of calls in flight at once, sending results in input order. One task
+/// thus uses every worker (a single-partition input still spreads over all cores) without
+/// reordering rows. Each call first reserves its estimated memory from the job's
+/// [`CallBudget`]; functions with independent rows get fewer rows per call when rows are
+/// large.
 async fn run_function(
     function: Arc<dyn BatchFunction>,
     mut input: ChannelReceiver,
     mut output: OutputRouter,
     metrics: Arc<OperatorMetrics>,
     pool: BlockingPool,
+    budget: CallBudget,
 ) -> Result<Option<String>> {
     let _guard = TaskGuard::start(&metrics);
     let mut batcher: Option<RowBatcher> = None;
     let expected = function.output_schema();
+    let max_in_flight = pool.size();
+    let mut sizer = CallSizer::new(
+        function.batch_size(),
+        function.splittable_batches(),
+        budget.capacity() / max_in_flight,
+    );
+    // Batches cut from the input and not yet handed to the pool.
+    let mut ready: VecDeque<RecordBatch> = VecDeque::new();
+    let mut calls = FuturesOrdered::new();
+    // Input rows handed to calls so far: the first row of the next call.
+    let mut rows_called: u64 = 0;
+    // What ends the input once the calls before it are done: a barrier or the end.
+    let mut held: Option<StreamMessage> = None;
     loop {
-        let ready = match input.recv().await {
-            Some(StreamMessage::Batch(batch)) => {
-                metrics.add_input(batch.num_rows());
-                match function.batch_size() {
-                    Some(size) => batcher
-                        .get_or_insert_with(|| RowBatcher::new(batch.schema(), size))
-                        .push(batch)?,
-                    None => vec![batch],
-                }
+        while calls.len() < max_in_flight
+            && let Some(mut batch) = ready.pop_front()
+        {
+            let rows = sizer.rows_for(batch.num_rows());
+            if rows < batch.num_rows() {
+                ready.push_front(batch.slice(rows, batch.num_rows() - rows));
+                batch = batch.slice(0, rows);
             }
-            Some(StreamMessage::Barrier(barrier)) => {
-                // Rows buffered before the barrier belong to the checkpoint before it.
-                let rest = batcher.as_mut().map(|b| b.flush()).transpose()?.flatten();
-                if !call_and_send(&function, rest, &pool, &metrics, &mut output, &expected).await? {
-                    return Ok(None);
-                }
-                if !output.send(StreamMessage::Barrier(barrier)).await {
-                    return Ok(None);
-                }
-                continue;
-            }
-            Some(StreamMessage::End) => {
-                let rest = batcher.as_mut().map(|b| b.flush()).transpose()?.flatten();
-                if call_and_send(&function, rest, &pool, &metrics, &mut output, &expected).await? {
+            let estimate = sizer.estimate(rows);
+            let first_row = rows_called;
+            rows_called += rows as u64;
+            let (f, pool, m, budget) = (function.clone(), pool.clone(), metrics.clone(), budget.clone());
+            calls.push_back(async move {
+                let _reserved = budget.reserve(estimate, Some(&m)).await?;
+                let (result, charged) = pool
+                    .run(Some(&m), move || {
+                        let (result, charged) = with_first_row(first_row, || {
+                            memory::measure_call(|| f.call(batch))
+                        });
+                        result.map(|r| (r, charged))
+                    })
+                    .await?;
+                Ok::<_, RilletError>((result, rows, charged))
+            });
+        }
+        if calls.is_empty() && ready.is_empty() {
+            match held.take() {
+                Some(StreamMessage::End) => {
                     output.end().await;
+                    return Ok(None);
                 }
-                return Ok(None);
+                Some(barrier) => {
+                    if !output.send(barrier).await {
+                        return Ok(None);
+                    }
+                }
+                None => {}
             }
-            // Upstream vanished: it failed or was cancelled, and reports that itself.
-            None => return Err(RilletError::Cancelled),
-        };
-        for batch in ready {
-            if !call_and_send(&function, Some(batch), &pool, &metrics, &mut output, &expected).await? {
-                return Ok(None);
+        }
+        let accepting = held.is_none() && ready.is_empty() && calls.len() < max_in_flight;
+        tokio::select! {
+            // Finished calls go out first, in order, so results never wait behind input.
+            biased;
+            Some(result) = calls.next(), if !calls.is_empty() => {
+                let (result, rows, charged) = result?;
+                sizer.observe(rows, charged);
+                check_schema(&function, &result, &expected)?;
+                if result.num_rows() > 0 {
+                    metrics.add_output(result.num_rows(), result.get_array_memory_size());
+                    if !output.send(StreamMessage::Batch(result)).await {
+                        return Ok(None);
+                    }
+                }
             }
+            message = input.recv(), if accepting => match message {
+                Some(StreamMessage::Batch(batch)) => {
+                    metrics.add_input(batch.num_rows());
+                    if batch.num_rows() > 0 {
+                        match function.batch_size() {
+                            Some(size) => ready.extend(
+                                batcher
+                                    .get_or_insert_with(|| RowBatcher::new(batch.schema(), size))
+                                    .push(batch)?,
+                            ),
+                            None => ready.push_back(batch),
+                        }
+                    }
+                }
+                Some(end_or_barrier) => {
+                    // Rows buffered before a barrier belong to the checkpoint before it.
+                    if let Some(rest) = batcher.as_mut().map(|b| b.flush()).transpose()?.flatten() {
+                        ready.push_back(rest);
+                    }
+                    held = Some(end_or_barrier);
+                }
+                // Upstream vanished: it failed or was cancelled, and reports that itself.
+                None => return Err(RilletError::Cancelled),
+            },
         }
     }
 }
 
-/// Run the function on one batch on the pool and send the result. `Ok(false)` when
-/// downstream is gone.
-async fn call_and_send(
+/// Fail clearly when a function's result does not have the schema the plan expects.
+fn check_schema(
     function: &Arc<dyn BatchFunction>,
-    batch: Option<arrow::array::RecordBatch>,
-    pool: &BlockingPool,
-    metrics: &Arc<OperatorMetrics>,
-    output: &mut OutputRouter,
+    result: &RecordBatch,
     expected: &SchemaRef,
-) -> Result<bool> {
-    let Some(batch) = batch else { return Ok(true) };
-    if batch.num_rows() == 0 {
-        return Ok(true);
-    }
-    let f = function.clone();
-    let result = pool.run(Some(metrics), move || f.call(batch)).await?;
+) -> Result<()> {
     if result.schema().fields() != expected.fields() {
         return Err(RilletError::UserFunction {
             operator: function.name().to_string(),
@@ -495,8 +557,7 @@ async fn call_and_send(
             ),
         });
     }
-    metrics.add_output(result.num_rows(), result.get_array_memory_size());
-    Ok(output.send(StreamMessage::Batch(result)).await)
+    Ok(())
 }
 
 async fn run_sink(

@@ -193,6 +193,8 @@ pub fn decode(bytes: &[u8], extension: Option<&str>, max_decoded_bytes: u64, max
     if rate == 0 || channels == 0 {
         return Err(format!("invalid stream: {rate} Hz, {channels} channels"));
     }
+    // The samples count against the call's memory budget (see rillet_runtime::memory).
+    rillet_runtime::memory::charge_call_memory(samples.capacity() * 4);
     Ok(Waveform { rate, channels, samples: Cow::Owned(samples) })
 }
 

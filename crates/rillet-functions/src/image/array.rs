@@ -264,6 +264,8 @@ impl ImageBuilder {
 
     /// The finished column.
     pub fn finish(mut self) -> ArrayRef {
+        // The pixels count against the call's memory budget (see rillet_runtime::memory).
+        rillet_runtime::memory::charge_call_memory(self.data.capacity());
         if self.offsets.is_empty() {
             self.offsets.push(0);
         }

@@ -110,6 +110,7 @@ pub fn decode(bytes: &[u8], mode: Option<ImageMode>, max_pixels: u64) -> Result<
     check_pixels(width, height, max_pixels)?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    rillet_runtime::memory::charge_call_memory(image.as_bytes().len());
     image.apply_orientation(orientation);
     Ok(match mode {
         Some(mode) => convert(image, mode),
