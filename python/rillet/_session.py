@@ -39,8 +39,9 @@ def set_config(*, memory_budget: int | None = None, parallelism: int | None = No
                batch_size: int | None = None, progress: bool | None = None) -> SessionHandle:
     """Replace the default session's settings for DataFrames built from now on.
 
-    ``memory_budget`` is in bytes: exchange channels, operator state and result buffers are
-    bounded by it. ``parallelism`` is the number of tasks per operator (default: cores).
+    ``memory_budget`` is in bytes: half bounds the data queued between operators, half the
+    data held inside operator calls (decoded images, audio and frames count against it, and
+    a call that does not fit waits for running ones to finish). ``parallelism`` is the number of tasks per operator (default: cores).
     ``progress=False`` turns off the live terminal display (also ``RILLET_PROGRESS=0``).
 
     >>> import rillet as rl

@@ -391,3 +391,49 @@ def test_read_files_then_decode_reads_lazily_from_file_refs(photos, tmp_path):
     for p in photos[:4]:
         with Image.open(p) as im:
             assert rows[p.name]["w"] == ImageOps.exif_transpose(im).width
+
+
+@pytest.fixture(scope="module")
+def large_photos(tmp_path_factory, rgb_photos):
+    """Twelve 1500x1000 JPEGs (4.5 MB each once decoded) made from a real photo."""
+    out = tmp_path_factory.mktemp("large")
+    base = rgb_photos[0][1]
+    for i in range(12):
+        frame = ImageOps.mirror(base) if i % 2 else base
+        frame.resize((1500, 1000), Image.BICUBIC).rotate(i, fillcolor=(i, i, i)).save(out / f"p{i:02d}.jpg", quality=90)
+    return out
+
+
+def _pipeline(folder):
+    return rl.read_files(f"{folder}/*.jpg").select(
+        "path", col("file").image.decode("RGB").image.resize(32, 24).image.width().alias("w"))
+
+
+def test_chained_operators_run_as_one_vertex_in_order_and_pass_on_only_their_result(large_photos):
+    df = _pipeline(large_photos)
+    plan = df.explain()
+    assert "udf(image_decode) → udf(image_resize) → udf(image_width)" in plan, plan
+    out = df.to_pydict()
+    # One input partition: rows come back in the listing's order.
+    assert out["path"] == sorted(str(p) for p in large_photos.glob("*.jpg"))
+    assert out["w"] == [32] * 12
+    chain = next(op for op in df.stats()["operators"] if op["name"].startswith("udf(image_decode)"))
+    # 54 MB were decoded; the chain hands on only widths (and the listing's columns):
+    # the decoded and resized images were freed inside the call, not queued downstream.
+    assert chain["bytes_out"] < 2 << 20, chain
+
+
+def test_decoded_images_count_against_the_memory_budget(large_photos):
+    # Calls get half the budget: 4 MiB, less than one decoded photo. Each call then
+    # reserves the whole of it, so calls run one at a time, and the rest wait, visibly.
+    rl.set_config(memory_budget=8 << 20, progress=False)
+    df = _pipeline(large_photos)
+    assert df.to_pydict()["w"] == [32] * 12
+    chain = next(op for op in df.stats()["operators"] if op["name"].startswith("udf(image_decode)"))
+    assert chain["wait_memory_ms"] > 0, chain
+    # With the default budget the same job never waits on memory.
+    rl.set_config(progress=False)
+    df = _pipeline(large_photos)
+    df.collect()
+    chain = next(op for op in df.stats()["operators"] if op["name"].startswith("udf(image_decode)"))
+    assert chain["wait_memory_ms"] == 0, chain

@@ -10,8 +10,9 @@
 /// ```
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Total bytes that may sit in exchange channels and operator buffers at once. Channels
-    /// get their share of this budget and make producers wait when it is used up.
+    /// Total bytes that may be in flight at once. Half is shared by the exchange channels,
+    /// which make producers wait when it is used up; half bounds the data held inside
+    /// function calls (decoded media), which wait for running calls when it is used up.
     pub memory_budget_bytes: usize,
     /// Number of parallel tasks per operator (defaults to the number of cores).
     pub parallelism: usize,
