@@ -402,10 +402,11 @@ class DataFrame:
         waiting on input, on output backpressure and on a free worker), or None."""
         return self._df.stats()
 
-    def write_parquet(self, path: str | os.PathLike, mode: str = "append") -> dict:
+    def write_parquet(self, path: str | os.PathLike, mode: str = "append", compression: str = "zstd") -> dict:
         """Run and write Parquet files into directory ``path``; returns the run's figures.
-        ``mode="overwrite"`` first deletes the directory's Parquet files."""
-        return self._df.write(os.fspath(path), "parquet", mode)
+        ``mode="overwrite"`` first deletes the directory's Parquet files. ``compression`` is
+        ``"zstd"`` (default), ``"snappy"``, ``"lz4"``, ``"gzip"`` or ``"none"``."""
+        return self._df.write(os.fspath(path), "parquet", mode, compression)
 
     def write_csv(self, path: str | os.PathLike, mode: str = "append") -> dict:
         """Run and write CSV files (with a header) into directory ``path``."""

@@ -185,6 +185,21 @@ def test_write_and_read_every_format(tmp_path, people):
     json.loads(first_json_file.read_text().splitlines()[0])
 
 
+@pytest.mark.parametrize("codec", ["zstd", "snappy", "lz4", "gzip", "none"])
+def test_write_parquet_compression(people, tmp_path, codec):
+    people.write_parquet(tmp_path, compression=codec)
+    (written,) = tmp_path.glob("*.parquet")
+    column = pq.ParquetFile(written).metadata.row_group(0).column(0)
+    expected = {"zstd": "ZSTD", "snappy": "SNAPPY", "lz4": "LZ4", "gzip": "GZIP", "none": "UNCOMPRESSED"}
+    assert column.compression == expected[codec]
+    assert rl.read_parquet(tmp_path).count() == 5
+
+
+def test_write_parquet_rejects_an_unknown_codec(people, tmp_path):
+    with pytest.raises(rl.PlanError, match="unknown Parquet compression .bzip."):
+        people.write_parquet(tmp_path, compression="bzip")
+
+
 def test_read_parquet_glob_list_and_file(tmp_path):
     for i in range(3):
         pq.write_table(pa.table({"i": [i] * 4}), tmp_path / f"part{i}.parquet")

@@ -335,9 +335,17 @@ impl PyDataFrame {
     }
 
     /// Run and write files; returns the job's figures.
-    fn write<'py>(&self, py: Python<'py>, directory: String, format: &str, mode: &str) -> PyResult<Bound<'py, PyDict>> {
+    #[pyo3(signature = (directory, format, mode, compression=None))]
+    fn write<'py>(
+        &self,
+        py: Python<'py>,
+        directory: String,
+        format: &str,
+        mode: &str,
+        compression: Option<&str>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let format = match format {
-            "parquet" => FileFormat::Parquet,
+            "parquet" => FileFormat::Parquet(compression.unwrap_or("zstd").parse::<rillet_runtime::ParquetCompression>().py_err()?),
             "csv" => FileFormat::Csv,
             "json" => FileFormat::Json,
             other => return Err(PyValueError::new_err(format!("unknown format '{other}'"))),

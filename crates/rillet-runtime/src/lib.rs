@@ -61,6 +61,7 @@ pub use metrics::{JobStats, OperatorMetrics, OperatorStats, WaitReason};
 pub use pool::BlockingPool;
 pub use runtime::global_runtime;
 pub use sink::{
-    BatchWriter, CollectSink, CollectedBatches, FileFormat, FileSink, Sink, WriteMode,
+    BatchWriter, CollectSink, CollectedBatches, FileFormat, FileSink, ParquetCompression, Sink,
+    WriteMode,
 };
 pub use worker::{JobCanceller, JobHandle, LocalWorker};

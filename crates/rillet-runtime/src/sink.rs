@@ -43,19 +43,72 @@ pub trait BatchWriter: Send {
 /// File formats a [`FileSink`] writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileFormat {
-    /// Apache Parquet (zstd-compressed).
-    Parquet,
+    /// Apache Parquet, with this page compression.
+    Parquet(ParquetCompression),
     /// CSV with a header line.
     Csv,
     /// JSON lines: one object per row.
     Json,
 }
 
+/// Page compression of written Parquet files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ParquetCompression {
+    /// Zstandard level 1: small files at a good speed (the default).
+    #[default]
+    Zstd,
+    /// Snappy: faster, larger files (the default of pyarrow, Spark, Daft).
+    Snappy,
+    /// LZ4 (raw): about as fast as Snappy.
+    Lz4,
+    /// Gzip: smallest and slowest.
+    Gzip,
+    /// No compression.
+    Uncompressed,
+}
+
+impl std::str::FromStr for ParquetCompression {
+    type Err = RilletError;
+
+    /// ```
+    /// use rillet_runtime::ParquetCompression;
+    /// assert_eq!("snappy".parse::<ParquetCompression>().unwrap(), ParquetCompression::Snappy);
+    /// assert!("bzip".parse::<ParquetCompression>().is_err());
+    /// ```
+    fn from_str(name: &str) -> Result<Self> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "zstd" => Self::Zstd,
+            "snappy" => Self::Snappy,
+            "lz4" => Self::Lz4,
+            "gzip" => Self::Gzip,
+            "none" | "uncompressed" => Self::Uncompressed,
+            other => {
+                return Err(RilletError::invalid_argument(format!(
+                    "unknown Parquet compression {other:?}; expected zstd, snappy, lz4, gzip or none"
+                )));
+            }
+        })
+    }
+}
+
+impl ParquetCompression {
+    fn codec(self) -> parquet::basic::Compression {
+        use parquet::basic::Compression;
+        match self {
+            Self::Zstd => Compression::ZSTD(Default::default()),
+            Self::Snappy => Compression::SNAPPY,
+            Self::Lz4 => Compression::LZ4_RAW,
+            Self::Gzip => Compression::GZIP(Default::default()),
+            Self::Uncompressed => Compression::UNCOMPRESSED,
+        }
+    }
+}
+
 impl FileFormat {
     /// File name extension.
     pub fn extension(self) -> &'static str {
         match self {
-            FileFormat::Parquet => "parquet",
+            FileFormat::Parquet(_) => "parquet",
             FileFormat::Csv => "csv",
             FileFormat::Json => "json",
         }
@@ -157,9 +210,9 @@ fn create_writer(path: &Path, format: FileFormat, schema: &SchemaRef) -> Result<
         ))
     })?;
     Ok(match format {
-        FileFormat::Parquet => {
+        FileFormat::Parquet(compression) => {
             let properties = WriterProperties::builder()
-                .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+                .set_compression(compression.codec())
                 // Row groups of 128k rows keep the writer's buffer small (bounded memory).
                 .set_max_row_group_row_count(Some(128 * 1024))
                 .set_max_row_group_bytes(Some(64 << 20))

@@ -123,7 +123,7 @@ fn write_then_read_round_trips() {
     let session = Session::default();
     let df = session.range(12_345).unwrap().with_column("sq", col("id") * col("id")).unwrap();
     let stats = df
-        .write(&dir.path().display().to_string(), rillet_runtime::FileFormat::Parquet, rillet_runtime::WriteMode::Overwrite)
+        .write(&dir.path().display().to_string(), rillet_runtime::FileFormat::Parquet(Default::default()), rillet_runtime::WriteMode::Overwrite)
         .unwrap();
     assert_eq!(stats.rows_written, 12_345);
     let back = session.read(ReadFormat::Parquet, &[dir.path().display().to_string()]).unwrap();
