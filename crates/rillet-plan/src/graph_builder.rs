@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
 use rillet_common::{Result, RilletError};
@@ -86,7 +88,8 @@ fn replace_stages(
     if let Some(stage_output) = single_task_stage_under_round_robin(&plan) {
         // DataFusion spreads a one-partition input round-robin over the cores. A stage
         // already keeps every core busy on its own (several calls in flight) and sends its
-        // results in order; dropping the spread keeps that order for what follows.
+        // results in order; dropping the spread keeps that order for what follows (an
+        // explode, a projection, the sink).
         return replace_stages(graph, stage_output, upstreams);
     }
     let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
@@ -108,16 +111,29 @@ fn replace_stages(
         .map_err(RilletError::from)
 }
 
-/// The stage under `plan` if `plan` is a round-robin repartition of a stage's single
-/// partition.
+/// The input of `plan` if `plan` is a round-robin repartition of a stage's single
+/// partition, directly or through row-wise operators (projections, filters).
 fn single_task_stage_under_round_robin(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
     let repartition = plan.downcast_ref::<RepartitionExec>()?;
     if !matches!(repartition.partitioning(), Partitioning::RoundRobinBatch(_)) {
         return None;
     }
-    let input = repartition.input();
-    (input.downcast_ref::<BatchStageExec>().is_some() && input.output_partitioning().partition_count() == 1)
-        .then(|| input.clone())
+    let mut below = repartition.input().clone();
+    loop {
+        if below.output_partitioning().partition_count() != 1 {
+            return None;
+        }
+        if below.downcast_ref::<BatchStageExec>().is_some() {
+            return Some(repartition.input().clone());
+        }
+        let row_wise = below.downcast_ref::<ProjectionExec>().is_some()
+            || below.downcast_ref::<FilterExec>().is_some();
+        let next = match below.children().as_slice() {
+            [only] if row_wise => (*only).clone(),
+            _ => return None,
+        };
+        below = next;
+    }
 }
 
 /// A short name for a fragment: its operators from the leaves up, e.g.
