@@ -31,7 +31,8 @@ def case_when(branches: list[tuple[Expr, Expr]], otherwise: Expr | None = None) 
 
 class Session:
     def __init__(self, memory_budget: int | None = None, parallelism: int | None = None,
-                 batch_size: int | None = None, progress: bool | None = None) -> None: ...
+                 batch_size: int | None = None, progress: bool | None = None,
+                 spill_budget: int | None = None) -> None: ...
     parallelism: int
     memory_budget: int
     def from_arrow(self, table: Any) -> DataFrame: ...

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -437,3 +438,34 @@ def test_decoded_images_count_against_the_memory_budget(large_photos):
     df.collect()
     chain = next(op for op in df.stats()["operators"] if op["name"].startswith("udf(image_decode)"))
     assert chain["wait_memory_ms"] == 0, chain
+
+
+def test_large_batches_spill_to_disk_instead_of_waiting_and_the_files_go_with_the_job(
+        large_photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("RILLET_SPILL_DIR", str(tmp_path))
+    rl.set_config(memory_budget=4 << 20, spill_budget=1 << 30, progress=False)
+    seen = []
+
+    def slow_consumer(t):
+        time.sleep(0.05)
+        seen.append(t.num_rows)
+        return t.select(["path"])
+
+    # Different batch sizes keep the two stages apart, so decoded images cross a channel
+    # (a few hundred KiB under this budget): the decoder spills instead of waiting.
+    df = (rl.read_files(f"{large_photos}/*.jpg")
+          .with_column("img", col("file").image.decode("RGB"))
+          .map_batches(slow_consumer, batch_size=3))
+    out = df.to_pydict()
+    assert out["path"] == sorted(str(p) for p in large_photos.glob("*.jpg"))
+    decoder = next(op for op in df.stats()["operators"] if op["name"].startswith("udf(image_decode)"))
+    assert decoder["spilled_bytes"] > 0, decoder
+    assert not list(tmp_path.iterdir()), "the job's spill directory outlived it"
+    # Without a spill budget the same job waits instead.
+    rl.set_config(memory_budget=4 << 20, progress=False)
+    df = (rl.read_files(f"{large_photos}/*.jpg")
+          .with_column("img", col("file").image.decode("RGB"))
+          .map_batches(slow_consumer, batch_size=3))
+    df.collect()
+    decoder = next(op for op in df.stats()["operators"] if op["name"].startswith("udf(image_decode)"))
+    assert decoder["spilled_bytes"] == 0 and decoder["wait_output_ms"] > 0, decoder

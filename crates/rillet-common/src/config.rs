@@ -23,6 +23,10 @@ pub struct EngineConfig {
     /// Threads for blocking work (Python UDFs, file writes) when an operator does not ask
     /// for a concurrency of its own.
     pub blocking_threads: usize,
+    /// Disk bytes a job may spill large batches to instead of waiting on a full channel
+    /// (0: never spill). Spill files go to a directory of their own under
+    /// `RILLET_SPILL_DIR` (default: the system's temporary directory), deleted at job end.
+    pub spill_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -34,6 +38,7 @@ impl Default for EngineConfig {
             batch_size: 8192,
             progress: std::env::var("RILLET_PROGRESS").map_or(true, |v| v != "0"),
             blocking_threads: cores,
+            spill_bytes: 0,
         }
     }
 }
@@ -54,6 +59,13 @@ impl EngineConfig {
     /// Set the target batch size in rows (at least 1).
     pub fn with_batch_size(mut self, rows: usize) -> Self {
         self.batch_size = rows.max(1);
+        self
+    }
+
+    /// Let jobs spill up to `bytes` of large batches to disk instead of waiting on full
+    /// channels (0 turns spilling off).
+    pub fn with_spill(mut self, bytes: usize) -> Self {
+        self.spill_bytes = bytes;
         self
     }
 

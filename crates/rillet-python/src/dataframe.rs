@@ -62,9 +62,18 @@ pub struct PySession {
 #[pymethods]
 impl PySession {
     #[new]
-    #[pyo3(signature = (memory_budget=None, parallelism=None, batch_size=None, progress=None))]
-    fn new(memory_budget: Option<usize>, parallelism: Option<usize>, batch_size: Option<usize>, progress: Option<bool>) -> Self {
+    #[pyo3(signature = (memory_budget=None, parallelism=None, batch_size=None, progress=None, spill_budget=None))]
+    fn new(
+        memory_budget: Option<usize>,
+        parallelism: Option<usize>,
+        batch_size: Option<usize>,
+        progress: Option<bool>,
+        spill_budget: Option<usize>,
+    ) -> Self {
         let mut config = EngineConfig::default();
+        if let Some(bytes) = spill_budget {
+            config = config.with_spill(bytes);
+        }
         if let Some(bytes) = memory_budget {
             config = config.with_memory_budget(bytes);
         }
@@ -182,6 +191,7 @@ fn stats_to_dict<'py>(py: Python<'py>, stats: &JobStats) -> PyResult<Bound<'py, 
         d.set_item("wait_output_ms", op.wait_output_ms)?;
         d.set_item("wait_worker_ms", op.wait_worker_ms)?;
         d.set_item("wait_memory_ms", op.wait_memory_ms)?;
+        d.set_item("spilled_bytes", op.spilled_bytes)?;
         operators.push(d);
     }
     dict.set_item("operators", operators)?;

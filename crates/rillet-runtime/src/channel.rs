@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::message::StreamMessage;
 use crate::metrics::{OperatorMetrics, WaitReason};
+use crate::spill::{MIN_SPILL_BYTES, SpillStore, SpilledBatch};
 
 /// The receiving side is gone: the consumer finished early or the job was cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +34,14 @@ pub enum SendError {
     Closed,
 }
 
+/// What an envelope carries: the message itself, or a batch spilled to the job's store.
+enum Payload {
+    Message(StreamMessage),
+    Spilled(SpilledBatch),
+}
+
 struct Envelope {
-    message: StreamMessage,
+    payload: Payload,
     /// Index of the sending task, so a receiver with several senders can align barriers.
     sender_index: usize,
     /// Released when the receiver takes the message, returning its bytes to the budget.
@@ -49,6 +56,8 @@ pub struct ChannelSender {
     capacity: u32,
     sender_index: usize,
     metrics: Option<Arc<OperatorMetrics>>,
+    /// Where large batches go instead of waiting on a full channel, if spilling is on.
+    spill: Option<Arc<SpillStore>>,
 }
 
 /// Receiving half of a byte-budgeted channel.
@@ -79,6 +88,7 @@ pub fn byte_channel(
             capacity,
             sender_index: 0,
             metrics: sender_metrics,
+            spill: None,
         },
         ChannelReceiver {
             rx,
@@ -98,13 +108,33 @@ impl ChannelSender {
         sender
     }
 
-    /// Send a message, waiting while the channel's byte budget is used up.
+    /// This sender, spilling large batches to `store` instead of waiting on a full channel.
+    pub fn with_spill(mut self, store: Arc<SpillStore>) -> Self {
+        self.spill = Some(store);
+        self
+    }
+
+    /// Send a message, waiting while the channel's byte budget is used up (or, with a
+    /// spill store, spilling a large batch there instead).
     pub async fn send(&self, message: StreamMessage) -> Result<(), SendError> {
         let bytes = (message.memory_size().min(self.capacity as usize) as u32).max(1);
         let permit = match self.budget.clone().try_acquire_many_owned(bytes) {
             Ok(permit) => permit,
             Err(tokio::sync::TryAcquireError::Closed) => return Err(SendError::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
+                if let Some(spilled) = self.try_spill(&message) {
+                    if let Some(m) = &self.metrics {
+                        m.add_spilled(spilled.bytes());
+                    }
+                    return self
+                        .tx
+                        .send(Envelope {
+                            payload: Payload::Spilled(spilled),
+                            sender_index: self.sender_index,
+                            _permit: None,
+                        })
+                        .map_err(|_| SendError::Closed);
+                }
                 let started = Instant::now();
                 let _waiting = self
                     .metrics
@@ -124,11 +154,30 @@ impl ChannelSender {
         };
         self.tx
             .send(Envelope {
-                message,
+                payload: Payload::Message(message),
                 sender_index: self.sender_index,
                 _permit: Some(permit),
             })
             .map_err(|_| SendError::Closed)
+    }
+
+    /// Spill a large batch if there is a store with room; `None` means wait instead.
+    fn try_spill(&self, message: &StreamMessage) -> Option<SpilledBatch> {
+        let (store, StreamMessage::Batch(batch)) = (self.spill.as_ref()?, message) else {
+            return None;
+        };
+        if message.memory_size() < MIN_SPILL_BYTES {
+            return None;
+        }
+        // Writing the file blocks: keep it off the async workers' cooperative scheduling.
+        match tokio::task::block_in_place(|| store.put(batch)) {
+            Ok(spilled) => spilled,
+            Err(e) => {
+                // A full or failing disk is no reason to fail the job: wait instead.
+                tracing::warn!("cannot spill a batch, waiting instead: {e}");
+                None
+            }
+        }
     }
 
     /// True once the receiver has gone away.
@@ -166,7 +215,21 @@ impl ChannelReceiver {
                     received?
                 }
             };
-            match envelope.message {
+            let message = match envelope.payload {
+                Payload::Message(message) => message,
+                Payload::Spilled(spilled) => {
+                    match tokio::task::block_in_place(|| spilled.load()) {
+                        Ok(batch) => StreamMessage::Batch(batch),
+                        Err(e) => {
+                            // The job's own file is gone or unreadable: fail the consumer
+                            // (and so the job) rather than lose the rows.
+                            tracing::error!("cannot read back a spilled batch: {e}");
+                            return None;
+                        }
+                    }
+                }
+            };
+            match message {
                 StreamMessage::End => {
                     self.ends_seen += 1;
                     if self.ends_seen == self.ends_expected {
@@ -280,6 +343,60 @@ mod tests {
             }
             assert_eq!(rows, 5);
             assert!(rx.recv().await.is_none());
+        });
+    }
+
+    #[test]
+    fn a_full_channel_with_a_spill_store_passes_large_batches_by_reference() {
+        let rt = crate::global_runtime();
+        let parent = tempfile::tempdir().unwrap();
+        let store = Arc::new(SpillStore::new(parent.path(), 64 << 20).unwrap());
+        let metrics = Arc::new(OperatorMetrics::new("producer"));
+        let large = batch(200_000); // 1.6 MB
+        let (tx, mut rx) = byte_channel(large.get_array_memory_size(), 1, Some(metrics.clone()), None);
+        let tx = tx.with_spill(store.clone());
+        rt.block_on(async {
+            tx.send(StreamMessage::Batch(large.clone())).await.unwrap();
+            // The channel is full: these two go to disk instead of waiting.
+            for _ in 0..2 {
+                tokio::time::timeout(Duration::from_secs(5), tx.send(StreamMessage::Batch(large.clone())))
+                    .await
+                    .expect("a spilling send does not wait")
+                    .unwrap();
+            }
+            assert_eq!(store.held_bytes(), 2 * large.get_array_memory_size());
+            assert_eq!(std::fs::read_dir(store.directory()).unwrap().count(), 2);
+            // A small batch is not worth a file: it waits for room as usual.
+            let small = tokio::time::timeout(Duration::from_millis(50), tx.send(StreamMessage::Batch(batch(10))));
+            assert!(small.await.is_err());
+            for _ in 0..3 {
+                match rx.recv().await {
+                    Some(StreamMessage::Batch(b)) => assert_eq!(b, large),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        });
+        assert_eq!(store.held_bytes(), 0);
+        assert_eq!(std::fs::read_dir(store.directory()).unwrap().count(), 0);
+        assert_eq!(metrics.snapshot().spilled_bytes, 2 * large.get_array_memory_size() as u64);
+        let directory = store.directory().to_path_buf();
+        drop((tx, rx, store));
+        assert!(!directory.exists(), "the job's spill directory is removed with the store");
+    }
+
+    #[test]
+    fn a_spill_store_at_capacity_makes_producers_wait() {
+        let rt = crate::global_runtime();
+        let parent = tempfile::tempdir().unwrap();
+        let large = batch(200_000);
+        let store = Arc::new(SpillStore::new(parent.path(), large.get_array_memory_size()).unwrap());
+        let (tx, _rx) = byte_channel(large.get_array_memory_size(), 1, None, None);
+        let tx = tx.with_spill(store.clone());
+        rt.block_on(async {
+            tx.send(StreamMessage::Batch(large.clone())).await.unwrap();
+            tx.send(StreamMessage::Batch(large.clone())).await.unwrap(); // spilled
+            let third = tokio::time::timeout(Duration::from_millis(50), tx.send(StreamMessage::Batch(large.clone())));
+            assert!(third.await.is_err(), "the store is full: the send waits");
         });
     }
 

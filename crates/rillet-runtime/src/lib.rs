@@ -51,6 +51,7 @@ mod pool;
 mod progress;
 mod runtime;
 mod sink;
+pub mod spill;
 mod worker;
 
 pub use exchange::{ExchangeRegistry, ExchangeSourceExec};

@@ -41,6 +41,7 @@ pub struct OperatorMetrics {
     rows_out: AtomicU64,
     bytes_out: AtomicU64,
     batches_out: AtomicU64,
+    spilled_bytes: AtomicU64,
     wait_input_ns: AtomicU64,
     wait_output_ns: AtomicU64,
     wait_worker_ns: AtomicU64,
@@ -74,6 +75,7 @@ impl OperatorMetrics {
             rows_out: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             batches_out: AtomicU64::new(0),
+            spilled_bytes: AtomicU64::new(0),
             wait_input_ns: AtomicU64::new(0),
             wait_output_ns: AtomicU64::new(0),
             wait_worker_ns: AtomicU64::new(0),
@@ -102,6 +104,11 @@ impl OperatorMetrics {
         self.rows_out.fetch_add(rows as u64, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
         self.batches_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a batch of `bytes` spilled to the job's store instead of waiting.
+    pub fn add_spilled(&self, bytes: usize) {
+        self.spilled_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     fn waiting_counter(&self, reason: WaitReason) -> &AtomicUsize {
@@ -170,6 +177,7 @@ impl OperatorMetrics {
             rows_out,
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             batches_out: self.batches_out.load(Ordering::Relaxed),
+            spilled_bytes: self.spilled_bytes.load(Ordering::Relaxed),
             elapsed_s: elapsed.as_secs_f64(),
             rows_per_s: rows_out as f64 / elapsed.as_secs_f64().max(1e-9),
             wait_input_ms: ms(&self.wait_input_ns),
@@ -195,6 +203,8 @@ pub struct OperatorStats {
     pub bytes_out: u64,
     /// Batches produced.
     pub batches_out: u64,
+    /// Bytes of output batches spilled to the job's store instead of waiting.
+    pub spilled_bytes: u64,
     /// Seconds from the job's start to this operator's end (or now, while running).
     pub elapsed_s: f64,
     /// Output rows per second over `elapsed_s`.

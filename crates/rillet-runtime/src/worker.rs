@@ -21,6 +21,7 @@ use crate::exchange::ExchangeRegistry;
 use crate::function::{BatchFunction, RowBatcher, with_first_row};
 use crate::graph::{DataflowGraph, EdgeKind, VertexId, VertexOperator};
 use crate::memory::{self, CallBudget, CallSizer};
+use crate::spill::SpillStore;
 use crate::message::StreamMessage;
 use crate::metrics::{JobStats, OperatorMetrics};
 use crate::pool::{BlockingPool, panic_message};
@@ -137,6 +138,22 @@ impl LocalWorker {
         let capacity = (self.config.memory_budget_bytes / 2 / channel_count)
             .clamp(MIN_CHANNEL_BYTES, MAX_CHANNEL_BYTES);
         let call_budget = CallBudget::new(self.config.memory_budget_bytes / 2);
+        let spill = match self.config.spill_bytes {
+            0 => None,
+            bytes => {
+                let parent = std::env::var_os("RILLET_SPILL_DIR")
+                    .map_or_else(std::env::temp_dir, std::path::PathBuf::from);
+                Some(Arc::new(SpillStore::new(&parent, bytes)?))
+            }
+        };
+        // Every edge's sender may spill when the job has a store.
+        let channel = |upstreams: usize, s: usize, t: usize| {
+            let (tx, rx) = byte_channel(capacity, upstreams, Some(metrics[s].clone()), Some(metrics[t].clone()));
+            (match &spill {
+                Some(store) => tx.with_spill(store.clone()),
+                None => tx,
+            }, rx)
+        };
 
         // inputs[v][p]: receivers feeding task p of vertex v, with their upstream vertex.
         let mut inputs: Vec<Vec<Vec<(VertexId, ChannelReceiver)>>> = graph
@@ -158,12 +175,7 @@ impl LocalWorker {
                 // the upstream tasks (one fragment task may run several of them, e.g. under
                 // a final aggregate): one channel per upstream task, found by the leaf.
                 for (p, slot) in outputs[s].iter_mut().enumerate() {
-                    let (tx, rx) = byte_channel(
-                        capacity,
-                        1,
-                        Some(metrics[s].clone()),
-                        Some(metrics[t].clone()),
-                    );
+                    let (tx, rx) = channel(1, s, t);
                     fragment_inputs.push((edge.source, p, rx, metrics[t].clone()));
                     *slot = Some(OutputRouter {
                         kind: EdgeKind::Forward,
@@ -176,12 +188,7 @@ impl LocalWorker {
             match edge.kind {
                 EdgeKind::Forward => {
                     for p in 0..down {
-                        let (tx, rx) = byte_channel(
-                            capacity,
-                            1,
-                            Some(metrics[s].clone()),
-                            Some(metrics[t].clone()),
-                        );
+                        let (tx, rx) = channel(1, s, t);
                         inputs[t][p].push((edge.source, rx));
                         outputs[s][p] = Some(OutputRouter {
                             kind: edge.kind,
@@ -193,12 +200,7 @@ impl LocalWorker {
                 EdgeKind::Rebalance => {
                     let mut senders = Vec::with_capacity(down);
                     for p in 0..down {
-                        let (tx, rx) = byte_channel(
-                            capacity,
-                            up,
-                            Some(metrics[s].clone()),
-                            Some(metrics[t].clone()),
-                        );
+                        let (tx, rx) = channel(up, s, t);
                         inputs[t][p].push((edge.source, rx));
                         senders.push(tx);
                     }
