@@ -24,7 +24,7 @@ use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::message::StreamMessage;
-use crate::metrics::{OperatorMetrics, WaitReason};
+use crate::metrics::{OperatorMetrics, WaitReason, acquire_recording_wait};
 use crate::spill::{MIN_SPILL_BYTES, SpillStore, SpilledBatch};
 
 /// The receiving side is gone: the consumer finished early or the job was cancelled.
@@ -135,21 +135,9 @@ impl ChannelSender {
                         })
                         .map_err(|_| SendError::Closed);
                 }
-                let started = Instant::now();
-                let _waiting = self
-                    .metrics
-                    .as_ref()
-                    .map(|m| m.begin_wait(WaitReason::OutputBackpressure));
-                let permit = self
-                    .budget
-                    .clone()
-                    .acquire_many_owned(bytes)
+                acquire_recording_wait(&self.budget, bytes, self.metrics.as_deref(), WaitReason::OutputBackpressure)
                     .await
-                    .map_err(|_| SendError::Closed)?;
-                if let Some(m) = &self.metrics {
-                    m.record_wait(WaitReason::OutputBackpressure, started.elapsed());
-                }
-                permit
+                    .ok_or(SendError::Closed)?
             }
         };
         self.tx

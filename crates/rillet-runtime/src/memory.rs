@@ -15,12 +15,11 @@
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::time::Instant;
 
 use rillet_common::{Result, RilletError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::metrics::{OperatorMetrics, WaitReason};
+use crate::metrics::{OperatorMetrics, WaitReason, acquire_recording_wait};
 
 thread_local! {
     static CALL_BYTES: Cell<usize> = const { Cell::new(0) };
@@ -80,20 +79,9 @@ impl CallBudget {
         let units = bytes.div_ceil(UNIT).clamp(1, self.capacity_units) as u32;
         match self.permits.clone().try_acquire_many_owned(units) {
             Ok(permit) => Ok(permit),
-            Err(_) => {
-                let started = Instant::now();
-                let _waiting = metrics.map(|m| m.begin_wait(WaitReason::Memory));
-                let permit = self
-                    .permits
-                    .clone()
-                    .acquire_many_owned(units)
-                    .await
-                    .map_err(|_| RilletError::Cancelled)?;
-                if let Some(m) = metrics {
-                    m.record_wait(WaitReason::Memory, started.elapsed());
-                }
-                Ok(permit)
-            }
+            Err(_) => acquire_recording_wait(&self.permits, units, metrics, WaitReason::Memory)
+                .await
+                .ok_or(RilletError::Cancelled),
         }
     }
 }

@@ -32,6 +32,24 @@ impl fmt::Display for WaitReason {
     }
 }
 
+/// Wait for `permits` of `semaphore`, recording the wait on `metrics` as `reason` (a wait
+/// shows in progress while it lasts and in the totals after). `None` if the semaphore was
+/// closed (the other side went away).
+pub(crate) async fn acquire_recording_wait(
+    semaphore: &std::sync::Arc<tokio::sync::Semaphore>,
+    permits: u32,
+    metrics: Option<&OperatorMetrics>,
+    reason: WaitReason,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let started = Instant::now();
+    let _waiting = metrics.map(|m| m.begin_wait(reason));
+    let permit = semaphore.clone().acquire_many_owned(permits).await.ok()?;
+    if let Some(m) = metrics {
+        m.record_wait(reason, started.elapsed());
+    }
+    Some(permit)
+}
+
 /// Live counters for one vertex (operator chain), shared by all its tasks.
 #[derive(Debug)]
 pub struct OperatorMetrics {

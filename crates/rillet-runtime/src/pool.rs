@@ -2,12 +2,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 
 use rillet_common::{Result, RilletError};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::metrics::{OperatorMetrics, WaitReason};
+use crate::metrics::{OperatorMetrics, WaitReason, acquire_recording_wait};
 
 /// Runs blocking closures on tokio's blocking threads, at most `size` at once. Callers that
 /// find every slot taken wait, and the wait is recorded as "waiting on a free worker".
@@ -70,20 +69,9 @@ impl BlockingPool {
     {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
-            Err(_) => {
-                let started = Instant::now();
-                let _waiting = metrics.map(|m| m.begin_wait(WaitReason::FreeWorker));
-                let permit = self
-                    .slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| RilletError::Cancelled)?;
-                if let Some(m) = metrics {
-                    m.record_wait(WaitReason::FreeWorker, started.elapsed());
-                }
-                permit
-            }
+            Err(_) => acquire_recording_wait(&self.slots, 1, metrics, WaitReason::FreeWorker)
+                .await
+                .ok_or(RilletError::Cancelled)?,
         };
         let in_flight = self.in_flight.clone();
         in_flight.count.fetch_add(1, Ordering::SeqCst);
