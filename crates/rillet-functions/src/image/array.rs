@@ -190,6 +190,8 @@ pub struct ImageBuilder {
     offsets: Vec<i64>,
     data: Vec<u8>,
     valid: Vec<bool>,
+    /// Rows the caller expects to append (sizes the first growth of `data`).
+    expected_rows: usize,
 }
 
 impl ImageBuilder {
@@ -203,8 +205,22 @@ impl ImageBuilder {
             channels: Vec::with_capacity(rows),
             modes: Vec::with_capacity(rows),
             offsets,
+            expected_rows: rows,
             ..Default::default()
         }
+    }
+
+    /// Make room for `bytes` more pixel data. The first time the buffer must grow, room is
+    /// made for every expected row at this image's size, so a batch of similar photos is
+    /// not copied over and over by doubling.
+    fn reserve_for(&mut self, bytes: usize) {
+        if self.data.capacity() - self.data.len() >= bytes {
+            return;
+        }
+        let rows_left = self.expected_rows.saturating_sub(self.widths.len()).max(1);
+        // Never more than 256 MiB ahead of need.
+        let ahead = bytes.saturating_mul(rows_left).min(bytes.max(256 << 20));
+        self.data.reserve_exact(ahead);
     }
 
     fn push_header(&mut self, width: u32, height: u32, mode: ImageMode, valid: bool) {
@@ -221,6 +237,7 @@ impl ImageBuilder {
 
     /// Append an image by copying its pixels.
     pub fn append(&mut self, image: &ImageView<'_>) {
+        self.reserve_for(image.data.len());
         self.data.extend_from_slice(image.data);
         self.push_header(image.width, image.height, image.mode, true);
     }
@@ -228,6 +245,7 @@ impl ImageBuilder {
     /// Append an `image` crate image.
     pub fn append_dynamic(&mut self, image: DynamicImage) {
         let (mode, image) = dynamic_mode(image);
+        self.reserve_for(image.as_bytes().len());
         self.data.extend_from_slice(image.as_bytes());
         self.push_header(image.width(), image.height(), mode, true);
     }
@@ -243,7 +261,9 @@ impl ImageBuilder {
         fill: impl FnOnce(&mut [u8]) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         let start = self.data.len();
-        self.data.resize(start + mode.buffer_len(width as usize, height as usize), 0);
+        let len = mode.buffer_len(width as usize, height as usize);
+        self.reserve_for(len);
+        self.data.resize(start + len, 0);
         if let Err(e) = fill(&mut self.data[start..]) {
             self.data.truncate(start);
             return Err(e);
@@ -265,7 +285,7 @@ impl ImageBuilder {
     /// The finished column.
     pub fn finish(mut self) -> ArrayRef {
         // The pixels count against the call's memory budget (see rillet_runtime::memory).
-        rillet_runtime::memory::charge_call_memory(self.data.capacity());
+        rillet_runtime::memory::charge_call_memory(self.data.len());
         if self.offsets.is_empty() {
             self.offsets.push(0);
         }

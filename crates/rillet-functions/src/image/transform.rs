@@ -726,6 +726,11 @@ impl TensorData {
         };
         let order = |k: usize| if planar { (k % n) * c + k / n } else { k };
         match self {
+            Self::U8(b) if !planar => {
+                // HWC u8 is the image's own layout: one copy.
+                b.values().append_slice(&view.data[..n * c]);
+                b.append(true);
+            }
             Self::U8(b) => {
                 let out = b.values();
                 for k in 0..n * c {
