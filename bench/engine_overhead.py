@@ -34,7 +34,7 @@ rl.set_config(progress=False)
 (rl.read_parquet(sys.argv[1]).filter(col("a") > 0.5)
    .with_column("y", col("a") * 2 + col("b"))
    .map_batches(lambda t: t, batch_format="pyarrow")
-   .write_parquet(sys.argv[2], mode="overwrite"))
+   .write_parquet(sys.argv[2], mode="overwrite", compression="snappy"))
 """,
     "daft": """
 import sys, daft

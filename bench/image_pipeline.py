@@ -36,7 +36,7 @@ rl.set_config(progress=False)
 (rl.read_files(sys.argv[1] + "/*.jpg")
    .select("path", col("file").image.decode("RGB").image.resize({SIZE}, {SIZE})
            .image.to_tensor(dtype="u8", layout="HWC").alias("tensor"))
-   .write_parquet(sys.argv[2], mode="overwrite"))
+   .write_parquet(sys.argv[2], mode="overwrite", compression="snappy"))
 """,
     "daft": f"""
 import sys, daft
