@@ -443,31 +443,47 @@ def test_decoded_images_count_against_the_memory_budget(large_photos):
 def test_large_batches_spill_to_disk_instead_of_waiting_and_the_files_go_with_the_job(
         large_photos, tmp_path, monkeypatch):
     monkeypatch.setenv("RILLET_SPILL_DIR", str(tmp_path))
-    rl.set_config(memory_budget=4 << 20, spill_budget=1 << 30, progress=False)
-    seen = []
 
-    def slow_consumer(t):
-        # Slow enough that the decoder, a call per photo under this budget, always gets
-        # ahead of it, however loaded the machine is.
-        time.sleep(0.5)
-        seen.append(t.num_rows)
-        return t.select(["path"])
+    def stalled_consumer(stall):
+        """A consumer whose first call with rows stalls until `stall()` returns: the
+        decoder runs ahead of it and fills every channel. (map_batches also calls it once
+        with no rows, to learn its schema.)"""
+        first = [True]
 
-    # Different batch sizes keep the two stages apart, so decoded images cross a channel
-    # (a few hundred KiB under this budget): the decoder spills instead of waiting.
-    df = (rl.read_files(f"{large_photos}/*.jpg")
-          .with_column("img", col("file").image.decode("RGB"))
-          .map_batches(slow_consumer, batch_size=3))
+        def consume(t):
+            if first[0] and t.num_rows > 0:
+                first[0] = False
+                stall()
+            return t.select(["path"])
+        return consume
+
+    def spill_files_appear():
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not list(tmp_path.glob("*/*.arrow")):
+            time.sleep(0.02)
+
+    def job(consumer):
+        # Different batch sizes keep the stages apart, so decoded images cross channels.
+        # Under a 64 MiB budget a channel holds 8 MiB, less than one decoder call's batch
+        # of about three photos (calls may hold 32 MiB, so decoding never waits on the
+        # stalled consumer's call).
+        return (rl.read_files(f"{large_photos}/*.jpg")
+                .with_column("img", col("file").image.decode("RGB"))
+                .map_batches(consumer, batch_size=3))
+
+    rl.set_config(memory_budget=64 << 20, spill_budget=1 << 30, progress=False)
+    df = job(stalled_consumer(spill_files_appear))
     out = df.to_pydict()
     assert out["path"] == sorted(str(p) for p in large_photos.glob("*.jpg"))
-    decoder = next(op for op in df.stats()["operators"] if op["name"].startswith("udf(image_decode)"))
-    assert decoder["spilled_bytes"] > 0, decoder
+    # Whichever producer met a full channel first (the decoder, or the projection between
+    # it and the consumer) spilled instead of waiting.
+    ops = df.stats()["operators"]
+    assert sum(op["spilled_bytes"] for op in ops) > 0, ops
     assert not list(tmp_path.iterdir()), "the job's spill directory outlived it"
     # Without a spill budget the same job waits instead.
-    rl.set_config(memory_budget=4 << 20, progress=False)
-    df = (rl.read_files(f"{large_photos}/*.jpg")
-          .with_column("img", col("file").image.decode("RGB"))
-          .map_batches(slow_consumer, batch_size=3))
+    rl.set_config(memory_budget=64 << 20, progress=False)
+    df = job(stalled_consumer(lambda: time.sleep(2)))
     df.collect()
-    decoder = next(op for op in df.stats()["operators"] if op["name"].startswith("udf(image_decode)"))
-    assert decoder["spilled_bytes"] == 0 and decoder["wait_output_ms"] > 0, decoder
+    ops = df.stats()["operators"]
+    decoder = next(op for op in ops if op["name"].startswith("udf(image_decode)"))
+    assert all(op["spilled_bytes"] == 0 for op in ops) and decoder["wait_output_ms"] > 0, ops

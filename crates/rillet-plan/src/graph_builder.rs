@@ -1,8 +1,9 @@
 //! From a DataFusion physical plan to Rillet's physical dataflow graph.
 //!
 //! The plan is cut at every [`BatchStageExec`]: the stage becomes a function vertex on a
-//! worker pool (consecutive stages share one vertex, as a [`FunctionChain`]), what is below it becomes an upstream fragment (cut again recursively), and
-//! in the plan above an [`ExchangeSourceExec`] takes its place.
+//! worker pool (consecutive stages share one vertex, as a [`FunctionChain`]), what is below
+//! it becomes an upstream fragment (cut again recursively), and in the plan above an
+//! [`ExchangeSourceExec`] takes its place.
 
 use std::sync::Arc;
 

@@ -196,6 +196,26 @@ impl RowBatcher {
     }
 }
 
+/// Fail clearly when `function` returned a batch whose schema is not the one the plan
+/// expects (a Python function can return anything).
+pub(crate) fn check_output_schema(
+    function: &dyn BatchFunction,
+    result: &RecordBatch,
+    expected: &SchemaRef,
+) -> Result<()> {
+    if result.schema().fields() != expected.fields() {
+        return Err(rillet_common::RilletError::UserFunction {
+            operator: function.name().to_string(),
+            message: format!(
+                "returned a batch with schema {:?}, but the plan expects {:?}",
+                result.schema(),
+                expected
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Consecutive batch functions run as one: each call passes the batch through every
 /// function in turn on the same worker thread. Chaining saves a channel hop per function
 /// and, more importantly, frees each intermediate result (a column of decoded images, say)
@@ -281,18 +301,8 @@ impl BatchFunction for FunctionChain {
     fn call(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let mut batch = batch;
         for function in &self.functions {
-            let expected = function.output_schema();
             batch = function.call(batch)?;
-            if batch.schema().fields() != expected.fields() {
-                return Err(rillet_common::RilletError::UserFunction {
-                    operator: function.name().to_string(),
-                    message: format!(
-                        "returned a batch with schema {:?}, but the plan expects {:?}",
-                        batch.schema(),
-                        expected
-                    ),
-                });
-            }
+            check_output_schema(function.as_ref(), &batch, &function.output_schema())?;
         }
         Ok(batch)
     }

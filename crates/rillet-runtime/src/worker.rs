@@ -6,19 +6,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
-use futures::stream::FuturesOrdered;
-
 use arrow::datatypes::SchemaRef;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use rillet_common::{EngineConfig, Result, RilletError};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::channel::{ChannelReceiver, ChannelSender, byte_channel};
 use crate::exchange::ExchangeRegistry;
-use crate::function::{BatchFunction, RowBatcher, with_first_row};
+use crate::function::{BatchFunction, RowBatcher, check_output_schema, with_first_row};
 use crate::graph::{DataflowGraph, EdgeKind, VertexId, VertexOperator};
 use crate::memory::{self, CallBudget, CallSizer};
 use crate::spill::SpillStore;
@@ -148,11 +147,12 @@ impl LocalWorker {
         };
         // Every edge's sender may spill when the job has a store.
         let channel = |upstreams: usize, s: usize, t: usize| {
-            let (tx, rx) = byte_channel(capacity, upstreams, Some(metrics[s].clone()), Some(metrics[t].clone()));
-            (match &spill {
-                Some(store) => tx.with_spill(store.clone()),
-                None => tx,
-            }, rx)
+            let (tx, rx) =
+                byte_channel(capacity, upstreams, Some(metrics[s].clone()), Some(metrics[t].clone()));
+            match &spill {
+                Some(store) => (tx.with_spill(store.clone()), rx),
+                None => (tx, rx),
+            }
         };
 
         // inputs[v][p]: receivers feeding task p of vertex v, with their upstream vertex.
@@ -507,7 +507,7 @@ async fn run_function(
             Some(result) = calls.next(), if !calls.is_empty() => {
                 let (result, rows, charged) = result?;
                 sizer.observe(rows, charged);
-                check_schema(&function, &result, &expected)?;
+                check_output_schema(function.as_ref(), &result, &expected)?;
                 if result.num_rows() > 0 {
                     metrics.add_output(result.num_rows(), result.get_array_memory_size());
                     if !output.send(StreamMessage::Batch(result)).await {
@@ -541,25 +541,6 @@ async fn run_function(
             },
         }
     }
-}
-
-/// Fail clearly when a function's result does not have the schema the plan expects.
-fn check_schema(
-    function: &Arc<dyn BatchFunction>,
-    result: &RecordBatch,
-    expected: &SchemaRef,
-) -> Result<()> {
-    if result.schema().fields() != expected.fields() {
-        return Err(RilletError::UserFunction {
-            operator: function.name().to_string(),
-            message: format!(
-                "returned a batch with schema {:?}, but the plan expects {:?}",
-                result.schema(),
-                expected
-            ),
-        });
-    }
-    Ok(())
 }
 
 async fn run_sink(
