@@ -40,8 +40,11 @@ def docs():
 
 # Whitespace is Unicode White_Space; Python's str.split also splits on the ASCII
 # separators U+001C..U+001F, so leave those out of the comparison.
-# Any text Arrow can hold: UTF-8 cannot encode lone surrogates (category Cs).
-_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x1c\x1d\x1e\x1f"),
+# Any text Arrow can hold: UTF-8 cannot encode lone surrogates (category Cs). Code points
+# unassigned in Python's Unicode database (Cn) are left out too: Rillet's tables are a newer
+# Unicode version, which decomposes characters added since (U+1B123 -> こと under NFKC), so
+# the reference cannot judge them.
+_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cn"), blacklist_characters="\x1c\x1d\x1e\x1f"),
                 max_size=60)
 
 
