@@ -6,11 +6,19 @@
 //! ```
 
 use clap::{Parser, Subcommand};
+
+/// The same allocator as the Python extension (see `rillet-python`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rillet_common::{EngineConfig, RilletError};
 use rillet_plan::{ReadFormat, Session};
 
 #[derive(Parser)]
-#[command(name = "rillet", version, about = "Rillet: a dataflow engine for multimodal data")]
+#[command(
+    name = "rillet",
+    version,
+    about = "Rillet: a dataflow engine for multimodal data"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,10 +64,17 @@ fn format_of(path: &str) -> ReadFormat {
     }
 }
 
-fn plan(session: &Session, query: &str, tables: &[(String, String)]) -> Result<rillet_plan::DataFrame, RilletError> {
+fn plan(
+    session: &Session,
+    query: &str,
+    tables: &[(String, String)],
+) -> Result<rillet_plan::DataFrame, RilletError> {
     let mut frames = Vec::new();
     for (name, path) in tables {
-        frames.push((name.as_str(), session.read(format_of(path), &[path.clone()])?));
+        frames.push((
+            name.as_str(),
+            session.read(format_of(path), &[path.clone()])?,
+        ));
     }
     session.sql(query, &frames)
 }

@@ -153,12 +153,12 @@ mod tests {
             operator: "map_batches(f)".into(),
             message: "ZeroDivisionError".into(),
         };
-        let wrapped = DataFusionError::Context(
-            "while running".into(),
-            Box::new(original.into_datafusion()),
-        );
+        let wrapped =
+            DataFusionError::Context("while running".into(), Box::new(original.into_datafusion()));
         let back = RilletError::from(wrapped);
-        assert!(matches!(back, RilletError::UserFunction { ref operator, .. } if operator == "map_batches(f)"));
+        assert!(
+            matches!(back, RilletError::UserFunction { ref operator, .. } if operator == "map_batches(f)")
+        );
     }
 
     #[test]

@@ -56,8 +56,17 @@ pub enum ElementType {
 impl ElementType {
     /// Every element type, in declaration order.
     pub const ALL: [ElementType; 11] = [
-        Self::U8, Self::U16, Self::U32, Self::U64, Self::I8, Self::I16, Self::I32, Self::I64,
-        Self::F16, Self::F32, Self::F64,
+        Self::U8,
+        Self::U16,
+        Self::U32,
+        Self::U64,
+        Self::I8,
+        Self::I16,
+        Self::I32,
+        Self::I64,
+        Self::F16,
+        Self::F32,
+        Self::F64,
     ];
 
     /// The short name (`u8`, `f32`, …) used in schemas and metadata.
@@ -171,8 +180,16 @@ pub enum ImageMode {
 impl ImageMode {
     /// Every mode.
     pub const ALL: [ImageMode; 10] = [
-        Self::L, Self::La, Self::Rgb, Self::Rgba, Self::L16, Self::La16, Self::Rgb16,
-        Self::Rgba16, Self::Rgb32F, Self::Rgba32F,
+        Self::L,
+        Self::La,
+        Self::Rgb,
+        Self::Rgba,
+        Self::L16,
+        Self::La16,
+        Self::Rgb16,
+        Self::Rgba16,
+        Self::Rgb32F,
+        Self::Rgba32F,
     ];
 
     /// The name used in schemas and the `mode` field (`"RGB"`, `"L16"`, …), as Pillow names
@@ -227,12 +244,15 @@ impl FromStr for ImageMode {
     type Err = ArrowError;
     fn from_str(s: &str) -> Result<Self, ArrowError> {
         let upper = s.to_ascii_uppercase();
-        Self::ALL.into_iter().find(|m| m.name() == upper).ok_or_else(|| {
-            ArrowError::InvalidArgumentError(format!(
-                "unknown image mode {s:?}; expected one of {}",
-                Self::ALL.map(|m| m.name()).join(", ")
-            ))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == upper)
+            .ok_or_else(|| {
+                ArrowError::InvalidArgumentError(format!(
+                    "unknown image mode {s:?}; expected one of {}",
+                    Self::ALL.map(|m| m.name()).join(", ")
+                ))
+            })
     }
 }
 
@@ -249,13 +269,18 @@ fn required(name: &str, data_type: DataType) -> Field {
 /// habits there).
 pub fn same_layout(a: &DataType, b: &DataType) -> bool {
     match (a, b) {
-        (DataType::List(a), DataType::List(b)) | (DataType::LargeList(a), DataType::LargeList(b)) => {
+        (DataType::List(a), DataType::List(b))
+        | (DataType::LargeList(a), DataType::LargeList(b)) => {
             same_layout(a.data_type(), b.data_type())
         }
-        (DataType::FixedSizeList(a, n), DataType::FixedSizeList(b, m)) => n == m && same_layout(a.data_type(), b.data_type()),
+        (DataType::FixedSizeList(a, n), DataType::FixedSizeList(b, m)) => {
+            n == m && same_layout(a.data_type(), b.data_type())
+        }
         (DataType::Struct(a), DataType::Struct(b)) => {
             a.len() == b.len()
-                && a.iter().zip(b.iter()).all(|(a, b)| a.name() == b.name() && same_layout(a.data_type(), b.data_type()))
+                && a.iter()
+                    .zip(b.iter())
+                    .all(|(a, b)| a.name() == b.name() && same_layout(a.data_type(), b.data_type()))
         }
         (a, b) => a == b,
     }
@@ -271,7 +296,9 @@ fn expect_storage(name: &str, expected: &DataType, found: &DataType) -> Result<(
     }
 }
 
-fn json_metadata(metadata: Option<&str>) -> Result<serde_json::Map<String, serde_json::Value>, ArrowError> {
+fn json_metadata(
+    metadata: Option<&str>,
+) -> Result<serde_json::Map<String, serde_json::Value>, ArrowError> {
     match metadata {
         None | Some("") => Ok(Default::default()),
         Some(text) => match serde_json::from_str(text) {
@@ -289,7 +316,9 @@ fn json_element_type(
 ) -> Result<ElementType, ArrowError> {
     map.get("dtype")
         .and_then(|v| v.as_str())
-        .ok_or_else(|| ArrowError::InvalidArgumentError(format!("{type_name} metadata lacks \"dtype\"")))?
+        .ok_or_else(|| {
+            ArrowError::InvalidArgumentError(format!("{type_name} metadata lacks \"dtype\""))
+        })?
         .parse()
 }
 
@@ -401,14 +430,21 @@ impl TensorType {
             Some(shape) => DataType::FixedSizeList(item, shape.iter().product::<usize>() as i32),
             None => DataType::Struct(Fields::from(vec![
                 required("data", DataType::List(item)),
-                required("shape", DataType::List(Arc::new(Field::new("item", DataType::UInt32, true)))),
+                required(
+                    "shape",
+                    DataType::List(Arc::new(Field::new("item", DataType::UInt32, true))),
+                ),
             ])),
         }
     }
 
     /// A nullable field of this type.
     pub fn field(self, name: &str) -> Field {
-        nullable(name, Self::storage_type_of(self.dtype, self.shape.as_deref())).with_extension_type(self)
+        nullable(
+            name,
+            Self::storage_type_of(self.dtype, self.shape.as_deref()),
+        )
+        .with_extension_type(self)
     }
 }
 
@@ -422,11 +458,13 @@ impl ExtensionType for TensorType {
     }
 
     fn serialize_metadata(&self) -> Option<String> {
-        Some(match &self.shape {
-            Some(shape) => serde_json::json!({ "dtype": self.dtype.name(), "shape": shape }),
-            None => serde_json::json!({ "dtype": self.dtype.name() }),
-        }
-        .to_string())
+        Some(
+            match &self.shape {
+                Some(shape) => serde_json::json!({ "dtype": self.dtype.name(), "shape": shape }),
+                None => serde_json::json!({ "dtype": self.dtype.name() }),
+            }
+            .to_string(),
+        )
     }
 
     fn deserialize_metadata(metadata: Option<&str>) -> Result<Self::Metadata, ArrowError> {
@@ -438,17 +476,27 @@ impl ExtensionType for TensorType {
                 dims.iter()
                     .map(|d| d.as_u64().map(|d| d as usize))
                     .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| ArrowError::InvalidArgumentError("tensor shape must be a list of sizes".into()))?,
+                    .ok_or_else(|| {
+                        ArrowError::InvalidArgumentError(
+                            "tensor shape must be a list of sizes".into(),
+                        )
+                    })?,
             ),
             Some(other) => {
-                return Err(ArrowError::InvalidArgumentError(format!("tensor shape must be a list, not {other}")));
+                return Err(ArrowError::InvalidArgumentError(format!(
+                    "tensor shape must be a list, not {other}"
+                )));
             }
         };
         Ok(Self { dtype, shape })
     }
 
     fn supports_data_type(&self, data_type: &DataType) -> Result<(), ArrowError> {
-        expect_storage(Self::NAME, &Self::storage_type_of(self.dtype, self.shape.as_deref()), data_type)
+        expect_storage(
+            Self::NAME,
+            &Self::storage_type_of(self.dtype, self.shape.as_deref()),
+            data_type,
+        )
     }
 
     fn try_new(data_type: &DataType, metadata: Self::Metadata) -> Result<Self, ArrowError> {
@@ -482,7 +530,10 @@ impl EmbeddingType {
 
     /// The storage type.
     pub fn storage_type(&self) -> DataType {
-        DataType::FixedSizeList(Arc::new(Field::new("item", self.dtype.arrow_type(), true)), self.dim as i32)
+        DataType::FixedSizeList(
+            Arc::new(Field::new("item", self.dtype.arrow_type(), true)),
+            self.dim as i32,
+        )
     }
 
     /// A nullable field of this type.
@@ -506,16 +557,20 @@ impl ExtensionType for EmbeddingType {
     fn deserialize_metadata(metadata: Option<&str>) -> Result<Self::Metadata, ArrowError> {
         let map = json_metadata(metadata)?;
         let dtype = json_element_type(&map, Self::NAME)?;
-        let dim = map
-            .get("dim")
-            .and_then(|d| d.as_u64())
-            .ok_or_else(|| ArrowError::InvalidArgumentError("rillet.embedding metadata lacks \"dim\"".into()))?;
-        Ok(Self { dtype, dim: dim as usize })
+        let dim = map.get("dim").and_then(|d| d.as_u64()).ok_or_else(|| {
+            ArrowError::InvalidArgumentError("rillet.embedding metadata lacks \"dim\"".into())
+        })?;
+        Ok(Self {
+            dtype,
+            dim: dim as usize,
+        })
     }
 
     fn supports_data_type(&self, data_type: &DataType) -> Result<(), ArrowError> {
         match data_type {
-            DataType::FixedSizeList(item, n) if *n as usize == self.dim && item.data_type() == &self.dtype.arrow_type() => {
+            DataType::FixedSizeList(item, n)
+                if *n as usize == self.dim && item.data_type() == &self.dtype.arrow_type() =>
+            {
                 Ok(())
             }
             other => Err(ArrowError::InvalidArgumentError(format!(
@@ -643,10 +698,21 @@ impl MultimodalType {
         Some(match field.extension_type_name()? {
             ImageType::NAME => Self::Image(field.try_extension_type::<ImageType>().ok()?),
             TensorType::NAME => Self::Tensor(field.try_extension_type::<TensorType>().ok()?),
-            EmbeddingType::NAME => Self::Embedding(field.try_extension_type::<EmbeddingType>().ok()?),
-            AudioType::NAME => field.try_extension_type::<AudioType>().ok().map(|_| Self::Audio)?,
-            FileType::NAME => field.try_extension_type::<FileType>().ok().map(|_| Self::File)?,
-            ClipType::NAME => field.try_extension_type::<ClipType>().ok().map(|_| Self::Clip)?,
+            EmbeddingType::NAME => {
+                Self::Embedding(field.try_extension_type::<EmbeddingType>().ok()?)
+            }
+            AudioType::NAME => field
+                .try_extension_type::<AudioType>()
+                .ok()
+                .map(|_| Self::Audio)?,
+            FileType::NAME => field
+                .try_extension_type::<FileType>()
+                .ok()
+                .map(|_| Self::File)?,
+            ClipType::NAME => field
+                .try_extension_type::<ClipType>()
+                .ok()
+                .map(|_| Self::Clip)?,
             _ => return None,
         })
     }
@@ -676,7 +742,11 @@ impl fmt::Display for MultimodalType {
                     f,
                     "Tensor[{}; {}]",
                     t.dtype(),
-                    shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×")
+                    shape
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("×")
                 ),
                 None => write!(f, "Tensor[{}]", t.dtype()),
             },
@@ -728,18 +798,31 @@ mod tests {
 
     #[test]
     fn names_read_well() {
-        let tensor = MultimodalType::Tensor(TensorType::new(ElementType::F32, Some(vec![3, 224, 224])));
+        let tensor =
+            MultimodalType::Tensor(TensorType::new(ElementType::F32, Some(vec![3, 224, 224])));
         assert_eq!(tensor.to_string(), "Tensor[f32; 3×224×224]");
-        assert_eq!(MultimodalType::Image(ImageType::new(None)).to_string(), "Image[mixed]");
+        assert_eq!(
+            MultimodalType::Image(ImageType::new(None)).to_string(),
+            "Image[mixed]"
+        );
         assert_eq!("float32".parse::<ElementType>().unwrap(), ElementType::F32);
-        assert!("q7".parse::<ElementType>().unwrap_err().to_string().contains("u8"));
+        assert!(
+            "q7".parse::<ElementType>()
+                .unwrap_err()
+                .to_string()
+                .contains("u8")
+        );
         assert_eq!("rgb".parse::<ImageMode>().unwrap(), ImageMode::Rgb);
     }
 
     #[test]
     fn mismatched_storage_is_not_the_type() {
         let field = Field::new("x", DataType::Int32, true).with_metadata(
-            [(arrow_schema::extension::EXTENSION_TYPE_NAME_KEY.to_string(), "rillet.image".to_string())].into(),
+            [(
+                arrow_schema::extension::EXTENSION_TYPE_NAME_KEY.to_string(),
+                "rillet.image".to_string(),
+            )]
+            .into(),
         );
         assert_eq!(MultimodalType::of_field(&field), None);
     }

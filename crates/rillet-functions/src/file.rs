@@ -19,11 +19,19 @@ const READ_BATCH_ROWS: usize = 16;
 
 /// Every file operator.
 pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
-    vec![Arc::new(OperatorFunction::new(Read)), Arc::new(OperatorFunction::new(MimeType)), Arc::new(OperatorFunction::new(Download))]
+    vec![
+        Arc::new(OperatorFunction::new(Read)),
+        Arc::new(OperatorFunction::new(MimeType)),
+        Arc::new(OperatorFunction::new(Download)),
+    ]
 }
 
 fn expect_reference(operator: &str, field: &Field) -> Result<()> {
-    if is_encoded_input(field) { Ok(()) } else { Err(not_encoded(operator, field, "content")) }
+    if is_encoded_input(field) {
+        Ok(())
+    } else {
+        Err(not_encoded(operator, field, "content"))
+    }
 }
 
 /// Each row's (partial) content mapped by `f`; data problems null the row with a reason.
@@ -39,7 +47,13 @@ fn per_row<T>(
         Some(n) => column.head(row, n),
         None => column.get(row),
     };
-    row_values(call.rows, errors, |row| column.identity(row), fetch, |bytes, _| Ok(f(&bytes)))
+    row_values(
+        call.rows,
+        errors,
+        |row| column.identity(row),
+        fetch,
+        |bytes, _| Ok(f(&bytes)),
+    )
 }
 
 /// `file_read(x, on_error)`: the bytes behind a `File` (its byte range only, when it has
@@ -75,7 +89,8 @@ impl Operator for Read {
 /// Every row's whole content as a binary array.
 fn read_contents(operator: &str, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
     let rows = per_row(operator, call, errors, None, |bytes| bytes.to_vec())?;
-    let mut out = BinaryBuilder::with_capacity(rows.len(), rows.iter().flatten().map(Vec::len).sum());
+    let mut out =
+        BinaryBuilder::with_capacity(rows.len(), rows.iter().flatten().map(Vec::len).sum());
     for bytes in rows {
         out.append_option(bytes);
     }
@@ -100,7 +115,10 @@ impl Operator for Download {
     }
 
     fn result_field(&self, inputs: &[FieldRef], _params: &Params) -> Result<Field> {
-        if !matches!(inputs[0].data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+        if !matches!(
+            inputs[0].data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        ) {
             return Err(rillet_common::RilletError::invalid_argument(format!(
                 "url_download: input must be a string column of URLs; column {:?} is {}",
                 inputs[0].name(),
@@ -158,7 +176,9 @@ impl Operator for MimeType {
 /// assert_eq!(sniff(&[0, 159, 146, 150]), "application/octet-stream");
 /// ```
 pub fn sniff(head: &[u8]) -> &'static str {
-    let at = |offset: usize, magic: &[u8]| head.len() >= offset + magic.len() && &head[offset..offset + magic.len()] == magic;
+    let at = |offset: usize, magic: &[u8]| {
+        head.len() >= offset + magic.len() && &head[offset..offset + magic.len()] == magic
+    };
     if at(0, b"\xFF\xD8\xFF") {
         return "image/jpeg";
     }
@@ -199,7 +219,11 @@ pub fn sniff(head: &[u8]) -> &'static str {
         };
     }
     if at(0, b"\x1A\x45\xDF\xA3") {
-        return if head.windows(4).any(|w| w == b"webm") { "video/webm" } else { "video/x-matroska" };
+        return if head.windows(4).any(|w| w == b"webm") {
+            "video/webm"
+        } else {
+            "video/x-matroska"
+        };
     }
     if at(0, b"%PDF-") {
         return "application/pdf";
@@ -217,14 +241,20 @@ pub fn sniff(head: &[u8]) -> &'static str {
     // control bytes other than whitespace.
     let text = match std::str::from_utf8(head) {
         Ok(text) => text,
-        Err(e) if e.error_len().is_none() => std::str::from_utf8(&head[..e.valid_up_to()]).unwrap_or(""),
+        Err(e) if e.error_len().is_none() => {
+            std::str::from_utf8(&head[..e.valid_up_to()]).unwrap_or("")
+        }
         Err(_) => return "application/octet-stream",
     };
     if head.is_empty() || text.chars().any(|c| c.is_control() && !c.is_whitespace()) {
         return "application/octet-stream";
     }
     let start = text.trim_start();
-    let lower: String = start.chars().take(15).collect::<String>().to_ascii_lowercase();
+    let lower: String = start
+        .chars()
+        .take(15)
+        .collect::<String>()
+        .to_ascii_lowercase();
     if lower.starts_with("<!doctype html") || lower.starts_with("<html") {
         "text/html"
     } else if start.starts_with('{') || start.starts_with('[') {

@@ -7,17 +7,19 @@ use std::cell::RefCell;
 
 use arrow::array::{Array, ArrayRef, AsArray, StructArray, UInt64Array};
 use arrow::datatypes::{DataType, Field};
-use rillet_common::types::{display_type, FileType, MultimodalType, same_layout};
+use rillet_common::types::{FileType, MultimodalType, display_type, same_layout};
 use rillet_common::{Result, RilletError};
 use rillet_io::{FetchError, Request};
-
 
 /// True if `field` holds encoded content this module can read.
 pub fn is_encoded_input(field: &Field) -> bool {
     match field.data_type() {
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => true,
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
-        other => matches!(MultimodalType::of_field(field), Some(MultimodalType::File)) || same_layout(other, &FileType::storage_type()),
+        other => {
+            matches!(MultimodalType::of_field(field), Some(MultimodalType::File))
+                || same_layout(other, &FileType::storage_type())
+        }
     }
 }
 
@@ -68,7 +70,9 @@ impl From<FetchError> for RowFailure {
     fn from(error: FetchError) -> Self {
         match error {
             FetchError::Data(reason) => Self::Data(reason),
-            FetchError::Infrastructure(message) => Self::Infrastructure(RilletError::Io(std::io::Error::other(message))),
+            FetchError::Infrastructure(message) => {
+                Self::Infrastructure(RilletError::Io(std::io::Error::other(message)))
+            }
         }
     }
 }
@@ -77,17 +81,33 @@ impl<'a> EncodedColumn<'a> {
     /// View `array` as encoded content, or explain why it is not.
     pub fn try_new(operator: &str, array: &'a ArrayRef, what: &str) -> Result<Self> {
         let source = match array.data_type() {
-            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Source::Bytes(array.as_ref()),
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Source::Uris(array.as_ref()),
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+                Source::Bytes(array.as_ref())
+            }
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                Source::Uris(array.as_ref())
+            }
             t if same_layout(t, &FileType::storage_type()) => Source::Files(array.as_struct()),
-            _ => return Err(not_encoded(operator, &Field::new("input", array.data_type().clone(), true), what)),
+            _ => {
+                return Err(not_encoded(
+                    operator,
+                    &Field::new("input", array.data_type().clone(), true),
+                    what,
+                ));
+            }
         };
-        Ok(Self { source, contents: RefCell::new(None), heads: RefCell::new(None) })
+        Ok(Self {
+            source,
+            contents: RefCell::new(None),
+            heads: RefCell::new(None),
+        })
     }
 
     /// A short identity for `row` in error messages: its URI when it has one.
     pub fn identity(&self, row: usize) -> String {
-        self.uri(row).map(str::to_string).unwrap_or_else(|| format!("row {row}"))
+        self.uri(row)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("row {row}"))
     }
 
     /// The URI or path of `row`, for columns of references.
@@ -124,7 +144,8 @@ impl<'a> EncodedColumn<'a> {
     pub fn extension(&self, row: usize) -> Option<String> {
         let uri = self.uri(row)?;
         let name = uri.rsplit('/').next()?;
-        name.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase())
+        name.rsplit_once('.')
+            .map(|(_, ext)| ext.to_ascii_lowercase())
     }
 
     /// The read `row` needs (its URI, byte range and, for a remote `File`, the version it
@@ -147,11 +168,16 @@ impl<'a> EncodedColumn<'a> {
         if let Source::Bytes(array) = self.source {
             return Ok((!array.is_null(row)).then(|| Cow::Borrowed(binary_at(array, row))));
         }
-        let Some(request) = self.request(row) else { return Ok(None) };
+        let Some(request) = self.request(row) else {
+            return Ok(None);
+        };
         let bytes = if rillet_io::is_remote(&request.uri) {
             let mut contents = self.contents.borrow_mut();
-            let fetched = contents.get_or_insert_with(|| self.fetch_remote(|row| self.request(row)));
-            fetched[row].take().unwrap_or_else(|| rillet_io::fetch(&request))?
+            let fetched =
+                contents.get_or_insert_with(|| self.fetch_remote(|row| self.request(row)));
+            fetched[row]
+                .take()
+                .unwrap_or_else(|| rillet_io::fetch(&request))?
         } else {
             rillet_io::fetch(&request)?
         };
@@ -160,7 +186,11 @@ impl<'a> EncodedColumn<'a> {
 
     /// At most the first `n` bytes of `row` (fewer when the content is shorter), reading
     /// no more than that: for format sniffing.
-    pub fn head(&self, row: usize, n: u64) -> std::result::Result<Option<Cow<'a, [u8]>>, RowFailure> {
+    pub fn head(
+        &self,
+        row: usize,
+        n: u64,
+    ) -> std::result::Result<Option<Cow<'a, [u8]>>, RowFailure> {
         if let Source::Bytes(array) = self.source {
             if array.is_null(row) {
                 return Ok(None);
@@ -175,13 +205,17 @@ impl<'a> EncodedColumn<'a> {
                 request
             })
         };
-        let Some(request) = head_of(row) else { return Ok(None) };
+        let Some(request) = head_of(row) else {
+            return Ok(None);
+        };
         let bytes = if rillet_io::is_remote(&request.uri) {
             let mut heads = self.heads.borrow_mut();
             if heads.as_ref().is_none_or(|(asked, _)| *asked != n) {
                 *heads = Some((n, self.fetch_remote(head_of)));
             }
-            heads.as_mut().expect("just filled").1[row].take().unwrap_or_else(|| rillet_io::fetch(&request))?
+            heads.as_mut().expect("just filled").1[row]
+                .take()
+                .unwrap_or_else(|| rillet_io::fetch(&request))?
         } else {
             rillet_io::fetch(&request)?
         };
@@ -194,8 +228,13 @@ impl<'a> EncodedColumn<'a> {
             Source::Bytes(array) | Source::Uris(array) => array.len(),
             Source::Files(files) => files.len(),
         };
-        let wanted: Vec<(usize, Request)> =
-            (0..rows).filter_map(|row| request(row).filter(|r| rillet_io::is_remote(&r.uri)).map(|r| (row, r))).collect();
+        let wanted: Vec<(usize, Request)> = (0..rows)
+            .filter_map(|row| {
+                request(row)
+                    .filter(|r| rillet_io::is_remote(&r.uri))
+                    .map(|r| (row, r))
+            })
+            .collect();
         let requests: Vec<Request> = wanted.iter().map(|(_, r)| r.clone()).collect();
         let mut fetched: Fetched = vec![None; rows];
         for ((row, _), result) in wanted.into_iter().zip(rillet_io::fetch_many(&requests)) {

@@ -69,12 +69,20 @@ pub struct Param {
 impl Param {
     /// A required option.
     pub const fn required(name: &'static str, kind: ParamKind) -> Self {
-        Self { name, kind, default: None }
+        Self {
+            name,
+            kind,
+            default: None,
+        }
     }
 
     /// An option with a default.
     pub const fn optional(name: &'static str, kind: ParamKind, default: &'static str) -> Self {
-        Self { name, kind, default: Some(default) }
+        Self {
+            name,
+            kind,
+            default: Some(default),
+        }
     }
 
     /// The standard `on_error` option, `"null"` by default.
@@ -89,7 +97,11 @@ pub struct Params {
 }
 
 impl Params {
-    fn parse(operator: &'static str, params: &[Param], literals: &[Option<ScalarValue>]) -> Result<Self> {
+    fn parse(
+        operator: &'static str,
+        params: &[Param],
+        literals: &[Option<ScalarValue>],
+    ) -> Result<Self> {
         if literals.len() > params.len() {
             return Err(RilletError::invalid_argument(format!(
                 "{operator} takes at most {} option(s) ({}), got {}",
@@ -159,7 +171,9 @@ impl Params {
             ScalarValue::UInt8(Some(v)) => Ok(*v as i64),
             ScalarValue::UInt16(Some(v)) => Ok(*v as i64),
             ScalarValue::UInt32(Some(v)) => Ok(*v as i64),
-            ScalarValue::UInt64(Some(v)) => i64::try_from(*v).map_err(|_| self.wrong(name, "an integer", value)),
+            ScalarValue::UInt64(Some(v)) => {
+                i64::try_from(*v).map_err(|_| self.wrong(name, "an integer", value))
+            }
             _ => Err(self.wrong(name, "an integer", value)),
         }
     }
@@ -168,7 +182,11 @@ impl Params {
     pub fn size(&self, name: &str) -> Result<u32> {
         let v = self.int(name)?;
         u32::try_from(v).map_err(|_| {
-            RilletError::invalid_argument(format!("{}: option {name} must be between 0 and {}, not {v}", self.operator, u32::MAX))
+            RilletError::invalid_argument(format!(
+                "{}: option {name} must be between 0 and {}, not {v}",
+                self.operator,
+                u32::MAX
+            ))
         })
     }
 
@@ -178,7 +196,10 @@ impl Params {
         match value {
             ScalarValue::Float32(Some(v)) => Ok(*v as f64),
             ScalarValue::Float64(Some(v)) => Ok(*v),
-            _ => self.int(name).map(|v| v as f64).map_err(|_| self.wrong(name, "a number", value)),
+            _ => self
+                .int(name)
+                .map(|v| v as f64)
+                .map_err(|_| self.wrong(name, "a number", value)),
         }
     }
 
@@ -186,7 +207,9 @@ impl Params {
     pub fn str(&self, name: &str) -> Result<&str> {
         let value = self.get(name)?;
         match value {
-            ScalarValue::Utf8(Some(v)) | ScalarValue::LargeUtf8(Some(v)) | ScalarValue::Utf8View(Some(v)) => Ok(v),
+            ScalarValue::Utf8(Some(v))
+            | ScalarValue::LargeUtf8(Some(v))
+            | ScalarValue::Utf8View(Some(v)) => Ok(v),
             _ => Err(self.wrong(name, "a string", value)),
         }
     }
@@ -249,7 +272,10 @@ pub struct RowErrors {
 impl RowErrors {
     /// No failures yet, for `rows` rows.
     pub fn new(rows: usize) -> Self {
-        Self { reasons: vec![None; rows], failed: 0 }
+        Self {
+            reasons: vec![None; rows],
+            failed: 0,
+        }
     }
 
     /// Record that `row` failed because of `reason` (its result must be null).
@@ -289,7 +315,9 @@ pub(crate) fn row_values<T, R>(
     for row in 0..rows {
         let value = match fetch(row) {
             Ok(None) => Ok(None),
-            Ok(Some(value)) => f(value, row).map(Some).map_err(|reason| format!("{}: {reason}", identity(row))),
+            Ok(Some(value)) => f(value, row)
+                .map(Some)
+                .map_err(|reason| format!("{}: {reason}", identity(row))),
             Err(RowFailure::Data(reason)) => Err(reason),
             Err(RowFailure::Infrastructure(e)) => return Err(e),
         };
@@ -359,7 +387,11 @@ impl<O: Operator> OperatorFunction<O> {
 
     /// The row policy of a call: operators without an `on_error` option null bad rows.
     fn policy(&self, params: &Params) -> Result<OnError> {
-        if self.operator.params().iter().any(|p| p.name == "on_error") { params.on_error() } else { Ok(OnError::Null) }
+        if self.operator.params().iter().any(|p| p.name == "on_error") {
+            params.on_error()
+        } else {
+            Ok(OnError::Null)
+        }
     }
 
     fn check_arity(&self, args: usize) -> Result<()> {
@@ -433,7 +465,12 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
             .map(|(i, a)| Arc::new(Field::new(format!("arg{i}"), a.data_type().clone(), true)))
             .collect();
         let mut errors = RowErrors::new(rows);
-        let call = Call { inputs: &args[..n], fields: &fields, params: &params, rows };
+        let call = Call {
+            inputs: &args[..n],
+            fields: &fields,
+            params: &params,
+            rows,
+        };
         let values = self.operator.evaluate(&call, &mut errors)?;
         match self.policy(&params)? {
             OnError::Raise if errors.failed() > 0 => {
@@ -454,8 +491,13 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
                     .result_field(&fields, &params)?
                     .with_name("value");
                 let reasons: StringArray = errors.reasons.into_iter().collect();
-                let struct_fields = Fields::from(vec![value_field, Field::new("error", DataType::Utf8, true)]);
-                let array = StructArray::try_new(struct_fields, vec![values, Arc::new(reasons)], None::<NullBuffer>)?;
+                let struct_fields =
+                    Fields::from(vec![value_field, Field::new("error", DataType::Utf8, true)]);
+                let array = StructArray::try_new(
+                    struct_fields,
+                    vec![values, Arc::new(reasons)],
+                    None::<NullBuffer>,
+                )?;
                 Ok(Arc::new(array))
             }
             _ => Ok(values),

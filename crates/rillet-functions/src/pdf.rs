@@ -8,7 +8,9 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Array, Int32Builder, ListBuilder, StringArray, StringBuilder, StructBuilder};
+use arrow::array::{
+    ArrayRef, Int32Array, Int32Builder, ListBuilder, StringArray, StringBuilder, StructBuilder,
+};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use rillet_common::Result;
 use rillet_runtime::ArrayFunction;
@@ -21,15 +23,25 @@ const PDF_BATCH_ROWS: usize = 8;
 
 /// Every PDF operator.
 pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
-    vec![Arc::new(OperatorFunction::new(PageCount)), Arc::new(OperatorFunction::new(Pages)), Arc::new(OperatorFunction::new(Text))]
+    vec![
+        Arc::new(OperatorFunction::new(PageCount)),
+        Arc::new(OperatorFunction::new(Pages)),
+        Arc::new(OperatorFunction::new(Text)),
+    ]
 }
 
 fn expect_pdf(operator: &str, field: &Field) -> Result<()> {
-    if is_encoded_input(field) { Ok(()) } else { Err(not_encoded(operator, field, "PDF")) }
+    if is_encoded_input(field) {
+        Ok(())
+    } else {
+        Err(not_encoded(operator, field, "PDF"))
+    }
 }
 
 /// Run `f` on one document's bytes, turning a panic inside the parser into a reason.
-fn guarded<T>(f: impl FnOnce() -> std::result::Result<T, String>) -> std::result::Result<T, String> {
+fn guarded<T>(
+    f: impl FnOnce() -> std::result::Result<T, String>,
+) -> std::result::Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
         let detail = panic
             .downcast_ref::<String>()
@@ -42,7 +54,11 @@ fn guarded<T>(f: impl FnOnce() -> std::result::Result<T, String>) -> std::result
 
 /// Refuse content that does not start like a PDF before handing it to a parser.
 fn require_header(bytes: &[u8]) -> std::result::Result<(), String> {
-    if bytes.starts_with(b"%PDF") { Ok(()) } else { Err("not a PDF (no %PDF header)".to_string()) }
+    if bytes.starts_with(b"%PDF") {
+        Ok(())
+    } else {
+        Err("not a PDF (no %PDF header)".to_string())
+    }
 }
 
 /// The text of each page, in page order.
@@ -52,12 +68,19 @@ fn require_header(bytes: &[u8]) -> std::result::Result<(), String> {
 /// ```
 pub fn page_texts(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
     require_header(bytes)?;
-    guarded(|| pdf_extract::extract_text_from_mem_by_pages(bytes).map_err(|e| format!("malformed PDF: {e}")))
+    guarded(|| {
+        pdf_extract::extract_text_from_mem_by_pages(bytes)
+            .map_err(|e| format!("malformed PDF: {e}"))
+    })
 }
 
 fn page_count(bytes: &[u8]) -> std::result::Result<usize, String> {
     require_header(bytes)?;
-    guarded(|| lopdf::Document::load_mem(bytes).map(|d| d.get_pages().len()).map_err(|e| format!("malformed PDF: {e}")))
+    guarded(|| {
+        lopdf::Document::load_mem(bytes)
+            .map(|d| d.get_pages().len())
+            .map_err(|e| format!("malformed PDF: {e}"))
+    })
 }
 
 /// Each row's value from its document bytes.
@@ -68,7 +91,13 @@ fn per_document<T>(
     mut f: impl FnMut(&[u8]) -> std::result::Result<T, String>,
 ) -> Result<Vec<Option<T>>> {
     let column = EncodedColumn::try_new(operator, &call.inputs[0], "PDF")?;
-    row_values(call.rows, errors, |row| column.identity(row), |row| column.get(row), |bytes, _| f(&bytes))
+    row_values(
+        call.rows,
+        errors,
+        |row| column.identity(row),
+        |row| column.get(row),
+        |bytes, _| f(&bytes),
+    )
 }
 
 /// `pdf_page_count(x, on_error)`: pages in the document (reads its page tree only).
@@ -91,7 +120,9 @@ impl Operator for PageCount {
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
-        let rows = per_document(self.name(), call, errors, |bytes| page_count(bytes).map(|n| n as i32))?;
+        let rows = per_document(self.name(), call, errors, |bytes| {
+            page_count(bytes).map(|n| n as i32)
+        })?;
         Ok(Arc::new(rows.into_iter().collect::<Int32Array>()))
     }
 
@@ -101,7 +132,10 @@ impl Operator for PageCount {
 }
 
 fn page_fields() -> Fields {
-    Fields::from(vec![Field::new("page", DataType::Int32, false), Field::new("text", DataType::Utf8, false)])
+    Fields::from(vec![
+        Field::new("page", DataType::Int32, false),
+        Field::new("text", DataType::Utf8, false),
+    ])
 }
 
 /// `pdf_pages(x, on_error)`: a `list<struct{page, text}>` (pages numbered from 1) to
@@ -121,13 +155,22 @@ impl Operator for Pages {
 
     fn result_field(&self, inputs: &[FieldRef], _params: &Params) -> Result<Field> {
         expect_pdf(self.name(), &inputs[0])?;
-        Ok(Field::new(self.name(), DataType::List(Arc::new(Field::new("item", DataType::Struct(page_fields()), false))), true))
+        Ok(Field::new(
+            self.name(),
+            DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Struct(page_fields()),
+                false,
+            ))),
+            true,
+        ))
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let rows = per_document(self.name(), call, errors, page_texts)?;
-        let mut out = ListBuilder::new(StructBuilder::from_fields(page_fields(), 0))
-            .with_field(Arc::new(Field::new("item", DataType::Struct(page_fields()), false)));
+        let mut out = ListBuilder::new(StructBuilder::from_fields(page_fields(), 0)).with_field(
+            Arc::new(Field::new("item", DataType::Struct(page_fields()), false)),
+        );
         for pages in rows {
             let Some(pages) = pages else {
                 out.append(false);
@@ -135,8 +178,14 @@ impl Operator for Pages {
             };
             let items = out.values();
             for (i, text) in pages.iter().enumerate() {
-                items.field_builder::<Int32Builder>(0).expect("int32").append_value(i as i32 + 1);
-                items.field_builder::<StringBuilder>(1).expect("utf8").append_value(text);
+                items
+                    .field_builder::<Int32Builder>(0)
+                    .expect("int32")
+                    .append_value(i as i32 + 1);
+                items
+                    .field_builder::<StringBuilder>(1)
+                    .expect("utf8")
+                    .append_value(text);
                 items.append(true);
             }
             out.append(true);
@@ -169,7 +218,9 @@ impl Operator for Text {
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
-        let rows = per_document(self.name(), call, errors, |bytes| page_texts(bytes).map(|pages| pages.join("\u{c}")))?;
+        let rows = per_document(self.name(), call, errors, |bytes| {
+            page_texts(bytes).map(|pages| pages.join("\u{c}"))
+        })?;
         Ok(Arc::new(rows.into_iter().collect::<StringArray>()))
     }
 

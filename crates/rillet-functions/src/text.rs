@@ -4,7 +4,10 @@
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{ArrayRef, FixedSizeListArray, Float64Builder, ListBuilder, StringBuilder, StructArray, UInt64Array, UInt64Builder};
+use arrow::array::{
+    ArrayRef, FixedSizeListArray, Float64Builder, ListBuilder, StringBuilder, StructArray,
+    UInt64Array, UInt64Builder,
+};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use regex::Regex;
 use rillet_common::types::display_type;
@@ -70,7 +73,9 @@ fn form(params: &Params) -> Result<String> {
     let form = params.str("form")?.to_ascii_uppercase();
     match form.as_str() {
         "NFC" | "NFD" | "NFKC" | "NFKD" => Ok(form),
-        other => Err(RilletError::invalid_argument(format!("form must be NFC, NFD, NFKC or NFKD, not {other:?}"))),
+        other => Err(RilletError::invalid_argument(format!(
+            "form must be NFC, NFD, NFKC or NFKD, not {other:?}"
+        ))),
     }
 }
 
@@ -96,7 +101,10 @@ impl Operator for Normalize {
 
     fn evaluate(&self, call: &Call<'_>, _errors: &mut RowErrors) -> Result<ArrayRef> {
         let form = form(call.params)?;
-        let (lower, collapse) = (call.params.bool("lowercase")?, call.params.bool("collapse_whitespace")?);
+        let (lower, collapse) = (
+            call.params.bool("lowercase")?,
+            call.params.bool("collapse_whitespace")?,
+        );
         let mut out = StringBuilder::new();
         for text in strings(call) {
             out.append_option(text.map(|t| normalize(t, &form, lower, collapse)));
@@ -112,14 +120,19 @@ fn chunk(text: &str, size: usize, overlap: usize, unit: &str) -> Vec<String> {
     match unit {
         "words" => {
             let words: Vec<&str> = text.split_whitespace().collect();
-            windows(words.len(), size, overlap).into_iter().map(|(a, b)| words[a..b].join(" ")).collect()
+            windows(words.len(), size, overlap)
+                .into_iter()
+                .map(|(a, b)| words[a..b].join(" "))
+                .collect()
         }
         "sentences" => {
             let sentences = split_sentences(text);
             let mut out = Vec::new();
             let mut current = String::new();
             for sentence in sentences {
-                if !current.is_empty() && current.chars().count() + 1 + sentence.chars().count() > size {
+                if !current.is_empty()
+                    && current.chars().count() + 1 + sentence.chars().count() > size
+                {
                     out.push(std::mem::take(&mut current));
                 }
                 if !current.is_empty() {
@@ -134,7 +147,10 @@ fn chunk(text: &str, size: usize, overlap: usize, unit: &str) -> Vec<String> {
         }
         _ => {
             let chars: Vec<char> = text.chars().collect();
-            windows(chars.len(), size, overlap).into_iter().map(|(a, b)| chars[a..b].iter().collect()).collect()
+            windows(chars.len(), size, overlap)
+                .into_iter()
+                .map(|(a, b)| chars[a..b].iter().collect())
+                .collect()
         }
     }
 }
@@ -156,7 +172,8 @@ fn windows(len: usize, size: usize, overlap: usize) -> Vec<(usize, usize)> {
 }
 
 fn split_sentences(text: &str) -> Vec<&str> {
-    static END: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"[.!?。！？]+[\s]+").expect("valid regex"));
+    static END: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"[.!?。！？]+[\s]+").expect("valid regex"));
     let mut out = Vec::new();
     let mut start = 0;
     for m in END.find_iter(text) {
@@ -183,10 +200,14 @@ fn chunk_options(params: &Params) -> Result<(usize, usize, String)> {
     let overlap = params.size("overlap")? as usize;
     let unit = params.str("unit")?.to_ascii_lowercase();
     if size == 0 || overlap >= size {
-        return Err(RilletError::invalid_argument(format!("chunk needs size > overlap >= 0 (size {size}, overlap {overlap})")));
+        return Err(RilletError::invalid_argument(format!(
+            "chunk needs size > overlap >= 0 (size {size}, overlap {overlap})"
+        )));
     }
     if !["chars", "words", "sentences"].contains(&unit.as_str()) {
-        return Err(RilletError::invalid_argument(format!("unit must be chars, words or sentences, not {unit:?}")));
+        return Err(RilletError::invalid_argument(format!(
+            "unit must be chars, words or sentences, not {unit:?}"
+        )));
     }
     Ok((size, overlap, unit))
 }
@@ -208,7 +229,11 @@ impl Operator for Chunk {
     fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
         expect_text(self.name(), &inputs[0])?;
         chunk_options(params)?;
-        Ok(Field::new(self.name(), DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))), true))
+        Ok(Field::new(
+            self.name(),
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            true,
+        ))
     }
 
     fn evaluate(&self, call: &Call<'_>, _errors: &mut RowErrors) -> Result<ArrayRef> {
@@ -260,11 +285,19 @@ impl Operator for Stats {
 
     fn result_field(&self, inputs: &[FieldRef], _params: &Params) -> Result<Field> {
         expect_text(self.name(), &inputs[0])?;
-        Ok(Field::new(self.name(), DataType::Struct(stats_fields()), true))
+        Ok(Field::new(
+            self.name(),
+            DataType::Struct(stats_fields()),
+            true,
+        ))
     }
 
     fn evaluate(&self, call: &Call<'_>, _errors: &mut RowErrors) -> Result<ArrayRef> {
-        let mut counts: [UInt64Builder; 3] = [UInt64Builder::new(), UInt64Builder::new(), UInt64Builder::new()];
+        let mut counts: [UInt64Builder; 3] = [
+            UInt64Builder::new(),
+            UInt64Builder::new(),
+            UInt64Builder::new(),
+        ];
         let mut ratios: [Float64Builder; 5] = std::array::from_fn(|_| Float64Builder::new());
         let mut valid = Vec::with_capacity(call.rows);
         for text in strings(call) {
@@ -285,10 +318,20 @@ impl Operator for Stats {
                     space += 1;
                 }
             }
-            let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
             let mut seen = HashSet::new();
             let repeated = lines.iter().filter(|l| !seen.insert(**l)).count();
-            let share = |n: u64| if chars == 0 { 0.0 } else { n as f64 / chars as f64 };
+            let share = |n: u64| {
+                if chars == 0 {
+                    0.0
+                } else {
+                    n as f64 / chars as f64
+                }
+            };
             counts[0].append_value(chars);
             counts[1].append_value(text.split_whitespace().count() as u64);
             counts[2].append_value(text.lines().count() as u64);
@@ -296,12 +339,23 @@ impl Operator for Stats {
             ratios[1].append_value(share(digit));
             ratios[2].append_value(share(space));
             ratios[3].append_value(share(chars - alpha - digit - space));
-            ratios[4].append_value(if lines.is_empty() { 0.0 } else { repeated as f64 / lines.len() as f64 });
+            ratios[4].append_value(if lines.is_empty() {
+                0.0
+            } else {
+                repeated as f64 / lines.len() as f64
+            });
             valid.push(true);
         }
-        let mut columns: Vec<ArrayRef> = counts.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
+        let mut columns: Vec<ArrayRef> = counts
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
         columns.extend(ratios.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-        Ok(Arc::new(StructArray::try_new(stats_fields(), columns, Some(valid.into()))?))
+        Ok(Arc::new(StructArray::try_new(
+            stats_fields(),
+            columns,
+            Some(valid.into()),
+        )?))
     }
 }
 
@@ -325,7 +379,9 @@ impl Operator for ContentHash {
     }
 
     fn evaluate(&self, call: &Call<'_>, _errors: &mut RowErrors) -> Result<ArrayRef> {
-        let out: UInt64Array = strings(call).map(|t| t.map(|t| twox_hash::XxHash3_64::oneshot(t.as_bytes()))).collect();
+        let out: UInt64Array = strings(call)
+            .map(|t| t.map(|t| twox_hash::XxHash3_64::oneshot(t.as_bytes())))
+            .collect();
         Ok(Arc::new(out))
     }
 }
@@ -341,18 +397,30 @@ const MERSENNE_61: u64 = (1 << 61) - 1;
 fn minhash(text: &str, num_perm: usize, ngram: usize, seed: u64) -> Vec<u64> {
     let words: Vec<&str> = text.split_whitespace().collect();
     let shingles: Vec<u64> = if words.len() <= ngram {
-        vec![twox_hash::XxHash3_64::oneshot_with_seed(seed, words.join(" ").as_bytes())]
+        vec![twox_hash::XxHash3_64::oneshot_with_seed(
+            seed,
+            words.join(" ").as_bytes(),
+        )]
     } else {
-        words.windows(ngram).map(|w| twox_hash::XxHash3_64::oneshot_with_seed(seed, w.join(" ").as_bytes())).collect()
+        words
+            .windows(ngram)
+            .map(|w| twox_hash::XxHash3_64::oneshot_with_seed(seed, w.join(" ").as_bytes()))
+            .collect()
     };
     (0..num_perm as u64)
         .map(|i| {
             // Permutation i: h -> (a h + b) mod (2^61 - 1), with a, b derived from the seed.
-            let a = (twox_hash::XxHash3_64::oneshot_with_seed(seed ^ 0xA5A5, &i.to_le_bytes()) % (MERSENNE_61 - 1)) + 1;
-            let b = twox_hash::XxHash3_64::oneshot_with_seed(seed ^ 0x5A5A, &i.to_le_bytes()) % MERSENNE_61;
+            let a = (twox_hash::XxHash3_64::oneshot_with_seed(seed ^ 0xA5A5, &i.to_le_bytes())
+                % (MERSENNE_61 - 1))
+                + 1;
+            let b = twox_hash::XxHash3_64::oneshot_with_seed(seed ^ 0x5A5A, &i.to_le_bytes())
+                % MERSENNE_61;
             shingles
                 .iter()
-                .map(|h| ((a as u128 * (h % MERSENNE_61) as u128 + b as u128) % MERSENNE_61 as u128) as u64)
+                .map(|h| {
+                    ((a as u128 * (h % MERSENNE_61) as u128 + b as u128) % MERSENNE_61 as u128)
+                        as u64
+                })
                 .min()
                 .unwrap_or(u64::MAX)
         })
@@ -360,9 +428,14 @@ fn minhash(text: &str, num_perm: usize, ngram: usize, seed: u64) -> Vec<u64> {
 }
 
 fn minhash_options(params: &Params) -> Result<(usize, usize, u64)> {
-    let (num_perm, ngram) = (params.size("num_perm")? as usize, params.size("ngram")? as usize);
+    let (num_perm, ngram) = (
+        params.size("num_perm")? as usize,
+        params.size("ngram")? as usize,
+    );
     if num_perm == 0 || num_perm > 4096 || ngram == 0 {
-        return Err(RilletError::invalid_argument(format!("minhash needs 1 <= num_perm <= 4096 and ngram >= 1 (got {num_perm}, {ngram})")));
+        return Err(RilletError::invalid_argument(format!(
+            "minhash needs 1 <= num_perm <= 4096 and ngram >= 1 (got {num_perm}, {ngram})"
+        )));
     }
     Ok((num_perm, ngram, params.int("seed")? as u64))
 }
@@ -384,7 +457,14 @@ impl Operator for MinHash {
     fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
         expect_text(self.name(), &inputs[0])?;
         let (num_perm, _, _) = minhash_options(params)?;
-        Ok(Field::new(self.name(), DataType::FixedSizeList(Arc::new(Field::new("item", DataType::UInt64, true)), num_perm as i32), true))
+        Ok(Field::new(
+            self.name(),
+            DataType::FixedSizeList(
+                Arc::new(Field::new("item", DataType::UInt64, true)),
+                num_perm as i32,
+            ),
+            true,
+        ))
     }
 
     fn evaluate(&self, call: &Call<'_>, _errors: &mut RowErrors) -> Result<ArrayRef> {
@@ -399,16 +479,28 @@ impl Operator for MinHash {
             valid.push(text.is_some());
         }
         let item = Arc::new(Field::new("item", DataType::UInt64, true));
-        Ok(Arc::new(FixedSizeListArray::try_new(item, num_perm as i32, Arc::new(UInt64Array::from(values)), Some(valid.into()))?))
+        Ok(Arc::new(FixedSizeListArray::try_new(
+            item,
+            num_perm as i32,
+            Arc::new(UInt64Array::from(values)),
+            Some(valid.into()),
+        )?))
     }
 }
 
-static EMAIL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}").expect("valid regex"));
-static IPV4: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b").expect("valid regex"));
-static CARD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b(?:\d[ -]?){12,18}\d\b").expect("valid regex"));
-static PHONE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\b\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}\b").expect("valid regex"));
+static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}").expect("valid regex")
+});
+static IPV4: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b")
+        .expect("valid regex")
+});
+static CARD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b(?:\d[ -]?){12,18}\d\b").expect("valid regex"));
+static PHONE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\b\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}\b")
+        .expect("valid regex")
+});
 
 fn luhn(digits: &str) -> bool {
     let digits: Vec<u32> = digits.chars().filter_map(|c| c.to_digit(10)).collect();
@@ -416,7 +508,14 @@ fn luhn(digits: &str) -> bool {
         .iter()
         .rev()
         .enumerate()
-        .map(|(i, d)| if i % 2 == 1 { let x = d * 2; if x > 9 { x - 9 } else { x } } else { *d })
+        .map(|(i, d)| {
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                *d
+            }
+        })
         .sum();
     digits.len() >= 13 && sum.is_multiple_of(10)
 }
@@ -431,7 +530,15 @@ fn mask_pii(text: &str, kinds: &[String]) -> String {
         out = match kind {
             "email" => EMAIL.replace_all(&out, "[EMAIL]").into_owned(),
             "ip" => IPV4.replace_all(&out, "[IP]").into_owned(),
-            "card" => CARD.replace_all(&out, |c: &regex::Captures<'_>| if luhn(&c[0]) { "[CARD]".to_string() } else { c[0].to_string() }).into_owned(),
+            "card" => CARD
+                .replace_all(&out, |c: &regex::Captures<'_>| {
+                    if luhn(&c[0]) {
+                        "[CARD]".to_string()
+                    } else {
+                        c[0].to_string()
+                    }
+                })
+                .into_owned(),
             _ => PHONE.replace_all(&out, "[PHONE]").into_owned(),
         };
     }
@@ -439,10 +546,17 @@ fn mask_pii(text: &str, kinds: &[String]) -> String {
 }
 
 fn pii_kinds(params: &Params) -> Result<Vec<String>> {
-    let kinds: Vec<String> = params.str("kinds")?.split(',').map(|k| k.trim().to_ascii_lowercase()).filter(|k| !k.is_empty()).collect();
+    let kinds: Vec<String> = params
+        .str("kinds")?
+        .split(',')
+        .map(|k| k.trim().to_ascii_lowercase())
+        .filter(|k| !k.is_empty())
+        .collect();
     for k in &kinds {
         if !["email", "phone", "ip", "card"].contains(&k.as_str()) {
-            return Err(RilletError::invalid_argument(format!("unknown PII kind {k:?}; expected email, phone, ip, card")));
+            return Err(RilletError::invalid_argument(format!(
+                "unknown PII kind {k:?}; expected email, phone, ip, card"
+            )));
         }
     }
     Ok(kinds)
@@ -460,7 +574,11 @@ impl Operator for MaskPii {
     }
 
     fn params(&self) -> &'static [Param] {
-        const P: &[Param] = &[Param::optional("kinds", ParamKind::Str, "email,phone,ip,card")];
+        const P: &[Param] = &[Param::optional(
+            "kinds",
+            ParamKind::Str,
+            "email,phone,ip,card",
+        )];
         P
     }
 
@@ -486,10 +604,19 @@ mod tests {
 
     #[test]
     fn chunks_cover_the_text_with_overlap() {
-        assert_eq!(chunk("abcdefgh", 3, 1, "chars"), vec!["abc", "cde", "efg", "gh"]);
+        assert_eq!(
+            chunk("abcdefgh", 3, 1, "chars"),
+            vec!["abc", "cde", "efg", "gh"]
+        );
         assert_eq!(chunk("abcdef", 3, 0, "chars"), vec!["abc", "def"]);
-        assert_eq!(chunk("one two three four five", 2, 0, "words"), vec!["one two", "three four", "five"]);
-        assert_eq!(chunk("A b. C d! E?", 6, 0, "sentences"), vec!["A b.", "C d!", "E?"]);
+        assert_eq!(
+            chunk("one two three four five", 2, 0, "words"),
+            vec!["one two", "three four", "five"]
+        );
+        assert_eq!(
+            chunk("A b. C d! E?", 6, 0, "sentences"),
+            vec!["A b.", "C d!", "E?"]
+        );
         assert!(chunk("", 3, 0, "chars").is_empty());
     }
 
@@ -498,8 +625,14 @@ mod tests {
         let a = "the quick brown fox jumps over the lazy dog near the river bank today";
         let b = "the quick brown fox jumps over the lazy dog near the river bank tonight";
         let c = "completely different words about something else entirely unrelated here now";
-        let same = |x: &[u64], y: &[u64]| x.iter().zip(y).filter(|(p, q)| p == q).count() as f64 / x.len() as f64;
-        let (ha, hb, hc) = (minhash(a, 128, 3, 1), minhash(b, 128, 3, 1), minhash(c, 128, 3, 1));
+        let same = |x: &[u64], y: &[u64]| {
+            x.iter().zip(y).filter(|(p, q)| p == q).count() as f64 / x.len() as f64
+        };
+        let (ha, hb, hc) = (
+            minhash(a, 128, 3, 1),
+            minhash(b, 128, 3, 1),
+            minhash(c, 128, 3, 1),
+        );
         assert!(same(&ha, &hb) > 0.6, "{}", same(&ha, &hb));
         assert!(same(&ha, &hc) < 0.1);
         assert_eq!(ha, minhash(a, 128, 3, 1));
@@ -510,7 +643,10 @@ mod tests {
         let all: Vec<String> = ["email", "phone", "ip", "card"].map(String::from).to_vec();
         let text = "mail bob@example.com, call +1 415-555-0132, host 10.0.0.12, card 4111 1111 1111 1111, id 1234567890123";
         let masked = mask_pii(text, &all);
-        assert_eq!(masked, "mail [EMAIL], call [PHONE], host [IP], card [CARD], id 1234567890123");
+        assert_eq!(
+            masked,
+            "mail [EMAIL], call [PHONE], host [IP], card [CARD], id 1234567890123"
+        );
     }
 }
 
@@ -545,7 +681,11 @@ impl Operator for Language {
 
     fn result_field(&self, inputs: &[FieldRef], _params: &Params) -> Result<Field> {
         expect_text(self.name(), &inputs[0])?;
-        Ok(Field::new(self.name(), DataType::Struct(language_fields()), true))
+        Ok(Field::new(
+            self.name(),
+            DataType::Struct(language_fields()),
+            true,
+        ))
     }
 
     fn evaluate(&self, call: &Call<'_>, _errors: &mut RowErrors) -> Result<ArrayRef> {
@@ -553,10 +693,18 @@ impl Operator for Language {
         for text in strings(call) {
             let info = text.and_then(whatlang::detect);
             let lang = info.as_ref().map(|i| i.lang());
-            out.field_builder::<StringBuilder>(0).expect("utf8").append_option(lang.map(|l| l.code()));
-            out.field_builder::<StringBuilder>(1).expect("utf8").append_option(lang.map(|l| l.eng_name()));
-            out.field_builder::<Float64Builder>(2).expect("f64").append_option(info.as_ref().map(|i| i.confidence()));
-            out.field_builder::<arrow::array::BooleanBuilder>(3).expect("bool").append_option(info.as_ref().map(|i| i.is_reliable()));
+            out.field_builder::<StringBuilder>(0)
+                .expect("utf8")
+                .append_option(lang.map(|l| l.code()));
+            out.field_builder::<StringBuilder>(1)
+                .expect("utf8")
+                .append_option(lang.map(|l| l.eng_name()));
+            out.field_builder::<Float64Builder>(2)
+                .expect("f64")
+                .append_option(info.as_ref().map(|i| i.confidence()));
+            out.field_builder::<arrow::array::BooleanBuilder>(3)
+                .expect("bool")
+                .append_option(info.as_ref().map(|i| i.is_reliable()));
             out.append(info.is_some());
         }
         Ok(Arc::new(out.finish()))

@@ -18,7 +18,10 @@ use crate::text::{expect_text, strings};
 
 /// Both tokenization operators.
 pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
-    vec![Arc::new(OperatorFunction::new(Tokenize)), Arc::new(OperatorFunction::new(CountTokens))]
+    vec![
+        Arc::new(OperatorFunction::new(Tokenize)),
+        Arc::new(OperatorFunction::new(CountTokens)),
+    ]
 }
 
 /// A loaded tokenizer.
@@ -59,12 +62,13 @@ impl Tokenizer {
             return Self::load(&path.join("tokenizer.json").display().to_string());
         }
         if path.is_file() {
-            let mut tokenizer = tokenizers::Tokenizer::from_file(path)
-                .map_err(|e| RilletError::invalid_argument(format!("cannot load tokenizer {name}: {e}")))?;
+            let mut tokenizer = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+                RilletError::invalid_argument(format!("cannot load tokenizer {name}: {e}"))
+            })?;
             tokenizer.with_padding(None);
-            tokenizer
-                .with_truncation(None)
-                .map_err(|e| RilletError::invalid_argument(format!("cannot load tokenizer {name}: {e}")))?;
+            tokenizer.with_truncation(None).map_err(|e| {
+                RilletError::invalid_argument(format!("cannot load tokenizer {name}: {e}"))
+            })?;
             let loaded = Self::HuggingFace(Arc::new(tokenizer));
             LOADED.lock().insert(name.to_string(), loaded.clone());
             return Ok(loaded);
@@ -80,13 +84,18 @@ impl Tokenizer {
 
     /// Token ids of `text`; `add_special_tokens` adds a model's markers ([CLS], [SEP])
     /// for Hugging Face tokenizers and lets BPE encodings recognise special-token text.
-    pub fn encode(&self, text: &str, add_special_tokens: bool) -> std::result::Result<Vec<u32>, String> {
+    pub fn encode(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> std::result::Result<Vec<u32>, String> {
         match self {
             Self::Bpe(bpe) if add_special_tokens => Ok(bpe.encode_with_special_tokens(text)),
             Self::Bpe(bpe) => Ok(bpe.encode_ordinary(text)),
-            Self::HuggingFace(tokenizer) => {
-                tokenizer.encode(text, add_special_tokens).map(|e| e.get_ids().to_vec()).map_err(|e| e.to_string())
-            }
+            Self::HuggingFace(tokenizer) => tokenizer
+                .encode(text, add_special_tokens)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| e.to_string()),
         }
     }
 }
@@ -133,12 +142,20 @@ impl Operator for Tokenize {
     fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
         expect_text(self.name(), &inputs[0])?;
         Tokenizer::load(params.str("tokenizer")?)?;
-        Ok(Field::new(self.name(), DataType::List(Arc::new(Field::new("item", DataType::UInt32, false))), true))
+        Ok(Field::new(
+            self.name(),
+            DataType::List(Arc::new(Field::new("item", DataType::UInt32, false))),
+            true,
+        ))
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let rows = encode_rows(call, errors)?;
-        let mut out = ListBuilder::new(UInt32Builder::new()).with_field(Arc::new(Field::new("item", DataType::UInt32, false)));
+        let mut out = ListBuilder::new(UInt32Builder::new()).with_field(Arc::new(Field::new(
+            "item",
+            DataType::UInt32,
+            false,
+        )));
         for ids in rows {
             match ids {
                 Some(ids) => {
@@ -174,6 +191,10 @@ impl Operator for CountTokens {
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let rows = encode_rows(call, errors)?;
-        Ok(Arc::new(rows.into_iter().map(|ids| ids.map(|ids| ids.len() as i64)).collect::<Int64Array>()))
+        Ok(Arc::new(
+            rows.into_iter()
+                .map(|ids| ids.map(|ids| ids.len() as i64))
+                .collect::<Int64Array>(),
+        ))
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, Float64Array};
 use arrow::datatypes::{DataType, Field, FieldRef};
-use rillet_common::types::{display_type, ElementType, EmbeddingType};
+use rillet_common::types::{ElementType, EmbeddingType, display_type};
 use rillet_common::{Result, RilletError};
 use rillet_runtime::ArrayFunction;
 
@@ -24,7 +24,9 @@ pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
 
 fn is_vector(data_type: &DataType) -> bool {
     match data_type {
-        DataType::FixedSizeList(item, _) | DataType::List(item) | DataType::LargeList(item) => item.data_type().is_numeric(),
+        DataType::FixedSizeList(item, _) | DataType::List(item) | DataType::LargeList(item) => {
+            item.data_type().is_numeric()
+        }
         _ => false,
     }
 }
@@ -56,20 +58,37 @@ impl Vectors {
                 let n = *n as usize;
                 // A sliced list still points into its whole child array.
                 let start = list.offset() * n;
-                (list.values().clone(), (0..=list.len()).map(|i| start + i * n).collect())
+                (
+                    list.values().clone(),
+                    (0..=list.len()).map(|i| start + i * n).collect(),
+                )
             }
             DataType::List(_) => {
                 let list = array.as_list::<i32>();
-                (list.values().clone(), list.offsets().iter().map(|o| *o as usize).collect())
+                (
+                    list.values().clone(),
+                    list.offsets().iter().map(|o| *o as usize).collect(),
+                )
             }
             DataType::LargeList(_) => {
                 let list = array.as_list::<i64>();
-                (list.values().clone(), list.offsets().iter().map(|o| *o as usize).collect())
+                (
+                    list.values().clone(),
+                    list.offsets().iter().map(|o| *o as usize).collect(),
+                )
             }
-            other => return Err(RilletError::internal(format!("not a vector column: {other}"))),
+            other => {
+                return Err(RilletError::internal(format!(
+                    "not a vector column: {other}"
+                )));
+            }
         };
         let values = arrow::compute::cast(&values, &DataType::Float64)?;
-        Ok(Self { values: values.as_primitive().clone(), offsets, nulls: array.logical_nulls() })
+        Ok(Self {
+            values: values.as_primitive().clone(),
+            offsets,
+            nulls: array.logical_nulls(),
+        })
     }
 
     fn get(&self, row: usize) -> Option<&[f64]> {
@@ -118,20 +137,33 @@ impl Operator for Metric {
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
-        let (a, b) = (Vectors::new(&call.inputs[0])?, Vectors::new(&call.inputs[1])?);
+        let (a, b) = (
+            Vectors::new(&call.inputs[0])?,
+            Vectors::new(&call.inputs[1])?,
+        );
         let out: Float64Array = (0..call.rows)
             .map(|row| {
                 let (x, y) = (a.get(row)?, b.get(row)?);
                 if x.len() != y.len() {
-                    errors.fail(row, format!("vectors of different lengths ({} and {})", x.len(), y.len()));
+                    errors.fail(
+                        row,
+                        format!("vectors of different lengths ({} and {})", x.len(), y.len()),
+                    );
                     return None;
                 }
                 let dot: f64 = x.iter().zip(y).map(|(p, q)| p * q).sum();
                 match self {
                     Self::Dot => Some(dot),
-                    Self::L2 => Some(x.iter().zip(y).map(|(p, q)| (p - q) * (p - q)).sum::<f64>().sqrt()),
+                    Self::L2 => Some(
+                        x.iter()
+                            .zip(y)
+                            .map(|(p, q)| (p - q) * (p - q))
+                            .sum::<f64>()
+                            .sqrt(),
+                    ),
                     Self::Cosine => {
-                        let norms = x.iter().map(|v| v * v).sum::<f64>().sqrt() * y.iter().map(|v| v * v).sum::<f64>().sqrt();
+                        let norms = x.iter().map(|v| v * v).sum::<f64>().sqrt()
+                            * y.iter().map(|v| v * v).sum::<f64>().sqrt();
                         (norms > 0.0).then(|| dot / norms)
                     }
                 }
@@ -158,8 +190,14 @@ impl Operator for Normalize {
     fn result_field(&self, inputs: &[FieldRef], _params: &Params) -> Result<Field> {
         expect_vector(self.name(), &inputs[0])?;
         Ok(match inputs[0].data_type() {
-            DataType::FixedSizeList(_, n) => EmbeddingType::new(ElementType::F32, *n as usize).field(self.name()),
-            _ => Field::new(self.name(), DataType::List(Arc::new(Field::new("item", DataType::Float64, true))), true),
+            DataType::FixedSizeList(_, n) => {
+                EmbeddingType::new(ElementType::F32, *n as usize).field(self.name())
+            }
+            _ => Field::new(
+                self.name(),
+                DataType::List(Arc::new(Field::new("item", DataType::Float64, true))),
+                true,
+            ),
         })
     }
 
@@ -167,7 +205,11 @@ impl Operator for Normalize {
         let input = Vectors::new(&call.inputs[0])?;
         let unit = |v: &[f64]| -> Vec<f64> {
             let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-            if norm > 0.0 { v.iter().map(|x| x / norm).collect() } else { v.to_vec() }
+            if norm > 0.0 {
+                v.iter().map(|x| x / norm).collect()
+            } else {
+                v.to_vec()
+            }
         };
         match call.inputs[0].data_type() {
             DataType::FixedSizeList(_, n) => {
@@ -180,13 +222,27 @@ impl Operator for Normalize {
                     }
                 }
                 let item = Arc::new(Field::new("item", DataType::Float32, true));
-                let array = FixedSizeListArray::try_new(item, n as i32, Arc::new(Float32Array::from(values)), input.nulls.clone())?;
+                let array = FixedSizeListArray::try_new(
+                    item,
+                    n as i32,
+                    Arc::new(Float32Array::from(values)),
+                    input.nulls.clone(),
+                )?;
                 Ok(Arc::new(array))
             }
             _ => {
-                let rows: Vec<Option<Vec<Option<f64>>>> =
-                    (0..call.rows).map(|row| input.get(row).map(|v| unit(v).into_iter().map(Some).collect())).collect();
-                Ok(Arc::new(arrow::array::ListArray::from_iter_primitive::<arrow::datatypes::Float64Type, _, _>(rows)))
+                let rows: Vec<Option<Vec<Option<f64>>>> = (0..call.rows)
+                    .map(|row| {
+                        input
+                            .get(row)
+                            .map(|v| unit(v).into_iter().map(Some).collect())
+                    })
+                    .collect();
+                Ok(Arc::new(arrow::array::ListArray::from_iter_primitive::<
+                    arrow::datatypes::Float64Type,
+                    _,
+                    _,
+                >(rows)))
             }
         }
     }

@@ -9,21 +9,26 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
-use arrow::array::{ArrayRef, Int64Builder, StructArray, UInt32Builder, UInt64Builder, Float64Builder, StringBuilder, StructBuilder};
+use arrow::array::{
+    ArrayRef, Float64Builder, Int64Builder, StringBuilder, StructArray, StructBuilder,
+    UInt32Builder, UInt64Builder,
+};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
-use ffmpeg_next as ffmpeg;
 use ffmpeg::format::sample::Type as SampleLayout;
 use ffmpeg::format::{Pixel, Sample};
 use ffmpeg::media::Type as Medium;
 use ffmpeg::software::scaling::{Context as Scaler, Flags};
-use rillet_common::types::{display_type, AudioType, ClipType, ImageMode, ImageType};
+use ffmpeg_next as ffmpeg;
+use rillet_common::types::{AudioType, ClipType, ImageMode, ImageType, display_type};
 use rillet_common::{Result, RilletError};
 use rillet_runtime::ArrayFunction;
 
 use crate::audio::{Waveform, audio_array, clip_lists, list_array, list_of, segment_ms, segments};
 use crate::image::array::{ImageBuilder, ImageView};
 use crate::input::{EncodedColumn, RowFailure, is_encoded_input};
-use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, row_values};
+use crate::operator::{
+    Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, row_values,
+};
 
 /// Rows per call: each row is a whole video.
 const VIDEO_BATCH_ROWS: usize = 2;
@@ -73,19 +78,36 @@ struct Source {
     _temporary: Option<tempfile::TempPath>,
 }
 
-fn source(column: &EncodedColumn<'_>, row: usize) -> std::result::Result<Option<Source>, RowFailure> {
+fn source(
+    column: &EncodedColumn<'_>,
+    row: usize,
+) -> std::result::Result<Option<Source>, RowFailure> {
     if let Some(path) = column.local_path(row) {
         if !path.exists() {
-            return Err(RowFailure::Data(format!("{}: no such file", path.display())));
+            return Err(RowFailure::Data(format!(
+                "{}: no such file",
+                path.display()
+            )));
         }
-        return Ok(Some(Source { path, _temporary: None }));
+        return Ok(Some(Source {
+            path,
+            _temporary: None,
+        }));
     }
-    let Some(bytes) = column.get(row)? else { return Ok(None) };
+    let Some(bytes) = column.get(row)? else {
+        return Ok(None);
+    };
     let io = |e: std::io::Error| RowFailure::Infrastructure(RilletError::Io(e));
-    let mut file = tempfile::Builder::new().prefix("rillet-video-").tempfile().map_err(io)?;
+    let mut file = tempfile::Builder::new()
+        .prefix("rillet-video-")
+        .tempfile()
+        .map_err(io)?;
     std::io::Write::write_all(&mut file, &bytes).map_err(io)?;
     let temporary = file.into_temp_path();
-    Ok(Some(Source { path: temporary.to_path_buf(), _temporary: Some(temporary) }))
+    Ok(Some(Source {
+        path: temporary.to_path_buf(),
+        _temporary: Some(temporary),
+    }))
 }
 
 fn open(path: &Path) -> std::result::Result<ffmpeg::format::context::Input, String> {
@@ -109,12 +131,17 @@ struct Facts {
 
 fn facts(path: &Path) -> std::result::Result<Facts, String> {
     let input = open(path)?;
-    let mut facts = Facts { streams: input.nb_streams(), ..Default::default() };
+    let mut facts = Facts {
+        streams: input.nb_streams(),
+        ..Default::default()
+    };
     let container_ms = input.duration() as f64 / 1000.0; // AV_TIME_BASE is microseconds
     if let Some(video) = input.streams().best(Medium::Video) {
         let parameters = video.parameters();
         facts.codec = Some(parameters.id().name());
-        if let Ok(decoder) = ffmpeg::codec::context::Context::from_parameters(parameters).and_then(|c| c.decoder().video()) {
+        if let Ok(decoder) = ffmpeg::codec::context::Context::from_parameters(parameters)
+            .and_then(|c| c.decoder().video())
+        {
             facts.width = Some(decoder.width());
             facts.height = Some(decoder.height());
         }
@@ -127,10 +154,11 @@ fn facts(path: &Path) -> std::result::Result<Facts, String> {
     }
     if let Some(audio) = input.streams().best(Medium::Audio) {
         facts.audio_codec = Some(audio.parameters().id().name());
-        facts.audio_sample_rate = ffmpeg::codec::context::Context::from_parameters(audio.parameters())
-            .and_then(|c| c.decoder().audio())
-            .ok()
-            .map(|d| d.rate());
+        facts.audio_sample_rate =
+            ffmpeg::codec::context::Context::from_parameters(audio.parameters())
+                .and_then(|c| c.decoder().audio())
+                .ok()
+                .map(|d| d.rate());
     }
     if facts.duration_ms <= 0.0 && container_ms > 0.0 {
         facts.duration_ms = container_ms;
@@ -150,7 +178,13 @@ fn per_video<T>(
 ) -> Result<Vec<Option<T>>> {
     let column = EncodedColumn::try_new(operator, &call.inputs[0], "a video")?;
     // The source (and any temporary copy) lives until `f` is done with the row.
-    row_values(call.rows, errors, |row| column.identity(row), |row| source(&column, row), |source, row| f(&source.path, row))
+    row_values(
+        call.rows,
+        errors,
+        |row| column.identity(row),
+        |row| source(&column, row),
+        |source, row| f(&source.path, row),
+    )
 }
 
 fn metadata_fields() -> Fields {
@@ -185,7 +219,11 @@ impl Operator for Metadata {
 
     fn result_field(&self, inputs: &[FieldRef], _params: &Params) -> Result<Field> {
         expect_video(self.name(), &inputs[0])?;
-        Ok(Field::new(self.name(), DataType::Struct(metadata_fields()), true))
+        Ok(Field::new(
+            self.name(),
+            DataType::Struct(metadata_fields()),
+            true,
+        ))
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
@@ -193,15 +231,33 @@ impl Operator for Metadata {
         let mut out = StructBuilder::from_fields(metadata_fields(), rows.len());
         for facts in &rows {
             let f = facts.as_ref();
-            out.field_builder::<UInt32Builder>(0).expect("u32").append_option(f.and_then(|f| f.width));
-            out.field_builder::<UInt32Builder>(1).expect("u32").append_option(f.and_then(|f| f.height));
-            out.field_builder::<Float64Builder>(2).expect("f64").append_option(f.and_then(|f| f.fps));
-            out.field_builder::<Float64Builder>(3).expect("f64").append_option(f.map(|f| f.duration_ms));
-            out.field_builder::<UInt64Builder>(4).expect("u64").append_option(f.and_then(|f| f.frame_count));
-            out.field_builder::<StringBuilder>(5).expect("utf8").append_option(f.and_then(|f| f.codec));
-            out.field_builder::<StringBuilder>(6).expect("utf8").append_option(f.and_then(|f| f.audio_codec));
-            out.field_builder::<UInt32Builder>(7).expect("u32").append_option(f.and_then(|f| f.audio_sample_rate));
-            out.field_builder::<UInt32Builder>(8).expect("u32").append_option(f.map(|f| f.streams));
+            out.field_builder::<UInt32Builder>(0)
+                .expect("u32")
+                .append_option(f.and_then(|f| f.width));
+            out.field_builder::<UInt32Builder>(1)
+                .expect("u32")
+                .append_option(f.and_then(|f| f.height));
+            out.field_builder::<Float64Builder>(2)
+                .expect("f64")
+                .append_option(f.and_then(|f| f.fps));
+            out.field_builder::<Float64Builder>(3)
+                .expect("f64")
+                .append_option(f.map(|f| f.duration_ms));
+            out.field_builder::<UInt64Builder>(4)
+                .expect("u64")
+                .append_option(f.and_then(|f| f.frame_count));
+            out.field_builder::<StringBuilder>(5)
+                .expect("utf8")
+                .append_option(f.and_then(|f| f.codec));
+            out.field_builder::<StringBuilder>(6)
+                .expect("utf8")
+                .append_option(f.and_then(|f| f.audio_codec));
+            out.field_builder::<UInt32Builder>(7)
+                .expect("u32")
+                .append_option(f.and_then(|f| f.audio_sample_rate));
+            out.field_builder::<UInt32Builder>(8)
+                .expect("u32")
+                .append_option(f.map(|f| f.streams));
             out.append(f.is_some());
         }
         Ok(Arc::new(out.finish()))
@@ -224,7 +280,10 @@ impl Operator for Split {
     }
 
     fn params(&self) -> &'static [Param] {
-        const P: &[Param] = &[Param::required("segment_ms", ParamKind::Float), Param::ON_ERROR];
+        const P: &[Param] = &[
+            Param::required("segment_ms", ParamKind::Float),
+            Param::ON_ERROR,
+        ];
         P
     }
 
@@ -238,7 +297,9 @@ impl Operator for Split {
         let segment = segment_ms(call.params)?;
         let column = EncodedColumn::try_new(self.name(), &call.inputs[0], "a video")?;
         let rows = per_video(self.name(), call, errors, |path, row| {
-            let uri = column.uri(row).ok_or("video_split needs a File or path to refer to, not bytes")?;
+            let uri = column
+                .uri(row)
+                .ok_or("video_split needs a File or path to refer to, not bytes")?;
             Ok((uri.to_string(), segments(facts(path)?.duration_ms, segment)))
         })?;
         clip_lists(&rows)
@@ -270,16 +331,27 @@ fn frame_options(params: &Params) -> Result<FrameOptions> {
     let interval = params.float("interval_ms")?;
     let selector = match params.str("selector")? {
         "interval" if interval >= 1.0 => Selector::Interval(interval),
-        "interval" => return Err(RilletError::invalid_argument(format!("interval_ms must be at least 1, not {interval}"))),
+        "interval" => {
+            return Err(RilletError::invalid_argument(format!(
+                "interval_ms must be at least 1, not {interval}"
+            )));
+        }
         "keyframes" => Selector::Keyframes,
         "all" => Selector::All,
-        other => return Err(RilletError::invalid_argument(format!("selector must be \"interval\", \"keyframes\" or \"all\", not {other:?}"))),
+        other => {
+            return Err(RilletError::invalid_argument(format!(
+                "selector must be \"interval\", \"keyframes\" or \"all\", not {other:?}"
+            )));
+        }
     };
-    let max_bytes = u64::try_from(params.int("max_decoded_bytes")?).ok().filter(|v| *v > 0);
+    let max_bytes = u64::try_from(params.int("max_decoded_bytes")?)
+        .ok()
+        .filter(|v| *v > 0);
     Ok(FrameOptions {
         selector,
         max_frames: params.size("max_frames")? as usize,
-        max_bytes: max_bytes.ok_or_else(|| RilletError::invalid_argument("max_decoded_bytes must be positive"))?,
+        max_bytes: max_bytes
+            .ok_or_else(|| RilletError::invalid_argument("max_decoded_bytes must be positive"))?,
     })
 }
 
@@ -294,16 +366,25 @@ struct Frame {
 /// Decode the best video stream and keep the frames `options` select, as RGB.
 fn extract_frames(path: &Path, options: &FrameOptions) -> std::result::Result<Vec<Frame>, String> {
     let mut input = open(path)?;
-    let stream = input.streams().best(Medium::Video).ok_or("no video stream")?;
+    let stream = input
+        .streams()
+        .best(Medium::Video)
+        .ok_or("no video stream")?;
     let (index, time_base) = (stream.index(), f64::from(stream.time_base()));
     let fps = f64::from(stream.avg_frame_rate());
-    let context = ffmpeg::codec::context::Context::from_parameters(stream.parameters()).map_err(|e| e.to_string())?;
-    let mut decoder = context.decoder().video().map_err(|e| format!("cannot decode the video stream: {e}"))?;
+    let context = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
+        .map_err(|e| e.to_string())?;
+    let mut decoder = context
+        .decoder()
+        .video()
+        .map_err(|e| format!("cannot decode the video stream: {e}"))?;
     let mut scaler: Option<(Scaler, (Pixel, u32, u32))> = None;
     let (mut frames, mut bytes, mut decoded_count) = (Vec::new(), 0u64, 0u64);
     let mut next_ms = 0.0f64;
     let mut decoded = ffmpeg::util::frame::video::Video::empty();
-    let mut take = |decoder: &mut ffmpeg::decoder::Video, frames: &mut Vec<Frame>| -> std::result::Result<bool, String> {
+    let mut take = |decoder: &mut ffmpeg::decoder::Video,
+                    frames: &mut Vec<Frame>|
+     -> std::result::Result<bool, String> {
         while decoder.receive_frame(&mut decoded).is_ok() {
             let pts_ms = match decoded.timestamp() {
                 Some(ts) => ts as f64 * time_base * 1000.0,
@@ -328,7 +409,8 @@ fn extract_frames(path: &Path, options: &FrameOptions) -> std::result::Result<Ve
             let (w, h) = (decoded.width(), decoded.height());
             let shape = (decoded.format(), w, h);
             if scaler.as_ref().is_none_or(|(_, s)| *s != shape) {
-                let context = Scaler::get(shape.0, w, h, Pixel::RGB24, w, h, Flags::BILINEAR).map_err(|e| format!("cannot convert {:?} frames to RGB: {e}", shape.0))?;
+                let context = Scaler::get(shape.0, w, h, Pixel::RGB24, w, h, Flags::BILINEAR)
+                    .map_err(|e| format!("cannot convert {:?} frames to RGB: {e}", shape.0))?;
                 scaler = Some((context, shape));
             }
             let mut rgb = ffmpeg::util::frame::video::Video::empty();
@@ -336,7 +418,10 @@ fn extract_frames(path: &Path, options: &FrameOptions) -> std::result::Result<Ve
             context.run(&decoded, &mut rgb).map_err(|e| e.to_string())?;
             bytes += 3 * w as u64 * h as u64;
             if bytes > options.max_bytes {
-                return Err(format!("decoded frames would take over max_decoded_bytes = {}", options.max_bytes));
+                return Err(format!(
+                    "decoded frames would take over max_decoded_bytes = {}",
+                    options.max_bytes
+                ));
             }
             let (stride, row) = (rgb.stride(0), 3 * w as usize);
             let data = rgb.data(0);
@@ -344,7 +429,12 @@ fn extract_frames(path: &Path, options: &FrameOptions) -> std::result::Result<Ve
             for y in 0..h as usize {
                 pixels.extend_from_slice(&data[y * stride..y * stride + row]);
             }
-            frames.push(Frame { pts_ms: pts_ms.round() as i64, width: w, height: h, rgb: pixels });
+            frames.push(Frame {
+                pts_ms: pts_ms.round() as i64,
+                width: w,
+                height: h,
+                rgb: pixels,
+            });
             if options.max_frames > 0 && frames.len() >= options.max_frames {
                 return Ok(true);
             }
@@ -371,7 +461,10 @@ fn extract_frames(path: &Path, options: &FrameOptions) -> std::result::Result<Ve
 }
 
 fn frame_fields() -> Fields {
-    Fields::from(vec![Field::new("pts_ms", DataType::Int64, false), ImageType::new(Some(ImageMode::Rgb)).field("image")])
+    Fields::from(vec![
+        Field::new("pts_ms", DataType::Int64, false),
+        ImageType::new(Some(ImageMode::Rgb)).field("image"),
+    ])
 }
 
 /// `video_frames(x, selector, interval_ms, max_frames, max_decoded_bytes, on_error)`: frames
@@ -388,7 +481,11 @@ pub struct Frames {
 
 impl Operator for Frames {
     fn name(&self) -> &'static str {
-        if self.collect { "video_extract_frames" } else { "video_frames" }
+        if self.collect {
+            "video_extract_frames"
+        } else {
+            "video_frames"
+        }
     }
 
     fn params(&self) -> &'static [Param] {
@@ -396,7 +493,11 @@ impl Operator for Frames {
             Param::optional("selector", ParamKind::Str, "interval"),
             Param::optional("interval_ms", ParamKind::Float, "1000"),
             Param::optional("max_frames", ParamKind::Int, "0"),
-            Param::optional("max_decoded_bytes", ParamKind::Int, DEFAULT_MAX_DECODED_BYTES),
+            Param::optional(
+                "max_decoded_bytes",
+                ParamKind::Int,
+                DEFAULT_MAX_DECODED_BYTES,
+            ),
             Param::ON_ERROR,
         ];
         P
@@ -415,19 +516,38 @@ impl Operator for Frames {
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let options = frame_options(call.params)?;
-        let rows = per_video(self.name(), call, errors, |path, _| extract_frames(path, &options))?;
+        let rows = per_video(self.name(), call, errors, |path, _| {
+            extract_frames(path, &options)
+        })?;
         let mut images = ImageBuilder::with_capacity(rows.iter().flatten().map(Vec::len).sum());
         let mut pts = Int64Builder::new();
         for frame in rows.iter().flatten().flatten() {
-            images.append(&ImageView { width: frame.width, height: frame.height, mode: ImageMode::Rgb, data: &frame.rgb });
+            images.append(&ImageView {
+                width: frame.width,
+                height: frame.height,
+                mode: ImageMode::Rgb,
+                data: &frame.rgb,
+            });
             pts.append_value(frame.pts_ms);
         }
         let lengths: Vec<Option<usize>> = rows.iter().map(|r| r.as_ref().map(Vec::len)).collect();
         if self.collect {
-            return list_array(ImageType::new(Some(ImageMode::Rgb)).field("item"), images.finish(), &lengths);
+            return list_array(
+                ImageType::new(Some(ImageMode::Rgb)).field("item"),
+                images.finish(),
+                &lengths,
+            );
         }
-        let items = StructArray::try_new(frame_fields(), vec![Arc::new(pts.finish()), images.finish()], None)?;
-        list_array(Field::new("item", DataType::Struct(frame_fields()), true), Arc::new(items), &lengths)
+        let items = StructArray::try_new(
+            frame_fields(),
+            vec![Arc::new(pts.finish()), images.finish()],
+            None,
+        )?;
+        list_array(
+            Field::new("item", DataType::Struct(frame_fields()), true),
+            Arc::new(items),
+            &lengths,
+        )
     }
 
     fn batch_size(&self) -> Option<usize> {
@@ -436,23 +556,43 @@ impl Operator for Frames {
 }
 
 /// Interleaved f32 samples of one decoded audio frame, whatever FFmpeg's sample format.
-fn interleave(frame: &ffmpeg::util::frame::audio::Audio, out: &mut Vec<f32>) -> std::result::Result<(), String> {
+fn interleave(
+    frame: &ffmpeg::util::frame::audio::Audio,
+    out: &mut Vec<f32>,
+) -> std::result::Result<(), String> {
     let (samples, channels) = (frame.samples(), frame.channels() as usize);
     let (size, convert): (usize, fn(&[u8]) -> f32) = match frame.format() {
         Sample::U8(_) => (1, |b| (b[0] as f32 - 128.0) / 128.0),
         Sample::I16(_) => (2, |b| i16::from_ne_bytes([b[0], b[1]]) as f32 / 32768.0),
-        Sample::I32(_) => (4, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as f32 / 2_147_483_648.0),
+        Sample::I32(_) => (4, |b| {
+            i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as f32 / 2_147_483_648.0
+        }),
         Sample::F32(_) => (4, |b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
-        Sample::F64(_) => (8, |b| f64::from_ne_bytes(b[..8].try_into().unwrap_or([0; 8])) as f32),
+        Sample::F64(_) => (8, |b| {
+            f64::from_ne_bytes(b[..8].try_into().unwrap_or([0; 8])) as f32
+        }),
         other => return Err(format!("unsupported audio sample format {other:?}")),
     };
-    let planar = matches!(frame.format(), Sample::U8(SampleLayout::Planar) | Sample::I16(SampleLayout::Planar) | Sample::I32(SampleLayout::Planar) | Sample::F32(SampleLayout::Planar) | Sample::F64(SampleLayout::Planar));
+    let planar = matches!(
+        frame.format(),
+        Sample::U8(SampleLayout::Planar)
+            | Sample::I16(SampleLayout::Planar)
+            | Sample::I32(SampleLayout::Planar)
+            | Sample::F32(SampleLayout::Planar)
+            | Sample::F64(SampleLayout::Planar)
+    );
     out.reserve(samples * channels);
     for i in 0..samples {
         for c in 0..channels {
-            let (plane, at) = if planar { (c, i * size) } else { (0, (i * channels + c) * size) };
+            let (plane, at) = if planar {
+                (c, i * size)
+            } else {
+                (0, (i * channels + c) * size)
+            };
             let data = frame.data(plane);
-            let bytes = data.get(at..at + size).ok_or("audio frame shorter than it claims")?;
+            let bytes = data
+                .get(at..at + size)
+                .ok_or("audio frame shorter than it claims")?;
             out.push(convert(bytes));
         }
     }
@@ -462,13 +602,22 @@ fn interleave(frame: &ffmpeg::util::frame::audio::Audio, out: &mut Vec<f32>) -> 
 /// Decode the best audio stream of a media file to interleaved f32.
 fn audio_track(path: &Path, max_bytes: u64) -> std::result::Result<Waveform<'static>, String> {
     let mut input = open(path)?;
-    let stream = input.streams().best(Medium::Audio).ok_or("no audio stream")?;
+    let stream = input
+        .streams()
+        .best(Medium::Audio)
+        .ok_or("no audio stream")?;
     let index = stream.index();
-    let context = ffmpeg::codec::context::Context::from_parameters(stream.parameters()).map_err(|e| e.to_string())?;
-    let mut decoder = context.decoder().audio().map_err(|e| format!("cannot decode the audio stream: {e}"))?;
+    let context = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
+        .map_err(|e| e.to_string())?;
+    let mut decoder = context
+        .decoder()
+        .audio()
+        .map_err(|e| format!("cannot decode the audio stream: {e}"))?;
     let (mut samples, mut spec) = (Vec::new(), None::<(u32, u16)>);
     let mut decoded = ffmpeg::util::frame::audio::Audio::empty();
-    let mut drain = |decoder: &mut ffmpeg::decoder::Audio, samples: &mut Vec<f32>| -> std::result::Result<(), String> {
+    let mut drain = |decoder: &mut ffmpeg::decoder::Audio,
+                     samples: &mut Vec<f32>|
+     -> std::result::Result<(), String> {
         while decoder.receive_frame(&mut decoded).is_ok() {
             let this = (decoded.rate(), decoded.channels());
             if *spec.get_or_insert(this) != this {
@@ -476,7 +625,9 @@ fn audio_track(path: &Path, max_bytes: u64) -> std::result::Result<Waveform<'sta
             }
             interleave(&decoded, samples)?;
             if samples.len() as u64 * 4 > max_bytes {
-                return Err(format!("decoded audio would take over max_decoded_bytes = {max_bytes}"));
+                return Err(format!(
+                    "decoded audio would take over max_decoded_bytes = {max_bytes}"
+                ));
             }
         }
         Ok(())
@@ -489,7 +640,11 @@ fn audio_track(path: &Path, max_bytes: u64) -> std::result::Result<Waveform<'sta
     let _ = decoder.send_eof();
     drain(&mut decoder, &mut samples)?;
     let (rate, channels) = spec.ok_or("no decodable audio frames")?;
-    Ok(Waveform { rate, channels, samples: Cow::Owned(samples) })
+    Ok(Waveform {
+        rate,
+        channels,
+        samples: Cow::Owned(samples),
+    })
 }
 
 /// `video_audio(x, max_decoded_bytes, on_error)`: the audio track as Audio (f32 PCM at the
@@ -504,7 +659,14 @@ impl Operator for AudioTrack {
     }
 
     fn params(&self) -> &'static [Param] {
-        const P: &[Param] = &[Param::optional("max_decoded_bytes", ParamKind::Int, DEFAULT_MAX_DECODED_BYTES), Param::ON_ERROR];
+        const P: &[Param] = &[
+            Param::optional(
+                "max_decoded_bytes",
+                ParamKind::Int,
+                DEFAULT_MAX_DECODED_BYTES,
+            ),
+            Param::ON_ERROR,
+        ];
         P
     }
 

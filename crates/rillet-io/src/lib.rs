@@ -36,7 +36,9 @@ use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::http::HttpBuilder;
 use object_store::path::Path as ObjectPath;
-use object_store::{BackoffConfig, ClientConfigKey, ClientOptions, GetOptions, GetRange, ObjectStore, RetryConfig};
+use object_store::{
+    BackoffConfig, ClientConfigKey, ClientOptions, GetOptions, GetRange, ObjectStore, RetryConfig,
+};
 use parking_lot::Mutex;
 use rillet_common::{Result, RilletError};
 use url::Url;
@@ -81,17 +83,35 @@ pub struct Request {
 impl Request {
     /// The whole object.
     pub fn whole(uri: &str) -> Self {
-        Self { uri: uri.to_string(), offset: None, length: None, exact: true, if_match: None }
+        Self {
+            uri: uri.to_string(),
+            offset: None,
+            length: None,
+            exact: true,
+            if_match: None,
+        }
     }
 
     /// Exactly `length` bytes from `offset`.
     pub fn range(uri: &str, offset: u64, length: u64) -> Self {
-        Self { uri: uri.to_string(), offset: Some(offset), length: Some(length), exact: true, if_match: None }
+        Self {
+            uri: uri.to_string(),
+            offset: Some(offset),
+            length: Some(length),
+            exact: true,
+            if_match: None,
+        }
     }
 
     /// At most the first `n` bytes (fewer when the object is shorter).
     pub fn head(uri: &str, n: u64) -> Self {
-        Self { uri: uri.to_string(), offset: None, length: Some(n), exact: false, if_match: None }
+        Self {
+            uri: uri.to_string(),
+            offset: None,
+            length: Some(n),
+            exact: false,
+            if_match: None,
+        }
     }
 }
 
@@ -129,7 +149,11 @@ static CONCURRENCY: AtomicUsize = AtomicUsize::new(0);
 /// Requests in flight at most, for the whole process (`RILLET_IO_CONCURRENCY`, default 32).
 pub fn max_concurrency() -> usize {
     match CONCURRENCY.load(Ordering::Relaxed) {
-        0 => std::env::var("RILLET_IO_CONCURRENCY").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(DEFAULT_CONCURRENCY),
+        0 => std::env::var("RILLET_IO_CONCURRENCY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_CONCURRENCY),
         n => n,
     }
 }
@@ -146,7 +170,12 @@ struct Registry {
     stores: HashMap<String, Arc<dyn ObjectStore>>,
 }
 
-static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| Mutex::new(Registry { options: HashMap::new(), stores: HashMap::new() }));
+static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| {
+    Mutex::new(Registry {
+        options: HashMap::new(),
+        stores: HashMap::new(),
+    })
+});
 
 /// The runtime remote reads run on: two threads are plenty for network waits, and owning
 /// it means callers on any thread (inside another runtime or not) can block on a read.
@@ -160,7 +189,8 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 });
 
 /// Bounds requests in flight across every caller.
-static IN_FLIGHT: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| tokio::sync::Semaphore::new(max_concurrency()));
+static IN_FLIGHT: LazyLock<tokio::sync::Semaphore> =
+    LazyLock::new(|| tokio::sync::Semaphore::new(max_concurrency()));
 
 /// Settings for the store of `root` (`"s3://bucket"`, `"http://127.0.0.1:9000"`: a bucket
 /// or an origin, no path), overriding the environment. Keys are object_store's
@@ -174,12 +204,18 @@ static IN_FLIGHT: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| tokio::syn
 /// assert!(rillet_io::configure("s3://example-bucket/some/prefix", &[]).is_err());
 /// ```
 pub fn configure(root: &str, options: &[(&str, &str)]) -> Result<()> {
-    let options: Vec<(String, String)> = options.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
+    let options: Vec<(String, String)> = options
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+        .collect();
     // Validate now, so a typo fails where it was made, not at the first read.
-    let url = Url::parse(root).map_err(|e| RilletError::invalid_argument(format!("bad URL {root:?}: {e}")))?;
+    let url = Url::parse(root)
+        .map_err(|e| RilletError::invalid_argument(format!("bad URL {root:?}: {e}")))?;
     let scheme = url.scheme();
     if !matches!(scheme, "s3" | "s3a" | "http" | "https") {
-        return Err(RilletError::invalid_argument(format!("cannot configure {scheme}:// stores; s3:// and http(s):// can be")));
+        return Err(RilletError::invalid_argument(format!(
+            "cannot configure {scheme}:// stores; s3:// and http(s):// can be"
+        )));
     }
     if !matches!(url.path(), "" | "/") {
         return Err(RilletError::invalid_argument(format!(
@@ -197,7 +233,9 @@ pub fn configure(root: &str, options: &[(&str, &str)]) -> Result<()> {
             _ => key.parse::<ClientConfigKey>().is_ok(),
         };
         if !known {
-            return Err(RilletError::invalid_argument(format!("unknown option {key:?} for {root}")));
+            return Err(RilletError::invalid_argument(format!(
+                "unknown option {key:?} for {root}"
+            )));
         }
     }
     let key = store_key(&url);
@@ -213,13 +251,21 @@ fn retry_config(options: &[(String, String)]) -> Result<RetryConfig> {
         // seconds, not in object_store's default three minutes.
         max_retries: 3,
         retry_timeout: Duration::from_secs(20),
-        backoff: BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5), base: 2.0 },
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            base: 2.0,
+        },
     };
     for (key, value) in options {
-        let bad = || RilletError::invalid_argument(format!("option {key} must be a number, not {value:?}"));
+        let bad = || {
+            RilletError::invalid_argument(format!("option {key} must be a number, not {value:?}"))
+        };
         match key.as_str() {
             "max_retries" => retry.max_retries = value.parse().map_err(|_| bad())?,
-            "retry_timeout" => retry.retry_timeout = Duration::from_secs_f64(value.parse().map_err(|_| bad())?),
+            "retry_timeout" => {
+                retry.retry_timeout = Duration::from_secs_f64(value.parse().map_err(|_| bad())?)
+            }
             _ => {}
         }
     }
@@ -229,9 +275,11 @@ fn retry_config(options: &[(String, String)]) -> Result<RetryConfig> {
 /// The store serving `uri` and the object's path in it. DataFusion is given the same
 /// stores, registered under [`store_key`].
 pub fn store_for(uri: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
-    let url = Url::parse(uri).map_err(|e| RilletError::invalid_argument(format!("bad URL {uri:?}: {e}")))?;
+    let url = Url::parse(uri)
+        .map_err(|e| RilletError::invalid_argument(format!("bad URL {uri:?}: {e}")))?;
     let key = store_key(&url);
-    let path = ObjectPath::from_url_path(url.path()).map_err(|e| RilletError::invalid_argument(format!("bad object path in {uri}: {e}")))?;
+    let path = ObjectPath::from_url_path(url.path())
+        .map_err(|e| RilletError::invalid_argument(format!("bad object path in {uri}: {e}")))?;
     let mut registry = REGISTRY.lock();
     if let Some(store) = registry.stores.get(&key) {
         return Ok((store.clone(), path));
@@ -252,18 +300,32 @@ pub fn store_key(url: &Url) -> String {
 
 fn build_store(url: &Url, key: &str, options: &[(String, String)]) -> Result<Arc<dyn ObjectStore>> {
     let retry = retry_config(options)?;
-    let client = ClientOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(Duration::from_secs(120));
+    let client = ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(120));
     let store: Arc<dyn ObjectStore> = match url.scheme() {
         "s3" | "s3a" => {
-            let mut builder = AmazonS3Builder::from_env().with_bucket_name(url.host_str().unwrap_or("")).with_client_options(client).with_retry(retry);
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(url.host_str().unwrap_or(""))
+                .with_client_options(client)
+                .with_retry(retry);
             // A custom endpoint over plain http (a local S3 server) is allowed when the
             // endpoint itself says http.
             let endpoint = options
                 .iter()
-                .find(|(k, _)| k.parse::<AmazonS3ConfigKey>().ok() == Some(AmazonS3ConfigKey::Endpoint))
+                .find(|(k, _)| {
+                    k.parse::<AmazonS3ConfigKey>().ok() == Some(AmazonS3ConfigKey::Endpoint)
+                })
                 .map(|(_, v)| v.clone())
-                .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok().or_else(|| std::env::var("AWS_ENDPOINT").ok()));
-            if endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) {
+                .or_else(|| {
+                    std::env::var("AWS_ENDPOINT_URL")
+                        .ok()
+                        .or_else(|| std::env::var("AWS_ENDPOINT").ok())
+                });
+            if endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://"))
+            {
                 builder = builder.with_allow_http(true);
             }
             for (k, v) in options {
@@ -271,16 +333,27 @@ fn build_store(url: &Url, key: &str, options: &[(String, String)]) -> Result<Arc
                     builder = builder.with_config(config, v);
                 }
             }
-            Arc::new(builder.build().map_err(|e| RilletError::invalid_argument(format!("cannot set up {key}: {e}")))?)
+            Arc::new(
+                builder.build().map_err(|e| {
+                    RilletError::invalid_argument(format!("cannot set up {key}: {e}"))
+                })?,
+            )
         }
         "http" | "https" => {
-            let mut builder = HttpBuilder::new().with_url(key).with_client_options(client.with_allow_http(true)).with_retry(retry);
+            let mut builder = HttpBuilder::new()
+                .with_url(key)
+                .with_client_options(client.with_allow_http(true))
+                .with_retry(retry);
             for (k, v) in options {
                 if let Ok(config) = k.parse::<ClientConfigKey>() {
                     builder = builder.with_config(config, v);
                 }
             }
-            Arc::new(builder.build().map_err(|e| RilletError::invalid_argument(format!("cannot set up {key}: {e}")))?)
+            Arc::new(
+                builder.build().map_err(|e| {
+                    RilletError::invalid_argument(format!("cannot set up {key}: {e}"))
+                })?,
+            )
         }
         other => {
             return Err(RilletError::invalid_argument(format!(
@@ -306,13 +379,16 @@ fn block_on<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static)
 
 /// Read one request (see [`fetch_many`]).
 pub fn fetch(request: &Request) -> std::result::Result<Bytes, FetchError> {
-    fetch_many(std::slice::from_ref(request)).pop().expect("one result per request")
+    fetch_many(std::slice::from_ref(request))
+        .pop()
+        .expect("one result per request")
 }
 
 /// Read every request, remote ones concurrently (at most [`max_concurrency`] in flight
 /// across the process), local ones here; one result per request, in order.
 pub fn fetch_many(requests: &[Request]) -> Vec<std::result::Result<Bytes, FetchError>> {
-    let mut results: Vec<Option<std::result::Result<Bytes, FetchError>>> = vec![None; requests.len()];
+    let mut results: Vec<Option<std::result::Result<Bytes, FetchError>>> =
+        vec![None; requests.len()];
     let mut remote = Vec::new();
     for (i, request) in requests.iter().enumerate() {
         if is_remote(&request.uri) {
@@ -329,7 +405,10 @@ pub fn fetch_many(requests: &[Request]) -> Vec<std::result::Result<Bytes, FetchE
             let mut tasks = tokio::task::JoinSet::new();
             for (i, store, path, request) in remote {
                 tasks.spawn(async move {
-                    let _permit = IN_FLIGHT.acquire().await.expect("semaphore is never closed");
+                    let _permit = IN_FLIGHT
+                        .acquire()
+                        .await
+                        .expect("semaphore is never closed");
                     (i, get_remote(store, path, request).await)
                 });
             }
@@ -350,11 +429,22 @@ pub fn fetch_many(requests: &[Request]) -> Vec<std::result::Result<Bytes, FetchE
     results
         .into_iter()
         .zip(requests)
-        .map(|(r, request)| r.unwrap_or_else(|| Err(FetchError::Infrastructure(format!("cannot read {}: the read was cancelled", request.uri)))))
+        .map(|(r, request)| {
+            r.unwrap_or_else(|| {
+                Err(FetchError::Infrastructure(format!(
+                    "cannot read {}: the read was cancelled",
+                    request.uri
+                )))
+            })
+        })
         .collect()
 }
 
-async fn get_remote(store: Arc<dyn ObjectStore>, path: ObjectPath, request: Request) -> std::result::Result<Bytes, FetchError> {
+async fn get_remote(
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+    request: Request,
+) -> std::result::Result<Bytes, FetchError> {
     let uri = &request.uri;
     let range = match (request.offset, request.length) {
         (_, Some(0)) => return Ok(Bytes::new()),
@@ -363,10 +453,17 @@ async fn get_remote(store: Arc<dyn ObjectStore>, path: ObjectPath, request: Requ
         (Some(offset), None) => Some(GetRange::Offset(offset)),
         (None, None) => None,
     };
-    let options = GetOptions { range: range.clone(), if_match: request.if_match.clone(), ..Default::default() };
+    let options = GetOptions {
+        range: range.clone(),
+        if_match: request.if_match.clone(),
+        ..Default::default()
+    };
     let result = store.get_opts(&path, options).await;
     let bytes = match result {
-        Ok(result) => result.bytes().await.map_err(|e| classify(uri, e, range.is_some())),
+        Ok(result) => result
+            .bytes()
+            .await
+            .map_err(|e| classify(uri, e, range.is_some())),
         Err(e) => Err(classify(uri, e, range.is_some())),
     }?;
     if request.exact
@@ -385,13 +482,21 @@ async fn get_remote(store: Arc<dyn ObjectStore>, path: ObjectPath, request: Requ
 fn classify(uri: &str, error: object_store::Error, ranged: bool) -> FetchError {
     match error {
         object_store::Error::NotFound { .. } => FetchError::Data(format!("{uri}: no such object")),
-        object_store::Error::Precondition { .. } => FetchError::Data(format!("{uri}: the object changed since it was listed")),
+        object_store::Error::Precondition { .. } => {
+            FetchError::Data(format!("{uri}: the object changed since it was listed"))
+        }
         other => {
             let text = other.to_string();
             // A range that starts past the end: S3 answers 416, object_store reports it
             // as a generic error.
-            if ranged && (text.contains("416") || text.contains("InvalidRange") || text.contains("Range Not Satisfiable")) {
-                FetchError::Data(format!("{uri}: the byte range starts past the end of the object"))
+            if ranged
+                && (text.contains("416")
+                    || text.contains("InvalidRange")
+                    || text.contains("Range Not Satisfiable"))
+            {
+                FetchError::Data(format!(
+                    "{uri}: the byte range starts past the end of the object"
+                ))
             } else {
                 FetchError::Infrastructure(format!("cannot read {uri}: {text}"))
             }
@@ -405,7 +510,9 @@ fn read_local(request: &Request) -> std::result::Result<Bytes, FetchError> {
     let io = |e: std::io::Error| FetchError::Infrastructure(format!("cannot read {uri}: {e}"));
     let mut file = match std::fs::File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FetchError::Data(format!("{uri}: no such file"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(FetchError::Data(format!("{uri}: no such file")));
+        }
         Err(e) => return Err(io(e)),
     };
     let mut buffer = Vec::new();
@@ -414,7 +521,10 @@ fn read_local(request: &Request) -> std::result::Result<Bytes, FetchError> {
     }
     match request.length {
         Some(length) => {
-            (&mut file).take(length).read_to_end(&mut buffer).map_err(io)?;
+            (&mut file)
+                .take(length)
+                .read_to_end(&mut buffer)
+                .map_err(io)?;
             if request.exact && (buffer.len() as u64) < length {
                 return Err(FetchError::Data(format!(
                     "{uri}: range of {length} bytes from offset {} runs past the end of the file",
@@ -437,15 +547,24 @@ fn read_local(request: &Request) -> std::result::Result<Bytes, FetchError> {
 /// `s3://bucket/prefix/*.jpg` glob, prefix ("directory") or key; or one `http(s)://` URL
 /// (HTTP has no listing). Sorted by URI.
 pub fn list_files(pattern: &str) -> Result<Vec<Entry>> {
-    let mut entries = if is_remote(pattern) { list_remote(pattern)? } else { list_local(pattern)? };
+    let mut entries = if is_remote(pattern) {
+        list_remote(pattern)?
+    } else {
+        list_local(pattern)?
+    };
     entries.sort_by(|a, b| a.uri.cmp(&b.uri));
     Ok(entries)
 }
 
 fn list_local(pattern: &str) -> Result<Vec<Entry>> {
     let pattern = pattern.strip_prefix("file://").unwrap_or(pattern);
-    let pattern = if Path::new(pattern).is_dir() { format!("{}/**/*", pattern.trim_end_matches('/')) } else { pattern.to_string() };
-    let paths = glob::glob(&pattern).map_err(|e| RilletError::invalid_argument(format!("bad glob '{pattern}': {e}")))?;
+    let pattern = if Path::new(pattern).is_dir() {
+        format!("{}/**/*", pattern.trim_end_matches('/'))
+    } else {
+        pattern.to_string()
+    };
+    let paths = glob::glob(&pattern)
+        .map_err(|e| RilletError::invalid_argument(format!("bad glob '{pattern}': {e}")))?;
     let mut entries = Vec::new();
     for path in paths {
         let path = path.map_err(|e| RilletError::Io(std::io::Error::from(e)))?;
@@ -453,19 +572,32 @@ fn list_local(pattern: &str) -> Result<Vec<Entry>> {
         if !meta.is_file() {
             continue;
         }
-        let modified_micros = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_micros() as i64);
-        entries.push(Entry { uri: path.display().to_string(), size: meta.len(), modified_micros, etag: None });
+        let modified_micros = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_micros() as i64);
+        entries.push(Entry {
+            uri: path.display().to_string(),
+            size: meta.len(),
+            modified_micros,
+            etag: None,
+        });
     }
     Ok(entries)
 }
 
 fn list_remote(pattern: &str) -> Result<Vec<Entry>> {
-    let url = Url::parse(pattern).map_err(|e| RilletError::invalid_argument(format!("bad URL {pattern:?}: {e}")))?;
+    let url = Url::parse(pattern)
+        .map_err(|e| RilletError::invalid_argument(format!("bad URL {pattern:?}: {e}")))?;
     let key = store_key(&url);
     let (store, _) = store_for(&format!("{key}/"))?;
     // The object path as written (globs and all); Url keeps `*` and `?`… except that `?`
     // starts a query, so take the text after the authority literally.
-    let raw_path = pattern[pattern.find("://").unwrap() + 3..].split_once('/').map(|(_, p)| p).unwrap_or("");
+    let raw_path = pattern[pattern.find("://").unwrap() + 3..]
+        .split_once('/')
+        .map(|(_, p)| p)
+        .unwrap_or("");
     let is_glob = raw_path.contains(['*', '?', '[']);
     let http = matches!(url.scheme(), "http" | "https");
     if http && (is_glob || raw_path.is_empty() || raw_path.ends_with('/')) {
@@ -480,13 +612,26 @@ fn list_remote(pattern: &str) -> Result<Vec<Entry>> {
         etag: meta.e_tag.clone(),
     };
     let uri = pattern.to_string();
-    let fail = move |e: object_store::Error| RilletError::Io(std::io::Error::other(format!("cannot list {uri}: {e}")));
+    let fail = move |e: object_store::Error| {
+        RilletError::Io(std::io::Error::other(format!("cannot list {uri}: {e}")))
+    };
     if !is_glob {
         let path = ObjectPath::from(raw_path.trim_end_matches('/'));
         if !raw_path.is_empty() && !raw_path.ends_with('/') {
             let store = store.clone();
             let head_path = path.clone();
-            let head = block_on(async move { store.get_opts(&head_path, GetOptions { head: true, ..Default::default() }).await.map(|r| r.meta) });
+            let head = block_on(async move {
+                store
+                    .get_opts(
+                        &head_path,
+                        GetOptions {
+                            head: true,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map(|r| r.meta)
+            });
             match head {
                 Ok(meta) => return Ok(vec![to_entry(meta)]),
                 Err(object_store::Error::NotFound { .. }) if !http => {}
@@ -494,19 +639,32 @@ fn list_remote(pattern: &str) -> Result<Vec<Entry>> {
             }
         }
         let prefix = (!raw_path.trim_end_matches('/').is_empty()).then_some(path);
-        let listed = block_on(async move { store.list(prefix.as_ref()).try_collect::<Vec<_>>().await }).map_err(fail)?;
+        let listed =
+            block_on(async move { store.list(prefix.as_ref()).try_collect::<Vec<_>>().await })
+                .map_err(fail)?;
         return Ok(listed.into_iter().map(to_entry).collect());
     }
     let first_glob = raw_path.find(['*', '?', '[']).unwrap();
-    let prefix = raw_path[..first_glob].rsplit_once('/').map(|(dir, _)| dir.to_string());
-    let matcher = glob::Pattern::new(raw_path).map_err(|e| RilletError::invalid_argument(format!("bad glob '{pattern}': {e}")))?;
-    let options = glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
+    let prefix = raw_path[..first_glob]
+        .rsplit_once('/')
+        .map(|(dir, _)| dir.to_string());
+    let matcher = glob::Pattern::new(raw_path)
+        .map_err(|e| RilletError::invalid_argument(format!("bad glob '{pattern}': {e}")))?;
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
     let listed = block_on(async move {
         let prefix = prefix.map(ObjectPath::from);
         store.list(prefix.as_ref()).try_collect::<Vec<_>>().await
     })
     .map_err(fail)?;
-    Ok(listed.into_iter().filter(|meta| matcher.matches_with(meta.location.as_ref(), options)).map(to_entry).collect())
+    Ok(listed
+        .into_iter()
+        .filter(|meta| matcher.matches_with(meta.location.as_ref(), options))
+        .map(to_entry)
+        .collect())
 }
 
 #[cfg(test)]
@@ -535,7 +693,9 @@ mod tests {
 
     #[test]
     fn unknown_schemes_and_options_are_rejected() {
-        assert!(matches!(fetch(&Request::whole("gopher://x/y")), Err(FetchError::Infrastructure(m)) if m.contains("gopher")));
+        assert!(
+            matches!(fetch(&Request::whole("gopher://x/y")), Err(FetchError::Infrastructure(m)) if m.contains("gopher"))
+        );
         assert!(configure("s3://b", &[("no_such_option", "1")]).is_err());
         assert!(configure("ftp://b", &[]).is_err());
     }
@@ -547,7 +707,10 @@ mod tests {
         configure("http://127.0.0.1:9", &[("max_retries", "1")]).unwrap();
         let started = std::time::Instant::now();
         let result = fetch(&Request::whole("http://127.0.0.1:9/x.jpg"));
-        assert!(matches!(&result, Err(FetchError::Infrastructure(m)) if m.contains("http://127.0.0.1:9/x.jpg")), "{result:?}");
+        assert!(
+            matches!(&result, Err(FetchError::Infrastructure(m)) if m.contains("http://127.0.0.1:9/x.jpg")),
+            "{result:?}"
+        );
         assert!(started.elapsed() < Duration::from_secs(15));
     }
 }

@@ -104,7 +104,11 @@ impl DataFrame {
         let state = session.context().state();
         state
             .analyzer()
-            .execute_and_check(inner.logical_plan().clone(), state.config_options(), |_, _| {})
+            .execute_and_check(
+                inner.logical_plan().clone(),
+                state.config_options(),
+                |_, _| {},
+            )
             .map_err(RilletError::from)?;
         Ok(Self {
             session,
@@ -118,7 +122,10 @@ impl DataFrame {
         Self::new(self.session.clone(), df)
     }
 
-    fn derive(&self, df: datafusion::error::Result<datafusion::dataframe::DataFrame>) -> Result<Self> {
+    fn derive(
+        &self,
+        df: datafusion::error::Result<datafusion::dataframe::DataFrame>,
+    ) -> Result<Self> {
         Self::new(self.session.clone(), df?)
     }
 
@@ -174,7 +181,9 @@ impl DataFrame {
                     projection.push(new_exprs[i].clone());
                     placed.insert(i);
                 }
-                None => projection.push(Expr::Column(Column::new(qualifier.cloned(), field.name()))),
+                None => {
+                    projection.push(Expr::Column(Column::new(qualifier.cloned(), field.name())))
+                }
             }
         }
         for (i, expr) in new_exprs.drain(..).enumerate() {
@@ -182,7 +191,11 @@ impl DataFrame {
                 projection.push(expr);
             }
         }
-        self.from_plan(LogicalPlanBuilder::from(plan).project(projection)?.build()?)
+        self.from_plan(
+            LogicalPlanBuilder::from(plan)
+                .project(projection)?
+                .build()?,
+        )
     }
 
     /// Keep rows where `predicate` is true.
@@ -234,10 +247,15 @@ impl DataFrame {
         if schema.field_with_name(column).is_err() {
             return Err(unknown_column(column, &schema));
         }
-        let item_metadata = match schema.field_with_name(column).map(|f| f.data_type().clone()) {
-            Ok(DataType::List(item) | DataType::LargeList(item) | DataType::FixedSizeList(item, _)) if !item.metadata().is_empty() => {
-                Some(datafusion::common::metadata::FieldMetadata::from(item.as_ref()))
-            }
+        let item_metadata = match schema
+            .field_with_name(column)
+            .map(|f| f.data_type().clone())
+        {
+            Ok(
+                DataType::List(item) | DataType::LargeList(item) | DataType::FixedSizeList(item, _),
+            ) if !item.metadata().is_empty() => Some(
+                datafusion::common::metadata::FieldMetadata::from(item.as_ref()),
+            ),
             _ => None,
         };
         let exploded = self.inner.clone().unnest_columns(&[column])?;
@@ -251,7 +269,11 @@ impl DataFrame {
             .iter()
             .map(|(qualifier, field)| {
                 let expr = Expr::Column(Column::from((qualifier, field)));
-                if field.name() == column { expr.alias_with_metadata(column, Some(metadata.clone())) } else { expr }
+                if field.name() == column {
+                    expr.alias_with_metadata(column, Some(metadata.clone()))
+                } else {
+                    expr
+                }
             })
             .collect();
         self.derive(exploded.select(columns))
@@ -284,8 +306,15 @@ impl DataFrame {
                 return Err(unknown_column(name, &schema));
             }
         }
-        let on = subset.iter().map(|name| Expr::Column(Column::from_name(name))).collect();
-        let all = schema.fields().iter().map(|f| Expr::Column(Column::from_name(f.name()))).collect();
+        let on = subset
+            .iter()
+            .map(|name| Expr::Column(Column::from_name(name)))
+            .collect();
+        let all = schema
+            .fields()
+            .iter()
+            .map(|f| Expr::Column(Column::from_name(f.name())))
+            .collect();
         self.derive(self.inner.clone().distinct_on(on, all, None))
     }
 
@@ -296,7 +325,13 @@ impl DataFrame {
 
     /// Join with `other` on equal keys. When both sides use the same key names the result
     /// has each key once; other right columns whose names clash get a `right.` prefix.
-    pub fn join(&self, other: &DataFrame, how: JoinHow, left_on: &[String], right_on: &[String]) -> Result<Self> {
+    pub fn join(
+        &self,
+        other: &DataFrame,
+        how: JoinHow,
+        left_on: &[String],
+        right_on: &[String],
+    ) -> Result<Self> {
         if left_on.is_empty() || left_on.len() != right_on.len() {
             return Err(RilletError::invalid_argument(
                 "join needs the same, non-zero number of left and right keys",
@@ -361,13 +396,16 @@ impl DataFrame {
 
     /// Apply a whole-batch function (runs as its own stage on a worker pool).
     pub fn map_batches(&self, function: Arc<dyn BatchFunction>) -> Result<Self> {
-        let node = BatchStageNode::try_new(self.logical_plan().clone(), StageKind::MapBatches(function))?;
+        let node =
+            BatchStageNode::try_new(self.logical_plan().clone(), StageKind::MapBatches(function))?;
         self.from_plan(node.into_plan())
     }
 
     /// The DataFusion physical plan (before it is cut into a dataflow).
     pub fn physical_plan(&self) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(self.session.block_on(self.inner.clone().create_physical_plan())?)
+        Ok(self
+            .session
+            .block_on(self.inner.clone().create_physical_plan())?)
     }
 
     /// Start the job, sending its rows to `sink`.
@@ -415,7 +453,10 @@ impl DataFrame {
     pub fn count_query(&self) -> Result<Self> {
         self.aggregate(
             vec![],
-            vec![datafusion::functions_aggregate::expr_fn::count(datafusion::prelude::lit(1)).alias("count")],
+            vec![
+                datafusion::functions_aggregate::expr_fn::count(datafusion::prelude::lit(1))
+                    .alias("count"),
+            ],
         )
     }
 
@@ -444,7 +485,11 @@ impl DataFrame {
 
     /// The logical plan and the physical dataflow, as text.
     pub fn explain(&self) -> Result<String> {
-        let optimized = self.session.context().state().optimize(self.logical_plan())?;
+        let optimized = self
+            .session
+            .context()
+            .state()
+            .optimize(self.logical_plan())?;
         let plan = self.physical_plan()?;
         let (sink, _batches) = CollectSink::new(plan.schema(), 1 << 20);
         let graph = build_dataflow(plan, Arc::new(sink), "collect")?;

@@ -84,7 +84,9 @@ fn replace_stages(
         let partitions = plan.output_partitioning().partition_count();
         let upstream = add_plan(graph, plan)?;
         upstreams.push(upstream);
-        return Ok(Arc::new(ExchangeSourceExec::new(upstream, schema, partitions)));
+        return Ok(Arc::new(ExchangeSourceExec::new(
+            upstream, schema, partitions,
+        )));
     }
     if let Some(stage_output) = single_task_stage_under_round_robin(&plan) {
         // DataFusion spreads a one-partition input round-robin over the cores. A stage
@@ -114,7 +116,9 @@ fn replace_stages(
 
 /// The input of `plan` if `plan` is a round-robin repartition of a stage's single
 /// partition, directly or through row-wise operators (projections, filters).
-fn single_task_stage_under_round_robin(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+fn single_task_stage_under_round_robin(
+    plan: &Arc<dyn ExecutionPlan>,
+) -> Option<Arc<dyn ExecutionPlan>> {
     let repartition = plan.downcast_ref::<RepartitionExec>()?;
     if !matches!(repartition.partitioning(), Partitioning::RoundRobinBatch(_)) {
         return None;
@@ -163,7 +167,10 @@ fn collect_names(plan: &Arc<dyn ExecutionPlan>, names: &mut Vec<String>) {
             format!("scan {format}")
         }
         "ExchangeSourceExec" => "exchange".to_string(),
-        "RepartitionExec" | "CoalesceBatchesExec" | "CoalescePartitionsExec" | "CooperativeExec" => {
+        "RepartitionExec"
+        | "CoalesceBatchesExec"
+        | "CoalescePartitionsExec"
+        | "CooperativeExec" => {
             return;
         }
         other => other.trim_end_matches("Exec").to_lowercase(),

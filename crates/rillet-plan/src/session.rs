@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;

@@ -65,8 +65,11 @@ impl Session {
         let df = self.block_on(async {
             match format {
                 ReadFormat::Parquet => {
-                    ctx.read_parquet(urls, ParquetReadOptions::default().file_extension(extension))
-                        .await
+                    ctx.read_parquet(
+                        urls,
+                        ParquetReadOptions::default().file_extension(extension),
+                    )
+                    .await
                 }
                 ReadFormat::Csv => {
                     ctx.read_csv(urls, CsvReadOptions::default().file_extension(extension))
@@ -101,8 +104,14 @@ impl Session {
         let modified: Vec<Option<i64>> = entries.iter().map(|e| e.modified_micros).collect();
         // The version a later read checks: a remote object's entity tag, a local file's
         // modification time.
-        let versions: Vec<Option<String>> =
-            entries.iter().map(|e| e.etag.clone().or_else(|| e.modified_micros.map(|m| m.to_string()))).collect();
+        let versions: Vec<Option<String>> = entries
+            .iter()
+            .map(|e| {
+                e.etag
+                    .clone()
+                    .or_else(|| e.modified_micros.map(|m| m.to_string()))
+            })
+            .collect();
         let schema = Arc::new(Schema::new(vec![
             Field::new("path", DataType::Utf8, false),
             Field::new("size", DataType::UInt64, false),
@@ -122,7 +131,9 @@ impl Session {
                 Arc::new(UInt64Array::new_null(paths.len())),
                 Arc::new(UInt64Array::new_null(paths.len())),
                 Arc::new(StringArray::from(versions)),
-                Arc::new(StringArray::from_iter(paths.iter().map(|p| media_type_of_path(p)))),
+                Arc::new(StringArray::from_iter(
+                    paths.iter().map(|p| media_type_of_path(p)),
+                )),
             ],
             None,
         );
@@ -173,12 +184,18 @@ impl Session {
 impl Session {
     /// Let DataFusion read `url`'s bucket or origin through the same configured store
     /// (and connections) the operators use.
-    fn register_store(&self, url: &str, registered: &mut std::collections::HashSet<String>) -> Result<()> {
-        let parsed = url::Url::parse(url).map_err(|e| RilletError::invalid_argument(format!("bad URL {url:?}: {e}")))?;
+    fn register_store(
+        &self,
+        url: &str,
+        registered: &mut std::collections::HashSet<String>,
+    ) -> Result<()> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| RilletError::invalid_argument(format!("bad URL {url:?}: {e}")))?;
         let key = rillet_io::store_key(&parsed);
         if registered.insert(key.clone()) {
             let (store, _) = rillet_io::store_for(url)?;
-            let base = url::Url::parse(&key).map_err(|e| RilletError::invalid_argument(e.to_string()))?;
+            let base =
+                url::Url::parse(&key).map_err(|e| RilletError::invalid_argument(e.to_string()))?;
             self.context().register_object_store(&base, store);
         }
         Ok(())

@@ -113,7 +113,9 @@ fn stage_schema(input: &LogicalPlan, kind: &StageKind) -> Result<DFSchemaRef> {
                     _ => None,
                 })
                 .collect();
-            let field = function.return_field(&arg_fields, &literals)?.with_name(output);
+            let field = function
+                .return_field(&arg_fields, &literals)?
+                .with_name(output);
             let added = DFSchema::try_from(Schema::new(vec![field])).map_err(RilletError::from)?;
             let kept = input
                 .schema()
@@ -190,9 +192,10 @@ impl UserDefinedLogicalNodeCore for BatchStageNode {
     }
 
     fn with_exprs_and_inputs(&self, exprs: Vec<Expr>, inputs: Vec<LogicalPlan>) -> DfResult<Self> {
-        let input = inputs.into_iter().next().ok_or_else(|| {
-            DataFusionError::Internal("stage node needs one input".to_string())
-        })?;
+        let input = inputs
+            .into_iter()
+            .next()
+            .ok_or_else(|| DataFusionError::Internal("stage node needs one input".to_string()))?;
         let kind = match &self.kind {
             StageKind::MapBatches(f) => StageKind::MapBatches(f.clone()),
             StageKind::Udf {
@@ -295,9 +298,10 @@ impl ExecutionPlan for BatchStageExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let input = children.into_iter().next().ok_or_else(|| {
-            DataFusionError::Internal("stage needs one input".to_string())
-        })?;
+        let input = children
+            .into_iter()
+            .next()
+            .ok_or_else(|| DataFusionError::Internal("stage needs one input".to_string()))?;
         Ok(Arc::new(Self::new(input, self.function.clone())))
     }
 

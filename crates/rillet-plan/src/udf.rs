@@ -10,8 +10,8 @@ use arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, LogicalPlan, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature, Volatility,
+    ColumnarValue, Expr, LogicalPlan, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::prelude::col;
 use rillet_common::{Result, RilletError};
@@ -67,7 +67,9 @@ impl ScalarUDFImpl for ArrayFunctionUdf {
         // DataFusion-only path); still correct, just not on its own pool.
         let rows = args.number_rows;
         if rows == 0 {
-            return Ok(ColumnarValue::Array(arrow::array::new_empty_array(args.return_field.data_type())));
+            return Ok(ColumnarValue::Array(arrow::array::new_empty_array(
+                args.return_field.data_type(),
+            )));
         }
         let arrays = args
             .args
@@ -144,7 +146,8 @@ fn as_array_function(expr: &Expr) -> Option<(&ArrayFunctionUdf, &Vec<Expr>)> {
     match expr {
         Expr::ScalarFunction(f) => {
             let any: &dyn std::any::Any = f.func.inner().as_ref();
-            any.downcast_ref::<ArrayFunctionUdf>().map(|udf| (udf, &f.args))
+            any.downcast_ref::<ArrayFunctionUdf>()
+                .map(|udf| (udf, &f.args))
         }
         _ => None,
     }
@@ -159,7 +162,10 @@ const INTERMEDIATE_PREFIX: &str = "__rillet_udf_";
 /// Move every [`ArrayFunction`] call in `exprs` into a stage stacked on `input`, innermost
 /// calls first, and replace each call by a reference to the stage's output column. Each
 /// top-level expression keeps its original output name.
-pub(crate) fn extract_stages(input: LogicalPlan, exprs: Vec<Expr>) -> Result<(LogicalPlan, Vec<Expr>)> {
+pub(crate) fn extract_stages(
+    input: LogicalPlan,
+    exprs: Vec<Expr>,
+) -> Result<(LogicalPlan, Vec<Expr>)> {
     let mut plan = input;
     let mut rewritten = Vec::with_capacity(exprs.len());
     for expr in exprs {

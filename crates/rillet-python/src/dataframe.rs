@@ -11,7 +11,9 @@ use pyo3::types::PyDict;
 use pyo3_arrow::{PyDataType, PySchema, PyTable};
 use rillet_common::{EngineConfig, RilletError};
 use rillet_plan::{DataFrame, JoinHow, ReadFormat, Session, array_function_expr};
-use rillet_runtime::{CollectedBatches, FileFormat, JobHandle, JobStats, RowBatcher, WriteMode, global_runtime};
+use rillet_runtime::{
+    CollectedBatches, FileFormat, JobHandle, JobStats, RowBatcher, WriteMode, global_runtime,
+};
 
 use crate::errors::{IntoPy, interrupted};
 use crate::expr::{PyExpr, sort_expr};
@@ -29,7 +31,9 @@ fn wait_interruptibly<T: Send>(
     loop {
         let done = py.detach(|| {
             global_runtime().block_on(async {
-                tokio::time::timeout(Duration::from_millis(100), &mut future).await.ok()
+                tokio::time::timeout(Duration::from_millis(100), &mut future)
+                    .await
+                    .ok()
             })
         });
         if let Some(value) = done {
@@ -86,7 +90,9 @@ impl PySession {
         if let Some(on) = progress {
             config = config.with_progress(on);
         }
-        Self { session: Session::new(config) }
+        Self {
+            session: Session::new(config),
+        }
     }
 
     #[getter]
@@ -102,7 +108,9 @@ impl PySession {
     /// A DataFrame over an Arrow table (anything with `__arrow_c_stream__`).
     fn from_arrow(&self, py: Python<'_>, table: PyTable) -> PyResult<PyDataFrame> {
         let (batches, schema) = table.into_inner();
-        py.detach(|| self.session.from_batches(schema, batches)).py_err().map(PyDataFrame::from)
+        py.detach(|| self.session.from_batches(schema, batches))
+            .py_err()
+            .map(PyDataFrame::from)
     }
 
     fn range(&self, n: u64) -> PyResult<PyDataFrame> {
@@ -116,17 +124,32 @@ impl PySession {
             "json" => ReadFormat::Json,
             other => return Err(PyValueError::new_err(format!("unknown format '{other}'"))),
         };
-        py.detach(|| self.session.read(format, &paths)).py_err().map(PyDataFrame::from)
+        py.detach(|| self.session.read(format, &paths))
+            .py_err()
+            .map(PyDataFrame::from)
     }
 
     fn read_files(&self, py: Python<'_>, pattern: &str) -> PyResult<PyDataFrame> {
-        py.detach(|| self.session.read_files(pattern)).py_err().map(PyDataFrame::from)
+        py.detach(|| self.session.read_files(pattern))
+            .py_err()
+            .map(PyDataFrame::from)
     }
 
-    fn sql(&self, py: Python<'_>, query: &str, tables: Vec<(String, PyRef<'_, PyDataFrame>)>) -> PyResult<PyDataFrame> {
-        let frames: Vec<(String, DataFrame)> = tables.iter().map(|(n, df)| (n.clone(), df.df.clone())).collect();
+    fn sql(
+        &self,
+        py: Python<'_>,
+        query: &str,
+        tables: Vec<(String, PyRef<'_, PyDataFrame>)>,
+    ) -> PyResult<PyDataFrame> {
+        let frames: Vec<(String, DataFrame)> = tables
+            .iter()
+            .map(|(n, df)| (n.clone(), df.df.clone()))
+            .collect();
         py.detach(|| {
-            let named: Vec<(&str, DataFrame)> = frames.iter().map(|(n, df)| (n.as_str(), df.clone())).collect();
+            let named: Vec<(&str, DataFrame)> = frames
+                .iter()
+                .map(|(n, df)| (n.as_str(), df.clone()))
+                .collect();
             self.session.sql(query, &named)
         })
         .py_err()
@@ -151,7 +174,11 @@ impl PySession {
             batch_size,
             concurrency,
         };
-        array_function_expr(Arc::new(function), args.into_iter().map(|a| a.expr).collect()).into()
+        array_function_expr(
+            Arc::new(function),
+            args.into_iter().map(|a| a.expr).collect(),
+        )
+        .into()
     }
 }
 
@@ -204,7 +231,11 @@ impl PyDataFrame {
     }
 
     /// Run to completion, collecting batches, interruptible by Ctrl-C.
-    fn run_collect(&self, py: Python<'_>, df: &DataFrame) -> PyResult<(Vec<RecordBatch>, JobStats)> {
+    fn run_collect(
+        &self,
+        py: Python<'_>,
+        df: &DataFrame,
+    ) -> PyResult<(Vec<RecordBatch>, JobStats)> {
         let (mut job, mut batches) = py.detach(|| df.execute_stream()).py_err()?;
         let canceller = job.canceller();
         let result = wait_interruptibly(
@@ -239,7 +270,12 @@ impl PyDataFrame {
     }
 
     fn column_names(&self) -> Vec<String> {
-        self.df.schema().fields().iter().map(|f| f.name().clone()).collect()
+        self.df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
     }
 
     fn select(&self, list: Vec<PyExpr>) -> PyResult<Self> {
@@ -275,7 +311,12 @@ impl PyDataFrame {
         self.map(|df| df.union(&other.df))
     }
 
-    fn sort(&self, by: Vec<PyExpr>, descending: Vec<bool>, nulls_first: Vec<bool>) -> PyResult<Self> {
+    fn sort(
+        &self,
+        by: Vec<PyExpr>,
+        descending: Vec<bool>,
+        nulls_first: Vec<bool>,
+    ) -> PyResult<Self> {
         let keys = by
             .iter()
             .zip(descending.iter().zip(nulls_first.iter()))
@@ -296,14 +337,27 @@ impl PyDataFrame {
         self.map(|df| df.aggregate(exprs(keys), exprs(aggs)))
     }
 
-    fn join(&self, other: PyRef<'_, PyDataFrame>, how: &str, left_on: Vec<String>, right_on: Vec<String>) -> PyResult<Self> {
+    fn join(
+        &self,
+        other: PyRef<'_, PyDataFrame>,
+        how: &str,
+        left_on: Vec<String>,
+        right_on: Vec<String>,
+    ) -> PyResult<Self> {
         let how = how.parse::<JoinHow>().py_err()?;
         self.map(|df| df.join(&other.df, how, &left_on, &right_on))
     }
 
     /// A whole-batch stage calling `callable(pyarrow.RecordBatch) -> pyarrow.RecordBatch`.
     #[pyo3(signature = (callable, name, schema, batch_size=None, concurrency=None))]
-    fn map_batches(&self, callable: Py<PyAny>, name: String, schema: PySchema, batch_size: Option<usize>, concurrency: Option<usize>) -> PyResult<Self> {
+    fn map_batches(
+        &self,
+        callable: Py<PyAny>,
+        name: String,
+        schema: PySchema,
+        batch_size: Option<usize>,
+        concurrency: Option<usize>,
+    ) -> PyResult<Self> {
         let function = PyBatchFunction {
             name: format!("map_batches({name})"),
             callable,
@@ -355,7 +409,12 @@ impl PyDataFrame {
         compression: Option<&str>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let format = match format {
-            "parquet" => FileFormat::Parquet(compression.unwrap_or("zstd").parse::<rillet_runtime::ParquetCompression>().py_err()?),
+            "parquet" => FileFormat::Parquet(
+                compression
+                    .unwrap_or("zstd")
+                    .parse::<rillet_runtime::ParquetCompression>()
+                    .py_err()?,
+            ),
             "csv" => FileFormat::Csv,
             "json" => FileFormat::Json,
             other => return Err(PyValueError::new_err(format!("unknown format '{other}'"))),
@@ -363,7 +422,11 @@ impl PyDataFrame {
         let mode = match mode {
             "append" => WriteMode::Append,
             "overwrite" => WriteMode::Overwrite,
-            other => return Err(PyValueError::new_err(format!("unknown write mode '{other}'; use append or overwrite"))),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown write mode '{other}'; use append or overwrite"
+                )));
+            }
         };
         let sink = Arc::new(rillet_runtime::FileSink::new(directory, format, mode));
         let name = format!("write {}", format.extension());
@@ -387,7 +450,10 @@ impl PyDataFrame {
 
     /// Figures of the last run, or None.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        self.df.last_stats().map(|s| stats_to_dict(py, &s)).transpose()
+        self.df
+            .last_stats()
+            .map(|s| stats_to_dict(py, &s))
+            .transpose()
     }
 }
 
@@ -420,18 +486,29 @@ impl PyBatchStream {
         };
         loop {
             if let Some(batch) = state.ready.pop_front() {
-                return pyo3_arrow::PyRecordBatch::new(batch).into_pyarrow(py).map(Some);
+                return pyo3_arrow::PyRecordBatch::new(batch)
+                    .into_pyarrow(py)
+                    .map(Some);
             }
             if state.ended {
-                let rest = state.batcher.as_mut().map(|b| b.flush()).transpose().py_err()?.flatten();
+                let rest = state
+                    .batcher
+                    .as_mut()
+                    .map(|b| b.flush())
+                    .transpose()
+                    .py_err()?
+                    .flatten();
                 if rest.is_none() {
                     *guard = None;
                     return Ok(None);
                 }
-                return rest.map(|b| pyo3_arrow::PyRecordBatch::new(b).into_pyarrow(py)).transpose();
+                return rest
+                    .map(|b| pyo3_arrow::PyRecordBatch::new(b).into_pyarrow(py))
+                    .transpose();
             }
             let canceller = state.job.canceller();
-            let next = wait_interruptibly(py, state.batches.next_batch(), move || canceller.cancel());
+            let next =
+                wait_interruptibly(py, state.batches.next_batch(), move || canceller.cancel());
             let next = match next {
                 Ok(next) => next.py_err()?,
                 Err(interrupt) => {

@@ -4,12 +4,42 @@ use pyo3::exceptions::{PyException, PyKeyboardInterrupt, PyOSError};
 use pyo3::prelude::*;
 use rillet_common::RilletError;
 
-pyo3::create_exception!(_rillet, RilletBaseError, PyException, "Base class of Rillet errors.");
-pyo3::create_exception!(_rillet, PlanError, RilletBaseError, "The plan is invalid: unknown column, wrong type, bad argument.");
-pyo3::create_exception!(_rillet, UserFunctionError, RilletBaseError, "A user function (UDF, map_batches) raised; the message holds its traceback.");
-pyo3::create_exception!(_rillet, DataError, RilletBaseError, "An operator could not process a row's data and was asked to fail (on_error=\"raise\").");
-pyo3::create_exception!(_rillet, ExecutionError, RilletBaseError, "The job failed while running.");
-pyo3::create_exception!(_rillet, JobCancelled, RilletBaseError, "The job was cancelled.");
+pyo3::create_exception!(
+    _rillet,
+    RilletBaseError,
+    PyException,
+    "Base class of Rillet errors."
+);
+pyo3::create_exception!(
+    _rillet,
+    PlanError,
+    RilletBaseError,
+    "The plan is invalid: unknown column, wrong type, bad argument."
+);
+pyo3::create_exception!(
+    _rillet,
+    UserFunctionError,
+    RilletBaseError,
+    "A user function (UDF, map_batches) raised; the message holds its traceback."
+);
+pyo3::create_exception!(
+    _rillet,
+    DataError,
+    RilletBaseError,
+    "An operator could not process a row's data and was asked to fail (on_error=\"raise\")."
+);
+pyo3::create_exception!(
+    _rillet,
+    ExecutionError,
+    RilletBaseError,
+    "The job failed while running."
+);
+pyo3::create_exception!(
+    _rillet,
+    JobCancelled,
+    RilletBaseError,
+    "The job was cancelled."
+);
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -41,7 +71,9 @@ fn is_plan_error(error: &datafusion::error::DataFusionError) -> bool {
     match error.find_root() {
         E::SchemaError(..) | E::Plan(..) | E::SQL(..) | E::NotImplemented(..) => true,
         E::Diagnostic(..) => true,
-        other => other.to_string().contains("Type Coercion") || other.to_string().contains("Cannot "),
+        other => {
+            other.to_string().contains("Type Coercion") || other.to_string().contains("Cannot ")
+        }
     }
 }
 

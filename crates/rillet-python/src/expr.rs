@@ -118,8 +118,14 @@ fn lit(value: &Bound<'_, PyAny>) -> PyResult<PyExpr> {
         ScalarValue::Binary(Some(value.extract()?))
     } else if let Ok(numbers) = value.extract::<Vec<f64>>() {
         // A list of numbers (operator options such as normalisation means).
-        let values: Vec<ScalarValue> = numbers.into_iter().map(|v| ScalarValue::Float64(Some(v))).collect();
-        ScalarValue::List(ScalarValue::new_list_nullable(&values, &arrow::datatypes::DataType::Float64))
+        let values: Vec<ScalarValue> = numbers
+            .into_iter()
+            .map(|v| ScalarValue::Float64(Some(v)))
+            .collect();
+        ScalarValue::List(ScalarValue::new_list_nullable(
+            &values,
+            &arrow::datatypes::DataType::Float64,
+        ))
     } else if let Ok(bytes) = value.extract::<Vec<u8>>() {
         ScalarValue::Binary(Some(bytes))
     } else {
@@ -148,8 +154,11 @@ fn call_function(session: &PySession, name: &str, args: Vec<PyExpr>) -> PyResult
 /// `count(*)`.
 #[pyfunction]
 fn count_all() -> PyExpr {
-    datafusion::functions_aggregate::expr_fn::count(Expr::Literal(ScalarValue::Int64(Some(1)), None))
-        .into()
+    datafusion::functions_aggregate::expr_fn::count(Expr::Literal(
+        ScalarValue::Int64(Some(1)),
+        None,
+    ))
+    .into()
 }
 
 /// CASE WHEN c1 THEN v1 ... ELSE otherwise END.
@@ -172,7 +181,11 @@ fn case_when(branches: Vec<(PyExpr, PyExpr)>, otherwise: Option<PyExpr>) -> PyRe
 }
 
 /// Sort key used by `sort`.
-pub(crate) fn sort_expr(expr: &PyExpr, descending: bool, nulls_first: bool) -> datafusion::logical_expr::SortExpr {
+pub(crate) fn sort_expr(
+    expr: &PyExpr,
+    descending: bool,
+    nulls_first: bool,
+) -> datafusion::logical_expr::SortExpr {
     expr.expr.clone().sort(!descending, nulls_first)
 }
 

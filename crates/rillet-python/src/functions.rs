@@ -101,13 +101,20 @@ impl ArrayFunction for PyArrayFunction {
                     .iter()
                     .enumerate()
                     .map(|(i, a)| {
-                        let field = Arc::new(Field::new(format!("arg{i}"), a.data_type().clone(), true));
-                        PyArray::new(a.clone(), field).to_pyarrow(py).map(|b| b.unbind())
+                        let field =
+                            Arc::new(Field::new(format!("arg{i}"), a.data_type().clone(), true));
+                        PyArray::new(a.clone(), field)
+                            .to_pyarrow(py)
+                            .map(|b| b.unbind())
                     })
                     .collect::<PyResult<Vec<_>>>()?;
                 let list = PyList::new(py, arrays)?;
                 let out = self.callable.call1(py, (list, rows))?;
-                let (array, _) = out.bind(py).extract::<PyArray>().map_err(PyErr::from)?.into_inner();
+                let (array, _) = out
+                    .bind(py)
+                    .extract::<PyArray>()
+                    .map_err(PyErr::from)?
+                    .into_inner();
                 Ok(array)
             })();
             result.map_err(|error| RilletError::UserFunction {

@@ -135,9 +135,14 @@ impl ChannelSender {
                         })
                         .map_err(|_| SendError::Closed);
                 }
-                acquire_recording_wait(&self.budget, bytes, self.metrics.as_deref(), WaitReason::OutputBackpressure)
-                    .await
-                    .ok_or(SendError::Closed)?
+                acquire_recording_wait(
+                    &self.budget,
+                    bytes,
+                    self.metrics.as_deref(),
+                    WaitReason::OutputBackpressure,
+                )
+                .await
+                .ok_or(SendError::Closed)?
             }
         };
         self.tx
@@ -228,7 +233,6 @@ impl ChannelReceiver {
             }
         }
     }
-
 }
 
 impl Drop for ChannelReceiver {
@@ -341,21 +345,32 @@ mod tests {
         let store = Arc::new(SpillStore::new(parent.path(), 64 << 20).unwrap());
         let metrics = Arc::new(OperatorMetrics::new("producer"));
         let large = batch(200_000); // 1.6 MB
-        let (tx, mut rx) = byte_channel(large.get_array_memory_size(), 1, Some(metrics.clone()), None);
+        let (tx, mut rx) = byte_channel(
+            large.get_array_memory_size(),
+            1,
+            Some(metrics.clone()),
+            None,
+        );
         let tx = tx.with_spill(store.clone());
         rt.block_on(async {
             tx.send(StreamMessage::Batch(large.clone())).await.unwrap();
             // The channel is full: these two go to disk instead of waiting.
             for _ in 0..2 {
-                tokio::time::timeout(Duration::from_secs(5), tx.send(StreamMessage::Batch(large.clone())))
-                    .await
-                    .expect("a spilling send does not wait")
-                    .unwrap();
+                tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tx.send(StreamMessage::Batch(large.clone())),
+                )
+                .await
+                .expect("a spilling send does not wait")
+                .unwrap();
             }
             assert_eq!(store.held_bytes(), 2 * large.get_array_memory_size());
             assert_eq!(std::fs::read_dir(store.directory()).unwrap().count(), 2);
             // A small batch is not worth a file: it waits for room as usual.
-            let small = tokio::time::timeout(Duration::from_millis(50), tx.send(StreamMessage::Batch(batch(10))));
+            let small = tokio::time::timeout(
+                Duration::from_millis(50),
+                tx.send(StreamMessage::Batch(batch(10))),
+            );
             assert!(small.await.is_err());
             for _ in 0..3 {
                 match rx.recv().await {
@@ -366,10 +381,16 @@ mod tests {
         });
         assert_eq!(store.held_bytes(), 0);
         assert_eq!(std::fs::read_dir(store.directory()).unwrap().count(), 0);
-        assert_eq!(metrics.snapshot().spilled_bytes, 2 * large.get_array_memory_size() as u64);
+        assert_eq!(
+            metrics.snapshot().spilled_bytes,
+            2 * large.get_array_memory_size() as u64
+        );
         let directory = store.directory().to_path_buf();
         drop((tx, rx, store));
-        assert!(!directory.exists(), "the job's spill directory is removed with the store");
+        assert!(
+            !directory.exists(),
+            "the job's spill directory is removed with the store"
+        );
     }
 
     #[test]
@@ -377,13 +398,17 @@ mod tests {
         let rt = crate::global_runtime();
         let parent = tempfile::tempdir().unwrap();
         let large = batch(200_000);
-        let store = Arc::new(SpillStore::new(parent.path(), large.get_array_memory_size()).unwrap());
+        let store =
+            Arc::new(SpillStore::new(parent.path(), large.get_array_memory_size()).unwrap());
         let (tx, _rx) = byte_channel(large.get_array_memory_size(), 1, None, None);
         let tx = tx.with_spill(store.clone());
         rt.block_on(async {
             tx.send(StreamMessage::Batch(large.clone())).await.unwrap();
             tx.send(StreamMessage::Batch(large.clone())).await.unwrap(); // spilled
-            let third = tokio::time::timeout(Duration::from_millis(50), tx.send(StreamMessage::Batch(large.clone())));
+            let third = tokio::time::timeout(
+                Duration::from_millis(50),
+                tx.send(StreamMessage::Batch(large.clone())),
+            );
             assert!(third.await.is_err(), "the store is full: the send waits");
         });
     }

@@ -148,9 +148,8 @@ impl ExecutionPlan for ExchangeSourceExec {
                 self.upstream.0
             ))
         })?;
-        let stream = futures::stream::unfold(
-            (receiver, metrics),
-            |(mut receiver, metrics)| async move {
+        let stream =
+            futures::stream::unfold((receiver, metrics), |(mut receiver, metrics)| async move {
                 loop {
                     match receiver.recv().await {
                         Some(StreamMessage::Batch(batch)) => {
@@ -171,8 +170,7 @@ impl ExecutionPlan for ExchangeSourceExec {
                         }
                     }
                 }
-            },
-        );
+            });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             stream,

@@ -61,7 +61,11 @@ pub trait ArrayFunction: Send + Sync + Debug {
     /// The result field for arguments of these fields (with their extension metadata)
     /// and these literal values (`None` where an argument is not a literal). An error here
     /// is a planning error: check argument types and options in it.
-    fn return_field(&self, _args: &[FieldRef], _literals: &[Option<&ScalarValue>]) -> Result<Field> {
+    fn return_field(
+        &self,
+        _args: &[FieldRef],
+        _literals: &[Option<&ScalarValue>],
+    ) -> Result<Field> {
         Ok(Field::new(self.name(), self.return_type(), true))
     }
     /// Compute the result for `rows` rows. May block (runs on a worker pool). Literal
@@ -82,7 +86,6 @@ pub trait ArrayFunction: Send + Sync + Debug {
         None
     }
 }
-
 
 /// A function from one batch to another, run off the async executor on a bounded pool.
 ///
@@ -285,7 +288,11 @@ impl FunctionChain {
     }
 
     fn name_of(functions: &[std::sync::Arc<dyn BatchFunction>]) -> String {
-        functions.iter().map(|f| f.name()).collect::<Vec<_>>().join(" → ")
+        functions
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .join(" → ")
     }
 }
 

@@ -134,7 +134,8 @@ impl CallSizer {
 
     /// Bytes to reserve for a call of `rows` rows.
     pub fn estimate(&self, rows: usize) -> usize {
-        self.per_row.map_or(0, |per_row| (per_row * rows as f64) as usize)
+        self.per_row
+            .map_or(0, |per_row| (per_row * rows as f64) as usize)
     }
 
     /// A call of `rows` rows charged `bytes`.

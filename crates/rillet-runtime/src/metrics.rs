@@ -126,7 +126,8 @@ impl OperatorMetrics {
 
     /// Count a batch of `bytes` spilled to the job's store instead of waiting.
     pub fn add_spilled(&self, bytes: usize) {
-        self.spilled_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.spilled_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     fn waiting_counter(&self, reason: WaitReason) -> &AtomicUsize {
@@ -302,7 +303,12 @@ mod tests {
         {
             let _guard = metrics.begin_wait(WaitReason::FreeWorker);
             assert_eq!(metrics.snapshot().waiting_on, vec![WaitReason::FreeWorker]);
-            assert!(metrics.snapshot().summary().contains("waiting on a free worker"));
+            assert!(
+                metrics
+                    .snapshot()
+                    .summary()
+                    .contains("waiting on a free worker")
+            );
         }
         assert!(metrics.snapshot().waiting_on.is_empty());
         metrics.task_finished();

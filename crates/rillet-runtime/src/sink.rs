@@ -202,7 +202,82 @@ struct FileWriter {
     inner: Option<FormatWriter>,
 }
 
-fn create_writer(path: &Path, format: FileFormat, schema: &SchemaRef) -> Result<FormatWriter> {
+/// Rows of the first batch looked at to decide each column's dictionary encoding.
+const DICTIONARY_SAMPLE_ROWS: usize = 4096;
+
+/// Parquet writer settings for a file whose first batch is `sample`.
+///
+/// Dictionary encoding only pays when values repeat. The writer's default tries it on every
+/// column and keeps the dictionary until it outgrows its page limit, which a 128k-row group
+/// of unique 8-byte values never does: every value of an id or a measurement column is then
+/// hashed into a dictionary as large as the data (that interning was 40% of the CPU time of
+/// the engine-overhead benchmark). So a top-level column whose sampled values are mostly
+/// distinct, and floating-point values inside lists (embeddings, tensors, audio samples),
+/// are written plain; everything else keeps the dictionary.
+fn parquet_properties(
+    compression: ParquetCompression,
+    schema: &SchemaRef,
+    sample: Option<&RecordBatch>,
+) -> WriterProperties {
+    use parquet::basic::Type as PhysicalType;
+    let mut builder = WriterProperties::builder()
+        .set_compression(compression.codec())
+        // Row groups of 128k rows keep the writer's buffer small (bounded memory).
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .set_max_row_group_bytes(Some(64 << 20));
+    // A schema the converter rejects fails in `ArrowWriter::try_new` with its own message.
+    let Ok(descriptor) = parquet::arrow::ArrowSchemaConverter::new().convert(schema) else {
+        return builder.build();
+    };
+    for column in descriptor.columns() {
+        let path = column.path();
+        let plain = if column.max_rep_level() > 0 {
+            matches!(
+                column.physical_type(),
+                PhysicalType::FLOAT | PhysicalType::DOUBLE
+            )
+        } else if path.parts().len() == 1 {
+            sample
+                .and_then(|batch| batch.column_by_name(&path.parts()[0]))
+                .is_some_and(|array| mostly_distinct(array.as_ref()))
+        } else {
+            false
+        };
+        if plain {
+            builder = builder.set_column_dictionary_enabled(path.clone(), false);
+        }
+    }
+    builder.build()
+}
+
+/// Whether more than half of the first [`DICTIONARY_SAMPLE_ROWS`] non-null values of `array`
+/// are distinct.
+fn mostly_distinct(array: &dyn arrow::array::Array) -> bool {
+    use arrow::row::{RowConverter, SortField};
+    let head = array.slice(0, array.len().min(DICTIONARY_SAMPLE_ROWS));
+    let Ok(converter) = RowConverter::new(vec![SortField::new(head.data_type().clone())]) else {
+        return false;
+    };
+    let Ok(rows) = converter.convert_columns(&[head.clone()]) else {
+        return false;
+    };
+    let mut distinct = std::collections::HashSet::new();
+    let mut values = 0usize;
+    for (i, row) in rows.iter().enumerate() {
+        if head.is_valid(i) {
+            values += 1;
+            distinct.insert(row.data());
+        }
+    }
+    values >= 16 && distinct.len() * 2 > values
+}
+
+fn create_writer(
+    path: &Path,
+    format: FileFormat,
+    schema: &SchemaRef,
+    sample: Option<&RecordBatch>,
+) -> Result<FormatWriter> {
     let file = File::create(path).map_err(|e| {
         RilletError::Io(std::io::Error::new(
             e.kind(),
@@ -211,12 +286,7 @@ fn create_writer(path: &Path, format: FileFormat, schema: &SchemaRef) -> Result<
     })?;
     Ok(match format {
         FileFormat::Parquet(compression) => {
-            let properties = WriterProperties::builder()
-                .set_compression(compression.codec())
-                // Row groups of 128k rows keep the writer's buffer small (bounded memory).
-                .set_max_row_group_row_count(Some(128 * 1024))
-                .set_max_row_group_bytes(Some(64 << 20))
-                .build();
+            let properties = parquet_properties(compression, schema, sample);
             FormatWriter::Parquet(
                 ArrowWriter::try_new(file, schema.clone(), Some(properties))
                     .map_err(|e| RilletError::internal(e.to_string()))?,
@@ -230,7 +300,12 @@ fn create_writer(path: &Path, format: FileFormat, schema: &SchemaRef) -> Result<
 impl FileWriter {
     fn write_blocking(&mut self, batch: &RecordBatch) -> Result<()> {
         if self.inner.is_none() {
-            self.inner = Some(create_writer(&self.path, self.format, &self.schema)?);
+            self.inner = Some(create_writer(
+                &self.path,
+                self.format,
+                &self.schema,
+                Some(batch),
+            )?);
         }
         match self.inner.as_mut().expect("created above") {
             FormatWriter::Parquet(w) => w
@@ -244,7 +319,7 @@ impl FileWriter {
 
     fn close_blocking(mut self) -> Result<Option<String>> {
         if self.inner.is_none() && self.always_create {
-            self.inner = Some(create_writer(&self.path, self.format, &self.schema)?);
+            self.inner = Some(create_writer(&self.path, self.format, &self.schema, None)?);
         }
         let Some(inner) = self.inner else {
             return Ok(None);
@@ -365,5 +440,83 @@ impl CollectedBatches {
                 None => return Ok(None),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float64Array, Int64Array, ListArray, StringArray};
+    use arrow::datatypes::Float64Type;
+    use parquet::basic::Encoding;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    use super::*;
+
+    /// Which columns of a written file carry a dictionary page, by top-level name.
+    fn dictionary_columns(path: &Path) -> Vec<(String, bool)> {
+        let reader = SerializedFileReader::new(File::open(path).unwrap()).unwrap();
+        let row_group = reader.metadata().row_group(0);
+        row_group
+            .columns()
+            .iter()
+            .map(|c| {
+                let dictionary = c
+                    .encodings()
+                    .any(|e| matches!(e, Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY));
+                (c.column_path().parts()[0].clone(), dictionary)
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn dictionary_only_where_values_repeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 10_000i64;
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("id", Arc::new(Int64Array::from_iter_values(0..n))),
+            (
+                "measure",
+                Arc::new(Float64Array::from_iter_values(
+                    (0..n).map(|i| i as f64 * 0.37),
+                )),
+            ),
+            (
+                "city",
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| ["Oslo", "Lima", "Pune"][i as usize % 3]),
+                )),
+            ),
+            (
+                "bucket",
+                Arc::new(Int64Array::from_iter_values((0..n).map(|i| i % 10))),
+            ),
+            (
+                "embedding",
+                Arc::new(ListArray::from_iter_primitive::<Float64Type, _, _>(
+                    (0..n).map(|i| Some(vec![Some(i as f64), Some(1.0)])),
+                )),
+            ),
+        ];
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let sink = FileSink::new(
+            dir.path(),
+            FileFormat::Parquet(ParquetCompression::Snappy),
+            WriteMode::Overwrite,
+        );
+        sink.prepare().unwrap();
+        let mut writer = sink.open(0, batch.schema()).unwrap();
+        writer.write(batch).await.unwrap();
+        let path = writer.close().await.unwrap().unwrap();
+        let found = dictionary_columns(Path::new(&path));
+        let expected = [
+            ("id", false),
+            ("measure", false),
+            ("city", true),
+            ("bucket", true),
+            ("embedding", false),
+        ];
+        assert_eq!(found, expected.map(|(c, d)| (c.to_string(), d)));
     }
 }

@@ -84,9 +84,10 @@ impl SpillStore {
         if !reserved {
             return Ok(None);
         }
-        let path = self
-            .directory
-            .join(format!("{:08}.arrow", self.next_file.fetch_add(1, Ordering::Relaxed)));
+        let path = self.directory.join(format!(
+            "{:08}.arrow",
+            self.next_file.fetch_add(1, Ordering::Relaxed)
+        ));
         // From here on the spilled batch owns the reservation (and the file) and gives
         // both back when dropped, whether the write worked or not.
         let spilled = SpilledBatch {
@@ -127,17 +128,18 @@ impl SpilledBatch {
     pub fn load(self) -> Result<RecordBatch> {
         let file = File::open(&self.path).map_err(|e| io_error(&self.path, "open", e))?;
         let mut reader = FileReader::try_new(BufReader::new(file), None)?;
-        reader
-            .next()
-            .transpose()?
-            .ok_or_else(|| RilletError::internal(format!("spill file {} holds no batch", self.path.display())))
+        reader.next().transpose()?.ok_or_else(|| {
+            RilletError::internal(format!("spill file {} holds no batch", self.path.display()))
+        })
     }
 }
 
 impl Drop for SpilledBatch {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
-        self.store.held_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.store
+            .held_bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 

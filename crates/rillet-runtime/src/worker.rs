@@ -20,13 +20,13 @@ use crate::exchange::ExchangeRegistry;
 use crate::function::{BatchFunction, RowBatcher, check_output_schema, with_first_row};
 use crate::graph::{DataflowGraph, EdgeKind, VertexId, VertexOperator};
 use crate::memory::{self, CallBudget, CallSizer};
-use crate::spill::SpillStore;
 use crate::message::StreamMessage;
 use crate::metrics::{JobStats, OperatorMetrics};
 use crate::pool::{BlockingPool, panic_message};
 use crate::progress::ProgressDisplay;
 use crate::runtime::global_runtime;
 use crate::sink::Sink;
+use crate::spill::SpillStore;
 
 /// Smallest and largest share of the memory budget one channel gets.
 const MIN_CHANNEL_BYTES: usize = 256 << 10;
@@ -147,8 +147,12 @@ impl LocalWorker {
         };
         // Every edge's sender may spill when the job has a store.
         let channel = |upstreams: usize, s: usize, t: usize| {
-            let (tx, rx) =
-                byte_channel(capacity, upstreams, Some(metrics[s].clone()), Some(metrics[t].clone()));
+            let (tx, rx) = byte_channel(
+                capacity,
+                upstreams,
+                Some(metrics[s].clone()),
+                Some(metrics[t].clone()),
+            );
             match &spill {
                 Some(store) => (tx.with_spill(store.clone()), rx),
                 None => (tx, rx),
@@ -256,13 +260,18 @@ impl LocalWorker {
                 let m = vertex_metrics.clone();
                 match &vertex.operator {
                     VertexOperator::Fragment(plan) => {
-                        debug_assert!(task_inputs.is_empty(), "fragment inputs go through the registry");
+                        debug_assert!(
+                            task_inputs.is_empty(),
+                            "fragment inputs go through the registry"
+                        );
                         let router = router.ok_or_else(|| missing_output(&vertex.name))?;
                         let fut = run_fragment(plan.clone(), p, task_ctx.clone(), router, m);
                         tasks.spawn_on(fut, runtime.handle());
                     }
                     VertexOperator::Function(function) => {
-                        let (_, input) = task_inputs.pop().ok_or_else(|| missing_input(&vertex.name))?;
+                        let (_, input) = task_inputs
+                            .pop()
+                            .ok_or_else(|| missing_input(&vertex.name))?;
                         let router = router.ok_or_else(|| missing_output(&vertex.name))?;
                         let fut = run_function(
                             function.clone(),
@@ -275,8 +284,9 @@ impl LocalWorker {
                         tasks.spawn_on(fut, runtime.handle());
                     }
                     VertexOperator::Sink(sink) => {
-                        let (upstream, input) =
-                            task_inputs.pop().ok_or_else(|| missing_input(&vertex.name))?;
+                        let (upstream, input) = task_inputs
+                            .pop()
+                            .ok_or_else(|| missing_input(&vertex.name))?;
                         let schema = output_schema(&graph, upstream);
                         let fut = run_sink(sink.clone(), p, schema, input, m);
                         tasks.spawn_on(fut, runtime.handle());
@@ -286,7 +296,9 @@ impl LocalWorker {
         }
 
         let metrics = Arc::new(metrics);
-        let progress = (self.config.progress).then(|| ProgressDisplay::start(metrics.clone())).flatten();
+        let progress = (self.config.progress)
+            .then(|| ProgressDisplay::start(metrics.clone()))
+            .flatten();
         let (cancel, cancel_rx) = watch::channel(false);
         let (done_tx, done_rx) = oneshot::channel();
         let started = Instant::now();
@@ -472,14 +484,18 @@ async fn run_function(
             let estimate = sizer.estimate(rows);
             let first_row = rows_called;
             rows_called += rows as u64;
-            let (f, pool, m, budget) = (function.clone(), pool.clone(), metrics.clone(), budget.clone());
+            let (f, pool, m, budget) = (
+                function.clone(),
+                pool.clone(),
+                metrics.clone(),
+                budget.clone(),
+            );
             calls.push_back(async move {
                 let _reserved = budget.reserve(estimate, Some(&m)).await?;
                 let (result, charged) = pool
                     .run(Some(&m), move || {
-                        let (result, charged) = with_first_row(first_row, || {
-                            memory::measure_call(|| f.call(batch))
-                        });
+                        let (result, charged) =
+                            with_first_row(first_row, || memory::measure_call(|| f.call(batch)));
                         result.map(|r| (r, charged))
                     })
                     .await?;

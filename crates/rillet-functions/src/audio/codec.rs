@@ -44,13 +44,20 @@ impl Probe {
 
 fn describe(error: SymphoniaError) -> String {
     match error {
-        SymphoniaError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => "truncated: the stream ends mid-packet".into(),
-        SymphoniaError::Unsupported(what) => format!("unsupported or unknown audio format ({what})"),
+        SymphoniaError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "truncated: the stream ends mid-packet".into()
+        }
+        SymphoniaError::Unsupported(what) => {
+            format!("unsupported or unknown audio format ({what})")
+        }
         other => other.to_string(),
     }
 }
 
-fn open<'a>(bytes: &'a [u8], extension: Option<&str>) -> Result<Box<dyn FormatReader + 'a>, String> {
+fn open<'a>(
+    bytes: &'a [u8],
+    extension: Option<&str>,
+) -> Result<Box<dyn FormatReader + 'a>, String> {
     if bytes.is_empty() {
         return Err("empty input (0 bytes)".into());
     }
@@ -60,7 +67,12 @@ fn open<'a>(bytes: &'a [u8], extension: Option<&str>) -> Result<Box<dyn FormatRe
         hint.with_extension(extension);
     }
     symphonia::default::get_probe()
-        .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
+        .probe(
+            &hint,
+            mss,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
         .map_err(describe)
 }
 
@@ -76,14 +88,24 @@ fn open<'a>(bytes: &'a [u8], extension: Option<&str>) -> Result<Box<dyn FormatRe
 pub fn probe(bytes: &[u8], extension: Option<&str>) -> Result<Probe, String> {
     let mut format = open(bytes, extension)?;
     let container = format.format_info().short_name;
-    let track = format.default_track(TrackType::Audio).ok_or("no audio track")?;
-    let params = track.codec_params.as_ref().and_then(|p| p.audio()).ok_or("no audio track")?.clone();
+    let track = format
+        .default_track(TrackType::Audio)
+        .ok_or("no audio track")?;
+    let params = track
+        .codec_params
+        .as_ref()
+        .and_then(|p| p.audio())
+        .ok_or("no audio track")?
+        .clone();
     let (track_id, header_frames) = (track.id, track.num_frames);
     let codec = symphonia::default::get_codecs()
         .get_audio_decoder(params.codec)
         .map(|d| d.codec.info.short_name)
         .ok_or("no decoder for this audio codec")?;
-    let (mut sample_rate, mut channels) = (params.sample_rate, params.channels.as_ref().map(|c| c.count() as u16));
+    let (mut sample_rate, mut channels) = (
+        params.sample_rate,
+        params.channels.as_ref().map(|c| c.count() as u16),
+    );
     if sample_rate.is_none() || channels.is_none() {
         // Some streams only tell their layout in the first decoded packet.
         let decoded = decode(bytes, extension, u64::MAX, Some(1))?;
@@ -107,9 +129,17 @@ pub fn probe(bytes: &[u8], extension: Option<&str>) -> Result<Probe, String> {
     };
     let (sample_rate, channels) = (sample_rate.unwrap_or(0), channels.unwrap_or(0));
     if sample_rate == 0 || channels == 0 {
-        return Err(format!("invalid header: {sample_rate} Hz, {channels} channels"));
+        return Err(format!(
+            "invalid header: {sample_rate} Hz, {channels} channels"
+        ));
     }
-    Ok(Probe { container, codec, sample_rate, channels, frames })
+    Ok(Probe {
+        container,
+        codec,
+        sample_rate,
+        channels,
+        frames,
+    })
 }
 
 /// Decode encoded audio to interleaved f32 PCM. Strict: a malformed or truncated packet,
@@ -123,10 +153,22 @@ pub fn probe(bytes: &[u8], extension: Option<&str>) -> Result<Probe, String> {
 /// assert_eq!((audio.rate, audio.channels, audio.frames()), (16000, 2, 1600));
 /// assert!(codec::decode(&wav, None, 100, None).unwrap_err().contains("max_decoded_bytes"));
 /// ```
-pub fn decode(bytes: &[u8], extension: Option<&str>, max_decoded_bytes: u64, max_packets: Option<usize>) -> Result<Waveform<'static>, String> {
+pub fn decode(
+    bytes: &[u8],
+    extension: Option<&str>,
+    max_decoded_bytes: u64,
+    max_packets: Option<usize>,
+) -> Result<Waveform<'static>, String> {
     let mut format = open(bytes, extension)?;
-    let track = format.default_track(TrackType::Audio).ok_or("no audio track")?;
-    let params = track.codec_params.as_ref().and_then(|p| p.audio()).ok_or("no audio track")?.clone();
+    let track = format
+        .default_track(TrackType::Audio)
+        .ok_or("no audio track")?;
+    let params = track
+        .codec_params
+        .as_ref()
+        .and_then(|p| p.audio())
+        .ok_or("no audio track")?
+        .clone();
     let (track_id, declared_frames) = (track.id, track.num_frames);
     let over_cap = |samples: u64| {
         format!(
@@ -160,11 +202,17 @@ pub fn decode(bytes: &[u8], extension: Option<&str>, max_decoded_bytes: u64, max
         }
         packets += 1;
         let buffer = decoder.decode(&packet).map_err(describe)?;
-        let (rate, channels) = (buffer.spec().rate(), buffer.spec().channels().count() as u16);
+        let (rate, channels) = (
+            buffer.spec().rate(),
+            buffer.spec().channels().count() as u16,
+        );
         match spec {
             None => spec = Some((rate, channels)),
             Some(known) if known != (rate, channels) => {
-                return Err(format!("the stream changes format mid-way ({} Hz × {} → {rate} Hz × {channels})", known.0, known.1));
+                return Err(format!(
+                    "the stream changes format mid-way ({} Hz × {} → {rate} Hz × {channels})",
+                    known.0, known.1
+                ));
             }
             Some(_) => {}
         }
@@ -184,18 +232,29 @@ pub fn decode(bytes: &[u8], extension: Option<&str>, max_decoded_bytes: u64, max
         // encoder priming and padding.
         let decoded = (samples.len() / channels as usize) as u64;
         if decoded + FRAME_SLACK < declared {
-            return Err(format!("truncated or corrupt: decoded {decoded} frames of the {declared} the header declares"));
+            return Err(format!(
+                "truncated or corrupt: decoded {decoded} frames of the {declared} the header declares"
+            ));
         }
     }
     let (rate, channels) = spec
-        .or_else(|| Some((params.sample_rate?, params.channels.as_ref()?.count() as u16)))
+        .or_else(|| {
+            Some((
+                params.sample_rate?,
+                params.channels.as_ref()?.count() as u16,
+            ))
+        })
         .ok_or("the stream holds no audio packets")?;
     if rate == 0 || channels == 0 {
         return Err(format!("invalid stream: {rate} Hz, {channels} channels"));
     }
     // The samples count against the call's memory budget (see rillet_runtime::memory).
     rillet_runtime::memory::charge_call_memory(samples.capacity() * 4);
-    Ok(Waveform { rate, channels, samples: Cow::Owned(samples) })
+    Ok(Waveform {
+        rate,
+        channels,
+        samples: Cow::Owned(samples),
+    })
 }
 
 /// Encode as a RIFF/WAVE file: 16-bit PCM (clipped to [-1, 1]), or 32-bit float when

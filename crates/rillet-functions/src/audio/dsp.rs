@@ -21,9 +21,17 @@ pub fn to_mono(audio: &Waveform<'_>) -> Waveform<'static> {
     let samples = if c == 1 {
         audio.samples.to_vec()
     } else {
-        audio.samples.chunks_exact(c).map(|frame| frame.iter().sum::<f32>() / c as f32).collect()
+        audio
+            .samples
+            .chunks_exact(c)
+            .map(|frame| frame.iter().sum::<f32>() / c as f32)
+            .collect()
     };
-    Waveform { rate: audio.rate, channels: 1, samples: Cow::Owned(samples) }
+    Waveform {
+        rate: audio.rate,
+        channels: 1,
+        samples: Cow::Owned(samples),
+    }
 }
 
 /// Change the channel count: mono is copied to every channel; anything else is mixed to
@@ -36,8 +44,16 @@ pub fn remix(audio: &Waveform<'_>, channels: u16) -> Waveform<'static> {
     if channels == 1 {
         return mono;
     }
-    let samples = mono.samples.iter().flat_map(|&s| std::iter::repeat_n(s, channels as usize)).collect();
-    Waveform { rate: audio.rate, channels, samples: Cow::Owned(samples) }
+    let samples = mono
+        .samples
+        .iter()
+        .flat_map(|&s| std::iter::repeat_n(s, channels as usize))
+        .collect();
+    Waveform {
+        rate: audio.rate,
+        channels,
+        samples: Cow::Owned(samples),
+    }
 }
 
 /// Band-limited resampling to `rate` Hz (FFT-based, with the filter delay trimmed so the
@@ -49,22 +65,44 @@ pub fn resample(audio: &Waveform<'_>, rate: u32) -> Result<Waveform<'static>, St
     let channels = audio.channels as usize;
     let frames = audio.frames();
     if frames == 0 {
-        return Ok(Waveform { rate, channels: audio.channels, samples: Cow::Owned(Vec::new()) });
+        return Ok(Waveform {
+            rate,
+            channels: audio.channels,
+            samples: Cow::Owned(Vec::new()),
+        });
     }
-    let mut resampler = Fft::<f32>::new(audio.rate as usize, rate as usize, 1024, channels, FixedSync::Input)
-        .map_err(|e| format!("cannot resample {} Hz to {rate} Hz: {e}", audio.rate))?;
-    let input = InterleavedSlice::new(audio.samples.as_ref(), channels, frames).map_err(|e| e.to_string())?;
-    let output = resampler.process_all(&input, frames, None).map_err(|e| format!("resampling failed: {e}"))?;
-    Ok(Waveform { rate, channels: audio.channels, samples: Cow::Owned(output.take_data()) })
+    let mut resampler = Fft::<f32>::new(
+        audio.rate as usize,
+        rate as usize,
+        1024,
+        channels,
+        FixedSync::Input,
+    )
+    .map_err(|e| format!("cannot resample {} Hz to {rate} Hz: {e}", audio.rate))?;
+    let input = InterleavedSlice::new(audio.samples.as_ref(), channels, frames)
+        .map_err(|e| e.to_string())?;
+    let output = resampler
+        .process_all(&input, frames, None)
+        .map_err(|e| format!("resampling failed: {e}"))?;
+    Ok(Waveform {
+        rate,
+        channels: audio.channels,
+        samples: Cow::Owned(output.take_data()),
+    })
 }
 
 /// The frames between `start_ms` and `end_ms` (clamped to the clip).
 pub fn slice_ms(audio: &Waveform<'_>, start_ms: f64, end_ms: f64) -> Waveform<'static> {
     let c = audio.channels as usize;
-    let frame_at = |ms: f64| ((ms * audio.rate as f64 / 1000.0).round().max(0.0) as usize).min(audio.frames());
+    let frame_at =
+        |ms: f64| ((ms * audio.rate as f64 / 1000.0).round().max(0.0) as usize).min(audio.frames());
     let (start, end) = (frame_at(start_ms), frame_at(end_ms));
     let samples = audio.samples[start * c..end.max(start) * c].to_vec();
-    Waveform { rate: audio.rate, channels: audio.channels, samples: Cow::Owned(samples) }
+    Waveform {
+        rate: audio.rate,
+        channels: audio.channels,
+        samples: Cow::Owned(samples),
+    }
 }
 
 /// Silent stretches: runs of 10 ms windows whose RMS level (over all channels) is at or
@@ -78,7 +116,11 @@ pub fn slice_ms(audio: &Waveform<'_>, start_ms: f64, end_ms: f64) -> Waveform<'s
 /// let ranges = dsp::detect_silence(&Waveform::new(1000, 1, samples), -40.0, 200.0);
 /// assert_eq!(ranges, vec![(500, 1000)]);
 /// ```
-pub fn detect_silence(audio: &Waveform<'_>, threshold_db: f64, min_silence_ms: f64) -> Vec<(i64, i64)> {
+pub fn detect_silence(
+    audio: &Waveform<'_>,
+    threshold_db: f64,
+    min_silence_ms: f64,
+) -> Vec<(i64, i64)> {
     let c = audio.channels as usize;
     let window = (audio.rate as usize / 100).max(1);
     let total_ms = audio.duration_ms();
@@ -96,7 +138,8 @@ pub fn detect_silence(audio: &Waveform<'_>, threshold_db: f64, min_silence_ms: f
     while frame < frames {
         let end = (frame + window).min(frames);
         let block = &audio.samples[frame * c..end * c];
-        let mean_square = block.iter().map(|&s| (s as f64) * (s as f64)).sum::<f64>() / block.len() as f64;
+        let mean_square =
+            block.iter().map(|&s| (s as f64) * (s as f64)).sum::<f64>() / block.len() as f64;
         let db = 10.0 * mean_square.log10(); // 20·log10(rms); -inf for digital silence
         match (db <= threshold_db, run_start) {
             (true, None) => run_start = Some(frame),
@@ -122,12 +165,28 @@ pub fn mel_filters(sample_rate: u32, n_fft: usize, n_mels: usize) -> Vec<Vec<f64
     const MIN_LOG_HZ: f64 = 1000.0;
     const MIN_LOG_MEL: f64 = MIN_LOG_HZ / F_SP;
     let log_step = 6.4f64.ln() / 27.0;
-    let hz_to_mel = |hz: f64| if hz < MIN_LOG_HZ { hz / F_SP } else { MIN_LOG_MEL + (hz / MIN_LOG_HZ).ln() / log_step };
-    let mel_to_hz = |mel: f64| if mel < MIN_LOG_MEL { mel * F_SP } else { MIN_LOG_HZ * ((mel - MIN_LOG_MEL) * log_step).exp() };
+    let hz_to_mel = |hz: f64| {
+        if hz < MIN_LOG_HZ {
+            hz / F_SP
+        } else {
+            MIN_LOG_MEL + (hz / MIN_LOG_HZ).ln() / log_step
+        }
+    };
+    let mel_to_hz = |mel: f64| {
+        if mel < MIN_LOG_MEL {
+            mel * F_SP
+        } else {
+            MIN_LOG_HZ * ((mel - MIN_LOG_MEL) * log_step).exp()
+        }
+    };
     let max_mel = hz_to_mel(sample_rate as f64 / 2.0);
-    let points: Vec<f64> = (0..n_mels + 2).map(|i| mel_to_hz(max_mel * i as f64 / (n_mels + 1) as f64)).collect();
+    let points: Vec<f64> = (0..n_mels + 2)
+        .map(|i| mel_to_hz(max_mel * i as f64 / (n_mels + 1) as f64))
+        .collect();
     let bins = n_fft / 2 + 1;
-    let bin_hz: Vec<f64> = (0..bins).map(|k| k as f64 * sample_rate as f64 / n_fft as f64).collect();
+    let bin_hz: Vec<f64> = (0..bins)
+        .map(|k| k as f64 * sample_rate as f64 / n_fft as f64)
+        .collect();
     (0..n_mels)
         .map(|m| {
             let (lo, mid, hi) = (points[m], points[m + 1], points[m + 2]);
@@ -149,12 +208,20 @@ pub fn mel_filters(sample_rate: u32, n_fft: usize, n_mels: usize) -> Vec<Vec<f64
 /// filters, `log10` floored at 1e-10, clamped to 8 below the peak, scaled as
 /// `(x + 4) / 4`. The last frame is dropped, as Whisper does, so a clip of `n` samples
 /// gives `n / hop` frames. Returns `(values in [n_mels, frames] row-major order, frames)`.
-pub fn log_mel_spectrogram(audio: &Waveform<'_>, n_mels: usize, n_fft: usize, hop: usize) -> Result<(Vec<f32>, usize), String> {
+pub fn log_mel_spectrogram(
+    audio: &Waveform<'_>,
+    n_mels: usize,
+    n_fft: usize,
+    hop: usize,
+) -> Result<(Vec<f32>, usize), String> {
     let mono = to_mono(audio);
     let signal = mono.samples.as_ref();
     let pad = n_fft / 2;
     if signal.len() <= pad {
-        return Err(format!("clip too short for n_fft = {n_fft}: {} samples", signal.len()));
+        return Err(format!(
+            "clip too short for n_fft = {n_fft}: {} samples",
+            signal.len()
+        ));
     }
     // Reflect padding (the edge sample is not repeated).
     let mut padded = Vec::with_capacity(signal.len() + 2 * pad);
@@ -165,7 +232,9 @@ pub fn log_mel_spectrogram(audio: &Waveform<'_>, n_mels: usize, n_fft: usize, ho
     if frames == 0 {
         return Err(format!("clip too short for n_fft = {n_fft}, hop = {hop}"));
     }
-    let window: Vec<f64> = (0..n_fft).map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n_fft as f64).cos()).collect();
+    let window: Vec<f64> = (0..n_fft)
+        .map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n_fft as f64).cos())
+        .collect();
     let filters = mel_filters(audio.rate, n_fft, n_mels);
     let fft = RealFftPlanner::<f64>::new().plan_fft_forward(n_fft);
     let (mut input, mut spectrum) = (fft.make_input_vec(), fft.make_output_vec());
@@ -176,7 +245,8 @@ pub fn log_mel_spectrogram(audio: &Waveform<'_>, n_mels: usize, n_fft: usize, ho
         for (i, x) in input.iter_mut().enumerate() {
             *x = padded[start + i] as f64 * window[i];
         }
-        fft.process(&mut input, &mut spectrum).map_err(|e| e.to_string())?;
+        fft.process(&mut input, &mut spectrum)
+            .map_err(|e| e.to_string())?;
         for (p, c) in power.iter_mut().zip(&spectrum) {
             *p = c.norm_sqr();
         }
@@ -198,7 +268,15 @@ mod tests {
 
     fn sine(rate: u32, hz: f64, seconds: f64) -> Waveform<'static> {
         let n = (rate as f64 * seconds) as usize;
-        Waveform::new(rate, 1, (0..n).map(|i| (2.0 * std::f64::consts::PI * hz * i as f64 / rate as f64).sin() as f32 * 0.5).collect())
+        Waveform::new(
+            rate,
+            1,
+            (0..n)
+                .map(|i| {
+                    (2.0 * std::f64::consts::PI * hz * i as f64 / rate as f64).sin() as f32 * 0.5
+                })
+                .collect(),
+        )
     }
 
     /// Least-squares fit of `a·sin + b·cos` at `hz`: (amplitude, delay in seconds, residual RMS).
@@ -211,8 +289,18 @@ mod tests {
             n += 1.0;
         }
         let (a, b) = (2.0 * ss / n, 2.0 * sc / n);
-        let residual = range.map(|i| (wave.samples[i] as f64 - a * (w * i as f64).sin() - b * (w * i as f64).cos()).powi(2)).sum::<f64>() / n;
-        ((a * a + b * b).sqrt(), -b.atan2(a) / (2.0 * std::f64::consts::PI * hz), residual.sqrt())
+        let residual = range
+            .map(|i| {
+                (wave.samples[i] as f64 - a * (w * i as f64).sin() - b * (w * i as f64).cos())
+                    .powi(2)
+            })
+            .sum::<f64>()
+            / n;
+        (
+            (a * a + b * b).sqrt(),
+            -b.atan2(a) / (2.0 * std::f64::consts::PI * hz),
+            residual.sqrt(),
+        )
     }
 
     #[test]
@@ -220,16 +308,28 @@ mod tests {
         for hz in [100.0, 440.0, 3000.0] {
             let out = resample(&sine(44100, hz, 1.0), 16000).unwrap();
             assert_eq!(out.rate, 16000);
-            assert!((out.frames() as i64 - 16000).abs() <= 1, "{} frames", out.frames());
+            assert!(
+                (out.frames() as i64 - 16000).abs() <= 1,
+                "{} frames",
+                out.frames()
+            );
             let (amplitude, delay, residual) = fit_tone(&out, hz, 1000..15000);
-            assert!((amplitude - 0.5).abs() < 0.005, "{hz} Hz: amplitude {amplitude}");
+            assert!(
+                (amplitude - 0.5).abs() < 0.005,
+                "{hz} Hz: amplitude {amplitude}"
+            );
             // Aligned to within one output sample, and nothing but the tone (no aliasing).
             assert!(delay.abs() < 1.0 / 16000.0, "{hz} Hz: delay {delay} s");
             assert!(residual < 1e-3, "{hz} Hz: residual {residual}");
         }
         // A tone above the new Nyquist frequency is filtered out, not aliased.
         let out = resample(&sine(44100, 12000.0, 1.0), 16000).unwrap();
-        let rms = (out.samples[1000..15000].iter().map(|s| (*s as f64).powi(2)).sum::<f64>() / 14000.0).sqrt();
+        let rms = (out.samples[1000..15000]
+            .iter()
+            .map(|s| (*s as f64).powi(2))
+            .sum::<f64>()
+            / 14000.0)
+            .sqrt();
         assert!(rms < 0.01, "rms {rms}");
     }
 
@@ -237,7 +337,11 @@ mod tests {
     fn mel_filters_are_triangles_of_unit_area() {
         let filters = mel_filters(16000, 400, 80);
         assert_eq!((filters.len(), filters[0].len()), (80, 201));
-        assert!(filters.iter().all(|f| f.iter().all(|w| *w >= 0.0) && f.iter().any(|w| *w > 0.0)));
+        assert!(
+            filters
+                .iter()
+                .all(|f| f.iter().all(|w| *w >= 0.0) && f.iter().any(|w| *w > 0.0))
+        );
     }
 
     #[test]

@@ -12,19 +12,24 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Float32Builder, Float64Array, Float64Builder, Int64Builder,
-    LargeListArray, ListArray, ListBuilder, StringBuilder, StructArray, StructBuilder, UInt16Array, UInt32Array,
-    UInt32Builder, UInt64Builder, UInt16Builder,
+    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Float32Builder, Float64Array,
+    Float64Builder, Int64Builder, LargeListArray, ListArray, ListBuilder, StringBuilder,
+    StructArray, StructBuilder, UInt16Array, UInt16Builder, UInt32Array, UInt32Builder,
+    UInt64Builder,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Float32Type};
-use rillet_common::types::{display_type, AudioType, ClipType, ElementType, MultimodalType, TensorType, same_layout};
+use rillet_common::types::{
+    AudioType, ClipType, ElementType, MultimodalType, TensorType, display_type, same_layout,
+};
 use rillet_common::{Result, RilletError};
 use rillet_runtime::ArrayFunction;
 
 use self::codec::{DEFAULT_MAX_DECODED_BYTES, Probe};
 use crate::input::{EncodedColumn, RowFailure, is_encoded_input};
-use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, row_values};
+use crate::operator::{
+    Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, row_values,
+};
 
 /// Rows per call for operators that hold decoded audio: a few minutes of audio each.
 const AUDIO_BATCH_ROWS: usize = 8;
@@ -61,7 +66,11 @@ pub struct Waveform<'a> {
 impl Waveform<'static> {
     /// Owned samples.
     pub fn new(rate: u32, channels: u16, samples: Vec<f32>) -> Self {
-        Self { rate, channels, samples: Cow::Owned(samples) }
+        Self {
+            rate,
+            channels,
+            samples: Cow::Owned(samples),
+        }
     }
 }
 
@@ -78,7 +87,11 @@ impl Waveform<'_> {
 
     /// A copy that owns its samples.
     pub fn to_owned_waveform(&self) -> Waveform<'static> {
-        Waveform { rate: self.rate, channels: self.channels, samples: Cow::Owned(self.samples.to_vec()) }
+        Waveform {
+            rate: self.rate,
+            channels: self.channels,
+            samples: Cow::Owned(self.samples.to_vec()),
+        }
     }
 }
 
@@ -93,13 +106,24 @@ struct AudioColumn<'a> {
 
 impl<'a> AudioColumn<'a> {
     fn try_new(array: &'a ArrayRef) -> Result<Self> {
-        let bad = || RilletError::invalid_argument(format!("not an Audio column: {}", array.data_type()));
+        let bad =
+            || RilletError::invalid_argument(format!("not an Audio column: {}", array.data_type()));
         let array = array.as_struct_opt().ok_or_else(bad)?;
         let rates = array.column(0).as_primitive_opt().ok_or_else(bad)?;
         let channels = array.column(1).as_primitive_opt().ok_or_else(bad)?;
         let data = array.column(2).as_list_opt::<i64>().ok_or_else(bad)?;
-        let values = data.values().as_primitive_opt::<Float32Type>().ok_or_else(bad)?.values();
-        Ok(Self { array, rates, channels, data, values })
+        let values = data
+            .values()
+            .as_primitive_opt::<Float32Type>()
+            .ok_or_else(bad)?
+            .values();
+        Ok(Self {
+            array,
+            rates,
+            channels,
+            data,
+            values,
+        })
     }
 
     fn get(&self, row: usize) -> std::result::Result<Option<Waveform<'a>>, String> {
@@ -110,15 +134,23 @@ impl<'a> AudioColumn<'a> {
         let offsets = self.data.value_offsets();
         let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
         if rate == 0 || channels == 0 || (end - start) % channels as usize != 0 {
-            return Err(format!("malformed audio value: {rate} Hz, {channels} channels, {} samples", end - start));
+            return Err(format!(
+                "malformed audio value: {rate} Hz, {channels} channels, {} samples",
+                end - start
+            ));
         }
-        Ok(Some(Waveform { rate, channels, samples: Cow::Borrowed(&self.values[start..end]) }))
+        Ok(Some(Waveform {
+            rate,
+            channels,
+            samples: Cow::Borrowed(&self.values[start..end]),
+        }))
     }
 }
 
 /// True if `field` is a decoded Audio column.
 fn is_audio(field: &Field) -> bool {
-    matches!(MultimodalType::of_field(field), Some(MultimodalType::Audio)) || same_layout(field.data_type(), &AudioType::storage_type())
+    matches!(MultimodalType::of_field(field), Some(MultimodalType::Audio))
+        || same_layout(field.data_type(), &AudioType::storage_type())
 }
 
 fn expect_audio(operator: &str, field: &Field) -> Result<()> {
@@ -151,7 +183,11 @@ impl<'a> AudioInput<'a> {
         if is_audio(&Field::new("input", array.data_type().clone(), true)) {
             Ok(Self::Decoded(AudioColumn::try_new(array)?))
         } else {
-            Ok(Self::Encoded(EncodedColumn::try_new(operator, array, "Audio or encoded audio")?))
+            Ok(Self::Encoded(EncodedColumn::try_new(
+                operator,
+                array,
+                "Audio or encoded audio",
+            )?))
         }
     }
 
@@ -170,14 +206,22 @@ impl<'a> AudioInput<'a> {
     }
 
     /// The waveform of `row`, decoding encoded content (capped at `max_bytes`).
-    fn get(&self, row: usize, max_bytes: u64) -> std::result::Result<Option<Waveform<'a>>, RowFailure> {
+    fn get(
+        &self,
+        row: usize,
+        max_bytes: u64,
+    ) -> std::result::Result<Option<Waveform<'a>>, RowFailure> {
         match self {
             Self::Decoded(column) => column.get(row).map_err(RowFailure::Data),
             Self::Encoded(column) => match column.get(row)? {
                 None => Ok(None),
-                Some(bytes) => codec::decode(&bytes, column.extension(row).as_deref(), max_bytes, None)
-                    .map(Some)
-                    .map_err(|reason| RowFailure::Data(format!("{}: {reason}", column.identity(row)))),
+                Some(bytes) => {
+                    codec::decode(&bytes, column.extension(row).as_deref(), max_bytes, None)
+                        .map(Some)
+                        .map_err(|reason| {
+                            RowFailure::Data(format!("{}: {reason}", column.identity(row)))
+                        })
+                }
             },
         }
     }
@@ -185,15 +229,30 @@ impl<'a> AudioInput<'a> {
     /// Header facts of `row`, without decoding samples of encoded content.
     fn facts(&self, row: usize) -> std::result::Result<Option<Facts>, RowFailure> {
         match self {
-            Self::Decoded(column) => Ok(column.get(row).map_err(RowFailure::Data)?.map(|w| Facts {
-                probe: Probe { container: "", codec: "", sample_rate: w.rate, channels: w.channels, frames: w.frames() as u64 },
-                encoded: false,
-            })),
+            Self::Decoded(column) => {
+                Ok(column.get(row).map_err(RowFailure::Data)?.map(|w| Facts {
+                    probe: Probe {
+                        container: "",
+                        codec: "",
+                        sample_rate: w.rate,
+                        channels: w.channels,
+                        frames: w.frames() as u64,
+                    },
+                    encoded: false,
+                }))
+            }
             Self::Encoded(column) => match column.get(row)? {
                 None => Ok(None),
                 Some(bytes) => codec::probe(&bytes, column.extension(row).as_deref())
-                    .map(|probe| Some(Facts { probe, encoded: true }))
-                    .map_err(|reason| RowFailure::Data(format!("{}: {reason}", column.identity(row)))),
+                    .map(|probe| {
+                        Some(Facts {
+                            probe,
+                            encoded: true,
+                        })
+                    })
+                    .map_err(|reason| {
+                        RowFailure::Data(format!("{}: {reason}", column.identity(row)))
+                    }),
             },
         }
     }
@@ -207,7 +266,13 @@ fn per_row<'a, T, R>(
     mut fetch: impl FnMut(&AudioInput<'a>, usize) -> std::result::Result<Option<T>, RowFailure>,
     f: impl FnMut(T, usize) -> std::result::Result<R, String>,
 ) -> Result<Vec<Option<R>>> {
-    row_values(call.rows, errors, |row| input.identity(row), |row| fetch(input, row), f)
+    row_values(
+        call.rows,
+        errors,
+        |row| input.identity(row),
+        |row| fetch(input, row),
+        f,
+    )
 }
 
 /// Each row's waveform (decoded with the default cap), mapped by `f`.
@@ -218,13 +283,29 @@ fn map_waveforms<R>(
     f: impl FnMut(Waveform<'_>, usize) -> std::result::Result<R, String>,
 ) -> Result<Vec<Option<R>>> {
     let input = AudioInput::try_new(operator, &call.inputs[0])?;
-    per_row(&input, call, errors, |input, row| input.get(row, DEFAULT_MAX_DECODED_BYTES), f)
+    per_row(
+        &input,
+        call,
+        errors,
+        |input, row| input.get(row, DEFAULT_MAX_DECODED_BYTES),
+        f,
+    )
 }
 
 /// Each row's header facts.
-fn row_facts(operator: &str, call: &Call<'_>, errors: &mut RowErrors) -> Result<Vec<Option<Facts>>> {
+fn row_facts(
+    operator: &str,
+    call: &Call<'_>,
+    errors: &mut RowErrors,
+) -> Result<Vec<Option<Facts>>> {
     let input = AudioInput::try_new(operator, &call.inputs[0])?;
-    per_row(&input, call, errors, |input, row| input.facts(row), |facts, _| Ok(facts))
+    per_row(
+        &input,
+        call,
+        errors,
+        |input, row| input.facts(row),
+        |facts, _| Ok(facts),
+    )
 }
 
 /// An `Audio` column from waveforms.
@@ -233,7 +314,10 @@ pub(crate) fn audio_array(waves: &[Option<Waveform<'_>>]) -> Result<ArrayRef> {
     offsets.push(0i64);
     let total: usize = waves.iter().flatten().map(|w| w.samples.len()).sum();
     let mut values = Vec::with_capacity(total);
-    let (mut rates, mut channels) = (Vec::with_capacity(waves.len()), Vec::with_capacity(waves.len()));
+    let (mut rates, mut channels) = (
+        Vec::with_capacity(waves.len()),
+        Vec::with_capacity(waves.len()),
+    );
     for wave in waves {
         if let Some(w) = wave {
             values.extend_from_slice(&w.samples);
@@ -243,17 +327,39 @@ pub(crate) fn audio_array(waves: &[Option<Waveform<'_>>]) -> Result<ArrayRef> {
         offsets.push(values.len() as i64);
     }
     let item = Arc::new(Field::new("item", DataType::Float32, true));
-    let data = LargeListArray::try_new(item, OffsetBuffer::new(offsets.into()), Arc::new(arrow::array::Float32Array::from(values)), None)?;
+    let data = LargeListArray::try_new(
+        item,
+        OffsetBuffer::new(offsets.into()),
+        Arc::new(arrow::array::Float32Array::from(values)),
+        None,
+    )?;
     let valid = NullBuffer::from(waves.iter().map(Option::is_some).collect::<Vec<_>>());
-    let columns: Vec<ArrayRef> = vec![Arc::new(UInt32Array::from(rates)), Arc::new(UInt16Array::from(channels)), Arc::new(data)];
-    Ok(Arc::new(StructArray::try_new(AudioType::storage_fields(), columns, Some(valid))?))
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from(rates)),
+        Arc::new(UInt16Array::from(channels)),
+        Arc::new(data),
+    ];
+    Ok(Arc::new(StructArray::try_new(
+        AudioType::storage_fields(),
+        columns,
+        Some(valid),
+    )?))
 }
 
 /// A list column whose items are `items` (already flattened), `lengths[row]` per row.
-pub(crate) fn list_array(item: Field, items: ArrayRef, lengths: &[Option<usize>]) -> Result<ArrayRef> {
+pub(crate) fn list_array(
+    item: Field,
+    items: ArrayRef,
+    lengths: &[Option<usize>],
+) -> Result<ArrayRef> {
     let offsets = OffsetBuffer::<i32>::from_lengths(lengths.iter().map(|l| l.unwrap_or(0)));
     let valid = NullBuffer::from(lengths.iter().map(Option::is_some).collect::<Vec<_>>());
-    Ok(Arc::new(ListArray::try_new(Arc::new(item), offsets, items, Some(valid))?))
+    Ok(Arc::new(ListArray::try_new(
+        Arc::new(item),
+        offsets,
+        items,
+        Some(valid),
+    )?))
 }
 
 pub(crate) fn list_of(item: Field, name: &str) -> Field {
@@ -265,13 +371,17 @@ const MAX_DECODED_BYTES: Param = Param::optional("max_decoded_bytes", ParamKind:
 
 fn max_decoded_bytes(params: &Params) -> Result<u64> {
     let v = params.int("max_decoded_bytes")?;
-    u64::try_from(v).ok().filter(|v| *v > 0).ok_or_else(|| RilletError::invalid_argument(format!("max_decoded_bytes must be positive, not {v}")))
+    u64::try_from(v).ok().filter(|v| *v > 0).ok_or_else(|| {
+        RilletError::invalid_argument(format!("max_decoded_bytes must be positive, not {v}"))
+    })
 }
 
 fn sample_rate(params: &Params, name: &str) -> Result<u32> {
     let rate = params.size(name)?;
     if !(1..=768_000).contains(&rate) {
-        return Err(RilletError::invalid_argument(format!("{name} must be between 1 and 768000 Hz, not {rate}")));
+        return Err(RilletError::invalid_argument(format!(
+            "{name} must be between 1 and 768000 Hz, not {rate}"
+        )));
     }
     Ok(rate)
 }
@@ -301,7 +411,13 @@ impl Operator for Decode {
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let max = max_decoded_bytes(call.params)?;
         let input = AudioInput::try_new(self.name(), &call.inputs[0])?;
-        let waves = per_row(&input, call, errors, |input, row| input.get(row, max), |w, _| Ok(w))?;
+        let waves = per_row(
+            &input,
+            call,
+            errors,
+            |input, row| input.get(row, max),
+            |w, _| Ok(w),
+        )?;
         audio_array(&waves)
     }
 
@@ -318,12 +434,18 @@ pub struct Encode;
 fn wav_float(params: &Params) -> Result<bool> {
     match params.str("format")?.to_ascii_lowercase().as_str() {
         "wav" | "wave" => {}
-        other => return Err(RilletError::invalid_argument(format!("audio_encode writes wav, not {other:?}"))),
+        other => {
+            return Err(RilletError::invalid_argument(format!(
+                "audio_encode writes wav, not {other:?}"
+            )));
+        }
     }
     match params.str("sample_format")? {
         "s16" => Ok(false),
         "f32" => Ok(true),
-        other => Err(RilletError::invalid_argument(format!("sample_format must be \"s16\" or \"f32\", not {other:?}"))),
+        other => Err(RilletError::invalid_argument(format!(
+            "sample_format must be \"s16\" or \"f32\", not {other:?}"
+        ))),
     }
 }
 
@@ -349,7 +471,9 @@ impl Operator for Encode {
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let float = wav_float(call.params)?;
-        let encoded = map_waveforms(self.name(), call, errors, |w, _| Ok(codec::encode_wav(&w, float)))?;
+        let encoded = map_waveforms(self.name(), call, errors, |w, _| {
+            Ok(codec::encode_wav(&w, float))
+        })?;
         let mut out = BinaryBuilder::new();
         for bytes in encoded {
             out.append_option(bytes);
@@ -427,7 +551,9 @@ fn standardize_options(params: &Params) -> Result<(u32, u16)> {
     let rate = sample_rate(params, "rate")?;
     let channels = params.size("channels")?;
     if !(1..=8).contains(&channels) {
-        return Err(RilletError::invalid_argument(format!("channels must be between 1 and 8, not {channels}")));
+        return Err(RilletError::invalid_argument(format!(
+            "channels must be between 1 and 8, not {channels}"
+        )));
     }
     Ok((rate, channels as u16))
 }
@@ -461,7 +587,11 @@ impl Operator for Metadata {
 
     fn result_field(&self, inputs: &[FieldRef], _params: &Params) -> Result<Field> {
         expect_audio(self.name(), &inputs[0])?;
-        Ok(Field::new(self.name(), DataType::Struct(metadata_fields()), true))
+        Ok(Field::new(
+            self.name(),
+            DataType::Struct(metadata_fields()),
+            true,
+        ))
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
@@ -470,13 +600,25 @@ impl Operator for Metadata {
         for fact in &facts {
             let p = fact.as_ref().map(|f| &f.probe);
             let encoded = |f: &Facts| f.encoded;
-            out.field_builder::<UInt32Builder>(0).expect("u32").append_option(p.map(|p| p.sample_rate));
-            out.field_builder::<UInt16Builder>(1).expect("u16").append_option(p.map(|p| p.channels));
-            out.field_builder::<UInt64Builder>(2).expect("u64").append_option(p.map(|p| p.frames));
-            out.field_builder::<Float64Builder>(3).expect("f64").append_option(p.map(Probe::duration_ms));
+            out.field_builder::<UInt32Builder>(0)
+                .expect("u32")
+                .append_option(p.map(|p| p.sample_rate));
+            out.field_builder::<UInt16Builder>(1)
+                .expect("u16")
+                .append_option(p.map(|p| p.channels));
+            out.field_builder::<UInt64Builder>(2)
+                .expect("u64")
+                .append_option(p.map(|p| p.frames));
+            out.field_builder::<Float64Builder>(3)
+                .expect("f64")
+                .append_option(p.map(Probe::duration_ms));
             let named = fact.as_ref().filter(|f| encoded(f)).map(|f| &f.probe);
-            out.field_builder::<StringBuilder>(4).expect("utf8").append_option(named.map(|p| p.codec));
-            out.field_builder::<StringBuilder>(5).expect("utf8").append_option(named.map(|p| p.container));
+            out.field_builder::<StringBuilder>(4)
+                .expect("utf8")
+                .append_option(named.map(|p| p.codec));
+            out.field_builder::<StringBuilder>(5)
+                .expect("utf8")
+                .append_option(named.map(|p| p.container));
             out.append(fact.is_some());
         }
         Ok(Arc::new(out.finish()))
@@ -504,7 +646,12 @@ impl Operator for Duration {
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let facts = row_facts(self.name(), call, errors)?;
-        Ok(Arc::new(facts.iter().map(|f| f.as_ref().map(|f| f.probe.duration_ms() / 1000.0)).collect::<Float64Array>()))
+        Ok(Arc::new(
+            facts
+                .iter()
+                .map(|f| f.as_ref().map(|f| f.probe.duration_ms() / 1000.0))
+                .collect::<Float64Array>(),
+        ))
     }
 }
 
@@ -518,7 +665,9 @@ fn full_decode(params: &Params) -> Result<bool> {
     match params.str("validation")? {
         "metadata" => Ok(false),
         "decode" => Ok(true),
-        other => Err(RilletError::invalid_argument(format!("validation must be \"metadata\" or \"decode\", not {other:?}"))),
+        other => Err(RilletError::invalid_argument(format!(
+            "validation must be \"metadata\" or \"decode\", not {other:?}"
+        ))),
     }
 }
 
@@ -528,7 +677,10 @@ impl Operator for IsValid {
     }
 
     fn params(&self) -> &'static [Param] {
-        const P: &[Param] = &[Param::optional("validation", ParamKind::Str, "metadata"), MAX_DECODED_BYTES];
+        const P: &[Param] = &[
+            Param::optional("validation", ParamKind::Str, "metadata"),
+            MAX_DECODED_BYTES,
+        ];
         P
     }
 
@@ -546,10 +698,21 @@ impl Operator for IsValid {
             &input,
             call,
             errors,
-            |input, row| if decode { input.get(row, max).map(|w| w.map(|_| ())) } else { input.facts(row).map(|f| f.map(|_| ())) },
+            |input, row| {
+                if decode {
+                    input.get(row, max).map(|w| w.map(|_| ()))
+                } else {
+                    input.facts(row).map(|f| f.map(|_| ()))
+                }
+            },
             |unit, _| Ok(unit),
         )?;
-        Ok(Arc::new(valid.iter().map(|v| Some(v.is_some())).collect::<BooleanArray>()))
+        Ok(Arc::new(
+            valid
+                .iter()
+                .map(|v| Some(v.is_some()))
+                .collect::<BooleanArray>(),
+        ))
     }
 
     fn batch_size(&self) -> Option<usize> {
@@ -561,7 +724,14 @@ impl Operator for IsValid {
 /// be shorter.
 pub(crate) fn segments(duration_ms: f64, segment_ms: f64) -> Vec<(f64, f64)> {
     let count = (duration_ms / segment_ms).ceil() as usize;
-    (0..count).map(|i| (i as f64 * segment_ms, ((i + 1) as f64 * segment_ms).min(duration_ms))).collect()
+    (0..count)
+        .map(|i| {
+            (
+                i as f64 * segment_ms,
+                ((i + 1) as f64 * segment_ms).min(duration_ms),
+            )
+        })
+        .collect()
 }
 
 /// The clip references of one row: its URI and `(start_ms, end_ms)` ranges.
@@ -569,7 +739,11 @@ pub(crate) type ClipRow = (String, Vec<(f64, f64)>);
 
 /// Clip references `{uri, start_ms, end_ms}`, one list per row.
 pub(crate) fn clip_lists(rows: &[Option<ClipRow>]) -> Result<ArrayRef> {
-    let (mut uris, mut starts, mut ends) = (StringBuilder::new(), Int64Builder::new(), Int64Builder::new());
+    let (mut uris, mut starts, mut ends) = (
+        StringBuilder::new(),
+        Int64Builder::new(),
+        Int64Builder::new(),
+    );
     for (uri, ranges) in rows.iter().flatten() {
         for (s, e) in ranges {
             uris.append_value(uri);
@@ -577,16 +751,24 @@ pub(crate) fn clip_lists(rows: &[Option<ClipRow>]) -> Result<ArrayRef> {
             ends.append_value(e.round() as i64);
         }
     }
-    let columns: Vec<ArrayRef> = vec![Arc::new(uris.finish()), Arc::new(starts.finish()), Arc::new(ends.finish())];
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(uris.finish()),
+        Arc::new(starts.finish()),
+        Arc::new(ends.finish()),
+    ];
     let clips = StructArray::try_new(ClipType::storage_fields(), columns, None)?;
-    let lengths: Vec<Option<usize>> = rows.iter().map(|r| r.as_ref().map(|(_, ranges)| ranges.len())).collect();
+    let lengths: Vec<Option<usize>> = rows
+        .iter()
+        .map(|r| r.as_ref().map(|(_, ranges)| ranges.len()))
+        .collect();
     list_array(ClipType.field("item"), Arc::new(clips), &lengths)
 }
 
 /// Audio pieces, one list per row.
 fn audio_lists(rows: Vec<Option<Vec<Waveform<'static>>>>) -> Result<ArrayRef> {
     let lengths: Vec<Option<usize>> = rows.iter().map(|r| r.as_ref().map(Vec::len)).collect();
-    let pieces: Vec<Option<Waveform<'static>>> = rows.into_iter().flatten().flatten().map(Some).collect();
+    let pieces: Vec<Option<Waveform<'static>>> =
+        rows.into_iter().flatten().flatten().map(Some).collect();
     list_array(AudioType.field("item"), audio_array(&pieces)?, &lengths)
 }
 
@@ -601,7 +783,9 @@ pub struct SplitByDuration;
 pub(crate) fn segment_ms(params: &Params) -> Result<f64> {
     let segment = params.float("segment_ms")?;
     if segment.is_nan() || segment < 1.0 {
-        return Err(RilletError::invalid_argument(format!("segment_ms must be at least 1, not {segment}")));
+        return Err(RilletError::invalid_argument(format!(
+            "segment_ms must be at least 1, not {segment}"
+        )));
     }
     Ok(segment)
 }
@@ -611,7 +795,9 @@ fn split_options(params: &Params) -> Result<(f64, bool)> {
     match params.str("output")? {
         "waveform" => Ok((segment, false)),
         "ref" => Ok((segment, true)),
-        other => Err(RilletError::invalid_argument(format!("output must be \"waveform\" or \"ref\", not {other:?}"))),
+        other => Err(RilletError::invalid_argument(format!(
+            "output must be \"waveform\" or \"ref\", not {other:?}"
+        ))),
     }
 }
 
@@ -639,7 +825,14 @@ impl Operator for SplitByDuration {
                 inputs[0].name()
             )));
         }
-        Ok(list_of(if refs { ClipType.field("item") } else { AudioType.field("item") }, self.name()))
+        Ok(list_of(
+            if refs {
+                ClipType.field("item")
+            } else {
+                AudioType.field("item")
+            },
+            self.name(),
+        ))
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
@@ -652,14 +845,28 @@ impl Operator for SplitByDuration {
                 errors,
                 |input, row| {
                     let facts = input.facts(row)?;
-                    Ok(facts.map(|f| (input.uri(row).unwrap_or_default().to_string(), segments(f.probe.duration_ms(), segment))))
+                    Ok(facts.map(|f| {
+                        (
+                            input.uri(row).unwrap_or_default().to_string(),
+                            segments(f.probe.duration_ms(), segment),
+                        )
+                    }))
                 },
-                |(uri, ranges), _| if uri.is_empty() { Err("output=\"ref\" needs a File or path, not bytes".into()) } else { Ok((uri, ranges)) },
+                |(uri, ranges), _| {
+                    if uri.is_empty() {
+                        Err("output=\"ref\" needs a File or path, not bytes".into())
+                    } else {
+                        Ok((uri, ranges))
+                    }
+                },
             )?;
             return clip_lists(&rows);
         }
         let rows = map_waveforms(self.name(), call, errors, |wave, _| {
-            Ok(segments(wave.duration_ms(), segment).into_iter().map(|(s, e)| dsp::slice_ms(&wave, s, e)).collect())
+            Ok(segments(wave.duration_ms(), segment)
+                .into_iter()
+                .map(|(s, e)| dsp::slice_ms(&wave, s, e))
+                .collect())
         })?;
         audio_lists(rows)
     }
@@ -672,7 +879,10 @@ impl Operator for SplitByDuration {
 /// The `(start_ms, end_ms)` ranges of one row of a ranges column: a list of
 /// struct{start_ms, end_ms} (as `audio_detect_silence` gives) or a flat list of numbers
 /// taken in pairs.
-fn ranges_at(column: &ArrayRef, row: usize) -> std::result::Result<Option<Vec<(f64, f64)>>, String> {
+fn ranges_at(
+    column: &ArrayRef,
+    row: usize,
+) -> std::result::Result<Option<Vec<(f64, f64)>>, String> {
     if column.is_null(row) {
         return Ok(None);
     }
@@ -683,7 +893,8 @@ fn ranges_at(column: &ArrayRef, row: usize) -> std::result::Result<Option<Vec<(f
         other => return Err(format!("ranges must be a list, not {other}")),
     };
     let floats = |array: &ArrayRef| -> std::result::Result<Vec<f64>, String> {
-        let cast = arrow::compute::cast(array, &DataType::Float64).map_err(|e| format!("ranges: {e}"))?;
+        let cast =
+            arrow::compute::cast(array, &DataType::Float64).map_err(|e| format!("ranges: {e}"))?;
         let cast = cast.as_primitive::<arrow::datatypes::Float64Type>();
         if cast.null_count() > 0 {
             return Err("ranges contain nulls".into());
@@ -693,7 +904,10 @@ fn ranges_at(column: &ArrayRef, row: usize) -> std::result::Result<Option<Vec<(f
     let pairs: Vec<(f64, f64)> = match items.data_type() {
         DataType::Struct(_) => {
             let items = items.as_struct();
-            let (Some(start), Some(end)) = (items.column_by_name("start_ms"), items.column_by_name("end_ms")) else {
+            let (Some(start), Some(end)) = (
+                items.column_by_name("start_ms"),
+                items.column_by_name("end_ms"),
+            ) else {
                 return Err("range structs need start_ms and end_ms fields".into());
             };
             floats(start)?.into_iter().zip(floats(end)?).collect()
@@ -701,7 +915,10 @@ fn ranges_at(column: &ArrayRef, row: usize) -> std::result::Result<Option<Vec<(f
         _ => {
             let flat = floats(&items)?;
             if flat.len() % 2 != 0 {
-                return Err(format!("a flat ranges list needs start/end pairs; this one has {} numbers", flat.len()));
+                return Err(format!(
+                    "a flat ranges list needs start/end pairs; this one has {} numbers",
+                    flat.len()
+                ));
             }
             flat.chunks_exact(2).map(|p| (p[0], p[1])).collect()
         }
@@ -732,7 +949,10 @@ impl Operator for SplitByRanges {
 
     fn result_field(&self, inputs: &[FieldRef], _params: &Params) -> Result<Field> {
         expect_audio(self.name(), &inputs[0])?;
-        if !matches!(inputs[1].data_type(), DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(_, _)) {
+        if !matches!(
+            inputs[1].data_type(),
+            DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(_, _)
+        ) {
             return Err(RilletError::invalid_argument(format!(
                 "{}: ranges must be a list of struct{{start_ms, end_ms}} or of numbers in pairs; column {:?} is {}",
                 self.name(),
@@ -746,7 +966,9 @@ impl Operator for SplitByRanges {
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let ranges = &call.inputs[1];
         let rows = map_waveforms(self.name(), call, errors, |wave, row| {
-            let Some(pairs) = ranges_at(ranges, row)? else { return Ok(Vec::new()) };
+            let Some(pairs) = ranges_at(ranges, row)? else {
+                return Ok(Vec::new());
+            };
             let duration = wave.duration_ms();
             pairs
                 .into_iter()
@@ -767,7 +989,10 @@ impl Operator for SplitByRanges {
 }
 
 fn range_fields() -> Fields {
-    Fields::from(vec![Field::new("start_ms", DataType::Int64, false), Field::new("end_ms", DataType::Int64, false)])
+    Fields::from(vec![
+        Field::new("start_ms", DataType::Int64, false),
+        Field::new("end_ms", DataType::Int64, false),
+    ])
 }
 
 /// `audio_detect_silence(x, threshold_db, min_silence_ms, on_error)`: the silent stretches,
@@ -794,20 +1019,36 @@ impl Operator for DetectSilence {
         expect_audio(self.name(), &inputs[0])?;
         params.float("threshold_db")?;
         params.float("min_silence_ms")?;
-        Ok(list_of(Field::new("item", DataType::Struct(range_fields()), true), self.name()))
+        Ok(list_of(
+            Field::new("item", DataType::Struct(range_fields()), true),
+            self.name(),
+        ))
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
-        let (threshold, min_ms) = (call.params.float("threshold_db")?, call.params.float("min_silence_ms")?);
-        let rows = map_waveforms(self.name(), call, errors, |wave, _| Ok(dsp::detect_silence(&wave, threshold, min_ms)))?;
+        let (threshold, min_ms) = (
+            call.params.float("threshold_db")?,
+            call.params.float("min_silence_ms")?,
+        );
+        let rows = map_waveforms(self.name(), call, errors, |wave, _| {
+            Ok(dsp::detect_silence(&wave, threshold, min_ms))
+        })?;
         let (mut starts, mut ends) = (Int64Builder::new(), Int64Builder::new());
         for (s, e) in rows.iter().flatten().flatten() {
             starts.append_value(*s);
             ends.append_value(*e);
         }
-        let items = StructArray::try_new(range_fields(), vec![Arc::new(starts.finish()), Arc::new(ends.finish())], None)?;
+        let items = StructArray::try_new(
+            range_fields(),
+            vec![Arc::new(starts.finish()), Arc::new(ends.finish())],
+            None,
+        )?;
         let lengths: Vec<Option<usize>> = rows.iter().map(|r| r.as_ref().map(Vec::len)).collect();
-        list_array(Field::new("item", DataType::Struct(range_fields()), true), Arc::new(items), &lengths)
+        list_array(
+            Field::new("item", DataType::Struct(range_fields()), true),
+            Arc::new(items),
+            &lengths,
+        )
     }
 
     fn batch_size(&self) -> Option<usize> {
@@ -822,7 +1063,11 @@ impl Operator for DetectSilence {
 pub struct MelSpectrogram;
 
 fn mel_options(params: &Params) -> Result<(usize, usize, usize)> {
-    let (n_mels, n_fft, hop) = (params.size("n_mels")? as usize, params.size("n_fft")? as usize, params.size("hop")? as usize);
+    let (n_mels, n_fft, hop) = (
+        params.size("n_mels")? as usize,
+        params.size("n_fft")? as usize,
+        params.size("hop")? as usize,
+    );
     if n_mels == 0 || n_fft < 2 || hop == 0 || n_mels > 1024 || n_fft > 65536 {
         return Err(RilletError::invalid_argument(format!(
             "mel_spectrogram needs 1 <= n_mels <= 1024, 2 <= n_fft <= 65536 and hop >= 1 (got {n_mels}, {n_fft}, {hop})"
@@ -854,12 +1099,19 @@ impl Operator for MelSpectrogram {
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let (n_mels, n_fft, hop) = mel_options(call.params)?;
-        let rows = map_waveforms(self.name(), call, errors, |wave, _| dsp::log_mel_spectrogram(&wave, n_mels, n_fft, hop))?;
-        let (mut data, mut shapes) = (ListBuilder::new(Float32Builder::new()), ListBuilder::new(UInt32Builder::new()));
+        let rows = map_waveforms(self.name(), call, errors, |wave, _| {
+            dsp::log_mel_spectrogram(&wave, n_mels, n_fft, hop)
+        })?;
+        let (mut data, mut shapes) = (
+            ListBuilder::new(Float32Builder::new()),
+            ListBuilder::new(UInt32Builder::new()),
+        );
         for row in &rows {
             if let Some((values, frames)) = row {
                 data.values().append_slice(values);
-                shapes.values().append_slice(&[n_mels as u32, *frames as u32]);
+                shapes
+                    .values()
+                    .append_slice(&[n_mels as u32, *frames as u32]);
             }
             data.append(true);
             shapes.append(true);
@@ -868,7 +1120,11 @@ impl Operator for MelSpectrogram {
             unreachable!("variable-shape tensors are structs")
         };
         let valid = NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<_>>());
-        Ok(Arc::new(StructArray::try_new(fields, vec![Arc::new(data.finish()), Arc::new(shapes.finish())], Some(valid))?))
+        Ok(Arc::new(StructArray::try_new(
+            fields,
+            vec![Arc::new(data.finish()), Arc::new(shapes.finish())],
+            Some(valid),
+        )?))
     }
 
     fn batch_size(&self) -> Option<usize> {

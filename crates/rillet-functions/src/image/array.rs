@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, LargeBinaryArray, StringArray, StructArray, UInt8Array, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, LargeBinaryArray, StringArray, StructArray, UInt8Array, UInt32Array,
+};
 use arrow::buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::Field;
 use image::{DynamicImage, ImageBuffer};
@@ -33,7 +35,11 @@ impl ImageView<'_> {
             // SAFETY: `out` has room for exactly `n * size_of::<T>()` bytes; u8 source has no
             // alignment needs and T is a plain number type.
             unsafe {
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr() as *mut u8, n * size_of::<T>());
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    out.as_mut_ptr() as *mut u8,
+                    n * size_of::<T>(),
+                );
             }
             out
         }
@@ -42,13 +48,27 @@ impl ImageView<'_> {
             ImageMode::L => ImageBuffer::from_raw(w, h, d.to_vec()).map(DynamicImage::ImageLuma8),
             ImageMode::La => ImageBuffer::from_raw(w, h, d.to_vec()).map(DynamicImage::ImageLumaA8),
             ImageMode::Rgb => ImageBuffer::from_raw(w, h, d.to_vec()).map(DynamicImage::ImageRgb8),
-            ImageMode::Rgba => ImageBuffer::from_raw(w, h, d.to_vec()).map(DynamicImage::ImageRgba8),
-            ImageMode::L16 => ImageBuffer::from_raw(w, h, words::<u16>(d)).map(DynamicImage::ImageLuma16),
-            ImageMode::La16 => ImageBuffer::from_raw(w, h, words::<u16>(d)).map(DynamicImage::ImageLumaA16),
-            ImageMode::Rgb16 => ImageBuffer::from_raw(w, h, words::<u16>(d)).map(DynamicImage::ImageRgb16),
-            ImageMode::Rgba16 => ImageBuffer::from_raw(w, h, words::<u16>(d)).map(DynamicImage::ImageRgba16),
-            ImageMode::Rgb32F => ImageBuffer::from_raw(w, h, words::<f32>(d)).map(DynamicImage::ImageRgb32F),
-            ImageMode::Rgba32F => ImageBuffer::from_raw(w, h, words::<f32>(d)).map(DynamicImage::ImageRgba32F),
+            ImageMode::Rgba => {
+                ImageBuffer::from_raw(w, h, d.to_vec()).map(DynamicImage::ImageRgba8)
+            }
+            ImageMode::L16 => {
+                ImageBuffer::from_raw(w, h, words::<u16>(d)).map(DynamicImage::ImageLuma16)
+            }
+            ImageMode::La16 => {
+                ImageBuffer::from_raw(w, h, words::<u16>(d)).map(DynamicImage::ImageLumaA16)
+            }
+            ImageMode::Rgb16 => {
+                ImageBuffer::from_raw(w, h, words::<u16>(d)).map(DynamicImage::ImageRgb16)
+            }
+            ImageMode::Rgba16 => {
+                ImageBuffer::from_raw(w, h, words::<u16>(d)).map(DynamicImage::ImageRgba16)
+            }
+            ImageMode::Rgb32F => {
+                ImageBuffer::from_raw(w, h, words::<f32>(d)).map(DynamicImage::ImageRgb32F)
+            }
+            ImageMode::Rgba32F => {
+                ImageBuffer::from_raw(w, h, words::<f32>(d)).map(DynamicImage::ImageRgba32F)
+            }
         };
         // Lengths are checked when a view is made, so this holds.
         built.unwrap_or_else(|| DynamicImage::new_rgb8(0, 0))
@@ -90,10 +110,14 @@ pub fn pillow_luma(r: u8, g: u8, b: u8) -> u8 {
 pub fn convert(image: DynamicImage, mode: ImageMode) -> DynamicImage {
     match (&image, mode) {
         (DynamicImage::ImageRgb8(rgb), ImageMode::L) => {
-            return DynamicImage::ImageLuma8(image::GrayImage::from_fn(rgb.width(), rgb.height(), |x, y| {
-                let p = rgb.get_pixel(x, y).0;
-                image::Luma([pillow_luma(p[0], p[1], p[2])])
-            }));
+            return DynamicImage::ImageLuma8(image::GrayImage::from_fn(
+                rgb.width(),
+                rgb.height(),
+                |x, y| {
+                    let p = rgb.get_pixel(x, y).0;
+                    image::Luma([pillow_luma(p[0], p[1], p[2])])
+                },
+            ));
         }
         (DynamicImage::ImageRgba8(rgba), ImageMode::L | ImageMode::La) => {
             let (w, h) = (rgba.width(), rgba.height());
@@ -125,8 +149,10 @@ pub fn convert(image: DynamicImage, mode: ImageMode) -> DynamicImage {
 
 /// True if `field` is an `Image` column (by extension type or storage layout).
 pub fn is_image(field: &Field) -> bool {
-    matches!(MultimodalType::of_field(field), Some(MultimodalType::Image(_)))
-        || same_layout(field.data_type(), &ImageType::storage_type())
+    matches!(
+        MultimodalType::of_field(field),
+        Some(MultimodalType::Image(_))
+    ) || same_layout(field.data_type(), &ImageType::storage_type())
 }
 
 /// The declared mode of an `Image` field, when every row shares it.
@@ -149,14 +175,31 @@ pub struct ImageColumn<'a> {
 impl<'a> ImageColumn<'a> {
     /// View `array` (an Image storage struct).
     pub fn try_new(array: &'a ArrayRef) -> Result<Self> {
-        let invalid = || RilletError::internal(format!("not an Image column: {}", array.data_type()));
+        let invalid =
+            || RilletError::internal(format!("not an Image column: {}", array.data_type()));
         let array = array.as_struct_opt().ok_or_else(invalid)?;
         Ok(Self {
             array,
-            heights: array.column(0).as_any().downcast_ref().ok_or_else(invalid)?,
-            widths: array.column(1).as_any().downcast_ref().ok_or_else(invalid)?,
-            modes: array.column(3).as_any().downcast_ref().ok_or_else(invalid)?,
-            data: array.column(4).as_any().downcast_ref().ok_or_else(invalid)?,
+            heights: array
+                .column(0)
+                .as_any()
+                .downcast_ref()
+                .ok_or_else(invalid)?,
+            widths: array
+                .column(1)
+                .as_any()
+                .downcast_ref()
+                .ok_or_else(invalid)?,
+            modes: array
+                .column(3)
+                .as_any()
+                .downcast_ref()
+                .ok_or_else(invalid)?,
+            data: array
+                .column(4)
+                .as_any()
+                .downcast_ref()
+                .ok_or_else(invalid)?,
         })
     }
 
@@ -166,7 +209,11 @@ impl<'a> ImageColumn<'a> {
         if self.array.is_null(row) {
             return Ok(None);
         }
-        let mode: ImageMode = self.modes.value(row).parse().map_err(|e: arrow::error::ArrowError| e.to_string())?;
+        let mode: ImageMode = self
+            .modes
+            .value(row)
+            .parse()
+            .map_err(|e: arrow::error::ArrowError| e.to_string())?;
         let (width, height) = (self.widths.value(row), self.heights.value(row));
         let data = self.data.value(row);
         let expected = mode.buffer_len(width as usize, height as usize);
@@ -176,7 +223,12 @@ impl<'a> ImageColumn<'a> {
                 data.len()
             ));
         }
-        Ok(Some(ImageView { width, height, mode, data }))
+        Ok(Some(ImageView {
+            width,
+            height,
+            mode,
+            data,
+        }))
     }
 }
 
@@ -289,7 +341,11 @@ impl ImageBuilder {
         if self.offsets.is_empty() {
             self.offsets.push(0);
         }
-        let nulls = if self.valid.iter().all(|v| *v) { None } else { Some(NullBuffer::from(self.valid)) };
+        let nulls = if self.valid.iter().all(|v| *v) {
+            None
+        } else {
+            Some(NullBuffer::from(self.valid))
+        };
         let offsets = OffsetBuffer::new(ScalarBuffer::from(self.offsets));
         let data = LargeBinaryArray::new(offsets, self.data.into(), None);
         let columns: Vec<ArrayRef> = vec![
@@ -299,6 +355,10 @@ impl ImageBuilder {
             Arc::new(StringArray::from(self.modes)),
             Arc::new(data),
         ];
-        Arc::new(StructArray::new(ImageType::storage_fields(), columns, nulls))
+        Arc::new(StructArray::new(
+            ImageType::storage_fields(),
+            columns,
+            nulls,
+        ))
     }
 }

@@ -18,16 +18,27 @@ pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
 
 /// Lower-case name of a format (`"jpeg"`, `"png"`, …).
 pub fn format_name(format: ImageFormat) -> &'static str {
-    format.extensions_str().first().copied().map(|e| if e == "jpg" { "jpeg" } else { e }).unwrap_or("unknown")
+    format
+        .extensions_str()
+        .first()
+        .copied()
+        .map(|e| if e == "jpg" { "jpeg" } else { e })
+        .unwrap_or("unknown")
 }
 
 /// True if a JPEG stream ends with its end-of-image marker (trailing padding allowed).
 fn has_jpeg_end(bytes: &[u8]) -> bool {
-    let end = bytes.iter().rposition(|b| *b != 0 && *b != b'\n' && *b != b'\r' && *b != b' ').map_or(0, |i| i + 1);
+    let end = bytes
+        .iter()
+        .rposition(|b| *b != 0 && *b != b'\n' && *b != b'\r' && *b != b' ')
+        .map_or(0, |i| i + 1);
     end >= 2 && bytes[end - 2..end] == [0xFF, 0xD9]
 }
 
-fn reader(bytes: &[u8], max_pixels: u64) -> Result<(ImageReader<Cursor<&[u8]>>, ImageFormat), String> {
+fn reader(
+    bytes: &[u8],
+    max_pixels: u64,
+) -> Result<(ImageReader<Cursor<&[u8]>>, ImageFormat), String> {
     if bytes.is_empty() {
         return Err("empty input (0 bytes)".to_string());
     }
@@ -64,11 +75,19 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, String> {
     let (mut width, mut height) = decoder.dimensions();
     if let Ok(orientation) = decoder.orientation() {
         use image::metadata::Orientation::*;
-        if matches!(orientation, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH) {
+        if matches!(
+            orientation,
+            Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH
+        ) {
             std::mem::swap(&mut width, &mut height);
         }
     }
-    Ok(Header { width, height, mode: mode_of(decoder.color_type()), format })
+    Ok(Header {
+        width,
+        height,
+        mode: mode_of(decoder.color_type()),
+        format,
+    })
 }
 
 fn mode_of(color: ColorType) -> ImageMode {
@@ -103,12 +122,18 @@ fn check_pixels(width: u32, height: u32, max_pixels: u64) -> Result<(), String> 
 /// Decode `bytes` into an image, applying EXIF orientation and converting to `mode` when
 /// given. Fails (with a reason) on unknown formats, corrupt or truncated data, and images
 /// over `max_pixels`.
-pub fn decode(bytes: &[u8], mode: Option<ImageMode>, max_pixels: u64) -> Result<DynamicImage, String> {
+pub fn decode(
+    bytes: &[u8],
+    mode: Option<ImageMode>,
+    max_pixels: u64,
+) -> Result<DynamicImage, String> {
     let (reader, _) = reader(bytes, max_pixels)?;
     let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
     let (width, height) = decoder.dimensions();
     check_pixels(width, height, max_pixels)?;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
     rillet_runtime::memory::charge_call_memory(image.as_bytes().len());
     image.apply_orientation(orientation);
@@ -130,7 +155,9 @@ pub fn decode_into(
     let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
     let (width, height) = decoder.dimensions();
     check_pixels(width, height, max_pixels)?;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let native = mode_of(decoder.color_type());
     let direct = orientation == image::metadata::Orientation::NoTransforms
         && mode.is_none_or(|m| m == native)
@@ -174,7 +201,9 @@ pub fn parse_format(name: &str) -> Result<ImageFormat, String> {
         "bmp" => Ok(ImageFormat::Bmp),
         "tiff" | "tif" => Ok(ImageFormat::Tiff),
         "gif" => Ok(ImageFormat::Gif),
-        other => Err(format!("unknown output format {other:?}; expected png, jpeg, webp, bmp, tiff or gif")),
+        other => Err(format!(
+            "unknown output format {other:?}; expected png, jpeg, webp, bmp, tiff or gif"
+        )),
     }
 }
 
@@ -189,7 +218,8 @@ pub fn encode(image: &DynamicImage, format: ImageFormat, quality: u8) -> Result<
                 other if other.color().has_color() => DynamicImage::ImageRgb8(other.to_rgb8()),
                 other => DynamicImage::ImageLuma8(other.to_luma8()),
             };
-            let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100));
+            let encoder =
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100));
             rgb.write_with_encoder(encoder).map_err(|e| e.to_string())?;
         }
         ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp => {
@@ -198,7 +228,9 @@ pub fn encode(image: &DynamicImage, format: ImageFormat, quality: u8) -> Result<
                 true => DynamicImage::ImageRgba8(image.to_rgba8()),
                 false => DynamicImage::ImageRgb8(image.to_rgb8()),
             };
-            eight.write_to(&mut out, format).map_err(|e| e.to_string())?;
+            eight
+                .write_to(&mut out, format)
+                .map_err(|e| e.to_string())?;
         }
         _ => {
             let writable = match image {
@@ -206,7 +238,9 @@ pub fn encode(image: &DynamicImage, format: ImageFormat, quality: u8) -> Result<
                 DynamicImage::ImageRgba32F(_) => DynamicImage::ImageRgba16(image.to_rgba16()),
                 other => other.clone(),
             };
-            writable.write_to(&mut out, format).map_err(|e| e.to_string())?;
+            writable
+                .write_to(&mut out, format)
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok(out.into_inner())

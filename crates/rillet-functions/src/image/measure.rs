@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanBuilder, StringBuilder, StructArray, UInt8Builder, UInt32Builder, UInt64Array};
+use arrow::array::{
+    Array, ArrayRef, BooleanBuilder, StringBuilder, StructArray, UInt8Builder, UInt32Builder,
+    UInt64Array,
+};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use image::imageops::FilterType;
 use rillet_common::types::display_type;
@@ -11,9 +14,14 @@ use rillet_common::{Result, RilletError};
 use rillet_runtime::ArrayFunction;
 
 use super::array::{ImageView, is_image};
-use super::{IMAGE_BATCH_ROWS, ImageInput, MAX_PIXELS, RowFailure, codec, expect_image, image_values, max_pixels};
+use super::{
+    IMAGE_BATCH_ROWS, ImageInput, MAX_PIXELS, RowFailure, codec, expect_image, image_values,
+    max_pixels,
+};
 use crate::input::EncodedColumn;
-use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, row_values};
+use crate::operator::{
+    Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, row_values,
+};
 
 pub(super) fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     vec![
@@ -44,15 +52,37 @@ fn facts(call: &Call<'_>, errors: &mut RowErrors, operator: &str) -> Result<Vec<
     if is_image(&field) {
         let column = super::array::ImageColumn::try_new(&call.inputs[0])?;
         let fetch = |row| column.get(row).map_err(crate::input::RowFailure::Data);
-        return row_values(call.rows, errors, |row| format!("row {row}"), fetch, |v, _| {
-            Ok(Facts { width: v.width, height: v.height, mode: v.mode, format: None })
-        });
+        return row_values(
+            call.rows,
+            errors,
+            |row| format!("row {row}"),
+            fetch,
+            |v, _| {
+                Ok(Facts {
+                    width: v.width,
+                    height: v.height,
+                    mode: v.mode,
+                    format: None,
+                })
+            },
+        );
     }
     let column = EncodedColumn::try_new(operator, &call.inputs[0], "an Image or encoded image")?;
-    row_values(call.rows, errors, |row| column.identity(row), |row| column.get(row), |bytes, _| {
-        let h = codec::read_header(&bytes)?;
-        Ok(Facts { width: h.width, height: h.height, mode: h.mode, format: Some(codec::format_name(h.format)) })
-    })
+    row_values(
+        call.rows,
+        errors,
+        |row| column.identity(row),
+        |row| column.get(row),
+        |bytes, _| {
+            let h = codec::read_header(&bytes)?;
+            Ok(Facts {
+                width: h.width,
+                height: h.height,
+                mode: h.mode,
+                format: Some(codec::format_name(h.format)),
+            })
+        },
+    )
 }
 
 fn metadata_fields() -> Fields {
@@ -83,12 +113,22 @@ impl Operator for Metadata {
 
     fn result_field(&self, inputs: &[FieldRef], _params: &Params) -> Result<Field> {
         expect_image(self.name(), &inputs[0])?;
-        Ok(Field::new(self.name(), DataType::Struct(metadata_fields()), true))
+        Ok(Field::new(
+            self.name(),
+            DataType::Struct(metadata_fields()),
+            true,
+        ))
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let facts = facts(call, errors, self.name())?;
-        let (mut w, mut h, mut c, mut m, mut f) = (UInt32Builder::new(), UInt32Builder::new(), UInt8Builder::new(), StringBuilder::new(), StringBuilder::new());
+        let (mut w, mut h, mut c, mut m, mut f) = (
+            UInt32Builder::new(),
+            UInt32Builder::new(),
+            UInt8Builder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
         let mut valid = Vec::with_capacity(facts.len());
         for fact in &facts {
             w.append_option(fact.as_ref().map(|f| f.width));
@@ -98,8 +138,18 @@ impl Operator for Metadata {
             f.append_option(fact.as_ref().and_then(|f| f.format));
             valid.push(fact.is_some());
         }
-        let columns: Vec<ArrayRef> = vec![Arc::new(w.finish()), Arc::new(h.finish()), Arc::new(c.finish()), Arc::new(m.finish()), Arc::new(f.finish())];
-        Ok(Arc::new(StructArray::try_new(metadata_fields(), columns, Some(valid.into()))?))
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(w.finish()),
+            Arc::new(h.finish()),
+            Arc::new(c.finish()),
+            Arc::new(m.finish()),
+            Arc::new(f.finish()),
+        ];
+        Ok(Arc::new(StructArray::try_new(
+            metadata_fields(),
+            columns,
+            Some(valid.into()),
+        )?))
     }
 }
 
@@ -131,19 +181,37 @@ impl Operator for Dimension {
 
     fn result_field(&self, inputs: &[FieldRef], _params: &Params) -> Result<Field> {
         expect_image(self.name(), &inputs[0])?;
-        let t = if matches!(self, Self::AspectRatio) { DataType::Float64 } else { DataType::UInt32 };
+        let t = if matches!(self, Self::AspectRatio) {
+            DataType::Float64
+        } else {
+            DataType::UInt32
+        };
         Ok(Field::new(self.name(), t, true))
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let facts = facts(call, errors, self.name())?;
         Ok(match self {
-            Self::Width => Arc::new(facts.iter().map(|f| f.as_ref().map(|f| f.width)).collect::<arrow::array::UInt32Array>()),
-            Self::Height => Arc::new(facts.iter().map(|f| f.as_ref().map(|f| f.height)).collect::<arrow::array::UInt32Array>()),
+            Self::Width => Arc::new(
+                facts
+                    .iter()
+                    .map(|f| f.as_ref().map(|f| f.width))
+                    .collect::<arrow::array::UInt32Array>(),
+            ),
+            Self::Height => Arc::new(
+                facts
+                    .iter()
+                    .map(|f| f.as_ref().map(|f| f.height))
+                    .collect::<arrow::array::UInt32Array>(),
+            ),
             Self::AspectRatio => Arc::new(
                 facts
                     .iter()
-                    .map(|f| f.as_ref().filter(|f| f.height > 0).map(|f| f.width as f64 / f.height as f64))
+                    .map(|f| {
+                        f.as_ref()
+                            .filter(|f| f.height > 0)
+                            .map(|f| f.width as f64 / f.height as f64)
+                    })
                     .collect::<arrow::array::Float64Array>(),
             ),
         })
@@ -199,7 +267,10 @@ impl Operator for IsValid {
 fn wanted_mode(params: &Params) -> Result<Option<rillet_common::types::ImageMode>> {
     match params.str("mode")? {
         "" => Ok(None),
-        m => m.parse().map(Some).map_err(|e: arrow::error::ArrowError| RilletError::invalid_argument(e.to_string())),
+        m => m
+            .parse()
+            .map(Some)
+            .map_err(|e: arrow::error::ArrowError| RilletError::invalid_argument(e.to_string())),
     }
 }
 
@@ -236,11 +307,17 @@ fn dct2(block: &[f64], n: usize) -> Vec<f64> {
 fn phash(view: &ImageView<'_>) -> u64 {
     let pixels = grey_thumbnail(view, 32, 32);
     let dct = dct2(&pixels, 32);
-    let low: Vec<f64> = (0..8).flat_map(|y| (0..8).map(move |x| (y, x))).map(|(y, x)| dct[y * 32 + x]).collect();
+    let low: Vec<f64> = (0..8)
+        .flat_map(|y| (0..8).map(move |x| (y, x)))
+        .map(|(y, x)| dct[y * 32 + x])
+        .collect();
     let mut sorted = low.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
     let median = (sorted[31] + sorted[32]) / 2.0;
-    low.iter().enumerate().fold(0u64, |h, (i, v)| if *v > median { h | (1 << (63 - i)) } else { h })
+    low.iter().enumerate().fold(
+        0u64,
+        |h, (i, v)| if *v > median { h | (1 << (63 - i)) } else { h },
+    )
 }
 
 fn dhash(view: &ImageView<'_>) -> u64 {
@@ -332,15 +409,21 @@ impl Operator for Hamming {
     }
 
     fn evaluate(&self, call: &Call<'_>, _errors: &mut RowErrors) -> Result<ArrayRef> {
-        let as_u64 = |a: &ArrayRef| -> Result<ArrayRef> { Ok(arrow::compute::cast(a, &DataType::UInt64)?) };
+        let as_u64 =
+            |a: &ArrayRef| -> Result<ArrayRef> { Ok(arrow::compute::cast(a, &DataType::UInt64)?) };
         let (a, b) = (as_u64(&call.inputs[0])?, as_u64(&call.inputs[1])?);
-        let (a, b) = (a.as_any().downcast_ref::<UInt64Array>(), b.as_any().downcast_ref::<UInt64Array>());
+        let (a, b) = (
+            a.as_any().downcast_ref::<UInt64Array>(),
+            b.as_any().downcast_ref::<UInt64Array>(),
+        );
         let (Some(a), Some(b)) = (a, b) else {
             return Err(RilletError::internal("hamming inputs did not cast to u64"));
         };
         Ok(Arc::new(
             (0..call.rows)
-                .map(|i| (a.is_valid(i) && b.is_valid(i)).then(|| (a.value(i) ^ b.value(i)).count_ones()))
+                .map(|i| {
+                    (a.is_valid(i) && b.is_valid(i)).then(|| (a.value(i) ^ b.value(i)).count_ones())
+                })
                 .collect::<arrow::array::UInt32Array>(),
         ))
     }
@@ -358,7 +441,11 @@ fn sharpness(view: &ImageView<'_>) -> f64 {
     for y in 1..h - 1 {
         for x in 1..w - 1 {
             let c = p[y * w + x] as f64;
-            let lap = p[(y - 1) * w + x] as f64 + p[(y + 1) * w + x] as f64 + p[y * w + x - 1] as f64 + p[y * w + x + 1] as f64 - 4.0 * c;
+            let lap = p[(y - 1) * w + x] as f64
+                + p[(y + 1) * w + x] as f64
+                + p[y * w + x - 1] as f64
+                + p[y * w + x + 1] as f64
+                - 4.0 * c;
             sum += lap;
             sum_sq += lap * lap;
             n += 1.0;
@@ -417,7 +504,9 @@ impl Operator for Score {
                 Self::Quality => quality(&view),
             })
         })?;
-        Ok(Arc::new(scores.into_iter().collect::<arrow::array::Float64Array>()))
+        Ok(Arc::new(
+            scores.into_iter().collect::<arrow::array::Float64Array>(),
+        ))
     }
 
     fn batch_size(&self) -> Option<usize> {

@@ -16,14 +16,16 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BinaryArray};
 use arrow::datatypes::{DataType, Field, FieldRef};
 use image::DynamicImage;
-use rillet_common::types::{display_type, ImageMode, ImageType};
+use rillet_common::types::{ImageMode, ImageType, display_type};
 use rillet_common::{Result, RilletError};
 use rillet_runtime::ArrayFunction;
 
 use self::array::{ImageBuilder, ImageColumn, ImageView, declared_mode, is_image};
 pub(crate) use crate::input::RowFailure;
 use crate::input::{EncodedColumn, is_encoded_input};
-use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, row_values};
+use crate::operator::{
+    Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, row_values,
+};
 
 /// Rows per call for operators that hold decoded images: enough to amortise the call,
 /// few enough that a batch of large photos stays within a few hundred MB.
@@ -55,7 +57,12 @@ impl Pixels<'_> {
             Self::Owned(image) => {
                 // Decoded images are always in one of Rillet's modes (see `codec::decode`).
                 let mode = array::mode_of(image).unwrap_or(ImageMode::Rgba);
-                ImageView { width: image.width(), height: image.height(), mode, data: image.as_bytes() }
+                ImageView {
+                    width: image.width(),
+                    height: image.height(),
+                    mode,
+                    data: image.as_bytes(),
+                }
             }
         }
     }
@@ -81,19 +88,32 @@ impl<'a> ImageInput<'a> {
         if is_image(&field) {
             Ok(Self::Decoded(ImageColumn::try_new(array)?))
         } else {
-            Ok(Self::Encoded(EncodedColumn::try_new(operator, array, "an Image or encoded image")?))
+            Ok(Self::Encoded(EncodedColumn::try_new(
+                operator,
+                array,
+                "an Image or encoded image",
+            )?))
         }
     }
 
     /// The image of `row`, decoding encoded content (capped at `max_pixels`).
-    pub(crate) fn get(&self, row: usize, max_pixels: u64) -> std::result::Result<Option<Pixels<'a>>, RowFailure> {
+    pub(crate) fn get(
+        &self,
+        row: usize,
+        max_pixels: u64,
+    ) -> std::result::Result<Option<Pixels<'a>>, RowFailure> {
         match self {
-            Self::Decoded(column) => column.get(row).map(|v| v.map(Pixels::View)).map_err(RowFailure::Data),
+            Self::Decoded(column) => column
+                .get(row)
+                .map(|v| v.map(Pixels::View))
+                .map_err(RowFailure::Data),
             Self::Encoded(column) => match column.get(row)? {
                 None => Ok(None),
                 Some(bytes) => codec::decode(&bytes, None, max_pixels)
                     .map(|img| Some(Pixels::Owned(img)))
-                    .map_err(|reason| RowFailure::Data(format!("{}: {reason}", column.identity(row)))),
+                    .map_err(|reason| {
+                        RowFailure::Data(format!("{}: {reason}", column.identity(row)))
+                    }),
             },
         }
     }
@@ -122,7 +142,11 @@ pub(crate) fn expect_image(operator: &str, field: &Field) -> Result<()> {
 
 /// The mode rows of `field` will have when decoded: known for decoded columns of one mode.
 pub(crate) fn input_mode(field: &Field) -> Option<ImageMode> {
-    if is_image(field) { declared_mode(field) } else { None }
+    if is_image(field) {
+        declared_mode(field)
+    } else {
+        None
+    }
 }
 
 /// Run `f` on every row's image, building an Image column; data problems null the row.
@@ -163,7 +187,13 @@ pub(crate) fn image_values<T>(
     mut f: impl FnMut(Pixels<'_>) -> std::result::Result<T, String>,
 ) -> Result<Vec<Option<T>>> {
     let input = ImageInput::try_new(operator, &call.inputs[0])?;
-    row_values(call.rows, errors, |row| input.identity(row), |row| input.get(row, codec::DEFAULT_MAX_PIXELS), |pixels, _| f(pixels))
+    row_values(
+        call.rows,
+        errors,
+        |row| input.identity(row),
+        |row| input.get(row, codec::DEFAULT_MAX_PIXELS),
+        |pixels, _| f(pixels),
+    )
 }
 
 /// The `max_pixels` option shared by decoding operators.
@@ -171,13 +201,18 @@ pub(crate) const MAX_PIXELS: Param = Param::optional("max_pixels", ParamKind::In
 
 pub(crate) fn max_pixels(params: &Params) -> Result<u64> {
     let v = params.int("max_pixels")?;
-    u64::try_from(v).ok().filter(|v| *v > 0).ok_or_else(|| RilletError::invalid_argument(format!("max_pixels must be positive, not {v}")))
+    u64::try_from(v).ok().filter(|v| *v > 0).ok_or_else(|| {
+        RilletError::invalid_argument(format!("max_pixels must be positive, not {v}"))
+    })
 }
 
 fn optional_mode(params: &Params, name: &str) -> Result<Option<ImageMode>> {
     match params.str(name)? {
         "" => Ok(None),
-        text => text.parse().map(Some).map_err(|e: arrow::error::ArrowError| RilletError::invalid_argument(e.to_string())),
+        text => text
+            .parse()
+            .map(Some)
+            .map_err(|e: arrow::error::ArrowError| RilletError::invalid_argument(e.to_string())),
     }
 }
 
@@ -192,13 +227,21 @@ impl Operator for Decode {
     }
 
     fn params(&self) -> &'static [Param] {
-        const P: &[Param] = &[Param::optional("mode", ParamKind::Str, ""), MAX_PIXELS, Param::ON_ERROR];
+        const P: &[Param] = &[
+            Param::optional("mode", ParamKind::Str, ""),
+            MAX_PIXELS,
+            Param::ON_ERROR,
+        ];
         P
     }
 
     fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
         if !is_encoded_input(&inputs[0]) {
-            return Err(crate::input::not_encoded(self.name(), &inputs[0], "encoded image"));
+            return Err(crate::input::not_encoded(
+                self.name(),
+                &inputs[0],
+                "encoded image",
+            ));
         }
         max_pixels(params)?;
         Ok(ImageType::new(optional_mode(params, "mode")?).field(self.name()))
@@ -233,22 +276,25 @@ impl Operator for Decode {
     }
 }
 
-fn encode_rows(
-    call: &Call<'_>,
-    errors: &mut RowErrors,
-    operator: &str,
-) -> Result<ArrayRef> {
-    let format = codec::parse_format(call.params.str("format")?).map_err(RilletError::invalid_argument)?;
+fn encode_rows(call: &Call<'_>, errors: &mut RowErrors, operator: &str) -> Result<ArrayRef> {
+    let format =
+        codec::parse_format(call.params.str("format")?).map_err(RilletError::invalid_argument)?;
     let quality = call.params.int("quality")?.clamp(1, 100) as u8;
-    let encoded = image_values(operator, call, errors, |pixels| codec::encode(&pixels.into_dynamic(), format, quality))?;
+    let encoded = image_values(operator, call, errors, |pixels| {
+        codec::encode(&pixels.into_dynamic(), format, quality)
+    })?;
     Ok(Arc::new(encoded.into_iter().collect::<BinaryArray>()))
 }
 
 fn check_format(params: &Params) -> Result<()> {
-    codec::parse_format(params.str("format")?).map(drop).map_err(RilletError::invalid_argument)?;
+    codec::parse_format(params.str("format")?)
+        .map(drop)
+        .map_err(RilletError::invalid_argument)?;
     let q = params.int("quality")?;
     if !(1..=100).contains(&q) {
-        return Err(RilletError::invalid_argument(format!("quality must be between 1 and 100, not {q}")));
+        return Err(RilletError::invalid_argument(format!(
+            "quality must be between 1 and 100, not {q}"
+        )));
     }
     Ok(())
 }
@@ -302,7 +348,11 @@ impl Operator for ConvertFormat {
 
     fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
         if !is_encoded_input(&inputs[0]) {
-            return Err(crate::input::not_encoded(self.name(), &inputs[0], "encoded image"));
+            return Err(crate::input::not_encoded(
+                self.name(),
+                &inputs[0],
+                "encoded image",
+            ));
         }
         check_format(params)?;
         Ok(Field::new(self.name(), DataType::Binary, true))
@@ -325,11 +375,15 @@ mod tests {
     use super::*;
 
     fn function(name: &str) -> Arc<dyn ArrayFunction> {
-        crate::functions().into_iter().find(|f| f.name() == name).expect("registered")
+        crate::functions()
+            .into_iter()
+            .find(|f| f.name() == name)
+            .expect("registered")
     }
 
     fn png(width: u32, height: u32) -> Vec<u8> {
-        let image = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let image =
+            image::RgbImage::from_fn(width, height, |x, y| image::Rgb([x as u8, y as u8, 7]));
         codec::encode(&DynamicImage::ImageRgb8(image), image::ImageFormat::Png, 90).unwrap()
     }
 
@@ -340,12 +394,18 @@ mod tests {
     #[test]
     fn decode_then_resize_keeps_rows_and_nulls_bad_ones() {
         let good = png(40, 30);
-        let input: ArrayRef = Arc::new(BinaryArray::from(vec![Some(good.as_slice()), Some(&good[..20]), None]));
+        let input: ArrayRef = Arc::new(BinaryArray::from(vec![
+            Some(good.as_slice()),
+            Some(&good[..20]),
+            None,
+        ]));
         let decoded = function("image_decode").call(&[input], 3).unwrap();
         assert_eq!(decoded.null_count(), 2);
         let width: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![8; 3]));
         let height: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![6; 3]));
-        let resized = function("image_resize").call(&[decoded, width, height], 3).unwrap();
+        let resized = function("image_resize")
+            .call(&[decoded, width, height], 3)
+            .unwrap();
         let widths = function("image_width").call(&[resized], 3).unwrap();
         let widths = widths.as_primitive::<UInt32Type>();
         assert_eq!(widths.iter().collect::<Vec<_>>(), vec![Some(8), None, None]);
@@ -355,13 +415,40 @@ mod tests {
     fn on_error_column_carries_the_reason_and_raise_names_the_row() {
         let input: ArrayRef = Arc::new(BinaryArray::from(vec![b"junk".as_slice()]));
         let decode = function("image_decode");
-        let out = decode.call(&[input.clone(), literal("", 1), Arc::new(arrow::array::Int64Array::from(vec![1000])), literal("column", 1)], 1).unwrap();
-        let errors = out.as_struct().column_by_name("error").unwrap().as_string::<i32>().value(0).to_string();
+        let out = decode
+            .call(
+                &[
+                    input.clone(),
+                    literal("", 1),
+                    Arc::new(arrow::array::Int64Array::from(vec![1000])),
+                    literal("column", 1),
+                ],
+                1,
+            )
+            .unwrap();
+        let errors = out
+            .as_struct()
+            .column_by_name("error")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0)
+            .to_string();
         assert!(errors.contains("not a recognised image format"), "{errors}");
         let err = decode
-            .call(&[input, literal("", 1), Arc::new(arrow::array::Int64Array::from(vec![1000])), literal("raise", 1)], 1)
+            .call(
+                &[
+                    input,
+                    literal("", 1),
+                    Arc::new(arrow::array::Int64Array::from(vec![1000])),
+                    literal("raise", 1),
+                ],
+                1,
+            )
             .unwrap_err();
-        assert!(err.to_string().contains("image_decode failed on row 0"), "{err}");
+        assert!(
+            err.to_string().contains("image_decode failed on row 0"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -370,11 +457,18 @@ mod tests {
         let field: FieldRef = Arc::new(Field::new("b", DataType::Binary, true));
         let w = datafusion::common::ScalarValue::Int64(Some(0));
         let h = datafusion::common::ScalarValue::Int64(Some(10));
-        let err = resize.return_field(&[field.clone(), field.clone(), field.clone()], &[None, Some(&w), Some(&h)]).unwrap_err();
+        let err = resize
+            .return_field(
+                &[field.clone(), field.clone(), field.clone()],
+                &[None, Some(&w), Some(&h)],
+            )
+            .unwrap_err();
         assert!(err.to_string().contains("width must be positive"), "{err}");
         let int: FieldRef = Arc::new(Field::new("n", DataType::Int64, true));
         let w = datafusion::common::ScalarValue::Int64(Some(10));
-        let err = resize.return_field(&[int, field.clone(), field], &[None, Some(&w), Some(&h)]).unwrap_err();
+        let err = resize
+            .return_field(&[int, field.clone(), field], &[None, Some(&w), Some(&h)])
+            .unwrap_err();
         assert!(err.to_string().contains("input must be an Image"), "{err}");
     }
 

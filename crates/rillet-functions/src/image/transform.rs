@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float32Builder, Float64Builder, ListBuilder, StructArray, UInt8Builder, UInt32Builder};
+use arrow::array::{
+    ArrayRef, Float32Builder, Float64Builder, ListBuilder, StructArray, UInt8Builder, UInt32Builder,
+};
 use arrow::datatypes::{DataType, Field, FieldRef};
 use fast_image_resize::images::{Image as FirImage, ImageRef as FirImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -13,7 +15,9 @@ use rillet_common::{Result, RilletError};
 use rillet_runtime::ArrayFunction;
 
 use super::array::{ImageBuilder, ImageView, convert, pillow_luma};
-use super::{IMAGE_BATCH_ROWS, ImageInput, Pixels, RowFailure, codec, expect_image, input_mode, map_images};
+use super::{
+    IMAGE_BATCH_ROWS, ImageInput, Pixels, RowFailure, codec, expect_image, input_mode, map_images,
+};
 use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
 
 pub(super) fn functions() -> Vec<Arc<dyn ArrayFunction>> {
@@ -66,7 +70,14 @@ fn resize_alg(method: &str) -> Result<ResizeAlg> {
 
 /// Resize `src` to `width × height` into `dst` (exactly `mode.buffer_len(width, height)`
 /// bytes), with SIMD convolution.
-fn resize_into(resizer: &mut Resizer, src: &ImageView<'_>, width: u32, height: u32, alg: ResizeAlg, dst: &mut [u8]) -> std::result::Result<(), String> {
+fn resize_into(
+    resizer: &mut Resizer,
+    src: &ImageView<'_>,
+    width: u32,
+    height: u32,
+    alg: ResizeAlg,
+    dst: &mut [u8],
+) -> std::result::Result<(), String> {
     let pixel = pixel_type(src.mode);
     let options = ResizeOptions::new().resize_alg(alg);
     // 16- and 32-bit pixels must be aligned; column slices may not be, so copy them.
@@ -77,13 +88,19 @@ fn resize_into(resizer: &mut Resizer, src: &ImageView<'_>, width: u32, height: u
         aligned_src = aligned_copy(src.data);
         &bytes_of(&aligned_src)[..src.data.len()]
     };
-    let source = FirImageRef::new(src.width, src.height, src_bytes, pixel).map_err(|e| e.to_string())?;
+    let source =
+        FirImageRef::new(src.width, src.height, src_bytes, pixel).map_err(|e| e.to_string())?;
     if is_aligned(src.mode, dst) {
-        let mut target = FirImage::from_slice_u8(width, height, dst, pixel).map_err(|e| e.to_string())?;
-        resizer.resize(&source, &mut target, &options).map_err(|e| e.to_string())
+        let mut target =
+            FirImage::from_slice_u8(width, height, dst, pixel).map_err(|e| e.to_string())?;
+        resizer
+            .resize(&source, &mut target, &options)
+            .map_err(|e| e.to_string())
     } else {
         let mut target = FirImage::new(width, height, pixel);
-        resizer.resize(&source, &mut target, &options).map_err(|e| e.to_string())?;
+        resizer
+            .resize(&source, &mut target, &options)
+            .map_err(|e| e.to_string())?;
         dst.copy_from_slice(target.buffer());
         Ok(())
     }
@@ -98,7 +115,9 @@ fn is_aligned(mode: ImageMode, bytes: &[u8]) -> bool {
 fn aligned_copy(bytes: &[u8]) -> Vec<u32> {
     let mut words = vec![0u32; bytes.len().div_ceil(4)];
     // SAFETY: `words` holds at least `bytes.len()` bytes.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr() as *mut u8, bytes.len()) };
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr() as *mut u8, bytes.len())
+    };
     words
 }
 
@@ -110,20 +129,29 @@ fn bytes_of(words: &[u32]) -> &[u8] {
 /// The size that fits `w × h` inside `max_w × max_h` keeping the aspect ratio.
 fn fit(w: u32, h: u32, max_w: u32, max_h: u32) -> (u32, u32) {
     let scale = (max_w as f64 / w as f64).min(max_h as f64 / h as f64);
-    (((w as f64 * scale).round() as u32).clamp(1, max_w), ((h as f64 * scale).round() as u32).clamp(1, max_h))
+    (
+        ((w as f64 * scale).round() as u32).clamp(1, max_w),
+        ((h as f64 * scale).round() as u32).clamp(1, max_h),
+    )
 }
 
 fn positive_size(params: &Params, name: &str) -> Result<u32> {
     let v = params.size(name)?;
     if v == 0 {
-        return Err(RilletError::invalid_argument(format!("{name} must be positive")));
+        return Err(RilletError::invalid_argument(format!(
+            "{name} must be positive"
+        )));
     }
     Ok(v)
 }
 
 /// The target box and filter of resize and letterbox.
 fn resize_options(params: &Params) -> Result<(u32, u32, ResizeAlg)> {
-    Ok((positive_size(params, "width")?, positive_size(params, "height")?, resize_alg(params.str("method")?)?))
+    Ok((
+        positive_size(params, "width")?,
+        positive_size(params, "height")?,
+        resize_alg(params.str("method")?)?,
+    ))
 }
 
 fn image_result(operator: &str, input: &FieldRef, mode: Option<ImageMode>) -> Result<Field> {
@@ -162,11 +190,23 @@ impl Operator for Resize {
         let (w, h, alg) = resize_options(call.params)?;
         let keep = call.params.bool("keep_aspect")?;
         let mut resizer = Resizer::new();
-        map_images(call, errors, codec::DEFAULT_MAX_PIXELS, |pixels, out| {
-            let src = pixels.view();
-            let (tw, th) = if keep { fit(src.width, src.height, w, h) } else { (w, h) };
-            out.append_with(tw, th, src.mode, |dst| resize_into(&mut resizer, &src, tw, th, alg, dst))
-        }, self.name())
+        map_images(
+            call,
+            errors,
+            codec::DEFAULT_MAX_PIXELS,
+            |pixels, out| {
+                let src = pixels.view();
+                let (tw, th) = if keep {
+                    fit(src.width, src.height, w, h)
+                } else {
+                    (w, h)
+                };
+                out.append_with(tw, th, src.mode, |dst| {
+                    resize_into(&mut resizer, &src, tw, th, alg, dst)
+                })
+            },
+            self.name(),
+        )
     }
 
     fn batch_size(&self) -> Option<usize> {
@@ -205,32 +245,42 @@ impl Operator for Letterbox {
         let (w, h, alg) = resize_options(call.params)?;
         let fill = call.params.int("fill")?.clamp(0, 255) as u8;
         let mut resizer = Resizer::new();
-        map_images(call, errors, codec::DEFAULT_MAX_PIXELS, |pixels, out| {
-            let src = pixels.view();
-            if src.mode.element_type() != ElementType::U8 {
-                return Err(format!("letterbox supports 8-bit images; this one is {}", src.mode));
-            }
-            let (tw, th) = fit(src.width, src.height, w, h);
-            let mut scaled = vec![0u8; src.mode.buffer_len(tw as usize, th as usize)];
-            resize_into(&mut resizer, &src, tw, th, alg, &mut scaled)?;
-            let (x0, y0) = ((w - tw) / 2, (h - th) / 2);
-            let c = src.mode.channels();
-            out.append_with(w, h, src.mode, |dst| {
-                dst.fill(fill);
-                if c == 2 || c == 4 {
-                    // The padding is opaque.
-                    for px in dst.chunks_exact_mut(c) {
-                        px[c - 1] = 255;
+        map_images(
+            call,
+            errors,
+            codec::DEFAULT_MAX_PIXELS,
+            |pixels, out| {
+                let src = pixels.view();
+                if src.mode.element_type() != ElementType::U8 {
+                    return Err(format!(
+                        "letterbox supports 8-bit images; this one is {}",
+                        src.mode
+                    ));
+                }
+                let (tw, th) = fit(src.width, src.height, w, h);
+                let mut scaled = vec![0u8; src.mode.buffer_len(tw as usize, th as usize)];
+                resize_into(&mut resizer, &src, tw, th, alg, &mut scaled)?;
+                let (x0, y0) = ((w - tw) / 2, (h - th) / 2);
+                let c = src.mode.channels();
+                out.append_with(w, h, src.mode, |dst| {
+                    dst.fill(fill);
+                    if c == 2 || c == 4 {
+                        // The padding is opaque.
+                        for px in dst.chunks_exact_mut(c) {
+                            px[c - 1] = 255;
+                        }
                     }
-                }
-                let row_bytes = tw as usize * c;
-                for y in 0..th as usize {
-                    let start = ((y0 as usize + y) * w as usize + x0 as usize) * c;
-                    dst[start..start + row_bytes].copy_from_slice(&scaled[y * row_bytes..(y + 1) * row_bytes]);
-                }
-                Ok::<(), String>(())
-            })
-        }, self.name())
+                    let row_bytes = tw as usize * c;
+                    for y in 0..th as usize {
+                        let start = ((y0 as usize + y) * w as usize + x0 as usize) * c;
+                        dst[start..start + row_bytes]
+                            .copy_from_slice(&scaled[y * row_bytes..(y + 1) * row_bytes]);
+                    }
+                    Ok::<(), String>(())
+                })
+            },
+            self.name(),
+        )
     }
 
     fn batch_size(&self) -> Option<usize> {
@@ -239,8 +289,19 @@ impl Operator for Letterbox {
 }
 
 /// Copy the `w × h` window at `(x, y)` of `src` into a new row of `out`.
-fn crop_view(src: &ImageView<'_>, x: u32, y: u32, w: u32, h: u32, out: &mut ImageBuilder) -> std::result::Result<(), String> {
-    if w == 0 || h == 0 || x.checked_add(w).is_none_or(|r| r > src.width) || y.checked_add(h).is_none_or(|b| b > src.height) {
+fn crop_view(
+    src: &ImageView<'_>,
+    x: u32,
+    y: u32,
+    w: u32,
+    h: u32,
+    out: &mut ImageBuilder,
+) -> std::result::Result<(), String> {
+    if w == 0
+        || h == 0
+        || x.checked_add(w).is_none_or(|r| r > src.width)
+        || y.checked_add(h).is_none_or(|b| b > src.height)
+    {
         return Err(format!(
             "crop window {w}×{h} at ({x}, {y}) does not fit inside the {}×{} image",
             src.width, src.height
@@ -251,7 +312,8 @@ fn crop_view(src: &ImageView<'_>, x: u32, y: u32, w: u32, h: u32, out: &mut Imag
     out.append_with(w, h, src.mode, |dst| {
         for r in 0..h as usize {
             let start = (y as usize + r) * src_stride + x as usize * px;
-            dst[r * row_bytes..(r + 1) * row_bytes].copy_from_slice(&src.data[start..start + row_bytes]);
+            dst[r * row_bytes..(r + 1) * row_bytes]
+                .copy_from_slice(&src.data[start..start + row_bytes]);
         }
         Ok(())
     })
@@ -289,8 +351,19 @@ impl Operator for Crop {
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let p = call.params;
-        let (x, y, w, h) = (p.size("x")?, p.size("y")?, p.size("width")?, p.size("height")?);
-        map_images(call, errors, codec::DEFAULT_MAX_PIXELS, |pixels, out| crop_view(&pixels.view(), x, y, w, h, out), self.name())
+        let (x, y, w, h) = (
+            p.size("x")?,
+            p.size("y")?,
+            p.size("width")?,
+            p.size("height")?,
+        );
+        map_images(
+            call,
+            errors,
+            codec::DEFAULT_MAX_PIXELS,
+            |pixels, out| crop_view(&pixels.view(), x, y, w, h, out),
+            self.name(),
+        )
     }
 
     fn batch_size(&self) -> Option<usize> {
@@ -324,13 +397,22 @@ impl Operator for CenterCrop {
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let (w, h) = (call.params.size("width")?, call.params.size("height")?);
-        map_images(call, errors, codec::DEFAULT_MAX_PIXELS, |pixels, out| {
-            let src = pixels.view();
-            if w > src.width || h > src.height {
-                return Err(format!("cannot take a {w}×{h} centre crop of a {}×{} image", src.width, src.height));
-            }
-            crop_view(&src, (src.width - w) / 2, (src.height - h) / 2, w, h, out)
-        }, self.name())
+        map_images(
+            call,
+            errors,
+            codec::DEFAULT_MAX_PIXELS,
+            |pixels, out| {
+                let src = pixels.view();
+                if w > src.width || h > src.height {
+                    return Err(format!(
+                        "cannot take a {w}×{h} centre crop of a {}×{} image",
+                        src.width, src.height
+                    ));
+                }
+                crop_view(&src, (src.width - w) / 2, (src.height - h) / 2, w, h, out)
+            },
+            self.name(),
+        )
     }
 
     fn batch_size(&self) -> Option<usize> {
@@ -397,7 +479,10 @@ dynamic_image_operator!(
 fn check_degrees(params: &Params) -> Result<i64> {
     let d = params.int("degrees")?.rem_euclid(360);
     if d % 90 != 0 {
-        return Err(RilletError::invalid_argument(format!("rotate takes 90, 180 or 270 degrees, not {}", params.int("degrees")?)));
+        return Err(RilletError::invalid_argument(format!(
+            "rotate takes 90, 180 or 270 degrees, not {}",
+            params.int("degrees")?
+        )));
     }
     Ok(d)
 }
@@ -418,7 +503,10 @@ dynamic_image_operator!(
 );
 
 fn parse_mode(params: &Params) -> Result<ImageMode> {
-    params.str("mode")?.parse().map_err(|e: arrow::error::ArrowError| RilletError::invalid_argument(e.to_string()))
+    params
+        .str("mode")?
+        .parse()
+        .map_err(|e: arrow::error::ArrowError| RilletError::invalid_argument(e.to_string()))
 }
 
 dynamic_image_operator!(
@@ -458,14 +546,26 @@ fn enhance(data: &mut [u8], channels: usize, factor: f64, degenerate: impl Fn(&[
     }
 }
 
-fn adjust(img: DynamicImage, brightness: f64, contrast: f64, saturation: f64) -> std::result::Result<DynamicImage, String> {
-    let Some(mode) = super::array::mode_of(&img).filter(|m| m.element_type() == ElementType::U8) else {
+fn adjust(
+    img: DynamicImage,
+    brightness: f64,
+    contrast: f64,
+    saturation: f64,
+) -> std::result::Result<DynamicImage, String> {
+    let Some(mode) = super::array::mode_of(&img).filter(|m| m.element_type() == ElementType::U8)
+    else {
         return Err("adjust supports 8-bit images; convert_mode first".to_string());
     };
     let channels = mode.channels();
     let (w, h) = (img.width(), img.height());
     let mut data = img.into_bytes();
-    let grey = |px: &[u8]| if channels >= 3 { pillow_luma(px[0], px[1], px[2]) as f64 } else { px[0] as f64 };
+    let grey = |px: &[u8]| {
+        if channels >= 3 {
+            pillow_luma(px[0], px[1], px[2]) as f64
+        } else {
+            px[0] as f64
+        }
+    };
     if brightness != 1.0 {
         enhance(&mut data, channels, brightness, |_| [0.0; 3]);
     }
@@ -477,7 +577,12 @@ fn adjust(img: DynamicImage, brightness: f64, contrast: f64, saturation: f64) ->
     if saturation != 1.0 && channels >= 3 {
         enhance(&mut data, channels, saturation, |px| [grey(px); 3]);
     }
-    let view = ImageView { width: w, height: h, mode, data: &data };
+    let view = ImageView {
+        width: w,
+        height: h,
+        mode,
+        data: &data,
+    };
     Ok(view.to_dynamic())
 }
 
@@ -524,7 +629,14 @@ fn content_box(view: &ImageView<'_>, threshold: u8) -> Option<(u32, u32, u32, u3
             }
         }
     }
-    (x0 != usize::MAX).then(|| (x0 as u32, y0 as u32, (x1 - x0 + 1) as u32, (y1 - y0 + 1) as u32))
+    (x0 != usize::MAX).then(|| {
+        (
+            x0 as u32,
+            y0 as u32,
+            (x1 - x0 + 1) as u32,
+            (y1 - y0 + 1) as u32,
+        )
+    })
 }
 
 /// `image_crop_black_border(img, threshold, on_error)`: trim the dark frame around an
@@ -539,7 +651,10 @@ impl Operator for CropBlackBorder {
     }
 
     fn params(&self) -> &'static [Param] {
-        const P: &[Param] = &[Param::optional("threshold", ParamKind::Int, "10"), Param::ON_ERROR];
+        const P: &[Param] = &[
+            Param::optional("threshold", ParamKind::Int, "10"),
+            Param::ON_ERROR,
+        ];
         P
     }
 
@@ -550,19 +665,28 @@ impl Operator for CropBlackBorder {
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let threshold = call.params.int("threshold")?.clamp(0, 255) as u8;
-        map_images(call, errors, codec::DEFAULT_MAX_PIXELS, |pixels, out| {
-            let view = pixels.view();
-            if view.mode.element_type() != ElementType::U8 {
-                return Err(format!("crop_black_border supports 8-bit images; this one is {}", view.mode));
-            }
-            match content_box(&view, threshold) {
-                Some((x, y, w, h)) => crop_view(&view, x, y, w, h, out),
-                None => {
-                    out.append(&view);
-                    Ok(())
+        map_images(
+            call,
+            errors,
+            codec::DEFAULT_MAX_PIXELS,
+            |pixels, out| {
+                let view = pixels.view();
+                if view.mode.element_type() != ElementType::U8 {
+                    return Err(format!(
+                        "crop_black_border supports 8-bit images; this one is {}",
+                        view.mode
+                    ));
                 }
-            }
-        }, self.name())
+                match content_box(&view, threshold) {
+                    Some((x, y, w, h)) => crop_view(&view, x, y, w, h, out),
+                    None => {
+                        out.append(&view);
+                        Ok(())
+                    }
+                }
+            },
+            self.name(),
+        )
     }
 
     fn batch_size(&self) -> Option<usize> {
@@ -578,10 +702,15 @@ impl Operator for CropBlackBorder {
 pub struct ToTensor;
 
 fn tensor_dtype(params: &Params) -> Result<ElementType> {
-    let dtype: ElementType = params.str("dtype")?.parse().map_err(|e: arrow::error::ArrowError| RilletError::invalid_argument(e.to_string()))?;
+    let dtype: ElementType = params
+        .str("dtype")?
+        .parse()
+        .map_err(|e: arrow::error::ArrowError| RilletError::invalid_argument(e.to_string()))?;
     match dtype {
         ElementType::F32 | ElementType::F64 | ElementType::U8 => Ok(dtype),
-        other => Err(RilletError::invalid_argument(format!("to_tensor produces f32, f64 or u8, not {other}"))),
+        other => Err(RilletError::invalid_argument(format!(
+            "to_tensor produces f32, f64 or u8, not {other}"
+        ))),
     }
 }
 
@@ -589,7 +718,9 @@ fn chw(params: &Params) -> Result<bool> {
     match params.str("layout")?.to_ascii_uppercase().as_str() {
         "CHW" => Ok(true),
         "HWC" => Ok(false),
-        other => Err(RilletError::invalid_argument(format!("layout must be \"CHW\" or \"HWC\", not {other:?}"))),
+        other => Err(RilletError::invalid_argument(format!(
+            "layout must be \"CHW\" or \"HWC\", not {other:?}"
+        ))),
     }
 }
 
@@ -618,7 +749,9 @@ impl Operator for ToTensor {
             return Err(RilletError::invalid_argument("std values must not be 0"));
         }
         if dtype == ElementType::U8 && !(mean.is_empty() && std.is_empty()) {
-            return Err(RilletError::invalid_argument("mean/std need a float dtype (f32 or f64)"));
+            return Err(RilletError::invalid_argument(
+                "mean/std need a float dtype (f32 or f64)",
+            ));
         }
         Ok(TensorType::new(dtype, None).field(self.name()))
     }
@@ -626,15 +759,26 @@ impl Operator for ToTensor {
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let dtype = tensor_dtype(call.params)?;
         let planar = chw(call.params)?;
-        let (mean, std) = (call.params.float_list("mean")?, call.params.float_list("std")?);
+        let (mean, std) = (
+            call.params.float_list("mean")?,
+            call.params.float_list("std")?,
+        );
         let input = ImageInput::try_new(self.name(), &call.inputs[0])?;
         let mut shapes = ListBuilder::new(UInt32Builder::new());
         let mut data = TensorData::new(dtype);
         let mut valid = Vec::with_capacity(call.rows);
         for row in 0..call.rows {
             let appended = match input.get(row, codec::DEFAULT_MAX_PIXELS) {
-                Ok(Some(pixels)) => append_tensor(&pixels.view(), dtype, planar, &mean, &std, &mut data, shapes.values())
-                    .map_err(|reason| format!("{}: {reason}", input.identity(row))),
+                Ok(Some(pixels)) => append_tensor(
+                    &pixels.view(),
+                    dtype,
+                    planar,
+                    &mean,
+                    &std,
+                    &mut data,
+                    shapes.values(),
+                )
+                .map_err(|reason| format!("{}: {reason}", input.identity(row))),
                 Ok(None) => Ok(false),
                 Err(RowFailure::Data(reason)) => Err(reason),
                 Err(RowFailure::Infrastructure(e)) => return Err(e),
@@ -653,7 +797,11 @@ impl Operator for ToTensor {
             DataType::Struct(fields) => fields,
             _ => unreachable!("variable-shape tensors are structs"),
         };
-        let struct_array = StructArray::try_new(fields, vec![data.finish(), Arc::new(shapes.finish())], Some(valid.into()))?;
+        let struct_array = StructArray::try_new(
+            fields,
+            vec![data.finish(), Arc::new(shapes.finish())],
+            Some(valid.into()),
+        )?;
         Ok(Arc::new(struct_array))
     }
 
@@ -680,9 +828,15 @@ fn append_tensor(
         n if n == c => Ok(list.to_vec()),
         n => Err(format!("{name} has {n} values; the image has {c} channels")),
     };
-    let (m, s) = (per_channel(mean, 0.0, "mean")?, per_channel(std, 1.0, "std")?);
+    let (m, s) = (
+        per_channel(mean, 0.0, "mean")?,
+        per_channel(std, 1.0, "std")?,
+    );
     if dtype == ElementType::U8 && view.mode.element_type() != ElementType::U8 {
-        return Err(format!("dtype u8 needs an 8-bit image; this one is {}", view.mode));
+        return Err(format!(
+            "dtype u8 needs an 8-bit image; this one is {}",
+            view.mode
+        ));
     }
     data.append_image(view, planar, &m, &s);
     let (h, w) = (view.height as usize, view.width as usize);
@@ -719,9 +873,19 @@ impl TensorData {
     fn append_image(&mut self, view: &ImageView<'_>, planar: bool, mean: &[f64], std: &[f64]) {
         let c = view.mode.channels();
         let n = view.width as usize * view.height as usize;
-        let (scale, values): (f64, Box<dyn Fn(usize) -> f64 + '_>) = match view.mode.element_type() {
-            ElementType::U16 => (65535.0, Box::new(|i| u16::from_ne_bytes([view.data[2 * i], view.data[2 * i + 1]]) as f64)),
-            ElementType::F32 => (1.0, Box::new(|i| f32::from_ne_bytes(view.data[4 * i..4 * i + 4].try_into().unwrap_or([0; 4])) as f64)),
+        let (scale, values): (f64, Box<dyn Fn(usize) -> f64 + '_>) = match view.mode.element_type()
+        {
+            ElementType::U16 => (
+                65535.0,
+                Box::new(|i| u16::from_ne_bytes([view.data[2 * i], view.data[2 * i + 1]]) as f64),
+            ),
+            ElementType::F32 => (
+                1.0,
+                Box::new(|i| {
+                    f32::from_ne_bytes(view.data[4 * i..4 * i + 4].try_into().unwrap_or([0; 4]))
+                        as f64
+                }),
+            ),
             _ => (255.0, Box::new(|i| view.data[i] as f64)),
         };
         let order = |k: usize| if planar { (k % n) * c + k / n } else { k };
@@ -792,10 +956,19 @@ pub fn decode_resize_limit(paths: &[String], width: u32, height: u32, threads: u
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(path) = paths.get(i) else { break };
-                    let Ok(bytes) = std::fs::read(path) else { continue };
-                    let Ok(image) = codec::decode(&bytes, Some(ImageMode::Rgb), u64::MAX) else { continue };
+                    let Ok(bytes) = std::fs::read(path) else {
+                        continue;
+                    };
+                    let Ok(image) = codec::decode(&bytes, Some(ImageMode::Rgb), u64::MAX) else {
+                        continue;
+                    };
                     let rgb = image.into_rgb8();
-                    let view = ImageView { width: rgb.width(), height: rgb.height(), mode: ImageMode::Rgb, data: rgb.as_raw() };
+                    let view = ImageView {
+                        width: rgb.width(),
+                        height: rgb.height(),
+                        mode: ImageMode::Rgb,
+                        data: rgb.as_raw(),
+                    };
                     if resize_into(&mut resizer, &view, width, height, alg, &mut out).is_ok() {
                         done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }

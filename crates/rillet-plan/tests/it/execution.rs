@@ -43,7 +43,9 @@ fn write_parquet(path: &std::path::Path, rows: i64) {
         Field::new("x", DataType::Float64, false),
     ]));
     let file = std::fs::File::create(path).unwrap();
-    let props = WriterProperties::builder().set_max_row_group_row_count(Some(50_000)).build();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(50_000))
+        .build();
     let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
     let mut start = 0;
     while start < rows {
@@ -52,7 +54,9 @@ fn write_parquet(path: &std::path::Path, rows: i64) {
             schema.clone(),
             vec![
                 Arc::new(Int64Array::from_iter_values(start..end)),
-                Arc::new(Float64Array::from_iter_values((start..end).map(|i| (i % 100) as f64))),
+                Arc::new(Float64Array::from_iter_values(
+                    (start..end).map(|i| (i % 100) as f64),
+                )),
             ],
         )
         .unwrap();
@@ -67,11 +71,25 @@ fn a_rust_batch_function_runs_as_its_own_stage() {
     let session = Session::default();
     let rows = Arc::new(AtomicUsize::new(0));
     let df = session.range(10_000).unwrap();
-    let stage = Counting { schema: df.schema(), rows: rows.clone(), delay: Duration::ZERO };
-    let df = df.map_batches(Arc::new(stage)).unwrap().filter(col("id").lt(lit(500))).unwrap();
+    let stage = Counting {
+        schema: df.schema(),
+        rows: rows.clone(),
+        delay: Duration::ZERO,
+    };
+    let df = df
+        .map_batches(Arc::new(stage))
+        .unwrap()
+        .filter(col("id").lt(lit(500)))
+        .unwrap();
     assert_eq!(df.count().unwrap(), 500);
     assert_eq!(rows.load(Ordering::SeqCst), 10_000);
-    let names: Vec<String> = df.last_stats().unwrap().operators.iter().map(|o| o.name.clone()).collect();
+    let names: Vec<String> = df
+        .last_stats()
+        .unwrap()
+        .operators
+        .iter()
+        .map(|o| o.name.clone())
+        .collect();
     assert!(names.contains(&"counting".to_string()), "{names:?}");
 }
 
@@ -82,15 +100,25 @@ fn limit_reads_a_small_part_of_a_large_file() {
     write_parquet(&path, 2_000_000);
     let size = std::fs::metadata(&path).unwrap().len();
     let session = Session::default();
-    let df = session.read(ReadFormat::Parquet, &[path.display().to_string()]).unwrap().limit(7, 0).unwrap();
+    let df = session
+        .read(ReadFormat::Parquet, &[path.display().to_string()])
+        .unwrap()
+        .limit(7, 0)
+        .unwrap();
     // collect, not count: a count over a limit is answered from Parquet statistics.
     let rows: usize = df.collect().unwrap().iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 7);
     let scanned = df.last_stats().unwrap().bytes_scanned;
-    assert!(scanned > 0 && scanned < size / 10, "scanned {scanned} of {size}");
+    assert!(
+        scanned > 0 && scanned < size / 10,
+        "scanned {scanned} of {size}"
+    );
     // The metric is real: a full scan reads most of the file.
-    let full = session.read(ReadFormat::Parquet, &[path.display().to_string()]).unwrap()
-        .filter(col("x").gt_eq(lit(0.0))).unwrap();
+    let full = session
+        .read(ReadFormat::Parquet, &[path.display().to_string()])
+        .unwrap()
+        .filter(col("x").gt_eq(lit(0.0)))
+        .unwrap();
     full.collect().unwrap();
     assert!(full.last_stats().unwrap().bytes_scanned > size / 2);
 }
@@ -100,7 +128,11 @@ fn dropping_the_result_stream_stops_the_job() {
     let session = Session::new(EngineConfig::default().with_memory_budget(2 << 20));
     let rows = Arc::new(AtomicUsize::new(0));
     let df = session.range(100_000_000).unwrap();
-    let stage = Counting { schema: df.schema(), rows: rows.clone(), delay: Duration::from_millis(2) };
+    let stage = Counting {
+        schema: df.schema(),
+        rows: rows.clone(),
+        delay: Duration::from_millis(2),
+    };
     let df = df.map_batches(Arc::new(stage)).unwrap();
     let (mut job, mut batches) = df.execute_stream().unwrap();
     let runtime = global_runtime();
@@ -109,11 +141,19 @@ fn dropping_the_result_stream_stops_the_job() {
     job.cancel();
     let started = Instant::now();
     let result = runtime.block_on(job.wait());
-    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(matches!(result, Err(RilletError::Cancelled)), "{result:?}");
     let seen = rows.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(rows.load(Ordering::SeqCst), seen, "work continued after cancel");
+    assert_eq!(
+        rows.load(Ordering::SeqCst),
+        seen,
+        "work continued after cancel"
+    );
     assert!(seen < 100_000_000);
 }
 
@@ -121,11 +161,21 @@ fn dropping_the_result_stream_stops_the_job() {
 fn write_then_read_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let session = Session::default();
-    let df = session.range(12_345).unwrap().with_column("sq", col("id") * col("id")).unwrap();
+    let df = session
+        .range(12_345)
+        .unwrap()
+        .with_column("sq", col("id") * col("id"))
+        .unwrap();
     let stats = df
-        .write(&dir.path().display().to_string(), rillet_runtime::FileFormat::Parquet(Default::default()), rillet_runtime::WriteMode::Overwrite)
+        .write(
+            &dir.path().display().to_string(),
+            rillet_runtime::FileFormat::Parquet(Default::default()),
+            rillet_runtime::WriteMode::Overwrite,
+        )
         .unwrap();
     assert_eq!(stats.rows_written, 12_345);
-    let back = session.read(ReadFormat::Parquet, &[dir.path().display().to_string()]).unwrap();
+    let back = session
+        .read(ReadFormat::Parquet, &[dir.path().display().to_string()])
+        .unwrap();
     assert_eq!(back.count().unwrap(), 12_345);
 }

@@ -32,10 +32,16 @@ fn one_batch(df: &rillet_plan::DataFrame) -> RecordBatch {
 #[test]
 fn misspelled_column_is_named_with_the_alternatives() {
     let session = Session::default();
-    let err = people(&session).select(vec![col("naem")]).unwrap_err().to_string();
+    let err = people(&session)
+        .select(vec![col("naem")])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("naem"), "{err}");
     assert!(err.contains("name"), "{err}");
-    let err = people(&session).drop(&["nope".into()]).unwrap_err().to_string();
+    let err = people(&session)
+        .drop(&["nope".into()])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("available columns: name, age"), "{err}");
 }
 
@@ -50,16 +56,29 @@ fn type_errors_come_from_planning_not_execution() {
 fn join_kinds_keep_keys_once() {
     let session = Session::default();
     let left = people(&session);
-    let right = people(&session).rename(&[("age".into(), "years".into())]).unwrap();
-    let inner = left.join(&right, JoinHow::Inner, &["name".into()], &["name".into()]).unwrap();
+    let right = people(&session)
+        .rename(&[("age".into(), "years".into())])
+        .unwrap();
+    let inner = left
+        .join(&right, JoinHow::Inner, &["name".into()], &["name".into()])
+        .unwrap();
     assert_eq!(
-        inner.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>(),
+        inner
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>(),
         vec!["name", "age", "years"]
     );
     assert_eq!(inner.count().unwrap(), 2);
-    let full = left.join(&right, JoinHow::Full, &["name".into()], &["name".into()]).unwrap();
+    let full = left
+        .join(&right, JoinHow::Full, &["name".into()], &["name".into()])
+        .unwrap();
     assert_eq!(full.count().unwrap(), 4);
-    let anti = left.join(&right, JoinHow::Anti, &["name".into()], &["name".into()]).unwrap();
+    let anti = left
+        .join(&right, JoinHow::Anti, &["name".into()], &["name".into()])
+        .unwrap();
     assert_eq!(anti.count().unwrap(), 1);
 }
 
@@ -68,12 +87,18 @@ fn sql_and_dataframe_agree() {
     let session = Session::default();
     let numbers = session.range(100).unwrap();
     let by_sql = session
-        .sql("SELECT sum(id) AS s FROM n WHERE id % 2 = 0", &[("n", numbers.clone())])
+        .sql(
+            "SELECT sum(id) AS s FROM n WHERE id % 2 = 0",
+            &[("n", numbers.clone())],
+        )
         .unwrap();
     let by_df = numbers
         .filter((col("id") % lit(2)).eq(lit(0)))
         .unwrap()
-        .aggregate(vec![], vec![datafusion::functions_aggregate::expr_fn::sum(col("id")).alias("s")])
+        .aggregate(
+            vec![],
+            vec![datafusion::functions_aggregate::expr_fn::sum(col("id")).alias("s")],
+        )
         .unwrap();
     assert_eq!(one_batch(&by_sql), one_batch(&by_df));
 }
@@ -81,7 +106,13 @@ fn sql_and_dataframe_agree() {
 #[test]
 fn explain_shows_vertices_and_edges() {
     let session = Session::default();
-    let text = session.range(10).unwrap().filter(col("id").gt(lit(3))).unwrap().explain().unwrap();
+    let text = session
+        .range(10)
+        .unwrap()
+        .filter(col("id").gt(lit(3)))
+        .unwrap()
+        .explain()
+        .unwrap();
     assert!(text.contains("== Logical plan =="), "{text}");
     assert!(text.contains("(parallelism"), "{text}");
     assert!(text.contains("edge [0] -> [1] Forward"), "{text}");
