@@ -152,23 +152,28 @@ class TensorScalar(pa.ExtensionScalar):
             return None
         t: TensorType = self.type
         if t.shape is not None:
-            return np.asarray(value.values.to_numpy(zero_copy_only=False)).reshape(t.shape)
-        data = value["data"].values.to_numpy(zero_copy_only=False)
-        return np.asarray(data).reshape(tuple(value["shape"].as_py()))
+            return np.frombuffer(value.as_buffer(), dtype=t.numpy_dtype).reshape(t.shape)
+        data = np.frombuffer(value["data"].as_buffer(), dtype=t.numpy_dtype)
+        return data.reshape(tuple(value["shape"].as_py()))
 
 
 class TensorType(_RilletType):
-    """n-dimensional arrays of one element type; ``shape`` fixed for every row, or ``None``."""
+    """n-dimensional arrays of one element type; ``shape`` fixed for every row, or ``None``.
+
+    A row's elements are stored as one buffer of little-endian bytes in row-major order
+    (``fixed_size_binary`` for a fixed shape, else ``struct{data: large_binary, shape:
+    list<uint32>}``), so a tensor is read and written whole.
+    """
 
     def __init__(self, dtype: Any = "f32", shape: Sequence[int] | None = None):
         self.dtype = _element(dtype)
         self.shape = tuple(int(d) for d in shape) if shape is not None else None
-        item = _ELEMENTS[self.dtype]
+        self.numpy_dtype = np.dtype(_ELEMENTS[self.dtype].to_pandas_dtype()).newbyteorder("<")
         if self.shape is not None:
-            storage = pa.list_(item, int(np.prod(self.shape)))
+            storage = pa.binary(int(np.prod(self.shape)) * self.numpy_dtype.itemsize)
             self._params = {"dtype": self.dtype, "shape": list(self.shape)}
         else:
-            storage = pa.struct([_req("data", pa.list_(item)), _req("shape", pa.list_(pa.uint32()))])
+            storage = pa.struct([_req("data", pa.large_binary()), _req("shape", pa.list_(pa.uint32()))])
             self._params = {"dtype": self.dtype}
         super().__init__(storage, "rillet.tensor")
 
@@ -348,7 +353,8 @@ def _tensor_column(values: list) -> pa.Array:
         storage = pa.array([None if v is None else v.ravel() for v in values], type=t.storage_type)
         return pa.ExtensionArray.from_storage(t, storage)
     t = TensorType(dtype, None)
-    rows = [None if v is None else {"data": np.ascontiguousarray(v).ravel(), "shape": list(v.shape)} for v in values]
+    rows = [None if v is None else {"data": np.ascontiguousarray(v, dtype=t.numpy_dtype).tobytes(),
+                                    "shape": list(v.shape)} for v in values]
     return pa.ExtensionArray.from_storage(t, pa.array(rows, type=t.storage_type))
 
 

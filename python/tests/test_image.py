@@ -358,6 +358,35 @@ def test_image_type_round_trips_through_parquet_and_python(rgb_photos, tmp_path)
     assert isinstance(pa.ipc.open_stream(sink.getvalue()).read_all().schema.field("img").type, rl.types.ImageType)
 
 
+def test_tensors_round_trip_through_parquet_as_whole_buffers(rgb_photos, tmp_path):
+    """Tensor elements are stored as one little-endian byte buffer per row (a fixed shape
+    as fixed_size_binary), so Parquet writes one value per tensor, not one per element; the
+    type and values survive Rillet's reader and pyarrow's."""
+    small = col("img").image.resize(16, 12)
+    photos = rl.from_pylist([{"i": i, "img": im} for i, (_, im) in enumerate(rgb_photos[:3])])
+    photos.select("i", small.image.to_tensor(dtype="u8", layout="HWC").alias("hwc"),
+                  small.image.to_tensor().alias("chw")).write_parquet(tmp_path / "var")
+    fixed = rl.Tensor("f32", (2, 3))
+    values = [np.arange(6, dtype=np.float32).reshape(2, 3) * k for k in range(3)]
+    storage = pa.array([v.astype("<f4").tobytes() for v in values] + [None], type=pa.binary(24))
+    rl.from_arrow(pa.table({"t": pa.ExtensionArray.from_storage(fixed, storage)})).write_parquet(tmp_path / "fixed")
+
+    for table in (rl.read_parquet(tmp_path / "var").sort("i").collect(), pq.read_table(tmp_path / "var").sort_by("i")):
+        assert str(table.schema.field("hwc").type) == "Tensor[u8]" and str(table.schema.field("chw").type) == "Tensor[f32]"
+        for (_, im), hwc, chw in zip(rgb_photos[:3], table["hwc"].to_pylist(), table["chw"].to_pylist()):
+            expected = np.asarray(im.resize((16, 12), Image.BILINEAR))
+            assert hwc.shape == (12, 16, 3) and hwc.dtype == np.uint8
+            assert chw.shape == (3, 12, 16) and chw.dtype == np.float32
+            assert np.allclose(chw, hwc.transpose(2, 0, 1) / 255.0, atol=1e-6)
+            assert np.abs(hwc.astype(int) - expected).max() <= 2
+    leaf = pq.ParquetFile(next((tmp_path / "var").glob("*.parquet"))).schema_arrow.field("hwc").type.storage_type
+    assert leaf.field("data").type == pa.large_binary()
+    for table in (rl.read_parquet(tmp_path / "fixed").collect(), pq.read_table(tmp_path / "fixed")):
+        assert str(table.schema.field("t").type) == "Tensor[f32; 2×3]"
+        rows = table["t"].to_pylist()
+        assert rows[3] is None and all(np.array_equal(r, v) for r, v in zip(rows, values))
+
+
 def test_tensor_embedding_audio_round_trip():
     emb = [np.arange(4, dtype=np.float32), np.ones(4, np.float32)]
     tensors = [np.arange(6, dtype=np.float64).reshape(2, 3), np.zeros((1, 2, 2))]

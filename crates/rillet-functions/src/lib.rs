@@ -26,6 +26,7 @@ pub mod image;
 pub mod input;
 pub mod operator;
 pub mod pdf;
+pub mod tensor;
 pub mod text;
 pub mod tokens;
 pub mod vector;

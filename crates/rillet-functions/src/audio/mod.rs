@@ -12,10 +12,9 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Float32Builder, Float64Array,
-    Float64Builder, Int64Builder, LargeListArray, ListArray, ListBuilder, StringBuilder,
-    StructArray, StructBuilder, UInt16Array, UInt16Builder, UInt32Array, UInt32Builder,
-    UInt64Builder,
+    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Float64Array, Float64Builder,
+    Int64Builder, LargeListArray, ListArray, StringBuilder, StructArray, StructBuilder,
+    UInt16Array, UInt16Builder, UInt32Array, UInt32Builder, UInt64Builder,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Float32Type};
@@ -30,6 +29,7 @@ use crate::input::{EncodedColumn, RowFailure, is_encoded_input};
 use crate::operator::{
     Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, row_values,
 };
+use crate::tensor::TensorBuilder;
 
 /// Rows per call for operators that hold decoded audio: a few minutes of audio each.
 const AUDIO_BATCH_ROWS: usize = 8;
@@ -1102,29 +1102,14 @@ impl Operator for MelSpectrogram {
         let rows = map_waveforms(self.name(), call, errors, |wave, _| {
             dsp::log_mel_spectrogram(&wave, n_mels, n_fft, hop)
         })?;
-        let (mut data, mut shapes) = (
-            ListBuilder::new(Float32Builder::new()),
-            ListBuilder::new(UInt32Builder::new()),
-        );
+        let mut tensors = TensorBuilder::new(ElementType::F32, rows.len());
         for row in &rows {
-            if let Some((values, frames)) = row {
-                data.values().append_slice(values);
-                shapes
-                    .values()
-                    .append_slice(&[n_mels as u32, *frames as u32]);
+            match row {
+                Some((values, frames)) => tensors.append_values(&[n_mels, *frames], values),
+                None => tensors.append_null(),
             }
-            data.append(true);
-            shapes.append(true);
         }
-        let DataType::Struct(fields) = TensorType::storage_type_of(ElementType::F32, None) else {
-            unreachable!("variable-shape tensors are structs")
-        };
-        let valid = NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<_>>());
-        Ok(Arc::new(StructArray::try_new(
-            fields,
-            vec![Arc::new(data.finish()), Arc::new(shapes.finish())],
-            Some(valid),
-        )?))
+        Ok(tensors.finish())
     }
 
     fn batch_size(&self) -> Option<usize> {

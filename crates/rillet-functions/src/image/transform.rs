@@ -3,10 +3,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, Float32Builder, Float64Builder, ListBuilder, StructArray, UInt8Builder, UInt32Builder,
-};
-use arrow::datatypes::{DataType, Field, FieldRef};
+use arrow::array::ArrayRef;
+use arrow::datatypes::{Field, FieldRef};
 use fast_image_resize::images::{Image as FirImage, ImageRef as FirImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::DynamicImage;
@@ -19,6 +17,7 @@ use super::{
     IMAGE_BATCH_ROWS, ImageInput, Pixels, RowFailure, codec, expect_image, input_mode, map_images,
 };
 use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
+use crate::tensor::TensorBuilder;
 
 pub(super) fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     vec![
@@ -764,21 +763,13 @@ impl Operator for ToTensor {
             call.params.float_list("std")?,
         );
         let input = ImageInput::try_new(self.name(), &call.inputs[0])?;
-        let mut shapes = ListBuilder::new(UInt32Builder::new());
-        let mut data = TensorData::new(dtype);
-        let mut valid = Vec::with_capacity(call.rows);
+        let mut tensors = TensorBuilder::new(dtype, call.rows);
         for row in 0..call.rows {
             let appended = match input.get(row, codec::DEFAULT_MAX_PIXELS) {
-                Ok(Some(pixels)) => append_tensor(
-                    &pixels.view(),
-                    dtype,
-                    planar,
-                    &mean,
-                    &std,
-                    &mut data,
-                    shapes.values(),
-                )
-                .map_err(|reason| format!("{}: {reason}", input.identity(row))),
+                Ok(Some(pixels)) => {
+                    append_tensor(&pixels.view(), planar, &mean, &std, &mut tensors)
+                        .map_err(|reason| format!("{}: {reason}", input.identity(row)))
+                }
                 Ok(None) => Ok(false),
                 Err(RowFailure::Data(reason)) => Err(reason),
                 Err(RowFailure::Infrastructure(e)) => return Err(e),
@@ -788,21 +779,10 @@ impl Operator for ToTensor {
                 false
             });
             if !valid_row {
-                data.append_empty();
+                tensors.append_null();
             }
-            shapes.append(true);
-            valid.push(valid_row);
         }
-        let fields = match TensorType::storage_type_of(dtype, None) {
-            DataType::Struct(fields) => fields,
-            _ => unreachable!("variable-shape tensors are structs"),
-        };
-        let struct_array = StructArray::try_new(
-            fields,
-            vec![data.finish(), Arc::new(shapes.finish())],
-            Some(valid.into()),
-        )?;
-        Ok(Arc::new(struct_array))
+        Ok(tensors.finish())
     }
 
     fn batch_size(&self) -> Option<usize> {
@@ -810,17 +790,16 @@ impl Operator for ToTensor {
     }
 }
 
-/// Append one image's tensor values and shape; `Ok(true)` when appended, `Err` (a reason,
-/// nothing appended) when the options do not fit this image.
+/// Append one image's tensor; `Ok(true)` when appended, `Err` (a reason, nothing appended)
+/// when the options do not fit this image.
 fn append_tensor(
     view: &ImageView<'_>,
-    dtype: ElementType,
     planar: bool,
     mean: &[f64],
     std: &[f64],
-    data: &mut TensorData,
-    shape: &mut UInt32Builder,
+    tensors: &mut TensorBuilder,
 ) -> std::result::Result<bool, String> {
+    let dtype = tensors.dtype();
     let c = view.mode.channels();
     let per_channel = |list: &[f64], default: f64, name: &str| match list.len() {
         0 => Ok(vec![default; c]),
@@ -838,96 +817,58 @@ fn append_tensor(
             view.mode
         ));
     }
-    data.append_image(view, planar, &m, &s);
     let (h, w) = (view.height as usize, view.width as usize);
-    for d in if planar { [c, h, w] } else { [h, w, c] } {
-        shape.append_value(d as u32);
-    }
+    let shape = if planar { [c, h, w] } else { [h, w, c] };
+    tensors.append_with(&shape, |out| {
+        append_pixels(view, dtype, planar, &m, &s, out)
+    });
     Ok(true)
 }
 
-/// Tensor values under construction, per output element type.
-enum TensorData {
-    F32(ListBuilder<Float32Builder>),
-    F64(ListBuilder<Float64Builder>),
-    U8(ListBuilder<UInt8Builder>),
-}
-
-impl TensorData {
-    fn new(dtype: ElementType) -> Self {
-        match dtype {
-            ElementType::F64 => Self::F64(ListBuilder::new(Float64Builder::new())),
-            ElementType::U8 => Self::U8(ListBuilder::new(UInt8Builder::new())),
-            _ => Self::F32(ListBuilder::new(Float32Builder::new())),
-        }
-    }
-
-    fn append_empty(&mut self) {
-        match self {
-            Self::F32(b) => b.append(true),
-            Self::F64(b) => b.append(true),
-            Self::U8(b) => b.append(true),
-        }
-    }
-
-    fn append_image(&mut self, view: &ImageView<'_>, planar: bool, mean: &[f64], std: &[f64]) {
-        let c = view.mode.channels();
-        let n = view.width as usize * view.height as usize;
-        let (scale, values): (f64, Box<dyn Fn(usize) -> f64 + '_>) = match view.mode.element_type()
-        {
-            ElementType::U16 => (
-                65535.0,
-                Box::new(|i| u16::from_ne_bytes([view.data[2 * i], view.data[2 * i + 1]]) as f64),
-            ),
-            ElementType::F32 => (
-                1.0,
-                Box::new(|i| {
-                    f32::from_ne_bytes(view.data[4 * i..4 * i + 4].try_into().unwrap_or([0; 4]))
-                        as f64
-                }),
-            ),
-            _ => (255.0, Box::new(|i| view.data[i] as f64)),
-        };
-        let order = |k: usize| if planar { (k % n) * c + k / n } else { k };
-        match self {
-            Self::U8(b) if !planar => {
-                // HWC u8 is the image's own layout: one copy.
-                b.values().append_slice(&view.data[..n * c]);
-                b.append(true);
-            }
-            Self::U8(b) => {
-                let out = b.values();
-                for k in 0..n * c {
-                    out.append_value(view.data[order(k)]);
-                }
-                b.append(true);
-            }
-            Self::F32(b) => {
-                let out = b.values();
-                for k in 0..n * c {
-                    let i = order(k);
-                    let ch = i % c;
-                    out.append_value(((values(i) / scale - mean[ch]) / std[ch]) as f32);
-                }
-                b.append(true);
-            }
-            Self::F64(b) => {
-                let out = b.values();
-                for k in 0..n * c {
-                    let i = order(k);
-                    let ch = i % c;
-                    out.append_value((values(i) / scale - mean[ch]) / std[ch]);
-                }
-                b.append(true);
+/// Append an image's pixels to `out` as little-endian `dtype` values (u8 as they are; floats
+/// scaled to [0, 1], then normalised by `mean` and `std` per channel), HWC or CHW.
+fn append_pixels(
+    view: &ImageView<'_>,
+    dtype: ElementType,
+    planar: bool,
+    mean: &[f64],
+    std: &[f64],
+    out: &mut Vec<u8>,
+) {
+    let c = view.mode.channels();
+    let n = view.width as usize * view.height as usize;
+    let (scale, values): (f64, Box<dyn Fn(usize) -> f64 + '_>) = match view.mode.element_type() {
+        ElementType::U16 => (
+            65535.0,
+            Box::new(|i| u16::from_ne_bytes([view.data[2 * i], view.data[2 * i + 1]]) as f64),
+        ),
+        ElementType::F32 => (
+            1.0,
+            Box::new(|i| {
+                f32::from_ne_bytes(view.data[4 * i..4 * i + 4].try_into().unwrap_or([0; 4])) as f64
+            }),
+        ),
+        _ => (255.0, Box::new(|i| view.data[i] as f64)),
+    };
+    let order = |k: usize| if planar { (k % n) * c + k / n } else { k };
+    let normalised = |k: usize| {
+        let i = order(k);
+        let ch = i % c;
+        (values(i) / scale - mean[ch]) / std[ch]
+    };
+    match dtype {
+        // HWC u8 is the image's own layout: one copy.
+        ElementType::U8 if !planar => out.extend_from_slice(&view.data[..n * c]),
+        ElementType::U8 => out.extend((0..n * c).map(|k| view.data[order(k)])),
+        ElementType::F64 => {
+            for k in 0..n * c {
+                out.extend_from_slice(&normalised(k).to_le_bytes());
             }
         }
-    }
-
-    fn finish(self) -> ArrayRef {
-        match self {
-            Self::F32(mut b) => Arc::new(b.finish()),
-            Self::F64(mut b) => Arc::new(b.finish()),
-            Self::U8(mut b) => Arc::new(b.finish()),
+        _ => {
+            for k in 0..n * c {
+                out.extend_from_slice(&(normalised(k) as f32).to_le_bytes());
+            }
         }
     }
 }
