@@ -212,8 +212,9 @@ const DICTIONARY_SAMPLE_ROWS: usize = 4096;
 /// of unique 8-byte values never does: every value of an id or a measurement column is then
 /// hashed into a dictionary as large as the data (that interning was 40% of the CPU time of
 /// the engine-overhead benchmark). So a top-level column whose sampled values are mostly
-/// distinct, and floating-point values inside lists (embeddings, tensors, audio samples),
-/// are written plain; everything else keeps the dictionary.
+/// distinct (top-level or inside structs: ids, measurements, an image's pixel buffers) and
+/// floating-point values inside lists (embeddings, audio samples) are written plain;
+/// everything else keeps the dictionary.
 fn parquet_properties(
     compression: ParquetCompression,
     schema: &SchemaRef,
@@ -236,18 +237,28 @@ fn parquet_properties(
                 column.physical_type(),
                 PhysicalType::FLOAT | PhysicalType::DOUBLE
             )
-        } else if path.parts().len() == 1 {
-            sample
-                .and_then(|batch| batch.column_by_name(&path.parts()[0]))
-                .is_some_and(|array| mostly_distinct(array.as_ref()))
         } else {
-            false
+            sample
+                .and_then(|batch| struct_leaf(batch, path.parts()))
+                .is_some_and(|array| mostly_distinct(array.as_ref()))
         };
         if plain {
             builder = builder.set_column_dictionary_enabled(path.clone(), false);
         }
     }
     builder.build()
+}
+
+/// The array at a column path without lists (a top-level column or a field of structs,
+/// such as an image's pixel buffers).
+fn struct_leaf(batch: &RecordBatch, parts: &[String]) -> Option<arrow::array::ArrayRef> {
+    use arrow::array::AsArray;
+    let (first, rest) = parts.split_first()?;
+    let mut array = batch.column_by_name(first)?.clone();
+    for name in rest {
+        array = array.as_struct_opt()?.column_by_name(name)?.clone();
+    }
+    Some(array)
 }
 
 /// Whether more than half of the first [`DICTIONARY_SAMPLE_ROWS`] non-null values of `array`
@@ -454,7 +465,7 @@ mod tests {
 
     use super::*;
 
-    /// Which columns of a written file carry a dictionary page, by top-level name.
+    /// Which columns of a written file carry a dictionary page, by the first two parts of their path.
     fn dictionary_columns(path: &Path) -> Vec<(String, bool)> {
         let reader = SerializedFileReader::new(File::open(path).unwrap()).unwrap();
         let row_group = reader.metadata().row_group(0);
@@ -465,7 +476,10 @@ mod tests {
                 let dictionary = c
                     .encodings()
                     .any(|e| matches!(e, Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY));
-                (c.column_path().parts()[0].clone(), dictionary)
+                (
+                    c.column_path().parts()[..c.column_path().parts().len().min(2)].join("."),
+                    dictionary,
+                )
             })
             .collect()
     }
@@ -493,6 +507,29 @@ mod tests {
                 Arc::new(Int64Array::from_iter_values((0..n).map(|i| i % 10))),
             ),
             (
+                "image",
+                Arc::new(arrow::array::StructArray::from(vec![
+                    (
+                        Arc::new(arrow::datatypes::Field::new(
+                            "mode",
+                            arrow::datatypes::DataType::Utf8,
+                            false,
+                        )),
+                        Arc::new(StringArray::from_iter_values((0..n).map(|_| "RGB"))) as ArrayRef,
+                    ),
+                    (
+                        Arc::new(arrow::datatypes::Field::new(
+                            "data",
+                            arrow::datatypes::DataType::Binary,
+                            false,
+                        )),
+                        Arc::new(arrow::array::BinaryArray::from_iter_values(
+                            (0..n).map(|i| i.to_le_bytes()),
+                        )),
+                    ),
+                ])),
+            ),
+            (
                 "embedding",
                 Arc::new(ListArray::from_iter_primitive::<Float64Type, _, _>(
                     (0..n).map(|i| Some(vec![Some(i as f64), Some(1.0)])),
@@ -515,7 +552,9 @@ mod tests {
             ("measure", false),
             ("city", true),
             ("bucket", true),
-            ("embedding", false),
+            ("image.mode", true),
+            ("image.data", false),
+            ("embedding.list", false),
         ];
         assert_eq!(found, expected.map(|(c, d)| (c.to_string(), d)));
     }
