@@ -49,11 +49,17 @@ def _convert_in(batch: pa.RecordBatch, batch_format: str) -> Any:
     return {name: column.to_numpy(zero_copy_only=False) for name, column in zip(batch.schema.names, batch.columns)}
 
 
+def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    # Not RecordBatch.from_pylist / Schema.empty_table: pyarrow imports pandas for those
+    # (0.2 s on the first call).
+    return pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
+
+
 def _single_batch(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:
     table = table.select(schema.names).cast(schema)
     batches = table.combine_chunks().to_batches()
     if not batches:
-        return pa.RecordBatch.from_pylist([], schema=schema)
+        return _empty_batch(schema)
     if len(batches) == 1:
         return batches[0]
     return pa.concat_batches(batches)
@@ -307,7 +313,7 @@ class DataFrame:
             raise ValueError("batch_size must be positive")
         name = getattr(fn, "__name__", type(fn).__name__)
         if schema is None:
-            empty = pa.RecordBatch.from_pylist([], schema=self.schema)
+            empty = _empty_batch(self.schema)
             try:
                 schema = _to_table(fn(_convert_in(empty, batch_format))).schema
             except Exception as error:  # noqa: BLE001 - we re-raise with advice
