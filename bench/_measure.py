@@ -34,10 +34,21 @@ def run_measured(argv: list[str], env: dict | None = None, interval: float = 0.0
     return {"seconds": time.perf_counter() - started, "peak_rss": peak, "code": proc.returncode, "output": output}
 
 
+def settle(limit: float = 20.0) -> None:
+    """Wait (up to ``limit`` seconds) until the machine is nearly idle, so that one engine's
+    leftovers (Ray's daemons shut down after the driver exits) do not slow the next one."""
+    import psutil
+
+    deadline = time.perf_counter() + limit
+    while psutil.cpu_percent(interval=0.5) > 10 and time.perf_counter() < deadline:
+        pass
+
+
 def side_by_side(jobs: dict[str, str], pythons: dict[str, str], data: Path, out_prefix: Path, runs: int,
                  items: int, unit: str, precision: int = 0) -> str:
     """Run every job ``runs`` times after one warm-up, each as ``python -c JOB DATA OUT``
-    (OUT is ``out_prefix-NAME``, emptied first), and return a Markdown table of median time,
+    (OUT is ``out_prefix-NAME``, emptied first) on a machine left idle by the job before, and
+    return a Markdown table of median time,
     ``items``/s in ``unit``, median peak RSS, and Rillet's ratios to each engine."""
     import shutil
     import statistics
@@ -47,6 +58,7 @@ def side_by_side(jobs: dict[str, str], pythons: dict[str, str], data: Path, out_
         for name, job in jobs.items():
             out = Path(f"{out_prefix}-{name}")
             shutil.rmtree(out, ignore_errors=True)
+            settle()
             result = run_measured([pythons[name], "-c", job, str(data), str(out)])
             if result["code"] != 0:
                 sys.exit(f"{name} failed:\n{result['output']}")
