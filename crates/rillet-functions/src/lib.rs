@@ -37,6 +37,19 @@ use std::sync::Arc;
 
 pub use rillet_runtime::ArrayFunction;
 
+/// Make room in a column's row buffer for a row of `bytes`. The first time the buffer must
+/// grow, room is made for `rows_left` rows of this size (never more than 256 MiB ahead of
+/// need), so a batch of similar rows is not copied over and over by doubling.
+pub(crate) fn reserve_rows(buffer: &mut Vec<u8>, bytes: usize, rows_left: usize) {
+    if buffer.capacity() - buffer.len() >= bytes {
+        return;
+    }
+    let ahead = bytes
+        .saturating_mul(rows_left.max(1))
+        .min(bytes.max(256 << 20));
+    buffer.reserve_exact(ahead);
+}
+
 /// Every built-in operator.
 pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     let mut all = Vec::new();

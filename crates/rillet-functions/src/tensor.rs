@@ -51,17 +51,8 @@ impl TensorBuilder {
     /// as little-endian values of the builder's element type.
     pub fn append_with(&mut self, shape: &[usize], fill: impl FnOnce(&mut Vec<u8>)) {
         let bytes = shape.iter().product::<usize>() * self.dtype.size();
-        if self.data.capacity() - self.data.len() < bytes {
-            // Room for every expected row of this size at once: a batch of similar rows is
-            // not copied over and over by doubling.
-            let rows_left = self
-                .valid
-                .capacity()
-                .saturating_sub(self.valid.len())
-                .max(1);
-            self.data
-                .reserve_exact(bytes.saturating_mul(rows_left).min(bytes.max(256 << 20)));
-        }
+        let rows_left = self.valid.capacity().saturating_sub(self.valid.len());
+        crate::reserve_rows(&mut self.data, bytes, rows_left);
         let start = self.data.len();
         fill(&mut self.data);
         debug_assert_eq!(self.data.len() - start, bytes, "tensor row of {shape:?}");

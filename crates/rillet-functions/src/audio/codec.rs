@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::io::Cursor;
 
-use symphonia::core::codecs::audio::AudioDecoderOptions;
+use symphonia::core::codecs::audio::{AudioCodecParameters, AudioDecoderOptions};
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::probe::Hint;
 use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
@@ -54,6 +54,22 @@ fn describe(error: SymphoniaError) -> String {
     }
 }
 
+/// The default audio track's id, its frame count if the container declares one, and its
+/// codec parameters.
+fn audio_track(
+    format: &dyn FormatReader,
+) -> Result<(u32, Option<u64>, AudioCodecParameters), String> {
+    let track = format
+        .default_track(TrackType::Audio)
+        .ok_or("no audio track")?;
+    let params = track
+        .codec_params
+        .as_ref()
+        .and_then(|p| p.audio())
+        .ok_or("no audio track")?;
+    Ok((track.id, track.num_frames, params.clone()))
+}
+
 fn open<'a>(
     bytes: &'a [u8],
     extension: Option<&str>,
@@ -88,16 +104,7 @@ fn open<'a>(
 pub fn probe(bytes: &[u8], extension: Option<&str>) -> Result<Probe, String> {
     let mut format = open(bytes, extension)?;
     let container = format.format_info().short_name;
-    let track = format
-        .default_track(TrackType::Audio)
-        .ok_or("no audio track")?;
-    let params = track
-        .codec_params
-        .as_ref()
-        .and_then(|p| p.audio())
-        .ok_or("no audio track")?
-        .clone();
-    let (track_id, header_frames) = (track.id, track.num_frames);
+    let (track_id, header_frames, params) = audio_track(format.as_ref())?;
     let codec = symphonia::default::get_codecs()
         .get_audio_decoder(params.codec)
         .map(|d| d.codec.info.short_name)
@@ -160,23 +167,14 @@ pub fn decode(
     max_packets: Option<usize>,
 ) -> Result<Waveform<'static>, String> {
     let mut format = open(bytes, extension)?;
-    let track = format
-        .default_track(TrackType::Audio)
-        .ok_or("no audio track")?;
-    let params = track
-        .codec_params
-        .as_ref()
-        .and_then(|p| p.audio())
-        .ok_or("no audio track")?
-        .clone();
-    let (track_id, declared_frames) = (track.id, track.num_frames);
+    let (track_id, declared_frames, params) = audio_track(format.as_ref())?;
     let over_cap = |samples: u64| {
         format!(
             "decoded audio would take {} bytes, over max_decoded_bytes = {max_decoded_bytes}",
             samples.saturating_mul(4)
         )
     };
-    if let (Some(frames), Some(channels)) = (track.num_frames, params.channels.as_ref()) {
+    if let (Some(frames), Some(channels)) = (declared_frames, params.channels.as_ref()) {
         let samples = frames.saturating_mul(channels.count() as u64);
         if samples.saturating_mul(4) > max_decoded_bytes {
             return Err(over_cap(samples));

@@ -262,17 +262,10 @@ impl ImageBuilder {
         }
     }
 
-    /// Make room for `bytes` more pixel data. The first time the buffer must grow, room is
-    /// made for every expected row at this image's size, so a batch of similar photos is
-    /// not copied over and over by doubling.
+    /// Make room for `bytes` more pixel data (room for every expected row at once).
     fn reserve_for(&mut self, bytes: usize) {
-        if self.data.capacity() - self.data.len() >= bytes {
-            return;
-        }
-        let rows_left = self.expected_rows.saturating_sub(self.widths.len()).max(1);
-        // Never more than 256 MiB ahead of need.
-        let ahead = bytes.saturating_mul(rows_left).min(bytes.max(256 << 20));
-        self.data.reserve_exact(ahead);
+        let rows_left = self.expected_rows.saturating_sub(self.widths.len());
+        crate::reserve_rows(&mut self.data, bytes, rows_left);
     }
 
     fn push_header(&mut self, width: u32, height: u32, mode: ImageMode, valid: bool) {

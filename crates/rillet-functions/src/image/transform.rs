@@ -250,12 +250,7 @@ impl Operator for Letterbox {
             codec::DEFAULT_MAX_PIXELS,
             |pixels, out| {
                 let src = pixels.view();
-                if src.mode.element_type() != ElementType::U8 {
-                    return Err(format!(
-                        "letterbox supports 8-bit images; this one is {}",
-                        src.mode
-                    ));
-                }
+                require_8_bit("letterbox", src.mode)?;
                 let (tw, th) = fit(src.width, src.height, w, h);
                 let mut scaled = vec![0u8; src.mode.buffer_len(tw as usize, th as usize)];
                 resize_into(&mut resizer, &src, tw, th, alg, &mut scaled)?;
@@ -670,12 +665,7 @@ impl Operator for CropBlackBorder {
             codec::DEFAULT_MAX_PIXELS,
             |pixels, out| {
                 let view = pixels.view();
-                if view.mode.element_type() != ElementType::U8 {
-                    return Err(format!(
-                        "crop_black_border supports 8-bit images; this one is {}",
-                        view.mode
-                    ));
-                }
+                require_8_bit("crop_black_border", view.mode)?;
                 match content_box(&view, threshold) {
                     Some((x, y, w, h)) => crop_view(&view, x, y, w, h, out),
                     None => {
@@ -787,6 +777,17 @@ impl Operator for ToTensor {
 
     fn batch_size(&self) -> Option<usize> {
         Some(IMAGE_BATCH_ROWS)
+    }
+}
+
+/// A row error unless `mode` has 8-bit channels (for operators that only handle those).
+fn require_8_bit(operator: &str, mode: ImageMode) -> std::result::Result<(), String> {
+    if mode.element_type() == ElementType::U8 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{operator} supports 8-bit images; this one is {mode}"
+        ))
     }
 }
 
