@@ -442,15 +442,35 @@ def _pipeline(folder):
 def test_chained_operators_run_as_one_vertex_in_order_and_pass_on_only_their_result(large_photos):
     df = _pipeline(large_photos)
     plan = df.explain()
-    assert "udf(image_decode) → udf(image_resize) → udf(image_width)" in plan, plan
+    # The decode is fused into the resize that consumes it: each photo is decoded, resized
+    # and dropped within its row.
+    assert "udf(image_decode+image_resize) → udf(image_width)" in plan, plan
     out = df.to_pydict()
     # One input partition: rows come back in the listing's order.
     assert out["path"] == sorted(str(p) for p in large_photos.glob("*.jpg"))
     assert out["w"] == [32] * 12
-    chain = next(op for op in df.stats()["operators"] if op["name"].startswith("udf(image_decode)"))
+    chain = next(op for op in df.stats()["operators"] if op["name"].startswith("udf(image_decode"))
     # 54 MB were decoded; the chain hands on only widths (and the listing's columns):
     # the decoded and resized images were freed inside the call, not queued downstream.
     assert chain["bytes_out"] < 2 << 20, chain
+
+
+def test_a_fused_decode_gives_what_a_separate_decode_gives(large_photos, tmp_path):
+    (tmp_path / "a.jpg").write_bytes((large_photos / "p00.jpg").read_bytes())
+    (tmp_path / "b.jpg").write_bytes((large_photos / "p01.jpg").read_bytes()[:5000])
+    Image.new("L", (300, 200), 90).save(tmp_path / "c.jpg")
+    files = rl.read_files(f"{tmp_path}/*.jpg")
+    fused = files.select("path", col("file").image.decode("RGB").image.resize(64, 48).alias("small"))
+    # A decoded column used by name is an input of its own: nothing to fuse.
+    separate = (files.with_column("img", col("file").image.decode("RGB"))
+                .select("path", col("img").image.resize(64, 48).alias("small")))
+    assert "image_decode+image_resize" in fused.explain()
+    assert "image_decode+image_resize" not in separate.explain()
+    assert fused.schema == separate.schema
+    one, two = fused.to_arrow(), separate.to_arrow()
+    assert one.equals(two)
+    assert [r["small"] is None for r in one.to_pylist()] == [False, True, False]
+    assert one.column("small")[2].as_py().mode == "RGB"  # the grey JPEG was converted
 
 
 def test_decoded_images_count_against_the_memory_budget(large_photos):
@@ -459,13 +479,13 @@ def test_decoded_images_count_against_the_memory_budget(large_photos):
     rl.set_config(memory_budget=8 << 20, progress=False)
     df = _pipeline(large_photos)
     assert df.to_pydict()["w"] == [32] * 12
-    chain = next(op for op in df.stats()["operators"] if op["name"].startswith("udf(image_decode)"))
+    chain = next(op for op in df.stats()["operators"] if op["name"].startswith("udf(image_decode"))
     assert chain["wait_memory_ms"] > 0, chain
     # With the default budget the same job never waits on memory.
     rl.set_config(progress=False)
     df = _pipeline(large_photos)
     df.collect()
-    chain = next(op for op in df.stats()["operators"] if op["name"].startswith("udf(image_decode)"))
+    chain = next(op for op in df.stats()["operators"] if op["name"].startswith("udf(image_decode"))
     assert chain["wait_memory_ms"] == 0, chain
 
 
@@ -514,5 +534,5 @@ def test_large_batches_spill_to_disk_instead_of_waiting_and_the_files_go_with_th
     df = job(stalled_consumer(lambda: time.sleep(2)))
     df.collect()
     ops = df.stats()["operators"]
-    decoder = next(op for op in ops if op["name"].startswith("udf(image_decode)"))
+    decoder = next(op for op in ops if op["name"].startswith("udf(image_decode"))
     assert all(op["spilled_bytes"] == 0 for op in ops) and decoder["wait_output_ms"] > 0, ops

@@ -97,7 +97,7 @@ pub struct Params {
 }
 
 impl Params {
-    fn parse(
+    pub(crate) fn parse(
         operator: &'static str,
         params: &[Param],
         literals: &[Option<ScalarValue>],
@@ -339,6 +339,10 @@ pub struct Call<'a> {
     pub params: &'a Params,
     /// Rows in the batch.
     pub rows: usize,
+    /// Options of an `image_decode` fused into this call (see
+    /// [`Operator::fuses_image_decode`]): the first input is then encoded images, which the
+    /// operator decodes row by row with these options.
+    pub decode: Option<&'a Params>,
 }
 
 /// A native operator. Implement this; [`OperatorFunction`] turns it into an
@@ -361,19 +365,61 @@ pub trait Operator: Send + Sync + Debug + 'static {
     fn batch_size(&self) -> Option<usize> {
         None
     }
+    /// True if the operator reads its one image input row by row and decodes encoded rows
+    /// itself (through `ImageInput`, honouring [`Call::decode`]). Then an `image_decode`
+    /// call feeding it is fused into its calls: each photo is decoded, used and dropped
+    /// within its row instead of a batch of full-size photos living between two calls.
+    fn fuses_image_decode(&self) -> bool {
+        false
+    }
 }
 
 /// Adapts an [`Operator`] to the engine's [`ArrayFunction`]: splits inputs from options,
 /// parses options, applies `on_error`.
 #[derive(Debug)]
 pub struct OperatorFunction<O: Operator> {
-    operator: O,
+    operator: Arc<O>,
+    /// Set when an `image_decode` call is fused in front of the operator.
+    fused_decode: Option<FusedDecode>,
+}
+
+/// An `image_decode` call fused into an operator's calls.
+#[derive(Debug)]
+struct FusedDecode {
+    /// Arguments the decode call took (its input and options); the operator's own options
+    /// follow them.
+    args: usize,
+    /// `image_decode+<operator>`, for plans and progress.
+    label: String,
 }
 
 impl<O: Operator> OperatorFunction<O> {
     /// Wrap `operator`.
     pub fn new(operator: O) -> Self {
-        Self { operator }
+        Self {
+            operator: Arc::new(operator),
+            fused_decode: None,
+        }
+    }
+
+    /// The call's arguments split into the operator's own (its input, then its options) and
+    /// the options of a fused `image_decode` (empty when none is fused).
+    fn split_fused<T: Clone>(&self, args: &[T]) -> (Vec<T>, Vec<T>) {
+        match &self.fused_decode {
+            Some(fused) if args.len() >= fused.args => {
+                let own = args[..1].iter().chain(&args[fused.args..]).cloned();
+                (own.collect(), args[1..fused.args].to_vec())
+            }
+            _ => (args.to_vec(), Vec::new()),
+        }
+    }
+
+    /// The fused `image_decode`'s options, parsed from its literal arguments.
+    fn decode_params(&self, literals: &[Option<ScalarValue>]) -> Result<Option<Params>> {
+        if self.fused_decode.is_none() {
+            return Ok(None);
+        }
+        crate::image::decode_params(literals).map(Some)
     }
 
     fn params_from_literals(&self, literals: &[Option<&ScalarValue>]) -> Result<Params> {
@@ -420,7 +466,10 @@ fn error_column(value: Field) -> Field {
 
 impl<O: Operator> ArrayFunction for OperatorFunction<O> {
     fn name(&self) -> &str {
-        self.operator.name()
+        match &self.fused_decode {
+            Some(fused) => &fused.label,
+            None => self.operator.name(),
+        }
     }
 
     fn return_type(&self) -> DataType {
@@ -429,11 +478,20 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
     }
 
     fn return_field(&self, args: &[FieldRef], literals: &[Option<&ScalarValue>]) -> Result<Field> {
+        let (args, _) = self.split_fused(args);
+        let (literals, decode_literals) = self.split_fused(literals);
         self.check_arity(args.len())?;
-        let params = self.params_from_literals(literals)?;
+        let params = self.params_from_literals(&literals)?;
+        let decode_literals: Vec<Option<ScalarValue>> =
+            decode_literals.iter().map(|l| l.cloned()).collect();
+        let inputs = match self.decode_params(&decode_literals)? {
+            // The operator sees what the decode call would have given it.
+            Some(decode) => vec![crate::image::decoded_field(&args[0], &decode)?],
+            None => args[..self.operator.inputs()].to_vec(),
+        };
         let field = self
             .operator
-            .result_field(&args[..self.operator.inputs()], &params)?
+            .result_field(&inputs, &params)?
             .with_name(self.operator.name());
         Ok(if self.policy(&params)? == OnError::Column {
             error_column(field)
@@ -443,18 +501,23 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
     }
 
     fn call(&self, args: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
+        let (args, decode_args) = self.split_fused(args);
         self.check_arity(args.len())?;
         let n = self.operator.inputs();
-        let literals = args[n..]
-            .iter()
-            .map(|a| {
-                if a.is_empty() {
-                    Ok(None)
-                } else {
-                    ScalarValue::try_from_array(a, 0).map(Some)
-                }
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let literal_values = |arrays: &[ArrayRef]| {
+            arrays
+                .iter()
+                .map(|a| {
+                    if a.is_empty() {
+                        Ok(None)
+                    } else {
+                        ScalarValue::try_from_array(a, 0).map(Some)
+                    }
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+        };
+        let literals = literal_values(&args[n..])?;
+        let decode = self.decode_params(&literal_values(&decode_args)?)?;
         let literal_refs: Vec<Option<&ScalarValue>> = std::iter::repeat_n(None, n)
             .chain(literals.iter().map(|l| l.as_ref()))
             .collect();
@@ -470,6 +533,7 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
             fields: &fields,
             params: &params,
             rows,
+            decode: decode.as_ref(),
         };
         let values = self.operator.evaluate(&call, &mut errors)?;
         match self.policy(&params)? {
@@ -511,5 +575,40 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
     fn splittable_batches(&self) -> bool {
         // Every native operator computes each row on its own.
         true
+    }
+
+    fn fuse_input(
+        &self,
+        input: &dyn ArrayFunction,
+        input_literals: &[Option<&ScalarValue>],
+        literals: &[Option<&ScalarValue>],
+    ) -> Option<Arc<dyn ArrayFunction>> {
+        if !self.operator.fuses_image_decode()
+            || self.operator.inputs() != 1
+            || self.fused_decode.is_some()
+            || input.name() != "image_decode"
+            || input_literals.is_empty()
+        {
+            return None;
+        }
+        let decode_literals: Vec<Option<ScalarValue>> =
+            input_literals[1..].iter().map(|l| l.cloned()).collect();
+        let decode = crate::image::decode_params(&decode_literals).ok()?;
+        let policy = self
+            .policy(&self.params_from_literals(literals).ok()?)
+            .ok()?;
+        // Fused, a row that fails to decode fails the operator's call: the same result only
+        // when both calls treat bad rows alike. With "column" the decode call's error struct
+        // would be the operator's input, which it rejects anyway.
+        if policy == OnError::Column || decode.on_error().ok()? != policy {
+            return None;
+        }
+        Some(Arc::new(OperatorFunction {
+            operator: self.operator.clone(),
+            fused_decode: Some(FusedDecode {
+                args: input_literals.len(),
+                label: format!("image_decode+{}", self.operator.name()),
+            }),
+        }))
     }
 }

@@ -153,6 +153,40 @@ fn as_array_function(expr: &Expr) -> Option<(&ArrayFunctionUdf, &Vec<Expr>)> {
     }
 }
 
+/// Replace each call whose first argument is another call by one fused call where the
+/// outer function offers it (see [`ArrayFunction::fuse_input`]): `image_resize(image_decode(x))`
+/// becomes one stage that decodes, resizes and drops each photo in turn.
+fn fuse_calls(expr: Expr) -> Result<Expr> {
+    fn literals(args: &[Expr]) -> Vec<Option<&datafusion::common::ScalarValue>> {
+        args.iter()
+            .map(|a| match a {
+                Expr::Literal(value, _) => Some(value),
+                _ => None,
+            })
+            .collect()
+    }
+    let fused = expr
+        .transform_up(|node| {
+            let Some((outer, args)) = as_array_function(&node) else {
+                return Ok(Transformed::no(node));
+            };
+            let Some((inner, inner_args)) = args.first().and_then(as_array_function) else {
+                return Ok(Transformed::no(node));
+            };
+            let Some(function) = outer.function.fuse_input(
+                inner.function.as_ref(),
+                &literals(inner_args),
+                &literals(args),
+            ) else {
+                return Ok(Transformed::no(node));
+            };
+            let fused_args = inner_args.iter().chain(&args[1..]).cloned().collect();
+            Ok(Transformed::yes(array_function_expr(function, fused_args)))
+        })
+        .map_err(RilletError::from)?;
+    Ok(fused.data)
+}
+
 static NEXT_COLUMN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Name prefix of the columns that carry one call's result to the expression using it.
@@ -175,7 +209,7 @@ pub(crate) fn extract_stages(
         }
         let original_name = expr.schema_name().to_string();
         let already_aliased = matches!(expr, Expr::Alias(_));
-        let new_expr = expr
+        let new_expr = fuse_calls(expr)?
             .transform_up(|node| {
                 let Some((udf, args)) = as_array_function(&node) else {
                     return Ok(Transformed::no(node));

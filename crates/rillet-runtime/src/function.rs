@@ -85,6 +85,23 @@ pub trait ArrayFunction: Send + Sync + Debug {
     fn concurrency(&self) -> Option<usize> {
         None
     }
+    /// One function computing this function over the result of `input`, for a call whose
+    /// first argument is a call of `input`; `None` (the default) keeps the two calls apart.
+    /// `input_literals` are the literal values of `input`'s arguments and `literals` those
+    /// of this call's (`None` where an argument is not a literal). The fused function takes
+    /// `input`'s arguments followed by this call's others, and must return what the two
+    /// calls would, row for row.
+    ///
+    /// The planner asks when it moves calls into stages. Fusing a decode into the operator
+    /// that consumes it means a decoded photo lives for one row instead of a whole batch.
+    fn fuse_input(
+        &self,
+        _input: &dyn ArrayFunction,
+        _input_literals: &[Option<&ScalarValue>],
+        _literals: &[Option<&ScalarValue>],
+    ) -> Option<std::sync::Arc<dyn ArrayFunction>> {
+        None
+    }
 }
 
 /// A function from one batch to another, run off the async executor on a bounded pool.

@@ -23,6 +23,7 @@ use crate::metrics::{OperatorMetrics, WaitReason, acquire_recording_wait};
 
 thread_local! {
     static CALL_BYTES: Cell<usize> = const { Cell::new(0) };
+    static CALL_TRANSIENT_BYTES: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Record that the call running on this thread holds `bytes` of decoded data (pixels,
@@ -35,12 +36,25 @@ pub fn charge_call_memory(bytes: usize) {
     CALL_BYTES.with(|c| c.set(c.get().saturating_add(bytes)));
 }
 
+/// Record that the call running on this thread holds `bytes` only while it works on one
+/// row (a photo decoded, resized into the result and dropped): a call is charged the
+/// largest such value, not their sum. Outside a measured call this does nothing.
+///
+/// ```
+/// rillet_runtime::memory::charge_call_transient_memory(48 << 20);
+/// ```
+pub fn charge_call_transient_memory(bytes: usize) {
+    CALL_TRANSIENT_BYTES.with(|c| c.set(c.get().max(bytes)));
+}
+
 /// Run `work` and return its result with the bytes it charged.
 pub(crate) fn measure_call<T>(work: impl FnOnce() -> T) -> (T, usize) {
     let before = CALL_BYTES.with(|c| c.replace(0));
+    let transient_before = CALL_TRANSIENT_BYTES.with(|c| c.replace(0));
     let result = work();
     let charged = CALL_BYTES.with(|c| c.replace(before));
-    (result, charged)
+    let transient = CALL_TRANSIENT_BYTES.with(|c| c.replace(transient_before));
+    (result, charged.saturating_add(transient))
 }
 
 /// Bytes counted in KiB so one reservation fits a semaphore's `u32` permits.
@@ -162,6 +176,17 @@ mod tests {
             charge_call_memory(1);
         });
         assert_eq!(outer, 11);
+    }
+
+    #[test]
+    fn a_call_is_charged_its_largest_transient_row_not_their_sum() {
+        let ((), charged) = measure_call(|| {
+            charge_call_memory(100);
+            for bytes in [40, 70, 10] {
+                charge_call_transient_memory(bytes);
+            }
+        });
+        assert_eq!(charged, 170);
     }
 
     #[test]

@@ -203,6 +203,26 @@ impl<'a> ImageColumn<'a> {
         })
     }
 
+    /// Rows in the column.
+    pub fn len(&self) -> usize {
+        self.array.len()
+    }
+
+    /// True if the column has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.array.is_empty()
+    }
+
+    /// Every row's pixel bytes (empty or meaningless for null rows).
+    pub fn pixel_buffers(&self) -> &'a LargeBinaryArray {
+        self.data
+    }
+
+    /// Which rows are null.
+    pub fn nulls(&self) -> Option<&'a arrow::buffer::NullBuffer> {
+        self.array.nulls()
+    }
+
     /// The image at `row`: `Ok(None)` when null, `Err` (a reason) when the row's fields do
     /// not describe a valid image.
     pub fn get(&self, row: usize) -> std::result::Result<Option<ImageView<'a>>, String> {

@@ -135,7 +135,8 @@ pub fn decode(
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
-    rillet_runtime::memory::charge_call_memory(image.as_bytes().len());
+    // Callers use the image for one row (see `ImageInput::get`).
+    rillet_runtime::memory::charge_call_transient_memory(image.as_bytes().len());
     image.apply_orientation(orientation);
     Ok(match mode {
         Some(mode) => convert(image, mode),

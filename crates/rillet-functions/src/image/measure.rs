@@ -243,7 +243,7 @@ impl Operator for IsValid {
     fn evaluate(&self, call: &Call<'_>, _errors: &mut RowErrors) -> Result<ArrayRef> {
         let cap = max_pixels(call.params)?;
         let mode = wanted_mode(call.params)?;
-        let input = ImageInput::try_new(self.name(), &call.inputs[0])?;
+        let input = ImageInput::of_call(self.name(), call)?;
         let mut out = BooleanBuilder::with_capacity(call.rows);
         for row in 0..call.rows {
             let ok = match input.get(row, cap) {
@@ -375,6 +375,10 @@ impl Operator for Hash {
 
     fn batch_size(&self) -> Option<usize> {
         Some(IMAGE_BATCH_ROWS)
+    }
+
+    fn fuses_image_decode(&self) -> bool {
+        true
     }
 }
 
@@ -511,5 +515,9 @@ impl Operator for Score {
 
     fn batch_size(&self) -> Option<usize> {
         Some(IMAGE_BATCH_ROWS)
+    }
+
+    fn fuses_image_decode(&self) -> bool {
+        true
     }
 }

@@ -79,21 +79,37 @@ impl Pixels<'_> {
 /// An image input column of either form.
 pub(crate) enum ImageInput<'a> {
     Decoded(ImageColumn<'a>),
-    Encoded(EncodedColumn<'a>),
+    Encoded {
+        column: EncodedColumn<'a>,
+        /// The mode to convert to (from a fused `image_decode`); `None` keeps the file's.
+        mode: Option<ImageMode>,
+        /// The pixel cap of a fused `image_decode`, over the operator's own.
+        max_pixels: Option<u64>,
+    },
 }
 
 impl<'a> ImageInput<'a> {
-    pub(crate) fn try_new(operator: &str, array: &'a ArrayRef) -> Result<Self> {
+    /// The first input of `call`, decoded with the options of a fused `image_decode` when
+    /// the call has one (see [`Call::decode`](crate::operator::Call::decode)).
+    pub(crate) fn of_call(operator: &str, call: &Call<'a>) -> Result<Self> {
+        let array = &call.inputs[0];
         let field = Field::new("input", array.data_type().clone(), true);
-        if is_image(&field) {
-            Ok(Self::Decoded(ImageColumn::try_new(array)?))
-        } else {
-            Ok(Self::Encoded(EncodedColumn::try_new(
-                operator,
-                array,
-                "an Image or encoded image",
-            )?))
+        if call.decode.is_none() && is_image(&field) {
+            return Ok(Self::Decoded(ImageColumn::try_new(array)?));
         }
+        let column = EncodedColumn::try_new(operator, array, "an Image or encoded image")?;
+        Ok(match call.decode {
+            Some(decode) => Self::Encoded {
+                column,
+                mode: optional_mode(decode, "mode")?,
+                max_pixels: Some(max_pixels(decode)?),
+            },
+            None => Self::Encoded {
+                column,
+                mode: None,
+                max_pixels: None,
+            },
+        })
     }
 
     /// The image of `row`, decoding encoded content (capped at `max_pixels`).
@@ -107,9 +123,13 @@ impl<'a> ImageInput<'a> {
                 .get(row)
                 .map(|v| v.map(Pixels::View))
                 .map_err(RowFailure::Data),
-            Self::Encoded(column) => match column.get(row)? {
+            Self::Encoded {
+                column,
+                mode,
+                max_pixels: decode_cap,
+            } => match column.get(row)? {
                 None => Ok(None),
-                Some(bytes) => codec::decode(&bytes, None, max_pixels)
+                Some(bytes) => codec::decode(&bytes, *mode, decode_cap.unwrap_or(max_pixels))
                     .map(|img| Some(Pixels::Owned(img)))
                     .map_err(|reason| {
                         RowFailure::Data(format!("{}: {reason}", column.identity(row)))
@@ -122,7 +142,7 @@ impl<'a> ImageInput<'a> {
     pub(crate) fn identity(&self, row: usize) -> String {
         match self {
             Self::Decoded(_) => format!("row {row}"),
-            Self::Encoded(column) => column.identity(row),
+            Self::Encoded { column, .. } => column.identity(row),
         }
     }
 }
@@ -157,7 +177,7 @@ pub(crate) fn map_images(
     mut f: impl FnMut(Pixels<'_>, &mut ImageBuilder) -> std::result::Result<(), String>,
     operator: &str,
 ) -> Result<ArrayRef> {
-    let input = ImageInput::try_new(operator, &call.inputs[0])?;
+    let input = ImageInput::of_call(operator, call)?;
     let mut builder = ImageBuilder::with_capacity(call.rows);
     for row in 0..call.rows {
         match input.get(row, max_pixels) {
@@ -186,7 +206,7 @@ pub(crate) fn image_values<T>(
     errors: &mut RowErrors,
     mut f: impl FnMut(Pixels<'_>) -> std::result::Result<T, String>,
 ) -> Result<Vec<Option<T>>> {
-    let input = ImageInput::try_new(operator, &call.inputs[0])?;
+    let input = ImageInput::of_call(operator, call)?;
     row_values(
         call.rows,
         errors,
@@ -214,6 +234,24 @@ fn optional_mode(params: &Params, name: &str) -> Result<Option<ImageMode>> {
             .map(Some)
             .map_err(|e: arrow::error::ArrowError| RilletError::invalid_argument(e.to_string())),
     }
+}
+
+/// The options of an `image_decode` call from its literal option values.
+pub(crate) fn decode_params(
+    literals: &[Option<datafusion::common::ScalarValue>],
+) -> Result<Params> {
+    let params = Params::parse(Decode.name(), Decode.params(), literals)?;
+    max_pixels(&params)?;
+    optional_mode(&params, "mode")?;
+    Ok(params)
+}
+
+/// The field `image_decode` with these options returns for `input` (an error unless
+/// `input` is encoded images).
+pub(crate) fn decoded_field(input: &FieldRef, decode: &Params) -> Result<FieldRef> {
+    Decode
+        .result_field(std::slice::from_ref(input), decode)
+        .map(Arc::new)
 }
 
 /// `image_decode(x, mode, max_pixels, on_error)`: bytes / File / path → Image. Applies EXIF
@@ -329,6 +367,10 @@ impl Operator for Encode {
 
     fn batch_size(&self) -> Option<usize> {
         Some(IMAGE_BATCH_ROWS)
+    }
+
+    fn fuses_image_decode(&self) -> bool {
+        true
     }
 }
 
@@ -470,6 +512,156 @@ mod tests {
             .return_field(&[int, field.clone(), field], &[None, Some(&w), Some(&h)])
             .unwrap_err();
         assert!(err.to_string().contains("input must be an Image"), "{err}");
+    }
+
+    fn gray_png(width: u32, height: u32) -> Vec<u8> {
+        let image = image::GrayImage::from_fn(width, height, |x, y| image::Luma([(x * y) as u8]));
+        codec::encode(
+            &DynamicImage::ImageLuma8(image),
+            image::ImageFormat::Png,
+            90,
+        )
+        .unwrap()
+    }
+
+    /// Arguments of one call: `input` and each option repeated over `rows`.
+    fn call_args(input: &ArrayRef, options: &[&ScalarValue], rows: usize) -> Vec<ArrayRef> {
+        std::iter::once(Ok(input.clone()))
+            .chain(options.iter().map(|v| v.to_array_of_size(rows)))
+            .collect::<std::result::Result<_, _>>()
+            .unwrap()
+    }
+
+    fn with_input<'a>(options: &[&'a ScalarValue]) -> Vec<Option<&'a ScalarValue>> {
+        std::iter::once(None)
+            .chain(options.iter().map(|v| Some(*v)))
+            .collect()
+    }
+
+    use datafusion::common::ScalarValue;
+
+    #[test]
+    fn a_decode_fused_into_the_operator_gives_what_the_two_calls_give() {
+        let (rgb, gray) = (png(40, 30), gray_png(50, 20));
+        let input: ArrayRef = Arc::new(BinaryArray::from(vec![
+            Some(rgb.as_slice()),
+            Some(&rgb[..30]),
+            None,
+            Some(gray.as_slice()),
+            Some(png(60, 60).as_slice()), // over the 2,000-pixel cap below
+        ]));
+        let rows = input.len();
+        let field: FieldRef = Arc::new(Field::new("bytes", DataType::Binary, true));
+        let (decode, resize) = (function("image_decode"), function("image_resize"));
+        let str_value = |s: &str| ScalarValue::Utf8(Some(s.to_string()));
+        let (mode, cap) = (str_value("RGB"), ScalarValue::Int64(Some(2000)));
+        let (w, h, method, keep) = (
+            ScalarValue::Int64(Some(8)),
+            ScalarValue::Int64(Some(6)),
+            str_value("bilinear"),
+            ScalarValue::Boolean(Some(false)),
+        );
+        for policy in ["null", "raise"] {
+            let on_error = str_value(policy);
+            let decode_options = [&mode, &cap, &on_error];
+            let resize_options = [&w, &h, &method, &keep, &on_error];
+            let fused = resize
+                .fuse_input(
+                    decode.as_ref(),
+                    &with_input(&decode_options),
+                    &with_input(&resize_options),
+                )
+                .expect("resize fuses a decode with the same on_error");
+            assert_eq!(fused.name(), "image_decode+image_resize");
+
+            // Planned type: what resize returns for decode's result.
+            let decoded_field: FieldRef = Arc::new(
+                decode
+                    .return_field(std::slice::from_ref(&field), &with_input(&decode_options))
+                    .unwrap(),
+            );
+            let two_calls = resize
+                .return_field(&vec![decoded_field; 6], &with_input(&resize_options))
+                .unwrap();
+            let fused_options: Vec<&ScalarValue> = decode_options
+                .iter()
+                .chain(&resize_options)
+                .copied()
+                .collect();
+            let one_call = fused
+                .return_field(&vec![field.clone(); 9], &with_input(&fused_options))
+                .unwrap();
+            assert_eq!(one_call, two_calls);
+
+            let fused_result = fused.call(&call_args(&input, &fused_options, rows), rows);
+            let decoded = decode.call(&call_args(&input, &decode_options, rows), rows);
+            let separate =
+                decoded.and_then(|d| resize.call(&call_args(&d, &resize_options, rows), rows));
+            match policy {
+                "null" => {
+                    let (one, two) = (fused_result.unwrap(), separate.unwrap());
+                    assert_eq!(one.to_data(), two.to_data());
+                    assert_eq!(one.null_count(), 3);
+                    let modes = one.as_struct().column(3).as_string::<i32>().clone();
+                    assert_eq!((modes.value(0), modes.value(3)), ("RGB", "RGB"));
+                }
+                _ => {
+                    let err = fused_result.unwrap_err().to_string();
+                    assert!(separate.is_err());
+                    assert!(err.contains("image_resize failed on row 1"), "{err}");
+                }
+            }
+        }
+        // Different policies, or an error column, keep the calls apart.
+        let (null, raise, column) = (str_value("null"), str_value("raise"), str_value("column"));
+        for (inner, outer) in [(&null, &raise), (&raise, &null), (&column, &column)] {
+            assert!(
+                resize
+                    .fuse_input(
+                        decode.as_ref(),
+                        &with_input(&[&mode, &cap, inner]),
+                        &with_input(&[&w, &h, &method, &keep, outer]),
+                    )
+                    .is_none()
+            );
+        }
+        // Operators that read headers only (width) keep their own path.
+        assert!(
+            function("image_width")
+                .fuse_input(decode.as_ref(), &with_input(&[&mode]), &[None])
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn an_8_bit_hwc_tensor_shares_the_image_pixels() {
+        let (rgb, gray) = (png(40, 30), gray_png(50, 20));
+        let input: ArrayRef = Arc::new(BinaryArray::from(vec![
+            Some(rgb.as_slice()),
+            None,
+            Some(gray.as_slice()),
+        ]));
+        let images = function("image_decode")
+            .call(std::slice::from_ref(&input), 3)
+            .unwrap();
+        let to_tensor = function("image_to_tensor");
+        let (u8_type, hwc) = (
+            ScalarValue::Utf8(Some("u8".into())),
+            ScalarValue::Utf8(Some("HWC".into())),
+        );
+        let shared = to_tensor
+            .call(&call_args(&images, &[&u8_type, &hwc], 3), 3)
+            .unwrap();
+        // The encoded input takes the copying path: the same tensors.
+        let copied = to_tensor
+            .call(&call_args(&input, &[&u8_type, &hwc], 3), 3)
+            .unwrap();
+        assert_eq!(shared.to_data(), copied.to_data());
+        assert_eq!(shared.null_count(), 1);
+        let pixels =
+            |a: &ArrayRef, i: usize| a.as_struct().column(i).as_binary::<i64>().values().as_ptr();
+        assert_eq!(pixels(&shared, 0), pixels(&images, 4), "no copy");
+        assert_ne!(pixels(&copied, 0), pixels(&images, 4));
     }
 
     #[test]

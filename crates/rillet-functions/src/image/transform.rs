@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::ArrayRef;
-use arrow::datatypes::{Field, FieldRef};
+use arrow::array::{ArrayRef, ListBuilder, StructArray, UInt32Builder};
+use arrow::datatypes::{DataType, Field, FieldRef};
 use fast_image_resize::images::{Image as FirImage, ImageRef as FirImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::DynamicImage;
@@ -12,7 +12,7 @@ use rillet_common::types::{ElementType, ImageMode, ImageType, TensorType};
 use rillet_common::{Result, RilletError};
 use rillet_runtime::ArrayFunction;
 
-use super::array::{ImageBuilder, ImageView, convert, pillow_luma};
+use super::array::{ImageBuilder, ImageColumn, ImageView, convert, pillow_luma};
 use super::{
     IMAGE_BATCH_ROWS, ImageInput, Pixels, RowFailure, codec, expect_image, input_mode, map_images,
 };
@@ -211,6 +211,10 @@ impl Operator for Resize {
     fn batch_size(&self) -> Option<usize> {
         Some(IMAGE_BATCH_ROWS)
     }
+
+    fn fuses_image_decode(&self) -> bool {
+        true
+    }
 }
 
 /// `image_letterbox(img, width, height, fill, on_error)`: resize to fit inside
@@ -279,6 +283,10 @@ impl Operator for Letterbox {
 
     fn batch_size(&self) -> Option<usize> {
         Some(IMAGE_BATCH_ROWS)
+    }
+
+    fn fuses_image_decode(&self) -> bool {
+        true
     }
 }
 
@@ -363,6 +371,10 @@ impl Operator for Crop {
     fn batch_size(&self) -> Option<usize> {
         Some(IMAGE_BATCH_ROWS)
     }
+
+    fn fuses_image_decode(&self) -> bool {
+        true
+    }
 }
 
 /// `image_center_crop(img, width, height, on_error)`: the centred `width × height` window.
@@ -412,6 +424,10 @@ impl Operator for CenterCrop {
     fn batch_size(&self) -> Option<usize> {
         Some(IMAGE_BATCH_ROWS)
     }
+
+    fn fuses_image_decode(&self) -> bool {
+        true
+    }
 }
 
 /// An operator that maps each image through an `image` crate function of the options.
@@ -448,6 +464,10 @@ macro_rules! dynamic_image_operator {
 
             fn batch_size(&self) -> Option<usize> {
                 Some(IMAGE_BATCH_ROWS)
+            }
+
+            fn fuses_image_decode(&self) -> bool {
+                true
             }
         }
     };
@@ -681,6 +701,10 @@ impl Operator for CropBlackBorder {
     fn batch_size(&self) -> Option<usize> {
         Some(IMAGE_BATCH_ROWS)
     }
+
+    fn fuses_image_decode(&self) -> bool {
+        true
+    }
 }
 
 /// `image_to_tensor(img, dtype, layout, mean, std, on_error)`: pixels as a tensor of shape
@@ -752,7 +776,16 @@ impl Operator for ToTensor {
             call.params.float_list("mean")?,
             call.params.float_list("std")?,
         );
-        let input = ImageInput::try_new(self.name(), &call.inputs[0])?;
+        let input = ImageInput::of_call(self.name(), call)?;
+        if let ImageInput::Decoded(column) = &input
+            && dtype == ElementType::U8
+            && !planar
+            && mean.is_empty()
+            && std.is_empty()
+            && let Some(tensors) = shared_hwc_tensors(column)
+        {
+            return Ok(tensors);
+        }
         let mut tensors = TensorBuilder::new(dtype, call.rows);
         for row in 0..call.rows {
             let appended = match input.get(row, codec::DEFAULT_MAX_PIXELS) {
@@ -778,6 +811,40 @@ impl Operator for ToTensor {
     fn batch_size(&self) -> Option<usize> {
         Some(IMAGE_BATCH_ROWS)
     }
+
+    fn fuses_image_decode(&self) -> bool {
+        true
+    }
+}
+
+/// 8-bit HWC tensors of every image in `column` that share its pixel buffers: an 8-bit image
+/// already is its HWC tensor, byte for byte. `None` when a row is not a valid 8-bit image
+/// (the copying path then reports it).
+fn shared_hwc_tensors(column: &ImageColumn<'_>) -> Option<ArrayRef> {
+    let mut shapes = ListBuilder::with_capacity(UInt32Builder::new(), column.len());
+    for row in 0..column.len() {
+        match column.get(row) {
+            Ok(None) => shapes.append(true),
+            Ok(Some(view)) if view.mode.element_type() == ElementType::U8 => {
+                let values = shapes.values();
+                values.append_value(view.height);
+                values.append_value(view.width);
+                values.append_value(view.mode.channels() as u32);
+                shapes.append(true);
+            }
+            _ => return None,
+        }
+    }
+    let DataType::Struct(fields) = TensorType::storage_type_of(ElementType::U8, None) else {
+        unreachable!("variable-shape tensors are structs")
+    };
+    let data: ArrayRef = Arc::new(column.pixel_buffers().clone());
+    let tensors = StructArray::try_new(
+        fields,
+        vec![data, Arc::new(shapes.finish())],
+        column.nulls().cloned(),
+    );
+    tensors.ok().map(|t| Arc::new(t) as ArrayRef)
 }
 
 /// A row error unless `mode` has 8-bit channels (for operators that only handle those).
