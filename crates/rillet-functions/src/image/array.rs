@@ -108,6 +108,10 @@ pub fn pillow_luma(r: u8, g: u8, b: u8) -> u8 {
 /// Convert to `mode`. Grey from 8-bit colour uses Pillow's luma weights (the `image`
 /// crate's differ), so results match what Python users compare against.
 pub fn convert(image: DynamicImage, mode: ImageMode) -> DynamicImage {
+    if mode_of(&image) == Some(mode) {
+        // Already there: no copy (a decoded RGB photo asked for as RGB, the common case).
+        return image;
+    }
     match (&image, mode) {
         (DynamicImage::ImageRgb8(rgb), ImageMode::L) => {
             return DynamicImage::ImageLuma8(image::GrayImage::from_fn(
