@@ -119,6 +119,53 @@ fn check_pixels(width: u32, height: u32, max_pixels: u64) -> Result<(), String> 
     Ok(())
 }
 
+/// A decoder over encoded bytes whose header passed the checks, with what it told.
+struct Opened<'b> {
+    decoder: Box<dyn ImageDecoder + 'b>,
+    width: u32,
+    height: u32,
+    orientation: image::metadata::Orientation,
+}
+
+impl<'b> Opened<'b> {
+    fn new(bytes: &'b [u8], max_pixels: u64) -> Result<Self, String> {
+        let (reader, _) = reader(bytes, max_pixels)?;
+        let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+        let (width, height) = decoder.dimensions();
+        check_pixels(width, height, max_pixels)?;
+        let orientation = decoder
+            .orientation()
+            .unwrap_or(image::metadata::Orientation::NoTransforms);
+        Ok(Self {
+            decoder: Box::new(decoder),
+            width,
+            height,
+            orientation,
+        })
+    }
+
+    /// The mode the pixels come out in, when they can be used as they are: no rotation
+    /// to apply, no conversion to `mode`, and a layout Rillet stores.
+    fn direct_mode(&self, mode: Option<ImageMode>) -> Option<ImageMode> {
+        let color = self.decoder.color_type();
+        let native = mode_of(color);
+        (self.orientation == image::metadata::Orientation::NoTransforms
+            && mode.is_none_or(|m| m == native)
+            && color == native_color(native))
+        .then_some(native)
+    }
+
+    /// Decode into a new image, rotated upright and converted to `mode`.
+    fn into_image(self, mode: Option<ImageMode>) -> Result<DynamicImage, String> {
+        let mut image = DynamicImage::from_decoder(self.decoder).map_err(|e| e.to_string())?;
+        image.apply_orientation(self.orientation);
+        Ok(match mode {
+            Some(mode) => convert(image, mode),
+            None => dynamic_mode(image).1,
+        })
+    }
+}
+
 /// Decode `bytes` into an image, applying EXIF orientation and converting to `mode` when
 /// given. Fails (with a reason) on unknown formats, corrupt or truncated data, and images
 /// over `max_pixels`.
@@ -127,21 +174,45 @@ pub fn decode(
     mode: Option<ImageMode>,
     max_pixels: u64,
 ) -> Result<DynamicImage, String> {
-    let (reader, _) = reader(bytes, max_pixels)?;
-    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
-    let (width, height) = decoder.dimensions();
-    check_pixels(width, height, max_pixels)?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    let image = Opened::new(bytes, max_pixels)?.into_image(mode)?;
     // Callers use the image for one row (see `ImageInput::get`).
     rillet_runtime::memory::charge_call_transient_memory(image.as_bytes().len());
-    image.apply_orientation(orientation);
-    Ok(match mode {
-        Some(mode) => convert(image, mode),
-        None => dynamic_mode(image).1,
-    })
+    Ok(image)
+}
+
+/// Like [`decode`], for an image used within one row: in the common case (no rotation, no
+/// mode conversion) the pixels are decoded into `scratch`, which the caller keeps from row
+/// to row, so a call allocates (and the kernel zeroes) one photo's worth of memory rather
+/// than one per row.
+pub(crate) fn decode_reusing<'s>(
+    bytes: &[u8],
+    mode: Option<ImageMode>,
+    max_pixels: u64,
+    scratch: &'s mut Vec<u8>,
+) -> Result<super::Pixels<'s>, String> {
+    let opened = Opened::new(bytes, max_pixels)?;
+    let Some(native) = opened.direct_mode(mode) else {
+        let image = opened.into_image(mode)?;
+        rillet_runtime::memory::charge_call_transient_memory(image.as_bytes().len());
+        return Ok(super::Pixels::Owned(image));
+    };
+    let (width, height) = (opened.width, opened.height);
+    let len = native.buffer_len(width as usize, height as usize);
+    if scratch.len() < len {
+        scratch.resize(len, 0);
+    }
+    rillet_runtime::memory::charge_call_transient_memory(scratch.len());
+    // The decoder writes every byte of the slice, so old pixels never show through.
+    opened
+        .decoder
+        .read_image_boxed(&mut scratch[..len])
+        .map_err(|e| e.to_string())?;
+    Ok(super::Pixels::View(super::array::ImageView {
+        width,
+        height,
+        mode: native,
+        data: &scratch[..len],
+    }))
 }
 
 /// Decode `bytes` and append the image to `builder`. In the common case (no rotation, no
@@ -152,29 +223,14 @@ pub fn decode_into(
     max_pixels: u64,
     builder: &mut ImageBuilder,
 ) -> Result<(), String> {
-    let (reader, _) = reader(bytes, max_pixels)?;
-    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
-    let (width, height) = decoder.dimensions();
-    check_pixels(width, height, max_pixels)?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let native = mode_of(decoder.color_type());
-    let direct = orientation == image::metadata::Orientation::NoTransforms
-        && mode.is_none_or(|m| m == native)
-        && decoder.color_type() == native_color(native);
-    if direct {
+    let opened = Opened::new(bytes, max_pixels)?;
+    if let Some(native) = opened.direct_mode(mode) {
+        let (width, height, decoder) = (opened.width, opened.height, opened.decoder);
         return builder.append_with(width, height, native, |buffer| {
-            decoder.read_image(buffer).map_err(|e| e.to_string())
+            decoder.read_image_boxed(buffer).map_err(|e| e.to_string())
         });
     }
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
-    image.apply_orientation(orientation);
-    let image = match mode {
-        Some(mode) => convert(image, mode),
-        None => image,
-    };
-    builder.append_dynamic(image);
+    builder.append_dynamic(opened.into_image(mode)?);
     Ok(())
 }
 

@@ -243,14 +243,15 @@ impl Operator for IsValid {
     fn evaluate(&self, call: &Call<'_>, _errors: &mut RowErrors) -> Result<ArrayRef> {
         let cap = max_pixels(call.params)?;
         let mode = wanted_mode(call.params)?;
-        let input = ImageInput::of_call(self.name(), call)?;
+        let mut input = ImageInput::of_call(self.name(), call)?;
         let mut out = BooleanBuilder::with_capacity(call.rows);
         for row in 0..call.rows {
-            let ok = match input.get(row, cap) {
-                Ok(Some(pixels)) => {
-                    let v = pixels.view();
-                    v.width as u64 * v.height as u64 <= cap && mode.is_none_or(|m| m == v.mode)
-                }
+            let fits = |pixels: super::Pixels<'_>| {
+                let v = pixels.view();
+                v.width as u64 * v.height as u64 <= cap && mode.is_none_or(|m| m == v.mode)
+            };
+            let ok = match input.with_pixels(row, cap, fits) {
+                Ok(Some(fits)) => fits,
                 Ok(None) | Err(RowFailure::Data(_)) => false,
                 Err(RowFailure::Infrastructure(e)) => return Err(e),
             };

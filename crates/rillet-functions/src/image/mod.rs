@@ -23,9 +23,7 @@ use rillet_runtime::ArrayFunction;
 use self::array::{ImageBuilder, ImageColumn, ImageView, declared_mode, is_image};
 pub(crate) use crate::input::RowFailure;
 use crate::input::{EncodedColumn, is_encoded_input};
-use crate::operator::{
-    Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, row_values,
-};
+use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
 
 /// Rows per call for operators that hold decoded images: enough to amortise the call,
 /// few enough that a batch of large photos stays within a few hundred MB.
@@ -85,6 +83,8 @@ pub(crate) enum ImageInput<'a> {
         mode: Option<ImageMode>,
         /// The pixel cap of a fused `image_decode`, over the operator's own.
         max_pixels: Option<u64>,
+        /// Pixels of the row being worked on, reused from row to row.
+        scratch: Vec<u8>,
     },
 }
 
@@ -103,38 +103,48 @@ impl<'a> ImageInput<'a> {
                 column,
                 mode: optional_mode(decode, "mode")?,
                 max_pixels: Some(max_pixels(decode)?),
+                scratch: Vec::new(),
             },
             None => Self::Encoded {
                 column,
                 mode: None,
                 max_pixels: None,
+                scratch: Vec::new(),
             },
         })
     }
 
-    /// The image of `row`, decoding encoded content (capped at `max_pixels`).
-    pub(crate) fn get(
-        &self,
+    /// `f` of the image of `row` (`Ok(None)` for a null row), decoding encoded content
+    /// (capped at `max_pixels`). The image lives for the call of `f` only.
+    pub(crate) fn with_pixels<R>(
+        &mut self,
         row: usize,
         max_pixels: u64,
-    ) -> std::result::Result<Option<Pixels<'a>>, RowFailure> {
+        f: impl FnOnce(Pixels<'_>) -> R,
+    ) -> std::result::Result<Option<R>, RowFailure> {
         match self {
-            Self::Decoded(column) => column
-                .get(row)
-                .map(|v| v.map(Pixels::View))
-                .map_err(RowFailure::Data),
+            Self::Decoded(column) => match column.get(row) {
+                Ok(view) => Ok(view.map(|v| f(Pixels::View(v)))),
+                Err(reason) => Err(RowFailure::Data(reason)),
+            },
             Self::Encoded {
                 column,
                 mode,
                 max_pixels: decode_cap,
-            } => match column.get(row)? {
-                None => Ok(None),
-                Some(bytes) => codec::decode(&bytes, *mode, decode_cap.unwrap_or(max_pixels))
-                    .map(|img| Some(Pixels::Owned(img)))
-                    .map_err(|reason| {
-                        RowFailure::Data(format!("{}: {reason}", column.identity(row)))
-                    }),
-            },
+                scratch,
+            } => {
+                let Some(bytes) = column.get(row)? else {
+                    return Ok(None);
+                };
+                let cap = decode_cap.unwrap_or(max_pixels);
+                match codec::decode_reusing(&bytes, *mode, cap, scratch) {
+                    Ok(pixels) => Ok(Some(f(pixels))),
+                    Err(reason) => Err(RowFailure::Data(format!(
+                        "{}: {reason}",
+                        column.identity(row)
+                    ))),
+                }
+            }
         }
     }
 
@@ -177,16 +187,15 @@ pub(crate) fn map_images(
     mut f: impl FnMut(Pixels<'_>, &mut ImageBuilder) -> std::result::Result<(), String>,
     operator: &str,
 ) -> Result<ArrayRef> {
-    let input = ImageInput::of_call(operator, call)?;
+    let mut input = ImageInput::of_call(operator, call)?;
     let mut builder = ImageBuilder::with_capacity(call.rows);
     for row in 0..call.rows {
-        match input.get(row, max_pixels) {
+        match input.with_pixels(row, max_pixels, |pixels| f(pixels, &mut builder)) {
             Ok(None) => builder.append_null(),
-            Ok(Some(pixels)) => {
-                if let Err(reason) = f(pixels, &mut builder) {
-                    errors.fail(row, format!("{}: {reason}", input.identity(row)));
-                    builder.append_null();
-                }
+            Ok(Some(Ok(()))) => {}
+            Ok(Some(Err(reason))) => {
+                errors.fail(row, format!("{}: {reason}", input.identity(row)));
+                builder.append_null();
             }
             Err(RowFailure::Data(reason)) => {
                 errors.fail(row, reason);
@@ -206,14 +215,23 @@ pub(crate) fn image_values<T>(
     errors: &mut RowErrors,
     mut f: impl FnMut(Pixels<'_>) -> std::result::Result<T, String>,
 ) -> Result<Vec<Option<T>>> {
-    let input = ImageInput::of_call(operator, call)?;
-    row_values(
-        call.rows,
-        errors,
-        |row| input.identity(row),
-        |row| input.get(row, codec::DEFAULT_MAX_PIXELS),
-        |pixels, _| f(pixels),
-    )
+    let mut input = ImageInput::of_call(operator, call)?;
+    let mut out = Vec::with_capacity(call.rows);
+    for row in 0..call.rows {
+        let value = match input.with_pixels(row, codec::DEFAULT_MAX_PIXELS, &mut f) {
+            Ok(None) => Ok(None),
+            Ok(Some(result)) => result
+                .map(Some)
+                .map_err(|reason| format!("{}: {reason}", input.identity(row))),
+            Err(RowFailure::Data(reason)) => Err(reason),
+            Err(RowFailure::Infrastructure(e)) => return Err(e),
+        };
+        out.push(value.unwrap_or_else(|reason| {
+            errors.fail(row, reason);
+            None
+        }));
+    }
+    Ok(out)
 }
 
 /// The `max_pixels` option shared by decoding operators.

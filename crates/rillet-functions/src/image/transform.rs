@@ -776,7 +776,7 @@ impl Operator for ToTensor {
             call.params.float_list("mean")?,
             call.params.float_list("std")?,
         );
-        let input = ImageInput::of_call(self.name(), call)?;
+        let mut input = ImageInput::of_call(self.name(), call)?;
         if let ImageInput::Decoded(column) = &input
             && dtype == ElementType::U8
             && !planar
@@ -788,10 +788,12 @@ impl Operator for ToTensor {
         }
         let mut tensors = TensorBuilder::new(dtype, call.rows);
         for row in 0..call.rows {
-            let appended = match input.get(row, codec::DEFAULT_MAX_PIXELS) {
-                Ok(Some(pixels)) => {
-                    append_tensor(&pixels.view(), planar, &mean, &std, &mut tensors)
-                        .map_err(|reason| format!("{}: {reason}", input.identity(row)))
+            let append = |pixels: Pixels<'_>| {
+                append_tensor(&pixels.view(), planar, &mean, &std, &mut tensors)
+            };
+            let appended = match input.with_pixels(row, codec::DEFAULT_MAX_PIXELS, append) {
+                Ok(Some(result)) => {
+                    result.map_err(|reason| format!("{}: {reason}", input.identity(row)))
                 }
                 Ok(None) => Ok(false),
                 Err(RowFailure::Data(reason)) => Err(reason),
