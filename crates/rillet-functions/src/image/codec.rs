@@ -199,7 +199,10 @@ pub(crate) fn decode_reusing<'s>(
     let (width, height) = (opened.width, opened.height);
     let len = native.buffer_len(width as usize, height as usize);
     if scratch.len() < len {
-        scratch.resize(len, 0);
+        // A fresh zeroed buffer rather than growing: growing would copy the old pixels.
+        // A quarter more room spares a regrowth for the next, slightly larger photo.
+        *scratch = Vec::new();
+        *scratch = vec![0; len + len / 4];
     }
     rillet_runtime::memory::charge_call_transient_memory(scratch.len());
     // The decoder writes every byte of the slice, so old pixels never show through.
