@@ -13,6 +13,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use rillet_common::{Result, RilletError};
 
+use crate::BlockingPool;
 use crate::channel::{ChannelReceiver, ChannelSender, byte_channel};
 use crate::message::StreamMessage;
 
@@ -25,8 +26,15 @@ pub trait Sink: Send + Sync + Debug {
     fn prepare(&self) -> Result<()> {
         Ok(())
     }
-    /// A writer for sink task `partition`.
-    fn open(&self, partition: usize, schema: SchemaRef) -> Result<Box<dyn BatchWriter>>;
+    /// A writer for sink task `partition`. Blocking work (encoding, compression, file
+    /// writes) belongs on `blocking`, the sink's pool: a job ends only after the calls
+    /// running there, even when it is cancelled.
+    fn open(
+        &self,
+        partition: usize,
+        schema: SchemaRef,
+        blocking: &BlockingPool,
+    ) -> Result<Box<dyn BatchWriter>>;
     /// Called once after every task finished or was cancelled.
     fn finish(&self) {}
 }
@@ -171,19 +179,27 @@ impl Sink for FileSink {
         Ok(())
     }
 
-    fn open(&self, partition: usize, schema: SchemaRef) -> Result<Box<dyn BatchWriter>> {
+    fn open(
+        &self,
+        partition: usize,
+        schema: SchemaRef,
+        blocking: &BlockingPool,
+    ) -> Result<Box<dyn BatchWriter>> {
         let path = self.directory.join(format!(
             "{}-{partition:05}.{}",
             self.prefix,
             self.format.extension()
         ));
         Ok(Box::new(FileWriter {
-            path,
-            format: self.format,
-            schema,
-            // Task 0 always writes a file so an empty result still has a schema on disk.
-            always_create: partition == 0,
-            inner: None,
+            file: Some(OpenFile {
+                path,
+                format: self.format,
+                schema,
+                // Task 0 always writes a file so an empty result still has a schema on disk.
+                always_create: partition == 0,
+                inner: None,
+            }),
+            thread: blocking.clone(),
         }))
     }
 }
@@ -194,7 +210,16 @@ enum FormatWriter {
     Json(arrow::json::LineDelimitedWriter<File>),
 }
 
+/// Writes one file. Encoding and compression are CPU-heavy and file writes block, so they
+/// run on the sink's pool, whose threads also keep the encoder's page and compression
+/// buffers warm in their allocator from batch to batch.
 struct FileWriter {
+    /// Away on a pool thread while a write runs.
+    file: Option<OpenFile>,
+    thread: BlockingPool,
+}
+
+struct OpenFile {
     path: PathBuf,
     format: FileFormat,
     schema: SchemaRef,
@@ -308,7 +333,7 @@ fn create_writer(
     })
 }
 
-impl FileWriter {
+impl OpenFile {
     fn write_blocking(&mut self, batch: &RecordBatch) -> Result<()> {
         if self.inner.is_none() {
             self.inner = Some(create_writer(
@@ -350,13 +375,26 @@ impl FileWriter {
 #[async_trait]
 impl BatchWriter for FileWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        // Encoding and compression are CPU-heavy and file writes block: keep them off the
-        // async workers' cooperative scheduling.
-        tokio::task::block_in_place(|| self.write_blocking(&batch))
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| RilletError::internal("file writer used after a failed write"))?;
+        let (file, written) = self
+            .thread
+            .run(None, move || {
+                let written = file.write_blocking(&batch);
+                Ok((file, written))
+            })
+            .await?;
+        self.file = Some(file);
+        written
     }
 
     async fn close(self: Box<Self>) -> Result<Option<String>> {
-        tokio::task::block_in_place(|| self.close_blocking())
+        let file = self
+            .file
+            .ok_or_else(|| RilletError::internal("file writer used after a failed write"))?;
+        self.thread.run(None, move || file.close_blocking()).await
     }
 }
 
@@ -402,7 +440,12 @@ impl Sink for CollectSink {
         "collect batches to the caller".to_string()
     }
 
-    fn open(&self, _partition: usize, _schema: SchemaRef) -> Result<Box<dyn BatchWriter>> {
+    fn open(
+        &self,
+        _partition: usize,
+        _schema: SchemaRef,
+        _blocking: &BlockingPool,
+    ) -> Result<Box<dyn BatchWriter>> {
         let sender = self
             .template
             .lock()
@@ -543,7 +586,7 @@ mod tests {
             WriteMode::Overwrite,
         );
         sink.prepare().unwrap();
-        let mut writer = sink.open(0, batch.schema()).unwrap();
+        let mut writer = sink.open(0, batch.schema(), &BlockingPool::new(1)).unwrap();
         writer.write(batch).await.unwrap();
         let path = writer.close().await.unwrap().unwrap();
         let found = dictionary_columns(Path::new(&path));

@@ -251,6 +251,8 @@ impl LocalWorker {
                 VertexOperator::Function(f) => Some(BlockingPool::new(
                     f.concurrency().unwrap_or(self.config.blocking_threads),
                 )),
+                // One writer thread per sink task.
+                VertexOperator::Sink(_) => Some(BlockingPool::new(vertex.parallelism)),
                 _ => None,
             };
             pools.extend(pool.clone());
@@ -288,7 +290,8 @@ impl LocalWorker {
                             .pop()
                             .ok_or_else(|| missing_input(&vertex.name))?;
                         let schema = output_schema(&graph, upstream);
-                        let fut = run_sink(sink.clone(), p, schema, input, m);
+                        let blocking = pool.clone().expect("sink vertices have a pool");
+                        let fut = run_sink(sink.clone(), p, schema, input, m, blocking);
                         tasks.spawn_on(fut, runtime.handle());
                     }
                 }
@@ -565,9 +568,10 @@ async fn run_sink(
     schema: SchemaRef,
     mut input: ChannelReceiver,
     metrics: Arc<OperatorMetrics>,
+    blocking: BlockingPool,
 ) -> Result<Option<String>> {
     let _guard = TaskGuard::start(&metrics);
-    let mut writer = sink.open(partition, schema)?;
+    let mut writer = sink.open(partition, schema, &blocking)?;
     loop {
         match input.recv().await {
             Some(StreamMessage::Batch(batch)) => {
