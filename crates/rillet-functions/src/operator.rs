@@ -313,20 +313,33 @@ pub(crate) fn row_values<T, R>(
 ) -> Result<Vec<Option<R>>> {
     let mut out = Vec::with_capacity(rows);
     for row in 0..rows {
-        let value = match fetch(row) {
-            Ok(None) => Ok(None),
-            Ok(Some(value)) => f(value, row)
-                .map(Some)
-                .map_err(|reason| format!("{}: {reason}", identity(row))),
-            Err(RowFailure::Data(reason)) => Err(reason),
-            Err(RowFailure::Infrastructure(e)) => return Err(e),
-        };
-        out.push(value.unwrap_or_else(|reason| {
-            errors.fail(row, reason);
-            None
-        }));
+        let computed = fetch(row).map(|value| value.map(|value| f(value, row)));
+        out.push(row_value(row, errors, computed, || identity(row))?);
     }
     Ok(out)
+}
+
+/// One row's value under the policy of [`row_values`], from what reading the row and
+/// computing its value gave (`Ok(None)`: a null row). A reason from the computation is
+/// prefixed with `identity()`.
+pub(crate) fn row_value<R>(
+    row: usize,
+    errors: &mut RowErrors,
+    computed: std::result::Result<Option<std::result::Result<R, String>>, RowFailure>,
+    identity: impl FnOnce() -> String,
+) -> Result<Option<R>> {
+    let value = match computed {
+        Ok(None) => Ok(None),
+        Ok(Some(result)) => result
+            .map(Some)
+            .map_err(|reason| format!("{}: {reason}", identity())),
+        Err(RowFailure::Data(reason)) => Err(reason),
+        Err(RowFailure::Infrastructure(e)) => return Err(e),
+    };
+    Ok(value.unwrap_or_else(|reason| {
+        errors.fail(row, reason);
+        None
+    }))
 }
 
 /// Inputs of one kernel call.

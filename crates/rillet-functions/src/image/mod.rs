@@ -23,7 +23,9 @@ use rillet_runtime::ArrayFunction;
 use self::array::{ImageBuilder, ImageColumn, ImageView, declared_mode, is_image};
 pub(crate) use crate::input::RowFailure;
 use crate::input::{EncodedColumn, is_encoded_input};
-use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
+use crate::operator::{
+    Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, row_value,
+};
 
 /// Rows per call for operators that hold decoded images: enough to amortise the call,
 /// few enough that a batch of large photos stays within a few hundred MB.
@@ -218,18 +220,8 @@ pub(crate) fn image_values<T>(
     let mut input = ImageInput::of_call(operator, call)?;
     let mut out = Vec::with_capacity(call.rows);
     for row in 0..call.rows {
-        let value = match input.with_pixels(row, codec::DEFAULT_MAX_PIXELS, &mut f) {
-            Ok(None) => Ok(None),
-            Ok(Some(result)) => result
-                .map(Some)
-                .map_err(|reason| format!("{}: {reason}", input.identity(row))),
-            Err(RowFailure::Data(reason)) => Err(reason),
-            Err(RowFailure::Infrastructure(e)) => return Err(e),
-        };
-        out.push(value.unwrap_or_else(|reason| {
-            errors.fail(row, reason);
-            None
-        }));
+        let computed = input.with_pixels(row, codec::DEFAULT_MAX_PIXELS, &mut f);
+        out.push(row_value(row, errors, computed, || input.identity(row))?);
     }
     Ok(out)
 }
