@@ -294,7 +294,7 @@ fn mostly_distinct(array: &dyn arrow::array::Array) -> bool {
     let Ok(converter) = RowConverter::new(vec![SortField::new(head.data_type().clone())]) else {
         return false;
     };
-    let Ok(rows) = converter.convert_columns(&[head.clone()]) else {
+    let Ok(rows) = converter.convert_columns(std::slice::from_ref(&head)) else {
         return false;
     };
     let mut distinct = std::collections::HashSet::new();
