@@ -55,9 +55,13 @@ impl Threads {
 
     /// Queue `job`, starting another thread while fewer than `size` run.
     fn submit(&self, size: usize, job: Job) -> Result<()> {
-        if self.started.load(Ordering::SeqCst) < size
-            && self.started.fetch_add(1, Ordering::SeqCst) < size
-        {
+        let another = self
+            .started
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < size).then_some(n + 1)
+            })
+            .is_ok();
+        if another {
             let jobs = self.jobs.clone();
             std::thread::Builder::new()
                 .name("rillet-call".to_string())

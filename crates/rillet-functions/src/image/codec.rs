@@ -166,24 +166,12 @@ impl<'b> Opened<'b> {
     }
 }
 
-/// Decode `bytes` into an image, applying EXIF orientation and converting to `mode` when
-/// given. Fails (with a reason) on unknown formats, corrupt or truncated data, and images
-/// over `max_pixels`.
-pub fn decode(
-    bytes: &[u8],
-    mode: Option<ImageMode>,
-    max_pixels: u64,
-) -> Result<DynamicImage, String> {
-    let image = Opened::new(bytes, max_pixels)?.into_image(mode)?;
-    // Callers use the image for one row (see `ImageInput::get`).
-    rillet_runtime::memory::charge_call_transient_memory(image.as_bytes().len());
-    Ok(image)
-}
-
-/// Like [`decode`], for an image used within one row: in the common case (no rotation, no
-/// mode conversion) the pixels are decoded into `scratch`, which the caller keeps from row
-/// to row, so a call allocates (and the kernel zeroes) one photo's worth of memory rather
-/// than one per row.
+/// Decode `bytes` for use within one row, applying EXIF orientation and converting to `mode`
+/// when given. Fails (with a reason) on unknown formats, corrupt or truncated data, and
+/// images over `max_pixels`. In the common case (no rotation, no mode conversion) the pixels
+/// are decoded into `scratch`, which the caller keeps from row to row, so a call allocates
+/// (and the kernel zeroes) one photo's worth of memory rather than one per row. The image
+/// is charged to the call as transient memory (its largest row counts, not the sum).
 pub(crate) fn decode_reusing<'s>(
     bytes: &[u8],
     mode: Option<ImageMode>,
@@ -200,7 +188,8 @@ pub(crate) fn decode_reusing<'s>(
     let len = native.buffer_len(width as usize, height as usize);
     if scratch.len() < len {
         // A fresh zeroed buffer rather than growing: growing would copy the old pixels.
-        // A quarter more room spares a regrowth for the next, slightly larger photo.
+        // The old one goes first, so both are never held at once. A quarter more room
+        // spares a regrowth for the next, slightly larger photo.
         *scratch = Vec::new();
         *scratch = vec![0; len + len / 4];
     }

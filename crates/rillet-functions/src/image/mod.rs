@@ -55,7 +55,8 @@ impl Pixels<'_> {
         match self {
             Self::View(v) => *v,
             Self::Owned(image) => {
-                // Decoded images are always in one of Rillet's modes (see `codec::decode`).
+                // Decoded images are always in one of Rillet's modes (see
+                // `codec::decode_reusing`).
                 let mode = array::mode_of(image).unwrap_or(ImageMode::Rgba);
                 ImageView {
                     width: image.width(),
@@ -99,20 +100,15 @@ impl<'a> ImageInput<'a> {
         if call.decode.is_none() && is_image(&field) {
             return Ok(Self::Decoded(ImageColumn::try_new(array)?));
         }
-        let column = EncodedColumn::try_new(operator, array, "an Image or encoded image")?;
-        Ok(match call.decode {
-            Some(decode) => Self::Encoded {
-                column,
-                mode: optional_mode(decode, "mode")?,
-                max_pixels: Some(max_pixels(decode)?),
-                scratch: Vec::new(),
-            },
-            None => Self::Encoded {
-                column,
-                mode: None,
-                max_pixels: None,
-                scratch: Vec::new(),
-            },
+        let (mode, max_pixels) = match call.decode {
+            Some(decode) => (optional_mode(decode, "mode")?, Some(max_pixels(decode)?)),
+            None => (None, None),
+        };
+        Ok(Self::Encoded {
+            column: EncodedColumn::try_new(operator, array, "an Image or encoded image")?,
+            mode,
+            max_pixels,
+            scratch: Vec::new(),
         })
     }
 

@@ -964,23 +964,20 @@ pub fn decode_resize_limit(paths: &[String], width: u32, height: u32, threads: u
             scope.spawn(|| {
                 let mut resizer = Resizer::new();
                 let mut out = vec![0u8; ImageMode::Rgb.buffer_len(width as usize, height as usize)];
+                // The decode buffer the pipeline's operators reuse from row to row.
+                let mut scratch = Vec::new();
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(path) = paths.get(i) else { break };
                     let Ok(bytes) = std::fs::read(path) else {
                         continue;
                     };
-                    let Ok(image) = codec::decode(&bytes, Some(ImageMode::Rgb), u64::MAX) else {
-                        continue;
-                    };
-                    let rgb = image.into_rgb8();
-                    let view = ImageView {
-                        width: rgb.width(),
-                        height: rgb.height(),
-                        mode: ImageMode::Rgb,
-                        data: rgb.as_raw(),
-                    };
-                    if resize_into(&mut resizer, &view, width, height, alg, &mut out).is_ok() {
+                    let decoded =
+                        codec::decode_reusing(&bytes, Some(ImageMode::Rgb), u64::MAX, &mut scratch);
+                    let resized = decoded.and_then(|pixels| {
+                        resize_into(&mut resizer, &pixels.view(), width, height, alg, &mut out)
+                    });
+                    if resized.is_ok() {
                         done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
