@@ -80,6 +80,7 @@ fn plan(
 }
 
 fn main() {
+    rillet_runtime::allocator::tune();
     let cli = Cli::parse();
     let session = Session::new(EngineConfig::default().with_memory_budget(cli.memory_mib << 20));
     let result = match &cli.command {

@@ -21,6 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[pymodule]
 fn _rillet(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    rillet_runtime::allocator::tune();
     errors::register(m)?;
     expr::register(m)?;
     dataframe::register(m)?;

@@ -40,6 +40,7 @@
 //! rt.block_on(job.wait()).unwrap();
 //! ```
 
+pub mod allocator;
 pub mod channel;
 mod exchange;
 mod function;

@@ -236,10 +236,15 @@ const DICTIONARY_SAMPLE_ROWS: usize = 4096;
 /// column and keeps the dictionary until it outgrows its page limit, which a 128k-row group
 /// of unique 8-byte values never does: every value of an id or a measurement column is then
 /// hashed into a dictionary as large as the data (that interning was 40% of the CPU time of
-/// the engine-overhead benchmark). So a top-level column whose sampled values are mostly
-/// distinct (top-level or inside structs: ids, measurements, an image's pixel buffers) and
-/// floating-point values inside lists (embeddings, audio samples) are written plain;
-/// everything else keeps the dictionary.
+/// the engine-overhead benchmark). So a column whose sampled values are mostly distinct or
+/// large (top-level or inside structs: ids, measurements, an image's pixel buffers, file
+/// contents) and floating-point values inside lists (embeddings, audio samples) are written
+/// plain; everything else keeps the dictionary.
+///
+/// Row groups end at 128k rows or 16 MiB: the writer holds a row group's encoded pages in
+/// memory until it ends, and a larger group of media (64 MiB was tried) only added to the
+/// job's peak memory. Statistics keep 64 bytes of a value's minimum and maximum, so that a
+/// column of photos does not copy whole photos into the footer.
 fn parquet_properties(
     compression: ParquetCompression,
     schema: &SchemaRef,
@@ -248,9 +253,9 @@ fn parquet_properties(
     use parquet::basic::Type as PhysicalType;
     let mut builder = WriterProperties::builder()
         .set_compression(compression.codec())
-        // Row groups of 128k rows keep the writer's buffer small (bounded memory).
         .set_max_row_group_row_count(Some(128 * 1024))
-        .set_max_row_group_bytes(Some(64 << 20));
+        .set_max_row_group_bytes(Some(16 << 20))
+        .set_statistics_truncate_length(Some(64));
     // A schema the converter rejects fails in `ArrowWriter::try_new` with its own message.
     let Ok(descriptor) = parquet::arrow::ArrowSchemaConverter::new().convert(schema) else {
         return builder.build();
@@ -265,7 +270,9 @@ fn parquet_properties(
         } else {
             sample
                 .and_then(|batch| struct_leaf(batch, path.parts()))
-                .is_some_and(|array| mostly_distinct(array.as_ref()))
+                .is_some_and(|array| {
+                    large_values(array.as_ref()) || mostly_distinct(array.as_ref())
+                })
         };
         if plain {
             builder = builder.set_column_dictionary_enabled(path.clone(), false);
@@ -284,6 +291,32 @@ fn struct_leaf(batch: &RecordBatch, parts: &[String]) -> Option<arrow::array::Ar
         array = array.as_struct_opt()?.column_by_name(name)?.clone();
     }
     Some(array)
+}
+
+/// Mean size of a value above which a column is written plain however few rows the sample
+/// has: a dictionary of photos or documents pays only for exact duplicates.
+const LARGE_VALUE_BYTES: usize = 1024;
+
+/// Whether the non-null values of a binary or string `array` average at least
+/// [`LARGE_VALUE_BYTES`].
+fn large_values(array: &dyn arrow::array::Array) -> bool {
+    use arrow::array::AsArray;
+    use arrow::datatypes::DataType;
+    // From the offsets: a sliced array shares its parent's whole values buffer.
+    fn span<O: arrow::array::OffsetSizeTrait>(offsets: &[O]) -> usize {
+        offsets
+            .last()
+            .map_or(0, |last| (*last - offsets[0]).as_usize())
+    }
+    let bytes = match array.data_type() {
+        DataType::Binary => span(array.as_binary::<i32>().value_offsets()),
+        DataType::LargeBinary => span(array.as_binary::<i64>().value_offsets()),
+        DataType::Utf8 => span(array.as_string::<i32>().value_offsets()),
+        DataType::LargeUtf8 => span(array.as_string::<i64>().value_offsets()),
+        _ => return false,
+    };
+    let values = array.len() - array.null_count();
+    values > 0 && bytes / values >= LARGE_VALUE_BYTES
 }
 
 /// Whether more than half of the first [`DICTIONARY_SAMPLE_ROWS`] non-null values of `array`
@@ -600,5 +633,60 @@ mod tests {
             ("embedding.list", false),
         ];
         assert_eq!(found, expected.map(|(c, d)| (c.to_string(), d)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn large_values_are_written_plain_with_short_statistics() {
+        let dir = tempfile::tempdir().unwrap();
+        // Four 300 KB "photos" (too few rows to judge repetition by) and a small column.
+        let photos = arrow::array::LargeBinaryArray::from_iter_values(
+            (0..4u8).map(|i| vec![i.wrapping_mul(61); 300_000]),
+        );
+        let batch = RecordBatch::try_from_iter(vec![
+            ("photo", Arc::new(photos) as ArrayRef),
+            (
+                "name",
+                Arc::new(StringArray::from_iter_values(["a", "b", "a", "b"])),
+            ),
+        ])
+        .unwrap();
+        let sink = FileSink::new(
+            dir.path(),
+            FileFormat::Parquet(ParquetCompression::Snappy),
+            WriteMode::Overwrite,
+        );
+        sink.prepare().unwrap();
+        let mut writer = sink.open(0, batch.schema(), &BlockingPool::new(1)).unwrap();
+        writer.write(batch.clone()).await.unwrap();
+        let path = writer.close().await.unwrap().unwrap();
+        let found = dictionary_columns(Path::new(&path));
+        assert_eq!(
+            found,
+            [("photo".to_string(), false), ("name".to_string(), true)]
+        );
+        let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        let stats = reader
+            .metadata()
+            .row_group(0)
+            .column(0)
+            .statistics()
+            .unwrap();
+        let max = stats.max_bytes_opt().unwrap();
+        assert!(
+            max.len() <= 64,
+            "{} bytes of maximum in the footer",
+            max.len()
+        );
+        // The values themselves are whole.
+        let read = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            File::open(&path).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+        assert_eq!(read, batch);
     }
 }
