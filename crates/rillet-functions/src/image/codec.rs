@@ -166,18 +166,57 @@ impl<'b> Opened<'b> {
     }
 }
 
+/// Largest decode buffer a thread keeps between calls (a 4000x3000 RGB photo is 36 MB).
+const MAX_KEPT_SCRATCH: usize = 64 << 20;
+
+thread_local! {
+    /// The decode buffer of the last call on this thread, for the next one.
+    static SPARE_SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A buffer that photos are decoded into, one after the other ([`decode_reusing`]). It is
+/// this thread's spare buffer, given back when dropped, so the calls of a pool thread share
+/// one buffer instead of allocating (and having the kernel zero) a new one per call. A
+/// thread keeps at most [`MAX_KEPT_SCRATCH`] bytes this way.
+#[derive(Debug)]
+pub(crate) struct Scratch(Vec<u8>);
+
+impl Scratch {
+    /// This thread's spare buffer (empty if another `Scratch` on the thread holds it).
+    pub(crate) fn take() -> Self {
+        Self(SPARE_SCRATCH.with(std::cell::Cell::take))
+    }
+
+    /// Bytes of the buffer.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.0);
+        if buffer.len() <= MAX_KEPT_SCRATCH {
+            // try_with: a thread being torn down has no spare slot any more.
+            let _ = SPARE_SCRATCH.try_with(|spare| spare.set(buffer));
+        }
+    }
+}
+
 /// Decode `bytes` for use within one row, applying EXIF orientation and converting to `mode`
 /// when given. Fails (with a reason) on unknown formats, corrupt or truncated data, and
 /// images over `max_pixels`. In the common case (no rotation, no mode conversion) the pixels
-/// are decoded into `scratch`, which the caller keeps from row to row, so a call allocates
-/// (and the kernel zeroes) one photo's worth of memory rather than one per row. The image
+/// are decoded into `scratch`, which the caller keeps from row to row (and the thread from
+/// call to call), so photos do not each allocate and zero their own buffer. The image
 /// is charged to the call as transient memory (its largest row counts, not the sum).
 pub(crate) fn decode_reusing<'s>(
     bytes: &[u8],
     mode: Option<ImageMode>,
     max_pixels: u64,
-    scratch: &'s mut Vec<u8>,
+    scratch: &'s mut Scratch,
 ) -> Result<super::Pixels<'s>, String> {
+    let scratch = &mut scratch.0;
     let opened = Opened::new(bytes, max_pixels)?;
     let Some(native) = opened.direct_mode(mode) else {
         let image = opened.into_image(mode)?;

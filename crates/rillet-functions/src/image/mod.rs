@@ -87,7 +87,7 @@ pub(crate) enum ImageInput<'a> {
         /// The pixel cap of a fused `image_decode`, over the operator's own.
         max_pixels: Option<u64>,
         /// Pixels of the row being worked on, reused from row to row.
-        scratch: Vec<u8>,
+        scratch: codec::Scratch,
     },
 }
 
@@ -108,7 +108,7 @@ impl<'a> ImageInput<'a> {
             column: EncodedColumn::try_new(operator, array, "an Image or encoded image")?,
             mode,
             max_pixels,
-            scratch: Vec::new(),
+            scratch: codec::Scratch::take(),
         })
     }
 
@@ -547,6 +547,21 @@ mod tests {
     use datafusion::common::ScalarValue;
 
     #[test]
+    fn a_thread_keeps_one_decode_buffer_from_call_to_call() {
+        let mut first = codec::Scratch::take();
+        codec::decode_reusing(&png(30, 20), None, u64::MAX, &mut first).unwrap();
+        let kept = first.len();
+        assert!(kept >= 30 * 20 * 3);
+        // A second buffer taken while the first is out starts empty.
+        let second = codec::Scratch::take();
+        assert_eq!(second.len(), 0);
+        drop(second);
+        drop(first);
+        // The next call on this thread gets the first one's buffer back.
+        assert_eq!(codec::Scratch::take().len(), kept);
+    }
+
+    #[test]
     fn a_decode_fused_into_the_operator_gives_what_the_two_calls_give() {
         let (rgb, gray) = (png(40, 30), gray_png(50, 20));
         let input: ArrayRef = Arc::new(BinaryArray::from(vec![
@@ -618,6 +633,30 @@ mod tests {
                 }
             }
         }
+        // Calls on one thread share its decode buffer: a call after one that decoded a
+        // larger photo still gives what the separate calls give.
+        let null_policy = str_value("null");
+        let options: Vec<&ScalarValue> = [&mode, &cap, &null_policy]
+            .into_iter()
+            .chain([&w, &h, &method, &keep, &null_policy])
+            .collect();
+        let fused = resize
+            .fuse_input(
+                decode.as_ref(),
+                &with_input(&options[..3]),
+                &with_input(&options[3..]),
+            )
+            .unwrap();
+        for bytes in [png(44, 40), gray_png(9, 7), png(12, 5)] {
+            let one: ArrayRef = Arc::new(BinaryArray::from(vec![Some(bytes.as_slice())]));
+            let fused_result = fused.call(&call_args(&one, &options, 1), 1).unwrap();
+            let decoded = decode.call(&call_args(&one, &options[..3], 1), 1).unwrap();
+            let separate = resize
+                .call(&call_args(&decoded, &options[3..], 1), 1)
+                .unwrap();
+            assert_eq!(fused_result.to_data(), separate.to_data());
+        }
+
         // Different policies, or an error column, keep the calls apart.
         let (null, raise, column) = (str_value("null"), str_value("raise"), str_value("column"));
         for (inner, outer) in [(&null, &raise), (&raise, &null), (&column, &column)] {

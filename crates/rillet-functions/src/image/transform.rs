@@ -965,7 +965,7 @@ pub fn decode_resize_limit(paths: &[String], width: u32, height: u32, threads: u
                 let mut resizer = Resizer::new();
                 let mut out = vec![0u8; ImageMode::Rgb.buffer_len(width as usize, height as usize)];
                 // The decode buffer the pipeline's operators reuse from row to row.
-                let mut scratch = Vec::new();
+                let mut scratch = codec::Scratch::take();
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(path) = paths.get(i) else { break };
