@@ -560,6 +560,19 @@ mod tests {
             .collect()
     }
 
+    /// Write `batch` as one Snappy Parquet file into `dir`; its path.
+    async fn write_snappy_file(dir: &Path, batch: RecordBatch) -> String {
+        let sink = FileSink::new(
+            dir,
+            FileFormat::Parquet(ParquetCompression::Snappy),
+            WriteMode::Overwrite,
+        );
+        sink.prepare().unwrap();
+        let mut writer = sink.open(0, batch.schema(), &BlockingPool::new(1)).unwrap();
+        writer.write(batch).await.unwrap();
+        writer.close().await.unwrap().unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn dictionary_only_where_values_repeat() {
         let dir = tempfile::tempdir().unwrap();
@@ -613,15 +626,7 @@ mod tests {
             ),
         ];
         let batch = RecordBatch::try_from_iter(columns).unwrap();
-        let sink = FileSink::new(
-            dir.path(),
-            FileFormat::Parquet(ParquetCompression::Snappy),
-            WriteMode::Overwrite,
-        );
-        sink.prepare().unwrap();
-        let mut writer = sink.open(0, batch.schema(), &BlockingPool::new(1)).unwrap();
-        writer.write(batch).await.unwrap();
-        let path = writer.close().await.unwrap().unwrap();
+        let path = write_snappy_file(dir.path(), batch).await;
         let found = dictionary_columns(Path::new(&path));
         let expected = [
             ("id", false),
@@ -650,15 +655,7 @@ mod tests {
             ),
         ])
         .unwrap();
-        let sink = FileSink::new(
-            dir.path(),
-            FileFormat::Parquet(ParquetCompression::Snappy),
-            WriteMode::Overwrite,
-        );
-        sink.prepare().unwrap();
-        let mut writer = sink.open(0, batch.schema(), &BlockingPool::new(1)).unwrap();
-        writer.write(batch.clone()).await.unwrap();
-        let path = writer.close().await.unwrap().unwrap();
+        let path = write_snappy_file(dir.path(), batch.clone()).await;
         let found = dictionary_columns(Path::new(&path));
         assert_eq!(
             found,
