@@ -404,6 +404,8 @@ struct FusedDecode {
     args: usize,
     /// `image_decode+<operator>`, for plans and progress.
     label: String,
+    /// The decode call's options (literals, fixed when the calls are fused).
+    params: Params,
 }
 
 impl<O: Operator> OperatorFunction<O> {
@@ -415,24 +417,22 @@ impl<O: Operator> OperatorFunction<O> {
         }
     }
 
-    /// The call's arguments split into the operator's own (its input, then its options) and
-    /// the options of a fused `image_decode` (empty when none is fused).
-    fn split_fused<T: Clone>(&self, args: &[T]) -> (Vec<T>, Vec<T>) {
+    /// The operator's own arguments (its input, then its options) out of a call's, which
+    /// also carry a fused `image_decode`'s options after the input.
+    fn own_args<T: Clone>(&self, args: &[T]) -> Vec<T> {
         match &self.fused_decode {
-            Some(fused) if args.len() >= fused.args => {
-                let own = args[..1].iter().chain(&args[fused.args..]).cloned();
-                (own.collect(), args[1..fused.args].to_vec())
-            }
-            _ => (args.to_vec(), Vec::new()),
+            Some(fused) if args.len() >= fused.args => args[..1]
+                .iter()
+                .chain(&args[fused.args..])
+                .cloned()
+                .collect(),
+            _ => args.to_vec(),
         }
     }
 
-    /// The fused `image_decode`'s options, parsed from its literal arguments.
-    fn decode_params(&self, literals: &[Option<ScalarValue>]) -> Result<Option<Params>> {
-        if self.fused_decode.is_none() {
-            return Ok(None);
-        }
-        crate::image::decode_params(literals).map(Some)
+    /// The options of the fused `image_decode`, if any.
+    fn decode_params(&self) -> Option<&Params> {
+        self.fused_decode.as_ref().map(|fused| &fused.params)
     }
 
     fn params_from_literals(&self, literals: &[Option<&ScalarValue>]) -> Result<Params> {
@@ -491,15 +491,12 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
     }
 
     fn return_field(&self, args: &[FieldRef], literals: &[Option<&ScalarValue>]) -> Result<Field> {
-        let (args, _) = self.split_fused(args);
-        let (literals, decode_literals) = self.split_fused(literals);
+        let (args, literals) = (self.own_args(args), self.own_args(literals));
         self.check_arity(args.len())?;
         let params = self.params_from_literals(&literals)?;
-        let decode_literals: Vec<Option<ScalarValue>> =
-            decode_literals.iter().map(|l| l.cloned()).collect();
-        let inputs = match self.decode_params(&decode_literals)? {
+        let inputs = match self.decode_params() {
             // The operator sees what the decode call would have given it.
-            Some(decode) => vec![crate::image::decoded_field(&args[0], &decode)?],
+            Some(decode) => vec![crate::image::decoded_field(&args[0], decode)?],
             None => args[..self.operator.inputs()].to_vec(),
         };
         let field = self
@@ -514,23 +511,19 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
     }
 
     fn call(&self, args: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
-        let (args, decode_args) = self.split_fused(args);
+        let args = self.own_args(args);
         self.check_arity(args.len())?;
         let n = self.operator.inputs();
-        let literal_values = |arrays: &[ArrayRef]| {
-            arrays
-                .iter()
-                .map(|a| {
-                    if a.is_empty() {
-                        Ok(None)
-                    } else {
-                        ScalarValue::try_from_array(a, 0).map(Some)
-                    }
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()
-        };
-        let literals = literal_values(&args[n..])?;
-        let decode = self.decode_params(&literal_values(&decode_args)?)?;
+        let literals = args[n..]
+            .iter()
+            .map(|a| {
+                if a.is_empty() {
+                    Ok(None)
+                } else {
+                    ScalarValue::try_from_array(a, 0).map(Some)
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let literal_refs: Vec<Option<&ScalarValue>> = std::iter::repeat_n(None, n)
             .chain(literals.iter().map(|l| l.as_ref()))
             .collect();
@@ -546,7 +539,7 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
             fields: &fields,
             params: &params,
             rows,
-            decode: decode.as_ref(),
+            decode: self.decode_params(),
         };
         let values = self.operator.evaluate(&call, &mut errors)?;
         match self.policy(&params)? {
@@ -621,6 +614,7 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
             fused_decode: Some(FusedDecode {
                 args: input_literals.len(),
                 label: format!("image_decode+{}", self.operator.name()),
+                params: decode,
             }),
         }))
     }
