@@ -445,12 +445,14 @@ async fn run_fragment(
     Ok(None)
 }
 
-/// Runs a function vertex's task: cut the input into the function's batch size and keep up
-/// to the pool's size of calls in flight at once, sending results in input order. One task
+/// Runs a function vertex's task: cut the input into the function's batch size and keep as
+/// many calls running as the pool has workers, sending results in input order. One task
 /// thus uses every worker (a single-partition input still spreads over all cores) without
-/// reordering rows. Each call first reserves its estimated memory from the job's
-/// [`CallBudget`]; functions with independent rows get fewer rows per call when rows are
-/// large.
+/// reordering rows. A call that finishes before an earlier, slower one holds its result
+/// until that one is sent, and its worker starts the next call meanwhile instead of idling
+/// (at most twice the pool's size of calls are in flight, running or held). Each call first reserves its estimated memory from the
+/// job's [`CallBudget`]; functions with independent rows get fewer rows per call when rows
+/// are large.
 async fn run_function(
     function: Arc<dyn BatchFunction>,
     mut input: ChannelReceiver,
@@ -462,11 +464,20 @@ async fn run_function(
     let _guard = TaskGuard::start(&metrics);
     let mut batcher: Option<RowBatcher> = None;
     let expected = function.output_schema();
-    let max_in_flight = pool.size();
+    let max_running = pool.size();
+    // Running calls plus finished ones held back to keep the output in input order.
+    let max_in_flight = 2 * max_running;
+    // Calls in `calls` whose work is done (their results wait behind an earlier call), and
+    // a signal from each call as it finishes, so that its worker gets the next call at once.
+    let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let call_finished = Arc::new(tokio::sync::Notify::new());
+    let running = |calls: &FuturesOrdered<_>| {
+        calls.len() - finished.load(std::sync::atomic::Ordering::SeqCst)
+    };
     let mut sizer = CallSizer::new(
         function.batch_size(),
         function.splittable_batches(),
-        budget.capacity() / max_in_flight,
+        budget.capacity() / max_running,
     );
     // Batches cut from the input and not yet handed to the pool.
     let mut ready: VecDeque<RecordBatch> = VecDeque::new();
@@ -476,7 +487,8 @@ async fn run_function(
     // What ends the input once the calls before it are done: a barrier or the end.
     let mut held: Option<StreamMessage> = None;
     loop {
-        while calls.len() < max_in_flight
+        while running(&calls) < max_running
+            && calls.len() < max_in_flight
             && let Some(mut batch) = ready.pop_front()
         {
             let rows = sizer.rows_for(batch.num_rows());
@@ -493,15 +505,21 @@ async fn run_function(
                 metrics.clone(),
                 budget.clone(),
             );
+            let (finished, call_finished) = (finished.clone(), call_finished.clone());
             calls.push_back(async move {
-                let _reserved = budget.reserve(estimate, Some(&m)).await?;
-                let (result, charged) = pool
-                    .run(Some(&m), move || {
+                let called = async {
+                    let _reserved = budget.reserve(estimate, Some(&m)).await?;
+                    pool.run(Some(&m), move || {
                         let (result, charged) =
                             with_first_row(first_row, || memory::measure_call(|| f.call(batch)));
                         result.map(|r| (r, charged))
                     })
-                    .await?;
+                    .await
+                }
+                .await;
+                finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                call_finished.notify_one();
+                let (result, charged) = called?;
                 Ok::<_, RilletError>((result, rows, charged))
             });
         }
@@ -519,11 +537,15 @@ async fn run_function(
                 None => {}
             }
         }
-        let accepting = held.is_none() && ready.is_empty() && calls.len() < max_in_flight;
+        let accepting = held.is_none()
+            && ready.is_empty()
+            && running(&calls) < max_running
+            && calls.len() < max_in_flight;
         tokio::select! {
             // Finished calls go out first, in order, so results never wait behind input.
             biased;
             Some(result) = calls.next(), if !calls.is_empty() => {
+                finished.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 let (result, rows, charged) = result?;
                 sizer.observe(rows, charged);
                 check_output_schema(function.as_ref(), &result, &expected)?;
@@ -534,6 +556,8 @@ async fn run_function(
                     }
                 }
             }
+            // A call finished behind an earlier one: its worker is free for the next call.
+            () = call_finished.notified() => {}
             message = input.recv(), if accepting => match message {
                 Some(StreamMessage::Batch(batch)) => {
                     metrics.add_input(batch.num_rows());

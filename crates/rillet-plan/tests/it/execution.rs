@@ -93,6 +93,80 @@ fn a_rust_batch_function_runs_as_its_own_stage() {
     assert!(names.contains(&"counting".to_string()), "{names:?}");
 }
 
+/// Holds its first call (the one with row 0) until a later call has started, and records
+/// the first row of every call in the order calls start.
+#[derive(Debug)]
+struct FirstCallWaits {
+    schema: SchemaRef,
+    started: std::sync::Mutex<Vec<i64>>,
+    later_call_started: std::sync::Condvar,
+}
+
+impl BatchFunction for FirstCallWaits {
+    fn name(&self) -> &str {
+        "first call waits"
+    }
+    fn output_schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+    fn call(&self, batch: RecordBatch) -> rillet_common::Result<RecordBatch> {
+        let first = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0);
+        let mut started = self.started.lock().unwrap();
+        started.push(first);
+        self.later_call_started.notify_all();
+        if first == 0 {
+            // Two workers: the second call ran and finished; the third may only start
+            // while this one still runs if the second's worker did not sit idle.
+            let (started, _) = self
+                .later_call_started
+                .wait_timeout_while(started, Duration::from_secs(10), |s| s.len() < 3)
+                .unwrap();
+            assert!(started.len() >= 3, "no call started beside the slow first one");
+        }
+        Ok(batch)
+    }
+    fn batch_size(&self) -> Option<usize> {
+        Some(10)
+    }
+    fn concurrency(&self) -> Option<usize> {
+        Some(2)
+    }
+}
+
+#[test]
+fn a_worker_whose_call_finishes_early_starts_the_next_call() {
+    // One partition, so that one task's calls (two at a time) are all there is.
+    let session = Session::new(EngineConfig::default().with_parallelism(1));
+    let df = session.range(60).unwrap();
+    let stage = Arc::new(FirstCallWaits {
+        schema: df.schema(),
+        started: Default::default(),
+        later_call_started: Default::default(),
+    });
+    let started = Instant::now();
+    let batches = df.map_batches(stage.clone()).unwrap().collect().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the first call waited out its timeout: {:?}",
+        started.elapsed()
+    );
+    // Results still come out in input order.
+    let ids: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            ids.values().to_vec()
+        })
+        .collect();
+    assert_eq!(ids, (0..60).collect::<Vec<_>>());
+    assert_eq!(stage.started.lock().unwrap().len(), 6);
+}
+
 #[test]
 fn limit_reads_a_small_part_of_a_large_file() {
     let dir = tempfile::tempdir().unwrap();
