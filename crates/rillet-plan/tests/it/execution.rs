@@ -126,7 +126,10 @@ impl BatchFunction for FirstCallWaits {
                 .later_call_started
                 .wait_timeout_while(started, Duration::from_secs(10), |s| s.len() < 3)
                 .unwrap();
-            assert!(started.len() >= 3, "no call started beside the slow first one");
+            assert!(
+                started.len() >= 3,
+                "no call started beside the slow first one"
+            );
         }
         Ok(batch)
     }
