@@ -35,10 +35,15 @@ def run_measured(argv: list[str], env: dict | None = None, interval: float = 0.0
 
 
 def settle(limit: float = 20.0) -> None:
-    """Wait (up to ``limit`` seconds) until the machine is nearly idle, so that one engine's
-    leftovers (Ray's daemons shut down after the driver exits) do not slow the next one."""
+    """Flush written files to disk, then wait (up to ``limit`` seconds) until the machine is
+    nearly idle, so that one engine's leftovers (Ray's daemons shut down after the driver
+    exits; the kernel writing back the hundreds of MB of Parquet the job before wrote) do
+    not slow the next one."""
+    import os
+
     import psutil
 
+    os.sync()
     deadline = time.perf_counter() + limit
     while psutil.cpu_percent(interval=0.5) > 10 and time.perf_counter() < deadline:
         pass

@@ -67,10 +67,47 @@ fn resize_alg(method: &str) -> Result<ResizeAlg> {
     })
 }
 
+/// Largest intermediate image (bytes) whose convolution buffer a thread keeps between calls.
+const MAX_KEPT_RESIZE_BYTES: usize = 64 << 20;
+
+thread_local! {
+    /// The resizer of the last call on this thread, for the next one.
+    static SPARE_RESIZER: std::cell::Cell<Option<Resizer>> = const { std::cell::Cell::new(None) };
+}
+
+/// This thread's resizer, given back when dropped, so the calls of a pool thread share one
+/// set of convolution buffers instead of growing (and having the kernel zero) new ones per
+/// call. A resizer that served an intermediate image over [`MAX_KEPT_RESIZE_BYTES`] is
+/// dropped instead of kept.
+struct ThreadResizer {
+    resizer: Resizer,
+    /// Largest intermediate image resized so far, in bytes (source height × target width).
+    largest: usize,
+}
+
+impl ThreadResizer {
+    fn take() -> Self {
+        Self {
+            resizer: SPARE_RESIZER.with(std::cell::Cell::take).unwrap_or_default(),
+            largest: 0,
+        }
+    }
+}
+
+impl Drop for ThreadResizer {
+    fn drop(&mut self) {
+        if self.largest <= MAX_KEPT_RESIZE_BYTES {
+            let resizer = std::mem::take(&mut self.resizer);
+            // try_with: a thread being torn down has no spare slot any more.
+            let _ = SPARE_RESIZER.try_with(|spare| spare.set(Some(resizer)));
+        }
+    }
+}
+
 /// Resize `src` to `width × height` into `dst` (exactly `mode.buffer_len(width, height)`
 /// bytes), with SIMD convolution.
 fn resize_into(
-    resizer: &mut Resizer,
+    thread_resizer: &mut ThreadResizer,
     src: &ImageView<'_>,
     width: u32,
     height: u32,
@@ -79,6 +116,10 @@ fn resize_into(
 ) -> std::result::Result<(), String> {
     let pixel = pixel_type(src.mode);
     let options = ResizeOptions::new().resize_alg(alg);
+    thread_resizer.largest = thread_resizer
+        .largest
+        .max(src.height as usize * width as usize * src.mode.buffer_len(1, 1));
+    let resizer = &mut thread_resizer.resizer;
     // 16- and 32-bit pixels must be aligned; column slices may not be, so copy them.
     let aligned_src: Vec<u32>;
     let src_bytes = if is_aligned(src.mode, src.data) {
@@ -188,7 +229,7 @@ impl Operator for Resize {
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let (w, h, alg) = resize_options(call.params)?;
         let keep = call.params.bool("keep_aspect")?;
-        let mut resizer = Resizer::new();
+        let mut resizer = ThreadResizer::take();
         map_images(
             call,
             errors,
@@ -247,7 +288,7 @@ impl Operator for Letterbox {
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let (w, h, alg) = resize_options(call.params)?;
         let fill = call.params.int("fill")?.clamp(0, 255) as u8;
-        let mut resizer = Resizer::new();
+        let mut resizer = ThreadResizer::take();
         map_images(
             call,
             errors,
@@ -962,7 +1003,7 @@ pub fn decode_resize_limit(paths: &[String], width: u32, height: u32, threads: u
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| {
-                let mut resizer = Resizer::new();
+                let mut resizer = ThreadResizer::take();
                 let mut out = vec![0u8; ImageMode::Rgb.buffer_len(width as usize, height as usize)];
                 // The decode buffer the pipeline's operators reuse from row to row.
                 let mut scratch = codec::Scratch::take();
@@ -985,4 +1026,45 @@ pub fn decode_resize_limit(paths: &[String], width: u32, height: u32, threads: u
         }
     });
     done.into_inner()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether this thread has a spare resizer, leaving it in place.
+    fn spare_resizer() -> bool {
+        SPARE_RESIZER.with(|spare| {
+            let resizer = spare.take();
+            let kept = resizer.is_some();
+            spare.set(resizer);
+            kept
+        })
+    }
+
+    #[test]
+    fn a_thread_keeps_its_resizer_unless_it_served_a_huge_image() {
+        let pixels = vec![7u8; 64 * 48 * 3];
+        let src = ImageView {
+            width: 64,
+            height: 48,
+            mode: ImageMode::Rgb,
+            data: &pixels,
+        };
+        let mut out = vec![0u8; 16 * 12 * 3];
+        let bilinear = ResizeAlg::Convolution(FilterType::Bilinear);
+        let mut first = ThreadResizer::take();
+        resize_into(&mut first, &src, 16, 12, bilinear, &mut out).unwrap();
+        assert!(out.iter().all(|v| *v == 7), "a flat image stays flat");
+        assert_eq!(first.largest, 48 * 16 * 3);
+        // While the thread's resizer is out, a second caller gets a new one.
+        assert!(!spare_resizer());
+        drop(first);
+        assert!(spare_resizer(), "the next call on this thread reuses it");
+        let mut huge = ThreadResizer::take();
+        assert!(!spare_resizer());
+        huge.largest = MAX_KEPT_RESIZE_BYTES + 1;
+        drop(huge);
+        assert!(!spare_resizer(), "a resizer grown for a huge image is not kept");
+    }
 }
