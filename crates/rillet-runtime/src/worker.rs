@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -450,9 +451,9 @@ async fn run_fragment(
 /// thus uses every worker (a single-partition input still spreads over all cores) without
 /// reordering rows. A call that finishes before an earlier, slower one holds its result
 /// until that one is sent, and its worker starts the next call meanwhile instead of idling
-/// (at most twice the pool's size of calls are in flight, running or held). Each call first reserves its estimated memory from the
-/// job's [`CallBudget`]; functions with independent rows get fewer rows per call when rows
-/// are large.
+/// (at most twice the pool's size of calls are in flight, running or held). Each call first
+/// reserves its estimated memory from the job's [`CallBudget`]; functions with independent
+/// rows get fewer rows per call when rows are large.
 async fn run_function(
     function: Arc<dyn BatchFunction>,
     mut input: ChannelReceiver,
@@ -469,11 +470,9 @@ async fn run_function(
     let max_in_flight = 2 * max_running;
     // Calls in `calls` whose work is done (their results wait behind an earlier call), and
     // a signal from each call as it finishes, so that its worker gets the next call at once.
-    let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
     let call_finished = Arc::new(tokio::sync::Notify::new());
-    let running = |calls: &FuturesOrdered<_>| {
-        calls.len() - finished.load(std::sync::atomic::Ordering::SeqCst)
-    };
+    let running = |calls: &FuturesOrdered<_>| calls.len() - finished.load(Ordering::SeqCst);
     let mut sizer = CallSizer::new(
         function.batch_size(),
         function.splittable_batches(),
@@ -517,7 +516,7 @@ async fn run_function(
                     .await
                 }
                 .await;
-                finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                finished.fetch_add(1, Ordering::SeqCst);
                 call_finished.notify_one();
                 let (result, charged) = called?;
                 Ok::<_, RilletError>((result, rows, charged))
@@ -545,7 +544,7 @@ async fn run_function(
             // Finished calls go out first, in order, so results never wait behind input.
             biased;
             Some(result) = calls.next(), if !calls.is_empty() => {
-                finished.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                finished.fetch_sub(1, Ordering::SeqCst);
                 let (result, rows, charged) = result?;
                 sizer.observe(rows, charged);
                 check_output_schema(function.as_ref(), &result, &expected)?;

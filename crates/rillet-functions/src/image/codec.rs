@@ -166,25 +166,21 @@ impl<'b> Opened<'b> {
     }
 }
 
-/// Largest decode buffer a thread keeps between calls (a 4000x3000 RGB photo is 36 MB).
-const MAX_KEPT_SCRATCH: usize = 64 << 20;
-
 thread_local! {
     /// The decode buffer of the last call on this thread, for the next one.
-    static SPARE_SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    static SPARE_SCRATCH: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
 }
 
 /// A buffer that photos are decoded into, one after the other ([`decode_reusing`]). It is
 /// this thread's spare buffer, given back when dropped, so the calls of a pool thread share
-/// one buffer instead of allocating (and having the kernel zero) a new one per call. A
-/// thread keeps at most [`MAX_KEPT_SCRATCH`] bytes this way.
+/// one buffer (up to [`super::spare::MAX_KEPT_BYTES`]).
 #[derive(Debug)]
 pub(crate) struct Scratch(Vec<u8>);
 
 impl Scratch {
     /// This thread's spare buffer (empty if another `Scratch` on the thread holds it).
     pub(crate) fn take() -> Self {
-        Self(SPARE_SCRATCH.with(std::cell::Cell::take))
+        Self(super::spare::take(&SPARE_SCRATCH))
     }
 
     /// Bytes of the buffer.
@@ -197,10 +193,8 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let buffer = std::mem::take(&mut self.0);
-        if buffer.len() <= MAX_KEPT_SCRATCH {
-            // try_with: a thread being torn down has no spare slot any more.
-            let _ = SPARE_SCRATCH.try_with(|spare| spare.set(buffer));
-        }
+        let bytes = buffer.len();
+        super::spare::give_back(&SPARE_SCRATCH, buffer, bytes);
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod array;
 pub mod codec;
 mod measure;
+mod spare;
 mod transform;
 
 pub use transform::decode_resize_limit;

@@ -15,6 +15,7 @@ use rillet_runtime::ArrayFunction;
 use super::array::{ImageBuilder, ImageColumn, ImageView, convert, pillow_luma};
 use super::{
     IMAGE_BATCH_ROWS, ImageInput, Pixels, RowFailure, codec, expect_image, input_mode, map_images,
+    spare,
 };
 use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
 use crate::tensor::TensorBuilder;
@@ -67,18 +68,14 @@ fn resize_alg(method: &str) -> Result<ResizeAlg> {
     })
 }
 
-/// Largest intermediate image (bytes) whose convolution buffer a thread keeps between calls.
-const MAX_KEPT_RESIZE_BYTES: usize = 64 << 20;
-
 thread_local! {
     /// The resizer of the last call on this thread, for the next one.
     static SPARE_RESIZER: std::cell::Cell<Option<Resizer>> = const { std::cell::Cell::new(None) };
 }
 
 /// This thread's resizer, given back when dropped, so the calls of a pool thread share one
-/// set of convolution buffers instead of growing (and having the kernel zero) new ones per
-/// call. A resizer that served an intermediate image over [`MAX_KEPT_RESIZE_BYTES`] is
-/// dropped instead of kept.
+/// set of convolution buffers. One that served an intermediate image over
+/// [`spare::MAX_KEPT_BYTES`] is dropped instead of kept.
 struct ThreadResizer {
     resizer: Resizer,
     /// Largest intermediate image resized so far, in bytes (source height × target width).
@@ -88,7 +85,7 @@ struct ThreadResizer {
 impl ThreadResizer {
     fn take() -> Self {
         Self {
-            resizer: SPARE_RESIZER.with(std::cell::Cell::take).unwrap_or_default(),
+            resizer: spare::take(&SPARE_RESIZER),
             largest: 0,
         }
     }
@@ -96,11 +93,8 @@ impl ThreadResizer {
 
 impl Drop for ThreadResizer {
     fn drop(&mut self) {
-        if self.largest <= MAX_KEPT_RESIZE_BYTES {
-            let resizer = std::mem::take(&mut self.resizer);
-            // try_with: a thread being torn down has no spare slot any more.
-            let _ = SPARE_RESIZER.try_with(|spare| spare.set(Some(resizer)));
-        }
+        let resizer = std::mem::take(&mut self.resizer);
+        spare::give_back(&SPARE_RESIZER, resizer, self.largest);
     }
 }
 
@@ -1063,8 +1057,11 @@ mod tests {
         assert!(spare_resizer(), "the next call on this thread reuses it");
         let mut huge = ThreadResizer::take();
         assert!(!spare_resizer());
-        huge.largest = MAX_KEPT_RESIZE_BYTES + 1;
+        huge.largest = spare::MAX_KEPT_BYTES + 1;
         drop(huge);
-        assert!(!spare_resizer(), "a resizer grown for a huge image is not kept");
+        assert!(
+            !spare_resizer(),
+            "a resizer grown for a huge image is not kept"
+        );
     }
 }
