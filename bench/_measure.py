@@ -49,16 +49,30 @@ def settle(limit: float = 20.0) -> None:
         pass
 
 
+def written_rows(out: Path) -> int | None:
+    """Rows in the Parquet files under ``out``, or None when nothing was written there."""
+    import pyarrow.parquet as pq
+
+    if not out.exists():
+        return None
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in out.rglob("*.parquet"))
+
+
 def side_by_side(jobs: dict[str, str], pythons: dict[str, str], data: Path, out_prefix: Path, runs: int,
-                 items: int, unit: str, precision: int = 0) -> str:
+                 items: int, unit: str, precision: int = 0, expected_rows: int | None = None) -> str:
     """Run every job ``runs`` times after one warm-up, each as ``python -c JOB DATA OUT``
     (OUT is ``out_prefix-NAME``, emptied first) on a machine left idle by the job before, and
     return a Markdown table of median time,
-    ``items``/s in ``unit``, median peak RSS, and Rillet's ratios to each engine."""
+    ``items``/s in ``unit``, median peak RSS, and Rillet's ratios to each engine.
+
+    Every job that writes Parquet to OUT must write the same number of rows as the others
+    (``expected_rows`` when given), so that no engine is timed for skipping work; each
+    output is deleted once counted, as the runs would otherwise leave gigabytes behind."""
     import shutil
     import statistics
 
     results: dict[str, list[dict]] = {name: [] for name in jobs}
+    written: dict[str, int] = {}
     for run in range(runs + 1):  # run 0 is the warm-up
         for name, job in jobs.items():
             out = Path(f"{out_prefix}-{name}")
@@ -67,6 +81,12 @@ def side_by_side(jobs: dict[str, str], pythons: dict[str, str], data: Path, out_
             result = run_measured([pythons[name], "-c", job, str(data), str(out)])
             if result["code"] != 0:
                 sys.exit(f"{name} failed:\n{result['output']}")
+            rows = written_rows(out)
+            shutil.rmtree(out, ignore_errors=True)
+            if rows is not None:
+                written[name] = rows
+                if len(set(written.values())) > 1 or (expected_rows is not None and rows != expected_rows):
+                    sys.exit(f"the engines wrote different row counts (expected {expected_rows}): {written}")
             if run > 0:
                 results[name].append(result)
     rows = []

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import mib, run_measured  # noqa: E402
+from _measure import mib, run_measured, written_rows  # noqa: E402
 
 HERE = Path(__file__).parent
 DATA = HERE / "data" / "bounded"
@@ -67,6 +67,11 @@ def main() -> None:
     result = run_measured([sys.executable, "-c", PIPELINE, str(DATA), str(out)])
     if result["code"] != 0:
         sys.exit(result["output"])
+    written = written_rows(out)
+    shutil.rmtree(out, ignore_errors=True)  # about as large as the dataset
+    reported = int(result["output"].split("ROWS", 1)[1].split()[0])
+    if written != reported:
+        sys.exit(f"the job reported {reported} rows written but the files hold {written}")
     line = (f"| {size / 1e9:.2f} GB, {rows:,} rows | {result['seconds']:.1f} s | "
             f"{mib(result['peak_rss'])} | {'PASS' if result['peak_rss'] < 1 << 30 else 'FAIL'} (< 1 GiB) |")
     print(result["output"].strip())

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import mib, run_measured, side_by_side  # noqa: E402
+from _measure import mib, run_measured, side_by_side, written_rows  # noqa: E402
 from engine_overhead import ensure_peers  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -119,7 +119,8 @@ def image_benchmark(args) -> None:
     peers_python = ensure_peers()
     data = photos(args.images, (1024, 1600))
     pythons = {"rillet": sys.executable, "daft": str(peers_python), "ray": str(peers_python), "limit": sys.executable}
-    text = side_by_side(JOBS, pythons, data, HERE / "data" / "out-image", args.runs, args.images, "images/s", 1)
+    text = side_by_side(JOBS, pythons, data, HERE / "data" / "out-image", args.runs, args.images, "images/s", 1,
+                       expected_rows=args.images)
     print(text)
     version = subprocess.run([str(peers_python), "-c", "import daft, ray; print(daft.__version__, ray.__version__)"],
                              capture_output=True, text=True).stdout.split()
@@ -138,6 +139,10 @@ def memory_benchmark(args) -> None:
     result = run_measured([sys.executable, "-c", job, str(data), str(out)])
     if result["code"] != 0:
         sys.exit(f"rillet failed:\n{result['output']}")
+    rows = written_rows(out)
+    shutil.rmtree(out, ignore_errors=True)  # about 1.5 GB of tensors
+    if rows != args.images:
+        sys.exit(f"rillet wrote {rows} rows, expected {args.images}")
     verdict = "PASS" if result["peak_rss"] < 2e9 else "FAIL"
     text = ("| images | time | images/s | peak RSS | verdict |\n|---|---|---|---|---|\n"
             f"| {args.images:,} x 4000x3000 JPEG | {result['seconds']:.1f} s | {args.images / result['seconds']:.1f} | "
