@@ -515,10 +515,13 @@ def test_large_batches_spill_to_disk_instead_of_waiting_and_the_files_go_with_th
         # Different batch sizes keep the stages apart, so decoded images cross channels.
         # Under a 64 MiB budget a channel holds 8 MiB, less than one decoder call's batch
         # of about three photos (calls may hold 32 MiB, so decoding never waits on the
-        # stalled consumer's call).
+        # stalled consumer's call). The consumer takes one photo per call: while its first
+        # call stalls, its stage holds at most twice its pool's size of calls (4 photos), so
+        # the other 8 (36 MB) must queue in channels. With 3 photos per call the stage could
+        # take all 12 photos and no channel would fill (seen once in CI).
         return (rl.read_files(f"{large_photos}/*.jpg")
                 .with_column("img", col("file").image.decode("RGB"))
-                .map_batches(consumer, batch_size=3))
+                .map_batches(consumer, batch_size=1))
 
     rl.set_config(memory_budget=64 << 20, spill_budget=1 << 30, progress=False)
     df = job(stalled_consumer(spill_files_appear))
