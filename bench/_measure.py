@@ -81,11 +81,11 @@ def side_by_side(jobs: dict[str, str], pythons: dict[str, str], data: Path, out_
             result = run_measured([pythons[name], "-c", job, str(data), str(out)])
             if result["code"] != 0:
                 sys.exit(f"{name} failed:\n{result['output']}")
-            rows = written_rows(out)
+            count = written_rows(out)
             shutil.rmtree(out, ignore_errors=True)
-            if rows is not None:
-                written[name] = rows
-                if len(set(written.values())) > 1 or (expected_rows is not None and rows != expected_rows):
+            if count is not None:
+                written[name] = count
+                if len(set(written.values())) > 1 or (expected_rows is not None and count != expected_rows):
                     sys.exit(f"the engines wrote different row counts (expected {expected_rows}): {written}")
             if run > 0:
                 results[name].append(result)
