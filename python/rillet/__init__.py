@@ -26,12 +26,38 @@ __all__ = [
     "DataFrame", "GroupBy", "Expr", "UDF", "col", "lit", "count", "when", "udf",
     "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_parquet",
     "read_csv", "read_json", "read_files", "configure_storage", "sql", "set_config", "current_session",
+    "init", "resources",
     "RilletError", "PlanError", "UserFunctionError", "ExecutionError", "DataError", "JobCancelled",
     "Image", "Tensor", "Embedding", "Audio", "File", "Clip", "uint8", "uint16", "uint32", "uint64",
     "int8", "int16", "int32", "int64", "float16", "float32", "float64",
 ]
 
 PathLike = str | os.PathLike
+
+
+def init(*, num_cpus: float | None = None, num_gpus: int | None = None,
+         memory: int | str | None = None) -> None:
+    """Declare what this machine offers to worker processes, instead of what was detected.
+
+    ``num_gpus`` declares that many *virtual* GPUs, to test GPU scheduling (fractional
+    packing, ``CUDA_VISIBLE_DEVICES``) on a machine without one. Call before running jobs
+    that start workers; ``rl.init()`` with no arguments goes back to the detected machine.
+
+    >>> import rillet as rl
+    >>> rl.init(num_gpus=2)
+    >>> rl.resources()["num_gpus"]
+    2
+    >>> rl.init()
+    """
+    from rillet.udf import _parse_bytes
+
+    _rillet.init_resources(num_cpus, num_gpus, None if memory is None else _parse_bytes(memory))
+
+
+def resources() -> dict[str, Any]:
+    """The machine as the resource manager sees it: ``num_cpus``, ``memory`` (bytes),
+    ``num_gpus`` and ``gpus`` (id, name, memory each; honouring ``CUDA_VISIBLE_DEVICES``)."""
+    return _rillet.machine_resources()
 
 
 def _paths(path: PathLike | Sequence[PathLike]) -> list[str]:

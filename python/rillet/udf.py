@@ -1,74 +1,175 @@
-"""Python user-defined functions. Each call runs in a stage of its own, on a bounded pool
-of worker threads off the engine's async executor, fed Arrow batches (zero copy)."""
+"""Python user-defined functions.
+
+Each UDF call runs in a stage of its own, fed Arrow batches. Where it runs depends on the
+kind of function:
+
+- **Class UDFs and batch UDFs run in worker processes** (``isolate=True``, the default for
+  them): each worker builds the class once (load the model in ``__init__``) and then serves
+  batches sent as Arrow IPC, never pickled row by row. A worker reserves ``num_cpus``,
+  ``num_gpus`` (a fraction shares a GPU; the worker's ``CUDA_VISIBLE_DEVICES`` names its GPU)
+  and ``memory`` from the machine. The pool holds between ``concurrency=(min, max)`` workers,
+  growing while calls wait and shrinking after ``idle_timeout`` seconds idle. A worker that
+  dies mid-batch is replaced and the batch re-sent (``max_retries``); the job's output stays
+  exact.
+- **Row functions and async functions run in the engine's process** (``isolate=False``), on
+  threads of their own (async ones run each batch's calls concurrently on an event loop).
+"""
 
 from __future__ import annotations
 
 import functools
+import inspect
+import os
+import re
+import sys
+import threading
 from typing import Any, Callable
 
 import pyarrow as pa
 
 from rillet._session import current_session
+from rillet._worker import apply_udf
 from rillet.expr import Expr, _to_expr, to_arrow_type
+
+_ON_ERROR = ("raise", "null", "column")
+
+# Started as a file (not ``-m``) so a worker needs neither the engine nor the package's
+# import; loaded through importlib so the package directory does not shadow the standard
+# library on ``sys.path``.
+_WORKER_BOOT = ("import importlib.util as u, sys; "
+                "s = u.spec_from_file_location('rillet_udf_worker', sys.argv[1]); "
+                "m = u.module_from_spec(s); s.loader.exec_module(m); m.main()")
 
 
 class UDF:
-    """A Python function usable in expressions: ``my_udf(col("x"))``.
-
-    Row-wise (default): called once per row with Python values.
-    Batch-wise (``batch=True``): called once per batch with ``pyarrow.Array`` arguments and
-    returns an array-like of the same length (pyarrow, numpy, pandas, or a list).
-    A class is instantiated once (per process) and its instance called: load models in
-    ``__init__``.
-    """
+    """A Python function usable in expressions: ``my_udf(col("x"))``. See :func:`udf`."""
 
     def __init__(self, fn: Callable[..., Any], return_dtype: pa.DataType, batch: bool,
-                 batch_size: int | None, concurrency: int | None):
+                 batch_size: int | None, concurrency: int | tuple[int, int] | None,
+                 num_cpus: float | None = None, num_gpus: float | None = None,
+                 memory: int | str | None = None, max_retries: int = 3,
+                 on_error: str = "raise", isolate: bool | None = None,
+                 idle_timeout: float = 10.0):
+        if on_error not in _ON_ERROR:
+            raise ValueError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}")
         self._fn = fn
         self._instance: Any = None
+        self._lock = threading.Lock()
         self.return_dtype = return_dtype
         self.batch = batch
         self.batch_size = batch_size
-        self.concurrency = concurrency
+        self.on_error = on_error
         self.name = getattr(fn, "__name__", type(fn).__name__)
+        self.is_async = _is_async(fn)
+        resourced = num_cpus is not None or num_gpus is not None or memory is not None
+        if isolate is None:
+            isolate = (isinstance(fn, type) or batch or resourced) and not self.is_async
+        if not isolate and resourced:
+            raise ValueError(f"UDF {self.name!r}: num_cpus, num_gpus and memory reserve "
+                             "resources for worker processes; they need isolate=True")
+        if isolate and self.is_async:
+            raise ValueError(f"UDF {self.name!r}: async UDFs run in the engine's process "
+                             "(their calls wait on I/O concurrently); drop isolate=True")
+        self.isolate = isolate
+        self.num_cpus = 1.0 if num_cpus is None else float(num_cpus)
+        self.num_gpus = 0.0 if num_gpus is None else float(num_gpus)
+        self.memory = _parse_bytes(memory)
+        self.max_retries = int(max_retries)
+        self.idle_timeout = float(idle_timeout)
+        self.concurrency = _concurrency(concurrency, self.num_cpus, self.num_gpus, isolate)
+        # With on_error="column" each value comes with the reason its row failed.
+        self._wire_type = (pa.struct([("value", return_dtype), ("error", pa.string())])
+                           if on_error == "column" else return_dtype)
+        self._setup: bytes | None = None
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
     def _target(self) -> Callable[..., Any]:
         if isinstance(self._fn, type):
-            if self._instance is None:
-                self._instance = self._fn()
+            with self._lock:
+                if self._instance is None:
+                    self._instance = self._fn()
             return self._instance
         return self._fn
 
     def _call_arrays(self, arrays: list[pa.Array], num_rows: int) -> pa.Array:
-        fn = self._target()
-        if self.batch:
-            out = fn(*arrays)
-        else:
-            columns = [a.to_pylist() for a in arrays]
-            rows = zip(*columns) if columns else ([] for _ in range(num_rows))
-            out = [fn(*row) for row in rows]
-        if isinstance(out, pa.ChunkedArray):
-            out = out.combine_chunks()
-        if isinstance(out, pa.Array):
-            return out if out.type == self.return_dtype else out.cast(self.return_dtype)
-        return pa.array(out, type=self.return_dtype)
+        return apply_udf(self._target(), arrays, num_rows, self.batch, self._wire_type,
+                         self.on_error, is_async=self.is_async)
+
+    def _pickled(self) -> bytes:
+        """The function as its workers receive it, with a message saying what to change
+        when it cannot be pickled."""
+        if self._setup is None:
+            try:
+                import cloudpickle
+            except ImportError as exc:  # pragma: no cover - a dependency of the package
+                raise ImportError("worker-process UDFs need cloudpickle: pip install cloudpickle") from exc
+            spec = {"fn": self._fn, "is_class": isinstance(self._fn, type), "batch": self.batch,
+                    "return_type": self._wire_type, "on_error": self.on_error}
+            try:
+                self._setup = cloudpickle.dumps(spec)
+            except Exception as exc:
+                kind = "class" if isinstance(self._fn, type) else "function"
+                raise TypeError(
+                    f"UDF {self.name!r} cannot be sent to its worker processes: the {kind} "
+                    f"or something it refers to cannot be pickled ({type(exc).__name__}: {exc}). "
+                    "Create such objects (models, clients, locks, open files) inside the UDF: "
+                    "in the __init__ of a class UDF, which runs once in each worker. Or run "
+                    "the UDF in this process with isolate=False.") from exc
+        return self._setup
 
     def __call__(self, *args: Any) -> Expr:
         exprs = [_to_expr(a)._expr for a in args]
-        native = current_session()._native.udf_call(
-            self._call_arrays, self.name, self.return_dtype, exprs,
-            batch_size=self.batch_size, concurrency=self.concurrency)
-        return Expr(native)
+        native = current_session()._native
+        if not self.isolate:
+            fixed = self.concurrency[1] if self.concurrency else None
+            return Expr(native.udf_call(
+                self._call_arrays, self.name, self._wire_type, exprs,
+                batch_size=self.batch_size, concurrency=fixed))
+        env = [("RILLET_WORKER_SYS_PATH", os.pathsep.join(p for p in sys.path if p))]
+        argv = [sys.executable, "-u", "-c", _WORKER_BOOT,
+                os.path.join(os.path.dirname(__file__), "_worker.py")]
+        low, high = self.concurrency
+        return Expr(native.worker_udf_call(
+            self.name, self._wire_type, exprs, batch_size=self.batch_size, argv=argv, env=env,
+            setup=self._pickled(), min_workers=low, max_workers=high, num_cpus=self.num_cpus,
+            num_gpus=self.num_gpus, memory=self.memory, max_retries=self.max_retries,
+            idle_timeout_s=self.idle_timeout))
 
     def __repr__(self) -> str:
         kind = "batch" if self.batch else "row"
-        return f"UDF({self.name}, {kind}-wise, returns {self.return_dtype})"
+        where = (f"in worker processes, concurrency={self.concurrency}" if self.isolate
+                 else "in-process")
+        return f"UDF({self.name}, {kind}-wise, returns {self.return_dtype}, {where})"
 
 
 def udf(fn: Callable[..., Any] | None = None, *, return_dtype: Any, batch: bool = False,
-        batch_size: int | None = None, concurrency: int | None = None):
-    """Turn a Python function (or class) into a UDF.
+        batch_size: int | None = None, concurrency: int | tuple[int, int] | None = None,
+        num_cpus: float | None = None, num_gpus: float | None = None,
+        memory: int | str | None = None, max_retries: int = 3, on_error: str = "raise",
+        isolate: bool | None = None, idle_timeout: float = 10.0):
+    """Turn a Python function, async function or class into a UDF.
+
+    Row-wise (default): called once per row with Python values. Batch-wise (``batch=True``):
+    called once per batch with ``pyarrow.Array`` arguments; returns an array-like of the
+    same length (pyarrow, numpy, pandas, or a list). A class is built once per worker (load
+    models in ``__init__``) and its instance called.
+
+    Args:
+        return_dtype: the result type (a pyarrow type or a name such as ``"int64"``).
+        batch_size: rows per call (the last call may get fewer).
+        concurrency: workers (or in-process calls) at once: ``n``, or ``(min, max)`` for a
+            pool that grows while calls wait and shrinks when idle. Default ``(1, n)`` with
+            ``n`` what the machine's CPUs (and GPUs) allow.
+        num_cpus, num_gpus, memory: what each worker process reserves (``num_gpus=0.5`` puts
+            two workers on one GPU; memory in bytes or as ``"2GiB"``). A request this machine
+            can never satisfy fails when the job starts, saying what exists.
+        max_retries: times a batch is re-sent after its worker process died.
+        on_error: ``"raise"`` fails the job with the function's traceback; ``"null"`` gives
+            null for a row whose call raised (the whole batch for batch UDFs); ``"column"``
+            returns a struct of ``value`` and ``error`` (the reason).
+        isolate: run in worker processes (default for classes and batch UDFs) or in this
+            process (default for row functions and async functions).
+        idle_timeout: seconds a worker above the pool's minimum may stay idle.
 
     >>> import rillet as rl
     >>> @rl.udf(return_dtype="int64")
@@ -80,6 +181,56 @@ def udf(fn: Callable[..., Any] | None = None, *, return_dtype: Any, batch: bool 
     dtype = to_arrow_type(return_dtype)
 
     def wrap(f: Callable[..., Any]) -> UDF:
-        return UDF(f, dtype, batch, batch_size, concurrency)
+        return UDF(f, dtype, batch, batch_size, concurrency, num_cpus=num_cpus,
+                   num_gpus=num_gpus, memory=memory, max_retries=max_retries,
+                   on_error=on_error, isolate=isolate, idle_timeout=idle_timeout)
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _is_async(fn: Any) -> bool:
+    target = fn.__call__ if isinstance(fn, type) else fn
+    return inspect.iscoroutinefunction(target)
+
+
+def _concurrency(value: Any, num_cpus: float, num_gpus: float,
+                 isolate: bool) -> tuple[int, int] | None:
+    if value is None:
+        if not isolate:
+            return None
+        from rillet._rillet import machine_resources
+
+        machine = machine_resources()
+        most = int(machine["num_cpus"] // num_cpus) if num_cpus > 0 else int(machine["num_cpus"])
+        if num_gpus > 0:
+            slots = (int(1 // num_gpus) * machine["num_gpus"] if num_gpus < 1
+                     else machine["num_gpus"] // int(num_gpus))
+            most = min(most, slots)
+        return (1, max(1, most))
+    if isinstance(value, int):
+        low = high = value
+    elif isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        low, high = value
+    else:
+        raise ValueError(f"concurrency must be an int or a (min, max) tuple, got {value!r}")
+    if not 1 <= high or not 0 <= low <= high:
+        raise ValueError(f"concurrency needs 0 <= min <= max and max >= 1, got {value!r}")
+    return (low, high)
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
+          "gb": 1000**3, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def _parse_bytes(value: int | str | None) -> int:
+    """``"2GiB"`` → 2147483648; ints pass through; ``None`` is 0."""
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"memory must be >= 0 bytes, got {value}")
+        return value
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(value))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"memory must be bytes or a size such as '2GiB', got {value!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])

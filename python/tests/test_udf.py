@@ -23,7 +23,8 @@ def test_row_udf_with_nulls_and_several_args():
 def test_batch_udf_gets_arrow_arrays_and_batch_size():
     seen = []
 
-    @rl.udf(return_dtype=pa.float64(), batch=True, batch_size=100)
+    # In-process, so the list it appends to is this test's.
+    @rl.udf(return_dtype=pa.float64(), batch=True, batch_size=100, isolate=False)
     def scaled(x):
         assert isinstance(x, pa.Array)
         seen.append(len(x))
@@ -49,7 +50,7 @@ def test_udf_in_filter_select_and_nested():
 def test_class_udf_is_instantiated_once():
     created = []
 
-    @rl.udf(return_dtype="int64")
+    @rl.udf(return_dtype="int64", isolate=False)
     class AddOffset:
         def __init__(self):
             created.append(1)

@@ -438,4 +438,12 @@ impl BatchFunction for UdfBatchFunction {
     fn concurrency(&self) -> Option<usize> {
         self.function.concurrency()
     }
+
+    fn open(&self, context: &rillet_runtime::FunctionContext) -> Result<()> {
+        self.function.open(context)
+    }
+
+    fn close(&self) {
+        self.function.close()
+    }
 }

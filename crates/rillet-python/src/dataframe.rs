@@ -11,6 +11,8 @@ use pyo3::types::PyDict;
 use pyo3_arrow::{PyDataType, PySchema, PyTable};
 use rillet_common::{EngineConfig, RilletError};
 use rillet_plan::{DataFrame, JoinHow, ReadFormat, Session, array_function_expr};
+use rillet_runtime::workers::{PoolOptions, WorkerCommand};
+use rillet_runtime::{ResourceManager, ResourceRequest, WorkerFunction};
 use rillet_runtime::{
     CollectedBatches, FileFormat, JobHandle, JobStats, RowBatcher, WriteMode, global_runtime,
 };
@@ -180,6 +182,69 @@ impl PySession {
         )
         .into()
     }
+
+    /// A call of a UDF computed by worker processes (see `rillet/udf.py`).
+    #[pyo3(signature = (name, return_type, args, *, batch_size, argv, env, setup, min_workers,
+                        max_workers, num_cpus, num_gpus, memory, max_retries, idle_timeout_s))]
+    #[allow(clippy::too_many_arguments)]
+    fn worker_udf_call(
+        &self,
+        name: String,
+        return_type: PyDataType,
+        args: Vec<PyExpr>,
+        batch_size: Option<usize>,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        setup: Vec<u8>,
+        min_workers: usize,
+        max_workers: usize,
+        num_cpus: f64,
+        num_gpus: f64,
+        memory: u64,
+        max_retries: usize,
+        idle_timeout_s: f64,
+    ) -> PyResult<PyExpr> {
+        let options = PoolOptions {
+            min_workers,
+            max_workers,
+            request: ResourceRequest {
+                cpus: num_cpus,
+                gpus: num_gpus,
+                memory_bytes: memory,
+            },
+            max_retries,
+            idle_timeout: Duration::from_secs_f64(idle_timeout_s.max(0.0)),
+        };
+        let who = format!("udf({name})");
+        let resources = ResourceManager::global();
+        // Values that can never work fail here, when the expression is built; whether the
+        // machine has room is checked when a job starts.
+        options.request.validate(&who).py_err()?;
+        if max_workers == 0 || min_workers > max_workers {
+            return Err(PyValueError::new_err(format!(
+                "{who}: concurrency must be at least 1 and its minimum at most its maximum, \
+                 got ({min_workers}, {max_workers})"
+            )));
+        }
+        let command = WorkerCommand {
+            argv,
+            env,
+            setup: Arc::new(setup),
+        };
+        let function = WorkerFunction::new(
+            name,
+            return_type.into_inner(),
+            batch_size,
+            command,
+            options,
+            resources,
+        );
+        Ok(array_function_expr(
+            Arc::new(function),
+            args.into_iter().map(|a| a.expr).collect(),
+        )
+        .into())
+    }
 }
 
 /// A lazy DataFrame.
@@ -219,6 +284,9 @@ fn stats_to_dict<'py>(py: Python<'py>, stats: &JobStats) -> PyResult<Bound<'py, 
         d.set_item("wait_worker_ms", op.wait_worker_ms)?;
         d.set_item("wait_memory_ms", op.wait_memory_ms)?;
         d.set_item("spilled_bytes", op.spilled_bytes)?;
+        d.set_item("wait_loading_ms", op.wait_loading_ms)?;
+        d.set_item("retries", op.retries)?;
+        d.set_item("workers_started", op.workers_started)?;
         operators.push(d);
     }
     dict.set_item("operators", operators)?;

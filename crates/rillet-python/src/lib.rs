@@ -8,6 +8,7 @@ mod dataframe;
 mod errors;
 mod expr;
 mod functions;
+mod resources;
 mod storage;
 
 use pyo3::prelude::*;
@@ -26,5 +27,6 @@ fn _rillet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     expr::register(m)?;
     dataframe::register(m)?;
     storage::register(m)?;
+    resources::register(m)?;
     Ok(())
 }

@@ -32,6 +32,14 @@ pub(crate) fn with_first_row<T>(first_row: u64, work: impl FnOnce() -> T) -> T {
     result
 }
 
+/// What a function gets when a job that uses it starts.
+#[derive(Debug, Clone)]
+pub struct FunctionContext {
+    /// The counters of the operator running the function (retries, workers started and
+    /// waits are recorded here).
+    pub metrics: std::sync::Arc<crate::metrics::OperatorMetrics>,
+}
+
 /// A function from argument arrays to one result array of the same length.
 ///
 /// ```
@@ -85,6 +93,13 @@ pub trait ArrayFunction: Send + Sync + Debug {
     fn concurrency(&self) -> Option<usize> {
         None
     }
+    /// Called once when a job using this function starts, before any call: start worker
+    /// processes, check that their resources exist (an error here fails the job at once).
+    fn open(&self, _context: &FunctionContext) -> Result<()> {
+        Ok(())
+    }
+    /// Called once when that job ended, however it ended.
+    fn close(&self) {}
     /// One function computing this function over the result of `input`, for a call whose
     /// first argument is a call of `input`; `None` (the default) keeps the two calls apart.
     /// `input_literals` are the literal values of `input`'s arguments and `literals` those
@@ -140,6 +155,13 @@ pub trait BatchFunction: Send + Sync + Debug {
     fn concurrency(&self) -> Option<usize> {
         None
     }
+    /// Called once when a job using this function starts, before any call: start worker
+    /// processes, check that their resources exist (an error here fails the job at once).
+    fn open(&self, _context: &FunctionContext) -> Result<()> {
+        Ok(())
+    }
+    /// Called once when that job ended, however it ended.
+    fn close(&self) {}
     /// This function as a [`FunctionChain`], if it is one (so chains flatten).
     fn as_chain(&self) -> Option<&FunctionChain> {
         None
@@ -345,5 +367,19 @@ impl BatchFunction for FunctionChain {
 
     fn as_chain(&self) -> Option<&FunctionChain> {
         Some(self)
+    }
+
+    fn open(&self, context: &FunctionContext) -> Result<()> {
+        for (i, function) in self.functions.iter().enumerate() {
+            if let Err(e) = function.open(context) {
+                self.functions[..i].iter().for_each(|f| f.close());
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.functions.iter().for_each(|f| f.close());
     }
 }

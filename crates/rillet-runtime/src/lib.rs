@@ -50,20 +50,26 @@ mod message;
 mod metrics;
 mod pool;
 mod progress;
+pub mod resources;
 mod runtime;
 mod sink;
 pub mod spill;
 mod worker;
+pub mod workers;
 
 pub use exchange::{ExchangeRegistry, ExchangeSourceExec};
-pub use function::{ArrayFunction, BatchFunction, FunctionChain, RowBatcher, call_first_row};
+pub use function::{
+    ArrayFunction, BatchFunction, FunctionChain, FunctionContext, RowBatcher, call_first_row,
+};
 pub use graph::{DataflowGraph, Edge, EdgeId, EdgeKind, Vertex, VertexId, VertexOperator};
 pub use message::{CheckpointBarrier, StreamMessage};
 pub use metrics::{JobStats, OperatorMetrics, OperatorStats, WaitReason};
 pub use pool::BlockingPool;
+pub use resources::{MachineResources, ResourceManager, ResourceRequest};
 pub use runtime::global_runtime;
 pub use sink::{
     BatchWriter, CollectSink, CollectedBatches, FileFormat, FileSink, ParquetCompression, Sink,
     WriteMode,
 };
 pub use worker::{JobCanceller, JobHandle, LocalWorker};
+pub use workers::WorkerFunction;

@@ -16,6 +16,9 @@ pub enum WaitReason {
     OutputBackpressure,
     /// It has work but every worker of its pool is busy.
     FreeWorker,
+    /// It has work but its pool's worker processes are still starting (loading models);
+    /// not counted as work.
+    ModelLoading,
     /// It has work but the calls already running hold the job's memory budget for data
     /// inside calls (decoded images, audio, frames); it runs when one of them finishes.
     Memory,
@@ -27,6 +30,7 @@ impl fmt::Display for WaitReason {
             WaitReason::Input => "input",
             WaitReason::OutputBackpressure => "output backpressure",
             WaitReason::FreeWorker => "a free worker",
+            WaitReason::ModelLoading => "model loading",
             WaitReason::Memory => "the memory budget",
         })
     }
@@ -64,10 +68,14 @@ pub struct OperatorMetrics {
     wait_output_ns: AtomicU64,
     wait_worker_ns: AtomicU64,
     wait_memory_ns: AtomicU64,
+    wait_loading_ns: AtomicU64,
+    retries: AtomicU64,
+    workers_started: AtomicU64,
     waiting_input: AtomicUsize,
     waiting_output: AtomicUsize,
     waiting_worker: AtomicUsize,
     waiting_memory: AtomicUsize,
+    waiting_loading: AtomicUsize,
     tasks_running: AtomicUsize,
     finished_ns: AtomicU64,
 }
@@ -98,10 +106,14 @@ impl OperatorMetrics {
             wait_output_ns: AtomicU64::new(0),
             wait_worker_ns: AtomicU64::new(0),
             wait_memory_ns: AtomicU64::new(0),
+            wait_loading_ns: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            workers_started: AtomicU64::new(0),
             waiting_input: AtomicUsize::new(0),
             waiting_output: AtomicUsize::new(0),
             waiting_worker: AtomicUsize::new(0),
             waiting_memory: AtomicUsize::new(0),
+            waiting_loading: AtomicUsize::new(0),
             tasks_running: AtomicUsize::new(0),
             finished_ns: AtomicU64::new(0),
         }
@@ -130,12 +142,23 @@ impl OperatorMetrics {
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    /// Count a call sent again after its worker process died.
+    pub fn add_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a worker process started (replacements included).
+    pub fn add_worker_started(&self) {
+        self.workers_started.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn waiting_counter(&self, reason: WaitReason) -> &AtomicUsize {
         match reason {
             WaitReason::Input => &self.waiting_input,
             WaitReason::OutputBackpressure => &self.waiting_output,
             WaitReason::FreeWorker => &self.waiting_worker,
             WaitReason::Memory => &self.waiting_memory,
+            WaitReason::ModelLoading => &self.waiting_loading,
         }
     }
 
@@ -153,6 +176,7 @@ impl OperatorMetrics {
             WaitReason::OutputBackpressure => &self.wait_output_ns,
             WaitReason::FreeWorker => &self.wait_worker_ns,
             WaitReason::Memory => &self.wait_memory_ns,
+            WaitReason::ModelLoading => &self.wait_loading_ns,
         };
         total.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
     }
@@ -183,6 +207,7 @@ impl OperatorMetrics {
         let waiting_on = [
             (WaitReason::OutputBackpressure, &self.waiting_output),
             (WaitReason::Memory, &self.waiting_memory),
+            (WaitReason::ModelLoading, &self.waiting_loading),
             (WaitReason::FreeWorker, &self.waiting_worker),
             (WaitReason::Input, &self.waiting_input),
         ]
@@ -203,6 +228,9 @@ impl OperatorMetrics {
             wait_output_ms: ms(&self.wait_output_ns),
             wait_worker_ms: ms(&self.wait_worker_ns),
             wait_memory_ms: ms(&self.wait_memory_ns),
+            wait_loading_ms: ms(&self.wait_loading_ns),
+            retries: self.retries.load(Ordering::Relaxed),
+            workers_started: self.workers_started.load(Ordering::Relaxed),
             tasks_running: self.tasks_running.load(Ordering::Relaxed),
             waiting_on,
         }
@@ -236,6 +264,12 @@ pub struct OperatorStats {
     pub wait_worker_ms: f64,
     /// Total milliseconds tasks waited for the memory budget of calls.
     pub wait_memory_ms: f64,
+    /// Total milliseconds calls waited for worker processes to start (load models).
+    pub wait_loading_ms: f64,
+    /// Calls sent again after their worker process died.
+    pub retries: u64,
+    /// Worker processes started (replacements included).
+    pub workers_started: u64,
     /// Tasks still running.
     pub tasks_running: usize,
     /// What running tasks are waiting on right now, most telling first.

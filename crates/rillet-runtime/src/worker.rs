@@ -243,6 +243,22 @@ impl LocalWorker {
             }
         }
 
+        // Start the functions' worker pools (model loads run while the job starts) and
+        // fail now if one asks for resources this machine does not have.
+        let mut opened: Vec<Arc<dyn BatchFunction>> = Vec::new();
+        for vertex in &graph.vertices {
+            if let VertexOperator::Function(function) = &vertex.operator {
+                let context = crate::function::FunctionContext {
+                    metrics: metrics[vertex.id.0].clone(),
+                };
+                if let Err(e) = function.open(&context) {
+                    opened.iter().for_each(|f| f.close());
+                    return Err(e);
+                }
+                opened.push(function.clone());
+            }
+        }
+
         let mut tasks: JoinSet<Result<Option<String>>> = JoinSet::new();
         let mut pools = Vec::new();
         for vertex in &graph.vertices {
@@ -315,6 +331,9 @@ impl LocalWorker {
             .collect();
         runtime.spawn(async move {
             let (error, files) = drive(tasks, cancel_rx).await;
+            // Stop worker processes; on failure this also ends calls still running in them.
+            let closing = tokio::task::spawn_blocking(move || opened.iter().for_each(|f| f.close()));
+            let _ = closing.await;
             // Aborted tasks may have left a blocking call running: the job ends with it.
             for pool in &pools {
                 pool.idle().await;

@@ -1,0 +1,133 @@
+//! The frames the engine and a worker process exchange over the worker's stdin and stdout.
+//!
+//! A frame is one kind byte, the payload's length as 8 little-endian bytes, and the
+//! payload. Batches travel as Arrow IPC streams (schema + one batch), so a worker in any
+//! language with an Arrow library can serve calls, and no row is ever pickled.
+//!
+//! | kind | direction | payload |
+//! |---|---|---|
+//! | `S` setup | engine → worker, first | opaque bytes the worker understands (for Python: the pickled function) |
+//! | `R` ready | worker → engine | empty: the constructor (model load) finished |
+//! | `C` call | engine → worker | the arguments as an IPC stream |
+//! | `O` ok | worker → engine | the result as an IPC stream |
+//! | `E` error | worker → engine | UTF-8 text: the function's error with its traceback |
+//!
+//! Closing the worker's stdin asks it to exit.
+
+use std::io::{self, Read, Write};
+
+use arrow::array::RecordBatch;
+use arrow::buffer::Buffer;
+use arrow::ipc::reader::StreamDecoder;
+use arrow::ipc::writer::StreamWriter;
+use rillet_common::{Result, RilletError};
+
+/// The first frame: how to build the worker's function.
+pub const SETUP: u8 = b'S';
+/// The worker is ready for calls.
+pub const READY: u8 = b'R';
+/// A call's arguments.
+pub const CALL: u8 = b'C';
+/// A call's result.
+pub const RESULT: u8 = b'O';
+/// The function failed; the payload says how.
+pub const ERROR: u8 = b'E';
+
+/// Frames above this size are refused as corrupt rather than allocated.
+const MAX_FRAME: u64 = 1 << 40;
+
+/// Write one frame.
+pub fn write_frame(out: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()> {
+    let mut header = [0u8; 9];
+    header[0] = kind;
+    header[1..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.write_all(&header)?;
+    out.write_all(payload)?;
+    out.flush()
+}
+
+/// Read one frame; `None` when the stream ended before a frame began.
+pub fn read_frame(input: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
+    let mut header = [0u8; 9];
+    let mut filled = 0;
+    while filled < header.len() {
+        match input.read(&mut header[filled..]) {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let len = u64::from_le_bytes(header[1..].try_into().expect("8 bytes"));
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes: the worker's output is not Rillet's protocol"),
+        ));
+    }
+    let mut payload = Vec::with_capacity(len as usize);
+    input.take(len).read_to_end(&mut payload)?;
+    if payload.len() as u64 != len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(Some((header[0], payload)))
+}
+
+/// `batch` as an Arrow IPC stream.
+///
+/// ```
+/// use std::sync::Arc;
+/// use arrow::array::{Int32Array, RecordBatch};
+/// use rillet_runtime::workers::protocol::{decode_batch, encode_batch};
+/// let batch = RecordBatch::try_from_iter([("x", Arc::new(Int32Array::from(vec![1, 2])) as _)]).unwrap();
+/// assert_eq!(decode_batch(encode_batch(&batch).unwrap()).unwrap(), batch);
+/// ```
+pub fn encode_batch(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(batch.get_array_memory_size() + 1024);
+    let mut writer = StreamWriter::try_new(&mut out, &batch.schema())?;
+    writer.write(batch)?;
+    writer.finish()?;
+    drop(writer);
+    Ok(out)
+}
+
+/// The one batch of an Arrow IPC stream (its buffers point into `bytes`, not copied).
+pub fn decode_batch(bytes: Vec<u8>) -> Result<RecordBatch> {
+    let mut buffer = Buffer::from_vec(bytes);
+    let mut decoder = StreamDecoder::new();
+    let mut batch = None;
+    while !buffer.is_empty() {
+        match decoder.decode(&mut buffer)? {
+            Some(b) if batch.is_none() => batch = Some(b),
+            Some(_) => {
+                return Err(RilletError::internal(
+                    "a worker replied with more than one batch",
+                ));
+            }
+            None => {}
+        }
+    }
+    decoder.finish()?;
+    batch.ok_or_else(|| RilletError::internal("a worker replied with a stream without a batch"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_truncation_is_an_error() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, CALL, b"hello").unwrap();
+        write_frame(&mut wire, READY, b"").unwrap();
+        let mut input = &wire[..];
+        assert_eq!(read_frame(&mut input).unwrap(), Some((CALL, b"hello".to_vec())));
+        assert_eq!(read_frame(&mut input).unwrap(), Some((READY, Vec::new())));
+        assert_eq!(read_frame(&mut input).unwrap(), None);
+        let mut cut = &wire[..7];
+        assert!(read_frame(&mut cut).is_err());
+        let mut cut = &wire[..12];
+        assert!(read_frame(&mut cut).is_err());
+    }
+}

@@ -1,0 +1,193 @@
+"""The worker process that runs a Python UDF for the engine.
+
+Started by the engine as ``python -u _worker.py`` (by path: it does not import the
+``rillet`` package unless the UDF needs it). It speaks the frame protocol of
+``rillet_runtime::workers::protocol`` over its stdin and stdout: a setup frame with the
+pickled UDF, then call frames holding Arrow IPC streams, each answered by a result stream or
+an error text. The protocol moves to private file descriptors at start, and stdout then
+points at stderr, so ``print`` in a UDF shows up in the terminal instead of corrupting
+replies. Closing stdin ends the worker.
+
+``apply_udf`` is also what the engine runs for in-process UDFs, so both paths compute the
+same thing.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import threading
+import traceback
+from typing import Any
+
+SETUP, READY, CALL, RESULT, ERROR = b"S", b"R", b"C", b"O", b"E"
+
+
+def apply_udf(fn: Any, arrays: list, num_rows: int, batch: bool, return_type: Any,
+              on_error: str, is_async: bool = False) -> Any:
+    """Call ``fn`` on one batch of argument arrays and return a pyarrow array.
+
+    Row-wise UDFs get Python values row by row (an async one gets all rows of the batch
+    concurrently); with ``on_error`` "null" or "column" a row whose call raises becomes null
+    (and, for "column", the struct's ``error`` field says why). Batch UDFs get the pyarrow
+    arrays; with those policies a raising call nulls the whole batch.
+    """
+    import pyarrow as pa
+
+    value_type = return_type.field("value").type if on_error == "column" else return_type
+    errors: list[str | None] | None = None
+    if batch:
+        try:
+            out = _run(fn(*arrays)) if is_async else fn(*arrays)
+        except Exception as exc:  # noqa: BLE001 - the policy decides
+            if on_error == "raise":
+                raise
+            out = pa.nulls(num_rows, value_type)
+            errors = [f"{type(exc).__name__}: {exc}"] * num_rows
+    else:
+        columns = [a.to_pylist() for a in arrays]
+        rows = list(zip(*columns)) if columns else [()] * num_rows
+        if is_async:
+            import asyncio
+
+            async def gather():
+                return await asyncio.gather(*(fn(*row) for row in rows),
+                                            return_exceptions=True)
+
+            outcomes = _run(gather())
+        elif on_error == "raise":
+            outcomes = [fn(*row) for row in rows]
+        else:
+            outcomes = []
+            for row in rows:
+                try:
+                    outcomes.append(fn(*row))
+                except Exception as exc:  # noqa: BLE001 - the policy decides
+                    outcomes.append(exc)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed and (on_error == "raise" or not all(isinstance(o, Exception) for o in failed)):
+            raise failed[0]
+        out = [None if isinstance(o, BaseException) else o for o in outcomes]
+        if on_error == "column":
+            errors = [f"{type(o).__name__}: {o}" if isinstance(o, BaseException) else None
+                      for o in outcomes]
+    values = _to_array(out, value_type)
+    if on_error != "column":
+        return values
+    reasons = pa.array(errors if errors is not None else [None] * len(values), pa.string())
+    return pa.StructArray.from_arrays([values, reasons], names=["value", "error"])
+
+
+_loops = threading.local()
+
+
+def _run(coroutine: Any) -> Any:
+    """Run ``coroutine`` to completion on this thread's event loop (kept between batches)."""
+    import asyncio
+
+    loop = getattr(_loops, "loop", None)
+    if loop is None:
+        loop = _loops.loop = asyncio.new_event_loop()
+    return loop.run_until_complete(coroutine)
+
+
+def _to_array(out: Any, dtype: Any) -> Any:
+    import pyarrow as pa
+
+    if isinstance(out, pa.ChunkedArray):
+        out = out.combine_chunks()
+    if isinstance(out, pa.Array):
+        return out if out.type == dtype else out.cast(dtype)
+    if hasattr(out, "__arrow_c_array__") and not hasattr(out, "dtype"):
+        out = pa.array(out)
+        return out if out.type == dtype else out.cast(dtype)
+    return pa.array(out, type=dtype)
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    """Exactly ``n`` bytes from ``fd``; ``None`` at end of input."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        chunk = os.readv(fd, [view[got:]])
+        if chunk == 0:
+            return None
+        got += chunk
+    return bytes(buf)
+
+
+def _read_frame(fd: int) -> tuple[bytes, Any] | None:
+    header = _read_exact(fd, 9)
+    if header is None:
+        return None
+    kind, length = header[:1], struct.unpack("<Q", header[1:])[0]
+    payload = _read_exact(fd, length) if length else b""
+    if payload is None:
+        return None
+    return kind, payload
+
+
+def _write_frame(fd: int, kind: bytes, payload: Any) -> None:
+    view = memoryview(payload).cast("B")
+    header = kind + struct.pack("<Q", view.nbytes)
+    os.write(fd, header)
+    written = 0
+    while written < view.nbytes:
+        written += os.write(fd, view[written:])
+
+
+def _describe(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+
+
+def main() -> None:
+    # The protocol gets private descriptors; fd 1 becomes stderr for the UDF's prints.
+    requests = os.dup(0)
+    replies = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    for entry in reversed(os.environ.get("RILLET_WORKER_SYS_PATH", "").split(os.pathsep)):
+        if entry and entry not in sys.path:
+            sys.path.insert(0, entry)
+
+    frame = _read_frame(requests)
+    if frame is None or frame[0] != SETUP:
+        return
+    try:
+        import pyarrow as pa
+        import cloudpickle
+
+        spec = cloudpickle.loads(frame[1])
+        fn = spec["fn"]
+        if spec["is_class"]:
+            fn = fn(*spec.get("init_args", ()), **spec.get("init_kwargs", {}))
+    except BaseException as exc:  # noqa: BLE001 - reported to the engine
+        _write_frame(replies, ERROR, _describe(exc).encode())
+        return
+    _write_frame(replies, READY, b"")
+
+    while True:
+        frame = _read_frame(requests)
+        if frame is None:
+            return
+        try:
+            reader = pa.ipc.open_stream(pa.py_buffer(frame[1]))
+            request = reader.read_next_batch()
+            result = apply_udf(fn, list(request.columns), request.num_rows, spec["batch"],
+                               spec["return_type"], spec["on_error"])
+            sink = pa.BufferOutputStream()
+            table = pa.record_batch([result], names=["result"])
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_batch(table)
+            _write_frame(replies, RESULT, sink.getvalue())
+        except Exception as exc:  # noqa: BLE001 - reported to the engine
+            _write_frame(replies, ERROR, _describe(exc).encode())
+
+
+if __name__ == "__main__":
+    main()
