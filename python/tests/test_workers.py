@@ -209,17 +209,23 @@ def test_more_workers_than_the_cpus_allow_fails_with_the_numbers():
     assert f"this machine has {cpus:g} CPU" in str(info.value)
 
 
-def test_fractional_virtual_gpus_pack_two_workers_per_gpu():
-    rl.init(num_gpus=2)
+def where_udf(**resources):
+    """A UDF naming, for each row, the GPU list and pid of the worker that computed it; each
+    call sleeps so that every worker of the pool gets calls."""
 
-    @rl.udf(return_dtype=pa.string(), batch=True, batch_size=1, concurrency=4, num_gpus=0.5,
-            num_cpus=0.25)
+    @rl.udf(return_dtype=pa.string(), batch=True, batch_size=1, **resources)
     class Where:
         def __call__(self, x):
             time.sleep(0.2)
             return pa.array([f"{os.environ['CUDA_VISIBLE_DEVICES']}:{os.getpid()}"] * len(x))
 
-    out = rl.range(24).with_column("where", Where(col("id"))).to_pydict()
+    return Where
+
+
+def test_fractional_virtual_gpus_pack_two_workers_per_gpu():
+    rl.init(num_gpus=2)
+    where = where_udf(concurrency=4, num_gpus=0.5, num_cpus=0.25)
+    out = rl.range(24).with_column("where", where(col("id"))).to_pydict()
     by_worker = dict(w.split(":")[::-1] for w in set(out["where"]))
     assert len(by_worker) == 4
     assert sorted(by_worker.values()) == ["0", "0", "1", "1"]
@@ -227,15 +233,8 @@ def test_fractional_virtual_gpus_pack_two_workers_per_gpu():
 
 def test_whole_gpus_are_not_shared():
     rl.init(num_gpus=2)
-
-    @rl.udf(return_dtype=pa.string(), batch=True, batch_size=1, concurrency=2, num_gpus=1,
-            num_cpus=0.5)
-    class Where:
-        def __call__(self, x):
-            time.sleep(0.2)
-            return pa.array([f"{os.environ['CUDA_VISIBLE_DEVICES']}:{os.getpid()}"] * len(x))
-
-    out = rl.range(8).with_column("where", Where(col("id"))).to_pydict()
+    where = where_udf(concurrency=2, num_gpus=1, num_cpus=0.5)
+    out = rl.range(8).with_column("where", where(col("id"))).to_pydict()
     assert sorted({w.split(":")[0] for w in out["where"]}) == ["0", "1"]
 
 
