@@ -300,8 +300,8 @@ impl ResourceManager {
     }
 
     /// Override what the machine offers (`rl.init(num_cpus=…, num_gpus=…, memory=…)`);
-    /// `None` keeps the detected value. `gpus` declares that many virtual GPUs. Fails while
-    /// any worker holds a reservation.
+    /// `None` keeps the detected value. `gpus` declares that many virtual GPUs. Fails when
+    /// workers still hold reservations after waiting up to 5 s for them to stop.
     pub fn configure(
         &self,
         cpus: Option<f64>,
@@ -309,6 +309,15 @@ impl ResourceManager {
         memory_bytes: Option<u64>,
     ) -> Result<()> {
         let mut ledger = self.lock();
+        // A job that just ended may still be stopping its workers: give them a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while ledger.reservations > 0 && std::time::Instant::now() < deadline {
+            ledger = self
+                .released
+                .wait_timeout(ledger, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
         if ledger.reservations > 0 {
             return Err(RilletError::Plan(format!(
                 "cannot change the machine's resources while {} worker process{} hold{} them; \

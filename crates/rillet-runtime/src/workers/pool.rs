@@ -248,6 +248,17 @@ impl ProcessPool {
         for child in children.values() {
             let _ = lock_child(child).wait();
         }
+        // Workers still loading were killed above; wait for their start threads to give
+        // their resources back, so the job ends with nothing reserved.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut state = self.lock();
+        while state.starting > 0 && Instant::now() < deadline {
+            state = self
+                .changed
+                .wait_timeout(state, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {
@@ -355,18 +366,20 @@ impl ProcessPool {
             .name("rillet-worker-start".to_string())
             .spawn(move || {
                 let Some(pool) = me.upgrade() else { return };
-                let launched = pool.launch(reservation);
+                let mut launched = pool.launch(reservation);
+                if pool.lock().closed
+                    && let Ok(worker) = launched
+                {
+                    // Closed while it loaded: stop it (giving its resources back) before
+                    // the pool counts it as no longer starting.
+                    stop_gracefully(vec![worker]);
+                    launched = Err("the pool closed while the worker started".to_string());
+                }
                 let mut state = pool.lock();
                 state.starting -= 1;
                 match launched {
-                    Ok(worker) if !state.closed => state.idle.push(worker),
-                    Ok(worker) => {
-                        state.live -= 1;
-                        drop(state);
-                        stop_gracefully(vec![worker]);
-                        pool.changed.notify_all();
-                        return;
-                    }
+                    Ok(worker) => state.idle.push(worker),
+                    Err(_) if state.closed => state.live -= 1,
                     Err(message) => {
                         state.live -= 1;
                         state.failure.get_or_insert(message);
