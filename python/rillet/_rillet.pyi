@@ -48,7 +48,7 @@ class Session:
                  concurrency: int | None = None) -> Expr: ...
     def worker_udf_call(self, name: str, return_type: pa.DataType, args: list[Expr], *,
                         batch_size: int | None, argv: list[str], env: list[tuple[str, str]],
-                        setup: bytes, min_workers: int, max_workers: int, num_cpus: float,
+                        setup: bytes, min_workers: int, max_workers: int | None, num_cpus: float,
                         num_gpus: float, memory: int, max_retries: int,
                         idle_timeout_s: float) -> Expr: ...
 

@@ -105,8 +105,9 @@ def _to_array(out: Any, dtype: Any) -> Any:
     return pa.array(out, type=dtype)
 
 
-def _read_exact(fd: int, n: int) -> bytes | None:
-    """Exactly ``n`` bytes from ``fd``; ``None`` at end of input."""
+def _read_exact(fd: int, n: int) -> bytearray | None:
+    """Exactly ``n`` bytes from ``fd`` (read in place, not copied); ``None`` at end of
+    input."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
@@ -115,15 +116,15 @@ def _read_exact(fd: int, n: int) -> bytes | None:
         if chunk == 0:
             return None
         got += chunk
-    return bytes(buf)
+    return buf
 
 
-def _read_frame(fd: int) -> tuple[bytes, Any] | None:
+def _read_frame(fd: int) -> tuple[bytes, bytearray] | None:
     header = _read_exact(fd, 9)
     if header is None:
         return None
-    kind, length = header[:1], struct.unpack("<Q", header[1:])[0]
-    payload = _read_exact(fd, length) if length else b""
+    kind, length = bytes(header[:1]), struct.unpack("<Q", header[1:])[0]
+    payload = _read_exact(fd, length) if length else bytearray()
     if payload is None:
         return None
     return kind, payload

@@ -76,7 +76,7 @@ class UDF:
         self.memory = _parse_bytes(memory)
         self.max_retries = int(max_retries)
         self.idle_timeout = float(idle_timeout)
-        self.concurrency = _concurrency(concurrency, self.num_cpus, self.num_gpus, isolate)
+        self.concurrency = _concurrency(concurrency, isolate)
         # With on_error="column" each value comes with the reason its row failed.
         self._wire_type = (pa.struct([("value", return_dtype), ("error", pa.string())])
                            if on_error == "column" else return_dtype)
@@ -159,7 +159,7 @@ def udf(fn: Callable[..., Any] | None = None, *, return_dtype: Any, batch: bool 
         batch_size: rows per call (the last call may get fewer).
         concurrency: workers (or in-process calls) at once: ``n``, or ``(min, max)`` for a
             pool that grows while calls wait and shrinks when idle. Default ``(1, n)`` with
-            ``n`` what the machine's CPUs (and GPUs) allow.
+            ``n`` as many workers as the machine's CPUs (and GPUs, memory) fit.
         num_cpus, num_gpus, memory: what each worker process reserves (``num_gpus=0.5`` puts
             two workers on one GPU; memory in bytes or as ``"2GiB"``). A request this machine
             can never satisfy fails when the job starts, saying what exists.
@@ -193,20 +193,11 @@ def _is_async(fn: Any) -> bool:
     return inspect.iscoroutinefunction(target)
 
 
-def _concurrency(value: Any, num_cpus: float, num_gpus: float,
-                 isolate: bool) -> tuple[int, int] | None:
+def _concurrency(value: Any, isolate: bool) -> tuple[int, int | None] | None:
+    """``(min, max)`` workers; for worker processes without a value ``(1, None)``: the
+    engine sizes the pool to what the machine fits."""
     if value is None:
-        if not isolate:
-            return None
-        from rillet._rillet import machine_resources
-
-        machine = machine_resources()
-        most = int(machine["num_cpus"] // num_cpus) if num_cpus > 0 else int(machine["num_cpus"])
-        if num_gpus > 0:
-            slots = (int(1 // num_gpus) * machine["num_gpus"] if num_gpus < 1
-                     else machine["num_gpus"] // int(num_gpus))
-            most = min(most, slots)
-        return (1, max(1, most))
+        return (1, None) if isolate else None
     if isinstance(value, int):
         low = high = value
     elif isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):

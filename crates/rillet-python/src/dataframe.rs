@@ -197,35 +197,31 @@ impl PySession {
         env: Vec<(String, String)>,
         setup: Vec<u8>,
         min_workers: usize,
-        max_workers: usize,
+        max_workers: Option<usize>,
         num_cpus: f64,
         num_gpus: f64,
         memory: u64,
         max_retries: usize,
         idle_timeout_s: f64,
     ) -> PyResult<PyExpr> {
-        let options = PoolOptions {
-            min_workers,
-            max_workers,
-            request: ResourceRequest {
-                cpus: num_cpus,
-                gpus: num_gpus,
-                memory_bytes: memory,
-            },
-            max_retries,
-            idle_timeout: Duration::from_secs_f64(idle_timeout_s.max(0.0)),
+        let request = ResourceRequest {
+            cpus: num_cpus,
+            gpus: num_gpus,
+            memory_bytes: memory,
         };
         let who = format!("udf({name})");
         let resources = ResourceManager::global();
+        // Without a maximum, as many workers as the machine fits.
+        let options = PoolOptions {
+            min_workers,
+            max_workers: max_workers.unwrap_or_else(|| resources.capacity(&request).max(1)),
+            request,
+            max_retries,
+            idle_timeout: Duration::from_secs_f64(idle_timeout_s.max(0.0)),
+        };
         // Values that can never work fail here, when the expression is built; whether the
         // machine has room is checked when a job starts.
-        options.request.validate(&who).py_err()?;
-        if max_workers == 0 || min_workers > max_workers {
-            return Err(PyValueError::new_err(format!(
-                "{who}: concurrency must be at least 1 and its minimum at most its maximum, \
-                 got ({min_workers}, {max_workers})"
-            )));
-        }
+        options.validate(&who).py_err()?;
         let command = WorkerCommand {
             argv,
             env,

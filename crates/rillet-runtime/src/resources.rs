@@ -222,6 +222,38 @@ fn trim_float(x: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
+/// How many workers of one request fit on a machine, resource by resource.
+struct Capacity {
+    gpu: usize,
+    cpu: usize,
+    memory: usize,
+}
+
+impl Capacity {
+    fn of(machine: &MachineResources, request: &ResourceRequest) -> Self {
+        let fits = |total: u64, each: u64| match each {
+            0 => usize::MAX,
+            each => usize::try_from(total / each).unwrap_or(usize::MAX),
+        };
+        let gpu = if request.gpus == 0.0 {
+            usize::MAX
+        } else if request.gpus < 1.0 {
+            (GPU_UNITS / gpu_units(request.gpus)) as usize * machine.gpus.len()
+        } else {
+            machine.gpus.len() / request.gpus as usize
+        };
+        Self {
+            gpu,
+            cpu: fits(cpu_millis(machine.cpus), cpu_millis(request.cpus)),
+            memory: fits(machine.memory_bytes, request.memory_bytes),
+        }
+    }
+
+    fn workers(&self) -> usize {
+        self.gpu.min(self.cpu).min(self.memory)
+    }
+}
+
 fn gpu_units(gpus: f64) -> u32 {
     (gpus.min(1.0) * GPU_UNITS as f64).round() as u32
 }
@@ -247,6 +279,9 @@ fn cpu_millis(cpus: f64) -> u64 {
 /// ```
 #[derive(Debug)]
 pub struct ResourceManager {
+    /// The machine as found (or as given to [`ResourceManager::new`]), which
+    /// [`configure`](Self::configure) overrides; kept so a reset does not detect again.
+    detected: MachineResources,
     state: Mutex<Ledger>,
     released: Condvar,
 }
@@ -279,6 +314,7 @@ impl ResourceManager {
     /// A manager of `machine`, with nothing reserved.
     pub fn new(machine: MachineResources) -> Self {
         Self {
+            detected: machine.clone(),
             state: Mutex::new(Ledger::new(machine)),
             released: Condvar::new(),
         }
@@ -300,7 +336,7 @@ impl ResourceManager {
     }
 
     /// Override what the machine offers (`rl.init(num_cpus=…, num_gpus=…, memory=…)`);
-    /// `None` keeps the detected value. `gpus` declares that many virtual GPUs. Fails when
+    /// `None` keeps the detected value (the machine given to [`new`](Self::new)). `gpus` declares that many virtual GPUs. Fails when
     /// workers still hold reservations after waiting up to 5 s for them to stop.
     pub fn configure(
         &self,
@@ -327,7 +363,7 @@ impl ResourceManager {
                 if ledger.reservations == 1 { "s" } else { "" },
             )));
         }
-        let mut machine = MachineResources::detect();
+        let mut machine = self.detected.clone();
         if let Some(cpus) = cpus {
             if !(cpus.is_finite() && cpus > 0.0) {
                 return Err(RilletError::Plan(format!(
@@ -364,41 +400,48 @@ impl ResourceManager {
             plural(workers)
         );
         let fix = "Lower num_cpus, num_gpus, memory or the minimum concurrency";
-        let gpu_capacity = if request.gpus == 0.0 {
-            usize::MAX
-        } else if request.gpus < 1.0 {
-            (GPU_UNITS / gpu_units(request.gpus)) as usize * machine.gpus.len()
-        } else {
-            machine.gpus.len() / request.gpus as usize
-        };
-        if gpu_capacity < workers {
+        let room = Capacity::of(&machine, request);
+        if room.gpu < workers {
             let hint = if machine.gpus.is_empty() {
                 " (declare virtual GPUs for testing with rl.init(num_gpus=N))"
             } else {
                 ""
             };
             return Err(RilletError::Plan(format!(
-                "{asked}, but this machine has {}, room for {gpu_capacity} such worker{}. \
-                 {fix}{hint}.",
+                "{asked}, but this machine has {}, room for {} such worker{}. {fix}{hint}.",
                 machine.describe_gpus(),
-                plural(gpu_capacity)
+                room.gpu,
+                plural(room.gpu)
             )));
         }
-        let cpus_needed = cpu_millis(request.cpus) * workers as u64;
-        if cpus_needed > cpu_millis(machine.cpus) {
+        if room.cpu < workers {
             return Err(RilletError::Plan(format!(
                 "{asked}, but this machine has {} CPU{}. {fix}.",
                 trim_float(machine.cpus),
                 if machine.cpus == 1.0 { "" } else { "s" }
             )));
         }
-        if request.memory_bytes.saturating_mul(workers as u64) > machine.memory_bytes {
+        if room.memory < workers {
             return Err(RilletError::Plan(format!(
                 "{asked}, but this machine has {} of memory. {fix}.",
                 crate::metrics::human_bytes(machine.memory_bytes)
             )));
         }
         Ok(())
+    }
+
+    /// How many workers each needing `request` fit on this machine at once (the default
+    /// largest size of a pool); `usize::MAX` for a request of nothing.
+    ///
+    /// ```
+    /// use rillet_runtime::{MachineResources, ResourceManager, ResourceRequest};
+    /// let machine = MachineResources { cpus: 8.0, memory_bytes: 1 << 30, gpus: vec![], virtual_gpus: false };
+    /// let manager = ResourceManager::new(machine).with_virtual_gpus(2);
+    /// let quarter_gpu = ResourceRequest { cpus: 1.0, gpus: 0.25, memory_bytes: 0 };
+    /// assert_eq!(manager.capacity(&quarter_gpu), 8);
+    /// ```
+    pub fn capacity(&self, request: &ResourceRequest) -> usize {
+        Capacity::of(&self.machine(), request).workers()
     }
 
     /// Reserve `request` now if it is free, packing fractional GPUs onto the fullest GPU
@@ -451,12 +494,6 @@ impl ResourceManager {
             gpus,
             devices,
         })
-    }
-
-    /// Wait up to `timeout` for some reservation to be given back.
-    pub fn wait_for_release(&self, timeout: Duration) {
-        let ledger = self.lock();
-        let _ = self.released.wait_timeout(ledger, timeout);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {

@@ -84,15 +84,22 @@ impl WorkerFunction {
         if let Some(pool) = &slot.pool {
             return Ok(pool.clone());
         }
-        let pool = ProcessPool::start(
+        let pool = self.start_pool(None)?;
+        slot.pool = Some(pool.clone());
+        Ok(pool)
+    }
+
+    fn start_pool(
+        &self,
+        metrics: Option<Arc<crate::metrics::OperatorMetrics>>,
+    ) -> Result<Arc<ProcessPool>> {
+        ProcessPool::start(
             self.operator(),
             self.command.clone(),
             self.options.clone(),
             self.resources.clone(),
-            None,
-        )?;
-        slot.pool = Some(pool.clone());
-        Ok(pool)
+            metrics,
+        )
     }
 
     /// The pool of the running job, if any (for tests and diagnostics).
@@ -152,13 +159,7 @@ impl ArrayFunction for WorkerFunction {
     fn open(&self, context: &FunctionContext) -> Result<()> {
         let mut slot = self.slot();
         if slot.pool.is_none() {
-            slot.pool = Some(ProcessPool::start(
-                self.operator(),
-                self.command.clone(),
-                self.options.clone(),
-                self.resources.clone(),
-                Some(context.metrics.clone()),
-            )?);
+            slot.pool = Some(self.start_pool(Some(context.metrics.clone()))?);
         }
         slot.jobs += 1;
         Ok(())

@@ -41,6 +41,20 @@ pub struct PoolOptions {
     pub idle_timeout: Duration,
 }
 
+impl PoolOptions {
+    /// Reject sizes and requests that can never work, on any machine; `who` names the pool.
+    pub fn validate(&self, who: &str) -> Result<()> {
+        if self.max_workers == 0 || self.min_workers > self.max_workers {
+            return Err(RilletError::plan(format!(
+                "{who}: concurrency must be at least 1 and its minimum at most its maximum, \
+                 got ({}, {})",
+                self.min_workers, self.max_workers
+            )));
+        }
+        self.request.validate(who)
+    }
+}
+
 impl Default for PoolOptions {
     fn default() -> Self {
         Self {
@@ -123,13 +137,7 @@ impl ProcessPool {
         if command.argv.is_empty() {
             return Err(RilletError::plan(format!("{name}: no worker command")));
         }
-        if options.max_workers == 0 || options.min_workers > options.max_workers {
-            return Err(RilletError::plan(format!(
-                "{name}: concurrency must be at least 1 and its minimum at most its maximum, \
-                 got ({}, {})",
-                options.min_workers, options.max_workers
-            )));
-        }
+        options.validate(&name)?;
         resources.check(&options.request, options.min_workers, &name)?;
         let pool = Arc::new_cyclic(|me| Self {
             name,
@@ -564,7 +572,7 @@ fn reap_idle_workers(pool: Weak<ProcessPool>) {
             }
             let mut expired = Vec::new();
             while state.live > pool.options.min_workers {
-                // The longest idle worker is the first in the list.
+                // Stop the worker idle longest first.
                 let Some(oldest) = state
                     .idle
                     .iter()
