@@ -3,6 +3,8 @@
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$RILLET_ROOT"
+echo "== model weights (the AI operators' tests use them)"
+python -m rillet.models
 echo "== cargo test"
 cargo test --workspace --exclude rillet-python
 echo "== pytest"

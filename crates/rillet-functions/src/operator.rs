@@ -378,6 +378,11 @@ pub trait Operator: Send + Sync + Debug + 'static {
     fn batch_size(&self) -> Option<usize> {
         None
     }
+    /// Calls that may run at once; `None` uses the engine's default. Model operators whose
+    /// runtime already spreads one call over every core ask for fewer.
+    fn concurrency(&self) -> Option<usize> {
+        None
+    }
     /// True if the operator reads its one image input row by row and decodes encoded rows
     /// itself (through `ImageInput`, honouring [`Call::decode`]). Then an `image_decode`
     /// call feeding it is fused into its calls: each photo is decoded, used and dropped
@@ -576,6 +581,10 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
 
     fn batch_size(&self) -> Option<usize> {
         self.operator.batch_size()
+    }
+
+    fn concurrency(&self) -> Option<usize> {
+        self.operator.concurrency()
     }
 
     fn splittable_batches(&self) -> bool {

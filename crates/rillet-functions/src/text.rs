@@ -31,7 +31,8 @@ pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     ]
 }
 
-pub(crate) fn expect_text(operator: &str, field: &Field) -> Result<()> {
+/// Check that `field` is a string column, naming `operator` in the error.
+pub fn expect_text(operator: &str, field: &Field) -> Result<()> {
     match field.data_type() {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(()),
         _ => Err(RilletError::invalid_argument(format!(

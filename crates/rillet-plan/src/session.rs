@@ -91,8 +91,12 @@ impl Session {
             .with_query_planner(Arc::new(RilletQueryPlanner))
             .build();
         let ctx = SessionContext::new_with_state(state);
-        // Built-in multimodal operators, by SQL name, for SQL and the DataFrame alike.
-        for function in rillet_functions::functions() {
+        // Built-in multimodal operators, by SQL name, for SQL and the DataFrame alike;
+        // model operators (embed_text, detect_objects, ...) the same way.
+        for function in rillet_functions::functions()
+            .into_iter()
+            .chain(rillet_ai::functions())
+        {
             ctx.register_udf(registered_function(function));
         }
         Self {

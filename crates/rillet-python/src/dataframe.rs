@@ -12,10 +12,10 @@ use pyo3_arrow::{PyDataType, PySchema, PyTable};
 use rillet_common::{EngineConfig, RilletError};
 use rillet_plan::{DataFrame, JoinHow, ReadFormat, Session, array_function_expr};
 use rillet_runtime::workers::{PoolOptions, WorkerCommand};
-use rillet_runtime::{ResourceManager, ResourceRequest, WorkerFunction};
 use rillet_runtime::{
     CollectedBatches, FileFormat, JobHandle, JobStats, RowBatcher, WriteMode, global_runtime,
 };
+use rillet_runtime::{ResourceManager, ResourceRequest, WorkerFunction};
 
 use crate::errors::{IntoPy, interrupted};
 use crate::expr::{PyExpr, sort_expr};

@@ -10,7 +10,11 @@ use crate::errors::IntoPy;
 /// detected. `num_gpus` declares virtual GPUs.
 #[pyfunction]
 #[pyo3(signature = (num_cpus=None, num_gpus=None, memory=None))]
-fn init_resources(num_cpus: Option<f64>, num_gpus: Option<usize>, memory: Option<u64>) -> PyResult<()> {
+fn init_resources(
+    num_cpus: Option<f64>,
+    num_gpus: Option<usize>,
+    memory: Option<u64>,
+) -> PyResult<()> {
     ResourceManager::global()
         .configure(num_cpus, num_gpus, memory)
         .py_err()

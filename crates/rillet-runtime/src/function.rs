@@ -11,6 +11,8 @@ use rillet_common::Result;
 
 thread_local! {
     static CALL_FIRST_ROW: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+    static CALL_METRICS: std::cell::RefCell<Option<std::sync::Arc<crate::metrics::OperatorMetrics>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Index, in its task's input, of the first row of the call running on this thread, so a
@@ -24,11 +26,42 @@ pub fn call_first_row() -> Option<u64> {
     CALL_FIRST_ROW.with(|c| c.get())
 }
 
-/// Run `work` as a call whose first row is input row `first_row`.
-pub(crate) fn with_first_row<T>(first_row: u64, work: impl FnOnce() -> T) -> T {
+/// Run `work` as a call whose first row is input row `first_row`, for the operator whose
+/// counters are `metrics`.
+pub(crate) fn with_call<T>(
+    first_row: u64,
+    metrics: &std::sync::Arc<crate::metrics::OperatorMetrics>,
+    work: impl FnOnce() -> T,
+) -> T {
     let before = CALL_FIRST_ROW.with(|c| c.replace(Some(first_row)));
+    let metrics_before = CALL_METRICS.with(|m| m.replace(Some(metrics.clone())));
     let result = work();
     CALL_FIRST_ROW.with(|c| c.set(before));
+    CALL_METRICS.with(|m| *m.borrow_mut() = metrics_before);
+    result
+}
+
+/// Run `load` (a model load inside a call) as a wait for
+/// [`WaitReason::ModelLoading`](crate::WaitReason::ModelLoading) of the operator whose call
+/// runs on this thread: progress shows "model loading" meanwhile and the time is added to
+/// its loading wait, not to its work. Outside a call it just runs `load`.
+///
+/// ```
+/// let weights = rillet_runtime::while_loading_model(|| vec![0.5f32; 4]);
+/// assert_eq!(weights.len(), 4);
+/// ```
+pub fn while_loading_model<T>(load: impl FnOnce() -> T) -> T {
+    let metrics = CALL_METRICS.with(|m| m.borrow().clone());
+    let Some(metrics) = metrics else {
+        return load();
+    };
+    let reason = crate::metrics::WaitReason::ModelLoading;
+    let started = std::time::Instant::now();
+    let result = {
+        let _shows = metrics.begin_wait(reason);
+        load()
+    };
+    metrics.record_wait(reason, started.elapsed());
     result
 }
 

@@ -60,6 +60,7 @@ pub mod workers;
 pub use exchange::{ExchangeRegistry, ExchangeSourceExec};
 pub use function::{
     ArrayFunction, BatchFunction, FunctionChain, FunctionContext, RowBatcher, call_first_row,
+    while_loading_model,
 };
 pub use graph::{DataflowGraph, Edge, EdgeId, EdgeKind, Vertex, VertexId, VertexOperator};
 pub use message::{CheckpointBarrier, StreamMessage};

@@ -133,9 +133,9 @@ pub fn parse_nvidia_smi(output: &str, visible: Option<&str>) -> Vec<GpuDevice> {
     };
     let mut chosen = Vec::new();
     for entry in visible.split(',').map(str::trim) {
-        let found = rows.iter().find(|r| {
-            r.index == entry || (entry.starts_with("GPU-") && r.uuid.starts_with(entry))
-        });
+        let found = rows
+            .iter()
+            .find(|r| r.index == entry || (entry.starts_with("GPU-") && r.uuid.starts_with(entry)));
         match found {
             Some(row) if !chosen.contains(&row.device) => chosen.push(row.device.clone()),
             _ => break,

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 use crate::channel::{ChannelReceiver, ChannelSender, byte_channel};
 use crate::exchange::ExchangeRegistry;
-use crate::function::{BatchFunction, RowBatcher, check_output_schema, with_first_row};
+use crate::function::{BatchFunction, RowBatcher, check_output_schema, with_call};
 use crate::graph::{DataflowGraph, EdgeKind, VertexId, VertexOperator};
 use crate::memory::{self, CallBudget, CallSizer};
 use crate::message::StreamMessage;
@@ -332,7 +332,8 @@ impl LocalWorker {
         runtime.spawn(async move {
             let (error, files) = drive(tasks, cancel_rx).await;
             // Stop worker processes; on failure this also ends calls still running in them.
-            let closing = tokio::task::spawn_blocking(move || opened.iter().for_each(|f| f.close()));
+            let closing =
+                tokio::task::spawn_blocking(move || opened.iter().for_each(|f| f.close()));
             let _ = closing.await;
             // Aborted tasks may have left a blocking call running: the job ends with it.
             for pool in &pools {
@@ -527,9 +528,11 @@ async fn run_function(
             calls.push_back(async move {
                 let called = async {
                     let _reserved = budget.reserve(estimate, Some(&m)).await?;
+                    let call_metrics = m.clone();
                     pool.run(Some(&m), move || {
-                        let (result, charged) =
-                            with_first_row(first_row, || memory::measure_call(|| f.call(batch)));
+                        let (result, charged) = with_call(first_row, &call_metrics, || {
+                            memory::measure_call(|| f.call(batch))
+                        });
                         result.map(|r| (r, charged))
                     })
                     .await

@@ -10,7 +10,7 @@ mod measure;
 mod spare;
 mod transform;
 
-pub use transform::decode_resize_limit;
+pub use transform::{Letterboxed, decode_resize_limit, letterbox_rgb8};
 
 use std::sync::Arc;
 
@@ -45,14 +45,16 @@ pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
 }
 
 /// An image of one row: borrowed from a decoded column or decoded from bytes.
-pub(crate) enum Pixels<'a> {
+pub enum Pixels<'a> {
+    /// Borrowed from a decoded `Image` column.
     View(ImageView<'a>),
+    /// Decoded from encoded content for this row.
     Owned(DynamicImage),
 }
 
 impl Pixels<'_> {
     /// Borrow as a view.
-    pub(crate) fn view(&self) -> ImageView<'_> {
+    pub fn view(&self) -> ImageView<'_> {
         match self {
             Self::View(v) => *v,
             Self::Owned(image) => {
@@ -157,7 +159,7 @@ impl<'a> ImageInput<'a> {
 }
 
 /// Check that `field` is an image input (decoded or encoded).
-pub(crate) fn expect_image(operator: &str, field: &Field) -> Result<()> {
+pub fn expect_image(operator: &str, field: &Field) -> Result<()> {
     if is_image(field) || is_encoded_input(field) {
         Ok(())
     } else {
@@ -208,7 +210,9 @@ pub(crate) fn map_images(
 
 /// One value per row computed by `f` from the row's image. Null rows stay null; data
 /// problems (reading, decoding, or `f`'s own `Err`) null the row and record the reason.
-pub(crate) fn image_values<T>(
+/// Encoded rows are decoded one at a time (and, when an `image_decode` call was fused in,
+/// with its options), so only one full-size image lives at once.
+pub fn image_values<T>(
     operator: &str,
     call: &Call<'_>,
     errors: &mut RowErrors,

@@ -325,6 +325,95 @@ impl Operator for Letterbox {
     }
 }
 
+/// An 8-bit image scaled to fit a detector's input box, keeping its aspect ratio, and
+/// centred on a `fill`-valued canvas: the pixels, and how to map a point of the canvas back
+/// to the source image (`source = (canvas - offset) / scale`).
+#[derive(Debug, Clone)]
+pub struct Letterboxed {
+    /// `width × height` RGB pixels, HWC.
+    pub rgb: Vec<u8>,
+    /// Source pixels to canvas pixels.
+    pub scale: f64,
+    /// Left padding, in canvas pixels.
+    pub left: u32,
+    /// Top padding, in canvas pixels.
+    pub top: u32,
+}
+
+/// Letterbox `src` (any 8-bit mode; alpha is dropped, grey is spread over three channels)
+/// into a `width × height` RGB canvas, bilinear, for a model's input.
+///
+/// ```
+/// use rillet_common::types::ImageMode;
+/// use rillet_functions::image::array::ImageView;
+/// use rillet_functions::image::letterbox_rgb8;
+/// let pixels = vec![200u8; 40 * 20 * 3];
+/// let src = ImageView { width: 40, height: 20, mode: ImageMode::Rgb, data: &pixels };
+/// let boxed = letterbox_rgb8(&src, 32, 32, 114).unwrap();
+/// assert_eq!((boxed.scale, boxed.left, boxed.top), (0.8, 0, 8));
+/// assert_eq!(boxed.rgb[0], 114); // padding above the image
+/// assert_eq!(boxed.rgb[(16 * 32 + 16) * 3], 200);
+/// ```
+pub fn letterbox_rgb8(
+    src: &ImageView<'_>,
+    width: u32,
+    height: u32,
+    fill: u8,
+) -> std::result::Result<Letterboxed, String> {
+    require_8_bit("letterbox", src.mode)?;
+    if width == 0 || height == 0 || src.width == 0 || src.height == 0 {
+        return Err(format!(
+            "cannot letterbox a {}x{} image into {width}x{height}",
+            src.width, src.height
+        ));
+    }
+    let rgb_source;
+    let src = if src.mode == ImageMode::Rgb {
+        *src
+    } else {
+        let c = src.mode.channels();
+        let mut rgb = Vec::with_capacity(src.width as usize * src.height as usize * 3);
+        for px in src.data.chunks_exact(c) {
+            match c {
+                1 | 2 => rgb.extend_from_slice(&[px[0], px[0], px[0]]),
+                _ => rgb.extend_from_slice(&px[..3]),
+            }
+        }
+        rgb_source = rgb;
+        ImageView {
+            width: src.width,
+            height: src.height,
+            mode: ImageMode::Rgb,
+            data: &rgb_source,
+        }
+    };
+    let (tw, th) = fit(src.width, src.height, width, height);
+    let scale = (width as f64 / src.width as f64).min(height as f64 / src.height as f64);
+    let mut scaled = vec![0u8; tw as usize * th as usize * 3];
+    let mut resizer = ThreadResizer::take();
+    resize_into(
+        &mut resizer,
+        &src,
+        tw,
+        th,
+        ResizeAlg::Convolution(FilterType::Bilinear),
+        &mut scaled,
+    )?;
+    let (left, top) = ((width - tw) / 2, (height - th) / 2);
+    let mut rgb = vec![fill; width as usize * height as usize * 3];
+    let row_bytes = tw as usize * 3;
+    for y in 0..th as usize {
+        let start = ((top as usize + y) * width as usize + left as usize) * 3;
+        rgb[start..start + row_bytes].copy_from_slice(&scaled[y * row_bytes..(y + 1) * row_bytes]);
+    }
+    Ok(Letterboxed {
+        rgb,
+        scale,
+        left,
+        top,
+    })
+}
+
 /// Copy the `w × h` window at `(x, y)` of `src` into a new row of `out`.
 fn crop_view(
     src: &ImageView<'_>,

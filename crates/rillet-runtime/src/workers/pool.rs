@@ -424,18 +424,15 @@ impl ProcessPool {
         // as many as the CPUs it reserved, so workers do not oversubscribe the machine.
         let threads = self.options.request.cpus.ceil().max(1.0).to_string();
         for var in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
-            let set_by_user = std::env::var_os(var).is_some()
-                || self.command.env.iter().any(|(k, _)| k == var);
+            let set_by_user =
+                std::env::var_os(var).is_some() || self.command.env.iter().any(|(k, _)| k == var);
             if !set_by_user {
                 command.env(var, &threads);
             }
         }
-        let mut child = command.spawn().map_err(|e| {
-            format!(
-                "cannot start a worker process ({}): {e}",
-                argv.join(" ")
-            )
-        })?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start a worker process ({}): {e}", argv.join(" ")))?;
         let pid = child.id();
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
@@ -469,7 +466,10 @@ impl ProcessPool {
         let status = child.wait().ok();
         Err(match greeting {
             Ok(Some((ERROR, text))) => {
-                format!("a worker could not start: {}", String::from_utf8_lossy(&text))
+                format!(
+                    "a worker could not start: {}",
+                    String::from_utf8_lossy(&text)
+                )
             }
             other => {
                 let what = match other {
@@ -660,8 +660,7 @@ while True:
 
     fn request(values: Vec<i64>) -> (RecordBatch, Vec<u8>) {
         let batch =
-            RecordBatch::try_from_iter([("a0", Arc::new(Int64Array::from(values)) as _)])
-                .unwrap();
+            RecordBatch::try_from_iter([("a0", Arc::new(Int64Array::from(values)) as _)]).unwrap();
         let bytes = protocol::encode_batch(&batch).unwrap();
         (batch, bytes)
     }

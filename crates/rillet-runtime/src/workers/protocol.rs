@@ -122,7 +122,10 @@ mod tests {
         write_frame(&mut wire, CALL, b"hello").unwrap();
         write_frame(&mut wire, READY, b"").unwrap();
         let mut input = &wire[..];
-        assert_eq!(read_frame(&mut input).unwrap(), Some((CALL, b"hello".to_vec())));
+        assert_eq!(
+            read_frame(&mut input).unwrap(),
+            Some((CALL, b"hello".to_vec()))
+        );
         assert_eq!(read_frame(&mut input).unwrap(), Some((READY, Vec::new())));
         assert_eq!(read_frame(&mut input).unwrap(), None);
         let mut cut = &wire[..7];

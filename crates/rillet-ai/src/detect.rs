@@ -1,0 +1,437 @@
+//! `detect_objects`: YOLO-style (v8 head) ONNX detectors. Each image is letterboxed to the
+//! model's input, a batch of them runs at once, and the boxes that pass the confidence
+//! threshold go through per-class non-maximum suppression and are mapped back to the
+//! original image's pixel coordinates.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, FixedSizeListArray, Float32Array, ListArray, StringArray, StructArray,
+};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::datatypes::{DataType, Field, FieldRef, Fields};
+use rillet_common::{Result, RilletError};
+use rillet_functions::image::{Letterboxed, expect_image, image_values, letterbox_rgb8};
+use rillet_functions::operator::{Call, Operator, Param, ParamKind, Params, RowErrors};
+
+use crate::model::{resolve, shared};
+use crate::onnx::{Input, OnnxModel};
+
+/// Detections kept per image at most, after suppression.
+const MAX_DETECTIONS: usize = 300;
+
+/// Grey of the letterbox padding (what YOLO-family models are trained with).
+const PADDING: u8 = 114;
+
+/// One detected object, in the source image's pixel coordinates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    /// Index into [`Detector::labels`].
+    pub class: usize,
+    /// Class confidence, 0 to 1.
+    pub score: f32,
+    /// `[x1, y1, x2, y2]`: top-left and bottom-right corners.
+    pub bbox: [f32; 4],
+}
+
+/// A loaded detector: the model, its input size and its class names.
+#[derive(Debug)]
+pub struct Detector {
+    model: OnnxModel,
+    input: String,
+    width: u32,
+    height: u32,
+    labels: Vec<String>,
+}
+
+impl Detector {
+    /// The detector of model `name_or_path` (a directory holding `model.onnx`), loaded on
+    /// first use and shared by every caller in the process.
+    pub fn shared(name_or_path: &str) -> Result<Arc<Self>> {
+        let dir = resolve(name_or_path)?;
+        shared("detector", &dir, || Self::load(&dir))
+    }
+
+    /// Load `dir/model.onnx`. The input size comes from the graph (or its `imgsz`
+    /// metadata, as Ultralytics exports write it), class names from its `names` metadata.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("model.onnx");
+        let model = OnnxModel::load(&path)?;
+        let bad = |what: &str| RilletError::Model(format!("{}: {what}", path.display()));
+        let input = model
+            .inputs()
+            .first()
+            .ok_or_else(|| bad("the graph has no input"))?;
+        if input.shape.len() != 4 || (input.shape[1] != 3 && input.shape[1] != -1) {
+            return Err(bad(
+                "expected one image input shaped batch × 3 × height × width",
+            ));
+        }
+        let from_graph = (input.shape[2] > 0 && input.shape[3] > 0)
+            .then(|| (input.shape[3] as u32, input.shape[2] as u32));
+        let from_metadata = model.metadata("imgsz")?.and_then(|text| parse_size(&text));
+        let (width, height) = from_graph
+            .or(from_metadata)
+            .ok_or_else(|| bad("the input size is neither in the graph nor in imgsz metadata"))?;
+        let outputs = model.outputs();
+        let classes = outputs
+            .first()
+            .and_then(|o| (o.shape.len() == 3 && o.shape[1] > 4).then(|| o.shape[1] as usize - 4));
+        let names = model.metadata("names")?.map(|text| parse_names(&text));
+        let labels = match (names, classes) {
+            (Some(names), _) if !names.is_empty() => names,
+            (_, Some(n)) => (0..n).map(|i| format!("class_{i}")).collect(),
+            _ => {
+                return Err(bad(
+                    "no class names and no batch × (4 + classes) × anchors output",
+                ));
+            }
+        };
+        Ok(Self {
+            input: input.name.clone(),
+            model,
+            width,
+            height,
+            labels,
+        })
+    }
+
+    /// Class names, by class index.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// The model's input size, `(width, height)`.
+    pub fn input_size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// Letterbox one image for this model.
+    pub fn prepare(
+        &self,
+        image: &rillet_functions::image::array::ImageView<'_>,
+    ) -> std::result::Result<Prepared, String> {
+        let boxed = letterbox_rgb8(image, self.width, self.height, PADDING)?;
+        Ok(Prepared {
+            boxed,
+            source: (image.width, image.height),
+        })
+    }
+
+    /// Detect objects in prepared images, in one run of the model.
+    pub fn detect(
+        &self,
+        images: &[Prepared],
+        confidence: f32,
+        iou: f32,
+    ) -> Result<Vec<Vec<Detection>>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (w, h) = (self.width as usize, self.height as usize);
+        let plane = w * h;
+        let mut tensor = vec![0f32; images.len() * 3 * plane];
+        for (image, chw) in images.iter().zip(tensor.chunks_exact_mut(3 * plane)) {
+            for (i, px) in image.boxed.rgb.chunks_exact(3).enumerate() {
+                chw[i] = px[0] as f32 / 255.0;
+                chw[plane + i] = px[1] as f32 / 255.0;
+                chw[2 * plane + i] = px[2] as f32 / 255.0;
+            }
+        }
+        let shape = vec![images.len() as i64, 3, h as i64, w as i64];
+        let output = self
+            .model
+            .run(vec![(self.input.clone(), Input::F32(shape, tensor))], &[0])?
+            .remove(0);
+        let classes = self.labels.len();
+        if output.shape.len() != 3
+            || output.shape[0] != images.len() as i64
+            || output.shape[1] != 4 + classes as i64
+        {
+            return Err(RilletError::Model(format!(
+                "{}: output of shape {:?}, expected [{}, {}, anchors]",
+                self.model.path().display(),
+                output.shape,
+                images.len(),
+                4 + classes
+            )));
+        }
+        let anchors = output.shape[2] as usize;
+        Ok(images
+            .iter()
+            .zip(output.data.chunks_exact((4 + classes) * anchors))
+            .map(|(image, rows)| decode(image, rows, anchors, classes, confidence, iou))
+            .collect())
+    }
+}
+
+/// An image letterboxed for a detector, with its original size.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    boxed: Letterboxed,
+    source: (u32, u32),
+}
+
+/// Candidate boxes of one image above `confidence`, suppressed per class and mapped back.
+fn decode(
+    image: &Prepared,
+    rows: &[f32],
+    anchors: usize,
+    classes: usize,
+    confidence: f32,
+    iou: f32,
+) -> Vec<Detection> {
+    let at = |row: usize, anchor: usize| rows[row * anchors + anchor];
+    let (source_w, source_h) = (image.source.0 as f32, image.source.1 as f32);
+    let (scale, left, top) = (
+        image.boxed.scale as f32,
+        image.boxed.left as f32,
+        image.boxed.top as f32,
+    );
+    let mut candidates = Vec::new();
+    for anchor in 0..anchors {
+        let (class, score) = (0..classes)
+            .map(|c| (c, at(4 + c, anchor)))
+            .fold((0, f32::MIN), |best, x| if x.1 > best.1 { x } else { best });
+        if score < confidence {
+            continue;
+        }
+        let (cx, cy, bw, bh) = (at(0, anchor), at(1, anchor), at(2, anchor), at(3, anchor));
+        let back = |x: f32, pad: f32, limit: f32| ((x - pad) / scale).clamp(0.0, limit);
+        candidates.push(Detection {
+            class,
+            score,
+            bbox: [
+                back(cx - bw / 2.0, left, source_w),
+                back(cy - bh / 2.0, top, source_h),
+                back(cx + bw / 2.0, left, source_w),
+                back(cy + bh / 2.0, top, source_h),
+            ],
+        });
+    }
+    suppress(candidates, iou)
+}
+
+/// Greedy non-maximum suppression within each class: the best-scoring box is kept and
+/// boxes of its class overlapping it by more than `iou` are dropped.
+pub fn suppress(mut candidates: Vec<Detection>, iou: f32) -> Vec<Detection> {
+    candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept: Vec<Detection> = Vec::new();
+    for candidate in candidates {
+        if kept.len() == MAX_DETECTIONS {
+            break;
+        }
+        let overlaps = kept
+            .iter()
+            .any(|k| k.class == candidate.class && overlap(&k.bbox, &candidate.bbox) > iou);
+        if !overlaps {
+            kept.push(candidate);
+        }
+    }
+    kept
+}
+
+/// Intersection over union of two `[x1, y1, x2, y2]` boxes.
+fn overlap(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union <= 0.0 { 0.0 } else { inter / union }
+}
+
+/// `"[320, 320]"` → (320, 320) (height and width, equal for square inputs; a single number
+/// means a square).
+fn parse_size(text: &str) -> Option<(u32, u32)> {
+    let numbers: Vec<u32> = text
+        .trim_matches(|c| c == '[' || c == ']' || c == '(' || c == ')')
+        .split(',')
+        .filter_map(|part| part.trim().parse().ok())
+        .collect();
+    match numbers.as_slice() {
+        [side] => Some((*side, *side)),
+        [h, w] => Some((*w, *h)),
+        _ => None,
+    }
+}
+
+/// Class names from an Ultralytics `names` metadata value, a Python dict literal
+/// `{0: 'person', 1: 'bicycle'}`, ordered by index.
+fn parse_names(text: &str) -> Vec<String> {
+    let mut names: Vec<(usize, String)> = Vec::new();
+    let mut rest = text.trim().trim_start_matches('{');
+    while let Some(colon) = rest.find(':') {
+        let Ok(index) = rest[..colon]
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .parse::<usize>()
+        else {
+            break;
+        };
+        let after = rest[colon + 1..].trim_start();
+        let Some(quote) = after.chars().next().filter(|c| *c == '\'' || *c == '"') else {
+            break;
+        };
+        let Some(end) = after[1..].find(quote) else {
+            break;
+        };
+        names.push((index, after[1..1 + end].to_string()));
+        rest = &after[end + 2..];
+    }
+    names.sort_by_key(|(i, _)| *i);
+    names.into_iter().map(|(_, name)| name).collect()
+}
+
+/// The struct of one detection in the result column.
+fn detection_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("label", DataType::Utf8, false),
+        Field::new("score", DataType::Float32, false),
+        Field::new(
+            "box",
+            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), 4),
+            false,
+        ),
+    ])
+}
+
+fn detections_type() -> DataType {
+    DataType::List(Arc::new(Field::new(
+        "item",
+        DataType::Struct(detection_fields()),
+        false,
+    )))
+}
+
+/// `detect_objects(image, model, confidence, iou, on_error)`: per image, a list of
+/// `{label, score, box: [x1, y1, x2, y2]}` in the image's own pixel coordinates.
+#[derive(Debug)]
+pub struct DetectObjects;
+
+const DETECT_PARAMS: &[Param] = &[
+    Param::optional("model", ParamKind::Str, "nudenet-320n"),
+    Param::optional("confidence", ParamKind::Float, "0.25"),
+    Param::optional("iou", ParamKind::Float, "0.45"),
+    Param::ON_ERROR,
+];
+
+fn threshold(params: &Params, name: &str) -> Result<f32> {
+    let value = params.float(name)?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value as f32)
+    } else {
+        Err(RilletError::invalid_argument(format!(
+            "detect_objects: {name} must be between 0 and 1, not {value}"
+        )))
+    }
+}
+
+impl Operator for DetectObjects {
+    fn name(&self) -> &'static str {
+        "detect_objects"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        DETECT_PARAMS
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        expect_image(self.name(), &inputs[0])?;
+        threshold(params, "confidence")?;
+        threshold(params, "iou")?;
+        Detector::shared(params.str("model")?)?;
+        Ok(Field::new(self.name(), detections_type(), true))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let detector = Detector::shared(call.params.str("model")?)?;
+        let confidence = threshold(call.params, "confidence")?;
+        let iou = threshold(call.params, "iou")?;
+        let prepared = image_values(self.name(), call, errors, |pixels| {
+            detector.prepare(&pixels.view())
+        })?;
+        let present: Vec<Prepared> = prepared.iter().flatten().cloned().collect();
+        let mut found = detector.detect(&present, confidence, iou)?.into_iter();
+        let (mut labels, mut scores, mut boxes) = (Vec::new(), Vec::new(), Vec::new());
+        let mut offsets = vec![0i32];
+        for row in &prepared {
+            if row.is_some() {
+                for detection in found.next().expect("one result per image") {
+                    labels.push(detector.labels()[detection.class].clone());
+                    scores.push(detection.score);
+                    boxes.extend(detection.bbox);
+                }
+            }
+            offsets.push(labels.len() as i32);
+        }
+        let fields = detection_fields();
+        let box_item = Arc::new(Field::new("item", DataType::Float32, false));
+        let structs = StructArray::try_new(
+            fields.clone(),
+            vec![
+                Arc::new(StringArray::from(labels)),
+                Arc::new(Float32Array::from(scores)),
+                Arc::new(FixedSizeListArray::try_new(
+                    box_item,
+                    4,
+                    Arc::new(Float32Array::from(boxes)),
+                    None,
+                )?),
+            ],
+            None,
+        )?;
+        let nulls = NullBuffer::from(prepared.iter().map(Option::is_some).collect::<Vec<_>>());
+        let list = ListArray::try_new(
+            Arc::new(Field::new("item", DataType::Struct(fields), false)),
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(structs),
+            Some(nulls),
+        )?;
+        Ok(Arc::new(list))
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(16)
+    }
+
+    fn fuses_image_decode(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ultralytics_metadata_parses() {
+        assert_eq!(parse_size("[320, 320]"), Some((320, 320)));
+        assert_eq!(parse_size("[480, 640]"), Some((640, 480)));
+        assert_eq!(
+            parse_names("{0: 'FACE_FEMALE', 1: \"it's\", 2: 'a, b'}"),
+            vec!["FACE_FEMALE", "it's", "a, b"]
+        );
+    }
+
+    #[test]
+    fn suppression_keeps_the_best_box_per_class() {
+        let d = |class, score, x| Detection {
+            class,
+            score,
+            bbox: [x, 0.0, x + 10.0, 10.0],
+        };
+        let kept = suppress(
+            vec![
+                d(0, 0.5, 1.0),
+                d(0, 0.9, 0.0),
+                d(1, 0.4, 0.0),
+                d(0, 0.3, 50.0),
+            ],
+            0.45,
+        );
+        assert_eq!(kept, vec![d(0, 0.9, 0.0), d(1, 0.4, 0.0), d(0, 0.3, 50.0)]);
+    }
+}

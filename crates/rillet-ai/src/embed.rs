@@ -1,0 +1,443 @@
+//! `embed_text`: sentence embeddings from a BERT-family encoder, on candle (safetensors) or
+//! ONNX Runtime (`.onnx`), mean-pooled over real tokens (padding excluded by the attention
+//! mask) and L2-normalised.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array};
+use arrow::buffer::NullBuffer;
+use arrow::datatypes::{DataType, Field, FieldRef};
+use ort::value::TensorElementType;
+use rillet_common::types::{ElementType, EmbeddingType};
+use rillet_common::{Result, RilletError};
+use rillet_functions::input::string_at;
+use rillet_functions::operator::{Call, Operator, Param, ParamKind, Params, RowErrors};
+use rillet_functions::text::expect_text;
+use rillet_functions::tokens::Tokenizer;
+
+use crate::bert::Bert;
+use crate::model::{resolve, shared};
+use crate::onnx::{Input, OnnxModel};
+
+/// Tokens (rows × longest row) per forward pass: rows are sorted by length and cut into
+/// groups of about this many tokens, so short texts are not padded to long ones' length.
+const TOKENS_PER_PASS: usize = 8192;
+
+/// What computes hidden states from token ids.
+#[derive(Debug)]
+enum Backend {
+    Candle(Bert),
+    Onnx {
+        model: OnnxModel,
+        /// Graph input names: token ids, attention mask and token types (the last two when
+        /// the graph takes them).
+        ids: String,
+        mask: Option<String>,
+        types: Option<String>,
+        /// Index of the `rows × tokens × dim` output.
+        hidden: usize,
+    },
+}
+
+/// A text encoder with its tokenizer, loaded once per process and model directory.
+pub struct TextEncoder {
+    tokenizer: Tokenizer,
+    backend: Backend,
+    dim: usize,
+    max_tokens: usize,
+}
+
+impl std::fmt::Debug for TextEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextEncoder")
+            .field("backend", &self.backend)
+            .field("dim", &self.dim)
+            .field("max_tokens", &self.max_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TextEncoder {
+    /// The encoder of model `name_or_path` (see [`resolve`]), loaded on first use and then
+    /// shared by every caller in the process.
+    pub fn shared(name_or_path: &str) -> Result<Arc<Self>> {
+        let dir = resolve(name_or_path)?;
+        shared("text-encoder", &dir, || Self::load(&dir))
+    }
+
+    /// Load from a directory holding `tokenizer.json` and either `config.json` +
+    /// `model.safetensors` (candle) or `model.onnx` (ONNX Runtime).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let tokenizer_path = dir.join("tokenizer.json");
+        if !tokenizer_path.is_file() {
+            return Err(RilletError::Model(format!(
+                "{}: no tokenizer.json beside the model",
+                dir.display()
+            )));
+        }
+        let tokenizer = Tokenizer::load(&tokenizer_path.display().to_string())?;
+        if dir.join("model.safetensors").is_file() {
+            let bert = Bert::load(dir)?;
+            let config = bert.config();
+            let (dim, max_tokens) = (config.hidden_size, config.max_position_embeddings.min(512));
+            return Ok(Self {
+                tokenizer,
+                backend: Backend::Candle(bert),
+                dim,
+                max_tokens: max_tokens.min(tokenizer_limit(&tokenizer_path).unwrap_or(512)),
+            });
+        }
+        let onnx = dir.join("model.onnx");
+        if !onnx.is_file() {
+            return Err(RilletError::Model(format!(
+                "{}: neither model.safetensors nor model.onnx",
+                dir.display()
+            )));
+        }
+        let model = OnnxModel::load(&onnx)?;
+        let input = |name: &str| {
+            model
+                .inputs()
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.name.clone())
+        };
+        let ids = input("input_ids")
+            .ok_or_else(|| RilletError::Model(format!("{}: no input_ids input", onnx.display())))?;
+        let (mask, types) = (input("attention_mask"), input("token_type_ids"));
+        let (hidden, dim) = model
+            .outputs()
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| {
+                (p.element == Some(TensorElementType::Float32)
+                    && p.shape.len() == 3
+                    && p.shape[2] > 0)
+                    .then(|| (i, p.shape[2] as usize))
+            })
+            .ok_or_else(|| {
+                RilletError::Model(format!(
+                    "{}: no rows × tokens × dim float output to pool",
+                    onnx.display()
+                ))
+            })?;
+        Ok(Self {
+            tokenizer,
+            backend: Backend::Onnx {
+                model,
+                ids,
+                mask,
+                types,
+                hidden,
+            },
+            dim,
+            max_tokens: tokenizer_limit(&tokenizer_path).unwrap_or(512),
+        })
+    }
+
+    /// Length of the embeddings.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The embedding of each text (`dim` values each), mean-pooled over its tokens and,
+    /// when `normalize`, scaled to unit length. Texts longer than the model's limit are
+    /// truncated to it.
+    ///
+    /// ```no_run
+    /// let encoder = rillet_ai::embed::TextEncoder::shared("all-minilm-l6-v2").unwrap();
+    /// let v = encoder.embed(&["A man is eating food."], true).unwrap();
+    /// assert_eq!(v[0].len(), 384);
+    /// ```
+    pub fn embed(&self, texts: &[&str], normalize: bool) -> Result<Vec<Vec<f32>>> {
+        let mut encoded = Vec::with_capacity(texts.len());
+        for text in texts {
+            let mut ids = self
+                .tokenizer
+                .encode(text, true)
+                .map_err(|e| RilletError::invalid_data(format!("tokenizer: {e}")))?;
+            if ids.len() > self.max_tokens {
+                // Keep the leading [CLS] and content, and the closing [SEP].
+                let last = *ids.last().expect("longer than the limit");
+                ids.truncate(self.max_tokens - 1);
+                ids.push(last);
+            }
+            encoded.push(ids);
+        }
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| encoded[i].len());
+        let mut out = vec![Vec::new(); texts.len()];
+        let mut start = 0;
+        while start < order.len() {
+            // Sorted: the group's last row is its longest.
+            let mut end = start + 1;
+            while end < order.len()
+                && (end + 1 - start) * encoded[order[end]].len() <= TOKENS_PER_PASS
+            {
+                end += 1;
+            }
+            let group = &order[start..end];
+            let pooled = self.embed_group(group.iter().map(|&i| encoded[i].as_slice()))?;
+            for (&i, mut vector) in group.iter().zip(pooled) {
+                if normalize {
+                    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                    vector.iter_mut().for_each(|v| *v /= norm);
+                }
+                out[i] = vector;
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
+    /// Mean-pooled hidden states of one padded group of token sequences.
+    fn embed_group<'a>(
+        &self,
+        sequences: impl ExactSizeIterator<Item = &'a [u32]> + Clone,
+    ) -> Result<Vec<Vec<f32>>> {
+        let rows = sequences.len();
+        let tokens = sequences.clone().map(|s| s.len()).max().unwrap_or(0).max(1);
+        let mut ids = vec![0u32; rows * tokens];
+        let mut mask = vec![0u32; rows * tokens];
+        for (row, sequence) in sequences.enumerate() {
+            ids[row * tokens..row * tokens + sequence.len()].copy_from_slice(sequence);
+            mask[row * tokens..row * tokens + sequence.len()].fill(1);
+        }
+        let hidden = match &self.backend {
+            Backend::Candle(bert) => bert.forward(&ids, &mask, rows, tokens)?,
+            Backend::Onnx {
+                model,
+                ids: ids_name,
+                mask: mask_name,
+                types,
+                hidden,
+            } => {
+                let shape = vec![rows as i64, tokens as i64];
+                let as_i64 = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+                let mut inputs = vec![(ids_name.clone(), Input::I64(shape.clone(), as_i64(&ids)))];
+                if let Some(name) = mask_name {
+                    inputs.push((name.clone(), Input::I64(shape.clone(), as_i64(&mask))));
+                }
+                if let Some(name) = types {
+                    inputs.push((
+                        name.clone(),
+                        Input::I64(shape.clone(), vec![0; rows * tokens]),
+                    ));
+                }
+                let output = model.run(inputs, &[*hidden])?.remove(0);
+                if output.shape != [rows as i64, tokens as i64, self.dim as i64] {
+                    return Err(RilletError::Model(format!(
+                        "{}: hidden states of shape {:?}, expected [{rows}, {tokens}, {}]",
+                        model.path().display(),
+                        output.shape,
+                        self.dim
+                    )));
+                }
+                output.data
+            }
+        };
+        Ok((0..rows)
+            .map(|row| mean_pool(&hidden, &mask, row, tokens, self.dim))
+            .collect())
+    }
+}
+
+/// The mean of row `row`'s hidden states over its real tokens (`mask` 1).
+fn mean_pool(hidden: &[f32], mask: &[u32], row: usize, tokens: usize, dim: usize) -> Vec<f32> {
+    let mut sum = vec![0f32; dim];
+    let mut count = 0f32;
+    for t in 0..tokens {
+        if mask[row * tokens + t] == 0 {
+            continue;
+        }
+        let start = (row * tokens + t) * dim;
+        for (s, h) in sum.iter_mut().zip(&hidden[start..start + dim]) {
+            *s += h;
+        }
+        count += 1.0;
+    }
+    sum.iter_mut().for_each(|s| *s /= count.max(1.0));
+    sum
+}
+
+/// The truncation length a `tokenizer.json` declares, if any.
+fn tokenizer_limit(path: &Path) -> Option<usize> {
+    let json = crate::model::read_json(path).ok()?;
+    json.get("truncation")?
+        .get("max_length")?
+        .as_u64()
+        .map(|n| n as usize)
+        .filter(|&n| n >= 2)
+}
+
+/// `embed_text(text, model, normalize, on_error)`: one embedding per string row.
+#[derive(Debug)]
+pub struct EmbedText;
+
+const EMBED_PARAMS: &[Param] = &[
+    Param::optional("model", ParamKind::Str, "all-minilm-l6-v2"),
+    Param::optional("normalize", ParamKind::Bool, "true"),
+    Param::ON_ERROR,
+];
+
+impl Operator for EmbedText {
+    fn name(&self) -> &'static str {
+        "embed_text"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        EMBED_PARAMS
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        expect_text(self.name(), &inputs[0])?;
+        let encoder = TextEncoder::shared(params.str("model")?)?;
+        Ok(EmbeddingType::new(ElementType::F32, encoder.dim()).field(self.name()))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, _errors: &mut RowErrors) -> Result<ArrayRef> {
+        let encoder = TextEncoder::shared(call.params.str("model")?)?;
+        let normalize = call.params.bool("normalize")?;
+        let array = call.inputs[0].as_ref();
+        let rows: Vec<Option<&str>> = (0..call.rows).map(|row| string_at(array, row)).collect();
+        let texts: Vec<&str> = rows.iter().flatten().copied().collect();
+        let mut vectors = encoder.embed(&texts, normalize)?.into_iter();
+        let dim = encoder.dim();
+        let mut values = Vec::with_capacity(call.rows * dim);
+        for row in &rows {
+            match row {
+                Some(_) => values.extend(vectors.next().expect("one vector per text")),
+                None => values.extend(std::iter::repeat_n(0f32, dim)),
+            }
+        }
+        let nulls = NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<_>>());
+        let item = match EmbeddingType::new(ElementType::F32, dim).storage_type() {
+            DataType::FixedSizeList(item, _) => item,
+            _ => unreachable!("embeddings are fixed-size lists"),
+        };
+        let list = FixedSizeListArray::try_new(
+            item,
+            dim as i32,
+            Arc::new(Float32Array::from(values)),
+            Some(nulls),
+        )?;
+        Ok(Arc::new(list))
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(256)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cosine(a: &[f32], b: &[f32]) -> f32 {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (norm(a) * norm(b))
+    }
+
+    const PAIR: [&str; 2] = ["A man is eating food.", "A man is eating a piece of bread."];
+
+    #[test]
+    fn minilm_on_candle_gives_the_published_similarity() {
+        let encoder = TextEncoder::shared("all-minilm-l6-v2").unwrap();
+        assert_eq!(encoder.dim(), 384);
+        let v = encoder.embed(&PAIR, true).unwrap();
+        let cos = cosine(&v[0], &v[1]);
+        assert!((cos - 0.7553).abs() < 0.001, "cosine {cos}");
+        let norm: f32 = v[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "normalised: {norm}");
+    }
+
+    #[test]
+    fn padding_and_batch_order_do_not_change_an_embedding() {
+        let encoder = TextEncoder::shared("all-minilm-l6-v2").unwrap();
+        let long =
+            "a much longer sentence that makes every other row in its group padded ".repeat(4);
+        let alone = encoder.embed(&[PAIR[0]], false).unwrap();
+        let together = encoder.embed(&[&long, PAIR[0], "x"], false).unwrap();
+        let diff = alone[0]
+            .iter()
+            .zip(&together[1])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-4, "largest difference {diff}");
+    }
+
+    #[test]
+    fn text_past_the_model_limit_is_truncated_not_an_error() {
+        let encoder = TextEncoder::shared("all-minilm-l6-v2").unwrap();
+        let huge = "word ".repeat(5000);
+        let v = encoder.embed(&[&huge], true).unwrap();
+        assert_eq!(v[0].len(), 384);
+        assert!(v[0].iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn paraphrase_minilm_on_onnx_runtime_agrees_with_its_own_pooled_output() {
+        let encoder = TextEncoder::shared("paraphrase-minilm-l3-v2").unwrap();
+        assert_eq!(encoder.dim(), 384);
+        let v = encoder.embed(&PAIR, false).unwrap();
+        // The graph also computes the sentence embedding itself (its last output): the
+        // pooling here must agree with it.
+        let Backend::Onnx {
+            model, ids, mask, ..
+        } = &encoder.backend
+        else {
+            panic!("an ONNX model runs on ONNX Runtime");
+        };
+        let tokens: Vec<i64> = encoder
+            .tokenizer
+            .encode(PAIR[1], true)
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect();
+        let shape = vec![1, tokens.len() as i64];
+        let pooled_output = model.outputs().len() - 1;
+        let reference = model
+            .run(
+                vec![
+                    (ids.clone(), Input::I64(shape.clone(), tokens.clone())),
+                    (
+                        mask.clone().unwrap(),
+                        Input::I64(shape, vec![1; tokens.len()]),
+                    ),
+                ],
+                &[pooled_output],
+            )
+            .unwrap()
+            .remove(0);
+        assert_eq!(reference.shape, vec![1, 384]);
+        let diff = reference
+            .data
+            .iter()
+            .zip(&v[1])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff < 1e-4,
+            "largest difference from the graph's own pooling: {diff}"
+        );
+        let cos = cosine(&v[0], &v[1]);
+        assert!(
+            cos > 0.5 && cos < 0.99,
+            "a paraphrase pair is similar, not equal: {cos}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_model_says_how_to_fetch_it() {
+        let err = TextEncoder::shared("no-such-model")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("python -m rillet.models no-such-model"),
+            "{err}"
+        );
+    }
+}

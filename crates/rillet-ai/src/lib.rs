@@ -1,0 +1,37 @@
+//! Rillet's model operators: built-in AI functions over Arrow columns, registered by SQL
+//! name like every native operator (`embed_text(text, 'all-minilm-l6-v2')`) and exposed in
+//! Python as `rl.ai.*`.
+//!
+//! - [`embed::EmbedText`]: sentence embeddings from BERT-family encoders, on candle
+//!   (safetensors) or ONNX Runtime.
+//! - [`detect::DetectObjects`]: YOLO-style ONNX detectors, letterboxed, suppressed and
+//!   mapped back to the image's coordinates.
+//!
+//! Models are named by directory (see [`model::resolve`]: `python -m rillet.models NAME`
+//! fetches the real weights), loaded once per process on first use and shared by every
+//! operator and call naming the same files ([`model::shared`]). ONNX Runtime is loaded at run
+//! time from the `onnxruntime` wheel's library ([`onnx::library_path`]).
+//!
+//! ```
+//! let names: Vec<String> = rillet_ai::functions().iter().map(|f| f.name().to_string()).collect();
+//! assert!(names.contains(&"embed_text".to_string()));
+//! ```
+
+pub mod bert;
+pub mod detect;
+pub mod embed;
+pub mod model;
+pub mod onnx;
+
+use std::sync::Arc;
+
+use rillet_functions::operator::OperatorFunction;
+use rillet_runtime::ArrayFunction;
+
+/// Every model operator, ready to register.
+pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
+    vec![
+        Arc::new(OperatorFunction::new(embed::EmbedText)),
+        Arc::new(OperatorFunction::new(detect::DetectObjects)),
+    ]
+}

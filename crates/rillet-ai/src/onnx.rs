@@ -1,0 +1,197 @@
+//! ONNX Runtime, loaded at run time (`ort` with `load-dynamic`) from the library of the
+//! `onnxruntime` wheel, and sessions shared by every call of a process.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use parking_lot::Mutex;
+use rillet_common::{Result, RilletError};
+
+use crate::model::{cores, models_dir};
+
+/// The ONNX Runtime library: `$ORT_DYLIB_PATH`, else the one `python -m rillet.models
+/// onnxruntime` extracted into the models directory.
+pub fn library_path() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        return Ok(PathBuf::from(path));
+    }
+    let path = models_dir().join("onnxruntime").join("libonnxruntime.so");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(RilletError::Model(format!(
+            "ONNX Runtime is not installed: no {} and ORT_DYLIB_PATH is not set; fetch it \
+             with `python -m rillet.models onnxruntime`",
+            path.display()
+        )))
+    }
+}
+
+/// The process's ONNX Runtime environment (one per process), loading the library on first
+/// use.
+pub fn environment() -> Result<&'static Environment> {
+    static ENVIRONMENT: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+    ENVIRONMENT
+        .get_or_init(|| {
+            let path = library_path().map_err(|e| e.to_string())?;
+            ort::init_from(&path)
+                .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?
+                .with_name("rillet")
+                .build()
+                .map_err(|e| format!("cannot start ONNX Runtime: {e}"))
+        })
+        .as_ref()
+        .map_err(|e| RilletError::Model(e.clone()))
+}
+
+fn model_error(path: &Path, e: impl std::fmt::Display) -> RilletError {
+    RilletError::Model(format!("{}: {e}", path.display()))
+}
+
+/// One input or output of a model: its name, element type and shape (`-1` where the
+/// dimension is free).
+#[derive(Debug, Clone)]
+pub struct Port {
+    /// Name in the graph.
+    pub name: String,
+    /// Element type; `None` for non-tensor values.
+    pub element: Option<TensorElementType>,
+    /// Dimensions, `-1` where free.
+    pub shape: Vec<i64>,
+}
+
+fn port(name: &str, value_type: &ValueType) -> Port {
+    match value_type {
+        ValueType::Tensor { ty, shape, .. } => Port {
+            name: name.to_string(),
+            element: Some(*ty),
+            shape: shape.iter().copied().collect(),
+        },
+        _ => Port {
+            name: name.to_string(),
+            element: None,
+            shape: Vec::new(),
+        },
+    }
+}
+
+/// An input value for [`OnnxModel::run`].
+#[derive(Debug)]
+pub enum Input {
+    /// f32 data of a shape.
+    F32(Vec<i64>, Vec<f32>),
+    /// i64 data of a shape.
+    I64(Vec<i64>, Vec<i64>),
+}
+
+/// An f32 output of [`OnnxModel::run`]: shape and data.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Dimensions.
+    pub shape: Vec<i64>,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+/// A loaded ONNX model. Calls on several threads take turns on the session (ONNX Runtime
+/// sessions are not safe to run concurrently); each run spreads over every core, and
+/// callers prepare their next inputs while another runs.
+#[derive(Debug)]
+pub struct OnnxModel {
+    path: PathBuf,
+    session: Mutex<Session>,
+    inputs: Vec<Port>,
+    outputs: Vec<Port>,
+}
+
+impl OnnxModel {
+    /// Load `path` (an `.onnx` file) with full graph optimisation, one intra-op thread per
+    /// core and no spinning between runs (spinning threads would take the cores the
+    /// pipeline's other operators need).
+    pub fn load(path: &Path) -> Result<Self> {
+        let environment = environment()?;
+        let session = Session::builder(environment)
+            .map_err(|e| model_error(path, e))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| model_error(path, e))?
+            .with_intra_threads(cores())
+            .map_err(|e| model_error(path, e))?
+            .with_intra_op_spinning(false)
+            .map_err(|e| model_error(path, e))?
+            .commit_from_file(path)
+            .map_err(|e| model_error(path, e))?;
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|o| port(o.name(), o.dtype()))
+            .collect();
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| port(o.name(), o.dtype()))
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            session: Mutex::new(session),
+            inputs,
+            outputs,
+        })
+    }
+
+    /// The model file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The model's inputs, in graph order.
+    pub fn inputs(&self) -> &[Port] {
+        &self.inputs
+    }
+
+    /// The model's outputs, in graph order.
+    pub fn outputs(&self) -> &[Port] {
+        &self.outputs
+    }
+
+    /// A custom metadata value of the model (class names of a detector, the character set
+    /// of a text recogniser).
+    pub fn metadata(&self, key: &str) -> Result<Option<String>> {
+        let session = self.session.lock();
+        let metadata = session.metadata().map_err(|e| model_error(&self.path, e))?;
+        Ok(metadata.custom(key))
+    }
+
+    /// Run the model on named inputs and return the f32 outputs at `wanted` (indexes into
+    /// [`outputs`](Self::outputs)).
+    pub fn run(&self, inputs: Vec<(String, Input)>, wanted: &[usize]) -> Result<Vec<Output>> {
+        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+        for (name, input) in inputs {
+            let value = match input {
+                Input::F32(shape, data) => Tensor::from_array((shape, data)).map(|t| t.upcast()),
+                Input::I64(shape, data) => Tensor::from_array((shape, data)).map(|t| t.upcast()),
+            }
+            .map_err(|e| model_error(&self.path, format!("input {name}: {e}")))?;
+            values.push((name, value.into()));
+        }
+        let mut session = self.session.lock();
+        let outputs = session
+            .run(values)
+            .map_err(|e| model_error(&self.path, e))?;
+        wanted
+            .iter()
+            .map(|&i| {
+                let (shape, data) = outputs[i]
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| model_error(&self.path, format!("output {i}: {e}")))?;
+                Ok(Output {
+                    shape: shape.iter().copied().collect(),
+                    data: data.to_vec(),
+                })
+            })
+            .collect()
+    }
+}

