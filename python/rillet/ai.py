@@ -19,7 +19,7 @@ from typing import Any
 
 from rillet.expr import Expr, _call, col
 
-__all__ = ["embed_text", "detect_objects"]
+__all__ = ["embed_text", "detect_objects", "detect_speech", "split_by_speech"]
 
 
 def _column(value: Any) -> Any:
@@ -67,3 +67,26 @@ def detect_objects(image: Expr | str, model: str | os.PathLike = "nudenet-320n",
     ``on_error``.
     """
     return _call("detect_objects", _column(image), _model_dir(model), confidence, iou, on_error)
+
+
+def detect_speech(audio: Expr | str, model: str | os.PathLike = "silero-vad", *,
+                  threshold: float = 0.5, min_speech_ms: float = 250.0, min_silence_ms: float = 100.0,
+                  pad_ms: float = 30.0, on_error: str = "null") -> Expr:
+    """The stretches of speech in each clip, a list of ``{start_ms, end_ms}`` (what
+    ``col(...).audio.split_by_ranges`` takes), from the Silero voice activity detector.
+
+    ``audio`` is decoded ``Audio`` at 16 kHz or 8 kHz (``col("f").audio.decode().audio.resample(16000)``);
+    channels are mixed to mono. Speech starts where a 32 ms window's probability reaches
+    ``threshold`` and ends after ``min_silence_ms`` under ``threshold - 0.15``; segments
+    shorter than ``min_speech_ms`` are dropped, the rest padded by ``pad_ms`` each side.
+    The clips of a batch run through the model side by side.
+    """
+    return _call("detect_speech", _column(audio), _model_dir(model), threshold, min_speech_ms,
+                 min_silence_ms, pad_ms, on_error)
+
+
+def split_by_speech(audio: Expr | str, model: str | os.PathLike = "silero-vad", **options: Any) -> Expr:
+    """The speech segments of each clip as a list of ``Audio`` pieces (``DataFrame.explode``
+    it for one row per utterance): :func:`detect_speech` feeding ``audio.split_by_ranges``."""
+    audio = _column(audio)
+    return audio.audio.split_by_ranges(detect_speech(audio, model, **options))

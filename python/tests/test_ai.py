@@ -129,3 +129,70 @@ def test_detect_objects_in_sql_on_decoded_images(astronaut):
     out = rl.sql(f"SELECT detect_objects(image_decode(img), '{directory}', 0.5) AS d FROM t", t=table)
     (found,) = out.to_pydict()["d"]
     assert [d["label"] for d in found] == ["FACE_FEMALE"]
+
+
+def _wav16k(samples: np.ndarray) -> bytes:
+    import io
+    import wave
+
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return out.getvalue()
+
+
+def _speech(clips: list[bytes], **options) -> list:
+    df = rl.from_pydict({"f": clips})
+    audio = rl.col("f").audio.decode()
+    return df.select(rl.ai.detect_speech(audio, **options).alias("s")).to_pydict()["s"]
+
+
+def _sentence(index: int = 0) -> np.ndarray:
+    from rillet import datasets
+
+    path = [p for p in datasets.sample_speech() if p.suffix == ".wav"][index]
+    df = rl.from_pydict({"f": [path.read_bytes()]})
+    (a,) = df.select(rl.col("f").audio.decode().audio.resample(16000).alias("a")).to_pylist()
+    samples, rate = a["a"]  # Audio comes to Python as (samples, rate)
+    assert rate == 16000
+    return np.asarray(samples, dtype=np.float32).reshape(-1)  # frames x 1 channel
+
+
+def test_detect_speech_finds_a_sentence_between_silences():
+    sentence = _sentence(0)
+    clip = np.concatenate([np.zeros(16000, np.float32), sentence, np.zeros(24000, np.float32)])
+    (segments,) = _speech([_wav16k(clip)])
+    assert segments, "a spoken sentence is speech"
+    first, last = segments[0], segments[-1]
+    # Where the voice is, by the signal itself (espeak leaves quiet at both ends).
+    voiced = np.nonzero(np.abs(sentence) > 0.02)[0]
+    voice_start, voice_end = 1000 + voiced[0] / 16, 1000 + voiced[-1] / 16
+    assert abs(first["start_ms"] - voice_start) < 120, (segments, voice_start)
+    assert abs(last["end_ms"] - voice_end) < 200, (segments, voice_end)
+    assert len(segments) > 3, "the pauses between phrases split the sentence"
+    (quiet,) = _speech([_wav16k(np.zeros(32000, np.float32))])
+    assert quiet == []
+
+
+def test_detect_speech_batches_clips_side_by_side_without_mixing_their_state():
+    clips = [np.concatenate([np.zeros(8000 * (i + 1), np.float32), _sentence(i % 2)]) for i in range(4)]
+    clips.append(np.zeros(3000, np.float32))  # shorter than its neighbours: leaves the batch first
+    together = _speech([_wav16k(c) for c in clips])
+    alone = [_speech([_wav16k(c)])[0] for c in clips]
+    assert together == alone
+    assert all(together[:4]) and together[4] == []
+
+
+def test_detect_speech_wants_16_or_8_khz_and_splits_by_speech():
+    from rillet import datasets
+
+    wav = [p for p in datasets.sample_speech() if p.suffix == ".wav"][0].read_bytes()  # 22050 Hz
+    (row,) = rl.from_pydict({"f": [wav]}).select(
+        rl.ai.detect_speech(rl.col("f").audio.decode(), on_error="column").alias("s")).to_pydict()["s"]
+    assert row["value"] is None and "resample it first" in row["error"]
+    audio = rl.col("f").audio.decode().audio.resample(16000)
+    pieces = rl.from_pydict({"f": [wav]}).select(rl.ai.split_by_speech(audio).alias("p")).to_pydict()["p"][0]
+    assert len(pieces) >= 1 and all(rate == 16000 for _, rate in pieces)

@@ -6,6 +6,7 @@
 //!   (safetensors) or ONNX Runtime.
 //! - [`detect::DetectObjects`]: YOLO-style ONNX detectors, letterboxed, suppressed and
 //!   mapped back to the image's coordinates.
+//! - [`speech::DetectSpeech`]: voice activity with Silero VAD, clips run side by side.
 //!
 //! Models are named by directory (see [`model::resolve`]: `python -m rillet.models NAME`
 //! fetches the real weights), loaded once per process on first use and shared by every
@@ -22,6 +23,7 @@ pub mod detect;
 pub mod embed;
 pub mod model;
 pub mod onnx;
+pub mod speech;
 
 use std::sync::Arc;
 
@@ -33,5 +35,6 @@ pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     vec![
         Arc::new(OperatorFunction::new(embed::EmbedText)),
         Arc::new(OperatorFunction::new(detect::DetectObjects)),
+        Arc::new(OperatorFunction::new(speech::DetectSpeech)),
     ]
 }

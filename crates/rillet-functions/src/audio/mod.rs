@@ -153,7 +153,8 @@ fn is_audio(field: &Field) -> bool {
         || same_layout(field.data_type(), &AudioType::storage_type())
 }
 
-fn expect_audio(operator: &str, field: &Field) -> Result<()> {
+/// Check that `field` is an audio input (decoded `Audio` or encoded content).
+pub fn expect_audio(operator: &str, field: &Field) -> Result<()> {
     if is_audio(field) || is_encoded_input(field) {
         Ok(())
     } else {
@@ -275,8 +276,9 @@ fn per_row<'a, T, R>(
     )
 }
 
-/// Each row's waveform (decoded with the default cap), mapped by `f`.
-fn map_waveforms<R>(
+/// Each row's waveform (decoded with the default cap), mapped by `f` (given the waveform
+/// and its row). Null rows stay null; data problems null the row and record the reason.
+pub fn map_waveforms<R>(
     operator: &str,
     call: &Call<'_>,
     errors: &mut RowErrors,
@@ -347,11 +349,7 @@ pub(crate) fn audio_array(waves: &[Option<Waveform<'_>>]) -> Result<ArrayRef> {
 }
 
 /// A list column whose items are `items` (already flattened), `lengths[row]` per row.
-pub(crate) fn list_array(
-    item: Field,
-    items: ArrayRef,
-    lengths: &[Option<usize>],
-) -> Result<ArrayRef> {
+pub fn list_array(item: Field, items: ArrayRef, lengths: &[Option<usize>]) -> Result<ArrayRef> {
     let offsets = OffsetBuffer::<i32>::from_lengths(lengths.iter().map(|l| l.unwrap_or(0)));
     let valid = NullBuffer::from(lengths.iter().map(Option::is_some).collect::<Vec<_>>());
     Ok(Arc::new(ListArray::try_new(
@@ -988,7 +986,8 @@ impl Operator for SplitByRanges {
     }
 }
 
-fn range_fields() -> Fields {
+/// The struct of one time range, `{start_ms, end_ms}` (what `audio_split_by_ranges` takes).
+pub fn range_fields() -> Fields {
     Fields::from(vec![
         Field::new("start_ms", DataType::Int64, false),
         Field::new("end_ms", DataType::Int64, false),
