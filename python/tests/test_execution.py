@@ -137,3 +137,14 @@ def test_ctrl_c_cancels_the_job_and_the_process_exits_cleanly(tmp_path):
     # An abort (a Python call outliving the interpreter) would be -6.
     assert proc.returncode in (-signal.SIGINT, 130), (proc.returncode, err[-2000:])
     assert "KeyboardInterrupt: job cancelled by Ctrl-C" in err
+
+
+def test_a_native_function_after_exploding_a_function_result():
+    # The explode runs as one task over the chunking stage; the counting stage after it
+    # must read as many partitions as that task gives (it once looked for two).
+    df = rl.from_pydict({"t": ["a b c d e", "f g", None]})
+    out = (df.select(rl.col("t").text.chunk(2, unit="words").alias("c")).explode("c")
+             .select("c", rl.col("c").text.count_tokens("cl100k_base").alias("n")))
+    rows = [r for r in out.to_pylist() if r["c"] is not None]
+    assert [r["c"] for r in rows] == ["a b", "c d", "e", "f g"]
+    assert all(r["n"] >= 1 for r in rows)

@@ -81,8 +81,11 @@ fn replace_stages(
 ) -> Result<Arc<dyn ExecutionPlan>> {
     if plan.downcast_ref::<BatchStageExec>().is_some() {
         let schema = plan.schema();
-        let partitions = plan.output_partitioning().partition_count();
         let upstream = add_plan(graph, plan)?;
+        // The stage's vertex may run fewer tasks than DataFusion planned for it (a
+        // round-robin spread below it dropped, see `single_task_stage_under_round_robin`):
+        // the exchange reads as many partitions as that vertex has tasks.
+        let partitions = graph.vertices[upstream.0].parallelism;
         upstreams.push(upstream);
         return Ok(Arc::new(ExchangeSourceExec::new(
             upstream, schema, partitions,
