@@ -24,10 +24,10 @@ from _measure import side_by_side  # noqa: E402
 
 HERE = Path(__file__).parent
 PEERS = HERE / ".venv-peers"
-# onnxruntime and tokenizers: the model benchmarks' peers and bare-model loops run the
+# onnxruntime, tokenizers, scipy: the model benchmarks' peers and bare-model loops run the
 # same runtime as Rillet's built-in AI functions.
 PEER_PACKAGES = ["daft>=0.7,<0.8", "ray[data]>=2.60", "psutil", "pyarrow", "pandas", "pillow",
-                 "onnxruntime==1.31.1", "tokenizers"]
+                 "onnxruntime==1.31.1", "tokenizers", "scipy"]
 
 JOBS = {
     "rillet": """
@@ -67,7 +67,7 @@ def ensure_peers() -> Path:
     python = PEERS / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
-    if subprocess.run([str(python), "-c", "import daft, ray, psutil, pyarrow, pandas, PIL, onnxruntime, tokenizers"], capture_output=True).returncode:
+    if subprocess.run([str(python), "-c", "import daft, ray, psutil, pyarrow, pandas, PIL, onnxruntime, tokenizers, scipy"], capture_output=True).returncode:
         subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
     return python
 
