@@ -80,6 +80,12 @@ impl BertConfig {
                 .and_then(|v| v.as_f64())
                 .unwrap_or(1e-12),
         };
+        if config.max_position_embeddings < 2 {
+            return Err(bad(format!(
+                "max_position_embeddings {} leaves no room for [CLS] and [SEP]",
+                config.max_position_embeddings
+            )));
+        }
         if config.num_attention_heads == 0
             || !config
                 .hidden_size

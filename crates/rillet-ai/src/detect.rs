@@ -40,6 +40,8 @@ pub struct Detection {
 pub struct Detector {
     model: OnnxModel,
     input: String,
+    /// Images per run: the graph's fixed batch size, or as many as a call brings.
+    batch: Option<usize>,
     width: u32,
     height: u32,
     labels: Vec<String>,
@@ -88,8 +90,17 @@ impl Detector {
                 ));
             }
         };
+        if let Some(declared) = classes
+            && declared != labels.len()
+        {
+            return Err(bad(&format!(
+                "the names metadata lists {} classes, the output has {declared}",
+                labels.len()
+            )));
+        }
         Ok(Self {
             input: input.name.clone(),
+            batch: (input.shape[0] > 0).then(|| input.shape[0] as usize),
             model,
             width,
             height,
@@ -119,8 +130,27 @@ impl Detector {
         })
     }
 
-    /// Detect objects in prepared images, in one run of the model.
+    /// Detect objects in prepared images: one run of the model, or one per batch of the
+    /// graph's fixed batch size.
     pub fn detect(
+        &self,
+        images: &[Prepared],
+        confidence: f32,
+        iou: f32,
+    ) -> Result<Vec<Vec<Detection>>> {
+        match self.batch {
+            Some(batch) if images.len() > batch => {
+                let mut found = Vec::with_capacity(images.len());
+                for run in images.chunks(batch) {
+                    found.extend(self.detect(run, confidence, iou)?);
+                }
+                Ok(found)
+            }
+            _ => self.detect_run(images, confidence, iou),
+        }
+    }
+
+    fn detect_run(
         &self,
         images: &[Prepared],
         confidence: f32,
@@ -184,8 +214,9 @@ fn decode(
 ) -> Vec<Detection> {
     let at = |row: usize, anchor: usize| rows[row * anchors + anchor];
     let (source_w, source_h) = (image.source.0 as f32, image.source.1 as f32);
-    let (scale, left, top) = (
-        image.boxed.scale as f32,
+    let (scale_x, scale_y, left, top) = (
+        image.boxed.scale_x as f32,
+        image.boxed.scale_y as f32,
         image.boxed.left as f32,
         image.boxed.top as f32,
     );
@@ -198,15 +229,15 @@ fn decode(
             continue;
         }
         let (cx, cy, bw, bh) = (at(0, anchor), at(1, anchor), at(2, anchor), at(3, anchor));
-        let back = |x: f32, pad: f32, limit: f32| ((x - pad) / scale).clamp(0.0, limit);
+        let back = |v: f32, pad: f32, scale: f32, limit: f32| ((v - pad) / scale).clamp(0.0, limit);
         candidates.push(Detection {
             class,
             score,
             bbox: [
-                back(cx - bw / 2.0, left, source_w),
-                back(cy - bh / 2.0, top, source_h),
-                back(cx + bw / 2.0, left, source_w),
-                back(cy + bh / 2.0, top, source_h),
+                back(cx - bw / 2.0, left, scale_x, source_w),
+                back(cy - bh / 2.0, top, scale_y, source_h),
+                back(cx + bw / 2.0, left, scale_x, source_w),
+                back(cy + bh / 2.0, top, scale_y, source_h),
             ],
         });
     }

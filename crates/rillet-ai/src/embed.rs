@@ -151,23 +151,34 @@ impl TextEncoder {
     /// assert_eq!(v[0].len(), 384);
     /// ```
     pub fn embed(&self, texts: &[&str], normalize: bool) -> Result<Vec<Vec<f32>>> {
-        let mut encoded = Vec::with_capacity(texts.len());
-        for text in texts {
-            let mut ids = self
-                .tokenizer
-                .encode(text, true)
-                .map_err(|e| RilletError::invalid_data(format!("tokenizer: {e}")))?;
-            if ids.len() > self.max_tokens {
-                // Keep the leading [CLS] and content, and the closing [SEP].
-                let last = *ids.last().expect("longer than the limit");
-                ids.truncate(self.max_tokens - 1);
-                ids.push(last);
-            }
-            encoded.push(ids);
+        let encoded = texts
+            .iter()
+            .map(|text| self.tokenize(text).map_err(RilletError::invalid_data))
+            .collect::<Result<Vec<_>>>()?;
+        self.embed_tokens(&encoded, normalize)
+    }
+
+    /// The token ids of `text` as the model takes them: with its markers ([CLS] ... [SEP]),
+    /// truncated to the model's limit. A tokenizer failure is the reason, as text.
+    pub fn tokenize(&self, text: &str) -> std::result::Result<Vec<u32>, String> {
+        let mut ids = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| format!("tokenizer: {e}"))?;
+        if ids.len() > self.max_tokens {
+            // Keep the leading [CLS] and content, and the closing [SEP].
+            let last = *ids.last().expect("longer than the limit");
+            ids.truncate(self.max_tokens - 1);
+            ids.push(last);
         }
-        let mut order: Vec<usize> = (0..texts.len()).collect();
+        Ok(ids)
+    }
+
+    /// [`embed`](Self::embed) for texts already tokenized by [`tokenize`](Self::tokenize).
+    pub fn embed_tokens(&self, encoded: &[Vec<u32>], normalize: bool) -> Result<Vec<Vec<f32>>> {
+        let mut order: Vec<usize> = (0..encoded.len()).collect();
         order.sort_by_key(|&i| encoded[i].len());
-        let mut out = vec![Vec::new(); texts.len()];
+        let mut out = vec![Vec::new(); encoded.len()];
         let mut start = 0;
         while start < order.len() {
             // Sorted: the group's last row is its longest.
@@ -296,13 +307,22 @@ impl Operator for EmbedText {
         Ok(EmbeddingType::new(ElementType::F32, encoder.dim()).field(self.name()))
     }
 
-    fn evaluate(&self, call: &Call<'_>, _errors: &mut RowErrors) -> Result<ArrayRef> {
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let encoder = TextEncoder::shared(call.params.str("model")?)?;
         let normalize = call.params.bool("normalize")?;
         let array = call.inputs[0].as_ref();
-        let rows: Vec<Option<&str>> = (0..call.rows).map(|row| string_at(array, row)).collect();
-        let texts: Vec<&str> = rows.iter().flatten().copied().collect();
-        let mut vectors = encoder.embed(&texts, normalize)?.into_iter();
+        // Token ids per row: null rows and rows the tokenizer refuses stay null.
+        let rows: Vec<Option<Vec<u32>>> = (0..call.rows)
+            .map(|row| {
+                let text = string_at(array, row)?;
+                encoder
+                    .tokenize(text)
+                    .map_err(|reason| errors.fail(row, format!("row {row}: {reason}")))
+                    .ok()
+            })
+            .collect();
+        let encoded: Vec<Vec<u32>> = rows.iter().flatten().cloned().collect();
+        let mut vectors = encoder.embed_tokens(&encoded, normalize)?.into_iter();
         let dim = encoder.dim();
         let mut values = Vec::with_capacity(call.rows * dim);
         for row in &rows {

@@ -82,7 +82,11 @@ pub fn shared<T: Send + Sync + 'static>(
         .entry((kind, path.to_path_buf()))
         .or_default()
         .clone();
-    if let Some(model) = slot.lock().as_ref() {
+    // A caller that finds the slot locked waits for someone else's load: that too is
+    // "model loading".
+    if let Some(guard) = slot.try_lock()
+        && let Some(model) = guard.as_ref()
+    {
         return downcast(kind, model.clone());
     }
     rillet_runtime::while_loading_model(|| {

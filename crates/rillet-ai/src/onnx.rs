@@ -32,20 +32,29 @@ pub fn library_path() -> Result<PathBuf> {
 }
 
 /// The process's ONNX Runtime environment (one per process), loading the library on first
-/// use.
+/// use. A failed load is not remembered: fetching the library and trying again works.
 pub fn environment() -> Result<&'static Environment> {
-    static ENVIRONMENT: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
-    ENVIRONMENT
-        .get_or_init(|| {
-            let path = library_path().map_err(|e| e.to_string())?;
-            ort::init_from(&path)
-                .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?
-                .with_name("rillet")
-                .build()
-                .map_err(|e| format!("cannot start ONNX Runtime: {e}"))
-        })
-        .as_ref()
-        .map_err(|e| RilletError::Model(e.clone()))
+    static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+    static STARTING: Mutex<()> = Mutex::new(());
+    if let Some(environment) = ENVIRONMENT.get() {
+        return Ok(environment);
+    }
+    let _one_at_a_time = STARTING.lock();
+    if let Some(environment) = ENVIRONMENT.get() {
+        return Ok(environment);
+    }
+    let path = library_path()?;
+    let environment = ort::init_from(&path)
+        .map_err(|e| {
+            RilletError::Model(format!(
+                "cannot load ONNX Runtime from {}: {e}",
+                path.display()
+            ))
+        })?
+        .with_name("rillet")
+        .build()
+        .map_err(|e| RilletError::Model(format!("cannot start ONNX Runtime: {e}")))?;
+    Ok(ENVIRONMENT.get_or_init(|| environment))
 }
 
 fn model_error(path: &Path, e: impl std::fmt::Display) -> RilletError {
@@ -184,7 +193,14 @@ impl OnnxModel {
         wanted
             .iter()
             .map(|&i| {
-                let (shape, data) = outputs[i]
+                if i >= outputs.len() {
+                    return Err(model_error(
+                        &self.path,
+                        format!("the graph has no output {i}"),
+                    ));
+                }
+                let output = &outputs[i];
+                let (shape, data) = output
                     .try_extract_tensor::<f32>()
                     .map_err(|e| model_error(&self.path, format!("output {i}: {e}")))?;
                 Ok(Output {

@@ -48,9 +48,9 @@ impl SpeechDetector {
         let path = dir.join("model.onnx");
         let model = OnnxModel::load(&path)?;
         let names: Vec<&str> = model.inputs().iter().map(|p| p.name.as_str()).collect();
-        if names != ["input", "state", "sr"] {
+        if names != ["input", "state", "sr"] || model.outputs().len() < 2 {
             return Err(RilletError::Model(format!(
-                "{}: inputs {names:?}, expected Silero VAD's [input, state, sr]",
+                "{}: inputs {names:?}, expected Silero VAD's [input, state, sr] and two outputs",
                 path.display()
             )));
         }

@@ -327,13 +327,16 @@ impl Operator for Letterbox {
 
 /// An 8-bit image scaled to fit a detector's input box, keeping its aspect ratio, and
 /// centred on a `fill`-valued canvas: the pixels, and how to map a point of the canvas back
-/// to the source image (`source = (canvas - offset) / scale`).
+/// to the source image (`source_x = (canvas_x - left) / scale_x`, the same for y). The two
+/// scales differ only by the rounding of the scaled size to whole pixels.
 #[derive(Debug, Clone)]
 pub struct Letterboxed {
     /// `width × height` RGB pixels, HWC.
     pub rgb: Vec<u8>,
-    /// Source pixels to canvas pixels.
-    pub scale: f64,
+    /// Source pixels to canvas pixels, horizontally.
+    pub scale_x: f64,
+    /// Source pixels to canvas pixels, vertically.
+    pub scale_y: f64,
     /// Left padding, in canvas pixels.
     pub left: u32,
     /// Top padding, in canvas pixels.
@@ -350,7 +353,7 @@ pub struct Letterboxed {
 /// let pixels = vec![200u8; 40 * 20 * 3];
 /// let src = ImageView { width: 40, height: 20, mode: ImageMode::Rgb, data: &pixels };
 /// let boxed = letterbox_rgb8(&src, 32, 32, 114).unwrap();
-/// assert_eq!((boxed.scale, boxed.left, boxed.top), (0.8, 0, 8));
+/// assert_eq!((boxed.scale_x, boxed.scale_y, boxed.left, boxed.top), (0.8, 0.8, 0, 8));
 /// assert_eq!(boxed.rgb[0], 114); // padding above the image
 /// assert_eq!(boxed.rgb[(16 * 32 + 16) * 3], 200);
 /// ```
@@ -388,7 +391,7 @@ pub fn letterbox_rgb8(
         }
     };
     let (tw, th) = fit(src.width, src.height, width, height);
-    let scale = (width as f64 / src.width as f64).min(height as f64 / src.height as f64);
+    let (scale_x, scale_y) = (tw as f64 / src.width as f64, th as f64 / src.height as f64);
     let mut scaled = vec![0u8; tw as usize * th as usize * 3];
     let mut resizer = ThreadResizer::take();
     resize_into(
@@ -408,7 +411,8 @@ pub fn letterbox_rgb8(
     }
     Ok(Letterboxed {
         rgb,
-        scale,
+        scale_x,
+        scale_y,
         left,
         top,
     })
