@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from rillet import _rillet
+from rillet._worker import _convert_in, _empty_batch, _to_table, apply_batches
 from rillet.expr import Expr, col
 from rillet.types import _is_audio, _is_pil
 
@@ -25,44 +26,6 @@ def _as_list(value: Any) -> list:
     if isinstance(value, (list, tuple)):
         return list(value)
     return [value]
-
-
-def _to_table(out: Any) -> pa.Table:
-    if isinstance(out, pa.Table):
-        return out
-    if isinstance(out, pa.RecordBatch):
-        return pa.Table.from_batches([out])
-    if isinstance(out, dict):
-        return pa.table(out)
-    if type(out).__module__.startswith("pandas"):
-        return pa.Table.from_pandas(out, preserve_index=False)
-    raise TypeError(
-        f"map_batches function returned {type(out).__name__}; return a pyarrow Table or "
-        "RecordBatch, a pandas DataFrame, or a dict of arrays")
-
-
-def _convert_in(batch: pa.RecordBatch, batch_format: str) -> Any:
-    if batch_format == "pyarrow":
-        return pa.Table.from_batches([batch])
-    if batch_format == "pandas":
-        return batch.to_pandas()
-    return {name: column.to_numpy(zero_copy_only=False) for name, column in zip(batch.schema.names, batch.columns)}
-
-
-def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
-    # Not RecordBatch.from_pylist / Schema.empty_table: pyarrow imports pandas for those
-    # (0.2 s on the first call).
-    return pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
-
-
-def _single_batch(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:
-    table = table.select(schema.names).cast(schema)
-    batches = table.combine_chunks().to_batches()
-    if not batches:
-        return _empty_batch(schema)
-    if len(batches) == 1:
-        return batches[0]
-    return pa.concat_batches(batches)
 
 
 class GroupBy:
@@ -291,28 +254,51 @@ class DataFrame:
             raise ValueError("join needs on=..., or left_on=... and right_on=... of equal length")
         return DataFrame(self._df.join(other._df, how, left, right))
 
-    def map_batches(self, fn: Callable[[Any], Any], *, batch_size: int | None = None,
+    def map_batches(self, fn: Callable[[Any], Any] | type, *, batch_size: int | None = None,
                     batch_format: str = "pyarrow", schema: pa.Schema | None = None,
-                    concurrency: int | None = None) -> DataFrame:
-        """Apply ``fn`` to whole batches, in a stage of its own on a bounded worker pool.
+                    concurrency: int | tuple[int, int] | None = None,
+                    num_cpus: float | None = None, num_gpus: float | None = None,
+                    memory: int | str | None = None, max_retries: int = 3,
+                    isolate: bool | None = None, idle_timeout: float = 10.0) -> DataFrame:
+        """Apply ``fn`` to whole batches, in a stage of its own.
 
         ``batch_format`` is what ``fn`` receives: ``"pyarrow"`` (a Table), ``"pandas"`` (a
         DataFrame) or ``"numpy"`` (a dict of arrays). It may return any of those (or a
         RecordBatch). ``schema`` declares the output; without it the schema is found by
         calling ``fn`` once on an empty batch.
-        
+
+        ``fn`` may be a class: each worker process builds it once (load a model in
+        ``__init__``) and calls the instance per batch; ``schema`` is then required (the
+        class is never built in this process). Classes, and functions given ``num_cpus``,
+        ``num_gpus``, ``memory`` or ``isolate=True``, run in worker processes fed Arrow
+        batches, with the pool settings of :func:`rillet.udf` (``concurrency=(min, max)``,
+        fractional GPUs, ``max_retries`` re-sending a batch whose worker died). Other
+        functions run in this process on the engine's threads.
 
         >>> import rillet as rl, pyarrow.compute as pc
         >>> df = rl.from_pydict({"a": [1, 2]})
         >>> df.map_batches(lambda t: t.append_column("b", pc.multiply(t["a"], 2))).to_pydict()
         {'a': [1, 2], 'b': [2, 4]}
         """
+        from rillet.udf import _concurrency, _parse_bytes, pickle_for_workers, worker_command
+
         if batch_format not in _FORMATS:
             raise ValueError(f"batch_format must be one of {_FORMATS}, not {batch_format!r}")
         if batch_size is not None and batch_size <= 0:
             raise ValueError("batch_size must be positive")
         name = getattr(fn, "__name__", type(fn).__name__)
+        is_class = isinstance(fn, type)
+        resourced = num_cpus is not None or num_gpus is not None or memory is not None
+        if isolate is None:
+            isolate = is_class or resourced
+        if not isolate and (is_class or resourced):
+            raise ValueError(f"map_batches({name}): a class, num_cpus, num_gpus and memory need "
+                             "worker processes; drop isolate=False")
         if schema is None:
+            if is_class:
+                raise _rillet.PlanError(
+                    f"map_batches({name}): a class runs only in its worker processes; pass schema=... "
+                    "(the output's pyarrow schema)")
             empty = _empty_batch(self.schema)
             try:
                 schema = _to_table(fn(_convert_in(empty, batch_format))).schema
@@ -321,12 +307,26 @@ class DataFrame:
                     f"map_batches({name}): could not find the output schema by calling the "
                     f"function on an empty batch ({type(error).__name__}: {error}); pass schema=...") from error
         out_schema = schema
+        if not isolate:
+            if isinstance(concurrency, tuple):
+                raise ValueError(f"map_batches({name}): concurrency=(min, max) sizes a worker pool; "
+                                 "in-process functions take a number")
 
-        def call(batch: pa.RecordBatch) -> pa.RecordBatch:
-            return _single_batch(_to_table(fn(_convert_in(batch, batch_format))), out_schema)
+            def call(batch: pa.RecordBatch) -> pa.RecordBatch:
+                return apply_batches(fn, batch, batch_format, out_schema)
 
-        return DataFrame(self._df.map_batches(call, name, out_schema, batch_size=batch_size,
-                                              concurrency=concurrency))
+            return DataFrame(self._df.map_batches(call, name, out_schema, batch_size=batch_size,
+                                                  concurrency=concurrency))
+        spec = {"mode": "batches", "fn": fn, "is_class": is_class, "batch_format": batch_format,
+                "schema": out_schema}
+        setup = pickle_for_workers(spec, f"map_batches({name})", "class" if is_class else "function")
+        argv, env = worker_command()
+        low, high = _concurrency(concurrency, True)
+        return DataFrame(self._df.map_batches_workers(
+            name, out_schema, batch_size=batch_size, argv=argv, env=env, setup=setup,
+            min_workers=low, max_workers=high, num_cpus=1.0 if num_cpus is None else float(num_cpus),
+            num_gpus=0.0 if num_gpus is None else float(num_gpus), memory=_parse_bytes(memory),
+            max_retries=int(max_retries), idle_timeout_s=float(idle_timeout)))
 
     # results -----------------------------------------------------------------------------
     def collect(self) -> pa.Table:

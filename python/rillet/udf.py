@@ -99,22 +99,10 @@ class UDF:
         """The function as its workers receive it, with a message saying what to change
         when it cannot be pickled."""
         if self._setup is None:
-            try:
-                import cloudpickle
-            except ImportError as exc:  # pragma: no cover - a dependency of the package
-                raise ImportError("worker-process UDFs need cloudpickle: pip install cloudpickle") from exc
             spec = {"fn": self._fn, "is_class": isinstance(self._fn, type), "batch": self.batch,
                     "return_type": self._wire_type, "on_error": self.on_error}
-            try:
-                self._setup = cloudpickle.dumps(spec)
-            except Exception as exc:
-                kind = "class" if isinstance(self._fn, type) else "function"
-                raise TypeError(
-                    f"UDF {self.name!r} cannot be sent to its worker processes: the {kind} "
-                    f"or something it refers to cannot be pickled ({type(exc).__name__}: {exc}). "
-                    "Create such objects (models, clients, locks, open files) inside the UDF: "
-                    "in the __init__ of a class UDF, which runs once in each worker. Or run "
-                    "the UDF in this process with isolate=False.") from exc
+            kind = "class" if isinstance(self._fn, type) else "function"
+            self._setup = pickle_for_workers(spec, f"UDF {self.name!r}", kind)
         return self._setup
 
     def __call__(self, *args: Any) -> Expr:
@@ -125,9 +113,7 @@ class UDF:
             return Expr(native.udf_call(
                 self._call_arrays, self.name, self._wire_type, exprs,
                 batch_size=self.batch_size, concurrency=fixed))
-        env = [("RILLET_WORKER_SYS_PATH", os.pathsep.join(p for p in sys.path if p))]
-        argv = [sys.executable, "-u", "-c", _WORKER_BOOT,
-                os.path.join(os.path.dirname(__file__), "_worker.py")]
+        argv, env = worker_command()
         low, high = self.concurrency
         return Expr(native.worker_udf_call(
             self.name, self._wire_type, exprs, batch_size=self.batch_size, argv=argv, env=env,
@@ -211,6 +197,32 @@ def _concurrency(value: Any, isolate: bool) -> tuple[int, int | None] | None:
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
           "gb": 1000**3, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def worker_command() -> tuple[list[str], list[tuple[str, str]]]:
+    """How the engine starts a worker process: this interpreter running ``_worker.py``, with
+    this process's ``sys.path`` (so a UDF defined in a user's module unpickles there)."""
+    env = [("RILLET_WORKER_SYS_PATH", os.pathsep.join(p for p in sys.path if p))]
+    argv = [sys.executable, "-u", "-c", _WORKER_BOOT,
+            os.path.join(os.path.dirname(__file__), "_worker.py")]
+    return argv, env
+
+
+def pickle_for_workers(spec: dict, what: str, kind: str) -> bytes:
+    """``spec`` (the function and how to call it) as a worker's setup frame; a function
+    that cannot be pickled gets a message saying what to change."""
+    try:
+        import cloudpickle
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise ImportError("worker processes need cloudpickle: pip install cloudpickle") from exc
+    try:
+        return cloudpickle.dumps(spec)
+    except Exception as exc:
+        raise TypeError(
+            f"{what} cannot be sent to its worker processes: the {kind} or something it refers "
+            f"to cannot be pickled ({type(exc).__name__}: {exc}). Create such objects (models, "
+            "clients, locks, open files) inside it: in the __init__ of a class, which runs once "
+            "in each worker. Or run it in this process with isolate=False.") from exc
 
 
 def _parse_bytes(value: int | str | None) -> int:

@@ -302,3 +302,70 @@ def test_resources_and_init():
         rl.udf(return_dtype="int64", memory="lots")(lambda x: x)
     with pytest.raises(ValueError):
         rl.udf(return_dtype="int64", num_gpus=0.5, isolate=False)(lambda x: x)
+
+
+def batches_stats(df):
+    return next(op for op in df.stats()["operators"] if op["name"].startswith("map_batches("))
+
+
+def test_map_batches_with_a_class_runs_it_once_per_worker_process():
+    class AddPid:
+        def __init__(self, offset=100):
+            self.pid = os.getpid()
+            self.offset = offset
+
+        def __call__(self, table):
+            return table.append_column("y", pc.add(table["id"], self.offset)).append_column(
+                "pid", pa.array([self.pid] * table.num_rows, pa.int64()))
+
+    schema = pa.schema([("id", pa.int64()), ("y", pa.int64()), ("pid", pa.int64())])
+    df = rl.range(1000).map_batches(AddPid, schema=schema, batch_size=100, concurrency=(1, 2), num_cpus=0.5)
+    out = df.to_pydict()
+    assert sorted(zip(out["id"], out["y"])) == [(i, i + 100) for i in range(1000)]
+    assert os.getpid() not in set(out["pid"]) and len(set(out["pid"])) <= 2
+    assert 1 <= batches_stats(df)["workers_started"] <= 2
+
+
+def test_map_batches_worker_killed_mid_job_keeps_the_output_exact(tmp_path):
+    pid_file = tmp_path / "pid"
+
+    class Slow:
+        def __init__(self):
+            pid_file.write_text(str(os.getpid()))
+
+        def __call__(self, batch):
+            time.sleep(0.02)
+            return {"id": batch["id"], "y": batch["id"] * 2}
+
+    def killer():
+        while not pid_file.exists():
+            time.sleep(0.01)
+        time.sleep(0.3)
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    schema = pa.schema([("id", pa.int64()), ("y", pa.int64())])
+    df = rl.range(2000).map_batches(Slow, schema=schema, batch_format="numpy", batch_size=20, concurrency=1)
+    out = df.to_pydict()
+    thread.join()
+    assert sorted(zip(out["id"], out["y"])) == [(i, 2 * i) for i in range(2000)]
+    assert batches_stats(df)["retries"] == 1
+
+
+def test_map_batches_class_needs_a_schema_and_functions_stay_in_process_by_default():
+    class Nothing:
+        def __call__(self, table):
+            return table
+
+    with pytest.raises(rl.PlanError, match="pass schema="):
+        rl.range(3).map_batches(Nothing)
+    pids = rl.range(3).map_batches(
+        lambda t: t.append_column("pid", pa.array([os.getpid()] * t.num_rows, pa.int64()))).to_pydict()["pid"]
+    assert set(pids) == {os.getpid()}
+    isolated = rl.range(3).map_batches(
+        lambda t: t.append_column("pid", pa.array([os.getpid()] * t.num_rows, pa.int64())),
+        isolate=True).to_pydict()["pid"]
+    assert os.getpid() not in set(isolated)
+    with pytest.raises(ValueError, match="need worker processes"):
+        rl.range(3).map_batches(Nothing, schema=pa.schema([("id", pa.int64())]), isolate=False)

@@ -15,7 +15,7 @@ use rillet_runtime::workers::{PoolOptions, WorkerCommand};
 use rillet_runtime::{
     CollectedBatches, FileFormat, JobHandle, JobStats, RowBatcher, WriteMode, global_runtime,
 };
-use rillet_runtime::{ResourceManager, ResourceRequest, WorkerFunction};
+use rillet_runtime::{ResourceManager, ResourceRequest, WorkerBatchFunction, WorkerFunction};
 
 use crate::errors::{IntoPy, interrupted};
 use crate::expr::{PyExpr, sort_expr};
@@ -204,29 +204,21 @@ impl PySession {
         max_retries: usize,
         idle_timeout_s: f64,
     ) -> PyResult<PyExpr> {
-        let request = ResourceRequest {
-            cpus: num_cpus,
-            gpus: num_gpus,
-            memory_bytes: memory,
-        };
-        let who = format!("udf({name})");
-        let resources = ResourceManager::global();
-        // Without a maximum, as many workers as the machine fits.
-        let options = PoolOptions {
-            min_workers,
-            max_workers: max_workers.unwrap_or_else(|| resources.capacity(&request).max(1)),
-            request,
-            max_retries,
-            idle_timeout: Duration::from_secs_f64(idle_timeout_s.max(0.0)),
-        };
-        // Values that can never work fail here, when the expression is built; whether the
-        // machine has room is checked when a job starts.
-        options.validate(&who).py_err()?;
-        let command = WorkerCommand {
-            argv,
-            env,
-            setup: Arc::new(setup),
-        };
+        let (command, options, resources) = worker_pool(
+            &format!("udf({name})"),
+            WorkerSettings {
+                argv,
+                env,
+                setup,
+                min_workers,
+                max_workers,
+                num_cpus,
+                num_gpus,
+                memory,
+                max_retries,
+                idle_timeout_s,
+            },
+        )?;
         let function = WorkerFunction::new(
             name,
             return_type.into_inner(),
@@ -241,6 +233,52 @@ impl PySession {
         )
         .into())
     }
+}
+
+/// How to start and size the worker processes of a UDF or `map_batches` (see
+/// `rillet/udf.py`).
+struct WorkerSettings {
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    setup: Vec<u8>,
+    min_workers: usize,
+    max_workers: Option<usize>,
+    num_cpus: f64,
+    num_gpus: f64,
+    memory: u64,
+    max_retries: usize,
+    idle_timeout_s: f64,
+}
+
+/// The command and pool options of `who`'s workers. Values that can never work fail here,
+/// when the expression is built; whether the machine has room is checked when a job starts.
+fn worker_pool(
+    who: &str,
+    settings: WorkerSettings,
+) -> PyResult<(WorkerCommand, PoolOptions, Arc<ResourceManager>)> {
+    let request = ResourceRequest {
+        cpus: settings.num_cpus,
+        gpus: settings.num_gpus,
+        memory_bytes: settings.memory,
+    };
+    let resources = ResourceManager::global();
+    // Without a maximum, as many workers as the machine fits.
+    let options = PoolOptions {
+        min_workers: settings.min_workers,
+        max_workers: settings
+            .max_workers
+            .unwrap_or_else(|| resources.capacity(&request).max(1)),
+        request,
+        max_retries: settings.max_retries,
+        idle_timeout: Duration::from_secs_f64(settings.idle_timeout_s.max(0.0)),
+    };
+    options.validate(who).py_err()?;
+    let command = WorkerCommand {
+        argv: settings.argv,
+        env: settings.env,
+        setup: Arc::new(settings.setup),
+    };
+    Ok((command, options, resources))
 }
 
 /// A lazy DataFrame.
@@ -429,6 +467,52 @@ impl PyDataFrame {
             batch_size,
             concurrency,
         };
+        self.map(|df| df.map_batches(Arc::new(function)))
+    }
+
+    /// A whole-batch stage computed by worker processes (see `DataFrame.map_batches`).
+    #[pyo3(signature = (name, schema, *, batch_size, argv, env, setup, min_workers,
+                        max_workers, num_cpus, num_gpus, memory, max_retries, idle_timeout_s))]
+    #[allow(clippy::too_many_arguments)]
+    fn map_batches_workers(
+        &self,
+        name: String,
+        schema: PySchema,
+        batch_size: Option<usize>,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        setup: Vec<u8>,
+        min_workers: usize,
+        max_workers: Option<usize>,
+        num_cpus: f64,
+        num_gpus: f64,
+        memory: u64,
+        max_retries: usize,
+        idle_timeout_s: f64,
+    ) -> PyResult<Self> {
+        let (command, options, resources) = worker_pool(
+            &format!("map_batches({name})"),
+            WorkerSettings {
+                argv,
+                env,
+                setup,
+                min_workers,
+                max_workers,
+                num_cpus,
+                num_gpus,
+                memory,
+                max_retries,
+                idle_timeout_s,
+            },
+        )?;
+        let function = WorkerBatchFunction::new(
+            &name,
+            schema.into_inner(),
+            batch_size,
+            command,
+            options,
+            resources,
+        );
         self.map(|df| df.map_batches(Arc::new(function)))
     }
 

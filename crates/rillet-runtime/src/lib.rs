@@ -73,4 +73,4 @@ pub use sink::{
     WriteMode,
 };
 pub use worker::{JobCanceller, JobHandle, LocalWorker};
-pub use workers::WorkerFunction;
+pub use workers::{WorkerBatchFunction, WorkerFunction};

@@ -16,13 +16,111 @@ pub mod protocol;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rillet_common::{Result, RilletError};
 
 pub use pool::{PoolOptions, ProcessPool, WorkerCommand};
 
-use crate::function::{ArrayFunction, FunctionContext};
+use crate::function::{ArrayFunction, BatchFunction, FunctionContext};
 use crate::resources::ResourceManager;
+
+/// The process pool of a function for the jobs that use it: started by the first job's
+/// `open`, closed by the last job's `close`.
+#[derive(Debug)]
+struct JobPool {
+    /// Operator label for errors and metrics: `udf(name)`, `map_batches(name)`.
+    operator: String,
+    command: WorkerCommand,
+    options: PoolOptions,
+    resources: Arc<ResourceManager>,
+    slot: Mutex<PoolSlot>,
+}
+
+/// The pool of the running job(s) and how many use it.
+#[derive(Debug, Default)]
+struct PoolSlot {
+    pool: Option<Arc<ProcessPool>>,
+    jobs: usize,
+}
+
+impl JobPool {
+    fn new(
+        operator: String,
+        command: WorkerCommand,
+        options: PoolOptions,
+        resources: Arc<ResourceManager>,
+    ) -> Self {
+        Self {
+            operator,
+            command,
+            options,
+            resources,
+            slot: Mutex::new(PoolSlot::default()),
+        }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, PoolSlot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The running pool; a call outside a job (a plan executed without the engine's
+    /// stages) starts one that lives until the function is dropped.
+    fn running(&self) -> Result<Arc<ProcessPool>> {
+        let mut slot = self.slot();
+        if let Some(pool) = &slot.pool {
+            return Ok(pool.clone());
+        }
+        let pool = self.start(None)?;
+        slot.pool = Some(pool.clone());
+        Ok(pool)
+    }
+
+    fn start(
+        &self,
+        metrics: Option<Arc<crate::metrics::OperatorMetrics>>,
+    ) -> Result<Arc<ProcessPool>> {
+        ProcessPool::start(
+            self.operator.clone(),
+            self.command.clone(),
+            self.options.clone(),
+            self.resources.clone(),
+            metrics,
+        )
+    }
+
+    fn current(&self) -> Option<Arc<ProcessPool>> {
+        self.slot().pool.clone()
+    }
+
+    fn open(&self, context: &FunctionContext) -> Result<()> {
+        let mut slot = self.slot();
+        if slot.pool.is_none() {
+            slot.pool = Some(self.start(Some(context.metrics.clone()))?);
+        }
+        slot.jobs += 1;
+        Ok(())
+    }
+
+    fn close(&self) {
+        let pool = {
+            let mut slot = self.slot();
+            slot.jobs = slot.jobs.saturating_sub(1);
+            if slot.jobs > 0 {
+                return;
+            }
+            slot.pool.take()
+        };
+        if let Some(pool) = pool {
+            pool.close();
+        }
+    }
+
+    /// Send `batch` to a worker and return its reply.
+    fn call(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let request = protocol::encode_batch(batch)?;
+        self.running()?.call(&request)
+    }
+}
 
 /// A column function whose calls run in a pool of worker processes started for each job.
 ///
@@ -33,18 +131,7 @@ pub struct WorkerFunction {
     name: String,
     return_type: DataType,
     batch_size: Option<usize>,
-    command: WorkerCommand,
-    options: PoolOptions,
-    resources: Arc<ResourceManager>,
-    pool: Mutex<PoolSlot>,
-}
-
-/// The pool of the running job(s): started by the first `open`, closed by the last
-/// `close`.
-#[derive(Debug, Default)]
-struct PoolSlot {
-    pool: Option<Arc<ProcessPool>>,
-    jobs: usize,
+    pool: JobPool,
 }
 
 impl WorkerFunction {
@@ -58,53 +145,22 @@ impl WorkerFunction {
         options: PoolOptions,
         resources: Arc<ResourceManager>,
     ) -> Self {
+        let name = name.into();
         Self {
-            name: name.into(),
+            pool: JobPool::new(format!("udf({name})"), command, options, resources),
+            name,
             return_type,
             batch_size,
-            command,
-            options,
-            resources,
-            pool: Mutex::new(PoolSlot::default()),
         }
     }
 
     fn operator(&self) -> String {
-        format!("udf({})", self.name)
-    }
-
-    fn slot(&self) -> std::sync::MutexGuard<'_, PoolSlot> {
-        self.pool.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The running pool; a call outside a job (a plan executed without the engine's
-    /// stages) starts one that lives until the function is dropped.
-    fn running_pool(&self) -> Result<Arc<ProcessPool>> {
-        let mut slot = self.slot();
-        if let Some(pool) = &slot.pool {
-            return Ok(pool.clone());
-        }
-        let pool = self.start_pool(None)?;
-        slot.pool = Some(pool.clone());
-        Ok(pool)
-    }
-
-    fn start_pool(
-        &self,
-        metrics: Option<Arc<crate::metrics::OperatorMetrics>>,
-    ) -> Result<Arc<ProcessPool>> {
-        ProcessPool::start(
-            self.operator(),
-            self.command.clone(),
-            self.options.clone(),
-            self.resources.clone(),
-            metrics,
-        )
+        self.pool.operator.clone()
     }
 
     /// The pool of the running job, if any (for tests and diagnostics).
     pub fn pool(&self) -> Option<Arc<ProcessPool>> {
-        self.slot().pool.clone()
+        self.pool.current()
     }
 }
 
@@ -128,8 +184,7 @@ impl ArrayFunction for WorkerFunction {
             args.to_vec(),
             &RecordBatchOptions::new().with_row_count(Some(rows)),
         )?;
-        let request = protocol::encode_batch(&batch)?;
-        let reply = self.running_pool()?.call(&request)?;
+        let reply = self.pool.call(&batch)?;
         if reply.num_columns() != 1 {
             return Err(RilletError::UserFunction {
                 operator: self.operator(),
@@ -153,29 +208,85 @@ impl ArrayFunction for WorkerFunction {
     }
 
     fn concurrency(&self) -> Option<usize> {
-        Some(self.options.max_workers)
+        Some(self.pool.options.max_workers)
     }
 
     fn open(&self, context: &FunctionContext) -> Result<()> {
-        let mut slot = self.slot();
-        if slot.pool.is_none() {
-            slot.pool = Some(self.start_pool(Some(context.metrics.clone()))?);
-        }
-        slot.jobs += 1;
-        Ok(())
+        self.pool.open(context)
     }
 
     fn close(&self) {
-        let pool = {
-            let mut slot = self.slot();
-            slot.jobs = slot.jobs.saturating_sub(1);
-            if slot.jobs > 0 {
-                return;
-            }
-            slot.pool.take()
-        };
-        if let Some(pool) = pool {
-            pool.close();
+        self.pool.close()
+    }
+}
+
+/// A batch function (`map_batches`) whose calls run in a pool of worker processes started
+/// for each job: each call sends the batch and expects the output batch back.
+#[derive(Debug)]
+pub struct WorkerBatchFunction {
+    name: String,
+    schema: SchemaRef,
+    batch_size: Option<usize>,
+    pool: JobPool,
+}
+
+impl WorkerBatchFunction {
+    /// `map_batches(name)` producing batches of `schema`, computed by workers started with
+    /// `command` and sized by `options`, with resources from `resources`.
+    pub fn new(
+        name: &str,
+        schema: SchemaRef,
+        batch_size: Option<usize>,
+        command: WorkerCommand,
+        options: PoolOptions,
+        resources: Arc<ResourceManager>,
+    ) -> Self {
+        let name = format!("map_batches({name})");
+        Self {
+            pool: JobPool::new(name.clone(), command, options, resources),
+            name,
+            schema,
+            batch_size,
         }
+    }
+}
+
+impl BatchFunction for WorkerBatchFunction {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn output_schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn call(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let reply = self.pool.call(&batch)?;
+        // The worker cast its result to the declared schema; the batch only needs the
+        // declared field metadata (extension types) back.
+        RecordBatch::try_new(self.schema.clone(), reply.columns().to_vec()).map_err(|e| {
+            RilletError::UserFunction {
+                operator: self.name.clone(),
+                message: format!(
+                    "its worker replied with a batch that does not fit the schema: {e}"
+                ),
+            }
+        })
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        self.batch_size
+    }
+
+    fn concurrency(&self) -> Option<usize> {
+        Some(self.pool.options.max_workers)
+    }
+
+    fn open(&self, context: &FunctionContext) -> Result<()> {
+        self.pool.open(context)
+    }
+
+    fn close(&self) {
+        self.pool.close()
     }
 }
