@@ -113,3 +113,25 @@ def mib(n: float) -> str:
 
 if __name__ == "__main__":
     print(run_measured(sys.argv[1:]))
+
+
+def model_benchmark(title: str, jobs: dict[str, str], peers_python: Path, data: Path, out_prefix: Path,
+                    runs: int, items: int, unit: str, command: str, about: str) -> str:
+    """Run the model benchmark ``jobs`` side by side (``daft``, ``ray`` and ``bare`` in the
+    peers' interpreter, Rillet's jobs in this one), print the table and append it to
+    RESULTS.md under ``title`` with the ``command`` that produced it, the peers' versions
+    and ``about`` (the model and batching). Returns the table."""
+    import datetime
+    import subprocess
+
+    pythons = {name: str(peers_python) if name in ("daft", "ray", "bare") else sys.executable for name in jobs}
+    text = side_by_side(jobs, pythons, data, out_prefix, runs, items, unit, 1, expected_rows=items)
+    print(text)
+    version = subprocess.run([str(peers_python), "-c", "import daft, ray, onnxruntime; print(daft.__version__, "
+                              "ray.__version__, onnxruntime.__version__)"], capture_output=True, text=True).stdout.split()
+    daft_v, ray_v, ort_v = (version + ["?", "?", "?"])[:3]
+    with open(Path(__file__).parent / "RESULTS.md", "a") as f:
+        f.write(f"\n### {title}, {datetime.date.today()}, {runs} runs + warm-up\n\nCommand: `{command}` "
+                f"(Daft {daft_v}, Ray {ray_v}, onnxruntime {ort_v}). {about} Pipeline efficiency = rillet "
+                f"throughput / bare throughput (the inverse of the `bare` row's ratio).\n\n{text}\n")
+    return text

@@ -17,14 +17,12 @@ Every engine runs the same model on the same runtime (ONNX Runtime 1.31.1, every
 from __future__ import annotations
 
 import argparse
-import datetime
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import side_by_side  # noqa: E402
+from _measure import model_benchmark  # noqa: E402
 from engine_overhead import ensure_peers  # noqa: E402
 from image_pipeline import photos  # noqa: E402
 
@@ -183,18 +181,10 @@ def main() -> None:
     peers_python = ensure_peers()
     data = dataset(args.images)
     jobs = {name: JOBS[name] for name in args.engines.split(",")}
-    pythons = {name: str(peers_python) if name in ("daft", "ray", "bare") else sys.executable for name in jobs}
-    text = side_by_side(jobs, pythons, data, HERE / "data" / "out-detect", args.runs, args.images, "images/s", 1,
-                        expected_rows=args.images)
-    print(text)
-    version = subprocess.run([str(peers_python), "-c", "import daft, ray, onnxruntime; print(daft.__version__, "
-                              "ray.__version__, onnxruntime.__version__)"], capture_output=True, text=True).stdout.split()
-    with open(HERE / "RESULTS.md", "a") as f:
-        f.write(f"\n### detect_objects, {datetime.date.today()}, {args.images:,} JPEGs (640-960 px), "
-                f"{args.runs} runs + warm-up\n\nCommand: `bash bench/run.sh detect_objects.py --images {args.images} "
-                f"--runs {args.runs}` (Daft {version[0] if version else '?'}, Ray {version[1] if len(version) > 1 else '?'}, "
-                f"onnxruntime {version[2] if len(version) > 2 else '?'}). Model: NudeNet 320n (ONNX), {BATCH} photos "
-                f"per run. Pipeline efficiency = rillet throughput / bare throughput.\n\n{text}\n")
+    model_benchmark(f"detect_objects, {args.images:,} JPEGs (640-960 px)",
+                    jobs, peers_python, data, HERE / "data" / "out-detect", args.runs, args.images,
+                    "images/s", f"bash bench/run.sh detect_objects.py --images {args.images} --runs {args.runs}",
+                    f"Model: NudeNet 320n (ONNX), {BATCH} photos per run.")
 
 
 if __name__ == "__main__":

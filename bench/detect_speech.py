@@ -19,14 +19,13 @@ drop under 250 ms, pad 30 ms):
 from __future__ import annotations
 
 import argparse
-import datetime
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import side_by_side  # noqa: E402
+from _measure import model_benchmark  # noqa: E402
 from engine_overhead import ensure_peers  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -229,18 +228,10 @@ def main() -> None:
     peers_python = ensure_peers()
     data = dataset(args.clips, str(peers_python))
     jobs = {name: JOBS[name] for name in args.engines.split(",")}
-    pythons = {name: str(peers_python) if name in ("daft", "ray", "bare") else sys.executable for name in jobs}
-    text = side_by_side(jobs, pythons, data, HERE / "data" / "out-speech", args.runs, args.clips, "clips/s", 1,
-                        expected_rows=args.clips)
-    print(text)
-    version = subprocess.run([str(peers_python), "-c", "import daft, ray, onnxruntime; print(daft.__version__, "
-                              "ray.__version__, onnxruntime.__version__)"], capture_output=True, text=True).stdout.split()
-    with open(HERE / "RESULTS.md", "a") as f:
-        f.write(f"\n### detect_speech, {datetime.date.today()}, {args.clips:,} espeak-ng clips, "
-                f"{args.runs} runs + warm-up\n\nCommand: `bash bench/run.sh detect_speech.py --clips {args.clips} "
-                f"--runs {args.runs}` (Daft {version[0] if version else '?'}, Ray {version[1] if len(version) > 1 else '?'}, "
-                f"onnxruntime {version[2] if len(version) > 2 else '?'}). Model: Silero VAD (ONNX), {BATCH} clips side "
-                f"by side. Pipeline efficiency = rillet throughput / bare throughput.\n\n{text}\n")
+    model_benchmark(f"detect_speech, {args.clips:,} espeak-ng clips",
+                    jobs, peers_python, data, HERE / "data" / "out-speech", args.runs, args.clips,
+                    "clips/s", f"bash bench/run.sh detect_speech.py --clips {args.clips} --runs {args.runs}",
+                    f"Model: Silero VAD (ONNX), {BATCH} clips side by side.")
 
 
 if __name__ == "__main__":

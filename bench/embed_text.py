@@ -20,13 +20,11 @@ with the pipeline efficiency (Rillet's throughput over the bare model's).
 from __future__ import annotations
 
 import argparse
-import datetime
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import side_by_side  # noqa: E402
+from _measure import model_benchmark  # noqa: E402
 from engine_overhead import ensure_peers  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -205,20 +203,10 @@ def main() -> None:
 
     chunks = pq.ParquetFile(data / "chunks.parquet").metadata.num_rows
     jobs = {name: JOBS[name] for name in args.engines.split(",")}
-    pythons = {name: str(peers_python) if name in ("daft", "ray", "bare") else sys.executable for name in jobs}
-    text = side_by_side(jobs, pythons, data, HERE / "data" / "out-embed", args.runs, chunks, "chunks/s", 1,
-                        expected_rows=chunks)
-    print(text)
-    version = subprocess.run([str(peers_python), "-c", "import daft, ray, onnxruntime; print(daft.__version__, "
-                              "ray.__version__, onnxruntime.__version__)"], capture_output=True, text=True).stdout.split()
-    with open(HERE / "RESULTS.md", "a") as f:
-        f.write(f"\n### embed_text, {datetime.date.today()}, {args.docs:,} documents from /usr/share/doc, "
-                f"{chunks:,} chunks of {WORDS} words, {args.runs} runs + warm-up\n\nCommand: `bash bench/run.sh "
-                f"embed_text.py --docs {args.docs} --runs {args.runs}` (Daft {version[0] if version else '?'}, "
-                f"Ray {version[1] if len(version) > 1 else '?'}, onnxruntime {version[2] if len(version) > 2 else '?'}). "
-                f"Model: paraphrase-MiniLM-L3-v2 (ONNX), batches of {BATCH}. Pipeline efficiency = rillet "
-                f"throughput / bare throughput = the inverse of the `bare` row's ratio.\n\n{text}\n")
-
+    model_benchmark(f"embed_text, {args.docs:,} documents from /usr/share/doc, {chunks:,} chunks of {WORDS} words",
+                    jobs, peers_python, data, HERE / "data" / "out-embed", args.runs, chunks, "chunks/s",
+                    f"bash bench/run.sh embed_text.py --docs {args.docs} --runs {args.runs}",
+                    f"Model: paraphrase-MiniLM-L3-v2 (ONNX), batches of {BATCH}.")
 
 if __name__ == "__main__":
     main()
