@@ -19,7 +19,7 @@ from typing import Any
 
 from rillet.expr import Expr, _call, col
 
-__all__ = ["embed_text", "detect_objects", "detect_speech", "split_by_speech"]
+__all__ = ["embed_text", "classify_text", "detect_objects", "detect_speech", "split_by_speech"]
 
 
 def _column(value: Any) -> Any:
@@ -53,6 +53,23 @@ def embed_text(text: Expr | str, model: str | os.PathLike = "all-minilm-l6-v2", 
     ``model.onnx`` ones (``paraphrase-minilm-l3-v2``) on ONNX Runtime.
     """
     return _call("embed_text", _column(text), _model_dir(model), normalize, on_error)
+
+
+def classify_text(text: Expr | str, labels: list[str], model: str | os.PathLike = "all-minilm-l6-v2", *,
+                  template: str = "This text is about {}.", on_error: str = "null") -> Expr:
+    """Zero-shot classification by embeddings: each label becomes a sentence through
+    ``template`` and a row gets the label whose sentence is closest to it (cosine), as
+    ``{label, score}``.
+
+    >>> import rillet as rl
+    >>> df = rl.from_pydict({"t": ["The striker scored twice in the final.", "Rates rose again."]})
+    >>> out = df.select(rl.ai.classify_text("t", ["sports", "economy"]).alias("c")).to_pydict()
+    >>> [c["label"] for c in out["c"]]
+    ['sports', 'economy']
+    """
+    if any("\n" in label for label in labels):
+        raise ValueError("classify_text labels cannot contain newlines")
+    return _call("classify_text", _column(text), "\n".join(labels), _model_dir(model), template, on_error)
 
 
 def detect_objects(image: Expr | str, model: str | os.PathLike = "nudenet-320n", *,

@@ -196,3 +196,18 @@ def test_detect_speech_wants_16_or_8_khz_and_splits_by_speech():
     audio = rl.col("f").audio.decode().audio.resample(16000)
     pieces = rl.from_pydict({"f": [wav]}).select(rl.ai.split_by_speech(audio).alias("p")).to_pydict()["p"][0]
     assert len(pieces) >= 1 and all(rate == 16000 for _, rate in pieces)
+
+
+def test_classify_text_zero_shot_by_embeddings():
+    texts = ["The goalkeeper saved a penalty in extra time.", "Preheat the oven and whisk the eggs with sugar.",
+             "The central bank raised interest rates to fight inflation.", None]
+    labels = ["sports", "cooking", "finance"]
+    out = rl.from_pydict({"t": texts}).select(rl.ai.classify_text("t", labels).alias("c")).to_pydict()["c"]
+    assert [c["label"] for c in out[:3]] == labels and out[3] is None
+    assert all(0 < c["score"] <= 1 for c in out[:3])
+    table = pa.table({"t": texts[:1]})
+    directory = str(models.fetch("all-minilm-l6-v2"))
+    by_sql = rl.sql(f"SELECT classify_text(t, 'cooking\nsports', '{directory}') AS c FROM x", x=table)
+    assert by_sql.to_pydict()["c"][0]["label"] == "sports"
+    with pytest.raises(rl.PlanError, match="at least two labels"):
+        rl.from_pydict({"t": ["x"]}).select(rl.ai.classify_text("t", ["only"]))

@@ -350,6 +350,125 @@ impl Operator for EmbedText {
     }
 }
 
+/// `classify_text(text, labels, model, template, on_error)`: zero-shot classification by
+/// embeddings. Each label becomes a sentence through `template` (`{}` is replaced by the
+/// label); a row gets the label whose sentence embedding is closest (cosine) to its own, as
+/// struct{label, score}. `labels` is newline-separated (the Python API joins a list).
+#[derive(Debug)]
+pub struct ClassifyText;
+
+const CLASSIFY_PARAMS: &[Param] = &[
+    Param::required("labels", ParamKind::Str),
+    Param::optional("model", ParamKind::Str, "all-minilm-l6-v2"),
+    Param::optional("template", ParamKind::Str, "This text is about {}."),
+    Param::ON_ERROR,
+];
+
+fn labels(params: &Params) -> Result<Vec<String>> {
+    let labels: Vec<String> = params
+        .str("labels")?
+        .split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if labels.len() < 2 {
+        return Err(RilletError::invalid_argument(format!(
+            "classify_text needs at least two labels, got {labels:?}"
+        )));
+    }
+    Ok(labels)
+}
+
+fn classification_fields() -> arrow::datatypes::Fields {
+    arrow::datatypes::Fields::from(vec![
+        Field::new("label", DataType::Utf8, false),
+        Field::new("score", DataType::Float32, false),
+    ])
+}
+
+impl Operator for ClassifyText {
+    fn name(&self) -> &'static str {
+        "classify_text"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        CLASSIFY_PARAMS
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        expect_text(self.name(), &inputs[0])?;
+        labels(params)?;
+        TextEncoder::shared(params.str("model")?)?;
+        Ok(Field::new(
+            self.name(),
+            DataType::Struct(classification_fields()),
+            true,
+        ))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let encoder = TextEncoder::shared(call.params.str("model")?)?;
+        let labels = labels(call.params)?;
+        let template = call.params.str("template")?;
+        let sentences: Vec<String> = labels
+            .iter()
+            .map(|label| {
+                if template.contains("{}") {
+                    template.replace("{}", label)
+                } else {
+                    label.clone()
+                }
+            })
+            .collect();
+        let sentence_refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+        let label_vectors = encoder.embed(&sentence_refs, true)?;
+        let array = call.inputs[0].as_ref();
+        let rows: Vec<Option<Vec<u32>>> = (0..call.rows)
+            .map(|row| {
+                let text = string_at(array, row)?;
+                encoder
+                    .tokenize(text)
+                    .map_err(|reason| errors.fail(row, format!("row {row}: {reason}")))
+                    .ok()
+            })
+            .collect();
+        let encoded: Vec<Vec<u32>> = rows.iter().flatten().cloned().collect();
+        let mut vectors = encoder.embed_tokens(&encoded, true)?.into_iter();
+        let (mut names, mut scores) =
+            (Vec::with_capacity(call.rows), Vec::with_capacity(call.rows));
+        for row in &rows {
+            if row.is_none() {
+                names.push(String::new());
+                scores.push(0f32);
+                continue;
+            }
+            let v = vectors.next().expect("one vector per text");
+            let (best, score) = label_vectors
+                .iter()
+                .map(|l| l.iter().zip(&v).map(|(a, b)| a * b).sum::<f32>())
+                .enumerate()
+                .fold((0, f32::MIN), |best, x| if x.1 > best.1 { x } else { best });
+            names.push(labels[best].clone());
+            scores.push(score);
+        }
+        let nulls = NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<_>>());
+        let structs = arrow::array::StructArray::try_new(
+            classification_fields(),
+            vec![
+                Arc::new(arrow::array::StringArray::from(names)),
+                Arc::new(Float32Array::from(scores)),
+            ],
+            Some(nulls),
+        )?;
+        Ok(Arc::new(structs))
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(256)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! Python as `rl.ai.*`.
 //!
 //! - [`embed::EmbedText`]: sentence embeddings from BERT-family encoders, on candle
-//!   (safetensors) or ONNX Runtime.
+//!   (safetensors) or ONNX Runtime; [`embed::ClassifyText`], zero-shot by embeddings.
 //! - [`detect::DetectObjects`]: YOLO-style ONNX detectors, letterboxed, suppressed and
 //!   mapped back to the image's coordinates.
 //! - [`speech::DetectSpeech`]: voice activity with Silero VAD, clips run side by side.
@@ -34,6 +34,7 @@ use rillet_runtime::ArrayFunction;
 pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     vec![
         Arc::new(OperatorFunction::new(embed::EmbedText)),
+        Arc::new(OperatorFunction::new(embed::ClassifyText)),
         Arc::new(OperatorFunction::new(detect::DetectObjects)),
         Arc::new(OperatorFunction::new(speech::DetectSpeech)),
     ]
