@@ -138,7 +138,7 @@ class Detect:
     def __call__(self, batch):
         found = pa.array(self.detector(list(batch["bytes"])), type={DETECTIONS})
         return pa.table({{"path": batch["path"], "detections": found}})
-ds = ray.data.read_binary_files(sys.argv[1], include_paths=True)
+ds = ray.data.read_binary_files(sys.argv[1], include_paths=True, file_extensions=["jpg"])
 ds = ds.map_batches(Detect, batch_size={BATCH}, concurrency=1, batch_format="pyarrow")
 ds.write_parquet(sys.argv[2])
 """,
