@@ -19,7 +19,7 @@ from typing import Any
 
 from rillet.expr import Expr, _call, col
 
-__all__ = ["embed_text", "classify_text", "detect_objects", "detect_speech", "split_by_speech"]
+__all__ = ["embed_text", "classify_text", "detect_objects", "detect_speech", "split_by_speech", "ocr"]
 
 
 def _column(value: Any) -> Any:
@@ -107,3 +107,13 @@ def split_by_speech(audio: Expr | str, model: str | os.PathLike = "silero-vad", 
     it for one row per utterance): :func:`detect_speech` feeding ``audio.split_by_ranges``."""
     audio = _column(audio)
     return audio.audio.split_by_ranges(detect_speech(audio, model, **options))
+
+
+def ocr(image: Expr | str, model: str | os.PathLike = "pp-ocrv4", *, min_score: float = 0.5,
+        on_error: str = "null") -> Expr:
+    """The text in each image, as a list of ``{text, score, box: [x1, y1, x2, y2]}`` lines in
+    reading order, with PaddleOCR's PP-OCRv4 detector and recogniser (Chinese and English
+    characters). Lines read with a mean character confidence under ``min_score`` are left
+    out. Boxes are axis-aligned: strongly rotated text is read poorly.
+    """
+    return _call("ocr", _column(image), _model_dir(model), min_score, on_error)

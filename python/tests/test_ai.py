@@ -211,3 +211,21 @@ def test_classify_text_zero_shot_by_embeddings():
     assert by_sql.to_pydict()["c"][0]["label"] == "sports"
     with pytest.raises(rl.PlanError, match="at least two labels"):
         rl.from_pydict({"t": ["x"]}).select(rl.ai.classify_text("t", ["only"]))
+
+
+def test_ocr_reads_the_scanned_page_in_reading_order():
+    from rillet import datasets
+
+    photos = {p.name: p for p in datasets.sample_photos()}
+    df = rl.from_pydict({"img": [photos["page.png"].read_bytes(), photos["coffee.png"].read_bytes(), b"junk"]})
+    page, coffee, junk = df.select(rl.ai.ocr("img").alias("o")).to_pydict()["o"]
+    assert page[0]["text"] == "Region-based segmentation"
+    text = " ".join(line["text"] for line in page)
+    assert "markers" in text and "background" in text and "histogram" in text
+    tops = [line["box"][1] for line in page]
+    assert tops == sorted(tops)  # one column of lines, top to bottom
+    assert all(0.5 <= line["score"] <= 1 for line in page)
+    assert coffee == [] and junk is None
+    directory = str(models.fetch("pp-ocrv4"))
+    by_sql = rl.sql(f"SELECT ocr(img, '{directory}') AS o FROM t", t=pa.table({"img": [photos["page.png"].read_bytes()]}))
+    assert [line["text"] for line in by_sql.to_pydict()["o"][0]] == [line["text"] for line in page]

@@ -7,6 +7,7 @@
 //! - [`detect::DetectObjects`]: YOLO-style ONNX detectors, letterboxed, suppressed and
 //!   mapped back to the image's coordinates.
 //! - [`speech::DetectSpeech`]: voice activity with Silero VAD, clips run side by side.
+//! - [`ocr::Ocr`]: text lines in images with PP-OCR (detector, then CTC recogniser).
 //!
 //! Models are named by directory (see [`model::resolve`]: `python -m rillet.models NAME`
 //! fetches the real weights), loaded once per process on first use and shared by every
@@ -22,6 +23,7 @@ pub mod bert;
 pub mod detect;
 pub mod embed;
 pub mod model;
+pub mod ocr;
 pub mod onnx;
 pub mod speech;
 
@@ -37,5 +39,6 @@ pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
         Arc::new(OperatorFunction::new(embed::ClassifyText)),
         Arc::new(OperatorFunction::new(detect::DetectObjects)),
         Arc::new(OperatorFunction::new(speech::DetectSpeech)),
+        Arc::new(OperatorFunction::new(ocr::Ocr)),
     ]
 }

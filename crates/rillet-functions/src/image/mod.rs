@@ -10,7 +10,7 @@ mod measure;
 mod spare;
 mod transform;
 
-pub use transform::{Letterboxed, decode_resize_limit, letterbox_rgb8};
+pub use transform::{Letterboxed, decode_resize_limit, letterbox_rgb8, resize_rgb8};
 
 use std::sync::Arc;
 

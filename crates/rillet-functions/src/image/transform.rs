@@ -363,10 +363,51 @@ pub fn letterbox_rgb8(
     height: u32,
     fill: u8,
 ) -> std::result::Result<Letterboxed, String> {
-    require_8_bit("letterbox", src.mode)?;
-    if width == 0 || height == 0 || src.width == 0 || src.height == 0 {
+    if src.width == 0 || src.height == 0 {
         return Err(format!(
             "cannot letterbox a {}x{} image into {width}x{height}",
+            src.width, src.height
+        ));
+    }
+    let (tw, th) = fit(src.width, src.height, width.max(1), height.max(1));
+    let scaled = resize_rgb8(src, tw, th)?;
+    let (scale_x, scale_y) = (tw as f64 / src.width as f64, th as f64 / src.height as f64);
+    let (left, top) = ((width - tw) / 2, (height - th) / 2);
+    let mut rgb = vec![fill; width as usize * height as usize * 3];
+    let row_bytes = tw as usize * 3;
+    for y in 0..th as usize {
+        let start = ((top as usize + y) * width as usize + left as usize) * 3;
+        rgb[start..start + row_bytes].copy_from_slice(&scaled[y * row_bytes..(y + 1) * row_bytes]);
+    }
+    Ok(Letterboxed {
+        rgb,
+        scale_x,
+        scale_y,
+        left,
+        top,
+    })
+}
+
+/// `src` (any 8-bit mode; alpha is dropped, grey is spread over three channels) resized to
+/// exactly `width × height` RGB pixels, HWC, bilinear, for a model's input.
+///
+/// ```
+/// use rillet_common::types::ImageMode;
+/// use rillet_functions::image::array::ImageView;
+/// use rillet_functions::image::resize_rgb8;
+/// let grey = vec![7u8; 8 * 4];
+/// let src = ImageView { width: 8, height: 4, mode: ImageMode::L, data: &grey };
+/// assert_eq!(resize_rgb8(&src, 4, 4).unwrap(), vec![7u8; 4 * 4 * 3]);
+/// ```
+pub fn resize_rgb8(
+    src: &ImageView<'_>,
+    width: u32,
+    height: u32,
+) -> std::result::Result<Vec<u8>, String> {
+    require_8_bit("resize", src.mode)?;
+    if width == 0 || height == 0 || src.width == 0 || src.height == 0 {
+        return Err(format!(
+            "cannot resize a {}x{} image to {width}x{height}",
             src.width, src.height
         ));
     }
@@ -390,32 +431,17 @@ pub fn letterbox_rgb8(
             data: &rgb_source,
         }
     };
-    let (tw, th) = fit(src.width, src.height, width, height);
-    let (scale_x, scale_y) = (tw as f64 / src.width as f64, th as f64 / src.height as f64);
-    let mut scaled = vec![0u8; tw as usize * th as usize * 3];
+    let mut out = vec![0u8; width as usize * height as usize * 3];
     let mut resizer = ThreadResizer::take();
     resize_into(
         &mut resizer,
         &src,
-        tw,
-        th,
+        width,
+        height,
         ResizeAlg::Convolution(FilterType::Bilinear),
-        &mut scaled,
+        &mut out,
     )?;
-    let (left, top) = ((width - tw) / 2, (height - th) / 2);
-    let mut rgb = vec![fill; width as usize * height as usize * 3];
-    let row_bytes = tw as usize * 3;
-    for y in 0..th as usize {
-        let start = ((top as usize + y) * width as usize + left as usize) * 3;
-        rgb[start..start + row_bytes].copy_from_slice(&scaled[y * row_bytes..(y + 1) * row_bytes]);
-    }
-    Ok(Letterboxed {
-        rgb,
-        scale_x,
-        scale_y,
-        left,
-        top,
-    })
+    Ok(out)
 }
 
 /// Copy the `w × h` window at `(x, y)` of `src` into a new row of `out`.
