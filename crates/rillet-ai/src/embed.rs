@@ -282,6 +282,35 @@ fn tokenizer_limit(path: &Path) -> Option<usize> {
         .filter(|&n| n >= 2)
 }
 
+/// The embedding of each string row of `call`'s input: `None` for null rows and for rows
+/// the tokenizer refuses (recorded in `errors`).
+fn embed_rows(
+    encoder: &TextEncoder,
+    call: &Call<'_>,
+    errors: &mut RowErrors,
+    normalize: bool,
+) -> Result<Vec<Option<Vec<f32>>>> {
+    let array = call.inputs[0].as_ref();
+    let tokens: Vec<Option<Vec<u32>>> = (0..call.rows)
+        .map(|row| {
+            let text = string_at(array, row)?;
+            encoder
+                .tokenize(text)
+                .map_err(|reason| errors.fail(row, format!("row {row}: {reason}")))
+                .ok()
+        })
+        .collect();
+    let encoded: Vec<Vec<u32>> = tokens.iter().flatten().cloned().collect();
+    let mut vectors = encoder.embed_tokens(&encoded, normalize)?.into_iter();
+    Ok(tokens
+        .iter()
+        .map(|t| {
+            t.as_ref()
+                .map(|_| vectors.next().expect("one vector per text"))
+        })
+        .collect())
+}
+
 /// `embed_text(text, model, normalize, on_error)`: one embedding per string row.
 #[derive(Debug)]
 pub struct EmbedText;
@@ -310,24 +339,12 @@ impl Operator for EmbedText {
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let encoder = TextEncoder::shared(call.params.str("model")?)?;
         let normalize = call.params.bool("normalize")?;
-        let array = call.inputs[0].as_ref();
-        // Token ids per row: null rows and rows the tokenizer refuses stay null.
-        let rows: Vec<Option<Vec<u32>>> = (0..call.rows)
-            .map(|row| {
-                let text = string_at(array, row)?;
-                encoder
-                    .tokenize(text)
-                    .map_err(|reason| errors.fail(row, format!("row {row}: {reason}")))
-                    .ok()
-            })
-            .collect();
-        let encoded: Vec<Vec<u32>> = rows.iter().flatten().cloned().collect();
-        let mut vectors = encoder.embed_tokens(&encoded, normalize)?.into_iter();
+        let rows = embed_rows(&encoder, call, errors, normalize)?;
         let dim = encoder.dim();
         let mut values = Vec::with_capacity(call.rows * dim);
         for row in &rows {
             match row {
-                Some(_) => values.extend(vectors.next().expect("one vector per text")),
+                Some(vector) => values.extend_from_slice(vector),
                 None => values.extend(std::iter::repeat_n(0f32, dim)),
             }
         }
@@ -423,30 +440,18 @@ impl Operator for ClassifyText {
             .collect();
         let sentence_refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
         let label_vectors = encoder.embed(&sentence_refs, true)?;
-        let array = call.inputs[0].as_ref();
-        let rows: Vec<Option<Vec<u32>>> = (0..call.rows)
-            .map(|row| {
-                let text = string_at(array, row)?;
-                encoder
-                    .tokenize(text)
-                    .map_err(|reason| errors.fail(row, format!("row {row}: {reason}")))
-                    .ok()
-            })
-            .collect();
-        let encoded: Vec<Vec<u32>> = rows.iter().flatten().cloned().collect();
-        let mut vectors = encoder.embed_tokens(&encoded, true)?.into_iter();
+        let rows = embed_rows(&encoder, call, errors, true)?;
         let (mut names, mut scores) =
             (Vec::with_capacity(call.rows), Vec::with_capacity(call.rows));
         for row in &rows {
-            if row.is_none() {
+            let Some(v) = row else {
                 names.push(String::new());
                 scores.push(0f32);
                 continue;
-            }
-            let v = vectors.next().expect("one vector per text");
+            };
             let (best, score) = label_vectors
                 .iter()
-                .map(|l| l.iter().zip(&v).map(|(a, b)| a * b).sum::<f32>())
+                .map(|l| l.iter().zip(v).map(|(a, b)| a * b).sum::<f32>())
                 .enumerate()
                 .fold((0, f32::MIN), |best, x| if x.1 > best.1 { x } else { best });
             names.push(labels[best].clone());
