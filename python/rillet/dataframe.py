@@ -280,7 +280,7 @@ class DataFrame:
         >>> df.map_batches(lambda t: t.append_column("b", pc.multiply(t["a"], 2))).to_pydict()
         {'a': [1, 2], 'b': [2, 4]}
         """
-        from rillet.udf import _concurrency, _parse_bytes, pickle_for_workers, worker_command
+        from rillet.udf import _concurrency, pickle_for_workers, pool_settings
 
         if batch_format not in _FORMATS:
             raise ValueError(f"batch_format must be one of {_FORMATS}, not {batch_format!r}")
@@ -320,13 +320,9 @@ class DataFrame:
         spec = {"mode": "batches", "fn": fn, "is_class": is_class, "batch_format": batch_format,
                 "schema": out_schema}
         setup = pickle_for_workers(spec, f"map_batches({name})", "class" if is_class else "function")
-        argv, env = worker_command()
-        low, high = _concurrency(concurrency, True)
-        return DataFrame(self._df.map_batches_workers(
-            name, out_schema, batch_size=batch_size, argv=argv, env=env, setup=setup,
-            min_workers=low, max_workers=high, num_cpus=1.0 if num_cpus is None else float(num_cpus),
-            num_gpus=0.0 if num_gpus is None else float(num_gpus), memory=_parse_bytes(memory),
-            max_retries=int(max_retries), idle_timeout_s=float(idle_timeout)))
+        pool = pool_settings(setup, _concurrency(concurrency, True), num_cpus, num_gpus, memory,
+                             max_retries, idle_timeout)
+        return DataFrame(self._df.map_batches_workers(name, out_schema, batch_size=batch_size, pool=pool))
 
     # results -----------------------------------------------------------------------------
     def collect(self) -> pa.Table:

@@ -113,13 +113,10 @@ class UDF:
             return Expr(native.udf_call(
                 self._call_arrays, self.name, self._wire_type, exprs,
                 batch_size=self.batch_size, concurrency=fixed))
-        argv, env = worker_command()
-        low, high = self.concurrency
-        return Expr(native.worker_udf_call(
-            self.name, self._wire_type, exprs, batch_size=self.batch_size, argv=argv, env=env,
-            setup=self._pickled(), min_workers=low, max_workers=high, num_cpus=self.num_cpus,
-            num_gpus=self.num_gpus, memory=self.memory, max_retries=self.max_retries,
-            idle_timeout_s=self.idle_timeout))
+        pool = pool_settings(self._pickled(), self.concurrency, self.num_cpus, self.num_gpus,
+                             self.memory, self.max_retries, self.idle_timeout)
+        return Expr(native.worker_udf_call(self.name, self._wire_type, exprs,
+                                           batch_size=self.batch_size, pool=pool))
 
     def __repr__(self) -> str:
         kind = "batch" if self.batch else "row"
@@ -199,13 +196,27 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g"
           "gb": 1000**3, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
 
 
-def worker_command() -> tuple[list[str], list[tuple[str, str]]]:
-    """How the engine starts a worker process: this interpreter running ``_worker.py``, with
-    this process's ``sys.path`` (so a UDF defined in a user's module unpickles there)."""
-    env = [("RILLET_WORKER_SYS_PATH", os.pathsep.join(p for p in sys.path if p))]
-    argv = [sys.executable, "-u", "-c", _WORKER_BOOT,
-            os.path.join(os.path.dirname(__file__), "_worker.py")]
-    return argv, env
+def pool_settings(setup: bytes, concurrency: tuple[int, int | None], num_cpus: float | None,
+                  num_gpus: float | None, memory: int | str | None, max_retries: int,
+                  idle_timeout: float) -> dict[str, Any]:
+    """What the engine needs to start and size a pool of worker processes: the command
+    (this interpreter running ``_worker.py``, with this process's ``sys.path`` so a function
+    defined in a user's module unpickles there), the ``setup`` frame, and the pool's size
+    and per-worker resources (defaults: one CPU, no GPU, no memory reserved)."""
+    low, high = concurrency
+    return {
+        "argv": [sys.executable, "-u", "-c", _WORKER_BOOT,
+                 os.path.join(os.path.dirname(__file__), "_worker.py")],
+        "env": [("RILLET_WORKER_SYS_PATH", os.pathsep.join(p for p in sys.path if p))],
+        "setup": setup,
+        "min_workers": low,
+        "max_workers": high,
+        "num_cpus": 1.0 if num_cpus is None else float(num_cpus),
+        "num_gpus": 0.0 if num_gpus is None else float(num_gpus),
+        "memory": _parse_bytes(memory),
+        "max_retries": int(max_retries),
+        "idle_timeout_s": float(idle_timeout),
+    }
 
 
 def pickle_for_workers(spec: dict, what: str, kind: str) -> bytes:

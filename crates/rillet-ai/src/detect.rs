@@ -6,15 +6,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, FixedSizeListArray, Float32Array, ListArray, StringArray, StructArray,
-};
-use arrow::buffer::{NullBuffer, OffsetBuffer};
-use arrow::datatypes::{DataType, Field, FieldRef, Fields};
+use arrow::array::ArrayRef;
+use arrow::datatypes::{Field, FieldRef};
 use rillet_common::{Result, RilletError};
 use rillet_functions::image::{Letterboxed, expect_image, image_values, letterbox_rgb8};
 use rillet_functions::operator::{Call, Operator, Param, ParamKind, Params, RowErrors};
 
+use crate::columns::ScoredBoxes;
 use crate::model::{resolve, shared};
 use crate::onnx::{Input, OnnxModel};
 
@@ -316,27 +314,6 @@ fn parse_names(text: &str) -> Vec<String> {
     names.into_iter().map(|(_, name)| name).collect()
 }
 
-/// The struct of one detection in the result column.
-fn detection_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("label", DataType::Utf8, false),
-        Field::new("score", DataType::Float32, false),
-        Field::new(
-            "box",
-            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), 4),
-            false,
-        ),
-    ])
-}
-
-fn detections_type() -> DataType {
-    DataType::List(Arc::new(Field::new(
-        "item",
-        DataType::Struct(detection_fields()),
-        false,
-    )))
-}
-
 /// `detect_objects(image, model, confidence, iou, on_error)`: per image, a list of
 /// `{label, score, box: [x1, y1, x2, y2]}` in the image's own pixel coordinates.
 #[derive(Debug)]
@@ -373,8 +350,14 @@ impl Operator for DetectObjects {
         expect_image(self.name(), &inputs[0])?;
         threshold(params, "confidence")?;
         threshold(params, "iou")?;
-        Detector::shared(params.str("model")?)?;
-        Ok(Field::new(self.name(), detections_type(), true))
+        // The model loads on the first call (shown as the operator waiting for "model
+        // loading"), not while planning; here it only has to exist.
+        resolve(params.str("model")?)?;
+        Ok(Field::new(
+            self.name(),
+            ScoredBoxes::data_type("label"),
+            true,
+        ))
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
@@ -386,42 +369,17 @@ impl Operator for DetectObjects {
         })?;
         let present: Vec<Prepared> = prepared.iter().flatten().cloned().collect();
         let mut found = detector.detect(&present, confidence, iou)?.into_iter();
-        let (mut labels, mut scores, mut boxes) = (Vec::new(), Vec::new(), Vec::new());
-        let mut offsets = vec![0i32];
+        let mut column = ScoredBoxes::new("label");
         for row in &prepared {
             if row.is_some() {
                 for detection in found.next().expect("one result per image") {
-                    labels.push(detector.labels()[detection.class].clone());
-                    scores.push(detection.score);
-                    boxes.extend(detection.bbox);
+                    let label = detector.labels()[detection.class].clone();
+                    column.push(label, detection.score, detection.bbox);
                 }
             }
-            offsets.push(labels.len() as i32);
+            column.end_row(row.is_some());
         }
-        let fields = detection_fields();
-        let box_item = Arc::new(Field::new("item", DataType::Float32, false));
-        let structs = StructArray::try_new(
-            fields.clone(),
-            vec![
-                Arc::new(StringArray::from(labels)),
-                Arc::new(Float32Array::from(scores)),
-                Arc::new(FixedSizeListArray::try_new(
-                    box_item,
-                    4,
-                    Arc::new(Float32Array::from(boxes)),
-                    None,
-                )?),
-            ],
-            None,
-        )?;
-        let nulls = NullBuffer::from(prepared.iter().map(Option::is_some).collect::<Vec<_>>());
-        let list = ListArray::try_new(
-            Arc::new(Field::new("item", DataType::Struct(fields), false)),
-            OffsetBuffer::new(offsets.into()),
-            Arc::new(structs),
-            Some(nulls),
-        )?;
-        Ok(Arc::new(list))
+        column.finish()
     }
 
     fn batch_size(&self) -> Option<usize> {

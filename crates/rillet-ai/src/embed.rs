@@ -416,7 +416,9 @@ impl Operator for ClassifyText {
     fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
         expect_text(self.name(), &inputs[0])?;
         labels(params)?;
-        TextEncoder::shared(params.str("model")?)?;
+        // The model loads on the first call (shown as the operator waiting for "model
+        // loading"), not while planning; here it only has to exist.
+        resolve(params.str("model")?)?;
         Ok(Field::new(
             self.name(),
             DataType::Struct(classification_fields()),

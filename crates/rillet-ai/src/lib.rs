@@ -20,6 +20,7 @@
 //! ```
 
 pub mod bert;
+mod columns;
 pub mod detect;
 pub mod embed;
 pub mod model;

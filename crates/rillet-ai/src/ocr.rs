@@ -9,17 +9,15 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, FixedSizeListArray, Float32Array, ListArray, StringArray, StructArray,
-};
-use arrow::buffer::{NullBuffer, OffsetBuffer};
-use arrow::datatypes::{DataType, Field, FieldRef, Fields};
+use arrow::array::ArrayRef;
+use arrow::datatypes::{Field, FieldRef};
 use rillet_common::types::ElementType;
 use rillet_common::{Result, RilletError};
 use rillet_functions::image::array::ImageView;
 use rillet_functions::image::{expect_image, image_values, resize_rgb8};
 use rillet_functions::operator::{Call, Operator, Param, ParamKind, Params, RowErrors};
 
+use crate::columns::ScoredBoxes;
 use crate::model::{resolve, shared};
 use crate::onnx::{Input, OnnxModel};
 
@@ -341,18 +339,6 @@ fn line_crop(image: &ImageView<'_>, bbox: &[f32; 4]) -> Option<(Vec<u8>, u32)> {
         .map(|rgb| (rgb, width))
 }
 
-fn line_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("text", DataType::Utf8, false),
-        Field::new("score", DataType::Float32, false),
-        Field::new(
-            "box",
-            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), 4),
-            false,
-        ),
-    ])
-}
-
 /// `ocr(image, model, min_score, on_error)`: per image, a list of `{text, score, box: [x1,
 /// y1, x2, y2]}` in reading order.
 #[derive(Debug)]
@@ -376,14 +362,12 @@ impl Operator for Ocr {
     fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
         expect_image(self.name(), &inputs[0])?;
         params.float("min_score")?;
-        TextReader::shared(params.str("model")?)?;
+        // The model loads on the first call (shown as the operator waiting for "model
+        // loading"), not while planning; here it only has to exist.
+        resolve(params.str("model")?)?;
         Ok(Field::new(
             self.name(),
-            DataType::List(Arc::new(Field::new(
-                "item",
-                DataType::Struct(line_fields()),
-                false,
-            ))),
+            ScoredBoxes::data_type("text"),
             true,
         ))
     }
@@ -400,41 +384,17 @@ impl Operator for Ocr {
             }
             Ok(reader.read(&view, min_score))
         })?;
-        let (mut texts, mut scores, mut boxes) = (Vec::new(), Vec::new(), Vec::new());
-        let mut offsets = vec![0i32];
-        let mut valid = Vec::with_capacity(rows.len());
+        let mut column = ScoredBoxes::new("text");
         for row in rows {
-            valid.push(row.is_some());
+            let valid = row.is_some();
             if let Some(lines) = row {
                 for line in lines? {
-                    texts.push(line.text);
-                    scores.push(line.score);
-                    boxes.extend(line.bbox);
+                    column.push(line.text, line.score, line.bbox);
                 }
             }
-            offsets.push(texts.len() as i32);
+            column.end_row(valid);
         }
-        let fields = line_fields();
-        let structs = StructArray::try_new(
-            fields.clone(),
-            vec![
-                Arc::new(StringArray::from(texts)),
-                Arc::new(Float32Array::from(scores)),
-                Arc::new(FixedSizeListArray::try_new(
-                    Arc::new(Field::new("item", DataType::Float32, false)),
-                    4,
-                    Arc::new(Float32Array::from(boxes)),
-                    None,
-                )?),
-            ],
-            None,
-        )?;
-        Ok(Arc::new(ListArray::try_new(
-            Arc::new(Field::new("item", DataType::Struct(fields), false)),
-            OffsetBuffer::new(offsets.into()),
-            Arc::new(structs),
-            Some(NullBuffer::from(valid)),
-        )?))
+        column.finish()
     }
 
     fn batch_size(&self) -> Option<usize> {

@@ -284,7 +284,9 @@ impl Operator for DetectSpeech {
     fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
         expect_audio(self.name(), &inputs[0])?;
         options(params)?;
-        SpeechDetector::shared(params.str("model")?)?;
+        // The model loads on the first call (shown as the operator waiting for "model
+        // loading"), not while planning; here it only has to exist.
+        resolve(params.str("model")?)?;
         Ok(Field::new(
             self.name(),
             DataType::List(Arc::new(Field::new(

@@ -184,41 +184,16 @@ impl PySession {
     }
 
     /// A call of a UDF computed by worker processes (see `rillet/udf.py`).
-    #[pyo3(signature = (name, return_type, args, *, batch_size, argv, env, setup, min_workers,
-                        max_workers, num_cpus, num_gpus, memory, max_retries, idle_timeout_s))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (name, return_type, args, *, batch_size, pool))]
     fn worker_udf_call(
         &self,
         name: String,
         return_type: PyDataType,
         args: Vec<PyExpr>,
         batch_size: Option<usize>,
-        argv: Vec<String>,
-        env: Vec<(String, String)>,
-        setup: Vec<u8>,
-        min_workers: usize,
-        max_workers: Option<usize>,
-        num_cpus: f64,
-        num_gpus: f64,
-        memory: u64,
-        max_retries: usize,
-        idle_timeout_s: f64,
+        pool: WorkerSettings,
     ) -> PyResult<PyExpr> {
-        let (command, options, resources) = worker_pool(
-            &format!("udf({name})"),
-            WorkerSettings {
-                argv,
-                env,
-                setup,
-                min_workers,
-                max_workers,
-                num_cpus,
-                num_gpus,
-                memory,
-                max_retries,
-                idle_timeout_s,
-            },
-        )?;
+        let (command, options, resources) = pool.into_pool(&format!("udf({name})"))?;
         let function = WorkerFunction::new(
             name,
             return_type.into_inner(),
@@ -235,8 +210,10 @@ impl PySession {
     }
 }
 
-/// How to start and size the worker processes of a UDF or `map_batches` (see
-/// `rillet/udf.py`).
+/// How to start and size the worker processes of a UDF or `map_batches`: the dict
+/// `rillet.udf.pool_settings` builds.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
 struct WorkerSettings {
     argv: Vec<String>,
     env: Vec<(String, String)>,
@@ -250,35 +227,35 @@ struct WorkerSettings {
     idle_timeout_s: f64,
 }
 
-/// The command and pool options of `who`'s workers. Values that can never work fail here,
-/// when the expression is built; whether the machine has room is checked when a job starts.
-fn worker_pool(
-    who: &str,
-    settings: WorkerSettings,
-) -> PyResult<(WorkerCommand, PoolOptions, Arc<ResourceManager>)> {
-    let request = ResourceRequest {
-        cpus: settings.num_cpus,
-        gpus: settings.num_gpus,
-        memory_bytes: settings.memory,
-    };
-    let resources = ResourceManager::global();
-    // Without a maximum, as many workers as the machine fits.
-    let options = PoolOptions {
-        min_workers: settings.min_workers,
-        max_workers: settings
-            .max_workers
-            .unwrap_or_else(|| resources.capacity(&request).max(1)),
-        request,
-        max_retries: settings.max_retries,
-        idle_timeout: Duration::from_secs_f64(settings.idle_timeout_s.max(0.0)),
-    };
-    options.validate(who).py_err()?;
-    let command = WorkerCommand {
-        argv: settings.argv,
-        env: settings.env,
-        setup: Arc::new(settings.setup),
-    };
-    Ok((command, options, resources))
+impl WorkerSettings {
+    /// The command and pool options of `who`'s workers. Values that can never work fail
+    /// here, when the expression is built; whether the machine has room is checked when a
+    /// job starts.
+    fn into_pool(self, who: &str) -> PyResult<(WorkerCommand, PoolOptions, Arc<ResourceManager>)> {
+        let request = ResourceRequest {
+            cpus: self.num_cpus,
+            gpus: self.num_gpus,
+            memory_bytes: self.memory,
+        };
+        let resources = ResourceManager::global();
+        // Without a maximum, as many workers as the machine fits.
+        let options = PoolOptions {
+            min_workers: self.min_workers,
+            max_workers: self
+                .max_workers
+                .unwrap_or_else(|| resources.capacity(&request).max(1)),
+            request,
+            max_retries: self.max_retries,
+            idle_timeout: Duration::from_secs_f64(self.idle_timeout_s.max(0.0)),
+        };
+        options.validate(who).py_err()?;
+        let command = WorkerCommand {
+            argv: self.argv,
+            env: self.env,
+            setup: Arc::new(self.setup),
+        };
+        Ok((command, options, resources))
+    }
 }
 
 /// A lazy DataFrame.
@@ -471,40 +448,15 @@ impl PyDataFrame {
     }
 
     /// A whole-batch stage computed by worker processes (see `DataFrame.map_batches`).
-    #[pyo3(signature = (name, schema, *, batch_size, argv, env, setup, min_workers,
-                        max_workers, num_cpus, num_gpus, memory, max_retries, idle_timeout_s))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (name, schema, *, batch_size, pool))]
     fn map_batches_workers(
         &self,
         name: String,
         schema: PySchema,
         batch_size: Option<usize>,
-        argv: Vec<String>,
-        env: Vec<(String, String)>,
-        setup: Vec<u8>,
-        min_workers: usize,
-        max_workers: Option<usize>,
-        num_cpus: f64,
-        num_gpus: f64,
-        memory: u64,
-        max_retries: usize,
-        idle_timeout_s: f64,
+        pool: WorkerSettings,
     ) -> PyResult<Self> {
-        let (command, options, resources) = worker_pool(
-            &format!("map_batches({name})"),
-            WorkerSettings {
-                argv,
-                env,
-                setup,
-                min_workers,
-                max_workers,
-                num_cpus,
-                num_gpus,
-                memory,
-                max_retries,
-                idle_timeout_s,
-            },
-        )?;
+        let (command, options, resources) = pool.into_pool(&format!("map_batches({name})"))?;
         let function = WorkerBatchFunction::new(
             &name,
             schema.into_inner(),

@@ -293,7 +293,6 @@ impl Operator for Letterbox {
                 let (tw, th) = fit(src.width, src.height, w, h);
                 let mut scaled = vec![0u8; src.mode.buffer_len(tw as usize, th as usize)];
                 resize_into(&mut resizer, &src, tw, th, alg, &mut scaled)?;
-                let (x0, y0) = ((w - tw) / 2, (h - th) / 2);
                 let c = src.mode.channels();
                 out.append_with(w, h, src.mode, |dst| {
                     dst.fill(fill);
@@ -303,12 +302,7 @@ impl Operator for Letterbox {
                             px[c - 1] = 255;
                         }
                     }
-                    let row_bytes = tw as usize * c;
-                    for y in 0..th as usize {
-                        let start = ((y0 as usize + y) * w as usize + x0 as usize) * c;
-                        dst[start..start + row_bytes]
-                            .copy_from_slice(&scaled[y * row_bytes..(y + 1) * row_bytes]);
-                    }
+                    paste_centered(dst, w, h, &scaled, tw, th, c);
                     Ok::<(), String>(())
                 })
             },
@@ -372,13 +366,8 @@ pub fn letterbox_rgb8(
     let (tw, th) = fit(src.width, src.height, width.max(1), height.max(1));
     let scaled = resize_rgb8(src, tw, th)?;
     let (scale_x, scale_y) = (tw as f64 / src.width as f64, th as f64 / src.height as f64);
-    let (left, top) = ((width - tw) / 2, (height - th) / 2);
     let mut rgb = vec![fill; width as usize * height as usize * 3];
-    let row_bytes = tw as usize * 3;
-    for y in 0..th as usize {
-        let start = ((top as usize + y) * width as usize + left as usize) * 3;
-        rgb[start..start + row_bytes].copy_from_slice(&scaled[y * row_bytes..(y + 1) * row_bytes]);
-    }
+    let (left, top) = paste_centered(&mut rgb, width, height, &scaled, tw, th, 3);
     Ok(Letterboxed {
         rgb,
         scale_x,
@@ -386,6 +375,26 @@ pub fn letterbox_rgb8(
         left,
         top,
     })
+}
+
+/// Copy the `tw × th` pixels `src` (`channels` bytes each) into the middle of the
+/// `width × height` canvas `dst`; returns the left and top padding.
+fn paste_centered(
+    dst: &mut [u8],
+    width: u32,
+    height: u32,
+    src: &[u8],
+    tw: u32,
+    th: u32,
+    channels: usize,
+) -> (u32, u32) {
+    let (left, top) = ((width - tw) / 2, (height - th) / 2);
+    let row_bytes = tw as usize * channels;
+    for y in 0..th as usize {
+        let start = ((top as usize + y) * width as usize + left as usize) * channels;
+        dst[start..start + row_bytes].copy_from_slice(&src[y * row_bytes..(y + 1) * row_bytes]);
+    }
+    (left, top)
 }
 
 /// `src` (any 8-bit mode; alpha is dropped, grey is spread over three channels) resized to
