@@ -20,10 +20,12 @@ from rillet.dataframe import DataFrame, GroupBy
 from rillet.expr import Expr, col, count, lit, when
 from rillet.types import (Audio, Clip, Embedding, File, Image, Tensor, float16, float32, float64, int8, int16,
                           int32, int64, to_arrow_column, uint8, uint16, uint32, uint64)
+from rillet.service import Service, service
 from rillet.udf import UDF, udf
 
 __all__ = [
-    "DataFrame", "GroupBy", "Expr", "UDF", "col", "lit", "count", "when", "udf",
+    "DataFrame", "GroupBy", "Expr", "UDF", "col", "lit", "count", "when", "udf", "service",
+    "Service",
     "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_parquet",
     "read_csv", "read_json", "read_files", "configure_storage", "sql", "set_config", "current_session",
     "init", "resources", "ai",

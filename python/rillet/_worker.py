@@ -222,6 +222,9 @@ def main() -> None:
     except BaseException as exc:  # noqa: BLE001 - reported to the engine
         _write_frame(replies, ERROR, _describe(exc).encode())
         return
+    if spec.get("serve"):
+        _serve(fn, spec, requests, replies)
+        return
     _write_frame(replies, READY, b"")
 
     while True:
@@ -243,6 +246,54 @@ def main() -> None:
             _write_frame(replies, RESULT, sink.getvalue())
         except Exception as exc:  # noqa: BLE001 - reported to the engine
             _write_frame(replies, ERROR, _describe(exc).encode())
+
+
+# Must match rillet_service::replica::FUNCTION_ERROR.
+_FUNCTION_ERROR = "rillet-function-error:"
+# Reply messages stay under this size, as the engine's requests do (large batches stream).
+_MESSAGE_BYTES = 2 << 20
+
+
+def _serve(fn: Any, spec: dict, requests: int, replies: int) -> None:
+    """Serve ``fn`` as a service replica: an Arrow Flight server on a loopback port whose
+    ``DoExchange`` takes one request (a batch streamed in slices) and streams back the
+    result column. The setup is answered with the port only now, after the constructor ran,
+    so the engine routes nothing to a replica still loading. Ends when the engine closes
+    stdin (a drain, a shutdown, or the engine's death)."""
+    import pyarrow as pa
+    import pyarrow.flight as flight
+
+    # One batch computes at a time; the next request's data arrives meanwhile.
+    computing = threading.Lock()
+
+    class Replica(flight.FlightServerBase):
+        def do_exchange(self, context, descriptor, reader, writer):
+            table = reader.read_all()
+            arrays = [column.combine_chunks() for column in table.columns]
+            try:
+                with computing:
+                    result = apply_udf(fn, arrays, table.num_rows, spec["batch"],
+                                       spec["return_type"], spec["on_error"])
+            except Exception as exc:  # noqa: BLE001 - reported to the engine
+                raise flight.FlightServerError(_FUNCTION_ERROR + _describe(exc)) from None
+            out = pa.record_batch([result], names=["result"])
+            writer.begin(out.schema)
+            per_row = max(1, out.nbytes // max(1, out.num_rows))
+            step = max(1, _MESSAGE_BYTES // per_row)
+            for offset in range(0, max(out.num_rows, 1), step):
+                writer.write_batch(out.slice(offset, step))
+
+        def do_action(self, context, action):
+            if action.type == "health":
+                return [b"ok"]
+            raise flight.FlightServerError(f"unknown action {action.type!r}")
+
+    server = Replica("grpc://127.0.0.1:0")
+    _write_frame(replies, READY, str(server.port).encode())
+    # The engine's end of stdin is this replica's lifeline.
+    while _read_frame(requests) is not None:
+        pass
+    server.shutdown()
 
 
 if __name__ == "__main__":

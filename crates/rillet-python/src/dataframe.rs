@@ -17,6 +17,8 @@ use rillet_runtime::{
 };
 use rillet_runtime::{ResourceManager, ResourceRequest, WorkerBatchFunction, WorkerFunction};
 
+use rillet_service::ServiceFunction;
+
 use crate::errors::{IntoPy, interrupted};
 use crate::expr::{PyExpr, sort_expr};
 use crate::functions::{PyArrayFunction, PyBatchFunction};
@@ -183,6 +185,21 @@ impl PySession {
         .into()
     }
 
+    /// A call of a service (see `rillet/service.py`).
+    fn service_call(
+        &self,
+        service: &crate::service::PyService,
+        return_type: PyDataType,
+        args: Vec<PyExpr>,
+    ) -> PyExpr {
+        let function = ServiceFunction::new(service.service.clone(), return_type.into_inner());
+        array_function_expr(
+            Arc::new(function),
+            args.into_iter().map(|a| a.expr).collect(),
+        )
+        .into()
+    }
+
     /// A call of a UDF computed by worker processes (see `rillet/udf.py`).
     #[pyo3(signature = (name, return_type, args, *, batch_size, pool))]
     fn worker_udf_call(
@@ -214,17 +231,17 @@ impl PySession {
 /// `rillet.udf.pool_settings` builds.
 #[derive(FromPyObject)]
 #[pyo3(from_item_all)]
-struct WorkerSettings {
-    argv: Vec<String>,
-    env: Vec<(String, String)>,
-    setup: Vec<u8>,
-    min_workers: usize,
-    max_workers: Option<usize>,
-    num_cpus: f64,
-    num_gpus: f64,
-    memory: u64,
-    max_retries: usize,
-    idle_timeout_s: f64,
+pub(crate) struct WorkerSettings {
+    pub(crate) argv: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) setup: Vec<u8>,
+    pub(crate) min_workers: usize,
+    pub(crate) max_workers: Option<usize>,
+    pub(crate) num_cpus: f64,
+    pub(crate) num_gpus: f64,
+    pub(crate) memory: u64,
+    pub(crate) max_retries: usize,
+    pub(crate) idle_timeout_s: f64,
 }
 
 impl WorkerSettings {

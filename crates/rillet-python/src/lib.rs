@@ -9,6 +9,7 @@ mod errors;
 mod expr;
 mod functions;
 mod resources;
+mod service;
 mod storage;
 
 use pyo3::prelude::*;
@@ -28,5 +29,6 @@ fn _rillet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     dataframe::register(m)?;
     storage::register(m)?;
     resources::register(m)?;
+    service::register(m)?;
     Ok(())
 }

@@ -19,7 +19,7 @@ use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rillet_common::{Result, RilletError};
 
-pub use pool::{PoolOptions, ProcessPool, WorkerCommand};
+pub use pool::{PoolOptions, ProcessPool, WorkerCommand, describe_exit, spawn_worker_process};
 
 use crate::function::{ArrayFunction, BatchFunction, FunctionContext};
 use crate::resources::ResourceManager;

@@ -405,34 +405,12 @@ impl ProcessPool {
 
     /// Start one worker process and wait until its constructor finished.
     fn launch(&self, reservation: Reservation) -> std::result::Result<Worker, String> {
-        let argv = &self.command.argv;
-        let mut command = Command::new(&argv[0]);
-        command
-            .args(&argv[1..])
-            .envs(self.command.env.iter().map(|(k, v)| (k, v)))
-            .env("RILLET_WORKER_OF", &self.name)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            // Its own process group: Ctrl-C in the terminal goes to the engine, which
-            // stops its workers, instead of killing workers under running calls.
-            .process_group(0);
-        if reservation.has_gpu() {
-            command.env("CUDA_VISIBLE_DEVICES", reservation.cuda_visible_devices());
-        }
-        // Numeric libraries start a thread per core unless told otherwise; a worker gets
-        // as many as the CPUs it reserved, so workers do not oversubscribe the machine.
-        let threads = self.options.request.cpus.ceil().max(1.0).to_string();
-        for var in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
-            let set_by_user =
-                std::env::var_os(var).is_some() || self.command.env.iter().any(|(k, _)| k == var);
-            if !set_by_user {
-                command.env(var, &threads);
-            }
-        }
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("cannot start a worker process ({}): {e}", argv.join(" ")))?;
+        let mut child = spawn_worker_process(
+            &self.command,
+            &self.name,
+            &reservation,
+            self.options.request.cpus,
+        )?;
         let pid = child.id();
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
@@ -509,6 +487,48 @@ impl Worker {
     }
 }
 
+/// Start one worker process of `command` for `label` (its `RILLET_WORKER_OF`) with piped
+/// stdin and stdout, in a process group of its own, seeing the GPUs of `reservation` and
+/// told to use as many threads as the `cpus` it reserved.
+pub fn spawn_worker_process(
+    command: &WorkerCommand,
+    label: &str,
+    reservation: &Reservation,
+    cpus: f64,
+) -> std::result::Result<Child, String> {
+    let argv = &command.argv;
+    let Some(program) = argv.first() else {
+        return Err(format!("{label}: no worker command"));
+    };
+    let mut process = Command::new(program);
+    process
+        .args(&argv[1..])
+        .envs(command.env.iter().map(|(k, v)| (k, v)))
+        .env("RILLET_WORKER_OF", label)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        // Its own process group: Ctrl-C in the terminal goes to the engine, which
+        // stops its workers, instead of killing workers under running calls.
+        .process_group(0);
+    if reservation.has_gpu() {
+        process.env("CUDA_VISIBLE_DEVICES", reservation.cuda_visible_devices());
+    }
+    // Numeric libraries start a thread per core unless told otherwise; a worker gets
+    // as many as the CPUs it reserved, so workers do not oversubscribe the machine.
+    let threads = cpus.ceil().max(1.0).to_string();
+    for var in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
+        let set_by_user =
+            std::env::var_os(var).is_some() || command.env.iter().any(|(k, _)| k == var);
+        if !set_by_user {
+            process.env(var, &threads);
+        }
+    }
+    process
+        .spawn()
+        .map_err(|e| format!("cannot start a worker process ({}): {e}", argv.join(" ")))
+}
+
 fn lock_child(child: &Mutex<Child>) -> MutexGuard<'_, Child> {
     child.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -541,7 +561,8 @@ fn stop_gracefully(workers: Vec<Worker>) {
     }
 }
 
-fn describe_exit(status: Option<std::process::ExitStatus>) -> String {
+/// How a worker process ended, in words: "was killed by signal 9 (SIGKILL)".
+pub fn describe_exit(status: Option<std::process::ExitStatus>) -> String {
     match status {
         Some(s) if s.signal().is_some() => {
             let signal = s.signal().unwrap_or(0);

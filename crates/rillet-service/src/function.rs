@@ -1,0 +1,86 @@
+//! The engine's side of a service call: a column function whose calls go to a [`Service`].
+
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow::datatypes::{DataType, Field, Schema};
+use rillet_common::{Result, RilletError};
+use rillet_runtime::{ArrayFunction, FunctionContext};
+use rillet_runtime::OperatorMetrics;
+
+use crate::Service;
+
+/// A column function computed by a [`Service`]: each call sends the argument arrays (as
+/// columns `a0`, `a1`, … of a batch with the call's row count) and expects a batch whose
+/// single column is the result. The service outlives jobs: opening and closing a job does
+/// not start or stop replicas.
+#[derive(Debug)]
+pub struct ServiceFunction {
+    name: String,
+    return_type: DataType,
+    service: Arc<Service>,
+    /// The running job's counters for this operator, where waits are recorded.
+    metrics: Mutex<Option<Arc<OperatorMetrics>>>,
+}
+
+impl ServiceFunction {
+    /// Calls of `service` returning `return_type`.
+    pub fn new(service: Arc<Service>, return_type: DataType) -> Self {
+        Self {
+            name: service.name().to_string(),
+            return_type,
+            service,
+            metrics: Mutex::new(None),
+        }
+    }
+}
+
+impl ArrayFunction for ServiceFunction {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn return_type(&self) -> DataType {
+        self.return_type.clone()
+    }
+
+    fn call(&self, args: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
+        let fields: Vec<Field> = args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Field::new(format!("a{i}"), a.data_type().clone(), true))
+            .collect();
+        let batch = RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(fields)),
+            args.to_vec(),
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?;
+        let metrics = self
+            .metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let reply = self.service.call(batch, metrics.as_deref())?;
+        if reply.num_columns() != 1 {
+            return Err(RilletError::UserFunction {
+                operator: self.name.clone(),
+                message: format!(
+                    "its replica replied with {} columns instead of one",
+                    reply.num_columns()
+                ),
+            });
+        }
+        Ok(reply.column(0).clone())
+    }
+
+    fn concurrency(&self) -> Option<usize> {
+        // As many calls at once as the service admits, so that dynamic batching has calls
+        // to merge and every replica has work.
+        Some(self.service.options().max_in_flight)
+    }
+
+    fn open(&self, context: &FunctionContext) -> Result<()> {
+        *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) = Some(context.metrics.clone());
+        Ok(())
+    }
+}
