@@ -17,9 +17,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from rillet.expr import Expr, _call, col
+import string
 
-__all__ = ["embed_text", "classify_text", "detect_objects", "detect_speech", "split_by_speech", "ocr"]
+from rillet import _rillet
+from rillet.expr import Expr, _call, col, lit
+
+__all__ = ["embed_text", "classify_text", "detect_objects", "detect_speech", "split_by_speech", "ocr",
+           "register_provider", "provider_stats", "prompt", "extract", "summarize", "sentiment",
+           "translate", "transcribe"]
 
 
 def _column(value: Any) -> Any:
@@ -43,7 +48,8 @@ def _model_dir(model: str | os.PathLike) -> str:
 
 
 def embed_text(text: Expr | str, model: str | os.PathLike = "all-minilm-l6-v2", *,
-               normalize: bool = True, on_error: str = "null") -> Expr:
+               normalize: bool = True, on_error: str = "null", provider: str | None = None,
+               dimensions: int = 0) -> Expr:
     """A sentence embedding per row (``Embedding[f32; dim]``): the model's hidden states
     mean-pooled over the text's real tokens, L2-normalised unless ``normalize=False``.
     Text longer than the model's limit (128 tokens for MiniLM) is truncated; chunk long
@@ -51,12 +57,19 @@ def embed_text(text: Expr | str, model: str | os.PathLike = "all-minilm-l6-v2", 
 
     Models with ``model.safetensors`` (BERT family, e.g. ``all-minilm-l6-v2``) run on candle;
     ``model.onnx`` ones (``paraphrase-minilm-l3-v2``) on ONNX Runtime.
+
+    With ``provider=`` the embeddings come from that provider's ``/v1/embeddings`` (one
+    request per batch; ``model`` is the provider's model name, ``dimensions`` its vector
+    size, asked of the provider once when 0).
     """
+    if provider is not None:
+        return _call("provider_embed", _column(text), provider, os.fspath(model), dimensions, on_error)
     return _call("embed_text", _column(text), _model_dir(model), normalize, on_error)
 
 
 def classify_text(text: Expr | str, labels: list[str], model: str | os.PathLike = "all-minilm-l6-v2", *,
-                  template: str = "This text is about {}.", on_error: str = "null") -> Expr:
+                  template: str = "This text is about {}.", on_error: str = "null",
+                  provider: str | None = None, instructions: str = "") -> Expr:
     """Zero-shot classification by embeddings: each label becomes a sentence through
     ``template`` and a row gets the label whose sentence is closest to it (cosine), as
     ``{label, score}``.
@@ -66,9 +79,15 @@ def classify_text(text: Expr | str, labels: list[str], model: str | os.PathLike 
     >>> out = df.select(rl.ai.classify_text("t", ["sports", "economy"]).alias("c")).to_pydict()
     >>> [c["label"] for c in out["c"]]
     ['sports', 'economy']
+
+    With ``provider=`` a chat model picks the label instead (``model`` is the provider's
+    model name) and the result is the label alone; a reply naming no label is a row error.
     """
     if any("\n" in label for label in labels):
         raise ValueError("classify_text labels cannot contain newlines")
+    if provider is not None:
+        return _call("llm_classify", _column(text), "\n".join(labels), provider, os.fspath(model),
+                     instructions, on_error)
     return _call("classify_text", _column(text), "\n".join(labels), _model_dir(model), template, on_error)
 
 
@@ -117,3 +136,110 @@ def ocr(image: Expr | str, model: str | os.PathLike = "pp-ocrv4", *, min_score: 
     out. Boxes are axis-aligned: strongly rotated text is read poorly.
     """
     return _call("ocr", _column(image), _model_dir(model), min_score, on_error)
+
+
+# --- Providers -------------------------------------------------------------------------
+
+def register_provider(name: str, base_url: str, *, api_key_env: str | None = None,
+                      timeout_s: float = 60.0, max_retries: int = 4, max_concurrency: int = 16,
+                      breaker_failures: int = 5, breaker_cooldown_s: float = 10.0) -> None:
+    """Register an OpenAI-compatible provider once; AI functions name it with
+    ``provider=name``.
+
+    ``base_url`` ends in ``/v1`` (``https://api.openai.com/v1``, a vLLM or llama.cpp
+    server, or ``python -m rillet.openai_server``). The API key is read from the
+    environment variable ``api_key_env`` at each request (never stored). Each request has
+    ``timeout_s``; timeouts, connection errors and 5xx replies are retried with backoff up to
+    ``max_retries`` times; a 429 waits as long as its ``Retry-After`` says; other 4xx fail at
+    once. At most ``max_concurrency`` requests are in flight across all operators. After
+    ``breaker_failures`` requests in a row failed for good, calls fail at once for
+    ``breaker_cooldown_s`` (the circuit is open), then one trial request decides.
+    """
+    _rillet.register_provider(name, base_url, api_key_env=api_key_env, timeout_s=float(timeout_s),
+                              max_retries=int(max_retries), max_concurrency=int(max_concurrency),
+                              breaker_failures=int(breaker_failures),
+                              breaker_cooldown_s=float(breaker_cooldown_s))
+
+
+def provider_stats(name: str) -> dict[str, Any]:
+    """A provider's counters: ``requests`` (retries included), ``retries``, ``rate_limited``
+    (429s waited out), ``failures`` (calls failed for good), ``rejected`` (refused by the
+    open circuit) and ``open``."""
+    return _rillet.provider_stats(name)
+
+
+def _render(template: str | Expr) -> Expr:
+    """A prompt template over columns (``"Summarise {title}: {body}"``; ``{{`` for a brace)
+    as a string expression; nulls render as empty text. An expression passes through."""
+    if isinstance(template, Expr):
+        return template
+    parts: list[Any] = []
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        if literal:
+            parts.append(lit(literal))
+        if field is not None:
+            if not field or spec or conversion:
+                raise ValueError(f"prompt template fields name a column, like {{body}}; got "
+                                 f"{{{field}{'!' + conversion if conversion else ''}"
+                                 f"{':' + spec if spec else ''}}}")
+            parts.append(col(field).cast("string"))
+    if not parts:
+        raise ValueError("an empty prompt template")
+    return parts[0] if len(parts) == 1 else _call("concat", *parts)
+
+
+def prompt(template: str | Expr, *, provider: str, model: str, system: str | None = None,
+           json: bool = False, temperature: float | None = None,
+           on_error: str = "null") -> Expr:
+    """A chat model's reply to a prompt per row. ``template`` names columns in braces
+    (``"Summarise {title}: {body}"``) or is a string expression. ``json=True`` asks for a
+    JSON object (``response_format``) and makes a reply that is not JSON a row error.
+
+    >>> import rillet as rl
+    >>> e = rl.ai.prompt("Title: {title}", provider="local", model="m")  # doctest: +SKIP
+    """
+    return _call("prompt", _render(template), provider, model, system or "", json,
+                 -1.0 if temperature is None else float(temperature), on_error)
+
+
+def extract(text: Expr | str, fields: list[str], *, provider: str, model: str,
+            instructions: str = "", on_error: str = "null") -> Expr:
+    """Named fields pulled out of each row's text by a chat model in JSON mode, as a struct
+    of strings (a field the text does not give is null)."""
+    if not fields or any("\n" in f or not f.strip() for f in fields):
+        raise ValueError("extract needs field names without newlines")
+    return _call("extract", _column(text), "\n".join(fields), provider, model, instructions,
+                 on_error)
+
+
+def summarize(text: Expr | str, *, provider: str, model: str, max_words: int = 50,
+              on_error: str = "null") -> Expr:
+    """A summary of each row's text of at most ``max_words`` words."""
+    system = (f"Summarise the user's text in at most {int(max_words)} words. Reply with the "
+              "summary only.")
+    return prompt(_column(text), provider=provider, model=model, system=system,
+                  temperature=0.0, on_error=on_error)
+
+
+def sentiment(text: Expr | str, *, provider: str, model: str, on_error: str = "null") -> Expr:
+    """``positive``, ``negative`` or ``neutral`` per row, from a chat model."""
+    return classify_text(text, ["positive", "negative", "neutral"], model, provider=provider,
+                         instructions="Judge the sentiment the text expresses.",
+                         on_error=on_error)
+
+
+def translate(text: Expr | str, to: str, *, provider: str, model: str,
+              source: str | None = None, on_error: str = "null") -> Expr:
+    """Each row's text translated into ``to`` (a language name or code)."""
+    origin = f" from {source}" if source else ""
+    system = (f"Translate the user's text{origin} into {to}. Reply with the translation "
+              "only.")
+    return prompt(_column(text), provider=provider, model=model, system=system,
+                  temperature=0.0, on_error=on_error)
+
+
+def transcribe(audio: Expr | str, *, provider: str, model: str, language: str | None = None,
+               on_error: str = "null") -> Expr:
+    """The transcript of each clip from a provider's ``/v1/audio/transcriptions`` (each clip
+    sent as a 16-bit WAV file). ``audio`` is decoded ``Audio`` or encoded audio."""
+    return _call("transcribe", _column(audio), provider, model, language or "", on_error)

@@ -38,11 +38,12 @@ class Service:
                  num_gpus: float | None, memory: int | str | None, max_batch_size: int,
                  max_wait_ms: float, max_in_flight: int, per_replica: int, max_retries: int,
                  timeout_s: float, idle_timeout: float, health_interval_s: float,
-                 on_error: str, name: str | None):
+                 on_error: str, name: str | None, batch_size: int | None = None):
         if on_error not in _ON_ERROR:
             raise ValueError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}")
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
         self.return_dtype = return_dtype
+        self.batch_size = batch_size
         self._wire_type = (pa.struct([("value", return_dtype), ("error", pa.string())])
                            if on_error == "column" else return_dtype)
         low, high = _concurrency(replicas, True)
@@ -63,7 +64,8 @@ class Service:
 
     def __call__(self, *args: Any) -> Expr:
         exprs = [_to_expr(a)._expr for a in args]
-        return Expr(current_session()._native.service_call(self._native, self._wire_type, exprs))
+        return Expr(current_session()._native.service_call(
+            self._native, self._wire_type, exprs, batch_size=self.batch_size))
 
     def scale(self, replicas: int | tuple[int, int]) -> None:
         """Keep ``replicas`` replicas from now on (or ``(min, max)``: autoscale between
@@ -110,7 +112,7 @@ def service(fn: Callable[..., Any] | UDF | None = None, *, return_dtype: Any = N
             max_wait_ms: float = 5.0, max_in_flight: int = 16, per_replica: int = 2,
             max_retries: int = 3, timeout_s: float = 300.0, idle_timeout: float = 30.0,
             health_interval_s: float = 1.0, on_error: str = "raise",
-            name: str | None = None) -> Service:
+            name: str | None = None, batch_size: int | None = None) -> Service:
     """Start a service: ``fn`` (a class, built once per replica, or a function; or a
     :func:`rillet.udf` UDF, whose function, type and error policy it takes) served by
     ``replicas`` replica processes.
@@ -121,7 +123,10 @@ def service(fn: Callable[..., Any] | UDF | None = None, *, return_dtype: Any = N
         replicas: ``n``, or ``(min, max)`` to grow while requests wait and shrink when idle.
         num_cpus, num_gpus, memory: what each replica reserves (``num_gpus=0.5`` puts two
             replicas on one GPU, each seeing it in ``CUDA_VISIBLE_DEVICES``).
-        max_batch_size, max_wait_ms: dynamic batching of calls arriving together.
+        batch_size: rows per call from a job (default ``max_batch_size``).
+        max_batch_size, max_wait_ms: dynamic batching: calls arriving together (from the
+            concurrent calls of a job, or from several jobs) are merged into requests of up
+            to ``max_batch_size`` rows, waiting at most ``max_wait_ms`` for company.
         max_in_flight: calls admitted at once; further callers wait (backpressure).
         per_replica: requests one replica holds at once.
         max_retries: times a request is re-sent after its replica failed.
@@ -148,6 +153,7 @@ def service(fn: Callable[..., Any] | UDF | None = None, *, return_dtype: Any = N
                        max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                        max_in_flight=max_in_flight, per_replica=per_replica,
                        max_retries=max_retries, timeout_s=timeout_s, idle_timeout=idle_timeout,
-                       health_interval_s=health_interval_s, on_error=policy, name=name)
+                       health_interval_s=health_interval_s, on_error=policy, name=name,
+                       batch_size=batch_size)
 
     return build(fn) if fn is not None else build  # type: ignore[return-value]

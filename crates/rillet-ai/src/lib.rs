@@ -8,6 +8,8 @@
 //!   mapped back to the image's coordinates.
 //! - [`speech::DetectSpeech`]: voice activity with Silero VAD, clips run side by side.
 //! - [`ocr::Ocr`]: text lines in images with PP-OCR (detector, then CTC recogniser).
+//! - [`llm`]: `prompt`, `extract`, `llm_classify`, `provider_embed` and `transcribe`,
+//!   answered by an OpenAI-compatible [`provider`] registered by name.
 //!
 //! Models are named by directory (see [`model::resolve`]: `python -m rillet.models NAME`
 //! fetches the real weights), loaded once per process on first use and shared by every
@@ -23,9 +25,11 @@ pub mod bert;
 mod columns;
 pub mod detect;
 pub mod embed;
+pub mod llm;
 pub mod model;
 pub mod ocr;
 pub mod onnx;
+pub mod provider;
 pub mod speech;
 
 use std::sync::Arc;
@@ -41,5 +45,10 @@ pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
         Arc::new(OperatorFunction::new(detect::DetectObjects)),
         Arc::new(OperatorFunction::new(speech::DetectSpeech)),
         Arc::new(OperatorFunction::new(ocr::Ocr)),
+        Arc::new(OperatorFunction::new(llm::Prompt)),
+        Arc::new(OperatorFunction::new(llm::Extract)),
+        Arc::new(OperatorFunction::new(llm::LlmClassify)),
+        Arc::new(OperatorFunction::new(llm::ProviderEmbed)),
+        Arc::new(OperatorFunction::new(llm::Transcribe)),
     ]
 }

@@ -186,13 +186,19 @@ impl PySession {
     }
 
     /// A call of a service (see `rillet/service.py`).
+    #[pyo3(signature = (service, return_type, args, *, batch_size=None))]
     fn service_call(
         &self,
         service: &crate::service::PyService,
         return_type: PyDataType,
         args: Vec<PyExpr>,
+        batch_size: Option<usize>,
     ) -> PyExpr {
-        let function = ServiceFunction::new(service.service.clone(), return_type.into_inner());
+        let function = ServiceFunction::new(
+            service.service.clone(),
+            return_type.into_inner(),
+            batch_size,
+        );
         array_function_expr(
             Arc::new(function),
             args.into_iter().map(|a| a.expr).collect(),

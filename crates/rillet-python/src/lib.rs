@@ -8,6 +8,7 @@ mod dataframe;
 mod errors;
 mod expr;
 mod functions;
+mod providers;
 mod resources;
 mod service;
 mod storage;
@@ -29,6 +30,7 @@ fn _rillet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     dataframe::register(m)?;
     storage::register(m)?;
     resources::register(m)?;
+    providers::register(m)?;
     service::register(m)?;
     Ok(())
 }

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{DataType, Field, Schema};
 use rillet_common::{Result, RilletError};
-use rillet_runtime::{ArrayFunction, FunctionContext};
 use rillet_runtime::OperatorMetrics;
+use rillet_runtime::{ArrayFunction, FunctionContext};
 
 use crate::Service;
 
@@ -19,14 +19,20 @@ pub struct ServiceFunction {
     name: String,
     return_type: DataType,
     service: Arc<Service>,
+    batch_size: usize,
     /// The running job's counters for this operator, where waits are recorded.
     metrics: Mutex<Option<Arc<OperatorMetrics>>>,
 }
 
 impl ServiceFunction {
-    /// Calls of `service` returning `return_type`.
-    pub fn new(service: Arc<Service>, return_type: DataType) -> Self {
+    /// Calls of `service` returning `return_type`, each of at most `batch_size` rows
+    /// (default: the service's `max_batch_rows`; smaller calls arriving together are
+    /// merged into one request).
+    pub fn new(service: Arc<Service>, return_type: DataType, batch_size: Option<usize>) -> Self {
         Self {
+            batch_size: batch_size
+                .unwrap_or(service.options().max_batch_rows)
+                .max(1),
             name: service.name().to_string(),
             return_type,
             service,
@@ -71,6 +77,10 @@ impl ArrayFunction for ServiceFunction {
             });
         }
         Ok(reply.column(0).clone())
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(self.batch_size)
     }
 
     fn concurrency(&self) -> Option<usize> {

@@ -8,7 +8,7 @@
 
 use std::io::{BufReader, BufWriter};
 use std::process::{Child, ChildStdin};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -20,7 +20,7 @@ use arrow_flight::{Action, FlightClient, FlightDescriptor};
 use futures::{StreamExt, TryStreamExt};
 use rillet_runtime::resources::Reservation;
 use rillet_runtime::workers::protocol::{self, ERROR, READY, SETUP};
-use rillet_runtime::workers::{WorkerCommand, describe_exit, spawn_worker_process};
+use rillet_runtime::workers::{WorkerCommand, describe_exit, lock_child, spawn_worker_process};
 use tonic::transport::{Channel, Endpoint};
 
 /// The prefix a replica puts before the traceback of an exception its function raised, so
@@ -41,11 +41,6 @@ pub(crate) struct Launched {
     pub port: u16,
     pub lifeline: ChildStdin,
     pub client: FlightServiceClient<Channel>,
-}
-
-/// Lock a replica's process handle, surviving a poisoned lock.
-pub(crate) fn lock_child(child: &Mutex<Child>) -> MutexGuard<'_, Child> {
-    child.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How a launch failed.
@@ -72,7 +67,9 @@ pub(crate) fn launch(
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(LaunchError::Process("a replica process has no pipes".into()));
+        return Err(LaunchError::Process(
+            "a replica process has no pipes".into(),
+        ));
     };
     let child = Arc::new(Mutex::new(child));
     registered(pid, child.clone());
@@ -104,7 +101,9 @@ pub(crate) fn launch(
         .block_on(connect(port))
         .map_err(|e| {
             let _ = lock_child(&child).kill();
-            LaunchError::Process(format!("cannot connect to replica {pid} on port {port}: {e}"))
+            LaunchError::Process(format!(
+                "cannot connect to replica {pid} on port {port}: {e}"
+            ))
         })?;
     let lifeline = input
         .into_inner()
@@ -173,10 +172,7 @@ fn classify(error: FlightError) -> ExchangeError {
 pub(crate) async fn healthy(client: FlightServiceClient<Channel>, within: Duration) -> bool {
     let probe = async move {
         let mut flight = FlightClient::new_from_inner(client);
-        let mut replies = flight
-            .do_action(Action::new("health", ""))
-            .await
-            .ok()?;
+        let mut replies = flight.do_action(Action::new("health", "")).await.ok()?;
         replies.next().await?.ok()
     };
     matches!(tokio::time::timeout(within, probe).await, Ok(Some(_)))

@@ -11,14 +11,14 @@ use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::{OperatorMetrics, WaitReason};
-use rillet_runtime::resources::{Reservation, ResourceManager, ResourceRequest};
-use rillet_runtime::workers::{WorkerCommand, describe_exit};
 use rillet_runtime::global_runtime;
+use rillet_runtime::resources::{Reservation, ResourceManager, ResourceRequest};
+use rillet_runtime::workers::{WorkerCommand, describe_exit, lock_child, stop_processes};
+use rillet_runtime::{OperatorMetrics, WaitReason};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::transport::Channel;
 
-use crate::replica::{self, ExchangeError, LaunchError, lock_child};
+use crate::replica::{self, ExchangeError, LaunchError};
 
 /// How a service is sized, resourced and called.
 #[derive(Debug, Clone)]
@@ -353,7 +353,11 @@ impl Service {
     /// the same rows. Blocks while [`ServiceOptions::max_in_flight`] calls are already
     /// admitted (recorded on `metrics` as waiting for a free worker) and while no replica
     /// has finished loading (recorded as model loading).
-    pub fn call(&self, batch: RecordBatch, metrics: Option<&OperatorMetrics>) -> Result<RecordBatch> {
+    pub fn call(
+        &self,
+        batch: RecordBatch,
+        metrics: Option<&OperatorMetrics>,
+    ) -> Result<RecordBatch> {
         let shared = &self.shared;
         let rows = batch.num_rows();
         if rows == 0 {
@@ -762,27 +766,6 @@ impl Shared {
     }
 }
 
-/// Close-to-kill: give processes whose lifeline closed `grace` to exit, then kill them.
-fn stop_processes(children: Vec<Arc<Mutex<Child>>>, grace: Duration) {
-    let deadline = Instant::now() + grace;
-    for child in children {
-        let mut child = lock_child(&child);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-            }
-        }
-    }
-}
-
 /// The body of a replica's start thread: launch it and register it once it serves.
 fn start_replica(shared: Weak<Shared>, id: u64) {
     let Some(me) = shared.upgrade() else { return };
@@ -953,7 +936,9 @@ impl Shared {
             let mut state = self.lock();
             let mut gone = Vec::new();
             for (&id, replica) in state.replicas.iter_mut() {
-                let Some(child) = &replica.child else { continue };
+                let Some(child) = &replica.child else {
+                    continue;
+                };
                 if replica.state == ReplicaState::Draining
                     && replica.in_flight == 0
                     && replica.lifeline.is_some()
@@ -1009,9 +994,7 @@ impl Shared {
             state
                 .replicas
                 .iter()
-                .filter(|(_, r)| {
-                    matches!(r.state, ReplicaState::Ready | ReplicaState::Unhealthy)
-                })
+                .filter(|(_, r)| matches!(r.state, ReplicaState::Ready | ReplicaState::Unhealthy))
                 .filter_map(|(&id, r)| r.client.clone().map(|c| (id, c)))
                 .collect()
         };

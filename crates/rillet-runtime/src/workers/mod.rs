@@ -19,7 +19,10 @@ use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rillet_common::{Result, RilletError};
 
-pub use pool::{PoolOptions, ProcessPool, WorkerCommand, describe_exit, spawn_worker_process};
+pub use pool::{
+    PoolOptions, ProcessPool, WorkerCommand, describe_exit, lock_child, spawn_worker_process,
+    stop_processes,
+};
 
 use crate::function::{ArrayFunction, BatchFunction, FunctionContext};
 use crate::resources::ResourceManager;

@@ -529,7 +529,8 @@ pub fn spawn_worker_process(
         .map_err(|e| format!("cannot start a worker process ({}): {e}", argv.join(" ")))
 }
 
-fn lock_child(child: &Mutex<Child>) -> MutexGuard<'_, Child> {
+/// Lock a worker's process handle, surviving a poisoned lock.
+pub fn lock_child(child: &Mutex<Child>) -> MutexGuard<'_, Child> {
     child.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -542,7 +543,13 @@ fn stop_gracefully(workers: Vec<Worker>) {
             w.child
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(1);
+    stop_processes(children, Duration::from_secs(1));
+}
+
+/// Wait up to `grace` for processes told to stop (their input closed) to exit, then kill
+/// the rest, reaping them all.
+pub fn stop_processes(children: Vec<Arc<Mutex<Child>>>, grace: Duration) {
+    let deadline = Instant::now() + grace;
     for child in children {
         let mut child = lock_child(&child);
         loop {

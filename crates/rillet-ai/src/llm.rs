@@ -1,0 +1,482 @@
+//! AI functions answered by a registered provider ([`crate::provider`]): `prompt`,
+//! `extract`, `llm_classify`, `provider_embed` and `transcribe`. The rows of a batch are
+//! sent concurrently (bounded by the provider's `max_concurrency`); a row whose request
+//! fails for good is null with the reason (or fails the job, per `on_error`).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, StringArray, StructArray};
+use arrow::buffer::NullBuffer;
+use arrow::datatypes::{DataType, Field, FieldRef, Fields};
+use rillet_common::types::{ElementType, EmbeddingType};
+use rillet_common::{Result, RilletError};
+use rillet_functions::audio::codec::encode_wav;
+use rillet_functions::audio::{expect_audio, map_waveforms};
+use rillet_functions::input::string_at;
+use rillet_functions::operator::{Call, Operator, Param, ParamKind, Params, RowErrors};
+use rillet_functions::text::expect_text;
+use serde_json::Value;
+
+use crate::provider::{Provider, provider};
+
+/// Run `future` from an operator's thread; from inside the runtime (a plan evaluated on
+/// one of its threads), on a thread of its own.
+fn block_on<T: Send>(future: impl Future<Output = T> + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| rillet_runtime::global_runtime().block_on(future))
+                .join()
+                .expect("a provider call panicked")
+        })
+    } else {
+        rillet_runtime::global_runtime().block_on(future)
+    }
+}
+
+/// The text rows of the call's first input.
+fn texts<'a>(call: &'a Call<'_>) -> Vec<Option<&'a str>> {
+    let array = call.inputs[0].as_ref();
+    (0..call.rows).map(|row| string_at(array, row)).collect()
+}
+
+/// `ask(row, input)` for every non-null row at once; failures become row errors.
+fn per_row<I: Sync, T: Send, Fut>(
+    inputs: &[Option<I>],
+    errors: &mut RowErrors,
+    ask: impl Fn(&I) -> Fut + Sync,
+) -> Vec<Option<T>>
+where
+    Fut: Future<Output = std::result::Result<T, String>> + Send,
+{
+    let requests = inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(row, input)| input.as_ref().map(|input| (row, input)))
+        .map(|(row, input)| {
+            let ask = &ask;
+            async move { (row, ask(input).await) }
+        });
+    let answers = block_on(futures::future::join_all(requests));
+    let mut out: Vec<Option<T>> = (0..inputs.len()).map(|_| None).collect();
+    for (row, answer) in answers {
+        match answer {
+            Ok(value) => out[row] = Some(value),
+            Err(reason) => errors.fail(row, format!("row {row}: {reason}")),
+        }
+    }
+    out
+}
+
+fn lines(params: &Params, name: &str) -> Result<Vec<String>> {
+    let values: Vec<String> = params
+        .str(name)?
+        .split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if values.is_empty() {
+        return Err(RilletError::invalid_argument(format!(
+            "{name}: give at least one"
+        )));
+    }
+    Ok(values)
+}
+
+fn optional(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}
+
+/// `prompt(text, provider, model, system, json, temperature, on_error)`: the reply of a
+/// chat model to each row's text (a rendered prompt).
+#[derive(Debug)]
+pub struct Prompt;
+
+const PROMPT_PARAMS: &[Param] = &[
+    Param::required("provider", ParamKind::Str),
+    Param::required("model", ParamKind::Str),
+    Param::optional("system", ParamKind::Str, ""),
+    Param::optional("json", ParamKind::Bool, "false"),
+    Param::optional("temperature", ParamKind::Float, "-1"),
+    Param::ON_ERROR,
+];
+
+impl Operator for Prompt {
+    fn name(&self) -> &'static str {
+        "prompt"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        PROMPT_PARAMS
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        expect_text(self.name(), &inputs[0])?;
+        provider(params.str("provider")?)?;
+        Ok(Field::new(self.name(), DataType::Utf8, true))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let p = provider(call.params.str("provider")?)?;
+        let model = call.params.str("model")?;
+        let system = optional(call.params.str("system")?);
+        let json = call.params.bool("json")?;
+        let temperature = Some(call.params.float("temperature")?).filter(|t| *t >= 0.0);
+        let replies = per_row(&texts(call), errors, |text| {
+            let (p, text) = (p.clone(), *text);
+            async move {
+                let reply = p.chat(model, system, text, json, temperature).await?;
+                if json {
+                    serde_json::from_str::<Value>(&reply)
+                        .map_err(|e| format!("the reply is not JSON ({e}): {reply:?}"))?;
+                }
+                Ok(reply)
+            }
+        });
+        Ok(Arc::new(StringArray::from(replies)))
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(64)
+    }
+}
+
+/// `extract(text, fields, provider, model, instructions, on_error)`: named fields pulled
+/// out of each row's text by a chat model in JSON mode, as a struct of strings.
+#[derive(Debug)]
+pub struct Extract;
+
+const EXTRACT_PARAMS: &[Param] = &[
+    Param::required("fields", ParamKind::Str),
+    Param::required("provider", ParamKind::Str),
+    Param::required("model", ParamKind::Str),
+    Param::optional("instructions", ParamKind::Str, ""),
+    Param::ON_ERROR,
+];
+
+fn extract_fields(names: &[String]) -> Fields {
+    names
+        .iter()
+        .map(|n| Field::new(n, DataType::Utf8, true))
+        .collect()
+}
+
+/// A JSON value as a column string: text as is, other scalars printed, null as null.
+fn json_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+impl Operator for Extract {
+    fn name(&self) -> &'static str {
+        "extract"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        EXTRACT_PARAMS
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        expect_text(self.name(), &inputs[0])?;
+        provider(params.str("provider")?)?;
+        let names = lines(params, "fields")?;
+        Ok(Field::new(
+            self.name(),
+            DataType::Struct(extract_fields(&names)),
+            true,
+        ))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let p = provider(call.params.str("provider")?)?;
+        let model = call.params.str("model")?;
+        let names = lines(call.params, "fields")?;
+        let system = format!(
+            "Extract these fields from the user's text: {}. Reply with one JSON object whose \
+             keys are exactly those field names; use null for a field the text does not \
+             give. {}",
+            names.join(", "),
+            call.params.str("instructions")?
+        );
+        let system = system.trim_end();
+        let objects = per_row(&texts(call), errors, |text| {
+            let (p, text) = (p.clone(), *text);
+            async move {
+                let reply = p.chat(model, Some(system), text, true, Some(0.0)).await?;
+                match serde_json::from_str::<Value>(&reply) {
+                    Ok(Value::Object(map)) => Ok(map),
+                    _ => Err(format!("the reply is not a JSON object: {reply:?}")),
+                }
+            }
+        });
+        let columns: Vec<ArrayRef> = names
+            .iter()
+            .map(|name| {
+                let values: Vec<Option<String>> = objects
+                    .iter()
+                    .map(|o| o.as_ref().and_then(|m| m.get(name)).and_then(json_text))
+                    .collect();
+                Arc::new(StringArray::from(values)) as ArrayRef
+            })
+            .collect();
+        let nulls = NullBuffer::from(objects.iter().map(Option::is_some).collect::<Vec<_>>());
+        Ok(Arc::new(StructArray::try_new(
+            extract_fields(&names),
+            columns,
+            Some(nulls),
+        )?))
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(64)
+    }
+}
+
+/// `llm_classify(text, labels, provider, model, instructions, on_error)`: one of `labels`
+/// per row, chosen by a chat model. A reply naming none of the labels is a row error.
+#[derive(Debug)]
+pub struct LlmClassify;
+
+const CLASSIFY_PARAMS: &[Param] = &[
+    Param::required("labels", ParamKind::Str),
+    Param::required("provider", ParamKind::Str),
+    Param::required("model", ParamKind::Str),
+    Param::optional("instructions", ParamKind::Str, ""),
+    Param::ON_ERROR,
+];
+
+/// The label a reply names: the whole reply (ignoring case, spaces and a final full stop),
+/// or the one label it mentions.
+fn label_in(reply: &str, labels: &[String]) -> Option<String> {
+    let clean = reply.trim().trim_end_matches('.').trim().to_lowercase();
+    if let Some(label) = labels.iter().find(|l| l.to_lowercase() == clean) {
+        return Some(label.clone());
+    }
+    let words: Vec<&str> = clean
+        .split(|c: char| !c.is_alphanumeric() && c != '-' && c != '_')
+        .collect();
+    let mentioned: Vec<&String> = labels
+        .iter()
+        .filter(|l| words.contains(&l.to_lowercase().as_str()))
+        .collect();
+    match mentioned.as_slice() {
+        [one] => Some((*one).clone()),
+        _ => None,
+    }
+}
+
+impl Operator for LlmClassify {
+    fn name(&self) -> &'static str {
+        "llm_classify"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        CLASSIFY_PARAMS
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        expect_text(self.name(), &inputs[0])?;
+        provider(params.str("provider")?)?;
+        lines(params, "labels")?;
+        Ok(Field::new(self.name(), DataType::Utf8, true))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let p = provider(call.params.str("provider")?)?;
+        let model = call.params.str("model")?;
+        let labels = lines(call.params, "labels")?;
+        let system = format!(
+            "Classify the user's text. Reply with exactly one of these labels and nothing \
+             else: {}. {}",
+            labels.join(", "),
+            call.params.str("instructions")?
+        );
+        let (system, labels) = (system.trim_end(), &labels);
+        let chosen = per_row(&texts(call), errors, |text| {
+            let (p, text) = (p.clone(), *text);
+            async move {
+                let reply = p.chat(model, Some(system), text, false, Some(0.0)).await?;
+                label_in(&reply, labels)
+                    .ok_or_else(|| format!("the reply {reply:?} names none of the labels"))
+            }
+        });
+        Ok(Arc::new(StringArray::from(chosen)))
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(64)
+    }
+}
+
+/// `provider_embed(text, provider, model, dimensions, on_error)`: embeddings from a
+/// provider's `/v1/embeddings`, one request per batch. `dimensions` 0 asks the provider
+/// once while planning.
+#[derive(Debug)]
+pub struct ProviderEmbed;
+
+const EMBED_PARAMS: &[Param] = &[
+    Param::required("provider", ParamKind::Str),
+    Param::required("model", ParamKind::Str),
+    Param::optional("dimensions", ParamKind::Int, "0"),
+    Param::ON_ERROR,
+];
+
+fn dimensions(p: &Arc<Provider>, model: &str, params: &Params) -> Result<usize> {
+    let given = params.int("dimensions")?;
+    if given > 0 {
+        return Ok(given as usize);
+    }
+    let probe = block_on(p.embeddings(model, &["dimension probe"]))
+        .map_err(|e| RilletError::invalid_argument(format!("provider_embed: {e}")))?;
+    probe
+        .first()
+        .map(Vec::len)
+        .filter(|d| *d > 0)
+        .ok_or_else(|| RilletError::invalid_argument("provider_embed: an empty embedding"))
+}
+
+impl Operator for ProviderEmbed {
+    fn name(&self) -> &'static str {
+        "provider_embed"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        EMBED_PARAMS
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        expect_text(self.name(), &inputs[0])?;
+        let p = provider(params.str("provider")?)?;
+        let dim = dimensions(&p, params.str("model")?, params)?;
+        Ok(EmbeddingType::new(ElementType::F32, dim).field(self.name()))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let p = provider(call.params.str("provider")?)?;
+        let model = call.params.str("model")?;
+        let dim = dimensions(&p, model, call.params)?;
+        let rows = texts(call);
+        let present: Vec<&str> = rows.iter().flatten().copied().collect();
+        let mut vectors = match block_on(p.embeddings(model, &present)) {
+            Ok(vectors) => vectors.into_iter(),
+            Err(reason) => {
+                // The batch's one request failed: every row carries the reason.
+                for (row, text) in rows.iter().enumerate() {
+                    if text.is_some() {
+                        errors.fail(row, format!("row {row}: {reason}"));
+                    }
+                }
+                Vec::new().into_iter()
+            }
+        };
+        let mut valid = Vec::with_capacity(call.rows);
+        let mut values = Vec::with_capacity(call.rows * dim);
+        for (row, text) in rows.iter().enumerate() {
+            let vector = text.and_then(|_| vectors.next());
+            match vector {
+                Some(v) if v.len() == dim => {
+                    values.extend_from_slice(&v);
+                    valid.push(true);
+                }
+                Some(v) => {
+                    errors.fail(
+                        row,
+                        format!("row {row}: {} values, expected {dim}", v.len()),
+                    );
+                    values.extend(std::iter::repeat_n(0f32, dim));
+                    valid.push(false);
+                }
+                None => {
+                    values.extend(std::iter::repeat_n(0f32, dim));
+                    valid.push(false);
+                }
+            }
+        }
+        let item = match EmbeddingType::new(ElementType::F32, dim).storage_type() {
+            DataType::FixedSizeList(item, _) => item,
+            _ => unreachable!("embeddings are fixed-size lists"),
+        };
+        Ok(Arc::new(FixedSizeListArray::try_new(
+            item,
+            dim as i32,
+            Arc::new(Float32Array::from(values)),
+            Some(NullBuffer::from(valid)),
+        )?))
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(256)
+    }
+}
+
+/// `transcribe(audio, provider, model, language, on_error)`: each clip sent as a 16-bit
+/// WAV file to a provider's `/v1/audio/transcriptions`; its text.
+#[derive(Debug)]
+pub struct Transcribe;
+
+const TRANSCRIBE_PARAMS: &[Param] = &[
+    Param::required("provider", ParamKind::Str),
+    Param::required("model", ParamKind::Str),
+    Param::optional("language", ParamKind::Str, ""),
+    Param::ON_ERROR,
+];
+
+impl Operator for Transcribe {
+    fn name(&self) -> &'static str {
+        "transcribe"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        TRANSCRIBE_PARAMS
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        expect_audio(self.name(), &inputs[0])?;
+        provider(params.str("provider")?)?;
+        Ok(Field::new(self.name(), DataType::Utf8, true))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let p = provider(call.params.str("provider")?)?;
+        let model = call.params.str("model")?;
+        let language = optional(call.params.str("language")?);
+        let files = map_waveforms(self.name(), call, errors, |wave, _| {
+            Ok(encode_wav(&wave, false))
+        })?;
+        let texts = per_row(&files, errors, |wav| {
+            let p = p.clone();
+            let wav = wav.clone();
+            async move { p.transcribe(model, wav, language).await }
+        });
+        Ok(Arc::new(StringArray::from(texts)))
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_names_a_label_exactly_or_by_mentioning_one() {
+        let labels = vec!["positive".to_string(), "negative".to_string()];
+        assert_eq!(
+            label_in(" Positive.\n", &labels).as_deref(),
+            Some("positive")
+        );
+        assert_eq!(
+            label_in("The sentiment is negative", &labels).as_deref(),
+            Some("negative")
+        );
+        assert_eq!(label_in("positive or negative", &labels), None);
+        assert_eq!(label_in("unsure", &labels), None);
+    }
+}

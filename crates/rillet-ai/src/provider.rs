@@ -1,0 +1,503 @@
+//! External model providers that speak the OpenAI HTTP API (`/v1/embeddings`,
+//! `/v1/chat/completions`, `/v1/audio/transcriptions`): OpenAI itself, vLLM, llama.cpp's
+//! server, Ollama, or Rillet's own `python -m rillet.openai_server`.
+//!
+//! A provider is registered once under a name ([`register`]) and resolved by it
+//! ([`provider`]); operators naming it share its HTTP connections, its bound on requests in
+//! flight and its circuit breaker. Each request:
+//! - carries the API key read from the environment variable the registration names (the
+//!   key itself is never stored in a plan or a log);
+//! - has a timeout; a timeout, a connection error or a 5xx reply is retried with
+//!   exponential backoff (100 ms doubling, up to `max_retries` times);
+//! - on 429 waits as long as the reply's `Retry-After` says (seconds or an HTTP date,
+//!   capped at a minute) before trying again, without counting towards the breaker;
+//! - fails at once on other 4xx replies (a bad request is not retried), with the
+//!   provider's own error message.
+//!
+//! After `breaker_failures` requests in a row failed for good (retries exhausted), the
+//! breaker opens: calls fail at once ("circuit open") for `breaker_cooldown`, then one
+//! trial request is let through; its success closes the breaker again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
+use rillet_common::{Result, RilletError};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+/// How to reach a provider and how hard to try.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// The name operators use.
+    pub name: String,
+    /// Base URL up to and including `/v1` (`https://api.openai.com/v1`).
+    pub base_url: String,
+    /// Environment variable holding the API key (sent as a bearer token), if any.
+    pub api_key_env: Option<String>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Retries after a timeout, connection error or 5xx reply.
+    pub max_retries: u32,
+    /// Requests in flight at once, across every operator using the provider.
+    pub max_concurrency: usize,
+    /// Requests in a row that failed for good before the breaker opens.
+    pub breaker_failures: u32,
+    /// How long the open breaker fails calls at once before letting a trial through.
+    pub breaker_cooldown: Duration,
+}
+
+impl ProviderConfig {
+    /// A provider at `base_url` with default limits: 60 s timeout, 4 retries, 16 requests
+    /// in flight, breaker after 5 failures for 10 s.
+    pub fn new(name: impl Into<String>, base_url: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            base_url: base_url.into(),
+            api_key_env: None,
+            timeout: Duration::from_secs(60),
+            max_retries: 4,
+            max_concurrency: 16,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A registered provider: its client, limits, breaker and counters.
+#[derive(Debug)]
+pub struct Provider {
+    config: ProviderConfig,
+    client: reqwest::Client,
+    permits: Semaphore,
+    breaker: Mutex<Breaker>,
+    requests: AtomicU64,
+    retries: AtomicU64,
+    rate_limited: AtomicU64,
+    failures: AtomicU64,
+    rejected: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    failures_in_a_row: u32,
+    open_until: Option<Instant>,
+    /// A trial request is out while half-open.
+    trial: bool,
+}
+
+/// A provider's counters ([`Provider::stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderStats {
+    /// HTTP requests sent, retries included.
+    pub requests: u64,
+    /// Requests sent again after a timeout, connection error or 5xx reply.
+    pub retries: u64,
+    /// 429 replies waited out.
+    pub rate_limited: u64,
+    /// Calls that failed for good.
+    pub failures: u64,
+    /// Calls refused at once by the open breaker.
+    pub rejected: u64,
+    /// Whether the breaker is open now.
+    pub open: bool,
+}
+
+fn registry() -> &'static Mutex<HashMap<String, Arc<Provider>>> {
+    static PROVIDERS: OnceLock<Mutex<HashMap<String, Arc<Provider>>>> = OnceLock::new();
+    PROVIDERS.get_or_init(Default::default)
+}
+
+/// Register (or replace) the provider `config.name`.
+pub fn register(config: ProviderConfig) -> Result<Arc<Provider>> {
+    if config.name.is_empty() || config.base_url.is_empty() {
+        return Err(RilletError::invalid_argument(
+            "a provider needs a name and a base_url",
+        ));
+    }
+    if config.max_concurrency == 0 {
+        return Err(RilletError::invalid_argument(
+            "a provider's max_concurrency must be at least 1",
+        ));
+    }
+    let client = reqwest::Client::builder()
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+        .build()
+        .map_err(|e| RilletError::internal(format!("cannot build an HTTP client: {e}")))?;
+    let provider = Arc::new(Provider {
+        permits: Semaphore::new(config.max_concurrency),
+        config,
+        client,
+        breaker: Mutex::default(),
+        requests: AtomicU64::new(0),
+        retries: AtomicU64::new(0),
+        rate_limited: AtomicU64::new(0),
+        failures: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
+    });
+    registry()
+        .lock()
+        .insert(provider.config.name.clone(), provider.clone());
+    Ok(provider)
+}
+
+/// The provider registered as `name`.
+pub fn provider(name: &str) -> Result<Arc<Provider>> {
+    registry().lock().get(name).cloned().ok_or_else(|| {
+        let known: Vec<String> = registry().lock().keys().cloned().collect();
+        RilletError::invalid_argument(format!(
+            "no provider named {name:?} is registered (known: {known:?}); register it with \
+             rl.ai.register_provider({name:?}, base_url=...)"
+        ))
+    })
+}
+
+/// A request body: JSON, or a multipart form (audio uploads).
+pub enum Body {
+    /// `application/json`.
+    Json(Value),
+    /// `multipart/form-data`: text fields and one file field `(name, filename, bytes)`.
+    Form(Vec<(String, String)>, (String, String, Vec<u8>)),
+}
+
+impl Provider {
+    /// Its registration.
+    pub fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    /// Its counters now.
+    pub fn stats(&self) -> ProviderStats {
+        let open = self
+            .breaker
+            .lock()
+            .open_until
+            .is_some_and(|t| t > Instant::now());
+        ProviderStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            open,
+        }
+    }
+
+    /// `POST {base_url}/{path}` with `body`, under the provider's retry, rate-limit and
+    /// breaker rules; the reply's JSON, or why there is none.
+    pub async fn post(&self, path: &str, body: &Body) -> std::result::Result<Value, String> {
+        self.admit()?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| "the provider is closed".to_string())?;
+        let outcome = self.post_with_retries(path, body).await;
+        self.settle(outcome.is_ok());
+        if outcome.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    /// Refuse at once while the breaker is open; let one trial through once it cools.
+    fn admit(&self) -> std::result::Result<(), String> {
+        let mut breaker = self.breaker.lock();
+        let Some(until) = breaker.open_until else {
+            return Ok(());
+        };
+        if Instant::now() >= until && !breaker.trial {
+            breaker.trial = true;
+            return Ok(());
+        }
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        Err(format!(
+            "provider {:?}: circuit open after {} failed requests in a row; not calling it \
+             for up to {:?}",
+            self.config.name, breaker.failures_in_a_row, self.config.breaker_cooldown
+        ))
+    }
+
+    fn settle(&self, ok: bool) {
+        let mut breaker = self.breaker.lock();
+        breaker.trial = false;
+        if ok {
+            *breaker = Breaker::default();
+            return;
+        }
+        breaker.failures_in_a_row += 1;
+        if breaker.open_until.is_some() || breaker.failures_in_a_row >= self.config.breaker_failures
+        {
+            if breaker.open_until.is_none() {
+                tracing::warn!(
+                    "provider {:?}: {} requests in a row failed; opening its circuit for {:?}",
+                    self.config.name,
+                    breaker.failures_in_a_row,
+                    self.config.breaker_cooldown
+                );
+            }
+            breaker.open_until = Some(Instant::now() + self.config.breaker_cooldown);
+        }
+    }
+
+    async fn post_with_retries(
+        &self,
+        path: &str,
+        body: &Body,
+    ) -> std::result::Result<Value, String> {
+        let url = format!("{}/{}", self.config.base_url.trim_end_matches('/'), path);
+        let mut retries = 0;
+        loop {
+            let why = match self.send(&url, body).await {
+                Attempt::Done(value) => return Ok(value),
+                Attempt::Fatal(why) => return Err(why),
+                Attempt::RateLimited(wait) => {
+                    self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        "provider {:?}: 429, waiting {wait:?} as Retry-After asks",
+                        self.config.name
+                    );
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Attempt::Retry(why) => why,
+            };
+            if retries >= self.config.max_retries {
+                return Err(format!(
+                    "provider {:?}: {why} (gave up after {retries} retries)",
+                    self.config.name
+                ));
+            }
+            retries += 1;
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            let backoff = Duration::from_millis(100 << (retries - 1).min(6));
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    async fn send(&self, url: &str, body: &Body) -> Attempt {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut request = self.client.post(url);
+        if let Some(var) = &self.config.api_key_env {
+            match std::env::var(var) {
+                Ok(key) if !key.is_empty() => request = request.bearer_auth(key),
+                _ => {
+                    return Attempt::Fatal(format!(
+                        "provider {:?}: its API key variable {var} is not set",
+                        self.config.name
+                    ));
+                }
+            }
+        }
+        request = match body {
+            Body::Json(value) => request.json(value),
+            Body::Form(fields, (field, filename, bytes)) => {
+                let mut form = reqwest::multipart::Form::new();
+                for (k, v) in fields {
+                    form = form.text(k.clone(), v.clone());
+                }
+                let part =
+                    reqwest::multipart::Part::bytes(bytes.clone()).file_name(filename.clone());
+                request.multipart(form.part(field.clone(), part))
+            }
+        };
+        let reply = match request.send().await {
+            Ok(reply) => reply,
+            Err(e) if e.is_timeout() => {
+                return Attempt::Retry(format!("no reply within {:?}", self.config.timeout));
+            }
+            Err(e) => return Attempt::Retry(format!("request failed: {e}")),
+        };
+        let status = reply.status();
+        if status.as_u16() == 429 {
+            let wait = reply
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(retry_after)
+                .unwrap_or(Duration::from_secs(1));
+            return Attempt::RateLimited(wait.min(Duration::from_secs(60)));
+        }
+        let text = match reply.text().await {
+            Ok(text) => text,
+            Err(e) if e.is_timeout() => {
+                return Attempt::Retry(format!("no reply within {:?}", self.config.timeout));
+            }
+            Err(e) => return Attempt::Retry(format!("reading the reply failed: {e}")),
+        };
+        if status.is_server_error() {
+            return Attempt::Retry(format!("{status}: {}", error_message(&text)));
+        }
+        if !status.is_success() {
+            return Attempt::Fatal(format!(
+                "provider {:?} refused the request with {status}: {}",
+                self.config.name,
+                error_message(&text)
+            ));
+        }
+        match serde_json::from_str(&text) {
+            Ok(value) => Attempt::Done(value),
+            Err(e) => Attempt::Fatal(format!(
+                "provider {:?} replied with something that is not JSON ({e})",
+                self.config.name
+            )),
+        }
+    }
+
+    /// Embeddings of `inputs` (one request), in input order.
+    pub async fn embeddings(
+        &self,
+        model: &str,
+        inputs: &[&str],
+    ) -> std::result::Result<Vec<Vec<f32>>, String> {
+        let reply = self
+            .post(
+                "embeddings",
+                &Body::Json(json!({"model": model, "input": inputs})),
+            )
+            .await?;
+        let data = reply["data"]
+            .as_array()
+            .ok_or_else(|| "the embeddings reply has no data".to_string())?;
+        let mut out = vec![None; inputs.len()];
+        for (position, item) in data.iter().enumerate() {
+            let index = item["index"].as_u64().map_or(position, |i| i as usize);
+            let vector: Option<Vec<f32>> = item["embedding"].as_array().map(|v| {
+                v.iter()
+                    .filter_map(|x| x.as_f64().map(|x| x as f32))
+                    .collect()
+            });
+            if let (Some(slot), Some(vector)) = (out.get_mut(index), vector) {
+                *slot = Some(vector);
+            }
+        }
+        out.into_iter()
+            .enumerate()
+            .map(|(i, v)| v.ok_or_else(|| format!("the embeddings reply lacks input {i}")))
+            .collect()
+    }
+
+    /// One chat completion: `system` (if any) and `user` messages, the first choice's
+    /// text. `json` asks for a JSON object (`response_format`).
+    pub async fn chat(
+        &self,
+        model: &str,
+        system: Option<&str>,
+        user: &str,
+        json: bool,
+        temperature: Option<f64>,
+    ) -> std::result::Result<String, String> {
+        let mut messages = Vec::new();
+        if let Some(system) = system {
+            messages.push(json!({"role": "system", "content": system}));
+        }
+        messages.push(json!({"role": "user", "content": user}));
+        let mut body = json!({"model": model, "messages": messages});
+        if json {
+            body["response_format"] = json!({"type": "json_object"});
+        }
+        if let Some(t) = temperature {
+            body["temperature"] = json!(t);
+        }
+        let reply = self.post("chat/completions", &Body::Json(body)).await?;
+        reply["choices"][0]["message"]["content"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| "the chat reply has no choices[0].message.content".to_string())
+    }
+
+    /// The transcript of a WAV file.
+    pub async fn transcribe(
+        &self,
+        model: &str,
+        wav: Vec<u8>,
+        language: Option<&str>,
+    ) -> std::result::Result<String, String> {
+        let mut fields = vec![("model".to_string(), model.to_string())];
+        if let Some(language) = language {
+            fields.push(("language".to_string(), language.to_string()));
+        }
+        let body = Body::Form(fields, ("file".into(), "audio.wav".into(), wav));
+        let reply = self.post("audio/transcriptions", &body).await?;
+        reply["text"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| "the transcription reply has no text".to_string())
+    }
+}
+
+enum Attempt {
+    Done(Value),
+    Retry(String),
+    RateLimited(Duration),
+    Fatal(String),
+}
+
+/// `Retry-After`: delay seconds, or an HTTP date.
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// The `error.message` of an OpenAI-style error body, or the body itself (shortened).
+fn error_message(text: &str) -> String {
+    if let Ok(value) = serde_json::from_str::<Value>(text)
+        && let Some(message) = value["error"]["message"].as_str()
+    {
+        return message.to_string();
+    }
+    text.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        assert_eq!(retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(retry_after("-1"), None);
+        let past = retry_after("Wed, 21 Oct 2015 07:28:00 GMT");
+        assert_eq!(past, Some(Duration::ZERO));
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let wait = retry_after(&soon).unwrap();
+        assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn error_messages_come_from_the_openai_error_body() {
+        let body = r#"{"error": {"message": "model not found", "type": "invalid_request_error"}}"#;
+        assert_eq!(error_message(body), "model not found");
+        assert_eq!(error_message("plain text"), "plain text");
+    }
+
+    #[test]
+    fn the_breaker_opens_after_failures_in_a_row_and_a_success_closes_it() {
+        let mut config = ProviderConfig::new("breaker-test", "http://127.0.0.1:9");
+        config.breaker_failures = 2;
+        config.breaker_cooldown = Duration::from_millis(50);
+        let p = register(config).unwrap();
+        p.settle(false);
+        assert!(p.admit().is_ok());
+        p.settle(false);
+        let refused = p.admit().unwrap_err();
+        assert!(refused.contains("circuit open"), "{refused}");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(p.admit().is_ok()); // the trial
+        assert!(p.admit().is_err()); // only one trial at a time
+        p.settle(true);
+        assert!(p.admit().is_ok());
+        assert!(!p.stats().open);
+    }
+}
