@@ -146,8 +146,10 @@ pub fn register(config: ProviderConfig) -> Result<Arc<Provider>> {
 
 /// The provider registered as `name`.
 pub fn provider(name: &str) -> Result<Arc<Provider>> {
-    registry().lock().get(name).cloned().ok_or_else(|| {
-        let known: Vec<String> = registry().lock().keys().cloned().collect();
+    let providers = registry().lock();
+    providers.get(name).cloned().ok_or_else(|| {
+        let mut known: Vec<&String> = providers.keys().collect();
+        known.sort();
         RilletError::invalid_argument(format!(
             "no provider named {name:?} is registered (known: {known:?}); register it with \
              rl.ai.register_provider({name:?}, base_url=...)"
@@ -189,12 +191,14 @@ impl Provider {
     /// `POST {base_url}/{path}` with `body`, under the provider's retry, rate-limit and
     /// breaker rules; the reply's JSON, or why there is none.
     pub async fn post(&self, path: &str, body: &Body) -> std::result::Result<Value, String> {
-        self.admit()?;
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| "the provider is closed".to_string())?;
+        // After the wait for a permit: requests queued behind failing ones see the breaker
+        // those opened.
+        self.admit()?;
         let outcome = self.post_with_retries(path, body).await;
         self.settle(outcome.is_ok());
         if outcome.is_err() {
