@@ -311,6 +311,29 @@ fn embed_rows(
         .collect())
 }
 
+/// An `Embedding[f32; dim]` column of `rows` (null where a row has no vector).
+pub(crate) fn embedding_array(dim: usize, rows: &[Option<Vec<f32>>]) -> Result<ArrayRef> {
+    let mut values = Vec::with_capacity(rows.len() * dim);
+    for row in rows {
+        match row {
+            Some(vector) => values.extend_from_slice(vector),
+            None => values.extend(std::iter::repeat_n(0f32, dim)),
+        }
+    }
+    let nulls = NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<_>>());
+    let item = match EmbeddingType::new(ElementType::F32, dim).storage_type() {
+        DataType::FixedSizeList(item, _) => item,
+        _ => unreachable!("embeddings are fixed-size lists"),
+    };
+    let list = FixedSizeListArray::try_new(
+        item,
+        dim as i32,
+        Arc::new(Float32Array::from(values)),
+        Some(nulls),
+    )?;
+    Ok(Arc::new(list))
+}
+
 /// `embed_text(text, model, normalize, on_error)`: one embedding per string row.
 #[derive(Debug)]
 pub struct EmbedText;
@@ -340,26 +363,7 @@ impl Operator for EmbedText {
         let encoder = TextEncoder::shared(call.params.str("model")?)?;
         let normalize = call.params.bool("normalize")?;
         let rows = embed_rows(&encoder, call, errors, normalize)?;
-        let dim = encoder.dim();
-        let mut values = Vec::with_capacity(call.rows * dim);
-        for row in &rows {
-            match row {
-                Some(vector) => values.extend_from_slice(vector),
-                None => values.extend(std::iter::repeat_n(0f32, dim)),
-            }
-        }
-        let nulls = NullBuffer::from(rows.iter().map(Option::is_some).collect::<Vec<_>>());
-        let item = match EmbeddingType::new(ElementType::F32, dim).storage_type() {
-            DataType::FixedSizeList(item, _) => item,
-            _ => unreachable!("embeddings are fixed-size lists"),
-        };
-        let list = FixedSizeListArray::try_new(
-            item,
-            dim as i32,
-            Arc::new(Float32Array::from(values)),
-            Some(nulls),
-        )?;
-        Ok(Arc::new(list))
+        embedding_array(encoder.dim(), &rows)
     }
 
     fn batch_size(&self) -> Option<usize> {

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, StringArray, StructArray};
+use arrow::array::{ArrayRef, StringArray, StructArray};
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use rillet_common::types::{ElementType, EmbeddingType};
@@ -18,6 +18,7 @@ use rillet_functions::operator::{Call, Operator, Param, ParamKind, Params, RowEr
 use rillet_functions::text::expect_text;
 use serde_json::Value;
 
+use crate::embed::embedding_array;
 use crate::provider::{Provider, provider};
 
 /// Run `future` from an operator's thread; from inside the runtime (a plan evaluated on
@@ -374,39 +375,21 @@ impl Operator for ProviderEmbed {
                 Vec::new().into_iter()
             }
         };
-        let mut valid = Vec::with_capacity(call.rows);
-        let mut values = Vec::with_capacity(call.rows * dim);
-        for (row, text) in rows.iter().enumerate() {
-            let vector = text.and_then(|_| vectors.next());
-            match vector {
-                Some(v) if v.len() == dim => {
-                    values.extend_from_slice(&v);
-                    valid.push(true);
-                }
-                Some(v) => {
+        let vectors: Vec<Option<Vec<f32>>> = rows
+            .iter()
+            .enumerate()
+            .map(|(row, text)| match text.and_then(|_| vectors.next()) {
+                Some(v) if v.len() != dim => {
                     errors.fail(
                         row,
                         format!("row {row}: {} values, expected {dim}", v.len()),
                     );
-                    values.extend(std::iter::repeat_n(0f32, dim));
-                    valid.push(false);
+                    None
                 }
-                None => {
-                    values.extend(std::iter::repeat_n(0f32, dim));
-                    valid.push(false);
-                }
-            }
-        }
-        let item = match EmbeddingType::new(ElementType::F32, dim).storage_type() {
-            DataType::FixedSizeList(item, _) => item,
-            _ => unreachable!("embeddings are fixed-size lists"),
-        };
-        Ok(Arc::new(FixedSizeListArray::try_new(
-            item,
-            dim as i32,
-            Arc::new(Float32Array::from(values)),
-            Some(NullBuffer::from(valid)),
-        )?))
+                other => other,
+            })
+            .collect();
+        embedding_array(dim, &vectors)
     }
 
     fn batch_size(&self) -> Option<usize> {

@@ -2,10 +2,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::ArrayRef;
+use arrow::datatypes::DataType;
 use rillet_common::{Result, RilletError};
 use rillet_runtime::OperatorMetrics;
+use rillet_runtime::workers::argument_batch;
 use rillet_runtime::{ArrayFunction, FunctionContext};
 
 use crate::Service;
@@ -51,16 +52,7 @@ impl ArrayFunction for ServiceFunction {
     }
 
     fn call(&self, args: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
-        let fields: Vec<Field> = args
-            .iter()
-            .enumerate()
-            .map(|(i, a)| Field::new(format!("a{i}"), a.data_type().clone(), true))
-            .collect();
-        let batch = RecordBatch::try_new_with_options(
-            Arc::new(Schema::new(fields)),
-            args.to_vec(),
-            &RecordBatchOptions::new().with_row_count(Some(rows)),
-        )?;
+        let batch = argument_batch(args, rows)?;
         let metrics = self
             .metrics
             .lock()

@@ -125,6 +125,21 @@ impl JobPool {
     }
 }
 
+/// A function call's arguments as one batch for another process: columns `a0`, `a1`, …
+/// with the call's row count (kept even when there are no arguments).
+pub fn argument_batch(args: &[ArrayRef], rows: usize) -> Result<RecordBatch> {
+    let fields: Vec<Field> = args
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Field::new(format!("a{i}"), a.data_type().clone(), true))
+        .collect();
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        args.to_vec(),
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?)
+}
+
 /// A column function whose calls run in a pool of worker processes started for each job.
 ///
 /// Each call sends the argument arrays (as columns `a0`, `a1`, … of a batch with the
@@ -177,17 +192,7 @@ impl ArrayFunction for WorkerFunction {
     }
 
     fn call(&self, args: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
-        let fields: Vec<Field> = args
-            .iter()
-            .enumerate()
-            .map(|(i, a)| Field::new(format!("a{i}"), a.data_type().clone(), true))
-            .collect();
-        let batch = RecordBatch::try_new_with_options(
-            Arc::new(Schema::new(fields)),
-            args.to_vec(),
-            &RecordBatchOptions::new().with_row_count(Some(rows)),
-        )?;
-        let reply = self.pool.call(&batch)?;
+        let reply = self.pool.call(&argument_batch(args, rows)?)?;
         if reply.num_columns() != 1 {
             return Err(RilletError::UserFunction {
                 operator: self.operator(),
