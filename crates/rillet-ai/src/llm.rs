@@ -327,18 +327,12 @@ const EMBED_PARAMS: &[Param] = &[
     Param::ON_ERROR,
 ];
 
-fn dimensions(p: &Arc<Provider>, model: &str, params: &Params) -> Result<usize> {
-    let given = params.int("dimensions")?;
-    if given > 0 {
-        return Ok(given as usize);
+fn dimensions(p: &Provider, model: &str, params: &Params) -> Result<usize> {
+    match params.int("dimensions")? {
+        given if given > 0 => Ok(given as usize),
+        _ => block_on(p.embedding_dimensions(model))
+            .map_err(|e| RilletError::invalid_argument(format!("provider_embed: {e}"))),
     }
-    let probe = block_on(p.embeddings(model, &["dimension probe"]))
-        .map_err(|e| RilletError::invalid_argument(format!("provider_embed: {e}")))?;
-    probe
-        .first()
-        .map(Vec::len)
-        .filter(|d| *d > 0)
-        .ok_or_else(|| RilletError::invalid_argument("provider_embed: an empty embedding"))
 }
 
 impl Operator for ProviderEmbed {

@@ -78,6 +78,8 @@ pub struct Provider {
     rate_limited: AtomicU64,
     failures: AtomicU64,
     rejected: AtomicU64,
+    /// Embedding sizes per model, learnt once from the provider.
+    dimensions: Mutex<HashMap<String, usize>>,
 }
 
 #[derive(Debug, Default)]
@@ -137,6 +139,7 @@ pub fn register(config: ProviderConfig) -> Result<Arc<Provider>> {
         rate_limited: AtomicU64::new(0),
         failures: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
+        dimensions: Mutex::default(),
     });
     registry()
         .lock()
@@ -200,11 +203,19 @@ impl Provider {
         // those opened.
         self.admit()?;
         let outcome = self.post_with_retries(path, body).await;
-        self.settle(outcome.is_ok());
-        if outcome.is_err() {
+        // A request the provider refused (4xx, a missing key) says nothing about its
+        // health: only replies and the failures of the provider itself move the breaker.
+        self.settle(match &outcome {
+            Ok(_) => Some(true),
+            Err(Failure::Provider(_)) => Some(false),
+            Err(Failure::Refused(_)) => None,
+        });
+        outcome.map_err(|failure| {
             self.failures.fetch_add(1, Ordering::Relaxed);
-        }
-        outcome
+            match failure {
+                Failure::Provider(why) | Failure::Refused(why) => why,
+            }
+        })
     }
 
     /// Refuse at once while the breaker is open; let one trial through once it cools.
@@ -225,9 +236,11 @@ impl Provider {
         ))
     }
 
-    fn settle(&self, ok: bool) {
+    /// Record how a request ended: answered, failed by the provider, or neither (`None`).
+    fn settle(&self, answered: Option<bool>) {
         let mut breaker = self.breaker.lock();
         breaker.trial = false;
+        let Some(ok) = answered else { return };
         if ok {
             *breaker = Breaker::default();
             return;
@@ -251,13 +264,13 @@ impl Provider {
         &self,
         path: &str,
         body: &Body,
-    ) -> std::result::Result<Value, String> {
+    ) -> std::result::Result<Value, Failure> {
         let url = format!("{}/{}", self.config.base_url.trim_end_matches('/'), path);
         let mut retries = 0;
         loop {
             let why = match self.send(&url, body).await {
                 Attempt::Done(value) => return Ok(value),
-                Attempt::Fatal(why) => return Err(why),
+                Attempt::Fatal(why) => return Err(Failure::Refused(why)),
                 Attempt::RateLimited(wait) => {
                     self.rate_limited.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
@@ -270,10 +283,10 @@ impl Provider {
                 Attempt::Retry(why) => why,
             };
             if retries >= self.config.max_retries {
-                return Err(format!(
+                return Err(Failure::Provider(format!(
                     "provider {:?}: {why} (gave up after {retries} retries)",
                     self.config.name
-                ));
+                )));
             }
             retries += 1;
             self.retries.fetch_add(1, Ordering::Relaxed);
@@ -384,6 +397,22 @@ impl Provider {
             .collect()
     }
 
+    /// The size of `model`'s embeddings, asked of the provider once (one short input) and
+    /// remembered.
+    pub async fn embedding_dimensions(&self, model: &str) -> std::result::Result<usize, String> {
+        if let Some(&known) = self.dimensions.lock().get(model) {
+            return Ok(known);
+        }
+        let probe = self.embeddings(model, &["dimension probe"]).await?;
+        let dim = probe
+            .first()
+            .map(Vec::len)
+            .filter(|d| *d > 0)
+            .ok_or_else(|| "the provider returned an empty embedding".to_string())?;
+        self.dimensions.lock().insert(model.to_string(), dim);
+        Ok(dim)
+    }
+
     /// One chat completion: `system` (if any) and `user` messages, the first choice's
     /// text. `json` asks for a JSON object (`response_format`).
     pub async fn chat(
@@ -431,6 +460,14 @@ impl Provider {
             .map(str::to_string)
             .ok_or_else(|| "the transcription reply has no text".to_string())
     }
+}
+
+/// Why a request failed for good.
+enum Failure {
+    /// The provider failed (timeouts, connection errors, 5xx): counts towards the breaker.
+    Provider(String),
+    /// The request was refused (4xx) or could not be made (no key): the provider is fine.
+    Refused(String),
 }
 
 enum Attempt {
@@ -487,20 +524,34 @@ mod tests {
     }
 
     #[test]
+    fn refused_requests_do_not_move_the_breaker() {
+        let mut config = ProviderConfig::new("refused-test", "http://127.0.0.1:9");
+        config.breaker_failures = 2;
+        let p = register(config).unwrap();
+        p.settle(Some(false));
+        for _ in 0..5 {
+            p.settle(None); // a 4xx: the provider answered, the request was wrong
+        }
+        assert!(p.admit().is_ok());
+        p.settle(Some(false));
+        assert!(p.admit().is_err());
+    }
+
+    #[test]
     fn the_breaker_opens_after_failures_in_a_row_and_a_success_closes_it() {
         let mut config = ProviderConfig::new("breaker-test", "http://127.0.0.1:9");
         config.breaker_failures = 2;
         config.breaker_cooldown = Duration::from_millis(50);
         let p = register(config).unwrap();
-        p.settle(false);
+        p.settle(Some(false));
         assert!(p.admit().is_ok());
-        p.settle(false);
+        p.settle(Some(false));
         let refused = p.admit().unwrap_err();
         assert!(refused.contains("circuit open"), "{refused}");
         std::thread::sleep(Duration::from_millis(60));
         assert!(p.admit().is_ok()); // the trial
         assert!(p.admit().is_err()); // only one trial at a time
-        p.settle(true);
+        p.settle(Some(true));
         assert!(p.admit().is_ok());
         assert!(!p.stats().open);
     }

@@ -52,6 +52,10 @@ impl ArrayFunction for ServiceFunction {
     }
 
     fn call(&self, args: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
+        if rows == 0 {
+            // Nothing to send: a request needs rows.
+            return Ok(arrow::array::new_empty_array(&self.return_type));
+        }
         let batch = argument_batch(args, rows)?;
         let metrics = self
             .metrics

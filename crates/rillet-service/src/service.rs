@@ -623,9 +623,9 @@ impl Shared {
         }
     }
 
-    /// The least busy ready replica with room, waiting for one; `None` once the service
-    /// is closed or cannot start replicas.
-    async fn lease(self: &Arc<Self>) -> std::result::Result<Lease, RilletError> {
+    /// The least busy ready replica with room, waiting for one; an error once the service
+    /// is closed (cancelled) or cannot start replicas (the constructor's failure).
+    async fn lease(self: &Arc<Self>) -> Result<Lease> {
         let mut counted = false;
         let leased = loop {
             let notified = self.routable.notified();
@@ -775,21 +775,19 @@ fn start_replica(shared: Weak<Shared>, id: u64) {
         None => return,
     };
     let label = me.name.clone();
-    let launched = {
-        replica::launch(&command, &label, &reservation, cpus, |pid, child| {
-            me.replicas_started.fetch_add(1, Ordering::Relaxed);
-            let mut state = me.lock();
-            match state.replicas.get_mut(&id) {
-                Some(replica) => {
-                    replica.pid = Some(pid);
-                    replica.child = Some(child);
-                }
-                None => {
-                    let _ = lock_child(&child).kill();
-                }
+    let launched = replica::launch(&command, &label, &reservation, cpus, |pid, child| {
+        me.replicas_started.fetch_add(1, Ordering::Relaxed);
+        let mut state = me.lock();
+        match state.replicas.get_mut(&id) {
+            Some(replica) => {
+                replica.pid = Some(pid);
+                replica.child = Some(child);
             }
-        })
-    };
+            None => {
+                let _ = lock_child(&child).kill();
+            }
+        }
+    });
     let mut state = me.lock();
     match launched {
         Ok(ready) => {
