@@ -22,7 +22,7 @@ import string
 from rillet import _rillet
 from rillet.expr import Expr, _call, col, lit
 
-__all__ = ["embed_text", "classify_text", "detect_objects", "detect_speech", "split_by_speech", "ocr",
+__all__ = ["embed_text", "classify_text", "classify_image", "detect_objects", "detect_speech", "split_by_speech", "ocr",
            "register_provider", "provider_stats", "prompt", "extract", "summarize", "sentiment",
            "translate", "transcribe"]
 
@@ -89,6 +89,31 @@ def classify_text(text: Expr | str, labels: list[str], model: str | os.PathLike 
         return _call("llm_classify", _column(text), "\n".join(labels), provider, os.fspath(model),
                      instructions, on_error)
     return _call("classify_text", _column(text), "\n".join(labels), _model_dir(model), template, on_error)
+
+
+def classify_image(image: Expr | str, labels: list[str], *, provider: str | None = None, model: str = "",
+                   instructions: str = "", max_side: int = 1024, on_error: str = "null") -> Expr:
+    """One of ``labels`` per image, chosen by a vision chat model of ``provider`` (a
+    registered OpenAI-compatible provider; ``model`` is its model name). A label it names
+    by reply; a reply naming none of them is a row error.
+
+    ``image`` is a decoded ``Image`` column or encoded images (bytes, a ``File``, a path).
+    Each image is shrunk to fit ``max_side`` pixels, encoded as JPEG (PNG when it has
+    alpha) and sent inline as a ``data:`` URL, so the provider needs no access to the files.
+
+    Zero-shot classification by embeddings, as :func:`classify_text` does for text, needs
+    an image-text model (CLIP-like), and none ships with Rillet: give a provider.
+    """
+    if provider is None:
+        raise ValueError("classify_image needs provider= (a vision chat model): zero-shot image "
+                         "classification by embeddings needs a CLIP-like image-text model, which "
+                         "Rillet does not ship; register one with rl.ai.register_provider")
+    if not model:
+        raise ValueError("classify_image needs model=, the provider's vision model name")
+    if any("\n" in label for label in labels):
+        raise ValueError("classify_image labels cannot contain newlines")
+    return _call("classify_image", _column(image), "\n".join(labels), provider, model, instructions,
+                 max_side, on_error)
 
 
 def detect_objects(image: Expr | str, model: str | os.PathLike = "nudenet-320n", *,

@@ -162,6 +162,51 @@ def test_sentiment_classify_extract_summarize_translate(server):
     assert out["tr"][0].endswith("I loved it.")
 
 
+def test_classify_image_sends_each_image_inline_to_a_vision_model(server, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from rillet import datasets
+
+    photos = {p.name: p for p in datasets.sample_photos()}
+    p = provider(server, "vision")
+    # The server's "vision" is the NudeNet detector: a face makes the photo one "of people".
+    names = ["astronaut.png", "camera.png", "chelsea.png", "coffee.png"]
+    out = rl.from_pydict({"path": [str(photos[n]) for n in names]}).select(
+        rl.ai.classify_image(col("path"), ["people", "no people"], provider=p,
+                             model="vision").alias("c")).to_pydict()
+    assert out["c"] == ["people", "people", "no people", "no people"]
+
+    # What arrives: large images shrunk to max_side, alpha kept (sent as PNG), decoded
+    # Image columns and encoded bytes alike; unreadable bytes are null with a reason.
+    big = Image.open(photos["astronaut.png"]).convert("RGB").resize((1600, 1200))
+    rgba = Image.new("RGBA", (40, 30), (255, 0, 0, 128))
+    blobs = []
+    for image, fmt in ((big, "JPEG"), (rgba, "PNG")):
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt)
+        blobs.append(buffer.getvalue())
+    df = rl.from_pydict({"b": blobs + [b"not an image"]})
+    out = df.select(
+        rl.ai.classify_image(col("b"), ["cat", "dog"], provider=p, model="echo", max_side=800,
+                             on_error="column").alias("raw"),
+        rl.ai.classify_image(col("b").image.decode(), ["cat", "dog"], provider=p, model="echo",
+                             on_error="column").alias("decoded"),
+    ).to_pydict()
+    # echo's reply repeats the system message, naming both labels, so each row is an
+    # error quoting the reply: what the server saw.
+    first, second, bad = out["raw"]
+    assert "[image 800x600]" in first["error"], first
+    assert "[image 40x30]" in second["error"], second
+    assert bad["value"] is None and "names none of the labels" not in bad["error"], bad
+    assert "[image 1024x768]" in out["decoded"][0]["error"]
+    assert out["decoded"][2]["value"] is None
+
+    with pytest.raises(ValueError, match="CLIP"):
+        rl.ai.classify_image(col("b"), ["x"])
+
+
 def test_transcribe_sends_each_clip_as_wav(server, tmp_path):
     import shutil
 

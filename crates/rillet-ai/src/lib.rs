@@ -8,8 +8,8 @@
 //!   mapped back to the image's coordinates.
 //! - [`speech::DetectSpeech`]: voice activity with Silero VAD, clips run side by side.
 //! - [`ocr::Ocr`]: text lines in images with PP-OCR (detector, then CTC recogniser).
-//! - [`llm`]: `prompt`, `extract`, `llm_classify`, `provider_embed` and `transcribe`,
-//!   answered by an OpenAI-compatible [`provider`] registered by name.
+//! - [`llm`]: `prompt`, `extract`, `llm_classify`, `classify_image`, `provider_embed` and
+//!   `transcribe`, answered by an OpenAI-compatible [`provider`] registered by name.
 //!
 //! Models are named by directory (see [`model::resolve`]: `python -m rillet.models NAME`
 //! fetches the real weights), loaded once per process on first use and shared by every
@@ -48,6 +48,7 @@ pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
         Arc::new(OperatorFunction::new(llm::Prompt)),
         Arc::new(OperatorFunction::new(llm::Extract)),
         Arc::new(OperatorFunction::new(llm::LlmClassify)),
+        Arc::new(OperatorFunction::new(llm::ClassifyImage)),
         Arc::new(OperatorFunction::new(llm::ProviderEmbed)),
         Arc::new(OperatorFunction::new(llm::Transcribe)),
     ]

@@ -1,7 +1,7 @@
 //! AI functions answered by a registered provider ([`crate::provider`]): `prompt`,
-//! `extract`, `llm_classify`, `provider_embed` and `transcribe`. The rows of a batch are
-//! sent concurrently (bounded by the provider's `max_concurrency`); a row whose request
-//! fails for good is null with the reason (or fails the job, per `on_error`).
+//! `extract`, `llm_classify`, `classify_image`, `provider_embed` and `transcribe`. The
+//! rows of a batch are sent concurrently (bounded by the provider's `max_concurrency`); a
+//! row whose request fails for good is null with the reason (or fails the job, per `on_error`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use rillet_common::types::{ElementType, EmbeddingType};
 use rillet_common::{Result, RilletError};
 use rillet_functions::audio::codec::encode_wav;
 use rillet_functions::audio::{expect_audio, map_waveforms};
+use rillet_functions::image::{codec, expect_image, image_values};
 use rillet_functions::input::string_at;
 use rillet_functions::operator::{Call, Operator, Param, ParamKind, Params, RowErrors};
 use rillet_functions::text::expect_text;
@@ -271,6 +272,17 @@ fn label_in(reply: &str, labels: &[String]) -> Option<String> {
     }
 }
 
+/// The system message asking for one of `labels` for the user's `what` (text, image).
+fn classify_system(what: &str, labels: &[String], params: &Params) -> Result<String> {
+    let system = format!(
+        "Classify the user's {what}. Reply with exactly one of these labels and nothing \
+         else: {}. {}",
+        labels.join(", "),
+        params.str("instructions")?
+    );
+    Ok(system.trim_end().to_string())
+}
+
 impl Operator for LlmClassify {
     fn name(&self) -> &'static str {
         "llm_classify"
@@ -291,13 +303,8 @@ impl Operator for LlmClassify {
         let p = provider(call.params.str("provider")?)?;
         let model = call.params.str("model")?;
         let labels = lines(call.params, "labels")?;
-        let system = format!(
-            "Classify the user's text. Reply with exactly one of these labels and nothing \
-             else: {}. {}",
-            labels.join(", "),
-            call.params.str("instructions")?
-        );
-        let (system, labels) = (system.trim_end(), &labels);
+        let system = classify_system("text", &labels, call.params)?;
+        let (system, labels) = (system.as_str(), &labels);
         let chosen = per_row(&texts(call), errors, |text| {
             let (p, text) = (p.clone(), *text);
             async move {
@@ -312,6 +319,111 @@ impl Operator for LlmClassify {
     fn batch_size(&self) -> Option<usize> {
         Some(64)
     }
+}
+
+/// `classify_image(image, labels, provider, model, instructions, max_side, on_error)`:
+/// one of `labels` per image, chosen by a vision chat model. Each image (decoded, or
+/// decoded from bytes, a File or a path) is shrunk to fit `max_side` pixels, encoded as
+/// JPEG (PNG when it has alpha) and sent as a `data:` URL. A reply naming none of the
+/// labels, or an image that cannot be read, is a row error.
+///
+/// Zero-shot classification by embeddings would need an image-text model (CLIP-like),
+/// which Rillet does not ship; a provider is the way to classify images.
+#[derive(Debug)]
+pub struct ClassifyImage;
+
+const CLASSIFY_IMAGE_PARAMS: &[Param] = &[
+    Param::required("labels", ParamKind::Str),
+    Param::required("provider", ParamKind::Str),
+    Param::required("model", ParamKind::Str),
+    Param::optional("instructions", ParamKind::Str, ""),
+    Param::optional("max_side", ParamKind::Int, "1024"),
+    Param::ON_ERROR,
+];
+
+/// `image` shrunk to fit `max_side` and encoded for a chat request, with its MIME type.
+fn image_for_chat(
+    image: image::DynamicImage,
+    max_side: u32,
+) -> std::result::Result<(Vec<u8>, &'static str), String> {
+    let image = if image.width().max(image.height()) > max_side {
+        image.resize(max_side, max_side, image::imageops::FilterType::Triangle)
+    } else {
+        image
+    };
+    if image.color().has_alpha() {
+        Ok((
+            codec::encode(&image, image::ImageFormat::Png, 0)?,
+            "image/png",
+        ))
+    } else {
+        Ok((
+            codec::encode(&image, image::ImageFormat::Jpeg, 90)?,
+            "image/jpeg",
+        ))
+    }
+}
+
+impl Operator for ClassifyImage {
+    fn name(&self) -> &'static str {
+        "classify_image"
+    }
+
+    fn params(&self) -> &'static [Param] {
+        CLASSIFY_IMAGE_PARAMS
+    }
+
+    fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
+        expect_image(self.name(), &inputs[0])?;
+        provider(params.str("provider")?)?;
+        lines(params, "labels")?;
+        max_side(params)?;
+        Ok(Field::new(self.name(), DataType::Utf8, true))
+    }
+
+    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+        let p = provider(call.params.str("provider")?)?;
+        let model = call.params.str("model")?;
+        let labels = lines(call.params, "labels")?;
+        let system = classify_system("image", &labels, call.params)?;
+        let (system, labels) = (system.as_str(), &labels);
+        let side = max_side(call.params)?;
+        let images = image_values(self.name(), call, errors, |pixels| {
+            image_for_chat(pixels.into_dynamic(), side)
+        })?;
+        let chosen = per_row(&images, errors, |(bytes, mime)| {
+            let (p, bytes, mime) = (p.clone(), bytes.clone(), *mime);
+            async move {
+                let question = "Classify this image.";
+                let reply = p
+                    .chat_about_image(model, Some(system), question, &bytes, mime, Some(0.0))
+                    .await?;
+                label_in(&reply, labels)
+                    .ok_or_else(|| format!("the reply {reply:?} names none of the labels"))
+            }
+        });
+        Ok(Arc::new(StringArray::from(chosen)))
+    }
+
+    fn batch_size(&self) -> Option<usize> {
+        Some(16)
+    }
+
+    fn fuses_image_decode(&self) -> bool {
+        true
+    }
+}
+
+fn max_side(params: &Params) -> Result<u32> {
+    let side = params.int("max_side")?;
+    u32::try_from(side)
+        .ok()
+        .filter(|s| (16..=8192).contains(s))
+        .ok_or_else(|| {
+            RilletError::invalid_argument(format!(
+                "classify_image: max_side must be 16 to 8192 pixels, not {side}"
+            ))
+        })
 }
 
 /// `provider_embed(text, provider, model, dimensions, on_error)`: embeddings from a
@@ -455,5 +567,23 @@ mod tests {
         );
         assert_eq!(label_in("positive or negative", &labels), None);
         assert_eq!(label_in("unsure", &labels), None);
+    }
+
+    #[test]
+    fn images_for_chat_are_shrunk_to_fit_and_keep_alpha_as_png() {
+        let rgb = image::DynamicImage::new_rgb8(2000, 1000);
+        let (bytes, mime) = image_for_chat(rgb, 500).unwrap();
+        assert_eq!(mime, "image/jpeg");
+        let back = image::load_from_memory(&bytes).unwrap();
+        assert_eq!((back.width(), back.height()), (500, 250));
+
+        let rgba = image::DynamicImage::new_rgba8(30, 20);
+        let (bytes, mime) = image_for_chat(rgba, 500).unwrap();
+        assert_eq!(mime, "image/png");
+        let back = image::load_from_memory(&bytes).unwrap();
+        assert_eq!(
+            (back.width(), back.height(), back.color().has_alpha()),
+            (30, 20, true)
+        );
     }
 }

@@ -423,11 +423,48 @@ impl Provider {
         json: bool,
         temperature: Option<f64>,
     ) -> std::result::Result<String, String> {
+        self.chat_with(model, system, json!(user), json, temperature)
+            .await
+    }
+
+    /// A chat completion whose user message shows an image (a `data:` URL in an
+    /// `image_url` content part, the OpenAI vision format) with `text` about it.
+    pub async fn chat_about_image(
+        &self,
+        model: &str,
+        system: Option<&str>,
+        text: &str,
+        image: &[u8],
+        mime: &str,
+        temperature: Option<f64>,
+    ) -> std::result::Result<String, String> {
+        use base64::Engine as _;
+        let url = format!(
+            "data:{mime};base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(image)
+        );
+        let content = json!([
+            {"type": "text", "text": text},
+            {"type": "image_url", "image_url": {"url": url}},
+        ]);
+        self.chat_with(model, system, content, false, temperature)
+            .await
+    }
+
+    /// One chat completion with `content` (a string or content parts) as the user message.
+    async fn chat_with(
+        &self,
+        model: &str,
+        system: Option<&str>,
+        content: Value,
+        json: bool,
+        temperature: Option<f64>,
+    ) -> std::result::Result<String, String> {
         let mut messages = Vec::new();
         if let Some(system) = system {
             messages.push(json!({"role": "system", "content": system}));
         }
-        messages.push(json!({"role": "user", "content": user}));
+        messages.push(json!({"role": "user", "content": content}));
         let mut body = json!({"model": model, "messages": messages});
         if json {
             body["response_format"] = json!({"type": "json_object"});

@@ -72,7 +72,7 @@ impl Pixels<'_> {
     }
 
     /// As an `image` crate image (copies a borrowed view).
-    pub(crate) fn into_dynamic(self) -> DynamicImage {
+    pub fn into_dynamic(self) -> DynamicImage {
         match self {
             Self::View(v) => v.to_dynamic(),
             Self::Owned(image) => array::dynamic_mode(image).1,
