@@ -113,6 +113,34 @@ def test_detect_objects_maps_boxes_back_through_padding_and_scale(astronaut):
     np.testing.assert_allclose(grown, [v * 1.5 for v in face], atol=6)
 
 
+def test_large_jpegs_are_decoded_reduced_with_boxes_in_full_size_coordinates(astronaut):
+    import io
+
+    from PIL import Image
+
+    (plain,) = _detect([_png(astronaut)])
+    face = next(d for d in plain if d["label"] == "FACE_FEMALE")["box"]
+    # A 2048 x 2048 JPEG is decoded at 1/4 size (512 px covers the 320 input), and the
+    # same photo stored on its side with EXIF orientation 6 ("rotate 90 clockwise") too.
+    big = astronaut.resize((2048, 2048), Image.BILINEAR)
+    upright, sideways = io.BytesIO(), io.BytesIO()
+    big.save(upright, format="JPEG", quality=92)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    big.transpose(Image.Transpose.ROTATE_90).save(sideways, format="JPEG", quality=92, exif=exif)
+    found = _detect([upright.getvalue(), sideways.getvalue()])
+    for detections in found:
+        box = next(d for d in detections if d["label"] == "FACE_FEMALE")["box"]
+        np.testing.assert_allclose(box, [v * 4 for v in face], atol=24)
+    # Letterboxing takes the same reduced path and gives the full image's geometry.
+    out = rl.from_pydict({"b": [upright.getvalue(), sideways.getvalue()]}).select(
+        rl.col("b").image.letterbox(320, 320).alias("x")).to_pydict()["x"]
+    reference = np.asarray(astronaut.resize((320, 320), Image.BILINEAR), dtype=np.int16)
+    for boxed in out:
+        assert boxed.size == (320, 320)
+        assert np.abs(np.asarray(boxed, dtype=np.int16) - reference).mean() < 6
+
+
 def test_detect_objects_thresholds_and_bad_images():
     blank = _png(__import__("PIL.Image", fromlist=["Image"]).new("RGB", (64, 48), (255, 255, 255)))
     found = _detect([blank, b"not an image", None], confidence=0.9)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arrow::array::ArrayRef;
 use arrow::datatypes::{Field, FieldRef};
 use rillet_common::{Result, RilletError};
-use rillet_functions::image::{Letterboxed, expect_image, image_values, letterbox_rgb8};
+use rillet_functions::image::{Letterboxed, expect_image, image_values_within, letterbox_rgb8_of};
 use rillet_functions::operator::{Call, Operator, Param, ParamKind, Params, RowErrors};
 
 use crate::columns::ScoredBoxes;
@@ -121,10 +121,20 @@ impl Detector {
         &self,
         image: &rillet_functions::image::array::ImageView<'_>,
     ) -> std::result::Result<Prepared, String> {
-        let boxed = letterbox_rgb8(image, self.width, self.height, PADDING)?;
+        self.prepare_of(image, (image.width, image.height))
+    }
+
+    /// Letterbox pixels that stand for an image of `full` size (decoded reduced); boxes
+    /// come back in the full image's coordinates.
+    pub fn prepare_of(
+        &self,
+        image: &rillet_functions::image::array::ImageView<'_>,
+        full: (u32, u32),
+    ) -> std::result::Result<Prepared, String> {
+        let boxed = letterbox_rgb8_of(image, full, self.width, self.height, PADDING)?;
         Ok(Prepared {
             boxed,
-            source: (image.width, image.height),
+            source: full,
         })
     }
 
@@ -364,8 +374,9 @@ impl Operator for DetectObjects {
         let detector = Detector::shared(call.params.str("model")?)?;
         let confidence = threshold(call.params, "confidence")?;
         let iou = threshold(call.params, "iou")?;
-        let prepared = image_values(self.name(), call, errors, |pixels| {
-            detector.prepare(&pixels.view())
+        let fit = Some(detector.input_size());
+        let prepared = image_values_within(self.name(), call, errors, fit, |pixels| {
+            detector.prepare_of(&pixels.view(), pixels.original_size())
         })?;
         let present: Vec<Prepared> = prepared.iter().flatten().cloned().collect();
         let mut found = detector.detect(&present, confidence, iou)?.into_iter();

@@ -13,7 +13,7 @@ use rillet_common::types::{ElementType, EmbeddingType};
 use rillet_common::{Result, RilletError};
 use rillet_functions::audio::codec::encode_wav;
 use rillet_functions::audio::{expect_audio, map_waveforms};
-use rillet_functions::image::{codec, expect_image, image_values};
+use rillet_functions::image::{codec, expect_image, image_values_within};
 use rillet_functions::input::string_at;
 use rillet_functions::operator::{Call, Operator, Param, ParamKind, Params, RowErrors};
 use rillet_functions::text::expect_text;
@@ -388,9 +388,10 @@ impl Operator for ClassifyImage {
         let system = classify_system("image", &labels, call.params)?;
         let (system, labels) = (system.as_str(), &labels);
         let side = max_side(call.params)?;
-        let images = image_values(self.name(), call, errors, |pixels| {
-            image_for_chat(pixels.into_dynamic(), side)
-        })?;
+        let images =
+            image_values_within(self.name(), call, errors, Some((side, side)), |pixels| {
+                image_for_chat(pixels.into_dynamic(), side)
+            })?;
         let chosen = per_row(&images, errors, |(bytes, mime)| {
             let (p, bytes, mime) = (p.clone(), bytes.clone(), *mime);
             async move {

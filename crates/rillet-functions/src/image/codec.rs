@@ -166,6 +166,75 @@ impl<'b> Opened<'b> {
     }
 }
 
+/// A JPEG decoded at a reduced size, when the image will be shrunk to fit within
+/// `fit_within` anyway: at the smallest of 1/2, 1/4 or 1/8 of its size (the DCT scaling
+/// libjpeg's and Pillow's `draft` use) that still covers the fitted size, which skips most
+/// of the decoding work for photos much larger than the target. Returns the image (upright,
+/// in `mode` or its own) and the size of the full image (upright); `None` where this does
+/// not apply (not a JPEG, less than twice the fitted size, a CMYK or 16-bit JPEG, a stream
+/// the reduced decoder rejects), and the caller decodes in full, reporting any error.
+pub(crate) fn decode_jpeg_reduced(
+    bytes: &[u8],
+    fit_within: (u32, u32),
+    mode: Option<ImageMode>,
+    max_pixels: u64,
+) -> Option<(DynamicImage, (u32, u32))> {
+    if sniff_format(bytes) != Some(ImageFormat::Jpeg) || !has_jpeg_end(bytes) {
+        return None;
+    }
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    decoder.read_info().ok()?;
+    let info = decoder.info()?;
+    let (width, height) = (u32::from(info.width), u32::from(info.height));
+    check_pixels(width, height, max_pixels).ok()?;
+    let orientation = decoder
+        .exif_data()
+        .and_then(image::metadata::Orientation::from_exif_chunk)
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let turned = matches!(
+        orientation,
+        image::metadata::Orientation::Rotate90
+            | image::metadata::Orientation::Rotate270
+            | image::metadata::Orientation::Rotate90FlipH
+            | image::metadata::Orientation::Rotate270FlipH
+    );
+    let upright = if turned {
+        (height, width)
+    } else {
+        (width, height)
+    };
+    // The factor the caller will shrink by; the reduced image must be no smaller than that.
+    let fit = f64::min(
+        f64::from(fit_within.0.max(1)) / f64::from(upright.0),
+        f64::from(fit_within.1.max(1)) / f64::from(upright.1),
+    );
+    if fit > 0.5 {
+        return None;
+    }
+    let wanted = |side: u32| (f64::from(side) * fit).ceil().clamp(1.0, 65535.0) as u16;
+    let (w, h) = decoder.scale(wanted(width), wanted(height)).ok()?;
+    if u32::from(w) >= width {
+        return None;
+    }
+    let pixels = decoder.decode().ok()?;
+    let (w, h) = (u32::from(w), u32::from(h));
+    let mut image = match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => {
+            DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, pixels)?)
+        }
+        jpeg_decoder::PixelFormat::L8 => {
+            DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, pixels)?)
+        }
+        _ => return None,
+    };
+    image.apply_orientation(orientation);
+    let image = match mode {
+        Some(mode) => convert(image, mode),
+        None => image,
+    };
+    Some((image, upright))
+}
+
 thread_local! {
     /// The decode buffer of the last call on this thread, for the next one.
     static SPARE_SCRATCH: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
@@ -326,4 +395,63 @@ pub fn encode(image: &DynamicImage, format: ImageFormat, quality: u8) -> Result<
         }
     }
     Ok(out.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A smooth colour gradient (so DCT scaling and resampling agree closely) as a JPEG.
+    fn gradient_jpeg(width: u32, height: u32) -> Vec<u8> {
+        let image = image::RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([(x * 255 / width) as u8, (y * 255 / height) as u8, 128])
+        });
+        encode(&DynamicImage::ImageRgb8(image), ImageFormat::Jpeg, 95).unwrap()
+    }
+
+    #[test]
+    fn a_large_jpeg_is_decoded_at_the_smallest_scale_that_still_covers_the_fit() {
+        let bytes = gradient_jpeg(1600, 1200);
+        // Fitting 1600x1200 in 320x320 gives 320x240: 1/4 (400x300) covers it, 1/8 does not.
+        let (image, full) = decode_jpeg_reduced(&bytes, (320, 320), None, u64::MAX).unwrap();
+        assert_eq!(
+            (image.width(), image.height(), full),
+            (400, 300, (1600, 1200))
+        );
+        // 1/8 covers a 200x200 box.
+        let (image, _) = decode_jpeg_reduced(&bytes, (200, 200), None, u64::MAX).unwrap();
+        assert_eq!((image.width(), image.height()), (200, 150));
+        // The pixels are the image's: close to decoding in full and shrinking.
+        let full_image =
+            DynamicImage::from_decoder(reader(&bytes, u64::MAX).unwrap().0.into_decoder().unwrap())
+                .unwrap()
+                .resize_exact(200, 150, image::imageops::FilterType::Triangle)
+                .to_rgb8();
+        let reduced = image.to_rgb8();
+        let diff: u64 = full_image
+            .as_raw()
+            .iter()
+            .zip(reduced.as_raw())
+            .map(|(a, b)| u64::from(a.abs_diff(*b)))
+            .sum();
+        let mean = diff as f64 / full_image.as_raw().len() as f64;
+        assert!(mean < 3.0, "mean absolute difference {mean}");
+    }
+
+    #[test]
+    fn reduced_decoding_stays_out_of_the_way_where_it_does_not_apply() {
+        let bytes = gradient_jpeg(600, 400);
+        // Less than twice the fitted size: decoded in full by the caller.
+        assert!(decode_jpeg_reduced(&bytes, (320, 320), None, u64::MAX).is_none());
+        // Over the pixel cap: the caller's full decode reports it.
+        assert!(decode_jpeg_reduced(&bytes, (64, 64), None, 1000).is_none());
+        // Not a JPEG, or a truncated one.
+        let png = encode(&DynamicImage::new_rgb8(800, 800), ImageFormat::Png, 0).unwrap();
+        assert!(decode_jpeg_reduced(&png, (64, 64), None, u64::MAX).is_none());
+        assert!(decode_jpeg_reduced(&bytes[..bytes.len() / 2], (64, 64), None, u64::MAX).is_none());
+        // The mode asked for is honoured.
+        let (grey, _) =
+            decode_jpeg_reduced(&bytes, (64, 64), Some(ImageMode::L), u64::MAX).unwrap();
+        assert_eq!(grey.color(), ColorType::L8);
+    }
 }

@@ -10,7 +10,9 @@ mod measure;
 mod spare;
 mod transform;
 
-pub use transform::{Letterboxed, decode_resize_limit, letterbox_rgb8, resize_rgb8};
+pub use transform::{
+    Letterboxed, decode_resize_limit, letterbox_rgb8, letterbox_rgb8_of, resize_rgb8,
+};
 
 use std::sync::Arc;
 
@@ -50,6 +52,9 @@ pub enum Pixels<'a> {
     View(ImageView<'a>),
     /// Decoded from encoded content for this row.
     Owned(DynamicImage),
+    /// Decoded from encoded content at a reduced size (the operator shrinks it anyway),
+    /// with the upright size of the full image.
+    Reduced(DynamicImage, (u32, u32)),
 }
 
 impl Pixels<'_> {
@@ -57,7 +62,7 @@ impl Pixels<'_> {
     pub fn view(&self) -> ImageView<'_> {
         match self {
             Self::View(v) => *v,
-            Self::Owned(image) => {
+            Self::Owned(image) | Self::Reduced(image, _) => {
                 // Decoded images are always in one of Rillet's modes (see
                 // `codec::decode_reusing`).
                 let mode = array::mode_of(image).unwrap_or(ImageMode::Rgba);
@@ -75,7 +80,19 @@ impl Pixels<'_> {
     pub fn into_dynamic(self) -> DynamicImage {
         match self {
             Self::View(v) => v.to_dynamic(),
-            Self::Owned(image) => array::dynamic_mode(image).1,
+            Self::Owned(image) | Self::Reduced(image, _) => array::dynamic_mode(image).1,
+        }
+    }
+
+    /// Width and height of the image as stored: for a reduced decode, of the full image,
+    /// the size results (box coordinates, scales) refer to.
+    pub fn original_size(&self) -> (u32, u32) {
+        match self {
+            Self::Reduced(_, size) => *size,
+            other => {
+                let view = other.view();
+                (view.width, view.height)
+            }
         }
     }
 }
@@ -91,6 +108,9 @@ pub(crate) enum ImageInput<'a> {
         max_pixels: Option<u64>,
         /// Pixels of the row being worked on, reused from row to row.
         scratch: codec::Scratch,
+        /// The box the operator shrinks each image to fit in, if it does: JPEGs much
+        /// larger than that are decoded at a reduced size.
+        fit_within: Option<(u32, u32)>,
     },
 }
 
@@ -112,7 +132,17 @@ impl<'a> ImageInput<'a> {
             mode,
             max_pixels,
             scratch: codec::Scratch::take(),
+            fit_within: None,
         })
+    }
+
+    /// Declare that the operator shrinks every image to fit within `size` (keeping its
+    /// aspect), so large JPEGs may be decoded at a reduced size.
+    pub(crate) fn fitting_within(mut self, size: (u32, u32)) -> Self {
+        if let Self::Encoded { fit_within, .. } = &mut self {
+            *fit_within = Some(size);
+        }
+        self
     }
 
     /// `f` of the image of `row` (`Ok(None)` for a null row), decoding encoded content
@@ -133,11 +163,18 @@ impl<'a> ImageInput<'a> {
                 mode,
                 max_pixels: decode_cap,
                 scratch,
+                fit_within,
             } => {
                 let Some(bytes) = column.get(row)? else {
                     return Ok(None);
                 };
                 let cap = decode_cap.unwrap_or(max_pixels);
+                if let Some((image, size)) = fit_within
+                    .and_then(|within| codec::decode_jpeg_reduced(&bytes, within, *mode, cap))
+                {
+                    rillet_runtime::memory::charge_call_transient_memory(image.as_bytes().len());
+                    return Ok(Some(f(Pixels::Reduced(image, size))));
+                }
                 match codec::decode_reusing(&bytes, *mode, cap, scratch) {
                     Ok(pixels) => Ok(Some(f(pixels))),
                     Err(reason) => Err(RowFailure::Data(format!(
@@ -185,10 +222,26 @@ pub(crate) fn map_images(
     call: &Call<'_>,
     errors: &mut RowErrors,
     max_pixels: u64,
+    f: impl FnMut(Pixels<'_>, &mut ImageBuilder) -> std::result::Result<(), String>,
+    operator: &str,
+) -> Result<ArrayRef> {
+    map_images_within(call, errors, max_pixels, None, f, operator)
+}
+
+/// [`map_images`] for an operator that shrinks every image to fit within `fit_within`
+/// (see [`ImageInput::fitting_within`]).
+pub(crate) fn map_images_within(
+    call: &Call<'_>,
+    errors: &mut RowErrors,
+    max_pixels: u64,
+    fit_within: Option<(u32, u32)>,
     mut f: impl FnMut(Pixels<'_>, &mut ImageBuilder) -> std::result::Result<(), String>,
     operator: &str,
 ) -> Result<ArrayRef> {
     let mut input = ImageInput::of_call(operator, call)?;
+    if let Some(size) = fit_within {
+        input = input.fitting_within(size);
+    }
     let mut builder = ImageBuilder::with_capacity(call.rows);
     for row in 0..call.rows {
         match input.with_pixels(row, max_pixels, |pixels| f(pixels, &mut builder)) {
@@ -216,9 +269,25 @@ pub fn image_values<T>(
     operator: &str,
     call: &Call<'_>,
     errors: &mut RowErrors,
+    f: impl FnMut(Pixels<'_>) -> std::result::Result<T, String>,
+) -> Result<Vec<Option<T>>> {
+    image_values_within(operator, call, errors, None, f)
+}
+
+/// [`image_values`] for an operator that shrinks every image to fit within `fit_within`
+/// (keeping its aspect): JPEGs at least twice that size are decoded at 1/2, 1/4 or 1/8
+/// size, and [`Pixels::original_size`] gives the full image's size for results.
+pub fn image_values_within<T>(
+    operator: &str,
+    call: &Call<'_>,
+    errors: &mut RowErrors,
+    fit_within: Option<(u32, u32)>,
     mut f: impl FnMut(Pixels<'_>) -> std::result::Result<T, String>,
 ) -> Result<Vec<Option<T>>> {
     let mut input = ImageInput::of_call(operator, call)?;
+    if let Some(size) = fit_within {
+        input = input.fitting_within(size);
+    }
     let mut out = Vec::with_capacity(call.rows);
     for row in 0..call.rows {
         let computed = input.with_pixels(row, codec::DEFAULT_MAX_PIXELS, &mut f);

@@ -15,7 +15,7 @@ use rillet_runtime::ArrayFunction;
 use super::array::{ImageBuilder, ImageColumn, ImageView, convert, pillow_luma};
 use super::{
     IMAGE_BATCH_ROWS, ImageInput, Pixels, RowFailure, codec, expect_image, input_mode, map_images,
-    spare,
+    map_images_within, spare,
 };
 use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
 use crate::tensor::TensorBuilder;
@@ -283,14 +283,17 @@ impl Operator for Letterbox {
         let (w, h, alg) = resize_options(call.params)?;
         let fill = call.params.int("fill")?.clamp(0, 255) as u8;
         let mut resizer = ThreadResizer::take();
-        map_images(
+        map_images_within(
             call,
             errors,
             codec::DEFAULT_MAX_PIXELS,
+            Some((w, h)),
             |pixels, out| {
+                let (full_w, full_h) = pixels.original_size();
                 let src = pixels.view();
                 require_8_bit("letterbox", src.mode)?;
-                let (tw, th) = fit(src.width, src.height, w, h);
+                // The fitted size of the full image, also when it was decoded reduced.
+                let (tw, th) = fit(full_w, full_h, w, h);
                 let mut scaled = vec![0u8; src.mode.buffer_len(tw as usize, th as usize)];
                 resize_into(&mut resizer, &src, tw, th, alg, &mut scaled)?;
                 let c = src.mode.channels();
@@ -357,15 +360,27 @@ pub fn letterbox_rgb8(
     height: u32,
     fill: u8,
 ) -> std::result::Result<Letterboxed, String> {
-    if src.width == 0 || src.height == 0 {
+    letterbox_rgb8_of(src, (src.width, src.height), width, height, fill)
+}
+
+/// [`letterbox_rgb8`] of pixels `src` that stand for an image of `full` size (decoded
+/// reduced): the geometry, scales included, is that of the full image.
+pub fn letterbox_rgb8_of(
+    src: &ImageView<'_>,
+    full: (u32, u32),
+    width: u32,
+    height: u32,
+    fill: u8,
+) -> std::result::Result<Letterboxed, String> {
+    if src.width == 0 || src.height == 0 || full.0 == 0 || full.1 == 0 {
         return Err(format!(
             "cannot letterbox a {}x{} image into {width}x{height}",
-            src.width, src.height
+            full.0, full.1
         ));
     }
-    let (tw, th) = fit(src.width, src.height, width.max(1), height.max(1));
+    let (tw, th) = fit(full.0, full.1, width.max(1), height.max(1));
     let scaled = resize_rgb8(src, tw, th)?;
-    let (scale_x, scale_y) = (tw as f64 / src.width as f64, th as f64 / src.height as f64);
+    let (scale_x, scale_y) = (tw as f64 / full.0 as f64, th as f64 / full.1 as f64);
     let mut rgb = vec![fill; width as usize * height as usize * 3];
     let (left, top) = paste_centered(&mut rgb, width, height, &scaled, tw, th, 3);
     Ok(Letterboxed {
