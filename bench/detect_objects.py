@@ -1,17 +1,18 @@
-"""Object detection, side by side in one run: JPEG photos (640-960 px on the long side, made
-from the real sample photos) -> decode -> letterbox to 320x320 -> the NudeNet 320n detector
+"""Object detection, side by side in one run: JPEG photos (640-960 px on the long side, or
+phone-camera size with ``--size 4000x3000``, made from the real sample photos) -> decode -> letterbox to 320x320 -> the NudeNet 320n detector
 (YOLOv8n-style, ONNX Runtime) -> confidence filter, per-class NMS, boxes mapped back to the
 photo's pixels -> Parquet (one list of detections per photo).
 
 Every engine runs the same model on the same runtime (ONNX Runtime 1.31.1, every core),
 16 photos per model run:
-- ``rillet``: the built-in ``rl.ai.detect_objects`` (decode fused into the operator);
+- ``rillet``: the built-in ``rl.ai.detect_objects`` (decode fused into the operator; JPEGs
+  at least twice the model's input are decoded at 1/2, 1/4 or 1/8 size by DCT scaling);
 - ``rillet_udf``: the same model as a Rillet Python class UDF (Pillow + numpy + onnxruntime);
 - ``daft``, ``ray``: that UDF's code as a Daft class UDF and a Ray Data ``map_batches`` class;
 - ``bare``: the model alone in a tight loop over the photos already letterboxed (a uint8
   array made beforehand): scale to float, run 16 at a time; no decode, no output.
 
-    bash bench/run.sh detect_objects.py [--images 1000] [--runs 3]
+    bash bench/run.sh detect_objects.py [--images 1000] [--runs 3] [--size 4000x3000]
 """
 
 from __future__ import annotations
@@ -152,14 +153,14 @@ for start in range(0, len(boxed), {BATCH}):
 }
 
 
-def dataset(count: int) -> Path:
-    """``count`` photos, the model under ``model/``, and the photos letterboxed for the bare
-    model as ``letterboxed.npy``."""
+def dataset(count: int, exact: tuple[int, int] | None = None) -> Path:
+    """``count`` photos (640-960 px, or ``exact`` pixels), the model under ``model/``, and
+    the photos letterboxed for the bare model as ``letterboxed.npy``."""
     import numpy as np
 
     from rillet import models
 
-    data = photos(count, (640, 960))
+    data = photos(count, (640, 960), exact)
     if not (data / "letterboxed.npy").exists():
         sys.path.insert(0, str(HERE))
         namespace: dict = {}
@@ -177,14 +178,20 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--engines", default=",".join(JOBS))
+    parser.add_argument("--size", default="", help="exact photo size, e.g. 4000x3000 (a phone "
+                        "camera's 12 MP); default: a long side of 640-960 px")
     args = parser.parse_args()
     peers_python = ensure_peers()
-    data = dataset(args.images)
+    exact = tuple(int(v) for v in args.size.split("x")) if args.size else None
+    data = dataset(args.images, exact)
     jobs = {name: JOBS[name] for name in args.engines.split(",")}
-    model_benchmark(f"detect_objects, {args.images:,} JPEGs (640-960 px)",
+    size = args.size.replace("x", " x ") if exact else "640-960 px"
+    command = f"bash bench/run.sh detect_objects.py --images {args.images} --runs {args.runs}"
+    if exact:
+        command += f" --size {args.size}"
+    model_benchmark(f"detect_objects, {args.images:,} JPEGs ({size})",
                     jobs, peers_python, data, HERE / "data" / "out-detect", args.runs, args.images,
-                    "images/s", f"bash bench/run.sh detect_objects.py --images {args.images} --runs {args.runs}",
-                    f"Model: NudeNet 320n (ONNX), {BATCH} photos per run.")
+                    "images/s", command, f"Model: NudeNet 320n (ONNX), {BATCH} photos per run.")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ use rillet_functions::operator::{Call, Operator, Param, ParamKind, Params, RowEr
 
 use crate::columns::ScoredBoxes;
 use crate::model::{resolve, shared};
-use crate::onnx::{Input, OnnxModel};
+use crate::onnx::{Input, OnnxModel, Parallelism};
 
 /// Detections kept per image at most, after suppression.
 const MAX_DETECTIONS: usize = 300;
@@ -57,7 +57,9 @@ impl Detector {
     /// metadata, as Ultralytics exports write it), class names from its `names` metadata.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("model.onnx");
-        let model = OnnxModel::load(&path)?;
+        // A small detector's batch splits better across single-threaded sessions than
+        // one run's operators across threads.
+        let model = OnnxModel::load_with(&path, Parallelism::Sessions)?;
         let bad = |what: &str| RilletError::Model(format!("{}: {what}", path.display()));
         let input = model
             .inputs()
@@ -138,9 +140,34 @@ impl Detector {
         })
     }
 
-    /// Detect objects in prepared images: one run of the model, or one per batch of the
-    /// graph's fixed batch size.
+    /// Detect objects in prepared images: the images split into one part per session of
+    /// the model (run on threads of their own), each part one run of the model or one per
+    /// batch of the graph's fixed batch size.
     pub fn detect(
+        &self,
+        images: &[Prepared],
+        confidence: f32,
+        iou: f32,
+    ) -> Result<Vec<Vec<Detection>>> {
+        let ways = self.model.parallelism().min(images.len());
+        if ways <= 1 {
+            return self.detect_serial(images, confidence, iou);
+        }
+        let part = images.len().div_ceil(ways);
+        let found = std::thread::scope(|scope| {
+            let running: Vec<_> = images
+                .chunks(part)
+                .map(|run| scope.spawn(move || self.detect_serial(run, confidence, iou)))
+                .collect();
+            running
+                .into_iter()
+                .map(|r| r.join().expect("a detection thread panicked"))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    fn detect_serial(
         &self,
         images: &[Prepared],
         confidence: f32,
@@ -150,7 +177,7 @@ impl Detector {
             Some(batch) if images.len() > batch => {
                 let mut found = Vec::with_capacity(images.len());
                 for run in images.chunks(batch) {
-                    found.extend(self.detect(run, confidence, iou)?);
+                    found.extend(self.detect_run(run, confidence, iou)?);
                 }
                 Ok(found)
             }

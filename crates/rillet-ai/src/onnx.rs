@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ort::environment::Environment;
 use ort::session::Session;
@@ -106,13 +107,30 @@ pub struct Output {
     pub data: Vec<f32>,
 }
 
-/// A loaded ONNX model. Calls on several threads take turns on the session (ONNX Runtime
-/// sessions are not safe to run concurrently); each run spreads over every core, and
+/// How a model's runs use the cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parallelism {
+    /// One session whose every run spreads over all cores (ONNX Runtime's intra-op
+    /// threads); calls on several threads take turns. Best for large runs: a text encoder's
+    /// matrices split well across cores.
+    Threads,
+    /// One single-threaded session per core; calls on several threads run side by side, and
+    /// callers split their work ([`OnnxModel::parallelism`] ways). Best for small runs,
+    /// where handing each run's operators to other threads costs more than it gives: on
+    /// two cores Silero VAD runs 2.2x and a 320 px detector 1.07x faster this way (see
+    /// bench/RESULTS.md, "Model parallelism").
+    Sessions,
+}
+
+/// A loaded ONNX model, shared by every call of a process: one session or one per core
+/// (see [`Parallelism`]). A session runs one call at a time (`ort` runs take it mutably);
 /// callers prepare their next inputs while another runs.
 #[derive(Debug)]
 pub struct OnnxModel {
     path: PathBuf,
-    session: Mutex<Session>,
+    sessions: Vec<Mutex<Session>>,
+    /// Where the next call starts looking for a free session.
+    next: AtomicUsize,
     inputs: Vec<Port>,
     outputs: Vec<Port>,
 }
@@ -120,35 +138,69 @@ pub struct OnnxModel {
 impl OnnxModel {
     /// Load `path` (an `.onnx` file) with full graph optimisation, one intra-op thread per
     /// core and no spinning between runs (spinning threads would take the cores the
-    /// pipeline's other operators need).
+    /// pipeline's other operators need): [`Parallelism::Threads`].
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, Parallelism::Threads)
+    }
+
+    /// Load `path` with the given use of the cores.
+    pub fn load_with(path: &Path, parallelism: Parallelism) -> Result<Self> {
+        let (count, threads) = match parallelism {
+            Parallelism::Threads => (1, cores()),
+            Parallelism::Sessions => (cores(), 1),
+        };
+        let sessions = (0..count)
+            .map(|_| Self::session(path, threads).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        let (inputs, outputs) = {
+            let session = sessions[0].lock();
+            let inputs = session
+                .inputs()
+                .iter()
+                .map(|o| port(o.name(), o.dtype()))
+                .collect();
+            let outputs = session
+                .outputs()
+                .iter()
+                .map(|o| port(o.name(), o.dtype()))
+                .collect();
+            (inputs, outputs)
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            sessions,
+            next: AtomicUsize::new(0),
+            inputs,
+            outputs,
+        })
+    }
+
+    fn session(path: &Path, threads: usize) -> Result<Session> {
         let environment = environment()?;
-        let session = Session::builder(environment)
+        Session::builder(environment)
             .map_err(|e| model_error(path, e))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| model_error(path, e))?
-            .with_intra_threads(cores())
+            .with_intra_threads(threads)
             .map_err(|e| model_error(path, e))?
             .with_intra_op_spinning(false)
             .map_err(|e| model_error(path, e))?
             .commit_from_file(path)
-            .map_err(|e| model_error(path, e))?;
-        let inputs = session
-            .inputs()
-            .iter()
-            .map(|o| port(o.name(), o.dtype()))
-            .collect();
-        let outputs = session
-            .outputs()
-            .iter()
-            .map(|o| port(o.name(), o.dtype()))
-            .collect();
-        Ok(Self {
-            path: path.to_path_buf(),
-            session: Mutex::new(session),
-            inputs,
-            outputs,
-        })
+            .map_err(|e| model_error(path, e))
+    }
+
+    /// How many calls can run side by side: how many ways a caller should split its work.
+    pub fn parallelism(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// A free session, or (all busy) the next one in turn to wait for.
+    fn any_session(&self) -> parking_lot::MutexGuard<'_, Session> {
+        let n = self.sessions.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .find_map(|k| self.sessions[(start + k) % n].try_lock())
+            .unwrap_or_else(|| self.sessions[start].lock())
     }
 
     /// The model file.
@@ -169,7 +221,7 @@ impl OnnxModel {
     /// A custom metadata value of the model (class names of a detector, the character set
     /// of a text recogniser).
     pub fn metadata(&self, key: &str) -> Result<Option<String>> {
-        let session = self.session.lock();
+        let session = self.sessions[0].lock();
         let metadata = session.metadata().map_err(|e| model_error(&self.path, e))?;
         Ok(metadata.custom(key))
     }
@@ -186,7 +238,7 @@ impl OnnxModel {
             .map_err(|e| model_error(&self.path, format!("input {name}: {e}")))?;
             values.push((name, value.into()));
         }
-        let mut session = self.session.lock();
+        let mut session = self.any_session();
         let outputs = session
             .run(values)
             .map_err(|e| model_error(&self.path, e))?;

@@ -15,7 +15,7 @@ use rillet_functions::audio::{expect_audio, list_array, map_waveforms, range_fie
 use rillet_functions::operator::{Call, Operator, Param, ParamKind, Params, RowErrors};
 
 use crate::model::{resolve, shared};
-use crate::onnx::{Input, OnnxModel};
+use crate::onnx::{Input, OnnxModel, Parallelism};
 
 /// Width of the recurrent state per clip.
 const STATE: usize = 128;
@@ -46,7 +46,9 @@ impl SpeechDetector {
     /// Load `dir/model.onnx`, checking it takes Silero's inputs.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("model.onnx");
-        let model = OnnxModel::load(&path)?;
+        // Each window step is a tiny run: one single-threaded session per core, the clips
+        // split between them, beats spreading each step over the cores.
+        let model = OnnxModel::load_with(&path, Parallelism::Sessions)?;
         let names: Vec<&str> = model.inputs().iter().map(|p| p.name.as_str()).collect();
         if names != ["input", "state", "sr"] || model.outputs().len() < 2 {
             return Err(RilletError::Model(format!(
@@ -58,13 +60,54 @@ impl SpeechDetector {
     }
 
     /// Speech probability of every window of each mono clip (all at `rate`, 16 or 8 kHz).
-    /// Clips run side by side; the batch shrinks as short clips end.
+    /// The clips are dealt, longest first, into one group per session of the model, and
+    /// the groups run on threads of their own (see [`Parallelism::Sessions`]).
     pub fn probabilities(&self, clips: &[&[f32]], rate: u32) -> Result<Vec<Vec<f32>>> {
         let (size, context) = window(rate).ok_or_else(|| {
             RilletError::invalid_data(format!(
                 "voice activity needs 16 or 8 kHz audio, not {rate} Hz"
             ))
         })?;
+        let ways = self.model.parallelism().min(clips.len());
+        if ways <= 1 {
+            return self.side_by_side(clips, size, context, rate);
+        }
+        let mut order: Vec<usize> = (0..clips.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(clips[i].len()));
+        let groups: Vec<Vec<usize>> = (0..ways)
+            .map(|g| order.iter().copied().skip(g).step_by(ways).collect())
+            .collect();
+        let found = std::thread::scope(|scope| {
+            let running: Vec<_> = groups
+                .iter()
+                .map(|group| {
+                    let clips: Vec<&[f32]> = group.iter().map(|&i| clips[i]).collect();
+                    scope.spawn(move || self.side_by_side(&clips, size, context, rate))
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|r| r.join().expect("a voice activity thread panicked"))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let mut probs: Vec<Vec<f32>> = vec![Vec::new(); clips.len()];
+        for (group, group_probs) in groups.iter().zip(found) {
+            for (&i, p) in group.iter().zip(group_probs) {
+                probs[i] = p;
+            }
+        }
+        Ok(probs)
+    }
+
+    /// [`probabilities`](Self::probabilities) of clips side by side in one session: one
+    /// run per window step, the batch shrinking as short clips end.
+    fn side_by_side(
+        &self,
+        clips: &[&[f32]],
+        size: usize,
+        context: usize,
+        rate: u32,
+    ) -> Result<Vec<Vec<f32>>> {
         // Longest first, so the clips still running are always a prefix.
         let mut order: Vec<usize> = (0..clips.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(clips[i].len()));
