@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+sys.path.insert(0, str(Path(__file__).parent))
 DATA = Path(__file__).parent / "data"
 CORES = os.cpu_count() or 1
 
@@ -29,65 +31,63 @@ def session(model: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
+def shared_class(code: str, name: str) -> type:
+    """A class of the model code every Python job of a model benchmark shares."""
+    namespace: dict = {}
+    exec(code, namespace)
+    return namespace[name]
+
+
+def on(cls: type, s: ort.InferenceSession, **attributes):
+    """An instance of the benchmarks' model class ``cls`` running on session ``s``."""
+    model = cls.__new__(cls)
+    model.session = s
+    model.__dict__.update(attributes)
+    return model
+
+
 def vad_work(data: Path):
+    from detect_speech import BATCH, VAD
+
+    vad = shared_class(VAD, "Vad")
     stored = np.load(data / "clips16k.npz")
     clips = [stored[k] for k in sorted(stored.files)]
     sr = np.array(16000, np.int64)
-
-    def run(s, batch):  # clips side by side, the batch shrinking as short clips end
-        order = sorted(range(len(batch)), key=lambda i: -len(batch[i]))
-        windows = [-(-len(c) // 512) for c in batch]
-        state = np.zeros((2, len(batch), 128), np.float32)
-        active, step = len(batch), 0
-        while True:
-            while active and windows[order[active - 1]] <= step:
-                active -= 1
-            if not active:
-                return
-            x = np.zeros((active, 576), np.float32)
-            for slot, i in enumerate(order[:active]):
-                piece = batch[i][max(step * 512 - 64, 0):step * 512 + 512]
-                offset = 64 if step == 0 else 0
-                x[slot, offset:offset + len(piece)] = piece
-            _, new = s.run(None, {"input": x, "state": np.ascontiguousarray(state[:, :active]), "sr": sr})
-            state[:, :active] = new
-            step += 1
-
-    return data / "model" / "model.onnx", [clips[i:i + 32] for i in range(0, len(clips), 32)], run
+    return (data / "model" / "model.onnx", [clips[i:i + BATCH] for i in range(0, len(clips), BATCH)],
+            lambda s, batch: on(vad, s, sr=sr).probabilities(batch))
 
 
 def detect_work(data: Path):
+    from detect_objects import BATCH, DETECTOR
+
+    detector = shared_class(DETECTOR, "Detector")
     boxed = np.load(data / "letterboxed.npy")
-    batches = [np.ascontiguousarray(boxed[i:i + 16].transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-               for i in range(0, len(boxed), 16)]
-    return data / "model" / "model.onnx", batches, lambda s, x: s.run(None, {"images": x})
+    return (data / "model" / "model.onnx", [list(boxed[i:i + BATCH]) for i in range(0, len(boxed), BATCH)],
+            lambda s, batch: on(detector, s).run(batch))
 
 
 def embed_work(data: Path):
     import pyarrow.parquet as pq
     from tokenizers import Tokenizer
 
+    from embed_text import BATCH, EMBEDDER
+
+    embedder = shared_class(EMBEDDER, "Embedder")
     tokenizer = Tokenizer.from_file(str(data / "model" / "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.enable_truncation(128)
     chunks = pq.read_table(data / "chunks.parquet").column("chunk").to_pylist()
     batches = []
-    for start in range(0, len(chunks), 256):
-        ids = sorted((e.ids for e in tokenizer.encode_batch(chunks[start:start + 256])), key=len)
-        while ids:  # groups of at most 8,192 tokens, as the benchmark makes them
-            n = 1
-            while n < len(ids) and (n + 1) * len(ids[n]) <= 8192:
-                n += 1
-            group, ids = ids[:n], ids[n:]
-            width = len(group[-1])
-            x = np.zeros((len(group), width), np.int64)
-            m = np.zeros_like(x)
-            for j, row in enumerate(group):
-                x[j, :len(row)] = row
-                m[j, :len(row)] = 1
-            batches.append((x, m))
-    return (data / "model" / "model.onnx", batches,
-            lambda s, b: s.run(None, {"input_ids": b[0], "attention_mask": b[1]}))
+    for start in range(0, len(chunks), BATCH):  # tokenized beforehand: the model alone is timed
+        ids = on(embedder, None, tokenizer=tokenizer).encode(chunks[start:start + BATCH])
+        batches.extend((batch, mask) for _, batch, mask in on(embedder, None).groups(ids))
+
+    def run(s, group):
+        model = on(embedder, s)
+        model.hidden = s.get_outputs()[2].name
+        return model.run(*group)
+
+    return data / "model" / "model.onnx", batches, run
 
 
 def timed(model: Path, batches: list, run, sessions: int, threads: int) -> float:

@@ -153,17 +153,10 @@ impl Detector {
         if ways <= 1 {
             return self.detect_serial(images, confidence, iou);
         }
-        let part = images.len().div_ceil(ways);
-        let found = std::thread::scope(|scope| {
-            let running: Vec<_> = images
-                .chunks(part)
-                .map(|run| scope.spawn(move || self.detect_serial(run, confidence, iou)))
-                .collect();
-            running
-                .into_iter()
-                .map(|r| r.join().expect("a detection thread panicked"))
-                .collect::<Result<Vec<_>>>()
-        })?;
+        let parts = images.chunks(images.len().div_ceil(ways)).collect();
+        let found = self
+            .model
+            .run_parts(parts, |part| self.detect_serial(part, confidence, iou))?;
         Ok(found.into_iter().flatten().collect())
     }
 

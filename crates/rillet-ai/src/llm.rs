@@ -20,7 +20,7 @@ use rillet_functions::text::expect_text;
 use serde_json::Value;
 
 use crate::embed::embedding_array;
-use crate::provider::{Provider, provider};
+use crate::provider::{Provider, data_url, provider};
 
 /// Run `future` from an operator's thread; from inside the runtime (a plan evaluated on
 /// one of its threads), on a thread of its own.
@@ -388,16 +388,17 @@ impl Operator for ClassifyImage {
         let system = classify_system("image", &labels, call.params)?;
         let (system, labels) = (system.as_str(), &labels);
         let side = max_side(call.params)?;
-        let images =
-            image_values_within(self.name(), call, errors, Some((side, side)), |pixels| {
-                image_for_chat(pixels.into_dynamic(), side)
-            })?;
-        let chosen = per_row(&images, errors, |(bytes, mime)| {
-            let (p, bytes, mime) = (p.clone(), bytes.clone(), *mime);
+        // Each image as the data URL its request carries.
+        let urls = image_values_within(self.name(), call, errors, Some((side, side)), |pixels| {
+            let (bytes, mime) = image_for_chat(pixels.into_dynamic(), side)?;
+            Ok(data_url(&bytes, mime))
+        })?;
+        let chosen = per_row(&urls, errors, |url| {
+            let (p, url) = (p.clone(), url.clone());
             async move {
                 let question = "Classify this image.";
                 let reply = p
-                    .chat_about_image(model, Some(system), question, &bytes, mime, Some(0.0))
+                    .chat_about_image(model, Some(system), question, &url, Some(0.0))
                     .await?;
                 label_in(&reply, labels)
                     .ok_or_else(|| format!("the reply {reply:?} names none of the labels"))

@@ -194,6 +194,26 @@ impl OnnxModel {
         self.sessions.len()
     }
 
+    /// `run` of every part, each on a thread of its own (one part per session, see
+    /// [`parallelism`](Self::parallelism)); the results in the parts' order.
+    pub fn run_parts<P: Send, R: Send>(
+        &self,
+        parts: Vec<P>,
+        run: impl Fn(P) -> Result<R> + Sync,
+    ) -> Result<Vec<R>> {
+        let run = &run;
+        std::thread::scope(|scope| {
+            let running: Vec<_> = parts
+                .into_iter()
+                .map(|part| scope.spawn(move || run(part)))
+                .collect();
+            running
+                .into_iter()
+                .map(|r| r.join().expect("a model thread panicked"))
+                .collect()
+        })
+    }
+
     /// A free session, or (all busy) the next one in turn to wait for.
     fn any_session(&self) -> parking_lot::MutexGuard<'_, Session> {
         let n = self.sessions.len();

@@ -147,6 +147,20 @@ pub fn register(config: ProviderConfig) -> Result<Arc<Provider>> {
     Ok(provider)
 }
 
+/// `bytes` of MIME type `mime` inline as a `data:` URL (base64), for a request that must
+/// carry its image itself.
+///
+/// ```
+/// assert_eq!(rillet_ai::provider::data_url(b"hi", "text/plain"), "data:text/plain;base64,aGk=");
+/// ```
+pub fn data_url(bytes: &[u8], mime: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "data:{mime};base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
 /// The provider registered as `name`.
 pub fn provider(name: &str) -> Result<Arc<Provider>> {
     let providers = registry().lock();
@@ -427,25 +441,20 @@ impl Provider {
             .await
     }
 
-    /// A chat completion whose user message shows an image (a `data:` URL in an
-    /// `image_url` content part, the OpenAI vision format) with `text` about it.
+    /// A chat completion whose user message shows an image (`image_url`: an `https:` URL
+    /// the provider can fetch, or a [`data_url`]) with `text` about it, in the OpenAI
+    /// vision format (an `image_url` content part).
     pub async fn chat_about_image(
         &self,
         model: &str,
         system: Option<&str>,
         text: &str,
-        image: &[u8],
-        mime: &str,
+        image_url: &str,
         temperature: Option<f64>,
     ) -> std::result::Result<String, String> {
-        use base64::Engine as _;
-        let url = format!(
-            "data:{mime};base64,{}",
-            base64::engine::general_purpose::STANDARD.encode(image)
-        );
         let content = json!([
             {"type": "text", "text": text},
-            {"type": "image_url", "image_url": {"url": url}},
+            {"type": "image_url", "image_url": {"url": image_url}},
         ]);
         self.chat_with(model, system, content, false, temperature)
             .await

@@ -77,19 +77,13 @@ impl SpeechDetector {
         let groups: Vec<Vec<usize>> = (0..ways)
             .map(|g| order.iter().copied().skip(g).step_by(ways).collect())
             .collect();
-        let found = std::thread::scope(|scope| {
-            let running: Vec<_> = groups
-                .iter()
-                .map(|group| {
-                    let clips: Vec<&[f32]> = group.iter().map(|&i| clips[i]).collect();
-                    scope.spawn(move || self.side_by_side(&clips, size, context, rate))
-                })
-                .collect();
-            running
-                .into_iter()
-                .map(|r| r.join().expect("a voice activity thread panicked"))
-                .collect::<Result<Vec<_>>>()
-        })?;
+        let parts = groups
+            .iter()
+            .map(|group| group.iter().map(|&i| clips[i]).collect::<Vec<&[f32]>>())
+            .collect();
+        let found = self
+            .model
+            .run_parts(parts, |part| self.side_by_side(&part, size, context, rate))?;
         let mut probs: Vec<Vec<f32>> = vec![Vec::new(); clips.len()];
         for (group, group_probs) in groups.iter().zip(found) {
             for (&i, p) in group.iter().zip(group_probs) {
