@@ -6,7 +6,10 @@ photo's pixels -> Parquet (one list of detections per photo).
 Every engine runs the same model on the same runtime (ONNX Runtime 1.31.1, every core),
 16 photos per model run:
 - ``rillet``: the built-in ``rl.ai.detect_objects`` (decode fused into the operator; JPEGs
-  at least twice the model's input are decoded at 1/2, 1/4 or 1/8 size by DCT scaling);
+  at least twice the model's input are decoded at 1/2, 1/4 or 1/8 size by DCT scaling;
+  one single-threaded session per core, each running 4 photos at a time; each photo padded
+  only to the next multiple of the model's stride, 32, as Ultralytics' own predictor does,
+  so a 4:3 photo runs as 320x256 instead of 320x320; the Python jobs pad to the square);
 - ``rillet_udf``: the same model as a Rillet Python class UDF (Pillow + numpy + onnxruntime);
 - ``daft``, ``ray``: that UDF's code as a Daft class UDF and a Ray Data ``map_batches`` class;
 - ``bare``: the model alone in a tight loop over the photos already letterboxed (a uint8

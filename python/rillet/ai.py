@@ -56,7 +56,9 @@ def embed_text(text: Expr | str, model: str | os.PathLike = "all-minilm-l6-v2", 
     documents first (``col("doc").text.chunk(...)`` and ``explode``).
 
     Models with ``model.safetensors`` (BERT family, e.g. ``all-minilm-l6-v2``) run on candle;
-    ``model.onnx`` ones (``paraphrase-minilm-l3-v2``) on ONNX Runtime.
+    ``model.onnx`` ones (``paraphrase-minilm-l3-v2``) on ONNX Runtime. Each distinct text
+    runs through the model once: a repeat within a batch, or of one of the last 4,096 texts
+    the model embedded in this process, gets the same vector.
 
     With ``provider=`` the embeddings come from that provider's ``/v1/embeddings`` (one
     request per batch; ``model`` is the provider's model name, ``dimensions`` its vector
@@ -123,9 +125,11 @@ def detect_objects(image: Expr | str, model: str | os.PathLike = "nudenet-320n",
 
     ``image`` is a decoded ``Image`` column or encoded images (bytes, a ``File``, a path):
     encoded rows are decoded one at a time inside the operator. Each image is letterboxed to
-    the model's input size, a batch runs at once, boxes under ``confidence`` are dropped and
-    overlapping boxes of one class (IoU over ``iou``) suppressed. Unreadable images follow
-    ``on_error``.
+    the model's input size (for a graph that takes any size, as Ultralytics exports with a
+    ``stride`` do, only to the next multiple of the stride: a 4:3 photo runs as 320x256 on
+    a 320 model), images of one size run together, boxes under ``confidence`` are dropped
+    and overlapping boxes of one class (IoU over ``iou``) suppressed. Unreadable images
+    follow ``on_error``.
     """
     return _call("detect_objects", _column(image), _model_dir(model), confidence, iou, on_error)
 

@@ -118,7 +118,9 @@ def _seen(images: list[bytes], echo: bool) -> list[str]:
     if echo:
         out = df.select(rl.col("b").image.width().alias("w"), rl.col("b").image.height().alias("h"))
         return [f"[image {w}x{h}]" for w, h in zip(*out.to_pydict().values())]
-    found = df.select(rl.ai.detect_objects(rl.col("b"), on_error="raise").alias("d")).to_pydict()["d"]
+    # Confident detections only: the description should not hinge on a borderline box.
+    found = df.select(rl.ai.detect_objects(rl.col("b"), confidence=0.4, on_error="raise")
+                      .alias("d")).to_pydict()["d"]
     sentences = []
     for detections in found:
         labels = sorted({d["label"].replace("_", " ").lower() for d in detections})

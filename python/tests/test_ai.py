@@ -113,6 +113,32 @@ def test_detect_objects_maps_boxes_back_through_padding_and_scale(astronaut):
     np.testing.assert_allclose(grown, [v * 1.5 for v in face], atol=6)
 
 
+def test_detect_objects_pads_photos_of_any_shape_only_to_the_stride_and_keeps_their_order(astronaut):
+    from PIL import Image
+
+    # The detector takes any height and width (stride 32): a wide photo runs as 320 x 192,
+    # a tall one as 192 x 320, the square one as 320 x 320; a batch mixing them is run one
+    # shape at a time and must come back in its own order, as each photo does alone.
+    wide = Image.new("RGB", (1100, 600), (20, 20, 20))
+    wide.paste(astronaut, (300, 40))
+    tall = Image.new("RGB", (600, 1100), (20, 20, 20))
+    tall.paste(astronaut, (40, 300))
+    photos = [_png(wide), _png(tall), _png(astronaut), _png(tall), _png(wide)]
+    together = _detect(photos)
+    alone = [_detect([p])[0] for p in photos]
+    for mixed, single in zip(together, alone):
+        assert [d["label"] for d in mixed] == [d["label"] for d in single]
+        for a, b in zip(mixed, single):
+            assert abs(a["score"] - b["score"]) < 1e-3
+            np.testing.assert_allclose(a["box"], b["box"], atol=0.5)
+    faces = [next(d for d in found if d["label"] == "FACE_FEMALE")["box"] for found in together]
+    np.testing.assert_allclose(faces[0], faces[4], atol=0.5)
+    np.testing.assert_allclose(faces[1], faces[3], atol=0.5)
+    # The face sits 300 px right in the wide photo and 300 px down in the tall one.
+    np.testing.assert_allclose(faces[0], [faces[2][0] + 300, faces[2][1] + 40, faces[2][2] + 300, faces[2][3] + 40], atol=12)
+    np.testing.assert_allclose(faces[1], [faces[2][0] + 40, faces[2][1] + 300, faces[2][2] + 40, faces[2][3] + 300], atol=12)
+
+
 def test_large_jpegs_are_decoded_reduced_with_boxes_in_full_size_coordinates(astronaut):
     import io
 

@@ -6,10 +6,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use arrow::array::ArrayRef;
 use arrow::datatypes::{Field, FieldRef};
 use rillet_common::{Result, RilletError};
-use rillet_functions::image::{Letterboxed, expect_image, image_values_within, letterbox_rgb8_of};
+use rillet_functions::image::{
+    Letterboxed, expect_image, fitted_size, image_values_within, letterbox_rgb8_of,
+};
 use rillet_functions::operator::{Call, Operator, Param, ParamKind, Params, RowErrors};
 
 use crate::columns::ScoredBoxes;
@@ -18,6 +22,12 @@ use crate::onnx::{Input, OnnxModel, Parallelism};
 
 /// Detections kept per image at most, after suppression.
 const MAX_DETECTIONS: usize = 300;
+
+/// Images per model run when the graph takes any batch size. On a single-threaded session
+/// a run of a few images is faster per image than one of many (a layer's activations for
+/// 4 images at 320 px stay in the CPU cache; for 16 they do not): measured 1.65 s against
+/// 1.75 s (runs of 8) and 1.98 s (16) for 300 photos on two sessions.
+const RUN_IMAGES: usize = 4;
 
 /// Grey of the letterbox padding (what YOLO-family models are trained with).
 const PADDING: u8 = 114;
@@ -34,7 +44,6 @@ pub struct Detection {
 }
 
 /// A loaded detector: the model, its input size and its class names.
-#[derive(Debug)]
 pub struct Detector {
     model: OnnxModel,
     input: String,
@@ -42,7 +51,27 @@ pub struct Detector {
     batch: Option<usize>,
     width: u32,
     height: u32,
+    /// The graph's stride when it takes any height and width: an image is then padded only
+    /// to the next multiple of it ("rectangular" inference) instead of to the full square,
+    /// which skips the model's work on grey padding (a fifth of it for a 4:3 photo).
+    stride: Option<u32>,
     labels: Vec<String>,
+    /// Input tensors of finished runs, filled again by the next ones (at most one per
+    /// session), so each run does not fault in megabytes of fresh memory.
+    spare_tensors: Mutex<Vec<Vec<f32>>>,
+}
+
+impl std::fmt::Debug for Detector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Detector")
+            .field("model", &self.model)
+            .field("input", &self.input)
+            .field("batch", &self.batch)
+            .field("size", &(self.width, self.height))
+            .field("stride", &self.stride)
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Detector {
@@ -54,7 +83,8 @@ impl Detector {
     }
 
     /// Load `dir/model.onnx`. The input size comes from the graph (or its `imgsz`
-    /// metadata, as Ultralytics exports write it), class names from its `names` metadata.
+    /// metadata, as Ultralytics exports write it), class names from its `names` metadata,
+    /// and, for a graph of any height and width, the stride from its `stride` metadata.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("model.onnx");
         // A small detector's batch splits better across single-threaded sessions than
@@ -76,6 +106,13 @@ impl Detector {
         let (width, height) = from_graph
             .or(from_metadata)
             .ok_or_else(|| bad("the input size is neither in the graph nor in imgsz metadata"))?;
+        let stride = match from_graph {
+            Some(_) => None,
+            None => model
+                .metadata("stride")?
+                .and_then(|text| text.trim().parse::<u32>().ok())
+                .filter(|&stride| stride > 0),
+        };
         let outputs = model.outputs();
         let classes = outputs
             .first()
@@ -104,7 +141,9 @@ impl Detector {
             model,
             width,
             height,
+            stride,
             labels,
+            spare_tensors: Mutex::new(Vec::new()),
         })
     }
 
@@ -133,75 +172,114 @@ impl Detector {
         image: &rillet_functions::image::array::ImageView<'_>,
         full: (u32, u32),
     ) -> std::result::Result<Prepared, String> {
-        let boxed = letterbox_rgb8_of(image, full, self.width, self.height, PADDING)?;
+        let canvas = self.canvas_for(full);
+        let boxed = letterbox_rgb8_of(image, full, canvas.0, canvas.1, PADDING)?;
         Ok(Prepared {
             boxed,
+            canvas,
             source: full,
         })
     }
 
-    /// Detect objects in prepared images: the images split into one part per session of
-    /// the model (run on threads of their own), each part one run of the model or one per
-    /// batch of the graph's fixed batch size.
+    /// The input an image of `size` is letterboxed into: the model's size, or (a graph of
+    /// any size) the image fitted within it and padded to the next multiple of the stride.
+    /// The image scales the same either way: one side fills the model's size.
+    fn canvas_for(&self, size: (u32, u32)) -> (u32, u32) {
+        match self.stride {
+            Some(stride) => stride_canvas(size, (self.width, self.height), stride),
+            None => (self.width, self.height),
+        }
+    }
+
+    /// Detect objects in prepared images: the images sorted by input size and split into
+    /// one part per session of the model (run side by side), each part in runs of up to
+    /// [`RUN_IMAGES`] images of one size (or of the graph's fixed batch size). The results
+    /// come back in the images' order.
     pub fn detect(
         &self,
-        images: &[Prepared],
+        images: &[&Prepared],
         confidence: f32,
         iou: f32,
     ) -> Result<Vec<Vec<Detection>>> {
+        let mut order: Vec<usize> = (0..images.len()).collect();
+        order.sort_by_key(|&i| images[i].canvas);
+        let sorted: Vec<&Prepared> = order.iter().map(|&i| images[i]).collect();
         let ways = self.model.parallelism().min(images.len());
-        if ways <= 1 {
-            return self.detect_serial(images, confidence, iou);
+        let found: Vec<Vec<Detection>> = if ways <= 1 {
+            self.detect_serial(&sorted, confidence, iou)?
+        } else {
+            let parts = sorted.chunks(sorted.len().div_ceil(ways)).collect();
+            self.model
+                .run_parts(parts, |part| self.detect_serial(part, confidence, iou))?
+                .into_iter()
+                .flatten()
+                .collect()
+        };
+        let mut out = vec![Vec::new(); images.len()];
+        for (i, detections) in order.into_iter().zip(found) {
+            out[i] = detections;
         }
-        let parts = images.chunks(images.len().div_ceil(ways)).collect();
-        let found = self
-            .model
-            .run_parts(parts, |part| self.detect_serial(part, confidence, iou))?;
-        Ok(found.into_iter().flatten().collect())
+        Ok(out)
     }
 
+    /// `images` (sorted by input size) in runs of one size each.
     fn detect_serial(
         &self,
-        images: &[Prepared],
+        images: &[&Prepared],
         confidence: f32,
         iou: f32,
     ) -> Result<Vec<Vec<Detection>>> {
-        match self.batch {
-            Some(batch) if images.len() > batch => {
-                let mut found = Vec::with_capacity(images.len());
-                for run in images.chunks(batch) {
-                    found.extend(self.detect_run(run, confidence, iou)?);
-                }
-                Ok(found)
+        let most = self.batch.unwrap_or(RUN_IMAGES);
+        let mut found = Vec::with_capacity(images.len());
+        let mut start = 0;
+        while start < images.len() {
+            let canvas = images[start].canvas;
+            let mut end = start + 1;
+            while end < images.len() && end - start < most && images[end].canvas == canvas {
+                end += 1;
             }
-            _ => self.detect_run(images, confidence, iou),
+            found.extend(self.detect_run(&images[start..end], confidence, iou)?);
+            start = end;
         }
+        Ok(found)
     }
 
+    /// One run of the model on images of one input size.
     fn detect_run(
         &self,
-        images: &[Prepared],
+        images: &[&Prepared],
         confidence: f32,
         iou: f32,
     ) -> Result<Vec<Vec<Detection>>> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let (w, h) = (self.width as usize, self.height as usize);
+        let (w, h) = (images[0].canvas.0 as usize, images[0].canvas.1 as usize);
         let plane = w * h;
-        let mut tensor = vec![0f32; images.len() * 3 * plane];
+        let mut tensor = self.spare_tensors.lock().pop().unwrap_or_default();
+        tensor.resize(images.len() * 3 * plane, 0.0);
+        // Interleaved RGB bytes to planar 0-1 floats.
         for (image, chw) in images.iter().zip(tensor.chunks_exact_mut(3 * plane)) {
-            for (i, px) in image.boxed.rgb.chunks_exact(3).enumerate() {
-                chw[i] = px[0] as f32 / 255.0;
-                chw[plane + i] = px[1] as f32 / 255.0;
-                chw[2 * plane + i] = px[2] as f32 / 255.0;
+            let (r, gb) = chw.split_at_mut(plane);
+            let (g, b) = gb.split_at_mut(plane);
+            for (i, px) in image.boxed.rgb.chunks_exact(3).enumerate().take(plane) {
+                r[i] = f32::from(px[0]) / 255.0;
+                g[i] = f32::from(px[1]) / 255.0;
+                b[i] = f32::from(px[2]) / 255.0;
             }
         }
         let shape = vec![images.len() as i64, 3, h as i64, w as i64];
-        let output = self
-            .model
-            .run(vec![(self.input.clone(), Input::F32(shape, tensor))], &[0])?
-            .remove(0);
+        let output = self.model.run(
+            vec![(self.input.clone(), Input::F32View(shape, &tensor))],
+            &[0],
+        );
+        {
+            let mut spare = self.spare_tensors.lock();
+            if spare.len() < self.model.parallelism() {
+                spare.push(tensor);
+            }
+        }
+        let output = output?.remove(0);
         let classes = self.labels.len();
         if output.shape.len() != 3
             || output.shape[0] != images.len() as i64
@@ -228,7 +306,19 @@ impl Detector {
 #[derive(Debug, Clone)]
 pub struct Prepared {
     boxed: Letterboxed,
+    /// The input size it was letterboxed into, `(width, height)`.
+    canvas: (u32, u32),
     source: (u32, u32),
+}
+
+/// The smallest input of `stride` multiples (at most `model`) that an image of `size`,
+/// fitted within `model`, goes into.
+fn stride_canvas(size: (u32, u32), model: (u32, u32), stride: u32) -> (u32, u32) {
+    let (w, h) = fitted_size(size.0.max(1), size.1.max(1), model.0, model.1);
+    (
+        (w.div_ceil(stride) * stride).min(model.0),
+        (h.div_ceil(stride) * stride).min(model.1),
+    )
 }
 
 /// Candidate boxes of one image above `confidence`, suppressed per class and mapped back.
@@ -398,7 +488,7 @@ impl Operator for DetectObjects {
         let prepared = image_values_within(self.name(), call, errors, fit, |pixels| {
             detector.prepare_of(&pixels.view(), pixels.original_size())
         })?;
-        let present: Vec<Prepared> = prepared.iter().flatten().cloned().collect();
+        let present: Vec<&Prepared> = prepared.iter().flatten().collect();
         let mut found = detector.detect(&present, confidence, iou)?.into_iter();
         let mut column = ScoredBoxes::new("label");
         for row in &prepared {
@@ -434,6 +524,19 @@ mod tests {
             parse_names("{0: 'FACE_FEMALE', 1: \"it's\", 2: 'a, b'}"),
             vec!["FACE_FEMALE", "it's", "a, b"]
         );
+    }
+
+    #[test]
+    fn rectangular_inputs_pad_to_the_stride_only() {
+        // A 4:3 photo fits 320 x 240 and pads to 256, not 320; a square one fills the input.
+        assert_eq!(stride_canvas((960, 720), (320, 320), 32), (320, 256));
+        assert_eq!(stride_canvas((720, 960), (320, 320), 32), (256, 320));
+        assert_eq!(stride_canvas((500, 500), (320, 320), 32), (320, 320));
+        // A panorama keeps a few stride rows; a sliver keeps one.
+        assert_eq!(stride_canvas((4000, 1000), (320, 320), 32), (320, 96));
+        assert_eq!(stride_canvas((5000, 3), (320, 320), 32), (320, 32));
+        // Never larger than the model's input, even when it is not a stride multiple.
+        assert_eq!(stride_canvas((300, 200), (300, 300), 32), (300, 224));
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //! ONNX Runtime (`.onnx`), mean-pooled over real tokens (padding excluded by the attention
 //! mask) and L2-normalised.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array};
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef};
 use ort::value::TensorElementType;
+use parking_lot::Mutex;
 use rillet_common::types::{ElementType, EmbeddingType};
 use rillet_common::{Result, RilletError};
 use rillet_functions::input::string_at;
@@ -23,6 +26,46 @@ use crate::onnx::{Input, OnnxModel};
 /// Tokens (rows × longest row) per forward pass: rows are sorted by length and cut into
 /// groups of about this many tokens, so short texts are not padded to long ones' length.
 const TOKENS_PER_PASS: usize = 8192;
+
+/// Texts whose embeddings an encoder keeps (about 2 KB each for a 384-dimension model
+/// with 128-token texts), so that text repeated across batches runs through the model once.
+const RECENT_TEXTS: usize = 4096;
+
+/// The mean-pooled embeddings of the texts an encoder embedded last, by token ids: real
+/// corpora repeat whole passages (licence text, boilerplate, quoted replies), and a repeat
+/// costs a lookup instead of a forward pass. Bounded: the oldest entry goes first.
+struct RecentEmbeddings {
+    capacity: usize,
+    by_tokens: HashMap<Vec<u32>, Arc<[f32]>>,
+    oldest_first: VecDeque<Vec<u32>>,
+}
+
+impl RecentEmbeddings {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            by_tokens: HashMap::new(),
+            oldest_first: VecDeque::new(),
+        }
+    }
+
+    fn get(&self, tokens: &[u32]) -> Option<Arc<[f32]>> {
+        self.by_tokens.get(tokens).cloned()
+    }
+
+    fn put(&mut self, tokens: &[u32], pooled: Arc<[f32]>) {
+        if self.by_tokens.contains_key(tokens) {
+            return;
+        }
+        if self.oldest_first.len() >= self.capacity
+            && let Some(oldest) = self.oldest_first.pop_front()
+        {
+            self.by_tokens.remove(&oldest);
+        }
+        self.by_tokens.insert(tokens.to_vec(), pooled);
+        self.oldest_first.push_back(tokens.to_vec());
+    }
+}
 
 /// What computes hidden states from token ids.
 #[derive(Debug)]
@@ -46,6 +89,9 @@ pub struct TextEncoder {
     backend: Backend,
     dim: usize,
     max_tokens: usize,
+    recent: Mutex<RecentEmbeddings>,
+    /// Texts run through the model so far (repeats served from `recent` do not count).
+    texts_run: AtomicUsize,
 }
 
 impl std::fmt::Debug for TextEncoder {
@@ -86,6 +132,8 @@ impl TextEncoder {
                 backend: Backend::Candle(bert),
                 dim,
                 max_tokens: max_tokens.min(tokenizer_limit(&tokenizer_path).unwrap_or(512)),
+                recent: Mutex::new(RecentEmbeddings::new(RECENT_TEXTS)),
+                texts_run: AtomicUsize::new(0),
             });
         }
         let onnx = dir.join("model.onnx");
@@ -133,6 +181,8 @@ impl TextEncoder {
             },
             dim,
             max_tokens: tokenizer_limit(&tokenizer_path).unwrap_or(512),
+            recent: Mutex::new(RecentEmbeddings::new(RECENT_TEXTS)),
+            texts_run: AtomicUsize::new(0),
         })
     }
 
@@ -175,31 +225,61 @@ impl TextEncoder {
     }
 
     /// [`embed`](Self::embed) for texts already tokenized by [`tokenize`](Self::tokenize).
+    /// Each distinct text runs through the model once: a repeat within `encoded`, or of a
+    /// text embedded recently (see [`RECENT_TEXTS`]), gets the same vector.
     pub fn embed_tokens(&self, encoded: &[Vec<u32>], normalize: bool) -> Result<Vec<Vec<f32>>> {
-        let mut order: Vec<usize> = (0..encoded.len()).collect();
-        order.sort_by_key(|&i| encoded[i].len());
-        let mut out = vec![Vec::new(); encoded.len()];
+        let mut pooled: Vec<Option<Arc<[f32]>>> = vec![None; encoded.len()];
+        // The texts to run: the first of each distinct one not embedded recently.
+        let mut first_of: HashMap<&[u32], usize> = HashMap::new();
+        let mut to_run: Vec<usize> = Vec::new();
+        {
+            let recent = self.recent.lock();
+            for (i, tokens) in encoded.iter().enumerate() {
+                if let Some(vector) = recent.get(tokens) {
+                    pooled[i] = Some(vector);
+                } else if let std::collections::hash_map::Entry::Vacant(slot) =
+                    first_of.entry(tokens.as_slice())
+                {
+                    slot.insert(i);
+                    to_run.push(i);
+                }
+            }
+        }
+        to_run.sort_by_key(|&i| encoded[i].len());
         let mut start = 0;
-        while start < order.len() {
+        while start < to_run.len() {
             // Sorted: the group's last row is its longest.
             let mut end = start + 1;
-            while end < order.len()
-                && (end + 1 - start) * encoded[order[end]].len() <= TOKENS_PER_PASS
+            while end < to_run.len()
+                && (end + 1 - start) * encoded[to_run[end]].len() <= TOKENS_PER_PASS
             {
                 end += 1;
             }
-            let group = &order[start..end];
-            let pooled = self.embed_group(group.iter().map(|&i| encoded[i].as_slice()))?;
-            for (&i, mut vector) in group.iter().zip(pooled) {
+            let group = &to_run[start..end];
+            let vectors = self.embed_group(group.iter().map(|&i| encoded[i].as_slice()))?;
+            let mut recent = self.recent.lock();
+            for (&i, vector) in group.iter().zip(vectors) {
+                let vector: Arc<[f32]> = vector.into();
+                recent.put(&encoded[i], vector.clone());
+                pooled[i] = Some(vector);
+            }
+            start = end;
+        }
+        Ok(encoded
+            .iter()
+            .enumerate()
+            .map(|(i, tokens)| {
+                let vector = pooled[i].as_deref().unwrap_or_else(|| {
+                    pooled[first_of[tokens.as_slice()]].as_deref().expect("run")
+                });
+                let mut vector = vector.to_vec();
                 if normalize {
                     let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
                     vector.iter_mut().for_each(|v| *v /= norm);
                 }
-                out[i] = vector;
-            }
-            start = end;
-        }
-        Ok(out)
+                vector
+            })
+            .collect())
     }
 
     /// Mean-pooled hidden states of one padded group of token sequences.
@@ -208,6 +288,7 @@ impl TextEncoder {
         sequences: impl ExactSizeIterator<Item = &'a [u32]> + Clone,
     ) -> Result<Vec<Vec<f32>>> {
         let rows = sequences.len();
+        self.texts_run.fetch_add(rows, Ordering::Relaxed);
         let tokens = sequences.clone().map(|s| s.len()).max().unwrap_or(0).max(1);
         let mut ids = vec![0u32; rows * tokens];
         let mut mask = vec![0u32; rows * tokens];
@@ -505,17 +586,65 @@ mod tests {
 
     #[test]
     fn padding_and_batch_order_do_not_change_an_embedding() {
-        let encoder = TextEncoder::shared("all-minilm-l6-v2").unwrap();
+        // Encoders of their own: a shared one could serve the second call from its
+        // recent embeddings.
+        let dir = resolve("all-minilm-l6-v2").unwrap();
         let long =
             "a much longer sentence that makes every other row in its group padded ".repeat(4);
-        let alone = encoder.embed(&[PAIR[0]], false).unwrap();
-        let together = encoder.embed(&[&long, PAIR[0], "x"], false).unwrap();
+        let alone = TextEncoder::load(&dir)
+            .unwrap()
+            .embed(&[PAIR[0]], false)
+            .unwrap();
+        let together = TextEncoder::load(&dir)
+            .unwrap()
+            .embed(&[&long, PAIR[0], "x"], false)
+            .unwrap();
         let diff = alone[0]
             .iter()
             .zip(&together[1])
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(diff < 1e-4, "largest difference {diff}");
+    }
+
+    #[test]
+    fn each_distinct_text_runs_through_the_model_once() {
+        let dir = resolve("paraphrase-minilm-l3-v2").unwrap();
+        let encoder = TextEncoder::load(&dir).unwrap();
+        let [a, b] = PAIR;
+        let first = encoder.embed(&[a, b, a, a], true).unwrap();
+        assert_eq!(encoder.texts_run.load(Ordering::Relaxed), 2);
+        assert_eq!(first[0], first[2]);
+        assert_eq!(first[0], first[3]);
+        assert_ne!(first[0], first[1]);
+        // `b` was embedded by the last call; only the new text runs.
+        let second = encoder.embed(&["A new sentence.", b], true).unwrap();
+        assert_eq!(encoder.texts_run.load(Ordering::Relaxed), 3);
+        assert_eq!(second[1], first[1]);
+        // Unnormalised, a repeat is the same pooled vector, not the normalised one.
+        let raw = encoder.embed(&[b], false).unwrap();
+        let norm = raw[0].iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() > 1e-3, "pooled, not normalised: {norm}");
+        let rescaled: Vec<f32> = raw[0].iter().map(|v| v / norm).collect();
+        assert!(
+            rescaled
+                .iter()
+                .zip(&first[1])
+                .all(|(x, y)| (x - y).abs() < 1e-6)
+        );
+    }
+
+    #[test]
+    fn recent_embeddings_forget_the_oldest_text_first() {
+        let mut recent = RecentEmbeddings::new(2);
+        let vector: Arc<[f32]> = vec![1.0].into();
+        recent.put(&[1], vector.clone());
+        recent.put(&[2], vector.clone());
+        recent.put(&[1], vector.clone()); // already there: no new entry
+        recent.put(&[3], vector.clone());
+        assert!(recent.get(&[1]).is_none());
+        assert!(recent.get(&[2]).is_some() && recent.get(&[3]).is_some());
+        assert_eq!(recent.oldest_first.len(), 2);
     }
 
     #[test]

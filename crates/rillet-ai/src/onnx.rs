@@ -6,9 +6,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ort::environment::Environment;
-use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use ort::session::{Session, SessionInputValue};
+use ort::value::{Tensor, TensorElementType, TensorRef, ValueType};
 use parking_lot::Mutex;
 use rillet_common::{Result, RilletError};
 
@@ -91,11 +91,14 @@ fn port(name: &str, value_type: &ValueType) -> Port {
 
 /// An input value for [`OnnxModel::run`].
 #[derive(Debug)]
-pub enum Input {
+pub enum Input<'a> {
     /// f32 data of a shape.
     F32(Vec<i64>, Vec<f32>),
     /// i64 data of a shape.
     I64(Vec<i64>, Vec<i64>),
+    /// Borrowed f32 data of a shape: a buffer the caller fills again for its next run, so
+    /// that large inputs do not each come from fresh (kernel-zeroed) memory.
+    F32View(Vec<i64>, &'a [f32]),
 }
 
 /// An f32 output of [`OnnxModel::run`]: shape and data.
@@ -194,23 +197,30 @@ impl OnnxModel {
         self.sessions.len()
     }
 
-    /// `run` of every part, each on a thread of its own (one part per session, see
-    /// [`parallelism`](Self::parallelism)); the results in the parts' order.
+    /// `run` of every part side by side (one part per session, see
+    /// [`parallelism`](Self::parallelism)): the first part on the calling thread, each other
+    /// one on a thread of its own; the results in the parts' order. The caller's thread
+    /// takes a part because it is a long-lived pool thread, whose allocator heap and
+    /// buffers are warm, where a fresh thread starts from untouched memory.
     pub fn run_parts<P: Send, R: Send>(
         &self,
         parts: Vec<P>,
         run: impl Fn(P) -> Result<R> + Sync,
     ) -> Result<Vec<R>> {
         let run = &run;
+        let mut parts = parts.into_iter();
+        let Some(first) = parts.next() else {
+            return Ok(Vec::new());
+        };
         std::thread::scope(|scope| {
-            let running: Vec<_> = parts
-                .into_iter()
-                .map(|part| scope.spawn(move || run(part)))
-                .collect();
-            running
-                .into_iter()
-                .map(|r| r.join().expect("a model thread panicked"))
-                .collect()
+            let others: Vec<_> = parts.map(|part| scope.spawn(move || run(part))).collect();
+            let mut results = vec![run(first)];
+            results.extend(
+                others
+                    .into_iter()
+                    .map(|r| r.join().expect("a model thread panicked")),
+            );
+            results.into_iter().collect()
         })
     }
 
@@ -248,15 +258,18 @@ impl OnnxModel {
 
     /// Run the model on named inputs and return the f32 outputs at `wanted` (indexes into
     /// [`outputs`](Self::outputs)).
-    pub fn run(&self, inputs: Vec<(String, Input)>, wanted: &[usize]) -> Result<Vec<Output>> {
-        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+    pub fn run(&self, inputs: Vec<(String, Input<'_>)>, wanted: &[usize]) -> Result<Vec<Output>> {
+        let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for (name, input) in inputs {
-            let value = match input {
-                Input::F32(shape, data) => Tensor::from_array((shape, data)).map(|t| t.upcast()),
-                Input::I64(shape, data) => Tensor::from_array((shape, data)).map(|t| t.upcast()),
-            }
-            .map_err(|e| model_error(&self.path, format!("input {name}: {e}")))?;
-            values.push((name, value.into()));
+            let value: ort::Result<SessionInputValue<'_>> = match input {
+                Input::F32(shape, data) => Tensor::from_array((shape, data)).map(Into::into),
+                Input::I64(shape, data) => Tensor::from_array((shape, data)).map(Into::into),
+                Input::F32View(shape, data) => {
+                    TensorRef::from_array_view((shape, data)).map(Into::into)
+                }
+            };
+            let value = value.map_err(|e| model_error(&self.path, format!("input {name}: {e}")))?;
+            values.push((name, value));
         }
         let mut session = self.any_session();
         let outputs = session

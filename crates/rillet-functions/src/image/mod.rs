@@ -11,7 +11,7 @@ mod spare;
 mod transform;
 
 pub use transform::{
-    Letterboxed, decode_resize_limit, letterbox_rgb8, letterbox_rgb8_of, resize_rgb8,
+    Letterboxed, decode_resize_limit, fitted_size, letterbox_rgb8, letterbox_rgb8_of, resize_rgb8,
 };
 
 use std::sync::Arc;

@@ -160,8 +160,13 @@ fn bytes_of(words: &[u32]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, words.len() * 4) }
 }
 
-/// The size that fits `w × h` inside `max_w × max_h` keeping the aspect ratio.
-fn fit(w: u32, h: u32, max_w: u32, max_h: u32) -> (u32, u32) {
+/// The size that fits `w × h` inside `max_w × max_h` keeping the aspect ratio (what
+/// [`letterbox_rgb8`] scales an image to).
+///
+/// ```
+/// assert_eq!(rillet_functions::image::fitted_size(960, 720, 320, 320), (320, 240));
+/// ```
+pub fn fitted_size(w: u32, h: u32, max_w: u32, max_h: u32) -> (u32, u32) {
     let scale = (max_w as f64 / w as f64).min(max_h as f64 / h as f64);
     (
         ((w as f64 * scale).round() as u32).clamp(1, max_w),
@@ -231,7 +236,7 @@ impl Operator for Resize {
             |pixels, out| {
                 let src = pixels.view();
                 let (tw, th) = if keep {
-                    fit(src.width, src.height, w, h)
+                    fitted_size(src.width, src.height, w, h)
                 } else {
                     (w, h)
                 };
@@ -293,7 +298,7 @@ impl Operator for Letterbox {
                 let src = pixels.view();
                 require_8_bit("letterbox", src.mode)?;
                 // The fitted size of the full image, also when it was decoded reduced.
-                let (tw, th) = fit(full_w, full_h, w, h);
+                let (tw, th) = fitted_size(full_w, full_h, w, h);
                 let mut scaled = vec![0u8; src.mode.buffer_len(tw as usize, th as usize)];
                 resize_into(&mut resizer, &src, tw, th, alg, &mut scaled)?;
                 let c = src.mode.channels();
@@ -378,7 +383,7 @@ pub fn letterbox_rgb8_of(
             full.0, full.1
         ));
     }
-    let (tw, th) = fit(full.0, full.1, width.max(1), height.max(1));
+    let (tw, th) = fitted_size(full.0, full.1, width.max(1), height.max(1));
     let scaled = resize_rgb8(src, tw, th)?;
     let (scale_x, scale_y) = (tw as f64 / full.0 as f64, th as f64 / full.1 as f64);
     let mut rgb = vec![fill; width as usize * height as usize * 3];
