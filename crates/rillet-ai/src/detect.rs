@@ -1,7 +1,8 @@
 //! `detect_objects`: YOLO-style (v8 head) ONNX detectors. Each image is letterboxed to the
-//! model's input, a batch of them runs at once, and the boxes that pass the confidence
-//! threshold go through per-class non-maximum suppression and are mapped back to the
-//! original image's pixel coordinates.
+//! model's input (or, for a graph of any size, only to the next multiple of its stride),
+//! images of one input size run together, and the boxes that pass the confidence threshold
+//! go through per-class non-maximum suppression and are mapped back to the original
+//! image's pixel coordinates.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,7 +48,8 @@ pub struct Detection {
 pub struct Detector {
     model: OnnxModel,
     input: String,
-    /// Images per run: the graph's fixed batch size, or as many as a call brings.
+    /// The graph's fixed batch size, if it has one: every run then has exactly this many
+    /// images (short runs padded); otherwise runs have up to [`RUN_IMAGES`].
     batch: Option<usize>,
     width: u32,
     height: u32,
@@ -106,12 +108,17 @@ impl Detector {
         let (width, height) = from_graph
             .or(from_metadata)
             .ok_or_else(|| bad("the input size is neither in the graph nor in imgsz metadata"))?;
+        if width == 0 || height == 0 {
+            return Err(bad(&format!("an input size of {width}x{height}")));
+        }
+        // Rectangular inputs only where every stride multiple up to the model's size is a
+        // size the graph can take.
         let stride = match from_graph {
             Some(_) => None,
             None => model
                 .metadata("stride")?
                 .and_then(|text| text.trim().parse::<u32>().ok())
-                .filter(|&stride| stride > 0),
+                .filter(|&stride| stride > 0 && width % stride == 0 && height % stride == 0),
         };
         let outputs = model.outputs();
         let classes = outputs
@@ -183,7 +190,7 @@ impl Detector {
 
     /// The input an image of `size` is letterboxed into: the model's size, or (a graph of
     /// any size) the image fitted within it and padded to the next multiple of the stride.
-    /// The image scales the same either way: one side fills the model's size.
+    /// Either way the image is fitted within the model's size (one side fills it).
     fn canvas_for(&self, size: (u32, u32)) -> (u32, u32) {
         match self.stride {
             Some(stride) => stride_canvas(size, (self.width, self.height), stride),
@@ -208,7 +215,7 @@ impl Detector {
         let found: Vec<Vec<Detection>> = if ways <= 1 {
             self.detect_serial(&sorted, confidence, iou)?
         } else {
-            let parts = sorted.chunks(sorted.len().div_ceil(ways)).collect();
+            let parts = split_by_pixels(&sorted, ways);
             self.model
                 .run_parts(parts, |part| self.detect_serial(part, confidence, iou))?
                 .into_iter()
@@ -256,19 +263,28 @@ impl Detector {
         }
         let (w, h) = (images[0].canvas.0 as usize, images[0].canvas.1 as usize);
         let plane = w * h;
+        // A graph of fixed batch size takes exactly that many images: a short run is
+        // padded with blank ones, whose detections are dropped.
+        let rows = self.batch.unwrap_or(images.len()).max(images.len());
         let mut tensor = self.spare_tensors.lock().pop().unwrap_or_default();
-        tensor.resize(images.len() * 3 * plane, 0.0);
+        tensor.clear();
+        tensor.resize(rows * 3 * plane, 0.0);
         // Interleaved RGB bytes to planar 0-1 floats.
         for (image, chw) in images.iter().zip(tensor.chunks_exact_mut(3 * plane)) {
             let (r, gb) = chw.split_at_mut(plane);
             let (g, b) = gb.split_at_mut(plane);
+            debug_assert_eq!(
+                image.boxed.rgb.len(),
+                3 * plane,
+                "letterboxed to its canvas"
+            );
             for (i, px) in image.boxed.rgb.chunks_exact(3).enumerate().take(plane) {
                 r[i] = f32::from(px[0]) / 255.0;
                 g[i] = f32::from(px[1]) / 255.0;
                 b[i] = f32::from(px[2]) / 255.0;
             }
         }
-        let shape = vec![images.len() as i64, 3, h as i64, w as i64];
+        let shape = vec![rows as i64, 3, h as i64, w as i64];
         let output = self.model.run(
             vec![(self.input.clone(), Input::F32View(shape, &tensor))],
             &[0],
@@ -282,14 +298,13 @@ impl Detector {
         let output = output?.remove(0);
         let classes = self.labels.len();
         if output.shape.len() != 3
-            || output.shape[0] != images.len() as i64
+            || output.shape[0] != rows as i64
             || output.shape[1] != 4 + classes as i64
         {
             return Err(RilletError::Model(format!(
-                "{}: output of shape {:?}, expected [{}, {}, anchors]",
+                "{}: output of shape {:?}, expected [{rows}, {}, anchors]",
                 self.model.path().display(),
                 output.shape,
-                images.len(),
                 4 + classes
             )));
         }
@@ -309,6 +324,31 @@ pub struct Prepared {
     /// The input size it was letterboxed into, `(width, height)`.
     canvas: (u32, u32),
     source: (u32, u32),
+}
+
+/// `sorted` cut into `ways` consecutive parts of about equal pixels (the model's work), so
+/// that the part with the small inputs does not finish long before the one with the large.
+fn split_by_pixels<'a, 'p>(sorted: &'a [&'p Prepared], ways: usize) -> Vec<&'a [&'p Prepared]> {
+    let pixels = |p: &Prepared| p.canvas.0 as u64 * p.canvas.1 as u64;
+    let total: u64 = sorted.iter().map(|p| pixels(p)).sum();
+    let mut parts = Vec::with_capacity(ways);
+    let (mut start, mut done) = (0, 0u64);
+    for (i, p) in sorted.iter().enumerate() {
+        done += pixels(p);
+        let left = sorted.len() - (i + 1);
+        let parts_after = ways - parts.len() - 1;
+        // Cut after `i` once this part has its share, keeping an image for every part
+        // still to come; the last part takes the rest.
+        if parts_after > 0
+            && left >= parts_after
+            && done * ways as u64 >= total * (parts.len() as u64 + 1)
+        {
+            parts.push(&sorted[start..=i]);
+            start = i + 1;
+        }
+    }
+    parts.push(&sorted[start..]);
+    parts
 }
 
 /// The smallest input of `stride` multiples (at most `model`) that an image of `size`,
@@ -535,8 +575,31 @@ mod tests {
         // A panorama keeps a few stride rows; a sliver keeps one.
         assert_eq!(stride_canvas((4000, 1000), (320, 320), 32), (320, 96));
         assert_eq!(stride_canvas((5000, 3), (320, 320), 32), (320, 32));
-        // Never larger than the model's input, even when it is not a stride multiple.
-        assert_eq!(stride_canvas((300, 200), (300, 300), 32), (300, 224));
+    }
+
+    #[test]
+    fn parts_get_about_equal_pixels() {
+        let image = |w: u32, h: u32| Prepared {
+            boxed: Letterboxed {
+                rgb: Vec::new(),
+                scale_x: 1.0,
+                scale_y: 1.0,
+                left: 0,
+                top: 0,
+            },
+            canvas: (w, h),
+            source: (w, h),
+        };
+        let small: Vec<Prepared> = (0..6).map(|_| image(320, 160)).collect();
+        let large: Vec<Prepared> = (0..3).map(|_| image(320, 320)).collect();
+        let sorted: Vec<&Prepared> = small.iter().chain(&large).collect();
+        let sizes = |parts: Vec<&[&Prepared]>| parts.iter().map(|p| p.len()).collect::<Vec<_>>();
+        // Six half-size inputs weigh as much as three full ones.
+        assert_eq!(sizes(split_by_pixels(&sorted, 2)), vec![6, 3]);
+        assert_eq!(sizes(split_by_pixels(&sorted[..2], 2)), vec![1, 1]);
+        // One input each at most; never an empty part.
+        assert_eq!(sizes(split_by_pixels(&sorted[..3], 3)), vec![1, 1, 1]);
+        assert_eq!(sizes(split_by_pixels(&sorted[6..], 2)), vec![2, 1]);
     }
 
     #[test]

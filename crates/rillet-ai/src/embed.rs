@@ -33,11 +33,13 @@ const RECENT_TEXTS: usize = 4096;
 
 /// The mean-pooled embeddings of the texts an encoder embedded last, by token ids: real
 /// corpora repeat whole passages (licence text, boilerplate, quoted replies), and a repeat
-/// costs a lookup instead of a forward pass. Bounded: the oldest entry goes first.
+/// costs a lookup instead of a forward pass. Bounded: the oldest entry goes first. A
+/// repeat gets the vector computed the first time, in that batch's padding; a fresh run
+/// of the same text in another batch would differ only in the last bits (under 1e-4).
 struct RecentEmbeddings {
     capacity: usize,
-    by_tokens: HashMap<Vec<u32>, Arc<[f32]>>,
-    oldest_first: VecDeque<Vec<u32>>,
+    by_tokens: HashMap<Arc<[u32]>, Arc<[f32]>>,
+    oldest_first: VecDeque<Arc<[u32]>>,
 }
 
 impl RecentEmbeddings {
@@ -62,8 +64,9 @@ impl RecentEmbeddings {
         {
             self.by_tokens.remove(&oldest);
         }
-        self.by_tokens.insert(tokens.to_vec(), pooled);
-        self.oldest_first.push_back(tokens.to_vec());
+        let tokens: Arc<[u32]> = tokens.into();
+        self.by_tokens.insert(tokens.clone(), pooled);
+        self.oldest_first.push_back(tokens);
     }
 }
 

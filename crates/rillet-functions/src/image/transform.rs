@@ -161,7 +161,7 @@ fn bytes_of(words: &[u32]) -> &[u8] {
 }
 
 /// The size that fits `w × h` inside `max_w × max_h` keeping the aspect ratio (what
-/// [`letterbox_rgb8`] scales an image to).
+/// [`letterbox_rgb8`] scales an image to); at least 1 × 1.
 ///
 /// ```
 /// assert_eq!(rillet_functions::image::fitted_size(960, 720, 320, 320), (320, 240));
@@ -169,8 +169,8 @@ fn bytes_of(words: &[u32]) -> &[u8] {
 pub fn fitted_size(w: u32, h: u32, max_w: u32, max_h: u32) -> (u32, u32) {
     let scale = (max_w as f64 / w as f64).min(max_h as f64 / h as f64);
     (
-        ((w as f64 * scale).round() as u32).clamp(1, max_w),
-        ((h as f64 * scale).round() as u32).clamp(1, max_h),
+        ((w as f64 * scale).round() as u32).clamp(1, max_w.max(1)),
+        ((h as f64 * scale).round() as u32).clamp(1, max_h.max(1)),
     )
 }
 
