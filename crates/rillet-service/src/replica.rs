@@ -177,3 +177,32 @@ pub(crate) async fn healthy(client: FlightServiceClient<Channel>, within: Durati
     };
     matches!(tokio::time::timeout(within, probe).await, Ok(Some(_)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_function_error_is_the_batchs_fault_anything_else_the_replicas() {
+        // The replica marks the function's own exception; the batch would fail anywhere.
+        let raised = tonic::Status::internal(format!(
+            "the call failed: {FUNCTION_ERROR} ValueError: bad row 3"
+        ));
+        match classify(FlightError::Tonic(Box::new(raised))) {
+            ExchangeError::Function(text) => assert_eq!(text, "ValueError: bad row 3"),
+            ExchangeError::Replica(text) => {
+                panic!("a function error taken as the replica's: {text}")
+            }
+        }
+        // A dropped connection or an unmarked status: another replica may serve the batch.
+        let gone = tonic::Status::unavailable("connection refused");
+        assert!(matches!(
+            classify(FlightError::Tonic(Box::new(gone))),
+            ExchangeError::Replica(text) if text.contains("connection refused")
+        ));
+        assert!(matches!(
+            classify(FlightError::ProtocolError("no schema".into())),
+            ExchangeError::Replica(_)
+        ));
+    }
+}

@@ -739,8 +739,7 @@ impl Shared {
                 self.name,
                 self.options.max_retries
             );
-            let backoff = Duration::from_millis(50 << (failures - 1).min(5));
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(retry_backoff(failures)).await;
         }
     }
 
@@ -898,6 +897,12 @@ async fn serve_group(shared: Arc<Shared>, group: Vec<Call>) {
             }
         }
     }
+}
+
+/// The wait before re-sending a request its replica failed for the `failures`-th time
+/// (from 1): 50 ms, doubling up to 1.6 s.
+fn retry_backoff(failures: usize) -> Duration {
+    Duration::from_millis(50 << failures.saturating_sub(1).min(5))
 }
 
 fn clone_error(error: &RilletError) -> RilletError {
@@ -1060,5 +1065,66 @@ impl Shared {
                 self.drain(&mut state, id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_that_can_never_run_are_refused_with_what_was_asked() {
+        assert!(ServiceOptions::default().validate("svc").is_ok());
+        let backwards = ServiceOptions {
+            min_replicas: 3,
+            max_replicas: 2,
+            ..ServiceOptions::default()
+        };
+        let error = backwards.validate("svc").unwrap_err().to_string();
+        assert!(error.contains("svc") && error.contains("(3, 2)"), "{error}");
+        for options in [
+            ServiceOptions {
+                max_replicas: 0,
+                min_replicas: 0,
+                ..ServiceOptions::default()
+            },
+            ServiceOptions {
+                max_batch_rows: 0,
+                ..ServiceOptions::default()
+            },
+            ServiceOptions {
+                max_in_flight: 0,
+                ..ServiceOptions::default()
+            },
+            ServiceOptions {
+                per_replica: 0,
+                ..ServiceOptions::default()
+            },
+        ] {
+            assert!(options.validate("svc").is_err(), "{options:?}");
+        }
+    }
+
+    #[test]
+    fn retries_back_off_from_50_ms_doubling_to_1_6_s() {
+        let waits: Vec<u64> = (1..=8)
+            .map(|n| retry_backoff(n).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [50, 100, 200, 400, 800, 1600, 1600, 1600]);
+        assert_eq!(retry_backoff(0), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn replica_states_read_as_words() {
+        let words: Vec<String> = [
+            ReplicaState::Loading,
+            ReplicaState::Ready,
+            ReplicaState::Unhealthy,
+            ReplicaState::Draining,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(words, ["loading", "ready", "unhealthy", "draining"]);
     }
 }
