@@ -24,6 +24,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
+use rillet_common::retry::backoff;
 use rillet_common::{Result, RilletError};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -304,8 +305,7 @@ impl Provider {
             }
             retries += 1;
             self.retries.fetch_add(1, Ordering::Relaxed);
-            let backoff = Duration::from_millis(100 << (retries - 1).min(6));
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(backoff(Duration::from_millis(100), retries as usize, 6)).await;
         }
     }
 

@@ -902,7 +902,7 @@ async fn serve_group(shared: Arc<Shared>, group: Vec<Call>) {
 /// The wait before re-sending a request its replica failed for the `failures`-th time
 /// (from 1): 50 ms, doubling up to 1.6 s.
 fn retry_backoff(failures: usize) -> Duration {
-    Duration::from_millis(50 << failures.saturating_sub(1).min(5))
+    rillet_common::retry::backoff(Duration::from_millis(50), failures, 5)
 }
 
 fn clone_error(error: &RilletError) -> RilletError {
