@@ -19,7 +19,7 @@ use rillet_functions::operator::{Call, Operator, Param, ParamKind, Params, RowEr
 
 use crate::columns::ScoredBoxes;
 use crate::model::{resolve, shared};
-use crate::onnx::{Input, OnnxModel, Parallelism};
+use crate::onnx::{Input, OnnxModel, Parallelism, split_by_weight};
 
 /// Detections kept per image at most, after suppression.
 const MAX_DETECTIONS: usize = 300;
@@ -215,7 +215,8 @@ impl Detector {
         let found: Vec<Vec<Detection>> = if ways <= 1 {
             self.detect_serial(&sorted, confidence, iou)?
         } else {
-            let parts = split_by_pixels(&sorted, ways);
+            // Split by pixels, the model's work.
+            let parts = split_by_weight(&sorted, ways, |p| p.canvas.0 as u64 * p.canvas.1 as u64);
             self.model
                 .run_parts(parts, |part| self.detect_serial(part, confidence, iou))?
                 .into_iter()
@@ -324,31 +325,6 @@ pub struct Prepared {
     /// The input size it was letterboxed into, `(width, height)`.
     canvas: (u32, u32),
     source: (u32, u32),
-}
-
-/// `sorted` cut into `ways` consecutive parts of about equal pixels (the model's work), so
-/// that the part with the small inputs does not finish long before the one with the large.
-fn split_by_pixels<'a, 'p>(sorted: &'a [&'p Prepared], ways: usize) -> Vec<&'a [&'p Prepared]> {
-    let pixels = |p: &Prepared| p.canvas.0 as u64 * p.canvas.1 as u64;
-    let total: u64 = sorted.iter().map(|p| pixels(p)).sum();
-    let mut parts = Vec::with_capacity(ways);
-    let (mut start, mut done) = (0, 0u64);
-    for (i, p) in sorted.iter().enumerate() {
-        done += pixels(p);
-        let left = sorted.len() - (i + 1);
-        let parts_after = ways - parts.len() - 1;
-        // Cut after `i` once this part has its share, keeping an image for every part
-        // still to come; the last part takes the rest.
-        if parts_after > 0
-            && left >= parts_after
-            && done * ways as u64 >= total * (parts.len() as u64 + 1)
-        {
-            parts.push(&sorted[start..=i]);
-            start = i + 1;
-        }
-    }
-    parts.push(&sorted[start..]);
-    parts
 }
 
 /// The smallest input of `stride` multiples (at most `model`) that an image of `size`,
@@ -575,31 +551,6 @@ mod tests {
         // A panorama keeps a few stride rows; a sliver keeps one.
         assert_eq!(stride_canvas((4000, 1000), (320, 320), 32), (320, 96));
         assert_eq!(stride_canvas((5000, 3), (320, 320), 32), (320, 32));
-    }
-
-    #[test]
-    fn parts_get_about_equal_pixels() {
-        let image = |w: u32, h: u32| Prepared {
-            boxed: Letterboxed {
-                rgb: Vec::new(),
-                scale_x: 1.0,
-                scale_y: 1.0,
-                left: 0,
-                top: 0,
-            },
-            canvas: (w, h),
-            source: (w, h),
-        };
-        let small: Vec<Prepared> = (0..6).map(|_| image(320, 160)).collect();
-        let large: Vec<Prepared> = (0..3).map(|_| image(320, 320)).collect();
-        let sorted: Vec<&Prepared> = small.iter().chain(&large).collect();
-        let sizes = |parts: Vec<&[&Prepared]>| parts.iter().map(|p| p.len()).collect::<Vec<_>>();
-        // Six half-size inputs weigh as much as three full ones.
-        assert_eq!(sizes(split_by_pixels(&sorted, 2)), vec![6, 3]);
-        assert_eq!(sizes(split_by_pixels(&sorted[..2], 2)), vec![1, 1]);
-        // One input each at most; never an empty part.
-        assert_eq!(sizes(split_by_pixels(&sorted[..3], 3)), vec![1, 1, 1]);
-        assert_eq!(sizes(split_by_pixels(&sorted[6..], 2)), vec![2, 1]);
     }
 
     #[test]

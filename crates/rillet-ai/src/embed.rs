@@ -21,11 +21,19 @@ use rillet_functions::tokens::Tokenizer;
 
 use crate::bert::Bert;
 use crate::model::{resolve, shared};
-use crate::onnx::{Input, OnnxModel};
+use crate::onnx::{Input, OnnxModel, Parallelism, split_by_weight};
 
-/// Tokens (rows × longest row) per forward pass: rows are sorted by length and cut into
-/// groups of about this many tokens, so short texts are not padded to long ones' length.
-const TOKENS_PER_PASS: usize = 8192;
+/// Tokens (rows × longest row) per forward pass on candle: rows are sorted by length and
+/// cut into groups of about this many tokens, so short texts are not padded to long ones'
+/// length.
+const CANDLE_TOKENS_PER_PASS: usize = 8192;
+
+/// Tokens per forward pass on ONNX Runtime, whose single-threaded sessions (one per core)
+/// take the passes side by side. Small passes keep a pass's activations in the core's
+/// cache: on two cores paraphrase-MiniLM-L3-v2 embedded the benchmark's chunks in 8.0 s
+/// with 512-token passes, against 11.1 s with 8,192-token passes on one two-thread session
+/// (bench/RESULTS.md, "Text encoder passes").
+const ONNX_TOKENS_PER_PASS: usize = 512;
 
 /// Texts whose embeddings an encoder keeps (about 2 KB each for a 384-dimension model
 /// with 128-token texts), so that text repeated across batches runs through the model once.
@@ -84,6 +92,15 @@ enum Backend {
         /// Index of the `rows × tokens × dim` output.
         hidden: usize,
     },
+}
+
+impl Backend {
+    fn tokens_per_pass(&self) -> usize {
+        match self {
+            Backend::Candle(_) => CANDLE_TOKENS_PER_PASS,
+            Backend::Onnx { .. } => ONNX_TOKENS_PER_PASS,
+        }
+    }
 }
 
 /// A text encoder with its tokenizer, loaded once per process and model directory.
@@ -146,7 +163,7 @@ impl TextEncoder {
                 dir.display()
             )));
         }
-        let model = OnnxModel::load(&onnx)?;
+        let model = OnnxModel::load_with(&onnx, Parallelism::Sessions)?;
         let input = |name: &str| {
             model
                 .inputs()
@@ -249,24 +266,35 @@ impl TextEncoder {
             }
         }
         to_run.sort_by_key(|&i| encoded[i].len());
-        let mut start = 0;
-        while start < to_run.len() {
-            // Sorted: the group's last row is its longest.
-            let mut end = start + 1;
-            while end < to_run.len()
-                && (end + 1 - start) * encoded[to_run[end]].len() <= TOKENS_PER_PASS
-            {
-                end += 1;
+        let groups = passes(
+            &to_run,
+            |i| encoded[i].len(),
+            self.backend.tokens_per_pass(),
+        );
+        let run = |part: &[&[usize]]| -> Result<Vec<Vec<f32>>> {
+            let mut vectors = Vec::with_capacity(part.iter().map(|g| g.len()).sum());
+            for group in part {
+                vectors.extend(self.embed_group(group.iter().map(|&i| encoded[i].as_slice()))?);
             }
-            let group = &to_run[start..end];
-            let vectors = self.embed_group(group.iter().map(|&i| encoded[i].as_slice()))?;
+            Ok(vectors)
+        };
+        // The groups are consecutive runs of `to_run`: their vectors, in order, are those
+        // of `to_run`.
+        let vectors = match &self.backend {
+            Backend::Onnx { model, .. } if model.parallelism() > 1 && groups.len() > 1 => {
+                let tokens = |g: &&[usize]| (g.len() * encoded[g[g.len() - 1]].len()) as u64;
+                let parts = split_by_weight(&groups, model.parallelism(), tokens);
+                model.run_parts(parts, run)?.into_iter().flatten().collect()
+            }
+            _ => run(&groups)?,
+        };
+        {
             let mut recent = self.recent.lock();
-            for (&i, vector) in group.iter().zip(vectors) {
+            for (&i, vector) in to_run.iter().zip(vectors) {
                 let vector: Arc<[f32]> = vector.into();
                 recent.put(&encoded[i], vector.clone());
                 pooled[i] = Some(vector);
             }
-            start = end;
         }
         Ok(encoded
             .iter()
@@ -336,6 +364,23 @@ impl TextEncoder {
             .map(|row| mean_pool(&hidden, &mask, row, tokens, self.dim))
             .collect())
     }
+}
+
+/// `sorted` (ordered by length) cut into consecutive groups of at most `budget` tokens
+/// once padded to their longest (last) member; a member longer than the budget is a group
+/// of its own.
+fn passes<T: Copy>(sorted: &[T], length: impl Fn(T) -> usize, budget: usize) -> Vec<&[T]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    while start < sorted.len() {
+        let mut end = start + 1;
+        while end < sorted.len() && (end + 1 - start) * length(sorted[end]) <= budget {
+            end += 1;
+        }
+        groups.push(&sorted[start..end]);
+        start = end;
+    }
+    groups
 }
 
 /// The mean of row `row`'s hidden states over its real tokens (`mask` 1).
@@ -657,6 +702,42 @@ mod tests {
         let v = encoder.embed(&[&huge], true).unwrap();
         assert_eq!(v[0].len(), 384);
         assert!(v[0].iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn passes_hold_at_most_the_budget_once_padded() {
+        let lengths = [2, 3, 3, 4, 5, 40];
+        // 2+3+3 padded to 3 is 9 tokens (adding the 4 would make 16); 4 and 5 padded to 5
+        // are 10. A member over the budget is alone.
+        let expected: Vec<&[usize]> = vec![&[2, 3, 3], &[4, 5], &[40]];
+        assert_eq!(passes(&lengths, |n| n, 12), expected);
+        assert!(passes(&[] as &[usize], |n| n, 12).is_empty());
+    }
+
+    #[test]
+    fn texts_split_over_the_sessions_come_back_in_their_order() {
+        // Enough texts of mixed lengths for many passes on every session, each distinct.
+        let texts: Vec<String> = (0..60)
+            .map(|i| format!("text number {i} {}", "with more words ".repeat(i % 13)))
+            .collect();
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let dir = resolve("paraphrase-minilm-l3-v2").unwrap();
+        let together = TextEncoder::load(&dir).unwrap();
+        assert!(
+            matches!(&together.backend, Backend::Onnx { model, .. } if model.parallelism() == crate::model::cores())
+        );
+        let vectors = together.embed(&texts, true).unwrap();
+        assert_eq!(together.texts_run.load(Ordering::Relaxed), texts.len());
+        let alone = TextEncoder::load(&dir).unwrap();
+        for (text, vector) in texts.iter().zip(&vectors) {
+            let own = alone.embed(&[text], true).unwrap().remove(0);
+            let diff = own
+                .iter()
+                .zip(vector)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-4, "{text:?}: largest difference {diff}");
+        }
     }
 
     #[test]
