@@ -124,7 +124,9 @@ def model_benchmark(title: str, jobs: dict[str, str], peers_python: Path, data: 
     import datetime
     import subprocess
 
-    pythons = {name: str(peers_python) if name in ("daft", "ray", "bare") else sys.executable for name in jobs}
+    # daft, ray, bare and their variants (daft_tuned) in the peers' interpreter.
+    pythons = {name: str(peers_python) if name.split("_")[0] in ("daft", "ray", "bare") else sys.executable
+               for name in jobs}
     text = side_by_side(jobs, pythons, data, out_prefix, runs, items, unit, 1, expected_rows=items)
     print(text)
     version = subprocess.run([str(peers_python), "-c", "import daft, ray, onnxruntime; print(daft.__version__, "

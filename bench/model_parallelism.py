@@ -4,7 +4,8 @@ runs split between them. The bare model in a tight loop on the data the model be
 prepared (run those first), same batches, ONNX Runtime in the peers' environment. This is
 what `rillet_ai::onnx::Parallelism` is chosen from.
 
-    bench/.venv-peers/bin/python bench/model_parallelism.py   # appends to RESULTS.md
+    bench/.venv-peers/bin/python bench/model_parallelism.py            # appends to RESULTS.md
+    bench/.venv-peers/bin/python bench/model_parallelism.py --passes   # the text encoder's pass size
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def detect_work(data: Path):
             lambda s, batch: on(detector, s).run(batch))
 
 
-def embed_work(data: Path):
+def embed_work(data: Path, tokens_per_pass: int = 8192):
     import pyarrow.parquet as pq
     from tokenizers import Tokenizer
 
@@ -80,7 +81,8 @@ def embed_work(data: Path):
     batches = []
     for start in range(0, len(chunks), BATCH):  # tokenized beforehand: the model alone is timed
         ids = on(embedder, None, tokenizer=tokenizer).encode(chunks[start:start + BATCH])
-        batches.extend((batch, mask) for _, batch, mask in on(embedder, None).groups(ids))
+        passes = on(embedder, None, tokens_per_pass=tokens_per_pass).groups(ids)
+        batches.extend((batch, mask) for _, batch, mask in passes)
 
     def run(s, group):
         model = on(embedder, s)
@@ -104,7 +106,9 @@ def timed(model: Path, batches: list, run, sessions: int, threads: int) -> float
     return time.perf_counter() - start
 
 
-def main() -> None:
+def layouts() -> None:
+    """One session over every core against one single-threaded session per core, for each
+    benchmark model."""
     rows = []
     for name, data, work in (("Silero VAD, 200 clips, 32 side by side", "speech-200", vad_work),
                              ("NudeNet 320n, 300 photos, 16 per run", "photos-300", detect_work),
@@ -124,6 +128,32 @@ def main() -> None:
                 f"`bench/.venv-peers/bin/python bench/model_parallelism.py` (onnxruntime {ort.__version__}, "
                 f"{CORES} cores, best of 2). The bare model on the benchmarks' data; the batches are "
                 "split between the sessions' threads.\n\n" + table + "\n")
+
+
+def passes() -> None:
+    """The text encoder's tokens per pass (rows x longest row, the rows of each batch of 256
+    sorted by length), in both layouts: what ``embed_text``'s pass size is chosen from."""
+    if not (DATA / "docs-300").exists():
+        sys.exit(f"run embed_text.py first to prepare {DATA / 'docs-300'}")
+    rows = []
+    for tokens in (256, 512, 1024, 2048, 8192):
+        model, batches, run = embed_work(DATA / "docs-300", tokens)
+        one = min(timed(model, batches, run, 1, CORES) for _ in range(2))
+        many = min(timed(model, batches, run, CORES, 1) for _ in range(2))
+        rows.append(f"| {tokens:,} | {len(batches)} | {one:.2f} s | {many:.2f} s |")
+        print(rows[-1])
+    table = ("| tokens per pass | passes | 1 session x %d threads | %d sessions x 1 thread |\n"
+             "|---|---|---|---|\n" % (CORES, CORES)) + "\n".join(rows)
+    with open(Path(__file__).parent / "RESULTS.md", "a") as f:
+        f.write(f"\n## Text encoder passes (issue #4), {datetime.date.today()}\n\nCommand: "
+                f"`bench/.venv-peers/bin/python bench/model_parallelism.py --passes` (onnxruntime "
+                f"{ort.__version__}, {CORES} cores, best of 2). paraphrase-MiniLM-L3-v2 on the 2,672 chunks "
+                "of docs-300, tokenized beforehand; the passes are dealt in turn to the sessions' threads."
+                "\n\n" + table + "\n")
+
+
+def main() -> None:
+    passes() if "--passes" in sys.argv[1:] else layouts()
 
 
 if __name__ == "__main__":

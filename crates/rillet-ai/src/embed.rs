@@ -21,7 +21,7 @@ use rillet_functions::tokens::Tokenizer;
 
 use crate::bert::Bert;
 use crate::model::{resolve, shared};
-use crate::onnx::{Input, OnnxModel, Parallelism, split_by_weight};
+use crate::onnx::{Input, OnnxModel, Parallelism};
 
 /// Tokens (rows × longest row) per forward pass on candle: rows are sorted by length and
 /// cut into groups of about this many tokens, so short texts are not padded to long ones'
@@ -271,23 +271,16 @@ impl TextEncoder {
             |i| encoded[i].len(),
             self.backend.tokens_per_pass(),
         );
-        let run = |part: &[&[usize]]| -> Result<Vec<Vec<f32>>> {
-            let mut vectors = Vec::with_capacity(part.iter().map(|g| g.len()).sum());
-            for group in part {
-                vectors.extend(self.embed_group(group.iter().map(|&i| encoded[i].as_slice()))?);
-            }
-            Ok(vectors)
-        };
+        let run = |group: &&[usize]| self.embed_group(group.iter().map(|&i| encoded[i].as_slice()));
         // The groups are consecutive runs of `to_run`: their vectors, in order, are those
         // of `to_run`.
-        let vectors = match &self.backend {
-            Backend::Onnx { model, .. } if model.parallelism() > 1 && groups.len() > 1 => {
-                let tokens = |g: &&[usize]| (g.len() * encoded[g[g.len() - 1]].len()) as u64;
-                let parts = split_by_weight(&groups, model.parallelism(), tokens);
-                model.run_parts(parts, run)?.into_iter().flatten().collect()
-            }
-            _ => run(&groups)?,
-        };
+        let vectors: Vec<Vec<f32>> = match &self.backend {
+            Backend::Onnx { model, .. } => model.run_each(&groups, run)?,
+            Backend::Candle(_) => groups.iter().map(run).collect::<Result<_>>()?,
+        }
+        .into_iter()
+        .flatten()
+        .collect();
         {
             let mut recent = self.recent.lock();
             for (&i, vector) in to_run.iter().zip(vectors) {
@@ -327,8 +320,13 @@ impl TextEncoder {
             ids[row * tokens..row * tokens + sequence.len()].copy_from_slice(sequence);
             mask[row * tokens..row * tokens + sequence.len()].fill(1);
         }
-        let hidden = match &self.backend {
-            Backend::Candle(bert) => bert.forward(&ids, &mask, rows, tokens)?,
+        let pool = |hidden: &[f32]| -> Vec<Vec<f32>> {
+            (0..rows)
+                .map(|row| mean_pool(hidden, &mask, row, tokens, self.dim))
+                .collect()
+        };
+        match &self.backend {
+            Backend::Candle(bert) => Ok(pool(&bert.forward(&ids, &mask, rows, tokens)?)),
             Backend::Onnx {
                 model,
                 ids: ids_name,
@@ -348,21 +346,21 @@ impl TextEncoder {
                         Input::I64(shape.clone(), vec![0; rows * tokens]),
                     ));
                 }
-                let output = model.run(inputs, &[*hidden])?.remove(0);
-                if output.shape != [rows as i64, tokens as i64, self.dim as i64] {
-                    return Err(RilletError::Model(format!(
-                        "{}: hidden states of shape {:?}, expected [{rows}, {tokens}, {}]",
-                        model.path().display(),
-                        output.shape,
-                        self.dim
-                    )));
-                }
-                output.data
+                // Pooled where ONNX Runtime left the hidden states, not copied out first.
+                model.run_read(inputs, &[*hidden], |outputs| {
+                    let output = &outputs[0];
+                    if output.shape != [rows as i64, tokens as i64, self.dim as i64] {
+                        return Err(RilletError::Model(format!(
+                            "{}: hidden states of shape {:?}, expected [{rows}, {tokens}, {}]",
+                            model.path().display(),
+                            output.shape,
+                            self.dim
+                        )));
+                    }
+                    Ok(pool(output.data))
+                })
             }
-        };
-        Ok((0..rows)
-            .map(|row| mean_pool(&hidden, &mask, row, tokens, self.dim))
-            .collect())
+        }
     }
 }
 

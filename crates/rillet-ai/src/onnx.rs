@@ -3,13 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType, TensorRef, ValueType};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use rillet_common::{Result, RilletError};
 
 use crate::model::{cores, models_dir};
@@ -134,10 +134,42 @@ pub enum Parallelism {
 pub struct OnnxModel {
     path: PathBuf,
     sessions: Vec<Mutex<Session>>,
-    /// Where the next call starts looking for a free session.
-    next: AtomicUsize,
+    /// The sessions no run holds, by index; a run waits on `freed` while there are none,
+    /// and takes whichever is given back first.
+    idle: Mutex<Vec<usize>>,
+    freed: Condvar,
     inputs: Vec<Port>,
     outputs: Vec<Port>,
+}
+
+/// A session taken from a model's idle ones ([`OnnxModel::any_session`]), given back and
+/// a waiting run woken when dropped.
+struct Lease<'a> {
+    model: &'a OnnxModel,
+    index: usize,
+    session: Option<MutexGuard<'a, Session>>,
+}
+
+impl std::ops::Deref for Lease<'_> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        self.session.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Lease<'_> {
+    fn deref_mut(&mut self) -> &mut Session {
+        self.session.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        // Unlock the session before listing it idle, so whoever takes it does not block.
+        self.session = None;
+        self.model.idle.lock().push(self.index);
+        self.model.freed.notify_one();
+    }
 }
 
 /// `sorted` cut into at most `ways` consecutive, non-empty parts of about equal `weight`
@@ -186,9 +218,22 @@ impl OnnxModel {
             Parallelism::Threads => (1, cores()),
             Parallelism::Sessions => (cores(), 1),
         };
-        let sessions = (0..count)
-            .map(|_| Self::session(path, threads).map(Mutex::new))
-            .collect::<Result<Vec<_>>>()?;
+        // Built side by side: each takes a core for a tenth of a second or more.
+        let sessions = std::thread::scope(|scope| {
+            let others: Vec<_> = (1..count)
+                .map(|_| scope.spawn(|| Self::session(path, threads)))
+                .collect();
+            let mut sessions = vec![Self::session(path, threads)];
+            sessions.extend(
+                others
+                    .into_iter()
+                    .map(|t| t.join().expect("a session builder panicked")),
+            );
+            sessions
+        })
+        .into_iter()
+        .map(|s| s.map(Mutex::new))
+        .collect::<Result<Vec<_>>>()?;
         let (inputs, outputs) = {
             let session = sessions[0].lock();
             let inputs = session
@@ -206,7 +251,8 @@ impl OnnxModel {
         Ok(Self {
             path: path.to_path_buf(),
             sessions,
-            next: AtomicUsize::new(0),
+            idle: Mutex::new((0..count).rev().collect()),
+            freed: Condvar::new(),
             inputs,
             outputs,
         })
@@ -258,13 +304,88 @@ impl OnnxModel {
         })
     }
 
-    /// A free session, or (all busy) the next one in turn to wait for.
-    fn any_session(&self) -> parking_lot::MutexGuard<'_, Session> {
-        let n = self.sessions.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n)
-            .find_map(|k| self.sessions[(start + k) % n].try_lock())
-            .unwrap_or_else(|| self.sessions[start].lock())
+    /// `run` on every item, on up to [`parallelism`](Self::parallelism) threads at once
+    /// (the calling thread and scoped ones), each taking the next item no thread has taken:
+    /// items of unequal work balance themselves, and when calls overlap, whichever session
+    /// frees first takes the next item. The results come in the items' order; after an
+    /// error no thread takes another item, and the first error is returned.
+    ///
+    /// ```no_run
+    /// # fn main() -> rillet_common::Result<()> {
+    /// let model = rillet_ai::onnx::OnnxModel::load_with(
+    ///     std::path::Path::new("model.onnx"),
+    ///     rillet_ai::onnx::Parallelism::Sessions,
+    /// )?;
+    /// let doubled = model.run_each(&[1, 2, 3], |&n| Ok(n * 2))?;
+    /// assert_eq!(doubled, vec![2, 4, 6]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn run_each<T: Sync, R: Send>(
+        &self,
+        items: &[T],
+        run: impl Fn(&T) -> Result<R> + Sync,
+    ) -> Result<Vec<R>> {
+        let threads = self.parallelism().min(items.len());
+        if threads <= 1 {
+            return items.iter().map(run).collect();
+        }
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let work = || -> Result<Vec<(usize, R)>> {
+            let mut done = Vec::new();
+            while !failed.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                match run(item) {
+                    Ok(result) => done.push((i, result)),
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(done)
+        };
+        let finished: Vec<Result<Vec<(usize, R)>>> = std::thread::scope(|scope| {
+            let others: Vec<_> = (1..threads).map(|_| scope.spawn(&work)).collect();
+            let mut finished = vec![work()];
+            finished.extend(
+                others
+                    .into_iter()
+                    .map(|t| t.join().expect("a model thread panicked")),
+            );
+            finished
+        });
+        let mut results: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+        for done in finished {
+            for (i, result) in done? {
+                results[i] = Some(result);
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every item run"))
+            .collect())
+    }
+
+    /// An idle session, waiting for the first one given back when every session is busy
+    /// (waiting on one particular session would leave another idle that frees first).
+    fn any_session(&self) -> Lease<'_> {
+        let mut idle = self.idle.lock();
+        let index = loop {
+            match idle.pop() {
+                Some(index) => break index,
+                None => self.freed.wait(&mut idle),
+            }
+        };
+        drop(idle);
+        Lease {
+            model: self,
+            index,
+            // Uncontended: the index was idle, so no other run holds this session.
+            session: Some(self.sessions[index].lock()),
+        }
     }
 
     /// The model file.
@@ -293,6 +414,26 @@ impl OnnxModel {
     /// Run the model on named inputs and return the f32 outputs at `wanted` (indexes into
     /// [`outputs`](Self::outputs)).
     pub fn run(&self, inputs: Vec<(String, Input<'_>)>, wanted: &[usize]) -> Result<Vec<Output>> {
+        self.run_read(inputs, wanted, |views| {
+            Ok(views
+                .iter()
+                .map(|view| Output {
+                    shape: view.shape.clone(),
+                    data: view.data.to_vec(),
+                })
+                .collect())
+        })
+    }
+
+    /// [`run`](Self::run), handing the f32 outputs at `wanted` to `read` in place, while
+    /// the session still holds them: a caller that reduces a large output (a text
+    /// encoder's hidden states, pooled to one vector per row) reads it without copying.
+    pub fn run_read<R>(
+        &self,
+        inputs: Vec<(String, Input<'_>)>,
+        wanted: &[usize],
+        read: impl FnOnce(&[OutputView<'_>]) -> Result<R>,
+    ) -> Result<R> {
         let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for (name, input) in inputs {
             let value: ort::Result<SessionInputValue<'_>> = match input {
@@ -309,7 +450,7 @@ impl OnnxModel {
         let outputs = session
             .run(values)
             .map_err(|e| model_error(&self.path, e))?;
-        wanted
+        let views = wanted
             .iter()
             .map(|&i| {
                 if i >= outputs.len() {
@@ -318,17 +459,26 @@ impl OnnxModel {
                         format!("the graph has no output {i}"),
                     ));
                 }
-                let output = &outputs[i];
-                let (shape, data) = output
+                let (shape, data) = outputs[i]
                     .try_extract_tensor::<f32>()
                     .map_err(|e| model_error(&self.path, format!("output {i}: {e}")))?;
-                Ok(Output {
+                Ok(OutputView {
                     shape: shape.iter().copied().collect(),
-                    data: data.to_vec(),
+                    data,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        read(&views)
     }
+}
+
+/// An f32 output of [`OnnxModel::run_read`], borrowed from the session's run.
+#[derive(Debug)]
+pub struct OutputView<'a> {
+    /// Dimensions.
+    pub shape: Vec<i64>,
+    /// Row-major values.
+    pub data: &'a [f32],
 }
 
 #[cfg(test)]
