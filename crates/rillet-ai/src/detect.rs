@@ -19,7 +19,7 @@ use rillet_functions::operator::{Call, Operator, Param, ParamKind, Params, RowEr
 
 use crate::columns::ScoredBoxes;
 use crate::model::{resolve, shared};
-use crate::onnx::{Input, OnnxModel, Parallelism, split_by_weight};
+use crate::onnx::{Input, OnnxModel, Parallelism};
 
 /// Detections kept per image at most, after suppression.
 const MAX_DETECTIONS: usize = 300;
@@ -198,9 +198,9 @@ impl Detector {
         }
     }
 
-    /// Detect objects in prepared images: the images sorted by input size and split into
-    /// one part per session of the model (run side by side), each part in runs of up to
-    /// [`RUN_IMAGES`] images of one size (or of the graph's fixed batch size). The results
+    /// Detect objects in prepared images: the images sorted by input size and cut into runs
+    /// of up to [`RUN_IMAGES`] images of one size (or of the graph's fixed batch size),
+    /// which the model's sessions take side by side ([`OnnxModel::run_each`]). The results
     /// come back in the images' order.
     pub fn detect(
         &self,
@@ -211,45 +211,27 @@ impl Detector {
         let mut order: Vec<usize> = (0..images.len()).collect();
         order.sort_by_key(|&i| images[i].canvas);
         let sorted: Vec<&Prepared> = order.iter().map(|&i| images[i]).collect();
-        let ways = self.model.parallelism().min(images.len());
-        let found: Vec<Vec<Detection>> = if ways <= 1 {
-            self.detect_serial(&sorted, confidence, iou)?
-        } else {
-            // Split by pixels, the model's work.
-            let parts = split_by_weight(&sorted, ways, |p| p.canvas.0 as u64 * p.canvas.1 as u64);
-            self.model
-                .run_parts(parts, |part| self.detect_serial(part, confidence, iou))?
-                .into_iter()
-                .flatten()
-                .collect()
-        };
+        // Runs of one input size, as many as the sessions take side by side.
+        let most = self.batch.unwrap_or(RUN_IMAGES);
+        let mut runs: Vec<&[&Prepared]> = Vec::new();
+        let mut start = 0;
+        while start < sorted.len() {
+            let canvas = sorted[start].canvas;
+            let mut end = start + 1;
+            while end < sorted.len() && end - start < most && sorted[end].canvas == canvas {
+                end += 1;
+            }
+            runs.push(&sorted[start..end]);
+            start = end;
+        }
+        let found = self
+            .model
+            .run_each(&runs, |run| self.detect_run(run, confidence, iou))?;
         let mut out = vec![Vec::new(); images.len()];
-        for (i, detections) in order.into_iter().zip(found) {
+        for (i, detections) in order.into_iter().zip(found.into_iter().flatten()) {
             out[i] = detections;
         }
         Ok(out)
-    }
-
-    /// `images` (sorted by input size) in runs of one size each.
-    fn detect_serial(
-        &self,
-        images: &[&Prepared],
-        confidence: f32,
-        iou: f32,
-    ) -> Result<Vec<Vec<Detection>>> {
-        let most = self.batch.unwrap_or(RUN_IMAGES);
-        let mut found = Vec::with_capacity(images.len());
-        let mut start = 0;
-        while start < images.len() {
-            let canvas = images[start].canvas;
-            let mut end = start + 1;
-            while end < images.len() && end - start < most && images[end].canvas == canvas {
-                end += 1;
-            }
-            found.extend(self.detect_run(&images[start..end], confidence, iou)?);
-            start = end;
-        }
-        Ok(found)
     }
 
     /// One run of the model on images of one input size.

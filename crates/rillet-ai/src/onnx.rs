@@ -172,38 +172,6 @@ impl Drop for Lease<'_> {
     }
 }
 
-/// `sorted` cut into at most `ways` consecutive, non-empty parts of about equal `weight`
-/// (the model's work for each item), so that the part with the small inputs does not
-/// finish long before the one with the large. Callers hand the parts to
-/// [`OnnxModel::run_parts`].
-///
-/// ```
-/// let parts = rillet_ai::onnx::split_by_weight(&[1, 1, 1, 1, 2, 2], 2, |&w| w);
-/// assert_eq!(parts, vec![&[1, 1, 1, 1][..], &[2, 2][..]]);
-/// ```
-pub fn split_by_weight<T>(sorted: &[T], ways: usize, weight: impl Fn(&T) -> u64) -> Vec<&[T]> {
-    let ways = ways.clamp(1, sorted.len().max(1));
-    let total: u64 = sorted.iter().map(&weight).sum();
-    let mut parts = Vec::with_capacity(ways);
-    let (mut start, mut done) = (0, 0u64);
-    for (i, item) in sorted.iter().enumerate() {
-        done += weight(item);
-        let left = sorted.len() - (i + 1);
-        let parts_after = ways - parts.len() - 1;
-        // Cut after `i` once this part has its share, keeping an item for every part
-        // still to come; the last part takes the rest.
-        if parts_after > 0
-            && left >= parts_after
-            && done * ways as u64 >= total * (parts.len() as u64 + 1)
-        {
-            parts.push(&sorted[start..=i]);
-            start = i + 1;
-        }
-    }
-    parts.push(&sorted[start..]);
-    parts
-}
-
 impl OnnxModel {
     /// Load `path` (an `.onnx` file) with full graph optimisation, one intra-op thread per
     /// core and no spinning between runs (spinning threads would take the cores the
@@ -326,47 +294,7 @@ impl OnnxModel {
         items: &[T],
         run: impl Fn(&T) -> Result<R> + Sync,
     ) -> Result<Vec<R>> {
-        let threads = self.parallelism().min(items.len());
-        if threads <= 1 {
-            return items.iter().map(run).collect();
-        }
-        let next = AtomicUsize::new(0);
-        let failed = AtomicBool::new(false);
-        let work = || -> Result<Vec<(usize, R)>> {
-            let mut done = Vec::new();
-            while !failed.load(Ordering::Relaxed) {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(item) = items.get(i) else { break };
-                match run(item) {
-                    Ok(result) => done.push((i, result)),
-                    Err(e) => {
-                        failed.store(true, Ordering::Relaxed);
-                        return Err(e);
-                    }
-                }
-            }
-            Ok(done)
-        };
-        let finished: Vec<Result<Vec<(usize, R)>>> = std::thread::scope(|scope| {
-            let others: Vec<_> = (1..threads).map(|_| scope.spawn(&work)).collect();
-            let mut finished = vec![work()];
-            finished.extend(
-                others
-                    .into_iter()
-                    .map(|t| t.join().expect("a model thread panicked")),
-            );
-            finished
-        });
-        let mut results: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
-        for done in finished {
-            for (i, result) in done? {
-                results[i] = Some(result);
-            }
-        }
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("every item run"))
-            .collect())
+        on_threads(self.parallelism(), items, run)
     }
 
     /// An idle session, waiting for the first one given back when every session is busy
@@ -481,25 +409,100 @@ pub struct OutputView<'a> {
     pub data: &'a [f32],
 }
 
+/// `run` on every item, on up to `threads` threads (the calling thread and scoped ones),
+/// each taking the next item no thread has taken; the body of [`OnnxModel::run_each`].
+fn on_threads<T: Sync, R: Send>(
+    threads: usize,
+    items: &[T],
+    run: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let threads = threads.min(items.len());
+    if threads <= 1 {
+        return items.iter().map(run).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let work = || -> Result<Vec<(usize, R)>> {
+        let mut done = Vec::new();
+        while !failed.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(i) else { break };
+            match run(item) {
+                Ok(result) => done.push((i, result)),
+                Err(e) => {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(done)
+    };
+    let finished: Vec<Result<Vec<(usize, R)>>> = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads).map(|_| scope.spawn(&work)).collect();
+        let mut finished = vec![work()];
+        finished.extend(
+            others
+                .into_iter()
+                .map(|t| t.join().expect("a model thread panicked")),
+        );
+        finished
+    });
+    let mut results: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    for done in finished {
+        for (i, result) in done? {
+            results[i] = Some(result);
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every item run"))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::split_by_weight;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use rillet_common::RilletError;
+
+    use super::on_threads;
 
     #[test]
-    fn parts_get_about_equal_weight() {
-        let sizes = |parts: Vec<&[u64]>| parts.iter().map(|p| p.len()).collect::<Vec<_>>();
-        let sorted = [1, 1, 1, 1, 1, 1, 2, 2, 2];
-        // Six half-weight items weigh as much as three full ones.
-        assert_eq!(sizes(split_by_weight(&sorted, 2, |&w| w)), vec![6, 3]);
-        assert_eq!(sizes(split_by_weight(&sorted[..2], 2, |&w| w)), vec![1, 1]);
-        // One item each at most; never an empty part.
-        assert_eq!(
-            sizes(split_by_weight(&sorted[..3], 3, |&w| w)),
-            vec![1, 1, 1]
-        );
-        assert_eq!(sizes(split_by_weight(&sorted[..1], 4, |&w| w)), vec![1]);
-        assert_eq!(sizes(split_by_weight(&sorted[6..], 2, |&w| w)), vec![2, 1]);
-        // Weightless items still split.
-        assert_eq!(sizes(split_by_weight(&[0, 0], 2, |&w| w)), vec![1, 1]);
+    fn items_of_unequal_work_run_once_each_and_come_back_in_order() {
+        let calls = AtomicUsize::new(0);
+        let threads_seen = parking_lot::Mutex::new(std::collections::HashSet::new());
+        // The first item is slow: the other thread takes every item after it.
+        let items: Vec<u64> = (0..20).collect();
+        let out = on_threads(2, &items, |&n| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            threads_seen.lock().insert(std::thread::current().id());
+            if n == 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(n * 10)
+        })
+        .unwrap();
+        assert_eq!(out, items.iter().map(|n| n * 10).collect::<Vec<_>>());
+        assert_eq!(calls.load(Ordering::Relaxed), items.len());
+        assert_eq!(threads_seen.lock().len(), 2);
+    }
+
+    #[test]
+    fn an_error_stops_the_threads_taking_more() {
+        let calls = AtomicUsize::new(0);
+        let items: Vec<u64> = (0..1000).collect();
+        let err = on_threads(2, &items, |&n| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            if n == 3 {
+                return Err(RilletError::Model("item 3 failed".into()));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            Ok(n)
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("item 3 failed"), "{err}");
+        assert!(calls.load(Ordering::Relaxed) < 100);
+        assert!(on_threads(2, &[] as &[u64], |&n| Ok(n)).unwrap().is_empty());
     }
 }
