@@ -438,7 +438,7 @@ fn on_threads<T: Sync, R: Send>(
         Ok(done)
     };
     let finished: Vec<Result<Vec<(usize, R)>>> = std::thread::scope(|scope| {
-        let others: Vec<_> = (1..threads).map(|_| scope.spawn(&work)).collect();
+        let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
         let mut finished = vec![work()];
         finished.extend(
             others
