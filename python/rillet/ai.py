@@ -56,7 +56,9 @@ def embed_text(text: Expr | str, model: str | os.PathLike = "all-minilm-l6-v2", 
     documents first (``col("doc").text.chunk(...)`` and ``explode``).
 
     Models with ``model.safetensors`` (BERT family, e.g. ``all-minilm-l6-v2``) run on candle;
-    ``model.onnx`` ones (``paraphrase-minilm-l3-v2``) on ONNX Runtime. Each distinct text
+    ``model.onnx`` ones (``paraphrase-minilm-l3-v2``) on ONNX Runtime, the batch sorted by
+    length and cut into passes of at most 512 tokens that one single-threaded session per
+    core takes side by side (small passes keep the work in the cores' caches). Each distinct text
     runs through the model once: a repeat within a batch, or of one of the last 4,096 texts
     the model embedded in this process, gets the same vector.
 

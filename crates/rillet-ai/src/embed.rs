@@ -30,9 +30,10 @@ const CANDLE_TOKENS_PER_PASS: usize = 8192;
 
 /// Tokens per forward pass on ONNX Runtime, whose single-threaded sessions (one per core)
 /// take the passes side by side. Small passes keep a pass's activations in the core's
-/// cache: on two cores paraphrase-MiniLM-L3-v2 embedded the benchmark's chunks in 8.0 s
-/// with 512-token passes, against 11.1 s with 8,192-token passes on one two-thread session
-/// (bench/RESULTS.md, "Text encoder passes").
+/// cache: on two cores paraphrase-MiniLM-L3-v2 embedded the benchmark's 2,672 chunks in
+/// 9.4 s with 512-token passes, against 12.3 s with 8,192-token passes on one two-thread
+/// session. Passes of 256 to 1,024 tokens measured within 1% of each other, 2,048 were
+/// slower (bench/RESULTS.md, "Text encoder passes").
 const ONNX_TOKENS_PER_PASS: usize = 512;
 
 /// Texts whose embeddings an encoder keeps (about 2 KB each for a 384-dimension model

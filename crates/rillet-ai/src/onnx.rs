@@ -122,7 +122,7 @@ pub enum Parallelism {
     /// where handing each run's operators to other threads costs more than it gives: on
     /// two cores Silero VAD runs 2.2x and a 320 px detector 1.07x faster this way (see
     /// bench/RESULTS.md, "Model parallelism"), and a text encoder cut into 512-token
-    /// passes 1.4x faster than on one session in 8,192-token passes ("Text encoder
+    /// passes 1.3x faster than on one session in 8,192-token passes ("Text encoder
     /// passes").
     Sessions,
 }
