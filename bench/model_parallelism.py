@@ -106,6 +106,20 @@ def timed(model: Path, batches: list, run, sessions: int, threads: int) -> float
     return time.perf_counter() - start
 
 
+def both_layouts(model: Path, batches: list, run) -> tuple[float, float]:
+    """Best of 2 on one session over every core, and on one single-threaded session per core."""
+    return (min(timed(model, batches, run, 1, CORES) for _ in range(2)),
+            min(timed(model, batches, run, CORES, 1) for _ in range(2)))
+
+
+def append(title: str, command: str, about: str, header: str, rows: list[str]) -> None:
+    """Append a table of ``rows`` under ``header`` to RESULTS.md."""
+    with open(Path(__file__).parent / "RESULTS.md", "a") as f:
+        f.write(f"\n## {title} (issue #4), {datetime.date.today()}\n\nCommand: `{command}` (onnxruntime "
+                f"{ort.__version__}, {CORES} cores, best of 2). {about}\n\n{header}\n|---|---|---|---|\n"
+                + "\n".join(rows) + "\n")
+
+
 def layouts() -> None:
     """One session over every core against one single-threaded session per core, for each
     benchmark model."""
@@ -116,18 +130,12 @@ def layouts() -> None:
         if not (DATA / data).exists():
             print(f"skipping {name}: run its model benchmark first to prepare {DATA / data}")
             continue
-        model, batches, run = work(DATA / data)
-        one = min(timed(model, batches, run, 1, CORES) for _ in range(2))
-        many = min(timed(model, batches, run, CORES, 1) for _ in range(2))
+        one, many = both_layouts(*work(DATA / data))
         rows.append(f"| {name} | {one:.2f} s | {many:.2f} s | {one / many:.2f}x |")
         print(rows[-1])
-    table = ("| model, work | 1 session x %d threads | %d sessions x 1 thread | sessions' speed-up |\n"
-             "|---|---|---|---|\n" % (CORES, CORES)) + "\n".join(rows)
-    with open(Path(__file__).parent / "RESULTS.md", "a") as f:
-        f.write(f"\n## Model parallelism (issue #4), {datetime.date.today()}\n\nCommand: "
-                f"`bench/.venv-peers/bin/python bench/model_parallelism.py` (onnxruntime {ort.__version__}, "
-                f"{CORES} cores, best of 2). The bare model on the benchmarks' data; the batches are "
-                "split between the sessions' threads.\n\n" + table + "\n")
+    append("Model parallelism", "bench/.venv-peers/bin/python bench/model_parallelism.py",
+           "The bare model on the benchmarks' data; the batches are split between the sessions' threads.",
+           f"| model, work | 1 session x {CORES} threads | {CORES} sessions x 1 thread | sessions' speed-up |", rows)
 
 
 def passes() -> None:
@@ -138,18 +146,13 @@ def passes() -> None:
     rows = []
     for tokens in (256, 512, 1024, 2048, 8192):
         model, batches, run = embed_work(DATA / "docs-300", tokens)
-        one = min(timed(model, batches, run, 1, CORES) for _ in range(2))
-        many = min(timed(model, batches, run, CORES, 1) for _ in range(2))
+        one, many = both_layouts(model, batches, run)
         rows.append(f"| {tokens:,} | {len(batches)} | {one:.2f} s | {many:.2f} s |")
         print(rows[-1])
-    table = ("| tokens per pass | passes | 1 session x %d threads | %d sessions x 1 thread |\n"
-             "|---|---|---|---|\n" % (CORES, CORES)) + "\n".join(rows)
-    with open(Path(__file__).parent / "RESULTS.md", "a") as f:
-        f.write(f"\n## Text encoder passes (issue #4), {datetime.date.today()}\n\nCommand: "
-                f"`bench/.venv-peers/bin/python bench/model_parallelism.py --passes` (onnxruntime "
-                f"{ort.__version__}, {CORES} cores, best of 2). paraphrase-MiniLM-L3-v2 on the 2,672 chunks "
-                "of docs-300, tokenized beforehand; the passes are dealt in turn to the sessions' threads."
-                "\n\n" + table + "\n")
+    append("Text encoder passes", "bench/.venv-peers/bin/python bench/model_parallelism.py --passes",
+           "paraphrase-MiniLM-L3-v2 on the 2,672 chunks of docs-300, tokenized beforehand; the passes "
+           "are dealt in turn to the sessions' threads.",
+           f"| tokens per pass | passes | 1 session x {CORES} threads | {CORES} sessions x 1 thread |", rows)
 
 
 def main() -> None:
