@@ -276,7 +276,7 @@ impl OnnxModel {
     /// (the calling thread and scoped ones), each taking the next item no thread has taken:
     /// items of unequal work balance themselves, and when calls overlap, whichever session
     /// frees first takes the next item. The results come in the items' order; after an
-    /// error no thread takes another item, and the first error is returned.
+    /// error no thread takes another item, and that error is returned.
     ///
     /// ```no_run
     /// # fn main() -> rillet_common::Result<()> {
