@@ -40,6 +40,10 @@ pub enum RilletError {
     /// A model runtime (ONNX Runtime, candle) failed to load a model or to run it.
     #[error("model error: {0}")]
     Model(String),
+    /// A checkpoint or savepoint could not be written, or a stored one is incomplete or
+    /// corrupt (recovery then falls back to the one before it).
+    #[error("checkpoint error: {0}")]
+    Checkpoint(String),
     /// The job was cancelled (closed iterator, Ctrl-C, explicit cancel).
     #[error("job cancelled")]
     Cancelled,
@@ -105,6 +109,7 @@ impl RilletError {
             Self::InvalidArgument(m) => Self::InvalidArgument(m.clone()),
             Self::InvalidData(m) => Self::InvalidData(m.clone()),
             Self::Model(m) => Self::Model(m.clone()),
+            Self::Checkpoint(m) => Self::Checkpoint(m.clone()),
             Self::UserFunction { operator, message } => Self::UserFunction {
                 operator: operator.clone(),
                 message: message.clone(),

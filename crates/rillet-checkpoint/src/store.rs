@@ -1,0 +1,811 @@
+//! The checkpoint store: writing, listing, validating, restoring and pruning snapshots.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use rillet_common::{Result, RilletError};
+use serde::{Deserialize, Serialize};
+use twox_hash::XxHash3_64;
+
+/// The manifest's file name; a leading underscore keeps it apart from artifact names.
+const MANIFEST: &str = "_manifest";
+/// What the manifest's last line starts with: the checksum of everything before it.
+const CHECKSUM_LINE: &str = "xxh3:";
+/// The manifest format this crate writes and reads.
+const FORMAT: u32 = 1;
+
+/// What a snapshot is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Taken periodically by the job; pruned to the last N.
+    Checkpoint,
+    /// Taken when a user asked (`stop(savepoint=True)`); kept until the user deletes it.
+    Savepoint,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Checkpoint => "chk-",
+            Kind::Savepoint => "savepoint-",
+        }
+    }
+
+    /// The snapshot directory name of `id`: zero-padded, so names sort as ids do.
+    fn directory(self, id: u64) -> String {
+        format!("{}{id:020}", self.prefix())
+    }
+
+    fn parse_directory(name: &str) -> Option<(Kind, u64)> {
+        [Kind::Checkpoint, Kind::Savepoint]
+            .into_iter()
+            .find_map(|kind| Some((kind, name.strip_prefix(kind.prefix())?.parse().ok()?)))
+    }
+}
+
+/// One artifact as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactInfo {
+    /// Name within the snapshot (letters, digits, `.`, `-`, `_`; not starting with `_`).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// XXH3-64 of the bytes, as 16 hex digits.
+    pub xxh3: String,
+}
+
+/// What a complete snapshot holds, written last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Manifest format version.
+    pub format: u32,
+    /// The job the snapshot belongs to.
+    pub job: String,
+    /// The snapshot's id, increasing within the job.
+    pub id: u64,
+    /// Checkpoint or savepoint.
+    pub kind: Kind,
+    /// When the manifest was written, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Every artifact, in the order they were written.
+    pub artifacts: Vec<ArtifactInfo>,
+    /// Small facts the job records with the snapshot (its plan's fingerprint, the
+    /// sources' watermarks, ...).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// A snapshot read back and checked: its manifest and every artifact's bytes.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// The manifest.
+    pub manifest: Manifest,
+    artifacts: BTreeMap<String, Bytes>,
+}
+
+impl Checkpoint {
+    /// The bytes of artifact `name`, if the snapshot has one by that name.
+    pub fn artifact(&self, name: &str) -> Option<&Bytes> {
+        self.artifacts.get(name)
+    }
+}
+
+/// The newest checkpoint that passed its checks, with those skipped to reach it.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// The checkpoint to restore.
+    pub checkpoint: Checkpoint,
+    /// Newer checkpoints passed over, newest first, each with the reason (incomplete,
+    /// a checksum mismatch, a missing artifact, ...).
+    pub skipped: Vec<(u64, String)>,
+}
+
+/// A snapshot directory as listed, before any check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SnapshotInfo {
+    /// Checkpoint or savepoint.
+    pub kind: Kind,
+    /// Its id.
+    pub id: u64,
+    /// Whether its manifest exists (it may still fail its checks).
+    pub has_manifest: bool,
+}
+
+/// A job's snapshots in one location (see the crate docs for the layout and the rules).
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    /// The job's directory within `store`.
+    root: ObjectPath,
+    job: String,
+    /// Where the snapshots are, as the user gave it (for messages).
+    location: String,
+    /// The job's directory when the location is local: object stores have no directories,
+    /// but a file system keeps a deleted snapshot's directory (and the staging file of a
+    /// write a crash cut short), which must go too.
+    local_root: Option<std::path::PathBuf>,
+}
+
+fn storage_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> RilletError {
+    RilletError::Checkpoint(format!("{what}: {e}"))
+}
+
+/// `name` is a valid job id or artifact name: a single path segment of plain characters.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        && name != "."
+        && name != ".."
+}
+
+fn checksum(bytes: &[u8]) -> String {
+    format!("{:016x}", XxHash3_64::oneshot(bytes))
+}
+
+impl CheckpointStore {
+    /// The snapshots of `job` under `location`: a local directory (created if missing) or
+    /// an `s3://bucket/prefix` URL.
+    pub fn open(location: &str, job: &str) -> Result<Self> {
+        if !plain_name(job) {
+            return Err(RilletError::invalid_argument(format!(
+                "job id {job:?} must be letters, digits, '.', '-' or '_'"
+            )));
+        }
+        let mut local_root = None;
+        let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) =
+            if location.starts_with("s3://") || location.starts_with("s3a://") {
+                rillet_io::store_for(location)?
+            } else {
+                let dir = location.strip_prefix("file://").unwrap_or(location);
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    storage_error(format!("cannot create checkpoint directory {dir}"), e)
+                })?;
+                let local = LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| storage_error(format!("cannot use directory {dir}"), e))?;
+                local_root = Some(std::path::Path::new(dir).join(job));
+                (Arc::new(local), ObjectPath::default())
+            };
+        Ok(Self {
+            store,
+            root: prefix.clone().join(job),
+            job: job.to_string(),
+            location: location.to_string(),
+            local_root,
+        })
+    }
+
+    /// The job this store holds snapshots of.
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
+    fn snapshot_path(&self, kind: Kind, id: u64) -> ObjectPath {
+        self.root.clone().join(kind.directory(id))
+    }
+
+    /// A writer for a new snapshot `id` of `kind`: artifacts first, then
+    /// [`commit`](CheckpointWriter::commit).
+    pub fn writer(&self, kind: Kind, id: u64) -> CheckpointWriter {
+        CheckpointWriter {
+            store: self.clone(),
+            kind,
+            id,
+            artifacts: Vec::new(),
+        }
+    }
+
+    /// Every snapshot directory of the job, complete or not, by kind then id.
+    pub async fn list(&self) -> Result<Vec<SnapshotInfo>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.root))
+            .await
+            .map_err(|e| storage_error(format!("cannot list {}", self.location), e))?;
+        let mut found = Vec::new();
+        for prefix in listed.common_prefixes {
+            let Some((kind, id)) = prefix.filename().and_then(Kind::parse_directory) else {
+                continue;
+            };
+            let has_manifest = match self.store.head(&prefix.clone().join(MANIFEST)).await {
+                Ok(_) => true,
+                Err(object_store::Error::NotFound { .. }) => false,
+                Err(e) => return Err(storage_error(format!("cannot read {prefix}"), e)),
+            };
+            found.push(SnapshotInfo {
+                kind,
+                id,
+                has_manifest,
+            });
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// The id for the next snapshot: above every id in use, complete or not, so a new
+    /// snapshot never reuses the directory of an abandoned one.
+    pub async fn next_id(&self) -> Result<u64> {
+        Ok(self
+            .list()
+            .await?
+            .iter()
+            .map(|s| s.id + 1)
+            .max()
+            .unwrap_or(1))
+    }
+
+    /// Read snapshot `id` of `kind` and check it: the manifest's own checksum, its job and
+    /// id, and every artifact's size and checksum. The error says what failed.
+    pub async fn load(&self, kind: Kind, id: u64) -> Result<Checkpoint> {
+        let dir = self.snapshot_path(kind, id);
+        let manifest_path = dir.clone().join(MANIFEST);
+        let bytes = match self.read(&manifest_path).await {
+            Ok(bytes) => bytes,
+            Err(ReadError::NotFound) => {
+                return Err(RilletError::Checkpoint(format!(
+                    "{} {id} is incomplete: it has no manifest",
+                    kind.directory(id)
+                )));
+            }
+            Err(ReadError::Other(e)) => return Err(e),
+        };
+        let manifest = parse_manifest(&bytes)
+            .map_err(|e| RilletError::Checkpoint(format!("{manifest_path}: {e}")))?;
+        if manifest.job != self.job || manifest.id != id || manifest.kind != kind {
+            return Err(RilletError::Checkpoint(format!(
+                "{manifest_path} describes {:?} {} of job {:?}, not {kind:?} {id} of {:?}",
+                manifest.kind, manifest.id, manifest.job, self.job
+            )));
+        }
+        let mut artifacts = BTreeMap::new();
+        for info in &manifest.artifacts {
+            let path = dir.clone().join(info.name.as_str());
+            let bytes = match self.read(&path).await {
+                Ok(bytes) => bytes,
+                Err(ReadError::NotFound) => {
+                    return Err(RilletError::Checkpoint(format!(
+                        "artifact {path} is missing"
+                    )));
+                }
+                Err(ReadError::Other(e)) => return Err(e),
+            };
+            if bytes.len() as u64 != info.size || checksum(&bytes) != info.xxh3 {
+                return Err(RilletError::Checkpoint(format!(
+                    "artifact {path} is corrupt: {} bytes with checksum {}, the manifest \
+                     says {} bytes with {}",
+                    bytes.len(),
+                    checksum(&bytes),
+                    info.size,
+                    info.xxh3
+                )));
+            }
+            artifacts.insert(info.name.clone(), bytes);
+        }
+        Ok(Checkpoint {
+            manifest,
+            artifacts,
+        })
+    }
+
+    /// The newest checkpoint that passes [`load`](Self::load)'s checks, with every newer
+    /// one it passed over and why; `None` when no checkpoint passes.
+    pub async fn latest(&self) -> Result<Option<Restored>> {
+        let mut skipped = Vec::new();
+        for info in self.list().await?.iter().rev() {
+            if info.kind != Kind::Checkpoint {
+                continue;
+            }
+            match self.load(Kind::Checkpoint, info.id).await {
+                Ok(checkpoint) => {
+                    return Ok(Some(Restored {
+                        checkpoint,
+                        skipped,
+                    }));
+                }
+                Err(RilletError::Checkpoint(reason)) => skipped.push((info.id, reason)),
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Keep the newest `retain` complete checkpoints (at least one) and delete the rest:
+    /// older complete ones, and incomplete ones older than the newest complete one (those
+    /// were abandoned; a newer incomplete one may still be being written). Savepoints are
+    /// never deleted. Returns the deleted checkpoint ids.
+    pub async fn prune(&self, retain: usize) -> Result<Vec<u64>> {
+        let checkpoints: Vec<SnapshotInfo> = self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|s| s.kind == Kind::Checkpoint)
+            .collect();
+        let complete: Vec<u64> = checkpoints
+            .iter()
+            .filter(|s| s.has_manifest)
+            .map(|s| s.id)
+            .collect();
+        let Some(&newest_complete) = complete.last() else {
+            return Ok(Vec::new());
+        };
+        let oldest_kept = complete[complete.len().saturating_sub(retain.max(1))];
+        let mut deleted = Vec::new();
+        for info in checkpoints {
+            let drop = if info.has_manifest {
+                info.id < oldest_kept
+            } else {
+                info.id < newest_complete
+            };
+            if drop {
+                self.delete(Kind::Checkpoint, info.id).await?;
+                deleted.push(info.id);
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Delete snapshot `id` of `kind`: its manifest first, so that from that moment it is
+    /// incomplete and never restored, then its artifacts.
+    pub async fn delete(&self, kind: Kind, id: u64) -> Result<()> {
+        let dir = self.snapshot_path(kind, id);
+        let manifest = dir.clone().join(MANIFEST);
+        match self.store.delete(&manifest).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(storage_error(format!("cannot delete {manifest}"), e)),
+        }
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|e| storage_error(format!("cannot list {dir}"), e))?;
+        for object in objects {
+            match self.store.delete(&object.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(storage_error(
+                        format!("cannot delete {}", object.location),
+                        e,
+                    ));
+                }
+            }
+        }
+        if let Some(root) = &self.local_root {
+            // Also takes a write's staging file left by a crash in the middle of it.
+            let empty = root.join(kind.directory(id));
+            match std::fs::remove_dir_all(&empty) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(storage_error(
+                        format!("cannot delete {}", empty.display()),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn read(&self, path: &ObjectPath) -> std::result::Result<Bytes, ReadError> {
+        let got = match self.store.get(path).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Err(ReadError::NotFound),
+            Err(e) => {
+                return Err(ReadError::Other(storage_error(
+                    format!("cannot read {path}"),
+                    e,
+                )));
+            }
+        };
+        got.bytes()
+            .await
+            .map_err(|e| ReadError::Other(storage_error(format!("cannot read {path}"), e)))
+    }
+
+    async fn write(&self, path: &ObjectPath, bytes: Bytes) -> Result<()> {
+        self.store
+            .put(path, PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| storage_error(format!("cannot write {path}"), e))
+    }
+}
+
+enum ReadError {
+    NotFound,
+    Other(RilletError),
+}
+
+/// The manifest in `bytes`, after checking the checksum on its last line.
+fn parse_manifest(bytes: &[u8]) -> std::result::Result<Manifest, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    let body_end = text
+        .trim_end_matches('\n')
+        .rfind('\n')
+        .ok_or("no checksum line: the manifest is truncated")?;
+    let (body, last) = text.split_at(body_end + 1);
+    let expected = last
+        .trim_end()
+        .strip_prefix(CHECKSUM_LINE)
+        .ok_or("no checksum line: the manifest is truncated")?;
+    let actual = checksum(body.as_bytes());
+    if actual != expected {
+        return Err(format!(
+            "checksum mismatch (stored {expected}, computed {actual}): the manifest is corrupt"
+        ));
+    }
+    let manifest: Manifest =
+        serde_json::from_str(body).map_err(|e| format!("unreadable manifest: {e}"))?;
+    if manifest.format != FORMAT {
+        return Err(format!(
+            "manifest format {} is not {FORMAT}: written by another Rillet version",
+            manifest.format
+        ));
+    }
+    Ok(manifest)
+}
+
+/// Writes one snapshot: [`put`](Self::put) each artifact, then [`commit`](Self::commit)
+/// writes the manifest. Dropped without a commit, the snapshot stays incomplete and is
+/// never restored ([`CheckpointStore::prune`] removes it).
+#[derive(Debug)]
+pub struct CheckpointWriter {
+    store: CheckpointStore,
+    kind: Kind,
+    id: u64,
+    artifacts: Vec<ArtifactInfo>,
+}
+
+impl CheckpointWriter {
+    /// The snapshot's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Write artifact `name` (letters, digits, `.`, `-`, `_`, not starting with `_`; once
+    /// per snapshot).
+    pub async fn put(&mut self, name: &str, bytes: impl Into<Bytes>) -> Result<()> {
+        if !plain_name(name) || name.starts_with('_') {
+            return Err(RilletError::invalid_argument(format!(
+                "artifact name {name:?} must be letters, digits, '.', '-' or '_', not \
+                 starting with '_'"
+            )));
+        }
+        if self.artifacts.iter().any(|a| a.name == name) {
+            return Err(RilletError::invalid_argument(format!(
+                "artifact {name:?} was already written to {} {}",
+                self.kind.directory(self.id),
+                self.store.job
+            )));
+        }
+        let bytes: Bytes = bytes.into();
+        let info = ArtifactInfo {
+            name: name.to_string(),
+            size: bytes.len() as u64,
+            xxh3: checksum(&bytes),
+        };
+        let path = self.store.snapshot_path(self.kind, self.id).join(name);
+        self.store.write(&path, bytes).await?;
+        self.artifacts.push(info);
+        Ok(())
+    }
+
+    /// Write the manifest, which makes the snapshot complete, and return it. Fails if a
+    /// complete snapshot with this id exists already (ids are never reused).
+    pub async fn commit(self, properties: BTreeMap<String, String>) -> Result<Manifest> {
+        let path = self.store.snapshot_path(self.kind, self.id).join(MANIFEST);
+        match self.store.store.head(&path).await {
+            Ok(_) => {
+                return Err(RilletError::Checkpoint(format!(
+                    "{} of job {} is already complete; snapshot ids are never reused",
+                    self.kind.directory(self.id),
+                    self.store.job
+                )));
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(storage_error(format!("cannot read {path}"), e)),
+        }
+        // The window between the last artifact and the manifest: a crash here leaves an
+        // incomplete snapshot that restores skip.
+        fail::fail_point!("checkpoint-before-manifest", |_| {
+            Err(RilletError::Checkpoint(
+                "failpoint checkpoint-before-manifest".into(),
+            ))
+        });
+        let manifest = Manifest {
+            format: FORMAT,
+            job: self.store.job.clone(),
+            id: self.id,
+            kind: self.kind,
+            created_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            artifacts: self.artifacts,
+            properties,
+        };
+        let mut text = serde_json::to_string_pretty(&manifest)
+            .map_err(|e| RilletError::internal(format!("cannot encode a manifest: {e}")))?;
+        text.push('\n');
+        let sum = checksum(text.as_bytes());
+        text.push_str(CHECKSUM_LINE);
+        text.push_str(&sum);
+        text.push('\n');
+        self.store.write(&path, Bytes::from(text)).await?;
+        Ok(manifest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    /// Tests that commit take this, so that one test's failpoint never fires in another.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    async fn take(store: &CheckpointStore, states: &[(&str, &str)]) -> u64 {
+        let id = store.next_id().await.unwrap();
+        let mut writer = store.writer(Kind::Checkpoint, id);
+        for (name, state) in states {
+            writer.put(name, state.as_bytes().to_vec()).await.unwrap();
+        }
+        writer.commit(BTreeMap::new()).await.unwrap();
+        id
+    }
+
+    fn snapshot_dir(root: &Path, kind: Kind, id: u64) -> PathBuf {
+        root.join("job").join(kind.directory(id))
+    }
+
+    fn text(checkpoint: &Checkpoint, name: &str) -> String {
+        String::from_utf8(checkpoint.artifact(name).unwrap().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_newest_complete_checkpoint_is_restored_with_every_artifact() {
+        let _serial = SERIAL.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        assert!(store.latest().await.unwrap().is_none());
+        assert_eq!(take(&store, &[("a", "1"), ("b", "one")]).await, 1);
+        assert_eq!(take(&store, &[("a", "2"), ("b", "two")]).await, 2);
+        let restored = store.latest().await.unwrap().unwrap();
+        assert!(restored.skipped.is_empty());
+        assert_eq!(restored.checkpoint.manifest.id, 2);
+        assert_eq!(text(&restored.checkpoint, "a"), "2");
+        assert_eq!(text(&restored.checkpoint, "b"), "two");
+        assert!(restored.checkpoint.artifact("c").is_none());
+        // Another job in the same location sees none of them.
+        let other = CheckpointStore::open(dir.path().to_str().unwrap(), "other").unwrap();
+        assert!(other.latest().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_or_partial_checkpoint_falls_back_to_the_one_before() {
+        let _serial = SERIAL.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        for n in 1..=4 {
+            take(&store, &[("state", &format!("state {n}"))]).await;
+        }
+        // 4: one bit of the artifact flipped.
+        let artifact = snapshot_dir(dir.path(), Kind::Checkpoint, 4).join("state");
+        let mut bytes = std::fs::read(&artifact).unwrap();
+        bytes[0] ^= 0x01;
+        std::fs::write(&artifact, bytes).unwrap();
+        // 3: the manifest cut short.
+        let manifest = snapshot_dir(dir.path(), Kind::Checkpoint, 3).join(MANIFEST);
+        let bytes = std::fs::read(&manifest).unwrap();
+        std::fs::write(&manifest, &bytes[..bytes.len() / 2]).unwrap();
+        // 5: artifacts written, no manifest (a crash before the commit).
+        let mut writer = store.writer(Kind::Checkpoint, 5);
+        writer.put("state", b"state 5".to_vec()).await.unwrap();
+        drop(writer);
+
+        let restored = store.latest().await.unwrap().unwrap();
+        assert_eq!(restored.checkpoint.manifest.id, 2);
+        assert_eq!(text(&restored.checkpoint, "state"), "state 2");
+        let reasons: Vec<(u64, &str)> = restored
+            .skipped
+            .iter()
+            .map(|(id, r)| (*id, r.as_str()))
+            .collect();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(
+            reasons[0].0 == 5 && reasons[0].1.contains("no manifest"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].0 == 4 && reasons[1].1.contains("corrupt"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[2].0 == 3 && reasons[2].1.contains("manifest"),
+            "{reasons:?}"
+        );
+        // A new checkpoint takes an id above the abandoned one.
+        assert_eq!(store.next_id().await.unwrap(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_missing_artifact_or_a_foreign_manifest_is_not_restored() {
+        let _serial = SERIAL.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        take(&store, &[("a", "1")]).await;
+        take(&store, &[("a", "2")]).await;
+        std::fs::remove_file(snapshot_dir(dir.path(), Kind::Checkpoint, 2).join("a")).unwrap();
+        let err = store.load(Kind::Checkpoint, 2).await.unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        // Checkpoint 1's manifest copied over 2's: its checksum holds, its id does not.
+        std::fs::copy(
+            snapshot_dir(dir.path(), Kind::Checkpoint, 1).join(MANIFEST),
+            snapshot_dir(dir.path(), Kind::Checkpoint, 2).join(MANIFEST),
+        )
+        .unwrap();
+        let err = store.load(Kind::Checkpoint, 2).await.unwrap_err();
+        assert!(err.to_string().contains("not Checkpoint 2"), "{err}");
+        assert_eq!(
+            store
+                .latest()
+                .await
+                .unwrap()
+                .unwrap()
+                .checkpoint
+                .manifest
+                .id,
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_the_last_n_and_savepoints_and_a_checkpoint_in_progress() {
+        let _serial = SERIAL.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        take(&store, &[("s", "1")]).await;
+        // 2: abandoned (no manifest), older than the newest complete one.
+        store
+            .writer(Kind::Checkpoint, 2)
+            .put("s", b"2".to_vec())
+            .await
+            .unwrap();
+        let mut savepoint = store.writer(Kind::Savepoint, 3);
+        savepoint.put("s", b"saved".to_vec()).await.unwrap();
+        savepoint.commit(BTreeMap::new()).await.unwrap();
+        for _ in 0..3 {
+            take(&store, &[("s", "later")]).await;
+        }
+        // 7: in progress, newer than every complete one.
+        store
+            .writer(Kind::Checkpoint, 7)
+            .put("s", b"7".to_vec())
+            .await
+            .unwrap();
+
+        let deleted = store.prune(2).await.unwrap();
+        assert_eq!(deleted, vec![1, 2, 4]);
+        let left: Vec<(Kind, u64, bool)> = store
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| (s.kind, s.id, s.has_manifest))
+            .collect();
+        assert_eq!(
+            left,
+            vec![
+                (Kind::Checkpoint, 5, true),
+                (Kind::Checkpoint, 6, true),
+                (Kind::Checkpoint, 7, false),
+                (Kind::Savepoint, 3, true),
+            ]
+        );
+        assert!(
+            !snapshot_dir(dir.path(), Kind::Checkpoint, 1)
+                .join("s")
+                .exists()
+        );
+        let saved = store.load(Kind::Savepoint, 3).await.unwrap();
+        assert_eq!(text(&saved, "s"), "saved");
+        // Retaining zero still keeps the newest complete checkpoint.
+        assert_eq!(store.prune(0).await.unwrap(), vec![5]);
+    }
+
+    #[tokio::test]
+    async fn a_crash_before_the_manifest_leaves_the_previous_checkpoint_current() {
+        let _serial = SERIAL.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        take(&store, &[("s", "before")]).await;
+        let scenario = fail::FailScenario::setup();
+        fail::cfg("checkpoint-before-manifest", "return").unwrap();
+        let mut writer = store.writer(Kind::Checkpoint, 2);
+        writer.put("s", b"after".to_vec()).await.unwrap();
+        let err = writer.commit(BTreeMap::new()).await.unwrap_err();
+        assert!(
+            err.to_string().contains("checkpoint-before-manifest"),
+            "{err}"
+        );
+        scenario.teardown();
+        let restored = store.latest().await.unwrap().unwrap();
+        assert_eq!(restored.checkpoint.manifest.id, 1);
+        assert_eq!(text(&restored.checkpoint, "s"), "before");
+        assert_eq!(restored.skipped.len(), 1);
+        // The id is not reused; the next checkpoint completes.
+        assert_eq!(take(&store, &[("s", "next")]).await, 3);
+    }
+
+    #[tokio::test]
+    async fn bad_names_and_reused_ids_are_refused_with_the_reason() {
+        let _serial = SERIAL.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().to_str().unwrap();
+        for job in ["", "a/b", "..", "job id"] {
+            let err = CheckpointStore::open(location, job).unwrap_err();
+            assert!(err.to_string().contains("job id"), "{err}");
+        }
+        let store = CheckpointStore::open(location, "job").unwrap();
+        let mut writer = store.writer(Kind::Checkpoint, 1);
+        for name in ["_manifest", "a/b", ""] {
+            let err = writer.put(name, b"x".to_vec()).await.unwrap_err();
+            assert!(err.to_string().contains("artifact name"), "{err}");
+        }
+        writer.put("a", b"x".to_vec()).await.unwrap();
+        let err = writer.put("a", b"y".to_vec()).await.unwrap_err();
+        assert!(err.to_string().contains("already written"), "{err}");
+        writer.commit(BTreeMap::new()).await.unwrap();
+        let err = store
+            .writer(Kind::Checkpoint, 1)
+            .commit(BTreeMap::new())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("never reused"), "{err}");
+    }
+
+    #[test]
+    fn manifest_checks_refuse_damage_and_other_formats() {
+        let manifest = Manifest {
+            format: FORMAT,
+            job: "job".into(),
+            id: 1,
+            kind: Kind::Checkpoint,
+            created_ms: 0,
+            artifacts: vec![],
+            properties: BTreeMap::from([("k".to_string(), "v".to_string())]),
+        };
+        let sealed = |m: &Manifest| {
+            let mut text = serde_json::to_string(m).unwrap();
+            text.push('\n');
+            let sum = checksum(text.as_bytes());
+            format!("{text}{CHECKSUM_LINE}{sum}\n")
+        };
+        let good = sealed(&manifest);
+        assert_eq!(parse_manifest(good.as_bytes()).unwrap(), manifest);
+        for bad in [
+            good.replace("\"v\"", "\"w\""),
+            good[..good.len() - 5].to_string(),
+            String::new(),
+        ] {
+            assert!(parse_manifest(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        assert!(parse_manifest(&[0xff, 0xfe, b'\n']).is_err());
+        let newer = sealed(&Manifest {
+            format: FORMAT + 1,
+            ..manifest
+        });
+        let err = parse_manifest(newer.as_bytes()).unwrap_err();
+        assert!(err.contains("another Rillet version"), "{err}");
+    }
+}
