@@ -1,5 +1,7 @@
-//! Checkpoint storage: where a job's snapshots live, and how a restore knows it may trust
-//! one.
+//! Checkpoints: where a job's snapshots live and how a restore knows it may trust one
+//! ([`CheckpointStore`]), and the coordinator's bookkeeping of checkpoints in flight
+//! ([`coordinator`]). Both are free of the runtime, which drives them, so that each is
+//! tested on its own; the runtime crate injects barriers and runs the tasks.
 //!
 //! A snapshot (a periodic *checkpoint*, or a *savepoint* a user asked for) is a directory
 //! of **artifacts**, opaque bytes to this crate (each operator task's state, the sources'
@@ -43,6 +45,7 @@
 //! # }
 //! ```
 
+pub mod coordinator;
 mod store;
 
 pub use store::{
