@@ -42,6 +42,7 @@
 
 pub mod allocator;
 pub mod channel;
+pub mod commit;
 mod exchange;
 mod function;
 mod graph;

@@ -1,0 +1,330 @@
+//! Two-phase commit for file sinks: a file is written where readers do not look, and moved
+//! into the output directory only once the checkpoint that covers its rows has completed.
+//!
+//! - A sink task writes each file as `<dir>/_pending/<name>`. Readers skip `_`-prefixed
+//!   entries and subdirectories (pyarrow's datasets, DataFusion's listing tables and so
+//!   Rillet's `read_parquet`), so nothing staged is visible.
+//! - At a barrier the task closes its file and records a [`FileTransaction`] (the
+//!   checkpoint id and the staged names) in its snapshot.
+//! - When the checkpoint completes, [`FileCommitter::commit`] renames each staged file to
+//!   `<dir>/<name>`. A rename is atomic. A commit repeated after a crash finds the file
+//!   already in place and does nothing: the name carries the checkpoint id, and ids are
+//!   never reused, so a committed name is never written again.
+//! - On recovery the restored snapshot's transactions are committed again, because the
+//!   crash may have fallen between the checkpoint completing and the renames. Then
+//!   [`FileCommitter::discard_except`] deletes every other staged file: each belongs to a
+//!   checkpoint that never completed, and its rows will be written again.
+//!
+//! ```
+//! use rillet_runtime::commit::{FileCommitter, FileTransaction};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let committer = FileCommitter::new(dir.path()).unwrap();
+//! let name = FileCommitter::file_name("job", 7, 0, 0, "jsonl");
+//! std::fs::write(committer.staging_path(&name), "{\"seq\": 1}\n").unwrap();
+//! assert!(!dir.path().join(&name).exists()); // staged: not visible yet
+//!
+//! let transaction = FileTransaction { checkpoint: 7, files: vec![name.clone()] };
+//! committer.commit(&transaction).unwrap();
+//! assert!(dir.path().join(&name).exists());
+//! // Again, as after a crash: nothing to do.
+//! assert_eq!(committer.commit(&transaction).unwrap().already_committed, 1);
+//! ```
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use rillet_common::{Result, RilletError};
+use serde::{Deserialize, Serialize};
+
+/// The subdirectory staged files wait in; the leading underscore hides it from readers.
+pub const PENDING_DIR: &str = "_pending";
+
+/// The files one sink task staged for one checkpoint: what its snapshot records, and what
+/// [`FileCommitter::commit`] moves into place when that checkpoint completes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileTransaction {
+    /// The checkpoint whose completion commits the files.
+    pub checkpoint: u64,
+    /// The files' names, the same staged and committed.
+    pub files: Vec<String>,
+}
+
+impl FileTransaction {
+    /// The transaction as bytes for a checkpoint artifact.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a transaction always encodes")
+    }
+
+    /// A transaction read back from [`to_bytes`](Self::to_bytes)' output.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| RilletError::Checkpoint(format!("unreadable file-sink transaction: {e}")))
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitReport {
+    /// Files moved into place now.
+    pub committed: usize,
+    /// Files found in place already (a commit repeated after a crash).
+    pub already_committed: usize,
+}
+
+/// Stages and commits the files of one output directory (see the module docs).
+#[derive(Debug, Clone)]
+pub struct FileCommitter {
+    directory: PathBuf,
+}
+
+impl FileCommitter {
+    /// The committer of `directory`, creating it and its staging subdirectory.
+    pub fn new(directory: impl Into<PathBuf>) -> Result<Self> {
+        let directory = directory.into();
+        std::fs::create_dir_all(directory.join(PENDING_DIR)).map_err(|e| {
+            RilletError::Checkpoint(format!(
+                "cannot create the staging directory in {}: {e}",
+                directory.display()
+            ))
+        })?;
+        Ok(Self { directory })
+    }
+
+    /// The name of file `seq` that sink task `task` of `job` writes for `checkpoint`:
+    /// unique to them, so that a committed file is never overwritten.
+    pub fn file_name(
+        job: &str,
+        checkpoint: u64,
+        task: usize,
+        seq: usize,
+        extension: &str,
+    ) -> String {
+        format!("{job}-{checkpoint:020}-{task:05}-{seq:05}.{extension}")
+    }
+
+    /// Where a task writes the staged file `name`.
+    pub fn staging_path(&self, name: &str) -> PathBuf {
+        self.directory.join(PENDING_DIR).join(name)
+    }
+
+    /// Move every file of `transaction` into the output directory. A file already there
+    /// (committed before a crash) is left as it is; a file neither staged nor committed
+    /// is an error, because its rows would be lost.
+    pub fn commit(&self, transaction: &FileTransaction) -> Result<CommitReport> {
+        let mut report = CommitReport::default();
+        for name in &transaction.files {
+            let staged = self.staging_path(name);
+            let target = self.directory.join(name);
+            match std::fs::rename(&staged, &target) {
+                Ok(()) => report.committed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && target.is_file() => {
+                    report.already_committed += 1;
+                }
+                Err(e) => {
+                    return Err(RilletError::Checkpoint(format!(
+                        "cannot commit {} of checkpoint {} into {}: {e}{}",
+                        name,
+                        transaction.checkpoint,
+                        self.directory.display(),
+                        if e.kind() == std::io::ErrorKind::NotFound {
+                            " (the staged file is gone and was never committed: its rows \
+                             are lost)"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+            }
+            // The window between two renames of one commit.
+            fail::fail_point!("file-sink-between-renames", |_| {
+                Err(RilletError::Checkpoint(
+                    "failpoint file-sink-between-renames".into(),
+                ))
+            });
+        }
+        Ok(report)
+    }
+
+    /// Delete every staged file not named by `keep` (the transactions of the restored
+    /// checkpoint, committed by the caller): what a crash left of checkpoints that never
+    /// completed. Returns the deleted names.
+    pub fn discard_except(&self, keep: &[FileTransaction]) -> Result<Vec<String>> {
+        let keep: BTreeSet<&str> = keep
+            .iter()
+            .flat_map(|t| t.files.iter().map(String::as_str))
+            .collect();
+        let pending = self.directory.join(PENDING_DIR);
+        let mut discarded = Vec::new();
+        let entries = std::fs::read_dir(&pending).map_err(|e| {
+            RilletError::Checkpoint(format!("cannot list {}: {e}", pending.display()))
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|e| {
+                RilletError::Checkpoint(format!("cannot list {}: {e}", pending.display()))
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if keep.contains(name.as_str()) {
+                continue;
+            }
+            remove_entry(&entry.path())?;
+            discarded.push(name);
+        }
+        discarded.sort();
+        Ok(discarded)
+    }
+
+    /// The output directory.
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+}
+
+fn remove_entry(path: &Path) -> Result<()> {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match removed {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RilletError::Checkpoint(format!(
+            "cannot delete {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tests that commit take this, so that one test's failpoint never fires in another.
+    static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+    fn stage(committer: &FileCommitter, checkpoint: u64, task: usize, rows: &[u64]) -> String {
+        let name = FileCommitter::file_name("job", checkpoint, task, 0, "jsonl");
+        let text: String = rows.iter().map(|r| format!("{{\"seq\": {r}}}\n")).collect();
+        std::fs::write(committer.staging_path(&name), text).unwrap();
+        name
+    }
+
+    /// The rows a reader of the output directory sees: its own files only, as readers
+    /// skip the `_`-prefixed staging directory.
+    fn visible_rows(dir: &Path) -> Vec<u64> {
+        let mut rows: Vec<u64> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .lines()
+                    .map(|l| {
+                        l.trim_start_matches("{\"seq\": ")
+                            .trim_end_matches('}')
+                            .parse()
+                            .unwrap()
+                    })
+                    .collect::<Vec<u64>>()
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    #[test]
+    fn staged_rows_appear_only_when_their_checkpoint_commits() {
+        let _serial = SERIAL.lock();
+        let dir = tempfile::tempdir().unwrap();
+        let committer = FileCommitter::new(dir.path()).unwrap();
+        let first = FileTransaction {
+            checkpoint: 1,
+            files: vec![
+                stage(&committer, 1, 0, &[1, 2]),
+                stage(&committer, 1, 1, &[3]),
+            ],
+        };
+        assert!(visible_rows(dir.path()).is_empty());
+        assert_eq!(
+            committer.commit(&first).unwrap(),
+            CommitReport {
+                committed: 2,
+                already_committed: 0
+            }
+        );
+        assert_eq!(visible_rows(dir.path()), vec![1, 2, 3]);
+        stage(&committer, 2, 0, &[4]);
+        assert_eq!(visible_rows(dir.path()), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_crash_mid_commit_is_finished_by_committing_again_exactly_once() {
+        let _serial = SERIAL.lock();
+        let dir = tempfile::tempdir().unwrap();
+        let committer = FileCommitter::new(dir.path()).unwrap();
+        let transaction = FileTransaction {
+            checkpoint: 3,
+            files: (0..3)
+                .map(|task| stage(&committer, 3, task, &[task as u64 * 10]))
+                .collect(),
+        };
+        // The crash: after the first rename.
+        let scenario = fail::FailScenario::setup();
+        fail::cfg("file-sink-between-renames", "return").unwrap();
+        assert!(committer.commit(&transaction).is_err());
+        scenario.teardown();
+        assert_eq!(visible_rows(dir.path()), vec![0]);
+        // Recovery commits the restored transaction again.
+        let report = committer.commit(&transaction).unwrap();
+        assert_eq!(
+            report,
+            CommitReport {
+                committed: 2,
+                already_committed: 1
+            }
+        );
+        assert_eq!(visible_rows(dir.path()), vec![0, 10, 20]);
+        // And once more, as if the commit's answer was lost: still exactly once.
+        assert_eq!(committer.commit(&transaction).unwrap().already_committed, 3);
+        assert_eq!(visible_rows(dir.path()), vec![0, 10, 20]);
+    }
+
+    #[test]
+    fn recovery_discards_what_uncompleted_checkpoints_staged() {
+        let _serial = SERIAL.lock();
+        let dir = tempfile::tempdir().unwrap();
+        let committer = FileCommitter::new(dir.path()).unwrap();
+        let restored = FileTransaction {
+            checkpoint: 5,
+            files: vec![stage(&committer, 5, 0, &[1])],
+        };
+        let abandoned = stage(&committer, 6, 0, &[2]);
+        // A write a crash cut short leaves whatever it left, a directory included.
+        std::fs::create_dir(committer.staging_path("half-written")).unwrap();
+        let discarded = committer
+            .discard_except(std::slice::from_ref(&restored))
+            .unwrap();
+        assert_eq!(discarded, vec!["half-written".to_string(), abandoned]);
+        committer.commit(&restored).unwrap();
+        assert_eq!(visible_rows(dir.path()), vec![1]);
+        assert!(committer.discard_except(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_neither_staged_nor_committed_is_an_error_not_a_silent_loss() {
+        let _serial = SERIAL.lock();
+        let dir = tempfile::tempdir().unwrap();
+        let committer = FileCommitter::new(dir.path()).unwrap();
+        let missing = FileTransaction {
+            checkpoint: 9,
+            files: vec![FileCommitter::file_name("job", 9, 0, 0, "jsonl")],
+        };
+        let err = committer.commit(&missing).unwrap_err();
+        assert!(err.to_string().contains("rows are lost"), "{err}");
+        let bytes = missing.to_bytes();
+        assert_eq!(FileTransaction::from_bytes(&bytes).unwrap(), missing);
+        assert!(FileTransaction::from_bytes(b"{").is_err());
+    }
+}
