@@ -1,0 +1,337 @@
+//! The deterministic sequence source, and the oracle that checks a job's output against it.
+//!
+//! Each split is one `(source, partition)` and emits rows `(source, partition, seq, value)`
+//! with `seq` counting 0, 1, 2, ... and `value` a fixed function of `(partition, seq)`
+//! ([`value_of`]), so that keyed and windowed aggregates have something to add up and a
+//! checker can recompute it. A split's position is the next `seq`; restoring a position
+//! replays from there.
+//!
+//! [`check`] reads a job's committed output and finds any gap (a lost row), any repeat (a
+//! duplicated row), a wrong value, or a wrong total: the exactly-once oracle of the kill
+//! sweeps (RELIABILITY.md).
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use rillet_connectors::sequence::{SequenceSplit, check};
+//!
+//! let mut split = SequenceSplit::new("seq", 0, Some(5));
+//! let first = split.next_batch(3).unwrap();      // seq 0, 1, 2
+//! let position = split.position();                // 3: what a checkpoint records
+//! let _lost = split.next_batch(3).unwrap();       // seq 3, 4 ... then a crash
+//! let mut restored = SequenceSplit::new("seq", 0, Some(5));
+//! restored.restore(position);
+//! let replayed = restored.next_batch(3).unwrap(); // seq 3, 4 again
+//! assert!(restored.next_batch(3).is_none());
+//!
+//! let expected = BTreeMap::from([(("seq".to_string(), 0), 5)]);
+//! assert!(check(&[first.clone(), replayed], &expected).is_ok());
+//! let err = check(&[first.clone(), first], &expected).unwrap_err();
+//! assert!(err.contains("repeated") && err.contains("missing"), "{err}");
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+/// The schema every split emits: `source` (utf8), `partition` (uint32), `seq` (uint64),
+/// `value` (int64).
+pub fn schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("source", DataType::Utf8, false),
+            Field::new("partition", DataType::UInt32, false),
+            Field::new("seq", DataType::UInt64, false),
+            Field::new("value", DataType::Int64, false),
+        ]))
+    });
+    SCHEMA.clone()
+}
+
+/// The `value` of row `seq` of `partition`: small, varied and recomputable.
+pub fn value_of(partition: u32, seq: u64) -> i64 {
+    ((seq.wrapping_mul(2_654_435_761) ^ u64::from(partition)) % 1000) as i64
+}
+
+/// One split of the sequence source: `(source, partition)`, from its position up to `end`
+/// (exclusive; `None` for an unbounded split).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequenceSplit {
+    source: String,
+    partition: u32,
+    next: u64,
+    end: Option<u64>,
+}
+
+impl SequenceSplit {
+    /// Split `partition` of `source`, from seq 0 up to `end`.
+    pub fn new(source: impl Into<String>, partition: u32, end: Option<u64>) -> Self {
+        Self {
+            source: source.into(),
+            partition,
+            next: 0,
+            end,
+        }
+    }
+
+    /// The next rows, at most `max_rows` (at least 1); `None` once a bounded split is done.
+    pub fn next_batch(&mut self, max_rows: usize) -> Option<RecordBatch> {
+        let left = self
+            .end
+            .map_or(u64::MAX, |end| end.saturating_sub(self.next));
+        let rows = left.min(max_rows.max(1) as u64);
+        if rows == 0 {
+            return None;
+        }
+        let seqs: Vec<u64> = (self.next..self.next + rows).collect();
+        self.next += rows;
+        let values: Vec<i64> = seqs.iter().map(|&s| value_of(self.partition, s)).collect();
+        let columns: Vec<Arc<dyn Array>> = vec![
+            Arc::new(StringArray::from(vec![self.source.as_str(); seqs.len()])),
+            Arc::new(UInt32Array::from(vec![self.partition; seqs.len()])),
+            Arc::new(UInt64Array::from(seqs)),
+            Arc::new(Int64Array::from(values)),
+        ];
+        Some(RecordBatch::try_new(schema(), columns).expect("columns match the schema"))
+    }
+
+    /// Where the split stands: the next seq it will emit.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// Continue from `position` (a value [`position`](Self::position) returned), replaying
+    /// whatever was emitted after it.
+    pub fn restore(&mut self, position: u64) {
+        self.next = position;
+    }
+
+    /// The split's `(source, partition)`.
+    pub fn id(&self) -> (&str, u32) {
+        (&self.source, self.partition)
+    }
+}
+
+/// Check rows a job committed against the sequence source: every split of `expected`
+/// (`(source, partition)` to its row count) must hold each seq below its count exactly
+/// once, with the right value, and nothing else. `batches` need the `source`, `partition`,
+/// `seq` and `value` columns (any others are ignored). Returns the row count, or what is
+/// wrong: the first gaps and repeats of each split, named by seq.
+pub fn check(
+    batches: &[RecordBatch],
+    expected: &BTreeMap<(String, u32), u64>,
+) -> Result<u64, String> {
+    let mut seen: BTreeMap<(String, u32), Vec<u64>> = BTreeMap::new();
+    let mut problems = Vec::new();
+    let mut rows = 0u64;
+    for batch in batches {
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| format!("the output has no column {name:?}"))
+        };
+        let source = column("source")?;
+        let partition = column("partition")?;
+        let seq = column("seq")?;
+        let value = column("value")?;
+        let (Some(source), Some(partition), Some(seq), Some(value)) = (
+            source.as_any().downcast_ref::<StringArray>(),
+            partition.as_any().downcast_ref::<UInt32Array>(),
+            seq.as_any().downcast_ref::<UInt64Array>(),
+            value.as_any().downcast_ref::<Int64Array>(),
+        ) else {
+            return Err(
+                "columns must be source utf8, partition uint32, seq uint64, value int64".into(),
+            );
+        };
+        for row in 0..batch.num_rows() {
+            rows += 1;
+            if source.is_null(row) || partition.is_null(row) || seq.is_null(row) {
+                problems.push(format!("row {rows} has a null source, partition or seq"));
+                continue;
+            }
+            let (p, s) = (partition.value(row), seq.value(row));
+            if value.is_null(row) || value.value(row) != value_of(p, s) {
+                problems.push(format!(
+                    "{}/{p} seq {s}: value {:?}, expected {}",
+                    source.value(row),
+                    (!value.is_null(row)).then(|| value.value(row)),
+                    value_of(p, s)
+                ));
+            }
+            seen.entry((source.value(row).to_string(), p))
+                .or_default()
+                .push(s);
+        }
+    }
+    for (split, count) in expected {
+        let mut seqs = seen.remove(split).unwrap_or_default();
+        seqs.sort_unstable();
+        let (source, partition) = split;
+        let mut repeated = Vec::new();
+        let mut missing = Vec::new();
+        let mut extra = Vec::new();
+        let mut want = 0u64;
+        let mut i = 0;
+        while i < seqs.len() || want < *count {
+            match seqs.get(i) {
+                Some(&s) if s < want => {
+                    repeated.push(s);
+                    i += 1;
+                }
+                Some(&s) if s == want && s < *count => {
+                    want += 1;
+                    i += 1;
+                }
+                Some(&s) if s >= *count => {
+                    if want < *count {
+                        missing.push(want);
+                        want += 1;
+                    } else {
+                        extra.push(s);
+                        i += 1;
+                    }
+                }
+                _ => {
+                    missing.push(want);
+                    want += 1;
+                }
+            }
+        }
+        for (what, list) in [
+            ("missing", missing),
+            ("repeated", repeated),
+            ("beyond the end", extra),
+        ] {
+            if !list.is_empty() {
+                problems.push(format!(
+                    "{source}/{partition}: {} seq {what} (first: {:?})",
+                    list.len(),
+                    &list[..list.len().min(5)]
+                ));
+            }
+        }
+    }
+    for ((source, partition), seqs) in seen {
+        problems.push(format!(
+            "{source}/{partition}: {} rows of a split that was not expected",
+            seqs.len()
+        ));
+    }
+    let total: u64 = expected.values().sum();
+    if problems.is_empty() && rows != total {
+        problems.push(format!("{rows} rows, expected {total}"));
+    }
+    if problems.is_empty() {
+        Ok(rows)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn run(split: &mut SequenceSplit, size: usize) -> Vec<RecordBatch> {
+        std::iter::from_fn(|| split.next_batch(size)).collect()
+    }
+
+    fn expected(splits: &[(u32, u64)]) -> BTreeMap<(String, u32), u64> {
+        splits
+            .iter()
+            .map(|&(p, n)| (("seq".to_string(), p), n))
+            .collect()
+    }
+
+    #[test]
+    fn splits_emit_contiguous_rows_and_an_unbounded_one_never_ends() {
+        let mut bounded = SequenceSplit::new("seq", 2, Some(10));
+        let batches = run(&mut bounded, 4);
+        assert_eq!(
+            batches
+                .iter()
+                .map(RecordBatch::num_rows)
+                .collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
+        assert_eq!(check(&batches, &expected(&[(2, 10)])), Ok(10));
+        assert_eq!(bounded.position(), 10);
+        let mut unbounded = SequenceSplit::new("seq", 0, None);
+        for _ in 0..3 {
+            assert_eq!(unbounded.next_batch(1000).unwrap().num_rows(), 1000);
+        }
+        assert_eq!(unbounded.position(), 3000);
+        assert_eq!(unbounded.id(), ("seq", 0));
+    }
+
+    #[test]
+    fn the_oracle_names_each_kind_of_wrong_output() {
+        let mut split = SequenceSplit::new("seq", 0, Some(6));
+        let all = run(&mut split, 2); // seq 0-1, 2-3, 4-5
+        let want = expected(&[(0, 6)]);
+        let lost = check(&[all[0].clone(), all[2].clone()], &want).unwrap_err();
+        assert!(lost.contains("2 seq missing (first: [2, 3])"), "{lost}");
+        let doubled = check(
+            &[
+                all[0].clone(),
+                all[1].clone(),
+                all[1].clone(),
+                all[2].clone(),
+            ],
+            &want,
+        )
+        .unwrap_err();
+        assert!(
+            doubled.contains("2 seq repeated (first: [2, 3])"),
+            "{doubled}"
+        );
+        let short = check(&all, &expected(&[(0, 4)])).unwrap_err();
+        assert!(
+            short.contains("2 seq beyond the end (first: [4, 5])"),
+            "{short}"
+        );
+        let other = check(&all, &expected(&[(0, 6), (1, 1)])).unwrap_err();
+        assert!(other.contains("seq/1: 1 seq missing"), "{other}");
+        let unexpected = check(&all, &BTreeMap::new()).unwrap_err();
+        assert!(unexpected.contains("not expected"), "{unexpected}");
+        // A value that does not match its seq is corruption.
+        let mut columns = all[0].columns().to_vec();
+        columns[3] = Arc::new(Int64Array::from(vec![-1, value_of(0, 1)]));
+        let corrupt = RecordBatch::try_new(schema(), columns).unwrap();
+        let err = check(&[corrupt, all[1].clone(), all[2].clone()], &want).unwrap_err();
+        assert!(err.contains("seq 0: value Some(-1)"), "{err}");
+    }
+
+    proptest! {
+        /// Cutting a run at any position and restoring there replays exactly what came
+        /// after: the oracle accepts the committed prefix plus the replay, and rejects the
+        /// replay added to everything (the duplicates a non-exactly-once sink would keep).
+        #[test]
+        fn restoring_a_position_replays_exactly_the_rest(
+            end in 1u64..200, size in 1usize..50, cut in 0u64..200,
+        ) {
+            let cut = cut % end;
+            let mut split = SequenceSplit::new("seq", 3, Some(end));
+            let before: Vec<RecordBatch> = std::iter::from_fn(|| {
+                (split.position() < cut).then(|| split.next_batch(((cut - split.position()) as usize).min(size))).flatten()
+            }).collect();
+            prop_assert_eq!(split.position(), cut);
+            let after_crash = run(&mut split.clone(), size);
+            let mut restored = SequenceSplit::new("seq", 3, Some(end));
+            restored.restore(cut);
+            let replay = run(&mut restored, size);
+            let mut committed = before.clone();
+            committed.extend(replay.iter().cloned());
+            prop_assert_eq!(check(&committed, &expected(&[(3, end)])), Ok(end));
+            if !after_crash.is_empty() {
+                let mut doubled = committed.clone();
+                doubled.extend(after_crash);
+                prop_assert!(check(&doubled, &expected(&[(3, end)])).is_err());
+            }
+        }
+    }
+}
