@@ -321,6 +321,10 @@ impl CheckpointStore {
     /// older complete ones, and incomplete ones older than the newest complete one (those
     /// were abandoned; a newer incomplete one may still be being written). Savepoints are
     /// never deleted. Returns the deleted checkpoint ids.
+    ///
+    /// Retention counts checkpoints with a manifest, without reading their artifacts: a
+    /// checkpoint damaged after it was written still counts. Keep at least 2, so that one
+    /// has a predecessor to fall back to.
     pub async fn prune(&self, retain: usize) -> Result<Vec<u64>> {
         let checkpoints: Vec<SnapshotInfo> = self
             .list()
@@ -772,6 +776,113 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("never reused"), "{err}");
+    }
+
+    /// A real S3-speaking server (moto, from requirements-dev.txt) on a free port, killed
+    /// when dropped.
+    struct MotoServer {
+        process: std::process::Child,
+        endpoint: String,
+    }
+
+    impl MotoServer {
+        fn start() -> Self {
+            let server = std::env::var_os("PATH")
+                .iter()
+                .flat_map(std::env::split_paths)
+                .map(|dir| dir.join("moto_server"))
+                .find(|path| path.is_file())
+                .expect(
+                    "moto_server is missing: pip install 'moto[server]' (requirements-dev.txt), \
+                     or run the tests through scripts/test.sh",
+                );
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let process = std::process::Command::new(server)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "moto_server did not listen in 30 s"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Self {
+                process,
+                endpoint: format!("http://127.0.0.1:{port}"),
+            }
+        }
+
+        /// Create `bucket` (moto does not check signatures, so a bare PUT does).
+        fn create_bucket(&self, bucket: &str) {
+            use std::io::{Read, Write};
+            let address = self.endpoint.trim_start_matches("http://");
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
+            write!(
+                stream,
+                "PUT /{bucket} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).unwrap();
+            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        }
+    }
+
+    impl Drop for MotoServer {
+        fn drop(&mut self) {
+            let _ = self.process.kill();
+            let _ = self.process.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn checkpoints_in_s3_restore_fall_back_and_prune_as_local_ones_do() {
+        let _serial = SERIAL.lock().await;
+        let server = MotoServer::start();
+        server.create_bucket("checkpoints");
+        rillet_io::configure(
+            "s3://checkpoints",
+            &[
+                ("endpoint", server.endpoint.as_str()),
+                ("access_key_id", "test"),
+                ("secret_access_key", "test"),
+                ("region", "us-east-1"),
+            ],
+        )
+        .unwrap();
+        let store = CheckpointStore::open("s3://checkpoints/jobs", "job").unwrap();
+        assert!(store.latest().await.unwrap().is_none());
+        for n in 1..=3 {
+            take(&store, &[("state", &format!("state {n}"))]).await;
+        }
+        // Checkpoint 3's artifact replaced behind the store's back.
+        let artifact = store.snapshot_path(Kind::Checkpoint, 3).join("state");
+        store
+            .store
+            .put(&artifact, PutPayload::from(Bytes::from_static(b"state X")))
+            .await
+            .unwrap();
+        let restored = store.latest().await.unwrap().unwrap();
+        assert_eq!(restored.checkpoint.manifest.id, 2);
+        assert_eq!(text(&restored.checkpoint, "state"), "state 2");
+        assert!(
+            restored.skipped[0].1.contains("corrupt"),
+            "{:?}",
+            restored.skipped
+        );
+        assert_eq!(store.prune(2).await.unwrap(), vec![1]);
+        let left: Vec<u64> = store.list().await.unwrap().iter().map(|s| s.id).collect();
+        assert_eq!(left, vec![2, 3]);
+        assert_eq!(store.next_id().await.unwrap(), 4);
     }
 
     #[test]
