@@ -187,21 +187,10 @@ impl OnnxModel {
             Parallelism::Sessions => (cores(), 1),
         };
         // Built side by side: each takes a core for a tenth of a second or more.
-        let sessions = std::thread::scope(|scope| {
-            let others: Vec<_> = (1..count)
-                .map(|_| scope.spawn(|| Self::session(path, threads)))
-                .collect();
-            let mut sessions = vec![Self::session(path, threads)];
-            sessions.extend(
-                others
-                    .into_iter()
-                    .map(|t| t.join().expect("a session builder panicked")),
-            );
-            sessions
-        })
-        .into_iter()
-        .map(|s| s.map(Mutex::new))
-        .collect::<Result<Vec<_>>>()?;
+        let slots: Vec<usize> = (0..count).collect();
+        let sessions = on_threads(count, &slots, |_| {
+            Self::session(path, threads).map(Mutex::new)
+        })?;
         let (inputs, outputs) = {
             let session = sessions[0].lock();
             let inputs = session
@@ -243,33 +232,6 @@ impl OnnxModel {
     /// How many calls can run side by side: how many ways a caller should split its work.
     pub fn parallelism(&self) -> usize {
         self.sessions.len()
-    }
-
-    /// `run` of every part side by side (one part per session, see
-    /// [`parallelism`](Self::parallelism)): the first part on the calling thread, each other
-    /// one on a thread of its own; the results in the parts' order. The caller's thread
-    /// takes a part because it is a long-lived pool thread, whose allocator heap and
-    /// buffers are warm, where a fresh thread starts from untouched memory.
-    pub fn run_parts<P: Send, R: Send>(
-        &self,
-        parts: Vec<P>,
-        run: impl Fn(P) -> Result<R> + Sync,
-    ) -> Result<Vec<R>> {
-        let run = &run;
-        let mut parts = parts.into_iter();
-        let Some(first) = parts.next() else {
-            return Ok(Vec::new());
-        };
-        std::thread::scope(|scope| {
-            let others: Vec<_> = parts.map(|part| scope.spawn(move || run(part))).collect();
-            let mut results = vec![run(first)];
-            results.extend(
-                others
-                    .into_iter()
-                    .map(|r| r.join().expect("a model thread panicked")),
-            );
-            results.into_iter().collect()
-        })
     }
 
     /// `run` on every item, on up to [`parallelism`](Self::parallelism) threads at once

@@ -61,7 +61,7 @@ impl SpeechDetector {
 
     /// Speech probability of every window of each mono clip (all at `rate`, 16 or 8 kHz).
     /// The clips are dealt, longest first, into one group per session of the model, and
-    /// the groups run on threads of their own (see [`Parallelism::Sessions`]).
+    /// the groups run side by side (see [`Parallelism::Sessions`]).
     pub fn probabilities(&self, clips: &[&[f32]], rate: u32) -> Result<Vec<Vec<f32>>> {
         let (size, context) = window(rate).ok_or_else(|| {
             RilletError::invalid_data(format!(
@@ -77,13 +77,14 @@ impl SpeechDetector {
         let groups: Vec<Vec<usize>> = (0..ways)
             .map(|g| order.iter().copied().skip(g).step_by(ways).collect())
             .collect();
-        let parts = groups
+        let parts: Vec<Vec<&[f32]>> = groups
             .iter()
-            .map(|group| group.iter().map(|&i| clips[i]).collect::<Vec<&[f32]>>())
+            .map(|group| group.iter().map(|&i| clips[i]).collect())
             .collect();
+        // As many parts as sessions: each of run_each's threads takes one.
         let found = self
             .model
-            .run_parts(parts, |part| self.side_by_side(&part, size, context, rate))?;
+            .run_each(&parts, |part| self.side_by_side(part, size, context, rate))?;
         let mut probs: Vec<Vec<f32>> = vec![Vec::new(); clips.len()];
         for (group, group_probs) in groups.iter().zip(found) {
             for (&i, p) in group.iter().zip(group_probs) {

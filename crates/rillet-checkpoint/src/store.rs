@@ -205,29 +205,35 @@ impl CheckpointStore {
 
     /// Every snapshot directory of the job, complete or not, by kind then id.
     pub async fn list(&self) -> Result<Vec<SnapshotInfo>> {
-        let listed = self
+        // One listing of every object, rather than one request per snapshot for its
+        // manifest: `<root>/<snapshot>/<object>`.
+        let objects: Vec<_> = self
             .store
-            .list_with_delimiter(Some(&self.root))
+            .list(Some(&self.root))
+            .try_collect()
             .await
             .map_err(|e| storage_error(format!("cannot list {}", self.location), e))?;
-        let mut found = Vec::new();
-        for prefix in listed.common_prefixes {
-            let Some((kind, id)) = prefix.filename().and_then(Kind::parse_directory) else {
+        let mut found: BTreeMap<(Kind, u64), bool> = BTreeMap::new();
+        for object in objects {
+            let Some(inside) = object.location.prefix_match(&self.root) else {
                 continue;
             };
-            let has_manifest = match self.store.head(&prefix.clone().join(MANIFEST)).await {
-                Ok(_) => true,
-                Err(object_store::Error::NotFound { .. }) => false,
-                Err(e) => return Err(storage_error(format!("cannot read {prefix}"), e)),
+            let parts: Vec<_> = inside.collect();
+            let [directory, file] = parts.as_slice() else {
+                continue;
             };
-            found.push(SnapshotInfo {
+            if let Some(snapshot) = Kind::parse_directory(directory.as_ref()) {
+                *found.entry(snapshot).or_default() |= file.as_ref() == MANIFEST;
+            }
+        }
+        Ok(found
+            .into_iter()
+            .map(|((kind, id), has_manifest)| SnapshotInfo {
                 kind,
                 id,
                 has_manifest,
-            });
-        }
-        found.sort();
-        Ok(found)
+            })
+            .collect())
     }
 
     /// The id for the next snapshot: above every id in use, complete or not, so a new
