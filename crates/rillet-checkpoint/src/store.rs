@@ -301,15 +301,15 @@ impl CheckpointStore {
         })
     }
 
-    /// The newest checkpoint that passes [`load`](Self::load)'s checks, with every newer
-    /// one it passed over and why; `None` when no checkpoint passes.
+    /// The newest snapshot, checkpoint or savepoint (their ids share one sequence), that
+    /// passes [`load`](Self::load)'s checks, with every newer one it passed over and why;
+    /// `None` when none passes. A job stopped with a savepoint thus resumes from it.
     pub async fn latest(&self) -> Result<Option<Restored>> {
         let mut skipped = Vec::new();
-        for info in self.list().await?.iter().rev() {
-            if info.kind != Kind::Checkpoint {
-                continue;
-            }
-            match self.load(Kind::Checkpoint, info.id).await {
+        let mut snapshots = self.list().await?;
+        snapshots.sort_by_key(|s| s.id);
+        for info in snapshots.iter().rev() {
+            match self.load(info.kind, info.id).await {
                 Ok(checkpoint) => {
                     return Ok(Some(Restored {
                         checkpoint,

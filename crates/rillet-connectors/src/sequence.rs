@@ -34,6 +34,9 @@ use std::sync::{Arc, LazyLock};
 
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use rillet_common::RilletError;
+use rillet_runtime::{SourceReader, SplitAssignment, StreamSource};
 
 /// The schema every split emits: `source` (utf8), `partition` (uint32), `seq` (uint64),
 /// `value` (int64).
@@ -110,6 +113,151 @@ impl SequenceSplit {
     /// The split's `(source, partition)`.
     pub fn id(&self) -> (&str, u32) {
         (&self.source, self.partition)
+    }
+}
+
+/// The sequence generator as a streaming source: `partitions` splits named
+/// `<name>/<partition>`, each emitting `rows_per_partition` rows (or without end), in
+/// batches of `batch_rows`, optionally throttled to `rows_per_second` per split.
+///
+/// ```
+/// use rillet_connectors::sequence::SequenceSource;
+/// use rillet_runtime::StreamSource;
+/// let source = SequenceSource::new("seq", 2, Some(10));
+/// assert_eq!(source.splits().unwrap(), vec!["seq/0", "seq/1"]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct SequenceSource {
+    name: String,
+    partitions: u32,
+    rows_per_partition: Option<u64>,
+    batch_rows: usize,
+    rows_per_second: Option<f64>,
+}
+
+impl SequenceSource {
+    /// `partitions` splits of `rows_per_partition` rows each (`None`: unbounded).
+    pub fn new(name: impl Into<String>, partitions: u32, rows_per_partition: Option<u64>) -> Self {
+        Self {
+            name: name.into(),
+            partitions: partitions.max(1),
+            rows_per_partition,
+            batch_rows: 8192,
+            rows_per_second: None,
+        }
+    }
+
+    /// Rows per batch (default 8,192).
+    pub fn with_batch_rows(mut self, rows: usize) -> Self {
+        self.batch_rows = rows.max(1);
+        self
+    }
+
+    /// Emit at most `rate` rows per second per split (default: as fast as possible).
+    pub fn with_rate(mut self, rate: Option<f64>) -> Self {
+        self.rows_per_second = rate.filter(|r| *r > 0.0);
+        self
+    }
+
+    /// The row count each split will have emitted at its end: what [`check`] expects.
+    pub fn expected(&self) -> Option<BTreeMap<(String, u32), u64>> {
+        let rows = self.rows_per_partition?;
+        Some(
+            (0..self.partitions)
+                .map(|p| ((self.name.clone(), p), rows))
+                .collect(),
+        )
+    }
+}
+
+impl StreamSource for SequenceSource {
+    fn describe(&self) -> String {
+        let rows = self
+            .rows_per_partition
+            .map_or("unbounded".to_string(), |n| format!("{n} rows each"));
+        format!("sequence '{}': {} partitions, {rows}", self.name, self.partitions)
+    }
+
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+
+    fn splits(&self) -> rillet_common::Result<Vec<String>> {
+        Ok((0..self.partitions)
+            .map(|p| format!("{}/{p}", self.name))
+            .collect())
+    }
+
+    fn open(&self, assigned: Vec<SplitAssignment>) -> rillet_common::Result<Box<dyn SourceReader>> {
+        let mut splits = Vec::with_capacity(assigned.len());
+        for assignment in assigned {
+            let bad = |what: &str| {
+                RilletError::Checkpoint(format!(
+                    "sequence split {:?}: {what}",
+                    assignment.split
+                ))
+            };
+            let partition: u32 = assignment
+                .split
+                .rsplit_once('/')
+                .and_then(|(_, p)| p.parse().ok())
+                .ok_or_else(|| bad("not a split of this source"))?;
+            let mut split = SequenceSplit::new(&self.name, partition, self.rows_per_partition);
+            if let Some(position) = &assignment.position {
+                let position: u64 = std::str::from_utf8(position)
+                    .ok()
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| bad("unreadable position"))?;
+                split.restore(position);
+            }
+            splits.push((assignment.split, split));
+        }
+        Ok(Box::new(SequenceReader {
+            splits,
+            next: 0,
+            batch_rows: self.batch_rows,
+            rate: self.rows_per_second,
+            started: tokio::time::Instant::now(),
+            emitted: 0,
+        }))
+    }
+}
+
+/// Reads the splits of one task in turn.
+struct SequenceReader {
+    splits: Vec<(String, SequenceSplit)>,
+    next: usize,
+    batch_rows: usize,
+    rate: Option<f64>,
+    started: tokio::time::Instant,
+    emitted: u64,
+}
+
+#[async_trait]
+impl SourceReader for SequenceReader {
+    async fn next_batch(&mut self) -> rillet_common::Result<Option<RecordBatch>> {
+        if let Some(rate) = self.rate {
+            // Throttled: the next batch is due once the rows so far have had their time.
+            let per_second = rate * self.splits.len().max(1) as f64;
+            let due = self.started + std::time::Duration::from_secs_f64(self.emitted as f64 / per_second);
+            tokio::time::sleep_until(due).await;
+        }
+        for _ in 0..self.splits.len() {
+            let i = self.next;
+            self.next = (self.next + 1) % self.splits.len();
+            if let Some(batch) = self.splits[i].1.next_batch(self.batch_rows) {
+                self.emitted += batch.num_rows() as u64;
+                return Ok(Some(batch));
+            }
+        }
+        Ok(None)
+    }
+
+    fn positions(&self) -> Vec<(String, Vec<u8>)> {
+        self.splits
+            .iter()
+            .map(|(id, split)| (id.clone(), split.position().to_string().into_bytes()))
+            .collect()
     }
 }
 

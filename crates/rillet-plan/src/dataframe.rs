@@ -12,11 +12,14 @@ use datafusion::physical_plan::ExecutionPlan;
 use parking_lot::Mutex;
 use rillet_common::{Result, RilletError};
 use rillet_runtime::{
-    BatchFunction, CollectSink, CollectedBatches, FileFormat, FileSink, JobHandle, JobStats,
-    LocalWorker, Sink, WriteMode,
+    BatchFunction, Checkpointing, CollectSink, CollectedBatches, FileFormat, FileSink, JobHandle,
+    JobStats, LocalWorker, Sink, WriteMode,
 };
 
 use crate::graph_builder::build_dataflow;
+use crate::streaming::{
+    RunningAggregateNode, RunningFunction, RunningSpec, build_streaming_dataflow,
+};
 use crate::session::Session;
 use crate::stage::{BatchStageNode, StageKind};
 use crate::udf::{contains_stage_call, extract_stages};
@@ -399,6 +402,70 @@ impl DataFrame {
         let node =
             BatchStageNode::try_new(self.logical_plan().clone(), StageKind::MapBatches(function))?;
         self.from_plan(node.into_plan())
+    }
+
+    /// Keyed running aggregates: each row gets, per aggregate of `specs` (a function, its
+    /// input column, its output column), the value over every row of its `keys` so far.
+    /// In a streaming job the per-key state is checkpointed and restored exactly.
+    pub fn running_aggregate(
+        &self,
+        keys: &[String],
+        specs: Vec<(RunningFunction, Option<String>, String)>,
+    ) -> Result<Self> {
+        let schema = self.schema();
+        let index = |name: &str| {
+            schema.index_of(name).map_err(|_| {
+                RilletError::invalid_argument(format!(
+                    "running aggregate: no column {name:?}; columns are {:?}",
+                    schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+                ))
+            })
+        };
+        let keys = keys.iter().map(|k| index(k)).collect::<Result<Vec<_>>>()?;
+        let specs = specs
+            .into_iter()
+            .map(|(function, input, output)| {
+                Ok(RunningSpec {
+                    function,
+                    input: input.as_deref().map(index).transpose()?,
+                    output,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let node = RunningAggregateNode::try_new(self.logical_plan().clone(), keys, specs)?;
+        self.from_plan(node.into_plan())
+    }
+
+    /// Start this DataFrame as a streaming job writing `format` files into `directory`
+    /// exactly once, under job id `job`. With `checkpoints` (a location, local or `s3://`,
+    /// and an interval) the job checkpoints there and, if the location already holds
+    /// snapshots of `job`, resumes from the newest valid one; files become visible as the
+    /// checkpoints covering them complete. Without, they become visible when the input
+    /// ends.
+    pub fn start_files(
+        &self,
+        directory: &str,
+        format: FileFormat,
+        job: &str,
+        checkpoints: Option<(&str, std::time::Duration)>,
+        resume: Option<(rillet_checkpoint::Kind, u64)>,
+    ) -> Result<JobHandle> {
+        let sink = Arc::new(FileSink::exactly_once(directory, format, job)?);
+        let name = format!("write {}", format.extension());
+        let graph = build_streaming_dataflow(self.physical_plan()?, sink, &name)?;
+        let task_ctx = self.inner.task_ctx();
+        let worker = LocalWorker::new(self.session.config().clone());
+        let Some((location, interval)) = checkpoints else {
+            return worker.submit(graph, task_ctx);
+        };
+        let store = rillet_checkpoint::CheckpointStore::open(location, job)?;
+        let checkpointing = self.session.block_on(async {
+            match resume {
+                Some((kind, id)) => Checkpointing::resume_from(store, interval, kind, id).await,
+                None => Checkpointing::resume_latest(store, interval).await,
+            }
+        })?;
+        worker.submit_checkpointed(graph, task_ctx, checkpointing)
     }
 
     /// The DataFusion physical plan (before it is cut into a dataflow).

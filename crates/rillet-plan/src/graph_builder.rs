@@ -37,27 +37,7 @@ pub fn build_dataflow(
 fn add_plan(graph: &mut DataflowGraph, plan: Arc<dyn ExecutionPlan>) -> Result<VertexId> {
     if let Some(stage) = plan.downcast_ref::<BatchStageExec>() {
         let upstream = add_plan(graph, stage.input().clone())?;
-        let parallelism = graph.vertices[upstream.0].parallelism;
-        let function = stage.function().clone();
-        // A stage directly on another stage joins its chain: one call runs both, and the
-        // first one's intermediate columns never queue between tasks.
-        let upstream_vertex = &mut graph.vertices[upstream.0];
-        if let VertexOperator::Function(previous) = &upstream_vertex.operator {
-            let chain = FunctionChain::new(previous.clone());
-            if chain.accepts(function.as_ref()) {
-                let chain = chain.then(function);
-                upstream_vertex.name = chain.name().to_string();
-                upstream_vertex.operator = VertexOperator::Function(Arc::new(chain));
-                return Ok(upstream);
-            }
-        }
-        let vertex = graph.add_vertex(
-            function.name().to_string(),
-            VertexOperator::Function(function),
-            parallelism,
-        );
-        graph.connect(upstream, vertex, EdgeKind::Forward);
-        return Ok(vertex);
+        return Ok(add_stage(graph, upstream, stage.function().clone()));
     }
     let mut upstreams = Vec::new();
     let fragment = replace_stages(graph, plan, &mut upstreams)?;
@@ -71,6 +51,34 @@ fn add_plan(graph: &mut DataflowGraph, plan: Arc<dyn ExecutionPlan>) -> Result<V
         graph.connect(upstream, vertex, EdgeKind::Forward);
     }
     Ok(vertex)
+}
+
+/// Add the vertex running `function` after `upstream`; returns it. A stage directly on
+/// another stage joins its chain: one call runs both, and the first one's intermediate
+/// columns never queue between tasks.
+pub(crate) fn add_stage(
+    graph: &mut DataflowGraph,
+    upstream: VertexId,
+    function: Arc<dyn BatchFunction>,
+) -> VertexId {
+    let parallelism = graph.vertices[upstream.0].parallelism;
+    let upstream_vertex = &mut graph.vertices[upstream.0];
+    if let VertexOperator::Function(previous) = &upstream_vertex.operator {
+        let chain = FunctionChain::new(previous.clone());
+        if chain.accepts(function.as_ref()) {
+            let chain = chain.then(function);
+            upstream_vertex.name = chain.name().to_string();
+            upstream_vertex.operator = VertexOperator::Function(Arc::new(chain));
+            return upstream;
+        }
+    }
+    let vertex = graph.add_vertex(
+        function.name().to_string(),
+        VertexOperator::Function(function),
+        parallelism,
+    );
+    graph.connect(upstream, vertex, EdgeKind::Forward);
+    vertex
 }
 
 /// Replace each stage below `plan` by an exchange leaf fed by the stage's own vertices.

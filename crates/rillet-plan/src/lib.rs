@@ -23,6 +23,7 @@ mod graph_builder;
 mod session;
 mod sources;
 mod stage;
+pub mod streaming;
 mod udf;
 
 pub use dataframe::{DataFrame, JoinHow, ReadFormat};

@@ -58,7 +58,10 @@ impl QueryPlanner for RilletQueryPlanner {
         logical_plan: &LogicalPlan,
         session_state: &dyn datafusion::catalog::Session,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(BatchStagePlanner)])
+        DefaultPhysicalPlanner::with_extension_planners(vec![
+            Arc::new(BatchStagePlanner),
+            Arc::new(crate::streaming::RunningAggregatePlanner),
+        ])
             .create_physical_plan(logical_plan, session_state)
             .await
     }

@@ -10,7 +10,9 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use rillet_common::types::FileType;
 use rillet_common::{Result, RilletError};
+use rillet_connectors::sequence::SequenceSource;
 use rillet_functions::input::media_type_of_path;
+use rillet_runtime::StreamSource;
 
 use crate::dataframe::{DataFrame, ReadFormat};
 use crate::session::Session;
@@ -31,6 +33,37 @@ impl Session {
         let table = MemTable::try_new(schema, vec![batches])?;
         let df = self.context().read_table(Arc::new(table))?;
         DataFrame::new(self.clone(), df)
+    }
+
+    /// A DataFrame over a streaming source. `bounded`: the source ends, so a batch job
+    /// (`collect`, `write_*`) may read it too; a streaming job (`start_files`) reads any.
+    pub fn read_stream(&self, source: Arc<dyn StreamSource>, bounded: bool) -> Result<DataFrame> {
+        let table = crate::streaming::StreamTable::new(source, bounded);
+        let df = self.context().read_table(Arc::new(table))?;
+        DataFrame::new(self.clone(), df)
+    }
+
+    /// The deterministic sequence source (`source`, `partition`, `seq`, `value`):
+    /// `partitions` splits of `rows` rows each (`None`: without end), optionally throttled
+    /// to `rows_per_second` per split. What the exactly-once tests run on.
+    ///
+    /// ```
+    /// let df = rillet_plan::Session::default().read_sequence("seq", 3, Some(100), None, None).unwrap();
+    /// assert_eq!(df.count().unwrap(), 300);
+    /// ```
+    pub fn read_sequence(
+        &self,
+        name: &str,
+        partitions: u32,
+        rows: Option<u64>,
+        rows_per_second: Option<f64>,
+        batch_rows: Option<usize>,
+    ) -> Result<DataFrame> {
+        let mut source = SequenceSource::new(name, partitions, rows).with_rate(rows_per_second);
+        if let Some(batch_rows) = batch_rows {
+            source = source.with_batch_rows(batch_rows);
+        }
+        self.read_stream(Arc::new(source), rows.is_some())
     }
 
     /// The integers `0..n` in a column named `id`, generated lazily.

@@ -297,7 +297,7 @@ fn exprs(list: Vec<PyExpr>) -> Vec<datafusion::logical_expr::Expr> {
     list.into_iter().map(|e| e.expr).collect()
 }
 
-fn stats_to_dict<'py>(py: Python<'py>, stats: &JobStats) -> PyResult<Bound<'py, PyDict>> {
+pub(crate) fn stats_to_dict<'py>(py: Python<'py>, stats: &JobStats) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     dict.set_item("elapsed_s", stats.elapsed_s)?;
     dict.set_item("bytes_scanned", stats.bytes_scanned)?;
@@ -565,6 +565,41 @@ impl PyDataFrame {
         };
         self.df.record_stats(stats.clone());
         stats_to_dict(py, &stats)
+    }
+
+    /// Keyed running aggregates; `specs` are (function, input column or None, output).
+    fn running_aggregate(
+        &self,
+        keys: Vec<String>,
+        specs: Vec<(String, Option<String>, String)>,
+    ) -> PyResult<Self> {
+        self.running_aggregate_impl(keys, specs)
+    }
+
+    /// Start a streaming job writing files exactly once (see `rillet.DataFrame.start`).
+    #[pyo3(signature = (directory, format, job_id, checkpoint_dir=None, checkpoint_interval=1.0, resume_from=None, compression=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        py: Python<'_>,
+        directory: String,
+        format: &str,
+        job_id: String,
+        checkpoint_dir: Option<String>,
+        checkpoint_interval: f64,
+        resume_from: Option<String>,
+        compression: Option<&str>,
+    ) -> PyResult<crate::streaming::PyStreamingJob> {
+        self.start_impl(
+            py,
+            directory,
+            format,
+            job_id,
+            checkpoint_dir,
+            checkpoint_interval,
+            resume_from,
+            compression,
+        )
     }
 
     fn explain(&self, py: Python<'_>) -> PyResult<String> {

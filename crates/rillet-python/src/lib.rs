@@ -12,6 +12,7 @@ mod providers;
 mod resources;
 mod service;
 mod storage;
+mod streaming;
 
 use pyo3::prelude::*;
 
@@ -32,5 +33,6 @@ fn _rillet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     resources::register(m)?;
     providers::register(m)?;
     service::register(m)?;
+    streaming::register(m)?;
     Ok(())
 }

@@ -19,11 +19,14 @@
 //! ```
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
+
+use rillet_common::{Result, RilletError};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::message::StreamMessage;
+use crate::message::{CheckpointBarrier, StreamMessage};
 use crate::metrics::{OperatorMetrics, WaitReason, acquire_recording_wait};
 use crate::spill::{MIN_SPILL_BYTES, SpillStore, SpilledBatch};
 
@@ -189,24 +192,30 @@ impl ChannelReceiver {
 
     /// Like [`recv`](Self::recv), also returning the index of the upstream task that sent it.
     pub async fn recv_from(&mut self) -> Option<(StreamMessage, usize)> {
+        // Most messages are already queued: take them without a wait to record.
+        let ready = self.poll_recv_from(&mut Context::from_waker(futures::task::noop_waker_ref()));
+        if let Poll::Ready(received) = ready {
+            return received;
+        }
+        let started = Instant::now();
+        let metrics = self.metrics.clone();
+        let _waiting = metrics.as_ref().map(|m| m.begin_wait(WaitReason::Input));
+        let received = std::future::poll_fn(|cx| self.poll_recv_from(cx)).await;
+        if let Some(m) = &metrics {
+            m.record_wait(WaitReason::Input, started.elapsed());
+        }
+        received
+    }
+
+    /// Poll for the next message (see [`recv_from`](Self::recv_from)); records no wait, so
+    /// a caller polling several channels ([`InputGate`]) records its own.
+    pub fn poll_recv_from(&mut self, cx: &mut Context<'_>) -> Poll<Option<(StreamMessage, usize)>> {
         loop {
             if self.ends_seen == self.ends_expected {
-                return None;
+                return Poll::Ready(None);
             }
-            let envelope = match self.rx.try_recv() {
-                Ok(envelope) => envelope,
-                Err(_) => {
-                    let started = Instant::now();
-                    let _waiting = self
-                        .metrics
-                        .as_ref()
-                        .map(|m| m.begin_wait(WaitReason::Input));
-                    let received = self.rx.recv().await;
-                    if let Some(m) = &self.metrics {
-                        m.record_wait(WaitReason::Input, started.elapsed());
-                    }
-                    received?
-                }
+            let Some(envelope) = std::task::ready!(self.rx.poll_recv(cx)) else {
+                return Poll::Ready(None);
             };
             let message = match envelope.payload {
                 Payload::Message(message) => message,
@@ -217,7 +226,7 @@ impl ChannelReceiver {
                             // The job's own file is gone or unreadable: fail the consumer
                             // (and so the job) rather than lose the rows.
                             tracing::error!("cannot read back a spilled batch: {e}");
-                            return None;
+                            return Poll::Ready(None);
                         }
                     }
                 }
@@ -226,12 +235,145 @@ impl ChannelReceiver {
                 StreamMessage::End => {
                     self.ends_seen += 1;
                     if self.ends_seen == self.ends_expected {
-                        return Some((StreamMessage::End, envelope.sender_index));
+                        return Poll::Ready(Some((StreamMessage::End, envelope.sender_index)));
                     }
                 }
-                message => return Some((message, envelope.sender_index)),
+                message => return Poll::Ready(Some((message, envelope.sender_index))),
             }
         }
+    }
+}
+
+/// The input of a task fed by several channels (one per upstream task): merges their
+/// batches and aligns their checkpoint barriers.
+///
+/// Once a channel delivers the barrier of checkpoint `n`, the gate stops reading that
+/// channel until every other channel still open has delivered it too, and only then hands
+/// the barrier on, once. So everything the task reads before the barrier came before it on
+/// every channel, and nothing after it on any: the task's state at that moment is exactly
+/// checkpoint `n`'s. A blocked channel fills up to its byte budget and then holds its
+/// sender back, so alignment never buffers without bound. A channel that has ended counts
+/// as aligned.
+///
+/// ```
+/// use rillet_runtime::channel::{byte_channel, InputGate};
+/// use rillet_runtime::{CheckpointBarrier, StreamMessage};
+/// let rt = rillet_runtime::global_runtime();
+/// let (a, rx_a) = byte_channel(1 << 20, 1, None, None);
+/// let (b, rx_b) = byte_channel(1 << 20, 1, None, None);
+/// let mut gate = InputGate::new(vec![rx_a, rx_b], None);
+/// rt.block_on(async {
+///     let barrier = StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: 1 });
+///     a.send(barrier.clone()).await.unwrap();
+///     a.send(StreamMessage::End).await.unwrap();
+///     b.send(barrier).await.unwrap();
+///     b.send(StreamMessage::End).await.unwrap();
+///     assert!(matches!(gate.recv().await.unwrap(), Some(StreamMessage::Barrier(_))));
+///     assert!(matches!(gate.recv().await.unwrap(), Some(StreamMessage::End)));
+/// });
+/// ```
+pub struct InputGate {
+    inputs: Vec<GateInput>,
+    /// The channel polled first next time, so that one busy channel cannot starve others.
+    next: usize,
+    metrics: Option<Arc<OperatorMetrics>>,
+}
+
+struct GateInput {
+    receiver: ChannelReceiver,
+    /// The barrier this channel delivered and waits at for the others.
+    blocked_at: Option<u64>,
+    ended: bool,
+}
+
+impl InputGate {
+    /// A gate over `receivers`; waits for input are recorded on `metrics`.
+    pub fn new(receivers: Vec<ChannelReceiver>, metrics: Option<Arc<OperatorMetrics>>) -> Self {
+        Self {
+            inputs: receivers
+                .into_iter()
+                .map(|receiver| GateInput {
+                    receiver,
+                    blocked_at: None,
+                    ended: false,
+                })
+                .collect(),
+            next: 0,
+            metrics,
+        }
+    }
+
+    /// The next batch, an aligned barrier, or `End` once every channel has ended. `Ok(None)`
+    /// if an upstream task vanished (it failed or was cancelled and reports that itself);
+    /// an error if two channels disagree on the barrier order, which the protocol rules out.
+    pub async fn recv(&mut self) -> Result<Option<StreamMessage>> {
+        let ready = self.poll_recv(&mut Context::from_waker(futures::task::noop_waker_ref()));
+        if let Poll::Ready(received) = ready {
+            return received;
+        }
+        let started = Instant::now();
+        let metrics = self.metrics.clone();
+        let _waiting = metrics.as_ref().map(|m| m.begin_wait(WaitReason::Input));
+        let received = std::future::poll_fn(|cx| self.poll_recv(cx)).await;
+        if let Some(m) = &metrics {
+            m.record_wait(WaitReason::Input, started.elapsed());
+        }
+        received
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<StreamMessage>>> {
+        let count = self.inputs.len();
+        if count == 0 {
+            return Poll::Ready(Ok(Some(StreamMessage::End)));
+        }
+        let start = self.next;
+        for step in 0..count {
+            let i = (start + step) % count;
+            let input = &mut self.inputs[i];
+            if input.ended || input.blocked_at.is_some() {
+                continue;
+            }
+            let Poll::Ready(received) = input.receiver.poll_recv_from(cx) else {
+                continue;
+            };
+            self.next = (i + 1) % count;
+            match received {
+                None => return Poll::Ready(Ok(None)),
+                Some((StreamMessage::Batch(batch), _)) => {
+                    return Poll::Ready(Ok(Some(StreamMessage::Batch(batch))));
+                }
+                Some((StreamMessage::Barrier(barrier), _)) => {
+                    let other = self.inputs.iter().find_map(|i| i.blocked_at);
+                    if let Some(other) = other.filter(|&o| o != barrier.checkpoint_id) {
+                        return Poll::Ready(Err(RilletError::Checkpoint(format!(
+                            "barriers out of order: checkpoint {} arrived while aligning {other}",
+                            barrier.checkpoint_id
+                        ))));
+                    }
+                    self.inputs[i].blocked_at = Some(barrier.checkpoint_id);
+                }
+                Some((StreamMessage::End, _)) => self.inputs[i].ended = true,
+            }
+            if let Some(aligned) = self.take_aligned() {
+                return Poll::Ready(Ok(Some(aligned)));
+            }
+            // Channel i waits for the others now: go on to them.
+        }
+        Poll::Pending
+    }
+
+    /// The barrier (or the end) every open channel has reached, releasing the channels.
+    fn take_aligned(&mut self) -> Option<StreamMessage> {
+        if self.inputs.iter().all(|i| i.ended) {
+            return Some(StreamMessage::End);
+        }
+        let open = || self.inputs.iter().filter(|i| !i.ended);
+        let id = open().next()?.blocked_at?;
+        if !open().all(|i| i.blocked_at == Some(id)) {
+            return None;
+        }
+        self.inputs.iter_mut().for_each(|i| i.blocked_at = None);
+        Some(StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: id }))
     }
 }
 
@@ -420,6 +562,70 @@ mod tests {
         rt.block_on(async {
             tx.send(StreamMessage::Batch(batch(10_000))).await.unwrap();
             assert!(matches!(rx.recv().await, Some(StreamMessage::Batch(_))));
+        });
+    }
+
+    fn rows_of(message: &StreamMessage) -> Option<usize> {
+        match message {
+            StreamMessage::Batch(b) => Some(b.num_rows()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_gate_holds_a_channel_back_from_its_barrier_until_every_channel_has_it() {
+        let rt = crate::global_runtime();
+        let (a, rx_a) = byte_channel(1 << 20, 1, None, None);
+        let (b, rx_b) = byte_channel(1 << 20, 1, None, None);
+        let mut gate = InputGate::new(vec![rx_a, rx_b], None);
+        let barrier = StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: 4 });
+        rt.block_on(async {
+            // Channel a is a checkpoint ahead: its row 2 belongs after the barrier.
+            a.send(barrier.clone()).await.unwrap();
+            a.send(StreamMessage::Batch(batch(2))).await.unwrap();
+            b.send(StreamMessage::Batch(batch(1))).await.unwrap();
+            let first = gate.recv().await.unwrap().unwrap();
+            assert_eq!(rows_of(&first), Some(1), "a's post-barrier rows came first");
+            // b's barrier has not come: nothing may pass (the gate waits).
+            let waiting =
+                tokio::time::timeout(Duration::from_millis(50), gate.recv()).await;
+            assert!(waiting.is_err(), "the gate let a message through before alignment");
+            b.send(barrier.clone()).await.unwrap();
+            let aligned = gate.recv().await.unwrap().unwrap();
+            assert!(matches!(
+                aligned,
+                StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: 4 })
+            ));
+            assert_eq!(rows_of(&gate.recv().await.unwrap().unwrap()), Some(2));
+            a.send(StreamMessage::End).await.unwrap();
+            // An ended channel counts as aligned: b's next barrier passes alone.
+            b.send(StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: 5 }))
+                .await
+                .unwrap();
+            b.send(StreamMessage::End).await.unwrap();
+            assert!(matches!(
+                gate.recv().await.unwrap().unwrap(),
+                StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: 5 })
+            ));
+            assert!(matches!(gate.recv().await.unwrap().unwrap(), StreamMessage::End));
+        });
+    }
+
+    #[test]
+    fn barriers_out_of_order_are_an_error_not_a_hang() {
+        let rt = crate::global_runtime();
+        let (a, rx_a) = byte_channel(1 << 20, 1, None, None);
+        let (b, rx_b) = byte_channel(1 << 20, 1, None, None);
+        let mut gate = InputGate::new(vec![rx_a, rx_b], None);
+        rt.block_on(async {
+            a.send(StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: 1 }))
+                .await
+                .unwrap();
+            b.send(StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: 2 }))
+                .await
+                .unwrap();
+            let err = gate.recv().await.unwrap_err().to_string();
+            assert!(err.contains("out of order"), "{err}");
         });
     }
 }

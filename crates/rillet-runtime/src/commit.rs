@@ -146,10 +146,12 @@ impl FileCommitter {
         Ok(report)
     }
 
-    /// Delete every staged file not named by `keep` (the transactions of the restored
-    /// checkpoint, committed by the caller): what a crash left of checkpoints that never
-    /// completed. Returns the deleted names.
-    pub fn discard_except(&self, keep: &[FileTransaction]) -> Result<Vec<String>> {
+    /// Delete every staged file of job `job` not named by `keep` (the transactions of the
+    /// restored checkpoint, committed by the caller): what a crash left of checkpoints that
+    /// never completed. Files other jobs staged in the same directory are theirs and stay.
+    /// Returns the deleted names.
+    pub fn discard_except(&self, job: &str, keep: &[FileTransaction]) -> Result<Vec<String>> {
+        let prefix = format!("{job}-");
         let keep: BTreeSet<&str> = keep
             .iter()
             .flat_map(|t| t.files.iter().map(String::as_str))
@@ -164,7 +166,7 @@ impl FileCommitter {
                 RilletError::Checkpoint(format!("cannot list {}: {e}", pending.display()))
             })?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if keep.contains(name.as_str()) {
+            if keep.contains(name.as_str()) || !name.starts_with(&prefix) {
                 continue;
             }
             remove_entry(&entry.path())?;
@@ -172,6 +174,40 @@ impl FileCommitter {
         }
         discarded.sort();
         Ok(discarded)
+    }
+
+    /// Delete the committed files of job `job` written after checkpoint `restored` (all of
+    /// the job's files when `None`): recovery that had to fall back past a corrupt
+    /// checkpoint restores an older state, and the rows those files hold are about to be
+    /// written again. A file's name carries the first checkpoint that could commit it, so
+    /// the files written after `restored` are exactly those with a later one. Returns the
+    /// deleted names.
+    pub fn withdraw_after(&self, job: &str, restored: Option<u64>) -> Result<Vec<String>> {
+        let prefix = format!("{job}-");
+        let after = restored.unwrap_or(0);
+        let mut withdrawn = Vec::new();
+        let entries = std::fs::read_dir(&self.directory).map_err(|e| {
+            RilletError::Checkpoint(format!("cannot list {}: {e}", self.directory.display()))
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|e| {
+                RilletError::Checkpoint(format!("cannot list {}: {e}", self.directory.display()))
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(epoch) = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.get(..20))
+                .and_then(|digits| digits.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if epoch > after && entry.path().is_file() {
+                remove_entry(&entry.path())?;
+                withdrawn.push(name);
+            }
+        }
+        withdrawn.sort();
+        Ok(withdrawn)
     }
 
     /// The output directory.
@@ -302,14 +338,18 @@ mod tests {
         };
         let abandoned = stage(&committer, 6, 0, &[2]);
         // A write a crash cut short leaves whatever it left, a directory included.
-        std::fs::create_dir(committer.staging_path("half-written")).unwrap();
+        std::fs::create_dir(committer.staging_path("job-half-written")).unwrap();
+        // Another job staging into the same directory keeps its files.
+        let other = FileCommitter::file_name("other", 6, 0, 0, "jsonl");
+        std::fs::write(committer.staging_path(&other), "").unwrap();
         let discarded = committer
-            .discard_except(std::slice::from_ref(&restored))
+            .discard_except("job", std::slice::from_ref(&restored))
             .unwrap();
-        assert_eq!(discarded, vec!["half-written".to_string(), abandoned]);
+        assert_eq!(discarded, vec![abandoned, "job-half-written".to_string()]);
         committer.commit(&restored).unwrap();
         assert_eq!(visible_rows(dir.path()), vec![1]);
-        assert!(committer.discard_except(&[]).unwrap().is_empty());
+        assert!(committer.discard_except("job", &[]).unwrap().is_empty());
+        assert!(committer.staging_path(&other).exists());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use rillet_common::{Result, RilletError};
 
 use crate::function::BatchFunction;
 use crate::sink::Sink;
+use crate::stream::{StreamOperator, StreamSource};
 
 /// Index of a vertex in its graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,12 +20,16 @@ pub struct VertexId(pub usize);
 pub struct EdgeId(pub usize);
 
 /// How records move from the tasks of one vertex to the tasks of the next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EdgeKind {
     /// Task `i` feeds task `i` (both sides have the same parallelism); no reshuffle.
     Forward,
     /// Every upstream task spreads its batches round-robin over all downstream tasks.
     Rebalance,
+    /// Every row goes to the downstream task chosen by a hash of these columns, so all
+    /// rows of one key meet in one task (what keyed state needs). The hash is fixed
+    /// across runs, so a restored task gets the keys whose state it restored.
+    Hash(Vec<usize>),
 }
 
 /// What a vertex runs.
@@ -38,6 +43,18 @@ pub enum VertexOperator {
     Function(Arc<dyn BatchFunction>),
     /// The end of the job: files, or batches handed back to the caller.
     Sink(Arc<dyn Sink>),
+    /// A split-based source with checkpointable positions (a streaming job's start).
+    Source(Arc<dyn StreamSource>),
+    /// A streaming operator with state snapshotted at checkpoints.
+    Stream(Arc<dyn StreamOperator>),
+}
+
+impl VertexOperator {
+    /// Whether its tasks take part in checkpoints (pass barriers and snapshot state). A
+    /// relational fragment runs inside DataFusion, which has no barriers.
+    pub fn checkpoints(&self) -> bool {
+        !matches!(self, VertexOperator::Fragment(_))
+    }
 }
 
 /// One vertex of the graph.
@@ -128,7 +145,15 @@ impl DataflowGraph {
                         vertex.name
                     )));
                 }
-                VertexOperator::Sink(_) | VertexOperator::Function(_) if inputs != 1 => {
+                VertexOperator::Source(_) if inputs != 0 => {
+                    return Err(RilletError::internal(format!(
+                        "source '{}' has inputs",
+                        vertex.name
+                    )));
+                }
+                VertexOperator::Sink(_) | VertexOperator::Function(_) | VertexOperator::Stream(_)
+                    if inputs != 1 =>
+                {
                     return Err(RilletError::internal(format!(
                         "'{}' needs exactly one input, has {inputs}",
                         vertex.name
@@ -157,6 +182,12 @@ impl DataflowGraph {
             // Into a fragment, a forward edge feeds the exchange leaf's partitions (one per
             // upstream task), whatever the fragment's own output parallelism.
             let into_fragment = matches!(t.operator, VertexOperator::Fragment(_));
+            if into_fragment && edge.kind != EdgeKind::Forward {
+                return Err(RilletError::internal(format!(
+                    "edge '{}' -> '{}' into a fragment must be forward",
+                    s.name, t.name
+                )));
+            }
             if edge.kind == EdgeKind::Forward && !into_fragment && s.parallelism != t.parallelism {
                 return Err(RilletError::internal(format!(
                     "forward edge '{}' -> '{}' joins parallelism {} to {}",
@@ -194,6 +225,8 @@ impl fmt::Display for DataflowGraph {
                     writeln!(f, "      blocking pool: {workers}, batches of {batch}")?;
                 }
                 VertexOperator::Sink(sink) => writeln!(f, "      {}", sink.describe())?,
+                VertexOperator::Source(source) => writeln!(f, "      {}", source.describe())?,
+                VertexOperator::Stream(operator) => writeln!(f, "      {}", operator.name())?,
             }
         }
         for edge in &self.edges {

@@ -42,6 +42,7 @@
 
 pub mod allocator;
 pub mod channel;
+mod checkpointing;
 pub mod commit;
 mod exchange;
 mod function;
@@ -55,6 +56,7 @@ pub mod resources;
 mod runtime;
 mod sink;
 pub mod spill;
+mod stream;
 mod worker;
 pub mod workers;
 
@@ -68,10 +70,12 @@ pub use message::{CheckpointBarrier, StreamMessage};
 pub use metrics::{JobStats, OperatorMetrics, OperatorStats, WaitReason};
 pub use pool::BlockingPool;
 pub use resources::{MachineResources, ResourceManager, ResourceRequest};
+pub use checkpointing::{CheckpointStats, Checkpointing};
 pub use runtime::global_runtime;
 pub use sink::{
     BatchWriter, CollectSink, CollectedBatches, FileFormat, FileSink, ParquetCompression, Sink,
-    WriteMode,
+    SinkContext, WriteMode,
 };
+pub use stream::{OperatorTask, SourceReader, SplitAssignment, StreamOperator, StreamSource};
 pub use worker::{JobCanceller, JobHandle, LocalWorker};
 pub use workers::{WorkerBatchFunction, WorkerFunction};

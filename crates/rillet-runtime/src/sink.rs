@@ -4,6 +4,8 @@
 use std::fmt::Debug;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -15,6 +17,7 @@ use rillet_common::{Result, RilletError};
 
 use crate::BlockingPool;
 use crate::channel::{ChannelReceiver, ChannelSender, byte_channel};
+use crate::commit::{FileCommitter, FileTransaction};
 use crate::message::StreamMessage;
 
 /// Where a job's output goes. The worker opens one [`BatchWriter`] per sink task.
@@ -34,9 +37,37 @@ pub trait Sink: Send + Sync + Debug {
         partition: usize,
         schema: SchemaRef,
         blocking: &BlockingPool,
+        context: &SinkContext,
     ) -> Result<Box<dyn BatchWriter>>;
     /// Called once after every task finished or was cancelled.
     fn finish(&self) {}
+    /// Checkpoint `checkpoint` has completed: make visible what its tasks' `states` (what
+    /// [`BatchWriter::checkpoint`] returned) hold. Runs on a blocking thread. Must be
+    /// idempotent: recovery repeats it for the restored checkpoint, because a crash may
+    /// have fallen between the checkpoint completing and this commit.
+    fn commit(&self, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
+        let _ = (checkpoint, states);
+        Ok(())
+    }
+    /// Before a restored job starts: commit what the restored checkpoint `checkpoint`
+    /// covers (`states`, its tasks' states; empty on a fresh start) and discard what
+    /// later, never completed checkpoints left behind.
+    fn recover(&self, checkpoint: Option<u64>, states: &[Vec<u8>]) -> Result<()> {
+        let _ = (checkpoint, states);
+        Ok(())
+    }
+}
+
+/// What a sink task knows about the job's checkpoints.
+#[derive(Debug, Clone, Default)]
+pub struct SinkContext {
+    /// Whether the job checkpoints; if not, an exactly-once sink commits when its input
+    /// ends.
+    pub checkpointing: bool,
+    /// The id the job's first checkpoint will have (names written before it carry it).
+    pub first_checkpoint: u64,
+    /// The newest checkpoint whose commit has run (0: none).
+    pub committed: Arc<AtomicU64>,
 }
 
 /// Writes the batches of one sink task.
@@ -44,6 +75,14 @@ pub trait Sink: Send + Sync + Debug {
 pub trait BatchWriter: Send {
     /// Write one batch.
     async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+    /// At the barrier of checkpoint `checkpoint`: seal what was written since the last
+    /// barrier as part of it and return the task's state for the snapshot (the
+    /// transactions [`Sink::commit`] will commit); `None` for a sink that is not
+    /// exactly-once, whose writes are visible as they happen.
+    async fn checkpoint(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
+        let _ = checkpoint;
+        Ok(None)
+    }
     /// Finish; returns the file written, if any.
     async fn close(self: Box<Self>) -> Result<Option<String>>;
 }
@@ -139,9 +178,31 @@ pub struct FileSink {
     format: FileFormat,
     mode: WriteMode,
     prefix: String,
+    /// Set for an exactly-once sink: files are staged and committed at checkpoints.
+    committer: Option<FileCommitter>,
 }
 
 impl FileSink {
+    /// An exactly-once sink writing `format` files into `directory` for job `job`: each
+    /// task stages a file per checkpoint interval in `_pending/` (hidden from readers) and
+    /// the file is moved into `directory` when the checkpoint that covers its rows
+    /// completes (see [`crate::commit`]). Files already in `directory` are kept.
+    pub fn exactly_once(
+        directory: impl Into<PathBuf>,
+        format: FileFormat,
+        job: &str,
+    ) -> Result<Self> {
+        let directory = directory.into();
+        let committer = FileCommitter::new(&directory)?;
+        Ok(Self {
+            directory,
+            format,
+            mode: WriteMode::Append,
+            prefix: job.to_string(),
+            committer: Some(committer),
+        })
+    }
+
     /// A sink writing `format` files into `directory` (created if missing).
     pub fn new(directory: impl Into<PathBuf>, format: FileFormat, mode: WriteMode) -> Self {
         let nanos = std::time::SystemTime::now()
@@ -152,18 +213,68 @@ impl FileSink {
             format,
             mode,
             prefix: format!("{:x}", nanos & 0xffff_ffff_ffff),
+            committer: None,
         }
     }
 }
 
 impl Sink for FileSink {
     fn describe(&self) -> String {
+        let mode = match self.committer {
+            Some(_) => "exactly once, committed at checkpoints".to_string(),
+            None => format!("{:?}", self.mode),
+        };
         format!(
-            "write {:?} files to {} ({:?})",
+            "write {:?} files to {} ({mode})",
             self.format,
             self.directory.display(),
-            self.mode
         )
+    }
+
+    fn commit(&self, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
+        let Some(committer) = &self.committer else {
+            return Ok(());
+        };
+        for state in states {
+            for transaction in decode_transactions(state)? {
+                if transaction.checkpoint <= checkpoint {
+                    committer.commit(&transaction)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn recover(&self, checkpoint: Option<u64>, states: &[Vec<u8>]) -> Result<()> {
+        let Some(committer) = &self.committer else {
+            return Ok(());
+        };
+        let mut keep = Vec::new();
+        for state in states {
+            keep.extend(decode_transactions(state)?);
+        }
+        if let Some(checkpoint) = checkpoint {
+            self.commit(checkpoint, states)?;
+        }
+        // Files committed after the restored checkpoint exist only when recovery fell
+        // back past a corrupt one: their rows are written again from the older state.
+        let withdrawn = committer.withdraw_after(&self.prefix, checkpoint)?;
+        if !withdrawn.is_empty() {
+            tracing::warn!(
+                "withdrew {} committed file(s) written after the restored checkpoint {:?}: \
+                 their rows are written again",
+                withdrawn.len(),
+                checkpoint
+            );
+        }
+        let discarded = committer.discard_except(&self.prefix, &keep)?;
+        if !discarded.is_empty() {
+            tracing::info!(
+                "discarded {} file(s) staged by checkpoints that never completed",
+                discarded.len()
+            );
+        }
+        Ok(())
     }
 
     fn prepare(&self) -> Result<()> {
@@ -184,7 +295,24 @@ impl Sink for FileSink {
         partition: usize,
         schema: SchemaRef,
         blocking: &BlockingPool,
+        context: &SinkContext,
     ) -> Result<Box<dyn BatchWriter>> {
+        if let Some(committer) = &self.committer {
+            return Ok(Box::new(StagingWriter {
+                committer: committer.clone(),
+                job: self.prefix.clone(),
+                task: partition,
+                format: self.format,
+                schema,
+                epoch: context.first_checkpoint,
+                seq: 0,
+                open: None,
+                sealed: Vec::new(),
+                uncommitted: Vec::new(),
+                context: context.clone(),
+                thread: blocking.clone(),
+            }));
+        }
         let path = self.directory.join(format!(
             "{}-{partition:05}.{}",
             self.prefix,
@@ -431,6 +559,129 @@ impl BatchWriter for FileWriter {
     }
 }
 
+/// The writer of one task of an exactly-once [`FileSink`]: rows go to a file staged in
+/// `_pending/`, a new file after each barrier, named after the checkpoint that will commit
+/// it (the barrier's id is the next one's epoch) so that a committed name is never reused.
+struct StagingWriter {
+    committer: FileCommitter,
+    job: String,
+    task: usize,
+    format: FileFormat,
+    schema: SchemaRef,
+    /// The id of the first checkpoint that can cover the rows written now.
+    epoch: u64,
+    /// Files begun in this epoch.
+    seq: usize,
+    /// The file being written; away on a pool thread while a write runs.
+    open: Option<OpenFile>,
+    /// Files of this epoch already closed (none yet: one file per epoch; kept for rolling).
+    sealed: Vec<String>,
+    /// Transactions not yet known committed: those of checkpoints still in flight or
+    /// aborted, which the next completed checkpoint commits.
+    uncommitted: Vec<FileTransaction>,
+    context: SinkContext,
+    thread: BlockingPool,
+}
+
+impl StagingWriter {
+    /// Close the open file, if any, and add it to this epoch's files.
+    async fn seal(&mut self) -> Result<()> {
+        let Some(file) = self.open.take() else {
+            return Ok(());
+        };
+        let name = file
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| RilletError::internal("staged file without a name"))?;
+        if self.thread.run(None, move || file.close_blocking()).await?.is_some() {
+            self.sealed.push(name);
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.uncommitted).expect("transactions always encode")
+    }
+}
+
+fn decode_transactions(state: &[u8]) -> Result<Vec<FileTransaction>> {
+    serde_json::from_slice(state)
+        .map_err(|e| RilletError::Checkpoint(format!("unreadable file-sink state: {e}")))
+}
+
+#[async_trait]
+impl BatchWriter for StagingWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let mut file = match self.open.take() {
+            Some(file) => file,
+            None => {
+                let name = FileCommitter::file_name(
+                    &self.job,
+                    self.epoch,
+                    self.task,
+                    self.seq,
+                    self.format.extension(),
+                );
+                self.seq += 1;
+                OpenFile {
+                    path: self.committer.staging_path(&name),
+                    format: self.format,
+                    schema: self.schema.clone(),
+                    always_create: false,
+                    inner: None,
+                }
+            }
+        };
+        let (file, written) = self
+            .thread
+            .run(None, move || {
+                let written = file.write_blocking(&batch);
+                Ok((file, written))
+            })
+            .await?;
+        self.open = Some(file);
+        written
+    }
+
+    async fn checkpoint(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
+        self.seal().await?;
+        let files = std::mem::take(&mut self.sealed);
+        if !files.is_empty() {
+            self.uncommitted.push(FileTransaction { checkpoint, files });
+        }
+        let committed = self.context.committed.load(Ordering::SeqCst);
+        self.uncommitted.retain(|t| t.checkpoint > committed);
+        self.epoch = checkpoint + 1;
+        self.seq = 0;
+        Ok(Some(self.state()))
+    }
+
+    async fn close(mut self: Box<Self>) -> Result<Option<String>> {
+        self.seal().await?;
+        if self.context.checkpointing {
+            // The final checkpoint sealed everything; rows after it cannot exist.
+            if !self.sealed.is_empty() {
+                return Err(RilletError::Checkpoint(format!(
+                    "sink task {} has rows after the final checkpoint: {:?}",
+                    self.task, self.sealed
+                )));
+            }
+            return Ok(None);
+        }
+        // No checkpoints: the end of the input is the commit point.
+        let transaction = FileTransaction {
+            checkpoint: self.epoch,
+            files: std::mem::take(&mut self.sealed),
+        };
+        let committer = self.committer.clone();
+        self.thread
+            .run(None, move || committer.commit(&transaction).map(|_| ()))
+            .await?;
+        Ok(None)
+    }
+}
+
 /// Hands the job's batches to the caller through a bounded channel (what `collect` and
 /// `iter_batches` read). Dropping the [`CollectedBatches`] closes the channel, which stops
 /// the job's producers.
@@ -478,6 +729,7 @@ impl Sink for CollectSink {
         _partition: usize,
         _schema: SchemaRef,
         _blocking: &BlockingPool,
+        _context: &SinkContext,
     ) -> Result<Box<dyn BatchWriter>> {
         let sender = self
             .template
@@ -568,7 +820,7 @@ mod tests {
             WriteMode::Overwrite,
         );
         sink.prepare().unwrap();
-        let mut writer = sink.open(0, batch.schema(), &BlockingPool::new(1)).unwrap();
+        let mut writer = sink.open(0, batch.schema(), &BlockingPool::new(1), &SinkContext::default()).unwrap();
         writer.write(batch).await.unwrap();
         writer.close().await.unwrap().unwrap()
     }

@@ -1,22 +1,30 @@
 //! The local worker: deploys a [`DataflowGraph`] as tokio tasks and drives the job to its
 //! end, its first error, or its cancellation.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::SchemaRef;
+use parking_lot::Mutex;
+use rillet_checkpoint::coordinator::TaskId;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use rillet_common::{EngineConfig, Result, RilletError};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::channel::{ChannelReceiver, ChannelSender, byte_channel};
+use crate::channel::{ChannelReceiver, ChannelSender, InputGate, byte_channel};
+use crate::checkpointing::{
+    CheckpointLoop, CheckpointStats, Checkpointing, SourceCommand, StopRequest, TaskLink,
+};
+use crate::message::CheckpointBarrier;
+use crate::sink::SinkContext;
+use crate::stream::{OperatorTask, SourceReader, SourceState, assign_splits};
 use crate::exchange::ExchangeRegistry;
 use crate::function::{BatchFunction, RowBatcher, check_output_schema, with_call};
 use crate::graph::{DataflowGraph, EdgeKind, VertexId, VertexOperator};
@@ -45,6 +53,9 @@ pub struct JobHandle {
     done: Option<oneshot::Receiver<Result<JobStats>>>,
     metrics: Arc<Vec<Arc<OperatorMetrics>>>,
     started: Instant,
+    /// Set for a checkpointed job.
+    checkpoints: Option<Arc<Mutex<CheckpointStats>>>,
+    stop: Option<mpsc::Sender<StopRequest>>,
 }
 
 /// Cancels a job; see [`JobHandle::canceller`].
@@ -67,24 +78,39 @@ struct OutputRouter {
 
 impl OutputRouter {
     /// Send to the next receiver; `false` when downstream has gone away (it needs no more).
-    async fn send(&mut self, message: StreamMessage) -> bool {
-        let target = match (self.kind, &message) {
+    async fn send(&mut self, message: StreamMessage) -> Result<bool> {
+        let target = match (&self.kind, &message) {
             (EdgeKind::Forward, _) => 0,
             // Barriers go to every downstream task so each sees the checkpoint.
-            (EdgeKind::Rebalance, StreamMessage::Barrier(_)) => {
+            (_, StreamMessage::Barrier(_)) => {
                 for sender in &self.senders {
                     if sender.send(message.clone()).await.is_err() {
-                        return false;
+                        return Ok(false);
                     }
                 }
-                return true;
+                return Ok(true);
             }
             (EdgeKind::Rebalance, _) => {
                 self.next = (self.next + 1) % self.senders.len();
                 self.next
             }
+            (EdgeKind::Hash(keys), StreamMessage::Batch(batch)) => {
+                let parts = hash_partition(batch, keys, self.senders.len())?;
+                for (target, part) in parts.into_iter().enumerate() {
+                    if let Some(part) = part
+                        && self.senders[target]
+                            .send(StreamMessage::Batch(part))
+                            .await
+                            .is_err()
+                    {
+                        return Ok(false);
+                    }
+                }
+                return Ok(true);
+            }
+            (EdgeKind::Hash(_), StreamMessage::End) => 0,
         };
-        self.senders[target].send(message).await.is_ok()
+        Ok(self.senders[target].send(message).await.is_ok())
     }
 
     async fn end(&mut self) {
@@ -92,6 +118,37 @@ impl OutputRouter {
             let _ = sender.send(StreamMessage::End).await;
         }
     }
+}
+
+/// Split `batch` by a hash of its `keys` columns over `targets` tasks; `None` where a
+/// task gets no rows. The hash has a fixed seed, so a key goes to the same task in every
+/// run (its restored state is there).
+fn hash_partition(
+    batch: &RecordBatch,
+    keys: &[usize],
+    targets: usize,
+) -> Result<Vec<Option<RecordBatch>>> {
+    use datafusion::common::hash_utils::{RandomState, create_hashes};
+    let columns: Vec<ArrayRef> = keys.iter().map(|&k| batch.column(k).clone()).collect();
+    let mut hashes = vec![0u64; batch.num_rows()];
+    create_hashes(&columns, &RandomState::with_seed(0), &mut hashes)?;
+    let mut indices: Vec<Vec<u32>> = vec![Vec::new(); targets];
+    for (row, hash) in hashes.iter().enumerate() {
+        indices[(*hash % targets as u64) as usize].push(row as u32);
+    }
+    indices
+        .into_iter()
+        .map(|rows| {
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            if rows.len() == batch.num_rows() {
+                return Ok(Some(batch.clone()));
+            }
+            let rows = arrow::array::UInt32Array::from(rows);
+            Ok(Some(arrow::compute::take_record_batch(batch, &rows)?))
+        })
+        .collect()
 }
 
 /// Marks a task finished on its operator when it ends, however it ends.
@@ -119,7 +176,47 @@ impl LocalWorker {
     /// Deploy `graph` and start it. `task_ctx` carries DataFusion's session (functions,
     /// memory pool, object stores) to the fragments.
     pub fn submit(&self, graph: DataflowGraph, task_ctx: TaskContext) -> Result<JobHandle> {
+        self.deploy(graph, task_ctx, None)
+    }
+
+    /// Deploy a streaming `graph` that checkpoints as `checkpointing` says, restoring its
+    /// tasks' state from the snapshot `checkpointing` restores, if any (see
+    /// [`crate::checkpointing`]). Every vertex must take part in checkpoints (no
+    /// relational fragments).
+    pub fn submit_checkpointed(
+        &self,
+        graph: DataflowGraph,
+        task_ctx: TaskContext,
+        checkpointing: Checkpointing,
+    ) -> Result<JobHandle> {
+        self.deploy(graph, task_ctx, Some(checkpointing))
+    }
+
+    fn deploy(
+        &self,
+        graph: DataflowGraph,
+        task_ctx: TaskContext,
+        checkpointing: Option<Checkpointing>,
+    ) -> Result<JobHandle> {
         graph.validate()?;
+        if checkpointing.is_some()
+            && let Some(vertex) = graph.vertices.iter().find(|v| !v.operator.checkpoints())
+        {
+            return Err(RilletError::invalid_argument(format!(
+                "'{}' cannot run in a checkpointed streaming job yet: it runs inside the \
+                 relational engine, which passes no checkpoint barriers",
+                vertex.name
+            )));
+        }
+        let shape = graph
+            .vertices
+            .iter()
+            .map(|v| format!("{}x{}", v.name, v.parallelism))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if let Some(settings) = &checkpointing {
+            settings.check_shape(&shape)?;
+        }
         let runtime = global_runtime();
         let metrics: Vec<Arc<OperatorMetrics>> = graph
             .vertices
@@ -130,7 +227,13 @@ impl LocalWorker {
         let channel_count: usize = graph
             .edges
             .iter()
-            .map(|e| graph.vertices[e.target.0].parallelism)
+            .map(|e| {
+                let down = graph.vertices[e.target.0].parallelism;
+                match e.kind {
+                    EdgeKind::Forward => down,
+                    _ => down * graph.vertices[e.source.0].parallelism,
+                }
+            })
             .sum::<usize>()
             .max(1);
         // Half the budget for data queued in channels, half for data held inside calls
@@ -196,26 +299,29 @@ impl LocalWorker {
                         let (tx, rx) = channel(1, s, t);
                         inputs[t][p].push((edge.source, rx));
                         outputs[s][p] = Some(OutputRouter {
-                            kind: edge.kind,
+                            kind: edge.kind.clone(),
                             senders: vec![tx],
                             next: 0,
                         });
                     }
                 }
-                EdgeKind::Rebalance => {
-                    let mut senders = Vec::with_capacity(down);
-                    for p in 0..down {
-                        let (tx, rx) = channel(up, s, t);
-                        inputs[t][p].push((edge.source, rx));
-                        senders.push(tx);
-                    }
-                    for (p, slot) in outputs[s].iter_mut().enumerate() {
+                EdgeKind::Rebalance | EdgeKind::Hash(_) => {
+                    // One channel per pair of tasks, so that a downstream task can hold
+                    // one upstream task back while it aligns a barrier (`InputGate`).
+                    for (sp, slot) in outputs[s].iter_mut().enumerate() {
+                        let mut senders = Vec::with_capacity(down);
+                        for task_inputs in inputs[t].iter_mut() {
+                            let (tx, rx) = channel(1, s, t);
+                            task_inputs.push((edge.source, rx));
+                            senders.push(tx);
+                        }
                         *slot = Some(OutputRouter {
-                            kind: edge.kind,
-                            senders: senders.iter().map(|tx| tx.for_sender(p)).collect(),
-                            next: p % down,
+                            kind: edge.kind.clone(),
+                            senders,
+                            next: sp % down,
                         });
                     }
+                    let _ = up;
                 }
             }
         }
@@ -239,9 +345,83 @@ impl LocalWorker {
                     sinks.push(sink.clone());
                 }
                 VertexOperator::Fragment(plan) => fragments.push(plan.clone()),
-                VertexOperator::Function(_) => {}
+                VertexOperator::Function(_)
+                | VertexOperator::Source(_)
+                | VertexOperator::Stream(_) => {}
             }
         }
+
+        // Checkpoints: every task acknowledges each checkpoint; sources take commands.
+        let checkpoint_stats = checkpointing
+            .as_ref()
+            .map(|_| Arc::new(Mutex::new(CheckpointStats::default())));
+        let committed = Arc::new(AtomicU64::new(0));
+        let mut source_commands = BTreeMap::new();
+        let mut task_events = None;
+        let mut stop_sender = None;
+        let mut checkpoint_loop = None;
+        let sink_context = SinkContext {
+            checkpointing: checkpointing.is_some(),
+            first_checkpoint: checkpointing.as_ref().map_or(1, |c| c.first_id()),
+            committed: committed.clone(),
+        };
+        if let Some(settings) = &checkpointing {
+            let all_tasks: BTreeSet<TaskId> = graph
+                .vertices
+                .iter()
+                .flat_map(|v| (0..v.parallelism).map(move |p| TaskId::new(v.id.0 as u32, p as u32)))
+                .collect();
+            let sources: Vec<TaskId> = graph
+                .vertices
+                .iter()
+                .filter(|v| matches!(v.operator, VertexOperator::Source(_)))
+                .flat_map(|v| (0..v.parallelism).map(move |p| TaskId::new(v.id.0 as u32, p as u32)))
+                .collect();
+            if sources.is_empty() {
+                return Err(RilletError::invalid_argument(
+                    "a checkpointed job needs a streaming source",
+                ));
+            }
+            let sink_list: Vec<(usize, Arc<dyn Sink>)> = graph
+                .vertices
+                .iter()
+                .filter_map(|v| match &v.operator {
+                    VertexOperator::Sink(sink) => Some((v.id.0, sink.clone())),
+                    _ => None,
+                })
+                .collect();
+            // Before any task starts: finish the restored checkpoint's commits and drop
+            // what later, never completed checkpoints staged.
+            let restored_id = settings.restored().map(|c| c.manifest.id);
+            for vertex in &graph.vertices {
+                if let VertexOperator::Sink(sink) = &vertex.operator {
+                    let states: Vec<Vec<u8>> = (0..vertex.parallelism)
+                        .filter_map(|p| {
+                            settings.restored_state(TaskId::new(vertex.id.0 as u32, p as u32))
+                        })
+                        .collect();
+                    sink.recover(restored_id, &states)?;
+                }
+            }
+            let (cl, events, commands, stop) = CheckpointLoop::new(
+                settings.clone(),
+                shape.clone(),
+                all_tasks,
+                &sources,
+                sink_list,
+                checkpoint_stats.clone().expect("set with checkpointing"),
+                committed.clone(),
+            );
+            source_commands = commands;
+            task_events = Some(events);
+            stop_sender = Some(stop);
+            checkpoint_loop = Some(cl);
+        }
+        let link_for = |v: usize, p: usize| {
+            task_events
+                .as_ref()
+                .map(|events| CheckpointLoop::link(TaskId::new(v as u32, p as u32), events))
+        };
 
         // Start the functions' worker pools (model loads run while the job starts) and
         // fail now if one asks for resources this machine does not have.
@@ -288,9 +468,7 @@ impl LocalWorker {
                         tasks.spawn_on(fut, runtime.handle());
                     }
                     VertexOperator::Function(function) => {
-                        let (_, input) = task_inputs
-                            .pop()
-                            .ok_or_else(|| missing_input(&vertex.name))?;
+                        let input = gate(std::mem::take(&mut task_inputs), &m, &vertex.name)?.1;
                         let router = router.ok_or_else(|| missing_output(&vertex.name))?;
                         let fut = run_function(
                             function.clone(),
@@ -299,20 +477,54 @@ impl LocalWorker {
                             m,
                             pool.clone().expect("function vertices have a pool"),
                             call_budget.clone(),
+                            link_for(v, p),
                         );
                         tasks.spawn_on(fut, runtime.handle());
                     }
                     VertexOperator::Sink(sink) => {
-                        let (upstream, input) = task_inputs
-                            .pop()
-                            .ok_or_else(|| missing_input(&vertex.name))?;
+                        let (upstream, input) =
+                            gate(std::mem::take(&mut task_inputs), &m, &vertex.name)?;
                         let schema = output_schema(&graph, upstream);
                         let blocking = pool.clone().expect("sink vertices have a pool");
-                        let fut = run_sink(sink.clone(), p, schema, input, m, blocking);
+                        let writer = sink.open(p, schema, &blocking, &sink_context)?;
+                        let fut = run_sink(writer, input, m, link_for(v, p));
+                        tasks.spawn_on(fut, runtime.handle());
+                    }
+                    VertexOperator::Stream(operator) => {
+                        let input = gate(std::mem::take(&mut task_inputs), &m, &vertex.name)?.1;
+                        let router = router.ok_or_else(|| missing_output(&vertex.name))?;
+                        let restored = checkpointing.as_ref().and_then(|c| {
+                            c.restored_state(TaskId::new(v as u32, p as u32))
+                        });
+                        let task = operator.open(p, restored.as_deref())?;
+                        let fut = run_stream(task, input, router, m, link_for(v, p));
+                        tasks.spawn_on(fut, runtime.handle());
+                    }
+                    VertexOperator::Source(source) => {
+                        let router = router.ok_or_else(|| missing_output(&vertex.name))?;
+                        let mut positions = BTreeMap::new();
+                        if let Some(settings) = &checkpointing {
+                            for task in 0..vertex.parallelism {
+                                let id = TaskId::new(v as u32, task as u32);
+                                if let Some(state) = settings.restored_state(id) {
+                                    positions.extend(SourceState::from_bytes(&state)?.positions);
+                                }
+                            }
+                        }
+                        let splits = source.splits()?;
+                        let mut assigned = assign_splits(&splits, vertex.parallelism, &positions);
+                        let reader = source.open(std::mem::take(&mut assigned[p]))?;
+                        let commands = source_commands.remove(&TaskId::new(v as u32, p as u32));
+                        let fut = run_source(reader, commands, router, m, link_for(v, p));
                         tasks.spawn_on(fut, runtime.handle());
                     }
                 }
             }
+        }
+
+        drop(task_events);
+        if let Some(cl) = checkpoint_loop {
+            tasks.spawn_on(async move { cl.run().await.map(|_| None) }, runtime.handle());
         }
 
         let metrics = Arc::new(metrics);
@@ -365,8 +577,21 @@ impl LocalWorker {
             done: Some(done_rx),
             metrics,
             started,
+            checkpoints: checkpoint_stats,
+            stop: stop_sender,
         })
     }
+}
+
+/// The input gate over a task's channels, with the vertex feeding them.
+fn gate(
+    inputs: Vec<(VertexId, ChannelReceiver)>,
+    metrics: &Arc<OperatorMetrics>,
+    name: &str,
+) -> Result<(VertexId, InputGate)> {
+    let upstream = inputs.first().map(|(v, _)| *v).ok_or_else(|| missing_input(name))?;
+    let receivers = inputs.into_iter().map(|(_, rx)| rx).collect();
+    Ok((upstream, InputGate::new(receivers, Some(metrics.clone()))))
 }
 
 fn missing_input(name: &str) -> RilletError {
@@ -382,6 +607,8 @@ fn output_schema(graph: &DataflowGraph, vertex: VertexId) -> SchemaRef {
         VertexOperator::Fragment(plan) => plan.schema(),
         VertexOperator::Function(f) => f.output_schema(),
         VertexOperator::Sink(_) => Arc::new(arrow::datatypes::Schema::empty()),
+        VertexOperator::Source(source) => source.schema(),
+        VertexOperator::Stream(operator) => operator.output_schema(),
     }
 }
 
@@ -457,7 +684,7 @@ async fn run_fragment(
             continue;
         }
         metrics.add_output(batch.num_rows(), batch.get_array_memory_size());
-        if !output.send(StreamMessage::Batch(batch)).await {
+        if !output.send(StreamMessage::Batch(batch)).await? {
             // Downstream needs no more rows (a limit was reached): stop reading.
             return Ok(None);
         }
@@ -476,11 +703,12 @@ async fn run_fragment(
 /// rows get fewer rows per call when rows are large.
 async fn run_function(
     function: Arc<dyn BatchFunction>,
-    mut input: ChannelReceiver,
+    mut input: InputGate,
     mut output: OutputRouter,
     metrics: Arc<OperatorMetrics>,
     pool: BlockingPool,
     budget: CallBudget,
+    link: Option<TaskLink>,
 ) -> Result<Option<String>> {
     let _guard = TaskGuard::start(&metrics);
     let mut batcher: Option<RowBatcher> = None;
@@ -550,10 +778,18 @@ async fn run_function(
                     output.end().await;
                     return Ok(None);
                 }
-                Some(barrier) => {
-                    if !output.send(barrier).await {
+                Some(StreamMessage::Barrier(barrier)) => {
+                    // Every call started before the barrier has finished and been sent:
+                    // the function holds nothing in flight, so its state is empty.
+                    if let Some(link) = &link {
+                        link.ack(barrier.checkpoint_id, None).await?;
+                    }
+                    if !output.send(StreamMessage::Barrier(barrier)).await? {
                         return Ok(None);
                     }
+                }
+                Some(StreamMessage::Batch(_)) => {
+                    return Err(RilletError::internal("a batch was held as a barrier"));
                 }
                 None => {}
             }
@@ -572,14 +808,14 @@ async fn run_function(
                 check_output_schema(function.as_ref(), &result, &expected)?;
                 if result.num_rows() > 0 {
                     metrics.add_output(result.num_rows(), result.get_array_memory_size());
-                    if !output.send(StreamMessage::Batch(result)).await {
+                    if !output.send(StreamMessage::Batch(result)).await? {
                         return Ok(None);
                     }
                 }
             }
             // A call finished behind an earlier one: its worker is free for the next call.
             () = call_finished.notified() => {}
-            message = input.recv(), if accepting => match message {
+            message = input.recv(), if accepting => match message? {
                 Some(StreamMessage::Batch(batch)) => {
                     metrics.add_input(batch.num_rows());
                     if batch.num_rows() > 0 {
@@ -608,17 +844,14 @@ async fn run_function(
 }
 
 async fn run_sink(
-    sink: Arc<dyn Sink>,
-    partition: usize,
-    schema: SchemaRef,
-    mut input: ChannelReceiver,
+    mut writer: Box<dyn crate::sink::BatchWriter>,
+    mut input: InputGate,
     metrics: Arc<OperatorMetrics>,
-    blocking: BlockingPool,
+    link: Option<TaskLink>,
 ) -> Result<Option<String>> {
     let _guard = TaskGuard::start(&metrics);
-    let mut writer = sink.open(partition, schema, &blocking)?;
     loop {
-        match input.recv().await {
+        match input.recv().await? {
             Some(StreamMessage::Batch(batch)) => {
                 metrics.add_input(batch.num_rows());
                 metrics.add_output(batch.num_rows(), batch.get_array_memory_size());
@@ -629,12 +862,147 @@ async fn run_sink(
                     Err(e) => return Err(e),
                 }
             }
-            Some(StreamMessage::Barrier(_)) => {}
+            Some(StreamMessage::Barrier(barrier)) => {
+                let state = writer.checkpoint(barrier.checkpoint_id).await?;
+                if let Some(link) = &link {
+                    link.ack(barrier.checkpoint_id, state).await?;
+                }
+            }
             Some(StreamMessage::End) => break,
             None => return Err(RilletError::Cancelled),
         }
     }
     writer.close().await
+}
+
+/// Runs a streaming operator's task: batches through the operator, and at each aligned
+/// barrier a snapshot of its state.
+async fn run_stream(
+    mut operator: Box<dyn OperatorTask>,
+    mut input: InputGate,
+    mut output: OutputRouter,
+    metrics: Arc<OperatorMetrics>,
+    link: Option<TaskLink>,
+) -> Result<Option<String>> {
+    let _guard = TaskGuard::start(&metrics);
+    loop {
+        let produced = match input.recv().await? {
+            Some(StreamMessage::Batch(batch)) => {
+                metrics.add_input(batch.num_rows());
+                operator.process(batch)?
+            }
+            Some(StreamMessage::Barrier(barrier)) => {
+                let state = operator.snapshot()?;
+                if let Some(link) = &link {
+                    link.ack(barrier.checkpoint_id, state).await?;
+                }
+                if !output.send(StreamMessage::Barrier(barrier)).await? {
+                    return Ok(None);
+                }
+                continue;
+            }
+            Some(StreamMessage::End) => {
+                for batch in operator.finish()? {
+                    if batch.num_rows() > 0 && !output.send(StreamMessage::Batch(batch)).await? {
+                        return Ok(None);
+                    }
+                }
+                output.end().await;
+                return Ok(None);
+            }
+            None => return Err(RilletError::Cancelled),
+        };
+        for batch in produced {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            metrics.add_output(batch.num_rows(), batch.get_array_memory_size());
+            if !output.send(StreamMessage::Batch(batch)).await? {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Runs a source task: reads its splits and, on the checkpoint loop's command, records
+/// their positions, acknowledges, and injects the barrier in order with the batches. A
+/// bounded source that has read everything waits for the final barrier before it ends,
+/// so that the last rows are committed too.
+async fn run_source(
+    mut reader: Box<dyn SourceReader>,
+    mut commands: Option<mpsc::Receiver<SourceCommand>>,
+    mut output: OutputRouter,
+    metrics: Arc<OperatorMetrics>,
+    link: Option<TaskLink>,
+) -> Result<Option<String>> {
+    let _guard = TaskGuard::start(&metrics);
+    let mut ended = false;
+    let mut pending: Option<SourceCommand> = None;
+    loop {
+        if pending.is_none()
+            && let Some(rx) = commands.as_mut()
+        {
+            pending = if ended {
+                Some(rx.recv().await.ok_or(RilletError::Cancelled)?)
+            } else {
+                rx.try_recv().ok()
+            };
+        }
+        if let Some(command) = pending.take() {
+            let (id, last) = match command {
+                SourceCommand::Barrier(id) => (id, false),
+                SourceCommand::FinalBarrier(id) => (id, true),
+            };
+            let state = SourceState {
+                positions: reader.positions().into_iter().collect(),
+            };
+            if let Some(link) = &link {
+                link.ack(id, Some(state.to_bytes())).await?;
+            }
+            let barrier = StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: id });
+            if !output.send(barrier).await? {
+                return Ok(None);
+            }
+            if last {
+                output.end().await;
+                return Ok(None);
+            }
+            continue;
+        }
+        if ended {
+            // No checkpoints: nothing to wait for.
+            output.end().await;
+            return Ok(None);
+        }
+        let next = match commands.as_mut() {
+            Some(rx) => tokio::select! {
+                biased;
+                command = rx.recv() => {
+                    pending = Some(command.ok_or(RilletError::Cancelled)?);
+                    continue;
+                }
+                next = reader.next_batch() => next?,
+            },
+            None => reader.next_batch().await?,
+        };
+        match next {
+            Some(batch) => {
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                metrics.add_output(batch.num_rows(), batch.get_array_memory_size());
+                if !output.send(StreamMessage::Batch(batch)).await? {
+                    return Ok(None);
+                }
+            }
+            None => {
+                ended = true;
+                if let Some(link) = &link {
+                    link.source_ended().await?;
+                }
+            }
+        }
+    }
 }
 
 impl JobHandle {
@@ -661,6 +1029,38 @@ impl JobHandle {
             .unwrap_or_else(|_| Err(RilletError::internal("job driver vanished")));
         self.done = None;
         result
+    }
+
+    /// Figures about the job's checkpoints; `None` for a job without checkpoints.
+    pub fn checkpoint_stats(&self) -> Option<CheckpointStats> {
+        self.checkpoints.as_ref().map(|s| s.lock().clone())
+    }
+
+    /// Stop a checkpointed job with a savepoint: the sources stop reading, a final
+    /// snapshot is taken as a savepoint and the sinks commit it, then the job ends (its
+    /// [`wait`](Self::wait) returns normally). Returns the savepoint's id once written.
+    pub async fn stop_with_savepoint(&self) -> Result<u64> {
+        self.stop_request().await
+    }
+
+    /// [`stop_with_savepoint`](Self::stop_with_savepoint) as a future that does not borrow
+    /// the handle (to await it while another thread waits for the job).
+    pub fn stop_request(&self) -> impl std::future::Future<Output = Result<u64>> + Send + 'static {
+        let stop = self.stop.clone();
+        async move {
+            let stop = stop.ok_or_else(|| {
+                RilletError::invalid_argument(
+                    "only a job with checkpoints can stop with a savepoint",
+                )
+            })?;
+            let (tx, rx) = oneshot::channel();
+            stop.send(tx)
+                .await
+                .map_err(|_| RilletError::invalid_argument("the job has already ended"))?;
+            rx.await.unwrap_or_else(|_| {
+                Err(RilletError::invalid_argument("the job ended before its savepoint"))
+            })
+        }
     }
 
     /// Live figures of the running (or finished) job.

@@ -3,3 +3,4 @@
 
 mod execution;
 mod operations;
+mod streaming;

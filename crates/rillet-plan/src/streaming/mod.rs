@@ -1,0 +1,254 @@
+//! Streaming jobs: from a DataFrame over a streaming source to a dataflow whose every
+//! vertex passes checkpoint barriers.
+//!
+//! A batch job runs its relational work as DataFusion fragments, which know nothing of
+//! barriers. A streaming job instead maps each operator of the physical plan to a vertex
+//! of its own kind:
+//!
+//! - the scan of a [`StreamTable`] becomes a source vertex (split positions checkpointed);
+//! - projections and filters become an [`ExprOperator`] (stateless, fused into one vertex),
+//!   evaluating DataFusion's own physical expressions batch by batch;
+//! - UDF and `map_batches` stages become function vertices, as in a batch job;
+//! - a running aggregate becomes a keyed vertex behind a hash exchange;
+//! - repartitions and coalesces are dropped: the dataflow routes rows itself.
+//!
+//! Anything else (joins, sorts, global aggregates, limits) is refused with its name until
+//! it has a streaming form.
+
+mod running;
+mod source;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::filter::{FilterExec, batch_filter};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use rillet_common::{Result, RilletError};
+use rillet_runtime::{
+    DataflowGraph, EdgeKind, OperatorTask, Sink, StreamOperator, VertexId, VertexOperator,
+};
+
+pub use running::{
+    RunningAggregate, RunningAggregateExec, RunningAggregateNode, RunningFunction, RunningSpec,
+};
+pub(crate) use running::RunningAggregatePlanner;
+pub use source::{StreamSourceExec, StreamTable};
+
+use crate::graph_builder::add_stage;
+use crate::stage::BatchStageExec;
+
+/// One step of an [`ExprOperator`].
+#[derive(Debug, Clone)]
+enum Step {
+    /// Keep the rows where the predicate is true.
+    Filter(Arc<dyn PhysicalExpr>),
+    /// Compute these columns.
+    Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
+    /// Keep these columns.
+    Select(Vec<usize>, SchemaRef),
+}
+
+/// Stateless row-wise work (filters, projections) on each batch: DataFusion's physical
+/// expressions evaluated outside its operators, so that barriers pass between batches.
+#[derive(Debug, Clone)]
+pub struct ExprOperator {
+    steps: Vec<Step>,
+}
+
+impl ExprOperator {
+    fn apply(&self, mut batch: RecordBatch) -> Result<RecordBatch> {
+        for step in &self.steps {
+            batch = match step {
+                Step::Filter(predicate) => batch_filter(&batch, predicate)?,
+                Step::Project(exprs, schema) => {
+                    let rows = batch.num_rows();
+                    let columns = exprs
+                        .iter()
+                        .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(rows)))
+                        .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
+                    RecordBatch::try_new_with_options(
+                        schema.clone(),
+                        columns,
+                        &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+                    )?
+                }
+                Step::Select(columns, schema) => {
+                    let projected = batch.project(columns)?;
+                    RecordBatch::try_new(schema.clone(), projected.columns().to_vec())?
+                }
+            };
+        }
+        Ok(batch)
+    }
+}
+
+/// An expression vertex: its steps and its output schema.
+#[derive(Debug, Clone)]
+struct ExprVertex {
+    operator: ExprOperator,
+    schema: SchemaRef,
+}
+
+impl StreamOperator for ExprVertex {
+    fn name(&self) -> String {
+        let names: Vec<&str> = self
+            .operator
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Filter(_) => "filter",
+                Step::Project(..) => "projection",
+                Step::Select(..) => "select",
+            })
+            .collect();
+        names.join(" → ")
+    }
+
+    fn output_schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn open(&self, _task: usize, _restored: Option<&[u8]>) -> Result<Box<dyn OperatorTask>> {
+        Ok(Box::new(self.operator.clone()))
+    }
+}
+
+impl OperatorTask for ExprOperator {
+    fn process(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        Ok(vec![self.apply(batch)?])
+    }
+
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+}
+
+/// Build the dataflow of a streaming job for `plan`, ending in `sink`.
+pub fn build_streaming_dataflow(
+    plan: Arc<dyn ExecutionPlan>,
+    sink: Arc<dyn Sink>,
+    sink_name: &str,
+) -> Result<DataflowGraph> {
+    let mut builder = Builder::default();
+    let last = builder.add(plan)?;
+    let mut graph = builder.graph;
+    let parallelism = graph.vertices[last.0].parallelism;
+    let sink_vertex = graph.add_vertex(sink_name, VertexOperator::Sink(sink), parallelism);
+    graph.connect(last, sink_vertex, EdgeKind::Forward);
+    Ok(graph)
+}
+
+#[derive(Default)]
+struct Builder {
+    graph: DataflowGraph,
+    /// The expression vertices so far, by vertex index, to fuse the next step into.
+    exprs: HashMap<usize, ExprVertex>,
+}
+
+impl Builder {
+    fn add(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<VertexId> {
+        if let Some(scan) = plan.downcast_ref::<StreamSourceExec>() {
+            let vertex = self.graph.add_vertex(
+                scan.source().describe(),
+                VertexOperator::Source(scan.source().clone()),
+                scan.tasks(),
+            );
+            return Ok(match scan.projection() {
+                Some(columns) => {
+                    self.add_step(vertex, Step::Select(columns.to_vec(), scan.schema()))
+                }
+                None => vertex,
+            });
+        }
+        // The dataflow routes rows itself: DataFusion's exchanges have no part in it.
+        let passthrough = plan.downcast_ref::<RepartitionExec>().is_some()
+            || plan.name() == "CoalesceBatchesExec"
+            || plan.downcast_ref::<CoalescePartitionsExec>().is_some()
+            || plan.name() == "CooperativeExec";
+        if passthrough && let [child] = plan.children().as_slice() {
+            return self.add((*child).clone());
+        }
+        if let Some(filter) = plan.downcast_ref::<FilterExec>() {
+            let upstream = self.add(filter.input().clone())?;
+            let mut vertex = self.add_step(upstream, Step::Filter(filter.predicate().clone()));
+            if let Some(columns) = filter.projection() {
+                vertex = self.add_step(vertex, Step::Select(columns.to_vec(), filter.schema()));
+            }
+            return Ok(vertex);
+        }
+        if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
+            let upstream = self.add(projection.input().clone())?;
+            let exprs = projection.expr().iter().map(|p| p.expr.clone()).collect();
+            return Ok(self.add_step(upstream, Step::Project(exprs, projection.schema())));
+        }
+        if let Some(stage) = plan.downcast_ref::<BatchStageExec>() {
+            let upstream = self.add(stage.input().clone())?;
+            return Ok(add_stage(&mut self.graph, upstream, stage.function().clone()));
+        }
+        if let Some(running) = plan.downcast_ref::<RunningAggregateExec>() {
+            let upstream = self.add(running.input().clone())?;
+            let operator = running.operator();
+            let keys = operator.key_columns().unwrap_or_default();
+            let parallelism = self.graph.vertices[upstream.0].parallelism;
+            let vertex = self.graph.add_vertex(
+                operator.name(),
+                VertexOperator::Stream(operator),
+                parallelism,
+            );
+            self.graph.connect(upstream, vertex, EdgeKind::Hash(keys));
+            return Ok(vertex);
+        }
+        Err(RilletError::invalid_argument(format!(
+            "{} cannot run in a streaming job yet (streaming jobs take projections, filters, \
+             UDFs, map_batches and running aggregates)",
+            plan.name()
+        )))
+    }
+
+    /// Append `step` to the expression vertex `upstream`, or start one after it.
+    fn add_step(&mut self, upstream: VertexId, step: Step) -> VertexId {
+        let input_schema = self.output_schema(upstream);
+        let (vertex, mut expr) = match self.exprs.remove(&upstream.0) {
+            Some(expr) => (upstream, expr),
+            None => {
+                let parallelism = self.graph.vertices[upstream.0].parallelism;
+                let expr = ExprVertex {
+                    operator: ExprOperator { steps: Vec::new() },
+                    schema: input_schema.clone(),
+                };
+                let vertex = self.graph.add_vertex(
+                    "expressions",
+                    VertexOperator::Stream(Arc::new(expr.clone())),
+                    parallelism,
+                );
+                self.graph.connect(upstream, vertex, EdgeKind::Forward);
+                (vertex, expr)
+            }
+        };
+        if let Step::Project(_, schema) | Step::Select(_, schema) = &step {
+            expr.schema = schema.clone();
+        }
+        expr.operator.steps.push(step);
+        let node = &mut self.graph.vertices[vertex.0];
+        node.name = expr.name();
+        node.operator = VertexOperator::Stream(Arc::new(expr.clone()));
+        self.exprs.insert(vertex.0, expr);
+        vertex
+    }
+
+    fn output_schema(&self, vertex: VertexId) -> SchemaRef {
+        match &self.graph.vertices[vertex.0].operator {
+            VertexOperator::Source(source) => source.schema(),
+            VertexOperator::Stream(operator) => operator.output_schema(),
+            VertexOperator::Function(function) => function.output_schema(),
+            VertexOperator::Fragment(plan) => plan.schema(),
+            VertexOperator::Sink(_) => Arc::new(Schema::empty()),
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Streaming jobs from Python: `DataFrame.start` returns a [`PyStreamingJob`] with status,
+//! metrics, wait, cancel and stop (with a savepoint); `check_sequence` is the sequence
+//! oracle for tests and kill sweeps.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyAssertionError, PyTimeoutError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3_arrow::PyTable;
+use rillet_checkpoint::Kind;
+use rillet_common::RilletError;
+use rillet_runtime::{CheckpointStats, FileFormat, JobHandle, JobStats, global_runtime};
+
+use crate::dataframe::{PyDataFrame, stats_to_dict};
+use crate::errors::IntoPy;
+
+/// A snapshot directory `<location>/<job>/<savepoint-N | chk-N>` split into its parts.
+fn parse_snapshot_path(path: &str) -> PyResult<(String, String, Kind, u64)> {
+    let trimmed = path.trim_end_matches('/');
+    let bad = || {
+        PyValueError::new_err(format!(
+            "{path:?} is not a snapshot directory (<checkpoint_dir>/<job>/savepoint-<id> or \
+             chk-<id>)"
+        ))
+    };
+    let (parent, name) = trimmed.rsplit_once('/').ok_or_else(bad)?;
+    let (location, job) = parent.rsplit_once('/').ok_or_else(bad)?;
+    let (kind, id) = if let Some(id) = name.strip_prefix("savepoint-") {
+        (Kind::Savepoint, id)
+    } else if let Some(id) = name.strip_prefix("chk-") {
+        (Kind::Checkpoint, id)
+    } else {
+        return Err(bad());
+    };
+    let id = id.parse().map_err(|_| bad())?;
+    Ok((location.to_string(), job.to_string(), kind, id))
+}
+
+impl PyDataFrame {
+    /// Keyed running aggregates; `specs` are (function, input column or None, output).
+    pub(crate) fn running_aggregate_impl(
+        &self,
+        keys: Vec<String>,
+        specs: Vec<(String, Option<String>, String)>,
+    ) -> PyResult<Self> {
+        use rillet_plan::streaming::RunningFunction;
+        let specs = specs
+            .into_iter()
+            .map(|(function, input, output)| {
+                let function = match function.as_str() {
+                    "count" => RunningFunction::Count,
+                    "sum" => RunningFunction::Sum,
+                    "min" => RunningFunction::Min,
+                    "max" => RunningFunction::Max,
+                    other => {
+                        return Err(PyValueError::new_err(format!(
+                            "no running aggregate {other:?}; use count, sum, min or max"
+                        )));
+                    }
+                };
+                Ok((function, input, output))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        self.df
+            .running_aggregate(&keys, specs)
+            .py_err()
+            .map(PyDataFrame::from)
+    }
+
+    /// Start a streaming job writing files exactly once (see `rillet.DataFrame.start`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start_impl(
+        &self,
+        py: Python<'_>,
+        directory: String,
+        format: &str,
+        job_id: String,
+        checkpoint_dir: Option<String>,
+        checkpoint_interval: f64,
+        resume_from: Option<String>,
+        compression: Option<&str>,
+    ) -> PyResult<PyStreamingJob> {
+        let format = match format {
+            "parquet" => FileFormat::Parquet(
+                compression
+                    .unwrap_or("zstd")
+                    .parse::<rillet_runtime::ParquetCompression>()
+                    .py_err()?,
+            ),
+            "json" => FileFormat::Json,
+            "csv" => FileFormat::Csv,
+            other => return Err(PyValueError::new_err(format!("unknown format '{other}'"))),
+        };
+        if !(checkpoint_interval > 0.0 && checkpoint_interval.is_finite()) {
+            return Err(PyValueError::new_err("checkpoint_interval must be a positive number of seconds"));
+        }
+        let interval = Duration::from_secs_f64(checkpoint_interval);
+        let (location, job_id, resume) = match resume_from {
+            Some(path) => {
+                let (location, job, kind, id) = parse_snapshot_path(&path)?;
+                (Some(location), job, Some((kind, id)))
+            }
+            None => (checkpoint_dir, job_id, None),
+        };
+        let job = py
+            .detach(|| {
+                self.df.start_files(
+                    &directory,
+                    format,
+                    &job_id,
+                    location.as_deref().map(|l| (l, interval)),
+                    resume,
+                )
+            })
+            .py_err()?;
+        Ok(PyStreamingJob {
+            job_id,
+            location,
+            state: Mutex::new(JobState {
+                job: Some(job),
+                outcome: None,
+                stopped: false,
+                checkpoints: None,
+            }),
+        })
+    }
+}
+
+struct JobState {
+    /// Taken while a `wait` runs without the lock.
+    job: Option<JobHandle>,
+    /// The job's figures, or its error and whether it was a cancel.
+    outcome: Option<Result<JobStats, (PyErr, bool)>>,
+    stopped: bool,
+    /// The checkpoint figures as the job ended.
+    checkpoints: Option<CheckpointStats>,
+}
+
+/// A running streaming job.
+#[pyclass(name = "StreamingJob", module = "rillet._rillet")]
+pub struct PyStreamingJob {
+    #[pyo3(get)]
+    job_id: String,
+    location: Option<String>,
+    state: Mutex<JobState>,
+}
+
+#[pymethods]
+impl PyStreamingJob {
+    /// "running", "finished", "stopped", "cancelled" or "failed".
+    fn status(&self) -> &'static str {
+        let state = self.state.lock();
+        match &state.outcome {
+            None => "running",
+            Some(Ok(_)) if state.stopped => "stopped",
+            Some(Ok(_)) => "finished",
+            Some(Err((_, true))) => "cancelled",
+            Some(Err((_, false))) => "failed",
+        }
+    }
+
+    /// Live figures: the operators' counters and the checkpoints'.
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let state = self.state.lock();
+        let (stats, checkpoints) = match (&state.job, &state.outcome) {
+            (_, Some(Ok(stats))) => (stats.clone(), state.checkpoints.clone()),
+            (Some(job), _) => (job.stats(), job.checkpoint_stats()),
+            (None, _) => (JobStats::default(), state.checkpoints.clone()),
+        };
+        let dict = stats_to_dict(py, &stats)?;
+        if let Some(c) = checkpoints {
+            let d = PyDict::new(py);
+            d.set_item("restored_from", c.restored_from)?;
+            d.set_item("completed", c.completed)?;
+            d.set_item("aborted", c.aborted)?;
+            d.set_item("latest_completed", c.latest_completed)?;
+            d.set_item("durations_ms", c.durations_ms)?;
+            d.set_item("last_failure", c.last_failure)?;
+            d.set_item("savepoint", c.savepoint)?;
+            dict.set_item("checkpoints", d)?;
+        }
+        Ok(dict)
+    }
+
+    /// Wait for the job to end (at most `timeout` seconds); returns its figures, raises
+    /// its error, or TimeoutError.
+    #[pyo3(signature = (timeout=None))]
+    fn wait<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyDict>> {
+        let taken = self.state.lock().job.take();
+        if let Some(mut job) = taken {
+            let limit = timeout.map(Duration::from_secs_f64);
+            let (finished, job) = py.detach(move || {
+                let finished = global_runtime().block_on(async {
+                    match limit {
+                        Some(limit) => tokio::time::timeout(limit, job.wait()).await.ok(),
+                        None => Some(job.wait().await),
+                    }
+                });
+                (finished, job)
+            });
+            let mut state = self.state.lock();
+            match finished {
+                Some(outcome) => {
+                    state.checkpoints = job.checkpoint_stats();
+                    state.outcome = Some(outcome.map_err(|e| {
+                        let cancelled = matches!(e, RilletError::Cancelled);
+                        (crate::errors::to_py(e), cancelled)
+                    }));
+                }
+                None => {
+                    state.job = Some(job);
+                    return Err(PyTimeoutError::new_err("the job is still running"));
+                }
+            }
+        }
+        let state = self.state.lock();
+        match &state.outcome {
+            Some(Ok(stats)) => stats_to_dict(py, stats),
+            Some(Err((e, _))) => Err(e.clone_ref(py)),
+            None => Err(PyValueError::new_err("another thread is waiting for this job")),
+        }
+    }
+
+    /// Cancel: the tasks stop at once; nothing after the last completed checkpoint is
+    /// committed (a restart with the same job id continues from it).
+    fn cancel(&self) {
+        if let Some(job) = &self.state.lock().job {
+            job.cancel();
+        }
+    }
+
+    /// Stop the job. With `savepoint=True` (the default) the sources stop, a savepoint is
+    /// taken and committed, and its directory is returned (resume with
+    /// `df.start(..., resume_from=path)`); otherwise the job is cancelled.
+    #[pyo3(signature = (savepoint=true))]
+    fn stop(&self, py: Python<'_>, savepoint: bool) -> PyResult<Option<String>> {
+        if !savepoint {
+            self.cancel();
+            let _ = self.wait(py, None);
+            return Ok(None);
+        }
+        let stopping = {
+            let mut state = self.state.lock();
+            state.stopped = true;
+            let job = state
+                .job
+                .as_ref()
+                .ok_or_else(|| PyValueError::new_err("the job has ended or is being waited for"))?;
+            // The request goes out now; the answer comes once the savepoint is written.
+            let stop = job.stop_request();
+            stop
+        };
+        let id = py.detach(|| global_runtime().block_on(stopping)).py_err()?;
+        let _ = self.wait(py, None)?;
+        let location = self.location.clone().unwrap_or_default();
+        Ok(Some(format!(
+            "{}/{}/savepoint-{id:020}",
+            location.trim_end_matches('/'),
+            self.job_id
+        )))
+    }
+}
+
+/// The sequence oracle: `table` (a pyarrow table or batches with source, partition, seq,
+/// value) must hold each seq below `expected[(source, partition)]` exactly once with the
+/// right value. Returns the row count; raises AssertionError naming what is wrong.
+#[pyfunction]
+fn check_sequence(
+    py: Python<'_>,
+    table: PyTable,
+    expected: BTreeMap<(String, u32), u64>,
+) -> PyResult<u64> {
+    let (batches, _schema): (Vec<RecordBatch>, _) = table.into_inner();
+    py.detach(|| rillet_connectors::sequence::check(&batches, &expected))
+        .map_err(PyAssertionError::new_err)
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyStreamingJob>()?;
+    m.add_function(wrap_pyfunction!(check_sequence, m)?)?;
+    Ok(())
+}

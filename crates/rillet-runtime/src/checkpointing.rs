@@ -1,0 +1,473 @@
+//! Checkpoints of a running job: the settings a job starts with, the loop that triggers
+//! checkpoints and collects the tasks' snapshots into the [`CheckpointStore`], and the
+//! handle each task acknowledges through.
+//!
+//! The protocol, aligned barriers:
+//! 1. Every `interval` the loop starts checkpoint `n` ([`CheckpointCoordinator::trigger`])
+//!    and tells every source task.
+//! 2. A source task records its splits' positions, acknowledges `n` with them, and sends
+//!    the barrier of `n` down every output channel, in order with its batches.
+//! 3. A task with several input channels aligns the barrier ([`crate::channel::InputGate`]),
+//!    snapshots its state, acknowledges, and forwards the barrier. A function vertex first
+//!    finishes the calls it started (nothing is in flight in a snapshot). A sink task
+//!    closes the files it wrote since the last barrier; their names are its state.
+//! 4. When every task has acknowledged, the loop writes the manifest (the commit point of
+//!    the checkpoint), then tells the sinks to commit what the checkpoint covers
+//!    ([`crate::Sink::commit`]), then prunes old checkpoints.
+//!
+//! When every source has ended, the loop takes a final checkpoint, after which the sources
+//! send their end: a finished job has committed everything. `stop` takes the same final
+//! snapshot as a savepoint while the sources are still running.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rillet_checkpoint::coordinator::{Acknowledged, CheckpointCoordinator, TaskId};
+use rillet_checkpoint::{Checkpoint, CheckpointStore, CheckpointWriter, Kind};
+use rillet_common::{Result, RilletError};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::sink::Sink;
+
+/// How a job checkpoints, and what it restores from.
+#[derive(Debug, Clone)]
+pub struct Checkpointing {
+    store: CheckpointStore,
+    interval: Duration,
+    retain: usize,
+    timeout: Duration,
+    restored: Option<Arc<Checkpoint>>,
+    first_id: u64,
+}
+
+impl Checkpointing {
+    /// Checkpoint every `interval` into `store`, restoring from the newest valid snapshot
+    /// (checkpoint or savepoint) already there, if any: a job restarted with the same id
+    /// resumes by itself. Snapshots skipped on the way (incomplete, corrupt) are logged.
+    pub async fn resume_latest(store: CheckpointStore, interval: Duration) -> Result<Self> {
+        let restored = match store.latest().await? {
+            Some(found) => {
+                for (id, reason) in &found.skipped {
+                    tracing::warn!("job {}: not restoring snapshot {id}: {reason}", store.job());
+                }
+                Some(Arc::new(found.checkpoint))
+            }
+            None => None,
+        };
+        Self::with_restored(store, interval, restored).await
+    }
+
+    /// Checkpoint every `interval` into `store`, restoring from snapshot `id` of `kind`
+    /// (a savepoint the user names); an error if it is missing or fails its checks.
+    pub async fn resume_from(
+        store: CheckpointStore,
+        interval: Duration,
+        kind: Kind,
+        id: u64,
+    ) -> Result<Self> {
+        let checkpoint = store.load(kind, id).await?;
+        Self::with_restored(store, interval, Some(Arc::new(checkpoint))).await
+    }
+
+    async fn with_restored(
+        store: CheckpointStore,
+        interval: Duration,
+        restored: Option<Arc<Checkpoint>>,
+    ) -> Result<Self> {
+        let first_id = store.next_id().await?;
+        Ok(Self {
+            store,
+            interval: interval.max(Duration::from_millis(10)),
+            retain: 3,
+            timeout: Duration::from_secs(600),
+            restored,
+            first_id,
+        })
+    }
+
+    /// Keep the newest `retain` checkpoints (at least 2, so a corrupt newest one has a
+    /// predecessor to fall back to). Default 3.
+    pub fn with_retain(mut self, retain: usize) -> Self {
+        self.retain = retain.max(2);
+        self
+    }
+
+    /// Abort a checkpoint not acknowledged by every task within `timeout` (default 10
+    /// minutes).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The snapshot the job starts from, if any.
+    pub fn restored(&self) -> Option<&Checkpoint> {
+        self.restored.as_deref()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &CheckpointStore {
+        &self.store
+    }
+
+    pub(crate) fn first_id(&self) -> u64 {
+        self.first_id
+    }
+
+    /// The state task `task` snapshotted in the restored checkpoint.
+    pub(crate) fn restored_state(&self, task: TaskId) -> Option<Vec<u8>> {
+        self.restored
+            .as_ref()?
+            .artifact(&artifact_name(task))
+            .map(|b| b.to_vec())
+    }
+
+    /// Fail if the restored snapshot was taken by a job of another shape.
+    pub(crate) fn check_shape(&self, shape: &str) -> Result<()> {
+        let Some(restored) = &self.restored else {
+            return Ok(());
+        };
+        match restored.manifest.properties.get(SHAPE_PROPERTY) {
+            Some(recorded) if recorded == shape => Ok(()),
+            recorded => Err(RilletError::Checkpoint(format!(
+                "snapshot {} of job '{}' was taken by a job of another shape ({}); this job is \
+                 ({shape}). Resume it with the same pipeline, or start under a new job id",
+                restored.manifest.id,
+                restored.manifest.job,
+                recorded.map_or("unrecorded", String::as_str),
+            ))),
+        }
+    }
+}
+
+/// The manifest property recording the job's vertices and parallelisms.
+const SHAPE_PROPERTY: &str = "shape";
+
+/// The artifact holding task `task`'s state.
+pub(crate) fn artifact_name(task: TaskId) -> String {
+    format!("task-{:03}-{:03}", task.vertex, task.subtask)
+}
+
+/// Figures about a job's checkpoints.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckpointStats {
+    /// The snapshot the job restored from.
+    pub restored_from: Option<u64>,
+    /// Checkpoints completed by this run.
+    pub completed: u64,
+    /// Checkpoints aborted (timed out, failed to write, superseded).
+    pub aborted: u64,
+    /// The newest completed checkpoint or savepoint.
+    pub latest_completed: Option<u64>,
+    /// Duration of each completed checkpoint, trigger to committed, in milliseconds, oldest
+    /// first (the last 1,000).
+    pub durations_ms: Vec<f64>,
+    /// The last abort's reason.
+    pub last_failure: Option<String>,
+    /// The savepoint taken by `stop`, once written.
+    pub savepoint: Option<u64>,
+}
+
+/// What a task tells the checkpoint loop.
+#[derive(Debug)]
+pub(crate) enum TaskEvent {
+    /// Its state for checkpoint `checkpoint` (`None`: no state).
+    Ack {
+        checkpoint: u64,
+        task: TaskId,
+        state: Option<Vec<u8>>,
+    },
+    /// A source task has read everything assigned to it and waits for the final barrier.
+    SourceEnded(TaskId),
+}
+
+/// What the checkpoint loop tells a source task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SourceCommand {
+    /// Inject the barrier of this checkpoint.
+    Barrier(u64),
+    /// Inject the barrier of this checkpoint, then end.
+    FinalBarrier(u64),
+}
+
+/// A task's link to the checkpoint loop.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskLink {
+    pub task: TaskId,
+    events: mpsc::Sender<TaskEvent>,
+}
+
+impl TaskLink {
+    /// Acknowledge `checkpoint` with `state`.
+    pub async fn ack(&self, checkpoint: u64, state: Option<Vec<u8>>) -> Result<()> {
+        self.events
+            .send(TaskEvent::Ack {
+                checkpoint,
+                task: self.task,
+                state,
+            })
+            .await
+            .map_err(|_| RilletError::Cancelled)
+    }
+
+    pub async fn source_ended(&self) -> Result<()> {
+        self.events
+            .send(TaskEvent::SourceEnded(self.task))
+            .await
+            .map_err(|_| RilletError::Cancelled)
+    }
+}
+
+/// The request to stop with a savepoint.
+pub(crate) type StopRequest = tokio::sync::oneshot::Sender<Result<u64>>;
+
+/// The running loop's ends, handed out by [`CheckpointLoop::new`].
+pub(crate) struct CheckpointLoop {
+    settings: Checkpointing,
+    shape: String,
+    tasks: BTreeSet<TaskId>,
+    sources: Vec<(TaskId, mpsc::Sender<SourceCommand>)>,
+    sinks: Vec<(usize, Arc<dyn Sink>)>,
+    events: mpsc::Receiver<TaskEvent>,
+    stop: mpsc::Receiver<StopRequest>,
+    stats: Arc<Mutex<CheckpointStats>>,
+    completed: Arc<AtomicU64>,
+    /// The sink tasks' states per checkpoint in flight, by sink vertex, for the commit.
+    sink_states: BTreeMap<u64, BTreeMap<usize, Vec<Vec<u8>>>>,
+}
+
+/// The most checkpoints in flight at once: aligned checkpoints queue behind each other.
+const MAX_IN_FLIGHT: usize = 1;
+
+impl CheckpointLoop {
+    /// The loop for a job of `shape` with `tasks`; returns it, the link factory's sender,
+    /// and the receivers of source commands to hand to the source tasks.
+    #[allow(clippy::type_complexity)]
+    pub fn new(
+        settings: Checkpointing,
+        shape: String,
+        tasks: BTreeSet<TaskId>,
+        sources: &[TaskId],
+        sinks: Vec<(usize, Arc<dyn Sink>)>,
+        stats: Arc<Mutex<CheckpointStats>>,
+        completed: Arc<AtomicU64>,
+    ) -> (
+        Self,
+        mpsc::Sender<TaskEvent>,
+        BTreeMap<TaskId, mpsc::Receiver<SourceCommand>>,
+        mpsc::Sender<StopRequest>,
+    ) {
+        // Each task acknowledges each checkpoint in flight at most once, plus the final
+        // one and a source's end: the channels never fill.
+        let (events_tx, events) = mpsc::channel(tasks.len() * (MAX_IN_FLIGHT + 2) + 1);
+        let mut commands = BTreeMap::new();
+        let mut senders = Vec::new();
+        for &task in sources {
+            let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT + 2);
+            senders.push((task, tx));
+            commands.insert(task, rx);
+        }
+        let (stop_tx, stop) = mpsc::channel(1);
+        stats.lock().restored_from = settings.restored().map(|c| c.manifest.id);
+        if let Some(restored) = settings.restored() {
+            completed.store(restored.manifest.id, Ordering::SeqCst);
+        }
+        (
+            Self {
+                settings,
+                shape,
+                tasks,
+                sources: senders,
+                sinks,
+                events,
+                stop,
+                stats,
+                completed,
+                sink_states: BTreeMap::new(),
+            },
+            events_tx,
+            commands,
+            stop_tx,
+        )
+    }
+
+    /// A task's link, sending on `events`.
+    pub fn link(task: TaskId, events: &mpsc::Sender<TaskEvent>) -> TaskLink {
+        TaskLink {
+            task,
+            events: events.clone(),
+        }
+    }
+
+    /// Run until the final checkpoint (after every source ended) or the savepoint of a
+    /// stop has completed. Returns the savepoint's id for a stop.
+    pub async fn run(mut self) -> Result<Option<u64>> {
+        let mut coordinator = CheckpointCoordinator::new(
+            self.tasks.iter().copied(),
+            self.settings.first_id(),
+            MAX_IN_FLIGHT,
+            self.settings.timeout,
+        );
+        let mut writers: BTreeMap<u64, CheckpointWriter> = BTreeMap::new();
+        let mut ended_sources: BTreeSet<TaskId> = BTreeSet::new();
+        // The final snapshot: its id, its kind, and who asked for it (a stop).
+        let mut last: Option<(u64, Kind, Option<StopRequest>)> = None;
+        let mut pending_stop: Option<StopRequest> = None;
+        let mut ticker = tokio::time::interval(self.settings.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await; // the first tick is immediate
+        loop {
+            // The final snapshot goes out once nothing else is in flight.
+            let all_ended = !self.sources.is_empty() && ended_sources.len() == self.sources.len();
+            if last.is_none()
+                && (all_ended || pending_stop.is_some())
+                && coordinator.in_flight().is_empty()
+            {
+                let id = coordinator
+                    .trigger(Instant::now())
+                    .map_err(RilletError::Checkpoint)?;
+                let kind = if pending_stop.is_some() {
+                    Kind::Savepoint
+                } else {
+                    Kind::Checkpoint
+                };
+                writers.insert(id, self.settings.store.writer(kind, id));
+                self.command(SourceCommand::FinalBarrier(id))?;
+                last = Some((id, kind, pending_stop.take()));
+            }
+            tokio::select! {
+                _ = ticker.tick() => {
+                    for aborted in coordinator.expire(Instant::now()) {
+                        writers.remove(&aborted.id);
+                        self.sink_states.remove(&aborted.id);
+                        self.record_abort(&aborted.reason);
+                    }
+                    if last.is_some() || all_ended || pending_stop.is_some() {
+                        continue;
+                    }
+                    if let Ok(id) = coordinator.trigger(Instant::now()) {
+                        writers.insert(id, self.settings.store.writer(Kind::Checkpoint, id));
+                        self.command(SourceCommand::Barrier(id))?;
+                    }
+                }
+                Some(request) = self.stop.recv(), if pending_stop.is_none() && last.is_none() => {
+                    pending_stop = Some(request);
+                }
+                event = self.events.recv() => match event {
+                    None => return Err(RilletError::Cancelled),
+                    Some(TaskEvent::SourceEnded(task)) => {
+                        ended_sources.insert(task);
+                    }
+                    Some(TaskEvent::Ack { checkpoint, task, state }) => {
+                        let Some(writer) = writers.get_mut(&checkpoint) else {
+                            continue; // aborted meanwhile
+                        };
+                        let mut names = Vec::new();
+                        let vertex = task.vertex as usize;
+                        if let Some(state) = &state
+                            && self.sinks.iter().any(|(v, _)| *v == vertex)
+                        {
+                            self.sink_states
+                                .entry(checkpoint)
+                                .or_default()
+                                .entry(vertex)
+                                .or_default()
+                                .push(state.clone());
+                        }
+                        if let Some(state) = state {
+                            let name = artifact_name(task);
+                            writer.put(&name, state).await?;
+                            names.push(name);
+                        }
+                        let Acknowledged::All(_) = coordinator.acknowledge(checkpoint, task, names)
+                        else {
+                            continue;
+                        };
+                        let writer = writers.remove(&checkpoint).expect("present above");
+                        let completed = self.complete(&mut coordinator, writer).await?;
+                        for aborted in &completed.superseded {
+                            writers.remove(&aborted.id);
+                            self.sink_states.remove(&aborted.id);
+                        }
+                        if let Some((id, kind, stop)) = last.take_if(|(id, ..)| *id == checkpoint) {
+                            if kind == Kind::Savepoint {
+                                self.stats.lock().savepoint = Some(id);
+                            }
+                            if let Some(stop) = stop {
+                                let _ = stop.send(Ok(id));
+                                return Ok(Some(id));
+                            }
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn command(&self, command: SourceCommand) -> Result<()> {
+        for (task, sender) in &self.sources {
+            // The channel has room for every checkpoint that can be in flight.
+            if let Err(e) = sender.try_send(command) {
+                if matches!(e, mpsc::error::TrySendError::Closed(_)) {
+                    return Err(RilletError::Cancelled);
+                }
+                return Err(RilletError::internal(format!(
+                    "source task {task} has checkpoint commands queued beyond the limit"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the manifest, mark the checkpoint complete, commit the sinks, prune.
+    async fn complete(
+        &mut self,
+        coordinator: &mut CheckpointCoordinator,
+        writer: CheckpointWriter,
+    ) -> Result<rillet_checkpoint::coordinator::Completed> {
+        let id = writer.id();
+        let properties = BTreeMap::from([(SHAPE_PROPERTY.to_string(), self.shape.clone())]);
+        // The commit point: once the manifest exists, a restore starts from here.
+        writer.commit(properties).await?;
+        let completed = coordinator
+            .complete(id, Instant::now())
+            .map_err(RilletError::Checkpoint)?;
+        // Sinks commit what this checkpoint covers. A crash before or during this is
+        // repaired on recovery, which commits the restored checkpoint's transactions again.
+        let mut states = self.sink_states.remove(&id).unwrap_or_default();
+        for (vertex, sink) in &self.sinks {
+            let (sink, states) = (sink.clone(), states.remove(vertex).unwrap_or_default());
+            tokio::task::spawn_blocking(move || sink.commit(id, &states))
+                .await
+                .map_err(|e| RilletError::internal(format!("sink commit panicked: {e}")))??;
+        }
+        self.completed.store(id, Ordering::SeqCst);
+        {
+            let mut stats = self.stats.lock();
+            stats.completed += 1;
+            stats.latest_completed = Some(id);
+            stats
+                .durations_ms
+                .push(completed.duration.as_secs_f64() * 1e3);
+            if stats.durations_ms.len() > 1000 {
+                stats.durations_ms.remove(0);
+            }
+            stats.aborted += completed.superseded.len() as u64;
+        }
+        if let Err(e) = self.settings.store.prune(self.settings.retain).await {
+            tracing::warn!("cannot prune old checkpoints: {e}");
+        }
+        Ok(completed)
+    }
+
+    fn record_abort(&self, reason: &str) {
+        tracing::warn!("checkpoint aborted: {reason}");
+        let mut stats = self.stats.lock();
+        stats.aborted += 1;
+        stats.last_failure = Some(reason.to_string());
+    }
+}
