@@ -13,10 +13,10 @@ from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
 
-from rillet import _rillet, ai
+from rillet import _rillet, ai, testing
 from rillet._rillet import DataError, ExecutionError, JobCancelled, PlanError, RilletError, UserFunctionError
 from rillet._session import current_session, set_config
-from rillet.dataframe import DataFrame, GroupBy
+from rillet.dataframe import DataFrame, GroupBy, StreamingJob
 from rillet.expr import Expr, col, count, lit, when
 from rillet.types import (Audio, Clip, Embedding, File, Image, Tensor, float16, float32, float64, int8, int16,
                           int32, int64, to_arrow_column, uint8, uint16, uint32, uint64)
@@ -24,11 +24,11 @@ from rillet.service import Service, service
 from rillet.udf import UDF, udf
 
 __all__ = [
-    "DataFrame", "GroupBy", "Expr", "UDF", "col", "lit", "count", "when", "udf", "service",
+    "DataFrame", "GroupBy", "StreamingJob", "Expr", "UDF", "col", "lit", "count", "when", "udf", "service",
     "Service",
-    "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_parquet",
+    "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_sequence", "read_parquet",
     "read_csv", "read_json", "read_files", "configure_storage", "sql", "set_config", "current_session",
-    "init", "resources", "ai",
+    "init", "resources", "ai", "testing",
     "RilletError", "PlanError", "UserFunctionError", "ExecutionError", "DataError", "JobCancelled",
     "Image", "Tensor", "Embedding", "Audio", "File", "Clip", "uint8", "uint16", "uint32", "uint64",
     "int8", "int16", "int32", "int64", "float16", "float32", "float64",
@@ -124,6 +124,23 @@ def range(n: int) -> DataFrame:  # noqa: A001 - mirrors Daft / Ray
     if n < 0:
         raise ValueError("range needs n >= 0")
     return DataFrame(current_session()._native.range(n))
+
+
+def read_sequence(partitions: int = 4, rows: int | None = None, *, rows_per_second: float | None = None,
+                  name: str = "seq", batch_rows: int | None = None) -> DataFrame:
+    """The deterministic sequence source: ``partitions`` splits, each emitting rows
+    ``(source, partition, seq, value)`` with ``seq`` counting from 0 and ``value`` a fixed
+    function of ``(partition, seq)``; ``rows`` per split, or without end when None.
+    ``rows_per_second`` throttles each split. A streaming job checkpoints each split's
+    position; :func:`rillet.testing.check_sequence` checks a job's output against it.
+
+    >>> import rillet as rl
+    >>> rl.read_sequence(partitions=2, rows=3).sort(["partition", "seq"]).to_pydict()["seq"]
+    [0, 1, 2, 0, 1, 2]
+    """
+    if partitions < 1:
+        raise ValueError("read_sequence needs at least one partition")
+    return DataFrame(current_session()._native.read_sequence(name, partitions, rows, rows_per_second, batch_rows))
 
 
 def read_parquet(path: PathLike | Sequence[PathLike]) -> DataFrame:

@@ -39,6 +39,21 @@ class GroupBy:
         """Aggregate each group, e.g. ``.agg(col("x").sum().alias("total"), rl.count())``."""
         return DataFrame(self._df._df.aggregate([k._expr for k in self._keys], [a._expr for a in aggs]))
 
+    def running_agg(self, *aggs: Expr) -> DataFrame:
+        """Keyed running aggregates: every row is kept and gets, per aggregate, its key's
+        value over every row of that key so far (Flink's ``keyBy(...).sum(...)``). Each
+        aggregate is ``count``, ``sum``, ``min`` or ``max`` of a column, or ``rl.count()``,
+        named by its alias. The keys must be column names. In a streaming job
+        (:meth:`DataFrame.start`) the per-key state is checkpointed and restored exactly.
+
+        >>> import rillet as rl
+        >>> df = rl.from_pydict({"k": ["x", "y", "x"], "v": [1, 2, 3]})
+        >>> df.group_by("k").running_agg(rl.col("v").sum().alias("total")).sort("v").to_pydict()
+        {'k': ['x', 'y', 'x'], 'v': [1, 2, 3], 'total': [1, 2, 4]}
+        """
+        names = [k.name() for k in self._keys]
+        return DataFrame(self._df._df.running_aggregate(names, [a._expr for a in aggs]))
+
 
 class DataFrame:
     """A lazy, immutable table. Transformations return new DataFrames; nothing runs until
@@ -404,6 +419,44 @@ class DataFrame:
         waiting on input, on output backpressure and on a free worker), or None."""
         return self._df.stats()
 
+    def start(self, path: str | os.PathLike, *, format: str = "parquet", job_id: str | None = None,  # noqa: A002
+              checkpoint_dir: str | os.PathLike | None = None, checkpoint_interval: float = 1.0,
+              resume_from: str | os.PathLike | None = None, compression: str = "zstd") -> StreamingJob:
+        """Start this DataFrame as a streaming job writing ``format`` files (``"parquet"``,
+        ``"json"`` or ``"csv"``) into directory ``path`` exactly once, and return its
+        :class:`StreamingJob` at once.
+
+        With ``checkpoint_dir`` (a local directory or ``s3://bucket/prefix``) the job takes
+        a checkpoint every ``checkpoint_interval`` seconds: source positions, operator state
+        and the files written since the last one. A file becomes visible in ``path`` when
+        the checkpoint covering its rows completes; until then it waits in ``path/_pending``,
+        which readers skip. A job started again with the same ``job_id`` and
+        ``checkpoint_dir`` resumes from its newest valid checkpoint or savepoint, so a crash
+        costs neither a row nor a duplicate. ``resume_from`` names a snapshot directory
+        (what :meth:`StreamingJob.stop` returns) to resume from instead. Without a
+        ``checkpoint_dir``, files become visible when the input ends.
+
+        The pipeline may use projections, filters, UDFs, ``map_batches`` and
+        :meth:`GroupBy.running_agg`.
+
+        >>> import rillet as rl, tempfile, os
+        >>> tmp = tempfile.mkdtemp()
+        >>> df = rl.read_sequence(partitions=2, rows=1000)
+        >>> job = df.start(os.path.join(tmp, "out"), checkpoint_dir=os.path.join(tmp, "chk"),
+        ...                job_id="doc", checkpoint_interval=0.05)
+        >>> job.wait()["rows_written"]
+        2000
+        >>> job.status()
+        'finished'
+        """
+        native = self._df.start(
+            os.fspath(path), format, job_id or "job",
+            os.fspath(checkpoint_dir) if checkpoint_dir is not None else None,
+            float(checkpoint_interval),
+            os.fspath(resume_from) if resume_from is not None else None,
+            compression)
+        return StreamingJob(native)
+
     def write_parquet(self, path: str | os.PathLike, mode: str = "append", compression: str = "zstd") -> dict:
         """Run and write Parquet files into directory ``path``; returns the run's figures.
         ``mode="overwrite"`` first deletes the directory's Parquet files. ``compression`` is
@@ -417,6 +470,50 @@ class DataFrame:
     def write_json(self, path: str | os.PathLike, mode: str = "append") -> dict:
         """Run and write JSON-lines files into directory ``path``."""
         return self._df.write(os.fspath(path), "json", mode)
+
+
+class StreamingJob:
+    """A running streaming job (see :meth:`DataFrame.start`)."""
+
+    def __init__(self, native: _rillet.StreamingJob):
+        self._job = native
+
+    @property
+    def job_id(self) -> str:
+        """The job's id: its checkpoints live in ``<checkpoint_dir>/<job_id>``."""
+        return self._job.job_id
+
+    def status(self) -> str:
+        """``"running"``, ``"finished"``, ``"stopped"``, ``"cancelled"`` or ``"failed"``
+        (as of the last :meth:`wait`)."""
+        return self._job.status()
+
+    def metrics(self) -> dict:
+        """Live figures: per-operator rows, throughput and waits, and under
+        ``"checkpoints"`` the checkpoints completed, aborted, restored from, and the
+        duration of each (``durations_ms``)."""
+        return self._job.metrics()
+
+    def wait(self, timeout: float | None = None) -> dict:
+        """Wait until the job ends (a bounded source ran out, or :meth:`stop`); returns its
+        figures or raises its error. With ``timeout`` (seconds) raises TimeoutError if the
+        job is still running then."""
+        return self._job.wait(timeout)
+
+    def cancel(self) -> None:
+        """Stop at once. Nothing after the last completed checkpoint is committed; a
+        restart with the same job id continues from that checkpoint."""
+        self._job.cancel()
+
+    def stop(self, savepoint: bool = True) -> str | None:
+        """Stop the job. With ``savepoint=True`` the sources stop reading, a savepoint is
+        taken and its files committed, and the savepoint's directory is returned: pass it
+        as ``resume_from`` to continue exactly where the job stopped. With
+        ``savepoint=False``, the same as :meth:`cancel`."""
+        return self._job.stop(savepoint)
+
+    def __repr__(self) -> str:
+        return f"StreamingJob({self.job_id!r}, {self.status()})"
 
 
 def _format_table(table: pa.Table, max_width: int = 40) -> str:

@@ -117,6 +117,22 @@ impl PySession {
             .map(PyDataFrame::from)
     }
 
+    /// The deterministic sequence source (see `rillet.read_sequence`).
+    #[pyo3(signature = (name, partitions, rows=None, rows_per_second=None, batch_rows=None))]
+    fn read_sequence(
+        &self,
+        name: &str,
+        partitions: u32,
+        rows: Option<u64>,
+        rows_per_second: Option<f64>,
+        batch_rows: Option<usize>,
+    ) -> PyResult<PyDataFrame> {
+        self.session
+            .read_sequence(name, partitions, rows, rows_per_second, batch_rows)
+            .py_err()
+            .map(PyDataFrame::from)
+    }
+
     fn range(&self, n: u64) -> PyResult<PyDataFrame> {
         self.session.range(n).py_err().map(PyDataFrame::from)
     }
@@ -567,13 +583,9 @@ impl PyDataFrame {
         stats_to_dict(py, &stats)
     }
 
-    /// Keyed running aggregates; `specs` are (function, input column or None, output).
-    fn running_aggregate(
-        &self,
-        keys: Vec<String>,
-        specs: Vec<(String, Option<String>, String)>,
-    ) -> PyResult<Self> {
-        self.running_aggregate_impl(keys, specs)
+    /// Keyed running aggregates of `aggs` (count, sum, min or max of a column, aliased).
+    fn running_aggregate(&self, keys: Vec<String>, aggs: Vec<PyExpr>) -> PyResult<Self> {
+        self.running_aggregate_impl(keys, aggs.into_iter().map(|e| e.expr).collect())
     }
 
     /// Start a streaming job writing files exactly once (see `rillet.DataFrame.start`).

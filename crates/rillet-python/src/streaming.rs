@@ -11,12 +11,43 @@ use pyo3::exceptions::{PyAssertionError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_arrow::PyTable;
+use datafusion::logical_expr::Expr;
 use rillet_checkpoint::Kind;
+use rillet_plan::streaming::RunningFunction;
 use rillet_common::RilletError;
 use rillet_runtime::{CheckpointStats, FileFormat, JobHandle, JobStats, global_runtime};
 
 use crate::dataframe::{PyDataFrame, stats_to_dict};
 use crate::errors::IntoPy;
+
+/// What a running aggregate expression computes: its function, input column and name.
+fn running_spec(expr: &Expr) -> PyResult<(RunningFunction, Option<String>, String)> {
+    let (inner, name) = match expr {
+        Expr::Alias(alias) => (alias.expr.as_ref(), alias.name.clone()),
+        other => (other, other.schema_name().to_string()),
+    };
+    let wrong = || {
+        PyValueError::new_err(format!(
+            "a running aggregate is count, sum, min or max of a column, or count(); got {expr}"
+        ))
+    };
+    let Expr::AggregateFunction(aggregate) = inner else {
+        return Err(wrong());
+    };
+    let function = match aggregate.func.name().to_ascii_lowercase().as_str() {
+        "count" => RunningFunction::Count,
+        "sum" => RunningFunction::Sum,
+        "min" => RunningFunction::Min,
+        "max" => RunningFunction::Max,
+        _ => return Err(wrong()),
+    };
+    let input = match aggregate.params.args.as_slice() {
+        [] | [Expr::Literal(..)] if function == RunningFunction::Count => None,
+        [Expr::Column(column)] => Some(column.name.clone()),
+        _ => return Err(wrong()),
+    };
+    Ok((function, input, name))
+}
 
 /// A snapshot directory `<location>/<job>/<savepoint-N | chk-N>` split into its parts.
 fn parse_snapshot_path(path: &str) -> PyResult<(String, String, Kind, u64)> {
@@ -41,30 +72,10 @@ fn parse_snapshot_path(path: &str) -> PyResult<(String, String, Kind, u64)> {
 }
 
 impl PyDataFrame {
-    /// Keyed running aggregates; `specs` are (function, input column or None, output).
-    pub(crate) fn running_aggregate_impl(
-        &self,
-        keys: Vec<String>,
-        specs: Vec<(String, Option<String>, String)>,
-    ) -> PyResult<Self> {
-        use rillet_plan::streaming::RunningFunction;
-        let specs = specs
-            .into_iter()
-            .map(|(function, input, output)| {
-                let function = match function.as_str() {
-                    "count" => RunningFunction::Count,
-                    "sum" => RunningFunction::Sum,
-                    "min" => RunningFunction::Min,
-                    "max" => RunningFunction::Max,
-                    other => {
-                        return Err(PyValueError::new_err(format!(
-                            "no running aggregate {other:?}; use count, sum, min or max"
-                        )));
-                    }
-                };
-                Ok((function, input, output))
-            })
-            .collect::<PyResult<Vec<_>>>()?;
+    /// Keyed running aggregates of `aggs`: each `count`, `sum`, `min` or `max` of a column
+    /// (or `count()` of rows), named by its alias.
+    pub(crate) fn running_aggregate_impl(&self, keys: Vec<String>, aggs: Vec<Expr>) -> PyResult<Self> {
+        let specs = aggs.iter().map(running_spec).collect::<PyResult<Vec<_>>>()?;
         self.df
             .running_aggregate(&keys, specs)
             .py_err()

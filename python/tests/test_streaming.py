@@ -1,0 +1,101 @@
+"""Streaming jobs from Python: exactly-once output through crashes, savepoints, status
+and metrics, and the kill sweep with 5 kills (python/tests/kill_sweep.py runs 50)."""
+
+import os
+import random
+
+import pyarrow as pa
+import pytest
+
+import rillet as rl
+from rillet.testing import check_sequence, read_committed
+
+import kill_sweep
+
+
+def pipeline(rows, rate=None):
+    df = rl.read_sequence(partitions=3, rows=rows, rows_per_second=rate, batch_rows=200)
+    return df.group_by("source", "partition").running_agg(
+        rl.count().alias("running_count"), rl.col("value").sum().alias("running_sum"))
+
+
+def expected(rows):
+    return {("seq", p): rows for p in range(3)}
+
+
+def test_a_bounded_job_commits_everything_and_reports_its_checkpoints(tmp_path):
+    job = pipeline(2000).start(tmp_path / "out", checkpoint_dir=tmp_path / "chk", job_id="bounded",
+                               checkpoint_interval=0.05)
+    stats = job.wait()
+    assert job.status() == "finished"
+    assert stats["rows_written"] == 6000
+    checkpoints = job.metrics()["checkpoints"]
+    assert checkpoints["completed"] >= 1 and checkpoints["restored_from"] is None
+    assert len(checkpoints["durations_ms"]) == checkpoints["completed"]
+    table = read_committed(tmp_path / "out")
+    assert check_sequence(table, expected(2000)) == 6000
+    kill_sweep.check_rows(table)
+    # A reader of the directory never sees staged files.
+    assert rl.read_parquet(str(tmp_path / "out")).count() == 6000
+
+
+def test_cancel_then_restart_with_the_same_id_resumes_exactly(tmp_path):
+    df = pipeline(3000, rate=6000)
+    first = df.start(tmp_path / "out", checkpoint_dir=tmp_path / "chk", job_id="restart", checkpoint_interval=0.05)
+    with pytest.raises(TimeoutError):
+        first.wait(timeout=0.2)
+    first.cancel()
+    with pytest.raises(rl.JobCancelled):
+        first.wait()
+    assert first.status() == "cancelled"
+    second = df.start(tmp_path / "out", checkpoint_dir=tmp_path / "chk", job_id="restart", checkpoint_interval=0.05)
+    second.wait()
+    assert second.metrics()["checkpoints"]["restored_from"] is not None
+    table = read_committed(tmp_path / "out")
+    assert check_sequence(table, expected(3000)) == 9000
+    kill_sweep.check_rows(table)
+
+
+def test_stop_with_a_savepoint_and_resume_from_it(tmp_path):
+    df = pipeline(3000, rate=6000)
+    first = df.start(tmp_path / "out", checkpoint_dir=tmp_path / "chk", job_id="sp", checkpoint_interval=0.05)
+    with pytest.raises(TimeoutError):
+        first.wait(timeout=0.2)
+    savepoint = first.stop()
+    assert first.status() == "stopped"
+    assert os.path.isdir(savepoint) and os.path.basename(savepoint).startswith("savepoint-")
+    assert read_committed(tmp_path / "out").num_rows < 9000
+    second = df.start(tmp_path / "out", resume_from=savepoint)
+    second.wait()
+    assert second.metrics()["checkpoints"]["restored_from"] == int(savepoint.rsplit("-", 1)[1])
+    assert check_sequence(read_committed(tmp_path / "out"), expected(3000)) == 9000
+
+
+def test_a_job_without_checkpoints_commits_at_the_end(tmp_path):
+    job = pipeline(500).start(tmp_path / "out", format="json", job_id="plain")
+    job.wait()
+    files = [f for f in os.listdir(tmp_path / "out") if f.endswith(".json")]
+    assert files and job.metrics().get("checkpoints") is None
+    assert rl.read_json(str(tmp_path / "out")).count() == 1500
+
+
+def test_the_oracle_names_gaps_and_repeats():
+    table = rl.read_sequence(partitions=1, rows=10).collect()
+    with pytest.raises(AssertionError, match="missing"):
+        check_sequence(table.slice(0, 8), {("seq", 0): 10})
+    with pytest.raises(AssertionError, match="repeated"):
+        check_sequence(pa.concat_tables([table, table.slice(3, 1)]), {("seq", 0): 10})
+
+
+def test_what_a_streaming_job_cannot_run_is_refused_by_name(tmp_path):
+    df = rl.read_sequence(partitions=2, rows=10).sort("seq")
+    with pytest.raises(rl.PlanError, match="cannot run in a streaming job"):
+        df.start(tmp_path / "out", checkpoint_dir=tmp_path / "chk")
+    with pytest.raises(ValueError, match="count, sum, min or max"):
+        rl.read_sequence(partitions=1, rows=1).group_by("partition").running_agg(rl.col("value").mean())
+
+
+def test_kill_sweep_with_five_kills():
+    seed = random.SystemRandom().randrange(1 << 32)
+    figures = kill_sweep.sweep(kills=5, seed=seed)
+    assert figures["kills_mid_run"] >= 3, figures
