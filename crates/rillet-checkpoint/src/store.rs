@@ -274,6 +274,13 @@ impl CheckpointStore {
         let mut artifacts = BTreeMap::new();
         for info in &manifest.artifacts {
             let path = dir.clone().join(info.name.as_str());
+            // A restore whose download breaks off midway: the snapshot cannot be trusted
+            // and the next older one is tried.
+            fail::fail_point!("checkpoint-restore-load", |_| {
+                Err(RilletError::Checkpoint(format!(
+                    "failpoint checkpoint-restore-load at {path}"
+                )))
+            });
             let bytes = match self.read(&path).await {
                 Ok(bytes) => bytes,
                 Err(ReadError::NotFound) => {
@@ -504,6 +511,13 @@ impl CheckpointWriter {
             xxh3: checksum(&bytes),
         };
         let path = self.store.snapshot_path(self.kind, self.id).join(name);
+        // An upload that fails (a full disk, an object store error): the checkpoint is
+        // abandoned, the job goes on.
+        fail::fail_point!("checkpoint-artifact-upload", |_| {
+            Err(RilletError::Checkpoint(
+                "failpoint checkpoint-artifact-upload".into(),
+            ))
+        });
         self.store.write(&path, bytes).await?;
         self.artifacts.push(info);
         Ok(())

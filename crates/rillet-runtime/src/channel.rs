@@ -351,6 +351,10 @@ impl InputGate {
                         ))));
                     }
                     self.inputs[i].blocked_at = Some(barrier.checkpoint_id);
+                    // A barrier in, the others not yet: a crash while aligning.
+                    fail::fail_point!("barrier-before-alignment", |_| Poll::Ready(Err(
+                        RilletError::Checkpoint("failpoint barrier-before-alignment".into())
+                    )));
                 }
                 Some((StreamMessage::End, _)) => self.inputs[i].ended = true,
             }

@@ -221,6 +221,13 @@ impl TaskLink {
     }
 }
 
+/// Why a completion failed: the checkpoint only (its manifest could not be written) or
+/// the job (after the manifest, the checkpoint is complete and recovery must finish it).
+enum Abandon {
+    Checkpoint(RilletError),
+    Job(RilletError),
+}
+
 /// The request to stop with a savepoint.
 pub(crate) type StopRequest = tokio::sync::oneshot::Sender<Result<u64>>;
 
@@ -379,7 +386,18 @@ impl CheckpointLoop {
                         }
                         if let Some(state) = state {
                             let name = artifact_name(task);
-                            writer.put(&name, state).await?;
+                            if let Err(e) = writer.put(&name, state).await {
+                                // The checkpoint is lost, not the job: the next one
+                                // covers what this one would have (sinks keep their
+                                // transactions until a checkpoint commits them).
+                                self.abandon(&mut coordinator, &mut writers, checkpoint, &e);
+                                if let Some((id, ..)) = &last
+                                    && *id == checkpoint
+                                {
+                                    return Err(e);
+                                }
+                                continue;
+                            }
                             names.push(name);
                         }
                         let Acknowledged::All(_) = coordinator.acknowledge(checkpoint, task, names)
@@ -387,7 +405,19 @@ impl CheckpointLoop {
                             continue;
                         };
                         let writer = writers.remove(&checkpoint).expect("present above");
-                        let completed = self.complete(&mut coordinator, writer).await?;
+                        let completed = match self.complete(&mut coordinator, writer).await {
+                            Ok(completed) => completed,
+                            Err(Abandon::Checkpoint(e)) => {
+                                self.abandon(&mut coordinator, &mut writers, checkpoint, &e);
+                                if let Some((id, ..)) = &last
+                                    && *id == checkpoint
+                                {
+                                    return Err(e);
+                                }
+                                continue;
+                            }
+                            Err(Abandon::Job(e)) => return Err(e),
+                        };
                         for aborted in &completed.superseded {
                             writers.remove(&aborted.id);
                             self.sink_states.remove(&aborted.id);
@@ -423,19 +453,42 @@ impl CheckpointLoop {
         Ok(())
     }
 
+    /// Give up checkpoint `id` after `error`; the job goes on.
+    fn abandon(
+        &mut self,
+        coordinator: &mut CheckpointCoordinator,
+        writers: &mut BTreeMap<u64, CheckpointWriter>,
+        id: u64,
+        error: &RilletError,
+    ) {
+        writers.remove(&id);
+        self.sink_states.remove(&id);
+        if coordinator.abort(id, &error.to_string()).is_some() {
+            self.record_abort(&format!("checkpoint {id}: {error}"));
+        }
+    }
+
     /// Write the manifest, mark the checkpoint complete, commit the sinks, prune.
     async fn complete(
         &mut self,
         coordinator: &mut CheckpointCoordinator,
         writer: CheckpointWriter,
-    ) -> Result<rillet_checkpoint::coordinator::Completed> {
+    ) -> std::result::Result<rillet_checkpoint::coordinator::Completed, Abandon> {
         let id = writer.id();
         let properties = BTreeMap::from([(SHAPE_PROPERTY.to_string(), self.shape.clone())]);
-        // The commit point: once the manifest exists, a restore starts from here.
-        writer.commit(properties).await?;
+        // The commit point: once the manifest exists, a restore starts from here. Failing
+        // to write it loses this checkpoint only.
+        writer.commit(properties).await.map_err(Abandon::Checkpoint)?;
+        // From here the checkpoint is complete whatever happens: a failure fails the job,
+        // and recovery restores this checkpoint and finishes its commits.
+        fail::fail_point!("checkpoint-after-manifest", |_| {
+            Err(Abandon::Job(RilletError::Checkpoint(
+                "failpoint checkpoint-after-manifest".into(),
+            )))
+        });
         let completed = coordinator
             .complete(id, Instant::now())
-            .map_err(RilletError::Checkpoint)?;
+            .map_err(|e| Abandon::Job(RilletError::Checkpoint(e)))?;
         // Sinks commit what this checkpoint covers. A crash before or during this is
         // repaired on recovery, which commits the restored checkpoint's transactions again.
         let mut states = self.sink_states.remove(&id).unwrap_or_default();
@@ -443,8 +496,18 @@ impl CheckpointLoop {
             let (sink, states) = (sink.clone(), states.remove(vertex).unwrap_or_default());
             tokio::task::spawn_blocking(move || sink.commit(id, &states))
                 .await
-                .map_err(|e| RilletError::internal(format!("sink commit panicked: {e}")))??;
+                .map_err(|e| {
+                    Abandon::Job(RilletError::internal(format!("sink commit panicked: {e}")))
+                })?
+                .map_err(Abandon::Job)?;
         }
+        // The commit is applied but not yet recorded (its answer lost): recovery repeats
+        // it, and a repeated commit changes nothing.
+        fail::fail_point!("sink-after-commit", |_| {
+            Err(Abandon::Job(RilletError::Checkpoint(
+                "failpoint sink-after-commit".into(),
+            )))
+        });
         self.completed.store(id, Ordering::SeqCst);
         {
             let mut stats = self.stats.lock();

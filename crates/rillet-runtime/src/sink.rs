@@ -646,6 +646,10 @@ impl BatchWriter for StagingWriter {
 
     async fn checkpoint(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
         self.seal().await?;
+        // The pre-commit: files sealed and staged, the checkpoint not yet acknowledged.
+        fail::fail_point!("sink-pre-commit", |_| Err(RilletError::Checkpoint(
+            "failpoint sink-pre-commit".into()
+        )));
         let files = std::mem::take(&mut self.sealed);
         if !files.is_empty() {
             self.uncommitted.push(FileTransaction { checkpoint, files });

@@ -994,6 +994,10 @@ async fn run_source(
                 if !output.send(StreamMessage::Batch(batch)).await? {
                     return Ok(None);
                 }
+                // Rows sent, positions not yet snapshotted: a crash here replays them.
+                fail::fail_point!("source-after-emit", |_| Err(RilletError::Checkpoint(
+                    "failpoint source-after-emit".into()
+                )));
             }
             None => {
                 ended = true;

@@ -17,6 +17,10 @@ use rillet_runtime::{FileFormat, JobHandle, ParquetCompression, global_runtime};
 
 const PARTITIONS: u32 = 3;
 
+/// Failpoints are process-wide: the streaming tests run one at a time, so that one test's
+/// failpoint never fires in another's job.
+static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
 /// The job: a sequence, a filter that keeps every row (a stateless vertex), and per split
 /// the running count and sum.
 fn job(session: &Session, rows: u64, rate: Option<f64>) -> DataFrame {
@@ -98,6 +102,7 @@ fn wait_for_checkpoints(job: &JobHandle, n: u64) {
 
 #[test]
 fn a_clean_run_commits_every_row_exactly_once() {
+    let _serial = SERIAL.lock();
     let dir = tempfile::tempdir().unwrap();
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
     let session = Session::default();
@@ -112,6 +117,7 @@ fn a_clean_run_commits_every_row_exactly_once() {
 
 #[test]
 fn a_crashed_job_resumes_from_its_checkpoint_with_exact_output() {
+    let _serial = SERIAL.lock();
     let dir = tempfile::tempdir().unwrap();
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
     let session = Session::default();
@@ -133,6 +139,7 @@ fn a_crashed_job_resumes_from_its_checkpoint_with_exact_output() {
 
 #[test]
 fn a_corrupt_checkpoint_is_skipped_for_the_previous_one() {
+    let _serial = SERIAL.lock();
     let dir = tempfile::tempdir().unwrap();
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
     let session = Session::default();
@@ -169,6 +176,7 @@ fn a_corrupt_checkpoint_is_skipped_for_the_previous_one() {
 
 #[test]
 fn stop_with_a_savepoint_and_resume_gives_exact_output() {
+    let _serial = SERIAL.lock();
     let dir = tempfile::tempdir().unwrap();
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
     let session = Session::default();
@@ -196,6 +204,7 @@ fn stop_with_a_savepoint_and_resume_gives_exact_output() {
 
 #[test]
 fn a_streaming_job_refuses_what_it_cannot_checkpoint() {
+    let _serial = SERIAL.lock();
     let dir = tempfile::tempdir().unwrap();
     let session = Session::default();
     let df = session
@@ -218,6 +227,7 @@ fn a_streaming_job_refuses_what_it_cannot_checkpoint() {
 
 #[test]
 fn a_bounded_sequence_reads_in_a_batch_job_too() {
+    let _serial = SERIAL.lock();
     let session = Session::default();
     let batches = job(&session, 1_000, None).collect().unwrap();
     let expected: BTreeMap<(String, u32), u64> =
@@ -231,4 +241,132 @@ fn a_bounded_sequence_reads_in_a_batch_job_too() {
         })
         .max();
     assert_eq!(max_count, Some(1_000));
+}
+
+/// What a failpoint does to the run that hits it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Effect {
+    /// The job fails (a crash at that window); a restart must repair it.
+    Fails,
+    /// Only that checkpoint is lost; the job completes.
+    CheckpointLost,
+}
+
+/// Every window of the protocol: the job hits the failpoint once, then runs again without
+/// it, and the committed output is exact. `source-after-emit` also fails the first
+/// restart (a second failure during replay).
+#[test]
+fn every_protocol_failpoint_leaves_exact_output() {
+    let _serial = SERIAL.lock();
+    let cases = [
+        ("source-after-emit", "30*off->1*return->off", Effect::Fails),
+        ("barrier-before-alignment", "4*off->1*return->off", Effect::Fails),
+        ("sink-pre-commit", "2*off->1*return->off", Effect::Fails),
+        ("checkpoint-artifact-upload", "5*off->1*return->off", Effect::CheckpointLost),
+        ("checkpoint-before-manifest", "1*off->1*return->off", Effect::CheckpointLost),
+        ("checkpoint-after-manifest", "1*off->1*return->off", Effect::Fails),
+        ("sink-after-commit", "1*off->1*return->off", Effect::Fails),
+        ("file-sink-between-renames", "2*off->1*return->off", Effect::Fails),
+    ];
+    let session = Session::default();
+    let df = job(&session, 3_000, Some(10_000.0));
+    for (name, actions, effect) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
+        fail::cfg(name, actions).unwrap();
+        let mut first = start(&df, &out, &chk, "failpoint");
+        let result = global_runtime().block_on(first.wait());
+        let stats = first.checkpoint_stats().unwrap();
+        match effect {
+            Effect::Fails => {
+                let err = result.expect_err(name).to_string();
+                assert!(err.contains(&format!("failpoint {name}")), "{name}: {err}");
+            }
+            Effect::CheckpointLost => {
+                result.unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert!(stats.aborted >= 1, "{name}: {stats:?}");
+                let failure = stats.last_failure.unwrap_or_default();
+                assert!(failure.contains(&format!("failpoint {name}")), "{name}: {failure}");
+            }
+        }
+        if name == "source-after-emit" {
+            // The restart fails too, while replaying.
+            fail::cfg(name, "10*off->1*return->off").unwrap();
+            let mut again = start(&df, &out, &chk, "failpoint");
+            let err = global_runtime().block_on(again.wait()).expect_err("second failure");
+            assert!(err.to_string().contains("failpoint"), "{err}");
+            assert!(again.checkpoint_stats().unwrap().restored_from.is_some());
+        }
+        fail::remove(name);
+        if effect == Effect::Fails {
+            let mut restarted = start(&df, &out, &chk, "failpoint");
+            global_runtime()
+                .block_on(restarted.wait())
+                .unwrap_or_else(|e| panic!("{name}: restart: {e}"));
+        }
+        assert_exact(&out, 3_000);
+        assert_eq!(
+            std::fs::read_dir(out.join("_pending")).unwrap().count(),
+            0,
+            "{name}: staged files left behind"
+        );
+    }
+}
+
+/// A restore whose download breaks off falls back to the previous checkpoint.
+#[test]
+fn a_restore_that_breaks_off_falls_back_to_the_previous_checkpoint() {
+    let _serial = SERIAL.lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
+    let session = Session::default();
+    let df = job(&session, 4_000, Some(20_000.0));
+    let mut first = start(&df, &out, &chk, "restore");
+    wait_for_checkpoints(&first, 3);
+    first.cancel();
+    let _ = global_runtime().block_on(first.wait());
+    let newest = first.checkpoint_stats().unwrap().latest_completed.unwrap();
+    // The first artifact read of the restore fails: the newest snapshot is skipped.
+    fail::cfg("checkpoint-restore-load", "1*return->off").unwrap();
+    let mut second = start(&df, &out, &chk, "restore");
+    fail::remove("checkpoint-restore-load");
+    global_runtime().block_on(second.wait()).unwrap();
+    let restored = second.checkpoint_stats().unwrap().restored_from.unwrap();
+    assert!(restored < newest, "restored {restored}, newest {newest}");
+    assert_exact(&out, 4_000);
+}
+
+/// Every failpoint in the code is configured by some test (so none is dead).
+#[test]
+fn every_failpoint_is_hit_by_a_test() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut sources = Vec::new();
+    collect_rust_files(&root.join("crates"), &mut sources);
+    let text: Vec<String> = sources.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    let mut declared = std::collections::BTreeSet::new();
+    for file in &text {
+        for part in file.split("fail_point!(\"").skip(1) {
+            declared.insert(part.split('"').next().unwrap().to_string());
+        }
+    }
+    assert!(declared.len() >= 9, "{declared:?}");
+    for name in &declared {
+        let configured = format!("fail::cfg(\"{name}\"");
+        let by_variable = format!("(\"{name}\", \"");
+        assert!(
+            text.iter().any(|t| t.contains(&configured) || t.contains(&by_variable)),
+            "failpoint {name} is never configured by a test"
+        );
+    }
+}
+
+fn collect_rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect_rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
 }
