@@ -1,0 +1,133 @@
+"""Streaming throughput, Rillet side by side with an Apache Flink mini-cluster on the same
+machine, in one run (PEERS.md).
+
+Both jobs read a generated stream, run it through the same operators, and write CSV files
+exactly once, checkpointing every second, with parallelism 2 (this machine's cores):
+
+- stateless: keep the rows whose value is even, output (partition, seq, value * 2);
+- keyed: per partition key, each row with the running count and sum of its key so far
+  (Rillet's `group_by(...).running_agg(...)`; Flink SQL's `OVER (PARTITION BY p ORDER BY
+  proctime ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)`, the append-only running
+  aggregate).
+
+The source is Rillet's sequence generator and Flink's `datagen` connector (a sequence
+column and a random value column, 4 keys). Records/s is rows read over the job's time, from
+submitting the job to its end (its last checkpoint committed); neither side counts its
+process or JVM start. Flink runs from the `apache-flink` wheel's jars on Java 17.
+
+    bash bench/run.sh streaming_throughput.py [--rows 20000000] [--flink-python PATH]
+
+`--flink-python` is a Python with `apache-flink` installed (default: $RILLET_FLINK_PYTHON,
+else ~/.cache/rillet/venv-flink/bin/python; create it with
+`python3 -m venv ~/.cache/rillet/venv-flink && ~/.cache/rillet/venv-flink/bin/pip install apache-flink==2.3.0`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+PARTITIONS = 4
+PARALLELISM = 2
+
+
+def rillet_job(kind: str, rows: int, out: str, chk: str) -> dict:
+    import rillet as rl
+    df = rl.read_sequence(partitions=PARTITIONS, rows=rows // PARTITIONS, batch_rows=8192)
+    if kind == "stateless":
+        df = df.filter(rl.col("value") % 2 == 0).select(
+            "partition", "seq", (rl.col("value") * 2).alias("v2"))
+    else:
+        df = df.group_by("partition").running_agg(
+            rl.count().alias("n"), rl.col("value").sum().alias("total")).select(
+            "partition", "seq", "value", "n", "total")
+    started = time.perf_counter()
+    job = df.start(out, format="csv", checkpoint_dir=chk, job_id=kind, checkpoint_interval=1.0)
+    job.wait()
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "rows": rows, "checkpoints": job.metrics()["checkpoints"]["completed"]}
+
+
+FLINK_SOURCE = """
+CREATE TABLE src (
+  p INT, seq BIGINT, v BIGINT, pt AS PROCTIME()
+) WITH (
+  'connector' = 'datagen', 'number-of-rows' = '{rows}',
+  'fields.p.kind' = 'random', 'fields.p.min' = '0', 'fields.p.max' = '{keys}',
+  'fields.seq.kind' = 'sequence', 'fields.seq.start' = '0', 'fields.seq.end' = '{last}',
+  'fields.v.kind' = 'random', 'fields.v.min' = '0', 'fields.v.max' = '999'
+)"""
+
+FLINK_SINKS = {
+    "stateless": ("CREATE TABLE sink_out (p INT, seq BIGINT, v2 BIGINT) WITH "
+                  "('connector' = 'filesystem', 'path' = 'file://{out}', 'format' = 'csv')",
+                  "INSERT INTO sink_out SELECT p, seq, v * 2 FROM src WHERE v % 2 = 0"),
+    "keyed": ("CREATE TABLE sink_out (p INT, seq BIGINT, v BIGINT, n BIGINT, total BIGINT) WITH "
+              "('connector' = 'filesystem', 'path' = 'file://{out}', 'format' = 'csv')",
+              "INSERT INTO sink_out SELECT p, seq, v, "
+              "COUNT(*) OVER w, SUM(v) OVER w FROM src "
+              "WINDOW w AS (PARTITION BY p ORDER BY pt ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"),
+}
+
+
+def flink_job(kind: str, rows: int, out: str, chk: str) -> dict:
+    from pyflink.table import EnvironmentSettings, TableEnvironment
+    env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    config = env.get_config()
+    config.set("parallelism.default", str(PARALLELISM))
+    config.set("execution.checkpointing.interval", "1 s")
+    config.set("execution.checkpointing.dir", f"file://{chk}")
+    env.execute_sql(FLINK_SOURCE.format(rows=rows, keys=PARTITIONS - 1, last=rows - 1))
+    ddl, insert = FLINK_SINKS[kind]
+    env.execute_sql(ddl.format(out=out))
+    started = time.perf_counter()
+    env.execute_sql(insert).wait()
+    return {"seconds": time.perf_counter() - started, "rows": rows}
+
+
+def run_child(python: str, engine: str, kind: str, rows: int) -> dict:
+    work = tempfile.mkdtemp(prefix=f"stream-bench-{engine}-")
+    out, chk = os.path.join(work, "out"), os.path.join(work, "chk")
+    proc = subprocess.run([python, __file__, "--child", engine, kind, str(rows), out, chk],
+                          capture_output=True, text=True, timeout=1800)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not line:
+        raise RuntimeError(f"{engine} {kind} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    result = json.loads(line[-1])
+    written = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs
+                  if not f.startswith((".", "_")) and "_pending" not in d)
+    shutil.rmtree(work, ignore_errors=True)
+    result["records_per_s"] = round(result["rows"] / result["seconds"])
+    result["output_bytes"] = written
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=20_000_000)
+    parser.add_argument("--flink-python", default=os.environ.get(
+        "RILLET_FLINK_PYTHON", os.path.expanduser("~/.cache/rillet/venv-flink/bin/python")))
+    parser.add_argument("--child", nargs=5)
+    args = parser.parse_args()
+    if args.child:
+        engine, kind, rows, out, chk = args.child
+        job = rillet_job if engine == "rillet" else flink_job
+        print(json.dumps(job(kind, int(rows), out, chk)), flush=True)
+        return
+    print(f"{args.rows:,} rows, parallelism {PARALLELISM}, CSV out exactly once, checkpoints every 1 s")
+    for kind in ("stateless", "keyed"):
+        rillet = run_child(sys.executable, "rillet", kind, args.rows)
+        flink = run_child(args.flink_python, "flink", kind, args.rows)
+        print(f"{kind}: rillet {rillet['records_per_s']:,} rec/s ({rillet['seconds']:.1f} s, "
+              f"{rillet['checkpoints']} checkpoints), flink {flink['records_per_s']:,} rec/s "
+              f"({flink['seconds']:.1f} s) -> {rillet['records_per_s'] / flink['records_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
