@@ -313,6 +313,21 @@ fn exprs(list: Vec<PyExpr>) -> Vec<datafusion::logical_expr::Expr> {
     list.into_iter().map(|e| e.expr).collect()
 }
 
+/// A file format by name (`parquet`, `csv`, `json`), Parquet with `compression`.
+fn file_format(format: &str, compression: Option<&str>) -> PyResult<FileFormat> {
+    Ok(match format {
+        "parquet" => FileFormat::Parquet(
+            compression
+                .unwrap_or("zstd")
+                .parse::<rillet_runtime::ParquetCompression>()
+                .py_err()?,
+        ),
+        "csv" => FileFormat::Csv,
+        "json" => FileFormat::Json,
+        other => return Err(PyValueError::new_err(format!("unknown format '{other}'"))),
+    })
+}
+
 pub(crate) fn stats_to_dict<'py>(py: Python<'py>, stats: &JobStats) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     dict.set_item("elapsed_s", stats.elapsed_s)?;
@@ -547,17 +562,7 @@ impl PyDataFrame {
         mode: &str,
         compression: Option<&str>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let format = match format {
-            "parquet" => FileFormat::Parquet(
-                compression
-                    .unwrap_or("zstd")
-                    .parse::<rillet_runtime::ParquetCompression>()
-                    .py_err()?,
-            ),
-            "csv" => FileFormat::Csv,
-            "json" => FileFormat::Json,
-            other => return Err(PyValueError::new_err(format!("unknown format '{other}'"))),
-        };
+        let format = file_format(format, compression)?;
         let mode = match mode {
             "append" => WriteMode::Append,
             "overwrite" => WriteMode::Overwrite,
@@ -602,16 +607,14 @@ impl PyDataFrame {
         resume_from: Option<String>,
         compression: Option<&str>,
     ) -> PyResult<crate::streaming::PyStreamingJob> {
-        self.start_impl(
-            py,
-            directory,
-            format,
+        let format = file_format(format, compression)?;
+        let checkpoints = crate::streaming::Checkpoints::parse(
             job_id,
             checkpoint_dir,
             checkpoint_interval,
             resume_from,
-            compression,
-        )
+        )?;
+        crate::streaming::start(py, &self.df, &directory, format, checkpoints)
     }
 
     fn explain(&self, py: Python<'_>) -> PyResult<String> {

@@ -81,64 +81,86 @@ impl PyDataFrame {
             .py_err()
             .map(PyDataFrame::from)
     }
+}
 
-    /// Start a streaming job writing files exactly once (see `rillet.DataFrame.start`).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn start_impl(
-        &self,
-        py: Python<'_>,
-        directory: String,
-        format: &str,
+/// Where and how often a job checkpoints, and what it resumes from.
+pub(crate) struct Checkpoints {
+    job_id: String,
+    location: Option<String>,
+    interval: Duration,
+    resume: Option<(Kind, u64)>,
+}
+
+impl Checkpoints {
+    /// From `DataFrame.start`'s arguments; `resume_from` (a snapshot directory) names the
+    /// location and job itself.
+    pub(crate) fn parse(
         job_id: String,
         checkpoint_dir: Option<String>,
-        checkpoint_interval: f64,
+        interval: f64,
         resume_from: Option<String>,
-        compression: Option<&str>,
-    ) -> PyResult<PyStreamingJob> {
-        let format = match format {
-            "parquet" => FileFormat::Parquet(
-                compression
-                    .unwrap_or("zstd")
-                    .parse::<rillet_runtime::ParquetCompression>()
-                    .py_err()?,
-            ),
-            "json" => FileFormat::Json,
-            "csv" => FileFormat::Csv,
-            other => return Err(PyValueError::new_err(format!("unknown format '{other}'"))),
-        };
-        if !(checkpoint_interval > 0.0 && checkpoint_interval.is_finite()) {
-            return Err(PyValueError::new_err("checkpoint_interval must be a positive number of seconds"));
+    ) -> PyResult<Self> {
+        if !(interval > 0.0 && interval.is_finite()) {
+            return Err(PyValueError::new_err(
+                "checkpoint_interval must be a positive number of seconds",
+            ));
         }
-        let interval = Duration::from_secs_f64(checkpoint_interval);
-        let (location, job_id, resume) = match resume_from {
+        let interval = Duration::from_secs_f64(interval);
+        Ok(match resume_from {
             Some(path) => {
-                let (location, job, kind, id) = parse_snapshot_path(&path)?;
-                (Some(location), job, Some((kind, id)))
+                let (location, job_id, kind, id) = parse_snapshot_path(&path)?;
+                Self {
+                    job_id,
+                    location: Some(location),
+                    interval,
+                    resume: Some((kind, id)),
+                }
             }
-            None => (checkpoint_dir, job_id, None),
-        };
-        let job = py
-            .detach(|| {
-                self.df.start_files(
-                    &directory,
-                    format,
-                    &job_id,
-                    location.as_deref().map(|l| (l, interval)),
-                    resume,
-                )
-            })
-            .py_err()?;
-        Ok(PyStreamingJob {
-            job_id,
-            location,
-            state: Mutex::new(JobState {
-                job: Some(job),
-                outcome: None,
-                stopped: false,
-                checkpoints: None,
-            }),
+            None => Self {
+                job_id,
+                location: checkpoint_dir,
+                interval,
+                resume: None,
+            },
         })
     }
+}
+
+/// Start `df` as a streaming job writing `format` files into `directory`.
+pub(crate) fn start(
+    py: Python<'_>,
+    df: &rillet_plan::DataFrame,
+    directory: &str,
+    format: FileFormat,
+    checkpoints: Checkpoints,
+) -> PyResult<PyStreamingJob> {
+    let Checkpoints {
+        job_id,
+        location,
+        interval,
+        resume,
+    } = checkpoints;
+    let job = py
+        .detach(|| {
+            df.start_files(
+                directory,
+                format,
+                &job_id,
+                location.as_deref().map(|l| (l, interval)),
+                resume,
+            )
+        })
+        .py_err()?;
+    Ok(PyStreamingJob {
+        job_id,
+        location,
+        state: Mutex::new(JobState {
+            job: Some(job),
+            outcome: None,
+            stopped: false,
+            checkpoints: None,
+        }),
+    })
 }
 
 struct JobState {

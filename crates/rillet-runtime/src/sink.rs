@@ -495,6 +495,20 @@ fn create_writer(
 }
 
 impl OpenFile {
+    /// Write `batch` on a thread of `pool`; the file comes back with the write's outcome
+    /// (the caller keeps it even when the write failed, to close or report it).
+    async fn write_on(
+        mut self,
+        pool: &BlockingPool,
+        batch: RecordBatch,
+    ) -> Result<(Self, Result<()>)> {
+        pool.run(None, move || {
+            let written = self.write_blocking(&batch);
+            Ok((self, written))
+        })
+        .await
+    }
+
     fn write_blocking(&mut self, batch: &RecordBatch) -> Result<()> {
         if self.inner.is_none() {
             self.inner = Some(create_writer(
@@ -536,17 +550,11 @@ impl OpenFile {
 #[async_trait]
 impl BatchWriter for FileWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        let mut file = self
+        let file = self
             .file
             .take()
             .ok_or_else(|| RilletError::internal("file writer used after a failed write"))?;
-        let (file, written) = self
-            .thread
-            .run(None, move || {
-                let written = file.write_blocking(&batch);
-                Ok((file, written))
-            })
-            .await?;
+        let (file, written) = file.write_on(&self.thread, batch).await?;
         self.file = Some(file);
         written
     }
@@ -613,7 +621,7 @@ fn decode_transactions(state: &[u8]) -> Result<Vec<FileTransaction>> {
 #[async_trait]
 impl BatchWriter for StagingWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        let mut file = match self.open.take() {
+        let file = match self.open.take() {
             Some(file) => file,
             None => {
                 let name = FileCommitter::file_name(
@@ -633,13 +641,7 @@ impl BatchWriter for StagingWriter {
                 }
             }
         };
-        let (file, written) = self
-            .thread
-            .run(None, move || {
-                let written = file.write_blocking(&batch);
-                Ok((file, written))
-            })
-            .await?;
+        let (file, written) = file.write_on(&self.thread, batch).await?;
         self.open = Some(file);
         written
     }
