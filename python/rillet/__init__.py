@@ -26,7 +26,7 @@ from rillet.udf import UDF, udf
 __all__ = [
     "DataFrame", "GroupBy", "StreamingJob", "Expr", "UDF", "col", "lit", "count", "when", "udf", "service",
     "Service",
-    "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_sequence", "read_parquet",
+    "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_sequence", "read_redis_streams", "read_parquet",
     "read_csv", "read_json", "read_files", "configure_storage", "sql", "set_config", "current_session",
     "init", "resources", "ai", "testing",
     "RilletError", "PlanError", "UserFunctionError", "ExecutionError", "DataError", "JobCancelled",
@@ -141,6 +141,17 @@ def read_sequence(partitions: int = 4, rows: int | None = None, *, rows_per_seco
     if partitions < 1:
         raise ValueError("read_sequence needs at least one partition")
     return DataFrame(current_session()._native.read_sequence(name, partitions, rows, rows_per_second, batch_rows))
+
+
+def read_redis_streams(url: str, streams: str | Sequence[str], fields: Sequence[str], *, bounded: bool = False,
+                       batch_rows: int | None = None) -> DataFrame:
+    """Redis Streams as a streaming source: rows ``(stream, id, <fields>...)``, each field
+    a nullable string (cast it in the pipeline). Each stream is a split whose position is
+    the last entry id read, so a restored job continues with the next entry. Unbounded by
+    default (new entries are polled); ``bounded=True`` ends each stream at its last entry
+    (a stream written before the job starts)."""
+    keys = [streams] if isinstance(streams, str) else list(streams)
+    return DataFrame(current_session()._native.read_redis_streams(url, keys, list(fields), bounded, batch_rows))
 
 
 def read_parquet(path: PathLike | Sequence[PathLike]) -> DataFrame:

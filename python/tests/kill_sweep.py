@@ -11,6 +11,7 @@ right total, and every running aggregate equal to its recomputed value.
 
     python python/tests/kill_sweep.py --kills 50            # a new seed, printed
     python python/tests/kill_sweep.py --kills 50 --seed 7   # replay seed 7's kill instants
+    python python/tests/kill_sweep.py --kills 50 --source redis   # from Redis Streams
 
 The test suite runs it with 5 kills (python/tests/test_streaming.py).
 """
@@ -41,16 +42,26 @@ def value_of(partition: np.ndarray, seq: np.ndarray) -> np.ndarray:
     return (mixed % np.uint64(1000)).astype(np.int64)
 
 
-def build(rows: int, rate: float):
+def build(rows: int, rate: float, redis_url: str | None = None, bounded: bool = True):
     import rillet as rl
-    df = rl.read_sequence(partitions=PARTITIONS, rows=rows, rows_per_second=rate, batch_rows=500)
+    if redis_url is None:
+        df = rl.read_sequence(partitions=PARTITIONS, rows=rows, rows_per_second=rate, batch_rows=500)
+    else:
+        # The same rows, written to one Redis stream per partition by the sweep.
+        df = rl.read_redis_streams(redis_url, [f"seq/{p}" for p in range(PARTITIONS)],
+                                   ["source", "partition", "seq", "value"], bounded=bounded, batch_rows=500)
+        df = df.select("source", rl.col("partition").cast("uint32").alias("partition"),
+                       rl.col("seq").cast("uint64").alias("seq"), rl.col("value").cast("int64").alias("value"))
     df = df.filter(rl.col("value") >= 0)
     return df.group_by("source", "partition").running_agg(
         rl.count().alias("running_count"), rl.col("value").sum().alias("running_sum"))
 
 
 def child(out: str, chk: str, rows: int, rate: float, interval: float) -> None:
-    job = build(rows, rate).start(out, checkpoint_dir=chk, job_id=JOB_ID, checkpoint_interval=interval)
+    redis_url = os.environ.get("SWEEP_REDIS")
+    bounded = os.environ.get("SWEEP_BOUNDED", "1") == "1"
+    job = build(rows, rate, redis_url, bounded).start(out, checkpoint_dir=chk, job_id=JOB_ID,
+                                                        checkpoint_interval=interval)
     print("started", flush=True)
     job.wait()
     print("finished", job.metrics()["checkpoints"], flush=True)
@@ -95,25 +106,93 @@ def check_rows(table: pa.Table) -> None:
         raise AssertionError("a running sum differs from its recomputed value")
 
 
+class RedisProducer:
+    """A Redis server on loopback and a thread writing the sequence's rows into one stream
+    per partition at ``rate`` rows/s per stream, as a live producer would."""
+
+    def __init__(self, rows: int, rate: float):
+        import socket
+        import threading
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                        "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        import redis
+        self.client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.rows, self.rate = rows, rate
+        self.thread = threading.Thread(target=self._produce, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def _produce(self) -> None:
+        step = 200
+        started = time.monotonic()
+        for first in range(0, self.rows, step):
+            seqs = np.arange(first, min(first + step, self.rows), dtype=np.uint64)
+            pipe = self.client.pipeline(transaction=False)
+            for p in range(PARTITIONS):
+                values = value_of(np.full(len(seqs), p), seqs)
+                for seq, value in zip(seqs.tolist(), values.tolist()):
+                    pipe.xadd(f"seq/{p}", {"source": "seq", "partition": p, "seq": seq, "value": value})
+            pipe.execute()
+            due = started + (first + step) / self.rate
+            time.sleep(max(0.0, due - time.monotonic()))
+
+    def close(self) -> None:
+        self.server.kill()
+        self.server.wait()
+
+
 def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
-          interval: float = 0.1, max_delay: float = 1.0, log=print) -> dict:
+          interval: float = 0.1, max_delay: float = 1.0, log=print, source: str = "sequence") -> dict:
     """Run the sweep; returns its figures. Raises AssertionError (with the seed) on a bad
-    output."""
+    output. ``source="redis"`` reads the rows from Redis streams a producer keeps writing
+    while the job is killed and restarted."""
     rng = random.Random(seed)
     # Enough rows that the job is still running at every kill: each run makes about
     # max_delay / 2 seconds of progress.
-    rows = rows or int(rate * (kills * max_delay * 0.6 + 1.0))
+    # A Redis producer writes as the sweep goes: it should outlast the restarts too.
+    per_kill = max_delay * 0.6 + (0.6 if source == "redis" else 0.0)
+    rows = rows or int(rate * (kills * per_kill + 1.0))
     work = tempfile.mkdtemp(prefix="rillet-kill-sweep-")
     out, chk = os.path.join(work, "out"), os.path.join(work, "chk")
     log(f"kill sweep: seed {seed}, {kills} kills, {PARTITIONS} x {rows} rows at {rate:.0f} rows/s per split, "
         f"checkpoints every {interval}s, in {work}")
     command = [sys.executable, os.path.abspath(__file__), "--child", out, chk, str(rows), str(rate), str(interval)]
+    env = dict(os.environ)
+    producer = None
+    if source == "redis":
+        producer = RedisProducer(rows, rate)
+        # While the producer writes, the job waits for more; only the last run ends.
+        env.update(SWEEP_REDIS=producer.url, SWEEP_BOUNDED="0")
+        log(f"  reading Redis streams at {producer.url}")
+    try:
+        return _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, producer)
+    finally:
+        if producer is not None:
+            producer.close()
+
+
+def _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, producer) -> dict:
     landed = 0
     recovery = []
     started_at = time.monotonic()
     for k in range(kills):
         delay = rng.uniform(0.05, max_delay)
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         launched = time.monotonic()
         line = proc.stdout.readline()
         if not line.startswith("started"):
@@ -130,7 +209,10 @@ def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
         landed += not finished
         log(f"  kill {k + 1}: {delay:.3f}s after start, {'mid-run' if not finished else 'after the end'}, "
             f"{visible} rows committed")
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if producer is not None:
+        producer.thread.join()
+        env["SWEEP_BOUNDED"] = "1"
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     if proc.returncode != 0:
         raise AssertionError(f"seed {seed}: the last run failed: {proc.stdout}{proc.stderr}")
     table = committed(out)
@@ -144,7 +226,7 @@ def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
     assert total == rows * PARTITIONS
     leftovers = os.listdir(os.path.join(out, "_pending"))
     assert not leftovers, f"seed {seed}: staged files left after the end: {leftovers}"
-    figures = {"seed": seed, "kills": kills, "kills_mid_run": landed, "rows": total,
+    figures = {"seed": seed, "source": "redis" if producer else "sequence", "kills": kills, "kills_mid_run": landed, "rows": total,
                "elapsed_s": round(time.monotonic() - started_at, 1),
                "restart_to_running_s_p50": round(float(np.median(recovery)), 3) if recovery else None}
     log(f"kill sweep passed: {figures}")
@@ -156,6 +238,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--rate", type=float, default=4000.0, help="rows per second per split")
+    parser.add_argument("--source", choices=["sequence", "redis"], default="sequence")
     parser.add_argument("--child", nargs=5, metavar=("OUT", "CHK", "ROWS", "RATE", "INTERVAL"))
     args = parser.parse_args()
     if args.child:
@@ -163,7 +246,7 @@ def main() -> None:
         child(out, chk, int(rows), float(rate), float(interval))
         return
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
-    sweep(args.kills, seed, rate=args.rate)
+    sweep(args.kills, seed, rate=args.rate, source=args.source)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ and metrics, and the kill sweep with 5 kills (python/tests/kill_sweep.py runs 50
 
 import os
 import random
+import shutil
 
 import pyarrow as pa
 import pytest
@@ -99,3 +100,26 @@ def test_kill_sweep_with_five_kills():
     seed = random.SystemRandom().randrange(1 << 32)
     figures = kill_sweep.sweep(kills=5, seed=seed)
     assert figures["kills_mid_run"] >= 3, figures
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (apt-get install redis-server)")
+def test_kill_sweep_from_redis_streams_with_five_kills():
+    seed = random.SystemRandom().randrange(1 << 32)
+    figures = kill_sweep.sweep(kills=5, seed=seed, source="redis")
+    assert figures["kills_mid_run"] >= 3, figures
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (apt-get install redis-server)")
+def test_redis_streams_bounded_read_and_a_clear_error_for_an_unreachable_server(tmp_path):
+    producer = kill_sweep.RedisProducer(rows=300, rate=1e9)
+    try:
+        producer.thread.join()
+        df = rl.read_redis_streams(producer.url, ["seq/0", "seq/1"], ["seq", "missing"], bounded=True)
+        table = df.collect()
+        assert table.num_rows == 600
+        assert table.column("missing").null_count == 600
+        assert sorted(set(table.column("stream").to_pylist())) == ["seq/0", "seq/1"]
+    finally:
+        producer.close()
+    with pytest.raises(OSError, match="redis at redis://127.0.0.1:1"):
+        rl.read_redis_streams("redis://127.0.0.1:1", ["s"], ["f"], bounded=True).collect()

@@ -133,6 +133,28 @@ impl PySession {
             .map(PyDataFrame::from)
     }
 
+    /// Redis streams as a source (see `rillet.read_redis_streams`).
+    #[pyo3(signature = (url, streams, fields, bounded=false, batch_rows=None))]
+    fn read_redis_streams(
+        &self,
+        url: &str,
+        streams: Vec<String>,
+        fields: Vec<String>,
+        bounded: bool,
+        batch_rows: Option<usize>,
+    ) -> PyResult<PyDataFrame> {
+        let mut source =
+            rillet_connectors::redis_streams::RedisStreamSource::new(url, streams, fields)
+                .bounded(bounded);
+        if let Some(rows) = batch_rows {
+            source = source.with_batch_rows(rows);
+        }
+        self.session
+            .read_stream(Arc::new(source), bounded)
+            .py_err()
+            .map(PyDataFrame::from)
+    }
+
     fn range(&self, n: u64) -> PyResult<PyDataFrame> {
         self.session.range(n).py_err().map(PyDataFrame::from)
     }

@@ -208,10 +208,22 @@ impl LocalWorker {
                 vertex.name
             )));
         }
+        // What a restore must match: each vertex's kind and parallelism, and a stream
+        // operator's name (its state layout). Not a source's or sink's description: a
+        // broker's address or a bounded flag may change between runs.
         let shape = graph
             .vertices
             .iter()
-            .map(|v| format!("{}x{}", v.name, v.parallelism))
+            .map(|v| {
+                let kind = match &v.operator {
+                    VertexOperator::Source(_) => "source".to_string(),
+                    VertexOperator::Sink(_) => "sink".to_string(),
+                    VertexOperator::Function(_) => "function".to_string(),
+                    VertexOperator::Fragment(_) => "fragment".to_string(),
+                    VertexOperator::Stream(operator) => operator.name(),
+                };
+                format!("{kind} x{}", v.parallelism)
+            })
             .collect::<Vec<_>>()
             .join("; ");
         if let Some(settings) = &checkpointing {
