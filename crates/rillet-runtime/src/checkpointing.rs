@@ -42,6 +42,8 @@ pub struct Checkpointing {
     timeout: Duration,
     restored: Option<Arc<Checkpoint>>,
     first_id: u64,
+    /// The store held no snapshot of the job at all: nothing was ever committed under it.
+    fresh: bool,
 }
 
 impl Checkpointing {
@@ -78,6 +80,7 @@ impl Checkpointing {
         interval: Duration,
         restored: Option<Arc<Checkpoint>>,
     ) -> Result<Self> {
+        let snapshots = store.list().await?;
         let first_id = store.next_id().await?;
         Ok(Self {
             store,
@@ -86,6 +89,7 @@ impl Checkpointing {
             timeout: Duration::from_secs(600),
             restored,
             first_id,
+            fresh: snapshots.is_empty(),
         })
     }
 
@@ -115,6 +119,33 @@ impl Checkpointing {
 
     pub(crate) fn first_id(&self) -> u64 {
         self.first_id
+    }
+
+    /// What the sinks recover to: the restored snapshot's id; 0 when snapshots exist but
+    /// none could be restored (everything committed under the job is to be written
+    /// again); `None` when the job never checkpointed before.
+    pub(crate) fn recover_to(&self) -> Option<u64> {
+        match &self.restored {
+            Some(restored) => Some(restored.manifest.id),
+            None if self.fresh => None,
+            None => Some(0),
+        }
+    }
+
+    /// Delete the checkpoints newer than the restored snapshot (all of them when none is
+    /// restored): skipped as corrupt or unreadable, or passed over for an older savepoint.
+    /// The files they committed are withdrawn, so none of them may be restored later,
+    /// after a transient read error clears. Savepoints are the user's and stay.
+    pub(crate) async fn discard_newer(&self) -> Result<Vec<u64>> {
+        let restored = self.restored.as_ref().map_or(0, |c| c.manifest.id);
+        let mut deleted = Vec::new();
+        for snapshot in self.store.list().await? {
+            if snapshot.kind == Kind::Checkpoint && snapshot.id > restored {
+                self.store.delete(Kind::Checkpoint, snapshot.id).await?;
+                deleted.push(snapshot.id);
+            }
+        }
+        Ok(deleted)
     }
 
     /// The state task `task` snapshotted in the restored checkpoint.
@@ -351,6 +382,18 @@ impl CheckpointLoop {
                         writers.remove(&aborted.id);
                         self.sink_states.remove(&aborted.id);
                         self.record_abort(&aborted.reason);
+                        if let Some((id, _, stop)) = last.take_if(|(id, ..)| *id == aborted.id) {
+                            // The sources have ended after this barrier: no later
+                            // checkpoint can take its place. Fail; a restart replays.
+                            let error = RilletError::Checkpoint(format!(
+                                "the final snapshot {id} timed out: {}",
+                                aborted.reason
+                            ));
+                            if let Some(stop) = stop {
+                                let _ = stop.send(Err(RilletError::Checkpoint(error.to_string())));
+                            }
+                            return Err(error);
+                        }
                     }
                     if last.is_some() || all_ended || pending_stop.is_some() {
                         continue;

@@ -166,7 +166,7 @@ impl FileCommitter {
                 RilletError::Checkpoint(format!("cannot list {}: {e}", pending.display()))
             })?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if keep.contains(name.as_str()) || !name.starts_with(&prefix) {
+            if keep.contains(name.as_str()) || epoch_of(&name, &prefix).is_none() {
                 continue;
             }
             remove_entry(&entry.path())?;
@@ -194,11 +194,7 @@ impl FileCommitter {
                 RilletError::Checkpoint(format!("cannot list {}: {e}", self.directory.display()))
             })?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(epoch) = name
-                .strip_prefix(&prefix)
-                .and_then(|rest| rest.get(..20))
-                .and_then(|digits| digits.parse::<u64>().ok())
-            else {
+            let Some(epoch) = epoch_of(&name, &prefix) else {
                 continue;
             };
             if epoch > after && entry.path().is_file() {
@@ -214,6 +210,18 @@ impl FileCommitter {
     pub fn directory(&self) -> &Path {
         &self.directory
     }
+}
+
+/// The epoch in a file name of the job whose names start with `prefix` (`<job>-`):
+/// `<job>-<20 digits>-...`. `None` for another job's file, even one whose id starts with
+/// this job's (`orders` and `orders-eu`).
+fn epoch_of(name: &str, prefix: &str) -> Option<u64> {
+    let rest = name.strip_prefix(prefix)?;
+    let digits = rest.get(..20)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || rest.as_bytes().get(20) != Some(&b'-') {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 fn remove_entry(path: &Path) -> Result<()> {
@@ -338,14 +346,18 @@ mod tests {
         };
         let abandoned = stage(&committer, 6, 0, &[2]);
         // A write a crash cut short leaves whatever it left, a directory included.
-        std::fs::create_dir(committer.staging_path("job-half-written")).unwrap();
-        // Another job staging into the same directory keeps its files.
-        let other = FileCommitter::file_name("other", 6, 0, 0, "jsonl");
+        let half = FileCommitter::file_name("job", 6, 1, 0, "jsonl.tmp");
+        std::fs::create_dir(committer.staging_path(&half)).unwrap();
+        // Another job staging into the same directory keeps its files, even one whose id
+        // starts with this job's.
+        let other = FileCommitter::file_name("job-eu", 6, 0, 0, "jsonl");
         std::fs::write(committer.staging_path(&other), "").unwrap();
         let discarded = committer
             .discard_except("job", std::slice::from_ref(&restored))
             .unwrap();
-        assert_eq!(discarded, vec![abandoned, "job-half-written".to_string()]);
+        let mut want = vec![abandoned, half];
+        want.sort();
+        assert_eq!(discarded, want);
         committer.commit(&restored).unwrap();
         assert_eq!(visible_rows(dir.path()), vec![1]);
         assert!(committer.discard_except("job", &[]).unwrap().is_empty());

@@ -49,9 +49,10 @@ pub trait Sink: Send + Sync + Debug {
         let _ = (checkpoint, states);
         Ok(())
     }
-    /// Before a restored job starts: commit what the restored checkpoint `checkpoint`
-    /// covers (`states`, its tasks' states; empty on a fresh start) and discard what
-    /// later, never completed checkpoints left behind.
+    /// Before a checkpointed job starts: commit what the restored checkpoint `checkpoint`
+    /// covers (`states`, its tasks' states), undo what later checkpoints committed
+    /// (`Some(0)`: none could be restored, undo everything), and discard what never
+    /// completed checkpoints left behind. `None`: the job never checkpointed before.
     fn recover(&self, checkpoint: Option<u64>, states: &[Vec<u8>]) -> Result<()> {
         let _ = (checkpoint, states);
         Ok(())
@@ -253,12 +254,16 @@ impl Sink for FileSink {
         for state in states {
             keep.extend(decode_transactions(state)?);
         }
-        if let Some(checkpoint) = checkpoint {
+        if let Some(checkpoint) = checkpoint.filter(|_| !states.is_empty()) {
             self.commit(checkpoint, states)?;
         }
         // Files committed after the restored checkpoint exist only when recovery fell
         // back past a corrupt one: their rows are written again from the older state.
-        let withdrawn = committer.withdraw_after(&self.prefix, checkpoint)?;
+        // (`None`: the job never checkpointed, so nothing it committed is withdrawn.)
+        let withdrawn = match checkpoint {
+            Some(restored) => committer.withdraw_after(&self.prefix, Some(restored))?,
+            None => Vec::new(),
+        };
         if !withdrawn.is_empty() {
             tracing::warn!(
                 "withdrew {} committed file(s) written after the restored checkpoint {:?}: \

@@ -374,7 +374,15 @@ impl LocalWorker {
         let mut checkpoint_loop = None;
         let sink_context = SinkContext {
             checkpointing: checkpointing.is_some(),
-            first_checkpoint: checkpointing.as_ref().map_or(1, |c| c.first_id()),
+            // Without checkpoints, names carry the start time instead: unique per run.
+            first_checkpoint: checkpointing.as_ref().map_or_else(
+                || {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(1, |d| d.as_millis() as u64)
+                },
+                |c| c.first_id(),
+            ),
             committed: committed.clone(),
         };
         if let Some(settings) = &checkpointing {
@@ -404,7 +412,13 @@ impl LocalWorker {
                 .collect();
             // Before any task starts: finish the restored checkpoint's commits and drop
             // what later, never completed checkpoints staged.
-            let restored_id = settings.restored().map(|c| c.manifest.id);
+            let discarded = block_on(settings.discard_newer())?;
+            if !discarded.is_empty() {
+                tracing::warn!(
+                    "deleted checkpoints {discarded:?}, newer than the snapshot restored"
+                );
+            }
+            let restored_id = settings.recover_to();
             for vertex in &graph.vertices {
                 if let VertexOperator::Sink(sink) = &vertex.operator {
                     let states: Vec<Vec<u8>> = (0..vertex.parallelism)
@@ -604,6 +618,14 @@ fn gate(
     let upstream = inputs.first().map(|(v, _)| *v).ok_or_else(|| missing_input(name))?;
     let receivers = inputs.into_iter().map(|(_, rx)| rx).collect();
     Ok((upstream, InputGate::new(receivers, Some(metrics.clone()))))
+}
+
+/// Run `future` to its end from synchronous code, inside the runtime or not.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => tokio::task::block_in_place(|| global_runtime().block_on(future)),
+        Err(_) => global_runtime().block_on(future),
+    }
 }
 
 fn missing_input(name: &str) -> RilletError {

@@ -143,13 +143,28 @@ impl RunningAggregate {
 }
 
 impl StreamOperator for RunningAggregate {
+    /// Names the state layout too (key columns and types, each input's column and type),
+    /// so that a restore into a changed aggregate is refused instead of misread.
     fn name(&self) -> String {
+        let field = |i: usize| {
+            let f = self.input_schema.field(i);
+            format!("{}: {}", f.name(), f.data_type())
+        };
+        let keys: Vec<String> = self.keys.iter().map(|&k| field(k)).collect();
         let specs: Vec<String> = self
             .specs
             .iter()
-            .map(|s| format!("{:?} as {}", s.function, s.output).to_lowercase())
+            .map(|s| {
+                let function = format!("{:?}", s.function).to_lowercase();
+                let input = s.input.map_or("*".to_string(), field);
+                format!("{function}({input}) as {}", s.output)
+            })
             .collect();
-        format!("running aggregate ({})", specs.join(", "))
+        format!(
+            "running aggregate by [{}]: {}",
+            keys.join(", "),
+            specs.join(", ")
+        )
     }
 
     fn output_schema(&self) -> SchemaRef {

@@ -202,6 +202,47 @@ fn stop_with_a_savepoint_and_resume_gives_exact_output() {
     assert_exact(&out, 4_000);
 }
 
+/// Going back to an older savepoint, then crashing before the first checkpoint: the
+/// restart must not pick up the checkpoints taken after the savepoint (their files were
+/// withdrawn when the job went back).
+#[test]
+fn going_back_to_a_savepoint_forgets_the_checkpoints_after_it() {
+    let _serial = SERIAL.lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
+    let session = Session::default();
+    let df = job(&session, 4_000, Some(4_000.0));
+    let resume = |snapshot: Option<u64>| {
+        df.start_files(
+            out.to_str().unwrap(),
+            FileFormat::Parquet(ParquetCompression::Snappy),
+            "back",
+            Some((chk.to_str().unwrap(), Duration::from_millis(50))),
+            snapshot.map(|id| (Kind::Savepoint, id)),
+        )
+        .unwrap()
+    };
+    let mut first = resume(None);
+    wait_for_checkpoints(&first, 2);
+    let savepoint = global_runtime().block_on(first.stop_with_savepoint()).unwrap();
+    global_runtime().block_on(first.wait()).unwrap();
+    // On from the savepoint, several checkpoints, then a crash.
+    let mut second = resume(Some(savepoint));
+    wait_for_checkpoints(&second, 2);
+    second.cancel();
+    let _ = global_runtime().block_on(second.wait());
+    // Back to the savepoint, and a crash before any checkpoint.
+    let third = resume(Some(savepoint));
+    third.cancel();
+    drop(third);
+    // The restart resumes from the savepoint, not from the second run's checkpoints.
+    let mut fourth = resume(None);
+    global_runtime().block_on(fourth.wait()).unwrap();
+    let restored = fourth.checkpoint_stats().unwrap().restored_from;
+    assert_eq!(restored, Some(savepoint));
+    assert_exact(&out, 4_000);
+}
+
 #[test]
 fn a_streaming_job_refuses_what_it_cannot_checkpoint() {
     let _serial = SERIAL.lock();
