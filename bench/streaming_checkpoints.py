@@ -2,7 +2,8 @@
 SIGKILL, for a streaming job: the sequence source (4 splits, unbounded), a keyed running
 aggregate, and the exactly-once Parquet sink.
 
-- Without backpressure the sink keeps up with the source.
+- Without backpressure the source is throttled to 1M rows/s (4 splits of 250k), which
+  the job keeps up with.
 - With backpressure a `map_batches` stage sleeps 20 ms per 1,000-row batch (a slow model),
   so the channels before it stay full and each aligned barrier waits behind them.
 - Recovery: the job is killed with SIGKILL mid-run and started again with the same job id;
@@ -28,7 +29,11 @@ import numpy as np
 
 def pipeline(slow: bool):
     import rillet as rl
-    df = rl.read_sequence(partitions=4, rows=None, batch_rows=1000)
+    # Without backpressure the source is throttled to 1M rows/s in all, well under what
+    # the job sustains (about 7M rows/s here); with it, the source runs flat out into
+    # the slow stage.
+    rate = None if slow else 250_000.0
+    df = rl.read_sequence(partitions=4, rows=None, rows_per_second=rate, batch_rows=1000)
     df = df.group_by("source", "partition").running_agg(rl.count().alias("n"), rl.col("value").sum().alias("total"))
     if slow:
         def slow_model(batch):

@@ -40,6 +40,11 @@ use crate::spill::SpillStore;
 /// Smallest and largest share of the memory budget one channel gets.
 const MIN_CHANNEL_BYTES: usize = 256 << 10;
 const MAX_CHANNEL_BYTES: usize = 64 << 20;
+/// The largest channel of a checkpointed job. An aligned barrier waits behind everything
+/// queued before it, so under backpressure a checkpoint takes as long as draining the
+/// channels on its path: 64 MiB of small rows behind a slow model is minutes. Flink keeps
+/// a few 32 KiB buffers per channel for the same reason.
+const MAX_CHECKPOINTED_CHANNEL_BYTES: usize = 1 << 20;
 
 /// Runs dataflow graphs in this process. (A remote worker will take the same graph.)
 #[derive(Debug, Clone)]
@@ -250,8 +255,13 @@ impl LocalWorker {
             .max(1);
         // Half the budget for data queued in channels, half for data held inside calls
         // (decoded media; see `memory`).
+        let max_channel = if checkpointing.is_some() {
+            MAX_CHECKPOINTED_CHANNEL_BYTES
+        } else {
+            MAX_CHANNEL_BYTES
+        };
         let capacity = (self.config.memory_budget_bytes / 2 / channel_count)
-            .clamp(MIN_CHANNEL_BYTES, MAX_CHANNEL_BYTES);
+            .clamp(MIN_CHANNEL_BYTES, max_channel);
         let call_budget = CallBudget::new(self.config.memory_budget_bytes / 2);
         let spill = match self.config.spill_bytes {
             0 => None,
