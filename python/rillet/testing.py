@@ -19,7 +19,7 @@ def check_sequence(table: pa.Table, expected: Mapping[tuple[str, int], int]) -> 
     and unexpected splits.
 
     >>> import rillet as rl
-    >>> table = rl.read_sequence(partitions=2, rows=5).collect()
+    >>> table = rl.read_sequence(partitions=2, rows=5).sort(["partition", "seq"]).collect()
     >>> check_sequence(table, {("seq", 0): 5, ("seq", 1): 5})
     10
     >>> check_sequence(pa.concat_tables([table, table.slice(0, 1)]), {("seq", 0): 5, ("seq", 1): 5})
