@@ -225,16 +225,29 @@ impl PyStreamingJob {
     fn wait<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyDict>> {
         let taken = self.state.lock().job.take();
         if let Some(mut job) = taken {
-            let limit = timeout.map(Duration::from_secs_f64);
-            let (finished, job) = py.detach(move || {
-                let finished = global_runtime().block_on(async {
-                    match limit {
-                        Some(limit) => tokio::time::timeout(limit, job.wait()).await.ok(),
-                        None => Some(job.wait().await),
-                    }
+            let deadline = timeout.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t));
+            // Wait in short steps without the GIL, so that Ctrl-C reaches Python: it cancels
+            // the job (a restart with the same id resumes from its last checkpoint).
+            let finished = loop {
+                let step = deadline.map_or(Duration::from_millis(100), |d| {
+                    d.saturating_duration_since(std::time::Instant::now())
+                        .min(Duration::from_millis(100))
                 });
-                (finished, job)
-            });
+                let waited = py.detach(|| {
+                    global_runtime().block_on(async { tokio::time::timeout(step, job.wait()).await.ok() })
+                });
+                if waited.is_some() {
+                    break waited;
+                }
+                if let Err(interrupt) = py.check_signals() {
+                    job.cancel();
+                    self.state.lock().job = Some(job);
+                    return Err(interrupt);
+                }
+                if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    break None;
+                }
+            };
             let mut state = self.state.lock();
             match finished {
                 Some(outcome) => {

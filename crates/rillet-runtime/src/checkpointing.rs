@@ -400,7 +400,14 @@ impl CheckpointLoop {
                     }
                     if let Ok(id) = coordinator.trigger(Instant::now()) {
                         writers.insert(id, self.settings.store.writer(Kind::Checkpoint, id));
-                        self.command(SourceCommand::Barrier(id))?;
+                        if let Err(e) = self.command(SourceCommand::Barrier(id)) {
+                            if matches!(e, RilletError::Cancelled) {
+                                return Err(e);
+                            }
+                            // A source still busy with earlier barriers (stuck behind
+                            // backpressure): skip this checkpoint rather than fail the job.
+                            self.abandon(&mut coordinator, &mut writers, id, &e);
+                        }
                     }
                 }
                 Some(request) = self.stop.recv(), if pending_stop.is_none() && last.is_none() => {
@@ -481,15 +488,26 @@ impl CheckpointLoop {
         }
     }
 
+    /// Send `command` to every source task, or to none: a barrier some sources inject
+    /// and others not could never align downstream.
     fn command(&self, command: SourceCommand) -> Result<()> {
+        // Only this loop sends, so room seen here is still there below.
+        if let Some((task, _)) = self
+            .sources
+            .iter()
+            .find(|(_, sender)| sender.capacity() == 0 && !sender.is_closed())
+        {
+            return Err(RilletError::Checkpoint(format!(
+                "source task {task} has not yet taken the barriers sent before"
+            )));
+        }
         for (task, sender) in &self.sources {
-            // The channel has room for every checkpoint that can be in flight.
             if let Err(e) = sender.try_send(command) {
                 if matches!(e, mpsc::error::TrySendError::Closed(_)) {
                     return Err(RilletError::Cancelled);
                 }
-                return Err(RilletError::internal(format!(
-                    "source task {task} has checkpoint commands queued beyond the limit"
+                return Err(RilletError::Checkpoint(format!(
+                    "source task {task} has not yet taken the barriers sent before"
                 )));
             }
         }
