@@ -143,6 +143,18 @@ impl FileCommitter {
                 ))
             });
         }
+        if report.committed > 0 {
+            // The renames are directory entries: sync the directory so they survive a
+            // power cut (a killed process loses nothing either way).
+            std::fs::File::open(&self.directory)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| {
+                    RilletError::Checkpoint(format!(
+                        "cannot sync {} after committing: {e}",
+                        self.directory.display()
+                    ))
+                })?;
+        }
         Ok(report)
     }
 

@@ -607,7 +607,24 @@ impl StagingWriter {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .ok_or_else(|| RilletError::internal("staged file without a name"))?;
-        if self.thread.run(None, move || file.close_blocking()).await?.is_some() {
+        // Closed and synced before the checkpoint can complete: a committed name must not
+        // point at pages a power cut could still take away.
+        let closed = self
+            .thread
+            .run(None, move || {
+                let path = file.close_blocking()?;
+                if let Some(path) = &path {
+                    File::open(path).and_then(|f| f.sync_all()).map_err(|e| {
+                        RilletError::Io(std::io::Error::new(
+                            e.kind(),
+                            format!("cannot sync {path}: {e}"),
+                        ))
+                    })?;
+                }
+                Ok(path)
+            })
+            .await?;
+        if closed.is_some() {
             self.sealed.push(name);
         }
         Ok(())
