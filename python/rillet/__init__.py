@@ -26,7 +26,7 @@ from rillet.udf import UDF, udf
 __all__ = [
     "DataFrame", "GroupBy", "StreamingJob", "Expr", "UDF", "col", "lit", "count", "when", "udf", "service",
     "Service",
-    "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_sequence", "read_redis_streams", "read_parquet",
+    "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_sequence", "read_redis_streams", "resume", "read_parquet",
     "read_csv", "read_json", "read_files", "configure_storage", "sql", "set_config", "current_session",
     "init", "resources", "ai", "testing",
     "RilletError", "PlanError", "UserFunctionError", "ExecutionError", "DataError", "JobCancelled",
@@ -152,6 +152,21 @@ def read_redis_streams(url: str, streams: str | Sequence[str], fields: Sequence[
     (a stream written before the job starts)."""
     keys = [streams] if isinstance(streams, str) else list(streams)
     return DataFrame(current_session()._native.read_redis_streams(url, keys, list(fields), bounded, batch_rows))
+
+
+def resume(path: PathLike, df: DataFrame, output: PathLike, **options: Any) -> StreamingJob:
+    """Continue the streaming job ``df`` (its pipeline, as it was started) writing into
+    ``output`` from ``path``: a snapshot directory (what :meth:`StreamingJob.stop` returns,
+    or a ``chk-<id>`` directory), or a job's directory ``<checkpoint_dir>/<job_id>``, which
+    resumes from its newest valid checkpoint or savepoint. ``options`` go to
+    :meth:`DataFrame.start` (``format``, ``checkpoint_interval``, ...)."""
+    p = os.fspath(path).rstrip("/")
+    name = os.path.basename(p)
+    if name.startswith(("savepoint-", "chk-")):
+        return df.start(output, resume_from=p, **options)
+    if not os.path.isdir(p) and "://" not in p:
+        raise FileNotFoundError(f"no job directory {p}")
+    return df.start(output, checkpoint_dir=os.path.dirname(p), job_id=name, **options)
 
 
 def read_parquet(path: PathLike | Sequence[PathLike]) -> DataFrame:

@@ -49,7 +49,8 @@ def test_cancel_then_restart_with_the_same_id_resumes_exactly(tmp_path):
     with pytest.raises(rl.JobCancelled):
         first.wait()
     assert first.status() == "cancelled"
-    second = df.start(tmp_path / "out", checkpoint_dir=tmp_path / "chk", job_id="restart", checkpoint_interval=0.05)
+    # By the job's directory: its newest valid checkpoint.
+    second = rl.resume(tmp_path / "chk" / "restart", df, tmp_path / "out", checkpoint_interval=0.05)
     second.wait()
     assert second.metrics()["checkpoints"]["restored_from"] is not None
     table = read_committed(tmp_path / "out")
@@ -66,7 +67,7 @@ def test_stop_with_a_savepoint_and_resume_from_it(tmp_path):
     assert first.status() == "stopped"
     assert os.path.isdir(savepoint) and os.path.basename(savepoint).startswith("savepoint-")
     assert read_committed(tmp_path / "out").num_rows < 9000
-    second = df.start(tmp_path / "out", resume_from=savepoint)
+    second = rl.resume(savepoint, df, tmp_path / "out")
     second.wait()
     assert second.metrics()["checkpoints"]["restored_from"] == int(savepoint.rsplit("-", 1)[1])
     assert check_sequence(read_committed(tmp_path / "out"), expected(3000)) == 9000
