@@ -39,11 +39,12 @@ impl Kind {
     }
 
     /// The snapshot directory name of `id`: zero-padded, so names sort as ids do.
-    fn directory(self, id: u64) -> String {
+    pub fn directory(self, id: u64) -> String {
         format!("{}{id:020}", self.prefix())
     }
 
-    fn parse_directory(name: &str) -> Option<(Kind, u64)> {
+    /// The kind and id a snapshot directory name (`chk-<id>`, `savepoint-<id>`) stands for.
+    pub fn parse_directory(name: &str) -> Option<(Kind, u64)> {
         [Kind::Checkpoint, Kind::Savepoint]
             .into_iter()
             .find_map(|kind| Some((kind, name.strip_prefix(kind.prefix())?.parse().ok()?)))

@@ -158,16 +158,6 @@ impl SequenceSource {
         self.rows_per_second = rate.filter(|r| *r > 0.0);
         self
     }
-
-    /// The row count each split will have emitted at its end: what [`check`] expects.
-    pub fn expected(&self) -> Option<BTreeMap<(String, u32), u64>> {
-        let rows = self.rows_per_partition?;
-        Some(
-            (0..self.partitions)
-                .map(|p| ((self.name.clone(), p), rows))
-                .collect(),
-        )
-    }
 }
 
 impl StreamSource for SequenceSource {

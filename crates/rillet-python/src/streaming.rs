@@ -60,14 +60,7 @@ fn parse_snapshot_path(path: &str) -> PyResult<(String, String, Kind, u64)> {
     };
     let (parent, name) = trimmed.rsplit_once('/').ok_or_else(bad)?;
     let (location, job) = parent.rsplit_once('/').ok_or_else(bad)?;
-    let (kind, id) = if let Some(id) = name.strip_prefix("savepoint-") {
-        (Kind::Savepoint, id)
-    } else if let Some(id) = name.strip_prefix("chk-") {
-        (Kind::Checkpoint, id)
-    } else {
-        return Err(bad());
-    };
-    let id = id.parse().map_err(|_| bad())?;
+    let (kind, id) = Kind::parse_directory(name).ok_or_else(bad)?;
     Ok((location.to_string(), job.to_string(), kind, id))
 }
 
@@ -304,9 +297,10 @@ impl PyStreamingJob {
         let _ = self.wait(py, None)?;
         let location = self.location.clone().unwrap_or_default();
         Ok(Some(format!(
-            "{}/{}/savepoint-{id:020}",
+            "{}/{}/{}",
             location.trim_end_matches('/'),
-            self.job_id
+            self.job_id,
+            Kind::Savepoint.directory(id)
         )))
     }
 }

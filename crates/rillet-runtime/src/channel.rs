@@ -192,19 +192,8 @@ impl ChannelReceiver {
 
     /// Like [`recv`](Self::recv), also returning the index of the upstream task that sent it.
     pub async fn recv_from(&mut self) -> Option<(StreamMessage, usize)> {
-        // Most messages are already queued: take them without a wait to record.
-        let ready = self.poll_recv_from(&mut Context::from_waker(futures::task::noop_waker_ref()));
-        if let Poll::Ready(received) = ready {
-            return received;
-        }
-        let started = Instant::now();
         let metrics = self.metrics.clone();
-        let _waiting = metrics.as_ref().map(|m| m.begin_wait(WaitReason::Input));
-        let received = std::future::poll_fn(|cx| self.poll_recv_from(cx)).await;
-        if let Some(m) = &metrics {
-            m.record_wait(WaitReason::Input, started.elapsed());
-        }
-        received
+        poll_recording_input_wait(metrics, |cx| self.poll_recv_from(cx)).await
     }
 
     /// Poll for the next message (see [`recv_from`](Self::recv_from)); records no wait, so
@@ -242,6 +231,25 @@ impl ChannelReceiver {
             }
         }
     }
+}
+
+/// Drive `poll` to its result. Most messages are already queued and are taken without a
+/// wait; otherwise the wait is recorded on `metrics` as a wait for input.
+async fn poll_recording_input_wait<T>(
+    metrics: Option<Arc<OperatorMetrics>>,
+    mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
+) -> T {
+    let ready = poll(&mut Context::from_waker(futures::task::noop_waker_ref()));
+    if let Poll::Ready(value) = ready {
+        return value;
+    }
+    let started = Instant::now();
+    let _waiting = metrics.as_ref().map(|m| m.begin_wait(WaitReason::Input));
+    let value = std::future::poll_fn(poll).await;
+    if let Some(m) = &metrics {
+        m.record_wait(WaitReason::Input, started.elapsed());
+    }
+    value
 }
 
 /// The input of a task fed by several channels (one per upstream task): merges their
@@ -307,18 +315,8 @@ impl InputGate {
     /// if an upstream task vanished (it failed or was cancelled and reports that itself);
     /// an error if two channels disagree on the barrier order, which the protocol rules out.
     pub async fn recv(&mut self) -> Result<Option<StreamMessage>> {
-        let ready = self.poll_recv(&mut Context::from_waker(futures::task::noop_waker_ref()));
-        if let Poll::Ready(received) = ready {
-            return received;
-        }
-        let started = Instant::now();
         let metrics = self.metrics.clone();
-        let _waiting = metrics.as_ref().map(|m| m.begin_wait(WaitReason::Input));
-        let received = std::future::poll_fn(|cx| self.poll_recv(cx)).await;
-        if let Some(m) = &metrics {
-            m.record_wait(WaitReason::Input, started.elapsed());
-        }
-        received
+        poll_recording_input_wait(metrics, |cx| self.poll_recv(cx)).await
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<StreamMessage>>> {

@@ -80,7 +80,6 @@ impl Checkpointing {
         interval: Duration,
         restored: Option<Arc<Checkpoint>>,
     ) -> Result<Self> {
-        let snapshots = store.list().await?;
         let first_id = store.next_id().await?;
         Ok(Self {
             store,
@@ -89,7 +88,8 @@ impl Checkpointing {
             timeout: Duration::from_secs(600),
             restored,
             first_id,
-            fresh: snapshots.is_empty(),
+            // Ids start at 1: the next one is 1 only in a store without snapshots.
+            fresh: first_id == 1,
         })
     }
 

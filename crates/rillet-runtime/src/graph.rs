@@ -122,6 +122,17 @@ impl DataflowGraph {
         id
     }
 
+    /// The schema of what `vertex` sends downstream (empty for a sink).
+    pub fn output_schema(&self, vertex: VertexId) -> arrow::datatypes::SchemaRef {
+        match &self.vertices[vertex.0].operator {
+            VertexOperator::Fragment(plan) => plan.schema(),
+            VertexOperator::Function(f) => f.output_schema(),
+            VertexOperator::Sink(_) => Arc::new(arrow::datatypes::Schema::empty()),
+            VertexOperator::Source(source) => source.schema(),
+            VertexOperator::Stream(operator) => operator.output_schema(),
+        }
+    }
+
     /// The edges that feed `vertex`.
     pub fn inputs_of(&self, vertex: VertexId) -> impl Iterator<Item = &Edge> {
         self.edges.iter().filter(move |e| e.target == vertex)

@@ -76,6 +76,8 @@ pub use sink::{
     BatchWriter, CollectSink, CollectedBatches, FileFormat, FileSink, ParquetCompression, Sink,
     SinkContext, WriteMode,
 };
-pub use stream::{OperatorTask, SourceReader, SplitAssignment, StreamOperator, StreamSource};
+pub use stream::{
+    OperatorTask, SourceReader, SplitAssignment, StreamOperator, StreamSource, assign_splits,
+};
 pub use worker::{JobCanceller, JobHandle, LocalWorker};
 pub use workers::{WorkerBatchFunction, WorkerFunction};

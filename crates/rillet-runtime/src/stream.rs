@@ -102,8 +102,9 @@ impl SourceState {
 }
 
 /// Deal `splits` to `tasks` readers: split `k` goes to task `k % tasks`, starting at its
-/// position in `restored` (the merged positions of every task of the source).
-pub(crate) fn assign_splits(
+/// position in `restored` (the merged positions of every task of the source; empty to
+/// start every split from its beginning).
+pub fn assign_splits(
     splits: &[String],
     tasks: usize,
     restored: &BTreeMap<String, Vec<u8>>,

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::SchemaRef;
 use parking_lot::Mutex;
 use rillet_checkpoint::coordinator::TaskId;
 use datafusion::execution::TaskContext;
@@ -489,6 +488,23 @@ impl LocalWorker {
                 _ => None,
             };
             pools.extend(pool.clone());
+            // A source's splits, enumerated and dealt to its tasks once, each from its
+            // restored position (positions are kept per split, whichever task had it).
+            let mut source_splits = match &vertex.operator {
+                VertexOperator::Source(source) => {
+                    let mut positions = BTreeMap::new();
+                    if let Some(settings) = &checkpointing {
+                        for task in 0..vertex.parallelism {
+                            let id = TaskId::new(v as u32, task as u32);
+                            if let Some(state) = settings.restored_state(id) {
+                                positions.extend(SourceState::from_bytes(&state)?.positions);
+                            }
+                        }
+                    }
+                    assign_splits(&source.splits()?, vertex.parallelism, &positions)
+                }
+                _ => Vec::new(),
+            };
             for p in 0..vertex.parallelism {
                 let mut task_inputs = std::mem::take(&mut inputs[v][p]);
                 let router = outputs[v][p].take();
@@ -520,7 +536,7 @@ impl LocalWorker {
                     VertexOperator::Sink(sink) => {
                         let (upstream, input) =
                             gate(std::mem::take(&mut task_inputs), &m, &vertex.name)?;
-                        let schema = output_schema(&graph, upstream);
+                        let schema = graph.output_schema(upstream);
                         let blocking = pool.clone().expect("sink vertices have a pool");
                         let writer = sink.open(p, schema, &blocking, &sink_context)?;
                         let fut = run_sink(writer, input, m, link_for(v, p));
@@ -538,18 +554,7 @@ impl LocalWorker {
                     }
                     VertexOperator::Source(source) => {
                         let router = router.ok_or_else(|| missing_output(&vertex.name))?;
-                        let mut positions = BTreeMap::new();
-                        if let Some(settings) = &checkpointing {
-                            for task in 0..vertex.parallelism {
-                                let id = TaskId::new(v as u32, task as u32);
-                                if let Some(state) = settings.restored_state(id) {
-                                    positions.extend(SourceState::from_bytes(&state)?.positions);
-                                }
-                            }
-                        }
-                        let splits = source.splits()?;
-                        let mut assigned = assign_splits(&splits, vertex.parallelism, &positions);
-                        let reader = source.open(std::mem::take(&mut assigned[p]))?;
+                        let reader = source.open(std::mem::take(&mut source_splits[p]))?;
                         let commands = source_commands.remove(&TaskId::new(v as u32, p as u32));
                         let fut = run_source(reader, commands, router, m, link_for(v, p));
                         tasks.spawn_on(fut, runtime.handle());
@@ -644,16 +649,6 @@ fn missing_input(name: &str) -> RilletError {
 
 fn missing_output(name: &str) -> RilletError {
     RilletError::internal(format!("vertex '{name}' has no output channel"))
-}
-
-fn output_schema(graph: &DataflowGraph, vertex: VertexId) -> SchemaRef {
-    match &graph.vertices[vertex.0].operator {
-        VertexOperator::Fragment(plan) => plan.schema(),
-        VertexOperator::Function(f) => f.output_schema(),
-        VertexOperator::Sink(_) => Arc::new(arrow::datatypes::Schema::empty()),
-        VertexOperator::Source(source) => source.schema(),
-        VertexOperator::Stream(operator) => operator.output_schema(),
-    }
 }
 
 /// Bytes read from storage by the scans of a plan (DataFusion's `bytes_scanned` metric).

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
@@ -213,7 +213,7 @@ impl Builder {
 
     /// Append `step` to the expression vertex `upstream`, or start one after it.
     fn add_step(&mut self, upstream: VertexId, step: Step) -> VertexId {
-        let input_schema = self.output_schema(upstream);
+        let input_schema = self.graph.output_schema(upstream);
         let (vertex, mut expr) = match self.exprs.remove(&upstream.0) {
             Some(expr) => (upstream, expr),
             None => {
@@ -240,15 +240,5 @@ impl Builder {
         node.operator = VertexOperator::Stream(Arc::new(expr.clone()));
         self.exprs.insert(vertex.0, expr);
         vertex
-    }
-
-    fn output_schema(&self, vertex: VertexId) -> SchemaRef {
-        match &self.graph.vertices[vertex.0].operator {
-            VertexOperator::Source(source) => source.schema(),
-            VertexOperator::Stream(operator) => operator.output_schema(),
-            VertexOperator::Function(function) => function.output_schema(),
-            VertexOperator::Fragment(plan) => plan.schema(),
-            VertexOperator::Sink(_) => Arc::new(Schema::empty()),
-        }
     }
 }

@@ -16,7 +16,7 @@ use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
-use rillet_runtime::{SplitAssignment, StreamSource};
+use rillet_runtime::{StreamSource, assign_splits};
 
 /// A streaming source registered as a table.
 #[derive(Debug)]
@@ -165,16 +165,11 @@ impl ExecutionPlan for StreamSourceExec {
     ) -> DfResult<SendableRecordBatchStream> {
         let external = |e: rillet_common::RilletError| DataFusionError::External(Box::new(e));
         let splits = self.source.splits().map_err(external)?;
-        let assigned: Vec<SplitAssignment> = splits
-            .into_iter()
-            .enumerate()
-            .filter(|(k, _)| k % self.tasks == partition)
-            .map(|(_, split)| SplitAssignment {
-                split,
-                position: None,
-            })
-            .collect();
-        let reader = self.source.open(assigned).map_err(external)?;
+        let mut assigned = assign_splits(&splits, self.tasks, &Default::default());
+        let reader = self
+            .source
+            .open(std::mem::take(&mut assigned[partition]))
+            .map_err(external)?;
         let projection = self.projection.clone();
         let stream = futures::stream::try_unfold(reader, move |mut reader| {
             let projection = projection.clone();
