@@ -8,14 +8,20 @@ exactly once, checkpointing every second, with parallelism 2 (this machine's cor
 - keyed: per partition key, each row with the running count and sum of its key so far
   (Rillet's `group_by(...).running_agg(...)`; Flink SQL's `OVER (PARTITION BY p ORDER BY
   proctime ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)`, the append-only running
-  aggregate).
+  aggregate);
+- window: event time from the sequence column, watermarks 10,000 behind it, and per key
+  (value % 100: 100 keys) tumbling windows of 10,000 with count and sum (Rillet's
+  `with_watermark(...).group_by(...).window_agg(rl.tumbling(...))`; Flink SQL's `TUMBLE`
+  window table function over a `WATERMARK FOR ts AS ts - INTERVAL '10' SECOND` column,
+  one millisecond per sequence number).
 
 The source is Rillet's sequence generator and Flink's `datagen` connector (a sequence
 column and a random value column, 4 keys; its default throttle of 10,000 rows/s lifted). Records/s is rows read over the job's time, from
 submitting the job to its end (its last checkpoint committed); neither side counts its
 process or JVM start. Flink runs from the `apache-flink` wheel's jars on Java 17.
 
-    bash bench/run.sh streaming_throughput.py [--rows 20000000] [--flink-python PATH]
+    bash bench/run.sh streaming_throughput.py [--rows 20000000] [--kinds stateless,keyed,window]
+        [--flink-python PATH]
 
 `--flink-python` is a Python with `apache-flink` installed (default: $RILLET_FLINK_PYTHON,
 else ~/.cache/rillet/venv-flink/bin/python; create it with
@@ -43,6 +49,10 @@ def rillet_job(kind: str, rows: int, out: str, chk: str) -> dict:
     if kind == "stateless":
         df = df.filter(rl.col("value") % 2 == 0).select(
             "partition", "seq", (rl.col("value") * 2).alias("v2"))
+    elif kind == "window":
+        df = df.with_column("k", rl.col("value") % 100).with_watermark("seq", delay=10_000)
+        df = df.group_by("k").window_agg(
+            rl.tumbling("seq", 10_000), rl.count().alias("n"), rl.col("value").sum().alias("total"))
     else:
         df = df.group_by("partition").running_agg(
             rl.count().alias("n"), rl.col("value").sum().alias("total")).select(
@@ -56,7 +66,8 @@ def rillet_job(kind: str, rows: int, out: str, chk: str) -> dict:
 
 FLINK_SOURCE = """
 CREATE TABLE src (
-  p INT, seq BIGINT, v BIGINT, pt AS PROCTIME()
+  p INT, seq BIGINT, v BIGINT, pt AS PROCTIME(), k AS v % 100, ts AS TO_TIMESTAMP_LTZ(seq, 3),
+  WATERMARK FOR ts AS ts - INTERVAL '10' SECOND
 ) WITH (
   'connector' = 'datagen', 'number-of-rows' = '{rows}', 'rows-per-second' = '1000000000',
   'fields.p.kind' = 'random', 'fields.p.min' = '0', 'fields.p.max' = '{keys}',
@@ -73,6 +84,12 @@ FLINK_SINKS = {
               "INSERT INTO sink_out SELECT p, seq, v, "
               "COUNT(*) OVER w, SUM(v) OVER w FROM src "
               "WINDOW w AS (PARTITION BY p ORDER BY pt ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"),
+    "window": ("CREATE TABLE sink_out (k BIGINT, window_start TIMESTAMP(3), window_end TIMESTAMP(3), "
+               "n BIGINT, total BIGINT) WITH "
+               "('connector' = 'filesystem', 'path' = 'file://{out}', 'format' = 'csv')",
+               "INSERT INTO sink_out SELECT k, window_start, window_end, COUNT(*), SUM(v) FROM "
+               "TABLE(TUMBLE(TABLE src, DESCRIPTOR(ts), INTERVAL '10' SECOND)) "
+               "GROUP BY k, window_start, window_end"),
 }
 
 
@@ -113,6 +130,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000_000)
     parser.add_argument("--flink-python", default=os.environ.get(
         "RILLET_FLINK_PYTHON", os.path.expanduser("~/.cache/rillet/venv-flink/bin/python")))
+    parser.add_argument("--kinds", default="stateless,keyed,window",
+                        help="comma-separated: stateless, keyed, window")
     parser.add_argument("--child", nargs=5)
     args = parser.parse_args()
     if args.child:
@@ -121,7 +140,8 @@ def main() -> None:
         print(json.dumps(job(kind, int(rows), out, chk)), flush=True)
         return
     print(f"{args.rows:,} rows, parallelism {PARALLELISM}, CSV out exactly once, checkpoints every 1 s")
-    for kind in ("stateless", "keyed"):
+    parser_kinds = args.kinds.split(",")
+    for kind in parser_kinds:
         rillet = run_child(sys.executable, "rillet", kind, args.rows)
         flink = run_child(args.flink_python, "flink", kind, args.rows)
         print(f"{kind}: rillet {rillet['records_per_s']:,} rec/s ({rillet['seconds']:.1f} s, "

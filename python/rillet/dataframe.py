@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -53,6 +55,86 @@ class GroupBy:
         """
         names = [k.name() for k in self._keys]
         return DataFrame(self._df._df.running_aggregate(names, [a._expr for a in aggs]))
+
+    def window_agg(self, window: Window, *aggs: Expr) -> DataFrame:
+        """Aggregates per key and event-time window (:func:`rillet.tumbling`,
+        :func:`rillet.sliding`): one row per key and window, with the keys,
+        ``window_start``, ``window_end`` and each aggregate (``count``, ``sum``, ``min`` or
+        ``max`` of a column, or ``rl.count()``, named by its alias).
+
+        In a streaming job (:meth:`DataFrame.start`) a window is emitted once, when the
+        watermark (:meth:`DataFrame.with_watermark`) passes its end plus its allowed
+        lateness; rows that come after their window was emitted are dropped and counted
+        in the job's ``dropped_late`` metric. Open windows are checkpointed and restored
+        exactly. In a batch job every window is emitted at the end of the input.
+
+        >>> import rillet as rl
+        >>> df = rl.from_pydict({"k": ["x", "y", "x", "x"], "t": [1, 4, 7, 12], "v": [1, 2, 3, 4]})
+        >>> out = df.group_by("k").window_agg(rl.tumbling("t", 10), rl.col("v").sum().alias("total"))
+        >>> out.sort(["window_start", "k"]).to_pydict()
+        {'k': ['x', 'y', 'x'], 'window_start': [0, 0, 10], 'window_end': [10, 10, 20], 'total': [4, 2, 4]}
+        """
+        if not isinstance(window, Window):
+            raise TypeError(f"window_agg takes a window from rl.tumbling or rl.sliding, not {window!r}")
+        names = [k.name() for k in self._keys]
+        return DataFrame(
+            self._df._df.window_aggregate(
+                names,
+                window.column,
+                _span(window.size),
+                None if window.slide is None else _span(window.slide),
+                _span(window.allowed_lateness),
+                [a._expr for a in aggs],
+            )
+        )
+
+
+def _span(value: int | timedelta) -> tuple[int, bool]:
+    """An event-time span for the native layer: ``(n, False)`` in the column's units,
+    ``(microseconds, True)`` for a timedelta."""
+    if isinstance(value, timedelta):
+        return (value // timedelta(microseconds=1), True)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"an event-time span is an int (in the column's units) or a timedelta, not {value!r}")
+    return (value, False)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Event-time windows over ``column``: ``size`` long, one starting every ``slide``
+    (``None``: tumbling, back to back), each emitted once the watermark is
+    ``allowed_lateness`` past its end. Spans are ints in the column's units (its time
+    unit for timestamps) or ``timedelta`` values (for timestamp and date columns). Made by
+    :func:`rillet.tumbling` and :func:`rillet.sliding`."""
+
+    column: str
+    size: int | timedelta
+    slide: int | timedelta | None = None
+    allowed_lateness: int | timedelta = 0
+
+
+def tumbling(column: str, size: int | timedelta, *, allowed_lateness: int | timedelta = 0) -> Window:
+    """Back-to-back windows of ``size`` over event-time ``column`` (see :class:`Window`).
+
+    >>> import rillet as rl
+    >>> rl.tumbling("t", 10)
+    Window(column='t', size=10, slide=None, allowed_lateness=0)
+    """
+    return Window(column, size, None, allowed_lateness)
+
+
+def sliding(
+    column: str, size: int | timedelta, slide: int | timedelta, *, allowed_lateness: int | timedelta = 0
+) -> Window:
+    """Windows of ``size`` starting every ``slide`` over event-time ``column``: each row
+    is in ``size / slide`` of them (see :class:`Window`).
+
+    >>> import rillet as rl
+    >>> from datetime import timedelta
+    >>> rl.sliding("at", timedelta(minutes=1), timedelta(seconds=10)).slide
+    datetime.timedelta(seconds=10)
+    """
+    return Window(column, size, slide, allowed_lateness)
 
 
 class DataFrame:
@@ -250,6 +332,26 @@ class DataFrame:
     def agg(self, *aggs: Expr) -> DataFrame:
         """Aggregate the whole DataFrame into one row."""
         return GroupBy(self, []).agg(*aggs)
+
+    def window_agg(self, window: Window, *aggs: Expr) -> DataFrame:
+        """Aggregates per event-time window over all rows (no keys): see
+        :meth:`GroupBy.window_agg`. A streaming job runs it as one task."""
+        return GroupBy(self, []).window_agg(window, *aggs)
+
+    def with_watermark(self, column: str, delay: int | timedelta = 0) -> DataFrame:
+        """Take event time from ``column`` (a timestamp, date or integer column) and
+        declare watermarks ``delay`` behind the latest event time seen: rows may arrive
+        that much out of order before they count as late for the windows after this
+        (:meth:`GroupBy.window_agg`). ``delay`` is an int in the column's units or a
+        ``timedelta``. Rows pass unchanged; in a batch job it changes nothing.
+
+        >>> import rillet as rl
+        >>> from datetime import timedelta
+        >>> df = rl.from_pydict({"t": [1, 2]}).with_watermark("t", delay=5)
+        >>> df.to_pydict()
+        {'t': [1, 2]}
+        """
+        return DataFrame(self._df.with_watermark(column, _span(delay)))
 
     def join(self, other: DataFrame, on: str | Sequence[str] | None = None, *,
              left_on: str | Sequence[str] | None = None, right_on: str | Sequence[str] | None = None,

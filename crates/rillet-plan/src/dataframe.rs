@@ -18,7 +18,8 @@ use rillet_runtime::{
 
 use crate::graph_builder::build_dataflow;
 use crate::streaming::{
-    RunningAggregateNode, RunningFunction, RunningSpec, build_streaming_dataflow,
+    RunningFunction, RunningSpec, StreamStep, StreamStepNode, TimeSpan, WindowSpec,
+    build_streaming_dataflow, column_index,
 };
 use crate::session::Session;
 use crate::stage::{BatchStageNode, StageKind};
@@ -413,26 +414,60 @@ impl DataFrame {
         specs: Vec<(RunningFunction, Option<String>, String)>,
     ) -> Result<Self> {
         let schema = self.schema();
-        let index = |name: &str| {
-            schema.index_of(name).map_err(|_| {
-                RilletError::invalid_argument(format!(
-                    "running aggregate: no column {name:?}; columns are {:?}",
-                    schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
-                ))
-            })
-        };
-        let keys = keys.iter().map(|k| index(k)).collect::<Result<Vec<_>>>()?;
-        let specs = specs
-            .into_iter()
-            .map(|(function, input, output)| {
-                Ok(RunningSpec {
-                    function,
-                    input: input.as_deref().map(index).transpose()?,
-                    output,
-                })
-            })
+        let what = "running aggregate";
+        let keys = keys
+            .iter()
+            .map(|k| column_index(&schema, what, k))
             .collect::<Result<Vec<_>>>()?;
-        let node = RunningAggregateNode::try_new(self.logical_plan().clone(), keys, specs)?;
+        let specs = aggregate_specs(&schema, what, specs)?;
+        self.stream_step(StreamStep::Running { keys, specs })
+    }
+
+    /// Event time from `column` (a timestamp, date or integer column), with watermarks
+    /// `delay` behind the latest event time seen: how much disorder the job tolerates
+    /// before rows count as late for the windows after it.
+    pub fn with_watermark(&self, column: &str, delay: TimeSpan) -> Result<Self> {
+        let schema = self.schema();
+        let index = column_index(&schema, "watermark", column)?;
+        let delay = delay.resolve(column, schema.field(index).data_type())?;
+        self.stream_step(StreamStep::Watermark {
+            column: index,
+            delay,
+        })
+    }
+
+    /// Aggregates `specs` per key `keys` and event-time window of `window`: one row per
+    /// key and window (the keys, `window_start`, `window_end`, the aggregates), emitted
+    /// when the watermark passes the window's end plus its lateness. In a batch job every
+    /// window is emitted at the end of the input.
+    pub fn window_aggregate(
+        &self,
+        keys: &[String],
+        window: &Windows,
+        specs: Vec<(RunningFunction, Option<String>, String)>,
+    ) -> Result<Self> {
+        let schema = self.schema();
+        let what = "window aggregate";
+        let keys = keys
+            .iter()
+            .map(|k| column_index(&schema, what, k))
+            .collect::<Result<Vec<_>>>()?;
+        let time = column_index(&schema, what, &window.column)?;
+        let time_type = schema.field(time).data_type();
+        let units = |span: &TimeSpan| span.resolve(&window.column, time_type);
+        let size = units(&window.size)?;
+        let slide = window.slide.as_ref().map(units).transpose()?.unwrap_or(size);
+        let window = WindowSpec::sliding(time, size, slide).with_lateness(units(&window.lateness)?);
+        let specs = aggregate_specs(&schema, what, specs)?;
+        self.stream_step(StreamStep::Window {
+            keys,
+            window,
+            specs,
+        })
+    }
+
+    fn stream_step(&self, step: StreamStep) -> Result<Self> {
+        let node = StreamStepNode::try_new(self.logical_plan().clone(), step)?;
         self.from_plan(node.into_plan())
     }
 
@@ -583,4 +618,47 @@ fn unknown_column(name: &str, schema: &SchemaRef) -> RilletError {
         "no column named '{name}'; available columns: {}",
         available.join(", ")
     ))
+}
+
+/// Event-time windows for [`DataFrame::window_aggregate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Windows {
+    /// The event-time column.
+    pub column: String,
+    /// Window length.
+    pub size: TimeSpan,
+    /// Distance between window starts; `None` for tumbling windows.
+    pub slide: Option<TimeSpan>,
+    /// How long after its end a window waits for late rows.
+    pub lateness: TimeSpan,
+}
+
+impl Windows {
+    /// Tumbling windows of `size` over `column`.
+    pub fn tumbling(column: impl Into<String>, size: TimeSpan) -> Self {
+        Self {
+            column: column.into(),
+            size,
+            slide: None,
+            lateness: TimeSpan::Units(0),
+        }
+    }
+}
+
+/// Aggregate specs by column name to specs by column index.
+fn aggregate_specs(
+    schema: &arrow::datatypes::Schema,
+    what: &str,
+    specs: Vec<(RunningFunction, Option<String>, String)>,
+) -> Result<Vec<RunningSpec>> {
+    specs
+        .into_iter()
+        .map(|(function, input, output)| {
+            Ok(RunningSpec {
+                function,
+                input: input.map(|name| column_index(schema, what, &name)).transpose()?,
+                output,
+            })
+        })
+        .collect()
 }

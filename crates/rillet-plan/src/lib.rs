@@ -26,7 +26,7 @@ mod stage;
 pub mod streaming;
 mod udf;
 
-pub use dataframe::{DataFrame, JoinHow, ReadFormat};
+pub use dataframe::{DataFrame, JoinHow, ReadFormat, Windows};
 pub use datafusion::prelude::{Expr, col, lit};
 pub use graph_builder::build_dataflow;
 pub use session::Session;

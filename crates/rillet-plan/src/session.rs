@@ -60,7 +60,7 @@ impl QueryPlanner for RilletQueryPlanner {
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         DefaultPhysicalPlanner::with_extension_planners(vec![
             Arc::new(BatchStagePlanner),
-            Arc::new(crate::streaming::RunningAggregatePlanner),
+            Arc::new(crate::streaming::StreamStepPlanner),
         ])
             .create_physical_plan(logical_plan, session_state)
             .await

@@ -373,6 +373,7 @@ pub(crate) fn stats_to_dict<'py>(py: Python<'py>, stats: &JobStats) -> PyResult<
         d.set_item("spilled_bytes", op.spilled_bytes)?;
         d.set_item("wait_loading_ms", op.wait_loading_ms)?;
         d.set_item("retries", op.retries)?;
+        d.set_item("dropped_late", op.dropped_late)?;
         d.set_item("workers_started", op.workers_started)?;
         operators.push(d);
     }
@@ -613,6 +614,28 @@ impl PyDataFrame {
     /// Keyed running aggregates of `aggs` (count, sum, min or max of a column, aliased).
     fn running_aggregate(&self, keys: Vec<String>, aggs: Vec<PyExpr>) -> PyResult<Self> {
         self.running_aggregate_impl(keys, aggs.into_iter().map(|e| e.expr).collect())
+    }
+
+    /// Event time from `column`, watermarks `delay` behind it (`delay`: a span, see
+    /// `streaming::time_span`).
+    fn with_watermark(&self, column: String, delay: (i64, bool)) -> PyResult<Self> {
+        self.with_watermark_impl(&column, delay)
+    }
+
+    /// Window aggregates of `aggs` per `keys` and window (`column`, `size`, `slide`,
+    /// `lateness`; spans as for `with_watermark`).
+    #[pyo3(signature = (keys, column, size, slide, lateness, aggs))]
+    fn window_aggregate(
+        &self,
+        keys: Vec<String>,
+        column: String,
+        size: (i64, bool),
+        slide: Option<(i64, bool)>,
+        lateness: (i64, bool),
+        aggs: Vec<PyExpr>,
+    ) -> PyResult<Self> {
+        let aggs = aggs.into_iter().map(|e| e.expr).collect();
+        self.window_aggregate_impl(keys, column, size, slide, lateness, aggs)
     }
 
     /// Start a streaming job writing files exactly once (see `rillet.DataFrame.start`).

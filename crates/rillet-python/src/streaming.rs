@@ -13,7 +13,8 @@ use pyo3::types::PyDict;
 use pyo3_arrow::PyTable;
 use datafusion::logical_expr::Expr;
 use rillet_checkpoint::Kind;
-use rillet_plan::streaming::RunningFunction;
+use rillet_plan::Windows;
+use rillet_plan::streaming::{RunningFunction, TimeSpan};
 use rillet_common::RilletError;
 use rillet_runtime::{CheckpointStats, FileFormat, JobHandle, JobStats, global_runtime};
 
@@ -28,7 +29,7 @@ fn running_spec(expr: &Expr) -> PyResult<(RunningFunction, Option<String>, Strin
     };
     let wrong = || {
         PyValueError::new_err(format!(
-            "a running aggregate is count, sum, min or max of a column, or count(); got {expr}"
+            "a streaming aggregate is count, sum, min or max of a column, or count(); got {expr}"
         ))
     };
     let Expr::AggregateFunction(aggregate) = inner else {
@@ -64,7 +65,51 @@ fn parse_snapshot_path(path: &str) -> PyResult<(String, String, Kind, u64)> {
     Ok((location.to_string(), job.to_string(), kind, id))
 }
 
+/// A span of event time from Python: `(n, false)` is `n` in the column's units, `(n, true)`
+/// is a duration of `n` microseconds (a `datetime.timedelta`).
+fn time_span((value, is_duration): (i64, bool)) -> PyResult<TimeSpan> {
+    if value < 0 {
+        return Err(PyValueError::new_err(format!(
+            "event-time spans must not be negative, got {value}"
+        )));
+    }
+    Ok(if is_duration {
+        TimeSpan::Duration(Duration::from_micros(value as u64))
+    } else {
+        TimeSpan::Units(value)
+    })
+}
+
 impl PyDataFrame {
+    pub(crate) fn with_watermark_impl(&self, column: &str, delay: (i64, bool)) -> PyResult<Self> {
+        self.df
+            .with_watermark(column, time_span(delay)?)
+            .py_err()
+            .map(PyDataFrame::from)
+    }
+
+    pub(crate) fn window_aggregate_impl(
+        &self,
+        keys: Vec<String>,
+        column: String,
+        size: (i64, bool),
+        slide: Option<(i64, bool)>,
+        lateness: (i64, bool),
+        aggs: Vec<Expr>,
+    ) -> PyResult<Self> {
+        let windows = Windows {
+            column,
+            size: time_span(size)?,
+            slide: slide.map(time_span).transpose()?,
+            lateness: time_span(lateness)?,
+        };
+        let specs = aggs.iter().map(running_spec).collect::<PyResult<Vec<_>>>()?;
+        self.df
+            .window_aggregate(&keys, &windows, specs)
+            .py_err()
+            .map(PyDataFrame::from)
+    }
+
     /// Keyed running aggregates of `aggs`: each `count`, `sum`, `min` or `max` of a column
     /// (or `count()` of rows), named by its alias.
     pub(crate) fn running_aggregate_impl(&self, keys: Vec<String>, aggs: Vec<Expr>) -> PyResult<Self> {

@@ -285,12 +285,16 @@ pub struct InputGate {
     /// The channel polled first next time, so that one busy channel cannot starve others.
     next: usize,
     metrics: Option<Arc<OperatorMetrics>>,
+    /// The last watermark handed out: the least of the open channels' watermarks.
+    watermark: Option<i64>,
 }
 
 struct GateInput {
     receiver: ChannelReceiver,
     /// The barrier this channel delivered and waits at for the others.
     blocked_at: Option<u64>,
+    /// The highest watermark this channel delivered.
+    watermark: Option<i64>,
     ended: bool,
 }
 
@@ -303,15 +307,18 @@ impl InputGate {
                 .map(|receiver| GateInput {
                     receiver,
                     blocked_at: None,
+                    watermark: None,
                     ended: false,
                 })
                 .collect(),
             next: 0,
             metrics,
+            watermark: None,
         }
     }
 
-    /// The next batch, an aligned barrier, or `End` once every channel has ended. `Ok(None)`
+    /// The next batch, an aligned barrier, a watermark (whenever the least watermark of the
+    /// open channels advances), or `End` once every channel has ended. `Ok(None)`
     /// if an upstream task vanished (it failed or was cancelled and reports that itself);
     /// an error if two channels disagree on the barrier order, which the protocol rules out.
     pub async fn recv(&mut self) -> Result<Option<StreamMessage>> {
@@ -324,44 +331,78 @@ impl InputGate {
         if count == 0 {
             return Poll::Ready(Ok(Some(StreamMessage::End)));
         }
-        let start = self.next;
-        for step in 0..count {
-            let i = (start + step) % count;
-            let input = &mut self.inputs[i];
-            if input.ended || input.blocked_at.is_some() {
-                continue;
-            }
-            let Poll::Ready(received) = input.receiver.poll_recv_from(cx) else {
-                continue;
-            };
-            self.next = (i + 1) % count;
-            match received {
-                None => return Poll::Ready(Ok(None)),
-                Some((StreamMessage::Batch(batch), _)) => {
-                    return Poll::Ready(Ok(Some(StreamMessage::Batch(batch))));
+        if let Some(advanced) = self.take_watermark() {
+            return Poll::Ready(Ok(Some(advanced)));
+        }
+        // A message taken without anything to hand out (a watermark that moves nothing, a
+        // barrier to align) leaves its channel without a registered waker: go round again
+        // until every channel has said Pending.
+        let mut again = true;
+        while again {
+            again = false;
+            let start = self.next;
+            for step in 0..count {
+                let i = (start + step) % count;
+                let input = &mut self.inputs[i];
+                if input.ended || input.blocked_at.is_some() {
+                    continue;
                 }
-                Some((StreamMessage::Barrier(barrier), _)) => {
-                    let other = self.inputs.iter().find_map(|i| i.blocked_at);
-                    if let Some(other) = other.filter(|&o| o != barrier.checkpoint_id) {
-                        return Poll::Ready(Err(RilletError::Checkpoint(format!(
-                            "barriers out of order: checkpoint {} arrived while aligning {other}",
-                            barrier.checkpoint_id
-                        ))));
+                let Poll::Ready(received) = input.receiver.poll_recv_from(cx) else {
+                    continue;
+                };
+                self.next = (i + 1) % count;
+                match received {
+                    None => return Poll::Ready(Ok(None)),
+                    Some((StreamMessage::Batch(batch), _)) => {
+                        return Poll::Ready(Ok(Some(StreamMessage::Batch(batch))));
                     }
-                    self.inputs[i].blocked_at = Some(barrier.checkpoint_id);
-                    // A barrier in, the others not yet: a crash while aligning.
-                    fail::fail_point!("barrier-before-alignment", |_| Poll::Ready(Err(
-                        RilletError::Checkpoint("failpoint barrier-before-alignment".into())
-                    )));
+                    Some((StreamMessage::Barrier(barrier), _)) => {
+                        let other = self.inputs.iter().find_map(|i| i.blocked_at);
+                        if let Some(other) = other.filter(|&o| o != barrier.checkpoint_id) {
+                            return Poll::Ready(Err(RilletError::Checkpoint(format!(
+                                "barriers out of order: checkpoint {} arrived while aligning {other}",
+                                barrier.checkpoint_id
+                            ))));
+                        }
+                        self.inputs[i].blocked_at = Some(barrier.checkpoint_id);
+                        // A barrier in, the others not yet: a crash while aligning.
+                        fail::fail_point!("barrier-before-alignment", |_| Poll::Ready(Err(
+                            RilletError::Checkpoint("failpoint barrier-before-alignment".into())
+                        )));
+                    }
+                    Some((StreamMessage::Watermark(watermark), _)) => {
+                        let input = &mut self.inputs[i];
+                        input.watermark =
+                            Some(input.watermark.map_or(watermark, |w| w.max(watermark)));
+                    }
+                    Some((StreamMessage::End, _)) => self.inputs[i].ended = true,
                 }
-                Some((StreamMessage::End, _)) => self.inputs[i].ended = true,
+                if let Some(aligned) = self.take_aligned() {
+                    return Poll::Ready(Ok(Some(aligned)));
+                }
+                if let Some(advanced) = self.take_watermark() {
+                    return Poll::Ready(Ok(Some(advanced)));
+                }
+                again = true;
             }
-            if let Some(aligned) = self.take_aligned() {
-                return Poll::Ready(Ok(Some(aligned)));
-            }
-            // Channel i waits for the others now: go on to them.
         }
         Poll::Pending
+    }
+
+    /// A watermark when the least watermark of the open channels has passed the last one
+    /// handed out. A channel that has sent none holds it back; an ended one does not.
+    fn take_watermark(&mut self) -> Option<StreamMessage> {
+        let mut least: Option<i64> = None;
+        for input in self.inputs.iter().filter(|i| !i.ended) {
+            let watermark = input.watermark?;
+            least = Some(least.map_or(watermark, |l| l.min(watermark)));
+        }
+        let least = least?;
+        if self.watermark.is_some_and(|w| w >= least) {
+            return None;
+        }
+        self.watermark = Some(least);
+        Some(StreamMessage::Watermark(least))
     }
 
     /// The barrier (or the end) every open channel has reached, releasing the channels.
@@ -375,7 +416,9 @@ impl InputGate {
             return None;
         }
         self.inputs.iter_mut().for_each(|i| i.blocked_at = None);
-        Some(StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: id }))
+        Some(StreamMessage::Barrier(CheckpointBarrier {
+            checkpoint_id: id,
+        }))
     }
 }
 
@@ -589,9 +632,11 @@ mod tests {
             let first = gate.recv().await.unwrap().unwrap();
             assert_eq!(rows_of(&first), Some(1), "a's post-barrier rows came first");
             // b's barrier has not come: nothing may pass (the gate waits).
-            let waiting =
-                tokio::time::timeout(Duration::from_millis(50), gate.recv()).await;
-            assert!(waiting.is_err(), "the gate let a message through before alignment");
+            let waiting = tokio::time::timeout(Duration::from_millis(50), gate.recv()).await;
+            assert!(
+                waiting.is_err(),
+                "the gate let a message through before alignment"
+            );
             b.send(barrier.clone()).await.unwrap();
             let aligned = gate.recv().await.unwrap().unwrap();
             assert!(matches!(
@@ -601,15 +646,84 @@ mod tests {
             assert_eq!(rows_of(&gate.recv().await.unwrap().unwrap()), Some(2));
             a.send(StreamMessage::End).await.unwrap();
             // An ended channel counts as aligned: b's next barrier passes alone.
-            b.send(StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: 5 }))
-                .await
-                .unwrap();
+            b.send(StreamMessage::Barrier(CheckpointBarrier {
+                checkpoint_id: 5,
+            }))
+            .await
+            .unwrap();
             b.send(StreamMessage::End).await.unwrap();
             assert!(matches!(
                 gate.recv().await.unwrap().unwrap(),
                 StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: 5 })
             ));
-            assert!(matches!(gate.recv().await.unwrap().unwrap(), StreamMessage::End));
+            assert!(matches!(
+                gate.recv().await.unwrap().unwrap(),
+                StreamMessage::End
+            ));
+        });
+    }
+
+    #[test]
+    fn the_gate_passes_the_least_watermark_of_its_open_channels() {
+        let rt = crate::global_runtime();
+        let (a, rx_a) = byte_channel(1 << 20, 1, None, None);
+        let (b, rx_b) = byte_channel(1 << 20, 1, None, None);
+        let mut gate = InputGate::new(vec![rx_a, rx_b], None);
+        let watermark = |m: Option<StreamMessage>| match m {
+            Some(StreamMessage::Watermark(w)) => w,
+            other => panic!("expected a watermark, got {other:?}"),
+        };
+        rt.block_on(async {
+            a.send(StreamMessage::Watermark(10)).await.unwrap();
+            // b has sent none: event time cannot pass 10 on a's word alone.
+            let waiting = tokio::time::timeout(Duration::from_millis(50), gate.recv()).await;
+            assert!(
+                waiting.is_err(),
+                "a watermark passed before every channel had one"
+            );
+            b.send(StreamMessage::Watermark(7)).await.unwrap();
+            assert_eq!(watermark(gate.recv().await.unwrap()), 7);
+            b.send(StreamMessage::Watermark(30)).await.unwrap();
+            assert_eq!(watermark(gate.recv().await.unwrap()), 10);
+            // A watermark going back on a channel changes nothing.
+            a.send(StreamMessage::Watermark(5)).await.unwrap();
+            a.send(StreamMessage::Batch(batch(1))).await.unwrap();
+            assert_eq!(rows_of(&gate.recv().await.unwrap().unwrap()), Some(1));
+            // An ended channel no longer holds event time back.
+            a.send(StreamMessage::End).await.unwrap();
+            assert_eq!(watermark(gate.recv().await.unwrap()), 30);
+            b.send(StreamMessage::End).await.unwrap();
+            assert!(matches!(
+                gate.recv().await.unwrap().unwrap(),
+                StreamMessage::End
+            ));
+        });
+    }
+
+    #[test]
+    fn a_watermark_that_moves_nothing_leaves_its_channel_read() {
+        let rt = crate::global_runtime();
+        let (a, rx_a) = byte_channel(1 << 20, 1, None, None);
+        let (_b, rx_b) = byte_channel(1 << 20, 1, None, None);
+        let mut gate = InputGate::new(vec![rx_a, rx_b], None);
+        rt.block_on(async {
+            // Sent from another task while the gate waits: only a's waker can wake it.
+            let sender = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                a.send(StreamMessage::Watermark(10)).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                a.send(StreamMessage::Batch(batch(3))).await.unwrap();
+                a
+            });
+            let started = std::time::Instant::now();
+            // (A timeout would poll the gate once more when it fires: measure instead.)
+            let next = tokio::time::timeout(Duration::from_secs(2), gate.recv()).await;
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "a's batch behind its watermark was not read when it came"
+            );
+            assert_eq!(rows_of(&next.unwrap().unwrap().unwrap()), Some(3));
+            drop(sender.await.unwrap());
         });
     }
 
@@ -620,12 +734,16 @@ mod tests {
         let (b, rx_b) = byte_channel(1 << 20, 1, None, None);
         let mut gate = InputGate::new(vec![rx_a, rx_b], None);
         rt.block_on(async {
-            a.send(StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: 1 }))
-                .await
-                .unwrap();
-            b.send(StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: 2 }))
-                .await
-                .unwrap();
+            a.send(StreamMessage::Barrier(CheckpointBarrier {
+                checkpoint_id: 1,
+            }))
+            .await
+            .unwrap();
+            b.send(StreamMessage::Barrier(CheckpointBarrier {
+                checkpoint_id: 2,
+            }))
+            .await
+            .unwrap();
             let err = gate.recv().await.unwrap_err().to_string();
             assert!(err.contains("out of order"), "{err}");
         });

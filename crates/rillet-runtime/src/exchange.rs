@@ -156,9 +156,9 @@ impl ExecutionPlan for ExchangeSourceExec {
                             metrics.add_input(batch.num_rows());
                             return Some((Ok(batch), (receiver, metrics)));
                         }
-                        // Relational fragments do not snapshot state yet; barriers are
-                        // re-injected by the worker at the fragment's output (issue #5).
-                        Some(StreamMessage::Barrier(_)) => continue,
+                        // Relational fragments run only in batch jobs: they snapshot no
+                        // state and keep no event-time windows.
+                        Some(StreamMessage::Barrier(_) | StreamMessage::Watermark(_)) => continue,
                         Some(StreamMessage::End) => return None,
                         None => {
                             return Some((

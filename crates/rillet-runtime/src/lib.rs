@@ -66,7 +66,7 @@ pub use function::{
     while_loading_model,
 };
 pub use graph::{DataflowGraph, Edge, EdgeId, EdgeKind, Vertex, VertexId, VertexOperator};
-pub use message::{CheckpointBarrier, StreamMessage};
+pub use message::{CheckpointBarrier, StreamMessage, WATERMARK_END};
 pub use metrics::{JobStats, OperatorMetrics, OperatorStats, WaitReason};
 pub use pool::BlockingPool;
 pub use resources::{MachineResources, ResourceManager, ResourceRequest};

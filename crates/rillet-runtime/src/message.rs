@@ -11,6 +11,9 @@ pub struct CheckpointBarrier {
     pub checkpoint_id: u64,
 }
 
+/// The watermark of an input that has ended: every window may fire.
+pub const WATERMARK_END: i64 = i64::MAX;
+
 /// One message on a dataflow edge.
 #[derive(Debug, Clone)]
 pub enum StreamMessage {
@@ -18,6 +21,10 @@ pub enum StreamMessage {
     Batch(RecordBatch),
     /// A checkpoint barrier, kept in order with the batches around it.
     Barrier(CheckpointBarrier),
+    /// Event time has reached this value on the sending task: rows with an earlier event
+    /// time should no longer come (a window ending at or before it may fire). In the event
+    /// time column's own unit; [`WATERMARK_END`] once the input is done.
+    Watermark(i64),
     /// The sending task has no more data.
     End,
 }

@@ -71,6 +71,7 @@ pub struct OperatorMetrics {
     wait_loading_ns: AtomicU64,
     retries: AtomicU64,
     workers_started: AtomicU64,
+    dropped_late: AtomicU64,
     waiting_input: AtomicUsize,
     waiting_output: AtomicUsize,
     waiting_worker: AtomicUsize,
@@ -109,6 +110,7 @@ impl OperatorMetrics {
             wait_loading_ns: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             workers_started: AtomicU64::new(0),
+            dropped_late: AtomicU64::new(0),
             waiting_input: AtomicUsize::new(0),
             waiting_output: AtomicUsize::new(0),
             waiting_worker: AtomicUsize::new(0),
@@ -150,6 +152,11 @@ impl OperatorMetrics {
     /// Count a worker process started (replacements included).
     pub fn add_worker_started(&self) {
         self.workers_started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count rows dropped because their event-time windows had already fired.
+    pub fn add_dropped_late(&self, rows: u64) {
+        self.dropped_late.fetch_add(rows, Ordering::Relaxed);
     }
 
     fn waiting_counter(&self, reason: WaitReason) -> &AtomicUsize {
@@ -231,6 +238,7 @@ impl OperatorMetrics {
             wait_loading_ms: ms(&self.wait_loading_ns),
             retries: self.retries.load(Ordering::Relaxed),
             workers_started: self.workers_started.load(Ordering::Relaxed),
+            dropped_late: self.dropped_late.load(Ordering::Relaxed),
             tasks_running: self.tasks_running.load(Ordering::Relaxed),
             waiting_on,
         }
@@ -270,6 +278,8 @@ pub struct OperatorStats {
     pub retries: u64,
     /// Worker processes started (replacements included).
     pub workers_started: u64,
+    /// Rows dropped because they came after their event-time windows had fired.
+    pub dropped_late: u64,
     /// Tasks still running.
     pub tasks_running: usize,
     /// What running tasks are waiting on right now, most telling first.

@@ -11,6 +11,12 @@
 //!
 //! A [`StreamOperator`] runs one [`OperatorTask`] per task: rows in, rows out, and at a
 //! barrier a snapshot of its state, from which [`StreamOperator::open`] restores it.
+//!
+//! Event time travels as watermarks, in band like barriers: an operator that assigns
+//! event time generates them ([`OperatorTask::take_watermark`]), every task merges its
+//! inputs' watermarks (the least of them), and windowed operators fire on them
+//! ([`OperatorTask::on_watermark`]). A source task sends the end watermark when its splits
+//! end, or at once when it has none, so that an idle task holds nothing back.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -81,6 +87,24 @@ pub trait OperatorTask: Send {
     /// The input has ended: output anything still held.
     fn finish(&mut self) -> Result<Vec<RecordBatch>> {
         Ok(Vec::new())
+    }
+    /// The input's watermark advanced to `watermark` (see
+    /// [`StreamMessage::Watermark`](crate::StreamMessage::Watermark)): output what it
+    /// completes (windows that end by then) and say which watermark to send on, if any.
+    /// By default the task holds nothing back and passes the watermark on.
+    fn on_watermark(&mut self, watermark: i64) -> Result<(Vec<RecordBatch>, Option<i64>)> {
+        Ok((Vec::new(), Some(watermark)))
+    }
+    /// A watermark the task generates from the rows it has processed, if one is due: what
+    /// an event-time assigner returns after a batch. The runtime sends it after the
+    /// batch's output when it passes the last watermark sent.
+    fn take_watermark(&mut self) -> Option<i64> {
+        None
+    }
+    /// Rows dropped as too late for their windows since the last call (counted in the
+    /// operator's metrics, so that no row vanishes unseen).
+    fn take_dropped_late(&mut self) -> u64 {
+        0
     }
 }
 

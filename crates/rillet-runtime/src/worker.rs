@@ -28,7 +28,7 @@ use crate::exchange::ExchangeRegistry;
 use crate::function::{BatchFunction, RowBatcher, check_output_schema, with_call};
 use crate::graph::{DataflowGraph, EdgeKind, VertexId, VertexOperator};
 use crate::memory::{self, CallBudget, CallSizer};
-use crate::message::StreamMessage;
+use crate::message::{StreamMessage, WATERMARK_END};
 use crate::metrics::{JobStats, OperatorMetrics};
 use crate::pool::{BlockingPool, panic_message};
 use crate::progress::ProgressDisplay;
@@ -85,8 +85,9 @@ impl OutputRouter {
     async fn send(&mut self, message: StreamMessage) -> Result<bool> {
         let target = match (&self.kind, &message) {
             (EdgeKind::Forward, _) => 0,
-            // Barriers go to every downstream task so each sees the checkpoint.
-            (_, StreamMessage::Barrier(_)) => {
+            // Barriers and watermarks go to every downstream task: each must see the
+            // checkpoint, and each merges the watermarks of all its inputs.
+            (_, StreamMessage::Barrier(_) | StreamMessage::Watermark(_)) => {
                 for sender in &self.senders {
                     if sender.send(message.clone()).await.is_err() {
                         return Ok(false);
@@ -554,9 +555,11 @@ impl LocalWorker {
                     }
                     VertexOperator::Source(source) => {
                         let router = router.ok_or_else(|| missing_output(&vertex.name))?;
-                        let reader = source.open(std::mem::take(&mut source_splits[p]))?;
+                        let assigned = std::mem::take(&mut source_splits[p]);
+                        let idle = assigned.is_empty();
+                        let reader = source.open(assigned)?;
                         let commands = source_commands.remove(&TaskId::new(v as u32, p as u32));
-                        let fut = run_source(reader, commands, router, m, link_for(v, p));
+                        let fut = run_source(reader, idle, commands, router, m, link_for(v, p));
                         tasks.spawn_on(fut, runtime.handle());
                     }
                 }
@@ -827,6 +830,12 @@ async fn run_function(
                         return Ok(None);
                     }
                 }
+                Some(StreamMessage::Watermark(watermark)) => {
+                    // Forwarded once the rows before it have gone out.
+                    if !output.send(StreamMessage::Watermark(watermark)).await? {
+                        return Ok(None);
+                    }
+                }
                 Some(StreamMessage::Batch(_)) => {
                     return Err(RilletError::internal("a batch was held as a barrier"));
                 }
@@ -869,7 +878,8 @@ async fn run_function(
                     }
                 }
                 Some(end_or_barrier) => {
-                    // Rows buffered before a barrier belong to the checkpoint before it.
+                    // Rows buffered before a barrier belong to the checkpoint before it
+                    // (and before a watermark, to the event time before it).
                     if let Some(rest) = batcher.as_mut().map(|b| b.flush()).transpose()?.flatten() {
                         ready.push_back(rest);
                     }
@@ -907,6 +917,7 @@ async fn run_sink(
                     link.ack(barrier.checkpoint_id, state).await?;
                 }
             }
+            Some(StreamMessage::Watermark(_)) => {}
             Some(StreamMessage::End) => break,
             None => return Err(RilletError::Cancelled),
         }
@@ -914,7 +925,8 @@ async fn run_sink(
     writer.close().await
 }
 
-/// Runs a streaming operator's task: batches through the operator, and at each aligned
+/// Runs a streaming operator's task: batches through the operator, watermarks to it (and
+/// on, as it says), its own watermarks out after the rows they follow, and at each aligned
 /// barrier a snapshot of its state.
 async fn run_stream(
     mut operator: Box<dyn OperatorTask>,
@@ -924,12 +936,16 @@ async fn run_stream(
     link: Option<TaskLink>,
 ) -> Result<Option<String>> {
     let _guard = TaskGuard::start(&metrics);
+    // The last watermark sent: watermarks only ever advance.
+    let mut sent: Option<i64> = None;
     loop {
-        let produced = match input.recv().await? {
+        let (produced, watermark) = match input.recv().await? {
             Some(StreamMessage::Batch(batch)) => {
                 metrics.add_input(batch.num_rows());
-                operator.process(batch)?
+                let produced = operator.process(batch)?;
+                (produced, operator.take_watermark())
             }
+            Some(StreamMessage::Watermark(watermark)) => operator.on_watermark(watermark)?,
             Some(StreamMessage::Barrier(barrier)) => {
                 let state = operator.snapshot()?;
                 if let Some(link) = &link {
@@ -951,12 +967,22 @@ async fn run_stream(
             }
             None => return Err(RilletError::Cancelled),
         };
+        let late = operator.take_dropped_late();
+        if late > 0 {
+            metrics.add_dropped_late(late);
+        }
         for batch in produced {
             if batch.num_rows() == 0 {
                 continue;
             }
             metrics.add_output(batch.num_rows(), batch.get_array_memory_size());
             if !output.send(StreamMessage::Batch(batch)).await? {
+                return Ok(None);
+            }
+        }
+        if let Some(watermark) = watermark.filter(|&w| sent.is_none_or(|s| w > s)) {
+            sent = Some(watermark);
+            if !output.send(StreamMessage::Watermark(watermark)).await? {
                 return Ok(None);
             }
         }
@@ -969,6 +995,7 @@ async fn run_stream(
 /// so that the last rows are committed too.
 async fn run_source(
     mut reader: Box<dyn SourceReader>,
+    idle: bool,
     mut commands: Option<mpsc::Receiver<SourceCommand>>,
     mut output: OutputRouter,
     metrics: Arc<OperatorMetrics>,
@@ -977,6 +1004,11 @@ async fn run_source(
     let _guard = TaskGuard::start(&metrics);
     let mut ended = false;
     let mut pending: Option<SourceCommand> = None;
+    // A task without splits reads nothing, ever: its watermark must not hold back event
+    // time downstream.
+    if idle && !output.send(StreamMessage::Watermark(WATERMARK_END)).await? {
+        return Ok(None);
+    }
     loop {
         if pending.is_none()
             && let Some(rx) = commands.as_mut()
@@ -1040,6 +1072,10 @@ async fn run_source(
             }
             None => {
                 ended = true;
+                // Every window may fire now, before the final checkpoint commits them.
+                if !idle && !output.send(StreamMessage::Watermark(WATERMARK_END)).await? {
+                    return Ok(None);
+                }
                 if let Some(link) = &link {
                     link.source_ended().await?;
                 }

@@ -9,14 +9,19 @@
 //! - projections and filters become an [`ExprOperator`] (stateless, fused into one vertex),
 //!   evaluating DataFusion's own physical expressions batch by batch;
 //! - UDF and `map_batches` stages become function vertices, as in a batch job;
-//! - a running aggregate becomes a keyed vertex behind a hash exchange;
+//! - a watermark assigner joins the expression vertex (it generates event time there);
+//! - running and window aggregates become keyed vertices behind a hash exchange (a window
+//!   aggregate without keys runs as one task);
 //! - repartitions and coalesces are dropped: the dataflow routes rows itself.
 //!
 //! Anything else (joins, sorts, global aggregates, limits) is refused with its name until
 //! it has a streaming form.
 
+mod node;
 mod running;
 mod source;
+mod watermark;
+mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,11 +39,14 @@ use rillet_runtime::{
     DataflowGraph, EdgeKind, OperatorTask, Sink, StreamOperator, VertexId, VertexOperator,
 };
 
-pub use running::{
-    RunningAggregate, RunningAggregateExec, RunningAggregateNode, RunningFunction, RunningSpec,
-};
-pub(crate) use running::RunningAggregatePlanner;
+pub(crate) use node::{StreamStepPlanner, column_index};
+pub use node::{StreamStep, StreamStepExec, StreamStepNode};
+pub use running::{RunningAggregate, RunningFunction, RunningSpec};
 pub use source::{StreamSourceExec, StreamTable};
+pub use watermark::{
+    EventClock, TimeSpan, WATERMARK_INTERVAL, WatermarkAssigner, check_event_time_type,
+};
+pub use window::{WindowAggregate, WindowSpec};
 
 use crate::graph_builder::add_stage;
 use crate::stage::BatchStageExec;
@@ -52,6 +60,8 @@ enum Step {
     Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
     /// Keep these columns.
     Select(Vec<usize>, SchemaRef),
+    /// Note event time for the vertex's [`EventClock`].
+    Watermark,
 }
 
 /// Stateless row-wise work (filters, projections) on each batch: DataFusion's physical
@@ -59,12 +69,21 @@ enum Step {
 #[derive(Debug, Clone)]
 pub struct ExprOperator {
     steps: Vec<Step>,
+    /// The event time assigned here, if a watermark step is.
+    clock: Option<EventClock>,
 }
 
 impl ExprOperator {
-    fn apply(&self, mut batch: RecordBatch) -> Result<RecordBatch> {
-        for step in &self.steps {
+    fn apply(&mut self, mut batch: RecordBatch) -> Result<RecordBatch> {
+        let Self { steps, clock } = self;
+        for step in steps.iter() {
             batch = match step {
+                Step::Watermark => {
+                    if let Some(clock) = clock.as_mut() {
+                        clock.observe(&batch)?;
+                    }
+                    batch
+                }
                 Step::Filter(predicate) => batch_filter(&batch, predicate)?,
                 Step::Project(exprs, schema) => {
                     let rows = batch.num_rows();
@@ -105,6 +124,7 @@ impl StreamOperator for ExprVertex {
                 Step::Filter(_) => "filter",
                 Step::Project(..) => "projection",
                 Step::Select(..) => "select",
+                Step::Watermark => "watermark",
             })
             .collect();
         names.join(" → ")
@@ -126,6 +146,18 @@ impl OperatorTask for ExprOperator {
 
     fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
         Ok(None)
+    }
+
+    fn on_watermark(&mut self, watermark: i64) -> Result<(Vec<RecordBatch>, Option<i64>)> {
+        let forward = match self.clock.as_mut() {
+            Some(clock) => clock.on_input(watermark),
+            None => Some(watermark),
+        };
+        Ok((Vec::new(), forward))
+    }
+
+    fn take_watermark(&mut self) -> Option<i64> {
+        self.clock.as_mut().and_then(EventClock::take)
     }
 }
 
@@ -191,35 +223,58 @@ impl Builder {
             let upstream = self.add(stage.input().clone())?;
             return Ok(add_stage(&mut self.graph, upstream, stage.function().clone()));
         }
-        if let Some(running) = plan.downcast_ref::<RunningAggregateExec>() {
-            let upstream = self.add(running.input().clone())?;
-            let operator = running.operator();
+        if let Some(exec) = plan.downcast_ref::<StreamStepExec>() {
+            let upstream = self.add(exec.input().clone())?;
+            if let StreamStep::Watermark { column, delay } = exec.step() {
+                let clock = EventClock::new(*column, *delay);
+                return Ok(self.add_step_with_clock(upstream, Step::Watermark, Some(clock)));
+            }
+            let operator = exec.operator();
             let keys = operator.key_columns().unwrap_or_default();
-            let parallelism = self.graph.vertices[upstream.0].parallelism;
+            // Without keys, every row meets in one task.
+            let (parallelism, edge) = if keys.is_empty() {
+                (1, EdgeKind::Rebalance)
+            } else {
+                (self.graph.vertices[upstream.0].parallelism, EdgeKind::Hash(keys))
+            };
             let vertex = self.graph.add_vertex(
                 operator.name(),
                 VertexOperator::Stream(operator),
                 parallelism,
             );
-            self.graph.connect(upstream, vertex, EdgeKind::Hash(keys));
+            self.graph.connect(upstream, vertex, edge);
             return Ok(vertex);
         }
         Err(RilletError::invalid_argument(format!(
             "{} cannot run in a streaming job yet (streaming jobs take projections, filters, \
-             UDFs, map_batches and running aggregates)",
+             UDFs, map_batches, watermarks, and running and window aggregates)",
             plan.name()
         )))
     }
 
     /// Append `step` to the expression vertex `upstream`, or start one after it.
     fn add_step(&mut self, upstream: VertexId, step: Step) -> VertexId {
+        self.add_step_with_clock(upstream, step, None)
+    }
+
+    /// [`add_step`](Self::add_step), and with `clock` make the vertex assign event time
+    /// (a later watermark step replaces an earlier one of the same vertex).
+    fn add_step_with_clock(
+        &mut self,
+        upstream: VertexId,
+        step: Step,
+        clock: Option<EventClock>,
+    ) -> VertexId {
         let input_schema = self.graph.output_schema(upstream);
         let (vertex, mut expr) = match self.exprs.remove(&upstream.0) {
             Some(expr) => (upstream, expr),
             None => {
                 let parallelism = self.graph.vertices[upstream.0].parallelism;
                 let expr = ExprVertex {
-                    operator: ExprOperator { steps: Vec::new() },
+                    operator: ExprOperator {
+                        steps: Vec::new(),
+                        clock: None,
+                    },
                     schema: input_schema.clone(),
                 };
                 let vertex = self.graph.add_vertex(
@@ -233,6 +288,10 @@ impl Builder {
         };
         if let Step::Project(_, schema) | Step::Select(_, schema) = &step {
             expr.schema = schema.clone();
+        }
+        if clock.is_some() {
+            expr.operator.steps.retain(|s| !matches!(s, Step::Watermark));
+            expr.operator.clock = clock;
         }
         expr.operator.steps.push(step);
         let node = &mut self.graph.vertices[vertex.0];

@@ -3,31 +3,11 @@
 //! checkpoints and restored exactly.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, Int64Builder, RecordBatch};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
-use async_trait::async_trait;
-use datafusion::common::{DFSchema, DFSchemaRef};
-use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::logical_expr::{
-    Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
-};
-use datafusion::physical_expr::{Distribution, EquivalenceProperties, Partitioning};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
-};
-use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
-use futures::StreamExt;
 use rillet_common::{Result, RilletError};
 use rillet_runtime::{OperatorTask, StreamOperator};
 
@@ -56,7 +36,7 @@ pub struct RunningSpec {
 }
 
 /// Whether a spec accumulates integers (exactly) or floats.
-fn integer_input(schema: &Schema, spec: &RunningSpec) -> Result<bool> {
+pub(super) fn integer_input(schema: &Schema, spec: &RunningSpec) -> Result<bool> {
     let Some(input) = spec.input else {
         return Ok(true);
     };
@@ -187,7 +167,7 @@ impl StreamOperator for RunningAggregate {
 /// One accumulator: an exact integer or a float (the same width either way, so a state
 /// entry is fixed-size).
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Value {
+pub(super) enum Value {
     Empty,
     Int(i64),
     Float(f64),
@@ -209,35 +189,9 @@ impl RunningTask {
         let key_columns: Vec<ArrayRef> = self.keys.iter().map(|&k| batch.column(k).clone()).collect();
         let rows = self.converter.convert_columns(&key_columns)?;
         let n = batch.num_rows();
-        // Inputs as i64 or f64 arrays (cast once per batch).
-        let inputs: Vec<Option<ArrayRef>> = self
-            .specs
-            .iter()
-            .zip(&self.integer)
-            .map(|(spec, &integer)| {
-                spec.input
-                    .map(|i| {
-                        let column = batch.column(i);
-                        if spec.function == RunningFunction::Count {
-                            return Ok(column.clone());
-                        }
-                        let to = if integer { DataType::Int64 } else { DataType::Float64 };
-                        arrow::compute::cast(column, &to)
-                    })
-                    .transpose()
-            })
-            .collect::<std::result::Result<_, _>>()?;
-        let mut outputs: Vec<Output> = self
-            .integer
-            .iter()
-            .map(|&integer| {
-                if integer {
-                    Output::Int(Int64Builder::with_capacity(n))
-                } else {
-                    Output::Float(Float64Builder::with_capacity(n))
-                }
-            })
-            .collect();
+        let inputs = spec_inputs(&self.specs, &self.integer, batch)?;
+        let mut outputs: Vec<Output> =
+            self.integer.iter().map(|&integer| Output::new(integer, n)).collect();
         let empty = vec![Value::Empty; self.specs.len()];
         for row in 0..n {
             let key = rows.row(row);
@@ -270,15 +224,7 @@ impl RunningTask {
         for (key, values) in entries {
             out.extend_from_slice(&(key.len() as u32).to_le_bytes());
             out.extend_from_slice(key);
-            for value in values {
-                let (tag, bits) = match value {
-                    Value::Empty => (0u8, 0u64),
-                    Value::Int(v) => (1, *v as u64),
-                    Value::Float(v) => (2, v.to_bits()),
-                };
-                out.push(tag);
-                out.extend_from_slice(&bits.to_le_bytes());
-            }
+            encode_values(&mut out, values);
         }
         out
     }
@@ -296,21 +242,7 @@ impl RunningTask {
         for _ in 0..entries {
             let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
             let key: Box<[u8]> = take(len)?.into();
-            let mut values = Vec::with_capacity(self.specs.len());
-            for _ in 0..self.specs.len() {
-                let tag = take(1)?[0];
-                let bits = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
-                values.push(match tag {
-                    0 => Value::Empty,
-                    1 => Value::Int(bits as i64),
-                    2 => Value::Float(f64::from_bits(bits)),
-                    other => {
-                        return Err(RilletError::Checkpoint(format!(
-                            "running aggregate state has an unknown value tag {other}"
-                        )));
-                    }
-                });
-            }
+            let values = decode_values(&mut take, self.specs.len())?;
             state.insert(key, values);
         }
         if at != bytes.len() {
@@ -323,7 +255,68 @@ impl RunningTask {
     }
 }
 
-fn update(function: RunningFunction, current: Value, input: Option<&dyn Array>, row: usize) -> Value {
+/// Each spec's input column of `batch`, cast once to i64 or f64 (as is for counts).
+pub(super) fn spec_inputs(
+    specs: &[RunningSpec],
+    integer: &[bool],
+    batch: &RecordBatch,
+) -> Result<Vec<Option<ArrayRef>>> {
+    specs
+        .iter()
+        .zip(integer)
+        .map(|(spec, &integer)| {
+            spec.input
+                .map(|i| {
+                    let column = batch.column(i);
+                    if spec.function == RunningFunction::Count {
+                        return Ok(column.clone());
+                    }
+                    let to = if integer { DataType::Int64 } else { DataType::Float64 };
+                    Ok(arrow::compute::cast(column, &to)?)
+                })
+                .transpose()
+        })
+        .collect()
+}
+
+/// Append `values` to a state encoding: a tag byte and 8 bytes each, so entries are
+/// fixed-size.
+pub(super) fn encode_values(out: &mut Vec<u8>, values: &[Value]) {
+    for value in values {
+        let (tag, bits) = match value {
+            Value::Empty => (0u8, 0u64),
+            Value::Int(v) => (1, *v as u64),
+            Value::Float(v) => (2, v.to_bits()),
+        };
+        out.push(tag);
+        out.extend_from_slice(&bits.to_le_bytes());
+    }
+}
+
+/// Read `count` values written by [`encode_values`], taking bytes from `take`.
+pub(super) fn decode_values<'a>(
+    take: &mut impl FnMut(usize) -> Result<&'a [u8]>,
+    count: usize,
+) -> Result<Vec<Value>> {
+    let mut values = Vec::with_capacity(count);
+    for _ in 0..count {
+        let tag = take(1)?[0];
+        let bits = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+        values.push(match tag {
+            0 => Value::Empty,
+            1 => Value::Int(bits as i64),
+            2 => Value::Float(f64::from_bits(bits)),
+            other => {
+                return Err(RilletError::Checkpoint(format!(
+                    "aggregate state has an unknown value tag {other}"
+                )));
+            }
+        });
+    }
+    Ok(values)
+}
+
+pub(super) fn update(function: RunningFunction, current: Value, input: Option<&dyn Array>, row: usize) -> Value {
     let Some(input) = input else {
         // count(*)
         return match current {
@@ -359,13 +352,22 @@ fn update(function: RunningFunction, current: Value, input: Option<&dyn Array>, 
     }
 }
 
-enum Output {
+pub(super) enum Output {
     Int(Int64Builder),
     Float(Float64Builder),
 }
 
 impl Output {
-    fn push(&mut self, value: Value) {
+    /// A builder for one spec's outputs: integers or floats.
+    pub(super) fn new(integer: bool, capacity: usize) -> Self {
+        if integer {
+            Output::Int(Int64Builder::with_capacity(capacity))
+        } else {
+            Output::Float(Float64Builder::with_capacity(capacity))
+        }
+    }
+
+    pub(super) fn push(&mut self, value: Value) {
         match (self, value) {
             (Output::Int(b), Value::Int(v)) => b.append_value(v),
             (Output::Float(b), Value::Float(v)) => b.append_value(v),
@@ -374,7 +376,7 @@ impl Output {
         }
     }
 
-    fn finish(self) -> ArrayRef {
+    pub(super) fn finish(self) -> ArrayRef {
         match self {
             Output::Int(mut b) => Arc::new(b.finish()),
             Output::Float(mut b) => Arc::new(b.finish()),
@@ -389,244 +391,6 @@ impl OperatorTask for RunningTask {
 
     fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
         Ok(Some(self.encode()))
-    }
-}
-
-/// The logical node of a running aggregate.
-#[derive(Debug, Clone)]
-pub struct RunningAggregateNode {
-    input: LogicalPlan,
-    keys: Vec<usize>,
-    specs: Vec<RunningSpec>,
-    schema: DFSchemaRef,
-    id: u64,
-}
-
-static NEXT_NODE_ID: AtomicU64 = AtomicU64::new(1);
-
-impl RunningAggregateNode {
-    /// A running aggregate of `specs` per `keys` (input column indices) over `input`.
-    pub fn try_new(input: LogicalPlan, keys: Vec<usize>, specs: Vec<RunningSpec>) -> Result<Self> {
-        let arrow_schema = Arc::new(input.schema().as_arrow().clone());
-        let schema = running_schema(&arrow_schema, &specs)?;
-        let mut qualified: Vec<_> = input
-            .schema()
-            .iter()
-            .map(|(q, f)| (q.cloned(), f.clone()))
-            .collect();
-        for field in schema.fields().iter().skip(arrow_schema.fields().len()) {
-            qualified.push((None, field.clone()));
-        }
-        let schema = Arc::new(DFSchema::new_with_metadata(
-            qualified,
-            input.schema().metadata().clone(),
-        )?);
-        Ok(Self {
-            input,
-            keys,
-            specs,
-            schema,
-            id: NEXT_NODE_ID.fetch_add(1, AtomicOrdering::Relaxed),
-        })
-    }
-
-    /// Wrap into a logical plan.
-    pub fn into_plan(self) -> LogicalPlan {
-        LogicalPlan::Extension(Extension {
-            node: Arc::new(self),
-        })
-    }
-}
-
-impl PartialEq for RunningAggregateNode {
-    fn eq(&self, other: &Self) -> bool {
-        self.id == other.id && self.input == other.input
-    }
-}
-impl Eq for RunningAggregateNode {}
-impl Hash for RunningAggregateNode {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.id.hash(state);
-    }
-}
-impl PartialOrd for RunningAggregateNode {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.id.cmp(&other.id))
-    }
-}
-
-impl UserDefinedLogicalNodeCore for RunningAggregateNode {
-    fn name(&self) -> &str {
-        "RunningAggregate"
-    }
-
-    fn inputs(&self) -> Vec<&LogicalPlan> {
-        vec![&self.input]
-    }
-
-    fn schema(&self) -> &DFSchemaRef {
-        &self.schema
-    }
-
-    fn expressions(&self) -> Vec<Expr> {
-        vec![]
-    }
-
-    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "RunningAggregate: keys {:?}, {:?}", self.keys, self.specs)
-    }
-
-    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, inputs: Vec<LogicalPlan>) -> DfResult<Self> {
-        let input = inputs.into_iter().next().ok_or_else(|| {
-            DataFusionError::Internal("running aggregate needs one input".to_string())
-        })?;
-        let mut node = Self::try_new(input, self.keys.clone(), self.specs.clone())
-            .map_err(|e| DataFusionError::Plan(e.to_string()))?;
-        node.id = self.id;
-        Ok(node)
-    }
-
-    fn necessary_children_exprs(&self, _output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
-        // Every input column passes through: none may be pruned below.
-        None
-    }
-}
-
-/// The physical running aggregate. In a batch job it runs per hash partition of its keys
-/// (DataFusion repartitions its input); a streaming job runs it as a keyed vertex.
-#[derive(Debug)]
-pub struct RunningAggregateExec {
-    input: Arc<dyn ExecutionPlan>,
-    operator: Arc<RunningAggregate>,
-    properties: Arc<PlanProperties>,
-}
-
-impl RunningAggregateExec {
-    fn new(input: Arc<dyn ExecutionPlan>, operator: Arc<RunningAggregate>) -> Self {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(operator.output_schema()),
-            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        Self {
-            input,
-            operator,
-            properties: Arc::new(properties),
-        }
-    }
-
-    /// The operator it runs.
-    pub fn operator(&self) -> Arc<RunningAggregate> {
-        self.operator.clone()
-    }
-
-    /// Its input.
-    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
-        &self.input
-    }
-}
-
-impl DisplayAs for RunningAggregateExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "RunningAggregateExec: {}", self.operator.name())
-    }
-}
-
-impl ExecutionPlan for RunningAggregateExec {
-    fn name(&self) -> &'static str {
-        "RunningAggregateExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn datafusion::physical_expr::PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
-    ) -> DfResult<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn required_input_distribution(&self) -> Vec<Distribution> {
-        let schema = self.input.schema();
-        let keys = self
-            .operator
-            .keys
-            .iter()
-            .map(|&k| {
-                Arc::new(datafusion::physical_expr::expressions::Column::new(
-                    schema.field(k).name(),
-                    k,
-                )) as Arc<dyn datafusion::physical_expr::PhysicalExpr>
-            })
-            .collect();
-        vec![Distribution::KeyPartitioned(keys)]
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let input = children.into_iter().next().ok_or_else(|| {
-            DataFusionError::Internal("running aggregate needs one input".to_string())
-        })?;
-        Ok(Arc::new(Self::new(input, self.operator.clone())))
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> DfResult<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
-        let mut task = self
-            .operator
-            .task()
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let stream = input.map(move |batch| {
-            let batch = batch?;
-            task.process_batch(&batch)
-                .map_err(|e| DataFusionError::External(Box::new(e)))
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.operator.output_schema(),
-            stream,
-        )))
-    }
-}
-
-/// Plans [`RunningAggregateNode`]s.
-#[derive(Debug)]
-pub(crate) struct RunningAggregatePlanner;
-
-#[async_trait]
-impl ExtensionPlanner for RunningAggregatePlanner {
-    async fn plan_extension(
-        &self,
-        _planner: &dyn PhysicalPlanner,
-        node: &dyn UserDefinedLogicalNode,
-        _logical_inputs: &[&LogicalPlan],
-        physical_inputs: &[Arc<dyn ExecutionPlan>],
-        _session: &dyn datafusion::catalog::Session,
-        _planning_ctx: &PhysicalPlanningContext,
-    ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
-        let Some(node) = node.as_any().downcast_ref::<RunningAggregateNode>() else {
-            return Ok(None);
-        };
-        let input = physical_inputs[0].clone();
-        let operator = RunningAggregate::try_new(input.schema(), node.keys.clone(), node.specs.clone())
-            .map_err(|e| DataFusionError::Plan(e.to_string()))?;
-        Ok(Some(Arc::new(RunningAggregateExec::new(input, Arc::new(operator)))))
     }
 }
 
