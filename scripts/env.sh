@@ -18,7 +18,7 @@ if [ ! -x "$RILLET_VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 source "$RILLET_VENV/bin/activate"
-if ! python -c "import maturin, pyarrow, numpy, cloudpickle, pandas, pytest, hypothesis, PIL, moto, boto3, tokenizers, fpdf, pypdf, redis" 2>/dev/null; then
+if ! python -c "import maturin, pyarrow, numpy, cloudpickle, pandas, pytest, hypothesis, PIL, moto, boto3, tokenizers, fpdf, pypdf, redis, confluent_kafka" 2>/dev/null; then
   echo "== installing Python packages"
   python -m pip install -q --upgrade pip
   python -m pip install -q -r "$RILLET_ROOT/requirements-dev.txt"

@@ -26,7 +26,7 @@ from rillet.udf import UDF, udf
 __all__ = [
     "DataFrame", "GroupBy", "StreamingJob", "Window", "tumbling", "sliding", "Expr", "UDF", "col", "lit", "count", "when", "udf", "service",
     "Service",
-    "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_sequence", "read_redis_streams", "resume", "read_parquet",
+    "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_sequence", "read_redis_streams", "read_kafka", "resume", "read_parquet",
     "read_csv", "read_json", "read_files", "configure_storage", "sql", "set_config", "current_session",
     "init", "resources", "ai", "testing",
     "RilletError", "PlanError", "UserFunctionError", "ExecutionError", "DataError", "JobCancelled",
@@ -152,6 +152,18 @@ def read_redis_streams(url: str, streams: str | Sequence[str], fields: Sequence[
     (a stream written before the job starts)."""
     keys = [streams] if isinstance(streams, str) else list(streams)
     return DataFrame(current_session()._native.read_redis_streams(url, keys, list(fields), bounded, batch_rows))
+
+
+def read_kafka(brokers: str | Sequence[str], topic: str, *, bounded: bool = False) -> DataFrame:
+    """A Kafka topic as a streaming source (any broker speaking the Kafka protocol):
+    rows ``(topic, partition, offset, timestamp, key, value)``, key and value as binary
+    (``rl.col("value").cast("string")`` for text). Each partition is a split whose position
+    is its next offset, kept in the job's checkpoints (no consumer group), so a restored
+    job continues with exactly the records after its checkpoint. Unbounded by default;
+    ``bounded=True`` ends each partition at the offset that was its end when reading
+    started. ``brokers`` are ``host:port`` addresses."""
+    addresses = [brokers] if isinstance(brokers, str) else list(brokers)
+    return DataFrame(current_session()._native.read_kafka(addresses, topic, bounded))
 
 
 def resume(path: PathLike, df: DataFrame, output: PathLike, **options: Any) -> StreamingJob:

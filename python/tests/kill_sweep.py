@@ -12,6 +12,7 @@ right total, and every running aggregate equal to its recomputed value.
     python python/tests/kill_sweep.py --kills 50            # a new seed, printed
     python python/tests/kill_sweep.py --kills 50 --seed 7   # replay seed 7's kill instants
     python python/tests/kill_sweep.py --kills 50 --source redis   # from Redis Streams
+    python python/tests/kill_sweep.py --kills 50 --source kafka --rate 1000   # from Kafka (tansu)
 
 The test suite runs it with 5 kills (python/tests/test_streaming.py).
 """
@@ -42,9 +43,17 @@ def value_of(partition: np.ndarray, seq: np.ndarray) -> np.ndarray:
     return (mixed % np.uint64(1000)).astype(np.int64)
 
 
-def build(rows: int, rate: float, redis_url: str | None = None, bounded: bool = True):
+def build(rows: int, rate: float, redis_url: str | None = None, bounded: bool = True,
+          kafka: str | None = None):
     import rillet as rl
-    if redis_url is None:
+    if kafka is not None:
+        # The same rows in topic "seq": Kafka partition p holds sequence partition p, each
+        # record keyed by its seq with its value as text.
+        df = rl.read_kafka(kafka, "seq", bounded=bounded)
+        df = df.select(rl.lit("seq").alias("source"), rl.col("partition").cast("uint32").alias("partition"),
+                       rl.col("key").cast("string").cast("uint64").alias("seq"),
+                       rl.col("value").cast("string").cast("int64").alias("value"))
+    elif redis_url is None:
         df = rl.read_sequence(partitions=PARTITIONS, rows=rows, rows_per_second=rate, batch_rows=500)
     else:
         # The same rows, written to one Redis stream per partition by the sweep.
@@ -60,7 +69,7 @@ def build(rows: int, rate: float, redis_url: str | None = None, bounded: bool = 
 def child(out: str, chk: str, rows: int, rate: float, interval: float) -> None:
     redis_url = os.environ.get("SWEEP_REDIS")
     bounded = os.environ.get("SWEEP_BOUNDED", "1") == "1"
-    job = build(rows, rate, redis_url, bounded).start(out, checkpoint_dir=chk, job_id=JOB_ID,
+    job = build(rows, rate, redis_url, bounded, os.environ.get("SWEEP_KAFKA")).start(out, checkpoint_dir=chk, job_id=JOB_ID,
                                                         checkpoint_interval=interval)
     print("started", flush=True)
     job.wait()
@@ -156,16 +165,86 @@ class RedisProducer:
         self.server.wait()
 
 
+def tansu_binary() -> str | None:
+    """The tansu Kafka-protocol broker: on PATH, or where .ci/run installs it."""
+    import shutil
+    found = shutil.which("tansu")
+    cached = os.path.expanduser("~/.cache/rillet/tools/bin/tansu")
+    return found or (cached if os.path.exists(cached) else None)
+
+
+class KafkaProducer:
+    """A tansu broker on loopback (in memory) and a thread writing the sequence's rows into
+    topic ``seq``, one partition per sequence partition, at ``rate`` rows/s per partition.
+
+    Each record goes in a batch of its own: tansu 0.6.0 gives a multi-record batch a single
+    offset (its high watermark moves by one per batch), which no Kafka client can read
+    back correctly."""
+
+    def __init__(self, rows: int, rate: float):
+        import socket
+        import threading
+        from confluent_kafka import Producer
+        from confluent_kafka.admin import AdminClient, NewTopic
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        address = f"tcp://127.0.0.1:{self.port}"
+        self.server = subprocess.Popen([tansu_binary(), "broker", "--listener-url", address,
+                                        "--advertised-listener-url", address, "--storage-engine", "memory://tansu/"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        quiet = {"bootstrap.servers": self.brokers, "log_level": 0}
+        admin = AdminClient(quiet)  # kept alive until its futures resolve
+        for future in admin.create_topics([NewTopic("seq", num_partitions=PARTITIONS, replication_factor=1)]).values():
+            future.result(timeout=20)
+        self.producer = Producer({**quiet, "batch.num.messages": 1, "linger.ms": 0})
+        self.rows, self.rate = rows, rate
+        self.thread = threading.Thread(target=self._produce, daemon=True)
+        self.thread.start()
+
+    @property
+    def brokers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _produce(self) -> None:
+        step = 100
+        started = time.monotonic()
+        for first in range(0, self.rows, step):
+            seqs = np.arange(first, min(first + step, self.rows), dtype=np.uint64)
+            for p in range(PARTITIONS):
+                values = value_of(np.full(len(seqs), p), seqs)
+                for seq, value in zip(seqs.tolist(), values.tolist()):
+                    self.producer.produce("seq", key=str(seq).encode(), value=str(value).encode(), partition=p)
+            self.producer.poll(0)
+            due = started + (first + step) / self.rate
+            time.sleep(max(0.0, due - time.monotonic()))
+        if self.producer.flush(60) != 0:
+            raise RuntimeError("the Kafka producer could not deliver every record")
+
+    def close(self) -> None:
+        self.server.kill()
+        self.server.wait()
+
+
 def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
           interval: float = 0.1, max_delay: float = 1.0, log=print, source: str = "sequence") -> dict:
     """Run the sweep; returns its figures. Raises AssertionError (with the seed) on a bad
-    output. ``source="redis"`` reads the rows from Redis streams a producer keeps writing
-    while the job is killed and restarted."""
+    output. ``source="redis"`` (or ``"kafka"``) reads the rows from Redis streams (a Kafka
+    topic on a tansu broker) a producer keeps writing while the job is killed and restarted."""
     rng = random.Random(seed)
     # Enough rows that the job is still running at every kill: each run makes about
     # max_delay / 2 seconds of progress.
     # A Redis producer writes as the sweep goes: it should outlast the restarts too.
-    per_kill = max_delay * 0.6 + (0.6 if source == "redis" else 0.0)
+    per_kill = max_delay * 0.6 + (0.6 if source in ("redis", "kafka") else 0.0)
     rows = rows or int(rate * (kills * per_kill + 1.0))
     work = tempfile.mkdtemp(prefix="rillet-kill-sweep-")
     out, chk = os.path.join(work, "out"), os.path.join(work, "chk")
@@ -179,6 +258,10 @@ def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
         # While the producer writes, the job waits for more; only the last run ends.
         env.update(SWEEP_REDIS=producer.url, SWEEP_BOUNDED="0")
         log(f"  reading Redis streams at {producer.url}")
+    elif source == "kafka":
+        producer = KafkaProducer(rows, rate)
+        env.update(SWEEP_KAFKA=producer.brokers, SWEEP_BOUNDED="0")
+        log(f"  reading Kafka topic seq from tansu at {producer.brokers}")
     try:
         return _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, producer)
     finally:
@@ -226,7 +309,7 @@ def _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, prod
     assert total == rows * PARTITIONS
     leftovers = os.listdir(os.path.join(out, "_pending"))
     assert not leftovers, f"seed {seed}: staged files left after the end: {leftovers}"
-    figures = {"seed": seed, "source": "redis" if producer else "sequence", "kills": kills, "kills_mid_run": landed, "rows": total,
+    figures = {"seed": seed, "source": env.get("SWEEP_KAFKA") and "kafka" or ("redis" if producer else "sequence"), "kills": kills, "kills_mid_run": landed, "rows": total,
                "elapsed_s": round(time.monotonic() - started_at, 1),
                "restart_to_running_s_p50": round(float(np.median(recovery)), 3) if recovery else None}
     log(f"kill sweep passed: {figures}")
@@ -238,7 +321,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--rate", type=float, default=4000.0, help="rows per second per split")
-    parser.add_argument("--source", choices=["sequence", "redis"], default="sequence")
+    parser.add_argument("--source", choices=["sequence", "redis", "kafka"], default="sequence")
     parser.add_argument("--child", nargs=5, metavar=("OUT", "CHK", "ROWS", "RATE", "INTERVAL"))
     args = parser.parse_args()
     if args.child:

@@ -124,3 +124,35 @@ def test_redis_streams_bounded_read_and_a_clear_error_for_an_unreachable_server(
         producer.close()
     with pytest.raises(OSError, match="redis at redis://127.0.0.1:1"):
         rl.read_redis_streams("redis://127.0.0.1:1", ["s"], ["f"], bounded=True).collect()
+
+
+needs_kafka = pytest.mark.skipif(
+    kill_sweep.tansu_binary() is None,
+    reason="needs the tansu Kafka broker (scripts/test.sh builds it into ~/.cache/rillet/tools)")
+
+
+@needs_kafka
+def test_kill_sweep_from_kafka_with_five_kills():
+    seed = random.SystemRandom().randrange(1 << 32)
+    figures = kill_sweep.sweep(kills=5, seed=seed, source="kafka", rate=1000.0)
+    assert figures["kills_mid_run"] >= 3, figures
+
+
+@needs_kafka
+def test_kafka_bounded_read_and_clear_errors():
+    producer = kill_sweep.KafkaProducer(rows=250, rate=1e9)
+    try:
+        producer.thread.join()
+        df = rl.read_kafka(producer.brokers, "seq", bounded=True)
+        table = df.collect()
+        assert table.num_rows == 250 * kill_sweep.PARTITIONS
+        assert table.schema.field("timestamp").type == pa.timestamp("ms", tz="UTC")
+        first = table.filter(pa.compute.equal(table["partition"], 1)).sort_by("offset").slice(0, 3)
+        assert first["offset"].to_pylist() == [0, 1, 2]
+        assert first["key"].to_pylist() == [b"0", b"1", b"2"]
+        with pytest.raises(rl.PlanError, match='no topic "missing"'):
+            rl.read_kafka(producer.brokers, "missing")
+    finally:
+        producer.close()
+    with pytest.raises(OSError, match="kafka at 127.0.0.1:1"):
+        rl.read_kafka("127.0.0.1:1", "seq")

@@ -155,6 +155,28 @@ impl PySession {
             .map(PyDataFrame::from)
     }
 
+    /// A Kafka topic as a source (see `rillet.read_kafka`).
+    #[pyo3(signature = (brokers, topic, bounded=false))]
+    fn read_kafka(
+        &self,
+        py: Python<'_>,
+        brokers: Vec<String>,
+        topic: String,
+        bounded: bool,
+    ) -> PyResult<PyDataFrame> {
+        let source = py
+            .detach(|| {
+                global_runtime().block_on(rillet_connectors::kafka::KafkaSource::connect(
+                    brokers, topic, bounded,
+                ))
+            })
+            .py_err()?;
+        self.session
+            .read_stream(Arc::new(source), bounded)
+            .py_err()
+            .map(PyDataFrame::from)
+    }
+
     fn range(&self, n: u64) -> PyResult<PyDataFrame> {
         self.session.range(n).py_err().map(PyDataFrame::from)
     }
