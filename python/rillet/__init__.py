@@ -26,7 +26,7 @@ from rillet.udf import UDF, udf
 __all__ = [
     "DataFrame", "GroupBy", "StreamingJob", "Window", "tumbling", "sliding", "Expr", "UDF", "col", "lit", "count", "when", "udf", "service",
     "Service",
-    "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_sequence", "read_redis_streams", "read_kafka", "resume", "read_parquet",
+    "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_sequence", "read_redis_streams", "read_kafka", "watch_directory", "resume", "read_parquet",
     "read_csv", "read_json", "read_files", "configure_storage", "sql", "set_config", "current_session",
     "init", "resources", "ai", "testing",
     "RilletError", "PlanError", "UserFunctionError", "ExecutionError", "DataError", "JobCancelled",
@@ -152,6 +152,27 @@ def read_redis_streams(url: str, streams: str | Sequence[str], fields: Sequence[
     (a stream written before the job starts)."""
     keys = [streams] if isinstance(streams, str) else list(streams)
     return DataFrame(current_session()._native.read_redis_streams(url, keys, list(fields), bounded, batch_rows))
+
+
+def watch_directory(path: PathLike, *, format: str = "parquet", bounded: bool = False,  # noqa: A002
+                    splits: int = 4) -> DataFrame:
+    """A directory whose files keep arriving, as a streaming source: the files there now,
+    then each new one as it appears (``bounded=True``: only the files there at the start).
+    ``format`` is ``"parquet"``, ``"csv"`` (with a header) or ``"json"`` (lines); the
+    schema is the first file's, so the directory needs one. Files are dealt into
+    ``splits`` splits by a fixed hash of their names and read in name order within a
+    split; a checkpoint records each split's finished files and the rows emitted from the
+    file it is in, so a restored job goes on with the next row. Names starting with ``.``
+    or ``_`` are skipped: write a file under such a name and rename it into place when
+    done, so that no half-written file is read.
+
+    >>> import os, tempfile, rillet as rl, pyarrow as pa, pyarrow.parquet as pq
+    >>> d = tempfile.mkdtemp()
+    >>> pq.write_table(pa.table({"x": [1, 2]}), os.path.join(d, "a.parquet"))
+    >>> rl.watch_directory(d, bounded=True).to_pydict()
+    {'x': [1, 2]}
+    """
+    return DataFrame(current_session()._native.watch_directory(os.fspath(path), format, splits, bounded))
 
 
 def read_kafka(brokers: str | Sequence[str], topic: str, *, bounded: bool = False) -> DataFrame:

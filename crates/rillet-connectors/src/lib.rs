@@ -4,9 +4,10 @@
 //! stream, a range of a sequence), each read by one reader that reports its position, so
 //! that a checkpoint can record where every split stands and a restore can continue from
 //! there: the deterministic [`sequence`] generator, with the oracle that checks a job's
-//! committed output against it (RELIABILITY.md, "Sequence oracle"), [`redis_streams`]
-//! and [`kafka`].
+//! committed output against it (RELIABILITY.md, "Sequence oracle"), [`redis_streams`],
+//! [`kafka`] and [`files`] (a directory whose files keep arriving).
 
+pub mod files;
 pub mod kafka;
 pub mod redis_streams;
 pub mod sequence;

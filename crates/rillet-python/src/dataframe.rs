@@ -155,6 +155,24 @@ impl PySession {
             .map(PyDataFrame::from)
     }
 
+    /// A directory of files as a source (see `rillet.watch_directory`).
+    #[pyo3(signature = (path, format, splits, bounded))]
+    fn watch_directory(
+        &self,
+        path: String,
+        format: &str,
+        splits: usize,
+        bounded: bool,
+    ) -> PyResult<PyDataFrame> {
+        use rillet_connectors::files::{DirectoryFormat, DirectorySource};
+        let format = DirectoryFormat::parse(format).py_err()?;
+        let source = DirectorySource::new(path, format, splits, bounded).py_err()?;
+        self.session
+            .read_stream(Arc::new(source), bounded)
+            .py_err()
+            .map(PyDataFrame::from)
+    }
+
     /// A Kafka topic as a source (see `rillet.read_kafka`).
     #[pyo3(signature = (brokers, topic, bounded=false))]
     fn read_kafka(
