@@ -100,6 +100,33 @@ def _span(value: int | timedelta) -> tuple[int, bool]:
 
 
 @dataclass(frozen=True)
+class PostgresUpsert:
+    """An exactly-once PostgreSQL sink for :meth:`DataFrame.start`; see
+    :func:`rillet.postgres_upsert`."""
+
+    url: str
+    table: str
+    key: tuple[str, ...]
+
+
+def postgres_upsert(url: str, table: str, key: str | Sequence[str]) -> PostgresUpsert:
+    """A sink upserting a streaming job's rows into PostgreSQL table ``table`` (it must
+    exist, with a primary key or unique index on ``key``) at ``url``
+    (``postgresql://user:password@host:port/db``). Rows wait in the job's checkpoints and
+    are upserted in one transaction when their checkpoint completes (``INSERT ... ON
+    CONFLICT (key) DO UPDATE``, the last row of a key winning); recovery repeats the
+    restored checkpoint's upserts, which is harmless, so the table ends as if the job had
+    never failed. Columns are matched by name; PostgreSQL converts the values.
+
+    >>> import rillet as rl
+    >>> rl.postgres_upsert("postgresql://app@localhost/shop", "totals", key="customer").key
+    ('customer',)
+    """
+    keys = (key,) if isinstance(key, str) else tuple(key)
+    return PostgresUpsert(url, table, keys)
+
+
+@dataclass(frozen=True)
 class Window:
     """Event-time windows over ``column``: ``size`` long, one starting every ``slide``
     (``None``: tumbling, back to back), each emitted once the watermark is
@@ -521,7 +548,7 @@ class DataFrame:
         waiting on input, on output backpressure and on a free worker), or None."""
         return self._df.stats()
 
-    def start(self, path: str | os.PathLike, *, format: str = "parquet", job_id: str | None = None,  # noqa: A002
+    def start(self, path: str | os.PathLike | PostgresUpsert, *, format: str = "parquet", job_id: str | None = None,  # noqa: A002
               checkpoint_dir: str | os.PathLike | None = None, checkpoint_interval: float = 1.0,
               resume_from: str | os.PathLike | None = None, compression: str = "zstd") -> StreamingJob:
         """Start this DataFrame as a streaming job writing ``format`` files (``"parquet"``,
@@ -538,8 +565,11 @@ class DataFrame:
         (what :meth:`StreamingJob.stop` returns) to resume from instead. Without a
         ``checkpoint_dir``, files become visible when the input ends.
 
-        The pipeline may use projections, filters, UDFs, ``map_batches`` and
-        :meth:`GroupBy.running_agg`.
+        ``path`` may instead be a :func:`rillet.postgres_upsert` sink: rows are upserted
+        into a PostgreSQL table when the checkpoint covering them completes.
+
+        The pipeline may use projections, filters, UDFs, ``map_batches``,
+        :meth:`with_watermark`, :meth:`GroupBy.running_agg` and :meth:`GroupBy.window_agg`.
 
         >>> import rillet as rl, tempfile, os
         >>> tmp = tempfile.mkdtemp()
@@ -551,6 +581,13 @@ class DataFrame:
         >>> job.status()
         'finished'
         """
+        if isinstance(path, PostgresUpsert):
+            native = self._df.start_upsert(
+                path.url, path.table, list(path.key), job_id or "job",
+                os.fspath(checkpoint_dir) if checkpoint_dir is not None else None,
+                float(checkpoint_interval),
+                os.fspath(resume_from) if resume_from is not None else None)
+            return StreamingJob(native)
         native = self._df.start(
             os.fspath(path), format, job_id or "job",
             os.fspath(checkpoint_dir) if checkpoint_dir is not None else None,

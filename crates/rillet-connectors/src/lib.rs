@@ -5,9 +5,11 @@
 //! that a checkpoint can record where every split stands and a restore can continue from
 //! there: the deterministic [`sequence`] generator, with the oracle that checks a job's
 //! committed output against it (RELIABILITY.md, "Sequence oracle"), [`redis_streams`],
-//! [`kafka`] and [`files`] (a directory whose files keep arriving).
+//! [`kafka`] and [`files`] (a directory whose files keep arriving); and the exactly-once
+//! [`postgres`] upsert sink.
 
 pub mod files;
 pub mod kafka;
+pub mod postgres;
 pub mod redis_streams;
 pub mod sequence;

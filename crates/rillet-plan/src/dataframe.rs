@@ -487,7 +487,21 @@ impl DataFrame {
     ) -> Result<JobHandle> {
         let sink = Arc::new(FileSink::exactly_once(directory, format, job)?);
         let name = format!("write {}", format.extension());
-        let graph = build_streaming_dataflow(self.physical_plan()?, sink, &name)?;
+        self.start_sink(sink, &name, job, checkpoints, resume)
+    }
+
+    /// Start this DataFrame as a streaming job into `sink` (an exactly-once sink commits
+    /// at checkpoints), under job id `job`; checkpoints and resuming as for
+    /// [`start_files`](Self::start_files).
+    pub fn start_sink(
+        &self,
+        sink: Arc<dyn Sink>,
+        sink_name: &str,
+        job: &str,
+        checkpoints: Option<(&str, std::time::Duration)>,
+        resume: Option<(rillet_checkpoint::Kind, u64)>,
+    ) -> Result<JobHandle> {
+        let graph = build_streaming_dataflow(self.physical_plan()?, sink, sink_name)?;
         let task_ctx = self.inner.task_ctx();
         let worker = LocalWorker::new(self.session.config().clone());
         let Some((location, interval)) = checkpoints else {

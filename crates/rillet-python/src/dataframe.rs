@@ -699,7 +699,33 @@ impl PyDataFrame {
             checkpoint_interval,
             resume_from,
         )?;
-        crate::streaming::start(py, &self.df, &directory, format, checkpoints)
+        let target = crate::streaming::Target::Files(directory, format);
+        crate::streaming::start(py, &self.df, target, checkpoints)
+    }
+
+    /// Start a streaming job upserting into a PostgreSQL table exactly once (see
+    /// `rillet.DataFrame.start`).
+    #[pyo3(signature = (url, table, key, job_id, checkpoint_dir=None, checkpoint_interval=1.0, resume_from=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn start_upsert(
+        &self,
+        py: Python<'_>,
+        url: String,
+        table: String,
+        key: Vec<String>,
+        job_id: String,
+        checkpoint_dir: Option<String>,
+        checkpoint_interval: f64,
+        resume_from: Option<String>,
+    ) -> PyResult<crate::streaming::PyStreamingJob> {
+        let checkpoints = crate::streaming::Checkpoints::parse(
+            job_id,
+            checkpoint_dir,
+            checkpoint_interval,
+            resume_from,
+        )?;
+        let target = crate::streaming::Target::Postgres(url, table, key);
+        crate::streaming::start(py, &self.df, target, checkpoints)
     }
 
     fn explain(&self, py: Python<'_>) -> PyResult<String> {

@@ -16,6 +16,8 @@ use rillet_checkpoint::Kind;
 use rillet_plan::Windows;
 use rillet_plan::streaming::{RunningFunction, TimeSpan};
 use rillet_common::RilletError;
+use rillet_connectors::postgres::PostgresUpsertSink;
+use rillet_runtime::Sink;
 use rillet_runtime::{CheckpointStats, FileFormat, JobHandle, JobStats, global_runtime};
 
 use crate::dataframe::{PyDataFrame, stats_to_dict};
@@ -164,12 +166,19 @@ impl Checkpoints {
     }
 }
 
-/// Start `df` as a streaming job writing `format` files into `directory`.
+/// Where a streaming job's rows go.
+pub(crate) enum Target {
+    /// Files of `format` in a directory.
+    Files(String, FileFormat),
+    /// Upserts into a PostgreSQL table: url, table, key columns.
+    Postgres(String, String, Vec<String>),
+}
+
+/// Start `df` as a streaming job into `target`.
 pub(crate) fn start(
     py: Python<'_>,
     df: &rillet_plan::DataFrame,
-    directory: &str,
-    format: FileFormat,
+    target: Target,
     checkpoints: Checkpoints,
 ) -> PyResult<PyStreamingJob> {
     let Checkpoints {
@@ -178,15 +187,17 @@ pub(crate) fn start(
         interval,
         resume,
     } = checkpoints;
+    let every = location.as_deref().map(|l| (l, interval));
     let job = py
-        .detach(|| {
-            df.start_files(
-                directory,
-                format,
-                &job_id,
-                location.as_deref().map(|l| (l, interval)),
-                resume,
-            )
+        .detach(|| match target {
+            Target::Files(directory, format) => {
+                df.start_files(&directory, format, &job_id, every, resume)
+            }
+            Target::Postgres(url, table, key) => {
+                let sink = PostgresUpsertSink::new(url, table, key)?;
+                let name = sink.describe();
+                df.start_sink(std::sync::Arc::new(sink), &name, &job_id, every, resume)
+            }
         })
         .py_err()?;
     Ok(PyStreamingJob {

@@ -1,0 +1,226 @@
+//! A PostgreSQL table as an exactly-once sink, by idempotent upsert.
+//!
+//! Each sink task holds the rows it received since the last checkpoint barrier; at the
+//! barrier it hands them over as its checkpoint state (Arrow IPC), and when the checkpoint
+//! completes they are upserted into the table in one transaction: `INSERT ... ON CONFLICT
+//! (key) DO UPDATE`, the last row of a key winning. Recovery repeats the restored
+//! checkpoint's upserts, which changes nothing if they had landed, and the replay from
+//! that checkpoint rewrites the same rows for the same keys: the table ends as if the job
+//! had never failed. (Going back to an *older* savepoint cannot take back upserts made
+//! after it; the replay overwrites them with the same values only for a deterministic
+//! pipeline.)
+//!
+//! The table must exist, with a primary key or unique index on the key columns; columns
+//! are matched by name and values converted by PostgreSQL from JSON (`json_populate_recordset`),
+//! so any column type PostgreSQL can read from JSON works.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use async_trait::async_trait;
+use rillet_common::{Result, RilletError};
+use rillet_runtime::{BatchWriter, BlockingPool, Sink, SinkContext};
+
+/// Upserts into a PostgreSQL table (see the module docs).
+#[derive(Debug, Clone)]
+pub struct PostgresUpsertSink {
+    url: String,
+    table: String,
+    key: Vec<String>,
+}
+
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// A table name, optionally schema-qualified (`schema.table`), quoted part by part.
+fn quote_table(table: &str) -> String {
+    table.split('.').map(quote).collect::<Vec<_>>().join(".")
+}
+
+impl PostgresUpsertSink {
+    /// Upsert into `table` at `url` (`postgresql://user@host:port/db`) on `key` columns.
+    pub fn new(url: impl Into<String>, table: impl Into<String>, key: Vec<String>) -> Result<Self> {
+        if key.is_empty() {
+            return Err(RilletError::invalid_argument(
+                "an upsert sink needs the table's key columns",
+            ));
+        }
+        Ok(Self {
+            url: url.into(),
+            table: table.into(),
+            key,
+        })
+    }
+
+    fn error(&self, what: &str, e: postgres::Error) -> RilletError {
+        // The server's own message says what is wrong; the error's display alone does not.
+        let detail = match e.as_db_error() {
+            Some(db) => db.message().to_string(),
+            None => e.to_string(),
+        };
+        RilletError::Io(std::io::Error::other(format!(
+            "postgres table {}: {what}: {detail}",
+            self.table
+        )))
+    }
+
+    fn connect(&self) -> Result<postgres::Client> {
+        postgres::Client::connect(&self.url, postgres::NoTls)
+            .map_err(|e| self.error("connecting", e))
+    }
+
+    /// The upsert of one JSON array of rows with `columns`: the last row of each key wins.
+    fn statement(&self, columns: &[String]) -> String {
+        let table = quote_table(&self.table);
+        let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+        let keys: Vec<String> = self.key.iter().map(|k| quote(k)).collect();
+        let updates: Vec<String> = columns
+            .iter()
+            .filter(|c| !self.key.contains(c))
+            .map(|c| format!("{0} = EXCLUDED.{0}", quote(c)))
+            .collect();
+        let on_conflict = if updates.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
+        };
+        format!(
+            "INSERT INTO {table} ({cols}) \
+             SELECT DISTINCT ON ({keys}) {cols} \
+             FROM json_populate_recordset(NULL::{table}, $1::text::json) WITH ORDINALITY \
+             ORDER BY {keys}, ordinality DESC \
+             ON CONFLICT ({keys}) {on_conflict}",
+            cols = cols.join(", "),
+            keys = keys.join(", "),
+        )
+    }
+
+    /// Upsert `batches` in one transaction.
+    fn upsert(&self, batches: &[RecordBatch]) -> Result<()> {
+        let Some(first) = batches.iter().find(|b| b.num_rows() > 0) else {
+            return Ok(());
+        };
+        let columns: Vec<String> = first.schema().fields().iter().map(|f| f.name().clone()).collect();
+        for key in &self.key {
+            if !columns.contains(key) {
+                return Err(RilletError::invalid_argument(format!(
+                    "upsert key {key:?} is not a column of the rows ({columns:?})"
+                )));
+            }
+        }
+        let mut json = arrow::json::ArrayWriter::new(Vec::new());
+        for batch in batches {
+            json.write(batch)?;
+        }
+        json.finish()?;
+        let json = String::from_utf8(json.into_inner())
+            .map_err(|e| RilletError::internal(format!("JSON of rows: {e}")))?;
+        let statement = self.statement(&columns);
+        let mut client = self.connect()?;
+        let mut transaction = client.transaction().map_err(|e| self.error("begin", e))?;
+        transaction
+            .execute(statement.as_str(), &[&json])
+            .map_err(|e| self.error("upsert", e))?;
+        transaction.commit().map_err(|e| self.error("commit", e))
+    }
+}
+
+fn encode(batches: &[RecordBatch], schema: &SchemaRef) -> Result<Vec<u8>> {
+    let mut writer = StreamWriter::try_new(Vec::new(), schema)?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    Ok(writer.into_inner()?)
+}
+
+fn decode(state: &[u8]) -> Result<Vec<RecordBatch>> {
+    let reader = StreamReader::try_new(state, None)
+        .map_err(|e| RilletError::Checkpoint(format!("upsert sink state: {e}")))?;
+    reader
+        .map(|b| b.map_err(|e| RilletError::Checkpoint(format!("upsert sink state: {e}"))))
+        .collect()
+}
+
+#[async_trait]
+impl Sink for PostgresUpsertSink {
+    fn describe(&self) -> String {
+        format!("upsert into postgres table {} on ({})", self.table, self.key.join(", "))
+    }
+
+    fn prepare(&self) -> Result<()> {
+        // Fail at the start, naming the table, rather than at the first commit.
+        let mut client = self.connect()?;
+        let query = format!("SELECT * FROM {} LIMIT 0", quote_table(&self.table));
+        client.simple_query(&query).map_err(|e| self.error("checking the table", e))?;
+        Ok(())
+    }
+
+    fn open(
+        &self,
+        _partition: usize,
+        schema: SchemaRef,
+        _blocking: &BlockingPool,
+        context: &SinkContext,
+    ) -> Result<Box<dyn BatchWriter>> {
+        Ok(Box::new(UpsertWriter {
+            sink: Arc::new(self.clone()),
+            schema,
+            pending: Vec::new(),
+            checkpointing: context.checkpointing,
+        }))
+    }
+
+    fn commit(&self, _checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
+        let mut batches = Vec::new();
+        for state in states {
+            batches.extend(decode(state)?);
+        }
+        self.upsert(&batches)
+    }
+
+    fn recover(&self, checkpoint: Option<u64>, states: &[Vec<u8>]) -> Result<()> {
+        match checkpoint {
+            Some(id) if id > 0 => self.commit(id, states),
+            _ => Ok(()),
+        }
+    }
+}
+
+struct UpsertWriter {
+    sink: Arc<PostgresUpsertSink>,
+    schema: SchemaRef,
+    /// Rows since the last barrier.
+    pending: Vec<RecordBatch>,
+    checkpointing: bool,
+}
+
+#[async_trait]
+impl BatchWriter for UpsertWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.pending.push(batch);
+        Ok(())
+    }
+
+    async fn checkpoint(&mut self, _checkpoint: u64) -> Result<Option<Vec<u8>>> {
+        let state = encode(&self.pending, &self.schema)?;
+        self.pending.clear();
+        Ok(Some(state))
+    }
+
+    async fn close(self: Box<Self>) -> Result<Option<String>> {
+        // With checkpoints, rows after the last barrier belong to no checkpoint: a restart
+        // replays them. Without, the end of the input is the commit.
+        if !self.checkpointing {
+            let (sink, pending) = (self.sink.clone(), self.pending);
+            tokio::task::spawn_blocking(move || sink.upsert(&pending))
+                .await
+                .map_err(|e| RilletError::internal(format!("upsert task: {e}")))??;
+        }
+        Ok(None)
+    }
+}
