@@ -127,6 +127,29 @@ def postgres_upsert(url: str, table: str, key: str | Sequence[str]) -> PostgresU
 
 
 @dataclass(frozen=True)
+class RedisStreamSink:
+    """An exactly-once Redis Streams sink for :meth:`DataFrame.start`; see
+    :func:`rillet.redis_stream_sink`."""
+
+    url: str
+    stream: str
+
+
+def redis_stream_sink(url: str, stream: str) -> RedisStreamSink:
+    """A sink appending a streaming job's rows to Redis stream ``stream`` at ``url``
+    (``redis://host:port``): one entry per row, a field per non-null column, values as
+    text. The rows of a checkpoint are appended by one atomic script when it completes,
+    which also records the checkpoint in a marker key (``<stream>:rillet:<job_id>``), so a
+    repeated commit after a crash appends nothing: each row lands exactly once.
+
+    >>> import rillet as rl
+    >>> rl.redis_stream_sink("redis://localhost:6379", "alerts").stream
+    'alerts'
+    """
+    return RedisStreamSink(url, stream)
+
+
+@dataclass(frozen=True)
 class Window:
     """Event-time windows over ``column``: ``size`` long, one starting every ``slide``
     (``None``: tumbling, back to back), each emitted once the watermark is
@@ -548,7 +571,7 @@ class DataFrame:
         waiting on input, on output backpressure and on a free worker), or None."""
         return self._df.stats()
 
-    def start(self, path: str | os.PathLike | PostgresUpsert, *, format: str = "parquet", job_id: str | None = None,  # noqa: A002
+    def start(self, path: str | os.PathLike | PostgresUpsert | RedisStreamSink, *, format: str = "parquet", job_id: str | None = None,  # noqa: A002
               checkpoint_dir: str | os.PathLike | None = None, checkpoint_interval: float = 1.0,
               resume_from: str | os.PathLike | None = None, compression: str = "zstd") -> StreamingJob:
         """Start this DataFrame as a streaming job writing ``format`` files (``"parquet"``,
@@ -565,8 +588,9 @@ class DataFrame:
         (what :meth:`StreamingJob.stop` returns) to resume from instead. Without a
         ``checkpoint_dir``, files become visible when the input ends.
 
-        ``path`` may instead be a :func:`rillet.postgres_upsert` sink: rows are upserted
-        into a PostgreSQL table when the checkpoint covering them completes.
+        ``path`` may instead be a :func:`rillet.postgres_upsert` or
+        :func:`rillet.redis_stream_sink` sink: rows are upserted into a PostgreSQL table (or
+        appended to a Redis stream) when the checkpoint covering them completes.
 
         The pipeline may use projections, filters, UDFs, ``map_batches``,
         :meth:`with_watermark`, :meth:`GroupBy.running_agg` and :meth:`GroupBy.window_agg`.
@@ -581,9 +605,11 @@ class DataFrame:
         >>> job.status()
         'finished'
         """
-        if isinstance(path, PostgresUpsert):
-            native = self._df.start_upsert(
-                path.url, path.table, list(path.key), job_id or "job",
+        if isinstance(path, (PostgresUpsert, RedisStreamSink)):
+            kind, name, key = (("postgres", path.table, list(path.key)) if isinstance(path, PostgresUpsert)
+                               else ("redis", path.stream, []))
+            native = self._df.start_external(
+                kind, path.url, name, key, job_id or "job",
                 os.fspath(checkpoint_dir) if checkpoint_dir is not None else None,
                 float(checkpoint_interval),
                 os.fspath(resume_from) if resume_from is not None else None)

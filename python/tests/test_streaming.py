@@ -194,3 +194,34 @@ def test_a_watched_directory_streams_arriving_files_exactly_once_through_a_savep
     second.stop()
     ids = sorted(read_committed(out)["id"].to_pylist())
     assert ids == list(range(8000)), "a file lost or read twice"
+
+
+def stream_rows(client, stream):
+    """(partition, seq) of every entry of a Redis stream."""
+    return [(int(fields[b"partition"]), int(fields[b"seq"])) for _, fields in client.xrange(stream)]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (apt-get install redis-server)")
+def test_the_redis_stream_sink_appends_each_row_once_through_a_restart(tmp_path):
+    server = kill_sweep.RedisProducer(rows=0, rate=1.0)  # the server alone
+    try:
+        sink = rl.redis_stream_sink(server.url, "out")
+        df = pipeline(2000, rate=6000)
+        first = df.start(sink, checkpoint_dir=tmp_path / "chk", job_id="to-redis", checkpoint_interval=0.05)
+        with pytest.raises(TimeoutError):
+            first.wait(timeout=0.2)
+        first.cancel()
+        with pytest.raises(rl.JobCancelled):
+            first.wait()
+        assert 0 < len(stream_rows(server.client, "out")) < 6000
+        rl.resume(tmp_path / "chk" / "to-redis", df, sink, checkpoint_interval=0.05).wait()
+        rows = stream_rows(server.client, "out")
+        assert sorted(rows) == [(p, s) for p in range(3) for s in range(2000)], "a row lost or repeated"
+        assert int(server.client.get("out:rillet:to-redis")) > 0
+        # Without checkpoints the rows land when the input ends.
+        pipeline(10).start(rl.redis_stream_sink(server.url, "plain"), job_id="plain").wait()
+        assert len(stream_rows(server.client, "plain")) == 30
+    finally:
+        server.close()
+    with pytest.raises(OSError, match="redis stream out at redis://127.0.0.1:1: connecting"):
+        pipeline(10).start(rl.redis_stream_sink("redis://127.0.0.1:1", "out"), job_id="x")

@@ -198,6 +198,13 @@ struct PartitionState {
     ended: bool,
 }
 
+/// A fetch running as its own task: the partition (index), the offset it reads from.
+struct Fetch {
+    index: usize,
+    from: i64,
+    task: JoinHandle<Result<Vec<RecordAndOffset>>>,
+}
+
 struct KafkaReader {
     brokers: Vec<String>,
     topic: String,
@@ -209,15 +216,15 @@ struct KafkaReader {
     /// A fetch under way: which partition, from which offset. It runs as its own task so
     /// that a barrier (which drops `next_batch`) does not throw it away: a broker may hold
     /// a fetch open for its whole wait, longer than the time between barriers.
-    fetch: Option<(usize, i64, JoinHandle<Result<Vec<RecordAndOffset>>>)>,
+    fetch: Option<Fetch>,
     /// Fetches in a row that found nothing: after a round of them the reader pauses.
     empty_fetches: usize,
 }
 
 impl Drop for KafkaReader {
     fn drop(&mut self) {
-        if let Some((_, _, task)) = self.fetch.take() {
-            task.abort();
+        if let Some(fetch) = self.fetch.take() {
+            fetch.task.abort();
         }
     }
 }
@@ -326,13 +333,19 @@ impl SourceReader for KafkaReader {
                         .map(|(records, _high_watermark)| records)
                         .map_err(|e| kafka_error(&brokers, &format!("fetch from {split}"), e))
                 });
-                self.fetch = Some((index, next, task));
+                self.fetch = Some(Fetch {
+                    index,
+                    from: next,
+                    task,
+                });
             }
-            let (_, _, task) = self.fetch.as_mut().expect("set above");
-            let fetched = task
+            let fetch = self.fetch.as_mut().expect("set above");
+            let fetched = (&mut fetch.task)
                 .await
                 .map_err(|e| RilletError::internal(format!("kafka fetch task: {e}")))?;
-            let (index, next, _) = self.fetch.take().expect("set above");
+            let Fetch {
+                index, from: next, ..
+            } = self.fetch.take().expect("set above");
             let end = self.partitions[index].end;
             let records: Vec<_> = fetched?
                 .into_iter()

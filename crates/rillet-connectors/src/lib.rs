@@ -6,10 +6,12 @@
 //! there: the deterministic [`sequence`] generator, with the oracle that checks a job's
 //! committed output against it (RELIABILITY.md, "Sequence oracle"), [`redis_streams`],
 //! [`kafka`] and [`files`] (a directory whose files keep arriving); and the exactly-once
-//! [`postgres`] upsert sink.
+//! [`postgres`] upsert sink and [`redis_sink`].
 
 pub mod files;
 pub mod kafka;
 pub mod postgres;
+pub mod redis_sink;
 pub mod redis_streams;
 pub mod sequence;
+mod staged;

@@ -18,11 +18,11 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use arrow::ipc::reader::StreamReader;
-use arrow::ipc::writer::StreamWriter;
 use async_trait::async_trait;
 use rillet_common::{Result, RilletError};
 use rillet_runtime::{BatchWriter, BlockingPool, Sink, SinkContext};
+
+use crate::staged::{RowsOut, StagedWriter, decode_states};
 
 /// Upserts into a PostgreSQL table (see the module docs).
 #[derive(Debug, Clone)]
@@ -129,21 +129,10 @@ impl PostgresUpsertSink {
     }
 }
 
-fn encode(batches: &[RecordBatch], schema: &SchemaRef) -> Result<Vec<u8>> {
-    let mut writer = StreamWriter::try_new(Vec::new(), schema)?;
-    for batch in batches {
-        writer.write(batch)?;
+impl RowsOut for PostgresUpsertSink {
+    fn write_out(&self, _checkpoint: Option<u64>, batches: &[RecordBatch]) -> Result<()> {
+        self.upsert(batches)
     }
-    writer.finish()?;
-    Ok(writer.into_inner()?)
-}
-
-fn decode(state: &[u8]) -> Result<Vec<RecordBatch>> {
-    let reader = StreamReader::try_new(state, None)
-        .map_err(|e| RilletError::Checkpoint(format!("upsert sink state: {e}")))?;
-    reader
-        .map(|b| b.map_err(|e| RilletError::Checkpoint(format!("upsert sink state: {e}"))))
-        .collect()
 }
 
 #[async_trait]
@@ -167,20 +156,15 @@ impl Sink for PostgresUpsertSink {
         _blocking: &BlockingPool,
         context: &SinkContext,
     ) -> Result<Box<dyn BatchWriter>> {
-        Ok(Box::new(UpsertWriter {
-            sink: Arc::new(self.clone()),
+        Ok(Box::new(StagedWriter::new(
+            Arc::new(self.clone()),
             schema,
-            pending: Vec::new(),
-            checkpointing: context.checkpointing,
-        }))
+            context.checkpointing,
+        )))
     }
 
     fn commit(&self, _checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
-        let mut batches = Vec::new();
-        for state in states {
-            batches.extend(decode(state)?);
-        }
-        self.upsert(&batches)
+        self.upsert(&decode_states(states)?)
     }
 
     fn recover(&self, checkpoint: Option<u64>, states: &[Vec<u8>]) -> Result<()> {
@@ -188,39 +172,5 @@ impl Sink for PostgresUpsertSink {
             Some(id) if id > 0 => self.commit(id, states),
             _ => Ok(()),
         }
-    }
-}
-
-struct UpsertWriter {
-    sink: Arc<PostgresUpsertSink>,
-    schema: SchemaRef,
-    /// Rows since the last barrier.
-    pending: Vec<RecordBatch>,
-    checkpointing: bool,
-}
-
-#[async_trait]
-impl BatchWriter for UpsertWriter {
-    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        self.pending.push(batch);
-        Ok(())
-    }
-
-    async fn checkpoint(&mut self, _checkpoint: u64) -> Result<Option<Vec<u8>>> {
-        let state = encode(&self.pending, &self.schema)?;
-        self.pending.clear();
-        Ok(Some(state))
-    }
-
-    async fn close(self: Box<Self>) -> Result<Option<String>> {
-        // With checkpoints, rows after the last barrier belong to no checkpoint: a restart
-        // replays them. Without, the end of the input is the commit.
-        if !self.checkpointing {
-            let (sink, pending) = (self.sink.clone(), self.pending);
-            tokio::task::spawn_blocking(move || sink.upsert(&pending))
-                .await
-                .map_err(|e| RilletError::internal(format!("upsert task: {e}")))??;
-        }
-        Ok(None)
     }
 }

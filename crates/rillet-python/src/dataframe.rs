@@ -703,15 +703,17 @@ impl PyDataFrame {
         crate::streaming::start(py, &self.df, target, checkpoints)
     }
 
-    /// Start a streaming job upserting into a PostgreSQL table exactly once (see
-    /// `rillet.DataFrame.start`).
-    #[pyo3(signature = (url, table, key, job_id, checkpoint_dir=None, checkpoint_interval=1.0, resume_from=None))]
+    /// Start a streaming job into an external system exactly once: `kind` "postgres"
+    /// (upserts into table `name` on `key`) or "redis" (appends to stream `name`); see
+    /// `rillet.DataFrame.start`.
+    #[pyo3(signature = (kind, url, name, key, job_id, checkpoint_dir=None, checkpoint_interval=1.0, resume_from=None))]
     #[allow(clippy::too_many_arguments)]
-    fn start_upsert(
+    fn start_external(
         &self,
         py: Python<'_>,
+        kind: &str,
         url: String,
-        table: String,
+        name: String,
         key: Vec<String>,
         job_id: String,
         checkpoint_dir: Option<String>,
@@ -724,7 +726,15 @@ impl PyDataFrame {
             checkpoint_interval,
             resume_from,
         )?;
-        let target = crate::streaming::Target::Postgres(url, table, key);
+        let target = match kind {
+            "postgres" => crate::streaming::Target::Postgres(url, name, key),
+            "redis" => crate::streaming::Target::RedisStream(url, name),
+            other => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "no sink kind {other:?}"
+                )));
+            }
+        };
         crate::streaming::start(py, &self.df, target, checkpoints)
     }
 

@@ -17,6 +17,7 @@ use rillet_plan::Windows;
 use rillet_plan::streaming::{RunningFunction, TimeSpan};
 use rillet_common::RilletError;
 use rillet_connectors::postgres::PostgresUpsertSink;
+use rillet_connectors::redis_sink::RedisStreamSink;
 use rillet_runtime::Sink;
 use rillet_runtime::{CheckpointStats, FileFormat, JobHandle, JobStats, global_runtime};
 
@@ -172,6 +173,8 @@ pub(crate) enum Target {
     Files(String, FileFormat),
     /// Upserts into a PostgreSQL table: url, table, key columns.
     Postgres(String, String, Vec<String>),
+    /// Appends to a Redis stream: url, stream.
+    RedisStream(String, String),
 }
 
 /// Start `df` as a streaming job into `target`.
@@ -195,6 +198,11 @@ pub(crate) fn start(
             }
             Target::Postgres(url, table, key) => {
                 let sink = PostgresUpsertSink::new(url, table, key)?;
+                let name = sink.describe();
+                df.start_sink(std::sync::Arc::new(sink), &name, &job_id, every, resume)
+            }
+            Target::RedisStream(url, stream) => {
+                let sink = RedisStreamSink::new(url, stream, &job_id);
                 let name = sink.describe();
                 df.start_sink(std::sync::Arc::new(sink), &name, &job_id, every, resume)
             }

@@ -830,12 +830,13 @@ async fn run_function(
                         return Ok(None);
                     }
                 }
-                Some(StreamMessage::Watermark(watermark)) => {
-                    // Forwarded once the rows before it have gone out.
-                    if !output.send(StreamMessage::Watermark(watermark)).await? {
-                        return Ok(None);
-                    }
+                // Forwarded once the rows before it have gone out.
+                Some(StreamMessage::Watermark(watermark))
+                    if !output.send(StreamMessage::Watermark(watermark)).await? =>
+                {
+                    return Ok(None);
                 }
+                Some(StreamMessage::Watermark(_)) => {}
                 Some(StreamMessage::Batch(_)) => {
                     return Err(RilletError::internal("a batch was held as a barrier"));
                 }

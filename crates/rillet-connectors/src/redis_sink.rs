@@ -1,0 +1,176 @@
+//! A Redis stream as an exactly-once sink.
+//!
+//! Rows wait in the job's checkpoint (see [`crate::staged`]); when the checkpoint
+//! completes, one Lua script appends them all to the stream (`XADD`, one entry per row, a
+//! field per non-null column, values as text) and records the checkpoint's id in a marker
+//! key, `<stream>:rillet:<job>`, atomically. A repeated commit of a checkpoint the marker
+//! already covers appends nothing, so recovery may repeat the restored checkpoint's commit
+//! safely. A job that starts without any checkpoint resets its marker.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef};
+use async_trait::async_trait;
+use rillet_common::{Result, RilletError};
+use rillet_runtime::{BatchWriter, BlockingPool, Sink, SinkContext};
+
+use crate::staged::{RowsOut, StagedWriter, decode_states};
+
+/// Appends rows to a stream unless the marker already covers the checkpoint. ARGV: the
+/// checkpoint id (0: no checkpoints, always append), the column count n, n names, then
+/// the values row by row, each `v<text>` or `-` for null.
+const APPEND: &str = r"
+local id = tonumber(ARGV[1])
+if id > 0 and tonumber(redis.call('GET', KEYS[2]) or '0') >= id then return 0 end
+local n = tonumber(ARGV[2])
+local rows = 0
+local at = 3 + n
+while at <= #ARGV do
+  local entry = {}
+  for i = 1, n do
+    local v = ARGV[at + i - 1]
+    if string.sub(v, 1, 1) == 'v' then
+      entry[#entry + 1] = ARGV[2 + i]
+      entry[#entry + 1] = string.sub(v, 2)
+    end
+  end
+  if #entry == 0 then entry = {'_', ''} end
+  redis.call('XADD', KEYS[1], '*', unpack(entry))
+  at = at + n
+  rows = rows + 1
+end
+if id > 0 then redis.call('SET', KEYS[2], id) end
+return rows
+";
+
+/// Appends to a Redis stream exactly once (see the module docs).
+#[derive(Debug, Clone)]
+pub struct RedisStreamSink {
+    url: String,
+    stream: String,
+    marker: String,
+}
+
+impl RedisStreamSink {
+    /// Append to `stream` at `url` (`redis://host:port`) for job `job`.
+    pub fn new(url: impl Into<String>, stream: impl Into<String>, job: &str) -> Self {
+        let stream = stream.into();
+        Self {
+            url: url.into(),
+            marker: format!("{stream}:rillet:{job}"),
+            stream,
+        }
+    }
+
+    fn error(&self, what: &str, e: impl std::fmt::Display) -> RilletError {
+        RilletError::Io(std::io::Error::other(format!(
+            "redis stream {} at {}: {what}: {e}",
+            self.stream, self.url
+        )))
+    }
+
+    fn connection(&self) -> Result<redis::Connection> {
+        redis::Client::open(self.url.as_str())
+            .and_then(|c| c.get_connection())
+            .map_err(|e| self.error("connecting", e))
+    }
+
+    fn append(&self, checkpoint: u64, batches: &[RecordBatch]) -> Result<()> {
+        let Some(first) = batches.first() else {
+            if checkpoint > 0 {
+                // Nothing to add, but the checkpoint counts as committed all the same.
+                let mut connection = self.connection()?;
+                redis::cmd("SET")
+                    .arg(&self.marker)
+                    .arg(checkpoint)
+                    .query::<()>(&mut connection)
+                    .map_err(|e| self.error("marking the commit", e))?;
+            }
+            return Ok(());
+        };
+        let schema = first.schema();
+        let append = redis::Script::new(APPEND);
+        let mut script = append.prepare_invoke();
+        script.key(&self.stream).key(&self.marker).arg(checkpoint).arg(schema.fields().len());
+        for field in schema.fields() {
+            script.arg(field.name());
+        }
+        for batch in batches {
+            let texts: Vec<ArrayRef> = batch
+                .columns()
+                .iter()
+                .map(|c| arrow::compute::cast(c, &DataType::Utf8))
+                .collect::<std::result::Result<_, _>>()?;
+            for row in 0..batch.num_rows() {
+                for text in &texts {
+                    let text = text.as_string::<i32>();
+                    if text.is_null(row) {
+                        script.arg("-");
+                    } else {
+                        script.arg(format!("v{}", text.value(row)));
+                    }
+                }
+            }
+        }
+        let mut connection = self.connection()?;
+        script
+            .invoke::<i64>(&mut connection)
+            .map_err(|e| self.error("appending", e))?;
+        Ok(())
+    }
+}
+
+impl RowsOut for RedisStreamSink {
+    fn write_out(&self, checkpoint: Option<u64>, batches: &[RecordBatch]) -> Result<()> {
+        self.append(checkpoint.unwrap_or(0), batches)
+    }
+}
+
+#[async_trait]
+impl Sink for RedisStreamSink {
+    fn describe(&self) -> String {
+        format!("append to redis stream {}", self.stream)
+    }
+
+    fn prepare(&self) -> Result<()> {
+        let mut connection = self.connection()?;
+        redis::cmd("PING")
+            .query::<String>(&mut connection)
+            .map_err(|e| self.error("ping", e))?;
+        Ok(())
+    }
+
+    fn open(
+        &self,
+        _partition: usize,
+        schema: SchemaRef,
+        _blocking: &BlockingPool,
+        context: &SinkContext,
+    ) -> Result<Box<dyn BatchWriter>> {
+        Ok(Box::new(StagedWriter::new(
+            Arc::new(self.clone()),
+            schema,
+            context.checkpointing,
+        )))
+    }
+
+    fn commit(&self, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
+        self.append(checkpoint, &decode_states(states)?)
+    }
+
+    fn recover(&self, checkpoint: Option<u64>, states: &[Vec<u8>]) -> Result<()> {
+        match checkpoint {
+            Some(id) if id > 0 => self.commit(id, states),
+            // Starting over: commits of an earlier life of this job id must not hide the
+            // new ones. (With every checkpoint lost, what they appended stays.)
+            _ => {
+                let mut connection = self.connection()?;
+                redis::cmd("DEL")
+                    .arg(&self.marker)
+                    .query::<()>(&mut connection)
+                    .map_err(|e| self.error("resetting the commit marker", e))
+            }
+        }
+    }
+}
