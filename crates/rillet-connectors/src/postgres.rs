@@ -14,7 +14,6 @@
 //! are matched by name and values converted by PostgreSQL from JSON (`json_populate_recordset`),
 //! so any column type PostgreSQL can read from JSON works.
 
-use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -156,11 +155,7 @@ impl Sink for PostgresUpsertSink {
         _blocking: &BlockingPool,
         context: &SinkContext,
     ) -> Result<Box<dyn BatchWriter>> {
-        Ok(Box::new(StagedWriter::new(
-            Arc::new(self.clone()),
-            schema,
-            context.checkpointing,
-        )))
+        Ok(StagedWriter::boxed(self, schema, context))
     }
 
     fn commit(&self, _checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {

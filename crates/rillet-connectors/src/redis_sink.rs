@@ -7,7 +7,6 @@
 //! already covers appends nothing, so recovery may repeat the restored checkpoint's commit
 //! safely. A job that starts without any checkpoint resets its marker.
 
-use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
@@ -148,11 +147,7 @@ impl Sink for RedisStreamSink {
         _blocking: &BlockingPool,
         context: &SinkContext,
     ) -> Result<Box<dyn BatchWriter>> {
-        Ok(Box::new(StagedWriter::new(
-            Arc::new(self.clone()),
-            schema,
-            context.checkpointing,
-        )))
+        Ok(StagedWriter::boxed(self, schema, context))
     }
 
     fn commit(&self, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {

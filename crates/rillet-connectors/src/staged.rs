@@ -10,7 +10,7 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use async_trait::async_trait;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::BatchWriter;
+use rillet_runtime::{BatchWriter, SinkContext};
 
 /// Writes rows out: the external side of a staged sink.
 pub(crate) trait RowsOut: Send + Sync + 'static {
@@ -40,14 +40,15 @@ pub(crate) struct StagedWriter<S: RowsOut> {
     checkpointing: bool,
 }
 
-impl<S: RowsOut> StagedWriter<S> {
-    pub(crate) fn new(out: Arc<S>, schema: SchemaRef, checkpointing: bool) -> Self {
-        Self {
-            out,
+impl<S: RowsOut + Clone> StagedWriter<S> {
+    /// A sink task's writer for `sink` (what its `Sink::open` returns).
+    pub(crate) fn boxed(sink: &S, schema: SchemaRef, context: &SinkContext) -> Box<dyn BatchWriter> {
+        Box::new(Self {
+            out: Arc::new(sink.clone()),
             schema,
             pending: Vec::new(),
-            checkpointing,
-        }
+            checkpointing: context.checkpointing,
+        })
     }
 }
 

@@ -126,25 +126,8 @@ impl StreamOperator for RunningAggregate {
     /// Names the state layout too (key columns and types, each input's column and type),
     /// so that a restore into a changed aggregate is refused instead of misread.
     fn name(&self) -> String {
-        let field = |i: usize| {
-            let f = self.input_schema.field(i);
-            format!("{}: {}", f.name(), f.data_type())
-        };
-        let keys: Vec<String> = self.keys.iter().map(|&k| field(k)).collect();
-        let specs: Vec<String> = self
-            .specs
-            .iter()
-            .map(|s| {
-                let function = format!("{:?}", s.function).to_lowercase();
-                let input = s.input.map_or("*".to_string(), field);
-                format!("{function}({input}) as {}", s.output)
-            })
-            .collect();
-        format!(
-            "running aggregate by [{}]: {}",
-            keys.join(", "),
-            specs.join(", ")
-        )
+        let (keys, specs) = describe_layout(&self.input_schema, &self.keys, &self.specs);
+        format!("running aggregate by [{keys}]: {specs}")
     }
 
     fn output_schema(&self) -> SchemaRef {
@@ -253,6 +236,27 @@ impl RunningTask {
         self.state = state;
         Ok(())
     }
+}
+
+/// `name: type` of input column `i`.
+pub(super) fn describe_field(schema: &Schema, i: usize) -> String {
+    let f = schema.field(i);
+    format!("{}: {}", f.name(), f.data_type())
+}
+
+/// The keys and aggregates of a keyed aggregate's state, with their input types: the
+/// part of its name that a restore checks.
+pub(super) fn describe_layout(schema: &Schema, keys: &[usize], specs: &[RunningSpec]) -> (String, String) {
+    let keys: Vec<String> = keys.iter().map(|&k| describe_field(schema, k)).collect();
+    let specs: Vec<String> = specs
+        .iter()
+        .map(|s| {
+            let function = format!("{:?}", s.function).to_lowercase();
+            let input = s.input.map_or("*".to_string(), |i| describe_field(schema, i));
+            format!("{function}({input}) as {}", s.output)
+        })
+        .collect();
+    (keys.join(", "), specs.join(", "))
 }
 
 /// Each spec's input column of `batch`, cast once to i64 or f64 (as is for counts).

@@ -20,7 +20,8 @@ use rillet_common::{Result, RilletError};
 use rillet_runtime::{OperatorTask, StreamOperator, WATERMARK_END};
 
 use super::running::{
-    Output, RunningSpec, Value, decode_values, encode_values, integer_input, spec_inputs, update,
+    Output, RunningSpec, Value, decode_values, describe_field, describe_layout, encode_values,
+    integer_input, spec_inputs, update,
 };
 use super::watermark::{check_event_time_type, event_times};
 
@@ -175,20 +176,8 @@ impl StreamOperator for WindowAggregate {
     /// Names the state layout too (keys, time column, windows, aggregates), so that a
     /// restore into a changed aggregate is refused instead of misread.
     fn name(&self) -> String {
-        let field = |i: usize| {
-            let f = self.input_schema.field(i);
-            format!("{}: {}", f.name(), f.data_type())
-        };
-        let keys: Vec<String> = self.keys.iter().map(|&k| field(k)).collect();
-        let specs: Vec<String> = self
-            .specs
-            .iter()
-            .map(|s| {
-                let function = format!("{:?}", s.function).to_lowercase();
-                let input = s.input.map_or("*".to_string(), field);
-                format!("{function}({input}) as {}", s.output)
-            })
-            .collect();
+        let (keys, specs) = describe_layout(&self.input_schema, &self.keys, &self.specs);
+        let field = |i: usize| describe_field(&self.input_schema, i);
         let w = &self.window;
         let windows = if w.slide == w.size {
             format!("tumbling({}, {})", field(w.time), w.size)
@@ -196,10 +185,8 @@ impl StreamOperator for WindowAggregate {
             format!("sliding({}, {}, {})", field(w.time), w.size, w.slide)
         };
         format!(
-            "window aggregate by [{}] over {windows}, lateness {}: {}",
-            keys.join(", "),
-            w.lateness,
-            specs.join(", ")
+            "window aggregate by [{keys}] over {windows}, lateness {}: {specs}",
+            w.lateness
         )
     }
 
