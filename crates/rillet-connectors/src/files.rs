@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{BufReader, Seek};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,10 +112,9 @@ fn unreadable(path: &Path, e: impl std::fmt::Display) -> RilletError {
 type Batches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
 
 fn open(path: &Path) -> Result<File> {
-    let mut file = File::open(path)
-        .map_err(|e| RilletError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
-    file.rewind()?;
-    Ok(file)
+    File::open(path).map_err(|e| {
+        RilletError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    })
 }
 
 /// FNV-1a of a file name: a hash that never changes between runs or builds, so a file
@@ -165,18 +164,12 @@ impl DirectorySource {
     /// file's (by name), so the directory must have one.
     pub fn new(dir: impl Into<PathBuf>, format: DirectoryFormat, buckets: usize, bounded: bool) -> Result<Self> {
         let dir = dir.into();
-        let first = (0..buckets.max(1))
-            .flat_map(|b| list(&dir, b, buckets.max(1)).unwrap_or_default())
-            .min();
-        let first = match first {
-            Some(first) => first,
-            None => {
-                list(&dir, 0, 1)?; // a missing directory says so
-                return Err(RilletError::invalid_argument(format!(
-                    "{} has no files yet to take the schema from",
-                    dir.display()
-                )));
-            }
+        // Every file is in the one bucket of a single split: the first name overall.
+        let Some(first) = list(&dir, 0, 1)?.into_iter().next() else {
+            return Err(RilletError::invalid_argument(format!(
+                "{} has no files yet to take the schema from",
+                dir.display()
+            )));
         };
         let schema = format.schema(&dir.join(&first))?;
         Ok(Self {

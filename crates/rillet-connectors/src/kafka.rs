@@ -234,6 +234,13 @@ impl KafkaReader {
     /// kept as soon as it is done: a barrier drops this future, and the next call must go
     /// on from where it stopped rather than start over (or it might never finish).
     async fn prepare(&mut self, index: usize) -> Result<Arc<PartitionClient>> {
+        let state = &self.partitions[index];
+        if let Some(ready) = &state.client
+            && state.next.is_some()
+            && (!self.bounded || state.end.is_some())
+        {
+            return Ok(ready.clone());
+        }
         let brokers = self.brokers.clone();
         let partition = self.partitions[index].partition;
         let client = match &self.client {

@@ -287,6 +287,9 @@ pub struct InputGate {
     metrics: Option<Arc<OperatorMetrics>>,
     /// The last watermark handed out: the least of the open channels' watermarks.
     watermark: Option<i64>,
+    /// A channel's watermark moved or a channel ended since the least was last worked
+    /// out: only then can it have advanced (so most messages skip the scan).
+    watermarks_changed: bool,
 }
 
 struct GateInput {
@@ -314,6 +317,7 @@ impl InputGate {
             next: 0,
             metrics,
             watermark: None,
+            watermarks_changed: false,
         }
     }
 
@@ -374,8 +378,12 @@ impl InputGate {
                         let input = &mut self.inputs[i];
                         input.watermark =
                             Some(input.watermark.map_or(watermark, |w| w.max(watermark)));
+                        self.watermarks_changed = true;
                     }
-                    Some((StreamMessage::End, _)) => self.inputs[i].ended = true,
+                    Some((StreamMessage::End, _)) => {
+                        self.inputs[i].ended = true;
+                        self.watermarks_changed = true;
+                    }
                 }
                 if let Some(aligned) = self.take_aligned() {
                     return Poll::Ready(Ok(Some(aligned)));
@@ -392,6 +400,9 @@ impl InputGate {
     /// A watermark when the least watermark of the open channels has passed the last one
     /// handed out. A channel that has sent none holds it back; an ended one does not.
     fn take_watermark(&mut self) -> Option<StreamMessage> {
+        if !std::mem::take(&mut self.watermarks_changed) {
+            return None;
+        }
         let mut least: Option<i64> = None;
         for input in self.inputs.iter().filter(|i| !i.ended) {
             let watermark = input.watermark?;

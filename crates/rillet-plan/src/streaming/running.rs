@@ -164,7 +164,7 @@ struct RunningTask {
     integer: Vec<bool>,
     schema: SchemaRef,
     /// Each key's accumulators, by the key's row encoding.
-    state: HashMap<Box<[u8]>, Vec<Value>>,
+    state: KeyedValues,
 }
 
 impl RunningTask {
@@ -196,43 +196,17 @@ impl RunningTask {
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 
-    /// The state as bytes: entry count, then per key its length, its bytes and one tagged
-    /// 8-byte value per spec.
+    /// The state as bytes: see [`encode_keyed`].
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + self.state.len() * (16 + 9 * self.specs.len()));
-        out.extend_from_slice(&(self.state.len() as u64).to_le_bytes());
-        // Sorted, so that equal states encode equally.
-        let mut entries: Vec<_> = self.state.iter().collect();
-        entries.sort_by(|a, b| a.0.cmp(b.0));
-        for (key, values) in entries {
-            out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-            out.extend_from_slice(key);
-            encode_values(&mut out, values);
-        }
+        encode_keyed(&mut out, &self.state);
         out
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<()> {
-        let bad = || RilletError::Checkpoint("running aggregate state is cut short".into());
-        let mut at = 0usize;
-        let mut take = |len: usize| -> Result<&[u8]> {
-            let slice = bytes.get(at..at + len).ok_or_else(bad)?;
-            at += len;
-            Ok(slice)
-        };
-        let entries = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
-        let mut state = HashMap::with_capacity(entries as usize);
-        for _ in 0..entries {
-            let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
-            let key: Box<[u8]> = take(len)?.into();
-            let values = decode_values(&mut take, self.specs.len())?;
-            state.insert(key, values);
-        }
-        if at != bytes.len() {
-            return Err(RilletError::Checkpoint(
-                "running aggregate state has trailing bytes".into(),
-            ));
-        }
+        let mut reader = StateReader::new(bytes, "running aggregate");
+        let state = decode_keyed(&mut reader, self.specs.len())?;
+        reader.finish()?;
         self.state = state;
         Ok(())
     }
@@ -285,7 +259,7 @@ pub(super) fn spec_inputs(
 
 /// Append `values` to a state encoding: a tag byte and 8 bytes each, so entries are
 /// fixed-size.
-pub(super) fn encode_values(out: &mut Vec<u8>, values: &[Value]) {
+fn encode_values(out: &mut Vec<u8>, values: &[Value]) {
     for value in values {
         let (tag, bits) = match value {
             Value::Empty => (0u8, 0u64),
@@ -297,15 +271,82 @@ pub(super) fn encode_values(out: &mut Vec<u8>, values: &[Value]) {
     }
 }
 
-/// Read `count` values written by [`encode_values`], taking bytes from `take`.
-pub(super) fn decode_values<'a>(
-    take: &mut impl FnMut(usize) -> Result<&'a [u8]>,
-    count: usize,
-) -> Result<Vec<Value>> {
+/// Reads a state encoding front to back: running out of bytes is a "cut short" error,
+/// bytes left over a "trailing bytes" one, both naming the operator.
+pub(super) struct StateReader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    what: &'static str,
+}
+
+impl<'a> StateReader<'a> {
+    pub(super) fn new(bytes: &'a [u8], what: &'static str) -> Self {
+        Self { bytes, at: 0, what }
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8]> {
+        let slice = self.bytes.get(self.at..self.at + len).ok_or_else(|| {
+            RilletError::Checkpoint(format!("{} state is cut short", self.what))
+        })?;
+        self.at += len;
+        Ok(slice)
+    }
+
+    pub(super) fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    pub(super) fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    /// The end: every byte read.
+    pub(super) fn finish(self) -> Result<()> {
+        if self.at != self.bytes.len() {
+            return Err(RilletError::Checkpoint(format!(
+                "{} state has trailing bytes",
+                self.what
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Each key's accumulators, by the key's row encoding.
+pub(super) type KeyedValues = HashMap<Box<[u8]>, Vec<Value>>;
+
+/// Append `keyed` to a state encoding: the entry count, then per key (sorted, so that
+/// equal states encode equally) its length, its bytes and its values.
+pub(super) fn encode_keyed(out: &mut Vec<u8>, keyed: &KeyedValues) {
+    out.extend_from_slice(&(keyed.len() as u64).to_le_bytes());
+    let mut entries: Vec<_> = keyed.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    for (key, values) in entries {
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        encode_values(out, values);
+    }
+}
+
+/// Read what [`encode_keyed`] wrote, `specs` values per key.
+pub(super) fn decode_keyed(reader: &mut StateReader<'_>, specs: usize) -> Result<KeyedValues> {
+    let entries = reader.u64()?;
+    // A damaged count must not reserve the machine's memory: grow past a bound instead.
+    let mut keyed = HashMap::with_capacity(entries.min(1 << 20) as usize);
+    for _ in 0..entries {
+        let len = u32::from_le_bytes(reader.take(4)?.try_into().expect("4 bytes")) as usize;
+        let key: Box<[u8]> = reader.take(len)?.into();
+        keyed.insert(key, decode_values(reader, specs)?);
+    }
+    Ok(keyed)
+}
+
+/// Read `count` values written by [`encode_values`].
+fn decode_values(reader: &mut StateReader<'_>, count: usize) -> Result<Vec<Value>> {
     let mut values = Vec::with_capacity(count);
     for _ in 0..count {
-        let tag = take(1)?[0];
-        let bits = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+        let tag = reader.u8()?;
+        let bits = reader.u64()?;
         values.push(match tag {
             0 => Value::Empty,
             1 => Value::Int(bits as i64),

@@ -20,8 +20,8 @@ use rillet_common::{Result, RilletError};
 use rillet_runtime::{OperatorTask, StreamOperator, WATERMARK_END};
 
 use super::running::{
-    Output, RunningSpec, Value, decode_values, describe_field, describe_layout, encode_values,
-    integer_input, spec_inputs, update,
+    KeyedValues, Output, RunningSpec, StateReader, Value, decode_keyed, describe_field,
+    describe_layout, encode_keyed, integer_input, spec_inputs, update,
 };
 use super::watermark::{check_event_time_type, event_times};
 
@@ -207,8 +207,8 @@ impl StreamOperator for WindowAggregate {
     }
 }
 
-/// Per window start, each key's accumulators (by the key's row encoding).
-type Windows = BTreeMap<i64, HashMap<Box<[u8]>, Vec<Value>>>;
+/// Per window start, each key's accumulators.
+type Windows = BTreeMap<i64, KeyedValues>;
 
 struct WindowTask {
     op: WindowAggregate,
@@ -315,8 +315,8 @@ impl WindowTask {
         )?])
     }
 
-    /// The state as bytes: the watermark (a flag and 8 bytes), the window count, then per
-    /// window its start, its key count and per key its length, bytes and values.
+    /// The state as bytes: the watermark (a flag and 8 bytes), the window count, then
+    /// per window its start and its keys ([`encode_keyed`]).
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.push(u8::from(self.watermark.is_some()));
@@ -324,47 +324,21 @@ impl WindowTask {
         out.extend_from_slice(&(self.windows.len() as u64).to_le_bytes());
         for (start, keys) in &self.windows {
             out.extend_from_slice(&start.to_le_bytes());
-            out.extend_from_slice(&(keys.len() as u64).to_le_bytes());
-            let mut entries: Vec<_> = keys.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            for (key, values) in entries {
-                out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-                out.extend_from_slice(key);
-                encode_values(&mut out, values);
-            }
+            encode_keyed(&mut out, keys);
         }
         out
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<()> {
-        let bad = || RilletError::Checkpoint("window aggregate state is cut short".into());
-        let mut at = 0usize;
-        let mut take = |len: usize| -> Result<&[u8]> {
-            let slice = bytes.get(at..at + len).ok_or_else(bad)?;
-            at += len;
-            Ok(slice)
-        };
-        let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
-        let has_watermark = take(1)?[0] == 1;
-        let watermark = u64_of(take(8)?) as i64;
-        let window_count = u64_of(take(8)?);
+        let mut reader = StateReader::new(bytes, "window aggregate");
+        let has_watermark = reader.u8()? == 1;
+        let watermark = reader.u64()? as i64;
         let mut windows = Windows::new();
-        for _ in 0..window_count {
-            let start = u64_of(take(8)?) as i64;
-            let key_count = u64_of(take(8)?);
-            let mut keys = HashMap::with_capacity(key_count.min(1 << 20) as usize);
-            for _ in 0..key_count {
-                let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
-                let key: Box<[u8]> = take(len)?.into();
-                keys.insert(key, decode_values(&mut take, self.op.specs.len())?);
-            }
-            windows.insert(start, keys);
+        for _ in 0..reader.u64()? {
+            let start = reader.u64()? as i64;
+            windows.insert(start, decode_keyed(&mut reader, self.op.specs.len())?);
         }
-        if at != bytes.len() {
-            return Err(RilletError::Checkpoint(
-                "window aggregate state has trailing bytes".into(),
-            ));
-        }
+        reader.finish()?;
         self.watermark = has_watermark.then_some(watermark);
         self.windows = windows;
         Ok(())
