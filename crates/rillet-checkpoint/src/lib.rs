@@ -22,6 +22,8 @@
 //! - Pruning keeps the newest N complete checkpoints. It deletes older ones manifest first,
 //!   so a half-deleted checkpoint is never taken for a complete one. Savepoints are the
 //!   user's and are never pruned.
+//! - Beside the snapshots, a job's record and stop requests ([`JobRecord`], see
+//!   `control`) let another process list, stop and resume the job.
 //! - `<location>` is a local directory or an `s3://bucket/prefix` URL (configured with
 //!   `rillet_io::configure`). Each object is written whole (a local file through a
 //!   temporary name and a rename, an S3 object by one PUT), so a crash leaves an object
@@ -45,9 +47,11 @@
 //! # }
 //! ```
 
+mod control;
 pub mod coordinator;
 mod store;
 
+pub use control::{HEARTBEAT, JobRecord, RESUME_ENV, RunState, SnapshotPath};
 pub use store::{
     ArtifactInfo, Checkpoint, CheckpointStore, CheckpointWriter, Kind, Manifest, Restored,
     SnapshotInfo,

@@ -121,12 +121,12 @@ pub struct SnapshotInfo {
 /// A job's snapshots in one location (see the crate docs for the layout and the rules).
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
-    store: Arc<dyn ObjectStore>,
+    pub(crate) store: Arc<dyn ObjectStore>,
     /// The job's directory within `store`.
-    root: ObjectPath,
-    job: String,
-    /// Where the snapshots are, as the user gave it (for messages).
-    location: String,
+    pub(crate) root: ObjectPath,
+    pub(crate) job: String,
+    /// Where the snapshots are, as the user gave it (for messages and snapshot paths).
+    pub(crate) location: String,
     /// The job's directory when the location is local: object stores have no directories,
     /// but a file system keeps a deleted snapshot's directory (and the staging file of a
     /// write a crash cut short), which must go too.
@@ -138,7 +138,7 @@ fn storage_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Ril
 }
 
 /// `name` is a valid job id or artifact name: a single path segment of plain characters.
-fn plain_name(name: &str) -> bool {
+pub(crate) fn plain_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 200
         && name
@@ -161,27 +161,43 @@ impl CheckpointStore {
                 "job id {job:?} must be letters, digits, '.', '-' or '_'"
             )));
         }
-        let mut local_root = None;
-        let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) =
-            if location.starts_with("s3://") || location.starts_with("s3a://") {
-                rillet_io::store_for(location)?
-            } else {
-                let dir = location.strip_prefix("file://").unwrap_or(location);
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    storage_error(format!("cannot create checkpoint directory {dir}"), e)
-                })?;
-                let local = LocalFileSystem::new_with_prefix(dir)
-                    .map_err(|e| storage_error(format!("cannot use directory {dir}"), e))?;
-                local_root = Some(std::path::Path::new(dir).join(job));
-                (Arc::new(local), ObjectPath::default())
-            };
+        let (store, prefix, local_dir) = Self::open_location(location, true)?;
         Ok(Self {
             store,
             root: prefix.clone().join(job),
             job: job.to_string(),
             location: location.to_string(),
-            local_root,
+            local_root: local_dir.map(|dir| dir.join(job)),
         })
+    }
+
+    /// The object store of `location` (created if missing and `create`, when local), the
+    /// prefix within it, and the local directory when it is one.
+    pub(crate) fn open_location(
+        location: &str,
+        create: bool,
+    ) -> Result<(Arc<dyn ObjectStore>, ObjectPath, Option<std::path::PathBuf>)> {
+        if location.starts_with("s3://") || location.starts_with("s3a://") {
+            let (store, prefix) = rillet_io::store_for(location)?;
+            return Ok((store, prefix, None));
+        }
+        let dir = location.strip_prefix("file://").unwrap_or(location);
+        if create {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                storage_error(format!("cannot create checkpoint directory {dir}"), e)
+            })?;
+        } else if !std::path::Path::new(dir).is_dir() {
+            return Err(RilletError::Checkpoint(format!(
+                "no checkpoint directory {dir}"
+            )));
+        }
+        let local = LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| storage_error(format!("cannot use directory {dir}"), e))?;
+        Ok((
+            Arc::new(local),
+            ObjectPath::default(),
+            Some(std::path::PathBuf::from(dir)),
+        ))
     }
 
     /// The job this store holds snapshots of.
@@ -258,8 +274,9 @@ impl CheckpointStore {
             Ok(bytes) => bytes,
             Err(ReadError::NotFound) => {
                 return Err(RilletError::Checkpoint(format!(
-                    "{} {id} is incomplete: it has no manifest",
-                    kind.directory(id)
+                    "{} of job {} is incomplete or missing: it has no manifest",
+                    kind.directory(id),
+                    self.job
                 )));
             }
             Err(ReadError::Other(e)) => return Err(e),
@@ -375,10 +392,7 @@ impl CheckpointStore {
     pub async fn delete(&self, kind: Kind, id: u64) -> Result<()> {
         let dir = self.snapshot_path(kind, id);
         let manifest = dir.clone().join(MANIFEST);
-        match self.store.delete(&manifest).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(storage_error(format!("cannot delete {manifest}"), e)),
-        }
+        self.delete_object(&manifest).await?;
         let objects: Vec<_> = self
             .store
             .list(Some(&dir))
@@ -386,15 +400,7 @@ impl CheckpointStore {
             .await
             .map_err(|e| storage_error(format!("cannot list {dir}"), e))?;
         for object in objects {
-            match self.store.delete(&object.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => {
-                    return Err(storage_error(
-                        format!("cannot delete {}", object.location),
-                        e,
-                    ));
-                }
-            }
+            self.delete_object(&object.location).await?;
         }
         if let Some(root) = &self.local_root {
             // Also takes a write's staging file left by a crash in the middle of it.
@@ -413,7 +419,15 @@ impl CheckpointStore {
         Ok(())
     }
 
-    async fn read(&self, path: &ObjectPath) -> std::result::Result<Bytes, ReadError> {
+    /// Delete one object; one already gone is no error.
+    pub(crate) async fn delete_object(&self, path: &ObjectPath) -> Result<()> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(storage_error(format!("cannot delete {path}"), e)),
+        }
+    }
+
+    pub(crate) async fn read(&self, path: &ObjectPath) -> std::result::Result<Bytes, ReadError> {
         let got = match self.store.get(path).await {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Err(ReadError::NotFound),
@@ -429,7 +443,7 @@ impl CheckpointStore {
             .map_err(|e| ReadError::Other(storage_error(format!("cannot read {path}"), e)))
     }
 
-    async fn write(&self, path: &ObjectPath, bytes: Bytes) -> Result<()> {
+    pub(crate) async fn write(&self, path: &ObjectPath, bytes: Bytes) -> Result<()> {
         self.store
             .put(path, PutPayload::from(bytes))
             .await
@@ -438,7 +452,7 @@ impl CheckpointStore {
     }
 }
 
-enum ReadError {
+pub(crate) enum ReadError {
     NotFound,
     Other(RilletError),
 }

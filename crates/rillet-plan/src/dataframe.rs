@@ -476,7 +476,8 @@ impl DataFrame {
     /// and an interval) the job checkpoints there and, if the location already holds
     /// snapshots of `job`, resumes from the newest valid one; files become visible as the
     /// checkpoints covering them complete. Without, they become visible when the input
-    /// ends.
+    /// ends. Without `resume`, a snapshot of this job named by
+    /// [`RESUME_ENV`](rillet_checkpoint::RESUME_ENV) is resumed from.
     pub fn start_files(
         &self,
         directory: &str,
@@ -508,6 +509,13 @@ impl DataFrame {
             return worker.submit(graph, task_ctx);
         };
         let store = rillet_checkpoint::CheckpointStore::open(location, job)?;
+        // `rillet resume --from <snapshot>` runs the job's program again with the snapshot
+        // in the environment: it applies to the job it names, where no snapshot was given.
+        let resume = match resume {
+            Some(resume) => Some(resume),
+            None => rillet_checkpoint::SnapshotPath::from_env(location, job)?
+                .map(|path| (path.kind, path.id)),
+        };
         let checkpointing = self.session.block_on(async {
             match resume {
                 Some((kind, id)) => Checkpointing::resume_from(store, interval, kind, id).await,

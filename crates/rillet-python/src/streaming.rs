@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_arrow::PyTable;
 use datafusion::logical_expr::Expr;
-use rillet_checkpoint::Kind;
+use rillet_checkpoint::{Kind, SnapshotPath};
 use rillet_plan::Windows;
 use rillet_plan::streaming::{RunningFunction, TimeSpan};
 use rillet_common::RilletError;
@@ -51,21 +51,6 @@ fn running_spec(expr: &Expr) -> PyResult<(RunningFunction, Option<String>, Strin
         _ => return Err(wrong()),
     };
     Ok((function, input, name))
-}
-
-/// A snapshot directory `<location>/<job>/<savepoint-N | chk-N>` split into its parts.
-fn parse_snapshot_path(path: &str) -> PyResult<(String, String, Kind, u64)> {
-    let trimmed = path.trim_end_matches('/');
-    let bad = || {
-        PyValueError::new_err(format!(
-            "{path:?} is not a snapshot directory (<checkpoint_dir>/<job>/savepoint-<id> or \
-             chk-<id>)"
-        ))
-    };
-    let (parent, name) = trimmed.rsplit_once('/').ok_or_else(bad)?;
-    let (location, job) = parent.rsplit_once('/').ok_or_else(bad)?;
-    let (kind, id) = Kind::parse_directory(name).ok_or_else(bad)?;
-    Ok((location.to_string(), job.to_string(), kind, id))
 }
 
 /// A span of event time from Python: `(n, false)` is `n` in the column's units, `(n, true)`
@@ -149,12 +134,13 @@ impl Checkpoints {
         let interval = Duration::from_secs_f64(interval);
         Ok(match resume_from {
             Some(path) => {
-                let (location, job_id, kind, id) = parse_snapshot_path(&path)?;
+                let snapshot = SnapshotPath::parse(&path)
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
                 Self {
-                    job_id,
-                    location: Some(location),
+                    job_id: snapshot.job,
+                    location: Some(snapshot.location),
                     interval,
-                    resume: Some((kind, id)),
+                    resume: Some((snapshot.kind, snapshot.id)),
                 }
             }
             None => Self {
@@ -359,13 +345,13 @@ impl PyStreamingJob {
         };
         let id = py.detach(|| global_runtime().block_on(stopping)).py_err()?;
         let _ = self.wait(py, None)?;
-        let location = self.location.clone().unwrap_or_default();
-        Ok(Some(format!(
-            "{}/{}/{}",
-            location.trim_end_matches('/'),
-            self.job_id,
-            Kind::Savepoint.directory(id)
-        )))
+        let savepoint = SnapshotPath {
+            location: self.location.clone().unwrap_or_default(),
+            job: self.job_id.clone(),
+            kind: Kind::Savepoint,
+            id,
+        };
+        Ok(Some(savepoint.to_string()))
     }
 }
 
@@ -383,8 +369,16 @@ fn check_sequence(
         .map_err(PyAssertionError::new_err)
 }
 
+/// Run the `rillet` command line with `argv` (its program name first) and return its exit
+/// status: `rillet list`, `stop` and `resume` steer streaming jobs from any process.
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
+    py.detach(|| rillet_cli::run(argv))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStreamingJob>()?;
     m.add_function(wrap_pyfunction!(check_sequence, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     Ok(())
 }

@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rillet_checkpoint::coordinator::{Acknowledged, CheckpointCoordinator, TaskId};
-use rillet_checkpoint::{Checkpoint, CheckpointStore, CheckpointWriter, Kind};
+use rillet_checkpoint::{
+    Checkpoint, CheckpointStore, CheckpointWriter, HEARTBEAT, JobRecord, Kind, RunState,
+};
 use rillet_common::{Result, RilletError};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -539,7 +541,10 @@ impl CheckpointLoop {
         let properties = BTreeMap::from([(SHAPE_PROPERTY.to_string(), self.shape.clone())]);
         // The commit point: once the manifest exists, a restore starts from here. Failing
         // to write it loses this checkpoint only.
-        writer.commit(properties).await.map_err(Abandon::Checkpoint)?;
+        writer
+            .commit(properties)
+            .await
+            .map_err(Abandon::Checkpoint)?;
         // From here the checkpoint is complete whatever happens: a failure fails the job,
         // and recovery restores this checkpoint and finishes its commits.
         fail::fail_point!("checkpoint-after-manifest", |_| {
@@ -593,5 +598,102 @@ impl CheckpointLoop {
         let mut stats = self.stats.lock();
         stats.aborted += 1;
         stats.last_failure = Some(reason.to_string());
+    }
+}
+
+/// How often a running job looks for a stop request from another process.
+const CONTROL_POLL: Duration = Duration::from_millis(500);
+
+/// A checkpointed job's record in its checkpoint location, and the stop requests other
+/// processes leave there (see `rillet_checkpoint`'s control files): what lets the
+/// `rillet` command line list, stop and resume jobs it did not start.
+pub(crate) struct JobControl {
+    store: CheckpointStore,
+    record: Mutex<JobRecord>,
+}
+
+impl JobControl {
+    /// Record that a run of the job starts now, restored from `restored_from`, and drop a
+    /// stop request an earlier run left untaken.
+    pub async fn start(store: CheckpointStore, restored_from: Option<u64>) -> Result<Arc<Self>> {
+        if store.clear_stop_request().await? {
+            tracing::warn!(
+                "job {}: dropped a stop request an earlier run did not take",
+                store.job()
+            );
+        }
+        let record = JobRecord::start(store.job(), restored_from);
+        store.write_record(&record).await?;
+        Ok(Arc::new(Self {
+            store,
+            record: Mutex::new(record),
+        }))
+    }
+
+    /// Until aborted: take stop requests (each becomes a stop with a savepoint through
+    /// `stop`), and keep the record's newest snapshot and heartbeat current. Storage
+    /// errors are logged, not fatal: the job runs on without being steerable.
+    pub async fn run(
+        self: Arc<Self>,
+        stop: mpsc::Sender<StopRequest>,
+        stats: Arc<Mutex<CheckpointStats>>,
+    ) {
+        let run = self.record.lock().run.clone();
+        let mut written = Instant::now();
+        let mut stopping = false;
+        loop {
+            tokio::time::sleep(CONTROL_POLL).await;
+            if !stopping {
+                match self.store.take_stop_request(&run).await {
+                    Ok(true) => {
+                        tracing::info!(
+                            "job {}: stopping with a savepoint, as asked",
+                            self.store.job()
+                        );
+                        let (tx, _) = tokio::sync::oneshot::channel();
+                        // The loop takes it unless a stop is already under way.
+                        stopping = stop.send(tx).await.is_ok();
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("job {}: {e}", self.store.job()),
+                }
+            }
+            let latest = stats.lock().latest_completed;
+            let record = {
+                let mut record = self.record.lock();
+                if record.latest_snapshot == latest && written.elapsed() < HEARTBEAT {
+                    continue;
+                }
+                record.latest_snapshot = latest.or(record.latest_snapshot);
+                record.touch();
+                record.clone()
+            };
+            if let Err(e) = self.store.write_record(&record).await {
+                tracing::warn!("job {}: cannot update its record: {e}", self.store.job());
+            }
+            written = Instant::now();
+        }
+    }
+
+    /// Record how the run ended: `error` (`Cancelled` for a cancel) or, without one,
+    /// stopped with `savepoint` or finished.
+    pub async fn finish(&self, error: Option<&RilletError>, stats: &CheckpointStats) {
+        let record = {
+            let mut record = self.record.lock();
+            record.state = match error {
+                Some(e) if e.is_cancelled() => RunState::Cancelled,
+                Some(_) => RunState::Failed,
+                None if stats.savepoint.is_some() => RunState::Stopped,
+                None => RunState::Finished,
+            };
+            record.error = error.filter(|e| !e.is_cancelled()).map(|e| e.to_string());
+            record.savepoint = stats.savepoint;
+            record.latest_snapshot = stats.latest_completed.or(record.latest_snapshot);
+            record.touch();
+            record.clone()
+        };
+        if let Err(e) = self.store.write_record(&record).await {
+            tracing::warn!("job {}: cannot record its end: {e}", self.store.job());
+        }
     }
 }

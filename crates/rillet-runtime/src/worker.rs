@@ -7,34 +7,35 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use arrow::array::{ArrayRef, RecordBatch};
-use parking_lot::Mutex;
-use rillet_checkpoint::coordinator::TaskId;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use parking_lot::Mutex;
+use rillet_checkpoint::coordinator::TaskId;
 use rillet_common::{EngineConfig, Result, RilletError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::channel::{ChannelReceiver, ChannelSender, InputGate, byte_channel};
 use crate::checkpointing::{
-    CheckpointLoop, CheckpointStats, Checkpointing, SourceCommand, StopRequest, TaskLink,
+    CheckpointLoop, CheckpointStats, Checkpointing, JobControl, SourceCommand, StopRequest,
+    TaskLink,
 };
-use crate::message::CheckpointBarrier;
-use crate::sink::SinkContext;
-use crate::stream::{OperatorTask, SourceReader, SourceState, assign_splits};
 use crate::exchange::ExchangeRegistry;
 use crate::function::{BatchFunction, RowBatcher, check_output_schema, with_call};
 use crate::graph::{DataflowGraph, EdgeKind, VertexId, VertexOperator};
 use crate::memory::{self, CallBudget, CallSizer};
+use crate::message::CheckpointBarrier;
 use crate::message::{StreamMessage, WATERMARK_END};
 use crate::metrics::{JobStats, OperatorMetrics};
 use crate::pool::{BlockingPool, panic_message};
 use crate::progress::ProgressDisplay;
 use crate::runtime::global_runtime;
 use crate::sink::Sink;
+use crate::sink::SinkContext;
 use crate::spill::SpillStore;
+use crate::stream::{OperatorTask, SourceReader, SourceState, assign_splits};
 
 /// Smallest and largest share of the memory budget one channel gets.
 const MIN_CHANNEL_BYTES: usize = 256 << 10;
@@ -546,9 +547,9 @@ impl LocalWorker {
                     VertexOperator::Stream(operator) => {
                         let input = gate(std::mem::take(&mut task_inputs), &m, &vertex.name)?.1;
                         let router = router.ok_or_else(|| missing_output(&vertex.name))?;
-                        let restored = checkpointing.as_ref().and_then(|c| {
-                            c.restored_state(TaskId::new(v as u32, p as u32))
-                        });
+                        let restored = checkpointing
+                            .as_ref()
+                            .and_then(|c| c.restored_state(TaskId::new(v as u32, p as u32)));
                         let task = operator.open(p, restored.as_deref())?;
                         let fut = run_stream(task, input, router, m, link_for(v, p));
                         tasks.spawn_on(fut, runtime.handle());
@@ -568,8 +569,34 @@ impl LocalWorker {
 
         drop(task_events);
         if let Some(cl) = checkpoint_loop {
-            tasks.spawn_on(async move { cl.run().await.map(|_| None) }, runtime.handle());
+            tasks.spawn_on(
+                async move { cl.run().await.map(|_| None) },
+                runtime.handle(),
+            );
         }
+        // The job's record, written once every task is deployed (an error above leaves
+        // none claiming a run), and the poller of stop requests. The poller is not one of
+        // the job's tasks: the job ends without it, and the driver stops it.
+        let control = match &checkpointing {
+            Some(settings) => {
+                let restored = settings.restored().map(|c| c.manifest.id);
+                match block_on(JobControl::start(settings.store().clone(), restored)) {
+                    Ok(control) => Some(control),
+                    Err(e) => {
+                        // The tasks are aborted as their set is dropped.
+                        opened.iter().for_each(|f| f.close());
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
+        let control_task = control.as_ref().map(|control| {
+            let stop = stop_sender.clone().expect("set with checkpointing");
+            let stats = checkpoint_stats.clone().expect("set with checkpointing");
+            runtime.spawn(control.clone().run(stop, stats))
+        });
+        let final_stats = checkpoint_stats.clone();
 
         let metrics = Arc::new(metrics);
         let progress = (self.config.progress)
@@ -587,6 +614,13 @@ impl LocalWorker {
             .collect();
         runtime.spawn(async move {
             let (error, files) = drive(tasks, cancel_rx).await;
+            if let Some(task) = control_task {
+                task.abort();
+            }
+            if let (Some(control), Some(stats)) = (&control, &final_stats) {
+                let stats = stats.lock().clone();
+                control.finish(error.as_ref(), &stats).await;
+            }
             // Stop worker processes; on failure this also ends calls still running in them.
             let closing =
                 tokio::task::spawn_blocking(move || opened.iter().for_each(|f| f.close()));
@@ -633,7 +667,10 @@ fn gate(
     metrics: &Arc<OperatorMetrics>,
     name: &str,
 ) -> Result<(VertexId, InputGate)> {
-    let upstream = inputs.first().map(|(v, _)| *v).ok_or_else(|| missing_input(name))?;
+    let upstream = inputs
+        .first()
+        .map(|(v, _)| *v)
+        .ok_or_else(|| missing_input(name))?;
     let receivers = inputs.into_iter().map(|(_, rx)| rx).collect();
     Ok((upstream, InputGate::new(receivers, Some(metrics.clone()))))
 }
@@ -1138,7 +1175,9 @@ impl JobHandle {
                 .await
                 .map_err(|_| RilletError::invalid_argument("the job has already ended"))?;
             rx.await.unwrap_or_else(|_| {
-                Err(RilletError::invalid_argument("the job ended before its savepoint"))
+                Err(RilletError::invalid_argument(
+                    "the job ended before its savepoint",
+                ))
             })
         }
     }

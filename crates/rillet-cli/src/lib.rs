@@ -1,0 +1,205 @@
+//! The `rillet` command line, as a library so that the Python package runs the very same
+//! code as its `rillet` command (`python -m rillet`).
+//!
+//! ```text
+//! rillet sql "SELECT city, count(*) FROM trips GROUP BY city" --table trips=data/trips/
+//! rillet explain "SELECT * FROM t WHERE x > 1" --table t=t.parquet
+//! rillet list chk/                      # the streaming jobs checkpointing into chk/
+//! rillet stop chk/ orders               # stop job `orders` with a savepoint
+//! rillet resume chk/ orders             # run its program again, from that savepoint
+//! ```
+
+mod jobs;
+
+use clap::{Parser, Subcommand};
+use rillet_common::{EngineConfig, RilletError};
+use rillet_plan::{ReadFormat, Session};
+
+#[derive(Parser)]
+#[command(
+    name = "rillet",
+    version,
+    about = "Rillet: a dataflow engine for multimodal data"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Memory budget for in-flight data, in MiB.
+    #[arg(long, global = true, default_value_t = 512)]
+    memory_mib: usize,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a SQL query and print the result.
+    Sql {
+        /// The query.
+        query: String,
+        /// Tables as NAME=PATH (Parquet, CSV or JSON lines, by extension; a directory is
+        /// read as Parquet).
+        #[arg(long = "table", value_parser = parse_table)]
+        tables: Vec<(String, String)>,
+    },
+    /// Print the logical plan and the physical dataflow of a SQL query.
+    Explain {
+        /// The query.
+        query: String,
+        /// Tables as NAME=PATH.
+        #[arg(long = "table", value_parser = parse_table)]
+        tables: Vec<(String, String)>,
+    },
+    /// List the streaming jobs that checkpoint into a directory or s3:// prefix.
+    ///
+    /// Each job's state (running, finished, stopped, cancelled, failed, or lost: a run
+    /// killed without a trace), its process, newest snapshot and when it last reported.
+    List {
+        /// The jobs' checkpoint_dir.
+        checkpoint_dir: String,
+        /// Print JSON (one array of jobs) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a running job with a savepoint and print the savepoint's path.
+    ///
+    /// Works from any process that can reach the job's checkpoint directory: the job
+    /// polls it for the request twice a second.
+    Stop {
+        /// The job's checkpoint_dir.
+        checkpoint_dir: String,
+        /// The job id.
+        job: String,
+        /// Seconds to wait for the savepoint.
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
+        /// Leave the request and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Run a stopped or crashed job's program again, resuming the job.
+    ///
+    /// Runs the command line its last run recorded, in the same directory (or the
+    /// program given after `--`). The job resumes from its newest valid snapshot, or from
+    /// the one given with --from.
+    Resume {
+        /// The job's checkpoint_dir.
+        checkpoint_dir: String,
+        /// The job id.
+        job: String,
+        /// A snapshot of the job to resume from instead of the newest: its path, or its
+        /// directory name (savepoint-<id>, chk-<id>).
+        #[arg(long = "from")]
+        from: Option<String>,
+        /// Run the program in the background, its output going to --log, and return
+        /// once the job is running.
+        #[arg(long)]
+        detach: bool,
+        /// With --detach: where the program's output goes (default <job>.log in the
+        /// program's directory).
+        #[arg(long)]
+        log: Option<String>,
+        /// The program to run instead of the recorded one.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+}
+
+fn parse_table(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(n, p)| (n.to_string(), p.to_string()))
+        .ok_or_else(|| format!("expected NAME=PATH, got '{text}'"))
+}
+
+fn format_of(path: &str) -> ReadFormat {
+    if path.ends_with(".csv") {
+        ReadFormat::Csv
+    } else if path.ends_with(".json") || path.ends_with(".jsonl") {
+        ReadFormat::Json
+    } else {
+        ReadFormat::Parquet
+    }
+}
+
+fn plan(
+    session: &Session,
+    query: &str,
+    tables: &[(String, String)],
+) -> Result<rillet_plan::DataFrame, RilletError> {
+    let mut frames = Vec::new();
+    for (name, path) in tables {
+        frames.push((
+            name.as_str(),
+            session.read(format_of(path), &[path.clone()])?,
+        ));
+    }
+    session.sql(query, &frames)
+}
+
+/// Run the command line `args` (the program's name first) and return its exit status:
+/// 0 on success, 1 on an error (printed to stderr), 2 for bad usage, or the status of the
+/// program `rillet resume` ran.
+pub fn run(args: impl IntoIterator<Item = String>) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version are printed to stdout and succeed; usage errors do not.
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    let config = EngineConfig::default().with_memory_budget(cli.memory_mib << 20);
+    let result: jobs::Outcome<i32> = match cli.command {
+        Command::Sql { query, tables } => {
+            let session = Session::new(config);
+            plan(&session, &query, &tables)
+                .and_then(|df| {
+                    let batches = df.collect()?;
+                    println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+                    Ok(0)
+                })
+                .map_err(Into::into)
+        }
+        Command::Explain { query, tables } => {
+            let session = Session::new(config);
+            plan(&session, &query, &tables)
+                .and_then(|df| {
+                    println!("{}", df.explain()?);
+                    Ok(0)
+                })
+                .map_err(Into::into)
+        }
+        Command::List {
+            checkpoint_dir,
+            json,
+        } => jobs::list(&checkpoint_dir, json).map(|()| 0),
+        Command::Stop {
+            checkpoint_dir,
+            job,
+            timeout,
+            no_wait,
+        } => jobs::stop(&checkpoint_dir, &job, (!no_wait).then_some(timeout)).map(|()| 0),
+        Command::Resume {
+            checkpoint_dir,
+            job,
+            from,
+            detach,
+            log,
+            command,
+        } => jobs::resume(
+            &checkpoint_dir,
+            &job,
+            &jobs::ResumeOptions {
+                from,
+                detach,
+                log,
+                command,
+            },
+        ),
+    };
+    match result {
+        Ok(status) => status,
+        Err(error) => {
+            eprintln!("error: {error}");
+            1
+        }
+    }
+}
