@@ -6,10 +6,11 @@
 //! there: the deterministic [`sequence`] generator, with the oracle that checks a job's
 //! committed output against it (RELIABILITY.md, "Sequence oracle"), [`redis_streams`],
 //! [`kafka`] and [`files`] (a directory whose files keep arriving); and the exactly-once
-//! [`postgres`] upsert sink and [`redis_sink`].
+//! [`postgres`] upsert sink, [`redis_sink`] and [`kafka_sink`].
 
 pub mod files;
 pub mod kafka;
+pub mod kafka_sink;
 pub mod postgres;
 pub mod redis_sink;
 pub mod redis_streams;

@@ -1,0 +1,673 @@
+//! A Kafka topic as an exactly-once sink, without broker transactions.
+//!
+//! Rows wait in the job's checkpoint (see [`crate::staged`]); when the checkpoint
+//! completes they are produced to the topic. Each record carries a header
+//! `rillet-commit: <job>:<checkpoint>:<index>`, its place in the commit's plan for its
+//! partition. The plan is deterministic (the staged states are taken in a fixed order,
+//! and a row's partition follows from its key or its place), so a commit cut short by a
+//! crash and repeated on recovery produces exactly the records the first attempt did
+//! not: recovery reads back each partition's tail, newest first, until it meets a record
+//! of an earlier checkpoint of the job, and skips every index it finds. Consumers see
+//! each row once, whatever their isolation level.
+//!
+//! Why not Kafka transactions: they need a broker that implements them. The broker the
+//! tests run (tansu 0.6.0) has no `EndTxn`, so a transactional producer cannot commit
+//! there; the header scheme works with any broker, and costs a read of the partition
+//! tails only on recovery.
+//!
+//! A record's value is the row's `value` column when it has one (binary or string), else
+//! the whole row as a JSON object; its key is the `key` column named at creation (as
+//! text, or its bytes when binary), which also picks the partition (FNV-1a of the key).
+//! Without a key, rows go round robin over the partitions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef};
+use async_trait::async_trait;
+use rillet_common::{Result, RilletError};
+use rillet_runtime::{BatchWriter, BlockingPool, Sink, SinkContext};
+use rskafka::chrono::Utc;
+use rskafka::client::Client;
+use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::record::Record;
+
+use crate::kafka::{connect, kafka_error};
+use crate::staged::{RowsOut, StagedWriter, decode_states};
+
+/// The header naming a record's commit: `<job>:<checkpoint>:<index>`.
+pub const COMMIT_HEADER: &str = "rillet-commit";
+/// How long a commit retries an unreachable broker before it fails (and the job restarts
+/// from its checkpoint, repeating the commit).
+const COMMIT_DEADLINE: Duration = Duration::from_secs(60);
+/// Records read back per partition before the scan window doubles.
+const FIRST_SCAN_WINDOW: i64 = 1024;
+/// Most bytes asked of the broker per fetch while scanning.
+const SCAN_FETCH_BYTES: i32 = 4 << 20;
+
+/// Produces to a Kafka topic exactly once (see the module docs).
+#[derive(Debug, Clone)]
+pub struct KafkaSink {
+    brokers: Vec<String>,
+    topic: String,
+    job: String,
+    key: Option<String>,
+    records_per_request: usize,
+}
+
+/// A commit's records, by partition, each list in index order.
+type Plan = BTreeMap<i32, Vec<Record>>;
+
+impl KafkaSink {
+    /// Produce to `topic` on `brokers` (`host:port`) for job `job`, keyed by column `key`.
+    pub fn new(
+        brokers: Vec<String>,
+        topic: impl Into<String>,
+        job: &str,
+        key: Option<String>,
+    ) -> Self {
+        Self {
+            brokers,
+            topic: topic.into(),
+            job: job.to_string(),
+            key,
+            records_per_request: 500,
+        }
+    }
+
+    /// Send at most `n` records per produce request (default 500). tansu 0.6.0's memory
+    /// engine gives a multi-record batch a single offset, so tests against it send 1.
+    pub fn with_records_per_request(mut self, n: usize) -> Self {
+        self.records_per_request = n.max(1);
+        self
+    }
+
+    fn header(&self, checkpoint: u64, index: usize) -> Vec<u8> {
+        format!("{}:{checkpoint}:{index}", self.job).into_bytes()
+    }
+
+    /// The checkpoint and index of a record this job's commits wrote; `None` for any other.
+    fn commit_of(&self, record: &Record) -> Option<(u64, usize)> {
+        let header = std::str::from_utf8(record.headers.get(COMMIT_HEADER)?).ok()?;
+        let (job, rest) = header.rsplit_once(':').and_then(|(front, index)| {
+            let (job, checkpoint) = front.rsplit_once(':')?;
+            Some((job, (checkpoint.parse().ok()?, index.parse().ok()?)))
+        })?;
+        (job == self.job).then_some(rest)
+    }
+
+    async fn client(&self) -> Result<Client> {
+        connect(&self.brokers, COMMIT_DEADLINE).await
+    }
+
+    /// The topic's partitions, in order.
+    async fn partitions(&self, client: &Client) -> Result<Vec<i32>> {
+        let topics = client
+            .list_topics()
+            .await
+            .map_err(|e| kafka_error(&self.brokers, "listing topics", e))?;
+        let mut partitions: Vec<i32> = topics
+            .into_iter()
+            .find(|t| t.name == self.topic)
+            .ok_or_else(|| {
+                RilletError::invalid_argument(format!(
+                    "kafka at {}: no topic {:?} to write to",
+                    self.brokers.join(","),
+                    self.topic
+                ))
+            })?
+            .partitions
+            .into_iter()
+            .collect();
+        partitions.sort_unstable();
+        Ok(partitions)
+    }
+
+    /// The records of `batches` for checkpoint `checkpoint`, by partition.
+    fn plan(&self, checkpoint: u64, batches: &[RecordBatch], partitions: &[i32]) -> Result<Plan> {
+        let mut plan: Plan = partitions.iter().map(|&p| (p, Vec::new())).collect();
+        let now = Utc::now();
+        let mut row_number = 0usize;
+        for batch in batches {
+            let values = self.values(batch)?;
+            let keys = self.keys(batch)?;
+            for (row, value) in values.into_iter().enumerate() {
+                let key = keys.as_ref().and_then(|k| k[row].clone());
+                let slot = match &key {
+                    Some(key) => fnv1a(key) as usize % partitions.len(),
+                    None => row_number % partitions.len(),
+                };
+                row_number += 1;
+                let records = plan
+                    .get_mut(&partitions[slot])
+                    .expect("every partition planned");
+                let header = self.header(checkpoint, records.len());
+                records.push(Record {
+                    key,
+                    value,
+                    headers: BTreeMap::from([(COMMIT_HEADER.to_string(), header)]),
+                    timestamp: now,
+                });
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Each row's value: the `value` column's bytes, or the row as a JSON object.
+    fn values(&self, batch: &RecordBatch) -> Result<Vec<Option<Vec<u8>>>> {
+        if let Some(column) = batch.column_by_name("value")
+            && matches!(
+                column.data_type(),
+                DataType::Binary
+                    | DataType::Utf8
+                    | DataType::LargeBinary
+                    | DataType::LargeUtf8
+                    | DataType::Utf8View
+                    | DataType::BinaryView
+            )
+        {
+            return column_bytes(column);
+        }
+        let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
+        writer.write(batch)?;
+        writer.finish()?;
+        let text = writer.into_inner();
+        let lines: Vec<Option<Vec<u8>>> = text
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| Some(line.to_vec()))
+            .collect();
+        if lines.len() != batch.num_rows() {
+            return Err(RilletError::internal(format!(
+                "kafka sink: {} JSON lines for {} rows",
+                lines.len(),
+                batch.num_rows()
+            )));
+        }
+        Ok(lines)
+    }
+
+    /// Each row's key, from the key column; `None` without one.
+    fn keys(&self, batch: &RecordBatch) -> Result<Option<Vec<Option<Vec<u8>>>>> {
+        let Some(name) = &self.key else {
+            return Ok(None);
+        };
+        let column = batch.column_by_name(name).ok_or_else(|| {
+            RilletError::invalid_argument(format!("kafka sink: no key column {name:?}"))
+        })?;
+        column_bytes(column).map(Some)
+    }
+
+    /// For each partition, the indices of checkpoint `checkpoint`'s records already in
+    /// it: its tail read newest first, in windows that double, down to a record of an
+    /// earlier checkpoint of this job (commits run one after another, so none of this
+    /// checkpoint's records lies below it) or the partition's start.
+    async fn already_written(
+        &self,
+        client: &PartitionClient,
+        checkpoint: u64,
+    ) -> Result<BTreeSet<usize>> {
+        let error = |what: &str, e: rskafka::client::error::Error| {
+            kafka_error(&self.brokers, &format!("{what} of {}", self.topic), e)
+        };
+        let earliest = client
+            .get_offset(OffsetAt::Earliest)
+            .await
+            .map_err(|e| error("earliest offset", e))?;
+        let mut high = client
+            .get_offset(OffsetAt::Latest)
+            .await
+            .map_err(|e| error("latest offset", e))?;
+        let mut window = FIRST_SCAN_WINDOW;
+        let mut found = BTreeSet::new();
+        while high > earliest {
+            let low = (high - window).max(earliest);
+            let mut earlier_commit = false;
+            let mut next = low;
+            while next < high {
+                let (records, _) = client
+                    .fetch_records(next, 1..SCAN_FETCH_BYTES, 0)
+                    .await
+                    .map_err(|e| error("reading back", e))?;
+                let records: Vec<_> = records
+                    .into_iter()
+                    .filter(|r| r.offset >= next && r.offset < high)
+                    .collect();
+                let Some(last) = records.last().map(|r| r.offset) else {
+                    break; // a gap (compacted or deleted records): nothing more below `high`
+                };
+                for r in &records {
+                    match self.commit_of(&r.record) {
+                        Some((c, index)) if c == checkpoint => {
+                            found.insert(index);
+                        }
+                        Some((c, _)) if c < checkpoint => earlier_commit = true,
+                        _ => {}
+                    }
+                }
+                next = last + 1;
+            }
+            if earlier_commit {
+                break;
+            }
+            high = low;
+            window = window.saturating_mul(2);
+        }
+        Ok(found)
+    }
+
+    /// Produce the rows of `states` for `checkpoint` (0: a job without checkpoints). With
+    /// `repeat`, the commit may have been made, wholly or in part, before: skip what is
+    /// there already.
+    async fn produce(&self, checkpoint: u64, states: &[Vec<u8>], repeat: bool) -> Result<()> {
+        // The states in a fixed order (they arrive in the order the tasks acknowledged),
+        // so that a repeated commit plans the same records.
+        let mut states: Vec<&Vec<u8>> = states.iter().collect();
+        states.sort();
+        let states: Vec<Vec<u8>> = states.into_iter().cloned().collect();
+        let batches = decode_states(&states)?;
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            return Ok(());
+        }
+        self.produce_batches(checkpoint, &batches, repeat).await
+    }
+
+    async fn produce_batches(
+        &self,
+        checkpoint: u64,
+        batches: &[RecordBatch],
+        repeat: bool,
+    ) -> Result<()> {
+        let client = self.client().await?;
+        let partitions = self.partitions(&client).await?;
+        let plan = self.plan(checkpoint, batches, &partitions)?;
+        for (partition, records) in plan {
+            if records.is_empty() {
+                continue;
+            }
+            let partition_client = client
+                .partition_client(self.topic.clone(), partition, UnknownTopicHandling::Retry)
+                .await
+                .map_err(|e| kafka_error(&self.brokers, &format!("partition {partition}"), e))?;
+            let skip = if repeat && checkpoint > 0 {
+                self.already_written(&partition_client, checkpoint).await?
+            } else {
+                BTreeSet::new()
+            };
+            let missing: Vec<Record> = records
+                .into_iter()
+                .enumerate()
+                .filter(|(index, _)| !skip.contains(index))
+                .map(|(_, record)| record)
+                .collect();
+            let mut missing = missing.into_iter().peekable();
+            while missing.peek().is_some() {
+                let request: Vec<Record> =
+                    missing.by_ref().take(self.records_per_request).collect();
+                partition_client
+                    .produce(request, Compression::NoCompression)
+                    .await
+                    .map_err(|e| {
+                        kafka_error(
+                            &self.brokers,
+                            &format!("producing to {}/{partition}", self.topic),
+                            e,
+                        )
+                    })?;
+                // A crash between two requests: part of the commit is in the topic.
+                fail::fail_point!("kafka-sink-between-requests", |_| Err(RilletError::Io(
+                    std::io::Error::other("failpoint kafka-sink-between-requests")
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A column's values as bytes: binary as it is, anything else as its text.
+fn column_bytes(column: &ArrayRef) -> Result<Vec<Option<Vec<u8>>>> {
+    let column = match column.data_type() {
+        DataType::Binary => column.clone(),
+        DataType::LargeBinary | DataType::BinaryView => {
+            arrow::compute::cast(column, &DataType::Binary)?
+        }
+        _ => arrow::compute::cast(column, &DataType::Binary).or_else(|_| {
+            arrow::compute::cast(column, &DataType::Utf8)
+                .and_then(|text| arrow::compute::cast(&text, &DataType::Binary))
+        })?,
+    };
+    let binary = column.as_binary::<i32>();
+    Ok((0..binary.len())
+        .map(|i| (!binary.is_null(i)).then(|| binary.value(i).to_vec()))
+        .collect())
+}
+
+/// FNV-1a, 64-bit: a key's partition, stable across runs and versions.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Run `future` to its end from a blocking thread (a commit) or from plain code (a
+/// recovery at deploy).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| handle.block_on(future))
+        }
+        _ => rillet_runtime::global_runtime().block_on(future),
+    }
+}
+
+impl RowsOut for KafkaSink {
+    fn write_out(&self, checkpoint: Option<u64>, batches: &[RecordBatch]) -> Result<()> {
+        block_on(self.produce_batches(checkpoint.unwrap_or(0), batches, false))
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    fn describe(&self) -> String {
+        format!(
+            "produce to kafka {} at {}",
+            self.topic,
+            self.brokers.join(",")
+        )
+    }
+
+    fn prepare(&self) -> Result<()> {
+        block_on(async {
+            let client = self.client().await?;
+            self.partitions(&client).await.map(|_| ())
+        })
+    }
+
+    fn open(
+        &self,
+        _partition: usize,
+        schema: SchemaRef,
+        _blocking: &BlockingPool,
+        context: &SinkContext,
+    ) -> Result<Box<dyn BatchWriter>> {
+        if let Some(key) = &self.key
+            && schema.field_with_name(key).is_err()
+        {
+            return Err(RilletError::invalid_argument(format!(
+                "kafka sink: the rows have no key column {key:?}"
+            )));
+        }
+        Ok(StagedWriter::boxed(self, schema, context))
+    }
+
+    fn commit(&self, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
+        block_on(self.produce(checkpoint, states, false))
+    }
+
+    fn recover(&self, checkpoint: Option<u64>, states: &[Vec<u8>]) -> Result<()> {
+        match checkpoint {
+            // The restored checkpoint's commit may have been cut short, or not begun.
+            Some(id) if id > 0 => block_on(self.produce(id, states, true)),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+
+    fn sink() -> KafkaSink {
+        KafkaSink::new(
+            vec!["127.0.0.1:1".into()],
+            "t",
+            "job-1",
+            Some("user".into()),
+        )
+    }
+
+    fn batch() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["ann", "bob", "ann", "cy"])),
+                Arc::new(Int64Array::from(vec![Some(1), None, Some(3), Some(4)])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_plan_is_the_same_every_time_and_keys_keep_to_one_partition() {
+        let s = sink();
+        let a = s.plan(7, &[batch()], &[0, 1, 2]).unwrap();
+        let b = s.plan(7, &[batch()], &[0, 1, 2]).unwrap();
+        let shape = |p: &Plan| -> Vec<(i32, Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<u8>)>)> {
+            p.iter()
+                .map(|(k, v)| {
+                    (
+                        *k,
+                        v.iter()
+                            .map(|r| {
+                                (
+                                    r.key.clone(),
+                                    r.value.clone(),
+                                    r.headers[COMMIT_HEADER].clone(),
+                                )
+                            })
+                            .collect(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(shape(&a), shape(&b));
+        let ann: Vec<i32> = a
+            .iter()
+            .filter(|(_, rs)| rs.iter().any(|r| r.key.as_deref() == Some(b"ann")))
+            .map(|(p, _)| *p)
+            .collect();
+        assert_eq!(ann.len(), 1, "both of ann's rows in one partition");
+        let records: Vec<&Record> = a.values().flatten().collect();
+        assert_eq!(records.len(), 4);
+        let values: BTreeSet<String> = records
+            .iter()
+            .map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap())
+            .collect();
+        assert!(values.contains(r#"{"user":"bob"}"#), "{values:?}");
+        assert!(values.contains(r#"{"user":"ann","n":3}"#), "{values:?}");
+        for (_, rs) in &a {
+            for (index, r) in rs.iter().enumerate() {
+                assert_eq!(s.commit_of(r), Some((7, index)));
+            }
+        }
+    }
+
+    #[test]
+    fn only_this_jobs_headers_count() {
+        let s = sink();
+        let mut r = s
+            .plan(3, &[batch()], &[0])
+            .unwrap()
+            .remove(&0)
+            .unwrap()
+            .remove(0);
+        assert_eq!(s.commit_of(&r), Some((3, 0)));
+        r.headers
+            .insert(COMMIT_HEADER.into(), b"job-10:3:0".to_vec());
+        assert_eq!(s.commit_of(&r), None);
+        r.headers
+            .insert(COMMIT_HEADER.into(), b"job-1:x:0".to_vec());
+        assert_eq!(s.commit_of(&r), None);
+        r.headers.clear();
+        assert_eq!(s.commit_of(&r), None);
+    }
+
+    /// A tansu broker on loopback, in memory, when its binary is here (CI builds it into
+    /// `~/.cache/rillet/tools`); the broker dies with the guard.
+    struct Broker {
+        process: std::process::Child,
+        address: String,
+    }
+
+    impl Drop for Broker {
+        fn drop(&mut self) {
+            let _ = self.process.kill();
+            let _ = self.process.wait();
+        }
+    }
+
+    fn tansu() -> Option<Broker> {
+        let cached = std::env::var_os("HOME")
+            .map(|home| std::path::Path::new(&home).join(".cache/rillet/tools/bin/tansu"));
+        let binary = cached.filter(|p| p.is_file()).or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("tansu"))
+                    .find(|p| p.is_file())
+            })
+        })?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let process = std::process::Command::new(binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let address = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&address).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Broker { process, address })
+    }
+
+    /// Every record of the topic's partitions: (partition, key, value, header).
+    async fn read_all(client: &Client, topic: &str, partitions: i32) -> Vec<(i32, String, String)> {
+        let mut out = Vec::new();
+        for p in 0..partitions {
+            let pc = client
+                .partition_client(topic, p, UnknownTopicHandling::Retry)
+                .await
+                .unwrap();
+            let end = pc.get_offset(OffsetAt::Latest).await.unwrap();
+            let mut next = pc.get_offset(OffsetAt::Earliest).await.unwrap();
+            while next < end {
+                let (records, _) = pc.fetch_records(next, 1..(1 << 20), 0).await.unwrap();
+                let from = next;
+                for r in records.into_iter().filter(|r| r.offset >= from) {
+                    let text =
+                        |b: Option<Vec<u8>>| String::from_utf8(b.unwrap_or_default()).unwrap();
+                    let header =
+                        String::from_utf8(r.record.headers[COMMIT_HEADER].clone()).unwrap();
+                    out.push((p, text(r.record.value), header));
+                    next = r.offset + 1;
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn states(rows: std::ops::Range<i64>) -> Vec<Vec<u8>> {
+        // Two sink tasks' staged rows, as their checkpoint states.
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let mid = (rows.start + rows.end) / 2;
+        [rows.start..mid, mid..rows.end]
+            .into_iter()
+            .map(|part| {
+                let batch = RecordBatch::try_new(
+                    schema.clone(),
+                    vec![Arc::new(Int64Array::from_iter_values(part))],
+                )
+                .unwrap();
+                let mut w = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema).unwrap();
+                w.write(&batch).unwrap();
+                w.finish().unwrap();
+                w.into_inner().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_commit_cut_short_is_finished_on_recovery_without_a_duplicate() {
+        let Some(broker) = tansu() else {
+            eprintln!("skipped: no tansu broker binary (scripts/test.sh builds one)");
+            return;
+        };
+        let scenario = fail::FailScenario::setup();
+        let sink = KafkaSink::new(vec![broker.address.clone()], "out", "job-1", None)
+            .with_records_per_request(1);
+        let client = block_on(sink.client()).unwrap();
+        block_on(async {
+            client
+                .controller_client()
+                .unwrap()
+                .create_topic("out", 2, 1, 5_000)
+                .await
+        })
+        .unwrap();
+
+        // Checkpoint 1 commits whole; repeating it (a recovery) adds nothing.
+        sink.commit(1, &states(0..6)).unwrap();
+        sink.recover(Some(1), &states(0..6)).unwrap();
+        assert_eq!(block_on(read_all(&client, "out", 2)).len(), 6);
+
+        // Checkpoint 2's commit dies after its third produce request; the states arrive
+        // in another order on recovery, as acknowledgements may.
+        fail::cfg("kafka-sink-between-requests", "2*off->return").unwrap();
+        assert!(sink.commit(2, &states(6..16)).is_err());
+        fail::remove("kafka-sink-between-requests");
+        assert_eq!(
+            block_on(read_all(&client, "out", 2)).len(),
+            6 + 3,
+            "a partial commit"
+        );
+        let mut reordered = states(6..16);
+        reordered.reverse();
+        sink.recover(Some(2), &reordered).unwrap();
+        sink.recover(Some(2), &reordered).unwrap();
+
+        let all = block_on(read_all(&client, "out", 2));
+        let values: Vec<i64> = {
+            let mut v: Vec<i64> = all
+                .iter()
+                .map(|(_, value, _)| {
+                    let row: serde_json::Value = serde_json::from_str(value).unwrap();
+                    row["n"].as_i64().unwrap()
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            values,
+            (0..16).collect::<Vec<_>>(),
+            "every row exactly once"
+        );
+        // A later checkpoint's recovery scan stops at checkpoint 2's records.
+        sink.recover(Some(3), &states(16..18)).unwrap();
+        assert_eq!(block_on(read_all(&client, "out", 2)).len(), 18);
+        scenario.teardown();
+    }
+}
