@@ -16,8 +16,8 @@ import pyarrow as pa
 from rillet import _rillet, ai, testing
 from rillet._rillet import DataError, ExecutionError, JobCancelled, PlanError, RilletError, UserFunctionError
 from rillet._session import current_session, set_config
-from rillet.dataframe import (DataFrame, GroupBy, PostgresUpsert, RedisStreamSink, StreamingJob, Window, postgres_upsert,
-                              redis_stream_sink, sliding, tumbling)
+from rillet.dataframe import (DataFrame, GroupBy, KafkaSink, PostgresUpsert, RedisStreamSink, StreamingJob, Window,
+                              kafka_sink, postgres_upsert, redis_stream_sink, sliding, tumbling)
 from rillet.expr import Expr, col, count, lit, when
 from rillet.types import (Audio, Clip, Embedding, File, Image, Tensor, float16, float32, float64, int8, int16,
                           int32, int64, to_arrow_column, uint8, uint16, uint32, uint64)
@@ -25,7 +25,7 @@ from rillet.service import Service, service
 from rillet.udf import UDF, udf
 
 __all__ = [
-    "DataFrame", "GroupBy", "StreamingJob", "Window", "tumbling", "sliding", "PostgresUpsert", "postgres_upsert", "RedisStreamSink", "redis_stream_sink", "Expr", "UDF", "col", "lit", "count", "when", "udf", "service",
+    "DataFrame", "GroupBy", "StreamingJob", "Window", "tumbling", "sliding", "PostgresUpsert", "postgres_upsert", "RedisStreamSink", "redis_stream_sink", "KafkaSink", "kafka_sink", "Expr", "UDF", "col", "lit", "count", "when", "udf", "service",
     "Service",
     "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_sequence", "read_redis_streams", "read_kafka", "watch_directory", "resume", "read_parquet",
     "read_csv", "read_json", "read_files", "configure_storage", "sql", "set_config", "current_session",

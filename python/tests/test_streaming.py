@@ -158,6 +158,64 @@ def test_kafka_bounded_read_and_clear_errors():
         rl.read_kafka("127.0.0.1:1", "seq")
 
 
+TO_KAFKA = """
+import rillet as rl
+df = rl.read_sequence(partitions=3, rows={rows}, rows_per_second={rate}, batch_rows=200)
+df = df.group_by("source", "partition").running_agg(
+    rl.count().alias("running_count"), rl.col("value").sum().alias("running_sum"))
+sink = rl.kafka_sink({brokers!r}, "out", key="partition", records_per_request=1)
+df.start(sink, checkpoint_dir={chk!r}, job_id="to-kafka", checkpoint_interval=0.05).wait()
+"""
+
+
+@needs_kafka
+def test_the_kafka_sink_produces_each_row_once_through_a_kill(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    from confluent_kafka.admin import AdminClient, NewTopic
+    broker = kill_sweep.KafkaProducer(rows=0, rate=1.0)  # the broker alone
+    try:
+        admin = AdminClient({"bootstrap.servers": broker.brokers, "log_level": 0})
+        for future in admin.create_topics([NewTopic("out", num_partitions=2, replication_factor=1)]).values():
+            future.result(timeout=20)
+        rows, chk = 2000, str(tmp_path / "chk")
+        script = tmp_path / "to_kafka.py"
+        script.write_text(TO_KAFKA.format(rows=rows, rate=1000, brokers=broker.brokers, chk=chk))
+        child = subprocess.Popen([sys.executable, str(script)])
+        produced = lambda: rl.read_kafka(broker.brokers, "out", bounded=True).count()  # noqa: E731
+        deadline = time.monotonic() + 60
+        while produced() == 0:
+            assert child.poll() is None and time.monotonic() < deadline, "the job wrote nothing"
+            time.sleep(0.1)
+        time.sleep(random.uniform(0.0, 0.5))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        assert 0 < produced() < 3 * rows, "killed mid-run"
+
+        # Restarted under the same id, the job finishes the commit the kill may have cut
+        # short and goes on from its checkpoint.
+        exec(compile(TO_KAFKA.format(rows=rows, rate=None, brokers=broker.brokers, chk=chk), "to_kafka", "exec"))
+        table = rl.read_kafka(broker.brokers, "out", bounded=True).collect()
+        rows_out = [json.loads(v) for v in table["value"].to_pylist()]
+        seen = sorted((r["partition"], r["seq"]) for r in rows_out)
+        assert seen == [(p, s) for p in range(3) for s in range(rows)], "a row lost or repeated"
+        # The running count restored exactly: each row's count is its place in its split.
+        assert all(r["running_count"] == r["seq"] + 1 for r in rows_out)
+        # Keyed by partition: each split's rows in one Kafka partition, in order.
+        for p in range(3):
+            mine = table.filter(pa.compute.equal(table["key"], str(p).encode()))
+            assert len(set(mine["partition"].to_pylist())) == 1
+            seqs = [json.loads(v)["seq"] for v in mine.sort_by("offset")["value"].to_pylist()]
+            assert seqs == sorted(seqs)
+        with pytest.raises(rl.PlanError, match='no topic "missing" to write to'):
+            pipeline(10).start(rl.kafka_sink(broker.brokers, "missing"), job_id="x")
+    finally:
+        broker.close()
+
+
 def write_ids(directory, name, start, count):
     """A Parquet file of ids, written under a skipped name and renamed into place."""
     import pyarrow.parquet as pq

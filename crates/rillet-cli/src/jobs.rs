@@ -326,7 +326,11 @@ fn chosen_snapshot(store: &CheckpointStore, location: &str, from: &str) -> Outco
             "job '{}' has no snapshot {} (complete ones: {})",
             store.job(),
             kind.directory(id),
-            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
         )));
     }
     // Refuse a damaged snapshot here rather than in the program's first second.

@@ -328,17 +328,16 @@ impl KafkaSink {
 
 /// A column's values as bytes: binary as it is, anything else as its text.
 fn column_bytes(column: &ArrayRef) -> Result<Vec<Option<Vec<u8>>>> {
-    let column = match column.data_type() {
-        DataType::Binary => column.clone(),
-        DataType::LargeBinary | DataType::BinaryView => {
+    let binary = match column.data_type() {
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
             arrow::compute::cast(column, &DataType::Binary)?
         }
-        _ => arrow::compute::cast(column, &DataType::Binary).or_else(|_| {
-            arrow::compute::cast(column, &DataType::Utf8)
-                .and_then(|text| arrow::compute::cast(&text, &DataType::Binary))
-        })?,
+        _ => {
+            let text = arrow::compute::cast(column, &DataType::Utf8)?;
+            arrow::compute::cast(&text, &DataType::Binary)?
+        }
     };
-    let binary = column.as_binary::<i32>();
+    let binary = binary.as_binary::<i32>();
     Ok((0..binary.len())
         .map(|i| (!binary.is_null(i)).then(|| binary.value(i).to_vec()))
         .collect())

@@ -390,7 +390,10 @@ fn file_format(format: &str, compression: Option<&str>) -> PyResult<FileFormat> 
     })
 }
 
-pub(crate) fn stats_to_dict<'py>(py: Python<'py>, stats: &JobStats) -> PyResult<Bound<'py, PyDict>> {
+pub(crate) fn stats_to_dict<'py>(
+    py: Python<'py>,
+    stats: &JobStats,
+) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     dict.set_item("elapsed_s", stats.elapsed_s)?;
     dict.set_item("bytes_scanned", stats.bytes_scanned)?;
@@ -704,9 +707,11 @@ impl PyDataFrame {
     }
 
     /// Start a streaming job into an external system exactly once: `kind` "postgres"
-    /// (upserts into table `name` on `key`) or "redis" (appends to stream `name`); see
+    /// (upserts into table `name` on `key`), "redis" (appends to stream `name`) or "kafka"
+    /// (produces to topic `name` on brokers `url`, comma-separated, keyed by the column in
+    /// `key`, at most `records_per_request` records a request, 0 for the default); see
     /// `rillet.DataFrame.start`.
-    #[pyo3(signature = (kind, url, name, key, job_id, checkpoint_dir=None, checkpoint_interval=1.0, resume_from=None))]
+    #[pyo3(signature = (kind, url, name, key, job_id, checkpoint_dir=None, checkpoint_interval=1.0, resume_from=None, records_per_request=0))]
     #[allow(clippy::too_many_arguments)]
     fn start_external(
         &self,
@@ -719,6 +724,7 @@ impl PyDataFrame {
         checkpoint_dir: Option<String>,
         checkpoint_interval: f64,
         resume_from: Option<String>,
+        records_per_request: usize,
     ) -> PyResult<crate::streaming::PyStreamingJob> {
         let checkpoints = crate::streaming::Checkpoints::parse(
             job_id,
@@ -729,6 +735,12 @@ impl PyDataFrame {
         let target = match kind {
             "postgres" => crate::streaming::Target::Postgres(url, name, key),
             "redis" => crate::streaming::Target::RedisStream(url, name),
+            "kafka" => crate::streaming::Target::Kafka {
+                brokers: url.split(',').map(str::to_string).collect(),
+                topic: name,
+                key: key.into_iter().next(),
+                records_per_request,
+            },
             other => {
                 return Err(pyo3::exceptions::PyValueError::new_err(format!(
                     "no sink kind {other:?}"

@@ -6,18 +6,19 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
+use datafusion::logical_expr::Expr;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyAssertionError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_arrow::PyTable;
-use datafusion::logical_expr::Expr;
 use rillet_checkpoint::{Kind, SnapshotPath};
-use rillet_plan::Windows;
-use rillet_plan::streaming::{RunningFunction, TimeSpan};
 use rillet_common::RilletError;
+use rillet_connectors::kafka_sink::KafkaSink;
 use rillet_connectors::postgres::PostgresUpsertSink;
 use rillet_connectors::redis_sink::RedisStreamSink;
+use rillet_plan::Windows;
+use rillet_plan::streaming::{RunningFunction, TimeSpan};
 use rillet_runtime::Sink;
 use rillet_runtime::{CheckpointStats, FileFormat, JobHandle, JobStats, global_runtime};
 
@@ -91,7 +92,10 @@ impl PyDataFrame {
             slide: slide.map(time_span).transpose()?,
             lateness: time_span(lateness)?,
         };
-        let specs = aggs.iter().map(running_spec).collect::<PyResult<Vec<_>>>()?;
+        let specs = aggs
+            .iter()
+            .map(running_spec)
+            .collect::<PyResult<Vec<_>>>()?;
         self.df
             .window_aggregate(&keys, &windows, specs)
             .py_err()
@@ -100,8 +104,15 @@ impl PyDataFrame {
 
     /// Keyed running aggregates of `aggs`: each `count`, `sum`, `min` or `max` of a column
     /// (or `count()` of rows), named by its alias.
-    pub(crate) fn running_aggregate_impl(&self, keys: Vec<String>, aggs: Vec<Expr>) -> PyResult<Self> {
-        let specs = aggs.iter().map(running_spec).collect::<PyResult<Vec<_>>>()?;
+    pub(crate) fn running_aggregate_impl(
+        &self,
+        keys: Vec<String>,
+        aggs: Vec<Expr>,
+    ) -> PyResult<Self> {
+        let specs = aggs
+            .iter()
+            .map(running_spec)
+            .collect::<PyResult<Vec<_>>>()?;
         self.df
             .running_aggregate(&keys, specs)
             .py_err()
@@ -134,8 +145,8 @@ impl Checkpoints {
         let interval = Duration::from_secs_f64(interval);
         Ok(match resume_from {
             Some(path) => {
-                let snapshot = SnapshotPath::parse(&path)
-                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
+                let snapshot =
+                    SnapshotPath::parse(&path).map_err(|e| PyValueError::new_err(e.to_string()))?;
                 Self {
                     job_id: snapshot.job,
                     location: Some(snapshot.location),
@@ -161,6 +172,14 @@ pub(crate) enum Target {
     Postgres(String, String, Vec<String>),
     /// Appends to a Redis stream: url, stream.
     RedisStream(String, String),
+    /// Produces to a Kafka topic.
+    Kafka {
+        brokers: Vec<String>,
+        topic: String,
+        key: Option<String>,
+        /// 0: the sink's default.
+        records_per_request: usize,
+    },
 }
 
 /// Start `df` as a streaming job into `target`.
@@ -189,6 +208,19 @@ pub(crate) fn start(
             }
             Target::RedisStream(url, stream) => {
                 let sink = RedisStreamSink::new(url, stream, &job_id);
+                let name = sink.describe();
+                df.start_sink(std::sync::Arc::new(sink), &name, &job_id, every, resume)
+            }
+            Target::Kafka {
+                brokers,
+                topic,
+                key,
+                records_per_request,
+            } => {
+                let mut sink = KafkaSink::new(brokers, topic, &job_id, key);
+                if records_per_request > 0 {
+                    sink = sink.with_records_per_request(records_per_request);
+                }
                 let name = sink.describe();
                 df.start_sink(std::sync::Arc::new(sink), &name, &job_id, every, resume)
             }
@@ -277,7 +309,8 @@ impl PyStreamingJob {
                         .min(Duration::from_millis(100))
                 });
                 let waited = py.detach(|| {
-                    global_runtime().block_on(async { tokio::time::timeout(step, job.wait()).await.ok() })
+                    global_runtime()
+                        .block_on(async { tokio::time::timeout(step, job.wait()).await.ok() })
                 });
                 if waited.is_some() {
                     break waited;
@@ -310,7 +343,9 @@ impl PyStreamingJob {
         match &state.outcome {
             Some(Ok(stats)) => stats_to_dict(py, stats),
             Some(Err((e, _))) => Err(e.clone_ref(py)),
-            None => Err(PyValueError::new_err("another thread is waiting for this job")),
+            None => Err(PyValueError::new_err(
+                "another thread is waiting for this job",
+            )),
         }
     }
 
