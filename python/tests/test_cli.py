@@ -160,3 +160,27 @@ def test_mistakes_get_clear_errors(tmp_path):
 def test_help_and_version_succeed(args):
     shown = rillet(*args)
     assert shown.returncode == 0 and "rillet" in shown.stdout
+
+
+def test_the_record_tells_a_cancelled_run_from_a_failed_one(tmp_path):
+    import rillet as rl
+    chk = tmp_path / "chk"
+    df = rl.read_sequence(partitions=1, rows=None, rows_per_second=2000)
+    job = df.start(str(tmp_path / "out"), checkpoint_dir=str(chk), job_id="orders", checkpoint_interval=0.05)
+    wait_for(chk, lambda j: j["state"] == "running" and j["pid"] == os.getpid(), "ran")
+    job.cancel()
+    with pytest.raises(rl.JobCancelled):
+        job.wait()
+    assert jobs(chk)["orders"]["state"] == "cancelled"
+
+    def explode(batch):
+        if batch.num_rows:
+            raise ValueError("the model server is down")
+        return batch
+
+    failing = df.map_batches(explode)
+    job = failing.start(str(tmp_path / "out2"), checkpoint_dir=str(chk), job_id="broken", checkpoint_interval=0.05)
+    with pytest.raises(rl.UserFunctionError):
+        job.wait()
+    record = jobs(chk)["broken"]
+    assert record["state"] == "failed" and "the model server is down" in record["note"]
