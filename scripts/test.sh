@@ -13,8 +13,6 @@ if ! command -v tansu >/dev/null && [ ! -x "$RILLET_CACHE/tools/bin/tansu" ]; th
     --features dynostore,postgres --root "$RILLET_CACHE/tools" -q
   rm -rf "$RILLET_CACHE/tansu-target"
 fi
-echo "== failpoints"
-bash scripts/check_failpoints.sh
 echo "== cargo test"
 cargo test --workspace --exclude rillet-python
 echo "== pytest"

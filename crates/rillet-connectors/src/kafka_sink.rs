@@ -21,7 +21,6 @@
 //! Without a key, rows go round robin over the partitions.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -417,6 +416,7 @@ impl Sink for KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
 
@@ -449,7 +449,8 @@ mod tests {
         let s = sink();
         let a = s.plan(7, &[batch()], &[0, 1, 2]).unwrap();
         let b = s.plan(7, &[batch()], &[0, 1, 2]).unwrap();
-        let shape = |p: &Plan| -> Vec<(i32, Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<u8>)>)> {
+        type Shape = Vec<(i32, Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<u8>)>)>;
+        let shape = |p: &Plan| -> Shape {
             p.iter()
                 .map(|(k, v)| {
                     (
@@ -482,7 +483,7 @@ mod tests {
             .collect();
         assert!(values.contains(r#"{"user":"bob"}"#), "{values:?}");
         assert!(values.contains(r#"{"user":"ann","n":3}"#), "{values:?}");
-        for (_, rs) in &a {
+        for rs in a.values() {
             for (index, r) in rs.iter().enumerate() {
                 assert_eq!(s.commit_of(r), Some((7, index)));
             }

@@ -42,11 +42,7 @@ pub(crate) struct StagedWriter<S: RowsOut> {
 
 impl<S: RowsOut + Clone> StagedWriter<S> {
     /// A sink task's writer for `sink` (what its `Sink::open` returns).
-    pub(crate) fn boxed(
-        sink: &S,
-        schema: SchemaRef,
-        context: &SinkContext,
-    ) -> Box<dyn BatchWriter> {
+    pub(crate) fn boxed(sink: &S, schema: SchemaRef, context: &SinkContext) -> Box<dyn BatchWriter> {
         Box::new(Self {
             out: Arc::new(sink.clone()),
             schema,

@@ -60,7 +60,6 @@ mod stream;
 mod worker;
 pub mod workers;
 
-pub use checkpointing::{CheckpointStats, Checkpointing};
 pub use exchange::{ExchangeRegistry, ExchangeSourceExec};
 pub use function::{
     ArrayFunction, BatchFunction, FunctionChain, FunctionContext, RowBatcher, call_first_row,
@@ -71,6 +70,7 @@ pub use message::{CheckpointBarrier, StreamMessage, WATERMARK_END};
 pub use metrics::{JobStats, OperatorMetrics, OperatorStats, WaitReason};
 pub use pool::BlockingPool;
 pub use resources::{MachineResources, ResourceManager, ResourceRequest};
+pub use checkpointing::{CheckpointStats, Checkpointing};
 pub use runtime::global_runtime;
 pub use sink::{
     BatchWriter, CollectSink, CollectedBatches, FileFormat, FileSink, ParquetCompression, Sink,

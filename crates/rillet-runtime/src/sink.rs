@@ -848,14 +848,7 @@ mod tests {
             WriteMode::Overwrite,
         );
         sink.prepare().unwrap();
-        let mut writer = sink
-            .open(
-                0,
-                batch.schema(),
-                &BlockingPool::new(1),
-                &SinkContext::default(),
-            )
-            .unwrap();
+        let mut writer = sink.open(0, batch.schema(), &BlockingPool::new(1), &SinkContext::default()).unwrap();
         writer.write(batch).await.unwrap();
         writer.close().await.unwrap().unwrap()
     }

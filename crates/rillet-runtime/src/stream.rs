@@ -167,9 +167,7 @@ mod tests {
             positions: BTreeMap::from([("a".to_string(), vec![1, 2])]),
         };
         assert_eq!(SourceState::from_bytes(&state.to_bytes()).unwrap(), state);
-        let err = SourceState::from_bytes(b"{not json")
-            .unwrap_err()
-            .to_string();
+        let err = SourceState::from_bytes(b"{not json").unwrap_err().to_string();
         assert!(err.contains("unreadable source positions"), "{err}");
     }
 }
