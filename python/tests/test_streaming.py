@@ -95,6 +95,12 @@ def test_what_a_streaming_job_cannot_run_is_refused_by_name(tmp_path):
         df.start(tmp_path / "out", checkpoint_dir=tmp_path / "chk")
     with pytest.raises(ValueError, match="count, sum, min or max"):
         rl.read_sequence(partitions=1, rows=1).group_by("partition").running_agg(rl.col("value").mean())
+    # Files read through the relational engine have no position: the error names the
+    # source that has one.
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "x.parquet")
+    with pytest.raises(rl.PlanError, match=r"rl.watch_directory\(path, format=..., bounded=True\)"):
+        rl.read_parquet(tmp_path / "x.parquet").start(tmp_path / "out", checkpoint_dir=tmp_path / "chk")
 
 
 def test_kill_sweep_with_five_kills():

@@ -245,6 +245,14 @@ impl Builder {
             self.graph.connect(upstream, vertex, edge);
             return Ok(vertex);
         }
+        if plan.name() == "DataSourceExec" {
+            // A file scan reads through DataFusion, which keeps no position to checkpoint.
+            return Err(RilletError::invalid_argument(
+                "a streaming job cannot read files through read_parquet, read_csv or \
+                 read_json: read them with rl.watch_directory(path, format=..., bounded=True), \
+                 which checkpoints the files done and the row reached in the current one",
+            ));
+        }
         Err(RilletError::invalid_argument(format!(
             "{} cannot run in a streaming job yet (streaming jobs take projections, filters, \
              UDFs, map_batches, watermarks, and running and window aggregates)",
