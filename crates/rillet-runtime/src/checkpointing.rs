@@ -277,6 +277,8 @@ pub(crate) struct CheckpointLoop {
     completed: Arc<AtomicU64>,
     /// The sink tasks' states per checkpoint in flight, by sink vertex, for the commit.
     sink_states: BTreeMap<u64, BTreeMap<usize, Vec<Vec<u8>>>>,
+    /// Held by a commit under way (see [`commit_checkpoint`]).
+    commit_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The most checkpoints in flight at once: aligned checkpoints queue behind each other.
@@ -327,6 +329,7 @@ impl CheckpointLoop {
                 stats,
                 completed,
                 sink_states: BTreeMap::new(),
+                commit_gate: Arc::new(tokio::sync::Mutex::new(())),
             },
             events_tx,
             commands,
@@ -539,41 +542,29 @@ impl CheckpointLoop {
     ) -> std::result::Result<rillet_checkpoint::coordinator::Completed, Abandon> {
         let id = writer.id();
         let properties = BTreeMap::from([(SHAPE_PROPERTY.to_string(), self.shape.clone())]);
-        // The commit point: once the manifest exists, a restore starts from here. Failing
-        // to write it loses this checkpoint only.
-        writer
-            .commit(properties)
-            .await
-            .map_err(Abandon::Checkpoint)?;
-        // From here the checkpoint is complete whatever happens: a failure fails the job,
-        // and recovery restores this checkpoint and finishes its commits.
-        fail::fail_point!("checkpoint-after-manifest", |_| {
-            Err(Abandon::Job(RilletError::Checkpoint(
-                "failpoint checkpoint-after-manifest".into(),
-            )))
+        let states = self.sink_states.remove(&id).unwrap_or_default();
+        let (sinks, store, retain) = (
+            self.sinks.clone(),
+            self.settings.store.clone(),
+            self.settings.retain,
+        );
+        // The commit runs as a task of its own that holds the commit gate: cancelling the
+        // job aborts this loop, not a commit under way (a manifest half-way to disk, a sink
+        // renaming its files), and the job ends only once that commit has, so a restart
+        // never races it.
+        let gate = self.commit_gate.clone().lock_owned().await;
+        let commit = tokio::spawn(async move {
+            let _gate = gate;
+            commit_checkpoint(id, writer, properties, sinks, states, store, retain).await
         });
+        commit.await.map_err(|e| {
+            Abandon::Job(RilletError::internal(format!(
+                "the commit of checkpoint {id} panicked: {e}"
+            )))
+        })??;
         let completed = coordinator
             .complete(id, Instant::now())
             .map_err(|e| Abandon::Job(RilletError::Checkpoint(e)))?;
-        // Sinks commit what this checkpoint covers. A crash before or during this is
-        // repaired on recovery, which commits the restored checkpoint's transactions again.
-        let mut states = self.sink_states.remove(&id).unwrap_or_default();
-        for (vertex, sink) in &self.sinks {
-            let (sink, states) = (sink.clone(), states.remove(vertex).unwrap_or_default());
-            tokio::task::spawn_blocking(move || sink.commit(id, &states))
-                .await
-                .map_err(|e| {
-                    Abandon::Job(RilletError::internal(format!("sink commit panicked: {e}")))
-                })?
-                .map_err(Abandon::Job)?;
-        }
-        // The commit is applied but not yet recorded (its answer lost): recovery repeats
-        // it, and a repeated commit changes nothing.
-        fail::fail_point!("sink-after-commit", |_| {
-            Err(Abandon::Job(RilletError::Checkpoint(
-                "failpoint sink-after-commit".into(),
-            )))
-        });
         self.completed.store(id, Ordering::SeqCst);
         {
             let mut stats = self.stats.lock();
@@ -587,10 +578,13 @@ impl CheckpointLoop {
             }
             stats.aborted += completed.superseded.len() as u64;
         }
-        if let Err(e) = self.settings.store.prune(self.settings.retain).await {
-            tracing::warn!("cannot prune old checkpoints: {e}");
-        }
         Ok(completed)
+    }
+
+    /// The gate a commit holds while it runs: the job's driver takes it before reporting
+    /// the job's end.
+    pub fn commit_gate(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.commit_gate.clone()
     }
 
     fn record_abort(&self, reason: &str) {
@@ -599,6 +593,52 @@ impl CheckpointLoop {
         stats.aborted += 1;
         stats.last_failure = Some(reason.to_string());
     }
+}
+
+/// Complete checkpoint `id`: write its manifest (the commit point), have the sinks commit
+/// what it covers, and prune old checkpoints.
+async fn commit_checkpoint(
+    id: u64,
+    writer: CheckpointWriter,
+    properties: BTreeMap<String, String>,
+    sinks: Vec<(usize, Arc<dyn Sink>)>,
+    mut states: BTreeMap<usize, Vec<Vec<u8>>>,
+    store: CheckpointStore,
+    retain: usize,
+) -> std::result::Result<(), Abandon> {
+    // The commit point: once the manifest exists, a restore starts from here. Failing to
+    // write it loses this checkpoint only.
+    writer
+        .commit(properties)
+        .await
+        .map_err(Abandon::Checkpoint)?;
+    // From here the checkpoint is complete whatever happens: a failure fails the job, and
+    // recovery restores this checkpoint and finishes its commits.
+    fail::fail_point!("checkpoint-after-manifest", |_| {
+        Err(Abandon::Job(RilletError::Checkpoint(
+            "failpoint checkpoint-after-manifest".into(),
+        )))
+    });
+    // Sinks commit what this checkpoint covers. A crash before or during this is repaired
+    // on recovery, which commits the restored checkpoint's transactions again.
+    for (vertex, sink) in &sinks {
+        let (sink, states) = (sink.clone(), states.remove(vertex).unwrap_or_default());
+        tokio::task::spawn_blocking(move || sink.commit(id, &states))
+            .await
+            .map_err(|e| Abandon::Job(RilletError::internal(format!("sink commit panicked: {e}"))))?
+            .map_err(Abandon::Job)?;
+    }
+    // The commit is applied but not yet recorded (its answer lost): recovery repeats it,
+    // and a repeated commit changes nothing.
+    fail::fail_point!("sink-after-commit", |_| {
+        Err(Abandon::Job(RilletError::Checkpoint(
+            "failpoint sink-after-commit".into(),
+        )))
+    });
+    if let Err(e) = store.prune(retain).await {
+        tracing::warn!("cannot prune old checkpoints: {e}");
+    }
+    Ok(())
 }
 
 /// How often a running job looks for a stop request from another process.

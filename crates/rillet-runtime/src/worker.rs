@@ -568,6 +568,7 @@ impl LocalWorker {
         }
 
         drop(task_events);
+        let commit_gate = checkpoint_loop.as_ref().map(CheckpointLoop::commit_gate);
         if let Some(cl) = checkpoint_loop {
             tasks.spawn_on(
                 async move { cl.run().await.map(|_| None) },
@@ -614,6 +615,10 @@ impl LocalWorker {
             .collect();
         runtime.spawn(async move {
             let (error, files) = drive(tasks, cancel_rx).await;
+            // A commit the cancel found under way finishes before the job ends.
+            if let Some(gate) = &commit_gate {
+                let _ = gate.lock().await;
+            }
             if let Some(task) = control_task {
                 task.abort();
             }

@@ -354,6 +354,39 @@ fn every_protocol_failpoint_leaves_exact_output() {
     }
 }
 
+/// A cancel that finds a commit under way (here each commit's renames are slowed down)
+/// lets it finish before the job ends: once `wait` returns, nothing more appears in the
+/// output, so a restart right after never races the old commit.
+#[test]
+fn a_cancel_lets_the_commit_under_way_finish_before_the_job_ends() {
+    let _serial = SERIAL.lock();
+    let session = Session::default();
+    let df = job(&session, 100_000, Some(5_000.0));
+    let dir = tempfile::tempdir().unwrap();
+    let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
+    let listing = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    fail::cfg("file-sink-between-renames", "sleep(400)").unwrap();
+    let mut first = start(&df, &out, &chk, "slow-commits");
+    wait_for_checkpoints(&first, 2);
+    // The next checkpoint starts within an interval (50 ms) and its commit then sleeps
+    // 400 ms after its first rename: 150 ms on, the cancel finds it under way.
+    std::thread::sleep(Duration::from_millis(150));
+    first.cancel();
+    let _ = global_runtime().block_on(first.wait());
+    let (files, pending) = (listing(&out), listing(&out.join("_pending")));
+    std::thread::sleep(Duration::from_millis(700));
+    fail::remove("file-sink-between-renames");
+    assert_eq!(listing(&out), files, "a commit went on after the job ended");
+    assert_eq!(listing(&out.join("_pending")), pending);
+}
+
 /// A restore whose download breaks off falls back to the previous checkpoint.
 #[test]
 fn a_restore_that_breaks_off_falls_back_to_the_previous_checkpoint() {
