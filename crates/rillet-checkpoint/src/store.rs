@@ -918,6 +918,29 @@ mod tests {
         let left: Vec<u64> = store.list().await.unwrap().iter().map(|s| s.id).collect();
         assert_eq!(left, vec![2, 3]);
         assert_eq!(store.next_id().await.unwrap(), 4);
+        // The control files live beside the snapshots in S3 too, and the jobs are listed
+        // by their prefixes.
+        let record = crate::JobRecord::start("job", Some(2));
+        store.write_record(&record).await.unwrap();
+        assert_eq!(store.read_record().await.unwrap(), Some(record.clone()));
+        store.request_stop(Some(&record.run)).await.unwrap();
+        assert!(store.take_stop_request(&record.run).await.unwrap());
+        assert_eq!(
+            store.next_id().await.unwrap(),
+            4,
+            "control files are no snapshots"
+        );
+        CheckpointStore::open("s3://checkpoints/jobs", "other")
+            .unwrap()
+            .write_record(&crate::JobRecord::start("other", None))
+            .await
+            .unwrap();
+        assert_eq!(
+            CheckpointStore::jobs("s3://checkpoints/jobs")
+                .await
+                .unwrap(),
+            vec!["job".to_string(), "other".to_string()]
+        );
     }
 
     #[test]
