@@ -195,7 +195,7 @@ pub struct CheckpointStats {
     pub aborted: u64,
     /// The newest completed checkpoint or savepoint.
     pub latest_completed: Option<u64>,
-    /// Duration of each completed checkpoint, trigger to committed, in milliseconds, oldest
+    /// Duration of each completed checkpoint, trigger to manifest written (the sinks commit after), in milliseconds, oldest
     /// first (the last 1,000).
     pub durations_ms: Vec<f64>,
     /// The last abort's reason.
@@ -557,13 +557,15 @@ impl CheckpointLoop {
             let _gate = gate;
             commit_checkpoint(id, writer, properties, sinks, states, store, retain).await
         });
-        commit.await.map_err(|e| {
+        let manifest_written = commit.await.map_err(|e| {
             Abandon::Job(RilletError::internal(format!(
                 "the commit of checkpoint {id} panicked: {e}"
             )))
         })??;
+        // A checkpoint's duration runs from its trigger to its manifest (as Flink counts
+        // it); the sinks' commits after that are not part of it.
         let completed = coordinator
-            .complete(id, Instant::now())
+            .complete(id, manifest_written)
             .map_err(|e| Abandon::Job(RilletError::Checkpoint(e)))?;
         self.completed.store(id, Ordering::SeqCst);
         {
@@ -596,7 +598,7 @@ impl CheckpointLoop {
 }
 
 /// Complete checkpoint `id`: write its manifest (the commit point), have the sinks commit
-/// what it covers, and prune old checkpoints.
+/// what it covers, and prune old checkpoints. Returns when the manifest was written.
 async fn commit_checkpoint(
     id: u64,
     writer: CheckpointWriter,
@@ -605,13 +607,14 @@ async fn commit_checkpoint(
     mut states: BTreeMap<usize, Vec<Vec<u8>>>,
     store: CheckpointStore,
     retain: usize,
-) -> std::result::Result<(), Abandon> {
+) -> std::result::Result<Instant, Abandon> {
     // The commit point: once the manifest exists, a restore starts from here. Failing to
     // write it loses this checkpoint only.
     writer
         .commit(properties)
         .await
         .map_err(Abandon::Checkpoint)?;
+    let manifest_written = Instant::now();
     // From here the checkpoint is complete whatever happens: a failure fails the job, and
     // recovery restores this checkpoint and finishes its commits.
     fail::fail_point!("checkpoint-after-manifest", |_| {
@@ -638,7 +641,7 @@ async fn commit_checkpoint(
     if let Err(e) = store.prune(retain).await {
         tracing::warn!("cannot prune old checkpoints: {e}");
     }
-    Ok(())
+    Ok(manifest_written)
 }
 
 /// How often a running job looks for a stop request from another process.
