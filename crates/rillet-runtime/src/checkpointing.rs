@@ -195,8 +195,8 @@ pub struct CheckpointStats {
     pub aborted: u64,
     /// The newest completed checkpoint or savepoint.
     pub latest_completed: Option<u64>,
-    /// Duration of each completed checkpoint, trigger to manifest written (the sinks commit after), in milliseconds, oldest
-    /// first (the last 1,000).
+    /// Duration of each completed checkpoint, trigger to manifest written (the sinks
+    /// commit after that), in milliseconds, oldest first (the last 1,000).
     pub durations_ms: Vec<f64>,
     /// The last abort's reason.
     pub last_failure: Option<String>,
