@@ -89,6 +89,49 @@ def test_the_oracle_names_gaps_and_repeats():
         check_sequence(pa.concat_tables([table, table.slice(3, 1)]), {("seq", 0): 10})
 
 
+def test_checkpoints_go_on_past_a_call_in_flight_and_a_restore_calls_it_again(tmp_path):
+    import time
+    hold = tmp_path / "hold"
+    hold.touch()
+
+    def slow(table):
+        # A model that does not answer the call holding the first row of partition 0
+        # until the test lets it; every other call is answered at once.
+        first = any(p == 0 and s == 0 for p, s in zip(table["partition"].to_pylist(), table["seq"].to_pylist()))
+        while first and hold.exists():
+            time.sleep(0.005)
+        return table
+
+    rows, out, chk = 300, tmp_path / "out", tmp_path / "chk"
+    source = rl.read_sequence(partitions=3, rows=rows, rows_per_second=50, batch_rows=10)
+    # Four calls at once, up to eight in flight: the held call leaves room for the others
+    # for a while (after that, its results hold up theirs and the input stops).
+    df = source.map_batches(slow, concurrency=4)
+    job = df.start(out, checkpoint_dir=chk, job_id="slow-call", checkpoint_interval=0.05)
+    deadline = time.monotonic() + 30
+    try:
+        while job.metrics()["checkpoints"]["completed"] < 3:
+            assert time.monotonic() < deadline, "checkpoints waited for the call in flight"
+            time.sleep(0.01)
+    except AssertionError:
+        hold.unlink()  # no job left hanging on the held call
+        job.cancel()
+        raise
+    assert hold.exists()
+    job.cancel()
+    # A cancelled job ends once the calls it started return: let the held one go.
+    import threading
+    threading.Timer(0.3, hold.unlink).start()
+    with pytest.raises(rl.JobCancelled):
+        job.wait()
+    committed = read_committed(out)
+    assert not any(p == 0 and s == 0 for p, s in zip(committed["partition"].to_pylist(), committed["seq"].to_pylist()))
+    # The newest checkpoint holds the rows of the call in flight (the source is past
+    # them): the restarted job calls it again, and no row is lost.
+    rl.resume(chk / "slow-call", source.map_batches(slow, concurrency=4), out, checkpoint_interval=0.05).wait()
+    assert check_sequence(read_committed(out), expected(rows)) == 3 * rows
+
+
 def test_what_a_streaming_job_cannot_run_is_refused_by_name(tmp_path):
     df = rl.read_sequence(partitions=2, rows=10).sort("seq")
     with pytest.raises(rl.PlanError, match="cannot run in a streaming job"):

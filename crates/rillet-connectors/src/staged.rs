@@ -6,11 +6,9 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use arrow::ipc::reader::StreamReader;
-use arrow::ipc::writer::StreamWriter;
 use async_trait::async_trait;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::{BatchWriter, SinkContext};
+use rillet_runtime::{BatchWriter, SinkContext, decode_batches, encode_batches};
 
 /// Writes rows out: the external side of a staged sink.
 pub(crate) trait RowsOut: Send + Sync + 'static {
@@ -23,11 +21,7 @@ pub(crate) trait RowsOut: Send + Sync + 'static {
 pub(crate) fn decode_states(states: &[Vec<u8>]) -> Result<Vec<RecordBatch>> {
     let mut batches = Vec::new();
     for state in states {
-        let reader = StreamReader::try_new(state.as_slice(), None)
-            .map_err(|e| RilletError::Checkpoint(format!("staged rows: {e}")))?;
-        for batch in reader {
-            batches.push(batch.map_err(|e| RilletError::Checkpoint(format!("staged rows: {e}")))?);
-        }
+        batches.extend(decode_batches(state)?);
     }
     Ok(batches)
 }
@@ -42,7 +36,11 @@ pub(crate) struct StagedWriter<S: RowsOut> {
 
 impl<S: RowsOut + Clone> StagedWriter<S> {
     /// A sink task's writer for `sink` (what its `Sink::open` returns).
-    pub(crate) fn boxed(sink: &S, schema: SchemaRef, context: &SinkContext) -> Box<dyn BatchWriter> {
+    pub(crate) fn boxed(
+        sink: &S,
+        schema: SchemaRef,
+        context: &SinkContext,
+    ) -> Box<dyn BatchWriter> {
         Box::new(Self {
             out: Arc::new(sink.clone()),
             schema,
@@ -60,12 +58,9 @@ impl<S: RowsOut> BatchWriter for StagedWriter<S> {
     }
 
     async fn checkpoint(&mut self, _checkpoint: u64) -> Result<Option<Vec<u8>>> {
-        let mut writer = StreamWriter::try_new(Vec::new(), &self.schema)?;
-        for batch in self.pending.drain(..) {
-            writer.write(&batch)?;
-        }
-        writer.finish()?;
-        Ok(Some(writer.into_inner()?))
+        let state = encode_batches(&self.schema, &self.pending)?;
+        self.pending.clear();
+        Ok(Some(state))
     }
 
     async fn close(self: Box<Self>) -> Result<Option<String>> {

@@ -271,7 +271,7 @@ async fn poll_recording_input_wait<T>(
 /// let (b, rx_b) = byte_channel(1 << 20, 1, None, None);
 /// let mut gate = InputGate::new(vec![rx_a, rx_b], None);
 /// rt.block_on(async {
-///     let barrier = StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: 1 });
+///     let barrier = StreamMessage::Barrier(CheckpointBarrier::new(1));
 ///     a.send(barrier.clone()).await.unwrap();
 ///     a.send(StreamMessage::End).await.unwrap();
 ///     b.send(barrier).await.unwrap();
@@ -295,7 +295,7 @@ pub struct InputGate {
 struct GateInput {
     receiver: ChannelReceiver,
     /// The barrier this channel delivered and waits at for the others.
-    blocked_at: Option<u64>,
+    blocked_at: Option<CheckpointBarrier>,
     /// The highest watermark this channel delivered.
     watermark: Option<i64>,
     ended: bool,
@@ -361,14 +361,17 @@ impl InputGate {
                         return Poll::Ready(Ok(Some(StreamMessage::Batch(batch))));
                     }
                     Some((StreamMessage::Barrier(barrier), _)) => {
-                        let other = self.inputs.iter().find_map(|i| i.blocked_at);
+                        let other = self
+                            .inputs
+                            .iter()
+                            .find_map(|i| i.blocked_at.map(|b| b.checkpoint_id));
                         if let Some(other) = other.filter(|&o| o != barrier.checkpoint_id) {
                             return Poll::Ready(Err(RilletError::Checkpoint(format!(
                                 "barriers out of order: checkpoint {} arrived while aligning {other}",
                                 barrier.checkpoint_id
                             ))));
                         }
-                        self.inputs[i].blocked_at = Some(barrier.checkpoint_id);
+                        self.inputs[i].blocked_at = Some(barrier);
                         // A barrier in, the others not yet: a crash while aligning.
                         fail::fail_point!("barrier-before-alignment", |_| Poll::Ready(Err(
                             RilletError::Checkpoint("failpoint barrier-before-alignment".into())
@@ -422,14 +425,13 @@ impl InputGate {
             return Some(StreamMessage::End);
         }
         let open = || self.inputs.iter().filter(|i| !i.ended);
-        let id = open().next()?.blocked_at?;
-        if !open().all(|i| i.blocked_at == Some(id)) {
+        let barrier = open().next()?.blocked_at?;
+        let id = barrier.checkpoint_id;
+        if !open().all(|i| i.blocked_at.map(|b| b.checkpoint_id) == Some(id)) {
             return None;
         }
         self.inputs.iter_mut().for_each(|i| i.blocked_at = None);
-        Some(StreamMessage::Barrier(CheckpointBarrier {
-            checkpoint_id: id,
-        }))
+        Some(StreamMessage::Barrier(barrier))
     }
 }
 
@@ -634,7 +636,7 @@ mod tests {
         let (a, rx_a) = byte_channel(1 << 20, 1, None, None);
         let (b, rx_b) = byte_channel(1 << 20, 1, None, None);
         let mut gate = InputGate::new(vec![rx_a, rx_b], None);
-        let barrier = StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: 4 });
+        let barrier = StreamMessage::Barrier(CheckpointBarrier::new(4));
         rt.block_on(async {
             // Channel a is a checkpoint ahead: its row 2 belongs after the barrier.
             a.send(barrier.clone()).await.unwrap();
@@ -652,20 +654,24 @@ mod tests {
             let aligned = gate.recv().await.unwrap().unwrap();
             assert!(matches!(
                 aligned,
-                StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: 4 })
+                StreamMessage::Barrier(CheckpointBarrier {
+                    checkpoint_id: 4,
+                    last: false
+                })
             ));
             assert_eq!(rows_of(&gate.recv().await.unwrap().unwrap()), Some(2));
             a.send(StreamMessage::End).await.unwrap();
             // An ended channel counts as aligned: b's next barrier passes alone.
-            b.send(StreamMessage::Barrier(CheckpointBarrier {
-                checkpoint_id: 5,
-            }))
-            .await
-            .unwrap();
+            b.send(StreamMessage::Barrier(CheckpointBarrier::new(5)))
+                .await
+                .unwrap();
             b.send(StreamMessage::End).await.unwrap();
             assert!(matches!(
                 gate.recv().await.unwrap().unwrap(),
-                StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: 5 })
+                StreamMessage::Barrier(CheckpointBarrier {
+                    checkpoint_id: 5,
+                    last: false
+                })
             ));
             assert!(matches!(
                 gate.recv().await.unwrap().unwrap(),
@@ -745,18 +751,34 @@ mod tests {
         let (b, rx_b) = byte_channel(1 << 20, 1, None, None);
         let mut gate = InputGate::new(vec![rx_a, rx_b], None);
         rt.block_on(async {
-            a.send(StreamMessage::Barrier(CheckpointBarrier {
-                checkpoint_id: 1,
-            }))
-            .await
-            .unwrap();
-            b.send(StreamMessage::Barrier(CheckpointBarrier {
-                checkpoint_id: 2,
-            }))
-            .await
-            .unwrap();
+            a.send(StreamMessage::Barrier(CheckpointBarrier::new(1)))
+                .await
+                .unwrap();
+            b.send(StreamMessage::Barrier(CheckpointBarrier::new(2)))
+                .await
+                .unwrap();
             let err = gate.recv().await.unwrap_err().to_string();
             assert!(err.contains("out of order"), "{err}");
+        });
+    }
+
+    #[test]
+    fn the_last_barrier_stays_the_last_through_alignment() {
+        let rt = crate::global_runtime();
+        let (a, rx_a) = byte_channel(1 << 20, 1, None, None);
+        let (b, rx_b) = byte_channel(1 << 20, 1, None, None);
+        let mut gate = InputGate::new(vec![rx_a, rx_b], None);
+        let last = CheckpointBarrier {
+            checkpoint_id: 9,
+            last: true,
+        };
+        rt.block_on(async {
+            a.send(StreamMessage::Barrier(last)).await.unwrap();
+            b.send(StreamMessage::Barrier(last)).await.unwrap();
+            match gate.recv().await.unwrap().unwrap() {
+                StreamMessage::Barrier(barrier) => assert_eq!(barrier, last),
+                other => panic!("expected the barrier, got {other:?}"),
+            }
         });
     }
 }

@@ -8,16 +8,20 @@
 //! 2. A source task records its splits' positions, acknowledges `n` with them, and sends
 //!    the barrier of `n` down every output channel, in order with its batches.
 //! 3. A task with several input channels aligns the barrier ([`crate::channel::InputGate`]),
-//!    snapshots its state, acknowledges, and forwards the barrier. A function vertex first
-//!    finishes the calls it started (nothing is in flight in a snapshot). A sink task
-//!    closes the files it wrote since the last barrier; their names are its state.
+//!    snapshots its state, acknowledges, and forwards the barrier. A function vertex does
+//!    not wait for the calls it started (a model may take seconds): the input rows of its
+//!    calls in flight, and of those not yet started, are its state; their results follow
+//!    the barrier, and a restore calls them again. A sink task closes the files it wrote
+//!    since the last barrier; their names are its state.
 //! 4. When every task has acknowledged, the loop writes the manifest (the commit point of
 //!    the checkpoint), then tells the sinks to commit what the checkpoint covers
 //!    ([`crate::Sink::commit`]), then prunes old checkpoints.
 //!
 //! When every source has ended, the loop takes a final checkpoint, after which the sources
 //! send their end: a finished job has committed everything. `stop` takes the same final
-//! snapshot as a savepoint while the sources are still running.
+//! snapshot as a savepoint while the sources are still running. The final snapshot's
+//! barrier is marked `last`: no row may follow it, so a function vertex finishes its calls
+//! before passing it on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -78,6 +78,7 @@ pub use sink::{
 };
 pub use stream::{
     OperatorTask, SourceReader, SplitAssignment, StreamOperator, StreamSource, assign_splits,
+    decode_batches, encode_batches,
 };
 pub use worker::{JobCanceller, JobHandle, LocalWorker};
 pub use workers::{WorkerBatchFunction, WorkerFunction};

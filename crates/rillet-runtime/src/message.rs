@@ -9,6 +9,20 @@ use arrow::array::RecordBatch;
 pub struct CheckpointBarrier {
     /// Monotonic id of the checkpoint this barrier belongs to.
     pub checkpoint_id: u64,
+    /// The run's final snapshot (a stop's savepoint, or the checkpoint taken after every
+    /// source ended): no row may follow it, so a task with work in flight finishes that
+    /// work before passing the barrier on, instead of snapshotting it.
+    pub last: bool,
+}
+
+impl CheckpointBarrier {
+    /// The barrier of checkpoint `checkpoint_id`, not the last.
+    pub fn new(checkpoint_id: u64) -> Self {
+        Self {
+            checkpoint_id,
+            last: false,
+        }
+    }
 }
 
 /// The watermark of an input that has ended: every window may fire.

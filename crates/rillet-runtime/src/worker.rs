@@ -524,6 +524,9 @@ impl LocalWorker {
                     VertexOperator::Function(function) => {
                         let input = gate(std::mem::take(&mut task_inputs), &m, &vertex.name)?.1;
                         let router = router.ok_or_else(|| missing_output(&vertex.name))?;
+                        let restored = checkpointing
+                            .as_ref()
+                            .and_then(|c| c.restored_state(TaskId::new(v as u32, p as u32)));
                         let fut = run_function(
                             function.clone(),
                             input,
@@ -532,6 +535,7 @@ impl LocalWorker {
                             pool.clone().expect("function vertices have a pool"),
                             call_budget.clone(),
                             link_for(v, p),
+                            restored,
                         );
                         tasks.spawn_on(fut, runtime.handle());
                     }
@@ -793,6 +797,7 @@ async fn run_function(
     pool: BlockingPool,
     budget: CallBudget,
     link: Option<TaskLink>,
+    restored: Option<Vec<u8>>,
 ) -> Result<Option<String>> {
     let _guard = TaskGuard::start(&metrics);
     let mut batcher: Option<RowBatcher> = None;
@@ -810,9 +815,16 @@ async fn run_function(
         function.splittable_batches(),
         budget.capacity() / max_running,
     );
-    // Batches cut from the input and not yet handed to the pool.
-    let mut ready: VecDeque<RecordBatch> = VecDeque::new();
+    // Batches cut from the input and not yet handed to the pool; on a restore, first the
+    // rows whose calls were in flight at the checkpoint.
+    let mut ready: VecDeque<RecordBatch> = match &restored {
+        Some(state) => crate::stream::decode_batches(state)?.into(),
+        None => VecDeque::new(),
+    };
     let mut calls = FuturesOrdered::new();
+    // The input of each call in `calls`, in the same order: what a checkpoint taken while
+    // they run records, so that a restore calls them again.
+    let mut called: VecDeque<RecordBatch> = VecDeque::new();
     // Input rows handed to calls so far: the first row of the next call.
     let mut rows_called: u64 = 0;
     // What ends the input once the calls before it are done: a barrier or the end.
@@ -828,6 +840,7 @@ async fn run_function(
                 batch = batch.slice(0, rows);
             }
             let estimate = sizer.estimate(rows);
+            called.push_back(batch.clone());
             let first_row = rows_called;
             rows_called += rows as u64;
             let (f, pool, m, budget) = (
@@ -863,8 +876,8 @@ async fn run_function(
                     return Ok(None);
                 }
                 Some(StreamMessage::Barrier(barrier)) => {
-                    // Every call started before the barrier has finished and been sent:
-                    // the function holds nothing in flight, so its state is empty.
+                    // The last barrier, once every call started before it has finished and
+                    // been sent: nothing is in flight, so the state is empty.
                     if let Some(link) = &link {
                         link.ack(barrier.checkpoint_id, None).await?;
                     }
@@ -894,6 +907,7 @@ async fn run_function(
             biased;
             Some(result) = calls.next(), if !calls.is_empty() => {
                 finished.fetch_sub(1, Ordering::SeqCst);
+                called.pop_front();
                 let (result, rows, charged) = result?;
                 sizer.observe(rows, charged);
                 check_output_schema(function.as_ref(), &result, &expected)?;
@@ -926,7 +940,29 @@ async fn run_function(
                     if let Some(rest) = batcher.as_mut().map(|b| b.flush()).transpose()?.flatten() {
                         ready.push_back(rest);
                     }
-                    held = Some(end_or_barrier);
+                    match (end_or_barrier, &link) {
+                        // A checkpoint does not wait for the calls under way (a model may
+                        // take seconds): their input rows, and those not yet called, are
+                        // the task's state, and their results go out after the barrier,
+                        // in the next checkpoint. A restore calls them again.
+                        (StreamMessage::Barrier(barrier), Some(link)) if !barrier.last => {
+                            let pending: Vec<RecordBatch> =
+                                called.iter().chain(ready.iter()).cloned().collect();
+                            let state = match pending.first() {
+                                Some(first) => {
+                                    Some(crate::stream::encode_batches(&first.schema(), &pending)?)
+                                }
+                                None => None,
+                            };
+                            link.ack(barrier.checkpoint_id, state).await?;
+                            if !output.send(StreamMessage::Barrier(barrier)).await? {
+                                return Ok(None);
+                            }
+                        }
+                        // The end, a watermark, or the last barrier (nothing may follow
+                        // it) wait for the calls before them.
+                        (message, _) => held = Some(message),
+                    }
                 }
                 // Upstream vanished: it failed or was cancelled, and reports that itself.
                 None => return Err(RilletError::Cancelled),
@@ -1073,7 +1109,10 @@ async fn run_source(
             if let Some(link) = &link {
                 link.ack(id, Some(state.to_bytes())).await?;
             }
-            let barrier = StreamMessage::Barrier(CheckpointBarrier { checkpoint_id: id });
+            let barrier = StreamMessage::Barrier(CheckpointBarrier {
+                checkpoint_id: id,
+                last,
+            });
             if !output.send(barrier).await? {
                 return Ok(None);
             }
