@@ -13,6 +13,7 @@ right total, and every running aggregate equal to its recomputed value.
     python python/tests/kill_sweep.py --kills 50 --seed 7   # replay seed 7's kill instants
     python python/tests/kill_sweep.py --kills 50 --source redis   # from Redis Streams
     python python/tests/kill_sweep.py --kills 50 --source kafka --rate 1000   # from Kafka (tansu)
+    python python/tests/kill_sweep.py --kills 50 --udf      # through a slow Python function
 
 The test suite runs it with 5 kills (python/tests/test_streaming.py).
 """
@@ -62,8 +63,19 @@ def build(rows: int, rate: float, redis_url: str | None = None, bounded: bool = 
         df = df.select("source", rl.col("partition").cast("uint32").alias("partition"),
                        rl.col("seq").cast("uint64").alias("seq"), rl.col("value").cast("int64").alias("value"))
     df = df.filter(rl.col("value") >= 0)
-    return df.group_by("source", "partition").running_agg(
+    df = df.group_by("source", "partition").running_agg(
         rl.count().alias("running_count"), rl.col("value").sum().alias("running_sum"))
+    if os.environ.get("SWEEP_UDF") == "1":
+        # A model answering each call after a few milliseconds: checkpoints (and kills)
+        # find calls in flight, whose rows a restore must call again.
+        df = df.map_batches(slow_identity, concurrency=2, batch_size=100)
+    return df
+
+
+def slow_identity(table):
+    """The rows unchanged, after 2 to 20 ms."""
+    time.sleep(0.002 + (hash(table.num_rows) % 19) / 1000)
+    return table
 
 
 def child(out: str, chk: str, rows: int, rate: float, interval: float) -> None:
@@ -236,10 +248,13 @@ class KafkaProducer:
 
 
 def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
-          interval: float = 0.1, max_delay: float = 1.0, log=print, source: str = "sequence") -> dict:
+          interval: float = 0.1, max_delay: float = 1.0, log=print, source: str = "sequence",
+          udf: bool = False) -> dict:
     """Run the sweep; returns its figures. Raises AssertionError (with the seed) on a bad
     output. ``source="redis"`` (or ``"kafka"``) reads the rows from Redis streams (a Kafka
-    topic on a tansu broker) a producer keeps writing while the job is killed and restarted."""
+    topic on a tansu broker) a producer keeps writing while the job is killed and restarted.
+    ``udf=True`` adds a slow Python function after the running aggregate, so that
+    checkpoints and kills find its calls in flight."""
     rng = random.Random(seed)
     # Enough rows that the job is still running at every kill: each run makes about
     # max_delay / 2 seconds of progress.
@@ -251,7 +266,9 @@ def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
     log(f"kill sweep: seed {seed}, {kills} kills, {PARTITIONS} x {rows} rows at {rate:.0f} rows/s per split, "
         f"checkpoints every {interval}s, in {work}")
     command = [sys.executable, os.path.abspath(__file__), "--child", out, chk, str(rows), str(rate), str(interval)]
-    env = dict(os.environ)
+    env = dict(os.environ, SWEEP_UDF="1" if udf else "0")
+    if udf:
+        log("  through a slow Python function (map_batches, 2 workers)")
     producer = None
     if source == "redis":
         producer = RedisProducer(rows, rate)
@@ -309,7 +326,8 @@ def _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, prod
     assert total == rows * PARTITIONS
     leftovers = os.listdir(os.path.join(out, "_pending"))
     assert not leftovers, f"seed {seed}: staged files left after the end: {leftovers}"
-    figures = {"seed": seed, "source": env.get("SWEEP_KAFKA") and "kafka" or ("redis" if producer else "sequence"), "kills": kills, "kills_mid_run": landed, "rows": total,
+    figures = {"seed": seed, "source": env.get("SWEEP_KAFKA") and "kafka" or ("redis" if producer else "sequence"),
+               "udf": env["SWEEP_UDF"] == "1", "kills": kills, "kills_mid_run": landed, "rows": total,
                "elapsed_s": round(time.monotonic() - started_at, 1),
                "restart_to_running_s_p50": round(float(np.median(recovery)), 3) if recovery else None}
     log(f"kill sweep passed: {figures}")
@@ -322,6 +340,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--rate", type=float, default=4000.0, help="rows per second per split")
     parser.add_argument("--source", choices=["sequence", "redis", "kafka"], default="sequence")
+    parser.add_argument("--udf", action="store_true", help="through a slow Python function too")
     parser.add_argument("--child", nargs=5, metavar=("OUT", "CHK", "ROWS", "RATE", "INTERVAL"))
     args = parser.parse_args()
     if args.child:
@@ -329,7 +348,7 @@ def main() -> None:
         child(out, chk, int(rows), float(rate), float(interval))
         return
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
-    sweep(args.kills, seed, rate=args.rate, source=args.source)
+    sweep(args.kills, seed, rate=args.rate, source=args.source, udf=args.udf)
 
 
 if __name__ == "__main__":

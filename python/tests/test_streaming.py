@@ -152,6 +152,14 @@ def test_kill_sweep_with_five_kills():
     assert figures["kills_mid_run"] >= 3, figures
 
 
+def test_kill_sweep_through_a_slow_function_with_five_kills():
+    # Checkpoints and kills find the function's calls in flight: their rows live in the
+    # checkpoints and are called again after each restart.
+    seed = random.SystemRandom().randrange(1 << 32)
+    figures = kill_sweep.sweep(kills=5, seed=seed, udf=True)
+    assert figures["kills_mid_run"] >= 3, figures
+
+
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (apt-get install redis-server)")
 def test_kill_sweep_from_redis_streams_with_five_kills():
     seed = random.SystemRandom().randrange(1 << 32)
