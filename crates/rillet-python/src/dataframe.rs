@@ -417,6 +417,7 @@ pub(crate) fn stats_to_dict<'py>(
         d.set_item("wait_loading_ms", op.wait_loading_ms)?;
         d.set_item("retries", op.retries)?;
         d.set_item("dropped_late", op.dropped_late)?;
+        d.set_item("rows_recalled", op.rows_recalled)?;
         d.set_item("workers_started", op.workers_started)?;
         operators.push(d);
     }

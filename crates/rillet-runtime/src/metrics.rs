@@ -72,6 +72,7 @@ pub struct OperatorMetrics {
     retries: AtomicU64,
     workers_started: AtomicU64,
     dropped_late: AtomicU64,
+    rows_recalled: AtomicU64,
     waiting_input: AtomicUsize,
     waiting_output: AtomicUsize,
     waiting_worker: AtomicUsize,
@@ -111,6 +112,7 @@ impl OperatorMetrics {
             retries: AtomicU64::new(0),
             workers_started: AtomicU64::new(0),
             dropped_late: AtomicU64::new(0),
+            rows_recalled: AtomicU64::new(0),
             waiting_input: AtomicUsize::new(0),
             waiting_output: AtomicUsize::new(0),
             waiting_worker: AtomicUsize::new(0),
@@ -157,6 +159,12 @@ impl OperatorMetrics {
     /// Count rows dropped because their event-time windows had already fired.
     pub fn add_dropped_late(&self, rows: u64) {
         self.dropped_late.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    /// Count rows called again after a restore: their calls were in flight at the
+    /// restored checkpoint (a model sees them twice; the output has them once).
+    pub fn add_rows_recalled(&self, rows: u64) {
+        self.rows_recalled.fetch_add(rows, Ordering::Relaxed);
     }
 
     fn waiting_counter(&self, reason: WaitReason) -> &AtomicUsize {
@@ -239,6 +247,7 @@ impl OperatorMetrics {
             retries: self.retries.load(Ordering::Relaxed),
             workers_started: self.workers_started.load(Ordering::Relaxed),
             dropped_late: self.dropped_late.load(Ordering::Relaxed),
+            rows_recalled: self.rows_recalled.load(Ordering::Relaxed),
             tasks_running: self.tasks_running.load(Ordering::Relaxed),
             waiting_on,
         }
@@ -280,6 +289,9 @@ pub struct OperatorStats {
     pub workers_started: u64,
     /// Rows dropped because they came after their event-time windows had fired.
     pub dropped_late: u64,
+    /// Rows called again after a restore, their calls having been in flight at the
+    /// restored checkpoint: side effects a model may see twice.
+    pub rows_recalled: u64,
     /// Tasks still running.
     pub tasks_running: usize,
     /// What running tasks are waiting on right now, most telling first.

@@ -821,6 +821,8 @@ async fn run_function(
         Some(state) => crate::stream::decode_batches(state)?.into(),
         None => VecDeque::new(),
     };
+    // Counted, not hidden: a model sees these rows a second time.
+    metrics.add_rows_recalled(ready.iter().map(|b| b.num_rows() as u64).sum());
     let mut calls = FuturesOrdered::new();
     // The input of each call in `calls`, in the same order: what a checkpoint taken while
     // they run records, so that a restore calls them again.
