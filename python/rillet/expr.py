@@ -22,7 +22,11 @@ _DTYPE_NAMES = {
     "float32": pa.float32(), "float64": pa.float64(), "float": pa.float64(), "int": pa.int64(),
     "string": pa.string(), "str": pa.string(), "utf8": pa.string(), "large_string": pa.large_string(),
     "binary": pa.binary(), "date": pa.date32(), "date32": pa.date32(),
-    "timestamp": pa.timestamp("us"),
+    "timestamp": pa.timestamp("us"), "float16": pa.float16(),
+    # Rillet's own element-type names (rl.int64 is "i64", as in tensor and image types).
+    "i8": pa.int8(), "i16": pa.int16(), "i32": pa.int32(), "i64": pa.int64(),
+    "u8": pa.uint8(), "u16": pa.uint16(), "u32": pa.uint32(), "u64": pa.uint64(),
+    "f16": pa.float16(), "f32": pa.float32(), "f64": pa.float64(),
 }
 
 
@@ -92,8 +96,14 @@ class Expr:
         return Expr(self._expr.alias(name))
 
     def cast(self, dtype: Any) -> Expr:
-        """Convert to ``dtype`` (a pyarrow type or a name such as ``"float64"``)."""
-        return Expr(self._expr.cast(to_arrow_type(dtype)))
+        """Convert to ``dtype`` (a pyarrow type, a name such as ``"float64"``, or one of
+        Rillet's type names such as ``rl.int64``), keeping the column's name.
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"a": [1, 2]}).select(rl.col("a").cast(rl.float32)).to_pydict()
+        {'a': [1.0, 2.0]}
+        """
+        return Expr(self._expr.cast(to_arrow_type(dtype)).alias(self._expr.name()))
 
     def name(self) -> str:
         """The name of the column this expression produces."""
