@@ -169,11 +169,13 @@ def kafka_sink(brokers: str | Sequence[str], topic: str, *, key: str | None = No
     round robin).
 
     Rows wait in the job's checkpoints and are produced when their checkpoint completes.
-    Each record carries a header ``rillet-commit: <job>:<checkpoint>:<index>``; a commit
-    cut short by a crash is finished on recovery by reading the partitions' tails back and
-    producing only what is missing. No broker transactions are needed, so any broker
-    speaking the Kafka protocol works, and consumers see each row once whatever their
-    isolation level. ``records_per_request`` (default 500) caps a produce request.
+    Each record carries a header ``rillet-commit: <job>:<checkpoint>:<partitions>:<index>``;
+    a commit cut short by a crash is finished on recovery by reading the partitions' tails
+    back and producing only what is missing. No broker transactions are needed, so any
+    broker speaking the Kafka protocol works, and consumers see each row once whatever
+    their isolation level (a broker with produce quotas is the exception: the client sends
+    a throttled request again). ``records_per_request`` (default 500) caps a produce
+    request.
 
     >>> import rillet as rl
     >>> rl.kafka_sink("localhost:9092", "alerts", key="user").key

@@ -2,13 +2,21 @@
 //!
 //! Rows wait in the job's checkpoint (see [`crate::staged`]); when the checkpoint
 //! completes they are produced to the topic. Each record carries a header
-//! `rillet-commit: <job>:<checkpoint>:<index>`, its place in the commit's plan for its
-//! partition. The plan is deterministic (the staged states are taken in a fixed order,
-//! and a row's partition follows from its key or its place), so a commit cut short by a
-//! crash and repeated on recovery produces exactly the records the first attempt did
-//! not: recovery reads back each partition's tail, newest first, until it meets a record
-//! of an earlier checkpoint of the job, and skips every index it finds. Consumers see
-//! each row once, whatever their isolation level.
+//! `rillet-commit: <job>:<checkpoint>:<partitions>:<index>`: its place in the commit's
+//! plan for its partition, and how many partitions the plan spread the rows over. The plan
+//! is deterministic (the staged states are taken in a fixed order, and a row's partition
+//! follows from its key or its place), so a commit cut short by a crash and repeated on
+//! recovery produces exactly the records the first attempt did not: recovery reads back
+//! each partition's tail, newest first, until it meets a record of an earlier checkpoint
+//! of the job, skips every index it finds, and plans over the partitions the first attempt
+//! used even if the topic has grown since. Consumers see each row once, whatever their
+//! isolation level.
+//!
+//! Produce requests are never sent twice by the client (a request appended by the broker
+//! whose answer was lost would land twice): a failed request fails the commit, and the
+//! recovery above finishes it. One case remains: rskafka 0.6 sends a produce request again
+//! when the broker answers it with a throttle time (a quota), so a broker with produce
+//! quotas can duplicate records.
 //!
 //! Why not Kafka transactions: they need a broker that implements them. The broker the
 //! tests run (tansu 0.6.0) has no `EndTxn`, so a transactional producer cannot commit
@@ -59,6 +67,16 @@ pub struct KafkaSink {
 /// A commit's records, by partition, each list in index order.
 type Plan = BTreeMap<i32, Vec<Record>>;
 
+/// Where a record stands in its commit, as its header says: the checkpoint, the number
+/// of partitions the commit was planned over, and the record's index in its partition's
+/// list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Commit {
+    checkpoint: u64,
+    partitions: usize,
+    index: usize,
+}
+
 impl KafkaSink {
     /// Produce to `topic` on `brokers` (`host:port`) for job `job`, keyed by column `key`.
     pub fn new(
@@ -83,22 +101,37 @@ impl KafkaSink {
         self
     }
 
-    fn header(&self, checkpoint: u64, index: usize) -> Vec<u8> {
-        format!("{}:{checkpoint}:{index}", self.job).into_bytes()
+    fn header(&self, commit: Commit) -> Vec<u8> {
+        format!(
+            "{}:{}:{}:{}",
+            self.job, commit.checkpoint, commit.partitions, commit.index
+        )
+        .into_bytes()
     }
 
-    /// The checkpoint and index of a record this job's commits wrote; `None` for any other.
-    fn commit_of(&self, record: &Record) -> Option<(u64, usize)> {
+    /// Which commit of this job wrote `record`; `None` for a record of anyone else.
+    fn commit_of(&self, record: &Record) -> Option<Commit> {
         let header = std::str::from_utf8(record.headers.get(COMMIT_HEADER)?).ok()?;
-        let (job, rest) = header.rsplit_once(':').and_then(|(front, index)| {
-            let (job, checkpoint) = front.rsplit_once(':')?;
-            Some((job, (checkpoint.parse().ok()?, index.parse().ok()?)))
-        })?;
-        (job == self.job).then_some(rest)
+        // Job ids are letters, digits, '.', '-' and '_': never a ':'.
+        let [job, checkpoint, partitions, index]: [&str; 4] =
+            header.split(':').collect::<Vec<_>>().try_into().ok()?;
+        (job == self.job).then_some(Commit {
+            checkpoint: checkpoint.parse().ok()?,
+            partitions: partitions.parse().ok()?,
+            index: index.parse().ok()?,
+        })
     }
 
+    /// A client for metadata and reading back, retrying a broker that does not answer.
     async fn client(&self) -> Result<Client> {
         connect(&self.brokers, COMMIT_DEADLINE).await
+    }
+
+    /// A client for producing that never sends a request again by itself: a request the
+    /// broker appended but whose answer was lost would be appended twice. A failed request
+    /// fails the commit instead, and recovery reads back what landed.
+    async fn producer(&self) -> Result<Client> {
+        connect(&self.brokers, Duration::ZERO).await
     }
 
     /// The topic's partitions, in order.
@@ -126,6 +159,12 @@ impl KafkaSink {
 
     /// The records of `batches` for checkpoint `checkpoint`, by partition.
     fn plan(&self, checkpoint: u64, batches: &[RecordBatch], partitions: &[i32]) -> Result<Plan> {
+        if partitions.is_empty() {
+            return Err(RilletError::invalid_argument(format!(
+                "kafka topic {:?} has no partitions to write to",
+                self.topic
+            )));
+        }
         let mut plan: Plan = partitions.iter().map(|&p| (p, Vec::new())).collect();
         let now = Utc::now();
         let mut row_number = 0usize;
@@ -142,7 +181,11 @@ impl KafkaSink {
                 let records = plan
                     .get_mut(&partitions[slot])
                     .expect("every partition planned");
-                let header = self.header(checkpoint, records.len());
+                let header = self.header(Commit {
+                    checkpoint,
+                    partitions: partitions.len(),
+                    index: records.len(),
+                });
                 records.push(Record {
                     key,
                     value,
@@ -207,7 +250,7 @@ impl KafkaSink {
         &self,
         client: &PartitionClient,
         checkpoint: u64,
-    ) -> Result<BTreeSet<usize>> {
+    ) -> Result<BTreeSet<Commit>> {
         let error = |what: &str, e: rskafka::client::error::Error| {
             kafka_error(&self.brokers, &format!("{what} of {}", self.topic), e)
         };
@@ -235,14 +278,16 @@ impl KafkaSink {
                     .filter(|r| r.offset >= next && r.offset < high)
                     .collect();
                 let Some(last) = records.last().map(|r| r.offset) else {
-                    break; // a gap (compacted or deleted records): nothing more below `high`
+                    // Nothing at `next` (a record compacted or deleted away): step over it.
+                    next += 1;
+                    continue;
                 };
                 for r in &records {
                     match self.commit_of(&r.record) {
-                        Some((c, index)) if c == checkpoint => {
-                            found.insert(index);
+                        Some(commit) if commit.checkpoint == checkpoint => {
+                            found.insert(commit);
                         }
-                        Some((c, _)) if c < checkpoint => earlier_commit = true,
+                        Some(commit) if commit.checkpoint < checkpoint => earlier_commit = true,
                         _ => {}
                     }
                 }
@@ -280,27 +325,55 @@ impl KafkaSink {
         repeat: bool,
     ) -> Result<()> {
         let client = self.client().await?;
-        let partitions = self.partitions(&client).await?;
-        let plan = self.plan(checkpoint, batches, &partitions)?;
-        for (partition, records) in plan {
-            if records.is_empty() {
-                continue;
+        let mut partitions = self.partitions(&client).await?;
+        // What an earlier attempt of this commit left in each partition.
+        let mut written: BTreeMap<i32, BTreeSet<usize>> = BTreeMap::new();
+        if repeat && checkpoint > 0 {
+            let mut planned_over = BTreeSet::new();
+            for &partition in &partitions {
+                let partition_client = client
+                    .partition_client(self.topic.clone(), partition, UnknownTopicHandling::Retry)
+                    .await
+                    .map_err(|e| {
+                        kafka_error(&self.brokers, &format!("partition {partition}"), e)
+                    })?;
+                for commit in self.already_written(&partition_client, checkpoint).await? {
+                    planned_over.insert(commit.partitions);
+                    written.entry(partition).or_default().insert(commit.index);
+                }
             }
-            let partition_client = client
-                .partition_client(self.topic.clone(), partition, UnknownTopicHandling::Retry)
-                .await
-                .map_err(|e| kafka_error(&self.brokers, &format!("partition {partition}"), e))?;
-            let skip = if repeat && checkpoint > 0 {
-                self.already_written(&partition_client, checkpoint).await?
-            } else {
-                BTreeSet::new()
-            };
+            // Partitions added since the first attempt must not move its rows: plan over
+            // the partitions it planned over (new ones come last in Kafka's numbering).
+            match planned_over.iter().copied().collect::<Vec<_>>().as_slice() {
+                [] => {}
+                [count] if *count <= partitions.len() => partitions.truncate(*count),
+                counts => {
+                    return Err(RilletError::Checkpoint(format!(
+                        "kafka topic {:?}: the commit of checkpoint {checkpoint} was planned \
+                         over {counts:?} partitions, and the topic has {}",
+                        self.topic,
+                        partitions.len()
+                    )));
+                }
+            }
+        }
+        let plan = self.plan(checkpoint, batches, &partitions)?;
+        let producer = self.producer().await?;
+        for (partition, records) in plan {
+            let skip = written.remove(&partition).unwrap_or_default();
             let missing: Vec<Record> = records
                 .into_iter()
                 .enumerate()
                 .filter(|(index, _)| !skip.contains(index))
                 .map(|(_, record)| record)
                 .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let partition_client = producer
+                .partition_client(self.topic.clone(), partition, UnknownTopicHandling::Error)
+                .await
+                .map_err(|e| kafka_error(&self.brokers, &format!("partition {partition}"), e))?;
             let mut missing = missing.into_iter().peekable();
             while missing.peek().is_some() {
                 let request: Vec<Record> =
@@ -485,7 +558,12 @@ mod tests {
         assert!(values.contains(r#"{"user":"ann","n":3}"#), "{values:?}");
         for rs in a.values() {
             for (index, r) in rs.iter().enumerate() {
-                assert_eq!(s.commit_of(r), Some((7, index)));
+                let commit = Commit {
+                    checkpoint: 7,
+                    partitions: 3,
+                    index,
+                };
+                assert_eq!(s.commit_of(r), Some(commit));
             }
         }
     }
@@ -493,22 +571,22 @@ mod tests {
     #[test]
     fn only_this_jobs_headers_count() {
         let s = sink();
-        let mut r = s
-            .plan(3, &[batch()], &[0])
-            .unwrap()
-            .remove(&0)
-            .unwrap()
-            .remove(0);
-        assert_eq!(s.commit_of(&r), Some((3, 0)));
-        r.headers
-            .insert(COMMIT_HEADER.into(), b"job-10:3:0".to_vec());
-        assert_eq!(s.commit_of(&r), None);
-        r.headers
-            .insert(COMMIT_HEADER.into(), b"job-1:x:0".to_vec());
-        assert_eq!(s.commit_of(&r), None);
+        let mut r = s.plan(3, &[batch()], &[0]).unwrap().remove(&0).unwrap().remove(0);
+        let first = Commit {
+            checkpoint: 3,
+            partitions: 1,
+            index: 0,
+        };
+        assert_eq!(s.commit_of(&r), Some(first));
+        for other in [&b"job-10:3:1:0"[..], b"job-1:x:1:0", b"job-1:3:0", b"job-1:3:1:0:9"] {
+            r.headers.insert(COMMIT_HEADER.into(), other.to_vec());
+            assert_eq!(s.commit_of(&r), None, "{}", String::from_utf8_lossy(other));
+        }
         r.headers.clear();
         assert_eq!(s.commit_of(&r), None);
+        assert!(s.plan(3, &[batch()], &[]).is_err(), "no partitions: an error, not a panic");
     }
+
 
     /// A tansu broker on loopback, in memory, when its binary is here (CI builds it into
     /// `~/.cache/rillet/tools`); the broker dies with the guard.
