@@ -19,6 +19,9 @@ const MANIFEST: &str = "_manifest";
 const CHECKSUM_LINE: &str = "xxh3:";
 /// The manifest format this crate writes and reads.
 const FORMAT: u32 = 1;
+/// Beside a job's snapshots: the highest snapshot id that was used and deleted out of
+/// turn (see [`CheckpointStore::retire_ids_through`]).
+const RETIRED_IDS: &str = "_retired_ids";
 
 /// What a snapshot is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -253,16 +256,34 @@ impl CheckpointStore {
             .collect())
     }
 
-    /// The id for the next snapshot: above every id in use, complete or not, so a new
-    /// snapshot never reuses the directory of an abandoned one.
+    /// The id for the next snapshot: above every id in use, complete or not, and above
+    /// every id retired, so a new snapshot never reuses the id of an abandoned or discarded
+    /// one (sinks may have recorded their commits under it).
     pub async fn next_id(&self) -> Result<u64> {
-        Ok(self
-            .list()
-            .await?
-            .iter()
-            .map(|s| s.id + 1)
-            .max()
-            .unwrap_or(1))
+        let in_use = self.list().await?.iter().map(|s| s.id + 1).max();
+        let retired = self.retired_ids().await?.map(|id| id + 1);
+        Ok(in_use.max(retired).unwrap_or(1))
+    }
+
+    /// Record that ids up to `id` must never be used again: call before deleting snapshots
+    /// newer than the one restored, whose ids would otherwise come round again.
+    pub async fn retire_ids_through(&self, id: u64) -> Result<()> {
+        let highest = self.retired_ids().await?.unwrap_or(0).max(id);
+        let path = self.root.clone().join(RETIRED_IDS);
+        self.write(&path, Bytes::from(highest.to_string())).await
+    }
+
+    async fn retired_ids(&self) -> Result<Option<u64>> {
+        let path = self.root.clone().join(RETIRED_IDS);
+        match self.read(&path).await {
+            Ok(bytes) => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+                .map(Some)
+                .ok_or_else(|| RilletError::Checkpoint(format!("{path} is not an id"))),
+            Err(ReadError::NotFound) => Ok(None),
+            Err(ReadError::Other(e)) => Err(e),
+        }
     }
 
     /// Read snapshot `id` of `kind` and check it: the manifest's own checksum, its job and
@@ -706,6 +727,24 @@ mod tests {
                 .id,
             1
         );
+    }
+
+    #[tokio::test]
+    async fn ids_of_discarded_snapshots_never_come_round_again() {
+        let _serial = SERIAL.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        for _ in 0..3 {
+            take(&store, &[("s", "x")]).await;
+        }
+        // Going back to 1: 2 and 3 are discarded, their ids retired first.
+        store.retire_ids_through(3).await.unwrap();
+        store.delete(Kind::Checkpoint, 3).await.unwrap();
+        store.delete(Kind::Checkpoint, 2).await.unwrap();
+        assert_eq!(store.next_id().await.unwrap(), 4);
+        store.retire_ids_through(2).await.unwrap(); // never lowers the mark
+        assert_eq!(store.next_id().await.unwrap(), 4);
+        assert_eq!(store.latest().await.unwrap().unwrap().checkpoint.manifest.id, 1);
     }
 
     #[tokio::test]

@@ -144,14 +144,22 @@ impl Checkpointing {
     /// after a transient read error clears. Savepoints are the user's and stay.
     pub(crate) async fn discard_newer(&self) -> Result<Vec<u64>> {
         let restored = self.restored.as_ref().map_or(0, |c| c.manifest.id);
-        let mut deleted = Vec::new();
-        for snapshot in self.store.list().await? {
-            if snapshot.kind == Kind::Checkpoint && snapshot.id > restored {
-                self.store.delete(Kind::Checkpoint, snapshot.id).await?;
-                deleted.push(snapshot.id);
-            }
+        let newer: Vec<u64> = self
+            .store
+            .list()
+            .await?
+            .into_iter()
+            .filter(|s| s.kind == Kind::Checkpoint && s.id > restored)
+            .map(|s| s.id)
+            .collect();
+        if let Some(&highest) = newer.iter().max() {
+            // Their ids must not come round again: sinks recorded commits under them.
+            self.store.retire_ids_through(highest).await?;
         }
-        Ok(deleted)
+        for &id in &newer {
+            self.store.delete(Kind::Checkpoint, id).await?;
+        }
+        Ok(newer)
     }
 
     /// The state task `task` snapshotted in the restored checkpoint.
