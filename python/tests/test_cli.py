@@ -184,3 +184,31 @@ def test_the_record_tells_a_cancelled_run_from_a_failed_one(tmp_path):
         job.wait()
     record = jobs(chk)["broken"]
     assert record["state"] == "failed" and "the model server is down" in record["note"]
+
+
+def test_resume_refuses_a_run_that_may_still_be_going(tmp_path):
+    import socket
+    chk = tmp_path / "chk"
+    (chk / "ghost").mkdir(parents=True)
+    host = Path("/proc/sys/kernel/hostname").read_text().strip()
+
+    def record(pid, on_host):
+        stale = int(time.time() * 1000) - 120_000  # two minutes without a heartbeat
+        (chk / "ghost" / "_job.json").write_text(json.dumps({
+            "job": "ghost", "run": f"{on_host}-{pid}-1", "state": "running", "pid": pid, "host": on_host,
+            "started_ms": stale, "updated_ms": stale, "restored_from": None, "latest_snapshot": None,
+            "savepoint": None, "error": None, "command": [sys.executable, "-c", "print('again')"],
+            "cwd": str(tmp_path)}))
+
+    # Quiet, but its process (this one) is alive: never resumed, not even with --force.
+    record(os.getpid(), host)
+    assert jobs(chk)["ghost"]["state"] == "lost"
+    for extra in ([], ["--force"]):
+        alive = rillet("resume", str(chk), "ghost", *extra)
+        assert alive.returncode == 1 and "still alive" in alive.stderr, alive.stderr
+    # On another host: cannot be checked from here, so only with --force.
+    record(1, socket.gethostname() + ".elsewhere.invalid")
+    unsure = rillet("resume", str(chk), "ghost")
+    assert unsure.returncode == 1 and "--force" in unsure.stderr
+    forced = rillet("resume", str(chk), "ghost", "--force")
+    assert forced.returncode == 0 and "again" in forced.stdout, forced.stderr

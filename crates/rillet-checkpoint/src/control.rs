@@ -3,8 +3,8 @@
 //! another machine sharing the bucket) can see and steer the job:
 //!
 //! ```text
-//! <location>/<job>/_job.json     the record of the job's latest run (JobRecord)
-//! <location>/<job>/_stop         a request to stop the run with a savepoint
+//! <location>/<job>/_job.json         the record of the job's latest run (JobRecord)
+//! <location>/<job>/_stop.<run id>    a request to stop that run with a savepoint
 //! ```
 //!
 //! The running job rewrites its record when it starts, as its checkpoints complete (at
@@ -25,7 +25,7 @@
 //! assert_eq!(CheckpointStore::jobs(location).await?, vec!["orders".to_string()]);
 //!
 //! // Another process asks the run to stop; the run takes the request once.
-//! store.request_stop(Some(&record.run)).await?;
+//! store.request_stop(&record.run).await?;
 //! assert!(store.take_stop_request(&record.run).await?);
 //! assert!(!store.take_stop_request(&record.run).await?);
 //! assert_eq!(store.read_record().await?.unwrap().state, RunState::Running);
@@ -46,8 +46,9 @@ use crate::store::{CheckpointStore, Kind, ReadError, plain_name};
 
 /// The record's object name within the job's directory.
 const RECORD: &str = "_job.json";
-/// The stop request's object name within the job's directory.
-const STOP: &str = "_stop";
+/// What a stop request's object name within the job's directory starts with; the run it
+/// is for follows.
+const STOP: &str = "_stop.";
 
 /// How often a running job rewrites its record when nothing else changed, so that a
 /// reader can tell a live run from one that died without a trace. A record older than
@@ -229,11 +230,9 @@ fn launch_command() -> Vec<String> {
     args
 }
 
-/// A request to stop a run, as written to `_stop`.
+/// A request to stop a run, as written to `_stop.<run>`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StopRequestFile {
-    /// The run it is meant for; `None`: whichever run takes it.
-    run: Option<String>,
     requested_ms: u64,
 }
 
@@ -286,10 +285,16 @@ impl SnapshotPath {
 pub const RESUME_ENV: &str = "RILLET_RESUME_FROM";
 
 impl SnapshotPath {
-    /// The snapshot [`RESUME_ENV`] names, if it names one of job `job` in `location`.
-    /// A value naming another job is left for that job; one that is not a snapshot path
-    /// is an error.
+    /// The snapshot [`RESUME_ENV`] names, if it names one of job `job` in `location` and
+    /// no job of this process took it before: it applies to the first start of that job
+    /// only (a later start, a retry say, resumes from the newest snapshot as usual). A
+    /// value naming another job is left for that job; one that is not a snapshot path is
+    /// an error.
     pub fn from_env(location: &str, job: &str) -> Result<Option<Self>> {
+        static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if TAKEN.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(None);
+        }
         let Some(value) = std::env::var_os(RESUME_ENV) else {
             return Ok(None);
         };
@@ -302,6 +307,9 @@ impl SnapshotPath {
                 "{RESUME_ENV} names a snapshot of job {job} in {}, not in {location}: ignored",
                 path.location
             );
+        }
+        if same && TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(None);
         }
         Ok(same.then_some(path))
     }
@@ -367,56 +375,47 @@ impl CheckpointStore {
         }
     }
 
-    /// Ask the run `run` of the job (any run, if `None`) to stop with a savepoint. The run
-    /// notices within a second or so; its record then says `stopped` and names the
-    /// savepoint.
-    pub async fn request_stop(&self, run: Option<&str>) -> Result<()> {
+    /// Ask run `run` of the job to stop with a savepoint. The run notices within a second
+    /// or so; its record then says `stopped` and names the savepoint. A request for a run
+    /// that has ended is never taken (the next run clears it).
+    pub async fn request_stop(&self, run: &str) -> Result<()> {
         let request = StopRequestFile {
-            run: run.map(str::to_string),
             requested_ms: now_ms(),
         };
         let bytes = serde_json::to_vec(&request)
             .map_err(|e| RilletError::internal(format!("cannot encode a stop request: {e}")))?;
-        self.write(&self.control_path(STOP), Bytes::from(bytes))
+        self.write(&self.control_path(&format!("{STOP}{run}")), Bytes::from(bytes))
             .await
     }
 
-    /// Whether a stop request for run `run` is waiting; it is removed when taken. A
-    /// request for another run (an earlier one that died before taking it) is removed and
-    /// ignored.
+    /// Whether a stop request for run `run` is waiting; it is removed when taken.
     pub async fn take_stop_request(&self, run: &str) -> Result<bool> {
-        let path = self.control_path(STOP);
-        let bytes = match self.read(&path).await {
-            Ok(bytes) => bytes,
-            Err(ReadError::NotFound) => return Ok(false),
-            Err(ReadError::Other(e)) => return Err(e),
-        };
-        let ours = match serde_json::from_slice::<StopRequestFile>(&bytes) {
-            Ok(request) => request.run.is_none_or(|r| r == run),
-            Err(e) => {
-                tracing::warn!("ignoring an unreadable stop request {path}: {e}");
-                false
-            }
-        };
+        let path = self.control_path(&format!("{STOP}{run}"));
+        match self.store.head(&path).await {
+            Ok(_) => {}
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(RilletError::Checkpoint(format!("cannot read {path}: {e}"))),
+        }
         self.delete_object(&path).await?;
-        Ok(ours)
+        Ok(true)
     }
 
-    /// Remove a stop request left from an earlier run (a new run must not take a stop
-    /// nobody asked of it); returns whether there was one.
-    pub async fn clear_stop_request(&self) -> Result<bool> {
-        let path = self.control_path(STOP);
-        let existed = match self.store.head(&path).await {
-            Ok(_) => true,
-            Err(object_store::Error::NotFound { .. }) => false,
-            Err(e) => {
-                return Err(RilletError::Checkpoint(format!("cannot read {path}: {e}")));
+    /// Remove the stop requests left for earlier runs (a new run must not take a stop
+    /// nobody asked of it); returns how many there were.
+    pub async fn clear_stop_requests(&self) -> Result<usize> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&self.root))
+            .await
+            .map_err(|e| RilletError::Checkpoint(format!("cannot list {}: {e}", self.root)))?;
+        let mut cleared = 0;
+        for object in listing.objects {
+            if object.location.filename().is_some_and(|n| n.starts_with(STOP)) {
+                self.delete_object(&object.location).await?;
+                cleared += 1;
             }
-        };
-        if existed {
-            self.delete_object(&path).await?;
         }
-        Ok(existed)
+        Ok(cleared)
     }
 
     /// Every job with a directory under `location`, by id.
@@ -442,15 +441,16 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_stop_request_for_another_run_is_dropped_not_taken() {
+    async fn a_stop_request_is_taken_by_its_run_only_and_cleared_by_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path().to_str().unwrap(), "j").unwrap();
-        store.request_stop(Some("old-run")).await.unwrap();
+        store.request_stop("old-run").await.unwrap();
         assert!(!store.take_stop_request("new-run").await.unwrap());
-        // Dropped: it does not linger for a later run either.
+        assert_eq!(store.clear_stop_requests().await.unwrap(), 1);
         assert!(!store.take_stop_request("old-run").await.unwrap());
-        store.request_stop(None).await.unwrap();
+        store.request_stop("new-run").await.unwrap();
         assert!(store.take_stop_request("new-run").await.unwrap());
+        assert!(!store.take_stop_request("new-run").await.unwrap());
     }
 
     #[tokio::test]
@@ -461,7 +461,7 @@ mod tests {
             .write_record(&JobRecord::start("j", None))
             .await
             .unwrap();
-        store.request_stop(None).await.unwrap();
+        store.request_stop("run").await.unwrap();
         assert!(store.list().await.unwrap().is_empty());
         assert_eq!(store.next_id().await.unwrap(), 1);
         assert!(store.latest().await.unwrap().is_none());

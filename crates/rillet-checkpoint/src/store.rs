@@ -962,7 +962,7 @@ mod tests {
         let record = crate::JobRecord::start("job", Some(2));
         store.write_record(&record).await.unwrap();
         assert_eq!(store.read_record().await.unwrap(), Some(record.clone()));
-        store.request_stop(Some(&record.run)).await.unwrap();
+        store.request_stop(&record.run).await.unwrap();
         assert!(store.take_stop_request(&record.run).await.unwrap());
         assert_eq!(
             store.next_id().await.unwrap(),

@@ -212,7 +212,7 @@ pub fn stop(location: &str, job: &str, wait: Option<f64>) -> Outcome<()> {
             )));
         }
     };
-    block_on(store.request_stop(Some(&record.run)))?;
+    block_on(store.request_stop(&record.run))?;
     let Some(wait) = wait else {
         println!(
             "asked job '{job}' (process {}) to stop with a savepoint",
@@ -220,7 +220,10 @@ pub fn stop(location: &str, job: &str, wait: Option<f64>) -> Outcome<()> {
         );
         return Ok(());
     };
-    let deadline = Instant::now() + Duration::from_secs_f64(wait.max(0.0));
+    // Any number of seconds, however large (or `inf`): no deadline past what fits.
+    let deadline = Duration::try_from_secs_f64(wait.max(0.0))
+        .ok()
+        .and_then(|d| Instant::now().checked_add(d));
     loop {
         std::thread::sleep(POLL);
         let now = block_on(store.read_record())?
@@ -262,7 +265,7 @@ pub fn stop(location: &str, job: &str, wait: Option<f64>) -> Outcome<()> {
             }
             RunState::Running => {}
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(failure(format!(
                 "job '{job}' did not stop within {wait} s; the request stands and it may \
                  still stop (see `rillet list {location}`)"
@@ -281,6 +284,9 @@ pub struct ResumeOptions {
     pub log: Option<String>,
     /// The program to run instead of the recorded one.
     pub command: Vec<String>,
+    /// Resume although the last run may still be going (another host's run whose
+    /// heartbeat stopped).
+    pub force: bool,
 }
 
 /// `location` as the job's program must see it to recognise its own snapshot in
@@ -355,6 +361,30 @@ pub fn resume(location: &str, job: &str, options: &ResumeOptions) -> Outcome<i32
             "job '{job}' is running (process {}@{}); stop it first: rillet stop {location} {job}",
             r.pid, r.host
         )));
+    }
+    // A run that went quiet is not necessarily gone: two runs of a job on the same
+    // checkpoints and sink would corrupt both.
+    if let Some(r) = view.record.as_ref().filter(|r| r.state == RunState::Running) {
+        match r.process_alive() {
+            Some(true) => {
+                return Err(failure(format!(
+                    "job '{job}': its process {} on this host is still alive, though it has \
+                     not reported for {}; stop or kill it first",
+                    r.pid,
+                    age(r.age())
+                )));
+            }
+            None if !options.force => {
+                return Err(failure(format!(
+                    "job '{job}': its run on {} (process {}) has not reported for {} and may \
+                     still be going; make sure it is gone, then pass --force",
+                    r.host,
+                    r.pid,
+                    age(r.age())
+                )));
+            }
+            _ => {}
+        }
     }
     let recorded = view.record.as_ref();
     let (command, cwd): (Vec<String>, Option<PathBuf>) = if options.command.is_empty() {

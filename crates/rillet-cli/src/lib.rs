@@ -97,6 +97,10 @@ enum Command {
         /// program's directory).
         #[arg(long)]
         log: Option<String>,
+        /// Resume although the last run, on another host, may still be going (it stopped
+        /// reporting but cannot be checked from here).
+        #[arg(long)]
+        force: bool,
         /// The program to run instead of the recorded one.
         #[arg(last = true)]
         command: Vec<String>,
@@ -183,6 +187,7 @@ pub fn run(args: impl IntoIterator<Item = String>) -> i32 {
             from,
             detach,
             log,
+            force,
             command,
         } => jobs::resume(
             &checkpoint_dir,
@@ -192,6 +197,7 @@ pub fn run(args: impl IntoIterator<Item = String>) -> i32 {
                 detach,
                 log,
                 command,
+                force,
             },
         ),
     };

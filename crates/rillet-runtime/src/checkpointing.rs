@@ -668,12 +668,13 @@ pub(crate) struct JobControl {
 }
 
 impl JobControl {
-    /// Record that a run of the job starts now, restored from `restored_from`, and drop a
-    /// stop request an earlier run left untaken.
+    /// Record that a run of the job starts now, restored from `restored_from`, and drop
+    /// the stop requests earlier runs left untaken.
     pub async fn start(store: CheckpointStore, restored_from: Option<u64>) -> Result<Arc<Self>> {
-        if store.clear_stop_request().await? {
+        let cleared = store.clear_stop_requests().await?;
+        if cleared > 0 {
             tracing::warn!(
-                "job {}: dropped a stop request an earlier run did not take",
+                "job {}: dropped {cleared} stop requests earlier runs did not take",
                 store.job()
             );
         }
@@ -685,19 +686,25 @@ impl JobControl {
         }))
     }
 
-    /// Until aborted: take stop requests (each becomes a stop with a savepoint through
-    /// `stop`), and keep the record's newest snapshot and heartbeat current. Storage
-    /// errors are logged, not fatal: the job runs on without being steerable.
+    /// Until `shutdown` changes: take stop requests (each becomes a stop with a savepoint
+    /// through `stop`), and keep the record's newest snapshot and heartbeat current. A
+    /// write under way when `shutdown` comes finishes first, so none lands after
+    /// [`finish`](Self::finish). Storage errors are logged, not fatal: the job runs on
+    /// without being steerable.
     pub async fn run(
         self: Arc<Self>,
         stop: mpsc::Sender<StopRequest>,
         stats: Arc<Mutex<CheckpointStats>>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         let run = self.record.lock().run.clone();
         let mut written = Instant::now();
         let mut stopping = false;
         loop {
-            tokio::time::sleep(CONTROL_POLL).await;
+            tokio::select! {
+                () = tokio::time::sleep(CONTROL_POLL) => {}
+                _ = shutdown.changed() => return,
+            }
             if !stopping {
                 match self.store.take_stop_request(&run).await {
                     Ok(true) => {

@@ -161,8 +161,9 @@ impl OperatorMetrics {
         self.dropped_late.fetch_add(rows, Ordering::Relaxed);
     }
 
-    /// Count rows called again after a restore: their calls were in flight at the
-    /// restored checkpoint (a model sees them twice; the output has them once).
+    /// Count rows called after a restore from the function's own checkpoint state: their
+    /// calls were in flight (or queued) at the restored checkpoint, so a model may see them
+    /// twice; the output has them once.
     pub fn add_rows_recalled(&self, rows: u64) {
         self.rows_recalled.fetch_add(rows, Ordering::Relaxed);
     }
@@ -289,8 +290,9 @@ pub struct OperatorStats {
     pub workers_started: u64,
     /// Rows dropped because they came after their event-time windows had fired.
     pub dropped_late: u64,
-    /// Rows called again after a restore, their calls having been in flight at the
-    /// restored checkpoint: side effects a model may see twice.
+    /// Rows called after a restore from the function's checkpoint state, their calls
+    /// having been in flight or queued at the restored checkpoint: side effects a model
+    /// may see twice.
     pub rows_recalled: u64,
     /// Tasks still running.
     pub tasks_running: usize,

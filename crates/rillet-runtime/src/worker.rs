@@ -587,19 +587,21 @@ impl LocalWorker {
                 let restored = settings.restored().map(|c| c.manifest.id);
                 match block_on(JobControl::start(settings.store().clone(), restored)) {
                     Ok(control) => Some(control),
+                    // Not fatal, as a failed heartbeat is not: the job runs, unsteerable
+                    // from other processes.
                     Err(e) => {
-                        // The tasks are aborted as their set is dropped.
-                        opened.iter().for_each(|f| f.close());
-                        return Err(e);
+                        tracing::warn!("job {}: cannot write its record: {e}", settings.store().job());
+                        None
                     }
                 }
             }
             None => None,
         };
+        let (control_shutdown, shutdown_rx) = watch::channel(false);
         let control_task = control.as_ref().map(|control| {
             let stop = stop_sender.clone().expect("set with checkpointing");
             let stats = checkpoint_stats.clone().expect("set with checkpointing");
-            runtime.spawn(control.clone().run(stop, stats))
+            runtime.spawn(control.clone().run(stop, stats, shutdown_rx.clone()))
         });
         let final_stats = checkpoint_stats.clone();
 
@@ -623,8 +625,10 @@ impl LocalWorker {
             if let Some(gate) = &commit_gate {
                 let _ = gate.lock().await;
             }
+            // The poller stops, finishing a record write under way, before the last one.
+            let _ = control_shutdown.send(true);
             if let Some(task) = control_task {
-                task.abort();
+                let _ = task.await;
             }
             if let (Some(control), Some(stats)) = (&control, &final_stats) {
                 let stats = stats.lock().clone();
@@ -1210,6 +1214,10 @@ impl JobHandle {
     /// the handle (to await it while another thread waits for the job).
     pub fn stop_request(&self) -> impl std::future::Future<Output = Result<u64>> + Send + 'static {
         let stop = self.stop.clone();
+        let stats = self.checkpoints.clone();
+        // Another stop (`rillet stop`, say) may have taken the savepoint first: this one
+        // then answers with it.
+        let taken = move || stats.as_ref().and_then(|s| s.lock().savepoint);
         async move {
             let stop = stop.ok_or_else(|| {
                 RilletError::invalid_argument(
@@ -1217,14 +1225,16 @@ impl JobHandle {
                 )
             })?;
             let (tx, rx) = oneshot::channel();
-            stop.send(tx)
-                .await
-                .map_err(|_| RilletError::invalid_argument("the job has already ended"))?;
-            rx.await.unwrap_or_else(|_| {
-                Err(RilletError::invalid_argument(
-                    "the job ended before its savepoint",
-                ))
-            })
+            if stop.send(tx).await.is_err() {
+                return taken()
+                    .ok_or_else(|| RilletError::invalid_argument("the job has already ended"));
+            }
+            match rx.await {
+                Ok(answer) => answer,
+                Err(_) => taken().ok_or_else(|| {
+                    RilletError::invalid_argument("the job ended before its savepoint")
+                }),
+            }
         }
     }
 
