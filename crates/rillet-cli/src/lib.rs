@@ -79,7 +79,8 @@ enum Command {
     ///
     /// Runs the command line its last run recorded, in the same directory (or the
     /// program given after `--`). The job resumes from its newest valid snapshot, or from
-    /// the one given with --from.
+    /// the one given with --from. The recorded command comes from <checkpoint_dir>/<job>/
+    /// _job.json: whoever can write the checkpoint location chooses what this runs.
     Resume {
         /// The job's checkpoint_dir.
         checkpoint_dir: String,
