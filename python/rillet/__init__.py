@@ -27,7 +27,7 @@ from rillet.udf import UDF, udf
 __all__ = [
     "DataFrame", "GroupBy", "StreamingJob", "Window", "tumbling", "sliding", "PostgresUpsert", "postgres_upsert", "RedisStreamSink", "redis_stream_sink", "KafkaSink", "kafka_sink", "Expr", "UDF", "col", "lit", "count", "when", "udf", "service",
     "Service",
-    "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_sequence", "read_redis_streams", "read_kafka", "watch_directory", "resume", "read_parquet",
+    "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_sequence", "read_redis_streams", "read_kafka", "watch_directory", "resume", "jobs", "read_parquet",
     "read_csv", "read_json", "read_files", "configure_storage", "sql", "set_config", "current_session",
     "init", "resources", "ai", "testing",
     "RilletError", "PlanError", "UserFunctionError", "ExecutionError", "DataError", "JobCancelled",
@@ -186,6 +186,25 @@ def read_kafka(brokers: str | Sequence[str], topic: str, *, bounded: bool = Fals
     started. ``brokers`` are ``host:port`` addresses."""
     addresses = [brokers] if isinstance(brokers, str) else list(brokers)
     return DataFrame(current_session()._native.read_kafka(addresses, topic, bounded))
+
+
+def jobs(checkpoint_dir: PathLike) -> list[dict[str, Any]]:
+    """The streaming jobs that checkpoint into ``checkpoint_dir`` (a directory or
+    ``s3://`` prefix), as ``rillet list --json`` shows them: ``job``, ``state``
+    (``running``, ``finished``, ``stopped``, ``cancelled``, ``failed``, or ``lost`` for a
+    run that says running but whose process is gone or silent), ``note``, ``pid``,
+    ``host``, ``latest_snapshot`` and ``savepoint`` (paths to pass to ``resume_from``),
+    ``command`` and more. Works from any process, not only the one running the jobs.
+
+    >>> import rillet as rl, tempfile
+    >>> chk = tempfile.mkdtemp()
+    >>> job = rl.read_sequence(partitions=1, rows=10).start(chk + "/out", checkpoint_dir=chk + "/chk", job_id="doc")
+    >>> _ = job.wait()
+    >>> [(j["job"], j["state"]) for j in rl.jobs(chk + "/chk")]
+    [('doc', 'finished')]
+    """
+    import json
+    return json.loads(_rillet.list_jobs(os.fspath(checkpoint_dir)))
 
 
 def resume(path: PathLike, df: DataFrame, output: PathLike, **options: Any) -> StreamingJob:

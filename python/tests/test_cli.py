@@ -87,6 +87,8 @@ def test_stop_with_a_savepoint_then_resume_gives_exact_output(tmp_path):
 
     job = jobs(chk)["orders"]
     assert (job["state"], job["savepoint"]) == ("stopped", savepoint)
+    import rillet as rl
+    assert rl.jobs(chk) == [job], "the Python listing is the command line's"
     # Stopping a job that is not running says so, and asks nothing.
     again = rillet("stop", str(chk), "orders")
     assert again.returncode == 1 and "not running: stopped" in again.stderr

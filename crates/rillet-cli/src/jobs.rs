@@ -91,6 +91,44 @@ fn age(d: Duration) -> String {
     }
 }
 
+/// Every job under `location` as `rillet list --json` shows it: state (`lost` for a run
+/// that says running but is not), note, run, pid, host, times, snapshots, command.
+pub(crate) fn jobs_json(location: &str) -> Outcome<Vec<serde_json::Value>> {
+    let mut jobs = Vec::new();
+    for job in block_on(CheckpointStore::jobs(location))? {
+        jobs.push(view_json(location, &view(&CheckpointStore::open(location, &job)?)?));
+    }
+    Ok(jobs)
+}
+
+fn view_json(location: &str, v: &JobView) -> serde_json::Value {
+    let r = v.record.as_ref();
+    let savepoint = r.and_then(|r| r.savepoint).map(|id| {
+        SnapshotPath {
+            location: location.to_string(),
+            job: v.job.clone(),
+            kind: Kind::Savepoint,
+            id,
+        }
+        .to_string()
+    });
+    json!({
+        "job": v.job,
+        "state": v.state,
+        "note": v.note,
+        "run": r.map(|r| &r.run),
+        "pid": r.map(|r| r.pid),
+        "host": r.map(|r| &r.host),
+        "started_ms": r.map(|r| r.started_ms),
+        "updated_ms": r.map(|r| r.updated_ms),
+        "restored_from": r.and_then(|r| r.restored_from),
+        "latest_snapshot": v.latest.as_ref().map(|s| s.to_string()),
+        "savepoint": savepoint,
+        "command": r.map(|r| &r.command),
+        "cwd": r.and_then(|r| r.cwd.as_ref()),
+    })
+}
+
 /// `rillet list`.
 pub fn list(location: &str, as_json: bool) -> Outcome<()> {
     let mut views = Vec::new();
@@ -98,36 +136,7 @@ pub fn list(location: &str, as_json: bool) -> Outcome<()> {
         views.push(view(&CheckpointStore::open(location, &job)?)?);
     }
     if as_json {
-        let jobs: Vec<_> = views
-            .iter()
-            .map(|v| {
-                let r = v.record.as_ref();
-                let savepoint = r.and_then(|r| r.savepoint).map(|id| {
-                    SnapshotPath {
-                        location: location.to_string(),
-                        job: v.job.clone(),
-                        kind: Kind::Savepoint,
-                        id,
-                    }
-                    .to_string()
-                });
-                json!({
-                    "job": v.job,
-                    "state": v.state,
-                    "note": v.note,
-                    "run": r.map(|r| &r.run),
-                    "pid": r.map(|r| r.pid),
-                    "host": r.map(|r| &r.host),
-                    "started_ms": r.map(|r| r.started_ms),
-                    "updated_ms": r.map(|r| r.updated_ms),
-                    "restored_from": r.and_then(|r| r.restored_from),
-                    "latest_snapshot": v.latest.as_ref().map(|s| s.to_string()),
-                    "savepoint": savepoint,
-                    "command": r.map(|r| &r.command),
-                    "cwd": r.and_then(|r| r.cwd.as_ref()),
-                })
-            })
-            .collect();
+        let jobs: Vec<_> = views.iter().map(|v| view_json(location, v)).collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&jobs).expect("JSON values serialize")

@@ -139,6 +139,14 @@ fn plan(
     session.sql(query, &frames)
 }
 
+/// Every streaming job checkpointing into `location` (a directory or `s3://` prefix),
+/// as the JSON array `rillet list --json` prints; the error says what went wrong.
+pub fn jobs_json(location: &str) -> Result<String, String> {
+    jobs::jobs_json(location)
+        .map(|jobs| serde_json::Value::Array(jobs).to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// Run the command line `args` (the program's name first) and return its exit status:
 /// 0 on success, 1 on an error (printed to stderr), 2 for bad usage, or the status of the
 /// program `rillet resume` ran.

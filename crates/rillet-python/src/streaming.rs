@@ -411,9 +411,17 @@ fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
     py.detach(|| rillet_cli::run(argv))
 }
 
+/// The streaming jobs checkpointing into `location`, as JSON (see `rillet list --json`).
+#[pyfunction]
+fn list_jobs(py: Python<'_>, location: String) -> PyResult<String> {
+    py.detach(|| rillet_cli::jobs_json(&location))
+        .map_err(PyValueError::new_err)
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStreamingJob>()?;
     m.add_function(wrap_pyfunction!(check_sequence, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    m.add_function(wrap_pyfunction!(list_jobs, m)?)?;
     Ok(())
 }
