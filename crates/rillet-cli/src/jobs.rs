@@ -8,14 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rillet_checkpoint::{CheckpointStore, JobRecord, Kind, RESUME_ENV, RunState, SnapshotPath};
+use rillet_runtime::block_on;
 use serde_json::json;
 
 /// A command's outcome; the error is printed as it is.
 pub type Outcome<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    rillet_runtime::global_runtime().block_on(future)
-}
 
 /// How often `stop` and `resume --detach` read the job's record while they wait.
 const POLL: Duration = Duration::from_millis(200);
@@ -94,11 +91,19 @@ fn age(d: Duration) -> String {
 /// Every job under `location` as `rillet list --json` shows it: state (`lost` for a run
 /// that says running but is not), note, run, pid, host, times, snapshots, command.
 pub(crate) fn jobs_json(location: &str) -> Outcome<Vec<serde_json::Value>> {
-    let mut jobs = Vec::new();
+    Ok(views(location)?
+        .iter()
+        .map(|v| view_json(location, v))
+        .collect())
+}
+
+/// What `list` shows of every job under `location`, by id.
+fn views(location: &str) -> Outcome<Vec<JobView>> {
+    let mut views = Vec::new();
     for job in block_on(CheckpointStore::jobs(location))? {
-        jobs.push(view_json(location, &view(&CheckpointStore::open(location, &job)?)?));
+        views.push(view(&CheckpointStore::open(location, &job)?)?);
     }
-    Ok(jobs)
+    Ok(views)
 }
 
 fn view_json(location: &str, v: &JobView) -> serde_json::Value {
@@ -131,10 +136,7 @@ fn view_json(location: &str, v: &JobView) -> serde_json::Value {
 
 /// `rillet list`.
 pub fn list(location: &str, as_json: bool) -> Outcome<()> {
-    let mut views = Vec::new();
-    for job in block_on(CheckpointStore::jobs(location))? {
-        views.push(view(&CheckpointStore::open(location, &job)?)?);
-    }
+    let views = views(location)?;
     if as_json {
         let jobs: Vec<_> = views.iter().map(|v| view_json(location, v)).collect();
         println!(
@@ -373,7 +375,11 @@ pub fn resume(location: &str, job: &str, options: &ResumeOptions) -> Outcome<i32
     }
     // A run that went quiet is not necessarily gone: two runs of a job on the same
     // checkpoints and sink would corrupt both.
-    if let Some(r) = view.record.as_ref().filter(|r| r.state == RunState::Running) {
+    if let Some(r) = view
+        .record
+        .as_ref()
+        .filter(|r| r.state == RunState::Running)
+    {
         match r.process_alive() {
             Some(true) => {
                 return Err(failure(format!(

@@ -26,6 +26,8 @@ use rillet_common::{Result, RilletError};
 use rillet_runtime::{SourceReader, SplitAssignment, StreamSource};
 use serde::{Deserialize, Serialize};
 
+use crate::stable_bucket;
+
 /// Rows per batch read from a file.
 const BATCH_ROWS: usize = 8192;
 
@@ -117,15 +119,10 @@ fn open(path: &Path) -> Result<File> {
     })
 }
 
-/// FNV-1a of a file name: a hash that never changes between runs or builds, so a file
-/// stays in its split across restarts.
+/// A file name's split: it never changes between runs or builds, so a file stays in its
+/// split across restarts.
 fn bucket_of(name: &str, buckets: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in name.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash % buckets.max(1) as u64) as usize
+    stable_bucket(name.as_bytes(), buckets)
 }
 
 /// The readable files of `dir` in `bucket`, by name.

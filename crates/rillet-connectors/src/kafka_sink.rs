@@ -35,14 +35,15 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::{BatchWriter, BlockingPool, Sink, SinkContext};
+use rillet_runtime::{BatchWriter, BlockingPool, Sink, SinkContext, block_on, decode_batches};
 use rskafka::chrono::Utc;
 use rskafka::client::Client;
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
 
 use crate::kafka::{connect, kafka_error};
-use crate::staged::{RowsOut, StagedWriter, decode_states};
+use crate::stable_bucket;
+use crate::staged::{RowsOut, StagedWriter};
 
 /// The header naming a record's commit: `<job>:<checkpoint>:<index>`.
 pub const COMMIT_HEADER: &str = "rillet-commit";
@@ -174,7 +175,7 @@ impl KafkaSink {
             for (row, value) in values.into_iter().enumerate() {
                 let key = keys.as_ref().and_then(|k| k[row].clone());
                 let slot = match &key {
-                    Some(key) => fnv1a(key) as usize % partitions.len(),
+                    Some(key) => stable_bucket(key, partitions.len()),
                     None => row_number % partitions.len(),
                 };
                 row_number += 1;
@@ -310,8 +311,10 @@ impl KafkaSink {
         // so that a repeated commit plans the same records.
         let mut states: Vec<&Vec<u8>> = states.iter().collect();
         states.sort();
-        let states: Vec<Vec<u8>> = states.into_iter().cloned().collect();
-        let batches = decode_states(&states)?;
+        let mut batches = Vec::new();
+        for state in states {
+            batches.extend(decode_batches(state)?);
+        }
         if batches.iter().all(|b| b.num_rows() == 0) {
             return Ok(());
         }
@@ -415,24 +418,6 @@ fn column_bytes(column: &ArrayRef) -> Result<Vec<Option<Vec<u8>>>> {
         .collect())
 }
 
-/// FNV-1a, 64-bit: a key's partition, stable across runs and versions.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// Run `future` to its end from a blocking thread (a commit) or from plain code (a
-/// recovery at deploy).
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| handle.block_on(future))
-        }
-        _ => rillet_runtime::global_runtime().block_on(future),
-    }
-}
-
 impl RowsOut for KafkaSink {
     fn write_out(&self, checkpoint: Option<u64>, batches: &[RecordBatch]) -> Result<()> {
         block_on(self.produce_batches(checkpoint.unwrap_or(0), batches, false))
@@ -489,9 +474,9 @@ impl Sink for KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
+    use std::sync::Arc;
 
     fn sink() -> KafkaSink {
         KafkaSink::new(
@@ -571,22 +556,34 @@ mod tests {
     #[test]
     fn only_this_jobs_headers_count() {
         let s = sink();
-        let mut r = s.plan(3, &[batch()], &[0]).unwrap().remove(&0).unwrap().remove(0);
+        let mut r = s
+            .plan(3, &[batch()], &[0])
+            .unwrap()
+            .remove(&0)
+            .unwrap()
+            .remove(0);
         let first = Commit {
             checkpoint: 3,
             partitions: 1,
             index: 0,
         };
         assert_eq!(s.commit_of(&r), Some(first));
-        for other in [&b"job-10:3:1:0"[..], b"job-1:x:1:0", b"job-1:3:0", b"job-1:3:1:0:9"] {
+        for other in [
+            &b"job-10:3:1:0"[..],
+            b"job-1:x:1:0",
+            b"job-1:3:0",
+            b"job-1:3:1:0:9",
+        ] {
             r.headers.insert(COMMIT_HEADER.into(), other.to_vec());
             assert_eq!(s.commit_of(&r), None, "{}", String::from_utf8_lossy(other));
         }
         r.headers.clear();
         assert_eq!(s.commit_of(&r), None);
-        assert!(s.plan(3, &[batch()], &[]).is_err(), "no partitions: an error, not a panic");
+        assert!(
+            s.plan(3, &[batch()], &[]).is_err(),
+            "no partitions: an error, not a panic"
+        );
     }
-
 
     /// A tansu broker on loopback, in memory, when its binary is here (CI builds it into
     /// `~/.cache/rillet/tools`); the broker dies with the guard.

@@ -16,3 +16,12 @@ pub mod redis_sink;
 pub mod redis_streams;
 pub mod sequence;
 mod staged;
+
+/// The bucket of `bytes` among `buckets` (at least 1) by FNV-1a: the same in every run and
+/// build, so a file stays in its split and a key in its Kafka partition across restarts.
+pub(crate) fn stable_bucket(bytes: &[u8], buckets: usize) -> usize {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % buckets.max(1) as u64) as usize
+}

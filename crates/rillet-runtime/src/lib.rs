@@ -71,7 +71,7 @@ pub use metrics::{JobStats, OperatorMetrics, OperatorStats, WaitReason};
 pub use pool::BlockingPool;
 pub use resources::{MachineResources, ResourceManager, ResourceRequest};
 pub use checkpointing::{CheckpointStats, Checkpointing};
-pub use runtime::global_runtime;
+pub use runtime::{block_on, global_runtime};
 pub use sink::{
     BatchWriter, CollectSink, CollectedBatches, FileFormat, FileSink, ParquetCompression, Sink,
     SinkContext, WriteMode,

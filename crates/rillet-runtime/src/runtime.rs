@@ -15,3 +15,14 @@ pub fn global_runtime() -> &'static tokio::runtime::Runtime {
             .expect("cannot start the tokio runtime (out of threads?)")
     })
 }
+
+/// Run `future` to its end from synchronous code: plain code, a blocking thread (a sink's
+/// commit), or a task on a multi-threaded runtime (whose worker it hands over meanwhile).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| handle.block_on(future))
+        }
+        _ => global_runtime().block_on(future),
+    }
+}

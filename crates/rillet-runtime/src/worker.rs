@@ -31,7 +31,7 @@ use crate::message::{StreamMessage, WATERMARK_END};
 use crate::metrics::{JobStats, OperatorMetrics};
 use crate::pool::{BlockingPool, panic_message};
 use crate::progress::ProgressDisplay;
-use crate::runtime::global_runtime;
+use crate::runtime::{block_on, global_runtime};
 use crate::sink::Sink;
 use crate::sink::SinkContext;
 use crate::spill::SpillStore;
@@ -686,14 +686,6 @@ fn gate(
         .ok_or_else(|| missing_input(name))?;
     let receivers = inputs.into_iter().map(|(_, rx)| rx).collect();
     Ok((upstream, InputGate::new(receivers, Some(metrics.clone()))))
-}
-
-/// Run `future` to its end from synchronous code, inside the runtime or not.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    match tokio::runtime::Handle::try_current() {
-        Ok(_) => tokio::task::block_in_place(|| global_runtime().block_on(future)),
-        Err(_) => global_runtime().block_on(future),
-    }
 }
 
 fn missing_input(name: &str) -> RilletError {
