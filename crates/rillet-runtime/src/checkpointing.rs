@@ -723,7 +723,9 @@ impl JobControl {
             let latest = stats.lock().latest_completed;
             let record = {
                 let mut record = self.record.lock();
-                if record.latest_snapshot == latest && written.elapsed() < HEARTBEAT {
+                // Before this run's first checkpoint the record keeps the restored one.
+                let news = latest.is_some() && latest != record.latest_snapshot;
+                if !news && written.elapsed() < HEARTBEAT {
                     continue;
                 }
                 record.latest_snapshot = latest.or(record.latest_snapshot);
