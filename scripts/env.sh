@@ -1,12 +1,14 @@
-# Sourced by the other scripts: one Python virtual environment and one cargo target
-# directory outside the clone (so repeated runs and CI on this machine stay warm), the
-# Python packages, and the `rillet` extension built into the environment.
+# Sourced by the other scripts: the system packages (scripts/setup.sh, before anything is
+# compiled), one Python virtual environment and one cargo target directory outside the
+# clone (so repeated runs and CI on this machine stay warm), the Python packages, and the
+# `rillet` extension built into the environment.
 #
 #   RILLET_CACHE   where the venv, target dir and downloaded data live (~/.cache/rillet)
 #   RILLET_PROFILE cargo profile for the Python extension: dev (default) or release
 
 set -euo pipefail
 RILLET_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$RILLET_ROOT/scripts/setup.sh"
 export RILLET_CACHE="${RILLET_CACHE:-$HOME/.cache/rillet}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$RILLET_CACHE/target}"
 RILLET_VENV="${RILLET_VENV:-$RILLET_CACHE/venv}"

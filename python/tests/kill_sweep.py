@@ -178,11 +178,12 @@ class RedisProducer:
 
 
 def tansu_binary() -> str | None:
-    """The tansu Kafka-protocol broker: on PATH, or where .ci/run installs it."""
+    """The tansu Kafka-protocol broker: on PATH, or in ``$RILLET_CACHE/tools/bin`` where
+    scripts/test.sh builds it."""
     import shutil
-    found = shutil.which("tansu")
-    cached = os.path.expanduser("~/.cache/rillet/tools/bin/tansu")
-    return found or (cached if os.path.exists(cached) else None)
+    cache = os.environ.get("RILLET_CACHE") or os.path.expanduser("~/.cache/rillet")
+    cached = os.path.join(cache, "tools", "bin", "tansu")
+    return shutil.which("tansu") or (cached if os.path.exists(cached) else None)
 
 
 class KafkaProducer:
@@ -202,7 +203,11 @@ class KafkaProducer:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         address = f"tcp://127.0.0.1:{self.port}"
-        self.server = subprocess.Popen([tansu_binary(), "broker", "--listener-url", address,
+        binary = tansu_binary()
+        if binary is None:
+            raise RuntimeError("no tansu broker on PATH or in $RILLET_CACHE/tools/bin: "
+                               "scripts/test.sh builds it")
+        self.server = subprocess.Popen([binary, "broker", "--listener-url", address,
                                         "--advertised-listener-url", address, "--storage-engine", "memory://tansu/"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20

@@ -12,9 +12,11 @@ import pytest
 
 import rillet as rl
 
-PG_BIN = next((d for d in ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"] if os.path.isdir(d)), None)
-pytestmark = pytest.mark.skipif(PG_BIN is None or shutil.which("psql") is None,
-                                reason="needs PostgreSQL's server binaries and psql")
+from servers import needs, postgres_bin_dir
+
+PG_BIN = postgres_bin_dir()
+pytestmark = needs(PG_BIN is not None and shutil.which("psql") is not None,
+                   "PostgreSQL's server binaries (initdb, pg_ctl, postgres) and psql")
 
 
 def as_postgres(args, **kwargs):
@@ -26,6 +28,7 @@ def as_postgres(args, **kwargs):
 
 @pytest.fixture(scope="module")
 def server():
+    assert PG_BIN is not None, "no PostgreSQL server binaries: bash scripts/setup.sh installs them"
     data = tempfile.mkdtemp(prefix="rillet-pg-")
     if os.geteuid() == 0:
         shutil.chown(data, "postgres")

@@ -210,7 +210,8 @@ def test_classify_image_sends_each_image_inline_to_a_vision_model(server, tmp_pa
 def test_transcribe_sends_each_clip_as_wav(server, tmp_path):
     import shutil
 
-    if not shutil.which("espeak-ng"):
+    from servers import REQUIRE_SERVERS
+    if not shutil.which("espeak-ng") and not REQUIRE_SERVERS:
         pytest.skip("espeak-ng is not installed")
     wav = tmp_path / "speech.wav"
     subprocess.run(["espeak-ng", "-w", str(wav), "Hello there, this is a test of speech."],

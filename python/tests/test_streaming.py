@@ -12,6 +12,7 @@ import rillet as rl
 from rillet.testing import check_sequence, read_committed
 
 import kill_sweep
+from servers import needs
 
 
 def pipeline(rows, rate=None):
@@ -163,14 +164,14 @@ def test_kill_sweep_through_a_slow_function_with_five_kills():
     assert figures["kills_mid_run"] >= 3, figures
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (apt-get install redis-server)")
+@needs(shutil.which("redis-server") is not None, "redis-server")
 def test_kill_sweep_from_redis_streams_with_five_kills():
     seed = random.SystemRandom().randrange(1 << 32)
     figures = kill_sweep.sweep(kills=5, seed=seed, source="redis")
     assert figures["kills_mid_run"] >= 3, figures
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (apt-get install redis-server)")
+@needs(shutil.which("redis-server") is not None, "redis-server")
 def test_redis_streams_bounded_read_and_a_clear_error_for_an_unreachable_server(tmp_path):
     producer = kill_sweep.RedisProducer(rows=300, rate=1e9)
     try:
@@ -186,9 +187,8 @@ def test_redis_streams_bounded_read_and_a_clear_error_for_an_unreachable_server(
         rl.read_redis_streams("redis://127.0.0.1:1", ["s"], ["f"], bounded=True).collect()
 
 
-needs_kafka = pytest.mark.skipif(
-    kill_sweep.tansu_binary() is None,
-    reason="needs the tansu Kafka broker (scripts/test.sh builds it into ~/.cache/rillet/tools)")
+needs_kafka = needs(kill_sweep.tansu_binary() is not None,
+                    "the tansu Kafka broker (scripts/test.sh builds it into $RILLET_CACHE/tools)")
 
 
 @needs_kafka
@@ -319,7 +319,7 @@ def stream_rows(client, stream):
     return [(int(fields[b"partition"]), int(fields[b"seq"])) for _, fields in client.xrange(stream)]
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (apt-get install redis-server)")
+@needs(shutil.which("redis-server") is not None, "redis-server")
 def test_the_redis_stream_sink_appends_each_row_once_through_a_restart(tmp_path):
     server = kill_sweep.RedisProducer(rows=0, rate=1.0)  # the server alone
     try:

@@ -599,16 +599,32 @@ mod tests {
         }
     }
 
+    /// A tansu broker on loopback: the binary on PATH or in `$RILLET_CACHE/tools/bin`
+    /// (scripts/test.sh builds it there). Missing, the test is skipped, unless
+    /// `RILLET_REQUIRE_SERVERS` is set (scripts/test.sh sets it), when it fails.
     fn tansu() -> Option<Broker> {
-        let cached = std::env::var_os("HOME")
-            .map(|home| std::path::Path::new(&home).join(".cache/rillet/tools/bin/tansu"));
+        let cache = std::env::var_os("RILLET_CACHE")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .map(|home| std::path::Path::new(&home).join(".cache/rillet"))
+            });
+        let cached = cache.map(|dir| dir.join("tools/bin/tansu"));
         let binary = cached.filter(|p| p.is_file()).or_else(|| {
             std::env::var_os("PATH").and_then(|paths| {
                 std::env::split_paths(&paths)
                     .map(|d| d.join("tansu"))
                     .find(|p| p.is_file())
             })
-        })?;
+        });
+        let Some(binary) = binary else {
+            assert!(
+                std::env::var_os("RILLET_REQUIRE_SERVERS").is_none(),
+                "no tansu broker binary on PATH or in $RILLET_CACHE/tools/bin, and \
+                 RILLET_REQUIRE_SERVERS is set: run scripts/test.sh, which builds it"
+            );
+            return None;
+        };
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
