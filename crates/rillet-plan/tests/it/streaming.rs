@@ -416,7 +416,13 @@ fn every_failpoint_is_hit_by_a_test() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut sources = Vec::new();
     collect_rust_files(&root.join("crates"), &mut sources);
-    let text: Vec<String> = sources.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    // Whitespace is dropped before matching, so that however rustfmt lays out a call or a
+    // table row (`("name", "return")` on one line or split over three), it still matches.
+    let text: Vec<String> = sources
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .map(|t| t.chars().filter(|c| !c.is_whitespace()).collect())
+        .collect();
     let mut declared = std::collections::BTreeSet::new();
     for file in &text {
         for part in file.split("fail_point!(\"").skip(1) {
@@ -426,7 +432,7 @@ fn every_failpoint_is_hit_by_a_test() {
     assert!(declared.len() >= 9, "{declared:?}");
     for name in &declared {
         let configured = format!("fail::cfg(\"{name}\"");
-        let by_variable = format!("(\"{name}\", \"");
+        let by_variable = format!("(\"{name}\",\"");
         assert!(
             text.iter().any(|t| t.contains(&configured) || t.contains(&by_variable)),
             "failpoint {name} is never configured by a test"
