@@ -384,8 +384,11 @@ impl CheckpointStore {
         };
         let bytes = serde_json::to_vec(&request)
             .map_err(|e| RilletError::internal(format!("cannot encode a stop request: {e}")))?;
-        self.write(&self.control_path(&format!("{STOP}{run}")), Bytes::from(bytes))
-            .await
+        self.write(
+            &self.control_path(&format!("{STOP}{run}")),
+            Bytes::from(bytes),
+        )
+        .await
     }
 
     /// Whether a stop request for run `run` is waiting; it is removed when taken.
@@ -410,7 +413,11 @@ impl CheckpointStore {
             .map_err(|e| RilletError::Checkpoint(format!("cannot list {}: {e}", self.root)))?;
         let mut cleared = 0;
         for object in listing.objects {
-            if object.location.filename().is_some_and(|n| n.starts_with(STOP)) {
+            if object
+                .location
+                .filename()
+                .is_some_and(|n| n.starts_with(STOP))
+            {
                 self.delete_object(&object.location).await?;
                 cleared += 1;
             }

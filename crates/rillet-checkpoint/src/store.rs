@@ -744,7 +744,17 @@ mod tests {
         assert_eq!(store.next_id().await.unwrap(), 4);
         store.retire_ids_through(2).await.unwrap(); // never lowers the mark
         assert_eq!(store.next_id().await.unwrap(), 4);
-        assert_eq!(store.latest().await.unwrap().unwrap().checkpoint.manifest.id, 1);
+        assert_eq!(
+            store
+                .latest()
+                .await
+                .unwrap()
+                .unwrap()
+                .checkpoint
+                .manifest
+                .id,
+            1
+        );
     }
 
     #[tokio::test]

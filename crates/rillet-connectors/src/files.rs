@@ -115,7 +115,10 @@ type Batches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
 
 fn open(path: &Path) -> Result<File> {
     File::open(path).map_err(|e| {
-        RilletError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+        RilletError::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        ))
     })
 }
 
@@ -128,7 +131,10 @@ fn bucket_of(name: &str, buckets: usize) -> usize {
 /// The readable files of `dir` in `bucket`, by name.
 fn list(dir: &Path, bucket: usize, buckets: usize) -> Result<Vec<String>> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
-        RilletError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))
+        RilletError::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", dir.display()),
+        ))
     })?;
     let mut names = Vec::new();
     for entry in entries {
@@ -159,7 +165,12 @@ pub struct DirectorySource {
 impl DirectorySource {
     /// The files of `dir` in `format`, dealt into `buckets` splits; the schema is the first
     /// file's (by name), so the directory must have one.
-    pub fn new(dir: impl Into<PathBuf>, format: DirectoryFormat, buckets: usize, bounded: bool) -> Result<Self> {
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        format: DirectoryFormat,
+        buckets: usize,
+        bounded: bool,
+    ) -> Result<Self> {
         let dir = dir.into();
         // Every file is in the one bucket of a single split: the first name overall.
         let Some(first) = list(&dir, 0, 1)?.into_iter().next() else {
@@ -193,7 +204,11 @@ impl StreamSource for DirectorySource {
             self.dir.display(),
             self.format,
             self.buckets,
-            if self.bounded { ", bounded" } else { ", watched" }
+            if self.bounded {
+                ", bounded"
+            } else {
+                ", watched"
+            }
         )
     }
 
@@ -305,7 +320,9 @@ impl SplitReader {
                     (next, 0)
                 }
             };
-            let mut batches = source.format.read(&source.dir.join(&name), &source.schema)?;
+            let mut batches = source
+                .format
+                .read(&source.dir.join(&name), &source.schema)?;
             let mut skipped = 0u64;
             let mut first: Option<RecordBatch> = None;
             while skipped < skip {
@@ -339,7 +356,9 @@ struct DirectoryReader {
 impl SourceReader for DirectoryReader {
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         loop {
-            let open: Vec<usize> = (0..self.splits.len()).filter(|&i| !self.splits[i].ended).collect();
+            let open: Vec<usize> = (0..self.splits.len())
+                .filter(|&i| !self.splits[i].ended)
+                .collect();
             if open.is_empty() {
                 return Ok(None);
             }
@@ -379,9 +398,11 @@ mod tests {
 
     fn write(dir: &Path, name: &str, ids: std::ops::Range<i64>) {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-        let batch =
-            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(ids))])
-                .unwrap();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(ids))],
+        )
+        .unwrap();
         let file = File::create(dir.join(name)).unwrap();
         let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
         writer.write(&batch).unwrap();
@@ -412,7 +433,12 @@ mod tests {
         write(&dir, "_staging.parquet", 0..5);
         let rt = tokio::runtime::Builder::new_multi_thread().build().unwrap();
         let source = DirectorySource::new(&dir, DirectoryFormat::Parquet, 1, true).unwrap();
-        let assign = |position| vec![SplitAssignment { split: "files#0".into(), position }];
+        let assign = |position| {
+            vec![SplitAssignment {
+                split: "files#0".into(),
+                position,
+            }]
+        };
         let mut reader = source.open(assign(None)).unwrap();
         let first = rt.block_on(reader.next_batch()).unwrap().unwrap();
         assert_eq!(first.num_rows(), BATCH_ROWS, "one batch of a.parquet");
@@ -431,15 +457,20 @@ mod tests {
 
     #[test]
     fn files_keep_their_split_and_an_empty_directory_is_a_clear_error() {
-        assert_eq!(bucket_of("part-7.parquet", 4), bucket_of("part-7.parquet", 4));
-        let spread: BTreeSet<usize> =
-            (0..40).map(|i| bucket_of(&format!("f{i}.json"), 4)).collect();
+        assert_eq!(
+            bucket_of("part-7.parquet", 4),
+            bucket_of("part-7.parquet", 4)
+        );
+        let spread: BTreeSet<usize> = (0..40)
+            .map(|i| bucket_of(&format!("f{i}.json"), 4))
+            .collect();
         assert_eq!(spread.len(), 4, "names spread over every split");
         let dir = std::env::temp_dir().join(format!("rillet-files-empty-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let err = DirectorySource::new(&dir, DirectoryFormat::Json, 2, false).unwrap_err();
         assert!(err.to_string().contains("no files yet"), "{err}");
-        let err = DirectorySource::new(dir.join("nope"), DirectoryFormat::Json, 2, false).unwrap_err();
+        let err =
+            DirectorySource::new(dir.join("nope"), DirectoryFormat::Json, 2, false).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

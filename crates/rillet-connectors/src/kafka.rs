@@ -19,8 +19,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use rillet_common::{Result, RilletError};
 use rillet_runtime::{SourceReader, SplitAssignment, StreamSource};
-use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::BackoffConfig;
+use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::RecordAndOffset;
 use tokio::task::JoinHandle;
@@ -49,7 +49,11 @@ const MAX_FETCH_BYTES: i32 = 4 << 20;
 /// How long the broker may hold a fetch open waiting for records.
 const FETCH_WAIT_MS: i32 = 100;
 
-pub(crate) fn kafka_error(brokers: &[String], what: &str, e: impl std::fmt::Display) -> RilletError {
+pub(crate) fn kafka_error(
+    brokers: &[String],
+    what: &str,
+    e: impl std::fmt::Display,
+) -> RilletError {
     RilletError::Io(std::io::Error::other(format!(
         "kafka at {}: {what}: {e}",
         brokers.join(",")
@@ -67,7 +71,11 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     /// The source for `topic` on `brokers` (`host:port`), with its partitions looked up.
-    pub async fn connect(brokers: Vec<String>, topic: impl Into<String>, bounded: bool) -> Result<Self> {
+    pub async fn connect(
+        brokers: Vec<String>,
+        topic: impl Into<String>,
+        bounded: bool,
+    ) -> Result<Self> {
         let topic = topic.into();
         let client = connect(&brokers, PLANNING_DEADLINE).await?;
         let topics = client
@@ -137,7 +145,11 @@ impl StreamSource for KafkaSource {
     }
 
     fn splits(&self) -> Result<Vec<String>> {
-        Ok(self.partitions.iter().map(|&p| self.split_name(p)).collect())
+        Ok(self
+            .partitions
+            .iter()
+            .map(|&p| self.split_name(p))
+            .collect())
     }
 
     fn open(&self, assigned: Vec<SplitAssignment>) -> Result<Box<dyn SourceReader>> {
@@ -291,10 +303,14 @@ impl KafkaReader {
         let columns: Vec<Arc<dyn arrow::array::Array>> = vec![
             Arc::new(StringArray::from(vec![self.topic.as_str(); rows])),
             Arc::new(Int32Array::from(vec![partition; rows])),
-            Arc::new(Int64Array::from_iter_values(records.iter().map(|r| r.offset))),
+            Arc::new(Int64Array::from_iter_values(
+                records.iter().map(|r| r.offset),
+            )),
             Arc::new(
                 TimestampMillisecondArray::from_iter_values(
-                    records.iter().map(|r| r.record.timestamp.timestamp_millis()),
+                    records
+                        .iter()
+                        .map(|r| r.record.timestamp.timestamp_millis()),
                 )
                 .with_timezone("UTC"),
             ),
@@ -372,7 +388,10 @@ impl SourceReader for KafkaReader {
     fn positions(&self) -> Vec<(String, Vec<u8>)> {
         self.partitions
             .iter()
-            .filter_map(|p| p.next.map(|next| (p.split.clone(), next.to_le_bytes().to_vec())))
+            .filter_map(|p| {
+                p.next
+                    .map(|next| (p.split.clone(), next.to_le_bytes().to_vec()))
+            })
             .collect()
     }
 }

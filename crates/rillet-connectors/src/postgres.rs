@@ -14,7 +14,6 @@
 //! are matched by name and values converted by PostgreSQL from JSON (`json_populate_recordset`),
 //! so any column type PostgreSQL can read from JSON works.
 
-
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
@@ -103,7 +102,12 @@ impl PostgresUpsertSink {
         let Some(first) = batches.iter().find(|b| b.num_rows() > 0) else {
             return Ok(());
         };
-        let columns: Vec<String> = first.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let columns: Vec<String> = first
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         for key in &self.key {
             if !columns.contains(key) {
                 return Err(RilletError::invalid_argument(format!(
@@ -137,14 +141,20 @@ impl RowsOut for PostgresUpsertSink {
 #[async_trait]
 impl Sink for PostgresUpsertSink {
     fn describe(&self) -> String {
-        format!("upsert into postgres table {} on ({})", self.table, self.key.join(", "))
+        format!(
+            "upsert into postgres table {} on ({})",
+            self.table,
+            self.key.join(", ")
+        )
     }
 
     fn prepare(&self) -> Result<()> {
         // Fail at the start, naming the table, rather than at the first commit.
         let mut client = self.connect()?;
         let query = format!("SELECT * FROM {} LIMIT 0", quote_table(&self.table));
-        client.simple_query(&query).map_err(|e| self.error("checking the table", e))?;
+        client
+            .simple_query(&query)
+            .map_err(|e| self.error("checking the table", e))?;
         Ok(())
     }
 

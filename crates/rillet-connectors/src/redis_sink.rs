@@ -7,7 +7,6 @@
 //! already covers appends nothing, so recovery may repeat the restored checkpoint's commit
 //! safely. A job that starts without any checkpoint resets its marker.
 
-
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
@@ -91,7 +90,11 @@ impl RedisStreamSink {
         let schema = first.schema();
         let append = redis::Script::new(APPEND);
         let mut script = append.prepare_invoke();
-        script.key(&self.stream).key(&self.marker).arg(checkpoint).arg(schema.fields().len());
+        script
+            .key(&self.stream)
+            .key(&self.marker)
+            .arg(checkpoint)
+            .arg(schema.fields().len());
         for field in schema.fields() {
             script.arg(field.name());
         }

@@ -101,9 +101,8 @@ impl StreamSource for RedisStreamSource {
     }
 
     fn open(&self, assigned: Vec<SplitAssignment>) -> Result<Box<dyn SourceReader>> {
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
-            RilletError::invalid_argument(format!("redis url {:?}: {e}", self.url))
-        })?;
+        let client = redis::Client::open(self.url.as_str())
+            .map_err(|e| RilletError::invalid_argument(format!("redis url {:?}: {e}", self.url)))?;
         let streams = assigned
             .into_iter()
             .map(|a| {
@@ -162,10 +161,7 @@ struct RedisStreamReader {
 
 impl RedisStreamReader {
     fn unreachable(&self, e: redis::RedisError) -> RilletError {
-        RilletError::Io(std::io::Error::other(format!(
-            "redis at {}: {e}",
-            self.url
-        )))
+        RilletError::Io(std::io::Error::other(format!("redis at {}: {e}", self.url)))
     }
 
     async fn connection(&mut self) -> Result<MultiplexedConnection> {

@@ -165,7 +165,10 @@ impl StreamSource for SequenceSource {
         let rows = self
             .rows_per_partition
             .map_or("unbounded".to_string(), |n| format!("{n} rows each"));
-        format!("sequence '{}': {} partitions, {rows}", self.name, self.partitions)
+        format!(
+            "sequence '{}': {} partitions, {rows}",
+            self.name, self.partitions
+        )
     }
 
     fn schema(&self) -> SchemaRef {
@@ -182,10 +185,7 @@ impl StreamSource for SequenceSource {
         let mut splits = Vec::with_capacity(assigned.len());
         for assignment in assigned {
             let bad = |what: &str| {
-                RilletError::Checkpoint(format!(
-                    "sequence split {:?}: {what}",
-                    assignment.split
-                ))
+                RilletError::Checkpoint(format!("sequence split {:?}: {what}", assignment.split))
             };
             let partition: u32 = assignment
                 .split
@@ -229,7 +229,8 @@ impl SourceReader for SequenceReader {
         if let Some(rate) = self.rate {
             // Throttled: the next batch is due once the rows so far have had their time.
             let per_second = rate * self.splits.len().max(1) as f64;
-            let due = self.started + std::time::Duration::from_secs_f64(self.emitted as f64 / per_second);
+            let due =
+                self.started + std::time::Duration::from_secs_f64(self.emitted as f64 / per_second);
             tokio::time::sleep_until(due).await;
         }
         for _ in 0..self.splits.len() {

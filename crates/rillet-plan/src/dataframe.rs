@@ -17,12 +17,12 @@ use rillet_runtime::{
 };
 
 use crate::graph_builder::build_dataflow;
+use crate::session::Session;
+use crate::stage::{BatchStageNode, StageKind};
 use crate::streaming::{
     RunningFunction, RunningSpec, StreamStep, StreamStepNode, TimeSpan, WindowSpec,
     build_streaming_dataflow, column_index,
 };
-use crate::session::Session;
-use crate::stage::{BatchStageNode, StageKind};
 use crate::udf::{contains_stage_call, extract_stages};
 
 /// File formats the readers understand.
@@ -456,7 +456,12 @@ impl DataFrame {
         let time_type = schema.field(time).data_type();
         let units = |span: &TimeSpan| span.resolve(&window.column, time_type);
         let size = units(&window.size)?;
-        let slide = window.slide.as_ref().map(units).transpose()?.unwrap_or(size);
+        let slide = window
+            .slide
+            .as_ref()
+            .map(units)
+            .transpose()?
+            .unwrap_or(size);
         let window = WindowSpec::sliding(time, size, slide).with_lateness(units(&window.lateness)?);
         let specs = aggregate_specs(&schema, what, specs)?;
         self.stream_step(StreamStep::Window {
@@ -678,7 +683,9 @@ fn aggregate_specs(
         .map(|(function, input, output)| {
             Ok(RunningSpec {
                 function,
-                input: input.map(|name| column_index(schema, what, &name)).transpose()?,
+                input: input
+                    .map(|name| column_index(schema, what, &name))
+                    .transpose()?,
                 output,
             })
         })

@@ -62,8 +62,8 @@ impl QueryPlanner for RilletQueryPlanner {
             Arc::new(BatchStagePlanner),
             Arc::new(crate::streaming::StreamStepPlanner),
         ])
-            .create_physical_plan(logical_plan, session_state)
-            .await
+        .create_physical_plan(logical_plan, session_state)
+        .await
     }
 }
 

@@ -162,7 +162,9 @@ impl DataflowGraph {
                         vertex.name
                     )));
                 }
-                VertexOperator::Sink(_) | VertexOperator::Function(_) | VertexOperator::Stream(_)
+                VertexOperator::Sink(_)
+                | VertexOperator::Function(_)
+                | VertexOperator::Stream(_)
                     if inputs != 1 =>
                 {
                     return Err(RilletError::internal(format!(

@@ -60,6 +60,7 @@ mod stream;
 mod worker;
 pub mod workers;
 
+pub use checkpointing::{CheckpointStats, Checkpointing};
 pub use exchange::{ExchangeRegistry, ExchangeSourceExec};
 pub use function::{
     ArrayFunction, BatchFunction, FunctionChain, FunctionContext, RowBatcher, call_first_row,
@@ -70,7 +71,6 @@ pub use message::{CheckpointBarrier, StreamMessage, WATERMARK_END};
 pub use metrics::{JobStats, OperatorMetrics, OperatorStats, WaitReason};
 pub use pool::BlockingPool;
 pub use resources::{MachineResources, ResourceManager, ResourceRequest};
-pub use checkpointing::{CheckpointStats, Checkpointing};
 pub use runtime::{block_on, global_runtime};
 pub use sink::{
     BatchWriter, CollectSink, CollectedBatches, FileFormat, FileSink, ParquetCompression, Sink,

@@ -848,7 +848,14 @@ mod tests {
             WriteMode::Overwrite,
         );
         sink.prepare().unwrap();
-        let mut writer = sink.open(0, batch.schema(), &BlockingPool::new(1), &SinkContext::default()).unwrap();
+        let mut writer = sink
+            .open(
+                0,
+                batch.schema(),
+                &BlockingPool::new(1),
+                &SinkContext::default(),
+            )
+            .unwrap();
         writer.write(batch).await.unwrap();
         writer.close().await.unwrap().unwrap()
     }

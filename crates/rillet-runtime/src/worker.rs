@@ -590,7 +590,10 @@ impl LocalWorker {
                     // Not fatal, as a failed heartbeat is not: the job runs, unsteerable
                     // from other processes.
                     Err(e) => {
-                        tracing::warn!("job {}: cannot write its record: {e}", settings.store().job());
+                        tracing::warn!(
+                            "job {}: cannot write its record: {e}",
+                            settings.store().job()
+                        );
                         None
                     }
                 }

@@ -39,8 +39,8 @@ use rillet_runtime::{
     DataflowGraph, EdgeKind, OperatorTask, Sink, StreamOperator, VertexId, VertexOperator,
 };
 
-pub(crate) use node::{StreamStepPlanner, column_index};
 pub use node::{StreamStep, StreamStepExec, StreamStepNode};
+pub(crate) use node::{StreamStepPlanner, column_index};
 pub use running::{RunningAggregate, RunningFunction, RunningSpec};
 pub use source::{StreamSourceExec, StreamTable};
 pub use watermark::{
@@ -221,7 +221,11 @@ impl Builder {
         }
         if let Some(stage) = plan.downcast_ref::<BatchStageExec>() {
             let upstream = self.add(stage.input().clone())?;
-            return Ok(add_stage(&mut self.graph, upstream, stage.function().clone()));
+            return Ok(add_stage(
+                &mut self.graph,
+                upstream,
+                stage.function().clone(),
+            ));
         }
         if let Some(exec) = plan.downcast_ref::<StreamStepExec>() {
             let upstream = self.add(exec.input().clone())?;
@@ -235,7 +239,10 @@ impl Builder {
             let (parallelism, edge) = if keys.is_empty() {
                 (1, EdgeKind::Rebalance)
             } else {
-                (self.graph.vertices[upstream.0].parallelism, EdgeKind::Hash(keys))
+                (
+                    self.graph.vertices[upstream.0].parallelism,
+                    EdgeKind::Hash(keys),
+                )
             };
             let vertex = self.graph.add_vertex(
                 operator.name(),
@@ -298,7 +305,9 @@ impl Builder {
             expr.schema = schema.clone();
         }
         if clock.is_some() {
-            expr.operator.steps.retain(|s| !matches!(s, Step::Watermark));
+            expr.operator
+                .steps
+                .retain(|s| !matches!(s, Step::Watermark));
             expr.operator.clock = clock;
         }
         expr.operator.steps.push(step);

@@ -71,9 +71,11 @@ impl StreamStep {
     /// The operator that runs this step over `input`.
     pub fn operator(&self, input: SchemaRef) -> Result<Arc<dyn StreamOperator>> {
         Ok(match self {
-            StreamStep::Running { keys, specs } => {
-                Arc::new(RunningAggregate::try_new(input, keys.clone(), specs.clone())?)
-            }
+            StreamStep::Running { keys, specs } => Arc::new(RunningAggregate::try_new(
+                input,
+                keys.clone(),
+                specs.clone(),
+            )?),
             StreamStep::Window {
                 keys,
                 window,
@@ -215,7 +217,11 @@ pub struct StreamStepExec {
 }
 
 impl StreamStepExec {
-    fn new(input: Arc<dyn ExecutionPlan>, step: StreamStep, operator: Arc<dyn StreamOperator>) -> Self {
+    fn new(
+        input: Arc<dyn ExecutionPlan>,
+        step: StreamStep,
+        operator: Arc<dyn StreamOperator>,
+    ) -> Self {
         let properties = PlanProperties::new(
             EquivalenceProperties::new(operator.output_schema()),
             Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
@@ -277,7 +283,9 @@ impl ExecutionPlan for StreamStepExec {
         match self.operator.key_columns() {
             Some(keys) if !keys.is_empty() => vec![Distribution::KeyPartitioned(
                 keys.iter()
-                    .map(|&k| Arc::new(Column::new(schema.field(k).name(), k)) as Arc<dyn PhysicalExpr>)
+                    .map(|&k| {
+                        Arc::new(Column::new(schema.field(k).name(), k)) as Arc<dyn PhysicalExpr>
+                    })
                     .collect(),
             )],
             Some(_) => vec![Distribution::SinglePartition],
@@ -286,7 +294,10 @@ impl ExecutionPlan for StreamStepExec {
     }
 
     fn maintains_input_order(&self) -> Vec<bool> {
-        vec![matches!(self.step, StreamStep::Running { .. } | StreamStep::Watermark { .. })]
+        vec![matches!(
+            self.step,
+            StreamStep::Running { .. } | StreamStep::Watermark { .. }
+        )]
     }
 
     fn with_new_children(
@@ -296,7 +307,11 @@ impl ExecutionPlan for StreamStepExec {
         let input = children.into_iter().next().ok_or_else(|| {
             DataFusionError::Internal("a streaming step needs one input".to_string())
         })?;
-        Ok(Arc::new(Self::new(input, self.step.clone(), self.operator.clone())))
+        Ok(Arc::new(Self::new(
+            input,
+            self.step.clone(),
+            self.operator.clone(),
+        )))
     }
 
     fn execute(
@@ -362,7 +377,11 @@ impl ExtensionPlanner for StreamStepPlanner {
             .step
             .operator(input.schema())
             .map_err(|e| DataFusionError::Plan(e.to_string()))?;
-        Ok(Some(Arc::new(StreamStepExec::new(input, node.step.clone(), operator))))
+        Ok(Some(Arc::new(StreamStepExec::new(
+            input,
+            node.step.clone(),
+            operator,
+        ))))
     }
 }
 

@@ -71,7 +71,10 @@ pub fn running_schema(input: &Schema, specs: &[RunningSpec]) -> Result<SchemaRef
         };
         fields.push(Arc::new(Field::new(&spec.output, data_type, true)));
     }
-    Ok(Arc::new(Schema::new_with_metadata(fields, input.metadata().clone())))
+    Ok(Arc::new(Schema::new_with_metadata(
+        fields,
+        input.metadata().clone(),
+    )))
 }
 
 /// The streaming operator (one task per key partition).
@@ -85,7 +88,11 @@ pub struct RunningAggregate {
 
 impl RunningAggregate {
     /// Aggregates `specs` per key `keys` (input column indices) of `input_schema`.
-    pub fn try_new(input_schema: SchemaRef, keys: Vec<usize>, specs: Vec<RunningSpec>) -> Result<Self> {
+    pub fn try_new(
+        input_schema: SchemaRef,
+        keys: Vec<usize>,
+        specs: Vec<RunningSpec>,
+    ) -> Result<Self> {
         if keys.is_empty() {
             return Err(RilletError::invalid_argument(
                 "a running aggregate needs at least one key column",
@@ -169,12 +176,16 @@ struct RunningTask {
 
 impl RunningTask {
     fn process_batch(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let key_columns: Vec<ArrayRef> = self.keys.iter().map(|&k| batch.column(k).clone()).collect();
+        let key_columns: Vec<ArrayRef> =
+            self.keys.iter().map(|&k| batch.column(k).clone()).collect();
         let rows = self.converter.convert_columns(&key_columns)?;
         let n = batch.num_rows();
         let inputs = spec_inputs(&self.specs, &self.integer, batch)?;
-        let mut outputs: Vec<Output> =
-            self.integer.iter().map(|&integer| Output::new(integer, n)).collect();
+        let mut outputs: Vec<Output> = self
+            .integer
+            .iter()
+            .map(|&integer| Output::new(integer, n))
+            .collect();
         let empty = vec![Value::Empty; self.specs.len()];
         for row in 0..n {
             let key = rows.row(row);
@@ -220,13 +231,19 @@ pub(super) fn describe_field(schema: &Schema, i: usize) -> String {
 
 /// The keys and aggregates of a keyed aggregate's state, with their input types: the
 /// part of its name that a restore checks.
-pub(super) fn describe_layout(schema: &Schema, keys: &[usize], specs: &[RunningSpec]) -> (String, String) {
+pub(super) fn describe_layout(
+    schema: &Schema,
+    keys: &[usize],
+    specs: &[RunningSpec],
+) -> (String, String) {
     let keys: Vec<String> = keys.iter().map(|&k| describe_field(schema, k)).collect();
     let specs: Vec<String> = specs
         .iter()
         .map(|s| {
             let function = format!("{:?}", s.function).to_lowercase();
-            let input = s.input.map_or("*".to_string(), |i| describe_field(schema, i));
+            let input = s
+                .input
+                .map_or("*".to_string(), |i| describe_field(schema, i));
             format!("{function}({input}) as {}", s.output)
         })
         .collect();
@@ -249,7 +266,11 @@ pub(super) fn spec_inputs(
                     if spec.function == RunningFunction::Count {
                         return Ok(column.clone());
                     }
-                    let to = if integer { DataType::Int64 } else { DataType::Float64 };
+                    let to = if integer {
+                        DataType::Int64
+                    } else {
+                        DataType::Float64
+                    };
                     Ok(arrow::compute::cast(column, &to)?)
                 })
                 .transpose()
@@ -285,9 +306,10 @@ impl<'a> StateReader<'a> {
     }
 
     fn take(&mut self, len: usize) -> Result<&'a [u8]> {
-        let slice = self.bytes.get(self.at..self.at + len).ok_or_else(|| {
-            RilletError::Checkpoint(format!("{} state is cut short", self.what))
-        })?;
+        let slice = self
+            .bytes
+            .get(self.at..self.at + len)
+            .ok_or_else(|| RilletError::Checkpoint(format!("{} state is cut short", self.what)))?;
         self.at += len;
         Ok(slice)
     }
@@ -297,7 +319,9 @@ impl<'a> StateReader<'a> {
     }
 
     pub(super) fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     /// The end: every byte read.
@@ -361,7 +385,12 @@ fn decode_values(reader: &mut StateReader<'_>, count: usize) -> Result<Vec<Value
     Ok(values)
 }
 
-pub(super) fn update(function: RunningFunction, current: Value, input: Option<&dyn Array>, row: usize) -> Value {
+pub(super) fn update(
+    function: RunningFunction,
+    current: Value,
+    input: Option<&dyn Array>,
+    row: usize,
+) -> Value {
     let Some(input) = input else {
         // count(*)
         return match current {
@@ -462,29 +491,52 @@ mod tests {
 
     fn operator() -> RunningAggregate {
         let specs = vec![
-            RunningSpec { function: RunningFunction::Count, input: None, output: "n".into() },
-            RunningSpec { function: RunningFunction::Sum, input: Some(1), output: "total".into() },
-            RunningSpec { function: RunningFunction::Max, input: Some(1), output: "top".into() },
+            RunningSpec {
+                function: RunningFunction::Count,
+                input: None,
+                output: "n".into(),
+            },
+            RunningSpec {
+                function: RunningFunction::Sum,
+                input: Some(1),
+                output: "total".into(),
+            },
+            RunningSpec {
+                function: RunningFunction::Max,
+                input: Some(1),
+                output: "top".into(),
+            },
         ];
         RunningAggregate::try_new(batch(&[], &[]).schema(), vec![0], specs).unwrap()
     }
 
     fn column(batch: &RecordBatch, name: &str) -> Vec<i64> {
-        batch.column_by_name(name).unwrap().as_primitive::<Int64Type>().values().to_vec()
+        batch
+            .column_by_name(name)
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec()
     }
 
     #[test]
     fn running_values_per_key_and_a_restore_continues_exactly() {
         let op = operator();
         let mut task = op.open(0, None).unwrap();
-        let out = task.process(batch(&["a", "b", "a"], &[1, 10, 2])).unwrap().remove(0);
+        let out = task
+            .process(batch(&["a", "b", "a"], &[1, 10, 2]))
+            .unwrap()
+            .remove(0);
         assert_eq!(column(&out, "n"), vec![1, 1, 2]);
         assert_eq!(column(&out, "total"), vec![1, 10, 3]);
         let state = task.snapshot().unwrap().unwrap();
         // Rows after the snapshot, then a crash: the restored task continues from it.
         let _lost = task.process(batch(&["a"], &[100])).unwrap();
         let mut restored = op.open(0, Some(&state)).unwrap();
-        let out = restored.process(batch(&["a", "b"], &[5, 1])).unwrap().remove(0);
+        let out = restored
+            .process(batch(&["a", "b"], &[5, 1]))
+            .unwrap()
+            .remove(0);
         assert_eq!(column(&out, "n"), vec![3, 2]);
         assert_eq!(column(&out, "total"), vec![8, 11]);
         assert_eq!(column(&out, "top"), vec![5, 10]);

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::Session as CatalogSession;
-use datafusion::datasource::{TableProvider, TableType};
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
@@ -53,11 +53,7 @@ impl TableProvider for StreamTable {
             .source
             .splits()
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let tasks = state
-            .config()
-            .target_partitions()
-            .min(splits.len())
-            .max(1);
+        let tasks = state.config().target_partitions().min(splits.len()).max(1);
         Ok(Arc::new(StreamSourceExec::new(
             self.source.clone(),
             projection.cloned(),
@@ -145,7 +141,9 @@ impl ExecutionPlan for StreamSourceExec {
 
     fn apply_expressions(
         &self,
-        _f: &mut dyn FnMut(&Arc<dyn datafusion::physical_expr::PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+        _f: &mut dyn FnMut(
+            &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+        ) -> DfResult<TreeNodeRecursion>,
     ) -> DfResult<TreeNodeRecursion> {
         Ok(TreeNodeRecursion::Continue)
     }
@@ -187,6 +185,9 @@ impl ExecutionPlan for StreamSourceExec {
                 })
             }
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            stream,
+        )))
     }
 }

@@ -143,7 +143,9 @@ impl EventClock {
     pub fn take(&mut self) -> Option<i64> {
         let candidate = self.latest?.saturating_sub(self.delay);
         if self.emitted.is_some_and(|e| e >= candidate)
-            || self.emitted_at.is_some_and(|at| at.elapsed() < WATERMARK_INTERVAL)
+            || self
+                .emitted_at
+                .is_some_and(|at| at.elapsed() < WATERMARK_INTERVAL)
         {
             return None;
         }
@@ -266,9 +268,15 @@ mod tests {
     fn event_time_must_be_a_time_or_an_integer() {
         let schema = Arc::new(Schema::new(vec![
             Field::new("name", DataType::Utf8, false),
-            Field::new("at", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+            Field::new(
+                "at",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
         ]));
-        let err = WatermarkAssigner::try_new(schema.clone(), 0, 1).unwrap_err().to_string();
+        let err = WatermarkAssigner::try_new(schema.clone(), 0, 1)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("must be a timestamp"), "{err}");
         assert!(WatermarkAssigner::try_new(schema.clone(), 1, -1).is_err());
         let op = WatermarkAssigner::try_new(schema.clone(), 1, 1000).unwrap();

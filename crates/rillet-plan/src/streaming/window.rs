@@ -94,7 +94,10 @@ impl WindowSpec {
 
     /// Whether the window starting at `start` fires at watermark `watermark`.
     fn fires(&self, start: i64, watermark: i64) -> bool {
-        start.saturating_add(self.size).saturating_add(self.lateness) <= watermark
+        start
+            .saturating_add(self.size)
+            .saturating_add(self.lateness)
+            <= watermark
     }
 }
 
@@ -130,7 +133,11 @@ impl WindowAggregate {
             .iter()
             .map(|&k| input_schema.fields()[k].clone())
             .collect();
-        fields.push(Arc::new(Field::new("window_start", bound_type.clone(), false)));
+        fields.push(Arc::new(Field::new(
+            "window_start",
+            bound_type.clone(),
+            false,
+        )));
         fields.push(Arc::new(Field::new("window_end", bound_type, false)));
         let integer = specs
             .iter()
@@ -143,7 +150,11 @@ impl WindowAggregate {
                     spec.output
                 )));
             }
-            let data_type = if integer { DataType::Int64 } else { DataType::Float64 };
+            let data_type = if integer {
+                DataType::Int64
+            } else {
+                DataType::Float64
+            };
             fields.push(Arc::new(Field::new(&spec.output, data_type, true)));
         }
         Ok(Self {
@@ -235,7 +246,11 @@ impl WindowTask {
                 continue;
             }
             // Without key columns every row has the empty key.
-            let key: &[u8] = if op.keys.is_empty() { &[] } else { keys.row(row).data() };
+            let key: &[u8] = if op.keys.is_empty() {
+                &[]
+            } else {
+                keys.row(row).data()
+            };
             let mut placed = false;
             for start in op.window.starts(times.value(row)) {
                 if self.watermark.is_some_and(|w| op.window.fires(start, w)) {
@@ -248,7 +263,8 @@ impl WindowTask {
                     None => window.entry(key.into()).or_insert_with(|| empty.clone()),
                 };
                 for (s, spec) in op.specs.iter().enumerate() {
-                    accumulators[s] = update(spec.function, accumulators[s], inputs[s].as_deref(), row);
+                    accumulators[s] =
+                        update(spec.function, accumulators[s], inputs[s].as_deref(), row);
                 }
             }
             if !placed {
@@ -278,8 +294,12 @@ impl WindowTask {
         let fired = std::mem::replace(&mut self.windows, open);
         let rows: usize = fired.values().map(HashMap::len).sum();
         let (mut starts, mut ends) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
-        let mut outputs: Vec<Output> =
-            self.op.integer.iter().map(|&i| Output::new(i, rows)).collect();
+        let mut outputs: Vec<Output> = self
+            .op
+            .integer
+            .iter()
+            .map(|&i| Output::new(i, rows))
+            .collect();
         let parser = self.converter.parser();
         let mut key_rows = Vec::with_capacity(rows);
         for (start, keys) in &fired {
@@ -399,8 +419,16 @@ mod tests {
 
     fn operator(window: WindowSpec) -> WindowAggregate {
         let specs = vec![
-            RunningSpec { function: RunningFunction::Count, input: None, output: "n".into() },
-            RunningSpec { function: RunningFunction::Sum, input: Some(2), output: "total".into() },
+            RunningSpec {
+                function: RunningFunction::Count,
+                input: None,
+                output: "n".into(),
+            },
+            RunningSpec {
+                function: RunningFunction::Sum,
+                input: Some(2),
+                output: "total".into(),
+            },
         ];
         WindowAggregate::try_new(batch(&[]).schema(), vec![0], window, specs).unwrap()
     }
@@ -428,7 +456,13 @@ mod tests {
     fn tumbling_windows_fire_at_the_watermark_and_late_rows_are_counted() {
         let op = operator(WindowSpec::tumbling(1, 10));
         let mut task = op.open(0, None).unwrap();
-        task.process(batch(&[("a", 1, 1), ("b", 5, 10), ("a", 9, 2), ("a", 12, 100)])).unwrap();
+        task.process(batch(&[
+            ("a", 1, 1),
+            ("b", 5, 10),
+            ("a", 9, 2),
+            ("a", 12, 100),
+        ]))
+        .unwrap();
         let (out, forward) = task.on_watermark(9).unwrap();
         assert!(out.is_empty(), "[0, 10) is still open at 9");
         assert_eq!(forward, Some(9));
@@ -438,10 +472,14 @@ mod tests {
             vec![("a".into(), 0, 10, 2, 3), ("b".into(), 0, 10, 1, 10)]
         );
         // A row for the fired window is late; one for the open window counts.
-        task.process(batch(&[("a", 3, 1000), ("a", 15, 5)])).unwrap();
+        task.process(batch(&[("a", 3, 1000), ("a", 15, 5)]))
+            .unwrap();
         assert_eq!(task.take_dropped_late(), 1);
         assert_eq!(task.take_dropped_late(), 0);
-        assert_eq!(rows(&task.finish().unwrap()), vec![("a".into(), 10, 20, 2, 105)]);
+        assert_eq!(
+            rows(&task.finish().unwrap()),
+            vec![("a".into(), 10, 20, 2, 105)]
+        );
     }
 
     #[test]
@@ -466,7 +504,10 @@ mod tests {
         let op = operator(WindowSpec::tumbling(1, 10).with_lateness(5));
         let mut task = op.open(0, None).unwrap();
         task.process(batch(&[("a", 1, 1)])).unwrap();
-        assert!(task.on_watermark(12).unwrap().0.is_empty(), "waits 5 past its end");
+        assert!(
+            task.on_watermark(12).unwrap().0.is_empty(),
+            "waits 5 past its end"
+        );
         let state = task.snapshot().unwrap().unwrap();
         task.process(batch(&[("a", 2, 50)])).unwrap(); // lost in a crash
         let mut restored = op.open(0, Some(&state)).unwrap();

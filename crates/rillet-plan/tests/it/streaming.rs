@@ -33,7 +33,11 @@ fn job(session: &Session, rows: u64, rate: Option<f64>) -> DataFrame {
             &["source".to_string(), "partition".to_string()],
             vec![
                 (RunningFunction::Count, None, "running_count".to_string()),
-                (RunningFunction::Sum, Some("value".to_string()), "running_sum".to_string()),
+                (
+                    RunningFunction::Sum,
+                    Some("value".to_string()),
+                    "running_sum".to_string(),
+                ),
             ],
         )
         .unwrap()
@@ -73,15 +77,28 @@ fn committed(out: &Path) -> Vec<RecordBatch> {
 /// its split up to and including it (state restored exactly, not replayed twice).
 fn assert_exact(out: &Path, rows: u64) {
     let batches = committed(out);
-    let expected: BTreeMap<(String, u32), u64> =
-        (0..PARTITIONS).map(|p| (("seq".to_string(), p), rows)).collect();
+    let expected: BTreeMap<(String, u32), u64> = (0..PARTITIONS)
+        .map(|p| (("seq".to_string(), p), rows))
+        .collect();
     let total = check(&batches, &expected).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(total, rows * u64::from(PARTITIONS));
     for batch in &batches {
-        let partition = batch.column_by_name("partition").unwrap().as_primitive::<UInt32Type>();
-        let seq = batch.column_by_name("seq").unwrap().as_primitive::<UInt64Type>();
-        let count = batch.column_by_name("running_count").unwrap().as_primitive::<Int64Type>();
-        let sum = batch.column_by_name("running_sum").unwrap().as_primitive::<Int64Type>();
+        let partition = batch
+            .column_by_name("partition")
+            .unwrap()
+            .as_primitive::<UInt32Type>();
+        let seq = batch
+            .column_by_name("seq")
+            .unwrap()
+            .as_primitive::<UInt64Type>();
+        let count = batch
+            .column_by_name("running_count")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        let sum = batch
+            .column_by_name("running_sum")
+            .unwrap()
+            .as_primitive::<Int64Type>();
         for row in 0..batch.num_rows() {
             let (p, s) = (partition.value(row), seq.value(row));
             assert_eq!(count.value(row), s as i64 + 1, "running count of {p}/{s}");
@@ -165,12 +182,17 @@ fn a_corrupt_checkpoint_is_skipped_for_the_previous_one() {
     let mut bytes = std::fs::read(&artifact).unwrap();
     bytes[0] ^= 0xff;
     std::fs::write(&artifact, bytes).unwrap();
-    let newest_id: u64 = newest.file_name().unwrap().to_str().unwrap()[4..].parse().unwrap();
+    let newest_id: u64 = newest.file_name().unwrap().to_str().unwrap()[4..]
+        .parse()
+        .unwrap();
 
     let mut second = start(&df, &out, &chk, "corrupt");
     global_runtime().block_on(second.wait()).unwrap();
     let restored = second.checkpoint_stats().unwrap().restored_from.unwrap();
-    assert!(restored < newest_id, "restored {restored}, the corrupt one is {newest_id}");
+    assert!(
+        restored < newest_id,
+        "restored {restored}, the corrupt one is {newest_id}"
+    );
     assert_exact(&out, 4_000);
 }
 
@@ -183,7 +205,9 @@ fn stop_with_a_savepoint_and_resume_gives_exact_output() {
     let df = job(&session, 4_000, Some(20_000.0));
     let mut first = start(&df, &out, &chk, "savepoint");
     wait_for_checkpoints(&first, 2);
-    let savepoint = global_runtime().block_on(first.stop_with_savepoint()).unwrap();
+    let savepoint = global_runtime()
+        .block_on(first.stop_with_savepoint())
+        .unwrap();
     global_runtime().block_on(first.wait()).unwrap();
     let stopped_rows: usize = committed(&out).iter().map(|b| b.num_rows()).sum();
     assert!(stopped_rows < 12_000, "the job finished before the stop");
@@ -198,7 +222,10 @@ fn stop_with_a_savepoint_and_resume_gives_exact_output() {
         )
         .unwrap();
     global_runtime().block_on(second.wait()).unwrap();
-    assert_eq!(second.checkpoint_stats().unwrap().restored_from, Some(savepoint));
+    assert_eq!(
+        second.checkpoint_stats().unwrap().restored_from,
+        Some(savepoint)
+    );
     assert_exact(&out, 4_000);
 }
 
@@ -224,7 +251,9 @@ fn going_back_to_a_savepoint_forgets_the_checkpoints_after_it() {
     };
     let mut first = resume(None);
     wait_for_checkpoints(&first, 2);
-    let savepoint = global_runtime().block_on(first.stop_with_savepoint()).unwrap();
+    let savepoint = global_runtime()
+        .block_on(first.stop_with_savepoint())
+        .unwrap();
     global_runtime().block_on(first.wait()).unwrap();
     // On from the savepoint, several checkpoints, then a crash.
     let mut second = resume(Some(savepoint));
@@ -257,7 +286,10 @@ fn a_streaming_job_refuses_what_it_cannot_checkpoint() {
         dir.path().join("out").to_str().unwrap(),
         FileFormat::Json,
         "sorted",
-        Some((dir.path().join("chk").to_str().unwrap(), Duration::from_millis(50))),
+        Some((
+            dir.path().join("chk").to_str().unwrap(),
+            Duration::from_millis(50),
+        )),
         None,
     ) else {
         panic!("a sort started as a streaming job");
@@ -271,13 +303,17 @@ fn a_bounded_sequence_reads_in_a_batch_job_too() {
     let _serial = SERIAL.lock();
     let session = Session::default();
     let batches = job(&session, 1_000, None).collect().unwrap();
-    let expected: BTreeMap<(String, u32), u64> =
-        (0..PARTITIONS).map(|p| (("seq".to_string(), p), 1_000)).collect();
+    let expected: BTreeMap<(String, u32), u64> = (0..PARTITIONS)
+        .map(|p| (("seq".to_string(), p), 1_000))
+        .collect();
     assert_eq!(check(&batches, &expected).unwrap(), 3_000);
     let max_count = batches
         .iter()
         .flat_map(|b| {
-            let c = b.column_by_name("running_count").unwrap().as_primitive::<Int64Type>();
+            let c = b
+                .column_by_name("running_count")
+                .unwrap()
+                .as_primitive::<Int64Type>();
             c.values().to_vec()
         })
         .max();
@@ -301,13 +337,33 @@ fn every_protocol_failpoint_leaves_exact_output() {
     let _serial = SERIAL.lock();
     let cases = [
         ("source-after-emit", "30*off->1*return->off", Effect::Fails),
-        ("barrier-before-alignment", "4*off->1*return->off", Effect::Fails),
+        (
+            "barrier-before-alignment",
+            "4*off->1*return->off",
+            Effect::Fails,
+        ),
         ("sink-pre-commit", "2*off->1*return->off", Effect::Fails),
-        ("checkpoint-artifact-upload", "5*off->1*return->off", Effect::CheckpointLost),
-        ("checkpoint-before-manifest", "1*off->1*return->off", Effect::CheckpointLost),
-        ("checkpoint-after-manifest", "1*off->1*return->off", Effect::Fails),
+        (
+            "checkpoint-artifact-upload",
+            "5*off->1*return->off",
+            Effect::CheckpointLost,
+        ),
+        (
+            "checkpoint-before-manifest",
+            "1*off->1*return->off",
+            Effect::CheckpointLost,
+        ),
+        (
+            "checkpoint-after-manifest",
+            "1*off->1*return->off",
+            Effect::Fails,
+        ),
         ("sink-after-commit", "1*off->1*return->off", Effect::Fails),
-        ("file-sink-between-renames", "2*off->1*return->off", Effect::Fails),
+        (
+            "file-sink-between-renames",
+            "2*off->1*return->off",
+            Effect::Fails,
+        ),
     ];
     let session = Session::default();
     let df = job(&session, 3_000, Some(10_000.0));
@@ -327,14 +383,19 @@ fn every_protocol_failpoint_leaves_exact_output() {
                 result.unwrap_or_else(|e| panic!("{name}: {e}"));
                 assert!(stats.aborted >= 1, "{name}: {stats:?}");
                 let failure = stats.last_failure.unwrap_or_default();
-                assert!(failure.contains(&format!("failpoint {name}")), "{name}: {failure}");
+                assert!(
+                    failure.contains(&format!("failpoint {name}")),
+                    "{name}: {failure}"
+                );
             }
         }
         if name == "source-after-emit" {
             // The restart fails too, while replaying.
             fail::cfg(name, "10*off->1*return->off").unwrap();
             let mut again = start(&df, &out, &chk, "failpoint");
-            let err = global_runtime().block_on(again.wait()).expect_err("second failure");
+            let err = global_runtime()
+                .block_on(again.wait())
+                .expect_err("second failure");
             assert!(err.to_string().contains("failpoint"), "{err}");
             assert!(again.checkpoint_stats().unwrap().restored_from.is_some());
         }
@@ -434,7 +495,8 @@ fn every_failpoint_is_hit_by_a_test() {
         let configured = format!("fail::cfg(\"{name}\"");
         let by_variable = format!("(\"{name}\",\"");
         assert!(
-            text.iter().any(|t| t.contains(&configured) || t.contains(&by_variable)),
+            text.iter()
+                .any(|t| t.contains(&configured) || t.contains(&by_variable)),
             "failpoint {name} is never configured by a test"
         );
     }
