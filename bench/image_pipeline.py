@@ -74,7 +74,7 @@ def photos(count: int, long_side: tuple[int, int], exact: tuple[int, int] | None
     """``count`` JPEGs made from the real sample photos: random crops, flips and scales to a
     long side in ``long_side`` (or exactly ``exact`` pixels), quality 85-95."""
     from PIL import Image, ImageOps
-    from rillet.datasets import sample_photos
+    from rillet.dev.datasets import sample_photos
 
     name = f"photos-{count}-{exact[0]}x{exact[1]}" if exact else f"photos-{count}"
     out = HERE / "data" / name

@@ -1,5 +1,5 @@
 """Streaming throughput, Rillet side by side with an Apache Flink mini-cluster on the same
-machine, in one run (PEERS.md).
+machine, in one run (the comparison with a peer engine; results in ``bench/RESULTS.md``).
 
 Both jobs read a generated stream, run it through the same operators, and write CSV files
 exactly once, checkpointing every second, with parallelism 2 (this machine's cores):

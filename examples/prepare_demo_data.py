@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rillet.datasets import sample_photos, sample_speech, sample_texts, sample_videos
+from rillet.dev.datasets import sample_photos, sample_speech, sample_texts, sample_videos
 
 
 def generate_views(photos: list[Path], target: Path, rows: int = 2_000_000, files: int = 4) -> None:

@@ -4,7 +4,7 @@
 #   bash scripts/fuzz.sh [SECONDS_PER_TARGET=60] [TARGET ...]
 #
 # Targets: image_decode audio_decode video_decode pdf_text (default: all). Seeds are the
-# sample media of rillet.datasets when the Python environment is there; crashes land in
+# sample media of rillet.dev.datasets when the Python environment is there; crashes land in
 # fuzz/artifacts/<target>/ and make the script fail. On a stable toolchain it runs with
 # coverage but no sanitizer (`-s none`); with a nightly toolchain it uses AddressSanitizer.
 # Not part of CI's test step (it builds an instrumented copy of the engine).
@@ -31,7 +31,7 @@ if [ -x "$RILLET_CACHE/venv/bin/python" ] && [ ! -d "$CORPUS/image_decode" ]; th
   PYTHONPATH="$ROOT/python" "$RILLET_CACHE/venv/bin/python" - "$CORPUS" <<'PY'
 import shutil, sys
 from pathlib import Path
-from rillet import datasets
+from rillet.dev import datasets
 corpus = Path(sys.argv[1])
 seeds = {
     "image_decode": [p for p in datasets.sample_photos() if p.stat().st_size < 200_000],

@@ -178,7 +178,7 @@ def register_provider(name: str, base_url: str, *, api_key_env: str | None = Non
     ``provider=name``.
 
     ``base_url`` ends in ``/v1`` (``https://api.openai.com/v1``, a vLLM or llama.cpp
-    server, or ``python -m rillet.openai_server``). The API key is read from the
+    server, or ``python -m rillet.dev.openai_server``). The API key is read from the
     environment variable ``api_key_env`` at each request (never stored). Each request has
     ``timeout_s``; timeouts, connection errors and 5xx replies are retried with backoff up to
     ``max_retries`` times; a 429 waits as long as its ``Retry-After`` says; other 4xx fail at

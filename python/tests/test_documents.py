@@ -9,7 +9,7 @@ import pytest
 
 import rillet as rl
 from rillet import col
-from rillet.datasets import sample_texts, sample_tokenizer
+from rillet.dev.datasets import sample_texts, sample_tokenizer
 
 SENTENCES = [
     "A man is eating food.",

@@ -11,7 +11,7 @@ import pytest
 
 import rillet as rl
 from rillet import col
-from rillet.datasets import sample_photos, sample_speech, sample_videos
+from rillet.dev.datasets import sample_photos, sample_speech, sample_videos
 from rillet.types import FileType
 
 

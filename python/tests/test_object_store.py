@@ -21,7 +21,7 @@ import pytest
 
 import rillet as rl
 from rillet import col
-from rillet.datasets import sample_photos, sample_speech
+from rillet.dev.datasets import sample_photos, sample_speech
 from rillet.types import FileType
 
 BUCKET = "media"

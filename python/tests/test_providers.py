@@ -1,7 +1,7 @@
-"""OpenAI-compatible providers against a real local server (``python -m rillet.openai_server``,
-in a process of its own) that answers with the in-process models: embeddings from MiniLM,
-labels and summaries by MiniLM embeddings, speech segments from Silero VAD; with injected
-429s, 5xx and slow replies."""
+"""OpenAI-compatible providers against a real local server
+(``python -m rillet.dev.openai_server``, in a process of its own) that answers with the
+in-process models: embeddings from MiniLM, labels and summaries by MiniLM embeddings, speech
+segments from Silero VAD; with injected 429s, 5xx and slow replies."""
 
 import json
 import subprocess
@@ -19,7 +19,7 @@ from rillet import col
 
 @pytest.fixture(scope="module")
 def server():
-    process = subprocess.Popen([sys.executable, "-m", "rillet.openai_server", "--port", "0"],
+    process = subprocess.Popen([sys.executable, "-m", "rillet.dev.openai_server", "--port", "0"],
                                stdout=subprocess.PIPE, text=True)
     url = process.stdout.readline().strip()
     assert url.startswith("http://127.0.0.1:"), url
@@ -167,7 +167,7 @@ def test_classify_image_sends_each_image_inline_to_a_vision_model(server, tmp_pa
 
     from PIL import Image
 
-    from rillet import datasets
+    from rillet.dev import datasets
 
     photos = {p.name: p for p in datasets.sample_photos()}
     p = provider(server, "vision")

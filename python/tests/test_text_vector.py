@@ -178,7 +178,7 @@ _SENTENCES = {
 
 
 def test_language_identifies_sentences_and_real_text():
-    from rillet.datasets import sample_texts
+    from rillet.dev.datasets import sample_texts
 
     df = rl.from_pydict({"t": list(_SENTENCES.values()) + ["", None, "12345 !!!"]})
     out = df.select(col("t").text.language().alias("l")).to_pydict()["l"]
@@ -202,7 +202,7 @@ def test_drop_duplicates_by_subset_and_by_content_hash():
 
 
 def test_drop_near_duplicates_matches_brute_force_jaccard():
-    from rillet.datasets import sample_texts
+    from rillet.dev.datasets import sample_texts
 
     rng = np.random.default_rng(3)
     base = [w for p in sample_texts() for w in p.read_text().split()]

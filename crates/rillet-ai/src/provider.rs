@@ -1,6 +1,6 @@
 //! External model providers that speak the OpenAI HTTP API (`/v1/embeddings`,
 //! `/v1/chat/completions`, `/v1/audio/transcriptions`): OpenAI itself, vLLM, llama.cpp's
-//! server, Ollama, or Rillet's own `python -m rillet.openai_server`.
+//! server, Ollama, or Rillet's own `python -m rillet.dev.openai_server`.
 //!
 //! A provider is registered once under a name ([`register`]) and resolved by it
 //! ([`provider`]); operators naming it share its HTTP connections, its bound on requests in

@@ -4,7 +4,7 @@
 //! stream, a range of a sequence), each read by one reader that reports its position, so
 //! that a checkpoint can record where every split stands and a restore can continue from
 //! there: the deterministic [`sequence`] generator, with the oracle that checks a job's
-//! committed output against it (RELIABILITY.md, "Sequence oracle"), [`redis_streams`],
+//! committed output against it (no row lost, repeated or wrong), [`redis_streams`],
 //! [`kafka`] and [`files`] (a directory whose files keep arriving); and the exactly-once
 //! [`postgres`] upsert sink, [`redis_sink`] and [`kafka_sink`].
 

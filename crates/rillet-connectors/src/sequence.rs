@@ -8,7 +8,7 @@
 //!
 //! [`check`] reads a job's committed output and finds any gap (a lost row), any repeat (a
 //! duplicated row), a wrong value, or a wrong total: the exactly-once oracle of the kill
-//! sweeps (RELIABILITY.md).
+//! sweeps (jobs killed at random instants and restarted, `python/tests/kill_sweep.py`).
 //!
 //! ```
 //! use std::collections::BTreeMap;

