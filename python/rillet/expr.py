@@ -362,6 +362,30 @@ class ImageNamespace:
         """Trim the dark frame (pixels at or below ``threshold``) around the image."""
         return self._op("crop_black_border", threshold, on_error)
 
+    def draw_boxes(self, boxes: Expr | str, *, color: str = "red", thickness: int = 2,
+                   on_error: str = "null") -> Expr:
+        """The image with each of its row's boxes outlined (a copy; the input is unchanged).
+
+        ``boxes`` (a column or its name) holds, per row, a list of ``[x1, y1, x2, y2]``
+        corners in the image's pixels, or the structs with a ``box`` field that
+        ``rl.ai.detect_objects`` and ``rl.ai.ocr`` give. ``color`` is a name (``"red"``,
+        ``"green"``, ``"blue"``, ``"yellow"``, ...) or ``"#rrggbb"``; lines are
+        ``thickness`` pixels wide, drawn inside each box. Parts of a box outside the image
+        are not drawn; a box that is not four finite numbers with ``x1 <= x2`` and
+        ``y1 <= y2`` is bad data for its row (``on_error``).
+
+        >>> import numpy as np, PIL.Image, rillet as rl
+        >>> img = PIL.Image.fromarray(np.zeros((6, 6, 3), dtype=np.uint8))
+        >>> df = rl.from_pydict({"img": [img], "boxes": [[[1.0, 1.0, 5.0, 5.0]]]})
+        >>> out = df.select(rl.col("img").image.draw_boxes("boxes", thickness=1).alias("drawn")).to_pylist()
+        >>> pixels = np.asarray(out[0]["drawn"])
+        >>> pixels[1, 1].tolist(), pixels[2, 2].tolist(), pixels[4, 4].tolist()
+        ([255, 0, 0], [0, 0, 0], [255, 0, 0])
+        """
+        if isinstance(boxes, str):
+            boxes = col(boxes)
+        return _call("image_draw_boxes", self._e, boxes, color, thickness, on_error)
+
     def to_tensor(self, dtype: str = "f32", layout: str = "CHW", mean: Iterable[float] | None = None,
                   std: Iterable[float] | None = None, *, on_error: str = "null") -> Expr:
         """Pixels as a Tensor (``CHW`` or ``HWC``), scaled to [0, 1] and normalised by

@@ -17,7 +17,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 import rillet as rl
 from rillet import col
-from rillet.datasets import sample_photos
+from rillet.dev.datasets import sample_photos
 
 
 @pytest.fixture(scope="module")
@@ -542,3 +542,105 @@ def test_large_batches_spill_to_disk_instead_of_waiting_and_the_files_go_with_th
     producers = [op for op in ops if op["name"].startswith(("udf(image_decode", "exchange", "projection"))]
     assert producers and all(op["spilled_bytes"] == 0 for op in ops), ops
     assert any(op["wait_output_ms"] > 0 for op in producers), ops
+
+
+# ---- draw_boxes ---------------------------------------------------------------------------
+
+def outline_mask(height, width, boxes, thickness):
+    """Where image_draw_boxes must paint: the documented pixel rule, written out in numpy."""
+    mask = np.zeros((height, width), dtype=bool)
+    for x1, y1, x2, y2 in boxes:
+        left, top = round(x1), round(y1)
+        right, bottom = max(round(x2) - 1, left), max(round(y2) - 1, top)
+        for ring in range(thickness):
+            l, t, r, b = left + ring, top + ring, right - ring, bottom - ring
+            if l > r or t > b:
+                break
+            for x in range(l, r + 1):
+                for y in (t, b):
+                    if 0 <= x < width and 0 <= y < height:
+                        mask[y, x] = True
+            for y in range(t, b + 1):
+                for x in (l, r):
+                    if 0 <= x < width and 0 <= y < height:
+                        mask[y, x] = True
+    return mask
+
+
+def test_draw_boxes_paints_exactly_the_outline_pixels(rgb_photos):
+    _, photo = rgb_photos[0]
+    photo = photo.resize((64, 48))
+    boxes = [[3.0, 4.0, 30.0, 20.0], [40.2, 10.7, 70.0, 60.0], [-5.0, 30.0, 10.0, 44.0]]
+    out = rl.from_pydict({"img": [photo], "boxes": [boxes]}).select(
+        col("img").image.draw_boxes("boxes", color="#00ff80", thickness=2).alias("d")).to_pylist()
+    got = np.asarray(out[0]["d"])
+    before = np.asarray(photo)
+    mask = outline_mask(48, 64, boxes, 2)
+    assert mask.sum() > 100
+    assert (got[mask] == [0, 255, 128]).all()
+    assert (got[~mask] == before[~mask]).all(), "pixels off the outlines must be untouched"
+
+
+def test_draw_boxes_takes_detections_and_encoded_input_and_sql(rgb_photos, tmp_path):
+    path, photo = rgb_photos[1]
+    detections = pa.array([[{"label": "face", "score": 0.9, "box": [10.0, 12.0, 50.0, 40.0]}]],
+                          pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32()),
+                                              ("box", pa.list_(pa.float32(), 4))])))
+    table = pa.table({"path": [str(path)], "found": detections})
+    t = rl.from_arrow(table)
+    via_sql = rl.sql("SELECT image_draw_boxes(path, found, 'blue', 1) AS d FROM t", t=t).to_pylist()
+    via_df = t.select(col("path").image.draw_boxes(col("found"), color="blue", thickness=1).alias("d")).to_pylist()
+    got = np.asarray(via_sql[0]["d"])
+    assert (got == np.asarray(via_df[0]["d"])).all()
+    mask = outline_mask(photo.height, photo.width, [[10.0, 12.0, 50.0, 40.0]], 1)
+    assert (got[mask] == [0, 0, 255]).all()
+    assert (got[~mask] == np.asarray(photo)[~mask]).all()
+
+
+def test_draw_boxes_in_grey_and_sixteen_bit_images():
+    grey = Image.fromarray(np.full((10, 10), 7, dtype=np.uint8))
+    out = rl.from_pydict({"img": [grey], "b": [[[0, 0, 10, 10]]]}).select(
+        col("img").image.draw_boxes("b", color="white", thickness=1).alias("d")).to_pylist()
+    got = np.asarray(out[0]["d"])
+    assert got[0, 0] == 255 and got[9, 9] == 255 and got[5, 5] == 7
+    deep = rl.from_pydict({"img": [grey], "b": [[[0, 0, 10, 10]]]}).select(
+        col("img").image.convert_mode("L16").image.draw_boxes("b", color="white", thickness=1).alias("d"))
+    assert deep.to_arrow().schema.field("d").type.__str__().startswith("Image[L16")
+
+
+def test_draw_boxes_bad_boxes_are_bad_rows_with_a_reason():
+    img = Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8))
+    rows = [[[1.0, 1.0, 4.0, 4.0]], [[5.0, 5.0, 1.0, 1.0]], [[1.0, 2.0, 3.0]], [[0.0, float("nan"), 2.0, 2.0]],
+            [], None]
+    out = rl.from_pydict({"img": [img] * len(rows), "b": rows}).select(
+        col("img").image.draw_boxes("b", on_error="column").alias("d")).to_pylist()
+    assert out[0]["d"]["error"] is None
+    assert "corners reversed" in out[1]["d"]["error"]
+    assert "has 3 numbers" in out[2]["d"]["error"]
+    assert "finite" in out[3]["d"]["error"]
+    assert (np.asarray(out[4]["d"]["value"]) == 0).all(), "no boxes: the image unchanged"
+    assert out[5]["d"]["value"] is None and out[5]["d"]["error"] is None
+    with pytest.raises(rl.DataError, match="row 1.*corners reversed"):
+        rl.from_pydict({"img": [img] * 2, "b": rows[:2]}).select(
+            col("img").image.draw_boxes("b", on_error="raise")).collect()
+
+
+def test_draw_boxes_refuses_what_is_not_boxes_when_planning():
+    img = Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8))
+    df = rl.from_pydict({"img": [img], "s": ["x"]})
+    with pytest.raises(rl.PlanError, match="boxes must be"):
+        df.select(col("img").image.draw_boxes("s"))
+    with pytest.raises(rl.PlanError, match="unknown color"):
+        rl.from_pydict({"img": [img], "b": [[[0, 0, 1, 1]]]}).select(
+            col("img").image.draw_boxes("b", color="mauve"))
+
+
+def test_on_error_column_keeps_a_decoded_images_mode():
+    # The planner knows the input's mode (RGB) and declares it inside {value, error}; the
+    # result must carry it too (it once failed with a type mismatch for every operator).
+    img = Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8))
+    out = rl.from_pydict({"img": [img]}).select(
+        col("img").image.crop(0, 0, 2, 2, on_error="column").alias("c"),
+        col("img").image.crop(0, 0, 20, 2, on_error="column").alias("bad")).to_pylist()
+    assert out[0]["c"]["value"].size == (2, 2) and out[0]["c"]["error"] is None
+    assert out[0]["bad"]["value"] is None and "does not fit" in out[0]["bad"]["error"]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, DFSchemaRef, ScalarValue};
@@ -370,6 +370,18 @@ impl ExtensionPlanner for BatchStagePlanner {
     }
 }
 
+/// `result` with the declared type where the two differ only in nested field names or
+/// metadata: a function computing a struct that holds an extension value (an `Image` inside
+/// `on_error="column"`'s `{value, error}`) cannot always know the metadata the planner saw
+/// (an image's declared mode), and the layout is the same.
+fn relabel_nested_fields(result: ArrayRef, declared: &DataType) -> Result<ArrayRef> {
+    if result.data_type() == declared || !result.data_type().equals_datatype(declared) {
+        return Ok(result);
+    }
+    let data = result.to_data().into_builder().data_type(declared.clone()).build()?;
+    Ok(arrow::array::make_array(data))
+}
+
 /// Runs a column function over a batch: evaluate the arguments, call, append the result.
 #[derive(Debug)]
 struct UdfBatchFunction {
@@ -417,6 +429,8 @@ impl BatchFunction for UdfBatchFunction {
                 message: format!("returned {} values for {rows} rows", result.len()),
             });
         }
+        let declared = self.output_schema.field(self.keep.len()).data_type();
+        let result = relabel_nested_fields(result, declared)?;
         let mut columns = self.kept_columns(&batch);
         columns.push(result);
         RecordBatch::try_new(self.output_schema.clone(), columns).map_err(|e| {

@@ -6,6 +6,7 @@
 
 pub mod array;
 pub mod codec;
+mod draw;
 mod measure;
 mod spare;
 mod transform;
@@ -43,6 +44,7 @@ pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     ];
     all.extend(transform::functions());
     all.extend(measure::functions());
+    all.extend(draw::functions());
     all
 }
 
