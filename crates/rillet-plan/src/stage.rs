@@ -378,7 +378,11 @@ fn relabel_nested_fields(result: ArrayRef, declared: &DataType) -> Result<ArrayR
     if result.data_type() == declared || !result.data_type().equals_datatype(declared) {
         return Ok(result);
     }
-    let data = result.to_data().into_builder().data_type(declared.clone()).build()?;
+    let data = result
+        .to_data()
+        .into_builder()
+        .data_type(declared.clone())
+        .build()?;
     Ok(arrow::array::make_array(data))
 }
 

@@ -142,7 +142,11 @@ fn parse_color(text: &str) -> Result<[u8; 3]> {
             .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
             .collect(),
         3 => (0..3)
-            .map(|i| u8::from_str_radix(hex.get(i..i + 1)?, 16).ok().map(|v| v * 17))
+            .map(|i| {
+                u8::from_str_radix(hex.get(i..i + 1)?, 16)
+                    .ok()
+                    .map(|v| v * 17)
+            })
             .collect(),
         _ => None,
     };
@@ -211,15 +215,19 @@ impl BoxColumn {
                     RilletError::internal("image_draw_boxes: struct boxes lost their box field")
                 })?;
                 // A null struct is a null box, whatever its child holds.
-                let nulls =
-                    arrow::buffer::NullBuffer::union(structs.nulls(), column.logical_nulls().as_ref());
+                let nulls = arrow::buffer::NullBuffer::union(
+                    structs.nulls(),
+                    column.logical_nulls().as_ref(),
+                );
                 let data = column.to_data().into_builder().nulls(nulls).build()?;
                 arrow::array::make_array(data)
             }
             _ => entries,
         };
         let as_f64 = DataType::List(Arc::new(Field::new("item", DataType::Float64, true)));
-        let coordinates = arrow::compute::cast(&boxes, &as_f64)?.as_list::<i32>().clone();
+        let coordinates = arrow::compute::cast(&boxes, &as_f64)?
+            .as_list::<i32>()
+            .clone();
         Ok(Self {
             ranges,
             coordinates,
@@ -247,10 +255,19 @@ impl BoxColumn {
             return Err(format!(
                 "has {} numbers{}; expected [x1, y1, x2, y2]",
                 values.len(),
-                if values.null_count() > 0 { " with nulls" } else { "" }
+                if values.null_count() > 0 {
+                    " with nulls"
+                } else {
+                    ""
+                }
             ));
         }
-        let b = [values.value(0), values.value(1), values.value(2), values.value(3)];
+        let b = [
+            values.value(0),
+            values.value(1),
+            values.value(2),
+            values.value(3),
+        ];
         if b.iter().any(|v| !v.is_finite()) {
             return Err(format!("{b:?} is not four finite numbers"));
         }
