@@ -133,7 +133,7 @@ fn plan(
     for (name, path) in tables {
         frames.push((
             name.as_str(),
-            session.read(format_of(path), &[path.clone()])?,
+            session.read(format_of(path), std::slice::from_ref(path))?,
         ));
     }
     session.sql(query, &frames)

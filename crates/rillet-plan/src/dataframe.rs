@@ -121,7 +121,7 @@ impl DataFrame {
         })
     }
 
-    fn from_plan(&self, plan: LogicalPlan) -> Result<Self> {
+    fn with_plan(&self, plan: LogicalPlan) -> Result<Self> {
         let df = datafusion::dataframe::DataFrame::new(self.session.context().state(), plan);
         Self::new(self.session.clone(), df)
     }
@@ -164,7 +164,7 @@ impl DataFrame {
     /// Keep only `exprs` (columns or computed expressions).
     pub fn select(&self, exprs: Vec<Expr>) -> Result<Self> {
         let (plan, exprs) = extract_stages(self.logical_plan().clone(), exprs)?;
-        self.from_plan(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+        self.with_plan(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
     }
 
     /// Add or replace one column.
@@ -195,7 +195,7 @@ impl DataFrame {
                 projection.push(expr);
             }
         }
-        self.from_plan(
+        self.with_plan(
             LogicalPlanBuilder::from(plan)
                 .project(projection)?
                 .build()?,
@@ -213,7 +213,7 @@ impl DataFrame {
             .filter(predicate)?
             .project(self.columns())?
             .build()?;
-        self.from_plan(plan)
+        self.with_plan(plan)
     }
 
     /// Drop columns by name. Unknown names are an error.
@@ -402,7 +402,7 @@ impl DataFrame {
     pub fn map_batches(&self, function: Arc<dyn BatchFunction>) -> Result<Self> {
         let node =
             BatchStageNode::try_new(self.logical_plan().clone(), StageKind::MapBatches(function))?;
-        self.from_plan(node.into_plan())
+        self.with_plan(node.into_plan())
     }
 
     /// Keyed running aggregates: each row gets, per aggregate of `specs` (a function, its
@@ -473,7 +473,7 @@ impl DataFrame {
 
     fn stream_step(&self, step: StreamStep) -> Result<Self> {
         let node = StreamStepNode::try_new(self.logical_plan().clone(), step)?;
-        self.from_plan(node.into_plan())
+        self.with_plan(node.into_plan())
     }
 
     /// Start this DataFrame as a streaming job writing `format` files into `directory`

@@ -109,8 +109,10 @@ impl Session {
                         .await
                 }
                 ReadFormat::Json => {
-                    let mut options = JsonReadOptions::default();
-                    options.file_extension = extension;
+                    let options = JsonReadOptions {
+                        file_extension: extension,
+                        ..Default::default()
+                    };
                     ctx.read_json(urls, options).await
                 }
             }

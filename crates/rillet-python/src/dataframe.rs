@@ -110,6 +110,8 @@ impl PySession {
     }
 
     /// A DataFrame over an Arrow table (anything with `__arrow_c_stream__`).
+    // The Python method's name (`Session.from_arrow`), which reads like the Python API.
+    #[allow(clippy::wrong_self_convention)]
     fn from_arrow(&self, py: Python<'_>, table: PyTable) -> PyResult<PyDataFrame> {
         let (batches, schema) = table.into_inner();
         py.detach(|| self.session.from_batches(schema, batches))

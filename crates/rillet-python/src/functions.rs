@@ -54,7 +54,7 @@ impl BatchFunction for PyBatchFunction {
             let result = PyRecordBatch::new(batch)
                 .into_pyarrow(py)
                 .and_then(|arg| self.callable.call1(py, (arg,)))
-                .and_then(|out| out.bind(py).extract::<PyRecordBatch>().map_err(PyErr::from));
+                .and_then(|out| out.bind(py).extract::<PyRecordBatch>());
             match result {
                 Ok(batch) => Ok(batch.into_inner()),
                 Err(error) => Err(RilletError::UserFunction {
@@ -110,11 +110,7 @@ impl ArrayFunction for PyArrayFunction {
                     .collect::<PyResult<Vec<_>>>()?;
                 let list = PyList::new(py, arrays)?;
                 let out = self.callable.call1(py, (list, rows))?;
-                let (array, _) = out
-                    .bind(py)
-                    .extract::<PyArray>()
-                    .map_err(PyErr::from)?
-                    .into_inner();
+                let (array, _) = out.bind(py).extract::<PyArray>()?.into_inner();
                 Ok(array)
             })();
             result.map_err(|error| RilletError::UserFunction {

@@ -375,8 +375,7 @@ impl PyStreamingJob {
                 .as_ref()
                 .ok_or_else(|| PyValueError::new_err("the job has ended or is being waited for"))?;
             // The request goes out now; the answer comes once the savepoint is written.
-            let stop = job.stop_request();
-            stop
+            job.stop_request()
         };
         let id = py.detach(|| global_runtime().block_on(stopping)).py_err()?;
         let _ = self.wait(py, None)?;

@@ -27,11 +27,15 @@ use crate::graph::VertexId;
 use crate::message::StreamMessage;
 use crate::metrics::OperatorMetrics;
 
+/// An exchange's receiving end and the metrics of the operator reading it, by (upstream
+/// vertex, partition).
+type Receivers = HashMap<(VertexId, usize), (ChannelReceiver, Arc<OperatorMetrics>)>;
+
 /// The receivers of one job's exchanges, keyed by (upstream vertex, partition). Travels to
 /// [`ExchangeSourceExec`] as an extension of the task's session config.
 #[derive(Default)]
 pub struct ExchangeRegistry {
-    receivers: Mutex<HashMap<(VertexId, usize), (ChannelReceiver, Arc<OperatorMetrics>)>>,
+    receivers: Mutex<Receivers>,
 }
 
 impl fmt::Debug for ExchangeRegistry {

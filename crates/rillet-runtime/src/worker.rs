@@ -788,6 +788,9 @@ async fn run_fragment(
 /// (at most twice the pool's size of calls are in flight, running or held). Each call first
 /// reserves its estimated memory from the job's [`CallBudget`]; functions with independent
 /// rows get fewer rows per call when rows are large.
+// The task's parts (ends, metrics, pool, budget, checkpoint link, restored state) are the
+// same as every other task runner's, passed one by one like theirs.
+#[allow(clippy::too_many_arguments)]
 async fn run_function(
     function: Arc<dyn BatchFunction>,
     mut input: InputGate,

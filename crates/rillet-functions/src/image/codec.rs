@@ -35,10 +35,10 @@ fn has_jpeg_end(bytes: &[u8]) -> bool {
     end >= 2 && bytes[end - 2..end] == [0xFF, 0xD9]
 }
 
-fn reader(
-    bytes: &[u8],
-    max_pixels: u64,
-) -> Result<(ImageReader<Cursor<&[u8]>>, ImageFormat), String> {
+/// A decoder over bytes in memory.
+type BytesReader<'a> = ImageReader<Cursor<&'a [u8]>>;
+
+fn reader(bytes: &[u8], max_pixels: u64) -> Result<(BytesReader<'_>, ImageFormat), String> {
     if bytes.is_empty() {
         return Err("empty input (0 bytes)".to_string());
     }
