@@ -12,6 +12,8 @@ bash "$RILLET_ROOT/scripts/setup.sh"
 export RILLET_CACHE="${RILLET_CACHE:-$HOME/.cache/rillet}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$RILLET_CACHE/target}"
 RILLET_VENV="${RILLET_VENV:-$RILLET_CACHE/venv}"
+# CI builds each clone once: incremental compilation's bookkeeping would only slow it.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 mkdir -p "$RILLET_CACHE"
 
 if [ ! -x "$RILLET_VENV/bin/python" ]; then

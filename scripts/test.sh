@@ -15,7 +15,7 @@ tansu_pid=""
 if ! command -v tansu >/dev/null && [ ! -x "$RILLET_CACHE/tools/bin/tansu" ]; then
   echo "== building the tansu Kafka broker into $RILLET_CACHE/tools (once, in the background)"
   (CARGO_TARGET_DIR="$RILLET_CACHE/tansu-target" cargo install tansu@0.6.0 --locked \
-     --features dynostore,postgres --root "$RILLET_CACHE/tools" \
+     --features dynostore --root "$RILLET_CACHE/tools" \
    && rm -rf "$RILLET_CACHE/tansu-target") >"$TANSU_LOG" 2>&1 &
   tansu_pid=$!
 fi
