@@ -88,9 +88,11 @@ def save_annotated(root: str) -> Path:
     """Write each photo's copy with its detections drawn as a JPEG file."""
     target = Path(root) / "out" / "annotated"
     target.mkdir(parents=True, exist_ok=True)
+    for stale in target.glob("*.jpg"):
+        stale.unlink()
     for row in rl.read_parquet(f"{root}/out/images").select("path", "annotated").iter_rows():
         if row["annotated"] is not None:
-            (target / f"{Path(row['path']).stem}.jpg").write_bytes(row["annotated"])
+            (target / f"{Path(row['path']).name}.jpg").write_bytes(row["annotated"])
     return target
 
 

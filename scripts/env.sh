@@ -9,10 +9,14 @@
 set -euo pipefail
 RILLET_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$RILLET_ROOT/scripts/setup.sh"
-export RILLET_CACHE="${RILLET_CACHE:-$HOME/.cache/rillet}"
+RILLET_CACHE="${RILLET_CACHE:-$HOME/.cache/rillet}"
+mkdir -p "$RILLET_CACHE"
+RILLET_CACHE="$(cd "$RILLET_CACHE" && pwd)"  # absolute: the scripts and tests cd elsewhere
+export RILLET_CACHE
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$RILLET_CACHE/target}"
 RILLET_VENV="${RILLET_VENV:-$RILLET_CACHE/venv}"
-# CI builds each clone once: incremental compilation's bookkeeping would only slow it.
+# CI builds each fresh clone once (a clone in a new folder is a new set of workspace
+# crates to cargo): incremental compilation's bookkeeping would only slow it.
 if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 mkdir -p "$RILLET_CACHE"
 

@@ -8,10 +8,15 @@
 #   bash scripts/setup.sh            # install what is missing (root), or say what to run
 #   bash scripts/setup.sh --check    # print the missing packages, one a line; install nothing
 #
-#   RILLET_SYSROOT  look for libraries, .pc files and server binaries under this prefix
-#                   instead of / (python/tests/test_setup.py runs the detection on made-up layouts)
+#   RILLET_SYSROOT     look for libraries, .pc files and PostgreSQL's server directory
+#                      under this prefix instead of / (commands are looked up on PATH);
+#                      python/tests/test_setup.py runs the detection on made-up layouts
+#   RILLET_SKIP_SETUP  set to 1 to skip this check (a machine set up some other way, say
+#                      FFmpeg or LLVM in a prefix of your own, found through PKG_CONFIG_PATH
+#                      and LIBCLANG_PATH)
 set -euo pipefail
 
+[ "${RILLET_SKIP_SETUP:-}" = "1" ] && exit 0
 SYSROOT="${RILLET_SYSROOT:-}"
 MISSING=()
 
@@ -27,7 +32,7 @@ has_command() { command -v "$1" >/dev/null 2>&1; }
 has_file() { # has_file GLOB... : true when any of the globs (under the sysroot) names a file
   local pattern path
   for pattern in "$@"; do
-    for path in $SYSROOT$pattern; do
+    for path in "$SYSROOT"$pattern; do
       [ -e "$path" ] && return 0
     done
   done
@@ -46,7 +51,9 @@ python3 -c "import venv, ensurepip" 2>/dev/null || need python3-venv
 has_command pkg-config || need pkg-config
 for lib in libavcodec libavformat libavutil libswscale; do
   has_file "/usr/lib/*/pkgconfig/$lib.pc" "/usr/lib/pkgconfig/$lib.pc" \
-    "/usr/local/lib/pkgconfig/$lib.pc" || need "$lib-dev"
+    "/usr/local/lib/pkgconfig/$lib.pc" \
+    || { [ -z "$SYSROOT" ] && has_command pkg-config && pkg-config --exists "$lib"; } \
+    || need "$lib-dev"
 done
 if [ -n "${LIBCLANG_PATH:-}" ] && [ -e "$LIBCLANG_PATH/libclang.so" ]; then
   :
@@ -71,10 +78,15 @@ fi
 has_command psql || need postgresql-client
 
 if [ "${1:-}" = "--check" ]; then
-  printf '%s\n' "${MISSING[@]+"${MISSING[@]}"}"
+  [ ${#MISSING[@]} -eq 0 ] || printf '%s\n' "${MISSING[@]}"
   exit 0
 fi
 [ ${#MISSING[@]} -eq 0 ] && exit 0
+if ! has_command apt-get; then
+  echo "Rillet needs these Debian packages (or their equivalents) first: ${MISSING[*]}" >&2
+  echo "(or set RILLET_SKIP_SETUP=1 if the machine has what they provide another way)" >&2
+  exit 1
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "Rillet needs these system packages first; install them and run this again:" >&2

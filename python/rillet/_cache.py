@@ -45,11 +45,18 @@ def write_atomically(path: Path, source: IO[bytes] | bytes) -> None:
     cannot interleave their bytes."""
     fd, part = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # as open() would make it, not mkstemp's 0600
         with os.fdopen(fd, "wb") as out:
             if isinstance(source, bytes):
                 out.write(source)
             else:
                 shutil.copyfileobj(source, out, 1 << 20)
+            # On disk before it gets its name: after a power cut, a file under its final
+            # name is whole (callers take an existing file as fetched).
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(part, path)
     except BaseException:
         Path(part).unlink(missing_ok=True)

@@ -644,3 +644,28 @@ def test_on_error_column_keeps_a_decoded_images_mode():
         col("img").image.crop(0, 0, 20, 2, on_error="column").alias("bad")).to_pylist()
     assert out[0]["c"]["value"].size == (2, 2) and out[0]["c"]["error"] is None
     assert out[0]["bad"]["value"] is None and "does not fit" in out[0]["bad"]["error"]
+
+
+def test_draw_boxes_over_many_rows_and_every_box_layout():
+    # More rows than one call takes (16), so calls see slices of the boxes column; boxes as
+    # LargeList of lists, and as structs with a null entry.
+    rows = 40
+    images = [Image.fromarray(np.full((12, 12, 3), i, dtype=np.uint8)) for i in range(rows)]
+    boxes = [[[float(i % 6), 1.0, float(i % 6) + 5.0, 9.0]] for i in range(rows)]
+    large = pa.array(boxes, pa.large_list(pa.list_(pa.float64())))
+    t = rl.from_pydict({"i": list(range(rows)), "img": images}).join(
+        rl.from_arrow(pa.table({"i": list(range(rows)), "b": large})), on="i").sort("i")
+    out = t.select("i", col("img").image.draw_boxes("b", thickness=1).alias("d")).to_pylist()
+    assert len(out) == rows
+    for row in out:
+        i = row["i"]
+        got = np.asarray(row["d"])
+        mask = outline_mask(12, 12, boxes[i], 1)
+        assert (got[mask] == [255, 0, 0]).all(), i
+        assert (got[~mask] == i).all(), i
+    struct_type = pa.list_(pa.struct([("label", pa.string()), ("box", pa.list_(pa.float32(), 4))]))
+    found = pa.array([[{"label": "a", "box": [1, 1, 3, 3]}, None]], struct_type)
+    one = rl.from_pydict({"img": images[:1]}).with_column("k", rl.lit(0)).join(
+        rl.from_arrow(pa.table({"k": [0], "b": found})), on="k")
+    bad = one.select(col("img").image.draw_boxes("b", on_error="column").alias("d")).to_pylist()
+    assert bad[0]["d"]["value"] is None and "box 1: is null" in bad[0]["d"]["error"]

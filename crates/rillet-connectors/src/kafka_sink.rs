@@ -625,13 +625,13 @@ mod tests {
             );
             return None;
         };
+        // Found, the broker must start: a binary that cannot run is a failure, not a skip.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
+            .and_then(|l| l.local_addr())
+            .expect("a free port on loopback")
             .port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let process = std::process::Command::new(binary)
+        let process = std::process::Command::new(&binary)
             .args([
                 "broker",
                 "--listener-url",
@@ -643,7 +643,7 @@ mod tests {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .ok()?;
+            .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}", binary.display()));
         let address = format!("127.0.0.1:{port}");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&address).is_err() {

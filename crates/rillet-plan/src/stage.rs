@@ -370,12 +370,15 @@ impl ExtensionPlanner for BatchStagePlanner {
     }
 }
 
-/// `result` with the declared type where the two differ only in nested field names or
-/// metadata: a function computing a struct that holds an extension value (an `Image` inside
-/// `on_error="column"`'s `{value, error}`) cannot always know the metadata the planner saw
-/// (an image's declared mode), and the layout is the same.
+/// `result` with the declared type where the two differ only in the metadata of nested
+/// fields (names, types and nullability all equal): a function computing a struct that
+/// holds an extension value (an `Image` inside `on_error="column"`'s `{value, error}`)
+/// cannot always know the metadata the planner saw (an image's declared mode). Any other
+/// difference is left for the schema check to report.
 fn relabel_nested_fields(result: ArrayRef, declared: &DataType) -> Result<ArrayRef> {
-    if result.data_type() == declared || !result.data_type().equals_datatype(declared) {
+    if result.data_type() == declared
+        || without_metadata(result.data_type()) != without_metadata(declared)
+    {
         return Ok(result);
     }
     let data = result
@@ -384,6 +387,24 @@ fn relabel_nested_fields(result: ArrayRef, declared: &DataType) -> Result<ArrayR
         .data_type(declared.clone())
         .build()?;
     Ok(arrow::array::make_array(data))
+}
+
+/// `data_type` with the metadata of every nested field removed.
+fn without_metadata(data_type: &DataType) -> DataType {
+    let field = |f: &arrow::datatypes::FieldRef| {
+        Arc::new(arrow::datatypes::Field::new(
+            f.name(),
+            without_metadata(f.data_type()),
+            f.is_nullable(),
+        ))
+    };
+    match data_type {
+        DataType::Struct(fields) => DataType::Struct(fields.iter().map(field).collect()),
+        DataType::List(item) => DataType::List(field(item)),
+        DataType::LargeList(item) => DataType::LargeList(field(item)),
+        DataType::FixedSizeList(item, n) => DataType::FixedSizeList(field(item), *n),
+        other => other.clone(),
+    }
 }
 
 /// Runs a column function over a batch: evaluate the arguments, call, append the result.
@@ -434,7 +455,11 @@ impl BatchFunction for UdfBatchFunction {
             });
         }
         let declared = self.output_schema.field(self.keep.len()).data_type();
-        let result = relabel_nested_fields(result, declared)?;
+        let result =
+            relabel_nested_fields(result, declared).map_err(|e| RilletError::UserFunction {
+                operator: self.name.clone(),
+                message: format!("result does not fit the declared return type: {e}"),
+            })?;
         let mut columns = self.kept_columns(&batch);
         columns.push(result);
         RecordBatch::try_new(self.output_schema.clone(), columns).map_err(|e| {

@@ -88,7 +88,7 @@ def sample_tokenizer(target: str | os.PathLike | None = None) -> Path:
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        raise RuntimeError(f"{name} is needed to make sample media: apt-get install {name} (see .ci/run)")
+        raise RuntimeError(f"{name} is needed to make sample media: apt-get install {name} (bash scripts/setup.sh installs it)")
     return path
 
 

@@ -136,7 +136,10 @@ fn parse_color(text: &str) -> Result<[u8; 3]> {
     if let Some(rgb) = named {
         return Ok(rgb);
     }
-    let hex = text.strip_prefix('#').unwrap_or("");
+    let hex = text
+        .strip_prefix('#')
+        .filter(|h| h.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or("");
     let digits: Option<Vec<u8>> = match hex.len() {
         6 => (0..3)
             .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
@@ -280,18 +283,25 @@ impl BoxColumn {
     }
 }
 
-/// Each row's `(start, end)` in the list's values (`None` where the row is null), and the
-/// values themselves.
+/// Each row's `(start, end)` in the returned values (`None` where the row is null), and
+/// those values: only the rows' own, so a call over a slice of a large batch converts its
+/// own boxes and no others.
 fn row_ranges<O: OffsetSizeTrait>(
     list: &GenericListArray<O>,
 ) -> (Vec<Option<(usize, usize)>>, ArrayRef) {
     let offsets = list.value_offsets();
+    let (first, last) = (offsets[0].as_usize(), offsets[list.len()].as_usize());
     let ranges = (0..list.len())
         .map(|row| {
-            (!list.is_null(row)).then(|| (offsets[row].as_usize(), offsets[row + 1].as_usize()))
+            (!list.is_null(row)).then(|| {
+                (
+                    offsets[row].as_usize() - first,
+                    offsets[row + 1].as_usize() - first,
+                )
+            })
         })
         .collect();
-    (ranges, list.values().clone())
+    (ranges, list.values().slice(first, last - first))
 }
 
 /// One image's pixels, drawn on in place.
@@ -358,21 +368,27 @@ fn outline(canvas: &mut Canvas<'_>, [x1, y1, x2, y2]: [f64; 4], color: &[u8], th
     {
         return;
     }
-    // Only the part of each edge that can be inside the image is walked.
-    let (x_lo, x_hi) = (0, i64::from(canvas.width) - 1);
-    let (y_lo, y_hi) = (0, i64::from(canvas.height) - 1);
-    for ring in 0..i64::from(thickness) {
-        let (l, t, r, b) = (left + ring, top + ring, right - ring, bottom - ring);
-        if l > r || t > b {
-            break;
-        }
-        for x in l.max(x_lo)..=r.min(x_hi) {
-            canvas.paint(x, t, color);
-            canvas.paint(x, b, color);
-        }
-        for y in t.max(y_lo)..=b.min(y_hi) {
-            canvas.paint(l, y, color);
-            canvas.paint(r, y, color);
+    // Four bands, each `thickness` deep (or the whole box where it is thinner), clipped to
+    // the image first: the work is the pixels painted, whatever the box or thickness.
+    let t = i64::from(thickness);
+    let bands = [
+        (left, top, right, (top + t - 1).min(bottom)),
+        (left, (bottom - t + 1).max(top), right, bottom),
+        (left, top, (left + t - 1).min(right), bottom),
+        ((right - t + 1).max(left), top, right, bottom),
+    ];
+    for (l, t, r, b) in bands {
+        fill(canvas, l, t, r, b, color);
+    }
+}
+
+/// Paint the pixels of the inclusive rectangle `(l, t)..=(r, b)` that lie in the image.
+fn fill(canvas: &mut Canvas<'_>, l: i64, t: i64, r: i64, b: i64, color: &[u8]) {
+    let (l, r) = (l.max(0), r.min(i64::from(canvas.width) - 1));
+    let (t, b) = (t.max(0), b.min(i64::from(canvas.height) - 1));
+    for y in t..=b {
+        for x in l..=r {
+            canvas.paint(x, y, color);
         }
     }
 }
@@ -438,6 +454,19 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_box_and_thickness_cost_only_the_pixels_painted() {
+        let mut data = canvas_rgb(4, 3);
+        let canvas = Canvas {
+            data: &mut data,
+            width: 4,
+            height: 3,
+            mode: ImageMode::Rgb,
+        };
+        draw_all(canvas, &[[-1e15, -1e15, 1e15, 1e15]], [1, 1, 1], u32::MAX).unwrap();
+        assert_eq!(painted(&data, 4).len(), 12);
+    }
+
+    #[test]
     fn colors_follow_the_mode() {
         assert_eq!(pixel_bytes(ImageMode::L, [255, 0, 0]), vec![76]);
         assert_eq!(pixel_bytes(ImageMode::Rgba, [1, 2, 3]), vec![1, 2, 3, 255]);
@@ -448,6 +477,7 @@ mod tests {
         assert_eq!(parse_color("#00ff80").unwrap(), [0, 255, 128]);
         assert_eq!(parse_color("#fff").unwrap(), [255, 255, 255]);
         assert!(parse_color("#12345").is_err());
+        assert!(parse_color("#+f+f+f").is_err());
         assert!(parse_color("mauve").is_err());
     }
 }
