@@ -462,7 +462,17 @@ mod tests {
             height: 3,
             mode: ImageMode::Rgb,
         };
+        // Edges far outside on every side: the image lies inside the box, untouched.
         draw_all(canvas, &[[-1e15, -1e15, 1e15, 1e15]], [1, 1, 1], u32::MAX).unwrap();
+        assert_eq!(painted(&data, 4).len(), 0);
+        // An edge just outside, bands deeper than the box: every pixel is on the outline.
+        let canvas = Canvas {
+            data: &mut data,
+            width: 4,
+            height: 3,
+            mode: ImageMode::Rgb,
+        };
+        draw_all(canvas, &[[-2.0, -2.0, 1e15, 1e15]], [1, 1, 1], u32::MAX).unwrap();
         assert_eq!(painted(&data, 4).len(), 12);
     }
 
