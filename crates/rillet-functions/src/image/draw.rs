@@ -11,7 +11,9 @@ use rillet_common::{Result, RilletError};
 use rillet_runtime::ArrayFunction;
 
 use super::array::ImageBuilder;
-use super::{IMAGE_BATCH_ROWS, ImageInput, RowFailure, codec, expect_image, input_mode};
+use super::{
+    IMAGE_BATCH_ROWS, ImageInput, RowFailure, close_image_row, codec, expect_image, input_mode,
+};
 use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
 
 pub(super) fn functions() -> Vec<Arc<dyn ArrayFunction>> {
@@ -87,19 +89,7 @@ impl Operator for DrawBoxes {
                 }
                 Err(reason) => Err(RowFailure::Data(format!("row {row}: {reason}"))),
             };
-            match drawn {
-                Ok(None) => builder.append_null(),
-                Ok(Some(Ok(()))) => {}
-                Ok(Some(Err(reason))) => {
-                    errors.fail(row, format!("{}: {reason}", input.identity(row)));
-                    builder.append_null();
-                }
-                Err(RowFailure::Data(reason)) => {
-                    errors.fail(row, reason);
-                    builder.append_null();
-                }
-                Err(RowFailure::Infrastructure(e)) => return Err(e),
-            }
+            close_image_row(&mut builder, errors, row, drawn, || input.identity(row))?;
         }
         Ok(builder.finish())
     }

@@ -246,21 +246,32 @@ pub(crate) fn map_images_within(
     }
     let mut builder = ImageBuilder::with_capacity(call.rows);
     for row in 0..call.rows {
-        match input.with_pixels(row, max_pixels, |pixels| f(pixels, &mut builder)) {
-            Ok(None) => builder.append_null(),
-            Ok(Some(Ok(()))) => {}
-            Ok(Some(Err(reason))) => {
-                errors.fail(row, format!("{}: {reason}", input.identity(row)));
-                builder.append_null();
-            }
-            Err(RowFailure::Data(reason)) => {
-                errors.fail(row, reason);
-                builder.append_null();
-            }
-            Err(RowFailure::Infrastructure(e)) => return Err(e),
-        }
+        let outcome = input.with_pixels(row, max_pixels, |pixels| f(pixels, &mut builder));
+        close_image_row(&mut builder, errors, row, outcome, || input.identity(row))?;
     }
     Ok(builder.finish())
+}
+
+/// Finish row `row` of an Image result from what computing it gave: appended already
+/// (`Ok(Some(Ok(())))`), a null row, or a data problem (the row is null and its reason
+/// recorded, `f`'s own reasons prefixed with `identity()`). An infrastructure problem
+/// fails the call.
+pub(crate) fn close_image_row(
+    builder: &mut ImageBuilder,
+    errors: &mut RowErrors,
+    row: usize,
+    outcome: std::result::Result<Option<std::result::Result<(), String>>, RowFailure>,
+    identity: impl FnOnce() -> String,
+) -> Result<()> {
+    match outcome {
+        Ok(Some(Ok(()))) => return Ok(()),
+        Ok(None) => {}
+        Ok(Some(Err(reason))) => errors.fail(row, format!("{}: {reason}", identity())),
+        Err(RowFailure::Data(reason)) => errors.fail(row, reason),
+        Err(RowFailure::Infrastructure(e)) => return Err(e),
+    }
+    builder.append_null();
+    Ok(())
 }
 
 /// One value per row computed by `f` from the row's image. Null rows stay null; data
