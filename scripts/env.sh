@@ -8,7 +8,7 @@
 
 set -euo pipefail
 RILLET_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$RILLET_ROOT/scripts/setup.sh"
+[ "${RILLET_SETUP_DONE:-}" = "1" ] || bash "$RILLET_ROOT/scripts/setup.sh"
 RILLET_CACHE="${RILLET_CACHE:-$HOME/.cache/rillet}"
 mkdir -p "$RILLET_CACHE"
 RILLET_CACHE="$(cd "$RILLET_CACHE" && pwd)"  # absolute: the scripts and tests cd elsewhere

@@ -4,6 +4,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$ROOT/scripts/setup.sh"
+export RILLET_SETUP_DONE=1  # env.sh, sourced below, need not check again
 # Absolute, so that it means the same after the cd below and in the tests.
 RILLET_CACHE="${RILLET_CACHE:-$HOME/.cache/rillet}"
 mkdir -p "$RILLET_CACHE"
