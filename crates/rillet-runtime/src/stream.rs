@@ -143,6 +143,27 @@ pub fn assign_splits(
     assigned
 }
 
+/// Rows as checkpoint state: `batches` (of `schema`) as one Arrow IPC stream.
+pub fn encode_batches(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    Ok(writer.into_inner()?)
+}
+
+/// The rows [`encode_batches`] wrote; a damaged state is a checkpoint error.
+pub fn decode_batches(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
+    let damaged = |e: arrow::error::ArrowError| {
+        RilletError::Checkpoint(format!("rows in a checkpoint state: {e}"))
+    };
+    arrow::ipc::reader::StreamReader::try_new(bytes, None)
+        .map_err(damaged)?
+        .map(|batch| batch.map_err(damaged))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,25 +193,4 @@ mod tests {
             .to_string();
         assert!(err.contains("unreadable source positions"), "{err}");
     }
-}
-
-/// Rows as checkpoint state: `batches` (of `schema`) as one Arrow IPC stream.
-pub fn encode_batches(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)?;
-    for batch in batches {
-        writer.write(batch)?;
-    }
-    writer.finish()?;
-    Ok(writer.into_inner()?)
-}
-
-/// The rows [`encode_batches`] wrote; a damaged state is a checkpoint error.
-pub fn decode_batches(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
-    let damaged = |e: arrow::error::ArrowError| {
-        RilletError::Checkpoint(format!("rows in a checkpoint state: {e}"))
-    };
-    arrow::ipc::reader::StreamReader::try_new(bytes, None)
-        .map_err(damaged)?
-        .map(|batch| batch.map_err(damaged))
-        .collect()
 }

@@ -135,9 +135,9 @@ proptest! {
             let h = out.column(1).as_any().downcast_ref::<Float64Array>().unwrap().value(i);
             (v, h)
         }).collect();
-        got.sort_by(|a, b| a.0.cmp(&b.0));
+        got.sort_by_key(|a| a.0);
         let mut expected: Vec<(i64, f64)> = values.iter().flatten().filter(|v| **v > threshold).map(|v| (*v, *v as f64 / 2.0)).collect();
-        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        expected.sort_by_key(|a| a.0);
         prop_assert_eq!(got, expected);
         prop_assert!(out.column(0).null_count() == 0);
     }
