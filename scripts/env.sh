@@ -5,6 +5,8 @@
 #
 #   RILLET_CACHE   where the venv, target dir and downloaded data live (~/.cache/rillet)
 #   RILLET_PROFILE cargo profile for the Python extension: dev (default) or release
+#   RILLET_TIMINGS set to 1 for cargo's build timing reports (in $CARGO_TARGET_DIR/cargo-timings),
+#                  to see where a cold build's minutes go
 
 set -euo pipefail
 RILLET_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,7 +36,7 @@ fi
 
 echo "== building the rillet Python extension (${RILLET_PROFILE:-dev})"
 if [ "${RILLET_PROFILE:-dev}" = "release" ]; then
-  (cd "$RILLET_ROOT" && maturin develop --release -q)
+  (cd "$RILLET_ROOT" && maturin develop --release -q ${RILLET_TIMINGS:+--timings})
 else
-  (cd "$RILLET_ROOT" && maturin develop -q)
+  (cd "$RILLET_ROOT" && maturin develop -q ${RILLET_TIMINGS:+--timings})
 fi
