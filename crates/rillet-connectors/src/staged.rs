@@ -75,3 +75,58 @@ impl<S: RowsOut> BatchWriter for StagedWriter<S> {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{AsArray, Int64Array};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use std::sync::Mutex;
+
+    /// Remembers what it was asked to write out.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<i64>>>);
+
+    impl RowsOut for Recorder {
+        fn write_out(&self, _checkpoint: Option<u64>, batches: &[RecordBatch]) -> Result<()> {
+            self.0.lock().unwrap().extend(values(batches));
+            Ok(())
+        }
+    }
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]))
+    }
+
+    fn rows(values: &[i64]) -> RecordBatch {
+        RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from(values.to_vec()))]).unwrap()
+    }
+
+    fn values(batches: &[RecordBatch]) -> Vec<i64> {
+        batches
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect()
+    }
+
+    fn checkpointing() -> SinkContext {
+        SinkContext {
+            checkpointing: true,
+            ..SinkContext::default()
+        }
+    }
+
+    /// Checkpoint 1 is aborted (its state never reaches a manifest): its rows must still
+    /// be in the state of checkpoint 2, the next one to complete.
+    #[test]
+    fn rows_of_an_aborted_checkpoint_go_into_the_next_one() {
+        rillet_runtime::block_on(async {
+            let mut writer = StagedWriter::boxed(&Recorder::default(), schema(), &checkpointing());
+            writer.write(rows(&[1, 2])).await.unwrap();
+            let _aborted = writer.checkpoint(1).await.unwrap();
+            writer.write(rows(&[3])).await.unwrap();
+            let state = writer.checkpoint(2).await.unwrap().unwrap();
+            assert_eq!(values(&decode_states(&[state]).unwrap()), vec![1, 2, 3]);
+        });
+    }
+}
