@@ -121,3 +121,20 @@ def test_bad_windows_and_watermarks_are_refused_with_reasons():
         df.group_by("partition").window_agg("seq", rl.count())
     with pytest.raises(rl.PlanError, match="no column"):
         df.window_agg(rl.tumbling("nope", 5), rl.count().alias("n"))
+
+
+def test_a_stop_keeps_open_windows_in_its_savepoint_and_the_resume_emits_each_once(tmp_path):
+    # A stop's savepoint is taken with windows still open: they live on in it, not fired
+    # after the final barrier (where the sink could no longer commit them).
+    df = windowed(4000, 500, rate=8000)
+    out = tmp_path / "out"
+    first = df.start(out, checkpoint_dir=tmp_path / "chk", job_id="win", checkpoint_interval=0.05)
+    with pytest.raises(TimeoutError):
+        first.wait(timeout=0.25)
+    savepoint = first.stop()
+    assert first.status() == "stopped"
+    emitted = as_windows(read_committed(out))
+    assert len(emitted) < len(windows_of(4000, 500)), "the first run should not have finished"
+    second = rl.resume(savepoint, df, out, checkpoint_interval=0.05)
+    second.wait()
+    assert as_windows(read_committed(out)) == windows_of(4000, 500)
