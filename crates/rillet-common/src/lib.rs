@@ -12,6 +12,7 @@
 
 mod config;
 mod error;
+pub mod failpoints;
 pub mod retry;
 pub mod types;
 

@@ -417,7 +417,32 @@ fn list_jobs(py: Python<'_>, location: String) -> PyResult<String> {
         .map_err(PyValueError::new_err)
 }
 
+/// Give failpoint `name` the `actions` (`fail` crate syntax: `return`, `10%return`,
+/// `3*off->1*return->off`, `sleep(100)`), or turn it off with `None`: fault injection for
+/// the tests (`rillet.testing.failpoint`).
+#[pyfunction]
+#[pyo3(signature = (name, actions=None))]
+fn set_failpoint(name: &str, actions: Option<&str>) -> PyResult<()> {
+    match actions {
+        Some(actions) => rillet_common::failpoints::configure(name, actions).py_err(),
+        None => {
+            rillet_common::failpoints::remove(name);
+            Ok(())
+        }
+    }
+}
+
+/// The configured failpoints: name to actions.
+#[pyfunction]
+fn failpoints() -> BTreeMap<String, String> {
+    rillet_common::failpoints::list().into_iter().collect()
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // A test's child processes (the kill sweeps') inherit their failpoints this way.
+    rillet_common::failpoints::configure_from_env().py_err()?;
+    m.add_function(wrap_pyfunction!(set_failpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(failpoints, m)?)?;
     m.add_class::<PyStreamingJob>()?;
     m.add_function(wrap_pyfunction!(check_sequence, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
