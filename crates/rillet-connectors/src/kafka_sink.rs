@@ -35,7 +35,7 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::{BatchWriter, BlockingPool, Sink, SinkContext, block_on, decode_batches};
+use rillet_runtime::{BatchWriter, BlockingPool, Sink, SinkContext, block_on};
 use rskafka::chrono::Utc;
 use rskafka::client::Client;
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
@@ -43,7 +43,7 @@ use rskafka::record::Record;
 
 use crate::kafka::{connect, kafka_error};
 use crate::stable_bucket;
-use crate::staged::{RowsOut, StagedWriter};
+use crate::staged::{RowsOut, StagedWriter, decode_segments};
 
 /// The header naming a record's commit: `<job>:<checkpoint>:<index>`.
 pub const COMMIT_HEADER: &str = "rillet-commit";
@@ -303,22 +303,21 @@ impl KafkaSink {
         Ok(found)
     }
 
-    /// Produce the rows of `states` for `checkpoint` (0: a job without checkpoints). With
-    /// `repeat`, the commit may have been made, wholly or in part, before: skip what is
-    /// there already.
+    /// Produce the rows of `states`, the tasks' states of checkpoint `checkpoint`: each
+    /// segment (the rows sealed at one barrier) under its own checkpoint id, oldest first.
+    /// With `repeat`, the commit may have been made, wholly or in part, before: skip what is
+    /// there already. A segment of an earlier checkpoint is always treated so: it is either
+    /// carried past an aborted checkpoint (never produced) or one whose commit was still
+    /// running at this checkpoint's barrier (produced already).
     async fn produce(&self, checkpoint: u64, states: &[Vec<u8>], repeat: bool) -> Result<()> {
-        // The states in a fixed order (they arrive in the order the tasks acknowledged),
-        // so that a repeated commit plans the same records.
-        let mut states: Vec<&Vec<u8>> = states.iter().collect();
-        states.sort();
-        let mut batches = Vec::new();
-        for state in states {
-            batches.extend(decode_batches(state)?);
+        for (id, batches) in decode_segments(checkpoint, states)? {
+            if batches.iter().all(|b| b.num_rows() == 0) {
+                continue;
+            }
+            self.produce_batches(id, &batches, repeat || id < checkpoint)
+                .await?;
         }
-        if batches.iter().all(|b| b.num_rows() == 0) {
-            return Ok(());
-        }
-        self.produce_batches(checkpoint, &batches, repeat).await
+        Ok(())
     }
 
     async fn produce_batches(
@@ -443,7 +442,7 @@ impl Sink for KafkaSink {
 
     fn open(
         &self,
-        _partition: usize,
+        partition: usize,
         schema: SchemaRef,
         _blocking: &BlockingPool,
         context: &SinkContext,
@@ -455,7 +454,7 @@ impl Sink for KafkaSink {
                 "kafka sink: the rows have no key column {key:?}"
             )));
         }
-        Ok(StagedWriter::boxed(self, schema, context))
+        Ok(StagedWriter::boxed(self, schema, partition, context))
     }
 
     fn commit(&self, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
@@ -759,6 +758,77 @@ mod tests {
         // A later checkpoint's recovery scan stops at checkpoint 2's records.
         sink.recover(Some(3), &states(16..18)).unwrap();
         assert_eq!(block_on(read_all(&client, "out", 2)).len(), 18);
+        scenario.teardown();
+    }
+
+    /// Checkpoint 1 is aborted: its rows ride in checkpoint 2's states and are produced
+    /// once, under id 1. Checkpoint 3's states still carry segments 1 and 2 (their commit
+    /// had not been seen when its barrier came): they are recognised, not produced again.
+    #[test]
+    fn segments_carried_past_an_abort_or_a_running_commit_are_produced_once() {
+        let Some(broker) = tansu() else {
+            eprintln!("skipped: no tansu broker binary (scripts/test.sh builds one)");
+            return;
+        };
+        // Failpoints are process-wide: this keeps the other test's out of this one.
+        let scenario = fail::FailScenario::setup();
+        let sink = KafkaSink::new(vec![broker.address.clone()], "carried", "job-1", None)
+            .with_records_per_request(1);
+        let client = block_on(sink.client()).unwrap();
+        block_on(async {
+            client
+                .controller_client()
+                .unwrap()
+                .create_topic("carried", 2, 1, 5_000)
+                .await
+        })
+        .unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let context = SinkContext {
+            checkpointing: true,
+            ..SinkContext::default()
+        };
+        let mut writers: Vec<_> = (0..2)
+            .map(|task| StagedWriter::boxed(&sink, schema.clone(), task, &context))
+            .collect();
+        let mut barrier = |checkpoint: u64, rows: std::ops::Range<i64>| -> Vec<Vec<u8>> {
+            block_on(async {
+                let mut states = Vec::new();
+                for (task, writer) in writers.iter_mut().enumerate() {
+                    let part = rows.clone().filter(|n| *n as usize % 2 == task);
+                    let batch = RecordBatch::try_new(
+                        schema.clone(),
+                        vec![Arc::new(Int64Array::from_iter_values(part))],
+                    )
+                    .unwrap();
+                    writer.write(batch).await.unwrap();
+                    states.push(writer.checkpoint(checkpoint).await.unwrap().unwrap());
+                }
+                states
+            })
+        };
+        let _aborted = barrier(1, 0..4);
+        sink.commit(2, &barrier(2, 4..8)).unwrap();
+        sink.commit(3, &barrier(3, 8..10)).unwrap();
+        let all = block_on(read_all(&client, "carried", 2));
+        let mut values: Vec<i64> = all
+            .iter()
+            .map(|(_, value, _)| {
+                let row: serde_json::Value = serde_json::from_str(value).unwrap();
+                row["n"].as_i64().unwrap()
+            })
+            .collect();
+        values.sort();
+        assert_eq!(
+            values,
+            (0..10).collect::<Vec<_>>(),
+            "every row exactly once"
+        );
+        let checkpoints: BTreeSet<&str> = all
+            .iter()
+            .map(|(_, _, header)| header.split(':').nth(1).unwrap())
+            .collect();
+        assert_eq!(checkpoints, BTreeSet::from(["1", "2", "3"]));
         scenario.teardown();
     }
 }

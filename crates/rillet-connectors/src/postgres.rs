@@ -1,8 +1,9 @@
 //! A PostgreSQL table as an exactly-once sink, by idempotent upsert.
 //!
-//! Each sink task holds the rows it received since the last checkpoint barrier; at the
-//! barrier it hands them over as its checkpoint state (Arrow IPC), and when the checkpoint
-//! completes they are upserted into the table in one transaction: `INSERT ... ON CONFLICT
+//! Each sink task holds the rows it received until a checkpoint that covers them has been
+//! committed (see [`crate::staged`]); at each barrier it hands them over as its checkpoint
+//! state, and when the checkpoint completes they are upserted into the table in one
+//! transaction: `INSERT ... ON CONFLICT
 //! (key) DO UPDATE`, the last row of a key winning. Recovery repeats the restored
 //! checkpoint's upserts, which changes nothing if they had landed, and the replay from
 //! that checkpoint rewrites the same rows for the same keys: the table ends as if the job
@@ -160,16 +161,19 @@ impl Sink for PostgresUpsertSink {
 
     fn open(
         &self,
-        _partition: usize,
+        partition: usize,
         schema: SchemaRef,
         _blocking: &BlockingPool,
         context: &SinkContext,
     ) -> Result<Box<dyn BatchWriter>> {
-        Ok(StagedWriter::boxed(self, schema, context))
+        Ok(StagedWriter::boxed(self, schema, partition, context))
     }
 
-    fn commit(&self, _checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
-        self.upsert(&decode_states(states)?)
+    fn commit(&self, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
+        // Oldest segment first. A state may still hold segments an earlier commit
+        // upserted (up to the newest): upserting that suffix of the job's rows again, in
+        // order, leaves every key at its last value, as a single upsert would.
+        self.upsert(&decode_states(checkpoint, states)?)
     }
 
     fn recover(&self, checkpoint: Option<u64>, states: &[Vec<u8>]) -> Result<()> {

@@ -1,11 +1,13 @@
 //! A Redis stream as an exactly-once sink.
 //!
 //! Rows wait in the job's checkpoint (see [`crate::staged`]); when the checkpoint
-//! completes, one Lua script appends them all to the stream (`XADD`, one entry per row, a
-//! field per non-null column, values as text) and records the checkpoint's id in a marker
-//! key, `<stream>:rillet:<job>`, atomically. A repeated commit of a checkpoint the marker
-//! already covers appends nothing, so recovery may repeat the restored checkpoint's commit
-//! safely. A job that starts without any checkpoint resets its marker.
+//! completes, one Lua script per segment (the rows sealed at one barrier) appends them to
+//! the stream (`XADD`, one entry per row, a field per non-null column, values as text) and
+//! records the segment's checkpoint id in a marker key, `<stream>:rillet:<job>`,
+//! atomically. A repeated commit of a segment the marker already covers appends nothing,
+//! so recovery may repeat the restored checkpoint's commit safely, and a segment carried
+//! past an aborted checkpoint is appended once. A job that starts without any checkpoint
+//! resets its marker.
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
@@ -13,7 +15,7 @@ use async_trait::async_trait;
 use rillet_common::{Result, RilletError};
 use rillet_runtime::{BatchWriter, BlockingPool, Sink, SinkContext};
 
-use crate::staged::{RowsOut, StagedWriter, decode_states};
+use crate::staged::{RowsOut, StagedWriter, decode_segments};
 
 /// Appends rows to a stream unless the marker already covers the checkpoint. ARGV: the
 /// checkpoint id (0: no checkpoints, always append), the column count n, n names, then
@@ -145,16 +147,22 @@ impl Sink for RedisStreamSink {
 
     fn open(
         &self,
-        _partition: usize,
+        partition: usize,
         schema: SchemaRef,
         _blocking: &BlockingPool,
         context: &SinkContext,
     ) -> Result<Box<dyn BatchWriter>> {
-        Ok(StagedWriter::boxed(self, schema, context))
+        Ok(StagedWriter::boxed(self, schema, partition, context))
     }
 
     fn commit(&self, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
-        self.append(checkpoint, &decode_states(states)?)
+        // Each segment under its own id: the marker skips one an earlier commit appended.
+        let mut segments = decode_segments(checkpoint, states)?;
+        segments.entry(checkpoint).or_default();
+        for (id, batches) in segments {
+            self.append(id, &batches)?;
+        }
+        Ok(())
     }
 
     fn recover(&self, checkpoint: Option<u64>, states: &[Vec<u8>]) -> Result<()> {

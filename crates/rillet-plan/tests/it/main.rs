@@ -4,4 +4,5 @@
 
 mod execution;
 mod operations;
+mod sinks;
 mod streaming;

@@ -15,15 +15,15 @@ use rillet_plan::streaming::RunningFunction;
 use rillet_plan::{DataFrame, Session, col, lit};
 use rillet_runtime::{FileFormat, JobHandle, ParquetCompression, global_runtime};
 
-const PARTITIONS: u32 = 3;
+pub(crate) const PARTITIONS: u32 = 3;
 
 /// Failpoints are process-wide: the streaming tests run one at a time, so that one test's
 /// failpoint never fires in another's job.
-static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+pub(crate) static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
 /// The job: a sequence, a filter that keeps every row (a stateless vertex), and per split
 /// the running count and sum.
-fn job(session: &Session, rows: u64, rate: Option<f64>) -> DataFrame {
+pub(crate) fn job(session: &Session, rows: u64, rate: Option<f64>) -> DataFrame {
     session
         .read_sequence("seq", PARTITIONS, Some(rows), rate, Some(100))
         .unwrap()

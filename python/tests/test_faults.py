@@ -1,0 +1,108 @@
+"""Exactly-once through failures other than a kill, injected at the checkpoint protocol's
+failpoints (``rillet.testing.failpoint``): checkpoints that fail to write and are aborted
+while the job goes on. Every sink, against its real server, ends with each row once."""
+
+import json
+import shutil
+
+import pyarrow as pa
+import pytest
+
+import rillet as rl
+from rillet.testing import failpoint, read_committed
+
+import kill_sweep
+from servers import needs, postgres_bin_dir
+from test_postgres_sink import psql, server  # noqa: F401  (the PostgreSQL server fixture)
+
+ROWS = 2000
+#: Three checkpoints' states fail to write: each is aborted and the job goes on.
+ABORT_THREE = "3*off->1*return->3*off->1*return->3*off->1*return->off"
+
+
+def pipeline():
+    df = rl.read_sequence(partitions=3, rows=ROWS, rows_per_second=6000, batch_rows=200)
+    return df.group_by("source", "partition").running_agg(
+        rl.count().alias("running_count"), rl.col("value").sum().alias("running_sum"))
+
+
+def run_with_aborts(sink, tmp_path, job_id):
+    """Run the pipeline into ``sink`` while three checkpoints are aborted."""
+    with failpoint("checkpoint-artifact-upload", ABORT_THREE):
+        job = pipeline().start(sink, checkpoint_dir=tmp_path / "chk", job_id=job_id,
+                               checkpoint_interval=0.05)
+        job.wait()
+    stats = job.metrics()["checkpoints"]
+    assert stats["aborted"] >= 3, stats
+    assert "failpoint checkpoint-artifact-upload" in (stats["last_failure"] or ""), stats
+
+
+COLUMNS = ["partition", "seq", "value", "running_count", "running_sum"]
+
+
+def assert_exact(rows):
+    """``rows``: dicts with the pipeline's columns (numbers, or their text), as written:
+    each (partition, seq) once, with its value and running aggregates."""
+    table = pa.table({c: pa.array([int(r[c]) for r in rows], pa.int64()) for c in COLUMNS})
+    seen = sorted(zip(table["partition"].to_pylist(), table["seq"].to_pylist()))
+    want = [(p, s) for p in range(3) for s in range(ROWS)]
+    lost, repeated = len(set(want) - set(seen)), len(seen) - len(set(seen))
+    assert seen == want, f"{lost} rows lost, {repeated} repeated"
+    kill_sweep.check_rows(table)
+
+
+def test_aborted_checkpoints_lose_nothing_in_the_file_sink(tmp_path):
+    run_with_aborts(str(tmp_path / "out"), tmp_path, "files")
+    assert_exact(read_committed(tmp_path / "out").to_pylist())
+
+
+@needs(shutil.which("redis-server") is not None, "redis-server")
+def test_aborted_checkpoints_lose_nothing_in_the_redis_sink(tmp_path):
+    redis = kill_sweep.RedisProducer(rows=0, rate=1.0)  # the server alone
+    try:
+        run_with_aborts(rl.redis_stream_sink(redis.url, "out"), tmp_path, "to-redis")
+        entries = redis.client.xrange("out")
+        assert_exact([{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries])
+    finally:
+        redis.close()
+
+
+@needs(kill_sweep.tansu_binary() is not None,
+       "the tansu Kafka broker (scripts/test.sh builds it into $RILLET_CACHE/tools)")
+def test_aborted_checkpoints_lose_nothing_in_the_kafka_sink(tmp_path):
+    from confluent_kafka.admin import AdminClient, NewTopic
+    broker = kill_sweep.KafkaProducer(rows=0, rate=1.0)  # the broker alone
+    try:
+        admin = AdminClient({"bootstrap.servers": broker.brokers, "log_level": 0})
+        for future in admin.create_topics([NewTopic("out", num_partitions=2, replication_factor=1)]).values():
+            future.result(timeout=20)
+        sink = rl.kafka_sink(broker.brokers, "out", key="partition", records_per_request=1)
+        run_with_aborts(sink, tmp_path, "to-kafka")
+        table = rl.read_kafka(broker.brokers, "out", bounded=True).collect()
+        assert_exact([json.loads(v) for v in table["value"].to_pylist()])
+    finally:
+        broker.close()
+
+
+@needs(postgres_bin_dir() is not None and shutil.which("psql") is not None,
+       "PostgreSQL's server binaries (initdb, pg_ctl, postgres) and psql")
+def test_aborted_checkpoints_lose_nothing_in_the_postgres_sink(server, tmp_path):  # noqa: F811
+    url, port = server
+    psql(port, "CREATE TABLE aborts (source text, partition bigint, seq bigint, value bigint, "
+               "running_count bigint, running_sum bigint, PRIMARY KEY (partition, seq))")
+    run_with_aborts(rl.postgres_upsert(url, "aborts", key=["partition", "seq"]), tmp_path, "to-pg")
+    rows = psql(port, f"SELECT {', '.join(COLUMNS)} FROM aborts")
+    assert_exact([dict(zip(COLUMNS, r)) for r in rows])
+
+
+def test_failpoints_reach_a_child_process_through_the_environment():
+    import os
+    import subprocess
+    import sys
+    probe = "from rillet import _rillet; print(_rillet.failpoints())"
+    env = {**os.environ, "RILLET_FAILPOINTS": "a-window=1*return->off; b-window=10%return"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "{'a-window': '1*return->off', 'b-window': '10%return'}"
+    env["RILLET_FAILPOINTS"] = "no equals sign"
+    failed = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert failed.returncode != 0 and "is not name=actions" in failed.stderr
