@@ -1021,6 +1021,9 @@ async fn run_stream(
     let _guard = TaskGuard::start(&metrics);
     // The last watermark sent: watermarks only ever advance.
     let mut sent: Option<i64> = None;
+    // Whether the run's final barrier (a stop's savepoint, or the checkpoint after every
+    // source ended) has passed: then the state it snapshotted lives on in it.
+    let mut final_barrier_passed = false;
     loop {
         let (produced, watermark) = match input.recv().await? {
             Some(StreamMessage::Batch(batch)) => {
@@ -1034,10 +1037,18 @@ async fn run_stream(
                 if let Some(link) = &link {
                     link.ack(barrier.checkpoint_id, state).await?;
                 }
+                final_barrier_passed |= barrier.last;
                 if !output.send(StreamMessage::Barrier(barrier)).await? {
                     return Ok(None);
                 }
                 continue;
+            }
+            Some(StreamMessage::End) if final_barrier_passed => {
+                // What `finish` would emit (windows still open at a stop) is in the
+                // snapshot: a resume emits it. A bounded input's real end fired every
+                // window before the final barrier, with the end-of-input watermark.
+                output.end().await;
+                return Ok(None);
             }
             Some(StreamMessage::End) => {
                 for batch in operator.finish()? {
