@@ -15,6 +15,7 @@ right total, and every running aggregate equal to its recomputed value.
     python python/tests/kill_sweep.py --kills 50 --source redis   # from Redis Streams
     python python/tests/kill_sweep.py --kills 50 --source kafka --rate 1000   # from Kafka (tansu)
     python python/tests/kill_sweep.py --kills 50 --udf      # through a slow Python function
+    python python/tests/kill_sweep.py --kills 50 --aborts 0.03   # 3% of checkpoint writes fail too
 
 The test suite runs it with 5 kills (python/tests/test_streaming.py).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -255,12 +257,14 @@ class KafkaProducer:
 
 def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
           interval: float = 0.1, max_delay: float = 1.0, log=print, source: str = "sequence",
-          udf: bool = False) -> dict:
+          udf: bool = False, aborts: float = 0.0) -> dict:
     """Run the sweep; returns its figures. Raises AssertionError (with the seed) on a bad
     output. ``source="redis"`` (or ``"kafka"``) reads the rows from Redis streams (a Kafka
     topic on a tansu broker) a producer keeps writing while the job is killed and restarted.
     ``udf=True`` adds a slow Python function after the running aggregate, so that
-    checkpoints and kills find its calls in flight."""
+    checkpoints and kills find its calls in flight. ``aborts`` is the share of checkpoint
+    artifact writes that fail (failpoint ``checkpoint-artifact-upload``), each aborting its
+    checkpoint while the job goes on, in every run, the last included."""
     rng = random.Random(seed)
     # Enough rows that the job is still running at every kill: each run makes about
     # max_delay / 2 seconds of progress.
@@ -275,6 +279,9 @@ def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
     env = dict(os.environ, SWEEP_UDF="1" if udf else "0")
     if udf:
         log("  through a slow Python function (map_batches, 2 workers)")
+    if aborts > 0:
+        env["RILLET_FAILPOINTS"] = f"checkpoint-artifact-upload={aborts * 100:g}%return"
+        log(f"  {aborts:.0%} of checkpoint artifact writes fail, aborting their checkpoints")
     producer = None
     if source == "redis":
         producer = RedisProducer(rows, rate)
@@ -318,9 +325,17 @@ def _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, prod
     if producer is not None:
         producer.thread.join()
         env["SWEEP_BOUNDED"] = "1"
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    # The last run: a failed final checkpoint (an injected abort) fails it, and a restart
+    # takes it from its latest checkpoint, as an operator would.
+    for attempt in range(10):
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+        injected = "failpoint checkpoint-artifact-upload" in proc.stderr
+        if proc.returncode == 0 or not injected:
+            break
+        log(f"  the last run's final checkpoint was aborted (attempt {attempt + 1}): restarting")
     if proc.returncode != 0:
         raise AssertionError(f"seed {seed}: the last run failed: {proc.stdout}{proc.stderr}")
+    aborted = re.search(r"'aborted': (\d+)", proc.stdout)
     table = committed(out)
     expected = {("seq", p): rows for p in range(PARTITIONS)}
     from rillet.testing import check_sequence
@@ -334,6 +349,7 @@ def _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, prod
     assert not leftovers, f"seed {seed}: staged files left after the end: {leftovers}"
     figures = {"seed": seed, "source": env.get("SWEEP_KAFKA") and "kafka" or ("redis" if producer else "sequence"),
                "udf": env["SWEEP_UDF"] == "1", "kills": kills, "kills_mid_run": landed, "rows": total,
+               "aborted_in_last_run": int(aborted.group(1)) if aborted else None,
                "elapsed_s": round(time.monotonic() - started_at, 1),
                "restart_to_running_s_p50": round(float(np.median(recovery)), 3) if recovery else None}
     log(f"kill sweep passed: {figures}")
@@ -347,6 +363,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=4000.0, help="rows per second per split")
     parser.add_argument("--source", choices=["sequence", "redis", "kafka"], default="sequence")
     parser.add_argument("--udf", action="store_true", help="through a slow Python function too")
+    parser.add_argument("--aborts", type=float, default=0.0,
+                        help="share of checkpoint artifact writes that fail (aborting their checkpoint)")
     parser.add_argument("--child", nargs=5, metavar=("OUT", "CHK", "ROWS", "RATE", "INTERVAL"))
     args = parser.parse_args()
     if args.child:
@@ -354,7 +372,7 @@ def main() -> None:
         child(out, chk, int(rows), float(rate), float(interval))
         return
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
-    sweep(args.kills, seed, rate=args.rate, source=args.source, udf=args.udf)
+    sweep(args.kills, seed, rate=args.rate, source=args.source, udf=args.udf, aborts=args.aborts)
 
 
 if __name__ == "__main__":

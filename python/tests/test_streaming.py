@@ -156,6 +156,14 @@ def test_kill_sweep_with_five_kills():
     assert figures["kills_mid_run"] >= 3, figures
 
 
+def test_kill_sweep_with_aborted_checkpoints_and_five_kills():
+    # About 3% of checkpoint artifact writes fail (each aborting its checkpoint) in every
+    # run, besides the kills; the output is still exact.
+    seed = random.SystemRandom().randrange(1 << 32)
+    figures = kill_sweep.sweep(kills=5, seed=seed, aborts=0.03)
+    assert figures["kills_mid_run"] >= 3, figures
+
+
 def test_kill_sweep_through_a_slow_function_with_five_kills():
     # Checkpoints and kills find the function's calls in flight: their rows live in the
     # checkpoints and are called again after each restart.
