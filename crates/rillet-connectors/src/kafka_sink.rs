@@ -305,17 +305,17 @@ impl KafkaSink {
 
     /// Produce the rows of `states`, the tasks' states of checkpoint `checkpoint`: each
     /// segment (the rows sealed at one barrier) under its own checkpoint id, oldest first.
-    /// With `repeat`, the commit may have been made, wholly or in part, before: skip what is
-    /// there already. A segment of an earlier checkpoint is always treated so: it is either
-    /// carried past an aborted checkpoint (never produced) or one whose commit was still
-    /// running at this checkpoint's barrier (produced already).
+    /// With `repeat` (a recovery), the commit may have been made, wholly or in part,
+    /// before: skip what is there already. Without, no segment was produced before: a
+    /// segment of an earlier checkpoint in a live commit was carried past an aborted
+    /// checkpoint, because the checkpoint loop starts a checkpoint only after the previous
+    /// one's commit has run (and a commit that fails ends the job).
     async fn produce(&self, checkpoint: u64, states: &[Vec<u8>], repeat: bool) -> Result<()> {
         for (id, batches) in decode_segments(checkpoint, states)? {
             if batches.iter().all(|b| b.num_rows() == 0) {
                 continue;
             }
-            self.produce_batches(id, &batches, repeat || id < checkpoint)
-                .await?;
+            self.produce_batches(id, &batches, repeat).await?;
         }
         Ok(())
     }
@@ -762,10 +762,11 @@ mod tests {
     }
 
     /// Checkpoint 1 is aborted: its rows ride in checkpoint 2's states and are produced
-    /// once, under id 1. Checkpoint 3's states still carry segments 1 and 2 (their commit
-    /// had not been seen when its barrier came): they are recognised, not produced again.
+    /// once, under id 1. A recovery from checkpoint 3 whose states still carry segments 1
+    /// and 2 (their commit had not run when its barrier came) recognises them and produces
+    /// only checkpoint 3's rows; repeated, nothing.
     #[test]
-    fn segments_carried_past_an_abort_or_a_running_commit_are_produced_once() {
+    fn segments_carried_past_an_abort_are_produced_once_and_recovery_skips_what_landed() {
         let Some(broker) = tansu() else {
             eprintln!("skipped: no tansu broker binary (scripts/test.sh builds one)");
             return;
@@ -809,7 +810,9 @@ mod tests {
         };
         let _aborted = barrier(1, 0..4);
         sink.commit(2, &barrier(2, 4..8)).unwrap();
-        sink.commit(3, &barrier(3, 8..10)).unwrap();
+        let third = barrier(3, 8..10);
+        sink.recover(Some(3), &third).unwrap();
+        sink.recover(Some(3), &third).unwrap();
         let all = block_on(read_all(&client, "carried", 2));
         let mut values: Vec<i64> = all
             .iter()

@@ -77,27 +77,20 @@ impl RedisStreamSink {
     }
 
     fn append(&self, checkpoint: u64, batches: &[RecordBatch]) -> Result<()> {
-        let Some(first) = batches.first() else {
-            if checkpoint > 0 {
-                // Nothing to add, but the checkpoint counts as committed all the same.
-                let mut connection = self.connection()?;
-                redis::cmd("SET")
-                    .arg(&self.marker)
-                    .arg(checkpoint)
-                    .query::<()>(&mut connection)
-                    .map_err(|e| self.error("marking the commit", e))?;
-            }
+        if batches.is_empty() && checkpoint == 0 {
             return Ok(());
-        };
-        let schema = first.schema();
+        }
+        // Without rows the script still moves the marker up to the checkpoint (never
+        // down: a resume from an older savepoint must not re-open later commits).
+        let fields = batches.first().map(|b| b.schema().fields().clone());
         let append = redis::Script::new(APPEND);
         let mut script = append.prepare_invoke();
         script
             .key(&self.stream)
             .key(&self.marker)
             .arg(checkpoint)
-            .arg(schema.fields().len());
-        for field in schema.fields() {
+            .arg(fields.as_ref().map_or(0, |f| f.len()));
+        for field in fields.iter().flatten() {
             script.arg(field.name());
         }
         for batch in batches {

@@ -43,11 +43,22 @@ pub(crate) trait RowsOut: Send + Sync + 'static {
 /// same rows are committed, so a repeated commit can be planned the same).
 pub(crate) type Segments = BTreeMap<u64, Vec<RecordBatch>>;
 
+/// The rows one task sealed at one barrier, as Arrow IPC, with that barrier's checkpoint
+/// id. Encoded once, when sealed: a segment carried through many checkpoints costs a copy
+/// per checkpoint, not an encoding.
+type Segment = (u64, Vec<u8>);
+
 /// The segments of the tasks' `states` of checkpoint `checkpoint`.
 pub(crate) fn decode_segments(checkpoint: u64, states: &[Vec<u8>]) -> Result<Segments> {
     // (checkpoint, task) -> rows; states of the format before segments get their place
     // among themselves by their bytes, as commits of that format ordered them.
+    let damaged = |what: String| {
+        RilletError::Checkpoint(format!(
+            "the sink states of checkpoint {checkpoint} are damaged: {what}"
+        ))
+    };
     let mut by_task: BTreeMap<(u64, u64), Vec<RecordBatch>> = BTreeMap::new();
+    let mut tasks = std::collections::BTreeSet::new();
     let mut unsegmented: Vec<&Vec<u8>> = Vec::new();
     for state in states {
         if !state.starts_with(MAGIC) {
@@ -55,18 +66,25 @@ pub(crate) fn decode_segments(checkpoint: u64, states: &[Vec<u8>]) -> Result<Seg
             continue;
         }
         let (task, segments) = read_state(state)?;
-        for (id, batches) in segments {
+        if !tasks.insert(task) {
+            return Err(damaged(format!("two states of sink task {task}")));
+        }
+        let mut last = None;
+        for (id, rows) in segments {
             if id > checkpoint {
-                return Err(RilletError::Checkpoint(format!(
-                    "a sink state of checkpoint {checkpoint} holds rows of the later \
-                     checkpoint {id}: the checkpoint is damaged"
+                return Err(damaged(format!("rows of the later checkpoint {id}")));
+            }
+            if last.is_some_and(|last| last >= id) {
+                return Err(damaged(format!(
+                    "task {task}'s segments out of order at {id}"
                 )));
             }
-            by_task
-                .entry((id, u64::from(task)))
-                .or_default()
-                .extend(batches);
+            last = Some(id);
+            by_task.insert((id, u64::from(task)), decode_batches(&rows)?);
         }
+    }
+    if !unsegmented.is_empty() && !tasks.is_empty() {
+        return Err(damaged("states of two formats".into()));
     }
     unsegmented.sort();
     for (k, state) in unsegmented.into_iter().enumerate() {
@@ -88,11 +106,7 @@ pub(crate) fn decode_states(checkpoint: u64, states: &[Vec<u8>]) -> Result<Vec<R
         .collect())
 }
 
-fn write_state(
-    schema: &SchemaRef,
-    task: u32,
-    segments: &[(u64, Vec<RecordBatch>)],
-) -> Result<Vec<u8>> {
+fn write_state(task: u32, segments: &[Segment]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.push(FORMAT_VERSION);
@@ -100,17 +114,16 @@ fn write_state(
     let count = u32::try_from(segments.len())
         .map_err(|_| RilletError::internal("more than 2^32 segments in one sink state"))?;
     out.extend_from_slice(&count.to_le_bytes());
-    for (id, batches) in segments {
-        let rows = encode_batches(schema, batches)?;
+    for (id, rows) in segments {
         out.extend_from_slice(&id.to_le_bytes());
         out.extend_from_slice(&(rows.len() as u64).to_le_bytes());
-        out.extend_from_slice(&rows);
+        out.extend_from_slice(rows);
     }
     Ok(out)
 }
 
 /// The task index and segments of a segmented state.
-fn read_state(state: &[u8]) -> Result<(u32, Vec<(u64, Vec<RecordBatch>)>)> {
+fn read_state(state: &[u8]) -> Result<(u32, Vec<Segment>)> {
     let damaged = |what: &str| RilletError::Checkpoint(format!("a sink state is damaged: {what}"));
     let mut reader = Reader(&state[MAGIC.len()..]);
     let version = reader.take(1).ok_or_else(|| damaged("no format version"))?[0];
@@ -134,7 +147,7 @@ fn read_state(state: &[u8]) -> Result<(u32, Vec<(u64, Vec<RecordBatch>)>)> {
             .ok()
             .and_then(|len| reader.take(len))
             .ok_or_else(|| damaged("a segment longer than the state"))?;
-        segments.push((id, decode_batches(rows)?));
+        segments.push((id, rows.to_vec()));
     }
     if !reader.0.is_empty() {
         return Err(damaged("bytes after the last segment"));
@@ -172,7 +185,7 @@ pub(crate) struct StagedWriter<S: RowsOut> {
     task: u32,
     pending: Vec<RecordBatch>,
     /// Rows sealed at each barrier (by its checkpoint id) not yet known committed.
-    uncommitted: Vec<(u64, Vec<RecordBatch>)>,
+    uncommitted: Vec<Segment>,
     context: SinkContext,
 }
 
@@ -207,14 +220,15 @@ impl<S: RowsOut> BatchWriter for StagedWriter<S> {
     async fn checkpoint(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
         let sealed = std::mem::take(&mut self.pending);
         if !sealed.is_empty() {
-            self.uncommitted.push((checkpoint, sealed));
+            let rows = encode_batches(&self.schema, &sealed)?;
+            self.uncommitted.push((checkpoint, rows));
         }
         // Only a commit that has run lets rows go: until then a checkpoint that held them
         // may still be aborted (or completed and not yet committed, when a crash would
         // leave them to the next checkpoint's recovery).
         let committed = self.context.committed.load(Ordering::SeqCst);
         self.uncommitted.retain(|(id, _)| *id > committed);
-        write_state(&self.schema, self.task, &self.uncommitted).map(Some)
+        write_state(self.task, &self.uncommitted).map(Some)
     }
 
     async fn close(self: Box<Self>) -> Result<Option<String>> {
@@ -354,7 +368,8 @@ mod tests {
     /// rows made up.
     #[test]
     fn damaged_and_future_states_are_refused_with_a_reason() {
-        let state = write_state(&schema(), 0, &[(2, vec![rows(&[1, 2])])]).unwrap();
+        let segment = encode_batches(&schema(), &[rows(&[1, 2])]).unwrap();
+        let state = write_state(0, &[(2, segment.clone())]).unwrap();
         let error = |state: Vec<u8>, checkpoint: u64| {
             decode_segments(checkpoint, &[state])
                 .unwrap_err()
@@ -375,6 +390,16 @@ mod tests {
         let mut longer = state.clone();
         longer.push(0);
         assert!(error(longer, 2).contains("bytes after"));
-        assert!(error(state, 1).contains("later checkpoint 2"));
+        assert!(error(state.clone(), 1).contains("later checkpoint 2"));
+        let twice = decode_segments(2, &[state.clone(), state.clone()]).unwrap_err();
+        assert!(
+            twice.to_string().contains("two states of sink task 0"),
+            "{twice}"
+        );
+        let backwards = write_state(1, &[(2, segment.clone()), (2, segment.clone())]).unwrap();
+        assert!(error(backwards, 2).contains("out of order"));
+        let legacy = encode_batches(&schema(), &[rows(&[3])]).unwrap();
+        let mixed = decode_segments(2, &[state, legacy]).unwrap_err();
+        assert!(mixed.to_string().contains("two formats"), "{mixed}");
     }
 }
