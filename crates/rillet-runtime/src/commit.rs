@@ -391,4 +391,34 @@ mod tests {
         assert_eq!(FileTransaction::from_bytes(&bytes).unwrap(), missing);
         assert!(FileTransaction::from_bytes(b"{").is_err());
     }
+
+    /// A job id may itself look like the start of another job's file name:
+    /// `orders-00000000000000000005`'s files are not epoch 5 of job `orders`, and
+    /// neither a withdrawal nor a discard of `orders` touches them.
+    #[test]
+    fn a_job_whose_id_looks_like_another_jobs_file_name_keeps_its_files() {
+        let _serial = SERIAL.lock();
+        let dir = tempfile::tempdir().unwrap();
+        let committer = FileCommitter::new(dir.path()).unwrap();
+        let others = [
+            FileCommitter::file_name("orders-00000000000000000005", 1, 0, 0, "parquet"),
+            FileCommitter::file_name("orders-00000000000000000005-00000", 2, 0, 0, "parquet"),
+            FileCommitter::file_name("orders-00000000000000000005-00000-00000.x", 3, 0, 0, "csv"),
+        ];
+        for name in &others {
+            std::fs::write(dir.path().join(name), "").unwrap();
+            std::fs::write(committer.staging_path(name), "").unwrap();
+        }
+        let mine = FileCommitter::file_name("orders", 7, 0, 0, "parquet");
+        std::fs::write(dir.path().join(&mine), "").unwrap();
+        assert_eq!(
+            committer.withdraw_after("orders", None).unwrap(),
+            vec![mine]
+        );
+        assert!(committer.discard_except("orders", &[]).unwrap().is_empty());
+        for name in &others {
+            assert!(dir.path().join(name).exists(), "{name} withdrawn");
+            assert!(committer.staging_path(name).exists(), "{name} discarded");
+        }
+    }
 }
