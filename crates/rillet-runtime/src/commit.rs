@@ -225,15 +225,31 @@ impl FileCommitter {
 }
 
 /// The epoch in a file name of the job whose names start with `prefix` (`<job>-`):
-/// `<job>-<20 digits>-...`. `None` for another job's file, even one whose id starts with
-/// this job's (`orders` and `orders-eu`).
+/// `<job>-<20 digits>-<task>-<seq>.<extension>`, the whole rest of the name in exactly that
+/// shape. `None` for another job's file, even one whose id starts with this job's
+/// (`orders` and `orders-eu`) or looks like the start of one of this job's names
+/// (`orders-00000000000000000005`): a job id adds a part to the name, and every part
+/// after the prefix is accounted for.
 fn epoch_of(name: &str, prefix: &str) -> Option<u64> {
     let rest = name.strip_prefix(prefix)?;
-    let digits = rest.get(..20)?;
-    if !digits.bytes().all(|b| b.is_ascii_digit()) || rest.as_bytes().get(20) != Some(&b'-') {
-        return None;
+    let (stem, extension) = rest.split_once('.')?;
+    let extension_ok = extension
+        .split('.')
+        .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let digits =
+        |part: &str, min: usize| part.len() >= min && part.bytes().all(|b| b.is_ascii_digit());
+    match stem.split('-').collect::<Vec<_>>().as_slice() {
+        [epoch, task, seq]
+            if extension_ok
+                && epoch.len() == 20
+                && digits(epoch, 20)
+                && digits(task, 5)
+                && digits(seq, 5) =>
+        {
+            epoch.parse().ok()
+        }
+        _ => None,
     }
-    digits.parse().ok()
 }
 
 fn remove_entry(path: &Path) -> Result<()> {
