@@ -811,6 +811,41 @@ mod tests {
         assert_eq!(store.prune(0).await.unwrap(), vec![5]);
     }
 
+    /// A snapshot written by a newer format is not damage to fall back past (that would
+    /// end at no snapshot: a restart from zero that withdraws every committed output): the
+    /// restore refuses to start and says which version to use, even when the newer
+    /// manifest's fields no longer parse as this version's.
+    #[tokio::test]
+    async fn a_snapshot_of_an_unknown_format_refuses_the_restore_instead_of_being_skipped() {
+        let _serial = SERIAL.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        take(&store, &[("s", "one")]).await;
+        take(&store, &[("s", "two")]).await;
+        for newer in [
+            r#"{"format":2,"job":"job","id":2,"kind":"checkpoint","created_ms":0,"artifacts":[],"properties":{}}"#,
+            r#"{"format":2,"snapshot":{"of":"job"}}"#,
+        ] {
+            let body = format!("{newer}\n");
+            let sealed = format!("{body}{CHECKSUM_LINE}{}\n", checksum(body.as_bytes()));
+            let manifest = snapshot_dir(dir.path(), Kind::Checkpoint, 2).join(MANIFEST);
+            std::fs::write(&manifest, sealed).unwrap();
+            let err = match store.latest().await {
+                Err(e) => e.to_string(),
+                Ok(found) => panic!(
+                    "restored past a newer format: {:?}",
+                    found.map(|r| r.skipped)
+                ),
+            };
+            assert!(
+                err.contains("format 2") && err.contains("another Rillet version"),
+                "{err}"
+            );
+            let err = store.load(Kind::Checkpoint, 2).await.unwrap_err();
+            assert!(!matches!(err, RilletError::Checkpoint(_)), "{err:?}");
+        }
+    }
+
     #[tokio::test]
     async fn a_crash_before_the_manifest_leaves_the_previous_checkpoint_current() {
         let _serial = SERIAL.lock().await;
