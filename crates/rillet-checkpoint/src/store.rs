@@ -302,8 +302,7 @@ impl CheckpointStore {
             }
             Err(ReadError::Other(e)) => return Err(e),
         };
-        let manifest = parse_manifest(&bytes)
-            .map_err(|e| RilletError::Checkpoint(format!("{manifest_path}: {e}")))?;
+        let manifest = parse_manifest(&bytes, manifest_path.as_ref())?;
         if manifest.job != self.job || manifest.id != id || manifest.kind != kind {
             return Err(RilletError::Checkpoint(format!(
                 "{manifest_path} describes {:?} {} of job {:?}, not {kind:?} {id} of {:?}",
@@ -478,33 +477,41 @@ pub(crate) enum ReadError {
     Other(RilletError),
 }
 
-/// The manifest in `bytes`, after checking the checksum on its last line.
-fn parse_manifest(bytes: &[u8]) -> std::result::Result<Manifest, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+/// The manifest in `bytes`, after checking the checksum on its last line and, before
+/// anything else of its body, its format: a manifest of another format is
+/// [`RilletError::IncompatibleState`], any other failure [`RilletError::Checkpoint`] (damage,
+/// which a restore falls back past). `path` names it in the errors.
+fn parse_manifest(bytes: &[u8], path: &str) -> Result<Manifest> {
+    let damaged = |what: String| RilletError::Checkpoint(format!("{path}: {what}"));
+    let text = std::str::from_utf8(bytes).map_err(|_| damaged("not UTF-8 text".into()))?;
+    let truncated = || damaged("no checksum line: the manifest is truncated".into());
     let body_end = text
         .trim_end_matches('\n')
         .rfind('\n')
-        .ok_or("no checksum line: the manifest is truncated")?;
+        .ok_or_else(truncated)?;
     let (body, last) = text.split_at(body_end + 1);
     let expected = last
         .trim_end()
         .strip_prefix(CHECKSUM_LINE)
-        .ok_or("no checksum line: the manifest is truncated")?;
+        .ok_or_else(truncated)?;
     let actual = checksum(body.as_bytes());
     if actual != expected {
-        return Err(format!(
+        return Err(damaged(format!(
             "checksum mismatch (stored {expected}, computed {actual}): the manifest is corrupt"
-        ));
+        )));
     }
-    let manifest: Manifest =
-        serde_json::from_str(body).map_err(|e| format!("unreadable manifest: {e}"))?;
-    if manifest.format != FORMAT {
-        return Err(format!(
-            "manifest format {} is not {FORMAT}: written by another Rillet version",
-            manifest.format
-        ));
+    let value: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| damaged(format!("unreadable manifest: {e}")))?;
+    let format = value.get("format").and_then(serde_json::Value::as_u64);
+    if format != Some(u64::from(FORMAT)) {
+        let found = format.map_or_else(|| "none".to_string(), |f| f.to_string());
+        return Err(RilletError::IncompatibleState(format!(
+            "{path}: manifest format {found}, and this build reads format {FORMAT}: written \
+             by another Rillet version; restore it with that version, or start the job \
+             under a new job id or checkpoint location"
+        )));
     }
-    Ok(manifest)
+    serde_json::from_value(value).map_err(|e| damaged(format!("unreadable manifest: {e}")))
 }
 
 /// Writes one snapshot: [`put`](Self::put) each artifact, then [`commit`](Self::commit)
@@ -1045,20 +1052,29 @@ mod tests {
             format!("{text}{CHECKSUM_LINE}{sum}\n")
         };
         let good = sealed(&manifest);
-        assert_eq!(parse_manifest(good.as_bytes()).unwrap(), manifest);
+        let parse = |bytes: &[u8]| parse_manifest(bytes, "m");
+        assert_eq!(parse(good.as_bytes()).unwrap(), manifest);
         for bad in [
             good.replace("\"v\"", "\"w\""),
             good[..good.len() - 5].to_string(),
             String::new(),
         ] {
-            assert!(parse_manifest(bad.as_bytes()).is_err(), "{bad:?}");
+            let err = parse(bad.as_bytes()).unwrap_err();
+            assert!(
+                matches!(err, RilletError::Checkpoint(_)),
+                "{bad:?}: {err:?}"
+            );
         }
-        assert!(parse_manifest(&[0xff, 0xfe, b'\n']).is_err());
+        assert!(matches!(
+            parse(&[0xff, 0xfe, b'\n']),
+            Err(RilletError::Checkpoint(_))
+        ));
         let newer = sealed(&Manifest {
             format: FORMAT + 1,
             ..manifest
         });
-        let err = parse_manifest(newer.as_bytes()).unwrap_err();
-        assert!(err.contains("another Rillet version"), "{err}");
+        let err = parse(newer.as_bytes()).unwrap_err();
+        assert!(matches!(err, RilletError::IncompatibleState(_)), "{err:?}");
+        assert!(err.to_string().contains("another Rillet version"), "{err}");
     }
 }

@@ -44,6 +44,11 @@ pub enum RilletError {
     /// corrupt (recovery then falls back to the one before it).
     #[error("checkpoint error: {0}")]
     Checkpoint(String),
+    /// Stored state (a snapshot's manifest, an operator's or sink's state) in a format this
+    /// build does not read: written by another Rillet version. Never skipped as damage: a
+    /// restore refuses to start rather than fall back past it.
+    #[error("state written by another Rillet version: {0}")]
+    IncompatibleState(String),
     /// The job was cancelled (closed iterator, Ctrl-C, explicit cancel).
     #[error("job cancelled")]
     Cancelled,
@@ -110,6 +115,7 @@ impl RilletError {
             Self::InvalidData(m) => Self::InvalidData(m.clone()),
             Self::Model(m) => Self::Model(m.clone()),
             Self::Checkpoint(m) => Self::Checkpoint(m.clone()),
+            Self::IncompatibleState(m) => Self::IncompatibleState(m.clone()),
             Self::UserFunction { operator, message } => Self::UserFunction {
                 operator: operator.clone(),
                 message: message.clone(),

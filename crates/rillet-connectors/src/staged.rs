@@ -128,7 +128,7 @@ fn read_state(state: &[u8]) -> Result<(u32, Vec<Segment>)> {
     let mut reader = Reader(&state[MAGIC.len()..]);
     let version = reader.take(1).ok_or_else(|| damaged("no format version"))?[0];
     if version != FORMAT_VERSION {
-        return Err(RilletError::Checkpoint(format!(
+        return Err(RilletError::IncompatibleState(format!(
             "a sink state has format version {version}, and this build reads version \
              {FORMAT_VERSION}: restore it with the Rillet version that wrote it"
         )));
