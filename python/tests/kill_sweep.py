@@ -16,6 +16,7 @@ right total, and every running aggregate equal to its recomputed value.
     python python/tests/kill_sweep.py --kills 50 --source kafka --rate 1000   # from Kafka (tansu)
     python python/tests/kill_sweep.py --kills 50 --udf      # through a slow Python function
     python python/tests/kill_sweep.py --kills 50 --aborts 0.03   # 3% of checkpoint writes fail too
+    python python/tests/kill_sweep.py --kills 50 --sink redis    # into the Redis stream sink (or kafka)
 
 The test suite runs it with 5 kills (python/tests/test_streaming.py).
 """
@@ -81,19 +82,49 @@ def slow_identity(table):
     return table
 
 
+def target(out: str):
+    """Where the sweep's job writes: Parquet files in ``out``, or the exactly-once Redis
+    stream or Kafka topic ``out`` that ``SWEEP_SINK`` names (``redis:<url>``,
+    ``kafka:<brokers>``)."""
+    import rillet as rl
+    kind, _, where = os.environ.get("SWEEP_SINK", "files:").partition(":")
+    if kind == "redis":
+        return rl.redis_stream_sink(where, "out")
+    if kind == "kafka":
+        return rl.kafka_sink(where, "out", key="partition", records_per_request=1)
+    return out
+
+
 def child(out: str, chk: str, rows: int, rate: float, interval: float) -> None:
     redis_url = os.environ.get("SWEEP_REDIS")
     bounded = os.environ.get("SWEEP_BOUNDED", "1") == "1"
-    job = build(rows, rate, redis_url, bounded, os.environ.get("SWEEP_KAFKA")).start(out, checkpoint_dir=chk, job_id=JOB_ID,
-                                                        checkpoint_interval=interval)
+    df = build(rows, rate, redis_url, bounded, os.environ.get("SWEEP_KAFKA"))
+    job = df.start(target(out), checkpoint_dir=chk, job_id=JOB_ID, checkpoint_interval=interval)
     print("started", flush=True)
     job.wait()
     print("finished", job.metrics()["checkpoints"], flush=True)
 
 
 def committed(out: str) -> pa.Table:
-    from rillet.testing import read_committed
-    return read_committed(out)
+    """Every row the job has committed, in the sink ``SWEEP_SINK`` names, typed as the
+    sequence oracle reads them."""
+    kind, _, where = os.environ.get("SWEEP_SINK", "files:").partition(":")
+    if kind == "files":
+        from rillet.testing import read_committed
+        return read_committed(out)
+    if kind == "redis":
+        import redis
+        entries = redis.Redis.from_url(where).xrange("out")
+        rows = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+    else:
+        import json
+        import rillet as rl
+        values = rl.read_kafka(where, "out", bounded=True).collect()["value"].to_pylist()
+        rows = [json.loads(v) for v in values]
+    types = {"source": pa.string(), "partition": pa.uint32(), "seq": pa.uint64(), "value": pa.int64(),
+             "running_count": pa.int64(), "running_sum": pa.int64()}
+    return pa.table({c: pa.array([r[c] if t == pa.string() else int(r[c]) for r in rows], t)
+                     for c, t in types.items()})
 
 
 def check_prefix(table: pa.Table) -> int:
@@ -257,14 +288,16 @@ class KafkaProducer:
 
 def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
           interval: float = 0.1, max_delay: float = 1.0, log=print, source: str = "sequence",
-          udf: bool = False, aborts: float = 0.0) -> dict:
+          udf: bool = False, aborts: float = 0.0, sink: str = "files") -> dict:
     """Run the sweep; returns its figures. Raises AssertionError (with the seed) on a bad
     output. ``source="redis"`` (or ``"kafka"``) reads the rows from Redis streams (a Kafka
     topic on a tansu broker) a producer keeps writing while the job is killed and restarted.
     ``udf=True`` adds a slow Python function after the running aggregate, so that
     checkpoints and kills find its calls in flight. ``aborts`` is the share of checkpoint
     artifact writes that fail (failpoint ``checkpoint-artifact-upload``), each aborting its
-    checkpoint while the job goes on, in every run, the last included."""
+    checkpoint while the job goes on, in every run, the last included. ``sink="redis"`` (or
+    ``"kafka"``) writes to the exactly-once Redis stream (Kafka topic) sink on a server of
+    its own instead of Parquet files."""
     rng = random.Random(seed)
     # Enough rows that the job is still running at every kill: each run makes about
     # max_delay / 2 seconds of progress.
@@ -282,6 +315,20 @@ def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
     if aborts > 0:
         env["RILLET_FAILPOINTS"] = f"checkpoint-artifact-upload={aborts * 100:g}%return"
         log(f"  {aborts:.0%} of checkpoint artifact writes fail, aborting their checkpoints")
+    sink_server = None
+    if sink == "redis":
+        sink_server = RedisProducer(rows=0, rate=1.0)  # the server alone
+        env["SWEEP_SINK"] = f"redis:{sink_server.url}"
+        log(f"  writing Redis stream out at {sink_server.url}")
+    elif sink == "kafka":
+        from confluent_kafka.admin import AdminClient, NewTopic
+        sink_server = KafkaProducer(rows=0, rate=1.0)  # the broker alone
+        admin = AdminClient({"bootstrap.servers": sink_server.brokers, "log_level": 0})
+        for future in admin.create_topics([NewTopic("out", num_partitions=2, replication_factor=1)]).values():
+            future.result(timeout=20)
+        env["SWEEP_SINK"] = f"kafka:{sink_server.brokers}"
+        log(f"  writing Kafka topic out at {sink_server.brokers}")
+    os.environ["SWEEP_SINK"] = env.get("SWEEP_SINK", "files:")  # for committed() here
     producer = None
     if source == "redis":
         producer = RedisProducer(rows, rate)
@@ -295,8 +342,10 @@ def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
     try:
         return _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, producer)
     finally:
-        if producer is not None:
-            producer.close()
+        os.environ.pop("SWEEP_SINK", None)
+        for server in (producer, sink_server):
+            if server is not None:
+                server.close()
 
 
 def _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, producer) -> dict:
@@ -345,9 +394,11 @@ def _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, prod
     except AssertionError as e:
         raise AssertionError(f"seed {seed}: {e}") from None
     assert total == rows * PARTITIONS
-    leftovers = os.listdir(os.path.join(out, "_pending"))
-    assert not leftovers, f"seed {seed}: staged files left after the end: {leftovers}"
+    if os.path.isdir(os.path.join(out, "_pending")):
+        leftovers = os.listdir(os.path.join(out, "_pending"))
+        assert not leftovers, f"seed {seed}: staged files left after the end: {leftovers}"
     figures = {"seed": seed, "source": env.get("SWEEP_KAFKA") and "kafka" or ("redis" if producer else "sequence"),
+               "sink": env.get("SWEEP_SINK", "files:").partition(":")[0],
                "udf": env["SWEEP_UDF"] == "1", "kills": kills, "kills_mid_run": landed, "rows": total,
                "aborted_in_last_run": int(aborted.group(1)) if aborted else None,
                "elapsed_s": round(time.monotonic() - started_at, 1),
@@ -363,6 +414,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=4000.0, help="rows per second per split")
     parser.add_argument("--source", choices=["sequence", "redis", "kafka"], default="sequence")
     parser.add_argument("--udf", action="store_true", help="through a slow Python function too")
+    parser.add_argument("--sink", choices=["files", "redis", "kafka"], default="files")
     parser.add_argument("--aborts", type=float, default=0.0,
                         help="share of checkpoint artifact writes that fail (aborting their checkpoint)")
     parser.add_argument("--child", nargs=5, metavar=("OUT", "CHK", "ROWS", "RATE", "INTERVAL"))
@@ -372,7 +424,8 @@ def main() -> None:
         child(out, chk, int(rows), float(rate), float(interval))
         return
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
-    sweep(args.kills, seed, rate=args.rate, source=args.source, udf=args.udf, aborts=args.aborts)
+    sweep(args.kills, seed, rate=args.rate, source=args.source, udf=args.udf, aborts=args.aborts,
+          sink=args.sink)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ from rillet.testing import check_sequence, read_committed
 import kill_sweep
 from servers import needs
 
+needs_kafka = needs(kill_sweep.tansu_binary() is not None,
+                    "the tansu Kafka broker (scripts/test.sh builds it into $RILLET_CACHE/tools)")
+
 
 def pipeline(rows, rate=None):
     df = rl.read_sequence(partitions=3, rows=rows, rows_per_second=rate, batch_rows=200)
@@ -164,6 +167,20 @@ def test_kill_sweep_with_aborted_checkpoints_and_five_kills():
     assert figures["kills_mid_run"] >= 3, figures
 
 
+@needs(shutil.which("redis-server") is not None, "redis-server")
+def test_kill_sweep_into_the_redis_stream_sink_with_five_kills_and_aborted_checkpoints():
+    seed = random.SystemRandom().randrange(1 << 32)
+    figures = kill_sweep.sweep(kills=5, seed=seed, sink="redis", aborts=0.03)
+    assert figures["kills_mid_run"] >= 3, figures
+
+
+@needs_kafka
+def test_kill_sweep_into_the_kafka_sink_with_five_kills_and_aborted_checkpoints():
+    seed = random.SystemRandom().randrange(1 << 32)
+    figures = kill_sweep.sweep(kills=5, seed=seed, sink="kafka", aborts=0.03, rate=1000.0)
+    assert figures["kills_mid_run"] >= 3, figures
+
+
 def test_kill_sweep_through_a_slow_function_with_five_kills():
     # Checkpoints and kills find the function's calls in flight: their rows live in the
     # checkpoints and are called again after each restart.
@@ -193,10 +210,6 @@ def test_redis_streams_bounded_read_and_a_clear_error_for_an_unreachable_server(
         producer.close()
     with pytest.raises(OSError, match="redis at redis://127.0.0.1:1"):
         rl.read_redis_streams("redis://127.0.0.1:1", ["s"], ["f"], bounded=True).collect()
-
-
-needs_kafka = needs(kill_sweep.tansu_binary() is not None,
-                    "the tansu Kafka broker (scripts/test.sh builds it into $RILLET_CACHE/tools)")
 
 
 @needs_kafka
