@@ -7,9 +7,11 @@
 //! manifest that failed to write) are not lost: they stay with the writer, and the state
 //! of every later checkpoint carries them, as a *segment* of their own, until one of those
 //! checkpoints has been committed. A commit therefore writes out every segment its states
-//! hold, oldest first, each under the id of the barrier that sealed it; a segment already
-//! written by an earlier commit (its commit was still running when the next barrier came)
-//! is recognised by that id and written no second time.
+//! hold, oldest first, each under the id of the barrier that sealed it. In a running job a
+//! checkpoint starts only after the previous one's commit has run, so the segments a live
+//! commit carries were never written; a recovery, though, repeats the restored
+//! checkpoint's commit, which a crash may have cut short, and each sink recognises by that
+//! id a segment already written and writes it no second time.
 //!
 //! The state format: `RLSG`, a format version (1), the task's index (u32), the number of
 //! segments (u32), then per segment its checkpoint id (u64), its length (u64) and its rows
