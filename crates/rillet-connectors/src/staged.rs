@@ -210,6 +210,31 @@ impl<S: RowsOut + Clone> StagedWriter<S> {
     }
 }
 
+impl<S: RowsOut> StagedWriter<S> {
+    /// Fails when the rows carried past checkpoints that did not complete (those sealed
+    /// before `checkpoint`'s barrier) are over the context's limit.
+    fn check_carried(&self, checkpoint: u64) -> Result<()> {
+        let carried: Vec<&Segment> = self
+            .uncommitted
+            .iter()
+            .filter(|(id, _)| *id < checkpoint)
+            .collect();
+        let bytes: usize = carried.iter().map(|(_, rows)| rows.len()).sum();
+        if bytes <= self.context.carry_limit_bytes {
+            return Ok(());
+        }
+        Err(RilletError::Checkpoint(format!(
+            "sink task {} holds {bytes} bytes of rows from {} checkpoints that did not \
+             complete (their state failed to write; the job's checkpoint figures name the \
+             last failure), over its limit of {} bytes (the engine's memory budget): the \
+             job stops, and a restart replays those rows from its latest checkpoint",
+            self.task,
+            carried.len(),
+            self.context.carry_limit_bytes
+        )))
+    }
+}
+
 #[async_trait]
 impl<S: RowsOut> BatchWriter for StagedWriter<S> {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
@@ -230,6 +255,7 @@ impl<S: RowsOut> BatchWriter for StagedWriter<S> {
         // leave them to the next checkpoint's recovery).
         let committed = self.context.committed.load(Ordering::SeqCst);
         self.uncommitted.retain(|(id, _)| *id > committed);
+        self.check_carried(checkpoint)?;
         write_state(self.task, &self.uncommitted).map(Some)
     }
 
@@ -403,5 +429,37 @@ mod tests {
         let legacy = encode_batches(&schema(), &[rows(&[3])]).unwrap();
         let mixed = decode_segments(2, &[state, legacy]).unwrap_err();
         assert!(mixed.to_string().contains("two formats"), "{mixed}");
+    }
+
+    /// Rows carried past aborted checkpoints are bounded: over the limit, the barrier
+    /// fails the job (a restart replays them) instead of growing memory without end. The
+    /// rows of the barrier's own checkpoint never count.
+    #[test]
+    fn rows_carried_past_aborted_checkpoints_are_bounded() {
+        rillet_runtime::block_on(async {
+            let one_segment = encode_batches(&schema(), &[rows(&[1, 2, 3])])
+                .unwrap()
+                .len();
+            let context = SinkContext {
+                checkpointing: true,
+                carry_limit_bytes: one_segment,
+                ..SinkContext::default()
+            };
+            let mut writer = StagedWriter::boxed(&Recorder::default(), schema(), 3, &context);
+            writer.write(rows(&[1, 2, 3])).await.unwrap();
+            writer.checkpoint(1).await.unwrap(); // aborted
+            writer.write(rows(&[4, 5, 6])).await.unwrap();
+            writer.checkpoint(2).await.unwrap(); // aborted: one segment carried, at the limit
+            writer.write(rows(&[7])).await.unwrap();
+            let err = writer.checkpoint(3).await.unwrap_err().to_string();
+            assert!(
+                err.contains("sink task 3") && err.contains("from 2 checkpoints"),
+                "{err}"
+            );
+            // Once a commit has run, nothing is carried and the barrier passes.
+            context.committed.store(3, Ordering::SeqCst);
+            writer.write(rows(&[8])).await.unwrap();
+            assert!(writer.checkpoint(4).await.is_ok());
+        });
     }
 }

@@ -60,7 +60,7 @@ pub trait Sink: Send + Sync + Debug {
 }
 
 /// What a sink task knows about the job's checkpoints.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SinkContext {
     /// Whether the job checkpoints; if not, an exactly-once sink commits when its input
     /// ends.
@@ -69,6 +69,22 @@ pub struct SinkContext {
     pub first_checkpoint: u64,
     /// The newest checkpoint whose commit has run (0: none).
     pub committed: Arc<AtomicU64>,
+    /// The most bytes of rows a sink task may carry past checkpoints that did not complete
+    /// (aborted: their state failed to write) before it fails the job, which a restart then
+    /// replays from its latest checkpoint: a checkpoint store that keeps failing must not
+    /// grow a sink's memory without bound. The engine's memory budget; no limit by default.
+    pub carry_limit_bytes: usize,
+}
+
+impl Default for SinkContext {
+    fn default() -> Self {
+        Self {
+            checkpointing: false,
+            first_checkpoint: 0,
+            committed: Arc::default(),
+            carry_limit_bytes: usize::MAX,
+        }
+    }
 }
 
 /// Writes the batches of one sink task.

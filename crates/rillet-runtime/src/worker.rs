@@ -395,6 +395,7 @@ impl LocalWorker {
                 |c| c.first_id(),
             ),
             committed: committed.clone(),
+            carry_limit_bytes: self.config.memory_budget_bytes,
         };
         if let Some(settings) = &checkpointing {
             let all_tasks: BTreeSet<TaskId> = graph
