@@ -105,10 +105,10 @@ def child(out: str, chk: str, rows: int, rate: float, interval: float) -> None:
     print("finished", job.metrics()["checkpoints"], flush=True)
 
 
-def committed(out: str) -> pa.Table:
-    """Every row the job has committed, in the sink ``SWEEP_SINK`` names, typed as the
-    sequence oracle reads them."""
-    kind, _, where = os.environ.get("SWEEP_SINK", "files:").partition(":")
+def committed(out: str, sink: str = "files:") -> pa.Table:
+    """Every row the job has committed, in the sink ``sink`` names (as ``SWEEP_SINK``
+    does), typed as the sequence oracle reads them."""
+    kind, _, where = sink.partition(":")
     if kind == "files":
         from rillet.testing import read_committed
         return read_committed(out)
@@ -232,7 +232,6 @@ class KafkaProducer:
         import socket
         import threading
         from confluent_kafka import Producer
-        from confluent_kafka.admin import AdminClient, NewTopic
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -253,11 +252,9 @@ class KafkaProducer:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        quiet = {"bootstrap.servers": self.brokers, "log_level": 0}
-        admin = AdminClient(quiet)  # kept alive until its futures resolve
-        for future in admin.create_topics([NewTopic("seq", num_partitions=PARTITIONS, replication_factor=1)]).values():
-            future.result(timeout=20)
-        self.producer = Producer({**quiet, "batch.num.messages": 1, "linger.ms": 0})
+        self.create_topic("seq", PARTITIONS)
+        self.producer = Producer({"bootstrap.servers": self.brokers, "log_level": 0,
+                                  "batch.num.messages": 1, "linger.ms": 0})
         self.rows, self.rate = rows, rate
         self.thread = threading.Thread(target=self._produce, daemon=True)
         self.thread.start()
@@ -265,6 +262,13 @@ class KafkaProducer:
     @property
     def brokers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def create_topic(self, name: str, partitions: int) -> None:
+        """Create topic ``name`` with ``partitions`` partitions, waiting until it exists."""
+        from confluent_kafka.admin import AdminClient, NewTopic
+        admin = AdminClient({"bootstrap.servers": self.brokers, "log_level": 0})  # alive until resolved
+        for future in admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)]).values():
+            future.result(timeout=20)
 
     def _produce(self) -> None:
         step = 100
@@ -321,14 +325,10 @@ def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
         env["SWEEP_SINK"] = f"redis:{sink_server.url}"
         log(f"  writing Redis stream out at {sink_server.url}")
     elif sink == "kafka":
-        from confluent_kafka.admin import AdminClient, NewTopic
         sink_server = KafkaProducer(rows=0, rate=1.0)  # the broker alone
-        admin = AdminClient({"bootstrap.servers": sink_server.brokers, "log_level": 0})
-        for future in admin.create_topics([NewTopic("out", num_partitions=2, replication_factor=1)]).values():
-            future.result(timeout=20)
+        sink_server.create_topic("out", 2)
         env["SWEEP_SINK"] = f"kafka:{sink_server.brokers}"
         log(f"  writing Kafka topic out at {sink_server.brokers}")
-    os.environ["SWEEP_SINK"] = env.get("SWEEP_SINK", "files:")  # for committed() here
     producer = None
     if source == "redis":
         producer = RedisProducer(rows, rate)
@@ -342,7 +342,6 @@ def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
     try:
         return _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, producer)
     finally:
-        os.environ.pop("SWEEP_SINK", None)
         for server in (producer, sink_server):
             if server is not None:
                 server.close()
@@ -365,7 +364,7 @@ def _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, prod
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         try:
-            visible = check_prefix(committed(out))
+            visible = check_prefix(committed(out, env.get("SWEEP_SINK", "files:")))
         except AssertionError as e:
             raise AssertionError(f"seed {seed}, after kill {k + 1}: {e}") from None
         landed += not finished
@@ -385,7 +384,7 @@ def _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, prod
     if proc.returncode != 0:
         raise AssertionError(f"seed {seed}: the last run failed: {proc.stdout}{proc.stderr}")
     aborted = re.search(r"'aborted': (\d+)", proc.stdout)
-    table = committed(out)
+    table = committed(out, env.get("SWEEP_SINK", "files:"))
     expected = {("seq", p): rows for p in range(PARTITIONS)}
     from rillet.testing import check_sequence
     try:

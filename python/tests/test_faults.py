@@ -70,12 +70,9 @@ def test_aborted_checkpoints_lose_nothing_in_the_redis_sink(tmp_path):
 @needs(kill_sweep.tansu_binary() is not None,
        "the tansu Kafka broker (scripts/test.sh builds it into $RILLET_CACHE/tools)")
 def test_aborted_checkpoints_lose_nothing_in_the_kafka_sink(tmp_path):
-    from confluent_kafka.admin import AdminClient, NewTopic
     broker = kill_sweep.KafkaProducer(rows=0, rate=1.0)  # the broker alone
     try:
-        admin = AdminClient({"bootstrap.servers": broker.brokers, "log_level": 0})
-        for future in admin.create_topics([NewTopic("out", num_partitions=2, replication_factor=1)]).values():
-            future.result(timeout=20)
+        broker.create_topic("out", 2)
         sink = rl.kafka_sink(broker.brokers, "out", key="partition", records_per_request=1)
         run_with_aborts(sink, tmp_path, "to-kafka")
         table = rl.read_kafka(broker.brokers, "out", bounded=True).collect()

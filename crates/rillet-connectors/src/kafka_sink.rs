@@ -679,6 +679,36 @@ mod tests {
         out
     }
 
+    /// A sink producing one record per request to `topic`, created with 2 partitions on
+    /// `broker`, and a client of the broker.
+    fn sink_on_new_topic(broker: &Broker, topic: &str) -> (KafkaSink, Client) {
+        let sink = KafkaSink::new(vec![broker.address.clone()], topic, "job-1", None)
+            .with_records_per_request(1);
+        let client = block_on(sink.client()).unwrap();
+        block_on(async {
+            client
+                .controller_client()
+                .unwrap()
+                .create_topic(topic, 2, 1, 5_000)
+                .await
+        })
+        .unwrap();
+        (sink, client)
+    }
+
+    /// The `n` of every record [`read_all`] returned (JSON rows), sorted.
+    fn sorted_n(records: &[(i32, String, String)]) -> Vec<i64> {
+        let mut values: Vec<i64> = records
+            .iter()
+            .map(|(_, value, _)| {
+                let row: serde_json::Value = serde_json::from_str(value).unwrap();
+                row["n"].as_i64().unwrap()
+            })
+            .collect();
+        values.sort();
+        values
+    }
+
     fn states(rows: std::ops::Range<i64>) -> Vec<Vec<u8>> {
         // Two sink tasks' staged rows, as their checkpoint states.
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
@@ -706,17 +736,7 @@ mod tests {
             return;
         };
         let scenario = fail::FailScenario::setup();
-        let sink = KafkaSink::new(vec![broker.address.clone()], "out", "job-1", None)
-            .with_records_per_request(1);
-        let client = block_on(sink.client()).unwrap();
-        block_on(async {
-            client
-                .controller_client()
-                .unwrap()
-                .create_topic("out", 2, 1, 5_000)
-                .await
-        })
-        .unwrap();
+        let (sink, client) = sink_on_new_topic(&broker, "out");
 
         // Checkpoint 1 commits whole; repeating it (a recovery) adds nothing.
         sink.commit(1, &states(0..6)).unwrap();
@@ -739,19 +759,8 @@ mod tests {
         sink.recover(Some(2), &reordered).unwrap();
 
         let all = block_on(read_all(&client, "out", 2));
-        let values: Vec<i64> = {
-            let mut v: Vec<i64> = all
-                .iter()
-                .map(|(_, value, _)| {
-                    let row: serde_json::Value = serde_json::from_str(value).unwrap();
-                    row["n"].as_i64().unwrap()
-                })
-                .collect();
-            v.sort();
-            v
-        };
         assert_eq!(
-            values,
+            sorted_n(&all),
             (0..16).collect::<Vec<_>>(),
             "every row exactly once"
         );
@@ -773,17 +782,7 @@ mod tests {
         };
         // Failpoints are process-wide: this keeps the other test's out of this one.
         let scenario = fail::FailScenario::setup();
-        let sink = KafkaSink::new(vec![broker.address.clone()], "carried", "job-1", None)
-            .with_records_per_request(1);
-        let client = block_on(sink.client()).unwrap();
-        block_on(async {
-            client
-                .controller_client()
-                .unwrap()
-                .create_topic("carried", 2, 1, 5_000)
-                .await
-        })
-        .unwrap();
+        let (sink, client) = sink_on_new_topic(&broker, "carried");
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
         let context = SinkContext {
             checkpointing: true,
@@ -814,16 +813,8 @@ mod tests {
         sink.recover(Some(3), &third).unwrap();
         sink.recover(Some(3), &third).unwrap();
         let all = block_on(read_all(&client, "carried", 2));
-        let mut values: Vec<i64> = all
-            .iter()
-            .map(|(_, value, _)| {
-                let row: serde_json::Value = serde_json::from_str(value).unwrap();
-                row["n"].as_i64().unwrap()
-            })
-            .collect();
-        values.sort();
         assert_eq!(
-            values,
+            sorted_n(&all),
             (0..10).collect::<Vec<_>>(),
             "every row exactly once"
         );

@@ -3,8 +3,7 @@
 //! Each sink task holds the rows it received until a checkpoint that covers them has been
 //! committed (see [`crate::staged`]); at each barrier it hands them over as its checkpoint
 //! state, and when the checkpoint completes they are upserted into the table in one
-//! transaction: `INSERT ... ON CONFLICT
-//! (key) DO UPDATE`, the last row of a key winning. Recovery repeats the restored
+//! transaction: `INSERT ... ON CONFLICT (key) DO UPDATE`, the last row of a key winning. Recovery repeats the restored
 //! checkpoint's upserts, which changes nothing if they had landed, and the replay from
 //! that checkpoint rewrites the same rows for the same keys: the table ends as if the job
 //! had never failed. (Going back to an *older* savepoint cannot take back upserts made
@@ -170,9 +169,9 @@ impl Sink for PostgresUpsertSink {
     }
 
     fn commit(&self, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
-        // Oldest segment first. A state may still hold segments an earlier commit
-        // upserted (up to the newest): upserting that suffix of the job's rows again, in
-        // order, leaves every key at its last value, as a single upsert would.
+        // Oldest segment first. On recovery a state may hold segments a commit cut short
+        // had upserted: upserting that suffix of the job's rows again, in order, leaves
+        // every key at its last value, as a single upsert would.
         self.upsert(&decode_states(checkpoint, states)?)
     }
 
