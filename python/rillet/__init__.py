@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 import pyarrow as pa
 
 from rillet import _rillet, ai, testing
-from rillet._rillet import DataError, ExecutionError, JobCancelled, PlanError, RilletError, UserFunctionError
+from rillet._rillet import CheckpointError, DataError, ExecutionError, JobCancelled, PlanError, RilletError, UserFunctionError
 from rillet._session import current_session, set_config
 from rillet.dataframe import (DataFrame, GroupBy, KafkaSink, PostgresUpsert, RedisStreamSink, StreamingJob, Window,
                               kafka_sink, postgres_upsert, redis_stream_sink, sliding, tumbling)
@@ -30,7 +30,8 @@ __all__ = [
     "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_sequence", "read_redis_streams", "read_kafka", "watch_directory", "resume", "jobs", "read_parquet",
     "read_csv", "read_json", "read_files", "configure_storage", "sql", "set_config", "current_session",
     "init", "resources", "ai", "testing",
-    "RilletError", "PlanError", "UserFunctionError", "ExecutionError", "DataError", "JobCancelled",
+    "RilletError", "PlanError", "UserFunctionError", "ExecutionError", "DataError", "CheckpointError",
+    "JobCancelled",
     "Image", "Tensor", "Embedding", "Audio", "File", "Clip", "uint8", "uint16", "uint32", "uint64",
     "int8", "int16", "int32", "int64", "float16", "float32", "float64",
 ]

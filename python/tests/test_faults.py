@@ -3,6 +3,7 @@ failpoints (``rillet.testing.failpoint``): checkpoints that fail to write and ar
 while the job goes on. Every sink, against its real server, ends with each row once."""
 
 import json
+import os
 import shutil
 
 import pyarrow as pa
@@ -40,12 +41,12 @@ def run_with_aborts(sink, tmp_path, job_id):
 COLUMNS = ["partition", "seq", "value", "running_count", "running_sum"]
 
 
-def assert_exact(rows):
+def assert_exact(rows, *, rows_per_partition=ROWS):
     """``rows``: dicts with the pipeline's columns (numbers, or their text), as written:
     each (partition, seq) once, with its value and running aggregates."""
     table = pa.table({c: pa.array([int(r[c]) for r in rows], pa.int64()) for c in COLUMNS})
     seen = sorted(zip(table["partition"].to_pylist(), table["seq"].to_pylist()))
-    want = [(p, s) for p in range(3) for s in range(ROWS)]
+    want = [(p, s) for p in range(3) for s in range(rows_per_partition)]
     lost, repeated = len(set(want) - set(seen)), len(seen) - len(set(seen))
     assert seen == want, f"{lost} rows lost, {repeated} repeated"
     kill_sweep.check_rows(table)
@@ -103,3 +104,80 @@ def test_failpoints_reach_a_child_process_through_the_environment():
     env["RILLET_FAILPOINTS"] = "no equals sign"
     failed = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
     assert failed.returncode != 0 and "is not name=actions" in failed.stderr
+
+
+# Going back in time, twin runs and earlier runs' output (#27, failures 2, 4 and 6).
+
+def sequence(rows, rate=None):
+    df = rl.read_sequence(partitions=3, rows=rows, rows_per_second=rate, batch_rows=100)
+    return df.group_by("source", "partition").running_agg(
+        rl.count().alias("running_count"), rl.col("value").sum().alias("running_sum"))
+
+
+def stop_soon(job, after=0.3):
+    with pytest.raises(TimeoutError):
+        job.wait(timeout=after)
+    return job.stop()
+
+
+def test_resuming_an_older_savepoint_retires_the_newer_ones(tmp_path):
+    df, out, chk = sequence(1500, rate=1000), tmp_path / "out", tmp_path / "chk"
+    older = stop_soon(df.start(out, checkpoint_dir=chk, job_id="rewind", checkpoint_interval=0.05))
+    newer = stop_soon(rl.resume(older, df, out, checkpoint_interval=0.05))
+    assert int(newer.rsplit("-", 1)[1]) > int(older.rsplit("-", 1)[1])
+    # Back to the older savepoint: what was committed after it is withdrawn, to be
+    # written again. Cancelled before its first checkpoint.
+    back = rl.resume(older, df, out, checkpoint_interval=60)
+    back.cancel()
+    with pytest.raises(rl.JobCancelled):
+        back.wait()
+    # A plain restart must not take the newer savepoint, whose rows were withdrawn.
+    again = df.start(out, checkpoint_dir=chk, job_id="rewind", checkpoint_interval=0.05)
+    again.wait()
+    assert again.metrics()["checkpoints"]["restored_from"] <= int(older.rsplit("-", 1)[1])
+    assert_exact(read_committed(out).to_pylist(), rows_per_partition=1500)
+    # Naming it is refused with the reason, not restored into lost rows.
+    with pytest.raises(rl.CheckpointError, match="retired"):
+        rl.resume(newer, df, out)
+
+
+def test_a_second_live_run_of_a_job_is_refused_naming_the_first(tmp_path):
+    import socket
+    df, out, chk = sequence(1500, rate=1000), tmp_path / "out", tmp_path / "chk"
+    first = df.start(out, checkpoint_dir=chk, job_id="twin", checkpoint_interval=0.05)
+    with pytest.raises(TimeoutError):
+        first.wait(timeout=0.2)
+    with pytest.raises(rl.CheckpointError, match=f"{os.getpid()}@{socket.gethostname()}"):
+        df.start(out, checkpoint_dir=chk, job_id="twin", checkpoint_interval=0.05)
+    with pytest.raises(rl.CheckpointError, match="already running"):
+        rl.resume(chk / "twin", df, out)
+    first.wait()
+    assert_exact(read_committed(out).to_pylist(), rows_per_partition=1500)
+    # Once the first has ended, the job may run again.
+    df.start(out, checkpoint_dir=chk, job_id="twin").wait()
+
+
+def committed_rows(out):
+    return sorted(zip(*read_committed(out).select(["partition", "seq"]).to_pydict().values()))
+
+
+def test_a_checkpointed_run_never_deletes_what_a_run_without_checkpoints_committed(tmp_path):
+    out, chk = tmp_path / "out", tmp_path / "chk"
+    sequence(300).start(out, checkpoint_dir=chk, job_id="mixed", checkpoint_interval=0.05).wait()
+    sequence(300).start(out, job_id="mixed").wait()
+    # The checkpointed job again: it restores its final checkpoint and withdraws only
+    # what its own checkpoints staged after it.
+    sequence(300).start(out, checkpoint_dir=chk, job_id="mixed", checkpoint_interval=0.05).wait()
+    assert len(committed_rows(out)) == 2 * 900
+
+
+def test_a_new_checkpoint_directory_never_writes_over_an_earlier_runs_files(tmp_path):
+    out = tmp_path / "out"
+    sequence(400).start(out, checkpoint_dir=tmp_path / "chk-a", job_id="job",
+                        checkpoint_interval=0.05).wait()
+    first = committed_rows(out)
+    sequence(300).start(out, checkpoint_dir=tmp_path / "chk-b", job_id="job",
+                        checkpoint_interval=0.05).wait()
+    rows = committed_rows(out)
+    assert len(rows) == 1200 + 900, f"{len(rows)} rows: the second run replaced the first's files"
+    assert set(first) <= set(rows)

@@ -36,6 +36,13 @@ pyo3::create_exception!(
 );
 pyo3::create_exception!(
     _rillet,
+    CheckpointError,
+    ExecutionError,
+    "A job's checkpoints cannot be used: a snapshot is missing, damaged, retired or of \
+     another format, or another live run holds the job."
+);
+pyo3::create_exception!(
+    _rillet,
     JobCancelled,
     RilletBaseError,
     "The job was cancelled."
@@ -48,6 +55,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UserFunctionError", py.get_type::<UserFunctionError>())?;
     m.add("ExecutionError", py.get_type::<ExecutionError>())?;
     m.add("DataError", py.get_type::<DataError>())?;
+    m.add("CheckpointError", py.get_type::<CheckpointError>())?;
     m.add("JobCancelled", py.get_type::<JobCancelled>())?;
     Ok(())
 }
@@ -61,6 +69,9 @@ pub(crate) fn to_py(error: RilletError) -> PyErr {
         RilletError::Cancelled => JobCancelled::new_err(message),
         RilletError::InvalidData(_) => DataError::new_err(message),
         RilletError::Io(_) => PyOSError::new_err(message),
+        RilletError::Checkpoint(_) | RilletError::IncompatibleState(_) => {
+            CheckpointError::new_err(message)
+        }
         RilletError::DataFusion(ref e) if is_plan_error(e) => PlanError::new_err(message),
         _ => ExecutionError::new_err(message),
     }
