@@ -139,8 +139,9 @@ def redis_stream_sink(url: str, stream: str) -> RedisStreamSink:
     """A sink appending a streaming job's rows to Redis stream ``stream`` at ``url``
     (``redis://host:port``): one entry per row, a field per non-null column, values as
     text. The rows of a checkpoint are appended by one atomic script when it completes,
-    which also records the checkpoint in a marker key (``<stream>:rillet:<job_id>``), so a
-    repeated commit after a crash appends nothing: each row lands exactly once.
+    which also records the checkpoint in a marker key (``<stream>:rillet:<job_id>:<lineage>``,
+    the lineage naming the job's checkpoint directory), so a repeated commit after a crash
+    appends nothing: each row lands exactly once.
 
     >>> import rillet as rl
     >>> rl.redis_stream_sink("redis://localhost:6379", "alerts").stream

@@ -353,7 +353,8 @@ def test_the_redis_stream_sink_appends_each_row_once_through_a_restart(tmp_path)
         rl.resume(tmp_path / "chk" / "to-redis", df, sink, checkpoint_interval=0.05).wait()
         rows = stream_rows(server.client, "out")
         assert sorted(rows) == [(p, s) for p in range(3) for s in range(2000)], "a row lost or repeated"
-        assert int(server.client.get("out:rillet:to-redis")) > 0
+        lineage = (tmp_path / "chk" / "to-redis" / "_lineage").read_text()
+        assert int(server.client.get(f"out:rillet:to-redis:{lineage}")) > 0
         # Without checkpoints the rows land when the input ends.
         pipeline(10).start(rl.redis_stream_sink(server.url, "plain"), job_id="plain").wait()
         assert len(stream_rows(server.client, "plain")) == 30

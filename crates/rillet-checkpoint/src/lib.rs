@@ -23,7 +23,10 @@
 //!   so a half-deleted checkpoint is never taken for a complete one. Savepoints are the
 //!   user's and are never pruned.
 //! - Beside the snapshots, a job's record and stop requests ([`JobRecord`], see
-//!   `control`) let another process list, stop and resume the job.
+//!   `control`) let another process list, stop and resume the job; the store's lineage
+//!   and the runs' claims ([`identity`]) keep two runs, or two stores, from writing over
+//!   each other; the timeline ([`timeline`]) records each going back to an older snapshot,
+//!   so the newer ones are never restored over withdrawn output.
 //! - `<location>` is a local directory or an `s3://bucket/prefix` URL (configured with
 //!   `rillet_io::configure`). Each object is written whole (a local file through a
 //!   temporary name and a rename, an S3 object by one PUT), so a crash leaves an object
@@ -49,10 +52,14 @@
 
 mod control;
 pub mod coordinator;
+pub mod identity;
 mod store;
+pub mod timeline;
 
 pub use control::{HEARTBEAT, JobRecord, RESUME_ENV, RunState, SnapshotPath};
+pub use identity::Claim;
 pub use store::{
     ArtifactInfo, Checkpoint, CheckpointStore, CheckpointWriter, Kind, Manifest, Restored,
     SnapshotInfo,
 };
+pub use timeline::{Rewind, Rewound};

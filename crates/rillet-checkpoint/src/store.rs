@@ -13,15 +13,14 @@ use rillet_common::{Result, RilletError};
 use serde::{Deserialize, Serialize};
 use twox_hash::XxHash3_64;
 
+use crate::timeline::retired_error;
+
 /// The manifest's file name; a leading underscore keeps it apart from artifact names.
 const MANIFEST: &str = "_manifest";
 /// What the manifest's last line starts with: the checksum of everything before it.
 const CHECKSUM_LINE: &str = "xxh3:";
 /// The manifest format this crate writes and reads.
 const FORMAT: u32 = 1;
-/// Beside a job's snapshots: the highest snapshot id that was used and deleted out of
-/// turn (see [`CheckpointStore::retire_ids_through`]).
-const RETIRED_IDS: &str = "_retired_ids";
 
 /// What a snapshot is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -257,38 +256,26 @@ impl CheckpointStore {
     }
 
     /// The id for the next snapshot: above every id in use, complete or not, and above
-    /// every id retired, so a new snapshot never reuses the id of an abandoned or discarded
-    /// one (sinks may have recorded their commits under it).
+    /// every id used up by a going back in time (see [`crate::timeline`]), so a new
+    /// snapshot never reuses the id of an abandoned or discarded one (sinks may have
+    /// recorded their commits under it).
     pub async fn next_id(&self) -> Result<u64> {
         let in_use = self.list().await?.iter().map(|s| s.id + 1).max();
-        let retired = self.retired_ids().await?.map(|id| id + 1);
-        Ok(in_use.max(retired).unwrap_or(1))
+        let used_up = self.timeline().await?.through().map(|id| id + 1);
+        Ok(in_use.max(used_up).unwrap_or(1))
     }
 
-    /// Record that ids up to `id` must never be used again: call before deleting snapshots
-    /// newer than the one restored, whose ids would otherwise come round again.
-    pub async fn retire_ids_through(&self, id: u64) -> Result<()> {
-        let highest = self.retired_ids().await?.unwrap_or(0).max(id);
-        let path = self.root.clone().join(RETIRED_IDS);
-        self.write(&path, Bytes::from(highest.to_string())).await
-    }
-
-    async fn retired_ids(&self) -> Result<Option<u64>> {
-        let path = self.root.clone().join(RETIRED_IDS);
-        match self.read(&path).await {
-            Ok(bytes) => std::str::from_utf8(&bytes)
-                .ok()
-                .and_then(|text| text.trim().parse().ok())
-                .map(Some)
-                .ok_or_else(|| RilletError::Checkpoint(format!("{path} is not an id"))),
-            Err(ReadError::NotFound) => Ok(None),
-            Err(ReadError::Other(e)) => Err(e),
-        }
-    }
-
-    /// Read snapshot `id` of `kind` and check it: the manifest's own checksum, its job and
-    /// id, and every artifact's size and checksum. The error says what failed.
+    /// Read snapshot `id` of `kind` and check it: not retired by a going back in time
+    /// (see [`crate::timeline`]), the manifest's own checksum, its job and id, and every
+    /// artifact's size and checksum. The error says what failed.
     pub async fn load(&self, kind: Kind, id: u64) -> Result<Checkpoint> {
+        if let Some(rewind) = self.timeline().await?.retired_by(id) {
+            return Err(retired_error(self, kind, id, rewind));
+        }
+        self.load_unretired(kind, id).await
+    }
+
+    async fn load_unretired(&self, kind: Kind, id: u64) -> Result<Checkpoint> {
         let dir = self.snapshot_path(kind, id);
         let manifest_path = dir.clone().join(MANIFEST);
         let bytes = match self.read(&manifest_path).await {
@@ -353,8 +340,14 @@ impl CheckpointStore {
         let mut skipped = Vec::new();
         let mut snapshots = self.list().await?;
         snapshots.sort_by_key(|s| s.id);
+        let timeline = self.timeline().await?;
         for info in snapshots.iter().rev() {
-            match self.load(info.kind, info.id).await {
+            if let Some(rewind) = timeline.retired_by(info.id) {
+                let reason = retired_error(self, info.kind, info.id, rewind).to_string();
+                skipped.push((info.id, reason));
+                continue;
+            }
+            match self.load_unretired(info.kind, info.id).await {
                 Ok(checkpoint) => {
                     return Ok(Some(Restored {
                         checkpoint,
@@ -469,6 +462,34 @@ impl CheckpointStore {
             .await
             .map(|_| ())
             .map_err(|e| storage_error(format!("cannot write {path}"), e))
+    }
+}
+
+impl CheckpointStore {
+    /// Write `bytes` to `path` unless an object is there already: `false` when one was.
+    /// Atomic on a local directory and on object stores with conditional writes; on one
+    /// without, a check then a write (two writers at the same instant can both win).
+    pub(crate) async fn put_if_absent(&self, path: &ObjectPath, bytes: Bytes) -> Result<bool> {
+        let options = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(path, PutPayload::from(bytes.clone()), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(object_store::Error::NotImplemented { .. }) => match self.store.head(path).await {
+                Ok(_) => Ok(false),
+                Err(object_store::Error::NotFound { .. }) => {
+                    self.write(path, bytes).await.map(|()| true)
+                }
+                Err(e) => Err(storage_error(format!("cannot read {path}"), e)),
+            },
+            Err(e) => Err(storage_error(format!("cannot write {path}"), e)),
+        }
     }
 }
 
@@ -744,12 +765,11 @@ mod tests {
         for _ in 0..3 {
             take(&store, &[("s", "x")]).await;
         }
-        // Going back to 1: 2 and 3 are discarded, their ids retired first.
-        store.retire_ids_through(3).await.unwrap();
-        store.delete(Kind::Checkpoint, 3).await.unwrap();
-        store.delete(Kind::Checkpoint, 2).await.unwrap();
+        // Going back to 1: 2 and 3 are discarded, their ids used up.
+        let rewound = store.rewind_to(1).await.unwrap();
+        assert_eq!(rewound.deleted, vec![2, 3]);
         assert_eq!(store.next_id().await.unwrap(), 4);
-        store.retire_ids_through(2).await.unwrap(); // never lowers the mark
+        assert_eq!(store.rewind_to(1).await.unwrap(), Default::default()); // nothing newer
         assert_eq!(store.next_id().await.unwrap(), 4);
         assert_eq!(
             store

@@ -18,3 +18,27 @@ pub mod types;
 
 pub use config::EngineConfig;
 pub use error::{Result, RilletError};
+
+/// A random name of 12 lowercase hex digits (48 bits from the operating system's random
+/// source): what tells apart the outputs of two checkpoint stores, or of two runs without
+/// one, that share a job id.
+///
+/// ```
+/// let tag = rillet_common::random_tag();
+/// assert_eq!(tag.len(), 12);
+/// assert!(tag.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+/// assert_ne!(tag, rillet_common::random_tag());
+/// ```
+pub fn random_tag() -> String {
+    let mut bytes = [0u8; 6];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No random source: the clock's nanoseconds and the process id still differ
+        // between two runs.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mixed = nanos ^ (u64::from(std::process::id()) << 32);
+        bytes.copy_from_slice(&mixed.to_le_bytes()[..6]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

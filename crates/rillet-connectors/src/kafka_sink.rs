@@ -2,8 +2,10 @@
 //!
 //! Rows wait in the job's checkpoint (see [`crate::staged`]); when the checkpoint
 //! completes they are produced to the topic. Each record carries a header
-//! `rillet-commit: <job>:<checkpoint>:<partitions>:<index>`: its place in the commit's
-//! plan for its partition, and how many partitions the plan spread the rows over. The plan
+//! `rillet-commit: <job>:<lineage>:<checkpoint>:<partitions>:<index>`: the lineage of the
+//! job's checkpoint store (checkpoint ids restart in a new store, so the same job id
+//! checkpointing elsewhere never takes these records for its own), its place in the
+//! commit's plan for its partition, and how many partitions the plan spread the rows over. The plan
 //! is deterministic (the staged states are taken in a fixed order, and a row's partition
 //! follows from its key or its place), so a commit cut short by a crash and repeated on
 //! recovery produces exactly the records the first attempt did not: recovery reads back
@@ -45,7 +47,8 @@ use crate::kafka::{connect, kafka_error};
 use crate::stable_bucket;
 use crate::staged::{RowsOut, StagedWriter, decode_segments};
 
-/// The header naming a record's commit: `<job>:<checkpoint>:<index>`.
+/// The header naming a record's commit:
+/// `<job>:<lineage>:<checkpoint>:<partitions>:<index>`.
 pub const COMMIT_HEADER: &str = "rillet-commit";
 /// How long a commit retries an unreachable broker before it fails (and the job restarts
 /// from its checkpoint, repeating the commit).
@@ -102,21 +105,22 @@ impl KafkaSink {
         self
     }
 
-    fn header(&self, commit: Commit) -> Vec<u8> {
+    fn header(&self, lineage: &str, commit: Commit) -> Vec<u8> {
         format!(
-            "{}:{}:{}:{}",
+            "{}:{lineage}:{}:{}:{}",
             self.job, commit.checkpoint, commit.partitions, commit.index
         )
         .into_bytes()
     }
 
-    /// Which commit of this job wrote `record`; `None` for a record of anyone else.
-    fn commit_of(&self, record: &Record) -> Option<Commit> {
+    /// Which commit of this job in `lineage` wrote `record`; `None` for a record of anyone
+    /// else (another job, or this job id checkpointing in another store).
+    fn commit_of(&self, lineage: &str, record: &Record) -> Option<Commit> {
         let header = std::str::from_utf8(record.headers.get(COMMIT_HEADER)?).ok()?;
-        // Job ids are letters, digits, '.', '-' and '_': never a ':'.
-        let [job, checkpoint, partitions, index]: [&str; 4] =
+        // Job ids are letters, digits, '.', '-' and '_', lineages hex digits: never a ':'.
+        let [job, their_lineage, checkpoint, partitions, index]: [&str; 5] =
             header.split(':').collect::<Vec<_>>().try_into().ok()?;
-        (job == self.job).then_some(Commit {
+        (job == self.job && their_lineage == lineage).then_some(Commit {
             checkpoint: checkpoint.parse().ok()?,
             partitions: partitions.parse().ok()?,
             index: index.parse().ok()?,
@@ -158,8 +162,14 @@ impl KafkaSink {
         Ok(partitions)
     }
 
-    /// The records of `batches` for checkpoint `checkpoint`, by partition.
-    fn plan(&self, checkpoint: u64, batches: &[RecordBatch], partitions: &[i32]) -> Result<Plan> {
+    /// The records of `batches` for checkpoint `checkpoint` in `lineage`, by partition.
+    fn plan(
+        &self,
+        lineage: &str,
+        checkpoint: u64,
+        batches: &[RecordBatch],
+        partitions: &[i32],
+    ) -> Result<Plan> {
         if partitions.is_empty() {
             return Err(RilletError::invalid_argument(format!(
                 "kafka topic {:?} has no partitions to write to",
@@ -182,11 +192,12 @@ impl KafkaSink {
                 let records = plan
                     .get_mut(&partitions[slot])
                     .expect("every partition planned");
-                let header = self.header(Commit {
+                let commit = Commit {
                     checkpoint,
                     partitions: partitions.len(),
                     index: records.len(),
-                });
+                };
+                let header = self.header(lineage, commit);
                 records.push(Record {
                     key,
                     value,
@@ -250,6 +261,7 @@ impl KafkaSink {
     async fn already_written(
         &self,
         client: &PartitionClient,
+        lineage: &str,
         checkpoint: u64,
     ) -> Result<BTreeSet<Commit>> {
         let error = |what: &str, e: rskafka::client::error::Error| {
@@ -284,7 +296,7 @@ impl KafkaSink {
                     continue;
                 };
                 for r in &records {
-                    match self.commit_of(&r.record) {
+                    match self.commit_of(lineage, &r.record) {
                         Some(commit) if commit.checkpoint == checkpoint => {
                             found.insert(commit);
                         }
@@ -310,18 +322,25 @@ impl KafkaSink {
     /// segment of an earlier checkpoint in a live commit was carried past an aborted
     /// checkpoint, because the checkpoint loop starts a checkpoint only after the previous
     /// one's commit has run (and a commit that fails ends the job).
-    async fn produce(&self, checkpoint: u64, states: &[Vec<u8>], repeat: bool) -> Result<()> {
+    async fn produce(
+        &self,
+        lineage: &str,
+        checkpoint: u64,
+        states: &[Vec<u8>],
+        repeat: bool,
+    ) -> Result<()> {
         for (id, batches) in decode_segments(checkpoint, states)? {
             if batches.iter().all(|b| b.num_rows() == 0) {
                 continue;
             }
-            self.produce_batches(id, &batches, repeat).await?;
+            self.produce_batches(lineage, id, &batches, repeat).await?;
         }
         Ok(())
     }
 
     async fn produce_batches(
         &self,
+        lineage: &str,
         checkpoint: u64,
         batches: &[RecordBatch],
         repeat: bool,
@@ -339,7 +358,10 @@ impl KafkaSink {
                     .map_err(|e| {
                         kafka_error(&self.brokers, &format!("partition {partition}"), e)
                     })?;
-                for commit in self.already_written(&partition_client, checkpoint).await? {
+                for commit in self
+                    .already_written(&partition_client, lineage, checkpoint)
+                    .await?
+                {
                     planned_over.insert(commit.partitions);
                     written.entry(partition).or_default().insert(commit.index);
                 }
@@ -359,7 +381,7 @@ impl KafkaSink {
                 }
             }
         }
-        let plan = self.plan(checkpoint, batches, &partitions)?;
+        let plan = self.plan(lineage, checkpoint, batches, &partitions)?;
         let producer = self.producer().await?;
         for (partition, records) in plan {
             let skip = written.remove(&partition).unwrap_or_default();
@@ -418,8 +440,8 @@ fn column_bytes(column: &ArrayRef) -> Result<Vec<Option<Vec<u8>>>> {
 }
 
 impl RowsOut for KafkaSink {
-    fn write_out(&self, checkpoint: Option<u64>, batches: &[RecordBatch]) -> Result<()> {
-        block_on(self.produce_batches(checkpoint.unwrap_or(0), batches, false))
+    fn write_out(&self, context: &SinkContext, batches: &[RecordBatch]) -> Result<()> {
+        block_on(self.produce_batches(&context.lineage, 0, batches, false))
     }
 }
 
@@ -457,14 +479,19 @@ impl Sink for KafkaSink {
         Ok(StagedWriter::boxed(self, schema, partition, context))
     }
 
-    fn commit(&self, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
-        block_on(self.produce(checkpoint, states, false))
+    fn commit(&self, context: &SinkContext, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
+        block_on(self.produce(&context.lineage, checkpoint, states, false))
     }
 
-    fn recover(&self, checkpoint: Option<u64>, states: &[Vec<u8>]) -> Result<()> {
+    fn recover(
+        &self,
+        context: &SinkContext,
+        checkpoint: Option<u64>,
+        states: &[Vec<u8>],
+    ) -> Result<()> {
         match checkpoint {
             // The restored checkpoint's commit may have been cut short, or not begun.
-            Some(id) if id > 0 => block_on(self.produce(id, states, true)),
+            Some(id) if id > 0 => block_on(self.produce(&context.lineage, id, states, true)),
             _ => Ok(()),
         }
     }
@@ -476,6 +503,9 @@ mod tests {
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
     use std::sync::Arc;
+
+    /// The lineage the tests' records are planned in.
+    const L: &str = "0123456789ab";
 
     fn sink() -> KafkaSink {
         KafkaSink::new(
@@ -504,8 +534,8 @@ mod tests {
     #[test]
     fn a_plan_is_the_same_every_time_and_keys_keep_to_one_partition() {
         let s = sink();
-        let a = s.plan(7, &[batch()], &[0, 1, 2]).unwrap();
-        let b = s.plan(7, &[batch()], &[0, 1, 2]).unwrap();
+        let a = s.plan(L, 7, &[batch()], &[0, 1, 2]).unwrap();
+        let b = s.plan(L, 7, &[batch()], &[0, 1, 2]).unwrap();
         type Shape = Vec<(i32, Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<u8>)>)>;
         let shape = |p: &Plan| -> Shape {
             p.iter()
@@ -547,7 +577,7 @@ mod tests {
                     partitions: 3,
                     index,
                 };
-                assert_eq!(s.commit_of(r), Some(commit));
+                assert_eq!(s.commit_of(L, r), Some(commit));
             }
         }
     }
@@ -556,7 +586,7 @@ mod tests {
     fn only_this_jobs_headers_count() {
         let s = sink();
         let mut r = s
-            .plan(3, &[batch()], &[0])
+            .plan(L, 3, &[batch()], &[0])
             .unwrap()
             .remove(&0)
             .unwrap()
@@ -566,20 +596,27 @@ mod tests {
             partitions: 1,
             index: 0,
         };
-        assert_eq!(s.commit_of(&r), Some(first));
+        assert_eq!(s.commit_of(L, &r), Some(first));
         for other in [
-            &b"job-10:3:1:0"[..],
-            b"job-1:x:1:0",
-            b"job-1:3:0",
-            b"job-1:3:1:0:9",
+            &b"job-10:0123456789ab:3:1:0"[..],
+            b"job-1:ba9876543210:3:1:0", // the same job id in another store
+            b"job-1:3:1:0",              // no lineage (written before lineages)
+            b"job-1:0123456789ab:x:1:0",
+            b"job-1:0123456789ab:3:0",
+            b"job-1:0123456789ab:3:1:0:9",
         ] {
             r.headers.insert(COMMIT_HEADER.into(), other.to_vec());
-            assert_eq!(s.commit_of(&r), None, "{}", String::from_utf8_lossy(other));
+            assert_eq!(
+                s.commit_of(L, &r),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
         }
         r.headers.clear();
-        assert_eq!(s.commit_of(&r), None);
+        assert_eq!(s.commit_of(L, &r), None);
         assert!(
-            s.plan(3, &[batch()], &[]).is_err(),
+            s.plan(L, 3, &[batch()], &[]).is_err(),
             "no partitions: an error, not a panic"
         );
     }
@@ -737,16 +774,17 @@ mod tests {
         };
         let scenario = fail::FailScenario::setup();
         let (sink, client) = sink_on_new_topic(&broker, "out");
+        let cx = SinkContext::default();
 
         // Checkpoint 1 commits whole; repeating it (a recovery) adds nothing.
-        sink.commit(1, &states(0..6)).unwrap();
-        sink.recover(Some(1), &states(0..6)).unwrap();
+        sink.commit(&cx, 1, &states(0..6)).unwrap();
+        sink.recover(&cx, Some(1), &states(0..6)).unwrap();
         assert_eq!(block_on(read_all(&client, "out", 2)).len(), 6);
 
         // Checkpoint 2's commit dies after its third produce request; the states arrive
         // in another order on recovery, as acknowledgements may.
         fail::cfg("kafka-sink-between-requests", "2*off->return").unwrap();
-        assert!(sink.commit(2, &states(6..16)).is_err());
+        assert!(sink.commit(&cx, 2, &states(6..16)).is_err());
         fail::remove("kafka-sink-between-requests");
         assert_eq!(
             block_on(read_all(&client, "out", 2)).len(),
@@ -755,8 +793,8 @@ mod tests {
         );
         let mut reordered = states(6..16);
         reordered.reverse();
-        sink.recover(Some(2), &reordered).unwrap();
-        sink.recover(Some(2), &reordered).unwrap();
+        sink.recover(&cx, Some(2), &reordered).unwrap();
+        sink.recover(&cx, Some(2), &reordered).unwrap();
 
         let all = block_on(read_all(&client, "out", 2));
         assert_eq!(
@@ -765,7 +803,7 @@ mod tests {
             "every row exactly once"
         );
         // A later checkpoint's recovery scan stops at checkpoint 2's records.
-        sink.recover(Some(3), &states(16..18)).unwrap();
+        sink.recover(&cx, Some(3), &states(16..18)).unwrap();
         assert_eq!(block_on(read_all(&client, "out", 2)).len(), 18);
         scenario.teardown();
     }
@@ -788,6 +826,7 @@ mod tests {
             checkpointing: true,
             ..SinkContext::default()
         };
+        let cx = context.clone();
         let mut writers: Vec<_> = (0..2)
             .map(|task| StagedWriter::boxed(&sink, schema.clone(), task, &context))
             .collect();
@@ -808,10 +847,10 @@ mod tests {
             })
         };
         let _aborted = barrier(1, 0..4);
-        sink.commit(2, &barrier(2, 4..8)).unwrap();
+        sink.commit(&cx, 2, &barrier(2, 4..8)).unwrap();
         let third = barrier(3, 8..10);
-        sink.recover(Some(3), &third).unwrap();
-        sink.recover(Some(3), &third).unwrap();
+        sink.recover(&cx, Some(3), &third).unwrap();
+        sink.recover(&cx, Some(3), &third).unwrap();
         let all = block_on(read_all(&client, "carried", 2));
         assert_eq!(
             sorted_n(&all),
@@ -820,7 +859,7 @@ mod tests {
         );
         let checkpoints: BTreeSet<&str> = all
             .iter()
-            .map(|(_, _, header)| header.split(':').nth(1).unwrap())
+            .map(|(_, _, header)| header.split(':').nth(2).unwrap())
             .collect();
         assert_eq!(checkpoints, BTreeSet::from(["1", "2", "3"]));
         scenario.teardown();

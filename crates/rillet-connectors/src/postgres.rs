@@ -133,7 +133,7 @@ impl PostgresUpsertSink {
 }
 
 impl RowsOut for PostgresUpsertSink {
-    fn write_out(&self, _checkpoint: Option<u64>, batches: &[RecordBatch]) -> Result<()> {
+    fn write_out(&self, _context: &SinkContext, batches: &[RecordBatch]) -> Result<()> {
         self.upsert(batches)
     }
 }
@@ -168,16 +168,21 @@ impl Sink for PostgresUpsertSink {
         Ok(StagedWriter::boxed(self, schema, partition, context))
     }
 
-    fn commit(&self, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
+    fn commit(&self, _context: &SinkContext, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
         // Oldest segment first. On recovery a state may hold segments a commit cut short
         // had upserted: upserting that suffix of the job's rows again, in order, leaves
         // every key at its last value, as a single upsert would.
         self.upsert(&decode_states(checkpoint, states)?)
     }
 
-    fn recover(&self, checkpoint: Option<u64>, states: &[Vec<u8>]) -> Result<()> {
+    fn recover(
+        &self,
+        context: &SinkContext,
+        checkpoint: Option<u64>,
+        states: &[Vec<u8>],
+    ) -> Result<()> {
         match checkpoint {
-            Some(id) if id > 0 => self.commit(id, states),
+            Some(id) if id > 0 => self.commit(context, id, states),
             _ => Ok(()),
         }
     }

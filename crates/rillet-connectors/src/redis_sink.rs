@@ -3,11 +3,13 @@
 //! Rows wait in the job's checkpoint (see [`crate::staged`]); when the checkpoint
 //! completes, one Lua script per segment (the rows sealed at one barrier) appends them to
 //! the stream (`XADD`, one entry per row, a field per non-null column, values as text) and
-//! records the segment's checkpoint id in a marker key, `<stream>:rillet:<job>`,
-//! atomically. A repeated commit of a segment the marker already covers appends nothing,
-//! so recovery may repeat the restored checkpoint's commit safely, and a segment carried
-//! past an aborted checkpoint is appended once. A job that starts without any checkpoint
-//! resets its marker.
+//! records the segment's checkpoint id in a marker key,
+//! `<stream>:rillet:<job>:<lineage>` (the lineage of the job's checkpoint store, so that
+//! the same job id checkpointing elsewhere keeps a marker of its own), atomically. A
+//! repeated commit of a segment the marker already covers appends nothing, so recovery may
+//! repeat the restored checkpoint's commit safely, and a segment carried past an aborted
+//! checkpoint is appended once. A job that starts without any checkpoint resets its
+//! marker; a job without checkpoints appends at its end and keeps no marker.
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
@@ -49,18 +51,22 @@ return rows
 pub struct RedisStreamSink {
     url: String,
     stream: String,
-    marker: String,
+    job: String,
 }
 
 impl RedisStreamSink {
     /// Append to `stream` at `url` (`redis://host:port`) for job `job`.
     pub fn new(url: impl Into<String>, stream: impl Into<String>, job: &str) -> Self {
-        let stream = stream.into();
         Self {
             url: url.into(),
-            marker: format!("{stream}:rillet:{job}"),
-            stream,
+            stream: stream.into(),
+            job: job.to_string(),
         }
+    }
+
+    /// The key recording the newest checkpoint appended in `lineage`.
+    fn marker(&self, lineage: &str) -> String {
+        format!("{}:rillet:{}:{lineage}", self.stream, self.job)
     }
 
     fn error(&self, what: &str, e: impl std::fmt::Display) -> RilletError {
@@ -76,7 +82,9 @@ impl RedisStreamSink {
             .map_err(|e| self.error("connecting", e))
     }
 
-    fn append(&self, checkpoint: u64, batches: &[RecordBatch]) -> Result<()> {
+    /// Append `batches` as checkpoint `checkpoint`'s segment under `marker` (0: no
+    /// checkpoints, append without one).
+    fn append(&self, marker: &str, checkpoint: u64, batches: &[RecordBatch]) -> Result<()> {
         if batches.is_empty() && checkpoint == 0 {
             return Ok(());
         }
@@ -87,7 +95,7 @@ impl RedisStreamSink {
         let mut script = append.prepare_invoke();
         script
             .key(&self.stream)
-            .key(&self.marker)
+            .key(marker)
             .arg(checkpoint)
             .arg(fields.as_ref().map_or(0, |f| f.len()));
         for field in fields.iter().flatten() {
@@ -119,8 +127,8 @@ impl RedisStreamSink {
 }
 
 impl RowsOut for RedisStreamSink {
-    fn write_out(&self, checkpoint: Option<u64>, batches: &[RecordBatch]) -> Result<()> {
-        self.append(checkpoint.unwrap_or(0), batches)
+    fn write_out(&self, context: &SinkContext, batches: &[RecordBatch]) -> Result<()> {
+        self.append(&self.marker(&context.lineage), 0, batches)
     }
 }
 
@@ -148,25 +156,31 @@ impl Sink for RedisStreamSink {
         Ok(StagedWriter::boxed(self, schema, partition, context))
     }
 
-    fn commit(&self, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
+    fn commit(&self, context: &SinkContext, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
         // Each segment under its own id: the marker skips one an earlier commit appended.
+        let marker = self.marker(&context.lineage);
         let mut segments = decode_segments(checkpoint, states)?;
         segments.entry(checkpoint).or_default();
         for (id, batches) in segments {
-            self.append(id, &batches)?;
+            self.append(&marker, id, &batches)?;
         }
         Ok(())
     }
 
-    fn recover(&self, checkpoint: Option<u64>, states: &[Vec<u8>]) -> Result<()> {
+    fn recover(
+        &self,
+        context: &SinkContext,
+        checkpoint: Option<u64>,
+        states: &[Vec<u8>],
+    ) -> Result<()> {
         match checkpoint {
-            Some(id) if id > 0 => self.commit(id, states),
+            Some(id) if id > 0 => self.commit(context, id, states),
             // Starting over: commits of an earlier life of this job id must not hide the
             // new ones. (With every checkpoint lost, what they appended stays.)
             _ => {
                 let mut connection = self.connection()?;
                 redis::cmd("DEL")
-                    .arg(&self.marker)
+                    .arg(self.marker(&context.lineage))
                     .query::<()>(&mut connection)
                     .map_err(|e| self.error("resetting the commit marker", e))
             }

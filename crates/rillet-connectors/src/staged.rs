@@ -35,9 +35,9 @@ const FORMAT_VERSION: u8 = 1;
 
 /// Writes rows out: the external side of a staged sink.
 pub(crate) trait RowsOut: Send + Sync + 'static {
-    /// Write `batches` out in one go, for checkpoint `checkpoint` (`None` for a job without
-    /// checkpoints, at the end of its input). Blocking.
-    fn write_out(&self, checkpoint: Option<u64>, batches: &[RecordBatch]) -> Result<()>;
+    /// Write `batches` out in one go, for a job without checkpoints at the end of its
+    /// input (`context` names the run). Blocking.
+    fn write_out(&self, context: &SinkContext, batches: &[RecordBatch]) -> Result<()>;
 }
 
 /// The rows a commit writes out, by the checkpoint whose barrier sealed them, oldest
@@ -263,8 +263,8 @@ impl<S: RowsOut> BatchWriter for StagedWriter<S> {
         // With checkpoints, rows after the last barrier belong to no checkpoint: a restart
         // replays them. Without, the end of the input is the commit.
         if !self.context.checkpointing {
-            let (out, pending) = (self.out.clone(), self.pending);
-            tokio::task::spawn_blocking(move || out.write_out(None, &pending))
+            let (out, pending, context) = (self.out.clone(), self.pending, self.context.clone());
+            tokio::task::spawn_blocking(move || out.write_out(&context, &pending))
                 .await
                 .map_err(|e| RilletError::internal(format!("sink write task: {e}")))??;
         }
@@ -284,7 +284,7 @@ mod tests {
     struct Recorder(Arc<Mutex<Vec<i64>>>);
 
     impl RowsOut for Recorder {
-        fn write_out(&self, _checkpoint: Option<u64>, batches: &[RecordBatch]) -> Result<()> {
+        fn write_out(&self, _context: &SinkContext, batches: &[RecordBatch]) -> Result<()> {
             self.0.lock().unwrap().extend(values(batches));
             Ok(())
         }

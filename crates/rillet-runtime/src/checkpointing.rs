@@ -31,13 +31,13 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rillet_checkpoint::coordinator::{Acknowledged, CheckpointCoordinator, TaskId};
 use rillet_checkpoint::{
-    Checkpoint, CheckpointStore, CheckpointWriter, HEARTBEAT, JobRecord, Kind, RunState,
+    Checkpoint, CheckpointStore, CheckpointWriter, Claim, HEARTBEAT, JobRecord, Kind, RunState,
 };
 use rillet_common::{Result, RilletError};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkContext};
 
 /// How a job checkpoints, and what it restores from.
 #[derive(Debug, Clone)]
@@ -50,43 +50,68 @@ pub struct Checkpointing {
     first_id: u64,
     /// The store held no snapshot of the job at all: nothing was ever committed under it.
     fresh: bool,
+    /// This run's claim on the job, taken before anything was restored.
+    claim: Claim,
+    /// The store's lineage: what the sinks name their commits with.
+    lineage: String,
 }
 
 impl Checkpointing {
     /// Checkpoint every `interval` into `store`, restoring from the newest valid snapshot
     /// (checkpoint or savepoint) already there, if any: a job restarted with the same id
-    /// resumes by itself. Snapshots skipped on the way (incomplete, corrupt) are logged.
+    /// resumes by itself. Snapshots skipped on the way (incomplete, corrupt, retired) are
+    /// logged. Claims the job first (see [`rillet_checkpoint::identity`]): an error names
+    /// the live run that holds it.
     pub async fn resume_latest(store: CheckpointStore, interval: Duration) -> Result<Self> {
-        let restored = match store.latest().await? {
-            Some(found) => {
-                for (id, reason) in &found.skipped {
-                    tracing::warn!("job {}: not restoring snapshot {id}: {reason}", store.job());
-                }
-                Some(Arc::new(found.checkpoint))
+        let claim = store.claim().await?;
+        let restored = async {
+            let Some(found) = store.latest().await? else {
+                return Ok(None);
+            };
+            for (id, reason) in &found.skipped {
+                tracing::warn!("job {}: not restoring snapshot {id}: {reason}", store.job());
             }
-            None => None,
-        };
-        Self::with_restored(store, interval, restored).await
+            Ok(Some(Arc::new(found.checkpoint)))
+        }
+        .await;
+        Self::with_restored(store, interval, restored, claim).await
     }
 
     /// Checkpoint every `interval` into `store`, restoring from snapshot `id` of `kind`
-    /// (a savepoint the user names); an error if it is missing or fails its checks.
+    /// (a savepoint the user names); an error if it is missing, fails its checks or is
+    /// retired. Claims the job first, as [`resume_latest`](Self::resume_latest) does.
     pub async fn resume_from(
         store: CheckpointStore,
         interval: Duration,
         kind: Kind,
         id: u64,
     ) -> Result<Self> {
-        let checkpoint = store.load(kind, id).await?;
-        Self::with_restored(store, interval, Some(Arc::new(checkpoint))).await
+        let claim = store.claim().await?;
+        let restored = store.load(kind, id).await.map(|c| Some(Arc::new(c)));
+        Self::with_restored(store, interval, restored, claim).await
     }
 
     async fn with_restored(
         store: CheckpointStore,
         interval: Duration,
-        restored: Option<Arc<Checkpoint>>,
+        restored: Result<Option<Arc<Checkpoint>>>,
+        claim: Claim,
     ) -> Result<Self> {
-        let first_id = store.next_id().await?;
+        let opened = async {
+            let restored = restored?;
+            Ok::<_, RilletError>((restored, store.next_id().await?, store.lineage().await?))
+        }
+        .await;
+        let (restored, first_id, lineage) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                // The run ends before it began: the job is free again.
+                if let Err(record) = claim.fail(&e).await {
+                    tracing::warn!("job {}: cannot record its failure: {record}", store.job());
+                }
+                return Err(e);
+            }
+        };
         Ok(Self {
             store,
             interval: interval.max(Duration::from_millis(10)),
@@ -96,6 +121,8 @@ impl Checkpointing {
             first_id,
             // Ids start at 1: the next one is 1 only in a store without snapshots.
             fresh: first_id == 1,
+            claim,
+            lineage,
         })
     }
 
@@ -127,6 +154,16 @@ impl Checkpointing {
         self.first_id
     }
 
+    /// This run's claim on the job.
+    pub fn claim(&self) -> &Claim {
+        &self.claim
+    }
+
+    /// The store's lineage (see [`rillet_checkpoint::identity`]).
+    pub fn lineage(&self) -> &str {
+        &self.lineage
+    }
+
     /// What the sinks recover to: the restored snapshot's id; 0 when snapshots exist but
     /// none could be restored (everything committed under the job is to be written
     /// again); `None` when the job never checkpointed before.
@@ -138,28 +175,14 @@ impl Checkpointing {
         }
     }
 
-    /// Delete the checkpoints newer than the restored snapshot (all of them when none is
-    /// restored): skipped as corrupt or unreadable, or passed over for an older savepoint.
-    /// The files they committed are withdrawn, so none of them may be restored later,
-    /// after a transient read error clears. Savepoints are the user's and stay.
-    pub(crate) async fn discard_newer(&self) -> Result<Vec<u64>> {
+    /// Go back to the restored snapshot (to nothing when none is restored), before any
+    /// output is withdrawn: delete the newer checkpoints (skipped as corrupt or unreadable,
+    /// or passed over for an older savepoint) and retire the newer savepoints, whose output
+    /// the sinks are about to withdraw, so none of them is restored later (see
+    /// [`rillet_checkpoint::timeline`]). Returns what it deleted and retired.
+    pub(crate) async fn rewind(&self) -> Result<rillet_checkpoint::Rewound> {
         let restored = self.restored.as_ref().map_or(0, |c| c.manifest.id);
-        let newer: Vec<u64> = self
-            .store
-            .list()
-            .await?
-            .into_iter()
-            .filter(|s| s.kind == Kind::Checkpoint && s.id > restored)
-            .map(|s| s.id)
-            .collect();
-        if let Some(&highest) = newer.iter().max() {
-            // Their ids must not come round again: sinks recorded commits under them.
-            self.store.retire_ids_through(highest).await?;
-        }
-        for &id in &newer {
-            self.store.delete(Kind::Checkpoint, id).await?;
-        }
-        Ok(newer)
+        self.store.rewind_to(restored).await
     }
 
     /// The state task `task` snapshotted in the restored checkpoint.
@@ -283,6 +306,8 @@ pub(crate) struct CheckpointLoop {
     tasks: BTreeSet<TaskId>,
     sources: Vec<(TaskId, mpsc::Sender<SourceCommand>)>,
     sinks: Vec<(usize, Arc<dyn Sink>)>,
+    /// What the sinks are told when they commit.
+    sink_context: SinkContext,
     events: mpsc::Receiver<TaskEvent>,
     stop: mpsc::Receiver<StopRequest>,
     stats: Arc<Mutex<CheckpointStats>>,
@@ -306,8 +331,8 @@ impl CheckpointLoop {
         tasks: BTreeSet<TaskId>,
         sources: &[TaskId],
         sinks: Vec<(usize, Arc<dyn Sink>)>,
+        sink_context: SinkContext,
         stats: Arc<Mutex<CheckpointStats>>,
-        completed: Arc<AtomicU64>,
     ) -> (
         Self,
         mpsc::Sender<TaskEvent>,
@@ -326,6 +351,7 @@ impl CheckpointLoop {
         }
         let (stop_tx, stop) = mpsc::channel(1);
         stats.lock().restored_from = settings.restored().map(|c| c.manifest.id);
+        let completed = sink_context.committed.clone();
         if let Some(restored) = settings.restored() {
             completed.store(restored.manifest.id, Ordering::SeqCst);
         }
@@ -336,6 +362,7 @@ impl CheckpointLoop {
                 tasks,
                 sources: senders,
                 sinks,
+                sink_context,
                 events,
                 stop,
                 stats,
@@ -555,10 +582,12 @@ impl CheckpointLoop {
         let id = writer.id();
         let properties = BTreeMap::from([(SHAPE_PROPERTY.to_string(), self.shape.clone())]);
         let states = self.sink_states.remove(&id).unwrap_or_default();
-        let (sinks, store, retain) = (
+        let (sinks, context, store, retain, claim) = (
             self.sinks.clone(),
+            self.sink_context.clone(),
             self.settings.store.clone(),
             self.settings.retain,
+            self.settings.claim.clone(),
         );
         // The commit runs as a task of its own that holds the commit gate: cancelling the
         // job aborts this loop, not a commit under way (a manifest half-way to disk, a sink
@@ -567,7 +596,12 @@ impl CheckpointLoop {
         let gate = self.commit_gate.clone().lock_owned().await;
         let commit = tokio::spawn(async move {
             let _gate = gate;
-            commit_checkpoint(id, writer, properties, sinks, states, store, retain).await
+            let sinks = SinkCommits {
+                sinks,
+                states,
+                context,
+            };
+            commit_checkpoint(id, writer, properties, sinks, store, retain, claim).await
         });
         let manifest_written = commit.await.map_err(|e| {
             Abandon::Job(RilletError::internal(format!(
@@ -609,17 +643,27 @@ impl CheckpointLoop {
     }
 }
 
+/// What the sinks commit when a checkpoint completes.
+struct SinkCommits {
+    sinks: Vec<(usize, Arc<dyn Sink>)>,
+    /// The sink tasks' states, by sink vertex.
+    states: BTreeMap<usize, Vec<Vec<u8>>>,
+    context: SinkContext,
+}
+
 /// Complete checkpoint `id`: write its manifest (the commit point), have the sinks commit
-/// what it covers, and prune old checkpoints. Returns when the manifest was written.
+/// what it covers, and prune old checkpoints. Returns when the manifest was written. A run
+/// that lost its claim to a later run stops before either.
 async fn commit_checkpoint(
     id: u64,
     writer: CheckpointWriter,
     properties: BTreeMap<String, String>,
-    sinks: Vec<(usize, Arc<dyn Sink>)>,
-    mut states: BTreeMap<usize, Vec<Vec<u8>>>,
+    mut commits: SinkCommits,
     store: CheckpointStore,
     retain: usize,
+    claim: Claim,
 ) -> std::result::Result<Instant, Abandon> {
+    claim.check().await.map_err(Abandon::Job)?;
     // The commit point: once the manifest exists, a restore starts from here. Failing to
     // write it loses this checkpoint only.
     writer
@@ -634,11 +678,14 @@ async fn commit_checkpoint(
             "failpoint checkpoint-after-manifest".into(),
         )))
     });
+    // A later run that claimed the job meanwhile restores from here and commits itself.
+    claim.check().await.map_err(Abandon::Job)?;
     // Sinks commit what this checkpoint covers. A crash before or during this is repaired
     // on recovery, which commits the restored checkpoint's transactions again.
-    for (vertex, sink) in &sinks {
-        let (sink, states) = (sink.clone(), states.remove(vertex).unwrap_or_default());
-        tokio::task::spawn_blocking(move || sink.commit(id, &states))
+    for (vertex, sink) in &commits.sinks {
+        let states = commits.states.remove(vertex).unwrap_or_default();
+        let (sink, context) = (sink.clone(), commits.context.clone());
+        tokio::task::spawn_blocking(move || sink.commit(&context, id, &states))
             .await
             .map_err(|e| Abandon::Job(RilletError::internal(format!("sink commit panicked: {e}"))))?
             .map_err(Abandon::Job)?;
@@ -668,9 +715,13 @@ pub(crate) struct JobControl {
 }
 
 impl JobControl {
-    /// Record that a run of the job starts now, restored from `restored_from`, and drop
-    /// the stop requests earlier runs left untaken.
-    pub async fn start(store: CheckpointStore, restored_from: Option<u64>) -> Result<Arc<Self>> {
+    /// Record that the run holding `claim` has started, restored from `restored_from`,
+    /// and drop the stop requests earlier runs left untaken.
+    pub async fn start(
+        store: CheckpointStore,
+        claim: &Claim,
+        restored_from: Option<u64>,
+    ) -> Result<Arc<Self>> {
         let cleared = store.clear_stop_requests().await?;
         if cleared > 0 {
             tracing::warn!(
@@ -678,7 +729,10 @@ impl JobControl {
                 store.job()
             );
         }
-        let record = JobRecord::start(store.job(), restored_from);
+        let mut record = claim.record().clone();
+        record.restored_from = restored_from;
+        record.latest_snapshot = restored_from;
+        record.touch();
         store.write_record(&record).await?;
         Ok(Arc::new(Self {
             store,

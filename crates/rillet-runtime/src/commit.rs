@@ -20,7 +20,7 @@
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let committer = FileCommitter::new(dir.path()).unwrap();
-//! let name = FileCommitter::file_name("job", 7, 0, 0, "jsonl");
+//! let name = FileCommitter::file_name("job", "0123456789ab", 7, 0, 0, "jsonl");
 //! std::fs::write(committer.staging_path(&name), "{\"seq\": 1}\n").unwrap();
 //! assert!(!dir.path().join(&name).exists()); // staged: not visible yet
 //!
@@ -91,16 +91,19 @@ impl FileCommitter {
         Ok(Self { directory })
     }
 
-    /// The name of file `seq` that sink task `task` of `job` writes for `checkpoint`:
-    /// unique to them, so that a committed file is never overwritten.
+    /// The name of file `seq` that sink task `task` of `job` writes for `checkpoint`, in
+    /// the checkpoint store of lineage `lineage` (or a run without checkpoints tagged so):
+    /// `<job>-<lineage>-<checkpoint>-<task>-<seq>.<extension>`, unique to them, so that a
+    /// committed file is never overwritten, and recognisably this store's.
     pub fn file_name(
         job: &str,
+        lineage: &str,
         checkpoint: u64,
         task: usize,
         seq: usize,
         extension: &str,
     ) -> String {
-        format!("{job}-{checkpoint:020}-{task:05}-{seq:05}.{extension}")
+        format!("{job}-{lineage}-{checkpoint:020}-{task:05}-{seq:05}.{extension}")
     }
 
     /// Where a task writes the staged file `name`.
@@ -158,12 +161,17 @@ impl FileCommitter {
         Ok(report)
     }
 
-    /// Delete every staged file of job `job` not named by `keep` (the transactions of the
-    /// restored checkpoint, committed by the caller): what a crash left of checkpoints that
-    /// never completed. Files other jobs staged in the same directory are theirs and stay.
-    /// Returns the deleted names.
-    pub fn discard_except(&self, job: &str, keep: &[FileTransaction]) -> Result<Vec<String>> {
-        let prefix = format!("{job}-");
+    /// Delete every staged file of job `job` in lineage `lineage` not named by `keep` (the
+    /// transactions of the restored checkpoint, committed by the caller): what a crash left
+    /// of checkpoints that never completed. Files other jobs, or other lineages of this
+    /// job, staged in the same directory are theirs and stay. Returns the deleted names.
+    pub fn discard_except(
+        &self,
+        job: &str,
+        lineage: &str,
+        keep: &[FileTransaction],
+    ) -> Result<Vec<String>> {
+        let prefix = format!("{job}-{lineage}-");
         let keep: BTreeSet<&str> = keep
             .iter()
             .flat_map(|t| t.files.iter().map(String::as_str))
@@ -188,14 +196,21 @@ impl FileCommitter {
         Ok(discarded)
     }
 
-    /// Delete the committed files of job `job` written after checkpoint `restored` (all of
-    /// the job's files when `None`): recovery that had to fall back past a corrupt
-    /// checkpoint restores an older state, and the rows those files hold are about to be
-    /// written again. A file's name carries the first checkpoint that could commit it, so
-    /// the files written after `restored` are exactly those with a later one. Returns the
-    /// deleted names.
-    pub fn withdraw_after(&self, job: &str, restored: Option<u64>) -> Result<Vec<String>> {
-        let prefix = format!("{job}-");
+    /// Delete the committed files of job `job` in lineage `lineage` written after
+    /// checkpoint `restored` (all of them when `None`): recovery that had to fall back past
+    /// a corrupt checkpoint, or a resume from an older savepoint, restores an older state,
+    /// and the rows those files hold are about to be written again. A file's name carries
+    /// the first checkpoint that could commit it, so the files written after `restored`
+    /// are exactly those with a later one. Files of another lineage (a run without
+    /// checkpoints, the job under another checkpoint location) are never touched. Returns
+    /// the deleted names.
+    pub fn withdraw_after(
+        &self,
+        job: &str,
+        lineage: &str,
+        restored: Option<u64>,
+    ) -> Result<Vec<String>> {
+        let prefix = format!("{job}-{lineage}-");
         let after = restored.unwrap_or(0);
         let mut withdrawn = Vec::new();
         let entries = std::fs::read_dir(&self.directory).map_err(|e| {
@@ -224,12 +239,12 @@ impl FileCommitter {
     }
 }
 
-/// The epoch in a file name of the job whose names start with `prefix` (`<job>-`):
-/// `<job>-<20 digits>-<task>-<seq>.<extension>`, the whole rest of the name in exactly that
-/// shape. `None` for another job's file, even one whose id starts with this job's
-/// (`orders` and `orders-eu`) or looks like the start of one of this job's names
-/// (`orders-00000000000000000005`): a job id adds a part to the name, and every part
-/// after the prefix is accounted for.
+/// The epoch in a file name of the job and lineage whose names start with `prefix`
+/// (`<job>-<lineage>-`): `<job>-<lineage>-<20 digits>-<task>-<seq>.<extension>`, the whole
+/// rest of the name in exactly that shape. `None` for another job's or lineage's file,
+/// even one whose id starts with this job's (`orders` and `orders-eu`) or looks like the
+/// start of one of this job's names (`orders-00000000000000000005`): a job id adds a part
+/// to the name, and every part after the prefix is accounted for.
 fn epoch_of(name: &str, prefix: &str) -> Option<u64> {
     let rest = name.strip_prefix(prefix)?;
     let (stem, extension) = rest.split_once('.')?;
@@ -272,11 +287,14 @@ fn remove_entry(path: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// The lineage the tests' files are staged under.
+    const L: &str = "0123456789ab";
+
     /// Tests that commit take this, so that one test's failpoint never fires in another.
     static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
     fn stage(committer: &FileCommitter, checkpoint: u64, task: usize, rows: &[u64]) -> String {
-        let name = FileCommitter::file_name("job", checkpoint, task, 0, "jsonl");
+        let name = FileCommitter::file_name("job", L, checkpoint, task, 0, "jsonl");
         let text: String = rows.iter().map(|r| format!("{{\"seq\": {r}}}\n")).collect();
         std::fs::write(committer.staging_path(&name), text).unwrap();
         name
@@ -374,21 +392,21 @@ mod tests {
         };
         let abandoned = stage(&committer, 6, 0, &[2]);
         // A write a crash cut short leaves whatever it left, a directory included.
-        let half = FileCommitter::file_name("job", 6, 1, 0, "jsonl.tmp");
+        let half = FileCommitter::file_name("job", L, 6, 1, 0, "jsonl.tmp");
         std::fs::create_dir(committer.staging_path(&half)).unwrap();
         // Another job staging into the same directory keeps its files, even one whose id
         // starts with this job's.
-        let other = FileCommitter::file_name("job-eu", 6, 0, 0, "jsonl");
+        let other = FileCommitter::file_name("job-eu", L, 6, 0, 0, "jsonl");
         std::fs::write(committer.staging_path(&other), "").unwrap();
         let discarded = committer
-            .discard_except("job", std::slice::from_ref(&restored))
+            .discard_except("job", L, std::slice::from_ref(&restored))
             .unwrap();
         let mut want = vec![abandoned, half];
         want.sort();
         assert_eq!(discarded, want);
         committer.commit(&restored).unwrap();
         assert_eq!(visible_rows(dir.path()), vec![1]);
-        assert!(committer.discard_except("job", &[]).unwrap().is_empty());
+        assert!(committer.discard_except("job", L, &[]).unwrap().is_empty());
         assert!(committer.staging_path(&other).exists());
     }
 
@@ -399,7 +417,7 @@ mod tests {
         let committer = FileCommitter::new(dir.path()).unwrap();
         let missing = FileTransaction {
             checkpoint: 9,
-            files: vec![FileCommitter::file_name("job", 9, 0, 0, "jsonl")],
+            files: vec![FileCommitter::file_name("job", L, 9, 0, 0, "jsonl")],
         };
         let err = committer.commit(&missing).unwrap_err();
         assert!(err.to_string().contains("rows are lost"), "{err}");
@@ -417,21 +435,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let committer = FileCommitter::new(dir.path()).unwrap();
         let others = [
-            FileCommitter::file_name("orders-00000000000000000005", 1, 0, 0, "parquet"),
-            FileCommitter::file_name("orders-00000000000000000005-00000", 2, 0, 0, "parquet"),
-            FileCommitter::file_name("orders-00000000000000000005-00000-00000.x", 3, 0, 0, "csv"),
+            FileCommitter::file_name("orders-00000000000000000005", L, 1, 0, 0, "parquet"),
+            FileCommitter::file_name("orders-00000000000000000005-00000", L, 2, 0, 0, "parquet"),
+            FileCommitter::file_name(
+                "orders-00000000000000000005-00000-00000.x",
+                L,
+                3,
+                0,
+                0,
+                "csv",
+            ),
+            // A job whose id is this job's with its lineage, and this job in another
+            // lineage (a run without checkpoints, another checkpoint location).
+            FileCommitter::file_name(&format!("orders-{L}"), "ba9876543210", 4, 0, 0, "parquet"),
+            FileCommitter::file_name("orders", "ba9876543210", 9, 0, 0, "parquet"),
         ];
         for name in &others {
             std::fs::write(dir.path().join(name), "").unwrap();
             std::fs::write(committer.staging_path(name), "").unwrap();
         }
-        let mine = FileCommitter::file_name("orders", 7, 0, 0, "parquet");
+        let mine = FileCommitter::file_name("orders", L, 7, 0, 0, "parquet");
         std::fs::write(dir.path().join(&mine), "").unwrap();
         assert_eq!(
-            committer.withdraw_after("orders", None).unwrap(),
+            committer.withdraw_after("orders", L, None).unwrap(),
             vec![mine]
         );
-        assert!(committer.discard_except("orders", &[]).unwrap().is_empty());
+        assert!(
+            committer
+                .discard_except("orders", L, &[])
+                .unwrap()
+                .is_empty()
+        );
         for name in &others {
             assert!(dir.path().join(name).exists(), "{name} withdrawn");
             assert!(committer.staging_path(name).exists(), "{name} discarded");

@@ -45,16 +45,22 @@ pub trait Sink: Send + Sync + Debug {
     /// [`BatchWriter::checkpoint`] returned) hold. Runs on a blocking thread. Must be
     /// idempotent: recovery repeats it for the restored checkpoint, because a crash may
     /// have fallen between the checkpoint completing and this commit.
-    fn commit(&self, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
-        let _ = (checkpoint, states);
+    fn commit(&self, context: &SinkContext, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
+        let _ = (context, checkpoint, states);
         Ok(())
     }
     /// Before a checkpointed job starts: commit what the restored checkpoint `checkpoint`
     /// covers (`states`, its tasks' states), undo what later checkpoints committed
     /// (`Some(0)`: none could be restored, undo everything), and discard what never
-    /// completed checkpoints left behind. `None`: the job never checkpointed before.
-    fn recover(&self, checkpoint: Option<u64>, states: &[Vec<u8>]) -> Result<()> {
-        let _ = (checkpoint, states);
+    /// completed checkpoints left behind. `None`: the job never checkpointed before. Only
+    /// what carries `context.lineage` is this job's to undo or discard.
+    fn recover(
+        &self,
+        context: &SinkContext,
+        checkpoint: Option<u64>,
+        states: &[Vec<u8>],
+    ) -> Result<()> {
+        let _ = (context, checkpoint, states);
         Ok(())
     }
 }
@@ -74,6 +80,10 @@ pub struct SinkContext {
     /// replays from its latest checkpoint: a checkpoint store that keeps failing must not
     /// grow a sink's memory without bound. The engine's memory budget; no limit by default.
     pub carry_limit_bytes: usize,
+    /// The checkpoint store's lineage, or a run's own tag without checkpoints (12 hex
+    /// digits; see `rillet_checkpoint::identity`): sinks put it in every name, header or
+    /// marker they commit, and recovery undoes or discards only what carries it.
+    pub lineage: String,
 }
 
 impl Default for SinkContext {
@@ -83,6 +93,7 @@ impl Default for SinkContext {
             first_checkpoint: 0,
             committed: Arc::default(),
             carry_limit_bytes: usize::MAX,
+            lineage: rillet_common::random_tag(),
         }
     }
 }
@@ -248,7 +259,7 @@ impl Sink for FileSink {
         )
     }
 
-    fn commit(&self, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
+    fn commit(&self, _context: &SinkContext, checkpoint: u64, states: &[Vec<u8>]) -> Result<()> {
         let Some(committer) = &self.committer else {
             return Ok(());
         };
@@ -262,7 +273,12 @@ impl Sink for FileSink {
         Ok(())
     }
 
-    fn recover(&self, checkpoint: Option<u64>, states: &[Vec<u8>]) -> Result<()> {
+    fn recover(
+        &self,
+        context: &SinkContext,
+        checkpoint: Option<u64>,
+        states: &[Vec<u8>],
+    ) -> Result<()> {
         let Some(committer) = &self.committer else {
             return Ok(());
         };
@@ -271,13 +287,15 @@ impl Sink for FileSink {
             keep.extend(decode_transactions(state)?);
         }
         if let Some(checkpoint) = checkpoint.filter(|_| !states.is_empty()) {
-            self.commit(checkpoint, states)?;
+            self.commit(context, checkpoint, states)?;
         }
         // Files committed after the restored checkpoint exist only when recovery fell
         // back past a corrupt one: their rows are written again from the older state.
         // (`None`: the job never checkpointed, so nothing it committed is withdrawn.)
         let withdrawn = match checkpoint {
-            Some(restored) => committer.withdraw_after(&self.prefix, Some(restored))?,
+            Some(restored) => {
+                committer.withdraw_after(&self.prefix, &context.lineage, Some(restored))?
+            }
             None => Vec::new(),
         };
         if !withdrawn.is_empty() {
@@ -288,7 +306,7 @@ impl Sink for FileSink {
                 checkpoint
             );
         }
-        let discarded = committer.discard_except(&self.prefix, &keep)?;
+        let discarded = committer.discard_except(&self.prefix, &context.lineage, &keep)?;
         if !discarded.is_empty() {
             tracing::info!(
                 "discarded {} file(s) staged by checkpoints that never completed",
@@ -664,6 +682,7 @@ impl BatchWriter for StagingWriter {
             None => {
                 let name = FileCommitter::file_name(
                     &self.job,
+                    &self.context.lineage,
                     self.epoch,
                     self.task,
                     self.seq,

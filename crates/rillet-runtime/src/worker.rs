@@ -195,7 +195,14 @@ impl LocalWorker {
         task_ctx: TaskContext,
         checkpointing: Checkpointing,
     ) -> Result<JobHandle> {
+        let claim = checkpointing.claim().clone();
         self.deploy(graph, task_ctx, Some(checkpointing))
+            .inspect_err(|e| {
+                // The run ends before it began: its claim must not keep the job.
+                if let Err(record) = block_on(claim.fail(e)) {
+                    tracing::warn!("cannot record the job's failure: {record}");
+                }
+            })
     }
 
     fn deploy(
@@ -396,6 +403,10 @@ impl LocalWorker {
             ),
             committed: committed.clone(),
             carry_limit_bytes: self.config.memory_budget_bytes,
+            // Without checkpoints, a tag of this run's own.
+            lineage: checkpointing
+                .as_ref()
+                .map_or_else(rillet_common::random_tag, |c| c.lineage().to_string()),
         };
         if let Some(settings) = &checkpointing {
             let all_tasks: BTreeSet<TaskId> = graph
@@ -422,12 +433,15 @@ impl LocalWorker {
                     _ => None,
                 })
                 .collect();
-            // Before any task starts: finish the restored checkpoint's commits and drop
-            // what later, never completed checkpoints staged.
-            let discarded = block_on(settings.discard_newer())?;
-            if !discarded.is_empty() {
+            // Before any task starts: go back to the restored snapshot, finish its commits
+            // and drop what later, never completed checkpoints staged.
+            let rewound = block_on(settings.rewind())?;
+            if !rewound.deleted.is_empty() || !rewound.retired.is_empty() {
                 tracing::warn!(
-                    "deleted checkpoints {discarded:?}, newer than the snapshot restored"
+                    "deleted checkpoints {:?} and retired savepoints {:?}, newer than the \
+                     snapshot restored",
+                    rewound.deleted,
+                    rewound.retired
                 );
             }
             let restored_id = settings.recover_to();
@@ -438,7 +452,7 @@ impl LocalWorker {
                             settings.restored_state(TaskId::new(vertex.id.0 as u32, p as u32))
                         })
                         .collect();
-                    sink.recover(restored_id, &states)?;
+                    sink.recover(&sink_context, restored_id, &states)?;
                 }
             }
             let (cl, events, commands, stop) = CheckpointLoop::new(
@@ -447,8 +461,8 @@ impl LocalWorker {
                 all_tasks,
                 &sources,
                 sink_list,
+                sink_context.clone(),
                 checkpoint_stats.clone().expect("set with checkpointing"),
-                committed.clone(),
             );
             source_commands = commands;
             task_events = Some(events);
@@ -586,7 +600,11 @@ impl LocalWorker {
         let control = match &checkpointing {
             Some(settings) => {
                 let restored = settings.restored().map(|c| c.manifest.id);
-                match block_on(JobControl::start(settings.store().clone(), restored)) {
+                match block_on(JobControl::start(
+                    settings.store().clone(),
+                    settings.claim(),
+                    restored,
+                )) {
                     Ok(control) => Some(control),
                     // Not fatal, as a failed heartbeat is not: the job runs, unsteerable
                     // from other processes.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rillet_connectors::redis_sink::RedisStreamSink;
 use rillet_connectors::sequence::value_of;
 use rillet_plan::Session;
-use rillet_runtime::{Sink, global_runtime};
+use rillet_runtime::{Sink, SinkContext, global_runtime};
 
 use crate::streaming::{PARTITIONS, SERIAL, job};
 
@@ -158,19 +158,24 @@ fn aborted_checkpoints_lose_no_row_in_the_redis_sink() {
 
     // Recovering an older checkpoint that holds no rows leaves the commit marker where
     // it is: moved back, it would let later checkpoints' rows be appended again.
+    let lineage = std::fs::read_to_string(chk.join("aborts").join("_lineage")).unwrap();
+    let context = SinkContext {
+        lineage: lineage.clone(),
+        ..SinkContext::default()
+    };
     let marker = || -> u64 {
         let mut connection = redis::Client::open(redis.url.as_str())
             .and_then(|c| c.get_connection())
             .unwrap();
         redis::cmd("GET")
-            .arg("out:rillet:aborts")
+            .arg(format!("out:rillet:aborts:{lineage}"))
             .query(&mut connection)
             .unwrap()
     };
     let newest = marker();
     assert!(newest > 1, "{newest}");
     RedisStreamSink::new(redis.url.as_str(), "out", "aborts")
-        .recover(Some(1), &[])
+        .recover(&context, Some(1), &[])
         .unwrap();
     assert_eq!(marker(), newest);
     assert_stream_exact(&redis.url, "out", rows);
