@@ -11,6 +11,7 @@
 //! ```
 
 mod config;
+pub mod durable;
 mod error;
 pub mod failpoints;
 pub mod retry;

@@ -4,5 +4,6 @@
 
 mod execution;
 mod operations;
+mod power;
 mod sinks;
 mod streaming;

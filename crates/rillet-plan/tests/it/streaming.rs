@@ -43,7 +43,7 @@ pub(crate) fn job(session: &Session, rows: u64, rate: Option<f64>) -> DataFrame 
         .unwrap()
 }
 
-fn start(df: &DataFrame, out: &Path, checkpoints: &Path, job_id: &str) -> JobHandle {
+pub(crate) fn start(df: &DataFrame, out: &Path, checkpoints: &Path, job_id: &str) -> JobHandle {
     df.start_files(
         out.to_str().unwrap(),
         FileFormat::Parquet(ParquetCompression::Snappy),
@@ -75,7 +75,7 @@ fn committed(out: &Path) -> Vec<RecordBatch> {
 
 /// The oracle: each split's rows exactly once, and each row's running aggregates those of
 /// its split up to and including it (state restored exactly, not replayed twice).
-fn assert_exact(out: &Path, rows: u64) {
+pub(crate) fn assert_exact(out: &Path, rows: u64) {
     let batches = committed(out);
     let expected: BTreeMap<(String, u32), u64> = (0..PARTITIONS)
         .map(|p| (("seq".to_string(), p), rows))
