@@ -30,8 +30,8 @@
 //! - `<location>` is a local directory or an `s3://bucket/prefix` URL (configured with
 //!   `rillet_io::configure`). Each object is written whole (a local file through a
 //!   temporary name and a rename, an S3 object by one PUT), so a crash leaves an object
-//!   either absent or complete. Local files are not synced to disk one by one: a killed
-//!   process loses nothing it wrote, a power cut may.
+//!   either absent or complete. A local write returns once the object and its name are
+//!   synced to disk, so a power cut keeps every snapshot a sink acted on (`local`).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -53,6 +53,7 @@
 mod control;
 pub mod coordinator;
 pub mod identity;
+mod local;
 mod store;
 pub mod timeline;
 

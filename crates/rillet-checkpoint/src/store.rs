@@ -13,6 +13,7 @@ use rillet_common::{Result, RilletError};
 use serde::{Deserialize, Serialize};
 use twox_hash::XxHash3_64;
 
+use crate::local::DurableLocal;
 use crate::timeline::retired_error;
 
 /// The manifest's file name; a leading underscore keeps it apart from artifact names.
@@ -185,9 +186,21 @@ impl CheckpointStore {
         }
         let dir = location.strip_prefix("file://").unwrap_or(location);
         if create {
+            // The highest directory the create makes: its parent must hold its name.
+            let absolute = std::path::absolute(dir)
+                .map_err(|e| storage_error(format!("cannot resolve {dir}"), e))?;
+            let highest_new = absolute
+                .ancestors()
+                .take_while(|d| !d.exists())
+                .last()
+                .map(std::path::Path::to_path_buf);
             std::fs::create_dir_all(dir).map_err(|e| {
                 storage_error(format!("cannot create checkpoint directory {dir}"), e)
             })?;
+            if let Some(top) = highest_new.as_deref().and_then(std::path::Path::parent) {
+                rillet_common::durable::sync_dirs_up_to(&absolute.join("_"), top)
+                    .map_err(|e| storage_error(format!("cannot sync {dir}"), e))?;
+            }
         } else if !std::path::Path::new(dir).is_dir() {
             return Err(RilletError::Checkpoint(format!(
                 "no checkpoint directory {dir}"
@@ -196,7 +209,7 @@ impl CheckpointStore {
         let local = LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| storage_error(format!("cannot use directory {dir}"), e))?;
         Ok((
-            Arc::new(local),
+            Arc::new(DurableLocal::new(local, std::path::PathBuf::from(dir))),
             ObjectPath::default(),
             Some(std::path::PathBuf::from(dir)),
         ))
@@ -419,7 +432,8 @@ impl CheckpointStore {
             // Also takes a write's staging file left by a crash in the middle of it.
             let empty = root.join(kind.directory(id));
             match std::fs::remove_dir_all(&empty) {
-                Ok(()) => {}
+                Ok(()) => rillet_common::durable::sync_dir(root)
+                    .map_err(|e| storage_error(format!("cannot sync {}", root.display()), e))?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     return Err(storage_error(

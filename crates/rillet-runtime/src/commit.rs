@@ -34,7 +34,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use rillet_common::{Result, RilletError};
+use rillet_common::{Result, RilletError, durable};
 use serde::{Deserialize, Serialize};
 
 /// The subdirectory staged files wait in; the leading underscore hides it from readers.
@@ -82,13 +82,25 @@ impl FileCommitter {
     /// The committer of `directory`, creating it and its staging subdirectory.
     pub fn new(directory: impl Into<PathBuf>) -> Result<Self> {
         let directory = directory.into();
-        std::fs::create_dir_all(directory.join(PENDING_DIR)).map_err(|e| {
+        let pending = directory.join(PENDING_DIR);
+        let cannot = |e: std::io::Error| {
             RilletError::Checkpoint(format!(
                 "cannot create the staging directory in {}: {e}",
                 directory.display()
             ))
-        })?;
+        };
+        std::fs::create_dir_all(&pending).map_err(cannot)?;
+        let directory = directory.canonicalize().map_err(cannot)?;
+        // Their names on disk before any file in them is committed: a power cut must not
+        // take the whole output directory.
+        let above = directory.parent().unwrap_or(&directory).to_path_buf();
+        durable::sync_dirs_up_to(&directory.join(PENDING_DIR).join("_"), &above).map_err(cannot)?;
         Ok(Self { directory })
+    }
+
+    fn sync(&self, dir: &Path) -> Result<()> {
+        durable::sync_dir(dir)
+            .map_err(|e| RilletError::Checkpoint(format!("cannot sync {}: {e}", dir.display())))
     }
 
     /// The name of file `seq` that sink task `task` of `job` writes for `checkpoint`, in
@@ -149,14 +161,7 @@ impl FileCommitter {
         if report.committed > 0 {
             // The renames are directory entries: sync the directory so they survive a
             // power cut (a killed process loses nothing either way).
-            std::fs::File::open(&self.directory)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| {
-                    RilletError::Checkpoint(format!(
-                        "cannot sync {} after committing: {e}",
-                        self.directory.display()
-                    ))
-                })?;
+            self.sync(&self.directory)?;
         }
         Ok(report)
     }
@@ -228,6 +233,11 @@ impl FileCommitter {
                 remove_entry(&entry.path())?;
                 withdrawn.push(name);
             }
+        }
+        if !withdrawn.is_empty() {
+            // Gone for good before their rows are written again: a power cut must not
+            // bring them back beside the new copies.
+            self.sync(&self.directory)?;
         }
         withdrawn.sort();
         Ok(withdrawn)

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
-use rillet_common::{Result, RilletError};
+use rillet_common::{Result, RilletError, durable};
 
 use crate::BlockingPool;
 use crate::channel::{ChannelReceiver, ChannelSender, byte_channel};
@@ -648,12 +648,17 @@ impl StagingWriter {
             .run(None, move || {
                 let path = file.close_blocking()?;
                 if let Some(path) = &path {
-                    File::open(path).and_then(|f| f.sync_all()).map_err(|e| {
-                        RilletError::Io(std::io::Error::new(
-                            e.kind(),
-                            format!("cannot sync {path}: {e}"),
-                        ))
-                    })?;
+                    // The file's bytes, and its name in the staging directory.
+                    let path = std::path::Path::new(path);
+                    let staging = path.parent().unwrap_or(path);
+                    durable::sync_file(path)
+                        .and_then(|()| durable::sync_dir(staging))
+                        .map_err(|e| {
+                            RilletError::Io(std::io::Error::new(
+                                e.kind(),
+                                format!("cannot sync {}: {e}", path.display()),
+                            ))
+                        })?;
                 }
                 Ok(path)
             })
