@@ -50,6 +50,8 @@ use crate::{JobRecord, RunState};
 const LINEAGE: &str = "_lineage";
 /// The directory of claims within the job's directory.
 const CLAIMS: &str = "_claims";
+/// What `_lineage` holds for a store that had snapshots before lineages came in.
+const LEGACY: &str = "legacy";
 /// Claims kept behind the newest (older ones are removed as runs come and go).
 const CLAIMS_KEPT: u64 = 4;
 
@@ -84,11 +86,18 @@ impl Claim {
     /// Fail if a later run has claimed the job since: this run must then stop before it
     /// completes a checkpoint or commits anything more.
     pub async fn check(&self) -> Result<()> {
-        let next = self.store.claim_path(self.number + 1);
-        let later = match self.store.read(&next).await {
+        // Any later claim, not only the next: claims are pruned as runs come and go.
+        let Some(newest) = self
+            .store
+            .newest_claim()
+            .await?
+            .filter(|&n| n > self.number)
+        else {
+            return Ok(());
+        };
+        let later = match self.store.read(&self.store.claim_path(newest)).await {
             Ok(bytes) => serde_json::from_slice::<ClaimFile>(&bytes).ok(),
-            Err(ReadError::NotFound) => return Ok(()),
-            Err(ReadError::Other(e)) => return Err(e),
+            Err(_) => None,
         };
         Err(RilletError::Checkpoint(format!(
             "run {} of job '{}' lost its claim to a later run{}: it stops before completing a \
@@ -122,20 +131,38 @@ impl CheckpointStore {
     }
 
     /// This store's lineage (see the module docs): 12 lowercase hex digits, chosen by the
-    /// first run to ask and the same for every later one.
+    /// first run to ask and the same for every later one. Empty for a store that already
+    /// held snapshots when lineages came in: its sinks go on naming their commits as they
+    /// did (no lineage in names, headers or markers), so a restore finds what was written
+    /// before the upgrade.
     pub async fn lineage(&self) -> Result<String> {
         let path = self.root.clone().join(LINEAGE);
-        let chosen = rillet_common::random_tag();
+        if let Some(lineage) = self.read_lineage(&path).await? {
+            return Ok(lineage);
+        }
+        let older = !self.list().await?.is_empty() || self.timeline().await?.through().is_some();
+        let chosen = if older {
+            LEGACY.to_string()
+        } else {
+            rillet_common::random_tag()
+        };
         // Of two runs choosing at once, one writes and both read back the same.
         self.put_if_absent(&path, Bytes::from(chosen)).await?;
-        let bytes = match self.read(&path).await {
+        self.read_lineage(&path)
+            .await?
+            .ok_or_else(|| RilletError::Checkpoint(format!("{path} vanished")))
+    }
+
+    async fn read_lineage(&self, path: &ObjectPath) -> Result<Option<String>> {
+        let bytes = match self.read(path).await {
             Ok(bytes) => bytes,
-            Err(ReadError::NotFound) => {
-                return Err(RilletError::Checkpoint(format!("{path} vanished")));
-            }
+            Err(ReadError::NotFound) => return Ok(None),
             Err(ReadError::Other(e)) => return Err(e),
         };
         let lineage = std::str::from_utf8(&bytes).unwrap_or("").trim();
+        if lineage == LEGACY {
+            return Ok(Some(String::new()));
+        }
         if lineage.len() != 12
             || !lineage
                 .bytes()
@@ -146,7 +173,7 @@ impl CheckpointStore {
                  checkpoint location is damaged"
             )));
         }
-        Ok(lineage.to_string())
+        Ok(Some(lineage.to_string()))
     }
 
     /// Claim the job for a run starting now in this process, or refuse, naming the live run
@@ -185,8 +212,12 @@ impl CheckpointStore {
             )));
         }
         self.write_record(&record).await?;
+        // Best effort: a store that refuses deletes keeps them, and nothing depends on it.
         for old in number.saturating_sub(CLAIMS_KEPT + 8)..number.saturating_sub(CLAIMS_KEPT) {
-            self.delete_object(&self.claim_path(old)).await?;
+            if let Err(e) = self.delete_object(&self.claim_path(old)).await {
+                tracing::debug!("job {}: keeping an old claim: {e}", self.job());
+                break;
+            }
         }
         Ok(Claim {
             store: self.clone(),
@@ -266,6 +297,17 @@ mod tests {
             .collect();
         assert!(numbers.len() <= CLAIMS_KEPT as usize + 1, "{numbers:?}");
         assert_eq!(numbers.iter().max(), Some(&12));
+    }
+
+    #[tokio::test]
+    async fn a_store_with_snapshots_from_before_lineages_keeps_the_old_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "j").unwrap();
+        let mut writer = store.writer(crate::Kind::Checkpoint, 1);
+        writer.put("a", b"x".to_vec()).await.unwrap();
+        writer.commit(Default::default()).await.unwrap();
+        assert_eq!(store.lineage().await.unwrap(), "");
+        assert_eq!(store.lineage().await.unwrap(), "", "and stays so");
     }
 
     #[tokio::test]

@@ -454,20 +454,24 @@ impl CheckpointStore {
         }
     }
 
+    /// The bytes at `path`. A failure to read (an unreachable store, a throttled request)
+    /// is [`RilletError::Io`], not [`RilletError::Checkpoint`]: it says nothing about the
+    /// snapshot, so a restore fails and is tried again rather than passing the snapshot
+    /// over as damaged (which would withdraw its output and retire the newer savepoints).
     pub(crate) async fn read(&self, path: &ObjectPath) -> std::result::Result<Bytes, ReadError> {
+        let unreadable = |e: object_store::Error| {
+            ReadError::Other(RilletError::Io(std::io::Error::other(format!(
+                "cannot read {path} from {}: {e}; nothing was restored, start the job again \
+                 once the store answers",
+                self.location
+            ))))
+        };
         let got = match self.store.get(path).await {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Err(ReadError::NotFound),
-            Err(e) => {
-                return Err(ReadError::Other(storage_error(
-                    format!("cannot read {path}"),
-                    e,
-                )));
-            }
+            Err(e) => return Err(unreadable(e)),
         };
-        got.bytes()
-            .await
-            .map_err(|e| ReadError::Other(storage_error(format!("cannot read {path}"), e)))
+        got.bytes().await.map_err(unreadable)
     }
 
     pub(crate) async fn write(&self, path: &ObjectPath, bytes: Bytes) -> Result<()> {

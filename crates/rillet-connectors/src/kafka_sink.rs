@@ -106,9 +106,15 @@ impl KafkaSink {
     }
 
     fn header(&self, lineage: &str, commit: Commit) -> Vec<u8> {
+        // A checkpoint store from before lineages: the header of before.
+        let job = if lineage.is_empty() {
+            self.job.clone()
+        } else {
+            format!("{}:{lineage}", self.job)
+        };
         format!(
-            "{}:{lineage}:{}:{}:{}",
-            self.job, commit.checkpoint, commit.partitions, commit.index
+            "{job}:{}:{}:{}",
+            commit.checkpoint, commit.partitions, commit.index
         )
         .into_bytes()
     }
@@ -118,9 +124,15 @@ impl KafkaSink {
     fn commit_of(&self, lineage: &str, record: &Record) -> Option<Commit> {
         let header = std::str::from_utf8(record.headers.get(COMMIT_HEADER)?).ok()?;
         // Job ids are letters, digits, '.', '-' and '_', lineages hex digits: never a ':'.
-        let [job, their_lineage, checkpoint, partitions, index]: [&str; 5] =
-            header.split(':').collect::<Vec<_>>().try_into().ok()?;
-        (job == self.job && their_lineage == lineage).then_some(Commit {
+        let parts: Vec<&str> = header.split(':').collect();
+        let (owner, [checkpoint, partitions, index]) = match parts.as_slice() {
+            [job, their_lineage, rest @ ..] if !lineage.is_empty() => {
+                ((*job, *their_lineage), rest.try_into().ok()?)
+            }
+            [job, rest @ ..] if lineage.is_empty() => ((*job, ""), rest.try_into().ok()?),
+            _ => return None,
+        };
+        (owner == (self.job.as_str(), lineage)).then_some(Commit {
             checkpoint: checkpoint.parse().ok()?,
             partitions: partitions.parse().ok()?,
             index: index.parse().ok()?,
@@ -613,6 +625,17 @@ mod tests {
                 String::from_utf8_lossy(other)
             );
         }
+        // A checkpoint store from before lineages: the header of before, both ways.
+        let legacy = s
+            .plan("", 3, &[batch()], &[0])
+            .unwrap()
+            .remove(&0)
+            .unwrap()
+            .remove(0);
+        assert_eq!(&legacy.headers[COMMIT_HEADER][..], b"job-1:3:1:0");
+        assert_eq!(s.commit_of("", &legacy), Some(first));
+        assert_eq!(s.commit_of(L, &legacy), None);
+        assert_eq!(s.commit_of("", &r), None);
         r.headers.clear();
         assert_eq!(s.commit_of(L, &r), None);
         assert!(

@@ -64,8 +64,12 @@ impl RedisStreamSink {
         }
     }
 
-    /// The key recording the newest checkpoint appended in `lineage`.
+    /// The key recording the newest checkpoint appended in `lineage` (without one in a
+    /// checkpoint store from before lineages).
     fn marker(&self, lineage: &str) -> String {
+        if lineage.is_empty() {
+            return format!("{}:rillet:{}", self.stream, self.job);
+        }
         format!("{}:rillet:{}:{lineage}", self.stream, self.job)
     }
 

@@ -115,7 +115,8 @@ impl FileCommitter {
         seq: usize,
         extension: &str,
     ) -> String {
-        format!("{job}-{lineage}-{checkpoint:020}-{task:05}-{seq:05}.{extension}")
+        let prefix = name_prefix(job, lineage);
+        format!("{prefix}{checkpoint:020}-{task:05}-{seq:05}.{extension}")
     }
 
     /// Where a task writes the staged file `name`.
@@ -176,7 +177,7 @@ impl FileCommitter {
         lineage: &str,
         keep: &[FileTransaction],
     ) -> Result<Vec<String>> {
-        let prefix = format!("{job}-{lineage}-");
+        let prefix = name_prefix(job, lineage);
         let keep: BTreeSet<&str> = keep
             .iter()
             .flat_map(|t| t.files.iter().map(String::as_str))
@@ -215,7 +216,7 @@ impl FileCommitter {
         lineage: &str,
         restored: Option<u64>,
     ) -> Result<Vec<String>> {
-        let prefix = format!("{job}-{lineage}-");
+        let prefix = name_prefix(job, lineage);
         let after = restored.unwrap_or(0);
         let mut withdrawn = Vec::new();
         let entries = std::fs::read_dir(&self.directory).map_err(|e| {
@@ -246,6 +247,16 @@ impl FileCommitter {
     /// The output directory.
     pub fn directory(&self) -> &Path {
         &self.directory
+    }
+}
+
+/// What the file names of job `job` in lineage `lineage` start with: `<job>-<lineage>-`,
+/// or `<job>-` in a checkpoint store from before lineages (an empty lineage).
+fn name_prefix(job: &str, lineage: &str) -> String {
+    if lineage.is_empty() {
+        format!("{job}-")
+    } else {
+        format!("{job}-{lineage}-")
     }
 }
 
@@ -475,6 +486,14 @@ mod tests {
                 .discard_except("orders", L, &[])
                 .unwrap()
                 .is_empty()
+        );
+        // A store from before lineages names files without one, and touches only those.
+        let legacy = FileCommitter::file_name("orders", "", 8, 0, 0, "parquet");
+        assert_eq!(legacy, "orders-00000000000000000008-00000-00000.parquet");
+        std::fs::write(dir.path().join(&legacy), "").unwrap();
+        assert_eq!(
+            committer.withdraw_after("orders", "", None).unwrap(),
+            vec![legacy]
         );
         for name in &others {
             assert!(dir.path().join(name).exists(), "{name} withdrawn");
