@@ -406,6 +406,13 @@ impl CheckpointStore {
     /// Remove the stop requests left for earlier runs (a new run must not take a stop
     /// nobody asked of it); returns how many there were.
     pub async fn clear_stop_requests(&self) -> Result<usize> {
+        self.clear_stop_requests_except("").await
+    }
+
+    /// Remove the stop requests left for runs other than `run` (one asked of `run` while it
+    /// was starting stays for it to take); returns how many there were.
+    pub async fn clear_stop_requests_except(&self, run: &str) -> Result<usize> {
+        let own = format!("{STOP}{run}");
         let listing = self
             .store
             .list_with_delimiter(Some(&self.root))
@@ -416,7 +423,7 @@ impl CheckpointStore {
             if object
                 .location
                 .filename()
-                .is_some_and(|n| n.starts_with(STOP))
+                .is_some_and(|n| n.starts_with(STOP) && (run.is_empty() || n != own))
             {
                 self.delete_object(&object.location).await?;
                 cleared += 1;

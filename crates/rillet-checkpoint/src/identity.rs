@@ -234,7 +234,9 @@ impl CheckpointStore {
             .list(Some(&prefix))
             .try_collect()
             .await
-            .map_err(|e| RilletError::Checkpoint(format!("cannot list {prefix}: {e}")))?;
+            .map_err(|e| {
+                RilletError::Io(std::io::Error::other(format!("cannot list {prefix}: {e}")))
+            })?;
         Ok(objects
             .iter()
             .filter_map(|o| o.location.filename()?.parse::<u64>().ok())

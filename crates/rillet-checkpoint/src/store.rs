@@ -646,7 +646,15 @@ impl CheckpointWriter {
         text.push_str(CHECKSUM_LINE);
         text.push_str(&sum);
         text.push('\n');
-        self.store.write(&path, Bytes::from(text)).await?;
+        // Created, never replaced: a run that lost its claim and writes this id at the
+        // same moment as the run that took the job over does not replace its manifest.
+        if !self.store.put_if_absent(&path, Bytes::from(text)).await? {
+            return Err(RilletError::Checkpoint(format!(
+                "{} of job {} was completed by another run meanwhile",
+                self.kind.directory(self.id),
+                self.store.job
+            )));
+        }
         Ok(manifest)
     }
 }

@@ -663,7 +663,12 @@ async fn commit_checkpoint(
     retain: usize,
     claim: Claim,
 ) -> std::result::Result<Instant, Abandon> {
-    claim.check().await.map_err(Abandon::Job)?;
+    // A run that lost the job stops; a claim that cannot be read now costs this
+    // checkpoint only.
+    claim.check().await.map_err(|e| match e {
+        RilletError::Checkpoint(_) => Abandon::Job(e),
+        other => Abandon::Checkpoint(other),
+    })?;
     // The commit point: once the manifest exists, a restore starts from here. Failing to
     // write it loses this checkpoint only.
     writer
@@ -708,10 +713,25 @@ const CONTROL_POLL: Duration = Duration::from_millis(500);
 
 /// A checkpointed job's record in its checkpoint location, and the stop requests other
 /// processes leave there (see `rillet_checkpoint`'s control files): what lets the
-/// `rillet` command line list, stop and resume jobs it did not start.
+/// `rillet` command line list, stop and resume jobs it did not start. It also watches the
+/// run's claim: once a later run claims the job, this run is cancelled and writes its
+/// record no more (the record is the new run's).
 pub(crate) struct JobControl {
     store: CheckpointStore,
+    claim: Claim,
     record: Mutex<JobRecord>,
+    /// Why the run was cancelled: a later run claimed the job.
+    lost: Mutex<Option<RilletError>>,
+}
+
+/// What [`JobControl::run`] acts on.
+pub(crate) struct ControlEnds {
+    /// Asks the checkpoint loop for a stop with a savepoint.
+    pub stop: mpsc::Sender<StopRequest>,
+    /// Cancels the job.
+    pub cancel: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Changes when the job has ended.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl JobControl {
@@ -722,42 +742,58 @@ impl JobControl {
         claim: &Claim,
         restored_from: Option<u64>,
     ) -> Result<Arc<Self>> {
-        let cleared = store.clear_stop_requests().await?;
+        let mut record = claim.record().clone();
+        let cleared = store.clear_stop_requests_except(&record.run).await?;
         if cleared > 0 {
             tracing::warn!(
                 "job {}: dropped {cleared} stop requests earlier runs did not take",
                 store.job()
             );
         }
-        let mut record = claim.record().clone();
         record.restored_from = restored_from;
         record.latest_snapshot = restored_from;
         record.touch();
         store.write_record(&record).await?;
         Ok(Arc::new(Self {
             store,
+            claim: claim.clone(),
             record: Mutex::new(record),
+            lost: Mutex::new(None),
         }))
     }
 
-    /// Until `shutdown` changes: take stop requests (each becomes a stop with a savepoint
-    /// through `stop`), and keep the record's newest snapshot and heartbeat current. A
-    /// write under way when `shutdown` comes finishes first, so none lands after
-    /// [`finish`](Self::finish). Storage errors are logged, not fatal: the job runs on
-    /// without being steerable.
-    pub async fn run(
-        self: Arc<Self>,
-        stop: mpsc::Sender<StopRequest>,
-        stats: Arc<Mutex<CheckpointStats>>,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
+    /// Why the run was cancelled, if a later run claimed the job.
+    pub fn lost_claim(&self) -> Option<RilletError> {
+        self.lost
+            .lock()
+            .as_ref()
+            .map(|e| RilletError::Checkpoint(e.to_string()))
+    }
+
+    /// Until `ends.shutdown` changes: take stop requests (each becomes a stop with a
+    /// savepoint), cancel the run once a later run has claimed the job, and keep the
+    /// record's newest snapshot and heartbeat current. A write under way when the shutdown
+    /// comes finishes first, so none lands after [`finish`](Self::finish). Storage errors
+    /// are logged, not fatal: the job runs on without being steerable (and every
+    /// checkpoint's commit checks the claim again).
+    pub async fn run(self: Arc<Self>, mut ends: ControlEnds, stats: Arc<Mutex<CheckpointStats>>) {
         let run = self.record.lock().run.clone();
         let mut written = Instant::now();
         let mut stopping = false;
         loop {
             tokio::select! {
                 () = tokio::time::sleep(CONTROL_POLL) => {}
-                _ = shutdown.changed() => return,
+                _ = ends.shutdown.changed() => return,
+            }
+            match self.claim.check().await {
+                Ok(()) => {}
+                Err(e @ RilletError::Checkpoint(_)) => {
+                    tracing::error!("job {}: {e}", self.store.job());
+                    *self.lost.lock() = Some(e);
+                    let _ = ends.cancel.send(true);
+                    return;
+                }
+                Err(e) => tracing::warn!("job {}: cannot check its claim: {e}", self.store.job()),
             }
             if !stopping {
                 match self.store.take_stop_request(&run).await {
@@ -768,7 +804,7 @@ impl JobControl {
                         );
                         let (tx, _) = tokio::sync::oneshot::channel();
                         // The loop takes it unless a stop is already under way.
-                        stopping = stop.send(tx).await.is_ok();
+                        stopping = ends.stop.send(tx).await.is_ok();
                     }
                     Ok(false) => {}
                     Err(e) => tracing::warn!("job {}: {e}", self.store.job()),
@@ -794,8 +830,11 @@ impl JobControl {
     }
 
     /// Record how the run ended: `error` (`Cancelled` for a cancel) or, without one,
-    /// stopped with `savepoint` or finished.
+    /// stopped with `savepoint` or finished. Nothing once a later run holds the job.
     pub async fn finish(&self, error: Option<&RilletError>, stats: &CheckpointStats) {
+        if self.lost.lock().is_some() || self.claim.check().await.is_err() {
+            return;
+        }
         let record = {
             let mut record = self.record.lock();
             record.state = match error {

@@ -19,8 +19,8 @@ use tokio::task::JoinSet;
 
 use crate::channel::{ChannelReceiver, ChannelSender, InputGate, byte_channel};
 use crate::checkpointing::{
-    CheckpointLoop, CheckpointStats, Checkpointing, JobControl, SourceCommand, StopRequest,
-    TaskLink,
+    CheckpointLoop, CheckpointStats, Checkpointing, ControlEnds, JobControl, SourceCommand,
+    StopRequest, TaskLink,
 };
 use crate::exchange::ExchangeRegistry;
 use crate::function::{BatchFunction, RowBatcher, check_output_schema, with_call};
@@ -435,6 +435,9 @@ impl LocalWorker {
                 .collect();
             // Before any task starts: go back to the restored snapshot, finish its commits
             // and drop what later, never completed checkpoints staged.
+            // A later run may have claimed the job while this one restored (a slow store):
+            // it must not undo that run's commits.
+            block_on(settings.claim().check())?;
             let rewound = block_on(settings.rewind())?;
             if !rewound.deleted.is_empty() || !rewound.retired.is_empty() {
                 tracing::warn!(
@@ -452,6 +455,7 @@ impl LocalWorker {
                             settings.restored_state(TaskId::new(vertex.id.0 as u32, p as u32))
                         })
                         .collect();
+                    block_on(settings.claim().check())?;
                     sink.recover(&sink_context, restored_id, &states)?;
                 }
             }
@@ -620,10 +624,17 @@ impl LocalWorker {
             None => None,
         };
         let (control_shutdown, shutdown_rx) = watch::channel(false);
+        let (cancel, cancel_rx) = watch::channel(false);
+        let cancel = Arc::new(cancel);
         let control_task = control.as_ref().map(|control| {
             let stop = stop_sender.clone().expect("set with checkpointing");
             let stats = checkpoint_stats.clone().expect("set with checkpointing");
-            runtime.spawn(control.clone().run(stop, stats, shutdown_rx.clone()))
+            let ends = ControlEnds {
+                stop,
+                cancel: cancel.clone(),
+                shutdown: shutdown_rx.clone(),
+            };
+            runtime.spawn(control.clone().run(ends, stats))
         });
         let final_stats = checkpoint_stats.clone();
 
@@ -631,7 +642,6 @@ impl LocalWorker {
         let progress = (self.config.progress)
             .then(|| ProgressDisplay::start(metrics.clone()))
             .flatten();
-        let (cancel, cancel_rx) = watch::channel(false);
         let (done_tx, done_rx) = oneshot::channel();
         let started = Instant::now();
         let driver_metrics = metrics.clone();
@@ -643,6 +653,8 @@ impl LocalWorker {
             .collect();
         runtime.spawn(async move {
             let (error, files) = drive(tasks, cancel_rx).await;
+            // Cancelled because a later run claimed the job: say so.
+            let error = control.as_ref().and_then(|c| c.lost_claim()).or(error);
             // A commit the cancel found under way finishes before the job ends.
             if let Some(gate) = &commit_gate {
                 let _ = gate.lock().await;
@@ -686,7 +698,7 @@ impl LocalWorker {
             });
         });
         Ok(JobHandle {
-            cancel: Arc::new(cancel),
+            cancel,
             done: Some(done_rx),
             metrics,
             started,

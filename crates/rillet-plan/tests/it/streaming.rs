@@ -513,3 +513,54 @@ fn collect_rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
         }
     }
 }
+
+/// A run whose job a later run claimed (from another host that took it for dead) stops
+/// within a poll, says why, and commits nothing after the claim, not even its end record.
+#[test]
+fn a_run_that_lost_its_claim_stops_before_committing_more() {
+    let _serial = SERIAL.lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
+    let session = Session::default();
+    let df = job(&session, 100_000, Some(2_000.0));
+    let mut run = start(&df, &out, &chk, "claimed");
+    wait_for_checkpoints(&run, 2);
+    let claims = chk.join("claimed").join("_claims");
+    let mine: u64 = std::fs::read_dir(&claims)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .max()
+        .unwrap();
+    let store = rillet_checkpoint::CheckpointStore::open(chk.to_str().unwrap(), "claimed").unwrap();
+    let record = || {
+        global_runtime()
+            .block_on(store.read_record())
+            .unwrap()
+            .unwrap()
+    };
+    let before = record();
+    std::fs::write(
+        claims.join(format!("{:020}", mine + 1)),
+        r#"{"run": "elsewhere-1-1", "pid": 1, "host": "elsewhere", "started_ms": 1}"#,
+    )
+    .unwrap();
+    let claimed_at = Instant::now();
+    let committed_then = run.checkpoint_stats().unwrap().completed;
+    let error = global_runtime()
+        .block_on(run.wait())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("lost its claim") && error.contains("elsewhere"),
+        "{error}"
+    );
+    assert!(claimed_at.elapsed() < Duration::from_secs(5));
+    // At most the commit under way when the claim landed.
+    assert!(run.checkpoint_stats().unwrap().completed <= committed_then + 1);
+    let after = record();
+    assert_eq!(
+        (after.run, after.state),
+        (before.run, before.state),
+        "the record is the later run's to write"
+    );
+}
