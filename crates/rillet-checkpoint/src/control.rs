@@ -115,6 +115,18 @@ pub struct JobRecord {
     pub command: Vec<String>,
     /// The process's working directory.
     pub cwd: Option<String>,
+    /// The process's pid namespace (the inode of `/proc/self/ns/pid`): two containers
+    /// sharing a host name see each other's process ids as unrelated.
+    #[serde(default)]
+    pub pid_namespace: Option<u64>,
+    /// When the process started, in clock ticks since boot (`/proc/<pid>/stat`): a process
+    /// id reused by a later process (a restarted container's pid 1) is not the run's.
+    #[serde(default)]
+    pub process_started: Option<u64>,
+    /// The machine's boot (`/proc/sys/kernel/random/boot_id`): after a reboot no process
+    /// of before is alive, whatever its id.
+    #[serde(default)]
+    pub boot_id: Option<String>,
 }
 
 impl JobRecord {
@@ -140,6 +152,9 @@ impl JobRecord {
             cwd: std::env::current_dir()
                 .ok()
                 .map(|d| d.to_string_lossy().into_owned()),
+            pid_namespace: pid_namespace(),
+            process_started: process_start(pid),
+            boot_id: boot_id(),
         }
     }
 
@@ -149,6 +164,16 @@ impl JobRecord {
     pub fn process_alive(&self) -> Option<bool> {
         if self.host != host_name() || !std::path::Path::new("/proc/self").exists() {
             return None;
+        }
+        if self.boot_id.is_some() && self.boot_id != boot_id() {
+            return Some(false); // the machine restarted since
+        }
+        if self.pid_namespace.is_some() && self.pid_namespace != pid_namespace() {
+            return None; // another container on this host: its ids are not ours to look up
+        }
+        let started = process_start(self.pid);
+        if self.process_started.is_some() && started.is_some() && started != self.process_started {
+            return Some(false); // the id now belongs to a later process
         }
         Some(process_running(self.pid))
     }
@@ -184,6 +209,27 @@ fn process_running(pid: u32) -> bool {
             .is_some_and(|state| !matches!(state, 'Z' | 'X')),
         Err(_) => false,
     }
+}
+
+/// This process's pid namespace, where `/proc` tells it.
+fn pid_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of its `stat`).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (name) state ppid ...`: after the name, the state is field 3, start time 22.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// This boot of the machine, where Linux tells it.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|id| id.trim().to_string())
 }
 
 /// Milliseconds since the Unix epoch.
@@ -490,6 +536,15 @@ mod tests {
         record.pid = u32::MAX - 1;
         assert_eq!(record.process_alive(), Some(false));
         assert!(!record.is_live());
+        // This process's id, taken by a later process: not the run.
+        let mut reused = JobRecord::start("j", None);
+        *reused.process_started.as_mut().unwrap() += 1;
+        assert_eq!(reused.process_alive(), Some(false));
+        // A process in another pid namespace on this host cannot be looked up from here.
+        let mut elsewhere = JobRecord::start("j", None);
+        *elsewhere.pid_namespace.as_mut().unwrap() += 1;
+        assert_eq!(elsewhere.process_alive(), None);
+        assert!(elsewhere.is_live(), "its heartbeat decides");
         record.host = "elsewhere.invalid".into();
         assert_eq!(record.process_alive(), None);
         record.updated_ms -= 3 * HEARTBEAT.as_millis() as u64;

@@ -15,11 +15,11 @@
 //! - their ids are used up: the next snapshot's id is above all of them.
 //!
 //! ```text
-//! <location>/<job>/_retired_ids   {"format": 1, "through": 9, "rewinds": [{"to": 4, "through": 9, "at_ms": ...}]}
+//! <location>/<job>/_timeline      {"format": 1, "through": 9, "rewinds": [{"to": 4, "through": 9, "at_ms": ...}]}
+//! <location>/<job>/_retired_ids   9   (the highest id used up, as versions before rewinds read it)
 //! ```
 //!
-//! (An earlier version wrote only the highest used id there, as a bare number; it still
-//! reads, as a timeline without rewinds.)
+//! A store without `_timeline` reads `_retired_ids` as a timeline without rewinds.
 
 use bytes::Bytes;
 use rillet_common::{Result, RilletError};
@@ -29,7 +29,10 @@ use crate::control::now_ms;
 use crate::store::{CheckpointStore, Kind, ReadError};
 
 /// The object beside a job's snapshots holding its timeline.
-const TIMELINE: &str = "_retired_ids";
+const TIMELINE: &str = "_timeline";
+/// The highest id used up, alone, as a bare number: what versions before rewinds wrote and
+/// read, kept up to date so one of them can still run the job (without rewinds).
+const USED_UP: &str = "_retired_ids";
 /// The timeline format this crate writes.
 const FORMAT: u32 = 1;
 
@@ -121,22 +124,27 @@ pub struct Rewound {
 
 impl CheckpointStore {
     pub(crate) async fn timeline(&self) -> Result<Timeline> {
-        let path = self.root.clone().join(TIMELINE);
-        match self.read(&path).await {
-            Ok(bytes) => Timeline::parse(&bytes, path.as_ref()),
-            Err(ReadError::NotFound) => Ok(Timeline {
-                format: FORMAT,
-                ..Timeline::default()
-            }),
-            Err(ReadError::Other(e)) => Err(e),
+        for name in [TIMELINE, USED_UP] {
+            let path = self.root.clone().join(name);
+            match self.read(&path).await {
+                Ok(bytes) => return Timeline::parse(&bytes, path.as_ref()),
+                Err(ReadError::NotFound) => {}
+                Err(ReadError::Other(e)) => return Err(e),
+            }
         }
+        Ok(Timeline {
+            format: FORMAT,
+            ..Timeline::default()
+        })
     }
 
     async fn write_timeline(&self, timeline: &Timeline) -> Result<()> {
         let bytes = serde_json::to_vec(timeline)
             .map_err(|e| RilletError::internal(format!("cannot encode the timeline: {e}")))?;
         self.write(&self.root.clone().join(TIMELINE), Bytes::from(bytes))
-            .await
+            .await?;
+        let used_up = Bytes::from(timeline.through.to_string());
+        self.write(&self.root.clone().join(USED_UP), used_up).await
     }
 
     /// Go back to snapshot `restored` (0: to nothing, when no snapshot could be restored):
@@ -144,25 +152,27 @@ impl CheckpointStore {
     /// retired (see the module docs). Call before withdrawing any output. Nothing newer:
     /// nothing is recorded.
     pub async fn rewind_to(&self, restored: u64) -> Result<Rewound> {
+        let mut timeline = self.timeline().await?;
         let newer: Vec<_> = self
             .list()
             .await?
             .into_iter()
             .filter(|s| s.id > restored)
             .collect();
-        let Some(through) = newer.iter().map(|s| s.id).max() else {
-            return Ok(Rewound::default());
-        };
-        let mut timeline = self.timeline().await?;
-        timeline.format = FORMAT;
-        timeline.through = timeline.through.max(through);
-        timeline.rewinds.push(Rewind {
-            to: restored,
-            through,
-            at_ms: now_ms(),
-        });
-        // Recorded first: from here no newer snapshot restores, whatever happens below.
-        self.write_timeline(&timeline).await?;
+        // Snapshots an earlier rewind retired are not news: no new rewind for them alone
+        // (their checkpoints, left by a crash in the middle of it, are deleted below).
+        let unretired = newer.iter().filter(|s| timeline.retired_by(s.id).is_none());
+        if let Some(through) = unretired.map(|s| s.id).max() {
+            timeline.format = FORMAT;
+            timeline.through = timeline.through.max(through);
+            timeline.rewinds.push(Rewind {
+                to: restored,
+                through,
+                at_ms: now_ms(),
+            });
+            // Recorded first: from here no newer snapshot restores, whatever happens below.
+            self.write_timeline(&timeline).await?;
+        }
         let mut rewound = Rewound::default();
         for snapshot in newer {
             match snapshot.kind {
