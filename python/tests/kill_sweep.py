@@ -15,7 +15,8 @@ right total, and every running aggregate equal to its recomputed value.
     python python/tests/kill_sweep.py --kills 50 --source redis   # from Redis Streams
     python python/tests/kill_sweep.py --kills 50 --source kafka --rate 1000   # from Kafka (tansu)
     python python/tests/kill_sweep.py --kills 50 --udf      # through a slow Python function
-    python python/tests/kill_sweep.py --kills 50 --aborts 0.03   # 3% of checkpoint writes fail too
+    python python/tests/kill_sweep.py --kills 50 --aborts 0.1    # 10% of checkpoints fail to write too
+    python python/tests/kill_sweep.py --kills 50 --job window    # a tumbling-window job instead
     python python/tests/kill_sweep.py --kills 50 --sink redis    # into the Redis stream sink (or kafka)
 
 The test suite runs it with 5 kills (python/tests/test_streaming.py).
@@ -39,6 +40,10 @@ import pyarrow.compute as pc
 
 PARTITIONS = 4
 JOB_ID = "sweep"
+#: Where ``--aborts`` makes a checkpoint fail to write: its manifest, once per checkpoint.
+ABORT_POINT = "checkpoint-before-manifest"
+#: The window job's tumbling windows, in sequence numbers (its event time).
+WINDOW = 500
 
 
 def value_of(partition: np.ndarray, seq: np.ndarray) -> np.ndarray:
@@ -67,6 +72,10 @@ def build(rows: int, rate: float, redis_url: str | None = None, bounded: bool = 
         df = df.select("source", rl.col("partition").cast("uint32").alias("partition"),
                        rl.col("seq").cast("uint64").alias("seq"), rl.col("value").cast("int64").alias("value"))
     df = df.filter(rl.col("value") >= 0)
+    if os.environ.get("SWEEP_JOB") == "window":
+        # Splits of one task interleave by batch: the watermark's delay covers that.
+        return df.with_watermark("seq", delay=1000).group_by("partition").window_agg(
+            rl.tumbling("seq", WINDOW), rl.count().alias("n"), rl.col("value").sum().alias("total"))
     df = df.group_by("source", "partition").running_agg(
         rl.count().alias("running_count"), rl.col("value").sum().alias("running_sum"))
     if os.environ.get("SWEEP_UDF") == "1":
@@ -139,6 +148,29 @@ def check_prefix(table: pa.Table) -> int:
         if not (n == distinct == top + 1):
             raise AssertionError(f"partition {row['partition']}: {n} rows, {distinct} distinct, "
                                  f"max seq {top}: not a clean prefix")
+    return table.num_rows
+
+
+def check_windows(table: pa.Table, rows: int, complete: bool = False) -> int:
+    """The window job's output, of a sequence of ``rows`` rows per split: each (partition,
+    window) at most once, with the count and sum of exactly its rows; ``complete``: every
+    window there. Returns the row count."""
+    if table.num_rows == 0 and not complete:
+        return 0
+    keys = list(zip(table["partition"].to_pylist(), table["window_start"].to_pylist()))
+    if len(set(keys)) != len(keys):
+        raise AssertionError(f"{len(keys) - len(set(keys))} windows emitted twice")
+    for (p, start), n, total in zip(keys, table["n"].to_pylist(), table["total"].to_pylist()):
+        seqs = np.arange(start, min(start + WINDOW, rows), dtype=np.uint64)
+        want = int(value_of(np.full(len(seqs), p), seqs).sum())
+        if (n, total) != (len(seqs), want):
+            raise AssertionError(f"window {p}/{start}: {n} rows summing to {total}, "
+                                 f"expected {len(seqs)} summing to {want}")
+    if complete:
+        want = {(p, start) for p in range(PARTITIONS) for start in range(0, rows, WINDOW)}
+        missing = want - set(keys)
+        if missing:
+            raise AssertionError(f"{len(missing)} windows missing, e.g. {sorted(missing)[:3]}")
     return table.num_rows
 
 
@@ -292,7 +324,7 @@ class KafkaProducer:
 
 def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
           interval: float = 0.1, max_delay: float = 1.0, log=print, source: str = "sequence",
-          udf: bool = False, aborts: float = 0.0, sink: str = "files") -> dict:
+          udf: bool = False, aborts: float = 0.0, sink: str = "files", job: str = "running") -> dict:
     """Run the sweep; returns its figures. Raises AssertionError (with the seed) on a bad
     output. ``source="redis"`` (or ``"kafka"``) reads the rows from Redis streams (a Kafka
     topic on a tansu broker) a producer keeps writing while the job is killed and restarted.
@@ -301,7 +333,8 @@ def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
     artifact writes that fail (failpoint ``checkpoint-artifact-upload``), each aborting its
     checkpoint while the job goes on, in every run, the last included. ``sink="redis"`` (or
     ``"kafka"``) writes to the exactly-once Redis stream (Kafka topic) sink on a server of
-    its own instead of Parquet files."""
+    its own instead of Parquet files. ``job="window"`` runs a tumbling-window aggregate
+    (event time: the sequence numbers) instead of the running aggregate, into files."""
     rng = random.Random(seed)
     # Enough rows that the job is still running at every kill: each run makes about
     # max_delay / 2 seconds of progress.
@@ -313,12 +346,16 @@ def sweep(kills: int, seed: int, rows: int | None = None, rate: float = 4000.0,
     log(f"kill sweep: seed {seed}, {kills} kills, {PARTITIONS} x {rows} rows at {rate:.0f} rows/s per split, "
         f"checkpoints every {interval}s, in {work}")
     command = [sys.executable, os.path.abspath(__file__), "--child", out, chk, str(rows), str(rate), str(interval)]
-    env = dict(os.environ, SWEEP_UDF="1" if udf else "0")
+    env = dict(os.environ, SWEEP_UDF="1" if udf else "0", SWEEP_JOB=job)
+    if job == "window":
+        if sink != "files" or udf:
+            raise ValueError("the window job writes files, without a function")
+        log(f"  a tumbling-window job: windows of {WINDOW} rows by event time")
     if udf:
         log("  through a slow Python function (map_batches, 2 workers)")
     if aborts > 0:
-        env["RILLET_FAILPOINTS"] = f"checkpoint-artifact-upload={aborts * 100:g}%return"
-        log(f"  {aborts:.0%} of checkpoint artifact writes fail, aborting their checkpoints")
+        env["RILLET_FAILPOINTS"] = f"{ABORT_POINT}={aborts * 100:g}%return"
+        log(f"  {aborts:.0%} of checkpoints fail to write, and are aborted")
     sink_server = None
     if sink == "redis":
         sink_server = RedisProducer(rows=0, rate=1.0)  # the server alone
@@ -364,7 +401,8 @@ def _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, prod
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         try:
-            visible = check_prefix(committed(out, env.get("SWEEP_SINK", "files:")))
+            visible = (check_windows(committed(out), rows) if job_kind(env) == "window"
+                       else check_prefix(committed(out, env.get("SWEEP_SINK", "files:"))))
         except AssertionError as e:
             raise AssertionError(f"seed {seed}, after kill {k + 1}: {e}") from None
         landed += not finished
@@ -377,7 +415,7 @@ def _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, prod
     # takes it from its latest checkpoint, as an operator would.
     for attempt in range(10):
         proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-        injected = "failpoint checkpoint-artifact-upload" in proc.stderr
+        injected = f"failpoint {ABORT_POINT}" in proc.stderr
         if proc.returncode == 0 or not injected:
             break
         log(f"  the last run's final checkpoint was aborted (attempt {attempt + 1}): restarting")
@@ -388,8 +426,12 @@ def _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, prod
     expected = {("seq", p): rows for p in range(PARTITIONS)}
     from rillet.testing import check_sequence
     try:
-        total = check_sequence(table, expected)
-        check_rows(table)
+        if job_kind(env) == "window":
+            check_windows(table, rows, complete=True)
+            total = int(pc.sum(table["n"]).as_py())
+        else:
+            total = check_sequence(table, expected)
+            check_rows(table)
     except AssertionError as e:
         raise AssertionError(f"seed {seed}: {e}") from None
     assert total == rows * PARTITIONS
@@ -398,12 +440,17 @@ def _sweep(kills, seed, rows, rng, command, env, out, work, max_delay, log, prod
         assert not leftovers, f"seed {seed}: staged files left after the end: {leftovers}"
     figures = {"seed": seed, "source": env.get("SWEEP_KAFKA") and "kafka" or ("redis" if producer else "sequence"),
                "sink": env.get("SWEEP_SINK", "files:").partition(":")[0],
-               "udf": env["SWEEP_UDF"] == "1", "kills": kills, "kills_mid_run": landed, "rows": total,
+               "job": job_kind(env), "udf": env["SWEEP_UDF"] == "1", "kills": kills, "kills_mid_run": landed, "rows": total,
                "aborted_in_last_run": int(aborted.group(1)) if aborted else None,
                "elapsed_s": round(time.monotonic() - started_at, 1),
                "restart_to_running_s_p50": round(float(np.median(recovery)), 3) if recovery else None}
     log(f"kill sweep passed: {figures}")
     return figures
+
+
+def job_kind(env) -> str:
+    """The sweep's job: ``running`` (keyed running aggregates) or ``window``."""
+    return env.get("SWEEP_JOB", "running")
 
 
 def main() -> None:
@@ -415,7 +462,9 @@ def main() -> None:
     parser.add_argument("--udf", action="store_true", help="through a slow Python function too")
     parser.add_argument("--sink", choices=["files", "redis", "kafka"], default="files")
     parser.add_argument("--aborts", type=float, default=0.0,
-                        help="share of checkpoint artifact writes that fail (aborting their checkpoint)")
+                        help="share of checkpoints that fail to write (and are aborted)")
+    parser.add_argument("--job", choices=["running", "window"], default="running",
+                        help="keyed running aggregates, or a tumbling-window aggregate")
     parser.add_argument("--child", nargs=5, metavar=("OUT", "CHK", "ROWS", "RATE", "INTERVAL"))
     args = parser.parse_args()
     if args.child:
@@ -424,7 +473,7 @@ def main() -> None:
         return
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     sweep(args.kills, seed, rate=args.rate, source=args.source, udf=args.udf, aborts=args.aborts,
-          sink=args.sink)
+          sink=args.sink, job=args.job)
 
 
 if __name__ == "__main__":
