@@ -181,3 +181,34 @@ def test_a_new_checkpoint_directory_never_writes_over_an_earlier_runs_files(tmp_
     rows = committed_rows(out)
     assert len(rows) == 1200 + 900, f"{len(rows)} rows: the second run replaced the first's files"
     assert set(first) <= set(rows)
+
+
+# Restore at another parallelism (#27, key groups).
+
+def windows(rows, rate=None):
+    """The kill sweep's window job: per split, tumbling windows of its sequence numbers."""
+    df = rl.read_sequence(partitions=kill_sweep.PARTITIONS, rows=rows, rows_per_second=rate, batch_rows=100)
+    return df.with_watermark("seq", delay=1000).group_by("partition").window_agg(
+        rl.tumbling("seq", kill_sweep.WINDOW), rl.count().alias("n"), rl.col("value").sum().alias("total"))
+
+
+@pytest.mark.parametrize("later", [1, 4])
+@pytest.mark.parametrize("job", ["running", "window"])
+def test_a_savepoint_taken_at_parallelism_two_restores_at_another(tmp_path, job, later):
+    build = {"running": sequence, "window": windows}[job]
+    out, chk = tmp_path / "out", tmp_path / "chk"
+    try:
+        rl.set_config(parallelism=2)
+        first = build(1500, rate=1000).start(out, checkpoint_dir=chk, job_id="rescale", checkpoint_interval=0.05)
+        savepoint = stop_soon(first)
+        # As on a machine with another core count.
+        rl.set_config(parallelism=later)
+        resumed = rl.resume(savepoint, build(1500), out, checkpoint_interval=0.05)
+        resumed.wait()
+        assert resumed.metrics()["checkpoints"]["restored_from"] == int(savepoint.rsplit("-", 1)[1])
+    finally:
+        rl.set_config()
+    if job == "running":
+        assert_exact(read_committed(out).to_pylist(), rows_per_partition=1500)
+    else:
+        kill_sweep.check_windows(read_committed(out), 1500, complete=True)

@@ -47,6 +47,7 @@ pub mod commit;
 mod exchange;
 mod function;
 mod graph;
+pub mod keygroups;
 pub mod memory;
 mod message;
 mod metrics;
