@@ -185,31 +185,77 @@ impl Checkpointing {
         self.store.rewind_to(restored).await
     }
 
-    /// The state task `task` snapshotted in the restored checkpoint.
-    pub(crate) fn restored_state(&self, task: TaskId) -> Option<Vec<u8>> {
-        self.restored
-            .as_ref()?
-            .artifact(&artifact_name(task))
-            .map(|b| b.to_vec())
+    /// The states the restored checkpoint holds for the tasks of vertex `vertex`, by the
+    /// task that snapshotted them (tasks without state have none).
+    pub(crate) fn restored_states(&self, vertex: usize) -> Vec<(usize, Vec<u8>)> {
+        let Some(restored) = &self.restored else {
+            return Vec::new();
+        };
+        restored
+            .manifest
+            .artifacts
+            .iter()
+            .filter_map(|a| {
+                let (v, task) = parse_artifact_name(&a.name)?;
+                (v == vertex).then(|| Some((task, restored.artifact(&a.name)?.to_vec())))?
+            })
+            .collect()
     }
 
-    /// Fail if the restored snapshot was taken by a job of another shape.
-    pub(crate) fn check_shape(&self, shape: &str) -> Result<()> {
+    /// Fail if the restored snapshot was taken by a job of another shape: other operators,
+    /// or in another order. Parallelism may differ (see [`crate::keygroups`]). Returns each
+    /// vertex's parallelism at the snapshot (empty without one).
+    pub(crate) fn check_shape(&self, shape: &str) -> Result<Vec<usize>> {
         let Some(restored) = &self.restored else {
-            return Ok(());
+            return Ok(Vec::new());
         };
-        match restored.manifest.properties.get(SHAPE_PROPERTY) {
-            Some(recorded) if recorded == shape => Ok(()),
-            recorded => Err(RilletError::Checkpoint(format!(
-                "snapshot {} of job '{}' was taken by a job of another shape ({}); this job is \
-                 ({shape}). Resume it with the same pipeline, or start under a new job id",
+        let recorded = restored.manifest.properties.get(SHAPE_PROPERTY);
+        let (theirs, parallelism) = recorded.map(|r| split_shape(r)).unwrap_or_default();
+        let (ours, _) = split_shape(shape);
+        let max = restored
+            .manifest
+            .properties
+            .get(MAX_PARALLELISM_PROPERTY)
+            .map_or(Ok(crate::keygroups::MAX_PARALLELISM), |m| m.parse());
+        if recorded.is_some() && theirs == ours && max == Ok(crate::keygroups::MAX_PARALLELISM) {
+            return Ok(parallelism);
+        }
+        if recorded.is_some() && theirs == ours {
+            return Err(RilletError::IncompatibleState(format!(
+                "snapshot {} of job '{}' lays its keyed state out in {} key groups, and this \
+                 build in {}: restore it with the version that took it",
                 restored.manifest.id,
                 restored.manifest.job,
-                recorded.map_or("unrecorded", String::as_str),
-            ))),
+                restored.manifest.properties[MAX_PARALLELISM_PROPERTY],
+                crate::keygroups::MAX_PARALLELISM
+            )));
         }
+        Err(RilletError::Checkpoint(format!(
+            "snapshot {} of job '{}' was taken by a job of another shape ({}); this job is \
+             ({shape}). Resume it with the same pipeline, or start under a new job id",
+            restored.manifest.id,
+            restored.manifest.job,
+            recorded.map_or("unrecorded", String::as_str),
+        )))
     }
 }
+
+/// A shape (`<vertex> x<parallelism>; ...`) as its vertices without their parallelism,
+/// and the parallelisms.
+fn split_shape(shape: &str) -> (Vec<String>, Vec<usize>) {
+    shape
+        .split("; ")
+        .map(|part| match part.rsplit_once(" x") {
+            Some((vertex, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                (vertex.to_string(), n.parse().unwrap_or(0))
+            }
+            _ => (part.to_string(), 0),
+        })
+        .unzip()
+}
+
+/// The manifest property recording how many key groups keyed state is laid out in.
+const MAX_PARALLELISM_PROPERTY: &str = "max_parallelism";
 
 /// The manifest property recording the job's vertices and parallelisms.
 const SHAPE_PROPERTY: &str = "shape";
@@ -217,6 +263,12 @@ const SHAPE_PROPERTY: &str = "shape";
 /// The artifact holding task `task`'s state.
 pub(crate) fn artifact_name(task: TaskId) -> String {
     format!("task-{:03}-{:03}", task.vertex, task.subtask)
+}
+
+/// The vertex and task of an artifact named by [`artifact_name`].
+fn parse_artifact_name(name: &str) -> Option<(usize, usize)> {
+    let (vertex, task) = name.strip_prefix("task-")?.split_once('-')?;
+    Some((vertex.parse().ok()?, task.parse().ok()?))
 }
 
 /// Figures about a job's checkpoints.
@@ -580,7 +632,13 @@ impl CheckpointLoop {
         writer: CheckpointWriter,
     ) -> std::result::Result<rillet_checkpoint::coordinator::Completed, Abandon> {
         let id = writer.id();
-        let properties = BTreeMap::from([(SHAPE_PROPERTY.to_string(), self.shape.clone())]);
+        let properties = BTreeMap::from([
+            (SHAPE_PROPERTY.to_string(), self.shape.clone()),
+            (
+                MAX_PARALLELISM_PROPERTY.to_string(),
+                crate::keygroups::MAX_PARALLELISM.to_string(),
+            ),
+        ]);
         let states = self.sink_states.remove(&id).unwrap_or_default();
         let (sinks, context, store, retain, claim) = (
             self.sinks.clone(),

@@ -27,7 +27,7 @@
 //! use rillet_runtime::keygroups::{key_groups, TaskPlacement, MAX_PARALLELISM};
 //!
 //! let keys: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec!["ann", "bob"]))];
-//! let groups = key_groups(&keys).unwrap();
+//! let groups = key_groups(&keys, 2).unwrap();
 //! assert!(groups.iter().all(|&g| (g as usize) < MAX_PARALLELISM));
 //! // Every group has exactly one owner, at any parallelism.
 //! for parallelism in [1, 2, 3, 4] {
@@ -73,10 +73,15 @@ pub fn task_of(group: u16, parallelism: usize) -> usize {
     usize::from(group) * parallelism.max(1) / MAX_PARALLELISM
 }
 
-/// The key group of each row of the key columns `keys` (all of one length; no columns:
-/// every row in group 0).
-pub fn key_groups(keys: &[ArrayRef]) -> Result<Vec<u16>> {
-    let rows = keys.first().map_or(0, |k| k.len());
+/// The key group of each of the `rows` rows of the key columns `keys` (each `rows` long;
+/// without columns every row has the empty key, and one group).
+pub fn key_groups(keys: &[ArrayRef], rows: usize) -> Result<Vec<u16>> {
+    if let Some(column) = keys.iter().find(|k| k.len() != rows) {
+        return Err(RilletError::internal(format!(
+            "a key column of {} rows for {rows} rows",
+            column.len()
+        )));
+    }
     let columns: Vec<Canonical> = keys.iter().map(Canonical::of).collect::<Result<_>>()?;
     let mut bytes = Vec::with_capacity(32);
     (0..rows)
@@ -205,17 +210,17 @@ mod tests {
         let strings: ArrayRef = Arc::new(StringArray::from(vec![Some("ann"), Some("bob"), None]));
         let numbers: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
         assert_eq!(
-            key_groups(std::slice::from_ref(&strings)).unwrap(),
+            key_groups(std::slice::from_ref(&strings), 3).unwrap(),
             vec![GROUPS[0], GROUPS[1], GROUPS[2]]
         );
         assert_eq!(
-            key_groups(&[numbers]).unwrap(),
+            key_groups(&[numbers], 3).unwrap(),
             vec![GROUPS[3], GROUPS[4], GROUPS[5]]
         );
         // The same integers in a narrower type, or a string as a dictionary: the same keys.
         let narrow: ArrayRef = Arc::new(Int32Array::from(vec![1, 2, 3]));
         assert_eq!(
-            key_groups(&[narrow]).unwrap(),
+            key_groups(&[narrow], 3).unwrap(),
             vec![GROUPS[3], GROUPS[4], GROUPS[5]]
         );
         let dictionary: ArrayRef = Arc::new(
@@ -224,14 +229,17 @@ mod tests {
                 .collect::<arrow::array::DictionaryArray<arrow::datatypes::Int32Type>>(),
         );
         assert_eq!(
-            key_groups(&[dictionary]).unwrap(),
-            key_groups(&[strings]).unwrap()
+            key_groups(&[dictionary], 3).unwrap(),
+            key_groups(&[strings], 3).unwrap()
         );
         let floats: ArrayRef = Arc::new(Float64Array::from(vec![0.0, -0.0, f64::NAN, -f64::NAN]));
-        let g = key_groups(&[floats]).unwrap();
+        let g = key_groups(&[floats], 4).unwrap();
         assert_eq!((g[0], g[2]), (g[1], g[3]));
         let unsigned: ArrayRef = Arc::new(UInt32Array::from(vec![7]));
-        assert_eq!(key_groups(&[unsigned]).unwrap(), vec![GROUPS[6]]);
+        assert_eq!(key_groups(&[unsigned], 1).unwrap(), vec![GROUPS[6]]);
+        // No key columns: every row has the empty key, in one group.
+        let empty = key_groups(&[], 3).unwrap();
+        assert!(empty.len() == 3 && empty.iter().all(|&g| g == empty[0]));
     }
 
     const GROUPS: [u16; 7] = [99, 7, 91, 54, 18, 0, 27];

@@ -27,6 +27,8 @@ use async_trait::async_trait;
 use rillet_common::{Result, RilletError};
 use serde::{Deserialize, Serialize};
 
+use crate::keygroups::TaskPlacement;
+
 /// One split given to a reader, and where to start reading it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitAssignment {
@@ -74,8 +76,12 @@ pub trait StreamOperator: Send + Sync + Debug {
     fn key_columns(&self) -> Option<Vec<usize>> {
         None
     }
-    /// Task `task`'s instance, restored from the state it snapshotted, if any.
-    fn open(&self, task: usize, restored: Option<&[u8]>) -> Result<Box<dyn OperatorTask>>;
+    /// The instance of the task at `placement`, restored from `restored`: nothing on a
+    /// fresh start, else the state every task of the operator snapshotted (at whatever
+    /// parallelism), of which a keyed operator keeps the keys of the key groups
+    /// `placement` owns ([`TaskPlacement::owns`]).
+    fn open(&self, placement: TaskPlacement, restored: &[Vec<u8>])
+    -> Result<Box<dyn OperatorTask>>;
 }
 
 /// One task of a [`StreamOperator`].

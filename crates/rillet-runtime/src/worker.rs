@@ -25,6 +25,7 @@ use crate::checkpointing::{
 use crate::exchange::ExchangeRegistry;
 use crate::function::{BatchFunction, RowBatcher, check_output_schema, with_call};
 use crate::graph::{DataflowGraph, EdgeKind, VertexId, VertexOperator};
+use crate::keygroups::TaskPlacement;
 use crate::memory::{self, CallBudget, CallSizer};
 use crate::message::CheckpointBarrier;
 use crate::message::{StreamMessage, WATERMARK_END};
@@ -126,21 +127,19 @@ impl OutputRouter {
     }
 }
 
-/// Split `batch` by a hash of its `keys` columns over `targets` tasks; `None` where a
-/// task gets no rows. The hash has a fixed seed, so a key goes to the same task in every
-/// run (its restored state is there).
+/// Split `batch` by the key groups of its `keys` columns over `targets` tasks; `None` where
+/// a task gets no rows. A key's group is fixed (see [`crate::keygroups`]), so a key goes to
+/// the task owning its group in every run and build, where its restored state is.
 fn hash_partition(
     batch: &RecordBatch,
     keys: &[usize],
     targets: usize,
 ) -> Result<Vec<Option<RecordBatch>>> {
-    use datafusion::common::hash_utils::{RandomState, create_hashes};
     let columns: Vec<ArrayRef> = keys.iter().map(|&k| batch.column(k).clone()).collect();
-    let mut hashes = vec![0u64; batch.num_rows()];
-    create_hashes(&columns, &RandomState::with_seed(0), &mut hashes)?;
+    let groups = crate::keygroups::key_groups(&columns, batch.num_rows())?;
     let mut indices: Vec<Vec<u32>> = vec![Vec::new(); targets];
-    for (row, hash) in hashes.iter().enumerate() {
-        indices[(*hash % targets as u64) as usize].push(row as u32);
+    for (row, &group) in groups.iter().enumerate() {
+        indices[crate::keygroups::task_of(group, targets)].push(row as u32);
     }
     indices
         .into_iter()
@@ -239,9 +238,46 @@ impl LocalWorker {
             })
             .collect::<Vec<_>>()
             .join("; ");
-        if let Some(settings) = &checkpointing {
-            settings.check_shape(&shape)?;
+        // Each vertex's parallelism when the restored snapshot was taken: a restore at
+        // another one deals the old tasks' state out again (see `keygroups`).
+        let restored_parallelism = match &checkpointing {
+            Some(settings) => settings.check_shape(&shape)?,
+            None => Vec::new(),
+        };
+        if let Some(vertex) = graph.vertices.iter().find(|v| {
+            matches!(&v.operator, VertexOperator::Stream(op) if op.key_columns().is_some())
+                && v.parallelism > crate::keygroups::MAX_PARALLELISM
+        }) {
+            return Err(RilletError::invalid_argument(format!(
+                "'{}' runs on {} tasks; a keyed operator runs on at most {} (its key groups)",
+                vertex.name,
+                vertex.parallelism,
+                crate::keygroups::MAX_PARALLELISM
+            )));
         }
+        // The restored states task `p` of function vertex `v` starts from: its own when the
+        // vertex's parallelism is unchanged, else those of the old tasks dealt to it. (A
+        // stream operator's tasks each read every old task's state and keep the keys of
+        // their key groups: right at any parallelism, and whichever task a key was routed
+        // to when the snapshot was taken.)
+        let dealt_to = |v: usize, p: usize, parallelism: usize| -> Vec<Vec<u8>> {
+            let Some(settings) = &checkpointing else {
+                return Vec::new();
+            };
+            let same = restored_parallelism.get(v) == Some(&parallelism);
+            settings
+                .restored_states(v)
+                .into_iter()
+                .filter(|(old, _)| {
+                    if same {
+                        *old == p
+                    } else {
+                        old % parallelism == p
+                    }
+                })
+                .map(|(_, state)| state)
+                .collect()
+        };
         let runtime = global_runtime();
         let metrics: Vec<Arc<OperatorMetrics>> = graph
             .vertices
@@ -450,10 +486,11 @@ impl LocalWorker {
             let restored_id = settings.recover_to();
             for vertex in &graph.vertices {
                 if let VertexOperator::Sink(sink) = &vertex.operator {
-                    let states: Vec<Vec<u8>> = (0..vertex.parallelism)
-                        .filter_map(|p| {
-                            settings.restored_state(TaskId::new(vertex.id.0 as u32, p as u32))
-                        })
+                    // Every old task's, whatever the parallelism now.
+                    let states: Vec<Vec<u8>> = settings
+                        .restored_states(vertex.id.0)
+                        .into_iter()
+                        .map(|(_, state)| state)
                         .collect();
                     block_on(settings.claim().check())?;
                     sink.recover(&sink_context, restored_id, &states)?;
@@ -515,11 +552,8 @@ impl LocalWorker {
                 VertexOperator::Source(source) => {
                     let mut positions = BTreeMap::new();
                     if let Some(settings) = &checkpointing {
-                        for task in 0..vertex.parallelism {
-                            let id = TaskId::new(v as u32, task as u32);
-                            if let Some(state) = settings.restored_state(id) {
-                                positions.extend(SourceState::from_bytes(&state)?.positions);
-                            }
+                        for (_, state) in settings.restored_states(v) {
+                            positions.extend(SourceState::from_bytes(&state)?.positions);
                         }
                     }
                     assign_splits(&source.splits()?, vertex.parallelism, &positions)
@@ -543,9 +577,7 @@ impl LocalWorker {
                     VertexOperator::Function(function) => {
                         let input = gate(std::mem::take(&mut task_inputs), &m, &vertex.name)?.1;
                         let router = router.ok_or_else(|| missing_output(&vertex.name))?;
-                        let restored = checkpointing
-                            .as_ref()
-                            .and_then(|c| c.restored_state(TaskId::new(v as u32, p as u32)));
+                        let restored = dealt_to(v, p, vertex.parallelism);
                         let fut = run_function(
                             function.clone(),
                             input,
@@ -570,10 +602,12 @@ impl LocalWorker {
                     VertexOperator::Stream(operator) => {
                         let input = gate(std::mem::take(&mut task_inputs), &m, &vertex.name)?.1;
                         let router = router.ok_or_else(|| missing_output(&vertex.name))?;
-                        let restored = checkpointing
+                        let restored: Vec<Vec<u8>> = checkpointing
                             .as_ref()
-                            .and_then(|c| c.restored_state(TaskId::new(v as u32, p as u32)));
-                        let task = operator.open(p, restored.as_deref())?;
+                            .map(|c| c.restored_states(v).into_iter().map(|(_, s)| s).collect())
+                            .unwrap_or_default();
+                        let placement = TaskPlacement::new(p, vertex.parallelism);
+                        let task = operator.open(placement, &restored)?;
                         let fut = run_stream(task, input, router, m, link_for(v, p));
                         tasks.spawn_on(fut, runtime.handle());
                     }
@@ -830,7 +864,7 @@ async fn run_function(
     pool: BlockingPool,
     budget: CallBudget,
     link: Option<TaskLink>,
-    restored: Option<Vec<u8>>,
+    restored: Vec<Vec<u8>>,
 ) -> Result<Option<String>> {
     let _guard = TaskGuard::start(&metrics);
     let mut batcher: Option<RowBatcher> = None;
@@ -850,10 +884,10 @@ async fn run_function(
     );
     // Batches cut from the input and not yet handed to the pool; on a restore, first the
     // rows whose calls were in flight at the checkpoint.
-    let mut ready: VecDeque<RecordBatch> = match &restored {
-        Some(state) => crate::stream::decode_batches(state)?.into(),
-        None => VecDeque::new(),
-    };
+    let mut ready: VecDeque<RecordBatch> = VecDeque::new();
+    for state in &restored {
+        ready.extend(crate::stream::decode_batches(state)?);
+    }
     // Counted, not hidden: a model sees these rows a second time.
     metrics.add_rows_recalled(ready.iter().map(|b| b.num_rows() as u64).sum());
     let mut calls = FuturesOrdered::new();

@@ -35,6 +35,7 @@ use datafusion::physical_plan::filter::{FilterExec, batch_filter};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use rillet_common::{Result, RilletError};
+use rillet_runtime::keygroups::TaskPlacement;
 use rillet_runtime::{
     DataflowGraph, EdgeKind, OperatorTask, Sink, StreamOperator, VertexId, VertexOperator,
 };
@@ -134,7 +135,11 @@ impl StreamOperator for ExprVertex {
         self.schema.clone()
     }
 
-    fn open(&self, _task: usize, _restored: Option<&[u8]>) -> Result<Box<dyn OperatorTask>> {
+    fn open(
+        &self,
+        _placement: TaskPlacement,
+        _restored: &[Vec<u8>],
+    ) -> Result<Box<dyn OperatorTask>> {
         Ok(Box::new(self.operator.clone()))
     }
 }

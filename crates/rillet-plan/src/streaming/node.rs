@@ -33,6 +33,7 @@ use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use futures::StreamExt;
 use rillet_common::{Result, RilletError};
 use rillet_runtime::StreamOperator;
+use rillet_runtime::keygroups::TaskPlacement;
 
 use super::running::{RunningAggregate, RunningSpec};
 use super::watermark::WatermarkAssigner;
@@ -321,7 +322,9 @@ impl ExecutionPlan for StreamStepExec {
     ) -> DfResult<SendableRecordBatchStream> {
         let external = |e: RilletError| DataFusionError::External(Box::new(e));
         let input = self.input.execute(partition, context)?;
-        let task = self.operator.open(partition, None).map_err(external)?;
+        let placement =
+            TaskPlacement::new(partition, self.properties().partitioning.partition_count());
+        let task = self.operator.open(placement, &[]).map_err(external)?;
         // Each input batch through the task, then whatever it holds at the end.
         let stream = futures::stream::unfold(
             (input, Some(task)),

@@ -9,6 +9,7 @@ use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, Int64Builder, Recor
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use rillet_common::{Result, RilletError};
+use rillet_runtime::keygroups::{TaskPlacement, key_groups};
 use rillet_runtime::{OperatorTask, StreamOperator};
 
 /// What a running aggregate computes.
@@ -145,13 +146,44 @@ impl StreamOperator for RunningAggregate {
         Some(self.keys.clone())
     }
 
-    fn open(&self, _task: usize, restored: Option<&[u8]>) -> Result<Box<dyn OperatorTask>> {
+    fn open(
+        &self,
+        placement: TaskPlacement,
+        restored: &[Vec<u8>],
+    ) -> Result<Box<dyn OperatorTask>> {
         let mut task = self.task()?;
-        if let Some(bytes) = restored {
-            task.restore(bytes)?;
+        for bytes in restored {
+            task.restore(bytes, placement)?;
         }
         Ok(Box::new(task))
     }
+}
+
+/// Drop from `keyed` the keys whose key group `placement` does not own: what a task
+/// restoring other tasks' state at another parallelism leaves to the other tasks.
+/// `converter` reads the keys back into columns (`keyless`: every key is the empty one).
+pub(super) fn keep_owned(
+    keyed: &mut KeyedValues,
+    converter: &RowConverter,
+    keyless: bool,
+    placement: TaskPlacement,
+) -> Result<()> {
+    if keyed.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<Box<[u8]>> = keyed.keys().cloned().collect();
+    let columns = if keyless {
+        Vec::new()
+    } else {
+        let parser = converter.parser();
+        converter.convert_rows(keys.iter().map(|k| parser.parse(k)))?
+    };
+    for (key, group) in keys.iter().zip(key_groups(&columns, keys.len())?) {
+        if !placement.owns(group) {
+            keyed.remove(key);
+        }
+    }
+    Ok(())
 }
 
 /// One accumulator: an exact integer or a float (the same width either way, so a state
@@ -214,11 +246,13 @@ impl RunningTask {
         out
     }
 
-    fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+    /// Add the keys of `placement`'s key groups from a snapshotted state.
+    fn restore(&mut self, bytes: &[u8], placement: TaskPlacement) -> Result<()> {
         let mut reader = StateReader::new(bytes, "running aggregate");
-        let state = decode_keyed(&mut reader, self.specs.len())?;
+        let mut state = decode_keyed(&mut reader, self.specs.len())?;
         reader.finish()?;
-        self.state = state;
+        keep_owned(&mut state, &self.converter, self.keys.is_empty(), placement)?;
+        self.state.extend(state);
         Ok(())
     }
 }
@@ -474,6 +508,12 @@ mod tests {
 
     use super::*;
 
+    /// The one task of an operator on one.
+    const ONE: TaskPlacement = TaskPlacement {
+        task: 0,
+        parallelism: 1,
+    };
+
     fn batch(keys: &[&str], values: &[i64]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Utf8, false),
@@ -522,7 +562,7 @@ mod tests {
     #[test]
     fn running_values_per_key_and_a_restore_continues_exactly() {
         let op = operator();
-        let mut task = op.open(0, None).unwrap();
+        let mut task = op.open(ONE, &[]).unwrap();
         let out = task
             .process(batch(&["a", "b", "a"], &[1, 10, 2]))
             .unwrap()
@@ -532,7 +572,7 @@ mod tests {
         let state = task.snapshot().unwrap().unwrap();
         // Rows after the snapshot, then a crash: the restored task continues from it.
         let _lost = task.process(batch(&["a"], &[100])).unwrap();
-        let mut restored = op.open(0, Some(&state)).unwrap();
+        let mut restored = op.open(ONE, std::slice::from_ref(&state)).unwrap();
         let out = restored
             .process(batch(&["a", "b"], &[5, 1]))
             .unwrap()
@@ -545,10 +585,10 @@ mod tests {
     #[test]
     fn damaged_state_is_an_error() {
         let op = operator();
-        let mut task = op.open(0, None).unwrap();
+        let mut task = op.open(ONE, &[]).unwrap();
         task.process(batch(&["a"], &[1])).unwrap();
         let state = task.snapshot().unwrap().unwrap();
-        let Err(err) = op.open(0, Some(&state[..state.len() - 3])) else {
+        let Err(err) = op.open(ONE, &[state[..state.len() - 3].to_vec()]) else {
             panic!("a cut-short state restored");
         };
         assert!(err.to_string().contains("cut short"), "{err}");

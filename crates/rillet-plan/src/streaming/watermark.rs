@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use rillet_common::{Result, RilletError};
+use rillet_runtime::keygroups::TaskPlacement;
 use rillet_runtime::{OperatorTask, StreamOperator, WATERMARK_END};
 
 /// The least time between two watermarks of one assigner: each one is broadcast to every
@@ -211,7 +212,11 @@ impl StreamOperator for WatermarkAssigner {
         self.schema.clone()
     }
 
-    fn open(&self, _task: usize, _restored: Option<&[u8]>) -> Result<Box<dyn OperatorTask>> {
+    fn open(
+        &self,
+        _placement: TaskPlacement,
+        _restored: &[Vec<u8>],
+    ) -> Result<Box<dyn OperatorTask>> {
         Ok(Box::new(self.clock()))
     }
 }
@@ -240,6 +245,12 @@ impl OperatorTask for EventClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one task of an operator on one.
+    const ONE: TaskPlacement = TaskPlacement {
+        task: 0,
+        parallelism: 1,
+    };
     use arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
     use arrow::datatypes::{Field, Schema, TimeUnit};
 
@@ -280,7 +291,7 @@ mod tests {
         assert!(err.contains("must be a timestamp"), "{err}");
         assert!(WatermarkAssigner::try_new(schema.clone(), 1, -1).is_err());
         let op = WatermarkAssigner::try_new(schema.clone(), 1, 1000).unwrap();
-        let mut task = op.open(0, None).unwrap();
+        let mut task = op.open(ONE, &[]).unwrap();
         let rows = RecordBatch::try_new(
             schema,
             vec![

@@ -17,11 +17,12 @@ use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use rillet_common::{Result, RilletError};
+use rillet_runtime::keygroups::TaskPlacement;
 use rillet_runtime::{OperatorTask, StreamOperator, WATERMARK_END};
 
 use super::running::{
     KeyedValues, Output, RunningSpec, StateReader, Value, decode_keyed, describe_field,
-    describe_layout, encode_keyed, integer_input, spec_inputs, update,
+    describe_layout, encode_keyed, integer_input, keep_owned, spec_inputs, update,
 };
 use super::watermark::{check_event_time_type, event_times};
 
@@ -209,10 +210,14 @@ impl StreamOperator for WindowAggregate {
         Some(self.keys.clone())
     }
 
-    fn open(&self, _task: usize, restored: Option<&[u8]>) -> Result<Box<dyn OperatorTask>> {
+    fn open(
+        &self,
+        placement: TaskPlacement,
+        restored: &[Vec<u8>],
+    ) -> Result<Box<dyn OperatorTask>> {
         let mut task = self.task()?;
-        if let Some(bytes) = restored {
-            task.restore(bytes)?;
+        for bytes in restored {
+            task.restore(bytes, placement)?;
         }
         Ok(Box::new(task))
     }
@@ -349,18 +354,26 @@ impl WindowTask {
         out
     }
 
-    fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+    /// Add the open windows of `placement`'s key groups from a snapshotted state. Every
+    /// task of a snapshot holds the same watermark (each takes the least of the same
+    /// inputs, aligned at the barrier); the least is kept all the same.
+    fn restore(&mut self, bytes: &[u8], placement: TaskPlacement) -> Result<()> {
         let mut reader = StateReader::new(bytes, "window aggregate");
         let has_watermark = reader.u8()? == 1;
         let watermark = reader.u64()? as i64;
-        let mut windows = Windows::new();
+        let keyless = self.op.keys.is_empty();
         for _ in 0..reader.u64()? {
             let start = reader.u64()? as i64;
-            windows.insert(start, decode_keyed(&mut reader, self.op.specs.len())?);
+            let mut keyed = decode_keyed(&mut reader, self.op.specs.len())?;
+            keep_owned(&mut keyed, &self.converter, keyless, placement)?;
+            if !keyed.is_empty() {
+                self.windows.entry(start).or_default().extend(keyed);
+            }
         }
         reader.finish()?;
-        self.watermark = has_watermark.then_some(watermark);
-        self.windows = windows;
+        if has_watermark {
+            self.watermark = Some(self.watermark.map_or(watermark, |w| w.min(watermark)));
+        }
         Ok(())
     }
 }
@@ -399,6 +412,12 @@ mod tests {
 
     use super::super::running::RunningFunction;
     use super::*;
+
+    /// The one task of an operator on one.
+    const ONE: TaskPlacement = TaskPlacement {
+        task: 0,
+        parallelism: 1,
+    };
 
     fn batch(rows: &[(&str, i64, i64)]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
@@ -455,7 +474,7 @@ mod tests {
     #[test]
     fn tumbling_windows_fire_at_the_watermark_and_late_rows_are_counted() {
         let op = operator(WindowSpec::tumbling(1, 10));
-        let mut task = op.open(0, None).unwrap();
+        let mut task = op.open(ONE, &[]).unwrap();
         task.process(batch(&[
             ("a", 1, 1),
             ("b", 5, 10),
@@ -485,7 +504,7 @@ mod tests {
     #[test]
     fn sliding_windows_hold_each_row_in_every_window_over_it() {
         let op = operator(WindowSpec::sliding(1, 10, 5));
-        let mut task = op.open(0, None).unwrap();
+        let mut task = op.open(ONE, &[]).unwrap();
         task.process(batch(&[("a", 7, 1), ("a", -1, 10)])).unwrap();
         let out = task.finish().unwrap();
         assert_eq!(
@@ -502,7 +521,7 @@ mod tests {
     #[test]
     fn lateness_keeps_a_window_open_and_a_restore_continues_exactly() {
         let op = operator(WindowSpec::tumbling(1, 10).with_lateness(5));
-        let mut task = op.open(0, None).unwrap();
+        let mut task = op.open(ONE, &[]).unwrap();
         task.process(batch(&[("a", 1, 1)])).unwrap();
         assert!(
             task.on_watermark(12).unwrap().0.is_empty(),
@@ -510,11 +529,11 @@ mod tests {
         );
         let state = task.snapshot().unwrap().unwrap();
         task.process(batch(&[("a", 2, 50)])).unwrap(); // lost in a crash
-        let mut restored = op.open(0, Some(&state)).unwrap();
+        let mut restored = op.open(ONE, std::slice::from_ref(&state)).unwrap();
         restored.process(batch(&[("a", 4, 2)])).unwrap();
         let (out, _) = restored.on_watermark(15).unwrap();
         assert_eq!(rows(&out), vec![("a".into(), 0, 10, 2, 3)]);
-        let Err(err) = op.open(0, Some(&state[..state.len() - 2])) else {
+        let Err(err) = op.open(ONE, &[state[..state.len() - 2].to_vec()]) else {
             panic!("a cut-short state restored");
         };
         assert!(err.to_string().contains("cut short"), "{err}");
