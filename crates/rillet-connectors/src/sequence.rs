@@ -204,7 +204,6 @@ impl StreamSource for SequenceSource {
         }
         Ok(Box::new(SequenceReader {
             splits,
-            next: 0,
             batch_rows: self.batch_rows,
             rate: self.rows_per_second,
             started: tokio::time::Instant::now(),
@@ -213,10 +212,9 @@ impl StreamSource for SequenceSource {
     }
 }
 
-/// Reads the splits of one task in turn.
+/// Reads the splits of one task, the one furthest behind first.
 struct SequenceReader {
     splits: Vec<(String, SequenceSplit)>,
-    next: usize,
     batch_rows: usize,
     rate: Option<f64>,
     started: tokio::time::Instant,
@@ -233,15 +231,25 @@ impl SourceReader for SequenceReader {
                 self.started + std::time::Duration::from_secs_f64(self.emitted as f64 / per_second);
             tokio::time::sleep_until(due).await;
         }
-        for _ in 0..self.splits.len() {
-            let i = self.next;
-            self.next = (self.next + 1) % self.splits.len();
-            if let Some(batch) = self.splits[i].1.next_batch(self.batch_rows) {
-                self.emitted += batch.num_rows() as u64;
-                return Ok(Some(batch));
-            }
+        // The split furthest behind goes next: the splits of a task stay within a batch of
+        // each other in event time, through any number of restores (a fixed round robin
+        // restarted at the first split would let it gain a batch at every restore, and
+        // rows of the others would fall behind the watermark).
+        let behind = self
+            .splits
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, split))| split.end.is_none_or(|end| split.next < end))
+            .min_by_key(|(i, (_, split))| (split.position(), *i))
+            .map(|(i, _)| i);
+        let Some(i) = behind else {
+            return Ok(None);
+        };
+        let batch = self.splits[i].1.next_batch(self.batch_rows);
+        if let Some(batch) = &batch {
+            self.emitted += batch.num_rows() as u64;
         }
-        Ok(None)
+        Ok(batch)
     }
 
     fn positions(&self) -> Vec<(String, Vec<u8>)> {
