@@ -20,6 +20,7 @@
 mod node;
 mod running;
 mod source;
+mod state;
 mod watermark;
 mod window;
 

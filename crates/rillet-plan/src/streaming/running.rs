@@ -10,6 +10,11 @@ use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRe
 use arrow::row::{RowConverter, SortField};
 use rillet_common::{Result, RilletError};
 use rillet_runtime::keygroups::{TaskPlacement, key_groups};
+
+use super::state;
+
+/// What a running aggregate's state is called in it and in errors.
+const STATE_NAME: &str = "running aggregate";
 use rillet_runtime::{OperatorTask, StreamOperator};
 
 /// What a running aggregate computes.
@@ -239,18 +244,52 @@ impl RunningTask {
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 
-    /// The state as bytes: see [`encode_keyed`].
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + self.state.len() * (16 + 9 * self.specs.len()));
-        encode_keyed(&mut out, &self.state);
-        out
+    /// The state in the keyed-state codec ([`super::state`]), keys in order.
+    fn encode(&self) -> Result<Vec<u8>> {
+        let mut entries: Vec<state::Entry> = self
+            .state
+            .iter()
+            .map(|(key, values)| (None, key.clone(), values.clone()))
+            .collect();
+        entries.sort_by(|a, b| a.1.cmp(&b.1));
+        let key_fields: Vec<Field> = self
+            .keys
+            .iter()
+            .map(|&k| self.schema.field(k).clone())
+            .collect();
+        state::encode(
+            STATE_NAME,
+            &self.converter,
+            &key_fields,
+            self.specs.len(),
+            false,
+            None,
+            &entries,
+        )
     }
 
-    /// Add the keys of `placement`'s key groups from a snapshotted state.
+    /// Add the keys of `placement`'s key groups from a snapshotted state (of the codec, or
+    /// of the binary layout of the first versions).
     fn restore(&mut self, bytes: &[u8], placement: TaskPlacement) -> Result<()> {
-        let mut reader = StateReader::new(bytes, "running aggregate");
-        let mut state = decode_keyed(&mut reader, self.specs.len())?;
-        reader.finish()?;
+        let mut state = if state::is_versioned(bytes) {
+            let (entries, _) = state::decode(
+                bytes,
+                STATE_NAME,
+                &self.converter,
+                self.keys.len(),
+                self.specs.len(),
+                false,
+            )?;
+            entries
+                .into_iter()
+                .map(|(_, key, values)| (key, values))
+                .collect()
+        } else {
+            let mut reader = StateReader::new(bytes, STATE_NAME);
+            let state = decode_keyed(&mut reader, self.specs.len())?;
+            reader.finish()?;
+            state
+        };
         keep_owned(&mut state, &self.converter, self.keys.is_empty(), placement)?;
         self.state.extend(state);
         Ok(())
@@ -314,6 +353,7 @@ pub(super) fn spec_inputs(
 
 /// Append `values` to a state encoding: a tag byte and 8 bytes each, so entries are
 /// fixed-size.
+#[cfg(test)]
 fn encode_values(out: &mut Vec<u8>, values: &[Value]) {
     for value in values {
         let (tag, bits) = match value {
@@ -375,6 +415,7 @@ pub(super) type KeyedValues = HashMap<Box<[u8]>, Vec<Value>>;
 
 /// Append `keyed` to a state encoding: the entry count, then per key (sorted, so that
 /// equal states encode equally) its length, its bytes and its values.
+#[cfg(test)]
 pub(super) fn encode_keyed(out: &mut Vec<u8>, keyed: &KeyedValues) {
     out.extend_from_slice(&(keyed.len() as u64).to_le_bytes());
     let mut entries: Vec<_> = keyed.iter().collect();
@@ -498,7 +539,7 @@ impl OperatorTask for RunningTask {
     }
 
     fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
-        Ok(Some(self.encode()))
+        self.encode().map(Some)
     }
 }
 
@@ -591,6 +632,35 @@ mod tests {
         let Err(err) = op.open(ONE, &[state[..state.len() - 3].to_vec()]) else {
             panic!("a cut-short state restored");
         };
-        assert!(err.to_string().contains("cut short"), "{err}");
+        assert!(matches!(err, RilletError::Checkpoint(_)), "{err}");
+    }
+
+    /// The states the first versions wrote (their own binary layout, keys in Arrow's row
+    /// format) still restore; a state of a format this build does not know refuses to.
+    #[test]
+    fn states_of_the_first_layout_restore_and_an_unknown_format_refuses() {
+        let op = operator();
+        let mut task = op.task().unwrap();
+        task.process_batch(&batch(&["a", "b", "a"], &[1, 10, 2]))
+            .unwrap();
+        let mut legacy = Vec::new();
+        encode_keyed(&mut legacy, &task.state);
+        let mut restored = op.open(ONE, &[legacy]).unwrap();
+        let out = restored.process(batch(&["a"], &[5])).unwrap().remove(0);
+        assert_eq!(column(&out, "total"), vec![8]);
+        let mut current = op.task().unwrap();
+        current.state = task.state.clone();
+        let encoded = current.encode().unwrap();
+        let batches = rillet_runtime::decode_batches(&encoded).unwrap();
+        let schema = batches[0].schema();
+        let mut metadata = schema.metadata().clone();
+        metadata.insert("rillet.state.format".into(), "99".into());
+        let future = Arc::new(Schema::new_with_metadata(schema.fields().clone(), metadata));
+        let batch = RecordBatch::try_new(future.clone(), batches[0].columns().to_vec()).unwrap();
+        let bytes = rillet_runtime::encode_batches(&future, &[batch]).unwrap();
+        let Err(err) = op.open(ONE, &[bytes]) else {
+            panic!("a state of an unknown format restored");
+        };
+        assert!(matches!(err, RilletError::IncompatibleState(_)), "{err}");
     }
 }

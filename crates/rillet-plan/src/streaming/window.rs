@@ -18,11 +18,16 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use rillet_common::{Result, RilletError};
 use rillet_runtime::keygroups::TaskPlacement;
+
+use super::state;
+
+/// What a window aggregate's state is called in it and in errors.
+const STATE_NAME: &str = "window aggregate";
 use rillet_runtime::{OperatorTask, StreamOperator, WATERMARK_END};
 
 use super::running::{
     KeyedValues, Output, RunningSpec, StateReader, Value, decode_keyed, describe_field,
-    describe_layout, encode_keyed, integer_input, keep_owned, spec_inputs, update,
+    describe_layout, integer_input, keep_owned, spec_inputs, update,
 };
 use super::watermark::{check_event_time_type, event_times};
 
@@ -340,38 +345,83 @@ impl WindowTask {
         )?])
     }
 
-    /// The state as bytes: the watermark (a flag and 8 bytes), the window count, then
-    /// per window its start and its keys ([`encode_keyed`]).
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.push(u8::from(self.watermark.is_some()));
-        out.extend_from_slice(&self.watermark.unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(&(self.windows.len() as u64).to_le_bytes());
+    /// The state in the keyed-state codec ([`super::state`]): the watermark, and a row
+    /// per open window and key, in window then key order.
+    fn encode(&self) -> Result<Vec<u8>> {
+        let mut entries = Vec::new();
         for (start, keys) in &self.windows {
-            out.extend_from_slice(&start.to_le_bytes());
-            encode_keyed(&mut out, keys);
+            let mut window: Vec<state::Entry> = keys
+                .iter()
+                .map(|(key, values)| (Some(*start), key.clone(), values.clone()))
+                .collect();
+            window.sort_by(|a, b| a.1.cmp(&b.1));
+            entries.extend(window);
         }
-        out
+        let key_fields: Vec<Field> = self
+            .op
+            .keys
+            .iter()
+            .map(|&k| self.op.input_schema.field(k).clone())
+            .collect();
+        state::encode(
+            STATE_NAME,
+            &self.converter,
+            &key_fields,
+            self.op.specs.len(),
+            true,
+            self.watermark,
+            &entries,
+        )
+    }
+
+    /// The windows and watermark of a state of the first versions' binary layout: the
+    /// watermark (a flag and 8 bytes), the window count, then per window its start and
+    /// its keys ([`super::running::encode_keyed`]'s layout).
+    fn decode_legacy(&self, bytes: &[u8]) -> Result<(Windows, Option<i64>)> {
+        let mut reader = StateReader::new(bytes, STATE_NAME);
+        let has_watermark = reader.u8()? == 1;
+        let watermark = reader.u64()? as i64;
+        let mut windows = Windows::new();
+        for _ in 0..reader.u64()? {
+            let start = reader.u64()? as i64;
+            windows.insert(start, decode_keyed(&mut reader, self.op.specs.len())?);
+        }
+        reader.finish()?;
+        Ok((windows, has_watermark.then_some(watermark)))
     }
 
     /// Add the open windows of `placement`'s key groups from a snapshotted state. Every
     /// task of a snapshot holds the same watermark (each takes the least of the same
     /// inputs, aligned at the barrier); the least is kept all the same.
     fn restore(&mut self, bytes: &[u8], placement: TaskPlacement) -> Result<()> {
-        let mut reader = StateReader::new(bytes, "window aggregate");
-        let has_watermark = reader.u8()? == 1;
-        let watermark = reader.u64()? as i64;
+        let (windows, watermark) = if state::is_versioned(bytes) {
+            let (entries, watermark) = state::decode(
+                bytes,
+                STATE_NAME,
+                &self.converter,
+                self.op.keys.len(),
+                self.op.specs.len(),
+                true,
+            )?;
+            let mut windows = Windows::new();
+            for (start, key, values) in entries {
+                windows
+                    .entry(start.unwrap_or(0))
+                    .or_default()
+                    .insert(key, values);
+            }
+            (windows, watermark)
+        } else {
+            self.decode_legacy(bytes)?
+        };
         let keyless = self.op.keys.is_empty();
-        for _ in 0..reader.u64()? {
-            let start = reader.u64()? as i64;
-            let mut keyed = decode_keyed(&mut reader, self.op.specs.len())?;
+        for (start, mut keyed) in windows {
             keep_owned(&mut keyed, &self.converter, keyless, placement)?;
             if !keyed.is_empty() {
                 self.windows.entry(start).or_default().extend(keyed);
             }
         }
-        reader.finish()?;
-        if has_watermark {
+        if let Some(watermark) = watermark {
             self.watermark = Some(self.watermark.map_or(watermark, |w| w.min(watermark)));
         }
         Ok(())
@@ -385,7 +435,7 @@ impl OperatorTask for WindowTask {
     }
 
     fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
-        Ok(Some(self.encode()))
+        self.encode().map(Some)
     }
 
     fn on_watermark(&mut self, watermark: i64) -> Result<(Vec<RecordBatch>, Option<i64>)> {
@@ -536,7 +586,7 @@ mod tests {
         let Err(err) = op.open(ONE, &[state[..state.len() - 2].to_vec()]) else {
             panic!("a cut-short state restored");
         };
-        assert!(err.to_string().contains("cut short"), "{err}");
+        assert!(matches!(err, RilletError::Checkpoint(_)), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! modules, so the tests link once instead of once per file (faster builds, a smaller target
 //! directory).
 
+mod compat;
 mod execution;
 mod operations;
 mod power;
