@@ -212,3 +212,35 @@ def test_a_savepoint_taken_at_parallelism_two_restores_at_another(tmp_path, job,
         assert_exact(read_committed(out).to_pylist(), rows_per_partition=1500)
     else:
         kill_sweep.check_windows(read_committed(out), 1500, complete=True)
+
+
+# Batch writes publish all their files or none (#27, atomic batch writes).
+
+def failing_halfway(table):
+    import pyarrow.compute as pc
+    if (pc.max(table["id"]).as_py() or 0) >= 60_000:
+        raise RuntimeError("the model fell over")
+    return table
+
+
+def visible_files(directory):
+    return sorted(n for n in os.listdir(directory) if not n.startswith(("_", ".")))
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "json"])
+def test_a_failed_batch_write_leaves_no_file_and_an_overwrite_keeps_the_old_output(tmp_path, fmt):
+    out = tmp_path / "out"
+    write = lambda df, **kw: getattr(df, f"write_{fmt}")(out, **kw)  # noqa: E731
+    read = getattr(rl, f"read_{fmt}")
+    write(rl.from_pydict({"id": list(range(10))}))
+    before = visible_files(out)
+    failing = rl.range(100_000).map_batches(failing_halfway, batch_size=5_000)
+    with pytest.raises(rl.UserFunctionError, match="fell over"):
+        write(failing)
+    assert visible_files(out) == before, "a failed write left files a reader sees"
+    with pytest.raises(rl.UserFunctionError, match="fell over"):
+        write(failing, mode="overwrite")
+    assert visible_files(out) == before, "a failed overwrite took the old output"
+    assert read(str(out)).count() == 10
+    write(rl.range(25), mode="overwrite")
+    assert read(str(out)).count() == 25
