@@ -670,16 +670,21 @@ class DataFrame:
 
     def write_parquet(self, path: str | os.PathLike, mode: str = "append", compression: str = "zstd") -> dict:
         """Run and write Parquet files into directory ``path``; returns the run's figures.
-        ``mode="overwrite"`` first deletes the directory's Parquet files. ``compression`` is
-        ``"zstd"`` (default), ``"snappy"``, ``"lz4"``, ``"gzip"`` or ``"none"``."""
+        The files are staged out of readers' sight and published together once the whole
+        job has succeeded: a failed job leaves none. ``mode="overwrite"`` then deletes the
+        directory's other Parquet files (only once the new ones are in place).
+        ``compression`` is ``"zstd"`` (default), ``"snappy"``, ``"lz4"``, ``"gzip"`` or
+        ``"none"``."""
         return self._df.write(os.fspath(path), "parquet", mode, compression)
 
     def write_csv(self, path: str | os.PathLike, mode: str = "append") -> dict:
-        """Run and write CSV files (with a header) into directory ``path``."""
+        """Run and write CSV files (with a header) into directory ``path``, published
+        together once the job has succeeded (see :meth:`write_parquet`)."""
         return self._df.write(os.fspath(path), "csv", mode)
 
     def write_json(self, path: str | os.PathLike, mode: str = "append") -> dict:
-        """Run and write JSON-lines files into directory ``path``."""
+        """Run and write JSON-lines files into directory ``path``, published together once
+        the job has succeeded (see :meth:`write_parquet`)."""
         return self._df.write(os.fspath(path), "json", mode)
 
 

@@ -250,6 +250,105 @@ impl FileCommitter {
     }
 }
 
+/// The files of one batch write (a job without checkpoints writing a directory): staged
+/// in `<directory>/_staging-<tag>/`, hidden from readers, and published together once the
+/// whole job has succeeded. A failed job publishes nothing; an overwrite deletes the old
+/// output only once the new files are in place.
+///
+/// ```
+/// use rillet_runtime::commit::BatchStaging;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// std::fs::write(dir.path().join("old.csv"), "x\n1\n").unwrap();
+/// let staging = BatchStaging::new(dir.path(), "run1");
+/// staging.prepare().unwrap();
+/// std::fs::write(staging.path("run1-00000.csv"), "x\n2\n").unwrap();
+/// assert!(!dir.path().join("run1-00000.csv").exists()); // staged: not visible yet
+/// staging.publish(Some("csv")).unwrap(); // an overwrite of the directory's CSV files
+/// assert!(dir.path().join("run1-00000.csv").exists());
+/// assert!(!dir.path().join("old.csv").exists());
+/// ```
+#[derive(Debug, Clone)]
+pub struct BatchStaging {
+    directory: PathBuf,
+    staging: PathBuf,
+}
+
+impl BatchStaging {
+    /// The staging of a write into `directory` by the run tagged `tag`.
+    pub fn new(directory: impl Into<PathBuf>, tag: &str) -> Self {
+        let directory = directory.into();
+        let staging = directory.join(format!("_staging-{tag}"));
+        Self { directory, staging }
+    }
+
+    /// Create the directory and the staging directory.
+    pub fn prepare(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.staging).map_err(|e| {
+            RilletError::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot create {}: {e}", self.staging.display()),
+            ))
+        })
+    }
+
+    /// Where a task writes the file `name`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.staging.join(name)
+    }
+
+    /// Move every staged file into the directory (synced), then, for an overwrite
+    /// (`replace`: the format's extension), delete the directory's other files with that
+    /// extension. Returns the published names.
+    pub fn publish(&self, replace: Option<&str>) -> Result<Vec<String>> {
+        let io = |what: &str, path: &Path, e: std::io::Error| {
+            RilletError::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot {what} {}: {e}", path.display()),
+            ))
+        };
+        let mut published = Vec::new();
+        let staged = std::fs::read_dir(&self.staging).map_err(|e| io("list", &self.staging, e))?;
+        for entry in staged {
+            let entry = entry.map_err(|e| io("list", &self.staging, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            durable::sync_file(&entry.path()).map_err(|e| io("sync", &entry.path(), e))?;
+            let target = self.directory.join(&name);
+            std::fs::rename(entry.path(), &target).map_err(|e| io("publish", &target, e))?;
+            published.push(name);
+        }
+        durable::sync_dir(&self.directory).map_err(|e| io("sync", &self.directory, e))?;
+        if let Some(extension) = replace {
+            let listed =
+                std::fs::read_dir(&self.directory).map_err(|e| io("list", &self.directory, e))?;
+            for entry in listed {
+                let entry = entry.map_err(|e| io("list", &self.directory, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = entry.path();
+                if path.is_file()
+                    && path.extension().is_some_and(|e| e == extension)
+                    && !published.contains(&name)
+                {
+                    std::fs::remove_file(&path).map_err(|e| io("delete", &path, e))?;
+                }
+            }
+            durable::sync_dir(&self.directory).map_err(|e| io("sync", &self.directory, e))?;
+        }
+        published.sort();
+        Ok(published)
+    }
+
+    /// Delete the staging directory and whatever is left in it (all of it, for a job
+    /// that failed).
+    pub fn discard(&self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.staging)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot delete {}: {e}", self.staging.display());
+        }
+    }
+}
+
 /// What the file names of job `job` in lineage `lineage` start with: `<job>-<lineage>-`,
 /// or `<job>-` in a checkpoint store from before lineages (an empty lineage).
 fn name_prefix(job: &str, lineage: &str) -> String {

@@ -17,7 +17,7 @@ use rillet_common::{Result, RilletError, durable};
 
 use crate::BlockingPool;
 use crate::channel::{ChannelReceiver, ChannelSender, byte_channel};
-use crate::commit::{FileCommitter, FileTransaction};
+use crate::commit::{BatchStaging, FileCommitter, FileTransaction};
 use crate::message::StreamMessage;
 
 /// Where a job's output goes. The worker opens one [`BatchWriter`] per sink task.
@@ -39,6 +39,14 @@ pub trait Sink: Send + Sync + Debug {
         blocking: &BlockingPool,
         context: &SinkContext,
     ) -> Result<Box<dyn BatchWriter>>;
+    /// Called once every task has finished, when all succeeded (before [`finish`]): make
+    /// the job's output visible, all of it at once where the sink can (a batch write's
+    /// staged files). An error fails the job.
+    ///
+    /// [`finish`]: Sink::finish
+    fn publish(&self) -> Result<()> {
+        Ok(())
+    }
     /// Called once after every task finished or was cancelled.
     fn finish(&self) {}
     /// Checkpoint `checkpoint` has completed: make visible what its tasks' `states` (what
@@ -195,7 +203,7 @@ impl FileFormat {
 pub enum WriteMode {
     /// Keep them; new files get names of their own.
     Append,
-    /// Delete the directory's files of this format first.
+    /// Replace the directory's files of this format, once the new ones are in place.
     Overwrite,
 }
 
@@ -208,6 +216,8 @@ pub struct FileSink {
     prefix: String,
     /// Set for an exactly-once sink: files are staged and committed at checkpoints.
     committer: Option<FileCommitter>,
+    /// Set for a batch write: files are staged and published when the job has succeeded.
+    batch: Option<BatchStaging>,
 }
 
 impl FileSink {
@@ -228,19 +238,23 @@ impl FileSink {
             mode: WriteMode::Append,
             prefix: job.to_string(),
             committer: Some(committer),
+            batch: None,
         })
     }
 
-    /// A sink writing `format` files into `directory` (created if missing).
+    /// A sink writing `format` files into `directory` (created if missing): staged out of
+    /// readers' sight and published together when the job has succeeded (see
+    /// [`BatchStaging`]); a failed job publishes nothing, and an overwrite removes the
+    /// old files only once the new ones are in place.
     pub fn new(directory: impl Into<PathBuf>, format: FileFormat, mode: WriteMode) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let directory = directory.into();
+        let prefix = rillet_common::random_tag();
         Self {
-            directory: directory.into(),
+            batch: Some(BatchStaging::new(&directory, &prefix)),
+            directory,
             format,
             mode,
-            prefix: format!("{:x}", nanos & 0xffff_ffff_ffff),
+            prefix,
             committer: None,
         }
     }
@@ -318,15 +332,24 @@ impl Sink for FileSink {
 
     fn prepare(&self) -> Result<()> {
         std::fs::create_dir_all(&self.directory)?;
-        if self.mode == WriteMode::Overwrite {
-            for entry in std::fs::read_dir(&self.directory)? {
-                let path = entry?.path();
-                if path.extension().and_then(|e| e.to_str()) == Some(self.format.extension()) {
-                    std::fs::remove_file(path)?;
-                }
-            }
+        match &self.batch {
+            Some(batch) => batch.prepare(),
+            None => Ok(()),
+        }
+    }
+
+    fn publish(&self) -> Result<()> {
+        if let Some(batch) = &self.batch {
+            let replace = (self.mode == WriteMode::Overwrite).then(|| self.format.extension());
+            batch.publish(replace)?;
         }
         Ok(())
+    }
+
+    fn finish(&self) {
+        if let Some(batch) = &self.batch {
+            batch.discard();
+        }
     }
 
     fn open(
@@ -352,11 +375,11 @@ impl Sink for FileSink {
                 thread: blocking.clone(),
             }));
         }
-        let path = self.directory.join(format!(
-            "{}-{partition:05}.{}",
-            self.prefix,
-            self.format.extension()
-        ));
+        let name = format!("{}-{partition:05}.{}", self.prefix, self.format.extension());
+        let path = match &self.batch {
+            Some(batch) => batch.path(&name),
+            None => self.directory.join(name),
+        };
         Ok(Box::new(FileWriter {
             file: Some(OpenFile {
                 path,

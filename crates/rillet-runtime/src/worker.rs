@@ -710,6 +710,23 @@ impl LocalWorker {
             for pool in &pools {
                 pool.idle().await;
             }
+            // Every task succeeded: the sinks make the output visible, all at once.
+            let mut error = error;
+            if error.is_none() {
+                for sink in &sinks {
+                    let sink = sink.clone();
+                    let published = tokio::task::spawn_blocking(move || sink.publish()).await;
+                    match published {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => error = error.or(Some(e)),
+                        Err(e) => {
+                            error = error.or(Some(RilletError::internal(format!(
+                                "a sink's publish panicked: {e}"
+                            ))))
+                        }
+                    }
+                }
+            }
             for sink in &sinks {
                 sink.finish();
             }
