@@ -153,7 +153,10 @@ def test_a_second_live_run_of_a_job_is_refused_naming_the_first(tmp_path):
         rl.resume(chk / "twin", df, out)
     first.wait()
     assert_exact(read_committed(out).to_pylist(), rows_per_partition=1500)
-    # Once the first has ended, the job may run again.
+    # Once the first has ended, the job may run again; a run cancelled and started again
+    # at once waits for the cancelled one to end instead of being refused.
+    again = df.start(out, checkpoint_dir=chk, job_id="twin")
+    again.cancel()
     df.start(out, checkpoint_dir=chk, job_id="twin").wait()
 
 

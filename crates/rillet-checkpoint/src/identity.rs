@@ -55,6 +55,23 @@ const LEGACY: &str = "legacy";
 /// Claims kept behind the newest (older ones are removed as runs come and go).
 const CLAIMS_KEPT: u64 = 4;
 
+/// How long a new run waits for a run of its own process that was asked to end.
+const ENDING_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The runs of this process asked to end (see [`mark_ending`]).
+static ENDING: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Note that run `run` of this process was asked to end (a cancel, a stop, its handle
+/// dropped): a new run of its job in this process waits for it to end rather than being
+/// refused as a second live run.
+pub fn mark_ending(run: &str) {
+    ENDING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(run.to_string());
+}
+
 /// What a claim object holds: enough to name the run in a refusal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ClaimFile {
@@ -181,6 +198,7 @@ impl CheckpointStore {
     pub async fn claim(&self) -> Result<Claim> {
         if let Some(holder) = self.read_record().await?
             && holder.is_live()
+            && !self.ended_in_time(&holder).await?
         {
             return Err(already_running(self.job(), &holder));
         }
@@ -224,6 +242,30 @@ impl CheckpointStore {
             number,
             record,
         })
+    }
+
+    /// Whether `holder`, a run of this process asked to end (cancelled, stopped or
+    /// dropped), has ended within [`ENDING_WAIT`]: a job cancelled and started again at
+    /// once is not refused because its first run is still winding down.
+    async fn ended_in_time(&self, holder: &JobRecord) -> Result<bool> {
+        let ending = holder.pid == std::process::id()
+            && holder.process_alive() == Some(true)
+            && ENDING
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&holder.run);
+        if !ending {
+            return Ok(false);
+        }
+        let deadline = std::time::Instant::now() + ENDING_WAIT;
+        while std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            match self.read_record().await? {
+                Some(record) if record.run == holder.run && record.is_live() => {}
+                _ => return Ok(true),
+            }
+        }
+        Ok(false)
     }
 
     async fn newest_claim(&self) -> Result<Option<u64>> {

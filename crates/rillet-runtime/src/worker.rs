@@ -62,16 +62,33 @@ pub struct JobHandle {
     /// Set for a checkpointed job.
     checkpoints: Option<Arc<Mutex<CheckpointStats>>>,
     stop: Option<mpsc::Sender<StopRequest>>,
+    /// A checkpointed job's run, as its claim names it.
+    run: Option<String>,
 }
 
 /// Cancels a job; see [`JobHandle::canceller`].
 #[derive(Clone)]
-pub struct JobCanceller(Arc<watch::Sender<bool>>);
+pub struct JobCanceller(Arc<watch::Sender<bool>>, Option<String>);
 
 impl JobCanceller {
     /// Ask every task of the job to stop.
     pub fn cancel(&self) {
+        ending(self.1.as_deref());
         let _ = self.0.send(true);
+    }
+}
+
+/// A checkpointed run of this process is ending: a new run of its job waits for it.
+fn ending(run: Option<&str>) {
+    if let Some(run) = run {
+        rillet_checkpoint::identity::mark_ending(run);
+    }
+}
+
+impl Drop for JobHandle {
+    fn drop(&mut self) {
+        // Dropping the handle cancels the job.
+        ending(self.run.as_deref());
     }
 }
 
@@ -671,6 +688,9 @@ impl LocalWorker {
             runtime.spawn(control.clone().run(ends, stats))
         });
         let final_stats = checkpoint_stats.clone();
+        let run = checkpointing
+            .as_ref()
+            .map(|settings| settings.claim().record().run.clone());
 
         let metrics = Arc::new(metrics);
         let progress = (self.config.progress)
@@ -749,6 +769,7 @@ impl LocalWorker {
             });
         });
         Ok(JobHandle {
+            run,
             cancel,
             done: Some(done_rx),
             metrics,
@@ -1267,13 +1288,14 @@ impl JobHandle {
     /// Ask every task to stop. Returns at once; [`wait`](Self::wait) then reports
     /// [`RilletError::Cancelled`].
     pub fn cancel(&self) {
+        ending(self.run.as_deref());
         let _ = self.cancel.send(true);
     }
 
     /// A handle that can cancel the job from elsewhere (another thread, a signal handler)
     /// while this one is busy waiting.
     pub fn canceller(&self) -> JobCanceller {
-        JobCanceller(self.cancel.clone())
+        JobCanceller(self.cancel.clone(), self.run.clone())
     }
 
     /// Wait for the job to end and return its figures, or its first error.
@@ -1304,6 +1326,7 @@ impl JobHandle {
     /// [`stop_with_savepoint`](Self::stop_with_savepoint) as a future that does not borrow
     /// the handle (to await it while another thread waits for the job).
     pub fn stop_request(&self) -> impl std::future::Future<Output = Result<u64>> + Send + 'static {
+        ending(self.run.as_deref());
         let stop = self.stop.clone();
         let stats = self.checkpoints.clone();
         // Another stop (`rillet stop`, say) may have taken the savepoint first: this one
