@@ -185,8 +185,16 @@ impl Checkpointing {
         self.store.rewind_to(restored).await
     }
 
+    /// Whether the restored snapshot's keyed operators had their keys routed by key group
+    /// (it records their count; earlier snapshots routed by another hash).
+    pub(crate) fn restored_by_key_group(&self) -> bool {
+        self.restored
+            .as_ref()
+            .is_some_and(|c| c.manifest.properties.contains_key(MAX_PARALLELISM_PROPERTY))
+    }
+
     /// The states the restored checkpoint holds for the tasks of vertex `vertex`, by the
-    /// task that snapshotted them (tasks without state have none).
+    /// task that snapshotted them, in task order (tasks without state have none).
     pub(crate) fn restored_states(&self, vertex: usize) -> Vec<(usize, Vec<u8>)> {
         let Some(restored) = &self.restored else {
             return Vec::new();
@@ -199,6 +207,8 @@ impl Checkpointing {
                 let (v, task) = parse_artifact_name(&a.name)?;
                 (v == vertex).then(|| Some((task, restored.artifact(&a.name)?.to_vec())))?
             })
+            .collect::<BTreeMap<usize, Vec<u8>>>()
+            .into_iter()
             .collect()
     }
 

@@ -298,44 +298,75 @@ impl BatchStaging {
     }
 
     /// Move every staged file into the directory (synced), then, for an overwrite
-    /// (`replace`: the format's extension), delete the directory's other files with that
-    /// extension. Returns the published names.
+    /// (`replace`: the format's extension), delete the files of that extension that were
+    /// there before (listed first, so a concurrent writer's new files stay). A failure
+    /// while moving moves the published files back: nothing is left half-published.
+    /// Returns the published names.
     pub fn publish(&self, replace: Option<&str>) -> Result<Vec<String>> {
-        let io = |what: &str, path: &Path, e: std::io::Error| {
-            RilletError::Io(std::io::Error::new(
-                e.kind(),
-                format!("cannot {what} {}: {e}", path.display()),
-            ))
+        let old = match replace {
+            Some(extension) => self.files_with(extension)?,
+            None => Vec::new(),
         };
-        let mut published = Vec::new();
-        let staged = std::fs::read_dir(&self.staging).map_err(|e| io("list", &self.staging, e))?;
-        for entry in staged {
-            let entry = entry.map_err(|e| io("list", &self.staging, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            durable::sync_file(&entry.path()).map_err(|e| io("sync", &entry.path(), e))?;
-            let target = self.directory.join(&name);
-            std::fs::rename(entry.path(), &target).map_err(|e| io("publish", &target, e))?;
-            published.push(name);
-        }
-        durable::sync_dir(&self.directory).map_err(|e| io("sync", &self.directory, e))?;
-        if let Some(extension) = replace {
-            let listed =
-                std::fs::read_dir(&self.directory).map_err(|e| io("list", &self.directory, e))?;
-            for entry in listed {
-                let entry = entry.map_err(|e| io("list", &self.directory, e))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let path = entry.path();
-                if path.is_file()
-                    && path.extension().is_some_and(|e| e == extension)
-                    && !published.contains(&name)
-                {
-                    std::fs::remove_file(&path).map_err(|e| io("delete", &path, e))?;
-                }
+        let published = self.move_in()?;
+        for path in old {
+            // The new output is visible: a file that cannot go is a warning, not a
+            // failure (a retry would write the output twice).
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("overwrite: cannot delete the old {}: {e}", path.display());
             }
-            durable::sync_dir(&self.directory).map_err(|e| io("sync", &self.directory, e))?;
         }
-        published.sort();
+        if let Err(e) = durable::sync_dir(&self.directory) {
+            tracing::warn!("cannot sync {}: {e}", self.directory.display());
+        }
         Ok(published)
+    }
+
+    /// The directory's files with `extension`.
+    fn files_with(&self, extension: &str) -> Result<Vec<PathBuf>> {
+        let listed =
+            std::fs::read_dir(&self.directory).map_err(|e| io_error("list", &self.directory, e))?;
+        let mut files = Vec::new();
+        for entry in listed {
+            let path = entry
+                .map_err(|e| io_error("list", &self.directory, e))?
+                .path();
+            if path.is_file() && path.extension().is_some_and(|e| e == extension) {
+                files.push(path);
+            }
+        }
+        Ok(files)
+    }
+
+    /// Move the staged files in, synced; on a failure, move back those already moved.
+    fn move_in(&self) -> Result<Vec<String>> {
+        let staged =
+            std::fs::read_dir(&self.staging).map_err(|e| io_error("list", &self.staging, e))?;
+        let mut names = Vec::new();
+        for entry in staged {
+            let entry = entry.map_err(|e| io_error("list", &self.staging, e))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        let mut moved: Vec<&String> = Vec::new();
+        let result = names.iter().try_for_each(|name| {
+            let (from, to) = (self.staging.join(name), self.directory.join(name));
+            durable::sync_file(&from).map_err(|e| io_error("sync", &from, e))?;
+            std::fs::rename(&from, &to).map_err(|e| io_error("publish", &to, e))?;
+            moved.push(name);
+            Ok::<_, RilletError>(())
+        });
+        let result = result.and_then(|()| {
+            durable::sync_dir(&self.directory).map_err(|e| io_error("sync", &self.directory, e))
+        });
+        if let Err(e) = result {
+            for name in moved {
+                let _ = std::fs::rename(self.directory.join(name), self.staging.join(name));
+            }
+            return Err(e);
+        }
+        Ok(names)
     }
 
     /// Delete the staging directory and whatever is left in it (all of it, for a job
@@ -347,6 +378,13 @@ impl BatchStaging {
             tracing::warn!("cannot delete {}: {e}", self.staging.display());
         }
     }
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> RilletError {
+    RilletError::Io(std::io::Error::new(
+        e.kind(),
+        format!("cannot {what} {}: {e}", path.display()),
+    ))
 }
 
 /// What the file names of job `job` in lineage `lineage` start with: `<job>-<lineage>-`,

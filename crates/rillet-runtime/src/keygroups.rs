@@ -19,7 +19,8 @@
 //! - booleans: `b` and one byte;
 //! - strings and binaries: `s` and the length (u32 LE) then the bytes;
 //! - 128-bit decimals: `d` and the i128 LE (the scale is the plan's);
-//! - anything else: its text (`arrow`'s cast to string), as a string.
+//! - anything else (structs, lists, maps): `r`, the length (u32 LE) and the value in
+//!   Arrow's row format, which is stable within an Arrow version only.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -40,6 +41,7 @@
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
+use arrow::row::{RowConverter, Rows, SortField};
 use rillet_common::{Result, RilletError};
 use twox_hash::XxHash3_64;
 
@@ -104,6 +106,8 @@ enum Canonical {
     Boolean(ArrayRef),
     Bytes(ArrayRef),
     Decimal(ArrayRef),
+    /// Any other type, in Arrow's row format.
+    Rows(Rows),
 }
 
 impl Canonical {
@@ -138,12 +142,29 @@ impl Canonical {
             T::FixedSizeBinary(_) => Self::Bytes(cast(&T::LargeBinary)?),
             T::Decimal128(..) => Self::Decimal(column.clone()),
             T::Null => Self::Signed(arrow::array::new_null_array(&T::Int64, column.len())),
-            _ => Self::Bytes(arrow::compute::cast(&cast(&T::Utf8)?, &T::LargeBinary)?),
+            // Nested and other types: Arrow's row format (stable within an Arrow version).
+            other => {
+                let converter =
+                    RowConverter::new(vec![SortField::new(other.clone())]).map_err(|e| {
+                        RilletError::invalid_argument(format!(
+                            "cannot key by a column of type {other}: {e}"
+                        ))
+                    })?;
+                Self::Rows(converter.convert_columns(std::slice::from_ref(column))?)
+            }
         })
     }
 
     fn encode(&self, row: usize, out: &mut Vec<u8>) {
+        if let Self::Rows(rows) = self {
+            let bytes = rows.row(row);
+            out.push(b'r');
+            out.extend_from_slice(&(bytes.as_ref().len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes.as_ref());
+            return;
+        }
         let array = match self {
+            Self::Rows(_) => unreachable!("encoded above"),
             Self::Signed(a)
             | Self::Unsigned(a)
             | Self::Float(a)
@@ -186,6 +207,7 @@ impl Canonical {
                 out.extend_from_slice(&(v.len() as u32).to_le_bytes());
                 out.extend_from_slice(v);
             }
+            Self::Rows(_) => {}
             Self::Decimal(a) => {
                 let v = a
                     .as_primitive::<arrow::datatypes::Decimal128Type>()
@@ -237,6 +259,19 @@ mod tests {
         assert_eq!((g[0], g[2]), (g[1], g[3]));
         let unsigned: ArrayRef = Arc::new(UInt32Array::from(vec![7]));
         assert_eq!(key_groups(&[unsigned], 1).unwrap(), vec![GROUPS[6]]);
+        // A struct key (nested types go through Arrow's row format): equal values, one group.
+        let fields = vec![Arc::new(arrow::datatypes::Field::new(
+            "a",
+            DataType::Int64,
+            false,
+        ))];
+        let structs: ArrayRef = Arc::new(arrow::array::StructArray::new(
+            fields.into(),
+            vec![Arc::new(Int64Array::from(vec![5, 6, 5])) as ArrayRef],
+            None,
+        ));
+        let g = key_groups(&[structs], 3).unwrap();
+        assert_eq!(g[0], g[2]);
         // No key columns: every row has the empty key, in one group.
         let empty = key_groups(&[], 3).unwrap();
         assert!(empty.len() == 3 && empty.iter().all(|&g| g == empty[0]));

@@ -376,9 +376,10 @@ impl Sink for FileSink {
             }));
         }
         let name = format!("{}-{partition:05}.{}", self.prefix, self.format.extension());
+        let published = self.directory.join(&name);
         let path = match &self.batch {
             Some(batch) => batch.path(&name),
-            None => self.directory.join(name),
+            None => published.clone(),
         };
         Ok(Box::new(FileWriter {
             file: Some(OpenFile {
@@ -390,6 +391,7 @@ impl Sink for FileSink {
                 inner: None,
             }),
             thread: blocking.clone(),
+            published,
         }))
     }
 }
@@ -407,6 +409,8 @@ struct FileWriter {
     /// Away on a pool thread while a write runs.
     file: Option<OpenFile>,
     thread: BlockingPool,
+    /// Where the file will be once published (it is written in the staging directory).
+    published: PathBuf,
 }
 
 struct OpenFile {
@@ -625,7 +629,9 @@ impl BatchWriter for FileWriter {
         let file = self
             .file
             .ok_or_else(|| RilletError::internal("file writer used after a failed write"))?;
-        self.thread.run(None, move || file.close_blocking()).await
+        let written = self.thread.run(None, move || file.close_blocking()).await?;
+        // Reported where readers will find it.
+        Ok(written.map(|_| self.published.to_string_lossy().into_owned()))
     }
 }
 
@@ -920,7 +926,10 @@ mod tests {
             )
             .unwrap();
         writer.write(batch).await.unwrap();
-        writer.close().await.unwrap().unwrap()
+        let path = writer.close().await.unwrap().unwrap();
+        sink.publish().unwrap();
+        sink.finish();
+        path
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -277,23 +277,26 @@ impl LocalWorker {
         // stream operator's tasks each read every old task's state and keep the keys of
         // their key groups: right at any parallelism, and whichever task a key was routed
         // to when the snapshot was taken.)
-        let dealt_to = |v: usize, p: usize, parallelism: usize| -> Vec<Vec<u8>> {
+        let dealt_to = |v: usize, p: usize, parallelism: usize| -> Result<Vec<Vec<u8>>> {
             let Some(settings) = &checkpointing else {
-                return Vec::new();
+                return Ok(Vec::new());
             };
             let same = restored_parallelism.get(v) == Some(&parallelism);
-            settings
-                .restored_states(v)
+            let states = settings.restored_states(v);
+            if !same && !states.is_empty() {
+                // Their rows would race the newer rows of their splits, now dealt to other
+                // tasks, and come out of order.
+                return Err(RilletError::Checkpoint(format!(
+                    "the snapshot holds calls in flight of '{}' at another parallelism: stop \
+                     the job with a savepoint (which finishes them) to change its parallelism",
+                    graph.vertices[v].name
+                )));
+            }
+            Ok(states
                 .into_iter()
-                .filter(|(old, _)| {
-                    if same {
-                        *old == p
-                    } else {
-                        old % parallelism == p
-                    }
-                })
+                .filter(|(old, _)| *old == p)
                 .map(|(_, state)| state)
-                .collect()
+                .collect())
         };
         let runtime = global_runtime();
         let metrics: Vec<Arc<OperatorMetrics>> = graph
@@ -573,7 +576,18 @@ impl LocalWorker {
                             positions.extend(SourceState::from_bytes(&state)?.positions);
                         }
                     }
-                    assign_splits(&source.splits()?, vertex.parallelism, &positions)
+                    let splits = source.splits()?;
+                    if let Some(gone) = positions.keys().find(|s| !splits.contains(s)) {
+                        // Its position would be dropped, and what it covers read again (or
+                        // not at all) under another split.
+                        return Err(RilletError::Checkpoint(format!(
+                            "the snapshot holds a position for split {gone:?} of '{}', which \
+                             this source no longer has (its splits are {splits:?}): restore \
+                             with the source's earlier settings, or start under a new job id",
+                            vertex.name
+                        )));
+                    }
+                    assign_splits(&splits, vertex.parallelism, &positions)
                 }
                 _ => Vec::new(),
             };
@@ -594,7 +608,7 @@ impl LocalWorker {
                     VertexOperator::Function(function) => {
                         let input = gate(std::mem::take(&mut task_inputs), &m, &vertex.name)?.1;
                         let router = router.ok_or_else(|| missing_output(&vertex.name))?;
-                        let restored = dealt_to(v, p, vertex.parallelism);
+                        let restored = dealt_to(v, p, vertex.parallelism)?;
                         let fut = run_function(
                             function.clone(),
                             input,
@@ -619,10 +633,12 @@ impl LocalWorker {
                     VertexOperator::Stream(operator) => {
                         let input = gate(std::mem::take(&mut task_inputs), &m, &vertex.name)?.1;
                         let router = router.ok_or_else(|| missing_output(&vertex.name))?;
-                        let restored: Vec<Vec<u8>> = checkpointing
-                            .as_ref()
-                            .map(|c| c.restored_states(v).into_iter().map(|(_, s)| s).collect())
-                            .unwrap_or_default();
+                        let restored = restored_stream_states(
+                            checkpointing.as_ref(),
+                            v,
+                            p,
+                            restored_parallelism.get(v) == Some(&vertex.parallelism),
+                        );
                         let placement = TaskPlacement::new(p, vertex.parallelism);
                         let task = operator.open(placement, &restored)?;
                         let fut = run_stream(task, input, router, m, link_for(v, p));
@@ -732,20 +748,17 @@ impl LocalWorker {
             }
             // Every task succeeded: the sinks make the output visible, all at once.
             let mut error = error;
-            if error.is_none() {
-                for sink in &sinks {
-                    let sink = sink.clone();
-                    let published = tokio::task::spawn_blocking(move || sink.publish()).await;
-                    match published {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => error = error.or(Some(e)),
-                        Err(e) => {
-                            error = error.or(Some(RilletError::internal(format!(
-                                "a sink's publish panicked: {e}"
-                            ))))
-                        }
-                    }
+            for sink in &sinks {
+                if error.is_some() {
+                    break;
                 }
+                let sink = sink.clone();
+                error = match tokio::task::spawn_blocking(move || sink.publish()).await {
+                    Ok(published) => published.err(),
+                    Err(e) => Some(RilletError::internal(format!(
+                        "a sink's publish panicked: {e}"
+                    ))),
+                };
             }
             for sink in &sinks {
                 sink.finish();
@@ -778,6 +791,28 @@ impl LocalWorker {
             stop: stop_sender,
         })
     }
+}
+
+/// The restored states task `p` of stream vertex `v` starts from: every old task's (each
+/// task keeps the keys of its key groups), or only its own when the parallelism is
+/// `unchanged` and the snapshot's keys were routed by key group (so each task's keys are
+/// already its own).
+fn restored_stream_states(
+    checkpointing: Option<&Checkpointing>,
+    v: usize,
+    p: usize,
+    unchanged: bool,
+) -> Vec<Vec<u8>> {
+    let Some(settings) = checkpointing else {
+        return Vec::new();
+    };
+    let own_only = unchanged && settings.restored_by_key_group();
+    settings
+        .restored_states(v)
+        .into_iter()
+        .filter(|(old, _)| !own_only || *old == p)
+        .map(|(_, state)| state)
+        .collect()
 }
 
 /// The input gate over a task's channels, with the vertex feeding them.

@@ -244,6 +244,14 @@ impl RunningTask {
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 
+    /// The key columns' fields, as the input has them.
+    fn key_fields(&self) -> Vec<Field> {
+        self.keys
+            .iter()
+            .map(|&k| self.schema.field(k).clone())
+            .collect()
+    }
+
     /// The state in the keyed-state codec ([`super::state`]), keys in order.
     fn encode(&self) -> Result<Vec<u8>> {
         let mut entries: Vec<state::Entry> = self
@@ -252,15 +260,10 @@ impl RunningTask {
             .map(|(key, values)| (None, key.clone(), values.clone()))
             .collect();
         entries.sort_by(|a, b| a.1.cmp(&b.1));
-        let key_fields: Vec<Field> = self
-            .keys
-            .iter()
-            .map(|&k| self.schema.field(k).clone())
-            .collect();
         state::encode(
             STATE_NAME,
             &self.converter,
-            &key_fields,
+            &self.key_fields(),
             self.specs.len(),
             false,
             None,
@@ -276,7 +279,7 @@ impl RunningTask {
                 bytes,
                 STATE_NAME,
                 &self.converter,
-                self.keys.len(),
+                &self.key_fields(),
                 self.specs.len(),
                 false,
             )?;
@@ -633,6 +636,35 @@ mod tests {
             panic!("a cut-short state restored");
         };
         assert!(matches!(err, RilletError::Checkpoint(_)), "{err}");
+    }
+
+    /// A key column of a dictionary type (a categorical) snapshots and restores: the
+    /// codec keeps the input's key types.
+    #[test]
+    fn dictionary_keys_snapshot_and_restore() {
+        let keys: arrow::array::DictionaryArray<arrow::datatypes::Int32Type> =
+            vec!["a", "b", "a"].into_iter().collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", keys.data_type().clone(), false),
+            Field::new("v", DataType::Int64, true),
+        ]));
+        let input = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(keys), Arc::new(Int64Array::from(vec![1, 10, 2]))],
+        )
+        .unwrap();
+        let spec = RunningSpec {
+            function: RunningFunction::Sum,
+            input: Some(1),
+            output: "total".into(),
+        };
+        let op = RunningAggregate::try_new(schema, vec![0], vec![spec]).unwrap();
+        let mut task = op.open(ONE, &[]).unwrap();
+        task.process(input.clone()).unwrap();
+        let state = task.snapshot().unwrap().unwrap();
+        let mut restored = op.open(ONE, &[state]).unwrap();
+        let out = restored.process(input.slice(0, 1)).unwrap().remove(0);
+        assert_eq!(column(&out, "total"), vec![4]);
     }
 
     /// The states the first versions wrote (their own binary layout, keys in Arrow's row

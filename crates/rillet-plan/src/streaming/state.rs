@@ -57,7 +57,13 @@ pub(super) fn encode(
         Vec::new()
     } else {
         let parser = converter.parser();
-        converter.convert_rows(entries.iter().map(|(_, key, _)| parser.parse(key)))?
+        let rows = converter.convert_rows(entries.iter().map(|(_, key, _)| parser.parse(key)))?;
+        // The row format gives dictionaries back as their values: the key columns as the
+        // input has them.
+        rows.iter()
+            .zip(key_fields)
+            .map(|(column, field)| cast_to(column, field.data_type()))
+            .collect::<Result<_>>()?
     };
     if windowed {
         fields.push(Field::new(WINDOW_START, DataType::Int64, false));
@@ -100,10 +106,11 @@ pub(super) fn decode(
     bytes: &[u8],
     operator: &str,
     converter: &RowConverter,
-    keys: usize,
+    key_fields: &[Field],
     accumulators: usize,
     windowed: bool,
 ) -> Result<(Vec<Entry>, Option<i64>)> {
+    let keys = key_fields.len();
     let damaged = |what: String| RilletError::Checkpoint(format!("{operator} state: {what}"));
     let batches = rillet_runtime::decode_batches(bytes)?;
     let [batch] = batches.as_slice() else {
@@ -133,7 +140,12 @@ pub(super) fn decode(
     let key_rows = if keys == 0 {
         None
     } else {
-        Some(converter.convert_columns(&batch.columns()[..keys])?)
+        let columns: Vec<ArrayRef> = batch.columns()[..keys]
+            .iter()
+            .zip(key_fields)
+            .map(|(column, field)| cast_to(column, field.data_type()))
+            .collect::<Result<_>>()?;
+        Some(converter.convert_columns(&columns)?)
     };
     let starts = windowed
         .then(|| downcast::<Int64Type>(batch.column(keys), &damaged))
@@ -166,6 +178,14 @@ pub(super) fn decode(
         })
         .collect();
     Ok((entries, watermark))
+}
+
+/// `column` as `to`, unchanged when it is already.
+fn cast_to(column: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
+    if column.data_type() == to {
+        return Ok(column.clone());
+    }
+    Ok(arrow::compute::cast(column, to)?)
 }
 
 fn downcast<'a, T: arrow::datatypes::ArrowPrimitiveType>(

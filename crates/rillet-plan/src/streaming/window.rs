@@ -345,6 +345,15 @@ impl WindowTask {
         )?])
     }
 
+    /// The key columns' fields, as the input has them.
+    fn key_fields(&self) -> Vec<Field> {
+        self.op
+            .keys
+            .iter()
+            .map(|&k| self.op.input_schema.field(k).clone())
+            .collect()
+    }
+
     /// The state in the keyed-state codec ([`super::state`]): the watermark, and a row
     /// per open window and key, in window then key order.
     fn encode(&self) -> Result<Vec<u8>> {
@@ -357,16 +366,10 @@ impl WindowTask {
             window.sort_by(|a, b| a.1.cmp(&b.1));
             entries.extend(window);
         }
-        let key_fields: Vec<Field> = self
-            .op
-            .keys
-            .iter()
-            .map(|&k| self.op.input_schema.field(k).clone())
-            .collect();
         state::encode(
             STATE_NAME,
             &self.converter,
-            &key_fields,
+            &self.key_fields(),
             self.op.specs.len(),
             true,
             self.watermark,
@@ -399,7 +402,7 @@ impl WindowTask {
                 bytes,
                 STATE_NAME,
                 &self.converter,
-                self.op.keys.len(),
+                &self.key_fields(),
                 self.op.specs.len(),
                 true,
             )?;

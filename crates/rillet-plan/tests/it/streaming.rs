@@ -202,7 +202,8 @@ fn stop_with_a_savepoint_and_resume_gives_exact_output() {
     let dir = tempfile::tempdir().unwrap();
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
     let session = Session::default();
-    let df = job(&session, 4_000, Some(20_000.0));
+    // Slow enough that two checkpoints come well before the end, on a busy machine too.
+    let df = job(&session, 4_000, Some(8_000.0));
     let mut first = start(&df, &out, &chk, "savepoint");
     wait_for_checkpoints(&first, 2);
     let savepoint = global_runtime()
