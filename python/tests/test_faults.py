@@ -247,3 +247,39 @@ def test_a_failed_batch_write_leaves_no_file_and_an_overwrite_keeps_the_old_outp
     assert read(str(out)).count() == 10
     write(rl.range(25), mode="overwrite")
     assert read(str(out)).count() == 25
+
+
+# An idle input does not hold event time back (#27, idleness).
+
+@needs(shutil.which("redis-server") is not None, "redis-server")
+def test_an_idle_input_stops_holding_back_the_windows_of_the_others(tmp_path):
+    import time
+    redis = kill_sweep.RedisProducer(rows=0, rate=1.0)  # the server alone
+    try:
+        pipe = redis.client.pipeline(transaction=False)
+        for seq in range(1000):
+            pipe.xadd("busy", {"seq": seq})
+        pipe.execute()
+        rl.set_config(parallelism=2)
+        # Two streams, one task each: "quiet" never gets a row.
+        df = rl.read_redis_streams(redis.url, ["busy", "quiet"], ["seq"], bounded=False)
+        df = df.select(rl.col("seq").cast("int64").alias("seq"))
+        windows = df.with_watermark("seq", delay=0, idle_timeout=0.3).window_agg(
+            rl.tumbling("seq", 100), rl.count().alias("n"))
+        job = windows.start(tmp_path / "out", checkpoint_dir=tmp_path / "chk", job_id="idle",
+                            checkpoint_interval=0.1)
+        deadline = time.monotonic() + 20
+        fired = 0
+        while time.monotonic() < deadline and fired < 9:
+            time.sleep(0.2)
+            fired = read_committed(tmp_path / "out").num_rows
+        job.cancel()
+        with pytest.raises(rl.JobCancelled):
+            job.wait()
+        # Windows up to 800..900 fire (the watermark is 999); each with its 100 rows.
+        table = read_committed(tmp_path / "out")
+        assert table.num_rows >= 9, f"{table.num_rows} windows fired: the quiet stream held them back"
+        assert set(table["n"].to_pylist()) == {100}
+    finally:
+        rl.set_config()
+        redis.close()
