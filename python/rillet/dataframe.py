@@ -427,12 +427,16 @@ class DataFrame:
         :meth:`GroupBy.window_agg`. A streaming job runs it as one task."""
         return GroupBy(self, []).window_agg(window, *aggs)
 
-    def with_watermark(self, column: str, delay: int | timedelta = 0) -> DataFrame:
+    def with_watermark(self, column: str, delay: int | timedelta = 0, *,
+                       idle_timeout: float | timedelta | None = None) -> DataFrame:
         """Take event time from ``column`` (a timestamp, date or integer column) and
         declare watermarks ``delay`` behind the latest event time seen: rows may arrive
         that much out of order before they count as late for the windows after this
         (:meth:`GroupBy.window_agg`). ``delay`` is an int in the column's units or a
-        ``timedelta``. Rows pass unchanged; in a batch job it changes nothing.
+        ``timedelta``. With ``idle_timeout`` (seconds or a ``timedelta``), a task of the
+        job that has seen no row for that long (a quiet Kafka partition, an empty stream)
+        stops holding the windows of the others back, until rows come again (they may
+        then be late). Rows pass unchanged; in a batch job it changes nothing.
 
         >>> import rillet as rl
         >>> from datetime import timedelta
@@ -440,7 +444,9 @@ class DataFrame:
         >>> df.to_pydict()
         {'t': [1, 2]}
         """
-        return DataFrame(self._df.with_watermark(column, _span(delay)))
+        if isinstance(idle_timeout, timedelta):
+            idle_timeout = idle_timeout.total_seconds()
+        return DataFrame(self._df.with_watermark(column, _span(delay), idle_timeout))
 
     def join(self, other: DataFrame, on: str | Sequence[str] | None = None, *,
              left_on: str | Sequence[str] | None = None, right_on: str | Sequence[str] | None = None,

@@ -425,14 +425,22 @@ impl DataFrame {
 
     /// Event time from `column` (a timestamp, date or integer column), with watermarks
     /// `delay` behind the latest event time seen: how much disorder the job tolerates
-    /// before rows count as late for the windows after it.
-    pub fn with_watermark(&self, column: &str, delay: TimeSpan) -> Result<Self> {
+    /// before rows count as late for the windows after it. With `idle_timeout`, a task
+    /// that has seen no row for that long stops holding event time back downstream (a
+    /// quiet Kafka partition, an empty stream) until rows come again.
+    pub fn with_watermark(
+        &self,
+        column: &str,
+        delay: TimeSpan,
+        idle_timeout: Option<std::time::Duration>,
+    ) -> Result<Self> {
         let schema = self.schema();
         let index = column_index(&schema, "watermark", column)?;
         let delay = delay.resolve(column, schema.field(index).data_type())?;
         self.stream_step(StreamStep::Watermark {
             column: index,
             delay,
+            idle_timeout,
         })
     }
 

@@ -663,9 +663,16 @@ impl PyDataFrame {
     }
 
     /// Event time from `column`, watermarks `delay` behind it (`delay`: a span, see
-    /// `streaming::time_span`).
-    fn with_watermark(&self, column: String, delay: (i64, bool)) -> PyResult<Self> {
-        self.with_watermark_impl(&column, delay)
+    /// `streaming::time_span`); a task idle for `idle_timeout` seconds stops holding event
+    /// time back.
+    #[pyo3(signature = (column, delay, idle_timeout=None))]
+    fn with_watermark(
+        &self,
+        column: String,
+        delay: (i64, bool),
+        idle_timeout: Option<f64>,
+    ) -> PyResult<Self> {
+        self.with_watermark_impl(&column, delay, idle_timeout)
     }
 
     /// Window aggregates of `aggs` per `keys` and window (`column`, `size`, `slide`,

@@ -70,9 +70,23 @@ fn time_span((value, is_duration): (i64, bool)) -> PyResult<TimeSpan> {
 }
 
 impl PyDataFrame {
-    pub(crate) fn with_watermark_impl(&self, column: &str, delay: (i64, bool)) -> PyResult<Self> {
+    pub(crate) fn with_watermark_impl(
+        &self,
+        column: &str,
+        delay: (i64, bool),
+        idle_timeout: Option<f64>,
+    ) -> PyResult<Self> {
+        let idle = match idle_timeout {
+            Some(s) if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
+            Some(s) => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "idle_timeout must be a positive number of seconds, not {s}"
+                )));
+            }
+            None => None,
+        };
         self.df
-            .with_watermark(column, time_span(delay)?)
+            .with_watermark(column, time_span(delay)?, idle)
             .py_err()
             .map(PyDataFrame::from)
     }

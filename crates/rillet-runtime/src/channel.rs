@@ -287,6 +287,8 @@ pub struct InputGate {
     metrics: Option<Arc<OperatorMetrics>>,
     /// The last watermark handed out: the least of the open channels' watermarks.
     watermark: Option<i64>,
+    /// An [`StreamMessage::Idle`] was handed out, and no channel has been active since.
+    idle_handed_out: bool,
     /// A channel's watermark moved or a channel ended since the least was last worked
     /// out: only then can it have advanced (so most messages skip the scan).
     watermarks_changed: bool,
@@ -298,6 +300,9 @@ struct GateInput {
     blocked_at: Option<CheckpointBarrier>,
     /// The highest watermark this channel delivered.
     watermark: Option<i64>,
+    /// The channel's sender said it is idle, and has sent no row or watermark since: it
+    /// holds no watermark back.
+    idle: bool,
     ended: bool,
 }
 
@@ -311,6 +316,7 @@ impl InputGate {
                     receiver,
                     blocked_at: None,
                     watermark: None,
+                    idle: false,
                     ended: false,
                 })
                 .collect(),
@@ -318,6 +324,7 @@ impl InputGate {
             metrics,
             watermark: None,
             watermarks_changed: false,
+            idle_handed_out: false,
         }
     }
 
@@ -358,7 +365,20 @@ impl InputGate {
                 match received {
                     None => return Poll::Ready(Ok(None)),
                     Some((StreamMessage::Batch(batch), _)) => {
+                        // Rows again: the channel holds its watermark back again.
+                        self.watermarks_changed |= std::mem::take(&mut self.inputs[i].idle);
+                        self.idle_handed_out = false;
                         return Poll::Ready(Ok(Some(StreamMessage::Batch(batch))));
+                    }
+                    Some((StreamMessage::Idle, _)) => {
+                        self.inputs[i].idle = true;
+                        self.watermarks_changed = true;
+                        // Every open channel idle: so is this task, for the tasks after it.
+                        let open = self.inputs.iter().filter(|i| !i.ended);
+                        if open.clone().all(|i| i.idle) && !self.idle_handed_out {
+                            self.idle_handed_out = true;
+                            return Poll::Ready(Ok(Some(StreamMessage::Idle)));
+                        }
                     }
                     Some((StreamMessage::Barrier(barrier), _)) => {
                         let other = self
@@ -381,6 +401,8 @@ impl InputGate {
                         let input = &mut self.inputs[i];
                         input.watermark =
                             Some(input.watermark.map_or(watermark, |w| w.max(watermark)));
+                        input.idle = false;
+                        self.idle_handed_out = false;
                         self.watermarks_changed = true;
                     }
                     Some((StreamMessage::End, _)) => {
@@ -401,13 +423,14 @@ impl InputGate {
     }
 
     /// A watermark when the least watermark of the open channels has passed the last one
-    /// handed out. A channel that has sent none holds it back; an ended one does not.
+    /// handed out. A channel that has sent none holds it back; an ended or idle one does
+    /// not (with every open channel idle, event time stays where it is).
     fn take_watermark(&mut self) -> Option<StreamMessage> {
         if !std::mem::take(&mut self.watermarks_changed) {
             return None;
         }
         let mut least: Option<i64> = None;
-        for input in self.inputs.iter().filter(|i| !i.ended) {
+        for input in self.inputs.iter().filter(|i| !i.ended && !i.idle) {
             let watermark = input.watermark?;
             least = Some(least.map_or(watermark, |l| l.min(watermark)));
         }
@@ -714,6 +737,39 @@ mod tests {
                 gate.recv().await.unwrap().unwrap(),
                 StreamMessage::End
             ));
+        });
+    }
+
+    #[test]
+    fn an_idle_channel_holds_no_watermark_back_until_it_is_active_again() {
+        let rt = crate::global_runtime();
+        let (a, rx_a) = byte_channel(1 << 20, 1, None, None);
+        let (b, rx_b) = byte_channel(1 << 20, 1, None, None);
+        let mut gate = InputGate::new(vec![rx_a, rx_b], None);
+        let watermark = |m: Option<StreamMessage>| match m {
+            Some(StreamMessage::Watermark(w)) => w,
+            other => panic!("expected a watermark, got {other:?}"),
+        };
+        rt.block_on(async {
+            a.send(StreamMessage::Watermark(10)).await.unwrap();
+            // b never sent a row: once it says it is idle, a's watermark passes.
+            b.send(StreamMessage::Idle).await.unwrap();
+            assert_eq!(watermark(gate.recv().await.unwrap()), 10);
+            // b is active again: it holds event time back from here (at 12).
+            b.send(StreamMessage::Batch(batch(1))).await.unwrap();
+            assert_eq!(rows_of(&gate.recv().await.unwrap().unwrap()), Some(1));
+            b.send(StreamMessage::Watermark(12)).await.unwrap();
+            a.send(StreamMessage::Watermark(40)).await.unwrap();
+            assert_eq!(watermark(gate.recv().await.unwrap()), 12);
+            // Both idle: so is the gate, once; event time stays.
+            a.send(StreamMessage::Idle).await.unwrap();
+            b.send(StreamMessage::Idle).await.unwrap();
+            let idle = gate.recv().await.unwrap();
+            let idle = match idle {
+                Some(StreamMessage::Watermark(40)) => gate.recv().await.unwrap(),
+                other => other,
+            };
+            assert!(matches!(idle, Some(StreamMessage::Idle)), "{idle:?}");
         });
     }
 

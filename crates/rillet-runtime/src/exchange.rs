@@ -162,7 +162,11 @@ impl ExecutionPlan for ExchangeSourceExec {
                         }
                         // Relational fragments run only in batch jobs: they snapshot no
                         // state and keep no event-time windows.
-                        Some(StreamMessage::Barrier(_) | StreamMessage::Watermark(_)) => continue,
+                        Some(
+                            StreamMessage::Barrier(_)
+                            | StreamMessage::Watermark(_)
+                            | StreamMessage::Idle,
+                        ) => continue,
                         Some(StreamMessage::End) => return None,
                         None => {
                             return Some((

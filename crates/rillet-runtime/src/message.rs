@@ -39,6 +39,10 @@ pub enum StreamMessage {
     /// time should no longer come (a window ending at or before it may fire). In the event
     /// time column's own unit; [`WATERMARK_END`] once the input is done.
     Watermark(i64),
+    /// The sending task has seen no row for its idle timeout: until it sends a row or a
+    /// watermark again, it does not hold back the event time of the tasks after it (a
+    /// quiet Kafka partition, an empty stream).
+    Idle,
     /// The sending task has no more data.
     End,
 }

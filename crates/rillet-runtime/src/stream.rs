@@ -101,6 +101,16 @@ pub trait OperatorTask: Send {
     fn on_watermark(&mut self, watermark: i64) -> Result<(Vec<RecordBatch>, Option<i64>)> {
         Ok((Vec::new(), Some(watermark)))
     }
+    /// How long the task may see no row before it tells the tasks after it that it is idle
+    /// ([`StreamMessage::Idle`](crate::StreamMessage::Idle)); `None`: never.
+    fn idle_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// The watermark of every row processed so far, even one not yet due: what the task
+    /// sends before it goes idle.
+    fn flush_watermark(&mut self) -> Option<i64> {
+        None
+    }
     /// A watermark the task generates from the rows it has processed, if one is due: what
     /// an event-time assigner returns after a batch. The runtime sends it after the
     /// batch's output when it passes the last watermark sent.

@@ -106,7 +106,7 @@ impl OutputRouter {
             (EdgeKind::Forward, _) => 0,
             // Barriers and watermarks go to every downstream task: each must see the
             // checkpoint, and each merges the watermarks of all its inputs.
-            (_, StreamMessage::Barrier(_) | StreamMessage::Watermark(_)) => {
+            (_, StreamMessage::Barrier(_) | StreamMessage::Watermark(_) | StreamMessage::Idle) => {
                 for sender in &self.senders {
                     if sender.send(message.clone()).await.is_err() {
                         return Ok(false);
@@ -1034,6 +1034,10 @@ async fn run_function(
                     return Ok(None);
                 }
                 Some(StreamMessage::Watermark(_)) => {}
+                Some(StreamMessage::Idle) if !output.send(StreamMessage::Idle).await? => {
+                    return Ok(None);
+                }
+                Some(StreamMessage::Idle) => {}
                 Some(StreamMessage::Batch(_)) => {
                     return Err(RilletError::internal("a batch was held as a barrier"));
                 }
@@ -1138,7 +1142,7 @@ async fn run_sink(
                     link.ack(barrier.checkpoint_id, state).await?;
                 }
             }
-            Some(StreamMessage::Watermark(_)) => {}
+            Some(StreamMessage::Watermark(_) | StreamMessage::Idle) => {}
             Some(StreamMessage::End) => break,
             None => return Err(RilletError::Cancelled),
         }
@@ -1162,12 +1166,52 @@ async fn run_stream(
     // Whether the run's final barrier (a stop's savepoint, or the checkpoint after every
     // source ended) has passed: then the state it snapshotted lives on in it.
     let mut final_barrier_passed = false;
+    // Whether the task told the tasks after it that it is idle (see `idle_timeout`), and
+    // when it last had a row (barriers and watermarks do not count).
+    let mut idle = false;
+    let mut last_row = Instant::now();
     loop {
-        let (produced, watermark) = match input.recv().await? {
+        let message = match operator.idle_timeout().filter(|_| !idle) {
+            Some(timeout) => {
+                match tokio::time::timeout(timeout.saturating_sub(last_row.elapsed()), input.recv())
+                    .await
+                {
+                    Ok(message) => message?,
+                    Err(_) => {
+                        // No row for the idle timeout: the last watermark due, then idle.
+                        idle = true;
+                        let flushed = operator
+                            .flush_watermark()
+                            .filter(|&w| sent.is_none_or(|s| w > s));
+                        if let Some(watermark) = flushed {
+                            sent = Some(watermark);
+                            if !output.send(StreamMessage::Watermark(watermark)).await? {
+                                return Ok(None);
+                            }
+                        }
+                        if !output.send(StreamMessage::Idle).await? {
+                            return Ok(None);
+                        }
+                        continue;
+                    }
+                }
+            }
+            None => input.recv().await?,
+        };
+        let (produced, watermark) = match message {
             Some(StreamMessage::Batch(batch)) => {
+                idle = false;
+                last_row = Instant::now();
                 metrics.add_input(batch.num_rows());
                 let produced = operator.process(batch)?;
                 (produced, operator.take_watermark())
+            }
+            // Every input idle: so is this task, for the tasks after it.
+            Some(StreamMessage::Idle) => {
+                if !output.send(StreamMessage::Idle).await? {
+                    return Ok(None);
+                }
+                continue;
             }
             Some(StreamMessage::Watermark(watermark)) => operator.on_watermark(watermark)?,
             Some(StreamMessage::Barrier(barrier)) => {

@@ -165,6 +165,14 @@ impl OperatorTask for ExprOperator {
     fn take_watermark(&mut self) -> Option<i64> {
         self.clock.as_mut().and_then(EventClock::take)
     }
+
+    fn idle_timeout(&self) -> Option<std::time::Duration> {
+        self.clock.as_ref().and_then(EventClock::idle_timeout)
+    }
+
+    fn flush_watermark(&mut self) -> Option<i64> {
+        self.clock.as_mut().and_then(EventClock::flush)
+    }
 }
 
 /// Build the dataflow of a streaming job for `plan`, ending in `sink`.
@@ -235,8 +243,13 @@ impl Builder {
         }
         if let Some(exec) = plan.downcast_ref::<StreamStepExec>() {
             let upstream = self.add(exec.input().clone())?;
-            if let StreamStep::Watermark { column, delay } = exec.step() {
-                let clock = EventClock::new(*column, *delay);
+            if let StreamStep::Watermark {
+                column,
+                delay,
+                idle_timeout,
+            } = exec.step()
+            {
+                let clock = EventClock::new(*column, *delay).with_idle_timeout(*idle_timeout);
                 return Ok(self.add_step_with_clock(upstream, Step::Watermark, Some(clock)));
             }
             let operator = exec.operator();

@@ -65,6 +65,9 @@ pub enum StreamStep {
         column: usize,
         /// How far the watermark trails the latest event time, in the column's units.
         delay: i64,
+        /// After this long without a row, a task stops holding event time back downstream
+        /// (see [`EventClock::with_idle_timeout`](super::watermark::EventClock)).
+        idle_timeout: Option<std::time::Duration>,
     },
 }
 
@@ -87,9 +90,14 @@ impl StreamStep {
                 window.clone(),
                 specs.clone(),
             )?),
-            StreamStep::Watermark { column, delay } => {
-                Arc::new(WatermarkAssigner::try_new(input, *column, *delay)?)
-            }
+            StreamStep::Watermark {
+                column,
+                delay,
+                idle_timeout,
+            } => Arc::new(
+                WatermarkAssigner::try_new(input, *column, *delay)?
+                    .with_idle_timeout(*idle_timeout),
+            ),
         })
     }
 

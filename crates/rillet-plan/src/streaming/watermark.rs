@@ -116,6 +116,7 @@ pub struct EventClock {
     latest: Option<i64>,
     emitted: Option<i64>,
     emitted_at: Option<Instant>,
+    idle_timeout: Option<std::time::Duration>,
 }
 
 impl EventClock {
@@ -127,7 +128,32 @@ impl EventClock {
             latest: None,
             emitted: None,
             emitted_at: None,
+            idle_timeout: None,
         }
+    }
+
+    /// After `timeout` without a row, the task running the clock tells the tasks after it
+    /// that it is idle: it stops holding their event time back until rows come again.
+    pub fn with_idle_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// The idle timeout, if one was set.
+    pub fn idle_timeout(&self) -> Option<std::time::Duration> {
+        self.idle_timeout
+    }
+
+    /// The watermark of every row seen, even if the last one went out less than
+    /// [`WATERMARK_INTERVAL`] ago: what a task sends before it goes idle.
+    pub fn flush(&mut self) -> Option<i64> {
+        let candidate = self.latest?.saturating_sub(self.delay);
+        if self.emitted.is_some_and(|e| e >= candidate) {
+            return None;
+        }
+        self.emitted = Some(candidate);
+        self.emitted_at = Some(Instant::now());
+        Some(candidate)
     }
 
     /// Note the event times of `batch`.
@@ -172,6 +198,7 @@ pub struct WatermarkAssigner {
     schema: SchemaRef,
     column: usize,
     delay: i64,
+    idle_timeout: Option<std::time::Duration>,
 }
 
 impl WatermarkAssigner {
@@ -190,12 +217,19 @@ impl WatermarkAssigner {
             schema,
             column,
             delay,
+            idle_timeout: None,
         })
+    }
+
+    /// Its tasks go idle after `timeout` without a row (see [`EventClock::with_idle_timeout`]).
+    pub fn with_idle_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
     }
 
     /// The clock a task of it keeps.
     pub fn clock(&self) -> EventClock {
-        EventClock::new(self.column, self.delay)
+        EventClock::new(self.column, self.delay).with_idle_timeout(self.idle_timeout)
     }
 }
 
@@ -239,6 +273,14 @@ impl OperatorTask for EventClock {
 
     fn take_watermark(&mut self) -> Option<i64> {
         self.take()
+    }
+
+    fn idle_timeout(&self) -> Option<std::time::Duration> {
+        self.idle_timeout
+    }
+
+    fn flush_watermark(&mut self) -> Option<i64> {
+        self.flush()
     }
 }
 
