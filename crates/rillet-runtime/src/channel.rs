@@ -703,16 +703,25 @@ mod tests {
         });
     }
 
+    /// A gate over two channels, and their senders.
+    fn two_channel_gate() -> (ChannelSender, ChannelSender, InputGate) {
+        let (a, rx_a) = byte_channel(1 << 20, 1, None, None);
+        let (b, rx_b) = byte_channel(1 << 20, 1, None, None);
+        (a, b, InputGate::new(vec![rx_a, rx_b], None))
+    }
+
+    /// The watermark `message` is (a panic if it is anything else).
+    fn watermark(message: Option<StreamMessage>) -> i64 {
+        match message {
+            Some(StreamMessage::Watermark(w)) => w,
+            other => panic!("expected a watermark, got {other:?}"),
+        }
+    }
+
     #[test]
     fn the_gate_passes_the_least_watermark_of_its_open_channels() {
         let rt = crate::global_runtime();
-        let (a, rx_a) = byte_channel(1 << 20, 1, None, None);
-        let (b, rx_b) = byte_channel(1 << 20, 1, None, None);
-        let mut gate = InputGate::new(vec![rx_a, rx_b], None);
-        let watermark = |m: Option<StreamMessage>| match m {
-            Some(StreamMessage::Watermark(w)) => w,
-            other => panic!("expected a watermark, got {other:?}"),
-        };
+        let (a, b, mut gate) = two_channel_gate();
         rt.block_on(async {
             a.send(StreamMessage::Watermark(10)).await.unwrap();
             // b has sent none: event time cannot pass 10 on a's word alone.
@@ -743,13 +752,7 @@ mod tests {
     #[test]
     fn an_idle_channel_holds_no_watermark_back_until_it_is_active_again() {
         let rt = crate::global_runtime();
-        let (a, rx_a) = byte_channel(1 << 20, 1, None, None);
-        let (b, rx_b) = byte_channel(1 << 20, 1, None, None);
-        let mut gate = InputGate::new(vec![rx_a, rx_b], None);
-        let watermark = |m: Option<StreamMessage>| match m {
-            Some(StreamMessage::Watermark(w)) => w,
-            other => panic!("expected a watermark, got {other:?}"),
-        };
+        let (a, b, mut gate) = two_channel_gate();
         rt.block_on(async {
             a.send(StreamMessage::Watermark(10)).await.unwrap();
             // b never sent a row: once it says it is idle, a's watermark passes.
