@@ -219,6 +219,32 @@ def test_a_savepoint_taken_at_parallelism_two_restores_at_another(tmp_path, job,
         kill_sweep.check_windows(read_committed(out), 1500, complete=True)
 
 
+@pytest.mark.parametrize("job", ["running", "window"])
+def test_a_checkpoint_restores_after_the_core_count_changed(tmp_path, job):
+    # A crash (a cancel) at parallelism 2, a restart at 1 from the newest checkpoint.
+    build = {"running": sequence, "window": windows}[job]
+    out, chk = tmp_path / "out", tmp_path / "chk"
+    try:
+        rl.set_config(parallelism=2)
+        first = build(1500, rate=1000).start(out, checkpoint_dir=chk, job_id="cores", checkpoint_interval=0.05)
+        with pytest.raises(TimeoutError):
+            first.wait(timeout=0.4)
+        first.cancel()
+        with pytest.raises(rl.JobCancelled):
+            first.wait()
+        assert first.metrics()["checkpoints"]["completed"] >= 1
+        rl.set_config(parallelism=1)
+        again = build(1500).start(out, checkpoint_dir=chk, job_id="cores", checkpoint_interval=0.05)
+        again.wait()
+        assert again.metrics()["checkpoints"]["restored_from"] is not None
+    finally:
+        rl.set_config()
+    if job == "running":
+        assert_exact(read_committed(out).to_pylist(), rows_per_partition=1500)
+    else:
+        kill_sweep.check_windows(read_committed(out), 1500, complete=True)
+
+
 # Batch writes publish all their files or none (#27, atomic batch writes).
 
 def failing_halfway(table):
