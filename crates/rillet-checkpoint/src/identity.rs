@@ -38,11 +38,12 @@
 //! ```
 
 use bytes::Bytes;
+use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use rillet_common::{Result, RilletError};
 use serde::{Deserialize, Serialize};
 
-use crate::control::HEARTBEAT;
+use crate::control::{HEARTBEAT, now_ms};
 use crate::store::{CheckpointStore, ReadError};
 use crate::{JobRecord, RunState};
 
@@ -202,7 +203,18 @@ impl CheckpointStore {
         {
             return Err(already_running(self.job(), &holder));
         }
-        let number = self.newest_claim().await?.map_or(1, |n| n + 1);
+        let newest = self.newest_claim().await?;
+        if let Some(starting) = self.starting_run(newest).await? {
+            return Err(RilletError::Checkpoint(format!(
+                "job '{}' is already running: run {} (process {}@{}) claimed it a moment ago \
+                 and is starting; stop or cancel it first, or wait for it to end",
+                self.job(),
+                starting.run,
+                starting.pid,
+                starting.host
+            )));
+        }
+        let number = newest.map_or(1, |n| n + 1);
         let record = JobRecord::start(self.job(), None);
         let file = ClaimFile {
             run: record.run.clone(),
@@ -266,6 +278,39 @@ impl CheckpointStore {
             }
         }
         Ok(false)
+    }
+
+    /// The run of claim `newest` when it is still starting: it claimed the job less than
+    /// three heartbeats ago (by the store's clock) and has not yet written its record (two
+    /// runs starting at the same moment: the second waits for neither, it is refused).
+    /// A run that died between its claim and its record holds the job that long.
+    async fn starting_run(&self, newest: Option<u64>) -> Result<Option<ClaimFile>> {
+        let Some(number) = newest else {
+            return Ok(None);
+        };
+        let path = self.claim_path(number);
+        let meta = match self.store.head(&path).await {
+            Ok(meta) => meta,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => {
+                return Err(RilletError::Io(std::io::Error::other(format!(
+                    "cannot read {path}: {e}"
+                ))));
+            }
+        };
+        let Ok(bytes) = self.read(&path).await else {
+            return Ok(None);
+        };
+        let Ok(claim) = serde_json::from_slice::<ClaimFile>(&bytes) else {
+            return Ok(None);
+        };
+        let recorded = self
+            .read_record()
+            .await?
+            .is_some_and(|r| r.run == claim.run);
+        let claimed_ms = u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or(0);
+        let age = std::time::Duration::from_millis(now_ms().saturating_sub(claimed_ms));
+        Ok((!recorded && age < 3 * HEARTBEAT).then_some(claim))
     }
 
     async fn newest_claim(&self) -> Result<Option<u64>> {
@@ -352,6 +397,28 @@ mod tests {
         writer.commit(Default::default()).await.unwrap();
         assert_eq!(store.lineage().await.unwrap(), "");
         assert_eq!(store.lineage().await.unwrap(), "", "and stays so");
+    }
+
+    #[tokio::test]
+    async fn a_run_that_claimed_a_moment_ago_and_has_not_yet_recorded_itself_is_starting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "j").unwrap();
+        // Another run's claim, its record not yet written: a run starting at this moment.
+        let other = ClaimFile {
+            run: "elsewhere-7-1".into(),
+            pid: 7,
+            host: "elsewhere".into(),
+            started_ms: 1,
+        };
+        store
+            .write(
+                &store.claim_path(1),
+                Bytes::from(serde_json::to_vec(&other).unwrap()),
+            )
+            .await
+            .unwrap();
+        let e = store.claim().await.unwrap_err().to_string();
+        assert!(e.contains("7@elsewhere") && e.contains("starting"), "{e}");
     }
 
     #[tokio::test]
