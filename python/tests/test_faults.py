@@ -21,10 +21,9 @@ ROWS = 2000
 ABORT_THREE = "3*off->1*return->3*off->1*return->3*off->1*return->off"
 
 
-def pipeline():
-    # A second of input: the three aborts fall well before the final checkpoint, whose
-    # abort would fail the bounded job, on a busy machine too.
-    df = rl.read_sequence(partitions=3, rows=ROWS, rows_per_second=2000, batch_rows=200)
+def sequence(rows, rate=None, batch_rows=100):
+    """Three splits of ``rows`` rows (at ``rate`` rows/s each), with running aggregates."""
+    df = rl.read_sequence(partitions=3, rows=rows, rows_per_second=rate, batch_rows=batch_rows)
     return df.group_by("source", "partition").running_agg(
         rl.count().alias("running_count"), rl.col("value").sum().alias("running_sum"))
 
@@ -32,8 +31,10 @@ def pipeline():
 def run_with_aborts(sink, tmp_path, job_id):
     """Run the pipeline into ``sink`` while three checkpoints are aborted."""
     with failpoint("checkpoint-artifact-upload", ABORT_THREE):
-        job = pipeline().start(sink, checkpoint_dir=tmp_path / "chk", job_id=job_id,
-                               checkpoint_interval=0.05)
+        # A second of input: the three aborts fall well before the final checkpoint, whose
+        # abort would fail the bounded job, on a busy machine too.
+        job = sequence(ROWS, rate=2000, batch_rows=200).start(
+            sink, checkpoint_dir=tmp_path / "chk", job_id=job_id, checkpoint_interval=0.05)
         job.wait()
     stats = job.metrics()["checkpoints"]
     assert stats["aborted"] >= 3, stats
@@ -109,12 +110,6 @@ def test_failpoints_reach_a_child_process_through_the_environment():
 
 
 # Going back in time, twin runs and earlier runs' output (#27, failures 2, 4 and 6).
-
-def sequence(rows, rate=None):
-    df = rl.read_sequence(partitions=3, rows=rows, rows_per_second=rate, batch_rows=100)
-    return df.group_by("source", "partition").running_agg(
-        rl.count().alias("running_count"), rl.col("value").sum().alias("running_sum"))
-
 
 def stop_soon(job, after=0.3):
     with pytest.raises(TimeoutError):
@@ -197,10 +192,22 @@ def windows(rows, rate=None):
         rl.tumbling("seq", kill_sweep.WINDOW), rl.count().alias("n"), rl.col("value").sum().alias("total"))
 
 
+#: The jobs restored at another parallelism, by name.
+RESCALED = {"running": sequence, "window": windows}
+
+
+def assert_rescaled_output(job, out):
+    """The rescaled job's output, exact: every row (or window) of 1,500 rows per split."""
+    if job == "running":
+        assert_exact(read_committed(out).to_pylist(), rows_per_partition=1500)
+    else:
+        kill_sweep.check_windows(read_committed(out), 1500, complete=True)
+
+
 @pytest.mark.parametrize("later", [1, 4])
 @pytest.mark.parametrize("job", ["running", "window"])
 def test_a_savepoint_taken_at_parallelism_two_restores_at_another(tmp_path, job, later):
-    build = {"running": sequence, "window": windows}[job]
+    build = RESCALED[job]
     out, chk = tmp_path / "out", tmp_path / "chk"
     try:
         rl.set_config(parallelism=2)
@@ -213,16 +220,13 @@ def test_a_savepoint_taken_at_parallelism_two_restores_at_another(tmp_path, job,
         assert resumed.metrics()["checkpoints"]["restored_from"] == int(savepoint.rsplit("-", 1)[1])
     finally:
         rl.set_config()
-    if job == "running":
-        assert_exact(read_committed(out).to_pylist(), rows_per_partition=1500)
-    else:
-        kill_sweep.check_windows(read_committed(out), 1500, complete=True)
+    assert_rescaled_output(job, out)
 
 
 @pytest.mark.parametrize("job", ["running", "window"])
 def test_a_checkpoint_restores_after_the_core_count_changed(tmp_path, job):
     # A crash (a cancel) at parallelism 2, a restart at 1 from the newest checkpoint.
-    build = {"running": sequence, "window": windows}[job]
+    build = RESCALED[job]
     out, chk = tmp_path / "out", tmp_path / "chk"
     try:
         rl.set_config(parallelism=2)
@@ -239,10 +243,7 @@ def test_a_checkpoint_restores_after_the_core_count_changed(tmp_path, job):
         assert again.metrics()["checkpoints"]["restored_from"] is not None
     finally:
         rl.set_config()
-    if job == "running":
-        assert_exact(read_committed(out).to_pylist(), rows_per_partition=1500)
-    else:
-        kill_sweep.check_windows(read_committed(out), 1500, complete=True)
+    assert_rescaled_output(job, out)
 
 
 # Batch writes publish all their files or none (#27, atomic batch writes).

@@ -197,14 +197,16 @@ impl CheckpointStore {
     /// Claim the job for a run starting now in this process, or refuse, naming the live run
     /// that holds it (see the module docs). Writes the run's record.
     pub async fn claim(&self) -> Result<Claim> {
-        if let Some(holder) = self.read_record().await?
+        let holder = self.read_record().await?;
+        if let Some(holder) = &holder
             && holder.is_live()
-            && !self.ended_in_time(&holder).await?
+            && !self.ended_in_time(holder).await?
         {
-            return Err(already_running(self.job(), &holder));
+            return Err(already_running(self.job(), holder));
         }
         let newest = self.newest_claim().await?;
-        if let Some(starting) = self.starting_run(newest).await? {
+        let recorded_run = holder.as_ref().map(|h| h.run.as_str());
+        if let Some(starting) = self.starting_run(newest, recorded_run).await? {
             return Err(RilletError::Checkpoint(format!(
                 "job '{}' is already running: run {} (process {}@{}) claimed it a moment ago \
                  and is starting; stop or cancel it first, or wait for it to end",
@@ -281,35 +283,34 @@ impl CheckpointStore {
     }
 
     /// The run of claim `newest` when it is still starting: it claimed the job less than
-    /// three heartbeats ago (by the store's clock) and has not yet written its record (two
-    /// runs starting at the same moment: the second waits for neither, it is refused).
-    /// A run that died between its claim and its record holds the job that long.
-    async fn starting_run(&self, newest: Option<u64>) -> Result<Option<ClaimFile>> {
+    /// three heartbeats ago (by the store's clock) and the job's record (naming
+    /// `recorded_run`) does not name it yet (two runs starting at the same moment: the
+    /// second is refused). A run that died between its claim and its record holds the job
+    /// that long.
+    async fn starting_run(
+        &self,
+        newest: Option<u64>,
+        recorded_run: Option<&str>,
+    ) -> Result<Option<ClaimFile>> {
         let Some(number) = newest else {
             return Ok(None);
         };
         let path = self.claim_path(number);
-        let meta = match self.store.head(&path).await {
-            Ok(meta) => meta,
+        let unreadable = |e: object_store::Error| {
+            RilletError::Io(std::io::Error::other(format!("cannot read {path}: {e}")))
+        };
+        let got = match self.store.get(&path).await {
+            Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => {
-                return Err(RilletError::Io(std::io::Error::other(format!(
-                    "cannot read {path}: {e}"
-                ))));
-            }
+            Err(e) => return Err(unreadable(e)),
         };
-        let Ok(bytes) = self.read(&path).await else {
-            return Ok(None);
-        };
+        let claimed_ms = u64::try_from(got.meta.last_modified.timestamp_millis()).unwrap_or(0);
+        let bytes = got.bytes().await.map_err(unreadable)?;
         let Ok(claim) = serde_json::from_slice::<ClaimFile>(&bytes) else {
             return Ok(None);
         };
-        let recorded = self
-            .read_record()
-            .await?
-            .is_some_and(|r| r.run == claim.run);
-        let claimed_ms = u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or(0);
         let age = std::time::Duration::from_millis(now_ms().saturating_sub(claimed_ms));
+        let recorded = recorded_run == Some(claim.run.as_str());
         Ok((!recorded && age < 3 * HEARTBEAT).then_some(claim))
     }
 

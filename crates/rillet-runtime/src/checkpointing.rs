@@ -205,7 +205,8 @@ impl Checkpointing {
             .iter()
             .filter_map(|a| {
                 let (v, task) = parse_artifact_name(&a.name)?;
-                (v == vertex).then(|| Some((task, restored.artifact(&a.name)?.to_vec())))?
+                let bytes = restored.artifact(&a.name)?;
+                (v == vertex).then(|| (task, bytes.to_vec()))
             })
             .collect::<BTreeMap<usize, Vec<u8>>>()
             .into_iter()

@@ -284,12 +284,7 @@ impl BatchStaging {
 
     /// Create the directory and the staging directory.
     pub fn prepare(&self) -> Result<()> {
-        std::fs::create_dir_all(&self.staging).map_err(|e| {
-            RilletError::Io(std::io::Error::new(
-                e.kind(),
-                format!("cannot create {}: {e}", self.staging.display()),
-            ))
-        })
+        std::fs::create_dir_all(&self.staging).map_err(|e| io_error("create", &self.staging, e))
     }
 
     /// Where a task writes the file `name`.

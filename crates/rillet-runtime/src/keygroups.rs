@@ -100,14 +100,22 @@ pub fn key_groups(keys: &[ArrayRef], rows: usize) -> Result<Vec<u16>> {
 
 /// A key column cast to the type family of its canonical encoding.
 enum Canonical {
-    Signed(ArrayRef),
-    Unsigned(ArrayRef),
-    Float(ArrayRef),
-    Boolean(ArrayRef),
-    Bytes(ArrayRef),
-    Decimal(ArrayRef),
+    /// A column of a value family, cast to its one type (i64, u64, f64, bool, large
+    /// binary, decimal128).
+    Value(Family, ArrayRef),
     /// Any other type, in Arrow's row format.
     Rows(Rows),
+}
+
+/// The type families of the canonical encoding (see the module docs).
+#[derive(Clone, Copy)]
+enum Family {
+    Signed,
+    Unsigned,
+    Float,
+    Boolean,
+    Bytes,
+    Decimal,
 }
 
 impl Canonical {
@@ -123,25 +131,32 @@ impl Canonical {
         };
         Ok(match column.data_type() {
             T::Dictionary(_, values) => Self::of(&cast(values)?)?,
-            T::Int8 | T::Int16 | T::Int32 | T::Int64 => Self::Signed(cast(&T::Int64)?),
+            T::Int8 | T::Int16 | T::Int32 | T::Int64 => {
+                Self::Value(Family::Signed, cast(&T::Int64)?)
+            }
             T::Date32 | T::Date64 | T::Time32(_) | T::Time64(_) | T::Timestamp(..) => {
                 // Their integer representation, whatever the unit (fixed by the plan).
                 let integers = match column.data_type() {
                     T::Date32 | T::Time32(_) => cast(&T::Int32)?,
                     _ => cast(&T::Int64)?,
                 };
-                Self::Signed(arrow::compute::cast(&integers, &T::Int64)?)
+                Self::Value(Family::Signed, arrow::compute::cast(&integers, &T::Int64)?)
             }
-            T::Duration(_) => Self::Signed(cast(&T::Int64)?),
-            T::UInt8 | T::UInt16 | T::UInt32 | T::UInt64 => Self::Unsigned(cast(&T::UInt64)?),
-            T::Float16 | T::Float32 | T::Float64 => Self::Float(cast(&T::Float64)?),
-            T::Boolean => Self::Boolean(column.clone()),
+            T::Duration(_) => Self::Value(Family::Signed, cast(&T::Int64)?),
+            T::UInt8 | T::UInt16 | T::UInt32 | T::UInt64 => {
+                Self::Value(Family::Unsigned, cast(&T::UInt64)?)
+            }
+            T::Float16 | T::Float32 | T::Float64 => Self::Value(Family::Float, cast(&T::Float64)?),
+            T::Boolean => Self::Value(Family::Boolean, column.clone()),
             T::Utf8 | T::LargeUtf8 | T::Utf8View | T::Binary | T::LargeBinary | T::BinaryView => {
-                Self::Bytes(cast(&T::LargeBinary)?)
+                Self::Value(Family::Bytes, cast(&T::LargeBinary)?)
             }
-            T::FixedSizeBinary(_) => Self::Bytes(cast(&T::LargeBinary)?),
-            T::Decimal128(..) => Self::Decimal(column.clone()),
-            T::Null => Self::Signed(arrow::array::new_null_array(&T::Int64, column.len())),
+            T::FixedSizeBinary(_) => Self::Value(Family::Bytes, cast(&T::LargeBinary)?),
+            T::Decimal128(..) => Self::Value(Family::Decimal, column.clone()),
+            T::Null => Self::Value(
+                Family::Signed,
+                arrow::array::new_null_array(&T::Int64, column.len()),
+            ),
             // Nested and other types: Arrow's row format (stable within an Arrow version).
             other => {
                 let converter =
@@ -156,36 +171,30 @@ impl Canonical {
     }
 
     fn encode(&self, row: usize, out: &mut Vec<u8>) {
-        if let Self::Rows(rows) = self {
-            let bytes = rows.row(row);
-            out.push(b'r');
-            out.extend_from_slice(&(bytes.as_ref().len() as u32).to_le_bytes());
-            out.extend_from_slice(bytes.as_ref());
-            return;
-        }
-        let array = match self {
-            Self::Rows(_) => unreachable!("encoded above"),
-            Self::Signed(a)
-            | Self::Unsigned(a)
-            | Self::Float(a)
-            | Self::Boolean(a)
-            | Self::Bytes(a)
-            | Self::Decimal(a) => a,
+        let (family, a) = match self {
+            Self::Rows(rows) => {
+                let bytes = rows.row(row);
+                out.push(b'r');
+                out.extend_from_slice(&(bytes.as_ref().len() as u32).to_le_bytes());
+                out.extend_from_slice(bytes.as_ref());
+                return;
+            }
+            Self::Value(family, array) => (*family, array),
         };
-        if array.is_null(row) {
+        if a.is_null(row) {
             out.push(0);
             return;
         }
-        match self {
-            Self::Signed(a) => {
+        match family {
+            Family::Signed => {
                 out.push(b'i');
                 out.extend_from_slice(&a.as_primitive::<Int64Type>().value(row).to_le_bytes());
             }
-            Self::Unsigned(a) => {
+            Family::Unsigned => {
                 out.push(b'u');
                 out.extend_from_slice(&a.as_primitive::<UInt64Type>().value(row).to_le_bytes());
             }
-            Self::Float(a) => {
+            Family::Float => {
                 let v = a.as_primitive::<Float64Type>().value(row);
                 let v = if v == 0.0 {
                     0.0
@@ -197,18 +206,17 @@ impl Canonical {
                 out.push(b'f');
                 out.extend_from_slice(&v.to_bits().to_le_bytes());
             }
-            Self::Boolean(a) => {
+            Family::Boolean => {
                 out.push(b'b');
                 out.push(u8::from(a.as_boolean().value(row)));
             }
-            Self::Bytes(a) => {
+            Family::Bytes => {
                 let v = a.as_binary::<i64>().value(row);
                 out.push(b's');
                 out.extend_from_slice(&(v.len() as u32).to_le_bytes());
                 out.extend_from_slice(v);
             }
-            Self::Rows(_) => {}
-            Self::Decimal(a) => {
+            Family::Decimal => {
                 let v = a
                     .as_primitive::<arrow::datatypes::Decimal128Type>()
                     .value(row);

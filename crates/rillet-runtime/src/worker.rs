@@ -272,32 +272,6 @@ impl LocalWorker {
                 crate::keygroups::MAX_PARALLELISM
             )));
         }
-        // The restored states task `p` of function vertex `v` starts from: its own when the
-        // vertex's parallelism is unchanged, else those of the old tasks dealt to it. (A
-        // stream operator's tasks each read every old task's state and keep the keys of
-        // their key groups: right at any parallelism, and whichever task a key was routed
-        // to when the snapshot was taken.)
-        let dealt_to = |v: usize, p: usize, parallelism: usize| -> Result<Vec<Vec<u8>>> {
-            let Some(settings) = &checkpointing else {
-                return Ok(Vec::new());
-            };
-            let same = restored_parallelism.get(v) == Some(&parallelism);
-            let states = settings.restored_states(v);
-            if !same && !states.is_empty() {
-                // Their rows would race the newer rows of their splits, now dealt to other
-                // tasks, and come out of order.
-                return Err(RilletError::Checkpoint(format!(
-                    "the snapshot holds calls in flight of '{}' at another parallelism: stop \
-                     the job with a savepoint (which finishes them) to change its parallelism",
-                    graph.vertices[v].name
-                )));
-            }
-            Ok(states
-                .into_iter()
-                .filter(|(old, _)| *old == p)
-                .map(|(_, state)| state)
-                .collect())
-        };
         let runtime = global_runtime();
         let metrics: Vec<Arc<OperatorMetrics>> = graph
             .vertices
@@ -566,15 +540,19 @@ impl LocalWorker {
                 _ => None,
             };
             pools.extend(pool.clone());
+            // What the vertex's tasks snapshotted, read once for all of its tasks.
+            let restored = RestoredVertex::of(
+                checkpointing.as_ref(),
+                v,
+                restored_parallelism.get(v) == Some(&vertex.parallelism),
+            );
             // A source's splits, enumerated and dealt to its tasks once, each from its
             // restored position (positions are kept per split, whichever task had it).
             let mut source_splits = match &vertex.operator {
                 VertexOperator::Source(source) => {
                     let mut positions = BTreeMap::new();
-                    if let Some(settings) = &checkpointing {
-                        for (_, state) in settings.restored_states(v) {
-                            positions.extend(SourceState::from_bytes(&state)?.positions);
-                        }
+                    for state in &restored.states {
+                        positions.extend(SourceState::from_bytes(state)?.positions);
                     }
                     let splits = source.splits()?;
                     if let Some(gone) = positions.keys().find(|s| !splits.contains(s)) {
@@ -608,7 +586,7 @@ impl LocalWorker {
                     VertexOperator::Function(function) => {
                         let input = gate(std::mem::take(&mut task_inputs), &m, &vertex.name)?.1;
                         let router = router.ok_or_else(|| missing_output(&vertex.name))?;
-                        let restored = dealt_to(v, p, vertex.parallelism)?;
+                        let restored = restored.for_function(p, &vertex.name)?.to_vec();
                         let fut = run_function(
                             function.clone(),
                             input,
@@ -633,14 +611,8 @@ impl LocalWorker {
                     VertexOperator::Stream(operator) => {
                         let input = gate(std::mem::take(&mut task_inputs), &m, &vertex.name)?.1;
                         let router = router.ok_or_else(|| missing_output(&vertex.name))?;
-                        let restored = restored_stream_states(
-                            checkpointing.as_ref(),
-                            v,
-                            p,
-                            restored_parallelism.get(v) == Some(&vertex.parallelism),
-                        );
                         let placement = TaskPlacement::new(p, vertex.parallelism);
-                        let task = operator.open(placement, &restored)?;
+                        let task = operator.open(placement, restored.for_stream(p))?;
                         let fut = run_stream(task, input, router, m, link_for(v, p));
                         tasks.spawn_on(fut, runtime.handle());
                     }
@@ -793,26 +765,66 @@ impl LocalWorker {
     }
 }
 
-/// The restored states task `p` of stream vertex `v` starts from: every old task's (each
-/// task keeps the keys of its key groups), or only its own when the parallelism is
-/// `unchanged` and the snapshot's keys were routed by key group (so each task's keys are
-/// already its own).
-fn restored_stream_states(
-    checkpointing: Option<&Checkpointing>,
-    v: usize,
-    p: usize,
+/// What the tasks of one vertex snapshotted in the restored checkpoint, and which of it
+/// each of its tasks starts from.
+struct RestoredVertex {
+    /// The old task of each state, in task order.
+    tasks: Vec<usize>,
+    states: Vec<Vec<u8>>,
+    /// The vertex runs at the parallelism of the snapshot.
     unchanged: bool,
-) -> Vec<Vec<u8>> {
-    let Some(settings) = checkpointing else {
-        return Vec::new();
-    };
-    let own_only = unchanged && settings.restored_by_key_group();
-    settings
-        .restored_states(v)
-        .into_iter()
-        .filter(|(old, _)| !own_only || *old == p)
-        .map(|(_, state)| state)
-        .collect()
+    /// The snapshot's keys were routed by key group.
+    key_grouped: bool,
+}
+
+impl RestoredVertex {
+    /// The states of vertex `v` (none without a restored checkpoint); `unchanged`: the
+    /// vertex runs at the snapshot's parallelism.
+    fn of(checkpointing: Option<&Checkpointing>, v: usize, unchanged: bool) -> Self {
+        let (tasks, states) = checkpointing
+            .map(|c| c.restored_states(v))
+            .unwrap_or_default()
+            .into_iter()
+            .unzip();
+        Self {
+            tasks,
+            states,
+            unchanged,
+            key_grouped: checkpointing.is_some_and(Checkpointing::restored_by_key_group),
+        }
+    }
+
+    /// The state of old task `p` alone, if it left one.
+    fn own(&self, p: usize) -> &[Vec<u8>] {
+        match self.tasks.iter().position(|&t| t == p) {
+            Some(i) => &self.states[i..=i],
+            None => &[],
+        }
+    }
+
+    /// What task `p` of a stream operator starts from: every old task's state (each task
+    /// keeps the keys of its key groups), or only its own when the parallelism is
+    /// unchanged and the keys were routed by key group (so its keys are already its own).
+    fn for_stream(&self, p: usize) -> &[Vec<u8>] {
+        if self.unchanged && self.key_grouped {
+            self.own(p)
+        } else {
+            &self.states
+        }
+    }
+
+    /// What task `p` of function vertex `name` starts from: its own calls in flight. At
+    /// another parallelism there must be none: their rows would race the newer rows of
+    /// their splits, now dealt to other tasks, and come out of order.
+    fn for_function(&self, p: usize, name: &str) -> Result<&[Vec<u8>]> {
+        if !self.unchanged && !self.states.is_empty() {
+            return Err(RilletError::Checkpoint(format!(
+                "the snapshot holds calls in flight of '{name}' at another parallelism: stop \
+                 the job with a savepoint (which finishes them) to change its parallelism"
+            )));
+        }
+        Ok(self.own(p))
+    }
 }
 
 /// The input gate over a task's channels, with the vertex feeding them.
