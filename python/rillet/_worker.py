@@ -25,19 +25,23 @@ SETUP, READY, CALL, RESULT, ERROR = b"S", b"R", b"C", b"O", b"E"
 
 
 def apply_udf(fn: Any, arrays: list, num_rows: int, batch: bool, return_type: Any,
-              on_error: str, is_async: bool = False) -> Any:
+              on_error: str, is_async: bool = False, batch_format: str = "pyarrow") -> Any:
     """Call ``fn`` on one batch of argument arrays and return a pyarrow array.
 
-    Row-wise UDFs get Python values row by row (an async one gets all rows of the batch
-    concurrently); with ``on_error`` "null" or "column" a row whose call raises becomes null
-    (and, for "column", the struct's ``error`` field says why). Batch UDFs get the pyarrow
-    arrays; with those policies a raising call nulls the whole batch.
+    Row-wise UDFs get Python values row by row (PIL images, numpy arrays and ``(samples,
+    rate)`` for Rillet's types; an async one gets all rows of the batch concurrently); with
+    ``on_error`` "null" or "column" a row whose call raises becomes null (and, for
+    "column", the struct's ``error`` field says why). Batch UDFs get the pyarrow arrays, or
+    numpy arrays for ``batch_format="numpy"``; with those policies a raising call nulls the
+    whole batch. The result is converted to ``return_type`` only where no value is lost.
     """
     import pyarrow as pa
 
     value_type = return_type.field("value").type if on_error == "column" else return_type
     errors: list[str | None] | None = None
     if batch:
+        if batch_format == "numpy":
+            arrays = [a.to_numpy(zero_copy_only=False) for a in arrays]
         try:
             out = _run(fn(*arrays)) if is_async else fn(*arrays)
         except Exception as exc:  # noqa: BLE001 - the policy decides
@@ -82,31 +86,62 @@ def apply_udf(fn: Any, arrays: list, num_rows: int, batch: bool, return_type: An
 def apply_batches(fn: Any, batch: Any, batch_format: str, schema: Any) -> Any:
     """``map_batches``: ``fn`` over one batch given as ``batch_format``, its result (a Table,
     RecordBatch, pandas DataFrame or dict of arrays) cast to ``schema`` as one RecordBatch."""
-    return _single_batch(_to_table(fn(_convert_in(batch, batch_format))), schema)
+    return _single_batch(_to_table(fn(_convert_in(batch, batch_format)), schema), schema)
 
 
-def _to_table(out: Any) -> Any:
+def _to_table(out: Any, schema: Any = None) -> Any:
+    """``out`` as a Table; columns that ``schema`` declares are built as its types (so a
+    stacked numpy array or a list of PIL images becomes an Image, Tensor or Embedding)."""
     import pyarrow as pa
 
     if isinstance(out, pa.Table):
         return out
     if isinstance(out, pa.RecordBatch):
         return pa.Table.from_batches([out])
-    if isinstance(out, dict):
-        return pa.table(out)
+    declared = {f.name: f.type for f in schema} if schema is not None else {}
     if type(out).__module__.startswith("pandas"):
-        return pa.Table.from_pandas(out, preserve_index=False)
+        out = {name: (series.tolist() if series.dtype == object else pa.Array.from_pandas(series))
+               for name, series in out.items()}
+    if isinstance(out, dict):
+        return pa.table({name: _column(values, declared.get(name)) for name, values in out.items()})
     raise TypeError(
         f"map_batches function returned {type(out).__name__}; return a pyarrow Table or "
         "RecordBatch, a pandas DataFrame, or a dict of arrays")
 
 
+def _column(values: Any, dtype: Any) -> Any:
+    """One output column of ``map_batches``: as ``dtype`` when declared, else as pyarrow
+    (or Rillet's types, for PIL images and numpy arrays) infers it."""
+    import pyarrow as pa
+
+    if dtype is not None:
+        return _to_array(values, dtype)
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values
+    import numpy as np
+
+    first = next((v for v in values if v is not None), None) if isinstance(values, list) else None
+    if (isinstance(values, np.ndarray) and values.ndim > 1 or isinstance(first, np.ndarray)
+            or type(first).__module__.startswith("PIL.")):
+        from rillet.types import to_arrow_column
+
+        column = to_arrow_column(list(values))
+        if column is not None:
+            return column
+    return values
+
+
 def _convert_in(batch: Any, batch_format: str) -> Any:
     import pyarrow as pa
 
+    batch = _typed(batch)
     if batch_format == "pyarrow":
         return pa.Table.from_batches([batch])
     if batch_format == "pandas":
+        if any(isinstance(f.type, pa.ExtensionType) for f in batch.schema):
+            from rillet.types import table_to_pandas
+
+            return table_to_pandas(pa.Table.from_batches([batch]))
         return batch.to_pandas()
     return {name: column.to_numpy(zero_copy_only=False) for name, column in zip(batch.schema.names, batch.columns)}
 
@@ -144,17 +179,49 @@ def _run(coroutine: Any) -> Any:
     return loop.run_until_complete(coroutine)
 
 
-def _to_array(out: Any, dtype: Any) -> Any:
+def _typed(batch: Any) -> Any:
+    """``batch`` with Rillet's types for columns whose metadata names one (a worker
+    process imports ``rillet.types`` only when a batch holds such columns)."""
     import pyarrow as pa
 
+    for field in batch.schema:
+        name = (field.metadata or {}).get(b"ARROW:extension:name", b"")
+        if name.startswith(b"rillet.") and not isinstance(field.type, pa.ExtensionType):
+            from rillet.types import with_extension_types
+
+            return with_extension_types(batch)
+    return batch
+
+
+def _to_array(out: Any, dtype: Any) -> Any:
+    """``out`` (a pyarrow, numpy or pandas array, or a list) as an array of ``dtype``,
+    converted only where no value is lost: ``1.7`` for an int64 result is an error, not 1."""
+    import pyarrow as pa
+
+    if isinstance(dtype, pa.ExtensionType) and dtype.extension_name.startswith("rillet."):
+        from rillet.types import to_extension_array
+
+        return to_extension_array(out, dtype)
     if isinstance(out, pa.ChunkedArray):
         out = out.combine_chunks()
-    if isinstance(out, pa.Array):
-        return out if out.type == dtype else out.cast(dtype)
-    if hasattr(out, "__arrow_c_array__") and not hasattr(out, "dtype"):
-        out = pa.array(out)
-        return out if out.type == dtype else out.cast(dtype)
-    return pa.array(out, type=dtype)
+    if not isinstance(out, pa.Array):
+        if hasattr(out, "__arrow_c_array__") and not hasattr(out, "dtype"):
+            out = pa.array(out)
+        else:
+            try:
+                out = pa.array(out)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                return pa.array(out, type=dtype)
+    if out.type == dtype:
+        return out
+    if pa.types.is_null(out.type):
+        return pa.nulls(len(out), dtype)
+    try:
+        return out.cast(dtype)
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"the function returned {out.type} values that are not {dtype} without "
+                         f"loss ({exc}); return {dtype} values or declare return_dtype="
+                         f"{out.type}") from None
 
 
 def _read_exact(fd: int, n: int) -> bytearray | None:
@@ -233,12 +300,13 @@ def main() -> None:
             return
         try:
             reader = pa.ipc.open_stream(pa.py_buffer(frame[1]))
-            request = reader.read_next_batch()
+            request = _typed(reader.read_next_batch())
             if spec.get("mode") == "batches":
                 table = apply_batches(fn, request, spec["batch_format"], spec["schema"])
             else:
                 result = apply_udf(fn, list(request.columns), request.num_rows, spec["batch"],
-                                   spec["return_type"], spec["on_error"])
+                                   spec["return_type"], spec["on_error"],
+                                   batch_format=spec.get("batch_format", "pyarrow"))
                 table = pa.record_batch([result], names=["result"])
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -268,12 +336,13 @@ def _serve(fn: Any, spec: dict, requests: int, replies: int) -> None:
 
     class Replica(flight.FlightServerBase):
         def do_exchange(self, context, descriptor, reader, writer):
-            table = reader.read_all()
+            table = _typed(reader.read_all())
             arrays = [column.combine_chunks() for column in table.columns]
             try:
                 with computing:
                     result = apply_udf(fn, arrays, table.num_rows, spec["batch"],
-                                       spec["return_type"], spec["on_error"])
+                                       spec["return_type"], spec["on_error"],
+                                       batch_format=spec.get("batch_format", "pyarrow"))
             except Exception as exc:  # noqa: BLE001 - reported to the engine
                 raise flight.FlightServerError(_FUNCTION_ERROR + _describe(exc)) from None
             out = pa.record_batch([result], names=["result"])

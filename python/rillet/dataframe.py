@@ -16,6 +16,8 @@ from rillet.expr import Expr, col
 from rillet.types import _is_audio, _is_pil
 
 _FORMATS = ("pyarrow", "pandas", "numpy")
+# Rows map_batches runs its function on, in the driver, to find the output schema.
+_SAMPLE_ROWS = 16
 
 
 def _as_expr(value: str | Expr) -> Expr:
@@ -475,13 +477,16 @@ class DataFrame:
         """Apply ``fn`` to whole batches, in a stage of its own.
 
         ``batch_format`` is what ``fn`` receives: ``"pyarrow"`` (a Table), ``"pandas"`` (a
-        DataFrame) or ``"numpy"`` (a dict of arrays). It may return any of those (or a
-        RecordBatch). ``schema`` declares the output; without it the schema is found by
-        calling ``fn`` once on an empty batch.
+        DataFrame) or ``"numpy"`` (a dict of arrays; images of one size as one ``(n, h, w,
+        c)`` array, embeddings as ``(n, d)``). It may return any of those (or a RecordBatch).
+        ``schema`` declares the output; without it the schema is found by calling ``fn`` in
+        this process on the first rows of the input (at most 16, computed for it; the plan
+        stays lazy, so those rows run again in the job). A stream without end needs
+        ``schema``: reading its first rows would consume them.
 
         ``fn`` may be a class: each worker process builds it once (load a model in
-        ``__init__``) and calls the instance per batch; ``schema`` is then required (the
-        class is never built in this process). Classes, and functions given ``num_cpus``,
+        ``__init__``) and calls the instance per batch (without ``schema`` it is also built
+        once in this process, for the first rows). Classes, and functions given ``num_cpus``,
         ``num_gpus``, ``memory`` or ``isolate=True``, run in worker processes fed Arrow
         batches, with the pool settings of :func:`rillet.udf` (``concurrency=(min, max)``,
         fractional GPUs, ``max_retries`` re-sending a batch whose worker died). Other
@@ -507,17 +512,7 @@ class DataFrame:
             raise ValueError(f"map_batches({name}): a class, num_cpus, num_gpus and memory need "
                              "worker processes; drop isolate=False")
         if schema is None:
-            if is_class:
-                raise _rillet.PlanError(
-                    f"map_batches({name}): a class runs only in its worker processes; pass schema=... "
-                    "(the output's pyarrow schema)")
-            empty = _empty_batch(self.schema)
-            try:
-                schema = _to_table(fn(_convert_in(empty, batch_format))).schema
-            except Exception as error:  # noqa: BLE001 - we re-raise with advice
-                raise _rillet.PlanError(
-                    f"map_batches({name}): could not find the output schema by calling the "
-                    f"function on an empty batch ({type(error).__name__}: {error}); pass schema=...") from error
+            schema = self._sample_schema(fn, name, batch_format, batch_size, is_class)
         out_schema = schema
         if not isolate:
             if isinstance(concurrency, tuple):
@@ -536,6 +531,29 @@ class DataFrame:
                              max_retries, idle_timeout)
         return DataFrame(self._df.map_batches_workers(name, out_schema, batch_size=batch_size, pool=pool))
 
+    def _sample_schema(self, fn: Any, name: str, batch_format: str, batch_size: int | None,
+                       is_class: bool) -> pa.Schema:
+        """The schema of ``fn``'s output, found by running it on the input's first rows
+        (Ray Data's way)."""
+        if self._df.reads_unbounded():
+            raise _rillet.PlanError(
+                f"map_batches({name}): the input is a stream without end, and reading its first "
+                "rows to find the output's schema would consume them; pass schema=... (the "
+                "output's pyarrow schema)")
+        rows = min(batch_size or _SAMPLE_ROWS, _SAMPLE_ROWS)
+        head = self.limit(rows).collect()
+        batches = head.combine_chunks().to_batches()
+        batch = batches[0] if batches else _empty_batch(head.schema)
+        try:
+            target = fn() if is_class else fn
+            out = _to_table(target(_convert_in(batch, batch_format)))
+        except Exception as error:  # noqa: BLE001 - we re-raise with advice
+            raise _rillet.PlanError(
+                f"map_batches({name}): could not find the output schema by calling the function "
+                f"on the first {batch.num_rows} rows ({type(error).__name__}: {error}); pass "
+                "schema=...") from error
+        return out.schema
+
     # results -----------------------------------------------------------------------------
     def collect(self) -> pa.Table:
         """Run and return the result as a pyarrow Table (zero copy from the engine)."""
@@ -544,8 +562,16 @@ class DataFrame:
     to_arrow = collect
 
     def to_pandas(self):
-        """Run and return a pandas DataFrame."""
-        return self.collect().to_pandas()
+        """Run and return a pandas DataFrame; Rillet's types hold the values ``to_pylist()``
+        gives (PIL images, numpy arrays, ``(samples, rate)``).
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"x": [1, 2]}).to_pandas()["x"].tolist()
+        [1, 2]
+        """
+        from rillet.types import table_to_pandas
+
+        return table_to_pandas(self.collect())
 
     def to_pylist(self) -> list[dict]:
         """Run and return a list of row dicts."""

@@ -65,7 +65,7 @@ class Service:
     def __call__(self, *args: Any) -> Expr:
         exprs = [_to_expr(a)._expr for a in args]
         return Expr(current_session()._native.service_call(
-            self._native, self._wire_type, exprs, batch_size=self.batch_size))
+            self._native, pa.field("result", self._wire_type), exprs, batch_size=self.batch_size))
 
     def scale(self, replicas: int | tuple[int, int]) -> None:
         """Keep ``replicas`` replicas from now on (or ``(min, max)``: autoscale between

@@ -25,7 +25,7 @@ __all__ = [
     "Image", "Tensor", "Embedding", "Audio", "File", "Clip",
     "ImageType", "TensorType", "EmbeddingType", "AudioType", "FileType", "ClipType",
     "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
-    "float16", "float32", "float64", "to_arrow_column",
+    "float16", "float32", "float64", "to_arrow_column", "to_extension_array",
 ]
 
 # Element types: one set for tensors, embeddings and pixels.
@@ -93,6 +93,47 @@ class _RilletType(pa.ExtensionType):
         raise NotImplementedError
 
 
+
+class _RilletArray(pa.ExtensionArray):
+    """Arrays of a Rillet type: ``to_pylist()`` gives the Python values (PIL images, numpy
+    arrays, ``(samples, rate)``), ``to_numpy()`` one numpy array where the rows' shapes
+    agree (``(n, h, w, c)`` images, ``(n, d)`` embeddings, ``(n, *shape)`` tensors) and
+    an object array of the rows' values otherwise."""
+
+    def to_numpy(self, zero_copy_only: bool = False, writable: bool = False) -> np.ndarray:
+        rows = self.to_pylist()
+        arrays = [np.asarray(r) if _is_pil(r) else r for r in rows]
+        shapes = {(a.shape, a.dtype) for a in arrays if isinstance(a, np.ndarray)}
+        if arrays and len(shapes) == 1 and all(isinstance(a, np.ndarray) for a in arrays):
+            return np.stack(arrays)
+        out = np.empty(len(arrays), dtype=object)
+        for i, a in enumerate(arrays):
+            out[i] = a
+        return out
+
+
+class _EmbeddingArray(_RilletArray):
+    def to_numpy(self, zero_copy_only: bool = False, writable: bool = False) -> np.ndarray:
+        if self.null_count:
+            return super().to_numpy()
+        t: EmbeddingType = self.type
+        values = self.storage.flatten().to_numpy(zero_copy_only=False)
+        return values.reshape((len(self), t.dim))
+
+
+class _TensorArray(_RilletArray):
+    def to_numpy(self, zero_copy_only: bool = False, writable: bool = False) -> np.ndarray:
+        t: TensorType = self.type
+        if self.null_count or t.shape is None:
+            return super().to_numpy()
+        storage = self.storage
+        width = storage.type.byte_width
+        data = storage.buffers()[1]
+        flat = np.frombuffer(data, dtype=t.numpy_dtype, count=len(self) * width // t.numpy_dtype.itemsize,
+                             offset=storage.offset * width)
+        return flat.reshape((len(self),) + t.shape)
+
+
 class ImageScalar(pa.ExtensionScalar):
     def as_py(self, *args, **kwargs):
         value = self.value
@@ -141,6 +182,9 @@ class ImageType(_RilletType):
     def __arrow_ext_scalar_class__(self):
         return ImageScalar
 
+    def __arrow_ext_class__(self):
+        return _RilletArray
+
     def _display(self) -> str:
         return f"Image[{self.mode}, {_MODES[self.mode][1]}]" if self.mode else "Image[mixed]"
 
@@ -185,6 +229,9 @@ class TensorType(_RilletType):
     def __arrow_ext_scalar_class__(self):
         return TensorScalar
 
+    def __arrow_ext_class__(self):
+        return _TensorArray
+
     def _display(self) -> str:
         if self.shape is None:
             return f"Tensor[{self.dtype}]"
@@ -216,6 +263,9 @@ class EmbeddingType(_RilletType):
     def __arrow_ext_scalar_class__(self):
         return EmbeddingScalar
 
+    def __arrow_ext_class__(self):
+        return _EmbeddingArray
+
     def _display(self) -> str:
         return f"Embedding[{self.dtype}; {self.dim}]"
 
@@ -243,6 +293,9 @@ class AudioType(_RilletType):
 
     def __arrow_ext_scalar_class__(self):
         return AudioScalar
+
+    def __arrow_ext_class__(self):
+        return _RilletArray
 
     def _display(self) -> str:
         return "Audio"
@@ -390,3 +443,141 @@ def to_arrow_column(values: list) -> pa.Array | None:
     if isinstance(first, np.ndarray):
         return _tensor_column(values)
     return None
+
+
+# Python values -> a declared Rillet type ------------------------------------------------
+
+def _rows(values: Any) -> list:
+    """The rows of ``values``: a list, a numpy array (split along its first axis), a
+    pyarrow array (as Python values) or any iterable."""
+    if isinstance(values, np.ndarray):
+        return list(values) if values.dtype != object else values.tolist()
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values.to_pylist()
+    return list(values)
+
+
+def _image_row(value: Any, mode: str | None) -> dict:
+    if _is_pil(value):
+        if mode in ("L", "LA", "RGB", "RGBA") and value.mode != mode:
+            value = value.convert(mode)
+        return _pil_to_row(value)
+    array = np.asarray(value)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise ValueError(f"an image must be a PIL image or an (h, w) or (h, w, c) array; got an "
+                         f"array of shape {array.shape}")
+    channels = array.shape[2]
+    element = _element(array.dtype)
+    found = [m for m, layout in _MODES.items() if layout == (channels, element)]
+    row_mode = mode if mode is not None else (found[0] if found else None)
+    if row_mode is None or _MODES[row_mode] != (channels, element):
+        raise ValueError(f"an image array of shape {array.shape} and dtype {array.dtype} is not an "
+                         f"image of mode {row_mode or '?'}; modes: "
+                         + ", ".join(f"{m}=({c} channels, {e})" for m, (c, e) in _MODES.items()))
+    return {"height": array.shape[0], "width": array.shape[1], "channels": channels, "mode": row_mode,
+            "data": np.ascontiguousarray(array).tobytes()}
+
+
+def _tensor_storage(rows: list, t: "TensorType") -> pa.Array:
+    if t.shape is not None:
+        out = []
+        for v in rows:
+            if v is None:
+                out.append(None)
+                continue
+            array = np.asarray(v)
+            if tuple(array.shape) != t.shape:
+                raise ValueError(f"a {t} value must have shape {t.shape}, got {tuple(array.shape)}")
+            out.append(np.ascontiguousarray(array, dtype=t.numpy_dtype).tobytes())
+        return pa.array(out, type=t.storage_type)
+    return pa.array([None if v is None else {
+        "data": np.ascontiguousarray(np.asarray(v), dtype=t.numpy_dtype).tobytes(),
+        "shape": list(np.shape(v))} for v in rows], type=t.storage_type)
+
+
+def _embedding_storage(rows: list, t: "EmbeddingType") -> pa.Array:
+    out = []
+    for v in rows:
+        if v is None:
+            out.append(None)
+            continue
+        array = np.asarray(v).ravel() if np.ndim(v) > 1 and np.size(v) == t.dim else np.asarray(v)
+        if array.shape != (t.dim,):
+            raise ValueError(f"an {t} value must be a vector of {t.dim} values, got shape {array.shape}")
+        out.append(array)
+    return pa.array(out, type=t.storage_type)
+
+
+def to_extension_array(values: Any, dtype: pa.ExtensionType) -> pa.Array:
+    """``values`` as an array of the Rillet type ``dtype``: a list of Python values (PIL
+    images, numpy arrays, ``(samples, rate)``, ``None``), a stacked numpy array (``(n, h,
+    w, c)`` images, ``(n, d)`` embeddings, ``(n, *shape)`` tensors), or a pyarrow array of
+    the type or of its storage.
+
+    >>> import numpy as np, rillet as rl
+    >>> to_extension_array(np.zeros((2, 3), np.float32), rl.Embedding("f32", 3)).to_numpy().shape
+    (2, 3)
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.ExtensionArray) and values.type == dtype:
+        return values
+    if isinstance(values, pa.Array) and values.type == dtype.storage_type:
+        return pa.ExtensionArray.from_storage(dtype, values)
+    if isinstance(dtype, EmbeddingType) and isinstance(values, np.ndarray) and values.ndim == 2 \
+            and values.dtype != object:
+        if values.shape[1] != dtype.dim:
+            raise ValueError(f"an {dtype} column needs arrays of shape (n, {dtype.dim}), got {values.shape}")
+        flat = pa.array(np.ascontiguousarray(values, dtype=_ELEMENTS[dtype.dtype].to_pandas_dtype()).ravel())
+        return pa.ExtensionArray.from_storage(dtype, pa.FixedSizeListArray.from_arrays(flat, dtype.dim))
+    rows = _rows(values)
+    if isinstance(dtype, ImageType):
+        storage = pa.array([None if v is None else _image_row(v, dtype.mode) for v in rows], type=_IMAGE_STORAGE)
+    elif isinstance(dtype, TensorType):
+        storage = _tensor_storage(rows, dtype)
+    elif isinstance(dtype, EmbeddingType):
+        storage = _embedding_storage(rows, dtype)
+    elif isinstance(dtype, AudioType):
+        return _audio_column(rows) if any(v is not None for v in rows) else \
+            pa.ExtensionArray.from_storage(dtype, pa.nulls(len(rows), _AUDIO_STORAGE))
+    else:
+        storage = pa.array(rows, type=dtype.storage_type)
+    return pa.ExtensionArray.from_storage(dtype, storage)
+
+
+_TYPES_BY_NAME = {"rillet.image": ImageType, "rillet.tensor": TensorType, "rillet.embedding": EmbeddingType,
+                  "rillet.audio": AudioType, "rillet.file": FileType, "rillet.clip": ClipType}
+
+
+def with_extension_types(batch: Any) -> Any:
+    """``batch`` (a RecordBatch or Table) with columns whose fields name a Rillet type in
+    their metadata turned into arrays of that type (as pyarrow does itself once this
+    module is imported; for batches read before that)."""
+    fields, columns, changed = [], [], False
+    for field, column in zip(batch.schema, batch.columns):
+        meta = field.metadata or {}
+        name = meta.get(b"ARROW:extension:name", b"").decode()
+        if name in _TYPES_BY_NAME and not isinstance(field.type, pa.ExtensionType):
+            t = _TYPES_BY_NAME[name].__arrow_ext_deserialize__(field.type, meta.get(b"ARROW:extension:metadata", b""))
+            column = (pa.chunked_array([pa.ExtensionArray.from_storage(t, c) for c in column.chunks], t)
+                      if isinstance(column, pa.ChunkedArray) else pa.ExtensionArray.from_storage(t, column))
+            field, changed = pa.field(field.name, t, field.nullable), True
+        fields.append(field)
+        columns.append(column)
+    if not changed:
+        return batch
+    return type(batch).from_arrays(columns, schema=pa.schema(fields))
+
+
+def table_to_pandas(table: pa.Table):
+    """``table`` as a pandas DataFrame whose Rillet-typed columns hold the values
+    ``to_pylist()`` gives (PIL images, numpy arrays), not their storage."""
+    typed = [i for i, f in enumerate(table.schema) if isinstance(f.type, _RilletType)]
+    frame = table.drop_columns([table.schema.names[i] for i in typed]).to_pandas() if typed else table.to_pandas()
+    if typed:
+        import pandas as pd
+        for i in typed:
+            frame.insert(i, table.schema.names[i], pd.Series(table.column(i).to_pylist(), dtype=object))
+    return frame

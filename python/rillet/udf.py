@@ -32,6 +32,7 @@ from rillet._worker import apply_udf
 from rillet.expr import Expr, _to_expr, to_arrow_type
 
 _ON_ERROR = ("raise", "null", "column")
+_BATCH_FORMATS = ("pyarrow", "numpy")
 
 # Started as a file (not ``-m``) so a worker needs neither the engine nor the package's
 # import; loaded through importlib so the package directory does not shadow the standard
@@ -49,9 +50,15 @@ class UDF:
                  num_cpus: float | None = None, num_gpus: float | None = None,
                  memory: int | str | None = None, max_retries: int = 3,
                  on_error: str = "raise", isolate: bool | None = None,
-                 idle_timeout: float = 10.0):
+                 idle_timeout: float = 10.0, batch_format: str = "pyarrow"):
         if on_error not in _ON_ERROR:
             raise ValueError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}")
+        if batch_format not in _BATCH_FORMATS:
+            raise ValueError(f"batch_format must be one of {_BATCH_FORMATS}, got {batch_format!r}")
+        if batch_format != "pyarrow" and not batch:
+            raise ValueError("batch_format= is for batch UDFs (batch=True); a row UDF gets "
+                             "Python values (PIL images, numpy arrays) already")
+        self.batch_format = batch_format
         self._fn = fn
         self._instance: Any = None
         self._lock = threading.Lock()
@@ -93,14 +100,15 @@ class UDF:
 
     def _call_arrays(self, arrays: list[pa.Array], num_rows: int) -> pa.Array:
         return apply_udf(self._target(), arrays, num_rows, self.batch, self._wire_type,
-                         self.on_error, is_async=self.is_async)
+                         self.on_error, is_async=self.is_async, batch_format=self.batch_format)
 
     def _pickled(self) -> bytes:
         """The function as its workers receive it, with a message saying what to change
         when it cannot be pickled."""
         if self._setup is None:
             spec = {"fn": self._fn, "is_class": isinstance(self._fn, type), "batch": self.batch,
-                    "return_type": self._wire_type, "on_error": self.on_error}
+                    "return_type": self._wire_type, "on_error": self.on_error,
+                    "batch_format": self.batch_format}
             kind = "class" if isinstance(self._fn, type) else "function"
             self._setup = pickle_for_workers(spec, f"UDF {self.name!r}", kind)
         return self._setup
@@ -111,11 +119,11 @@ class UDF:
         if not self.isolate:
             fixed = self.concurrency[1] if self.concurrency else None
             return Expr(native.udf_call(
-                self._call_arrays, self.name, self._wire_type, exprs,
+                self._call_arrays, self.name, pa.field("result", self._wire_type), exprs,
                 batch_size=self.batch_size, concurrency=fixed))
         pool = pool_settings(self._pickled(), self.concurrency, self.num_cpus, self.num_gpus,
                              self.memory, self.max_retries, self.idle_timeout)
-        return Expr(native.worker_udf_call(self.name, self._wire_type, exprs,
+        return Expr(native.worker_udf_call(self.name, pa.field("result", self._wire_type), exprs,
                                            batch_size=self.batch_size, pool=pool))
 
     def __repr__(self) -> str:
@@ -129,13 +137,18 @@ def udf(fn: Callable[..., Any] | None = None, *, return_dtype: Any, batch: bool 
         batch_size: int | None = None, concurrency: int | tuple[int, int] | None = None,
         num_cpus: float | None = None, num_gpus: float | None = None,
         memory: int | str | None = None, max_retries: int = 3, on_error: str = "raise",
-        isolate: bool | None = None, idle_timeout: float = 10.0):
+        isolate: bool | None = None, idle_timeout: float = 10.0, batch_format: str = "pyarrow"):
     """Turn a Python function, async function or class into a UDF.
 
-    Row-wise (default): called once per row with Python values. Batch-wise (``batch=True``):
-    called once per batch with ``pyarrow.Array`` arguments; returns an array-like of the
-    same length (pyarrow, numpy, pandas, or a list). A class is built once per worker (load
-    models in ``__init__``) and its instance called.
+    Row-wise (default): called once per row with Python values; Rillet's types arrive as
+    users know them (an Image as a PIL image, a Tensor or Embedding as a numpy array, Audio
+    as ``(samples, rate)``) and may be returned so. Batch-wise (``batch=True``): called
+    once per batch with ``pyarrow.Array`` arguments (``to_pylist()`` gives the values
+    above, ``to_numpy()`` stacks them, e.g. ``(n, h, w, c)`` for images of one size), or
+    with numpy arrays for ``batch_format="numpy"``; returns an array-like of the same
+    length (pyarrow, numpy — an ``(n, d)`` array for an Embedding —, pandas, or a list). A
+    result is converted to ``return_dtype`` only where no value is lost. A class is built
+    once per worker (load models in ``__init__``) and its instance called.
 
     Args:
         return_dtype: the result type (a pyarrow type or a name such as ``"int64"``).
@@ -153,6 +166,7 @@ def udf(fn: Callable[..., Any] | None = None, *, return_dtype: Any, batch: bool 
         isolate: run in worker processes (default for classes and batch UDFs) or in this
             process (default for row functions and async functions).
         idle_timeout: seconds a worker above the pool's minimum may stay idle.
+        batch_format: what a batch UDF receives: ``"pyarrow"`` arrays or ``"numpy"``.
 
     >>> import rillet as rl
     >>> @rl.udf(return_dtype="int64")
@@ -166,7 +180,8 @@ def udf(fn: Callable[..., Any] | None = None, *, return_dtype: Any, batch: bool 
     def wrap(f: Callable[..., Any]) -> UDF:
         return UDF(f, dtype, batch, batch_size, concurrency, num_cpus=num_cpus,
                    num_gpus=num_gpus, memory=memory, max_retries=max_retries,
-                   on_error=on_error, isolate=isolate, idle_timeout=idle_timeout)
+                   on_error=on_error, isolate=isolate, idle_timeout=idle_timeout,
+                   batch_format=batch_format)
 
     return wrap(fn) if fn is not None else wrap
 

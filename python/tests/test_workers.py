@@ -353,13 +353,16 @@ def test_map_batches_worker_killed_mid_job_keeps_the_output_exact(tmp_path):
     assert batches_stats(df)["retries"] == 1
 
 
-def test_map_batches_class_needs_a_schema_and_functions_stay_in_process_by_default():
+def test_map_batches_class_schema_from_first_rows_and_functions_stay_in_process_by_default():
     class Nothing:
         def __call__(self, table):
             return table
 
+    # The class is built once here for the first rows (the output's schema) and runs in
+    # worker processes; a stream without end cannot be sampled and needs schema=.
+    assert sorted(rl.range(40).map_batches(Nothing).to_pydict()["id"]) == list(range(40))
     with pytest.raises(rl.PlanError, match="pass schema="):
-        rl.range(3).map_batches(Nothing)
+        rl.read_sequence(partitions=1).map_batches(Nothing)
     pids = rl.range(3).map_batches(
         lambda t: t.append_column("pid", pa.array([os.getpid()] * t.num_rows, pa.int64()))).to_pydict()["pid"]
     assert set(pids) == {os.getpid()}

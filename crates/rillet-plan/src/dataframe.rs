@@ -153,6 +153,32 @@ impl DataFrame {
         self.inner.logical_plan()
     }
 
+    /// True if the plan reads a stream without end (Kafka, Redis, a watched directory):
+    /// running it to look at its first rows would consume them.
+    ///
+    /// ```
+    /// let session = rillet_plan::Session::default();
+    /// assert!(!session.range(3).unwrap().reads_unbounded());
+    /// assert!(session.read_sequence("s", 1, None, None, None).unwrap().reads_unbounded());
+    /// ```
+    pub fn reads_unbounded(&self) -> bool {
+        use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+        let mut unbounded = false;
+        let _ = self.logical_plan().apply(|node| {
+            if let LogicalPlan::TableScan(scan) = node
+                && let Ok(provider) = datafusion::datasource::source_as_provider(&scan.source)
+                && let Some(table) = (provider.as_ref() as &dyn std::any::Any)
+                    .downcast_ref::<crate::streaming::StreamTable>()
+                && !table.is_bounded()
+            {
+                unbounded = true;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        unbounded
+    }
+
     fn columns(&self) -> Vec<Expr> {
         self.inner
             .schema()

@@ -8,14 +8,16 @@ use arrow::array::RecordBatch;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use pyo3_arrow::{PyDataType, PySchema, PyTable};
+use pyo3_arrow::{PyField, PySchema, PyTable};
 use rillet_common::{EngineConfig, RilletError};
 use rillet_plan::{DataFrame, JoinHow, ReadFormat, Session, array_function_expr};
 use rillet_runtime::workers::{PoolOptions, WorkerCommand};
 use rillet_runtime::{
     CollectedBatches, FileFormat, JobHandle, JobStats, RowBatcher, WriteMode, global_runtime,
 };
-use rillet_runtime::{ResourceManager, ResourceRequest, WorkerBatchFunction, WorkerFunction};
+use rillet_runtime::{
+    CallFields, ResourceManager, ResourceRequest, WorkerBatchFunction, WorkerFunction,
+};
 
 use rillet_service::ServiceFunction;
 
@@ -240,13 +242,14 @@ impl PySession {
         .map(PyDataFrame::from)
     }
 
-    /// A column-function expression calling a Python callable `(arrays, n) -> array`.
-    #[pyo3(signature = (callable, name, return_type, args, batch_size=None, concurrency=None))]
+    /// A column-function expression calling a Python callable `(arrays, n) -> array`;
+    /// `result` is the result's field (its type, with an extension type's metadata).
+    #[pyo3(signature = (callable, name, result, args, batch_size=None, concurrency=None))]
     fn udf_call(
         &self,
         callable: Py<PyAny>,
         name: String,
-        return_type: PyDataType,
+        result: PyField,
         args: Vec<PyExpr>,
         batch_size: Option<usize>,
         concurrency: Option<usize>,
@@ -254,7 +257,7 @@ impl PySession {
         let function = PyArrayFunction {
             name,
             callable,
-            return_type: return_type.into_inner(),
+            fields: CallFields::new(result.into_inner().as_ref().clone()),
             batch_size,
             concurrency,
         };
@@ -266,17 +269,17 @@ impl PySession {
     }
 
     /// A call of a service (see `rillet/service.py`).
-    #[pyo3(signature = (service, return_type, args, *, batch_size=None))]
+    #[pyo3(signature = (service, result, args, *, batch_size=None))]
     fn service_call(
         &self,
         service: &crate::service::PyService,
-        return_type: PyDataType,
+        result: PyField,
         args: Vec<PyExpr>,
         batch_size: Option<usize>,
     ) -> PyExpr {
         let function = ServiceFunction::new(
             service.service.clone(),
-            return_type.into_inner(),
+            result.into_inner().as_ref().clone(),
             batch_size,
         );
         array_function_expr(
@@ -287,11 +290,11 @@ impl PySession {
     }
 
     /// A call of a UDF computed by worker processes (see `rillet/udf.py`).
-    #[pyo3(signature = (name, return_type, args, *, batch_size, pool))]
+    #[pyo3(signature = (name, result, args, *, batch_size, pool))]
     fn worker_udf_call(
         &self,
         name: String,
-        return_type: PyDataType,
+        result: PyField,
         args: Vec<PyExpr>,
         batch_size: Option<usize>,
         pool: WorkerSettings,
@@ -299,7 +302,7 @@ impl PySession {
         let (command, options, resources) = pool.into_pool(&format!("udf({name})"))?;
         let function = WorkerFunction::new(
             name,
-            return_type.into_inner(),
+            result.into_inner().as_ref().clone(),
             batch_size,
             command,
             options,
@@ -469,6 +472,10 @@ impl PyDataFrame {
 impl PyDataFrame {
     fn schema<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         PySchema::new(self.df.schema()).into_pyarrow(py)
+    }
+
+    fn reads_unbounded(&self) -> bool {
+        self.df.reads_unbounded()
     }
 
     fn column_names(&self) -> Vec<String> {

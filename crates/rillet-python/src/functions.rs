@@ -1,16 +1,15 @@
 //! Python callables as Rillet batch and column functions. They run on the engine's blocking
 //! pool threads and take the GIL only for the call itself.
 
-use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{DataType, Field, SchemaRef};
+use arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 use pyo3_arrow::{PyArray, PyRecordBatch};
 use rillet_common::{Result, RilletError};
 use rillet_plan::ArrayFunction;
-use rillet_runtime::BatchFunction;
+use rillet_runtime::{BatchFunction, CallFields, ScalarValue};
 
 /// Format a Python exception with its traceback, as Python would print it.
 pub(crate) fn format_python_error(py: Python<'_>, error: &PyErr) -> String {
@@ -80,7 +79,7 @@ impl BatchFunction for PyBatchFunction {
 pub(crate) struct PyArrayFunction {
     pub(crate) name: String,
     pub(crate) callable: Py<PyAny>,
-    pub(crate) return_type: DataType,
+    pub(crate) fields: CallFields,
     pub(crate) batch_size: Option<usize>,
     pub(crate) concurrency: Option<usize>,
 }
@@ -91,7 +90,11 @@ impl ArrayFunction for PyArrayFunction {
     }
 
     fn return_type(&self) -> DataType {
-        self.return_type.clone()
+        self.fields.return_type()
+    }
+
+    fn return_field(&self, args: &[FieldRef], _literals: &[Option<&ScalarValue>]) -> Result<Field> {
+        Ok(self.fields.return_field(&self.name, args))
     }
 
     fn call(&self, args: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
@@ -101,9 +104,7 @@ impl ArrayFunction for PyArrayFunction {
                     .iter()
                     .enumerate()
                     .map(|(i, a)| {
-                        let field =
-                            Arc::new(Field::new(format!("arg{i}"), a.data_type().clone(), true));
-                        PyArray::new(a.clone(), field)
+                        PyArray::new(a.clone(), self.fields.argument_field(i, a))
                             .to_pyarrow(py)
                             .map(|b| b.unbind())
                     })

@@ -2,10 +2,11 @@
 //! functions (`map_batches`) — and the re-batching in front of them.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::compute::concat_batches;
-use arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use rillet_common::Result;
 
@@ -414,5 +415,87 @@ impl BatchFunction for FunctionChain {
 
     fn close(&self) {
         self.functions.iter().for_each(|f| f.close());
+    }
+}
+
+/// The fields of a function that hands its arguments on — to Python, to worker processes,
+/// to a service — so their meaning travels with them: an Image column reaches Python as an
+/// Image (not its storage struct), and a result declared as a Tensor comes back as one.
+///
+/// The argument fields are those the call site was last planned with; an argument whose
+/// array no longer has that field's type is sent with a plain field.
+///
+/// ```
+/// use std::sync::Arc;
+/// use arrow::array::{ArrayRef, Int64Array};
+/// use arrow::datatypes::{DataType, Field};
+/// use rillet_runtime::CallFields;
+///
+/// let fields = CallFields::new(Field::new("result", DataType::Utf8, true));
+/// let planned = Field::new("x", DataType::Int64, true)
+///     .with_metadata([("ARROW:extension:name".to_string(), "demo".to_string())].into());
+/// let result = fields.return_field("f", &[Arc::new(planned)]);
+/// assert_eq!(result.name(), "f");
+/// let x: ArrayRef = Arc::new(Int64Array::from(vec![1, 2]));
+/// let batch = fields.argument_batch(&[x], 2).unwrap();
+/// assert_eq!(batch.schema().field(0).metadata()["ARROW:extension:name"], "demo");
+/// ```
+#[derive(Debug)]
+pub struct CallFields {
+    result: Field,
+    arguments: std::sync::Mutex<Vec<FieldRef>>,
+}
+
+impl CallFields {
+    /// Fields for a function returning `result` (its name is replaced by the function's).
+    pub fn new(result: Field) -> Self {
+        Self {
+            result,
+            arguments: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The result's type (the storage type for an extension type).
+    pub fn return_type(&self) -> DataType {
+        self.result.data_type().clone()
+    }
+
+    /// The result field named `name`, with its metadata; remembers `arguments` for the
+    /// calls to come.
+    pub fn return_field(&self, name: &str, arguments: &[FieldRef]) -> Field {
+        *self.arguments.lock().unwrap_or_else(|e| e.into_inner()) = arguments.to_vec();
+        self.result.clone().with_name(name)
+    }
+
+    /// The field to send argument `index` with: the planned one when `array` still has its
+    /// type, else a plain nullable field.
+    pub fn argument_field(&self, index: usize, array: &ArrayRef) -> FieldRef {
+        let planned = self.arguments.lock().unwrap_or_else(|e| e.into_inner());
+        match planned.get(index) {
+            Some(field) if field.data_type() == array.data_type() => Arc::new(
+                Field::new(format!("a{index}"), array.data_type().clone(), true)
+                    .with_metadata(field.metadata().clone()),
+            ),
+            _ => Arc::new(Field::new(
+                format!("a{index}"),
+                array.data_type().clone(),
+                true,
+            )),
+        }
+    }
+
+    /// A call's arguments as one batch for another process: columns `a0`, `a1`, … with
+    /// their planned metadata and the call's row count (kept even with no arguments).
+    pub fn argument_batch(&self, args: &[ArrayRef], rows: usize) -> Result<RecordBatch> {
+        let fields: Vec<FieldRef> = args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| self.argument_field(i, a))
+            .collect();
+        Ok(RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(fields)),
+            args.to_vec(),
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?)
     }
 }

@@ -62,9 +62,10 @@ mod worker;
 pub mod workers;
 
 pub use checkpointing::{CheckpointStats, Checkpointing};
+pub use datafusion::common::ScalarValue;
 pub use exchange::{ExchangeRegistry, ExchangeSourceExec};
 pub use function::{
-    ArrayFunction, BatchFunction, FunctionChain, FunctionContext, RowBatcher, call_first_row,
+    ArrayFunction, BatchFunction, CallFields, FunctionChain, FunctionContext, RowBatcher, call_first_row,
     while_loading_model,
 };
 pub use graph::{DataflowGraph, Edge, EdgeId, EdgeKind, Vertex, VertexId, VertexOperator};

@@ -3,11 +3,10 @@
 use std::sync::{Arc, Mutex};
 
 use arrow::array::ArrayRef;
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Field, FieldRef};
 use rillet_common::{Result, RilletError};
 use rillet_runtime::OperatorMetrics;
-use rillet_runtime::workers::argument_batch;
-use rillet_runtime::{ArrayFunction, FunctionContext};
+use rillet_runtime::{ArrayFunction, CallFields, FunctionContext, ScalarValue};
 
 use crate::Service;
 
@@ -18,7 +17,7 @@ use crate::Service;
 #[derive(Debug)]
 pub struct ServiceFunction {
     name: String,
-    return_type: DataType,
+    fields: CallFields,
     service: Arc<Service>,
     batch_size: usize,
     /// The running job's counters for this operator, where waits are recorded.
@@ -26,16 +25,16 @@ pub struct ServiceFunction {
 }
 
 impl ServiceFunction {
-    /// Calls of `service` returning `return_type`, each of at most `batch_size` rows
-    /// (default: the service's `max_batch_rows`; smaller calls arriving together are
-    /// merged into one request).
-    pub fn new(service: Arc<Service>, return_type: DataType, batch_size: Option<usize>) -> Self {
+    /// Calls of `service` returning `result` (a field, so an extension type's metadata is
+    /// kept), each of at most `batch_size` rows (default: the service's `max_batch_rows`;
+    /// smaller calls arriving together are merged into one request).
+    pub fn new(service: Arc<Service>, result: Field, batch_size: Option<usize>) -> Self {
         Self {
             batch_size: batch_size
                 .unwrap_or(service.options().max_batch_rows)
                 .max(1),
             name: service.name().to_string(),
-            return_type,
+            fields: CallFields::new(result),
             service,
             metrics: Mutex::new(None),
         }
@@ -48,15 +47,19 @@ impl ArrayFunction for ServiceFunction {
     }
 
     fn return_type(&self) -> DataType {
-        self.return_type.clone()
+        self.fields.return_type()
+    }
+
+    fn return_field(&self, args: &[FieldRef], _literals: &[Option<&ScalarValue>]) -> Result<Field> {
+        Ok(self.fields.return_field(&self.name, args))
     }
 
     fn call(&self, args: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
         if rows == 0 {
             // Nothing to send: a request needs rows.
-            return Ok(arrow::array::new_empty_array(&self.return_type));
+            return Ok(arrow::array::new_empty_array(&self.fields.return_type()));
         }
-        let batch = argument_batch(args, rows)?;
+        let batch = self.fields.argument_batch(args, rows)?;
         let metrics = self
             .metrics
             .lock()

@@ -30,6 +30,11 @@ impl StreamTable {
     pub fn new(source: Arc<dyn StreamSource>, bounded: bool) -> Self {
         Self { source, bounded }
     }
+
+    /// Whether a batch job may read the source to its end.
+    pub fn is_bounded(&self) -> bool {
+        self.bounded
+    }
 }
 
 #[async_trait]

@@ -15,8 +15,9 @@ pub mod protocol;
 
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
+use datafusion::common::ScalarValue;
 use rillet_common::{Result, RilletError};
 
 pub use pool::{
@@ -24,7 +25,7 @@ pub use pool::{
     stop_processes,
 };
 
-use crate::function::{ArrayFunction, BatchFunction, FunctionContext};
+use crate::function::{ArrayFunction, BatchFunction, CallFields, FunctionContext};
 use crate::resources::ResourceManager;
 
 /// The process pool of a function for the jobs that use it: started by the first job's
@@ -125,21 +126,6 @@ impl JobPool {
     }
 }
 
-/// A function call's arguments as one batch for another process: columns `a0`, `a1`, …
-/// with the call's row count (kept even when there are no arguments).
-pub fn argument_batch(args: &[ArrayRef], rows: usize) -> Result<RecordBatch> {
-    let fields: Vec<Field> = args
-        .iter()
-        .enumerate()
-        .map(|(i, a)| Field::new(format!("a{i}"), a.data_type().clone(), true))
-        .collect();
-    Ok(RecordBatch::try_new_with_options(
-        Arc::new(Schema::new(fields)),
-        args.to_vec(),
-        &RecordBatchOptions::new().with_row_count(Some(rows)),
-    )?)
-}
-
 /// A column function whose calls run in a pool of worker processes started for each job.
 ///
 /// Each call sends the argument arrays (as columns `a0`, `a1`, … of a batch with the
@@ -147,17 +133,18 @@ pub fn argument_batch(args: &[ArrayRef], rows: usize) -> Result<RecordBatch> {
 #[derive(Debug)]
 pub struct WorkerFunction {
     name: String,
-    return_type: DataType,
+    fields: CallFields,
     batch_size: Option<usize>,
     pool: JobPool,
 }
 
 impl WorkerFunction {
-    /// A function called `name` returning `return_type`, computed by workers started with
-    /// `command` and sized by `options`, with resources from `resources`.
+    /// A function called `name` returning `result` (a field, so an extension type's
+    /// metadata is kept), computed by workers started with `command` and sized by
+    /// `options`, with resources from `resources`.
     pub fn new(
         name: impl Into<String>,
-        return_type: DataType,
+        result: Field,
         batch_size: Option<usize>,
         command: WorkerCommand,
         options: PoolOptions,
@@ -167,7 +154,7 @@ impl WorkerFunction {
         Self {
             pool: JobPool::new(format!("udf({name})"), command, options, resources),
             name,
-            return_type,
+            fields: CallFields::new(result),
             batch_size,
         }
     }
@@ -188,11 +175,15 @@ impl ArrayFunction for WorkerFunction {
     }
 
     fn return_type(&self) -> DataType {
-        self.return_type.clone()
+        self.fields.return_type()
+    }
+
+    fn return_field(&self, args: &[FieldRef], _literals: &[Option<&ScalarValue>]) -> Result<Field> {
+        Ok(self.fields.return_field(&self.name, args))
     }
 
     fn call(&self, args: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
-        let reply = self.pool.call(&argument_batch(args, rows)?)?;
+        let reply = self.pool.call(&self.fields.argument_batch(args, rows)?)?;
         if reply.num_columns() != 1 {
             return Err(RilletError::UserFunction {
                 operator: self.operator(),

@@ -1,0 +1,151 @@
+"""A Daft, Ray Data or Polars user's first day, step by step: multimodal values in Python
+functions, map_batches without a schema, no silent wrong results, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+import rillet as rl
+from rillet import col
+from rillet.dev.datasets import sample_photos, sample_speech
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return [str(p) for p in sample_photos() if p.suffix.lower() in (".png", ".jpg", ".jpeg")][:6]
+
+
+@pytest.fixture()
+def images(photos):
+    """Decoded RGB photos resized to one size, so batches stack."""
+    return (rl.from_pydict({"path": photos})
+            .with_column("img", col("path").image.decode("RGB").image.resize(32, 24)))
+
+
+def _expected(photos):
+    out = []
+    for p in photos:
+        with Image.open(p) as im:
+            out.append(np.asarray(im.convert("RGB")))
+    return out
+
+
+# 1. Multimodal values arrive in Python as users know them ----------------------------------
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_row_udf_gets_and_returns_pil_images_and_numpy(photos, isolate):
+    @rl.udf(return_dtype=rl.Image("RGB"), isolate=isolate)
+    def flip(image):
+        assert isinstance(image, Image.Image), type(image)
+        return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+    @rl.udf(return_dtype=rl.Tensor("f32", (3,)), isolate=isolate)
+    def mean_colour(image):
+        return np.asarray(image, np.float32).reshape(-1, 3).mean(axis=0)
+
+    df = rl.from_pydict({"path": photos}).with_column("img", col("path").image.decode("RGB"))
+    rows = df.with_columns({"flipped": flip(col("img")), "mean": mean_colour(col("img"))}).to_pylist()
+    by_path = {r["path"]: r for r in rows}
+    for path, pixels in zip(photos, _expected(photos)):
+        row = by_path[path]
+        assert isinstance(row["flipped"], Image.Image)
+        np.testing.assert_array_equal(np.asarray(row["flipped"]), pixels[:, ::-1])
+        assert row["mean"].dtype == np.float32 and row["mean"].shape == (3,)
+        np.testing.assert_allclose(row["mean"], pixels.reshape(-1, 3).mean(axis=0), rtol=1e-4)
+
+
+def test_row_udf_tensor_from_numpy_is_the_issue_example():
+    @rl.udf(return_dtype=rl.Tensor("f32", (3,)))
+    def zeros(x):
+        return np.zeros(3, np.float32)
+
+    out = rl.from_pydict({"x": [1, 2]}).with_column("t", zeros(col("x")))
+    assert str(out.schema.field("t").type) == "Tensor[f32; 3]"
+    values = out.to_pydict()["t"]
+    assert all(isinstance(v, np.ndarray) and v.tolist() == [0, 0, 0] for v in values)
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_batch_udf_gets_stacked_numpy_and_returns_an_embedding_matrix(images, isolate):
+    @rl.udf(return_dtype=rl.Embedding("f32", 3), batch=True, batch_format="numpy", isolate=isolate)
+    def embed(batch):
+        assert isinstance(batch, np.ndarray) and batch.ndim == 4 and batch.shape[1:] == (24, 32, 3)
+        return batch.reshape(len(batch), -1, 3).mean(axis=1).astype(np.float32)
+
+    out = images.with_column("e", embed(col("img")))
+    assert str(out.schema.field("e").type) == "Embedding[f32; 3]"
+    rows = out.to_pylist()
+    for row in rows:
+        expected = np.asarray(row["img"], np.float32).reshape(-1, 3).mean(axis=0)
+        np.testing.assert_allclose(row["e"], expected, rtol=1e-4)
+
+
+def test_batch_udf_pyarrow_arrays_give_pil_images_and_stack(images):
+    seen = []
+
+    @rl.udf(return_dtype="int64", batch=True)
+    def widths(array):
+        seen.append((type(array.to_pylist()[0]), array.to_numpy().shape))
+        return [image.width for image in array.to_pylist()]
+
+    assert images.with_column("w", widths(col("img"))).to_pydict()["w"] == [32] * len(images.to_pylist())
+    assert all(kind is Image.Image and shape[1:] == (24, 32, 3) for kind, shape in seen)
+
+
+def test_images_of_different_sizes_arrive_as_a_list_of_arrays(photos):
+    df = rl.from_pydict({"path": photos}).with_column("img", col("path").image.decode("RGB"))
+    shapes = df.map_batches(lambda b: {"shape": [str(a.shape) for a in b["img"]]}, batch_format="numpy")
+    expected = sorted(str(p.shape) for p in _expected(photos))
+    assert sorted(shapes.to_pydict()["shape"]) == expected
+
+
+def test_audio_arrives_as_samples_and_rate():
+    speech = [str(p) for p in sample_speech() if p.suffix == ".flac"][:1]
+
+    @rl.udf(return_dtype="string")
+    def describe(audio):
+        samples, rate = audio
+        return f"{type(samples).__name__} {samples.dtype} {rate}"
+
+    out = rl.from_pydict({"path": speech}).with_column("a", col("path").audio.decode())
+    assert out.with_column("d", describe(col("a"))).to_pydict()["d"][0].startswith("ndarray float32 ")
+
+
+def test_to_pandas_and_pandas_batches_hold_python_values(images):
+    frame = images.to_pandas()
+    assert all(isinstance(v, Image.Image) for v in frame["img"])
+    widths = images.map_batches(lambda p: p.assign(w=[v.width for v in p["img"]]), batch_format="pandas")
+    out = widths.to_pandas()
+    assert list(out["w"]) == [32] * len(out) and isinstance(out["img"][0], Image.Image)
+    assert frame["img"][0].tobytes() == images.to_pylist()[0]["img"].tobytes()
+
+
+# 2. map_batches finds its schema from real rows -----------------------------------------
+
+def test_map_batches_numpy_with_strings_and_indexing_first_row():
+    out = rl.from_pydict({"s": ["a", "b"]}).map_batches(lambda b: {"s": b["s"]}, batch_format="numpy")
+    assert out.to_pydict() == {"s": ["a", "b"]}
+    first = rl.range(30).map_batches(lambda b: {"first": [b["id"][0]] * len(b["id"])},
+                                    batch_format="numpy", batch_size=10)
+    assert sorted(set(first.to_pydict()["first"])) == [0, 10, 20]
+
+
+def test_map_batches_on_an_endless_stream_needs_a_schema():
+    with pytest.raises(rl.PlanError, match="stream without end.*pass schema="):
+        rl.read_sequence(partitions=1).map_batches(lambda b: b)
+
+
+# 5. No silent wrong results ------------------------------------------------------------
+
+def test_udf_result_converted_only_without_loss():
+    lossy = rl.udf(lambda x: 1.7, return_dtype="int64")
+    with pytest.raises(rl.UserFunctionError, match="not int64 without loss"):
+        rl.from_pydict({"x": [1]}).with_column("y", lossy(col("x"))).to_pydict()
+    exact = rl.udf(lambda x: 2.0, return_dtype="int64")
+    assert rl.from_pydict({"x": [1]}).with_column("y", exact(col("x"))).to_pydict()["y"] == [2]
+    batch = rl.udf(lambda x: np.array([0.5] * len(x)), return_dtype="int32", batch=True)
+    with pytest.raises(rl.UserFunctionError, match="without loss"):
+        rl.from_pydict({"x": [1]}).with_column("y", batch(col("x"))).to_pydict()
