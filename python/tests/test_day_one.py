@@ -3,6 +3,8 @@ functions, map_batches without a schema, no silent wrong results, clear errors."
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -149,3 +151,53 @@ def test_udf_result_converted_only_without_loss():
     batch = rl.udf(lambda x: np.array([0.5] * len(x)), return_dtype="int32", batch=True)
     with pytest.raises(rl.UserFunctionError, match="without loss"):
         rl.from_pydict({"x": [1]}).with_column("y", batch(col("x"))).to_pydict()
+
+
+# 3. Declared and produced nullability agree, over every operator ---------------------------
+
+def _base_frames(photos):
+    strict = pa.table({"k": pa.array([1, 2, 2, 3], pa.int64()), "s": pa.array(["a", "b", "b", None]),
+                       "v": pa.array([1.0, 2.0, 2.0, 4.0])},
+                      schema=pa.schema([pa.field("k", pa.int64(), nullable=False), pa.field("s", pa.string()),
+                                        pa.field("v", pa.float64(), nullable=False)]))
+    return {"files": rl.read_files(os.path.dirname(photos[0])), "arrow": rl.from_arrow(strict)}
+
+
+_OPERATORS = {
+    "select": lambda df, c: df.select(c[0]),
+    "filter": lambda df, c: df.filter(col(c[0]).is_not_null()),
+    "with_column": lambda df, c: df.with_column("n", col(c[0]).is_null()),
+    "sort": lambda df, c: df.sort(c[0]),
+    "limit": lambda df, c: df.limit(2),
+    "distinct": lambda df, c: df.select(c[0]).distinct(),
+    "drop_duplicates(subset)": lambda df, c: df.drop_duplicates(c[1]),
+    "drop_duplicates()": lambda df, c: df.drop_duplicates(),
+    "group_by": lambda df, c: df.group_by(c[0]).agg(rl.count().alias("n"), col(c[1]).min().alias("m")),
+    "left join": lambda df, c: df.join(df.select(c[0], c[1]).rename({c[1]: "other"}), on=c[0], how="left"),
+    "inner join": lambda df, c: df.join(df.select(c[0], c[1]).rename({c[1]: "other"}), on=c[0]),
+    "union": lambda df, c: df.union(df),
+    "map_batches": lambda df, c: df.map_batches(lambda t: t),
+    "udf": lambda df, c: df.with_column("u", rl.udf(lambda x: x, return_dtype=df.schema.field(c[1]).type)(col(c[1]))),
+    "sql": lambda df, c: rl.sql(f"SELECT {c[0]}, count(*) AS n FROM t GROUP BY {c[0]}", t=df),
+}
+
+
+@pytest.mark.parametrize("operator", list(_OPERATORS))
+def test_declared_nullability_matches_the_rows_for_every_operator(photos, operator):
+    for name, df in _base_frames(photos).items():
+        columns = ["path", "size"] if name == "files" else ["k", "v"]
+        out = _OPERATORS[operator](df, columns)
+        table = out.collect()
+        assert table.schema == out.schema, (name, operator)
+        for field, column in zip(table.schema, table.columns):
+            assert field.nullable or column.null_count == 0, (name, operator, field.name)
+        streamed = list(out.iter_batches())
+        assert all(b.schema == out.schema for b in streamed), (name, operator)
+        assert out.count() == table.num_rows
+
+
+def test_drop_duplicates_on_read_files_is_the_issue_example(photos):
+    folder = os.path.dirname(photos[0])
+    out = rl.read_files(folder).drop_duplicates("size").collect()
+    sizes = {os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder)}
+    assert out.num_rows == len(sizes)

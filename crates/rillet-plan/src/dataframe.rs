@@ -582,7 +582,7 @@ impl DataFrame {
     pub fn execute_stream(&self) -> Result<(JobHandle, CollectedBatches)> {
         let plan = self.physical_plan()?;
         let capacity = (self.session.config().memory_budget_bytes / 4).max(1 << 20);
-        let (sink, batches) = CollectSink::new(plan.schema(), capacity);
+        let (sink, batches) = CollectSink::new(self.schema(), capacity);
         let graph = build_dataflow(plan, Arc::new(sink), "collect")?;
         let task_ctx = self.inner.task_ctx();
         let job = LocalWorker::new(self.session.config().clone()).submit(graph, task_ctx)?;

@@ -13,10 +13,10 @@ use rillet_common::{EngineConfig, RilletError};
 use rillet_plan::{DataFrame, JoinHow, ReadFormat, Session, array_function_expr};
 use rillet_runtime::workers::{PoolOptions, WorkerCommand};
 use rillet_runtime::{
-    CollectedBatches, FileFormat, JobHandle, JobStats, RowBatcher, WriteMode, global_runtime,
+    CallFields, ResourceManager, ResourceRequest, WorkerBatchFunction, WorkerFunction,
 };
 use rillet_runtime::{
-    CallFields, ResourceManager, ResourceRequest, WorkerBatchFunction, WorkerFunction,
+    CollectedBatches, FileFormat, JobHandle, JobStats, RowBatcher, WriteMode, global_runtime,
 };
 
 use rillet_service::ServiceFunction;

@@ -1,7 +1,6 @@
 //! Python callables as Rillet batch and column functions. They run on the engine's blocking
 //! pool threads and take the GIL only for the call itself.
 
-
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
 use pyo3::prelude::*;

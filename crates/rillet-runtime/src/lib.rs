@@ -65,8 +65,8 @@ pub use checkpointing::{CheckpointStats, Checkpointing};
 pub use datafusion::common::ScalarValue;
 pub use exchange::{ExchangeRegistry, ExchangeSourceExec};
 pub use function::{
-    ArrayFunction, BatchFunction, CallFields, FunctionChain, FunctionContext, RowBatcher, call_first_row,
-    while_loading_model,
+    ArrayFunction, BatchFunction, CallFields, FunctionChain, FunctionContext, RowBatcher,
+    call_first_row, while_loading_model,
 };
 pub use graph::{DataflowGraph, Edge, EdgeId, EdgeKind, Vertex, VertexId, VertexOperator};
 pub use message::{CheckpointBarrier, StreamMessage, WATERMARK_END};
@@ -76,7 +76,7 @@ pub use resources::{MachineResources, ResourceManager, ResourceRequest};
 pub use runtime::{block_on, global_runtime};
 pub use sink::{
     BatchWriter, CollectSink, CollectedBatches, FileFormat, FileSink, ParquetCompression, Sink,
-    SinkContext, WriteMode,
+    SinkContext, WriteMode, conform_batch,
 };
 pub use stream::{
     OperatorTask, SourceReader, SplitAssignment, StreamOperator, StreamSource, assign_splits,

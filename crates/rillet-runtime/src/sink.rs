@@ -785,6 +785,7 @@ impl BatchWriter for StagingWriter {
 #[derive(Debug)]
 pub struct CollectSink {
     template: Mutex<Option<SenderTemplate>>,
+    schema: SchemaRef,
 }
 
 struct SenderTemplate(ChannelSender);
@@ -803,6 +804,7 @@ pub struct CollectedBatches {
 
 impl CollectSink {
     /// A sink and the receiving end, holding at most `capacity_bytes` of undelivered rows.
+    /// Every batch is handed on with `schema` (see [`conform_batch`]).
     pub fn new(schema: SchemaRef, capacity_bytes: usize) -> (Self, CollectedBatches) {
         // The channel ends when every sender is dropped (all sink tasks done and `finish`
         // called), so it never counts End messages.
@@ -810,6 +812,7 @@ impl CollectSink {
         (
             Self {
                 template: Mutex::new(Some(SenderTemplate(sender))),
+                schema: schema.clone(),
             },
             CollectedBatches { receiver, schema },
         )
@@ -834,7 +837,10 @@ impl Sink for CollectSink {
             .as_ref()
             .map(|t| t.0.clone())
             .ok_or(RilletError::Cancelled)?;
-        Ok(Box::new(CollectWriter { sender }))
+        Ok(Box::new(CollectWriter {
+            sender,
+            schema: self.schema.clone(),
+        }))
     }
 
     fn finish(&self) {
@@ -844,11 +850,13 @@ impl Sink for CollectSink {
 
 struct CollectWriter {
     sender: ChannelSender,
+    schema: SchemaRef,
 }
 
 #[async_trait]
 impl BatchWriter for CollectWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let batch = conform_batch(batch, &self.schema)?;
         self.sender
             .send(StreamMessage::Batch(batch))
             .await
@@ -858,6 +866,64 @@ impl BatchWriter for CollectWriter {
     async fn close(self: Box<Self>) -> Result<Option<String>> {
         Ok(None)
     }
+}
+
+/// `batch` with the fields of `schema`, the schema its plan declares: physical operators
+/// may mark a column nullable (or drop an extension type's metadata) where the plan knows
+/// better, and every batch a caller receives must carry the one declared schema. A column
+/// whose type differs only in nested nullability is cast; nulls in a column declared
+/// non-null are an error naming the column, never a silent relabelling.
+///
+/// ```
+/// use std::sync::Arc;
+/// use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+/// use arrow::datatypes::{DataType, Field, Schema};
+///
+/// let produced = RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![1])) as ArrayRef)]).unwrap();
+/// let declared = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+/// let out = rillet_runtime::conform_batch(produced, &declared).unwrap();
+/// assert_eq!(out.schema(), declared);
+/// ```
+pub fn conform_batch(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema_ref() == schema {
+        return Ok(batch);
+    }
+    if batch.num_columns() != schema.fields().len() {
+        return Err(RilletError::internal(format!(
+            "the plan declares {} columns but produced {}",
+            schema.fields().len(),
+            batch.num_columns()
+        )));
+    }
+    let rows = batch.num_rows();
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        let column = if column.data_type() == field.data_type() {
+            column.clone()
+        } else {
+            arrow::compute::cast(column, field.data_type()).map_err(|e| {
+                RilletError::internal(format!(
+                    "column {:?} is declared {} but produced as {} ({e})",
+                    field.name(),
+                    field.data_type(),
+                    column.data_type()
+                ))
+            })?
+        };
+        if !field.is_nullable() && column.null_count() > 0 {
+            return Err(RilletError::internal(format!(
+                "column {:?} is declared without nulls but an operator produced {} null(s)",
+                field.name(),
+                column.null_count()
+            )));
+        }
+        columns.push(column);
+    }
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?)
 }
 
 impl CollectedBatches {
