@@ -239,7 +239,7 @@ def read_json(path: PathLike | Sequence[PathLike]) -> DataFrame:
     return DataFrame(current_session()._native.read("json", _paths(path)))
 
 
-def read_files(pattern: PathLike) -> DataFrame:
+def read_files(pattern: PathLike, *, allow_empty: bool = False) -> DataFrame:
     """One row per file matching a glob (or every file under a directory): ``path``,
     ``size``, ``modified`` and a ``file`` reference that operators read lazily. File
     contents are not read here.
@@ -247,8 +247,11 @@ def read_files(pattern: PathLike) -> DataFrame:
     Local paths, ``s3://bucket/prefix/*.jpg`` globs, prefixes and keys, and single
     ``http(s)://`` URLs work; see :func:`configure_storage` for endpoints and credentials.
     A remote reference remembers the object's entity tag, so an object overwritten between
-    listing and reading gives a null with a reason rather than other content."""
-    return DataFrame(current_session()._native.read_files(os.fspath(pattern)))
+    listing and reading gives a null with a reason rather than other content.
+
+    A pattern that matches nothing is an error (as in ``read_parquet``), so a typo does not
+    look like an empty dataset; ``allow_empty=True`` gives an empty frame instead."""
+    return DataFrame(current_session()._native.read_files(os.fspath(pattern), allow_empty=allow_empty))
 
 
 def configure_storage(root: str, **options: Any) -> None:

@@ -201,3 +201,53 @@ def test_drop_duplicates_on_read_files_is_the_issue_example(photos):
     out = rl.read_files(folder).drop_duplicates("size").collect()
     sizes = {os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder)}
     assert out.num_rows == len(sizes)
+
+
+# 4. Sizes from user parameters are capped before anything is allocated -------------------
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("operator", ["resize", "letterbox"])
+def test_an_output_size_over_the_pixel_cap_fails_the_plan(photos, operator):
+    before = _peak_rss_mib()
+    df = rl.from_pydict({"path": photos[:1]})
+    with pytest.raises(rl.PlanError, match=r"100000×100000 = 10000000000 pixels is over the cap"):
+        df.with_column("r", getattr(col("path").image.decode().image, operator)(100000, 100000))
+    assert _peak_rss_mib() - before < 500
+
+
+@pytest.mark.parametrize("width", [-5, 0])
+def test_zero_and_negative_sizes_get_one_message(photos, width):
+    with pytest.raises(rl.PlanError, match=f"width must be a whole number of pixels from 1 to .*, not {width}"):
+        rl.from_pydict({"path": photos[:1]}).with_column("r", col("path").image.decode().image.resize(width, 10))
+
+
+def test_a_blur_wider_than_the_cap_fails_the_plan(photos):
+    with pytest.raises(rl.PlanError, match="sigma must be at most"):
+        rl.from_pydict({"path": photos[:1]}).with_column("r", col("path").image.decode().image.blur(1e9))
+
+
+def test_audio_outputs_over_the_value_cap_fail_the_row():
+    # 2000 frames at 1 Hz resampled to 768 kHz would be 6 GB; a spectrogram with hop 1 of
+    # 3.4 M samples 1 GiB.
+    df = rl.from_pydict({"a": [(np.zeros(2000, np.float32), 1)]})
+    with pytest.raises(rl.DataError, match="over the cap of 1073741824 bytes per value"):
+        df.with_column("r", col("a").audio.resample(768000, on_error="raise")).collect()
+    long = rl.from_pydict({"a": [(np.zeros(3_400_000, np.float32), 16000)]})
+    with pytest.raises(rl.DataError, match="use a larger hop"):
+        long.with_column("m", col("a").audio.mel_spectrogram(hop=1, on_error="raise")).collect()
+    assert _peak_rss_mib() < 4000
+
+
+# 6. Missing inputs are an error --------------------------------------------------------
+
+def test_a_glob_that_matches_nothing_is_an_error(tmp_path):
+    with pytest.raises(rl.PlanError, match=r"no files match .*nope/\*\.jpg.*allow_empty=True"):
+        rl.read_files(str(tmp_path / "nope" / "*.jpg"))
+    assert rl.read_files(str(tmp_path / "nope" / "*.jpg"), allow_empty=True).count() == 0
+    with pytest.raises(rl.PlanError, match="relative to"):
+        rl.read_files("no-such-folder/*.jpg")

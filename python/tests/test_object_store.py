@@ -162,11 +162,14 @@ def test_list_s3_glob_prefix_and_key(s3):
     assert files["path"] == [f"s3://{BUCKET}/{k}" for k in expected]
     assert files["size"] == [s3["local"][k].stat().st_size for k in expected]
     assert all(f["uri"] == p and f["version"] for f, p in zip(files["file"], files["path"]))
-    # A prefix lists everything under it; a key lists one object; a glob may match nothing.
+    # A prefix lists everything under it; a key lists one object; a glob that matches
+    # nothing is an error unless allow_empty.
     assert rl.read_files(f"s3://{BUCKET}/audio/").count() == 2
     assert rl.read_files(f"s3://{BUCKET}").count() == len(s3["local"]) + 2
     assert rl.read_files(f"s3://{BUCKET}/notes/a.txt").to_pydict()["size"] == [19]
-    assert rl.read_files(f"s3://{BUCKET}/images/*.nothing").count() == 0
+    with pytest.raises(rl.PlanError, match="no files match"):
+        rl.read_files(f"s3://{BUCKET}/images/*.nothing")
+    assert rl.read_files(f"s3://{BUCKET}/images/*.nothing", allow_empty=True).count() == 0
 
 
 def test_operators_read_s3_references_lazily(s3):

@@ -110,7 +110,8 @@ def test_checkpoints_go_on_past_a_call_in_flight_and_a_restore_calls_it_again(tm
     source = rl.read_sequence(partitions=3, rows=rows, rows_per_second=50, batch_rows=10)
     # Four calls at once, up to eight in flight: the held call leaves room for the others
     # for a while (after that, its results hold up theirs and the input stops).
-    df = source.map_batches(slow, concurrency=4)
+    # schema= given: finding it from the first rows would run the held call here.
+    df = source.map_batches(slow, concurrency=4, schema=source.schema)
     job = df.start(out, checkpoint_dir=chk, job_id="slow-call", checkpoint_interval=0.05)
     deadline = time.monotonic() + 30
     try:
@@ -132,7 +133,7 @@ def test_checkpoints_go_on_past_a_call_in_flight_and_a_restore_calls_it_again(tm
     assert not any(p == 0 and s == 0 for p, s in zip(committed["partition"].to_pylist(), committed["seq"].to_pylist()))
     # The newest checkpoint holds the rows of the call in flight (the source is past
     # them): the restarted job calls it again, and no row is lost.
-    figures = rl.resume(chk / "slow-call", source.map_batches(slow, concurrency=4), out,
+    figures = rl.resume(chk / "slow-call", source.map_batches(slow, concurrency=4, schema=source.schema), out,
                         checkpoint_interval=0.05).wait()
     assert check_sequence(read_committed(out), expected(rows)) == 3 * rows
     # Counted, not hidden: the model saw those rows twice.

@@ -190,6 +190,11 @@ impl Params {
         })
     }
 
+    /// The operator these options belong to (for messages).
+    pub fn operator(&self) -> &'static str {
+        self.operator
+    }
+
     /// A number option (integers accepted).
     pub fn float(&self, name: &str) -> Result<f64> {
         let value = self.get(name)?;

@@ -123,17 +123,28 @@ impl Session {
     /// One row per file matching `pattern` (a glob, a directory — read recursively — or a
     /// file; local, or an `s3://` glob, prefix or key, or one `http(s)://` URL), with its `path`, `size` in bytes, `modified` time and a `file` reference
     /// ([`FileType`]) that operators such as `image_decode` read lazily. Contents are not
-    /// read here.
+    /// read here. A pattern that matches nothing is an error (a typo must not look like an
+    /// empty dataset) unless `allow_empty`.
     ///
     /// ```
     /// let dir = tempfile::tempdir().unwrap();
     /// std::fs::write(dir.path().join("a.txt"), "hello").unwrap();
-    /// let df = rillet_plan::Session::default()
-    ///     .read_files(&format!("{}/*.txt", dir.path().display())).unwrap();
+    /// let session = rillet_plan::Session::default();
+    /// let df = session.read_files(&format!("{}/*.txt", dir.path().display()), false).unwrap();
     /// assert_eq!(df.count().unwrap(), 1);
+    /// let none = format!("{}/*.jpg", dir.path().display());
+    /// assert!(session.read_files(&none, false).is_err());
+    /// assert_eq!(session.read_files(&none, true).unwrap().count().unwrap(), 0);
     /// ```
-    pub fn read_files(&self, pattern: &str) -> Result<DataFrame> {
+    pub fn read_files(&self, pattern: &str, allow_empty: bool) -> Result<DataFrame> {
         let entries = rillet_io::list_files(pattern)?;
+        if entries.is_empty() && !allow_empty {
+            return Err(RilletError::Plan(format!(
+                "read_files: no files match {pattern:?}{}; check the path, or pass \
+                 allow_empty=True to get an empty frame",
+                relative_hint(pattern)
+            )));
+        }
         let paths: Vec<String> = entries.iter().map(|e| e.uri.clone()).collect();
         let sizes: Vec<u64> = entries.iter().map(|e| e.size).collect();
         let modified: Vec<Option<i64>> = entries.iter().map(|e| e.modified_micros).collect();
@@ -280,4 +291,13 @@ fn normalise_paths(paths: &[String]) -> Result<(Vec<String>, bool)> {
         }
     }
     Ok((urls, any_dir))
+}
+
+/// For a relative local pattern, where it was looked for.
+fn relative_hint(pattern: &str) -> String {
+    let local = !pattern.contains("://") && !std::path::Path::new(pattern).is_absolute();
+    match std::env::current_dir() {
+        Ok(dir) if local => format!(" (relative to {})", dir.display()),
+        _ => String::new(),
+    }
 }

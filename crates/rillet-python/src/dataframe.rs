@@ -215,8 +215,14 @@ impl PySession {
             .map(PyDataFrame::from)
     }
 
-    fn read_files(&self, py: Python<'_>, pattern: &str) -> PyResult<PyDataFrame> {
-        py.detach(|| self.session.read_files(pattern))
+    #[pyo3(signature = (pattern, allow_empty=false))]
+    fn read_files(
+        &self,
+        py: Python<'_>,
+        pattern: &str,
+        allow_empty: bool,
+    ) -> PyResult<PyDataFrame> {
+        py.detach(|| self.session.read_files(pattern, allow_empty))
             .py_err()
             .map(PyDataFrame::from)
     }

@@ -56,6 +56,10 @@ pub fn remix(audio: &Waveform<'_>, channels: u16) -> Waveform<'static> {
     }
 }
 
+/// The most bytes one computed value (a resampled clip, a spectrogram) may take: the
+/// default cap of a decoded one, so parameters cannot ask for more than decoding allows.
+pub const MAX_OUTPUT_BYTES: u64 = 1 << 30;
+
 /// Band-limited resampling to `rate` Hz (FFT-based, with the filter delay trimmed so the
 /// output lines up with the input).
 pub fn resample(audio: &Waveform<'_>, rate: u32) -> Result<Waveform<'static>, String> {
@@ -64,6 +68,15 @@ pub fn resample(audio: &Waveform<'_>, rate: u32) -> Result<Waveform<'static>, St
     }
     let channels = audio.channels as usize;
     let frames = audio.frames();
+    let out_bytes =
+        (frames as u128 * rate as u128 / audio.rate.max(1) as u128) * channels as u128 * 4;
+    if out_bytes > MAX_OUTPUT_BYTES as u128 {
+        return Err(format!(
+            "resampling {frames} frames from {} Hz to {rate} Hz would make {out_bytes} bytes, \
+             over the cap of {MAX_OUTPUT_BYTES} bytes per value",
+            audio.rate
+        ));
+    }
     if frames == 0 {
         return Ok(Waveform {
             rate,
@@ -231,6 +244,13 @@ pub fn log_mel_spectrogram(
     let frames = (padded.len() - n_fft) / hop; // one fewer than the STFT has: Whisper drops the last
     if frames == 0 {
         return Err(format!("clip too short for n_fft = {n_fft}, hop = {hop}"));
+    }
+    let out_bytes = frames as u64 * n_mels as u64 * 4;
+    if out_bytes > MAX_OUTPUT_BYTES {
+        return Err(format!(
+            "a spectrogram of {frames} frames × {n_mels} mels would make {out_bytes} bytes, over \
+             the cap of {MAX_OUTPUT_BYTES} bytes per value; use a larger hop (now {hop})"
+        ));
     }
     let window: Vec<f64> = (0..n_fft)
         .map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n_fft as f64).cos())

@@ -174,23 +174,46 @@ pub fn fitted_size(w: u32, h: u32, max_w: u32, max_h: u32) -> (u32, u32) {
     )
 }
 
+/// The widest blur: a Gaussian kernel spans about 6 sigma.
+const MAX_SIGMA: f64 = 4096.0;
+
+/// A size in pixels: one message for zero, negative and too large values alike.
 fn positive_size(params: &Params, name: &str) -> Result<u32> {
-    let v = params.size(name)?;
-    if v == 0 {
+    let v = params.int(name)?;
+    match u32::try_from(v) {
+        Ok(size) if size > 0 => Ok(size),
+        _ => Err(RilletError::invalid_argument(format!(
+            "{}: {name} must be a whole number of pixels from 1 to {}, not {v}",
+            params.operator(),
+            u32::MAX
+        ))),
+    }
+}
+
+/// The `width × height` an operator is asked to produce: positive, and no more pixels
+/// than one image may have (the decode cap), so a slip of the keyboard fails the plan
+/// instead of allocating gigabytes per row.
+fn output_size(params: &Params) -> Result<(u32, u32)> {
+    let (w, h) = (
+        positive_size(params, "width")?,
+        positive_size(params, "height")?,
+    );
+    let pixels = w as u64 * h as u64;
+    if pixels > codec::DEFAULT_MAX_PIXELS {
         return Err(RilletError::invalid_argument(format!(
-            "{name} must be positive"
+            "{}: an output of {w}×{h} = {pixels} pixels is over the cap of {} pixels per \
+             image (the decode cap); ask for a smaller size",
+            params.operator(),
+            codec::DEFAULT_MAX_PIXELS
         )));
     }
-    Ok(v)
+    Ok((w, h))
 }
 
 /// The target box and filter of resize and letterbox.
 fn resize_options(params: &Params) -> Result<(u32, u32, ResizeAlg)> {
-    Ok((
-        positive_size(params, "width")?,
-        positive_size(params, "height")?,
-        resize_alg(params.str("method")?)?,
-    ))
+    let (w, h) = output_size(params)?;
+    Ok((w, h, resize_alg(params.str("method")?)?))
 }
 
 fn image_result(operator: &str, input: &FieldRef, mode: Option<ImageMode>) -> Result<Field> {
@@ -529,8 +552,7 @@ impl Operator for Crop {
         for name in ["x", "y"] {
             params.size(name)?;
         }
-        positive_size(params, "width")?;
-        positive_size(params, "height")?;
+        output_size(params)?;
         image_result(self.name(), &inputs[0], input_mode(&inputs[0]))
     }
 
@@ -579,8 +601,7 @@ impl Operator for CenterCrop {
     }
 
     fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
-        positive_size(params, "width")?;
-        positive_size(params, "height")?;
+        output_size(params)?;
         image_result(self.name(), &inputs[0], input_mode(&inputs[0]))
     }
 
@@ -721,6 +742,12 @@ dynamic_image_operator!(
     [Param::required("sigma", ParamKind::Float)],
     |params| {
         let s = params.float("sigma")?;
+        if s > MAX_SIGMA {
+            return Err(RilletError::invalid_argument(format!(
+                "image_blur: sigma must be at most {MAX_SIGMA} (a kernel about 6 sigma wide), \
+                 not {s}"
+            )));
+        }
         if !(s > 0.0 && s.is_finite()) {
             return Err(RilletError::invalid_argument(format!("sigma must be positive, not {s}")));
         }
