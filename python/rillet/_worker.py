@@ -157,6 +157,16 @@ def _empty_batch(schema: Any) -> Any:
 def _single_batch(table: Any, schema: Any) -> Any:
     import pyarrow as pa
 
+    extra = [n for n in table.column_names if n not in schema.names]
+    missing = [n for n in schema.names if n not in table.column_names]
+    if extra or missing:
+        said = []
+        if extra:
+            said.append(f"returned columns the schema does not name: {extra}")
+        if missing:
+            said.append(f"did not return the schema's columns {missing}")
+        raise ValueError(f"map_batches: the function {' and '.join(said)}; make the function "
+                         "and schema= agree (drop columns in the function, or add them to the schema)")
     table = table.select(schema.names).cast(schema)
     batches = table.combine_chunks().to_batches()
     if not batches:

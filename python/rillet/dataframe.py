@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -556,8 +557,15 @@ class DataFrame:
 
     # results -----------------------------------------------------------------------------
     def collect(self) -> pa.Table:
-        """Run and return the result as a pyarrow Table (zero copy from the engine)."""
-        return self._df.collect()
+        """Run and return the result as a pyarrow Table (zero copy from the engine).
+
+        Rows that operators turned into nulls by their ``on_error="null"`` policy are
+        counted: each is reported as a warning of the ``rillet`` logger, and in
+        :meth:`stats` (``"nulls"``), e.g. ``"image_resize: 1 of 1 rows null — a: no such
+        file"``."""
+        table = self._df.collect()
+        _warn_nulls(self._df.stats())
+        return table
 
     to_arrow = collect
 
@@ -594,6 +602,7 @@ class DataFrame:
         stream = self._df.stream(batch_size)
         try:
             yield from stream
+            _warn_nulls(self._df.stats())
         finally:
             stream.close()
 
@@ -609,7 +618,9 @@ class DataFrame:
         >>> rl.range(100).filter(rl.col("id") % 3 == 0).count()
         34
         """
-        return self._df.count()
+        rows = self._df.count()
+        _warn_nulls(self._df.stats())
+        return rows
 
     def show(self, n: int = 10) -> None:
         """Print the first ``n`` rows as a table.
@@ -639,7 +650,17 @@ class DataFrame:
 
     def stats(self) -> dict | None:
         """Per-operator figures of this DataFrame's last run (rows, bytes, rows/s, time spent
-        waiting on input, on output backpressure and on a free worker), or None."""
+        waiting on input, on output backpressure and on a free worker), or None. Under
+        ``"nulls"``, one line per operator that turned rows into nulls by its ``on_error``
+        policy, with the first reasons.
+
+        >>> import rillet as rl
+        >>> df = rl.from_pydict({"path": ["a"]}).with_column("img", rl.col("path").image.decode())
+        >>> df.collect().num_rows
+        1
+        >>> df.stats()["nulls"]
+        ['image_decode: 1 of 1 rows null — a: no such file']
+        """
         return self._df.stats()
 
     def start(self, path: str | os.PathLike | PostgresUpsert | RedisStreamSink | KafkaSink, *, format: str = "parquet", job_id: str | None = None,  # noqa: A002
@@ -706,18 +727,30 @@ class DataFrame:
         job has succeeded: a failed job leaves none. ``mode="overwrite"`` then deletes the
         directory's other Parquet files (only once the new ones are in place).
         ``compression`` is ``"zstd"`` (default), ``"snappy"``, ``"lz4"``, ``"gzip"`` or
-        ``"none"``."""
-        return self._df.write(os.fspath(path), "parquet", mode, compression)
+        ``"none"``. Rows turned into nulls are counted in the figures' ``"nulls"`` (see
+        :meth:`collect`)."""
+        return _warn_nulls(self._df.write(os.fspath(path), "parquet", mode, compression))
 
     def write_csv(self, path: str | os.PathLike, mode: str = "append") -> dict:
         """Run and write CSV files (with a header) into directory ``path``, published
         together once the job has succeeded (see :meth:`write_parquet`)."""
-        return self._df.write(os.fspath(path), "csv", mode)
+        return _warn_nulls(self._df.write(os.fspath(path), "csv", mode))
 
     def write_json(self, path: str | os.PathLike, mode: str = "append") -> dict:
         """Run and write JSON-lines files into directory ``path``, published together once
         the job has succeeded (see :meth:`write_parquet`)."""
-        return self._df.write(os.fspath(path), "json", mode)
+        return _warn_nulls(self._df.write(os.fspath(path), "json", mode))
+
+
+_log = logging.getLogger("rillet")
+
+
+def _warn_nulls(stats: dict | None) -> dict | None:
+    """Warn, on the ``rillet`` logger, of every operator that turned rows into nulls (a
+    column null by mistake must be noticed); returns ``stats``."""
+    for line in (stats or {}).get("nulls", []):
+        _log.warning("%s", line)
+    return stats
 
 
 class StreamingJob:
@@ -746,7 +779,7 @@ class StreamingJob:
         """Wait until the job ends (a bounded source ran out, or :meth:`stop`); returns its
         figures or raises its error. With ``timeout`` (seconds) raises TimeoutError if the
         job is still running then."""
-        return self._job.wait(timeout)
+        return _warn_nulls(self._job.wait(timeout))
 
     def cancel(self) -> None:
         """Stop at once. Nothing after the last completed checkpoint is committed; a

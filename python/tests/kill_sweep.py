@@ -81,7 +81,7 @@ def build(rows: int, rate: float, redis_url: str | None = None, bounded: bool = 
     if os.environ.get("SWEEP_UDF") == "1":
         # A model answering each call after a few milliseconds: checkpoints (and kills)
         # find calls in flight, whose rows a restore must call again.
-        df = df.map_batches(slow_identity, concurrency=2, batch_size=100)
+        df = df.map_batches(slow_identity, concurrency=2, batch_size=100, schema=df.schema)
     return df
 
 

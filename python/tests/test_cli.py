@@ -180,7 +180,7 @@ def test_the_record_tells_a_cancelled_run_from_a_failed_one(tmp_path):
             raise ValueError("the model server is down")
         return batch
 
-    failing = df.map_batches(explode)
+    failing = df.map_batches(explode, schema=df.schema)
     job = failing.start(str(tmp_path / "out2"), checkpoint_dir=str(chk), job_id="broken", checkpoint_interval=0.05)
     with pytest.raises(rl.UserFunctionError):
         job.wait()

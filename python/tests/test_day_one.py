@@ -251,3 +251,41 @@ def test_a_glob_that_matches_nothing_is_an_error(tmp_path):
     assert rl.read_files(str(tmp_path / "nope" / "*.jpg"), allow_empty=True).count() == 0
     with pytest.raises(rl.PlanError, match="relative to"):
         rl.read_files("no-such-folder/*.jpg")
+
+
+# 5. Nulls by policy are counted and reported; mistakes are errors ---------------------------
+
+def test_map_batches_schema_must_name_every_returned_column():
+    df = rl.from_pydict({"x": [1, 2]})
+    schema = pa.schema([("x", pa.int64())])
+    with pytest.raises(rl.UserFunctionError, match=r"returned columns the schema does not name: \['y'\]"):
+        df.map_batches(lambda t: t.append_column("y", t["x"]), schema=schema).collect()
+    with pytest.raises(rl.UserFunctionError, match=r"did not return the schema's columns \['z'\]"):
+        df.map_batches(lambda t: t, schema=pa.schema([("x", pa.int64()), ("z", pa.int64())])).collect()
+
+
+def test_cosine_similarity_of_vectors_of_different_dimensions_is_an_error():
+    df = rl.from_pydict({"a": [[1.0, 2.0]], "b": [[1.0, 2.0, 3.0]]})
+    with pytest.raises(rl.DataError, match=r"dimensions differ on row 0 \(2 and 3\)"):
+        df.with_column("c", col("a").vector.cosine_similarity(col("b"))).collect()
+    fixed = rl.from_pydict({"a": [np.ones(2, np.float32)], "b": [np.ones(3, np.float32)]})
+    with pytest.raises(rl.PlanError, match=r"dimensions differ \(2 and 3\)"):
+        fixed.with_column("c", col("a").vector.cosine_similarity(col("b")))
+
+
+def test_rows_nulled_by_policy_are_reported_at_the_end_of_a_run(tmp_path, caplog):
+    df = rl.from_pydict({"path": ["a"]}).with_column("img", col("path").image.decode().image.resize(8, 8))
+    with caplog.at_level("WARNING", logger="rillet"):
+        assert df.to_pydict()["img"] == [None]
+    expected = "image_resize: 1 of 1 rows null — a: no such file"
+    assert [r.getMessage() for r in caplog.records if r.name == "rillet"] == [expected]
+    assert df.stats()["nulls"] == [expected]
+    op = next(o for o in df.stats()["operators"] if o["nulls"])
+    assert op["nulls"] == [{"operator": "image_resize", "rows": 1, "nulled": 1, "reasons": ["a: no such file"]}]
+    figures = df.write_parquet(tmp_path / "out")
+    assert figures["nulls"] == [expected]
+    # A clean run reports nothing.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rillet"):
+        rl.from_pydict({"x": [1]}).collect()
+    assert not [r for r in caplog.records if r.name == "rillet"]

@@ -160,10 +160,14 @@ def test_vector_metrics_match_numpy():
     np.testing.assert_allclose(out["to_axis"], a64[:, 0] / np.linalg.norm(a64, axis=1), rtol=1e-9)
 
 
-def test_vector_length_mismatch_is_bad_data_and_wrong_type_a_plan_error():
+def test_vector_length_mismatch_and_wrong_type_are_errors():
+    # Comparing vectors of different dimensions is a mistake, not bad data: an error
+    # naming the row, never a null.
     df = rl.from_pydict({"a": [[1.0, 2.0], [1.0]], "b": [[1.0, 2.0], [1.0, 2.0]]})
-    out = df.select(col("a").vector.dot(col("b")).alias("d")).to_pydict()["d"]
-    assert out == [5.0, None]
+    with pytest.raises(rl.DataError, match=r"vector_dot: the dimensions differ on row 1 \(1 and 2\)"):
+        df.select(col("a").vector.dot(col("b")).alias("d")).to_pydict()
+    nulls = rl.from_pydict({"a": [[1.0, 2.0], None], "b": [[1.0, 2.0], [1.0, 2.0]]})
+    assert nulls.select(col("a").vector.dot(col("b")).alias("d")).to_pydict()["d"] == [5.0, None]
     with pytest.raises(rl.PlanError, match="must be vectors"):
         rl.from_pydict({"n": [1]}).select(col("n").vector.normalize())
 

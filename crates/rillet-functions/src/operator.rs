@@ -552,7 +552,17 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
             decode: self.decode_params(),
         };
         let values = self.operator.evaluate(&call, &mut errors)?;
-        match self.policy(&params)? {
+        let policy = self.policy(&params)?;
+        if policy == OnError::Null {
+            let reason = errors.first().map(|(_, reason)| reason);
+            rillet_runtime::record_nulls(
+                self.operator.name(),
+                rows as u64,
+                errors.failed() as u64,
+                reason,
+            );
+        }
+        match policy {
             OnError::Raise if errors.failed() > 0 => {
                 let (row, reason) = errors.first().expect("a failure was counted");
                 let place = match rillet_runtime::call_first_row() {

@@ -100,7 +100,9 @@ impl Vectors {
 }
 
 /// `vector_cosine_similarity(a, b)`, `vector_dot(a, b)`, `vector_l2_distance(a, b)`.
-/// Vectors of different lengths (or containing nulls) are bad data for that row.
+/// Vectors of different dimensions are an error (two columns of fixed dimensions that
+/// differ fail the plan): comparing them is a mistake, not bad data. Vectors containing
+/// nulls are bad data for that row.
 #[derive(Debug)]
 pub enum Metric {
     /// a·b / (|a| |b|); null when either vector is all zeros
@@ -133,24 +135,43 @@ impl Operator for Metric {
         for field in inputs {
             expect_vector(self.name(), field)?;
         }
+        if let (DataType::FixedSizeList(_, n), DataType::FixedSizeList(_, m)) =
+            (inputs[0].data_type(), inputs[1].data_type())
+            && n != m
+        {
+            return Err(RilletError::invalid_argument(format!(
+                "{}: the dimensions differ ({n} and {m}); compare vectors of one length",
+                self.name()
+            )));
+        }
         Ok(Field::new(self.name(), DataType::Float64, true))
     }
 
-    fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
+    fn evaluate(&self, call: &Call<'_>, _errors: &mut RowErrors) -> Result<ArrayRef> {
         let (a, b) = (
             Vectors::new(&call.inputs[0])?,
             Vectors::new(&call.inputs[1])?,
         );
+        if let Some(row) = (0..call.rows).find(
+            |&row| matches!((a.get(row), b.get(row)), (Some(x), Some(y)) if x.len() != y.len()),
+        ) {
+            let (x, y) = (
+                a.get(row).unwrap_or_default(),
+                b.get(row).unwrap_or_default(),
+            );
+            let place =
+                rillet_runtime::call_first_row().map_or(row as u64, |first| first + row as u64);
+            return Err(RilletError::invalid_data(format!(
+                "{}: the dimensions differ on row {place} ({} and {}); compare vectors of one \
+                 length",
+                self.name(),
+                x.len(),
+                y.len()
+            )));
+        }
         let out: Float64Array = (0..call.rows)
             .map(|row| {
                 let (x, y) = (a.get(row)?, b.get(row)?);
-                if x.len() != y.len() {
-                    errors.fail(
-                        row,
-                        format!("vectors of different lengths ({} and {})", x.len(), y.len()),
-                    );
-                    return None;
-                }
                 let dot: f64 = x.iter().zip(y).map(|(p, q)| p * q).sum();
                 match self {
                     Self::Dot => Some(dot),

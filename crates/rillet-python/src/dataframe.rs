@@ -430,9 +430,20 @@ pub(crate) fn stats_to_dict<'py>(
         d.set_item("dropped_late", op.dropped_late)?;
         d.set_item("rows_recalled", op.rows_recalled)?;
         d.set_item("workers_started", op.workers_started)?;
+        let mut nulls = Vec::new();
+        for count in &op.nulls {
+            let n = PyDict::new(py);
+            n.set_item("operator", &count.operator)?;
+            n.set_item("rows", count.rows)?;
+            n.set_item("nulled", count.nulled)?;
+            n.set_item("reasons", count.reasons.clone())?;
+            nulls.push(n);
+        }
+        d.set_item("nulls", nulls)?;
         operators.push(d);
     }
     dict.set_item("operators", operators)?;
+    dict.set_item("nulls", stats.null_summaries())?;
     Ok(dict)
 }
 

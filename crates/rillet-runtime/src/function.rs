@@ -42,6 +42,21 @@ pub(crate) fn with_call<T>(
     result
 }
 
+/// Count, for the operator whose call runs on this thread, that function `operator`
+/// computed `rows` rows and turned `nulled` of them into nulls, the first for `reason`
+/// (see [`NullCount`](crate::NullCount)). Outside a call it does nothing.
+///
+/// ```
+/// rillet_runtime::record_nulls("image_resize", 2, 1, Some("a: no such file"));
+/// ```
+pub fn record_nulls(operator: &str, rows: u64, nulled: u64, reason: Option<&str>) {
+    CALL_METRICS.with(|m| {
+        if let Some(metrics) = m.borrow().as_ref() {
+            metrics.add_nulls(operator, rows, nulled, reason);
+        }
+    });
+}
+
 /// Run `load` (a model load inside a call) as a wait for
 /// [`WaitReason::ModelLoading`](crate::WaitReason::ModelLoading) of the operator whose call
 /// runs on this thread: progress shows "model loading" meanwhile and the time is added to

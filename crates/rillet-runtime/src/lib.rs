@@ -66,11 +66,11 @@ pub use datafusion::common::ScalarValue;
 pub use exchange::{ExchangeRegistry, ExchangeSourceExec};
 pub use function::{
     ArrayFunction, BatchFunction, CallFields, FunctionChain, FunctionContext, RowBatcher,
-    call_first_row, while_loading_model,
+    call_first_row, record_nulls, while_loading_model,
 };
 pub use graph::{DataflowGraph, Edge, EdgeId, EdgeKind, Vertex, VertexId, VertexOperator};
 pub use message::{CheckpointBarrier, StreamMessage, WATERMARK_END};
-pub use metrics::{JobStats, OperatorMetrics, OperatorStats, WaitReason};
+pub use metrics::{JobStats, NullCount, OperatorMetrics, OperatorStats, WaitReason};
 pub use pool::BlockingPool;
 pub use resources::{MachineResources, ResourceManager, ResourceRequest};
 pub use runtime::{block_on, global_runtime};

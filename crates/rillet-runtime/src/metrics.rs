@@ -80,6 +80,49 @@ pub struct OperatorMetrics {
     waiting_loading: AtomicUsize,
     tasks_running: AtomicUsize,
     finished_ns: AtomicU64,
+    nulls: std::sync::Mutex<Vec<NullCount>>,
+}
+
+/// Rows a function turned into nulls by its `on_error="null"` policy, and the first reasons
+/// why: a column that is all null by mistake must be noticed at the end of a run.
+///
+/// ```
+/// let count = rillet_runtime::NullCount {
+///     operator: "image_resize".into(),
+///     rows: 1,
+///     nulled: 1,
+///     reasons: vec!["a: no such file".into()],
+/// };
+/// assert_eq!(count.summary(), "image_resize: 1 of 1 rows null — a: no such file");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NullCount {
+    /// The function that nulled them (`image_resize`, not the stage it runs in).
+    pub operator: String,
+    /// Rows it computed.
+    pub rows: u64,
+    /// Rows it turned into nulls.
+    pub nulled: u64,
+    /// The first reasons, in the order seen (at most [`NullCount::REASONS`]).
+    pub reasons: Vec<String>,
+}
+
+impl NullCount {
+    /// How many reasons are kept.
+    pub const REASONS: usize = 3;
+
+    /// `"image_resize: 1 of 1 rows null — a: no such file"`.
+    pub fn summary(&self) -> String {
+        let mut line = format!(
+            "{}: {} of {} rows null",
+            self.operator, self.nulled, self.rows
+        );
+        if !self.reasons.is_empty() {
+            line.push_str(" — ");
+            line.push_str(&self.reasons.join("; "));
+        }
+        line
+    }
 }
 
 /// Marks a task as waiting for a reason while it lives.
@@ -120,6 +163,32 @@ impl OperatorMetrics {
             waiting_loading: AtomicUsize::new(0),
             tasks_running: AtomicUsize::new(0),
             finished_ns: AtomicU64::new(0),
+            nulls: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Count a call of function `operator` over `rows` rows, `nulled` of which it turned
+    /// into nulls, the first for `reason`.
+    pub fn add_nulls(&self, operator: &str, rows: u64, nulled: u64, reason: Option<&str>) {
+        let mut nulls = self.nulls.lock().unwrap_or_else(|e| e.into_inner());
+        let index = match nulls.iter().position(|n| n.operator == operator) {
+            Some(index) => index,
+            None => {
+                nulls.push(NullCount {
+                    operator: operator.to_string(),
+                    ..NullCount::default()
+                });
+                nulls.len() - 1
+            }
+        };
+        let count = &mut nulls[index];
+        count.rows += rows;
+        count.nulled += nulled;
+        if let Some(reason) = reason
+            && count.reasons.len() < NullCount::REASONS
+            && !count.reasons.iter().any(|r| r == reason)
+        {
+            count.reasons.push(reason.to_string());
         }
     }
 
@@ -251,6 +320,14 @@ impl OperatorMetrics {
             rows_recalled: self.rows_recalled.load(Ordering::Relaxed),
             tasks_running: self.tasks_running.load(Ordering::Relaxed),
             waiting_on,
+            nulls: self
+                .nulls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|n| n.nulled > 0)
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -298,6 +375,8 @@ pub struct OperatorStats {
     pub tasks_running: usize,
     /// What running tasks are waiting on right now, most telling first.
     pub waiting_on: Vec<WaitReason>,
+    /// The functions of this operator that turned rows into nulls, with why.
+    pub nulls: Vec<NullCount>,
 }
 
 impl OperatorStats {
@@ -308,8 +387,13 @@ impl OperatorStats {
             _ if self.tasks_running == 0 => " · done".to_string(),
             _ => " · busy".to_string(),
         };
+        let nulls: String = self
+            .nulls
+            .iter()
+            .map(|n| format!(" · {}", n.summary()))
+            .collect();
         format!(
-            "{}: {} rows, {}, {:.0} rows/s{}",
+            "{}: {} rows, {}, {:.0} rows/s{nulls}{}",
             self.name,
             self.rows_out,
             human_bytes(self.bytes_out),
@@ -332,6 +416,17 @@ pub struct JobStats {
     pub rows_written: u64,
     /// Files written by a file sink.
     pub files_written: Vec<String>,
+}
+
+impl JobStats {
+    /// One line per function that turned rows into nulls, e.g. `"image_resize: 1 of 1 rows
+    /// null — a: no such file"`; empty when none did.
+    pub fn null_summaries(&self) -> Vec<String> {
+        self.operators
+            .iter()
+            .flat_map(|op| op.nulls.iter().map(NullCount::summary))
+            .collect()
+    }
 }
 
 /// `1536` → `"1.5 KiB"`.
@@ -371,6 +466,31 @@ mod tests {
         assert!(metrics.snapshot().waiting_on.is_empty());
         metrics.task_finished();
         assert!(metrics.snapshot().summary().ends_with("done"));
+    }
+
+    #[test]
+    fn nulls_are_counted_per_function_with_their_first_reasons() {
+        let metrics = OperatorMetrics::new("udf(image_decode+image_resize)");
+        metrics.add_nulls("image_resize", 4, 0, None);
+        assert!(metrics.snapshot().nulls.is_empty());
+        for reason in ["a: no such file", "a: no such file", "b: bad", "c", "d"] {
+            metrics.add_nulls("image_resize", 1, 1, Some(reason));
+        }
+        let snapshot = metrics.snapshot();
+        assert_eq!(
+            snapshot.nulls[0].summary(),
+            "image_resize: 5 of 9 rows null — a: no such file; b: bad; c"
+        );
+        assert!(
+            snapshot
+                .summary()
+                .contains("· image_resize: 5 of 9 rows null")
+        );
+        let job = JobStats {
+            operators: vec![snapshot],
+            ..JobStats::default()
+        };
+        assert_eq!(job.null_summaries().len(), 1);
     }
 
     #[test]
