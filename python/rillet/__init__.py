@@ -13,14 +13,16 @@ from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
 
-from rillet import _rillet, ai, testing
+from rillet import _rillet, ai, testing, training
 from rillet._rillet import CheckpointError, DataError, ExecutionError, JobCancelled, PlanError, RilletError, UserFunctionError
 from rillet._session import current_session, set_config
 from rillet.dataframe import (DataFrame, GroupBy, KafkaSink, PostgresUpsert, RedisStreamSink, StreamingJob, Window,
                               kafka_sink, postgres_upsert, redis_stream_sink, sliding, tumbling)
-from rillet.expr import Expr, col, count, lit, when
+from rillet.expr import Expr, coalesce, col, concat_str, count, lit, when
 from rillet.types import (Audio, Clip, Embedding, File, Image, Tensor, float16, float32, float64, int8, int16,
                           int32, int64, to_arrow_column, uint8, uint16, uint32, uint64)
+from rillet.readers import (read_binary_files, read_images, read_lance, read_text, read_webdataset, write_lance,
+                            write_webdataset)
 from rillet.service import Service, service
 from rillet.udf import UDF, udf
 
@@ -28,7 +30,9 @@ __all__ = [
     "DataFrame", "GroupBy", "StreamingJob", "Window", "tumbling", "sliding", "PostgresUpsert", "postgres_upsert", "RedisStreamSink", "redis_stream_sink", "KafkaSink", "kafka_sink", "Expr", "UDF", "col", "lit", "count", "when", "udf", "service",
     "Service",
     "from_pydict", "from_pylist", "from_arrow", "from_pandas", "range", "read_sequence", "read_redis_streams", "read_kafka", "watch_directory", "resume", "jobs", "read_parquet",
-    "read_csv", "read_json", "read_files", "configure_storage", "sql", "set_config", "current_session",
+    "read_csv", "read_json", "read_files", "read_images", "read_text", "read_binary_files", "read_webdataset",
+    "write_webdataset", "read_lance", "write_lance", "coalesce", "concat_str", "training",
+    "configure_storage", "sql", "set_config", "current_session",
     "init", "resources", "ai", "testing",
     "RilletError", "PlanError", "UserFunctionError", "ExecutionError", "DataError", "CheckpointError",
     "JobCancelled",
@@ -37,6 +41,11 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike
+
+
+def __dir__() -> list[str]:
+    """The public names only: what ``dir(rl)`` and completion offer (not ``os``, ``pa``)."""
+    return sorted(__all__)
 
 
 def init(*, num_cpus: float | None = None, num_gpus: int | None = None,
@@ -223,10 +232,27 @@ def resume(path: PathLike, df: DataFrame, output: PathLike, **options: Any) -> S
     return df.start(output, checkpoint_dir=os.path.dirname(p), job_id=name, **options)
 
 
-def read_parquet(path: PathLike | Sequence[PathLike]) -> DataFrame:
+def read_parquet(path: PathLike | Sequence[PathLike], *, columns: Sequence[str] | None = None,
+                 filter: Expr | None = None) -> DataFrame:  # noqa: A002 - the usual name
     """Read Parquet: a file, a directory, a glob (``data/*.parquet``) or a list of them.
-    Large files are split into row-group ranges read in parallel."""
-    return DataFrame(current_session()._native.read("parquet", _paths(path)))
+    Large files are split into row-group ranges read in parallel; a damaged file is named.
+
+    A directory laid out in Hive partitions (``year=2024/month=05/part-0.parquet``) gets
+    the partition columns (as strings). ``columns`` and ``filter`` are pushed into the scan
+    (only those columns are read; row groups and partitions the filter rules out are
+    skipped).
+
+    >>> import rillet as rl, pyarrow as pa, pyarrow.parquet as pq, tempfile, os
+    >>> root = tempfile.mkdtemp()
+    >>> os.makedirs(f"{root}/year=2024")
+    >>> pq.write_table(pa.table({"x": [1, 2]}), f"{root}/year=2024/part-0.parquet")
+    >>> rl.read_parquet(root, columns=["x", "year"], filter=rl.col("x") > 1).to_pydict()
+    {'x': [2], 'year': ['2024']}
+    """
+    df = DataFrame(current_session()._native.read("parquet", _paths(path)))
+    if filter is not None:
+        df = df.filter(filter)
+    return df.select(*columns) if columns is not None else df
 
 
 def read_csv(path: PathLike | Sequence[PathLike]) -> DataFrame:

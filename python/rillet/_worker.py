@@ -268,6 +268,29 @@ def _write_frame(fd: int, kind: bytes, payload: Any) -> None:
         written += os.write(fd, view[written:])
 
 
+# The file name cloudpickle gives code it sends by value.
+_DYNAMIC = "<dynamic-code>"
+
+
+def _restore_source_file(fn: Any, source_file: str | None) -> None:
+    """Point code that came by value back at the user's file, so tracebacks show its lines."""
+    if not source_file:
+        return
+
+    def fixed(code: Any) -> Any:
+        consts = tuple(fixed(c) if hasattr(c, "co_filename") else c for c in code.co_consts)
+        name = source_file if code.co_filename == _DYNAMIC else code.co_filename
+        return code.replace(co_filename=name, co_consts=consts)
+
+    functions = [fn] if hasattr(fn, "__code__") else [
+        v for v in vars(fn).values() if hasattr(v, "__code__")] if isinstance(fn, type) else []
+    for function in functions:
+        try:
+            function.__code__ = fixed(function.__code__)
+        except (AttributeError, TypeError, ValueError):  # builtins, odd callables: leave them
+            pass
+
+
 def _describe(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
 
@@ -293,6 +316,7 @@ def main() -> None:
         import cloudpickle
 
         spec = cloudpickle.loads(frame[1])
+        _restore_source_file(spec["fn"], spec.get("source_file"))
         fn = spec["fn"]
         if spec["is_class"]:
             fn = fn(*spec.get("init_args", ()), **spec.get("init_kwargs", {}))

@@ -310,7 +310,10 @@ class DataFrame:
         >>> rl.range(1_000_000).limit(3, offset=10).to_pydict()
         {'id': [10, 11, 12]}
         """
-        return DataFrame(self._df.limit(n, offset))
+        for name, value in (("n", n), ("offset", offset)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"limit: {name} must be a whole number >= 0, not {value!r}")
+        return DataFrame(self._df.limit(int(n), int(offset)))
 
     def explode(self, column: str) -> DataFrame:
         """One row per element of a list column.
@@ -359,6 +362,179 @@ class DataFrame:
         """
         names = [subset] if isinstance(subset, str) else list(subset or [])
         return DataFrame(self._df.drop_duplicates(names))
+
+    def unique(self, subset: str | Iterable[str] | None = None) -> DataFrame:
+        """Polars' name for :meth:`drop_duplicates`.
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"k": [1, 1, 2]}).unique().sort("k").to_pydict()
+        {'k': [1, 2]}
+        """
+        return self.drop_duplicates(subset)
+
+    def fill_null(self, value: Any, *, subset: str | Iterable[str] | None = None) -> DataFrame:
+        """Nulls replaced by ``value`` in the columns ``subset`` names (default: every column
+        whose type ``value`` fits).
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"a": [1, None], "s": ["x", None]}).fill_null(0).to_pydict()
+        {'a': [1, 0], 's': ['x', None]}
+        """
+        names = ([subset] if isinstance(subset, str) else list(subset)) if subset is not None else [
+            f.name for f in self.schema if _fits(value, f.type)]
+        return self.with_columns({name: col(name).fill_null(value) for name in names})
+
+    def with_row_index(self, name: str = "index", offset: int = 0) -> DataFrame:
+        """A first column numbering the rows from ``offset`` in the order they come (one
+        stream: keep it for data of moderate size, or number before fanning out).
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"x": ["a", "b"]}).with_row_index().to_pydict()
+        {'index': [0, 1], 'x': ['a', 'b']}
+        """
+        from rillet import sql
+
+        quoted = ", ".join(f'"{c}"' for c in self.columns)
+        return sql(f'SELECT CAST(row_number() OVER () - 1 + {int(offset)} AS BIGINT) AS "{name}", {quoted} FROM t',
+                   t=self)
+
+    def head(self, n: int = 5) -> DataFrame:
+        """The first ``n`` rows, lazily (Polars' ``head``; see :meth:`take` for the rows).
+
+        >>> import rillet as rl
+        >>> rl.range(100).head(3).to_pydict()
+        {'id': [0, 1, 2]}
+        """
+        return self.limit(n)
+
+    def take(self, n: int = 20) -> list[dict]:
+        """Run and return the first ``n`` rows as dicts (Ray Data's ``take``).
+
+        >>> import rillet as rl
+        >>> rl.range(100).take(2)
+        [{'id': 0}, {'id': 1}]
+        """
+        return self.limit(n).to_pylist()
+
+    def __getitem__(self, key: str | Sequence[str]) -> Expr | DataFrame:
+        """``df["col"]`` is the column's expression; ``df[["a", "b"]]`` selects columns.
+
+        >>> import rillet as rl
+        >>> df = rl.from_pydict({"a": [1, 2], "b": [3, 4]})
+        >>> df.filter(df["a"] > 1)[["b"]].to_pydict()
+        {'b': [4]}
+        """
+        if isinstance(key, str):
+            if key not in self.columns:
+                raise KeyError(f"no column {key!r}; columns: {self.columns}")
+            return col(key)
+        if isinstance(key, (list, tuple)):
+            return self.select(*key)
+        raise TypeError(f"index a DataFrame by a column name or a list of names, not {type(key).__name__}")
+
+    def __len__(self) -> int:
+        """The number of rows (runs the query: :meth:`count`)."""
+        return self.count()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, columns)``; counting the rows runs the query.
+
+        >>> import rillet as rl
+        >>> rl.range(7).shape
+        (7, 1)
+        """
+        return self.count(), len(self.columns)
+
+    def describe(self) -> pa.Table:
+        """Summary statistics of every numeric column, as rows ``count``, ``null_count``,
+        ``mean``, ``std``, ``min``, ``max`` (one run).
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"x": [1.0, 2.0, None]}).describe().to_pydict()["x"]
+        [2.0, 1.0, 1.5, 0.7071067811865476, 1.0, 2.0]
+        """
+        numeric = [f.name for f in self.schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+        aggs = []
+        for name in numeric:
+            c = col(name)
+            aggs += [c.count().alias(f"{name}:count"), c.is_null().cast(pa.int64()).sum().alias(f"{name}:null_count"),
+                     c.cast(pa.float64()).mean().alias(f"{name}:mean"), c.cast(pa.float64()).stddev().alias(f"{name}:std"),
+                     c.cast(pa.float64()).min().alias(f"{name}:min"), c.cast(pa.float64()).max().alias(f"{name}:max")]
+        stats = ["count", "null_count", "mean", "std", "min", "max"]
+        if not aggs:
+            return pa.table({"statistic": stats})
+        row = DataFrame(self._df.aggregate([], [a._expr for a in aggs])).to_pylist()[0]
+        columns = {"statistic": stats}
+        for name in numeric:
+            columns[name] = [None if row[f"{name}:{s}"] is None else float(row[f"{name}:{s}"]) for s in stats]
+        return pa.table(columns)
+
+    def repartition(self, n: int) -> DataFrame:
+        """The rows spread round-robin over ``n`` parallel streams, batch by batch (to widen
+        the stages after a source of few files).
+
+        >>> import rillet as rl
+        >>> rl.range(10).repartition(4).count()
+        10
+        """
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"repartition needs a whole number >= 1, not {n!r}")
+        return DataFrame(self._df.repartition(n))
+
+    def sample(self, fraction: float, seed: int | None = None) -> DataFrame:
+        """About ``fraction`` of the rows, drawn from their values and ``seed`` (the same rows
+        for the same data and seed, at any parallelism); see :mod:`rillet.training`."""
+        from rillet.training import sample
+
+        return sample(self, fraction, seed)
+
+    def random_shuffle(self, seed: int | None = None) -> DataFrame:
+        """The rows in a random order, the same for the same data and seed."""
+        from rillet.training import random_shuffle
+
+        return random_shuffle(self, seed)
+
+    def train_test_split(self, test_size: float = 0.25, seed: int | None = None) -> tuple[DataFrame, DataFrame]:
+        """``(train, test)``: each row in exactly one, about ``test_size`` in ``test``."""
+        from rillet.training import train_test_split
+
+        return train_test_split(self, test_size, seed)
+
+    def iter_numpy_batches(self, batch_size: int = 256, *, drop_last: bool = False,
+                           columns: Sequence[str] | None = None) -> Iterator[dict]:
+        """Batches of exactly ``batch_size`` rows as dicts of numpy arrays (images of one
+        size stacked ``(n, h, w, c)``); see :func:`rillet.training.iter_numpy_batches`."""
+        from rillet.training import iter_numpy_batches
+
+        return iter_numpy_batches(self, batch_size, drop_last=drop_last, columns=columns)
+
+    def iter_torch_batches(self, batch_size: int = 256, *, dtypes: Any = None, device: str = "cpu",
+                           drop_last: bool = False, columns: Sequence[str] | None = None) -> Iterator[dict]:
+        """Batches as dicts of torch tensors through DLPack; see
+        :func:`rillet.training.iter_torch_batches`."""
+        from rillet.training import iter_torch_batches
+
+        return iter_torch_batches(self, batch_size, dtypes=dtypes, device=device, drop_last=drop_last,
+                                  columns=columns)
+
+    def to_torch(self, batch_size: int = 256, **options: Any) -> Any:
+        """A torch ``IterableDataset`` of batches; see :func:`rillet.training.to_torch`."""
+        from rillet.training import to_torch
+
+        return to_torch(self, batch_size, **options)
+
+    def write_webdataset(self, path: str | os.PathLike, **options: Any) -> list[str]:
+        """Write WebDataset tar shards; see :func:`rillet.write_webdataset`."""
+        from rillet.readers import write_webdataset
+
+        return write_webdataset(self, path, **options)
+
+    def write_lance(self, uri: str | os.PathLike, *, mode: str = "create") -> dict:
+        """Write a Lance dataset; see :func:`rillet.write_lance`."""
+        from rillet.readers import write_lance
+
+        return write_lance(self, uri, mode=mode)
 
     def drop_near_duplicates(self, column: str, threshold: float = 0.8, num_perm: int = 64, ngram: int = 5,
                              bands: int | None = None) -> DataFrame:
@@ -743,6 +919,19 @@ class DataFrame:
 
 
 _log = logging.getLogger("rillet")
+
+
+def _fits(value: Any, dtype: pa.DataType) -> bool:
+    """Whether ``value`` can fill nulls of a column of ``dtype``."""
+    if isinstance(value, bool):
+        return pa.types.is_boolean(dtype)
+    if isinstance(value, (int, np.integer)):
+        return pa.types.is_integer(dtype) or pa.types.is_floating(dtype)
+    if isinstance(value, float):
+        return pa.types.is_floating(dtype)
+    if isinstance(value, str):
+        return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+    return False
 
 
 def _warn_nulls(stats: dict | None) -> dict | None:

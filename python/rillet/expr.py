@@ -110,34 +110,135 @@ class Expr:
         return self._expr.name()
 
     def is_null(self) -> Expr:
+        """True where the value is null."""
         return Expr(self._expr.is_null())
 
     def is_not_null(self) -> Expr:
+        """True where the value is not null."""
         return Expr(self._expr.is_not_null())
 
     def is_in(self, values: Iterable[Any]) -> Expr:
+        """True where the value is one of ``values``.
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"a": [1, 2, 3]}).filter(rl.col("a").is_in([1, 3])).to_pydict()
+        {'a': [1, 3]}
+        """
         return Expr(self._expr.is_in([_to_expr(v)._expr for v in values]))
 
+    def is_nan(self) -> Expr:
+        """True where a float is NaN (null stays null).
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"a": [1.0, float("nan")]}).select(rl.col("a").is_nan()).to_pydict()["a"]
+        [False, True]
+        """
+        return _call("isnan", self).alias(self.name())
+
     def fill_null(self, value: Any) -> Expr:
-        return _call("coalesce", self, value)
+        """Nulls replaced by ``value``.
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"a": [1, None]}).select(rl.col("a").fill_null(0)).to_pydict()
+        {'a': [1, 0]}
+        """
+        return _call("coalesce", self, value).alias(self.name())
+
+    def between(self, low: Any, high: Any, closed: str = "both") -> Expr:
+        """True where ``low <= value <= high`` (``closed``: ``"both"``, ``"left"``,
+        ``"right"`` or ``"none"`` says which ends count).
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"a": [1, 2, 3]}).filter(rl.col("a").between(2, 3)).to_pydict()
+        {'a': [2, 3]}
+        """
+        ends = {"both": (">=", "<="), "left": (">=", "<"), "right": (">", "<="), "none": (">", "<")}
+        if closed not in ends:
+            raise ValueError(f"closed must be one of {sorted(ends)}, not {closed!r}")
+        lower, upper = ends[closed]
+        return self._bin(lower, low) & self._bin(upper, high)
+
+    def clip(self, lower: Any = None, upper: Any = None) -> Expr:
+        """Values limited to ``[lower, upper]`` (either may be None).
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"a": [-5, 3, 99]}).select(rl.col("a").clip(0, 10)).to_pydict()
+        {'a': [0, 3, 10]}
+        """
+        out = self
+        if lower is not None:
+            out = when(out < lower, lower).otherwise(out)
+        if upper is not None:
+            out = when(out > upper, upper).otherwise(out)
+        return out.alias(self.name())
 
     def abs(self) -> Expr:
-        return _call("abs", self)
+        """The absolute value."""
+        return _call("abs", self).alias(self.name())
 
     def round(self, decimals: int = 0) -> Expr:
-        return _call("round", self, decimals)
+        """Rounded to ``decimals`` places (half away from zero)."""
+        return _call("round", self, decimals).alias(self.name())
+
+    def floor(self) -> Expr:
+        """The largest whole number not above the value."""
+        return _call("floor", self).alias(self.name())
+
+    def ceil(self) -> Expr:
+        """The smallest whole number not below the value."""
+        return _call("ceil", self).alias(self.name())
 
     def sqrt(self) -> Expr:
-        return _call("sqrt", self)
+        """The square root."""
+        return _call("sqrt", self).alias(self.name())
+
+    def exp(self) -> Expr:
+        """e to the power of the value."""
+        return _call("exp", self).alias(self.name())
+
+    def log(self, base: float | None = None) -> Expr:
+        """The natural logarithm, or the logarithm to ``base``.
+
+        >>> import rillet as rl
+        >>> rl.from_pydict({"a": [100.0]}).select(rl.col("a").log(10)).to_pydict()["a"]
+        [2.0]
+        """
+        out = _call("ln", self) if base is None else _call("log", float(base), self)
+        return out.alias(self.name())
 
     # aggregations ----------------------------------------------------------------------
-    def sum(self) -> Expr: return _call("sum", self)
-    def mean(self) -> Expr: return _call("avg", self)
-    def min(self) -> Expr: return _call("min", self)
-    def max(self) -> Expr: return _call("max", self)
-    def count(self) -> Expr: return _call("count", self)
-    def stddev(self) -> Expr: return _call("stddev", self)
-    def list(self) -> Expr: return _call("array_agg", self)
+    def sum(self) -> Expr:
+        """The sum (per group)."""
+        return _call("sum", self)
+
+    def mean(self) -> Expr:
+        """The mean (per group)."""
+        return _call("avg", self)
+
+    def min(self) -> Expr:
+        """The smallest value (per group)."""
+        return _call("min", self)
+
+    def max(self) -> Expr:
+        """The largest value (per group)."""
+        return _call("max", self)
+
+    def count(self) -> Expr:
+        """The number of non-null values (per group)."""
+        return _call("count", self)
+
+    def stddev(self) -> Expr:
+        """The sample standard deviation (per group)."""
+        return _call("stddev", self)
+
+    def list(self) -> Expr:
+        """The values gathered into a list (per group)."""
+        return _call("array_agg", self)
+
+    @property
+    def dt(self) -> DateTimeNamespace:
+        """Date and time parts: ``col("t").dt.year()``, ``.dt.truncate("day")``."""
+        return DateTimeNamespace(self)
 
     @property
     def str(self) -> StringNamespace:
@@ -207,16 +308,49 @@ class StringNamespace:
         return _call("contains", self._e, pattern)
 
     def starts_with(self, prefix: str) -> Expr:
+        """True where the string starts with ``prefix``."""
         return _call("starts_with", self._e, prefix)
 
     def ends_with(self, suffix: str) -> Expr:
+        """True where the string ends with ``suffix``."""
         return _call("ends_with", self._e, suffix)
 
     def lower(self) -> Expr:
+        """Lower case."""
         return _call("lower", self._e)
 
     def upper(self) -> Expr:
+        """Upper case."""
         return _call("upper", self._e)
+
+    def matches(self, pattern: str) -> Expr:
+        """True where the regular expression ``pattern`` matches somewhere in the string.
+
+        >>> import rillet as rl
+        >>> df = rl.from_pydict({"s": ["img_001.jpg", "notes.txt"]})
+        >>> df.filter(rl.col("s").str.matches(r"_\\d+\\.jpg$")).to_pydict()
+        {'s': ['img_001.jpg']}
+        """
+        return _call("regexp_like", self._e, pattern)
+
+    def extract(self, pattern: str, group: int = 1) -> Expr:
+        """The text of capture group ``group`` of the first match of ``pattern`` (null
+        without a match).
+
+        >>> import rillet as rl
+        >>> df = rl.from_pydict({"s": ["img_001.jpg", "x"]})
+        >>> df.select(rl.col("s").str.extract(r"_(\\d+)\\.")).to_pydict()
+        {'s': ['001', None]}
+        """
+        if group < 0:
+            raise ValueError(f"group must be >= 0, not {group}")
+        match = _call("regexp_match", self._e, pattern if group else f"({pattern})")
+        return _call("array_element", match, max(group, 1)).alias(self._e.name())
+
+    def replace_regex(self, pattern: str, replacement: str) -> Expr:
+        """Every match of the regular expression ``pattern`` replaced (``\\1`` names a
+        group)."""
+        return _call("regexp_replace", self._e, pattern, replacement, "g")
 
     def len(self) -> Expr:
         """Length in characters."""
@@ -231,6 +365,7 @@ class StringNamespace:
         return _call("string_to_array", self._e, sep)
 
     def strip(self) -> Expr:
+        """Without leading and trailing whitespace."""
         return _call("btrim", self._e)
 
     def substr(self, start: int, length: int | None = None) -> Expr:
@@ -240,9 +375,93 @@ class StringNamespace:
         return _call("substr", self._e, start + 1, length)
 
 
+class DateTimeNamespace:
+    """Parts of dates and timestamps (DataFusion kernels underneath).
+
+    >>> import datetime, rillet as rl
+    >>> df = rl.from_pydict({"t": [datetime.datetime(2024, 3, 5, 14, 30)]})
+    >>> df.select(rl.col("t").dt.year().alias("y"), rl.col("t").dt.hour().alias("h")).to_pydict()
+    {'y': [2024], 'h': [14]}
+    """
+
+    def __init__(self, expr: Expr):
+        self._e = expr
+
+    def _part(self, part: str) -> Expr:
+        return _call("date_part", part, self._e).cast(pa.int64()).alias(self._e.name())
+
+    def year(self) -> Expr:
+        """The year."""
+        return self._part("year")
+
+    def month(self) -> Expr:
+        """The month, 1 to 12."""
+        return self._part("month")
+
+    def day(self) -> Expr:
+        """The day of the month, 1 to 31."""
+        return self._part("day")
+
+    def hour(self) -> Expr:
+        """The hour, 0 to 23."""
+        return self._part("hour")
+
+    def minute(self) -> Expr:
+        """The minute, 0 to 59."""
+        return self._part("minute")
+
+    def second(self) -> Expr:
+        """The second, 0 to 59."""
+        return self._part("second")
+
+    def weekday(self) -> Expr:
+        """The day of the week, Monday 1 to Sunday 7 (ISO, as Polars)."""
+        return self._part("isodow")
+
+    def truncate(self, unit: str) -> Expr:
+        """Rounded down to ``unit``: ``"year"``, ``"month"``, ``"week"``, ``"day"``,
+        ``"hour"``, ``"minute"`` or ``"second"``."""
+        return _call("date_trunc", unit, self._e).alias(self._e.name())
+
+    def strftime(self, format: str) -> Expr:  # noqa: A002 - the usual name
+        """Formatted as text with chrono's ``%Y-%m-%d``-style ``format``."""
+        return _call("to_char", self._e, format).alias(self._e.name())
+
+
 def col(name: str) -> Expr:
     """A column by name."""
     return Expr(_rillet.col(name))
+
+
+def coalesce(*exprs: Any) -> Expr:
+    """The first non-null value of ``exprs``, row by row.
+
+    >>> import rillet as rl
+    >>> df = rl.from_pydict({"a": [None, 2], "b": [1, 9]})
+    >>> df.select(rl.coalesce(rl.col("a"), rl.col("b")).alias("c")).to_pydict()
+    {'c': [1, 2]}
+    """
+    if not exprs:
+        raise ValueError("coalesce needs at least one expression")
+    return _call("coalesce", *exprs)
+
+
+def concat_str(*exprs: Any, separator: str = "") -> Expr:
+    """The strings of ``exprs`` joined with ``separator`` (null if any is null, as Polars).
+
+    >>> import rillet as rl
+    >>> df = rl.from_pydict({"a": ["x", "y"], "b": ["1", None]})
+    >>> df.select(rl.concat_str(rl.col("a"), rl.col("b"), separator="-").alias("s")).to_pydict()
+    {'s': ['x-1', None]}
+    """
+    parts = [_to_expr(e) for e in exprs]
+    if not parts:
+        raise ValueError("concat_str needs at least one expression")
+    joined = _call("concat_ws", separator, *parts)
+    any_null = parts[0].is_null()
+    for p in parts[1:]:
+        any_null = any_null | p.is_null()
+    return when(any_null, lit(None).cast(pa.string())).otherwise(joined)
 
 
 def lit(value: Any) -> Expr:
@@ -398,9 +617,11 @@ class ImageNamespace:
         return self._op("metadata", on_error)
 
     def width(self, *, on_error: str = "null") -> Expr:
+        """The width in pixels."""
         return self._op("width", on_error)
 
     def height(self, *, on_error: str = "null") -> Expr:
+        """The height in pixels."""
         return self._op("height", on_error)
 
     def aspect_ratio(self, *, on_error: str = "null") -> Expr:
@@ -685,9 +906,12 @@ class VectorNamespace:
         return _call("vector_cosine_similarity", self._e, other)
 
     def dot(self, other: Any) -> Expr:
+        """The dot product with ``other`` (a vector column or a literal vector of the same
+        dimension; different dimensions are an error)."""
         return _call("vector_dot", self._e, other)
 
     def l2_distance(self, other: Any) -> Expr:
+        """The Euclidean distance to ``other`` (of the same dimension)."""
         return _call("vector_l2_distance", self._e, other)
 
     def normalize(self) -> Expr:

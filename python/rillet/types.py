@@ -75,10 +75,43 @@ _FILE_STORAGE = pa.struct([_req("uri", pa.string()), pa.field("offset", pa.uint6
 _CLIP_STORAGE = pa.struct([_req("uri", pa.string()), _req("start_ms", pa.int64()), _req("end_ms", pa.int64())])
 
 
+# The subclass of each Rillet type named as the type shows itself, per parameters.
+_NAMED: dict[tuple[type, str], type] = {}
+
+
 class _RilletType(pa.ExtensionType):
-    """Common behaviour: JSON metadata, readable names."""
+    """Common behaviour: JSON metadata, readable names (also where pyarrow prints a
+    schema: ``extension<rillet.image<Image[RGB, u8]>>``)."""
 
     _params: dict
+
+    def _named_as_shown(self) -> None:
+        """Make this instance's class one named as the type displays itself: pyarrow prints
+        an extension type in a schema by its Python class's name."""
+        base = self._kind()
+        display = self._display()
+        named = _NAMED.get((base, display))
+        if named is None:
+            named = type(display, (base,), {"__module__": base.__module__,
+                                            "__qualname__": base.__qualname__, "_is_named": True})
+            _NAMED[(base, display)] = named
+        self.__class__ = named
+
+    def _kind(self) -> type:
+        cls = type(self)
+        return cls.__bases__[0] if cls.__dict__.get("_is_named") else cls
+
+    def __eq__(self, other):
+        if isinstance(other, _RilletType):
+            return (self._kind() is other._kind() and self.extension_name == other.extension_name
+                    and self.storage_type == other.storage_type)
+        return NotImplemented
+
+    def __hash__(self):
+        return hash((self.extension_name, self.storage_type))
+
+    def __reduce__(self):
+        return self._kind().__arrow_ext_deserialize__, (self.storage_type, self.__arrow_ext_serialize__())
 
     def __arrow_ext_serialize__(self) -> bytes:
         return json.dumps(self._params).encode()
@@ -173,6 +206,7 @@ class ImageType(_RilletType):
         self.mode = mode
         self._params = {"mode": mode} if mode else {}
         super().__init__(_IMAGE_STORAGE, "rillet.image")
+        self._named_as_shown()
 
     @classmethod
     def __arrow_ext_deserialize__(cls, storage_type, serialized):
@@ -220,6 +254,7 @@ class TensorType(_RilletType):
             storage = pa.struct([_req("data", pa.large_binary()), _req("shape", pa.list_(pa.uint32()))])
             self._params = {"dtype": self.dtype}
         super().__init__(storage, "rillet.tensor")
+        self._named_as_shown()
 
     @classmethod
     def __arrow_ext_deserialize__(cls, storage_type, serialized):
@@ -254,6 +289,7 @@ class EmbeddingType(_RilletType):
             raise ValueError("an Embedding needs a positive dimension, e.g. Embedding(rl.float32, 384)")
         self._params = {"dtype": self.dtype, "dim": self.dim}
         super().__init__(pa.list_(_ELEMENTS[self.dtype], self.dim), "rillet.embedding")
+        self._named_as_shown()
 
     @classmethod
     def __arrow_ext_deserialize__(cls, storage_type, serialized):
@@ -286,6 +322,7 @@ class AudioType(_RilletType):
     def __init__(self):
         self._params = {}
         super().__init__(_AUDIO_STORAGE, "rillet.audio")
+        self._named_as_shown()
 
     @classmethod
     def __arrow_ext_deserialize__(cls, storage_type, serialized):
@@ -307,6 +344,7 @@ class FileType(_RilletType):
     def __init__(self):
         self._params = {}
         super().__init__(_FILE_STORAGE, "rillet.file")
+        self._named_as_shown()
 
     @classmethod
     def __arrow_ext_deserialize__(cls, storage_type, serialized):
@@ -322,6 +360,7 @@ class ClipType(_RilletType):
     def __init__(self):
         self._params = {}
         super().__init__(_CLIP_STORAGE, "rillet.clip")
+        self._named_as_shown()
 
     @classmethod
     def __arrow_ext_deserialize__(cls, storage_type, serialized):

@@ -241,6 +241,7 @@ def pickle_for_workers(spec: dict, what: str, kind: str) -> bytes:
         import cloudpickle
     except ImportError as exc:  # pragma: no cover - a dependency of the package
         raise ImportError("worker processes need cloudpickle: pip install cloudpickle") from exc
+    spec = {**spec, "source_file": _source_file(spec["fn"])}
     try:
         return cloudpickle.dumps(spec)
     except Exception as exc:
@@ -249,6 +250,15 @@ def pickle_for_workers(spec: dict, what: str, kind: str) -> bytes:
             f"to cannot be pickled ({type(exc).__name__}: {exc}). Create such objects (models, "
             "clients, locks, open files) inside it: in the __init__ of a class, which runs once "
             "in each worker. Or run it in this process with isolate=False.") from exc
+
+
+def _source_file(fn: Any) -> str | None:
+    """The file ``fn`` (a function or class) was written in, so a worker's tracebacks show
+    its lines (cloudpickle sends functions of a script by value, under a made-up name)."""
+    try:
+        return inspect.getsourcefile(fn)
+    except TypeError:
+        return None
 
 
 def _parse_bytes(value: int | str | None) -> int:

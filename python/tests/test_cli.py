@@ -26,7 +26,9 @@ JOB = textwrap.dedent(f"""
     df = rl.read_sequence(partitions={PARTITIONS}, rows={ROWS}, rows_per_second=15000)
     df = df.with_columns(doubled=rl.col("value") * 2)
     job = df.start("out", checkpoint_dir="chk", job_id="orders", checkpoint_interval=0.2)
-    print("rows written", job.wait()["rows_written"], flush=True)
+    written = job.wait()["rows_written"]
+    print("status", job.status(), flush=True)
+    print("rows written", written, flush=True)
 """)
 
 
@@ -84,6 +86,8 @@ def test_stop_with_a_savepoint_then_resume_gives_exact_output(tmp_path):
     assert proc.returncode == 0, out
     written_before = int(out.split("rows written")[1])
     assert 0 < written_before < PARTITIONS * ROWS, "the stop came mid-run"
+    # The job's own handle agrees with the listing: stopped, not finished.
+    assert "status stopped" in out
 
     job = jobs(chk)["orders"]
     assert (job["state"], job["savepoint"]) == ("stopped", savepoint)

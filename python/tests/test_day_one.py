@@ -289,3 +289,85 @@ def test_rows_nulled_by_policy_are_reported_at_the_end_of_a_run(tmp_path, caplog
     with caplog.at_level("WARNING", logger="rillet"):
         rl.from_pydict({"x": [1]}).collect()
     assert not [r for r in caplog.records if r.name == "rillet"]
+
+
+# 7. Errors point the right way ---------------------------------------------------------
+
+def test_a_damaged_parquet_file_among_many_is_named(tmp_path):
+    import pyarrow.parquet as pq
+
+    for i in range(3):
+        pq.write_table(pa.table({"x": [i]}), tmp_path / f"part-{i}.parquet")
+    damaged = tmp_path / "part-1.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:-30])  # a truncated upload
+    with pytest.raises(rl.DataError, match=r"part-1\.parquet is not a readable Parquet file"):
+        rl.read_parquet(str(tmp_path / "*.parquet"))
+    with pytest.raises(rl.DataError, match=r"part-1\.parquet"):
+        rl.read_parquet(str(tmp_path))
+
+
+def test_plan_errors_speak_of_columns_not_internal_names():
+    df = rl.from_pydict({"x": [1]})
+    with pytest.raises(rl.PlanError) as error:
+        df.select("y")
+    assert "Valid fields are x" in str(error.value) and "?table?" not in str(error.value)
+    with pytest.raises(rl.PlanError, match=r'explode: column "s" is Utf8, not a list'):
+        rl.from_pydict({"s": ["a"]}).explode("s")
+    assert "DataFusion's code" not in str(error.value)
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="limit: n must be a whole number >= 0"):
+            df.limit(bad)
+    text = df.with_column("i", col("x").cast(pa.string()).image.decode()).explain()
+    assert "FunctionCall: image_decode(" in text and "PythonUdf" not in text and "?table?." not in text
+
+
+def test_models_help_prints_usage_not_a_traceback():
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", "rillet.models", "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0 and "usage: python -m rillet.models" in shown.stdout
+    assert "all-minilm-l6-v2" in shown.stdout and "Traceback" not in shown.stderr
+    wrong = subprocess.run([sys.executable, "-m", "rillet.models", "nope"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "unknown model 'nope'" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_worker_tracebacks_show_the_users_file_and_line(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import rillet as rl\n"
+        "@rl.udf(return_dtype='int64', isolate=True)\n"
+        "def boom(x):\n"
+        "    raise ValueError('bad value %d' % x)\n"
+        "try:\n"
+        "    rl.from_pydict({'x': [1]}).with_column('y', boom(rl.col('x'))).collect()\n"
+        "except rl.UserFunctionError as e:\n"
+        "    print(e)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path).stdout
+    assert f'File "{script}", line 4, in boom' in out
+    assert "raise ValueError('bad value %d' % x)" in out and "<dynamic-code>" not in out
+
+
+def test_rows_per_second_holds_within_a_batch():
+    import time
+
+    started = time.monotonic()
+    first = next(iter(rl.read_sequence(partitions=1, rows=None, rows_per_second=100).iter_batches()))
+    assert first.num_rows <= 5, "a throttled batch holds at most 50 ms of rows"
+    assert time.monotonic() - started < 20
+
+
+def test_the_schema_names_types_as_their_repr_does(photos):
+    df = rl.from_pydict({"path": photos[:1]}).with_column("img", col("path").image.decode("RGB"))
+    assert "img: extension<rillet.image<Image[RGB, u8]>>" in str(df.schema)
+    assert repr(df) == "DataFrame[path: string, img: Image[RGB, u8]]"
+    assert df.schema.field("img").type == rl.Image("RGB")
+
+
+def test_dir_shows_the_public_api_only():
+    names = dir(rl)
+    assert not {"os", "pa", "Any", "Iterable", "Sequence", "annotations"} & set(names)
+    assert {"DataFrame", "col", "read_files", "udf"} <= set(names)

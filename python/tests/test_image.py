@@ -495,8 +495,8 @@ def test_large_batches_spill_to_disk_instead_of_waiting_and_the_files_go_with_th
 
     def stalled_consumer(stall):
         """A consumer whose first call with rows stalls until `stall()` returns: the
-        decoder runs ahead of it and fills every channel. (map_batches also calls it once
-        with no rows, to learn its schema.)"""
+        decoder runs ahead of it and fills every channel. (Its schema is given, so no call
+        runs while planning.)"""
         first = [True]
 
         def consume(t):
@@ -521,7 +521,7 @@ def test_large_batches_spill_to_disk_instead_of_waiting_and_the_files_go_with_th
         # take all 12 photos and no channel would fill (seen once in CI).
         return (rl.read_files(f"{large_photos}/*.jpg")
                 .with_column("img", col("file").image.decode("RGB"))
-                .map_batches(consumer, batch_size=1))
+                .map_batches(consumer, batch_size=1, schema=pa.schema([("path", pa.string())])))
 
     rl.set_config(memory_budget=64 << 20, spill_budget=1 << 30, progress=False)
     df = job(stalled_consumer(spill_files_appear))

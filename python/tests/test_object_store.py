@@ -271,3 +271,19 @@ def test_unreachable_endpoint_fails_with_the_url_after_bounded_retries():
     with pytest.raises(OSError, match=f"http://127.0.0.1:{port}/photo.jpg"):
         rl.from_pydict({"u": [f"http://127.0.0.1:{port}/photo.jpg"]}).select(col("u").url.download()).collect()
     assert time.monotonic() - started < 15
+
+
+def test_webdataset_shards_on_s3(s3, tmp_path):
+    import webdataset as wds
+
+    photos = sorted(p for k, p in s3["local"].items() if k.startswith("images/"))[:4]
+    with wds.ShardWriter(str(tmp_path / "shard-%06d.tar"), maxcount=2, verbose=0) as sink:
+        for i, path in enumerate(photos):
+            sink.write({"__key__": f"s{i}", "img": path.read_bytes(), "cls": i})
+    for shard in sorted(tmp_path.glob("*.tar")):
+        s3["client"].upload_file(str(shard), BUCKET, f"wds/{shard.name}")
+    rows = sorted(rl.read_webdataset(f"s3://{BUCKET}/wds/*.tar").to_pylist(), key=lambda r: r["__key__"])
+    assert [r["__key__"] for r in rows] == ["s0", "s1", "s2", "s3"]
+    assert [r["img"] for r in rows] == [p.read_bytes() for p in photos]
+    assert [r["cls"] for r in rows] == [0, 1, 2, 3]
+    assert {r["__url__"] for r in rows} == {f"s3://{BUCKET}/wds/shard-00000{i}.tar" for i in (0, 1)}

@@ -35,7 +35,7 @@ pub enum RilletError {
     #[error("arrow error: {0}")]
     Arrow(#[from] ArrowError),
     /// DataFusion (planner or physical operators) failed.
-    #[error("{0}")]
+    #[error("{}", tidy_datafusion_message(&.0.to_string()))]
     DataFusion(Box<DataFusionError>),
     /// A model runtime (ONNX Runtime, candle) failed to load a model or to run it.
     #[error("model error: {0}")]
@@ -122,11 +122,34 @@ impl RilletError {
             },
             Self::Io(e) => Self::Io(std::io::Error::new(e.kind(), e.to_string())),
             Self::Arrow(e) => Self::Internal(e.to_string()),
-            Self::DataFusion(e) => Self::Plan(e.to_string()),
+            Self::DataFusion(e) => Self::Plan(tidy_datafusion_message(&e.to_string())),
             Self::Cancelled => Self::Cancelled,
             Self::Internal(m) => Self::Internal(m.clone()),
         }
     }
+}
+
+/// DataFusion's message in Rillet's terms: columns without the `?table?` qualifier of an
+/// unnamed frame, and internal errors sent to Rillet's tracker rather than DataFusion's.
+///
+/// ```
+/// use rillet_common::tidy_datafusion_message;
+/// assert_eq!(
+///     tidy_datafusion_message("No field named y. Valid fields are \"?table?\".x."),
+///     "No field named y. Valid fields are x."
+/// );
+/// ```
+pub fn tidy_datafusion_message(message: &str) -> String {
+    const DATAFUSION_BUG: &str = "This issue was likely caused by a bug in DataFusion's code. \
+        Please help us to resolve this by filing a bug report in our issue tracker: \
+        https://github.com/apache/datafusion/issues";
+    message
+        .replace("\"?table?\".", "")
+        .replace("?table?.", "")
+        .replace(
+            DATAFUSION_BUG,
+            "This is a bug in Rillet or in DataFusion beneath it: please report it to Rillet.",
+        )
 }
 
 /// Walk DataFusion's wrappers (`Context`, `Shared`, `External`, `ArrowError::External`) to

@@ -18,7 +18,7 @@ pub mod retry;
 pub mod types;
 
 pub use config::EngineConfig;
-pub use error::{Result, RilletError};
+pub use error::{Result, RilletError, tidy_datafusion_message};
 
 /// A random name of 12 lowercase hex digits (48 bits from the operating system's random
 /// source): what tells apart the outputs of two checkpoint stores, or of two runs without

@@ -118,7 +118,8 @@ impl SequenceSplit {
 
 /// The sequence generator as a streaming source: `partitions` splits named
 /// `<name>/<partition>`, each emitting `rows_per_partition` rows (or without end), in
-/// batches of `batch_rows`, optionally throttled to `rows_per_second` per split.
+/// batches of at most `batch_rows`, optionally throttled to `rows_per_second` per split (a
+/// throttled batch holds at most 50 ms of rows, so the rate holds at any scale).
 ///
 /// ```
 /// use rillet_connectors::sequence::SequenceSource;
@@ -224,9 +225,13 @@ struct SequenceReader {
 #[async_trait]
 impl SourceReader for SequenceReader {
     async fn next_batch(&mut self) -> rillet_common::Result<Option<RecordBatch>> {
+        let mut rows = self.batch_rows;
         if let Some(rate) = self.rate {
-            // Throttled: the next batch is due once the rows so far have had their time.
+            // Throttled: the next batch is due once the rows so far have had their time,
+            // and holds at most 50 ms of rows, so the rate holds at any scale (not in
+            // bursts of a whole batch).
             let per_second = rate * self.splits.len().max(1) as f64;
+            rows = rows.min(((per_second / 20.0).ceil() as usize).max(1));
             let due =
                 self.started + std::time::Duration::from_secs_f64(self.emitted as f64 / per_second);
             tokio::time::sleep_until(due).await;
@@ -245,7 +250,7 @@ impl SourceReader for SequenceReader {
         let Some(i) = behind else {
             return Ok(None);
         };
-        let batch = self.splits[i].1.next_batch(self.batch_rows);
+        let batch = self.splits[i].1.next_batch(rows);
         if let Some(batch) = &batch {
             self.emitted += batch.num_rows() as u64;
         }

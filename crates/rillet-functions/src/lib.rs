@@ -26,6 +26,7 @@ pub mod image;
 pub mod input;
 pub mod operator;
 pub mod pdf;
+pub mod sampling;
 pub mod tensor;
 pub mod text;
 pub mod tokens;
@@ -60,6 +61,7 @@ pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     all.extend(tokens::functions());
     all.extend(pdf::functions());
     all.extend(vector::functions());
+    all.extend(sampling::functions());
     #[cfg(feature = "video")]
     all.extend(video::functions());
     all

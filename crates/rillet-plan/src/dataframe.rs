@@ -271,11 +271,43 @@ impl DataFrame {
         self.derive(self.inner.clone().limit(offset, Some(n)))
     }
 
+    /// The rows spread round-robin over `partitions` parallel streams, batch by batch (to
+    /// widen the stages after a source of few files or splits).
+    ///
+    /// ```
+    /// let df = rillet_plan::Session::default().range(10).unwrap().repartition(4).unwrap();
+    /// assert_eq!(df.count().unwrap(), 10);
+    /// ```
+    pub fn repartition(&self, partitions: usize) -> Result<Self> {
+        if partitions == 0 {
+            return Err(RilletError::invalid_argument(
+                "repartition needs at least one partition",
+            ));
+        }
+        self.derive(self.inner.clone().repartition(
+            datafusion::logical_expr::Partitioning::RoundRobinBatch(partitions),
+        ))
+    }
+
     /// One row per element of the list column `column` (other columns repeated).
     pub fn explode(&self, column: &str) -> Result<Self> {
         let schema = self.schema();
-        if schema.field_with_name(column).is_err() {
+        let Ok(field) = schema.field_with_name(column) else {
             return Err(unknown_column(column, &schema));
+        };
+        if !matches!(
+            field.data_type(),
+            DataType::List(_)
+                | DataType::LargeList(_)
+                | DataType::FixedSizeList(..)
+                | DataType::ListView(_)
+                | DataType::LargeListView(_)
+        ) {
+            return Err(RilletError::Plan(format!(
+                "explode: column {column:?} is {}, not a list; explode takes list columns \
+                 (e.g. from str.split, text.chunk or video.frames)",
+                field.data_type()
+            )));
         }
         let item_metadata = match schema
             .field_with_name(column)
@@ -656,10 +688,10 @@ impl DataFrame {
         let plan = self.physical_plan()?;
         let (sink, _batches) = CollectSink::new(plan.schema(), 1 << 20);
         let graph = build_dataflow(plan, Arc::new(sink), "collect")?;
-        Ok(format!(
+        Ok(rillet_common::tidy_datafusion_message(&format!(
             "== Logical plan ==\n{}\n\n== Physical dataflow ==\n{graph}",
             optimized.display_indent()
-        ))
+        )))
     }
 
     /// Remember the figures of the last run of this DataFrame.

@@ -87,6 +87,9 @@ impl Session {
             return Err(RilletError::invalid_argument("no path given to read"));
         }
         let (urls, any_dir) = normalise_paths(paths)?;
+        if matches!(format, ReadFormat::Parquet) {
+            check_parquet_footers(paths)?;
+        }
         // One registration per bucket or origin, however many objects a glob matched.
         let mut registered = std::collections::HashSet::new();
         for url in urls.iter().filter(|u| rillet_io::is_remote(u)) {
@@ -94,13 +97,19 @@ impl Session {
         }
         // Directories select files by extension; explicit files and globs take any name.
         let extension = if any_dir { format.extension() } else { "" };
+        let partitions = match format {
+            ReadFormat::Parquet => hive_partitions(paths)?,
+            _ => Vec::new(),
+        };
         let ctx = self.context();
         let df = self.block_on(async {
             match format {
                 ReadFormat::Parquet => {
                     ctx.read_parquet(
                         urls,
-                        ParquetReadOptions::default().file_extension(extension),
+                        ParquetReadOptions::default()
+                            .file_extension(extension)
+                            .table_partition_cols(partitions),
                     )
                     .await
                 }
@@ -291,6 +300,67 @@ fn normalise_paths(paths: &[String]) -> Result<(Vec<String>, bool)> {
         }
     }
     Ok((urls, any_dir))
+}
+
+/// Read the footer of every local Parquet file `paths` name (files, directories, globs), so
+/// one damaged file among many is named in the error instead of failing the job later with
+/// "Corrupt footer" or "Unexpected EOF" and no path. Remote objects are left to the scan.
+fn check_parquet_footers(paths: &[String]) -> Result<()> {
+    for path in paths.iter().filter(|p| !rillet_io::is_remote(p)) {
+        let directory = Path::new(path).is_dir();
+        for entry in rillet_io::list_files(path)? {
+            let file = entry.uri.strip_prefix("file://").unwrap_or(&entry.uri);
+            if directory && !file.ends_with(".parquet") {
+                continue;
+            }
+            let opened = std::fs::File::open(file).map_err(RilletError::Io)?;
+            if let Err(error) = parquet::file::reader::SerializedFileReader::new(opened) {
+                return Err(RilletError::invalid_data(format!(
+                    "read_parquet: {file} is not a readable Parquet file ({error}); remove or \
+                     replace it"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The Hive partition columns of one local directory (`year=2024/month=05/part-0.parquet`
+/// gives `year` and `month`, as strings), found from the folders above its first Parquet
+/// file; none for anything else.
+fn hive_partitions(paths: &[String]) -> Result<Vec<(String, DataType)>> {
+    let [path] = paths else {
+        return Ok(Vec::new());
+    };
+    if rillet_io::is_remote(path) || !Path::new(path).is_dir() {
+        return Ok(Vec::new());
+    }
+    let root = Path::new(path);
+    let mut files: Vec<String> = rillet_io::list_files(path)?
+        .into_iter()
+        .map(|e| e.uri)
+        .filter(|uri| uri.ends_with(".parquet"))
+        .collect();
+    files.sort();
+    let Some(first) = files.first() else {
+        return Ok(Vec::new());
+    };
+    let relative = Path::new(first.strip_prefix("file://").unwrap_or(first))
+        .strip_prefix(root)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    Ok(relative
+        .parent()
+        .into_iter()
+        .flat_map(|folders| folders.components())
+        .filter_map(|c| {
+            c.as_os_str()
+                .to_str()?
+                .split_once('=')
+                .map(|(k, _)| k.to_string())
+        })
+        .map(|name| (name, DataType::Utf8))
+        .collect())
 }
 
 /// For a relative local pattern, where it was looked for.

@@ -152,7 +152,7 @@ impl UserDefinedLogicalNodeCore for BatchStageNode {
     fn name(&self) -> &str {
         match self.kind {
             StageKind::MapBatches(_) => "MapBatches",
-            StageKind::Udf { .. } => "PythonUdf",
+            StageKind::Udf { .. } => "FunctionCall",
         }
     }
 
@@ -183,7 +183,7 @@ impl UserDefinedLogicalNodeCore for BatchStageNode {
                 let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
                 write!(
                     f,
-                    "PythonUdf: {}({}) AS {output}",
+                    "FunctionCall: {}({}) AS {output}",
                     function.name(),
                     args.join(", ")
                 )

@@ -529,6 +529,10 @@ impl PyDataFrame {
         self.map(|df| df.limit(n, offset))
     }
 
+    fn repartition(&self, partitions: usize) -> PyResult<Self> {
+        self.map(|df| df.repartition(partitions))
+    }
+
     fn explode(&self, column: &str) -> PyResult<Self> {
         self.map(|df| df.explode(column))
     }

@@ -278,7 +278,17 @@ impl PyStreamingJob {
         let state = self.state.lock();
         match &state.outcome {
             None => "running",
-            Some(Ok(_)) if state.stopped => "stopped",
+            // Stopped from here, or by a stop request from elsewhere (`rillet stop`): both
+            // end with a savepoint, and the job's record says "stopped" too.
+            Some(Ok(_))
+                if state.stopped
+                    || state
+                        .checkpoints
+                        .as_ref()
+                        .is_some_and(|c| c.savepoint.is_some()) =>
+            {
+                "stopped"
+            }
             Some(Ok(_)) => "finished",
             Some(Err((_, true))) => "cancelled",
             Some(Err((_, false))) => "failed",

@@ -78,24 +78,45 @@ pub fn task_of(group: u16, parallelism: usize) -> usize {
 /// The key group of each of the `rows` rows of the key columns `keys` (each `rows` long;
 /// without columns every row has the empty key, and one group).
 pub fn key_groups(keys: &[ArrayRef], rows: usize) -> Result<Vec<u16>> {
-    if let Some(column) = keys.iter().find(|k| k.len() != rows) {
+    Ok(row_hashes(keys, rows, 0)?
+        .into_iter()
+        .map(|hash| (hash % MAX_PARALLELISM as u64) as u16)
+        .collect())
+}
+
+/// A 64-bit XXH3 hash, with `seed`, of each of the `rows` rows of `columns`, over the
+/// canonical encoding of their values that key groups use: equal values hash equally
+/// whatever their width, on any machine and in any version. What seeded sampling and
+/// shuffling draw from, so they depend on the rows, not on the order they arrive in.
+///
+/// ```
+/// use std::sync::Arc;
+/// use arrow::array::{ArrayRef, Int32Array, Int64Array};
+/// use rillet_runtime::keygroups::row_hashes;
+///
+/// let narrow: ArrayRef = Arc::new(Int32Array::from(vec![7, 8]));
+/// let wide: ArrayRef = Arc::new(Int64Array::from(vec![7, 8]));
+/// assert_eq!(row_hashes(&[narrow.clone()], 2, 1).unwrap(), row_hashes(&[wide], 2, 1).unwrap());
+/// assert_ne!(row_hashes(&[narrow.clone()], 2, 1).unwrap(), row_hashes(&[narrow], 2, 2).unwrap());
+/// ```
+pub fn row_hashes(columns: &[ArrayRef], rows: usize, seed: u64) -> Result<Vec<u64>> {
+    if let Some(column) = columns.iter().find(|k| k.len() != rows) {
         return Err(RilletError::internal(format!(
             "a key column of {} rows for {rows} rows",
             column.len()
         )));
     }
-    let columns: Vec<Canonical> = keys.iter().map(Canonical::of).collect::<Result<_>>()?;
+    let columns: Vec<Canonical> = columns.iter().map(Canonical::of).collect::<Result<_>>()?;
     let mut bytes = Vec::with_capacity(32);
-    (0..rows)
+    Ok((0..rows)
         .map(|row| {
             bytes.clear();
             for column in &columns {
                 column.encode(row, &mut bytes);
             }
-            let hash = XxHash3_64::oneshot(&bytes);
-            Ok((hash % MAX_PARALLELISM as u64) as u16)
+            XxHash3_64::oneshot_with_seed(seed, &bytes)
         })
-        .collect()
+        .collect())
 }
 
 /// A key column cast to the type family of its canonical encoding.

@@ -598,7 +598,11 @@ mod tests {
                 &[None, Some(&w), Some(&h)],
             )
             .unwrap_err();
-        assert!(err.to_string().contains("width must be positive"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("width must be a whole number of pixels from 1"),
+            "{err}"
+        );
         let int: FieldRef = Arc::new(Field::new("n", DataType::Int64, true));
         let w = datafusion::common::ScalarValue::Int64(Some(10));
         let err = resize
