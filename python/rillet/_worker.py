@@ -25,7 +25,8 @@ SETUP, READY, CALL, RESULT, ERROR = b"S", b"R", b"C", b"O", b"E"
 
 
 def apply_udf(fn: Any, arrays: list, num_rows: int, batch: bool, return_type: Any,
-              on_error: str, is_async: bool = False, batch_format: str = "pyarrow") -> Any:
+              on_error: str, is_async: bool = False, batch_format: str = "pyarrow",
+              nulls: list | None = None) -> Any:
     """Call ``fn`` on one batch of argument arrays and return a pyarrow array.
 
     Row-wise UDFs get Python values row by row (PIL images, numpy arrays and ``(samples,
@@ -34,6 +35,8 @@ def apply_udf(fn: Any, arrays: list, num_rows: int, batch: bool, return_type: An
     "column", the struct's ``error`` field says why). Batch UDFs get the pyarrow arrays, or
     numpy arrays for ``batch_format="numpy"``; with those policies a raising call nulls the
     whole batch. The result is converted to ``return_type`` only where no value is lost.
+    With ``on_error="null"``, ``nulls`` (a list) receives ``(rows nulled, first reason)``
+    so the engine can report them.
     """
     import pyarrow as pa
 
@@ -73,10 +76,13 @@ def apply_udf(fn: Any, arrays: list, num_rows: int, batch: bool, return_type: An
         if failed and (on_error == "raise" or not all(isinstance(o, Exception) for o in failed)):
             raise failed[0]
         out = [None if isinstance(o, BaseException) else o for o in outcomes]
-        if on_error == "column":
+        if failed:
             errors = [f"{type(o).__name__}: {o}" if isinstance(o, BaseException) else None
                       for o in outcomes]
     values = _to_array(out, value_type)
+    if on_error == "null" and nulls is not None and errors:
+        nulled = [e for e in errors if e is not None]
+        nulls.append((len(nulled), nulled[0] if nulled else None))
     if on_error != "column":
         return values
     reasons = pa.array(errors if errors is not None else [None] * len(values), pa.string())
@@ -268,6 +274,19 @@ def _write_frame(fd: int, kind: bytes, payload: Any) -> None:
         written += os.write(fd, view[written:])
 
 
+# Must match rillet_runtime::workers::{NULLED_KEY, NULL_REASON_KEY}.
+_NULLED_KEY, _NULL_REASON_KEY = "rillet.nulled", "rillet.null_reason"
+
+
+def _with_nulls(batch: Any, nulls: list) -> Any:
+    """``batch`` telling, in its schema's metadata, how many rows the policy nulled and
+    why, so the engine counts them as it does for its own operators."""
+    if not nulls:
+        return batch
+    nulled, reason = nulls[0]
+    return batch.replace_schema_metadata({_NULLED_KEY: str(nulled), _NULL_REASON_KEY: reason or ""})
+
+
 # The file name cloudpickle gives code it sends by value.
 _DYNAMIC = "<dynamic-code>"
 
@@ -338,10 +357,11 @@ def main() -> None:
             if spec.get("mode") == "batches":
                 table = apply_batches(fn, request, spec["batch_format"], spec["schema"])
             else:
+                nulls: list = []
                 result = apply_udf(fn, list(request.columns), request.num_rows, spec["batch"],
                                    spec["return_type"], spec["on_error"],
-                                   batch_format=spec.get("batch_format", "pyarrow"))
-                table = pa.record_batch([result], names=["result"])
+                                   batch_format=spec.get("batch_format", "pyarrow"), nulls=nulls)
+                table = _with_nulls(pa.record_batch([result], names=["result"]), nulls)
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, table.schema) as writer:
                 writer.write_batch(table)
@@ -372,14 +392,15 @@ def _serve(fn: Any, spec: dict, requests: int, replies: int) -> None:
         def do_exchange(self, context, descriptor, reader, writer):
             table = _typed(reader.read_all())
             arrays = [column.combine_chunks() for column in table.columns]
+            nulls: list = []
             try:
                 with computing:
                     result = apply_udf(fn, arrays, table.num_rows, spec["batch"],
                                        spec["return_type"], spec["on_error"],
-                                       batch_format=spec.get("batch_format", "pyarrow"))
+                                       batch_format=spec.get("batch_format", "pyarrow"), nulls=nulls)
             except Exception as exc:  # noqa: BLE001 - reported to the engine
                 raise flight.FlightServerError(_FUNCTION_ERROR + _describe(exc)) from None
-            out = pa.record_batch([result], names=["result"])
+            out = _with_nulls(pa.record_batch([result], names=["result"]), nulls)
             writer.begin(out.schema)
             per_row = max(1, out.nbytes // max(1, out.num_rows))
             step = max(1, _MESSAGE_BYTES // per_row)

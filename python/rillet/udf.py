@@ -98,9 +98,14 @@ class UDF:
             return self._instance
         return self._fn
 
-    def _call_arrays(self, arrays: list[pa.Array], num_rows: int) -> pa.Array:
-        return apply_udf(self._target(), arrays, num_rows, self.batch, self._wire_type,
-                         self.on_error, is_async=self.is_async, batch_format=self.batch_format)
+    def _call_arrays(self, arrays: list[pa.Array], num_rows: int) -> Any:
+        """The result array, or ``(array, rows nulled, first reason)`` when the
+        ``on_error="null"`` policy nulled rows (the engine counts them)."""
+        nulls: list = []
+        result = apply_udf(self._target(), arrays, num_rows, self.batch, self._wire_type,
+                           self.on_error, is_async=self.is_async, batch_format=self.batch_format,
+                           nulls=nulls)
+        return (result, *nulls[0]) if nulls else result
 
     def _pickled(self) -> bytes:
         """The function as its workers receive it, with a message saying what to change

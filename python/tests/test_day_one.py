@@ -371,3 +371,27 @@ def test_dir_shows_the_public_api_only():
     names = dir(rl)
     assert not {"os", "pa", "Any", "Iterable", "Sequence", "annotations"} & set(names)
     assert {"DataFrame", "col", "read_files", "udf"} <= set(names)
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_python_udf_rows_nulled_by_policy_are_counted(isolate, caplog):
+    @rl.udf(return_dtype="int64", on_error="null", isolate=isolate)
+    def parse(s):
+        return int(s)
+
+    df = rl.from_pydict({"s": ["1", "x", "3"]}).with_column("n", parse(col("s")))
+    with caplog.at_level("WARNING", logger="rillet"):
+        assert df.to_pydict()["n"] == [1, None, 3]
+    expected = "udf(parse): 1 of 3 rows null — ValueError: invalid literal for int() with base 10: 'x'"
+    assert df.stats()["nulls"] == [expected]
+    assert expected in [r.getMessage() for r in caplog.records]
+
+
+def test_service_rows_nulled_by_policy_are_counted():
+    def parse(s):
+        return int(s)
+
+    with rl.service(rl.udf(parse, return_dtype="int64", on_error="null"), replicas=1) as svc:
+        df = rl.from_pydict({"s": ["1", "x"]}).with_column("n", svc(col("s")))
+        assert df.to_pydict()["n"] == [1, None]
+    assert df.stats()["nulls"][0].endswith("1 of 2 rows null — ValueError: invalid literal for int() with base 10: 'x'")

@@ -110,7 +110,20 @@ impl ArrayFunction for PyArrayFunction {
                     .collect::<PyResult<Vec<_>>>()?;
                 let list = PyList::new(py, arrays)?;
                 let out = self.callable.call1(py, (list, rows))?;
-                let (array, _) = out.bind(py).extract::<PyArray>()?.into_inner();
+                let out = out.bind(py);
+                // `(array, rows nulled, first reason)` when the null policy nulled rows.
+                if let Ok((array, nulled, reason)) = out.extract::<(PyArray, u64, Option<String>)>()
+                {
+                    rillet_runtime::record_nulls(
+                        &format!("udf({})", self.name),
+                        rows as u64,
+                        nulled,
+                        reason.as_deref(),
+                    );
+                    return Ok(array.into_inner().0);
+                }
+                rillet_runtime::record_nulls(&format!("udf({})", self.name), rows as u64, 0, None);
+                let (array, _) = out.extract::<PyArray>()?.into_inner();
                 Ok(array)
             })();
             result.map_err(|error| RilletError::UserFunction {

@@ -75,6 +75,7 @@ impl ArrayFunction for ServiceFunction {
                 ),
             });
         }
+        rillet_runtime::workers::record_reply_nulls(&self.name, rows, &reply);
         Ok(reply.column(0).clone())
     }
 

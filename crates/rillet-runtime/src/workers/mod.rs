@@ -126,6 +126,26 @@ impl JobPool {
     }
 }
 
+/// Schema metadata of a function's reply: the rows its `on_error="null"` policy nulled …
+pub const NULLED_KEY: &str = "rillet.nulled";
+/// … and the first reason why (see `python/rillet/_worker.py`).
+pub const NULL_REASON_KEY: &str = "rillet.null_reason";
+
+/// Count, for the running call, the `rows` rows of `operator` and those its reply says the
+/// null policy nulled (a Python function's failures, counted as native operators' are).
+pub fn record_reply_nulls(operator: &str, rows: usize, reply: &RecordBatch) {
+    let metadata = reply.schema_ref().metadata();
+    let nulled = metadata
+        .get(NULLED_KEY)
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    let reason = metadata
+        .get(NULL_REASON_KEY)
+        .map(String::as_str)
+        .filter(|r| !r.is_empty());
+    crate::function::record_nulls(operator, rows as u64, nulled, reason);
+}
+
 /// A column function whose calls run in a pool of worker processes started for each job.
 ///
 /// Each call sends the argument arrays (as columns `a0`, `a1`, … of a batch with the
@@ -199,6 +219,7 @@ impl ArrayFunction for WorkerFunction {
                 message: format!("returned {} values for {rows} rows", reply.num_rows()),
             });
         }
+        record_reply_nulls(&self.operator(), rows, &reply);
         Ok(reply.column(0).clone())
     }
 
