@@ -259,7 +259,7 @@ impl<S: RowsOut> BatchWriter for StagedWriter<S> {
         write_state(self.task, &self.uncommitted).map(Some)
     }
 
-    async fn close(self: Box<Self>) -> Result<Option<String>> {
+    async fn close(self: Box<Self>) -> Result<Vec<String>> {
         // With checkpoints, rows after the last barrier belong to no checkpoint: a restart
         // replays them. Without, the end of the input is the commit.
         if !self.context.checkpointing {
@@ -268,7 +268,7 @@ impl<S: RowsOut> BatchWriter for StagedWriter<S> {
                 .await
                 .map_err(|e| RilletError::internal(format!("sink write task: {e}")))??;
         }
-        Ok(None)
+        Ok(Vec::new())
     }
 }
 

@@ -119,8 +119,8 @@ pub trait BatchWriter: Send {
         let _ = checkpoint;
         Ok(None)
     }
-    /// Finish; returns the file written, if any.
-    async fn close(self: Box<Self>) -> Result<Option<String>>;
+    /// Finish; returns the files written (none for a sink that writes no files).
+    async fn close(self: Box<Self>) -> Result<Vec<String>>;
 }
 
 /// File formats a [`FileSink`] writes.
@@ -625,13 +625,16 @@ impl BatchWriter for FileWriter {
         written
     }
 
-    async fn close(self: Box<Self>) -> Result<Option<String>> {
+    async fn close(self: Box<Self>) -> Result<Vec<String>> {
         let file = self
             .file
             .ok_or_else(|| RilletError::internal("file writer used after a failed write"))?;
         let written = self.thread.run(None, move || file.close_blocking()).await?;
         // Reported where readers will find it.
-        Ok(written.map(|_| self.published.to_string_lossy().into_owned()))
+        Ok(written
+            .map(|_| self.published.to_string_lossy().into_owned())
+            .into_iter()
+            .collect())
     }
 }
 
@@ -754,7 +757,7 @@ impl BatchWriter for StagingWriter {
         Ok(Some(self.state()))
     }
 
-    async fn close(mut self: Box<Self>) -> Result<Option<String>> {
+    async fn close(mut self: Box<Self>) -> Result<Vec<String>> {
         self.seal().await?;
         if self.context.checkpointing {
             // The final checkpoint sealed everything; rows after it cannot exist.
@@ -764,7 +767,7 @@ impl BatchWriter for StagingWriter {
                     self.task, self.sealed
                 )));
             }
-            return Ok(None);
+            return Ok(Vec::new());
         }
         // No checkpoints: the end of the input is the commit point.
         let transaction = FileTransaction {
@@ -775,7 +778,7 @@ impl BatchWriter for StagingWriter {
         self.thread
             .run(None, move || committer.commit(&transaction).map(|_| ()))
             .await?;
-        Ok(None)
+        Ok(Vec::new())
     }
 }
 
@@ -863,8 +866,8 @@ impl BatchWriter for CollectWriter {
             .map_err(|_| RilletError::Cancelled)
     }
 
-    async fn close(self: Box<Self>) -> Result<Option<String>> {
-        Ok(None)
+    async fn close(self: Box<Self>) -> Result<Vec<String>> {
+        Ok(Vec::new())
     }
 }
 
@@ -992,7 +995,7 @@ mod tests {
             )
             .unwrap();
         writer.write(batch).await.unwrap();
-        let path = writer.close().await.unwrap().unwrap();
+        let path = writer.close().await.unwrap().remove(0);
         sink.publish().unwrap();
         sink.finish();
         path

@@ -526,7 +526,7 @@ impl LocalWorker {
             }
         }
 
-        let mut tasks: JoinSet<Result<Option<String>>> = JoinSet::new();
+        let mut tasks: JoinSet<Result<Vec<String>>> = JoinSet::new();
         let mut pools = Vec::new();
         for vertex in &graph.vertices {
             let v = vertex.id.0;
@@ -633,7 +633,7 @@ impl LocalWorker {
         let commit_gate = checkpoint_loop.as_ref().map(CheckpointLoop::commit_gate);
         if let Some(cl) = checkpoint_loop {
             tasks.spawn_on(
-                async move { cl.run().await.map(|_| None) },
+                async move { cl.run().await.map(|_| Vec::new()) },
                 runtime.handle(),
             );
         }
@@ -861,7 +861,7 @@ fn bytes_scanned(plan: &Arc<dyn ExecutionPlan>) -> u64 {
 /// Wait for every task; on the first error or a cancel, abort the rest. Returns the job's
 /// error (a real failure wins over the cancellations it caused) and the files written.
 async fn drive(
-    mut tasks: JoinSet<Result<Option<String>>>,
+    mut tasks: JoinSet<Result<Vec<String>>>,
     mut cancel: watch::Receiver<bool>,
 ) -> (Option<RilletError>, Vec<String>) {
     let mut error: Option<RilletError> = None;
@@ -912,7 +912,7 @@ async fn run_fragment(
     task_ctx: Arc<TaskContext>,
     mut output: OutputRouter,
     metrics: Arc<OperatorMetrics>,
-) -> Result<Option<String>> {
+) -> Result<Vec<String>> {
     let _guard = TaskGuard::start(&metrics);
     let mut stream = plan.execute(partition, task_ctx)?;
     while let Some(batch) = stream.next().await {
@@ -923,11 +923,11 @@ async fn run_fragment(
         metrics.add_output(batch.num_rows(), batch.get_array_memory_size());
         if !output.send(StreamMessage::Batch(batch)).await? {
             // Downstream needs no more rows (a limit was reached): stop reading.
-            return Ok(None);
+            return Ok(Vec::new());
         }
     }
     output.end().await;
-    Ok(None)
+    Ok(Vec::new())
 }
 
 /// Runs a function vertex's task: cut the input into the function's batch size and keep as
@@ -950,7 +950,7 @@ async fn run_function(
     budget: CallBudget,
     link: Option<TaskLink>,
     restored: Vec<Vec<u8>>,
-) -> Result<Option<String>> {
+) -> Result<Vec<String>> {
     let _guard = TaskGuard::start(&metrics);
     let mut batcher: Option<RowBatcher> = None;
     let expected = function.output_schema();
@@ -1027,7 +1027,7 @@ async fn run_function(
             match held.take() {
                 Some(StreamMessage::End) => {
                     output.end().await;
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 Some(StreamMessage::Barrier(barrier)) => {
                     // The last barrier, once every call started before it has finished and
@@ -1036,18 +1036,18 @@ async fn run_function(
                         link.ack(barrier.checkpoint_id, None).await?;
                     }
                     if !output.send(StreamMessage::Barrier(barrier)).await? {
-                        return Ok(None);
+                        return Ok(Vec::new());
                     }
                 }
                 // Forwarded once the rows before it have gone out.
                 Some(StreamMessage::Watermark(watermark))
                     if !output.send(StreamMessage::Watermark(watermark)).await? =>
                 {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 Some(StreamMessage::Watermark(_)) => {}
                 Some(StreamMessage::Idle) if !output.send(StreamMessage::Idle).await? => {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 Some(StreamMessage::Idle) => {}
                 Some(StreamMessage::Batch(_)) => {
@@ -1072,7 +1072,7 @@ async fn run_function(
                 if result.num_rows() > 0 {
                     metrics.add_output(result.num_rows(), result.get_array_memory_size());
                     if !output.send(StreamMessage::Batch(result)).await? {
-                        return Ok(None);
+                        return Ok(Vec::new());
                     }
                 }
             }
@@ -1114,7 +1114,7 @@ async fn run_function(
                             };
                             link.ack(barrier.checkpoint_id, state).await?;
                             if !output.send(StreamMessage::Barrier(barrier)).await? {
-                                return Ok(None);
+                                return Ok(Vec::new());
                             }
                         }
                         // The end, a watermark, or the last barrier (nothing may follow
@@ -1134,7 +1134,7 @@ async fn run_sink(
     mut input: InputGate,
     metrics: Arc<OperatorMetrics>,
     link: Option<TaskLink>,
-) -> Result<Option<String>> {
+) -> Result<Vec<String>> {
     let _guard = TaskGuard::start(&metrics);
     loop {
         match input.recv().await? {
@@ -1144,7 +1144,7 @@ async fn run_sink(
                 match writer.write(batch).await {
                     Ok(()) => {}
                     // The caller stopped reading (closed iterator): nothing more to do.
-                    Err(RilletError::Cancelled) => return Ok(None),
+                    Err(RilletError::Cancelled) => return Ok(Vec::new()),
                     Err(e) => return Err(e),
                 }
             }
@@ -1171,7 +1171,7 @@ async fn run_stream(
     mut output: OutputRouter,
     metrics: Arc<OperatorMetrics>,
     link: Option<TaskLink>,
-) -> Result<Option<String>> {
+) -> Result<Vec<String>> {
     let _guard = TaskGuard::start(&metrics);
     // The last watermark sent: watermarks only ever advance.
     let mut sent: Option<i64> = None;
@@ -1198,11 +1198,11 @@ async fn run_stream(
                         if let Some(watermark) = flushed {
                             sent = Some(watermark);
                             if !output.send(StreamMessage::Watermark(watermark)).await? {
-                                return Ok(None);
+                                return Ok(Vec::new());
                             }
                         }
                         if !output.send(StreamMessage::Idle).await? {
-                            return Ok(None);
+                            return Ok(Vec::new());
                         }
                         continue;
                     }
@@ -1221,7 +1221,7 @@ async fn run_stream(
             // Every input idle: so is this task, for the tasks after it.
             Some(StreamMessage::Idle) => {
                 if !output.send(StreamMessage::Idle).await? {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 continue;
             }
@@ -1233,7 +1233,7 @@ async fn run_stream(
                 }
                 final_barrier_passed |= barrier.last;
                 if !output.send(StreamMessage::Barrier(barrier)).await? {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 continue;
             }
@@ -1242,16 +1242,16 @@ async fn run_stream(
                 // snapshot: a resume emits it. A bounded input's real end fired every
                 // window before the final barrier, with the end-of-input watermark.
                 output.end().await;
-                return Ok(None);
+                return Ok(Vec::new());
             }
             Some(StreamMessage::End) => {
                 for batch in operator.finish()? {
                     if batch.num_rows() > 0 && !output.send(StreamMessage::Batch(batch)).await? {
-                        return Ok(None);
+                        return Ok(Vec::new());
                     }
                 }
                 output.end().await;
-                return Ok(None);
+                return Ok(Vec::new());
             }
             None => return Err(RilletError::Cancelled),
         };
@@ -1265,13 +1265,13 @@ async fn run_stream(
             }
             metrics.add_output(batch.num_rows(), batch.get_array_memory_size());
             if !output.send(StreamMessage::Batch(batch)).await? {
-                return Ok(None);
+                return Ok(Vec::new());
             }
         }
         if let Some(watermark) = watermark.filter(|&w| sent.is_none_or(|s| w > s)) {
             sent = Some(watermark);
             if !output.send(StreamMessage::Watermark(watermark)).await? {
-                return Ok(None);
+                return Ok(Vec::new());
             }
         }
     }
@@ -1288,14 +1288,14 @@ async fn run_source(
     mut output: OutputRouter,
     metrics: Arc<OperatorMetrics>,
     link: Option<TaskLink>,
-) -> Result<Option<String>> {
+) -> Result<Vec<String>> {
     let _guard = TaskGuard::start(&metrics);
     let mut ended = false;
     let mut pending: Option<SourceCommand> = None;
     // A task without splits reads nothing, ever: its watermark must not hold back event
     // time downstream.
     if idle && !output.send(StreamMessage::Watermark(WATERMARK_END)).await? {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     loop {
         if pending.is_none()
@@ -1323,18 +1323,18 @@ async fn run_source(
                 last,
             });
             if !output.send(barrier).await? {
-                return Ok(None);
+                return Ok(Vec::new());
             }
             if last {
                 output.end().await;
-                return Ok(None);
+                return Ok(Vec::new());
             }
             continue;
         }
         if ended {
             // No checkpoints: nothing to wait for.
             output.end().await;
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let next = match commands.as_mut() {
             Some(rx) => tokio::select! {
@@ -1354,7 +1354,7 @@ async fn run_source(
                 }
                 metrics.add_output(batch.num_rows(), batch.get_array_memory_size());
                 if !output.send(StreamMessage::Batch(batch)).await? {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 // Rows sent, positions not yet snapshotted: a crash here replays them.
                 fail::fail_point!("source-after-emit", |_| Err(RilletError::Checkpoint(
@@ -1365,7 +1365,7 @@ async fn run_source(
                 ended = true;
                 // Every window may fire now, before the final checkpoint commits them.
                 if !idle && !output.send(StreamMessage::Watermark(WATERMARK_END)).await? {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 if let Some(link) = &link {
                     link.source_ended().await?;
