@@ -897,25 +897,51 @@ class DataFrame:
             compression)
         return StreamingJob(native)
 
-    def write_parquet(self, path: str | os.PathLike, mode: str = "append", compression: str = "zstd") -> dict:
+    def write_parquet(self, path: str | os.PathLike, mode: str = "append", compression: str = "zstd", *,
+                      partition_by: str | Sequence[str] | None = None) -> dict:
         """Run and write Parquet files into directory ``path``; returns the run's figures.
         The files are staged out of readers' sight and published together once the whole
         job has succeeded: a failed job leaves none. ``mode="overwrite"`` then deletes the
         directory's other Parquet files (only once the new ones are in place).
         ``compression`` is ``"zstd"`` (default), ``"snappy"``, ``"lz4"``, ``"gzip"`` or
         ``"none"``. Rows turned into nulls are counted in the figures' ``"nulls"`` (see
-        :meth:`collect`)."""
-        return _warn_nulls(self._df.write(os.fspath(path), "parquet", mode, compression))
+        :meth:`collect`).
 
-    def write_csv(self, path: str | os.PathLike, mode: str = "append") -> dict:
+        ``partition_by`` writes Hive partitions: each row into ``<column>=<value>/``
+        folders (nested in the order given; the columns are left out of the files, and
+        :func:`rillet.read_parquet` of the directory gives them back, as strings).
+
+        >>> import rillet as rl, tempfile, os
+        >>> out = tempfile.mkdtemp()
+        >>> _ = rl.from_pydict({"year": [2023, 2024, 2024], "x": [1, 2, 3]}).write_parquet(out, partition_by="year")
+        >>> sorted(os.listdir(out))
+        ['year=2023', 'year=2024']
+        >>> rl.read_parquet(out).sort("x").to_pydict()
+        {'x': [1, 2, 3], 'year': ['2023', '2024', '2024']}
+        """
+        return _warn_nulls(self._df.write(os.fspath(path), "parquet", mode, compression,
+                                          self._partition_columns(partition_by)))
+
+    def _partition_columns(self, partition_by: str | Sequence[str] | None) -> list[str]:
+        names = [partition_by] if isinstance(partition_by, str) else list(partition_by or [])
+        missing = [n for n in names if n not in self.columns]
+        if missing:
+            raise _rillet.PlanError(f"partition_by: no column {missing[0]!r}; columns: {self.columns}")
+        return names
+
+    def write_csv(self, path: str | os.PathLike, mode: str = "append", *,
+                  partition_by: str | Sequence[str] | None = None) -> dict:
         """Run and write CSV files (with a header) into directory ``path``, published
         together once the job has succeeded (see :meth:`write_parquet`)."""
-        return _warn_nulls(self._df.write(os.fspath(path), "csv", mode))
+        return _warn_nulls(self._df.write(os.fspath(path), "csv", mode, None,
+                                          self._partition_columns(partition_by)))
 
-    def write_json(self, path: str | os.PathLike, mode: str = "append") -> dict:
+    def write_json(self, path: str | os.PathLike, mode: str = "append", *,
+                   partition_by: str | Sequence[str] | None = None) -> dict:
         """Run and write JSON-lines files into directory ``path``, published together once
         the job has succeeded (see :meth:`write_parquet`)."""
-        return _warn_nulls(self._df.write(os.fspath(path), "json", mode))
+        return _warn_nulls(self._df.write(os.fspath(path), "json", mode, None,
+                                          self._partition_columns(partition_by)))
 
 
 _log = logging.getLogger("rillet")

@@ -283,3 +283,48 @@ def test_read_parquet_finds_hive_partitions_and_pushes_columns_and_filter(tmp_pa
     out = rl.read_parquet(str(tmp_path), columns=["v", "month"], filter=col("year") == "2024")
     assert out.sort("v").to_pydict() == {"v": [202401, 202402], "month": ["01", "02"]}
     assert rl.read_parquet(str(tmp_path / "year=2023" / "month=01")).to_pydict() == {"v": [202301], "w": ["x"]}
+
+
+def test_write_parquet_partition_by_round_trips_and_overwrites_every_partition(tmp_path):
+    out = tmp_path / "out"
+    df = rl.from_pydict({"country": ["fr", "de", "fr", None, "a/b"], "year": [2023, 2024, 2024, 2024, 2023],
+                         "x": [1, 2, 3, 4, 5]})
+    figures = df.write_parquet(out, partition_by=["country", "year"])
+    folders = sorted(str(p.relative_to(out)) for p in out.glob("*/*") if p.is_dir())
+    assert folders == ["country=__HIVE_DEFAULT_PARTITION__/year=2024", "country=a%2Fb/year=2023",
+                       "country=de/year=2024", "country=fr/year=2023", "country=fr/year=2024"]
+    assert len(figures["files_written"]) == 5 and all(os.path.exists(f) for f in figures["files_written"])
+    assert not list(out.glob("_staging-*")), "the staging folder goes once published"
+    back = rl.read_parquet(str(out)).sort("x").to_pydict()
+    assert back["x"] == [1, 2, 3, 4, 5] and back["year"] == ["2023", "2024", "2024", "2024", "2023"]
+    assert back["country"][:3] == ["fr", "de", "fr"]
+    # Append adds files; overwrite replaces the files of every partition.
+    df.filter(col("x") == 2).write_parquet(out, partition_by=["country", "year"])
+    assert rl.read_parquet(str(out)).count() == 6
+    rl.from_pydict({"country": ["it"], "year": [2025], "x": [9]}).write_parquet(
+        out, mode="overwrite", partition_by=["country", "year"])
+    assert rl.read_parquet(str(out)).to_pydict() == {"x": [9], "country": ["it"], "year": ["2025"]}
+    with pytest.raises(rl.PlanError, match="partition_by: no column 'nope'"):
+        df.write_parquet(out, partition_by="nope")
+
+
+def test_partitioned_write_of_images_and_a_failed_job_publishes_nothing(photo_dir, tmp_path):
+    out = tmp_path / "out"
+    images = rl.read_images(str(photo_dir), mode="RGB", size=(8, 8)).with_column(
+        "kind", col("path").str.extract(r"\.([a-z]+)$"))
+    images.write_parquet(out, partition_by="kind")
+    kinds = sorted(p.name for p in out.iterdir())
+    assert kinds and all(k.startswith("kind=") for k in kinds)
+    back = rl.read_parquet(str(out))
+    assert str(back.schema.field("image").type) == "Image[RGB, u8]" and back.count() == 8
+
+    @rl.udf(return_dtype="int64")
+    def fails_late(x):
+        if x == 4:
+            raise ValueError("late failure")
+        return x
+
+    bad = rl.from_pydict({"k": ["a", "b", "a", "b"], "x": [1, 2, 3, 4]}).with_column("y", fails_late(col("x")))
+    with pytest.raises(rl.UserFunctionError):
+        bad.write_parquet(tmp_path / "bad", partition_by="k")
+    assert not [p for p in (tmp_path / "bad").rglob("*.parquet")], "a failed job publishes no partition"

@@ -650,7 +650,7 @@ impl PyDataFrame {
     }
 
     /// Run and write files; returns the job's figures.
-    #[pyo3(signature = (directory, format, mode, compression=None))]
+    #[pyo3(signature = (directory, format, mode, compression=None, partition_by=Vec::new()))]
     fn write<'py>(
         &self,
         py: Python<'py>,
@@ -658,6 +658,7 @@ impl PyDataFrame {
         format: &str,
         mode: &str,
         compression: Option<&str>,
+        partition_by: Vec<String>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let format = file_format(format, compression)?;
         let mode = match mode {
@@ -669,7 +670,11 @@ impl PyDataFrame {
                 )));
             }
         };
-        let sink = Arc::new(rillet_runtime::FileSink::new(directory, format, mode));
+        let sink = Arc::new(
+            rillet_runtime::FileSink::new(directory, format, mode)
+                .partitioned_by(partition_by)
+                .py_err()?,
+        );
         let name = format!("write {}", format.extension());
         let mut job = py.detach(|| self.df.execute(sink, &name)).py_err()?;
         let canceller = job.canceller();

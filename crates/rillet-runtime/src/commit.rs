@@ -264,7 +264,7 @@ impl FileCommitter {
 /// staging.prepare().unwrap();
 /// std::fs::write(staging.path("run1-00000.csv"), "x\n2\n").unwrap();
 /// assert!(!dir.path().join("run1-00000.csv").exists()); // staged: not visible yet
-/// staging.publish(Some("csv")).unwrap(); // an overwrite of the directory's CSV files
+/// staging.publish(Some("csv"), false).unwrap(); // an overwrite of the directory's CSV files
 /// assert!(dir.path().join("run1-00000.csv").exists());
 /// assert!(!dir.path().join("old.csv").exists());
 /// ```
@@ -294,12 +294,14 @@ impl BatchStaging {
 
     /// Move every staged file into the directory (synced), then, for an overwrite
     /// (`replace`: the format's extension), delete the files of that extension that were
-    /// there before (listed first, so a concurrent writer's new files stay). A failure
-    /// while moving moves the published files back: nothing is left half-published.
-    /// Returns the published names.
-    pub fn publish(&self, replace: Option<&str>) -> Result<Vec<String>> {
+    /// there before (listed first, so a concurrent writer's new files stay; in the folders
+    /// below too when the output is partitioned, `deep`). A failure while moving moves the
+    /// published files back: nothing is left half-published. Staged files in folders
+    /// (`year=2024/part.parquet`) keep their place below the directory. Returns the
+    /// published names, relative to the directory.
+    pub fn publish(&self, replace: Option<&str>, deep: bool) -> Result<Vec<String>> {
         let old = match replace {
-            Some(extension) => self.files_with(extension)?,
+            Some(extension) => self.files_with(extension, deep)?,
             None => Vec::new(),
         };
         let published = self.move_in()?;
@@ -318,41 +320,68 @@ impl BatchStaging {
         Ok(published)
     }
 
-    /// The directory's files with `extension`.
-    fn files_with(&self, extension: &str) -> Result<Vec<PathBuf>> {
-        let listed =
-            std::fs::read_dir(&self.directory).map_err(|e| io_error("list", &self.directory, e))?;
+    /// The directory's files with `extension` (and its folders', when `deep`; staging
+    /// folders are never looked into).
+    fn files_with(&self, extension: &str, deep: bool) -> Result<Vec<PathBuf>> {
         let mut files = Vec::new();
-        for entry in listed {
-            let path = entry
-                .map_err(|e| io_error("list", &self.directory, e))?
-                .path();
-            if path.is_file() && path.extension().is_some_and(|e| e == extension) {
-                files.push(path);
+        let mut folders = vec![self.directory.clone()];
+        while let Some(folder) = folders.pop() {
+            let listed = std::fs::read_dir(&folder).map_err(|e| io_error("list", &folder, e))?;
+            for entry in listed {
+                let path = entry.map_err(|e| io_error("list", &folder, e))?.path();
+                if path.is_file() && path.extension().is_some_and(|e| e == extension) {
+                    files.push(path);
+                } else if deep && path.is_dir() && !is_staging(&path) {
+                    folders.push(path);
+                }
             }
         }
         Ok(files)
     }
 
-    /// Move the staged files in, synced; on a failure, move back those already moved.
-    fn move_in(&self) -> Result<Vec<String>> {
-        let staged =
-            std::fs::read_dir(&self.staging).map_err(|e| io_error("list", &self.staging, e))?;
-        let mut names = Vec::new();
-        for entry in staged {
-            let entry = entry.map_err(|e| io_error("list", &self.staging, e))?;
-            names.push(entry.file_name().to_string_lossy().into_owned());
+    /// The staged files, relative to the staging directory, in order.
+    fn staged(&self) -> Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        let mut folders = vec![PathBuf::new()];
+        while let Some(folder) = folders.pop() {
+            let at = self.staging.join(&folder);
+            let listed = std::fs::read_dir(&at).map_err(|e| io_error("list", &at, e))?;
+            for entry in listed {
+                let entry = entry.map_err(|e| io_error("list", &at, e))?;
+                let relative = folder.join(entry.file_name());
+                if entry.path().is_dir() {
+                    folders.push(relative);
+                } else {
+                    files.push(relative);
+                }
+            }
         }
-        names.sort();
-        let mut moved: Vec<&String> = Vec::new();
-        let result = names.iter().try_for_each(|name| {
+        files.sort();
+        Ok(files)
+    }
+
+    /// Move the staged files in, synced (with any folder they need, created and synced);
+    /// on a failure, move back those already moved.
+    fn move_in(&self) -> Result<Vec<String>> {
+        let files = self.staged()?;
+        let mut moved: Vec<&PathBuf> = Vec::new();
+        let mut folders = std::collections::BTreeSet::new();
+        let result = files.iter().try_for_each(|name| {
             let (from, to) = (self.staging.join(name), self.directory.join(name));
             durable::sync_file(&from).map_err(|e| io_error("sync", &from, e))?;
+            if let Some(folder) = to.parent().filter(|f| *f != self.directory) {
+                std::fs::create_dir_all(folder).map_err(|e| io_error("create", folder, e))?;
+                folders.insert(folder.to_path_buf());
+            }
             std::fs::rename(&from, &to).map_err(|e| io_error("publish", &to, e))?;
             moved.push(name);
             Ok::<_, RilletError>(())
         });
         let result = result.and_then(|()| {
+            for folder in &folders {
+                durable::sync_dirs_up_to(&folder.join("_"), &self.directory)
+                    .map_err(|e| io_error("sync", folder, e))?;
+            }
             durable::sync_dir(&self.directory).map_err(|e| io_error("sync", &self.directory, e))
         });
         if let Err(e) = result {
@@ -361,7 +390,10 @@ impl BatchStaging {
             }
             return Err(e);
         }
-        Ok(names)
+        Ok(files
+            .iter()
+            .map(|f| f.to_string_lossy().into_owned())
+            .collect())
     }
 
     /// Delete the staging directory and whatever is left in it (all of it, for a job
@@ -373,6 +405,13 @@ impl BatchStaging {
             tracing::warn!("cannot delete {}: {e}", self.staging.display());
         }
     }
+}
+
+/// A batch write's staging folder (`_staging-<tag>`), never part of the output.
+fn is_staging(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("_staging-"))
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> RilletError {

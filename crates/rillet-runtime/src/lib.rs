@@ -51,6 +51,7 @@ pub mod keygroups;
 pub mod memory;
 mod message;
 mod metrics;
+pub mod partitioned;
 mod pool;
 mod progress;
 pub mod resources;

@@ -218,6 +218,8 @@ pub struct FileSink {
     committer: Option<FileCommitter>,
     /// Set for a batch write: files are staged and published when the job has succeeded.
     batch: Option<BatchStaging>,
+    /// Hive partition columns: files go to `<column>=<value>/` folders (batch writes).
+    partition_by: Vec<String>,
 }
 
 impl FileSink {
@@ -239,6 +241,7 @@ impl FileSink {
             prefix: job.to_string(),
             committer: Some(committer),
             batch: None,
+            partition_by: Vec::new(),
         })
     }
 
@@ -256,7 +259,66 @@ impl FileSink {
             mode,
             prefix,
             committer: None,
+            partition_by: Vec::new(),
         }
+    }
+
+    /// Write Hive partitions: each row into the folder `<column>=<value>/...` of its values
+    /// of `columns` (left out of the files), one file per partition and task. An overwrite
+    /// then replaces the files of every partition. Batch writes only.
+    ///
+    /// ```
+    /// use rillet_runtime::{FileFormat, FileSink, ParquetCompression, WriteMode};
+    /// let sink = FileSink::new("/tmp/out", FileFormat::Parquet(ParquetCompression::Zstd), WriteMode::Append)
+    ///     .partitioned_by(vec!["year".into()])
+    ///     .unwrap();
+    /// # let _ = sink;
+    /// ```
+    pub fn partitioned_by(mut self, columns: Vec<String>) -> Result<Self> {
+        if self.committer.is_some() && !columns.is_empty() {
+            return Err(RilletError::invalid_argument(
+                "partition_by is for batch writes; a streaming file sink writes one folder",
+            ));
+        }
+        self.partition_by = columns;
+        Ok(self)
+    }
+
+    /// The writer of task `partition`'s file in folder `folder` ("" for the directory).
+    fn file_writer(
+        &self,
+        folder: &str,
+        partition: usize,
+        schema: SchemaRef,
+        blocking: &BlockingPool,
+    ) -> Result<Box<dyn BatchWriter>> {
+        let file = format!("{}-{partition:05}.{}", self.prefix, self.format.extension());
+        let name = if folder.is_empty() {
+            file
+        } else {
+            format!("{folder}/{file}")
+        };
+        let published = self.directory.join(&name);
+        let path = match &self.batch {
+            Some(batch) => batch.path(&name),
+            None => published.clone(),
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        Ok(Box::new(FileWriter {
+            file: Some(OpenFile {
+                path,
+                format: self.format,
+                schema,
+                // Task 0 always writes a file so an empty result still has a schema on
+                // disk (a partition's file exists because it has rows).
+                always_create: partition == 0 && folder.is_empty(),
+                inner: None,
+            }),
+            thread: blocking.clone(),
+            published,
+        }))
     }
 }
 
@@ -266,8 +328,13 @@ impl Sink for FileSink {
             Some(_) => "exactly once, committed at checkpoints".to_string(),
             None => format!("{:?}", self.mode),
         };
+        let partitions = if self.partition_by.is_empty() {
+            String::new()
+        } else {
+            format!(", partitioned by {}", self.partition_by.join(", "))
+        };
         format!(
-            "write {:?} files to {} ({mode})",
+            "write {:?} files to {} ({mode}{partitions})",
             self.format,
             self.directory.display(),
         )
@@ -341,7 +408,7 @@ impl Sink for FileSink {
     fn publish(&self) -> Result<()> {
         if let Some(batch) = &self.batch {
             let replace = (self.mode == WriteMode::Overwrite).then(|| self.format.extension());
-            batch.publish(replace)?;
+            batch.publish(replace, !self.partition_by.is_empty())?;
         }
         Ok(())
     }
@@ -375,24 +442,26 @@ impl Sink for FileSink {
                 thread: blocking.clone(),
             }));
         }
-        let name = format!("{}-{partition:05}.{}", self.prefix, self.format.extension());
-        let published = self.directory.join(&name);
-        let path = match &self.batch {
-            Some(batch) => batch.path(&name),
-            None => published.clone(),
+        if self.partition_by.is_empty() {
+            return self.file_writer("", partition, schema, blocking);
+        }
+        let sink = Self {
+            directory: self.directory.clone(),
+            format: self.format,
+            mode: self.mode,
+            prefix: self.prefix.clone(),
+            committer: None,
+            batch: self.batch.clone(),
+            partition_by: Vec::new(),
         };
-        Ok(Box::new(FileWriter {
-            file: Some(OpenFile {
-                path,
-                format: self.format,
-                schema,
-                // Task 0 always writes a file so an empty result still has a schema on disk.
-                always_create: partition == 0,
-                inner: None,
-            }),
-            thread: blocking.clone(),
-            published,
-        }))
+        let blocking = blocking.clone();
+        let open: crate::partitioned::OpenPartition =
+            Box::new(move |folder, schema| sink.file_writer(folder, partition, schema, &blocking));
+        Ok(Box::new(crate::partitioned::PartitionedWriter::new(
+            schema,
+            &self.partition_by,
+            open,
+        )?))
     }
 }
 
@@ -904,7 +973,11 @@ pub fn conform_batch(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBat
         let column = if column.data_type() == field.data_type() {
             column.clone()
         } else {
-            arrow::compute::cast(column, field.data_type()).map_err(|e| {
+            let strict = arrow::compute::CastOptions {
+                safe: false,
+                ..Default::default()
+            };
+            arrow::compute::cast_with_options(column, field.data_type(), &strict).map_err(|e| {
                 RilletError::internal(format!(
                     "column {:?} is declared {} but produced as {} ({e})",
                     field.name(),
