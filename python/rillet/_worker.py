@@ -106,7 +106,10 @@ def _to_table(out: Any, schema: Any = None) -> Any:
         return pa.Table.from_batches([out])
     declared = {f.name: f.type for f in schema} if schema is not None else {}
     if type(out).__module__.startswith("pandas"):
-        out = {name: (series.tolist() if series.dtype == object else pa.Array.from_pandas(series))
+        names = [str(name) for name in out.columns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"map_batches: the function returned a DataFrame with repeated column names {names}")
+        out = {str(name): (series.tolist() if series.dtype == object else pa.Array.from_pandas(series))
                for name, series in out.items()}
     if isinstance(out, dict):
         return pa.table({name: _column(values, declared.get(name)) for name, values in out.items()})
@@ -127,13 +130,21 @@ def _column(values: Any, dtype: Any) -> Any:
     import numpy as np
 
     first = next((v for v in values if v is not None), None) if isinstance(values, list) else None
-    if (isinstance(values, np.ndarray) and values.ndim > 1 or isinstance(first, np.ndarray)
+    # Undeclared, only what cannot be a plain list becomes a Rillet type: PIL images, and
+    # arrays of two or more axes per row. Vectors stay lists (their length may vary from
+    # one batch to the next; declare an Embedding in schema= for one).
+    if isinstance(values, np.ndarray) and values.ndim == 2:
+        return pa.array(list(values))
+    if (isinstance(values, np.ndarray) and values.ndim > 2
+            or isinstance(first, np.ndarray) and first.ndim > 1
             or type(first).__module__.startswith("PIL.")):
         from rillet.types import to_arrow_column
 
         column = to_arrow_column(list(values))
         if column is not None:
             return column
+    if isinstance(first, np.ndarray):
+        return pa.array([None if v is None else v.tolist() for v in values])
     return values
 
 
@@ -195,6 +206,12 @@ def _run(coroutine: Any) -> Any:
     return loop.run_until_complete(coroutine)
 
 
+def _names_rillet_types(schema: Any) -> bool:
+    """Whether any field of ``schema``, nested ones included, holds a Rillet type not yet
+    registered in this process."""
+    return "rillet.types" not in sys.modules and b"rillet." in schema.serialize().to_pybytes()
+
+
 def _typed(batch: Any) -> Any:
     """``batch`` with Rillet's types for columns whose metadata names one (a worker
     process imports ``rillet.types`` only when a batch holds such columns)."""
@@ -220,6 +237,7 @@ def _to_array(out: Any, dtype: Any) -> Any:
         return to_extension_array(out, dtype)
     if isinstance(out, pa.ChunkedArray):
         out = out.combine_chunks()
+    original = out
     if not isinstance(out, pa.Array):
         if hasattr(out, "__arrow_c_array__") and not hasattr(out, "dtype"):
             out = pa.array(out)
@@ -238,6 +256,12 @@ def _to_array(out: Any, dtype: Any) -> Any:
         raise ValueError(f"the function returned {out.type} values that are not {dtype} without "
                          f"loss ({exc}); return {dtype} values or declare return_dtype="
                          f"{out.type}") from None
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        # No cast between the guessed and the declared type (dicts for a map): build the
+        # declared type from the values themselves.
+        if isinstance(original, pa.Array):
+            raise
+        return pa.array(original, type=dtype)
 
 
 def _read_exact(fd: int, n: int) -> bytearray | None:
@@ -352,7 +376,13 @@ def main() -> None:
         if frame is None:
             return
         try:
-            reader = pa.ipc.open_stream(pa.py_buffer(frame[1]))
+            payload = pa.py_buffer(frame[1])
+            reader = pa.ipc.open_stream(payload)
+            if _names_rillet_types(reader.schema):
+                # Registered before decoding, so nested values (a list of Images) are typed too.
+                import rillet.types  # noqa: F401
+
+                reader = pa.ipc.open_stream(payload)
             request = _typed(reader.read_next_batch())
             if spec.get("mode") == "batches":
                 table = apply_batches(fn, request, spec["batch_format"], spec["schema"])
@@ -412,6 +442,10 @@ def _serve(fn: Any, spec: dict, requests: int, replies: int) -> None:
                 return [b"ok"]
             raise flight.FlightServerError(f"unknown action {action.type!r}")
 
+    try:  # Rillet's types registered before requests decode (nested values included).
+        import rillet.types  # noqa: F401
+    except ImportError:
+        pass
     server = Replica("grpc://127.0.0.1:0")
     _write_frame(replies, READY, str(server.port).encode())
     # The engine's end of stdin is this replica's lifeline.

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from rillet import _rillet
 from rillet._worker import _convert_in, _empty_batch, _to_table, apply_batches
-from rillet.expr import Expr, col
+from rillet.expr import Expr, col, lit
 from rillet.types import _is_audio, _is_pil
 
 _FORMATS = ("pyarrow", "pandas", "numpy")
@@ -382,7 +382,15 @@ class DataFrame:
         """
         names = ([subset] if isinstance(subset, str) else list(subset)) if subset is not None else [
             f.name for f in self.schema if _fits(value, f.type)]
-        return self.with_columns({name: col(name).fill_null(value) for name in names})
+        filled = {}
+        for name in names:
+            dtype = self.schema.field(name).type
+            try:  # the column keeps its type; a value it cannot hold is an error
+                scalar = pa.scalar(value, type=dtype)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as exc:
+                raise ValueError(f"fill_null: {value!r} does not fit column {name!r} of type {dtype}") from exc
+            filled[name] = col(name).fill_null(lit(scalar.as_py()).cast(dtype))
+        return self.with_columns(filled)
 
     def with_row_index(self, name: str = "index", offset: int = 0) -> DataFrame:
         """A first column numbering the rows from ``offset`` in the order they come (one
@@ -435,6 +443,10 @@ class DataFrame:
     def __len__(self) -> int:
         """The number of rows (runs the query: :meth:`count`)."""
         return self.count()
+
+    def __bool__(self) -> bool:
+        raise TypeError("the truth value of a DataFrame is ambiguous (it would run the query); "
+                        "use len(df) or df.count()")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -658,8 +670,9 @@ class DataFrame:
         c)`` array, embeddings as ``(n, d)``). It may return any of those (or a RecordBatch).
         ``schema`` declares the output; without it the schema is found by calling ``fn`` in
         this process on the first rows of the input (at most 16, computed for it; the plan
-        stays lazy, so those rows run again in the job). A stream without end needs
-        ``schema``: reading its first rows would consume them.
+        stays lazy, so those rows run again in the job; after a sort, an aggregate, a join
+        or a drop_duplicates the whole input runs to find them — pass ``schema`` there). A
+        stream without end needs ``schema``: reading its first rows would consume them.
 
         ``fn`` may be a class: each worker process builds it once (load a model in
         ``__init__``) and calls the instance per batch (without ``schema`` it is also built
@@ -729,6 +742,11 @@ class DataFrame:
                 f"map_batches({name}): could not find the output schema by calling the function "
                 f"on the first {batch.num_rows} rows ({type(error).__name__}: {error}); pass "
                 "schema=...") from error
+        untyped = [f.name for f in out.schema if pa.types.is_null(f.type)]
+        if untyped:
+            raise _rillet.PlanError(
+                f"map_batches({name}): the output column(s) {untyped} are all null in the first "
+                f"{batch.num_rows} rows, so their type is unknown; pass schema=...")
         return out.schema
 
     # results -----------------------------------------------------------------------------
@@ -956,7 +974,7 @@ def _fits(value: Any, dtype: pa.DataType) -> bool:
     if isinstance(value, float):
         return pa.types.is_floating(dtype)
     if isinstance(value, str):
-        return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+        return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype)
     return False
 
 

@@ -137,6 +137,8 @@ def _samples(url: str, data: bytes) -> Iterator[dict]:
             if split is None:
                 continue
             key, ext = split
+            if ext.startswith("__"):
+                continue  # the reader's own columns, not members
             if sample is None or sample["__key__"] != key:
                 if sample is not None:
                     yield sample
@@ -243,7 +245,7 @@ def write_webdataset(df: DataFrame, path: PathLike, *, key: str | None = None,
                     shards.append(writer.close())
                 writer = _ShardWriter(os.path.join(folder, f"{prefix}-{len(shards):06d}.tar"))
             name = _sample_key(row.pop(key)) if key is not None else f"{number:09d}"
-            writer.add(name, {ext: v for ext, v in row.items() if v is not None})
+            writer.add(name, {ext: v for ext, v in row.items() if v is not None and not ext.startswith("__")})
             number += 1
     if writer is not None:
         shards.append(writer.close())

@@ -135,6 +135,10 @@ def iter_torch_batches(df: DataFrame, batch_size: int = 256, *, dtypes: Any = No
     for batch in iter_numpy_batches(df, batch_size, drop_last=drop_last, columns=columns):
         out = {}
         for name, array in batch.items():
+            if array.dtype == object and any(isinstance(v, np.ndarray) or v is None for v in array):
+                raise ValueError(
+                    f"iter_torch_batches: column {name!r} does not stack into one tensor (a null "
+                    "row, or rows of different shapes); filter nulls and resize first")
             if array.dtype.kind not in "biuf":
                 out[name] = array
                 continue

@@ -102,13 +102,16 @@ class _RilletType(pa.ExtensionType):
         return cls.__bases__[0] if cls.__dict__.get("_is_named") else cls
 
     def __eq__(self, other):
+        # Parameters count: an Image("L") is not an Image("RGB"), a Tensor of u8 not one
+        # of f32 (their bytes mean different things).
         if isinstance(other, _RilletType):
             return (self._kind() is other._kind() and self.extension_name == other.extension_name
-                    and self.storage_type == other.storage_type)
+                    and self.storage_type == other.storage_type
+                    and self.__arrow_ext_serialize__() == other.__arrow_ext_serialize__())
         return NotImplemented
 
     def __hash__(self):
-        return hash((self.extension_name, self.storage_type))
+        return hash((self.extension_name, self.storage_type, self.__arrow_ext_serialize__()))
 
     def __reduce__(self):
         return self._kind().__arrow_ext_deserialize__, (self.storage_type, self.__arrow_ext_serialize__())
@@ -141,6 +144,23 @@ class _RilletArray(pa.ExtensionArray):
             return np.stack(arrays)
         out = np.empty(len(arrays), dtype=object)
         for i, a in enumerate(arrays):
+            out[i] = a
+        return out
+
+
+class _ImageArray(_RilletArray):
+    def to_numpy(self, zero_copy_only: bool = False, writable: bool = False) -> np.ndarray:
+        """``(n, h, w, c)`` when every row has one size and mode (``c`` is 1 for ``L``),
+        else an object array of ``(h, w, c)`` arrays (``None`` for nulls)."""
+        storage = self.storage
+        rows = [None if not storage[i].is_valid else _image_array(
+            storage[i]["height"].as_py(), storage[i]["width"].as_py(), storage[i]["mode"].as_py(),
+            storage[i]["data"].as_py()) for i in range(len(self))]
+        shapes = {(a.shape, a.dtype) for a in rows if a is not None}
+        if rows and len(shapes) == 1 and all(a is not None for a in rows):
+            return np.stack(rows)
+        out = np.empty(len(rows), dtype=object)
+        for i, a in enumerate(rows):
             out[i] = a
         return out
 
@@ -217,7 +237,7 @@ class ImageType(_RilletType):
         return ImageScalar
 
     def __arrow_ext_class__(self):
-        return _RilletArray
+        return _ImageArray
 
     def _display(self) -> str:
         return f"Image[{self.mode}, {_MODES[self.mode][1]}]" if self.mode else "Image[mixed]"
@@ -416,6 +436,9 @@ def _is_pil(value: Any) -> bool:
 
 def _pil_to_row(image) -> dict:
     mode = image.mode
+    if mode in ("I", "F", "I;16B", "I;16N", "I;32"):
+        raise ValueError(f"PIL images of mode {mode} (32-bit or big-endian pixels) have no Rillet image mode; "
+                         "convert them to a numpy array (a Tensor) or to mode I;16, L or RGB first")
     if mode not in ("L", "LA", "RGB", "RGBA"):
         if mode in ("I;16", "I;16L"):
             array = np.asarray(image, dtype=np.uint16)[:, :, None]
@@ -457,7 +480,13 @@ def _audio_column(values: list) -> pa.Array:
             rows.append(None)
             continue
         samples, rate = v
-        samples = np.asarray(samples, dtype=np.float32)
+        samples = np.asarray(samples)
+        if samples.dtype.kind in "iu":
+            # PCM integers to [-1, 1), as audio libraries read them.
+            info = np.iinfo(samples.dtype)
+            middle = (int(info.max) + 1 + int(info.min)) / 2
+            samples = (samples.astype(np.float64) - middle) / (int(info.max) + 1 - middle)
+        samples = samples.astype(np.float32)
         channels = 1 if samples.ndim == 1 else samples.shape[1]
         rows.append({"sample_rate": int(rate), "channels": channels, "data": samples.ravel()})
     return pa.ExtensionArray.from_storage(AudioType(), pa.array(rows, type=_AUDIO_STORAGE))
@@ -486,6 +515,10 @@ def to_arrow_column(values: list) -> pa.Array | None:
 
 # Python values -> a declared Rillet type ------------------------------------------------
 
+def _numpy_element(name: str) -> np.dtype:
+    return np.dtype(_ELEMENTS[name].to_pandas_dtype())
+
+
 def _rows(values: Any) -> list:
     """The rows of ``values``: a list, a numpy array (split along its first axis), a
     pyarrow array (as Python values) or any iterable."""
@@ -498,9 +531,13 @@ def _rows(values: Any) -> list:
 
 def _image_row(value: Any, mode: str | None) -> dict:
     if _is_pil(value):
-        if mode in ("L", "LA", "RGB", "RGBA") and value.mode != mode:
+        if mode in ("L", "LA", "RGB", "RGBA") and value.mode != mode and value.mode in ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
             value = value.convert(mode)
-        return _pil_to_row(value)
+        row = _pil_to_row(value)
+        if mode is not None and row["mode"] != mode:
+            raise ValueError(f"a PIL image of mode {value.mode} is not an Image({mode!r}) without loss; "
+                             f"convert it first (image.convert({mode!r})) or declare Image({row['mode']!r})")
+        return row
     array = np.asarray(value)
     if array.ndim == 2:
         array = array[:, :, None]
@@ -519,6 +556,23 @@ def _image_row(value: Any, mode: str | None) -> dict:
             "data": np.ascontiguousarray(array).tobytes()}
 
 
+def _exact(array: Any, dtype: np.dtype, what: str) -> np.ndarray:
+    """``array`` as ``dtype``, refused where a value would change (1.5 as an integer,
+    300 as u8, NaN as an integer)."""
+    array = np.asarray(array)
+    if array.dtype == dtype:
+        return np.ascontiguousarray(array)
+    if array.dtype == object or array.dtype.kind not in "biuf":
+        raise TypeError(f"{what} needs numbers, got an array of {array.dtype}")
+    with np.errstate(invalid="ignore", over="ignore"):
+        converted = array.astype(dtype)
+        back = converted.astype(array.dtype) if array.dtype.kind != "b" else converted.astype(bool)
+    same = np.array_equal(back, array, equal_nan=array.dtype.kind == "f" and dtype.kind == "f")
+    if not same and not (dtype.kind == "f" and array.dtype.kind == "f"):
+        raise ValueError(f"{what}: values of {array.dtype} are not {dtype} without loss")
+    return np.ascontiguousarray(converted)
+
+
 def _tensor_storage(rows: list, t: "TensorType") -> pa.Array:
     if t.shape is not None:
         out = []
@@ -529,10 +583,10 @@ def _tensor_storage(rows: list, t: "TensorType") -> pa.Array:
             array = np.asarray(v)
             if tuple(array.shape) != t.shape:
                 raise ValueError(f"a {t} value must have shape {t.shape}, got {tuple(array.shape)}")
-            out.append(np.ascontiguousarray(array, dtype=t.numpy_dtype).tobytes())
+            out.append(_exact(array, t.numpy_dtype, str(t)).tobytes())
         return pa.array(out, type=t.storage_type)
     return pa.array([None if v is None else {
-        "data": np.ascontiguousarray(np.asarray(v), dtype=t.numpy_dtype).tobytes(),
+        "data": _exact(v, t.numpy_dtype, str(t)).tobytes(),
         "shape": list(np.shape(v))} for v in rows], type=t.storage_type)
 
 
@@ -545,7 +599,7 @@ def _embedding_storage(rows: list, t: "EmbeddingType") -> pa.Array:
         array = np.asarray(v).ravel() if np.ndim(v) > 1 and np.size(v) == t.dim else np.asarray(v)
         if array.shape != (t.dim,):
             raise ValueError(f"an {t} value must be a vector of {t.dim} values, got shape {array.shape}")
-        out.append(array)
+        out.append(_exact(array, _numpy_element(t.dtype), str(t)))
     return pa.array(out, type=t.storage_type)
 
 
@@ -569,7 +623,7 @@ def to_extension_array(values: Any, dtype: pa.ExtensionType) -> pa.Array:
             and values.dtype != object:
         if values.shape[1] != dtype.dim:
             raise ValueError(f"an {dtype} column needs arrays of shape (n, {dtype.dim}), got {values.shape}")
-        flat = pa.array(np.ascontiguousarray(values, dtype=_ELEMENTS[dtype.dtype].to_pandas_dtype()).ravel())
+        flat = pa.array(_exact(values, _numpy_element(dtype.dtype), str(dtype)).ravel())
         return pa.ExtensionArray.from_storage(dtype, pa.FixedSizeListArray.from_arrays(flat, dtype.dim))
     rows = _rows(values)
     if isinstance(dtype, ImageType):

@@ -395,3 +395,80 @@ def test_service_rows_nulled_by_policy_are_counted():
         df = rl.from_pydict({"s": ["1", "x"]}).with_column("n", svc(col("s")))
         assert df.to_pydict()["n"] == [1, None]
     assert df.stats()["nulls"][0].endswith("1 of 2 rows null — ValueError: invalid literal for int() with base 10: 'x'")
+
+
+# Found in review: no silent wrong values at the edges ----------------------------------
+
+def test_rillet_types_differ_by_their_parameters():
+    assert rl.Image("RGB") != rl.Image("L") and rl.Tensor("f32") != rl.Tensor("u8")
+    assert rl.Tensor("f32", (4,)) != rl.Tensor("u8", (16,)) and rl.Embedding("f32", 3) == rl.Embedding("f32", 3)
+
+
+def test_declared_types_are_built_without_loss():
+    from rillet.types import to_extension_array
+
+    with pytest.raises(ValueError, match="not uint8 without loss"):
+        to_extension_array([np.array([300, -1])], rl.Tensor("u8", (2,)))
+    with pytest.raises(ValueError, match="not int32 without loss"):
+        to_extension_array(np.array([[1.5, 2.5]]), rl.Embedding("i32", 2))
+    with pytest.raises(ValueError, match="not an Image\\('L16'\\) without loss"):
+        to_extension_array([Image.new("RGB", (2, 2))], rl.Image("L16"))
+    with pytest.raises(ValueError, match="mode F .* no Rillet image mode"):
+        to_extension_array([Image.new("F", (2, 2))], rl.Image())
+    samples, rate = rl.from_pydict({"a": [(np.array([16384, -32768], np.int16), 8000)]}).to_pylist()[0]["a"]
+    assert samples.ravel().tolist() == [0.5, -1.0] and rate == 8000
+
+
+def test_udf_returning_a_map_and_nested_images_in_worker_processes(photos):
+    @rl.udf(return_dtype=pa.map_(pa.string(), pa.int64()))
+    def as_map(x):
+        return {"k": x}
+
+    assert rl.from_pydict({"x": [1]}).with_column("m", as_map(col("x"))).to_pydict()["m"] == [[("k", 1)]]
+
+    @rl.udf(return_dtype="string", num_cpus=1)
+    def kinds(images):
+        return ",".join(type(i).__name__ for i in images)
+
+    images = rl.from_pydict({"path": photos[:2]}).select(col("path").image.decode("RGB").alias("i")).collect()
+    nested = pa.ListArray.from_arrays(pa.array([0, 2], pa.int32()), images["i"].combine_chunks())
+    frames = rl.from_arrow(pa.table({"imgs": nested}))
+    assert frames.with_column("k", kinds(col("imgs"))).to_pydict()["k"] == ["Image,Image"]
+
+
+def test_map_batches_vectors_stay_lists_and_pandas_names_become_strings():
+    import pandas as pd
+
+    out = rl.range(40).map_batches(
+        lambda b: {"v": [np.arange(3 if i < 16 else 5) for i in b["id"]]}, batch_format="numpy")
+    assert pa.types.is_list(out.schema.field("v").type)
+    assert sorted(len(v) for v in out.to_pydict()["v"]) == [3] * 16 + [5] * 24
+    assert rl.range(3).map_batches(lambda p: pd.DataFrame({0: p["id"]}), batch_format="pandas").columns == ["0"]
+    with pytest.raises(rl.PlanError, match="all null in the first"):
+        rl.range(3).map_batches(lambda t: {"label": [None] * t.num_rows})
+
+
+def test_fill_null_keeps_column_types_and_dataframes_have_no_truth_value():
+    df = rl.from_pydict({"a": [1, None]}).with_column("u", col("a").cast(pa.uint8()))
+    assert df.fill_null(0).schema.field("u").type == pa.uint8()
+    with pytest.raises(ValueError, match="-1 does not fit column 'u'"):
+        df.fill_null(-1, subset="u")
+    with pytest.raises(TypeError, match="ambiguous"):
+        bool(df)
+
+
+def test_webdataset_round_trip_keeps_the_shard_url(tmp_path):
+    first = rl.write_webdataset(rl.from_pydict({"txt": ["a"]}), tmp_path / "one")
+    again = rl.write_webdataset(rl.read_webdataset(first[0]), tmp_path / "two")
+    assert rl.read_webdataset(again[0]).to_pydict()["__url__"] == [again[0]]
+
+
+def test_hive_discovery_never_skips_a_file(tmp_path):
+    import pyarrow.parquet as pq
+
+    (tmp_path / "year=2024").mkdir()
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "year=2024" / "a.parquet")
+    pq.write_table(pa.table({"x": [2]}), tmp_path / "b.parquet")
+    assert sorted(rl.read_parquet(str(tmp_path)).to_pydict()["x"]) == [1, 2]
+    (tmp_path / "b.parquet").unlink()
+    assert rl.read_parquet(f"{tmp_path}/./").to_pydict() == {"x": [1], "year": ["2024"]}

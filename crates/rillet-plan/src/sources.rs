@@ -326,8 +326,10 @@ fn check_parquet_footers(paths: &[String]) -> Result<()> {
 }
 
 /// The Hive partition columns of one local directory (`year=2024/month=05/part-0.parquet`
-/// gives `year` and `month`, as strings), found from the folders above its first Parquet
-/// file; none for anything else.
+/// gives `year` and `month`, as strings): only when every Parquet file below it sits in
+/// folders naming the same columns in the same order. Anything else — files outside the
+/// partition folders, layouts that disagree — reads the files without partition columns,
+/// so no file is ever skipped.
 fn hive_partitions(paths: &[String]) -> Result<Vec<(String, DataType)>> {
     let [path] = paths else {
         return Ok(Vec::new());
@@ -335,30 +337,41 @@ fn hive_partitions(paths: &[String]) -> Result<Vec<(String, DataType)>> {
     if rillet_io::is_remote(path) || !Path::new(path).is_dir() {
         return Ok(Vec::new());
     }
-    let root = Path::new(path);
-    let mut files: Vec<String> = rillet_io::list_files(path)?
+    let root = std::fs::canonicalize(path)?;
+    let mut layout: Option<Vec<String>> = None;
+    for entry in rillet_io::list_files(path)? {
+        let file = entry
+            .uri
+            .strip_prefix("file://")
+            .unwrap_or(&entry.uri)
+            .to_string();
+        if !file.ends_with(".parquet") {
+            continue;
+        }
+        let file = std::fs::canonicalize(&file)?;
+        let Ok(relative) = file.strip_prefix(&root) else {
+            return Ok(Vec::new());
+        };
+        let folders: Vec<&std::ffi::OsStr> = relative
+            .parent()
+            .map(|p| p.iter().collect())
+            .unwrap_or_default();
+        let keys: Option<Vec<String>> = folders
+            .iter()
+            .map(|f| Some(f.to_str()?.split_once('=')?.0.to_string()))
+            .collect();
+        let Some(keys) = keys else {
+            return Ok(Vec::new());
+        };
+        match &layout {
+            None => layout = Some(keys),
+            Some(seen) if *seen != keys => return Ok(Vec::new()),
+            Some(_) => {}
+        }
+    }
+    Ok(layout
+        .unwrap_or_default()
         .into_iter()
-        .map(|e| e.uri)
-        .filter(|uri| uri.ends_with(".parquet"))
-        .collect();
-    files.sort();
-    let Some(first) = files.first() else {
-        return Ok(Vec::new());
-    };
-    let relative = Path::new(first.strip_prefix("file://").unwrap_or(first))
-        .strip_prefix(root)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    Ok(relative
-        .parent()
-        .into_iter()
-        .flat_map(|folders| folders.components())
-        .filter_map(|c| {
-            c.as_os_str()
-                .to_str()?
-                .split_once('=')
-                .map(|(k, _)| k.to_string())
-        })
         .map(|name| (name, DataType::Utf8))
         .collect())
 }
