@@ -472,3 +472,10 @@ def test_hive_discovery_never_skips_a_file(tmp_path):
     assert sorted(rl.read_parquet(str(tmp_path)).to_pydict()["x"]) == [1, 2]
     (tmp_path / "b.parquet").unlink()
     assert rl.read_parquet(f"{tmp_path}/./").to_pydict() == {"x": [1], "year": ["2024"]}
+
+
+def test_a_list_of_images_gathered_by_group_by_stays_images(photos):
+    df = rl.from_pydict({"path": photos[:2]}).with_column("img", col("path").image.decode("RGB"))
+    gathered = df.group_by().agg(col("img").list().alias("imgs"))
+    assert str(gathered.schema.field("imgs").type.value_type) == "Image[RGB, u8]"
+    assert all(isinstance(i, Image.Image) for i in gathered.to_pydict()["imgs"][0])

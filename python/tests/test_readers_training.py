@@ -153,7 +153,7 @@ def test_write_webdataset_reads_back_with_the_webdataset_package(photo_dir, tmp_
 
 
 def test_lance_written_by_pylance_and_by_rillet(photo_dir, tmp_path):
-    lance = pytest.importorskip("lance", reason="pylance is in requirements-dev.txt")
+    import lance  # pylance, from requirements-dev.txt: a missing package fails, never skips
     paths = sorted(photo_dir.iterdir())
     table = pa.table({"path": [str(p) for p in paths], "bytes": [p.read_bytes() for p in paths],
                       "label": list(range(len(paths)))})
@@ -193,6 +193,11 @@ def test_numpy_batches_have_a_fixed_size_and_dlpack_carries_them(photo_dir):
         for path, pixels in zip(batch["path"], handed):
             # Same size and close to Pillow's bilinear filter (filters differ slightly).
             assert np.abs(pixels.astype(int) - expected[path].astype(int)).mean() < 12
+    # Whole photos, one per batch: the values DLPack hands on are Pillow's, row for row.
+    for batch in rl.read_images(str(photo_dir), mode="RGB").iter_numpy_batches(1):
+        handed = np.from_dlpack(dlpack_ready(batch["image"]))
+        assert handed.shape[0] == 1
+        _assert_like_pillow(handed[0], batch["path"][0])
     ids = next(rl.range(10).iter_numpy_batches(10))["id"]
     assert np.from_dlpack(dlpack_ready(ids)).tolist() == list(range(10))
 

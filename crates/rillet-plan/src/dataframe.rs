@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
 use datafusion::common::{Column, JoinType};
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, SortExpr};
 use datafusion::physical_plan::ExecutionPlan;
@@ -382,7 +382,64 @@ impl DataFrame {
 
     /// Group by `keys` and compute aggregate expressions `aggs`.
     pub fn aggregate(&self, keys: Vec<Expr>, aggs: Vec<Expr>) -> Result<Self> {
-        self.derive(self.inner.clone().aggregate(keys, aggs))
+        let typed_lists = self.typed_list_items(&aggs);
+        let aggregated = self.inner.clone().aggregate(keys, aggs)?;
+        if typed_lists.is_empty() {
+            return Self::new(self.session.clone(), aggregated);
+        }
+        // DataFusion's array_agg makes a list of the values' storage: give its item field
+        // the values' extension metadata back (a list of Images stays one).
+        let columns: Vec<Expr> = aggregated
+            .schema()
+            .iter()
+            .map(|(qualifier, field)| {
+                let column = Expr::Column(Column::from((qualifier, field)));
+                match (typed_lists.get(field.name()), field.data_type()) {
+                    (Some(item), DataType::List(_)) => {
+                        datafusion::logical_expr::cast(column, DataType::List(item.clone()))
+                            .alias(field.name())
+                    }
+                    _ => column,
+                }
+            })
+            .collect();
+        self.derive(aggregated.select(columns))
+    }
+
+    /// For each aggregate of `aggs` that gathers a column of an extension type into a list
+    /// (`array_agg`), its output name and the list's item field with that type's metadata.
+    fn typed_list_items(&self, aggs: &[Expr]) -> std::collections::HashMap<String, FieldRef> {
+        let schema = self.schema();
+        let mut items = std::collections::HashMap::new();
+        for agg in aggs {
+            let (name, inner) = match agg {
+                Expr::Alias(alias) => (alias.name.clone(), alias.expr.as_ref()),
+                other => (other.schema_name().to_string(), other),
+            };
+            let Expr::AggregateFunction(function) = inner else {
+                continue;
+            };
+            if function.func.name() != "array_agg" {
+                continue;
+            }
+            let Some(Expr::Column(column)) = function.params.args.first() else {
+                continue;
+            };
+            let Ok(field) = schema.field_with_name(&column.name) else {
+                continue;
+            };
+
+            if field.metadata().contains_key("ARROW:extension:name") {
+                items.insert(
+                    name,
+                    Arc::new(
+                        Field::new_list_field(field.data_type().clone(), true)
+                            .with_metadata(field.metadata().clone()),
+                    ),
+                );
+            }
+        }
+        items
     }
 
     /// Join with `other` on equal keys. When both sides use the same key names the result
