@@ -12,13 +12,15 @@ import numpy as np
 import pyarrow as pa
 
 from rillet import _rillet
-from rillet._worker import _convert_in, _empty_batch, _to_table, apply_batches
+from rillet._worker import _convert_in, _empty_batch, _single_batch, _to_table, apply_batches
 from rillet.expr import Expr, col, lit
 from rillet.types import _is_audio, _is_pil
 
 _FORMATS = ("pyarrow", "pandas", "numpy")
 # Rows map_batches runs its function on, in the driver, to find the output schema.
 _SAMPLE_ROWS = 16
+# Calls whose rows are compared with the sampled ones before their result is let go.
+_SAMPLE_LOOKS = 8
 
 
 def _as_expr(value: str | Expr) -> Expr:
@@ -669,10 +671,12 @@ class DataFrame:
         DataFrame) or ``"numpy"`` (a dict of arrays; images of one size as one ``(n, h, w,
         c)`` array, embeddings as ``(n, d)``). It may return any of those (or a RecordBatch).
         ``schema`` declares the output; without it the schema is found by calling ``fn`` in
-        this process on the first rows of the input (at most 16, computed for it; the plan
-        stays lazy, so those rows run again in the job; after a sort, an aggregate, a join
-        or a drop_duplicates the whole input runs to find them — pass ``schema`` there). A
-        stream without end needs ``schema``: reading its first rows would consume them.
+        this process on the first rows of the input (at most 16, or ``batch_size``). The plan
+        stays lazy: an in-process function whose first call in the job gets those same rows
+        reuses their result instead of computing it again; otherwise they run again. After
+        a sort, an aggregate, a join or a drop_duplicates the whole input runs to find them
+        — pass ``schema`` there. A stream without end needs ``schema``: reading its first
+        rows would consume them.
 
         ``fn`` may be a class: each worker process builds it once (load a model in
         ``__init__``) and calls the instance per batch (without ``schema`` it is also built
@@ -701,8 +705,11 @@ class DataFrame:
         if not isolate and (is_class or resourced):
             raise ValueError(f"map_batches({name}): a class, num_cpus, num_gpus and memory need "
                              "worker processes; drop isolate=False")
+        kept: list[tuple[pa.RecordBatch, pa.Table]] = []
+        looked: list[None] = []
         if schema is None:
-            schema = self._sample_schema(fn, name, batch_format, batch_size, is_class)
+            schema, sample = self._sample_schema(fn, name, batch_format, batch_size, is_class)
+            kept.append(sample)
         out_schema = schema
         if not isolate:
             if isinstance(concurrency, tuple):
@@ -710,6 +717,20 @@ class DataFrame:
                                  "in-process functions take a number")
 
             def call(batch: pa.RecordBatch) -> pa.RecordBatch:
+                # The rows the schema was found from, when they come as one of the first
+                # calls: their result is kept rather than computed again.
+                if kept and batch.num_rows == kept[0][0].num_rows:
+                    try:
+                        seen, out = kept[0]
+                    except IndexError:
+                        seen = None
+                    if seen is not None and batch.num_columns == seen.num_columns and all(
+                            a.equals(b) for a, b in zip(batch.columns, seen.columns)):
+                        kept.clear()
+                        return _single_batch(out, out_schema)
+                    looked.append(None)
+                    if len(looked) >= _SAMPLE_LOOKS:
+                        kept.clear()
                 return apply_batches(fn, batch, batch_format, out_schema)
 
             return DataFrame(self._df.map_batches(call, name, out_schema, batch_size=batch_size,
@@ -722,9 +743,9 @@ class DataFrame:
         return DataFrame(self._df.map_batches_workers(name, out_schema, batch_size=batch_size, pool=pool))
 
     def _sample_schema(self, fn: Any, name: str, batch_format: str, batch_size: int | None,
-                       is_class: bool) -> pa.Schema:
+                       is_class: bool) -> tuple[pa.Schema, tuple[pa.RecordBatch, pa.Table]]:
         """The schema of ``fn``'s output, found by running it on the input's first rows
-        (Ray Data's way)."""
+        (Ray Data's way), and those rows with their output."""
         if self._df.reads_unbounded():
             raise _rillet.PlanError(
                 f"map_batches({name}): the input is a stream without end, and reading its first "
@@ -747,7 +768,7 @@ class DataFrame:
             raise _rillet.PlanError(
                 f"map_batches({name}): the output column(s) {untyped} are all null in the first "
                 f"{batch.num_rows} rows, so their type is unknown; pass schema=...")
-        return out.schema
+        return out.schema, (batch, out)
 
     # results -----------------------------------------------------------------------------
     def collect(self) -> pa.Table:

@@ -479,3 +479,18 @@ def test_a_list_of_images_gathered_by_group_by_stays_images(photos):
     gathered = df.group_by().agg(col("img").list().alias("imgs"))
     assert str(gathered.schema.field("imgs").type.value_type) == "Image[RGB, u8]"
     assert all(isinstance(i, Image.Image) for i in gathered.to_pydict()["imgs"][0])
+
+
+def test_map_batches_reuses_the_result_of_the_rows_it_sampled():
+    calls = []
+
+    def tag(batch):
+        calls.append(batch.num_rows)
+        return batch.append_column("n", pa.array([len(calls)] * batch.num_rows))
+
+    out = rl.range(30).map_batches(tag, batch_size=10)
+    assert calls == [10], "the schema came from the first 10 rows"
+    got = out.sort("id").to_pydict()
+    assert got["id"] == list(range(30)) and sorted(calls) == [10, 10, 10]
+    # The first ten rows kept the sample's result (call 1); the others ran in the job.
+    assert set(got["n"][:10]) == {1}
