@@ -166,16 +166,47 @@ impl<'b> Opened<'b> {
     }
 }
 
-/// A JPEG decoded at a reduced size, when the image will be shrunk to fit within
-/// `fit_within` anyway: at the smallest of 1/2, 1/4 or 1/8 of its size (the DCT scaling
-/// libjpeg's and Pillow's `draft` use) that still covers the fitted size, which skips most
-/// of the decoding work for photos much larger than the target. Returns the image (upright,
-/// in `mode` or its own) and the size of the full image (upright); `None` where this does
-/// not apply (not a JPEG, less than twice the fitted size, a CMYK or 16-bit JPEG, a stream
+/// How an operator will shrink each image, so that a JPEG much larger than the result can
+/// be decoded at a reduced size.
+///
+/// ```
+/// use rillet_functions::image::codec::Shrink;
+/// // A 1000×500 photo fitted within 100×100 shrinks by 1/10; resized to exactly 100×100,
+/// // by 1/5 (the reduced image must still cover 100 rows).
+/// assert_eq!(Shrink::FitWithin(100, 100).factor((1000, 500)), 0.1);
+/// assert_eq!(Shrink::To(100, 100).factor((1000, 500)), 0.2);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Shrink {
+    /// To fit within a `width × height` box, keeping its aspect (letterbox, resize with
+    /// `keep_aspect`, model inputs).
+    FitWithin(u32, u32),
+    /// To exactly `width × height` (resize): each axis shrinks by its own factor.
+    To(u32, u32),
+}
+
+impl Shrink {
+    /// The largest factor by which an axis of an `upright`-sized image shrinks: a reduced
+    /// decode must be no smaller than this, so the result never upscales from it.
+    pub fn factor(self, upright: (u32, u32)) -> f64 {
+        let axis = |target: u32, side: u32| f64::from(target.max(1)) / f64::from(side.max(1));
+        match self {
+            Self::FitWithin(w, h) => f64::min(axis(w, upright.0), axis(h, upright.1)),
+            Self::To(w, h) => f64::max(axis(w, upright.0), axis(h, upright.1)),
+        }
+    }
+}
+
+/// A JPEG decoded at a reduced size, when the image will be shrunk (`shrink`) anyway: at
+/// the smallest of 1/2, 1/4 or 1/8 of its size (the DCT scaling libjpeg's and Pillow's
+/// `draft` use) that still covers the result on both axes, which skips most of the
+/// decoding work for photos much larger than the target. Returns the image (upright, in
+/// `mode` or its own) and the size of the full image (upright); `None` where this does not
+/// apply (not a JPEG, less than twice the result's size, a CMYK or 16-bit JPEG, a stream
 /// the reduced decoder rejects), and the caller decodes in full, reporting any error.
 pub(crate) fn decode_jpeg_reduced(
     bytes: &[u8],
-    fit_within: (u32, u32),
+    shrink: Shrink,
     mode: Option<ImageMode>,
     max_pixels: u64,
 ) -> Option<(DynamicImage, (u32, u32))> {
@@ -204,10 +235,7 @@ pub(crate) fn decode_jpeg_reduced(
         (width, height)
     };
     // The factor the caller will shrink by; the reduced image must be no smaller than that.
-    let fit = f64::min(
-        f64::from(fit_within.0.max(1)) / f64::from(upright.0),
-        f64::from(fit_within.1.max(1)) / f64::from(upright.1),
-    );
+    let fit = shrink.factor(upright);
     if fit > 0.5 {
         return None;
     }
@@ -413,13 +441,15 @@ mod tests {
     fn a_large_jpeg_is_decoded_at_the_smallest_scale_that_still_covers_the_fit() {
         let bytes = gradient_jpeg(1600, 1200);
         // Fitting 1600x1200 in 320x320 gives 320x240: 1/4 (400x300) covers it, 1/8 does not.
-        let (image, full) = decode_jpeg_reduced(&bytes, (320, 320), None, u64::MAX).unwrap();
+        let (image, full) =
+            decode_jpeg_reduced(&bytes, Shrink::FitWithin(320, 320), None, u64::MAX).unwrap();
         assert_eq!(
             (image.width(), image.height(), full),
             (400, 300, (1600, 1200))
         );
         // 1/8 covers a 200x200 box.
-        let (image, _) = decode_jpeg_reduced(&bytes, (200, 200), None, u64::MAX).unwrap();
+        let (image, _) =
+            decode_jpeg_reduced(&bytes, Shrink::FitWithin(200, 200), None, u64::MAX).unwrap();
         assert_eq!((image.width(), image.height()), (200, 150));
         // The pixels are the image's: close to decoding in full and shrinking.
         let full_image =
@@ -442,16 +472,29 @@ mod tests {
     fn reduced_decoding_stays_out_of_the_way_where_it_does_not_apply() {
         let bytes = gradient_jpeg(600, 400);
         // Less than twice the fitted size: decoded in full by the caller.
-        assert!(decode_jpeg_reduced(&bytes, (320, 320), None, u64::MAX).is_none());
+        assert!(decode_jpeg_reduced(&bytes, Shrink::FitWithin(320, 320), None, u64::MAX).is_none());
         // Over the pixel cap: the caller's full decode reports it.
-        assert!(decode_jpeg_reduced(&bytes, (64, 64), None, 1000).is_none());
+        assert!(decode_jpeg_reduced(&bytes, Shrink::FitWithin(64, 64), None, 1000).is_none());
         // Not a JPEG, or a truncated one.
         let png = encode(&DynamicImage::new_rgb8(800, 800), ImageFormat::Png, 0).unwrap();
-        assert!(decode_jpeg_reduced(&png, (64, 64), None, u64::MAX).is_none());
-        assert!(decode_jpeg_reduced(&bytes[..bytes.len() / 2], (64, 64), None, u64::MAX).is_none());
+        assert!(decode_jpeg_reduced(&png, Shrink::FitWithin(64, 64), None, u64::MAX).is_none());
+        assert!(
+            decode_jpeg_reduced(
+                &bytes[..bytes.len() / 2],
+                Shrink::FitWithin(64, 64),
+                None,
+                u64::MAX
+            )
+            .is_none()
+        );
         // The mode asked for is honoured.
-        let (grey, _) =
-            decode_jpeg_reduced(&bytes, (64, 64), Some(ImageMode::L), u64::MAX).unwrap();
+        let (grey, _) = decode_jpeg_reduced(
+            &bytes,
+            Shrink::FitWithin(64, 64),
+            Some(ImageMode::L),
+            u64::MAX,
+        )
+        .unwrap();
         assert_eq!(grey.color(), ColorType::L8);
     }
 }

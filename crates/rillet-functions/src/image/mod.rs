@@ -110,9 +110,9 @@ pub(crate) enum ImageInput<'a> {
         max_pixels: Option<u64>,
         /// Pixels of the row being worked on, reused from row to row.
         scratch: codec::Scratch,
-        /// The box the operator shrinks each image to fit in, if it does: JPEGs much
-        /// larger than that are decoded at a reduced size.
-        fit_within: Option<(u32, u32)>,
+        /// How the operator shrinks each image, if it does: JPEGs much larger than the
+        /// result are decoded at a reduced size.
+        shrink: Option<codec::Shrink>,
     },
 }
 
@@ -134,15 +134,15 @@ impl<'a> ImageInput<'a> {
             mode,
             max_pixels,
             scratch: codec::Scratch::take(),
-            fit_within: None,
+            shrink: None,
         })
     }
 
-    /// Declare that the operator shrinks every image to fit within `size` (keeping its
-    /// aspect), so large JPEGs may be decoded at a reduced size.
-    pub(crate) fn fitting_within(mut self, size: (u32, u32)) -> Self {
-        if let Self::Encoded { fit_within, .. } = &mut self {
-            *fit_within = Some(size);
+    /// Declare how the operator shrinks every image, so large JPEGs may be decoded at a
+    /// reduced size.
+    pub(crate) fn shrinking(mut self, how: codec::Shrink) -> Self {
+        if let Self::Encoded { shrink, .. } = &mut self {
+            *shrink = Some(how);
         }
         self
     }
@@ -165,14 +165,14 @@ impl<'a> ImageInput<'a> {
                 mode,
                 max_pixels: decode_cap,
                 scratch,
-                fit_within,
+                shrink,
             } => {
                 let Some(bytes) = column.get(row)? else {
                     return Ok(None);
                 };
                 let cap = decode_cap.unwrap_or(max_pixels);
-                if let Some((image, size)) = fit_within
-                    .and_then(|within| codec::decode_jpeg_reduced(&bytes, within, *mode, cap))
+                if let Some((image, size)) =
+                    shrink.and_then(|how| codec::decode_jpeg_reduced(&bytes, how, *mode, cap))
                 {
                     rillet_runtime::memory::charge_call_transient_memory(image.as_bytes().len());
                     return Ok(Some(f(Pixels::Reduced(image, size))));
@@ -236,13 +236,13 @@ pub(crate) fn map_images_within(
     call: &Call<'_>,
     errors: &mut RowErrors,
     max_pixels: u64,
-    fit_within: Option<(u32, u32)>,
+    shrink: Option<codec::Shrink>,
     mut f: impl FnMut(Pixels<'_>, &mut ImageBuilder) -> std::result::Result<(), String>,
     operator: &str,
 ) -> Result<ArrayRef> {
     let mut input = ImageInput::of_call(operator, call)?;
-    if let Some(size) = fit_within {
-        input = input.fitting_within(size);
+    if let Some(how) = shrink {
+        input = input.shrinking(how);
     }
     let mut builder = ImageBuilder::with_capacity(call.rows);
     for row in 0..call.rows {
@@ -299,7 +299,7 @@ pub fn image_values_within<T>(
 ) -> Result<Vec<Option<T>>> {
     let mut input = ImageInput::of_call(operator, call)?;
     if let Some(size) = fit_within {
-        input = input.fitting_within(size);
+        input = input.shrinking(codec::Shrink::FitWithin(size.0, size.1));
     }
     let mut out = Vec::with_capacity(call.rows);
     for row in 0..call.rows {

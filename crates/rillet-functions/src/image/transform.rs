@@ -252,14 +252,27 @@ impl Operator for Resize {
         let (w, h, alg) = resize_options(call.params)?;
         let keep = call.params.bool("keep_aspect")?;
         let mut resizer = ThreadResizer::take();
-        map_images(
+        // A JPEG at least four times the result's size is decoded at 1/2, 1/4 or 1/8 scale
+        // in the DCT domain, never below twice the result on either axis (Pillow's
+        // `reducing_gap` of 2), and the resize filter does the rest: the DCT scaling alone
+        // would alias fine detail the filter removes.
+        let (gap_w, gap_h) = (w.saturating_mul(2), h.saturating_mul(2));
+        let shrink = if keep {
+            codec::Shrink::FitWithin(gap_w, gap_h)
+        } else {
+            codec::Shrink::To(gap_w, gap_h)
+        };
+        map_images_within(
             call,
             errors,
             codec::DEFAULT_MAX_PIXELS,
+            Some(shrink),
             |pixels, out| {
+                // The fitted size of the full image, also when it was decoded reduced.
+                let (full_w, full_h) = pixels.original_size();
                 let src = pixels.view();
                 let (tw, th) = if keep {
-                    fitted_size(src.width, src.height, w, h)
+                    fitted_size(full_w, full_h, w, h)
                 } else {
                     (w, h)
                 };
@@ -315,7 +328,7 @@ impl Operator for Letterbox {
             call,
             errors,
             codec::DEFAULT_MAX_PIXELS,
-            Some((w, h)),
+            Some(codec::Shrink::FitWithin(w, h)),
             |pixels, out| {
                 let (full_w, full_h) = pixels.original_size();
                 let src = pixels.view();
