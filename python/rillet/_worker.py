@@ -151,7 +151,6 @@ def _column(values: Any, dtype: Any) -> Any:
 def _convert_in(batch: Any, batch_format: str) -> Any:
     import pyarrow as pa
 
-    batch = _typed(batch)
     if batch_format == "pyarrow":
         return pa.Table.from_batches([batch])
     if batch_format == "pandas":
@@ -210,20 +209,6 @@ def _names_rillet_types(schema: Any) -> bool:
     """Whether any field of ``schema``, nested ones included, holds a Rillet type not yet
     registered in this process."""
     return "rillet.types" not in sys.modules and b"rillet." in schema.serialize().to_pybytes()
-
-
-def _typed(batch: Any) -> Any:
-    """``batch`` with Rillet's types for columns whose metadata names one (a worker
-    process imports ``rillet.types`` only when a batch holds such columns)."""
-    import pyarrow as pa
-
-    for field in batch.schema:
-        name = (field.metadata or {}).get(b"ARROW:extension:name", b"")
-        if name.startswith(b"rillet.") and not isinstance(field.type, pa.ExtensionType):
-            from rillet.types import with_extension_types
-
-            return with_extension_types(batch)
-    return batch
 
 
 def _to_array(out: Any, dtype: Any) -> Any:
@@ -383,7 +368,7 @@ def main() -> None:
                 import rillet.types  # noqa: F401
 
                 reader = pa.ipc.open_stream(payload)
-            request = _typed(reader.read_next_batch())
+            request = reader.read_next_batch()
             if spec.get("mode") == "batches":
                 table = apply_batches(fn, request, spec["batch_format"], spec["schema"])
             else:
@@ -420,7 +405,7 @@ def _serve(fn: Any, spec: dict, requests: int, replies: int) -> None:
 
     class Replica(flight.FlightServerBase):
         def do_exchange(self, context, descriptor, reader, writer):
-            table = _typed(reader.read_all())
+            table = reader.read_all()
             arrays = [column.combine_chunks() for column in table.columns]
             nulls: list = []
             try:

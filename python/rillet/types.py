@@ -136,33 +136,30 @@ class _RilletArray(pa.ExtensionArray):
     agree (``(n, h, w, c)`` images, ``(n, d)`` embeddings, ``(n, *shape)`` tensors) and
     an object array of the rows' values otherwise."""
 
-    def to_numpy(self, zero_copy_only: bool = False, writable: bool = False) -> np.ndarray:
-        rows = self.to_pylist()
-        arrays = [np.asarray(r) if _is_pil(r) else r for r in rows]
-        shapes = {(a.shape, a.dtype) for a in arrays if isinstance(a, np.ndarray)}
-        if arrays and len(shapes) == 1 and all(isinstance(a, np.ndarray) for a in arrays):
-            return np.stack(arrays)
-        out = np.empty(len(arrays), dtype=object)
-        for i, a in enumerate(arrays):
-            out[i] = a
-        return out
+    def _row_values(self) -> list:
+        """Each row as numpy sees it (``None`` for nulls)."""
+        return [np.asarray(r) if _is_pil(r) else r for r in self.to_pylist()]
 
-
-class _ImageArray(_RilletArray):
     def to_numpy(self, zero_copy_only: bool = False, writable: bool = False) -> np.ndarray:
-        """``(n, h, w, c)`` when every row has one size and mode (``c`` is 1 for ``L``),
-        else an object array of ``(h, w, c)`` arrays (``None`` for nulls)."""
-        storage = self.storage
-        rows = [None if not storage[i].is_valid else _image_array(
-            storage[i]["height"].as_py(), storage[i]["width"].as_py(), storage[i]["mode"].as_py(),
-            storage[i]["data"].as_py()) for i in range(len(self))]
-        shapes = {(a.shape, a.dtype) for a in rows if a is not None}
-        if rows and len(shapes) == 1 and all(a is not None for a in rows):
+        rows = self._row_values()
+        shapes = {(a.shape, a.dtype) for a in rows if isinstance(a, np.ndarray)}
+        if rows and len(shapes) == 1 and all(isinstance(a, np.ndarray) for a in rows):
             return np.stack(rows)
         out = np.empty(len(rows), dtype=object)
         for i, a in enumerate(rows):
             out[i] = a
         return out
+
+
+class _ImageArray(_RilletArray):
+    """Images stack as ``(n, h, w, c)`` when every row has one size and mode (``c`` is 1
+    for ``L``), read straight from the storage's columns."""
+
+    def _row_values(self) -> list:
+        heights, widths, _, modes, data = (c.to_pylist() for c in self.storage.flatten())
+        valid = self.storage.is_valid().to_pylist()
+        return [_image_array(h, w, m, d) if ok else None
+                for ok, h, w, m, d in zip(valid, heights, widths, modes, data)]
 
 
 class _EmbeddingArray(_RilletArray):

@@ -1,7 +1,7 @@
 //! Sources: in-memory data, generated ranges, files (Parquet, CSV, JSON lines) and file
 //! listings.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, StringArray, StructArray, TimestampMicrosecondArray, UInt64Array};
@@ -87,9 +87,16 @@ impl Session {
             return Err(RilletError::invalid_argument("no path given to read"));
         }
         let (urls, any_dir) = normalise_paths(paths)?;
-        if matches!(format, ReadFormat::Parquet) {
-            check_parquet_footers(paths)?;
-        }
+        // Local Parquet files, listed once: their footers are checked and their folders
+        // give the Hive partitions.
+        let partitions = match format {
+            ReadFormat::Parquet => {
+                let listed = local_parquet_files(paths)?;
+                check_parquet_footers(&listed)?;
+                hive_partitions(paths, &listed)?
+            }
+            _ => Vec::new(),
+        };
         // One registration per bucket or origin, however many objects a glob matched.
         let mut registered = std::collections::HashSet::new();
         for url in urls.iter().filter(|u| rillet_io::is_remote(u)) {
@@ -97,10 +104,6 @@ impl Session {
         }
         // Directories select files by extension; explicit files and globs take any name.
         let extension = if any_dir { format.extension() } else { "" };
-        let partitions = match format {
-            ReadFormat::Parquet => hive_partitions(paths)?,
-            _ => Vec::new(),
-        };
         let ctx = self.context();
         let df = self.block_on(async {
             match format {
@@ -302,62 +305,64 @@ fn normalise_paths(paths: &[String]) -> Result<(Vec<String>, bool)> {
     Ok((urls, any_dir))
 }
 
-/// Read the footer of every local Parquet file `paths` name (files, directories, globs), so
-/// one damaged file among many is named in the error instead of failing the job later with
-/// "Corrupt footer" or "Unexpected EOF" and no path. Remote objects are left to the scan.
-fn check_parquet_footers(paths: &[String]) -> Result<()> {
-    for path in paths.iter().filter(|p| !rillet_io::is_remote(p)) {
-        let directory = Path::new(path).is_dir();
-        for entry in rillet_io::list_files(path)? {
-            let file = entry.uri.strip_prefix("file://").unwrap_or(&entry.uri);
-            if directory && !file.ends_with(".parquet") {
-                continue;
+/// The Parquet files each local path of `paths` names (a file, a glob, or the `.parquet`
+/// files below a directory), canonical; remote paths are left to the scan.
+fn local_parquet_files(paths: &[String]) -> Result<Vec<Vec<PathBuf>>> {
+    paths
+        .iter()
+        .filter(|p| !rillet_io::is_remote(p))
+        .map(|path| {
+            let directory = Path::new(path).is_dir();
+            let mut files = Vec::new();
+            for entry in rillet_io::list_files(path)? {
+                let file = entry.uri.strip_prefix("file://").unwrap_or(&entry.uri);
+                if !directory || file.ends_with(".parquet") {
+                    files.push(std::fs::canonicalize(file)?);
+                }
             }
-            let opened = std::fs::File::open(file).map_err(RilletError::Io)?;
-            if let Err(error) = parquet::file::reader::SerializedFileReader::new(opened) {
-                return Err(RilletError::invalid_data(format!(
-                    "read_parquet: {file} is not a readable Parquet file ({error}); remove or \
-                     replace it"
-                )));
-            }
+            Ok(files)
+        })
+        .collect()
+}
+
+/// Read the footer of every listed file, so one damaged file among many is named in the
+/// error instead of failing the job later with "Corrupt footer" or "Unexpected EOF" and
+/// no path.
+fn check_parquet_footers(listed: &[Vec<PathBuf>]) -> Result<()> {
+    for file in listed.iter().flatten() {
+        let opened = std::fs::File::open(file).map_err(RilletError::Io)?;
+        if let Err(error) = parquet::file::reader::SerializedFileReader::new(opened) {
+            return Err(RilletError::invalid_data(format!(
+                "read_parquet: {} is not a readable Parquet file ({error}); remove or replace it",
+                file.display()
+            )));
         }
     }
     Ok(())
 }
 
 /// The Hive partition columns of one local directory (`year=2024/month=05/part-0.parquet`
-/// gives `year` and `month`, as strings): only when every Parquet file below it sits in
-/// folders naming the same columns in the same order. Anything else — files outside the
+/// gives `year` and `month`, as strings), from its `listed` files: only when every one sits
+/// in folders naming the same columns in the same order. Anything else — files outside the
 /// partition folders, layouts that disagree — reads the files without partition columns,
 /// so no file is ever skipped.
-fn hive_partitions(paths: &[String]) -> Result<Vec<(String, DataType)>> {
-    let [path] = paths else {
+fn hive_partitions(paths: &[String], listed: &[Vec<PathBuf>]) -> Result<Vec<(String, DataType)>> {
+    let ([path], [files]) = (paths, listed) else {
         return Ok(Vec::new());
     };
-    if rillet_io::is_remote(path) || !Path::new(path).is_dir() {
+    if !Path::new(path).is_dir() {
         return Ok(Vec::new());
     }
     let root = std::fs::canonicalize(path)?;
     let mut layout: Option<Vec<String>> = None;
-    for entry in rillet_io::list_files(path)? {
-        let file = entry
-            .uri
-            .strip_prefix("file://")
-            .unwrap_or(&entry.uri)
-            .to_string();
-        if !file.ends_with(".parquet") {
-            continue;
-        }
-        let file = std::fs::canonicalize(&file)?;
+    for file in files {
         let Ok(relative) = file.strip_prefix(&root) else {
             return Ok(Vec::new());
         };
-        let folders: Vec<&std::ffi::OsStr> = relative
+        let keys: Option<Vec<String>> = relative
             .parent()
-            .map(|p| p.iter().collect())
-            .unwrap_or_default();
-        let keys: Option<Vec<String>> = folders
-            .iter()
+            .into_iter()
+            .flat_map(Path::iter)
             .map(|f| Some(f.to_str()?.split_once('=')?.0.to_string()))
             .collect();
         let Some(keys) = keys else {

@@ -145,13 +145,12 @@ pub fn escape(value: &str) -> String {
             out.push(c);
         }
     }
-    if out.is_empty() || out == "." || out == ".." {
-        out = out.replace('.', "%2E");
-        if out.is_empty() {
-            out.push_str(NULL_PARTITION);
-        }
+    match out.as_str() {
+        // An empty value has no folder name: Hive files it with nulls.
+        "" => NULL_PARTITION.to_string(),
+        "." | ".." => out.replace('.', "%2E"),
+        _ => out,
     }
-    out
 }
 
 #[async_trait]
