@@ -4,16 +4,22 @@ in one)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+# Telemetry switches of the peers (Daft honours DO_NOT_TRACK too).
+QUIET = {"DO_NOT_TRACK": "1", "RAY_USAGE_STATS_ENABLED": "0", "DAFT_ANALYTICS_ENABLED": "0"}
 
 
 def run_measured(argv: list[str], env: dict | None = None, interval: float = 0.05) -> dict:
     """Run ``argv``; return wall seconds, peak tree RSS in bytes, exit code and output."""
     import psutil
 
+    # Nothing may try to reach outside this machine: the peers' telemetry off.
+    env = {**os.environ, **QUIET, **(env or {})}
     started = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     parent = psutil.Process(proc.pid)

@@ -61,6 +61,11 @@ else
   has_file "/usr/lib/llvm-*/lib/libclang.so" "/usr/lib/*/libclang.so" || need clang libclang-dev
 fi
 
+# libjpeg-turbo, which turbojpeg-sys builds from its bundled source: cmake drives the
+# build, nasm assembles the SIMD code that makes it fast (the build fails without it).
+has_command cmake || need cmake
+has_command nasm || need nasm
+
 # Sample media for the main job and the tests: videos made by ffmpeg, speech by espeak-ng;
 # `file` checks MIME types in the tests; maturin sets the extension's rpath with patchelf.
 has_command ffmpeg || need ffmpeg

@@ -4,6 +4,7 @@ wheels' sample data), the bad-input corpus, the on_error policies, SQL, and type
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import time
@@ -443,8 +444,9 @@ def test_chained_operators_run_as_one_vertex_in_order_and_pass_on_only_their_res
     df = _pipeline(large_photos)
     plan = df.explain()
     # The decode is fused into the resize that consumes it: each photo is decoded, resized
-    # and dropped within its row.
-    assert "udf(image_decode+image_resize) → udf(image_width)" in plan, plan
+    # and dropped within its row, at 1/2, 1/4 or 1/8 of its size where that still covers
+    # the result (the plan shows the bound).
+    assert "udf(image_decode[dct≤1/8]+image_resize) → udf(image_width)" in plan, plan
     out = df.to_pydict()
     # One input partition: rows come back in the listing's order.
     assert out["path"] == sorted(str(p) for p in large_photos.glob("*.jpg"))
@@ -464,8 +466,8 @@ def test_a_fused_decode_gives_what_a_separate_decode_gives(large_photos, tmp_pat
     # A decoded column used by name is an input of its own: nothing to fuse.
     separate = (files.with_column("img", col("file").image.decode("RGB"))
                 .select("path", col("img").image.resize(64, 48).alias("small")))
-    assert "image_decode+image_resize" in fused.explain()
-    assert "image_decode+image_resize" not in separate.explain()
+    assert "image_decode[dct≤1/8]+image_resize" in fused.explain()
+    assert "+image_resize" not in separate.explain()
     assert fused.schema == separate.schema
     one, two = fused.to_arrow(), separate.to_arrow()
     assert one.column("path").equals(two.column("path"))
@@ -687,11 +689,11 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("size,keep", [((100, 80), False), ((224, 224), False), ((160, 160), True)])
 def test_resize_decodes_jpegs_reduced_without_visible_loss(photos, large_photos, size, keep):
-    """Decode fused into resize takes a DCT-scaled JPEG decode, to no less than twice the
-    result on either axis, when the photo is at least four times the result: against a
-    full decode and the same resize, PSNR >= 35 dB on the real sample photos and on
-    camera-size ones, and identical output where no DCT scale applies (PNGs, and JPEGs
-    less than four times the result)."""
+    """Decode fused into resize takes libjpeg-turbo's DCT-scaled decode (1/2, 1/4 or 1/8), to
+    no less than the result on either axis, when the photo is at least twice the result:
+    against a full decode and the same resize, PSNR >= 35 dB on the real sample photos and
+    on camera-size ones, and identical output where no DCT scale applies (PNGs, and JPEGs
+    less than twice the result)."""
     paths = [str(p) for p in photos] + [str(p) for p in sorted(large_photos.glob("*.jpg"))[:3]]
     df = rl.from_pydict({"path": paths})
     fused = df.select("path", col("path").image.decode("RGB").image.resize(*size, keep_aspect=keep).alias("r"))
@@ -708,10 +710,13 @@ def test_resize_decodes_jpegs_reduced_without_visible_loss(photos, large_photos,
         assert x.shape == y.shape, path
         with Image.open(path) as im:
             # The factor the resize shrinks by (per axis, or the fitting one with
-            # keep_aspect), with a gap of 2: the reduced decode applies at 1/2 or below.
-            ratios = (2 * size[0] / im.width, 2 * size[1] / im.height)
+            # keep_aspect): a reduced decode applies when 1/2 or 1/4 still covers the
+            # shrunk size on both axes, or 1/8 covers three times it.
+            ratios = (size[0] / im.width, size[1] / im.height)
             factor = min(ratios) if keep else max(ratios)
-            applies = im.format == "JPEG" and factor <= 0.5
+            applies = im.format == "JPEG" and any(
+                all(math.ceil(side / r) >= max(1, math.ceil(side * factor * margin)) for side in im.size)
+                for r, margin in ((2, 1), (4, 1), (8, 3)))
         if applies:
             reduced += 1
             # Decoded reduced (so not bit-identical), and without visible loss.
@@ -719,3 +724,74 @@ def test_resize_decodes_jpegs_reduced_without_visible_loss(photos, large_photos,
         else:
             np.testing.assert_array_equal(x, y, err_msg=path)
     assert reduced >= 3, "the camera-size JPEGs take the reduced decode"
+
+
+def _jpeg_variants(photo: Image.Image) -> dict[str, bytes]:
+    """The JPEG kinds a reduced decode must handle, from one 480x320 photo, and broken ones."""
+    photo = photo.convert("RGB").resize((480, 320))
+    baseline = _encode(photo, "JPEG", quality=90)
+    exif = Image.Exif()
+    variants = {
+        "baseline.jpg": baseline,
+        "progressive.jpg": _encode(photo, "JPEG", quality=90, progressive=True),
+        "grey.jpg": _encode(photo.convert("L"), "JPEG", quality=90),
+        "cmyk.jpg": _encode(photo.convert("CMYK"), "JPEG", quality=90),
+        "444.jpg": _encode(photo, "JPEG", quality=90, subsampling=0),
+        "422.jpg": _encode(photo, "JPEG", quality=90, subsampling=1),
+        "odd_size.jpg": _encode(photo.resize((473, 301)), "JPEG", quality=90),
+    }
+    for orientation in (2, 3, 5, 6, 7, 8):
+        exif[0x0112] = orientation
+        variants[f"exif_{orientation}.jpg"] = _encode(photo, "JPEG", quality=90, exif=exif.tobytes())
+    corrupt = bytearray(baseline)
+    middle = len(corrupt) // 2
+    corrupt[middle:middle + 200] = os.urandom(200)
+    # A header claiming 60000x60000 pixels over real 480x320 data.
+    sof = baseline.index(b"\xff\xc0")
+    huge = baseline[:sof + 5] + struct.pack(">HH", 60000, 60000) + baseline[sof + 9:]
+    variants.update({
+        "corrupt.jpg": bytes(corrupt),
+        "truncated.jpg": baseline[: len(baseline) // 2],
+        "huge_header.jpg": huge,
+        "zero.jpg": b"",
+        "text.jpg": b"hello, this is not an image at all",
+        "png_named.jpg": _encode(photo, "PNG"),
+    })
+    return variants
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_every_jpeg_variant_takes_the_fused_reduced_decode_like_a_separate_one(rgb_photos, keep):
+    """Through decode fused into resize (where 1/8 scale covers 60x40), every JPEG kind —
+    progressive, grey, CMYK, each chroma subsampling, odd sizes, every EXIF orientation —
+    gives what a separate full decode and resize give (same size, PSNR >= 35 dB, or null
+    alike for broken data), with the reasons of the separate path."""
+    variants = _jpeg_variants(rgb_photos[0][1])
+    names = list(variants)
+    df = rl.from_pydict({"name": names, "bytes": [variants[n] for n in names]})
+    fused = df.select("name", col("bytes").image.decode("RGB").image.resize(60, 40, keep_aspect=keep).alias("r"))
+    assert "image_decode[dct≤1/8]+image_resize" in fused.explain()
+    decoded = rl.from_arrow(df.select("name", col("bytes").image.decode("RGB").alias("img")).collect())
+    separate = decoded.select("name", col("img").image.resize(60, 40, keep_aspect=keep).alias("r"))
+    a = {r["name"]: r["r"] for r in fused.to_pylist()}
+    b = {r["name"]: r["r"] for r in separate.to_pylist()}
+    for name in names:
+        if b[name] is None:
+            assert a[name] is None, name
+            continue
+        assert a[name] is not None, name
+        x, y = np.asarray(a[name]), np.asarray(b[name])
+        assert x.shape == y.shape, name
+        assert _psnr(x, y) >= 35, (name, _psnr(x, y))
+    good = {"baseline.jpg", "progressive.jpg", "grey.jpg", "cmyk.jpg", "444.jpg", "422.jpg", "odd_size.jpg",
+            "png_named.jpg"} | {f"exif_{o}.jpg" for o in (2, 3, 5, 6, 7, 8)}
+    assert {n for n in names if a[n] is not None} >= good
+    for broken in ["truncated.jpg", "huge_header.jpg", "zero.jpg", "text.jpg"]:
+        assert a[broken] is None, broken
+    # Orientations 5-8 turn the photo: its upright shape is fitted, not the stored one.
+    if keep:
+        assert np.asarray(a["exif_6.jpg"]).shape[0] == 40 > np.asarray(a["exif_6.jpg"]).shape[1]
+    # The fused call reports its nulls as the separate decode does.
+    nulls = fused.stats()["nulls"]
+    expected = sum(1 for name in names if b[name] is None)
+    assert len(nulls) == 1 and f"{expected} of {len(names)} rows null" in nulls[0], nulls

@@ -62,7 +62,8 @@ def test_a_complete_machine_needs_nothing(tmp_path):
     touch(tmp_path, "/usr/lib/llvm-14/lib/libclang.so",
           *(f"/usr/lib/x86_64-linux-gnu/pkgconfig/{lib}.pc" for lib in FFMPEG),
           "/usr/lib/postgresql/15/bin/initdb")
-    commands = ("cc", "pkg-config", "ffmpeg", "espeak-ng", "file", "patchelf", "redis-server", "psql")
+    commands = ("cc", "pkg-config", "cmake", "nasm", "ffmpeg", "espeak-ng", "file", "patchelf",
+                "redis-server", "psql")
     assert missing(tmp_path, commands) == []
 
 
@@ -71,7 +72,8 @@ def test_servers_and_tools_are_checked_by_their_binaries(tmp_path):
           *(f"/usr/lib/x86_64-linux-gnu/pkgconfig/{lib}.pc" for lib in FFMPEG))
     # No PostgreSQL server binaries anywhere, though psql (the client) is there.
     wanted = missing(tmp_path, ("cc", "pkg-config", "psql"))
-    assert set(wanted) == {"ffmpeg", "espeak-ng", "file", "patchelf", "redis-server", "postgresql"}
+    assert set(wanted) == {"cmake", "nasm", "ffmpeg", "espeak-ng", "file", "patchelf", "redis-server",
+                           "postgresql"}
 
 
 def test_without_root_it_prints_the_install_line_and_stops_at_once(tmp_path):

@@ -508,6 +508,10 @@ impl Operator for DetectObjects {
     fn fuses_image_decode(&self) -> bool {
         true
     }
+
+    fn shrinks_images(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

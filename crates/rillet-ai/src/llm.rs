@@ -414,6 +414,10 @@ impl Operator for ClassifyImage {
     fn fuses_image_decode(&self) -> bool {
         true
     }
+
+    fn shrinks_images(&self) -> bool {
+        true
+    }
 }
 
 fn max_side(params: &Params) -> Result<u32> {

@@ -395,6 +395,13 @@ pub trait Operator: Send + Sync + Debug + 'static {
     fn fuses_image_decode(&self) -> bool {
         false
     }
+    /// True if the operator (which fuses `image_decode`) shrinks every image to a size it
+    /// knows before decoding (resize, letterbox, a model's input), so a large JPEG may be
+    /// decoded at 1/2, 1/4 or 1/8 of its size in the DCT domain. The scale is chosen per
+    /// row; plans show the bound: `image_decode[dct≤1/8]+image_resize`.
+    fn shrinks_images(&self) -> bool {
+        false
+    }
 }
 
 /// Adapts an [`Operator`] to the engine's [`ArrayFunction`]: splits inputs from options,
@@ -406,13 +413,17 @@ pub struct OperatorFunction<O: Operator> {
     fused_decode: Option<FusedDecode>,
 }
 
+/// How plans name a fused `image_decode`: in full, or possibly reduced (the bound of the
+/// DCT scaling, see [`Operator::shrinks_images`]).
+const DECODE_LABEL: [&str; 2] = ["image_decode", "image_decode[dct≤1/8]"];
+
 /// An `image_decode` call fused into an operator's calls.
 #[derive(Debug)]
 struct FusedDecode {
     /// Arguments the decode call took (its input and options); the operator's own options
     /// follow them.
     args: usize,
-    /// `image_decode+<operator>`, for plans and progress.
+    /// `image_decode+<operator>` (or `image_decode[dct≤1/8]+…`), for plans and progress.
     label: String,
     /// The decode call's options (literals, fixed when the calls are fused).
     params: Params,
@@ -637,7 +648,11 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
             operator: self.operator.clone(),
             fused_decode: Some(FusedDecode {
                 args: input_literals.len(),
-                label: format!("image_decode+{}", self.operator.name()),
+                label: format!(
+                    "{}+{}",
+                    DECODE_LABEL[usize::from(self.operator.shrinks_images())],
+                    self.operator.name()
+                ),
                 params: decode,
             }),
         }))

@@ -2,10 +2,12 @@
 
 use std::io::Cursor;
 
+use image::metadata::Orientation;
 use image::{ColorType, DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 use rillet_common::types::ImageMode;
 
 use super::array::{ImageBuilder, convert, dynamic_mode};
+use super::turbo;
 
 /// Largest decoded image accepted by default, in pixels (about 11600 × 11600): a header
 /// that claims more is treated as bad data, not allocated.
@@ -198,69 +200,184 @@ impl Shrink {
 }
 
 /// A JPEG decoded at a reduced size, when the image will be shrunk (`shrink`) anyway: at
-/// the smallest of 1/2, 1/4 or 1/8 of its size (the DCT scaling libjpeg's and Pillow's
-/// `draft` use) that still covers the result on both axes, which skips most of the
-/// decoding work for photos much larger than the target. Returns the image (upright, in
-/// `mode` or its own) and the size of the full image (upright); `None` where this does not
-/// apply (not a JPEG, less than twice the result's size, a CMYK or 16-bit JPEG, a stream
-/// the reduced decoder rejects), and the caller decodes in full, reporting any error.
+/// the smallest of 1/8, 1/4 or 1/2 of its size (libjpeg-turbo's DCT scaling, as Pillow's
+/// `draft` uses it) that still covers the result on both axes (1/8 with a margin, see
+/// [`turbo::REDUCTIONS`]), so the result never upscales from it. For photos much larger than the target this skips most of the
+/// decoding work. Returns the image (upright, in `mode` or its own) and the size of the
+/// full image (upright); `None` where this does not apply (not a JPEG, less than twice the
+/// result's size, a CMYK, lossless or 12-bit JPEG, a stream libjpeg-turbo rejects), and the
+/// caller decodes in full, reporting any error.
 pub(crate) fn decode_jpeg_reduced(
     bytes: &[u8],
     shrink: Shrink,
     mode: Option<ImageMode>,
     max_pixels: u64,
-) -> Option<(DynamicImage, (u32, u32))> {
+) -> Option<Reduced> {
     if sniff_format(bytes) != Some(ImageFormat::Jpeg) || !has_jpeg_end(bytes) {
         return None;
     }
-    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-    decoder.read_info().ok()?;
-    let info = decoder.info()?;
-    let (width, height) = (u32::from(info.width), u32::from(info.height));
-    check_pixels(width, height, max_pixels).ok()?;
-    let orientation = decoder
-        .exif_data()
-        .and_then(image::metadata::Orientation::from_exif_chunk)
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let turned = matches!(
+    turbo::with_decompressor(|decompressor| {
+        let header = decompressor.header(bytes)?.ok_or("not scaled")?;
+        let (width, height) = (header.width, header.height);
+        check_pixels(width, height, max_pixels)?;
+        let orientation = exif_orientation(bytes);
+        let upright = if turns(orientation) {
+            (height, width)
+        } else {
+            (width, height)
+        };
+        // The factor the caller will shrink by; the reduced image must be no smaller.
+        let fit = shrink.factor(upright);
+        let covers = |side: u32, r: turbo::Reduction| {
+            let wanted = (f64::from(side) * fit * r.margin).ceil().max(1.0);
+            f64::from(turbo::scaled(side, r.by)) >= wanted
+        };
+        let reduction = turbo::REDUCTIONS
+            .into_iter()
+            .find(|r| covers(width, *r) && covers(height, *r))
+            .ok_or("no reduction covers the result")?
+            .by;
+        let (w, h) = (
+            turbo::scaled(width, reduction),
+            turbo::scaled(height, reduction),
+        );
+        let channels = match header.colour {
+            turbo::Colour::Rgb => 3,
+            turbo::Colour::Grey => 1,
+            turbo::Colour::Other => return Err("CMYK is converted by the full decode".into()),
+        };
+        let mut pixels = vec![0; w as usize * h as usize * channels];
+        decompressor.decode(bytes, header, reduction, &mut pixels)?;
+        let mut image = if channels == 3 {
+            image::RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8)
+        } else {
+            image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8)
+        }
+        .ok_or("decoded pixels of the wrong size")?;
+        image.apply_orientation(orientation);
+        let image = match mode {
+            Some(mode) => convert(image, mode),
+            None => image,
+        };
+        let content = Content::of(&image, upright, reduction, orientation);
+        Ok(Reduced {
+            image,
+            full: upright,
+            content,
+        })
+    })
+    .ok()
+}
+
+/// A JPEG decoded at a reduced size ([`decode_jpeg_reduced`]).
+#[derive(Debug)]
+pub struct Reduced {
+    /// The image, upright.
+    pub image: DynamicImage,
+    /// The size of the full image, upright.
+    pub full: (u32, u32),
+    /// Where the full image lies in `image`'s pixels.
+    pub content: Content,
+}
+
+/// The part of a reduced decode that shows the image, in its pixels. libjpeg rounds a
+/// scaled side up: a 473-pixel side at 1/4 gives 119 pixels, the last of which covers one
+/// real pixel and three of the encoder's padding, so the image spans 118.25 of them. A
+/// resize from this box, not from the whole 119, keeps every pixel where it was.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Content {
+    /// First column (fractional).
+    pub left: f64,
+    /// First row (fractional).
+    pub top: f64,
+    /// Width in pixels (fractional).
+    pub width: f64,
+    /// Height in pixels (fractional).
+    pub height: f64,
+}
+
+impl Content {
+    /// The box of an `upright`-sized image decoded at `1/reduction` into `image` (already
+    /// turned by `orientation`): the padding is on the stored right and bottom, which the
+    /// orientation moves.
+    fn of(
+        image: &DynamicImage,
+        upright: (u32, u32),
+        reduction: u32,
+        orientation: Orientation,
+    ) -> Self {
+        let (width, height) = (
+            f64::from(upright.0) / f64::from(reduction),
+            f64::from(upright.1) / f64::from(reduction),
+        );
+        // Whether the stored right or bottom padding now lies left or on top.
+        use Orientation::*;
+        let (pad_left, pad_top) = match orientation {
+            NoTransforms | Rotate90FlipH => (false, false),
+            FlipHorizontal | Rotate90 => (true, false),
+            FlipVertical | Rotate270 => (false, true),
+            Rotate180 | Rotate270FlipH => (true, true),
+        };
+        let spare = |side: u32, used: f64, padded_first: bool| {
+            if padded_first {
+                f64::from(side) - used
+            } else {
+                0.0
+            }
+        };
+        Self {
+            left: spare(image.width(), width, pad_left),
+            top: spare(image.height(), height, pad_top),
+            width,
+            height,
+        }
+    }
+}
+
+/// True if `orientation` swaps width and height.
+fn turns(orientation: Orientation) -> bool {
+    matches!(
         orientation,
-        image::metadata::Orientation::Rotate90
-            | image::metadata::Orientation::Rotate270
-            | image::metadata::Orientation::Rotate90FlipH
-            | image::metadata::Orientation::Rotate270FlipH
-    );
-    let upright = if turned {
-        (height, width)
-    } else {
-        (width, height)
-    };
-    // The factor the caller will shrink by; the reduced image must be no smaller than that.
-    let fit = shrink.factor(upright);
-    if fit > 0.5 {
-        return None;
-    }
-    let wanted = |side: u32| (f64::from(side) * fit).ceil().clamp(1.0, 65535.0) as u16;
-    let (w, h) = decoder.scale(wanted(width), wanted(height)).ok()?;
-    if u32::from(w) >= width {
-        return None;
-    }
-    let pixels = decoder.decode().ok()?;
-    let (w, h) = (u32::from(w), u32::from(h));
-    let mut image = match info.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => {
-            DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, pixels)?)
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
+}
+
+/// The EXIF orientation of a JPEG, read from its APP1 segment; upright when it has none
+/// or it cannot be read.
+fn exif_orientation(bytes: &[u8]) -> Orientation {
+    jpeg_exif(bytes)
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms)
+}
+
+/// The EXIF data of a JPEG (after `Exif\0\0` in an APP1 segment before the first scan).
+fn jpeg_exif(bytes: &[u8]) -> Option<&[u8]> {
+    let mut at = 2; // after the start-of-image marker
+    while at + 4 <= bytes.len() {
+        if bytes[at] != 0xFF {
+            return None;
         }
-        jpeg_decoder::PixelFormat::L8 => {
-            DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, pixels)?)
+        let marker = bytes[at + 1];
+        if marker == 0xFF {
+            at += 1; // fill byte
+            continue;
         }
-        _ => return None,
-    };
-    image.apply_orientation(orientation);
-    let image = match mode {
-        Some(mode) => convert(image, mode),
-        None => image,
-    };
-    Some((image, upright))
+        if marker == 0xDA || marker == 0xD9 {
+            return None; // the scan (or the end) comes before any EXIF
+        }
+        let length = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
+        let body = bytes.get(at + 4..at + 2 + length)?;
+        if marker == 0xE1 {
+            if let Some(exif) = body.strip_prefix(b"Exif\0\0") {
+                return Some(exif);
+            }
+        }
+        at += 2 + length;
+    }
+    None
 }
 
 thread_local! {
@@ -441,15 +558,17 @@ mod tests {
     fn a_large_jpeg_is_decoded_at_the_smallest_scale_that_still_covers_the_fit() {
         let bytes = gradient_jpeg(1600, 1200);
         // Fitting 1600x1200 in 320x320 gives 320x240: 1/4 (400x300) covers it, 1/8 does not.
-        let (image, full) =
+        let reduced =
             decode_jpeg_reduced(&bytes, Shrink::FitWithin(320, 320), None, u64::MAX).unwrap();
+        let (image, full) = (reduced.image, reduced.full);
         assert_eq!(
             (image.width(), image.height(), full),
             (400, 300, (1600, 1200))
         );
         // 1/8 covers a 200x200 box.
-        let (image, _) =
-            decode_jpeg_reduced(&bytes, Shrink::FitWithin(200, 200), None, u64::MAX).unwrap();
+        let image = decode_jpeg_reduced(&bytes, Shrink::FitWithin(200, 200), None, u64::MAX)
+            .unwrap()
+            .image;
         assert_eq!((image.width(), image.height()), (200, 150));
         // The pixels are the image's: close to decoding in full and shrinking.
         let full_image =
@@ -488,13 +607,14 @@ mod tests {
             .is_none()
         );
         // The mode asked for is honoured.
-        let (grey, _) = decode_jpeg_reduced(
+        let grey = decode_jpeg_reduced(
             &bytes,
             Shrink::FitWithin(64, 64),
             Some(ImageMode::L),
             u64::MAX,
         )
-        .unwrap();
+        .unwrap()
+        .image;
         assert_eq!(grey.color(), ColorType::L8);
     }
 }

@@ -10,10 +10,9 @@ mod draw;
 mod measure;
 mod spare;
 mod transform;
+mod turbo;
 
-pub use transform::{
-    Letterboxed, decode_resize_limit, fitted_size, letterbox_rgb8, letterbox_rgb8_of, resize_rgb8,
-};
+pub use transform::{Letterboxed, fitted_size, letterbox_rgb8, letterbox_rgb8_of, resize_rgb8};
 
 use std::sync::Arc;
 
@@ -55,8 +54,8 @@ pub enum Pixels<'a> {
     /// Decoded from encoded content for this row.
     Owned(DynamicImage),
     /// Decoded from encoded content at a reduced size (the operator shrinks it anyway),
-    /// with the upright size of the full image.
-    Reduced(DynamicImage, (u32, u32)),
+    /// with the upright size of the full image and where it lies in the pixels.
+    Reduced(codec::Reduced),
 }
 
 impl Pixels<'_> {
@@ -64,7 +63,7 @@ impl Pixels<'_> {
     pub fn view(&self) -> ImageView<'_> {
         match self {
             Self::View(v) => *v,
-            Self::Owned(image) | Self::Reduced(image, _) => {
+            Self::Owned(image) | Self::Reduced(codec::Reduced { image, .. }) => {
                 // Decoded images are always in one of Rillet's modes (see
                 // `codec::decode_reusing`).
                 let mode = array::mode_of(image).unwrap_or(ImageMode::Rgba);
@@ -82,7 +81,9 @@ impl Pixels<'_> {
     pub fn into_dynamic(self) -> DynamicImage {
         match self {
             Self::View(v) => v.to_dynamic(),
-            Self::Owned(image) | Self::Reduced(image, _) => array::dynamic_mode(image).1,
+            Self::Owned(image) | Self::Reduced(codec::Reduced { image, .. }) => {
+                array::dynamic_mode(image).1
+            }
         }
     }
 
@@ -90,11 +91,20 @@ impl Pixels<'_> {
     /// the size results (box coordinates, scales) refer to.
     pub fn original_size(&self) -> (u32, u32) {
         match self {
-            Self::Reduced(_, size) => *size,
+            Self::Reduced(reduced) => reduced.full,
             other => {
                 let view = other.view();
                 (view.width, view.height)
             }
+        }
+    }
+
+    /// Where the image lies in [`view`](Self::view)'s pixels when it was decoded reduced
+    /// (see [`codec::Content`]); `None` when it fills them.
+    pub fn content(&self) -> Option<codec::Content> {
+        match self {
+            Self::Reduced(reduced) => Some(reduced.content),
+            _ => None,
         }
     }
 }
@@ -171,11 +181,12 @@ impl<'a> ImageInput<'a> {
                     return Ok(None);
                 };
                 let cap = decode_cap.unwrap_or(max_pixels);
-                if let Some((image, size)) =
+                if let Some(reduced) =
                     shrink.and_then(|how| codec::decode_jpeg_reduced(&bytes, how, *mode, cap))
                 {
-                    rillet_runtime::memory::charge_call_transient_memory(image.as_bytes().len());
-                    return Ok(Some(f(Pixels::Reduced(image, size))));
+                    let bytes = reduced.image.as_bytes().len();
+                    rillet_runtime::memory::charge_call_transient_memory(bytes);
+                    return Ok(Some(f(Pixels::Reduced(reduced))));
                 }
                 match codec::decode_reusing(&bytes, *mode, cap, scratch) {
                     Ok(pixels) => Ok(Some(f(pixels))),
@@ -684,7 +695,7 @@ mod tests {
                     &with_input(&resize_options),
                 )
                 .expect("resize fuses a decode with the same on_error");
-            assert_eq!(fused.name(), "image_decode+image_resize");
+            assert_eq!(fused.name(), "image_decode[dct≤1/8]+image_resize");
 
             // Planned type: what resize returns for decode's result.
             let decoded_field: FieldRef = Arc::new(

@@ -106,10 +106,14 @@ fn resize_into(
     width: u32,
     height: u32,
     alg: ResizeAlg,
+    content: Option<codec::Content>,
     dst: &mut [u8],
 ) -> std::result::Result<(), String> {
     let pixel = pixel_type(src.mode);
-    let options = ResizeOptions::new().resize_alg(alg);
+    let mut options = ResizeOptions::new().resize_alg(alg);
+    if let Some(c) = content {
+        options = options.crop(c.left, c.top, c.width, c.height);
+    }
     thread_resizer.largest = thread_resizer
         .largest
         .max(src.height as usize * width as usize * src.mode.buffer_len(1, 1));
@@ -252,15 +256,13 @@ impl Operator for Resize {
         let (w, h, alg) = resize_options(call.params)?;
         let keep = call.params.bool("keep_aspect")?;
         let mut resizer = ThreadResizer::take();
-        // A JPEG at least four times the result's size is decoded at 1/2, 1/4 or 1/8 scale
-        // in the DCT domain, never below twice the result on either axis (Pillow's
-        // `reducing_gap` of 2), and the resize filter does the rest: the DCT scaling alone
-        // would alias fine detail the filter removes.
-        let (gap_w, gap_h) = (w.saturating_mul(2), h.saturating_mul(2));
+        // A JPEG at least twice the result's size is decoded at 1/2, 1/4 or 1/8 scale in
+        // the DCT domain, never below the result on either axis, and the resize filter
+        // does the rest (as Pillow's `draft` followed by `resize`).
         let shrink = if keep {
-            codec::Shrink::FitWithin(gap_w, gap_h)
+            codec::Shrink::FitWithin(w, h)
         } else {
-            codec::Shrink::To(gap_w, gap_h)
+            codec::Shrink::To(w, h)
         };
         map_images_within(
             call,
@@ -276,8 +278,9 @@ impl Operator for Resize {
                 } else {
                     (w, h)
                 };
+                let content = pixels.content();
                 out.append_with(tw, th, src.mode, |dst| {
-                    resize_into(&mut resizer, &src, tw, th, alg, dst)
+                    resize_into(&mut resizer, &src, tw, th, alg, content, dst)
                 })
             },
             self.name(),
@@ -289,6 +292,10 @@ impl Operator for Resize {
     }
 
     fn fuses_image_decode(&self) -> bool {
+        true
+    }
+
+    fn shrinks_images(&self) -> bool {
         true
     }
 }
@@ -336,7 +343,15 @@ impl Operator for Letterbox {
                 // The fitted size of the full image, also when it was decoded reduced.
                 let (tw, th) = fitted_size(full_w, full_h, w, h);
                 let mut scaled = vec![0u8; src.mode.buffer_len(tw as usize, th as usize)];
-                resize_into(&mut resizer, &src, tw, th, alg, &mut scaled)?;
+                resize_into(
+                    &mut resizer,
+                    &src,
+                    tw,
+                    th,
+                    alg,
+                    pixels.content(),
+                    &mut scaled,
+                )?;
                 let c = src.mode.channels();
                 out.append_with(w, h, src.mode, |dst| {
                     dst.fill(fill);
@@ -359,6 +374,10 @@ impl Operator for Letterbox {
     }
 
     fn fuses_image_decode(&self) -> bool {
+        true
+    }
+
+    fn shrinks_images(&self) -> bool {
         true
     }
 }
@@ -504,6 +523,7 @@ pub fn resize_rgb8(
         width,
         height,
         ResizeAlg::Convolution(FilterType::Bilinear),
+        None,
         &mut out,
     )?;
     Ok(out)
@@ -1166,50 +1186,6 @@ fn append_pixels(
     }
 }
 
-/// Decode each file as RGB and resize it to `width × height` (bilinear) on `threads`
-/// threads, with the same codec and resize code as `image_decode` + `image_resize` but no
-/// engine around them: the physical limit the image benchmark compares the pipeline with.
-/// Returns how many files were decoded and resized.
-///
-/// ```
-/// let dir = tempfile::tempdir().unwrap();
-/// let path = dir.path().join("a.png");
-/// image::RgbImage::new(40, 30).save(&path).unwrap();
-/// let paths = vec![path.display().to_string()];
-/// assert_eq!(rillet_functions::image::decode_resize_limit(&paths, 8, 8, 2), 1);
-/// ```
-pub fn decode_resize_limit(paths: &[String], width: u32, height: u32, threads: usize) -> usize {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let alg = ResizeAlg::Convolution(FilterType::Bilinear);
-    std::thread::scope(|scope| {
-        for _ in 0..threads.max(1) {
-            scope.spawn(|| {
-                let mut resizer = ThreadResizer::take();
-                let mut out = vec![0u8; ImageMode::Rgb.buffer_len(width as usize, height as usize)];
-                // The decode buffer the pipeline's operators reuse from row to row.
-                let mut scratch = codec::Scratch::take();
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(path) = paths.get(i) else { break };
-                    let Ok(bytes) = std::fs::read(path) else {
-                        continue;
-                    };
-                    let decoded =
-                        codec::decode_reusing(&bytes, Some(ImageMode::Rgb), u64::MAX, &mut scratch);
-                    let resized = decoded.and_then(|pixels| {
-                        resize_into(&mut resizer, &pixels.view(), width, height, alg, &mut out)
-                    });
-                    if resized.is_ok() {
-                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-    });
-    done.into_inner()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1236,7 +1212,7 @@ mod tests {
         let mut out = vec![0u8; 16 * 12 * 3];
         let bilinear = ResizeAlg::Convolution(FilterType::Bilinear);
         let mut first = ThreadResizer::take();
-        resize_into(&mut first, &src, 16, 12, bilinear, &mut out).unwrap();
+        resize_into(&mut first, &src, 16, 12, bilinear, None, &mut out).unwrap();
         assert!(out.iter().all(|v| *v == 7), "a flat image stays flat");
         assert_eq!(first.largest, 48 * 16 * 3);
         // While the thread's resizer is out, a second caller gets a new one.

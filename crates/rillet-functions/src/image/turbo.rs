@@ -1,0 +1,258 @@
+//! JPEG decoding through libjpeg-turbo (its TurboJPEG 3 interface, built from the source
+//! that `turbojpeg-sys` bundles): SIMD inverse DCTs, colour conversion and upsampling, and
+//! decoding at 1/2, 1/4 or 1/8 size in the DCT domain, which skips most of the work when
+//! the image will be shrunk anyway.
+//!
+//! Every call goes through this thread's one decompressor ([`with_decompressor`]), set up
+//! to fail on corrupt data instead of filling it with grey, and to refuse more pixels or
+//! progressive scans than a real photo has.
+
+use std::cell::RefCell;
+use std::ffi::{CStr, c_int};
+
+use turbojpeg_sys as tj;
+
+/// A DCT scale to decode at, `1/by` of the image, and how much larger than the result the
+/// scaled image must be for it to be used.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reduction {
+    pub by: u32,
+    pub margin: f64,
+}
+
+/// The DCT scales libjpeg-turbo decodes fastest (each has a SIMD or DC-only inverse DCT),
+/// smallest image first; the other eighths (3/8, 5/8, …) decode no faster than the full
+/// image here (bench/RESULTS.md, issue #29). The margins keep the result within 35 dB PSNR
+/// of a full decode and the same resize on the sample photos: a DCT-scaled image is
+/// sharper than a bilinear shrink by the same factor (31.5 dB where 1/2 is resized by
+/// 1.0, 35.9 dB by 1.1, over 37 dB from 1.25), and 1/8 keeps only each 8×8 block's mean,
+/// a box filter that a resize by less than 3 leaves visible (33.6-35 dB at 2).
+pub(crate) const REDUCTIONS: [Reduction; 3] = [
+    Reduction { by: 8, margin: 3.0 },
+    Reduction { by: 4, margin: 1.2 },
+    Reduction { by: 2, margin: 1.2 },
+];
+
+/// Progressive scans a decode may read: real encoders write about 10; a stream with
+/// thousands is an attack on decode time.
+const SCAN_LIMIT: c_int = 500;
+
+/// The header of a JPEG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub width: u32,
+    pub height: u32,
+    pub colour: Colour,
+}
+
+/// How a JPEG's pixels come out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Colour {
+    /// One grey channel.
+    Grey,
+    /// Three channels (stored as YCbCr or RGB).
+    Rgb,
+    /// CMYK or YCCK (Adobe), which the caller converts itself.
+    Other,
+}
+
+/// Side `side` of an image decoded at `1/reduction` of its size (libjpeg rounds up).
+pub(crate) fn scaled(side: u32, reduction: u32) -> u32 {
+    side.div_ceil(reduction)
+}
+
+/// A TurboJPEG decompressor, one per thread.
+pub(crate) struct Decompressor(tj::tjhandle);
+
+impl Drop for Decompressor {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from tj3Init and is destroyed once.
+        unsafe { tj::tj3Destroy(self.0) }
+    }
+}
+
+thread_local! {
+    static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
+}
+
+/// `f` with this thread's decompressor (made on first use); an error if libjpeg-turbo
+/// cannot make one or the thread's is in use further up the stack.
+pub(crate) fn with_decompressor<R>(
+    f: impl FnOnce(&mut Decompressor) -> Result<R, String>,
+) -> Result<R, String> {
+    DECOMPRESSOR.with(|slot| {
+        let mut slot = slot
+            .try_borrow_mut()
+            .map_err(|_| "the JPEG decompressor of this thread is busy".to_string())?;
+        if slot.is_none() {
+            *slot = Some(Decompressor::new()?);
+        }
+        f(slot.as_mut().expect("made above"))
+    })
+}
+
+impl Decompressor {
+    fn new() -> Result<Self, String> {
+        // SAFETY: tj3Init has no preconditions; a null handle is its failure.
+        let handle = unsafe { tj::tj3Init(tj::TJINIT_TJINIT_DECOMPRESS as c_int) };
+        if handle.is_null() {
+            return Err("libjpeg-turbo could not make a decompressor".to_string());
+        }
+        let mut this = Self(handle);
+        // Corrupt data is an error rather than a warning with grey blocks.
+        this.set(tj::TJPARAM_TJPARAM_STOPONWARNING, 1)?;
+        this.set(tj::TJPARAM_TJPARAM_SCANLIMIT, SCAN_LIMIT)?;
+        Ok(this)
+    }
+
+    fn set(&mut self, param: tj::TJPARAM, value: c_int) -> Result<(), String> {
+        // SAFETY: a live handle and a parameter of the TurboJPEG 3 interface.
+        if unsafe { tj::tj3Set(self.0, param as c_int, value) } != 0 {
+            return Err(self.error());
+        }
+        Ok(())
+    }
+
+    fn get(&self, param: tj::TJPARAM) -> c_int {
+        // SAFETY: a live handle and a parameter of the TurboJPEG 3 interface.
+        unsafe { tj::tj3Get(self.0, param as c_int) }
+    }
+
+    fn error(&self) -> String {
+        // SAFETY: tj3GetErrorStr returns a NUL-terminated string owned by the handle.
+        let text = unsafe { CStr::from_ptr(tj::tj3GetErrorStr(self.0)) };
+        text.to_string_lossy().into_owned()
+    }
+
+    /// Read the header of `bytes`; `None` for a JPEG this decoder does not scale (lossless
+    /// or 12/16-bit samples).
+    pub(crate) fn header(&mut self, bytes: &[u8]) -> Result<Option<Header>, String> {
+        // SAFETY: the pointer and length describe `bytes`, which outlives the call.
+        let read = unsafe { tj::tj3DecompressHeader(self.0, bytes.as_ptr(), bytes.len() as _) };
+        if read != 0 {
+            return Err(self.error());
+        }
+        if self.get(tj::TJPARAM_TJPARAM_LOSSLESS) != 0
+            || self.get(tj::TJPARAM_TJPARAM_PRECISION) != 8
+        {
+            return Ok(None);
+        }
+        let side = |param| u32::try_from(self.get(param)).unwrap_or(0);
+        let colour = match self.get(tj::TJPARAM_TJPARAM_COLORSPACE) as tj::TJCS {
+            tj::TJCS_TJCS_GRAY => Colour::Grey,
+            tj::TJCS_TJCS_RGB | tj::TJCS_TJCS_YCbCr => Colour::Rgb,
+            _ => Colour::Other,
+        };
+        Ok(Some(Header {
+            width: side(tj::TJPARAM_TJPARAM_JPEGWIDTH),
+            height: side(tj::TJPARAM_TJPARAM_JPEGHEIGHT),
+            colour,
+        }))
+    }
+
+    /// Decode `bytes`, whose header is `header`, at `1/reduction` of its size (1, 2, 4 or
+    /// 8) into `out`, which holds exactly the scaled image in `header.colour` (grey: one
+    /// byte a pixel, RGB: three), rows packed.
+    pub(crate) fn decode(
+        &mut self,
+        bytes: &[u8],
+        header: Header,
+        reduction: u32,
+        out: &mut [u8],
+    ) -> Result<(), String> {
+        let (format, channels) = match header.colour {
+            Colour::Grey => (tj::TJPF_TJPF_GRAY, 1),
+            Colour::Rgb => (tj::TJPF_TJPF_RGB, 3),
+            Colour::Other => return Err("CMYK JPEGs are not decoded here".to_string()),
+        };
+        let (width, height) = (
+            scaled(header.width, reduction) as usize,
+            scaled(header.height, reduction) as usize,
+        );
+        if out.len() != width * height * channels {
+            return Err(format!(
+                "a buffer of {} bytes for a {width}×{height} image of {channels} channels",
+                out.len()
+            ));
+        }
+        let pitch = c_int::try_from(width * channels).map_err(|_| "image too wide".to_string())?;
+        let factor = tj::tjscalingfactor {
+            num: 1,
+            denom: reduction as c_int,
+        };
+        // SAFETY: a live handle and a scaling factor libjpeg-turbo supports.
+        if unsafe { tj::tj3SetScalingFactor(self.0, factor) } != 0 {
+            return Err(self.error());
+        }
+        // SAFETY: `out` holds `height` rows of `pitch` bytes, which is what libjpeg-turbo
+        // writes for this header, scaling factor and pixel format; `bytes` outlives the
+        // call.
+        let decoded = unsafe {
+            tj::tj3Decompress8(
+                self.0,
+                bytes.as_ptr(),
+                bytes.len() as _,
+                out.as_mut_ptr(),
+                pitch,
+                format as c_int,
+            )
+        };
+        if decoded != 0 {
+            return Err(self.error());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg(width: u32, height: u32, grey: bool) -> Vec<u8> {
+        let rgb = image::RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([(x * 7 % 256) as u8, (y * 3 % 256) as u8, 90])
+        });
+        let image = if grey {
+            image::DynamicImage::ImageLuma8(image::DynamicImage::ImageRgb8(rgb).to_luma8())
+        } else {
+            image::DynamicImage::ImageRgb8(rgb)
+        };
+        super::super::codec::encode(&image, image::ImageFormat::Jpeg, 90).unwrap()
+    }
+
+    #[test]
+    fn decodes_colour_and_grey_at_every_reduction() {
+        for grey in [false, true] {
+            let bytes = jpeg(101, 37, grey);
+            with_decompressor(|d| {
+                let header = d.header(&bytes)?.expect("an 8-bit lossy JPEG");
+                assert_eq!((header.width, header.height), (101, 37));
+                assert_eq!(header.colour, if grey { Colour::Grey } else { Colour::Rgb });
+                for reduction in [1, 2, 4, 8] {
+                    let (w, h) = (scaled(101, reduction), scaled(37, reduction));
+                    let mut out = vec![0; (w * h) as usize * if grey { 1 } else { 3 }];
+                    d.decode(&bytes, header, reduction, &mut out)?;
+                    // A wrong-sized buffer is refused, not written past.
+                    assert!(d.decode(&bytes, header, reduction, &mut out[1..]).is_err());
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn corrupt_data_is_an_error_not_grey() {
+        let mut bytes = jpeg(256, 256, false);
+        let middle = bytes.len() / 2;
+        bytes[middle..middle + 64].fill(0xFF);
+        let failed = with_decompressor(|d| {
+            let header = d.header(&bytes)?.expect("header intact");
+            let mut out = vec![0; 256 * 256 * 3];
+            d.decode(&bytes, header, 1, &mut out)
+        });
+        assert!(failed.is_err());
+        // Not even a header.
+        assert!(with_decompressor(|d| d.header(b"not a jpeg")).is_err());
+    }
+}
