@@ -156,14 +156,14 @@ for start in range(0, len(boxed), {BATCH}):
 }
 
 
-def dataset(count: int, exact: tuple[int, int] | None = None) -> Path:
-    """``count`` photos (640-960 px, or ``exact`` pixels), the model under ``model/``, and
-    the photos letterboxed for the bare model as ``letterboxed.npy``."""
+def dataset(count: int, exact: tuple[int, int] | None = None, long_side: tuple[int, int] = (640, 960)) -> Path:
+    """``count`` photos (a long side in ``long_side``, or ``exact`` pixels), the model under
+    ``model/``, and the photos letterboxed for the bare model as ``letterboxed.npy``."""
     import numpy as np
 
     from rillet import models
 
-    data = photos(count, (640, 960), exact)
+    data = photos(count, long_side, exact)
     if not (data / "letterboxed.npy").exists():
         sys.path.insert(0, str(HERE))
         namespace: dict = {}
@@ -183,15 +183,22 @@ def main() -> None:
     parser.add_argument("--engines", default=",".join(JOBS))
     parser.add_argument("--size", default="", help="exact photo size, e.g. 4000x3000 (a phone "
                         "camera's 12 MP); default: a long side of 640-960 px")
+    parser.add_argument("--long-side", default="640-960", help="range of the photos' long side in "
+                        "pixels, e.g. 1200-2000 (camera size)")
     args = parser.parse_args()
     peers_python = ensure_peers()
     exact = tuple(int(v) for v in args.size.split("x")) if args.size else None
-    data = dataset(args.images, exact)
+    long_side = tuple(int(v) for v in args.long_side.split("-"))
+    data = dataset(args.images, exact, long_side)
     jobs = {name: JOBS[name] for name in args.engines.split(",")}
-    size = args.size.replace("x", " x ") if exact else "640-960 px"
+    size = args.size.replace("x", " x ") if exact else f"{long_side[0]}-{long_side[1]} px"
     command = f"bash bench/run.sh detect_objects.py --images {args.images} --runs {args.runs}"
     if exact:
         command += f" --size {args.size}"
+    elif args.long_side != "640-960":
+        command += f" --long-side {args.long_side}"
+    if args.engines != ",".join(JOBS):
+        command += f" --engines {args.engines}"
     model_benchmark(f"detect_objects, {args.images:,} JPEGs ({size})",
                     jobs, peers_python, data, HERE / "data" / "out-detect", args.runs, args.images,
                     "images/s", command, f"Model: NudeNet 320n (ONNX), {BATCH} photos per run.")

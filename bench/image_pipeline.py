@@ -89,7 +89,7 @@ def photos(count: int, long_side: tuple[int, int], exact: tuple[int, int] | None
     from PIL import Image, ImageOps
     from rillet.dev.datasets import sample_photos
 
-    name = f"photos-{count}-{exact[0]}x{exact[1]}" if exact else f"photos-{count}"
+    name = f"photos-{count}-{exact[0]}x{exact[1]}" if exact else f"photos-{count}-{long_side[0]}-{long_side[1]}"
     out = HERE / "data" / name
     if out.exists() and len(list(out.glob("*.jpg"))) == count:
         return out

@@ -864,7 +864,8 @@ class DataFrame:
         return self._df.explain()
 
     def stats(self) -> dict | None:
-        """Per-operator figures of this DataFrame's last run (rows, bytes, rows/s, time spent
+        """Per-operator figures of this DataFrame's last run (rows, bytes, rows/s, bytes of
+        pixels and samples its media decoders produced as ``decoded_bytes``, time spent
         waiting on input, on output backpressure and on a free worker), or None. Under
         ``"nulls"``, one line per operator that turned rows into nulls by its ``on_error``
         policy, with the first reasons.

@@ -72,7 +72,13 @@ def test_metadata_and_duration_from_the_header(speech):
     reference, rate = _read_wav(speech["speech0.wav"])
     names = ["speech0.wav", "speech0.flac", "speech0.mp3", "speech0.ogg", "speech0.m4a"]
     df = rl.from_pydict({"p": [str(speech[n]) for n in names]})
-    out = df.select(col("p").audio.metadata().alias("m"), col("p").audio.duration().alias("d")).to_pydict()
+    facts = df.select(col("p").audio.metadata().alias("m"), col("p").audio.duration().alias("d"))
+    out = facts.to_pydict()
+    # From the headers: no samples decoded (the decoded-bytes metric of every operator).
+    assert all(op["decoded_bytes"] == 0 for op in facts.stats()["operators"]), facts.stats()["operators"]
+    decoding = df.select(col("p").audio.decode().alias("a"))
+    samples = sum(a[0].size for a in decoding.to_pydict()["a"])
+    assert sum(op["decoded_bytes"] for op in decoding.stats()["operators"]) == 4 * samples
     codecs = [m["codec"] for m in out["m"]]
     assert codecs == ["pcm_s16le", "flac", "mp3", "vorbis", "aac"]
     assert [m["container"] for m in out["m"]] == ["wave", "flac", "mp3", "ogg", "isomp4"]

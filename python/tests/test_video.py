@@ -61,6 +61,13 @@ def test_frame_selectors_and_limits(clips):
     assert len(counts["all"][0]) == 100
     assert len(counts["key"][0]) == 4  # made with a key frame every 25 frames
     assert len(counts["few"][0]) == 3
+    # Key frames only: the decoder skips reconstructing the others (decoded-bytes metric).
+    decoded = {}
+    for selector in ("all", "keyframes"):
+        frames = df.select(col("p").video.extract_frames(selector=selector).alias("f"))
+        assert len(frames.to_pydict()["f"][0]) == (100 if selector == "all" else 4)
+        decoded[selector] = sum(op["decoded_bytes"] for op in frames.stats()["operators"])
+    assert 0 < decoded["keyframes"] * 10 < decoded["all"], decoded
     capped = df.select(col("p").video.extract_frames(selector="all", max_decoded_bytes=1_000_000, on_error="column")
                        .alias("x")).to_pydict()["x"][0]
     assert capped["value"] is None and "max_decoded_bytes" in capped["error"]

@@ -13,6 +13,7 @@ use datafusion::common::ScalarValue;
 use rillet_common::{Result, RilletError};
 use rillet_runtime::ArrayFunction;
 
+use crate::image::Window;
 use crate::input::RowFailure;
 
 /// What an operator does with a row whose data it cannot process (corrupt, truncated,
@@ -361,6 +362,9 @@ pub struct Call<'a> {
     /// [`Operator::fuses_image_decode`]): the first input is then encoded images, which the
     /// operator decodes row by row with these options.
     pub decode: Option<&'a Params>,
+    /// The window of a crop fused into this call (see [`Operator::fuses_crop`]): the
+    /// operator reads only that part of each input image.
+    pub window: Option<Window>,
 }
 
 /// A native operator. Implement this; [`OperatorFunction`] turns it into an
@@ -402,6 +406,18 @@ pub trait Operator: Send + Sync + Debug + 'static {
     fn shrinks_images(&self) -> bool {
         false
     }
+    /// The window of each image this operator keeps, for an operator that only crops
+    /// (`image_crop`, `image_center_crop`); `None` for every other.
+    fn crop_window(&self, _params: &Params) -> Option<Result<Window>> {
+        None
+    }
+    /// True if the operator reads [`Call::window`]: a crop feeding it (and the decode fused
+    /// into that crop) is fused into its calls, so it reads the window of each image in
+    /// place instead of a cropped copy and, when it also [`shrinks_images`](Self::shrinks_images),
+    /// may decode a JPEG reduced by how much it shrinks the window.
+    fn fuses_crop(&self) -> bool {
+        false
+    }
 }
 
 /// Adapts an [`Operator`] to the engine's [`ArrayFunction`]: splits inputs from options,
@@ -409,24 +425,27 @@ pub trait Operator: Send + Sync + Debug + 'static {
 #[derive(Debug)]
 pub struct OperatorFunction<O: Operator> {
     operator: Arc<O>,
-    /// Set when an `image_decode` call is fused in front of the operator.
-    fused_decode: Option<FusedDecode>,
+    /// Set when calls feeding the operator (an `image_decode`, a crop) are fused in.
+    fused: Option<FusedInput>,
 }
 
 /// How plans name a fused `image_decode`: in full, or possibly reduced (the bound of the
 /// DCT scaling, see [`Operator::shrinks_images`]).
 const DECODE_LABEL: [&str; 2] = ["image_decode", "image_decode[dct≤1/8]"];
 
-/// An `image_decode` call fused into an operator's calls.
-#[derive(Debug)]
-struct FusedDecode {
-    /// Arguments the decode call took (its input and options); the operator's own options
-    /// follow them.
+/// Calls fused in front of an operator: an `image_decode`, a crop, or a decode and a crop.
+#[derive(Debug, Clone)]
+struct FusedInput {
+    /// Arguments the fused calls took (their input and options); the operator's own
+    /// options follow them.
     args: usize,
-    /// `image_decode+<operator>` (or `image_decode[dct≤1/8]+…`), for plans and progress.
+    /// `image_decode+<operator>`, `image_decode[dct≤1/8]+image_crop+image_resize`, …, for
+    /// plans and progress.
     label: String,
-    /// The decode call's options (literals, fixed when the calls are fused).
-    params: Params,
+    /// The options of a fused `image_decode` (literals, fixed when the calls are fused).
+    decode: Option<Params>,
+    /// The window of a fused crop.
+    window: Option<Window>,
 }
 
 impl<O: Operator> OperatorFunction<O> {
@@ -434,14 +453,14 @@ impl<O: Operator> OperatorFunction<O> {
     pub fn new(operator: O) -> Self {
         Self {
             operator: Arc::new(operator),
-            fused_decode: None,
+            fused: None,
         }
     }
 
     /// The operator's own arguments (its input, then its options) out of a call's, which
-    /// also carry a fused `image_decode`'s options after the input.
+    /// also carry the fused calls' options after the input.
     fn own_args<T: Clone>(&self, args: &[T]) -> Vec<T> {
-        match &self.fused_decode {
+        match &self.fused {
             Some(fused) if args.len() >= fused.args => args[..1]
                 .iter()
                 .chain(&args[fused.args..])
@@ -453,7 +472,93 @@ impl<O: Operator> OperatorFunction<O> {
 
     /// The options of the fused `image_decode`, if any.
     fn decode_params(&self) -> Option<&Params> {
-        self.fused_decode.as_ref().map(|fused| &fused.params)
+        self.fused.as_ref().and_then(|fused| fused.decode.as_ref())
+    }
+
+    /// For a crop operator's function called with `literals`: its window, the decode
+    /// fused into it and its row policy, for an operator that fuses the crop.
+    pub(crate) fn fusable_window(
+        &self,
+        literals: &[Option<&ScalarValue>],
+    ) -> Option<(Window, Option<Params>, OnError)> {
+        let params = self.params_from_literals(&self.own_args(literals)).ok()?;
+        let window = self.operator.crop_window(&params)?.ok()?;
+        let policy = self.policy(&params).ok()?;
+        Some((window, self.decode_params().cloned(), policy))
+    }
+
+    /// This function with `fused` in front of its operator.
+    fn with_fused(&self, fused: FusedInput) -> Arc<dyn ArrayFunction> {
+        Arc::new(OperatorFunction {
+            operator: self.operator.clone(),
+            fused: Some(fused),
+        })
+    }
+
+    /// The row policy of this call's options, if they parse.
+    fn policy_of(&self, literals: &[Option<&ScalarValue>]) -> Option<OnError> {
+        self.policy(&self.params_from_literals(literals).ok()?).ok()
+    }
+
+    /// Fuse an `image_decode` feeding the operator (see [`Operator::fuses_image_decode`]).
+    fn fuse_decode(
+        &self,
+        input_literals: &[Option<&ScalarValue>],
+        literals: &[Option<&ScalarValue>],
+    ) -> Option<Arc<dyn ArrayFunction>> {
+        if !self.operator.fuses_image_decode() || input_literals.is_empty() {
+            return None;
+        }
+        let decode_literals: Vec<Option<ScalarValue>> =
+            input_literals[1..].iter().map(|l| l.cloned()).collect();
+        let decode = crate::image::decode_params(&decode_literals).ok()?;
+        let policy = self.policy_of(literals)?;
+        // Fused, a row that fails to decode fails the operator's call: the same result only
+        // when both calls treat bad rows alike. With "column" the decode call's error struct
+        // would be the operator's input, which it rejects anyway.
+        if policy == OnError::Column || decode.on_error().ok()? != policy {
+            return None;
+        }
+        let shrinks = usize::from(self.operator.shrinks_images());
+        Some(self.with_fused(FusedInput {
+            args: input_literals.len(),
+            label: format!("{}+{}", DECODE_LABEL[shrinks], self.operator.name()),
+            decode: Some(decode),
+            window: None,
+        }))
+    }
+
+    /// Fuse a crop feeding the operator, with the decode fused into that crop if any (see
+    /// [`Operator::fuses_crop`]).
+    fn fuse_crop(
+        &self,
+        input: &dyn ArrayFunction,
+        input_literals: &[Option<&ScalarValue>],
+        literals: &[Option<&ScalarValue>],
+    ) -> Option<Arc<dyn ArrayFunction>> {
+        if !self.operator.fuses_crop() {
+            return None;
+        }
+        let (window, decode, crop_policy) =
+            crate::image::crop_window_of(input.as_any()?, input_literals)?;
+        let policy = self.policy_of(literals)?;
+        if policy == OnError::Column || crop_policy != policy {
+            return None;
+        }
+        let crop = input.name().rsplit('+').next().unwrap_or(input.name());
+        let label = match decode {
+            Some(_) => {
+                let shrinks = usize::from(self.operator.shrinks_images());
+                format!("{}+{crop}+{}", DECODE_LABEL[shrinks], self.operator.name())
+            }
+            None => format!("{crop}+{}", self.operator.name()),
+        };
+        Some(self.with_fused(FusedInput {
+            args: input_literals.len(),
+            label,
+            decode,
+            window: Some(window),
+        }))
     }
 
     fn params_from_literals(&self, literals: &[Option<&ScalarValue>]) -> Result<Params> {
@@ -500,7 +605,7 @@ fn error_column(value: Field) -> Field {
 
 impl<O: Operator> ArrayFunction for OperatorFunction<O> {
     fn name(&self) -> &str {
-        match &self.fused_decode {
+        match &self.fused {
             Some(fused) => &fused.label,
             None => self.operator.name(),
         }
@@ -561,6 +666,7 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
             params: &params,
             rows,
             decode: self.decode_params(),
+            window: self.fused.as_ref().and_then(|fused| fused.window),
         };
         let values = self.operator.evaluate(&call, &mut errors)?;
         let policy = self.policy(&params)?;
@@ -624,37 +730,17 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
         input_literals: &[Option<&ScalarValue>],
         literals: &[Option<&ScalarValue>],
     ) -> Option<Arc<dyn ArrayFunction>> {
-        if !self.operator.fuses_image_decode()
-            || self.operator.inputs() != 1
-            || self.fused_decode.is_some()
-            || input.name() != "image_decode"
-            || input_literals.is_empty()
-        {
+        if self.fused.is_some() || self.operator.inputs() != 1 {
             return None;
         }
-        let decode_literals: Vec<Option<ScalarValue>> =
-            input_literals[1..].iter().map(|l| l.cloned()).collect();
-        let decode = crate::image::decode_params(&decode_literals).ok()?;
-        let policy = self
-            .policy(&self.params_from_literals(literals).ok()?)
-            .ok()?;
-        // Fused, a row that fails to decode fails the operator's call: the same result only
-        // when both calls treat bad rows alike. With "column" the decode call's error struct
-        // would be the operator's input, which it rejects anyway.
-        if policy == OnError::Column || decode.on_error().ok()? != policy {
-            return None;
+        if input.name() == "image_decode" {
+            self.fuse_decode(input_literals, literals)
+        } else {
+            self.fuse_crop(input, input_literals, literals)
         }
-        Some(Arc::new(OperatorFunction {
-            operator: self.operator.clone(),
-            fused_decode: Some(FusedDecode {
-                args: input_literals.len(),
-                label: format!(
-                    "{}+{}",
-                    DECODE_LABEL[usize::from(self.operator.shrinks_images())],
-                    self.operator.name()
-                ),
-                params: decode,
-            }),
-        }))
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }

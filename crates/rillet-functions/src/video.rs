@@ -378,6 +378,10 @@ fn extract_frames(path: &Path, options: &FrameOptions) -> std::result::Result<Ve
         .decoder()
         .video()
         .map_err(|e| format!("cannot decode the video stream: {e}"))?;
+    if matches!(options.selector, Selector::Keyframes) {
+        // The decoder parses the other frames but does not reconstruct them.
+        decoder.skip_frame(ffmpeg::Discard::NonKey);
+    }
     let mut scaler: Option<(Scaler, (Pixel, u32, u32))> = None;
     let (mut frames, mut bytes, mut decoded_count) = (Vec::new(), 0u64, 0u64);
     let mut next_ms = 0.0f64;
@@ -386,6 +390,9 @@ fn extract_frames(path: &Path, options: &FrameOptions) -> std::result::Result<Ve
                     frames: &mut Vec<Frame>|
      -> std::result::Result<bool, String> {
         while decoder.receive_frame(&mut decoded).is_ok() {
+            rillet_runtime::record_decoded(
+                (0..decoded.planes()).map(|i| decoded.data(i).len()).sum(),
+            );
             let pts_ms = match decoded.timestamp() {
                 Some(ts) => ts as f64 * time_base * 1000.0,
                 None if fps > 0.0 => decoded_count as f64 * 1000.0 / fps,

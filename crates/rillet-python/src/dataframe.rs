@@ -418,6 +418,7 @@ pub(crate) fn stats_to_dict<'py>(
         d.set_item("rows_out", op.rows_out)?;
         d.set_item("bytes_out", op.bytes_out)?;
         d.set_item("batches_out", op.batches_out)?;
+        d.set_item("decoded_bytes", op.decoded_bytes)?;
         d.set_item("elapsed_s", op.elapsed_s)?;
         d.set_item("rows_per_s", op.rows_per_s)?;
         d.set_item("wait_input_ms", op.wait_input_ms)?;

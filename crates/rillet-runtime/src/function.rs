@@ -57,6 +57,21 @@ pub fn record_nulls(operator: &str, rows: u64, nulled: u64, reason: Option<&str>
     });
 }
 
+/// Count, for the operator whose call runs on this thread, `bytes` of pixels or samples a
+/// media decoder produced (see `OperatorStats::decoded_bytes`). Outside a call it does
+/// nothing.
+///
+/// ```
+/// rillet_runtime::record_decoded(640 * 480 * 3);
+/// ```
+pub fn record_decoded(bytes: usize) {
+    CALL_METRICS.with(|m| {
+        if let Some(metrics) = m.borrow().as_ref() {
+            metrics.add_decoded(bytes as u64);
+        }
+    });
+}
+
 /// Run `load` (a model load inside a call) as a wait for
 /// [`WaitReason::ModelLoading`](crate::WaitReason::ModelLoading) of the operator whose call
 /// runs on this thread: progress shows "model loading" meanwhile and the time is added to
@@ -164,6 +179,12 @@ pub trait ArrayFunction: Send + Sync + Debug {
         _input_literals: &[Option<&ScalarValue>],
         _literals: &[Option<&ScalarValue>],
     ) -> Option<std::sync::Arc<dyn ArrayFunction>> {
+        None
+    }
+    /// This function as [`Any`](std::any::Any), for a [`fuse_input`](Self::fuse_input)
+    /// that looks into the function it fuses (a resize reading a crop's window); `None`
+    /// (the default) for a function no other one fuses by its kind.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
         None
     }
 }

@@ -67,7 +67,7 @@ pub use datafusion::common::ScalarValue;
 pub use exchange::{ExchangeRegistry, ExchangeSourceExec};
 pub use function::{
     ArrayFunction, BatchFunction, CallFields, FunctionChain, FunctionContext, RowBatcher,
-    call_first_row, record_nulls, while_loading_model,
+    call_first_row, record_decoded, record_nulls, while_loading_model,
 };
 pub use graph::{DataflowGraph, Edge, EdgeId, EdgeKind, Vertex, VertexId, VertexOperator};
 pub use message::{CheckpointBarrier, StreamMessage, WATERMARK_END};

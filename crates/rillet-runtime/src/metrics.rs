@@ -64,6 +64,7 @@ pub struct OperatorMetrics {
     bytes_out: AtomicU64,
     batches_out: AtomicU64,
     spilled_bytes: AtomicU64,
+    decoded_bytes: AtomicU64,
     wait_input_ns: AtomicU64,
     wait_output_ns: AtomicU64,
     wait_worker_ns: AtomicU64,
@@ -145,6 +146,7 @@ impl OperatorMetrics {
             rows_in: AtomicU64::new(0),
             rows_out: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            decoded_bytes: AtomicU64::new(0),
             batches_out: AtomicU64::new(0),
             spilled_bytes: AtomicU64::new(0),
             wait_input_ns: AtomicU64::new(0),
@@ -207,6 +209,11 @@ impl OperatorMetrics {
         self.rows_out.fetch_add(rows as u64, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
         self.batches_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count `bytes` of pixels or samples that a media decoder of this operator produced.
+    pub fn add_decoded(&self, bytes: u64) {
+        self.decoded_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Count a batch of `bytes` spilled to the job's store instead of waiting.
@@ -307,6 +314,7 @@ impl OperatorMetrics {
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             batches_out: self.batches_out.load(Ordering::Relaxed),
             spilled_bytes: self.spilled_bytes.load(Ordering::Relaxed),
+            decoded_bytes: self.decoded_bytes.load(Ordering::Relaxed),
             elapsed_s: elapsed.as_secs_f64(),
             rows_per_s: rows_out as f64 / elapsed.as_secs_f64().max(1e-9),
             wait_input_ms: ms(&self.wait_input_ns),
@@ -347,6 +355,9 @@ pub struct OperatorStats {
     pub batches_out: u64,
     /// Bytes of output batches spilled to the job's store instead of waiting.
     pub spilled_bytes: u64,
+    /// Bytes of pixels and samples its media decoders produced: what decoding only what
+    /// the pipeline needs (a JPEG at 1/4 scale, audio facts from headers) saves shows here.
+    pub decoded_bytes: u64,
     /// Seconds from the job's start to this operator's end (or now, while running).
     pub elapsed_s: f64,
     /// Output rows per second over `elapsed_s`.

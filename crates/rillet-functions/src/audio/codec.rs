@@ -248,6 +248,7 @@ pub fn decode(
     }
     // The samples count against the call's memory budget (see rillet_runtime::memory).
     rillet_runtime::memory::charge_call_memory(samples.capacity() * 4);
+    rillet_runtime::record_decoded(samples.len() * 4);
     Ok(Waveform {
         rate,
         channels,

@@ -1,4 +1,7 @@
-//! Decoding (with EXIF orientation and pixel caps) and encoding.
+//! Decoding (with EXIF orientation and pixel caps) and encoding. JPEGs go through
+//! libjpeg-turbo ([`super::turbo`]), the fastest decoder here at every scale; every other
+//! format, and the JPEGs it does not take (CMYK, lossless, 12-bit, damaged), through the
+//! `image` crate.
 
 use std::io::Cursor;
 
@@ -160,6 +163,7 @@ impl<'b> Opened<'b> {
     /// Decode into a new image, rotated upright and converted to `mode`.
     fn into_image(self, mode: Option<ImageMode>) -> Result<DynamicImage, String> {
         let mut image = DynamicImage::from_decoder(self.decoder).map_err(|e| e.to_string())?;
+        rillet_runtime::record_decoded(image.as_bytes().len());
         image.apply_orientation(self.orientation);
         Ok(match mode {
             Some(mode) => convert(image, mode),
@@ -185,6 +189,9 @@ pub enum Shrink {
     FitWithin(u32, u32),
     /// To exactly `width × height` (resize): each axis shrinks by its own factor.
     To(u32, u32),
+    /// By a factor known before decoding, whatever the image's size: a crop of a fixed
+    /// size resized to a fixed size.
+    By(f64),
 }
 
 impl Shrink {
@@ -195,6 +202,7 @@ impl Shrink {
         match self {
             Self::FitWithin(w, h) => f64::min(axis(w, upright.0), axis(h, upright.1)),
             Self::To(w, h) => f64::max(axis(w, upright.0), axis(h, upright.1)),
+            Self::By(factor) => factor,
         }
     }
 }
@@ -248,6 +256,7 @@ pub(crate) fn decode_jpeg_reduced(
         };
         let mut pixels = vec![0; w as usize * h as usize * channels];
         decompressor.decode(bytes, header, reduction, &mut pixels)?;
+        rillet_runtime::record_decoded(pixels.len());
         let mut image = if channels == 3 {
             image::RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8)
         } else {
@@ -380,6 +389,82 @@ fn jpeg_exif(bytes: &[u8]) -> Option<&[u8]> {
     None
 }
 
+/// A JPEG that libjpeg-turbo decodes in full (8-bit lossy, grey or colour, within the
+/// pixel cap), with what its header and EXIF data told. Every other image, and a JPEG
+/// libjpeg-turbo fails on, goes to the `image` crate, which reports the error.
+struct TurboJpeg {
+    header: turbo::Header,
+    orientation: Orientation,
+    /// The mode the pixels come out in: L or RGB.
+    native: ImageMode,
+}
+
+impl TurboJpeg {
+    fn open(bytes: &[u8], max_pixels: u64) -> Option<Self> {
+        if sniff_format(bytes) != Some(ImageFormat::Jpeg) || !has_jpeg_end(bytes) {
+            return None;
+        }
+        let header = turbo::with_decompressor(|d| d.header(bytes)).ok()??;
+        check_pixels(header.width, header.height, max_pixels).ok()?;
+        let native = match header.colour {
+            turbo::Colour::Rgb => ImageMode::Rgb,
+            turbo::Colour::Grey => ImageMode::L,
+            turbo::Colour::Other => return None,
+        };
+        Some(Self {
+            header,
+            orientation: exif_orientation(bytes),
+            native,
+        })
+    }
+
+    /// The mode of the decoded pixels when they can be used as they are: no rotation to
+    /// apply and no conversion to `mode`.
+    fn direct_mode(&self, mode: Option<ImageMode>) -> Option<ImageMode> {
+        (self.orientation == Orientation::NoTransforms && mode.is_none_or(|m| m == self.native))
+            .then_some(self.native)
+    }
+
+    /// Decode into `out`, `native.buffer_len(width, height)` bytes.
+    fn decode(&self, bytes: &[u8], out: &mut [u8]) -> Result<(), String> {
+        turbo::with_decompressor(|d| d.decode(bytes, self.header, 1, out))?;
+        rillet_runtime::record_decoded(out.len());
+        Ok(())
+    }
+
+    /// Decode into a new image, upright and converted to `mode`.
+    fn into_image(self, bytes: &[u8], mode: Option<ImageMode>) -> Result<DynamicImage, String> {
+        let (width, height) = (self.header.width, self.header.height);
+        let mut pixels = vec![0; self.native.buffer_len(width as usize, height as usize)];
+        self.decode(bytes, &mut pixels)?;
+        let mut image = match self.native {
+            ImageMode::L => {
+                image::GrayImage::from_raw(width, height, pixels).map(DynamicImage::ImageLuma8)
+            }
+            _ => image::RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8),
+        }
+        .ok_or("decoded pixels of the wrong size")?;
+        image.apply_orientation(self.orientation);
+        Ok(match mode {
+            Some(mode) => convert(image, mode),
+            None => image,
+        })
+    }
+}
+
+/// `len` bytes of `scratch` to decode into, growing it first if it is shorter.
+fn room(scratch: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if scratch.len() < len {
+        // A fresh zeroed buffer rather than growing: growing would copy the old pixels.
+        // The old one goes first, so both are never held at once. A quarter more room
+        // spares a regrowth for the next, slightly larger photo.
+        *scratch = Vec::new();
+        *scratch = vec![0; len + len / 4];
+    }
+    rillet_runtime::memory::charge_call_transient_memory(scratch.len());
+    &mut scratch[..len]
+}
+
 thread_local! {
     /// The decode buffer of the last call on this thread, for the next one.
     static SPARE_SCRATCH: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
@@ -425,6 +510,29 @@ pub(crate) fn decode_reusing<'s>(
     scratch: &'s mut Scratch,
 ) -> Result<super::Pixels<'s>, String> {
     let scratch = &mut scratch.0;
+    if let Some(jpeg) = TurboJpeg::open(bytes, max_pixels) {
+        let (width, height) = (jpeg.header.width, jpeg.header.height);
+        match jpeg.direct_mode(mode) {
+            Some(native) => {
+                let len = native.buffer_len(width as usize, height as usize);
+                // libjpeg-turbo writes every byte, so old pixels never show through.
+                if jpeg.decode(bytes, room(scratch, len)).is_ok() {
+                    return Ok(super::Pixels::View(super::array::ImageView {
+                        width,
+                        height,
+                        mode: native,
+                        data: &scratch[..len],
+                    }));
+                }
+            }
+            None => {
+                if let Ok(image) = jpeg.into_image(bytes, mode) {
+                    rillet_runtime::memory::charge_call_transient_memory(image.as_bytes().len());
+                    return Ok(super::Pixels::Owned(image));
+                }
+            }
+        }
+    }
     let opened = Opened::new(bytes, max_pixels)?;
     let Some(native) = opened.direct_mode(mode) else {
         let image = opened.into_image(mode)?;
@@ -433,19 +541,12 @@ pub(crate) fn decode_reusing<'s>(
     };
     let (width, height) = (opened.width, opened.height);
     let len = native.buffer_len(width as usize, height as usize);
-    if scratch.len() < len {
-        // A fresh zeroed buffer rather than growing: growing would copy the old pixels.
-        // The old one goes first, so both are never held at once. A quarter more room
-        // spares a regrowth for the next, slightly larger photo.
-        *scratch = Vec::new();
-        *scratch = vec![0; len + len / 4];
-    }
-    rillet_runtime::memory::charge_call_transient_memory(scratch.len());
     // The decoder writes every byte of the slice, so old pixels never show through.
     opened
         .decoder
-        .read_image_boxed(&mut scratch[..len])
+        .read_image_boxed(room(scratch, len))
         .map_err(|e| e.to_string())?;
+    rillet_runtime::record_decoded(len);
     Ok(super::Pixels::View(super::array::ImageView {
         width,
         height,
@@ -462,11 +563,29 @@ pub fn decode_into(
     max_pixels: u64,
     builder: &mut ImageBuilder,
 ) -> Result<(), String> {
+    if let Some(jpeg) = TurboJpeg::open(bytes, max_pixels) {
+        let (width, height) = (jpeg.header.width, jpeg.header.height);
+        let decoded = match jpeg.direct_mode(mode) {
+            Some(native) => {
+                builder.append_with(width, height, native, |buffer| jpeg.decode(bytes, buffer))
+            }
+            None => jpeg
+                .into_image(bytes, mode)
+                .map(|image| builder.append_dynamic(image)),
+        };
+        if decoded.is_ok() {
+            return Ok(());
+        }
+    }
     let opened = Opened::new(bytes, max_pixels)?;
     if let Some(native) = opened.direct_mode(mode) {
         let (width, height, decoder) = (opened.width, opened.height, opened.decoder);
         return builder.append_with(width, height, native, |buffer| {
-            decoder.read_image_boxed(buffer).map_err(|e| e.to_string())
+            decoder
+                .read_image_boxed(buffer)
+                .map_err(|e| e.to_string())?;
+            rillet_runtime::record_decoded(buffer.len());
+            Ok(())
         });
     }
     builder.append_dynamic(opened.into_image(mode)?);

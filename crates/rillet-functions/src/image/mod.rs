@@ -12,7 +12,10 @@ mod spare;
 mod transform;
 mod turbo;
 
-pub use transform::{Letterboxed, fitted_size, letterbox_rgb8, letterbox_rgb8_of, resize_rgb8};
+pub(crate) use transform::crop_window_of;
+pub use transform::{
+    Letterboxed, Window, fitted_size, letterbox_rgb8, letterbox_rgb8_of, resize_rgb8,
+};
 
 use std::sync::Arc;
 

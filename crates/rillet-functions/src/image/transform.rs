@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, ListBuilder, StructArray, UInt32Builder};
 use arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::ScalarValue;
 use fast_image_resize::images::{Image as FirImage, ImageRef as FirImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::DynamicImage;
@@ -258,29 +259,50 @@ impl Operator for Resize {
         let mut resizer = ThreadResizer::take();
         // A JPEG at least twice the result's size is decoded at 1/2, 1/4 or 1/8 scale in
         // the DCT domain, never below the result on either axis, and the resize filter
-        // does the rest (as Pillow's `draft` followed by `resize`).
-        let shrink = if keep {
+        // does the rest (as Pillow's `draft` followed by `resize`). With a fused crop, by
+        // how much the window shrinks.
+        let target = if keep {
             codec::Shrink::FitWithin(w, h)
         } else {
             codec::Shrink::To(w, h)
         };
+        let shrink = match call.window {
+            Some(window) => codec::Shrink::By(target.factor(window.size())),
+            None => target,
+        };
+        let mut window_pixels = Vec::new();
         map_images_within(
             call,
             errors,
             codec::DEFAULT_MAX_PIXELS,
             Some(shrink),
             |pixels, out| {
-                // The fitted size of the full image, also when it was decoded reduced.
-                let (full_w, full_h) = pixels.original_size();
-                let src = pixels.view();
+                // The window (or the whole image) in full-size pixels, also when it was
+                // decoded reduced, and where that lies in the decoded pixels.
+                let full = pixels.original_size();
+                let whole = pixels.view();
+                let (src, region, part) = match (call.window, pixels.content()) {
+                    (None, content) => (whole, content, full),
+                    (Some(window), content) => {
+                        let placed = window.place(full)?;
+                        let part = (placed.2, placed.3);
+                        match content {
+                            // Decoded reduced: read the window where it lies (the filter
+                            // may reach past its edges, within the quality guard).
+                            Some(_) => (whole, Some(window_in(&pixels, placed)), part),
+                            // Full pixels: a copy of the window, so the filter sees
+                            // exactly what a crop would give it.
+                            None => (window_copy(&whole, placed, &mut window_pixels), None, part),
+                        }
+                    }
+                };
                 let (tw, th) = if keep {
-                    fitted_size(full_w, full_h, w, h)
+                    fitted_size(part.0, part.1, w, h)
                 } else {
                     (w, h)
                 };
-                let content = pixels.content();
                 out.append_with(tw, th, src.mode, |dst| {
-                    resize_into(&mut resizer, &src, tw, th, alg, content, dst)
+                    resize_into(&mut resizer, &src, tw, th, alg, region, dst)
                 })
             },
             self.name(),
@@ -296,6 +318,10 @@ impl Operator for Resize {
     }
 
     fn shrinks_images(&self) -> bool {
+        true
+    }
+
+    fn fuses_crop(&self) -> bool {
         true
     }
 }
@@ -560,6 +586,137 @@ fn crop_view(
     })
 }
 
+/// The window of an image that a crop keeps, where a resize fused with the crop reads.
+///
+/// ```
+/// use rillet_functions::image::Window;
+/// let centre = Window::Centre { width: 200, height: 100 };
+/// assert_eq!(centre.place((640, 480)), Ok((220, 190, 200, 100)));
+/// assert!(centre.place((150, 480)).is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// `width × height` with its top-left corner at `(x, y)` (`image_crop`).
+    At {
+        /// Left column.
+        x: u32,
+        /// Top row.
+        y: u32,
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+    },
+    /// The centred `width × height` (`image_center_crop`).
+    Centre {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+    },
+}
+
+impl Window {
+    /// Width and height of the window.
+    pub fn size(self) -> (u32, u32) {
+        match self {
+            Self::At { width, height, .. } | Self::Centre { width, height } => (width, height),
+        }
+    }
+
+    /// `(x, y, width, height)` of the window in an image of `size`, or why it does not fit.
+    pub fn place(self, size: (u32, u32)) -> std::result::Result<(u32, u32, u32, u32), String> {
+        let (image_w, image_h) = size;
+        match self {
+            Self::At {
+                x,
+                y,
+                width,
+                height,
+            } => {
+                if width == 0
+                    || height == 0
+                    || x.checked_add(width).is_none_or(|r| r > image_w)
+                    || y.checked_add(height).is_none_or(|b| b > image_h)
+                {
+                    return Err(format!(
+                        "crop window {width}×{height} at ({x}, {y}) does not fit inside the \
+                         {image_w}×{image_h} image"
+                    ));
+                }
+                Ok((x, y, width, height))
+            }
+            Self::Centre { width, height } => {
+                if width > image_w || height > image_h {
+                    return Err(format!(
+                        "cannot take a {width}×{height} centre crop of a {image_w}×{image_h} image"
+                    ));
+                }
+                Ok(((image_w - width) / 2, (image_h - height) / 2, width, height))
+            }
+        }
+    }
+}
+
+/// For a fused resize: the window, fused decode and row policy of a crop function called
+/// with `literals`, or `None` when `function` is not a crop.
+pub(crate) fn crop_window_of(
+    function: &dyn std::any::Any,
+    literals: &[Option<&ScalarValue>],
+) -> Option<(Window, Option<Params>, crate::operator::OnError)> {
+    if let Some(crop) = function.downcast_ref::<OperatorFunction<Crop>>() {
+        return crop.fusable_window(literals);
+    }
+    function
+        .downcast_ref::<OperatorFunction<CenterCrop>>()?
+        .fusable_window(literals)
+}
+
+/// The `(x, y, width, height)` window of `src` copied into `buffer` (reused from row to
+/// row), as a view.
+fn window_copy<'b>(
+    src: &ImageView<'_>,
+    (x, y, width, height): (u32, u32, u32, u32),
+    buffer: &'b mut Vec<u8>,
+) -> ImageView<'b> {
+    let px = src.mode.channels() * src.mode.element_type().size();
+    let (row_bytes, stride) = (width as usize * px, src.width as usize * px);
+    buffer.clear();
+    for row in y as usize..(y + height) as usize {
+        let start = row * stride + x as usize * px;
+        buffer.extend_from_slice(&src.data[start..start + row_bytes]);
+    }
+    ImageView {
+        width,
+        height,
+        mode: src.mode,
+        data: buffer,
+    }
+}
+
+/// Where `window` (of the full image, upright) lies in the pixels of `pixels`, which may
+/// have been decoded reduced: the box a resize reads.
+fn window_in(pixels: &Pixels<'_>, window: (u32, u32, u32, u32)) -> codec::Content {
+    let full = pixels.original_size();
+    let content = pixels.content().unwrap_or(codec::Content {
+        left: 0.0,
+        top: 0.0,
+        width: f64::from(full.0),
+        height: f64::from(full.1),
+    });
+    let (sx, sy) = (
+        content.width / f64::from(full.0.max(1)),
+        content.height / f64::from(full.1.max(1)),
+    );
+    let (x, y, w, h) = window;
+    codec::Content {
+        left: content.left + f64::from(x) * sx,
+        top: content.top + f64::from(y) * sy,
+        width: f64::from(w) * sx,
+        height: f64::from(h) * sy,
+    }
+}
+
 /// `image_crop(img, x, y, width, height, on_error)`: the window whose top-left corner is
 /// `(x, y)`. A window that does not fit is bad data for that row.
 #[derive(Debug)]
@@ -590,20 +747,7 @@ impl Operator for Crop {
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
-        let p = call.params;
-        let (x, y, w, h) = (
-            p.size("x")?,
-            p.size("y")?,
-            p.size("width")?,
-            p.size("height")?,
-        );
-        map_images(
-            call,
-            errors,
-            codec::DEFAULT_MAX_PIXELS,
-            |pixels, out| crop_view(&pixels.view(), x, y, w, h, out),
-            self.name(),
-        )
+        crop_images(self.name(), self.window(call.params)?, call, errors)
     }
 
     fn batch_size(&self) -> Option<usize> {
@@ -613,6 +757,41 @@ impl Operator for Crop {
     fn fuses_image_decode(&self) -> bool {
         true
     }
+
+    fn crop_window(&self, params: &Params) -> Option<Result<Window>> {
+        Some(self.window(params))
+    }
+}
+
+impl Crop {
+    fn window(&self, p: &Params) -> Result<Window> {
+        Ok(Window::At {
+            x: p.size("x")?,
+            y: p.size("y")?,
+            width: p.size("width")?,
+            height: p.size("height")?,
+        })
+    }
+}
+
+/// Every image's `window`, copied out.
+fn crop_images(
+    operator: &str,
+    window: Window,
+    call: &Call<'_>,
+    errors: &mut RowErrors,
+) -> Result<ArrayRef> {
+    map_images(
+        call,
+        errors,
+        codec::DEFAULT_MAX_PIXELS,
+        |pixels, out| {
+            let src = pixels.view();
+            let (x, y, w, h) = window.place((src.width, src.height))?;
+            crop_view(&src, x, y, w, h, out)
+        },
+        operator,
+    )
 }
 
 /// `image_center_crop(img, width, height, on_error)`: the centred `width × height` window.
@@ -639,23 +818,7 @@ impl Operator for CenterCrop {
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
-        let (w, h) = (call.params.size("width")?, call.params.size("height")?);
-        map_images(
-            call,
-            errors,
-            codec::DEFAULT_MAX_PIXELS,
-            |pixels, out| {
-                let src = pixels.view();
-                if w > src.width || h > src.height {
-                    return Err(format!(
-                        "cannot take a {w}×{h} centre crop of a {}×{} image",
-                        src.width, src.height
-                    ));
-                }
-                crop_view(&src, (src.width - w) / 2, (src.height - h) / 2, w, h, out)
-            },
-            self.name(),
-        )
+        crop_images(self.name(), self.window(call.params)?, call, errors)
     }
 
     fn batch_size(&self) -> Option<usize> {
@@ -664,6 +827,19 @@ impl Operator for CenterCrop {
 
     fn fuses_image_decode(&self) -> bool {
         true
+    }
+
+    fn crop_window(&self, params: &Params) -> Option<Result<Window>> {
+        Some(self.window(params))
+    }
+}
+
+impl CenterCrop {
+    fn window(&self, p: &Params) -> Result<Window> {
+        Ok(Window::Centre {
+            width: p.size("width")?,
+            height: p.size("height")?,
+        })
     }
 }
 
