@@ -3,6 +3,6 @@
 set -euo pipefail
 export RILLET_PROFILE="${RILLET_PROFILE:-release}"
 source "$(dirname "$0")/../scripts/env.sh"
-python -m pip install -q psutil onnxruntime==1.31.1 tokenizers scipy
+python -m pip install -q psutil onnxruntime==1.31.1 tokenizers scipy mutagen
 cd "$RILLET_ROOT"
 python "bench/$1" "${@:2}"

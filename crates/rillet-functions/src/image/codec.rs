@@ -379,10 +379,10 @@ fn jpeg_exif(bytes: &[u8]) -> Option<&[u8]> {
         }
         let length = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
         let body = bytes.get(at + 4..at + 2 + length)?;
-        if marker == 0xE1 {
-            if let Some(exif) = body.strip_prefix(b"Exif\0\0") {
-                return Some(exif);
-            }
+        if marker == 0xE1
+            && let Some(exif) = body.strip_prefix(b"Exif\0\0")
+        {
+            return Some(exif);
         }
         at += 2 + length;
     }
