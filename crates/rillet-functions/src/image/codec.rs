@@ -676,7 +676,8 @@ mod tests {
     #[test]
     fn a_large_jpeg_is_decoded_at_the_smallest_scale_that_still_covers_the_fit() {
         let bytes = gradient_jpeg(1600, 1200);
-        // Fitting 1600x1200 in 320x320 gives 320x240: 1/4 (400x300) covers it, 1/8 does not.
+        // Fitting 1600x1200 in 320x320 gives 320x240: 1/4 (400x300) covers it with the
+        // margin of 1.2, 1/8 does not.
         let reduced =
             decode_jpeg_reduced(&bytes, Shrink::FitWithin(320, 320), None, u64::MAX).unwrap();
         let (image, full) = (reduced.image, reduced.full);
@@ -684,8 +685,13 @@ mod tests {
             (image.width(), image.height(), full),
             (400, 300, (1600, 1200))
         );
-        // 1/8 covers a 200x200 box.
+        // 1/8 keeps only block means: it is taken when it covers three times the result
+        // (64x48 for a 64x64 box), not merely the result (200x150 for a 200x200 box).
         let image = decode_jpeg_reduced(&bytes, Shrink::FitWithin(200, 200), None, u64::MAX)
+            .unwrap()
+            .image;
+        assert_eq!((image.width(), image.height()), (400, 300));
+        let image = decode_jpeg_reduced(&bytes, Shrink::FitWithin(64, 64), None, u64::MAX)
             .unwrap()
             .image;
         assert_eq!((image.width(), image.height()), (200, 150));
