@@ -378,10 +378,10 @@ fn extract_frames(path: &Path, options: &FrameOptions) -> std::result::Result<Ve
         .decoder()
         .video()
         .map_err(|e| format!("cannot decode the video stream: {e}"))?;
-    if matches!(options.selector, Selector::Keyframes) {
-        // The decoder parses the other frames but does not reconstruct them.
-        decoder.skip_frame(ffmpeg::Discard::NonKey);
-    }
+    // Key frames only: the decoder parses the other frames but does not reconstruct them,
+    // when the stream has timestamps (without, a frame's time is its place in the output,
+    // which the skipped frames must then still take).
+    let mut skip_decided = !matches!(options.selector, Selector::Keyframes);
     let mut scaler: Option<(Scaler, (Pixel, u32, u32))> = None;
     let (mut frames, mut bytes, mut decoded_count) = (Vec::new(), 0u64, 0u64);
     let mut next_ms = 0.0f64;
@@ -451,6 +451,12 @@ fn extract_frames(path: &Path, options: &FrameOptions) -> std::result::Result<Ve
     for (stream, packet) in input.packets() {
         if stream.index() != index {
             continue;
+        }
+        if !skip_decided {
+            skip_decided = true;
+            if packet.pts().is_some() {
+                decoder.skip_frame(ffmpeg::Discard::NonKey);
+            }
         }
         if decoder.send_packet(&packet).is_err() {
             continue; // a damaged packet: the decoder resyncs at the next key frame

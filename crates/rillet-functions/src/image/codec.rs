@@ -225,7 +225,9 @@ pub(crate) fn decode_jpeg_reduced(
         return None;
     }
     turbo::with_decompressor(|decompressor| {
-        let header = decompressor.header(bytes)?.ok_or("not scaled")?;
+        let header = decompressor
+            .header(bytes, max_pixels)?
+            .ok_or("not scaled")?;
         let (width, height) = (header.width, header.height);
         check_pixels(width, height, max_pixels)?;
         let orientation = exif_orientation(bytes);
@@ -362,31 +364,12 @@ fn exif_orientation(bytes: &[u8]) -> Orientation {
         .unwrap_or(Orientation::NoTransforms)
 }
 
-/// The EXIF data of a JPEG (after `Exif\0\0` in an APP1 segment before the first scan).
+/// The EXIF data of a JPEG (after `Exif\0\0` in the first such APP1 segment before the
+/// first scan).
 fn jpeg_exif(bytes: &[u8]) -> Option<&[u8]> {
-    let mut at = 2; // after the start-of-image marker
-    while at + 4 <= bytes.len() {
-        if bytes[at] != 0xFF {
-            return None;
-        }
-        let marker = bytes[at + 1];
-        if marker == 0xFF {
-            at += 1; // fill byte
-            continue;
-        }
-        if marker == 0xDA || marker == 0xD9 {
-            return None; // the scan (or the end) comes before any EXIF
-        }
-        let length = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
-        let body = bytes.get(at + 4..at + 2 + length)?;
-        if marker == 0xE1
-            && let Some(exif) = body.strip_prefix(b"Exif\0\0")
-        {
-            return Some(exif);
-        }
-        at += 2 + length;
-    }
-    None
+    turbo::segments(bytes)
+        .filter(|(marker, _)| *marker == 0xE1)
+        .find_map(|(_, body)| body.strip_prefix(b"Exif\0\0"))
 }
 
 /// A JPEG that libjpeg-turbo decodes in full (8-bit lossy, grey or colour, within the
@@ -404,7 +387,7 @@ impl TurboJpeg {
         if sniff_format(bytes) != Some(ImageFormat::Jpeg) || !has_jpeg_end(bytes) {
             return None;
         }
-        let header = turbo::with_decompressor(|d| d.header(bytes)).ok()??;
+        let header = turbo::with_decompressor(|d| d.header(bytes, max_pixels)).ok()??;
         check_pixels(header.width, header.height, max_pixels).ok()?;
         let native = match header.colour {
             turbo::Colour::Rgb => ImageMode::Rgb,

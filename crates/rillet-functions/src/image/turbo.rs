@@ -3,9 +3,12 @@
 //! decoding at 1/2, 1/4 or 1/8 size in the DCT domain, which skips most of the work when
 //! the image will be shrunk anyway.
 //!
-//! Every call goes through this thread's one decompressor ([`with_decompressor`]), set up
-//! to fail on corrupt data instead of filling it with grey, and to refuse more pixels or
-//! progressive scans than a real photo has.
+//! Every call goes through this thread's decompressor ([`with_decompressor`]), made anew
+//! after any failure (libjpeg-turbo can carry a failed call's state into the next), set up
+//! to stop at corrupt data instead of filling it with grey and to refuse more pixels or
+//! progressive scans than allowed. A stream it refuses goes to the `image` crate, which
+//! decides about it as before; the size a decode writes is checked against the stream's own
+//! frame header first.
 
 use std::cell::RefCell;
 use std::ffi::{CStr, c_int};
@@ -87,8 +90,54 @@ pub(crate) fn with_decompressor<R>(
         if slot.is_none() {
             *slot = Some(Decompressor::new()?);
         }
-        f(slot.as_mut().expect("made above"))
+        let result = f(slot.as_mut().expect("made above"));
+        if result.is_err() {
+            // libjpeg-turbo may keep the state of a failed call (a half-read header, the
+            // last image's size) into the next one: a fresh decompressor starts clean.
+            *slot = None;
+        }
+        result
     })
+}
+
+/// The segments of a JPEG's header, `(marker, body)`, from after the start-of-image marker
+/// to the first scan; the walk stops at anything that is not a well-formed segment.
+pub(crate) fn segments(bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut at = 2; // after the start-of-image marker
+    std::iter::from_fn(move || {
+        loop {
+            if at + 4 > bytes.len() || bytes[at] != 0xFF {
+                return None;
+            }
+            let marker = bytes[at + 1];
+            if marker == 0xFF {
+                at += 1; // fill byte
+                continue;
+            }
+            if marker == 0xDA || marker == 0xD9 {
+                return None; // the scan (or the end): the header is over
+            }
+            let length = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
+            let body = bytes.get(at + 4..(at + 2 + length).max(at + 4))?;
+            at += 2 + length.max(2);
+            return Some((marker, body));
+        }
+    })
+}
+
+/// Width and height in the first start-of-frame segment of a JPEG's header.
+fn frame_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    // SOF0-SOF15, except DHT (C4), JPG (C8) and DAC (CC), which share the range.
+    let (_, body) = segments(bytes).find(|(marker, _)| {
+        (0xC0..=0xCF).contains(marker) && ![0xC4, 0xC8, 0xCC].contains(marker)
+    })?;
+    let number = |at: usize| {
+        Some(u32::from(u16::from_be_bytes([
+            *body.get(at)?,
+            *body.get(at + 1)?,
+        ])))
+    };
+    Some((number(3)?, number(1)?))
 }
 
 impl Decompressor {
@@ -124,9 +173,17 @@ impl Decompressor {
         text.to_string_lossy().into_owned()
     }
 
-    /// Read the header of `bytes`; `None` for a JPEG this decoder does not scale (lossless
-    /// or 12/16-bit samples).
-    pub(crate) fn header(&mut self, bytes: &[u8]) -> Result<Option<Header>, String> {
+    /// Read the header of `bytes`, refusing images over `max_pixels`; `None` for a JPEG this
+    /// decoder does not scale (lossless or 12/16-bit samples).
+    pub(crate) fn header(
+        &mut self,
+        bytes: &[u8],
+        max_pixels: u64,
+    ) -> Result<Option<Header>, String> {
+        self.set(
+            tj::TJPARAM_TJPARAM_MAXPIXELS,
+            c_int::try_from(max_pixels).unwrap_or(c_int::MAX),
+        )?;
         // SAFETY: the pointer and length describe `bytes`, which outlives the call.
         let read = unsafe { tj::tj3DecompressHeader(self.0, bytes.as_ptr(), bytes.len() as _) };
         if read != 0 {
@@ -143,11 +200,17 @@ impl Decompressor {
             tj::TJCS_TJCS_RGB | tj::TJCS_TJCS_YCbCr => Colour::Rgb,
             _ => Colour::Other,
         };
-        Ok(Some(Header {
+        let header = Header {
             width: side(tj::TJPARAM_TJPARAM_JPEGWIDTH),
             height: side(tj::TJPARAM_TJPARAM_JPEGHEIGHT),
             colour,
-        }))
+        };
+        // The size the decode will write must be this stream's: a header read can end
+        // early and report what an earlier call left behind.
+        if frame_size(bytes) != Some((header.width, header.height)) {
+            return Err("the JPEG's frame header does not match what was read".to_string());
+        }
+        Ok(Some(header))
     }
 
     /// Decode `bytes`, whose header is `header`, at `1/reduction` of its size (1, 2, 4 or
@@ -225,7 +288,7 @@ mod tests {
         for grey in [false, true] {
             let bytes = jpeg(101, 37, grey);
             with_decompressor(|d| {
-                let header = d.header(&bytes)?.expect("an 8-bit lossy JPEG");
+                let header = d.header(&bytes, u64::MAX)?.expect("an 8-bit lossy JPEG");
                 assert_eq!((header.width, header.height), (101, 37));
                 assert_eq!(header.colour, if grey { Colour::Grey } else { Colour::Rgb });
                 for reduction in [1, 2, 4, 8] {
@@ -242,17 +305,43 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_or_an_early_end_leaves_nothing_behind_for_the_next_image() {
+        let small = jpeg(16, 16, false);
+        let (large, width, height) = (jpeg(64, 48, false), 64, 48);
+        let decode = |bytes: &[u8]| {
+            with_decompressor(|d| {
+                let header = d.header(bytes, u64::MAX)?.ok_or("not scaled")?;
+                let mut out = vec![0; (header.width * header.height * 3) as usize];
+                d.decode(bytes, header, 1, &mut out)?;
+                Ok((header.width, header.height))
+            })
+        };
+        assert_eq!(decode(&small), Ok((16, 16)));
+        // A JFIF version libjpeg-turbo does not know: a warning, so an error here.
+        let mut odd = small.clone();
+        if let Some(at) = odd.windows(5).position(|w| w == b"JFIF\0") {
+            odd[at + 5] = 3;
+            assert!(decode(&odd).is_err());
+        }
+        // The image before does not leak into the next one.
+        assert_eq!(decode(&large), Ok((width, height)));
+        // A stream that ends before any frame reports no size at all, not the last one's.
+        assert!(decode(&[0xFF, 0xD8, 0xFF, 0xD9]).is_err());
+        assert_eq!(decode(&small), Ok((16, 16)));
+    }
+
+    #[test]
     fn corrupt_data_is_an_error_not_grey() {
         let mut bytes = jpeg(256, 256, false);
         let middle = bytes.len() / 2;
         bytes[middle..middle + 64].fill(0xFF);
         let failed = with_decompressor(|d| {
-            let header = d.header(&bytes)?.expect("header intact");
+            let header = d.header(&bytes, u64::MAX)?.expect("header intact");
             let mut out = vec![0; 256 * 256 * 3];
             d.decode(&bytes, header, 1, &mut out)
         });
         assert!(failed.is_err());
         // Not even a header.
-        assert!(with_decompressor(|d| d.header(b"not a jpeg")).is_err());
+        assert!(with_decompressor(|d| d.header(b"not a jpeg", u64::MAX)).is_err());
     }
 }
