@@ -429,12 +429,18 @@ pub struct OperatorFunction<O: Operator> {
     fused: Option<FusedInput>,
 }
 
-/// How plans name a fused `image_decode`: in full, or possibly reduced (the bound of the
-/// DCT scaling, see [`Operator::shrinks_images`]).
-const DECODE_LABEL: [&str; 2] = ["image_decode", "image_decode[dct≤1/8]"];
+/// How plans name a fused `image_decode`: in full, or possibly reduced for an operator that
+/// `shrinks` (the bound of the DCT scaling, see [`Operator::shrinks_images`]).
+fn decode_label(shrinks: bool) -> &'static str {
+    if shrinks {
+        "image_decode[dct≤1/8]"
+    } else {
+        "image_decode"
+    }
+}
 
 /// Calls fused in front of an operator: an `image_decode`, a crop, or a decode and a crop.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct FusedInput {
     /// Arguments the fused calls took (their input and options); the operator's own
     /// options follow them.
@@ -519,10 +525,10 @@ impl<O: Operator> OperatorFunction<O> {
         if policy == OnError::Column || decode.on_error().ok()? != policy {
             return None;
         }
-        let shrinks = usize::from(self.operator.shrinks_images());
+        let decode_label = decode_label(self.operator.shrinks_images());
         Some(self.with_fused(FusedInput {
             args: input_literals.len(),
-            label: format!("{}+{}", DECODE_LABEL[shrinks], self.operator.name()),
+            label: format!("{decode_label}+{}", self.operator.name()),
             decode: Some(decode),
             window: None,
         }))
@@ -548,8 +554,8 @@ impl<O: Operator> OperatorFunction<O> {
         let crop = input.name().rsplit('+').next().unwrap_or(input.name());
         let label = match decode {
             Some(_) => {
-                let shrinks = usize::from(self.operator.shrinks_images());
-                format!("{}+{crop}+{}", DECODE_LABEL[shrinks], self.operator.name())
+                let decode_label = decode_label(self.operator.shrinks_images());
+                format!("{decode_label}+{crop}+{}", self.operator.name())
             }
             None => format!("{crop}+{}", self.operator.name()),
         };

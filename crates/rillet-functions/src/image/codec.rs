@@ -162,13 +162,23 @@ impl<'b> Opened<'b> {
 
     /// Decode into a new image, rotated upright and converted to `mode`.
     fn into_image(self, mode: Option<ImageMode>) -> Result<DynamicImage, String> {
-        let mut image = DynamicImage::from_decoder(self.decoder).map_err(|e| e.to_string())?;
+        let image = DynamicImage::from_decoder(self.decoder).map_err(|e| e.to_string())?;
         rillet_runtime::record_decoded(image.as_bytes().len());
-        image.apply_orientation(self.orientation);
-        Ok(match mode {
-            Some(mode) => convert(image, mode),
-            None => dynamic_mode(image).1,
-        })
+        Ok(upright_in(image, self.orientation, mode))
+    }
+}
+
+/// A decoded `image` turned upright by `orientation` and converted to `mode` (or to the
+/// Rillet mode nearest its own).
+fn upright_in(
+    mut image: DynamicImage,
+    orientation: Orientation,
+    mode: Option<ImageMode>,
+) -> DynamicImage {
+    image.apply_orientation(orientation);
+    match mode {
+        Some(mode) => convert(image, mode),
+        None => dynamic_mode(image).1,
     }
 }
 
@@ -209,75 +219,27 @@ impl Shrink {
 
 /// A JPEG decoded at a reduced size, when the image will be shrunk (`shrink`) anyway: at
 /// the smallest of 1/8, 1/4 or 1/2 of its size (libjpeg-turbo's DCT scaling, as Pillow's
-/// `draft` uses it) that still covers the result on both axes (1/8 with a margin, see
-/// [`turbo::REDUCTIONS`]), so the result never upscales from it. For photos much larger than the target this skips most of the
-/// decoding work. Returns the image (upright, in `mode` or its own) and the size of the
-/// full image (upright); `None` where this does not apply (not a JPEG, less than twice the
-/// result's size, a CMYK, lossless or 12-bit JPEG, a stream libjpeg-turbo rejects), and the
-/// caller decodes in full, reporting any error.
+/// `draft` uses it) that still covers the result on both axes with the margin of
+/// [`turbo::REDUCTIONS`], so the result never upscales from it. For photos much larger than
+/// the target this skips most of the decoding work. `None` where this does not apply (not a
+/// JPEG libjpeg-turbo decodes, no scale small enough, a stream it rejects), and the caller
+/// decodes in full, reporting any error.
 pub(crate) fn decode_jpeg_reduced(
     bytes: &[u8],
     shrink: Shrink,
     mode: Option<ImageMode>,
     max_pixels: u64,
 ) -> Option<Reduced> {
-    if sniff_format(bytes) != Some(ImageFormat::Jpeg) || !has_jpeg_end(bytes) {
-        return None;
-    }
-    turbo::with_decompressor(|decompressor| {
-        let header = decompressor
-            .header(bytes, max_pixels)?
-            .ok_or("not scaled")?;
-        let (width, height) = (header.width, header.height);
-        check_pixels(width, height, max_pixels)?;
-        let orientation = exif_orientation(bytes);
-        let upright = if turns(orientation) {
-            (height, width)
-        } else {
-            (width, height)
-        };
-        // The factor the caller will shrink by; the reduced image must be no smaller.
-        let fit = shrink.factor(upright);
-        let covers = |side: u32, r: turbo::Reduction| {
-            let wanted = (f64::from(side) * fit * r.margin).ceil().max(1.0);
-            f64::from(turbo::scaled(side, r.by)) >= wanted
-        };
-        let reduction = turbo::REDUCTIONS
-            .into_iter()
-            .find(|r| covers(width, *r) && covers(height, *r))
-            .ok_or("no reduction covers the result")?
-            .by;
-        let (w, h) = (
-            turbo::scaled(width, reduction),
-            turbo::scaled(height, reduction),
-        );
-        let channels = match header.colour {
-            turbo::Colour::Rgb => 3,
-            turbo::Colour::Grey => 1,
-            turbo::Colour::Other => return Err("CMYK is converted by the full decode".into()),
-        };
-        let mut pixels = vec![0; w as usize * h as usize * channels];
-        decompressor.decode(bytes, header, reduction, &mut pixels)?;
-        rillet_runtime::record_decoded(pixels.len());
-        let mut image = if channels == 3 {
-            image::RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8)
-        } else {
-            image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8)
-        }
-        .ok_or("decoded pixels of the wrong size")?;
-        image.apply_orientation(orientation);
-        let image = match mode {
-            Some(mode) => convert(image, mode),
-            None => image,
-        };
-        let content = Content::of(&image, upright, reduction, orientation);
-        Ok(Reduced {
-            image,
-            full: upright,
-            content,
-        })
+    let jpeg = TurboJpeg::open(bytes, max_pixels)?;
+    let upright = jpeg.upright();
+    let reduction = turbo::reduction_for(jpeg.header, shrink.factor(upright))?;
+    let image = jpeg.image(bytes, reduction, mode).ok()?;
+    let content = Content::of(&image, upright, reduction, jpeg.orientation);
+    Some(Reduced {
+        image,
+        full: upright,
+        content,
     })
-    .ok()
 }
 
 /// A JPEG decoded at a reduced size ([`decode_jpeg_reduced`]).
@@ -401,6 +363,16 @@ impl TurboJpeg {
         })
     }
 
+    /// Width and height once turned upright.
+    fn upright(&self) -> (u32, u32) {
+        let (width, height) = (self.header.width, self.header.height);
+        if turns(self.orientation) {
+            (height, width)
+        } else {
+            (width, height)
+        }
+    }
+
     /// The mode of the decoded pixels when they can be used as they are: no rotation to
     /// apply and no conversion to `mode`.
     fn direct_mode(&self, mode: Option<ImageMode>) -> Option<ImageMode> {
@@ -408,30 +380,34 @@ impl TurboJpeg {
             .then_some(self.native)
     }
 
-    /// Decode into `out`, `native.buffer_len(width, height)` bytes.
-    fn decode(&self, bytes: &[u8], out: &mut [u8]) -> Result<(), String> {
-        turbo::with_decompressor(|d| d.decode(bytes, self.header, 1, out))?;
+    /// Decode at `1/reduction` of the size into `out`, exactly the scaled image's bytes in
+    /// the native mode.
+    fn decode(&self, bytes: &[u8], reduction: u32, out: &mut [u8]) -> Result<(), String> {
+        turbo::with_decompressor(|d| d.decode(bytes, self.header, reduction, out))?;
         rillet_runtime::record_decoded(out.len());
         Ok(())
     }
 
-    /// Decode into a new image, upright and converted to `mode`.
-    fn into_image(self, bytes: &[u8], mode: Option<ImageMode>) -> Result<DynamicImage, String> {
-        let (width, height) = (self.header.width, self.header.height);
+    /// Decode at `1/reduction` of the size into a new image, upright and converted to
+    /// `mode`.
+    fn image(
+        &self,
+        bytes: &[u8],
+        reduction: u32,
+        mode: Option<ImageMode>,
+    ) -> Result<DynamicImage, String> {
+        let width = turbo::scaled(self.header.width, reduction);
+        let height = turbo::scaled(self.header.height, reduction);
         let mut pixels = vec![0; self.native.buffer_len(width as usize, height as usize)];
-        self.decode(bytes, &mut pixels)?;
-        let mut image = match self.native {
+        self.decode(bytes, reduction, &mut pixels)?;
+        let image = match self.native {
             ImageMode::L => {
                 image::GrayImage::from_raw(width, height, pixels).map(DynamicImage::ImageLuma8)
             }
             _ => image::RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8),
         }
         .ok_or("decoded pixels of the wrong size")?;
-        image.apply_orientation(self.orientation);
-        Ok(match mode {
-            Some(mode) => convert(image, mode),
-            None => image,
-        })
+        Ok(upright_in(image, self.orientation, mode))
     }
 }
 
@@ -499,7 +475,7 @@ pub(crate) fn decode_reusing<'s>(
             Some(native) => {
                 let len = native.buffer_len(width as usize, height as usize);
                 // libjpeg-turbo writes every byte, so old pixels never show through.
-                if jpeg.decode(bytes, room(scratch, len)).is_ok() {
+                if jpeg.decode(bytes, 1, room(scratch, len)).is_ok() {
                     return Ok(super::Pixels::View(super::array::ImageView {
                         width,
                         height,
@@ -509,7 +485,7 @@ pub(crate) fn decode_reusing<'s>(
                 }
             }
             None => {
-                if let Ok(image) = jpeg.into_image(bytes, mode) {
+                if let Ok(image) = jpeg.image(bytes, 1, mode) {
                     rillet_runtime::memory::charge_call_transient_memory(image.as_bytes().len());
                     return Ok(super::Pixels::Owned(image));
                 }
@@ -549,11 +525,11 @@ pub fn decode_into(
     if let Some(jpeg) = TurboJpeg::open(bytes, max_pixels) {
         let (width, height) = (jpeg.header.width, jpeg.header.height);
         let decoded = match jpeg.direct_mode(mode) {
-            Some(native) => {
-                builder.append_with(width, height, native, |buffer| jpeg.decode(bytes, buffer))
-            }
+            Some(native) => builder.append_with(width, height, native, |buffer| {
+                jpeg.decode(bytes, 1, buffer)
+            }),
             None => jpeg
-                .into_image(bytes, mode)
+                .image(bytes, 1, mode)
                 .map(|image| builder.append_dynamic(image)),
         };
         if decoded.is_ok() {

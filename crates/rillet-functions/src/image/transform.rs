@@ -257,10 +257,10 @@ impl Operator for Resize {
         let (w, h, alg) = resize_options(call.params)?;
         let keep = call.params.bool("keep_aspect")?;
         let mut resizer = ThreadResizer::take();
-        // A JPEG at least twice the result's size is decoded at 1/2, 1/4 or 1/8 scale in
-        // the DCT domain, never below the result on either axis, and the resize filter
-        // does the rest (as Pillow's `draft` followed by `resize`). With a fused crop, by
-        // how much the window shrinks.
+        // A JPEG well over the result's size is decoded at 1/2, 1/4 or 1/8 scale in the
+        // DCT domain, never below the result on either axis (see `decode_jpeg_reduced`),
+        // and the resize filter does the rest, as Pillow's `draft` followed by `resize`.
+        // With a fused crop, by how much the window shrinks.
         let target = if keep {
             codec::Shrink::FitWithin(w, h)
         } else {
@@ -281,18 +281,19 @@ impl Operator for Resize {
                 // decoded reduced, and where that lies in the decoded pixels.
                 let full = pixels.original_size();
                 let whole = pixels.view();
-                let (src, region, part) = match (call.window, pixels.content()) {
-                    (None, content) => (whole, content, full),
-                    (Some(window), content) => {
+                let (src, region, part) = match call.window {
+                    None => (whole, pixels.content(), full),
+                    Some(window) => {
                         let placed = window.place(full)?;
                         let part = (placed.2, placed.3);
-                        match content {
+                        if pixels.content().is_some() {
                             // Decoded reduced: read the window where it lies (the filter
                             // may reach past its edges, within the quality guard).
-                            Some(_) => (whole, Some(window_in(&pixels, placed)), part),
+                            (whole, Some(window_in(&pixels, placed)), part)
+                        } else {
                             // Full pixels: a copy of the window, so the filter sees
                             // exactly what a crop would give it.
-                            None => (window_copy(&whole, placed, &mut window_pixels), None, part),
+                            (window_copy(&whole, placed, &mut window_pixels), None, part)
                         }
                     }
                 };
@@ -574,16 +575,25 @@ fn crop_view(
             src.width, src.height
         ));
     }
-    let px = src.mode.channels() * src.mode.element_type().size();
-    let (row_bytes, src_stride) = (w as usize * px, src.width as usize * px);
     out.append_with(w, h, src.mode, |dst| {
-        for r in 0..h as usize {
-            let start = (y as usize + r) * src_stride + x as usize * px;
-            dst[r * row_bytes..(r + 1) * row_bytes]
-                .copy_from_slice(&src.data[start..start + row_bytes]);
-        }
+        copy_window(src, (x, y, w, h), dst);
         Ok(())
     })
+}
+
+/// Copy the `(x, y, width, height)` window of `src` (which must fit) into `dst`, exactly
+/// its bytes, rows packed.
+fn copy_window(src: &ImageView<'_>, (x, y, width, height): (u32, u32, u32, u32), dst: &mut [u8]) {
+    let px = src.mode.channels() * src.mode.element_type().size();
+    let (row_bytes, stride) = (width as usize * px, src.width as usize * px);
+    for (r, out) in dst
+        .chunks_exact_mut(row_bytes)
+        .take(height as usize)
+        .enumerate()
+    {
+        let start = (y as usize + r) * stride + x as usize * px;
+        out.copy_from_slice(&src.data[start..start + row_bytes]);
+    }
 }
 
 /// The window of an image that a crop keeps, where a resize fused with the crop reads.
@@ -676,16 +686,12 @@ pub(crate) fn crop_window_of(
 /// row), as a view.
 fn window_copy<'b>(
     src: &ImageView<'_>,
-    (x, y, width, height): (u32, u32, u32, u32),
+    window: (u32, u32, u32, u32),
     buffer: &'b mut Vec<u8>,
 ) -> ImageView<'b> {
-    let px = src.mode.channels() * src.mode.element_type().size();
-    let (row_bytes, stride) = (width as usize * px, src.width as usize * px);
-    buffer.clear();
-    for row in y as usize..(y + height) as usize {
-        let start = row * stride + x as usize * px;
-        buffer.extend_from_slice(&src.data[start..start + row_bytes]);
-    }
+    let (width, height) = (window.2, window.3);
+    buffer.resize(src.mode.buffer_len(width as usize, height as usize), 0);
+    copy_window(src, window, buffer);
     ImageView {
         width,
         height,

@@ -59,6 +59,19 @@ pub(crate) enum Colour {
     Other,
 }
 
+/// The smallest scale (as `1/by`) at which an image of `header`'s size still covers, with
+/// its margin, the image shrunk by `factor`; `None` when only the full size does.
+pub(crate) fn reduction_for(header: Header, factor: f64) -> Option<u32> {
+    let covers = |side: u32, r: &Reduction| {
+        let wanted = (f64::from(side) * factor * r.margin).ceil().max(1.0);
+        f64::from(scaled(side, r.by)) >= wanted
+    };
+    REDUCTIONS
+        .iter()
+        .find(|r| covers(header.width, r) && covers(header.height, r))
+        .map(|r| r.by)
+}
+
 /// Side `side` of an image decoded at `1/reduction` of its size (libjpeg rounds up).
 pub(crate) fn scaled(side: u32, reduction: u32) -> u32 {
     side.div_ceil(reduction)
