@@ -73,6 +73,74 @@ def test_frame_selectors_and_limits(clips):
     assert capped["value"] is None and "max_decoded_bytes" in capped["error"]
 
 
+# Encodings for the seeking test: (file name, x264 options). Closed groups of pictures with
+# B-frames that other frames refer to (pyramid) and that none do, in MP4 (a seek index up
+# front), Matroska (cues) and MPEG-TS (no index); an open group of pictures (leading
+# frames refer to the group before), intra refresh (no whole key frames after the first)
+# and a raw H.264 stream (no timestamps, no container).
+GOP_VARIANTS = {
+    "mp4": ("gop.mp4", "b-pyramid=normal"),
+    "mkv": ("gop.mkv", "b-pyramid=normal"),
+    "ts": ("gop.ts", "b-pyramid=normal"),
+    "open_gop_mp4": ("open.mp4", "b-pyramid=normal:open-gop=1"),
+    "intra_refresh_mkv": ("refresh.mkv", "intra-refresh=1:bframes=0"),
+    "raw_h264": ("raw.h264", "b-pyramid=normal"),
+}
+
+
+@pytest.fixture(scope="module")
+def long_gop(tmp_path_factory):
+    """12 s clips, 160x120 at 30 fps, with a key frame every 2 s (see GOP_VARIANTS)."""
+    folder = tmp_path_factory.mktemp("gop")
+    paths = {}
+    for name, (file_name, options) in GOP_VARIANTS.items():
+        paths[name] = str(folder / file_name)
+        subprocess.run([shutil.which("ffmpeg"), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                        "testsrc2=size=160x120:rate=30:duration=12", "-vf", "noise=alls=8:allf=t",
+                        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "60", "-keyint_min", "60",
+                        "-sc_threshold", "0", "-bf", "3", "-x264-params", options, paths[name]],
+                       check=True)
+    return paths
+
+
+def _interval_frames(pts_ms: list[int], interval: float) -> list[int]:
+    """Indexes of the first frame at or after every multiple of ``interval`` ms."""
+    chosen, next_ms = [], 0.0
+    for i, pts in enumerate(pts_ms):
+        if pts + 0.5 >= next_ms:
+            chosen.append(i)
+            next_ms = (pts // interval + 1) * interval
+    return chosen
+
+
+def _frames(path: str, **options) -> tuple[list[int], list[np.ndarray], int]:
+    df = rl.from_pydict({"p": [path]}).select(col("p").video.frames(**options).alias("f"))
+    frames = df.to_pydict()["f"][0]
+    decoded = sum(op["decoded_bytes"] for op in df.stats()["operators"])
+    return [f["pts_ms"] for f in frames], [np.asarray(f["image"]) for f in frames], decoded
+
+
+@pytest.mark.parametrize("variant", list(GOP_VARIANTS))
+def test_interval_frames_seek_and_skip_yet_match_decoding_every_frame(long_gop, variant):
+    path = long_gop[variant]
+    all_pts, all_images, all_decoded = _frames(path, selector="all")
+    assert len(all_pts) == 360
+    decoded = {}
+    for interval in (1000, 1950, 333, 2000, 4100, 50):
+        pts, images, decoded[interval] = _frames(path, interval_ms=interval)
+        wanted = _interval_frames(all_pts, interval)
+        assert pts == [all_pts[i] for i in wanted], (interval, pts)
+        for i, image in zip(wanted, images):
+            assert np.array_equal(image, all_images[i]), (interval, all_pts[i])
+    # Frames before a wanted one that no frame refers to are never decoded; where the
+    # container has a seek index, whole stretches between wanted frames are not read.
+    if variant in ("mp4", "mkv", "ts"):
+        assert decoded[1000] < 0.7 * all_decoded, decoded
+    if variant in ("mp4", "mkv"):
+        assert decoded[1000] < 0.4 * all_decoded, decoded
+        assert decoded[4100] < 0.15 * all_decoded, decoded
+
+
 def test_split_refers_without_copying(clips):
     clips_out = rl.from_pydict({"p": clips[:1]}).select(col("p").video.split(1500).alias("c")).to_pydict()["c"][0]
     assert [(c["start_ms"], c["end_ms"]) for c in clips_out] == [(0, 1500), (1500, 3000), (3000, 4000)]

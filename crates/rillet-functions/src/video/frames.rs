@@ -1,6 +1,6 @@
 //! `video_frames` / `video_extract_frames`: the frames a selector picks, as RGB images.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Builder, StructArray};
@@ -12,7 +12,7 @@ use ffmpeg_next as ffmpeg;
 use rillet_common::types::{ImageMode, ImageType};
 use rillet_common::{Result, RilletError};
 
-use super::{DEFAULT_MAX_DECODED_BYTES, VIDEO_BATCH_ROWS, expect_video, open, per_video};
+use super::{DEFAULT_MAX_DECODED_BYTES, expect_video, open, per_video};
 use crate::audio::{list_array, list_of};
 use crate::image::array::{ImageBuilder, ImageView};
 use crate::operator::{Call, Operator, Param, ParamKind, Params, RowErrors};
@@ -72,112 +72,396 @@ struct Frame {
 
 /// Decode the best video stream and keep the frames `options` select, as RGB.
 fn extract_frames(path: &Path, options: &FrameOptions) -> std::result::Result<Vec<Frame>, String> {
-    let mut input = open(path)?;
+    let mut reader = FrameReader::open(path, options)?;
+    reader.run()?;
+    if reader.frames.is_empty() && reader.decoded_count == 0 {
+        return Err("no decodable video frames".into());
+    }
+    Ok(reader.frames)
+}
+
+/// Demuxer errors in a row after which a file is taken to end there.
+const READ_ERRORS_IN_A_ROW: usize = 64;
+
+/// Times in ticks are not exact in ms (3,700 ms in 1/15,360 s ticks is
+/// 3,699.9999999999995): every comparison of times allows this much.
+const TIME_TOLERANCE_MS: f64 = 1e-6;
+
+/// What extraction does after taking the frames the decoder has ready.
+enum Step {
+    /// Keep reading packets.
+    Read,
+    /// `max_frames` are taken.
+    Done,
+}
+
+/// One video's frame extraction: the demuxer, the decoder and what has been kept so far.
+///
+/// The interval selector reads only what it needs, and keeps exactly the frames decoding
+/// every frame would: before each wanted time it asks the container's seek index (MP4,
+/// Matroska) for the key frame before it and, when the file holds that key frame past what
+/// has been read, seeks there instead of decoding the frames between; a seek whose first
+/// frame is not a whole key frame at or before the wanted time is not trusted, and the file
+/// is read again from the start. Frames before the wanted time that no other frame refers
+/// to are not decoded at all (`AVDISCARD_NONREF`, for the codecs whose FFmpeg decoder then
+/// leaves every other frame as it was). The key-frame selector has the decoder skip every
+/// other frame.
+struct FrameReader<'o> {
+    path: PathBuf,
+    input: ffmpeg::format::context::Input,
+    index: usize,
+    /// Seconds per timestamp tick.
+    time_base: f64,
+    fps: f64,
+    decoder: ffmpeg::decoder::Video,
+    options: &'o FrameOptions,
+    decoded: ffmpeg::util::frame::video::Video,
+    /// The RGB converter for the frames' shape, and the frame it writes into (one for the
+    /// whole video: a fresh one a frame is a fresh mapping the kernel must zero).
+    scaler: Option<(Scaler, (Pixel, u32, u32), ffmpeg::util::frame::video::Video)>,
+    frames: Vec<Frame>,
+    bytes: u64,
+    decoded_count: u64,
+    /// The interval selector's next wanted time.
+    next_ms: f64,
+    /// Whether packets carry timestamps (decided at the first packet): without, a frame's
+    /// time is its place in the output, so every frame must be decoded and none sought.
+    timed: Option<bool>,
+    /// Whether frames before the wanted time that no frame refers to are skipped.
+    skip_non_reference: bool,
+    /// Whether the interval selector may seek: a trusted seek index, and no seek has gone
+    /// wrong.
+    seekable: bool,
+    /// Whether the seek for `next_ms` has been considered.
+    seek_considered: bool,
+    /// Byte position in the file of the last packet read from the stream.
+    position: Option<i64>,
+    /// After a seek, until the first frame shows whether it went too far (see
+    /// [`FrameReader::overshot`]).
+    landed: Option<Landing>,
+}
+
+/// A seek whose first frame is still to come.
+struct Landing {
+    wanted_ms: f64,
+}
+
+/// A video's demuxer, the index of its best video stream and that stream's decoder.
+type Track = (
+    ffmpeg::format::context::Input,
+    usize,
+    ffmpeg::decoder::Video,
+);
+
+/// Open `path` for decoding its best video stream.
+fn open_track(path: &Path) -> std::result::Result<Track, String> {
+    let input = open(path)?;
     let stream = input
         .streams()
         .best(Medium::Video)
         .ok_or("no video stream")?;
-    let (index, time_base) = (stream.index(), f64::from(stream.time_base()));
-    let fps = f64::from(stream.avg_frame_rate());
+    let index = stream.index();
     let context = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
         .map_err(|e| e.to_string())?;
-    let mut decoder = context
+    let decoder = context
         .decoder()
         .video()
         .map_err(|e| format!("cannot decode the video stream: {e}"))?;
-    // Key frames only: the decoder parses the other frames but does not reconstruct them,
-    // when the stream has timestamps (without, a frame's time is its place in the output,
-    // which the skipped frames must then still take).
-    let mut skip_decided = !matches!(options.selector, Selector::Keyframes);
-    let mut scaler: Option<(Scaler, (Pixel, u32, u32))> = None;
-    let (mut frames, mut bytes, mut decoded_count) = (Vec::new(), 0u64, 0u64);
-    let mut next_ms = 0.0f64;
-    let mut decoded = ffmpeg::util::frame::video::Video::empty();
-    let mut take = |decoder: &mut ffmpeg::decoder::Video,
-                    frames: &mut Vec<Frame>|
-     -> std::result::Result<bool, String> {
-        while decoder.receive_frame(&mut decoded).is_ok() {
-            rillet_runtime::record_decoded(
-                (0..decoded.planes()).map(|i| decoded.data(i).len()).sum(),
-            );
-            let pts_ms = match decoded.timestamp() {
-                Some(ts) => ts as f64 * time_base * 1000.0,
-                None if fps > 0.0 => decoded_count as f64 * 1000.0 / fps,
-                None => 0.0,
-            };
-            decoded_count += 1;
-            let keep = match options.selector {
-                Selector::All => true,
-                Selector::Keyframes => decoded.is_key(),
-                Selector::Interval(interval) => {
-                    let due = pts_ms + 1e-6 >= next_ms;
-                    if due {
-                        next_ms = ((pts_ms / interval).floor() + 1.0) * interval;
-                    }
-                    due
+    Ok((input, index, decoder))
+}
+
+/// Containers whose seek index lists real key frames, by their demuxer's name: MP4 and
+/// QuickTime (`stss`), Matroska and WebM (cues). Others are read from the start: MPEG-TS
+/// and MPEG-PS index every packet they time as a key frame, FLV indexes decode times.
+fn has_trusted_index(demuxer: &str) -> bool {
+    demuxer.starts_with("mov,") || demuxer.starts_with("matroska")
+}
+
+/// Codecs whose FFmpeg decoder skips a non-reference frame whole, leaving every other
+/// frame's pixels as a full decode makes them.
+fn skips_non_reference_exactly(codec: ffmpeg::codec::Id) -> bool {
+    use ffmpeg::codec::Id;
+    matches!(
+        codec,
+        Id::H264 | Id::MPEG1VIDEO | Id::MPEG2VIDEO | Id::MPEG4
+    )
+}
+
+impl<'o> FrameReader<'o> {
+    fn open(path: &Path, options: &'o FrameOptions) -> std::result::Result<Self, String> {
+        let (input, index, decoder) = open_track(path)?;
+        let stream = input.stream(index).ok_or("no video stream")?;
+        let (time_base, fps) = (
+            f64::from(stream.time_base()),
+            f64::from(stream.avg_frame_rate()),
+        );
+        let interval = matches!(options.selector, Selector::Interval(_));
+        let demuxer = input.format().name().to_string();
+        let mut reader = Self {
+            path: path.to_path_buf(),
+            input,
+            index,
+            time_base,
+            fps,
+            skip_non_reference: interval && skips_non_reference_exactly(decoder.id()),
+            decoder,
+            options,
+            decoded: ffmpeg::util::frame::video::Video::empty(),
+            scaler: None,
+            frames: Vec::new(),
+            bytes: 0,
+            decoded_count: 0,
+            next_ms: 0.0,
+            timed: None,
+            seekable: interval && has_trusted_index(&demuxer),
+            seek_considered: true,
+            position: None,
+            landed: None,
+        };
+        if reader.seekable && demuxer.starts_with("matroska") {
+            reader.load_cues()?;
+        }
+        Ok(reader)
+    }
+
+    /// Matroska reads its cues (the seek index) only when first asked to seek; until then
+    /// the index holds the key frames read so far. A seek to the start loads them; if it
+    /// fails, the file is opened afresh and read from the start.
+    fn load_cues(&mut self) -> std::result::Result<(), String> {
+        // SAFETY: the context is open and the range valid (min ≤ ts ≤ max).
+        let sought = unsafe {
+            ffmpeg::ffi::avformat_seek_file(self.input.as_mut_ptr(), -1, i64::MIN, 0, 0, 0)
+        };
+        if sought < 0 {
+            self.read_from_the_start()?;
+        }
+        Ok(())
+    }
+
+    /// Open the file afresh and decode it from the start, never seeking again: what a seek
+    /// that failed or landed where it cannot be trusted falls back to. The frames kept so
+    /// far all come before the wanted time, which the frames decoded again do not reach
+    /// until they are past what was kept.
+    fn read_from_the_start(&mut self) -> std::result::Result<(), String> {
+        let (input, _, decoder) = open_track(&self.path)?;
+        (self.input, self.decoder) = (input, decoder);
+        self.seekable = false;
+        self.position = None;
+        self.landed = None;
+        Ok(())
+    }
+
+    fn run(&mut self) -> std::result::Result<(), String> {
+        let mut packet = ffmpeg::Packet::empty();
+        let mut errors = 0;
+        loop {
+            if !self.seek_considered {
+                self.seek_considered = true;
+                self.seek_if_ahead()?;
+            }
+            match packet.read(&mut self.input) {
+                Ok(()) => errors = 0,
+                Err(ffmpeg::Error::Eof) => break,
+                // A corrupt packet: the demuxer resyncs; a file that only errs ends here.
+                Err(_) if errors < READ_ERRORS_IN_A_ROW => {
+                    errors += 1;
+                    continue;
                 }
-            };
-            if !keep {
+                Err(_) => break,
+            }
+            if packet.stream() != self.index {
                 continue;
             }
-            let (w, h) = (decoded.width(), decoded.height());
-            let shape = (decoded.format(), w, h);
-            if scaler.as_ref().is_none_or(|(_, s)| *s != shape) {
-                let context = Scaler::get(shape.0, w, h, Pixel::RGB24, w, h, Flags::BILINEAR)
-                    .map_err(|e| format!("cannot convert {:?} frames to RGB: {e}", shape.0))?;
-                scaler = Some((context, shape));
+            self.position = Some(packet.position() as i64).filter(|p| *p >= 0);
+            let timed = *self.timed.get_or_insert(packet.pts().is_some());
+            let discard = self.discard(&packet, timed);
+            self.decoder.skip_frame(discard);
+            if self.decoder.send_packet(&packet).is_err() {
+                continue; // a damaged packet: the decoder resyncs at the next key frame
             }
-            let mut rgb = ffmpeg::util::frame::video::Video::empty();
-            let (context, _) = scaler.as_mut().expect("set above");
-            context.run(&decoded, &mut rgb).map_err(|e| e.to_string())?;
-            bytes += 3 * w as u64 * h as u64;
-            if bytes > options.max_bytes {
-                return Err(format!(
-                    "decoded frames would take over max_decoded_bytes = {}",
-                    options.max_bytes
-                ));
-            }
-            let (stride, row) = (rgb.stride(0), 3 * w as usize);
-            let data = rgb.data(0);
-            let mut pixels = Vec::with_capacity(row * h as usize);
-            for y in 0..h as usize {
-                pixels.extend_from_slice(&data[y * stride..y * stride + row]);
-            }
-            frames.push(Frame {
-                pts_ms: pts_ms.round() as i64,
-                width: w,
-                height: h,
-                rgb: pixels,
-            });
-            if options.max_frames > 0 && frames.len() >= options.max_frames {
-                return Ok(true);
+            if let Step::Done = self.receive()? {
+                return Ok(());
             }
         }
-        Ok(false)
-    };
-    for (stream, packet) in input.packets() {
-        if stream.index() != index {
-            continue;
-        }
-        if !skip_decided {
-            skip_decided = true;
-            if packet.pts().is_some() {
-                decoder.skip_frame(ffmpeg::Discard::NonKey);
+        let _ = self.decoder.send_eof();
+        self.receive().map(|_| ())
+    }
+
+    /// Which frames the decoder may skip for `packet`: every frame but key frames for the
+    /// key-frame selector; before the wanted time, the frames no other frame refers to.
+    /// Only in streams with timestamps: without, a frame's time is its place in the output,
+    /// which a skipped frame would shift.
+    fn discard(&self, packet: &ffmpeg::Packet, timed: bool) -> ffmpeg::Discard {
+        match (self.options.selector, packet.pts()) {
+            (Selector::Keyframes, _) if timed => ffmpeg::Discard::NonKey,
+            (Selector::Interval(_), Some(pts))
+                if timed
+                    && self.skip_non_reference
+                    && self.ms(pts) + TIME_TOLERANCE_MS < self.next_ms =>
+            {
+                ffmpeg::Discard::NonReference
             }
-        }
-        if decoder.send_packet(&packet).is_err() {
-            continue; // a damaged packet: the decoder resyncs at the next key frame
-        }
-        if take(&mut decoder, &mut frames)? {
-            return Ok(frames);
+            _ => ffmpeg::Discard::Default,
         }
     }
-    let _ = decoder.send_eof();
-    take(&mut decoder, &mut frames)?;
-    if frames.is_empty() && decoded_count == 0 {
-        return Err("no decodable video frames".into());
+
+    fn ms(&self, ticks: i64) -> f64 {
+        ticks as f64 * self.time_base * 1000.0
     }
-    Ok(frames)
+
+    fn ticks(&self, ms: f64) -> i64 {
+        (ms / 1000.0 / self.time_base).ceil() as i64
+    }
+
+    /// Seek to the key frame before `next_ms` when the file holds it past what has been
+    /// read (byte positions: index times are decode times in some containers, show times
+    /// in others).
+    fn seek_if_ahead(&mut self) -> std::result::Result<(), String> {
+        let (true, Some(position), Some(true)) = (self.seekable, self.position, self.timed) else {
+            return Ok(());
+        };
+        let target = self.ticks(self.next_ms);
+        if !self
+            .key_frame_position(target)
+            .is_some_and(|key| key > position)
+        {
+            return Ok(());
+        }
+        // SAFETY: the context is open for the reader's lifetime; the range is valid
+        // (min ≤ ts ≤ max) and in the stream's own time base.
+        let sought = unsafe {
+            ffmpeg::ffi::avformat_seek_file(
+                self.input.as_mut_ptr(),
+                self.index as i32,
+                i64::MIN,
+                target,
+                target,
+                0,
+            )
+        };
+        if sought < 0 {
+            // A failed seek may still have moved the demuxer: where it reads is unknown.
+            return self.read_from_the_start();
+        }
+        self.decoder.flush();
+        self.landed = Some(Landing {
+            wanted_ms: self.next_ms,
+        });
+        Ok(())
+    }
+
+    /// The byte position of the key frame shown at or before `ticks`, from the seek index.
+    fn key_frame_position(&self, ticks: i64) -> Option<i64> {
+        let stream = self.input.stream(self.index)?;
+        // SAFETY: the stream belongs to the open context and the function only reads it;
+        // the entry is read at once, before anything else can touch the index.
+        unsafe {
+            let stream = stream.as_ptr() as *mut ffmpeg::ffi::AVStream;
+            let entry = ffmpeg::ffi::avformat_index_get_entry_from_timestamp(
+                stream,
+                ticks,
+                ffmpeg::ffi::AVSEEK_FLAG_BACKWARD,
+            );
+            entry.as_ref().map(|e| e.pos).filter(|pos| *pos >= 0)
+        }
+    }
+
+    /// After a seek, whether its first frame shows that decoding from there gives the
+    /// frames decoding from the start would: a whole key frame, shown at or before the
+    /// wanted time. Otherwise (an open group of pictures, intra refresh, a container that
+    /// times key frames by decoding, a failed seek) the file is read again from the start.
+    fn landing_is_wrong(&mut self, pts_ms: f64) -> std::result::Result<bool, String> {
+        let Some(Landing { wanted_ms }) = self.landed.take() else {
+            return Ok(false);
+        };
+        let trusted = self.decoded.is_key()
+            && !self.decoded.is_corrupt()
+            && pts_ms <= wanted_ms + TIME_TOLERANCE_MS;
+        if !trusted {
+            self.read_from_the_start()?;
+        }
+        Ok(!trusted)
+    }
+
+    /// Take the frames the decoder has ready.
+    fn receive(&mut self) -> std::result::Result<Step, String> {
+        while self.decoder.receive_frame(&mut self.decoded).is_ok() {
+            rillet_runtime::record_decoded(
+                (0..self.decoded.planes())
+                    .map(|i| self.decoded.data(i).len())
+                    .sum(),
+            );
+            // The frame's own time where it has one: FFmpeg's best-effort guess depends on
+            // the frames decoded before, which seeking and skipping change.
+            let pts_ms = match self.decoded.pts().or(self.decoded.timestamp()) {
+                Some(ts) => self.ms(ts),
+                None if self.fps > 0.0 => self.decoded_count as f64 * 1000.0 / self.fps,
+                None => 0.0,
+            };
+            self.decoded_count += 1;
+            if self.landing_is_wrong(pts_ms)? {
+                return Ok(Step::Read);
+            }
+            if !self.wanted(pts_ms) {
+                continue;
+            }
+            self.keep(pts_ms)?;
+            if self.options.max_frames > 0 && self.frames.len() >= self.options.max_frames {
+                return Ok(Step::Done);
+            }
+        }
+        Ok(Step::Read)
+    }
+
+    fn wanted(&mut self, pts_ms: f64) -> bool {
+        match self.options.selector {
+            Selector::All => true,
+            Selector::Keyframes => self.decoded.is_key(),
+            Selector::Interval(interval) => {
+                let pts_ms = pts_ms + TIME_TOLERANCE_MS;
+                let due = pts_ms >= self.next_ms;
+                if due {
+                    self.next_ms = ((pts_ms / interval).floor() + 1.0) * interval;
+                    self.seek_considered = false;
+                }
+                due
+            }
+        }
+    }
+
+    /// Convert the decoded frame to RGB and keep it.
+    fn keep(&mut self, pts_ms: f64) -> std::result::Result<(), String> {
+        let (w, h) = (self.decoded.width(), self.decoded.height());
+        self.bytes += 3 * w as u64 * h as u64;
+        if self.bytes > self.options.max_bytes {
+            return Err(format!(
+                "decoded frames would take over max_decoded_bytes = {}",
+                self.options.max_bytes
+            ));
+        }
+        let shape = (self.decoded.format(), w, h);
+        if self.scaler.as_ref().is_none_or(|(_, s, _)| *s != shape) {
+            let context = Scaler::get(shape.0, w, h, Pixel::RGB24, w, h, Flags::BILINEAR)
+                .map_err(|e| format!("cannot convert {:?} frames to RGB: {e}", shape.0))?;
+            let rgb = ffmpeg::util::frame::video::Video::new(Pixel::RGB24, w, h);
+            self.scaler = Some((context, shape, rgb));
+        }
+        let (context, _, rgb) = self.scaler.as_mut().expect("set above");
+        context.run(&self.decoded, rgb).map_err(|e| e.to_string())?;
+        let (stride, row) = (rgb.stride(0), 3 * w as usize);
+        let data = rgb.data(0);
+        let mut pixels = Vec::with_capacity(row * h as usize);
+        for y in 0..h as usize {
+            pixels.extend_from_slice(&data[y * stride..y * stride + row]);
+        }
+        self.frames.push(Frame {
+            pts_ms: pts_ms.round() as i64,
+            width: w,
+            height: h,
+            rgb: pixels,
+        });
+        Ok(())
+    }
 }
 
 fn frame_fields() -> Fields {
@@ -271,6 +555,8 @@ impl Operator for Frames {
     }
 
     fn batch_size(&self) -> Option<usize> {
-        Some(VIDEO_BATCH_ROWS)
+        // One video a call: videos differ in length, and a call's rows run one after the
+        // other, so calls of one row keep every core busy to the end.
+        Some(1)
     }
 }
