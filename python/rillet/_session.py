@@ -42,9 +42,11 @@ def set_config(*, memory_budget: int | None = None, parallelism: int | None = No
                spill_budget: int | None = None) -> SessionHandle:
     """Replace the default session's settings for DataFrames built from now on.
 
-    ``memory_budget`` is in bytes: half bounds the data queued between operators, half the
-    data held inside operator calls (decoded images, audio and frames count against it, and
-    a call that does not fit waits for running ones to finish). ``parallelism`` is the number of tasks per operator (default: cores).
+    ``memory_budget`` is in bytes (default: 1/16 of the memory the process may use, its
+    cgroup's limit or the machine's, between 512 MiB and 4 GiB): half bounds the data
+    queued between operators, half the data held inside operator calls (decoded images,
+    audio and frames count against it, and a call that does not fit waits for running ones
+    to finish). ``parallelism`` is the number of tasks per operator (default: cores).
     ``progress=False`` turns off the live terminal display (also ``RILLET_PROGRESS=0``).
     ``spill_budget`` (bytes, default 0: off) lets a producer facing a full channel write a
     large batch (1 MiB or more) to the job's spill directory and pass it on by reference

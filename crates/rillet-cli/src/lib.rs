@@ -24,9 +24,10 @@ use rillet_plan::{ReadFormat, Session};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Memory budget for in-flight data, in MiB.
-    #[arg(long, global = true, default_value_t = 512)]
-    memory_mib: usize,
+    /// Memory budget for in-flight data, in MiB (default: 1/16 of the memory the process
+    /// may use, between 512 MiB and 4 GiB).
+    #[arg(long, global = true)]
+    memory_mib: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -159,7 +160,10 @@ pub fn run(args: impl IntoIterator<Item = String>) -> i32 {
             return e.exit_code();
         }
     };
-    let config = EngineConfig::default().with_memory_budget(cli.memory_mib << 20);
+    let mut config = EngineConfig::default();
+    if let Some(mib) = cli.memory_mib {
+        config = config.with_memory_budget(mib << 20);
+    }
     let result: jobs::Outcome<i32> = match cli.command {
         Command::Sql { query, tables } => {
             let session = Session::new(config);

@@ -10,7 +10,7 @@
 //! assert!(err.to_string().contains("batch_size"));
 //! ```
 
-mod config;
+pub mod config;
 pub mod durable;
 mod error;
 pub mod failpoints;
