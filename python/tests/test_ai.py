@@ -14,7 +14,7 @@ def _vectors(df: rl.DataFrame, column: str = "v") -> list:
     return df.to_pydict()[column]
 
 
-def test_embed_text_with_candle_gives_the_published_similarity_and_keeps_nulls():
+def test_embed_text_gives_the_published_similarity_and_keeps_nulls():
     df = rl.from_pydict({"t": [PAIR[0], None, PAIR[1]]})
     out = df.select(rl.ai.embed_text("t").alias("v")).to_arrow()
     assert str(out.schema.field("v").type) == "Embedding[f32; 384]"
@@ -24,6 +24,49 @@ def test_embed_text_with_candle_gives_the_published_similarity_and_keeps_nulls()
     assert a.shape == (384,)
     assert abs(float(a @ b) - 0.7553) < 0.001
     assert abs(float(np.linalg.norm(a)) - 1.0) < 1e-4
+
+
+def test_the_default_model_runs_its_onnx_export_which_matches_candle(tmp_path):
+    """Fetching all-MiniLM-L6-v2 exports its checkpoint to ONNX, which the encoder runs on
+    ONNX Runtime; the checkpoint alone (a directory without the export) runs on candle."""
+    default = models.fetch("all-minilm-l6-v2")
+    assert (default / "model.onnx").stat().st_size > 80_000_000
+    candle = tmp_path / "candle"
+    candle.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (candle / name).symlink_to(default / name)
+    texts = PAIR + ["", "   ", "?!…", "Ünïcödé façade — naïve café", "東京は日本の首都です。",
+                    "Привет, как дела?", "emoji 🙂🚀 and #hashtags", "word " * 300,
+                    "The quick brown fox jumps over the lazy dog. " * 12] + [
+        "short " * (i % 17) + f"text {i}" for i in range(40)]
+    df = rl.from_pydict({"t": texts})
+    onnx = np.array(_vectors(df.select(rl.ai.embed_text("t").alias("v"))))
+    reference = np.array(_vectors(df.select(rl.ai.embed_text("t", model=str(candle)).alias("v"))))
+    cosines = (onnx * reference).sum(1) / np.linalg.norm(onnx, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosines.min() >= 0.9999, (cosines.argmin(), cosines.min())
+    assert abs(float(onnx[0] @ onnx[1]) - 0.7553) < 0.001
+
+
+def test_the_bert_export_refuses_what_it_would_compute_wrongly(tmp_path):
+    import json
+    import shutil
+
+    from rillet._bert_onnx import export_bert
+
+    default = models.fetch("all-minilm-l6-v2")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").symlink_to(default / "model.safetensors")
+    config = json.loads((default / "config.json").read_text())
+    for change, message in [({"model_type": "roberta"}, "model_type 'roberta'"),
+                            ({"hidden_act": "relu"}, "hidden_act 'relu'"),
+                            ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
+                            ({"num_hidden_layers": 7}, "no tensor 'encoder.layer.6")]:
+        (model / "config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises(ValueError, match=message):
+            export_bert(model, model / "model.onnx")
+        assert not list(model.glob("*.onnx*")), "a refused export leaves nothing behind"
+    shutil.rmtree(model)
 
 
 def test_embed_text_in_sql_and_the_dataframe_agree():

@@ -25,6 +25,7 @@ def test_minilm_safetensors_tokenizer_and_config():
 
 
 @pytest.mark.parametrize("name,files", [
+    ("all-minilm-l6-v2", ["model.onnx"]),
     ("paraphrase-minilm-l3-v2", ["model.onnx"]),
     ("nudenet-320n", ["model.onnx"]),
     ("silero-vad", ["model.onnx"]),
@@ -36,6 +37,16 @@ def test_onnx_models_are_onnx_protobufs(name, files):
         data = (path / file_name).read_bytes()
         assert len(data) > 100_000
         assert data[0] == 0x08  # ModelProto field 1 (ir_version), a varint
+
+
+def test_the_bert_export_passes_the_onnx_checker():
+    import onnx
+
+    path = models.fetch("all-minilm-l6-v2") / "model.onnx"
+    onnx.checker.check_model(str(path), full_check=True)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
+    assert [o.name for o in graph.output] == ["last_hidden_state"]
 
 
 def test_onnxruntime_library_loads_and_reports_its_version():
