@@ -321,9 +321,9 @@ impl<'o> FrameReader<'o> {
             return Ok(());
         };
         let target = self.ticks(self.next_ms);
-        if !self
+        if self
             .key_frame_position(target)
-            .is_some_and(|key| key > position)
+            .is_none_or(|key| key <= position)
         {
             return Ok(());
         }
