@@ -83,6 +83,10 @@ fn extract_frames(path: &Path, options: &FrameOptions) -> std::result::Result<Ve
 /// Demuxer errors in a row after which a file is taken to end there.
 const READ_ERRORS_IN_A_ROW: usize = 64;
 
+/// Seeks landing before where they were made from, at most, before a file is read on
+/// without seeking.
+const BACKWARD_LANDINGS: u32 = 4;
+
 /// Times in ticks are not exact in ms (3,700 ms in 1/15,360 s ticks is
 /// 3,699.9999999999995): every comparison of times allows this much.
 const TIME_TOLERANCE_MS: f64 = 1e-6;
@@ -136,9 +140,15 @@ struct FrameReader<'o> {
     seek_considered: bool,
     /// Byte position in the file of the last packet read from the stream.
     position: Option<i64>,
-    /// After a seek, until the first frame shows whether it went too far (see
-    /// [`FrameReader::overshot`]).
+    /// After a seek, until its first frame shows whether it can be trusted (see
+    /// [`FrameReader::landing_is_wrong`]).
     landed: Option<Landing>,
+    /// After a seek, until the first packet is read: the position it was made from.
+    seek_from: Option<i64>,
+    /// Seeks that landed before the position they were made from (the seek index and the
+    /// demuxer's own search disagreeing, or a crafted index): each reads part of the file
+    /// again, so after a few the file is read on without seeking.
+    backward_landings: u32,
 }
 
 /// A seek whose first frame is still to come.
@@ -217,6 +227,8 @@ impl<'o> FrameReader<'o> {
             seek_considered: true,
             position: None,
             landed: None,
+            seek_from: None,
+            backward_landings: 0,
         };
         if reader.seekable && demuxer.starts_with("matroska") {
             reader.load_cues()?;
@@ -248,6 +260,7 @@ impl<'o> FrameReader<'o> {
         self.seekable = false;
         self.position = None;
         self.landed = None;
+        self.seek_from = None;
         Ok(())
     }
 
@@ -273,6 +286,7 @@ impl<'o> FrameReader<'o> {
                 continue;
             }
             self.position = Some(packet.position() as i64).filter(|p| *p >= 0);
+            self.count_backward_landing();
             let timed = *self.timed.get_or_insert(packet.pts().is_some());
             let discard = self.discard(&packet, timed);
             self.decoder.skip_frame(discard);
@@ -347,7 +361,21 @@ impl<'o> FrameReader<'o> {
         self.landed = Some(Landing {
             wanted_ms: self.next_ms,
         });
+        self.seek_from = Some(position);
         Ok(())
+    }
+
+    /// At the first packet after a seek: whether it landed before where it was made from.
+    fn count_backward_landing(&mut self) {
+        let Some(from) = self.seek_from.take() else {
+            return;
+        };
+        if self.position.is_some_and(|landed| landed < from) {
+            self.backward_landings += 1;
+            if self.backward_landings >= BACKWARD_LANDINGS {
+                self.seekable = false;
+            }
+        }
     }
 
     /// The byte position of the key frame shown at or before `ticks`, from the seek index.
