@@ -7,7 +7,11 @@ the DCT domain) followed by a bilinear resize, in one process per core. Reports 
 (median of --runs after one warm-up) and peak RSS of the process tree, with ratios. Every
 job checks that it produced one tensor per photo.
 
-    bash bench/run.sh image_pipeline.py [--images 2000] [--runs 3]
+    bash bench/run.sh image_pipeline.py [--images 2000] [--runs 3] [--format jpg|png|webp] [--engines a,b]
+
+``--format png`` or ``webp`` re-encodes the same photos (PNG level 6, WebP quality 90) to
+measure the formats without a reduced decode: the limit is then Pillow's full decode (its
+``draft`` does nothing for them) and the same resize.
 
 ``--memory`` runs the memory benchmark instead: decode + resize over --images photos of
 4000x3000 (default 5000), Rillet only, reporting peak RSS against the 2 GB target.
@@ -37,21 +41,21 @@ JOBS = {
 import glob, sys, rillet as rl
 from rillet import col
 rl.set_config(progress=False)
-df = rl.read_files(sys.argv[1] + "/*.jpg").select(
+df = rl.read_files(sys.argv[1] + "/*.EXT").select(
     col("file").image.decode("RGB").image.resize({SIZE}, {SIZE})
     .image.to_tensor(dtype="u8", layout="HWC").alias("tensor"))
 done = sum(batch.num_rows for batch in df.iter_batches())
-assert done == len(glob.glob(sys.argv[1] + "/*.jpg")), done
+assert done == len(glob.glob(sys.argv[1] + "/*.EXT")), done
 """,
     "daft": f"""
 import glob, sys, daft
 from daft import col
 from daft.functions import decode_image, download, image_to_tensor, resize
-df = daft.from_glob_path(sys.argv[1] + "/*.jpg")
+df = daft.from_glob_path(sys.argv[1] + "/*.EXT")
 df = df.select(image_to_tensor(resize(decode_image(download(col("path")), mode="RGB"), {SIZE}, {SIZE}))
                .alias("tensor"))
 done = sum(len(part) for part in df.iter_partitions())
-assert done == len(glob.glob(sys.argv[1] + "/*.jpg")), done
+assert done == len(glob.glob(sys.argv[1] + "/*.EXT")), done
 """,
     "ray": f"""
 import glob, io, sys, numpy as np, ray
@@ -65,7 +69,7 @@ def transform(batch):
     return {{"tensor": np.stack(out)}}
 ds = ray.data.read_binary_files(sys.argv[1]).map_batches(transform, batch_size=32, batch_format="numpy")
 done = sum(len(batch["tensor"]) for batch in ds.iter_batches(batch_size=256, batch_format="numpy"))
-assert done == len(glob.glob(sys.argv[1] + "/*.jpg")), done
+assert done == len(glob.glob(sys.argv[1] + "/*.EXT")), done
 """,
     "limit": f"""
 import glob, os, sys, numpy as np
@@ -75,7 +79,7 @@ def tensor(path):
     with Image.open(path) as img:
         img.draft("RGB", ({SIZE}, {SIZE}))
         return np.asarray(img.convert("RGB").resize(({SIZE}, {SIZE}), Image.BILINEAR)).shape
-paths = glob.glob(sys.argv[1] + "/*.jpg")
+paths = glob.glob(sys.argv[1] + "/*.EXT")
 with Pool(os.cpu_count()) as pool:
     done = sum(1 for shape in pool.imap_unordered(tensor, paths, chunksize=16) if shape == ({SIZE}, {SIZE}, 3))
 assert done == len(paths), done
@@ -128,26 +132,46 @@ def photos(count: int, long_side: tuple[int, int], exact: tuple[int, int] | None
     return out
 
 
+def reencoded(folder: Path, fmt: str) -> Path:
+    """The JPEGs in ``folder`` saved again as ``fmt`` (png or webp), in a sibling folder."""
+    from PIL import Image
+
+    out = folder.with_name(f"{folder.name}-{fmt}")
+    jpegs = sorted(folder.glob("*.jpg"))
+    if out.exists() and len(list(out.glob(f"*.{fmt}"))) == len(jpegs):
+        return out
+    out.mkdir(exist_ok=True)
+    options = {"png": {"compress_level": 6}, "webp": {"quality": 90}}[fmt]
+    for jpeg in jpegs:
+        with Image.open(jpeg) as img:
+            img.save(out / f"{jpeg.stem}.{fmt}", **options)
+    return out
+
+
 def image_benchmark(args) -> None:
     peers_python = ensure_peers()
     data = photos(args.images, LONG_SIDE)
+    if args.format != "jpg":
+        data = reencoded(data, args.format)
     pythons = {"rillet": sys.executable, "daft": str(peers_python), "ray": str(peers_python),
                "limit": str(peers_python)}
-    text = side_by_side(JOBS, pythons, data, HERE / "data" / "out-image", args.runs, args.images, "images/s", 1)
+    jobs = {name: JOBS[name].replace("EXT", args.format) for name in args.engines.split(",")}
+    text = side_by_side(jobs, pythons, data, HERE / "data" / "out-image", args.runs, args.images, "images/s", 1)
     print(text)
     version = subprocess.run([str(peers_python), "-c", "import daft, ray; print(daft.__version__, ray.__version__)"],
                              capture_output=True, text=True).stdout.split()
     with open(HERE / "RESULTS.md", "a") as f:
-        f.write(f"\n### image_pipeline, {datetime.date.today()}, {args.images:,} JPEGs "
+        f.write(f"\n### image_pipeline, {datetime.date.today()}, {args.images:,} {args.format.upper()}s "
                 f"({LONG_SIDE[0]}-{LONG_SIDE[1]} px) -> resize {SIZE} -> tensor, {args.runs} runs + warm-up\n\nCommand: `bash bench/run.sh image_pipeline.py --images {args.images} "
-                f"--runs {args.runs}` (Daft {version[0] if version else '?'}, Ray {version[1] if len(version) > 1 else '?'}).\n\n"
+                f"--runs {args.runs} --format {args.format} --engines {args.engines}` (Daft {version[0] if version else '?'}, Ray {version[1] if len(version) > 1 else '?'}).\n\n"
                 f"{text}\n")
 
 
 def memory_benchmark(args) -> None:
     data = photos(args.images, (0, 0), exact=(4000, 3000))
     # The job itself checks that it made one tensor per photo.
-    result = run_measured([sys.executable, "-c", JOBS["rillet"], str(data), str(HERE / "data" / "unused")])
+    job = JOBS["rillet"].replace("EXT", "jpg")
+    result = run_measured([sys.executable, "-c", job, str(data), str(HERE / "data" / "unused")])
     if result["code"] != 0:
         sys.exit(f"rillet failed:\n{result['output']}")
     verdict = "PASS" if result["peak_rss"] < 2e9 else "FAIL"
@@ -166,6 +190,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--format", choices=["jpg", "png", "webp"], default="jpg")
+    parser.add_argument("--engines", default=",".join(JOBS))
     args = parser.parse_args()
     if args.memory:
         args.images = args.images or 5000
