@@ -221,9 +221,9 @@ def documents(count: int, model_names: list[str]) -> Path:
     from rillet import models
 
     out = HERE / "data" / f"docs-{count}"
+    out.mkdir(parents=True, exist_ok=True)
     for name in model_names:
         if not (out / f"model-{name}").exists():
-            out.mkdir(parents=True, exist_ok=True)
             shutil.copytree(models.fetch(name), out / f"model-{name}")
     if (out / "chunks.parquet").exists():
         return out

@@ -55,10 +55,11 @@ def embed_text(text: Expr | str, model: str | os.PathLike = "all-minilm-l6-v2", 
     Text longer than the model's limit (128 tokens for MiniLM) is truncated; chunk long
     documents first (``col("doc").text.chunk(...)`` and ``explode``).
 
-    Models with ``model.safetensors`` (BERT family, e.g. ``all-minilm-l6-v2``) run on candle;
-    ``model.onnx`` ones (``paraphrase-minilm-l3-v2``) on ONNX Runtime, the batch sorted by
-    length and cut into passes of at most 512 tokens that one single-threaded session per
-    core takes side by side (small passes keep the work in the cores' caches). Each distinct text
+    Models with ``model.onnx`` run on ONNX Runtime: ``paraphrase-minilm-l3-v2``, and the
+    default ``all-minilm-l6-v2``, whose BERT checkpoint ``rillet.models`` exports to ONNX
+    when it fetches it (a directory with only ``model.safetensors`` runs on candle). The
+    batch is sorted by length and cut into passes of at most 512 tokens that one
+    single-threaded session per core takes side by side (small passes keep the work in the cores' caches). Each distinct text
     runs through the model once: a repeat within a batch, or of one of the last 4,096 texts
     the model embedded in this process, gets the same vector.
 

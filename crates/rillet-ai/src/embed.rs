@@ -120,7 +120,7 @@ pub enum Runtime {
 fn candle_backend(dir: &Path) -> Result<(Backend, usize, usize)> {
     if !dir.join("model.safetensors").is_file() {
         return Err(RilletError::Model(format!(
-            "{}: neither model.safetensors nor {ONNX_FILE}",
+            "{}: no model.safetensors (and no {ONNX_FILE})",
             dir.display()
         )));
     }
