@@ -9,10 +9,14 @@ job turns each clip into RGB frames at 0 s, 1 s, 2 s, ... and checks how many it
 - ``decode_all``: ``ffmpeg -i clip -vf fps=1`` per clip, which decodes every frame and keeps
   one a second, on every core.
 
+With ``--size N`` every job also shrinks each frame to N x N (bilinear): Rillet by
+``image.resize`` after the explode (which the planner fuses into the frames stage), ffmpeg by
+its ``scale`` filter.
+
 All ffmpeg runs are single-threaded (``-threads 1``), as Rillet's decoders are: the clips run
 side by side, one a core. Reports frames/s (median of --runs after one warm-up) and peak RSS.
 
-    bash bench/run.sh video_frames.py [--clips 10] [--seconds 60] [--runs 3]
+    bash bench/run.sh video_frames.py [--clips 10] [--seconds 60] [--runs 3] [--size 224]
 """
 
 from __future__ import annotations
@@ -38,8 +42,11 @@ import glob, sys, rillet as rl
 from rillet import col
 rl.set_config(progress=False)
 clips = sorted(glob.glob(sys.argv[1] + "/*.mp4"))
+image = col("f")["image"]
+if SIZE:
+    image = image.image.resize(SIZE, SIZE)
 df = (rl.from_pydict({"p": clips}).select("p", col("p").video.frames(interval_ms=1000).alias("f"))
-      .explode("f").select("p", col("f")["pts_ms"].alias("pts"), col("f")["image"].alias("image")))
+      .explode("f").select("p", col("f")["pts_ms"].alias("pts"), image.alias("image")))
 frames = 0
 for batch in df.iter_batches():
     frames += batch.num_rows
@@ -56,27 +63,36 @@ def seconds(clip):
     return float(json.loads(out)["format"]["duration"])
 def frame(task):
     clip, t = task
+    scale = ["-vf", f"scale={SIZE}:{SIZE}:flags=bilinear"] if SIZE else []
     return len(subprocess.run(["ffmpeg", "-loglevel", "error", "-threads", "1", "-ss", str(t), "-i", clip,
-                               "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                               "-frames:v", "1", *scale, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
                               check=True, capture_output=True).stdout)
 tasks = [(c, t) for c in clips for t in range(int(seconds(c)) + 1) if t < seconds(c)]
 with ThreadPool(os.cpu_count()) as pool:
     sizes = pool.map(frame, tasks, chunksize=1)
-assert all(s == 1280 * 720 * 3 for s in sizes) and len(sizes) >= 60 * len(clips), len(sizes)
+assert all(s == FRAME_BYTES for s in sizes) and len(sizes) >= 60 * len(clips), len(sizes)
 """,
     "decode_all": """
 import glob, os, subprocess, sys
 from multiprocessing.pool import ThreadPool
 clips = sorted(glob.glob(sys.argv[1] + "/*.mp4"))
 def frames(clip):
-    out = subprocess.run(["ffmpeg", "-loglevel", "error", "-threads", "1", "-i", clip, "-vf", "fps=1:round=up",
+    scale = f",scale={SIZE}:{SIZE}:flags=bilinear" if SIZE else ""
+    out = subprocess.run(["ffmpeg", "-loglevel", "error", "-threads", "1", "-i", clip, "-vf", "fps=1:round=up" + scale,
                           "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
-    return len(out) // (1280 * 720 * 3)
+    return len(out) // FRAME_BYTES
 with ThreadPool(os.cpu_count()) as pool:
     counts = pool.map(frames, clips, chunksize=1)
 assert sum(counts) >= 60 * len(clips), counts
 """,
 }
+
+
+def jobs_for(size: int) -> dict[str, str]:
+    """The jobs, shrinking every frame to ``size`` x ``size`` (0: full size)."""
+    frame_bytes = 3 * (size * size if size else 1280 * 720)
+    header = f"SIZE = {size}\nFRAME_BYTES = {frame_bytes}\n"
+    return {name: header + job for name, job in JOBS.items()}
 
 
 def clips(count: int, seconds: int) -> Path:
@@ -104,6 +120,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size", type=int, default=0, help="shrink every frame to SIZE x SIZE (0: full size)")
     parser.add_argument("--prepare", action="store_true", help="only make the clips")
     args = parser.parse_args()
     data = clips(args.clips, args.seconds)
@@ -111,13 +128,15 @@ def main() -> None:
         return
     frames = args.clips * args.seconds
     pythons = {name: sys.executable for name in JOBS}
-    text = side_by_side(JOBS, pythons, data, HERE / "data" / "out-video", args.runs, frames, "frames/s", 1)
+    text = side_by_side(jobs_for(args.size), pythons, data, HERE / "data" / "out-video", args.runs, frames, "frames/s", 1)
     print(text)
+    shrunk = f" shrunk to {args.size}x{args.size}" if args.size else ""
+    size_flag = f" --size {args.size}" if args.size else ""
     with open(HERE / "RESULTS.md", "a") as f:
         f.write(f"\n### video_frames, {datetime.date.today()}, {args.clips} clips of {args.seconds} s (720p30, "
-                f"H.264 High, key frame every 2 s), 1 frame/s, {args.runs} runs + warm-up\n\nCommand: "
+                f"H.264 High, key frame every 2 s), 1 frame/s{shrunk}, {args.runs} runs + warm-up\n\nCommand: "
                 f"`bash bench/run.sh video_frames.py --clips {args.clips} --seconds {args.seconds} --runs "
-                f"{args.runs}`. `seek` (the limit) is `ffmpeg -ss T -frames:v 1` per frame, `decode_all` is "
+                f"{args.runs}{size_flag}`. `seek` (the limit) is `ffmpeg -ss T -frames:v 1` per frame, `decode_all` is "
                 f"`ffmpeg -vf fps=1` per clip; all single-threaded, one clip or frame a core.\n\n{text}\n")
 
 

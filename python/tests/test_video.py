@@ -141,6 +141,37 @@ def test_interval_frames_seek_and_skip_yet_match_decoding_every_frame(long_gop, 
         assert decoded[4100] < 0.15 * all_decoded, decoded
 
 
+def test_a_resize_of_exploded_frames_shrinks_them_where_they_are_decoded(long_gop):
+    """When a resize is all that reads the exploded frames' images, ``video_frames`` applies
+    it itself: plans say so, the pixels are the resize's own, and a plan that also reads
+    the full-size image keeps the two apart."""
+    paths = [long_gop["mp4"], long_gop["ts"]]
+    frames = rl.from_pydict({"p": paths}).select("p", col("p").video.frames(interval_ms=1000).alias("f")).explode("f")
+    pts = col("f")["pts_ms"].alias("pts")
+    for options, shape in (({"width": 64, "height": 48}, (48, 64, 3)),
+                           ({"width": 100, "height": 100, "keep_aspect": True, "method": "lanczos3"}, (75, 100, 3))):
+        small = col("f")["image"].image.resize(**options).alias("small")
+        full = col("f")["image"].alias("full")
+        fused = frames.select("p", pts, small)
+        assert "video_frames+image_resize" in fused.explain()
+        apart = frames.select("p", pts, small, full)
+        assert "video_frames+image_resize" not in apart.explain()
+        got, want = fused.to_pydict(), apart.to_pydict()
+        assert got["pts"] == want["pts"] and len(got["pts"]) >= 24
+        for a, b, whole in zip(got["small"], want["small"], want["full"]):
+            assert np.asarray(a).shape == shape and np.asarray(whole).shape == (120, 160, 3)
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+    # Through a filter on the time, too; never where the full image escapes or is resized twice.
+    kept = frames.filter(col("f")["pts_ms"] >= 5000).select(pts, col("f")["image"].image.resize(32, 32).alias("s"))
+    assert "video_frames+image_resize" in kept.explain()
+    assert kept.to_pydict()["pts"] == [t for t in want["pts"] if t >= 5000]
+    for plan in (frames.with_column("s", col("f")["image"].image.resize(32, 32)),
+                 frames.select(col("f")["image"].image.resize(32, 32).alias("a"),
+                               col("f")["image"].image.resize(16, 16).alias("b"))):
+        assert "video_frames+image_resize" not in plan.explain()
+        assert plan.count() == len(want["pts"])
+
+
 def test_split_refers_without_copying(clips):
     clips_out = rl.from_pydict({"p": clips[:1]}).select(col("p").video.split(1500).alias("c")).to_pydict()["c"][0]
     assert [(c["start_ms"], c["end_ms"]) for c in clips_out] == [(0, 1500), (1500, 3000), (3000, 4000)]

@@ -11,7 +11,7 @@ use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::ScalarValue;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::ArrayFunction;
+use rillet_runtime::{ArrayFunction, Downscale};
 
 use crate::image::Window;
 use crate::input::RowFailure;
@@ -418,6 +418,21 @@ pub trait Operator: Send + Sync + Debug + 'static {
     fn fuses_crop(&self) -> bool {
         false
     }
+    /// For an operator that shrinks every image into a box its options fix (resize): that
+    /// shrink, so the operator producing the images can make them that size itself (see
+    /// [`ArrayFunction::downscale`]).
+    fn downscale(&self, _params: &Params) -> Option<Downscale> {
+        None
+    }
+    /// For an operator producing images that can shrink them itself (video frames): that
+    /// operator making every image exactly what `downscale` would make of it (see
+    /// [`ArrayFunction::with_downscale`]).
+    fn downscaled(&self, _downscale: &Downscale) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 /// Adapts an [`Operator`] to the engine's [`ArrayFunction`]: splits inputs from options,
@@ -744,6 +759,22 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
         } else {
             self.fuse_crop(input, input_literals, literals)
         }
+    }
+
+    fn downscale(&self, literals: &[Option<&ScalarValue>]) -> Option<Downscale> {
+        if self.fused.is_some() || self.operator.inputs() != 1 {
+            return None;
+        }
+        let params = self.params_from_literals(literals).ok()?;
+        self.operator.downscale(&params)
+    }
+
+    fn with_downscale(&self, downscale: &Downscale) -> Option<Arc<dyn ArrayFunction>> {
+        if self.fused.is_some() {
+            return None;
+        }
+        let operator = self.operator.downscaled(downscale)?;
+        Some(Arc::new(OperatorFunction::new(operator)))
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {

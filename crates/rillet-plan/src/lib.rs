@@ -19,6 +19,7 @@
 //! ```
 
 mod dataframe;
+mod frame_downscale;
 mod graph_builder;
 mod session;
 mod sources;

@@ -13,6 +13,7 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use rillet_common::EngineConfig;
 
+use crate::frame_downscale::FuseFrameDownscale;
 use crate::stage::BatchStagePlanner;
 use crate::udf::registered_function;
 
@@ -92,6 +93,7 @@ impl Session {
             .with_runtime_env(runtime)
             .with_default_features()
             .with_query_planner(Arc::new(RilletQueryPlanner))
+            .with_optimizer_rule(Arc::new(FuseFrameDownscale))
             .build();
         let ctx = SessionContext::new_with_state(state);
         // Built-in multimodal operators, by SQL name, for SQL and the DataFrame alike;

@@ -88,6 +88,11 @@ impl BatchStageNode {
     pub fn kind(&self) -> &StageKind {
         &self.kind
     }
+
+    /// The plan the stage reads.
+    pub fn input(&self) -> &LogicalPlan {
+        &self.input
+    }
 }
 
 fn stage_schema(input: &LogicalPlan, kind: &StageKind) -> Result<DFSchemaRef> {

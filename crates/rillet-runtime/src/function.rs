@@ -181,12 +181,51 @@ pub trait ArrayFunction: Send + Sync + Debug {
     ) -> Option<std::sync::Arc<dyn ArrayFunction>> {
         None
     }
+    /// For a function that shrinks each image it reads to a size its options fix (a resize),
+    /// called with the literal values of its arguments (`None` where one is not a literal):
+    /// that shrink, so the function producing its images can make them that size in the
+    /// first place (see [`with_downscale`](Self::with_downscale)). `None` by default.
+    fn downscale(&self, _literals: &[Option<&ScalarValue>]) -> Option<Downscale> {
+        None
+    }
+    /// For a function producing images inside its result (video frames, one list of
+    /// structs a row whose `image` field a downscale reads after an explode): the same
+    /// function with every image already shrunk as `downscale` would shrink it, pixel for
+    /// pixel, so full-size images never leave it. `None` (the default) where it cannot.
+    fn with_downscale(&self, _downscale: &Downscale) -> Option<std::sync::Arc<dyn ArrayFunction>> {
+        None
+    }
     /// This function as [`Any`](std::any::Any), for a [`fuse_input`](Self::fuse_input)
     /// that looks into the function it fuses (a resize reading a crop's window); `None`
     /// (the default) for a function no other one fuses by its kind.
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         None
     }
+}
+
+/// How a resize shrinks every image it reads: into `width × height` with the filter
+/// `method`, exactly that size or, with `keep_aspect`, the largest size of the image's
+/// shape that fits (see [`ArrayFunction::downscale`]).
+///
+/// ```
+/// let to_model = rillet_runtime::Downscale {
+///     width: 224,
+///     height: 224,
+///     method: "bilinear".into(),
+///     keep_aspect: false,
+/// };
+/// assert_eq!(to_model.width * to_model.height, 50_176);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downscale {
+    /// Width of the box, in pixels.
+    pub width: u32,
+    /// Height of the box, in pixels.
+    pub height: u32,
+    /// The resize filter (`bilinear`, `lanczos3`, ...).
+    pub method: String,
+    /// Whether the image keeps its shape and fits inside the box.
+    pub keep_aspect: bool,
 }
 
 /// A function from one batch to another, run off the async executor on a bounded pool.

@@ -66,8 +66,8 @@ pub use checkpointing::{CheckpointStats, Checkpointing};
 pub use datafusion::common::ScalarValue;
 pub use exchange::{ExchangeRegistry, ExchangeSourceExec};
 pub use function::{
-    ArrayFunction, BatchFunction, CallFields, FunctionChain, FunctionContext, RowBatcher,
-    call_first_row, record_decoded, record_nulls, while_loading_model,
+    ArrayFunction, BatchFunction, CallFields, Downscale, FunctionChain, FunctionContext,
+    RowBatcher, call_first_row, record_decoded, record_nulls, while_loading_model,
 };
 pub use graph::{DataflowGraph, Edge, EdgeId, EdgeKind, Vertex, VertexId, VertexOperator};
 pub use message::{CheckpointBarrier, StreamMessage, WATERMARK_END};

@@ -9,7 +9,7 @@ pub mod codec;
 mod draw;
 mod measure;
 mod spare;
-mod transform;
+pub(crate) mod transform;
 mod turbo;
 
 pub(crate) use transform::crop_window_of;

@@ -11,7 +11,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use image::DynamicImage;
 use rillet_common::types::{ElementType, ImageMode, ImageType, TensorType};
 use rillet_common::{Result, RilletError};
-use rillet_runtime::ArrayFunction;
+use rillet_runtime::{ArrayFunction, Downscale};
 
 use super::array::{ImageBuilder, ImageColumn, ImageView, convert, pillow_luma};
 use super::{
@@ -325,6 +325,53 @@ impl Operator for Resize {
     fn fuses_crop(&self) -> bool {
         true
     }
+
+    fn downscale(&self, params: &Params) -> Option<Downscale> {
+        let (width, height, _) = resize_options(params).ok()?;
+        Some(Downscale {
+            width,
+            height,
+            method: params.str("method").ok()?.to_string(),
+            keep_aspect: params.bool("keep_aspect").ok()?,
+        })
+    }
+}
+
+/// `width × height` RGB pixels, rows `stride` bytes apart, as [`Resize`] would shrink
+/// them for `downscale`: the result's width, height and pixels.
+pub(crate) fn downscale_rgb(
+    data: &[u8],
+    stride: usize,
+    (width, height): (u32, u32),
+    downscale: &Downscale,
+) -> std::result::Result<(u32, u32, Vec<u8>), String> {
+    let alg = resize_alg(&downscale.method).map_err(|e| e.to_string())?;
+    let (tw, th) = if downscale.keep_aspect {
+        fitted_size(width, height, downscale.width, downscale.height)
+    } else {
+        (downscale.width, downscale.height)
+    };
+    let row = 3 * width as usize;
+    let rows;
+    let src = if stride == row {
+        &data[..row * height as usize]
+    } else {
+        rows = (0..height as usize)
+            .flat_map(|y| &data[y * stride..y * stride + row])
+            .copied()
+            .collect::<Vec<u8>>();
+        &rows[..]
+    };
+    let view = ImageView {
+        width,
+        height,
+        mode: ImageMode::Rgb,
+        data: src,
+    };
+    let mut out = vec![0; ImageMode::Rgb.buffer_len(tw as usize, th as usize)];
+    let mut resizer = ThreadResizer::take();
+    resize_into(&mut resizer, &view, tw, th, alg, None, &mut out)?;
+    Ok((tw, th, out))
 }
 
 /// `image_letterbox(img, width, height, fill, on_error)`: resize to fit inside

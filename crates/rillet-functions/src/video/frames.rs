@@ -11,10 +11,12 @@ use ffmpeg::software::scaling::{Context as Scaler, Flags};
 use ffmpeg_next as ffmpeg;
 use rillet_common::types::{ImageMode, ImageType};
 use rillet_common::{Result, RilletError};
+use rillet_runtime::Downscale;
 
 use super::{DEFAULT_MAX_DECODED_BYTES, expect_video, open, per_video};
 use crate::audio::{list_array, list_of};
 use crate::image::array::{ImageBuilder, ImageView};
+use crate::image::transform::downscale_rgb;
 use crate::operator::{Call, Operator, Param, ParamKind, Params, RowErrors};
 
 /// Which frames to keep.
@@ -32,9 +34,11 @@ struct FrameOptions {
     selector: Selector,
     max_frames: usize,
     max_bytes: u64,
+    /// The resize that reads every kept frame, done here (see [`Frames::downscale`]).
+    downscale: Option<Downscale>,
 }
 
-fn frame_options(params: &Params) -> Result<FrameOptions> {
+fn frame_options(params: &Params, downscale: Option<&Downscale>) -> Result<FrameOptions> {
     let interval = params.float("interval_ms")?;
     let selector = match params.str("selector")? {
         "interval" if interval >= 1.0 => Selector::Interval(interval),
@@ -59,6 +63,7 @@ fn frame_options(params: &Params) -> Result<FrameOptions> {
         max_frames: params.size("max_frames")? as usize,
         max_bytes: max_bytes
             .ok_or_else(|| RilletError::invalid_argument("max_decoded_bytes must be positive"))?,
+        downscale: downscale.cloned(),
     })
 }
 
@@ -457,16 +462,14 @@ impl<'o> FrameReader<'o> {
         }
     }
 
-    /// Convert the decoded frame to RGB and keep it.
+    /// Convert the decoded frame to RGB (and shrink it, for a fused resize) and keep it.
     fn keep(&mut self, pts_ms: f64) -> std::result::Result<(), String> {
         let (w, h) = (self.decoded.width(), self.decoded.height());
-        self.bytes += 3 * w as u64 * h as u64;
-        if self.bytes > self.options.max_bytes {
-            return Err(format!(
-                "decoded frames would take over max_decoded_bytes = {}",
-                self.options.max_bytes
-            ));
-        }
+        let kept = match &self.options.downscale {
+            Some(_) => 0,
+            None => 3 * w as u64 * h as u64,
+        };
+        self.count_kept_bytes(kept)?;
         let shape = (self.decoded.format(), w, h);
         if self.scaler.as_ref().is_none_or(|(_, s, _)| *s != shape) {
             let context = Scaler::get(shape.0, w, h, Pixel::RGB24, w, h, Flags::BILINEAR)
@@ -478,16 +481,38 @@ impl<'o> FrameReader<'o> {
         context.run(&self.decoded, rgb).map_err(|e| e.to_string())?;
         let (stride, row) = (rgb.stride(0), 3 * w as usize);
         let data = rgb.data(0);
-        let mut pixels = Vec::with_capacity(row * h as usize);
-        for y in 0..h as usize {
-            pixels.extend_from_slice(&data[y * stride..y * stride + row]);
-        }
+        let (width, height, pixels) = match &self.options.downscale {
+            Some(downscale) => {
+                let shrunk = downscale_rgb(data, stride, (w, h), downscale)?;
+                self.count_kept_bytes(shrunk.2.len() as u64)?;
+                shrunk
+            }
+            None => {
+                let mut pixels = Vec::with_capacity(row * h as usize);
+                for y in 0..h as usize {
+                    pixels.extend_from_slice(&data[y * stride..y * stride + row]);
+                }
+                (w, h, pixels)
+            }
+        };
         self.frames.push(Frame {
             pts_ms: pts_ms.round() as i64,
-            width: w,
-            height: h,
+            width,
+            height,
             rgb: pixels,
         });
+        Ok(())
+    }
+
+    /// Count `bytes` more kept pixels against `max_decoded_bytes`.
+    fn count_kept_bytes(&mut self, bytes: u64) -> std::result::Result<(), String> {
+        self.bytes += bytes;
+        if self.bytes > self.options.max_bytes {
+            return Err(format!(
+                "decoded frames would take over max_decoded_bytes = {}",
+                self.options.max_bytes
+            ));
+        }
         Ok(())
     }
 }
@@ -505,18 +530,25 @@ fn frame_fields() -> Fields {
 /// `"keyframes"` or `"all"`; `max_frames` (0 = no limit) stops decoding early.
 ///
 /// `video_extract_frames(...)`: the same frames as a list of images in one row.
+///
+/// When a resize reads every frame's image after an explode, and nothing else reads the
+/// full-size image, the planner has `video_frames` shrink each frame as that resize would,
+/// pixel for pixel ([`Operator::downscaled`]): plans show `video_frames+image_resize`, and
+/// full-size frames never leave the decoder's thread.
 #[derive(Debug)]
 pub struct Frames {
     /// A list of images (`video_extract_frames`) rather than {pts_ms, image} structs.
     pub(super) collect: bool,
+    /// The resize fused into the frames, if any.
+    pub(super) downscale: Option<Downscale>,
 }
 
 impl Operator for Frames {
     fn name(&self) -> &'static str {
-        if self.collect {
-            "video_extract_frames"
-        } else {
-            "video_frames"
+        match (self.collect, &self.downscale) {
+            (true, _) => "video_extract_frames",
+            (false, None) => "video_frames",
+            (false, Some(_)) => "video_frames+image_resize",
         }
     }
 
@@ -537,7 +569,7 @@ impl Operator for Frames {
 
     fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
         expect_video(self.name(), &inputs[0])?;
-        frame_options(params)?;
+        frame_options(params, None)?;
         let item = if self.collect {
             ImageType::new(Some(ImageMode::Rgb)).field("item")
         } else {
@@ -547,7 +579,7 @@ impl Operator for Frames {
     }
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
-        let options = frame_options(call.params)?;
+        let options = frame_options(call.params, self.downscale.as_ref())?;
         let rows = per_video(self.name(), call, errors, |path, _| {
             extract_frames(path, &options)
         })?;
@@ -580,6 +612,15 @@ impl Operator for Frames {
             Arc::new(items),
             &lengths,
         )
+    }
+
+    fn downscaled(&self, downscale: &Downscale) -> Option<Self> {
+        // Only frames exploded to rows of {pts_ms, image}: the planner finds the resize
+        // reading `image`.
+        (!self.collect && self.downscale.is_none()).then(|| Frames {
+            collect: false,
+            downscale: Some(downscale.clone()),
+        })
     }
 
     fn batch_size(&self) -> Option<usize> {

@@ -43,8 +43,14 @@ pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {
     vec![
         Arc::new(OperatorFunction::new(Metadata)),
         Arc::new(OperatorFunction::new(Split)),
-        Arc::new(OperatorFunction::new(Frames { collect: false })),
-        Arc::new(OperatorFunction::new(Frames { collect: true })),
+        Arc::new(OperatorFunction::new(Frames {
+            collect: false,
+            downscale: None,
+        })),
+        Arc::new(OperatorFunction::new(Frames {
+            collect: true,
+            downscale: None,
+        })),
         Arc::new(OperatorFunction::new(AudioTrack)),
     ]
 }
