@@ -716,7 +716,18 @@ class AudioNamespace:
 
     def split_by_ranges(self, ranges: Any, *, on_error: str = "null") -> Expr:
         """The pieces between each ``(start_ms, end_ms)``: a column (e.g. the output of
-        :meth:`detect_silence`) or a list of pairs."""
+        :meth:`detect_silence`) or a list of pairs.
+
+        Encoded WAV, FLAC, ALAC and MP3 are decoded only from the earliest start to the
+        latest end (a few packets before it rebuild the decoder's state), with the samples a
+        whole decode gives; AAC and Vorbis are decoded whole.
+
+        >>> import numpy as np, rillet as rl
+        >>> df = rl.from_pydict({"a": [(np.zeros((16000, 1), np.float32), 16000)]})
+        >>> pieces = df.select(rl.col("a").audio.split_by_ranges([(0, 250), (500, 1000)]).alias("p"))
+        >>> [len(samples) for samples, rate in pieces.to_pydict()["p"][0]]
+        [4000, 8000]
+        """
         if isinstance(ranges, (list, tuple)):
             ranges = [float(v) for pair in ranges for v in pair]
         return _call("audio_split_by_ranges", self._e, ranges, on_error)

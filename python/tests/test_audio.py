@@ -248,6 +248,41 @@ def test_mel_spectrogram_matches_the_whisper_recipe(speech):
     assert str(df.select(col("a").audio.mel_spectrogram().alias("m")).schema.field("m").type) == "Tensor[f32]"
 
 
+@pytest.mark.parametrize("name", ["speech0.wav", "speech0.flac", "speech0.mp3", "speech0.ogg", "speech0.m4a"])
+def test_split_by_ranges_decodes_only_the_ranges_yet_matches_a_whole_decode(speech, name):
+    path = rl.from_pydict({"p": [str(speech[name])]})
+    whole = path.select(col("p").audio.decode().alias("a"))
+    for ranges in ([(2000, 2500), (3000, 3100.5)], [(7.5, 20)], [(8900, 12000)], [(0, 40), (9200, 9300)]):
+        split = path.select(col("p").audio.split_by_ranges(ranges).alias("out"))
+        pieces = split.to_pydict()["out"][0]
+        decoded = sum(op["decoded_bytes"] for op in split.stats()["operators"])
+        want = _one(whole, col("a").audio.split_by_ranges(ranges))
+        assert [p[1] for p in pieces] == [w[1] for w in want]
+        for (got, _), (ref, _) in zip(pieces, want):
+            assert got.shape == ref.shape, (ranges, got.shape, ref.shape)
+            np.testing.assert_array_equal(got, ref)
+        # AAC's noise substitution draws from one random sequence from the file's start, and
+        # Vorbis packets do not declare what they decode to alone: both are decoded whole.
+        if ranges[0][0] == 2000 and name not in ("speech0.ogg", "speech0.m4a"):
+            full = 4 * whole.to_pydict()["a"][0][0].size
+            assert decoded < 0.45 * full, (decoded, full)
+    past = _one(path, col("p").audio.split_by_ranges([(1000, 2000), (10_000, 11_000)], on_error="column"))
+    assert past["value"] is None and "outside the clip (9" in past["error"], past
+
+
+def test_split_by_ranges_on_corrupt_audio_gives_null_with_a_reason(speech):
+    corpus = _corpus(speech)
+    df = rl.from_pydict({"name": list(corpus), "b": list(corpus.values())})
+    for ranges in ([(0, 100)], [(5000, 9000)]):
+        out = df.select("name", col("b").audio.split_by_ranges(ranges, on_error="column").alias("s")).to_pydict()
+        for name, result in zip(out["name"], out["s"]):
+            # A range wholly within the sound start of a cut file may be read; anything else
+            # is null with a reason.
+            assert (result["value"] is None) == bool(result["error"]), name
+            if ranges[0][0] == 5000 or name in ("zero-byte", "text", "random bytes", "wav header only"):
+                assert result["value"] is None and result["error"], (name, result)
+
+
 def _corpus(speech) -> dict[str, bytes]:
     wav = speech["speech0.wav"].read_bytes()
     mp3 = speech["speech0.mp3"].read_bytes()

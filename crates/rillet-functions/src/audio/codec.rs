@@ -256,6 +256,187 @@ pub fn decode(
     })
 }
 
+/// Packets decoded, and their samples dropped, before the first packet a span needs: by
+/// then the decoder's history (the overlap of MDCT codecs, MP3's bit reservoir and
+/// synthesis filter) is what a decode from the start would have, so the span's samples are
+/// that decode's.
+const PREROLL_PACKETS: usize = 4;
+
+/// Whether the codec's decoder, fed a few packets before a span, gives the span's samples
+/// exactly as a decode from the start: PCM and ADPCM packets stand alone, FLAC and ALAC
+/// frames too, MPEG audio needs the preroll. Not AAC, whose noise substitution draws from
+/// one random sequence from the file's start, nor Vorbis, whose packets do not declare
+/// what they decode to alone.
+fn restarts_exactly(codec: &str) -> bool {
+    ["pcm", "adpcm", "flac", "alac", "mp1", "mp2", "mp3"]
+        .iter()
+        .any(|prefix| codec.starts_with(prefix))
+}
+
+/// The part of a decode that a span asked for (see [`decode_span`]).
+#[derive(Debug)]
+pub struct Span<'a> {
+    /// The decoded frames from `first_frame` on, up to the span's end or the stream's.
+    pub audio: Waveform<'a>,
+    /// Index, in a decode from the start, of the first frame of `audio`.
+    pub first_frame: u64,
+    /// Whether the stream ended within the span: its length is then `first_frame` plus
+    /// the frames of `audio`.
+    pub reached_end: bool,
+}
+
+/// Decode only the frames from `start_ms` to `end_ms` of encoded audio, as a decode from
+/// the start would give them: packets ending before the span are read, not decoded
+/// (but for the few before it that rebuild the decoder's history), and decoding stops at
+/// the span's end. Where that could change a sample (see [`restarts_exactly`]) or the
+/// container's packet durations do not count the decoder's frames (timestamps not in
+/// samples, a packet decoding to another length than it declares), the whole stream is
+/// decoded instead.
+///
+/// ```
+/// use rillet_functions::audio::{codec, Waveform};
+/// let wav = codec::encode_wav(&Waveform::new(1000, 1, (0..5000).map(|i| i as f32 / 8192.0).collect()), true);
+/// let span = codec::decode_span(&wav, Some("wav"), codec::DEFAULT_MAX_DECODED_BYTES, 2000.0, 2500.0).unwrap();
+/// assert!(span.first_frame <= 2000 && span.first_frame as usize + span.audio.frames() >= 2500);
+/// assert_eq!(span.audio.samples[2000 - span.first_frame as usize], 2000.0 / 8192.0);
+/// ```
+pub fn decode_span(
+    bytes: &[u8],
+    extension: Option<&str>,
+    max_decoded_bytes: u64,
+    start_ms: f64,
+    end_ms: f64,
+) -> Result<Span<'static>, String> {
+    let whole = || {
+        decode(bytes, extension, max_decoded_bytes, None).map(|audio| Span {
+            audio,
+            first_frame: 0,
+            reached_end: true,
+        })
+    };
+    let mut format = open(bytes, extension)?;
+    let (track_id, declared_frames, params) = audio_track(format.as_ref())?;
+    let time_base = format
+        .default_track(TrackType::Audio)
+        .and_then(|t| t.time_base);
+    let rate = match (params.sample_rate, time_base) {
+        (Some(rate), Some(tb)) if tb.numer.get() == 1 && tb.denom.get() == rate => rate,
+        _ => return whole(),
+    };
+    let restarts_exactly = symphonia::default::get_codecs()
+        .get_audio_decoder(params.codec)
+        .is_some_and(|d| restarts_exactly(d.codec.info.short_name));
+    if !restarts_exactly {
+        return whole();
+    }
+    let frame_at = |ms: f64| (ms.max(0.0) * rate as f64 / 1000.0).floor() as u64;
+    let (start, end) = (frame_at(start_ms), frame_at(end_ms).saturating_add(1));
+    let mut decoder = symphonia::default::get_codecs()
+        .make_audio_decoder(&params, &AudioDecoderOptions::default())
+        .map_err(describe)?;
+    // Packets read but not decoded, the last few kept for the preroll, and where the next
+    // packet starts in a decode from the start.
+    let mut preroll: std::collections::VecDeque<(u64, symphonia::core::packet::Packet)> =
+        Default::default();
+    let mut position = 0u64;
+    let mut decoding = false;
+    let (mut samples, mut first_frame, mut spec) = (Vec::<f32>::new(), 0u64, None);
+    let mut reached_end = false;
+    loop {
+        let packet = match format.next_packet() {
+            Ok(Some(packet)) => packet,
+            Ok(None) => {
+                reached_end = true;
+                break;
+            }
+            Err(e) => return Err(describe(e)),
+        };
+        if packet.track_id != track_id {
+            continue;
+        }
+        // What the decoder gives for the packet: its duration less the encoder delay and
+        // padding it trims (checked on every packet decoded).
+        let frames = packet
+            .dur
+            .get()
+            .saturating_sub(packet.trim_start.get() + packet.trim_end.get());
+        if !decoding && position + frames <= start {
+            preroll.push_back((frames, packet));
+            if preroll.len() > PREROLL_PACKETS {
+                preroll.pop_front();
+            }
+            position += frames;
+            continue;
+        }
+        if !decoding {
+            decoding = true;
+            first_frame = position;
+            for (declared, packet) in preroll.drain(..) {
+                let buffer = decoder.decode(&packet).map_err(describe)?;
+                if buffer.frames() as u64 != declared {
+                    return whole();
+                }
+            }
+        }
+        let buffer = decoder.decode(&packet).map_err(describe)?;
+        if buffer.frames() as u64 != frames {
+            return whole();
+        }
+        let now = (
+            buffer.spec().rate(),
+            buffer.spec().channels().count() as u16,
+        );
+        if *spec.get_or_insert(now) != now {
+            return whole(); // the format changes mid-way: the full decode says how
+        }
+        let at = samples.len();
+        let added = buffer.samples_interleaved();
+        if ((at + added) as u64).saturating_mul(4) > max_decoded_bytes {
+            return Err(format!(
+                "decoded audio would take {} bytes, over max_decoded_bytes = {max_decoded_bytes}",
+                ((at + added) as u64).saturating_mul(4)
+            ));
+        }
+        samples.resize(at + added, 0.0);
+        buffer.copy_to_slice_interleaved(&mut samples[at..]);
+        position += frames;
+        if position >= end {
+            break;
+        }
+    }
+    let Some((rate, channels)) = spec else {
+        // Nothing was decoded: the span starts at or past the end.
+        return Ok(Span {
+            audio: Waveform::new(
+                rate,
+                params.channels.as_ref().map_or(1, |c| c.count() as u16),
+                Vec::new(),
+            ),
+            first_frame: position,
+            reached_end,
+        });
+    };
+    if reached_end
+        && let Some(declared) = declared_frames
+        && position + FRAME_SLACK < declared
+    {
+        return Err(format!(
+            "truncated or corrupt: decoded {position} frames of the {declared} the header declares"
+        ));
+    }
+    rillet_runtime::memory::charge_call_memory(samples.capacity() * 4);
+    rillet_runtime::record_decoded(samples.len() * 4);
+    Ok(Span {
+        audio: Waveform {
+            rate,
+            channels,
+            samples: Cow::Owned(samples),
+        },
+        first_frame,
+        reached_end,
+    })
+}
+
 /// Encode as a RIFF/WAVE file: 16-bit PCM (clipped to [-1, 1]), or 32-bit float when
 /// `float` is true.
 pub fn encode_wav(audio: &Waveform<'_>, float: bool) -> Vec<u8> {

@@ -227,6 +227,40 @@ impl<'a> AudioInput<'a> {
         }
     }
 
+    /// The audio of `row` from `start_ms` to `end_ms`: decoded audio as it is, encoded
+    /// content decoded only that far (see [`codec::decode_span`]).
+    fn span(
+        &self,
+        row: usize,
+        max_bytes: u64,
+        (start_ms, end_ms): (f64, f64),
+    ) -> std::result::Result<Option<codec::Span<'a>>, RowFailure> {
+        match self {
+            Self::Decoded(column) => {
+                Ok(column
+                    .get(row)
+                    .map_err(RowFailure::Data)?
+                    .map(|audio| codec::Span {
+                        audio,
+                        first_frame: 0,
+                        reached_end: true,
+                    }))
+            }
+            Self::Encoded(column) => match column.get(row)? {
+                None => Ok(None),
+                Some(bytes) => codec::decode_span(
+                    &bytes,
+                    column.extension(row).as_deref(),
+                    max_bytes,
+                    start_ms,
+                    end_ms,
+                )
+                .map(Some)
+                .map_err(|reason| RowFailure::Data(format!("{}: {reason}", column.identity(row)))),
+            },
+        }
+    }
+
     /// Header facts of `row`, without decoding samples of encoded content.
     fn facts(&self, row: usize) -> std::result::Result<Option<Facts>, RowFailure> {
         match self {
@@ -928,6 +962,8 @@ fn ranges_at(
 /// `(start_ms, end_ms)` of `ranges` (a column or literal: a list of struct{start_ms,
 /// end_ms} or a flat list of numbers in pairs), as a list of Audio to explode. A range
 /// that is inverted or starts past the end is bad data; one that runs past the end is cut.
+/// Encoded audio is decoded only from the earliest start to the latest end where that gives
+/// a whole decode's samples ([`codec::decode_span`]).
 #[derive(Debug)]
 pub struct SplitByRanges;
 
@@ -963,27 +999,78 @@ impl Operator for SplitByRanges {
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let ranges = &call.inputs[1];
-        let rows = map_waveforms(self.name(), call, errors, |wave, row| {
-            let Some(pairs) = ranges_at(ranges, row)? else {
-                return Ok(Vec::new());
-            };
-            let duration = wave.duration_ms();
-            pairs
-                .into_iter()
-                .map(|(s, e)| {
-                    if !(s >= 0.0 && e > s && s < duration) {
-                        return Err(format!("range {s}..{e} ms is empty, inverted or outside the clip ({duration:.0} ms)"));
-                    }
-                    Ok(dsp::slice_ms(&wave, s, e.min(duration)))
-                })
-                .collect()
-        });
+        let input = AudioInput::try_new(self.name(), &call.inputs[0])?;
+        // Encoded audio is decoded from the earliest start to the latest end only.
+        let rows = per_row(
+            &input,
+            call,
+            errors,
+            |input, row| {
+                let pairs = ranges_at(ranges, row).map_err(RowFailure::Data)?;
+                let valid = |(s, e): &(f64, f64)| *s >= 0.0 && e > s;
+                let reach = pairs.iter().flatten().filter(|pair| valid(pair)).fold(
+                    None,
+                    |reach: Option<(f64, f64)>, &(s, e)| {
+                        Some(reach.map_or((s, e), |(a, b)| (a.min(s), b.max(e))))
+                    },
+                );
+                // Without a valid range, the first packets still show the audio is sound.
+                let span =
+                    input.span(row, DEFAULT_MAX_DECODED_BYTES, reach.unwrap_or((0.0, 0.0)))?;
+                Ok(span.map(|span| (span, pairs)))
+            },
+            |(span, pairs), _| {
+                let Some(pairs) = pairs else {
+                    return Ok(Vec::new());
+                };
+                pairs
+                    .into_iter()
+                    .map(|(s, e)| range_of(&span, s, e))
+                    .collect()
+            },
+        );
         audio_lists(rows?)
     }
 
     fn batch_size(&self) -> Option<usize> {
         Some(AUDIO_BATCH_ROWS)
     }
+}
+
+/// The audio from `start_ms` to `end_ms` of a decode from the start, out of `span` (which
+/// holds it): cut where the audio ends; bad data when empty, inverted or past the end.
+fn range_of(
+    span: &codec::Span<'_>,
+    start_ms: f64,
+    end_ms: f64,
+) -> std::result::Result<Waveform<'static>, String> {
+    let audio = &span.audio;
+    let rate = audio.rate as f64;
+    let duration = if span.reached_end {
+        (span.first_frame + audio.frames() as u64) as f64 * 1000.0 / rate
+    } else {
+        f64::INFINITY
+    };
+    if !(start_ms >= 0.0 && end_ms > start_ms && start_ms < duration) {
+        let length = if span.reached_end {
+            format!("{duration:.0} ms")
+        } else {
+            "longer".into()
+        };
+        return Err(format!(
+            "range {start_ms}..{end_ms} ms is empty, inverted or outside the clip ({length})"
+        ));
+    }
+    let frame_at =
+        |ms: f64| ((ms * rate / 1000.0).round().max(0.0) as u64).saturating_sub(span.first_frame);
+    let c = audio.channels as usize;
+    let start = (frame_at(start_ms) as usize).min(audio.frames());
+    let end = (frame_at(end_ms.min(duration)) as usize).clamp(start, audio.frames());
+    Ok(Waveform {
+        rate: audio.rate,
+        channels: audio.channels,
+        samples: std::borrow::Cow::Owned(audio.samples[start * c..end * c].to_vec()),
+    })
 }
 
 /// The struct of one time range, `{start_ms, end_ms}` (what `audio_split_by_ranges` takes).
