@@ -165,11 +165,17 @@ def test_a_resize_of_exploded_frames_shrinks_them_where_they_are_decoded(long_go
     kept = frames.filter(col("f")["pts_ms"] >= 5000).select(pts, col("f")["image"].image.resize(32, 32).alias("s"))
     assert "video_frames+image_resize" in kept.explain()
     assert kept.to_pydict()["pts"] == [t for t in want["pts"] if t >= 5000]
+    listed = rl.from_pydict({"p": paths}).select("p", col("p").video.frames(interval_ms=1000).alias("f"))
+    first = listed.with_column("first", rl.expr._call("array_element", col("f"), 1)).explode("f")
+    twice = listed.with_column("g", col("f")).explode("f").explode("g")
     for plan in (frames.with_column("s", col("f")["image"].image.resize(32, 32)),
                  frames.select(col("f")["image"].image.resize(32, 32).alias("a"),
-                               col("f")["image"].image.resize(16, 16).alias("b"))):
+                               col("f")["image"].image.resize(16, 16).alias("b")),
+                 first.select(col("f")["image"].image.resize(32, 32).alias("s"), col("first")["image"].alias("full")),
+                 twice.select(col("f")["image"].image.resize(32, 32).alias("a"),
+                              col("g")["image"].image.resize(16, 16).alias("b"))):
         assert "video_frames+image_resize" not in plan.explain()
-        assert plan.count() == len(want["pts"])
+        assert plan.count() in (len(want["pts"]), 12 * 12 + 13 * 13)
 
 
 def test_split_refers_without_copying(clips):

@@ -101,6 +101,10 @@ fn find_fusions(plan: &LogicalPlan) -> DfResult<HashMap<String, Downscale>> {
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
+    if has_opaque_node(plan)? {
+        return Ok(fusions);
+    }
+    let mut refused = Vec::new();
     for (resize, column, downscale) in candidates {
         if image_reads(plan, &column)? != 1
             || plan.schema().field_with_unqualified_name(&column).is_ok()
@@ -110,10 +114,50 @@ fn find_fusions(plan: &LogicalPlan) -> DfResult<HashMap<String, Downscale>> {
         let Some(frames) = frames_stage_below(resize, &column) else {
             continue;
         };
-        // Two resizes of the same frames (two sizes) read the image twice: counted above.
-        fusions.insert(frames, downscale);
+        // The frames list itself must have one reader, the projection naming it for the
+        // explode: an alias or element of it merged into another projection reads it
+        // under the stage's own column name.
+        if column_reads(plan, &frames)? != 1 {
+            continue;
+        }
+        if fusions.insert(frames.clone(), downscale).is_some() {
+            refused.push(frames); // two resizes of the same frames
+        }
+    }
+    for frames in refused {
+        fusions.remove(&frames);
     }
     Ok(fusions)
+}
+
+/// Whether the plan holds a node whose reads of columns cannot be seen (a `map_batches`
+/// stage, another extension): the rule then leaves the plan alone.
+fn has_opaque_node(plan: &LogicalPlan) -> DfResult<bool> {
+    let mut opaque = false;
+    plan.apply_with_subqueries(|node| {
+        if matches!(node, LogicalPlan::Extension(_)) && udf_stage(node).is_none() {
+            opaque = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(opaque)
+}
+
+/// References to `column` by name in every expression of `plan`.
+fn column_reads(plan: &LogicalPlan, column: &str) -> DfResult<usize> {
+    let mut reads = 0;
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                if matches!(e, Expr::Column(c) if c.name == column) {
+                    reads += 1;
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    Ok(reads)
 }
 
 fn literals(args: &[Expr]) -> Vec<Option<&ScalarValue>> {

@@ -256,11 +256,19 @@ pub fn decode(
     })
 }
 
-/// Packets decoded, and their samples dropped, before the first packet a span needs: by
-/// then the decoder's history (the overlap of MDCT codecs, MP3's bit reservoir and
-/// synthesis filter) is what a decode from the start would have, so the span's samples are
-/// that decode's.
-const PREROLL_PACKETS: usize = 4;
+/// Packets decoded, and their samples dropped, before the first packet a span needs, at
+/// least: by then the decoder's history is what a decode from the start would have, so the
+/// span's samples are that decode's.
+const PREROLL_PACKETS: usize = 8;
+
+/// Bytes of main data the preroll packets hold, at least: MP3's bit reservoir reaches up
+/// to 511 bytes back, for the first packet kept and for the one before it, whose filter
+/// banks overlap it. A frame's first 36 bytes are taken as header and side information.
+const PREROLL_MAIN_BYTES: usize = 2 * 511;
+
+/// Packets a preroll may grow to before the span is decoded from the start instead (tiny
+/// frames of almost nothing but headers).
+const MAX_PREROLL_PACKETS: usize = 2048;
 
 /// Whether the codec's decoder, fed a few packets before a span, gives the span's samples
 /// exactly as a decode from the start: PCM and ADPCM packets stand alone, FLAC and ALAC
@@ -280,18 +288,54 @@ pub struct Span<'a> {
     pub audio: Waveform<'a>,
     /// Index, in a decode from the start, of the first frame of `audio`.
     pub first_frame: u64,
-    /// Whether the stream ended within the span: its length is then `first_frame` plus
-    /// the frames of `audio`.
-    pub reached_end: bool,
+    /// Frames of the whole decode (its length).
+    pub total_frames: u64,
+}
+
+/// Packets read but not decoded, the last ones kept for the preroll.
+#[derive(Default)]
+struct Preroll {
+    packets: std::collections::VecDeque<(u64, symphonia::core::packet::Packet)>,
+    main_bytes: usize,
+    /// Whether packets were dropped from the front (else it starts at the stream's start).
+    dropped: bool,
+}
+
+impl Preroll {
+    fn main_bytes(packet: &symphonia::core::packet::Packet) -> usize {
+        packet.data.len().saturating_sub(36)
+    }
+
+    fn push(&mut self, frames: u64, packet: symphonia::core::packet::Packet) {
+        self.main_bytes += Self::main_bytes(&packet);
+        self.packets.push_back((frames, packet));
+        while let Some((_, front)) = self.packets.front() {
+            let rest = self.main_bytes - Self::main_bytes(front);
+            let enough = self.packets.len() > PREROLL_PACKETS && rest >= PREROLL_MAIN_BYTES;
+            if !enough && self.packets.len() <= MAX_PREROLL_PACKETS {
+                break;
+            }
+            self.main_bytes = rest;
+            self.packets.pop_front();
+            self.dropped = true;
+        }
+    }
+
+    /// Whether decoding these packets rebuilds the decoder's history.
+    fn is_enough(&self) -> bool {
+        !self.dropped
+            || (self.packets.len() >= PREROLL_PACKETS && self.main_bytes >= PREROLL_MAIN_BYTES)
+    }
 }
 
 /// Decode only the frames from `start_ms` to `end_ms` of encoded audio, as a decode from
-/// the start would give them: packets ending before the span are read, not decoded
-/// (but for the few before it that rebuild the decoder's history), and decoding stops at
-/// the span's end. Where that could change a sample (see [`restarts_exactly`]) or the
-/// container's packet durations do not count the decoder's frames (timestamps not in
-/// samples, a packet decoding to another length than it declares), the whole stream is
-/// decoded instead.
+/// the start would give them: packets before the span are read, not decoded (but for the
+/// preroll that rebuilds the decoder's history), and after it they are read only to find
+/// the stream's length and whether it is cut short. Where that could change a sample (see
+/// [`restarts_exactly`]) or the container's packet durations do not count the decoder's
+/// frames (timestamps not in samples, a packet decoding to another length or format than
+/// the container declares), the whole stream is decoded instead. `max_decoded_bytes`
+/// caps the frames decoded, not the stream's.
 ///
 /// ```
 /// use rillet_functions::audio::{codec, Waveform};
@@ -299,6 +343,7 @@ pub struct Span<'a> {
 /// let span = codec::decode_span(&wav, Some("wav"), codec::DEFAULT_MAX_DECODED_BYTES, 2000.0, 2500.0).unwrap();
 /// assert!(span.first_frame <= 2000 && span.first_frame as usize + span.audio.frames() >= 2500);
 /// assert_eq!(span.audio.samples[2000 - span.first_frame as usize], 2000.0 / 8192.0);
+/// assert_eq!(span.total_frames, 5000);
 /// ```
 pub fn decode_span(
     bytes: &[u8],
@@ -309,9 +354,9 @@ pub fn decode_span(
 ) -> Result<Span<'static>, String> {
     let whole = || {
         decode(bytes, extension, max_decoded_bytes, None).map(|audio| Span {
+            total_frames: audio.frames() as u64,
             audio,
             first_frame: 0,
-            reached_end: true,
         })
     };
     let mut format = open(bytes, extension)?;
@@ -323,6 +368,7 @@ pub fn decode_span(
         (Some(rate), Some(tb)) if tb.numer.get() == 1 && tb.denom.get() == rate => rate,
         _ => return whole(),
     };
+    let declared_channels = params.channels.as_ref().map(|c| c.count() as u16);
     let restarts_exactly = symphonia::default::get_codecs()
         .get_audio_decoder(params.codec)
         .is_some_and(|d| restarts_exactly(d.codec.info.short_name));
@@ -334,21 +380,15 @@ pub fn decode_span(
     let mut decoder = symphonia::default::get_codecs()
         .make_audio_decoder(&params, &AudioDecoderOptions::default())
         .map_err(describe)?;
-    // Packets read but not decoded, the last few kept for the preroll, and where the next
-    // packet starts in a decode from the start.
-    let mut preroll: std::collections::VecDeque<(u64, symphonia::core::packet::Packet)> =
-        Default::default();
+    let mut preroll = Preroll::default();
+    // Where the next packet starts in a decode from the start.
     let mut position = 0u64;
     let mut decoding = false;
-    let (mut samples, mut first_frame, mut spec) = (Vec::<f32>::new(), 0u64, None);
-    let mut reached_end = false;
+    let (mut samples, mut first_frame, mut channels) = (Vec::<f32>::new(), 0u64, None);
     loop {
         let packet = match format.next_packet() {
             Ok(Some(packet)) => packet,
-            Ok(None) => {
-                reached_end = true;
-                break;
-            }
+            Ok(None) => break,
             Err(e) => return Err(describe(e)),
         };
         if packet.track_id != track_id {
@@ -360,34 +400,41 @@ pub fn decode_span(
             .dur
             .get()
             .saturating_sub(packet.trim_start.get() + packet.trim_end.get());
+        if position >= end {
+            position += frames; // past the span: only its length
+            continue;
+        }
         if !decoding && position + frames <= start {
-            preroll.push_back((frames, packet));
-            if preroll.len() > PREROLL_PACKETS {
-                preroll.pop_front();
-            }
+            preroll.push(frames, packet);
             position += frames;
             continue;
         }
         if !decoding {
             decoding = true;
             first_frame = position;
-            for (declared, packet) in preroll.drain(..) {
-                let buffer = decoder.decode(&packet).map_err(describe)?;
-                if buffer.frames() as u64 != declared {
-                    return whole();
+            if !preroll.is_enough() {
+                return whole();
+            }
+            for (declared, packet) in preroll.packets.drain(..) {
+                // The first preroll packets may miss what came before them (an error or a
+                // short frame): whatever goes wrong here, the whole decode decides.
+                match decoder.decode(&packet) {
+                    Ok(buffer) if buffer.frames() as u64 == declared => {}
+                    _ => return whole(),
                 }
             }
         }
         let buffer = decoder.decode(&packet).map_err(describe)?;
-        if buffer.frames() as u64 != frames {
-            return whole();
-        }
-        let now = (
+        let spec = (
             buffer.spec().rate(),
             buffer.spec().channels().count() as u16,
         );
-        if *spec.get_or_insert(now) != now {
-            return whole(); // the format changes mid-way: the full decode says how
+        if buffer.frames() as u64 != frames
+            || spec.0 != rate
+            || declared_channels.is_some_and(|c| c != spec.1)
+            || *channels.get_or_insert(spec.1) != spec.1
+        {
+            return whole(); // the container's count or format is not the decoder's
         }
         let at = samples.len();
         let added = buffer.samples_interleaved();
@@ -400,29 +447,19 @@ pub fn decode_span(
         samples.resize(at + added, 0.0);
         buffer.copy_to_slice_interleaved(&mut samples[at..]);
         position += frames;
-        if position >= end {
-            break;
-        }
     }
-    let Some((rate, channels)) = spec else {
-        // Nothing was decoded: the span starts at or past the end.
-        return Ok(Span {
-            audio: Waveform::new(
-                rate,
-                params.channels.as_ref().map_or(1, |c| c.count() as u16),
-                Vec::new(),
-            ),
-            first_frame: position,
-            reached_end,
-        });
-    };
-    if reached_end
-        && let Some(declared) = declared_frames
+    if let Some(declared) = declared_frames
         && position + FRAME_SLACK < declared
     {
         return Err(format!(
-            "truncated or corrupt: decoded {position} frames of the {declared} the header declares"
+            "truncated or corrupt: the stream holds {position} frames of the {declared} the header declares"
         ));
+    }
+    let Some(channels) = channels.or(declared_channels) else {
+        return whole(); // nothing decoded and no layout declared
+    };
+    if !decoding {
+        first_frame = position; // the span starts at or past the end
     }
     rillet_runtime::memory::charge_call_memory(samples.capacity() * 4);
     rillet_runtime::record_decoded(samples.len() * 4);
@@ -433,7 +470,7 @@ pub fn decode_span(
             samples: Cow::Owned(samples),
         },
         first_frame,
-        reached_end,
+        total_frames: position,
     })
 }
 

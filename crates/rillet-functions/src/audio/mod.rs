@@ -241,9 +241,9 @@ impl<'a> AudioInput<'a> {
                     .get(row)
                     .map_err(RowFailure::Data)?
                     .map(|audio| codec::Span {
+                        total_frames: audio.frames() as u64,
                         audio,
                         first_frame: 0,
-                        reached_end: true,
                     }))
             }
             Self::Encoded(column) => match column.get(row)? {
@@ -1046,19 +1046,10 @@ fn range_of(
 ) -> std::result::Result<Waveform<'static>, String> {
     let audio = &span.audio;
     let rate = audio.rate as f64;
-    let duration = if span.reached_end {
-        (span.first_frame + audio.frames() as u64) as f64 * 1000.0 / rate
-    } else {
-        f64::INFINITY
-    };
+    let duration = span.total_frames as f64 * 1000.0 / rate;
     if !(start_ms >= 0.0 && end_ms > start_ms && start_ms < duration) {
-        let length = if span.reached_end {
-            format!("{duration:.0} ms")
-        } else {
-            "longer".into()
-        };
         return Err(format!(
-            "range {start_ms}..{end_ms} ms is empty, inverted or outside the clip ({length})"
+            "range {start_ms}..{end_ms} ms is empty, inverted or outside the clip ({duration:.0} ms)"
         ));
     }
     let frame_at =

@@ -465,11 +465,8 @@ impl<'o> FrameReader<'o> {
     /// Convert the decoded frame to RGB (and shrink it, for a fused resize) and keep it.
     fn keep(&mut self, pts_ms: f64) -> std::result::Result<(), String> {
         let (w, h) = (self.decoded.width(), self.decoded.height());
-        let kept = match &self.options.downscale {
-            Some(_) => 0,
-            None => 3 * w as u64 * h as u64,
-        };
-        self.count_kept_bytes(kept)?;
+        // Full-size bytes, shrunk or not: a fused resize does not change what the cap allows.
+        self.count_kept_bytes(3 * w as u64 * h as u64)?;
         let shape = (self.decoded.format(), w, h);
         if self.scaler.as_ref().is_none_or(|(_, s, _)| *s != shape) {
             let context = Scaler::get(shape.0, w, h, Pixel::RGB24, w, h, Flags::BILINEAR)
@@ -482,11 +479,7 @@ impl<'o> FrameReader<'o> {
         let (stride, row) = (rgb.stride(0), 3 * w as usize);
         let data = rgb.data(0);
         let (width, height, pixels) = match &self.options.downscale {
-            Some(downscale) => {
-                let shrunk = downscale_rgb(data, stride, (w, h), downscale)?;
-                self.count_kept_bytes(shrunk.2.len() as u64)?;
-                shrunk
-            }
+            Some(downscale) => downscale_rgb(data, stride, (w, h), downscale)?,
             None => {
                 let mut pixels = Vec::with_capacity(row * h as usize);
                 for y in 0..h as usize {
