@@ -149,6 +149,14 @@ pub fn probe(bytes: &[u8], extension: Option<&str>) -> Result<Probe, String> {
     })
 }
 
+/// Why `samples` f32 samples may not be decoded under `max_decoded_bytes`.
+fn over_cap(samples: u64, max_decoded_bytes: u64) -> String {
+    format!(
+        "decoded audio would take {} bytes, over max_decoded_bytes = {max_decoded_bytes}",
+        samples.saturating_mul(4)
+    )
+}
+
 /// Decode encoded audio to interleaved f32 PCM. Strict: a malformed or truncated packet,
 /// or fewer frames than the header declares, makes the whole input bad data (a partly
 /// decoded clip is not silently returned), and so does a result over `max_decoded_bytes`. `max_packets` stops early (probing).
@@ -168,12 +176,7 @@ pub fn decode(
 ) -> Result<Waveform<'static>, String> {
     let mut format = open(bytes, extension)?;
     let (track_id, declared_frames, params) = audio_track(format.as_ref())?;
-    let over_cap = |samples: u64| {
-        format!(
-            "decoded audio would take {} bytes, over max_decoded_bytes = {max_decoded_bytes}",
-            samples.saturating_mul(4)
-        )
-    };
+    let over_cap = |samples: u64| over_cap(samples, max_decoded_bytes);
     if let (Some(frames), Some(channels)) = (declared_frames, params.channels.as_ref()) {
         let samples = frames.saturating_mul(channels.count() as u64);
         if samples.saturating_mul(4) > max_decoded_bytes {
@@ -439,10 +442,7 @@ pub fn decode_span(
         let at = samples.len();
         let added = buffer.samples_interleaved();
         if ((at + added) as u64).saturating_mul(4) > max_decoded_bytes {
-            return Err(format!(
-                "decoded audio would take {} bytes, over max_decoded_bytes = {max_decoded_bytes}",
-                ((at + added) as u64).saturating_mul(4)
-            ));
+            return Err(over_cap((at + added) as u64, max_decoded_bytes));
         }
         samples.resize(at + added, 0.0);
         buffer.copy_to_slice_interleaved(&mut samples[at..]);

@@ -466,7 +466,13 @@ impl<'o> FrameReader<'o> {
     fn keep(&mut self, pts_ms: f64) -> std::result::Result<(), String> {
         let (w, h) = (self.decoded.width(), self.decoded.height());
         // Full-size bytes, shrunk or not: a fused resize does not change what the cap allows.
-        self.count_kept_bytes(3 * w as u64 * h as u64)?;
+        self.bytes += 3 * w as u64 * h as u64;
+        if self.bytes > self.options.max_bytes {
+            return Err(format!(
+                "decoded frames would take over max_decoded_bytes = {}",
+                self.options.max_bytes
+            ));
+        }
         let shape = (self.decoded.format(), w, h);
         if self.scaler.as_ref().is_none_or(|(_, s, _)| *s != shape) {
             let context = Scaler::get(shape.0, w, h, Pixel::RGB24, w, h, Flags::BILINEAR)
@@ -494,18 +500,6 @@ impl<'o> FrameReader<'o> {
             height,
             rgb: pixels,
         });
-        Ok(())
-    }
-
-    /// Count `bytes` more kept pixels against `max_decoded_bytes`.
-    fn count_kept_bytes(&mut self, bytes: u64) -> std::result::Result<(), String> {
-        self.bytes += bytes;
-        if self.bytes > self.options.max_bytes {
-            return Err(format!(
-                "decoded frames would take over max_decoded_bytes = {}",
-                self.options.max_bytes
-            ));
-        }
         Ok(())
     }
 }
