@@ -247,6 +247,30 @@ def test_kafka_bounded_read_and_clear_errors():
         rl.read_kafka("127.0.0.1:1", "seq")
 
 
+@needs_kafka
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_kafka_reads_topics_compressed_by_other_producers(codec):
+    from confluent_kafka import Producer
+    broker = kill_sweep.KafkaProducer(rows=0, rate=1.0)  # the broker alone
+    try:
+        broker.create_topic("photos", 1)
+        # Values of ~10 KB that compress well (librdkafka sends a batch uncompressed when
+        # compression would not shrink it), one record per batch (tansu's memory engine).
+        values = [(f"record {i}: " + "caption of a photo, " * 500).encode() for i in range(20)]
+        delivered = []
+        producer = Producer({"bootstrap.servers": broker.brokers, "log_level": 0, "linger.ms": 0,
+                             "batch.num.messages": 1, "compression.type": codec})
+        for i, value in enumerate(values):
+            producer.produce("photos", key=str(i).encode(), value=value,
+                             on_delivery=lambda err, msg: delivered.append(err))
+        assert producer.flush(30) == 0 and delivered == [None] * 20
+        table = rl.read_kafka(broker.brokers, "photos", bounded=True).collect().sort_by("offset")
+        assert table["value"].to_pylist() == values
+        assert table["key"].to_pylist() == [str(i).encode() for i in range(20)]
+    finally:
+        broker.close()
+
+
 TO_KAFKA = """
 import rillet as rl
 df = rl.read_sequence(partitions=3, rows={rows}, rows_per_second={rate}, batch_rows=200)
