@@ -171,11 +171,14 @@ def kafka_sink(brokers: str | Sequence[str], topic: str, *, key: str | None = No
     """A sink producing a streaming job's rows to Kafka topic ``topic`` (it must exist) on
     ``brokers`` (``host:port``), exactly once. A record's value is the row's ``value``
     column when it has one (binary or string), else the row as a JSON object; ``key`` names
-    the column that is the record's key and picks its partition (without one, rows go
-    round robin).
+    the column that is the record's key and picks its partition as Kafka's own clients do
+    (murmur2, like the Java client's default partitioner and librdkafka's
+    ``murmur2_random``), so other producers of the same keys are co-partitioned with the
+    job; without a key, rows go round robin.
 
     Rows wait in the job's checkpoints and are produced when their checkpoint completes.
-    Each record carries a header ``rillet-commit: <job>:<checkpoint>:<partitions>:<index>``;
+    Each record carries a header
+    ``rillet-commit: <job>:<lineage>:<checkpoint>:<partitions>:<index>:murmur2``;
     a commit cut short by a crash is finished on recovery by reading the partitions' tails
     back and producing only what is missing. No broker transactions are needed, so any
     broker speaking the Kafka protocol works, and consumers see each row once whatever

@@ -271,6 +271,32 @@ def test_kafka_reads_topics_compressed_by_other_producers(codec):
         broker.close()
 
 
+@needs_kafka
+def test_kafka_sink_puts_keys_on_the_partitions_kafkas_own_clients_pick(tmp_path):
+    from confluent_kafka import Producer
+    broker = kill_sweep.KafkaProducer(rows=0, rate=1.0)  # the broker alone
+    try:
+        broker.create_topic("theirs", 7)
+        broker.create_topic("ours", 7)
+        keys = [str(seq).encode() for seq in range(200)]
+        theirs = {}
+        producer = Producer({"bootstrap.servers": broker.brokers, "log_level": 0, "linger.ms": 0,
+                             "batch.num.messages": 1, "partitioner": "murmur2_random"})
+        for key in keys:
+            producer.produce("theirs", key=key, value=b"x",
+                             on_delivery=lambda err, msg: theirs.__setitem__(msg.key(), msg.partition()))
+        assert producer.flush(30) == 0 and len(theirs) == len(keys)
+        assert len(set(theirs.values())) == 7
+
+        df = rl.read_sequence(partitions=1, rows=len(keys), batch_rows=50)
+        df.start(rl.kafka_sink(broker.brokers, "ours", key="seq", records_per_request=1),
+                 checkpoint_dir=tmp_path / "chk", job_id="keyed").wait()
+        ours = rl.read_kafka(broker.brokers, "ours", bounded=True).collect()
+        assert dict(zip(ours["key"].to_pylist(), ours["partition"].to_pylist())) == theirs
+    finally:
+        broker.close()
+
+
 TO_KAFKA = """
 import rillet as rl
 df = rl.read_sequence(partitions=3, rows={rows}, rows_per_second={rate}, batch_rows=200)

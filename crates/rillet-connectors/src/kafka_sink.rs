@@ -2,10 +2,12 @@
 //!
 //! Rows wait in the job's checkpoint (see [`crate::staged`]); when the checkpoint
 //! completes they are produced to the topic. Each record carries a header
-//! `rillet-commit: <job>:<lineage>:<checkpoint>:<partitions>:<index>`: the lineage of the
+//! `rillet-commit: <job>:<lineage>:<checkpoint>:<partitions>:<index>:murmur2`: the lineage of the
 //! job's checkpoint store (checkpoint ids restart in a new store, so the same job id
 //! checkpointing elsewhere never takes these records for its own), its place in the
-//! commit's plan for its partition, and how many partitions the plan spread the rows over. The plan
+//! commit's plan for its partition, how many partitions the plan spread the rows over, and
+//! how it picked a key's partition (`murmur2`; a header without one was written by a
+//! Rillet that used FNV-1a, and its commit is repeated with FNV-1a). The plan
 //! is deterministic (the staged states are taken in a fixed order, and a row's partition
 //! follows from its key or its place), so a commit cut short by a crash and repeated on
 //! recovery produces exactly the records the first attempt did not: recovery reads back
@@ -27,8 +29,10 @@
 //!
 //! A record's value is the row's `value` column when it has one (binary or string), else
 //! the whole row as a JSON object; its key is the `key` column named at creation (as
-//! text, or its bytes when binary), which also picks the partition (FNV-1a of the key).
-//! Without a key, rows go round robin over the partitions.
+//! text, or its bytes when binary), which also picks the partition as Kafka's Java client
+//! and librdkafka's `murmur2_random` do (murmur2 of the key), so a Rillet job and another
+//! producer writing the same keys are co-partitioned. Without a key, rows go round robin
+//! over the partitions.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -44,11 +48,10 @@ use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, Unknown
 use rskafka::record::Record;
 
 use crate::kafka::{connect, kafka_error};
-use crate::stable_bucket;
 use crate::staged::{RowsOut, StagedWriter, decode_segments};
 
 /// The header naming a record's commit:
-/// `<job>:<lineage>:<checkpoint>:<partitions>:<index>`.
+/// `<job>:<lineage>:<checkpoint>:<partitions>:<index>:<partitioner>`.
 pub const COMMIT_HEADER: &str = "rillet-commit";
 /// How long a commit retries an unreachable broker before it fails (and the job restarts
 /// from its checkpoint, repeating the commit).
@@ -72,13 +75,68 @@ pub struct KafkaSink {
 type Plan = BTreeMap<i32, Vec<Record>>;
 
 /// Where a record stands in its commit, as its header says: the checkpoint, the number
-/// of partitions the commit was planned over, and the record's index in its partition's
-/// list.
+/// of partitions the commit was planned over and how keys were placed on them, and the
+/// record's index in its partition's list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Commit {
     checkpoint: u64,
     partitions: usize,
+    partitioner: Partitioner,
     index: usize,
+}
+
+/// How a keyed record's partition is picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Partitioner {
+    /// Kafka's: murmur2 of the key with its sign bit cleared, modulo the partitions, as
+    /// the Java client's default partitioner and librdkafka's `murmur2_random` place keys.
+    Murmur2,
+    /// FNV-1a of the key: how Rillet placed keys before. Only a commit that a Rillet of
+    /// before began, repeated on recovery, is planned with it, so its rows land where the
+    /// first attempt put their fellows.
+    Fnv1a,
+}
+
+impl Partitioner {
+    /// The header's name for it; FNV-1a, from before names, has none.
+    fn tag(self) -> Option<&'static str> {
+        match self {
+            Partitioner::Murmur2 => Some("murmur2"),
+            Partitioner::Fnv1a => None,
+        }
+    }
+
+    /// The slot of `key` among `partitions` (at least 1).
+    fn slot(self, key: &[u8], partitions: usize) -> usize {
+        match self {
+            Partitioner::Murmur2 => (murmur2(key) & 0x7fff_ffff) as usize % partitions.max(1),
+            Partitioner::Fnv1a => crate::stable_bucket(key, partitions),
+        }
+    }
+}
+
+/// Kafka's 32-bit murmur2 of `data` (seed `0x9747b28c`), as its clients compute it.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h = 0x9747_b28c_u32 ^ data.len() as u32;
+    let mut words = data.chunks_exact(4);
+    for word in words.by_ref() {
+        let mut k = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        for (shift, &byte) in tail.iter().enumerate().rev() {
+            h ^= u32::from(byte) << (8 * shift);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
 }
 
 impl KafkaSink {
@@ -112,11 +170,15 @@ impl KafkaSink {
         } else {
             format!("{}:{lineage}", self.job)
         };
-        format!(
+        let mut header = format!(
             "{job}:{}:{}:{}",
             commit.checkpoint, commit.partitions, commit.index
-        )
-        .into_bytes()
+        );
+        if let Some(tag) = commit.partitioner.tag() {
+            header.push(':');
+            header.push_str(tag);
+        }
+        header.into_bytes()
     }
 
     /// Which commit of this job in `lineage` wrote `record`; `None` for a record of anyone
@@ -125,16 +187,24 @@ impl KafkaSink {
         let header = std::str::from_utf8(record.headers.get(COMMIT_HEADER)?).ok()?;
         // Job ids are letters, digits, '.', '-' and '_', lineages hex digits: never a ':'.
         let parts: Vec<&str> = header.split(':').collect();
-        let (owner, [checkpoint, partitions, index]) = match parts.as_slice() {
+        let (owner, rest) = match parts.as_slice() {
             [job, their_lineage, rest @ ..] if !lineage.is_empty() => {
-                ((*job, *their_lineage), rest.try_into().ok()?)
+                ((*job, *their_lineage), rest)
             }
-            [job, rest @ ..] if lineage.is_empty() => ((*job, ""), rest.try_into().ok()?),
+            [job, rest @ ..] if lineage.is_empty() => ((*job, ""), rest),
+            _ => return None,
+        };
+        let (checkpoint, partitions, index, partitioner) = match rest {
+            [c, p, i] => (c, p, i, Partitioner::Fnv1a),
+            [c, p, i, tag] if Some(*tag) == Partitioner::Murmur2.tag() => {
+                (c, p, i, Partitioner::Murmur2)
+            }
             _ => return None,
         };
         (owner == (self.job.as_str(), lineage)).then_some(Commit {
             checkpoint: checkpoint.parse().ok()?,
             partitions: partitions.parse().ok()?,
+            partitioner,
             index: index.parse().ok()?,
         })
     }
@@ -174,13 +244,15 @@ impl KafkaSink {
         Ok(partitions)
     }
 
-    /// The records of `batches` for checkpoint `checkpoint` in `lineage`, by partition.
+    /// The records of `batches` for checkpoint `checkpoint` in `lineage`, by partition,
+    /// keys placed by `partitioner`.
     fn plan(
         &self,
         lineage: &str,
         checkpoint: u64,
         batches: &[RecordBatch],
         partitions: &[i32],
+        partitioner: Partitioner,
     ) -> Result<Plan> {
         if partitions.is_empty() {
             return Err(RilletError::invalid_argument(format!(
@@ -197,7 +269,7 @@ impl KafkaSink {
             for (row, value) in values.into_iter().enumerate() {
                 let key = keys.as_ref().and_then(|k| k[row].clone());
                 let slot = match &key {
-                    Some(key) => stable_bucket(key, partitions.len()),
+                    Some(key) => partitioner.slot(key, partitions.len()),
                     None => row_number % partitions.len(),
                 };
                 row_number += 1;
@@ -207,6 +279,7 @@ impl KafkaSink {
                 let commit = Commit {
                     checkpoint,
                     partitions: partitions.len(),
+                    partitioner,
                     index: records.len(),
                 };
                 let header = self.header(lineage, commit);
@@ -359,6 +432,7 @@ impl KafkaSink {
     ) -> Result<()> {
         let client = self.client().await?;
         let mut partitions = self.partitions(&client).await?;
+        let mut partitioner = Partitioner::Murmur2;
         // What an earlier attempt of this commit left in each partition.
         let mut written: BTreeMap<i32, BTreeSet<usize>> = BTreeMap::new();
         if repeat && checkpoint > 0 {
@@ -374,26 +448,31 @@ impl KafkaSink {
                     .already_written(&partition_client, lineage, checkpoint)
                     .await?
                 {
-                    planned_over.insert(commit.partitions);
+                    planned_over.insert((commit.partitions, commit.partitioner));
                     written.entry(partition).or_default().insert(commit.index);
                 }
             }
             // Partitions added since the first attempt must not move its rows: plan over
-            // the partitions it planned over (new ones come last in Kafka's numbering).
+            // the partitions it planned over (new ones come last in Kafka's numbering),
+            // placing keys as it did (a Rillet of before used FNV-1a).
             match planned_over.iter().copied().collect::<Vec<_>>().as_slice() {
                 [] => {}
-                [count] if *count <= partitions.len() => partitions.truncate(*count),
-                counts => {
+                [(count, by)] if *count <= partitions.len() => {
+                    partitions.truncate(*count);
+                    partitioner = *by;
+                }
+                plans => {
                     return Err(RilletError::Checkpoint(format!(
                         "kafka topic {:?}: the commit of checkpoint {checkpoint} was planned \
-                         over {counts:?} partitions, and the topic has {}",
+                         as {plans:?} (partitions, partitioner), and the topic has {} \
+                         partitions",
                         self.topic,
                         partitions.len()
                     )));
                 }
             }
         }
-        let plan = self.plan(lineage, checkpoint, batches, &partitions)?;
+        let plan = self.plan(lineage, checkpoint, batches, &partitions, partitioner)?;
         let producer = self.producer().await?;
         for (partition, records) in plan {
             let skip = written.remove(&partition).unwrap_or_default();
@@ -546,8 +625,12 @@ mod tests {
     #[test]
     fn a_plan_is_the_same_every_time_and_keys_keep_to_one_partition() {
         let s = sink();
-        let a = s.plan(L, 7, &[batch()], &[0, 1, 2]).unwrap();
-        let b = s.plan(L, 7, &[batch()], &[0, 1, 2]).unwrap();
+        let a = s
+            .plan(L, 7, &[batch()], &[0, 1, 2], Partitioner::Murmur2)
+            .unwrap();
+        let b = s
+            .plan(L, 7, &[batch()], &[0, 1, 2], Partitioner::Murmur2)
+            .unwrap();
         type Shape = Vec<(i32, Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<u8>)>)>;
         let shape = |p: &Plan| -> Shape {
             p.iter()
@@ -587,6 +670,7 @@ mod tests {
                 let commit = Commit {
                     checkpoint: 7,
                     partitions: 3,
+                    partitioner: Partitioner::Murmur2,
                     index,
                 };
                 assert_eq!(s.commit_of(L, r), Some(commit));
@@ -598,7 +682,7 @@ mod tests {
     fn only_this_jobs_headers_count() {
         let s = sink();
         let mut r = s
-            .plan(L, 3, &[batch()], &[0])
+            .plan(L, 3, &[batch()], &[0], Partitioner::Murmur2)
             .unwrap()
             .remove(&0)
             .unwrap()
@@ -606,16 +690,18 @@ mod tests {
         let first = Commit {
             checkpoint: 3,
             partitions: 1,
+            partitioner: Partitioner::Murmur2,
             index: 0,
         };
         assert_eq!(s.commit_of(L, &r), Some(first));
         for other in [
             &b"job-10:0123456789ab:3:1:0"[..],
             b"job-1:ba9876543210:3:1:0", // the same job id in another store
-            b"job-1:3:1:0",              // no lineage (written before lineages)
+            b"job-1:3:1:0:murmur2",      // no lineage (written before lineages)
             b"job-1:0123456789ab:x:1:0",
             b"job-1:0123456789ab:3:0",
             b"job-1:0123456789ab:3:1:0:9",
+            b"job-1:0123456789ab:3:1:0:murmur2:x",
         ] {
             r.headers.insert(COMMIT_HEADER.into(), other.to_vec());
             assert_eq!(
@@ -627,21 +713,49 @@ mod tests {
         }
         // A checkpoint store from before lineages: the header of before, both ways.
         let legacy = s
-            .plan("", 3, &[batch()], &[0])
+            .plan("", 3, &[batch()], &[0], Partitioner::Murmur2)
             .unwrap()
             .remove(&0)
             .unwrap()
             .remove(0);
-        assert_eq!(&legacy.headers[COMMIT_HEADER][..], b"job-1:3:1:0");
+        assert_eq!(&legacy.headers[COMMIT_HEADER][..], b"job-1:3:1:0:murmur2");
         assert_eq!(s.commit_of("", &legacy), Some(first));
+        // A header of before partitioner names: a commit planned with FNV-1a.
+        r.headers
+            .insert(COMMIT_HEADER.into(), b"job-1:0123456789ab:3:1:0".to_vec());
+        let fnv = Commit {
+            partitioner: Partitioner::Fnv1a,
+            ..first
+        };
+        assert_eq!(s.commit_of(L, &r), Some(fnv));
         assert_eq!(s.commit_of(L, &legacy), None);
         assert_eq!(s.commit_of("", &r), None);
         r.headers.clear();
         assert_eq!(s.commit_of(L, &r), None);
         assert!(
-            s.plan(L, 3, &[batch()], &[]).is_err(),
+            s.plan(L, 3, &[batch()], &[], Partitioner::Murmur2).is_err(),
             "no partitions: an error, not a panic"
         );
+    }
+
+    #[test]
+    fn murmur2_matches_kafkas_clients() {
+        // Values Kafka's Java client gives (as signed 32-bit integers).
+        for (key, java) in [
+            ("21", -973_932_308_i32),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            ("abc", 479_470_107),
+        ] {
+            assert_eq!(murmur2(key.as_bytes()) as i32, java, "{key}");
+        }
+        // The sign bit cleared, not the value negated: 2^31 - 790,332,482.
+        assert_eq!(Partitioner::Murmur2.slot(b"foobar", 7), 1_357_151_166 % 7);
     }
 
     /// A tansu broker on loopback, in memory, when its binary is here (CI builds it into
@@ -885,6 +999,101 @@ mod tests {
             .map(|(_, _, header)| header.split(':').nth(2).unwrap())
             .collect();
         assert_eq!(checkpoints, BTreeSet::from(["1", "2", "3"]));
+        scenario.teardown();
+    }
+
+    /// A keyed commit that a Rillet of before (FNV-1a headers) cut short is finished by
+    /// this one as it was planned: each key's rows stay in one partition, none twice.
+    #[test]
+    fn a_commit_begun_by_an_fnv_rillet_is_finished_with_fnv() {
+        let Some(broker) = tansu() else {
+            eprintln!("skipped: no tansu broker binary (scripts/test.sh builds one)");
+            return;
+        };
+        // Failpoints are process-wide: this keeps the other tests' out of this one.
+        let scenario = fail::FailScenario::setup();
+        let (sink, client) = sink_on_new_topic(&broker, "upgraded");
+        let sink = KafkaSink {
+            key: Some("user".into()),
+            ..sink
+        };
+        let cx = SinkContext::default();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let n = Int64Array::from_iter_values(0..24);
+        let users: StringArray = (0..24).map(|i| Some(format!("user-{}", i % 6))).collect();
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(users), Arc::new(n)]).unwrap();
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        let states = vec![w.into_inner().unwrap()];
+        let moved = (0..6)
+            .map(|u| format!("user-{u}"))
+            .filter(|u| {
+                Partitioner::Fnv1a.slot(u.as_bytes(), 2)
+                    != Partitioner::Murmur2.slot(u.as_bytes(), 2)
+            })
+            .count();
+        assert!(moved > 0, "the two partitioners disagree on some key");
+
+        // The first attempt, by a Rillet of before: half of each partition's records.
+        let batches: Vec<RecordBatch> = decode_segments(2, &states)
+            .unwrap()
+            .into_values()
+            .flatten()
+            .collect();
+        let plan = sink
+            .plan(&cx.lineage, 2, &batches, &[0, 1], Partitioner::Fnv1a)
+            .unwrap();
+        block_on(async {
+            let producer = sink.producer().await.unwrap();
+            for (partition, mut records) in plan {
+                records.truncate(records.len() / 2);
+                let pc = producer
+                    .partition_client("upgraded", partition, UnknownTopicHandling::Error)
+                    .await
+                    .unwrap();
+                for record in records {
+                    pc.produce(vec![record], Compression::NoCompression)
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+        sink.recover(&cx, Some(2), &states).unwrap();
+
+        let all = block_on(read_all(&client, "upgraded", 2));
+        assert_eq!(
+            sorted_n(&all),
+            (0..24).collect::<Vec<_>>(),
+            "every row once"
+        );
+        for (partition, value, header) in &all {
+            let row: serde_json::Value = serde_json::from_str(value).unwrap();
+            let user = row["user"].as_str().unwrap();
+            let fnv = Partitioner::Fnv1a.slot(user.as_bytes(), 2) as i32;
+            assert_eq!(*partition, fnv, "{user} where the first attempt put it");
+            assert!(!header.ends_with("murmur2"), "{header}");
+        }
+        // The next commit places keys as Kafka's clients do.
+        sink.commit(&cx, 3, &states).unwrap();
+        let all = block_on(read_all(&client, "upgraded", 2));
+        let next: Vec<_> = all
+            .iter()
+            .filter(|(_, _, h)| h.ends_with("murmur2"))
+            .collect();
+        assert_eq!(next.len(), 24);
+        for (partition, value, _) in next {
+            let row: serde_json::Value = serde_json::from_str(value).unwrap();
+            let user = row["user"].as_str().unwrap();
+            assert_eq!(
+                *partition,
+                Partitioner::Murmur2.slot(user.as_bytes(), 2) as i32
+            );
+        }
         scenario.teardown();
     }
 }
