@@ -372,3 +372,49 @@ def test_map_batches_class_schema_from_first_rows_and_functions_stay_in_process_
     assert os.getpid() not in set(isolated)
     with pytest.raises(ValueError, match="need worker processes"):
         rl.range(3).map_batches(Nothing, schema=pa.schema([("id", pa.int64())]), isolate=False)
+
+
+def protocol_fd():
+    """In a worker process: the descriptor its replies to the engine go out on (a pipe
+    open for writing that is not stderr)."""
+    import fcntl
+    import stat
+    stderr = os.fstat(2)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            info = os.fstat(fd)
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        except OSError:
+            continue
+        if (fd > 2 and stat.S_ISFIFO(info.st_mode) and flags & os.O_ACCMODE == os.O_WRONLY
+                and (info.st_dev, info.st_ino) != (stderr.st_dev, stderr.st_ino)):
+            return fd
+    raise RuntimeError("no protocol pipe found")
+
+
+@pytest.mark.parametrize("garbage", [
+    b"O" + (1 << 39).to_bytes(8, "little") + b"then it dies",  # a length that lies, then EOF
+    b"O" + (1 << 62).to_bytes(8, "little"),  # a length no frame can have, worker alive
+    b"O" + (12).to_bytes(8, "little") + b"not arrow!!!",  # a payload that is not a batch
+    b"\xff" * 64,  # not a frame at all
+])
+def test_a_worker_writing_garbage_is_replaced_and_its_batch_retried(tmp_path, garbage):
+    marker = str(tmp_path / "garbled")
+
+    @rl.udf(return_dtype=pa.int64(), batch=True, batch_size=50, concurrency=1)
+    def double(x):
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os.write(protocol_fd(), garbage)
+            if garbage.endswith(b"dies"):
+                os._exit(0)
+            time.sleep(60)  # alive and silent: the engine must not wait for it
+        return pc.multiply(x, 2)
+
+    started = time.monotonic()
+    df = rl.range(500).with_column("y", double(col("id")))
+    out = df.to_pydict()
+    assert sorted(zip(out["id"], out["y"])) == [(i, 2 * i) for i in range(500)]
+    assert udf_stats(df)["retries"] == 1
+    assert time.monotonic() - started < 30

@@ -33,11 +33,27 @@ pub const RESULT: u8 = b'O';
 /// The function failed; the payload says how.
 pub const ERROR: u8 = b'E';
 
-/// Frames above this size are refused as corrupt rather than allocated.
-const MAX_FRAME: u64 = 1 << 40;
+/// The largest frame: 4 GiB, above any batch the engine sends a worker or takes back
+/// (batches are cut to a UDF's batch size, and one Arrow string or binary column holds
+/// at most 2 GiB). A longer length is a corrupt header, refused before a byte is read.
+pub const MAX_FRAME: u64 = 4 << 30;
+
+/// What a frame's payload is allocated up front at most; a longer one grows as its bytes
+/// arrive, so a length that lies costs only the bytes really sent.
+const FIRST_ALLOCATION: u64 = 16 << 20;
 
 /// Write one frame.
 pub fn write_frame(out: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()> {
+    if payload.len() as u64 > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a frame of {} bytes is more than the {MAX_FRAME} a worker frame can hold: \
+                 use a smaller batch_size",
+                payload.len()
+            ),
+        ));
+    }
     let mut header = [0u8; 9];
     header[0] = kind;
     header[1..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
@@ -46,7 +62,8 @@ pub fn write_frame(out: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result
     out.flush()
 }
 
-/// Read one frame; `None` when the stream ended before a frame began.
+/// Read one frame; `None` when the stream ended before a frame began. A header whose
+/// length is above [`MAX_FRAME`], or a stream that ends inside a frame, is an error.
 pub fn read_frame(input: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
     let mut header = [0u8; 9];
     let mut filled = 0;
@@ -63,10 +80,14 @@ pub fn read_frame(input: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
     if len > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes: the worker's output is not Rillet's protocol"),
+            format!(
+                "a frame header of kind {} claims {len} bytes, more than the {MAX_FRAME} a \
+                 frame can hold: the worker's output is corrupt",
+                header[0]
+            ),
         ));
     }
-    let mut payload = Vec::with_capacity(len as usize);
+    let mut payload = Vec::with_capacity(len.min(FIRST_ALLOCATION) as usize);
     input.take(len).read_to_end(&mut payload)?;
     if payload.len() as u64 != len {
         return Err(io::ErrorKind::UnexpectedEof.into());
@@ -132,5 +153,18 @@ mod tests {
         assert!(read_frame(&mut cut).is_err());
         let mut cut = &wire[..12];
         assert!(read_frame(&mut cut).is_err());
+    }
+
+    #[test]
+    fn a_lying_length_costs_only_the_bytes_sent() {
+        // 512 GiB claimed, 7 bytes sent: an error, not an allocation of the claim.
+        let mut wire = vec![RESULT];
+        wire.extend_from_slice(&(1u64 << 39).to_le_bytes());
+        wire.extend_from_slice(b"garbage");
+        let error = read_frame(&mut &wire[..]).unwrap_err();
+        assert!(error.to_string().contains("more than"), "{error}");
+        wire[1..9].copy_from_slice(&(MAX_FRAME - 1).to_le_bytes());
+        let error = read_frame(&mut &wire[..]).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
     }
 }
