@@ -173,7 +173,8 @@ def ocr(image: Expr | str, model: str | os.PathLike = "pp-ocrv4", *, min_score: 
 # --- Providers -------------------------------------------------------------------------
 
 def register_provider(name: str, base_url: str, *, api_key_env: str | None = None,
-                      timeout_s: float = 60.0, max_retries: int = 4, max_concurrency: int = 16,
+                      timeout_s: float = 60.0, max_retries: int = 4, max_rate_limited: int = 8,
+                      max_rate_limit_wait_s: float = 60.0, max_concurrency: int = 16,
                       breaker_failures: int = 5, breaker_cooldown_s: float = 10.0) -> None:
     """Register an OpenAI-compatible provider once; AI functions name it with
     ``provider=name``.
@@ -181,14 +182,20 @@ def register_provider(name: str, base_url: str, *, api_key_env: str | None = Non
     ``base_url`` ends in ``/v1`` (``https://api.openai.com/v1``, a vLLM or llama.cpp
     server, or ``python -m rillet.dev.openai_server``). The API key is read from the
     environment variable ``api_key_env`` at each request (never stored). Each request has
-    ``timeout_s``; timeouts, connection errors and 5xx replies are retried with backoff up to
-    ``max_retries`` times; a 429 waits as long as its ``Retry-After`` says; other 4xx fail at
-    once. At most ``max_concurrency`` requests are in flight across all operators. After
+    ``timeout_s``; timeouts, connection errors and 5xx replies are retried with jittered
+    backoff up to ``max_retries`` times; a 429 waits as long as its ``Retry-After`` says (a
+    little more, so that requests limited together come back apart), up to
+    ``max_rate_limited`` times per call; a ``Retry-After`` longer than
+    ``max_rate_limit_wait_s`` fails the call at once; other 4xx fail at once. A call that
+    fails gives a null with the reason (or raises, by the operator's ``on_error``). At most
+    ``max_concurrency`` requests are in flight across all operators. After
     ``breaker_failures`` requests in a row failed for good, calls fail at once for
     ``breaker_cooldown_s`` (the circuit is open), then one trial request decides.
     """
     _rillet.register_provider(name, base_url, api_key_env=api_key_env, timeout_s=float(timeout_s),
-                              max_retries=int(max_retries), max_concurrency=int(max_concurrency),
+                              max_retries=int(max_retries), max_rate_limited=int(max_rate_limited),
+                              max_rate_limit_wait_s=float(max_rate_limit_wait_s),
+                              max_concurrency=int(max_concurrency),
                               breaker_failures=int(breaker_failures),
                               breaker_cooldown_s=float(breaker_cooldown_s))
 

@@ -235,3 +235,70 @@ def test_rows_of_a_batch_are_sent_concurrently(server):
         rl.ai.prompt("{t}", provider=p, model="echo").alias("r")).to_pydict()
     assert out["r"] == [f"\n---\n{i}" for i in range(8)]
     assert time.monotonic() - started < 2.0  # 8 slow replies overlapped, not 4 s in a row
+
+
+def server_stats(server):
+    with urllib.request.urlopen(server.removesuffix("/v1") + "/_stats") as reply:
+        return json.loads(reply.read())
+
+
+@pytest.mark.parametrize("retry_after", ["1e20", "inf", "3600"])
+def test_a_retry_after_too_long_to_wait_is_a_null_with_a_reason(server, retry_after):
+    p = provider(server, "hostile", max_rate_limit_wait_s=30.0)
+    inject(server, {"status": 429, "retry_after": retry_after})
+    started = time.monotonic()
+    df = rl.from_pydict({"t": ["x"]})
+    out = df.select(rl.ai.prompt("{t}", provider=p, model="echo", on_error="column").alias("r"))
+    r = out.to_pydict()["r"][0]
+    assert r["value"] is None
+    assert "Retry-After" in r["error"] and "max_rate_limit_wait_s" in r["error"], r["error"]
+    assert time.monotonic() - started < 5.0
+    # The process lives on and the provider answers the next call.
+    assert df.select(rl.ai.prompt("{t}", provider=p, model="echo").alias("r")).to_pydict()["r"] == ["\n---\nx"]
+
+
+def test_429s_are_waited_out_a_bounded_number_of_times(server):
+    p = provider(server, "throttled", max_rate_limited=2)
+    inject(server, *[{"status": 429, "retry_after": "0"}] * 3)
+    out = rl.from_pydict({"t": ["x"]}).select(
+        rl.ai.prompt("{t}", provider=p, model="echo", on_error="column").alias("r")).to_pydict()["r"]
+    assert out[0]["value"] is None
+    assert "still rate limited (429) after waiting 2 times" in out[0]["error"], out[0]["error"]
+    stats = rl.ai.provider_stats(p)
+    assert stats["rate_limited"] == 2 and not stats["open"]
+    with pytest.raises(ValueError, match="max_rate_limit_wait_s must be a finite number"):
+        provider(server, "bad", max_rate_limit_wait_s=float("inf"))
+
+
+def test_requests_that_failed_together_retry_apart(server):
+    p = provider(server, "herd", max_concurrency=16, max_retries=1)
+    rows = [f"herd-row-{i}" for i in range(16)]
+    inject(server, *[{"status": 503, "match": f'"{row}"'} for row in rows])
+    out = rl.from_pydict({"t": rows}).select(
+        rl.ai.prompt("{t}", provider=p, model="echo").alias("r")).to_pydict()
+    assert out["r"] == [f"\n---\n{row}" for row in rows]
+    arrivals = server_stats(server)["arrivals"]
+    gaps = []
+    for row in rows:
+        times = [t for t, path, body in arrivals if f'"{row}"' in body]
+        assert len(times) == 2, (row, times)
+        gaps.append(times[1] - times[0])
+    # A backoff of 100 ms drawn from 50-100 ms: the 16 retries spread over tens of ms, and
+    # some come back well before 100 ms, which without jitter none can.
+    assert max(gaps) - min(gaps) > 0.02, gaps
+    assert 0.045 <= min(gaps) < 0.095, gaps
+
+
+def test_a_reply_of_the_wrong_shape_is_a_null_with_a_reason(server):
+    p = provider(server, "broken")
+    inject(server, {"status": 200, "body": {"data": [{"index": 0, "embedding": [0.1, "x", 0.3]}]}})
+    out = rl.from_pydict({"t": ["a"]}).select(
+        rl.ai.embed_text("t", "all-minilm-l6-v2", provider=p, dimensions=3,
+                         on_error="column").alias("v")).to_pydict()["v"]
+    assert out[0]["value"] is None and "not the reply expected" in out[0]["error"], out[0]
+    inject(server, {"status": 200, "body": {"choices": []}},
+           {"status": 200, "body": {"choices": [{"message": {"content": None}}]}})
+    out = rl.from_pydict({"t": ["a", "b"]}).select(
+        rl.ai.prompt("{t}", provider=p, model="echo", on_error="column").alias("r")).to_pydict()["r"]
+    assert [r["value"] for r in out] == [None, None]
+    assert all("no choices[0].message.content" in r["error"] for r in out), out

@@ -8,11 +8,17 @@
 //! - carries the API key read from the environment variable the registration names (the
 //!   key itself is never stored in a plan or a log);
 //! - has a timeout; a timeout, a connection error or a 5xx reply is retried with
-//!   exponential backoff (100 ms doubling, up to `max_retries` times);
-//! - on 429 waits as long as the reply's `Retry-After` says (seconds or an HTTP date,
-//!   capped at a minute) before trying again, without counting towards the breaker;
+//!   exponential backoff (100 ms doubling, up to `max_retries` times), each wait drawn
+//!   between half and all of it so that requests that failed together do not retry
+//!   together;
+//! - on 429 waits as long as the reply's `Retry-After` says (seconds or an HTTP date; 1 s
+//!   without one), plus up to a fifth more, before trying again, at most
+//!   `max_rate_limited` times per call, and fails at once when it asks for more than
+//!   `max_rate_limit_wait`, without counting towards the breaker;
 //! - fails at once on other 4xx replies (a bad request is not retried), with the
-//!   provider's own error message.
+//!   provider's own error message;
+//! - reads the reply into the OpenAI shape expected (a vector of numbers, a message), and
+//!   fails, saying what is wrong, on a reply of another shape.
 //!
 //! After `breaker_failures` requests in a row failed for good (retries exhausted), the
 //! breaker opens: calls fail at once ("circuit open") for `breaker_cooldown`, then one
@@ -24,8 +30,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
-use rillet_common::retry::backoff;
+use rillet_common::retry::{backoff, jitter};
 use rillet_common::{Result, RilletError};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
@@ -42,6 +50,10 @@ pub struct ProviderConfig {
     pub timeout: Duration,
     /// Retries after a timeout, connection error or 5xx reply.
     pub max_retries: u32,
+    /// 429 replies waited out per call before it fails.
+    pub max_rate_limited: u32,
+    /// The longest `Retry-After` waited out; a 429 asking for more fails the call at once.
+    pub max_rate_limit_wait: Duration,
     /// Requests in flight at once, across every operator using the provider.
     pub max_concurrency: usize,
     /// Requests in a row that failed for good before the breaker opens.
@@ -51,8 +63,13 @@ pub struct ProviderConfig {
 }
 
 impl ProviderConfig {
-    /// A provider at `base_url` with default limits: 60 s timeout, 4 retries, 16 requests
-    /// in flight, breaker after 5 failures for 10 s.
+    /// A provider at `base_url` with default limits: 60 s timeout, 4 retries, 8 waits of
+    /// up to 60 s on 429, 16 requests in flight, breaker after 5 failures for 10 s.
+    ///
+    /// ```
+    /// let config = rillet_ai::provider::ProviderConfig::new("local", "http://127.0.0.1:8000/v1");
+    /// assert_eq!(config.max_rate_limited, 8);
+    /// ```
     pub fn new(name: impl Into<String>, base_url: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -60,6 +77,8 @@ impl ProviderConfig {
             api_key_env: None,
             timeout: Duration::from_secs(60),
             max_retries: 4,
+            max_rate_limited: 8,
+            max_rate_limit_wait: Duration::from_secs(60),
             max_concurrency: 16,
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(10),
@@ -207,8 +226,12 @@ impl Provider {
     }
 
     /// `POST {base_url}/{path}` with `body`, under the provider's retry, rate-limit and
-    /// breaker rules; the reply's JSON, or why there is none.
-    pub async fn post(&self, path: &str, body: &Body) -> std::result::Result<Value, String> {
+    /// breaker rules; the reply read as a `T`, or why there is none.
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Body,
+    ) -> std::result::Result<T, String> {
         let _permit = self
             .permits
             .acquire()
@@ -275,18 +298,21 @@ impl Provider {
         }
     }
 
-    async fn post_with_retries(
+    async fn post_with_retries<T: DeserializeOwned>(
         &self,
         path: &str,
         body: &Body,
-    ) -> std::result::Result<Value, Failure> {
+    ) -> std::result::Result<T, Failure> {
         let url = format!("{}/{}", self.config.base_url.trim_end_matches('/'), path);
         let mut retries = 0;
+        let mut waits = 0;
         loop {
             let why = match self.send(&url, body).await {
                 Attempt::Done(value) => return Ok(value),
                 Attempt::Fatal(why) => return Err(Failure::Refused(why)),
-                Attempt::RateLimited(wait) => {
+                Attempt::RateLimited(asked) => {
+                    let wait = self.rate_limit_wait(asked, waits)?;
+                    waits += 1;
                     self.rate_limited.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         "provider {:?}: 429, waiting {wait:?} as Retry-After asks",
@@ -305,11 +331,44 @@ impl Provider {
             }
             retries += 1;
             self.retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(backoff(Duration::from_millis(100), retries as usize, 6)).await;
+            let wait = backoff(Duration::from_millis(100), retries as usize, 6);
+            tokio::time::sleep(jitter(wait / 2, wait)).await;
         }
     }
 
-    async fn send(&self, url: &str, body: &Body) -> Attempt {
+    /// How long to wait after the 429 number `waits + 1` of a call whose `Retry-After`
+    /// asked for `asked` (`None`: none, or unreadable): what it asks, plus up to a fifth
+    /// more so that requests limited together come back apart; or the call's failure
+    /// when it has waited enough or is asked to wait too long.
+    fn rate_limit_wait(
+        &self,
+        asked: Option<Duration>,
+        waits: u32,
+    ) -> std::result::Result<Duration, Failure> {
+        let name = &self.config.name;
+        let wait = asked.unwrap_or(Duration::from_secs(1));
+        if wait > self.config.max_rate_limit_wait {
+            return Err(Failure::Refused(format!(
+                "provider {name:?}: rate limited (429), and its Retry-After asks for a wait \
+                 of {}, more than the {:?} allowed (max_rate_limit_wait_s)",
+                if wait == Duration::MAX {
+                    "ever".to_string()
+                } else {
+                    format!("{wait:?}")
+                },
+                self.config.max_rate_limit_wait
+            )));
+        }
+        if waits >= self.config.max_rate_limited {
+            return Err(Failure::Refused(format!(
+                "provider {name:?}: still rate limited (429) after waiting {waits} times \
+                 (max_rate_limited)"
+            )));
+        }
+        Ok(jitter(wait, wait + wait / 5 + Duration::from_millis(20)))
+    }
+
+    async fn send<T: DeserializeOwned>(&self, url: &str, body: &Body) -> Attempt<T> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let mut request = self.client.post(url);
         if let Some(var) = &self.config.api_key_env {
@@ -344,13 +403,13 @@ impl Provider {
         };
         let status = reply.status();
         if status.as_u16() == 429 {
-            let wait = reply
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(retry_after)
-                .unwrap_or(Duration::from_secs(1));
-            return Attempt::RateLimited(wait.min(Duration::from_secs(60)));
+            return Attempt::RateLimited(
+                reply
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(retry_after),
+            );
         }
         let text = match reply.text().await {
             Ok(text) => text,
@@ -372,8 +431,10 @@ impl Provider {
         match serde_json::from_str(&text) {
             Ok(value) => Attempt::Done(value),
             Err(e) => Attempt::Fatal(format!(
-                "provider {:?} replied with something that is not JSON ({e})",
-                self.config.name
+                "provider {:?} replied to {url} with something that is not the reply \
+                 expected ({e}): {}",
+                self.config.name,
+                text.chars().take(200).collect::<String>()
             )),
         }
     }
@@ -384,26 +445,22 @@ impl Provider {
         model: &str,
         inputs: &[&str],
     ) -> std::result::Result<Vec<Vec<f32>>, String> {
-        let reply = self
+        let reply: EmbeddingsReply = self
             .post(
                 "embeddings",
                 &Body::Json(json!({"model": model, "input": inputs})),
             )
             .await?;
-        let data = reply["data"]
-            .as_array()
-            .ok_or_else(|| "the embeddings reply has no data".to_string())?;
         let mut out = vec![None; inputs.len()];
-        for (position, item) in data.iter().enumerate() {
-            let index = item["index"].as_u64().map_or(position, |i| i as usize);
-            let vector: Option<Vec<f32>> = item["embedding"].as_array().map(|v| {
-                v.iter()
-                    .filter_map(|x| x.as_f64().map(|x| x as f32))
-                    .collect()
-            });
-            if let (Some(slot), Some(vector)) = (out.get_mut(index), vector) {
-                *slot = Some(vector);
-            }
+        for (position, item) in reply.data.into_iter().enumerate() {
+            let index = item.index.unwrap_or(position);
+            let slot = out.get_mut(index).ok_or_else(|| {
+                format!(
+                    "the embeddings reply has an embedding for input {index} of {}",
+                    inputs.len()
+                )
+            })?;
+            *slot = Some(item.embedding);
         }
         out.into_iter()
             .enumerate()
@@ -481,10 +538,12 @@ impl Provider {
         if let Some(t) = temperature {
             body["temperature"] = json!(t);
         }
-        let reply = self.post("chat/completions", &Body::Json(body)).await?;
-        reply["choices"][0]["message"]["content"]
-            .as_str()
-            .map(str::to_string)
+        let reply: ChatReply = self.post("chat/completions", &Body::Json(body)).await?;
+        reply
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|choice| choice.message.content)
             .ok_or_else(|| "the chat reply has no choices[0].message.content".to_string())
     }
 
@@ -500,11 +559,8 @@ impl Provider {
             fields.push(("language".to_string(), language.to_string()));
         }
         let body = Body::Form(fields, ("file".into(), "audio.wav".into(), wav));
-        let reply = self.post("audio/transcriptions", &body).await?;
-        reply["text"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| "the transcription reply has no text".to_string())
+        let reply: TranscriptionReply = self.post("audio/transcriptions", &body).await?;
+        Ok(reply.text)
     }
 }
 
@@ -516,18 +572,67 @@ enum Failure {
     Refused(String),
 }
 
-enum Attempt {
-    Done(Value),
+enum Attempt<T> {
+    Done(T),
     Retry(String),
-    RateLimited(Duration),
+    /// A 429, and the wait its `Retry-After` asks for, if it says.
+    RateLimited(Option<Duration>),
     Fatal(String),
 }
 
-/// `Retry-After`: delay seconds, or an HTTP date.
+/// `/v1/embeddings`' reply.
+#[derive(Deserialize)]
+struct EmbeddingsReply {
+    data: Vec<Embedding>,
+}
+
+#[derive(Deserialize)]
+struct Embedding {
+    /// The input's place; providers that leave it out answer in input order.
+    index: Option<usize>,
+    embedding: Vec<f32>,
+}
+
+/// `/v1/chat/completions`' reply.
+#[derive(Deserialize)]
+struct ChatReply {
+    choices: Vec<ChatChoice>,
+}
+
+#[derive(Deserialize)]
+struct ChatChoice {
+    message: ChatMessage,
+}
+
+#[derive(Deserialize)]
+struct ChatMessage {
+    content: Option<String>,
+}
+
+/// `/v1/audio/transcriptions`' reply.
+#[derive(Deserialize)]
+struct TranscriptionReply {
+    text: String,
+}
+
+/// An OpenAI error body.
+#[derive(Deserialize)]
+struct ErrorReply {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    message: String,
+}
+
+/// `Retry-After`: delay seconds, or an HTTP date; `Duration::MAX` for a wait too long to
+/// hold.
 fn retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+        return (seconds >= 0.0)
+            .then(|| Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX));
     }
     let when = httpdate::parse_http_date(value).ok()?;
     Some(
@@ -538,10 +643,8 @@ fn retry_after(value: &str) -> Option<Duration> {
 
 /// The `error.message` of an OpenAI-style error body, or the body itself (shortened).
 fn error_message(text: &str) -> String {
-    if let Ok(value) = serde_json::from_str::<Value>(text)
-        && let Some(message) = value["error"]["message"].as_str()
-    {
-        return message.to_string();
+    if let Ok(reply) = serde_json::from_str::<ErrorReply>(text) {
+        return reply.error.message;
     }
     text.chars().take(300).collect()
 }
@@ -555,6 +658,10 @@ mod tests {
         assert_eq!(retry_after("2"), Some(Duration::from_secs(2)));
         assert_eq!(retry_after("0.5"), Some(Duration::from_millis(500)));
         assert_eq!(retry_after("-1"), None);
+        assert_eq!(retry_after("nan"), None);
+        // Too long to hold in a Duration: the longest, never a panic.
+        assert_eq!(retry_after("1e20"), Some(Duration::MAX));
+        assert_eq!(retry_after("inf"), Some(Duration::MAX));
         let past = retry_after("Wed, 21 Oct 2015 07:28:00 GMT");
         assert_eq!(past, Some(Duration::ZERO));
         let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));

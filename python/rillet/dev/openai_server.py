@@ -22,8 +22,12 @@ slow replies):
   text lists the speech segments Silero VAD finds (``speech 0.51-1.86``), which proves the
   audio arrived intact.
 - ``POST /_faults`` with ``{"replies": [{"status": 429, "retry_after": "1"}, {"status": 503},
-  {"delay_s": 3}]}`` queues faults that the next ``/v1`` requests get, one each; ``GET
-  /_stats`` counts the requests seen per path.
+  {"delay_s": 3}, {"status": 200, "body": {"data": "not a list"}}]}`` queues faults that
+  the next ``/v1`` requests get, one each, in order (``body`` is replied as it is, as a
+  broken provider might; a fault with ``"match": "text"`` waits for a request whose body
+  holds that text); ``GET /_stats`` counts the requests seen per path and lists when each
+  arrived (``arrivals``: seconds on the server's monotonic clock, the path, and the first
+  200 bytes of the request body).
 """
 
 from __future__ import annotations
@@ -51,11 +55,17 @@ class _State:
         self.lock = threading.Lock()
         self.faults: list[dict[str, Any]] = []
         self.seen: dict[str, int] = {}
+        self.arrivals: list[tuple[float, str, str]] = []
 
-    def next_fault(self, path: str) -> dict[str, Any] | None:
+    def next_fault(self, path: str, body: bytes) -> dict[str, Any] | None:
         with self.lock:
             self.seen[path] = self.seen.get(path, 0) + 1
-            return self.faults.pop(0) if self.faults else None
+            text = body.decode("utf-8", "replace")
+            self.arrivals.append((time.monotonic(), path, text[:200]))
+            for i, fault in enumerate(self.faults):
+                if fault.get("match", "") in text:
+                    return self.faults.pop(i)
+            return None
 
 
 def _embed(texts: list[str], model: str) -> list[list[float]]:
@@ -195,7 +205,7 @@ def make_handler(state: _State) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if self.path == "/_stats":
                 with state.lock:
-                    self._reply(200, {"by_path": dict(state.seen)})
+                    self._reply(200, {"by_path": dict(state.seen), "arrivals": list(state.arrivals)})
             elif self.path == "/v1/models":
                 self._reply(200, {"object": "list", "data": [
                     {"id": m, "object": "model"} for m in (*EMBEDDING_MODELS, "echo")]})
@@ -209,13 +219,16 @@ def make_handler(state: _State) -> type[BaseHTTPRequestHandler]:
                     state.faults.extend(json.loads(body)["replies"])
                 self._reply(200, {"queued": len(state.faults)})
                 return
-            fault = state.next_fault(self.path)
+            fault = state.next_fault(self.path, body)
             if fault:
                 time.sleep(float(fault.get("delay_s", 0)))
+                headers = {}
+                if "retry_after" in fault:
+                    headers["Retry-After"] = str(fault["retry_after"])
+                if "body" in fault:
+                    self._reply(int(fault.get("status", 200)), fault["body"], headers)
+                    return
                 if "status" in fault:
-                    headers = {}
-                    if "retry_after" in fault:
-                        headers["Retry-After"] = str(fault["retry_after"])
                     self._error(int(fault["status"]), f"injected {fault['status']}", headers)
                     return
             try:
