@@ -26,7 +26,7 @@ SETUP, READY, CALL, RESULT, ERROR = b"S", b"R", b"C", b"O", b"E"
 
 def apply_udf(fn: Any, arrays: list, num_rows: int, batch: bool, return_type: Any,
               on_error: str, is_async: bool = False, batch_format: str = "pyarrow",
-              nulls: list | None = None) -> Any:
+              nulls: list | None = None, calls: AsyncCalls | None = None) -> Any:
     """Call ``fn`` on one batch of argument arrays and return a pyarrow array.
 
     Row-wise UDFs get Python values row by row (PIL images, numpy arrays and ``(samples,
@@ -36,7 +36,8 @@ def apply_udf(fn: Any, arrays: list, num_rows: int, batch: bool, return_type: An
     numpy arrays for ``batch_format="numpy"``; with those policies a raising call nulls the
     whole batch. The result is converted to ``return_type`` only where no value is lost.
     With ``on_error="null"``, ``nulls`` (a list) receives ``(rows nulled, first reason)``
-    so the engine can report them.
+    so the engine can report them. An async function's calls run on ``calls`` (its bound
+    on calls in flight), or on this thread's event loop without one.
     """
     import pyarrow as pa
 
@@ -46,7 +47,14 @@ def apply_udf(fn: Any, arrays: list, num_rows: int, batch: bool, return_type: An
         if batch_format == "numpy":
             arrays = [a.to_numpy(zero_copy_only=False) for a in arrays]
         try:
-            out = _run(fn(*arrays)) if is_async else fn(*arrays)
+            if not is_async:
+                out = fn(*arrays)
+            elif calls is not None:
+                out = calls.run(fn, [tuple(arrays)])[0]
+                if isinstance(out, BaseException):
+                    raise out
+            else:
+                out = _run(fn(*arrays))
         except Exception as exc:  # noqa: BLE001 - the policy decides
             if on_error == "raise":
                 raise
@@ -56,13 +64,7 @@ def apply_udf(fn: Any, arrays: list, num_rows: int, batch: bool, return_type: An
         columns = [a.to_pylist() for a in arrays]
         rows = list(zip(*columns)) if columns else [()] * num_rows
         if is_async:
-            import asyncio
-
-            async def gather():
-                return await asyncio.gather(*(fn(*row) for row in rows),
-                                            return_exceptions=True)
-
-            outcomes = _run(gather())
+            outcomes = (calls or AsyncCalls(None)).run(fn, rows)
         elif on_error == "raise":
             outcomes = [fn(*row) for row in rows]
         else:
@@ -193,6 +195,63 @@ def _single_batch(table: Any, schema: Any) -> Any:
 
 
 _loops = threading.local()
+
+
+class AsyncCalls:
+    """Where an async UDF's calls run: one event loop on a thread of its own, shared by
+    every batch, with at most ``limit`` calls in flight at once (``None``: no bound, and the
+    calling thread's own loop).
+
+    >>> import asyncio
+    >>> async def double(x):
+    ...     await asyncio.sleep(0)
+    ...     return 2 * x
+    >>> AsyncCalls(2).run(double, [(1,), (2,), (3,)])
+    [2, 4, 6]
+    """
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._loop: Any = None
+        self._semaphore: Any = None
+
+    def run(self, fn: Any, rows: list) -> list:
+        """``fn(*row)`` for every row, concurrently within the bound; each outcome is the
+        call's value or the exception it raised, in row order."""
+        import asyncio
+
+        if self.limit is None:
+            async def unbounded():
+                return await asyncio.gather(*(fn(*row) for row in rows), return_exceptions=True)
+
+            return _run(unbounded())
+        loop, semaphore = self._started()
+
+        async def bounded(row: tuple) -> Any:
+            async with semaphore:
+                return await fn(*row)
+
+        async def gather():
+            return await asyncio.gather(*(bounded(row) for row in rows), return_exceptions=True)
+
+        return asyncio.run_coroutine_threadsafe(gather(), loop).result()
+
+    def _started(self) -> tuple[Any, Any]:
+        import asyncio
+
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="rillet-async-udf",
+                                 daemon=True).start()
+
+                async def make_semaphore():
+                    return asyncio.Semaphore(self.limit)
+
+                self._semaphore = asyncio.run_coroutine_threadsafe(make_semaphore(), loop).result()
+                self._loop = loop
+            return self._loop, self._semaphore
 
 
 def _run(coroutine: Any) -> Any:

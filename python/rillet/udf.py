@@ -12,7 +12,8 @@ kind of function:
   dies mid-batch is replaced and the batch re-sent (``max_retries``); the job's output stays
   exact.
 - **Row functions and async functions run in the engine's process** (``isolate=False``), on
-  threads of their own (async ones run each batch's calls concurrently on an event loop).
+  threads of their own. An async function's calls run concurrently on an event loop of
+  its own, at most ``max_concurrency`` in flight at once across all batches.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from rillet._session import current_session
-from rillet._worker import apply_udf
+from rillet._worker import AsyncCalls, apply_udf
 from rillet.expr import Expr, _to_expr, to_arrow_type
 
 _ON_ERROR = ("raise", "null", "column")
+# Calls of one async UDF in flight at once unless it says otherwise.
+_DEFAULT_ASYNC_CONCURRENCY = 32
 _BATCH_FORMATS = ("pyarrow", "numpy")
 
 # Started as a file (not ``-m``) so a worker needs neither the engine nor the package's
@@ -50,7 +53,8 @@ class UDF:
                  num_cpus: float | None = None, num_gpus: float | None = None,
                  memory: int | str | None = None, max_retries: int = 3,
                  on_error: str = "raise", isolate: bool | None = None,
-                 idle_timeout: float = 10.0, batch_format: str = "pyarrow"):
+                 idle_timeout: float = 10.0, batch_format: str = "pyarrow",
+                 max_concurrency: int | None = None):
         if on_error not in _ON_ERROR:
             raise ValueError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}")
         if batch_format not in _BATCH_FORMATS:
@@ -78,6 +82,14 @@ class UDF:
             raise ValueError(f"UDF {self.name!r}: async UDFs run in the engine's process "
                              "(their calls wait on I/O concurrently); drop isolate=True")
         self.isolate = isolate
+        if max_concurrency is not None and not self.is_async:
+            raise ValueError(f"UDF {self.name!r}: max_concurrency bounds an async function's "
+                             "calls in flight; for other UDFs use concurrency=")
+        if max_concurrency is not None and int(max_concurrency) < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
+        self.max_concurrency = (int(max_concurrency) if max_concurrency is not None
+                                else _DEFAULT_ASYNC_CONCURRENCY)
+        self._calls = AsyncCalls(self.max_concurrency) if self.is_async else None
         self.num_cpus = 1.0 if num_cpus is None else float(num_cpus)
         self.num_gpus = 0.0 if num_gpus is None else float(num_gpus)
         self.memory = _parse_bytes(memory)
@@ -104,7 +116,7 @@ class UDF:
         nulls: list = []
         result = apply_udf(self._target(), arrays, num_rows, self.batch, self._wire_type,
                            self.on_error, is_async=self.is_async, batch_format=self.batch_format,
-                           nulls=nulls)
+                           nulls=nulls, calls=self._calls)
         return (result, *nulls[0]) if nulls else result
 
     def _pickled(self) -> bytes:
@@ -142,7 +154,8 @@ def udf(fn: Callable[..., Any] | None = None, *, return_dtype: Any, batch: bool 
         batch_size: int | None = None, concurrency: int | tuple[int, int] | None = None,
         num_cpus: float | None = None, num_gpus: float | None = None,
         memory: int | str | None = None, max_retries: int = 3, on_error: str = "raise",
-        isolate: bool | None = None, idle_timeout: float = 10.0, batch_format: str = "pyarrow"):
+        isolate: bool | None = None, idle_timeout: float = 10.0, batch_format: str = "pyarrow",
+        max_concurrency: int | None = None):
     """Turn a Python function, async function or class into a UDF.
 
     Row-wise (default): called once per row with Python values; Rillet's types arrive as
@@ -172,6 +185,8 @@ def udf(fn: Callable[..., Any] | None = None, *, return_dtype: Any, batch: bool 
             process (default for row functions and async functions).
         idle_timeout: seconds a worker above the pool's minimum may stay idle.
         batch_format: what a batch UDF receives: ``"pyarrow"`` arrays or ``"numpy"``.
+        max_concurrency: for an async function, its calls in flight at once across all
+            batches (default 32), so a lookup service sees a bounded number of requests.
 
     >>> import rillet as rl
     >>> @rl.udf(return_dtype="int64")
@@ -186,7 +201,7 @@ def udf(fn: Callable[..., Any] | None = None, *, return_dtype: Any, batch: bool 
         return UDF(f, dtype, batch, batch_size, concurrency, num_cpus=num_cpus,
                    num_gpus=num_gpus, memory=memory, max_retries=max_retries,
                    on_error=on_error, isolate=isolate, idle_timeout=idle_timeout,
-                   batch_format=batch_format)
+                   batch_format=batch_format, max_concurrency=max_concurrency)
 
     return wrap(fn) if fn is not None else wrap
 

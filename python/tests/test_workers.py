@@ -291,6 +291,38 @@ def test_async_udf_runs_a_batch_of_calls_concurrently():
     assert in_flight[1] > 1
 
 
+def test_async_udf_calls_in_flight_are_bounded_across_batches():
+    import asyncio
+
+    lock = threading.Lock()
+    in_flight = [0, 0]  # now, most
+
+    @rl.udf(return_dtype=pa.int64(), max_concurrency=5)
+    async def lookup(x):
+        with lock:
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight[1], in_flight[0])
+        await asyncio.sleep(0.01)
+        with lock:
+            in_flight[0] -= 1
+        if x == 7:
+            raise KeyError("no such user")
+        return x * 10
+
+    df = rl.range(400).repartition(4).with_column("y", lookup(col("id")))
+    with pytest.raises(rl.UserFunctionError, match="no such user"):
+        df.collect()
+    assert in_flight[1] == 5
+
+    in_flight[1] = 0
+    lookup_or_null = rl.udf(return_dtype=pa.int64(), max_concurrency=5, on_error="null")(lookup.__wrapped__)
+    out = rl.range(400).repartition(4).with_column("y", lookup_or_null(col("id"))).to_pydict()
+    assert sorted(zip(out["id"], out["y"])) == [(i, None if i == 7 else 10 * i) for i in range(400)]
+    assert in_flight[1] == 5
+    with pytest.raises(ValueError, match="max_concurrency bounds an async function"):
+        rl.udf(return_dtype="int64", max_concurrency=3)(lambda x: x)
+
+
 def test_resources_and_init():
     machine = rl.resources()
     assert machine["num_cpus"] >= 1 and machine["memory"] > 0
