@@ -28,10 +28,14 @@ if [ ! -x "$RILLET_VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 source "$RILLET_VENV/bin/activate"
-if ! python -c "import maturin, pyarrow, numpy, cloudpickle, pandas, pytest, hypothesis, PIL, moto, boto3, tokenizers, fpdf, pypdf, redis, confluent_kafka" 2>/dev/null; then
+# Installed again whenever requirements-dev.txt changes (its hash is kept in the venv).
+requirements_stamp="$RILLET_VENV/.requirements-dev.sha256"
+requirements_hash=$(sha256sum "$RILLET_ROOT/requirements-dev.txt" | cut -d' ' -f1)
+if [ "$(cat "$requirements_stamp" 2>/dev/null)" != "$requirements_hash" ]; then
   echo "== installing Python packages"
   python -m pip install -q --upgrade pip
   python -m pip install -q -r "$RILLET_ROOT/requirements-dev.txt"
+  echo "$requirements_hash" > "$requirements_stamp"
 fi
 
 echo "== building the rillet Python extension (${RILLET_PROFILE:-dev})"

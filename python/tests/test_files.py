@@ -37,6 +37,60 @@ def test_mime_type_agrees_with_the_file_command(media):
         assert ours == _SAME.get(theirs, theirs), path
 
 
+def _real_documents(directory) -> dict[str, str]:
+    """Files made by the tools that make them for users (Pillow, pillow-heif, python-docx,
+    openpyxl, python-pptx, ffmpeg), each with the type it must sniff as."""
+    import docx
+    import openpyxl
+    import pillow_heif
+    import pptx
+    from PIL import Image
+
+    made = {}
+    photo = Image.open(sample_photos()[0]).convert("RGB")
+    photo.save(directory / "photo.avif")
+    made["photo.avif"] = "image/avif"
+    pillow_heif.from_pillow(photo).save(str(directory / "photo.heic"), quality=60)
+    made["photo.heic"] = "image/heic"
+    document = docx.Document()
+    document.add_paragraph("A letter. " * 200)
+    document.save(directory / "letter.docx")
+    made["letter.docx"] = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+    book = openpyxl.Workbook()
+    for row in range(200):
+        book.active.append([row, f"item {row}", row * 1.5])
+    book.save(directory / "sheet.xlsx")
+    made["sheet.xlsx"] = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    deck = pptx.Presentation()
+    deck.slides.add_slide(deck.slide_layouts[0]).shapes.title.text = "Results"
+    deck.save(directory / "deck.pptx")
+    made["deck.pptx"] = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+    video = str(sample_videos()[0])
+    for name, kind in [("clip.mov", "video/quicktime"), ("clip.3gp", "video/3gpp")]:
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", video, "-t", "1", "-c", "copy",
+                        str(directory / name)], check=True)
+        made[name] = kind
+    import zipfile
+    with zipfile.ZipFile(directory / "plain.zip", "w") as z:
+        z.writestr("notes.txt", "words")
+    made["plain.zip"] = "application/zip"
+    (directory / "drawing.svg").write_text('<?xml version="1.0"?>\n<!-- a box -->\n'
+                                          '<svg xmlns="http://www.w3.org/2000/svg"><rect/></svg>')
+    made["drawing.svg"] = "image/svg+xml"
+    return made
+
+
+def test_mime_type_knows_heif_avif_office_and_video_containers(tmp_path):
+    made = _real_documents(tmp_path)
+    files = rl.read_files(str(tmp_path / "*")).select(
+        "path", col("file").file.mime_type().alias("m")).to_pydict()
+    found = {path.rsplit("/", 1)[1]: m for path, m in zip(files["path"], files["m"])}
+    assert found == made
+    for name, kind in made.items():  # and the file command agrees
+        theirs = _file_command(str(tmp_path / name))
+        assert _SAME.get(theirs, theirs) == kind, (name, theirs)
+
+
 def test_mime_type_reads_content_not_names(tmp_path):
     (tmp_path / "photo.txt").write_bytes(sample_photos()[0].read_bytes())
     (tmp_path / "notes.png").write_text("just words\n")
