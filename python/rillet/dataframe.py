@@ -780,8 +780,12 @@ class DataFrame:
         Rows that operators turned into nulls by their ``on_error="null"`` policy are
         counted: each is reported as a warning of the ``rillet`` logger, and in
         :meth:`stats` (``"nulls"``), e.g. ``"image_resize: 1 of 1 rows null — a: no such
-        file"``."""
-        table = self._df.collect()
+        file"``. The engine's events during the run (retries, workers replaced) are in
+        the ``rillet`` logger's records by the time it returns."""
+        try:
+            table = self._df.collect()
+        finally:
+            _rillet.flush_logs()
         _warn_nulls(self._df.stats())
         return table
 
@@ -1036,8 +1040,12 @@ class StreamingJob:
     def wait(self, timeout: float | None = None) -> dict:
         """Wait until the job ends (a bounded source ran out, or :meth:`stop`); returns its
         figures or raises its error. With ``timeout`` (seconds) raises TimeoutError if the
-        job is still running then."""
-        return _warn_nulls(self._job.wait(timeout))
+        job is still running then. The job's events (checkpoints aborted, restores) are
+        in the ``rillet`` logger's records by the time it returns."""
+        try:
+            return _warn_nulls(self._job.wait(timeout))
+        finally:
+            _rillet.flush_logs()
 
     def cancel(self) -> None:
         """Stop at once. Nothing after the last completed checkpoint is committed; a

@@ -55,9 +55,18 @@ def assert_exact(rows, *, rows_per_partition=ROWS):
     kill_sweep.check_rows(table)
 
 
-def test_aborted_checkpoints_lose_nothing_in_the_file_sink(tmp_path):
+def test_aborted_checkpoints_lose_nothing_in_the_file_sink(tmp_path, caplog):
+    caplog.set_level("WARNING", logger="rillet")
     run_with_aborts(str(tmp_path / "out"), tmp_path, "files")
     assert_exact(read_committed(tmp_path / "out").to_pylist())
+    # Each abort is a WARNING of the rillet logger naming its checkpoint.
+    aborts = [r for r in caplog.records if r.name == "rillet.runtime.checkpointing"
+              and r.levelname == "WARNING" and "aborted" in r.getMessage()]
+    assert len(aborts) >= 3, [r.getMessage() for r in caplog.records]
+    for record in aborts:
+        checkpoint = record.rillet["checkpoint"]
+        assert f"checkpoint {checkpoint} aborted" in record.getMessage()
+        assert "failpoint checkpoint-artifact-upload" in record.getMessage()
 
 
 @needs(shutil.which("redis-server") is not None, "redis-server")

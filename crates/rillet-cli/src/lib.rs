@@ -10,6 +10,7 @@
 //! ```
 
 mod jobs;
+pub mod logs;
 
 use clap::{Parser, Subcommand};
 use rillet_common::{EngineConfig, RilletError};
@@ -28,6 +29,10 @@ struct Cli {
     /// may use, between 512 MiB and 4 GiB).
     #[arg(long, global = true)]
     memory_mib: Option<usize>,
+    /// How events (checkpoints aborted, retries, workers replaced) are written to stderr;
+    /// which are kept comes from RILLET_LOG or RUST_LOG (`warn,rillet_runtime=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = logs::LogFormat::Human, env = "RILLET_LOG_FORMAT")]
+    log_format: logs::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -160,6 +165,7 @@ pub fn run(args: impl IntoIterator<Item = String>) -> i32 {
             return e.exit_code();
         }
     };
+    logs::install(cli.log_format);
     let mut config = EngineConfig::default();
     if let Some(mib) = cli.memory_mib {
         config = config.with_memory_budget(mib << 20);

@@ -8,6 +8,7 @@ mod dataframe;
 mod errors;
 mod expr;
 mod functions;
+mod logs;
 mod providers;
 mod resources;
 mod service;
@@ -26,6 +27,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[pymodule]
 fn _rillet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     rillet_runtime::allocator::tune();
+    logs::register(m)?;
     errors::register(m)?;
     expr::register(m)?;
     dataframe::register(m)?;

@@ -488,7 +488,7 @@ impl CheckpointLoop {
                     for aborted in coordinator.expire(Instant::now()) {
                         writers.remove(&aborted.id);
                         self.sink_states.remove(&aborted.id);
-                        self.record_abort(&aborted.reason);
+                        self.record_abort(aborted.id, &aborted.reason);
                         if let Some((id, _, stop)) = last.take_if(|(id, ..)| *id == aborted.id) {
                             // The sources have ended after this barrier: no later
                             // checkpoint can take its place. Fail; a restart replays.
@@ -632,7 +632,7 @@ impl CheckpointLoop {
         writers.remove(&id);
         self.sink_states.remove(&id);
         if coordinator.abort(id, &error.to_string()).is_some() {
-            self.record_abort(&format!("checkpoint {id}: {error}"));
+            self.record_abort(id, &error.to_string());
         }
     }
 
@@ -704,11 +704,11 @@ impl CheckpointLoop {
         self.commit_gate.clone()
     }
 
-    fn record_abort(&self, reason: &str) {
-        tracing::warn!("checkpoint aborted: {reason}");
+    fn record_abort(&self, id: u64, reason: &str) {
+        tracing::warn!(checkpoint = id, "checkpoint {id} aborted: {reason}");
         let mut stats = self.stats.lock();
         stats.aborted += 1;
-        stats.last_failure = Some(reason.to_string());
+        stats.last_failure = Some(format!("checkpoint {id}: {reason}"));
     }
 }
 

@@ -1,0 +1,214 @@
+//! The engine's `tracing` events as records of Python's `logging`, under the `rillet`
+//! logger: `rillet_runtime::checkpointing` logs to `rillet.runtime.checkpointing`, at the
+//! matching level, with the event's fields (`checkpoint=7`) in the record's `rillet`
+//! attribute and after its message.
+//!
+//! An event is never delivered on the thread that emits it: that thread may hold an engine
+//! lock that a thread holding the GIL waits for. Events go through a bounded queue to one
+//! delivery thread, which alone takes the GIL; when the queue is full an event is dropped
+//! and counted. [`flush_logs`] waits (without the GIL) until what was queued before it is
+//! delivered: `collect()` and `Job.wait()` call it, so their records are in before they
+//! return.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+/// Events waiting for the delivery thread at most.
+const QUEUE: usize = 4096;
+
+/// One event, ready for `logging`.
+struct Record {
+    logger: String,
+    level: u8,
+    message: String,
+    fields: Vec<(&'static str, String)>,
+}
+
+/// How far delivery has got.
+#[derive(Default)]
+struct Progress {
+    queued: AtomicU64,
+    dropped: AtomicU64,
+    delivered: Mutex<u64>,
+    changed: Condvar,
+}
+
+fn progress() -> &'static Progress {
+    static PROGRESS: OnceLock<Progress> = OnceLock::new();
+    PROGRESS.get_or_init(Progress::default)
+}
+
+/// The layer that queues every kept event for Python.
+struct ToPython {
+    queue: SyncSender<Record>,
+}
+
+impl<S: Subscriber> Layer<S> for ToPython {
+    fn on_event(&self, event: &Event<'_>, _context: Context<'_, S>) {
+        let metadata = event.metadata();
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let record = Record {
+            logger: logger_name(metadata.target()),
+            level: python_level(*metadata.level()),
+            message: fields.message,
+            fields: fields.others,
+        };
+        let progress = progress();
+        match self.queue.try_send(record) {
+            Ok(()) => {
+                progress.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                progress.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// An event's message and its other fields, as text.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    others: Vec<(&'static str, String)>,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.keep(field, value.to_string());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.keep(field, format!("{value:?}"));
+    }
+}
+
+impl Fields {
+    fn keep(&mut self, field: &Field, value: String) {
+        if field.name() == "message" {
+            self.message = value;
+        } else {
+            self.others.push((field.name(), value));
+        }
+    }
+}
+
+/// `rillet_runtime::checkpointing` → `rillet.runtime.checkpointing`; another crate's
+/// target `hyper::client` → `rillet.deps.hyper.client`.
+fn logger_name(target: &str) -> String {
+    let dotted = target.replace("::", ".");
+    match dotted.strip_prefix("rillet_") {
+        Some(rest) => format!("rillet.{rest}"),
+        None => format!("rillet.deps.{dotted}"),
+    }
+}
+
+/// `logging`'s number for `level`.
+fn python_level(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 40,
+        Level::WARN => 30,
+        Level::INFO => 20,
+        Level::DEBUG => 10,
+        Level::TRACE => 5,
+    }
+}
+
+/// Hand each queued record to `logging`, in order, for the life of the process.
+fn deliver(queue: Receiver<Record>) {
+    for record in queue {
+        Python::attach(|py| {
+            if let Err(error) = log(py, &record) {
+                // A broken handler must not stop delivery; Python prints why.
+                error.print(py);
+            }
+        });
+        let progress = progress();
+        *progress.delivered.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        progress.changed.notify_all();
+    }
+}
+
+fn log(py: Python<'_>, record: &Record) -> PyResult<()> {
+    let logger = py
+        .import("logging")?
+        .call_method1("getLogger", (record.logger.as_str(),))?;
+    if !logger
+        .call_method1("isEnabledFor", (record.level,))?
+        .is_truthy()?
+    {
+        return Ok(());
+    }
+    let fields = PyDict::new(py);
+    let mut message = record.message.clone();
+    for (name, value) in &record.fields {
+        fields.set_item(*name, value)?;
+        message.push_str(&format!(" {name}={value}"));
+    }
+    let extra = PyDict::new(py);
+    extra.set_item("rillet", fields)?;
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("extra", extra)?;
+    logger.call_method("log", (record.level, message), Some(&kwargs))?;
+    Ok(())
+}
+
+/// Send the engine's events to `logging` from now on (once per process; a later call, or
+/// a subscriber installed before, leaves things as they are).
+pub(crate) fn install() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let (sender, receiver) = sync_channel(QUEUE);
+        let subscriber = tracing_subscriber::registry()
+            .with(rillet_cli::logs::filter())
+            .with(ToPython { queue: sender });
+        if tracing::subscriber::set_global_default(subscriber).is_ok() {
+            let _ = std::thread::Builder::new()
+                .name("rillet-logs".into())
+                .spawn(move || deliver(receiver));
+        }
+    });
+}
+
+/// Wait up to `timeout_s` for the events emitted so far to reach `logging`; how many
+/// were dropped because the queue was full, since the process started.
+#[pyfunction]
+#[pyo3(signature = (timeout_s = 5.0))]
+pub(crate) fn flush_logs(py: Python<'_>, timeout_s: f64) -> u64 {
+    let progress = progress();
+    let target = progress.queued.load(Ordering::Relaxed);
+    let timeout = Duration::try_from_secs_f64(timeout_s.max(0.0)).unwrap_or(Duration::MAX);
+    py.detach(|| {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut delivered = progress.delivered.lock().unwrap_or_else(|e| e.into_inner());
+        while *delivered < target {
+            let left = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if left.is_zero() {
+                break;
+            }
+            delivered = progress
+                .changed
+                .wait_timeout(delivered, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    });
+    progress.dropped.load(Ordering::Relaxed)
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    install();
+    m.add_function(wrap_pyfunction!(flush_logs, m)?)?;
+    Ok(())
+}
