@@ -121,9 +121,16 @@ def postgres_upsert(url: str, table: str, key: str | Sequence[str]) -> PostgresU
     are upserted in one transaction when their checkpoint completes (``INSERT ... ON
     CONFLICT (key) DO UPDATE``, the last row of a key winning); recovery repeats the
     restored checkpoint's upserts, which is harmless, so the table ends as if the job had
-    never failed. Columns are matched by name; PostgreSQL converts the values.
+    never failed. Columns are matched by name; PostgreSQL converts the values. The sink
+    keeps one connection for all its commits. TLS follows the URL's ``sslmode`` as libpq
+    does: ``prefer`` (default) and ``require`` encrypt without checking the server's
+    certificate (``require`` always); ``verify-ca`` and ``verify-full`` check it against
+    ``sslrootcert`` (a PEM file of CAs, else the system's), ``verify-full`` its host name too.
 
     >>> import rillet as rl
+    >>> rl.postgres_upsert("postgresql://app@localhost/shop?sslmode=verify-full", "totals",
+    ...                    key="customer").key
+    ('customer',)
     >>> rl.postgres_upsert("postgresql://app@localhost/shop", "totals", key="customer").key
     ('customer',)
     """

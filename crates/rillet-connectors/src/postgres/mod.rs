@@ -13,21 +13,34 @@
 //! The table must exist, with a primary key or unique index on the key columns; columns
 //! are matched by name and values converted by PostgreSQL from JSON (`json_populate_recordset`),
 //! so any column type PostgreSQL can read from JSON works.
+//!
+//! The sink holds one connection, opened at its first use and reused by every commit
+//! (opened again after it breaks). The URL's `sslmode` and `sslrootcert` secure it as
+//! libpq would (see [`tls`]).
+
+mod tls;
+
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::{BatchWriter, BlockingPool, Sink, SinkContext};
+use rillet_runtime::{BatchWriter, BlockingPool, Sink, SinkContext, block_on, global_runtime};
+use tokio_postgres::Client;
 
 use crate::staged::{RowsOut, StagedWriter, decode_states};
+use tls::{Tls, split_tls_options};
 
 /// Upserts into a PostgreSQL table (see the module docs).
 #[derive(Debug, Clone)]
 pub struct PostgresUpsertSink {
-    url: String,
+    config: tokio_postgres::Config,
+    tls: Tls,
     table: String,
     key: Vec<String>,
+    /// The connection commits share; `None` until the first, or after it broke.
+    client: Arc<tokio::sync::Mutex<Option<Client>>>,
 }
 
 fn quote(identifier: &str) -> String {
@@ -40,25 +53,44 @@ fn quote_table(table: &str) -> String {
 }
 
 impl PostgresUpsertSink {
-    /// Upsert into `table` at `url` (`postgresql://user@host:port/db`) on `key` columns.
+    /// Upsert into `table` at `url` (`postgresql://user@host:port/db`, with
+    /// `?sslmode=require` and the like for TLS) on `key` columns.
+    ///
+    /// ```
+    /// use rillet_connectors::postgres::PostgresUpsertSink;
+    /// let url = "postgresql://app@db.internal/shop?sslmode=require";
+    /// assert!(PostgresUpsertSink::new(url, "orders", vec!["id".into()]).is_ok());
+    /// assert!(PostgresUpsertSink::new(url, "orders", vec![]).is_err());
+    /// ```
     pub fn new(url: impl Into<String>, table: impl Into<String>, key: Vec<String>) -> Result<Self> {
         if key.is_empty() {
             return Err(RilletError::invalid_argument(
                 "an upsert sink needs the table's key columns",
             ));
         }
+        let url = url.into();
+        let (rest, sslmode, sslrootcert) = split_tls_options(&url);
+        let tls = Tls::new(sslmode.as_deref(), sslrootcert.as_deref())?;
+        let mut config: tokio_postgres::Config = rest
+            .parse()
+            .map_err(|e| RilletError::invalid_argument(format!("postgres URL {rest:?}: {e}")))?;
+        config.ssl_mode(tls.mode);
         Ok(Self {
-            url: url.into(),
+            config,
+            tls,
             table: table.into(),
             key,
+            client: Arc::default(),
         })
     }
 
-    fn error(&self, what: &str, e: postgres::Error) -> RilletError {
-        // The server's own message says what is wrong; the error's display alone does not.
-        let detail = match e.as_db_error() {
-            Some(db) => db.message().to_string(),
-            None => e.to_string(),
+    fn error(&self, what: &str, e: tokio_postgres::Error) -> RilletError {
+        // The server's own message says what is wrong; the error's display alone does not,
+        // and the cause (a refused certificate, a refused connection) is in its source.
+        let detail = match (e.as_db_error(), std::error::Error::source(&e)) {
+            (Some(db), _) => db.message().to_string(),
+            (None, Some(cause)) => format!("{e}: {cause}"),
+            (None, None) => e.to_string(),
         };
         RilletError::Io(std::io::Error::other(format!(
             "postgres table {}: {what}: {detail}",
@@ -66,9 +98,26 @@ impl PostgresUpsertSink {
         )))
     }
 
-    fn connect(&self) -> Result<postgres::Client> {
-        postgres::Client::connect(&self.url, postgres::NoTls)
-            .map_err(|e| self.error("connecting", e))
+    /// The shared connection, opened if there is none or it broke.
+    async fn connection(&self) -> Result<tokio::sync::MappedMutexGuard<'_, Client>> {
+        let mut slot = self.client.lock().await;
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            let (client, connection) = self
+                .config
+                .connect(self.tls.clone())
+                .await
+                .map_err(|e| self.error("connecting", e))?;
+            // The connection's I/O runs on the engine's runtime, outliving this call.
+            global_runtime().spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!("postgres connection closed: {e}");
+                }
+            });
+            *slot = Some(client);
+        }
+        Ok(tokio::sync::MutexGuard::map(slot, |slot| {
+            slot.as_mut().expect("connected above")
+        }))
     }
 
     /// The upsert of one JSON array of rows with `columns`: the last row of each key wins.
@@ -123,12 +172,21 @@ impl PostgresUpsertSink {
         let json = String::from_utf8(json.into_inner())
             .map_err(|e| RilletError::internal(format!("JSON of rows: {e}")))?;
         let statement = self.statement(&columns);
-        let mut client = self.connect()?;
-        let mut transaction = client.transaction().map_err(|e| self.error("begin", e))?;
-        transaction
-            .execute(statement.as_str(), &[&json])
-            .map_err(|e| self.error("upsert", e))?;
-        transaction.commit().map_err(|e| self.error("commit", e))
+        block_on(async {
+            let mut client = self.connection().await?;
+            let transaction = client
+                .transaction()
+                .await
+                .map_err(|e| self.error("begin", e))?;
+            transaction
+                .execute(statement.as_str(), &[&json])
+                .await
+                .map_err(|e| self.error("upsert", e))?;
+            transaction
+                .commit()
+                .await
+                .map_err(|e| self.error("commit", e))
+        })
     }
 }
 
@@ -150,12 +208,15 @@ impl Sink for PostgresUpsertSink {
 
     fn prepare(&self) -> Result<()> {
         // Fail at the start, naming the table, rather than at the first commit.
-        let mut client = self.connect()?;
         let query = format!("SELECT * FROM {} LIMIT 0", quote_table(&self.table));
-        client
-            .simple_query(&query)
-            .map_err(|e| self.error("checking the table", e))?;
-        Ok(())
+        block_on(async {
+            let client = self.connection().await?;
+            client
+                .simple_query(&query)
+                .await
+                .map_err(|e| self.error("checking the table", e))
+                .map(|_| ())
+        })
     }
 
     fn open(

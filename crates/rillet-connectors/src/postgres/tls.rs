@@ -1,0 +1,398 @@
+//! TLS for PostgreSQL connections, on rustls, with libpq's `sslmode` meanings:
+//!
+//! | `sslmode` | encrypted | server's certificate |
+//! |---|---|---|
+//! | `disable` | never | – |
+//! | `prefer` (default) | when the server offers it | not checked |
+//! | `require` | always | not checked, unless `sslrootcert` names the CA: then as `verify-ca` |
+//! | `verify-ca` | always | signed by `sslrootcert` (else the system's CAs) |
+//! | `verify-full` | always | as `verify-ca`, and issued for the host connected to |
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rillet_common::{Result, RilletError};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
+
+/// How a connection is secured: what tokio-postgres is told, and the TLS client.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    pub(crate) mode: SslMode,
+    config: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tls({:?})", self.mode)
+    }
+}
+
+/// How the server's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Nothing,
+    Chain,
+    ChainAndHost,
+}
+
+impl Tls {
+    /// The TLS of `sslmode` (`None`: `prefer`) with `sslrootcert` (a PEM file of CAs).
+    pub(crate) fn new(sslmode: Option<&str>, sslrootcert: Option<&str>) -> Result<Self> {
+        let (mode, check) = match (sslmode.unwrap_or("prefer"), sslrootcert.is_some()) {
+            ("disable", _) => (SslMode::Disable, Check::Nothing),
+            ("prefer", _) => (SslMode::Prefer, Check::Nothing),
+            ("require", false) => (SslMode::Require, Check::Nothing),
+            ("require", true) | ("verify-ca", _) => (SslMode::Require, Check::Chain),
+            ("verify-full", _) => (SslMode::Require, Check::ChainAndHost),
+            (other, _) => {
+                return Err(RilletError::invalid_argument(format!(
+                    "postgres sslmode={other:?}: use disable, prefer, require, verify-ca or \
+                     verify-full"
+                )));
+            }
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| RilletError::internal(format!("TLS setup: {e}")))?;
+        let verifier: Arc<dyn ServerCertVerifier> = match check {
+            Check::Nothing => Arc::new(Unchecked(provider)),
+            Check::Chain | Check::ChainAndHost => {
+                let roots = Arc::new(roots(sslrootcert)?);
+                let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .map_err(|e| RilletError::invalid_argument(format!("sslrootcert: {e}")))?;
+                Arc::new(Checked {
+                    webpki,
+                    host: check == Check::ChainAndHost,
+                })
+            }
+        };
+        let config = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(Self {
+            mode,
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// The CAs of the PEM file `path`, else the system's.
+fn roots(path: Option<&str>) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    let certificates: Vec<CertificateDer<'static>> = match path {
+        Some(path) => CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect())
+            .map_err(|e| {
+                RilletError::invalid_argument(format!(
+                    "postgres sslrootcert={path:?}: cannot read its certificates: {e}"
+                ))
+            })?,
+        None => rustls_native_certs::load_native_certs().certs,
+    };
+    let (_added, unusable) = roots.add_parsable_certificates(certificates);
+    if roots.is_empty() {
+        return Err(RilletError::invalid_argument(format!(
+            "postgres: no usable CA certificate in {} ({unusable} unusable)",
+            path.unwrap_or("the system's store")
+        )));
+    }
+    Ok(roots)
+}
+
+/// Encryption without authentication (libpq's `prefer` and `require`): any certificate,
+/// but the handshake's signatures are still checked against it.
+#[derive(Debug)]
+struct Unchecked(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for Unchecked {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The chain checked against the CAs; the host name too unless `host` is false
+/// (`verify-ca`).
+#[derive(Debug)]
+struct Checked {
+    webpki: Arc<WebPkiServerVerifier>,
+    host: bool,
+}
+
+impl ServerCertVerifier for Checked {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let verdict = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        match verdict {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.host => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+impl<S> MakeTlsConnect<S> for Tls
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = Stream<S>;
+    type TlsConnect = Connect;
+    type Error = io::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> io::Result<Connect> {
+        let name = ServerName::try_from(domain.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        Ok(Connect {
+            connector: tokio_rustls::TlsConnector::from(self.config.clone()),
+            name,
+        })
+    }
+}
+
+/// One connection's TLS handshake.
+pub(crate) struct Connect {
+    connector: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl<S> TlsConnect<S> for Connect
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = Stream<S>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Stream<S>>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        Box::pin(async move {
+            let tls = self.connector.connect(self.name, stream).await?;
+            Ok(Stream(tls))
+        })
+    }
+}
+
+/// A TLS session to the server.
+pub(crate) struct Stream<S>(tokio_rustls::client::TlsStream<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for Stream<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding::none()
+    }
+}
+
+/// `url` without its `sslmode` and `sslrootcert` options (which tokio-postgres does not
+/// know all of), and their values. `url` is a `postgresql://` URL or `key=value` words.
+///
+/// ```text
+/// postgresql://u@h/db?sslmode=verify-full&sslrootcert=ca.pem&application_name=x
+///   → (postgresql://u@h/db?application_name=x, verify-full, ca.pem)
+/// ```
+pub(crate) fn split_tls_options(url: &str) -> (String, Option<String>, Option<String>) {
+    let (mut sslmode, mut sslrootcert) = (None, None);
+    let mut take = |key: &str, value: &str| match key {
+        "sslmode" => {
+            sslmode = Some(value.to_string());
+            true
+        }
+        "sslrootcert" => {
+            sslrootcert = Some(value.to_string());
+            true
+        }
+        _ => false,
+    };
+    let rest = if url.contains("://") {
+        match url.split_once('?') {
+            Some((base, query)) => {
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|pair| {
+                        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                        !take(key, &percent_decode(value))
+                    })
+                    .collect();
+                if kept.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+            None => url.to_string(),
+        }
+    } else {
+        url.split_whitespace()
+            .filter(|word| {
+                let (key, value) = word.split_once('=').unwrap_or((word, ""));
+                !take(key.trim(), value.trim_matches('\''))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    (rest, sslmode, sslrootcert)
+}
+
+/// `%2F` and the like in a URL's query value.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_options_are_taken_out_of_urls_and_words() {
+        let (rest, mode, root) = split_tls_options(
+            "postgresql://u@h:5/db?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem&application_name=x",
+        );
+        assert_eq!(rest, "postgresql://u@h:5/db?application_name=x");
+        assert_eq!(mode.as_deref(), Some("verify-full"));
+        assert_eq!(root.as_deref(), Some("/tmp/ca.pem"));
+        let (rest, mode, root) = split_tls_options("postgresql://u@h/db?sslmode=require");
+        assert_eq!(
+            (rest.as_str(), mode.as_deref(), root),
+            ("postgresql://u@h/db", Some("require"), None)
+        );
+        let (rest, mode, _) = split_tls_options("host=h user=u sslmode=disable");
+        assert_eq!(
+            (rest.as_str(), mode.as_deref()),
+            ("host=h user=u", Some("disable"))
+        );
+        assert!(Tls::new(Some("verify-everything"), None).is_err());
+        assert!(Tls::new(Some("verify-full"), Some("/no/such/ca.pem")).is_err());
+    }
+}
