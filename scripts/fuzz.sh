@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Fuzz the decode paths (image, audio, video, PDF) for a given time per target:
+# Fuzz the decode paths (image, audio, video, PDF) and the engine's own decoders (worker
+# frames, checkpoint manifests, operator state) for a given time per target:
 #
 #   bash scripts/fuzz.sh [SECONDS_PER_TARGET=60] [TARGET ...]
 #
-# Targets: image_decode audio_decode video_decode pdf_text (default: all). Seeds are the
-# sample media of rillet.dev.datasets when the Python environment is there; crashes land in
-# fuzz/artifacts/<target>/ and make the script fail. On a stable toolchain it runs with
+# Targets: image_decode audio_decode video_decode pdf_text worker_frames checkpoint_manifest
+# operator_state (default: all). Seeds are the sample media of rillet.dev.datasets when the
+# Python environment is there, and the committed corpora in fuzz/corpus/<target>/, which the
+# normal tests replay (rillet_common::fuzzing); crashes land in fuzz/artifacts/<target>/ and
+# make the script fail: fix each, then copy it into fuzz/corpus/<target>/ so CI replays it. On a stable toolchain it runs with
 # coverage but no sanitizer (`-s none`); with a nightly toolchain it uses AddressSanitizer.
 # Not part of CI's test step (it builds an instrumented copy of the engine).
 set -euo pipefail
@@ -13,7 +16,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SECONDS_PER_TARGET="${1:-60}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(image_decode audio_decode video_decode pdf_text)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(image_decode audio_decode video_decode pdf_text worker_frames
+                                     checkpoint_manifest operator_state)
 export RILLET_CACHE="${RILLET_CACHE:-$HOME/.cache/rillet}"
 # Its own target directory: the instrumented build must not evict the normal one.
 export CARGO_TARGET_DIR="$RILLET_CACHE/fuzz-target"
@@ -56,8 +60,11 @@ cd "$ROOT/fuzz"
 FAILED=()
 for target in "${TARGETS[@]}"; do
   mkdir -p "$CORPUS/$target"
+  # New inputs go to the first directory (the cache); the committed corpus only seeds.
+  SEEDS=()
+  [ -d "$ROOT/fuzz/corpus/$target" ] && SEEDS=("$ROOT/fuzz/corpus/$target")
   echo "== fuzzing $target for ${SECONDS_PER_TARGET}s"
-  if ! cargo fuzz run "${SANITIZER[@]}" "$target" "$CORPUS/$target" -- \
+  if ! cargo fuzz run "${SANITIZER[@]}" "$target" "$CORPUS/$target" "${SEEDS[@]}" -- \
       -max_total_time="$SECONDS_PER_TARGET" -max_len=1048576 -rss_limit_mb=4096 -timeout=30; then
     FAILED+=("$target")
   fi

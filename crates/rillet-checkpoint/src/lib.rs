@@ -59,6 +59,8 @@ pub mod timeline;
 
 pub use control::{HEARTBEAT, JobRecord, RESUME_ENV, RunState, SnapshotPath};
 pub use identity::Claim;
+#[doc(hidden)]
+pub use store::fuzz_manifest;
 pub use store::{
     ArtifactInfo, Checkpoint, CheckpointStore, CheckpointWriter, Kind, Manifest, Restored,
     SnapshotInfo,

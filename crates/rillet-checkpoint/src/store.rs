@@ -553,6 +553,17 @@ fn parse_manifest(bytes: &[u8], path: &str) -> Result<Manifest> {
     serde_json::from_value(value).map_err(|e| damaged(format!("unreadable manifest: {e}")))
 }
 
+/// Fuzzing entry point (not an API): parse `body` as a manifest twice, once as it is
+/// and once behind the checksum line it needs, so that the fuzzer reaches the JSON.
+/// Any outcome but a panic is fine.
+#[doc(hidden)]
+pub fn fuzz_manifest(body: &[u8]) {
+    let _ = parse_manifest(body, "fuzz");
+    let mut sealed = body.to_vec();
+    sealed.extend_from_slice(format!("{CHECKSUM_LINE}{}\n", checksum(body)).as_bytes());
+    let _ = parse_manifest(&sealed, "fuzz");
+}
+
 /// Writes one snapshot: [`put`](Self::put) each artifact, then [`commit`](Self::commit)
 /// writes the manifest. Dropped without a commit, the snapshot stays incomplete and is
 /// never restored ([`CheckpointStore::prune`] removes it).
@@ -667,6 +678,11 @@ mod tests {
 
     /// Tests that commit take this, so that one test's failpoint never fires in another.
     static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    #[test]
+    fn the_checkpoint_manifest_corpus_replays_without_a_panic() {
+        rillet_common::fuzzing::replay("checkpoint_manifest", fuzz_manifest);
+    }
 
     async fn take(store: &CheckpointStore, states: &[(&str, &str)]) -> u64 {
         let id = store.next_id().await.unwrap();

@@ -14,6 +14,8 @@ pub mod config;
 pub mod durable;
 mod error;
 pub mod failpoints;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod retry;
 pub mod types;
 

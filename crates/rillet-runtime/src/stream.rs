@@ -171,13 +171,26 @@ pub fn encode_batches(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec
 
 /// The rows [`encode_batches`] wrote; a damaged state is a checkpoint error.
 pub fn decode_batches(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
-    let damaged = |e: arrow::error::ArrowError| {
-        RilletError::Checkpoint(format!("rows in a checkpoint state: {e}"))
-    };
-    arrow::ipc::reader::StreamReader::try_new(bytes, None)
-        .map_err(damaged)?
-        .map(|batch| batch.map_err(damaged))
-        .collect()
+    guard_ipc(|| arrow::ipc::reader::StreamReader::try_new(bytes, None)?.collect())
+        .map_err(|e| RilletError::Checkpoint(format!("rows in a checkpoint state: {e}")))
+}
+
+/// Run `read`, an Arrow IPC read of bytes that may be damaged, turning a panic of the
+/// reader into an error: arrow-ipc 59 unwraps on some malformed inputs (found by the
+/// `operator_state` fuzz corpus), and damaged bytes must be an error, never a crash.
+pub(crate) fn guard_ipc<T>(
+    read: impl FnOnce() -> std::result::Result<T, arrow::error::ArrowError>,
+) -> std::result::Result<T, arrow::error::ArrowError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(arrow::error::ArrowError::IpcError(format!(
+            "malformed Arrow IPC data (the reader failed: {why})"
+        )))
+    })
 }
 
 #[cfg(test)]

@@ -43,6 +43,8 @@ use rillet_runtime::{
 
 pub use node::{StreamStep, StreamStepExec, StreamStepNode};
 pub(crate) use node::{StreamStepPlanner, column_index};
+#[doc(hidden)]
+pub use running::fuzz_restore;
 pub use running::{RunningAggregate, RunningFunction, RunningSpec};
 pub use source::{StreamSourceExec, StreamTable};
 pub use watermark::{

@@ -164,6 +164,52 @@ impl StreamOperator for RunningAggregate {
     }
 }
 
+/// Fuzzing entry point (not an API): restore the running aggregate of a sequence job
+/// (by `source`: count, sum and max of `value`) from `bytes`, then run it on a row and
+/// snapshot it. Any outcome but a panic is fine.
+#[doc(hidden)]
+pub fn fuzz_restore(bytes: &[u8]) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("source", DataType::Utf8, false),
+        Field::new("partition", DataType::UInt32, false),
+        Field::new("seq", DataType::UInt64, false),
+        Field::new("value", DataType::Int64, false),
+    ]));
+    let spec = |function, input: Option<usize>, output: &str| RunningSpec {
+        function,
+        input,
+        output: output.into(),
+    };
+    let specs = vec![
+        spec(RunningFunction::Count, None, "n"),
+        spec(RunningFunction::Sum, Some(3), "total"),
+        spec(RunningFunction::Max, Some(3), "top"),
+    ];
+    let Ok(operator) = RunningAggregate::try_new(schema.clone(), vec![0], specs) else {
+        return;
+    };
+    let placement = TaskPlacement {
+        task: 0,
+        parallelism: 1,
+    };
+    let Ok(mut task) = operator.open(placement, &[bytes.to_vec()]) else {
+        return;
+    };
+    let row = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(arrow::array::StringArray::from(vec!["seq"])),
+            Arc::new(arrow::array::UInt32Array::from(vec![0])),
+            Arc::new(arrow::array::UInt64Array::from(vec![0])),
+            Arc::new(arrow::array::Int64Array::from(vec![1])),
+        ],
+    );
+    if let Ok(row) = row {
+        let _ = task.process(row);
+    }
+    let _ = task.snapshot();
+}
+
 /// Drop from `keyed` the keys whose key group `placement` does not own: what a task
 /// restoring other tasks' state at another parallelism leaves to the other tasks.
 /// `converter` reads the keys back into columns (`keyless`: every key is the empty one).
@@ -624,6 +670,11 @@ mod tests {
         assert_eq!(column(&out, "n"), vec![3, 2]);
         assert_eq!(column(&out, "total"), vec![8, 11]);
         assert_eq!(column(&out, "top"), vec![5, 10]);
+    }
+
+    #[test]
+    fn the_operator_state_corpus_replays_without_a_panic() {
+        rillet_common::fuzzing::replay("operator_state", fuzz_restore);
     }
 
     #[test]

@@ -114,28 +114,51 @@ pub fn encode_batch(batch: &RecordBatch) -> Result<Vec<u8>> {
 }
 
 /// The one batch of an Arrow IPC stream (its buffers point into `bytes`, not copied).
+/// Bytes that are not one (a worker's corrupt reply) are an error, never a panic.
 pub fn decode_batch(bytes: Vec<u8>) -> Result<RecordBatch> {
     let mut buffer = Buffer::from_vec(bytes);
-    let mut decoder = StreamDecoder::new();
-    let mut batch = None;
-    while !buffer.is_empty() {
-        match decoder.decode(&mut buffer)? {
-            Some(b) if batch.is_none() => batch = Some(b),
-            Some(_) => {
-                return Err(RilletError::internal(
-                    "a worker replied with more than one batch",
-                ));
+    let batches = crate::stream::guard_ipc(|| {
+        let mut decoder = StreamDecoder::new();
+        let mut batches = Vec::new();
+        while !buffer.is_empty() {
+            if let Some(batch) = decoder.decode(&mut buffer)? {
+                batches.push(batch);
             }
-            None => {}
+        }
+        decoder.finish()?;
+        Ok(batches)
+    })?;
+    match <[RecordBatch; 1]>::try_from(batches) {
+        Ok([batch]) => Ok(batch),
+        Err(batches) if batches.is_empty() => Err(RilletError::internal(
+            "a worker replied with a stream without a batch",
+        )),
+        Err(_) => Err(RilletError::internal(
+            "a worker replied with more than one batch",
+        )),
+    }
+}
+
+/// Fuzzing entry point (not an API): read frames from `data` until it ends or breaks,
+/// decoding each result frame's batch. Any outcome but a panic is fine.
+#[doc(hidden)]
+pub fn fuzz_frames(data: &[u8]) {
+    let mut input = data;
+    while let Ok(Some((kind, payload))) = read_frame(&mut input) {
+        if kind == RESULT {
+            let _ = decode_batch(payload);
         }
     }
-    decoder.finish()?;
-    batch.ok_or_else(|| RilletError::internal("a worker replied with a stream without a batch"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worker_frames_corpus_replays_without_a_panic() {
+        rillet_common::fuzzing::replay("worker_frames", fuzz_frames);
+    }
 
     #[test]
     fn frames_round_trip_and_truncation_is_an_error() {

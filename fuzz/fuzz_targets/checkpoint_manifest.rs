@@ -1,0 +1,4 @@
+#![no_main]
+//! Fuzz the checkpoint manifest parser, past its checksum line too.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rillet_checkpoint::fuzz_manifest(data));
