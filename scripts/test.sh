@@ -20,6 +20,17 @@ fi
 echo "== cargo fmt --check"
 (cd "$ROOT" && cargo fmt --all --check)
 
+# Unused dependencies cost build time: cargo-machete (crates.io, built once into the
+# cache, about 2 minutes cold) finds a crate's dependency its source never names.
+if [ ! -x "$RILLET_CACHE/tools/bin/cargo-machete" ]; then
+  echo "== building cargo-machete into $RILLET_CACHE/tools (once)"
+  CARGO_TARGET_DIR="$RILLET_CACHE/machete-target" \
+    cargo install cargo-machete@0.9.2 --locked --root "$RILLET_CACHE/tools" --quiet
+  rm -rf "$RILLET_CACHE/machete-target"
+fi
+echo "== cargo machete (unused dependencies)"
+(cd "$ROOT" && "$RILLET_CACHE/tools/bin/cargo-machete")
+
 # tansu, a Kafka-protocol broker (crates.io), for the Kafka source and sink tests: built
 # once into the cache (about 6 minutes cold), reused after. A cold build runs beside the
 # engine's own at a lower priority, filling the cores that one long crate at a time leaves
