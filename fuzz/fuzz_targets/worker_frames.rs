@@ -2,4 +2,6 @@
 //! Fuzz the worker frame protocol: arbitrary bytes as a worker's output, read frame by frame,
 //! result frames decoded as Arrow batches; errors are fine, panics and aborts are not.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| rillet_runtime::workers::protocol::fuzz_frames(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _decoded = rillet_runtime::workers::protocol::fuzz_frames(data);
+});

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any, Iterable, Sequence
 
@@ -314,3 +315,6 @@ def sql(query: str, **tables: Any) -> DataFrame:
         df = value if isinstance(value, DataFrame) else from_arrow(value)
         named.append((name, df._df))
     return DataFrame(current_session()._native.sql(query, named))
+
+# The engine's events stop going to logging before the interpreter shuts down.
+atexit.register(_rillet.stop_logs)

@@ -39,7 +39,8 @@ def _log_to_stderr(args: list[str]) -> None:
     handler.setFormatter(_JsonLines() if form == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    # RILLET_LOG / RUST_LOG decide which events the engine sends; show every one it sends.
+    logger.setLevel(logging.DEBUG)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -214,6 +214,7 @@ class AsyncCalls:
         self.limit = limit
         self._lock = threading.Lock()
         self._loop: Any = None
+        self._thread: Any = None
         self._semaphore: Any = None
 
     def run(self, fn: Any, rows: list) -> list:
@@ -229,8 +230,13 @@ class AsyncCalls:
         loop, semaphore = self._started()
 
         async def bounded(row: tuple) -> Any:
-            async with semaphore:
-                return await fn(*row)
+            # Every outcome comes back as a value, SystemExit and KeyboardInterrupt too:
+            # raised out of the loop they would end its thread and leave callers waiting.
+            try:
+                async with semaphore:
+                    return await fn(*row)
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                return exc
 
         async def gather():
             return await asyncio.gather(*(bounded(row) for row in rows), return_exceptions=True)
@@ -241,10 +247,11 @@ class AsyncCalls:
         import asyncio
 
         with self._lock:
-            if self._loop is None:
+            if self._loop is None or not self._thread.is_alive():
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="rillet-async-udf",
-                                 daemon=True).start()
+                self._thread = threading.Thread(target=loop.run_forever, name="rillet-async-udf",
+                                                daemon=True)
+                self._thread.start()
 
                 async def make_semaphore():
                     return asyncio.Semaphore(self.limit)

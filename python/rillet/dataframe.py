@@ -178,10 +178,10 @@ def kafka_sink(brokers: str | Sequence[str], topic: str, *, key: str | None = No
     """A sink producing a streaming job's rows to Kafka topic ``topic`` (it must exist) on
     ``brokers`` (``host:port``), exactly once. A record's value is the row's ``value``
     column when it has one (binary or string), else the row as a JSON object; ``key`` names
-    the column that is the record's key and picks its partition as Kafka's own clients do
-    (murmur2, like the Java client's default partitioner and librdkafka's
-    ``murmur2_random``), so other producers of the same keys are co-partitioned with the
-    job; without a key, rows go round robin.
+    the column that is the record's key and picks its partition as Kafka's Java client does
+    by default (murmur2; librdkafka-based clients with ``partitioner=murmur2_random``), so
+    those producers of the same keys are co-partitioned with the job; without a key, rows
+    go round robin.
 
     Rows wait in the job's checkpoints and are produced when their checkpoint completes.
     Each record carries a header

@@ -185,6 +185,15 @@ def test_tls_as_the_url_asks_and_one_connection_for_all_commits(tmp_path):
             assert "SSL enabled" in opened[0], opened
             psql(port, "TRUNCATE secure")
 
+        # Over the server's Unix socket (trusted locally, never encrypted) the same sink works.
+        socket_url = f"postgresql://postgres@/postgres?host={data}&port={port}"
+        pipeline(300).start(rl.postgres_upsert(socket_url, "secure", key="partition"),
+                            job_id="socket").wait()
+        assert table_totals(port, "secure") == totals(300)
+        with pytest.raises(rl.PlanError, match="verify-ca needs sslrootcert"):
+            pipeline(10).start(rl.postgres_upsert(f"{url}?sslmode=verify-ca", "secure", key="partition"),
+                               job_id="no-ca")
+
         with pytest.raises(OSError, match="postgres table secure: connecting.*no encryption"):
             pipeline(10).start(rl.postgres_upsert(f"{url}?sslmode=disable", "secure", key="partition"),
                                job_id="plain")

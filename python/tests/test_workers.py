@@ -323,6 +323,26 @@ def test_async_udf_calls_in_flight_are_bounded_across_batches():
         rl.udf(return_dtype="int64", max_concurrency=3)(lambda x: x)
 
 
+def test_an_async_udf_raising_system_exit_fails_the_job_and_the_udf_still_works():
+    import asyncio
+    import sys
+
+    @rl.udf(return_dtype=pa.int64(), max_concurrency=4)
+    async def leave(x):
+        await asyncio.sleep(0)
+        if x == 3:
+            sys.exit(2)
+        return x
+
+    started = time.monotonic()
+    with pytest.raises(BaseException) as info:
+        rl.range(10).with_column("y", leave(col("id"))).collect()
+    assert "SystemExit" in repr(info.value) or "2" in str(info.value), info.value
+    assert time.monotonic() - started < 30, "not a hang"
+    out = rl.range(3).with_column("y", leave(col("id"))).to_pydict()
+    assert out["y"] == [0, 1, 2]
+
+
 def test_resources_and_init():
     machine = rl.resources()
     assert machine["num_cpus"] >= 1 and machine["memory"] > 0

@@ -365,7 +365,10 @@ impl Provider {
                  (max_rate_limited)"
             )));
         }
-        Ok(jitter(wait, wait + wait / 5 + Duration::from_millis(20)))
+        let most = wait
+            .saturating_add(wait / 5)
+            .saturating_add(Duration::from_millis(20));
+        Ok(jitter(wait, most))
     }
 
     async fn send<T: DeserializeOwned>(&self, url: &str, body: &Body) -> Attempt<T> {

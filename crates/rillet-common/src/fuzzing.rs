@@ -68,12 +68,22 @@ pub fn mutations(seed: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
 }
 
 /// Run `entry` on every input of `target`'s corpus and its [`mutations`]; a panic fails
-/// the calling test, naming the input it came from.
-pub fn replay(target: &str, entry: impl Fn(&[u8])) {
+/// the calling test, naming the input it came from. `entry` says whether the input decoded:
+/// a seed (any file not named `crash-*`) must, so that a replay whose seeds all fail
+/// early cannot pass while checking nothing.
+pub fn replay(target: &str, entry: impl Fn(&[u8]) -> bool) {
     for (name, seed) in corpus(target) {
+        if !name.starts_with("crash-") {
+            assert!(
+                entry(&seed),
+                "fuzz target {target}: seed {name} no longer decodes; write a seed of the \
+                 current format into fuzz/corpus/{target}/"
+            );
+        }
         for variant in mutations(&seed) {
-            let outcome =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry(&variant)));
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _decoded = entry(&variant);
+            }));
             if outcome.is_err() {
                 panic!(
                     "fuzz target {target}: input {name} (a variant of {} bytes) panicked",

@@ -30,8 +30,10 @@
 //! A record's value is the row's `value` column when it has one (binary or string), else
 //! the whole row as a JSON object; its key is the `key` column named at creation (as
 //! text, or its bytes when binary), which also picks the partition as Kafka's Java client
-//! and librdkafka's `murmur2_random` do (murmur2 of the key), so a Rillet job and another
-//! producer writing the same keys are co-partitioned. Without a key, rows go round robin
+//! does by default and librdkafka's `murmur2_random` partitioner does (murmur2 of the
+//! key), so a Rillet job and such a producer writing the same keys are co-partitioned. A
+//! build from before the partitioner tag reads a tagged header as another job's: going
+//! back to such a build while a commit is unfinished would produce that commit again. Without a key, rows go round robin
 //! over the partitions.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -241,7 +241,11 @@ pub fn sniff(head: &[u8]) -> &'static str {
     if at(0, b"\xFD7zXZ\0") {
         return "application/x-xz";
     }
-    if at(0, b"BZh") {
+    // "BZh", the block size '1'-'9', then the first block's magic (pi's digits in BCD).
+    if at(0, b"BZh")
+        && matches!(head.get(3), Some(b'1'..=b'9'))
+        && at(4, b"\x31\x41\x59\x26\x53\x59")
+    {
         return "application/x-bzip2";
     }
     if at(0, b"7z\xBC\xAF\x27\x1C") {

@@ -8,9 +8,10 @@
 //! delivery thread, which alone takes the GIL; when the queue is full an event is dropped
 //! and counted. [`flush_logs`] waits (without the GIL) until what was queued before it is
 //! delivered: `collect()` and `Job.wait()` call it, so their records are in before they
-//! return.
+//! return. At exit ([`stop_logs`], from `atexit`) delivery stops: a thread must not take
+//! the GIL of an interpreter shutting down.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -39,6 +40,10 @@ struct Progress {
     dropped: AtomicU64,
     delivered: Mutex<u64>,
     changed: Condvar,
+    /// Set at exit: records are dropped from then on.
+    stopped: AtomicBool,
+    /// Held while a record is handed to Python, so that [`stop_logs`] can wait it out.
+    handing: Mutex<()>,
 }
 
 fn progress() -> &'static Progress {
@@ -125,13 +130,19 @@ fn python_level(level: Level) -> u8 {
 /// Hand each queued record to `logging`, in order, for the life of the process.
 fn deliver(queue: Receiver<Record>) {
     for record in queue {
-        Python::attach(|py| {
-            if let Err(error) = log(py, &record) {
-                // A broken handler must not stop delivery; Python prints why.
-                error.print(py);
-            }
-        });
         let progress = progress();
+        {
+            let _handing = progress.handing.lock().unwrap_or_else(|e| e.into_inner());
+            if !progress.stopped.load(Ordering::Acquire) {
+                // Not at all once the interpreter is shutting down.
+                Python::try_attach(|py| {
+                    if let Err(error) = log(py, &record) {
+                        // A broken handler must not stop delivery; Python prints why.
+                        error.print(py);
+                    }
+                });
+            }
+        }
         *progress.delivered.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         progress.changed.notify_all();
     }
@@ -207,8 +218,18 @@ pub(crate) fn flush_logs(py: Python<'_>, timeout_s: f64) -> u64 {
     progress.dropped.load(Ordering::Relaxed)
 }
 
+/// Stop handing records to `logging` (at exit, before the interpreter shuts down), once the
+/// one being handed over, if any, is in.
+#[pyfunction]
+pub(crate) fn stop_logs(py: Python<'_>) {
+    let progress = progress();
+    progress.stopped.store(true, Ordering::Release);
+    py.detach(|| drop(progress.handing.lock()));
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     install();
     m.add_function(wrap_pyfunction!(flush_logs, m)?)?;
+    m.add_function(wrap_pyfunction!(stop_logs, m)?)?;
     Ok(())
 }

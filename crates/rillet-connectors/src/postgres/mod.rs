@@ -75,6 +75,11 @@ impl PostgresUpsertSink {
             .parse()
             .map_err(|e| RilletError::invalid_argument(format!("postgres URL {rest:?}: {e}")))?;
         config.ssl_mode(tls.mode);
+        // A connection a firewall dropped in silence must fail a commit in a minute, not
+        // hold it (and the checkpoints behind it) for the kernel's quarter of an hour.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(std::time::Duration::from_secs(60));
+        }
         Ok(Self {
             config,
             tls,

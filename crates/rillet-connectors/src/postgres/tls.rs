@@ -5,8 +5,11 @@
 //! | `disable` | never | – |
 //! | `prefer` (default) | when the server offers it | not checked |
 //! | `require` | always | not checked, unless `sslrootcert` names the CA: then as `verify-ca` |
-//! | `verify-ca` | always | signed by `sslrootcert` (else the system's CAs) |
-//! | `verify-full` | always | as `verify-ca`, and issued for the host connected to |
+//! | `verify-ca` | always | signed by a CA of `sslrootcert`, which it needs |
+//! | `verify-full` | always | signed by a CA of `sslrootcert` (else the system's), and issued for the host connected to |
+//!
+//! `verify-ca` takes no CA from the system's store: any site's public certificate would
+//! pass a check that ignores the name. A Unix socket connection is never encrypted.
 
 use std::future::Future;
 use std::io;
@@ -54,7 +57,14 @@ impl Tls {
             ("disable", _) => (SslMode::Disable, Check::Nothing),
             ("prefer", _) => (SslMode::Prefer, Check::Nothing),
             ("require", false) => (SslMode::Require, Check::Nothing),
-            ("require", true) | ("verify-ca", _) => (SslMode::Require, Check::Chain),
+            ("require", true) | ("verify-ca", true) => (SslMode::Require, Check::Chain),
+            ("verify-ca", false) => {
+                return Err(RilletError::invalid_argument(
+                    "postgres sslmode=verify-ca needs sslrootcert=<PEM file of the CAs>: \
+                     checking the chain but not the host name against the system's CAs \
+                     would let any site's certificate through (or use verify-full)",
+                ));
+            }
             ("verify-full", _) => (SslMode::Require, Check::ChainAndHost),
             (other, _) => {
                 return Err(RilletError::invalid_argument(format!(
@@ -228,8 +238,10 @@ where
     type Error = io::Error;
 
     fn make_tls_connect(&mut self, domain: &str) -> io::Result<Connect> {
+        // Asked before every connection, Unix sockets (an empty name) included, which
+        // never get as far as a handshake: a bad name is an error only then.
         let name = ServerName::try_from(domain.to_string())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
         Ok(Connect {
             connector: tokio_rustls::TlsConnector::from(self.config.clone()),
             name,
@@ -240,7 +252,7 @@ where
 /// One connection's TLS handshake.
 pub(crate) struct Connect {
     connector: tokio_rustls::TlsConnector,
-    name: ServerName<'static>,
+    name: io::Result<ServerName<'static>>,
 }
 
 impl<S> TlsConnect<S> for Connect
@@ -253,7 +265,7 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
-            let tls = self.connector.connect(self.name, stream).await?;
+            let tls = self.connector.connect(self.name?, stream).await?;
             Ok(Stream(tls))
         })
     }
@@ -304,6 +316,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for Strea
 ///   → (postgresql://u@h/db?application_name=x, verify-full, ca.pem)
 /// ```
 pub(crate) fn split_tls_options(url: &str) -> (String, Option<String>, Option<String>) {
+    if !url.contains("sslmode") && !url.contains("sslrootcert") {
+        // Nothing to take out: the URL goes on byte for byte (quoted values included).
+        return (url.to_string(), None, None);
+    }
     let (mut sslmode, mut sslrootcert) = (None, None);
     let mut take = |key: &str, value: &str| match key {
         "sslmode" => {
@@ -393,6 +409,12 @@ mod tests {
             ("host=h user=u", Some("disable"))
         );
         assert!(Tls::new(Some("verify-everything"), None).is_err());
+        assert!(
+            Tls::new(Some("verify-ca"), None).is_err(),
+            "verify-ca needs its CAs"
+        );
+        let words = "host=/tmp password='a  b'";
+        assert_eq!(split_tls_options(words).0, words, "left as it is");
         assert!(Tls::new(Some("verify-full"), Some("/no/such/ca.pem")).is_err());
     }
 }

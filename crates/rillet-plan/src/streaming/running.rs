@@ -166,9 +166,9 @@ impl StreamOperator for RunningAggregate {
 
 /// Fuzzing entry point (not an API): restore the running aggregate of a sequence job
 /// (by `source`: count, sum and max of `value`) from `bytes`, then run it on a row and
-/// snapshot it. Any outcome but a panic is fine.
+/// snapshot it; whether all of that worked. Any outcome but a panic is fine.
 #[doc(hidden)]
-pub fn fuzz_restore(bytes: &[u8]) {
+pub fn fuzz_restore(bytes: &[u8]) -> bool {
     let schema = Arc::new(Schema::new(vec![
         Field::new("source", DataType::Utf8, false),
         Field::new("partition", DataType::UInt32, false),
@@ -186,14 +186,14 @@ pub fn fuzz_restore(bytes: &[u8]) {
         spec(RunningFunction::Max, Some(3), "top"),
     ];
     let Ok(operator) = RunningAggregate::try_new(schema.clone(), vec![0], specs) else {
-        return;
+        return false;
     };
     let placement = TaskPlacement {
         task: 0,
         parallelism: 1,
     };
     let Ok(mut task) = operator.open(placement, &[bytes.to_vec()]) else {
-        return;
+        return false;
     };
     let row = RecordBatch::try_new(
         schema,
@@ -204,10 +204,8 @@ pub fn fuzz_restore(bytes: &[u8]) {
             Arc::new(arrow::array::Int64Array::from(vec![1])),
         ],
     );
-    if let Ok(row) = row {
-        let _ = task.process(row);
-    }
-    let _ = task.snapshot();
+    let processed = row.is_ok_and(|row| task.process(row).is_ok());
+    processed && task.snapshot().is_ok()
 }
 
 /// Drop from `keyed` the keys whose key group `placement` does not own: what a task

@@ -140,13 +140,18 @@ pub fn decode_batch(bytes: Vec<u8>) -> Result<RecordBatch> {
 }
 
 /// Fuzzing entry point (not an API): read frames from `data` until it ends or breaks,
-/// decoding each result frame's batch. Any outcome but a panic is fine.
+/// decoding each result frame's batch; whether all of it was read and decoded. Any
+/// outcome but a panic is fine.
 #[doc(hidden)]
-pub fn fuzz_frames(data: &[u8]) {
+pub fn fuzz_frames(data: &[u8]) -> bool {
     let mut input = data;
-    while let Ok(Some((kind, payload))) = read_frame(&mut input) {
-        if kind == RESULT {
-            let _ = decode_batch(payload);
+    let mut decoded = true;
+    loop {
+        match read_frame(&mut input) {
+            Ok(Some((RESULT, payload))) => decoded &= decode_batch(payload).is_ok(),
+            Ok(Some(_)) => {}
+            Ok(None) => return decoded,
+            Err(_) => return false,
         }
     }
 }
