@@ -31,6 +31,19 @@ fi
 echo "== cargo machete (unused dependencies)"
 (cd "$ROOT" && "$RILLET_CACHE/tools/bin/cargo-machete")
 
+# Licenses (permissive only), banned crates and where crates come from (crates.io only),
+# by cargo-deny (built once into the cache, about 5 minutes cold). Its advisories check
+# needs the RustSec database from GitHub, which these machines cannot reach: run
+# `cargo deny check advisories` by hand where it can.
+if [ ! -x "$RILLET_CACHE/tools/bin/cargo-deny" ]; then
+  echo "== building cargo-deny into $RILLET_CACHE/tools (once)"
+  CARGO_TARGET_DIR="$RILLET_CACHE/deny-target" \
+    cargo install cargo-deny@0.20.2 --locked --root "$RILLET_CACHE/tools" --quiet
+  rm -rf "$RILLET_CACHE/deny-target"
+fi
+echo "== cargo deny check licenses bans sources"
+(cd "$ROOT" && "$RILLET_CACHE/tools/bin/cargo-deny" --log-level error check licenses bans sources)
+
 # tansu, a Kafka-protocol broker (crates.io), for the Kafka source and sink tests: built
 # once into the cache (about 6 minutes cold), reused after. A cold build runs beside the
 # engine's own at a lower priority, filling the cores that one long crate at a time leaves
