@@ -65,6 +65,7 @@ def test_aborted_checkpoints_lose_nothing_in_the_file_sink(tmp_path, caplog):
     assert len(aborts) >= 3, [r.getMessage() for r in caplog.records]
     for record in aborts:
         checkpoint = record.rillet["checkpoint"]
+        assert isinstance(checkpoint, int), record.rillet
         assert f"checkpoint {checkpoint} aborted" in record.getMessage()
         assert "failpoint checkpoint-artifact-upload" in record.getMessage()
 

@@ -30,7 +30,26 @@ struct Record {
     logger: String,
     level: u8,
     message: String,
-    fields: Vec<(&'static str, String)>,
+    fields: Vec<(&'static str, Value)>,
+}
+
+/// A field's value, as the event recorded it: numbers stay numbers in `record.rillet`.
+enum Value {
+    Int(i128),
+    Float(f64),
+    Bool(bool),
+    Text(String),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(v) => write!(f, "{v}"),
+            Value::Float(v) => write!(f, "{v}"),
+            Value::Bool(v) => write!(f, "{v}"),
+            Value::Text(v) => f.write_str(v),
+        }
+    }
 }
 
 /// How far delivery has got.
@@ -79,27 +98,43 @@ impl<S: Subscriber> Layer<S> for ToPython {
     }
 }
 
-/// An event's message and its other fields, as text.
+/// An event's message and its other fields.
 #[derive(Default)]
 struct Fields {
     message: String,
-    others: Vec<(&'static str, String)>,
+    others: Vec<(&'static str, Value)>,
 }
 
 impl Visit for Fields {
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.keep(field, Value::Int(value.into()));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.keep(field, Value::Int(value.into()));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.keep(field, Value::Float(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.keep(field, Value::Bool(value));
+    }
+
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.keep(field, value.to_string());
+        self.keep(field, Value::Text(value.to_string()));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.keep(field, format!("{value:?}"));
+        self.keep(field, Value::Text(format!("{value:?}")));
     }
 }
 
 impl Fields {
-    fn keep(&mut self, field: &Field, value: String) {
+    fn keep(&mut self, field: &Field, value: Value) {
         if field.name() == "message" {
-            self.message = value;
+            self.message = value.to_string();
         } else {
             self.others.push((field.name(), value));
         }
@@ -161,7 +196,12 @@ fn log(py: Python<'_>, record: &Record) -> PyResult<()> {
     let fields = PyDict::new(py);
     let mut message = record.message.clone();
     for (name, value) in &record.fields {
-        fields.set_item(*name, value)?;
+        match value {
+            Value::Int(v) => fields.set_item(*name, *v)?,
+            Value::Float(v) => fields.set_item(*name, *v)?,
+            Value::Bool(v) => fields.set_item(*name, *v)?,
+            Value::Text(v) => fields.set_item(*name, v)?,
+        }
         message.push_str(&format!(" {name}={value}"));
     }
     let extra = PyDict::new(py);

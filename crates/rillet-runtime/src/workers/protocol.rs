@@ -38,8 +38,9 @@ pub const ERROR: u8 = b'E';
 /// at most 2 GiB). A longer length is a corrupt header, refused before a byte is read.
 pub const MAX_FRAME: u64 = 4 << 30;
 
-/// What a frame's payload is allocated up front at most; a longer one grows as its bytes
-/// arrive, so a length that lies costs only the bytes really sent.
+/// What a frame's payload is allocated up front at most: a longer one is allocated whole
+/// only once this much of it has arrived, so a length that lies costs only the bytes
+/// really sent, and a long reply that is real is not copied as it grows.
 const FIRST_ALLOCATION: u64 = 16 << 20;
 
 /// Write one frame.
@@ -88,7 +89,14 @@ pub fn read_frame(input: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
         ));
     }
     let mut payload = Vec::with_capacity(len.min(FIRST_ALLOCATION) as usize);
-    input.take(len).read_to_end(&mut payload)?;
+    let mut rest = input.take(len);
+    (&mut rest)
+        .take(FIRST_ALLOCATION)
+        .read_to_end(&mut payload)?;
+    if payload.len() as u64 == FIRST_ALLOCATION && len > FIRST_ALLOCATION {
+        payload.reserve_exact((len - FIRST_ALLOCATION) as usize);
+        rest.read_to_end(&mut payload)?;
+    }
     if payload.len() as u64 != len {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
@@ -181,6 +189,25 @@ mod tests {
         assert!(read_frame(&mut cut).is_err());
         let mut cut = &wire[..12];
         assert!(read_frame(&mut cut).is_err());
+    }
+
+    #[test]
+    fn a_frame_longer_than_the_first_allocation_arrives_whole() {
+        let big: Vec<u8> = (0..FIRST_ALLOCATION as usize + 12_345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut wire = Vec::new();
+        write_frame(&mut wire, RESULT, &big).unwrap();
+        let (kind, payload) = read_frame(&mut &wire[..]).unwrap().unwrap();
+        assert_eq!((kind, payload.len()), (RESULT, big.len()));
+        assert!(payload == big);
+        assert_eq!(
+            payload.capacity(),
+            big.len(),
+            "allocated once, to its length"
+        );
+        let cut = &wire[..wire.len() - 1];
+        assert!(read_frame(&mut &cut[..]).is_err());
     }
 
     #[test]
