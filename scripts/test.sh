@@ -20,27 +20,28 @@ fi
 echo "== cargo fmt --check"
 (cd "$ROOT" && cargo fmt --all --check)
 
-# Unused dependencies cost build time: cargo-machete (crates.io, built once into the
-# cache, about 2 minutes cold) finds a crate's dependency its source never names.
-if [ ! -x "$RILLET_CACHE/tools/bin/cargo-machete" ]; then
-  echo "== building cargo-machete into $RILLET_CACHE/tools (once)"
-  CARGO_TARGET_DIR="$RILLET_CACHE/machete-target" \
-    cargo install cargo-machete@0.9.2 --locked --root "$RILLET_CACHE/tools" --quiet
-  rm -rf "$RILLET_CACHE/machete-target"
-fi
+# A cargo subcommand from crates.io (NAME@VERSION), built once into the cache's tools.
+cached_tool() {
+  local name="${1%@*}"
+  if [ ! -x "$RILLET_CACHE/tools/bin/$name" ]; then
+    echo "== building $name into $RILLET_CACHE/tools (once)"
+    CARGO_TARGET_DIR="$RILLET_CACHE/$name-target" \
+      cargo install "$1" --locked --root "$RILLET_CACHE/tools" --quiet
+    rm -rf "$RILLET_CACHE/$name-target"
+  fi
+}
+
+# Unused dependencies cost build time: cargo-machete (about 2 minutes cold) finds a
+# crate's dependency its source never names.
+cached_tool cargo-machete@0.9.2
 echo "== cargo machete (unused dependencies)"
 (cd "$ROOT" && "$RILLET_CACHE/tools/bin/cargo-machete")
 
 # Licenses (permissive only), banned crates and where crates come from (crates.io only),
-# by cargo-deny (built once into the cache, about 5 minutes cold). Its advisories check
-# needs the RustSec database from GitHub, which these machines cannot reach: run
-# `cargo deny check advisories` by hand where it can.
-if [ ! -x "$RILLET_CACHE/tools/bin/cargo-deny" ]; then
-  echo "== building cargo-deny into $RILLET_CACHE/tools (once)"
-  CARGO_TARGET_DIR="$RILLET_CACHE/deny-target" \
-    cargo install cargo-deny@0.20.2 --locked --root "$RILLET_CACHE/tools" --quiet
-  rm -rf "$RILLET_CACHE/deny-target"
-fi
+# by cargo-deny (about 5 minutes cold). Its advisories check needs the RustSec database
+# from GitHub, which these machines cannot reach: run `cargo deny check advisories` by
+# hand where it can.
+cached_tool cargo-deny@0.20.2
 echo "== cargo deny check licenses bans sources"
 (cd "$ROOT" && "$RILLET_CACHE/tools/bin/cargo-deny" --log-level error check licenses bans sources)
 

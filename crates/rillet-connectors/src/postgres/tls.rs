@@ -339,7 +339,10 @@ pub(crate) fn split_tls_options(url: &str) -> (String, Option<String>, Option<St
                     .split('&')
                     .filter(|pair| {
                         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                        !take(key, &percent_decode(value))
+                        !take(
+                            key,
+                            &percent_encoding::percent_decode_str(value).decode_utf8_lossy(),
+                        )
                     })
                     .collect();
                 if kept.is_empty() {
@@ -360,30 +363,6 @@ pub(crate) fn split_tls_options(url: &str) -> (String, Option<String>, Option<St
             .join(" ")
     };
     (rest, sslmode, sslrootcert)
-}
-
-/// `%2F` and the like in a URL's query value.
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -70,6 +70,21 @@ fn audio_track(
     Ok((track.id, track.num_frames, params.clone()))
 }
 
+/// The next packet of track `track_id`, other tracks' skipped; `None` at the stream's end.
+fn next_packet_of(
+    format: &mut dyn FormatReader,
+    track_id: u32,
+) -> Result<Option<symphonia::core::packet::Packet>, String> {
+    loop {
+        match format.next_packet() {
+            Ok(Some(packet)) if packet.track_id == track_id => return Ok(Some(packet)),
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(describe(e)),
+        }
+    }
+}
+
 fn open<'a>(
     bytes: &'a [u8],
     extension: Option<&str>,
@@ -123,13 +138,8 @@ pub fn probe(bytes: &[u8], extension: Option<&str>) -> Result<Probe, String> {
         Some(frames) => frames,
         None => {
             let mut frames = 0u64;
-            loop {
-                match format.next_packet() {
-                    Ok(Some(packet)) if packet.track_id == track_id => frames += packet.dur.get(),
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(e) => return Err(describe(e)),
-                }
+            while let Some(packet) = next_packet_of(format.as_mut(), track_id)? {
+                frames += packet.dur.get();
             }
             frames
         }
@@ -193,14 +203,9 @@ pub fn decode(
         if max_packets.is_some_and(|max| packets >= max) {
             break;
         }
-        let packet = match format.next_packet() {
-            Ok(Some(packet)) => packet,
-            Ok(None) => break,
-            Err(e) => return Err(describe(e)),
+        let Some(packet) = next_packet_of(format.as_mut(), track_id)? else {
+            break;
         };
-        if packet.track_id != track_id {
-            continue;
-        }
         packets += 1;
         let buffer = decoder.decode(&packet).map_err(describe)?;
         let (rate, channels) = (
@@ -388,15 +393,7 @@ pub fn decode_span(
     let mut position = 0u64;
     let mut decoding = false;
     let (mut samples, mut first_frame, mut channels) = (Vec::<f32>::new(), 0u64, None);
-    loop {
-        let packet = match format.next_packet() {
-            Ok(Some(packet)) => packet,
-            Ok(None) => break,
-            Err(e) => return Err(describe(e)),
-        };
-        if packet.track_id != track_id {
-            continue;
-        }
+    while let Some(packet) = next_packet_of(format.as_mut(), track_id)? {
         // What the decoder gives for the packet: its duration less the encoder delay and
         // padding it trims (checked on every packet decoded).
         let frames = packet
