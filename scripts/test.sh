@@ -115,5 +115,12 @@ if [ -n "$tansu_pid" ]; then
 fi
 echo "== cargo test"
 cargo test --workspace --exclude rillet-python
+# The `candle` feature (BERT checkpoints on candle) is off in every default build; its tests,
+# candle's vectors against ONNX Runtime's, run with RILLET_TEST_CANDLE=1 (candle's cold build
+# is minutes CI does not spend by default).
+if [ -n "${RILLET_TEST_CANDLE:-}" ]; then
+  echo "== cargo test --features rillet-ai/candle (text encoders)"
+  cargo test --workspace --exclude rillet-python --lib --features rillet-ai/candle embed::
+fi
 echo "== pytest"
 python -m pytest python/tests python/rillet --doctest-modules -q

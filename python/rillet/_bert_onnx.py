@@ -4,7 +4,7 @@ file is read and the ONNX protobuf written here.
 
 The graph takes ``input_ids`` and ``attention_mask`` (int64, batch × sequence; every token is
 of type 0, one text a row, as the engine feeds them) and returns ``last_hidden_state`` (float32, batch × sequence × hidden_size), computed
-as the candle encoder (``crates/rillet-ai/src/bert.rs``) computes it: padding gets -10,000
+as the candle encoder (``crates/rillet-ai/src/bert/encoder.rs``, a build feature) computes it: padding gets -10,000
 before the softmax, GELU is the erf form. It is laid out as the classic Hugging Face BERT
 export, which ONNX Runtime's optimiser fuses on its own into LayerNormalization, Attention and
 BiasGelu: opset 12, LayerNorm spelt out in ReduceMean/Sub/Pow/Sqrt/Div, weights as float32
@@ -12,8 +12,9 @@ initializers feeding MatMul + Add. (ONNX Runtime's BERT attention fusion matches
 versions of MatMul, Unsqueeze and Cast and the LayerNormalization it fuses itself, so an
 opset-17 graph with the LayerNormalization op keeps its attention unfused.)
 
-``rillet.models.fetch`` writes it beside the checkpoint, and Rillet's encoder runs it in
-preference to the checkpoint (on candle).
+``rillet.models.fetch`` writes it beside the checkpoints it fetches, and
+``rillet.models.export_checkpoint`` into the cache for a checkpoint directory of the user's;
+Rillet's encoder runs it in preference to the checkpoint (which needs candle).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ directory holding the model's files.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import string
@@ -32,19 +33,29 @@ def _column(value: Any) -> Any:
     return col(value) if isinstance(value, str) else value
 
 
-def _model_dir(model: str | os.PathLike) -> str:
+def _model_dir(model: str | os.PathLike, *, text_encoder: bool = False) -> str:
     """The directory of ``model``: a known name is fetched (once) and resolved; anything else
-    is taken as a directory. Fetching an ONNX model also fetches ONNX Runtime, and points
-    the engine at it unless ``ORT_DYLIB_PATH`` already does."""
+    is taken as a directory, and for a text encoder a BERT checkpoint there without
+    ``model.onnx`` is exported to ONNX (once, into the cache). Fetching an ONNX model also
+    fetches ONNX Runtime, and points the engine at it unless ``ORT_DYLIB_PATH`` already
+    does."""
     from rillet import models
 
     name = os.fspath(model)
-    if name not in models.MODELS:
+    if name in models.MODELS:
+        path = models.fetch(name)
+    elif text_encoder and _is_checkpoint(Path(name)):
+        path = models.export_checkpoint(name)
+    else:
         return name
-    path = models.fetch(name)
     if (path / "model.onnx").exists() and "ORT_DYLIB_PATH" not in os.environ:
         os.environ["ORT_DYLIB_PATH"] = str(models.fetch("onnxruntime") / "libonnxruntime.so")
     return str(path)
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A directory holding a BERT-style checkpoint and no ONNX export of it."""
+    return (path / "model.safetensors").is_file() and not (path / "model.onnx").exists()
 
 
 def embed_text(text: Expr | str, model: str | os.PathLike = "all-minilm-l6-v2", *,
@@ -55,9 +66,10 @@ def embed_text(text: Expr | str, model: str | os.PathLike = "all-minilm-l6-v2", 
     Text longer than the model's limit (128 tokens for MiniLM) is truncated; chunk long
     documents first (``col("doc").text.chunk(...)`` and ``explode``).
 
-    Models with ``model.onnx`` run on ONNX Runtime: ``paraphrase-minilm-l3-v2``, and the
-    default ``all-minilm-l6-v2``, whose BERT checkpoint ``rillet.models`` exports to ONNX
-    when it fetches it (a directory with only ``model.safetensors`` runs on candle). The
+    Models run on ONNX Runtime: ``paraphrase-minilm-l3-v2`` ships as ONNX, and the BERT
+    checkpoint of the default ``all-minilm-l6-v2`` (or of a directory given as ``model``
+    holding ``config.json``, ``model.safetensors`` and ``tokenizer.json``) is exported to
+    ONNX once and cached. The
     batch is sorted by length and cut into passes of at most 512 tokens that one
     single-threaded session per core takes side by side (small passes keep the work in the cores' caches). Each distinct text
     runs through the model once: a repeat within a batch, or of one of the last 4,096 texts
@@ -69,7 +81,7 @@ def embed_text(text: Expr | str, model: str | os.PathLike = "all-minilm-l6-v2", 
     """
     if provider is not None:
         return _call("provider_embed", _column(text), provider, os.fspath(model), dimensions, on_error)
-    return _call("embed_text", _column(text), _model_dir(model), normalize, on_error)
+    return _call("embed_text", _column(text), _model_dir(model, text_encoder=True), normalize, on_error)
 
 
 def classify_text(text: Expr | str, labels: list[str], model: str | os.PathLike = "all-minilm-l6-v2", *,
@@ -93,7 +105,8 @@ def classify_text(text: Expr | str, labels: list[str], model: str | os.PathLike 
     if provider is not None:
         return _call("llm_classify", _column(text), "\n".join(labels), provider, os.fspath(model),
                      instructions, on_error)
-    return _call("classify_text", _column(text), "\n".join(labels), _model_dir(model), template, on_error)
+    return _call("classify_text", _column(text), "\n".join(labels), _model_dir(model, text_encoder=True),
+                 template, on_error)
 
 
 def classify_image(image: Expr | str, labels: list[str], *, provider: str | None = None, model: str = "",

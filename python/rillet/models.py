@@ -99,13 +99,55 @@ def fetch(name: str) -> Path:
 def _export_onnx(target: Path) -> None:
     """Export ``target``'s BERT checkpoint to ``model.onnx``, unless an export by this
     version of the exporter is there (``model.onnx.version`` says which made it)."""
-    from rillet._bert_onnx import EXPORT_VERSION, export_bert
+    from rillet._bert_onnx import EXPORT_VERSION
 
     stamp = target / "model.onnx.version"
     if (target / "model.onnx").exists() and stamp.exists() and stamp.read_text() == str(EXPORT_VERSION):
         return
-    export_bert(target, target / "model.onnx")
-    write_atomically(stamp, str(EXPORT_VERSION).encode())
+    _export_onnx_from(target, target)
+
+
+def export_checkpoint(directory: str | Path) -> Path:
+    """A directory that runs the BERT checkpoint in ``directory`` (``config.json``,
+    ``model.safetensors``, ``tokenizer.json``) on ONNX Runtime: ``directory`` itself when
+    it holds ``model.onnx``, else an export of it kept in ``$RILLET_CACHE/exports/``, made
+    on first use and redone when the checkpoint's files change (their size or time).
+    Raises ValueError for a checkpoint the exporter does not support.
+
+    >>> export_checkpoint(fetch("all-minilm-l6-v2")) == fetch("all-minilm-l6-v2")
+    True
+    """
+    import hashlib
+    import os
+
+    from rillet._bert_onnx import EXPORT_VERSION
+
+    source = Path(directory).resolve()
+    if (source / "model.onnx").exists():
+        return source
+    files = ("config.json", "model.safetensors", "tokenizer.json")
+    missing = [name for name in files if not (source / name).is_file()]
+    if missing:
+        raise ValueError(f"{source}: no model.onnx, and no {missing[0]} to export one from")
+    key = hashlib.sha256(f"{source}\n{EXPORT_VERSION}".encode())
+    for name in files:
+        status = (source / name).stat()
+        key.update(f"\n{name} {status.st_size} {status.st_mtime_ns} {status.st_ino}".encode())
+    target = cache_dir() / "exports" / key.hexdigest()[:24]
+    if not (target / "model.onnx").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "tokenizer.json"):
+            write_atomically(target / name, (source / name).read_bytes())
+        _export_onnx_from(source, target)
+    os.utime(target)  # when it was last used, for whoever prunes the cache
+    return target
+
+
+def _export_onnx_from(source: Path, target: Path) -> None:
+    from rillet._bert_onnx import EXPORT_VERSION, export_bert
+
+    export_bert(source, target / "model.onnx")
+    write_atomically(target / "model.onnx.version", str(EXPORT_VERSION).encode())
 
 
 def main(argv: list[str]) -> int:
@@ -119,7 +161,18 @@ def main(argv: list[str]) -> int:
                     "registries) and print where they are.",
         epilog="models: " + "; ".join(f"{n} ({MODELS[n].about})" for n in sorted(MODELS)))
     parser.add_argument("names", nargs="*", metavar="NAME", help="models to fetch (default: all)")
-    names = parser.parse_args(argv).names or sorted(MODELS)
+    parser.add_argument("--export", metavar="DIR", type=Path,
+                        help="write DIR/model.onnx from the BERT checkpoint in DIR "
+                             "(config.json + model.safetensors) instead of fetching")
+    args = parser.parse_args(argv)
+    if args.export is not None:
+        try:
+            _export_onnx_from(args.export, args.export)
+        except (OSError, ValueError) as e:
+            parser.error(str(e))
+        print(f"{args.export / 'model.onnx'}")
+        return 0
+    names = args.names or sorted(MODELS)
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         parser.error(f"unknown model {unknown[0]!r}; known: {', '.join(sorted(MODELS))}")

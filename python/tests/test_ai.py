@@ -26,25 +26,106 @@ def test_embed_text_gives_the_published_similarity_and_keeps_nulls():
     assert abs(float(np.linalg.norm(a)) - 1.0) < 1e-4
 
 
-def test_the_default_model_runs_its_onnx_export_which_matches_candle(tmp_path):
+def _reference_embeddings(model_dir, texts: list[str]) -> np.ndarray:
+    """Mean-pooled, normalised BERT embeddings computed here in float64 numpy, one text at a
+    time (no padding), straight from the checkpoint: the oracle for the engine's ONNX
+    export. Token ids come from Hugging Face's tokenizers."""
+    import json
+    import math
+
+    from tokenizers import Tokenizer
+
+    from rillet._bert_onnx import Safetensors
+
+    config = json.loads((model_dir / "config.json").read_text())
+    weights = Safetensors(model_dir / "model.safetensors")
+    w = lambda name: weights[name].astype(np.float64)  # noqa: E731
+    eps, heads = config["layer_norm_eps"], config["num_attention_heads"]
+    erf = np.frompyfunc(math.erf, 1, 1)
+
+    def linear(x, prefix):
+        return x @ w(f"{prefix}.weight").T + w(f"{prefix}.bias")
+
+    def norm(x, prefix):
+        centred = x - x.mean(-1, keepdims=True)
+        scaled = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + eps)
+        return scaled * w(f"{prefix}.weight") + w(f"{prefix}.bias")
+
+    def attention(x, prefix):
+        n, size = x.shape
+        split = lambda part: linear(x, f"{prefix}.self.{part}").reshape(n, heads, -1).transpose(1, 0, 2)  # noqa: E731
+        q, k, v = split("query"), split("key"), split("value")
+        scores = q @ k.transpose(0, 2, 1) / math.sqrt(size // heads)
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        context = (probs @ v).transpose(1, 0, 2).reshape(n, size)
+        return linear(context, f"{prefix}.output.dense")
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tokenizer.no_padding()
+    out = []
+    for text in texts:
+        ids = tokenizer.encode(text).ids
+        x = (w("embeddings.word_embeddings.weight")[ids]
+             + w("embeddings.position_embeddings.weight")[:len(ids)]
+             + w("embeddings.token_type_embeddings.weight")[0])
+        x = norm(x, "embeddings.LayerNorm")
+        for layer in range(config["num_hidden_layers"]):
+            prefix = f"encoder.layer.{layer}"
+            x = norm(attention(x, f"{prefix}.attention") + x, f"{prefix}.attention.output.LayerNorm")
+            inner = linear(x, f"{prefix}.intermediate.dense")
+            inner = inner * 0.5 * (1.0 + erf(inner / math.sqrt(2.0)).astype(np.float64))
+            x = norm(linear(inner, f"{prefix}.output.dense") + x, f"{prefix}.output.LayerNorm")
+        pooled = x.mean(0)
+        out.append(pooled / np.linalg.norm(pooled))
+    return np.array(out)
+
+
+def test_the_default_model_runs_an_onnx_export_that_matches_the_checkpoint():
     """Fetching all-MiniLM-L6-v2 exports its checkpoint to ONNX, which the encoder runs on
-    ONNX Runtime; the checkpoint alone (a directory without the export) runs on candle."""
+    ONNX Runtime; its vectors match the checkpoint computed independently in numpy."""
     default = models.fetch("all-minilm-l6-v2")
     assert (default / "model.onnx").stat().st_size > 80_000_000
-    candle = tmp_path / "candle"
-    candle.mkdir()
-    for name in ("config.json", "model.safetensors", "tokenizer.json"):
-        (candle / name).symlink_to(default / name)
     texts = PAIR + ["", "   ", "?!…", "Ünïcödé façade — naïve café", "東京は日本の首都です。",
                     "Привет, как дела?", "emoji 🙂🚀 and #hashtags", "word " * 300,
                     "The quick brown fox jumps over the lazy dog. " * 12] + [
         "short " * (i % 17) + f"text {i}" for i in range(40)]
     df = rl.from_pydict({"t": texts})
     onnx = np.array(_vectors(df.select(rl.ai.embed_text("t").alias("v"))))
-    reference = np.array(_vectors(df.select(rl.ai.embed_text("t", model=str(candle)).alias("v"))))
-    cosines = (onnx * reference).sum(1) / np.linalg.norm(onnx, axis=1) / np.linalg.norm(reference, axis=1)
+    reference = _reference_embeddings(default, texts)
+    cosines = (onnx * reference).sum(1) / np.linalg.norm(onnx, axis=1)
     assert cosines.min() >= 0.9999, (cosines.argmin(), cosines.min())
     assert abs(float(onnx[0] @ onnx[1]) - 0.7553) < 0.001
+
+
+def test_a_checkpoint_directory_is_exported_once_and_runs_on_onnx_runtime(tmp_path, monkeypatch):
+    """A directory holding only a BERT checkpoint (no model.onnx) is exported into the cache
+    on first use, reused after, redone when the checkpoint changes, and never written into;
+    SQL, which cannot export, says how to."""
+    monkeypatch.setenv("RILLET_CACHE", str(tmp_path / "cache"))
+    default = models.fetch("all-minilm-l6-v2")
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (checkpoint / name).symlink_to(default / name)
+    df = rl.from_pydict({"t": PAIR})
+    v = np.array(_vectors(df.select(rl.ai.embed_text("t", model=checkpoint).alias("v"))))
+    assert abs(float(v[0] @ v[1]) - 0.7553) < 0.001
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["config.json", "model.safetensors",
+                                                            "tokenizer.json"]
+    [export] = (tmp_path / "cache" / "exports").iterdir()
+    made = (export / "model.onnx").stat().st_mtime_ns
+    assert models.export_checkpoint(checkpoint) == export
+    assert (export / "model.onnx").stat().st_mtime_ns == made
+    labels = df.select(rl.ai.classify_text("t", ["food", "cars"], model=str(checkpoint)).alias("c"))
+    assert [c["label"] for c in labels.to_pydict()["c"]] == ["food", "food"]
+    # A changed config is a changed checkpoint: exported anew.
+    (checkpoint / "config.json").unlink()
+    (checkpoint / "config.json").write_text((default / "config.json").read_text() + "\n")
+    assert models.export_checkpoint(checkpoint) != export
+    with pytest.raises(Exception, match="python -m rillet.models --export"):
+        rl.sql(f"SELECT embed_text(t, '{checkpoint}') AS v FROM d",
+               d=pa.table({"t": PAIR})).to_pydict()
 
 
 def test_the_bert_export_refuses_what_it_would_compute_wrongly(tmp_path):

@@ -1,5 +1,5 @@
-//! `embed_text`: sentence embeddings from a BERT-family encoder, on candle (safetensors) or
-//! ONNX Runtime (`.onnx`), mean-pooled over real tokens (padding excluded by the attention
+//! `embed_text`: sentence embeddings from a BERT-family encoder, on ONNX Runtime (`.onnx`)
+//! or, with the `candle` feature, on candle (safetensors), mean-pooled over real tokens (padding excluded by the attention
 //! mask) and L2-normalised.
 
 use std::collections::{HashMap, VecDeque};
@@ -19,10 +19,12 @@ use rillet_functions::operator::{Call, Operator, Param, ParamKind, Params, RowEr
 use rillet_functions::text::expect_text;
 use rillet_functions::tokens::Tokenizer;
 
+#[cfg(feature = "candle")]
 use crate::bert::Bert;
 use crate::model::{resolve, shared};
 use crate::onnx::{Input, OnnxModel, Parallelism};
 
+#[cfg(feature = "candle")]
 /// Tokens (rows × longest row) per forward pass on candle: rows are sorted by length and
 /// cut into groups of about this many tokens, so short texts are not padded to long ones'
 /// length.
@@ -82,6 +84,7 @@ impl RecentEmbeddings {
 /// What computes hidden states from token ids.
 #[derive(Debug)]
 enum Backend {
+    #[cfg(feature = "candle")]
     Candle(Bert),
     Onnx {
         model: OnnxModel,
@@ -98,6 +101,7 @@ enum Backend {
 impl Backend {
     fn tokens_per_pass(&self) -> usize {
         match self {
+            #[cfg(feature = "candle")]
             Backend::Candle(_) => CANDLE_TOKENS_PER_PASS,
             Backend::Onnx { .. } => ONNX_TOKENS_PER_PASS,
         }
@@ -112,7 +116,8 @@ const ONNX_FILE: &str = "model.onnx";
 pub enum Runtime {
     /// ONNX Runtime, from `model.onnx`.
     OnnxRuntime,
-    /// candle, from `config.json` + `model.safetensors` (BERT family).
+    /// candle, from `config.json` + `model.safetensors` (BERT family); only in builds with
+    /// the `candle` feature.
     Candle,
 }
 
@@ -124,6 +129,22 @@ fn candle_backend(dir: &Path) -> Result<(Backend, usize, usize)> {
             dir.display()
         )));
     }
+    candle_encoder(dir)
+}
+
+#[cfg(not(feature = "candle"))]
+fn candle_encoder(dir: &Path) -> Result<(Backend, usize, usize)> {
+    Err(RilletError::Model(format!(
+        "{dir}: no {ONNX_FILE}, and this Rillet runs BERT checkpoints (model.safetensors) on \
+         ONNX Runtime only: export it with `python -m rillet.models --export {dir}` (the rl.ai \
+         functions export a checkpoint directory on their own), or build Rillet with the \
+         `candle` feature",
+        dir = dir.display()
+    )))
+}
+
+#[cfg(feature = "candle")]
+fn candle_encoder(dir: &Path) -> Result<(Backend, usize, usize)> {
     let bert = Bert::load(dir)?;
     let config = bert.config();
     let (dim, limit) = (config.hidden_size, config.max_position_embeddings.min(512));
@@ -208,9 +229,10 @@ impl TextEncoder {
     }
 
     /// Load from a directory holding `tokenizer.json` and `model.onnx` (ONNX Runtime), or
-    /// `config.json` + `model.safetensors` (candle). With both, ONNX Runtime runs it:
-    /// `python -m rillet.models` exports the BERT checkpoints it fetches to ONNX, which
-    /// runs each layer ~2.5× faster than candle on these CPUs.
+    /// `config.json` + `model.safetensors` (candle, in builds with the `candle` feature).
+    /// With both, ONNX Runtime runs it: `python -m rillet.models` exports the BERT
+    /// checkpoints it fetches to ONNX, which runs each layer ~2.5× faster than candle on
+    /// these CPUs.
     pub fn load(dir: &Path) -> Result<Self> {
         let runtime = if dir.join(ONNX_FILE).is_file() {
             Runtime::OnnxRuntime
@@ -225,8 +247,8 @@ impl TextEncoder {
     /// ```no_run
     /// use rillet_ai::embed::{Runtime, TextEncoder};
     /// let dir = rillet_ai::model::resolve("all-minilm-l6-v2").unwrap();
-    /// let candle = TextEncoder::load_on(&dir, Runtime::Candle).unwrap();
-    /// assert_eq!(candle.dim(), 384);
+    /// let encoder = TextEncoder::load_on(&dir, Runtime::OnnxRuntime).unwrap();
+    /// assert_eq!(encoder.dim(), 384);
     /// ```
     pub fn load_on(dir: &Path, runtime: Runtime) -> Result<Self> {
         let tokenizer_path = dir.join("tokenizer.json");
@@ -255,6 +277,7 @@ impl TextEncoder {
     /// The runtime computing the hidden states.
     pub fn runtime(&self) -> Runtime {
         match self.backend {
+            #[cfg(feature = "candle")]
             Backend::Candle(_) => Runtime::Candle,
             Backend::Onnx { .. } => Runtime::OnnxRuntime,
         }
@@ -330,6 +353,7 @@ impl TextEncoder {
         // of `to_run`.
         let vectors: Vec<Vec<f32>> = match &self.backend {
             Backend::Onnx { model, .. } => model.run_each(&groups, run)?,
+            #[cfg(feature = "candle")]
             Backend::Candle(_) => groups.iter().map(run).collect::<Result<_>>()?,
         }
         .into_iter()
@@ -380,6 +404,7 @@ impl TextEncoder {
                 .collect()
         };
         match &self.backend {
+            #[cfg(feature = "candle")]
             Backend::Candle(bert) => Ok(pool(&bert.forward(&ids, &mask, rows, tokens)?)),
             Backend::Onnx {
                 model,
@@ -673,6 +698,11 @@ mod tests {
 
     const PAIR: [&str; 2] = ["A man is eating food.", "A man is eating a piece of bread."];
 
+    #[cfg(feature = "candle")]
+    const RUNTIMES: &[Runtime] = &[Runtime::Candle, Runtime::OnnxRuntime];
+    #[cfg(not(feature = "candle"))]
+    const RUNTIMES: &[Runtime] = &[Runtime::OnnxRuntime];
+
     #[test]
     fn minilm_gives_the_published_similarity_on_both_runtimes() {
         // `python -m rillet.models` exports the checkpoint to ONNX beside it.
@@ -684,7 +714,7 @@ mod tests {
             dir.display()
         );
         let mut vectors = Vec::new();
-        for runtime in [Runtime::Candle, Runtime::OnnxRuntime] {
+        for &runtime in RUNTIMES {
             let encoder = TextEncoder::load_on(&dir, runtime).unwrap();
             assert_eq!(encoder.dim(), 384);
             let v = encoder.embed(&PAIR, true).unwrap();
@@ -694,9 +724,30 @@ mod tests {
             assert!((norm - 1.0).abs() < 1e-4, "normalised: {norm}");
             vectors.push(v);
         }
-        for (candle, onnx) in vectors[0].iter().zip(&vectors[1]) {
-            assert!(cosine(candle, onnx) > 0.9999);
+        // With candle built in: its vectors and ONNX Runtime's agree.
+        for pair in vectors.windows(2) {
+            for (a, b) in pair[0].iter().zip(&pair[1]) {
+                assert!(cosine(a, b) > 0.9999);
+            }
         }
+    }
+
+    #[cfg(not(feature = "candle"))]
+    #[test]
+    fn a_checkpoint_without_its_export_says_how_to_export_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = resolve("all-minilm-l6-v2").unwrap();
+        for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::os::unix::fs::symlink(model.join(name), dir.path().join(name)).unwrap();
+        }
+        let err = TextEncoder::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "python -m rillet.models --export {}",
+                dir.path().display()
+            )),
+            "{err}"
+        );
     }
 
     #[test]
@@ -814,6 +865,7 @@ mod tests {
         let v = encoder.embed(&PAIR, false).unwrap();
         // The graph also computes the sentence embedding itself (its last output): the
         // pooling here must agree with it.
+        #[allow(irrefutable_let_patterns)] // without candle, ONNX is the only backend
         let Backend::Onnx {
             model, ids, mask, ..
         } = &encoder.backend
