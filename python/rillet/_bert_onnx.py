@@ -33,7 +33,7 @@ from rillet._cache import write_atomically
 EXPORT_VERSION = 1
 OPSET = 12
 IR_VERSION = 7  # the IR of opset 12 (ONNX 1.7)
-MASKED_SCORE = -10_000.0  # added to the attention scores of padding, as bert.rs does
+MASKED_SCORE = -10_000.0  # added to the attention scores of padding, as the candle encoder does
 
 # ONNX enum values (onnx.proto): TensorProto.DataType and AttributeProto.AttributeType.
 _FLOAT, _INT64 = 1, 7

@@ -35,27 +35,22 @@ def _column(value: Any) -> Any:
 
 def _model_dir(model: str | os.PathLike, *, text_encoder: bool = False) -> str:
     """The directory of ``model``: a known name is fetched (once) and resolved; anything else
-    is taken as a directory, and for a text encoder a BERT checkpoint there without
-    ``model.onnx`` is exported to ONNX (once, into the cache). Fetching an ONNX model also
-    fetches ONNX Runtime, and points the engine at it unless ``ORT_DYLIB_PATH`` already
-    does."""
+    is taken as a directory, where for a text encoder a BERT checkpoint (``model.safetensors``)
+    runs through a current ONNX export of it (see :func:`rillet.models.export_checkpoint`).
+    A directory with ``model.onnx`` also fetches ONNX Runtime, and points the engine at it
+    unless ``ORT_DYLIB_PATH`` already does."""
     from rillet import models
 
     name = os.fspath(model)
     if name in models.MODELS:
         path = models.fetch(name)
-    elif text_encoder and _is_checkpoint(Path(name)):
+    elif text_encoder and (Path(name) / "model.safetensors").is_file():
         path = models.export_checkpoint(name)
     else:
-        return name
+        path = Path(name)
     if (path / "model.onnx").exists() and "ORT_DYLIB_PATH" not in os.environ:
         os.environ["ORT_DYLIB_PATH"] = str(models.fetch("onnxruntime") / "libonnxruntime.so")
     return str(path)
-
-
-def _is_checkpoint(path: Path) -> bool:
-    """A directory holding a BERT-style checkpoint and no ONNX export of it."""
-    return (path / "model.safetensors").is_file() and not (path / "model.onnx").exists()
 
 
 def embed_text(text: Expr | str, model: str | os.PathLike = "all-minilm-l6-v2", *,

@@ -12,6 +12,9 @@ files into ``$RILLET_CACHE/models/NAME/`` and returns that directory;
 
 from __future__ import annotations
 
+import hashlib
+import os
+import struct
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -98,56 +101,131 @@ def fetch(name: str) -> Path:
 
 def _export_onnx(target: Path) -> None:
     """Export ``target``'s BERT checkpoint to ``model.onnx``, unless an export by this
-    version of the exporter is there (``model.onnx.version`` says which made it)."""
+    version of the exporter is there (``model.onnx.version`` says which made it; the files
+    of a fetched model are pinned, so the version alone says whether it is current)."""
     from rillet._bert_onnx import EXPORT_VERSION
 
     stamp = target / "model.onnx.version"
-    if (target / "model.onnx").exists() and stamp.exists() and stamp.read_text() == str(EXPORT_VERSION):
+    if (target / "model.onnx").exists() and stamp.exists() \
+            and stamp.read_text().startswith(f"{EXPORT_VERSION}:"):
         return
-    _export_onnx_from(target, target)
+    _export_in_place(target)
+
+
+#: What an export of a checkpoint is made from (tokenizer.json goes along beside it).
+_CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def _fingerprint(source: Path) -> str:
+    """``VERSION:SHA256`` of what an export of ``source``'s checkpoint depends on: the
+    exporter's version and the contents of config.json and model.safetensors (read in
+    full: a retrained checkpoint may keep its size, and a copy its time)."""
+    from rillet._bert_onnx import EXPORT_VERSION
+
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        digest.update(name.encode() + b"\0")
+        with open(source / name, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return f"{EXPORT_VERSION}:{digest.hexdigest()}"
+
+
+def _export_is_current(directory: Path) -> bool:
+    """Whether ``directory``'s ``model.onnx`` may run: one of the user's own (no stamp), or
+    an export made by this exporter from the checkpoint there as it is now."""
+    stamp = directory / "model.onnx.version"
+    if not stamp.exists():
+        return True
+    return not (directory / "model.safetensors").is_file() or stamp.read_text() == _fingerprint(directory)
 
 
 def export_checkpoint(directory: str | Path) -> Path:
     """A directory that runs the BERT checkpoint in ``directory`` (``config.json``,
     ``model.safetensors``, ``tokenizer.json``) on ONNX Runtime: ``directory`` itself when
-    it holds ``model.onnx``, else an export of it kept in ``$RILLET_CACHE/exports/``, made
-    on first use and redone when the checkpoint's files change (their size or time).
-    Raises ValueError for a checkpoint the exporter does not support.
+    its ``model.onnx`` is current (the user's own, or an export of the checkpoint as it is
+    now), else an export kept in ``$RILLET_CACHE/exports/``, made on first use and made
+    again when the checkpoint's contents change. The checkpoint is read in full each call
+    (its hash names the export): about 0.1 s per 100 MB. Raises ValueError for a
+    checkpoint the exporter does not support; a refused or interrupted export leaves
+    nothing behind.
 
-    >>> export_checkpoint(fetch("all-minilm-l6-v2")) == fetch("all-minilm-l6-v2")
+    >>> default = fetch("all-minilm-l6-v2")
+    >>> export_checkpoint(default) == default
     True
     """
-    import hashlib
-    import os
-
-    from rillet._bert_onnx import EXPORT_VERSION
-
-    source = Path(directory).resolve()
-    if (source / "model.onnx").exists():
+    source = Path(directory)
+    if (source / "model.onnx").exists() and _export_is_current(source):
         return source
-    files = ("config.json", "model.safetensors", "tokenizer.json")
-    missing = [name for name in files if not (source / name).is_file()]
+    missing = [name for name in _CHECKPOINT_FILES if not (source / name).is_file()]
     if missing:
         raise ValueError(f"{source}: no model.onnx, and no {missing[0]} to export one from")
-    key = hashlib.sha256(f"{source}\n{EXPORT_VERSION}".encode())
-    for name in files:
-        status = (source / name).stat()
-        key.update(f"\n{name} {status.st_size} {status.st_mtime_ns} {status.st_ino}".encode())
-    target = cache_dir() / "exports" / key.hexdigest()[:24]
+    fingerprint = _fingerprint(source)
+    exports = cache_dir() / "exports"
+    target = exports / fingerprint.split(":")[1][:32]
     if not (target / "model.onnx").exists():
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ("config.json", "tokenizer.json"):
-            write_atomically(target / name, (source / name).read_bytes())
-        _export_onnx_from(source, target)
-    os.utime(target)  # when it was last used, for whoever prunes the cache
+        _export_into(source, target, fingerprint)
+    try:
+        os.utime(target)  # when it was last used
+    except OSError:
+        pass  # a read-only shared cache
     return target
 
 
-def _export_onnx_from(source: Path, target: Path) -> None:
-    from rillet._bert_onnx import EXPORT_VERSION, export_bert
+def _export_into(source: Path, target: Path, fingerprint: str) -> None:
+    """Export ``source`` into a directory of its own made beside ``target`` and renamed to
+    it whole; then drop the exports of ``source``'s earlier contents. A process that loses
+    the race to the same ``target`` discards its copy."""
+    import shutil
+    import tempfile
 
-    export_bert(source, target / "model.onnx")
-    write_atomically(target / "model.onnx.version", str(EXPORT_VERSION).encode())
+    from rillet._bert_onnx import export_bert
+
+    exports = target.parent
+    exports.mkdir(parents=True, exist_ok=True)
+    _sweep_abandoned(exports)
+    work = Path(tempfile.mkdtemp(dir=exports, prefix=".tmp-"))
+    try:
+        export_bert(source, work / "model.onnx")
+        for name in ("config.json", "tokenizer.json"):
+            write_atomically(work / name, (source / name).read_bytes())
+        write_atomically(work / "source", str(source.resolve()).encode())
+        write_atomically(work / "model.onnx.version", fingerprint.encode())
+        try:
+            os.rename(work, target)
+        except OSError:
+            if not (target / "model.onnx").exists():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for other in exports.iterdir():
+        origin = other / "source"
+        if other != target and not other.name.startswith(".") and origin.is_file() \
+                and origin.read_text() == str(source.resolve()):
+            shutil.rmtree(other, ignore_errors=True)
+
+
+def _sweep_abandoned(exports: Path, older_than_s: float = 3600.0) -> None:
+    """Remove the work directories of exports killed midway (untouched for an hour)."""
+    import shutil
+    import time
+
+    for work in exports.glob(".tmp-*"):
+        try:
+            if time.time() - work.stat().st_mtime > older_than_s:
+                shutil.rmtree(work, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _export_in_place(directory: Path) -> None:
+    """Write ``directory/model.onnx`` from the checkpoint there, stamped with what it was
+    made from."""
+    from rillet._bert_onnx import export_bert
+
+    fingerprint = _fingerprint(directory)
+    export_bert(directory, directory / "model.onnx")
+    write_atomically(directory / "model.onnx.version", fingerprint.encode())
 
 
 def main(argv: list[str]) -> int:
@@ -163,14 +241,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help="models to fetch (default: all)")
     parser.add_argument("--export", metavar="DIR", type=Path,
                         help="write DIR/model.onnx from the BERT checkpoint in DIR "
-                             "(config.json + model.safetensors) instead of fetching")
+                             "(config.json, model.safetensors, tokenizer.json) for SQL and "
+                             "the rillet command, instead of fetching")
     args = parser.parse_args(argv)
     if args.export is not None:
+        if args.names:
+            parser.error("--export takes a directory, not model names")
+        missing = [n for n in _CHECKPOINT_FILES if not (args.export / n).is_file()]
+        if missing:
+            parser.error(f"{args.export}: no {missing[0]} (a BERT checkpoint needs "
+                         f"{', '.join(_CHECKPOINT_FILES)})")
         try:
-            _export_onnx_from(args.export, args.export)
-        except (OSError, ValueError) as e:
-            parser.error(str(e))
-        print(f"{args.export / 'model.onnx'}")
+            _export_in_place(args.export)
+        except (OSError, ValueError, struct.error) as e:
+            parser.error(f"{args.export}: cannot export: {e}")
+        fetch("onnxruntime")  # what the engine loads to run it
+        print(args.export / "model.onnx")
         return 0
     names = args.names or sorted(MODELS)
     unknown = [n for n in names if n not in MODELS]

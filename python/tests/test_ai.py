@@ -33,13 +33,22 @@ def _reference_embeddings(model_dir, texts: list[str]) -> np.ndarray:
     import json
     import math
 
+    import struct
+
     from tokenizers import Tokenizer
 
-    from rillet._bert_onnx import Safetensors
-
     config = json.loads((model_dir / "config.json").read_text())
-    weights = Safetensors(model_dir / "model.safetensors")
-    w = lambda name: weights[name].astype(np.float64)  # noqa: E731
+    # safetensors: a u64 header length, a JSON header of name -> dtype, shape, offsets, data.
+    raw = (model_dir / "model.safetensors").read_bytes()
+    (length,) = struct.unpack_from("<Q", raw)
+    header = json.loads(raw[8:8 + length])
+
+    def w(name):
+        entry = header.get(name) or header[f"bert.{name}"]
+        assert entry["dtype"] == "F32", entry["dtype"]
+        begin, end = entry["data_offsets"]
+        return np.frombuffer(raw[8 + length + begin:8 + length + end], "<f4").reshape(entry["shape"]).astype(np.float64)
+
     eps, heads = config["layer_norm_eps"], config["num_attention_heads"]
     erf = np.frompyfunc(math.erf, 1, 1)
 
@@ -98,34 +107,124 @@ def test_the_default_model_runs_an_onnx_export_that_matches_the_checkpoint():
     assert abs(float(onnx[0] @ onnx[1]) - 0.7553) < 0.001
 
 
+def _checkpoint_copy(directory, *, weights_copied: bool = False):
+    """A directory holding the default model's checkpoint alone (no ONNX export): its
+    files linked, or the weights copied so that they can change. Fetch before isolating
+    the cache (see `_isolated_cache`)."""
+    import shutil
+
+    import os
+    from pathlib import Path
+
+    default = Path(os.environ.get("RILLET_MODELS", models.cache_dir() / "models")) / "all-minilm-l6-v2"
+    directory.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        if weights_copied and name == "model.safetensors":
+            shutil.copyfile(default / name, directory / name)
+        else:
+            (directory / name).symlink_to(default / name)
+    return directory
+
+
+def _isolated_cache(tmp_path, monkeypatch):
+    """A cache of the test's own for exports; the models and ONNX Runtime are fetched
+    before, into the shared cache, and found there, so that nothing is downloaded again.
+    Returns the exports' directory."""
+    models.fetch("all-minilm-l6-v2")
+    monkeypatch.setenv("ORT_DYLIB_PATH", str(models.fetch("onnxruntime") / "libonnxruntime.so"))
+    monkeypatch.setenv("RILLET_MODELS", str(models.cache_dir() / "models"))
+    monkeypatch.setenv("RILLET_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "exports"
+
+
+def _overwrite_tensor(path, name: str, value: float) -> None:
+    """Set every element of float32 tensor ``name`` in safetensors file ``path``, in place
+    (the file keeps its size)."""
+    import json
+    import struct
+
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        entry = header.get(name) or header[f"bert.{name}"]
+        begin, end = entry["data_offsets"]
+        f.seek(8 + length + begin)
+        f.write(np.full((end - begin) // 4, value, "<f4").tobytes())
+
+
 def test_a_checkpoint_directory_is_exported_once_and_runs_on_onnx_runtime(tmp_path, monkeypatch):
     """A directory holding only a BERT checkpoint (no model.onnx) is exported into the cache
-    on first use, reused after, redone when the checkpoint changes, and never written into;
-    SQL, which cannot export, says how to."""
-    monkeypatch.setenv("RILLET_CACHE", str(tmp_path / "cache"))
-    default = models.fetch("all-minilm-l6-v2")
-    checkpoint = tmp_path / "checkpoint"
-    checkpoint.mkdir()
-    for name in ("config.json", "model.safetensors", "tokenizer.json"):
-        (checkpoint / name).symlink_to(default / name)
+    on first use, reused after, made again when the weights change (even keeping their size
+    and time), and never written into; SQL reads the directory itself."""
+    import os
+
+    exports = _isolated_cache(tmp_path, monkeypatch)
+    checkpoint = _checkpoint_copy(tmp_path / "checkpoint", weights_copied=True)
     df = rl.from_pydict({"t": PAIR})
     v = np.array(_vectors(df.select(rl.ai.embed_text("t", model=checkpoint).alias("v"))))
     assert abs(float(v[0] @ v[1]) - 0.7553) < 0.001
     assert sorted(p.name for p in checkpoint.iterdir()) == ["config.json", "model.safetensors",
                                                             "tokenizer.json"]
-    [export] = (tmp_path / "cache" / "exports").iterdir()
+    [export] = exports.iterdir()
     made = (export / "model.onnx").stat().st_mtime_ns
     assert models.export_checkpoint(checkpoint) == export
     assert (export / "model.onnx").stat().st_mtime_ns == made
     labels = df.select(rl.ai.classify_text("t", ["food", "cars"], model=str(checkpoint)).alias("c"))
     assert [c["label"] for c in labels.to_pydict()["c"]] == ["food", "food"]
-    # A changed config is a changed checkpoint: exported anew.
+    # Retrained weights of the same size, their file's time kept: a new export replaces
+    # the old one, and runs the new weights.
+    weights = checkpoint / "model.safetensors"
+    times = weights.stat()
+    _overwrite_tensor(weights, "encoder.layer.5.output.LayerNorm.bias", 0.5)
+    os.utime(weights, ns=(times.st_atime_ns, times.st_mtime_ns))
+    changed = models.export_checkpoint(checkpoint)
+    assert changed != export and [p.name for p in exports.iterdir()] == [changed.name]
+    v2 = np.array(_vectors(df.select(rl.ai.embed_text("t", model=checkpoint).alias("v"))))
+    assert np.abs(v2 - v).max() > 1e-3
+    # SQL and the rillet command take the directory as it is: without candle built in,
+    # the error names the command that writes its export.
+    sql = f"SELECT embed_text(t, '{checkpoint}') AS v FROM d"
+    try:
+        by_sql = np.array(_vectors(rl.sql(sql, d=pa.table({"t": PAIR}))))
+    except Exception as e:  # noqa: BLE001 -- the engine's error, whatever its class
+        assert f"python -m rillet.models --export {checkpoint}" in str(e)
+    else:  # an extension built with the candle feature runs the checkpoint itself
+        np.testing.assert_allclose(by_sql, v2, atol=1e-4)
+
+
+def test_the_export_command_writes_a_stamped_export_that_sql_runs(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    _isolated_cache(tmp_path, monkeypatch)
+    checkpoint = _checkpoint_copy(tmp_path / "checkpoint")
+    done = subprocess.run([sys.executable, "-m", "rillet.models", "--export", str(checkpoint)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(checkpoint / "model.onnx")
+    assert models.export_checkpoint(checkpoint) == checkpoint, "its own export is current"
+    by_sql = np.array(_vectors(rl.sql(f"SELECT embed_text(t, '{checkpoint}') AS v FROM d",
+                                      d=pa.table({"t": PAIR}))))
+    assert abs(float(by_sql[0] @ by_sql[1]) - 0.7553) < 0.001
+    not_a_checkpoint = tmp_path / "empty"
+    not_a_checkpoint.mkdir()
+    refused = subprocess.run([sys.executable, "-m", "rillet.models", "--export", str(not_a_checkpoint)],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "no config.json" in refused.stderr
+    assert not list(not_a_checkpoint.iterdir())
+
+
+def test_a_refused_export_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
+    import json
+
+    exports = _isolated_cache(tmp_path, monkeypatch)
+    checkpoint = _checkpoint_copy(tmp_path / "checkpoint")
+    config = json.loads((checkpoint / "config.json").read_text())
     (checkpoint / "config.json").unlink()
-    (checkpoint / "config.json").write_text((default / "config.json").read_text() + "\n")
-    assert models.export_checkpoint(checkpoint) != export
-    with pytest.raises(Exception, match="python -m rillet.models --export"):
-        rl.sql(f"SELECT embed_text(t, '{checkpoint}') AS v FROM d",
-               d=pa.table({"t": PAIR})).to_pydict()
+    (checkpoint / "config.json").write_text(json.dumps({**config, "model_type": "roberta"}))
+    with pytest.raises(ValueError, match="model_type 'roberta'"):
+        rl.ai.embed_text("t", model=checkpoint)
+    assert not exports.exists() or not list(exports.iterdir())
 
 
 def test_the_bert_export_refuses_what_it_would_compute_wrongly(tmp_path):

@@ -135,10 +135,11 @@ fn candle_backend(dir: &Path) -> Result<(Backend, usize, usize)> {
 #[cfg(not(feature = "candle"))]
 fn candle_encoder(dir: &Path) -> Result<(Backend, usize, usize)> {
     Err(RilletError::Model(format!(
-        "{dir}: no {ONNX_FILE}, and this Rillet runs BERT checkpoints (model.safetensors) on \
-         ONNX Runtime only: export it with `python -m rillet.models --export {dir}` (the rl.ai \
-         functions export a checkpoint directory on their own), or build Rillet with the \
-         `candle` feature",
+        "{dir}: this Rillet runs BERT checkpoints (model.safetensors) through an ONNX export \
+         beside them ({ONNX_FILE}), as it was built without the `candle` feature: write the \
+         export with `python -m rillet.models --export {dir}` (Python's rl.ai functions \
+         export a checkpoint into their cache on their own; SQL and the rillet command read \
+         the directory as it is)",
         dir = dir.display()
     )))
 }
@@ -704,7 +705,7 @@ mod tests {
     const RUNTIMES: &[Runtime] = &[Runtime::OnnxRuntime];
 
     #[test]
-    fn minilm_gives_the_published_similarity_on_both_runtimes() {
+    fn minilm_gives_the_published_similarity_on_each_runtime_built_in() {
         // `python -m rillet.models` exports the checkpoint to ONNX beside it.
         let dir = resolve("all-minilm-l6-v2").unwrap();
         assert_eq!(

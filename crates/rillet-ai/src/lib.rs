@@ -2,8 +2,9 @@
 //! name like every native operator (`embed_text(text, 'all-minilm-l6-v2')`) and exposed in
 //! Python as `rl.ai.*`.
 //!
-//! - [`embed::EmbedText`]: sentence embeddings from BERT-family encoders, on candle
-//!   (safetensors) or ONNX Runtime; [`embed::ClassifyText`], zero-shot by embeddings.
+//! - [`embed::EmbedText`]: sentence embeddings from BERT-family encoders, on ONNX Runtime
+//!   (or on candle from safetensors, with the `candle` feature); [`embed::ClassifyText`],
+//!   zero-shot by embeddings.
 //! - [`detect::DetectObjects`]: YOLO-style ONNX detectors, letterboxed, suppressed and
 //!   mapped back to the image's coordinates.
 //! - [`speech::DetectSpeech`]: voice activity with Silero VAD, clips run side by side.
