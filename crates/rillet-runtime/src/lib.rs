@@ -59,6 +59,7 @@ mod runtime;
 mod sink;
 pub mod spill;
 mod stream;
+mod task;
 mod worker;
 pub mod workers;
 
