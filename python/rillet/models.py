@@ -131,15 +131,6 @@ def _fingerprint(source: Path) -> str:
     return f"{EXPORT_VERSION}:{digest.hexdigest()}"
 
 
-def _export_is_current(directory: Path) -> bool:
-    """Whether ``directory``'s ``model.onnx`` may run: one of the user's own (no stamp), or
-    an export made by this exporter from the checkpoint there as it is now."""
-    stamp = directory / "model.onnx.version"
-    if not stamp.exists():
-        return True
-    return not (directory / "model.safetensors").is_file() or stamp.read_text() == _fingerprint(directory)
-
-
 def export_checkpoint(directory: str | Path) -> Path:
     """A directory that runs the BERT checkpoint in ``directory`` (``config.json``,
     ``model.safetensors``, ``tokenizer.json``) on ONNX Runtime: ``directory`` itself when
@@ -155,12 +146,15 @@ def export_checkpoint(directory: str | Path) -> Path:
     True
     """
     source = Path(directory)
-    if (source / "model.onnx").exists() and _export_is_current(source):
-        return source
+    onnx, stamp = source / "model.onnx", source / "model.onnx.version"
+    if onnx.exists() and (not stamp.exists() or not (source / "model.safetensors").is_file()):
+        return source  # the user's own model, not an export of a checkpoint beside it
     missing = [name for name in _CHECKPOINT_FILES if not (source / name).is_file()]
     if missing:
         raise ValueError(f"{source}: no model.onnx, and no {missing[0]} to export one from")
     fingerprint = _fingerprint(source)
+    if onnx.exists() and stamp.read_text() == fingerprint:
+        return source  # exported from the checkpoint as it is now
     exports = cache_dir() / "exports"
     target = exports / fingerprint.split(":")[1][:32]
     if not (target / "model.onnx").exists():
