@@ -658,9 +658,13 @@ class AudioNamespace:
 
     Inputs may be decoded ``Audio`` or encoded content (bytes, a ``File``, a path string) in
     WAV, FLAC, MP3, Ogg Vorbis or MP4/AAC: the latter are decoded on the fly (metadata,
-    duration, validity and clip references read only the header). Rows whose data cannot
-    be processed (corrupt, truncated, over ``max_decoded_bytes``) follow ``on_error`` as in
-    :class:`ImageNamespace`.
+    duration, validity and clip references read only the header). A ``Clip`` column
+    (``{uri, start_ms, end_ms}``, from ``split_by_duration(output="ref")`` or
+    ``video.split``) is its file's audio between the two times: decoding starts a few
+    packets before the clip where the codec allows (WAV, FLAC, ALAC, MP3) and stops at its
+    end, and a clip that runs past the end of the audio is cut there. Rows whose data cannot
+    be processed (corrupt, truncated, over ``max_decoded_bytes``, a clip that is empty or
+    starts past the end) follow ``on_error`` as in :class:`ImageNamespace`.
 
     >>> import numpy as np, rillet as rl
     >>> tone = (0.5 * np.sin(np.arange(8000) * 2 * np.pi * 440 / 8000)).astype(np.float32)
@@ -711,7 +715,9 @@ class AudioNamespace:
 
     def split_by_duration(self, segment_ms: float, output: str = "waveform", *, on_error: str = "null") -> Expr:
         """A list of consecutive ``segment_ms`` pieces (``DataFrame.explode`` it): Audio, or
-        with ``output="ref"`` clip references ``{uri, start_ms, end_ms}`` that copy nothing."""
+        with ``output="ref"`` clip references ``{uri, start_ms, end_ms}`` that copy nothing
+        (the audio operators decode them when asked; a clip's own segments keep their times
+        in the file)."""
         return self._op("split_by_duration", float(segment_ms), output, on_error)
 
     def split_by_ranges(self, ranges: Any, *, on_error: str = "null") -> Expr:

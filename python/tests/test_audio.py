@@ -11,6 +11,7 @@ import subprocess
 import wave
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -288,6 +289,77 @@ def test_split_by_ranges_decodes_only_the_ranges_yet_matches_a_whole_decode(spee
     assert past["value"] is None and "outside the clip (9" in past["error"], past
     if name == "lean.mp3":
         assert _one(path, col("p").audio.split_by_ranges([(8900, 12000)]))[0][0].shape[1] == 2
+
+
+def _clips(rows: list) -> rl.DataFrame:
+    """A DataFrame of one ``Clip`` column."""
+    storage = pa.array(rows, type=rl.Clip().storage_type)
+    return rl.from_arrow(pa.table({"c": pa.ExtensionArray.from_storage(rl.Clip(), storage)}))
+
+
+@pytest.mark.parametrize("name", ["speech0.wav", "speech0.flac", "speech0.mp3", "speech0.ogg", "speech0.m4a",
+                                  "lean.mp3"])
+def test_clip_references_are_their_stretch_of_the_file_decoded_only_that_far(speech, lean_mp3, name):
+    source = lean_mp3 if name == "lean.mp3" else speech[name]
+    df = rl.from_pydict({"p": [str(source)]})
+    clips = df.select(col("p").audio.split_by_duration(1500, output="ref").alias("c")).explode("c")
+    got = clips.select("c", col("c").audio.decode().alias("a"), col("c").audio.duration().alias("d"),
+                       col("c").audio.mel_spectrogram().alias("mel")).to_pydict()
+    whole = df.select(col("p").audio.decode().alias("a"))
+    windows = [(c["start_ms"], c["end_ms"]) for c in got["c"]]
+    want = _one(whole, col("a").audio.split_by_ranges(windows))
+    assert len(want) == len(got["a"]) >= 3
+    for (samples, rate), (ref, ref_rate), seconds in zip(got["a"], want, got["d"]):
+        assert rate == ref_rate and samples.shape == ref.shape
+        np.testing.assert_array_equal(samples, ref)
+    # Durations come from the header: exact inside the file, the last cut where it ends.
+    assert got["d"][:-1] == [len(s) / r for s, r in got["a"][:-1]]
+    assert abs(got["d"][-1] - len(got["a"][-1][0]) / got["a"][-1][1]) < 0.05
+    # Operators that take audio take clips: the features of the stretch.
+    mel = _one(rl.from_pydict({"a": [got["a"][1]]}), col("a").audio.mel_spectrogram())
+    np.testing.assert_array_equal(got["mel"][1], mel)
+    # Ranges and segments of a clip are within the clip, and segment references stay times
+    # in the file.
+    second = clips.limit(2).select(col("c").alias("c")).to_pydict()["c"][1]
+    one = _clips([second])
+    start = second["start_ms"]
+    pieces = _one(one, col("c").audio.split_by_ranges([(100, 600), (1000, 5000)]))
+    rate = pieces[0][1]
+    reference = _one(whole, col("a").audio.split_by_ranges([(start + 100, start + 600), (start + 1000, start + 1500)]))
+    for (piece, _), (ref, _) in zip(pieces, reference):
+        np.testing.assert_array_equal(piece, ref)
+    assert [(c["start_ms"], c["end_ms"]) for c in _one(one, col("c").audio.split_by_duration(1000, output="ref"))] \
+        == [(start, start + 1000), (start + 1000, start + 1500)]
+    # Decoding stops at the clip's end: the first clip of a file decodes a fraction of it.
+    first = clips.limit(1).select(col("c").audio.decode().alias("a"))
+    first.to_pydict()
+    decoded = sum(op["decoded_bytes"] for op in first.stats()["operators"])
+    full = 4 * whole.to_pydict()["a"][0][0].size
+    if name not in ("speech0.ogg", "speech0.m4a"):  # decoded whole (see the split_by_ranges test)
+        assert decoded < 0.45 * full, (decoded, full, rate)
+
+
+def test_bad_clip_references_give_null_with_a_reason(speech, tmp_path):
+    path = str(speech["speech0.wav"])
+    rows = [{"uri": path, "start_ms": 500, "end_ms": 100}, {"uri": path, "start_ms": 600_000, "end_ms": 601_000},
+            {"uri": str(tmp_path / "missing.wav"), "start_ms": 0, "end_ms": 1000}, None,
+            {"uri": path, "start_ms": -5, "end_ms": 100}, {"uri": path, "start_ms": 0, "end_ms": 10_000_000}]
+    df = _clips(rows)
+    out = df.select(col("c").audio.decode(on_error="column").alias("a"),
+                    col("c").audio.duration(on_error="column").alias("d")).to_pydict()
+    reasons = [a["error"] for a in out["a"]]
+    assert "empty or inverted" in reasons[0] and "outside the clip" in reasons[1]
+    assert "missing.wav" in reasons[2] and out["a"][3] == {"value": None, "error": None}
+    assert "empty or inverted" in reasons[4]
+    assert "past the end" in out["d"][1]["error"]
+    # A clip that runs past the end is cut where the audio ends, as ranges are.
+    whole, _ = _one(rl.from_pydict({"p": [path]}), col("p").audio.decode())
+    np.testing.assert_array_equal(out["a"][5]["value"][0], whole)
+    rate = out["a"][5]["value"][1]
+    assert out["d"][5]["value"] == len(whole) / rate
+    # A plain struct with the clip's fields is a clip too.
+    plain = rl.from_pydict({"c": [{"uri": path, "start_ms": 0, "end_ms": 250}]})
+    np.testing.assert_array_equal(_one(plain, col("c").audio.decode())[0], whole[:int(0.25 * rate + 0.5)])
 
 
 def test_split_by_ranges_on_corrupt_audio_gives_null_with_a_reason(speech):

@@ -182,6 +182,15 @@ def test_split_refers_without_copying(clips):
     clips_out = rl.from_pydict({"p": clips[:1]}).select(col("p").video.split(1500).alias("c")).to_pydict()["c"][0]
     assert [(c["start_ms"], c["end_ms"]) for c in clips_out] == [(0, 1500), (1500, 3000), (3000, 4000)]
     assert {c["uri"] for c in clips_out} == {clips[0]}
+    # The audio operators decode a video's clips: the stretch of its audio track.
+    df = rl.from_pydict({"p": clips[:1]})
+    pieces = df.select(col("p").video.split(1500).alias("c")).explode("c").select(
+        col("c").audio.decode().alias("a")).to_pydict()["a"]
+    whole = df.select(col("p").audio.decode().alias("a"))
+    want = whole.select(col("a").audio.split_by_ranges([(0, 1500), (1500, 3000), (3000, 4000)]).alias("s"))
+    for (got, rate), (ref, ref_rate) in zip(pieces, want.to_pydict()["s"][0], strict=True):
+        assert rate == ref_rate == 44100
+        np.testing.assert_array_equal(got, ref)
 
 
 def test_audio_track_is_the_tone(clips):

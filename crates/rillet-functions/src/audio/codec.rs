@@ -360,6 +360,52 @@ pub fn decode_span(
     start_ms: f64,
     end_ms: f64,
 ) -> Result<Span<'static>, String> {
+    decode_between(
+        bytes,
+        extension,
+        max_decoded_bytes,
+        (start_ms, end_ms),
+        true,
+    )
+}
+
+/// [`decode_span`] for a clip of a longer recording: reading stops once the span is
+/// decoded, so `total_frames` is where it stopped (at or past the span's end; the
+/// stream's length only when the stream ends first), and nothing past the span is
+/// checked for truncation.
+///
+/// ```
+/// use rillet_functions::audio::{codec, Waveform};
+/// let wav = codec::encode_wav(&Waveform::new(1000, 1, (0..5000).map(|i| i as f32 / 8192.0).collect()), true);
+/// let span = codec::decode_clip(&wav, Some("wav"), codec::DEFAULT_MAX_DECODED_BYTES, 2000.0, 2500.0).unwrap();
+/// assert_eq!(span.audio.samples[2000 - span.first_frame as usize], 2000.0 / 8192.0);
+/// assert!(span.total_frames >= 2500 && span.total_frames < 5000);
+/// ```
+pub fn decode_clip(
+    bytes: &[u8],
+    extension: Option<&str>,
+    max_decoded_bytes: u64,
+    start_ms: f64,
+    end_ms: f64,
+) -> Result<Span<'static>, String> {
+    decode_between(
+        bytes,
+        extension,
+        max_decoded_bytes,
+        (start_ms, end_ms),
+        false,
+    )
+}
+
+/// The frames from `start_ms` to `end_ms`, reading the rest of the stream only when
+/// `to_the_end` (see [`decode_span`] and [`decode_clip`]).
+fn decode_between(
+    bytes: &[u8],
+    extension: Option<&str>,
+    max_decoded_bytes: u64,
+    (start_ms, end_ms): (f64, f64),
+    to_the_end: bool,
+) -> Result<Span<'static>, String> {
     let whole = || {
         decode(bytes, extension, max_decoded_bytes, None).map(|audio| Span {
             total_frames: audio.frames() as u64,
@@ -401,6 +447,9 @@ pub fn decode_span(
             .get()
             .saturating_sub(packet.trim_start.get() + packet.trim_end.get());
         if position >= end {
+            if !to_the_end {
+                break;
+            }
             position += frames; // past the span: only its length
             continue;
         }
@@ -445,7 +494,9 @@ pub fn decode_span(
         buffer.copy_to_slice_interleaved(&mut samples[at..]);
         position += frames;
     }
+    let ended = to_the_end || position < end;
     if let Some(declared) = declared_frames
+        && ended
         && position + FRAME_SLACK < declared
     {
         return Err(format!(

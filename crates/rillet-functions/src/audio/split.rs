@@ -142,10 +142,16 @@ impl Operator for SplitByDuration {
                 errors,
                 |input, row| {
                     let facts = input.facts(row)?;
+                    // A clip's segments are times in its file.
+                    let offset = input.offset_ms(row);
                     Ok(facts.map(|f| {
+                        let ranges = segments(f.probe.duration_ms(), segment);
                         (
                             input.uri(row).unwrap_or_default().to_string(),
-                            segments(f.probe.duration_ms(), segment),
+                            ranges
+                                .into_iter()
+                                .map(|(s, e)| (s + offset, e + offset))
+                                .collect(),
                         )
                     }))
                 },
@@ -302,13 +308,14 @@ impl Operator for SplitByRanges {
     }
 }
 
-/// The audio from `start_ms` to `end_ms` of a decode from the start, out of `span` (which
-/// holds it): cut where the audio ends; bad data when empty, inverted or past the end.
-fn range_of(
+/// Where the audio from `start_ms` to `end_ms` of a decode from the start lies in
+/// `span.audio` (which holds it), in frames: cut where the audio ends; bad data when
+/// empty, inverted or past the end.
+pub(super) fn range_frames(
     span: &codec::Span<'_>,
     start_ms: f64,
     end_ms: f64,
-) -> std::result::Result<Waveform<'static>, String> {
+) -> std::result::Result<(usize, usize), String> {
     let audio = &span.audio;
     let rate = audio.rate as f64;
     let duration = span.total_frames as f64 * 1000.0 / rate;
@@ -319,13 +326,23 @@ fn range_of(
     }
     let frame_at =
         |ms: f64| ((ms * rate / 1000.0).round().max(0.0) as u64).saturating_sub(span.first_frame);
-    let c = audio.channels as usize;
     let start = (frame_at(start_ms) as usize).min(audio.frames());
     let end = (frame_at(end_ms.min(duration)) as usize).clamp(start, audio.frames());
+    Ok((start, end))
+}
+
+/// The audio from `start_ms` to `end_ms` out of `span`, copied (see [`range_frames`]).
+fn range_of(
+    span: &codec::Span<'_>,
+    start_ms: f64,
+    end_ms: f64,
+) -> std::result::Result<Waveform<'static>, String> {
+    let (start, end) = range_frames(span, start_ms, end_ms)?;
+    let c = span.audio.channels as usize;
     Ok(Waveform {
-        rate: audio.rate,
-        channels: audio.channels,
-        samples: std::borrow::Cow::Owned(audio.samples[start * c..end * c].to_vec()),
+        rate: span.audio.rate,
+        channels: span.audio.channels,
+        samples: std::borrow::Cow::Owned(span.audio.samples[start * c..end * c].to_vec()),
     })
 }
 
