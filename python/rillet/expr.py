@@ -549,11 +549,18 @@ class ImageNamespace:
         return self._op("letterbox", width, height, fill, method, on_error)
 
     def crop(self, x: int, y: int, width: int, height: int, *, on_error: str = "null") -> Expr:
-        """The ``width x height`` window whose top-left corner is ``(x, y)``."""
+        """The ``width x height`` window whose top-left corner is ``(x, y)``.
+
+        Of an encoded JPEG only the window's region is decoded when it is under half the
+        image (libjpeg-turbo's partial decode, the window mapped through the EXIF
+        orientation; plans show ``image_decode[region]``): the pixels a full decode and
+        crop give. Rows below the window are not read, so damage there does not null
+        the row."""
         return self._op("crop", x, y, width, height, on_error)
 
     def center_crop(self, width: int, height: int, *, on_error: str = "null") -> Expr:
-        """The centred ``width x height`` window."""
+        """The centred ``width x height`` window (of a JPEG only that region is decoded, as
+        for :meth:`crop`)."""
         return self._op("center_crop", width, height, on_error)
 
     def flip(self, horizontal: bool = True, vertical: bool = False, *, on_error: str = "null") -> Expr:

@@ -849,3 +849,72 @@ def test_a_crop_feeding_a_resize_is_read_in_place_and_decoded_reduced(photos, la
             assert row["r"] is None
         else:
             np.testing.assert_array_equal(np.asarray(row["r"]), np.asarray(expected[row["path"]]))
+
+
+def _same_window(name: str, got, want) -> None:
+    """The window a region decode gave is the one a full decode and crop give."""
+    x, y = np.asarray(got), np.asarray(want)
+    if name == "corrupt.jpg":
+        # libjpeg-turbo refuses the whole file and the image crate decodes it leniently,
+        # with its own IDCT; the region decode may never reach the damage (the rows below
+        # the window are not read) and gives libjpeg-turbo's pixels of the window.
+        assert x.shape == y.shape and _psnr(x, y) >= 35, name
+        return
+    np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+def test_a_crop_decodes_only_its_window_of_a_jpeg_with_the_pixels_of_a_full_decode(photos, rgb_photos,
+                                                                                    large_photos):
+    """crop/center_crop over encoded JPEGs decode only the window's region (libjpeg-turbo's
+    partial decode, the window mapped through the EXIF orientation): exactly the pixels of
+    cropping a full decode, for every JPEG kind, orientation, window position (edges, odd
+    offsets) and mode, the crop's own reasons for windows that do not fit, and the broken
+    files null alike; on camera-size photos it decodes a fraction of the pixels."""
+    variants = _jpeg_variants(rgb_photos[0][1])
+    exif = Image.Exif()
+    exif[0x0112] = 4
+    variants["exif_4.jpg"] = _encode(rgb_photos[0][1].convert("RGB").resize((480, 320)), "JPEG", quality=90,
+                                     exif=exif.tobytes())
+    for p in photos:
+        variants[p.name] = p.read_bytes()
+    for p in sorted(large_photos.glob("*.jpg"))[:2]:
+        variants[p.name] = p.read_bytes()
+    names = list(variants)
+    df = rl.from_pydict({"name": names, "bytes": [variants[n] for n in names]})
+    crops = [lambda e: e.image.center_crop(96, 64), lambda e: e.image.crop(0, 0, 40, 24),
+             lambda e: e.image.crop(33, 17, 129, 71), lambda e: e.image.crop(250, 150, 70, 50),
+             lambda e: e.image.crop(300, 200, 150, 100)]
+    for mode in (None, "RGB", "L"):
+        image = col("bytes").image.decode(mode) if mode else col("bytes").image.decode()
+        decoded = rl.from_arrow(df.select("name", image.alias("img")).collect())
+        for crop in crops:
+            fused = df.select("name", crop(image).alias("c"))
+            assert "image_decode[region]+image_" in fused.explain()
+            got = {r["name"]: r["c"] for r in fused.to_pylist()}
+            want = {r["name"]: r["c"] for r in decoded.select("name", crop(col("img")).alias("c")).to_pylist()}
+            for name in names:
+                if want[name] is None:
+                    # Damage the region decode never reads may leave the window whole.
+                    assert got[name] is None or name == "corrupt.jpg", (mode, name)
+                    continue
+                assert got[name] is not None, (mode, name)
+                _same_window(name, got[name], want[name])
+    # Without a fused decode, a crop of the bytes reads the region too.
+    direct = df.select("name", col("bytes").image.crop(10, 20, 64, 48).alias("c")).to_pylist()
+    reference = rl.from_arrow(df.select("name", col("bytes").image.decode().alias("img")).collect())
+    want = {r["name"]: r["c"] for r in reference.select("name", col("img").image.crop(10, 20, 64, 48).alias("c")).to_pylist()}
+    for row in direct:
+        if want[row["name"]] is None:
+            assert row["c"] is None or row["name"] == "corrupt.jpg"
+        else:
+            _same_window(row["name"], row["c"], want[row["name"]])
+    # The reasons are the crop's: a window that does not fit, and broken data.
+    small = df.select("name", col("bytes").image.crop(400, 300, 200, 100, on_error="column").alias("c"))
+    reasons = {r["name"]: r["c"]["error"] for r in small.to_pylist()}
+    assert "does not fit" in reasons["baseline.jpg"] and reasons["truncated.jpg"] and reasons["text.jpg"]
+    # A 224x224 centre crop of a 1500x1000 photo decodes a small part of it.
+    large = rl.from_pydict({"p": [str(p) for p in sorted(large_photos.glob("*.jpg"))]})
+    cropped = large.select(col("p").image.decode().image.center_crop(224, 224).alias("c"))
+    cropped.to_pydict()
+    decoded_bytes = sum(op["decoded_bytes"] for op in cropped.stats()["operators"])
+    assert decoded_bytes < 0.15 * 12 * 1500 * 1000 * 3, decoded_bytes

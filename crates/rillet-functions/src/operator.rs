@@ -406,6 +406,12 @@ pub trait Operator: Send + Sync + Debug + 'static {
     fn shrinks_images(&self) -> bool {
         false
     }
+    /// True if the operator (which fuses `image_decode`) keeps one window of every image,
+    /// so of a JPEG only that region may be decoded; plans show
+    /// `image_decode[region]+image_crop`.
+    fn decodes_regions(&self) -> bool {
+        false
+    }
     /// The window of each image this operator keeps, for an operator that only crops
     /// (`image_crop`, `image_center_crop`); `None` for every other.
     fn crop_window(&self, _params: &Params) -> Option<Result<Window>> {
@@ -444,11 +450,14 @@ pub struct OperatorFunction<O: Operator> {
     fused: Option<FusedInput>,
 }
 
-/// How plans name a fused `image_decode`: in full, or possibly reduced for an operator that
-/// `shrinks` (the bound of the DCT scaling, see [`Operator::shrinks_images`]).
-fn decode_label(shrinks: bool) -> &'static str {
-    if shrinks {
+/// How plans name an `image_decode` fused into `operator`: in full, possibly reduced for an
+/// operator that shrinks (the bound of the DCT scaling, see [`Operator::shrinks_images`]),
+/// or possibly only a region for one that crops ([`Operator::decodes_regions`]).
+fn decode_label(operator: &dyn Operator) -> &'static str {
+    if operator.shrinks_images() {
         "image_decode[dct≤1/8]"
+    } else if operator.decodes_regions() {
+        "image_decode[region]"
     } else {
         "image_decode"
     }
@@ -540,7 +549,7 @@ impl<O: Operator> OperatorFunction<O> {
         if policy == OnError::Column || decode.on_error().ok()? != policy {
             return None;
         }
-        let decode_label = decode_label(self.operator.shrinks_images());
+        let decode_label = decode_label(self.operator.as_ref());
         Some(self.with_fused(FusedInput {
             args: input_literals.len(),
             label: format!("{decode_label}+{}", self.operator.name()),
@@ -569,7 +578,7 @@ impl<O: Operator> OperatorFunction<O> {
         let crop = input.name().rsplit('+').next().unwrap_or(input.name());
         let label = match decode {
             Some(_) => {
-                let decode_label = decode_label(self.operator.shrinks_images());
+                let decode_label = decode_label(self.operator.as_ref());
                 format!("{decode_label}+{crop}+{}", self.operator.name())
             }
             None => format!("{crop}+{}", self.operator.name()),

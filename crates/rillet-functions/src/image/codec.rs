@@ -242,6 +242,76 @@ pub(crate) fn decode_jpeg_reduced(
     })
 }
 
+/// The upright `window` of a JPEG, decoded alone when that is much less work than the
+/// whole image (libjpeg-turbo's partial decode: the blocks left and right of the window
+/// are not transformed, the rows below it not read), the same pixels as decoding the
+/// whole image and cropping it. The window is mapped through the EXIF orientation to the
+/// stored image, widened by an iMCU on each side (chroma upsampling reads the
+/// neighbouring blocks) and to an iMCU boundary on the left, decoded, cut exactly and
+/// turned upright. `None` where this does not apply (not a JPEG libjpeg-turbo decodes,
+/// a window that does not fit or covers most of the image, a stream it rejects): the
+/// caller decodes in full and reports any error.
+pub(crate) fn decode_jpeg_window(
+    bytes: &[u8],
+    window: super::Window,
+    mode: Option<ImageMode>,
+    max_pixels: u64,
+) -> Option<DynamicImage> {
+    let jpeg = TurboJpeg::open(bytes, max_pixels)?;
+    let placed = window.place(jpeg.upright()).ok()?;
+    let (width, height) = (jpeg.header.width, jpeg.header.height);
+    let (x, y, w, h) = stored_rect(placed, jpeg.orientation, (width, height));
+    let mcu = jpeg.header.mcu_width;
+    if mcu == 0 {
+        return None;
+    }
+    // Margins of one iMCU (at most 32 pixels) around the window, within the image.
+    let margin = 32;
+    let left = x.saturating_sub(margin) / mcu * mcu;
+    let top = y.saturating_sub(margin);
+    let right = (x + w).saturating_add(margin).min(width);
+    let bottom = (y + h).saturating_add(margin).min(height);
+    let region = (left, top, right - left, bottom - top);
+    if u64::from(region.2) * u64::from(region.3) * 2 > u64::from(width) * u64::from(height) {
+        return None; // most of the image: a full decode costs about the same
+    }
+    let mut pixels = vec![0; jpeg.native.buffer_len(region.2 as usize, region.3 as usize)];
+    turbo::with_decompressor(|d| d.decode_region(bytes, jpeg.header, region, &mut pixels)).ok()?;
+    rillet_runtime::record_decoded(pixels.len());
+    let decoded = match jpeg.native {
+        ImageMode::L => {
+            image::GrayImage::from_raw(region.2, region.3, pixels).map(DynamicImage::ImageLuma8)
+        }
+        _ => image::RgbImage::from_raw(region.2, region.3, pixels).map(DynamicImage::ImageRgb8),
+    }?;
+    let cut = decoded.crop_imm(x - left, y - top, w, h);
+    Some(upright_in(cut, jpeg.orientation, mode))
+}
+
+/// The rectangle of a stored `size` image that shows the upright `(x, y, width, height)`
+/// once `orientation` turns it upright.
+fn stored_rect(
+    (x, y, w, h): (u32, u32, u32, u32),
+    orientation: Orientation,
+    (width, height): (u32, u32),
+) -> (u32, u32, u32, u32) {
+    use Orientation::*;
+    // Where the upright pixel (ux, uy) is stored.
+    let stored = |ux: u32, uy: u32| match orientation {
+        NoTransforms => (ux, uy),
+        FlipHorizontal => (width - 1 - ux, uy),
+        FlipVertical => (ux, height - 1 - uy),
+        Rotate180 => (width - 1 - ux, height - 1 - uy),
+        Rotate90 => (uy, height - 1 - ux),
+        Rotate270 => (width - 1 - uy, ux),
+        Rotate90FlipH => (uy, ux),
+        Rotate270FlipH => (width - 1 - uy, height - 1 - ux),
+    };
+    let (a, b) = (stored(x, y), stored(x + w - 1, y + h - 1));
+    let (left, top) = (a.0.min(b.0), a.1.min(b.1));
+    (left, top, a.0.max(b.0) - left + 1, a.1.max(b.1) - top + 1)
+}
+
 /// A JPEG decoded at a reduced size ([`decode_jpeg_reduced`]).
 #[derive(Debug)]
 pub struct Reduced {

@@ -59,6 +59,9 @@ pub enum Pixels<'a> {
     /// Decoded from encoded content at a reduced size (the operator shrinks it anyway),
     /// with the upright size of the full image and where it lies in the pixels.
     Reduced(codec::Reduced),
+    /// Only the window a cropping operator keeps, decoded alone from a JPEG (see
+    /// [`ImageInput::cropping`]); its size is the window's.
+    Window(DynamicImage),
 }
 
 impl Pixels<'_> {
@@ -66,7 +69,9 @@ impl Pixels<'_> {
     pub fn view(&self) -> ImageView<'_> {
         match self {
             Self::View(v) => *v,
-            Self::Owned(image) | Self::Reduced(codec::Reduced { image, .. }) => {
+            Self::Owned(image)
+            | Self::Window(image)
+            | Self::Reduced(codec::Reduced { image, .. }) => {
                 // Decoded images are always in one of Rillet's modes (see
                 // `codec::decode_reusing`).
                 let mode = array::mode_of(image).unwrap_or(ImageMode::Rgba);
@@ -84,9 +89,9 @@ impl Pixels<'_> {
     pub fn into_dynamic(self) -> DynamicImage {
         match self {
             Self::View(v) => v.to_dynamic(),
-            Self::Owned(image) | Self::Reduced(codec::Reduced { image, .. }) => {
-                array::dynamic_mode(image).1
-            }
+            Self::Owned(image)
+            | Self::Window(image)
+            | Self::Reduced(codec::Reduced { image, .. }) => array::dynamic_mode(image).1,
         }
     }
 
@@ -126,6 +131,9 @@ pub(crate) enum ImageInput<'a> {
         /// How the operator shrinks each image, if it does: JPEGs much larger than the
         /// result are decoded at a reduced size.
         shrink: Option<codec::Shrink>,
+        /// The window the operator keeps of each image, if it only crops: of a JPEG, only
+        /// that region is decoded.
+        window: Option<Window>,
     },
 }
 
@@ -148,7 +156,17 @@ impl<'a> ImageInput<'a> {
             max_pixels,
             scratch: codec::Scratch::take(),
             shrink: None,
+            window: None,
         })
+    }
+
+    /// Declare that the operator keeps only `window` of every image, so of a JPEG only
+    /// that region may be decoded ([`Pixels::Window`]).
+    pub(crate) fn cropping(mut self, to: Window) -> Self {
+        if let Self::Encoded { window, .. } = &mut self {
+            *window = Some(to);
+        }
+        self
     }
 
     /// Declare how the operator shrinks every image, so large JPEGs may be decoded at a
@@ -179,11 +197,19 @@ impl<'a> ImageInput<'a> {
                 max_pixels: decode_cap,
                 scratch,
                 shrink,
+                window,
             } => {
                 let Some(bytes) = column.get(row)? else {
                     return Ok(None);
                 };
                 let cap = decode_cap.unwrap_or(max_pixels);
+                if let Some(image) =
+                    window.and_then(|w| codec::decode_jpeg_window(&bytes, w, *mode, cap))
+                {
+                    let bytes = image.as_bytes().len();
+                    rillet_runtime::memory::charge_call_transient_memory(bytes);
+                    return Ok(Some(f(Pixels::Window(image))));
+                }
                 if let Some(reduced) =
                     shrink.and_then(|how| codec::decode_jpeg_reduced(&bytes, how, *mode, cap))
                 {
@@ -251,13 +277,25 @@ pub(crate) fn map_images_within(
     errors: &mut RowErrors,
     max_pixels: u64,
     shrink: Option<codec::Shrink>,
-    mut f: impl FnMut(Pixels<'_>, &mut ImageBuilder) -> std::result::Result<(), String>,
+    f: impl FnMut(Pixels<'_>, &mut ImageBuilder) -> std::result::Result<(), String>,
     operator: &str,
 ) -> Result<ArrayRef> {
     let mut input = ImageInput::of_call(operator, call)?;
     if let Some(how) = shrink {
         input = input.shrinking(how);
     }
+    map_input(input, call, errors, max_pixels, f)
+}
+
+/// [`map_images`] over an input already declared (see [`ImageInput::shrinking`] and
+/// [`ImageInput::cropping`]).
+pub(crate) fn map_input(
+    mut input: ImageInput<'_>,
+    call: &Call<'_>,
+    errors: &mut RowErrors,
+    max_pixels: u64,
+    mut f: impl FnMut(Pixels<'_>, &mut ImageBuilder) -> std::result::Result<(), String>,
+) -> Result<ArrayRef> {
     let mut builder = ImageBuilder::with_capacity(call.rows);
     for row in 0..call.rows {
         let outcome = input.with_pixels(row, max_pixels, |pixels| f(pixels, &mut builder));

@@ -16,7 +16,7 @@ use rillet_runtime::{ArrayFunction, Downscale};
 use super::array::{ImageBuilder, ImageColumn, ImageView, convert, pillow_luma};
 use super::{
     IMAGE_BATCH_ROWS, ImageInput, Pixels, RowFailure, codec, expect_image, input_mode, map_images,
-    map_images_within, spare,
+    map_images_within, map_input, spare,
 };
 use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
 use crate::tensor::TensorBuilder;
@@ -811,6 +811,10 @@ impl Operator for Crop {
         true
     }
 
+    fn decodes_regions(&self) -> bool {
+        true
+    }
+
     fn crop_window(&self, params: &Params) -> Option<Result<Window>> {
         Some(self.window(params))
     }
@@ -834,16 +838,21 @@ fn crop_images(
     call: &Call<'_>,
     errors: &mut RowErrors,
 ) -> Result<ArrayRef> {
-    map_images(
+    // Of a JPEG only the window is decoded, where that is much less work.
+    let input = ImageInput::of_call(operator, call)?.cropping(window);
+    map_input(
+        input,
         call,
         errors,
         codec::DEFAULT_MAX_PIXELS,
         |pixels, out| {
             let src = pixels.view();
-            let (x, y, w, h) = window.place((src.width, src.height))?;
+            let (x, y, w, h) = match pixels {
+                Pixels::Window(_) => (0, 0, src.width, src.height),
+                _ => window.place((src.width, src.height))?,
+            };
             crop_view(&src, x, y, w, h, out)
         },
-        operator,
     )
 }
 
@@ -879,6 +888,10 @@ impl Operator for CenterCrop {
     }
 
     fn fuses_image_decode(&self) -> bool {
+        true
+    }
+
+    fn decodes_regions(&self) -> bool {
         true
     }
 

@@ -36,6 +36,15 @@ pub(crate) const REDUCTIONS: [Reduction; 3] = [
     Reduction { by: 2, margin: 1.2 },
 ];
 
+/// The whole image as a cropping region (libjpeg-turbo's `TJUNCROPPED`, which lives in
+/// its header, not its library).
+const UNCROPPED: tj::tjregion = tj::tjregion {
+    x: 0,
+    y: 0,
+    w: 0,
+    h: 0,
+};
+
 /// Progressive scans a decode may read: real encoders write about 10; a stream with
 /// thousands is an attack on decode time.
 const SCAN_LIMIT: c_int = 500;
@@ -46,6 +55,10 @@ pub(crate) struct Header {
     pub width: u32,
     pub height: u32,
     pub colour: Colour,
+    /// Width of the image's iMCU (8 to 32 pixels, by its chroma subsampling): where a
+    /// region decode may start; 0 when the subsampling is unusual and regions are not
+    /// decoded.
+    pub mcu_width: u32,
 }
 
 /// How a JPEG's pixels come out.
@@ -213,10 +226,19 @@ impl Decompressor {
             tj::TJCS_TJCS_RGB | tj::TJCS_TJCS_YCbCr => Colour::Rgb,
             _ => Colour::Other,
         };
+        // The iMCU width of each subsampling (libjpeg-turbo's table lives in its header).
+        let mcu_width = match self.get(tj::TJPARAM_TJPARAM_SUBSAMP) as tj::TJSAMP {
+            tj::TJSAMP_TJSAMP_444 | tj::TJSAMP_TJSAMP_GRAY | tj::TJSAMP_TJSAMP_440 => 8,
+            tj::TJSAMP_TJSAMP_441 => 8,
+            tj::TJSAMP_TJSAMP_422 | tj::TJSAMP_TJSAMP_420 => 16,
+            tj::TJSAMP_TJSAMP_411 => 32,
+            _ => 0,
+        };
         let header = Header {
             width: side(tj::TJPARAM_TJPARAM_JPEGWIDTH),
             height: side(tj::TJPARAM_TJPARAM_JPEGHEIGHT),
             colour,
+            mcu_width,
         };
         // The size the decode will write must be this stream's: a header read can end
         // early and report what an earlier call left behind.
@@ -256,8 +278,11 @@ impl Decompressor {
             num: 1,
             denom: reduction as c_int,
         };
-        // SAFETY: a live handle and a scaling factor libjpeg-turbo supports.
-        if unsafe { tj::tj3SetScalingFactor(self.0, factor) } != 0 {
+        // SAFETY: a live handle and a scaling factor libjpeg-turbo supports; the whole
+        // image (a region set by an earlier decode must not carry over).
+        if unsafe { tj::tj3SetScalingFactor(self.0, factor) } != 0
+            || unsafe { tj::tj3SetCroppingRegion(self.0, UNCROPPED) } != 0
+        {
             return Err(self.error());
         }
         // SAFETY: `out` holds `height` rows of `pitch` bytes, which is what libjpeg-turbo
@@ -273,6 +298,78 @@ impl Decompressor {
                 format as c_int,
             )
         };
+        if decoded != 0 {
+            return Err(self.error());
+        }
+        Ok(())
+    }
+
+    /// Decode only the `(x, y, width, height)` region of `bytes` (whose header is
+    /// `header`) at full size into `out`, which holds exactly the region's pixels in
+    /// `header.colour`, rows packed. `x` must be a multiple of `header.mcu_width`.
+    /// libjpeg-turbo skips the colour conversion and inverse DCTs of the blocks outside
+    /// the region, and reads no further than its last row.
+    pub(crate) fn decode_region(
+        &mut self,
+        bytes: &[u8],
+        header: Header,
+        (x, y, width, height): (u32, u32, u32, u32),
+        out: &mut [u8],
+    ) -> Result<(), String> {
+        let (format, channels) = match header.colour {
+            Colour::Grey => (tj::TJPF_TJPF_GRAY, 1),
+            Colour::Rgb => (tj::TJPF_TJPF_RGB, 3),
+            Colour::Other => return Err("CMYK JPEGs are not decoded here".to_string()),
+        };
+        let fits = header.mcu_width > 0
+            && x % header.mcu_width == 0
+            && width > 0
+            && height > 0
+            && x.checked_add(width).is_some_and(|r| r <= header.width)
+            && y.checked_add(height).is_some_and(|b| b <= header.height);
+        if !fits || out.len() != width as usize * height as usize * channels {
+            return Err(format!(
+                "no region {width}×{height} at ({x}, {y}) of a {}×{} JPEG into {} bytes",
+                header.width,
+                header.height,
+                out.len()
+            ));
+        }
+        let int = |v: u32| c_int::try_from(v).map_err(|_| "image too large".to_string());
+        let region = tj::tjregion {
+            x: int(x)?,
+            y: int(y)?,
+            w: int(width)?,
+            h: int(height)?,
+        };
+        let pitch = int(width * channels as u32)?;
+        let whole = tj::tjscalingfactor { num: 1, denom: 1 };
+        // SAFETY: a live handle, `bytes` outlives the call; the header is read again so
+        // the region is checked against this image's.
+        let read = unsafe { tj::tj3DecompressHeader(self.0, bytes.as_ptr(), bytes.len() as _) };
+        if read != 0
+            || frame_size(bytes) != Some((header.width, header.height))
+            // SAFETY: a live handle, a supported factor, a region within the image.
+            || unsafe { tj::tj3SetScalingFactor(self.0, whole) } != 0
+            || unsafe { tj::tj3SetCroppingRegion(self.0, region) } != 0
+        {
+            return Err(self.error());
+        }
+        // SAFETY: `out` holds `height` rows of `pitch` bytes, what libjpeg-turbo writes for
+        // this region and pixel format; `bytes` outlives the call.
+        let decoded = unsafe {
+            tj::tj3Decompress8(
+                self.0,
+                bytes.as_ptr(),
+                bytes.len() as _,
+                out.as_mut_ptr(),
+                pitch,
+                format as c_int,
+            )
+        };
+        // The next decode starts uncropped whatever happened.
+        // SAFETY: a live handle.
+        unsafe { tj::tj3SetCroppingRegion(self.0, UNCROPPED) };
         if decoded != 0 {
             return Err(self.error());
         }
