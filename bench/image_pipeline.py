@@ -7,7 +7,8 @@ the DCT domain) followed by a bilinear resize, in one process per core. Reports 
 (median of --runs after one warm-up) and peak RSS of the process tree, with ratios. Every
 job checks that it produced one tensor per photo.
 
-    bash bench/run.sh image_pipeline.py [--images 2000] [--runs 3] [--format jpg|png|webp] [--engines a,b]
+    bash bench/run.sh image_pipeline.py [--images 2000] [--runs 3] [--format jpg|png|webp] [--op resize|crop]
+        [--engines a,b]
 
 ``--format png`` or ``webp`` re-encodes the same photos (PNG level 6, WebP quality 90) to
 measure the formats without a reduced decode: the limit is then Pillow's full decode (its
@@ -86,6 +87,61 @@ assert done == len(paths), done
 """,
 }
 
+# --op crop: a fixed 224x224 window at (200, 150) of each photo (every photo is larger),
+# as a uint8 tensor. The limit is Pillow decoding in full and cropping on every core: it
+# has no region decode (its ``draft`` only scales), so Rillet's partial decode is measured
+# against what a Python loop does, and the decoded-pixel fraction is what it saves.
+CROP = (200, 150, SIZE, SIZE)
+CROP_JOBS = {
+    "rillet": f"""
+import glob, sys, rillet as rl
+from rillet import col
+rl.set_config(progress=False)
+df = rl.read_files(sys.argv[1] + "/*.EXT").select(
+    col("file").image.decode("RGB").image.crop({CROP[0]}, {CROP[1]}, {CROP[2]}, {CROP[3]})
+    .image.to_tensor(dtype="u8", layout="HWC").alias("tensor"))
+done = sum(batch.num_rows - batch.column(0).null_count for batch in df.iter_batches())
+assert done == len(glob.glob(sys.argv[1] + "/*.EXT")), done
+""",
+    "daft": f"""
+import glob, sys, daft
+from daft import col
+from daft.functions import crop, decode_image, download, image_to_tensor
+df = daft.from_glob_path(sys.argv[1] + "/*.EXT")
+df = df.select(image_to_tensor(crop(decode_image(download(col("path")), mode="RGB"), {CROP})).alias("tensor"))
+done = sum(len(part) for part in df.iter_partitions())
+assert done == len(glob.glob(sys.argv[1] + "/*.EXT")), done
+""",
+    "ray": f"""
+import glob, io, sys, numpy as np, ray
+from PIL import Image
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+x, y, w, h = {CROP}
+def transform(batch):
+    out = []
+    for data in batch["bytes"]:
+        with Image.open(io.BytesIO(data)) as img:
+            out.append(np.asarray(img.convert("RGB").crop((x, y, x + w, y + h))))
+    return {{"tensor": np.stack(out)}}
+ds = ray.data.read_binary_files(sys.argv[1]).map_batches(transform, batch_size=32, batch_format="numpy")
+done = sum(len(batch["tensor"]) for batch in ds.iter_batches(batch_size=256, batch_format="numpy"))
+assert done == len(glob.glob(sys.argv[1] + "/*.EXT")), done
+""",
+    "limit": f"""
+import glob, os, sys, numpy as np
+from multiprocessing import Pool
+from PIL import Image
+x, y, w, h = {CROP}
+def tensor(path):
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB").crop((x, y, x + w, y + h))).shape
+paths = glob.glob(sys.argv[1] + "/*.EXT")
+with Pool(os.cpu_count()) as pool:
+    done = sum(1 for shape in pool.imap_unordered(tensor, paths, chunksize=16) if shape == (h, w, 3))
+assert done == len(paths), done
+""",
+}
+
 
 def photos(count: int, long_side: tuple[int, int], exact: tuple[int, int] | None = None) -> Path:
     """``count`` JPEGs made from the real sample photos: random crops, flips and scales to a
@@ -155,15 +211,17 @@ def image_benchmark(args) -> None:
         data = reencoded(data, args.format)
     pythons = {"rillet": sys.executable, "daft": str(peers_python), "ray": str(peers_python),
                "limit": str(peers_python)}
-    jobs = {name: JOBS[name].replace("EXT", args.format) for name in args.engines.split(",")}
+    chosen = CROP_JOBS if args.op == "crop" else JOBS
+    jobs = {name: chosen[name].replace("EXT", args.format) for name in args.engines.split(",")}
+    what = f"crop {SIZE}x{SIZE} at {CROP[:2]}" if args.op == "crop" else f"resize {SIZE}"
     text = side_by_side(jobs, pythons, data, HERE / "data" / "out-image", args.runs, args.images, "images/s", 1)
     print(text)
     version = subprocess.run([str(peers_python), "-c", "import daft, ray; print(daft.__version__, ray.__version__)"],
                              capture_output=True, text=True).stdout.split()
     with open(HERE / "RESULTS.md", "a") as f:
         f.write(f"\n### image_pipeline, {datetime.date.today()}, {args.images:,} {args.format.upper()}s "
-                f"({LONG_SIDE[0]}-{LONG_SIDE[1]} px) -> resize {SIZE} -> tensor, {args.runs} runs + warm-up\n\nCommand: `bash bench/run.sh image_pipeline.py --images {args.images} "
-                f"--runs {args.runs} --format {args.format} --engines {args.engines}` (Daft {version[0] if version else '?'}, Ray {version[1] if len(version) > 1 else '?'}).\n\n"
+                f"({LONG_SIDE[0]}-{LONG_SIDE[1]} px) -> {what} -> tensor, {args.runs} runs + warm-up\n\nCommand: `bash bench/run.sh image_pipeline.py --images {args.images} "
+                f"--runs {args.runs} --format {args.format} --op {args.op} --engines {args.engines}` (Daft {version[0] if version else '?'}, Ray {version[1] if len(version) > 1 else '?'}).\n\n"
                 f"{text}\n")
 
 
@@ -192,6 +250,7 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--format", choices=["jpg", "png", "webp"], default="jpg")
     parser.add_argument("--engines", default=",".join(JOBS))
+    parser.add_argument("--op", choices=["resize", "crop"], default="resize")
     args = parser.parse_args()
     if args.memory:
         args.images = args.images or 5000

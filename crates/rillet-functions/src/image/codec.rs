@@ -217,6 +217,67 @@ impl Shrink {
     }
 }
 
+/// An image decoded at a reduced size when the operator will shrink it anyway: a JPEG in
+/// the DCT domain ([`decode_jpeg_reduced`]), a WebP scaled by libwebp as it converts to
+/// RGB ([`decode_webp_reduced`]). `None` where neither applies; the caller decodes in full.
+pub(crate) fn decode_reduced(
+    bytes: &[u8],
+    shrink: Shrink,
+    mode: Option<ImageMode>,
+    max_pixels: u64,
+) -> Option<Reduced> {
+    match sniff_format(bytes)? {
+        ImageFormat::Jpeg => decode_jpeg_reduced(bytes, shrink, mode, max_pixels),
+        ImageFormat::WebP => decode_webp_reduced(bytes, shrink, mode, max_pixels),
+        _ => None,
+    }
+}
+
+/// How much larger than the result a WebP is scaled by libwebp: its rescaler averages the
+/// pixels each output pixel covers (a box filter), which the resize after it must shrink
+/// by at least this much to hide, as for JPEG's 1/8 scale.
+const WEBP_MARGIN: f64 = 3.0;
+
+/// A still WebP (no EXIF orientation) scaled while decoding to `WEBP_MARGIN` times the
+/// result's size, when that is smaller than the image on both axes; `None` otherwise.
+pub(crate) fn decode_webp_reduced(
+    bytes: &[u8],
+    shrink: Shrink,
+    mode: Option<ImageMode>,
+    max_pixels: u64,
+) -> Option<Reduced> {
+    let features = super::webp::features(bytes)?;
+    let full = (features.width, features.height);
+    check_pixels(full.0, full.1, max_pixels).ok()?;
+    let factor = shrink.factor(full) * WEBP_MARGIN;
+    if factor >= 1.0 {
+        return None;
+    }
+    let side = |s: u32| ((f64::from(s) * factor).ceil() as u32).clamp(1, s);
+    let (width, height) = (side(full.0), side(full.1));
+    let channels = if features.alpha { 4 } else { 3 };
+    let mut pixels = vec![0; width as usize * height as usize * channels];
+    super::webp::decode_scaled(bytes, features, (width, height), &mut pixels).ok()?;
+    rillet_runtime::record_decoded(pixels.len());
+    let image = if features.alpha {
+        image::RgbaImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgba8)
+    } else {
+        image::RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8)
+    }?;
+    let image = upright_in(image, Orientation::NoTransforms, mode);
+    let content = Content {
+        left: 0.0,
+        top: 0.0,
+        width: f64::from(width),
+        height: f64::from(height),
+    };
+    Some(Reduced {
+        image,
+        full,
+        content,
+    })
+}
+
 /// A JPEG decoded at a reduced size, when the image will be shrunk (`shrink`) anyway: at
 /// the smallest of 1/8, 1/4 or 1/2 of its size (libjpeg-turbo's DCT scaling, as Pillow's
 /// `draft` uses it) that still covers the result on both axes with the margin of

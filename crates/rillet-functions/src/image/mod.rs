@@ -11,6 +11,7 @@ mod measure;
 mod spare;
 pub(crate) mod transform;
 mod turbo;
+mod webp;
 
 pub(crate) use transform::crop_window_of;
 pub use transform::{
@@ -211,7 +212,7 @@ impl<'a> ImageInput<'a> {
                     return Ok(Some(f(Pixels::Window(image))));
                 }
                 if let Some(reduced) =
-                    shrink.and_then(|how| codec::decode_jpeg_reduced(&bytes, how, *mode, cap))
+                    shrink.and_then(|how| codec::decode_reduced(&bytes, how, *mode, cap))
                 {
                     let bytes = reduced.image.as_bytes().len();
                     rillet_runtime::memory::charge_call_transient_memory(bytes);
