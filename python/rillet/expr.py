@@ -830,14 +830,20 @@ class VideoNamespace:
         return self._op("metadata", on_error)
 
     def split(self, segment_ms: float, *, on_error: str = "null") -> Expr:
-        """Clip references ``{uri, start_ms, end_ms}`` every ``segment_ms``; copies nothing."""
+        """Clip references ``{uri, start_ms, end_ms}`` every ``segment_ms``; copies nothing.
+        :meth:`frames` and the audio operators decode a clip's stretch of the file."""
         return self._op("split", float(segment_ms), on_error)
 
     def frames(self, selector: str = "interval", interval_ms: float = 1000, max_frames: int = 0, *,
                max_decoded_bytes: int = 1 << 30, on_error: str = "null") -> Expr:
         """Frames as RGB images, a list of ``{pts_ms, image}``: ``DataFrame.explode`` it for one
         frame per row. ``selector`` is ``"interval"`` (every ``interval_ms``), ``"keyframes"``
-        or ``"all"``; ``max_frames`` (0: no limit) stops decoding early."""
+        or ``"all"``; ``max_frames`` (0: no limit) stops decoding early.
+
+        The input may be a ``Clip`` (``{uri, start_ms, end_ms}``, e.g. from :meth:`split`):
+        then only the frames shown from ``start_ms`` up to ``end_ms`` are kept (intervals
+        counted from ``start_ms``; ``pts_ms`` stays the time in the file), and MP4 and
+        Matroska files are read from the key frame before the clip, not from the start."""
         return self._op("frames", selector, float(interval_ms), max_frames, max_decoded_bytes, on_error)
 
     def extract_frames(self, selector: str = "interval", interval_ms: float = 1000, max_frames: int = 0, *,

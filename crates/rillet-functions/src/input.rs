@@ -5,9 +5,9 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 
-use arrow::array::{Array, ArrayRef, AsArray, StructArray, UInt64Array};
-use arrow::datatypes::{DataType, Field};
-use rillet_common::types::{FileType, MultimodalType, display_type, same_layout};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, StructArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Int64Type};
+use rillet_common::types::{ClipType, FileType, MultimodalType, display_type, same_layout};
 use rillet_common::{Result, RilletError};
 use rillet_io::{FetchError, Request};
 
@@ -242,6 +242,108 @@ impl<'a> EncodedColumn<'a> {
         }
         fetched
     }
+}
+
+/// A clip's `(start_ms, end_ms)` in its file.
+pub type Window = (f64, f64);
+
+/// A clip's file content and its window in milliseconds.
+pub struct ClipContent<'a> {
+    /// The file's content.
+    pub bytes: Cow<'a, [u8]>,
+    /// Where the clip starts.
+    pub start: f64,
+    /// Where it ends.
+    pub end: f64,
+}
+
+/// A column of clip references `{uri, start_ms, end_ms}` (what
+/// `audio_split_by_duration(..., output="ref")` and `video_split` give): each row is its
+/// file between the two times, which the operators that take clips decode only that far.
+pub struct ClipColumn<'a> {
+    clips: &'a StructArray,
+    files: EncodedColumn<'a>,
+    starts: &'a Int64Array,
+    ends: &'a Int64Array,
+}
+
+impl<'a> ClipColumn<'a> {
+    /// View `array` as clip references, or explain why it is not.
+    pub fn try_new(operator: &str, array: &'a ArrayRef) -> Result<Self> {
+        let bad =
+            || RilletError::invalid_argument(format!("not a Clip column: {}", array.data_type()));
+        let clips = array.as_struct_opt().ok_or_else(bad)?;
+        let times = |i: usize| {
+            clips
+                .column(i)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(bad)
+        };
+        Ok(Self {
+            clips,
+            files: EncodedColumn::try_new(operator, clips.column(0), "a clip's file")?,
+            starts: times(1)?,
+            ends: times(2)?,
+        })
+    }
+
+    /// The file of `row`.
+    pub fn uri(&self, row: usize) -> Option<&'a str> {
+        (!self.clips.is_null(row))
+            .then(|| self.files.uri(row))
+            .flatten()
+    }
+
+    /// The file and window of `row`, for messages.
+    pub fn identity(&self, row: usize) -> String {
+        match (self.uri(row), self.window(row)) {
+            (Some(uri), Ok(Some((start, end)))) => format!("{uri} [{start}..{end} ms]"),
+            _ => format!("row {row}"),
+        }
+    }
+
+    /// The clip's `(start_ms, end_ms)`; `None` for a null clip, bad data for a clip
+    /// without a file or times, or with a window that is empty or inverted.
+    pub fn window(&self, row: usize) -> std::result::Result<Option<Window>, String> {
+        if self.clips.is_null(row) {
+            return Ok(None);
+        }
+        if self.files.uri(row).is_none() || self.starts.is_null(row) || self.ends.is_null(row) {
+            return Err(format!(
+                "row {row}: a clip needs a uri, start_ms and end_ms"
+            ));
+        }
+        let (start, end) = (self.starts.value(row), self.ends.value(row));
+        if start < 0 || end <= start {
+            return Err(format!(
+                "{}: clip {start}..{end} ms is empty or inverted",
+                self.files.identity(row)
+            ));
+        }
+        Ok(Some((start as f64, end as f64)))
+    }
+
+    /// The file's content and the clip's window.
+    pub fn content(&self, row: usize) -> std::result::Result<Option<ClipContent<'a>>, RowFailure> {
+        let Some((start, end)) = self.window(row).map_err(RowFailure::Data)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .files
+            .get(row)?
+            .map(|bytes| ClipContent { bytes, start, end }))
+    }
+
+    /// The files the clips refer to, as encoded content.
+    pub fn files(&self) -> &EncodedColumn<'a> {
+        &self.files
+    }
+}
+
+/// True if `field` holds clip references `{uri, start_ms, end_ms}`.
+pub fn is_clip(field: &Field) -> bool {
+    matches!(MultimodalType::of_field(field), Some(MultimodalType::Clip))
+        || same_layout(field.data_type(), &ClipType::storage_type())
 }
 
 fn u64_at(array: &ArrayRef, row: usize) -> Option<u64> {

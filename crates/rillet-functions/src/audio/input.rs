@@ -5,18 +5,17 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, LargeListArray, ListArray, StructArray, UInt16Array,
-    UInt32Array,
+    Array, ArrayRef, AsArray, LargeListArray, ListArray, StructArray, UInt16Array, UInt32Array,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
-use arrow::datatypes::{DataType, Field, Float32Type, Int64Type};
-use rillet_common::types::{AudioType, ClipType, MultimodalType, display_type, same_layout};
+use arrow::datatypes::{DataType, Field, Float32Type};
+use rillet_common::types::{AudioType, MultimodalType, display_type, same_layout};
 use rillet_common::{Result, RilletError};
 
 use super::Waveform;
 use super::codec::{self, DEFAULT_MAX_DECODED_BYTES, Probe};
 use super::split::range_frames;
-use crate::input::{EncodedColumn, RowFailure, is_encoded_input};
+use crate::input::{ClipColumn, ClipContent, EncodedColumn, RowFailure, is_clip, is_encoded_input};
 use crate::operator::{Call, RowErrors, row_values};
 
 /// A decoded `Audio` column.
@@ -77,12 +76,6 @@ pub(super) fn is_audio(field: &Field) -> bool {
         || same_layout(field.data_type(), &AudioType::storage_type())
 }
 
-/// True if `field` holds clip references `{uri, start_ms, end_ms}`.
-pub(super) fn is_clip(field: &Field) -> bool {
-    matches!(MultimodalType::of_field(field), Some(MultimodalType::Clip))
-        || same_layout(field.data_type(), &ClipType::storage_type())
-}
-
 /// Check that `field` is an audio input (decoded `Audio`, encoded content or clip
 /// references).
 pub fn expect_audio(operator: &str, field: &Field) -> Result<()> {
@@ -97,135 +90,53 @@ pub fn expect_audio(operator: &str, field: &Field) -> Result<()> {
     }
 }
 
-/// A clip's `(start_ms, end_ms)` in its file.
-type Window = (f64, f64);
-
-/// A clip's file content and its window in milliseconds.
-struct ClipContent<'a> {
-    bytes: Cow<'a, [u8]>,
-    start: f64,
-    end: f64,
+/// The audio of a clip, cut from a decode of its file that stops at the clip's end.
+fn clip_audio(
+    clips: &ClipColumn<'_>,
+    row: usize,
+    max_bytes: u64,
+) -> std::result::Result<Option<Waveform<'static>>, RowFailure> {
+    let Some(ClipContent { bytes, start, end }) = clips.content(row)? else {
+        return Ok(None);
+    };
+    let extension = clips.files().extension(row);
+    let cut =
+        codec::decode_clip(&bytes, extension.as_deref(), max_bytes, start, end).and_then(|span| {
+            let (first, last) = range_frames(&span, start, end)?;
+            let c = span.audio.channels as usize;
+            let mut samples = span.audio.samples.into_owned();
+            samples.truncate(last * c);
+            samples.drain(..first * c);
+            Ok(Waveform::new(span.audio.rate, span.audio.channels, samples))
+        });
+    cut.map(Some)
+        .map_err(|reason| RowFailure::Data(format!("{}: {reason}", clips.identity(row))))
 }
 
-/// A column of clip references `{uri, start_ms, end_ms}` (what `split_by_duration(...,
-/// output="ref")` and `video_split` give): each row is the audio of its file between the
-/// two times, decoded only that far (see [`codec::decode_clip`]).
-pub(super) struct ClipColumn<'a> {
-    clips: &'a StructArray,
-    files: EncodedColumn<'a>,
-    starts: &'a Int64Array,
-    ends: &'a Int64Array,
-}
-
-impl<'a> ClipColumn<'a> {
-    fn try_new(operator: &str, array: &'a ArrayRef) -> Result<Self> {
-        let bad =
-            || RilletError::invalid_argument(format!("not a Clip column: {}", array.data_type()));
-        let clips = array.as_struct_opt().ok_or_else(bad)?;
-        let times = |i: usize| {
-            clips
-                .column(i)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(bad)
-        };
-        Ok(Self {
-            clips,
-            files: EncodedColumn::try_new(operator, clips.column(0), "a clip's file")?,
-            starts: times(1)?,
-            ends: times(2)?,
-        })
+/// The header facts of a clip's file, its length replaced by the clip's (cut where the
+/// file ends).
+fn clip_facts(
+    clips: &ClipColumn<'_>,
+    row: usize,
+) -> std::result::Result<Option<Facts>, RowFailure> {
+    let Some(ClipContent { bytes, start, end }) = clips.content(row)? else {
+        return Ok(None);
+    };
+    let fail = |reason: String| RowFailure::Data(format!("{}: {reason}", clips.identity(row)));
+    let extension = clips.files().extension(row);
+    let mut probe = codec::probe(&bytes, extension.as_deref()).map_err(fail)?;
+    let duration = probe.duration_ms();
+    if start >= duration {
+        return Err(fail(format!(
+            "the clip starts past the end of the audio ({duration:.0} ms)"
+        )));
     }
-
-    fn uri(&self, row: usize) -> Option<&'a str> {
-        (!self.clips.is_null(row))
-            .then(|| self.files.uri(row))
-            .flatten()
-    }
-
-    fn identity(&self, row: usize) -> String {
-        match (self.uri(row), self.window(row)) {
-            (Some(uri), Ok(Some((start, end)))) => format!("{uri} [{start}..{end} ms]"),
-            _ => format!("row {row}"),
-        }
-    }
-
-    /// The clip's `(start_ms, end_ms)`; `None` for a null clip, bad data for a clip
-    /// without a file or times, or with a window that is empty or inverted.
-    fn window(&self, row: usize) -> std::result::Result<Option<Window>, String> {
-        if self.clips.is_null(row) {
-            return Ok(None);
-        }
-        if self.files.uri(row).is_none() || self.starts.is_null(row) || self.ends.is_null(row) {
-            return Err(format!(
-                "row {row}: a clip needs a uri, start_ms and end_ms"
-            ));
-        }
-        let (start, end) = (self.starts.value(row), self.ends.value(row));
-        if start < 0 || end <= start {
-            return Err(format!(
-                "{}: clip {start}..{end} ms is empty or inverted",
-                self.files.identity(row)
-            ));
-        }
-        Ok(Some((start as f64, end as f64)))
-    }
-
-    /// The file's content and the clip's window.
-    fn content(&self, row: usize) -> std::result::Result<Option<ClipContent<'a>>, RowFailure> {
-        let Some((start, end)) = self.window(row).map_err(RowFailure::Data)? else {
-            return Ok(None);
-        };
-        Ok(self
-            .files
-            .get(row)?
-            .map(|bytes| ClipContent { bytes, start, end }))
-    }
-
-    /// The clip's audio, cut from a decode of the file that stops at the clip's end.
-    fn get(
-        &self,
-        row: usize,
-        max_bytes: u64,
-    ) -> std::result::Result<Option<Waveform<'static>>, RowFailure> {
-        let Some(ClipContent { bytes, start, end }) = self.content(row)? else {
-            return Ok(None);
-        };
-        let extension = self.files.extension(row);
-        let cut = codec::decode_clip(&bytes, extension.as_deref(), max_bytes, start, end).and_then(
-            |span| {
-                let (first, last) = range_frames(&span, start, end)?;
-                let c = span.audio.channels as usize;
-                let mut samples = span.audio.samples.into_owned();
-                samples.truncate(last * c);
-                samples.drain(..first * c);
-                Ok(Waveform::new(span.audio.rate, span.audio.channels, samples))
-            },
-        );
-        cut.map(Some)
-            .map_err(|reason| RowFailure::Data(format!("{}: {reason}", self.identity(row))))
-    }
-
-    /// The file's header facts, its length replaced by the clip's (cut where the file
-    /// ends).
-    fn facts(&self, row: usize) -> std::result::Result<Option<Facts>, RowFailure> {
-        let Some(ClipContent { bytes, start, end }) = self.content(row)? else {
-            return Ok(None);
-        };
-        let fail = |reason: String| RowFailure::Data(format!("{}: {reason}", self.identity(row)));
-        let mut probe = codec::probe(&bytes, self.files.extension(row).as_deref()).map_err(fail)?;
-        let duration = probe.duration_ms();
-        if start >= duration {
-            return Err(fail(format!(
-                "the clip starts past the end of the audio ({duration:.0} ms)"
-            )));
-        }
-        let frame_at = |ms: f64| (ms * probe.sample_rate as f64 / 1000.0).round() as u64;
-        probe.frames = frame_at(end.min(duration)).saturating_sub(frame_at(start));
-        Ok(Some(Facts {
-            probe,
-            encoded: true,
-        }))
-    }
+    let frame_at = |ms: f64| (ms * probe.sample_rate as f64 / 1000.0).round() as u64;
+    probe.frames = frame_at(end.min(duration)).saturating_sub(frame_at(start));
+    Ok(Some(Facts {
+        probe,
+        encoded: true,
+    }))
 }
 
 /// An audio input column of any form.
@@ -292,7 +203,7 @@ impl<'a> AudioInput<'a> {
                         })
                 }
             },
-            Self::Clips(column) => column.get(row, max_bytes),
+            Self::Clips(column) => clip_audio(column, row, max_bytes),
         }
     }
 
@@ -328,11 +239,15 @@ impl<'a> AudioInput<'a> {
                 .map_err(|reason| RowFailure::Data(format!("{}: {reason}", column.identity(row)))),
             },
             // Ranges are within the clip: its audio is the span.
-            Self::Clips(column) => Ok(column.get(row, max_bytes)?.map(|audio| codec::Span {
-                total_frames: audio.frames() as u64,
-                audio,
-                first_frame: 0,
-            })),
+            Self::Clips(column) => {
+                Ok(
+                    clip_audio(column, row, max_bytes)?.map(|audio| codec::Span {
+                        total_frames: audio.frames() as u64,
+                        audio,
+                        first_frame: 0,
+                    }),
+                )
+            }
         }
     }
 
@@ -364,7 +279,7 @@ impl<'a> AudioInput<'a> {
                         RowFailure::Data(format!("{}: {reason}", column.identity(row)))
                     }),
             },
-            Self::Clips(column) => column.facts(row),
+            Self::Clips(column) => clip_facts(column, row),
         }
     }
 

@@ -13,10 +13,11 @@ use rillet_common::types::{ImageMode, ImageType};
 use rillet_common::{Result, RilletError};
 use rillet_runtime::Downscale;
 
-use super::{DEFAULT_MAX_DECODED_BYTES, expect_video, open, per_video};
+use super::{DEFAULT_MAX_DECODED_BYTES, expect_video_or_clip, open, per_video_clip};
 use crate::audio::{list_array, list_of};
 use crate::image::array::{ImageBuilder, ImageView};
 use crate::image::transform::downscale_rgb;
+use crate::input::Window;
 use crate::operator::{Call, Operator, Param, ParamKind, Params, RowErrors};
 
 /// Which frames to keep.
@@ -75,12 +76,24 @@ struct Frame {
     rgb: Vec<u8>,
 }
 
-/// Decode the best video stream and keep the frames `options` select, as RGB.
-fn extract_frames(path: &Path, options: &FrameOptions) -> std::result::Result<Vec<Frame>, String> {
-    let mut reader = FrameReader::open(path, options)?;
+/// Decode the best video stream and keep the frames `options` select, as RGB: of the
+/// whole video, or of the clip shown from `window.0` up to (not including) `window.1` ms.
+fn extract_frames(
+    path: &Path,
+    options: &FrameOptions,
+    window: Option<Window>,
+) -> std::result::Result<Vec<Frame>, String> {
+    let mut reader = FrameReader::open(path, options, window)?;
     reader.run()?;
     if reader.frames.is_empty() && reader.decoded_count == 0 {
         return Err("no decodable video frames".into());
+    }
+    if let Some((start, _)) = window
+        && !reader.reached_window
+    {
+        return Err(format!(
+            "the clip starts at {start} ms, past the end of the video"
+        ));
     }
     Ok(reader.frames)
 }
@@ -131,8 +144,12 @@ struct FrameReader<'o> {
     frames: Vec<Frame>,
     bytes: u64,
     decoded_count: u64,
-    /// The interval selector's next wanted time.
+    /// The interval selector's next wanted time (the clip's start for the other selectors).
     next_ms: f64,
+    /// The clip to keep frames of, `(start_ms, end_ms)`; `None` for the whole video.
+    window: Option<Window>,
+    /// Whether a frame (or a packet) shown at or after the clip's start has been read.
+    reached_window: bool,
     /// Whether packets carry timestamps (decided at the first packet): without, a frame's
     /// time is its place in the output, so every frame must be decoded and none sought.
     timed: Option<bool>,
@@ -203,14 +220,20 @@ fn skips_non_reference_exactly(codec: ffmpeg::codec::Id) -> bool {
 }
 
 impl<'o> FrameReader<'o> {
-    fn open(path: &Path, options: &'o FrameOptions) -> std::result::Result<Self, String> {
+    fn open(
+        path: &Path,
+        options: &'o FrameOptions,
+        window: Option<Window>,
+    ) -> std::result::Result<Self, String> {
         let (input, index, decoder) = open_track(path)?;
         let stream = input.stream(index).ok_or("no video stream")?;
         let (time_base, fps) = (
             f64::from(stream.time_base()),
             f64::from(stream.avg_frame_rate()),
         );
-        let interval = matches!(options.selector, Selector::Interval(_));
+        // A clip is sought to and its frames before the start skipped, whatever the selector.
+        let interval = matches!(options.selector, Selector::Interval(_)) || window.is_some();
+        let start = window.map_or(0.0, |w| w.0);
         let demuxer = input.format().name().to_string();
         let mut reader = Self {
             path: path.to_path_buf(),
@@ -226,10 +249,12 @@ impl<'o> FrameReader<'o> {
             frames: Vec::new(),
             bytes: 0,
             decoded_count: 0,
-            next_ms: 0.0,
+            next_ms: start,
+            window,
+            reached_window: window.is_none(),
             timed: None,
             seekable: interval && has_trusted_index(&demuxer),
-            seek_considered: true,
+            seek_considered: start <= 0.0,
             position: None,
             landed: None,
             seek_from: None,
@@ -273,7 +298,8 @@ impl<'o> FrameReader<'o> {
         let mut packet = ffmpeg::Packet::empty();
         let mut errors = 0;
         loop {
-            if !self.seek_considered {
+            // Considered once the first packet has told where reading is.
+            if !self.seek_considered && self.position.is_some() {
                 self.seek_considered = true;
                 self.seek_if_ahead()?;
             }
@@ -291,6 +317,10 @@ impl<'o> FrameReader<'o> {
                 continue;
             }
             self.position = Some(packet.position() as i64).filter(|p| *p >= 0);
+            // The stream reaches the clip even where no frame in it is kept (key frames).
+            if let (Some((start, _)), Some(pts)) = (self.window, packet.pts()) {
+                self.reached_window |= self.ms(pts) + TIME_TOLERANCE_MS >= start;
+            }
             self.count_backward_landing();
             let timed = *self.timed.get_or_insert(packet.pts().is_some());
             let discard = self.discard(&packet, timed);
@@ -311,13 +341,18 @@ impl<'o> FrameReader<'o> {
     /// Only in streams with timestamps: without, a frame's time is its place in the output,
     /// which a skipped frame would shift.
     fn discard(&self, packet: &ffmpeg::Packet, timed: bool) -> ffmpeg::Discard {
-        match (self.options.selector, packet.pts()) {
-            (Selector::Keyframes, _) if timed => ffmpeg::Discard::NonKey,
-            (Selector::Interval(_), Some(pts))
-                if timed
-                    && self.skip_non_reference
-                    && self.ms(pts) + TIME_TOLERANCE_MS < self.next_ms =>
-            {
+        let before = |ms: f64| {
+            packet
+                .pts()
+                .is_some_and(|pts| self.ms(pts) + TIME_TOLERANCE_MS < ms)
+        };
+        let skipping = timed && self.skip_non_reference;
+        match self.options.selector {
+            Selector::Keyframes if timed => ffmpeg::Discard::NonKey,
+            Selector::Interval(_) if skipping && before(self.next_ms) => {
+                ffmpeg::Discard::NonReference
+            }
+            Selector::All if skipping && self.window.is_some_and(|w| before(w.0)) => {
                 ffmpeg::Discard::NonReference
             }
             _ => ffmpeg::Discard::Default,
@@ -435,6 +470,20 @@ impl<'o> FrameReader<'o> {
             if self.landing_is_wrong(pts_ms)? {
                 return Ok(Step::Read);
             }
+            if let Some((start, end)) = self.window {
+                if pts_ms + TIME_TOLERANCE_MS < start {
+                    continue;
+                }
+                self.reached_window = true;
+                if pts_ms + TIME_TOLERANCE_MS >= end {
+                    // Frames come out in showing order, but for key frames alone, whose
+                    // decoder may hold some back (open groups of pictures).
+                    if matches!(self.options.selector, Selector::Keyframes) {
+                        continue;
+                    }
+                    return Ok(Step::Done);
+                }
+            }
             if !self.wanted(pts_ms) {
                 continue;
             }
@@ -454,7 +503,10 @@ impl<'o> FrameReader<'o> {
                 let pts_ms = pts_ms + TIME_TOLERANCE_MS;
                 let due = pts_ms >= self.next_ms;
                 if due {
-                    self.next_ms = ((pts_ms / interval).floor() + 1.0) * interval;
+                    // Multiples of the interval from the clip's start (or the video's).
+                    let anchor = self.window.map_or(0.0, |w| w.0);
+                    self.next_ms =
+                        anchor + (((pts_ms - anchor) / interval).floor() + 1.0) * interval;
                     self.seek_considered = false;
                 }
                 due
@@ -555,7 +607,7 @@ impl Operator for Frames {
     }
 
     fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
-        expect_video(self.name(), &inputs[0])?;
+        expect_video_or_clip(self.name(), &inputs[0])?;
         frame_options(params, None)?;
         let item = if self.collect {
             ImageType::new(Some(ImageMode::Rgb)).field("item")
@@ -567,8 +619,8 @@ impl Operator for Frames {
 
     fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
         let options = frame_options(call.params, self.downscale.as_ref())?;
-        let rows = per_video(self.name(), call, errors, |path, _| {
-            extract_frames(path, &options)
+        let rows = per_video_clip(self.name(), call, errors, |path, window| {
+            extract_frames(path, &options, window)
         })?;
         let mut images = ImageBuilder::with_capacity(rows.iter().flatten().map(Vec::len).sum());
         let mut pts = Int64Builder::new();

@@ -22,7 +22,7 @@ use rillet_common::{Result, RilletError};
 use rillet_runtime::ArrayFunction;
 
 use crate::audio::{Waveform, audio_array, clip_lists, list_of, segment_ms, segments};
-use crate::input::{EncodedColumn, RowFailure, is_encoded_input};
+use crate::input::{ClipColumn, EncodedColumn, RowFailure, Window, is_clip, is_encoded_input};
 use crate::operator::{
     Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors, row_values,
 };
@@ -76,6 +76,21 @@ fn expect_video(operator: &str, field: &Field) -> Result<()> {
             display_type(field)
         )))
     }
+}
+
+/// [`expect_video`] for an operator that also takes clip references `{uri, start_ms,
+/// end_ms}` of videos.
+fn expect_video_or_clip(operator: &str, field: &Field) -> Result<()> {
+    if is_clip(field) {
+        return Ok(());
+    }
+    expect_video(operator, field).map_err(|_| {
+        RilletError::invalid_argument(format!(
+            "{operator}: input must be a path, a File, encoded video bytes or a Clip; column {:?} is {}",
+            field.name(),
+            display_type(field)
+        ))
+    })
 }
 
 /// A local file FFmpeg can open for one row: the row's own path, or a temporary copy of
@@ -191,6 +206,36 @@ fn per_video<T>(
         |row| column.identity(row),
         |row| source(&column, row),
         |source, row| f(&source.path, row),
+    )
+}
+
+/// [`per_video`] for an operator that also takes clip references: `f` gets the row's clip
+/// `(start_ms, end_ms)` in its file, or `None` for a whole video.
+fn per_video_clip<T>(
+    operator: &str,
+    call: &Call<'_>,
+    errors: &mut RowErrors,
+    mut f: impl FnMut(&Path, Option<Window>) -> std::result::Result<T, String>,
+) -> Result<Vec<Option<T>>> {
+    if !is_clip(&Field::new(
+        "input",
+        call.inputs[0].data_type().clone(),
+        true,
+    )) {
+        return per_video(operator, call, errors, |path, _| f(path, None));
+    }
+    let clips = ClipColumn::try_new(operator, &call.inputs[0])?;
+    row_values(
+        call.rows,
+        errors,
+        |row| clips.identity(row),
+        |row| {
+            let Some(window) = clips.window(row).map_err(RowFailure::Data)? else {
+                return Ok(None);
+            };
+            Ok(source(clips.files(), row)?.map(|source| (source, window)))
+        },
+        |(source, window), _| f(&source.path, Some(window)),
     )
 }
 
