@@ -362,6 +362,28 @@ def test_bad_clip_references_give_null_with_a_reason(speech, tmp_path):
     np.testing.assert_array_equal(_one(plain, col("c").audio.decode())[0], whole[:int(0.25 * rate + 0.5)])
 
 
+@pytest.mark.parametrize("name", ["speech0.wav", "speech0.flac", "speech0.mp3", "speech0.ogg", "speech0.m4a",
+                                  "lean.mp3"])
+def test_resampling_encoded_audio_as_it_decodes_gives_what_decoding_first_gives(speech, lean_mp3, name):
+    """resample and standardize over encoded audio resample packet by packet as the decoder
+    gives them (the stream is never held at its own rate): exactly the samples of decoding
+    the whole stream and then resampling it."""
+    source = lean_mp3 if name == "lean.mp3" else speech[name]
+    df = rl.from_pydict({"p": [str(source)]})
+    decoded = rl.from_arrow(df.select(col("p").audio.decode().alias("a")).collect())
+    for op in (lambda e: e.audio.resample(16000), lambda e: e.audio.resample(8000),
+               lambda e: e.audio.standardize(), lambda e: e.audio.standardize(44100, channels=2)):
+        streamed, rate = _one(df, op(col("p")))
+        whole, whole_rate = _one(decoded, op(col("a")))
+        assert rate == whole_rate and streamed.shape == whole.shape, (name, streamed.shape, whole.shape)
+        np.testing.assert_array_equal(streamed, whole)
+    # A corrupt stream still nulls the row with its reason.
+    corrupt = rl.from_pydict({"b": [source.read_bytes()[: source.stat().st_size // 3] + b"\0" * 64]})
+    out = corrupt.select(col("b").audio.standardize(on_error="column").alias("s")).to_pydict()["s"][0]
+    if name.endswith((".wav", ".flac", ".mp3")):
+        assert out["value"] is None and out["error"], out
+
+
 def test_split_by_ranges_on_corrupt_audio_gives_null_with_a_reason(speech):
     corpus = _corpus(speech)
     df = rl.from_pydict({"name": list(corpus), "b": list(corpus.values())})

@@ -184,21 +184,76 @@ pub fn decode(
     max_decoded_bytes: u64,
     max_packets: Option<usize>,
 ) -> Result<Waveform<'static>, String> {
+    let mut collected = Collect {
+        samples: Vec::new(),
+        max_decoded_bytes,
+    };
+    let (rate, channels) = decode_with(
+        bytes,
+        extension,
+        max_decoded_bytes,
+        max_packets,
+        &mut collected,
+    )?;
+    let samples = collected.samples;
+    // The samples count against the call's memory budget (see rillet_runtime::memory).
+    rillet_runtime::memory::charge_call_memory(samples.capacity() * 4);
+    Ok(Waveform {
+        rate,
+        channels,
+        samples: Cow::Owned(samples),
+    })
+}
+
+/// Where decoded audio goes, packet by packet ([`decode_with`]): held whole
+/// ([`decode`]), or resampled as it comes (`audio_resample`, `audio_standardize`).
+pub trait PcmSink {
+    /// The interleaved samples of the next packet, at `rate` Hz with `channels` channels
+    /// (the same for every packet of a stream).
+    fn push(&mut self, rate: u32, channels: u16, samples: &[f32]) -> Result<(), String>;
+}
+
+/// Samples held whole, under a cap.
+struct Collect {
+    samples: Vec<f32>,
+    max_decoded_bytes: u64,
+}
+
+impl PcmSink for Collect {
+    fn push(&mut self, _rate: u32, _channels: u16, samples: &[f32]) -> Result<(), String> {
+        let total = (self.samples.len() + samples.len()) as u64;
+        if total.saturating_mul(4) > self.max_decoded_bytes {
+            return Err(over_cap(total, self.max_decoded_bytes));
+        }
+        self.samples.extend_from_slice(samples);
+        Ok(())
+    }
+}
+
+/// Decode encoded audio into `sink`, packet by packet, with [`decode`]'s strictness; the
+/// stream's rate and channel count. `max_decoded_bytes` refuses, before decoding, a stream
+/// whose header declares more samples than that (the sink caps what it holds itself).
+pub fn decode_with(
+    bytes: &[u8],
+    extension: Option<&str>,
+    max_decoded_bytes: u64,
+    max_packets: Option<usize>,
+    sink: &mut dyn PcmSink,
+) -> Result<(u32, u16), String> {
     let mut format = open(bytes, extension)?;
     let (track_id, declared_frames, params) = audio_track(format.as_ref())?;
-    let over_cap = |samples: u64| over_cap(samples, max_decoded_bytes);
     if let (Some(frames), Some(channels)) = (declared_frames, params.channels.as_ref()) {
         let samples = frames.saturating_mul(channels.count() as u64);
         if samples.saturating_mul(4) > max_decoded_bytes {
-            return Err(over_cap(samples));
+            return Err(over_cap(samples, max_decoded_bytes));
         }
     }
     let mut decoder = symphonia::default::get_codecs()
         .make_audio_decoder(&params, &AudioDecoderOptions::default())
         .map_err(describe)?;
-    let mut samples: Vec<f32> = Vec::new();
+    let mut packet_samples: Vec<f32> = Vec::new();
     let mut spec: Option<(u32, u16)> = None;
-    let mut packets = 0usize;
+    let (mut packets, mut decoded_samples) = (0usize, 0u64);
     loop {
         if max_packets.is_some_and(|max| packets >= max) {
             break;
@@ -222,13 +277,10 @@ pub fn decode(
             }
             Some(_) => {}
         }
-        let start = samples.len();
-        let added = buffer.samples_interleaved();
-        if ((start + added) as u64).saturating_mul(4) > max_decoded_bytes {
-            return Err(over_cap((start + added) as u64));
-        }
-        samples.resize(start + added, 0.0);
-        buffer.copy_to_slice_interleaved(&mut samples[start..]);
+        packet_samples.resize(buffer.samples_interleaved(), 0.0);
+        buffer.copy_to_slice_interleaved(&mut packet_samples);
+        decoded_samples += packet_samples.len() as u64;
+        sink.push(rate, channels, &packet_samples)?;
     }
     if max_packets.is_none()
         && let (Some(declared), Some((_, channels))) = (declared_frames, spec)
@@ -236,7 +288,7 @@ pub fn decode(
         // Frame-stream formats (MP3, ADTS) end quietly at a cut or skip a damaged stretch;
         // the length the header declares tells. A packet's worth of slack allows for
         // encoder priming and padding.
-        let decoded = (samples.len() / channels as usize) as u64;
+        let decoded = decoded_samples / channels as u64;
         if decoded + FRAME_SLACK < declared {
             return Err(format!(
                 "truncated or corrupt: decoded {decoded} frames of the {declared} the header declares"
@@ -254,14 +306,8 @@ pub fn decode(
     if rate == 0 || channels == 0 {
         return Err(format!("invalid stream: {rate} Hz, {channels} channels"));
     }
-    // The samples count against the call's memory budget (see rillet_runtime::memory).
-    rillet_runtime::memory::charge_call_memory(samples.capacity() * 4);
-    rillet_runtime::record_decoded(samples.len() * 4);
-    Ok(Waveform {
-        rate,
-        channels,
-        samples: Cow::Owned(samples),
-    })
+    rillet_runtime::record_decoded(decoded_samples as usize * 4);
+    Ok((rate, channels))
 }
 
 /// Packets decoded, and their samples dropped, before the first packet a span needs, at

@@ -66,10 +66,9 @@ pub fn resample(audio: &Waveform<'_>, rate: u32) -> Result<Waveform<'static>, St
     if audio.rate == rate {
         return Ok(audio.to_owned_waveform());
     }
-    let channels = audio.channels as usize;
     let frames = audio.frames();
     let out_bytes =
-        (frames as u128 * rate as u128 / audio.rate.max(1) as u128) * channels as u128 * 4;
+        (frames as u128 * rate as u128 / audio.rate.max(1) as u128) * audio.channels as u128 * 4;
     if out_bytes > MAX_OUTPUT_BYTES as u128 {
         return Err(format!(
             "resampling {frames} frames from {} Hz to {rate} Hz would make {out_bytes} bytes, \
@@ -77,31 +76,173 @@ pub fn resample(audio: &Waveform<'_>, rate: u32) -> Result<Waveform<'static>, St
             audio.rate
         ));
     }
-    if frames == 0 {
-        return Ok(Waveform {
-            rate,
-            channels: audio.channels,
-            samples: Cow::Owned(Vec::new()),
-        });
+    let mut resampler = StreamResampler::new(audio.rate, rate, audio.channels)?;
+    resampler.push(&audio.samples)?;
+    resampler.finish()
+}
+
+/// Input frames per resampling chunk.
+const RESAMPLE_CHUNK: usize = 1024;
+
+/// Band-limited resampling fed piece by piece (a decoder's packets, as they come), giving
+/// exactly what [`resample`] gives for the whole input: the input is cut into the same
+/// fixed chunks from its first frame whatever the pieces, the filter delay is dropped from
+/// the front, and the output is cut to the input's length at the new rate. Only a chunk of
+/// input is held, never the whole stream at its own rate.
+///
+/// ```
+/// use rillet_functions::audio::{dsp, Waveform};
+/// let tone: Vec<f32> = (0..44100).map(|i| (i as f32 * 0.05).sin() * 0.5).collect();
+/// let mut stream = dsp::StreamResampler::new(44100, 16000, 1).unwrap();
+/// for piece in tone.chunks(1152) {
+///     stream.push(piece).unwrap();
+/// }
+/// let pieces = stream.finish().unwrap();
+/// let whole = dsp::resample(&Waveform::new(44100, 1, tone), 16000).unwrap();
+/// assert_eq!(pieces, whole);
+/// assert_eq!(pieces.frames(), 16000);
+/// ```
+pub struct StreamResampler {
+    /// `None` when the rates are the same: the input passes through.
+    resampler: Option<Fft<f32>>,
+    rate: u32,
+    channels: usize,
+    /// Input not yet resampled (interleaved), under two chunks.
+    pending: Vec<f32>,
+    /// Output so far, the filter delay still at its front.
+    output: Vec<f32>,
+    /// One chunk's output.
+    scratch: Vec<f32>,
+    input_frames: u64,
+}
+
+impl std::fmt::Debug for StreamResampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamResampler")
+            .field("rate", &self.rate)
+            .field("channels", &self.channels)
+            .field("input_frames", &self.input_frames)
+            .finish()
     }
-    let mut resampler = Fft::<f32>::new(
-        audio.rate as usize,
-        rate as usize,
-        1024,
-        channels,
-        FixedSync::Input,
-    )
-    .map_err(|e| format!("cannot resample {} Hz to {rate} Hz: {e}", audio.rate))?;
-    let input = InterleavedSlice::new(audio.samples.as_ref(), channels, frames)
-        .map_err(|e| e.to_string())?;
-    let output = resampler
-        .process_all(&input, frames, None)
-        .map_err(|e| format!("resampling failed: {e}"))?;
-    Ok(Waveform {
-        rate,
-        channels: audio.channels,
-        samples: Cow::Owned(output.take_data()),
-    })
+}
+
+impl StreamResampler {
+    /// A resampler of `channels`-channel audio from `from` Hz to `to` Hz.
+    pub fn new(from: u32, to: u32, channels: u16) -> Result<Self, String> {
+        if from == 0 || to == 0 || channels == 0 {
+            return Err(format!(
+                "cannot resample {channels}-channel audio from {from} Hz to {to} Hz"
+            ));
+        }
+        let resampler = (from != to)
+            .then(|| {
+                Fft::<f32>::new(
+                    from as usize,
+                    to as usize,
+                    RESAMPLE_CHUNK,
+                    channels as usize,
+                    FixedSync::Input,
+                )
+                .map_err(|e| format!("cannot resample {from} Hz to {to} Hz: {e}"))
+            })
+            .transpose()?;
+        let scratch = resampler
+            .as_ref()
+            .map_or(0, |r| r.output_frames_max() * channels as usize);
+        Ok(Self {
+            resampler,
+            rate: to,
+            channels: channels as usize,
+            pending: Vec::new(),
+            output: Vec::new(),
+            scratch: vec![0.0; scratch],
+            input_frames: 0,
+        })
+    }
+
+    /// Add interleaved samples (a whole number of frames).
+    pub fn push(&mut self, samples: &[f32]) -> Result<(), String> {
+        if !samples.len().is_multiple_of(self.channels) {
+            return Err(format!(
+                "{} samples are not whole frames of {} channels",
+                samples.len(),
+                self.channels
+            ));
+        }
+        self.input_frames += (samples.len() / self.channels) as u64;
+        if self.resampler.is_none() {
+            self.output.extend_from_slice(samples);
+            return self.check_size();
+        }
+        self.pending.extend_from_slice(samples);
+        // The last chunk, whole or not, waits for `finish`: it is resampled as the end.
+        while self.pending.len() > RESAMPLE_CHUNK * self.channels {
+            self.process(None)?;
+        }
+        Ok(())
+    }
+
+    /// The resampled audio.
+    pub fn finish(mut self) -> Result<Waveform<'static>, String> {
+        let Some(resampler) = self.resampler.as_ref() else {
+            return Ok(Waveform::new(self.rate, self.channels as u16, self.output));
+        };
+        let delay = resampler.output_delay();
+        let expected = (resampler.resample_ratio() * self.input_frames as f64).ceil() as usize;
+        if self.input_frames > 0 {
+            let frames = self.pending.len() / self.channels;
+            self.process(Some(frames))?;
+            // Zeros until the delay and the expected length are out.
+            while self.output.len() / self.channels < expected + delay {
+                self.process(Some(0))?;
+            }
+        }
+        let c = self.channels;
+        let mut samples = self.output;
+        samples.truncate((delay + expected) * c);
+        samples.drain(..(delay * c).min(samples.len()));
+        Ok(Waveform::new(self.rate, c as u16, samples))
+    }
+
+    /// Resample the next chunk of `pending`: a whole one (`partial` is `None`), or the
+    /// last `partial` frames.
+    fn process(&mut self, partial: Option<usize>) -> Result<(), String> {
+        let c = self.channels;
+        let resampler = self
+            .resampler
+            .as_mut()
+            .expect("only called when resampling");
+        let frames = partial.unwrap_or(RESAMPLE_CHUNK);
+        let input = InterleavedSlice::new(&self.pending[..frames * c], c, frames)
+            .map_err(|e| e.to_string())?;
+        let capacity = self.scratch.len() / c;
+        let mut output =
+            InterleavedSlice::new_mut(&mut self.scratch, c, capacity).map_err(|e| e.to_string())?;
+        let indexing = rubato::Indexing {
+            input_offset: 0,
+            output_offset: 0,
+            active_channels_mask: None,
+            partial_len: partial,
+        };
+        let (used, made) = resampler
+            .process_into_buffer(&input, &mut output, Some(&indexing))
+            .map_err(|e| format!("resampling failed: {e}"))?;
+        // A last chunk is used up whatever the resampler counts (it pads it).
+        let used = if partial.is_some() { frames } else { used };
+        self.pending.drain(..used.min(frames) * c);
+        self.output.extend_from_slice(&self.scratch[..made * c]);
+        self.check_size()
+    }
+
+    fn check_size(&self) -> Result<(), String> {
+        let bytes = self.output.len() as u64 * 4;
+        if bytes > MAX_OUTPUT_BYTES {
+            return Err(format!(
+                "resampled audio would take over {MAX_OUTPUT_BYTES} bytes per value"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The frames between `start_ms` and `end_ms` (clamped to the clip).
@@ -285,6 +426,63 @@ pub fn log_mel_spectrogram(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What rubato's one-call resampling of the whole input gives.
+    fn resample_at_once(samples: &[f32], from: u32, to: u32, channels: usize) -> Vec<f32> {
+        let frames = samples.len() / channels;
+        let mut resampler =
+            Fft::<f32>::new(from as usize, to as usize, 1024, channels, FixedSync::Input).unwrap();
+        let input = InterleavedSlice::new(samples, channels, frames).unwrap();
+        resampler
+            .process_all(&input, frames, None)
+            .unwrap()
+            .take_data()
+    }
+
+    #[test]
+    fn resampling_piece_by_piece_gives_what_resampling_at_once_gives() {
+        for (from, to) in [
+            (44100, 16000),
+            (8000, 16000),
+            (48000, 44100),
+            (22050, 16000),
+        ] {
+            for channels in [1usize, 2] {
+                for frames in [1usize, 100, 1023, 1024, 1025, 2048, 5000, 44_100] {
+                    let samples: Vec<f32> = (0..frames * channels)
+                        .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.8)
+                        .collect();
+                    let want = resample_at_once(&samples, from, to, channels);
+                    for piece in [1usize, 576, 1024, 1152, 4096, usize::MAX] {
+                        let mut stream = StreamResampler::new(from, to, channels as u16).unwrap();
+                        for part in samples.chunks((piece.min(frames)) * channels) {
+                            stream.push(part).unwrap();
+                        }
+                        let got = stream.finish().unwrap();
+                        assert_eq!(
+                            got.samples.as_ref(),
+                            want.as_slice(),
+                            "{from}->{to} Hz, {channels} ch, {frames} frames in pieces of {piece}"
+                        );
+                    }
+                }
+            }
+        }
+        let mut same = StreamResampler::new(16000, 16000, 1).unwrap();
+        same.push(&[0.5; 10]).unwrap();
+        assert_eq!(same.finish().unwrap().samples.len(), 10);
+        assert!(
+            StreamResampler::new(16000, 8000, 2)
+                .unwrap()
+                .push(&[0.0; 3])
+                .is_err()
+        );
+        let empty = StreamResampler::new(44100, 16000, 1)
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert!(empty.samples.is_empty() && empty.rate == 16000);
+    }
 
     fn sine(rate: u32, hz: f64, seconds: f64) -> Waveform<'static> {
         let n = (rate as f64 * seconds) as usize;
