@@ -554,8 +554,7 @@ class ImageNamespace:
         Of an encoded JPEG only the window's region is decoded when it is under half the
         image (libjpeg-turbo's partial decode, the window mapped through the EXIF
         orientation; plans show ``image_decode[region]``): the pixels a full decode and
-        crop give. Rows below the window are not read, so damage there does not null
-        the row."""
+        crop give, and the same null for a damaged file."""
         return self._op("crop", x, y, width, height, on_error)
 
     def center_crop(self, width: int, height: int, *, on_error: str = "null") -> Expr:

@@ -348,7 +348,7 @@ def test_bad_clip_references_give_null_with_a_reason(speech, tmp_path):
     out = df.select(col("c").audio.decode(on_error="column").alias("a"),
                     col("c").audio.duration(on_error="column").alias("d")).to_pydict()
     reasons = [a["error"] for a in out["a"]]
-    assert "empty or inverted" in reasons[0] and "outside the clip" in reasons[1]
+    assert "empty or inverted" in reasons[0] and "past the end of the audio" in reasons[1]
     assert "missing.wav" in reasons[2] and out["a"][3] == {"value": None, "error": None}
     assert "empty or inverted" in reasons[4]
     assert "past the end" in out["d"][1]["error"]

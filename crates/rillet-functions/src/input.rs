@@ -235,10 +235,24 @@ impl<'a> EncodedColumn<'a> {
                     .map(|r| (row, r))
             })
             .collect();
-        let requests: Vec<Request> = wanted.iter().map(|(_, r)| r.clone()).collect();
+        // Rows asking for the same read (clips of one recording) share one download.
+        let mut requests: Vec<Request> = Vec::new();
+        let slots: Vec<usize> = wanted
+            .iter()
+            .map(|(_, r)| {
+                requests
+                    .iter()
+                    .position(|known| known == r)
+                    .unwrap_or_else(|| {
+                        requests.push(r.clone());
+                        requests.len() - 1
+                    })
+            })
+            .collect();
+        let results = rillet_io::fetch_many(&requests);
         let mut fetched: Fetched = vec![None; rows];
-        for ((row, _), result) in wanted.into_iter().zip(rillet_io::fetch_many(&requests)) {
-            fetched[row] = Some(result);
+        for ((row, _), slot) in wanted.into_iter().zip(slots) {
+            fetched[row] = Some(results[slot].clone());
         }
         fetched
     }
@@ -248,9 +262,9 @@ impl<'a> EncodedColumn<'a> {
 pub type Window = (f64, f64);
 
 /// A clip's file content and its window in milliseconds.
-pub struct ClipContent<'a> {
-    /// The file's content.
-    pub bytes: Cow<'a, [u8]>,
+pub struct ClipContent {
+    /// The file's content (shared by consecutive clips of one file).
+    pub bytes: std::rc::Rc<Vec<u8>>,
     /// Where the clip starts.
     pub start: f64,
     /// Where it ends.
@@ -265,6 +279,9 @@ pub struct ClipColumn<'a> {
     files: EncodedColumn<'a>,
     starts: &'a Int64Array,
     ends: &'a Int64Array,
+    /// The last file read and its content: consecutive clips of one file (what exploding
+    /// a split gives) read it once.
+    last: RefCell<Option<(String, std::rc::Rc<Vec<u8>>)>>,
 }
 
 impl<'a> ClipColumn<'a> {
@@ -284,6 +301,7 @@ impl<'a> ClipColumn<'a> {
             files: EncodedColumn::try_new(operator, clips.column(0), "a clip's file")?,
             starts: times(1)?,
             ends: times(2)?,
+            last: RefCell::new(None),
         })
     }
 
@@ -324,14 +342,24 @@ impl<'a> ClipColumn<'a> {
     }
 
     /// The file's content and the clip's window.
-    pub fn content(&self, row: usize) -> std::result::Result<Option<ClipContent<'a>>, RowFailure> {
+    pub fn content(&self, row: usize) -> std::result::Result<Option<ClipContent>, RowFailure> {
         let Some((start, end)) = self.window(row).map_err(RowFailure::Data)? else {
             return Ok(None);
         };
-        Ok(self
-            .files
-            .get(row)?
-            .map(|bytes| ClipContent { bytes, start, end }))
+        let uri = self.files.uri(row).unwrap_or_default();
+        let mut last = self.last.borrow_mut();
+        let bytes = match last.as_ref() {
+            Some((known, bytes)) if known == uri => bytes.clone(),
+            _ => {
+                let Some(content) = self.files.get(row)? else {
+                    return Ok(None);
+                };
+                let bytes = std::rc::Rc::new(content.into_owned());
+                *last = Some((uri.to_string(), bytes.clone()));
+                bytes
+            }
+        };
+        Ok(Some(ClipContent { bytes, start, end }))
     }
 
     /// The files the clips refer to, as encoded content.

@@ -231,8 +231,9 @@ impl PcmSink for Collect {
 }
 
 /// Decode encoded audio into `sink`, packet by packet, with [`decode`]'s strictness; the
-/// stream's rate and channel count. `max_decoded_bytes` refuses, before decoding, a stream
-/// whose header declares more samples than that (the sink caps what it holds itself).
+/// stream's rate and channel count. `max_decoded_bytes` caps the samples decoded (a stream
+/// whose header declares more is refused before decoding), whether or not the sink holds
+/// them; the sink caps what it holds itself.
 pub fn decode_with(
     bytes: &[u8],
     extension: Option<&str>,
@@ -280,6 +281,9 @@ pub fn decode_with(
         packet_samples.resize(buffer.samples_interleaved(), 0.0);
         buffer.copy_to_slice_interleaved(&mut packet_samples);
         decoded_samples += packet_samples.len() as u64;
+        if decoded_samples.saturating_mul(4) > max_decoded_bytes {
+            return Err(over_cap(decoded_samples, max_decoded_bytes));
+        }
         sink.push(rate, channels, &packet_samples)?;
     }
     if max_packets.is_none()
@@ -385,11 +389,12 @@ impl Preroll {
 /// Decode only the frames from `start_ms` to `end_ms` of encoded audio, as a decode from
 /// the start would give them: packets before the span are read, not decoded (but for the
 /// preroll that rebuilds the decoder's history), and after it they are read only to find
-/// the stream's length and whether it is cut short. Where that could change a sample (see
-/// [`restarts_exactly`]) or the container's packet durations do not count the decoder's
-/// frames (timestamps not in samples, a packet decoding to another length or format than
-/// the container declares), the whole stream is decoded instead. `max_decoded_bytes`
-/// caps the frames decoded, not the stream's.
+/// the stream's length and whether it is cut short. Where skipping packets could change a
+/// sample (see [`restarts_exactly`]), decoding starts at the stream's start (and still
+/// stops at the span's end); where the container's packet durations do not count the
+/// decoder's frames (timestamps not in samples, a packet decoding to another length or
+/// format than the container declares), the whole stream is decoded instead.
+/// `max_decoded_bytes` caps the frames decoded, not the stream's.
 ///
 /// ```
 /// use rillet_functions::audio::{codec, Waveform};
@@ -405,52 +410,6 @@ pub fn decode_span(
     max_decoded_bytes: u64,
     start_ms: f64,
     end_ms: f64,
-) -> Result<Span<'static>, String> {
-    decode_between(
-        bytes,
-        extension,
-        max_decoded_bytes,
-        (start_ms, end_ms),
-        true,
-    )
-}
-
-/// [`decode_span`] for a clip of a longer recording: reading stops once the span is
-/// decoded, so `total_frames` is where it stopped (at or past the span's end; the
-/// stream's length only when the stream ends first), and nothing past the span is
-/// checked for truncation.
-///
-/// ```
-/// use rillet_functions::audio::{codec, Waveform};
-/// let wav = codec::encode_wav(&Waveform::new(1000, 1, (0..5000).map(|i| i as f32 / 8192.0).collect()), true);
-/// let span = codec::decode_clip(&wav, Some("wav"), codec::DEFAULT_MAX_DECODED_BYTES, 2000.0, 2500.0).unwrap();
-/// assert_eq!(span.audio.samples[2000 - span.first_frame as usize], 2000.0 / 8192.0);
-/// assert!(span.total_frames >= 2500 && span.total_frames < 5000);
-/// ```
-pub fn decode_clip(
-    bytes: &[u8],
-    extension: Option<&str>,
-    max_decoded_bytes: u64,
-    start_ms: f64,
-    end_ms: f64,
-) -> Result<Span<'static>, String> {
-    decode_between(
-        bytes,
-        extension,
-        max_decoded_bytes,
-        (start_ms, end_ms),
-        false,
-    )
-}
-
-/// The frames from `start_ms` to `end_ms`, reading the rest of the stream only when
-/// `to_the_end` (see [`decode_span`] and [`decode_clip`]).
-fn decode_between(
-    bytes: &[u8],
-    extension: Option<&str>,
-    max_decoded_bytes: u64,
-    (start_ms, end_ms): (f64, f64),
-    to_the_end: bool,
 ) -> Result<Span<'static>, String> {
     let whole = || {
         decode(bytes, extension, max_decoded_bytes, None).map(|audio| Span {
@@ -472,11 +431,14 @@ fn decode_between(
     let restarts_exactly = symphonia::default::get_codecs()
         .get_audio_decoder(params.codec)
         .is_some_and(|d| restarts_exactly(d.codec.info.short_name));
-    if !restarts_exactly {
-        return whole();
-    }
     let frame_at = |ms: f64| (ms.max(0.0) * rate as f64 / 1000.0).floor() as u64;
-    let (start, end) = (frame_at(start_ms), frame_at(end_ms).saturating_add(1));
+    // A decoder that does not restart exactly decodes from the start, up to the span's end.
+    let start = if restarts_exactly {
+        frame_at(start_ms)
+    } else {
+        0
+    };
+    let end = frame_at(end_ms).saturating_add(1);
     let mut decoder = symphonia::default::get_codecs()
         .make_audio_decoder(&params, &AudioDecoderOptions::default())
         .map_err(describe)?;
@@ -493,9 +455,6 @@ fn decode_between(
             .get()
             .saturating_sub(packet.trim_start.get() + packet.trim_end.get());
         if position >= end {
-            if !to_the_end {
-                break;
-            }
             position += frames; // past the span: only its length
             continue;
         }
@@ -540,9 +499,7 @@ fn decode_between(
         buffer.copy_to_slice_interleaved(&mut samples[at..]);
         position += frames;
     }
-    let ended = to_the_end || position < end;
     if let Some(declared) = declared_frames
-        && ended
         && position + FRAME_SLACK < declared
     {
         return Err(format!(

@@ -101,7 +101,11 @@ fn clip_audio(
     };
     let extension = clips.files().extension(row);
     let cut =
-        codec::decode_clip(&bytes, extension.as_deref(), max_bytes, start, end).and_then(|span| {
+        codec::decode_span(&bytes, extension.as_deref(), max_bytes, start, end).and_then(|span| {
+            let duration = span.total_frames as f64 * 1000.0 / span.audio.rate as f64;
+            if start >= duration {
+                return Err(past_the_end(duration));
+            }
             let (first, last) = range_frames(&span, start, end)?;
             let c = span.audio.channels as usize;
             let mut samples = span.audio.samples.into_owned();
@@ -111,6 +115,11 @@ fn clip_audio(
         });
     cut.map(Some)
         .map_err(|reason| RowFailure::Data(format!("{}: {reason}", clips.identity(row))))
+}
+
+/// Why a clip starting past the end of its audio (`duration` ms) is bad data.
+fn past_the_end(duration: f64) -> String {
+    format!("the clip starts past the end of the audio ({duration:.0} ms)")
 }
 
 /// The header facts of a clip's file, its length replaced by the clip's (cut where the
@@ -127,9 +136,7 @@ fn clip_facts(
     let mut probe = codec::probe(&bytes, extension.as_deref()).map_err(fail)?;
     let duration = probe.duration_ms();
     if start >= duration {
-        return Err(fail(format!(
-            "the clip starts past the end of the audio ({duration:.0} ms)"
-        )));
+        return Err(fail(past_the_end(duration)));
     }
     let frame_at = |ms: f64| (ms * probe.sample_rate as f64 / 1000.0).round() as u64;
     probe.frames = frame_at(end.min(duration)).saturating_sub(frame_at(start));

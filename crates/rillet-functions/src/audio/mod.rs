@@ -315,6 +315,11 @@ resampling_operator!(
     |params| standardize_options(params).map(|(rate, channels)| (rate, Some(channels)))
 );
 
+/// The most samples (as f32 bytes) a stream resampled as it decodes may decode: 16 GiB,
+/// 13 hours of 44.1 kHz stereo. Only the output is held (capped at
+/// [`dsp::MAX_OUTPUT_BYTES`]); this bounds the decoding work a small file can demand.
+const STREAMED_MAX_DECODED_BYTES: u64 = 16 << 30;
+
 /// Every row at `rate` Hz, remixed to `channels` first when given.
 fn map_resampled(
     operator: &str,
@@ -343,8 +348,13 @@ fn map_resampled(
                 stream: None,
             };
             let extension = column.extension(row);
-            let (from, decoded_channels) =
-                codec::decode_with(&bytes, extension.as_deref(), u64::MAX, None, &mut sink)?;
+            let (from, decoded_channels) = codec::decode_with(
+                &bytes,
+                extension.as_deref(),
+                STREAMED_MAX_DECODED_BYTES,
+                None,
+                &mut sink,
+            )?;
             let stream = match sink.stream {
                 Some(stream) => stream,
                 None => {

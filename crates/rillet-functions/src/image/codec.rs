@@ -305,11 +305,13 @@ pub(crate) fn decode_jpeg_reduced(
 
 /// The upright `window` of a JPEG, decoded alone when that is much less work than the
 /// whole image (libjpeg-turbo's partial decode: the blocks left and right of the window
-/// are not transformed, the rows below it not read), the same pixels as decoding the
-/// whole image and cropping it. The window is mapped through the EXIF orientation to the
-/// stored image, widened by an iMCU on each side (chroma upsampling reads the
-/// neighbouring blocks) and to an iMCU boundary on the left, decoded, cut exactly and
-/// turned upright. `None` where this does not apply (not a JPEG libjpeg-turbo decodes,
+/// are not transformed, the rows above it not colour-converted), the same pixels as
+/// decoding the whole image and cropping it. The window is mapped through the EXIF
+/// orientation to the stored image, widened by an iMCU on each side (chroma upsampling
+/// reads the neighbouring blocks) and to an iMCU boundary on the left, and decoded down to
+/// the image's last row: libjpeg-turbo skips the rows below a region without reading
+/// them, so damage there would go unnoticed where a full decode refuses the file. Then
+/// it is cut exactly and turned upright. `None` where this does not apply (not a JPEG libjpeg-turbo decodes,
 /// a window that does not fit or covers most of the image, a stream it rejects): the
 /// caller decodes in full and reports any error.
 pub(crate) fn decode_jpeg_window(
@@ -331,12 +333,13 @@ pub(crate) fn decode_jpeg_window(
     let left = x.saturating_sub(margin) / mcu * mcu;
     let top = y.saturating_sub(margin);
     let right = (x + w).saturating_add(margin).min(width);
-    let bottom = (y + h).saturating_add(margin).min(height);
+    let bottom = height; // read to the end, as a full decode does (see above)
     let region = (left, top, right - left, bottom - top);
     if u64::from(region.2) * u64::from(region.3) * 2 > u64::from(width) * u64::from(height) {
         return None; // most of the image: a full decode costs about the same
     }
     let mut pixels = vec![0; jpeg.native.buffer_len(region.2 as usize, region.3 as usize)];
+    rillet_runtime::memory::charge_call_transient_memory(pixels.len());
     turbo::with_decompressor(|d| d.decode_region(bytes, jpeg.header, region, &mut pixels)).ok()?;
     rillet_runtime::record_decoded(pixels.len());
     let decoded = match jpeg.native {

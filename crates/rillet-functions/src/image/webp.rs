@@ -31,20 +31,40 @@ pub(crate) fn features(bytes: &[u8]) -> Option<Features> {
     }
     // SAFETY: libwebp filled it on success (and it started zeroed).
     let features = unsafe { features.assume_init() };
-    if features.has_animation != 0 || has_exif(bytes) {
+    let alpha = features.has_alpha != 0;
+    if features.has_animation != 0 || chunks(bytes).any(|c| c == *b"EXIF") {
+        return None;
+    }
+    // The full decode takes alpha from the extended header's flag; where libwebp reads the
+    // stream otherwise, the two would give different modes.
+    const ALPHA_FLAG: u8 = 0x10;
+    if bytes.get(12..16) == Some(b"VP8X")
+        && bytes
+            .get(20)
+            .is_none_or(|flags| (flags & ALPHA_FLAG != 0) != alpha)
+    {
         return None;
     }
     Some(Features {
         width: u32::try_from(features.width).ok()?,
         height: u32::try_from(features.height).ok()?,
-        alpha: features.has_alpha != 0,
+        alpha,
     })
 }
 
-/// True if the WebP's extended header (`VP8X`) flags EXIF data.
-fn has_exif(bytes: &[u8]) -> bool {
-    const EXIF_FLAG: u8 = 0x08;
-    bytes.get(12..16) == Some(b"VP8X") && bytes.get(20).is_some_and(|f| f & EXIF_FLAG != 0)
+/// The kinds (four-character codes) of a WebP's chunks, in order, as far as they are whole.
+fn chunks(bytes: &[u8]) -> impl Iterator<Item = [u8; 4]> + '_ {
+    let mut at = 12; // after "RIFF", the size and "WEBP"
+    std::iter::from_fn(move || {
+        let header = bytes.get(at..at + 8)?;
+        let kind: [u8; 4] = header[..4].try_into().ok()?;
+        let size = u32::from_le_bytes(header[4..8].try_into().ok()?) as usize;
+        at = at
+            .checked_add(8)?
+            .checked_add(size)?
+            .checked_add(size & 1)?;
+        Some(kind)
+    })
 }
 
 /// Decode `bytes` (whose header is `features`) scaled to `width × height` into `out`, which
@@ -130,6 +150,10 @@ mod tests {
         assert!(at(90, 10, 0) > at(10, 10, 0) + 150 && at(10, 70, 1) > at(10, 5, 1) + 150);
         assert!(decode_scaled(&bytes, header, (100, 75), &mut [0; 10]).is_err());
         assert!(features(b"RIFF\0\0\0\0WEBPVP8 ").is_none());
+        // An EXIF chunk (its orientation is the full decode's to apply) sends it there.
+        let mut tagged = bytes.clone();
+        tagged.extend_from_slice(b"EXIF\x02\0\0\0ab");
+        assert!(chunks(&tagged).any(|c| c == *b"EXIF") && features(&tagged).is_none());
         assert!(decode_scaled(&bytes[..bytes.len() / 2], header, (100, 75), &mut out).is_err());
     }
 }

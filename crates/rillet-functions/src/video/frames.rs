@@ -85,12 +85,24 @@ fn extract_frames(
 ) -> std::result::Result<Vec<Frame>, String> {
     let mut reader = FrameReader::open(path, options, window)?;
     reader.run()?;
-    if reader.frames.is_empty() && reader.decoded_count == 0 {
+    if reader.frames.is_empty() && reader.decoded_count == 0 && !reader.past_window {
         return Err("no decodable video frames".into());
     }
     if let Some((start, _)) = window
         && !reader.reached_window
     {
+        // A clip starting while the last frame is still shown holds no new frame.
+        let frame_ms = if reader.fps > 0.0 {
+            1000.0 / reader.fps
+        } else {
+            0.0
+        };
+        if reader
+            .last_shown_ms
+            .is_some_and(|last| start + TIME_TOLERANCE_MS < last + frame_ms)
+        {
+            return Ok(Vec::new());
+        }
         return Err(format!(
             "the clip starts at {start} ms, past the end of the video"
         ));
@@ -150,6 +162,10 @@ struct FrameReader<'o> {
     window: Option<Window>,
     /// Whether a frame (or a packet) shown at or after the clip's start has been read.
     reached_window: bool,
+    /// The latest time a packet read is shown at (for clips).
+    last_shown_ms: Option<f64>,
+    /// Whether reading stopped at a key frame past the clip (nothing more to decode).
+    past_window: bool,
     /// Whether packets carry timestamps (decided at the first packet): without, a frame's
     /// time is its place in the output, so every frame must be decoded and none sought.
     timed: Option<bool>,
@@ -252,6 +268,8 @@ impl<'o> FrameReader<'o> {
             next_ms: start,
             window,
             reached_window: window.is_none(),
+            last_shown_ms: None,
+            past_window: false,
             timed: None,
             seekable: interval && has_trusted_index(&demuxer),
             seek_considered: start <= 0.0,
@@ -318,8 +336,18 @@ impl<'o> FrameReader<'o> {
             }
             self.position = Some(packet.position() as i64).filter(|p| *p >= 0);
             // The stream reaches the clip even where no frame in it is kept (key frames).
-            if let (Some((start, _)), Some(pts)) = (self.window, packet.pts()) {
-                self.reached_window |= self.ms(pts) + TIME_TOLERANCE_MS >= start;
+            if let (Some((start, end)), Some(pts)) = (self.window, packet.pts()) {
+                let shown = self.ms(pts);
+                self.reached_window |= shown + TIME_TOLERANCE_MS >= start;
+                self.last_shown_ms = Some(self.last_shown_ms.map_or(shown, |l| l.max(shown)));
+                // Key frames come in showing order: one past the clip ends it.
+                if matches!(self.options.selector, Selector::Keyframes)
+                    && packet.is_key()
+                    && shown + TIME_TOLERANCE_MS >= end
+                {
+                    self.past_window = true;
+                    break;
+                }
             }
             self.count_backward_landing();
             let timed = *self.timed.get_or_insert(packet.pts().is_some());
