@@ -216,53 +216,9 @@ impl Operator for Encode {
     }
 }
 
-/// Operators that turn each waveform into another: resample, to_mono, standardize.
-macro_rules! waveform_operator {
-    ($(#[$doc:meta])* $ty:ident, $name:literal, [$($param:expr),*], |$params:ident| $check:expr, |$wave:ident, $p:ident| $body:expr) => {
-        $(#[$doc])*
-        #[derive(Debug)]
-        pub struct $ty;
-
-        impl Operator for $ty {
-            fn name(&self) -> &'static str {
-                $name
-            }
-
-            fn params(&self) -> &'static [Param] {
-                const P: &[Param] = &[$($param,)* Param::ON_ERROR];
-                P
-            }
-
-            fn result_field(&self, inputs: &[FieldRef], params: &Params) -> Result<Field> {
-                expect_audio(self.name(), &inputs[0])?;
-                let $params = params;
-                $check?;
-                Ok(AudioType.field(self.name()))
-            }
-
-            fn evaluate(&self, call: &Call<'_>, errors: &mut RowErrors) -> Result<ArrayRef> {
-                let $params = call.params;
-                let $p = $check?;
-                let waves = map_waveforms(self.name(), call, errors, |$wave, _| $body)?;
-                audio_array(&waves)
-            }
-
-            fn batch_size(&self) -> Option<usize> {
-                Some(AUDIO_BATCH_ROWS)
-            }
-        }
-    };
-}
-
-waveform_operator!(
-    /// `audio_to_mono(x, on_error)`: the average of all channels.
-    ToMono, "audio_to_mono", [],
-    |params| Ok::<&Params, RilletError>(params),
-    |wave, _unit| Ok(dsp::to_mono(&wave))
-);
-
-/// Operators that resample every row: encoded content is resampled as it is decoded,
-/// packet by packet, so a stream is never held whole at its own rate (an hour of 44.1 kHz
+/// Operators that remix or resample every row (to_mono, resample, standardize): encoded
+/// content is remixed and resampled as it is decoded, packet by packet, so a stream is
+/// never held whole at its own rate (an hour of 44.1 kHz
 /// stereo is 1.3 GB of f32; at 16 kHz mono, 230 MB), with the samples a decode and then a
 /// resample give ([`dsp::StreamResampler`]).
 macro_rules! resampling_operator {
@@ -302,9 +258,15 @@ macro_rules! resampling_operator {
 }
 
 resampling_operator!(
+    /// `audio_to_mono(x, on_error)`: the average of all channels.
+    ToMono, "audio_to_mono", [],
+    |_params| Ok::<_, RilletError>((None::<u32>, Some(1u16)))
+);
+
+resampling_operator!(
     /// `audio_resample(x, rate, on_error)`: band-limited resampling to `rate` Hz.
     Resample, "audio_resample", [Param::required("rate", ParamKind::Int)],
-    |params| sample_rate(params, "rate").map(|rate| (rate, None::<u16>))
+    |params| sample_rate(params, "rate").map(|rate| (Some(rate), None::<u16>))
 );
 
 resampling_operator!(
@@ -312,7 +274,7 @@ resampling_operator!(
     /// (1 by default; a mono mix otherwise duplicated) at `rate` Hz (16000 by default).
     Standardize, "audio_standardize",
     [Param::optional("rate", ParamKind::Int, "16000"), Param::optional("channels", ParamKind::Int, "1")],
-    |params| standardize_options(params).map(|(rate, channels)| (rate, Some(channels)))
+    |params| standardize_options(params).map(|(rate, channels)| (Some(rate), Some(channels)))
 );
 
 /// The most samples (as f32 bytes) a stream resampled as it decodes may decode: 16 GiB,
@@ -320,19 +282,19 @@ resampling_operator!(
 /// [`dsp::MAX_OUTPUT_BYTES`]); this bounds the decoding work a small file can demand.
 const STREAMED_MAX_DECODED_BYTES: u64 = 16 << 30;
 
-/// Every row at `rate` Hz, remixed to `channels` first when given.
+/// Every row remixed to `channels` and resampled to `rate` Hz, each when given.
 fn map_resampled(
     operator: &str,
     call: &Call<'_>,
     errors: &mut RowErrors,
-    rate: u32,
+    rate: Option<u32>,
     channels: Option<u16>,
 ) -> Result<ArrayRef> {
     let input = AudioInput::try_new(operator, &call.inputs[0])?;
     let AudioInput::Encoded(column) = &input else {
         let waves = map_waveforms(operator, call, errors, |wave, _| {
             let mixed = channels.map(|c| dsp::remix(&wave, c));
-            dsp::resample(mixed.as_ref().unwrap_or(&wave), rate)
+            dsp::resample(mixed.as_ref().unwrap_or(&wave), rate.unwrap_or(wave.rate))
         })?;
         return audio_array(&waves);
     };
@@ -358,7 +320,8 @@ fn map_resampled(
             let stream = match sink.stream {
                 Some(stream) => stream,
                 None => {
-                    dsp::StreamResampler::new(from, rate, channels.unwrap_or(decoded_channels))?
+                    let to = channels.unwrap_or(decoded_channels);
+                    dsp::StreamResampler::new(from, rate.unwrap_or(from), to)?
                 }
             };
             let wave = stream.finish()?;
@@ -371,7 +334,7 @@ fn map_resampled(
 
 /// Decoded packets remixed and resampled as they come ([`map_resampled`]).
 struct Resampling {
-    rate: u32,
+    rate: Option<u32>,
     channels: Option<u16>,
     stream: Option<dsp::StreamResampler>,
 }
@@ -386,9 +349,11 @@ impl codec::PcmSink for Resampling {
         let to = self.channels.unwrap_or(channels);
         let stream = match &mut self.stream {
             Some(stream) => stream,
-            None => self
-                .stream
-                .insert(dsp::StreamResampler::new(rate, self.rate, to)?),
+            None => self.stream.insert(dsp::StreamResampler::new(
+                rate,
+                self.rate.unwrap_or(rate),
+                to,
+            )?),
         };
         if to == channels {
             return stream.push(samples);

@@ -90,6 +90,15 @@ pub(crate) fn scaled(side: u32, reduction: u32) -> u32 {
     side.div_ceil(reduction)
 }
 
+/// The pixel format and channel count pixels of `colour` are decoded in.
+fn pixel_format(colour: Colour) -> Result<(tj::TJPF, usize), String> {
+    match colour {
+        Colour::Grey => Ok((tj::TJPF_TJPF_GRAY, 1)),
+        Colour::Rgb => Ok((tj::TJPF_TJPF_RGB, 3)),
+        Colour::Other => Err("CMYK JPEGs are not decoded here".to_string()),
+    }
+}
+
 /// A TurboJPEG decompressor, one per thread.
 pub(crate) struct Decompressor(tj::tjhandle);
 
@@ -258,11 +267,7 @@ impl Decompressor {
         reduction: u32,
         out: &mut [u8],
     ) -> Result<(), String> {
-        let (format, channels) = match header.colour {
-            Colour::Grey => (tj::TJPF_TJPF_GRAY, 1),
-            Colour::Rgb => (tj::TJPF_TJPF_RGB, 3),
-            Colour::Other => return Err("CMYK JPEGs are not decoded here".to_string()),
-        };
+        let (format, channels) = pixel_format(header.colour)?;
         let (width, height) = (
             scaled(header.width, reduction) as usize,
             scaled(header.height, reduction) as usize,
@@ -285,9 +290,22 @@ impl Decompressor {
         {
             return Err(self.error());
         }
-        // SAFETY: `out` holds `height` rows of `pitch` bytes, which is what libjpeg-turbo
-        // writes for this header, scaling factor and pixel format; `bytes` outlives the
-        // call.
+        // `out` holds `height` rows of `pitch` bytes, which is what libjpeg-turbo writes
+        // for this header, scaling factor and pixel format.
+        self.decompress(bytes, out, pitch, format)
+    }
+
+    /// Decompress `bytes` into `out`, rows `pitch` bytes apart in `format`, as the scaling
+    /// factor and cropping region set on the handle make it.
+    fn decompress(
+        &mut self,
+        bytes: &[u8],
+        out: &mut [u8],
+        pitch: c_int,
+        format: tj::TJPF,
+    ) -> Result<(), String> {
+        // SAFETY: the callers size `out` for `pitch` and the image the handle's settings
+        // give; `bytes` outlives the call.
         let decoded = unsafe {
             tj::tj3Decompress8(
                 self.0,
@@ -316,11 +334,7 @@ impl Decompressor {
         (x, y, width, height): (u32, u32, u32, u32),
         out: &mut [u8],
     ) -> Result<(), String> {
-        let (format, channels) = match header.colour {
-            Colour::Grey => (tj::TJPF_TJPF_GRAY, 1),
-            Colour::Rgb => (tj::TJPF_TJPF_RGB, 3),
-            Colour::Other => return Err("CMYK JPEGs are not decoded here".to_string()),
-        };
+        let (format, channels) = pixel_format(header.colour)?;
         let fits = header.mcu_width > 0
             && x % header.mcu_width == 0
             && width > 0
@@ -355,25 +369,13 @@ impl Decompressor {
         {
             return Err(self.error());
         }
-        // SAFETY: `out` holds `height` rows of `pitch` bytes, what libjpeg-turbo writes for
-        // this region and pixel format; `bytes` outlives the call.
-        let decoded = unsafe {
-            tj::tj3Decompress8(
-                self.0,
-                bytes.as_ptr(),
-                bytes.len() as _,
-                out.as_mut_ptr(),
-                pitch,
-                format as c_int,
-            )
-        };
+        // `out` holds `height` rows of `pitch` bytes, what libjpeg-turbo writes for this
+        // region and pixel format.
+        let decoded = self.decompress(bytes, out, pitch, format);
         // The next decode starts uncropped whatever happened.
         // SAFETY: a live handle.
         unsafe { tj::tj3SetCroppingRegion(self.0, UNCROPPED) };
-        if decoded != 0 {
-            return Err(self.error());
-        }
-        Ok(())
+        decoded
     }
 }
 
