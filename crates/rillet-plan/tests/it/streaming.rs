@@ -138,8 +138,10 @@ fn a_crashed_job_resumes_from_its_checkpoint_with_exact_output() {
     let dir = tempfile::tempdir().unwrap();
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
     let session = Session::default();
-    // Throttled so that the crash falls mid-stream: 3 x 4,000 rows at 20,000 rows/s.
-    let df = job(&session, 4_000, Some(20_000.0));
+    // Throttled so that the crash falls mid-stream: 3 x 4,000 rows at 6,000 rows/s, 2 s,
+    // so that a loaded machine still checkpoints three times before the end (at 20,000
+    // rows/s the job could end before the cancel, failing the test under CI's load).
+    let df = job(&session, 4_000, Some(6_000.0));
     let mut first = start(&df, &out, &chk, "crash");
     wait_for_checkpoints(&first, 3);
     first.cancel();
@@ -160,7 +162,7 @@ fn a_corrupt_checkpoint_is_skipped_for_the_previous_one() {
     let dir = tempfile::tempdir().unwrap();
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
     let session = Session::default();
-    let df = job(&session, 4_000, Some(20_000.0));
+    let df = job(&session, 4_000, Some(6_000.0));
     let mut first = start(&df, &out, &chk, "corrupt");
     wait_for_checkpoints(&first, 3);
     first.cancel();
@@ -458,7 +460,7 @@ fn a_restore_that_breaks_off_falls_back_to_the_previous_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
     let session = Session::default();
-    let df = job(&session, 4_000, Some(20_000.0));
+    let df = job(&session, 4_000, Some(6_000.0));
     let mut first = start(&df, &out, &chk, "restore");
     wait_for_checkpoints(&first, 3);
     first.cancel();
