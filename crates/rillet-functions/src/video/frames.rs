@@ -351,6 +351,12 @@ impl<'o> FrameReader<'o> {
             }
             self.count_backward_landing();
             let timed = *self.timed.get_or_insert(packet.pts().is_some());
+            if timed && matches!(self.options.selector, Selector::Keyframes) {
+                if let Step::Done = self.decode_alone(&packet)? {
+                    return Ok(());
+                }
+                continue;
+            }
             let discard = self.discard(&packet, timed);
             self.decoder.skip_frame(discard);
             if self.decoder.send_packet(&packet).is_err() {
@@ -362,6 +368,24 @@ impl<'o> FrameReader<'o> {
         }
         let _ = self.decoder.send_eof();
         self.receive().map(|_| ())
+    }
+
+    /// The key-frame selector: a key frame's packet decoded on its own (it refers to no
+    /// other frame), the decoder drained and reset after it, every other packet not sent.
+    /// Letting the decoder skip the others instead (`AVDISCARD_NONKEY`) loses the open-GOP
+    /// key frames it holds back for reordering: 3 of 6 came out, last first.
+    fn decode_alone(&mut self, packet: &ffmpeg::Packet) -> std::result::Result<Step, String> {
+        if !packet.is_key() {
+            return Ok(Step::Read);
+        }
+        if self.decoder.send_packet(packet).is_err() {
+            self.decoder.flush();
+            return Ok(Step::Read); // a damaged key frame: none from it
+        }
+        let _ = self.decoder.send_eof();
+        let step = self.receive();
+        self.decoder.flush();
+        step
     }
 
     /// Which frames the decoder may skip for `packet`: every frame but key frames for the
