@@ -184,10 +184,7 @@ pub fn decode(
     max_decoded_bytes: u64,
     max_packets: Option<usize>,
 ) -> Result<Waveform<'static>, String> {
-    let mut collected = Collect {
-        samples: Vec::new(),
-        max_decoded_bytes,
-    };
+    let mut collected = Collect(Vec::new());
     let (rate, channels) = decode_with(
         bytes,
         extension,
@@ -195,7 +192,7 @@ pub fn decode(
         max_packets,
         &mut collected,
     )?;
-    let samples = collected.samples;
+    let samples = collected.0;
     // The samples count against the call's memory budget (see rillet_runtime::memory).
     rillet_runtime::memory::charge_call_memory(samples.capacity() * 4);
     Ok(Waveform {
@@ -208,24 +205,24 @@ pub fn decode(
 /// Where decoded audio goes, packet by packet ([`decode_with`]): held whole
 /// ([`decode`]), or resampled as it comes (`audio_resample`, `audio_standardize`).
 pub trait PcmSink {
-    /// The interleaved samples of the next packet, at `rate` Hz with `channels` channels
-    /// (the same for every packet of a stream).
-    fn push(&mut self, rate: u32, channels: u16, samples: &[f32]) -> Result<(), String>;
+    /// Room for the next packet's `len` interleaved samples, which the decoder writes.
+    fn room(&mut self, len: usize) -> &mut [f32];
+    /// The samples just written into [`room`](Self::room) are a packet at `rate` Hz with
+    /// `channels` channels (the same for every packet of a stream).
+    fn take(&mut self, rate: u32, channels: u16) -> Result<(), String>;
 }
 
-/// Samples held whole, under a cap.
-struct Collect {
-    samples: Vec<f32>,
-    max_decoded_bytes: u64,
-}
+/// Samples held whole (the decoder writes each packet at their end).
+struct Collect(Vec<f32>);
 
 impl PcmSink for Collect {
-    fn push(&mut self, _rate: u32, _channels: u16, samples: &[f32]) -> Result<(), String> {
-        let total = (self.samples.len() + samples.len()) as u64;
-        if total.saturating_mul(4) > self.max_decoded_bytes {
-            return Err(over_cap(total, self.max_decoded_bytes));
-        }
-        self.samples.extend_from_slice(samples);
+    fn room(&mut self, len: usize) -> &mut [f32] {
+        let at = self.0.len();
+        self.0.resize(at + len, 0.0);
+        &mut self.0[at..]
+    }
+
+    fn take(&mut self, _rate: u32, _channels: u16) -> Result<(), String> {
         Ok(())
     }
 }
@@ -252,7 +249,6 @@ pub fn decode_with(
     let mut decoder = symphonia::default::get_codecs()
         .make_audio_decoder(&params, &AudioDecoderOptions::default())
         .map_err(describe)?;
-    let mut packet_samples: Vec<f32> = Vec::new();
     let mut spec: Option<(u32, u16)> = None;
     let (mut packets, mut decoded_samples) = (0usize, 0u64);
     loop {
@@ -278,13 +274,13 @@ pub fn decode_with(
             }
             Some(_) => {}
         }
-        packet_samples.resize(buffer.samples_interleaved(), 0.0);
-        buffer.copy_to_slice_interleaved(&mut packet_samples);
-        decoded_samples += packet_samples.len() as u64;
+        let added = buffer.samples_interleaved();
+        decoded_samples += added as u64;
         if decoded_samples.saturating_mul(4) > max_decoded_bytes {
             return Err(over_cap(decoded_samples, max_decoded_bytes));
         }
-        sink.push(rate, channels, &packet_samples)?;
+        buffer.copy_to_slice_interleaved(sink.room(added));
+        sink.take(rate, channels)?;
     }
     if max_packets.is_none()
         && let (Some(declared), Some((_, channels))) = (declared_frames, spec)

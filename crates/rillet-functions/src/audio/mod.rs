@@ -308,6 +308,7 @@ fn map_resampled(
                 rate,
                 channels,
                 stream: None,
+                packet: Vec::new(),
             };
             let extension = column.extension(row);
             let (from, decoded_channels) = codec::decode_with(
@@ -337,15 +338,17 @@ struct Resampling {
     rate: Option<u32>,
     channels: Option<u16>,
     stream: Option<dsp::StreamResampler>,
+    /// The packet the decoder wrote last.
+    packet: Vec<f32>,
 }
 
 impl codec::PcmSink for Resampling {
-    fn push(
-        &mut self,
-        rate: u32,
-        channels: u16,
-        samples: &[f32],
-    ) -> std::result::Result<(), String> {
+    fn room(&mut self, len: usize) -> &mut [f32] {
+        self.packet.resize(len, 0.0);
+        &mut self.packet
+    }
+
+    fn take(&mut self, rate: u32, channels: u16) -> std::result::Result<(), String> {
         let to = self.channels.unwrap_or(channels);
         let stream = match &mut self.stream {
             Some(stream) => stream,
@@ -356,12 +359,12 @@ impl codec::PcmSink for Resampling {
             )?),
         };
         if to == channels {
-            return stream.push(samples);
+            return stream.push(&self.packet);
         }
         let packet = Waveform {
             rate,
             channels,
-            samples: Cow::Borrowed(samples),
+            samples: Cow::Borrowed(&self.packet),
         };
         stream.push(&dsp::remix(&packet, to).samples)
     }
