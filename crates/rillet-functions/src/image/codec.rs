@@ -311,9 +311,9 @@ pub(crate) fn decode_jpeg_reduced(
 /// reads the neighbouring blocks) and to an iMCU boundary on the left, and decoded down to
 /// the image's last row: libjpeg-turbo skips the rows below a region without reading
 /// them, so damage there would go unnoticed where a full decode refuses the file. Then
-/// it is cut exactly and turned upright. `None` where this does not apply (not a JPEG libjpeg-turbo decodes,
-/// a window that does not fit or covers most of the image, a stream it rejects): the
-/// caller decodes in full and reports any error.
+/// it is cut exactly and turned upright. `None` where this does not apply (not a JPEG
+/// libjpeg-turbo decodes, a window that does not fit or covers most of the image, a
+/// stream it rejects): the caller decodes in full and reports any error.
 pub(crate) fn decode_jpeg_window(
     bytes: &[u8],
     window: super::Window,
