@@ -2,7 +2,7 @@
 //! act on; the planner's and executor's errors keep their original text.
 
 use arrow::error::ArrowError;
-use datafusion::error::DataFusionError;
+use datafusion_common::DataFusionError;
 
 /// Result alias used across Rillet crates.
 pub type Result<T, E = RilletError> = std::result::Result<T, E>;
