@@ -11,9 +11,9 @@ use pyo3::types::PyDict;
 use pyo3_arrow::{PyField, PySchema, PyTable};
 use rillet_common::{EngineConfig, RilletError};
 use rillet_plan::{DataFrame, JoinHow, ReadFormat, Session, array_function_expr};
-use rillet_runtime::workers::{PoolOptions, WorkerCommand};
+use rillet_runtime::processes::{ProcessCommand, ProcessPoolOptions};
 use rillet_runtime::{
-    CallFields, ResourceManager, ResourceRequest, WorkerBatchFunction, WorkerFunction,
+    CallFields, ProcessBatchFunction, ProcessFunction, ResourceManager, ResourceRequest,
 };
 use rillet_runtime::{
     CollectedBatches, FileFormat, JobHandle, JobStats, RowBatcher, WriteMode, global_runtime,
@@ -306,7 +306,7 @@ impl PySession {
         pool: WorkerSettings,
     ) -> PyResult<PyExpr> {
         let (command, options, resources) = pool.into_pool(&format!("udf({name})"))?;
-        let function = WorkerFunction::new(
+        let function = ProcessFunction::new(
             name,
             result.into_inner().as_ref().clone(),
             batch_size,
@@ -343,7 +343,10 @@ impl WorkerSettings {
     /// The command and pool options of `who`'s workers. Values that can never work fail
     /// here, when the expression is built; whether the machine has room is checked when a
     /// job starts.
-    fn into_pool(self, who: &str) -> PyResult<(WorkerCommand, PoolOptions, Arc<ResourceManager>)> {
+    fn into_pool(
+        self,
+        who: &str,
+    ) -> PyResult<(ProcessCommand, ProcessPoolOptions, Arc<ResourceManager>)> {
         let request = ResourceRequest {
             cpus: self.num_cpus,
             gpus: self.num_gpus,
@@ -351,7 +354,7 @@ impl WorkerSettings {
         };
         let resources = ResourceManager::global();
         // Without a maximum, as many workers as the machine fits.
-        let options = PoolOptions {
+        let options = ProcessPoolOptions {
             min_workers: self.min_workers,
             max_workers: self
                 .max_workers
@@ -361,7 +364,7 @@ impl WorkerSettings {
             idle_timeout: Duration::from_secs_f64(self.idle_timeout_s.max(0.0)),
         };
         options.validate(who).py_err()?;
-        let command = WorkerCommand {
+        let command = ProcessCommand {
             argv: self.argv,
             env: self.env,
             setup: Arc::new(self.setup),
@@ -609,7 +612,7 @@ impl PyDataFrame {
         pool: WorkerSettings,
     ) -> PyResult<Self> {
         let (command, options, resources) = pool.into_pool(&format!("map_batches({name})"))?;
-        let function = WorkerBatchFunction::new(
+        let function = ProcessBatchFunction::new(
             &name,
             schema.into_inner(),
             batch_size,

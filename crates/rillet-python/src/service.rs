@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use rillet_runtime::workers::WorkerCommand;
+use rillet_runtime::processes::ProcessCommand;
 use rillet_runtime::{ResourceManager, ResourceRequest};
 use rillet_service::{Service, ServiceOptions};
 
@@ -55,7 +55,7 @@ impl PyService {
             idle_timeout: Duration::from_secs_f64(pool.idle_timeout_s.max(0.0)),
             health_interval: Duration::from_secs_f64(health_interval_s.max(0.05)),
         };
-        let command = WorkerCommand {
+        let command = ProcessCommand {
             argv: pool.argv,
             env: pool.env,
             setup: Arc::new(pool.setup),

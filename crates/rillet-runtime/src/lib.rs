@@ -6,6 +6,11 @@
 //! in band with them, control messages such as checkpoint barriers. Blocking work (Python
 //! functions, file writes) runs on a bounded [`BlockingPool`] off the async executor.
 //!
+//! "Worker" means one thing here: what runs a job's tasks ([`LocalWorker`], the `worker`
+//! module; the tasks' bodies are in `task`). Functions computed outside the engine run in
+//! [`processes`] (function processes, one pool per function), and blocking calls on the
+//! threads of a [`BlockingPool`].
+//!
 //! The worker is written as "one worker among many": everything it knows about its
 //! neighbours goes through the graph's edges, so an edge can later become a remote Arrow
 //! Flight exchange without touching the operators.
@@ -41,6 +46,7 @@
 //! ```
 
 pub mod allocator;
+mod blocking;
 pub mod channel;
 mod checkpointing;
 pub mod commit;
@@ -52,7 +58,7 @@ pub mod memory;
 mod message;
 mod metrics;
 pub mod partitioned;
-mod pool;
+pub mod processes;
 mod progress;
 pub mod resources;
 mod runtime;
@@ -61,8 +67,8 @@ pub mod spill;
 mod stream;
 mod task;
 mod worker;
-pub mod workers;
 
+pub use blocking::BlockingPool;
 pub use checkpointing::{CheckpointStats, Checkpointing};
 pub use datafusion::common::ScalarValue;
 pub use exchange::{ExchangeRegistry, ExchangeSourceExec};
@@ -73,7 +79,7 @@ pub use function::{
 pub use graph::{DataflowGraph, Edge, EdgeId, EdgeKind, Vertex, VertexId, VertexOperator};
 pub use message::{CheckpointBarrier, StreamMessage, WATERMARK_END};
 pub use metrics::{JobStats, NullCount, OperatorMetrics, OperatorStats, WaitReason};
-pub use pool::BlockingPool;
+pub use processes::{ProcessBatchFunction, ProcessFunction};
 pub use resources::{MachineResources, ResourceManager, ResourceRequest};
 pub use runtime::{block_on, global_runtime};
 pub use sink::{
@@ -85,4 +91,3 @@ pub use stream::{
     decode_batches, encode_batches,
 };
 pub use worker::{JobCanceller, JobHandle, LocalWorker};
-pub use workers::{WorkerBatchFunction, WorkerFunction};

@@ -75,7 +75,7 @@ impl ArrayFunction for ServiceFunction {
                 ),
             });
         }
-        rillet_runtime::workers::record_reply_nulls(&self.name, rows, &reply);
+        rillet_runtime::processes::record_reply_nulls(&self.name, rows, &reply);
         Ok(reply.column(0).clone())
     }
 

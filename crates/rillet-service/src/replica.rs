@@ -18,9 +18,9 @@ use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{Action, FlightClient, FlightDescriptor};
 use futures::{StreamExt, TryStreamExt};
+use rillet_runtime::processes::protocol::{self, ERROR, READY, SETUP};
+use rillet_runtime::processes::{ProcessCommand, describe_exit, lock_child, spawn_process};
 use rillet_runtime::resources::Reservation;
-use rillet_runtime::workers::protocol::{self, ERROR, READY, SETUP};
-use rillet_runtime::workers::{WorkerCommand, describe_exit, lock_child, spawn_worker_process};
 use tonic::transport::{Channel, Endpoint};
 
 /// The prefix a replica puts before the traceback of an exception its function raised, so
@@ -55,14 +55,14 @@ pub(crate) enum LaunchError {
 /// Start a replica process for `label` and wait until it serves. `registered` gets the
 /// process as soon as it exists, so that a shutdown can stop a replica still loading.
 pub(crate) fn launch(
-    command: &WorkerCommand,
+    command: &ProcessCommand,
     label: &str,
     reservation: &Reservation,
     cpus: f64,
     registered: impl FnOnce(u32, Arc<Mutex<Child>>),
 ) -> Result<Launched, LaunchError> {
     let mut child =
-        spawn_worker_process(command, label, reservation, cpus).map_err(LaunchError::Process)?;
+        spawn_process(command, label, reservation, cpus).map_err(LaunchError::Process)?;
     let pid = child.id();
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         let _ = child.kill();

@@ -10,13 +10,13 @@ use futures::stream::FuturesOrdered;
 use rillet_common::{Result, RilletError};
 
 use super::{OutputRouter, TaskGuard};
+use crate::blocking::BlockingPool;
 use crate::channel::InputGate;
 use crate::checkpointing::TaskLink;
 use crate::function::{BatchFunction, RowBatcher, check_output_schema, with_call};
 use crate::memory::{self, CallBudget, CallSizer};
 use crate::message::StreamMessage;
 use crate::metrics::OperatorMetrics;
-use crate::pool::BlockingPool;
 
 /// Runs a function vertex's task: cut the input into the function's batch size and keep as
 /// many calls running as the pool has workers, sending results in input order. One task

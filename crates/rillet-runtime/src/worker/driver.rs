@@ -10,10 +10,10 @@ use rillet_common::{Result, RilletError};
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::blocking::{BlockingPool, panic_message};
 use crate::checkpointing::{CheckpointStats, JobControl};
 use crate::function::BatchFunction;
 use crate::metrics::{JobStats, OperatorMetrics};
-use crate::pool::{BlockingPool, panic_message};
 use crate::progress::ProgressDisplay;
 use crate::sink::Sink;
 

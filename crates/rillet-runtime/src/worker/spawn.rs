@@ -7,13 +7,13 @@ use std::sync::Arc;
 use datafusion::execution::TaskContext;
 use rillet_common::{EngineConfig, Result, RilletError};
 
+use crate::blocking::BlockingPool;
 use crate::channel::ChannelReceiver;
 use crate::checkpointing::TaskLink;
 use crate::graph::{DataflowGraph, Vertex, VertexId, VertexOperator};
 use crate::keygroups::TaskPlacement;
 use crate::memory::CallBudget;
 use crate::metrics::OperatorMetrics;
-use crate::pool::BlockingPool;
 use crate::runtime::global_runtime;
 use crate::sink::SinkContext;
 use crate::stream::{SourceState, SplitAssignment, StreamSource, assign_splits};

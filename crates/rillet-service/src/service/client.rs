@@ -9,8 +9,8 @@ use arrow::array::RecordBatch;
 use rillet_common::{Result, RilletError};
 use rillet_runtime::OperatorMetrics;
 use rillet_runtime::global_runtime;
+use rillet_runtime::processes::ProcessCommand;
 use rillet_runtime::resources::ResourceManager;
-use rillet_runtime::workers::WorkerCommand;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::health::manage;
@@ -28,7 +28,7 @@ use super::{Call, ReplicaState, ReplicaStatus, ServiceOptions, ServiceStatus, Sh
 ///
 /// ```no_run
 /// # use rillet_service::{Service, ServiceOptions};
-/// # fn demo(command: rillet_runtime::workers::WorkerCommand, batch: arrow::array::RecordBatch) -> rillet_common::Result<()> {
+/// # fn demo(command: rillet_runtime::processes::ProcessCommand, batch: arrow::array::RecordBatch) -> rillet_common::Result<()> {
 /// let service = Service::start(
 ///     "embedder",
 ///     command,
@@ -51,7 +51,7 @@ impl Service {
     /// constructors run in the background.
     pub fn start(
         name: impl Into<String>,
-        command: WorkerCommand,
+        command: ProcessCommand,
         options: ServiceOptions,
         resources: Arc<ResourceManager>,
     ) -> Result<Self> {

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use rillet_common::{Result, RilletError};
+use rillet_runtime::processes::{ProcessCommand, stop_processes};
 use rillet_runtime::resources::{Reservation, ResourceManager};
-use rillet_runtime::workers::{WorkerCommand, stop_processes};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::transport::Channel;
 
@@ -40,7 +40,7 @@ pub use status::{ReplicaState, ReplicaStatus, ServiceStatus};
 #[derive(Debug)]
 struct Shared {
     name: String,
-    command: WorkerCommand,
+    command: ProcessCommand,
     options: ServiceOptions,
     resources: Arc<ResourceManager>,
     state: Mutex<State>,

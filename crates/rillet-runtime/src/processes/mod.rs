@@ -1,10 +1,10 @@
-//! Worker processes: column functions computed in processes of their own.
+//! Function processes: column functions computed in processes of their own.
 //!
 //! Python UDFs that load models (class UDFs) or process whole batches run in isolated
-//! worker processes by default: a crash, a leak or the GIL of one worker never touches the
-//! engine or the other workers, and each worker holds its own share of the machine
+//! processes by default: a crash, a leak or the GIL of one process never touches the
+//! engine or the other processes, and each process holds its own share of the machine
 //! (CPUs, a GPU or a fraction of one, memory) from the [`ResourceManager`]. A
-//! [`WorkerFunction`] is the engine's side of such a function: its calls go to a
+//! [`ProcessFunction`] is the engine's side of such a function: its calls go to a
 //! [`ProcessPool`] that lives as long as the job, as Arrow IPC over pipes (see
 //! [`protocol`]).
 //!
@@ -21,7 +21,7 @@ use datafusion::common::ScalarValue;
 use rillet_common::{Result, RilletError};
 
 pub use pool::{
-    PoolOptions, ProcessPool, WorkerCommand, describe_exit, lock_child, spawn_worker_process,
+    ProcessCommand, ProcessPool, ProcessPoolOptions, describe_exit, lock_child, spawn_process,
     stop_processes,
 };
 
@@ -34,8 +34,8 @@ use crate::resources::ResourceManager;
 struct JobPool {
     /// Operator label for errors and metrics: `udf(name)`, `map_batches(name)`.
     operator: String,
-    command: WorkerCommand,
-    options: PoolOptions,
+    command: ProcessCommand,
+    options: ProcessPoolOptions,
     resources: Arc<ResourceManager>,
     slot: Mutex<PoolSlot>,
 }
@@ -50,8 +50,8 @@ struct PoolSlot {
 impl JobPool {
     fn new(
         operator: String,
-        command: WorkerCommand,
-        options: PoolOptions,
+        command: ProcessCommand,
+        options: ProcessPoolOptions,
         resources: Arc<ResourceManager>,
     ) -> Self {
         Self {
@@ -119,7 +119,7 @@ impl JobPool {
         }
     }
 
-    /// Send `batch` to a worker and return its reply.
+    /// Send `batch` to a process and return its reply.
     fn call(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let request = protocol::encode_batch(batch)?;
         self.running()?.call(&request)
@@ -146,28 +146,28 @@ pub fn record_reply_nulls(operator: &str, rows: usize, reply: &RecordBatch) {
     crate::function::record_nulls(operator, rows as u64, nulled, reason);
 }
 
-/// A column function whose calls run in a pool of worker processes started for each job.
+/// A column function whose calls run in a pool of processes started for each job.
 ///
 /// Each call sends the argument arrays (as columns `a0`, `a1`, … of a batch with the
 /// call's row count) and expects a batch whose single column is the result.
 #[derive(Debug)]
-pub struct WorkerFunction {
+pub struct ProcessFunction {
     name: String,
     fields: CallFields,
     batch_size: Option<usize>,
     pool: JobPool,
 }
 
-impl WorkerFunction {
+impl ProcessFunction {
     /// A function called `name` returning `result` (a field, so an extension type's
-    /// metadata is kept), computed by workers started with `command` and sized by
+    /// metadata is kept), computed by processes started with `command` and sized by
     /// `options`, with resources from `resources`.
     pub fn new(
         name: impl Into<String>,
         result: Field,
         batch_size: Option<usize>,
-        command: WorkerCommand,
-        options: PoolOptions,
+        command: ProcessCommand,
+        options: ProcessPoolOptions,
         resources: Arc<ResourceManager>,
     ) -> Self {
         let name = name.into();
@@ -189,7 +189,7 @@ impl WorkerFunction {
     }
 }
 
-impl ArrayFunction for WorkerFunction {
+impl ArrayFunction for ProcessFunction {
     fn name(&self) -> &str {
         &self.name
     }
@@ -240,25 +240,25 @@ impl ArrayFunction for WorkerFunction {
     }
 }
 
-/// A batch function (`map_batches`) whose calls run in a pool of worker processes started
+/// A batch function (`map_batches`) whose calls run in a pool of processes started
 /// for each job: each call sends the batch and expects the output batch back.
 #[derive(Debug)]
-pub struct WorkerBatchFunction {
+pub struct ProcessBatchFunction {
     name: String,
     schema: SchemaRef,
     batch_size: Option<usize>,
     pool: JobPool,
 }
 
-impl WorkerBatchFunction {
-    /// `map_batches(name)` producing batches of `schema`, computed by workers started with
+impl ProcessBatchFunction {
+    /// `map_batches(name)` producing batches of `schema`, computed by processes started with
     /// `command` and sized by `options`, with resources from `resources`.
     pub fn new(
         name: &str,
         schema: SchemaRef,
         batch_size: Option<usize>,
-        command: WorkerCommand,
-        options: PoolOptions,
+        command: ProcessCommand,
+        options: ProcessPoolOptions,
         resources: Arc<ResourceManager>,
     ) -> Self {
         let name = format!("map_batches({name})");
@@ -271,7 +271,7 @@ impl WorkerBatchFunction {
     }
 }
 
-impl BatchFunction for WorkerBatchFunction {
+impl BatchFunction for ProcessBatchFunction {
     fn name(&self) -> &str {
         &self.name
     }
@@ -282,7 +282,7 @@ impl BatchFunction for WorkerBatchFunction {
 
     fn call(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let reply = self.pool.call(&batch)?;
-        // The worker cast its result to the declared schema; the batch only needs the
+        // The process cast its result to the declared schema; the batch only needs the
         // declared field metadata (extension types) back.
         RecordBatch::try_new(self.schema.clone(), reply.columns().to_vec()).map_err(|e| {
             RilletError::UserFunction {

@@ -1,4 +1,4 @@
-//! A pool of worker processes that serve calls one at a time each.
+//! A pool of processes that serve calls one at a time each.
 
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter};
@@ -15,33 +15,33 @@ use super::protocol::{self, CALL, ERROR, READY, RESULT, SETUP};
 use crate::metrics::{OperatorMetrics, WaitReason};
 use crate::resources::{Reservation, ResourceManager, ResourceRequest};
 
-/// How to start one worker process.
+/// How to start one process.
 #[derive(Debug, Clone)]
-pub struct WorkerCommand {
-    /// Program and arguments (for Python: the interpreter and Rillet's worker script).
+pub struct ProcessCommand {
+    /// Program and arguments (for Python: the interpreter and Rillet's `_worker.py` script).
     pub argv: Vec<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
-    /// The payload of the setup frame each worker gets first.
+    /// The payload of the setup frame each process gets first.
     pub setup: Arc<Vec<u8>>,
 }
 
 /// Size and resources of a pool.
 #[derive(Debug, Clone)]
-pub struct PoolOptions {
-    /// Workers started with the pool and kept while it lives.
+pub struct ProcessPoolOptions {
+    /// Processes started with the pool and kept while it lives.
     pub min_workers: usize,
-    /// Most workers at once; the pool grows towards it while calls wait.
+    /// Most processes at once; the pool grows towards it while calls wait.
     pub max_workers: usize,
-    /// What each worker reserves.
+    /// What each process reserves.
     pub request: ResourceRequest,
-    /// Times one call is re-sent to a fresh worker after its worker died.
+    /// Times one call is re-sent to a fresh process after its process died.
     pub max_retries: usize,
-    /// A worker idle this long is stopped while the pool has more than `min_workers`.
+    /// A process idle this long is stopped while the pool has more than `min_workers`.
     pub idle_timeout: Duration,
 }
 
-impl PoolOptions {
+impl ProcessPoolOptions {
     /// Reject sizes and requests that can never work, on any machine; `who` names the pool.
     pub fn validate(&self, who: &str) -> Result<()> {
         if self.max_workers == 0 || self.min_workers > self.max_workers {
@@ -55,7 +55,7 @@ impl PoolOptions {
     }
 }
 
-impl Default for PoolOptions {
+impl Default for ProcessPoolOptions {
     fn default() -> Self {
         Self {
             min_workers: 1,
@@ -71,17 +71,17 @@ impl Default for PoolOptions {
     }
 }
 
-/// Worker processes serving one function. Each worker computes one call at a time; a
-/// call takes an idle worker, or starts one (up to `max_workers`, when the resource
-/// manager has room) and waits for the first worker that becomes ready. A worker that dies
+/// Processes serving one function. Each process computes one call at a time; a
+/// call takes an idle process, or starts one (up to `max_workers`, when the resource
+/// manager has room) and waits for the first process that becomes ready. A process that dies
 /// mid-call (killed, crashed) is replaced and the call is sent again, up to `max_retries`
-/// times; the job sees only the retry count. A worker whose constructor fails makes every
-/// call fail with that error, since the next worker would fail the same way.
+/// times; the job sees only the retry count. A process whose constructor fails makes every
+/// call fail with that error, since the next process would fail the same way.
 #[derive(Debug)]
 pub struct ProcessPool {
     name: String,
-    command: WorkerCommand,
-    options: PoolOptions,
+    command: ProcessCommand,
+    options: ProcessPoolOptions,
     resources: Arc<ResourceManager>,
     metrics: Option<Arc<OperatorMetrics>>,
     state: Mutex<PoolState>,
@@ -94,15 +94,15 @@ pub struct ProcessPool {
 #[derive(Debug, Default)]
 struct PoolState {
     idle: Vec<Worker>,
-    /// Workers starting, idle or busy.
+    /// Processes starting, idle or busy.
     live: usize,
     starting: usize,
-    /// Calls waiting for a worker.
+    /// Calls waiting for a process.
     waiting: usize,
     closed: bool,
-    /// Why workers cannot start (a failing constructor); every call fails with it.
+    /// Why processes cannot start (a failing constructor); every call fails with it.
     failure: Option<String>,
-    /// Every live worker's process, so closing the pool can stop busy ones too.
+    /// Every live process, so closing the pool can stop busy ones too.
     children: HashMap<u32, Arc<Mutex<Child>>>,
 }
 
@@ -116,7 +116,7 @@ struct Worker {
     _reservation: Reservation,
 }
 
-/// What came back from a worker.
+/// What came back from a process.
 enum Reply {
     Batch(RecordBatch),
     Failed(String),
@@ -125,11 +125,11 @@ enum Reply {
 impl ProcessPool {
     /// Check that `options` can ever run on this machine (failing at once, with what was
     /// asked and what exists, when not), then start the pool and its `min_workers`
-    /// workers, whose constructors run in the background.
+    /// processes, whose constructors run in the background.
     pub fn start(
         name: impl Into<String>,
-        command: WorkerCommand,
-        options: PoolOptions,
+        command: ProcessCommand,
+        options: ProcessPoolOptions,
         resources: Arc<ResourceManager>,
         metrics: Option<Arc<OperatorMetrics>>,
     ) -> Result<Arc<Self>> {
@@ -154,17 +154,17 @@ impl ProcessPool {
         {
             let mut state = pool.lock();
             for _ in 0..pool.options.min_workers {
-                // Another job's pool may hold the resources now: calls start workers later.
+                // Another job's pool may hold the resources now: calls start processes later.
                 let Some(reservation) = pool.resources.try_reserve(&pool.options.request) else {
                     break;
                 };
-                pool.start_worker(&mut state, reservation);
+                pool.start_process(&mut state, reservation);
             }
         }
         let reaper = Arc::downgrade(&pool);
         std::thread::Builder::new()
             .name("rillet-pool-reaper".to_string())
-            .spawn(move || reap_idle_workers(reaper))
+            .spawn(move || reap_idle_processes(reaper))
             .map_err(|e| RilletError::internal(format!("cannot start a thread: {e}")))?;
         Ok(pool)
     }
@@ -219,22 +219,22 @@ impl ProcessPool {
         }
     }
 
-    /// Workers started so far, replacements included.
-    pub fn workers_started(&self) -> u64 {
+    /// Processes started so far, replacements included.
+    pub fn processes_started(&self) -> u64 {
         self.started.load(Ordering::Relaxed)
     }
 
-    /// Calls re-sent after their worker died.
+    /// Calls re-sent after their process died.
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
     }
 
-    /// Workers starting, idle or busy now.
-    pub fn live_workers(&self) -> usize {
+    /// Processes starting, idle or busy now.
+    pub fn live_processes(&self) -> usize {
         self.lock().live
     }
 
-    /// Stop every worker, busy ones included (their calls fail as cancelled). Idempotent.
+    /// Stop every process, busy ones included (their calls fail as cancelled). Idempotent.
     pub fn close(&self) {
         let (idle, children) = {
             let mut state = self.lock();
@@ -246,7 +246,7 @@ impl ProcessPool {
         };
         self.changed.notify_all();
         let idle_pids: Vec<u32> = idle.iter().map(|w| w.pid).collect();
-        // Idle workers exit on end of input; busy ones are killed.
+        // Idle processes exit on end of input; busy ones are killed.
         for (pid, child) in &children {
             if !idle_pids.contains(pid) {
                 let _ = lock_child(child).kill();
@@ -256,7 +256,7 @@ impl ProcessPool {
         for child in children.values() {
             let _ = lock_child(child).wait();
         }
-        // Workers still loading were killed above; wait for their start threads to give
+        // Processes still loading were killed above; wait for their start threads to give
         // their resources back, so the job ends with nothing reserved.
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut state = self.lock();
@@ -273,8 +273,8 @@ impl ProcessPool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An idle worker, starting one when calls wait and the pool and the machine have
-    /// room. The wait shows as "model loading" while workers start and "a free worker"
+    /// An idle process, starting one when calls wait and the pool and the machine have
+    /// room. The wait shows as "model loading" while processes start and "a free process"
     /// otherwise.
     fn acquire(&self) -> Result<Worker> {
         let mut state = self.lock();
@@ -298,7 +298,7 @@ impl ProcessPool {
                 && state.starting < state.waiting
                 && let Some(reservation) = self.resources.try_reserve(&self.options.request)
             {
-                self.start_worker(&mut state, reservation);
+                self.start_process(&mut state, reservation);
                 continue;
             }
             let now = if state.starting > 0 {
@@ -336,7 +336,7 @@ impl ProcessPool {
         self.changed.notify_all();
     }
 
-    /// Forget a broken worker, make sure its process is gone, and describe how it ended.
+    /// Forget a broken process, make sure its process is gone, and describe how it ended.
     fn discard(&self, worker: Worker) -> String {
         {
             let mut state = self.lock();
@@ -364,9 +364,9 @@ impl ProcessPool {
         describe_exit(status)
     }
 
-    /// Count a worker as starting and launch it on a thread of its own, so that waiting
-    /// calls take whichever worker is ready first.
-    fn start_worker(&self, state: &mut PoolState, reservation: Reservation) {
+    /// Count a process as starting and launch it on a thread of its own, so that waiting
+    /// calls take whichever process is ready first.
+    fn start_process(&self, state: &mut PoolState, reservation: Reservation) {
         state.live += 1;
         state.starting += 1;
         let me = self.me.clone();
@@ -403,9 +403,9 @@ impl ProcessPool {
         }
     }
 
-    /// Start one worker process and wait until its constructor finished.
+    /// Start one process and wait until its constructor finished.
     fn launch(&self, reservation: Reservation) -> std::result::Result<Worker, String> {
-        let mut child = spawn_worker_process(
+        let mut child = spawn_process(
             &self.command,
             &self.name,
             &reservation,
@@ -417,7 +417,7 @@ impl ProcessPool {
             let _ = child.wait();
             return Err("a worker process has no pipes".to_string());
         };
-        // Known to the pool from now on, so closing the pool stops a worker still loading.
+        // Known to the pool from now on, so closing the pool stops a process still loading.
         let child = Arc::new(Mutex::new(child));
         self.lock().children.insert(pid, child.clone());
         self.started.fetch_add(1, Ordering::Relaxed);
@@ -471,7 +471,7 @@ impl Drop for ProcessPool {
 }
 
 impl Worker {
-    /// Send a call and wait for its reply; an error means the worker is gone or broken.
+    /// Send a call and wait for its reply; an error means the process is gone or broken.
     fn exchange(&mut self, request: &[u8]) -> std::result::Result<Reply, String> {
         protocol::write_frame(&mut self.input, CALL, request)
             .map_err(|e| format!("sending the batch failed: {e}"))?;
@@ -487,11 +487,11 @@ impl Worker {
     }
 }
 
-/// Start one worker process of `command` for `label` (its `RILLET_WORKER_OF`) with piped
+/// Start one process of `command` for `label` (its `RILLET_WORKER_OF`) with piped
 /// stdin and stdout, in a process group of its own, seeing the GPUs of `reservation` and
 /// told to use as many threads as the `cpus` it reserved.
-pub fn spawn_worker_process(
-    command: &WorkerCommand,
+pub fn spawn_process(
+    command: &ProcessCommand,
     label: &str,
     reservation: &Reservation,
     cpus: f64,
@@ -509,13 +509,13 @@ pub fn spawn_worker_process(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         // Its own process group: Ctrl-C in the terminal goes to the engine, which
-        // stops its workers, instead of killing workers under running calls.
+        // stops its processes, instead of killing processes under running calls.
         .process_group(0);
     if reservation.has_gpu() {
         process.env("CUDA_VISIBLE_DEVICES", reservation.cuda_visible_devices());
     }
-    // Numeric libraries start a thread per core unless told otherwise; a worker gets
-    // as many as the CPUs it reserved, so workers do not oversubscribe the machine.
+    // Numeric libraries start a thread per core unless told otherwise; a process gets
+    // as many as the CPUs it reserved, so processes do not oversubscribe the machine.
     let threads = cpus.ceil().max(1.0).to_string();
     for var in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
         let set_by_user =
@@ -529,12 +529,12 @@ pub fn spawn_worker_process(
         .map_err(|e| format!("cannot start a worker process ({}): {e}", argv.join(" ")))
 }
 
-/// Lock a worker's process handle, surviving a poisoned lock.
+/// Lock a process's process handle, surviving a poisoned lock.
 pub fn lock_child(child: &Mutex<Child>) -> MutexGuard<'_, Child> {
     child.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Close the workers' input (they exit when it ends), give them a second, then kill.
+/// Close the processes' input (they exit when it ends), give them a second, then kill.
 fn stop_gracefully(workers: Vec<Worker>) {
     let children: Vec<Arc<Mutex<Child>>> = workers
         .into_iter()
@@ -568,7 +568,7 @@ pub fn stop_processes(children: Vec<Arc<Mutex<Child>>>, grace: Duration) {
     }
 }
 
-/// How a worker process ended, in words: "was killed by signal 9 (SIGKILL)".
+/// How a process ended, in words: "was killed by signal 9 (SIGKILL)".
 pub fn describe_exit(status: Option<std::process::ExitStatus>) -> String {
     match status {
         Some(s) if s.signal().is_some() => {
@@ -587,9 +587,9 @@ pub fn describe_exit(status: Option<std::process::ExitStatus>) -> String {
     }
 }
 
-/// Stop workers idle longer than the pool's idle timeout while it has more than its
+/// Stop processes idle longer than the pool's idle timeout while it has more than its
 /// minimum; ends with the pool.
-fn reap_idle_workers(pool: Weak<ProcessPool>) {
+fn reap_idle_processes(pool: Weak<ProcessPool>) {
     loop {
         std::thread::sleep(Duration::from_millis(200));
         let Some(pool) = pool.upgrade() else { return };
@@ -600,7 +600,7 @@ fn reap_idle_workers(pool: Weak<ProcessPool>) {
             }
             let mut expired = Vec::new();
             while state.live > pool.options.min_workers {
-                // Stop the worker idle longest first.
+                // Stop the process idle longest first.
                 let Some(oldest) = state
                     .idle
                     .iter()
@@ -636,7 +636,7 @@ mod tests {
     use super::*;
     use crate::resources::MachineResources;
 
-    /// A worker in plain Python (no third-party module): ready at once, replies to each
+    /// A process in plain Python (no third-party module): ready at once, replies to each
     /// call with its arguments, so the function is the identity on `a0`. Row 13 makes it
     /// kill itself with SIGKILL once per marker file.
     const ECHO_WORKER: &str = r#"
@@ -659,14 +659,14 @@ while True:
     send(b"O", f[1])
 "#;
 
-    fn pool(options: PoolOptions, marker: &std::path::Path) -> Arc<ProcessPool> {
+    fn pool(options: ProcessPoolOptions, marker: &std::path::Path) -> Arc<ProcessPool> {
         let machine = MachineResources {
             cpus: 8.0,
             memory_bytes: 1 << 30,
             gpus: vec![],
             virtual_gpus: false,
         };
-        let command = WorkerCommand {
+        let command = ProcessCommand {
             argv: vec![
                 "python3".into(),
                 "-c".into(),
@@ -696,11 +696,11 @@ while True:
     #[test]
     fn grows_while_calls_wait_then_shrinks_to_its_minimum_when_idle() {
         let dir = tempfile::tempdir().unwrap();
-        let options = PoolOptions {
+        let options = ProcessPoolOptions {
             min_workers: 1,
             max_workers: 3,
             idle_timeout: Duration::from_millis(300),
-            ..PoolOptions::default()
+            ..ProcessPoolOptions::default()
         };
         let pool = pool(options, &dir.path().join("unused"));
         std::thread::scope(|scope| {
@@ -712,12 +712,12 @@ while True:
                 });
             }
         });
-        assert_eq!(pool.workers_started(), 3);
+        assert_eq!(pool.processes_started(), 3);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while pool.live_workers() > 1 && Instant::now() < deadline {
+        while pool.live_processes() > 1 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert_eq!(pool.live_workers(), 1);
+        assert_eq!(pool.live_processes(), 1);
         pool.close();
     }
 
@@ -725,7 +725,7 @@ while True:
     fn a_killed_worker_is_replaced_and_the_call_retried() {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("killed");
-        let pool = pool(PoolOptions::default(), &marker);
+        let pool = pool(ProcessPoolOptions::default(), &marker);
         let batch = RecordBatch::try_from_iter([(
             "a0",
             Arc::new(arrow::array::StringArray::from(vec!["please kill me"])) as _,
@@ -735,7 +735,7 @@ while True:
         assert_eq!(reply, batch);
         assert!(marker.exists());
         assert_eq!(pool.retries(), 1);
-        assert_eq!(pool.workers_started(), 2);
+        assert_eq!(pool.processes_started(), 2);
         pool.close();
         assert!(matches!(
             pool.call(&protocol::encode_batch(&batch).unwrap()),

@@ -1,18 +1,18 @@
-//! The frames the engine and a worker process exchange over the worker's stdin and stdout.
+//! The frames the engine and a process exchange over the process's stdin and stdout.
 //!
 //! A frame is one kind byte, the payload's length as 8 little-endian bytes, and the
-//! payload. Batches travel as Arrow IPC streams (schema + one batch), so a worker in any
+//! payload. Batches travel as Arrow IPC streams (schema + one batch), so a process in any
 //! language with an Arrow library can serve calls, and no row is ever pickled.
 //!
 //! | kind | direction | payload |
 //! |---|---|---|
-//! | `S` setup | engine → worker, first | opaque bytes the worker understands (for Python: the pickled function) |
-//! | `R` ready | worker → engine | empty: the constructor (model load) finished |
-//! | `C` call | engine → worker | the arguments as an IPC stream |
-//! | `O` ok | worker → engine | the result as an IPC stream |
-//! | `E` error | worker → engine | UTF-8 text: the function's error with its traceback |
+//! | `S` setup | engine → process, first | opaque bytes the process understands (for Python: the pickled function) |
+//! | `R` ready | process → engine | empty: the constructor (model load) finished |
+//! | `C` call | engine → process | the arguments as an IPC stream |
+//! | `O` ok | process → engine | the result as an IPC stream |
+//! | `E` error | process → engine | UTF-8 text: the function's error with its traceback |
 //!
-//! Closing the worker's stdin asks it to exit.
+//! Closing the process's stdin asks it to exit.
 
 use std::io::{self, Read, Write};
 
@@ -22,9 +22,9 @@ use arrow::ipc::reader::StreamDecoder;
 use arrow::ipc::writer::StreamWriter;
 use rillet_common::{Result, RilletError};
 
-/// The first frame: how to build the worker's function.
+/// The first frame: how to build the process's function.
 pub const SETUP: u8 = b'S';
-/// The worker is ready for calls.
+/// The process is ready for calls.
 pub const READY: u8 = b'R';
 /// A call's arguments.
 pub const CALL: u8 = b'C';
@@ -33,7 +33,7 @@ pub const RESULT: u8 = b'O';
 /// The function failed; the payload says how.
 pub const ERROR: u8 = b'E';
 
-/// The largest frame: 4 GiB, above any batch the engine sends a worker or takes back
+/// The largest frame: 4 GiB, above any batch the engine sends a process or takes back
 /// (batches are cut to a UDF's batch size, and one Arrow string or binary column holds
 /// at most 2 GiB). A longer length is a corrupt header, refused before a byte is read.
 pub const MAX_FRAME: u64 = 4 << 30;
@@ -108,7 +108,7 @@ pub fn read_frame(input: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
 /// ```
 /// use std::sync::Arc;
 /// use arrow::array::{Int32Array, RecordBatch};
-/// use rillet_runtime::workers::protocol::{decode_batch, encode_batch};
+/// use rillet_runtime::processes::protocol::{decode_batch, encode_batch};
 /// let batch = RecordBatch::try_from_iter([("x", Arc::new(Int32Array::from(vec![1, 2])) as _)]).unwrap();
 /// assert_eq!(decode_batch(encode_batch(&batch).unwrap()).unwrap(), batch);
 /// ```
@@ -122,7 +122,7 @@ pub fn encode_batch(batch: &RecordBatch) -> Result<Vec<u8>> {
 }
 
 /// The one batch of an Arrow IPC stream (its buffers point into `bytes`, not copied).
-/// Bytes that are not one (a worker's corrupt reply) are an error, never a panic.
+/// Bytes that are not one (a process's corrupt reply) are an error, never a panic.
 pub fn decode_batch(bytes: Vec<u8>) -> Result<RecordBatch> {
     let mut buffer = Buffer::from_vec(bytes);
     let batches = crate::stream::guard_ipc(|| {

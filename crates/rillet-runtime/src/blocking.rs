@@ -100,7 +100,7 @@ struct InFlight {
 }
 
 impl BlockingPool {
-    /// A pool of `size` workers (at least one).
+    /// A pool of `size` threads (at least one).
     pub fn new(size: usize) -> Self {
         let size = size.max(1);
         Self {
@@ -111,7 +111,7 @@ impl BlockingPool {
         }
     }
 
-    /// Number of workers.
+    /// Number of threads.
     pub fn size(&self) -> usize {
         self.size
     }
@@ -127,7 +127,7 @@ impl BlockingPool {
         }
     }
 
-    /// Run `work` on a pool worker and wait for its result. A panic inside `work` becomes an
+    /// Run `work` on a pool thread and wait for its result. A panic inside `work` becomes an
     /// error instead of unwinding into the caller.
     pub async fn run<T, F>(&self, metrics: Option<&OperatorMetrics>, work: F) -> Result<T>
     where
