@@ -3,5 +3,5 @@
 //! result frames decoded as Arrow batches; errors are fine, panics and aborts are not.
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _decoded = rillet_runtime::processes::protocol::fuzz_frames(data);
+    let _decoded = rillet_processes::protocol::fuzz_frames(data);
 });

@@ -36,7 +36,7 @@ pub mod speech;
 use std::sync::Arc;
 
 use rillet_functions::operator::OperatorFunction;
-use rillet_runtime::ArrayFunction;
+use rillet_operator::ArrayFunction;
 
 /// Every model operator, ready to register.
 pub fn functions() -> Vec<Arc<dyn ArrayFunction>> {

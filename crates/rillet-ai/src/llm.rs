@@ -28,12 +28,12 @@ fn block_on<T: Send>(future: impl Future<Output = T> + Send) -> T {
     if tokio::runtime::Handle::try_current().is_ok() {
         std::thread::scope(|scope| {
             scope
-                .spawn(|| rillet_runtime::global_runtime().block_on(future))
+                .spawn(|| rillet_operator::global_runtime().block_on(future))
                 .join()
                 .expect("a provider call panicked")
         })
     } else {
-        rillet_runtime::global_runtime().block_on(future)
+        rillet_operator::global_runtime().block_on(future)
     }
 }
 

@@ -89,7 +89,7 @@ pub fn shared<T: Send + Sync + 'static>(
     {
         return downcast(kind, model.clone());
     }
-    rillet_runtime::while_loading_model(|| {
+    rillet_operator::while_loading_model(|| {
         let mut loaded = slot.lock();
         if let Some(model) = loaded.as_ref() {
             return downcast(kind, model.clone());

@@ -23,7 +23,7 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::{SourceReader, SplitAssignment, StreamSource};
+use rillet_operator::{SourceReader, SplitAssignment, StreamSource};
 use serde::{Deserialize, Serialize};
 
 use crate::stable_bucket;

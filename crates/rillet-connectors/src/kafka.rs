@@ -18,7 +18,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::{SourceReader, SplitAssignment, StreamSource};
+use rillet_operator::{SourceReader, SplitAssignment, StreamSource};
 use rskafka::BackoffConfig;
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};

@@ -43,7 +43,7 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::{BatchWriter, BlockingPool, Sink, SinkContext, block_on};
+use rillet_operator::{BatchWriter, BlockingPool, Sink, SinkContext, block_on};
 use rskafka::chrono::Utc;
 use rskafka::client::Client;
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};

@@ -15,7 +15,7 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::{BatchWriter, BlockingPool, Sink, SinkContext};
+use rillet_operator::{BatchWriter, BlockingPool, Sink, SinkContext};
 
 use crate::staged::{RowsOut, StagedWriter, decode_segments};
 

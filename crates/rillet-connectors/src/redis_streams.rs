@@ -16,13 +16,13 @@ use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamRangeReply;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::{SourceReader, SplitAssignment, StreamSource};
+use rillet_operator::{SourceReader, SplitAssignment, StreamSource};
 
 /// A set of Redis streams read as one source (see the module docs).
 ///
 /// ```
 /// use rillet_connectors::redis_streams::RedisStreamSource;
-/// use rillet_runtime::StreamSource;
+/// use rillet_operator::StreamSource;
 /// let source = RedisStreamSource::new("redis://127.0.0.1:6379", vec!["orders".into()], vec!["amount".into()]);
 /// assert_eq!(source.schema().fields().len(), 3); // stream, id, amount
 /// assert_eq!(source.splits().unwrap(), vec!["orders"]);

@@ -36,7 +36,7 @@ use arrow::array::{Array, Int64Array, RecordBatch, StringArray, UInt32Array, UIn
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use rillet_common::RilletError;
-use rillet_runtime::{SourceReader, SplitAssignment, StreamSource};
+use rillet_operator::{SourceReader, SplitAssignment, StreamSource};
 
 /// The schema every split emits: `source` (utf8), `partition` (uint32), `seq` (uint64),
 /// `value` (int64).
@@ -123,7 +123,7 @@ impl SequenceSplit {
 ///
 /// ```
 /// use rillet_connectors::sequence::SequenceSource;
-/// use rillet_runtime::StreamSource;
+/// use rillet_operator::StreamSource;
 /// let source = SequenceSource::new("seq", 2, Some(10));
 /// assert_eq!(source.splits().unwrap(), vec!["seq/0", "seq/1"]);
 /// ```

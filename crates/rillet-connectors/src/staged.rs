@@ -26,7 +26,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::{BatchWriter, SinkContext, decode_batches, encode_batches};
+use rillet_operator::{BatchWriter, SinkContext, decode_batches, encode_batches};
 
 /// The first bytes of a segmented sink state.
 const MAGIC: &[u8; 4] = b"RLSG";
@@ -316,7 +316,7 @@ mod tests {
     /// be in the state of checkpoint 2, the next one to complete.
     #[test]
     fn rows_of_an_aborted_checkpoint_go_into_the_next_one() {
-        rillet_runtime::block_on(async {
+        rillet_operator::block_on(async {
             let mut writer =
                 StagedWriter::boxed(&Recorder::default(), schema(), 0, &checkpointing());
             writer.write(rows(&[1, 2])).await.unwrap();
@@ -331,7 +331,7 @@ mod tests {
     /// segment under the id of the barrier that sealed it.
     #[test]
     fn a_committed_checkpoint_lets_its_rows_go_and_segments_keep_their_ids() {
-        rillet_runtime::block_on(async {
+        rillet_operator::block_on(async {
             let context = checkpointing();
             let mut writer = StagedWriter::boxed(&Recorder::default(), schema(), 0, &context);
             writer.write(rows(&[1])).await.unwrap();
@@ -362,7 +362,7 @@ mod tests {
     /// states arrive in (a repeated commit must plan the same records).
     #[test]
     fn segments_merge_in_task_order() {
-        rillet_runtime::block_on(async {
+        rillet_operator::block_on(async {
             let mut states = Vec::new();
             for (task, value) in [(2, 30), (0, 10), (1, 20)] {
                 let mut writer =
@@ -436,7 +436,7 @@ mod tests {
     /// rows of the barrier's own checkpoint never count.
     #[test]
     fn rows_carried_past_aborted_checkpoints_are_bounded() {
-        rillet_runtime::block_on(async {
+        rillet_operator::block_on(async {
             let one_segment = encode_batches(&schema(), &[rows(&[1, 2, 3])])
                 .unwrap()
                 .len();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BinaryBuilder, StringArray};
 use arrow::datatypes::{DataType, Field, FieldRef};
 use rillet_common::Result;
-use rillet_runtime::ArrayFunction;
+use rillet_operator::ArrayFunction;
 
 use crate::input::{EncodedColumn, is_encoded_input, not_encoded};
 use crate::operator::{Call, Operator, OperatorFunction, Param, Params, RowErrors, row_values};

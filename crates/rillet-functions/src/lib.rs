@@ -36,7 +36,7 @@ pub mod video;
 
 use std::sync::Arc;
 
-pub use rillet_runtime::ArrayFunction;
+pub use rillet_operator::ArrayFunction;
 
 /// Make room in a column's row buffer for a row of `bytes`. The first time the buffer must
 /// grow, room is made for `rows_left` rows of this size (never more than 256 MiB ahead of

@@ -11,7 +11,7 @@ use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::ScalarValue;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::{ArrayFunction, Downscale};
+use rillet_operator::{ArrayFunction, Downscale};
 
 use crate::image::Window;
 use crate::input::RowFailure;
@@ -702,7 +702,7 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
         let policy = self.policy(&params)?;
         if policy == OnError::Null {
             let reason = errors.first().map(|(_, reason)| reason);
-            rillet_runtime::record_nulls(
+            rillet_operator::record_nulls(
                 self.operator.name(),
                 rows as u64,
                 errors.failed() as u64,
@@ -712,7 +712,7 @@ impl<O: Operator> ArrayFunction for OperatorFunction<O> {
         match policy {
             OnError::Raise if errors.failed() > 0 => {
                 let (row, reason) = errors.first().expect("a failure was counted");
-                let place = match rillet_runtime::call_first_row() {
+                let place = match rillet_operator::call_first_row() {
                     Some(first) => format!("row {}", first + row as u64),
                     None => format!("row {row} of its batch"),
                 };

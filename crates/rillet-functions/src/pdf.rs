@@ -13,7 +13,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use rillet_common::Result;
-use rillet_runtime::ArrayFunction;
+use rillet_operator::ArrayFunction;
 
 use crate::input::{EncodedColumn, is_encoded_input, not_encoded};
 use crate::operator::{Call, Operator, OperatorFunction, Param, Params, RowErrors, row_values};

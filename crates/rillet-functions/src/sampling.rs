@@ -38,7 +38,7 @@ impl Operator for RowHash {
 
     fn evaluate(&self, call: &Call<'_>, _errors: &mut RowErrors) -> Result<ArrayRef> {
         let seed = call.params.int("seed")? as u64;
-        let hashes = rillet_runtime::keygroups::row_hashes(&call.inputs[..1], call.rows, seed)?;
+        let hashes = rillet_operator::keygroups::row_hashes(&call.inputs[..1], call.rows, seed)?;
         Ok(Arc::new(UInt64Array::from(hashes)))
     }
 }

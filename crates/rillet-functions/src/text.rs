@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use regex::Regex;
 use rillet_common::types::display_type;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::ArrayFunction;
+use rillet_operator::ArrayFunction;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::input::string_at;

@@ -10,7 +10,7 @@ use arrow::array::{ArrayRef, Int64Array, ListBuilder, UInt32Builder};
 use arrow::datatypes::{DataType, Field, FieldRef};
 use parking_lot::Mutex;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::ArrayFunction;
+use rillet_operator::ArrayFunction;
 use tiktoken_rs::CoreBPE;
 
 use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};

@@ -8,7 +8,7 @@ use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, F
 use arrow::datatypes::{DataType, Field, FieldRef};
 use rillet_common::types::{ElementType, EmbeddingType, display_type};
 use rillet_common::{Result, RilletError};
-use rillet_runtime::ArrayFunction;
+use rillet_operator::ArrayFunction;
 
 use crate::operator::{Call, Operator, OperatorFunction, Param, Params, RowErrors};
 
@@ -160,7 +160,7 @@ impl Operator for Metric {
                 b.get(row).unwrap_or_default(),
             );
             let place =
-                rillet_runtime::call_first_row().map_or(row as u64, |first| first + row as u64);
+                rillet_operator::call_first_row().map_or(row as u64, |first| first + row as u64);
             return Err(RilletError::invalid_data(format!(
                 "{}: the dimensions differ on row {place} ({} and {}); compare vectors of one \
                  length",

@@ -11,7 +11,7 @@ use pyo3::types::PyDict;
 use pyo3_arrow::{PyField, PySchema, PyTable};
 use rillet_common::{EngineConfig, RilletError};
 use rillet_plan::{DataFrame, JoinHow, ReadFormat, Session, array_function_expr};
-use rillet_runtime::processes::{ProcessCommand, ProcessPoolOptions};
+use rillet_processes::{ProcessCommand, ProcessPoolOptions};
 use rillet_runtime::{
     CallFields, ProcessBatchFunction, ProcessFunction, ResourceManager, ResourceRequest,
 };

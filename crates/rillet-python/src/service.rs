@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use rillet_runtime::processes::ProcessCommand;
+use rillet_processes::ProcessCommand;
 use rillet_runtime::{ResourceManager, ResourceRequest};
 use rillet_service::{Service, ServiceOptions};
 

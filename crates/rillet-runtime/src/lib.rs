@@ -8,8 +8,9 @@
 //!
 //! "Worker" means one thing here: what runs a job's tasks ([`LocalWorker`], the `worker`
 //! module; the tasks' bodies are in `task`). Functions computed outside the engine run in
-//! [`processes`] (function processes, one pool per function), and blocking calls on the
-//! threads of a [`BlockingPool`].
+//! function processes (the `rillet-processes` crate), and blocking calls on the threads
+//! of a [`BlockingPool`]. The interfaces operators implement are in `rillet-operator`,
+//! re-exported here.
 //!
 //! The worker is written as "one worker among many": everything it knows about its
 //! neighbours goes through the graph's edges, so an edge can later become a remote Arrow
@@ -46,29 +47,24 @@
 //! ```
 
 pub mod allocator;
-mod blocking;
 pub mod channel;
 mod checkpointing;
 pub mod commit;
 mod exchange;
-mod function;
 mod graph;
-pub mod keygroups;
-pub mod memory;
-mod message;
-mod metrics;
 pub mod partitioned;
-pub mod processes;
 mod progress;
-pub mod resources;
-mod runtime;
 mod sink;
 pub mod spill;
-mod stream;
 mod task;
 mod worker;
 
 pub use blocking::BlockingPool;
+// The operator interfaces and what operators use from the engine live in rillet-operator;
+// these keep their paths here.
+use rillet_operator::{blocking, function, message, metrics, runtime, stream};
+pub use rillet_operator::{keygroups, memory, resources};
+
 pub use checkpointing::{CheckpointStats, Checkpointing};
 pub use datafusion::common::ScalarValue;
 pub use exchange::{ExchangeRegistry, ExchangeSourceExec};
@@ -79,7 +75,6 @@ pub use function::{
 pub use graph::{DataflowGraph, Edge, EdgeId, EdgeKind, Vertex, VertexId, VertexOperator};
 pub use message::{CheckpointBarrier, StreamMessage, WATERMARK_END};
 pub use metrics::{JobStats, NullCount, OperatorMetrics, OperatorStats, WaitReason};
-pub use processes::{ProcessBatchFunction, ProcessFunction};
 pub use resources::{MachineResources, ResourceManager, ResourceRequest};
 pub use runtime::{block_on, global_runtime};
 pub use sink::{

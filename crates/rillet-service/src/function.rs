@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use arrow::array::ArrayRef;
 use arrow::datatypes::{DataType, Field, FieldRef};
 use rillet_common::{Result, RilletError};
-use rillet_runtime::OperatorMetrics;
-use rillet_runtime::{ArrayFunction, CallFields, FunctionContext, ScalarValue};
+use rillet_operator::OperatorMetrics;
+use rillet_operator::{ArrayFunction, CallFields, FunctionContext, ScalarValue};
 
 use crate::Service;
 
@@ -75,7 +75,7 @@ impl ArrayFunction for ServiceFunction {
                 ),
             });
         }
-        rillet_runtime::processes::record_reply_nulls(&self.name, rows, &reply);
+        rillet_processes::record_reply_nulls(&self.name, rows, &reply);
         Ok(reply.column(0).clone())
     }
 

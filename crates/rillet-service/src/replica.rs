@@ -18,9 +18,9 @@ use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{Action, FlightClient, FlightDescriptor};
 use futures::{StreamExt, TryStreamExt};
-use rillet_runtime::processes::protocol::{self, ERROR, READY, SETUP};
-use rillet_runtime::processes::{ProcessCommand, describe_exit, lock_child, spawn_process};
-use rillet_runtime::resources::Reservation;
+use rillet_operator::resources::Reservation;
+use rillet_processes::protocol::{self, ERROR, READY, SETUP};
+use rillet_processes::{ProcessCommand, describe_exit, lock_child, spawn_process};
 use tonic::transport::{Channel, Endpoint};
 
 /// The prefix a replica puts before the traceback of an exception its function raised, so
@@ -97,7 +97,7 @@ pub(crate) fn launch(
             describe_exit(status)
         )));
     };
-    let client = rillet_runtime::global_runtime()
+    let client = rillet_operator::global_runtime()
         .block_on(connect(port))
         .map_err(|e| {
             let _ = lock_child(&child).kill();

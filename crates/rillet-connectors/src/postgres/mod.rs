@@ -26,7 +26,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::{BatchWriter, BlockingPool, Sink, SinkContext, block_on, global_runtime};
+use rillet_operator::{BatchWriter, BlockingPool, Sink, SinkContext, block_on, global_runtime};
 use tokio_postgres::Client;
 
 use crate::staged::{RowsOut, StagedWriter, decode_states};

@@ -193,8 +193,8 @@ pub fn decode(
         &mut collected,
     )?;
     let samples = collected.0;
-    // The samples count against the call's memory budget (see rillet_runtime::memory).
-    rillet_runtime::memory::charge_call_memory(samples.capacity() * 4);
+    // The samples count against the call's memory budget (see rillet_operator::memory).
+    rillet_operator::memory::charge_call_memory(samples.capacity() * 4);
     Ok(Waveform {
         rate,
         channels,
@@ -306,7 +306,7 @@ pub fn decode_with(
     if rate == 0 || channels == 0 {
         return Err(format!("invalid stream: {rate} Hz, {channels} channels"));
     }
-    rillet_runtime::record_decoded(decoded_samples as usize * 4);
+    rillet_operator::record_decoded(decoded_samples as usize * 4);
     Ok((rate, channels))
 }
 
@@ -508,8 +508,8 @@ pub fn decode_span(
     if !decoding {
         first_frame = position; // the span starts at or past the end
     }
-    rillet_runtime::memory::charge_call_memory(samples.capacity() * 4);
-    rillet_runtime::record_decoded(samples.len() * 4);
+    rillet_operator::memory::charge_call_memory(samples.capacity() * 4);
+    rillet_operator::record_decoded(samples.len() * 4);
     Ok(Span {
         audio: Waveform {
             rate,

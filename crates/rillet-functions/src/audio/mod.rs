@@ -26,7 +26,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use rillet_common::types::{AudioType, ElementType, TensorType};
 use rillet_common::{Result, RilletError};
-use rillet_runtime::ArrayFunction;
+use rillet_operator::ArrayFunction;
 
 use self::codec::Probe;
 use crate::operator::{Call, Operator, OperatorFunction, Param, ParamKind, Params, RowErrors};
@@ -326,7 +326,7 @@ fn map_resampled(
                 }
             };
             let wave = stream.finish()?;
-            rillet_runtime::memory::charge_call_memory(wave.samples.len() * 4);
+            rillet_operator::memory::charge_call_memory(wave.samples.len() * 4);
             Ok(wave)
         },
     )?;

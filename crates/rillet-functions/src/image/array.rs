@@ -353,8 +353,8 @@ impl ImageBuilder {
 
     /// The finished column.
     pub fn finish(mut self) -> ArrayRef {
-        // The pixels count against the call's memory budget (see rillet_runtime::memory).
-        rillet_runtime::memory::charge_call_memory(self.data.len());
+        // The pixels count against the call's memory budget (see rillet_operator::memory).
+        rillet_operator::memory::charge_call_memory(self.data.len());
         if self.offsets.is_empty() {
             self.offsets.push(0);
         }

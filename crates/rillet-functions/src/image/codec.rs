@@ -163,7 +163,7 @@ impl<'b> Opened<'b> {
     /// Decode into a new image, rotated upright and converted to `mode`.
     fn into_image(self, mode: Option<ImageMode>) -> Result<DynamicImage, String> {
         let image = DynamicImage::from_decoder(self.decoder).map_err(|e| e.to_string())?;
-        rillet_runtime::record_decoded(image.as_bytes().len());
+        rillet_operator::record_decoded(image.as_bytes().len());
         Ok(upright_in(image, self.orientation, mode))
     }
 }
@@ -258,7 +258,7 @@ pub(crate) fn decode_webp_reduced(
     let channels = if features.alpha { 4 } else { 3 };
     let mut pixels = vec![0; width as usize * height as usize * channels];
     super::webp::decode_scaled(bytes, features, (width, height), &mut pixels).ok()?;
-    rillet_runtime::record_decoded(pixels.len());
+    rillet_operator::record_decoded(pixels.len());
     let image = if features.alpha {
         image::RgbaImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgba8)
     } else {
@@ -339,9 +339,9 @@ pub(crate) fn decode_jpeg_window(
         return None; // most of the image: a full decode costs about the same
     }
     let mut pixels = vec![0; jpeg.native.buffer_len(region.2 as usize, region.3 as usize)];
-    rillet_runtime::memory::charge_call_transient_memory(pixels.len());
+    rillet_operator::memory::charge_call_transient_memory(pixels.len());
     turbo::with_decompressor(|d| d.decode_region(bytes, jpeg.header, region, &mut pixels)).ok()?;
-    rillet_runtime::record_decoded(pixels.len());
+    rillet_operator::record_decoded(pixels.len());
     let decoded = match jpeg.native {
         ImageMode::L => {
             image::GrayImage::from_raw(region.2, region.3, pixels).map(DynamicImage::ImageLuma8)
@@ -518,7 +518,7 @@ impl TurboJpeg {
     /// the native mode.
     fn decode(&self, bytes: &[u8], reduction: u32, out: &mut [u8]) -> Result<(), String> {
         turbo::with_decompressor(|d| d.decode(bytes, self.header, reduction, out))?;
-        rillet_runtime::record_decoded(out.len());
+        rillet_operator::record_decoded(out.len());
         Ok(())
     }
 
@@ -554,7 +554,7 @@ fn room(scratch: &mut Vec<u8>, len: usize) -> &mut [u8] {
         *scratch = Vec::new();
         *scratch = vec![0; len + len / 4];
     }
-    rillet_runtime::memory::charge_call_transient_memory(scratch.len());
+    rillet_operator::memory::charge_call_transient_memory(scratch.len());
     &mut scratch[..len]
 }
 
@@ -620,7 +620,7 @@ pub(crate) fn decode_reusing<'s>(
             }
             None => {
                 if let Ok(image) = jpeg.image(bytes, 1, mode) {
-                    rillet_runtime::memory::charge_call_transient_memory(image.as_bytes().len());
+                    rillet_operator::memory::charge_call_transient_memory(image.as_bytes().len());
                     return Ok(super::Pixels::Owned(image));
                 }
             }
@@ -629,7 +629,7 @@ pub(crate) fn decode_reusing<'s>(
     let opened = Opened::new(bytes, max_pixels)?;
     let Some(native) = opened.direct_mode(mode) else {
         let image = opened.into_image(mode)?;
-        rillet_runtime::memory::charge_call_transient_memory(image.as_bytes().len());
+        rillet_operator::memory::charge_call_transient_memory(image.as_bytes().len());
         return Ok(super::Pixels::Owned(image));
     };
     let (width, height) = (opened.width, opened.height);
@@ -639,7 +639,7 @@ pub(crate) fn decode_reusing<'s>(
         .decoder
         .read_image_boxed(room(scratch, len))
         .map_err(|e| e.to_string())?;
-    rillet_runtime::record_decoded(len);
+    rillet_operator::record_decoded(len);
     Ok(super::Pixels::View(super::array::ImageView {
         width,
         height,
@@ -677,7 +677,7 @@ pub fn decode_into(
             decoder
                 .read_image_boxed(buffer)
                 .map_err(|e| e.to_string())?;
-            rillet_runtime::record_decoded(buffer.len());
+            rillet_operator::record_decoded(buffer.len());
             Ok(())
         });
     }

@@ -8,7 +8,7 @@ use arrow::array::{Array, ArrayRef, AsArray, Float64Array, GenericListArray, Off
 use arrow::datatypes::{DataType, Field, FieldRef};
 use rillet_common::types::{ElementType, ImageMode, ImageType, display_type};
 use rillet_common::{Result, RilletError};
-use rillet_runtime::ArrayFunction;
+use rillet_operator::ArrayFunction;
 
 use super::array::ImageBuilder;
 use super::{

@@ -11,7 +11,7 @@ use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use image::imageops::FilterType;
 use rillet_common::types::display_type;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::ArrayFunction;
+use rillet_operator::ArrayFunction;
 
 use super::array::{ImageView, is_image};
 use super::{

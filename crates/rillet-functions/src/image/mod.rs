@@ -25,7 +25,7 @@ use arrow::datatypes::{DataType, Field, FieldRef};
 use image::DynamicImage;
 use rillet_common::types::{ImageMode, ImageType, display_type};
 use rillet_common::{Result, RilletError};
-use rillet_runtime::ArrayFunction;
+use rillet_operator::ArrayFunction;
 
 use self::array::{ImageBuilder, ImageColumn, ImageView, declared_mode, is_image};
 pub(crate) use crate::input::RowFailure;
@@ -208,14 +208,14 @@ impl<'a> ImageInput<'a> {
                     window.and_then(|w| codec::decode_jpeg_window(&bytes, w, *mode, cap))
                 {
                     let bytes = image.as_bytes().len();
-                    rillet_runtime::memory::charge_call_transient_memory(bytes);
+                    rillet_operator::memory::charge_call_transient_memory(bytes);
                     return Ok(Some(f(Pixels::Window(image))));
                 }
                 if let Some(reduced) =
                     shrink.and_then(|how| codec::decode_reduced(&bytes, how, *mode, cap))
                 {
                     let bytes = reduced.image.as_bytes().len();
-                    rillet_runtime::memory::charge_call_transient_memory(bytes);
+                    rillet_operator::memory::charge_call_transient_memory(bytes);
                     return Ok(Some(f(Pixels::Reduced(reduced))));
                 }
                 match codec::decode_reusing(&bytes, *mode, cap, scratch) {

@@ -11,7 +11,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use image::DynamicImage;
 use rillet_common::types::{ElementType, ImageMode, ImageType, TensorType};
 use rillet_common::{Result, RilletError};
-use rillet_runtime::{ArrayFunction, Downscale};
+use rillet_operator::{ArrayFunction, Downscale};
 
 use super::array::{ImageBuilder, ImageColumn, ImageView, convert, pillow_luma};
 use super::{

@@ -11,7 +11,7 @@ use ffmpeg::software::scaling::{Context as Scaler, Flags};
 use ffmpeg_next as ffmpeg;
 use rillet_common::types::{ImageMode, ImageType};
 use rillet_common::{Result, RilletError};
-use rillet_runtime::Downscale;
+use rillet_operator::Downscale;
 
 use super::{DEFAULT_MAX_DECODED_BYTES, expect_video_or_clip, open, per_video_clip};
 use crate::audio::{list_array, list_of};
@@ -506,7 +506,7 @@ impl<'o> FrameReader<'o> {
     /// Take the frames the decoder has ready.
     fn receive(&mut self) -> std::result::Result<Step, String> {
         while self.decoder.receive_frame(&mut self.decoded).is_ok() {
-            rillet_runtime::record_decoded(
+            rillet_operator::record_decoded(
                 (0..self.decoded.planes())
                     .map(|i| self.decoded.data(i).len())
                     .sum(),

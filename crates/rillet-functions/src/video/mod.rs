@@ -19,7 +19,7 @@ use ffmpeg::media::Type as Medium;
 use ffmpeg_next as ffmpeg;
 use rillet_common::types::{AudioType, ClipType, display_type};
 use rillet_common::{Result, RilletError};
-use rillet_runtime::ArrayFunction;
+use rillet_operator::ArrayFunction;
 
 use crate::audio::{Waveform, audio_array, clip_lists, list_of, segment_ms, segments};
 use crate::input::{ClipColumn, EncodedColumn, RowFailure, Window, is_clip, is_encoded_input};

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use rillet_common::{Result, RilletError};
-use rillet_runtime::{OperatorMetrics, WaitReason};
+use rillet_operator::{OperatorMetrics, WaitReason};
 
 use super::{ReplicaState, Shared};
 

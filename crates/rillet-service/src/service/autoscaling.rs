@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use rillet_runtime::processes::lock_child;
+use rillet_processes::lock_child;
 
 use super::{Replica, ReplicaState, Shared, State};
 use crate::replica::{self, LaunchError};

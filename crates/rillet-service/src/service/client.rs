@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::OperatorMetrics;
-use rillet_runtime::global_runtime;
-use rillet_runtime::processes::ProcessCommand;
-use rillet_runtime::resources::ResourceManager;
+use rillet_operator::OperatorMetrics;
+use rillet_operator::global_runtime;
+use rillet_operator::resources::ResourceManager;
+use rillet_processes::ProcessCommand;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::health::manage;
@@ -28,12 +28,12 @@ use super::{Call, ReplicaState, ReplicaStatus, ServiceOptions, ServiceStatus, Sh
 ///
 /// ```no_run
 /// # use rillet_service::{Service, ServiceOptions};
-/// # fn demo(command: rillet_runtime::processes::ProcessCommand, batch: arrow::array::RecordBatch) -> rillet_common::Result<()> {
+/// # fn demo(command: rillet_processes::ProcessCommand, batch: arrow::array::RecordBatch) -> rillet_common::Result<()> {
 /// let service = Service::start(
 ///     "embedder",
 ///     command,
 ///     ServiceOptions { min_replicas: 1, max_replicas: 2, ..ServiceOptions::default() },
-///     rillet_runtime::ResourceManager::global(),
+///     rillet_operator::ResourceManager::global(),
 /// )?;
 /// let reply = service.call(batch, None)?;
 /// service.scale(2, 2);

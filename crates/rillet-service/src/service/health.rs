@@ -6,8 +6,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arrow_flight::flight_service_client::FlightServiceClient;
-use rillet_runtime::global_runtime;
-use rillet_runtime::processes::{describe_exit, lock_child};
+use rillet_operator::global_runtime;
+use rillet_processes::{describe_exit, lock_child};
 use tonic::transport::Channel;
 
 use super::{ReplicaState, Shared};

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::processes::{ProcessCommand, stop_processes};
-use rillet_runtime::resources::{Reservation, ResourceManager};
+use rillet_operator::resources::{Reservation, ResourceManager};
+use rillet_processes::{ProcessCommand, stop_processes};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::transport::Channel;
 

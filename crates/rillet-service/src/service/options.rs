@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use rillet_common::{Result, RilletError};
-use rillet_runtime::resources::ResourceRequest;
+use rillet_operator::resources::ResourceRequest;
 
 /// How a service is sized, resourced and called.
 #[derive(Debug, Clone)]

@@ -126,7 +126,7 @@ pub trait OperatorTask: Send {
 
 /// A source task's checkpointed state: each split's position.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SourceState {
+pub struct SourceState {
     pub positions: BTreeMap<String, Vec<u8>>,
 }
 
@@ -178,7 +178,7 @@ pub fn decode_batches(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
 /// Run `read`, an Arrow IPC read of bytes that may be damaged, turning a panic of the
 /// reader into an error: arrow-ipc 59 unwraps on some malformed inputs (found by the
 /// `operator_state` fuzz corpus), and damaged bytes must be an error, never a crash.
-pub(crate) fn guard_ipc<T>(
+pub fn guard_ipc<T>(
     read: impl FnOnce() -> std::result::Result<T, arrow::error::ArrowError>,
 ) -> std::result::Result<T, arrow::error::ArrowError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {

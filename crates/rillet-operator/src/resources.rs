@@ -49,7 +49,7 @@ impl MachineResources {
     /// `CUDA_VISIBLE_DEVICES`.
     ///
     /// ```
-    /// let machine = rillet_runtime::MachineResources::detect();
+    /// let machine = rillet_operator::MachineResources::detect();
     /// assert!(machine.cpus >= 1.0);
     /// ```
     pub fn detect() -> Self {
@@ -96,7 +96,7 @@ fn plural(n: usize) -> &'static str {
 /// an empty value, or the first entry that names no GPU, ends the list.
 ///
 /// ```
-/// use rillet_runtime::resources::parse_nvidia_smi;
+/// use rillet_operator::resources::parse_nvidia_smi;
 /// let out = "0, GPU-aaaa, NVIDIA H100, 81559\n1, GPU-bbbb, NVIDIA H100, 81559\n";
 /// assert_eq!(parse_nvidia_smi(out, None).len(), 2);
 /// let only_second = parse_nvidia_smi(out, Some("1"));
@@ -265,7 +265,7 @@ fn cpu_millis(cpus: f64) -> u64 {
 /// The machine and what is reserved of it; see the [module docs](self).
 ///
 /// ```
-/// use rillet_runtime::{MachineResources, ResourceManager, ResourceRequest};
+/// use rillet_operator::{MachineResources, ResourceManager, ResourceRequest};
 /// let machine = MachineResources { cpus: 4.0, memory_bytes: 1 << 30, gpus: vec![], virtual_gpus: false };
 /// let manager = std::sync::Arc::new(ResourceManager::new(machine).with_virtual_gpus(1));
 /// let half = ResourceRequest { cpus: 1.0, gpus: 0.5, memory_bytes: 0 };
@@ -434,7 +434,7 @@ impl ResourceManager {
     /// largest size of a pool); `usize::MAX` for a request of nothing.
     ///
     /// ```
-    /// use rillet_runtime::{MachineResources, ResourceManager, ResourceRequest};
+    /// use rillet_operator::{MachineResources, ResourceManager, ResourceRequest};
     /// let machine = MachineResources { cpus: 8.0, memory_bytes: 1 << 30, gpus: vec![], virtual_gpus: false };
     /// let manager = ResourceManager::new(machine).with_virtual_gpus(2);
     /// let quarter_gpu = ResourceRequest { cpus: 1.0, gpus: 0.25, memory_bytes: 0 };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
-use datafusion::common::ScalarValue;
+use datafusion_common::ScalarValue;
 use rillet_common::Result;
 
 thread_local! {
@@ -21,7 +21,7 @@ thread_local! {
 /// `None` outside the engine's function tasks.
 ///
 /// ```
-/// assert_eq!(rillet_runtime::call_first_row(), None);
+/// assert_eq!(rillet_operator::call_first_row(), None);
 /// ```
 pub fn call_first_row() -> Option<u64> {
     CALL_FIRST_ROW.with(|c| c.get())
@@ -29,7 +29,7 @@ pub fn call_first_row() -> Option<u64> {
 
 /// Run `work` as a call whose first row is input row `first_row`, for the operator whose
 /// counters are `metrics`.
-pub(crate) fn with_call<T>(
+pub fn with_call<T>(
     first_row: u64,
     metrics: &std::sync::Arc<crate::metrics::OperatorMetrics>,
     work: impl FnOnce() -> T,
@@ -47,7 +47,7 @@ pub(crate) fn with_call<T>(
 /// (see [`NullCount`](crate::NullCount)). Outside a call it does nothing.
 ///
 /// ```
-/// rillet_runtime::record_nulls("image_resize", 2, 1, Some("a: no such file"));
+/// rillet_operator::record_nulls("image_resize", 2, 1, Some("a: no such file"));
 /// ```
 pub fn record_nulls(operator: &str, rows: u64, nulled: u64, reason: Option<&str>) {
     CALL_METRICS.with(|m| {
@@ -62,7 +62,7 @@ pub fn record_nulls(operator: &str, rows: u64, nulled: u64, reason: Option<&str>
 /// nothing.
 ///
 /// ```
-/// rillet_runtime::record_decoded(640 * 480 * 3);
+/// rillet_operator::record_decoded(640 * 480 * 3);
 /// ```
 pub fn record_decoded(bytes: usize) {
     CALL_METRICS.with(|m| {
@@ -78,7 +78,7 @@ pub fn record_decoded(bytes: usize) {
 /// its loading wait, not to its work. Outside a call it just runs `load`.
 ///
 /// ```
-/// let weights = rillet_runtime::while_loading_model(|| vec![0.5f32; 4]);
+/// let weights = rillet_operator::while_loading_model(|| vec![0.5f32; 4]);
 /// assert_eq!(weights.len(), 4);
 /// ```
 pub fn while_loading_model<T>(load: impl FnOnce() -> T) -> T {
@@ -110,7 +110,7 @@ pub struct FunctionContext {
 /// use std::sync::Arc;
 /// use arrow::array::{ArrayRef, Int64Array};
 /// use arrow::datatypes::DataType;
-/// use rillet_runtime::ArrayFunction;
+/// use rillet_operator::ArrayFunction;
 ///
 /// #[derive(Debug)]
 /// struct PlusOne;
@@ -208,7 +208,7 @@ pub trait ArrayFunction: Send + Sync + Debug {
 /// shape that fits (see [`ArrayFunction::downscale`]).
 ///
 /// ```
-/// let to_model = rillet_runtime::Downscale {
+/// let to_model = rillet_operator::Downscale {
 ///     width: 224,
 ///     height: 224,
 ///     method: "bilinear".into(),
@@ -234,7 +234,7 @@ pub struct Downscale {
 /// use std::sync::Arc;
 /// use arrow::array::RecordBatch;
 /// use arrow::datatypes::SchemaRef;
-/// use rillet_runtime::BatchFunction;
+/// use rillet_operator::BatchFunction;
 ///
 /// #[derive(Debug)]
 /// struct Identity(SchemaRef);
@@ -284,7 +284,7 @@ pub trait BatchFunction: Send + Sync + Debug {
 /// use std::sync::Arc;
 /// use arrow::array::{Int32Array, RecordBatch};
 /// use arrow::datatypes::{DataType, Field, Schema};
-/// use rillet_runtime::RowBatcher;
+/// use rillet_operator::RowBatcher;
 /// let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int32, false)]));
 /// let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int32Array::from(vec![1, 2, 3]))]).unwrap();
 /// let mut batcher = RowBatcher::new(schema, 2);
@@ -349,7 +349,7 @@ impl RowBatcher {
 
 /// Fail clearly when `function` returned a batch whose schema is not the one the plan
 /// expects (a Python function can return anything).
-pub(crate) fn check_output_schema(
+pub fn check_output_schema(
     function: &dyn BatchFunction,
     result: &RecordBatch,
     expected: &SchemaRef,
@@ -379,7 +379,7 @@ pub(crate) fn check_output_schema(
 /// use std::sync::Arc;
 /// use arrow::array::{Int32Array, RecordBatch};
 /// use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-/// use rillet_runtime::{BatchFunction, FunctionChain};
+/// use rillet_operator::{BatchFunction, FunctionChain};
 ///
 /// #[derive(Debug)]
 /// struct Identity(SchemaRef);
@@ -504,7 +504,7 @@ impl BatchFunction for FunctionChain {
 /// use std::sync::Arc;
 /// use arrow::array::{ArrayRef, Int64Array};
 /// use arrow::datatypes::{DataType, Field};
-/// use rillet_runtime::CallFields;
+/// use rillet_operator::CallFields;
 ///
 /// let fields = CallFields::new(Field::new("result", DataType::Utf8, true));
 /// let planned = Field::new("x", DataType::Int64, true)

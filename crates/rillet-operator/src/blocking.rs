@@ -19,8 +19,8 @@ use crate::metrics::{OperatorMetrics, WaitReason, acquire_recording_wait};
 /// tenth of an image pipeline's CPU time.
 ///
 /// ```
-/// let pool = rillet_runtime::BlockingPool::new(2);
-/// let rt = rillet_runtime::global_runtime();
+/// let pool = rillet_operator::BlockingPool::new(2);
+/// let rt = rillet_operator::global_runtime();
 /// let answer = rt.block_on(pool.run(None, || Ok(6 * 7))).unwrap();
 /// assert_eq!(answer, 42);
 /// ```
@@ -171,7 +171,7 @@ impl BlockingPool {
 }
 
 /// The text of a panic payload.
-pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

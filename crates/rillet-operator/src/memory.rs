@@ -30,7 +30,7 @@ thread_local! {
 /// samples, frames). Outside a measured call this does nothing.
 ///
 /// ```
-/// rillet_runtime::memory::charge_call_memory(1024);
+/// rillet_operator::memory::charge_call_memory(1024);
 /// ```
 pub fn charge_call_memory(bytes: usize) {
     CALL_BYTES.with(|c| c.set(c.get().saturating_add(bytes)));
@@ -41,14 +41,14 @@ pub fn charge_call_memory(bytes: usize) {
 /// largest such value, not their sum. Outside a measured call this does nothing.
 ///
 /// ```
-/// rillet_runtime::memory::charge_call_transient_memory(48 << 20);
+/// rillet_operator::memory::charge_call_transient_memory(48 << 20);
 /// ```
 pub fn charge_call_transient_memory(bytes: usize) {
     CALL_TRANSIENT_BYTES.with(|c| c.set(c.get().max(bytes)));
 }
 
 /// Run `work` and return its result with the bytes it charged.
-pub(crate) fn measure_call<T>(work: impl FnOnce() -> T) -> (T, usize) {
+pub fn measure_call<T>(work: impl FnOnce() -> T) -> (T, usize) {
     let before = CALL_BYTES.with(|c| c.replace(0));
     let transient_before = CALL_TRANSIENT_BYTES.with(|c| c.replace(0));
     let result = work();
@@ -117,7 +117,7 @@ impl CallSizer {
     /// `target_bytes` per call; only `splittable` functions get fewer rows.
     ///
     /// ```
-    /// use rillet_runtime::memory::CallSizer;
+    /// use rillet_operator::memory::CallSizer;
     /// let mut sizer = CallSizer::new(Some(16), true, 100 << 20);
     /// assert_eq!(sizer.rows_for(16), 1); // unknown cost: one row first
     /// sizer.observe(1, 40 << 20); // a 40 MB decoded photo

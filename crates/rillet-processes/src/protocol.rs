@@ -108,7 +108,7 @@ pub fn read_frame(input: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
 /// ```
 /// use std::sync::Arc;
 /// use arrow::array::{Int32Array, RecordBatch};
-/// use rillet_runtime::processes::protocol::{decode_batch, encode_batch};
+/// use rillet_processes::protocol::{decode_batch, encode_batch};
 /// let batch = RecordBatch::try_from_iter([("x", Arc::new(Int32Array::from(vec![1, 2])) as _)]).unwrap();
 /// assert_eq!(decode_batch(encode_batch(&batch).unwrap()).unwrap(), batch);
 /// ```
@@ -125,7 +125,7 @@ pub fn encode_batch(batch: &RecordBatch) -> Result<Vec<u8>> {
 /// Bytes that are not one (a process's corrupt reply) are an error, never a panic.
 pub fn decode_batch(bytes: Vec<u8>) -> Result<RecordBatch> {
     let mut buffer = Buffer::from_vec(bytes);
-    let batches = crate::stream::guard_ipc(|| {
+    let batches = rillet_operator::stream::guard_ipc(|| {
         let mut decoder = StreamDecoder::new();
         let mut batches = Vec::new();
         while !buffer.is_empty() {

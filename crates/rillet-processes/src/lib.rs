@@ -8,7 +8,7 @@
 //! [`ProcessPool`] that lives as long as the job, as Arrow IPC over pipes (see
 //! [`protocol`]).
 //!
-//! [`ResourceManager`]: crate::resources::ResourceManager
+//! [`ResourceManager`]: rillet_operator::resources::ResourceManager
 
 mod pool;
 pub mod protocol;
@@ -17,16 +17,16 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
-use datafusion::common::ScalarValue;
 use rillet_common::{Result, RilletError};
+use rillet_operator::ScalarValue;
 
 pub use pool::{
     ProcessCommand, ProcessPool, ProcessPoolOptions, describe_exit, lock_child, spawn_process,
     stop_processes,
 };
 
-use crate::function::{ArrayFunction, BatchFunction, CallFields, FunctionContext};
-use crate::resources::ResourceManager;
+use rillet_operator::function::{ArrayFunction, BatchFunction, CallFields, FunctionContext};
+use rillet_operator::resources::ResourceManager;
 
 /// The process pool of a function for the jobs that use it: started by the first job's
 /// `open`, closed by the last job's `close`.
@@ -81,7 +81,7 @@ impl JobPool {
 
     fn start(
         &self,
-        metrics: Option<Arc<crate::metrics::OperatorMetrics>>,
+        metrics: Option<Arc<rillet_operator::metrics::OperatorMetrics>>,
     ) -> Result<Arc<ProcessPool>> {
         ProcessPool::start(
             self.operator.clone(),
@@ -143,7 +143,7 @@ pub fn record_reply_nulls(operator: &str, rows: usize, reply: &RecordBatch) {
         .get(NULL_REASON_KEY)
         .map(String::as_str)
         .filter(|r| !r.is_empty());
-    crate::function::record_nulls(operator, rows as u64, nulled, reason);
+    rillet_operator::function::record_nulls(operator, rows as u64, nulled, reason);
 }
 
 /// A column function whose calls run in a pool of processes started for each job.

@@ -25,7 +25,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use arrow::array::{ArrayRef, Int64Array, StringArray};
-//! use rillet_runtime::keygroups::{key_groups, TaskPlacement, MAX_PARALLELISM};
+//! use rillet_operator::keygroups::{key_groups, TaskPlacement, MAX_PARALLELISM};
 //!
 //! let keys: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec!["ann", "bob"]))];
 //! let groups = key_groups(&keys, 2).unwrap();
@@ -92,7 +92,7 @@ pub fn key_groups(keys: &[ArrayRef], rows: usize) -> Result<Vec<u16>> {
 /// ```
 /// use std::sync::Arc;
 /// use arrow::array::{ArrayRef, Int32Array, Int64Array};
-/// use rillet_runtime::keygroups::row_hashes;
+/// use rillet_operator::keygroups::row_hashes;
 ///
 /// let narrow: ArrayRef = Arc::new(Int32Array::from(vec![7, 8]));
 /// let wide: ArrayRef = Arc::new(Int64Array::from(vec![7, 8]));

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use rillet_common::{Result, RilletError};
 
-use super::protocol::{self, CALL, ERROR, READY, RESULT, SETUP};
-use crate::metrics::{OperatorMetrics, WaitReason};
-use crate::resources::{Reservation, ResourceManager, ResourceRequest};
+use crate::protocol::{self, CALL, ERROR, READY, RESULT, SETUP};
+use rillet_operator::metrics::{OperatorMetrics, WaitReason};
+use rillet_operator::resources::{Reservation, ResourceManager, ResourceRequest};
 
 /// How to start one process.
 #[derive(Debug, Clone)]
@@ -634,7 +634,7 @@ mod tests {
     use arrow::array::{Int64Array, RecordBatch};
 
     use super::*;
-    use crate::resources::MachineResources;
+    use rillet_operator::resources::MachineResources;
 
     /// A process in plain Python (no third-party module): ready at once, replies to each
     /// call with its arguments, so the function is the identity on `a0`. Row 13 makes it

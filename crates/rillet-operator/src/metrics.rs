@@ -39,7 +39,7 @@ impl fmt::Display for WaitReason {
 /// Wait for `permits` of `semaphore`, recording the wait on `metrics` as `reason` (a wait
 /// shows in progress while it lasts and in the totals after). `None` if the semaphore was
 /// closed (the other side went away).
-pub(crate) async fn acquire_recording_wait(
+pub async fn acquire_recording_wait(
     semaphore: &std::sync::Arc<tokio::sync::Semaphore>,
     permits: u32,
     metrics: Option<&OperatorMetrics>,
@@ -88,7 +88,7 @@ pub struct OperatorMetrics {
 /// why: a column that is all null by mistake must be noticed at the end of a run.
 ///
 /// ```
-/// let count = rillet_runtime::NullCount {
+/// let count = rillet_operator::NullCount {
 ///     operator: "image_resize".into(),
 ///     rows: 1,
 ///     nulled: 1,
