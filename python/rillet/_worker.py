@@ -2,7 +2,7 @@
 
 Started by the engine as ``python -u _worker.py`` (by path: it does not import the
 ``rillet`` package unless the UDF needs it). It speaks the frame protocol of
-``rillet_runtime::processes::protocol`` over its stdin and stdout: a setup frame with the
+``rillet_processes::protocol`` over its stdin and stdout: a setup frame with the
 pickled UDF, then call frames holding Arrow IPC streams, each answered by a result stream or
 an error text. The protocol moves to private file descriptors at start, and stdout then
 points at stderr, so ``print`` in a UDF shows up in the terminal instead of corrupting
@@ -349,7 +349,7 @@ def _write_frame(fd: int, kind: bytes, payload: Any) -> None:
         written += os.write(fd, view[written:])
 
 
-# Must match rillet_runtime::processes::{NULLED_KEY, NULL_REASON_KEY}.
+# Must match rillet_processes::{NULLED_KEY, NULL_REASON_KEY}.
 _NULLED_KEY, _NULL_REASON_KEY = "rillet.nulled", "rillet.null_reason"
 
 

@@ -153,6 +153,24 @@ pub fn jobs_json(location: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Make the built-in operators (image, audio, video, text, documents, models) known by
+/// name to every session created after this: the planner knows none itself. The `rillet`
+/// command and the Python module call it once at start.
+///
+/// ```
+/// rillet_cli::register_builtin_functions();
+/// let session = rillet_plan::Session::default();
+/// assert!(session.context().state().scalar_functions().contains_key("image_decode"));
+/// assert!(session.context().state().scalar_functions().contains_key("embed_text"));
+/// ```
+pub fn register_builtin_functions() {
+    rillet_plan::register_functions(
+        rillet_functions::functions()
+            .into_iter()
+            .chain(rillet_ai::functions()),
+    );
+}
+
 /// Run the command line `args` (the program's name first) and return its exit status:
 /// 0 on success, 1 on an error (printed to stderr), 2 for bad usage, or the status of the
 /// program `rillet resume` ran.
@@ -166,6 +184,7 @@ pub fn run(args: impl IntoIterator<Item = String>) -> i32 {
         }
     };
     logs::install(cli.log_format);
+    register_builtin_functions();
     let mut config = EngineConfig::default();
     if let Some(mib) = cli.memory_mib {
         config = config.with_memory_budget(mib << 20);

@@ -771,6 +771,42 @@ impl fmt::Display for MultimodalType {
     }
 }
 
+/// The media type conventionally meant by a path's extension, if it is a common one.
+///
+/// ```
+/// assert_eq!(rillet_common::types::media_type_of_path("a/b.JPG"), Some("image/jpeg"));
+/// assert_eq!(rillet_common::types::media_type_of_path("notes"), None);
+/// ```
+pub fn media_type_of_path(path: &str) -> Option<&'static str> {
+    let extension = path.rsplit_once('.')?.1.to_ascii_lowercase();
+    Some(match extension.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "tif" | "tiff" => "image/tiff",
+        "bmp" => "image/bmp",
+        "wav" => "audio/wav",
+        "mp3" => "audio/mpeg",
+        "flac" => "audio/flac",
+        "ogg" | "oga" => "audio/ogg",
+        "m4a" => "audio/mp4",
+        "mp4" | "m4v" => "video/mp4",
+        "mkv" => "video/x-matroska",
+        "webm" => "video/webm",
+        "mov" => "video/quicktime",
+        "avi" => "video/x-msvideo",
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        "md" => "text/markdown",
+        "html" | "htm" => "text/html",
+        "json" | "jsonl" => "application/json",
+        "csv" => "text/csv",
+        "parquet" => "application/vnd.apache.parquet",
+        _ => return None,
+    })
+}
+
 /// A field's type as users read it: the multimodal name for Rillet's extension types,
 /// Arrow's otherwise.
 ///

@@ -21,6 +21,7 @@
 mod dataframe;
 mod frame_downscale;
 mod graph_builder;
+mod registry;
 mod session;
 mod sources;
 mod stage;
@@ -30,6 +31,7 @@ mod udf;
 pub use dataframe::{DataFrame, JoinHow, ReadFormat, Windows};
 pub use datafusion::prelude::{Expr, col, lit};
 pub use graph_builder::build_dataflow;
+pub use registry::register_functions;
 pub use session::Session;
 pub use stage::{BatchStageExec, BatchStageNode, StageKind};
 pub use udf::{ArrayFunction, array_function_expr, registered_function};

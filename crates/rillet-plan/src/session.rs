@@ -69,7 +69,8 @@ impl QueryPlanner for RilletQueryPlanner {
 }
 
 impl Session {
-    /// A session with `config`.
+    /// A session with `config`, planning the functions registered so far by name (see
+    /// [`register_functions`](crate::register_functions)).
     pub fn new(config: EngineConfig) -> Self {
         let mut df_config = SessionConfig::new()
             .with_target_partitions(config.parallelism)
@@ -96,12 +97,9 @@ impl Session {
             .with_optimizer_rule(Arc::new(FuseFrameDownscale))
             .build();
         let ctx = SessionContext::new_with_state(state);
-        // Built-in multimodal operators, by SQL name, for SQL and the DataFrame alike;
-        // model operators (embed_text, detect_objects, ...) the same way.
-        for function in rillet_functions::functions()
-            .into_iter()
-            .chain(rillet_ai::functions())
-        {
+        // The operators the embedding program registered (image, audio, text, models), by
+        // SQL name, for SQL and the DataFrame alike.
+        for function in crate::registry::registered_functions() {
             ctx.register_udf(registered_function(function));
         }
         Self {

@@ -8,10 +8,9 @@ use arrow::array::{RecordBatch, StringArray, StructArray, TimestampMicrosecondAr
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
-use rillet_common::types::FileType;
+use rillet_common::types::{FileType, media_type_of_path};
 use rillet_common::{Result, RilletError};
 use rillet_connectors::sequence::SequenceSource;
-use rillet_functions::input::media_type_of_path;
 use rillet_runtime::StreamSource;
 
 use crate::dataframe::{DataFrame, ReadFormat};

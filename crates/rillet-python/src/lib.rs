@@ -27,6 +27,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[pymodule]
 fn _rillet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     rillet_runtime::allocator::tune();
+    rillet_cli::register_builtin_functions();
     logs::register(m)?;
     errors::register(m)?;
     expr::register(m)?;

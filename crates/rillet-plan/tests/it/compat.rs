@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rillet_checkpoint::Kind;
-use rillet_plan::Session;
 use rillet_runtime::{FileFormat, ParquetCompression, global_runtime};
 
 use crate::streaming::{SERIAL, assert_exact, job};
@@ -50,7 +49,7 @@ fn savepoint(chk: &Path) -> u64 {
 }
 
 fn start(dir: &Path, resume: Option<u64>) -> rillet_runtime::JobHandle {
-    let session = Session::default();
+    let session = crate::default_session();
     job(&session, ROWS, resume.is_none().then_some(1_000.0))
         .start_files(
             dir.join("out").to_str().unwrap(),

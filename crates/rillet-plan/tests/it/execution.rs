@@ -9,7 +9,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use rillet_common::{EngineConfig, RilletError};
-use rillet_plan::{ReadFormat, Session, col, lit};
+use rillet_plan::{ReadFormat, col, lit};
 use rillet_runtime::{BatchFunction, global_runtime};
 
 /// Passes batches through, counting rows.
@@ -68,7 +68,7 @@ fn write_parquet(path: &std::path::Path, rows: i64) {
 
 #[test]
 fn a_rust_batch_function_runs_as_its_own_stage() {
-    let session = Session::default();
+    let session = crate::default_session();
     let rows = Arc::new(AtomicUsize::new(0));
     let df = session.range(10_000).unwrap();
     let stage = Counting {
@@ -144,7 +144,7 @@ impl BatchFunction for FirstCallWaits {
 #[test]
 fn a_worker_whose_call_finishes_early_starts_the_next_call() {
     // One partition, so that one task's calls (two at a time) are all there is.
-    let session = Session::new(EngineConfig::default().with_parallelism(1));
+    let session = crate::session(EngineConfig::default().with_parallelism(1));
     let df = session.range(60).unwrap();
     let stage = Arc::new(FirstCallWaits {
         schema: df.schema(),
@@ -176,7 +176,7 @@ fn limit_reads_a_small_part_of_a_large_file() {
     let path = dir.path().join("big.parquet");
     write_parquet(&path, 2_000_000);
     let size = std::fs::metadata(&path).unwrap().len();
-    let session = Session::default();
+    let session = crate::default_session();
     let df = session
         .read(ReadFormat::Parquet, &[path.display().to_string()])
         .unwrap()
@@ -202,7 +202,7 @@ fn limit_reads_a_small_part_of_a_large_file() {
 
 #[test]
 fn dropping_the_result_stream_stops_the_job() {
-    let session = Session::new(EngineConfig::default().with_memory_budget(2 << 20));
+    let session = crate::session(EngineConfig::default().with_memory_budget(2 << 20));
     let rows = Arc::new(AtomicUsize::new(0));
     let df = session.range(100_000_000).unwrap();
     let stage = Counting {
@@ -237,7 +237,7 @@ fn dropping_the_result_stream_stops_the_job() {
 #[test]
 fn write_then_read_round_trips() {
     let dir = tempfile::tempdir().unwrap();
-    let session = Session::default();
+    let session = crate::default_session();
     let df = session
         .range(12_345)
         .unwrap()

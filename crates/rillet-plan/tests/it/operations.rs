@@ -31,7 +31,7 @@ fn one_batch(df: &rillet_plan::DataFrame) -> RecordBatch {
 
 #[test]
 fn misspelled_column_is_named_with_the_alternatives() {
-    let session = Session::default();
+    let session = crate::default_session();
     let err = people(&session)
         .select(vec![col("naem")])
         .unwrap_err()
@@ -47,14 +47,14 @@ fn misspelled_column_is_named_with_the_alternatives() {
 
 #[test]
 fn type_errors_come_from_planning_not_execution() {
-    let session = Session::default();
+    let session = crate::default_session();
     let result = people(&session).with_column("bad", col("name") - col("age"));
     assert!(result.is_err());
 }
 
 #[test]
 fn join_kinds_keep_keys_once() {
-    let session = Session::default();
+    let session = crate::default_session();
     let left = people(&session);
     let right = people(&session)
         .rename(&[("age".into(), "years".into())])
@@ -84,7 +84,7 @@ fn join_kinds_keep_keys_once() {
 
 #[test]
 fn sql_and_dataframe_agree() {
-    let session = Session::default();
+    let session = crate::default_session();
     let numbers = session.range(100).unwrap();
     let by_sql = session
         .sql(
@@ -105,7 +105,7 @@ fn sql_and_dataframe_agree() {
 
 #[test]
 fn explain_shows_vertices_and_edges() {
-    let session = Session::default();
+    let session = crate::default_session();
     let text = session
         .range(10)
         .unwrap()
@@ -123,7 +123,7 @@ proptest! {
 
     #[test]
     fn filter_and_project_match_a_plain_loop(values in proptest::collection::vec(proptest::option::of(-1000i64..1000), 0..300), threshold in -1000i64..1000) {
-        let session = Session::default();
+        let session = crate::default_session();
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values.clone()))]).unwrap();
         let df = session.from_batches(schema, vec![batch]).unwrap()

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use rillet_common::durable::PowerCut;
-use rillet_plan::Session;
 use rillet_runtime::global_runtime;
 
 use crate::streaming::{SERIAL, assert_exact, job, start};
@@ -34,7 +33,7 @@ fn a_power_cut_never_takes_back_output_a_reader_saw() {
     let (out, chk) = (root.join("out"), root.join("chk"));
     let power = PowerCut::record(&root).unwrap();
     let rows = 4_000;
-    let session = Session::default();
+    let session = crate::default_session();
     let df = job(&session, rows, Some(2_000.0));
     let mut seen: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     // Each run dies at one of the protocol's windows, then the power goes.

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use rillet_connectors::redis_sink::RedisStreamSink;
 use rillet_connectors::sequence::value_of;
-use rillet_plan::Session;
 use rillet_runtime::{Sink, SinkContext, global_runtime};
 
 use crate::streaming::{PARTITIONS, SERIAL, job};
@@ -133,7 +132,7 @@ fn aborted_checkpoints_lose_no_row_in_the_redis_sink() {
     };
     let dir = tempfile::tempdir().unwrap();
     let chk = dir.path().join("chk");
-    let session = Session::default();
+    let session = crate::default_session();
     let rows = 3_000;
     // A second of input: the three aborts fall well before the final checkpoint, whose
     // abort would fail the bounded job (it cannot be taken again), on a busy machine too.

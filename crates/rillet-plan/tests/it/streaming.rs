@@ -122,7 +122,7 @@ fn a_clean_run_commits_every_row_exactly_once() {
     let _serial = SERIAL.lock();
     let dir = tempfile::tempdir().unwrap();
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
-    let session = Session::default();
+    let session = crate::default_session();
     let mut job = start(&job(&session, 5_000, None), &out, &chk, "clean");
     global_runtime().block_on(job.wait()).unwrap();
     let stats = job.checkpoint_stats().unwrap();
@@ -137,7 +137,7 @@ fn a_crashed_job_resumes_from_its_checkpoint_with_exact_output() {
     let _serial = SERIAL.lock();
     let dir = tempfile::tempdir().unwrap();
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
-    let session = Session::default();
+    let session = crate::default_session();
     // Throttled so that the crash falls mid-stream: 3 x 4,000 rows at 6,000 rows/s, 2 s,
     // so that a loaded machine still checkpoints three times before the end (at 20,000
     // rows/s the job could end before the cancel, failing the test under CI's load).
@@ -161,7 +161,7 @@ fn a_corrupt_checkpoint_is_skipped_for_the_previous_one() {
     let _serial = SERIAL.lock();
     let dir = tempfile::tempdir().unwrap();
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
-    let session = Session::default();
+    let session = crate::default_session();
     let df = job(&session, 4_000, Some(6_000.0));
     let mut first = start(&df, &out, &chk, "corrupt");
     wait_for_checkpoints(&first, 3);
@@ -203,7 +203,7 @@ fn stop_with_a_savepoint_and_resume_gives_exact_output() {
     let _serial = SERIAL.lock();
     let dir = tempfile::tempdir().unwrap();
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
-    let session = Session::default();
+    let session = crate::default_session();
     // Slow enough that two checkpoints come well before the end, on a busy machine too.
     let df = job(&session, 4_000, Some(8_000.0));
     let mut first = start(&df, &out, &chk, "savepoint");
@@ -240,7 +240,7 @@ fn going_back_to_a_savepoint_forgets_the_checkpoints_after_it() {
     let _serial = SERIAL.lock();
     let dir = tempfile::tempdir().unwrap();
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
-    let session = Session::default();
+    let session = crate::default_session();
     let df = job(&session, 4_000, Some(4_000.0));
     let resume = |snapshot: Option<u64>| {
         df.start_files(
@@ -281,7 +281,7 @@ fn going_back_to_a_savepoint_forgets_the_checkpoints_after_it() {
 fn a_streaming_job_refuses_what_it_cannot_checkpoint() {
     let _serial = SERIAL.lock();
     let dir = tempfile::tempdir().unwrap();
-    let session = Session::default();
+    let session = crate::default_session();
     let df = session
         .read_sequence("seq", 2, Some(10), None, None)
         .unwrap()
@@ -306,7 +306,7 @@ fn a_streaming_job_refuses_what_it_cannot_checkpoint() {
 #[test]
 fn a_bounded_sequence_reads_in_a_batch_job_too() {
     let _serial = SERIAL.lock();
-    let session = Session::default();
+    let session = crate::default_session();
     let batches = job(&session, 1_000, None).collect().unwrap();
     let expected: BTreeMap<(String, u32), u64> = (0..PARTITIONS)
         .map(|p| (("seq".to_string(), p), 1_000))
@@ -370,7 +370,7 @@ fn every_protocol_failpoint_leaves_exact_output() {
             Effect::Fails,
         ),
     ];
-    let session = Session::default();
+    let session = crate::default_session();
     let df = job(&session, 3_000, Some(10_000.0));
     for (name, actions, effect) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -426,7 +426,7 @@ fn every_protocol_failpoint_leaves_exact_output() {
 #[test]
 fn a_cancel_lets_the_commit_under_way_finish_before_the_job_ends() {
     let _serial = SERIAL.lock();
-    let session = Session::default();
+    let session = crate::default_session();
     let df = job(&session, 100_000, Some(5_000.0));
     let dir = tempfile::tempdir().unwrap();
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
@@ -459,7 +459,7 @@ fn a_restore_that_breaks_off_falls_back_to_the_previous_checkpoint() {
     let _serial = SERIAL.lock();
     let dir = tempfile::tempdir().unwrap();
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
-    let session = Session::default();
+    let session = crate::default_session();
     let df = job(&session, 4_000, Some(6_000.0));
     let mut first = start(&df, &out, &chk, "restore");
     wait_for_checkpoints(&first, 3);
@@ -525,7 +525,7 @@ fn a_run_that_lost_its_claim_stops_before_committing_more() {
     let _serial = SERIAL.lock();
     let dir = tempfile::tempdir().unwrap();
     let (out, chk) = (dir.path().join("out"), dir.path().join("chk"));
-    let session = Session::default();
+    let session = crate::default_session();
     let df = job(&session, 100_000, Some(2_000.0));
     let mut run = start(&df, &out, &chk, "claimed");
     wait_for_checkpoints(&run, 2);
