@@ -11,10 +11,8 @@ use pyo3::types::PyDict;
 use pyo3_arrow::{PyField, PySchema, PyTable};
 use rillet_common::{EngineConfig, RilletError};
 use rillet_plan::{DataFrame, JoinHow, ReadFormat, Session, array_function_expr};
-use rillet_processes::{ProcessCommand, ProcessPoolOptions};
-use rillet_runtime::{
-    CallFields, ProcessBatchFunction, ProcessFunction, ResourceManager, ResourceRequest,
-};
+use rillet_processes::{ProcessBatchFunction, ProcessCommand, ProcessFunction, ProcessPoolOptions};
+use rillet_runtime::{CallFields, ResourceManager, ResourceRequest};
 use rillet_runtime::{
     CollectedBatches, FileFormat, JobHandle, JobStats, RowBatcher, WriteMode, global_runtime,
 };
