@@ -52,6 +52,7 @@ mod checkpointing;
 pub mod commit;
 mod exchange;
 mod graph;
+pub mod operators;
 pub mod partitioned;
 mod progress;
 mod sink;

@@ -6,7 +6,7 @@
 //! of its own kind:
 //!
 //! - the scan of a [`StreamTable`] becomes a source vertex (split positions checkpointed);
-//! - projections and filters become an [`ExprOperator`] (stateless, fused into one vertex),
+//! - projections and filters become an [`ExprVertex`] (stateless, fused into one vertex),
 //!   evaluating DataFusion's own physical expressions batch by batch;
 //! - UDF and `map_batches` stages become function vertices, as in a batch job;
 //! - a watermark assigner joins the expression vertex (it generates event time there);
@@ -18,164 +18,33 @@
 //! it has a streaming form.
 
 mod node;
-mod running;
 mod source;
-mod state;
-mod watermark;
-mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::SchemaRef;
-use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_plan::filter::{FilterExec, batch_filter};
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use rillet_common::{Result, RilletError};
-use rillet_runtime::keygroups::TaskPlacement;
-use rillet_runtime::{
-    DataflowGraph, EdgeKind, OperatorTask, Sink, StreamOperator, VertexId, VertexOperator,
-};
+use rillet_runtime::{DataflowGraph, EdgeKind, Sink, StreamOperator, VertexId, VertexOperator};
 
 pub use node::{StreamStep, StreamStepExec, StreamStepNode};
 pub(crate) use node::{StreamStepPlanner, column_index};
+// The operators live beside the worker; these keep their paths here.
 #[doc(hidden)]
-pub use running::fuzz_restore;
-pub use running::{RunningAggregate, RunningFunction, RunningSpec};
-pub use source::{StreamSourceExec, StreamTable};
-pub use watermark::{
-    EventClock, TimeSpan, WATERMARK_INTERVAL, WatermarkAssigner, check_event_time_type,
+pub use rillet_runtime::operators::fuzz_restore;
+pub use rillet_runtime::operators::{
+    EventClock, RunningAggregate, RunningFunction, RunningSpec, TimeSpan, WATERMARK_INTERVAL,
+    WatermarkAssigner, WindowAggregate, WindowSpec, check_event_time_type,
 };
-pub use window::{WindowAggregate, WindowSpec};
+use rillet_runtime::operators::{ExprStep, ExprVertex};
+pub use source::{StreamSourceExec, StreamTable};
 
 use crate::graph_builder::add_stage;
 use crate::stage::BatchStageExec;
-
-/// One step of an [`ExprOperator`].
-#[derive(Debug, Clone)]
-enum Step {
-    /// Keep the rows where the predicate is true.
-    Filter(Arc<dyn PhysicalExpr>),
-    /// Compute these columns.
-    Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
-    /// Keep these columns.
-    Select(Vec<usize>, SchemaRef),
-    /// Note event time for the vertex's [`EventClock`].
-    Watermark,
-}
-
-/// Stateless row-wise work (filters, projections) on each batch: DataFusion's physical
-/// expressions evaluated outside its operators, so that barriers pass between batches.
-#[derive(Debug, Clone)]
-pub struct ExprOperator {
-    steps: Vec<Step>,
-    /// The event time assigned here, if a watermark step is.
-    clock: Option<EventClock>,
-}
-
-impl ExprOperator {
-    fn apply(&mut self, mut batch: RecordBatch) -> Result<RecordBatch> {
-        let Self { steps, clock } = self;
-        for step in steps.iter() {
-            batch = match step {
-                Step::Watermark => {
-                    if let Some(clock) = clock.as_mut() {
-                        clock.observe(&batch)?;
-                    }
-                    batch
-                }
-                Step::Filter(predicate) => batch_filter(&batch, predicate)?,
-                Step::Project(exprs, schema) => {
-                    let rows = batch.num_rows();
-                    let columns = exprs
-                        .iter()
-                        .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(rows)))
-                        .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
-                    RecordBatch::try_new_with_options(
-                        schema.clone(),
-                        columns,
-                        &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
-                    )?
-                }
-                Step::Select(columns, schema) => {
-                    let projected = batch.project(columns)?;
-                    RecordBatch::try_new(schema.clone(), projected.columns().to_vec())?
-                }
-            };
-        }
-        Ok(batch)
-    }
-}
-
-/// An expression vertex: its steps and its output schema.
-#[derive(Debug, Clone)]
-struct ExprVertex {
-    operator: ExprOperator,
-    schema: SchemaRef,
-}
-
-impl StreamOperator for ExprVertex {
-    fn name(&self) -> String {
-        let names: Vec<&str> = self
-            .operator
-            .steps
-            .iter()
-            .map(|s| match s {
-                Step::Filter(_) => "filter",
-                Step::Project(..) => "projection",
-                Step::Select(..) => "select",
-                Step::Watermark => "watermark",
-            })
-            .collect();
-        names.join(" → ")
-    }
-
-    fn output_schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn open(
-        &self,
-        _placement: TaskPlacement,
-        _restored: &[Vec<u8>],
-    ) -> Result<Box<dyn OperatorTask>> {
-        Ok(Box::new(self.operator.clone()))
-    }
-}
-
-impl OperatorTask for ExprOperator {
-    fn process(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        Ok(vec![self.apply(batch)?])
-    }
-
-    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
-        Ok(None)
-    }
-
-    fn on_watermark(&mut self, watermark: i64) -> Result<(Vec<RecordBatch>, Option<i64>)> {
-        let forward = match self.clock.as_mut() {
-            Some(clock) => clock.on_input(watermark),
-            None => Some(watermark),
-        };
-        Ok((Vec::new(), forward))
-    }
-
-    fn take_watermark(&mut self) -> Option<i64> {
-        self.clock.as_mut().and_then(EventClock::take)
-    }
-
-    fn idle_timeout(&self) -> Option<std::time::Duration> {
-        self.clock.as_ref().and_then(EventClock::idle_timeout)
-    }
-
-    fn flush_watermark(&mut self) -> Option<i64> {
-        self.clock.as_mut().and_then(EventClock::flush)
-    }
-}
 
 /// Build the dataflow of a streaming job for `plan`, ending in `sink`.
 pub fn build_streaming_dataflow(
@@ -209,7 +78,7 @@ impl Builder {
             );
             return Ok(match scan.projection() {
                 Some(columns) => {
-                    self.add_step(vertex, Step::Select(columns.to_vec(), scan.schema()))
+                    self.add_step(vertex, ExprStep::Select(columns.to_vec(), scan.schema()))
                 }
                 None => vertex,
             });
@@ -224,16 +93,16 @@ impl Builder {
         }
         if let Some(filter) = plan.downcast_ref::<FilterExec>() {
             let upstream = self.add(filter.input().clone())?;
-            let mut vertex = self.add_step(upstream, Step::Filter(filter.predicate().clone()));
+            let mut vertex = self.add_step(upstream, ExprStep::Filter(filter.predicate().clone()));
             if let Some(columns) = filter.projection() {
-                vertex = self.add_step(vertex, Step::Select(columns.to_vec(), filter.schema()));
+                vertex = self.add_step(vertex, ExprStep::Select(columns.to_vec(), filter.schema()));
             }
             return Ok(vertex);
         }
         if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
             let upstream = self.add(projection.input().clone())?;
             let exprs = projection.expr().iter().map(|p| p.expr.clone()).collect();
-            return Ok(self.add_step(upstream, Step::Project(exprs, projection.schema())));
+            return Ok(self.add_step(upstream, ExprStep::Project(exprs, projection.schema())));
         }
         if let Some(stage) = plan.downcast_ref::<BatchStageExec>() {
             let upstream = self.add(stage.input().clone())?;
@@ -252,7 +121,7 @@ impl Builder {
             } = exec.step()
             {
                 let clock = EventClock::new(*column, *delay).with_idle_timeout(*idle_timeout);
-                return Ok(self.add_step_with_clock(upstream, Step::Watermark, Some(clock)));
+                return Ok(self.add_step_with_clock(upstream, ExprStep::Watermark, Some(clock)));
             }
             let operator = exec.operator();
             let keys = operator.key_columns().unwrap_or_default();
@@ -289,7 +158,7 @@ impl Builder {
     }
 
     /// Append `step` to the expression vertex `upstream`, or start one after it.
-    fn add_step(&mut self, upstream: VertexId, step: Step) -> VertexId {
+    fn add_step(&mut self, upstream: VertexId, step: ExprStep) -> VertexId {
         self.add_step_with_clock(upstream, step, None)
     }
 
@@ -298,7 +167,7 @@ impl Builder {
     fn add_step_with_clock(
         &mut self,
         upstream: VertexId,
-        step: Step,
+        step: ExprStep,
         clock: Option<EventClock>,
     ) -> VertexId {
         let input_schema = self.graph.output_schema(upstream);
@@ -306,13 +175,7 @@ impl Builder {
             Some(expr) => (upstream, expr),
             None => {
                 let parallelism = self.graph.vertices[upstream.0].parallelism;
-                let expr = ExprVertex {
-                    operator: ExprOperator {
-                        steps: Vec::new(),
-                        clock: None,
-                    },
-                    schema: input_schema.clone(),
-                };
+                let expr = ExprVertex::new(input_schema.clone());
                 let vertex = self.graph.add_vertex(
                     "expressions",
                     VertexOperator::Stream(Arc::new(expr.clone())),
@@ -322,16 +185,10 @@ impl Builder {
                 (vertex, expr)
             }
         };
-        if let Step::Project(_, schema) | Step::Select(_, schema) = &step {
-            expr.schema = schema.clone();
+        if let Some(clock) = clock {
+            expr.assign_event_time(clock);
         }
-        if clock.is_some() {
-            expr.operator
-                .steps
-                .retain(|s| !matches!(s, Step::Watermark));
-            expr.operator.clock = clock;
-        }
-        expr.operator.steps.push(step);
+        expr.push(step);
         let node = &mut self.graph.vertices[vertex.0];
         node.name = expr.name();
         node.operator = VertexOperator::Stream(Arc::new(expr.clone()));

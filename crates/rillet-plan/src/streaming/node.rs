@@ -35,9 +35,9 @@ use rillet_common::{Result, RilletError};
 use rillet_runtime::StreamOperator;
 use rillet_runtime::keygroups::TaskPlacement;
 
-use super::running::{RunningAggregate, RunningSpec};
-use super::watermark::WatermarkAssigner;
-use super::window::{WindowAggregate, WindowSpec};
+use rillet_runtime::operators::{
+    RunningAggregate, RunningSpec, WatermarkAssigner, WindowAggregate, WindowSpec,
+};
 
 /// A stateful streaming step, as the logical plan holds it (column indices of its input).
 #[derive(Debug, Clone, PartialEq, Hash, PartialOrd)]
@@ -66,7 +66,7 @@ pub enum StreamStep {
         /// How far the watermark trails the latest event time, in the column's units.
         delay: i64,
         /// After this long without a row, a task stops holding event time back downstream
-        /// (see [`EventClock::with_idle_timeout`](super::watermark::EventClock)).
+        /// (see [`EventClock::with_idle_timeout`](rillet_runtime::operators::EventClock)).
         idle_timeout: Option<std::time::Duration>,
     },
 }

@@ -17,13 +17,13 @@ use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use rillet_common::{Result, RilletError};
-use rillet_runtime::keygroups::TaskPlacement;
+use rillet_operator::keygroups::TaskPlacement;
 
 use super::state;
 
 /// What a window aggregate's state is called in it and in errors.
 const STATE_NAME: &str = "window aggregate";
-use rillet_runtime::{OperatorTask, StreamOperator, WATERMARK_END};
+use rillet_operator::{OperatorTask, StreamOperator, WATERMARK_END};
 
 use super::running::{
     KeyedValues, Output, RunningSpec, StateReader, Value, decode_keyed, describe_field,

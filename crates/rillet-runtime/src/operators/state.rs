@@ -98,7 +98,7 @@ pub(super) fn encode(
     let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
     let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(entries.len()));
     let batch = RecordBatch::try_new_with_options(schema.clone(), columns, &options)?;
-    rillet_runtime::encode_batches(&schema, &[batch])
+    rillet_operator::encode_batches(&schema, &[batch])
 }
 
 /// Decode what [`encode`] wrote for `operator`: its entries and watermark.
@@ -112,7 +112,7 @@ pub(super) fn decode(
 ) -> Result<(Vec<Entry>, Option<i64>)> {
     let keys = key_fields.len();
     let damaged = |what: String| RilletError::Checkpoint(format!("{operator} state: {what}"));
-    let batches = rillet_runtime::decode_batches(bytes)?;
+    let batches = rillet_operator::decode_batches(bytes)?;
     let [batch] = batches.as_slice() else {
         return Err(damaged(format!("{} batches, not 1", batches.len())));
     };

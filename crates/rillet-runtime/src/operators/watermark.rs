@@ -10,7 +10,7 @@
 //! use std::sync::Arc;
 //! use arrow::array::{Int64Array, RecordBatch};
 //! use arrow::datatypes::{DataType, Field, Schema};
-//! use rillet_plan::streaming::EventClock;
+//! use rillet_runtime::operators::EventClock;
 //!
 //! let schema = Arc::new(Schema::new(vec![Field::new("ts", DataType::Int64, false)]));
 //! let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![5, 42, 17]))])
@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use rillet_common::{Result, RilletError};
-use rillet_runtime::keygroups::TaskPlacement;
-use rillet_runtime::{OperatorTask, StreamOperator, WATERMARK_END};
+use rillet_operator::keygroups::TaskPlacement;
+use rillet_operator::{OperatorTask, StreamOperator, WATERMARK_END};
 
 /// The least time between two watermarks of one assigner: each one is broadcast to every
 /// downstream task and drains asynchronous stages, so they are paced (as Flink's periodic
@@ -67,7 +67,7 @@ impl TimeSpan {
     /// ```
     /// use std::time::Duration;
     /// use arrow::datatypes::{DataType, TimeUnit};
-    /// use rillet_plan::streaming::TimeSpan;
+    /// use rillet_runtime::operators::TimeSpan;
     ///
     /// let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
     /// assert_eq!(TimeSpan::Duration(Duration::from_secs(2)).resolve("ts", &ms).unwrap(), 2000);

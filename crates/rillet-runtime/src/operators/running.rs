@@ -9,13 +9,13 @@ use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, Int64Builder, Recor
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use rillet_common::{Result, RilletError};
-use rillet_runtime::keygroups::{TaskPlacement, key_groups};
+use rillet_operator::keygroups::{TaskPlacement, key_groups};
 
 use super::state;
 
 /// What a running aggregate's state is called in it and in errors.
 const STATE_NAME: &str = "running aggregate";
-use rillet_runtime::{OperatorTask, StreamOperator};
+use rillet_operator::{OperatorTask, StreamOperator};
 
 /// What a running aggregate computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
@@ -732,13 +732,13 @@ mod tests {
         let mut current = op.task().unwrap();
         current.state = task.state.clone();
         let encoded = current.encode().unwrap();
-        let batches = rillet_runtime::decode_batches(&encoded).unwrap();
+        let batches = rillet_operator::decode_batches(&encoded).unwrap();
         let schema = batches[0].schema();
         let mut metadata = schema.metadata().clone();
         metadata.insert("rillet.state.format".into(), "99".into());
         let future = Arc::new(Schema::new_with_metadata(schema.fields().clone(), metadata));
         let batch = RecordBatch::try_new(future.clone(), batches[0].columns().to_vec()).unwrap();
-        let bytes = rillet_runtime::encode_batches(&future, &[batch]).unwrap();
+        let bytes = rillet_operator::encode_batches(&future, &[batch]).unwrap();
         let Err(err) = op.open(ONE, &[bytes]) else {
             panic!("a state of an unknown format restored");
         };
