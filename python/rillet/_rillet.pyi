@@ -118,12 +118,11 @@ class DataFrame:
     def start(self, directory: str, format: str, job_id: str, checkpoint_dir: str | None = None,
               checkpoint_interval: float = 1.0, resume_from: str | None = None,
               compression: str | None = None) -> StreamingJob: ...
-    # kind: "postgres" (upsert into table `name` on `key`), "redis" (stream `name`) or
-    # "kafka" (topic `name` on comma-separated brokers `url`, keyed by key[0] if any).
-    def start_external(self, kind: str, url: str, name: str, key: list[str], job_id: str,
+    # kind: a sink kind of rillet_connectors::registry ("postgres", "redis", "kafka");
+    # options: its options as a JSON object.
+    def start_external(self, kind: str, options: str, job_id: str,
                        checkpoint_dir: str | None = None, checkpoint_interval: float = 1.0,
-                       resume_from: str | None = None,
-                       records_per_request: int = 0) -> StreamingJob: ...
+                       resume_from: str | None = None) -> StreamingJob: ...
     def explain(self) -> str: ...
     def stats(self) -> dict[str, Any] | None: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -113,6 +114,9 @@ class PostgresUpsert:
     table: str
     key: tuple[str, ...]
 
+    def _connector(self) -> tuple[str, dict]:
+        return "postgres", {"url": self.url, "table": self.table, "key": list(self.key)}
+
 
 def postgres_upsert(url: str, table: str, key: str | Sequence[str]) -> PostgresUpsert:
     """A sink upserting a streaming job's rows into PostgreSQL table ``table`` (it must
@@ -146,6 +150,9 @@ class RedisStreamSink:
     url: str
     stream: str
 
+    def _connector(self) -> tuple[str, dict]:
+        return "redis", {"url": self.url, "stream": self.stream}
+
 
 def redis_stream_sink(url: str, stream: str) -> RedisStreamSink:
     """A sink appending a streaming job's rows to Redis stream ``stream`` at ``url``
@@ -171,6 +178,10 @@ class KafkaSink:
     topic: str
     key: str | None = None
     records_per_request: int = 0
+
+    def _connector(self) -> tuple[str, dict]:
+        return "kafka", {"brokers": list(self.brokers), "topic": self.topic, "key": self.key,
+                         "records_per_request": self.records_per_request}
 
 
 def kafka_sink(brokers: str | Sequence[str], topic: str, *, key: str | None = None,
@@ -929,19 +940,12 @@ class DataFrame:
         'finished'
         """
         if isinstance(path, (PostgresUpsert, RedisStreamSink, KafkaSink)):
-            per_request = 0
-            if isinstance(path, PostgresUpsert):
-                kind, url, name, key = "postgres", path.url, path.table, list(path.key)
-            elif isinstance(path, RedisStreamSink):
-                kind, url, name, key = "redis", path.url, path.stream, []
-            else:
-                kind, url, name = "kafka", ",".join(path.brokers), path.topic
-                key, per_request = ([path.key] if path.key else []), path.records_per_request
+            kind, options = path._connector()
             native = self._df.start_external(
-                kind, url, name, key, job_id or "job",
+                kind, json.dumps(options), job_id or "job",
                 os.fspath(checkpoint_dir) if checkpoint_dir is not None else None,
                 float(checkpoint_interval),
-                os.fspath(resume_from) if resume_from is not None else None, per_request)
+                os.fspath(resume_from) if resume_from is not None else None)
             return StreamingJob(native)
         native = self._df.start(
             os.fspath(path), format, job_id or "job",

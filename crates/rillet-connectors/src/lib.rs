@@ -1,19 +1,25 @@
-//! Sources and sinks for streaming jobs.
+//! Sources and sinks, one folder per external system with its source and its sink.
 //!
 //! Sources are split-based: a job's source is cut into splits (a Kafka partition, a Redis
 //! stream, a range of a sequence), each read by one reader that reports its position, so
 //! that a checkpoint can record where every split stands and a restore can continue from
-//! there: the deterministic [`sequence`] generator, with the oracle that checks a job's
-//! committed output against it (no row lost, repeated or wrong), [`redis_streams`],
-//! [`kafka`] and [`files`] (a directory whose files keep arriving); and the exactly-once
-//! [`postgres`] upsert sink, [`redis_sink`] and [`kafka_sink`].
+//! there. Sinks are exactly-once: what a checkpoint covers is written out once it has
+//! completed, idempotently.
+//!
+//! - [`files`]: a directory whose files keep arriving, and the file sink (Parquet, CSV,
+//!   JSON lines; two-phase commit).
+//! - [`kafka`]: topics as a source and a sink.
+//! - [`redis`]: Redis Streams as a source and a sink.
+//! - [`postgres`]: the upsert sink.
+//! - [`registry`]: every source and sink built by kind and options.
+//! - [`sequence`]: the deterministic generator, with the oracle that checks a job's
+//!   committed output against it (no row lost, repeated or wrong).
 
 pub mod files;
 pub mod kafka;
-pub mod kafka_sink;
 pub mod postgres;
-pub mod redis_sink;
-pub mod redis_streams;
+pub mod redis;
+pub mod registry;
 pub mod sequence;
 mod staged;
 

@@ -382,6 +382,30 @@ pub fn check(
     }
 }
 
+/// The sequence source from its options (`name`, `partitions`, `rows` per partition, absent
+/// for no end, `rows_per_second`, `batch_rows`).
+pub(crate) fn source_options(
+    options: &mut crate::registry::Options,
+) -> rillet_common::Result<crate::registry::BuiltSource> {
+    let name = options.string("name")?;
+    let partitions = options.u64("partitions")?;
+    let partitions = u32::try_from(partitions).map_err(|_| {
+        RilletError::invalid_argument(format!(
+            "the sequence source: {partitions} partitions is too many"
+        ))
+    })?;
+    let rows = options.opt_u64("rows")?;
+    let mut source =
+        SequenceSource::new(name, partitions, rows).with_rate(options.opt_f64("rows_per_second")?);
+    if let Some(batch_rows) = options.opt_usize("batch_rows")? {
+        source = source.with_batch_rows(batch_rows);
+    }
+    Ok(crate::registry::BuiltSource {
+        source: Arc::new(source),
+        bounded: rows.is_some(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

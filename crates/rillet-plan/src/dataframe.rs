@@ -11,9 +11,10 @@ use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, SortExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use parking_lot::Mutex;
 use rillet_common::{Result, RilletError};
+use rillet_connectors::files::{FileFormat, FileSink, WriteMode};
 use rillet_runtime::{
-    BatchFunction, Checkpointing, CollectSink, CollectedBatches, FileFormat, FileSink, JobHandle,
-    JobStats, LocalWorker, Sink, WriteMode,
+    BatchFunction, Checkpointing, CollectSink, CollectedBatches, JobHandle, JobStats, LocalWorker,
+    Sink,
 };
 
 use crate::graph_builder::build_dataflow;

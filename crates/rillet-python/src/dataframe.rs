@@ -10,12 +10,11 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_arrow::{PyField, PySchema, PyTable};
 use rillet_common::{EngineConfig, RilletError};
+use rillet_connectors::files::{FileFormat, WriteMode};
 use rillet_plan::{DataFrame, JoinHow, ReadFormat, Session, array_function_expr};
 use rillet_processes::{ProcessBatchFunction, ProcessCommand, ProcessFunction, ProcessPoolOptions};
 use rillet_runtime::{CallFields, ResourceManager, ResourceRequest};
-use rillet_runtime::{
-    CollectedBatches, FileFormat, JobHandle, JobStats, RowBatcher, WriteMode, global_runtime,
-};
+use rillet_runtime::{CollectedBatches, JobHandle, JobStats, RowBatcher, global_runtime};
 
 use rillet_service::ServiceFunction;
 
@@ -65,6 +64,26 @@ fn drain(py: Python<'_>, job: &mut JobHandle) {
 #[pyclass(name = "Session", module = "rillet._rillet", frozen)]
 pub struct PySession {
     pub(crate) session: Session,
+}
+
+impl PySession {
+    /// A DataFrame over the source of `kind` built from `options` by
+    /// `rillet_connectors::registry` (which may reach the system it reads, so without the
+    /// GIL).
+    fn read_source(
+        &self,
+        py: Python<'_>,
+        kind: &str,
+        options: serde_json::Value,
+    ) -> PyResult<PyDataFrame> {
+        let built = py
+            .detach(|| rillet_connectors::registry::source(kind, options))
+            .py_err()?;
+        self.session
+            .read_stream(built.source, built.bounded)
+            .py_err()
+            .map(PyDataFrame::from)
+    }
 }
 
 #[pymethods]
@@ -139,40 +158,34 @@ impl PySession {
     #[pyo3(signature = (url, streams, fields, bounded=false, batch_rows=None))]
     fn read_redis_streams(
         &self,
+        py: Python<'_>,
         url: &str,
         streams: Vec<String>,
         fields: Vec<String>,
         bounded: bool,
         batch_rows: Option<usize>,
     ) -> PyResult<PyDataFrame> {
-        let mut source =
-            rillet_connectors::redis_streams::RedisStreamSource::new(url, streams, fields)
-                .bounded(bounded);
-        if let Some(rows) = batch_rows {
-            source = source.with_batch_rows(rows);
-        }
-        self.session
-            .read_stream(Arc::new(source), bounded)
-            .py_err()
-            .map(PyDataFrame::from)
+        let options = serde_json::json!({
+            "url": url, "streams": streams, "fields": fields, "bounded": bounded,
+            "batch_rows": batch_rows,
+        });
+        self.read_source(py, "redis", options)
     }
 
     /// A directory of files as a source (see `rillet.watch_directory`).
     #[pyo3(signature = (path, format, splits, bounded))]
     fn watch_directory(
         &self,
+        py: Python<'_>,
         path: String,
         format: &str,
         splits: usize,
         bounded: bool,
     ) -> PyResult<PyDataFrame> {
-        use rillet_connectors::files::{DirectoryFormat, DirectorySource};
-        let format = DirectoryFormat::parse(format).py_err()?;
-        let source = DirectorySource::new(path, format, splits, bounded).py_err()?;
-        self.session
-            .read_stream(Arc::new(source), bounded)
-            .py_err()
-            .map(PyDataFrame::from)
+        let options = serde_json::json!({
+            "path": path, "format": format, "splits": splits, "bounded": bounded,
+        });
+        self.read_source(py, "files", options)
     }
 
     /// A Kafka topic as a source (see `rillet.read_kafka`).
@@ -184,17 +197,8 @@ impl PySession {
         topic: String,
         bounded: bool,
     ) -> PyResult<PyDataFrame> {
-        let source = py
-            .detach(|| {
-                global_runtime().block_on(rillet_connectors::kafka::KafkaSource::connect(
-                    brokers, topic, bounded,
-                ))
-            })
-            .py_err()?;
-        self.session
-            .read_stream(Arc::new(source), bounded)
-            .py_err()
-            .map(PyDataFrame::from)
+        let options = serde_json::json!({"brokers": brokers, "topic": topic, "bounded": bounded});
+        self.read_source(py, "kafka", options)
     }
 
     fn range(&self, n: u64) -> PyResult<PyDataFrame> {
@@ -393,7 +397,7 @@ fn file_format(format: &str, compression: Option<&str>) -> PyResult<FileFormat> 
         "parquet" => FileFormat::Parquet(
             compression
                 .unwrap_or("zstd")
-                .parse::<rillet_runtime::ParquetCompression>()
+                .parse::<rillet_connectors::files::ParquetCompression>()
                 .py_err()?,
         ),
         "csv" => FileFormat::Csv,
@@ -673,7 +677,7 @@ impl PyDataFrame {
             }
         };
         let sink = Arc::new(
-            rillet_runtime::FileSink::new(directory, format, mode)
+            rillet_connectors::files::FileSink::new(directory, format, mode)
                 .partitioned_by(partition_by)
                 .py_err()?,
         );
@@ -751,25 +755,19 @@ impl PyDataFrame {
         crate::streaming::start(py, &self.df, target, checkpoints)
     }
 
-    /// Start a streaming job into an external system exactly once: `kind` "postgres"
-    /// (upserts into table `name` on `key`), "redis" (appends to stream `name`) or "kafka"
-    /// (produces to topic `name` on brokers `url`, comma-separated, keyed by the column in
-    /// `key`, at most `records_per_request` records a request, 0 for the default); see
-    /// `rillet.DataFrame.start`.
-    #[pyo3(signature = (kind, url, name, key, job_id, checkpoint_dir=None, checkpoint_interval=1.0, resume_from=None, records_per_request=0))]
+    /// Start a streaming job into the sink of `kind` built from `options` (a JSON object)
+    /// by `rillet_connectors::registry`; see `rillet.DataFrame.start`.
+    #[pyo3(signature = (kind, options, job_id, checkpoint_dir=None, checkpoint_interval=1.0, resume_from=None))]
     #[allow(clippy::too_many_arguments)]
     fn start_external(
         &self,
         py: Python<'_>,
         kind: &str,
-        url: String,
-        name: String,
-        key: Vec<String>,
+        options: &str,
         job_id: String,
         checkpoint_dir: Option<String>,
         checkpoint_interval: f64,
         resume_from: Option<String>,
-        records_per_request: usize,
     ) -> PyResult<crate::streaming::PyStreamingJob> {
         let checkpoints = crate::streaming::Checkpoints::parse(
             job_id,
@@ -777,22 +775,17 @@ impl PyDataFrame {
             checkpoint_interval,
             resume_from,
         )?;
-        let target = match kind {
-            "postgres" => crate::streaming::Target::Postgres(url, name, key),
-            "redis" => crate::streaming::Target::RedisStream(url, name),
-            "kafka" => crate::streaming::Target::Kafka {
-                brokers: url.split(',').map(str::to_string).collect(),
-                topic: name,
-                key: key.into_iter().next(),
-                records_per_request,
-            },
-            other => {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                    "no sink kind {other:?}"
-                )));
-            }
-        };
-        crate::streaming::start(py, &self.df, target, checkpoints)
+        let options: serde_json::Value = serde_json::from_str(options)
+            .map_err(|e| PyValueError::new_err(format!("sink options are not JSON: {e}")))?;
+        let sink = py
+            .detach(|| rillet_connectors::registry::sink(kind, options, &checkpoints.job_id))
+            .py_err()?;
+        crate::streaming::start(
+            py,
+            &self.df,
+            crate::streaming::Target::Sink(sink),
+            checkpoints,
+        )
     }
 
     fn explain(&self, py: Python<'_>) -> PyResult<String> {

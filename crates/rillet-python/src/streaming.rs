@@ -14,13 +14,10 @@ use pyo3::types::PyDict;
 use pyo3_arrow::PyTable;
 use rillet_checkpoint::{Kind, SnapshotPath};
 use rillet_common::RilletError;
-use rillet_connectors::kafka_sink::KafkaSink;
-use rillet_connectors::postgres::PostgresUpsertSink;
-use rillet_connectors::redis_sink::RedisStreamSink;
+use rillet_connectors::files::FileFormat;
 use rillet_plan::Windows;
 use rillet_plan::streaming::{RunningFunction, TimeSpan};
-use rillet_runtime::Sink;
-use rillet_runtime::{CheckpointStats, FileFormat, JobHandle, JobStats, global_runtime};
+use rillet_runtime::{CheckpointStats, JobHandle, JobStats, global_runtime};
 
 use crate::dataframe::{PyDataFrame, stats_to_dict};
 use crate::errors::IntoPy;
@@ -136,7 +133,7 @@ impl PyDataFrame {
 
 /// Where and how often a job checkpoints, and what it resumes from.
 pub(crate) struct Checkpoints {
-    job_id: String,
+    pub(crate) job_id: String,
     location: Option<String>,
     interval: Duration,
     resume: Option<(Kind, u64)>,
@@ -182,18 +179,8 @@ impl Checkpoints {
 pub(crate) enum Target {
     /// Files of `format` in a directory.
     Files(String, FileFormat),
-    /// Upserts into a PostgreSQL table: url, table, key columns.
-    Postgres(String, String, Vec<String>),
-    /// Appends to a Redis stream: url, stream.
-    RedisStream(String, String),
-    /// Produces to a Kafka topic.
-    Kafka {
-        brokers: Vec<String>,
-        topic: String,
-        key: Option<String>,
-        /// 0: the sink's default.
-        records_per_request: usize,
-    },
+    /// A sink built by `rillet_connectors::registry`.
+    Sink(std::sync::Arc<dyn rillet_runtime::Sink>),
 }
 
 /// Start `df` as a streaming job into `target`.
@@ -215,28 +202,9 @@ pub(crate) fn start(
             Target::Files(directory, format) => {
                 df.start_files(&directory, format, &job_id, every, resume)
             }
-            Target::Postgres(url, table, key) => {
-                let sink = PostgresUpsertSink::new(url, table, key)?;
+            Target::Sink(sink) => {
                 let name = sink.describe();
-                df.start_sink(std::sync::Arc::new(sink), &name, &job_id, every, resume)
-            }
-            Target::RedisStream(url, stream) => {
-                let sink = RedisStreamSink::new(url, stream, &job_id);
-                let name = sink.describe();
-                df.start_sink(std::sync::Arc::new(sink), &name, &job_id, every, resume)
-            }
-            Target::Kafka {
-                brokers,
-                topic,
-                key,
-                records_per_request,
-            } => {
-                let mut sink = KafkaSink::new(brokers, topic, &job_id, key);
-                if records_per_request > 0 {
-                    sink = sink.with_records_per_request(records_per_request);
-                }
-                let name = sink.describe();
-                df.start_sink(std::sync::Arc::new(sink), &name, &job_id, every, resume)
+                df.start_sink(sink, &name, &job_id, every, resume)
             }
         })
         .py_err()?;

@@ -49,11 +49,9 @@
 pub mod allocator;
 pub mod channel;
 mod checkpointing;
-pub mod commit;
 mod exchange;
 mod graph;
 pub mod operators;
-pub mod partitioned;
 mod progress;
 mod sink;
 pub mod spill;
@@ -78,10 +76,7 @@ pub use message::{CheckpointBarrier, StreamMessage, WATERMARK_END};
 pub use metrics::{JobStats, NullCount, OperatorMetrics, OperatorStats, WaitReason};
 pub use resources::{MachineResources, ResourceManager, ResourceRequest};
 pub use runtime::{block_on, global_runtime};
-pub use sink::{
-    BatchWriter, CollectSink, CollectedBatches, FileFormat, FileSink, ParquetCompression, Sink,
-    SinkContext, WriteMode, conform_batch,
-};
+pub use sink::{BatchWriter, CollectSink, CollectedBatches, Sink, SinkContext, conform_batch};
 pub use stream::{
     OperatorTask, SourceReader, SplitAssignment, StreamOperator, StreamSource, assign_splits,
     decode_batches, encode_batches,

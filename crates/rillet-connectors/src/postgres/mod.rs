@@ -253,3 +253,14 @@ impl Sink for PostgresUpsertSink {
         }
     }
 }
+
+/// The upsert sink from its options (`url`, `table`, `key`).
+pub(crate) fn sink_options(
+    options: &mut crate::registry::Options,
+    _job: &str,
+) -> Result<Arc<dyn rillet_operator::Sink>> {
+    let url = options.string("url")?;
+    let table = options.string("table")?;
+    let key = options.strings("key")?;
+    Ok(Arc::new(PostgresUpsertSink::new(url, table, key)?))
+}

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rillet_checkpoint::Kind;
-use rillet_runtime::{FileFormat, ParquetCompression, global_runtime};
+use rillet_connectors::files::{FileFormat, ParquetCompression};
+use rillet_runtime::global_runtime;
 
 use crate::streaming::{SERIAL, assert_exact, job};
 

@@ -246,8 +246,8 @@ fn write_then_read_round_trips() {
     let stats = df
         .write(
             &dir.path().display().to_string(),
-            rillet_runtime::FileFormat::Parquet(Default::default()),
-            rillet_runtime::WriteMode::Overwrite,
+            rillet_connectors::files::FileFormat::Parquet(Default::default()),
+            rillet_connectors::files::WriteMode::Overwrite,
         )
         .unwrap();
     assert_eq!(stats.rows_written, 12_345);

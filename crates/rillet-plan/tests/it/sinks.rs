@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rillet_connectors::redis_sink::RedisStreamSink;
+use rillet_connectors::redis::RedisStreamSink;
 use rillet_connectors::sequence::value_of;
 use rillet_runtime::{Sink, SinkContext, global_runtime};
 

@@ -10,10 +10,11 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int64Type, UInt32Type, UInt64Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rillet_checkpoint::Kind;
+use rillet_connectors::files::{FileFormat, ParquetCompression};
 use rillet_connectors::sequence::{check, value_of};
 use rillet_plan::streaming::RunningFunction;
 use rillet_plan::{DataFrame, Session, col, lit};
-use rillet_runtime::{FileFormat, JobHandle, ParquetCompression, global_runtime};
+use rillet_runtime::{JobHandle, global_runtime};
 
 pub(crate) const PARTITIONS: u32 = 3;
 

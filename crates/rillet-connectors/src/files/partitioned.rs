@@ -11,7 +11,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
 use rillet_common::{Result, RilletError};
 
-use crate::sink::BatchWriter;
+use rillet_operator::BatchWriter;
 
 /// The value written for a null partition value (Hive's name for it).
 pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
@@ -131,7 +131,7 @@ fn is_partition_type(data_type: &DataType) -> bool {
 /// read otherwise are percent-encoded (Hive's own escaping).
 ///
 /// ```
-/// assert_eq!(rillet_runtime::partitioned::escape("a/b=c d"), "a%2Fb%3Dc d");
+/// assert_eq!(rillet_connectors::files::partitioned::escape("a/b=c d"), "a%2Fb%3Dc d");
 /// ```
 pub fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());

@@ -21,7 +21,7 @@ use rillet_operator::{SourceReader, SplitAssignment, StreamSource};
 /// A set of Redis streams read as one source (see the module docs).
 ///
 /// ```
-/// use rillet_connectors::redis_streams::RedisStreamSource;
+/// use rillet_connectors::redis::RedisStreamSource;
 /// use rillet_operator::StreamSource;
 /// let source = RedisStreamSource::new("redis://127.0.0.1:6379", vec!["orders".into()], vec!["amount".into()]);
 /// assert_eq!(source.schema().fields().len(), 3); // stream, id, amount

@@ -16,7 +16,7 @@
 //!   checkpoint that never completed, and its rows will be written again.
 //!
 //! ```
-//! use rillet_runtime::commit::{FileCommitter, FileTransaction};
+//! use rillet_connectors::files::commit::{FileCommitter, FileTransaction};
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let committer = FileCommitter::new(dir.path()).unwrap();
@@ -256,7 +256,7 @@ impl FileCommitter {
 /// output only once the new files are in place.
 ///
 /// ```
-/// use rillet_runtime::commit::BatchStaging;
+/// use rillet_connectors::files::commit::BatchStaging;
 ///
 /// let dir = tempfile::tempdir().unwrap();
 /// std::fs::write(dir.path().join("old.csv"), "x\n1\n").unwrap();

@@ -1,0 +1,235 @@
+//! Sources and sinks built by kind and options, in one place.
+//!
+//! The Python module, the CLI and (later) remote workers describe a connector as a kind
+//! (`"kafka"`, `"redis"`, ...) and options; [`source`] and [`sink`] build it. Each kind's
+//! options are read by its own folder (`kafka::source_options`, ...), and an option a kind
+//! does not take is an error naming what it does take, never silently ignored.
+//!
+//! ```
+//! use rillet_connectors::registry;
+//! use serde_json::json;
+//!
+//! let built = registry::source("sequence", json!({"name": "seq", "partitions": 2, "rows": 10})).unwrap();
+//! assert!(built.bounded);
+//! assert_eq!(built.source.describe(), "sequence 'seq': 2 partitions, 10 rows each");
+//!
+//! let error = registry::source("sequence", json!({"name": "seq", "partitions": 2, "rowz": 10}))
+//!     .unwrap_err()
+//!     .to_string();
+//! assert!(error.contains("rowz") && error.contains("rows"), "{error}");
+//! assert!(registry::sink("nowhere", json!({}), "job").is_err());
+//! ```
+
+use std::sync::Arc;
+
+use rillet_common::{Result, RilletError};
+use rillet_operator::{Sink, StreamSource};
+use serde_json::{Map, Value};
+
+/// A source built by [`source`], and whether it ends.
+#[derive(Debug, Clone)]
+pub struct BuiltSource {
+    /// The source.
+    pub source: Arc<dyn StreamSource>,
+    /// Whether it ends (a batch job may read it then); a streaming job reads either.
+    pub bounded: bool,
+}
+
+type SourceFactory = fn(&mut Options) -> Result<BuiltSource>;
+type SinkFactory = fn(&mut Options, &str) -> Result<Arc<dyn Sink>>;
+
+/// Every source kind, with what builds it.
+const SOURCES: &[(&str, SourceFactory)] = &[
+    ("files", crate::files::source_options),
+    ("kafka", crate::kafka::source_options),
+    ("redis", crate::redis::source_options),
+    ("sequence", crate::sequence::source_options),
+];
+
+/// Every sink kind (beyond files, which a job writes through its own path), with what builds
+/// it for a job.
+const SINKS: &[(&str, SinkFactory)] = &[
+    ("kafka", crate::kafka::sink_options),
+    ("postgres", crate::postgres::sink_options),
+    ("redis", crate::redis::sink_options),
+];
+
+/// The source kinds [`source`] builds.
+pub fn source_kinds() -> Vec<&'static str> {
+    SOURCES.iter().map(|(kind, _)| *kind).collect()
+}
+
+/// The sink kinds [`sink`] builds.
+pub fn sink_kinds() -> Vec<&'static str> {
+    SINKS.iter().map(|(kind, _)| *kind).collect()
+}
+
+/// The source of `kind` with `options` (a JSON object; null values count as absent).
+pub fn source(kind: &str, options: Value) -> Result<BuiltSource> {
+    let Some((_, build)) = SOURCES.iter().find(|(k, _)| *k == kind) else {
+        return Err(unknown("source", kind, &source_kinds()));
+    };
+    let mut options = Options::new(format!("the {kind} source"), options)?;
+    let built = build(&mut options)?;
+    options.finish()?;
+    Ok(built)
+}
+
+/// The sink of `kind` with `options` (a JSON object) for job `job_id` (sinks that mark
+/// what they commit put the job in the mark).
+pub fn sink(kind: &str, options: Value, job_id: &str) -> Result<Arc<dyn Sink>> {
+    let Some((_, build)) = SINKS.iter().find(|(k, _)| *k == kind) else {
+        return Err(unknown("sink", kind, &sink_kinds()));
+    };
+    let mut options = Options::new(format!("the {kind} sink"), options)?;
+    let built = build(&mut options, job_id)?;
+    options.finish()?;
+    Ok(built)
+}
+
+fn unknown(what: &str, kind: &str, kinds: &[&str]) -> RilletError {
+    RilletError::invalid_argument(format!(
+        "no {what} kind {kind:?}: the {what}s are {}",
+        kinds.join(", ")
+    ))
+}
+
+/// A connector's options, taken one by one by the code that builds it; what is left at the
+/// end was not understood, and is an error.
+#[derive(Debug)]
+pub struct Options {
+    /// `the kafka source`: for errors.
+    what: String,
+    values: Map<String, Value>,
+    /// The names asked for, for the error about those left over.
+    known: Vec<&'static str>,
+}
+
+impl Options {
+    fn new(what: String, values: Value) -> Result<Self> {
+        let values = match values {
+            Value::Object(values) => values,
+            Value::Null => Map::new(),
+            other => {
+                return Err(RilletError::invalid_argument(format!(
+                    "{what}: options must be an object of names and values, got {other}"
+                )));
+            }
+        };
+        Ok(Self {
+            what,
+            values,
+            known: Vec::new(),
+        })
+    }
+
+    fn take(&mut self, key: &'static str) -> Option<Value> {
+        self.known.push(key);
+        self.values.remove(key).filter(|v| !v.is_null())
+    }
+
+    fn wrong(&self, key: &str, wanted: &str, got: &Value) -> RilletError {
+        RilletError::invalid_argument(format!(
+            "{}: option {key:?} must be {wanted}, got {got}",
+            self.what
+        ))
+    }
+
+    fn missing(&self, key: &str) -> RilletError {
+        RilletError::invalid_argument(format!("{}: option {key:?} is required", self.what))
+    }
+
+    /// A required string.
+    pub fn string(&mut self, key: &'static str) -> Result<String> {
+        self.opt_string(key)?.ok_or_else(|| self.missing(key))
+    }
+
+    /// An optional string.
+    pub fn opt_string(&mut self, key: &'static str) -> Result<Option<String>> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(self.wrong(key, "a string", &other)),
+        }
+    }
+
+    /// A required list of strings (a single string is a list of one).
+    pub fn strings(&mut self, key: &'static str) -> Result<Vec<String>> {
+        match self.take(key) {
+            None => Err(self.missing(key)),
+            Some(Value::String(s)) => Ok(vec![s]),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(s) => Ok(s),
+                    other => Err(self.wrong(key, "a list of strings", &other)),
+                })
+                .collect(),
+            Some(other) => Err(self.wrong(key, "a list of strings", &other)),
+        }
+    }
+
+    /// A flag, `default` when absent.
+    pub fn flag(&mut self, key: &'static str, default: bool) -> Result<bool> {
+        match self.take(key) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(b),
+            Some(other) => Err(self.wrong(key, "true or false", &other)),
+        }
+    }
+
+    /// An optional whole number of at least 0.
+    pub fn opt_u64(&mut self, key: &'static str) -> Result<Option<u64>> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(value) => value
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "a whole number of at least 0", &value)),
+        }
+    }
+
+    /// A required whole number of at least 0.
+    pub fn u64(&mut self, key: &'static str) -> Result<u64> {
+        self.opt_u64(key)?.ok_or_else(|| self.missing(key))
+    }
+
+    /// An optional whole number of at least 0 that fits a `usize`.
+    pub fn opt_usize(&mut self, key: &'static str) -> Result<Option<usize>> {
+        match self.opt_u64(key)? {
+            None => Ok(None),
+            Some(n) => usize::try_from(n).map(Some).map_err(|_| {
+                RilletError::invalid_argument(format!("{}: option {key:?} is too large", self.what))
+            }),
+        }
+    }
+
+    /// An optional number.
+    pub fn opt_f64(&mut self, key: &'static str) -> Result<Option<f64>> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(value) => value
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "a number", &value)),
+        }
+    }
+
+    /// Refuse what was not taken, naming what the connector takes.
+    fn finish(self) -> Result<()> {
+        if self.values.is_empty() {
+            return Ok(());
+        }
+        let left: Vec<&str> = self.values.keys().map(String::as_str).collect();
+        let mut known = self.known;
+        known.sort_unstable();
+        known.dedup();
+        Err(RilletError::invalid_argument(format!(
+            "{}: unknown option{} {} (it takes: {})",
+            self.what,
+            if left.len() == 1 { "" } else { "s" },
+            left.join(", "),
+            known.join(", ")
+        )))
+    }
+}
