@@ -111,17 +111,23 @@ def test_ctrl_c_cancels_the_job_and_the_process_exits_cleanly(tmp_path):
     import sys
 
     script = tmp_path / "job.py"
+    # Ctrl-C once the job runs: its first call says so. (A fixed delay after start could
+    # land while the plan is built, a different case.) The schema is given, so that no call
+    # runs before the job does.
     script.write_text(
-        "import faulthandler, sys, time, rillet as rl\n"
+        "import faulthandler, sys, time, pyarrow as pa, rillet as rl\n"
         "faulthandler.dump_traceback_later(15, file=sys.stderr)  # a hang shows its Python stacks\n"
+        "said = []\n"
         "def slow(t):\n"
+        "    if not said:\n"
+        "        said.append(print('running', flush=True))\n"
         "    time.sleep(0.2)\n"
         "    return t\n"
-        "print('started', flush=True)\n"
-        f"rl.range(100_000_000).map_batches(slow, batch_size=1000).write_parquet({str(tmp_path / 'out')!r})\n")
+        "schema = pa.schema([pa.field('id', pa.int64(), nullable=False)])\n"
+        f"rl.range(100_000_000).map_batches(slow, batch_size=1000, schema=schema).write_parquet({str(tmp_path / 'out')!r})\n")
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "started"
-    time.sleep(1.5)
+    assert proc.stdout.readline().strip() == "running", proc.stderr.read()[-3000:]
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=20)

@@ -3,7 +3,8 @@
 //! The Python module, the CLI and (later) remote workers describe a connector as a kind
 //! (`"kafka"`, `"redis"`, ...) and options; [`source`] and [`sink`] build it. Each kind's
 //! options are read by its own folder (`kafka::source_options`, ...), and an option a kind
-//! does not take is an error naming what it does take, never silently ignored.
+//! does not take is an error naming what it does take, never silently ignored, raised
+//! before anything is opened or reached.
 //!
 //! ```
 //! use rillet_connectors::registry;
@@ -38,53 +39,80 @@ pub struct BuiltSource {
 type SourceFactory = fn(&mut Options) -> Result<BuiltSource>;
 type SinkFactory = fn(&mut Options, &str) -> Result<Arc<dyn Sink>>;
 
-/// Every source kind, with what builds it.
-const SOURCES: &[(&str, SourceFactory)] = &[
-    ("files", crate::files::source_options),
-    ("kafka", crate::kafka::source_options),
-    ("redis", crate::redis::source_options),
-    ("sequence", crate::sequence::source_options),
+/// Every source kind, the options it takes, and what builds it.
+const SOURCES: &[(&str, &[&str], SourceFactory)] = &[
+    (
+        "files",
+        &["path", "format", "splits", "bounded"],
+        crate::files::source_options,
+    ),
+    (
+        "kafka",
+        &["brokers", "topic", "bounded"],
+        crate::kafka::source_options,
+    ),
+    (
+        "redis",
+        &["url", "streams", "fields", "bounded", "batch_rows"],
+        crate::redis::source_options,
+    ),
+    (
+        "sequence",
+        &[
+            "name",
+            "partitions",
+            "rows",
+            "rows_per_second",
+            "batch_rows",
+        ],
+        crate::sequence::source_options,
+    ),
 ];
 
-/// Every sink kind (beyond files, which a job writes through its own path), with what builds
-/// it for a job.
-const SINKS: &[(&str, SinkFactory)] = &[
-    ("kafka", crate::kafka::sink_options),
-    ("postgres", crate::postgres::sink_options),
-    ("redis", crate::redis::sink_options),
+/// Every sink kind (beyond files, which a job writes through its own path), the options it
+/// takes, and what builds it for a job.
+const SINKS: &[(&str, &[&str], SinkFactory)] = &[
+    (
+        "kafka",
+        &["brokers", "topic", "key", "records_per_request"],
+        crate::kafka::sink_options,
+    ),
+    (
+        "postgres",
+        &["url", "table", "key"],
+        crate::postgres::sink_options,
+    ),
+    ("redis", &["url", "stream"], crate::redis::sink_options),
 ];
 
 /// The source kinds [`source`] builds.
 pub fn source_kinds() -> Vec<&'static str> {
-    SOURCES.iter().map(|(kind, _)| *kind).collect()
+    SOURCES.iter().map(|(kind, ..)| *kind).collect()
 }
 
 /// The sink kinds [`sink`] builds.
 pub fn sink_kinds() -> Vec<&'static str> {
-    SINKS.iter().map(|(kind, _)| *kind).collect()
+    SINKS.iter().map(|(kind, ..)| *kind).collect()
 }
 
-/// The source of `kind` with `options` (a JSON object; null values count as absent).
+/// The source of `kind` with `options` (a JSON object; null values count as absent). An
+/// option the kind does not take is refused before anything is opened.
 pub fn source(kind: &str, options: Value) -> Result<BuiltSource> {
-    let Some((_, build)) = SOURCES.iter().find(|(k, _)| *k == kind) else {
+    let Some((_, keys, build)) = SOURCES.iter().find(|(k, ..)| *k == kind) else {
         return Err(unknown("source", kind, &source_kinds()));
     };
-    let mut options = Options::new(format!("the {kind} source"), options)?;
-    let built = build(&mut options)?;
-    options.finish()?;
-    Ok(built)
+    let mut options = Options::new(format!("the {kind} source"), options, keys)?;
+    build(&mut options)
 }
 
 /// The sink of `kind` with `options` (a JSON object) for job `job_id` (sinks that mark
 /// what they commit put the job in the mark).
 pub fn sink(kind: &str, options: Value, job_id: &str) -> Result<Arc<dyn Sink>> {
-    let Some((_, build)) = SINKS.iter().find(|(k, _)| *k == kind) else {
+    let Some((_, keys, build)) = SINKS.iter().find(|(k, ..)| *k == kind) else {
         return Err(unknown("sink", kind, &sink_kinds()));
     };
-    let mut options = Options::new(format!("the {kind} sink"), options)?;
-    let built = build(&mut options, job_id)?;
-    options.finish()?;
-    Ok(built)
+    let mut options = Options::new(format!("the {kind} sink"), options, keys)?;
+    build(&mut options, job_id)
 }
 
 fn unknown(what: &str, kind: &str, kinds: &[&str]) -> RilletError {
@@ -94,20 +122,18 @@ fn unknown(what: &str, kind: &str, kinds: &[&str]) -> RilletError {
     ))
 }
 
-/// A connector's options, taken one by one by the code that builds it; what is left at the
-/// end was not understood, and is an error.
+/// A connector's options, checked against the names its kind takes, then taken one by one
+/// by the code that builds it.
 #[derive(Debug)]
 pub struct Options {
     /// `the kafka source`: for errors.
     what: String,
     values: Map<String, Value>,
-    /// The names asked for, for the error about those left over.
-    known: Vec<&'static str>,
 }
 
 impl Options {
-    fn new(what: String, values: Value) -> Result<Self> {
-        let values = match values {
+    fn new(what: String, values: Value, known: &[&str]) -> Result<Self> {
+        let mut values = match values {
             Value::Object(values) => values,
             Value::Null => Map::new(),
             other => {
@@ -116,16 +142,25 @@ impl Options {
                 )));
             }
         };
-        Ok(Self {
-            what,
-            values,
-            known: Vec::new(),
-        })
+        values.retain(|_, value| !value.is_null());
+        let unknown: Vec<&str> = values
+            .keys()
+            .map(String::as_str)
+            .filter(|key| !known.contains(key))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(RilletError::invalid_argument(format!(
+                "{what}: unknown option{} {} (it takes: {})",
+                if unknown.len() == 1 { "" } else { "s" },
+                unknown.join(", "),
+                known.join(", ")
+            )));
+        }
+        Ok(Self { what, values })
     }
 
     fn take(&mut self, key: &'static str) -> Option<Value> {
-        self.known.push(key);
-        self.values.remove(key).filter(|v| !v.is_null())
+        self.values.remove(key)
     }
 
     fn wrong(&self, key: &str, wanted: &str, got: &Value) -> RilletError {
@@ -214,22 +249,57 @@ impl Options {
                 .ok_or_else(|| self.wrong(key, "a number", &value)),
         }
     }
+}
 
-    /// Refuse what was not taken, naming what the connector takes.
-    fn finish(self) -> Result<()> {
-        if self.values.is_empty() {
-            return Ok(());
-        }
-        let left: Vec<&str> = self.values.keys().map(String::as_str).collect();
-        let mut known = self.known;
-        known.sort_unstable();
-        known.dedup();
-        Err(RilletError::invalid_argument(format!(
-            "{}: unknown option{} {} (it takes: {})",
-            self.what,
-            if left.len() == 1 { "" } else { "s" },
-            left.join(", "),
-            known.join(", ")
-        )))
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn an_unknown_option_is_refused_before_anything_is_reached() {
+        // Port 1 on loopback answers nothing: an error about the option, not the broker.
+        let error = source(
+            "kafka",
+            json!({"brokers": "127.0.0.1:1", "topic": "t", "bounded": true, "bogus": 1}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("unknown option bogus"), "{error}");
+        assert!(error.contains("brokers, topic, bounded"), "{error}");
+        let error = sink(
+            "redis",
+            json!({"url": "redis://x", "stream": "s", "a": 1, "b": 2}),
+            "j",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("unknown options a, b"), "{error}");
+    }
+
+    #[test]
+    fn null_values_are_absent_and_wrong_types_are_named() {
+        let built = source(
+            "sequence",
+            json!({"name": "s", "partitions": 1, "rows": null, "whatever": null}),
+        )
+        .unwrap();
+        assert!(!built.bounded);
+        let error = source("sequence", json!({"name": "s", "partitions": "two"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("\"partitions\" must be a whole number"),
+            "{error}"
+        );
+        let error = source("sequence", json!({"partitions": 2}))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("\"name\" is required"), "{error}");
+        let error = source("sequence", json!([1])).unwrap_err().to_string();
+        assert!(error.contains("must be an object"), "{error}");
+        let error = source("nowhere", Value::Null).unwrap_err().to_string();
+        assert!(error.contains("files, kafka, redis, sequence"), "{error}");
     }
 }
