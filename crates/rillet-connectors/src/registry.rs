@@ -129,10 +129,12 @@ pub struct Options {
     /// `the kafka source`: for errors.
     what: String,
     values: Map<String, Value>,
+    /// The names its kind declares in the registry's table.
+    known: &'static [&'static str],
 }
 
 impl Options {
-    fn new(what: String, values: Value, known: &[&str]) -> Result<Self> {
+    fn new(what: String, values: Value, known: &'static [&'static str]) -> Result<Self> {
         let mut values = match values {
             Value::Object(values) => values,
             Value::Null => Map::new(),
@@ -156,10 +158,21 @@ impl Options {
                 known.join(", ")
             )));
         }
-        Ok(Self { what, values })
+        Ok(Self {
+            what,
+            values,
+            known,
+        })
     }
 
     fn take(&mut self, key: &'static str) -> Option<Value> {
+        // A name read here but missing from the kind's entry in the table would always be
+        // refused as unknown: the tests catch the two drifting apart.
+        debug_assert!(
+            self.known.contains(&key),
+            "{}: {key:?} is not declared",
+            self.what
+        );
         self.values.remove(key)
     }
 
